@@ -1,0 +1,338 @@
+//! What the core asks of whoever runs it.
+//!
+//! The core never calls an operating system. A platform (the FreeBSD kernel
+//! shim, the simulated host of `xbb-lab`, a dom0 user-space back-end)
+//! implements the small capability traits below and drives one
+//! [`Instance`](crate::instance::Instance) per `vbd` through its entry points:
+//! `attach`, `frontend_changed`, `root_mounted`, `run`, `complete`, `detach`.
+//!
+//! All entry points of one instance are called from one context at a time
+//! (FreeBSD: the instance's taskqueue with its mutex held; the simulator: the
+//! instance's task thread), so the traits take `&mut self` and need no
+//! locking of their own.
+//!
+//! The traits follow the Xen interfaces they stand for: `xs_wire.h` /
+//! `xenbus.h` for [`XenStore`], `grant_table.h` (`GNTTABOP_map_grant_ref`,
+//! `GNTTABOP_unmap_grant_ref`) for [`Grants`], `event_channel.h`
+//! (`EVTCHNOP_bind_interdomain`, `EVTCHNOP_send`) for [`EventChannel`].
+
+use crate::shmem::SharedMem;
+
+/// A Xen domain id (`domid_t`).
+pub type DomId = u16;
+/// A grant reference (`grant_ref_t`).
+pub type GrantRef = u32;
+/// An event-channel port number (`evtchn_port_t`).
+pub type EvtchnPort = u32;
+/// The page size of the shared ring and of every granted data page.
+pub const PAGE_SIZE: usize = 4096;
+/// `log2(PAGE_SIZE)`.
+pub const PAGE_SHIFT: u32 = 12;
+
+/// XenBus device states (`enum xenbus_state` in `io/xenbus.h`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u8)]
+pub enum XenbusState {
+    /// `XenbusStateUnknown`.
+    Unknown = 0,
+    /// `XenbusStateInitialising`.
+    Initialising = 1,
+    /// `XenbusStateInitWait`: back-end published its limits, waits for the front-end.
+    InitWait = 2,
+    /// `XenbusStateInitialised`: front-end published its transport parameters.
+    Initialised = 3,
+    /// `XenbusStateConnected`.
+    Connected = 4,
+    /// `XenbusStateClosing`.
+    Closing = 5,
+    /// `XenbusStateClosed`.
+    Closed = 6,
+    /// `XenbusStateReconfiguring`.
+    Reconfiguring = 7,
+    /// `XenbusStateReconfigured`.
+    Reconfigured = 8,
+}
+
+impl XenbusState {
+    /// Decodes the numeric value stored in a `state` node; `None` for values
+    /// outside the enumeration (a hostile or broken front-end).
+    pub fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            0 => Self::Unknown,
+            1 => Self::Initialising,
+            2 => Self::InitWait,
+            3 => Self::Initialised,
+            4 => Self::Connected,
+            5 => Self::Closing,
+            6 => Self::Closed,
+            7 => Self::Reconfiguring,
+            8 => Self::Reconfigured,
+            _ => return None,
+        })
+    }
+
+    /// The decimal string written to a `state` node.
+    pub fn as_str(self) -> &'static str {
+        ["0", "1", "2", "3", "4", "5", "6", "7", "8"][self as usize]
+    }
+}
+
+/// A XenStore transaction handle; [`XsTxn::NONE`] outside transactions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct XsTxn(pub u32);
+
+impl XsTxn {
+    /// No transaction: the operation applies on its own.
+    pub const NONE: XsTxn = XsTxn(0);
+}
+
+/// Errors of the XenStore service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XsError {
+    /// `ENOENT`: the node does not exist.
+    NotFound,
+    /// The value is longer than the caller's buffer (the caller refuses it).
+    TooLong,
+    /// `EAGAIN`: the transaction conflicted and must be retried.
+    Again,
+    /// `EACCES`: permission denied.
+    Denied,
+    /// Any other failure, as an errno value.
+    Other(i32),
+}
+
+/// The XenStore, as seen by a back-end.
+pub trait XenStore {
+    /// Reads `path` into `buf`, returning the value's length.
+    /// A value that does not fit is [`XsError::TooLong`], never truncated.
+    fn xs_read(&mut self, txn: XsTxn, path: &str, buf: &mut [u8]) -> Result<usize, XsError>;
+    /// Writes `value` at `path`, creating the node.
+    fn xs_write(&mut self, txn: XsTxn, path: &str, value: &str) -> Result<(), XsError>;
+    /// Removes `path` and everything below it; absent nodes are not an error.
+    fn xs_remove(&mut self, txn: XsTxn, path: &str) -> Result<(), XsError>;
+    /// Starts a transaction.
+    fn xs_transaction_start(&mut self) -> Result<XsTxn, XsError>;
+    /// Ends a transaction, committing it when `commit`; [`XsError::Again`]
+    /// when it conflicted with another writer.
+    fn xs_transaction_end(&mut self, txn: XsTxn, commit: bool) -> Result<(), XsError>;
+}
+
+/// Why a grant could not be mapped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GrantError {
+    /// `GNTST_bad_gntref` / `GNTST_bad_domain`: no such grant.
+    BadRef,
+    /// `GNTST_permission_denied`: e.g. a writable mapping of a read-only grant.
+    Denied,
+    /// `GNTST_no_space` / `GNTST_no_device_space`, or the platform is short.
+    NoSpace,
+    /// Any other `GNTST_*` failure.
+    General,
+}
+
+/// An opaque handle returned by a successful grant mapping, needed to unmap it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GrantHandle(pub u32);
+
+/// One entry of a batched grant mapping into the data window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GrantMapOp {
+    /// The front-end's grant reference.
+    pub gref: GrantRef,
+    /// Page index inside the data window where the page must appear.
+    pub window_page: u32,
+    /// Map read-only (`GNTMAP_readonly`): the back-end only reads the page
+    /// (a guest WRITE).
+    pub readonly: bool,
+}
+
+/// One entry of a batched unmapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GrantUnmapOp {
+    /// Page index inside the data window.
+    pub window_page: u32,
+    /// The handle the mapping returned.
+    pub handle: GrantHandle,
+}
+
+/// Grant-table services: the shared ring and the data window.
+///
+/// The data window is a range of back-end address space reserved at connect
+/// time (`xenmem_alloc` on FreeBSD). The core's KVA allocator decides which
+/// pages of it each reqlist uses; the platform maps grants exactly there, so
+/// a reqlist's pages form one contiguous buffer.
+pub trait Grants {
+    /// Reserves a data window of `pages` pages. Fallible; called at connect.
+    fn window_reserve(&mut self, pages: u32) -> Result<(), GrantError>;
+    /// Releases the data window. Everything in it has been unmapped.
+    fn window_release(&mut self);
+    /// Maps `ops` in one batched operation. `results[i]` receives the outcome
+    /// of `ops[i]`; entries that failed leave nothing mapped.
+    /// `results.len() == ops.len()`.
+    fn map_batch(
+        &mut self,
+        dom: DomId,
+        ops: &[GrantMapOp],
+        results: &mut [Result<GrantHandle, GrantError>],
+    );
+    /// Unmaps `ops` in one batched operation.
+    fn unmap_batch(&mut self, ops: &[GrantUnmapOp]);
+    /// Maps the shared-ring pages `grefs` (in order) contiguously and
+    /// writable, returning access to them. Only one ring is mapped at a time
+    /// per [`Grants`] implementor in this version.
+    fn map_ring(&mut self, dom: DomId, grefs: &[GrantRef]) -> Result<SharedMem, GrantError>;
+    /// Unmaps the ring mapped by [`Grants::map_ring`]; `ring` is consumed.
+    fn unmap_ring(&mut self, ring: SharedMem);
+}
+
+/// Errors binding an event channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EvtchnError {
+    /// The remote port is not an unbound port offered to us.
+    BadPort,
+    /// Any other failure.
+    General,
+}
+
+/// The interdomain event channel of one connection.
+pub trait EventChannel {
+    /// Binds to the front-end's `remote_port` in domain `dom`. After this the
+    /// platform calls `Instance::run` whenever the front-end kicks.
+    fn evtchn_bind(&mut self, dom: DomId, remote_port: EvtchnPort) -> Result<(), EvtchnError>;
+    /// Sends an event to the front-end.
+    fn evtchn_notify(&mut self);
+    /// Unbinds; no more `run` calls come from it.
+    fn evtchn_unbind(&mut self);
+}
+
+/// Deferred work.
+pub trait Deferred {
+    /// Asks the platform to call `Instance::run` again soon, from the
+    /// instance's normal context (used when one pass hit its budget).
+    fn schedule_run(&mut self);
+}
+
+/// What the back-end store is, as the core needs to know it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MediumInfo {
+    /// Size in 512-byte sectors (the unit of the `sectors` node and of
+    /// `sector_number`, whatever `sector_size` is).
+    pub sectors: u64,
+    /// Logical block size in bytes: a power of two, at least 512.
+    pub sector_size: u32,
+    /// Physical block size in bytes: a multiple of `sector_size`.
+    pub physical_sector_size: u32,
+    /// The store was opened read-only (or can only be).
+    pub read_only: bool,
+    /// The store can make completed writes durable (flush / fsync).
+    pub can_flush: bool,
+    /// The store can discard ranges.
+    pub can_discard: bool,
+    /// A raw device rather than a regular file (reported in `info`).
+    pub is_device: bool,
+}
+
+/// One piece of an I/O buffer inside the data window.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IoVec {
+    /// Byte offset inside the data window.
+    pub window_offset: usize,
+    /// Length in bytes.
+    pub len: usize,
+}
+
+/// One I/O handed to the back-end store. Offsets are bytes on the medium.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoOp<'a> {
+    /// Read `iov` (in order) from the medium starting at `offset`.
+    Read {
+        /// Medium byte offset.
+        offset: u64,
+        /// Destination pieces in the window.
+        iov: &'a [IoVec],
+    },
+    /// Write `iov` (in order) to the medium starting at `offset`.
+    Write {
+        /// Medium byte offset.
+        offset: u64,
+        /// Source pieces in the window.
+        iov: &'a [IoVec],
+    },
+    /// Make every completed write durable.
+    Flush,
+    /// Discard `len` bytes at `offset`.
+    Discard {
+        /// Medium byte offset.
+        offset: u64,
+        /// Length in bytes.
+        len: u64,
+    },
+}
+
+/// An identifier the core gives each submitted I/O; the platform hands it
+/// back with the completion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IoTag(pub u32);
+
+/// Why a store I/O failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoError {
+    /// `EIO`: the medium failed.
+    Io,
+    /// `ENXIO` / `ENODEV`: the medium is gone.
+    Gone,
+    /// `EOPNOTSUPP`: the store cannot do this operation.
+    NotSupported,
+    /// `ENOSPC`.
+    NoSpace,
+    /// `EAGAIN` / `ENOMEM`: the platform could not queue it now.
+    Busy,
+}
+
+/// Why a store could not be opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenError {
+    /// `ENOENT`: no such file or device.
+    NotFound,
+    /// `EACCES` / `EROFS`: not with the requested mode.
+    Denied,
+    /// Not a regular file nor a disk device, or an unusable size.
+    Invalid,
+    /// Any other errno.
+    Other(i32),
+}
+
+/// How the back-end store is opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpenParams<'a> {
+    /// The back-end's `params` (or `physical-device-path`) node.
+    pub path: &'a str,
+    /// The `type` node ("file", "phy", ...), empty when absent.
+    pub kind: &'a str,
+    /// Open for writing (`mode` is "w").
+    pub writable: bool,
+}
+
+/// The back-end store (raw device or file) behind one instance.
+///
+/// I/O is asynchronous: `store_submit` queues and returns; the platform later
+/// calls `Instance::complete(tag, result)` from the instance's context. Many
+/// I/Os may be in flight at once.
+pub trait Store {
+    /// Opens the store. Only called once the root file system is mounted.
+    fn store_open(&mut self, params: OpenParams<'_>) -> Result<MediumInfo, OpenError>;
+    /// Describes the open store (size may change while connected).
+    fn store_info(&self) -> MediumInfo;
+    /// Queues one I/O. An `Err` means it was not queued and no completion
+    /// will come for `tag`.
+    fn store_submit(&mut self, tag: IoTag, op: IoOp<'_>) -> Result<(), IoError>;
+    /// Closes the store. No I/O is in flight.
+    fn store_close(&mut self);
+}
+
+/// Everything an instance needs from its platform.
+pub trait Host: XenStore + Grants + EventChannel + Deferred + Store {
+    /// Whether the root file system is mounted; before it is, the back-end
+    /// opens nothing.
+    fn root_mounted(&self) -> bool;
+}

@@ -1,0 +1,106 @@
+//! Access to memory shared with a guest: the one place in the core with
+//! `unsafe`.
+//!
+//! A [`SharedMem`] is a window onto pages the platform mapped from a grant
+//! (the shared ring of `io/ring.h`, later indirect-segment pages). The guest
+//! can change any byte at any time, so nothing here hands out a reference
+//! into it: indices are read and written as atomics with an explicit
+//! [`Ordering`], and everything else is copied in or out in one go, after
+//! which the caller only looks at its private copy.
+
+#![allow(unsafe_code)]
+
+use core::ptr::NonNull;
+use core::sync::atomic::{fence, AtomicU32, Ordering};
+
+/// A mapped range of guest-shared memory.
+#[derive(Debug)]
+pub struct SharedMem {
+    base: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: SharedMem is a (pointer, length) pair naming memory the platform
+// mapped for the owner; all access goes through atomics or volatile copies,
+// so moving it to another thread is no different from using it here.
+unsafe impl Send for SharedMem {}
+
+impl SharedMem {
+    /// Wraps `len` bytes at `base`.
+    ///
+    /// # Safety
+    /// `base..base+len` must be mapped readable and writable, aligned to 4
+    /// bytes, and stay mapped until this value is handed back to the
+    /// platform (for a ring: [`crate::host::Grants::unmap_ring`]). Other
+    /// parties (the guest) may write it concurrently; nobody else may
+    /// create Rust references into it.
+    pub unsafe fn new(base: NonNull<u8>, len: usize) -> Self {
+        debug_assert!(base.as_ptr() as usize % 4 == 0);
+        SharedMem { base, len }
+    }
+
+    /// The length of the mapping in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the mapping is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The base address, for the platform that unmaps it.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.base.as_ptr()
+    }
+
+    fn atomic_u32(&self, off: usize) -> &AtomicU32 {
+        assert!(off % 4 == 0 && off.checked_add(4).is_some_and(|end| end <= self.len));
+        // SAFETY: the assertion keeps the 4 bytes inside the mapping and
+        // 4-aligned (the base is 4-aligned by `new`'s contract); AtomicU32
+        // has the layout of u32 and tolerates concurrent access by the guest.
+        unsafe { &*(self.base.as_ptr().add(off) as *const AtomicU32) }
+    }
+
+    /// Loads the 32-bit index at byte offset `off` with `order`.
+    /// Panics only on an out-of-range offset, which is a bug in the core
+    /// (offsets are never guest-derived unchecked).
+    pub fn load_u32(&self, off: usize, order: Ordering) -> u32 {
+        self.atomic_u32(off).load(order)
+    }
+
+    /// Stores the 32-bit index at byte offset `off` with `order`.
+    pub fn store_u32(&self, off: usize, value: u32, order: Ordering) {
+        self.atomic_u32(off).store(value, order)
+    }
+
+    /// Copies `out.len()` bytes at `off` out of shared memory, once.
+    pub fn read(&self, off: usize, out: &mut [u8]) {
+        assert!(off
+            .checked_add(out.len())
+            .is_some_and(|end| end <= self.len));
+        for (i, b) in out.iter_mut().enumerate() {
+            // SAFETY: `off + i < len` by the assertion, so the byte is inside
+            // the mapping; a volatile read tolerates the guest changing it.
+            *b = unsafe { core::ptr::read_volatile(self.base.as_ptr().add(off + i)) };
+        }
+    }
+
+    /// Copies `data` into shared memory at `off`.
+    pub fn write(&self, off: usize, data: &[u8]) {
+        assert!(off
+            .checked_add(data.len())
+            .is_some_and(|end| end <= self.len));
+        for (i, b) in data.iter().enumerate() {
+            // SAFETY: `off + i < len` by the assertion; the mapping is
+            // writable by `new`'s contract.
+            unsafe { core::ptr::write_volatile(self.base.as_ptr().add(off + i), *b) };
+        }
+    }
+
+    /// A full memory barrier (`xen_mb()`), ordering shared-memory stores
+    /// before later shared-memory loads.
+    pub fn full_fence(&self) {
+        fence(Ordering::SeqCst);
+    }
+}

@@ -1,0 +1,28 @@
+//! The simulated Xen host: guest memory, grant table, event channels,
+//! XenStore, a toolstack, guest front-ends and back-end stores, all in one
+//! process, so that the core runs the whole real data path in user space.
+//!
+//! Threads stand in for domains: each guest front-end runs in its own thread
+//! and each back-end instance has a task thread that owns its
+//! [`Instance`](crate::instance::Instance) and receives [`TaskEvent`]s (the
+//! event channel firing, I/O completions, XenStore watches), as a FreeBSD
+//! taskqueue would.
+
+use crate::host::{IoError, IoTag};
+
+/// What wakes a back-end instance's task thread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskEvent {
+    /// The front-end kicked the event channel.
+    Evtchn,
+    /// A store I/O completed.
+    Io(IoTag, Result<(), IoError>),
+    /// A watched XenStore path changed (the path that fired).
+    Watch(std::string::String),
+    /// The instance asked to run again (`Deferred::schedule_run`).
+    Run,
+    /// The root file system is now mounted.
+    RootMounted,
+    /// Detach the instance and end the thread.
+    Shutdown,
+}
