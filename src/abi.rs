@@ -1,1 +1,1148 @@
-//! TODO(in progress): abi.
+//! The wire formats of Xen's `io/blkif.h` and the shared-ring header of
+//! `io/ring.h`, for every guest ABI a front-end can announce in its
+//! `protocol` node (`io/protocols.h`).
+//!
+//! `blkif.h` defines its requests with natural C alignment, so the same
+//! header gives two layouts: the i386 one, where `uint64_t` is 4-aligned
+//! (`x86_32-abi`), and the x86_64 one, where it is 8-aligned (`x86_64-abi`;
+//! `arm-abi` has the same layout). Both are spelled out below as `#[repr(C)]`
+//! structs with compile-time checks of size and field offsets; the
+//! `tests/abi_headers.rs` integration test checks the same numbers against
+//! the C headers themselves.
+//!
+//! The structs document the layout; the encoders and decoders work on byte
+//! copies at offsets taken from those structs with `offset_of!`, so they
+//! cannot disagree. Decoding is total: any bytes a guest writes decode to
+//! some [`BlkifRequest`], which the `request` module then validates. The
+//! x86_32 and x86_64 forms become one canonical form here and nowhere else.
+
+use core::mem::{offset_of, size_of};
+
+// ---------------------------------------------------------------------------
+// Constants of blkif.h, protocols.h and ring.h
+// ---------------------------------------------------------------------------
+
+/// `BLKIF_OP_READ`: read sectors from the device into the segments.
+pub const BLKIF_OP_READ: u8 = 0;
+/// `BLKIF_OP_WRITE`: write sectors from the segments to the device.
+pub const BLKIF_OP_WRITE: u8 = 1;
+/// `BLKIF_OP_WRITE_BARRIER`: a write ordered after every earlier request
+/// (`feature-barrier`).
+pub const BLKIF_OP_WRITE_BARRIER: u8 = 2;
+/// `BLKIF_OP_FLUSH_DISKCACHE`: flush the device's write cache, optionally
+/// with data (`feature-flush-cache`).
+pub const BLKIF_OP_FLUSH_DISKCACHE: u8 = 3;
+/// `BLKIF_OP_RESERVED_1`: reserved (used by an old, incompatible extension).
+pub const BLKIF_OP_RESERVED_1: u8 = 4;
+/// `BLKIF_OP_DISCARD`: discard a sector range (`feature-discard`); the slot
+/// holds a `blkif_request_discard`.
+pub const BLKIF_OP_DISCARD: u8 = 5;
+/// `BLKIF_OP_INDIRECT`: a read or write whose segments live in granted
+/// indirect pages (`feature-max-indirect-segments`); the slot holds a
+/// `blkif_request_indirect`.
+pub const BLKIF_OP_INDIRECT: u8 = 6;
+
+/// `BLKIF_MAX_SEGMENTS_PER_REQUEST`: segments in one direct request.
+pub const BLKIF_MAX_SEGMENTS_PER_REQUEST: usize = 11;
+/// `BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST`: grant references of indirect
+/// pages in one indirect request.
+pub const BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST: usize = 8;
+/// `BLKIF_DISCARD_SECURE`: the discard must be a secure erase
+/// (`discard-secure`).
+pub const BLKIF_DISCARD_SECURE: u8 = 1;
+
+/// `BLKIF_RSP_OKAY`: the operation completed successfully.
+pub const BLKIF_RSP_OKAY: i16 = 0;
+/// `BLKIF_RSP_ERROR`: the operation failed (`-EIO`).
+pub const BLKIF_RSP_ERROR: i16 = -1;
+/// `BLKIF_RSP_EOPNOTSUPP`: the operation is not supported.
+pub const BLKIF_RSP_EOPNOTSUPP: i16 = -2;
+
+/// `VDISK_CDROM`: the `info` bit of a CD-ROM.
+pub const VDISK_CDROM: u32 = 1;
+/// `VDISK_REMOVABLE`: the `info` bit of removable media.
+pub const VDISK_REMOVABLE: u32 = 2;
+/// `VDISK_READONLY`: the `info` bit of read-only media.
+pub const VDISK_READONLY: u32 = 4;
+
+/// `log2` of the 512-byte sector every `blkif` sector number counts in.
+pub const SECTOR_SHIFT: u32 = 9;
+/// The 512-byte `blkif` sector.
+pub const SECTOR_SIZE: u32 = 1 << SECTOR_SHIFT;
+/// Sectors in one 4096-byte granted page (`first_sect`/`last_sect` range).
+pub const SECTORS_PER_PAGE: u32 = (crate::host::PAGE_SIZE as u32) >> SECTOR_SHIFT;
+
+/// `XEN_IO_PROTO_ABI_X86_32`.
+pub const XEN_IO_PROTO_ABI_X86_32: &str = "x86_32-abi";
+/// `XEN_IO_PROTO_ABI_X86_64`.
+pub const XEN_IO_PROTO_ABI_X86_64: &str = "x86_64-abi";
+/// `XEN_IO_PROTO_ABI_ARM`.
+pub const XEN_IO_PROTO_ABI_ARM: &str = "arm-abi";
+
+/// Bytes of the shared-ring header before the first ring entry
+/// (`offsetof(struct blkif_sring, ring)`).
+pub const SRING_HEADER_SIZE: usize = 64;
+/// The largest ring-page order a back-end offers (`max-ring-page-order`).
+pub const MAX_RING_PAGE_ORDER: u32 = 5;
+/// The largest number of ring pages (`1 << MAX_RING_PAGE_ORDER`).
+pub const MAX_RING_PAGES: u32 = 1 << MAX_RING_PAGE_ORDER;
+/// The largest request or response slot of any ABI, for stack buffers.
+pub const MAX_SLOT_SIZE: usize = 112;
+/// `sizeof(struct blkif_request_segment)`; an indirect page holds
+/// `4096 / SEGMENT_SIZE` segments.
+pub const SEGMENT_SIZE: usize = 8;
+
+/// Byte offset of `req_prod` in the shared-ring header.
+pub const SRING_REQ_PROD: usize = offset_of!(SringHeader, req_prod);
+/// Byte offset of `req_event` in the shared-ring header.
+pub const SRING_REQ_EVENT: usize = offset_of!(SringHeader, req_event);
+/// Byte offset of `rsp_prod` in the shared-ring header.
+pub const SRING_RSP_PROD: usize = offset_of!(SringHeader, rsp_prod);
+/// Byte offset of `rsp_event` in the shared-ring header.
+pub const SRING_RSP_EVENT: usize = offset_of!(SringHeader, rsp_event);
+
+// ---------------------------------------------------------------------------
+// Wire structs
+// ---------------------------------------------------------------------------
+
+/// `struct blkif_request_segment`: one granted page and the sectors of it
+/// the request transfers. Same layout in every ABI.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlkifRequestSegment {
+    /// `gref` (offset 0): grant reference of the data page.
+    pub gref: u32,
+    /// `first_sect` (offset 4): first sector of the page, inclusive.
+    pub first_sect: u8,
+    /// `last_sect` (offset 5): last sector of the page, inclusive.
+    pub last_sect: u8,
+}
+
+const _: () = {
+    assert!(size_of::<BlkifRequestSegment>() == SEGMENT_SIZE);
+    assert!(offset_of!(BlkifRequestSegment, gref) == 0);
+    assert!(offset_of!(BlkifRequestSegment, first_sect) == 4);
+    assert!(offset_of!(BlkifRequestSegment, last_sect) == 5);
+};
+
+/// `struct blkif_request` as an i386 guest lays it out (`uint64_t`
+/// 4-aligned): 108 bytes.
+#[repr(C, packed(4))]
+#[derive(Clone, Copy, Debug)]
+pub struct X86_32Request {
+    /// `operation` (offset 0): `BLKIF_OP_*`.
+    pub operation: u8,
+    /// `nr_segments` (offset 1).
+    pub nr_segments: u8,
+    /// `handle` (offset 2): the virtual device handle.
+    pub handle: u16,
+    /// `id` (offset 4): the guest's tag, echoed in the response.
+    pub id: u64,
+    /// `sector_number` (offset 12).
+    pub sector_number: u64,
+    /// `seg` (offset 20).
+    pub seg: [BlkifRequestSegment; BLKIF_MAX_SEGMENTS_PER_REQUEST],
+}
+
+const _: () = {
+    assert!(size_of::<X86_32Request>() == 108);
+    assert!(offset_of!(X86_32Request, operation) == 0);
+    assert!(offset_of!(X86_32Request, nr_segments) == 1);
+    assert!(offset_of!(X86_32Request, handle) == 2);
+    assert!(offset_of!(X86_32Request, id) == 4);
+    assert!(offset_of!(X86_32Request, sector_number) == 12);
+    assert!(offset_of!(X86_32Request, seg) == 20);
+};
+
+/// `struct blkif_request` as an x86_64 (or ARM) guest lays it out:
+/// 112 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct X86_64Request {
+    /// `operation` (offset 0): `BLKIF_OP_*`.
+    pub operation: u8,
+    /// `nr_segments` (offset 1).
+    pub nr_segments: u8,
+    /// `handle` (offset 2): the virtual device handle.
+    pub handle: u16,
+    /// `id` (offset 8): the guest's tag, echoed in the response.
+    pub id: u64,
+    /// `sector_number` (offset 16).
+    pub sector_number: u64,
+    /// `seg` (offset 24).
+    pub seg: [BlkifRequestSegment; BLKIF_MAX_SEGMENTS_PER_REQUEST],
+}
+
+const _: () = {
+    assert!(size_of::<X86_64Request>() == 112);
+    assert!(offset_of!(X86_64Request, operation) == 0);
+    assert!(offset_of!(X86_64Request, nr_segments) == 1);
+    assert!(offset_of!(X86_64Request, handle) == 2);
+    assert!(offset_of!(X86_64Request, id) == 8);
+    assert!(offset_of!(X86_64Request, sector_number) == 16);
+    assert!(offset_of!(X86_64Request, seg) == 24);
+};
+
+/// `struct blkif_request_discard`, i386 layout: 28 bytes.
+#[repr(C, packed(4))]
+#[derive(Clone, Copy, Debug)]
+pub struct X86_32DiscardRequest {
+    /// `operation` (offset 0): `BLKIF_OP_DISCARD`.
+    pub operation: u8,
+    /// `flag` (offset 1): `BLKIF_DISCARD_SECURE` or zero.
+    pub flag: u8,
+    /// `handle` (offset 2).
+    pub handle: u16,
+    /// `id` (offset 4).
+    pub id: u64,
+    /// `sector_number` (offset 12).
+    pub sector_number: u64,
+    /// `nr_sectors` (offset 20).
+    pub nr_sectors: u64,
+}
+
+const _: () = {
+    assert!(size_of::<X86_32DiscardRequest>() == 28);
+    assert!(offset_of!(X86_32DiscardRequest, operation) == 0);
+    assert!(offset_of!(X86_32DiscardRequest, flag) == 1);
+    assert!(offset_of!(X86_32DiscardRequest, handle) == 2);
+    assert!(offset_of!(X86_32DiscardRequest, id) == 4);
+    assert!(offset_of!(X86_32DiscardRequest, sector_number) == 12);
+    assert!(offset_of!(X86_32DiscardRequest, nr_sectors) == 20);
+};
+
+/// `struct blkif_request_discard`, x86_64 layout: 32 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct X86_64DiscardRequest {
+    /// `operation` (offset 0): `BLKIF_OP_DISCARD`.
+    pub operation: u8,
+    /// `flag` (offset 1): `BLKIF_DISCARD_SECURE` or zero.
+    pub flag: u8,
+    /// `handle` (offset 2).
+    pub handle: u16,
+    /// `id` (offset 8).
+    pub id: u64,
+    /// `sector_number` (offset 16).
+    pub sector_number: u64,
+    /// `nr_sectors` (offset 24).
+    pub nr_sectors: u64,
+}
+
+const _: () = {
+    assert!(size_of::<X86_64DiscardRequest>() == 32);
+    assert!(offset_of!(X86_64DiscardRequest, operation) == 0);
+    assert!(offset_of!(X86_64DiscardRequest, flag) == 1);
+    assert!(offset_of!(X86_64DiscardRequest, handle) == 2);
+    assert!(offset_of!(X86_64DiscardRequest, id) == 8);
+    assert!(offset_of!(X86_64DiscardRequest, sector_number) == 16);
+    assert!(offset_of!(X86_64DiscardRequest, nr_sectors) == 24);
+};
+
+/// `struct blkif_request_indirect`, i386 layout, with the trailing `pad`
+/// that `blkif.h` adds under `__i386__`: 64 bytes.
+#[repr(C, packed(4))]
+#[derive(Clone, Copy, Debug)]
+pub struct X86_32IndirectRequest {
+    /// `operation` (offset 0): `BLKIF_OP_INDIRECT`.
+    pub operation: u8,
+    /// `indirect_op` (offset 1): `BLKIF_OP_READ` or `BLKIF_OP_WRITE`.
+    pub indirect_op: u8,
+    /// `nr_segments` (offset 2): segments in the indirect pages.
+    pub nr_segments: u16,
+    /// `id` (offset 4).
+    pub id: u64,
+    /// `sector_number` (offset 12).
+    pub sector_number: u64,
+    /// `handle` (offset 20).
+    pub handle: u16,
+    /// `indirect_grefs` (offset 24): grant references of the indirect pages.
+    pub indirect_grefs: [u32; BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST],
+    /// `pad` (offset 56): makes the i386 struct 64 bytes long.
+    pub pad: u64,
+}
+
+const _: () = {
+    assert!(size_of::<X86_32IndirectRequest>() == 64);
+    assert!(offset_of!(X86_32IndirectRequest, operation) == 0);
+    assert!(offset_of!(X86_32IndirectRequest, indirect_op) == 1);
+    assert!(offset_of!(X86_32IndirectRequest, nr_segments) == 2);
+    assert!(offset_of!(X86_32IndirectRequest, id) == 4);
+    assert!(offset_of!(X86_32IndirectRequest, sector_number) == 12);
+    assert!(offset_of!(X86_32IndirectRequest, handle) == 20);
+    assert!(offset_of!(X86_32IndirectRequest, indirect_grefs) == 24);
+    assert!(offset_of!(X86_32IndirectRequest, pad) == 56);
+};
+
+/// `struct blkif_request_indirect`, x86_64 layout: 64 bytes (60 plus tail
+/// padding to 8-byte alignment).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct X86_64IndirectRequest {
+    /// `operation` (offset 0): `BLKIF_OP_INDIRECT`.
+    pub operation: u8,
+    /// `indirect_op` (offset 1): `BLKIF_OP_READ` or `BLKIF_OP_WRITE`.
+    pub indirect_op: u8,
+    /// `nr_segments` (offset 2): segments in the indirect pages.
+    pub nr_segments: u16,
+    /// `id` (offset 8).
+    pub id: u64,
+    /// `sector_number` (offset 16).
+    pub sector_number: u64,
+    /// `handle` (offset 24).
+    pub handle: u16,
+    /// `indirect_grefs` (offset 28): grant references of the indirect pages.
+    pub indirect_grefs: [u32; BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST],
+}
+
+const _: () = {
+    assert!(size_of::<X86_64IndirectRequest>() == 64);
+    assert!(offset_of!(X86_64IndirectRequest, operation) == 0);
+    assert!(offset_of!(X86_64IndirectRequest, indirect_op) == 1);
+    assert!(offset_of!(X86_64IndirectRequest, nr_segments) == 2);
+    assert!(offset_of!(X86_64IndirectRequest, id) == 8);
+    assert!(offset_of!(X86_64IndirectRequest, sector_number) == 16);
+    assert!(offset_of!(X86_64IndirectRequest, handle) == 24);
+    assert!(offset_of!(X86_64IndirectRequest, indirect_grefs) == 28);
+};
+
+/// `struct blkif_response`, i386 layout: 12 bytes.
+#[repr(C, packed(4))]
+#[derive(Clone, Copy, Debug)]
+pub struct X86_32Response {
+    /// `id` (offset 0): copied from the request.
+    pub id: u64,
+    /// `operation` (offset 8): copied from the request.
+    pub operation: u8,
+    /// `status` (offset 10): `BLKIF_RSP_*`.
+    pub status: i16,
+}
+
+const _: () = {
+    assert!(size_of::<X86_32Response>() == 12);
+    assert!(offset_of!(X86_32Response, id) == 0);
+    assert!(offset_of!(X86_32Response, operation) == 8);
+    assert!(offset_of!(X86_32Response, status) == 10);
+};
+
+/// `struct blkif_response`, x86_64 layout: 16 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct X86_64Response {
+    /// `id` (offset 0): copied from the request.
+    pub id: u64,
+    /// `operation` (offset 8): copied from the request.
+    pub operation: u8,
+    /// `status` (offset 10): `BLKIF_RSP_*`.
+    pub status: i16,
+}
+
+const _: () = {
+    assert!(size_of::<X86_64Response>() == 16);
+    assert!(offset_of!(X86_64Response, id) == 0);
+    assert!(offset_of!(X86_64Response, operation) == 8);
+    assert!(offset_of!(X86_64Response, status) == 10);
+};
+
+/// The header of `struct blkif_sring` (`DEFINE_RING_TYPES` in `ring.h`):
+/// the four indices, the private union and padding up to the first entry.
+/// Same layout in every ABI.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SringHeader {
+    /// `req_prod` (offset 0): written by the front-end.
+    pub req_prod: u32,
+    /// `req_event` (offset 4): written by the back-end; the request index
+    /// at which it wants an event.
+    pub req_event: u32,
+    /// `rsp_prod` (offset 8): written by the back-end.
+    pub rsp_prod: u32,
+    /// `rsp_event` (offset 12): written by the front-end; the response
+    /// index at which it wants an event.
+    pub rsp_event: u32,
+    /// `pvt` (offset 16): a union unused by `blkif`.
+    pub pvt: [u8; 4],
+    /// `__pad` (offset 20).
+    pub pad: [u8; 44],
+}
+
+const _: () = {
+    assert!(size_of::<SringHeader>() == SRING_HEADER_SIZE);
+    assert!(offset_of!(SringHeader, req_prod) == 0);
+    assert!(offset_of!(SringHeader, req_event) == 4);
+    assert!(offset_of!(SringHeader, rsp_prod) == 8);
+    assert!(offset_of!(SringHeader, rsp_event) == 12);
+    assert!(offset_of!(SringHeader, pvt) == 16);
+    assert!(offset_of!(SringHeader, pad) == 20);
+};
+
+// ---------------------------------------------------------------------------
+// Byte layouts derived from the structs
+// ---------------------------------------------------------------------------
+
+/// Field offsets of one ABI, taken from its structs.
+struct Layout {
+    req_size: usize,
+    rsp_size: usize,
+    // blkif_request
+    rw_nr_segments: usize,
+    rw_handle: usize,
+    rw_id: usize,
+    rw_sector: usize,
+    rw_seg: usize,
+    // blkif_request_discard
+    d_flag: usize,
+    d_handle: usize,
+    d_id: usize,
+    d_sector: usize,
+    d_nr_sectors: usize,
+    // blkif_request_indirect
+    i_op: usize,
+    i_nr_segments: usize,
+    i_id: usize,
+    i_sector: usize,
+    i_handle: usize,
+    i_grefs: usize,
+    // blkif_response
+    r_id: usize,
+    r_operation: usize,
+    r_status: usize,
+}
+
+const LAYOUT_32: Layout = Layout {
+    req_size: size_of::<X86_32Request>(),
+    rsp_size: size_of::<X86_32Response>(),
+    rw_nr_segments: offset_of!(X86_32Request, nr_segments),
+    rw_handle: offset_of!(X86_32Request, handle),
+    rw_id: offset_of!(X86_32Request, id),
+    rw_sector: offset_of!(X86_32Request, sector_number),
+    rw_seg: offset_of!(X86_32Request, seg),
+    d_flag: offset_of!(X86_32DiscardRequest, flag),
+    d_handle: offset_of!(X86_32DiscardRequest, handle),
+    d_id: offset_of!(X86_32DiscardRequest, id),
+    d_sector: offset_of!(X86_32DiscardRequest, sector_number),
+    d_nr_sectors: offset_of!(X86_32DiscardRequest, nr_sectors),
+    i_op: offset_of!(X86_32IndirectRequest, indirect_op),
+    i_nr_segments: offset_of!(X86_32IndirectRequest, nr_segments),
+    i_id: offset_of!(X86_32IndirectRequest, id),
+    i_sector: offset_of!(X86_32IndirectRequest, sector_number),
+    i_handle: offset_of!(X86_32IndirectRequest, handle),
+    i_grefs: offset_of!(X86_32IndirectRequest, indirect_grefs),
+    r_id: offset_of!(X86_32Response, id),
+    r_operation: offset_of!(X86_32Response, operation),
+    r_status: offset_of!(X86_32Response, status),
+};
+
+const LAYOUT_64: Layout = Layout {
+    req_size: size_of::<X86_64Request>(),
+    rsp_size: size_of::<X86_64Response>(),
+    rw_nr_segments: offset_of!(X86_64Request, nr_segments),
+    rw_handle: offset_of!(X86_64Request, handle),
+    rw_id: offset_of!(X86_64Request, id),
+    rw_sector: offset_of!(X86_64Request, sector_number),
+    rw_seg: offset_of!(X86_64Request, seg),
+    d_flag: offset_of!(X86_64DiscardRequest, flag),
+    d_handle: offset_of!(X86_64DiscardRequest, handle),
+    d_id: offset_of!(X86_64DiscardRequest, id),
+    d_sector: offset_of!(X86_64DiscardRequest, sector_number),
+    d_nr_sectors: offset_of!(X86_64DiscardRequest, nr_sectors),
+    i_op: offset_of!(X86_64IndirectRequest, indirect_op),
+    i_nr_segments: offset_of!(X86_64IndirectRequest, nr_segments),
+    i_id: offset_of!(X86_64IndirectRequest, id),
+    i_sector: offset_of!(X86_64IndirectRequest, sector_number),
+    i_handle: offset_of!(X86_64IndirectRequest, handle),
+    i_grefs: offset_of!(X86_64IndirectRequest, indirect_grefs),
+    r_id: offset_of!(X86_64Response, id),
+    r_operation: offset_of!(X86_64Response, operation),
+    r_status: offset_of!(X86_64Response, status),
+};
+
+// Every struct of both ABIs fits in the stack buffers sized by MAX_SLOT_SIZE,
+// and the discard and indirect forms fit inside the request slot.
+const _: () = {
+    assert!(LAYOUT_32.req_size <= MAX_SLOT_SIZE && LAYOUT_64.req_size <= MAX_SLOT_SIZE);
+    assert!(LAYOUT_32.req_size == MAX_SLOT_SIZE || LAYOUT_64.req_size == MAX_SLOT_SIZE);
+    assert!(size_of::<X86_32DiscardRequest>() <= LAYOUT_32.req_size);
+    assert!(size_of::<X86_64DiscardRequest>() <= LAYOUT_64.req_size);
+    assert!(size_of::<X86_32IndirectRequest>() <= LAYOUT_32.req_size);
+    assert!(size_of::<X86_64IndirectRequest>() <= LAYOUT_64.req_size);
+    assert!(LAYOUT_32.rsp_size <= LAYOUT_32.req_size);
+    assert!(LAYOUT_64.rsp_size <= LAYOUT_64.req_size);
+};
+
+/// A private, fixed-size copy of one slot; all reads are little-endian and
+/// at constant offsets below `MAX_SLOT_SIZE`.
+struct Slot([u8; MAX_SLOT_SIZE]);
+
+impl Slot {
+    /// Copies up to `MAX_SLOT_SIZE` bytes; missing bytes read as zero.
+    fn copy_from(bytes: &[u8]) -> Slot {
+        let mut s = [0u8; MAX_SLOT_SIZE];
+        let n = bytes.len().min(MAX_SLOT_SIZE);
+        s[..n].copy_from_slice(&bytes[..n]);
+        Slot(s)
+    }
+
+    fn bytes<const N: usize>(&self, off: usize) -> [u8; N] {
+        let mut out = [0u8; N];
+        if let Some(src) = self.0.get(off..off.saturating_add(N)) {
+            out.copy_from_slice(src);
+        }
+        out
+    }
+
+    fn u8(&self, off: usize) -> u8 {
+        self.0.get(off).copied().unwrap_or(0)
+    }
+    fn u16(&self, off: usize) -> u16 {
+        u16::from_le_bytes(self.bytes(off))
+    }
+    fn i16(&self, off: usize) -> i16 {
+        i16::from_le_bytes(self.bytes(off))
+    }
+    fn u32(&self, off: usize) -> u32 {
+        u32::from_le_bytes(self.bytes(off))
+    }
+    fn u64(&self, off: usize) -> u64 {
+        u64::from_le_bytes(self.bytes(off))
+    }
+
+    fn put(&mut self, off: usize, v: &[u8]) {
+        if let Some(dst) = self.0.get_mut(off..off.saturating_add(v.len())) {
+            dst.copy_from_slice(v);
+        }
+    }
+}
+
+/// Copies the first `n` bytes of `src` into `dst`, never past either end.
+fn copy_out(src: &[u8], dst: &mut [u8], n: usize) {
+    debug_assert!(dst.len() >= n, "slot shorter than the wire struct");
+    let n = n.min(dst.len()).min(src.len());
+    dst[..n].copy_from_slice(&src[..n]);
+}
+
+// ---------------------------------------------------------------------------
+// The canonical form
+// ---------------------------------------------------------------------------
+
+/// The guest ABI of a connection: which layout its ring slots use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Abi {
+    /// `x86_32-abi`: i386 layout, `uint64_t` 4-aligned.
+    X86_32,
+    /// `x86_64-abi` (and `arm-abi`): natural 8-byte alignment of `uint64_t`.
+    X86_64,
+}
+
+/// One segment of a request: a granted page and an inclusive sector range
+/// within it. Not validated yet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Segment {
+    /// Grant reference of the data page.
+    pub gref: u32,
+    /// First sector of the page, inclusive.
+    pub first_sect: u8,
+    /// Last sector of the page, inclusive.
+    pub last_sect: u8,
+}
+
+/// The operation-specific part of a request, chosen by its `operation`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestBody {
+    /// `struct blkif_request`: read, write, barrier, flush and every
+    /// unknown operation. All eleven segments are decoded, whatever
+    /// `nr_segments` says.
+    Rw {
+        /// `nr_segments`, as written by the guest.
+        nr_segments: u8,
+        /// `handle`.
+        handle: u16,
+        /// `sector_number`.
+        sector_number: u64,
+        /// `seg`.
+        seg: [Segment; BLKIF_MAX_SEGMENTS_PER_REQUEST],
+    },
+    /// `struct blkif_request_discard` (`BLKIF_OP_DISCARD`).
+    Discard {
+        /// `flag`: `BLKIF_DISCARD_SECURE` or zero.
+        flag: u8,
+        /// `handle`.
+        handle: u16,
+        /// `sector_number`.
+        sector_number: u64,
+        /// `nr_sectors`.
+        nr_sectors: u64,
+    },
+    /// `struct blkif_request_indirect` (`BLKIF_OP_INDIRECT`).
+    Indirect {
+        /// `indirect_op`: the real operation.
+        indirect_op: u8,
+        /// `nr_segments`: segments held by the indirect pages.
+        nr_segments: u16,
+        /// `handle`.
+        handle: u16,
+        /// `sector_number`.
+        sector_number: u64,
+        /// `indirect_grefs`: all eight, whatever `nr_segments` says.
+        indirect_grefs: [u32; BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST],
+    },
+}
+
+/// One request slot in canonical form, copied out of the ring, not yet
+/// validated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlkifRequest {
+    /// `operation`: `BLKIF_OP_*` (or anything a guest wrote).
+    pub operation: u8,
+    /// `id`: the guest's tag, echoed in the response.
+    pub id: u64,
+    /// The operation-specific fields.
+    pub body: RequestBody,
+}
+
+/// One response in canonical form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlkifResponse {
+    /// `id`: copied from the request.
+    pub id: u64,
+    /// `operation`: copied from the request.
+    pub operation: u8,
+    /// `status`: `BLKIF_RSP_*`.
+    pub status: i16,
+}
+
+/// Decodes one 8-byte `struct blkif_request_segment` (an entry of an
+/// indirect page). Total: missing bytes read as zero.
+pub fn decode_segment(bytes: &[u8]) -> Segment {
+    let s = Slot::copy_from(bytes);
+    Segment {
+        gref: s.u32(offset_of!(BlkifRequestSegment, gref)),
+        first_sect: s.u8(offset_of!(BlkifRequestSegment, first_sect)),
+        last_sect: s.u8(offset_of!(BlkifRequestSegment, last_sect)),
+    }
+}
+
+/// Encodes one `struct blkif_request_segment` into the first
+/// [`SEGMENT_SIZE`] bytes of `out` (padding zero), as a front-end filling
+/// an indirect page does.
+pub fn encode_segment(seg: &Segment, out: &mut [u8]) {
+    let mut s = Slot([0; MAX_SLOT_SIZE]);
+    put_segment(&mut s, 0, seg);
+    copy_out(&s.0, out, SEGMENT_SIZE);
+}
+
+fn put_segment(s: &mut Slot, off: usize, seg: &Segment) {
+    s.put(
+        off + offset_of!(BlkifRequestSegment, gref),
+        &seg.gref.to_le_bytes(),
+    );
+    s.put(
+        off + offset_of!(BlkifRequestSegment, first_sect),
+        &[seg.first_sect],
+    );
+    s.put(
+        off + offset_of!(BlkifRequestSegment, last_sect),
+        &[seg.last_sect],
+    );
+}
+
+impl Abi {
+    /// The ABI of a guest of the same architecture as this build: i386
+    /// layout on 32-bit x86, natural 64-bit alignment everywhere else.
+    pub fn native() -> Abi {
+        if cfg!(target_arch = "x86") {
+            Abi::X86_32
+        } else {
+            Abi::X86_64
+        }
+    }
+
+    /// The ABI named by a front-end's `protocol` node. Exact match only:
+    /// `x86_32-abi`, `x86_64-abi`, or `arm-abi` (which has the x86_64
+    /// layout); anything else, including a trailing NUL or other case, is
+    /// `None`.
+    pub fn from_protocol(p: &[u8]) -> Option<Abi> {
+        if p == XEN_IO_PROTO_ABI_X86_32.as_bytes() {
+            Some(Abi::X86_32)
+        } else if p == XEN_IO_PROTO_ABI_X86_64.as_bytes() || p == XEN_IO_PROTO_ABI_ARM.as_bytes() {
+            Some(Abi::X86_64)
+        } else {
+            None
+        }
+    }
+
+    const fn layout(self) -> &'static Layout {
+        match self {
+            Abi::X86_32 => &LAYOUT_32,
+            Abi::X86_64 => &LAYOUT_64,
+        }
+    }
+
+    /// `sizeof(struct blkif_request)`: 108 or 112.
+    pub const fn request_size(self) -> usize {
+        self.layout().req_size
+    }
+
+    /// `sizeof(struct blkif_response)`: 12 or 16.
+    pub const fn response_size(self) -> usize {
+        self.layout().rsp_size
+    }
+
+    /// `sizeof(union blkif_sring_entry)`: the stride of ring slots.
+    pub const fn entry_size(self) -> usize {
+        let l = self.layout();
+        if l.req_size > l.rsp_size {
+            l.req_size
+        } else {
+            l.rsp_size
+        }
+    }
+
+    /// `__CONST_RING_SIZE(blkif, pages * 4096)`: the number of slots of a
+    /// ring of `pages` pages. `None` unless `pages` is a power of two from
+    /// 1 to [`MAX_RING_PAGES`].
+    pub fn ring_size(self, pages: u32) -> Option<u32> {
+        if pages == 0 || pages > MAX_RING_PAGES || !pages.is_power_of_two() {
+            return None;
+        }
+        let bytes = (pages as usize).checked_mul(crate::host::PAGE_SIZE)?;
+        let entries = bytes.checked_sub(SRING_HEADER_SIZE)? / self.entry_size();
+        let entries = u32::try_from(entries).ok()?;
+        if entries == 0 {
+            return None;
+        }
+        // Round down to a power of two, as __RD32 does.
+        Some(1u32 << (31 - entries.leading_zeros()))
+    }
+
+    /// Decodes a request slot copied out of the ring. Total: any bytes
+    /// decode (bytes missing from a short `slot` read as zero); the body is
+    /// chosen by the operation byte.
+    pub fn decode_request(self, slot: &[u8]) -> BlkifRequest {
+        let l = self.layout();
+        let n = slot.len().min(l.req_size);
+        let s = Slot::copy_from(&slot[..n]);
+        let operation = s.u8(0);
+        match operation {
+            BLKIF_OP_DISCARD => BlkifRequest {
+                operation,
+                id: s.u64(l.d_id),
+                body: RequestBody::Discard {
+                    flag: s.u8(l.d_flag),
+                    handle: s.u16(l.d_handle),
+                    sector_number: s.u64(l.d_sector),
+                    nr_sectors: s.u64(l.d_nr_sectors),
+                },
+            },
+            BLKIF_OP_INDIRECT => {
+                let mut indirect_grefs = [0u32; BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST];
+                for (i, g) in indirect_grefs.iter_mut().enumerate() {
+                    *g = s.u32(l.i_grefs + 4 * i);
+                }
+                BlkifRequest {
+                    operation,
+                    id: s.u64(l.i_id),
+                    body: RequestBody::Indirect {
+                        indirect_op: s.u8(l.i_op),
+                        nr_segments: s.u16(l.i_nr_segments),
+                        handle: s.u16(l.i_handle),
+                        sector_number: s.u64(l.i_sector),
+                        indirect_grefs,
+                    },
+                }
+            }
+            _ => {
+                let mut seg = [Segment::default(); BLKIF_MAX_SEGMENTS_PER_REQUEST];
+                for (i, sg) in seg.iter_mut().enumerate() {
+                    let off = l.rw_seg + SEGMENT_SIZE * i;
+                    *sg = decode_segment(&s.bytes::<SEGMENT_SIZE>(off));
+                }
+                BlkifRequest {
+                    operation,
+                    id: s.u64(l.rw_id),
+                    body: RequestBody::Rw {
+                        nr_segments: s.u8(l.rw_nr_segments),
+                        handle: s.u16(l.rw_handle),
+                        sector_number: s.u64(l.rw_sector),
+                        seg,
+                    },
+                }
+            }
+        }
+    }
+
+    /// Encodes a request as a front-end does (simulated guests, tests):
+    /// writes [`request_size`](Abi::request_size) bytes of `slot`, padding
+    /// and unused bytes zero. The layout follows `req.body`; a body that
+    /// does not match `req.operation` is written as given (and decodes
+    /// differently).
+    pub fn encode_request(self, req: &BlkifRequest, slot: &mut [u8]) {
+        let l = self.layout();
+        let mut s = Slot([0; MAX_SLOT_SIZE]);
+        s.put(0, &[req.operation]);
+        match req.body {
+            RequestBody::Rw {
+                nr_segments,
+                handle,
+                sector_number,
+                seg,
+            } => {
+                s.put(l.rw_nr_segments, &[nr_segments]);
+                s.put(l.rw_handle, &handle.to_le_bytes());
+                s.put(l.rw_id, &req.id.to_le_bytes());
+                s.put(l.rw_sector, &sector_number.to_le_bytes());
+                for (i, sg) in seg.iter().enumerate() {
+                    put_segment(&mut s, l.rw_seg + SEGMENT_SIZE * i, sg);
+                }
+            }
+            RequestBody::Discard {
+                flag,
+                handle,
+                sector_number,
+                nr_sectors,
+            } => {
+                s.put(l.d_flag, &[flag]);
+                s.put(l.d_handle, &handle.to_le_bytes());
+                s.put(l.d_id, &req.id.to_le_bytes());
+                s.put(l.d_sector, &sector_number.to_le_bytes());
+                s.put(l.d_nr_sectors, &nr_sectors.to_le_bytes());
+            }
+            RequestBody::Indirect {
+                indirect_op,
+                nr_segments,
+                handle,
+                sector_number,
+                indirect_grefs,
+            } => {
+                s.put(l.i_op, &[indirect_op]);
+                s.put(l.i_nr_segments, &nr_segments.to_le_bytes());
+                s.put(l.i_id, &req.id.to_le_bytes());
+                s.put(l.i_sector, &sector_number.to_le_bytes());
+                s.put(l.i_handle, &handle.to_le_bytes());
+                for (i, g) in indirect_grefs.iter().enumerate() {
+                    s.put(l.i_grefs + 4 * i, &g.to_le_bytes());
+                }
+            }
+        }
+        copy_out(&s.0, slot, l.req_size);
+    }
+
+    /// Encodes a response into exactly
+    /// [`response_size`](Abi::response_size) bytes of `slot`, padding bytes
+    /// zero, so no stale data reaches the guest.
+    pub fn encode_response(self, rsp: &BlkifResponse, slot: &mut [u8]) {
+        let l = self.layout();
+        let mut s = Slot([0; MAX_SLOT_SIZE]);
+        s.put(l.r_id, &rsp.id.to_le_bytes());
+        s.put(l.r_operation, &[rsp.operation]);
+        s.put(l.r_status, &rsp.status.to_le_bytes());
+        copy_out(&s.0, slot, l.rsp_size);
+    }
+
+    /// Decodes a response slot (front-end side). Total: missing bytes read
+    /// as zero.
+    pub fn decode_response(self, slot: &[u8]) -> BlkifResponse {
+        let l = self.layout();
+        let n = slot.len().min(l.rsp_size);
+        let s = Slot::copy_from(&slot[..n]);
+        BlkifResponse {
+            id: s.u64(l.r_id),
+            operation: s.u8(l.r_operation),
+            status: s.i16(l.r_status),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ABIS: [Abi; 2] = [Abi::X86_32, Abi::X86_64];
+
+    fn segs(seed: u32) -> [Segment; BLKIF_MAX_SEGMENTS_PER_REQUEST] {
+        let mut s = [Segment::default(); BLKIF_MAX_SEGMENTS_PER_REQUEST];
+        for (i, sg) in s.iter_mut().enumerate() {
+            let i = i as u32;
+            *sg = Segment {
+                gref: seed.wrapping_mul(0x9e37_79b9).wrapping_add(i * 0x0101_0101),
+                first_sect: (i % 8) as u8,
+                last_sect: (7 - i % 8) as u8 | 0x80,
+            };
+        }
+        s
+    }
+
+    fn sample_requests() -> [BlkifRequest; 5] {
+        [
+            BlkifRequest {
+                operation: BLKIF_OP_WRITE,
+                id: 0x1122_3344_5566_7788,
+                body: RequestBody::Rw {
+                    nr_segments: 11,
+                    handle: 0xabcd,
+                    sector_number: 0x0102_0304_0506_0708,
+                    seg: segs(7),
+                },
+            },
+            BlkifRequest {
+                operation: 0xee, // unknown operation: still the r/w layout
+                id: u64::MAX,
+                body: RequestBody::Rw {
+                    nr_segments: 0xff,
+                    handle: 1,
+                    sector_number: 0,
+                    seg: segs(99),
+                },
+            },
+            BlkifRequest {
+                operation: BLKIF_OP_DISCARD,
+                id: 0xdead_beef_0bad_f00d,
+                body: RequestBody::Discard {
+                    flag: BLKIF_DISCARD_SECURE,
+                    handle: 0x5150,
+                    sector_number: 0x8000_0000_0000_0001,
+                    nr_sectors: 0x7fff_ffff_ffff_fffe,
+                },
+            },
+            BlkifRequest {
+                operation: BLKIF_OP_INDIRECT,
+                id: 42,
+                body: RequestBody::Indirect {
+                    indirect_op: BLKIF_OP_READ,
+                    nr_segments: 0xfedc,
+                    handle: 0x0a0b,
+                    sector_number: 0x1020_3040_5060_7080,
+                    indirect_grefs: [1, 0xffff_ffff, 3, 4, 5, 6, 7, 0x8000_0000],
+                },
+            },
+            BlkifRequest {
+                operation: BLKIF_OP_FLUSH_DISKCACHE,
+                id: 0,
+                body: RequestBody::Rw {
+                    nr_segments: 0,
+                    handle: 0,
+                    sector_number: 0,
+                    seg: [Segment::default(); BLKIF_MAX_SEGMENTS_PER_REQUEST],
+                },
+            },
+        ]
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(Abi::X86_32.request_size(), 108);
+        assert_eq!(Abi::X86_32.response_size(), 12);
+        assert_eq!(Abi::X86_32.entry_size(), 108);
+        assert_eq!(Abi::X86_64.request_size(), 112);
+        assert_eq!(Abi::X86_64.response_size(), 16);
+        assert_eq!(Abi::X86_64.entry_size(), 112);
+        assert_eq!(
+            MAX_SLOT_SIZE,
+            Abi::X86_32.entry_size().max(Abi::X86_64.entry_size())
+        );
+        assert_eq!(SECTOR_SIZE, 512);
+        assert_eq!(SECTORS_PER_PAGE, 8);
+        assert_eq!(MAX_RING_PAGES, 32);
+        assert_eq!(
+            (
+                SRING_REQ_PROD,
+                SRING_REQ_EVENT,
+                SRING_RSP_PROD,
+                SRING_RSP_EVENT
+            ),
+            (0, 4, 8, 12)
+        );
+    }
+
+    #[test]
+    fn ring_sizes() {
+        // (pages*4096 - 64) / entry, rounded down to a power of two:
+        // x86_32: 37 -> 32, 75 -> 64, ... 1213 -> 1024
+        // x86_64: 36 -> 32, 72 -> 64, ... 1169 -> 1024
+        for abi in ABIS {
+            let mut pages = 1;
+            let mut expect = 32;
+            while pages <= 32 {
+                assert_eq!(abi.ring_size(pages), Some(expect), "{abi:?} {pages}");
+                pages *= 2;
+                expect *= 2;
+            }
+            for bad in [0, 3, 5, 6, 7, 12, 31, 33, 64, u32::MAX] {
+                assert_eq!(abi.ring_size(bad), None, "{abi:?} {bad}");
+            }
+        }
+    }
+
+    #[test]
+    fn protocol_names() {
+        assert_eq!(Abi::from_protocol(b"x86_32-abi"), Some(Abi::X86_32));
+        assert_eq!(Abi::from_protocol(b"x86_64-abi"), Some(Abi::X86_64));
+        assert_eq!(Abi::from_protocol(b"arm-abi"), Some(Abi::X86_64));
+        for bad in [
+            &b"x86_64-abi\0"[..],
+            b"X86_64-ABI",
+            b"",
+            b"x86_64",
+            b"x86_32-abi ",
+            b" x86_32-abi",
+            b"x86_64-abi\n",
+            b"arm",
+            b"\0",
+        ] {
+            assert_eq!(Abi::from_protocol(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn native_matches_build() {
+        let expect = if cfg!(target_arch = "x86") {
+            Abi::X86_32
+        } else {
+            Abi::X86_64
+        };
+        assert_eq!(Abi::native(), expect);
+    }
+
+    #[test]
+    fn request_round_trip() {
+        for abi in ABIS {
+            for req in sample_requests() {
+                let mut slot = [0x5au8; MAX_SLOT_SIZE];
+                abi.encode_request(&req, &mut slot);
+                assert_eq!(abi.decode_request(&slot), req, "{abi:?}");
+                // Only request_size bytes are written.
+                assert!(slot[abi.request_size()..].iter().all(|&b| b == 0x5a));
+            }
+        }
+    }
+
+    /// The byte-offset codec agrees with the structs: encode, then look at
+    /// the bytes where the struct (whose offsets are checked against C)
+    /// says each field lives, with literal offsets.
+    #[test]
+    fn codec_agrees_with_structs() {
+        let rw = sample_requests()[0];
+        let mut b = [0u8; MAX_SLOT_SIZE];
+        Abi::X86_32.encode_request(&rw, &mut b);
+        assert_eq!(b[0], BLKIF_OP_WRITE);
+        assert_eq!(b[1], 11);
+        assert_eq!(&b[2..4], &0xabcdu16.to_le_bytes());
+        assert_eq!(&b[4..12], &0x1122_3344_5566_7788u64.to_le_bytes());
+        assert_eq!(&b[12..20], &0x0102_0304_0506_0708u64.to_le_bytes());
+        let s0 = segs(7)[0];
+        assert_eq!(&b[20..24], &s0.gref.to_le_bytes());
+        assert_eq!(
+            (b[24], b[25], b[26], b[27]),
+            (s0.first_sect, s0.last_sect, 0, 0)
+        );
+        let s10 = segs(7)[10];
+        assert_eq!(&b[100..104], &s10.gref.to_le_bytes());
+
+        let mut b = [0u8; MAX_SLOT_SIZE];
+        Abi::X86_64.encode_request(&rw, &mut b);
+        assert_eq!(&b[4..8], &[0; 4]); // padding before id
+        assert_eq!(&b[8..16], &0x1122_3344_5566_7788u64.to_le_bytes());
+        assert_eq!(&b[16..24], &0x0102_0304_0506_0708u64.to_le_bytes());
+        assert_eq!(&b[24..28], &s0.gref.to_le_bytes());
+        assert_eq!(&b[104..108], &s10.gref.to_le_bytes());
+
+        let ind = sample_requests()[3];
+        let mut b = [0xffu8; MAX_SLOT_SIZE];
+        Abi::X86_32.encode_request(&ind, &mut b);
+        assert_eq!(&b[2..4], &0xfedcu16.to_le_bytes());
+        assert_eq!(&b[4..12], &42u64.to_le_bytes());
+        assert_eq!(&b[20..22], &0x0a0bu16.to_le_bytes());
+        assert_eq!(&b[24..28], &1u32.to_le_bytes());
+        assert_eq!(&b[52..56], &0x8000_0000u32.to_le_bytes());
+        assert!(b[56..108].iter().all(|&x| x == 0), "pad and tail zero");
+        let mut b = [0xffu8; MAX_SLOT_SIZE];
+        Abi::X86_64.encode_request(&ind, &mut b);
+        assert_eq!(&b[8..16], &42u64.to_le_bytes());
+        assert_eq!(&b[24..26], &0x0a0bu16.to_le_bytes());
+        assert_eq!(&b[28..32], &1u32.to_le_bytes());
+        assert_eq!(&b[56..60], &0x8000_0000u32.to_le_bytes());
+        assert!(b[60..112].iter().all(|&x| x == 0));
+
+        let disc = sample_requests()[2];
+        let mut b = [0u8; MAX_SLOT_SIZE];
+        Abi::X86_32.encode_request(&disc, &mut b);
+        assert_eq!(b[1], BLKIF_DISCARD_SECURE);
+        assert_eq!(&b[20..28], &0x7fff_ffff_ffff_fffeu64.to_le_bytes());
+        Abi::X86_64.encode_request(&disc, &mut b);
+        assert_eq!(&b[24..32], &0x7fff_ffff_ffff_fffeu64.to_le_bytes());
+
+        // Offsets in the private layouts are those of the structs.
+        assert_eq!(LAYOUT_32.rw_id, offset_of!(X86_32Request, id));
+        assert_eq!(
+            LAYOUT_64.i_grefs,
+            offset_of!(X86_64IndirectRequest, indirect_grefs)
+        );
+    }
+
+    #[test]
+    fn response_codec() {
+        let rsp = BlkifResponse {
+            id: 0x0123_4567_89ab_cdef,
+            operation: BLKIF_OP_INDIRECT,
+            status: BLKIF_RSP_EOPNOTSUPP,
+        };
+        for abi in ABIS {
+            let mut b = [0xffu8; MAX_SLOT_SIZE];
+            abi.encode_response(&rsp, &mut b);
+            assert_eq!(&b[0..8], &rsp.id.to_le_bytes());
+            assert_eq!(b[8], BLKIF_OP_INDIRECT);
+            assert_eq!(b[9], 0, "padding byte zero");
+            assert_eq!(&b[10..12], &(-2i16).to_le_bytes());
+            let n = abi.response_size();
+            assert!(b[12..n].iter().all(|&x| x == 0), "tail padding zero");
+            assert!(
+                b[n..].iter().all(|&x| x == 0xff),
+                "nothing past the response"
+            );
+            assert_eq!(abi.decode_response(&b), rsp);
+        }
+    }
+
+    #[test]
+    fn decode_is_total() {
+        // Arbitrary, short and empty slots decode without panicking.
+        let mut b = [0u8; MAX_SLOT_SIZE + 8];
+        for (i, x) in b.iter_mut().enumerate() {
+            *x = (i as u8).wrapping_mul(37).wrapping_add(11);
+        }
+        for abi in ABIS {
+            for op in 0..=255u8 {
+                b[0] = op;
+                for len in [0, 1, 7, 20, 60, abi.request_size() - 1, b.len()] {
+                    let r = abi.decode_request(&b[..len]);
+                    if len > 0 {
+                        assert_eq!(r.operation, op);
+                    }
+                    let _ = abi.decode_response(&b[..len]);
+                }
+            }
+        }
+        assert_eq!(decode_segment(&[]), Segment::default());
+        // A short slot's missing bytes read as zero: the same as zero-padded.
+        let mut padded = [0u8; MAX_SLOT_SIZE];
+        padded[..30].copy_from_slice(&b[..30]);
+        padded[0] = BLKIF_OP_READ;
+        assert_eq!(
+            Abi::X86_64.decode_request(&padded[..30]),
+            Abi::X86_64.decode_request(&padded)
+        );
+    }
+
+    #[test]
+    fn segment_codec() {
+        let s = Segment {
+            gref: 0xa1b2_c3d4,
+            first_sect: 3,
+            last_sect: 7,
+        };
+        let mut b = [0xffu8; 8];
+        encode_segment(&s, &mut b);
+        assert_eq!(b, [0xd4, 0xc3, 0xb2, 0xa1, 3, 7, 0, 0]);
+        assert_eq!(decode_segment(&b), s);
+    }
+}

@@ -61,7 +61,6 @@ const EMPTY_SLOT: ReqSlot = ReqSlot {
     id: 0,
     operation: 0,
     nsegs: 0,
-    nr_sectors: 0,
     seg: [Segment {
         gref: 0,
         first_sect: 0,
@@ -720,7 +719,6 @@ impl Connection {
             id: p.id,
             operation: p.operation,
             nsegs: p.nsegs,
-            nr_sectors: p.nr_sectors,
             seg: p.seg,
             next: NONE,
         };

@@ -1,1 +1,913 @@
-//! TODO(in progress): ring.
+//! The shared ring of Xen's `io/ring.h` as `blkif.h` instantiates it
+//! (`DEFINE_RING_TYPES(blkif, ...)`): the back ring a back-end serves
+//! (`BACK_RING_INIT`, `RING_COPY_REQUEST`, `RING_PUSH_RESPONSES_AND_CHECK_NOTIFY`,
+//! `RING_FINAL_CHECK_FOR_REQUESTS`) and, for simulated guests, tests and
+//! fuzzing, the front ring a guest drives (`SHARED_RING_INIT`,
+//! `FRONT_RING_INIT`, `RING_PUSH_REQUESTS_AND_CHECK_NOTIFY`,
+//! `RING_FINAL_CHECK_FOR_RESPONSES`).
+//!
+//! All shared access goes through [`SharedMem`]: indices are atomics with a
+//! named [`Ordering`], slots are copied in or out in one go. The back ring
+//! reads `req_prod` once per snapshot, refuses an impossible value, and
+//! copies each request slot exactly once before decoding the private copy.
+//! Its own indices (`req_cons`, `rsp_prod_pvt`, and the last published
+//! `rsp_prod`) are private, so a guest scribbling on the header can only
+//! make it refuse work or send a spurious event, never make it touch memory
+//! outside the ring.
+
+use core::sync::atomic::Ordering;
+
+use crate::abi::{
+    Abi, BlkifRequest, BlkifResponse, MAX_SLOT_SIZE, SRING_HEADER_SIZE, SRING_REQ_EVENT,
+    SRING_REQ_PROD, SRING_RSP_EVENT, SRING_RSP_PROD,
+};
+use crate::host::PAGE_SIZE;
+use crate::shmem::SharedMem;
+
+/// Why a ring cannot be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RingError {
+    /// The page count is not a power of two from 1 to
+    /// [`MAX_RING_PAGES`](crate::abi::MAX_RING_PAGES), or the mapping is
+    /// shorter than `pages * 4096` bytes.
+    TooSmall,
+    /// The front-end published a `req_prod` no well-behaved front-end can:
+    /// more requests outstanding than the ring holds, or an index behind
+    /// requests already consumed. The connection must be shut down.
+    BadProducer {
+        /// The value read from the shared ring.
+        req_prod: u32,
+        /// The back-end's consumer index at the time.
+        req_cons: u32,
+        /// The back-end's private response producer at the time.
+        rsp_prod_pvt: u32,
+    },
+}
+
+/// Checks a ring geometry: the slot count, given the mapping is long enough.
+fn ring_geometry(mem: &SharedMem, abi: Abi, pages: u32) -> Result<u32, RingError> {
+    let size = abi.ring_size(pages).ok_or(RingError::TooSmall)?;
+    let bytes = (pages as usize)
+        .checked_mul(PAGE_SIZE)
+        .ok_or(RingError::TooSmall)?;
+    if mem.len() < bytes {
+        return Err(RingError::TooSmall);
+    }
+    Ok(size)
+}
+
+/// Byte offset of slot `index` (masked to the ring). With `size` from
+/// [`Abi::ring_size`], the whole entry lies inside `pages * 4096` bytes.
+fn slot_offset(abi: Abi, size: u32, index: u32) -> usize {
+    SRING_HEADER_SIZE + (index & (size - 1)) as usize * abi.entry_size()
+}
+
+/// The back-end's side of a shared ring (`struct blkif_back_ring`).
+#[derive(Debug)]
+pub struct BackRing {
+    mem: SharedMem,
+    abi: Abi,
+    size: u32,
+    req_cons: u32,
+    rsp_prod_pvt: u32,
+    /// The `rsp_prod` value last stored: the "old" of the notify check,
+    /// kept privately so the guest cannot influence it.
+    rsp_prod_pub: u32,
+}
+
+impl BackRing {
+    /// Attaches to a ring the front-end initialised (`BACK_RING_INIT`):
+    /// `req_cons = rsp_prod_pvt = 0`. Does not write the shared header.
+    pub fn new(mem: SharedMem, abi: Abi, pages: u32) -> Result<BackRing, RingError> {
+        let size = ring_geometry(&mem, abi, pages)?;
+        Ok(BackRing {
+            mem,
+            abi,
+            size,
+            req_cons: 0,
+            rsp_prod_pvt: 0,
+            rsp_prod_pub: 0,
+        })
+    }
+
+    /// The number of slots (`RING_SIZE`).
+    pub fn size(&self) -> u32 {
+        self.size
+    }
+
+    /// The guest ABI of the slots.
+    pub fn abi(&self) -> Abi {
+        self.abi
+    }
+
+    /// The index of the next request to consume.
+    pub fn req_cons(&self) -> u32 {
+        self.req_cons
+    }
+
+    /// The index of the next response to produce.
+    pub fn rsp_prod_pvt(&self) -> u32 {
+        self.rsp_prod_pvt
+    }
+
+    /// Checks a `req_prod` value read from the ring against the private
+    /// indices (`RING_REQUEST_PROD_OVERFLOW`, plus a producer that went
+    /// back behind `req_cons`).
+    fn check_prod(&self, req_prod: u32) -> Result<u32, RingError> {
+        let produced = req_prod.wrapping_sub(self.rsp_prod_pvt);
+        let consumed = self.req_cons.wrapping_sub(self.rsp_prod_pvt);
+        if produced > self.size || produced < consumed {
+            return Err(RingError::BadProducer {
+                req_prod,
+                req_cons: self.req_cons,
+                rsp_prod_pvt: self.rsp_prod_pvt,
+            });
+        }
+        Ok(req_prod)
+    }
+
+    /// Reads `req_prod` once and validates it. `Err` when the front-end
+    /// claims more unconsumed plus unanswered requests than the ring holds,
+    /// or moved `req_prod` back behind `req_cons`.
+    pub fn snapshot_req_prod(&self) -> Result<u32, RingError> {
+        // Acquire pairs with the front-end's write barrier before its
+        // req_prod store: the slots below req_prod are visible to the
+        // copies `take_request` makes after this load.
+        let req_prod = self.mem.load_u32(SRING_REQ_PROD, Ordering::Acquire);
+        self.check_prod(req_prod)
+    }
+
+    /// Consumes the request at `req_cons` if `req_prod` (from
+    /// [`snapshot_req_prod`](Self::snapshot_req_prod)) says there is one:
+    /// copies the slot once into a private buffer, decodes the copy and
+    /// advances `req_cons`. `None` when caught up, and also when `req_prod`
+    /// is not a value `snapshot_req_prod` accepts or no response slot is
+    /// free (`RING_REQUEST_CONS_OVERFLOW`), so a loop over this method ends
+    /// after at most `size` requests whatever the caller passes.
+    pub fn take_request(&mut self, req_prod: u32) -> Option<BlkifRequest> {
+        if req_prod == self.req_cons || self.check_prod(req_prod).is_err() {
+            return None;
+        }
+        if self.req_cons.wrapping_sub(self.rsp_prod_pvt) >= self.size {
+            return None;
+        }
+        let len = self.abi.request_size();
+        let mut buf = [0u8; MAX_SLOT_SIZE];
+        let off = slot_offset(self.abi, self.size, self.req_cons);
+        // The one read of this slot: everything after looks at `buf` only.
+        self.mem.read(off, &mut buf[..len]);
+        self.req_cons = self.req_cons.wrapping_add(1);
+        Some(self.abi.decode_request(&buf[..len]))
+    }
+
+    /// Writes one response at `rsp_prod_pvt` (every byte of the response
+    /// struct, padding zero) and advances `rsp_prod_pvt`. Not visible to
+    /// the front-end until [`publish_responses`](Self::publish_responses).
+    ///
+    /// There must be a consumed, unanswered request; otherwise this is a
+    /// bug in the caller (debug builds panic, release builds write
+    /// nothing).
+    pub fn push_response(&mut self, rsp: &BlkifResponse) {
+        let unanswered = self.req_cons.wrapping_sub(self.rsp_prod_pvt);
+        debug_assert!(
+            unanswered != 0 && unanswered <= self.size,
+            "push_response without an unanswered request"
+        );
+        if unanswered == 0 || unanswered > self.size {
+            return;
+        }
+        let len = self.abi.response_size();
+        let mut buf = [0u8; MAX_SLOT_SIZE];
+        self.abi.encode_response(rsp, &mut buf[..len]);
+        let off = slot_offset(self.abi, self.size, self.rsp_prod_pvt);
+        self.mem.write(off, &buf[..len]);
+        self.rsp_prod_pvt = self.rsp_prod_pvt.wrapping_add(1);
+    }
+
+    /// Publishes the pushed responses (`RING_PUSH_RESPONSES_AND_CHECK_NOTIFY`):
+    /// `true` iff the front-end asked to be notified of one of them
+    /// (`rsp_event` within the newly published range).
+    pub fn publish_responses(&mut self) -> bool {
+        let old = self.rsp_prod_pub;
+        let new = self.rsp_prod_pvt;
+        // Release orders the response slot writes before the index: a
+        // front-end that sees the new rsp_prod sees the responses.
+        self.mem.store_u32(SRING_RSP_PROD, new, Ordering::Release);
+        self.rsp_prod_pub = new;
+        // Store-load barrier: closes the race where the front-end sets
+        // rsp_event and checks rsp_prod (seeing the old value) while we
+        // read the old rsp_event; with the fence on both sides one of us
+        // sees the other's store, so no event is lost.
+        self.mem.full_fence();
+        // Relaxed: ordered after the store by the fence above; the value is
+        // only compared, never used as an index.
+        let event = self.mem.load_u32(SRING_RSP_EVENT, Ordering::Relaxed);
+        new.wrapping_sub(event) < new.wrapping_sub(old)
+    }
+
+    /// `RING_FINAL_CHECK_FOR_REQUESTS`: before going idle, asks for an
+    /// event at the next request (`req_event = req_cons + 1`) and re-reads
+    /// `req_prod`, so a request produced meanwhile is not missed. `Ok(true)`
+    /// when requests remain to be consumed.
+    pub fn final_check_for_requests(&mut self) -> Result<bool, RingError> {
+        self.final_check_inner(|| {})
+    }
+
+    /// [`final_check_for_requests`](Self::final_check_for_requests) with a
+    /// hook run between the first check and the `req_event` store, where a
+    /// front-end can race with us (tests use it to produce a request there).
+    fn final_check_inner(&mut self, between: impl FnOnce()) -> Result<bool, RingError> {
+        if self.snapshot_req_prod()? != self.req_cons {
+            return Ok(true);
+        }
+        between();
+        // Relaxed: ordered before the re-read of req_prod by the fence
+        // below; the front-end reads it after its own full fence.
+        self.mem.store_u32(
+            SRING_REQ_EVENT,
+            self.req_cons.wrapping_add(1),
+            Ordering::Relaxed,
+        );
+        // Store-load barrier: closes the race where the front-end publishes
+        // a request and reads the old req_event (no notify) while we re-read
+        // the old req_prod (no work): one of the two must see the other.
+        self.mem.full_fence();
+        Ok(self.snapshot_req_prod()? != self.req_cons)
+    }
+
+    /// Gives the mapping back, for the platform to unmap.
+    pub fn into_mem(self) -> SharedMem {
+        self.mem
+    }
+}
+
+/// The front-end's side of a shared ring (`struct blkif_front_ring`), for
+/// simulated guests, tests and fuzzing. It trusts the back-end.
+#[derive(Debug)]
+pub struct FrontRing {
+    mem: SharedMem,
+    abi: Abi,
+    size: u32,
+    req_prod_pvt: u32,
+    rsp_cons: u32,
+}
+
+impl FrontRing {
+    /// Initialises the shared ring and attaches to it (`SHARED_RING_INIT`
+    /// + `FRONT_RING_INIT`): the header zeroed, `req_event = rsp_event = 1`.
+    pub fn init(mem: SharedMem, abi: Abi, pages: u32) -> Result<FrontRing, RingError> {
+        let size = ring_geometry(&mem, abi, pages)?;
+        mem.write(0, &[0u8; SRING_HEADER_SIZE]);
+        mem.store_u32(SRING_REQ_EVENT, 1, Ordering::Relaxed);
+        mem.store_u32(SRING_RSP_EVENT, 1, Ordering::Relaxed);
+        // Release: the zeroed header is visible before anyone can see a
+        // request (there is none yet; the back-end attaches later through
+        // the grant, which is itself a synchronisation point).
+        mem.store_u32(SRING_REQ_PROD, 0, Ordering::Release);
+        mem.store_u32(SRING_RSP_PROD, 0, Ordering::Release);
+        Ok(FrontRing {
+            mem,
+            abi,
+            size,
+            req_prod_pvt: 0,
+            rsp_cons: 0,
+        })
+    }
+
+    /// The number of slots (`RING_SIZE`).
+    pub fn size(&self) -> u32 {
+        self.size
+    }
+
+    /// The guest ABI of the slots.
+    pub fn abi(&self) -> Abi {
+        self.abi
+    }
+
+    /// The index of the next request to produce.
+    pub fn req_prod_pvt(&self) -> u32 {
+        self.req_prod_pvt
+    }
+
+    /// The index of the next response to consume.
+    pub fn rsp_cons(&self) -> u32 {
+        self.rsp_cons
+    }
+
+    /// Slots free for new requests (`RING_FREE_REQUESTS`).
+    pub fn free_slots(&self) -> u32 {
+        self.size
+            .saturating_sub(self.req_prod_pvt.wrapping_sub(self.rsp_cons))
+    }
+
+    /// Writes `req` into the slot at `req_prod_pvt` and advances it;
+    /// `false` (nothing written) when the ring is full. Not visible to the
+    /// back-end until [`publish_requests`](Self::publish_requests).
+    pub fn push_request(&mut self, req: &BlkifRequest) -> bool {
+        if self.free_slots() == 0 {
+            return false;
+        }
+        let len = self.abi.request_size();
+        let mut buf = [0u8; MAX_SLOT_SIZE];
+        self.abi.encode_request(req, &mut buf[..len]);
+        let off = slot_offset(self.abi, self.size, self.req_prod_pvt);
+        self.mem.write(off, &buf[..len]);
+        self.req_prod_pvt = self.req_prod_pvt.wrapping_add(1);
+        true
+    }
+
+    /// A hostile front-end's write: raw bytes into slot `index` (masked to
+    /// the ring), at most one entry's worth.
+    pub fn write_raw_slot(&mut self, index: u32, bytes: &[u8]) {
+        let n = bytes.len().min(self.abi.entry_size());
+        self.mem
+            .write(slot_offset(self.abi, self.size, index), &bytes[..n]);
+    }
+
+    /// A hostile front-end's write: stores any `req_prod` (release).
+    pub fn set_req_prod_raw(&mut self, v: u32) {
+        // Release: slots written before are visible with the index.
+        self.mem.store_u32(SRING_REQ_PROD, v, Ordering::Release);
+    }
+
+    /// Publishes the pushed requests (`RING_PUSH_REQUESTS_AND_CHECK_NOTIFY`):
+    /// `true` iff the back-end asked for an event (`req_event` within the
+    /// newly published range).
+    pub fn publish_requests(&mut self) -> bool {
+        // Relaxed: only this side writes req_prod.
+        let old = self.mem.load_u32(SRING_REQ_PROD, Ordering::Relaxed);
+        let new = self.req_prod_pvt;
+        // Release orders the request slot writes before the index.
+        self.mem.store_u32(SRING_REQ_PROD, new, Ordering::Release);
+        // Store-load barrier: closes the race with the back-end's
+        // RING_FINAL_CHECK_FOR_REQUESTS (it sets req_event then re-reads
+        // req_prod; we set req_prod then read req_event).
+        self.mem.full_fence();
+        // Relaxed: ordered after the store by the fence above.
+        let event = self.mem.load_u32(SRING_REQ_EVENT, Ordering::Relaxed);
+        new.wrapping_sub(event) < new.wrapping_sub(old)
+    }
+
+    /// Consumes the next published response; `None` when caught up.
+    pub fn take_response(&mut self) -> Option<BlkifResponse> {
+        // Acquire pairs with the back-end's release store of rsp_prod: the
+        // response slots below it are visible to the copy below.
+        let rsp_prod = self.mem.load_u32(SRING_RSP_PROD, Ordering::Acquire);
+        if rsp_prod == self.rsp_cons {
+            return None;
+        }
+        let len = self.abi.response_size();
+        let mut buf = [0u8; MAX_SLOT_SIZE];
+        let off = slot_offset(self.abi, self.size, self.rsp_cons);
+        self.mem.read(off, &mut buf[..len]);
+        self.rsp_cons = self.rsp_cons.wrapping_add(1);
+        Some(self.abi.decode_response(&buf[..len]))
+    }
+
+    /// `RING_FINAL_CHECK_FOR_RESPONSES`: asks for an event at the next
+    /// response (`rsp_event = rsp_cons + 1`) and re-reads `rsp_prod`;
+    /// `true` when responses remain to be consumed.
+    pub fn final_check_for_responses(&mut self) -> bool {
+        // Acquire: as in take_response.
+        if self.mem.load_u32(SRING_RSP_PROD, Ordering::Acquire) != self.rsp_cons {
+            return true;
+        }
+        // Relaxed: ordered before the re-read by the fence below.
+        self.mem.store_u32(
+            SRING_RSP_EVENT,
+            self.rsp_cons.wrapping_add(1),
+            Ordering::Relaxed,
+        );
+        // Store-load barrier: closes the race with the back-end's
+        // publish_responses (it stores rsp_prod then reads rsp_event).
+        self.mem.full_fence();
+        self.mem.load_u32(SRING_RSP_PROD, Ordering::Acquire) != self.rsp_cons
+    }
+
+    /// Gives the mapping back.
+    pub fn into_mem(self) -> SharedMem {
+        self.mem
+    }
+}
+
+#[cfg(test)]
+#[allow(unsafe_code)]
+mod test_mem {
+    //! Heap pages standing in for a granted ring, for the unit tests.
+
+    use alloc::boxed::Box;
+    use alloc::vec;
+    use core::ptr::NonNull;
+
+    use crate::shmem::SharedMem;
+
+    /// `pages` zeroed, 8-aligned pages, freed on drop.
+    pub struct TestMem {
+        base: NonNull<u64>,
+        words: usize,
+    }
+
+    impl TestMem {
+        pub fn new(pages: usize) -> TestMem {
+            let words = pages * 512;
+            let raw = Box::into_raw(vec![0u64; words].into_boxed_slice());
+            TestMem {
+                base: NonNull::new(raw as *mut u64).unwrap(),
+                words,
+            }
+        }
+
+        /// A window onto the pages. Several may exist at once, as the
+        /// guest and the back-end both map the ring.
+        pub fn shared(&self) -> SharedMem {
+            // SAFETY: the buffer is a live heap allocation of `words * 8`
+            // bytes, 8-aligned, owned by `self`; tests drop every SharedMem
+            // (ring) before the TestMem that backs it, and no Rust
+            // reference into the buffer exists while they live (it is only
+            // reachable through raw pointers until drop).
+            unsafe { SharedMem::new(self.base.cast(), self.words * 8) }
+        }
+    }
+
+    impl Drop for TestMem {
+        fn drop(&mut self) {
+            let slice = core::ptr::slice_from_raw_parts_mut(self.base.as_ptr(), self.words);
+            // SAFETY: `slice` is exactly the pointer Box::into_raw returned
+            // in `new`, reconstituted once.
+            drop(unsafe { Box::from_raw(slice) });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_mem::TestMem;
+    use super::*;
+    use crate::abi::{
+        RequestBody, Segment, BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_OP_DISCARD, BLKIF_OP_INDIRECT,
+        BLKIF_OP_READ, BLKIF_OP_WRITE, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY,
+    };
+
+    const ABIS: [Abi; 2] = [Abi::X86_32, Abi::X86_64];
+
+    fn rw(id: u64, op: u8) -> BlkifRequest {
+        let mut seg = [Segment::default(); BLKIF_MAX_SEGMENTS_PER_REQUEST];
+        for (i, s) in seg.iter_mut().enumerate() {
+            *s = Segment {
+                gref: (id as u32).wrapping_mul(31).wrapping_add(i as u32),
+                first_sect: 0,
+                last_sect: 7,
+            };
+        }
+        BlkifRequest {
+            operation: op,
+            id,
+            body: RequestBody::Rw {
+                nr_segments: (id % 12) as u8,
+                handle: 0x300,
+                sector_number: id.wrapping_mul(8),
+                seg,
+            },
+        }
+    }
+
+    fn request(i: u64) -> BlkifRequest {
+        match i % 4 {
+            0 | 1 => rw(i, (i % 2) as u8),
+            2 => BlkifRequest {
+                operation: BLKIF_OP_DISCARD,
+                id: i,
+                body: RequestBody::Discard {
+                    flag: 0,
+                    handle: 0x300,
+                    sector_number: i << 20,
+                    nr_sectors: i + 1,
+                },
+            },
+            _ => BlkifRequest {
+                operation: BLKIF_OP_INDIRECT,
+                id: i,
+                body: RequestBody::Indirect {
+                    indirect_op: BLKIF_OP_WRITE,
+                    nr_segments: (i % 300) as u16,
+                    handle: 0x300,
+                    sector_number: i,
+                    indirect_grefs: [i as u32; 8],
+                },
+            },
+        }
+    }
+
+    fn response_for(req: &BlkifRequest) -> BlkifResponse {
+        BlkifResponse {
+            id: req.id,
+            operation: req.operation,
+            status: if req.id % 3 == 0 {
+                BLKIF_RSP_ERROR
+            } else {
+                BLKIF_RSP_OKAY
+            },
+        }
+    }
+
+    /// A front ring and a back ring over the same fresh pages.
+    fn pair(m: &TestMem, abi: Abi, pages: u32) -> (FrontRing, BackRing) {
+        let front = FrontRing::init(m.shared(), abi, pages).unwrap();
+        let back = BackRing::new(m.shared(), abi, pages).unwrap();
+        (front, back)
+    }
+
+    /// Serves everything the front published; returns how many.
+    fn serve_all(back: &mut BackRing) -> u32 {
+        let prod = back.snapshot_req_prod().unwrap();
+        let mut n = 0;
+        while let Some(req) = back.take_request(prod) {
+            back.push_response(&response_for(&req));
+            n += 1;
+        }
+        back.publish_responses();
+        n
+    }
+
+    #[test]
+    fn geometry() {
+        let m = TestMem::new(32);
+        for abi in ABIS {
+            for pages in [1, 2, 4, 8, 16, 32] {
+                let b = BackRing::new(m.shared(), abi, pages).unwrap();
+                assert_eq!(b.size(), abi.ring_size(pages).unwrap());
+                assert_eq!(b.abi(), abi);
+                assert_eq!((b.req_cons(), b.rsp_prod_pvt()), (0, 0));
+            }
+            for pages in [0, 3, 33, 64] {
+                assert_eq!(
+                    BackRing::new(m.shared(), abi, pages).unwrap_err(),
+                    RingError::TooSmall
+                );
+            }
+        }
+        let small = TestMem::new(1);
+        assert_eq!(
+            BackRing::new(small.shared(), Abi::X86_64, 2).unwrap_err(),
+            RingError::TooSmall
+        );
+        assert_eq!(
+            FrontRing::init(small.shared(), Abi::X86_64, 2).unwrap_err(),
+            RingError::TooSmall
+        );
+    }
+
+    #[test]
+    fn round_trip() {
+        for abi in ABIS {
+            for pages in [1, 2, 32] {
+                let m = TestMem::new(pages as usize);
+                let (mut front, mut back) = pair(&m, abi, pages);
+                let size = front.size();
+                // Three laps around the ring, in batches of varying size.
+                let total = 3 * u64::from(size) + 5;
+                let mut sent = 0u64;
+                let mut received = 0u64;
+                let mut batch = 1u64;
+                while received < total {
+                    let mut pushed = alloc::vec::Vec::new();
+                    while sent < total && (pushed.len() as u64) < batch {
+                        let r = request(sent);
+                        if !front.push_request(&r) {
+                            break;
+                        }
+                        pushed.push(r);
+                        sent += 1;
+                    }
+                    front.publish_requests();
+                    let prod = back.snapshot_req_prod().unwrap();
+                    for want in &pushed {
+                        let got = back.take_request(prod).unwrap();
+                        assert_eq!(&got, want, "{abi:?} {pages}");
+                        back.push_response(&response_for(&got));
+                    }
+                    assert_eq!(back.take_request(prod), None);
+                    back.publish_responses();
+                    for want in &pushed {
+                        assert_eq!(front.take_response(), Some(response_for(want)));
+                        received += 1;
+                    }
+                    assert_eq!(front.take_response(), None);
+                    batch = batch * 3 % u64::from(size) + 1;
+                }
+                assert_eq!(front.free_slots(), size);
+            }
+        }
+    }
+
+    /// Start every index just below u32::MAX: the ring must serve across
+    /// the wrap exactly as elsewhere.
+    #[test]
+    fn index_wraparound() {
+        for abi in ABIS {
+            let m = TestMem::new(1);
+            let start = u32::MAX - 4;
+            let (mut front, mut back) = pair(&m, abi, 1);
+            front.req_prod_pvt = start;
+            front.rsp_cons = start;
+            front
+                .mem
+                .store_u32(SRING_REQ_PROD, start, Ordering::Relaxed);
+            front
+                .mem
+                .store_u32(SRING_RSP_PROD, start, Ordering::Relaxed);
+            back.req_cons = start;
+            back.rsp_prod_pvt = start;
+            back.rsp_prod_pub = start;
+            let size = front.size();
+            for i in 0..u64::from(size) {
+                assert!(front.push_request(&request(i)));
+            }
+            assert!(!front.push_request(&request(99)), "full");
+            assert_eq!(front.free_slots(), 0);
+            front.publish_requests();
+            assert_eq!(serve_all(&mut back), size);
+            assert_eq!(back.req_cons(), start.wrapping_add(size));
+            for i in 0..u64::from(size) {
+                assert_eq!(front.take_response(), Some(response_for(&request(i))));
+            }
+            assert_eq!(front.take_response(), None);
+            assert_eq!(front.rsp_cons(), start.wrapping_add(size));
+        }
+    }
+
+    #[test]
+    fn impossible_producer_refused() {
+        for abi in ABIS {
+            let m = TestMem::new(1);
+            let (mut front, mut back) = pair(&m, abi, 1);
+            let size = back.size();
+            // Two requests in flight, answered later: rsp_prod_pvt = 0.
+            for i in 0..2 {
+                assert!(front.push_request(&request(i)));
+            }
+            front.publish_requests();
+            let prod = back.snapshot_req_prod().unwrap();
+            assert!(back.take_request(prod).is_some());
+            assert!(back.take_request(prod).is_some());
+
+            let bad = back.rsp_prod_pvt().wrapping_add(size + 1);
+            front.set_req_prod_raw(bad);
+            assert_eq!(
+                back.snapshot_req_prod(),
+                Err(RingError::BadProducer {
+                    req_prod: bad,
+                    req_cons: 2,
+                    rsp_prod_pvt: 0
+                })
+            );
+            // Nothing is taken, whatever the caller passes.
+            assert_eq!(back.take_request(bad), None);
+            assert_eq!(back.req_cons(), 2);
+            assert!(back.final_check_for_requests().is_err());
+
+            // A producer that moved back behind req_cons is refused too.
+            front.set_req_prod_raw(1);
+            assert!(back.snapshot_req_prod().is_err());
+            assert_eq!(back.take_request(1), None);
+            front.set_req_prod_raw(u32::MAX);
+            assert!(back.snapshot_req_prod().is_err());
+            assert_eq!(back.take_request(u32::MAX), None);
+            assert_eq!(back.req_cons(), 2);
+        }
+    }
+
+    #[test]
+    fn exactly_full_ring_accepted() {
+        for abi in ABIS {
+            let m = TestMem::new(2);
+            let (mut front, mut back) = pair(&m, abi, 2);
+            let size = back.size();
+            // Some history first so the indices are not zero.
+            for i in 0..7 {
+                assert!(front.push_request(&request(i)));
+            }
+            front.publish_requests();
+            assert_eq!(serve_all(&mut back), 7);
+            while front.take_response().is_some() {}
+
+            for i in 0..u64::from(size) {
+                assert!(front.push_request(&request(i)));
+            }
+            front.publish_requests();
+            let prod = back.snapshot_req_prod().unwrap();
+            assert_eq!(prod.wrapping_sub(back.rsp_prod_pvt()), size);
+            // Take all but answer none: the producer stays valid at +size.
+            for i in 0..u64::from(size) {
+                assert_eq!(back.take_request(prod), Some(request(i)));
+            }
+            assert_eq!(back.take_request(prod), None);
+            assert_eq!(back.snapshot_req_prod(), Ok(prod));
+            // One more than the ring holds is not.
+            front.set_req_prod_raw(prod.wrapping_add(1));
+            assert!(back.snapshot_req_prod().is_err());
+            front.set_req_prod_raw(prod);
+            for i in 0..u64::from(size) {
+                back.push_response(&response_for(&request(i)));
+            }
+            back.publish_responses();
+            for i in 0..u64::from(size) {
+                assert_eq!(front.take_response(), Some(response_for(&request(i))));
+            }
+        }
+    }
+
+    #[test]
+    fn notification_follows_rsp_event() {
+        for abi in ABIS {
+            let m = TestMem::new(1);
+            let (mut front, mut back) = pair(&m, abi, 1);
+            for i in 0..4 {
+                assert!(front.push_request(&request(i)));
+            }
+            front.publish_requests();
+            let prod = back.snapshot_req_prod().unwrap();
+            let reqs: alloc::vec::Vec<_> =
+                core::iter::from_fn(|| back.take_request(prod)).collect();
+            assert_eq!(reqs.len(), 4);
+
+            // rsp_event = 1 after init: the first response crosses it.
+            back.push_response(&response_for(&reqs[0]));
+            assert!(back.publish_responses(), "front asked at index 1");
+
+            // The front has not re-armed (rsp_event still 1): no event.
+            back.push_response(&response_for(&reqs[1]));
+            assert!(!back.publish_responses(), "front did not ask");
+            // Nothing new published: no event either.
+            assert!(!back.publish_responses());
+
+            // The front consumes and re-arms: rsp_event = rsp_cons + 1 = 3.
+            assert!(front.take_response().is_some());
+            assert!(front.take_response().is_some());
+            assert!(!front.final_check_for_responses());
+            let watch = m.shared();
+            assert_eq!(watch.load_u32(SRING_RSP_EVENT, Ordering::Relaxed), 3);
+            // Event far ahead (as a front-end batching completions would
+            // set): publishing index 3 only does not cross it.
+            watch.store_u32(SRING_RSP_EVENT, 4, Ordering::Relaxed);
+            back.push_response(&response_for(&reqs[2]));
+            assert!(!back.publish_responses());
+            back.push_response(&response_for(&reqs[3]));
+            assert!(back.publish_responses(), "crosses rsp_event = 4");
+            assert!(front.final_check_for_responses());
+        }
+    }
+
+    #[test]
+    fn front_notify_follows_req_event() {
+        let m = TestMem::new(1);
+        let (mut front, mut back) = pair(&m, Abi::X86_64, 1);
+        assert!(front.push_request(&request(0)));
+        assert!(front.publish_requests(), "req_event = 1 after init");
+        assert!(front.push_request(&request(1)));
+        assert!(!front.publish_requests(), "back-end did not re-arm");
+        assert_eq!(serve_all(&mut back), 2);
+        assert_eq!(back.final_check_for_requests(), Ok(false));
+        assert!(front.push_request(&request(2)));
+        assert!(front.publish_requests(), "re-armed at req_cons + 1");
+    }
+
+    #[test]
+    fn final_check_catches_late_request() {
+        for abi in ABIS {
+            let m = TestMem::new(1);
+            let (mut front, mut back) = pair(&m, abi, 1);
+            assert!(front.push_request(&request(0)));
+            front.publish_requests();
+            assert_eq!(serve_all(&mut back), 1);
+
+            // Work still pending: final check says so without arming.
+            assert!(front.push_request(&request(1)));
+            assert!(!front.publish_requests(), "req_event still 1");
+            assert_eq!(back.final_check_for_requests(), Ok(true));
+            assert_eq!(serve_all(&mut back), 1);
+
+            // Idle: arms req_event = req_cons + 1.
+            assert_eq!(back.final_check_for_requests(), Ok(false));
+            let watch = m.shared();
+            assert_eq!(watch.load_u32(SRING_REQ_EVENT, Ordering::Relaxed), 3);
+
+            // A request produced between the first check and the re-read
+            // (before req_event is armed): the re-read catches it.
+            let mut late = FrontRing {
+                mem: m.shared(),
+                abi,
+                size: front.size(),
+                req_prod_pvt: front.req_prod_pvt(),
+                rsp_cons: front.rsp_cons(),
+            };
+            let caught = back.final_check_inner(|| {
+                assert!(late.push_request(&request(2)));
+                late.publish_requests();
+            });
+            assert_eq!(caught, Ok(true));
+            let prod = back.snapshot_req_prod().unwrap();
+            assert_eq!(back.take_request(prod), Some(request(2)));
+        }
+    }
+
+    #[test]
+    fn response_zeroes_padding_of_dirty_slot() {
+        for abi in ABIS {
+            let m = TestMem::new(1);
+            let (mut front, mut back) = pair(&m, abi, 1);
+            assert!(front.push_request(&rw(7, BLKIF_OP_READ)));
+            front.publish_requests();
+            let prod = back.snapshot_req_prod().unwrap();
+            let req = back.take_request(prod).unwrap();
+            // The guest dirties the whole slot after we copied it.
+            front.write_raw_slot(0, &[0xff; MAX_SLOT_SIZE]);
+            let rsp = BlkifResponse {
+                id: req.id,
+                operation: req.operation,
+                status: BLKIF_RSP_OKAY,
+            };
+            back.push_response(&rsp);
+            back.publish_responses();
+            let mut slot = [0u8; MAX_SLOT_SIZE];
+            m.shared().read(SRING_HEADER_SIZE, &mut slot);
+            let n = abi.response_size();
+            let mut want = [0u8; MAX_SLOT_SIZE];
+            abi.encode_response(&rsp, &mut want[..n]);
+            assert_eq!(&slot[..n], &want[..n]);
+            assert_eq!(slot[9], 0, "padding after operation");
+            assert!(slot[12..n].iter().all(|&b| b == 0), "tail padding");
+            // The rest of the entry is left alone.
+            assert!(slot[n..abi.entry_size()].iter().all(|&b| b == 0xff));
+            assert_eq!(front.take_response(), Some(rsp));
+        }
+    }
+
+    #[test]
+    fn request_copied_once() {
+        for abi in ABIS {
+            let m = TestMem::new(1);
+            let (mut front, mut back) = pair(&m, abi, 1);
+            let orig = rw(5, BLKIF_OP_WRITE);
+            assert!(front.push_request(&orig));
+            front.publish_requests();
+            let prod = back.snapshot_req_prod().unwrap();
+            let got = back.take_request(prod).unwrap();
+            // The guest rewrites the slot after it was taken.
+            front.write_raw_slot(0, &[0xab; MAX_SLOT_SIZE]);
+            assert_eq!(got, orig);
+            // And the ring does not look at it again.
+            assert_eq!(back.take_request(prod), None);
+        }
+    }
+
+    #[test]
+    fn hostile_slot_bytes_decode() {
+        // Arbitrary bytes in every slot are taken and decoded, never panic.
+        for abi in ABIS {
+            let m = TestMem::new(1);
+            let (mut front, mut back) = pair(&m, abi, 1);
+            let size = front.size();
+            for i in 0..size {
+                let mut b = [0u8; MAX_SLOT_SIZE];
+                for (j, x) in b.iter_mut().enumerate() {
+                    *x = (i as u8).wrapping_mul(71) ^ (j as u8).wrapping_mul(13);
+                }
+                front.write_raw_slot(i, &b);
+            }
+            front.set_req_prod_raw(size);
+            let prod = back.snapshot_req_prod().unwrap();
+            let mut n = 0;
+            while back.take_request(prod).is_some() {
+                n += 1;
+            }
+            assert_eq!(n, size);
+        }
+    }
+
+    #[test]
+    #[cfg(not(debug_assertions))]
+    fn extra_response_ignored_in_release() {
+        let m = TestMem::new(1);
+        let (_front, mut back) = pair(&m, Abi::X86_64, 1);
+        back.push_response(&BlkifResponse {
+            id: 1,
+            operation: 0,
+            status: 0,
+        });
+        assert_eq!(back.rsp_prod_pvt(), 0);
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "without an unanswered request")]
+    fn extra_response_caught_in_debug() {
+        let m = TestMem::new(1);
+        let (_front, mut back) = pair(&m, Abi::X86_64, 1);
+        back.push_response(&BlkifResponse {
+            id: 1,
+            operation: 0,
+            status: 0,
+        });
+    }
+}

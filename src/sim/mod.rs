@@ -26,3 +26,5 @@ pub enum TaskEvent {
     /// Detach the instance and end the thread.
     Shutdown,
 }
+
+pub mod store;
