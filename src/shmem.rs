@@ -39,6 +39,23 @@ impl SharedMem {
         SharedMem { base, len }
     }
 
+    /// Allocates `len` zeroed, page-aligned bytes that are never freed and
+    /// returns two views of them, one for each side of a ring: for tests,
+    /// fuzzing and benchmarks that need shared memory without a platform.
+    /// `None` when `len` is 0 or the allocation fails.
+    pub fn leak_pair(len: usize) -> Option<(SharedMem, SharedMem)> {
+        let layout = core::alloc::Layout::from_size_align(len, 4096).ok()?;
+        if len == 0 {
+            return None;
+        }
+        // SAFETY: the layout has a non-zero size (checked above).
+        let p = unsafe { alloc::alloc::alloc_zeroed(layout) };
+        let base = NonNull::new(p)?;
+        // The memory is never freed, so both views stay valid forever; all
+        // access through them is atomic or volatile, so they may alias.
+        Some((SharedMem { base, len }, SharedMem { base, len }))
+    }
+
     /// The length of the mapping in bytes.
     pub fn len(&self) -> usize {
         self.len
