@@ -24,8 +24,10 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::abi::{BlkifResponse, Segment, BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_RSP_ERROR,
-    BLKIF_RSP_OKAY, SECTOR_SHIFT};
+use crate::abi::{
+    BlkifResponse, Segment, BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY,
+    SECTOR_SHIFT,
+};
 use crate::coalesce::{self, Budget, OpenRun};
 use crate::connect::{self, BackendNodes, ConnectError, Offer};
 use crate::host::{
@@ -500,8 +502,10 @@ impl Instance {
         }
 
         self.stats.set(Stat::MaxRequests, nreq as u64);
-        self.stats
-            .set(Stat::MaxRequestSegments, BLKIF_MAX_SEGMENTS_PER_REQUEST as u64);
+        self.stats.set(
+            Stat::MaxRequestSegments,
+            BLKIF_MAX_SEGMENTS_PER_REQUEST as u64,
+        );
         self.stats
             .set(Stat::MaxRequestSize, (max_pages * PAGE_SIZE) as u64);
         self.stats.set(Stat::RingPages, u64::from(fe.ring_pages));
@@ -560,10 +564,8 @@ impl Instance {
             host.window_release();
         }
         let online = self.nodes.as_ref().is_some_and(|n| n.online);
-        if self.detaching || (self.frontend_closed && !online) {
-            if self.medium.take().is_some() {
-                host.store_close();
-            }
+        if (self.detaching || (self.frontend_closed && !online)) && self.medium.take().is_some() {
+            host.store_close();
         }
         if self.detaching {
             self.detached = true;
@@ -787,7 +789,9 @@ impl Connection {
 
     /// Starts the pending barrier once everything before it has finished.
     fn try_start_barrier<H: Host>(&mut self, host: &mut H, stats: &mut Stats) {
-        if self.barrier != NONE && self.in_flight == 0 && !self.lists[self.barrier as usize].in_flight
+        if self.barrier != NONE
+            && self.in_flight == 0
+            && !self.lists[self.barrier as usize].in_flight
         {
             let l = self.barrier;
             self.start(host, stats, l);
@@ -813,7 +817,11 @@ impl Connection {
                     readonly,
                 };
             }
-            host.map_batch(self.dom, &self.map_ops[..pages], &mut self.map_results[..pages]);
+            host.map_batch(
+                self.dom,
+                &self.map_ops[..pages],
+                &mut self.map_results[..pages],
+            );
             let mut failed = 0u64;
             let mut n_unmap = 0usize;
             for i in 0..pages {

@@ -391,57 +391,7 @@ impl FrontRing {
 }
 
 #[cfg(test)]
-#[allow(unsafe_code)]
-mod test_mem {
-    //! Heap pages standing in for a granted ring, for the unit tests.
-
-    use alloc::boxed::Box;
-    use alloc::vec;
-    use core::ptr::NonNull;
-
-    use crate::shmem::SharedMem;
-
-    /// `pages` zeroed, 8-aligned pages, freed on drop.
-    pub struct TestMem {
-        base: NonNull<u64>,
-        words: usize,
-    }
-
-    impl TestMem {
-        pub fn new(pages: usize) -> TestMem {
-            let words = pages * 512;
-            let raw = Box::into_raw(vec![0u64; words].into_boxed_slice());
-            TestMem {
-                base: NonNull::new(raw as *mut u64).unwrap(),
-                words,
-            }
-        }
-
-        /// A window onto the pages. Several may exist at once, as the
-        /// guest and the back-end both map the ring.
-        pub fn shared(&self) -> SharedMem {
-            // SAFETY: the buffer is a live heap allocation of `words * 8`
-            // bytes, 8-aligned, owned by `self`; tests drop every SharedMem
-            // (ring) before the TestMem that backs it, and no Rust
-            // reference into the buffer exists while they live (it is only
-            // reachable through raw pointers until drop).
-            unsafe { SharedMem::new(self.base.cast(), self.words * 8) }
-        }
-    }
-
-    impl Drop for TestMem {
-        fn drop(&mut self) {
-            let slice = core::ptr::slice_from_raw_parts_mut(self.base.as_ptr(), self.words);
-            // SAFETY: `slice` is exactly the pointer Box::into_raw returned
-            // in `new`, reconstituted once.
-            drop(unsafe { Box::from_raw(slice) });
-        }
-    }
-}
-
-#[cfg(test)]
 mod tests {
-    use super::test_mem::TestMem;
     use super::*;
     use crate::abi::{
         RequestBody, Segment, BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_OP_DISCARD, BLKIF_OP_INDIRECT,
@@ -510,10 +460,16 @@ mod tests {
         }
     }
 
+    /// `pages` fresh zeroed pages (leaked: tests only).
+    fn pages_mem(pages: usize) -> SharedMem {
+        SharedMem::leak_pair(pages * PAGE_SIZE).unwrap().0
+    }
+
     /// A front ring and a back ring over the same fresh pages.
-    fn pair(m: &TestMem, abi: Abi, pages: u32) -> (FrontRing, BackRing) {
-        let front = FrontRing::init(m.shared(), abi, pages).unwrap();
-        let back = BackRing::new(m.shared(), abi, pages).unwrap();
+    fn pair(abi: Abi, pages: u32) -> (FrontRing, BackRing) {
+        let (f, b) = SharedMem::leak_pair(pages as usize * PAGE_SIZE).unwrap();
+        let front = FrontRing::init(f, abi, pages).unwrap();
+        let back = BackRing::new(b, abi, pages).unwrap();
         (front, back)
     }
 
@@ -531,28 +487,26 @@ mod tests {
 
     #[test]
     fn geometry() {
-        let m = TestMem::new(32);
         for abi in ABIS {
             for pages in [1, 2, 4, 8, 16, 32] {
-                let b = BackRing::new(m.shared(), abi, pages).unwrap();
+                let b = BackRing::new(pages_mem(32), abi, pages).unwrap();
                 assert_eq!(b.size(), abi.ring_size(pages).unwrap());
                 assert_eq!(b.abi(), abi);
                 assert_eq!((b.req_cons(), b.rsp_prod_pvt()), (0, 0));
             }
             for pages in [0, 3, 33, 64] {
                 assert_eq!(
-                    BackRing::new(m.shared(), abi, pages).unwrap_err(),
+                    BackRing::new(pages_mem(32), abi, pages).unwrap_err(),
                     RingError::TooSmall
                 );
             }
         }
-        let small = TestMem::new(1);
         assert_eq!(
-            BackRing::new(small.shared(), Abi::X86_64, 2).unwrap_err(),
+            BackRing::new(pages_mem(1), Abi::X86_64, 2).unwrap_err(),
             RingError::TooSmall
         );
         assert_eq!(
-            FrontRing::init(small.shared(), Abi::X86_64, 2).unwrap_err(),
+            FrontRing::init(pages_mem(1), Abi::X86_64, 2).unwrap_err(),
             RingError::TooSmall
         );
     }
@@ -561,8 +515,7 @@ mod tests {
     fn round_trip() {
         for abi in ABIS {
             for pages in [1, 2, 32] {
-                let m = TestMem::new(pages as usize);
-                let (mut front, mut back) = pair(&m, abi, pages);
+                let (mut front, mut back) = pair(abi, pages);
                 let size = front.size();
                 // Three laps around the ring, in batches of varying size.
                 let total = 3 * u64::from(size) + 5;
@@ -605,9 +558,8 @@ mod tests {
     #[test]
     fn index_wraparound() {
         for abi in ABIS {
-            let m = TestMem::new(1);
             let start = u32::MAX - 4;
-            let (mut front, mut back) = pair(&m, abi, 1);
+            let (mut front, mut back) = pair(abi, 1);
             front.req_prod_pvt = start;
             front.rsp_cons = start;
             front
@@ -639,8 +591,7 @@ mod tests {
     #[test]
     fn impossible_producer_refused() {
         for abi in ABIS {
-            let m = TestMem::new(1);
-            let (mut front, mut back) = pair(&m, abi, 1);
+            let (mut front, mut back) = pair(abi, 1);
             let size = back.size();
             // Two requests in flight, answered later: rsp_prod_pvt = 0.
             for i in 0..2 {
@@ -680,8 +631,7 @@ mod tests {
     #[test]
     fn exactly_full_ring_accepted() {
         for abi in ABIS {
-            let m = TestMem::new(2);
-            let (mut front, mut back) = pair(&m, abi, 2);
+            let (mut front, mut back) = pair(abi, 2);
             let size = back.size();
             // Some history first so the indices are not zero.
             for i in 0..7 {
@@ -720,8 +670,7 @@ mod tests {
     #[test]
     fn notification_follows_rsp_event() {
         for abi in ABIS {
-            let m = TestMem::new(1);
-            let (mut front, mut back) = pair(&m, abi, 1);
+            let (mut front, mut back) = pair(abi, 1);
             for i in 0..4 {
                 assert!(front.push_request(&request(i)));
             }
@@ -745,7 +694,7 @@ mod tests {
             assert!(front.take_response().is_some());
             assert!(front.take_response().is_some());
             assert!(!front.final_check_for_responses());
-            let watch = m.shared();
+            let watch = &front.mem;
             assert_eq!(watch.load_u32(SRING_RSP_EVENT, Ordering::Relaxed), 3);
             // Event far ahead (as a front-end batching completions would
             // set): publishing index 3 only does not cross it.
@@ -760,8 +709,7 @@ mod tests {
 
     #[test]
     fn front_notify_follows_req_event() {
-        let m = TestMem::new(1);
-        let (mut front, mut back) = pair(&m, Abi::X86_64, 1);
+        let (mut front, mut back) = pair(Abi::X86_64, 1);
         assert!(front.push_request(&request(0)));
         assert!(front.publish_requests(), "req_event = 1 after init");
         assert!(front.push_request(&request(1)));
@@ -775,8 +723,7 @@ mod tests {
     #[test]
     fn final_check_catches_late_request() {
         for abi in ABIS {
-            let m = TestMem::new(1);
-            let (mut front, mut back) = pair(&m, abi, 1);
+            let (mut front, mut back) = pair(abi, 1);
             assert!(front.push_request(&request(0)));
             front.publish_requests();
             assert_eq!(serve_all(&mut back), 1);
@@ -789,21 +736,14 @@ mod tests {
 
             // Idle: arms req_event = req_cons + 1.
             assert_eq!(back.final_check_for_requests(), Ok(false));
-            let watch = m.shared();
-            assert_eq!(watch.load_u32(SRING_REQ_EVENT, Ordering::Relaxed), 3);
+            let req_event = front.mem.load_u32(SRING_REQ_EVENT, Ordering::Relaxed);
+            assert_eq!(req_event, 3);
 
             // A request produced between the first check and the re-read
             // (before req_event is armed): the re-read catches it.
-            let mut late = FrontRing {
-                mem: m.shared(),
-                abi,
-                size: front.size(),
-                req_prod_pvt: front.req_prod_pvt(),
-                rsp_cons: front.rsp_cons(),
-            };
             let caught = back.final_check_inner(|| {
-                assert!(late.push_request(&request(2)));
-                late.publish_requests();
+                assert!(front.push_request(&request(2)));
+                front.publish_requests();
             });
             assert_eq!(caught, Ok(true));
             let prod = back.snapshot_req_prod().unwrap();
@@ -814,8 +754,7 @@ mod tests {
     #[test]
     fn response_zeroes_padding_of_dirty_slot() {
         for abi in ABIS {
-            let m = TestMem::new(1);
-            let (mut front, mut back) = pair(&m, abi, 1);
+            let (mut front, mut back) = pair(abi, 1);
             assert!(front.push_request(&rw(7, BLKIF_OP_READ)));
             front.publish_requests();
             let prod = back.snapshot_req_prod().unwrap();
@@ -830,7 +769,7 @@ mod tests {
             back.push_response(&rsp);
             back.publish_responses();
             let mut slot = [0u8; MAX_SLOT_SIZE];
-            m.shared().read(SRING_HEADER_SIZE, &mut slot);
+            front.mem.read(SRING_HEADER_SIZE, &mut slot);
             let n = abi.response_size();
             let mut want = [0u8; MAX_SLOT_SIZE];
             abi.encode_response(&rsp, &mut want[..n]);
@@ -846,8 +785,7 @@ mod tests {
     #[test]
     fn request_copied_once() {
         for abi in ABIS {
-            let m = TestMem::new(1);
-            let (mut front, mut back) = pair(&m, abi, 1);
+            let (mut front, mut back) = pair(abi, 1);
             let orig = rw(5, BLKIF_OP_WRITE);
             assert!(front.push_request(&orig));
             front.publish_requests();
@@ -865,8 +803,7 @@ mod tests {
     fn hostile_slot_bytes_decode() {
         // Arbitrary bytes in every slot are taken and decoded, never panic.
         for abi in ABIS {
-            let m = TestMem::new(1);
-            let (mut front, mut back) = pair(&m, abi, 1);
+            let (mut front, mut back) = pair(abi, 1);
             let size = front.size();
             for i in 0..size {
                 let mut b = [0u8; MAX_SLOT_SIZE];
@@ -888,8 +825,7 @@ mod tests {
     #[test]
     #[cfg(not(debug_assertions))]
     fn extra_response_ignored_in_release() {
-        let m = TestMem::new(1);
-        let (_front, mut back) = pair(&m, Abi::X86_64, 1);
+        let (_front, mut back) = pair(Abi::X86_64, 1);
         back.push_response(&BlkifResponse {
             id: 1,
             operation: 0,
@@ -902,8 +838,7 @@ mod tests {
     #[cfg(debug_assertions)]
     #[should_panic(expected = "without an unanswered request")]
     fn extra_response_caught_in_debug() {
-        let m = TestMem::new(1);
-        let (_front, mut back) = pair(&m, Abi::X86_64, 1);
+        let (_front, mut back) = pair(Abi::X86_64, 1);
         back.push_response(&BlkifResponse {
             id: 1,
             operation: 0,
