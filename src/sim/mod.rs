@@ -27,4 +27,12 @@ pub enum TaskEvent {
     Shutdown,
 }
 
+pub mod backend;
+pub mod evtchn;
+pub mod ffi;
+pub mod gnttab;
+pub mod host;
+pub mod memory;
 pub mod store;
+pub mod toolstack;
+pub mod xenstore;

@@ -1,0 +1,675 @@
+//! The simulated host's side of one back-end instance: [`SimHost`]
+//! implements every trait of [`crate::host`] over the simulated Xen of this
+//! module's siblings.
+//!
+//! - `XenStore` (`xs_wire.h`): the shared [`Xenstored`]; the core's paths are
+//!   absolute.
+//! - `Grants` (`grant_table.h`, `GNTTABOP_map_grant_ref` /
+//!   `GNTTABOP_unmap_grant_ref`): the data window is address space reserved
+//!   `PROT_NONE`; each granted guest frame is really mapped at its window
+//!   page (`MAP_FIXED` from the guest's memfd), read-only when the grant or
+//!   the operation is, so a reqlist's pages form one contiguous buffer and a
+//!   write through a read-only mapping faults. The ring gets its own
+//!   reservation.
+//! - `EventChannel` (`event_channel.h`): the shared [`EventHub`]; an event
+//!   from the front-end becomes [`TaskEvent::Evtchn`] on the instance's
+//!   channel.
+//! - `Deferred`: [`TaskEvent::Run`].
+//! - `Store`: a [`super::store`] store; window offsets become process
+//!   addresses, completions become [`TaskEvent::Io`].
+
+use std::boxed::Box;
+use std::collections::HashMap;
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::vec::Vec;
+
+use super::evtchn::EventHub;
+use super::ffi::{PageState, Reservation};
+use super::gnttab::GrantTable;
+use super::memory::GuestMemory;
+use super::store::{self, IoFaults, RawIoVec, SimStore, StoreIo, StoreKind, StoreSpec};
+use super::toolstack;
+use super::xenstore::Xenstored;
+use super::TaskEvent;
+use crate::host::{
+    Deferred, DomId, EventChannel, EvtchnError, EvtchnPort, GrantError, GrantHandle, GrantMapOp,
+    GrantRef, GrantUnmapOp, Grants, Host, IoError, IoOp, IoTag, IoVec, MediumInfo, OpenError,
+    OpenParams, Store, XenStore, XsError, XsTxn, PAGE_SIZE,
+};
+use crate::shmem::SharedMem;
+
+/// One simulated guest domain: its RAM and its grant table.
+#[derive(Clone, Debug)]
+pub struct Domain {
+    /// The domain's RAM.
+    pub memory: GuestMemory,
+    /// The domain's grant table.
+    pub grants: GrantTable,
+}
+
+/// The registry of guest domains, by domid. Cheap to clone (shared).
+#[derive(Clone, Debug, Default)]
+pub struct Domains {
+    inner: Arc<Mutex<HashMap<DomId, Domain>>>,
+}
+
+impl Domains {
+    /// An empty registry.
+    pub fn new() -> Domains {
+        Domains::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<DomId, Domain>> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Creates domain `dom` with `frames` frames of RAM and an empty grant
+    /// table. `EEXIST` when it already exists.
+    pub fn create(&self, dom: DomId, frames: u64) -> io::Result<Domain> {
+        let mut m = self.lock();
+        if m.contains_key(&dom) {
+            return Err(io::Error::from_raw_os_error(libc::EEXIST));
+        }
+        let d = Domain {
+            memory: GuestMemory::new(dom, frames)?,
+            grants: GrantTable::new(dom, frames),
+        };
+        m.insert(dom, d.clone());
+        Ok(d)
+    }
+
+    /// Domain `dom`, if it exists.
+    pub fn get(&self, dom: DomId) -> Option<Domain> {
+        self.lock().get(&dom).cloned()
+    }
+
+    /// Removes domain `dom` from the registry (its memory lives on while
+    /// mapped or referenced).
+    pub fn remove(&self, dom: DomId) -> Option<Domain> {
+        self.lock().remove(&dom)
+    }
+}
+
+/// The whole simulated Xen host: XenStore, event channels, guest domains and
+/// the back-end domain's "root file system mounted" flag. Cheap to clone
+/// (every part is shared).
+#[derive(Clone, Debug, Default)]
+pub struct SimXen {
+    /// The XenStore.
+    pub xenstore: Xenstored,
+    /// The event-channel hub.
+    pub evtchn: EventHub,
+    /// The guest domains.
+    pub domains: Domains,
+    root_mounted: Arc<AtomicBool>,
+    root_waiters: Arc<Mutex<Vec<Sender<TaskEvent>>>>,
+}
+
+impl SimXen {
+    /// A host with an empty XenStore, no domains, root not mounted.
+    pub fn new() -> SimXen {
+        SimXen::default()
+    }
+
+    /// Creates guest domain `dom` with `frames` frames of RAM and writes its
+    /// `/local/domain/<dom>/{name, domid}` nodes.
+    pub fn create_guest(&self, dom: DomId, frames: u64, name: &str) -> io::Result<Domain> {
+        let d = self.domains.create(dom, frames)?;
+        toolstack::create_domain(&self.xenstore, dom, name)
+            .map_err(|_| io::Error::from_raw_os_error(libc::EIO))?;
+        Ok(d)
+    }
+
+    /// The shared "root file system mounted" flag.
+    pub fn root_mounted_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.root_mounted)
+    }
+
+    /// Whether the root file system is mounted.
+    pub fn is_root_mounted(&self) -> bool {
+        self.root_mounted.load(Ordering::Acquire)
+    }
+
+    /// Mounts the root file system: sets the flag and sends
+    /// [`TaskEvent::RootMounted`] to every subscribed instance.
+    pub fn mount_root(&self) {
+        self.root_mounted.store(true, Ordering::Release);
+        let mut w = self.root_waiters.lock().unwrap_or_else(|e| e.into_inner());
+        w.retain(|tx| tx.send(TaskEvent::RootMounted).is_ok());
+    }
+
+    /// Subscribes `tx` to [`SimXen::mount_root`]. Instances created after the
+    /// mount see the flag through [`Host::root_mounted`] at attach.
+    pub fn subscribe_root_mounted(&self, tx: Sender<TaskEvent>) {
+        let mut w = self.root_waiters.lock().unwrap_or_else(|e| e.into_inner());
+        w.push(tx);
+    }
+}
+
+/// Configuration of one [`SimHost`].
+#[derive(Clone, Debug)]
+pub struct SimHostConfig {
+    /// The domain the back-end runs in.
+    pub backend_dom: DomId,
+    /// The logical sector size the store emulates (512; 4096 for a 4K-sector
+    /// medium).
+    pub store_sector_size: u32,
+    /// Store fault injection shared with the scenario.
+    pub store_faults: Option<Arc<IoFaults>>,
+}
+
+impl Default for SimHostConfig {
+    fn default() -> Self {
+        SimHostConfig {
+            backend_dom: 0,
+            store_sector_size: 512,
+            store_faults: None,
+        }
+    }
+}
+
+/// Counters and state of one [`SimHost`], for tests and `xbb-lab`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SimHostStats {
+    /// Pages of the reserved data window (0 when none).
+    pub window_pages: u32,
+    /// Window pages holding a grant mapping now.
+    pub window_mapped: u32,
+    /// Pages of the mapped ring (0 when none).
+    pub ring_pages: u32,
+    /// The bound local event-channel port.
+    pub evtchn_port: Option<EvtchnPort>,
+    /// Whether a store is open.
+    pub store_open: bool,
+    /// Store I/Os submitted and not yet completed.
+    pub io_in_flight: u64,
+    /// Grant map operations attempted (window entries).
+    pub map_ops: u64,
+    /// Of those, failed.
+    pub map_failures: u64,
+    /// Grant unmap operations done (window entries).
+    pub unmap_ops: u64,
+    /// Unmap entries that named a page or handle not mapped (a core bug).
+    pub bad_unmaps: u64,
+    /// Window pages still mapped when the window was released (a core bug).
+    pub leaked_at_release: u64,
+    /// I/O vectors outside the window or over unmapped pages (a core bug).
+    pub bad_iovecs: u64,
+    /// Store I/Os accepted.
+    pub ios_submitted: u64,
+    /// Events sent to the front-end.
+    pub notifies: u64,
+    /// `schedule_run` calls.
+    pub runs_scheduled: u64,
+}
+
+#[derive(Debug)]
+struct WindowMap {
+    table: GrantTable,
+    handle: GrantHandle,
+}
+
+#[derive(Debug)]
+struct RingMap {
+    res: Reservation,
+    table: GrantTable,
+    handles: Vec<GrantHandle>,
+}
+
+/// The platform side of one back-end instance in the simulated host.
+pub struct SimHost {
+    xen: SimXen,
+    cfg: SimHostConfig,
+    tx: Sender<TaskEvent>,
+    window: Option<Reservation>,
+    window_maps: Vec<Option<WindowMap>>,
+    ring: Option<RingMap>,
+    port: Option<EvtchnPort>,
+    store: Option<Box<dyn SimStore>>,
+    in_flight: Arc<AtomicU64>,
+    stats: SimHostStats,
+}
+
+impl std::fmt::Debug for SimHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimHost")
+            .field("cfg", &self.cfg)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl SimHost {
+    /// A host for one instance of `xen`; events for the instance's task go
+    /// to `tx`.
+    pub fn new(xen: &SimXen, cfg: SimHostConfig, tx: Sender<TaskEvent>) -> SimHost {
+        SimHost {
+            xen: xen.clone(),
+            cfg,
+            tx,
+            window: None,
+            window_maps: Vec::new(),
+            ring: None,
+            port: None,
+            store: None,
+            in_flight: Arc::new(AtomicU64::new(0)),
+            stats: SimHostStats::default(),
+        }
+    }
+
+    /// The simulated Xen this host runs on.
+    pub fn xen(&self) -> &SimXen {
+        &self.xen
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SimHostConfig {
+        &self.cfg
+    }
+
+    /// The counters and state.
+    pub fn stats(&self) -> SimHostStats {
+        let mut s = self.stats;
+        s.window_pages = self.window.as_ref().map_or(0, |w| w.pages() as u32);
+        s.window_mapped = self.window_maps.iter().filter(|m| m.is_some()).count() as u32;
+        s.ring_pages = self.ring.as_ref().map_or(0, |r| r.res.pages() as u32);
+        s.evtchn_port = self.port;
+        s.store_open = self.store.is_some();
+        s.io_in_flight = self.in_flight.load(Ordering::Acquire);
+        s
+    }
+
+    /// The process address of data-window page 0, while a window is reserved.
+    pub fn window_base(&self) -> Option<usize> {
+        self.window.as_ref().map(|w| w.base())
+    }
+
+    /// The process address of window byte `window_offset`, when inside the
+    /// window.
+    pub fn window_addr(&self, window_offset: usize) -> Option<usize> {
+        let w = self.window.as_ref()?;
+        (window_offset < w.len()).then(|| w.base() + window_offset)
+    }
+
+    fn map_one(
+        &mut self,
+        dom: Option<&Domain>,
+        op: &GrantMapOp,
+    ) -> Result<GrantHandle, GrantError> {
+        let d = dom.ok_or(GrantError::BadRef)?;
+        let page = op.window_page as usize;
+        let win = self.window.as_mut().ok_or(GrantError::General)?;
+        if page >= win.pages() || self.window_maps[page].is_some() {
+            return Err(GrantError::General);
+        }
+        let (gfn, handle) = d.grants.map(op.gref, self.cfg.backend_dom, op.readonly)?;
+        if win
+            .map_frame_at(page, d.memory.memfd(), gfn, !op.readonly)
+            .is_err()
+        {
+            let _ = d.grants.unmap(handle);
+            return Err(GrantError::General);
+        }
+        self.window_maps[page] = Some(WindowMap {
+            table: d.grants.clone(),
+            handle,
+        });
+        Ok(handle)
+    }
+
+    fn unmap_window_page(&mut self, page: usize) {
+        if let (Some(win), Some(Some(m))) = (self.window.as_mut(), self.window_maps.get_mut(page)) {
+            let _ = win.unmap_frame_at(page);
+            let _ = m.table.unmap(m.handle);
+            self.window_maps[page] = None;
+        }
+    }
+
+    fn resolve(&mut self, iov: &[IoVec], writes_memory: bool) -> Option<Vec<RawIoVec>> {
+        let win = self.window.as_ref()?;
+        let mut out = Vec::new();
+        out.try_reserve_exact(iov.len()).ok()?;
+        for v in iov {
+            let end = v.window_offset.checked_add(v.len)?;
+            if end > win.len() {
+                return None;
+            }
+            if v.len > 0 {
+                let first = v.window_offset / PAGE_SIZE;
+                let last = (end - 1) / PAGE_SIZE;
+                for p in first..=last {
+                    match win.page_state(p) {
+                        Some(PageState::Writable) => {}
+                        Some(PageState::ReadOnly) if !writes_memory => {}
+                        _ => return None,
+                    }
+                }
+            }
+            out.push(RawIoVec {
+                addr: win.base() + v.window_offset,
+                len: v.len,
+            });
+        }
+        Some(out)
+    }
+
+    fn close_store(&mut self) {
+        if let Some(s) = self.store.take() {
+            s.close();
+        }
+    }
+}
+
+impl XenStore for SimHost {
+    fn xs_read(&mut self, txn: XsTxn, path: &str, buf: &mut [u8]) -> Result<usize, XsError> {
+        let v = self.xen.xenstore.read_in(txn, path)?;
+        let dst = buf.get_mut(..v.len()).ok_or(XsError::TooLong)?;
+        dst.copy_from_slice(&v);
+        Ok(v.len())
+    }
+
+    fn xs_write(&mut self, txn: XsTxn, path: &str, value: &str) -> Result<(), XsError> {
+        self.xen.xenstore.write_in(txn, path, value.as_bytes())
+    }
+
+    fn xs_remove(&mut self, txn: XsTxn, path: &str) -> Result<(), XsError> {
+        match self.xen.xenstore.remove_in(txn, path) {
+            Err(XsError::NotFound) => Ok(()),
+            r => r,
+        }
+    }
+
+    fn xs_transaction_start(&mut self) -> Result<XsTxn, XsError> {
+        Ok(self.xen.xenstore.transaction_start())
+    }
+
+    fn xs_transaction_end(&mut self, txn: XsTxn, commit: bool) -> Result<(), XsError> {
+        self.xen.xenstore.transaction_end(txn, commit)
+    }
+}
+
+impl Grants for SimHost {
+    fn window_reserve(&mut self, pages: u32) -> Result<(), GrantError> {
+        if self.window.is_some() {
+            self.window_release();
+        }
+        let n = pages as usize;
+        let res = Reservation::new(n).map_err(|_| GrantError::NoSpace)?;
+        let mut maps = Vec::new();
+        maps.try_reserve_exact(n).map_err(|_| GrantError::NoSpace)?;
+        maps.resize_with(n, || None);
+        self.window = Some(res);
+        self.window_maps = maps;
+        Ok(())
+    }
+
+    fn window_release(&mut self) {
+        for page in 0..self.window_maps.len() {
+            if self.window_maps[page].is_some() {
+                self.stats.leaked_at_release += 1;
+                self.unmap_window_page(page);
+            }
+        }
+        self.window_maps = Vec::new();
+        if let Some(w) = self.window.take() {
+            if self.in_flight.load(Ordering::Acquire) != 0 {
+                // The store may still touch it: keep the range reserved
+                // forever rather than let it be reused.
+                std::mem::forget(w);
+            }
+        }
+    }
+
+    fn map_batch(
+        &mut self,
+        dom: DomId,
+        ops: &[GrantMapOp],
+        results: &mut [Result<GrantHandle, GrantError>],
+    ) {
+        let d = self.xen.domains.get(dom);
+        for (op, r) in ops.iter().zip(results.iter_mut()) {
+            self.stats.map_ops += 1;
+            *r = self.map_one(d.as_ref(), op);
+            if r.is_err() {
+                self.stats.map_failures += 1;
+            }
+        }
+    }
+
+    fn unmap_batch(&mut self, ops: &[GrantUnmapOp]) {
+        for op in ops {
+            let page = op.window_page as usize;
+            let ok = matches!(self.window_maps.get(page), Some(Some(m)) if m.handle == op.handle);
+            if ok {
+                self.unmap_window_page(page);
+                self.stats.unmap_ops += 1;
+            } else {
+                self.stats.bad_unmaps += 1;
+            }
+        }
+    }
+
+    fn map_ring(&mut self, dom: DomId, grefs: &[GrantRef]) -> Result<SharedMem, GrantError> {
+        if self.ring.is_some() || grefs.is_empty() {
+            return Err(GrantError::General);
+        }
+        let d = self.xen.domains.get(dom).ok_or(GrantError::BadRef)?;
+        let mut res = Reservation::new(grefs.len()).map_err(|_| GrantError::NoSpace)?;
+        let mut handles = Vec::new();
+        handles
+            .try_reserve_exact(grefs.len())
+            .map_err(|_| GrantError::NoSpace)?;
+        let mut failure = None;
+        for (i, &gref) in grefs.iter().enumerate() {
+            match d.grants.map(gref, self.cfg.backend_dom, false) {
+                Ok((gfn, h)) => {
+                    if res.map_frame_at(i, d.memory.memfd(), gfn, true).is_err() {
+                        let _ = d.grants.unmap(h);
+                        failure = Some(GrantError::General);
+                        break;
+                    }
+                    handles.push(h);
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        let mem = match failure {
+            None => res
+                .shared_mem(0, grefs.len())
+                .map_err(|_| GrantError::General),
+            Some(e) => Err(e),
+        };
+        match mem {
+            Ok(mem) => {
+                self.ring = Some(RingMap {
+                    res,
+                    table: d.grants.clone(),
+                    handles,
+                });
+                Ok(mem)
+            }
+            Err(e) => {
+                for (i, h) in handles.iter().enumerate() {
+                    let _ = res.unmap_frame_at(i);
+                    let _ = d.grants.unmap(*h);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn unmap_ring(&mut self, ring: SharedMem) {
+        let Some(mut rm) = self.ring.take() else {
+            self.stats.bad_unmaps += 1;
+            return;
+        };
+        match rm.res.take_back(ring) {
+            Ok(()) => {
+                for (i, h) in rm.handles.iter().enumerate() {
+                    let _ = rm.res.unmap_frame_at(i);
+                    let _ = rm.table.unmap(*h);
+                }
+            }
+            Err(_) => {
+                self.stats.bad_unmaps += 1;
+                self.ring = Some(rm);
+            }
+        }
+    }
+}
+
+impl EventChannel for SimHost {
+    fn evtchn_bind(&mut self, dom: DomId, remote_port: EvtchnPort) -> Result<(), EvtchnError> {
+        if self.port.is_some() {
+            return Err(EvtchnError::General);
+        }
+        let hub = &self.xen.evtchn;
+        let port = hub.bind_interdomain(self.cfg.backend_dom, dom, remote_port)?;
+        let tx = self.tx.clone();
+        hub.set_handler(
+            self.cfg.backend_dom,
+            port,
+            Box::new(move || {
+                let _ = tx.send(TaskEvent::Evtchn);
+            }),
+        )?;
+        self.port = Some(port);
+        Ok(())
+    }
+
+    fn evtchn_notify(&mut self) {
+        if let Some(p) = self.port {
+            if self.xen.evtchn.notify(self.cfg.backend_dom, p).is_ok() {
+                self.stats.notifies += 1;
+            }
+        }
+    }
+
+    fn evtchn_unbind(&mut self) {
+        if let Some(p) = self.port.take() {
+            self.xen.evtchn.close(self.cfg.backend_dom, p);
+        }
+    }
+}
+
+impl Deferred for SimHost {
+    fn schedule_run(&mut self) {
+        self.stats.runs_scheduled += 1;
+        let _ = self.tx.send(TaskEvent::Run);
+    }
+}
+
+impl Store for SimHost {
+    fn store_open(&mut self, params: OpenParams<'_>) -> Result<MediumInfo, OpenError> {
+        self.close_store();
+        let spec = StoreSpec {
+            kind: if params.kind == "phy" {
+                StoreKind::Device
+            } else {
+                StoreKind::File
+            },
+            path: PathBuf::from(params.path),
+            writable: params.writable,
+            sector_size: self.cfg.store_sector_size,
+            faults: self.cfg.store_faults.clone(),
+        };
+        let tx = self.tx.clone();
+        let in_flight = Arc::clone(&self.in_flight);
+        let done: store::CompletionFn = Arc::new(move |tag: IoTag, r: Result<(), IoError>| {
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+            let _ = tx.send(TaskEvent::Io(tag, r));
+        });
+        let s = store::open_store(&spec, done)?;
+        let info = s.info();
+        self.store = Some(s);
+        Ok(info)
+    }
+
+    fn store_info(&self) -> MediumInfo {
+        match &self.store {
+            Some(s) => s.info(),
+            None => MediumInfo {
+                sectors: 0,
+                sector_size: 512,
+                physical_sector_size: 512,
+                read_only: true,
+                can_flush: false,
+                can_discard: false,
+                is_device: false,
+            },
+        }
+    }
+
+    fn store_submit(&mut self, tag: IoTag, op: IoOp<'_>) -> Result<(), IoError> {
+        if self.store.is_none() {
+            return Err(IoError::Gone);
+        }
+        let io = match op {
+            IoOp::Read { offset, iov } => StoreIo::Read {
+                offset,
+                iov: self.resolve(iov, true).ok_or_else(|| {
+                    self.stats.bad_iovecs += 1;
+                    IoError::Io
+                })?,
+            },
+            IoOp::Write { offset, iov } => StoreIo::Write {
+                offset,
+                iov: self.resolve(iov, false).ok_or_else(|| {
+                    self.stats.bad_iovecs += 1;
+                    IoError::Io
+                })?,
+            },
+            IoOp::Flush => StoreIo::Flush,
+            IoOp::Discard { offset, len } => StoreIo::Discard { offset, len },
+        };
+        let s = self.store.as_ref().ok_or(IoError::Gone)?;
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        // The RawIoVec obligation: every range was checked above to lie on
+        // window pages mapped with the right protection; they stay mapped
+        // (or, if the core unmapped them early, at least reserved) until the
+        // completion, because the window is never unmapped while I/O is in
+        // flight (see window_release and Drop).
+        match s.submit(tag, io) {
+            Ok(()) => {
+                self.stats.ios_submitted += 1;
+                Ok(())
+            }
+            Err(e) => {
+                self.in_flight.fetch_sub(1, Ordering::AcqRel);
+                Err(e)
+            }
+        }
+    }
+
+    fn store_close(&mut self) {
+        self.close_store();
+    }
+}
+
+impl Host for SimHost {
+    fn root_mounted(&self) -> bool {
+        self.xen.is_root_mounted()
+    }
+}
+
+impl Drop for SimHost {
+    fn drop(&mut self) {
+        // The store first: `close` waits for every queued I/O, so nothing
+        // touches the window once it is released.
+        self.close_store();
+        self.evtchn_unbind();
+        if self.window.is_some() {
+            self.window_release();
+        }
+        // A ring the core never handed back stays mapped (its reservation
+        // leaks the range), and its grants stay mapped: visible to tests in
+        // the guest's grant counters.
+    }
+}
