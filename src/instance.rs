@@ -157,8 +157,12 @@ struct Connection {
     iov: Vec<IoVec>,
     /// The reqlist requests are being appended to.
     open: u16,
-    /// A reqlist that found no room in the window; consumption waits for it.
-    stalled: u16,
+    /// Reqlists waiting, in order, for room in the window (a ring buffer
+    /// over `waitq`, which has room for every reqlist). Consumption pauses
+    /// while any waits.
+    waitq: Vec<u16>,
+    waitq_head: usize,
+    waitq_len: usize,
     /// A barrier waiting for everything before it to finish.
     barrier: u16,
     /// The request pool ran dry; consumption waits for a completion.
@@ -173,11 +177,11 @@ struct Connection {
 
 impl Connection {
     fn paused(&self) -> bool {
-        self.stalled != NONE || self.barrier != NONE || self.starved
+        self.waitq_len > 0 || self.barrier != NONE || self.starved
     }
 
     fn idle(&self) -> bool {
-        self.in_flight == 0 && self.open == NONE && self.stalled == NONE && self.barrier == NONE
+        self.in_flight == 0 && self.open == NONE && self.waitq_len == 0 && self.barrier == NONE
     }
 }
 
@@ -532,7 +536,9 @@ impl Instance {
             unmap_ops,
             iov,
             open: NONE,
-            stalled: NONE,
+            waitq: try_vec(nreq, NONE)?,
+            waitq_head: 0,
+            waitq_len: 0,
             barrier: NONE,
             starved: false,
             in_flight: 0,
@@ -617,11 +623,7 @@ impl Instance {
         };
         let was_paused = c.paused();
         c.on_complete(host, &mut self.stats, tag, result);
-        if c.stalled != NONE {
-            let l = c.stalled;
-            c.stalled = NONE;
-            c.start(host, &mut self.stats, l);
-        }
+        c.drain_waitq(host, &mut self.stats);
         c.try_start_barrier(host, &mut self.stats);
         c.publish(host, &mut self.stats);
         let resume = was_paused && !c.paused();
@@ -782,8 +784,24 @@ impl Connection {
         if self.lists[l as usize].op == Op::Barrier {
             self.barrier = l;
             self.try_start_barrier(host, stats);
-        } else {
-            self.start(host, stats, l);
+        } else if self.waitq_len > 0 || !self.try_start(host, stats, l) {
+            // Behind others already waiting, or no room: wait in order.
+            stats.inc(Stat::KvaShortages);
+            let cap = self.waitq.len();
+            self.waitq[(self.waitq_head + self.waitq_len) % cap] = l;
+            self.waitq_len += 1;
+        }
+    }
+
+    /// Starts waiting reqlists, oldest first, while the window has room.
+    fn drain_waitq<H: Host>(&mut self, host: &mut H, stats: &mut Stats) {
+        while self.waitq_len > 0 {
+            let l = self.waitq[self.waitq_head];
+            if !self.try_start(host, stats, l) {
+                break;
+            }
+            self.waitq_head = (self.waitq_head + 1) % self.waitq.len();
+            self.waitq_len -= 1;
         }
     }
 
@@ -791,23 +809,30 @@ impl Connection {
     fn try_start_barrier<H: Host>(&mut self, host: &mut H, stats: &mut Stats) {
         if self.barrier != NONE
             && self.in_flight == 0
+            && self.waitq_len == 0
             && !self.lists[self.barrier as usize].in_flight
         {
             let l = self.barrier;
-            self.start(host, stats, l);
+            // With nothing in flight the whole window is free, and it always
+            // holds one request; fail the barrier rather than wait forever
+            // should that ever not hold.
+            if !self.try_start(host, stats, l) {
+                self.lists[l as usize].error = true;
+                self.finish(host, stats, l);
+            }
         }
     }
 
     /// Gives a reqlist its window range, maps its grants in one batch and
-    /// submits its first phase. Without room in the window, it waits.
-    fn start<H: Host>(&mut self, host: &mut H, stats: &mut Stats, l: u16) {
+    /// submits its first phase. `false`, with nothing changed, when the
+    /// window has no room for it; otherwise the reqlist is in flight or
+    /// already answered (a failed mapping or submission).
+    fn try_start<H: Host>(&mut self, host: &mut H, stats: &mut Stats, l: u16) -> bool {
         let list = self.lists[l as usize];
         let pages = list.pages as usize;
         if pages > 0 {
             let Some(first) = self.kva.alloc(list.pages) else {
-                stats.inc(Stat::KvaShortages);
-                self.stalled = l;
-                return;
+                return false;
             };
             let readonly = list.op.writes();
             for (i, s) in chain_segments(&self.reqs, list.head).enumerate() {
@@ -845,7 +870,7 @@ impl Connection {
                 self.kva.free(first, list.pages);
                 self.lists[l as usize].error = true;
                 self.finish(host, stats, l);
-                return;
+                return true;
             }
             let lm = &mut self.lists[l as usize];
             lm.kva_first = first;
@@ -856,6 +881,7 @@ impl Connection {
         lm.phase = 0;
         self.in_flight += 1;
         self.submit_phase(host, stats, l);
+        true
     }
 
     /// Submits the reqlist's current phase; a submission the store refuses

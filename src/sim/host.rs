@@ -364,20 +364,37 @@ impl SimHost {
     }
 }
 
+impl SimHost {
+    /// Resolves a path the way xenstored does for a domain's connection: a
+    /// relative path is relative to the domain's home, `/local/domain/<dom>`.
+    fn xs_path<'p>(&self, path: &'p str) -> std::borrow::Cow<'p, str> {
+        if path.starts_with('/') {
+            std::borrow::Cow::Borrowed(path)
+        } else {
+            std::borrow::Cow::Owned(std::format!(
+                "/local/domain/{}/{path}",
+                self.config().backend_dom
+            ))
+        }
+    }
+}
+
 impl XenStore for SimHost {
     fn xs_read(&mut self, txn: XsTxn, path: &str, buf: &mut [u8]) -> Result<usize, XsError> {
-        let v = self.xen.xenstore.read_in(txn, path)?;
+        let v = self.xen.xenstore.read_in(txn, &self.xs_path(path))?;
         let dst = buf.get_mut(..v.len()).ok_or(XsError::TooLong)?;
         dst.copy_from_slice(&v);
         Ok(v.len())
     }
 
     fn xs_write(&mut self, txn: XsTxn, path: &str, value: &str) -> Result<(), XsError> {
-        self.xen.xenstore.write_in(txn, path, value.as_bytes())
+        self.xen
+            .xenstore
+            .write_in(txn, &self.xs_path(path), value.as_bytes())
     }
 
     fn xs_remove(&mut self, txn: XsTxn, path: &str) -> Result<(), XsError> {
-        match self.xen.xenstore.remove_in(txn, path) {
+        match self.xen.xenstore.remove_in(txn, &self.xs_path(path)) {
             Err(XsError::NotFound) => Ok(()),
             r => r,
         }

@@ -30,9 +30,11 @@ pub enum TaskEvent {
 pub mod backend;
 pub mod evtchn;
 pub mod ffi;
+pub mod frontend;
 pub mod gnttab;
 pub mod host;
 pub mod memory;
 pub mod store;
 pub mod toolstack;
+pub mod world;
 pub mod xenstore;
