@@ -484,11 +484,17 @@ impl Instance {
                 return Err(ConnectError::Grant(e));
             }
         };
+        // BackRing::new refuses a mapping shorter than the ring; check here
+        // so that such a mapping is handed back rather than dropped.
+        if mem.len() < fe.ring_pages as usize * PAGE_SIZE {
+            host.unmap_ring(mem);
+            host.window_release();
+            return Err(ConnectError::Ring);
+        }
         let ring = match BackRing::new(mem, fe.abi, fe.ring_pages) {
             Ok(r) => r,
             Err(_) => {
-                // BackRing::new only fails on a mapping shorter than asked
-                // for, which the platform never returns; nothing to unmap.
+                // Unreachable after the length check above.
                 host.window_release();
                 return Err(ConnectError::Ring);
             }
@@ -570,6 +576,7 @@ impl Instance {
             host.window_release();
         }
         let online = self.nodes.as_ref().is_some_and(|n| n.online);
+        let was = self.state;
         if (self.detaching || (self.frontend_closed && !online)) && self.medium.take().is_some() {
             host.store_close();
         }
@@ -578,6 +585,24 @@ impl Instance {
             self.set_state(host, XenbusState::Closed);
         } else if self.frontend_closed {
             self.set_state(host, XenbusState::Closed);
+            // An online back-end serves the next front-end, which may have
+            // re-initialised while the last I/O drained.
+            if was != XenbusState::Closed && online {
+                let fe = self
+                    .frontend_path()
+                    .and_then(|p| connect::read_state(host, p).ok());
+                if matches!(
+                    fe,
+                    Some(
+                        XenbusState::Initialising
+                            | XenbusState::Initialised
+                            | XenbusState::Connected
+                    )
+                ) && self.may_reconnect()
+                {
+                    self.open_and_offer(host);
+                }
+            }
         } else if self.state != XenbusState::Closing {
             self.set_state(host, XenbusState::Closing);
         }
@@ -671,10 +696,12 @@ impl Connection {
         coalesce: bool,
     ) -> Result<(), ()> {
         let mut budget = per_pass;
+        let mut stopped_on_pause = false;
         'pass: loop {
             let prod = self.ring.snapshot_req_prod().map_err(|_| ())?;
             while self.ring.req_cons() != prod {
                 if self.paused() {
+                    stopped_on_pause = true;
                     break 'pass;
                 }
                 if budget == 0 {
@@ -686,6 +713,7 @@ impl Connection {
                 if self.free_reqs.is_empty() {
                     stats.inc(Stat::RequestShortages);
                     self.starved = true;
+                    stopped_on_pause = true;
                     break 'pass;
                 }
                 let Some(raw) = self.ring.take_request(prod) else {
@@ -702,6 +730,7 @@ impl Connection {
                 }
             }
             if self.paused() {
+                stopped_on_pause = true;
                 break;
             }
             if !self.ring.final_check_for_requests().map_err(|_| ())? {
@@ -709,6 +738,12 @@ impl Connection {
             }
         }
         self.close_open(host, stats, Stat::ForcedDispatch);
+        // The pause may already be over (the dispatch above failed at once
+        // and freed everything): no completion will come to restart the
+        // ring, and req_event was not re-armed, so run again.
+        if stopped_on_pause && !self.paused() {
+            host.schedule_run();
+        }
         Ok(())
     }
 

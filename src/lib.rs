@@ -7,7 +7,7 @@
 //! negotiated over XenStore as `io/xenbus.h` describes. Platforms implement
 //! the traits of [`host`] and drive an [`instance::Instance`] per `vbd`.
 //!
-//! With the `sim` feature the crate also carries [`sim`], a simulated Xen
+//! With the `sim` feature the crate also carries `sim`, a simulated Xen
 //! host (guest memory, grant table, event channels, XenStore, toolstack,
 //! guest front-ends, file and device stores) used by `xbb-lab` and the tests.
 
@@ -23,6 +23,7 @@ extern crate std;
 pub mod abi;
 pub mod coalesce;
 pub mod connect;
+pub mod fuzzing;
 pub mod host;
 pub mod instance;
 pub mod kva;

@@ -1,0 +1,348 @@
+//! No allocation on the I/O path (DESIGN.md, "Rules every room keeps").
+//!
+//! A counting global allocator counts the allocations made by this thread
+//! while counting is switched on. An instance is connected over the fake
+//! host (attach, offer, the front-end's keys, Connected) and warmed up;
+//! then many rounds of reads, writes, coalesced runs, flushes, barriers,
+//! invalid requests, a request-pool shortage and a window shortage go
+//! through `Instance::run`, the store completions and the responses with
+//! counting on. The count must be exactly zero and every byte read back
+//! must be the byte written.
+
+mod support;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use support::fakehost::{FakeConfig, FakeHost, BE_PATH};
+use xbb::abi::{
+    Abi, BlkifRequest, RequestBody, Segment, BLKIF_MAX_SEGMENTS_PER_REQUEST,
+    BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_READ, BLKIF_OP_WRITE, BLKIF_OP_WRITE_BARRIER,
+    BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY,
+};
+use xbb::host::{GrantRef, XenbusState, PAGE_SIZE};
+use xbb::instance::Instance;
+use xbb::ring::FrontRing;
+use xbb::stats::{Stat, Tunable, Tunables};
+
+// ---------------------------------------------------------------------------
+// The counting allocator
+
+struct Counting;
+
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+    static COUNT: Cell<u64> = const { Cell::new(0) };
+}
+
+fn note_allocation() {
+    // `try_with`: the thread-locals may already be gone while a thread
+    // exits; those allocations are not ours to count. Const-initialised
+    // thread-locals without destructors never allocate themselves.
+    let on = COUNTING.try_with(Cell::get).unwrap_or(false);
+    if on {
+        let _ = COUNT.try_with(|n| n.set(n.get() + 1));
+    }
+}
+
+// SAFETY: every method forwards to `System` with the caller's arguments
+// unchanged, so `System`'s guarantees are ours; counting touches only
+// thread-locals and never allocates.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note_allocation();
+        // SAFETY: forwarded with the caller's layout (non-zero size by
+        // `GlobalAlloc::alloc`'s contract).
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note_allocation();
+        // SAFETY: as for `alloc`.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note_allocation();
+        // SAFETY: `ptr` was allocated by this allocator (hence by `System`)
+        // with `layout`, as the caller guarantees.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` was allocated by `System` with `layout`.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Runs `f` with counting on; returns its result and the allocations it
+/// made on this thread.
+fn count_allocations<R>(f: impl FnOnce() -> R) -> (R, u64) {
+    COUNT.with(|n| n.set(0));
+    COUNTING.with(|c| c.set(true));
+    let r = f();
+    COUNTING.with(|c| c.set(false));
+    (r, COUNT.with(Cell::get))
+}
+
+// ---------------------------------------------------------------------------
+// The guest
+
+/// Ids say what response the request must get.
+const EXPECT_OKAY: u64 = 0;
+const EXPECT_ERROR: u64 = 1;
+const EXPECT_NOTSUPP: u64 = 2;
+
+fn id(expect: u64, seq: u64) -> u64 {
+    expect << 48 | seq
+}
+
+/// A request over whole pages `grefs` starting at `sector`.
+fn req(operation: u8, id: u64, sector: u64, grefs: &[GrantRef]) -> BlkifRequest {
+    let mut seg = [Segment::default(); BLKIF_MAX_SEGMENTS_PER_REQUEST];
+    for (s, &gref) in seg.iter_mut().zip(grefs) {
+        *s = Segment {
+            gref,
+            first_sect: 0,
+            last_sect: 7,
+        };
+    }
+    BlkifRequest {
+        operation,
+        id,
+        body: RequestBody::Rw {
+            nr_segments: grefs.len() as u8,
+            handle: 0,
+            sector_number: sector,
+            seg,
+        },
+    }
+}
+
+/// The byte written at `offset` of page `page` in round `round`.
+fn pattern(round: u64, page: usize, offset: usize) -> u8 {
+    (round as u8).wrapping_mul(31) ^ (page as u8).wrapping_mul(7) ^ (offset as u8)
+}
+
+struct Guest {
+    host: FakeHost,
+    inst: Instance,
+    front: FrontRing,
+    /// Pages written from.
+    src: [GrantRef; 32],
+    /// Pages read into.
+    dst: [GrantRef; 32],
+    /// Granted read-only.
+    ro: GrantRef,
+    seq: u64,
+    pushed: u64,
+    answered: u64,
+}
+
+impl Guest {
+    fn push(&mut self, r: &BlkifRequest) {
+        assert!(self.front.push_request(r), "ring full");
+        self.pushed += 1;
+    }
+
+    fn next_id(&mut self, expect: u64) -> u64 {
+        self.seq += 1;
+        id(expect, self.seq)
+    }
+
+    /// Publishes, kicks, completes everything, takes every response and
+    /// checks each status against its id.
+    fn serve(&mut self) {
+        self.front.publish_requests();
+        self.inst.run(&mut self.host);
+        loop {
+            self.host.complete_all(&mut self.inst);
+            if self.host.run_deferred(&mut self.inst) == 0 {
+                break;
+            }
+        }
+        while let Some(rsp) = self.front.take_response() {
+            let want = match rsp.id >> 48 {
+                EXPECT_OKAY => BLKIF_RSP_OKAY,
+                EXPECT_ERROR => BLKIF_RSP_ERROR,
+                _ => BLKIF_RSP_EOPNOTSUPP,
+            };
+            assert_eq!(rsp.status, want, "response to {:#x}", rsp.id);
+            self.answered += 1;
+        }
+        assert_eq!(self.answered, self.pushed, "every request answered");
+        assert_eq!(self.host.pending(), 0);
+        assert!(self.inst.is_idle());
+    }
+
+    /// One round of every kind of traffic; `round` varies data and place.
+    fn round(&mut self, round: u64) {
+        let base = (round % 16) * 128;
+        // Sixteen source pages of this round's data.
+        for (p, &g) in self.src[..16].iter().enumerate() {
+            for (o, b) in self.host.page_mut(g).iter_mut().enumerate() {
+                *b = pattern(round, p, o);
+            }
+        }
+        for &g in &self.dst[..16] {
+            self.host.page_mut(g).fill(0);
+        }
+
+        // A coalescable run of four 2-page writes, then a flush, a
+        // barrier with data, and invalid requests.
+        let src = self.src;
+        for k in 0..4 {
+            let id = self.next_id(EXPECT_OKAY);
+            self.push(&req(
+                BLKIF_OP_WRITE,
+                id,
+                base + 16 * k as u64,
+                &src[2 * k..2 * k + 2],
+            ));
+        }
+        let id = self.next_id(EXPECT_OKAY);
+        self.push(&req(BLKIF_OP_FLUSH_DISKCACHE, id, 0, &[]));
+        let id = self.next_id(EXPECT_OKAY);
+        self.push(&req(BLKIF_OP_WRITE_BARRIER, id, base + 64, &src[8..9]));
+        let id = self.next_id(EXPECT_ERROR);
+        self.push(&req(BLKIF_OP_READ, id, 0, &[])); // no segments
+        let id = self.next_id(EXPECT_ERROR);
+        self.push(&req(BLKIF_OP_READ, id, u64::MAX - 7, &src[..1])); // off the end
+        let id = self.next_id(EXPECT_NOTSUPP);
+        self.push(&req(0xee, id, 0, &src[..1]));
+        let id = self.next_id(EXPECT_ERROR);
+        let ro = self.ro;
+        self.push(&req(BLKIF_OP_READ, id, 0, &[ro])); // read into a read-only grant
+        self.serve();
+
+        // Read the nine pages back, coalesced: three 3-page reads.
+        let dst = self.dst;
+        for k in 0..3 {
+            let id = self.next_id(EXPECT_OKAY);
+            self.push(&req(
+                BLKIF_OP_READ,
+                id,
+                base + 24 * k as u64,
+                &dst[3 * k..3 * k + 3],
+            ));
+        }
+        self.serve();
+        for p in 0..9 {
+            let got = self.host.page(self.dst[p]);
+            for (o, &b) in got.iter().enumerate() {
+                assert_eq!(b, pattern(round, p, o), "round {round} page {p} byte {o}");
+            }
+        }
+
+        // More requests than the pool holds (8): non-contiguous reads.
+        let shortages = self.inst.stats().get(Stat::RequestShortages);
+        for k in 0..12 {
+            let id = self.next_id(EXPECT_OKAY);
+            self.push(&req(
+                BLKIF_OP_READ,
+                id,
+                2048 + 40 * k as u64,
+                &dst[16 + k..17 + k],
+            ));
+        }
+        self.serve();
+        assert!(self.inst.stats().get(Stat::RequestShortages) > shortages);
+
+        // Two 16-page runs through a 24-page window: the second waits.
+        let kva = self.inst.stats().get(Stat::KvaShortages);
+        for k in 0..4 {
+            let id = self.next_id(EXPECT_OKAY);
+            self.push(&req(
+                BLKIF_OP_WRITE,
+                id,
+                base + 32 * k as u64,
+                &src[4 * k..4 * k + 4],
+            ));
+        }
+        for k in 0..4 {
+            let id = self.next_id(EXPECT_OKAY);
+            self.push(&req(
+                BLKIF_OP_READ,
+                id,
+                3072 + 32 * k as u64,
+                &dst[4 * k..4 * k + 4],
+            ));
+        }
+        self.serve();
+        assert!(self.inst.stats().get(Stat::KvaShortages) > kva);
+    }
+}
+
+fn connected_guest() -> Guest {
+    let mut host = FakeHost::new(FakeConfig::default());
+    host.standard_nodes(true, false);
+    let front = host.frontend_ring(Abi::X86_64, 1);
+    let src = std::array::from_fn(|_| host.grant(&[], false));
+    let dst = std::array::from_fn(|_| host.grant(&[], false));
+    let ro = host.grant(&[0x5a; PAGE_SIZE], true);
+    host.set_frontend_state(XenbusState::Initialised);
+
+    let mut t = Tunables::default();
+    t.set(Tunable::MaxRequests, 8).unwrap();
+    t.set(Tunable::MaxRequestSize, 16 * PAGE_SIZE as u64)
+        .unwrap();
+    t.set(Tunable::KvaPages, 24).unwrap();
+    let mut inst = Instance::new(BE_PATH, &t).unwrap();
+    inst.attach(&mut host);
+    assert_eq!(
+        inst.state(),
+        XenbusState::Connected,
+        "{:?}",
+        inst.last_error()
+    );
+    assert_eq!(host.backend_state(), Some(XenbusState::Connected.as_str()));
+    assert!(host.ring_mapped() && host.window_reserved());
+    Guest {
+        host,
+        inst,
+        front,
+        src,
+        dst,
+        ro,
+        seq: 0,
+        pushed: 0,
+        answered: 0,
+    }
+}
+
+#[test]
+fn counter_counts() {
+    let (_, n) = count_allocations(|| std::hint::black_box(Box::new(7u64)));
+    assert_eq!(n, 1);
+    let (_, n) = count_allocations(|| std::hint::black_box(1 + 1));
+    assert_eq!(n, 0);
+}
+
+#[test]
+fn io_path_does_not_allocate() {
+    let mut g = connected_guest();
+    g.round(0); // warm-up: nothing is allocated lazily later
+    let ((), n) = count_allocations(|| {
+        for round in 1..=40 {
+            g.round(round);
+        }
+    });
+    assert_eq!(n, 0, "allocations on the I/O path");
+    // The rounds did real work.
+    let s = g.inst.stats();
+    assert!(s.get(Stat::ReqsCoalesced) > 0 && s.get(Stat::FlushReqs) > 0);
+    assert!(s.get(Stat::ReqsCompletedWithError) > 0);
+    assert!(g.host.notifications > 0);
+
+    // Teardown gives everything back.
+    g.host.set_frontend_state(XenbusState::Closed);
+    g.inst.frontend_changed(&mut g.host);
+    g.inst.detach(&mut g.host);
+    assert!(g.inst.is_detached());
+    assert!(!g.host.ring_mapped() && !g.host.window_reserved());
+    assert_eq!(g.host.live_mappings, 0);
+    assert!(!g.host.store_is_open());
+}
