@@ -1533,8 +1533,9 @@ pub fn run_workload(fe: &mut Frontend, wl: &Workload) -> Result<WorkloadReport, 
     let mut lo = u64::MAX;
     let mut hi = 0u64;
     while issued < wl.ops || !eng.pending.is_empty() || !eng.inflight.is_empty() {
-        // Plan the next I/O once nothing of the previous one waits.
-        while issued < wl.ops && eng.pending.is_empty() {
+        // Plan I/Os until the queue depth is covered: requests in flight
+        // plus requests planned but not yet on the ring.
+        while issued < wl.ops && eng.inflight.len() + eng.pending.len() < eng.qd {
             let (op, sector) = *next.get_or_insert_with(|| {
                 let pos = if wl.random {
                     splitmix(&mut rng) % slots

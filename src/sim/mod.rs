@@ -28,11 +28,13 @@ pub enum TaskEvent {
 }
 
 pub mod backend;
+pub mod bench;
 pub mod evtchn;
 pub mod ffi;
 pub mod frontend;
 pub mod gnttab;
 pub mod host;
+pub mod lab;
 pub mod memory;
 pub mod store;
 pub mod toolstack;
