@@ -1550,6 +1550,7 @@ mod tests {
             can_flush: true,
             can_discard: false,
             is_device: true,
+            ..MediumInfo::default()
         }
     }
 

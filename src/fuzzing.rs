@@ -38,7 +38,7 @@ use crate::connect::{self, ConnectError, XS_TXN_RETRIES};
 use crate::host::{
     Deferred, DomId, EventChannel, EvtchnError, EvtchnPort, GrantError, GrantHandle, GrantMapOp,
     GrantRef, GrantUnmapOp, Grants, Host, IoError, IoOp, IoTag, IoVec, MediumInfo, OpenError,
-    OpenParams, Store, XenStore, XenbusState, XsError, XsTxn, PAGE_SIZE,
+    OpenParams, QueueId, Store, XenStore, XenbusState, XsError, XsTxn, PAGE_SIZE,
 };
 use crate::instance::Instance;
 use crate::request::{self, Limits, Op};
@@ -452,7 +452,12 @@ impl Grants for FuzzHost {
         }
     }
 
-    fn map_ring(&mut self, dom: DomId, grefs: &[GrantRef]) -> Result<SharedMem, GrantError> {
+    fn map_ring(
+        &mut self,
+        _queue: QueueId,
+        dom: DomId,
+        grefs: &[GrantRef],
+    ) -> Result<SharedMem, GrantError> {
         assert_eq!(dom, FRONT_DOM);
         if core::mem::take(&mut self.fail_ring_map) {
             return Err(GrantError::General);
@@ -464,15 +469,28 @@ impl Grants for FuzzHost {
         Ok(self.ring_back.take().expect("ring mapped twice"))
     }
 
-    fn unmap_ring(&mut self, ring: SharedMem) {
+    fn unmap_ring(&mut self, _queue: QueueId, ring: SharedMem) {
         assert!(self.ring_back.is_none(), "ring unmapped twice");
         assert_eq!(ring.as_ptr(), self.ring_ptr, "unmap of a foreign ring");
         self.ring_back = Some(ring);
     }
+    fn copy_in(
+        &mut self,
+        _dom: DomId,
+        _grefs: &[GrantRef],
+        _out: &mut [u8],
+    ) -> Result<(), GrantError> {
+        Err(GrantError::General)
+    }
 }
 
 impl EventChannel for FuzzHost {
-    fn evtchn_bind(&mut self, dom: DomId, remote_port: EvtchnPort) -> Result<(), EvtchnError> {
+    fn evtchn_bind(
+        &mut self,
+        _queue: QueueId,
+        dom: DomId,
+        remote_port: EvtchnPort,
+    ) -> Result<(), EvtchnError> {
         assert_eq!(dom, FRONT_DOM);
         assert!(!self.bound, "event channel bound twice");
         if core::mem::take(&mut self.fail_bind) {
@@ -485,19 +503,24 @@ impl EventChannel for FuzzHost {
         Ok(())
     }
 
-    fn evtchn_notify(&mut self) {
+    fn evtchn_notify(&mut self, _queue: QueueId) {
         assert!(self.bound, "notify on an unbound event channel");
         self.notifications += 1;
     }
 
-    fn evtchn_unbind(&mut self) {
+    fn evtchn_eoi(&mut self, _queue: QueueId, _delay_ms: u32) {}
+
+    fn evtchn_unbind(&mut self, _queue: QueueId) {
         assert!(self.bound, "unbind of an unbound event channel");
         self.bound = false;
     }
 }
 
 impl Deferred for FuzzHost {
-    fn schedule_run(&mut self) {
+    fn now_ms(&self) -> u64 {
+        0
+    }
+    fn schedule_run(&mut self, _queue: QueueId) {
         self.run_scheduled = true;
     }
 }
@@ -538,7 +561,7 @@ impl Store for FuzzHost {
                 (PendingKind::Write, offset, iov, self.check_iov(iov, false))
             }
             IoOp::Flush => (PendingKind::Flush, 0, &[][..], 0),
-            IoOp::Discard { offset, len } => (PendingKind::Discard(len), offset, &[][..], len),
+            IoOp::Discard { offset, len, .. } => (PendingKind::Discard(len), offset, &[][..], len),
         };
         assert!(offset % 512 == 0, "I/O offset not sector-aligned");
         assert!(
@@ -1136,7 +1159,7 @@ impl Driver {
 
     fn run_scheduled(&mut self) {
         if core::mem::take(&mut self.host.run_scheduled) {
-            self.inst.run(&mut self.host);
+            self.inst.run(&mut self.host, 0);
         }
     }
 
@@ -1179,7 +1202,7 @@ impl Driver {
                 };
                 self.front().set_req_prod_raw(v);
             }
-            A_KICK => self.inst.run(&mut self.host),
+            A_KICK => self.inst.event(&mut self.host, 0),
             A_COMPLETE_ONE => {
                 let which = usize::from(r.u8());
                 let result = Outcome::decode(r.u8());
@@ -1324,6 +1347,7 @@ pub fn fuzz_ring_in(mem: &mut RingMemory, data: &[u8]) -> RingReport {
             can_flush: cfg.can_flush,
             can_discard: false,
             is_device: false,
+            ..MediumInfo::default()
         },
         store_open: false,
         pending: Vec::new(),

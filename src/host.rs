@@ -24,6 +24,8 @@ pub type DomId = u16;
 pub type GrantRef = u32;
 /// An event-channel port number (`evtchn_port_t`).
 pub type EvtchnPort = u32;
+/// A queue (ring) of a multi-queue connection, `0..multi-queue-num-queues`.
+pub type QueueId = u32;
 /// The page size of the shared ring and of every granted data page.
 pub const PAGE_SIZE: usize = 4096;
 /// `log2(PAGE_SIZE)`.
@@ -177,12 +179,26 @@ pub trait Grants {
     );
     /// Unmaps `ops` in one batched operation.
     fn unmap_batch(&mut self, ops: &[GrantUnmapOp]);
-    /// Maps the shared-ring pages `grefs` (in order) contiguously and
-    /// writable, returning access to them. Only one ring is mapped at a time
-    /// per [`Grants`] implementor in this version.
-    fn map_ring(&mut self, dom: DomId, grefs: &[GrantRef]) -> Result<SharedMem, GrantError>;
-    /// Unmaps the ring mapped by [`Grants::map_ring`]; `ring` is consumed.
-    fn unmap_ring(&mut self, ring: SharedMem);
+    /// Maps the shared-ring pages `grefs` (in order) of queue `queue`
+    /// contiguously and writable, returning access to them. One ring is
+    /// mapped per queue (`multi-queue-num-queues`; queue 0 alone for a
+    /// single-queue front-end).
+    fn map_ring(
+        &mut self,
+        queue: QueueId,
+        dom: DomId,
+        grefs: &[GrantRef],
+    ) -> Result<SharedMem, GrantError>;
+    /// Unmaps the ring of `queue` mapped by [`Grants::map_ring`]; `ring` is
+    /// consumed.
+    fn unmap_ring(&mut self, queue: QueueId, ring: SharedMem);
+    /// Copies the first `out.len() / grefs.len()` rounded-up bytes of each
+    /// granted page into `out`, page `i` of `grefs` to
+    /// `out[i * PAGE_SIZE..]` (`GNTTABOP_copy` from the front-end's frames):
+    /// the private copy of indirect segment pages. `out.len()` is at most
+    /// `grefs.len() * PAGE_SIZE`. Either everything is copied or `Err`.
+    fn copy_in(&mut self, dom: DomId, grefs: &[GrantRef], out: &mut [u8])
+        -> Result<(), GrantError>;
 }
 
 /// Errors binding an event channel.
@@ -194,26 +210,46 @@ pub enum EvtchnError {
     General,
 }
 
-/// The interdomain event channel of one connection.
+/// The interdomain event channels of one connection, one per queue.
+///
+/// Delivery follows the "late EOI" discipline: after the platform has called
+/// `Instance::run(queue)` for an event, that channel delivers nothing more
+/// until the core calls [`EventChannel::evtchn_eoi`] for it. The delay the
+/// core asks for there is how a front-end that kicks without producing
+/// requests is kept from spinning the back-end.
 pub trait EventChannel {
-    /// Binds to the front-end's `remote_port` in domain `dom`. After this the
-    /// platform calls `Instance::run` whenever the front-end kicks.
-    fn evtchn_bind(&mut self, dom: DomId, remote_port: EvtchnPort) -> Result<(), EvtchnError>;
-    /// Sends an event to the front-end.
-    fn evtchn_notify(&mut self);
-    /// Unbinds; no more `run` calls come from it.
-    fn evtchn_unbind(&mut self);
+    /// Binds queue `queue` to the front-end's `remote_port` in domain `dom`.
+    /// After this the platform calls `Instance::run(queue)` whenever the
+    /// front-end kicks.
+    fn evtchn_bind(
+        &mut self,
+        queue: QueueId,
+        dom: DomId,
+        remote_port: EvtchnPort,
+    ) -> Result<(), EvtchnError>;
+    /// Sends an event to the front-end on `queue`'s channel.
+    fn evtchn_notify(&mut self, queue: QueueId);
+    /// The event that made the platform run `queue` has been handled:
+    /// re-enable delivery on its channel, after `delay_ms` milliseconds when
+    /// that is not 0 (an event that arrives meanwhile is kept pending, not
+    /// lost).
+    fn evtchn_eoi(&mut self, queue: QueueId, delay_ms: u32);
+    /// Unbinds `queue`'s channel; no more `run` calls come from it.
+    fn evtchn_unbind(&mut self, queue: QueueId);
 }
 
-/// Deferred work.
+/// Deferred work and time.
 pub trait Deferred {
-    /// Asks the platform to call `Instance::run` again soon, from the
+    /// Asks the platform to call `Instance::run(queue)` again soon, from the
     /// instance's normal context (used when one pass hit its budget).
-    fn schedule_run(&mut self);
+    fn schedule_run(&mut self, queue: QueueId);
+    /// A monotonic clock in milliseconds (any origin): persistent grants
+    /// left unused for `hw.xbb.persistent_grant_idle_ms` are unmapped.
+    fn now_ms(&self) -> u64;
 }
 
 /// What the back-end store is, as the core needs to know it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MediumInfo {
     /// Size in 512-byte sectors (the unit of the `sectors` node and of
     /// `sector_number`, whatever `sector_size` is).
@@ -226,8 +262,15 @@ pub struct MediumInfo {
     pub read_only: bool,
     /// The store can make completed writes durable (flush / fsync).
     pub can_flush: bool,
-    /// The store can discard ranges.
+    /// The store can discard ranges (hole punching in a file, TRIM/UNMAP
+    /// on a device).
     pub can_discard: bool,
+    /// The store can erase ranges securely (`BLKIF_DISCARD_SECURE`).
+    pub can_secure_discard: bool,
+    /// Discard granularity in bytes (0: the logical sector size).
+    pub discard_granularity: u32,
+    /// Offset in bytes of the first granule from sector 0.
+    pub discard_alignment: u32,
     /// A raw device rather than a regular file (reported in `info`).
     pub is_device: bool,
 }
@@ -266,6 +309,9 @@ pub enum IoOp<'a> {
         offset: u64,
         /// Length in bytes.
         len: u64,
+        /// Erase securely (`BLKIF_DISCARD_SECURE`); only submitted when
+        /// [`MediumInfo::can_secure_discard`].
+        secure: bool,
     },
 }
 

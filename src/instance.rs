@@ -32,7 +32,7 @@ use crate::coalesce::{self, Budget, OpenRun};
 use crate::connect::{self, BackendNodes, ConnectError, Offer};
 use crate::host::{
     DomId, GrantError, GrantHandle, GrantMapOp, GrantUnmapOp, Host, IoError, IoOp, IoTag, IoVec,
-    MediumInfo, OpenParams, XenbusState, PAGE_SIZE,
+    MediumInfo, OpenParams, QueueId, XenbusState, PAGE_SIZE,
 };
 use crate::kva::KvaAllocator;
 use crate::request::{self, Limits, Op, Parsed};
@@ -410,7 +410,7 @@ impl Instance {
                 self.stats.reset_counters();
                 self.set_state(host, XenbusState::Connected);
                 // Requests may already be waiting.
-                self.run(host);
+                self.run(host, 0);
             }
             Err(e) => self.fail(host, e),
         }
@@ -477,7 +477,7 @@ impl Instance {
         let iov = try_vec(max_pages, IoVec::default())?;
 
         host.window_reserve(window).map_err(ConnectError::Grant)?;
-        let mem = match host.map_ring(dom, fe.refs()) {
+        let mem = match host.map_ring(0, dom, fe.refs()) {
             Ok(m) => m,
             Err(e) => {
                 host.window_release();
@@ -487,7 +487,7 @@ impl Instance {
         // BackRing::new refuses a mapping shorter than the ring; check here
         // so that such a mapping is handed back rather than dropped.
         if mem.len() < fe.ring_pages as usize * PAGE_SIZE {
-            host.unmap_ring(mem);
+            host.unmap_ring(0, mem);
             host.window_release();
             return Err(ConnectError::Ring);
         }
@@ -499,14 +499,14 @@ impl Instance {
                 return Err(ConnectError::Ring);
             }
         };
-        if let Err(e) = host.evtchn_bind(dom, fe.event_channel) {
-            host.unmap_ring(ring.into_mem());
+        if let Err(e) = host.evtchn_bind(0, dom, fe.event_channel) {
+            host.unmap_ring(0, ring.into_mem());
             host.window_release();
             return Err(ConnectError::Evtchn(e));
         }
         if let Err(e) = connect::publish_connected(host, &self.be_path, &medium, flush, flush) {
-            host.evtchn_unbind();
-            host.unmap_ring(ring.into_mem());
+            host.evtchn_unbind(0);
+            host.unmap_ring(0, ring.into_mem());
             host.window_release();
             return Err(e);
         }
@@ -571,8 +571,8 @@ impl Instance {
         }
         if let Some(mut c) = self.conn.take() {
             c.publish(host, &mut self.stats);
-            host.evtchn_unbind();
-            host.unmap_ring(c.ring.into_mem());
+            host.evtchn_unbind(0);
+            host.unmap_ring(0, c.ring.into_mem());
             host.window_release();
         }
         let online = self.nodes.as_ref().is_some_and(|n| n.online);
@@ -610,7 +610,8 @@ impl Instance {
 
     /// The event channel fired or a run was scheduled: consumes requests,
     /// at most `hw.xbb.requests_per_pass` of them before yielding.
-    pub fn run<H: Host>(&mut self, host: &mut H) {
+    pub fn run<H: Host>(&mut self, host: &mut H, queue: QueueId) {
+        let _ = queue;
         if self.closing {
             return;
         }
@@ -640,6 +641,13 @@ impl Instance {
         c.publish(host, &mut self.stats);
     }
 
+    /// The front-end kicked `queue`'s event channel: runs the queue, then
+    /// re-enables the channel.
+    pub fn event<H: Host>(&mut self, host: &mut H, queue: QueueId) {
+        self.run(host, queue);
+        host.evtchn_eoi(queue, 0);
+    }
+
     /// A store I/O completed: advance its reqlist, answer the front-end,
     /// and restart whatever waited for the resources it held.
     pub fn complete<H: Host>(&mut self, host: &mut H, tag: IoTag, result: Result<(), IoError>) {
@@ -655,7 +663,7 @@ impl Instance {
         if self.closing {
             self.finish_close_if_drained(host);
         } else if resume {
-            self.run(host);
+            self.run(host, 0);
         }
     }
 
@@ -707,7 +715,7 @@ impl Connection {
                 if budget == 0 {
                     // Yield the taskqueue; a hostile front-end can keep
                     // producing forever.
-                    host.schedule_run();
+                    host.schedule_run(0);
                     break 'pass;
                 }
                 if self.free_reqs.is_empty() {
@@ -742,7 +750,7 @@ impl Connection {
         // and freed everything): no completion will come to restart the
         // ring, and req_event was not re-armed, so run again.
         if stopped_on_pause && !self.paused() {
-            host.schedule_run();
+            host.schedule_run(0);
         }
         Ok(())
     }
@@ -1054,7 +1062,7 @@ impl Connection {
             return;
         }
         if self.ring.publish_responses() {
-            host.evtchn_notify();
+            host.evtchn_notify(0);
         }
         stats.add(Stat::ReqsCompleted, self.unpublished);
         self.unpublished = 0;

@@ -24,7 +24,7 @@ use xbb::abi::{
 use xbb::host::{
     Deferred, DomId, EventChannel, EvtchnError, EvtchnPort, GrantError, GrantHandle, GrantMapOp,
     GrantRef, GrantUnmapOp, Grants, Host, IoError, IoOp, IoTag, MediumInfo, OpenError, OpenParams,
-    Store, XenStore, XenbusState, XsError, XsTxn, PAGE_SIZE,
+    QueueId, Store, XenStore, XenbusState, XsError, XsTxn, PAGE_SIZE,
 };
 use xbb::instance::Instance;
 use xbb::ring::FrontRing;
@@ -171,6 +171,7 @@ fn medium() -> MediumInfo {
         can_flush: true,
         can_discard: false,
         is_device: false,
+        ..MediumInfo::default()
     }
 }
 
@@ -328,7 +329,12 @@ impl Grants for Fake {
             }
         }
     }
-    fn map_ring(&mut self, _dom: DomId, grefs: &[GrantRef]) -> Result<SharedMem, GrantError> {
+    fn map_ring(
+        &mut self,
+        _queue: QueueId,
+        _dom: DomId,
+        grefs: &[GrantRef],
+    ) -> Result<SharedMem, GrantError> {
         let _q = Quiet::new();
         if grefs != [RING_GREF] {
             return Err(GrantError::BadRef);
@@ -351,17 +357,30 @@ impl Grants for Fake {
         self.ring_mapped = true;
         Ok(mem)
     }
-    fn unmap_ring(&mut self, _ring: SharedMem) {
+    fn unmap_ring(&mut self, _queue: QueueId, _ring: SharedMem) {
         if !self.ring_mapped {
             self.bad("ring unmapped twice".into());
         }
         self.ring_mapped = false;
         self.ring_unmaps += 1;
     }
+    fn copy_in(
+        &mut self,
+        _dom: DomId,
+        _grefs: &[GrantRef],
+        _out: &mut [u8],
+    ) -> Result<(), GrantError> {
+        Err(GrantError::General)
+    }
 }
 
 impl EventChannel for Fake {
-    fn evtchn_bind(&mut self, _dom: DomId, port: EvtchnPort) -> Result<(), EvtchnError> {
+    fn evtchn_bind(
+        &mut self,
+        _queue: QueueId,
+        _dom: DomId,
+        port: EvtchnPort,
+    ) -> Result<(), EvtchnError> {
         if self.fail_bind || port != PORT {
             return Err(EvtchnError::BadPort);
         }
@@ -372,13 +391,14 @@ impl EventChannel for Fake {
         self.binds += 1;
         Ok(())
     }
-    fn evtchn_notify(&mut self) {
+    fn evtchn_notify(&mut self, _queue: QueueId) {
         if !self.bound {
             self.bad("notify on an unbound channel".into());
         }
         self.notifies += 1;
     }
-    fn evtchn_unbind(&mut self) {
+    fn evtchn_eoi(&mut self, _queue: QueueId, _delay_ms: u32) {}
+    fn evtchn_unbind(&mut self, _queue: QueueId) {
         if !self.bound {
             self.bad("unbind of an unbound channel".into());
         }
@@ -388,7 +408,10 @@ impl EventChannel for Fake {
 }
 
 impl Deferred for Fake {
-    fn schedule_run(&mut self) {
+    fn now_ms(&self) -> u64 {
+        0
+    }
+    fn schedule_run(&mut self, _queue: QueueId) {
         self.schedule_runs += 1;
     }
 }
@@ -437,7 +460,7 @@ impl Store for Fake {
                 (k, offset, len)
             }
             IoOp::Flush => (Kind::Flush, 0, 0),
-            IoOp::Discard { offset, len } => (Kind::Discard, offset, len),
+            IoOp::Discard { offset, len, .. } => (Kind::Discard, offset, len),
         };
         self.log.push((tag, kind, offset));
         if self.refuse_submits > 0 {
@@ -542,7 +565,7 @@ fn produce(i: &mut Instance, h: &mut Fake, fr: &mut FrontRing, reqs: &[BlkifRequ
         assert!(fr.push_request(r));
     }
     if fr.publish_requests() {
-        i.run(h);
+        i.run(h, 0);
     }
 }
 
@@ -553,7 +576,7 @@ fn pump(i: &mut Instance, h: &mut Fake) {
             return;
         }
         h.schedule_runs = 0;
-        i.run(h);
+        i.run(h, 0);
     }
     panic!("schedule_run never stops");
 }
@@ -734,7 +757,7 @@ fn nothing_starts_after_ring_broken() {
     produce(&mut i, &mut h, &mut fr, &[a, b]);
     assert_eq!(h.log.len(), 1);
     fr.set_req_prod_raw(fr.req_prod_pvt().wrapping_add(1000));
-    i.run(&mut h);
+    i.run(&mut h, 0);
     assert_eq!(i.state(), XenbusState::Closing);
     complete_all(&mut i, &mut h);
     assert_eq!(h.log.len(), 1, "I/O started after the failure: {:?}", h.log);
@@ -758,7 +781,7 @@ fn kva_shortage_then_resume_answers_everything_once() {
     // Produced while stalled: seen once the stall ends.
     fr.push_request(&req(BLKIF_OP_READ, 3, 3000, &grefs(1, 30)));
     if fr.publish_requests() {
-        i.run(&mut h);
+        i.run(&mut h, 0);
     }
     complete_all(&mut i, &mut h);
     let r = responses(&mut fr);
@@ -931,7 +954,7 @@ fn impossible_req_prod_fails_connection_and_answers_nothing_more() {
     }
     let before_log = h.log.len();
     fr.set_req_prod_raw(fr.req_prod_pvt().wrapping_add(1000));
-    i.run(&mut h);
+    i.run(&mut h, 0);
     assert_eq!(h.log.len(), before_log, "nothing dispatched");
     assert_eq!(i.state(), XenbusState::Closing);
     assert_eq!(h.be_state(), Some("5"));
@@ -944,7 +967,7 @@ fn impossible_req_prod_fails_connection_and_answers_nothing_more() {
     h.assert_released();
     h.assert_clean();
     // Hostile follow-ups do nothing.
-    i.run(&mut h);
+    i.run(&mut h, 0);
     fe_state(&mut i, &mut h, "4");
     fe_state(&mut i, &mut h, "6");
     assert_eq!(i.state(), XenbusState::Closed);
@@ -995,7 +1018,7 @@ fn detach_with_io_in_flight_and_open_reqlist() {
     assert_eq!(h.store_closes, 1);
     assert_answered_once(&responses(&mut fr), &[1]);
     // Late platform calls are harmless.
-    i.run(&mut h);
+    i.run(&mut h, 0);
     i.complete(&mut h, IoTag(0), Ok(()));
     i.frontend_changed(&mut h);
     i.detach(&mut h);
@@ -1014,7 +1037,7 @@ fn per_pass_cap_and_schedule_run() {
         fr.push_request(r);
     }
     assert!(fr.publish_requests());
-    i.run(&mut h);
+    i.run(&mut h, 0);
     assert_eq!(i.stats().get(Stat::ReqsReceived), 2);
     assert_eq!(h.schedule_runs, 1);
     pump(&mut i, &mut h);
@@ -1072,7 +1095,7 @@ fn request_produced_while_paused_is_seen() {
     // Produced while paused; whether or not it kicks, the run sees a pause.
     fr.push_request(&req(BLKIF_OP_READ, 3, 64, &grefs(1, 1)));
     if fr.publish_requests() {
-        i.run(&mut h);
+        i.run(&mut h, 0);
     }
     complete_all(&mut i, &mut h);
     assert_answered_once(&responses(&mut fr), &[1, 2, 3]);
@@ -1135,13 +1158,13 @@ fn no_allocation_on_the_io_path() {
     }
     fr.publish_requests();
     let n = allocations_in(|| {
-        i.run(&mut h);
+        i.run(&mut h, 0);
         while let Some(p) = h.pending.first().copied() {
             h.pending.remove(0);
             i.complete(&mut h, p.tag, Ok(()));
             while h.schedule_runs > 0 {
                 h.schedule_runs = 0;
-                i.run(&mut h);
+                i.run(&mut h, 0);
             }
         }
     });
@@ -1273,7 +1296,7 @@ fn hostile_state_and_ring_sequences() {
                         } else {
                             f.publish_requests();
                         }
-                        i.run(&mut h);
+                        i.run(&mut h, 0);
                         if let Some(f) = fr.as_mut() {
                             while f.take_response().is_some() {}
                             f.final_check_for_responses();
@@ -1289,7 +1312,7 @@ fn hostile_state_and_ring_sequences() {
                     complete_one(&mut i, &mut h, r);
                 }
                 _ => {
-                    i.run(&mut h);
+                    i.run(&mut h, 0);
                     pump(&mut i, &mut h);
                 }
             }

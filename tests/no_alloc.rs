@@ -157,7 +157,7 @@ impl Guest {
     /// checks each status against its id.
     fn serve(&mut self) {
         self.front.publish_requests();
-        self.inst.run(&mut self.host);
+        self.inst.event(&mut self.host, 0);
         loop {
             self.host.complete_all(&mut self.inst);
             if self.host.run_deferred(&mut self.inst) == 0 {

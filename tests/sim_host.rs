@@ -299,7 +299,7 @@ fn ring_mapping_is_the_guest_pages() {
         d.grants.grant(first, 0, false),
         d.grants.grant(first + 1, 0, false),
     ];
-    let ring = host.map_ring(GUEST, &grefs).expect("map ring");
+    let ring = host.map_ring(0, GUEST, &grefs).expect("map ring");
     assert_eq!(ring.len(), 2 * PAGE_SIZE);
     let mut buf = vec![0u8; 2 * PAGE_SIZE];
     ring.read(0, &mut buf);
@@ -313,9 +313,9 @@ fn ring_mapping_is_the_guest_pages() {
     ring.store_u32(PAGE_SIZE + 4, 99, Ordering::Release);
     assert_eq!(guest.load_u32(PAGE_SIZE + 4, Ordering::Acquire), 99);
     // A second ring is refused while one is mapped.
-    assert!(host.map_ring(GUEST, &grefs).is_err());
+    assert!(host.map_ring(0, GUEST, &grefs).is_err());
     assert_eq!(d.grants.stats().mapped, 2);
-    host.unmap_ring(ring);
+    host.unmap_ring(0, ring);
     assert_eq!(d.grants.stats().mapped, 0);
     assert_eq!(host.stats().ring_pages, 0);
     assert!(grefs.iter().all(|&g| d.grants.end_access(g).is_ok()));
@@ -327,10 +327,10 @@ fn failed_ring_mapping_leaves_nothing_mapped() {
     let g0 = d.grants.grant(0, 0, false);
     let g1 = d.grants.grant(1, 0, true); // read-only: ring maps are writable
     assert_eq!(
-        host.map_ring(GUEST, &[g0, g1]).err(),
+        host.map_ring(0, GUEST, &[g0, g1]).err(),
         Some(GrantError::Denied)
     );
-    assert_eq!(host.map_ring(9, &[g0]).err(), Some(GrantError::BadRef));
+    assert_eq!(host.map_ring(0, 9, &[g0]).err(), Some(GrantError::BadRef));
     assert_eq!(d.grants.stats().mapped, 0);
     assert_eq!(host.stats().ring_pages, 0);
 }
@@ -515,14 +515,14 @@ fn host_event_channel_reaches_the_task_and_the_guest() {
             }),
         )
         .unwrap();
-    assert!(host.evtchn_bind(GUEST, fe_port + 1).is_err());
-    host.evtchn_bind(GUEST, fe_port).unwrap();
+    assert!(host.evtchn_bind(0, GUEST, fe_port + 1).is_err());
+    host.evtchn_bind(0, GUEST, fe_port).unwrap();
     xen.evtchn.notify(GUEST, fe_port).unwrap();
-    assert_eq!(rx.recv_timeout(WAIT), Ok(TaskEvent::Evtchn));
-    host.evtchn_notify();
+    assert_eq!(rx.recv_timeout(WAIT), Ok(TaskEvent::Evtchn(0)));
+    host.evtchn_notify(0);
     assert_eq!(kicks.load(Ordering::SeqCst), 1);
     assert_eq!(host.stats().notifies, 1);
-    host.evtchn_unbind();
+    host.evtchn_unbind(0);
     assert!(xen.evtchn.notify(GUEST, fe_port).is_err());
 }
 

@@ -272,7 +272,8 @@ impl Task {
                 Err(_) => TaskEvent::Shutdown,
             };
             match ev {
-                TaskEvent::Evtchn | TaskEvent::Run => inst.run(&mut host),
+                TaskEvent::Evtchn(q) => inst.event(&mut host, q),
+                TaskEvent::Run(q) => inst.run(&mut host, q),
                 TaskEvent::Io(tag, r) => inst.complete(&mut host, tag, r),
                 TaskEvent::Watch(_) => inst.frontend_changed(&mut host),
                 TaskEvent::RootMounted => inst.root_mounted(&mut host),

@@ -38,9 +38,10 @@ use super::TaskEvent;
 use crate::host::{
     Deferred, DomId, EventChannel, EvtchnError, EvtchnPort, GrantError, GrantHandle, GrantMapOp,
     GrantRef, GrantUnmapOp, Grants, Host, IoError, IoOp, IoTag, IoVec, MediumInfo, OpenError,
-    OpenParams, Store, XenStore, XsError, XsTxn, PAGE_SIZE,
+    OpenParams, QueueId, Store, XenStore, XsError, XsTxn, PAGE_SIZE,
 };
 use crate::shmem::SharedMem;
+use std::string::String;
 
 /// One simulated guest domain: its RAM and its grant table.
 #[derive(Clone, Debug)]
@@ -205,6 +206,64 @@ pub struct SimHostStats {
     pub notifies: u64,
     /// `schedule_run` calls.
     pub runs_scheduled: u64,
+    /// Rings mapped now (one per queue).
+    pub rings_mapped: u32,
+    /// `evtchn_eoi` calls that asked for a delay (spurious-event backoff).
+    pub delayed_eois: u64,
+    /// Indirect-page copies (`copy_in` pages).
+    pub pages_copied: u64,
+}
+
+/// Late-EOI delivery state of one bound channel: while the instance
+/// handles an event, further kicks are kept pending, not queued.
+#[derive(Debug, Default)]
+pub struct EoiState {
+    inner: Mutex<EoiInner>,
+}
+
+#[derive(Debug, Default)]
+struct EoiInner {
+    /// An `Evtchn` event was sent and its EOI has not come yet.
+    in_service: bool,
+    /// A kick arrived while in service.
+    pending: bool,
+    /// The channel was unbound: deliver nothing more.
+    closed: bool,
+}
+
+impl EoiState {
+    fn lock(&self) -> MutexGuard<'_, EoiInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A kick from the front-end: whether to deliver it now.
+    fn kick(&self) -> bool {
+        let mut g = self.lock();
+        if g.closed {
+            return false;
+        }
+        if g.in_service {
+            g.pending = true;
+            false
+        } else {
+            g.in_service = true;
+            true
+        }
+    }
+
+    /// The EOI: whether a kept kick must be delivered now.
+    fn eoi(&self) -> bool {
+        let mut g = self.lock();
+        if g.closed {
+            return false;
+        }
+        if std::mem::take(&mut g.pending) {
+            true
+        } else {
+            g.in_service = false;
+            false
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -227,11 +286,14 @@ pub struct SimHost {
     tx: Sender<TaskEvent>,
     window: Option<Reservation>,
     window_maps: Vec<Option<WindowMap>>,
-    ring: Option<RingMap>,
-    port: Option<EvtchnPort>,
+    /// The mapped ring of each queue.
+    rings: Vec<(QueueId, RingMap)>,
+    /// The bound channel of each queue, with its late-EOI state.
+    ports: Vec<(QueueId, EvtchnPort, Arc<EoiState>)>,
     store: Option<Box<dyn SimStore>>,
     in_flight: Arc<AtomicU64>,
     stats: SimHostStats,
+    epoch: std::time::Instant,
 }
 
 impl std::fmt::Debug for SimHost {
@@ -253,11 +315,12 @@ impl SimHost {
             tx,
             window: None,
             window_maps: Vec::new(),
-            ring: None,
-            port: None,
+            rings: Vec::new(),
+            ports: Vec::new(),
             store: None,
             in_flight: Arc::new(AtomicU64::new(0)),
             stats: SimHostStats::default(),
+            epoch: std::time::Instant::now(),
         }
     }
 
@@ -276,8 +339,9 @@ impl SimHost {
         let mut s = self.stats;
         s.window_pages = self.window.as_ref().map_or(0, |w| w.pages() as u32);
         s.window_mapped = self.window_maps.iter().filter(|m| m.is_some()).count() as u32;
-        s.ring_pages = self.ring.as_ref().map_or(0, |r| r.res.pages() as u32);
-        s.evtchn_port = self.port;
+        s.ring_pages = self.rings.iter().map(|(_, r)| r.res.pages() as u32).sum();
+        s.evtchn_port = self.ports.first().map(|p| p.1);
+        s.rings_mapped = self.rings.len() as u32;
         s.store_open = self.store.is_some();
         s.io_in_flight = self.in_flight.load(Ordering::Acquire);
         s
@@ -470,8 +534,13 @@ impl Grants for SimHost {
         }
     }
 
-    fn map_ring(&mut self, dom: DomId, grefs: &[GrantRef]) -> Result<SharedMem, GrantError> {
-        if self.ring.is_some() || grefs.is_empty() {
+    fn map_ring(
+        &mut self,
+        queue: QueueId,
+        dom: DomId,
+        grefs: &[GrantRef],
+    ) -> Result<SharedMem, GrantError> {
+        if self.rings.iter().any(|(q, _)| *q == queue) || grefs.is_empty() {
             return Err(GrantError::General);
         }
         let d = self.xen.domains.get(dom).ok_or(GrantError::BadRef)?;
@@ -505,11 +574,14 @@ impl Grants for SimHost {
         };
         match mem {
             Ok(mem) => {
-                self.ring = Some(RingMap {
-                    res,
-                    table: d.grants.clone(),
-                    handles,
-                });
+                self.rings.push((
+                    queue,
+                    RingMap {
+                        res,
+                        table: d.grants.clone(),
+                        handles,
+                    },
+                ));
                 Ok(mem)
             }
             Err(e) => {
@@ -522,11 +594,12 @@ impl Grants for SimHost {
         }
     }
 
-    fn unmap_ring(&mut self, ring: SharedMem) {
-        let Some(mut rm) = self.ring.take() else {
+    fn unmap_ring(&mut self, queue: QueueId, ring: SharedMem) {
+        let Some(at) = self.rings.iter().position(|(q, _)| *q == queue) else {
             self.stats.bad_unmaps += 1;
             return;
         };
+        let (_, mut rm) = self.rings.swap_remove(at);
         match rm.res.take_back(ring) {
             Ok(()) => {
                 for (i, h) in rm.handles.iter().enumerate() {
@@ -536,50 +609,115 @@ impl Grants for SimHost {
             }
             Err(_) => {
                 self.stats.bad_unmaps += 1;
-                self.ring = Some(rm);
+                self.rings.push((queue, rm));
             }
         }
+    }
+
+    fn copy_in(
+        &mut self,
+        dom: DomId,
+        grefs: &[GrantRef],
+        out: &mut [u8],
+    ) -> Result<(), GrantError> {
+        if out.len() > grefs.len().saturating_mul(PAGE_SIZE) {
+            return Err(GrantError::General);
+        }
+        let d = self.xen.domains.get(dom).ok_or(GrantError::BadRef)?;
+        for (gref, chunk) in grefs.iter().zip(out.chunks_mut(PAGE_SIZE)) {
+            // GNTTABOP_copy checks the grant as a read-only mapping would.
+            let (gfn, h) = d.grants.map(*gref, self.cfg.backend_dom, true)?;
+            let r = d.memory.read(gfn, 0, chunk);
+            let _ = d.grants.unmap(h);
+            r.map_err(|_| GrantError::General)?;
+            self.stats.pages_copied += 1;
+        }
+        Ok(())
     }
 }
 
 impl EventChannel for SimHost {
-    fn evtchn_bind(&mut self, dom: DomId, remote_port: EvtchnPort) -> Result<(), EvtchnError> {
-        if self.port.is_some() {
+    fn evtchn_bind(
+        &mut self,
+        queue: QueueId,
+        dom: DomId,
+        remote_port: EvtchnPort,
+    ) -> Result<(), EvtchnError> {
+        if self.ports.iter().any(|p| p.0 == queue) {
             return Err(EvtchnError::General);
         }
         let hub = &self.xen.evtchn;
         let port = hub.bind_interdomain(self.cfg.backend_dom, dom, remote_port)?;
         let tx = self.tx.clone();
-        hub.set_handler(
+        let eoi = Arc::new(EoiState::default());
+        let st = Arc::clone(&eoi);
+        if let Err(e) = hub.set_handler(
             self.cfg.backend_dom,
             port,
             Box::new(move || {
-                let _ = tx.send(TaskEvent::Evtchn);
+                if st.kick() {
+                    let _ = tx.send(TaskEvent::Evtchn(queue));
+                }
             }),
-        )?;
-        self.port = Some(port);
+        ) {
+            hub.close(self.cfg.backend_dom, port);
+            return Err(e);
+        }
+        self.ports.push((queue, port, eoi));
         Ok(())
     }
 
-    fn evtchn_notify(&mut self) {
-        if let Some(p) = self.port {
+    fn evtchn_notify(&mut self, queue: QueueId) {
+        if let Some(&(_, p, _)) = self.ports.iter().find(|p| p.0 == queue) {
             if self.xen.evtchn.notify(self.cfg.backend_dom, p).is_ok() {
                 self.stats.notifies += 1;
             }
         }
     }
 
-    fn evtchn_unbind(&mut self) {
-        if let Some(p) = self.port.take() {
+    fn evtchn_eoi(&mut self, queue: QueueId, delay_ms: u32) {
+        let Some((_, _, st)) = self.ports.iter().find(|p| p.0 == queue) else {
+            return;
+        };
+        let st = Arc::clone(st);
+        let tx = self.tx.clone();
+        let finish = move || {
+            if st.eoi() {
+                let _ = tx.send(TaskEvent::Evtchn(queue));
+            }
+        };
+        if delay_ms == 0 {
+            finish();
+        } else {
+            self.stats.delayed_eois += 1;
+            // A timer standing in for the platform's callout.
+            let delay = std::time::Duration::from_millis(u64::from(delay_ms));
+            let _ = std::thread::Builder::new()
+                .name(String::from("xbb-eoi-timer"))
+                .spawn(move || {
+                    std::thread::sleep(delay);
+                    finish();
+                });
+        }
+    }
+
+    fn evtchn_unbind(&mut self, queue: QueueId) {
+        if let Some(at) = self.ports.iter().position(|p| p.0 == queue) {
+            let (_, p, st) = self.ports.swap_remove(at);
+            st.lock().closed = true;
             self.xen.evtchn.close(self.cfg.backend_dom, p);
         }
     }
 }
 
 impl Deferred for SimHost {
-    fn schedule_run(&mut self) {
+    fn schedule_run(&mut self, queue: QueueId) {
         self.stats.runs_scheduled += 1;
-        let _ = self.tx.send(TaskEvent::Run);
+        let _ = self.tx.send(TaskEvent::Run(queue));
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
     }
 }
 
@@ -613,13 +751,10 @@ impl Store for SimHost {
         match &self.store {
             Some(s) => s.info(),
             None => MediumInfo {
-                sectors: 0,
                 sector_size: 512,
                 physical_sector_size: 512,
                 read_only: true,
-                can_flush: false,
-                can_discard: false,
-                is_device: false,
+                ..MediumInfo::default()
             },
         }
     }
@@ -644,7 +779,7 @@ impl Store for SimHost {
                 })?,
             },
             IoOp::Flush => StoreIo::Flush,
-            IoOp::Discard { offset, len } => StoreIo::Discard { offset, len },
+            IoOp::Discard { offset, len, .. } => StoreIo::Discard { offset, len },
         };
         let s = self.store.as_ref().ok_or(IoError::Gone)?;
         self.in_flight.fetch_add(1, Ordering::AcqRel);
@@ -681,7 +816,9 @@ impl Drop for SimHost {
         // The store first: `close` waits for every queued I/O, so nothing
         // touches the window once it is released.
         self.close_store();
-        self.evtchn_unbind();
+        while let Some(&(q, _, _)) = self.ports.first() {
+            self.evtchn_unbind(q);
+        }
         if self.window.is_some() {
             self.window_release();
         }

@@ -13,14 +13,14 @@ use crate::host::{IoError, IoTag};
 /// What wakes a back-end instance's task thread.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TaskEvent {
-    /// The front-end kicked the event channel.
-    Evtchn,
+    /// The front-end kicked the event channel of a queue.
+    Evtchn(crate::host::QueueId),
     /// A store I/O completed.
     Io(IoTag, Result<(), IoError>),
     /// A watched XenStore path changed (the path that fired).
     Watch(std::string::String),
-    /// The instance asked to run again (`Deferred::schedule_run`).
-    Run,
+    /// The instance asked to run a queue again (`Deferred::schedule_run`).
+    Run(crate::host::QueueId),
     /// The root file system is now mounted.
     RootMounted,
     /// Detach the instance and end the thread.

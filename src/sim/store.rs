@@ -618,6 +618,7 @@ impl SimStore for BackingStore {
             can_flush: true,
             can_discard: m.can_discard,
             is_device: m.kind == StoreKind::Device,
+            ..MediumInfo::default()
         }
     }
 

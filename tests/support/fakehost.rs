@@ -25,7 +25,7 @@ use xbb::abi::Abi;
 use xbb::host::{
     Deferred, DomId, EventChannel, EvtchnError, EvtchnPort, GrantError, GrantHandle, GrantMapOp,
     GrantRef, GrantUnmapOp, Grants, Host, IoError, IoOp, IoTag, IoVec, MediumInfo, OpenError,
-    OpenParams, Store, XenStore, XenbusState, XsError, XsTxn, PAGE_SIZE,
+    OpenParams, QueueId, Store, XenStore, XenbusState, XsError, XsTxn, PAGE_SIZE,
 };
 use xbb::instance::Instance;
 use xbb::ring::FrontRing;
@@ -66,6 +66,7 @@ impl Default for FakeConfig {
                 can_flush: true,
                 can_discard: false,
                 is_device: false,
+                ..MediumInfo::default()
             },
             max_grants: 256,
             max_in_flight: 1024,
@@ -354,7 +355,7 @@ impl FakeHost {
         let mut n = 0;
         while self.schedule_runs > 0 {
             self.schedule_runs -= 1;
-            inst.run(self);
+            inst.run(self, 0);
             n += 1;
         }
         n
@@ -500,7 +501,12 @@ impl Grants for FakeHost {
         }
     }
 
-    fn map_ring(&mut self, dom: DomId, grefs: &[GrantRef]) -> Result<SharedMem, GrantError> {
+    fn map_ring(
+        &mut self,
+        _queue: QueueId,
+        dom: DomId,
+        grefs: &[GrantRef],
+    ) -> Result<SharedMem, GrantError> {
         assert_eq!(dom, FE_DOM);
         if grefs != self.ring_grefs.as_slice() {
             return Err(GrantError::BadRef);
@@ -510,15 +516,28 @@ impl Grants for FakeHost {
         Ok(ring)
     }
 
-    fn unmap_ring(&mut self, ring: SharedMem) {
+    fn unmap_ring(&mut self, _queue: QueueId, ring: SharedMem) {
         assert!(self.ring_mapped, "ring unmapped twice");
         self.ring_mapped = false;
         self.ring_back = Some(ring);
     }
+    fn copy_in(
+        &mut self,
+        _dom: DomId,
+        _grefs: &[GrantRef],
+        _out: &mut [u8],
+    ) -> Result<(), GrantError> {
+        Err(GrantError::General)
+    }
 }
 
 impl EventChannel for FakeHost {
-    fn evtchn_bind(&mut self, dom: DomId, remote_port: EvtchnPort) -> Result<(), EvtchnError> {
+    fn evtchn_bind(
+        &mut self,
+        _queue: QueueId,
+        dom: DomId,
+        remote_port: EvtchnPort,
+    ) -> Result<(), EvtchnError> {
         assert!(self.evtchn.is_none(), "event channel bound twice");
         if (dom, remote_port) != (FE_DOM, FE_PORT) {
             return Err(EvtchnError::BadPort);
@@ -527,18 +546,23 @@ impl EventChannel for FakeHost {
         Ok(())
     }
 
-    fn evtchn_notify(&mut self) {
+    fn evtchn_notify(&mut self, _queue: QueueId) {
         assert!(self.evtchn.is_some(), "notify on an unbound channel");
         self.notifications += 1;
     }
 
-    fn evtchn_unbind(&mut self) {
+    fn evtchn_eoi(&mut self, _queue: QueueId, _delay_ms: u32) {}
+
+    fn evtchn_unbind(&mut self, _queue: QueueId) {
         assert!(self.evtchn.take().is_some(), "unbind of an unbound channel");
     }
 }
 
 impl Deferred for FakeHost {
-    fn schedule_run(&mut self) {
+    fn now_ms(&self) -> u64 {
+        0
+    }
+    fn schedule_run(&mut self, _queue: QueueId) {
         self.schedule_runs += 1;
     }
 }
@@ -565,7 +589,7 @@ impl Store for FakeHost {
             IoOp::Read { offset, iov } => (Kind::Read, offset, iov, self.check_iov(iov, true)),
             IoOp::Write { offset, iov } => (Kind::Write, offset, iov, self.check_iov(iov, false)),
             IoOp::Flush => (Kind::Flush, 0, &[][..], 0),
-            IoOp::Discard { offset, len } => (Kind::Discard, offset, &[][..], len),
+            IoOp::Discard { offset, len, .. } => (Kind::Discard, offset, &[][..], len),
         };
         assert!(
             offset
