@@ -8,7 +8,7 @@
 //! buffer. This module holds the two pure decisions: whether a request may
 //! join the open reqlist, and how the reqlist's segments become iovecs.
 
-use crate::abi::{Segment, SECTORS_PER_PAGE, SECTOR_SHIFT};
+use crate::abi::{Segment, SECTOR_SHIFT};
 use crate::host::{IoVec, PAGE_SIZE};
 use crate::request::{Op, Parsed};
 
@@ -45,42 +45,40 @@ pub fn may_join(open: &OpenRun, next: &Parsed, budget: &Budget) -> bool {
         && open.bytes + (next.nr_sectors << SECTOR_SHIFT) <= budget.max_bytes
 }
 
-/// Builds the iovecs of segments that occupy consecutive window pages from
-/// `first_page` on, one page per segment, in order. A segment that starts
-/// at the beginning of its page extends the previous iovec when that one
-/// ended at the end of the page before. Returns how many entries of `out`
-/// were written; `out` must have room for one entry per segment.
-pub fn build_iovecs<'a>(
-    segments: impl Iterator<Item = &'a Segment>,
-    first_page: u32,
+/// Appends the iovecs of `segments`, each paired with the window page
+/// holding it, to `out[..n]`, returning the new length. A segment that
+/// continues exactly where the previous iovec ends (the previous page's
+/// data ran to its end and this one starts at its page's beginning, on the
+/// next window page) extends that iovec, so a reqlist mapped on
+/// consecutive pages is one buffer. `None` when a segment has no page or
+/// `out` is full (neither happens for a reqlist within its budget).
+pub fn append_iovecs<'a>(
+    segments: impl Iterator<Item = (&'a Segment, Option<u32>)>,
     out: &mut [IoVec],
-) -> usize {
-    let mut n = 0usize;
-    let mut prev_ends_page = false;
-    for (i, s) in segments.enumerate() {
-        let page_off = (first_page as usize + i) * PAGE_SIZE;
-        let start = page_off + ((s.first_sect as usize) << SECTOR_SHIFT);
+    mut n: usize,
+) -> Option<usize> {
+    for (s, page) in segments {
+        let start = page? as usize * PAGE_SIZE + ((s.first_sect as usize) << SECTOR_SHIFT);
         let len = ((s.last_sect - s.first_sect) as usize + 1) << SECTOR_SHIFT;
-        if n > 0 && prev_ends_page && s.first_sect == 0 {
-            out[n - 1].len += len;
-        } else {
-            out[n] = IoVec {
-                window_offset: start,
-                len,
-            };
-            n += 1;
+        match n.checked_sub(1).and_then(|i| out.get_mut(i)) {
+            Some(prev) if prev.window_offset + prev.len == start => prev.len += len,
+            _ => {
+                *out.get_mut(n)? = IoVec {
+                    window_offset: start,
+                    len,
+                };
+                n += 1;
+            }
         }
-        prev_ends_page = u32::from(s.last_sect) + 1 == SECTORS_PER_PAGE;
     }
-    n
+    Some(n)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::abi::BLKIF_MAX_SEGMENTS_PER_REQUEST;
 
-    fn parsed(op: Op, sector: u64, nsegs: u8) -> Parsed {
+    fn parsed(op: Op, sector: u64, nsegs: u16) -> Parsed {
         Parsed {
             id: 0,
             operation: 0,
@@ -88,11 +86,6 @@ mod tests {
             sector,
             nr_sectors: u64::from(nsegs) * 8,
             nsegs,
-            seg: [Segment {
-                gref: 1,
-                first_sect: 0,
-                last_sect: 7,
-            }; BLKIF_MAX_SEGMENTS_PER_REQUEST],
         }
     }
 
@@ -133,6 +126,54 @@ mod tests {
     }
 
     #[test]
+    fn iovecs_follow_scattered_pages_and_refuse_overflow() {
+        let full = Segment {
+            gref: 1,
+            first_sect: 0,
+            last_sect: 7,
+        };
+        let segs = [full; 4];
+        let mut out = [IoVec::default(); 4];
+        // Persistent pages need not be consecutive: 7, 8 merge; 3 and 20 don't.
+        let pages = [Some(7), Some(8), Some(3), Some(20)];
+        let n = append_iovecs(segs.iter().zip(pages), &mut out, 0).unwrap();
+        assert_eq!(n, 3);
+        assert_eq!(
+            out[0],
+            IoVec {
+                window_offset: 7 * 4096,
+                len: 8192
+            }
+        );
+        assert_eq!(
+            out[1],
+            IoVec {
+                window_offset: 3 * 4096,
+                len: 4096
+            }
+        );
+        // Appending continues after an earlier request's iovecs.
+        let n2 = append_iovecs(segs[..1].iter().zip([Some(21)]), &mut out, n).unwrap();
+        assert_eq!(n2, 3);
+        assert_eq!(
+            out[2],
+            IoVec {
+                window_offset: 20 * 4096,
+                len: 8192
+            }
+        );
+        assert_eq!(
+            append_iovecs(segs[..1].iter().zip([None]), &mut out, 0),
+            None
+        );
+        let mut tiny = [IoVec::default(); 1];
+        assert_eq!(
+            append_iovecs(segs.iter().zip([Some(1), Some(5)]), &mut tiny, 0),
+            None
+        );
+    }
+
+    #[test]
     fn iovecs_merge_page_continuations() {
         let segs = [
             Segment {
@@ -162,7 +203,8 @@ mod tests {
             },
         ];
         let mut out = [IoVec::default(); 5];
-        let n = build_iovecs(segs.iter(), 10, &mut out);
+        let pages = [10, 11, 12, 13, 14].map(Some);
+        let n = append_iovecs(segs.iter().zip(pages), &mut out, 0).unwrap();
         assert_eq!(n, 3);
         assert_eq!(
             out[0],

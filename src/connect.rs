@@ -2,12 +2,35 @@
 //! back-end's and the front-end's nodes, and the back-end's publishing.
 //!
 //! This implements the "Feature and Parameter Negotiation" section of Xen's
-//! `io/blkif.h` (back-end device identification, request transport
-//! parameters, back-end device properties, front-end request transport
-//! parameters) and the node side of its "STATE DIAGRAMS" section, with the
-//! state values of `io/xenbus.h`. *When* each step runs is decided by the
-//! state machine in [`instance`](crate::instance); this module only reads,
-//! checks and writes.
+//! `io/blkif.h`, its "Multiple hardware queues/rings" section, and the node
+//! side of its "STATE DIAGRAMS" section, with the state values of
+//! `io/xenbus.h`:
+//!
+//! - read from the back-end's directory ("Backend Device Identification"
+//!   and the toolstack's switches): `frontend`, `frontend-id`, `params`
+//!   (or `physical-device-path`), `type`, `mode`, `online`,
+//!   `discard-enable` ([`read_backend_nodes`]);
+//! - published before the front-end connects (back-end "Request Transport
+//!   Parameters" and "Features"): `max-ring-page-order`, `max-ring-pages`,
+//!   `multi-queue-max-queues`, `feature-persistent` ([`publish_offer`]);
+//! - read from the front-end's directory ("Request Transport Parameters",
+//!   front-end "Features"): `ring-page-order` / `num-ring-pages`,
+//!   `multi-queue-num-queues`, `ring-ref` / `ring-ref%u` and
+//!   `event-channel` (top-level for one queue, in `queue-%u/` for more),
+//!   `protocol`, `feature-persistent` ([`read_frontend`]);
+//! - published on connection ("Backend Device Properties", back-end
+//!   "Features"): `sectors`, `sector-size`, `physical-sector-size`, `info`,
+//!   `feature-flush-cache`, `feature-barrier`, `feature-persistent`,
+//!   `feature-max-indirect-segments`, `feature-discard`,
+//!   `discard-granularity`, `discard-alignment`, `discard-secure`, then
+//!   `state` ([`publish_connected`]); on a resize `sectors` and `state`
+//!   again ([`publish_resize`]);
+//! - `state` of either end ([`read_state`], [`write_state`]) and the
+//!   per-device `error` node ([`report_fatal`]).
+//!
+//! *When* each step runs is decided by the state machine in
+//! [`instance`](crate::instance); this module only reads, checks and
+//! writes.
 //!
 //! Everything a front-end (or, less likely, a toolstack) wrote is hostile:
 //! each value is read once into a private buffer, parsed as strict decimal,
@@ -15,8 +38,9 @@
 //! Multi-node reads and writes run inside one XenStore transaction, retried
 //! a bounded number of times ([`XS_TXN_RETRIES`]) when it conflicts.
 //!
-//! All allocation (paths, messages, strings) is fallible and happens only at
-//! connect time; a failed allocation is [`ConnectError::NoMemory`].
+//! All allocation (paths, messages, strings, the queue list) is fallible
+//! and happens only at connect time (and on the rare resize); a failed
+//! allocation is [`ConnectError::NoMemory`].
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -32,6 +56,7 @@ use crate::host::{
 // reads the same whichever domain runs the back-end.
 const ENOENT: i32 = 2;
 const EIO: i32 = 5;
+const ENXIO: i32 = 6;
 const E2BIG: i32 = 7;
 const ENOMEM: i32 = 12;
 const EACCES: i32 = 13;
@@ -62,44 +87,28 @@ const TXN_KEY: &str = "transaction";
 /// The size of the stack buffer numbers and short strings are read into.
 const VALUE_BUF: usize = 256;
 
+/// Builds a table of `<prefix>ring-ref<N>` node names, one per page the
+/// largest ring can have.
+macro_rules! ring_ref_keys {
+    ($prefix:literal; $($i:literal)*) => {
+        [$(concat!($prefix, "ring-ref", $i)),*]
+    };
+}
+
 /// The names of the per-page ring nodes of a multi-page ring (`ring-ref%u`).
-const RING_REF_KEYS: [&str; 32] = [
-    "ring-ref0",
-    "ring-ref1",
-    "ring-ref2",
-    "ring-ref3",
-    "ring-ref4",
-    "ring-ref5",
-    "ring-ref6",
-    "ring-ref7",
-    "ring-ref8",
-    "ring-ref9",
-    "ring-ref10",
-    "ring-ref11",
-    "ring-ref12",
-    "ring-ref13",
-    "ring-ref14",
-    "ring-ref15",
-    "ring-ref16",
-    "ring-ref17",
-    "ring-ref18",
-    "ring-ref19",
-    "ring-ref20",
-    "ring-ref21",
-    "ring-ref22",
-    "ring-ref23",
-    "ring-ref24",
-    "ring-ref25",
-    "ring-ref26",
-    "ring-ref27",
-    "ring-ref28",
-    "ring-ref29",
-    "ring-ref30",
-    "ring-ref31",
-];
+const RING_REF_KEYS: [&str; 32] = ring_ref_keys!("";
+    0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15
+    16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31);
+
+/// The names errors give the same nodes when they are read below a
+/// `queue-%u` directory (the node read is still `ring-ref%u`).
+const QUEUE_RING_REF_KEYS: [&str; 32] = ring_ref_keys!("queue/";
+    0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15
+    16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31);
 
 // One name per page the largest ring can have, and no more.
 const _: () = assert!(RING_REF_KEYS.len() == abi::MAX_RING_PAGES as usize);
+const _: () = assert!(QUEUE_RING_REF_KEYS.len() == abi::MAX_RING_PAGES as usize);
 
 /// Why a step of the connection failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -155,6 +164,9 @@ pub enum ConnectError {
     Evtchn(EvtchnError),
     /// Opening the back-end store failed.
     Open(OpenError),
+    /// The back-end store went away (its device was removed, its medium
+    /// ejected) while the connection used it.
+    StoreGone,
     /// An allocation failed.
     NoMemory,
 }
@@ -198,6 +210,7 @@ impl ConnectError {
                 OpenError::Other(e) if e > 0 => e,
                 OpenError::Other(_) => EIO,
             },
+            ConnectError::StoreGone => ENXIO,
             ConnectError::NoMemory => ENOMEM,
         }
     }
@@ -231,6 +244,7 @@ impl fmt::Display for ConnectError {
             ConnectError::Grant(g) => write!(f, "ring-ref: grant mapping failed ({g:?})"),
             ConnectError::Evtchn(e) => write!(f, "event-channel: bind failed ({e:?})"),
             ConnectError::Open(o) => write!(f, "params: cannot open the backing store ({o:?})"),
+            ConnectError::StoreGone => f.write_str("params: the backing store went away"),
             ConnectError::NoMemory => f.write_str("out of memory"),
         }
     }
@@ -329,7 +343,20 @@ fn read_raw<'b, X: XenStore>(
     key: &'static str,
     buf: &'b mut [u8],
 ) -> Result<Option<&'b [u8]>, ConnectError> {
-    let path = join(dir, key)?;
+    read_raw_as(xs, txn, dir, key, key, buf)
+}
+
+/// Reads `dir/node` into `buf`, naming the node `key` in errors:
+/// `Ok(None)` if the node is absent.
+fn read_raw_as<'b, X: XenStore>(
+    xs: &mut X,
+    txn: XsTxn,
+    dir: &str,
+    node: &str,
+    key: &'static str,
+    buf: &'b mut [u8],
+) -> Result<Option<&'b [u8]>, ConnectError> {
+    let path = join(dir, node)?;
     match xs.xs_read(txn, &path, buf) {
         // A store that claims more than it had room for is broken; refuse
         // rather than slice out of bounds.
@@ -347,8 +374,20 @@ fn read_u64<X: XenStore>(
     dir: &str,
     key: &'static str,
 ) -> Result<Option<u64>, ConnectError> {
+    read_u64_as(xs, txn, dir, key, key)
+}
+
+/// Reads `dir/node` as a strict decimal `u64`, naming it `key` in errors;
+/// `None` if absent.
+fn read_u64_as<X: XenStore>(
+    xs: &mut X,
+    txn: XsTxn,
+    dir: &str,
+    node: &str,
+    key: &'static str,
+) -> Result<Option<u64>, ConnectError> {
     let mut buf = [0u8; VALUE_BUF];
-    match read_raw(xs, txn, dir, key, &mut buf)? {
+    match read_raw_as(xs, txn, dir, node, key, &mut buf)? {
         None => Ok(None),
         Some(v) => parse_u64(v)
             .map(Some)
@@ -365,7 +404,19 @@ pub fn read_u32<X: XenStore>(
     dir: &str,
     key: &'static str,
 ) -> Result<Option<u32>, ConnectError> {
-    match read_u64(xs, txn, dir, key)? {
+    read_u32_as(xs, txn, dir, key, key)
+}
+
+/// Reads `dir/node` as a strict decimal `u32`, naming it `key` in errors;
+/// `None` if absent.
+fn read_u32_as<X: XenStore>(
+    xs: &mut X,
+    txn: XsTxn,
+    dir: &str,
+    node: &str,
+    key: &'static str,
+) -> Result<Option<u32>, ConnectError> {
+    match read_u64_as(xs, txn, dir, node, key)? {
         None => Ok(None),
         Some(v) => u32::try_from(v)
             .map(Some)
@@ -554,13 +605,36 @@ fn read_backend_nodes_in<X: XenStore>(
 // Publishing before the front-end connects
 // ---------------------------------------------------------------------------
 
+/// The most queues (rings) a back-end ever offers in
+/// `multi-queue-max-queues`, whatever it is configured with.
+pub const MAX_QUEUES: u32 = 16;
+
+/// The back-end's node offering multi-queue.
+const MAX_QUEUES_KEY: &str = "multi-queue-max-queues";
+
 /// What the back-end offers before the front-end connects ("Request
-/// Transport Parameters" of the back-end).
+/// Transport Parameters" and "Features" of the back-end, and the
+/// "Multiple hardware queues/rings" section).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Offer {
     /// Largest ring the back-end maps, as `log2(pages)`; at most
     /// [`abi::MAX_RING_PAGE_ORDER`].
     pub max_ring_page_order: u32,
+    /// Most queues (rings) the back-end serves, `1..=`[`MAX_QUEUES`]
+    /// (`multi-queue-max-queues`).
+    pub max_queues: u32,
+    /// The back-end can keep the front-end's grants mapped across requests
+    /// (`feature-persistent`).
+    pub persistent: bool,
+}
+
+/// A boolean node's value.
+fn flag(b: bool) -> &'static str {
+    if b {
+        "1"
+    } else {
+        "0"
+    }
 }
 
 fn write_node<X: XenStore>(
@@ -585,10 +659,29 @@ fn write_u64<X: XenStore>(
     write_node(xs, txn, dir, key, Decimal::new(value).as_str())
 }
 
+/// Removes `dir/key`; a node that is already absent is not an error.
+fn remove_node<X: XenStore>(
+    xs: &mut X,
+    txn: XsTxn,
+    dir: &str,
+    key: &'static str,
+) -> Result<(), ConnectError> {
+    let path = join(dir, key)?;
+    match xs.xs_remove(txn, &path) {
+        Ok(()) | Err(XsError::NotFound) => Ok(()),
+        Err(err) => Err(ConnectError::Xs { key, err }),
+    }
+}
+
 /// Publishes `offer` in one transaction: `max-ring-page-order` and, for
 /// front-ends of the older multi-page scheme, the deprecated
-/// `max-ring-pages` (`1 << order`), as `io/blkif.h` note 3 asks. The state
-/// is left alone.
+/// `max-ring-pages` (`1 << order`), as `io/blkif.h` note 3 asks;
+/// `multi-queue-max-queues`; `feature-persistent`. The state is left
+/// alone.
+///
+/// `offer` is checked first: an order above [`abi::MAX_RING_PAGE_ORDER`]
+/// or a queue count outside `1..=`[`MAX_QUEUES`] is
+/// [`ConnectError::OutOfRange`], and nothing is written.
 pub fn publish_offer<X: XenStore>(
     xs: &mut X,
     be_dir: &str,
@@ -601,11 +694,26 @@ pub fn publish_offer<X: XenStore>(
             value: u64::from(order),
         });
     }
+    let queues = offer.max_queues;
+    if queues == 0 || queues > MAX_QUEUES {
+        return Err(ConnectError::OutOfRange {
+            key: MAX_QUEUES_KEY,
+            value: u64::from(queues),
+        });
+    }
     // `order` <= MAX_RING_PAGE_ORDER (5): the shift cannot overflow.
     let pages = 1u64 << order;
     with_txn(xs, |xs, txn| {
         write_u64(xs, txn, be_dir, "max-ring-page-order", u64::from(order))?;
-        write_u64(xs, txn, be_dir, "max-ring-pages", pages)
+        write_u64(xs, txn, be_dir, "max-ring-pages", pages)?;
+        write_u64(xs, txn, be_dir, MAX_QUEUES_KEY, u64::from(queues))?;
+        write_node(
+            xs,
+            txn,
+            be_dir,
+            "feature-persistent",
+            flag(offer.persistent),
+        )
     })
 }
 
@@ -613,29 +721,71 @@ pub fn publish_offer<X: XenStore>(
 // Reading the front-end's transport parameters
 // ---------------------------------------------------------------------------
 
-/// The front-end's transport parameters, vetted.
+/// One queue's (ring's) transport parameters, vetted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FrontendParams {
-    /// Pages in the shared ring: a power of two, `1..=32`.
-    pub ring_pages: u32,
-    /// The ring's grant references; the first `ring_pages` are meaningful,
-    /// the rest zero.
+pub struct QueueParams {
+    /// The ring's grant references; the first
+    /// [`ring_pages`](FrontendParams::ring_pages) are meaningful, the rest
+    /// zero.
     pub ring_refs: [GrantRef; 32],
-    /// The front-end's event-channel port.
+    /// The front-end's event-channel port for this ring.
     pub event_channel: EvtchnPort,
-    /// The request/response layout (`protocol`).
+}
+
+/// The front-end's transport parameters, vetted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrontendParams {
+    /// Pages in each queue's shared ring: a power of two, `1..=32`.
+    pub ring_pages: u32,
+    /// The request/response layout (`protocol`), the same for every queue.
     pub abi: Abi,
+    /// One entry per negotiated queue, in queue order: at least one, at
+    /// most the `max_queues` given to [`read_frontend`].
+    pub queues: Vec<QueueParams>,
+    /// The front-end reuses its grants (its `feature-persistent`).
+    pub persistent: bool,
 }
 
 impl FrontendParams {
-    /// The ring's grant references, in page order.
-    pub fn refs(&self) -> &[GrantRef] {
-        let n = usize::try_from(self.ring_pages)
-            .unwrap_or(usize::MAX)
-            .min(self.ring_refs.len());
-        &self.ring_refs[..n]
+    /// The grant references of queue `queue`'s ring, in page order; empty
+    /// for a queue that does not exist.
+    pub fn refs(&self, queue: usize) -> &[GrantRef] {
+        let n = usize::try_from(self.ring_pages).unwrap_or(usize::MAX);
+        match self.queues.get(queue) {
+            Some(q) => &q.ring_refs[..n.min(q.ring_refs.len())],
+            None => &[],
+        }
+    }
+
+    /// How many queues were negotiated.
+    pub fn num_queues(&self) -> u32 {
+        u32::try_from(self.queues.len()).unwrap_or(u32::MAX)
     }
 }
+
+/// The names errors give one queue's nodes.
+struct QueueKeys {
+    /// For `ring-ref`.
+    ring_ref: &'static str,
+    /// For `ring-ref%u`.
+    ring_refs: &'static [&'static str; 32],
+    /// For `event-channel`.
+    event_channel: &'static str,
+}
+
+/// The single queue of the legacy layout, in the front-end's directory.
+const LEGACY_KEYS: QueueKeys = QueueKeys {
+    ring_ref: "ring-ref",
+    ring_refs: &RING_REF_KEYS,
+    event_channel: "event-channel",
+};
+
+/// A queue of the multi-queue layout, in `queue-%u`.
+const QUEUE_KEYS: QueueKeys = QueueKeys {
+    ring_ref: "queue/ring-ref",
+    ring_refs: &QUEUE_RING_REF_KEYS,
+    event_channel: "queue/event-channel",
+};
 
 /// Reads and vets the front-end's transport parameters from `fe_dir`, in
 /// one transaction.
@@ -644,16 +794,31 @@ impl FrontendParams {
 /// `num-ring-pages` (a power of two); when both are present they must
 /// agree; absent, the ring has one page. It must not exceed
 /// `max_ring_page_order` (itself capped at [`abi::MAX_RING_PAGE_ORDER`]).
-/// A one-page ring's reference is `ring-ref` (or `ring-ref0`, which some
-/// front-ends write); an N-page ring's are `ring-ref0` .. `ring-ref<N-1>`.
-/// `event-channel` is required; `protocol` defaults to the native ABI.
+///
+/// `multi-queue-num-queues` absent means one queue; present, it must be in
+/// `1..=max_queues` (`max_queues` itself taken within `1..=`[`MAX_QUEUES`]:
+/// one queue is always served), else [`ConnectError::OutOfRange`]. One
+/// queue uses the legacy layout, in `fe_dir` itself; two or more each
+/// have a `queue-<N>` directory, N from 0. In either, a one-page ring's
+/// reference is `ring-ref` (or `ring-ref0`, which some front-ends write),
+/// an N-page ring's are `ring-ref0` .. `ring-ref<N-1>`, and
+/// `event-channel` is required. Errors about a node in a `queue-<N>`
+/// directory name it `queue/<node>`.
+///
+/// The ring size, `protocol` (default: the native ABI) and
+/// `feature-persistent` (default: false) are read from `fe_dir` and apply
+/// to every queue.
 pub fn read_frontend<X: XenStore>(
     xs: &mut X,
     fe_dir: &str,
     max_ring_page_order: u32,
+    max_queues: u32,
 ) -> Result<FrontendParams, ConnectError> {
     let max_order = max_ring_page_order.min(abi::MAX_RING_PAGE_ORDER);
-    with_txn(xs, |xs, txn| read_frontend_in(xs, txn, fe_dir, max_order))
+    let max_queues = max_queues.clamp(1, MAX_QUEUES);
+    with_txn(xs, |xs, txn| {
+        read_frontend_in(xs, txn, fe_dir, max_order, max_queues)
+    })
 }
 
 fn read_frontend_in<X: XenStore>(
@@ -661,9 +826,11 @@ fn read_frontend_in<X: XenStore>(
     txn: XsTxn,
     fe_dir: &str,
     max_order: u32,
+    max_queues: u32,
 ) -> Result<FrontendParams, ConnectError> {
     const ORDER: &str = "ring-page-order";
     const NUM_PAGES: &str = "num-ring-pages";
+    const NUM_QUEUES: &str = "multi-queue-num-queues";
 
     // Range checks come before any shift by a front-end value.
     let new_order = read_u32(xs, txn, fe_dir, ORDER)?;
@@ -702,36 +869,82 @@ fn read_frontend_in<X: XenStore>(
     // order <= max_order <= MAX_RING_PAGE_ORDER: pages <= RING_REF_KEYS.len().
     let pages = 1u32 << order;
 
-    let mut ring_refs = [0 as GrantRef; 32];
-    if order == 0 {
-        ring_refs[0] = match read_u32(xs, txn, fe_dir, "ring-ref")? {
-            Some(r) => r,
-            None => read_u32(xs, txn, fe_dir, RING_REF_KEYS[0])?
-                .ok_or(ConnectError::Missing { key: "ring-ref" })?,
-        };
+    // Range-checked before it sizes anything.
+    let num_queues = match read_u64(xs, txn, fe_dir, NUM_QUEUES)? {
+        None => 1,
+        Some(n) => match u32::try_from(n) {
+            Ok(q) if (1..=max_queues).contains(&q) => q,
+            _ => {
+                return Err(ConnectError::OutOfRange {
+                    key: NUM_QUEUES,
+                    value: n,
+                })
+            }
+        },
+    };
+    let mut queues: Vec<QueueParams> = Vec::new();
+    queues
+        .try_reserve_exact(usize::try_from(num_queues).map_err(|_| ConnectError::NoMemory)?)
+        .map_err(|_| ConnectError::NoMemory)?;
+    // <= 32, always fits.
+    let npages = usize::try_from(pages).unwrap_or(0);
+    if num_queues == 1 {
+        queues.push(read_queue(xs, txn, fe_dir, npages, &LEGACY_KEYS)?);
     } else {
-        for (slot, &key) in ring_refs.iter_mut().zip(RING_REF_KEYS.iter()).take(
-            usize::try_from(pages).unwrap_or(0), // <= 32, always fits
-        ) {
-            *slot = read_u32(xs, txn, fe_dir, key)?.ok_or(ConnectError::Missing { key })?;
+        for n in 0..num_queues {
+            let dir = try_format(format_args!("{fe_dir}/queue-{n}"))?;
+            // Within the capacity reserved above: no allocation.
+            queues.push(read_queue(xs, txn, &dir, npages, &QUEUE_KEYS)?);
         }
     }
-
-    const EVTCHN: &str = "event-channel";
-    let event_channel =
-        read_u32(xs, txn, fe_dir, EVTCHN)?.ok_or(ConnectError::Missing { key: EVTCHN })?;
 
     let mut buf = [0u8; VALUE_BUF];
     let abi = match read_raw(xs, txn, fe_dir, "protocol", &mut buf)? {
         None => Abi::native(),
         Some(p) => Abi::from_protocol(p).ok_or(ConnectError::UnknownProtocol)?,
     };
+    let persistent = read_bool(xs, txn, fe_dir, "feature-persistent")?.unwrap_or(false);
 
     Ok(FrontendParams {
         ring_pages: pages,
+        abi,
+        queues,
+        persistent,
+    })
+}
+
+/// Reads one queue's ring references (`pages` of them, `1..=32`) and
+/// event channel from `dir`, naming the nodes in errors after `keys`.
+fn read_queue<X: XenStore>(
+    xs: &mut X,
+    txn: XsTxn,
+    dir: &str,
+    pages: usize,
+    keys: &QueueKeys,
+) -> Result<QueueParams, ConnectError> {
+    let mut ring_refs = [0 as GrantRef; 32];
+    if pages == 1 {
+        ring_refs[0] = match read_u32_as(xs, txn, dir, "ring-ref", keys.ring_ref)? {
+            Some(r) => r,
+            None => read_u32_as(xs, txn, dir, RING_REF_KEYS[0], keys.ring_refs[0])?
+                .ok_or(ConnectError::Missing { key: keys.ring_ref })?,
+        };
+    } else {
+        for ((slot, &node), &key) in ring_refs
+            .iter_mut()
+            .zip(RING_REF_KEYS.iter())
+            .zip(keys.ring_refs.iter())
+            .take(pages)
+        {
+            *slot = read_u32_as(xs, txn, dir, node, key)?.ok_or(ConnectError::Missing { key })?;
+        }
+    }
+    let key = keys.event_channel;
+    let event_channel =
+        read_u32_as(xs, txn, dir, "event-channel", key)?.ok_or(ConnectError::Missing { key })?;
+    Ok(QueueParams {
         ring_refs,
         event_channel,
-        abi,
     })
 }
 
@@ -739,22 +952,62 @@ fn read_frontend_in<X: XenStore>(
 // Publishing the connection, states, errors
 // ---------------------------------------------------------------------------
 
-/// Publishes the back-end device properties and enters Connected, all in
-/// one transaction: `sectors` (512-byte units, whatever `sector-size` is,
-/// as the current `io/blkif.h` and every front-end in use read it),
-/// `sector-size`, `physical-sector-size`, `info` (`VDISK_READONLY` when the
-/// medium is read-only), `feature-flush-cache` and `feature-barrier`, then
-/// `state` = Connected.
+/// The optional features published with the connection (the back-end's
+/// "Features" in `io/blkif.h`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Features {
+    /// `feature-flush-cache`: `BLKIF_OP_FLUSH_DISKCACHE` is served.
+    pub flush: bool,
+    /// `feature-barrier`: `BLKIF_OP_WRITE_BARRIER` is served.
+    pub barrier: bool,
+    /// `feature-persistent`: grants stay mapped across requests.
+    pub persistent: bool,
+    /// `feature-max-indirect-segments`: the most segments a
+    /// `BLKIF_OP_INDIRECT` request may carry; 0 means no indirect requests,
+    /// and the node is removed.
+    pub max_indirect_segments: u32,
+    /// `feature-discard` and its parameters; `None`: no discard, and the
+    /// parameter nodes are removed.
+    pub discard: Option<Discard>,
+}
+
+/// The discard parameters ("Backend Device Properties" of `io/blkif.h`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Discard {
+    /// `discard-granularity`: the size in bytes of a discard extent; not 0.
+    pub granularity: u32,
+    /// `discard-alignment`: the offset in bytes of the first whole extent.
+    pub alignment: u32,
+    /// `discard-secure`: `BLKIF_DISCARD_SECURE` is honoured.
+    pub secure: bool,
+}
+
+/// Publishes the back-end device properties and features and enters
+/// Connected, all in one transaction: `sectors` (512-byte units, whatever
+/// `sector-size` is, as the current `io/blkif.h` and every front-end in use
+/// read it), `sector-size`, `physical-sector-size`, `info`
+/// (`VDISK_READONLY` when the medium is read-only), `feature-flush-cache`,
+/// `feature-barrier`, `feature-persistent`,
+/// `feature-max-indirect-segments` (removed when 0), `discard-granularity`,
+/// `discard-alignment`, `discard-secure` and `feature-discard` (the three
+/// parameters removed and `feature-discard` "0" without discard), then
+/// `state` = Connected. Removing nodes clears what an earlier connection
+/// published.
 ///
 /// `medium` is checked first: `sector-size` must be a power of two of at
-/// least 512, `physical-sector-size` a non-zero multiple of it.
+/// least 512, `physical-sector-size` a non-zero multiple of it; so is the
+/// discard granularity, which must not be 0.
 pub fn publish_connected<X: XenStore>(
     xs: &mut X,
     be_dir: &str,
     medium: &MediumInfo,
-    flush: bool,
-    barrier: bool,
+    features: &Features,
 ) -> Result<(), ConnectError> {
+    const MAX_INDIRECT: &str = "feature-max-indirect-segments";
+    const GRANULARITY: &str = "discard-granularity";
+    const ALIGNMENT: &str = "discard-alignment";
+    const SECURE: &str = "discard-secure";
+
     let ss = medium.sector_size;
     if ss < 512 || !ss.is_power_of_two() {
         return Err(ConnectError::OutOfRange {
@@ -769,19 +1022,67 @@ pub fn publish_connected<X: XenStore>(
             value: u64::from(pss),
         });
     }
+    if let Some(d) = features.discard {
+        if d.granularity == 0 {
+            return Err(ConnectError::OutOfRange {
+                key: GRANULARITY,
+                value: 0,
+            });
+        }
+    }
     let info: u32 = if medium.read_only {
         abi::VDISK_READONLY
     } else {
         0
     };
-    let flag = |b: bool| if b { "1" } else { "0" };
     with_txn(xs, |xs, txn| {
         write_u64(xs, txn, be_dir, "sectors", medium.sectors)?;
         write_u64(xs, txn, be_dir, "sector-size", u64::from(ss))?;
         write_u64(xs, txn, be_dir, "physical-sector-size", u64::from(pss))?;
         write_u64(xs, txn, be_dir, "info", u64::from(info))?;
-        write_node(xs, txn, be_dir, "feature-flush-cache", flag(flush))?;
-        write_node(xs, txn, be_dir, "feature-barrier", flag(barrier))?;
+        write_node(xs, txn, be_dir, "feature-flush-cache", flag(features.flush))?;
+        write_node(xs, txn, be_dir, "feature-barrier", flag(features.barrier))?;
+        write_node(
+            xs,
+            txn,
+            be_dir,
+            "feature-persistent",
+            flag(features.persistent),
+        )?;
+        match features.max_indirect_segments {
+            0 => remove_node(xs, txn, be_dir, MAX_INDIRECT)?,
+            n => write_u64(xs, txn, be_dir, MAX_INDIRECT, u64::from(n))?,
+        }
+        match features.discard {
+            Some(d) => {
+                write_u64(xs, txn, be_dir, GRANULARITY, u64::from(d.granularity))?;
+                write_u64(xs, txn, be_dir, ALIGNMENT, u64::from(d.alignment))?;
+                write_node(xs, txn, be_dir, SECURE, flag(d.secure))?;
+                write_node(xs, txn, be_dir, "feature-discard", "1")?;
+            }
+            None => {
+                remove_node(xs, txn, be_dir, GRANULARITY)?;
+                remove_node(xs, txn, be_dir, ALIGNMENT)?;
+                remove_node(xs, txn, be_dir, SECURE)?;
+                write_node(xs, txn, be_dir, "feature-discard", "0")?;
+            }
+        }
+        write_node(xs, txn, be_dir, "state", XenbusState::Connected.as_str())
+    })
+}
+
+/// Publishes a new medium size while connected, in one transaction:
+/// `sectors` (512-byte units), then `state` re-written as Connected. The
+/// rewrite fires the front-end's watch on the back-end's `state` even
+/// though the state did not change, which is what makes a front-end
+/// re-read `sectors`.
+pub fn publish_resize<X: XenStore>(
+    xs: &mut X,
+    be_dir: &str,
+    sectors: u64,
+) -> Result<(), ConnectError> {
+    with_txn(xs, |xs, txn| {
+        write_u64(xs, txn, be_dir, "sectors", sectors)?;
         write_node(xs, txn, be_dir, "state", XenbusState::Connected.as_str())
     })
 }
@@ -828,18 +1129,21 @@ mod tests {
     use alloc::collections::BTreeMap;
     use alloc::string::ToString;
 
-    /// An in-memory XenStore with one transaction at a time whose writes are
-    /// buffered until commit, a count of commits to refuse with `Again`,
-    /// and one path that fails with a chosen error.
+    /// An in-memory XenStore with one transaction at a time whose writes
+    /// and removals are buffered until commit (a removal as `None`), a
+    /// count of commits to refuse with `Again`, one path that fails with a
+    /// chosen error, and optionally removals of absent nodes reported as
+    /// `NotFound` (the trait allows silence; some stores complain).
     #[derive(Default)]
     struct TestStore {
         nodes: BTreeMap<String, Vec<u8>>,
-        pending: Option<BTreeMap<String, Vec<u8>>>,
+        pending: Option<BTreeMap<String, Option<Vec<u8>>>>,
         next_txn: u32,
         again_commits: u32,
         commits: u32,
         aborts: u32,
         fail: Option<(String, XsError)>,
+        remove_absent_not_found: bool,
     }
 
     impl TestStore {
@@ -871,7 +1175,10 @@ mod tests {
         fn xs_read(&mut self, txn: XsTxn, path: &str, buf: &mut [u8]) -> Result<usize, XsError> {
             self.check(path)?;
             let v = match (&self.pending, txn) {
-                (Some(p), t) if t != XsTxn::NONE => p.get(path).or(self.nodes.get(path)),
+                (Some(p), t) if t != XsTxn::NONE => match p.get(path) {
+                    Some(v) => v.as_ref(),
+                    None => self.nodes.get(path),
+                },
                 _ => self.nodes.get(path),
             };
             let v = v.ok_or(XsError::NotFound)?;
@@ -886,7 +1193,7 @@ mod tests {
             let v = value.as_bytes().to_vec();
             match (&mut self.pending, txn) {
                 (Some(p), t) if t != XsTxn::NONE => {
-                    p.insert(path.to_string(), v);
+                    p.insert(path.to_string(), Some(v));
                 }
                 _ => {
                     self.nodes.insert(path.to_string(), v);
@@ -894,11 +1201,32 @@ mod tests {
             }
             Ok(())
         }
-        fn xs_remove(&mut self, _txn: XsTxn, path: &str) -> Result<(), XsError> {
+        fn xs_remove(&mut self, txn: XsTxn, path: &str) -> Result<(), XsError> {
             self.check(path)?;
             let prefix = alloc::format!("{path}/");
-            self.nodes
-                .retain(|k, _| k != path && !k.starts_with(&prefix));
+            let hit = |k: &String| k == path || k.starts_with(&prefix);
+            let mut found = false;
+            match (&mut self.pending, txn) {
+                (Some(p), t) if t != XsTxn::NONE => {
+                    for v in p.iter_mut().filter(|(k, _)| hit(k)).map(|(_, v)| v) {
+                        found |= v.is_some();
+                        *v = None;
+                    }
+                    // Entries already in `p` were counted above.
+                    for k in self.nodes.keys().filter(|k| hit(k)) {
+                        found |= p.get(k).is_none();
+                        p.insert(k.clone(), None);
+                    }
+                }
+                _ => {
+                    let before = self.nodes.len();
+                    self.nodes.retain(|k, _| !hit(k));
+                    found = self.nodes.len() != before;
+                }
+            }
+            if !found && self.remove_absent_not_found {
+                return Err(XsError::NotFound);
+            }
             Ok(())
         }
         fn xs_transaction_start(&mut self) -> Result<XsTxn, XsError> {
@@ -919,7 +1247,12 @@ mod tests {
                 return Err(XsError::Again);
             }
             self.commits += 1;
-            self.nodes.extend(p);
+            for (k, v) in p {
+                match v {
+                    Some(v) => self.nodes.insert(k, v),
+                    None => self.nodes.remove(&k),
+                };
+            }
             Ok(())
         }
     }
@@ -1175,13 +1508,90 @@ mod tests {
             BE,
             &Offer {
                 max_ring_page_order: 3,
+                max_queues: 4,
+                persistent: true,
             },
         )
         .unwrap();
         assert_eq!(xs.get(&be("max-ring-page-order")), Some("3"));
         assert_eq!(xs.get(&be("max-ring-pages")), Some("8"));
+        assert_eq!(xs.get(&be("multi-queue-max-queues")), Some("4"));
+        assert_eq!(xs.get(&be("feature-persistent")), Some("1"));
         assert_eq!(xs.get(&be("state")), Some("1"));
         assert_eq!(xs.commits, 1);
+
+        publish_offer(
+            &mut xs,
+            BE,
+            &Offer {
+                max_ring_page_order: 0,
+                max_queues: MAX_QUEUES,
+                persistent: false,
+            },
+        )
+        .unwrap();
+        assert_eq!(xs.get(&be("max-ring-page-order")), Some("0"));
+        assert_eq!(xs.get(&be("max-ring-pages")), Some("1"));
+        assert_eq!(xs.get(&be("multi-queue-max-queues")), Some("16"));
+        assert_eq!(xs.get(&be("feature-persistent")), Some("0"));
+        assert_eq!(xs.commits, 2);
+    }
+
+    #[test]
+    fn offer_queue_count_range() {
+        for q in [0, MAX_QUEUES + 1, u32::MAX] {
+            let mut xs = TestStore::default();
+            assert_eq!(
+                publish_offer(
+                    &mut xs,
+                    BE,
+                    &Offer {
+                        max_ring_page_order: 1,
+                        max_queues: q,
+                        persistent: true,
+                    }
+                ),
+                Err(ConnectError::OutOfRange {
+                    key: "multi-queue-max-queues",
+                    value: u64::from(q)
+                })
+            );
+            assert!(xs.nodes.is_empty(), "{q}: nothing written");
+            assert_eq!(xs.next_txn, 0, "{q}: checked before the transaction");
+        }
+        for q in [1, MAX_QUEUES] {
+            let mut xs = TestStore::default();
+            let offer = Offer {
+                max_ring_page_order: 1,
+                max_queues: q,
+                persistent: false,
+            };
+            publish_offer(&mut xs, BE, &offer).unwrap();
+            let want = q.to_string();
+            assert_eq!(xs.get(&be("multi-queue-max-queues")), Some(want.as_str()));
+        }
+    }
+
+    #[test]
+    fn offer_new_nodes_in_the_same_transaction() {
+        let mut xs = TestStore {
+            fail: Some((be("feature-persistent"), XsError::Denied)),
+            ..TestStore::default()
+        };
+        let offer = Offer {
+            max_ring_page_order: 2,
+            max_queues: 2,
+            persistent: true,
+        };
+        assert_eq!(
+            publish_offer(&mut xs, BE, &offer),
+            Err(ConnectError::Xs {
+                key: "feature-persistent",
+                err: XsError::Denied
+            })
+        );
+        assert!(xs.nodes.is_empty(), "aborted transaction left nothing");
+        assert_eq!((xs.commits, xs.aborts), (0, 1));
     }
 
     #[test]
@@ -1193,7 +1603,9 @@ mod tests {
                 &mut xs,
                 BE,
                 &Offer {
-                    max_ring_page_order: order
+                    max_ring_page_order: order,
+                    max_queues: 4,
+                    persistent: true,
                 }
             ),
             Err(ConnectError::OutOfRange {
@@ -1215,6 +1627,8 @@ mod tests {
             BE,
             &Offer {
                 max_ring_page_order: 0,
+                max_queues: 4,
+                persistent: true,
             },
         )
         .unwrap();
@@ -1227,6 +1641,8 @@ mod tests {
     fn retries_are_bounded() {
         let offer = Offer {
             max_ring_page_order: 1,
+            max_queues: 4,
+            persistent: true,
         };
         let mut xs = TestStore {
             again_commits: XS_TXN_RETRIES,
@@ -1261,6 +1677,8 @@ mod tests {
             BE,
             &Offer {
                 max_ring_page_order: 2,
+                max_queues: 4,
+                persistent: true,
             },
         )
         .unwrap_err();
@@ -1296,12 +1714,12 @@ mod tests {
     #[test]
     fn frontend_one_page_defaults() {
         let mut xs = one_page_frontend();
-        let p = read_frontend(&mut xs, FE, 5).unwrap();
+        let p = read_frontend(&mut xs, FE, 5, MAX_QUEUES).unwrap();
         assert_eq!(p.ring_pages, 1);
-        assert_eq!(p.refs(), &[8]);
-        assert_eq!(p.event_channel, 17);
+        assert_eq!(p.refs(0), &[8]);
+        assert_eq!(p.queues[0].event_channel, 17);
         assert_eq!(p.abi, Abi::native());
-        assert!(p.ring_refs[1..].iter().all(|&r| r == 0));
+        assert!(p.queues[0].ring_refs[1..].iter().all(|&r| r == 0));
     }
 
     #[test]
@@ -1310,12 +1728,15 @@ mod tests {
             (&fe("ring-ref0"), "4294967295"),
             (&fe("event-channel"), "0"),
         ]);
-        let p = read_frontend(&mut xs, FE, 5).unwrap();
-        assert_eq!(p.refs(), &[u32::MAX]);
-        assert_eq!(p.event_channel, 0);
+        let p = read_frontend(&mut xs, FE, 5, MAX_QUEUES).unwrap();
+        assert_eq!(p.refs(0), &[u32::MAX]);
+        assert_eq!(p.queues[0].event_channel, 0);
         // ring-ref wins when both exist.
         xs.set(&fe("ring-ref"), b"9");
-        assert_eq!(read_frontend(&mut xs, FE, 5).unwrap().refs(), &[9]);
+        assert_eq!(
+            read_frontend(&mut xs, FE, 5, MAX_QUEUES).unwrap().refs(0),
+            &[9]
+        );
     }
 
     #[test]
@@ -1323,7 +1744,7 @@ mod tests {
         let mut xs = one_page_frontend();
         xs.del(&fe("ring-ref"));
         assert_eq!(
-            read_frontend(&mut xs, FE, 5),
+            read_frontend(&mut xs, FE, 5, MAX_QUEUES),
             Err(ConnectError::Missing { key: "ring-ref" })
         );
     }
@@ -1333,13 +1754,13 @@ mod tests {
         let mut xs = one_page_frontend();
         xs.set(&fe("ring-ref"), b"0x8");
         assert_eq!(
-            read_frontend(&mut xs, FE, 5),
+            read_frontend(&mut xs, FE, 5, MAX_QUEUES),
             Err(ConnectError::NotANumber { key: "ring-ref" })
         );
         let mut xs = multi_page_frontend(1);
         xs.set(&fe("ring-ref1"), b"4294967296");
         assert_eq!(
-            read_frontend(&mut xs, FE, 5),
+            read_frontend(&mut xs, FE, 5, MAX_QUEUES),
             Err(ConnectError::NotANumber { key: "ring-ref1" })
         );
     }
@@ -1348,10 +1769,10 @@ mod tests {
     fn frontend_multi_page() {
         for order in 1..=abi::MAX_RING_PAGE_ORDER {
             let mut xs = multi_page_frontend(order);
-            let p = read_frontend(&mut xs, FE, abi::MAX_RING_PAGE_ORDER).unwrap();
+            let p = read_frontend(&mut xs, FE, abi::MAX_RING_PAGE_ORDER, MAX_QUEUES).unwrap();
             assert_eq!(p.ring_pages, 1 << order);
             let want: Vec<u32> = (0..(1u32 << order)).map(|i| 100 + i).collect();
-            assert_eq!(p.refs(), &want[..]);
+            assert_eq!(p.refs(0), &want[..]);
         }
     }
 
@@ -1360,7 +1781,7 @@ mod tests {
         let mut xs = multi_page_frontend(2);
         xs.del(&fe("ring-ref2"));
         assert_eq!(
-            read_frontend(&mut xs, FE, 5),
+            read_frontend(&mut xs, FE, 5, MAX_QUEUES),
             Err(ConnectError::Missing { key: "ring-ref2" })
         );
     }
@@ -1370,7 +1791,7 @@ mod tests {
         let mut xs = multi_page_frontend(1);
         xs.set(&fe("ring-page-order"), b"6");
         assert_eq!(
-            read_frontend(&mut xs, FE, 5),
+            read_frontend(&mut xs, FE, 5, MAX_QUEUES),
             Err(ConnectError::OutOfRange {
                 key: "ring-page-order",
                 value: 6
@@ -1378,7 +1799,7 @@ mod tests {
         );
         xs.set(&fe("ring-page-order"), b"4294967295");
         assert_eq!(
-            read_frontend(&mut xs, FE, 5),
+            read_frontend(&mut xs, FE, 5, MAX_QUEUES),
             Err(ConnectError::OutOfRange {
                 key: "ring-page-order",
                 value: u64::from(u32::MAX)
@@ -1387,7 +1808,7 @@ mod tests {
         // The caller's own (smaller) limit applies.
         xs.set(&fe("ring-page-order"), b"1");
         assert_eq!(
-            read_frontend(&mut xs, FE, 0),
+            read_frontend(&mut xs, FE, 0, MAX_QUEUES),
             Err(ConnectError::OutOfRange {
                 key: "ring-page-order",
                 value: 1
@@ -1397,7 +1818,7 @@ mod tests {
         let mut xs = multi_page_frontend(5);
         xs.set(&fe("ring-page-order"), b"6");
         assert_eq!(
-            read_frontend(&mut xs, FE, u32::MAX),
+            read_frontend(&mut xs, FE, u32::MAX, MAX_QUEUES),
             Err(ConnectError::OutOfRange {
                 key: "ring-page-order",
                 value: 6
@@ -1411,13 +1832,16 @@ mod tests {
         let mut xs = multi_page_frontend(2);
         xs.del(&fe("ring-page-order"));
         xs.set(&fe("num-ring-pages"), b"4");
-        let p = read_frontend(&mut xs, FE, 5).unwrap();
+        let p = read_frontend(&mut xs, FE, 5, MAX_QUEUES).unwrap();
         assert_eq!(p.ring_pages, 4);
-        assert_eq!(p.refs(), &[100, 101, 102, 103]);
+        assert_eq!(p.refs(0), &[100, 101, 102, 103]);
         // num-ring-pages 1 uses ring-ref.
         let mut xs = one_page_frontend();
         xs.set(&fe("num-ring-pages"), b"1");
-        assert_eq!(read_frontend(&mut xs, FE, 5).unwrap().refs(), &[8]);
+        assert_eq!(
+            read_frontend(&mut xs, FE, 5, MAX_QUEUES).unwrap().refs(0),
+            &[8]
+        );
 
         for (v, n) in [
             ("3", 3u64),
@@ -1429,7 +1853,7 @@ mod tests {
             xs.del(&fe("ring-page-order"));
             xs.set(&fe("num-ring-pages"), v.as_bytes());
             assert_eq!(
-                read_frontend(&mut xs, FE, 5),
+                read_frontend(&mut xs, FE, 5, MAX_QUEUES),
                 Err(ConnectError::OutOfRange {
                     key: "num-ring-pages",
                     value: n
@@ -1442,7 +1866,7 @@ mod tests {
         xs.del(&fe("ring-page-order"));
         xs.set(&fe("num-ring-pages"), b"4");
         assert_eq!(
-            read_frontend(&mut xs, FE, 1),
+            read_frontend(&mut xs, FE, 1, MAX_QUEUES),
             Err(ConnectError::OutOfRange {
                 key: "num-ring-pages",
                 value: 4
@@ -1454,10 +1878,15 @@ mod tests {
     fn frontend_both_size_keys() {
         let mut xs = multi_page_frontend(2);
         xs.set(&fe("num-ring-pages"), b"4");
-        assert_eq!(read_frontend(&mut xs, FE, 5).unwrap().ring_pages, 4);
+        assert_eq!(
+            read_frontend(&mut xs, FE, 5, MAX_QUEUES)
+                .unwrap()
+                .ring_pages,
+            4
+        );
         xs.set(&fe("num-ring-pages"), b"8");
         assert_eq!(
-            read_frontend(&mut xs, FE, 5),
+            read_frontend(&mut xs, FE, 5, MAX_QUEUES),
             Err(ConnectError::OutOfRange {
                 key: "num-ring-pages",
                 value: 8
@@ -1470,14 +1899,14 @@ mod tests {
         let mut xs = one_page_frontend();
         xs.del(&fe("event-channel"));
         assert_eq!(
-            read_frontend(&mut xs, FE, 5),
+            read_frontend(&mut xs, FE, 5, MAX_QUEUES),
             Err(ConnectError::Missing {
                 key: "event-channel"
             })
         );
         xs.set(&fe("event-channel"), b"-1");
         assert_eq!(
-            read_frontend(&mut xs, FE, 5),
+            read_frontend(&mut xs, FE, 5, MAX_QUEUES),
             Err(ConnectError::NotANumber {
                 key: "event-channel"
             })
@@ -1488,16 +1917,16 @@ mod tests {
     fn frontend_protocol() {
         let mut xs = one_page_frontend();
         xs.set(&fe("protocol"), abi::XEN_IO_PROTO_ABI_X86_32.as_bytes());
-        let p32 = read_frontend(&mut xs, FE, 5).unwrap().abi;
+        let p32 = read_frontend(&mut xs, FE, 5, MAX_QUEUES).unwrap().abi;
         assert_eq!(Some(p32), Abi::from_protocol(b"x86_32-abi"));
         xs.set(&fe("protocol"), b"x86_64-abi");
-        let p64 = read_frontend(&mut xs, FE, 5).unwrap().abi;
+        let p64 = read_frontend(&mut xs, FE, 5, MAX_QUEUES).unwrap().abi;
         assert_eq!(Some(p64), Abi::from_protocol(b"x86_64-abi"));
         assert_ne!(p32, p64);
         for bad in [&b"x86_16-abi"[..], b"", b"x86_32-abi ", b"X86_32-ABI"] {
             xs.set(&fe("protocol"), bad);
             assert_eq!(
-                read_frontend(&mut xs, FE, 5),
+                read_frontend(&mut xs, FE, 5, MAX_QUEUES),
                 Err(ConnectError::UnknownProtocol),
                 "{bad:?}"
             );
@@ -1508,8 +1937,8 @@ mod tests {
     fn frontend_read_retried_on_again() {
         let mut xs = multi_page_frontend(1);
         xs.again_commits = 1;
-        let p = read_frontend(&mut xs, FE, 5).unwrap();
-        assert_eq!(p.refs(), &[100, 101]);
+        let p = read_frontend(&mut xs, FE, 5, MAX_QUEUES).unwrap();
+        assert_eq!(p.refs(0), &[100, 101]);
         assert_eq!(xs.next_txn, 2);
     }
 
@@ -1518,7 +1947,7 @@ mod tests {
         let mut xs = multi_page_frontend(1);
         xs.fail = Some((fe("ring-ref1"), XsError::Denied));
         assert_eq!(
-            read_frontend(&mut xs, FE, 5),
+            read_frontend(&mut xs, FE, 5, MAX_QUEUES),
             Err(ConnectError::Xs {
                 key: "ring-ref1",
                 err: XsError::Denied
@@ -1528,15 +1957,301 @@ mod tests {
         assert_eq!(xs.commits, 0);
     }
 
+    /// A front-end with `queues` queues of `1 << order` pages each in the
+    /// multi-queue layout: queue N's page P has reference `1000 * N + P`,
+    /// its event channel is `50 + N`. A one-page ring uses `ring-ref`.
+    fn multi_queue_frontend(queues: u32, order: u32) -> TestStore {
+        let mut xs = TestStore::default();
+        xs.set(&fe("multi-queue-num-queues"), queues.to_string().as_bytes());
+        if order > 0 {
+            xs.set(&fe("ring-page-order"), order.to_string().as_bytes());
+        }
+        for n in 0..queues {
+            let q = alloc::format!("queue-{n}");
+            xs.set(&fe(&q), b"");
+            if order == 0 {
+                xs.set(
+                    &fe(&alloc::format!("{q}/ring-ref")),
+                    (1000 * n).to_string().as_bytes(),
+                );
+            } else {
+                for i in 0..(1u32 << order) {
+                    xs.set(
+                        &fe(&alloc::format!("{q}/ring-ref{i}")),
+                        (1000 * n + i).to_string().as_bytes(),
+                    );
+                }
+            }
+            xs.set(
+                &fe(&alloc::format!("{q}/event-channel")),
+                (50 + n).to_string().as_bytes(),
+            );
+        }
+        xs
+    }
+
+    fn check_multi_queue(p: &FrontendParams, queues: u32, order: u32) {
+        assert_eq!(p.num_queues(), queues);
+        assert_eq!(p.queues.len(), queues as usize);
+        assert_eq!(p.ring_pages, 1 << order);
+        for n in 0..queues {
+            let want: Vec<u32> = (0..(1u32 << order)).map(|i| 1000 * n + i).collect();
+            assert_eq!(p.refs(n as usize), &want[..], "queue {n}");
+            assert_eq!(p.queues[n as usize].event_channel, 50 + n, "queue {n}");
+            let rest = &p.queues[n as usize].ring_refs[1usize << order..];
+            assert!(rest.iter().all(|&r| r == 0), "queue {n}");
+        }
+        assert!(p.refs(queues as usize).is_empty());
+    }
+
+    #[test]
+    fn frontend_num_queues_absent_is_one_legacy_queue() {
+        let mut xs = one_page_frontend();
+        let p = read_frontend(&mut xs, FE, 5, MAX_QUEUES).unwrap();
+        assert_eq!(p.num_queues(), 1);
+        assert_eq!(p.refs(0), &[8]);
+        assert_eq!(p.queues[0].event_channel, 17);
+        assert!(!p.persistent);
+        // Even when the caller would allow none: one queue is always served.
+        assert_eq!(read_frontend(&mut xs, FE, 5, 0).unwrap().num_queues(), 1);
+    }
+
+    #[test]
+    fn frontend_num_queues_one_uses_the_legacy_layout() {
+        let mut xs = multi_page_frontend(1);
+        xs.set(&fe("multi-queue-num-queues"), b"1");
+        // A queue-0 directory is not what one queue uses.
+        xs.set(&fe("queue-0/ring-ref0"), b"555");
+        xs.set(&fe("queue-0/ring-ref1"), b"556");
+        xs.set(&fe("queue-0/event-channel"), b"99");
+        let p = read_frontend(&mut xs, FE, 5, MAX_QUEUES).unwrap();
+        assert_eq!(p.num_queues(), 1);
+        assert_eq!(p.refs(0), &[100, 101]);
+        assert_eq!(p.queues[0].event_channel, 17);
+        // ... and errors keep the top-level names.
+        xs.del(&fe("event-channel"));
+        assert_eq!(
+            read_frontend(&mut xs, FE, 5, 1),
+            Err(ConnectError::Missing {
+                key: "event-channel"
+            })
+        );
+    }
+
+    #[test]
+    fn frontend_num_queues_two_and_max() {
+        let mut xs = multi_queue_frontend(2, 0);
+        // Top-level transport nodes are not used with several queues.
+        xs.set(&fe("ring-ref"), b"7");
+        xs.set(&fe("event-channel"), b"7");
+        let p = read_frontend(&mut xs, FE, 5, 4).unwrap();
+        check_multi_queue(&p, 2, 0);
+
+        let mut xs = multi_queue_frontend(MAX_QUEUES, 0);
+        let p = read_frontend(&mut xs, FE, 5, MAX_QUEUES).unwrap();
+        check_multi_queue(&p, MAX_QUEUES, 0);
+        assert_eq!(xs.commits, 1, "one transaction");
+
+        // Exactly the caller's limit.
+        let mut xs = multi_queue_frontend(3, 0);
+        check_multi_queue(&read_frontend(&mut xs, FE, 5, 3).unwrap(), 3, 0);
+    }
+
+    #[test]
+    fn frontend_num_queues_out_of_range() {
+        let key = "multi-queue-num-queues";
+        // (value, caller limit, reported value)
+        for (v, max, n) in [
+            ("0", MAX_QUEUES, 0u64),
+            ("3", 2, 3),
+            ("2", 1, 2),
+            ("2", 0, 2),
+            ("17", MAX_QUEUES, 17),
+            ("17", u32::MAX, 17),
+            ("4294967295", u32::MAX, u64::from(u32::MAX)),
+            ("4294967296", u32::MAX, 1 << 32),
+            ("18446744073709551615", MAX_QUEUES, u64::MAX),
+        ] {
+            let mut xs = multi_queue_frontend(2, 0);
+            xs.set(&fe(key), v.as_bytes());
+            assert_eq!(
+                read_frontend(&mut xs, FE, 5, max),
+                Err(ConnectError::OutOfRange { key, value: n }),
+                "{v} with limit {max}"
+            );
+            assert_eq!(xs.aborts, 1);
+        }
+        for bad in ["", "abc", "-1", "+2", " 2", "0x2", "18446744073709551616"] {
+            let mut xs = multi_queue_frontend(2, 0);
+            xs.set(&fe(key), bad.as_bytes());
+            assert_eq!(
+                read_frontend(&mut xs, FE, 5, MAX_QUEUES),
+                Err(ConnectError::NotANumber { key }),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn frontend_per_queue_keys_missing() {
+        let mut xs = multi_queue_frontend(3, 0);
+        xs.del(&fe("queue-1/ring-ref"));
+        assert_eq!(
+            read_frontend(&mut xs, FE, 5, 4),
+            Err(ConnectError::Missing {
+                key: "queue/ring-ref"
+            })
+        );
+        let mut xs = multi_queue_frontend(3, 0);
+        xs.del(&fe("queue-2/event-channel"));
+        assert_eq!(
+            read_frontend(&mut xs, FE, 5, 4),
+            Err(ConnectError::Missing {
+                key: "queue/event-channel"
+            })
+        );
+        // A whole queue directory missing.
+        let mut xs = multi_queue_frontend(2, 0);
+        xs.set(&fe("multi-queue-num-queues"), b"3");
+        assert_eq!(
+            read_frontend(&mut xs, FE, 5, 4),
+            Err(ConnectError::Missing {
+                key: "queue/ring-ref"
+            })
+        );
+        // One-page: ring-ref0 stands in for ring-ref, per queue too.
+        let mut xs = multi_queue_frontend(2, 0);
+        xs.del(&fe("queue-1/ring-ref"));
+        xs.set(&fe("queue-1/ring-ref0"), b"1000");
+        check_multi_queue(&read_frontend(&mut xs, FE, 5, 4).unwrap(), 2, 0);
+        // Bad values are named after the queue node.
+        xs.set(&fe("queue-1/event-channel"), b"x");
+        assert_eq!(
+            read_frontend(&mut xs, FE, 5, 4),
+            Err(ConnectError::NotANumber {
+                key: "queue/event-channel"
+            })
+        );
+        xs.set(&fe("queue-1/event-channel"), b"51");
+        xs.set(&fe("queue-1/ring-ref0"), b"4294967296");
+        assert_eq!(
+            read_frontend(&mut xs, FE, 5, 4),
+            Err(ConnectError::NotANumber {
+                key: "queue/ring-ref0"
+            })
+        );
+    }
+
+    #[test]
+    fn frontend_multi_page_per_queue() {
+        for order in 1..=abi::MAX_RING_PAGE_ORDER {
+            let mut xs = multi_queue_frontend(4, order);
+            let p = read_frontend(&mut xs, FE, abi::MAX_RING_PAGE_ORDER, 4).unwrap();
+            check_multi_queue(&p, 4, order);
+        }
+        let mut xs = multi_queue_frontend(2, 2);
+        xs.del(&fe("queue-1/ring-ref3"));
+        assert_eq!(
+            read_frontend(&mut xs, FE, 5, 4),
+            Err(ConnectError::Missing {
+                key: "queue/ring-ref3"
+            })
+        );
+        let mut xs = multi_queue_frontend(2, 2);
+        xs.set(&fe("queue-0/ring-ref1"), b"0x1");
+        assert_eq!(
+            read_frontend(&mut xs, FE, 5, 4),
+            Err(ConnectError::NotANumber {
+                key: "queue/ring-ref1"
+            })
+        );
+        // The top-level order applies to every queue and is range-checked.
+        let mut xs = multi_queue_frontend(2, 2);
+        assert_eq!(
+            read_frontend(&mut xs, FE, 1, 4),
+            Err(ConnectError::OutOfRange {
+                key: "ring-page-order",
+                value: 2
+            })
+        );
+        let mut xs = multi_queue_frontend(2, 2);
+        xs.set(&fe("protocol"), b"x86_32-abi");
+        let p = read_frontend(&mut xs, FE, 5, 4).unwrap();
+        assert_eq!(Some(p.abi), Abi::from_protocol(b"x86_32-abi"));
+    }
+
+    #[test]
+    fn frontend_read_failure_per_queue() {
+        let mut xs = multi_queue_frontend(2, 1);
+        xs.fail = Some((fe("queue-1/ring-ref1"), XsError::Denied));
+        assert_eq!(
+            read_frontend(&mut xs, FE, 5, 4),
+            Err(ConnectError::Xs {
+                key: "queue/ring-ref1",
+                err: XsError::Denied
+            })
+        );
+        assert_eq!((xs.commits, xs.aborts), (0, 1));
+        let mut xs = multi_queue_frontend(2, 0);
+        xs.fail = Some((fe("queue-0/ring-ref"), XsError::TooLong));
+        assert_eq!(
+            read_frontend(&mut xs, FE, 5, 4),
+            Err(ConnectError::TooLong {
+                key: "queue/ring-ref"
+            })
+        );
+    }
+
+    #[test]
+    fn frontend_feature_persistent() {
+        let key = "feature-persistent";
+        for layout in [0, 2] {
+            let store = || {
+                if layout == 0 {
+                    one_page_frontend()
+                } else {
+                    multi_queue_frontend(layout, 0)
+                }
+            };
+            let mut xs = store();
+            assert!(!read_frontend(&mut xs, FE, 5, 4).unwrap().persistent);
+            xs.set(&fe(key), b"0");
+            assert!(!read_frontend(&mut xs, FE, 5, 4).unwrap().persistent);
+            xs.set(&fe(key), b"1");
+            assert!(read_frontend(&mut xs, FE, 5, 4).unwrap().persistent);
+            xs.set(&fe(key), b"2");
+            assert_eq!(
+                read_frontend(&mut xs, FE, 5, 4),
+                Err(ConnectError::OutOfRange { key, value: 2 })
+            );
+            for bad in ["", "yes", "true", "1 ", "01x"] {
+                xs.set(&fe(key), bad.as_bytes());
+                assert_eq!(
+                    read_frontend(&mut xs, FE, 5, 4),
+                    Err(ConnectError::NotANumber { key }),
+                    "{bad:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn refs_never_panics_on_a_forged_count() {
-        let p = FrontendParams {
-            ring_pages: 1000,
+        let q = QueueParams {
             ring_refs: [7; 32],
             event_channel: 0,
-            abi: Abi::native(),
         };
-        assert_eq!(p.refs().len(), 32);
+        let p = FrontendParams {
+            ring_pages: 1000,
+            abi: Abi::native(),
+            queues: alloc::vec![q, q],
+            persistent: false,
+        };
+        assert_eq!(p.refs(0).len(), 32);
+        assert_eq!(p.refs(1).len(), 32);
+        assert_eq!(p.refs(2), &[] as &[GrantRef]);
+        assert_eq!(p.refs(usize::MAX), &[] as &[GrantRef]);
+        assert_eq!(p.num_queues(), 2);
     }
 
     // ---- connected, states, errors -----------------------------------------
@@ -1554,10 +2269,18 @@ mod tests {
         }
     }
 
+    fn feats(flush: bool, barrier: bool) -> Features {
+        Features {
+            flush,
+            barrier,
+            ..Features::default()
+        }
+    }
+
     #[test]
     fn connected_contents() {
         let mut xs = TestStore::with(&[(&be("state"), "2")]);
-        publish_connected(&mut xs, BE, &medium(false), true, false).unwrap();
+        publish_connected(&mut xs, BE, &medium(false), &feats(true, false)).unwrap();
         assert_eq!(xs.get(&be("sectors")), Some("8589934592"));
         assert_eq!(xs.get(&be("sector-size")), Some("4096"));
         assert_eq!(xs.get(&be("physical-sector-size")), Some("8192"));
@@ -1568,7 +2291,7 @@ mod tests {
         assert_eq!(xs.commits, 1);
 
         let mut xs = TestStore::default();
-        publish_connected(&mut xs, BE, &medium(true), false, true).unwrap();
+        publish_connected(&mut xs, BE, &medium(true), &feats(false, true)).unwrap();
         let ro = abi::VDISK_READONLY.to_string();
         assert_eq!(xs.get(&be("info")), Some(ro.as_str()));
         assert_eq!(xs.get(&be("feature-flush-cache")), Some("0"));
@@ -1579,7 +2302,7 @@ mod tests {
     fn connected_retried_on_again_and_atomic() {
         let mut xs = TestStore::with(&[(&be("state"), "2")]);
         xs.again_commits = 1;
-        publish_connected(&mut xs, BE, &medium(false), true, true).unwrap();
+        publish_connected(&mut xs, BE, &medium(false), &feats(true, true)).unwrap();
         assert_eq!(xs.get(&be("state")), Some("4"));
         assert_eq!(xs.get(&be("sectors")), Some("8589934592"));
         assert_eq!(xs.next_txn, 2);
@@ -1588,7 +2311,7 @@ mod tests {
         let mut xs = TestStore::with(&[(&be("state"), "2")]);
         xs.fail = Some((be("feature-barrier"), XsError::Denied));
         assert_eq!(
-            publish_connected(&mut xs, BE, &medium(false), true, true),
+            publish_connected(&mut xs, BE, &medium(false), &feats(true, true)),
             Err(ConnectError::Xs {
                 key: "feature-barrier",
                 err: XsError::Denied
@@ -1604,7 +2327,7 @@ mod tests {
         let mut m = medium(false);
         m.sector_size = 256;
         assert_eq!(
-            publish_connected(&mut xs, BE, &m, false, false),
+            publish_connected(&mut xs, BE, &m, &feats(false, false)),
             Err(ConnectError::OutOfRange {
                 key: "sector-size",
                 value: 256
@@ -1612,7 +2335,7 @@ mod tests {
         );
         m.sector_size = 1536;
         assert_eq!(
-            publish_connected(&mut xs, BE, &m, false, false),
+            publish_connected(&mut xs, BE, &m, &feats(false, false)),
             Err(ConnectError::OutOfRange {
                 key: "sector-size",
                 value: 1536
@@ -1621,13 +2344,167 @@ mod tests {
         m.sector_size = 4096;
         m.physical_sector_size = 512;
         assert_eq!(
-            publish_connected(&mut xs, BE, &m, false, false),
+            publish_connected(&mut xs, BE, &m, &feats(false, false)),
             Err(ConnectError::OutOfRange {
                 key: "physical-sector-size",
                 value: 512
             })
         );
         assert!(xs.nodes.is_empty());
+    }
+
+    fn all_features() -> Features {
+        Features {
+            flush: true,
+            barrier: false,
+            persistent: true,
+            max_indirect_segments: 256,
+            discard: Some(Discard {
+                granularity: 1 << 20,
+                alignment: 4096,
+                secure: true,
+            }),
+        }
+    }
+
+    #[test]
+    fn connected_features_published() {
+        let mut xs = TestStore::with(&[(&be("state"), "2")]);
+        publish_connected(&mut xs, BE, &medium(false), &all_features()).unwrap();
+        assert_eq!(xs.get(&be("feature-flush-cache")), Some("1"));
+        assert_eq!(xs.get(&be("feature-barrier")), Some("0"));
+        assert_eq!(xs.get(&be("feature-persistent")), Some("1"));
+        assert_eq!(xs.get(&be("feature-max-indirect-segments")), Some("256"));
+        assert_eq!(xs.get(&be("feature-discard")), Some("1"));
+        assert_eq!(xs.get(&be("discard-granularity")), Some("1048576"));
+        assert_eq!(xs.get(&be("discard-alignment")), Some("4096"));
+        assert_eq!(xs.get(&be("discard-secure")), Some("1"));
+        assert_eq!(xs.get(&be("state")), Some("4"));
+        assert_eq!(xs.commits, 1);
+
+        let mut f = all_features();
+        f.discard = Some(Discard {
+            granularity: 512,
+            alignment: 0,
+            secure: false,
+        });
+        f.max_indirect_segments = u32::MAX;
+        publish_connected(&mut xs, BE, &medium(false), &f).unwrap();
+        assert_eq!(xs.get(&be("discard-granularity")), Some("512"));
+        assert_eq!(xs.get(&be("discard-alignment")), Some("0"));
+        assert_eq!(xs.get(&be("discard-secure")), Some("0"));
+        assert_eq!(
+            xs.get(&be("feature-max-indirect-segments")),
+            Some("4294967295")
+        );
+    }
+
+    #[test]
+    fn connected_features_off_clear_a_previous_connection() {
+        for not_found in [false, true] {
+            // What an earlier connection left behind.
+            let mut xs = TestStore::with(&[(&be("state"), "2")]);
+            publish_connected(&mut xs, BE, &medium(false), &all_features()).unwrap();
+            xs.set(&be("state"), b"2");
+            xs.remove_absent_not_found = not_found;
+
+            publish_connected(&mut xs, BE, &medium(false), &Features::default()).unwrap();
+            assert_eq!(xs.get(&be("feature-flush-cache")), Some("0"));
+            assert_eq!(xs.get(&be("feature-barrier")), Some("0"));
+            assert_eq!(xs.get(&be("feature-persistent")), Some("0"));
+            assert_eq!(xs.get(&be("feature-discard")), Some("0"));
+            for gone in [
+                "feature-max-indirect-segments",
+                "discard-granularity",
+                "discard-alignment",
+                "discard-secure",
+            ] {
+                assert_eq!(xs.get(&be(gone)), None, "{gone}");
+            }
+            assert_eq!(xs.get(&be("state")), Some("4"));
+
+            // Again, now with nothing left to remove: absent is fine,
+            // whether the store stays silent or says NotFound.
+            xs.set(&be("state"), b"2");
+            publish_connected(&mut xs, BE, &medium(false), &Features::default()).unwrap();
+            assert_eq!(xs.get(&be("state")), Some("4"));
+            assert_eq!(xs.commits, 3);
+        }
+    }
+
+    #[test]
+    fn connected_removal_failure_is_atomic() {
+        let mut xs = TestStore::with(&[(&be("state"), "2")]);
+        publish_connected(&mut xs, BE, &medium(false), &all_features()).unwrap();
+        xs.set(&be("state"), b"2");
+        xs.fail = Some((be("discard-alignment"), XsError::Denied));
+        let mut f = all_features();
+        f.discard = None;
+        f.max_indirect_segments = 0;
+        assert_eq!(
+            publish_connected(&mut xs, BE, &medium(false), &f),
+            Err(ConnectError::Xs {
+                key: "discard-alignment",
+                err: XsError::Denied
+            })
+        );
+        // Nothing of the failed attempt reached the store.
+        assert_eq!(xs.get(&be("state")), Some("2"));
+        assert_eq!(xs.get(&be("feature-max-indirect-segments")), Some("256"));
+        assert_eq!(xs.get(&be("discard-granularity")), Some("1048576"));
+        assert_eq!(xs.get(&be("feature-discard")), Some("1"));
+        assert_eq!(xs.aborts, 1);
+    }
+
+    #[test]
+    fn connected_rejects_zero_discard_granularity() {
+        let mut xs = TestStore::default();
+        let mut f = all_features();
+        f.discard = Some(Discard {
+            granularity: 0,
+            alignment: 0,
+            secure: false,
+        });
+        assert_eq!(
+            publish_connected(&mut xs, BE, &medium(false), &f),
+            Err(ConnectError::OutOfRange {
+                key: "discard-granularity",
+                value: 0
+            })
+        );
+        assert!(xs.nodes.is_empty());
+        assert_eq!(xs.next_txn, 0);
+    }
+
+    #[test]
+    fn resize_rewrites_sectors_and_state() {
+        let mut xs = TestStore::with(&[(&be("state"), "4"), (&be("sectors"), "2048")]);
+        publish_resize(&mut xs, BE, 1 << 40).unwrap();
+        assert_eq!(xs.get(&be("sectors")), Some("1099511627776"));
+        assert_eq!(xs.get(&be("state")), Some("4"));
+        assert_eq!(xs.commits, 1);
+
+        // The state is written even where it already says Connected: the
+        // write itself is the front-end's signal.
+        xs.set(&be("state"), b"garbage");
+        publish_resize(&mut xs, BE, 0).unwrap();
+        assert_eq!(xs.get(&be("sectors")), Some("0"));
+        assert_eq!(xs.get(&be("state")), Some("4"));
+
+        xs.again_commits = 1;
+        publish_resize(&mut xs, BE, u64::MAX).unwrap();
+        assert_eq!(xs.get(&be("sectors")), Some("18446744073709551615"));
+
+        // All or nothing.
+        xs.fail = Some((be("state"), XsError::Denied));
+        assert_eq!(
+            publish_resize(&mut xs, BE, 4096),
+            Err(ConnectError::Xs {
+                key: "state",
+                err: XsError::Denied
+            })
+        );
+        assert_eq!(xs.get(&be("sectors")), Some("18446744073709551615"));
     }
 
     #[test]
@@ -1736,6 +2613,7 @@ mod tests {
             (ConnectError::Open(OpenError::Invalid), ENODEV),
             (ConnectError::Open(OpenError::Other(-3)), EIO),
             (ConnectError::NoMemory, ENOMEM),
+            (ConnectError::StoreGone, ENXIO),
             (
                 ConnectError::Xs {
                     key: "k",
@@ -1751,6 +2629,11 @@ mod tests {
         assert_eq!(
             ConnectError::TooLong { key: "params" }.to_string(),
             "params: value too long"
+        );
+        assert_eq!(ENXIO, 6);
+        assert_eq!(
+            ConnectError::StoreGone.to_string(),
+            "params: the backing store went away"
         );
     }
 }

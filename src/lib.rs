@@ -27,6 +27,7 @@ pub mod fuzzing;
 pub mod host;
 pub mod instance;
 pub mod kva;
+pub mod pgrant;
 pub mod request;
 pub mod ring;
 pub mod shmem;

@@ -1,22 +1,38 @@
 //! Validation of one request, from the private copy the ring made.
 //!
 //! Implements the request rules of `io/blkif.h`: the operation codes
-//! (`BLKIF_OP_*`), `nr_segments` against the negotiated maximum, each
-//! segment's `first_sect <= last_sect` inside its page, the sector range
-//! inside the medium, alignment to the medium's logical sector size, and
-//! writes to read-only media. `sector_number`, `first_sect` and `last_sect`
-//! are 512-byte units whatever the medium's `sector-size` (the current
-//! reading of the spec, and what every front-end in use sends).
+//! (`BLKIF_OP_*`), `nr_segments` against the negotiated maximum (eleven
+//! inline, `feature-max-indirect-segments` for `BLKIF_OP_INDIRECT`, never
+//! more than `BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST` pages of descriptors),
+//! `indirect_op` limited to READ and WRITE, each segment's
+//! `first_sect <= last_sect` inside its page, the sector range inside the
+//! medium, alignment to the medium's logical sector size, writes and
+//! discards to read-only media, and `BLKIF_OP_DISCARD` only when
+//! `feature-discard` was offered (its secure flag only with
+//! `discard-secure`). `sector_number`, `first_sect`, `last_sect` and
+//! `nr_sectors` are 512-byte units whatever the medium's `sector-size`.
 //!
 //! Nothing here touches shared memory: the input is the [`BlkifRequest`]
-//! the ring already copied out once. A request that fails any rule gets an
-//! error response and never reaches the store; nothing here panics.
+//! the ring already copied out once, and for indirect requests the private
+//! copy of the descriptor pages the caller made once
+//! ([`parse_indirect`]). A request that fails any rule gets an error
+//! response and never reaches the store; nothing here panics.
 
 use crate::abi::{
-    BlkifRequest, RequestBody, Segment, BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_OP_FLUSH_DISKCACHE,
-    BLKIF_OP_READ, BLKIF_OP_WRITE, BLKIF_OP_WRITE_BARRIER, BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR,
-    SECTORS_PER_PAGE, SECTOR_SHIFT,
+    decode_segment, BlkifRequest, RequestBody, Segment, BLKIF_DISCARD_SECURE,
+    BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST, BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_OP_DISCARD,
+    BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_INDIRECT, BLKIF_OP_READ, BLKIF_OP_WRITE,
+    BLKIF_OP_WRITE_BARRIER, BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR, SECTORS_PER_PAGE, SECTOR_SHIFT,
+    SEGMENT_SIZE,
 };
+use crate::host::{GrantRef, PAGE_SIZE};
+
+/// Segment descriptors one indirect page holds.
+pub const SEGMENTS_PER_INDIRECT_PAGE: usize = PAGE_SIZE / SEGMENT_SIZE;
+
+/// The protocol's ceiling on segments of one indirect request.
+pub const MAX_INDIRECT_SEGMENTS: u32 =
+    (BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST * SEGMENTS_PER_INDIRECT_PAGE) as u32;
 
 /// What the back-end does for a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,6 +45,11 @@ pub enum Op {
     Flush,
     /// `BLKIF_OP_WRITE_BARRIER`: drain, make durable, optional data, make durable.
     Barrier,
+    /// `BLKIF_OP_DISCARD`: forget a range (securely erase it when `secure`).
+    Discard {
+        /// `BLKIF_DISCARD_SECURE` was set.
+        secure: bool,
+    },
 }
 
 impl Op {
@@ -38,11 +59,15 @@ impl Op {
     }
 }
 
-/// The limits a request is checked against, fixed for a connection.
+/// The limits a request is checked against, fixed for a connection (but
+/// for `medium_sectors`, which follows a resize).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// Negotiated segments per request (11 without indirect descriptors).
+    /// Segments of a request without indirect descriptors (at most 11).
     pub max_segments: u32,
+    /// `feature-max-indirect-segments` offered (0: indirect requests are
+    /// not offered).
+    pub max_indirect_segments: u32,
     /// Medium size in 512-byte sectors.
     pub medium_sectors: u64,
     /// Medium logical sector size in bytes (a power of two, >= 512).
@@ -53,33 +78,32 @@ pub struct Limits {
     pub flush: bool,
     /// `feature-barrier` was offered.
     pub barrier: bool,
+    /// `feature-discard` was offered.
+    pub discard: bool,
+    /// `discard-secure` was offered.
+    pub secure_discard: bool,
 }
 
-/// A request that passed every rule.
+/// A request that passed every rule. Its segments are where the caller's
+/// buffer received them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Parsed {
     /// The front-end's id, echoed in the response.
     pub id: u64,
-    /// The wire operation, echoed in the response.
+    /// The wire operation, echoed in the response (`BLKIF_OP_INDIRECT` for
+    /// indirect requests).
     pub operation: u8,
     /// What to do.
     pub op: Op,
     /// First 512-byte sector on the medium.
     pub sector: u64,
-    /// Total 512-byte sectors of data (0 for a data-less flush or barrier).
+    /// Total 512-byte sectors (0 for a data-less flush or barrier).
     pub nr_sectors: u64,
-    /// Number of valid entries in `seg`.
-    pub nsegs: u8,
-    /// The segments, `seg[..nsegs]`.
-    pub seg: [Segment; BLKIF_MAX_SEGMENTS_PER_REQUEST],
+    /// Number of segments written to the caller's buffer.
+    pub nsegs: u16,
 }
 
 impl Parsed {
-    /// The valid segments.
-    pub fn segments(&self) -> &[Segment] {
-        &self.seg[..self.nsegs as usize]
-    }
-
     /// The sector right after the request's data.
     pub fn end_sector(&self) -> u64 {
         // Cannot overflow: validation checked sector + nr_sectors <= medium.
@@ -87,11 +111,55 @@ impl Parsed {
     }
 }
 
+/// The header of a valid-looking indirect request: the caller copies its
+/// descriptor pages once and finishes with [`parse_indirect`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Indirect {
+    /// The front-end's id.
+    pub id: u64,
+    /// `Read` or `Write`.
+    pub op: Op,
+    /// First 512-byte sector.
+    pub sector: u64,
+    /// Segments, `1..=` the negotiated maximum.
+    pub nsegs: u16,
+    /// The descriptor pages' grants; the first [`Indirect::pages`] count.
+    pub grefs: [GrantRef; BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST],
+}
+
+impl Indirect {
+    /// Descriptor pages the segments occupy.
+    pub fn pages(&self) -> usize {
+        usize::from(self.nsegs).div_ceil(SEGMENTS_PER_INDIRECT_PAGE)
+    }
+
+    /// Bytes of descriptors to copy.
+    pub fn descriptor_bytes(&self) -> usize {
+        usize::from(self.nsegs) * SEGMENT_SIZE
+    }
+
+    /// The descriptor pages' grants.
+    pub fn page_grefs(&self) -> &[GrantRef] {
+        &self.grefs[..self.pages().min(BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST)]
+    }
+}
+
+/// The first stage of validation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Header {
+    /// Fully validated; inline segments are in the caller's buffer.
+    Ready(Parsed),
+    /// An indirect request whose descriptors must be copied first.
+    Indirect(Indirect),
+}
+
 /// Why a request was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RequestError {
     /// Unknown or not offered operation (`BLKIF_RSP_EOPNOTSUPP`).
     NotSupported,
+    /// `indirect_op` is not READ or WRITE.
+    BadIndirectOp,
     /// `nr_segments` is 0 for a read/write, or above the negotiated maximum.
     BadSegmentCount,
     /// A segment with `first_sect > last_sect` or `last_sect` beyond its page.
@@ -100,7 +168,7 @@ pub enum RequestError {
     OutOfRange,
     /// Not aligned to the medium's logical sector size.
     Misaligned,
-    /// A write to a read-only medium.
+    /// A write or discard to a read-only medium.
     ReadOnly,
 }
 
@@ -114,47 +182,28 @@ impl RequestError {
     }
 }
 
-/// Checks one request against `limits`.
-pub fn parse(req: &BlkifRequest, limits: &Limits) -> Result<Parsed, RequestError> {
-    let op = match req.operation {
-        BLKIF_OP_READ => Op::Read,
-        BLKIF_OP_WRITE => Op::Write,
-        BLKIF_OP_FLUSH_DISKCACHE if limits.flush => Op::Flush,
-        BLKIF_OP_WRITE_BARRIER if limits.barrier => Op::Barrier,
-        // Discard and indirect requests are not offered by this back-end
-        // version; reserved and unknown codes are not operations at all.
-        _ => return Err(RequestError::NotSupported),
-    };
-    let RequestBody::Rw {
-        nr_segments,
-        sector_number,
-        seg,
-        ..
-    } = req.body
-    else {
-        return Err(RequestError::NotSupported);
-    };
+/// Logical sector size in 512-byte units; a power of two >= 1.
+fn lss(limits: &Limits) -> u64 {
+    u64::from((limits.sector_size >> SECTOR_SHIFT).max(1))
+}
 
-    let nsegs = u32::from(nr_segments);
-    let min_segs = if matches!(op, Op::Read | Op::Write) {
-        1
-    } else {
-        0
-    };
-    let max_segs = limits
-        .max_segments
-        .min(BLKIF_MAX_SEGMENTS_PER_REQUEST as u32);
-    if nsegs < min_segs || nsegs > max_segs {
-        return Err(RequestError::BadSegmentCount);
+/// Checks `sector .. sector + nr_sectors` against the medium.
+fn check_range(sector: u64, nr_sectors: u64, limits: &Limits) -> Result<(), RequestError> {
+    let lss = lss(limits);
+    if sector % lss != 0 || nr_sectors % lss != 0 {
+        return Err(RequestError::Misaligned);
     }
-    if op.writes() && nsegs > 0 && limits.read_only {
-        return Err(RequestError::ReadOnly);
+    match sector.checked_add(nr_sectors) {
+        Some(end) if end <= limits.medium_sectors => Ok(()),
+        _ => Err(RequestError::OutOfRange),
     }
+}
 
-    // Logical sector size in 512-byte units; a power of two >= 1.
-    let lss = u64::from((limits.sector_size >> SECTOR_SHIFT).max(1));
+/// Checks segments; returns their total 512-byte sectors.
+fn check_segments(segs: &[Segment], limits: &Limits) -> Result<u64, RequestError> {
+    let lss = lss(limits);
     let mut nr_sectors: u64 = 0;
-    for s in &seg[..nsegs as usize] {
+    for s in segs {
         if s.first_sect > s.last_sect || u32::from(s.last_sect) >= SECTORS_PER_PAGE {
             return Err(RequestError::BadSegment);
         }
@@ -163,42 +212,386 @@ pub fn parse(req: &BlkifRequest, limits: &Limits) -> Result<Parsed, RequestError
         }
         nr_sectors += u64::from(s.last_sect - s.first_sect) + 1;
     }
+    Ok(nr_sectors)
+}
 
-    let sector = if nsegs == 0 { 0 } else { sector_number };
-    if nsegs > 0 {
-        if sector % lss != 0 {
-            return Err(RequestError::Misaligned);
+/// Checks one request against `limits`. Inline segments are copied into
+/// `segs`, which must have room for `BLKIF_MAX_SEGMENTS_PER_REQUEST`
+/// (otherwise the request is refused with `BadSegmentCount`).
+pub fn parse(
+    req: &BlkifRequest,
+    limits: &Limits,
+    segs: &mut [Segment],
+) -> Result<Header, RequestError> {
+    match (req.operation, req.body) {
+        (
+            BLKIF_OP_DISCARD,
+            RequestBody::Discard {
+                flag,
+                sector_number,
+                nr_sectors,
+                ..
+            },
+        ) if limits.discard => {
+            let secure = flag & BLKIF_DISCARD_SECURE != 0;
+            if secure && !limits.secure_discard {
+                return Err(RequestError::NotSupported);
+            }
+            if limits.read_only {
+                return Err(RequestError::ReadOnly);
+            }
+            check_range(sector_number, nr_sectors, limits)?;
+            Ok(Header::Ready(Parsed {
+                id: req.id,
+                operation: req.operation,
+                op: Op::Discard { secure },
+                sector: sector_number,
+                nr_sectors,
+                nsegs: 0,
+            }))
         }
-        match sector.checked_add(nr_sectors) {
-            Some(end) if end <= limits.medium_sectors => {}
-            _ => return Err(RequestError::OutOfRange),
+        (
+            BLKIF_OP_INDIRECT,
+            RequestBody::Indirect {
+                indirect_op,
+                nr_segments,
+                sector_number,
+                indirect_grefs,
+                ..
+            },
+        ) if limits.max_indirect_segments > 0 => {
+            let op = match indirect_op {
+                BLKIF_OP_READ => Op::Read,
+                BLKIF_OP_WRITE => Op::Write,
+                _ => return Err(RequestError::BadIndirectOp),
+            };
+            let max = limits.max_indirect_segments.min(MAX_INDIRECT_SEGMENTS);
+            if nr_segments == 0 || u32::from(nr_segments) > max {
+                return Err(RequestError::BadSegmentCount);
+            }
+            if op.writes() && limits.read_only {
+                return Err(RequestError::ReadOnly);
+            }
+            if sector_number % lss(limits) != 0 {
+                return Err(RequestError::Misaligned);
+            }
+            Ok(Header::Indirect(Indirect {
+                id: req.id,
+                op,
+                sector: sector_number,
+                nsegs: nr_segments,
+                grefs: indirect_grefs,
+            }))
         }
+        (
+            op @ (BLKIF_OP_READ
+            | BLKIF_OP_WRITE
+            | BLKIF_OP_FLUSH_DISKCACHE
+            | BLKIF_OP_WRITE_BARRIER),
+            RequestBody::Rw {
+                nr_segments,
+                sector_number,
+                seg,
+                ..
+            },
+        ) => {
+            let op = match op {
+                BLKIF_OP_READ => Op::Read,
+                BLKIF_OP_WRITE => Op::Write,
+                BLKIF_OP_FLUSH_DISKCACHE if limits.flush => Op::Flush,
+                BLKIF_OP_WRITE_BARRIER if limits.barrier => Op::Barrier,
+                _ => return Err(RequestError::NotSupported),
+            };
+            let nsegs = usize::from(nr_segments);
+            let min_segs = usize::from(matches!(op, Op::Read | Op::Write));
+            let max_segs = (limits.max_segments as usize).min(BLKIF_MAX_SEGMENTS_PER_REQUEST);
+            if nsegs < min_segs || nsegs > max_segs || nsegs > segs.len() {
+                return Err(RequestError::BadSegmentCount);
+            }
+            if op.writes() && nsegs > 0 && limits.read_only {
+                return Err(RequestError::ReadOnly);
+            }
+            let nr_sectors = check_segments(&seg[..nsegs], limits)?;
+            let sector = if nsegs == 0 { 0 } else { sector_number };
+            if nsegs > 0 {
+                check_range(sector, nr_sectors, limits)?;
+            }
+            segs[..nsegs].copy_from_slice(&seg[..nsegs]);
+            Ok(Header::Ready(Parsed {
+                id: req.id,
+                operation: req.operation,
+                op,
+                sector,
+                nr_sectors,
+                nsegs: u16::from(nr_segments),
+            }))
+        }
+        // Discard and indirect requests when not offered, reserved and
+        // unknown codes.
+        _ => Err(RequestError::NotSupported),
     }
+}
 
+/// Finishes an indirect request from `descriptors`, the private copy of its
+/// descriptor pages ([`Indirect::descriptor_bytes`] long, or the request is
+/// refused), decoding the segments into `segs` (room for
+/// [`Indirect::nsegs`] needed, or the request is refused).
+pub fn parse_indirect(
+    h: &Indirect,
+    descriptors: &[u8],
+    limits: &Limits,
+    segs: &mut [Segment],
+) -> Result<Parsed, RequestError> {
+    let n = usize::from(h.nsegs);
+    if n > segs.len() || descriptors.len() < h.descriptor_bytes() {
+        return Err(RequestError::BadSegmentCount);
+    }
+    for (out, d) in segs[..n]
+        .iter_mut()
+        .zip(descriptors.chunks_exact(SEGMENT_SIZE))
+    {
+        *out = decode_segment(d);
+    }
+    let nr_sectors = check_segments(&segs[..n], limits)?;
+    check_range(h.sector, nr_sectors, limits)?;
     Ok(Parsed {
-        id: req.id,
-        operation: req.operation,
-        op,
-        sector,
+        id: h.id,
+        operation: BLKIF_OP_INDIRECT,
+        op: h.op,
+        sector: h.sector,
         nr_sectors,
-        nsegs: nr_segments,
-        seg,
+        nsegs: h.nsegs,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::abi::{BLKIF_OP_DISCARD, BLKIF_OP_INDIRECT, BLKIF_OP_RESERVED_1};
+    use crate::abi::BLKIF_OP_RESERVED_1;
 
     const LIM: Limits = Limits {
         max_segments: 11,
+        max_indirect_segments: 0,
         medium_sectors: 1024,
         sector_size: 512,
         read_only: false,
         flush: true,
         barrier: true,
+        discard: false,
+        secure_discard: false,
     };
+
+    /// Both stages, with descriptors for indirect requests from `DESC`.
+    fn parse1(req: &BlkifRequest, lim: &Limits) -> Result<Parsed, RequestError> {
+        parse_with(req, lim, &[])
+    }
+
+    fn parse_with(req: &BlkifRequest, lim: &Limits, desc: &[u8]) -> Result<Parsed, RequestError> {
+        let mut segs = [Segment::default(); 600];
+        match parse(req, lim, &mut segs)? {
+            Header::Ready(p) => Ok(p),
+            Header::Indirect(h) => parse_indirect(&h, desc, lim, &mut segs),
+        }
+    }
+
+    fn indirect(op: u8, sector: u64, nsegs: u16) -> BlkifRequest {
+        BlkifRequest {
+            operation: BLKIF_OP_INDIRECT,
+            id: 7,
+            body: RequestBody::Indirect {
+                indirect_op: op,
+                nr_segments: nsegs,
+                handle: 0,
+                sector_number: sector,
+                indirect_grefs: [11, 12, 13, 14, 15, 16, 17, 18],
+            },
+        }
+    }
+
+    fn descriptors(segs: &[(u32, u8, u8)]) -> alloc::vec::Vec<u8> {
+        let mut out = alloc::vec![0u8; segs.len() * SEGMENT_SIZE];
+        for (i, &(gref, f, l)) in segs.iter().enumerate() {
+            crate::abi::encode_segment(
+                &Segment {
+                    gref,
+                    first_sect: f,
+                    last_sect: l,
+                },
+                &mut out[i * SEGMENT_SIZE..],
+            );
+        }
+        out
+    }
+
+    const IND: Limits = Limits {
+        max_indirect_segments: 256,
+        ..LIM
+    };
+
+    #[test]
+    fn indirect_requests() {
+        // Not offered: EOPNOTSUPP.
+        assert_eq!(
+            parse1(&indirect(BLKIF_OP_READ, 0, 12), &LIM),
+            Err(RequestError::NotSupported)
+        );
+        let segs: alloc::vec::Vec<_> = (0..20).map(|i| (100 + i, 0, 7)).collect();
+        let p = parse_with(&indirect(BLKIF_OP_WRITE, 8, 20), &IND, &descriptors(&segs)).unwrap();
+        assert_eq!(
+            (p.op, p.sector, p.nr_sectors, p.nsegs),
+            (Op::Write, 8, 160, 20)
+        );
+        assert_eq!(p.operation, BLKIF_OP_INDIRECT);
+        // The header names the pages the descriptors need, no more.
+        let mut buf = [Segment::default(); 600];
+        let Ok(Header::Indirect(h)) = parse(&indirect(BLKIF_OP_READ, 0, 513), &IND_BIG, &mut buf)
+        else {
+            panic!("indirect header expected");
+        };
+        assert_eq!(h.page_grefs(), &[11, 12]);
+        assert_eq!(h.descriptor_bytes(), 513 * 8);
+    }
+
+    const IND_BIG: Limits = Limits {
+        max_indirect_segments: 4096,
+        ..LIM
+    };
+
+    #[test]
+    fn indirect_refusals() {
+        let ok: alloc::vec::Vec<_> = (0..16).map(|i| (1 + i, 0, 7)).collect();
+        let d = descriptors(&ok);
+        for op in [
+            BLKIF_OP_FLUSH_DISKCACHE,
+            BLKIF_OP_WRITE_BARRIER,
+            BLKIF_OP_INDIRECT,
+            9,
+        ] {
+            assert_eq!(
+                parse_with(&indirect(op, 0, 16), &IND, &d),
+                Err(RequestError::BadIndirectOp)
+            );
+        }
+        assert_eq!(
+            parse_with(&indirect(BLKIF_OP_READ, 0, 0), &IND, &d),
+            Err(RequestError::BadSegmentCount)
+        );
+        assert_eq!(
+            parse_with(&indirect(BLKIF_OP_READ, 0, 257), &IND, &d),
+            Err(RequestError::BadSegmentCount)
+        );
+        // The protocol ceiling holds whatever was negotiated.
+        let silly = Limits {
+            max_indirect_segments: u32::MAX,
+            ..LIM
+        };
+        assert_eq!(
+            parse_with(&indirect(BLKIF_OP_READ, 0, 4097), &silly, &d),
+            Err(RequestError::BadSegmentCount)
+        );
+        // Descriptors shorter than nr_segments says, or a caller buffer too small.
+        assert_eq!(
+            parse_with(&indirect(BLKIF_OP_READ, 0, 17), &IND, &d),
+            Err(RequestError::BadSegmentCount)
+        );
+        let mut small = [Segment::default(); 4];
+        let Ok(Header::Indirect(h)) = parse(&indirect(BLKIF_OP_READ, 0, 16), &IND, &mut small)
+        else {
+            panic!("indirect header expected");
+        };
+        assert_eq!(
+            parse_indirect(&h, &d, &IND, &mut small),
+            Err(RequestError::BadSegmentCount)
+        );
+        // A bad descriptor, a range past the end, a read-only medium.
+        let mut bad = ok.clone();
+        bad[9] = (1, 5, 4);
+        assert_eq!(
+            parse_with(&indirect(BLKIF_OP_READ, 0, 16), &IND, &descriptors(&bad)),
+            Err(RequestError::BadSegment)
+        );
+        assert_eq!(
+            parse_with(&indirect(BLKIF_OP_READ, 1024 - 8, 16), &IND, &d),
+            Err(RequestError::OutOfRange)
+        );
+        let ro = Limits {
+            read_only: true,
+            ..IND
+        };
+        assert_eq!(
+            parse_with(&indirect(BLKIF_OP_WRITE, 0, 16), &ro, &d),
+            Err(RequestError::ReadOnly)
+        );
+        assert!(parse_with(&indirect(BLKIF_OP_READ, 0, 16), &ro, &d).is_ok());
+    }
+
+    fn discard(sector: u64, nr: u64, flag: u8) -> BlkifRequest {
+        BlkifRequest {
+            operation: BLKIF_OP_DISCARD,
+            id: 3,
+            body: RequestBody::Discard {
+                flag,
+                handle: 0,
+                sector_number: sector,
+                nr_sectors: nr,
+            },
+        }
+    }
+
+    #[test]
+    fn discard_requests() {
+        let d = Limits {
+            discard: true,
+            ..LIM
+        };
+        assert_eq!(
+            parse1(&discard(0, 8, 0), &LIM),
+            Err(RequestError::NotSupported)
+        );
+        let p = parse1(&discard(16, 64, 0), &d).unwrap();
+        assert_eq!(
+            (p.op, p.sector, p.nr_sectors, p.nsegs),
+            (Op::Discard { secure: false }, 16, 64, 0)
+        );
+        assert_eq!(
+            parse1(&discard(0, 8, 1), &d),
+            Err(RequestError::NotSupported)
+        );
+        let sec = Limits {
+            secure_discard: true,
+            ..d
+        };
+        assert_eq!(
+            parse1(&discard(0, 8, 1), &sec).unwrap().op,
+            Op::Discard { secure: true }
+        );
+        assert_eq!(
+            parse1(&discard(1000, 25, 0), &d),
+            Err(RequestError::OutOfRange)
+        );
+        assert_eq!(
+            parse1(&discard(u64::MAX, 2, 0), &d),
+            Err(RequestError::OutOfRange)
+        );
+        let ro = Limits {
+            read_only: true,
+            ..d
+        };
+        assert_eq!(parse1(&discard(0, 8, 0), &ro), Err(RequestError::ReadOnly));
+        let four_k = Limits {
+            sector_size: 4096,
+            ..d
+        };
+        assert_eq!(
+            parse1(&discard(8, 4, 0), &four_k),
+            Err(RequestError::Misaligned)
+        );
+        assert_eq!(
+            parse1(&discard(4, 8, 0), &four_k),
+            Err(RequestError::Misaligned)
+        );
+        assert!(parse1(&discard(8, 16, 0), &four_k).is_ok());
+    }
 
     fn rw(op: u8, sector: u64, segs: &[(u8, u8)]) -> BlkifRequest {
         let mut seg = [Segment::default(); BLKIF_MAX_SEGMENTS_PER_REQUEST];
@@ -223,7 +616,7 @@ mod tests {
 
     #[test]
     fn good_read_counts_sectors() {
-        let p = parse(&rw(BLKIF_OP_READ, 8, &[(0, 7), (0, 3)]), &LIM).unwrap();
+        let p = parse1(&rw(BLKIF_OP_READ, 8, &[(0, 7), (0, 3)]), &LIM).unwrap();
         assert_eq!(
             (p.op, p.sector, p.nr_sectors, p.nsegs),
             (Op::Read, 8, 12, 2)
@@ -234,14 +627,8 @@ mod tests {
 
     #[test]
     fn unknown_and_unoffered_operations() {
-        for op in [
-            BLKIF_OP_RESERVED_1,
-            BLKIF_OP_DISCARD,
-            BLKIF_OP_INDIRECT,
-            7,
-            255,
-        ] {
-            let e = parse(&rw(op, 0, &[(0, 7)]), &LIM).unwrap_err();
+        for op in [BLKIF_OP_RESERVED_1, 7, 255] {
+            let e = parse1(&rw(op, 0, &[(0, 7)]), &LIM).unwrap_err();
             assert_eq!(e, RequestError::NotSupported);
             assert_eq!(e.status(), BLKIF_RSP_EOPNOTSUPP);
         }
@@ -252,7 +639,7 @@ mod tests {
         };
         for op in [BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_WRITE_BARRIER] {
             assert_eq!(
-                parse(&rw(op, 0, &[]), &no_flush),
+                parse1(&rw(op, 0, &[]), &no_flush),
                 Err(RequestError::NotSupported)
             );
         }
@@ -261,51 +648,51 @@ mod tests {
     #[test]
     fn segment_counts() {
         assert_eq!(
-            parse(&rw(BLKIF_OP_READ, 0, &[]), &LIM),
+            parse1(&rw(BLKIF_OP_READ, 0, &[]), &LIM),
             Err(RequestError::BadSegmentCount)
         );
         let mut r = rw(BLKIF_OP_WRITE, 0, &[(0, 0)]);
         if let RequestBody::Rw { nr_segments, .. } = &mut r.body {
             *nr_segments = 12;
         }
-        assert_eq!(parse(&r, &LIM), Err(RequestError::BadSegmentCount));
+        assert_eq!(parse1(&r, &LIM), Err(RequestError::BadSegmentCount));
         let small = Limits {
             max_segments: 2,
             ..LIM
         };
         assert_eq!(
-            parse(&rw(BLKIF_OP_READ, 0, &[(0, 0); 3]), &small),
+            parse1(&rw(BLKIF_OP_READ, 0, &[(0, 0); 3]), &small),
             Err(RequestError::BadSegmentCount)
         );
-        assert!(parse(&rw(BLKIF_OP_FLUSH_DISKCACHE, 0, &[]), &LIM).is_ok());
-        assert!(parse(&rw(BLKIF_OP_WRITE_BARRIER, 0, &[]), &LIM).is_ok());
+        assert!(parse1(&rw(BLKIF_OP_FLUSH_DISKCACHE, 0, &[]), &LIM).is_ok());
+        assert!(parse1(&rw(BLKIF_OP_WRITE_BARRIER, 0, &[]), &LIM).is_ok());
     }
 
     #[test]
     fn segment_bounds() {
         assert_eq!(
-            parse(&rw(BLKIF_OP_READ, 0, &[(4, 3)]), &LIM),
+            parse1(&rw(BLKIF_OP_READ, 0, &[(4, 3)]), &LIM),
             Err(RequestError::BadSegment)
         );
         assert_eq!(
-            parse(&rw(BLKIF_OP_READ, 0, &[(0, 8)]), &LIM),
+            parse1(&rw(BLKIF_OP_READ, 0, &[(0, 8)]), &LIM),
             Err(RequestError::BadSegment)
         );
         assert_eq!(
-            parse(&rw(BLKIF_OP_READ, 0, &[(255, 255)]), &LIM),
+            parse1(&rw(BLKIF_OP_READ, 0, &[(255, 255)]), &LIM),
             Err(RequestError::BadSegment)
         );
     }
 
     #[test]
     fn range_and_overflow() {
-        assert!(parse(&rw(BLKIF_OP_READ, 1016, &[(0, 7)]), &LIM).is_ok());
+        assert!(parse1(&rw(BLKIF_OP_READ, 1016, &[(0, 7)]), &LIM).is_ok());
         assert_eq!(
-            parse(&rw(BLKIF_OP_READ, 1017, &[(0, 7)]), &LIM),
+            parse1(&rw(BLKIF_OP_READ, 1017, &[(0, 7)]), &LIM),
             Err(RequestError::OutOfRange)
         );
         assert_eq!(
-            parse(&rw(BLKIF_OP_READ, u64::MAX - 3, &[(0, 7)]), &LIM),
+            parse1(&rw(BLKIF_OP_READ, u64::MAX - 3, &[(0, 7)]), &LIM),
             Err(RequestError::OutOfRange)
         );
     }
@@ -316,17 +703,17 @@ mod tests {
             sector_size: 4096,
             ..LIM
         };
-        assert!(parse(&rw(BLKIF_OP_WRITE, 16, &[(0, 7), (0, 7)]), &lim).is_ok());
+        assert!(parse1(&rw(BLKIF_OP_WRITE, 16, &[(0, 7), (0, 7)]), &lim).is_ok());
         assert_eq!(
-            parse(&rw(BLKIF_OP_WRITE, 12, &[(0, 7)]), &lim),
+            parse1(&rw(BLKIF_OP_WRITE, 12, &[(0, 7)]), &lim),
             Err(RequestError::Misaligned)
         );
         assert_eq!(
-            parse(&rw(BLKIF_OP_WRITE, 8, &[(1, 7)]), &lim),
+            parse1(&rw(BLKIF_OP_WRITE, 8, &[(1, 7)]), &lim),
             Err(RequestError::Misaligned)
         );
         assert_eq!(
-            parse(&rw(BLKIF_OP_WRITE, 8, &[(0, 6)]), &lim),
+            parse1(&rw(BLKIF_OP_WRITE, 8, &[(0, 6)]), &lim),
             Err(RequestError::Misaligned)
         );
     }
@@ -337,13 +724,13 @@ mod tests {
             read_only: true,
             ..LIM
         };
-        assert!(parse(&rw(BLKIF_OP_READ, 0, &[(0, 7)]), &ro).is_ok());
+        assert!(parse1(&rw(BLKIF_OP_READ, 0, &[(0, 7)]), &ro).is_ok());
         assert_eq!(
-            parse(&rw(BLKIF_OP_WRITE, 0, &[(0, 7)]), &ro),
+            parse1(&rw(BLKIF_OP_WRITE, 0, &[(0, 7)]), &ro),
             Err(RequestError::ReadOnly)
         );
         assert_eq!(
-            parse(&rw(BLKIF_OP_FLUSH_DISKCACHE, 0, &[(0, 7)]), &ro),
+            parse1(&rw(BLKIF_OP_FLUSH_DISKCACHE, 0, &[(0, 7)]), &ro),
             Err(RequestError::ReadOnly)
         );
     }

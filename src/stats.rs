@@ -20,6 +20,8 @@ pub enum SysctlKind {
     Counter,
     /// A behaviour switch; read-write.
     Switch,
+    /// A current level (e.g. grants mapped now); read-only, goes up and down.
+    Gauge,
 }
 
 macro_rules! sysctl_table {
@@ -97,11 +99,49 @@ sysctl_table! {
         "Bytes written to the back-end store for the front-end";
     GrantMapFailures => "grant_map_failures", Counter,
         "Grant references the hypervisor refused to map";
+    NumQueues => "num_queues", Limit,
+        "Rings (queues) of the connection (negotiated)";
+    MaxIndirectSegments => "max_indirect_segments", Limit,
+        "Segments per indirect request (negotiated; 0: not offered)";
+    PersistentGrants => "persistent_grants", Limit,
+        "Persistent grants in use on this connection (1) or not (0)";
+    MaxPersistentGrants => "max_persistent_grants", Limit,
+        "Persistent grants kept mapped per queue at most";
+    Discard => "discard", Limit,
+        "Discard offered to the front-end (1) or not (0)";
+    MediumSectors => "sectors", Limit,
+        "Size of the medium in 512-byte sectors, as published";
+    IndirectReqs => "indirect_reqs", Counter,
+        "Indirect requests received";
+    DiscardReqs => "discard_reqs", Counter,
+        "Discard requests received";
+    PersistentGrantHits => "persistent_grant_hits", Counter,
+        "Segments served by an already mapped persistent grant";
+    PersistentGrantsMapped => "persistent_grants_mapped", Gauge,
+        "Persistent grants mapped now";
+    PersistentGrantsPurged => "persistent_grants_purged", Counter,
+        "Persistent grants unmapped as least recently used or idle";
+    GrantsRefused => "grants_refused", Counter,
+        "Requests refused for naming a grant twice or one already in flight";
+    SpuriousEvents => "spurious_events", Counter,
+        "Event-channel kicks that found no new request";
+    DelayedEois => "delayed_eois", Counter,
+        "Times the event channel was re-enabled late to throttle spurious kicks";
+    Resizes => "resizes", Counter,
+        "Medium size changes published to the front-end";
+}
+
+impl SysctlDesc {
+    /// Whether the node is kept per queue (`dev.xbb.N.queue.Q.<name>`) and
+    /// summed for the instance: counters and gauges.
+    pub fn per_queue(&self) -> bool {
+        matches!(self.kind, SysctlKind::Counter | SysctlKind::Gauge)
+    }
 }
 
 impl Stat {
     /// The number of sysctl nodes.
-    pub const COUNT: usize = Stat::GrantMapFailures as usize + 1;
+    pub const COUNT: usize = Stat::Resizes as usize + 1;
 
     /// The node's table row.
     pub fn desc(self) -> &'static SysctlDesc {
@@ -155,11 +195,22 @@ impl Stats {
         SYSCTLS.iter().map(move |d| (d, self.get(d.stat)))
     }
 
-    /// Zeroes every counter (a new connection), keeping switches.
+    /// Zeroes every counter and gauge (a new connection), keeping limits
+    /// and switches.
     pub fn reset_counters(&mut self) {
         for d in SYSCTLS {
-            if d.kind == SysctlKind::Counter {
+            if d.per_queue() {
                 self.values[d.stat as usize] = 0;
+            }
+        }
+    }
+
+    /// Adds `other`'s counters and gauges to these (summing the queues of
+    /// an instance).
+    pub fn accumulate(&mut self, other: &Stats) {
+        for d in SYSCTLS {
+            if d.per_queue() {
+                self.add(d.stat, other.get(d.stat));
             }
         }
     }
@@ -206,14 +257,22 @@ tunable_table! {
         "Largest shared ring offered to front-ends, as log2(pages)";
     MaxRequests => "max_requests", 1024, 1, 1024,
         "Largest number of requests in service at once per ring";
-    MaxRequestSize => "max_request_size", 1 << 20, 45056, 1 << 20,
+    MaxRequestSize => "max_request_size", 1 << 20, 45056, 1 << 24,
         "Largest I/O, in bytes, that coalescing may build";
     NoCoalesceReqs => "no_coalesce_reqs", 0, 0, 1,
         "Default of dev.xbb.N.no_coalesce_reqs: 1 turns coalescing off";
     RequestsPerPass => "requests_per_pass", 256, 1, 65536,
         "Requests consumed in one pass before yielding the taskqueue";
     KvaPages => "kva_pages", 0, 0, 1 << 20,
-        "Pages in each instance's mapping window; 0 sizes it for every request";
+        "Pages of each queue's mapping window; 0 sizes it for every request";
+    MaxIndirectSegments => "max_indirect_segments", 256, 0, 4096,
+        "Segments per indirect request offered; 0 turns indirect requests off";
+    MaxPersistentGrants => "max_persistent_grants", 1056, 0, 65536,
+        "Persistent grants kept mapped per queue; 0 turns persistent grants off";
+    PersistentGrantIdleMs => "persistent_grant_idle_ms", 60000, 1, 86_400_000,
+        "Milliseconds after which an unused persistent grant is unmapped";
+    MaxQueues => "max_queues", 4, 1, 16,
+        "Rings (queues) offered to multi-queue front-ends";
 }
 
 /// Why a tunable was not set.
@@ -231,7 +290,7 @@ pub struct Tunables {
     values: [u64; TUNABLE_COUNT],
 }
 
-const TUNABLE_COUNT: usize = Tunable::KvaPages as usize + 1;
+const TUNABLE_COUNT: usize = Tunable::MaxQueues as usize + 1;
 
 impl Default for Tunables {
     fn default() -> Self {

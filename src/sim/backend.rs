@@ -12,6 +12,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
+use std::vec::Vec;
 
 use super::host::{SimHost, SimHostConfig, SimHostStats, SimXen};
 use super::xenstore::WatchId;
@@ -50,6 +51,8 @@ pub struct InstanceSnapshot {
     pub detached: bool,
     /// The instance's statistics and negotiated limits (`Instance::stats`).
     pub stats: Option<Stats>,
+    /// Each queue's counters (`Instance::queue_stats`), while connected.
+    pub queues: Vec<Stats>,
     // EXTEND HERE: further instance getters; fill them in
     // `fill_instance_fields` below.
 }
@@ -68,6 +71,7 @@ impl InstanceSnapshot {
             last_error: None,
             detached: false,
             stats: None,
+            queues: Vec::new(),
         }
     }
 }
@@ -81,7 +85,10 @@ fn fill_instance_fields(inst: &Instance, snap: &mut InstanceSnapshot) {
     snap.medium = inst.medium();
     snap.last_error = inst.last_error();
     snap.detached = inst.is_detached();
-    snap.stats = Some(inst.stats().clone());
+    snap.stats = Some(inst.stats());
+    snap.queues = (0..inst.num_queues())
+        .filter_map(|q| inst.queue_stats(q).cloned())
+        .collect();
 }
 
 type Shared = Arc<(Mutex<InstanceSnapshot>, Condvar)>;
@@ -277,6 +284,7 @@ impl Task {
                 TaskEvent::Io(tag, r) => inst.complete(&mut host, tag, r),
                 TaskEvent::Watch(_) => inst.frontend_changed(&mut host),
                 TaskEvent::RootMounted => inst.root_mounted(&mut host),
+                TaskEvent::MediumChanged => inst.medium_changed(&mut host),
                 TaskEvent::Shutdown => break,
             }
             self.events += 1;

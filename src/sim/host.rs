@@ -779,7 +779,15 @@ impl Store for SimHost {
                 })?,
             },
             IoOp::Flush => StoreIo::Flush,
-            IoOp::Discard { offset, len, .. } => StoreIo::Discard { offset, len },
+            IoOp::Discard {
+                offset,
+                len,
+                secure,
+            } => StoreIo::Discard {
+                offset,
+                len,
+                secure,
+            },
         };
         let s = self.store.as_ref().ok_or(IoError::Gone)?;
         self.in_flight.fetch_add(1, Ordering::AcqRel);

@@ -115,7 +115,7 @@ seed = 2
 do = "expect"
 state = "Connected"
 verify_ok = true
-sysctl = { max_request_segments = 11, reqs_completed_with_error = 0, reqs_refused = 0, total_dispatch = ">= 1", grant_map_failures = 0 }
+sysctl = { max_request_segments = 256, max_indirect_segments = 256, reqs_completed_with_error = 0, reqs_refused = 0, total_dispatch = ">= 1", grant_map_failures = 0 }
 
 [[step]]
 do = "expect"

@@ -23,6 +23,8 @@ pub enum TaskEvent {
     Run(crate::host::QueueId),
     /// The root file system is now mounted.
     RootMounted,
+    /// The store's size changed (the toolstack resized it).
+    MediumChanged,
     /// Detach the instance and end the thread.
     Shutdown,
 }

@@ -17,6 +17,13 @@
 //! `sector_size` and refuse I/O that is not aligned to it, as a disk would;
 //! the device kind also refuses buffers whose addresses are not aligned to
 //! it, as `O_DIRECT` does. [`IoFaults`] injects failures for tests.
+//!
+//! Discard (`BLKIF_OP_DISCARD`, with `BLKIF_DISCARD_SECURE`) is a punched
+//! hole in a file and `BLKDISCARD` / `BLKSECDISCARD` on a device; what a
+//! medium can do, and its `discard-granularity` / `discard-alignment`, are
+//! decided once at open (see `DiscardCaps`). [`resize_medium`] grows or
+//! shrinks a medium under an open store, which sees the new size in its
+//! next [`SimStore::info`].
 
 use std::boxed::Box;
 use std::collections::VecDeque;
@@ -85,12 +92,18 @@ pub enum StoreIo {
     },
     /// Make every completed write durable (`fdatasync`).
     Flush,
-    /// Discard `len` bytes at `offset`.
+    /// Discard `len` bytes at `offset`: the range reads as zeros afterwards
+    /// on a file (a punched hole); on a device, as the device's
+    /// `BLKDISCARD` leaves it.
     Discard {
         /// Medium byte offset.
         offset: u64,
         /// Length in bytes.
         len: u64,
+        /// Erase securely (`BLKIF_DISCARD_SECURE`, `BLKSECDISCARD`): refused
+        /// with [`IoError::NotSupported`] unless
+        /// [`MediumInfo::can_secure_discard`].
+        secure: bool,
     },
 }
 
@@ -297,11 +310,158 @@ struct Medium {
     block_device: bool,
     direct: bool,
     read_only: bool,
-    can_discard: bool,
+    /// What the medium can discard, decided once at open.
+    discard: DiscardCaps,
     sector_size: u32,
     physical_sector_size: u32,
     /// Current size in bytes, a multiple of `sector_size`.
     size: AtomicU64,
+}
+
+/// What a medium can discard and how finely, as a front-end is told in
+/// `discard-granularity` / `discard-alignment` / `discard-secure`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct DiscardCaps {
+    /// `BLKIF_OP_DISCARD` can be served.
+    discard: bool,
+    /// `BLKIF_DISCARD_SECURE` can be served (only with `discard`).
+    secure: bool,
+    /// Bytes; a multiple of the logical sector size.
+    granularity: u32,
+    /// Bytes, less than `granularity`, a multiple of the sector size.
+    alignment: u32,
+}
+
+impl DiscardCaps {
+    /// A writable regular file (a `file` store, or a `phy` store emulated on
+    /// a file). It can discard when its file system punches holes: probed by
+    /// punching one byte just past the end of the file with
+    /// `FALLOC_FL_KEEP_SIZE`, a range that holds no data, so the probe
+    /// changes neither contents nor size. The granule is the file system's
+    /// block (`st_blksize`): a hole is only ever made of whole blocks, a
+    /// partial block is zeroed instead. Holes are not secure erasure (the
+    /// freed blocks keep their bytes), so `secure` is never offered.
+    fn of_file(file: &File, meta: &std::fs::Metadata, size: u64, sector_size: u32) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        if !sys::punch_hole_probe(file, size) {
+            return DiscardCaps::default();
+        }
+        DiscardCaps::new(true, false, meta.blksize(), 0, sector_size)
+    }
+
+    /// A writable block device (FreeBSD: a GEOM provider that takes
+    /// `BIO_DELETE`). Relies on the Linux block layer's sysfs attributes of
+    /// `/sys/dev/block/MAJ:MIN` (`Documentation/ABI/stable/sysfs-block`):
+    /// `queue/discard_max_bytes` (non-zero: the device discards),
+    /// `queue/discard_granularity` (bytes) and `discard_alignment` (bytes,
+    /// per partition; a partition's `queue/` is its disk's). Without sysfs,
+    /// `BLKDISCARD` is probed instead. Secure erase has no sysfs attribute:
+    /// `BLKSECDISCARD` is probed with no range, which since Linux 5.19
+    /// answers `EOPNOTSUPP` for a device without secure erase before it
+    /// looks at its argument (`EFAULT` otherwise) — on older kernels it may
+    /// claim support, and a secure discard then fails with `EOPNOTSUPP`,
+    /// the error a front-end expects for it.
+    fn of_device(file: &File, meta: &std::fs::Metadata, sector_size: u32) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        let rdev = meta.rdev();
+        let dir = PathBuf::from(std::format!(
+            "/sys/dev/block/{}:{}",
+            libc::major(rdev),
+            libc::minor(rdev)
+        ));
+        let queue = if dir.join("partition").exists() {
+            dir.join("../queue")
+        } else {
+            dir.join("queue")
+        };
+        let discard = match sysfs_u64(&queue.join("discard_max_bytes")) {
+            Some(max) => max > 0,
+            None => sys::blk_discard_probe(file, false),
+        };
+        if !discard {
+            return DiscardCaps::default();
+        }
+        let secure = sys::blk_discard_probe(file, true);
+        let granularity = sysfs_u64(&queue.join("discard_granularity")).unwrap_or(0);
+        let alignment = sysfs_u64(&dir.join("discard_alignment")).unwrap_or(0);
+        DiscardCaps::new(true, secure, granularity, alignment, sector_size)
+    }
+
+    /// Normalizes what the medium reported to what a front-end can use: the
+    /// granule is rounded up to whole logical sectors (at least one), the
+    /// alignment is taken modulo the granule and rounded down to whole
+    /// sectors.
+    fn new(discard: bool, secure: bool, granularity: u64, alignment: u64, ss: u32) -> Self {
+        let ss64 = u64::from(ss);
+        let granularity = granularity
+            .max(ss64)
+            .checked_next_multiple_of(ss64)
+            .and_then(|g| u32::try_from(g).ok())
+            .unwrap_or(ss);
+        let g64 = u64::from(granularity);
+        let alignment = alignment % g64 / ss64 * ss64;
+        DiscardCaps {
+            discard,
+            secure: discard && secure,
+            granularity,
+            // Less than the granule, which is a u32.
+            alignment: alignment as u32,
+        }
+    }
+}
+
+/// A decimal number in a sysfs attribute.
+fn sysfs_u64(path: &std::path::Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Grows or shrinks the medium at `path` to `new_bytes`, as an administrator
+/// does with `truncate` / `losetup -c` (FreeBSD: `truncate`, `zfs set
+/// volsize`, `mdconfig -r`), while a store may have it open.
+///
+/// - A regular file is truncated or extended (the new part reads as zeros).
+/// - A loop device has its backing file (sysfs `loop/backing_file`)
+///   resized and is told to re-read it (`LOOP_SET_CAPACITY`).
+/// - Any other block device cannot be resized here: `EOPNOTSUPP`.
+///
+/// Returns the medium's new size in bytes as the medium reports it (a loop
+/// device rounds down to whole 512-byte sectors). An open store sees the
+/// new size the next time it is asked for its [`SimStore::info`]; telling
+/// the back-end (`TaskEvent::MediumChanged`) is the caller's business.
+pub fn resize_medium(path: &std::path::Path, new_bytes: u64) -> io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path)?;
+    let ft = meta.file_type();
+    if ft.is_file() {
+        let f = OpenOptions::new().write(true).open(path)?;
+        f.set_len(new_bytes)?;
+        return Ok(f.metadata()?.len());
+    }
+    if !ft.is_block_device() {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let rdev = meta.rdev();
+    // LOOP_MAJOR in linux/major.h.
+    if libc::major(rdev) != 7 {
+        return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+    }
+    let attr = std::format!(
+        "/sys/dev/block/{}:{}/loop/backing_file",
+        libc::major(rdev),
+        libc::minor(rdev)
+    );
+    let backing = std::fs::read_to_string(attr)?;
+    let backing = backing.trim_end_matches('\n');
+    if backing.is_empty() || backing.ends_with(" (deleted)") {
+        return Err(io::Error::from_raw_os_error(libc::ENXIO));
+    }
+    OpenOptions::new()
+        .write(true)
+        .open(backing)?
+        .set_len(new_bytes)?;
+    let dev = OpenOptions::new().read(true).write(true).open(path)?;
+    sys::loop_set_capacity(&dev).map_err(io::Error::from_raw_os_error)?;
+    sys::blk_size(&dev).map_err(io::Error::from_raw_os_error)
 }
 
 struct Queue {
@@ -440,14 +600,20 @@ impl BackingStore {
             return Err(OpenError::Invalid);
         }
         let read_only = !spec.writable;
-        let can_discard = !read_only && (block_device || sys::punch_hole_probe(&file, size));
+        let discard = if read_only {
+            DiscardCaps::default()
+        } else if block_device {
+            DiscardCaps::of_device(&file, &meta, sector_size)
+        } else {
+            DiscardCaps::of_file(&file, &meta, size, sector_size)
+        };
         let medium = Medium {
             file,
             kind: spec.kind,
             block_device,
             direct,
             read_only,
-            can_discard,
+            discard,
             sector_size,
             physical_sector_size,
             size: AtomicU64::new(size),
@@ -505,9 +671,13 @@ impl BackingStore {
             if offset % ss != 0 || len % ss != 0 {
                 return Err(IoError::Io);
             }
-            match offset.checked_add(len) {
-                Some(end) if end <= size => Ok((offset, end)),
-                _ => Err(IoError::Io),
+            let end = offset.checked_add(len).ok_or(IoError::Io)?;
+            // Past the size seen last: the medium may have grown since
+            // (a resize the core has not asked `info` about yet).
+            if end <= size || m.refresh_size().is_some_and(|now| end <= now) {
+                Ok((offset, end))
+            } else {
+                Err(IoError::Io)
             }
         };
         match io {
@@ -532,12 +702,16 @@ impl BackingStore {
                 span(*offset, total).map(Some)
             }
             StoreIo::Flush => Ok(None),
-            StoreIo::Discard { offset, len } => {
+            StoreIo::Discard {
+                offset,
+                len,
+                secure,
+            } => {
                 if m.read_only {
                     return Err(IoError::Io);
                 }
                 let s = span(*offset, *len)?;
-                if !m.can_discard {
+                if !m.discard.discard || (*secure && !m.discard.secure) {
                     return Err(IoError::NotSupported);
                 }
                 Ok(Some(s))
@@ -553,12 +727,22 @@ impl Medium {
             StoreIo::Write { offset, iov } => sys::write_all(&self.file, iov, *offset),
             StoreIo::Flush => sys::fdatasync(&self.file),
             StoreIo::Discard { len: 0, .. } => Ok(()),
-            StoreIo::Discard { offset, len } if self.block_device => {
-                sys::blk_discard(&self.file, *offset, *len)
-            }
-            StoreIo::Discard { offset, len } => sys::punch_hole(&self.file, *offset, *len),
+            StoreIo::Discard {
+                offset,
+                len,
+                secure,
+            } if self.block_device => sys::blk_discard(&self.file, *offset, *len, *secure),
+            // A file never takes a secure discard (`validate` refused it).
+            StoreIo::Discard { offset, len, .. } => sys::punch_hole(&self.file, *offset, *len),
         };
         r.map_err(io_error)
+    }
+
+    /// Re-reads the size from the file or device and remembers it.
+    fn refresh_size(&self) -> Option<u64> {
+        let size = self.current_size()?;
+        self.size.store(size, Ordering::Relaxed);
+        Some(size)
     }
 
     /// The current size in bytes, rounded down to whole sectors.
@@ -607,18 +791,20 @@ fn worker(sh: &Shared) {
 impl SimStore for BackingStore {
     fn info(&self) -> MediumInfo {
         let m = &self.shared.medium;
-        if let Some(size) = m.current_size() {
-            m.size.store(size, Ordering::Relaxed);
-        }
+        let size = m
+            .refresh_size()
+            .unwrap_or_else(|| m.size.load(Ordering::Relaxed));
         MediumInfo {
-            sectors: m.size.load(Ordering::Relaxed) / SECTOR_UNIT,
+            sectors: size / SECTOR_UNIT,
             sector_size: m.sector_size,
             physical_sector_size: m.physical_sector_size,
             read_only: m.read_only,
             can_flush: true,
-            can_discard: m.can_discard,
+            can_discard: m.discard.discard,
+            can_secure_discard: m.discard.secure,
+            discard_granularity: m.discard.granularity,
+            discard_alignment: m.discard.alignment,
             is_device: m.kind == StoreKind::Device,
-            ..MediumInfo::default()
         }
     }
 
@@ -690,6 +876,11 @@ mod sys {
     const BLKGETSIZE64: libc::Ioctl = libc::_IOR::<libc::size_t>(0x12, 114);
     /// `BLKDISCARD` from `linux/fs.h`: discard a `[offset, len]` range.
     const BLKDISCARD: libc::Ioctl = libc::_IO(0x12, 119);
+    /// `BLKSECDISCARD` from `linux/fs.h`: securely erase a `[offset, len]`
+    /// range.
+    const BLKSECDISCARD: libc::Ioctl = libc::_IO(0x12, 125);
+    /// `LOOP_SET_CAPACITY` from `linux/loop.h`.
+    const LOOP_SET_CAPACITY: libc::Ioctl = 0x4C07;
     /// Linux's `UIO_MAXIOV`: most iovecs one `preadv`/`pwritev` accepts.
     const IOV_MAX: usize = 1024;
 
@@ -825,12 +1016,42 @@ mod sys {
         fallocate_punch(file, size, 1).is_ok()
     }
 
-    /// `BLKDISCARD` of `len` bytes at `offset`.
-    pub(super) fn blk_discard(file: &File, offset: u64, len: u64) -> Result<(), i32> {
+    /// `BLKDISCARD` (or, when `secure`, `BLKSECDISCARD`) of `len` bytes at
+    /// `offset`.
+    pub(super) fn blk_discard(file: &File, offset: u64, len: u64, secure: bool) -> Result<(), i32> {
         let range: [u64; 2] = [offset, len];
-        // SAFETY: BLKDISCARD reads two u64 from the pointer, which points to
-        // `range`, alive for the call.
-        let r = unsafe { libc::ioctl(file.as_raw_fd(), BLKDISCARD, range.as_ptr()) };
+        let req = if secure { BLKSECDISCARD } else { BLKDISCARD };
+        // SAFETY: both requests read two u64 from the pointer, which points
+        // to `range`, alive for the call.
+        let r = unsafe { libc::ioctl(file.as_raw_fd(), req, range.as_ptr()) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(errno())
+        }
+    }
+
+    /// Whether the device takes `BLKDISCARD` (`BLKSECDISCARD` when
+    /// `secure`): issues it with a null range pointer. The kernel checks
+    /// that the device is open for writing and supports the operation
+    /// before it copies the range, so the answer is `EFAULT` when it does
+    /// and `EOPNOTSUPP` (or `EBADF`) when it does not; nothing is
+    /// discarded either way.
+    pub(super) fn blk_discard_probe(file: &File, secure: bool) -> bool {
+        let req = if secure { BLKSECDISCARD } else { BLKDISCARD };
+        let none: *const u64 = core::ptr::null();
+        // SAFETY: the kernel validates the user pointer it is given; a null
+        // one makes the copy of the range fail with EFAULT, so no memory of
+        // this process is read or written.
+        let r = unsafe { libc::ioctl(file.as_raw_fd(), req, none) };
+        r != 0 && errno() == libc::EFAULT
+    }
+
+    /// `LOOP_SET_CAPACITY`: a loop device re-reads its backing file's size.
+    pub(super) fn loop_set_capacity(dev: &File) -> Result<(), i32> {
+        // SAFETY: LOOP_SET_CAPACITY takes no argument and touches no memory
+        // of this process.
+        let r = unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_SET_CAPACITY, 0 as libc::c_ulong) };
         if r == 0 {
             Ok(())
         } else {

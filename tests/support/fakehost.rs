@@ -148,6 +148,16 @@ pub struct FakeHost {
     pub fail_maps: u32,
     /// Complete the next N I/Os with this error instead of performing them.
     pub fail_ios: (u32, IoError),
+    /// What `now_ms` reports; the test moves the clock.
+    pub now_ms: u64,
+    /// `evtchn_eoi` calls, the last delay asked for, the largest.
+    pub eois: u64,
+    /// See [`FakeHost::eois`].
+    pub last_eoi_delay: u32,
+    /// See [`FakeHost::eois`].
+    pub max_eoi_delay: u32,
+    /// Pages `copy_in` copied (indirect descriptor pages).
+    pub pages_copied: u64,
 }
 
 impl FakeHost {
@@ -189,7 +199,25 @@ impl FakeHost {
             fail_submits: 0,
             fail_maps: 0,
             fail_ios: (0, IoError::Io),
+            now_ms: 0,
+            eois: 0,
+            last_eoi_delay: 0,
+            max_eoi_delay: 0,
+            pages_copied: 0,
         }
+    }
+
+    /// Grows or shrinks the medium (the test then calls
+    /// `Instance::medium_changed`, as the platform would).
+    pub fn resize_medium(&mut self, sectors: u64) {
+        self.cfg.medium.sectors = sectors;
+        self.medium.resize((sectors << 9) as usize, 0);
+    }
+
+    /// Lets the store report discard support from now on (before attach).
+    pub fn set_medium(&mut self, m: MediumInfo) {
+        self.cfg.medium = m;
+        self.medium.resize((m.sectors << 9) as usize, 0);
     }
 
     // --- XenStore, for the test -------------------------------------------
@@ -523,11 +551,22 @@ impl Grants for FakeHost {
     }
     fn copy_in(
         &mut self,
-        _dom: DomId,
-        _grefs: &[GrantRef],
-        _out: &mut [u8],
+        dom: DomId,
+        grefs: &[GrantRef],
+        out: &mut [u8],
     ) -> Result<(), GrantError> {
-        Err(GrantError::General)
+        if dom != FE_DOM || out.len() > grefs.len() * PAGE_SIZE {
+            return Err(GrantError::General);
+        }
+        for (gref, chunk) in grefs.iter().zip(out.chunks_mut(PAGE_SIZE)) {
+            let Some(Grant::Data { index, .. }) = self.lookup(*gref) else {
+                return Err(GrantError::BadRef);
+            };
+            let at = index * PAGE_SIZE;
+            chunk.copy_from_slice(&self.guest[at..at + chunk.len()]);
+            self.pages_copied += 1;
+        }
+        Ok(())
     }
 }
 
@@ -551,7 +590,11 @@ impl EventChannel for FakeHost {
         self.notifications += 1;
     }
 
-    fn evtchn_eoi(&mut self, _queue: QueueId, _delay_ms: u32) {}
+    fn evtchn_eoi(&mut self, _queue: QueueId, delay_ms: u32) {
+        self.eois += 1;
+        self.last_eoi_delay = delay_ms;
+        self.max_eoi_delay = self.max_eoi_delay.max(delay_ms);
+    }
 
     fn evtchn_unbind(&mut self, _queue: QueueId) {
         assert!(self.evtchn.take().is_some(), "unbind of an unbound channel");
@@ -560,7 +603,7 @@ impl EventChannel for FakeHost {
 
 impl Deferred for FakeHost {
     fn now_ms(&self) -> u64 {
-        0
+        self.now_ms
     }
     fn schedule_run(&mut self, _queue: QueueId) {
         self.schedule_runs += 1;
