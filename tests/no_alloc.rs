@@ -14,11 +14,11 @@ mod support;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use support::fakehost::{FakeConfig, FakeHost, BE_PATH};
+use support::fakehost::{FakeConfig, FakeHost, BE_PATH, FE_PATH};
 use xbb::abi::{
-    Abi, BlkifRequest, RequestBody, Segment, BLKIF_MAX_SEGMENTS_PER_REQUEST,
-    BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_READ, BLKIF_OP_WRITE, BLKIF_OP_WRITE_BARRIER,
-    BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY,
+    encode_segment, Abi, BlkifRequest, RequestBody, Segment, BLKIF_MAX_SEGMENTS_PER_REQUEST,
+    BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_INDIRECT, BLKIF_OP_READ, BLKIF_OP_WRITE,
+    BLKIF_OP_WRITE_BARRIER, BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY, SEGMENT_SIZE,
 };
 use xbb::host::{GrantRef, XenbusState, PAGE_SIZE};
 use xbb::instance::Instance;
@@ -137,6 +137,12 @@ struct Guest {
     dst: [GrantRef; 32],
     /// Granted read-only.
     ro: GrantRef,
+    /// An indirect descriptor page naming `src[..16]` (granted read-only).
+    ind_src: GrantRef,
+    /// An indirect descriptor page naming `dst[..16]`.
+    ind_dst: GrantRef,
+    /// The front-end negotiated persistent grants.
+    persistent: bool,
     seq: u64,
     pushed: u64,
     answered: u64,
@@ -251,7 +257,26 @@ impl Guest {
         self.serve();
         assert!(self.inst.stats().get(Stat::RequestShortages) > shortages);
 
-        // Two 16-page runs through a 24-page window: the second waits.
+        // One indirect write of sixteen pages, and one indirect read back.
+        let at = 2560 + (round % 4) * 128;
+        let id = self.next_id(EXPECT_OKAY);
+        self.push(&indirect(BLKIF_OP_WRITE, id, at, self.ind_src));
+        self.serve();
+        for &g in &self.dst[..16] {
+            self.host.page_mut(g).fill(0);
+        }
+        let id = self.next_id(EXPECT_OKAY);
+        self.push(&indirect(BLKIF_OP_READ, id, at, self.ind_dst));
+        self.serve();
+        for p in 0..16 {
+            let got = self.host.page(self.dst[p]);
+            for (o, &b) in got.iter().enumerate() {
+                assert_eq!(b, pattern(round, p, o), "indirect: round {round} page {p}");
+            }
+        }
+
+        // Two 16-page runs through a 24-page window: the second waits
+        // (unless the pages are persistent grants, which need no window).
         let kva = self.inst.stats().get(Stat::KvaShortages);
         for k in 0..4 {
             let id = self.next_id(EXPECT_OKAY);
@@ -272,17 +297,55 @@ impl Guest {
             ));
         }
         self.serve();
-        assert!(self.inst.stats().get(Stat::KvaShortages) > kva);
+        if !self.persistent {
+            assert!(self.inst.stats().get(Stat::KvaShortages) > kva);
+        }
     }
 }
 
-fn connected_guest() -> Guest {
+/// An indirect request over sixteen whole pages listed on page `desc`.
+fn indirect(op: u8, id: u64, sector: u64, desc: GrantRef) -> BlkifRequest {
+    BlkifRequest {
+        operation: BLKIF_OP_INDIRECT,
+        id,
+        body: RequestBody::Indirect {
+            indirect_op: op,
+            nr_segments: 16,
+            handle: 0,
+            sector_number: sector,
+            indirect_grefs: [desc, 0, 0, 0, 0, 0, 0, 0],
+        },
+    }
+}
+
+/// A descriptor page naming `pages` as whole-page segments.
+fn descriptors(pages: &[GrantRef]) -> Vec<u8> {
+    let mut out = vec![0u8; pages.len() * SEGMENT_SIZE];
+    for (&gref, chunk) in pages.iter().zip(out.chunks_mut(SEGMENT_SIZE)) {
+        encode_segment(
+            &Segment {
+                gref,
+                first_sect: 0,
+                last_sect: 7,
+            },
+            chunk,
+        );
+    }
+    out
+}
+
+fn connected_guest(persistent: bool) -> Guest {
     let mut host = FakeHost::new(FakeConfig::default());
     host.standard_nodes(true, false);
     let front = host.frontend_ring(Abi::X86_64, 1);
-    let src = std::array::from_fn(|_| host.grant(&[], false));
-    let dst = std::array::from_fn(|_| host.grant(&[], false));
+    if persistent {
+        host.xs_set(&format!("{FE_PATH}/feature-persistent"), "1");
+    }
+    let src: [GrantRef; 32] = std::array::from_fn(|_| host.grant(&[], false));
+    let dst: [GrantRef; 32] = std::array::from_fn(|_| host.grant(&[], false));
     let ro = host.grant(&[0x5a; PAGE_SIZE], true);
+    let ind_src = host.grant(&descriptors(&src[..16]), true);
+    let ind_dst = host.grant(&descriptors(&dst[..16]), true);
     host.set_frontend_state(XenbusState::Initialised);
 
     let mut t = Tunables::default();
@@ -307,6 +370,9 @@ fn connected_guest() -> Guest {
         src,
         dst,
         ro,
+        ind_src,
+        ind_dst,
+        persistent,
         seq: 0,
         pushed: 0,
         answered: 0,
@@ -323,7 +389,20 @@ fn counter_counts() {
 
 #[test]
 fn io_path_does_not_allocate() {
-    let mut g = connected_guest();
+    check_io_path(false);
+}
+
+#[test]
+fn persistent_io_path_does_not_allocate() {
+    check_io_path(true);
+}
+
+fn check_io_path(persistent: bool) {
+    let mut g = connected_guest(persistent);
+    assert_eq!(
+        g.inst.stats().get(Stat::PersistentGrants),
+        u64::from(persistent)
+    );
     g.round(0); // warm-up: nothing is allocated lazily later
     let ((), n) = count_allocations(|| {
         for round in 1..=40 {
@@ -335,6 +414,8 @@ fn io_path_does_not_allocate() {
     let s = g.inst.stats();
     assert!(s.get(Stat::ReqsCoalesced) > 0 && s.get(Stat::FlushReqs) > 0);
     assert!(s.get(Stat::ReqsCompletedWithError) > 0);
+    assert!(s.get(Stat::IndirectReqs) > 0);
+    assert_eq!(s.get(Stat::PersistentGrantHits) > 0, persistent);
     assert!(g.host.notifications > 0);
 
     // Teardown gives everything back.
