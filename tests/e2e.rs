@@ -407,7 +407,12 @@ fn four_k_sector_medium() {
 fn device_store_kind() {
     let rig = Rig::new("device", |c| c.kind = StoreKind::Device);
     let mut fe = rig.connected("linux");
-    let snap = rig.world.backend(&rig.vbd).unwrap();
+    // The front-end sees Connected in XenStore before the task thread has
+    // published the snapshot of the event that wrote it: wait for it.
+    let snap = rig
+        .world
+        .wait_backend(&rig.vbd, HANG_GUARD, |s| s.state == XenbusState::Connected)
+        .unwrap();
     assert!(snap.medium.is_some_and(|m| m.is_device), "{snap:?}");
     check_clean(&run_workload(&mut fe, &mixed(200, 16384, 17)).unwrap());
     fe.disconnect().unwrap();

@@ -21,7 +21,8 @@ use xbb::sim::gnttab::{GrantBusy, MapFault};
 use xbb::sim::host::{Domain, SimHost, SimHostConfig, SimXen};
 use xbb::sim::memory::MemError;
 use xbb::sim::toolstack::{create_vbd, destroy_vbd, remove_vbd, vdev_name, VbdSpec};
-use xbb::sim::xenstore::Xenstored;
+use xbb::sim::world::{VbdConfig, World};
+use xbb::sim::xenstore::{WatchEvent, WatchId, Xenstored, WATCH_PENDING_MAX};
 use xbb::sim::TaskEvent;
 
 const GUEST: DomId = 1;
@@ -728,5 +729,348 @@ fn backend_runner_starts_and_shuts_down() {
     assert_eq!(fin.host.window_mapped, 0);
     assert_eq!(fin.host.io_in_flight, 0);
     assert_eq!(xen.xenstore.watch_count(), watches_before);
+    let _ = std::fs::remove_file(&path);
+}
+
+/// Drains what the task channel holds right now.
+fn drain_now(rx: &Receiver<TaskEvent>) -> Vec<TaskEvent> {
+    let mut v = Vec::new();
+    while let Ok(ev) = rx.try_recv() {
+        v.push(ev);
+    }
+    v
+}
+
+/// Binds queue `q` of `host` to a fresh unbound port of the guest; returns
+/// the guest's port (what the front-end kicks).
+fn bind_queue(xen: &SimXen, host: &mut SimHost, q: u32) -> u32 {
+    let fe_port = xen.evtchn.alloc_unbound(GUEST, 0);
+    host.evtchn_bind(q, GUEST, fe_port).unwrap();
+    fe_port
+}
+
+#[test]
+fn late_eoi_keeps_one_event_per_queue_until_the_eoi() {
+    let (xen, _d, mut host, rx) = setup(1);
+    let p0 = bind_queue(&xen, &mut host, 0);
+    let p1 = bind_queue(&xen, &mut host, 1);
+    // The handler runs in the kicking thread: what it queued is there when
+    // notify returns.
+    for _ in 0..1000 {
+        xen.evtchn.notify(GUEST, p0).unwrap();
+    }
+    assert_eq!(drain_now(&rx), vec![TaskEvent::Evtchn(0)]);
+    // Queue 1 is not held back by queue 0's outstanding EOI.
+    for _ in 0..10 {
+        xen.evtchn.notify(GUEST, p1).unwrap();
+    }
+    assert_eq!(drain_now(&rx), vec![TaskEvent::Evtchn(1)]);
+    // Kicks arrived while queue 0 was in service: its EOI delivers exactly
+    // one more event, and the channel stays in service.
+    host.evtchn_eoi(0, 0);
+    assert_eq!(drain_now(&rx), vec![TaskEvent::Evtchn(0)]);
+    xen.evtchn.notify(GUEST, p0).unwrap();
+    assert_eq!(drain_now(&rx), vec![]);
+    host.evtchn_eoi(0, 0);
+    assert_eq!(drain_now(&rx), vec![TaskEvent::Evtchn(0)]);
+    // Nothing arrived meanwhile: the EOI delivers nothing and re-arms.
+    host.evtchn_eoi(0, 0);
+    assert_eq!(drain_now(&rx), vec![]);
+    xen.evtchn.notify(GUEST, p0).unwrap();
+    assert_eq!(drain_now(&rx), vec![TaskEvent::Evtchn(0)]);
+    // Queue 1's kicks while in service are delivered by its own EOI only.
+    host.evtchn_eoi(1, 0);
+    assert_eq!(drain_now(&rx), vec![TaskEvent::Evtchn(1)]);
+    host.evtchn_eoi(1, 0);
+    assert_eq!(drain_now(&rx), vec![]);
+    // Every kick reached the port; only the latch held them back.
+    assert_eq!(
+        xen.evtchn.received(0, host.stats().evtchn_port.unwrap()),
+        1002
+    );
+    // An EOI for an unbound queue, or after unbinding, delivers nothing.
+    host.evtchn_eoi(7, 0);
+    host.evtchn_unbind(0);
+    host.evtchn_eoi(0, 0);
+    assert_eq!(drain_now(&rx), vec![]);
+}
+
+#[test]
+fn delayed_eoi_delivers_a_kept_kick_later() {
+    let (xen, _d, mut host, rx) = setup(1);
+    let p0 = bind_queue(&xen, &mut host, 0);
+    xen.evtchn.notify(GUEST, p0).unwrap();
+    assert_eq!(drain_now(&rx), vec![TaskEvent::Evtchn(0)]);
+    xen.evtchn.notify(GUEST, p0).unwrap();
+    let delay = Duration::from_millis(200);
+    let t0 = std::time::Instant::now();
+    host.evtchn_eoi(0, delay.as_millis() as u32);
+    assert_eq!(host.stats().delayed_eois, 1);
+    // The timer sleeps at least `delay` before re-enabling: whatever was
+    // looked at before `delay` passed cannot hold the event yet.
+    let early = drain_now(&rx);
+    if t0.elapsed() < delay {
+        assert_eq!(early, vec![]);
+    }
+    let ev = if early.is_empty() {
+        rx.recv_timeout(WAIT).expect("the delayed EOI delivers")
+    } else {
+        early[0].clone()
+    };
+    assert_eq!(ev, TaskEvent::Evtchn(0));
+    assert!(t0.elapsed() >= delay);
+    assert_eq!(drain_now(&rx), vec![]);
+    // A delayed EOI with nothing kept re-arms the channel, later.
+    host.evtchn_eoi(0, 1);
+    xen.evtchn.notify(GUEST, p0).unwrap();
+    assert_eq!(
+        rx.recv_timeout(WAIT),
+        Ok(TaskEvent::Evtchn(0)),
+        "a kick during or after the delayed EOI is kept, not lost"
+    );
+}
+
+#[test]
+fn copy_in_copies_granted_pages_and_refuses_bad_grants() {
+    let (_xen, d, mut host, _rx) = setup(8);
+    let (a, b) = (pattern(11), pattern(12));
+    d.memory.write(3, 0, &a).unwrap();
+    d.memory.write(6, 0, &b).unwrap();
+    let ga = d.grants.grant(3, 0, true);
+    let gb = d.grants.grant(6, 0, false);
+    let mut out = vec![0u8; 2 * PAGE_SIZE];
+    host.copy_in(GUEST, &[ga, gb], &mut out).unwrap();
+    assert_eq!(out[..PAGE_SIZE], a[..]);
+    assert_eq!(out[PAGE_SIZE..], b[..]);
+    // A short buffer takes the start of the last page only.
+    let mut short = vec![0u8; PAGE_SIZE + 100];
+    host.copy_in(GUEST, &[gb, ga], &mut short).unwrap();
+    assert_eq!(short[..PAGE_SIZE], b[..]);
+    assert_eq!(short[PAGE_SIZE..], a[..100]);
+    assert_eq!(host.stats().pages_copied, 4);
+    // Copying leaves nothing mapped.
+    assert_eq!(d.grants.stats().mapped, 0);
+
+    let mut out = vec![0u8; PAGE_SIZE];
+    // No such grant.
+    assert_eq!(
+        host.copy_in(GUEST, &[0xdead], &mut out),
+        Err(GrantError::BadRef)
+    );
+    // Granted to another domain, not to the back-end.
+    let other = d.grants.grant(4, 5, true);
+    assert_eq!(
+        host.copy_in(GUEST, &[other], &mut out),
+        Err(GrantError::BadRef)
+    );
+    // A revoked grant.
+    d.grants.end_access(ga).unwrap();
+    assert_eq!(
+        host.copy_in(GUEST, &[ga], &mut out),
+        Err(GrantError::BadRef)
+    );
+    // No such domain.
+    assert!(host.copy_in(GUEST + 40, &[gb], &mut out).is_err());
+    // More bytes than the grants hold.
+    let mut big = vec![0u8; PAGE_SIZE + 1];
+    assert!(host.copy_in(GUEST, &[gb], &mut big).is_err());
+    assert_eq!(d.grants.stats().mapped, 0);
+    assert_eq!(host.stats().pages_copied, 4);
+}
+
+/// A coalescing watch whose events go to a channel, as the back-end's task
+/// gets them.
+fn coalesced_watch(xs: &Xenstored, path: &str) -> (WatchId, Receiver<WatchEvent>) {
+    let (tx, rx) = mpsc::channel();
+    let id = xs
+        .watch_coalesced(
+            path,
+            Box::new(move |ev| {
+                let _ = tx.send(ev);
+            }),
+        )
+        .unwrap();
+    (id, rx)
+}
+
+#[test]
+fn watch_storm_on_one_node_is_coalesced() {
+    const WRITES: u64 = 100_000;
+    let xs = Xenstored::new();
+    xs.write("/fe/state", "1").unwrap();
+    let (id, rx) = coalesced_watch(&xs, "/fe/state");
+    // The registration event is outstanding, not acknowledged.
+    let first: Vec<WatchEvent> = rx.try_iter().collect();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].path, "/fe/state");
+    for i in 0..WRITES {
+        xs.write("/fe/state", (i % 9).to_string()).unwrap();
+    }
+    // Nothing more was queued for the watcher.
+    assert_eq!(rx.try_iter().count(), 0);
+    assert_eq!(xs.watch_pending(id), Some(1));
+    let st = xs.watch_stats();
+    assert_eq!(st.coalesced, WRITES);
+    assert_eq!(xs.watch_events_coalesced(), WRITES);
+    assert_eq!(st.max_pending, 1);
+    assert_eq!(st.pending, 1);
+    // Consuming the event re-arms the watch: the next write is delivered.
+    assert!(xs.watch_ack(&first[0]));
+    assert!(!xs.watch_ack(&first[0]), "acknowledged twice");
+    assert_eq!(xs.watch_pending(id), Some(0));
+    xs.write("/fe/state", "4").unwrap();
+    let next: Vec<WatchEvent> = rx.try_iter().collect();
+    assert_eq!(
+        next,
+        vec![WatchEvent {
+            watch: id,
+            path: String::from("/fe/state")
+        }]
+    );
+    // Plain watches are untouched by coalescing: every change fires.
+    let plain = Arc::new(AtomicU64::new(0));
+    let p = Arc::clone(&plain);
+    let pid = xs
+        .watch(
+            "/fe",
+            Box::new(move |_| {
+                p.fetch_add(1, Ordering::SeqCst);
+            }),
+        )
+        .unwrap();
+    for _ in 0..10 {
+        xs.write("/fe/state", "5").unwrap();
+    }
+    assert_eq!(plain.load(Ordering::SeqCst), 11);
+    assert_eq!(xs.watch_pending(pid), Some(0));
+    assert!(xs.unwatch(id));
+    assert!(!xs.watch_ack(&next[0]), "the watch is gone");
+}
+
+#[test]
+fn watch_storm_over_many_paths_stays_bounded() {
+    let xs = Xenstored::new();
+    let (id, rx) = coalesced_watch(&xs, "/fe");
+    for round in 0..3 {
+        for i in 0..1000 {
+            xs.write(&format!("/fe/n{i}"), round.to_string()).unwrap();
+        }
+    }
+    xs.remove("/fe").unwrap();
+    let got: Vec<WatchEvent> = rx.try_iter().collect();
+    // One event per outstanding path, and past the limit the watched path
+    // itself stands for the rest.
+    assert!(got.len() <= WATCH_PENDING_MAX + 1, "{} events", got.len());
+    assert!(got.iter().any(|e| e.path == "/fe"));
+    let st = xs.watch_stats();
+    assert!(st.max_pending <= WATCH_PENDING_MAX + 1);
+    assert_eq!(st.pending, got.len());
+    assert!(st.overflowed > 0);
+    for e in &got {
+        assert!(xs.watch_ack(e));
+    }
+    assert_eq!(xs.watch_pending(id), Some(0));
+    // After the acknowledgements the watch delivers again.
+    xs.write("/fe/again", "1").unwrap();
+    assert_eq!(rx.try_iter().count(), 1);
+}
+
+#[test]
+fn watch_storm_never_loses_the_final_event() {
+    const WRITES: u64 = 100_000;
+    let xs = Xenstored::new();
+    xs.write("/fe/state", "start").unwrap();
+    let (_id, rx) = coalesced_watch(&xs, "/fe/state");
+    let writer = {
+        let xs = xs.clone();
+        std::thread::spawn(move || {
+            for i in 0..WRITES {
+                xs.write("/fe/state", i.to_string()).unwrap();
+            }
+        })
+    };
+    // The watcher: acknowledge, then read, as the back-end does. It must
+    // see the last value through some event; `WAIT` only guards a hang (a
+    // lost final event would leave it waiting).
+    let last = (WRITES - 1).to_string();
+    let mut events = 0u64;
+    loop {
+        let ev = rx
+            .recv_timeout(WAIT)
+            .expect("an event after the last write");
+        events += 1;
+        assert!(xs.watch_ack(&ev));
+        if xs.read_str("/fe/state").unwrap() == last {
+            break;
+        }
+    }
+    writer.join().unwrap();
+    assert!(events <= WRITES + 1);
+    let st = xs.watch_stats();
+    assert!(st.max_pending <= 1);
+    assert_eq!(st.delivered + st.coalesced, WRITES + 1);
+    assert_eq!(st.delivered, events + rx.try_iter().count() as u64);
+}
+
+#[test]
+fn world_resize_reaches_the_back_end() {
+    let world = World::new();
+    world.add_guest(GUEST, 64).unwrap();
+    let path = temp_file("resize", &vec![0u8; 1 << 20]);
+    let vbd = world.create_vbd(&VbdConfig::file(GUEST, &path)).unwrap();
+    world
+        .wait_backend(&vbd, WAIT, |s| s.medium.is_some_and(|m| m.sectors == 2048))
+        .expect("store open");
+    assert_eq!(world.resize_vbd(&vbd, 4 << 20).unwrap(), 4 << 20);
+    world
+        .wait_backend(&vbd, WAIT, |s| s.medium.is_some_and(|m| m.sectors == 8192))
+        .expect("back-end sees the grown medium");
+    assert_eq!(world.resize_vbd(&vbd, 1 << 19).unwrap(), 1 << 19);
+    world
+        .wait_backend(&vbd, WAIT, |s| s.medium.is_some_and(|m| m.sectors == 1024))
+        .expect("back-end sees the shrunk medium");
+    // Not a whole number of sectors: refused, nothing changes.
+    assert!(vbd.resize_store((1 << 19) + 100).is_err());
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 1 << 19);
+    world.destroy_vbd(&vbd);
+    let _ = std::fs::remove_file(&path);
+}
+
+/// A front-end that rewrites its `state` in a loop cannot make the
+/// back-end's task queue grow without bound: the back-end's watches are
+/// coalescing ones, so at most `WATCH_PENDING_MAX + 1` watch events per
+/// watch are ever queued for it, however the two threads interleave.
+#[test]
+fn front_end_state_storm_queues_bounded_work_for_the_back_end() {
+    const WRITES: u64 = 100_000;
+    let world = World::new();
+    world.add_guest(GUEST, 64).unwrap();
+    let path = temp_file("storm", &vec![0u8; 1 << 20]);
+    let vbd = world.create_vbd(&VbdConfig::file(GUEST, &path)).unwrap();
+    world
+        .wait_backend(&vbd, WAIT, |s| {
+            s.state == XenbusState::InitWait && s.frontend_path.is_some()
+        })
+        .expect("back-end in InitWait");
+    let xs = &world.xen().xenstore;
+    let st = xs.watch_stats();
+    assert!(
+        st.coalescing_watches >= 2,
+        "the back-end watches its directory and the front-end's state with \
+         coalescing watches: {st:?}"
+    );
+    let state = format!("{}/state", vbd.frontend_path());
+    for _ in 0..WRITES {
+        xs.write(&state, XenbusState::Initialising.as_str())
+            .unwrap();
+    }
+    let st = xs.watch_stats();
+    assert!(st.max_pending <= WATCH_PENDING_MAX + 1, "{st:?}");
+    // The storm changed nothing the back-end acts on; it is still serving.
+    let snap = world
+        .wait_backend(&vbd, WAIT, |s| s.state == XenbusState::InitWait)
+        .expect("back-end still in InitWait");
+    assert!(!snap.finished);
+    world.destroy_vbd(&vbd);
     let _ = std::fs::remove_file(&path);
 }

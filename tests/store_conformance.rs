@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use xbb::host::{IoError, IoTag, OpenError};
 use xbb::sim::store::{
-    open_store, CompletionFn, IoFaults, RawIoVec, SimStore, StoreIo, StoreKind, StoreSpec,
+    open_store, resize_medium, CompletionFn, IoFaults, RawIoVec, SimStore, StoreIo, StoreKind,
+    StoreSpec,
 };
 
 /// Only a guard against a hung store, never a timing assertion.
@@ -443,6 +444,7 @@ fn prop_discard(fx: &Fixture, s: &dyn SimStore) {
         StoreIo::Discard {
             offset: d_off as u64,
             len: d_len as u64,
+            secure: false,
         },
     );
     if !s.info().can_discard {
@@ -469,10 +471,154 @@ fn prop_discard(fx: &Fixture, s: &dyn SimStore) {
         StoreIo::Discard {
             offset: 256,
             len: ss as u64,
+            secure: false,
         },
     );
     assert_eq!(r, Err(IoError::Io));
     assert!(fx.file_bytes(0, d_off) == b.bytes()[..d_off]);
+}
+
+/// What the medium's own description says the discard granule should be,
+/// read independently of the store: the file system block for a file, the
+/// block layer's sysfs attributes for a block device. `None` when it cannot
+/// be known here.
+fn expected_discard_geometry(fx: &Fixture) -> Option<(u64, u64)> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let meta = std::fs::metadata(&fx.spec.path).ok()?;
+    if !meta.file_type().is_block_device() {
+        return Some((meta.blksize(), 0));
+    }
+    let rdev = meta.rdev();
+    let dir = PathBuf::from(format!(
+        "/sys/dev/block/{}:{}",
+        libc::major(rdev),
+        libc::minor(rdev)
+    ));
+    let queue = if dir.join("partition").exists() {
+        dir.join("../queue")
+    } else {
+        dir.join("queue")
+    };
+    let read = |p: PathBuf| -> Option<u64> { std::fs::read_to_string(p).ok()?.trim().parse().ok() };
+    Some((
+        read(queue.join("discard_granularity"))?,
+        read(dir.join("discard_alignment"))?,
+    ))
+}
+
+fn prop_discard_geometry(fx: &Fixture, s: &dyn SimStore) {
+    let info = s.info();
+    let ss = u64::from(info.sector_size);
+    let is_block = {
+        use std::os::unix::fs::FileTypeExt;
+        std::fs::metadata(&fx.spec.path)
+            .unwrap()
+            .file_type()
+            .is_block_device()
+    };
+    if !info.can_discard {
+        assert!(!info.can_secure_discard, "{:?}", fx.case);
+        return;
+    }
+    let g = u64::from(info.discard_granularity);
+    let a = u64::from(info.discard_alignment);
+    assert!(g >= ss && g % ss == 0, "{:?}: granularity {g}", fx.case);
+    assert!(a < g && a % ss == 0, "{:?}: alignment {a}", fx.case);
+    if let Some((raw_g, raw_a)) = expected_discard_geometry(fx) {
+        let want_g = raw_g.max(ss).next_multiple_of(ss);
+        assert_eq!(g, want_g, "{:?}: granularity from {raw_g}", fx.case);
+        assert_eq!(a, raw_a % want_g / ss * ss, "{:?}: alignment", fx.case);
+    }
+    if !is_block {
+        // A punched hole is not an erasure.
+        assert!(!info.can_secure_discard, "{:?}", fx.case);
+    }
+
+    // Data the secure discard must not touch when it is refused.
+    let len = 4 * g as usize;
+    let mut b = Buf::filled(len, 23);
+    let iov = vec![b.iov(0, len)];
+    fx.write(s, 0, iov).unwrap();
+    let secure = StoreIo::Discard {
+        offset: g,
+        len: g,
+        secure: true,
+    };
+    let r = fx.run(s, secure);
+    let got = fx.read_buf(s, 0, len);
+    if info.can_secure_discard {
+        assert_eq!(r, Ok(()), "{:?}", fx.case);
+        assert!(got.bytes()[..g as usize] == b.bytes()[..g as usize]);
+        assert!(got.bytes()[2 * g as usize..] == b.bytes()[2 * g as usize..]);
+    } else {
+        assert_eq!(r, Err(IoError::NotSupported), "{:?}", fx.case);
+        assert!(
+            got.bytes() == b.bytes(),
+            "{:?}: refused but changed",
+            fx.case
+        );
+    }
+    // A plain discard of whole granules still works.
+    let r = fx.run(
+        s,
+        StoreIo::Discard {
+            offset: g,
+            len: g,
+            secure: false,
+        },
+    );
+    assert_eq!(r, Ok(()), "{:?}", fx.case);
+}
+
+fn prop_resize(fx: &Fixture, s: &dyn SimStore) {
+    let ss = fx.ss();
+    let path = &fx.spec.path;
+    assert_eq!(s.info().sectors, MEDIUM / 512);
+    // Data in the last sector, which a shrink cuts off.
+    let mut b = Buf::filled(ss, 61);
+    let iov = vec![b.iov(0, ss)];
+    fx.write(s, MEDIUM - ss as u64, iov).unwrap();
+
+    // Grow: the new sectors are there and usable at once.
+    let big = 2 * MEDIUM;
+    match resize_medium(path, big) {
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+            eprintln!("{:?}: this medium cannot be resized here: skipped", fx.case);
+            return;
+        }
+        r => assert_eq!(r.unwrap(), big, "{:?}", fx.case),
+    }
+    assert_eq!(s.info().sectors, big / 512, "{:?}: grown", fx.case);
+    let mut c = Buf::filled(ss, 62);
+    let iov = vec![c.iov(0, ss)];
+    fx.write(s, big - ss as u64, iov).unwrap();
+    assert!(fx.read_buf(s, big - ss as u64, ss).bytes() == c.bytes());
+    let old = fx.read_buf(s, MEDIUM - ss as u64, ss);
+    assert!(
+        old.bytes() == b.bytes(),
+        "{:?}: grow kept the data",
+        fx.case
+    );
+
+    // Shrink: the medium ends earlier, I/O past the end is refused.
+    let small = MEDIUM / 2;
+    assert_eq!(resize_medium(path, small).unwrap(), small, "{:?}", fx.case);
+    assert_eq!(s.info().sectors, small / 512, "{:?}: shrunk", fx.case);
+    let mut d = Buf::new(ss);
+    let iov = vec![d.iov(0, ss)];
+    assert_eq!(fx.read(s, small, iov), Err(IoError::Io), "{:?}", fx.case);
+    let mut e = Buf::filled(ss, 63);
+    let iov = vec![e.iov(0, ss)];
+    assert_eq!(fx.write(s, small, iov), Err(IoError::Io), "{:?}", fx.case);
+    let iov = vec![e.iov(0, ss)];
+    fx.write(s, small - ss as u64, iov).unwrap();
+
+    // Back to the original size: what was cut off is gone (zeros).
+    assert_eq!(resize_medium(path, MEDIUM).unwrap(), MEDIUM);
+    assert_eq!(s.info().sectors, MEDIUM / 512);
+    let back = fx.read_buf(s, MEDIUM - ss as u64, ss);
+    assert!(back.bytes().iter().all(|&x| x == 0), "{:?}", fx.case);
+    assert!(fx.read_buf(s, small - ss as u64, ss).bytes() == e.bytes());
 }
 
 fn prop_whole_medium_sector_by_sector(fx: &Fixture, s: &dyn SimStore) {
@@ -574,6 +720,7 @@ fn prop_read_only(fx: &Fixture, s: &dyn SimStore) {
         StoreIo::Discard {
             offset: 0,
             len: ss as u64,
+            secure: false,
         },
     );
     assert!(r.is_err());
@@ -703,6 +850,7 @@ fn prop_faults(fx: &Fixture, s: &dyn SimStore, faults: &IoFaults) {
         let d = StoreIo::Discard {
             offset: lo,
             len: ss as u64,
+            secure: false,
         };
         assert_eq!(fx.run(s, d), Err(IoError::NoSpace));
     }
@@ -807,6 +955,16 @@ fn flush_completes() {
 #[test]
 fn discard_reads_back_zeros() {
     for_every_case("discard", prop_discard);
+}
+
+#[test]
+fn discard_geometry_and_secure_discard() {
+    for_every_case("discardgeo", prop_discard_geometry);
+}
+
+#[test]
+fn resize_grows_and_shrinks_the_medium() {
+    for_every_case("resize", prop_resize);
 }
 
 #[test]
@@ -950,8 +1108,10 @@ fn block_device_when_provided() {
         eprintln!("XBB_STORE_BLOCKDEV not set: block-device case skipped");
         return;
     };
-    let props: [(&str, Property); 10] = [
+    let props: [(&str, Property); 12] = [
         ("info", prop_info),
+        ("discardgeo", prop_discard_geometry),
+        ("resize", prop_resize),
         ("roundtrip", prop_roundtrip_multi_iovec),
         ("persector", prop_whole_medium_sector_by_sector),
         ("inflight", prop_many_in_flight),
@@ -970,6 +1130,84 @@ fn block_device_when_provided() {
             prop(&fx, &*store);
             store.close();
             assert_eq!(fx.col.pending(), 0);
+        }
+    }
+}
+
+/// A loop device over a fresh 1 MiB file, detached on drop.
+struct LoopDevice {
+    dev: PathBuf,
+    backing: PathBuf,
+}
+
+impl LoopDevice {
+    /// `None` (the test is skipped) when loop devices cannot be made here:
+    /// no `losetup`, no permission, no free device.
+    fn new(what: &str) -> Option<LoopDevice> {
+        let n = UNIQUE.fetch_add(1, Ordering::Relaxed);
+        let backing =
+            std::env::temp_dir().join(format!("xbb-store-loop-{}-{what}-{n}", std::process::id()));
+        std::fs::File::create(&backing)
+            .and_then(|f| f.set_len(MEDIUM))
+            .ok()?;
+        let out = std::process::Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(&backing)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => {
+                let dev = String::from_utf8_lossy(&o.stdout).trim().to_string();
+                Some(LoopDevice {
+                    dev: PathBuf::from(dev),
+                    backing,
+                })
+            }
+            _ => {
+                let _ = std::fs::remove_file(&backing);
+                None
+            }
+        }
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .arg("-d")
+            .arg(&self.dev)
+            .status();
+        let _ = std::fs::remove_file(&self.backing);
+    }
+}
+
+/// Discard geometry, secure discard and resizing on a real block device: a
+/// loop device made for the test. Skipped where loop devices cannot be set
+/// up (not root, no `losetup`, in a container without `/dev/loop*`).
+#[test]
+fn loop_device_discard_and_resize() {
+    let props: [(&str, Property); 4] = [
+        ("info", prop_info),
+        ("discard", prop_discard),
+        ("discardgeo", prop_discard_geometry),
+        ("resize", prop_resize),
+    ];
+    for sector_size in [512, 4096] {
+        for (what, prop) in props {
+            let Some(lo) = LoopDevice::new(what) else {
+                eprintln!("no loop device available: loop-device case skipped");
+                return;
+            };
+            let fx = Fixture::on_block_device(lo.dev.clone(), sector_size);
+            let store = fx.open();
+            eprintln!(
+                "{what}: loop device {} {sector_size} info={:?}",
+                lo.dev.display(),
+                store.info()
+            );
+            prop(&fx, &*store);
+            store.close();
+            assert_eq!(fx.col.pending(), 0);
+            drop(fx);
         }
     }
 }

@@ -237,10 +237,10 @@ impl Task {
         let tx = self.tx.clone();
         self.xen
             .xenstore
-            .watch(
+            .watch_coalesced(
                 path,
-                Box::new(move |p: &str| {
-                    let _ = tx.send(TaskEvent::Watch(p.to_string()));
+                Box::new(move |ev| {
+                    let _ = tx.send(TaskEvent::Watch(ev));
                 }),
             )
             .ok()
@@ -282,7 +282,12 @@ impl Task {
                 TaskEvent::Evtchn(q) => inst.event(&mut host, q),
                 TaskEvent::Run(q) => inst.run(&mut host, q),
                 TaskEvent::Io(tag, r) => inst.complete(&mut host, tag, r),
-                TaskEvent::Watch(_) => inst.frontend_changed(&mut host),
+                TaskEvent::Watch(ev) => {
+                    // Acknowledge first: a change after this read comes
+                    // back as a new event, never lost.
+                    self.xen.xenstore.watch_ack(&ev);
+                    inst.frontend_changed(&mut host)
+                }
                 TaskEvent::RootMounted => inst.root_mounted(&mut host),
                 TaskEvent::MediumChanged => inst.medium_changed(&mut host),
                 TaskEvent::Shutdown => break,

@@ -17,8 +17,9 @@ pub enum TaskEvent {
     Evtchn(crate::host::QueueId),
     /// A store I/O completed.
     Io(IoTag, Result<(), IoError>),
-    /// A watched XenStore path changed (the path that fired).
-    Watch(std::string::String),
+    /// A watched XenStore path changed (the coalesced event; the task
+    /// acknowledges it before the instance reads the store).
+    Watch(xenstore::WatchEvent),
     /// The instance asked to run a queue again (`Deferred::schedule_run`).
     Run(crate::host::QueueId),
     /// The root file system is now mounted.

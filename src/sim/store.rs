@@ -426,8 +426,11 @@ fn sysfs_u64(path: &std::path::Path) -> Option<u64> {
 ///
 /// Returns the medium's new size in bytes as the medium reports it (a loop
 /// device rounds down to whole 512-byte sectors). An open store sees the
-/// new size the next time it is asked for its [`SimStore::info`]; telling
-/// the back-end (`TaskEvent::MediumChanged`) is the caller's business.
+/// new size the next time it is asked for its [`SimStore::info`] (until
+/// then, after a shrink, I/O between the new and the old end may still be
+/// accepted, and a write there extends a file again); telling the back-end
+/// (`TaskEvent::MediumChanged`, on which it asks at once) is the caller's
+/// business.
 pub fn resize_medium(path: &std::path::Path, new_bytes: u64) -> io::Result<u64> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path)?;
@@ -1033,10 +1036,11 @@ mod sys {
 
     /// Whether the device takes `BLKDISCARD` (`BLKSECDISCARD` when
     /// `secure`): issues it with a null range pointer. The kernel checks
-    /// that the device is open for writing and supports the operation
-    /// before it copies the range, so the answer is `EFAULT` when it does
-    /// and `EOPNOTSUPP` (or `EBADF`) when it does not; nothing is
-    /// discarded either way.
+    /// that the device supports the operation before it copies the range,
+    /// so the answer is `EFAULT` when it does and `EOPNOTSUPP` when it does
+    /// not; nothing is discarded either way. Only meaningful on a
+    /// descriptor open for writing (stores opened read-only discard
+    /// nothing and are not probed).
     pub(super) fn blk_discard_probe(file: &File, secure: bool) -> bool {
         let req = if secure { BLKSECDISCARD } else { BLKDISCARD };
         let none: *const u64 = core::ptr::null();

@@ -21,7 +21,7 @@ use std::vec::Vec;
 use super::backend::{BackendRunner, InstanceSnapshot};
 use super::gnttab::GrantStats;
 use super::host::{Domain, SimHostConfig, SimXen};
-use super::store::{IoFaults, StoreKind};
+use super::store::{self, IoFaults, StoreKind};
 use super::toolstack::{self, VbdPaths, VbdSpec};
 use super::TaskEvent;
 use crate::connect::ConnectError;
@@ -109,6 +109,18 @@ impl VbdHandle {
     /// The store's fault injection, if any.
     pub fn faults(&self) -> Option<&Arc<IoFaults>> {
         self.config.faults.as_ref()
+    }
+
+    /// Grows or shrinks the backing file or loop device to `new_bytes`
+    /// while the back-end may have it open (see
+    /// [`store::resize_medium`]), returning the new size in bytes. The
+    /// back-end is not told: [`World::resize_vbd`] does both. `EINVAL`
+    /// unless `new_bytes` is a whole number of the store's logical sectors.
+    pub fn resize_store(&self, new_bytes: u64) -> io::Result<u64> {
+        if new_bytes % u64::from(self.config.sector_size.max(512)) != 0 {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        store::resize_medium(&self.config.path, new_bytes)
     }
 }
 
@@ -266,6 +278,18 @@ impl World {
             .ok_or_else(|| String::from("no such vbd"))?;
         r.wait_until(limit, pred)
             .map_err(|last| std::format!("back-end never got there; last snapshot: {last:?}"))
+    }
+
+    /// Resizes `vbd`'s store ([`VbdHandle::resize_store`]) and tells its
+    /// back-end ([`TaskEvent::MediumChanged`]), as a FreeBSD administrator's
+    /// `truncate` / `zfs set volsize` is followed by GEOM's resize event.
+    /// Returns the new size in bytes.
+    pub fn resize_vbd(&self, vbd: &VbdHandle, new_bytes: u64) -> io::Result<u64> {
+        let size = vbd.resize_store(new_bytes)?;
+        if !self.send(vbd, TaskEvent::MediumChanged) {
+            return Err(io::Error::from_raw_os_error(libc::ESRCH));
+        }
+        Ok(size)
     }
 
     /// Sends an event to `vbd`'s task thread (`false` when it is gone).

@@ -11,6 +11,29 @@
 //!   and once when it is registered. Callbacks run in the thread that made
 //!   the change, with no lock held; a callback may still run once after
 //!   [`Xenstored::unwatch`] returned if the change raced with it.
+//! - A *coalescing* watch ([`Xenstored::watch_coalesced`]) keeps the
+//!   events it owes its watcher bounded, however fast others write: at most
+//!   one event per fired path is outstanding (delivered to the callback and
+//!   not yet acknowledged with [`Xenstored::watch_ack`]); a change to a path
+//!   whose event is outstanding is folded into it. Past
+//!   [`WATCH_PENDING_MAX`] outstanding paths, further paths are reported as
+//!   the watched path itself (which a change at or below it always
+//!   concerns), so one watch never owes more than `WATCH_PENDING_MAX + 1`
+//!   events. This is what keeps a front-end that rewrites its `state` in a
+//!   loop from queueing unbounded work for the back-end, as `xenstored`'s
+//!   per-connection watch-event quota does in Xen.
+//!
+//!   No change is lost: the outstanding set is tested and updated in the
+//!   same critical section (under the store's lock) that applies the
+//!   change, and [`Xenstored::watch_ack`] takes that lock too. A change C
+//!   firing path P either finds P not outstanding — then P becomes
+//!   outstanding and a new event is delivered after C — or finds an event
+//!   for P outstanding, which the watcher has not acknowledged yet; its
+//!   acknowledgement then comes after C in the lock's order, and the
+//!   watcher reads the store only after acknowledging, so that read sees C
+//!   (or later). Either way the watcher reads after the last change at
+//!   least once. The watcher's side of the contract: acknowledge every
+//!   event it receives, before it reads what the event is about.
 //! - A transaction works on a snapshot taken at its start; its writes are
 //!   invisible to others until commit. Commit fails with [`XsError::Again`]
 //!   when any node the transaction read, listed, wrote or removed was changed
@@ -38,6 +61,47 @@ pub type WatchFn = Box<dyn Fn(&str) + Send + Sync>;
 /// Identifies a registered watch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct WatchId(pub u64);
+
+/// Most distinct paths one coalescing watch keeps events outstanding for;
+/// past it, changes are reported as the watched path (see the module
+/// documentation), so a watch owes at most one event more than this.
+pub const WATCH_PENDING_MAX: usize = 16;
+
+/// One event of a coalescing watch ([`Xenstored::watch_coalesced`]): which
+/// watch fired, for which path. The watcher hands it back to
+/// [`Xenstored::watch_ack`] once it consumes it, before reading the store.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct WatchEvent {
+    /// The watch that fired.
+    pub watch: WatchId,
+    /// The path that changed (or the watched path, for a registration, a
+    /// removal above it, or a change folded past [`WATCH_PENDING_MAX`]).
+    pub path: String,
+}
+
+/// A coalescing watch's callback: receives each event to deliver.
+pub type WatchEventFn = Box<dyn Fn(WatchEvent) + Send + Sync>;
+
+/// Counters of watch-event delivery, for tests and `xbb-lab`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WatchStats {
+    /// Events handed to callbacks, by every kind of watch.
+    pub delivered: u64,
+    /// Firings of coalescing watches folded into an outstanding event
+    /// (no callback ran for them).
+    pub coalesced: u64,
+    /// Firings of coalescing watches reported as the watched path because
+    /// [`WATCH_PENDING_MAX`] paths were outstanding.
+    pub overflowed: u64,
+    /// Events of coalescing watches outstanding now (delivered, not
+    /// acknowledged): for a watcher that queues its events, the depth of
+    /// its queue.
+    pub pending: usize,
+    /// The most events one coalescing watch has had outstanding at once.
+    pub max_pending: usize,
+    /// Coalescing watches registered now.
+    pub coalescing_watches: usize,
+}
 
 #[derive(Clone, Debug)]
 struct Node {
@@ -196,12 +260,61 @@ struct Txn {
     ops: Vec<Op>,
 }
 
-struct Watch {
-    path: String,
-    cb: Arc<dyn Fn(&str) + Send + Sync>,
+type PlainFn = Arc<dyn Fn(&str) + Send + Sync>;
+type EventFn = Arc<dyn Fn(WatchEvent) + Send + Sync>;
+
+/// Where a watch's events go.
+enum Sink {
+    /// Every firing runs the callback.
+    Plain(PlainFn),
+    /// At most one outstanding event per path (the set).
+    Coalescing(EventFn, BTreeSet<String>),
 }
 
-type Fired = Vec<(Arc<dyn Fn(&str) + Send + Sync>, String)>;
+struct Watch {
+    path: String,
+    sink: Sink,
+}
+
+/// A callback to run once the store's lock is released.
+enum Firing {
+    Plain(PlainFn, String),
+    Event(EventFn, WatchEvent),
+}
+
+type Fired = Vec<Firing>;
+
+/// Decides what `w` (watch `id`) delivers for a firing at `path`, updating
+/// the coalescing state and `stats`. Runs under the store's lock.
+fn offer(id: u64, w: &mut Watch, path: &str, out: &mut Fired, stats: &mut WatchStats) {
+    match &mut w.sink {
+        Sink::Plain(cb) => {
+            stats.delivered += 1;
+            out.push(Firing::Plain(Arc::clone(cb), path.to_string()));
+        }
+        Sink::Coalescing(cb, pending) => {
+            let mut path = path;
+            if !pending.contains(path) && pending.len() >= WATCH_PENDING_MAX {
+                stats.overflowed += 1;
+                path = &w.path;
+            }
+            if pending.contains(path) {
+                stats.coalesced += 1;
+                return;
+            }
+            pending.insert(path.to_string());
+            stats.max_pending = stats.max_pending.max(pending.len());
+            stats.delivered += 1;
+            out.push(Firing::Event(
+                Arc::clone(cb),
+                WatchEvent {
+                    watch: WatchId(id),
+                    path: path.to_string(),
+                },
+            ));
+        }
+    }
+}
 
 struct Store {
     gen: u64,
@@ -211,6 +324,8 @@ struct Store {
     next_txn: u32,
     watches: BTreeMap<u64, Watch>,
     next_watch: u64,
+    /// Delivery counters (`pending` is computed when asked).
+    wstats: WatchStats,
 }
 
 impl Store {
@@ -221,20 +336,21 @@ impl Store {
         }
     }
 
-    fn collect_write(&self, path: &str, out: &mut Fired) {
-        for w in self.watches.values() {
+    fn collect_write(&mut self, path: &str, out: &mut Fired) {
+        for (&id, w) in self.watches.iter_mut() {
             if at_or_under(path, &w.path) {
-                out.push((Arc::clone(&w.cb), path.to_string()));
+                offer(id, w, path, out, &mut self.wstats);
             }
         }
     }
 
-    fn collect_remove(&self, path: &str, out: &mut Fired) {
-        for w in self.watches.values() {
+    fn collect_remove(&mut self, path: &str, out: &mut Fired) {
+        for (&id, w) in self.watches.iter_mut() {
             if at_or_under(path, &w.path) {
-                out.push((Arc::clone(&w.cb), path.to_string()));
+                offer(id, w, path, out, &mut self.wstats);
             } else if at_or_under(&w.path, path) {
-                out.push((Arc::clone(&w.cb), w.path.clone()));
+                let wp = w.path.clone();
+                offer(id, w, &wp, out, &mut self.wstats);
             }
         }
     }
@@ -281,8 +397,11 @@ fn check_path(path: &str) -> Result<(), XsError> {
 }
 
 fn fire(fired: Fired) {
-    for (cb, path) in fired {
-        cb(&path);
+    for f in fired {
+        match f {
+            Firing::Plain(cb, path) => cb(&path),
+            Firing::Event(cb, ev) => cb(ev),
+        }
     }
 }
 
@@ -322,6 +441,7 @@ impl Xenstored {
                 next_txn: 1,
                 watches: BTreeMap::new(),
                 next_watch: 1,
+                wstats: WatchStats::default(),
             })),
         }
     }
@@ -519,25 +639,96 @@ impl Xenstored {
         if !path.starts_with('@') {
             check_path(path)?;
         }
-        let cb: Arc<dyn Fn(&str) + Send + Sync> = Arc::from(cb);
-        let id = {
-            let mut s = self.lock();
-            let id = s.next_watch;
-            s.next_watch += 1;
-            s.watches.insert(
-                id,
-                Watch {
-                    path: path.to_string(),
-                    cb: Arc::clone(&cb),
-                },
-            );
-            id
-        };
+        let cb: PlainFn = Arc::from(cb);
+        let id = self.register(path, Sink::Plain(Arc::clone(&cb)));
         cb(path);
         Ok(WatchId(id))
     }
 
-    /// Removes a watch; `false` when it was not registered.
+    /// Registers a coalescing watch on `path` (at or below it): `cb` runs
+    /// once now (in this thread) with an event for `path`, then for every
+    /// change, except that a change to a path whose event the watcher has
+    /// not acknowledged yet is folded into that event (see the module
+    /// documentation for the bound and for why no change is lost). The
+    /// watcher must pass every event it receives to [`Xenstored::watch_ack`]
+    /// before it reads what the event is about.
+    pub fn watch_coalesced(&self, path: &str, cb: WatchEventFn) -> Result<WatchId, XsError> {
+        if !path.starts_with('@') {
+            check_path(path)?;
+        }
+        let cb: EventFn = Arc::from(cb);
+        let mut pending = BTreeSet::new();
+        pending.insert(path.to_string());
+        let id = self.register(path, Sink::Coalescing(Arc::clone(&cb), pending));
+        cb(WatchEvent {
+            watch: WatchId(id),
+            path: path.to_string(),
+        });
+        Ok(WatchId(id))
+    }
+
+    fn register(&self, path: &str, sink: Sink) -> u64 {
+        let mut s = self.lock();
+        let id = s.next_watch;
+        s.next_watch += 1;
+        // The registration event, delivered by the caller.
+        s.wstats.delivered += 1;
+        if let Sink::Coalescing(_, pending) = &sink {
+            s.wstats.max_pending = s.wstats.max_pending.max(pending.len());
+        }
+        s.watches.insert(
+            id,
+            Watch {
+                path: path.to_string(),
+                sink,
+            },
+        );
+        id
+    }
+
+    /// The watcher has consumed `ev` (and has not read the store for it
+    /// yet): a further change to its path is delivered as a new event.
+    /// `false` when the event was not outstanding (acknowledged already,
+    /// or its watch is gone).
+    pub fn watch_ack(&self, ev: &WatchEvent) -> bool {
+        let mut s = self.lock();
+        match s.watches.get_mut(&ev.watch.0).map(|w| &mut w.sink) {
+            Some(Sink::Coalescing(_, pending)) => pending.remove(&ev.path),
+            _ => false,
+        }
+    }
+
+    /// How many events watch `id` has outstanding (0 for a plain watch);
+    /// `None` when it is not registered.
+    pub fn watch_pending(&self, id: WatchId) -> Option<usize> {
+        let s = self.lock();
+        s.watches.get(&id.0).map(|w| match &w.sink {
+            Sink::Plain(_) => 0,
+            Sink::Coalescing(_, pending) => pending.len(),
+        })
+    }
+
+    /// The watch-event delivery counters.
+    pub fn watch_stats(&self) -> WatchStats {
+        let s = self.lock();
+        let mut st = s.wstats;
+        for w in s.watches.values() {
+            if let Sink::Coalescing(_, pending) = &w.sink {
+                st.coalescing_watches += 1;
+                st.pending += pending.len();
+            }
+        }
+        st
+    }
+
+    /// Firings of coalescing watches folded into an outstanding event so
+    /// far ([`WatchStats::coalesced`]).
+    pub fn watch_events_coalesced(&self) -> u64 {
+        self.lock().wstats.coalesced
+    }
+
+    /// Removes a watch; `false` when it was not registered. Its outstanding
+    /// events need no acknowledgement.
     pub fn unwatch(&self, id: WatchId) -> bool {
         self.lock().watches.remove(&id.0).is_some()
     }
