@@ -476,11 +476,23 @@ impl Grants for FuzzHost {
     }
     fn copy_in(
         &mut self,
-        _dom: DomId,
-        _grefs: &[GrantRef],
-        _out: &mut [u8],
+        dom: DomId,
+        grefs: &[GrantRef],
+        out: &mut [u8],
     ) -> Result<(), GrantError> {
-        Err(GrantError::General)
+        assert_eq!(dom, FRONT_DOM);
+        assert!(
+            out.len() <= grefs.len() * PAGE_SIZE,
+            "copy longer than its grants"
+        );
+        // Indirect descriptor pages are the guest's data pages (whatever
+        // the fuzzer wrote there is what the back-end must survive).
+        for (gref, chunk) in grefs.iter().zip(out.chunks_mut(PAGE_SIZE)) {
+            let page = data_page(*gref).ok_or(GrantError::BadRef)?;
+            let at = page * PAGE_SIZE;
+            chunk.copy_from_slice(&self.guest[at..at + chunk.len()]);
+        }
+        Ok(())
     }
 }
 
@@ -648,6 +660,12 @@ pub struct RingConfig {
     pub toolstack_read_only: bool,
     /// `max_ring_page_order` selector: 2, 0, 1, 5.
     pub max_ring_order: u8,
+    /// The front-end writes `feature-persistent = 1`.
+    pub persistent: bool,
+    /// The store can discard (offers `feature-discard`).
+    pub can_discard: bool,
+    /// `max_persistent_grants` selector: 1056, 1, 3, 0.
+    pub max_pgrants: u8,
 }
 
 const RPP: [u64; 4] = [256, 1, 3, 16];
@@ -655,6 +673,7 @@ const MAX_REQS: [u64; 4] = [1024, 1, 2, 5];
 const KVA: [u64; 4] = [0, 11, 16, 40];
 const MAX_RS: [u64; 4] = [1 << 20, 45056, 65536, 131072];
 const MAX_ORDER: [u64; 4] = [2, 0, 1, 5];
+const MAX_PGRANTS: [u64; 4] = [1056, 1, 3, 0];
 
 impl RingConfig {
     /// The six header bytes.
@@ -675,7 +694,11 @@ impl RingConfig {
             (self.medium & 63) | b(self.root_later, 6) | b(self.connect_at_attach, 7),
             self.readonly_grants.to_le_bytes()[0],
             self.readonly_grants.to_le_bytes()[1],
-            b(self.toolstack_read_only, 0) | (self.max_ring_order & 3) << 1,
+            b(self.toolstack_read_only, 0)
+                | (self.max_ring_order & 3) << 1
+                | b(self.persistent, 3)
+                | b(self.can_discard, 4)
+                | (self.max_pgrants & 3) << 5,
         ]
     }
 
@@ -700,6 +723,9 @@ impl RingConfig {
             readonly_grants: u16::from_le_bytes([h[3], h[4]]),
             toolstack_read_only: bit(h[5], 0),
             max_ring_order: h[5] >> 1 & 3,
+            persistent: bit(h[5], 3),
+            can_discard: bit(h[5], 4),
+            max_pgrants: h[5] >> 5 & 3,
         }
     }
 }
@@ -1345,7 +1371,7 @@ pub fn fuzz_ring_in(mem: &mut RingMemory, data: &[u8]) -> RingReport {
             physical_sector_size: sector_size,
             read_only: cfg.read_only_medium,
             can_flush: cfg.can_flush,
-            can_discard: false,
+            can_discard: cfg.can_discard,
             is_device: false,
             ..MediumInfo::default()
         },
@@ -1371,6 +1397,10 @@ pub fn fuzz_ring_in(mem: &mut RingMemory, data: &[u8]) -> RingReport {
             sel(&MAX_ORDER, cfg.max_ring_order),
         ),
         (Tunable::NoCoalesceReqs, u64::from(cfg.no_coalesce)),
+        (
+            Tunable::MaxPersistentGrants,
+            sel(&MAX_PGRANTS, cfg.max_pgrants),
+        ),
     ] {
         t.set(tunable, v).expect("tunable in range");
     }
@@ -1427,6 +1457,9 @@ pub fn fuzz_ring_in(mem: &mut RingMemory, data: &[u8]) -> RingReport {
         XEN_IO_PROTO_ABI_X86_32
     };
     xs.set(&fe("protocol"), proto.as_bytes());
+    if cfg.persistent {
+        xs.set(&fe("feature-persistent"), b"1");
+    }
     let initial = if cfg.connect_at_attach {
         XenbusState::Initialised
     } else {

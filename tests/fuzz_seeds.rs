@@ -397,6 +397,59 @@ fn seed_flush_and_barrier() {
 }
 
 #[test]
+fn seed_persistent_grants() {
+    // Every segment of a pushed request names the same data page: with
+    // persistent grants two segments are a duplicate, refused; and a page
+    // still held by the first read (bound when it was taken off the ring)
+    // is refused to the write behind it.
+    let cfg = RingConfig {
+        persistent: true,
+        ..base()
+    };
+    let r = ring(
+        "persistent",
+        RingScript::new(&cfg)
+            .push(&read(0, 1))
+            .push(&read(8, 2))
+            .push(&write(16, 1))
+            .publish()
+            .kick()
+            .complete_all(Outcome::Ok),
+    );
+    assert_eq!((r.okay, r.error, r.not_supported), (1, 2, 0));
+    // A one-entry cache: each new page evicts the last; a page held while
+    // the cache is full is mapped transiently.
+    let tiny = RingConfig {
+        max_pgrants: 1,
+        ..cfg
+    };
+    let r = ring(
+        "persistent-tiny",
+        RingScript::new(&tiny)
+            .push(&read(0, 1))
+            .push(&PushReq {
+                gref: 3,
+                ..read(8, 1)
+            })
+            .publish()
+            .kick()
+            .complete_all(Outcome::Ok)
+            .push(&PushReq {
+                gref: 5,
+                ..read(16, 1)
+            })
+            .publish()
+            .kick()
+            .complete_all(Outcome::Ok)
+            .push(&read(24, 1))
+            .publish()
+            .kick()
+            .complete_all(Outcome::Ok),
+    );
+    assert_eq!((r.okay, r.error), (4, 0));
+}
+
+#[test]
 fn seed_unoffered_operations() {
     let r = ring(
         "unoffered",
