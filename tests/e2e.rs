@@ -875,7 +875,14 @@ fn disconnect_unmaps_everything_and_an_online_vbd_reconnects() {
 #[test]
 fn repeated_reconnects_with_io_in_flight_lose_nothing_and_leak_nothing() {
     let rig = Rig::new("cycles", |_| {});
-    let profiles = ["modern", "linux", "persistent", "multiqueue", "indirect", "legacy"];
+    let profiles = [
+        "modern",
+        "linux",
+        "persistent",
+        "multiqueue",
+        "indirect",
+        "legacy",
+    ];
     // (sector, pages, byte) of every write acknowledged so far.
     let mut acked: Vec<(u64, usize, u8)> = Vec::new();
     // Writes left in flight at a disconnect: either all there or not at all.
@@ -893,7 +900,8 @@ fn repeated_reconnects_with_io_in_flight_lose_nothing_and_leak_nothing() {
             let got = fe.page_data(id);
             // Whole: this write, or an earlier one (or nothing), never a mix.
             assert!(
-                got.iter().all(|&b| b == got[0]) && (got[0] == 0 || (0x80..=byte).contains(&got[0])),
+                got.iter().all(|&b| b == got[0])
+                    && (got[0] == 0 || (0x80..=byte).contains(&got[0])),
                 "cycle {cycle}: a write in flight at disconnect landed partly"
             );
         }
@@ -901,10 +909,7 @@ fn repeated_reconnects_with_io_in_flight_lose_nothing_and_leak_nothing() {
         // One acknowledged marker per cycle.
         let marker = (4096 + 64 * cycle as u64, 3, 0x40 + cycle as u8);
         assert_eq!(
-            status_of(
-                &mut fe,
-                &ManualRequest::write(marker.0, marker.1, marker.2)
-            ),
+            status_of(&mut fe, &ManualRequest::write(marker.0, marker.1, marker.2)),
             BLKIF_RSP_OKAY
         );
         acked.push(marker);
@@ -925,7 +930,12 @@ fn repeated_reconnects_with_io_in_flight_lose_nothing_and_leak_nothing() {
         );
         let h = snap.host;
         assert_eq!(
-            (h.window_mapped, h.window_pages, h.ring_pages, h.rings_mapped),
+            (
+                h.window_mapped,
+                h.window_pages,
+                h.ring_pages,
+                h.rings_mapped
+            ),
             (0, 0, 0, 0),
             "cycle {cycle}: {h:?}"
         );

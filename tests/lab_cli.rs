@@ -1,13 +1,24 @@
 //! Runs the built `xbb-lab` binary: the default run passes and prints every
-//! sysctl row, `--json` is one JSON document with the documented fields, a
-//! failing scenario exits non-zero with its mismatch, a malformed file exits
-//! 2, and `bench` with a tiny op count prints its ratios.
+//! sysctl row (and the per-queue rows of a multi-queue connection), `--json`
+//! is one JSON document with the documented fields, a failing scenario exits
+//! non-zero with its mismatch, a malformed file exits 2, and `bench` with a
+//! tiny op count prints its ratios, feature on/off included.
 
 #![cfg(feature = "sim")]
 
 use std::process::{Command, Output};
 
+use xbb::sim::lab::{self, Scenario};
 use xbb::stats::SYSCTLS;
+
+/// The unit (`dev.xbb.N`) of a guest of the default scenario.
+fn default_unit(name: &str) -> usize {
+    let sc = Scenario::parse(lab::DEFAULT_SCENARIO).expect("default scenario");
+    sc.guest_names()
+        .iter()
+        .position(|n| n == name)
+        .expect("guest of the default scenario")
+}
 
 fn lab(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_xbb-lab"))
@@ -30,7 +41,7 @@ fn default_run_passes_and_prints_every_sysctl() {
         o.status,
         String::from_utf8_lossy(&o.stderr)
     );
-    assert!(out.contains("dev.xbb.0.max_request_segments: 11"), "{out}");
+    assert!(out.contains("dev.xbb.0.max_request_segments: 256"), "{out}");
     for d in SYSCTLS {
         assert!(
             out.contains(&format!("dev.xbb.0.{}: ", d.name)),
@@ -38,6 +49,21 @@ fn default_run_passes_and_prints_every_sysctl() {
             d.name
         );
     }
+    // One queue: no per-queue rows. Four queues: the counters and gauges of
+    // each, and nothing else.
+    assert!(!out.contains("dev.xbb.0.queue."), "{out}");
+    let mq = default_unit("multiqueue");
+    assert!(
+        out.contains(&format!("dev.xbb.{mq}.num_queues: 4")),
+        "{out}"
+    );
+    for q in 0..4 {
+        for d in SYSCTLS {
+            let row = format!("dev.xbb.{mq}.queue.{q}.{}: ", d.name);
+            assert_eq!(out.contains(&row), d.per_queue(), "{row}");
+        }
+    }
+    assert!(!out.contains(&format!("dev.xbb.{mq}.queue.4.")), "{out}");
     assert!(out.contains("verification: ok"), "{out}");
     assert!(out.contains("result: PASS"), "{out}");
     // Progress goes to stderr.
@@ -61,8 +87,33 @@ fn json_has_the_documented_fields() {
         for d in SYSCTLS {
             assert!(sysctl[d.name].is_u64(), "{}", d.name);
         }
-        assert_eq!(sysctl["max_request_segments"], 11);
+        assert_eq!(sysctl["max_request_segments"], 256);
+        // One object per queue, with exactly the per-queue nodes.
+        let queues = i["queues"].as_array().expect("queues array");
+        assert_eq!(
+            Some(queues.len() as u64),
+            sysctl["num_queues"].as_u64(),
+            "{}",
+            i["name"]
+        );
+        for q in queues {
+            let q = q.as_object().expect("queue object");
+            assert_eq!(q.len(), SYSCTLS.iter().filter(|d| d.per_queue()).count());
+            for d in SYSCTLS.iter().filter(|d| d.per_queue()) {
+                assert!(q[d.name].is_u64(), "{}", d.name);
+            }
+        }
     }
+    let mq = &instances[default_unit("multiqueue")];
+    assert_eq!(mq["queues"].as_array().map(Vec::len), Some(4));
+    // The queues' counters add up to the instance's.
+    let sum: u64 = mq["queues"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|q| q["reqs_received"].as_u64())
+        .sum();
+    assert_eq!(Some(sum), mq["sysctl"]["reqs_received"].as_u64());
     assert_eq!(v["verify"]["ok"], true);
     assert!(
         v["verify"]["bytes_checked"]
@@ -129,6 +180,14 @@ fn bench_with_few_ops_prints_ratios() {
     assert!(o.status.success(), "exit {:?}\n{out}", o.status);
     assert!(out.contains("xbb/raw"), "{out}");
     assert!(out.contains("total_dispatch per request"), "{out}");
+    assert!(out.contains("on/off"), "{out}");
+    for pair in [
+        "1m-seqwrite-indirect256",
+        "4k-randread-persistent",
+        "4k-randread-4queues",
+    ] {
+        assert!(out.contains(pair), "{pair} missing:\n{out}");
+    }
     let o = lab(&["bench", "--ops", "64", "--quiet", "--json"]);
     assert!(o.status.success());
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
@@ -136,5 +195,9 @@ fn bench_with_few_ops_prints_ratios() {
     assert!(cases.len() >= 5);
     for c in cases {
         assert!(c["ratio"].is_number(), "{c}");
+        if c["baseline"].is_string() {
+            assert!(c["feature_ratio"].is_number(), "{c}");
+        }
     }
+    assert!(cases.iter().filter(|c| c["baseline"].is_string()).count() >= 4);
 }

@@ -139,6 +139,19 @@ fn malformed_scenarios_are_refused() {
         "name = \"empty\"\n",
         // size not a multiple of the sector size
         "[[guest]]\nsector_size = 4096\nsize = 6144\n",
+        // in_flight outside a batch
+        "[[guest]]\n[[step]]\ndo = \"request\"\nop = \"read\"\npages = 1\n\
+         seg_grants = [{ seg = 0, in_flight = { request = 0, seg = 0 } }]\n",
+        // indirect fields on a plain read
+        "[[guest]]\n[[step]]\ndo = \"request\"\nop = \"read\"\npages = 1\nindirect_op = \"write\"\n",
+        // a batch request with its own guest
+        "[[guest]]\nname = \"a\"\n[[step]]\ndo = \"batch\"\nrequests = [{ guest = \"a\", op = \"read\" }]\n",
+        // unknown watch counter
+        "[[guest]]\n[[step]]\ndo = \"expect\"\nwatch = { lost = 0 }\n",
+        // resize to a size that is not whole sectors
+        "[[guest]]\nsector_size = 4096\n[[step]]\ndo = \"resize\"\nsize = 6144\n",
+        // unknown state in a storm
+        "[[guest]]\n[[step]]\ndo = \"state_storm\"\ncount = 1\nstates = [\"Dancing\"]\n",
     ];
     for text in bad {
         assert!(Scenario::parse(text).is_err(), "accepted:\n{text}");
@@ -150,8 +163,23 @@ fn the_default_scenario_is_well_formed() {
     let sc = Scenario::parse(lab::DEFAULT_SCENARIO).expect("default scenario parses");
     assert!(sc.guests.len() >= 4);
     let profiles: Vec<&str> = sc.guests.iter().map(|g| g.profile.as_str()).collect();
-    for p in ["linux", "legacy", "x86_32", "multipage"] {
+    for p in [
+        "linux",
+        "legacy",
+        "x86_32",
+        "multipage",
+        "indirect",
+        "persistent",
+        "multiqueue",
+        "discard",
+        "foursector",
+        "modern",
+    ] {
         assert!(profiles.contains(&p), "{p} missing");
     }
     assert!(sc.guests.iter().any(|g| g.sector_size == 4096));
+    assert!(sc
+        .guests
+        .iter()
+        .any(|g| g.profile == "foursector" && g.sector_size == 4096));
 }

@@ -41,12 +41,16 @@ COMMANDS
   (none)             Run the default scenario: one sparse image per guest in a
                      temporary directory, several guests at once with different
                      front-end profiles (linux, legacy, x86_32, multipage,
-                     skipper, flusher; a 4 KiB-sector medium; a raw-device
-                     store), a mixed random/sequential read/write workload with
-                     flushes, and full data verification. Prints progress on
+                     skipper, flusher, and one per negotiated feature:
+                     indirect, persistent, multiqueue, discard, foursector,
+                     modern; 4 KiB-sector media; a raw-device store), a mixed
+                     random/sequential read/write workload with flushes and
+                     discards, and full data verification. Prints progress on
                      stderr and a report per instance: negotiated parameters
-                     and counters in sysctl form (dev.xbb.N.<leaf>: value),
-                     state, throughput and the verification result.
+                     and counters in sysctl form (dev.xbb.N.<leaf>: value;
+                     with several queues also dev.xbb.N.queue.Q.<leaf> for
+                     the per-queue counters), state, throughput and the
+                     verification result.
   scenario FILE...   Run scenario files (TOML). The format is described below
                      and in tests/scenarios/README.md.
   bench              Serve the same workloads through xbb and directly on the
@@ -54,7 +58,12 @@ COMMANDS
                      file) and print MiB/s, IOPS and the ratio xbb/raw: 4 KiB
                      random reads at QD 32, 1 MiB sequential reads and writes,
                      44 KiB sequential writes from a legacy front-end with
-                     coalescing on and off (with total_dispatch per request).
+                     coalescing on and off (with total_dispatch per request),
+                     and feature pairs, each against the same workload with
+                     the back-end's tunable turning the feature off (on/off):
+                     1 MiB reads and writes with 256 indirect segments vs 11
+                     segments per request, 4 KiB random reads with persistent
+                     grants vs without, with 4 queues vs 1.
   default-scenario   Print the default scenario as a scenario file.
   tables             Print the hw.xbb.* tunables and dev.xbb.N.* sysctls.
 
@@ -63,7 +72,8 @@ OPTIONS
                        {{\"scenario\": .., \"passed\": bool,
                         \"instances\": [{{\"name\": .., \"profile\": ..,
                           \"state\": \"Connected\"|.., \"sysctl\": {{<leaf>: <number>,
-                          ..}}, \"throughput_mib_s\": .., \"iops\": .., \"io\": {{..}},
+                          ..}}, \"queues\": [{{<per-queue leaf>: <number>, ..}}, ..],
+                          \"throughput_mib_s\": .., \"iops\": .., \"io\": {{..}},
                           \"verify\": {{\"ok\": bool, \"bytes_checked\": N, ..}}, ..}}],
                         \"verify\": {{\"ok\": bool, \"bytes_checked\": N}},
                         \"checks\": N, \"mismatches\": [{{\"step\", \"do\", \"guest\",
@@ -71,7 +81,8 @@ OPTIONS
                      Several scenario files give {{\"passed\": bool,
                      \"scenarios\": [<report>, ..]}}. bench --json prints
                      {{\"cases\": [{{\"name\", \"xbb\": {{\"mib_s\", \"iops\", ..}},
-                     \"raw\": {{..}}, \"ratio\": ..}}, ..]}}.
+                     \"raw\": {{..}}, \"ratio\": .., \"baseline\": name|null,
+                     \"feature_ratio\": on/off|null, \"negotiated\": ..}}, ..]}}.
   --quiet            No progress lines on stderr.
   --dir DIR          Put disk images in DIR (kept) instead of a temporary
                      directory (removed). For bench: use a directory on a real
@@ -86,19 +97,32 @@ EXIT STATUS
 SCENARIO FILES
   Top level:  name, description, root_mounted (default true),
               [tunables] <leaf or hw.xbb.name> = N
-  [[guest]]:  name, profile (linux|legacy|x86_32|multipage|skipper|flusher),
+  [[guest]]:  name, profile (linux|legacy|x86_32|multipage|skipper|flusher|
+              indirect|persistent|multiqueue|discard|foursector|modern),
               store (file|device), sector_size (512), size (\"64M\"),
-              mode (w|r), online (true), [guest.tunables] (over the top level)
+              mode (w|r), online (true), discard_enable (true),
+              [guest.tunables] (over the top level)
   [[step]] with do = one of (guest = \"name\" | [\"a\",\"b\"] | \"*\"; default all):
-    xenstore      key, value | delete = true   front-end node at next connect
+    xenstore      key, value | delete = true, queue  front-end node at next
+                  connect (queue = Q: under queue-Q/)
     connect       expect = connected|refused|any, error_contains
     disconnect
     request       op (read|write|flush|barrier|reserved|discard|indirect|N),
-                  sector, segs = [[first,last],..], nr_segments, readonly_grants,
-                  fill, wait (true), expect_status (okay|error|eopnotsupp|N)
+                  sector, segs = [[first,last],..] | pages = N, nr_segments,
+                  readonly_grants, fill, wait (true), queue,
+                  expect_status (okay|error|eopnotsupp|N), expect_data;
+                  indirect: indirect_op, indirect_pages,
+                  raw_indirect_grefs = [[i,gref],..]; discard: nr_sectors,
+                  secure; seg_grants = [{{seg, same_as | raw | in_flight =
+                  {{request, seg}}}}]
+    batch         requests = [{{request keys}},..], wait (true): published at
+                  once
     raw_slot      slot, hex = \"..\"              raw bytes into a ring slot
     req_prod      value                         raw req_prod
-    kick
+    kick          queue
+    kick_storm    count, queue, each (true)    kicks without requests
+    state_storm   count, states ([\"Connected\"])  front-end state rewrites
+    resize        size                          grow/shrink the medium
     wait          count, expect_status (one, or a list in order); count = 0
                   checks that no response comes
     workload      ops, io_size, pattern (random|sequential), read_pct,
@@ -107,6 +131,9 @@ SCENARIO FILES
     inject_grant  count | gref, clear, error
     mount_root
     expect        state, error_contains, sysctl = {{<leaf> = N | \">= N\"}},
+                  queue (per-queue nodes of queue Q), backend_nodes =
+                  {{node = \"value\" | true | false}}, watch = {{delivered |
+                  coalesced | overflowed | pending | max_pending = N}},
                   verify_ok, faults_injected
   Counters are compared exactly, or with \">= N\", \"> N\", \"<= N\", \"< N\",
   \"!= N\".

@@ -5,6 +5,13 @@
 //! in the same run, on the same kind of file; it prints MiB/s and IOPS for
 //! both and the ratio xbb/raw.
 //!
+//! Some cases come in pairs that show what a negotiated feature buys: the
+//! same front-end and workload with the feature offered and with the
+//! back-end's tunable turning it off (indirect segments of `io/blkif.h`'s
+//! `feature-max-indirect-segments`, `feature-persistent` grants,
+//! `multi-queue-max-queues`); the feature-on case also prints on/off, its
+//! throughput over the feature-off case's.
+//!
 //! A benchmark, not a test: nothing here asserts a number.
 
 use std::fs::{File, OpenOptions};
@@ -85,6 +92,13 @@ pub struct CaseResult {
     pub dispatch_per_request: f64,
     /// Requests the back-end received.
     pub requests: u64,
+    /// What the front-end and the back-end negotiated (queues, indirect
+    /// segments, persistent grants).
+    pub negotiated: String,
+    /// The case run with the feature off, for a feature-on case.
+    pub baseline: Option<String>,
+    /// Throughput of this case over its `baseline`'s (xbb side).
+    pub feature_ratio: Option<f64>,
     /// Why the xbb side failed, if it did.
     pub error: Option<String>,
 }
@@ -118,13 +132,13 @@ impl BenchReport {
         let _ = writeln!(o, "xbb-lab bench: image in {}", self.dir);
         let _ = writeln!(
             o,
-            "{:<24} {:>3} {:>10} {:>10} {:>10} {:>10} {:>8}  total_dispatch per request",
-            "case", "QD", "xbb MiB/s", "xbb IOPS", "raw MiB/s", "raw IOPS", "xbb/raw"
+            "{:<26} {:>3} {:>10} {:>10} {:>10} {:>10} {:>8} {:>7}  total_dispatch per request",
+            "case", "QD", "xbb MiB/s", "xbb IOPS", "raw MiB/s", "raw IOPS", "xbb/raw", "on/off"
         );
         for c in &self.cases {
             let _ = writeln!(
                 o,
-                "{:<24} {:>3} {:>10.1} {:>10.0} {:>10.1} {:>10.0} {:>8.2}  {:.3} ({} requests)",
+                "{:<26} {:>3} {:>10.1} {:>10.0} {:>10.1} {:>10.0} {:>8.2} {:>7}  {:.3} ({} requests)",
                 c.name,
                 c.queue_depth,
                 c.xbb.mib_s(),
@@ -132,11 +146,39 @@ impl BenchReport {
                 c.raw.mib_s(),
                 c.raw.iops(),
                 c.ratio(),
+                c.feature_ratio
+                    .map_or_else(|| String::from("-"), |r| format!("{r:.2}")),
                 c.dispatch_per_request,
                 c.requests
             );
             if let Some(e) = &c.error {
                 let _ = writeln!(o, "  xbb side failed: {e}");
+            }
+        }
+        let pairs: Vec<&CaseResult> = self.cases.iter().filter(|c| c.baseline.is_some()).collect();
+        if !pairs.is_empty() {
+            let _ = writeln!(o);
+            let _ = writeln!(
+                o,
+                "on/off: xbb throughput with the feature over the same case without it"
+            );
+            for c in pairs {
+                let base = c.baseline.as_deref().unwrap_or_default();
+                let base_neg = self
+                    .cases
+                    .iter()
+                    .find(|b| b.name == base)
+                    .map_or("", |b| b.negotiated.as_str());
+                let _ = writeln!(
+                    o,
+                    "  {:<24} vs {:<24} {:>6}   ({} / {})",
+                    c.name,
+                    base,
+                    c.feature_ratio
+                        .map_or_else(|| String::from("-"), |r| format!("{r:.2}x")),
+                    c.negotiated,
+                    base_neg
+                );
             }
         }
         o
@@ -164,6 +206,9 @@ impl BenchReport {
                 "ratio": c.ratio(),
                 "total_dispatch_per_request": c.dispatch_per_request,
                 "requests": c.requests,
+                "baseline": c.baseline,
+                "negotiated": c.negotiated,
+                "feature_ratio": c.feature_ratio,
                 "error": c.error,
             })).collect::<Vec<_>>(),
         })
@@ -180,69 +225,170 @@ struct Case {
     name: &'static str,
     what: &'static str,
     profile: &'static str,
+    /// Requests in flight in all (the raw side's threads).
     queue_depth: u32,
+    /// Requests the front-end keeps in flight per queue.
+    fe_queue_depth: u32,
     io_size: u32,
     random: bool,
     read: bool,
-    no_coalesce: bool,
+    /// `hw.xbb.*` tunables of the back-end instance.
+    tunables: &'static [(Tunable, u64)],
+    /// The same case with the feature off (an earlier case's name).
+    baseline: Option<&'static str>,
     default_ops: u64,
 }
 
-const CASES: [Case; 5] = [
+const PLAIN: Case = Case {
+    name: "",
+    what: "",
+    profile: "linux",
+    queue_depth: 32,
+    fe_queue_depth: 32,
+    io_size: 4096,
+    random: true,
+    read: true,
+    tunables: &[],
+    baseline: None,
+    default_ops: 20000,
+};
+
+const CASES: [Case; 11] = [
     Case {
         name: "4k-randread-qd32",
         what: "4 KiB random reads, queue depth 32",
-        profile: "linux",
-        queue_depth: 32,
-        io_size: 4096,
-        random: true,
-        read: true,
-        no_coalesce: false,
-        default_ops: 20000,
+        ..PLAIN
     },
     Case {
         name: "1m-seqread",
         what: "1 MiB sequential reads",
-        profile: "linux",
-        queue_depth: 32,
         io_size: 1 << 20,
         random: false,
-        read: true,
-        no_coalesce: false,
         default_ops: 256,
+        ..PLAIN
     },
     Case {
         name: "1m-seqwrite",
         what: "1 MiB sequential writes",
-        profile: "linux",
-        queue_depth: 32,
         io_size: 1 << 20,
         random: false,
         read: false,
-        no_coalesce: false,
         default_ops: 256,
-    },
-    Case {
-        name: "44k-seqwrite-coalesce",
-        what: "44 KiB sequential writes, legacy front-end, coalescing on",
-        profile: "legacy",
-        queue_depth: 8,
-        io_size: 45056,
-        random: false,
-        read: false,
-        no_coalesce: false,
-        default_ops: 4000,
+        ..PLAIN
     },
     Case {
         name: "44k-seqwrite-nocoalesce",
         what: "44 KiB sequential writes, legacy front-end, coalescing off",
         profile: "legacy",
         queue_depth: 8,
+        fe_queue_depth: 8,
         io_size: 45056,
         random: false,
         read: false,
-        no_coalesce: true,
+        tunables: &[(Tunable::NoCoalesceReqs, 1)],
         default_ops: 4000,
+        ..PLAIN
+    },
+    Case {
+        name: "44k-seqwrite-coalesce",
+        what: "44 KiB sequential writes, legacy front-end, coalescing on",
+        profile: "legacy",
+        queue_depth: 8,
+        fe_queue_depth: 8,
+        io_size: 45056,
+        random: false,
+        read: false,
+        baseline: Some("44k-seqwrite-nocoalesce"),
+        default_ops: 4000,
+        ..PLAIN
+    },
+    Case {
+        name: "1m-seqwrite-11seg",
+        what: "1 MiB sequential writes, indirect front-end, hw.xbb.max_indirect_segments = 0: 11-segment requests",
+        profile: "indirect",
+        queue_depth: 8,
+        fe_queue_depth: 8,
+        io_size: 1 << 20,
+        random: false,
+        read: false,
+        tunables: &[(Tunable::MaxIndirectSegments, 0)],
+        default_ops: 1024,
+        ..PLAIN
+    },
+    Case {
+        name: "1m-seqwrite-indirect256",
+        what: "1 MiB sequential writes, indirect front-end, 256 indirect segments: one request per I/O",
+        profile: "indirect",
+        queue_depth: 8,
+        fe_queue_depth: 8,
+        io_size: 1 << 20,
+        random: false,
+        read: false,
+        baseline: Some("1m-seqwrite-11seg"),
+        default_ops: 1024,
+        ..PLAIN
+    },
+    Case {
+        name: "1m-seqread-11seg",
+        what: "1 MiB sequential reads, indirect front-end, hw.xbb.max_indirect_segments = 0: 11-segment requests",
+        profile: "indirect",
+        queue_depth: 8,
+        fe_queue_depth: 8,
+        io_size: 1 << 20,
+        random: false,
+        tunables: &[(Tunable::MaxIndirectSegments, 0)],
+        default_ops: 1024,
+        ..PLAIN
+    },
+    Case {
+        name: "1m-seqread-indirect256",
+        what: "1 MiB sequential reads, indirect front-end, 256 indirect segments: one request per I/O",
+        profile: "indirect",
+        queue_depth: 8,
+        fe_queue_depth: 8,
+        io_size: 1 << 20,
+        random: false,
+        baseline: Some("1m-seqread-11seg"),
+        default_ops: 1024,
+        ..PLAIN
+    },
+    Case {
+        name: "4k-randread-nopersistent",
+        what: "4 KiB random reads QD 32, persistent front-end, hw.xbb.max_persistent_grants = 0: a grant map and unmap per request",
+        profile: "persistent",
+        tunables: &[(Tunable::MaxPersistentGrants, 0)],
+        default_ops: 100_000,
+        ..PLAIN
+    },
+    Case {
+        name: "4k-randread-persistent",
+        what: "4 KiB random reads QD 32, persistent grants: pages mapped once and reused",
+        profile: "persistent",
+        baseline: Some("4k-randread-nopersistent"),
+        default_ops: 100_000,
+        ..PLAIN
+    },
+];
+
+/// The multi-queue pair (a separate table: the two sides differ in their
+/// front-end's per-queue depth).
+const QUEUE_CASES: [Case; 2] = [
+    Case {
+        name: "4k-randread-1queue",
+        what: "4 KiB random reads QD 32, multi-queue front-end, hw.xbb.max_queues = 1: one ring",
+        profile: "multiqueue",
+        tunables: &[(Tunable::MaxQueues, 1)],
+        default_ops: 100_000,
+        ..PLAIN
+    },
+    Case {
+        name: "4k-randread-4queues",
+        what: "4 KiB random reads QD 32, 4 queues of 8: four rings, four event channels",
+        profile: "multiqueue",
+        fe_queue_depth: 8,
+        baseline: Some("4k-randread-1queue"),
+        default_ops: 100_000,
+        ..PLAIN
     },
 ];
 
@@ -277,8 +423,17 @@ fn run_in(opts: &BenchOptions, dir: &Path, image: &Path) -> Result<BenchReport, 
         dir: dir.display().to_string(),
         cases: Vec::new(),
     };
-    for case in &CASES {
+    // The raw side of identical workloads is measured once.
+    let mut raw_done: Vec<((u32, u32, bool, bool), Measure)> = Vec::new();
+    // Reads check that the data is zero: written data is zeroed again first.
+    let mut dirty = false;
+    for case in CASES.iter().chain(QUEUE_CASES.iter()) {
         let ops = opts.ops.unwrap_or(case.default_ops).max(1);
+        if case.read && dirty {
+            fill_zeros(image, IMAGE_SIZE).map_err(|e| format!("{}: {e}", image.display()))?;
+            dirty = false;
+        }
+        dirty |= !case.read;
         if opts.progress {
             eprintln!("[xbb-lab bench] {}: {} ...", case.name, case.what);
         }
@@ -289,8 +444,9 @@ fn run_in(opts: &BenchOptions, dir: &Path, image: &Path) -> Result<BenchReport, 
             ..CaseResult::default()
         };
         match run_xbb(case, image, ops, opts.duration) {
-            Ok((m, received, dispatched)) => {
+            Ok((m, received, dispatched, negotiated)) => {
                 r.xbb = m;
+                r.negotiated = negotiated;
                 r.requests = received;
                 r.dispatch_per_request = if received > 0 {
                     dispatched as f64 / received as f64
@@ -300,7 +456,25 @@ fn run_in(opts: &BenchOptions, dir: &Path, image: &Path) -> Result<BenchReport, 
             }
             Err(e) => r.error = Some(e),
         }
-        r.raw = run_raw(case, image, ops, opts.duration).map_err(|e| format!("raw: {e}"))?;
+        let key = (case.io_size, case.queue_depth, case.random, case.read);
+        r.raw = match raw_done.iter().find(|(k, _)| *k == key) {
+            Some((_, m)) => m.clone(),
+            None => {
+                let m =
+                    run_raw(case, image, ops, opts.duration).map_err(|e| format!("raw: {e}"))?;
+                raw_done.push((key, m.clone()));
+                m
+            }
+        };
+        if let Some(b) = case.baseline {
+            r.baseline = Some(b.to_string());
+            r.feature_ratio = report
+                .cases
+                .iter()
+                .find(|c| c.name == b && c.error.is_none())
+                .filter(|c| c.xbb.mib_s() > 0.0 && r.error.is_none())
+                .map(|c| r.xbb.mib_s() / c.xbb.mib_s());
+        }
         if opts.progress {
             eprintln!(
                 "[xbb-lab bench] {}: xbb {:.1} MiB/s, raw {:.1} MiB/s, ratio {:.2}",
@@ -332,15 +506,17 @@ fn run_xbb(
     image: &Path,
     ops: u64,
     duration: Option<Duration>,
-) -> Result<(Measure, u64, u64), String> {
+) -> Result<(Measure, u64, u64, String), String> {
     let world = World::new();
     world
         .add_guest(1, 8192)
         .map_err(|e| format!("guest: {e}"))?;
     let mut tunables = Tunables::default();
-    tunables
-        .set(Tunable::NoCoalesceReqs, u64::from(case.no_coalesce))
-        .map_err(|e| format!("tunable: {e:?}"))?;
+    for &(t, v) in case.tunables {
+        tunables
+            .set(t, v)
+            .map_err(|e| format!("tunable {}: {e:?}", t.desc().name))?;
+    }
     let cfg = VbdConfig {
         kind: StoreKind::File,
         tunables,
@@ -348,9 +524,15 @@ fn run_xbb(
     };
     let vbd = world.create_vbd(&cfg).map_err(|e| format!("vbd: {e}"))?;
     let mut profile = Profile::by_name(case.profile).ok_or("profile")?;
-    profile.queue_depth = case.queue_depth;
+    profile.queue_depth = case.fe_queue_depth;
     let mut fe = Frontend::new(&world, &vbd, profile).map_err(|e| e.to_string())?;
-    fe.connect().map_err(|e| e.to_string())?;
+    let info = fe.connect().map_err(|e| e.to_string())?;
+    let negotiated = format!(
+        "{} queue(s), indirect {}, persistent {}",
+        info.queues,
+        info.max_indirect_segments,
+        if info.persistent { "on" } else { "off" }
+    );
     let wl = Workload {
         ops,
         io_size: case.io_size,
@@ -387,6 +569,7 @@ fn run_xbb(
         m,
         stats.get(Stat::ReqsReceived),
         stats.get(Stat::TotalDispatch),
+        negotiated,
     ))
 }
 

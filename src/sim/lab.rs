@@ -29,15 +29,19 @@ use std::{eprintln, format, vec};
 use serde::Deserialize;
 
 use super::frontend::{
-    run_workload, Frontend, FrontendError, ManualRequest, Profile, Workload, WorkloadReport,
+    run_workload, FeatureRequest, Frontend, FrontendError, ManualRequest, Profile, SegmentGrant,
+    Workload, WorkloadReport, MAX_INDIRECT_SEGMENTS,
 };
 use super::gnttab::MapFault;
 use super::store::{IoFaults, StoreKind};
+use super::toolstack::{self, VbdSpec};
 use super::world::{VbdConfig, VbdHandle, World};
+use super::xenstore::WatchStats;
 use crate::abi::{
-    BlkifResponse, BLKIF_OP_DISCARD, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_INDIRECT, BLKIF_OP_READ,
-    BLKIF_OP_RESERVED_1, BLKIF_OP_WRITE, BLKIF_OP_WRITE_BARRIER, BLKIF_RSP_EOPNOTSUPP,
-    BLKIF_RSP_ERROR, BLKIF_RSP_OKAY,
+    BlkifResponse, BLKIF_DISCARD_SECURE, BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST,
+    BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_OP_DISCARD, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_INDIRECT,
+    BLKIF_OP_READ, BLKIF_OP_RESERVED_1, BLKIF_OP_WRITE, BLKIF_OP_WRITE_BARRIER,
+    BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY,
 };
 use crate::host::{DomId, GrantError, IoError, XenbusState};
 use crate::stats::{Stat, Stats, Tunable, Tunables, SYSCTLS, TUNABLES, TUNABLE_PREFIX};
@@ -46,17 +50,20 @@ use crate::stats::{Stat, Stats, Tunable, Tunables, SYSCTLS, TUNABLES, TUNABLE_PR
 // The default scenario
 // ---------------------------------------------------------------------------
 
-/// The scenario `xbb-lab` runs without arguments: six guests at once, each
-/// with its own 64 MiB sparse image and a different front-end, a mixed
-/// workload, every byte verified.
+/// The scenario `xbb-lab` runs without arguments: twelve guests at once,
+/// each with its own 64 MiB sparse image and a different front-end (one per
+/// negotiated feature), a mixed workload, every byte verified.
 pub const DEFAULT_SCENARIO: &str = r#"name = "default"
 description = """
-Six guests at once, each on its own 64 MiB sparse image: a Linux-like
+Twelve guests at once, each on its own 64 MiB sparse image: a Linux-like
 front-end with a 4-page ring, a legacy one-page-ring front-end, the i386
 (x86_32) request layout, a 32-page ring on a raw-device store, a front-end
-that skips Initialised on a 4 KiB-sector medium, and one that sends flushes
-and barriers. Random 4 KiB and sequential 64 KiB reads and writes, then every
-byte written is read back and checked."""
+that skips Initialised on a 4 KiB-sector medium, one that sends flushes and
+barriers, and one front-end per negotiated feature: indirect segments (256),
+persistent grants, 4 queues, discard, I/O sized to a 4 KiB logical sector, and
+a modern front-end using all of them at once. Random 4 KiB and sequential
+64 KiB reads and writes (64 KiB is 16 segments: indirect where negotiated),
+then every byte written is read back and checked."""
 
 [[guest]]
 name = "linux"
@@ -90,6 +97,37 @@ name = "flusher"
 profile = "flusher"
 size = "64M"
 
+[[guest]]
+name = "indirect"
+profile = "indirect"
+size = "64M"
+
+[[guest]]
+name = "persistent"
+profile = "persistent"
+size = "64M"
+
+[[guest]]
+name = "multiqueue"
+profile = "multiqueue"
+size = "64M"
+
+[[guest]]
+name = "discard"
+profile = "discard"
+size = "64M"
+
+[[guest]]
+name = "foursector"
+profile = "foursector"
+sector_size = 4096
+size = "64M"
+
+[[guest]]
+name = "modern"
+profile = "modern"
+size = "64M"
+
 [[step]]
 do = "connect"
 
@@ -97,7 +135,7 @@ do = "connect"
 do = "workload"
 pattern = "random"
 io_size = "4K"
-ops = 10000
+ops = 3000
 read_pct = 50
 region = "16M"
 seed = 1
@@ -106,7 +144,7 @@ seed = 1
 do = "workload"
 pattern = "sequential"
 io_size = "64K"
-ops = 1200
+ops = 400
 read_pct = 30
 offset = "16M"
 seed = 2
@@ -115,12 +153,53 @@ seed = 2
 do = "expect"
 state = "Connected"
 verify_ok = true
-sysctl = { max_request_segments = 256, max_indirect_segments = 256, reqs_completed_with_error = 0, reqs_refused = 0, total_dispatch = ">= 1", grant_map_failures = 0 }
+sysctl = { max_request_segments = 256, max_indirect_segments = 256, reqs_completed_with_error = 0, reqs_refused = 0, total_dispatch = ">= 1", grant_map_failures = 0, grants_refused = 0 }
+
+[[step]]
+do = "expect"
+guest = ["linux", "legacy", "x86_32", "multipage-dev", "skipper-4k", "flusher", "foursector"]
+sysctl = { num_queues = 1, persistent_grants = 0, indirect_reqs = 0, discard_reqs = 0 }
 
 [[step]]
 do = "expect"
 guest = "flusher"
 sysctl = { flush_reqs = ">= 1" }
+
+[[step]]
+do = "expect"
+guest = "indirect"
+sysctl = { num_queues = 1, indirect_reqs = ">= 1", persistent_grants = 0 }
+
+[[step]]
+do = "expect"
+guest = "persistent"
+sysctl = { num_queues = 1, persistent_grants = 1, persistent_grant_hits = ">= 1", indirect_reqs = 0 }
+
+[[step]]
+do = "expect"
+guest = "multiqueue"
+sysctl = { num_queues = 4, persistent_grants = 0 }
+
+[[step]]
+do = "expect"
+guest = ["multiqueue", "modern"]
+queue = 3
+sysctl = { reqs_received = ">= 1" }
+
+[[step]]
+do = "expect"
+guest = "discard"
+sysctl = { discard = 1, discard_reqs = ">= 1" }
+
+[[step]]
+do = "expect"
+guest = ["foursector", "skipper-4k"]
+backend_nodes = { "sector-size" = "4096" }
+
+[[step]]
+do = "expect"
+guest = "modern"
+sysctl = { num_queues = 4, persistent_grants = 1, persistent_grant_hits = ">= 1", indirect_reqs = ">= 1", discard = 1, discard_reqs = ">= 1", flush_reqs = ">= 1" }
 "#;
 
 // ---------------------------------------------------------------------------
@@ -143,7 +222,7 @@ pub struct Scenario {
     pub root_mounted: bool,
     /// `hw.xbb.*` loader tunables, by leaf name (`max_requests`) or full name.
     #[serde(default)]
-    pub tunables: BTreeMap<String, u64>,
+    pub tunables: BTreeMap<String, Num>,
     /// The guests, each with one `vbd`.
     #[serde(default, rename = "guest")]
     pub guests: Vec<GuestSpec>,
@@ -186,7 +265,11 @@ pub struct GuestSpec {
     /// `hw.xbb.*` tunables of this guest's back-end instance, over the
     /// scenario's.
     #[serde(default)]
-    pub tunables: BTreeMap<String, u64>,
+    pub tunables: BTreeMap<String, Num>,
+    /// The toolstack's `discard-enable` node (default true): false turns
+    /// discard off for this `vbd` whatever its store can do.
+    #[serde(default = "yes")]
+    pub discard_enable: bool,
 }
 
 fn default_profile() -> String {
@@ -596,8 +679,12 @@ pub enum Step {
         /// The guest(s); every guest when absent, `"*"` too.
         #[serde(default)]
         guest: Guests,
-        /// The node, relative to the front-end directory (`ring-page-order`).
+        /// The node, relative to the front-end directory (`ring-page-order`),
+        /// or to `queue-<queue>/` when `queue` is given.
         key: String,
+        /// The node is queue `queue`'s (`queue-N/<key>`).
+        #[serde(default)]
+        queue: Option<u32>,
         /// The value written instead of the profile's.
         #[serde(default)]
         value: Option<String>,
@@ -625,38 +712,22 @@ pub enum Step {
     },
     /// Submits one hand-made request and, unless `wait = false`, waits for
     /// its response.
-    Request {
+    Request(RequestSpec),
+    /// Submits several hand-made requests at once: all are put on their
+    /// rings and then published together (one `req_prod` update per ring),
+    /// so the back-end sees them back to back; then, unless `wait = false`,
+    /// waits for every response. A request of the batch may name a grant of
+    /// an earlier one (`seg_grants = [{ seg = 0, in_flight = { request = 0,
+    /// seg = 0 } }]`): that grant is then in flight twice.
+    Batch {
         /// The guest(s); every guest when absent, `"*"` too.
         #[serde(default)]
         guest: Guests,
-        /// The operation.
-        op: OpCode,
-        /// `sector_number` (512-byte units).
-        #[serde(default = "zero_num")]
-        sector: Num,
-        /// Segments as `[first_sect, last_sect]` pairs, one granted page each.
-        #[serde(default)]
-        segs: Vec<[u8; 2]>,
-        /// `nr_segments` written instead of `segs.len()`.
-        #[serde(default)]
-        nr_segments: Option<u8>,
-        /// Grant the data pages read-only.
-        #[serde(default)]
-        readonly_grants: bool,
-        /// Byte the data pages are filled with.
-        #[serde(default)]
-        fill: Option<u8>,
-        /// Wait for the response (default true). With `false`, the request
-        /// stays queued until a `wait` step (coalescing, shortages).
+        /// The requests, in ring order (no `guest` nor `wait` of their own).
+        requests: Vec<RequestSpec>,
+        /// Wait for every response (default true).
         #[serde(default = "yes")]
         wait: bool,
-        /// The expected response status.
-        #[serde(default)]
-        expect_status: Option<Status>,
-        /// Every byte the request's pages hold after the response must be
-        /// this (a read's data).
-        #[serde(default)]
-        expect_data: Option<u8>,
     },
     /// Writes raw bytes (hex) into a request slot of the shared ring.
     RawSlot {
@@ -681,6 +752,48 @@ pub enum Step {
         /// The guest(s); every guest when absent, `"*"` too.
         #[serde(default)]
         guest: Guests,
+        /// The queue whose channel is notified (default 0).
+        #[serde(default)]
+        queue: u32,
+    },
+    /// Notifies the back-end `count` times without any new request (a
+    /// front-end kicking in a loop). With `each` (default), every kick
+    /// waits (bounded) until the back-end counted it as spurious before the
+    /// next one is sent, so none is merged into a pending event; the back-end
+    /// re-enabling its channel late is what it measures.
+    KickStorm {
+        /// The guest(s); every guest when absent, `"*"` too.
+        #[serde(default)]
+        guest: Guests,
+        /// How many kicks.
+        count: u32,
+        /// The queue whose channel is notified (default 0).
+        #[serde(default)]
+        queue: u32,
+        /// Wait for the back-end to count each kick (default true).
+        #[serde(default = "yes")]
+        each: bool,
+    },
+    /// The front-end writes its `state` node `count` times, cycling through
+    /// `states` (default `["Connected"]`), as fast as it can.
+    StateStorm {
+        /// The guest(s); every guest when absent, `"*"` too.
+        #[serde(default)]
+        guest: Guests,
+        /// How many writes.
+        count: u32,
+        /// The values written in turn: state names or numbers.
+        #[serde(default = "default_storm_states")]
+        states: Vec<String>,
+    },
+    /// Grows or shrinks the guest's medium to `size` while the back-end has
+    /// it open, and tells the back-end (the platform's resize event).
+    Resize {
+        /// The guest(s); every guest when absent, `"*"` too.
+        #[serde(default)]
+        guest: Guests,
+        /// The new size: bytes, or `"8M"`.
+        size: Size,
     },
     /// Kicks and waits for `count` responses.
     Wait {
@@ -794,11 +907,309 @@ pub enum Step {
         /// Store faults injected so far.
         #[serde(default)]
         faults_injected: Option<CounterExpect>,
+        /// Read the per-queue nodes of `sysctl` from this queue
+        /// (`dev.xbb.N.queue.Q.<leaf>`) instead of the instance's sums.
+        #[serde(default)]
+        queue: Option<u32>,
+        /// Nodes of the back-end's XenStore directory: a string is the
+        /// value expected, `false` means absent, `true` present.
+        #[serde(default)]
+        backend_nodes: BTreeMap<String, NodeExpect>,
+        /// Watch-event counters of the XenStore (the whole host):
+        /// `delivered`, `coalesced`, `overflowed`, `pending`, `max_pending`.
+        #[serde(default)]
+        watch: BTreeMap<String, CounterExpect>,
     },
+}
+
+/// What an `expect` step wants of a XenStore node.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum NodeExpect {
+    /// Present (`true`) or absent (`false`).
+    Present(bool),
+    /// This exact value.
+    Value(String),
+}
+
+/// The watch-event counters an `expect` step can name.
+pub const WATCH_COUNTERS: [&str; 5] = [
+    "delivered",
+    "coalesced",
+    "overflowed",
+    "pending",
+    "max_pending",
+];
+
+fn watch_counter(st: &WatchStats, name: &str) -> Option<u64> {
+    Some(match name {
+        "delivered" => st.delivered,
+        "coalesced" => st.coalesced,
+        "overflowed" => st.overflowed,
+        "pending" => st.pending as u64,
+        "max_pending" => st.max_pending as u64,
+        _ => return None,
+    })
+}
+
+/// One hand-made request: of a `request` step, or of a `batch` step's
+/// `requests`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestSpec {
+    /// The guest(s); every guest when absent, `"*"` too (not in a batch).
+    #[serde(default)]
+    pub guest: Guests,
+    /// The operation.
+    pub op: OpCode,
+    /// `sector_number` (512-byte units).
+    #[serde(default = "zero_num")]
+    pub sector: Num,
+    /// Segments as `[first_sect, last_sect]` pairs, one granted page each.
+    #[serde(default)]
+    pub segs: Vec<[u8; 2]>,
+    /// Instead of `segs`: this many whole-page segments (`[0, 7]`).
+    #[serde(default)]
+    pub pages: Option<u16>,
+    /// `nr_segments` written instead of the number of segments.
+    #[serde(default)]
+    pub nr_segments: Option<u16>,
+    /// Grant the data pages read-only.
+    #[serde(default)]
+    pub readonly_grants: bool,
+    /// Byte the data pages are filled with.
+    #[serde(default)]
+    pub fill: Option<u8>,
+    /// Wait for the response (default true). With `false`, the request
+    /// stays queued until a `wait` step (coalescing, shortages).
+    #[serde(default = "yes")]
+    pub wait: bool,
+    /// The expected response status.
+    #[serde(default)]
+    pub expect_status: Option<Status>,
+    /// Every byte the request's pages hold after the response must be
+    /// this (a read's data).
+    #[serde(default)]
+    pub expect_data: Option<u8>,
+    /// The queue (ring) it goes on (default 0).
+    #[serde(default)]
+    pub queue: u32,
+    /// `op = "indirect"`: the `indirect_op` (default `read`).
+    #[serde(default)]
+    pub indirect_op: Option<OpCode>,
+    /// `op = "indirect"`: grant this many descriptor pages, whatever the
+    /// segments need.
+    #[serde(default)]
+    pub indirect_pages: Option<u8>,
+    /// `op = "indirect"`: `[i, gref]` pairs: `indirect_grefs[i]` is `gref`
+    /// (e.g. one the guest never granted).
+    #[serde(default)]
+    pub raw_indirect_grefs: Vec<[u32; 2]>,
+    /// `op = "discard"`: `nr_sectors` (default: the sectors of `segs`, or 8).
+    #[serde(default)]
+    pub nr_sectors: Option<Num>,
+    /// `op = "discard"`: set `BLKIF_DISCARD_SECURE`.
+    #[serde(default)]
+    pub secure: bool,
+    /// Segments naming a grant other than a page of their own.
+    #[serde(default)]
+    pub seg_grants: Vec<SegGrantSpec>,
+}
+
+/// A segment of a [`RequestSpec`] naming another grant: exactly one of
+/// `same_as`, `in_flight`, `raw`.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegGrantSpec {
+    /// The segment.
+    pub seg: usize,
+    /// The grant of another segment of the same request.
+    #[serde(default)]
+    pub same_as: Option<usize>,
+    /// The grant of segment `seg` of request `request` (an index) of the
+    /// same batch, still in flight.
+    #[serde(default)]
+    pub in_flight: Option<InFlightRef>,
+    /// A raw grant reference.
+    #[serde(default)]
+    pub raw: Option<u32>,
+}
+
+/// An earlier request of the same batch and one of its segments.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InFlightRef {
+    /// Index of the request in the batch.
+    pub request: usize,
+    /// Its segment.
+    pub seg: usize,
+}
+
+impl RequestSpec {
+    /// The segments, from `pages` or `segs`.
+    fn segments(&self) -> Vec<(u8, u8)> {
+        match self.pages {
+            Some(n) => vec![(0, 7); usize::from(n)],
+            None => self.segs.iter().map(|s| (s[0], s[1])).collect(),
+        }
+    }
+
+    /// Whether data goes from the guest's pages to the medium.
+    fn writes(&self) -> bool {
+        if self.op.0 == BLKIF_OP_INDIRECT {
+            self.indirect_op.is_some_and(|o| o.writes())
+        } else {
+            self.op.writes()
+        }
+    }
+
+    /// Checks what TOML cannot; `in_batch` is this request's index in its
+    /// batch, if it is in one.
+    fn validate(&self, in_batch: Option<usize>) -> Result<(), String> {
+        let indirect = self.op.0 == BLKIF_OP_INDIRECT;
+        let discard = self.op.0 == BLKIF_OP_DISCARD;
+        if self.pages.is_some() && !self.segs.is_empty() {
+            return Err(String::from("give `segs` or `pages`, not both"));
+        }
+        let n = self.segments().len();
+        let max = if indirect {
+            MAX_INDIRECT_SEGMENTS as usize
+        } else {
+            BLKIF_MAX_SEGMENTS_PER_REQUEST
+        };
+        if n > max {
+            return Err(format!("at most {max} segments for this operation"));
+        }
+        if !indirect
+            && (self.indirect_op.is_some()
+                || self.indirect_pages.is_some()
+                || !self.raw_indirect_grefs.is_empty())
+        {
+            return Err(String::from(
+                "indirect_op, indirect_pages and raw_indirect_grefs need op = \"indirect\"",
+            ));
+        }
+        if !indirect && self.nr_segments.is_some_and(|v| v > 255) {
+            return Err(String::from(
+                "nr_segments is 8 bits unless op = \"indirect\"",
+            ));
+        }
+        if !discard && (self.nr_sectors.is_some() || self.secure) {
+            return Err(String::from("nr_sectors and secure need op = \"discard\""));
+        }
+        if self
+            .raw_indirect_grefs
+            .iter()
+            .any(|&[i, _]| i as usize >= BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST)
+        {
+            return Err(format!(
+                "raw_indirect_grefs: index beyond {BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST} pages"
+            ));
+        }
+        for g in &self.seg_grants {
+            let given = usize::from(g.same_as.is_some())
+                + usize::from(g.in_flight.is_some())
+                + usize::from(g.raw.is_some());
+            if given != 1 {
+                return Err(String::from(
+                    "seg_grants: give exactly one of same_as, in_flight, raw",
+                ));
+            }
+            if g.seg >= n || g.same_as.is_some_and(|j| j >= n) {
+                return Err(format!("seg_grants: no segment {} here", g.seg));
+            }
+            if let Some(r) = g.in_flight {
+                match in_batch {
+                    Some(me) if r.request < me => {}
+                    _ => {
+                        return Err(String::from(
+                            "seg_grants: in_flight names an earlier request of the same batch",
+                        ))
+                    }
+                }
+            }
+        }
+        if let Some(me) = in_batch {
+            if self.guest != Guests::Default || !self.wait {
+                return Err(format!(
+                    "request {me} of the batch: `guest` and `wait` belong to the batch"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The request for the front-end; `batch_ids` are the ids the earlier
+    /// requests of the same batch will have.
+    fn build(&self, batch_ids: &[u64]) -> Result<FeatureRequest, String> {
+        let segs = self.segments();
+        let nr_sectors_of_segs: u64 = segs
+            .iter()
+            .map(|&(f, l)| u64::from(l.saturating_sub(f)) + 1)
+            .sum();
+        let base = ManualRequest {
+            operation: self.op.0,
+            sector: self.sector.0,
+            segs,
+            nr_segments_override: self.nr_segments.map(|v| v as u8),
+            readonly_grants: self.readonly_grants,
+            fill: self.fill.or(if self.writes() { Some(0x5a) } else { None }),
+        };
+        let mut fr = match self.op.0 {
+            BLKIF_OP_DISCARD => {
+                let n = self.nr_sectors.map_or(
+                    if nr_sectors_of_segs == 0 {
+                        8
+                    } else {
+                        nr_sectors_of_segs
+                    },
+                    |n| n.0,
+                );
+                let flag = if self.secure { BLKIF_DISCARD_SECURE } else { 0 };
+                FeatureRequest::discard(self.sector.0, n, flag)
+            }
+            BLKIF_OP_INDIRECT => {
+                let op = self.indirect_op.unwrap_or(OpCode(BLKIF_OP_READ));
+                let mut fr = base.indirect(op.0);
+                if let Some(n) = self.nr_segments {
+                    fr = fr.nr_segments(n);
+                }
+                if let Some(p) = self.indirect_pages {
+                    fr = fr.indirect_pages(p);
+                }
+                for &[i, gref] in &self.raw_indirect_grefs {
+                    fr = fr.indirect_gref(i as usize, gref);
+                }
+                fr
+            }
+            _ => FeatureRequest::from(base),
+        };
+        fr = fr.on_queue(self.queue);
+        for g in &self.seg_grants {
+            let grant = if let Some(j) = g.same_as {
+                SegmentGrant::SameAs(j)
+            } else if let Some(r) = g.raw {
+                SegmentGrant::Raw(r)
+            } else if let Some(r) = g.in_flight {
+                let id = *batch_ids
+                    .get(r.request)
+                    .ok_or_else(|| format!("no request {} earlier in the batch", r.request))?;
+                SegmentGrant::InFlight { id, seg: r.seg }
+            } else {
+                continue;
+            };
+            fr = fr.segment_grant(g.seg, grant);
+        }
+        Ok(fr)
+    }
 }
 
 fn zero_num() -> Num {
     Num(0)
+}
+
+fn default_storm_states() -> Vec<String> {
+    vec![String::from("Connected")]
 }
 
 fn default_ops() -> u64 {
@@ -824,7 +1235,11 @@ impl Step {
             Step::Xenstore { .. } => "xenstore",
             Step::Connect { .. } => "connect",
             Step::Disconnect { .. } => "disconnect",
-            Step::Request { .. } => "request",
+            Step::Request(_) => "request",
+            Step::Batch { .. } => "batch",
+            Step::KickStorm { .. } => "kick_storm",
+            Step::StateStorm { .. } => "state_storm",
+            Step::Resize { .. } => "resize",
             Step::RawSlot { .. } => "raw_slot",
             Step::ReqProd { .. } => "req_prod",
             Step::Kick { .. } => "kick",
@@ -944,9 +1359,9 @@ impl Scenario {
 }
 
 /// Sets `map` (tunable name → value) over `t`.
-fn apply_tunables(mut t: Tunables, map: &BTreeMap<String, u64>) -> Result<Tunables, ScenarioError> {
+fn apply_tunables(mut t: Tunables, map: &BTreeMap<String, Num>) -> Result<Tunables, ScenarioError> {
     {
-        for (name, &v) in map {
+        for (name, &Num(v)) in map {
             let tun = Tunable::by_name(name).ok_or_else(|| {
                 ScenarioError::Invalid(format!(
                     "unknown tunable {name:?}; known: {}",
@@ -1021,8 +1436,36 @@ impl Scenario {
                         "give exactly one of `value` and `delete = true`",
                     )));
                 }
-                Step::Request { segs, .. } if segs.len() > 255 => {
-                    return Err(at(String::from("at most 255 segments")));
+                Step::Request(r) => r.validate(None).map_err(at)?,
+                Step::Batch { requests, .. } => {
+                    if requests.is_empty() {
+                        return Err(at(String::from("an empty batch")));
+                    }
+                    for (k, r) in requests.iter().enumerate() {
+                        r.validate(Some(k))
+                            .map_err(|m| at(format!("request {k}: {m}")))?;
+                    }
+                }
+                Step::StateStorm { states, .. } => {
+                    for st in states {
+                        if parse_state(st).is_none() {
+                            return Err(at(format!("unknown state {st:?}")));
+                        }
+                    }
+                    if states.is_empty() {
+                        return Err(at(String::from("no states to write")));
+                    }
+                }
+                Step::Resize { guest, size } => {
+                    for gi in guest.resolve(&names) {
+                        let ss = u64::from(self.guests[gi].sector_size);
+                        if size.0 == 0 || size.0 % ss != 0 {
+                            return Err(at(format!(
+                                "guest {}: size {} is not a positive multiple of the sector size",
+                                names[gi], size.0
+                            )));
+                        }
+                    }
                 }
                 Step::RawSlot { hex, .. } if parse_hex(hex).is_none() => {
                     return Err(at(String::from(
@@ -1085,7 +1528,20 @@ impl Scenario {
                         "nothing to inject: give count, gref or clear",
                     )));
                 }
-                Step::Expect { state, sysctl, .. } => {
+                Step::Expect {
+                    state,
+                    sysctl,
+                    watch,
+                    ..
+                } => {
+                    for k in watch.keys() {
+                        if !WATCH_COUNTERS.contains(&k.as_str()) {
+                            return Err(at(format!(
+                                "unknown watch counter {k:?}; known: {}",
+                                WATCH_COUNTERS.join(", ")
+                            )));
+                        }
+                    }
                     if let Some(s) = state {
                         if parse_state(s).is_none() {
                             return Err(at(format!("unknown state {s:?}")));
@@ -1138,10 +1594,14 @@ impl Step {
             Step::Xenstore { guest, .. }
             | Step::Connect { guest, .. }
             | Step::Disconnect { guest }
-            | Step::Request { guest, .. }
+            | Step::Request(RequestSpec { guest, .. })
+            | Step::Batch { guest, .. }
+            | Step::KickStorm { guest, .. }
+            | Step::StateStorm { guest, .. }
+            | Step::Resize { guest, .. }
             | Step::RawSlot { guest, .. }
             | Step::ReqProd { guest, .. }
-            | Step::Kick { guest }
+            | Step::Kick { guest, .. }
             | Step::Wait { guest, .. }
             | Step::Workload { guest, .. }
             | Step::InjectIo { guest, .. }
@@ -1251,6 +1711,10 @@ pub struct InstanceReport {
     pub error: Option<String>,
     /// Every `dev.xbb.N` node, in [`SYSCTLS`] order.
     pub sysctl: Vec<(&'static str, u64)>,
+    /// Per queue of the connection at the end (none when not connected):
+    /// every per-queue node (`dev.xbb.N.queue.Q.<leaf>`), in [`SYSCTLS`]
+    /// order.
+    pub queues: Vec<Vec<(&'static str, u64)>>,
     /// The workloads' totals.
     pub io: IoTotals,
 }
@@ -1349,6 +1813,13 @@ impl Report {
             for (name, v) in &i.sysctl {
                 let _ = writeln!(o, "  dev.xbb.{}.{name}: {v}", i.unit);
             }
+            if i.queues.len() > 1 {
+                for (q, nodes) in i.queues.iter().enumerate() {
+                    for (name, v) in nodes {
+                        let _ = writeln!(o, "  dev.xbb.{}.queue.{q}.{name}: {v}", i.unit);
+                    }
+                }
+            }
             let io = &i.io;
             if io.workloads > 0 {
                 let _ = writeln!(
@@ -1413,6 +1884,18 @@ impl Report {
                 for (name, v) in &i.sysctl {
                     sysctl.insert((*name).to_string(), json!(v));
                 }
+                let queues: Vec<Value> = i
+                    .queues
+                    .iter()
+                    .map(|nodes| {
+                        Value::Object(
+                            nodes
+                                .iter()
+                                .map(|(name, v)| ((*name).to_string(), json!(v)))
+                                .collect(),
+                        )
+                    })
+                    .collect();
                 json!({
                     "name": i.name,
                     "unit": i.unit,
@@ -1424,6 +1907,7 @@ impl Report {
                     "state": state_name(i.state),
                     "error": i.error,
                     "sysctl": Value::Object(sysctl),
+                    "queues": queues,
                     "throughput_mib_s": round2(i.io.mib_per_s()),
                     "iops": round2(i.io.iops()),
                     "io": {
@@ -1591,6 +2075,9 @@ struct GuestRt {
     pending: BTreeMap<u64, Pending>,
     /// Responses taken from the ring and not yet consumed by a step.
     responses: std::collections::VecDeque<BlkifResponse>,
+    /// The id the front-end gives its next request, when known (it numbers
+    /// requests in order; a workload's requests make it unknown).
+    next_id: Option<u64>,
 }
 
 /// The state of a run: the world, the guests, the findings.
@@ -1706,6 +2193,20 @@ fn finish(mut run: Run<'_>, scenario: &str, sc: &Scenario, started: Instant) -> 
     let mut instances = Vec::new();
     for (unit, g) in run.guests.iter().enumerate() {
         let stats = backend_stats(&run.world, &g.vbd);
+        let queues = run
+            .world
+            .backend(&g.vbd)
+            .map(|s| s.queues)
+            .unwrap_or_default()
+            .iter()
+            .map(|qs| {
+                SYSCTLS
+                    .iter()
+                    .filter(|d| d.per_queue())
+                    .map(|d| (d.name, qs.get(d.stat)))
+                    .collect()
+            })
+            .collect();
         instances.push(InstanceReport {
             name: g.name.clone(),
             unit,
@@ -1720,6 +2221,7 @@ fn finish(mut run: Run<'_>, scenario: &str, sc: &Scenario, started: Instant) -> 
                 .iter()
                 .map(|d| (d.name, stats.get(d.stat)))
                 .collect(),
+            queues,
             io: g.io.clone(),
         });
     }
@@ -1793,9 +2295,34 @@ fn setup_guest(
         tunables,
         ..VbdConfig::file(dom, &image)
     };
-    let vbd = world
-        .create_vbd(&cfg)
-        .map_err(|e| format!("cannot create the vbd: {e}"))?;
+    // The toolstack writes `discard-enable` = 1 when it creates the vbd,
+    // and the back-end reads it as it attaches. To write 0 instead, a watch
+    // rewrites the node in the toolstack's own thread, as the transaction
+    // that creates it commits: before the back-end's thread exists.
+    let xs = world.xen().xenstore.clone();
+    let discard_watch = if spec.discard_enable {
+        None
+    } else {
+        let paths = toolstack::vbd_paths(&VbdSpec::new(dom, cfg.devid, ""));
+        let node = format!("{}/discard-enable", paths.backend);
+        let (xs2, node2) = (xs.clone(), node.clone());
+        let w = xs
+            .watch(
+                &node,
+                std::boxed::Box::new(move |_p: &str| {
+                    if xs2.read_str(&node2).is_ok_and(|v| v != "0") {
+                        let _ = xs2.write(&node2, "0");
+                    }
+                }),
+            )
+            .map_err(|e| format!("cannot watch {node}: {e:?}"))?;
+        Some(w)
+    };
+    let vbd = world.create_vbd(&cfg);
+    if let Some(w) = discard_watch {
+        xs.unwatch(w);
+    }
+    let vbd = vbd.map_err(|e| format!("cannot create the vbd: {e}"))?;
     let profile = Profile::by_name(&spec.profile)
         .ok_or_else(|| format!("unknown profile {:?}", spec.profile))?;
     let mut fe = Frontend::new(world, &vbd, profile)
@@ -1810,6 +2337,7 @@ fn setup_guest(
         io: IoTotals::default(),
         pending: BTreeMap::new(),
         responses: std::collections::VecDeque::new(),
+        next_id: Some(1),
     })
 }
 
@@ -1863,14 +2391,22 @@ fn guest_step(run: &mut Run<'_>, n: usize, step: &Step, t: usize) {
     let gname = Some(name.as_str());
     match step {
         Step::Xenstore {
-            key, value, delete, ..
+            key,
+            value,
+            delete,
+            queue,
+            ..
         } => {
             let v = if *delete { None } else { value.as_deref() };
+            let key = match queue {
+                Some(q) => format!("queue-{q}/{key}"),
+                None => key.clone(),
+            };
             run.progress(format_args!(
                 "step {n}: {name}: front-end will publish {key} = {}",
                 v.map_or_else(|| String::from("(nothing)"), |v| format!("{v:?}"))
             ));
-            run.guests[t].fe.set_xenstore_override(key, v);
+            run.guests[t].fe.set_xenstore_override(&key, v);
         }
         Step::Connect {
             expect,
@@ -1881,8 +2417,9 @@ fn guest_step(run: &mut Run<'_>, n: usize, step: &Step, t: usize) {
             let (connected, text) = match &r {
                 Ok(info) => {
                     run.progress(format_args!(
-                        "step {n}: {name}: connected: {} sectors of 512 B, sector-size {}, {} ring page(s), flush {}, barrier {}",
-                        info.sectors, info.sector_size, info.ring_pages, info.flush, info.barrier
+                        "step {n}: {name}: connected: {} sectors of 512 B, sector-size {}, {} queue(s) of {} ring page(s), flush {}, barrier {}, indirect {}, persistent {}, discard {}",
+                        info.sectors, info.sector_size, info.queues, info.ring_pages, info.flush, info.barrier,
+                        info.max_indirect_segments, info.persistent, info.discard
                     ));
                     (true, run.guests[t].fe.backend_error())
                 }
@@ -1948,53 +2485,80 @@ fn guest_step(run: &mut Run<'_>, n: usize, step: &Step, t: usize) {
                 run.fail(n, action, gname, format!("disconnect failed: {e}"));
             }
         }
-        Step::Request {
-            op,
-            sector,
-            segs,
-            nr_segments,
-            readonly_grants,
-            fill,
-            wait,
-            expect_status,
-            expect_data,
-            ..
-        } => {
-            let req = ManualRequest {
-                operation: op.0,
-                sector: sector.0,
-                segs: segs.iter().map(|s| (s[0], s[1])).collect(),
-                nr_segments_override: *nr_segments,
-                readonly_grants: *readonly_grants,
-                fill: fill.or(if op.writes() { Some(0x5a) } else { None }),
+        Step::Request(spec) => {
+            let req = match spec.build(&[]) {
+                Ok(r) => r,
+                Err(e) => {
+                    run.fail(n, action, gname, e);
+                    return;
+                }
             };
             let g = &mut run.guests[t];
-            let id = match g.fe.submit(&req) {
+            let id = match g.fe.submit_feature(&req) {
                 Ok(id) => id,
                 Err(e) => {
                     run.fail(n, action, gname, format!("could not submit: {e}"));
                     return;
                 }
             };
+            g.next_id = Some(id + 1);
             g.pending.insert(
                 id,
                 Pending {
                     step: n,
-                    expect: *expect_status,
-                    expect_data: *expect_data,
+                    expect: spec.expect_status,
+                    expect_data: spec.expect_data,
                 },
             );
             if opts_progress(run) {
                 run.progress(format_args!(
-                    "step {n}: {name}: request id {id}: op {} sector {} {} segment(s){}",
-                    op.0,
-                    sector.0,
-                    segs.len(),
-                    if *wait { "" } else { " (not waited for)" }
+                    "step {n}: {name}: request id {id}: op {} sector {} {} segment(s) on queue {}{}",
+                    spec.op.0,
+                    spec.sector.0,
+                    req.base.segs.len(),
+                    spec.queue,
+                    if spec.wait { "" } else { " (not waited for)" }
                 ));
             }
-            if *wait {
+            if spec.wait {
                 wait_for_id(run, n, t, id);
+            }
+        }
+        Step::Batch { requests, wait, .. } => batch_step(run, n, t, requests, *wait),
+        Step::KickStorm {
+            count, queue, each, ..
+        } => kick_storm(run, n, t, *count, *queue, *each),
+        Step::StateStorm { count, states, .. } => {
+            let values: Vec<XenbusState> = states.iter().filter_map(|s| parse_state(s)).collect();
+            run.progress(format_args!(
+                "step {n}: {name}: {count} writes of the front-end's state ({})",
+                states.join(", ")
+            ));
+            let path = format!("{}/state", run.guests[t].fe.frontend_path());
+            let xs = &run.world.xen().xenstore;
+            let mut failed = None;
+            for i in 0..*count as usize {
+                let st = values[i % values.len()];
+                if let Err(e) = xs.write(&path, st.as_str()) {
+                    failed = Some(format!("write {i} of {path}: {e:?}"));
+                    break;
+                }
+            }
+            if let Some(e) = failed {
+                run.fail(n, action, gname, e);
+            }
+        }
+        Step::Resize { size, .. } => {
+            run.progress(format_args!(
+                "step {n}: {name}: resize the medium to {}",
+                human_bytes(size.0)
+            ));
+            let g = &run.guests[t];
+            match run.world.resize_vbd(&g.vbd, size.0) {
+                Ok(got) => run.check(n, action, gname, got == size.0, || {
+                    format!("resized to {got} bytes instead of {}", size.0)
+                }),
+                Err(e) => run.fail(n, action, gname, format!("resize failed: {e}")),
             }
         }
         Step::RawSlot { slot, hex, .. } => {
@@ -2011,9 +2575,9 @@ fn guest_step(run: &mut Run<'_>, n: usize, step: &Step, t: usize) {
             // guest's arithmetic would.
             run.guests[t].fe.set_req_prod_raw(value.0 as u32);
         }
-        Step::Kick { .. } => {
-            run.progress(format_args!("step {n}: {name}: kick"));
-            run.guests[t].fe.kick();
+        Step::Kick { queue, .. } => {
+            run.progress(format_args!("step {n}: {name}: kick queue {queue}"));
+            run.guests[t].fe.kick_queue(*queue as usize);
         }
         Step::Wait {
             count,
@@ -2075,6 +2639,108 @@ fn guest_step(run: &mut Run<'_>, n: usize, step: &Step, t: usize) {
         }
         Step::Expect { .. } => expect_step(run, n, step, t),
         Step::MountRoot {} | Step::Workload { .. } => {}
+    }
+}
+
+/// A `batch` step: every request pushed, then published at once.
+fn batch_step(run: &mut Run<'_>, n: usize, t: usize, requests: &[RequestSpec], wait: bool) {
+    let name = run.guests[t].name.clone();
+    let gname = Some(name.as_str());
+    let needs_ids = requests
+        .iter()
+        .any(|r| r.seg_grants.iter().any(|g| g.in_flight.is_some()));
+    let first = match (run.guests[t].next_id, needs_ids) {
+        (Some(id), _) => id,
+        (None, false) => 0,
+        (None, true) => {
+            run.fail(
+                n,
+                "batch",
+                gname,
+                String::from(
+                    "in_flight needs the ids the front-end will give; a workload ran since \
+                     the last request: put a `request` step before this batch",
+                ),
+            );
+            return;
+        }
+    };
+    let predicted: Vec<u64> = (0..requests.len() as u64).map(|k| first + k).collect();
+    let mut reqs = Vec::new();
+    for (k, r) in requests.iter().enumerate() {
+        match r.build(&predicted[..k]) {
+            Ok(fr) => reqs.push(fr),
+            Err(e) => {
+                run.fail(n, "batch", gname, format!("request {k}: {e}"));
+                return;
+            }
+        }
+    }
+    let ids = match run.guests[t].fe.submit_features(&reqs) {
+        Ok(ids) => ids,
+        Err(e) => {
+            run.fail(n, "batch", gname, format!("could not submit: {e}"));
+            return;
+        }
+    };
+    run.progress(format_args!(
+        "step {n}: {name}: batch of {} request(s), ids {ids:?}",
+        ids.len()
+    ));
+    if let Some(&last) = ids.last() {
+        run.guests[t].next_id = Some(last + 1);
+    }
+    if needs_ids {
+        // The in_flight references were resolved with these.
+        let same = ids == predicted;
+        run.check(n, "batch", gname, same, || {
+            format!("the front-end gave ids {ids:?}, not {predicted:?}")
+        });
+    }
+    for (id, r) in ids.iter().zip(requests) {
+        run.guests[t].pending.insert(
+            *id,
+            Pending {
+                step: n,
+                expect: r.expect_status,
+                expect_data: r.expect_data,
+            },
+        );
+    }
+    if wait {
+        for id in ids {
+            wait_for_id(run, n, t, id);
+        }
+    }
+}
+
+/// A `kick_storm` step.
+fn kick_storm(run: &mut Run<'_>, n: usize, t: usize, count: u32, queue: u32, each: bool) {
+    let name = run.guests[t].name.clone();
+    run.progress(format_args!(
+        "step {n}: {name}: {count} kicks of queue {queue} without requests"
+    ));
+    let limit = run.opts.settle;
+    for i in 0..count {
+        let before = run.world.stat(&run.guests[t].vbd, Stat::SpuriousEvents);
+        run.guests[t].fe.kick_queue(queue as usize);
+        if !each {
+            continue;
+        }
+        let counted = run.world.wait_backend(&run.guests[t].vbd, limit, |s| {
+            s.stats
+                .as_ref()
+                .is_some_and(|st| st.get(Stat::SpuriousEvents) > before)
+        });
+        if let Err(e) = counted {
+            run.fail(
+                n,
+                "kick_storm",
+                Some(&name),
+                format!("kick {i}: the back-end never counted it: {e}"),
+            );
+            return;
+        }
     }
 }
 
@@ -2222,6 +2888,9 @@ fn expect_step(run: &mut Run<'_>, n: usize, step: &Step, t: usize) {
         sysctl,
         verify_ok,
         faults_injected,
+        queue,
+        backend_nodes,
+        watch,
         ..
     } = step
     else {
@@ -2252,12 +2921,62 @@ fn expect_step(run: &mut Run<'_>, n: usize, step: &Step, t: usize) {
             }
         }
         if !sysctl.is_empty() {
-            let stats = run.world.backend_stats(&g.vbd);
+            let snap = run.world.backend(&g.vbd);
+            let stats = snap
+                .as_ref()
+                .and_then(|s| s.stats.clone())
+                .unwrap_or_default();
+            let qstats = queue.and_then(|q| {
+                snap.as_ref()
+                    .and_then(|s| s.queues.get(q as usize).cloned())
+            });
             for (k, e) in sysctl {
-                if let Some(stat) = Stat::by_name(k) {
-                    let v = stats.get(stat);
+                let Some(stat) = Stat::by_name(k) else {
+                    continue;
+                };
+                let (node, v) = match queue {
+                    Some(q) if stat.desc().per_queue() => match &qstats {
+                        Some(qs) => (format!("dev.xbb.{t}.queue.{q}.{k}"), qs.get(stat)),
+                        None => {
+                            bad.push(format!(
+                                "dev.xbb.{t}.queue.{q}.{k}: the connection has no queue {q}"
+                            ));
+                            continue;
+                        }
+                    },
+                    _ => (format!("dev.xbb.{t}.{k}"), stats.get(stat)),
+                };
+                if !e.holds(v) {
+                    bad.push(format!("{node}: expected {e}, is {v}"));
+                }
+            }
+        }
+        for (k, want) in backend_nodes {
+            let path = format!("{}/{k}", g.fe.backend_path());
+            let have = run.world.xen().xenstore.read_str(&path).ok();
+            let ok = match (want, &have) {
+                (NodeExpect::Present(p), h) => *p == h.is_some(),
+                (NodeExpect::Value(v), Some(h)) => v == h,
+                (NodeExpect::Value(_), None) => false,
+            };
+            if !ok {
+                let want = match want {
+                    NodeExpect::Present(true) => String::from("present"),
+                    NodeExpect::Present(false) => String::from("absent"),
+                    NodeExpect::Value(v) => format!("{v:?}"),
+                };
+                bad.push(format!(
+                    "back-end node {k}: expected {want}, is {}",
+                    have.map_or_else(|| String::from("absent"), |h| format!("{h:?}"))
+                ));
+            }
+        }
+        if !watch.is_empty() {
+            let st = run.world.xen().xenstore.watch_stats();
+            for (k, e) in watch {
+                if let Some(v) = watch_counter(&st, k) {
                     if !e.holds(v) {
-                        bad.push(format!("dev.xbb.{t}.{k}: expected {e}, is {v}"));
+                        bad.push(format!("XenStore watch events {k}: expected {e}, is {v}"));
                     }
                 }
             }
@@ -2285,6 +3004,8 @@ fn expect_step(run: &mut Run<'_>, n: usize, step: &Step, t: usize) {
     let total = usize::from(want_state.is_some())
         + usize::from(error_contains.is_some())
         + sysctl.len()
+        + backend_nodes.len()
+        + watch.len()
         + usize::from(verify_ok.is_some())
         + usize::from(faults_injected.is_some());
     run.progress(format_args!(
@@ -2350,6 +3071,7 @@ fn run_workloads(run: &mut Run<'_>, n: usize, step: &Step, targets: &[usize]) {
         let name = run.guests[i].name.clone();
         match r {
             Ok(rep) => {
+                run.guests[i].next_id = None;
                 let io = &mut run.guests[i].io;
                 io.workloads += 1;
                 io.reads += rep.reads;
@@ -2401,6 +3123,7 @@ fn run_workloads(run: &mut Run<'_>, n: usize, step: &Step, targets: &[usize]) {
                 );
             }
             Err(e) => {
+                run.guests[i].next_id = None;
                 run.progress(format_args!("step {n}: {name}: workload failed: {e}"));
                 run.guests[i].io.failure = Some(e.to_string());
                 run.fail(n, "workload", Some(&name), format!("workload failed: {e}"));
