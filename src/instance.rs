@@ -59,6 +59,10 @@ const NONE: u16 = u16::MAX;
 /// taken by the previous pass's final check).
 const SPURIOUS_GRACE: u32 = 2;
 
+/// The largest mapping window (per queue) sized automatically: 64 MiB.
+/// `hw.xbb.kva_pages` sets any size.
+const AUTO_KVA_MAX_PAGES: usize = 16384;
+
 /// The longest late-EOI delay, in milliseconds.
 const MAX_EOI_DELAY_MS: u32 = 64;
 
@@ -594,8 +598,11 @@ impl Instance {
         };
         let max_segs = max_indirect.max(BLKIF_MAX_SEGMENTS_PER_REQUEST);
         let max_pages = request_pages.max(max_segs);
+        // Auto-sized: room for every slot's largest request (indirect ones
+        // included), within AUTO_KVA_MAX_PAGES; never less than one
+        // largest I/O.
         let kva_pages = match t.get(Tunable::KvaPages) as usize {
-            0 => nreq * BLKIF_MAX_SEGMENTS_PER_REQUEST,
+            0 => (nreq * max_segs).min(AUTO_KVA_MAX_PAGES),
             n => n,
         }
         .max(max_pages);

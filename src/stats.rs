@@ -264,7 +264,7 @@ tunable_table! {
     RequestsPerPass => "requests_per_pass", 256, 1, 65536,
         "Requests consumed in one pass before yielding the taskqueue";
     KvaPages => "kva_pages", 0, 0, 1 << 20,
-        "Pages of each queue's mapping window; 0 sizes it for every request";
+        "Pages of each queue's mapping window; 0 sizes it for every request, up to 64 MiB";
     MaxIndirectSegments => "max_indirect_segments", 256, 0, 4096,
         "Segments per indirect request offered; 0 turns indirect requests off";
     MaxPersistentGrants => "max_persistent_grants", 1056, 0, 65536,
