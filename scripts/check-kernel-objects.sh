@@ -1,0 +1,114 @@
+#!/bin/sh
+# Checks that relocatable objects are fit for FreeBSD's amd64 kernel module
+# linker and kernel code rules, and reports their size:
+#
+#  - no SSE/AVX/MMX instruction (no xmm, ymm, zmm or %mmN operand): the
+#    kernel does not save the FPU state for kernel code;
+#  - only R_X86_64_32S, _64, _PC32 and _PLT32 relocations: the module
+#    linker refuses GOT and TLS relocations ("unexpected relocation type");
+#  - undefined symbols only from an allowlist of kernel KPI names:
+#    scripts/kernel-kpi.allow for a whole module (--module), only the
+#    compiler's memory routines for the Rust object.
+#
+# usage: scripts/check-kernel-objects.sh [--module] OBJECT...
+# Exit status 1 when a check fails.
+set -eu
+
+here=$(cd "$(dirname "$0")" && pwd)
+module=no
+if [ "${1:-}" = "--module" ]; then
+	module=yes
+	shift
+fi
+[ $# -gt 0 ] || { echo "usage: $0 [--module] OBJECT..." >&2; exit 2; }
+
+first_tool() {
+	for t in "$@"; do
+		if command -v "$t" >/dev/null 2>&1; then
+			command -v "$t"
+			return 0
+		fi
+	done
+	return 1
+}
+: "${KMOD_OBJDUMP:=$(first_tool llvm-objdump-14 llvm-objdump objdump || echo objdump)}"
+: "${KMOD_READELF:=$(first_tool llvm-readelf-14 llvm-readelf readelf || echo readelf)}"
+: "${KMOD_NM:=$(first_tool llvm-nm-14 llvm-nm nm || echo nm)}"
+: "${KMOD_SIZE:=$(first_tool llvm-size-14 llvm-size size || echo size)}"
+
+# What Rust code may need from the kernel: the memory routines that the
+# compiler emits calls to, and strlen (core's CStr::from_ptr); libkern
+# provides them all.
+rust_allow="memcpy memmove memset memcmp bcmp strlen"
+
+fail=0
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+for obj in "$@"; do
+	if [ ! -f "$obj" ]; then
+		echo "check: $obj: no such file" >&2
+		fail=1
+		continue
+	fi
+	name=$(basename "$obj")
+
+	# 1. Floating point and vector registers.
+	"$KMOD_OBJDUMP" -d --no-show-raw-insn "$obj" > "$tmp/dis"
+	nfp=$(grep -Eic '%?(xmm|ymm|zmm)[0-9]|%mm[0-7]' "$tmp/dis" || true)
+	if [ "$nfp" -ne 0 ]; then
+		echo "check: $name: FAIL: $nfp instructions use SSE/AVX/MMX registers:"
+		grep -Ei '%?(xmm|ymm|zmm)[0-9]|%mm[0-7]' "$tmp/dis" | head -5
+		fail=1
+	else
+		echo "check: $name: ok: no SSE/AVX/MMX instructions"
+	fi
+
+	# 2. Relocation types.
+	"$KMOD_READELF" -r -W "$obj" |
+	    awk '$3 ~ /^R_X86_64_/ { print $3 }' | sort | uniq -c > "$tmp/rel"
+	bad=$(awk '$2 !~ /^R_X86_64_(32S|64|PC32|PLT32)$/ { print $2 "(" $1 ")" }' \
+	    "$tmp/rel" | tr '\n' ' ')
+	kinds=$(awk '{ print $2 "=" $1 }' "$tmp/rel" | sed 's/R_X86_64_//' | tr '\n' ' ')
+	if [ -n "$bad" ]; then
+		echo "check: $name: FAIL: relocation types outside {32S,64,PC32,PLT32}: $bad"
+		fail=1
+	else
+		echo "check: $name: ok: relocations ${kinds:-none}"
+	fi
+
+	# 3. Undefined symbols.
+	"$KMOD_NM" -u "$obj" | awk '{ print $NF }' | sort -u > "$tmp/undef"
+	if [ "$module" = yes ]; then
+		grep -v '^#' "$here/kernel-kpi.allow" | awk 'NF { print $1 }' |
+		    sort -u > "$tmp/allow"
+	else
+		printf '%s\n' $rust_allow | sort -u > "$tmp/allow"
+	fi
+	# Exact names, and "prefix*" patterns.
+	extra=$(comm -23 "$tmp/undef" "$tmp/allow" | awk -v f="$tmp/allow" '
+	    BEGIN {
+		while ((getline l < f) > 0)
+			if (l ~ /\*$/)
+				pre[substr(l, 1, length(l) - 1)] = 1
+	    }
+	    {
+		for (p in pre)
+			if (index($0, p) == 1)
+				next
+		print
+	    }' | tr '\n' ' ')
+	nundef=$(wc -l < "$tmp/undef" | tr -d ' ')
+	if [ -n "$extra" ]; then
+		echo "check: $name: FAIL: undefined symbols not in the allowlist: $extra"
+		fail=1
+	else
+		echo "check: $name: ok: $nundef undefined symbols, all kernel KPI"
+	fi
+
+	# Size.
+	bytes=$(wc -c < "$obj" | tr -d ' ')
+	"$KMOD_SIZE" "$obj" | awk -v n="$name" -v b="$bytes" \
+	    'NR == 2 { printf "check: %s: size: text %s data %s bss %s, file %s bytes\n", n, $1, $2, $3, b }'
+done
+exit $fail
