@@ -1,16 +1,28 @@
 #!/bin/sh
 # Installs what the test suite needs beyond cargo: Xen's public headers (the
-# ABI test compiles C against them) and a C compiler. Installs only as root
+# ABI test compiles C against them), a C compiler, mandoc (xbb(4) lint) and
+# kyua, atf-sh and jq (the ATF suite). Installs only as root
 # with apt-get; otherwise says what is missing and the ABI test skips.
 set -eu
 need=""
 [ -f /usr/include/xen/io/blkif.h ] || need="$need libxen-dev"
 command -v cc >/dev/null 2>&1 || need="$need gcc"
+# xbb(4) is linted with mandoc; the ATF suite runs under kyua (atf-sh, jq).
+command -v mandoc >/dev/null 2>&1 || need="$need mandoc"
+command -v kyua >/dev/null 2>&1 || need="$need kyua"
+command -v atf-sh >/dev/null 2>&1 || [ -x /usr/libexec/atf-sh ] || need="$need atf-sh"
+command -v jq >/dev/null 2>&1 || need="$need jq"
+# The kernel-target Rust build: Debian's Rust with its library sources
+# (-Zbuild-std) and LLVM's linker and object tools for the checks.
+[ -x /usr/bin/rustc ] && [ -x /usr/bin/cargo ] || need="$need rustc-web cargo-web"
+[ -d /usr/lib/rustlib/src/rust/library ] || need="$need rust-web-src"
+command -v ld.lld-14 >/dev/null 2>&1 || need="$need lld-14"
+command -v llvm-objdump-14 >/dev/null 2>&1 || need="$need llvm-14"
 [ -z "$need" ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "deps: installing$need"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need >/dev/null
 else
-    echo "deps: missing$need (install them to run the ABI test against Xen's headers)"
+    echo "deps: missing$need (the ABI, man page and ATF checks need them)"
 fi
