@@ -286,6 +286,10 @@ pub struct SimHost {
     tx: Sender<TaskEvent>,
     window: Option<Reservation>,
     window_maps: Vec<Option<WindowMap>>,
+    /// Entries of `window_maps` that are `Some` (kept, not counted: the
+    /// window can be tens of thousands of pages and stats are taken after
+    /// every event).
+    window_mapped: u32,
     /// The mapped ring of each queue.
     rings: Vec<(QueueId, RingMap)>,
     /// The bound channel of each queue, with its late-EOI state.
@@ -315,6 +319,7 @@ impl SimHost {
             tx,
             window: None,
             window_maps: Vec::new(),
+            window_mapped: 0,
             rings: Vec::new(),
             ports: Vec::new(),
             store: None,
@@ -338,7 +343,7 @@ impl SimHost {
     pub fn stats(&self) -> SimHostStats {
         let mut s = self.stats;
         s.window_pages = self.window.as_ref().map_or(0, |w| w.pages() as u32);
-        s.window_mapped = self.window_maps.iter().filter(|m| m.is_some()).count() as u32;
+        s.window_mapped = self.window_mapped;
         s.ring_pages = self.rings.iter().map(|(_, r)| r.res.pages() as u32).sum();
         s.evtchn_port = self.ports.first().map(|p| p.1);
         s.rings_mapped = self.rings.len() as u32;
@@ -378,6 +383,7 @@ impl SimHost {
             let _ = d.grants.unmap(handle);
             return Err(GrantError::General);
         }
+        self.window_mapped += 1;
         self.window_maps[page] = Some(WindowMap {
             table: d.grants.clone(),
             handle,
@@ -390,6 +396,7 @@ impl SimHost {
             let _ = win.unmap_frame_at(page);
             let _ = m.table.unmap(m.handle);
             self.window_maps[page] = None;
+            self.window_mapped -= 1;
         }
     }
 
