@@ -194,45 +194,16 @@ struct QueueShape {
     indirect_bytes: usize,
 }
 
-/// The pools of one queue, allocated before it is built.
+/// The pools of one queue, allocated (fallibly) when it is built.
 struct Pools {
-    kva: KvaAllocator,
-    cache: GrantCache,
-    reqs: Vec<ReqSlot>,
-    segs: Vec<Segment>,
-    seg_page: Vec<SegPage>,
-    free_reqs: Vec<u16>,
-    lists: Vec<Reqlist>,
-    free_lists: Vec<u16>,
-    handles: Vec<GrantHandle>,
-    map_ops: Vec<GrantMapOp>,
-    map_results: Vec<Result<GrantHandle, GrantError>>,
-    unmap_ops: Vec<GrantUnmapOp>,
-    purged: Vec<(u32, GrantHandle)>,
-    iov: Vec<IoVec>,
-    indirect: Vec<u8>,
-    grefs: Vec<u32>,
-    waitq: Vec<u16>,
-}
-
-/// One ring of a connection with everything that serves it.
-struct Queue {
-    id: QueueId,
-    dom: DomId,
-    generation: u8,
-    ring: BackRing,
-    limits: Limits,
-    budget: Budget,
-    /// Window page of the queue's KVA region's page 0.
-    kva_base: u32,
+    /// The queue's KVA region: transient grant mappings.
     kva: KvaAllocator,
     /// Persistent grants (capacity 0 when not negotiated).
     cache: GrantCache,
-    persistent: bool,
-    /// Segment capacity of each request slot.
-    max_segs: usize,
     reqs: Vec<ReqSlot>,
+    /// Each slot's segments, `max_segs` per slot.
     segs: Vec<Segment>,
+    /// Where each segment's page is in the window.
     seg_page: Vec<SegPage>,
     free_reqs: Vec<u16>,
     lists: Vec<Reqlist>,
@@ -248,12 +219,30 @@ struct Queue {
     indirect: Vec<u8>,
     /// Sorted copy of one request's grant references (duplicate check).
     grefs: Vec<u32>,
+    waitq: Vec<u16>,
+}
+
+/// One ring of a connection with everything that serves it.
+struct Queue {
+    id: QueueId,
+    dom: DomId,
+    generation: u8,
+    ring: BackRing,
+    limits: Limits,
+    budget: Budget,
+    /// Window page of the queue's KVA region's page 0.
+    kva_base: u32,
+    /// The pools, allocated at connect: KVA region, grant cache, request
+    /// slots and segments, reqlists, grant batches, iovecs, wait queue.
+    p: Pools,
+    persistent: bool,
+    /// Segment capacity of each request slot.
+    max_segs: usize,
     /// The reqlist requests are being appended to.
     open: u16,
-    /// Reqlists waiting, in order, for room in the window (a ring buffer
-    /// over `waitq`, which has room for every reqlist). Consumption pauses
-    /// while any waits.
-    waitq: Vec<u16>,
+    /// Reqlists waiting, in order, for room in the window: a ring buffer
+    /// over `p.waitq` (which has room for every reqlist) from `waitq_head`.
+    /// Consumption pauses while any waits.
     waitq_head: usize,
     waitq_len: usize,
     /// A barrier waiting for everything before it to finish.
@@ -870,7 +859,7 @@ impl Instance {
             if q.open != NONE {
                 let l = q.open;
                 q.open = NONE;
-                q.lists[l as usize].error = true;
+                q.p.lists[l as usize].error = true;
                 q.finish(host, l);
             }
             self.fail(host, ConnectError::Ring);
@@ -964,23 +953,7 @@ impl Queue {
                 broken: false,
                 spurious: 0,
                 stats: Stats::default(),
-                kva: p.kva,
-                cache: p.cache,
-                reqs: p.reqs,
-                segs: p.segs,
-                seg_page: p.seg_page,
-                free_reqs: p.free_reqs,
-                lists: p.lists,
-                free_lists: p.free_lists,
-                handles: p.handles,
-                map_ops: p.map_ops,
-                map_results: p.map_results,
-                unmap_ops: p.unmap_ops,
-                purged: p.purged,
-                iov: p.iov,
-                indirect: p.indirect,
-                grefs: p.grefs,
-                waitq: p.waitq,
+                p,
             }),
             Err(e) => Err((e, ring)),
         }
@@ -1065,7 +1038,7 @@ impl Queue {
                     host.schedule_run(self.id);
                     break 'pass;
                 }
-                if self.free_reqs.is_empty() {
+                if self.p.free_reqs.is_empty() {
                     self.stats.inc(Stat::RequestShortages);
                     self.starved = true;
                     stopped_on_pause = true;
@@ -1100,19 +1073,19 @@ impl Queue {
     /// request's descriptors once), binds its grants, and takes it into a
     /// reqlist; or answers it with an error.
     fn accept<H: Host>(&mut self, host: &mut H, raw: &BlkifRequest, coalesce: bool) {
-        let Some(slot) = self.free_reqs.pop() else {
+        let Some(slot) = self.p.free_reqs.pop() else {
             // consume() checked; keep the invariant without panicking.
             self.respond(raw.id, raw.operation, BLKIF_RSP_ERROR);
             return;
         };
         let base = slot as usize * self.max_segs;
-        let segs = &mut self.segs[base..base + self.max_segs];
+        let segs = &mut self.p.segs[base..base + self.max_segs];
         let parsed = match request::parse(raw, &self.limits, segs) {
             Ok(Header::Ready(p)) => Ok(p),
             Ok(Header::Indirect(h)) => {
                 self.stats.inc(Stat::IndirectReqs);
                 let n = h.descriptor_bytes();
-                match self.indirect.get_mut(..n) {
+                match self.p.indirect.get_mut(..n) {
                     Some(buf) => match host.copy_in(self.dom, h.page_grefs(), buf) {
                         Ok(()) => request::parse_indirect(&h, buf, &self.limits, segs)
                             .map_err(|e| e.status()),
@@ -1131,7 +1104,7 @@ impl Queue {
             Ok(p) => p,
             Err(status) => {
                 self.stats.inc(Stat::ReqsRefused);
-                self.free_reqs.push(slot);
+                self.p.free_reqs.push(slot);
                 self.respond(raw.id, raw.operation, status);
                 return;
             }
@@ -1139,11 +1112,11 @@ impl Queue {
         if self.persistent && !self.bind_grants(host, base, usize::from(p.nsegs)) {
             self.stats.inc(Stat::ReqsRefused);
             self.stats.inc(Stat::GrantsRefused);
-            self.free_reqs.push(slot);
+            self.p.free_reqs.push(slot);
             self.respond(p.id, p.operation, BLKIF_RSP_ERROR);
             return;
         }
-        self.reqs[slot as usize] = ReqSlot {
+        self.p.reqs[slot as usize] = ReqSlot {
             id: p.id,
             operation: p.operation,
             nsegs: p.nsegs,
@@ -1158,7 +1131,8 @@ impl Queue {
     /// in use. `false`, with nothing bound, when the request names a grant
     /// twice or one another request in flight holds.
     fn bind_grants<H: Host>(&mut self, host: &mut H, base: usize, n: usize) -> bool {
-        let (Some(segs), Some(sorted)) = (self.segs.get(base..base + n), self.grefs.get_mut(..n))
+        let (Some(segs), Some(sorted)) =
+            (self.p.segs.get(base..base + n), self.p.grefs.get_mut(..n))
         else {
             return false;
         };
@@ -1172,8 +1146,8 @@ impl Queue {
         let mut evicted = 0usize;
         let mut ok = true;
         for i in 0..n {
-            let gref = self.segs[base + i].gref;
-            let page = match self.cache.acquire(gref) {
+            let gref = self.p.segs[base + i].gref;
+            let page = match self.p.cache.acquire(gref) {
                 Lookup::Hit { page } => {
                     self.stats.inc(Stat::PersistentGrantHits);
                     SegPage::Cached(page)
@@ -1183,10 +1157,10 @@ impl Queue {
                     ok = false;
                     break;
                 }
-                Lookup::Miss => match self.cache.insert(gref) {
+                Lookup::Miss => match self.p.cache.insert(gref) {
                     Insert::New { page, evicted: e } => {
                         if let Some((p, h)) = e {
-                            self.unmap_ops[evicted] = GrantUnmapOp {
+                            self.p.unmap_ops[evicted] = GrantUnmapOp {
                                 window_page: p,
                                 handle: h,
                             };
@@ -1197,23 +1171,23 @@ impl Queue {
                     Insert::Full => SegPage::Unassigned,
                 },
             };
-            self.seg_page[base + i] = page;
+            self.p.seg_page[base + i] = page;
         }
         if evicted > 0 {
-            host.unmap_batch(&self.unmap_ops[..evicted]);
+            host.unmap_batch(&self.p.unmap_ops[..evicted]);
             self.stats.add(Stat::PersistentGrantsPurged, evicted as u64);
         }
         self.stats
-            .set(Stat::PersistentGrantsMapped, u64::from(self.cache.len()));
+            .set(Stat::PersistentGrantsMapped, u64::from(self.p.cache.len()));
         ok
     }
 
     /// Gives back the cache entries of segments `0..n` of a request that
     /// never started.
     fn unbind(&mut self, base: usize, n: usize) {
-        for sp in &mut self.seg_page[base..base + n] {
+        for sp in &mut self.p.seg_page[base..base + n] {
             if let SegPage::Cached(p) | SegPage::Pending(p) = *sp {
-                self.cache.unacquire(p);
+                self.p.cache.unacquire(p);
             }
             *sp = SegPage::Unassigned;
         }
@@ -1227,7 +1201,7 @@ impl Queue {
             Op::Read | Op::Write => {}
         }
         if self.open != NONE {
-            let o = self.lists[self.open as usize];
+            let o = self.p.lists[self.open as usize];
             let run = OpenRun {
                 op: o.op,
                 next_sector: o.sector + o.nr_sectors,
@@ -1235,8 +1209,8 @@ impl Queue {
                 bytes: o.nr_sectors << SECTOR_SHIFT,
             };
             if coalesce && coalesce::may_join(&run, p, &self.budget) {
-                let l = &mut self.lists[self.open as usize];
-                self.reqs[l.tail as usize].next = slot;
+                let l = &mut self.p.lists[self.open as usize];
+                self.p.reqs[l.tail as usize].next = slot;
                 l.tail = slot;
                 l.nr_sectors += p.nr_sectors;
                 l.pages += u32::from(p.nsegs);
@@ -1245,14 +1219,14 @@ impl Queue {
             }
             self.close_open(host, Stat::NormalDispatch);
         }
-        let Some(l) = self.free_lists.pop() else {
+        let Some(l) = self.p.free_lists.pop() else {
             // As many reqlists as slots: unreachable; answer rather than panic.
             self.release_segments(host, slot);
-            self.free_reqs.push(slot);
+            self.p.free_reqs.push(slot);
             self.respond(p.id, p.operation, BLKIF_RSP_ERROR);
             return;
         };
-        self.lists[l as usize] = Reqlist {
+        self.p.lists[l as usize] = Reqlist {
             op: p.op,
             head: slot,
             tail: slot,
@@ -1280,14 +1254,14 @@ impl Queue {
 
     fn dispatch<H: Host>(&mut self, host: &mut H, l: u16) {
         self.stats.inc(Stat::TotalDispatch);
-        if self.lists[l as usize].op == Op::Barrier {
+        if self.p.lists[l as usize].op == Op::Barrier {
             self.barrier = l;
             self.try_start_barrier(host);
         } else if self.waitq_len > 0 || !self.try_start(host, l) {
             // Behind others already waiting, or no room: wait in order.
             self.stats.inc(Stat::KvaShortages);
-            let cap = self.waitq.len();
-            self.waitq[(self.waitq_head + self.waitq_len) % cap] = l;
+            let cap = self.p.waitq.len();
+            self.p.waitq[(self.waitq_head + self.waitq_len) % cap] = l;
             self.waitq_len += 1;
         }
     }
@@ -1295,11 +1269,11 @@ impl Queue {
     /// Starts waiting reqlists, oldest first, while the window has room.
     fn drain_waitq<H: Host>(&mut self, host: &mut H) {
         while self.waitq_len > 0 {
-            let l = self.waitq[self.waitq_head];
+            let l = self.p.waitq[self.waitq_head];
             if !self.try_start(host, l) {
                 break;
             }
-            self.waitq_head = (self.waitq_head + 1) % self.waitq.len();
+            self.waitq_head = (self.waitq_head + 1) % self.p.waitq.len();
             self.waitq_len -= 1;
         }
     }
@@ -1309,14 +1283,14 @@ impl Queue {
         if self.barrier != NONE
             && self.in_flight == 0
             && self.waitq_len == 0
-            && !self.lists[self.barrier as usize].in_flight
+            && !self.p.lists[self.barrier as usize].in_flight
         {
             let l = self.barrier;
             // With nothing in flight the whole window is free, and it always
             // holds one request; fail the barrier rather than wait forever
             // should that ever not hold.
             if !self.try_start(host, l) {
-                self.lists[l as usize].error = true;
+                self.p.lists[l as usize].error = true;
                 self.finish(host, l);
             }
         }
@@ -1327,7 +1301,7 @@ impl Queue {
     fn chain(&self, head: u16, mut f: impl FnMut(usize, usize)) {
         let mut cur = head;
         while cur != NONE {
-            let r = self.reqs[cur as usize];
+            let r = self.p.reqs[cur as usize];
             f(cur as usize * self.max_segs, usize::from(r.nsegs));
             cur = r.next;
         }
@@ -1339,17 +1313,17 @@ impl Queue {
     /// for it; otherwise the reqlist is in flight or already answered (a
     /// failed mapping or submission).
     fn try_start<H: Host>(&mut self, host: &mut H, l: u16) -> bool {
-        let list = self.lists[l as usize];
+        let list = self.p.lists[l as usize];
         if list.pages > 0 {
             let mut transient = 0u32;
             self.chain(list.head, |base, n| {
-                transient += self.seg_page[base..base + n]
+                transient += self.p.seg_page[base..base + n]
                     .iter()
                     .filter(|p| **p == SegPage::Unassigned)
                     .count() as u32;
             });
             let first = if transient > 0 {
-                let Some(first) = self.kva.alloc(transient) else {
+                let Some(first) = self.p.kva.alloc(transient) else {
                     return false;
                 };
                 first
@@ -1361,22 +1335,22 @@ impl Queue {
             let mut next = first;
             let mut cur = list.head;
             while cur != NONE {
-                let r = self.reqs[cur as usize];
+                let r = self.p.reqs[cur as usize];
                 let base = cur as usize * self.max_segs;
                 for i in base..base + usize::from(r.nsegs) {
-                    let gref = self.segs[i].gref;
-                    let (page, ro) = match self.seg_page[i] {
+                    let gref = self.p.segs[i].gref;
+                    let (page, ro) = match self.p.seg_page[i] {
                         SegPage::Unassigned => {
                             let page = self.kva_base + next;
                             next += 1;
-                            self.seg_page[i] = SegPage::Transient(page);
+                            self.p.seg_page[i] = SegPage::Transient(page);
                             (page, readonly)
                         }
                         // Persistent grants serve reads and writes alike.
                         SegPage::Pending(page) => (page, false),
                         SegPage::Transient(_) | SegPage::Cached(_) => continue,
                     };
-                    self.map_ops[nops] = GrantMapOp {
+                    self.p.map_ops[nops] = GrantMapOp {
                         gref,
                         window_page: page,
                         readonly: ro,
@@ -1385,44 +1359,44 @@ impl Queue {
                 }
                 cur = r.next;
             }
-            let lm = &mut self.lists[l as usize];
+            let lm = &mut self.p.lists[l as usize];
             lm.kva_first = first;
             lm.kva_pages = transient;
             if nops > 0 {
                 host.map_batch(
                     self.dom,
-                    &self.map_ops[..nops],
-                    &mut self.map_results[..nops],
+                    &self.p.map_ops[..nops],
+                    &mut self.p.map_results[..nops],
                 );
             }
             let mut failed = 0u64;
             let mut j = 0usize;
             let mut cur = list.head;
             while cur != NONE {
-                let r = self.reqs[cur as usize];
+                let r = self.p.reqs[cur as usize];
                 let base = cur as usize * self.max_segs;
                 for i in base..base + usize::from(r.nsegs) {
-                    let page = self.seg_page[i];
+                    let page = self.p.seg_page[i];
                     let (SegPage::Transient(p) | SegPage::Pending(p)) = page else {
                         continue;
                     };
-                    let res = self.map_results[j];
+                    let res = self.p.map_results[j];
                     j += 1;
                     match (page, res) {
                         (SegPage::Transient(_), Ok(h)) => {
-                            self.handles[(p - self.kva_base) as usize] = h;
+                            self.p.handles[(p - self.kva_base) as usize] = h;
                         }
                         (SegPage::Pending(_), Ok(h)) => {
-                            self.cache.set_mapped(p, h);
-                            self.seg_page[i] = SegPage::Cached(p);
+                            self.p.cache.set_mapped(p, h);
+                            self.p.seg_page[i] = SegPage::Cached(p);
                         }
                         (SegPage::Pending(_), Err(_)) => {
-                            self.cache.forget(p);
-                            self.seg_page[i] = SegPage::Unassigned;
+                            self.p.cache.forget(p);
+                            self.p.seg_page[i] = SegPage::Unassigned;
                             failed += 1;
                         }
                         _ => {
-                            self.seg_page[i] = SegPage::Unassigned;
+                            self.p.seg_page[i] = SegPage::Unassigned;
                             failed += 1;
                         }
                     }
@@ -1430,15 +1404,15 @@ impl Queue {
                 cur = r.next;
             }
             self.stats
-                .set(Stat::PersistentGrantsMapped, u64::from(self.cache.len()));
+                .set(Stat::PersistentGrantsMapped, u64::from(self.p.cache.len()));
             if failed > 0 {
                 self.stats.add(Stat::GrantMapFailures, failed);
-                self.lists[l as usize].error = true;
+                self.p.lists[l as usize].error = true;
                 self.finish(host, l);
                 return true;
             }
         }
-        let lm = &mut self.lists[l as usize];
+        let lm = &mut self.p.lists[l as usize];
         lm.in_flight = true;
         lm.phase = 0;
         self.in_flight += 1;
@@ -1449,7 +1423,7 @@ impl Queue {
     /// Submits the reqlist's current phase; a submission the store refuses
     /// completes the reqlist with an error at once.
     fn submit_phase<H: Host>(&mut self, host: &mut H, l: u16) {
-        let list = self.lists[l as usize];
+        let list = self.p.lists[l as usize];
         let steps = plan(list.op, list.pages > 0);
         let tag = self.tag(l);
         let offset = list.sector << SECTOR_SHIFT;
@@ -1459,16 +1433,16 @@ impl Queue {
                 let mut cur = list.head;
                 let mut ok = true;
                 while cur != NONE {
-                    let r = self.reqs[cur as usize];
+                    let r = self.p.reqs[cur as usize];
                     let base = cur as usize * self.max_segs;
                     let end = base + usize::from(r.nsegs);
-                    let pages = self.seg_page[base..end].iter().map(|p| match *p {
+                    let pages = self.p.seg_page[base..end].iter().map(|p| match *p {
                         SegPage::Transient(p) | SegPage::Cached(p) => Some(p),
                         SegPage::Pending(_) | SegPage::Unassigned => None,
                     });
                     match coalesce::append_iovecs(
-                        self.segs[base..end].iter().zip(pages),
-                        &mut self.iov,
+                        self.p.segs[base..end].iter().zip(pages),
+                        &mut self.p.iov,
                         n,
                     ) {
                         Some(m) => n = m,
@@ -1482,7 +1456,7 @@ impl Queue {
                 if !ok {
                     Err(IoError::Io)
                 } else {
-                    let iov = &self.iov[..n];
+                    let iov = &self.p.iov[..n];
                     let op = if list.op == Op::Read {
                         IoOp::Read { offset, iov }
                     } else {
@@ -1506,7 +1480,7 @@ impl Queue {
             None => Err(IoError::Io),
         };
         if submitted.is_err() {
-            self.lists[l as usize].error = true;
+            self.p.lists[l as usize].error = true;
             self.finish(host, l);
         }
     }
@@ -1515,10 +1489,10 @@ impl Queue {
     fn on_complete<H: Host>(&mut self, host: &mut H, l: u16, result: Result<(), IoError>) {
         // A tag the core did not hand out, or a duplicate completion, is a
         // platform bug; ignore it rather than answer twice.
-        if usize::from(l) >= self.lists.len() || !self.lists[l as usize].in_flight {
+        if usize::from(l) >= self.p.lists.len() || !self.p.lists[l as usize].in_flight {
             return;
         }
-        let list = &mut self.lists[l as usize];
+        let list = &mut self.p.lists[l as usize];
         if result.is_err() {
             list.error = true;
             return self.finish(host, l);
@@ -1547,14 +1521,14 @@ impl Queue {
     /// ones.
     fn release_segments<H: Host>(&mut self, host: &mut H, slot: u16) {
         let base = slot as usize * self.max_segs;
-        let n = usize::from(self.reqs[slot as usize].nsegs);
+        let n = usize::from(self.p.reqs[slot as usize].nsegs);
         let mut nun = 0usize;
         let mut now = None;
         for i in base..base + n {
-            match self.seg_page[i] {
+            match self.p.seg_page[i] {
                 SegPage::Transient(p) => {
-                    if let Some(h) = self.handles.get((p - self.kva_base) as usize) {
-                        self.unmap_ops[nun] = GrantUnmapOp {
+                    if let Some(h) = self.p.handles.get((p - self.kva_base) as usize) {
+                        self.p.unmap_ops[nun] = GrantUnmapOp {
                             window_page: p,
                             handle: *h,
                         };
@@ -1563,29 +1537,29 @@ impl Queue {
                 }
                 SegPage::Cached(p) => {
                     let t = *now.get_or_insert_with(|| host.now_ms());
-                    self.cache.release(p, t);
+                    self.p.cache.release(p, t);
                 }
-                SegPage::Pending(p) => self.cache.unacquire(p),
+                SegPage::Pending(p) => self.p.cache.unacquire(p),
                 SegPage::Unassigned => {}
             }
-            self.seg_page[i] = SegPage::Unassigned;
+            self.p.seg_page[i] = SegPage::Unassigned;
         }
         if nun > 0 {
-            host.unmap_batch(&self.unmap_ops[..nun]);
+            host.unmap_batch(&self.p.unmap_ops[..nun]);
         }
     }
 
     /// Unmaps, frees the window range, answers every request of the
     /// reqlist, and returns everything to the pools.
     fn finish<H: Host>(&mut self, host: &mut H, l: u16) {
-        let list = self.lists[l as usize];
+        let list = self.p.lists[l as usize];
         let mut cur = list.head;
         while cur != NONE {
             self.release_segments(host, cur);
-            cur = self.reqs[cur as usize].next;
+            cur = self.p.reqs[cur as usize].next;
         }
         if list.kva_pages > 0 {
-            self.kva.free(list.kva_first, list.kva_pages);
+            self.p.kva.free(list.kva_first, list.kva_pages);
         }
         if list.in_flight {
             self.in_flight -= 1;
@@ -1597,31 +1571,31 @@ impl Queue {
         };
         let mut cur = list.head;
         while cur != NONE {
-            let r = self.reqs[cur as usize];
+            let r = self.p.reqs[cur as usize];
             self.respond(r.id, r.operation, status);
-            self.free_reqs.push(cur);
+            self.p.free_reqs.push(cur);
             cur = r.next;
         }
-        self.lists[l as usize] = EMPTY_LIST;
-        self.free_lists.push(l);
+        self.p.lists[l as usize] = EMPTY_LIST;
+        self.p.free_lists.push(l);
         if self.barrier == l {
             self.barrier = NONE;
         }
         self.starved = false;
         self.stats
-            .set(Stat::PersistentGrantsMapped, u64::from(self.cache.len()));
+            .set(Stat::PersistentGrantsMapped, u64::from(self.p.cache.len()));
     }
 
     /// Unmaps persistent grants unused for `idle_ms`.
     fn purge_idle<H: Host>(&mut self, host: &mut H, idle_ms: u64) {
-        if self.cache.is_empty() {
+        if self.p.cache.is_empty() {
             return;
         }
         let now = host.now_ms();
         loop {
-            let n = self.cache.purge_idle(now, idle_ms, &mut self.purged);
+            let n = self.p.cache.purge_idle(now, idle_ms, &mut self.p.purged);
             self.unmap_purged(host, n);
-            if n < self.purged.len() {
+            if n < self.p.purged.len() {
                 break;
             }
         }
@@ -1630,7 +1604,7 @@ impl Queue {
     /// Unmaps every persistent grant (disconnect; nothing is in flight).
     fn drain_cache<H: Host>(&mut self, host: &mut H) {
         loop {
-            let n = self.cache.drain(&mut self.purged);
+            let n = self.p.cache.drain(&mut self.p.purged);
             if n == 0 {
                 break;
             }
@@ -1642,16 +1616,16 @@ impl Queue {
         if n == 0 {
             return;
         }
-        for (op, (page, handle)) in self.unmap_ops.iter_mut().zip(&self.purged[..n]) {
+        for (op, (page, handle)) in self.p.unmap_ops.iter_mut().zip(&self.p.purged[..n]) {
             *op = GrantUnmapOp {
                 window_page: *page,
                 handle: *handle,
             };
         }
-        host.unmap_batch(&self.unmap_ops[..n]);
+        host.unmap_batch(&self.p.unmap_ops[..n]);
         self.stats.add(Stat::PersistentGrantsPurged, n as u64);
         self.stats
-            .set(Stat::PersistentGrantsMapped, u64::from(self.cache.len()));
+            .set(Stat::PersistentGrantsMapped, u64::from(self.p.cache.len()));
     }
 
     /// Queues one response on the ring (published by [`Queue::publish`]).
