@@ -6,10 +6,7 @@
 
 #![cfg(feature = "sim")]
 
-use std::fs::{self, File};
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,142 +21,14 @@ use xbb::sim::frontend::{
 };
 use xbb::sim::gnttab::MapFault;
 use xbb::sim::store::{IoFaults, StoreKind};
-use xbb::sim::world::{VbdConfig, VbdHandle, World};
+use xbb::sim::world::{VbdConfig, World};
 use xbb::stats::{Stat, Tunable};
 
-/// A guard against hangs only, never a timing requirement.
-const HANG_GUARD: Duration = Duration::from_secs(30);
-const GUEST: u16 = 1;
-const GUEST_FRAMES: u64 = 4096;
-const DISK_BYTES: u64 = 8 << 20;
-const DISK_SECTORS: u64 = DISK_BYTES / 512;
+mod support;
 
-/// A directory under the system temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "xbb-e2e-{}-{}-{tag}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        fs::create_dir_all(&p).expect("create temp dir");
-        TempDir(p)
-    }
-
-    /// A sparse (all-zero) image of `bytes`.
-    fn image(&self, name: &str, bytes: u64) -> PathBuf {
-        let p = self.0.join(name);
-        File::create(&p)
-            .and_then(|f| f.set_len(bytes))
-            .expect("create image");
-        p
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// One world with one guest and one `vbd` on a fresh sparse image.
-struct Rig {
-    world: World,
-    vbd: VbdHandle,
-    image: PathBuf,
-    _dir: TempDir,
-}
-
-impl Rig {
-    fn new(tag: &str, tweak: impl FnOnce(&mut VbdConfig)) -> Rig {
-        Rig::build(World::new(), tag, tweak)
-    }
-
-    fn build(world: World, tag: &str, tweak: impl FnOnce(&mut VbdConfig)) -> Rig {
-        let dir = TempDir::new(tag);
-        let image = dir.image("disk.img", DISK_BYTES);
-        world.add_guest(GUEST, GUEST_FRAMES).expect("guest");
-        let mut cfg = VbdConfig::file(GUEST, &image);
-        tweak(&mut cfg);
-        let vbd = world.create_vbd(&cfg).expect("vbd");
-        Rig {
-            world,
-            vbd,
-            image,
-            _dir: dir,
-        }
-    }
-
-    fn frontend(&self, profile: Profile) -> Frontend {
-        Frontend::new(&self.world, &self.vbd, profile).expect("frontend")
-    }
-
-    fn connected(&self, profile: &str) -> Frontend {
-        let mut fe = self.frontend(Profile::by_name(profile).expect("profile"));
-        fe.connect().expect("connect");
-        fe
-    }
-
-    fn stat(&self, s: Stat) -> u64 {
-        self.world.stat(&self.vbd, s)
-    }
-
-    /// Waits until the back-end has published `n` completed requests (its
-    /// snapshot lags the responses by one event at most).
-    fn wait_completed(&self, n: u64) {
-        self.world
-            .wait_backend(&self.vbd, HANG_GUARD, |s| {
-                s.stats
-                    .as_ref()
-                    .is_some_and(|st| st.get(Stat::ReqsCompleted) >= n)
-            })
-            .expect("back-end completed the requests");
-    }
-
-    fn wait_state(&self, state: XenbusState) {
-        self.world
-            .wait_backend(&self.vbd, HANG_GUARD, |s| s.state == state)
-            .unwrap_or_else(|e| panic!("back-end never reached {state:?}: {e}"));
-    }
-
-    fn file_bytes(&self, offset: u64, len: usize) -> Vec<u8> {
-        let mut buf = vec![0u8; len];
-        File::open(&self.image)
-            .and_then(|f| f.read_exact_at(&mut buf, offset))
-            .expect("read image");
-        buf
-    }
-
-    fn file_is_zero(&self) -> bool {
-        fs::read(&self.image)
-            .expect("read image")
-            .iter()
-            .all(|&b| b == 0)
-    }
-
-    /// Shuts the world down and checks the platform saw no core bug.
-    fn finish(self) {
-        for s in self.world.shutdown() {
-            assert!(s.error.is_none(), "{s:?}");
-            assert_eq!(s.host.leaked_at_release, 0, "{s:?}");
-            assert_eq!(s.host.bad_unmaps, 0, "{s:?}");
-            assert_eq!(s.host.bad_iovecs, 0, "{s:?}");
-            assert_eq!(s.host.window_mapped, 0, "{s:?}");
-        }
-        let g = self.world.grant_stats(GUEST).expect("guest");
-        assert_eq!(g.mapped, 0, "grants left mapped: {g:?}");
-    }
-}
-
-fn check_clean(r: &WorkloadReport) {
-    assert_eq!(r.mismatches, 0, "{r:?}");
-    assert_eq!(r.error_responses, 0, "{r:?}");
-    assert!(r.bytes_checked > 0, "{r:?}");
-    assert!(r.writes > 0 && r.reads > 0, "{r:?}");
-}
+use support::rig::{
+    check_clean, Rig, TempDir, DISK_BYTES, DISK_SECTORS, GUEST, GUEST_FRAMES, HANG_GUARD,
+};
 
 fn mixed(ops: u64, io_size: u32, seed: u64) -> Workload {
     Workload {

@@ -8,16 +8,9 @@
 //! Two kinds of tests: fallback tests, which configure the back-end not to
 //! offer a feature and check that the front-end does without it exactly as
 //! `xen-blkfront` does (and that the data still verifies); and negotiation
-//! tests, which need the back-end to offer the feature and are ignored until
-//! it does ("needs back-end support (lead)").
+//! tests, in which the back-end offers the feature and the front-end uses it.
 
 #![cfg(feature = "sim")]
-
-use std::fs::{self, File};
-use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
 
 use xbb::abi::{
     BLKIF_DISCARD_SECURE, BLKIF_OP_DISCARD, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_INDIRECT,
@@ -27,14 +20,12 @@ use xbb::sim::frontend::{
     run_workload, FeatureRequest, Frontend, FrontendError, ManualRequest, Profile, SegmentGrant,
     Workload, WorkloadReport, MAX_INDIRECT_SEGMENTS,
 };
-use xbb::sim::world::{VbdConfig, VbdHandle, World};
+use xbb::sim::world::VbdConfig;
 use xbb::stats::{Stat, Tunable};
 
-/// A guard against hangs only, never a timing requirement.
-const HANG_GUARD: Duration = Duration::from_secs(30);
-const GUEST: u16 = 1;
-const GUEST_FRAMES: u64 = 8192;
-const DISK_BYTES: u64 = 8 << 20;
+mod support;
+
+use support::rig::{check_clean, Rig, GUEST, HANG_GUARD};
 
 /// The profiles this file is about.
 const NEW_PROFILES: [&str; 6] = [
@@ -46,151 +37,32 @@ const NEW_PROFILES: [&str; 6] = [
     "modern",
 ];
 
-/// A directory under the system temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "xbb-fefeat-{}-{}-{tag}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        fs::create_dir_all(&p).expect("create temp dir");
-        TempDir(p)
-    }
+/// A back-end told (by its `hw.xbb.*` tunables) to offer neither indirect
+/// requests, nor persistent grants, nor more than one queue.
+fn plain(tag: &str, tweak: impl FnOnce(&mut VbdConfig)) -> Rig {
+    Rig::new(tag, |c| {
+        c.tunables
+            .set(Tunable::MaxIndirectSegments, 0)
+            .expect("tunable");
+        c.tunables
+            .set(Tunable::MaxPersistentGrants, 0)
+            .expect("tunable");
+        c.tunables.set(Tunable::MaxQueues, 1).expect("tunable");
+        tweak(c);
+    })
 }
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
+/// A back-end node as a number (0 when absent).
+fn be_num(rig: &Rig, key: &str) -> u64 {
+    rig.be_node(key)
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
-/// One world with one guest and one `vbd` on a fresh sparse image.
-struct Rig {
-    world: World,
-    vbd: VbdHandle,
-    image: PathBuf,
-    _dir: TempDir,
-}
-
-impl Rig {
-    fn new(tag: &str, tweak: impl FnOnce(&mut VbdConfig)) -> Rig {
-        let dir = TempDir::new(tag);
-        let image = dir.0.join("disk.img");
-        File::create(&image)
-            .and_then(|f| f.set_len(DISK_BYTES))
-            .expect("create image");
-        let world = World::new();
-        world.add_guest(GUEST, GUEST_FRAMES).expect("guest");
-        let mut cfg = VbdConfig::file(GUEST, &image);
-        tweak(&mut cfg);
-        let vbd = world.create_vbd(&cfg).expect("vbd");
-        Rig {
-            world,
-            vbd,
-            image,
-            _dir: dir,
-        }
-    }
-
-    /// A back-end told (by its `hw.xbb.*` tunables) to offer neither
-    /// indirect requests, nor persistent grants, nor more than one queue.
-    fn plain(tag: &str, tweak: impl FnOnce(&mut VbdConfig)) -> Rig {
-        Rig::new(tag, |c| {
-            c.tunables
-                .set(Tunable::MaxIndirectSegments, 0)
-                .expect("tunable");
-            c.tunables
-                .set(Tunable::MaxPersistentGrants, 0)
-                .expect("tunable");
-            c.tunables.set(Tunable::MaxQueues, 1).expect("tunable");
-            tweak(c);
-        })
-    }
-
-    fn frontend(&self, name: &str) -> Frontend {
-        let p = Profile::by_name(name).expect("profile");
-        Frontend::new(&self.world, &self.vbd, p).expect("frontend")
-    }
-
-    fn connected(&self, name: &str) -> Frontend {
-        let mut fe = self.frontend(name);
-        fe.connect().expect("connect");
-        fe
-    }
-
-    fn stat(&self, s: Stat) -> u64 {
-        self.world.stat(&self.vbd, s)
-    }
-
-    /// A back-end node, `None` when absent.
-    fn be_node(&self, key: &str) -> Option<String> {
-        self.world
-            .xen()
-            .xenstore
-            .read_str(&format!("{}/{key}", self.vbd.backend_path()))
-            .ok()
-    }
-
-    fn be_num(&self, key: &str) -> u64 {
-        self.be_node(key)
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
-    }
-
-    fn fe_node(&self, key: &str) -> Option<String> {
-        self.world
-            .xen()
-            .xenstore
-            .read_str(&format!("{}/{key}", self.vbd.frontend_path()))
-            .ok()
-    }
-
-    fn wait_completed(&self, n: u64) {
-        self.world
-            .wait_backend(&self.vbd, HANG_GUARD, |s| {
-                s.stats
-                    .as_ref()
-                    .is_some_and(|st| st.get(Stat::ReqsCompleted) >= n)
-            })
-            .expect("back-end completed the requests");
-    }
-
-    fn file_bytes(&self, offset: u64, len: usize) -> Vec<u8> {
-        let mut buf = vec![0u8; len];
-        File::open(&self.image)
-            .and_then(|f| f.read_exact_at(&mut buf, offset))
-            .expect("read image");
-        buf
-    }
-
-    /// Bytes of the image that hold allocated blocks.
-    fn allocated_bytes(&self) -> u64 {
-        fs::metadata(&self.image).expect("stat image").blocks() * 512
-    }
-
-    fn finish(self) {
-        for s in self.world.shutdown() {
-            assert!(s.error.is_none(), "{s:?}");
-            assert_eq!(s.host.leaked_at_release, 0, "{s:?}");
-            assert_eq!(s.host.bad_unmaps, 0, "{s:?}");
-            assert_eq!(s.host.bad_iovecs, 0, "{s:?}");
-            assert_eq!(s.host.window_mapped, 0, "{s:?}");
-        }
-        let g = self.world.grant_stats(GUEST).expect("guest");
-        assert_eq!(g.mapped, 0, "grants left mapped: {g:?}");
-        assert_eq!(g.active_grants, 0, "grants left active: {g:?}");
-    }
-}
-
-fn check_clean(r: &WorkloadReport) {
-    assert_eq!(r.mismatches, 0, "{r:?}");
-    assert_eq!(r.error_responses, 0, "{r:?}");
-    assert!(r.bytes_checked > 0, "{r:?}");
-    assert!(r.writes > 0 && r.reads > 0, "{r:?}");
+/// Shuts down, checks as every rig does, and that no grant is left active.
+fn finish(rig: Rig) {
+    let g = rig.finish();
+    assert_eq!(g.active_grants, 0, "grants left active: {g:?}");
 }
 
 fn mixed(ops: u64, io_size: u32, seed: u64) -> Workload {
@@ -259,7 +131,7 @@ fn new_profiles_exist_and_modern_has_everything() {
 
 #[test]
 fn impossible_profiles_are_refused() {
-    let rig = Rig::plain("badprofile", |_| {});
+    let rig = plain("badprofile", |_| {});
     for p in [
         Profile {
             max_indirect_segments: MAX_INDIRECT_SEGMENTS + 1,
@@ -275,7 +147,7 @@ fn impossible_profiles_are_refused() {
             Err(FrontendError::Invalid(_))
         ));
     }
-    rig.finish();
+    finish(rig);
 }
 
 // ---------------------------------------------------------------------------
@@ -285,7 +157,7 @@ fn impossible_profiles_are_refused() {
 #[test]
 fn every_new_profile_falls_back_and_verifies() {
     for name in NEW_PROFILES {
-        let rig = Rig::plain(name, |_| {});
+        let rig = plain(name, |_| {});
         let mut fe = rig.connected(name);
         let p = fe.profile().clone();
         let info = fe.info().clone();
@@ -330,14 +202,14 @@ fn every_new_profile_falls_back_and_verifies() {
         assert_eq!(fe.persistent_grants(), 0, "{name}");
         assert_eq!(fe.grants_issued(), segments_moved(&r), "{name}: {r:?}");
         fe.disconnect().expect("disconnect");
-        rig.finish();
+        finish(rig);
     }
 }
 
 #[test]
 fn discard_profile_sends_no_discard_to_a_backend_without_it() {
     // A read-only medium never offers discard.
-    let rig = Rig::plain("ro-discard", |c| c.mode = "r".into());
+    let rig = plain("ro-discard", |c| c.mode = "r".into());
     let mut fe = rig.connected("discard");
     assert!(!fe.info().discard, "{:?}", fe.info());
     let wl = Workload {
@@ -352,7 +224,7 @@ fn discard_profile_sends_no_discard_to_a_backend_without_it() {
     rig.wait_completed(r.requests);
     assert_eq!(rig.stat(Stat::DiscardReqs), 0);
     fe.disconnect().unwrap();
-    rig.finish();
+    finish(rig);
 }
 
 #[test]
@@ -364,7 +236,7 @@ fn new_profiles_match_what_the_default_backend_offers() {
         let mut fe = rig.connected(name);
         let p = fe.profile().clone();
         let info = fe.info().clone();
-        let offered_ind = rig.be_num("feature-max-indirect-segments");
+        let offered_ind = be_num(&rig, "feature-max-indirect-segments");
         assert_eq!(
             u64::from(info.max_indirect_segments),
             offered_ind.min(u64::from(p.max_indirect_segments)),
@@ -372,17 +244,17 @@ fn new_profiles_match_what_the_default_backend_offers() {
         );
         assert_eq!(
             info.persistent,
-            p.persistent && rig.be_num("feature-persistent") == 1,
+            p.persistent && be_num(&rig, "feature-persistent") == 1,
             "{name}"
         );
-        let max_q = rig.be_num("multi-queue-max-queues");
+        let max_q = be_num(&rig, "multi-queue-max-queues");
         let want_q = if p.queues > 1 && max_q > 0 {
             max_q.min(u64::from(p.queues))
         } else {
             1
         };
         assert_eq!(u64::from(info.queues), want_q, "{name}");
-        assert_eq!(info.discard, rig.be_num("feature-discard") == 1, "{name}");
+        assert_eq!(info.discard, be_num(&rig, "feature-discard") == 1, "{name}");
         let r = run_workload(&mut fe, &mixed(300, 64 << 10, 11)).expect(name);
         check_clean(&r);
         assert_eq!(r.requests_per_queue.len() as u32, info.queues, "{name}");
@@ -393,7 +265,7 @@ fn new_profiles_match_what_the_default_backend_offers() {
             assert_eq!(r.discards, 0, "{name}");
         }
         fe.disconnect().expect("disconnect");
-        rig.finish();
+        finish(rig);
     }
 }
 
@@ -403,7 +275,7 @@ fn new_profiles_match_what_the_default_backend_offers() {
 
 #[test]
 fn foursector_profile_sizes_io_to_the_logical_sector() {
-    let rig = Rig::plain("4k", |c| c.sector_size = 4096);
+    let rig = plain("4k", |c| c.sector_size = 4096);
     // 6 KiB is not a multiple of the 4 KiB sector: a plain front-end
     // refuses the workload...
     let odd = mixed(200, 6144, 21);
@@ -439,7 +311,7 @@ fn foursector_profile_sizes_io_to_the_logical_sector() {
     };
     check_clean(&run_workload(&mut fe, &modern).unwrap());
     fe.disconnect().unwrap();
-    rig.finish();
+    finish(rig);
 }
 
 // ---------------------------------------------------------------------------
@@ -448,7 +320,7 @@ fn foursector_profile_sizes_io_to_the_logical_sector() {
 
 #[test]
 fn manual_feature_requests_refused_without_the_features() {
-    let rig = Rig::plain("manual", |_| {});
+    let rig = plain("manual", |_| {});
     let mut fe = rig.connected("modern");
     assert_eq!(fe.info().max_indirect_segments, 0);
     // An indirect request to a back-end that offered none.
@@ -474,12 +346,12 @@ fn manual_feature_requests_refused_without_the_features() {
         Err(FrontendError::Invalid(_))
     ));
     fe.disconnect().unwrap();
-    rig.finish();
+    finish(rig);
 }
 
 #[test]
 fn manual_requests_can_share_grants() {
-    let rig = Rig::plain("share", |_| {});
+    let rig = plain("share", |_| {});
     let mut fe = rig.connected("persistent");
     // A write whose two segments name the same page: the page's bytes land
     // twice.
@@ -517,7 +389,7 @@ fn manual_requests_can_share_grants() {
     }
     assert_eq!(fe.grants_issued(), issued);
     fe.disconnect().unwrap();
-    rig.finish();
+    finish(rig);
 }
 
 // ---------------------------------------------------------------------------
@@ -528,7 +400,7 @@ fn manual_requests_can_share_grants() {
 fn indirect_negotiated_carries_large_requests() {
     let rig = Rig::new("indirect", |_| {});
     let mut fe = rig.connected("indirect");
-    assert!(rig.be_num("feature-max-indirect-segments") >= 256);
+    assert!(be_num(&rig, "feature-max-indirect-segments") >= 256);
     assert_eq!(fe.info().max_indirect_segments, 256);
     // 256 KiB I/Os: 64 segments each, one indirect request.
     let r = run_workload(&mut fe, &mixed(200, 256 << 10, 31)).unwrap();
@@ -549,7 +421,7 @@ fn indirect_negotiated_carries_large_requests() {
     assert_eq!(st, BLKIF_RSP_OKAY);
     assert_eq!(fe.page_data(id), vec![0x6B; 20 * 4096]);
     fe.disconnect().unwrap();
-    rig.finish();
+    finish(rig);
 }
 
 #[test]
@@ -599,14 +471,14 @@ fn indirect_negotiated_refuses_hostile_requests() {
     let short = w(600).indirect(BLKIF_OP_READ).indirect_pages(1);
     let _ = one(&mut fe, &short);
     fe.disconnect().unwrap();
-    rig.finish();
+    finish(rig);
 }
 
 #[test]
 fn persistent_negotiated_reuses_grants() {
     let rig = Rig::new("persistent", |_| {});
     let mut fe = rig.connected("persistent");
-    assert_eq!(rig.be_num("feature-persistent"), 1);
+    assert_eq!(be_num(&rig, "feature-persistent"), 1);
     assert!(fe.info().persistent);
     let r = run_workload(&mut fe, &mixed(400, 32 << 10, 41)).unwrap();
     check_clean(&r);
@@ -627,7 +499,7 @@ fn persistent_negotiated_reuses_grants() {
     assert!(g.active_grants >= fe.persistent_grants() as u64, "{g:?}");
     // ...and are all ended (the back-end unmapped them) at disconnect.
     fe.disconnect().unwrap();
-    rig.finish();
+    finish(rig);
 }
 
 #[test]
@@ -657,14 +529,14 @@ fn persistent_negotiated_hostile_grant_reuse() {
     };
     check_clean(&run_workload(&mut fe, &wl).unwrap());
     fe.disconnect().unwrap();
-    rig.finish();
+    finish(rig);
 }
 
 #[test]
 fn multiqueue_negotiated_uses_every_queue() {
     let rig = Rig::new("multiqueue", |_| {});
     let mut fe = rig.connected("multiqueue");
-    assert!(rig.be_num("multi-queue-max-queues") >= 4);
+    assert!(be_num(&rig, "multi-queue-max-queues") >= 4);
     assert_eq!(fe.info().queues, 4);
     assert_eq!(rig.fe_node("multi-queue-num-queues").as_deref(), Some("4"));
     assert_eq!(rig.fe_node("ring-page-order").as_deref(), Some("1"));
@@ -702,7 +574,7 @@ fn multiqueue_negotiated_uses_every_queue() {
     );
     assert_eq!(st, BLKIF_RSP_OKAY);
     fe.disconnect().unwrap();
-    rig.finish();
+    finish(rig);
 }
 
 #[test]
@@ -747,7 +619,7 @@ fn discard_negotiated_reaches_the_store() {
     assert_eq!(st, BLKIF_RSP_OKAY);
     assert!(rig.allocated_bytes() < before);
     fe.disconnect().unwrap();
-    rig.finish();
+    finish(rig);
 }
 
 #[test]
@@ -766,5 +638,5 @@ fn modern_negotiates_everything() {
     assert!(r.requests_per_queue.iter().all(|&n| n > 0), "{r:?}");
     assert!(fe.grants_issued() < segments_moved(&r));
     fe.disconnect().unwrap();
-    rig.finish();
+    finish(rig);
 }

@@ -4,3 +4,5 @@
 #![allow(dead_code)]
 
 pub mod fakehost;
+#[cfg(feature = "sim")]
+pub mod rig;
