@@ -218,6 +218,17 @@ fn exit(passed: bool) -> ExitCode {
     }
 }
 
+/// Writes `text` to standard output; a reader that went away (`| head`)
+/// is not an error.
+fn emit(text: &str) -> ExitCode {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(_) => ExitCode::from(1),
+    }
+}
+
 fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(a) => a,
@@ -329,23 +340,20 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Some("default-scenario") => {
-            print!("{}", lab::DEFAULT_SCENARIO);
-            ExitCode::SUCCESS
-        }
+        Some("default-scenario") => emit(lab::DEFAULT_SCENARIO),
         Some("tables") => {
-            println!("# loader tunables");
+            let mut out = String::from("# loader tunables\n");
             for t in TUNABLES {
-                println!(
-                    "{TUNABLE_PREFIX}{}: default {}, {}..={}: {}",
+                out.push_str(&format!(
+                    "{TUNABLE_PREFIX}{}: default {}, {}..={}: {}\n",
                     t.name, t.default, t.min, t.max, t.descr
-                );
+                ));
             }
-            println!("# sysctl nodes (dev.xbb.N.<leaf>)");
+            out.push_str("# sysctl nodes (dev.xbb.N.<leaf>)\n");
             for d in SYSCTLS {
-                println!("{} ({:?}): {}", d.name, d.kind, d.descr);
+                out.push_str(&format!("{} ({:?}): {}\n", d.name, d.kind, d.descr));
             }
-            ExitCode::SUCCESS
+            emit(&out)
         }
         Some("help") => {
             print!("{}", help());
