@@ -112,8 +112,12 @@ build_rust() {
 	mkdir -p "$(dirname "$obj")"
 	# shellcheck disable=SC2086
 	"$KMOD_LD" -m elf_x86_64_fbsd -r -o "$obj.tmp" $uargs "$lib"
+	# LLVM turns memcmp() == 0 into bcmp() for FreeBSD targets, but the
+	# FreeBSD 15 kernel has no bcmp symbol (it is a macro for memcmp):
+	# kldload failed with "symbol bcmp undefined" until this rename.
 	"$KMOD_OBJCOPY" --remove-section=.llvmbc --remove-section=.llvmcmd \
-	    --remove-section='.note.GNU-stack' "$obj.tmp" "$obj"
+	    --remove-section='.note.GNU-stack' --redefine-sym bcmp=memcmp \
+	    "$obj.tmp" "$obj"
 	rm -f "$obj.tmp"
 	echo "kmod: $obj"
 }

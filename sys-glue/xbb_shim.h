@@ -9,7 +9,7 @@
  *  - struct xbb_shim_ops: services the C shim provides to Rust, as a table of
  *    function pointers handed over once, at module load, with
  *    xbb_rs_load().  Rust therefore has no link-time dependency on C (its
- *    only undefined symbols are memcpy, memmove, memset, memcmp, bcmp), and
+ *    only undefined symbols are memcpy, memmove, memset, memcmp), and
  *    the user-space "fake kernel" of the Rust test suite supplies its own
  *    table.
  *
