@@ -1679,8 +1679,10 @@ fn xs_path(key: &str) -> String {
 }
 
 /// A strict decimal, the oracle's own reading.
+/// Leading zeros are allowed (any number of them), as the core's
+/// `parse_u64` allows them; only the value must fit.
 fn dec(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || v.len() > 20 || !v.iter().all(u8::is_ascii_digit) {
+    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
         return None;
     }
     v.iter().try_fold(0u64, |n, &c| {

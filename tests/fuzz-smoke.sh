@@ -11,7 +11,15 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install --locked cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz
 fi
 export RUSTC_BOOTSTRAP=1
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
 for t in ring request xenstore; do
     echo "fuzz-smoke: $t for ${secs}s"
-    cargo fuzz run "$t" -- -max_total_time="$secs" -print_final_stats=0 2>&1 | tail -n 3
+    # The status of cargo fuzz itself, not of a pipe: a crash must fail CI.
+    if ! cargo fuzz run "$t" -- -max_total_time="$secs" -print_final_stats=0 >"$log" 2>&1; then
+        tail -n 60 "$log"
+        echo "fuzz-smoke: $t FAILED (the input is under fuzz/artifacts/$t/)"
+        exit 1
+    fi
+    tail -n 3 "$log"
 done
