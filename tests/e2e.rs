@@ -27,27 +27,16 @@ use xbb::stats::{Stat, Tunable};
 mod support;
 
 use support::rig::{
-    check_clean, Rig, TempDir, DISK_BYTES, DISK_SECTORS, GUEST, GUEST_FRAMES, HANG_GUARD,
+    check_clean, wait_one, Rig, TempDir, DISK_BYTES, DISK_SECTORS, GUEST, GUEST_FRAMES, HANG_GUARD,
 };
 
 fn mixed(ops: u64, io_size: u32, seed: u64) -> Workload {
-    Workload {
-        ops,
-        io_size,
-        random: true,
-        read_pct: 50,
-        region_sectors: Some((0, 4096)),
-        seed,
-        verify_all_at_end: true,
-    }
+    support::rig::mixed(ops, io_size, seed, 4096)
 }
 
 fn one(fe: &mut Frontend, req: &ManualRequest) -> (u64, BlkifResponse) {
     let id = fe.submit(req).expect("submit");
-    let r = fe.wait_responses(1).expect("response");
-    assert_eq!(r.len(), 1, "{r:?}");
-    assert_eq!(r[0].id, id, "{r:?}");
-    (id, r[0])
+    (id, wait_one(fe, id))
 }
 
 fn status_of(fe: &mut Frontend, req: &ManualRequest) -> i16 {

@@ -25,7 +25,7 @@ use xbb::stats::{Stat, Tunable};
 
 mod support;
 
-use support::rig::{check_clean, Rig, GUEST, HANG_GUARD};
+use support::rig::{check_clean, wait_one, Rig, GUEST, HANG_GUARD};
 
 /// The profiles this file is about.
 const NEW_PROFILES: [&str; 6] = [
@@ -66,23 +66,12 @@ fn finish(rig: Rig) {
 }
 
 fn mixed(ops: u64, io_size: u32, seed: u64) -> Workload {
-    Workload {
-        ops,
-        io_size,
-        random: true,
-        read_pct: 50,
-        region_sectors: Some((0, 8192)),
-        seed,
-        verify_all_at_end: true,
-    }
+    support::rig::mixed(ops, io_size, seed, 8192)
 }
 
 fn one(fe: &mut Frontend, req: &FeatureRequest) -> (u64, i16) {
     let id = fe.submit_feature(req).expect("submit");
-    let r = fe.wait_responses(1).expect("response");
-    assert_eq!(r.len(), 1, "{r:?}");
-    assert_eq!(r[0].id, id, "{r:?}");
-    (id, r[0].status)
+    (id, wait_one(fe, id).status)
 }
 
 /// 4-KiB pages of data the workload moved (one segment each).

@@ -8,8 +8,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use xbb::abi::BlkifResponse;
 use xbb::host::XenbusState;
-use xbb::sim::frontend::{Frontend, Profile, WorkloadReport};
+use xbb::sim::frontend::{Frontend, Profile, Workload, WorkloadReport};
 use xbb::sim::gnttab::GrantStats;
 use xbb::sim::world::{VbdConfig, VbdHandle, World};
 use xbb::stats::Stat;
@@ -188,4 +189,26 @@ pub fn check_clean(r: &WorkloadReport) {
     assert_eq!(r.error_responses, 0, "{r:?}");
     assert!(r.bytes_checked > 0, "{r:?}");
     assert!(r.writes > 0 && r.reads > 0, "{r:?}");
+}
+
+/// A random half-read, half-write workload of `ops` I/Os of `io_size`
+/// bytes over the first `region_sectors` sectors, verified at the end.
+pub fn mixed(ops: u64, io_size: u32, seed: u64, region_sectors: u64) -> Workload {
+    Workload {
+        ops,
+        io_size,
+        random: true,
+        read_pct: 50,
+        region_sectors: Some((0, region_sectors)),
+        seed,
+        verify_all_at_end: true,
+    }
+}
+
+/// Waits for the one response to the request `id` just submitted.
+pub fn wait_one(fe: &mut Frontend, id: u64) -> BlkifResponse {
+    let r = fe.wait_responses(1).expect("response");
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r[0].id, id, "{r:?}");
+    r[0]
 }
