@@ -9,7 +9,11 @@
 //!
 //! With the `sim` feature the crate also carries `sim`, a simulated Xen
 //! host (guest memory, grant table, event channels, XenStore, toolstack,
-//! guest front-ends, file and device stores) used by `xbb-lab` and the tests.
+//! guest front-ends) used by `xbb-lab` and the tests. With the `xen`
+//! feature it carries `xen`, the platform of a user-space back-end in a
+//! real dom0 (the `xbb-serve` program) over Xen's libxengnttab,
+//! libxenevtchn and libxenstore. Both serve I/O from `ustore`, the
+//! user-space file and device stores.
 
 #![no_std]
 #![deny(unsafe_code)]
@@ -36,3 +40,7 @@ pub mod stats;
 
 #[cfg(feature = "sim")]
 pub mod sim;
+#[cfg(feature = "ustore")]
+pub mod ustore;
+#[cfg(feature = "xen")]
+pub mod xen;

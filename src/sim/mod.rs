@@ -39,7 +39,8 @@ pub mod gnttab;
 pub mod host;
 pub mod lab;
 pub mod memory;
-pub mod store;
+/// The stores moved to [`crate::ustore`], shared with the dom0 platform.
+pub use crate::ustore as store;
 pub mod toolstack;
 pub mod world;
 pub mod xenstore;

@@ -1,8 +1,9 @@
-//! Back-end stores of the simulated host: the medium behind a `vbd`.
+//! User-space back-end stores: the medium behind a `vbd`, for the simulated
+//! host (`sim`) and the dom0 user-space platform (`xen`).
 //!
 //! They carry out the medium side of `io/blkif.h`'s operations —
 //! `BLKIF_OP_READ`, `BLKIF_OP_WRITE`, `BLKIF_OP_FLUSH_DISKCACHE` and
-//! `BLKIF_OP_DISCARD` — once the simulated host has turned the core's
+//! `BLKIF_OP_DISCARD` — once the platform has turned the core's
 //! [`IoOp`](crate::host::IoOp)s (offsets in the data window) into
 //! [`StoreIo`]s (addresses in this process), and report the medium's
 //! `sectors`, `sector-size` and `physical-sector-size` as
@@ -107,7 +108,7 @@ pub enum StoreIo {
     },
 }
 
-/// A back-end store of the simulated host.
+/// A user-space back-end store.
 pub trait SimStore: Send + Sync {
     /// Describes the medium. The size is read again from the file or device,
     /// so a medium that grew is seen.
