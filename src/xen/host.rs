@@ -94,6 +94,7 @@ pub struct XenHost {
     epoch: Instant,
     refs: Vec<GrantRef>,
     stats: XenHostStats,
+    removed: bool,
 }
 
 impl core::fmt::Debug for XenHost {
@@ -134,12 +135,20 @@ impl XenHost {
             epoch: Instant::now(),
             refs: Vec::new(),
             stats: XenHostStats::default(),
+            removed: false,
         })
     }
 
     /// The instance's XenStore connection (its watches too).
     pub fn xs(&mut self) -> &mut Xs {
         &mut self.xs
+    }
+
+    /// The toolstack removed the device's directory: from now on writes
+    /// fail as if the nodes were gone, so that detaching does not create
+    /// the directory again (xenstored makes missing parents on a write).
+    pub fn set_removed(&mut self) {
+        self.removed = true;
     }
 
     /// The event-channel descriptor to poll.
@@ -259,6 +268,9 @@ impl XenStore for XenHost {
     }
 
     fn xs_write(&mut self, txn: XsTxn, path: &str, value: &str) -> Result<(), XsError> {
+        if self.removed {
+            return Err(XsError::NotFound);
+        }
         self.xs.write(txn.0, path, value.as_bytes()).map_err(xs_err)
     }
 

@@ -512,6 +512,7 @@ impl InstanceThread {
                     // serve (the front-end was closed first, or is gone).
                     let state = host.xs().read(0, &format!("{}/state", self.path));
                     if matches!(state, Err(libc::ENOENT)) {
+                        host.set_removed();
                         stop = true;
                     } else {
                         inst.frontend_changed(&mut host);
