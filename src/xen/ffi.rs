@@ -311,9 +311,20 @@ impl Evtchn {
     pub fn open() -> io::Result<Evtchn> {
         // SAFETY: null logger, flags 0.
         let h = unsafe { xenevtchn_open(core::ptr::null_mut(), 0) };
-        Ok(Evtchn {
+        let e = Evtchn {
             h: NonNull::new(h).ok_or_else(io::Error::last_os_error)?,
-        })
+        };
+        // `pending` reads the descriptor: it must not block once drained.
+        let fd = e.fd();
+        // SAFETY: fcntl on the descriptor the handle owns.
+        let ok = unsafe {
+            let fl = libc::fcntl(fd, libc::F_GETFL);
+            fl >= 0 && libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) == 0
+        };
+        if !ok {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(e)
     }
 
     /// The descriptor that becomes readable when a port fired.

@@ -102,6 +102,10 @@ fn read_str(xs: &mut Xs, txn: u32, path: &str) -> Result<Option<String>, i32> {
     }
 }
 
+fn process_alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
 /// Claims the vbd at `path` for this process, atomically.
 fn claim(xs: &mut Xs, path: &str, cfg: &Config) -> Result<(), Skip> {
     if !cfg.ignore_kernel_backend && std::path::Path::new(KERNEL_BLKBACK).exists() {
@@ -117,10 +121,18 @@ fn claim(xs: &mut Xs, path: &str, cfg: &Config) -> Result<(), Skip> {
                 read_str(xs, txn, &format!("{path}/{CLAIM_NODE}"))?,
             ))
         })();
-        let Ok((state, kind, owner)) = read else {
+        let Ok((state, kind, mut owner)) = read else {
             let _ = xs.transaction_end(txn, false);
             return Err(Skip::Gone);
         };
+        // The mark of an xbb-serve that died (no such process in this
+        // domain) binds nobody; the state check still applies.
+        if owner
+            .as_deref()
+            .is_some_and(|o| o.trim().parse::<u32>().is_ok_and(|p| !process_alive(p)))
+        {
+            owner = None;
+        }
         if let Err(s) = claim_decision(
             state.as_deref(),
             kind.as_deref(),
