@@ -25,6 +25,7 @@
 #include <sys/conf.h>
 #include <sys/disk.h>
 #include <sys/fcntl.h>
+#include <sys/filedesc.h>
 #include <sys/kernel.h>
 #include <sys/limits.h>
 #include <sys/lock.h>
@@ -145,6 +146,12 @@ xbb_store_open(struct xbb_softc *sc, const char *path, const char *kind,
 		strlcpy(full, path, MAXPATHLEN);
 
 	flags = FREAD | (writable ? FWRITE : 0);
+	/*
+	 * We run in a kernel thread (the XenBus probe taskqueue or our own
+	 * task), whose process may have no root or current directory yet:
+	 * namei() would dereference them.  Give it the root vnode's.
+	 */
+	pwd_ensure_dirs();
 	NDINIT(&nd, LOOKUP, FOLLOW, UIO_SYSSPACE, full);
 	error = vn_open(&nd, &flags, 0, NULL);
 	if (error != 0) {
@@ -165,7 +172,12 @@ xbb_store_open(struct xbb_softc *sc, const char *path, const char *kind,
 		st->st_csw = dev_refthread(st->st_cdev, &st->st_ref);
 		if (st->st_csw == NULL)
 			error = ENXIO;
-	} else if (vp->v_type == VREG && strcmp(kind, "phy") != 0) {
+	} else if (vp->v_type == VREG) {
+		/*
+		 * A regular file whatever "type" says: libxl writes "phy" for
+		 * every raw disk it hands to a back-end in another domain
+		 * (driver domains) and for file targets on a FreeBSD dom0.
+		 */
 		st->st_is_dev = 0;
 		st->st_tq = taskqueue_create("xbbfile", M_WAITOK,
 		    taskqueue_thread_enqueue, &st->st_tq);
