@@ -950,9 +950,6 @@ xbb_sysctl_attach(struct xbb_softc *sc)
 	SYSCTL_ADD_PROC(&sc->sc_sysctl, top, OID_AUTO, "state",
 	    CTLTYPE_UINT | CTLFLAG_RD | CTLFLAG_MPSAFE, sc, 0,
 	    xbb_sysctl_state, "IU", "XenBus state of the back-end");
-	SYSCTL_ADD_PROC(&sc->sc_sysctl, top, OID_AUTO, "num_queues",
-	    CTLTYPE_UINT | CTLFLAG_RD | CTLFLAG_MPSAFE, sc, 1,
-	    xbb_sysctl_state, "IU", "Queues of the current connection");
 	SYSCTL_ADD_PROC(&sc->sc_sysctl, top, OID_AUTO, "last_error",
 	    CTLTYPE_STRING | CTLFLAG_RD | CTLFLAG_MPSAFE, sc, 0,
 	    xbb_sysctl_last_error, "A", "Why the connection last failed");

@@ -494,3 +494,30 @@ fn shim_nodes_are_in_the_shim_header() {
         );
     }
 }
+
+/// The shim adds its own nodes beside the table's; a name in both would be
+/// a duplicate leaf FreeBSD refuses ("can't re-use a leaf") on every attach.
+/// Found by running xbb.ko: `num_queues` was added twice.
+#[test]
+fn shim_nodes_do_not_duplicate_the_table() {
+    let c =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sys-glue/xbb.c"))
+            .expect("sys-glue/xbb.c");
+    let mut names = Vec::new();
+    for (i, _) in c.match_indices("OID_AUTO, \"") {
+        let rest = &c[i + "OID_AUTO, \"".len()..];
+        let name = &rest[..rest.find('"').expect("closing quote")];
+        names.push(name.to_string());
+    }
+    assert!(names.iter().any(|n| n == "state"), "parsed {names:?}");
+    for n in &names {
+        assert!(
+            !SYSCTLS.iter().any(|d| d.name == n),
+            "sys-glue/xbb.c adds {n:?}, which the table already has"
+        );
+        assert!(
+            SHIM_NODES.contains(&n.as_str()) || n == "queue",
+            "sys-glue/xbb.c adds {n:?}, not documented as a shim node"
+        );
+    }
+}
