@@ -404,6 +404,13 @@ impl Instance {
     }
 
     fn set_state<H: Host>(&mut self, host: &mut H, state: XenbusState) {
+        // Only transitions are written. A back-end watches its own
+        // directory (the toolstack writes there too), so re-writing an
+        // unchanged state from a watch handler would fire the watch again,
+        // forever: xenstored fires on every write, even of the same value.
+        if state == self.state {
+            return;
+        }
         if let Err(e) = connect::write_state(host, &self.be_path, state) {
             self.last_error = Some(e);
         }

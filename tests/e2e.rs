@@ -15,7 +15,7 @@ use xbb::abi::{
     BLKIF_OP_WRITE_BARRIER, BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY, VDISK_READONLY,
 };
 use xbb::connect::ConnectError;
-use xbb::host::{GrantError, IoError, XenbusState};
+use xbb::host::{GrantError, IoError, XenbusState, XsTxn};
 use xbb::sim::frontend::{
     run_workload, Frontend, FrontendError, ManualRequest, Profile, Workload, WorkloadReport,
 };
@@ -822,6 +822,39 @@ fn an_offline_vbd_closes_its_store_when_the_front_end_leaves() {
         .expect("store closed");
     assert_eq!(snap.state, XenbusState::Closed);
     rig.finish();
+}
+
+/// A back-end watches its own directory, and xenstored fires a watch on
+/// every write, even of an unchanged value. Re-writing `state` from the
+/// watch handler once closed spun forever in the real Xen host (thousands
+/// of watch events a second) and starved libxl's hotplug scripts; only
+/// transitions may be written.
+#[test]
+fn a_closed_back_end_does_not_rewrite_its_state_from_its_own_watch() {
+    for online in [false, true] {
+        let rig = Rig::new("quiet", |c| c.online = online);
+        let mut fe = rig.connected("legacy");
+        fe.disconnect().unwrap();
+        rig.wait_state(XenbusState::Closed);
+        // The toolstack writes into the directory (xl: `online`, hotplug).
+        let node = format!("{}/hotplug-status", rig.vbd.backend_path());
+        rig.world
+            .xen()
+            .xenstore
+            .write_in(XsTxn::NONE, &node, b"connected")
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let before = rig.world.backend(&rig.vbd).expect("backend").events;
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let after = rig.world.backend(&rig.vbd).expect("backend").events;
+        assert!(
+            after - before <= 2,
+            "online={online}: {} events while nothing happened",
+            after - before
+        );
+        assert_eq!(rig.be_node("state").as_deref(), Some("6"));
+        rig.finish();
+    }
 }
 
 #[test]

@@ -13,13 +13,14 @@ use xbb::stats::{Tunables, TUNABLES, TUNABLE_PREFIX};
 use xbb::xen::serve::{Config, Server};
 
 const USAGE: &str = "\
-usage: xbb-serve [--set TUNABLE=VALUE]... [--type phy,file] [--ignore-kernel-backend]
+usage: xbb-serve [-v] [--set TUNABLE=VALUE]... [--type phy,file] [--ignore-kernel-backend]
        xbb-serve --tunables
 
 Serves the vbds of this Xen domain's backend/vbd directory from user space.
   --set NAME=VALUE   an hw.xbb.* tunable (NAME with or without the prefix)
   --type LIST        take only vbds whose `type` node is in LIST (default phy,file)
   --tunables         list the tunables with their defaults and bounds
+  -v, --verbose      log every watch, event batch and completion batch
   --ignore-kernel-backend
                      take vbds even while xen-blkback is loaded (it will race)
 Signals: USR1 prints the dev.xbb.N tables; TERM/INT detach every vbd and exit.";
@@ -29,6 +30,7 @@ fn parse(args: &[String]) -> Result<Option<Config>, String> {
         tunables: Tunables::default(),
         types: vec![String::from("phy"), String::from("file")],
         ignore_kernel_backend: false,
+        verbose: false,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -47,6 +49,7 @@ fn parse(args: &[String]) -> Result<Option<Config>, String> {
                 return Ok(None);
             }
             "--ignore-kernel-backend" => cfg.ignore_kernel_backend = true,
+            "-v" | "--verbose" => cfg.verbose = true,
             "--type" => {
                 let v = it.next().ok_or("--type needs a value")?;
                 cfg.types = v

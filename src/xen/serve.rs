@@ -32,6 +32,7 @@ use std::vec::Vec;
 
 use super::ffi::{self, Wakeup, Xs};
 use super::host::XenHost;
+use crate::connect::ConnectError;
 use crate::host::{DomId, XenbusState};
 use crate::instance::Instance;
 use crate::stats::{Stats, Tunables, SYSCTLS};
@@ -52,6 +53,8 @@ pub struct Config {
     pub types: Vec<String>,
     /// Serve vbds even while the kernel's xen-blkback is loaded (tests).
     pub ignore_kernel_backend: bool,
+    /// Log every watch, event-channel and completion batch.
+    pub verbose: bool,
 }
 
 /// Why a vbd was not claimed.
@@ -323,6 +326,7 @@ impl Server {
             path: path.clone(),
             unit,
             tunables: self.cfg.tunables,
+            verbose: self.cfg.verbose,
             ctl: rx,
             wake: Arc::clone(&wake),
             finished: Arc::clone(&finished),
@@ -452,6 +456,7 @@ struct InstanceThread {
     path: String,
     unit: usize,
     tunables: Tunables,
+    verbose: bool,
     ctl: Receiver<Ctl>,
     wake: Arc<Wakeup>,
     finished: Arc<AtomicBool>,
@@ -491,7 +496,9 @@ impl InstanceThread {
         let mut fe_watch: Option<String> = None;
         let mut ready = [false; 3];
         let mut stop = false;
+        let mut seen = (XenbusState::Unknown, None);
         while !stop {
+            self.report(&inst, &mut seen);
             // Scheduled runs first; then sleep until something happens.
             while let Some(q) = host.take_run() {
                 inst.run(&mut host, q);
@@ -506,17 +513,29 @@ impl InstanceThread {
             if ready[2] {
                 self.wake.clear();
             }
+            let mut n = (0u32, 0u32);
             while let Some((tag, r)) = host.take_completion() {
                 inst.complete(&mut host, tag, r);
+                n.0 += 1;
             }
             while let Some(ev) = host.next_event() {
                 if let Some(q) = ev {
                     inst.event(&mut host, q);
+                    n.1 += 1;
                 }
+            }
+            if self.verbose && n != (0, 0) {
+                log(&format!(
+                    "dev.xbb.{}: {} completions, {} events",
+                    self.unit, n.0, n.1
+                ));
             }
             if ready[0] {
                 let mut fired = false;
-                while host.xs().check_watch().is_some() {
+                while let Some((path, token)) = host.xs().check_watch() {
+                    if self.verbose {
+                        log(&format!("dev.xbb.{}: watch {token} {path}", self.unit));
+                    }
                     fired = true;
                 }
                 if fired {
@@ -562,6 +581,22 @@ impl InstanceThread {
         drop(inst);
         drop(host);
         Ok(())
+    }
+
+    /// Logs state changes and new connection errors, as a kernel driver
+    /// would on the console.
+    fn report(&self, inst: &Instance, seen: &mut (XenbusState, Option<ConnectError>)) {
+        let now = (inst.state(), inst.last_error());
+        if now.0 != seen.0 {
+            log(&format!(
+                "dev.xbb.{}: state {:?} -> {:?}",
+                self.unit, seen.0, now.0
+            ));
+        }
+        if now.1.is_some() && now.1 != seen.1 {
+            log(&format!("dev.xbb.{}: error: {:?}", self.unit, now.1));
+        }
+        *seen = now;
     }
 
     fn rewatch(&self, host: &mut XenHost, inst: &Instance, cur: &mut Option<String>) {
