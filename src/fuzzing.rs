@@ -1596,7 +1596,7 @@ fn check_parsed(req: &BlkifRequest, p: &request::Parsed, segs: &[Segment], lim: 
             sector_number,
             ..
         } => {
-            assert_eq!(p.operation, BLKIF_OP_INDIRECT);
+            assert_eq!(p.operation, indirect_op);
             assert_eq!(p.nsegs, nr_segments);
             assert_eq!(p.sector, sector_number);
             assert_eq!(

@@ -1082,7 +1082,7 @@ impl Queue {
     fn accept<H: Host>(&mut self, host: &mut H, raw: &BlkifRequest, coalesce: bool) {
         let Some(slot) = self.p.free_reqs.pop() else {
             // consume() checked; keep the invariant without panicking.
-            self.respond(raw.id, raw.operation, BLKIF_RSP_ERROR);
+            self.respond(raw.id, request::response_operation(raw), BLKIF_RSP_ERROR);
             return;
         };
         let base = slot as usize * self.max_segs;
@@ -1112,7 +1112,7 @@ impl Queue {
             Err(status) => {
                 self.stats.inc(Stat::ReqsRefused);
                 self.p.free_reqs.push(slot);
-                self.respond(raw.id, raw.operation, status);
+                self.respond(raw.id, request::response_operation(raw), status);
                 return;
             }
         };

@@ -90,8 +90,8 @@ pub struct Limits {
 pub struct Parsed {
     /// The front-end's id, echoed in the response.
     pub id: u64,
-    /// The wire operation, echoed in the response (`BLKIF_OP_INDIRECT` for
-    /// indirect requests).
+    /// The operation echoed in the response: the wire operation, or for an
+    /// indirect request its `indirect_op` (see [`response_operation`]).
     pub operation: u8,
     /// What to do.
     pub op: Op,
@@ -213,6 +213,20 @@ fn check_segments(segs: &[Segment], limits: &Limits) -> Result<u64, RequestError
         nr_sectors += u64::from(s.last_sect - s.first_sect) + 1;
     }
     Ok(nr_sectors)
+}
+
+/// The `operation` a response to `req` carries. `blkif_response_t` copies
+/// the request's, except that an indirect request is answered with its
+/// `indirect_op`: Linux's `xen-blkfront` refuses a response to a
+/// `BLKIF_OP_INDIRECT` request that says `BLKIF_OP_INDIRECT` ("wrong
+/// operation") and disables the disk, and every back-end answers this way.
+pub fn response_operation(req: &BlkifRequest) -> u8 {
+    match req.body {
+        RequestBody::Indirect { indirect_op, .. } if req.operation == BLKIF_OP_INDIRECT => {
+            indirect_op
+        }
+        _ => req.operation,
+    }
 }
 
 /// Checks one request against `limits`. Inline segments are copied into
@@ -356,7 +370,10 @@ pub fn parse_indirect(
     check_range(h.sector, nr_sectors, limits)?;
     Ok(Parsed {
         id: h.id,
-        operation: BLKIF_OP_INDIRECT,
+        operation: match h.op {
+            Op::Write => BLKIF_OP_WRITE,
+            _ => BLKIF_OP_READ,
+        },
         op: h.op,
         sector: h.sector,
         nr_sectors,
@@ -441,7 +458,7 @@ mod tests {
             (p.op, p.sector, p.nr_sectors, p.nsegs),
             (Op::Write, 8, 160, 20)
         );
-        assert_eq!(p.operation, BLKIF_OP_INDIRECT);
+        assert_eq!(p.operation, BLKIF_OP_WRITE);
         // The header names the pages the descriptors need, no more.
         let mut buf = [Segment::default(); 600];
         let Ok(Header::Indirect(h)) = parse(&indirect(BLKIF_OP_READ, 0, 513), &IND_BIG, &mut buf)

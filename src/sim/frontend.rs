@@ -2326,10 +2326,14 @@ impl Engine<'_> {
             .remove(&rsp.id)
             .ok_or(FrontendError::UnknownResponse { id: rsp.id })?;
         self.per_queue[q] -= 1;
-        // `operation` is copied from the request; for an indirect request
-        // accept its `indirect_op` too (Linux's blkback echoes that).
-        let op_ok = rsp.operation == r.wire_op
-            || (r.wire_op == BLKIF_OP_INDIRECT && rsp.operation == r.operation);
+        // `operation` is copied from the request, but an indirect request
+        // is answered with its `indirect_op`: xen-blkfront disables the
+        // disk on a response that says BLKIF_OP_INDIRECT.
+        let op_ok = if r.wire_op == BLKIF_OP_INDIRECT {
+            rsp.operation == r.operation
+        } else {
+            rsp.operation == r.wire_op
+        };
         let ok = rsp.status == BLKIF_RSP_OKAY && op_ok;
         if !ok {
             self.report.error_responses += 1;
