@@ -535,6 +535,8 @@ pub struct BackendNodes {
     pub online: bool,
     /// `discard-enable` (default true): offer discard if the store can.
     pub discard_enable: bool,
+    /// The toolstack runs a hotplug `script` for this vbd.
+    pub hotplug_script: bool,
 }
 
 /// Reads and vets the back-end's own nodes, in one transaction.
@@ -589,6 +591,7 @@ fn read_backend_nodes_in<X: XenStore>(
 
     let online = read_bool(xs, txn, be_dir, "online")?.unwrap_or(false);
     let discard_enable = read_bool(xs, txn, be_dir, "discard-enable")?.unwrap_or(true);
+    let hotplug_script = read_string(xs, txn, be_dir, "script", MAX_PATH_LEN)?.is_some();
 
     Ok(BackendNodes {
         frontend,
@@ -598,7 +601,17 @@ fn read_backend_nodes_in<X: XenStore>(
         writable,
         online,
         discard_enable,
+        hotplug_script,
     })
+}
+
+/// Whether the hotplug script finished: `hotplug-status` is `connected`.
+pub fn hotplug_connected<X: XenStore>(xs: &mut X, be_dir: &str) -> bool {
+    let mut buf = [0u8; VALUE_BUF];
+    matches!(
+        read_raw(xs, XsTxn::NONE, be_dir, "hotplug-status", &mut buf),
+        Ok(Some(b"connected"))
+    )
 }
 
 // ---------------------------------------------------------------------------
@@ -1413,6 +1426,7 @@ mod tests {
                 writable: true,
                 online: false,
                 discard_enable: true,
+                hotplug_script: false,
             }
         );
         xs.del(&be("type"));

@@ -381,4 +381,17 @@ pub trait Host: XenStore + Grants + EventChannel + Deferred + Store {
     /// Whether the root file system is mounted; before it is, the back-end
     /// opens nothing.
     fn root_mounted(&self) -> bool;
+
+    /// Whether a vbd whose toolstack names a hotplug `script` may only
+    /// connect once that script wrote `hotplug-status` = `connected`. libxl
+    /// waits to see the back-end in InitWait before it runs the script and
+    /// reports the device added; a back-end that connects a running guest
+    /// at once (a hot-attach) races past InitWait and `xl block-attach`
+    /// fails. Linux's blkback cannot connect before the script anyway (it
+    /// needs `physical-device`); a platform that opens `params` itself
+    /// waits here instead. Its back-end directory watch must then reach
+    /// `Instance::frontend_changed`.
+    fn waits_for_hotplug(&self) -> bool {
+        false
+    }
 }

@@ -499,7 +499,7 @@ impl Instance {
         };
         match fe {
             XenbusState::Initialised | XenbusState::Connected => match self.state {
-                XenbusState::InitWait => self.connect(host),
+                XenbusState::InitWait if self.hotplug_done(host) => self.connect(host),
                 XenbusState::Closed if self.may_reconnect() => self.open_and_offer(host),
                 _ => {}
             },
@@ -515,6 +515,13 @@ impl Instance {
             }
             XenbusState::InitWait | XenbusState::Reconfiguring | XenbusState::Reconfigured => {}
         }
+    }
+
+    /// See [`Host::waits_for_hotplug`].
+    fn hotplug_done<H: Host>(&self, host: &mut H) -> bool {
+        !host.waits_for_hotplug()
+            || !self.nodes.as_ref().is_some_and(|n| n.hotplug_script)
+            || connect::hotplug_connected(host, &self.be_path)
     }
 
     fn may_reconnect(&self) -> bool {

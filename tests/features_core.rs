@@ -632,3 +632,41 @@ fn bad_queue_counts_refuse_the_connection() {
         }
     }
 }
+
+/// A platform that opens `params` itself waits for the toolstack's hotplug
+/// script before connecting a front-end that is already there: found with
+/// `xl block-attach` in the real Xen host, where xbb-serve connected the
+/// running guest before libxl saw InitWait and libxl reported failure.
+#[test]
+fn hotplug_script_gates_the_connection_when_the_platform_asks() {
+    for (gate, script) in [(true, true), (true, false), (false, true)] {
+        let mut host = FakeHost::new(FakeConfig {
+            medium: medium(8192, false, false),
+            max_grants: 1200,
+            ..FakeConfig::default()
+        });
+        host.hotplug_gate = gate;
+        host.standard_nodes(true, false);
+        if script {
+            host.xs_set(&format!("{BE_PATH}/script"), "/etc/xen/scripts/block");
+        }
+        let _front = host.frontend_ring(Abi::X86_64, 1);
+        host.set_frontend_state(XenbusState::Initialised);
+        let mut inst = Instance::new(BE_PATH, &Tunables::default()).unwrap();
+        inst.attach(&mut host);
+        if gate && script {
+            assert_eq!(inst.state(), XenbusState::InitWait, "waits for the script");
+            host.xs_set(&format!("{BE_PATH}/hotplug-status"), "error");
+            inst.frontend_changed(&mut host);
+            assert_eq!(inst.state(), XenbusState::InitWait, "not on an error");
+            host.xs_set(&format!("{BE_PATH}/hotplug-status"), "connected");
+            inst.frontend_changed(&mut host);
+        }
+        assert_eq!(
+            inst.state(),
+            XenbusState::Connected,
+            "gate={gate} script={script}: {:?}",
+            inst.last_error()
+        );
+    }
+}

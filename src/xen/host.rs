@@ -595,6 +595,10 @@ impl Host for XenHost {
     fn root_mounted(&self) -> bool {
         true
     }
+
+    fn waits_for_hotplug(&self) -> bool {
+        true
+    }
 }
 
 impl Drop for XenHost {

@@ -115,6 +115,8 @@ pub struct FakeHost {
     xs: BTreeMap<String, String>,
     /// Whether the root file system is mounted.
     pub root: bool,
+    /// [`Host::waits_for_hotplug`].
+    pub hotplug_gate: bool,
     cfg: FakeConfig,
     grants: Vec<Grant>,
     guest: Vec<u8>,
@@ -176,6 +178,7 @@ impl FakeHost {
         FakeHost {
             xs: BTreeMap::new(),
             root: true,
+            hotplug_gate: false,
             cfg,
             grants: Vec::with_capacity(cfg.max_grants + 64),
             guest: Vec::with_capacity(cfg.max_grants * PAGE_SIZE),
@@ -669,5 +672,9 @@ impl Store for FakeHost {
 impl Host for FakeHost {
     fn root_mounted(&self) -> bool {
         self.root
+    }
+
+    fn waits_for_hotplug(&self) -> bool {
+        self.hotplug_gate
     }
 }
