@@ -1,0 +1,1196 @@
+/*
+ * xbb in a real Xen host: /sbin/init of a FreeBSD PVH guest.
+ *
+ * A freestanding, static FreeBSD/amd64 program (raw system calls, no libc,
+ * the FreeBSD ABI note), like tests/freebsd/init.c.  The system call
+ * numbers, ioctl encodings and structure layouts are the kernel's published
+ * ABI (sys/kern/syscalls.master, sys/sys/ioccom.h, sys/sys/mdioctl.h,
+ * sys/sys/disk.h, sys/sys/sysctl.h, xen/io/xs_wire.h).
+ *
+ * The kernel environment variable xbbdd.mode picks what the guest is:
+ *
+ *   serve  (default) a driver domain: kldload xbb.ko, create a swap-backed
+ *          md(4) disk and a file on a tmpfs, announce READY, then serve the
+ *          disks of other guests whose disk lines name this domain as
+ *          backend=, printing every dev.xbb.* sysctl that changed every two
+ *          seconds; when dom0 writes "unload" to data/xbb-cmd in this
+ *          domain's XenStore directory: kldunload xbb.ko (must succeed once
+ *          the guests are gone), detach the md disk (fails while a back-end
+ *          still holds it), report, power off.
+ *
+ *   front  the other way round: this guest's own block front-end (xbd) on
+ *          its second disk, /dev/xbd1, served from dom0; write a pattern
+ *          over the whole disk with large raw writes, flush, read it back
+ *          and compare every byte; print dev.xbd.1.* (negotiated ring, segments,
+ *          features), report, power off.
+ *
+ * Console lines (the Xen console, logged by xenconsoled in dom0):
+ *   XBB-DD: ok <what>
+ *   XBB-DD: FAIL <what>: <why>
+ *   XBB-DD: info <what>
+ *   XBB-DD: ready <details>          (serve: the disks exist, xbb.ko loaded)
+ *   XBB-DD: sysctl <name>: <value>   (a dev.xbb / dev.xbd leaf, when changed)
+ *   XBB-DD: done mode=M pass=N fail=M us=T
+ * The same state goes to XenStore, data/xbb-state in the domain's directory
+ * ("ready", "unloaded", "done pass=N fail=M").
+ *
+ * XBB_FREEBSD_VERSION_STR (the ABI note) comes from the compiler command
+ * line.
+ */
+
+#ifndef XBB_FREEBSD_VERSION_STR
+#define	XBB_FREEBSD_VERSION_STR	"1500000"
+#endif
+
+typedef unsigned long size_t;
+typedef long ssize_t;
+typedef unsigned long uint64_t;
+typedef unsigned int uint32_t;
+typedef unsigned char uint8_t;
+
+/* System call numbers (sys/kern/syscalls.master). */
+#define	SYS_exit		1
+#define	SYS_read		3
+#define	SYS_write		4
+#define	SYS_open		5
+#define	SYS_close		6
+#define	SYS_ioctl		54
+#define	SYS_reboot		55
+#define	SYS_mkdir		136
+#define	SYS___sysctl		202
+#define	SYS_clock_gettime	232
+#define	SYS_nanosleep		240
+#define	SYS_kldload		304
+#define	SYS_kldunload		305
+#define	SYS_kldfind		306
+#define	SYS_nmount		378
+#define	SYS_kenv		390
+#define	SYS_pread		475
+#define	SYS_pwrite		476
+#define	SYS_ftruncate		480
+#define	SYS___sysctlbyname	570
+
+#define	O_RDONLY	0x0000
+#define	O_RDWR		0x0002
+#define	O_CREAT		0x0200
+#define	O_NOCTTY	0x8000
+#define	RB_POWEROFF	0x4000
+#define	CLOCK_MONOTONIC	4
+#define	ENOENT		2
+#define	KENV_GET	0
+
+/* sys/sys/ioccom.h */
+#define	IOC_VOID	0x20000000UL
+#define	IOC_OUT		0x40000000UL
+#define	IOC_IN		0x80000000UL
+#define	IOC_INOUT	(IOC_IN | IOC_OUT)
+#define	IOCPARM_MASK	0x1fffUL
+#define	IOC(inout, g, n, len)						\
+	((inout) | (((unsigned long)(len) & IOCPARM_MASK) << 16) |	\
+	    ((unsigned long)(g) << 8) | (unsigned long)(n))
+
+/* sys/sys/mdioctl.h: struct md_ioctl on amd64. */
+enum { MD_MALLOC, MD_PRELOAD, MD_VNODE, MD_SWAP, MD_NULL };
+#define	MD_AUTOUNIT	0x04
+struct md_ioctl {
+	unsigned	md_version;
+	unsigned	md_unit;
+	int		md_type;
+	char		*md_file;
+	long		md_mediasize;
+	unsigned	md_sectorsize;
+	unsigned	md_options;
+	uint64_t	md_base;
+	int		md_fwheads;
+	int		md_fwsectors;
+	char		*md_label;
+	int		md_pad[96];
+};
+#define	MDIOCATTACH	IOC(IOC_INOUT, 'm', 0, sizeof(struct md_ioctl))
+#define	MDIOCDETACH	IOC(IOC_INOUT, 'm', 1, sizeof(struct md_ioctl))
+
+/* sys/sys/disk.h */
+#define	DIOCGSECTORSIZE	IOC(IOC_OUT, 'd', 128, sizeof(unsigned))
+#define	DIOCGMEDIASIZE	IOC(IOC_OUT, 'd', 129, sizeof(long))
+#define	DIOCGFLUSH	IOC(IOC_VOID, 'd', 135, 0)
+
+/* sysctl meta-OIDs and types (sys/sys/sysctl.h). */
+#define	CTL_SYSCTL		0
+#define	CTL_SYSCTL_NAME		1
+#define	CTL_SYSCTL_NEXT		2
+#define	CTL_SYSCTL_NAME2OID	3
+#define	CTL_SYSCTL_OIDFMT	4
+#define	CTLTYPE_MASK		0xfu
+#define	CTLTYPE_NODE		1
+#define	CTLTYPE_INT		2
+#define	CTLTYPE_STRING		3
+#define	CTLTYPE_S64		4
+#define	CTLTYPE_UINT		6
+#define	CTLTYPE_LONG		7
+#define	CTLTYPE_ULONG		8
+#define	CTLTYPE_U64		9
+#define	CTLTYPE_U8		0xa
+#define	CTLTYPE_U16		0xb
+#define	CTLTYPE_U32		0xf
+#define	MAXOID			24
+
+/* xen/io/xs_wire.h */
+#define	XS_READ		2
+#define	XS_WRITE	11
+#define	XS_ERROR	16
+struct xsd_sockmsg {
+	uint32_t	type;
+	uint32_t	req_id;
+	uint32_t	tx_id;
+	uint32_t	len;
+};
+
+struct timespec_buf {
+	long	sec;
+	long	nsec;
+};
+
+struct iovec_buf {
+	const void	*base;
+	size_t		len;
+};
+
+/* ------------------------------------------------------------------ */
+/* System calls: number in %rax, arguments in %rdi %rsi %rdx %r10 %r8 %r9;
+ * on failure the carry flag is set and %rax holds the errno. */
+
+static long
+syscall6(long num, long a1, long a2, long a3, long a4, long a5, long a6)
+{
+	register long r10 __asm__("r10") = a4;
+	register long r8 __asm__("r8") = a5;
+	register long r9 __asm__("r9") = a6;
+	unsigned char failed;
+	long rax = num;
+
+	__asm__ volatile("syscall\n\tsetc %1"
+	    : "+a"(rax), "=r"(failed), "+D"(a1), "+S"(a2), "+d"(a3),
+	      "+r"(r10), "+r"(r8), "+r"(r9)
+	    :
+	    : "rcx", "r11", "memory", "cc");
+	return (failed ? -rax : rax);
+}
+
+#define	SC(n, a, b, c, d, e, f)						\
+	syscall6((n), (long)(a), (long)(b), (long)(c), (long)(d),	\
+	    (long)(e), (long)(f))
+
+void *memset(void *, int, size_t);
+void *memcpy(void *, const void *, size_t);
+
+void *
+memset(void *dst, int c, size_t n)
+{
+	volatile unsigned char *d = dst;
+
+	while (n-- > 0)
+		*d++ = (unsigned char)c;
+	return (dst);
+}
+
+void *
+memcpy(void *dst, const void *src, size_t n)
+{
+	volatile unsigned char *d = dst;
+	const unsigned char *s = src;
+
+	while (n-- > 0)
+		*d++ = *s++;
+	return (dst);
+}
+
+static size_t
+slen(const char *s)
+{
+	size_t n = 0;
+
+	while (s[n] != '\0')
+		n++;
+	return (n);
+}
+
+static int
+seq(const char *a, const char *b)
+{
+	while (*a != '\0' && *a == *b) {
+		a++;
+		b++;
+	}
+	return (*a == *b);
+}
+
+static int
+prefix(const char *s, const char *p)
+{
+	while (*p != '\0' && *s == *p) {
+		s++;
+		p++;
+	}
+	return (*p == '\0');
+}
+
+static void
+scopy(char *dst, size_t size, const char *src)
+{
+	size_t i;
+
+	for (i = 0; i + 1 < size && src[i] != '\0'; i++)
+		dst[i] = src[i];
+	dst[i] = '\0';
+}
+
+/* ------------------------------------------------------------------ */
+/* Console output, one write per line. */
+
+static int console = -1;
+static char line[1024];
+static size_t linelen;
+static unsigned passes, failures;
+
+static void
+put(const char *s)
+{
+	while (*s != '\0' && linelen < sizeof(line) - 2)
+		line[linelen++] = *s++;
+}
+
+static void
+putu(uint64_t v)
+{
+	char buf[24];
+	int i = sizeof(buf) - 1;
+
+	buf[i] = '\0';
+	do {
+		buf[--i] = (char)('0' + v % 10);
+		v /= 10;
+	} while (v != 0);
+	put(&buf[i]);
+}
+
+static void
+puti(long v)
+{
+	if (v < 0) {
+		put("-");
+		putu((uint64_t)-v);
+	} else
+		putu((uint64_t)v);
+}
+
+static void
+putx(uint64_t v)
+{
+	char buf[20];
+	int i = sizeof(buf) - 1;
+
+	buf[i] = '\0';
+	do {
+		buf[--i] = "0123456789abcdef"[v & 0xf];
+		v >>= 4;
+	} while (v != 0);
+	put("0x");
+	put(&buf[i]);
+}
+
+static void
+begin(const char *kind)
+{
+	linelen = 0;
+	put("XBB-DD: ");
+	put(kind);
+	put(" ");
+}
+
+static void
+end(void)
+{
+	line[linelen++] = '\n';
+	if (console >= 0)
+		SC(SYS_write, console, line, linelen, 0, 0, 0);
+	linelen = 0;
+}
+
+static void
+ok(const char *what)
+{
+	passes++;
+	begin("ok");
+	put(what);
+}
+
+static void
+fail(const char *what)
+{
+	failures++;
+	begin("FAIL");
+	put(what);
+	put(": ");
+}
+
+static uint64_t
+now_us(void)
+{
+	struct timespec_buf ts;
+
+	if (SC(SYS_clock_gettime, CLOCK_MONOTONIC, &ts, 0, 0, 0, 0) != 0)
+		return (0);
+	return ((uint64_t)ts.sec * 1000000u + (uint64_t)ts.nsec / 1000u);
+}
+
+static void
+sleep_ms(unsigned ms)
+{
+	struct timespec_buf ts;
+
+	ts.sec = ms / 1000;
+	ts.nsec = (long)(ms % 1000) * 1000000L;
+	SC(SYS_nanosleep, &ts, 0, 0, 0, 0, 0);
+}
+
+static void
+power_off(const char *mode, uint64_t start);
+
+/* ------------------------------------------------------------------ */
+/* XenStore through /dev/xen/xenstore: one request, one reply. */
+
+static int xs_fd = -1;
+static uint32_t xs_req;
+
+static int
+xs_open(void)
+{
+	long fd;
+
+	if (xs_fd >= 0)
+		return (0);
+	fd = SC(SYS_open, "/dev/xen/xenstore", O_RDWR, 0, 0, 0, 0);
+	if (fd < 0)
+		return ((int)fd);
+	xs_fd = (int)fd;
+	return (0);
+}
+
+/*
+ * Sends (type, payload) and reads the reply into out (NUL-terminated).
+ * Returns the reply's payload length, or a negative value: -errno of a
+ * system call, or -1000 for an XS_ERROR reply (its text is in out).
+ */
+static long
+xs_call(uint32_t type, const char *payload, size_t plen, char *out,
+    size_t outsize)
+{
+	static char buf[4096 + sizeof(struct xsd_sockmsg)];
+	struct xsd_sockmsg hdr;
+	size_t have, want;
+	long r;
+
+	if (xs_open() != 0)
+		return (-ENOENT);
+	if (plen > 4096)
+		return (-7);
+	hdr.type = type;
+	hdr.req_id = ++xs_req;
+	hdr.tx_id = 0;
+	hdr.len = (uint32_t)plen;
+	memcpy(buf, &hdr, sizeof(hdr));
+	memcpy(buf + sizeof(hdr), payload, plen);
+	r = SC(SYS_write, xs_fd, buf, sizeof(hdr) + plen, 0, 0, 0);
+	if (r < 0)
+		return (r);
+	have = 0;
+	want = sizeof(hdr);
+	while (have < want) {
+		r = SC(SYS_read, xs_fd, buf + have, sizeof(buf) - have, 0, 0,
+		    0);
+		if (r <= 0)
+			return (r < 0 ? r : -5);
+		have += (size_t)r;
+		if (have >= sizeof(hdr)) {
+			memcpy(&hdr, buf, sizeof(hdr));
+			if (hdr.len > sizeof(buf) - sizeof(hdr))
+				return (-7);
+			want = sizeof(hdr) + hdr.len;
+		}
+	}
+	if (outsize > 0) {
+		size_t n = hdr.len < outsize - 1 ? hdr.len : outsize - 1;
+
+		memcpy(out, buf + sizeof(hdr), n);
+		out[n] = '\0';
+	}
+	return (hdr.type == XS_ERROR ? -1000 : (long)hdr.len);
+}
+
+/* Reads a key relative to this domain's directory; 0 on success. */
+static int
+xs_read(const char *key, char *out, size_t outsize)
+{
+	return (xs_call(XS_READ, key, slen(key) + 1, out, outsize) >= 0 ? 0 :
+	    -1);
+}
+
+static int
+xs_write(const char *key, const char *value)
+{
+	char payload[512];
+	char reply[32];
+	size_t k = slen(key), v = slen(value);
+
+	if (k + 1 + v > sizeof(payload))
+		return (-1);
+	memcpy(payload, key, k + 1);
+	memcpy(payload + k + 1, value, v);
+	return (xs_call(XS_WRITE, payload, k + 1 + v, reply, sizeof(reply)) >=
+	    0 ? 0 : -1);
+}
+
+/* ------------------------------------------------------------------ */
+/* sysctl */
+
+static long
+name2oid(const char *name, int *oid, size_t *oidlen)
+{
+	int req[2] = { CTL_SYSCTL, CTL_SYSCTL_NAME2OID };
+	size_t len = MAXOID * sizeof(int);
+	long r;
+
+	r = SC(SYS___sysctl, req, 2, oid, &len, name, slen(name));
+	if (r < 0)
+		return (r);
+	*oidlen = len / sizeof(int);
+	return (0);
+}
+
+static long
+meta(int what, const int *oid, size_t oidlen, void *buf, size_t *len)
+{
+	int req[2 + MAXOID];
+	size_t i;
+
+	req[0] = CTL_SYSCTL;
+	req[1] = what;
+	for (i = 0; i < oidlen && i < MAXOID; i++)
+		req[2 + i] = oid[i];
+	return (SC(SYS___sysctl, req, 2 + i, buf, len, 0, 0));
+}
+
+static long
+sysctl_read(const char *name, void *buf, size_t *len)
+{
+	return (SC(SYS___sysctlbyname, name, slen(name), buf, len, 0, 0));
+}
+
+/* The value of one leaf as text; 0 on success. */
+static int
+leaf_text(const int *oid, size_t oidlen, char *out, size_t outsize)
+{
+	unsigned char fmt[64];
+	union {
+		uint64_t	u64;
+		uint32_t	u32;
+		unsigned short	u16;
+		uint8_t		u8;
+		char		s[256];
+	} v;
+	uint32_t kind;
+	size_t len;
+	long r;
+
+	len = sizeof(fmt);
+	if (meta(CTL_SYSCTL_OIDFMT, oid, oidlen, fmt, &len) != 0 || len < 4)
+		return (-1);
+	memcpy(&kind, fmt, 4);
+	memset(&v, 0, sizeof(v));
+	len = sizeof(v) - 1;
+	r = SC(SYS___sysctl, oid, oidlen, &v, &len, 0, 0);
+	if (r != 0)
+		return (-1);
+	linelen = 0;
+	switch (kind & CTLTYPE_MASK) {
+	case CTLTYPE_STRING:
+		v.s[len < sizeof(v.s) ? len : sizeof(v.s) - 1] = '\0';
+		put(v.s);
+		break;
+	case CTLTYPE_INT:
+		puti((long)(int)v.u32);
+		break;
+	case CTLTYPE_UINT:
+	case CTLTYPE_U32:
+		putu(v.u32);
+		break;
+	case CTLTYPE_LONG:
+	case CTLTYPE_S64:
+		puti((long)v.u64);
+		break;
+	case CTLTYPE_ULONG:
+	case CTLTYPE_U64:
+		putu(v.u64);
+		break;
+	case CTLTYPE_U8:
+		putu(v.u8);
+		break;
+	case CTLTYPE_U16:
+		putu(v.u16);
+		break;
+	default:
+		put("?");
+		break;
+	}
+	line[linelen] = '\0';
+	scopy(out, outsize, line);
+	linelen = 0;
+	return (0);
+}
+
+/* The last value printed of each leaf, to print only changes. */
+#define	NSEEN	768
+static struct {
+	char	name[64];
+	char	value[64];
+} seen[NSEEN];
+static unsigned nseen;
+
+/*
+ * Prints every leaf under `top` (e.g. "dev.xbb") whose value changed since
+ * the last call (all of them when `all`).  Returns the number of leaves.
+ */
+static unsigned
+dump_tree(const char *top, int all)
+{
+	int base[MAXOID], cur[MAXOID], next[MAXOID];
+	size_t baselen, curlen, nextlen, i, len;
+	char name[128], value[64];
+	size_t n;
+	unsigned leaves = 0, units = 0, k;
+	static unsigned last_units = ~0u;
+
+	if (name2oid(top, base, &baselen) != 0) {
+		if (last_units != 0 && !all) {
+			begin("instances");
+			put(top);
+			put(" n=0");
+			end();
+		}
+		last_units = 0;
+		return (0);
+	}
+	for (i = 0; i < baselen; i++)
+		cur[i] = base[i];
+	curlen = baselen;
+	for (;;) {
+		nextlen = MAXOID * sizeof(int);
+		if (meta(CTL_SYSCTL_NEXT, cur, curlen, next, &nextlen) != 0)
+			break;
+		nextlen /= sizeof(int);
+		if (nextlen <= baselen)
+			break;
+		for (i = 0; i < baselen; i++)
+			if (next[i] != base[i])
+				break;
+		if (i < baselen)
+			break;
+		for (i = 0; i < nextlen; i++)
+			cur[i] = next[i];
+		curlen = nextlen;
+		len = sizeof(name) - 1;
+		if (meta(CTL_SYSCTL_NAME, next, nextlen, name, &len) != 0)
+			continue;
+		name[len < sizeof(name) ? len : sizeof(name) - 1] = '\0';
+		if (leaf_text(next, nextlen, value, sizeof(value)) != 0)
+			continue;
+		leaves++;
+		n = slen(name);
+		if (n > 8 && seq(name + n - 8, ".%driver"))
+			units++;
+		for (k = 0; k < nseen; k++)
+			if (seq(seen[k].name, name))
+				break;
+		if (k < nseen && !all && seq(seen[k].value, value))
+			continue;
+		if (k == nseen && nseen < NSEEN) {
+			scopy(seen[k].name, sizeof(seen[k].name), name);
+			nseen++;
+		}
+		if (k < nseen)
+			scopy(seen[k].value, sizeof(seen[k].value), value);
+		begin("sysctl");
+		put(name);
+		put(": ");
+		put(value);
+		end();
+	}
+	if (units != last_units) {
+		begin("instances");
+		put(top);
+		put(" n=");
+		putu(units);
+		end();
+		last_units = units;
+	}
+	return (leaves);
+}
+
+static void
+banner(const char *mode)
+{
+	char buf[256];
+	size_t len, i;
+
+	len = sizeof(buf) - 1;
+	if (sysctl_read("kern.version", buf, &len) == 0) {
+		buf[len < sizeof(buf) ? len : sizeof(buf) - 1] = '\0';
+		for (i = 0; buf[i] != '\0'; i++)
+			if (buf[i] == '\n') {
+				buf[i] = '\0';
+				break;
+			}
+		begin("info");
+		put("mode ");
+		put(mode);
+		put(" kernel ");
+		put(buf);
+		end();
+	}
+	len = sizeof(buf) - 1;
+	if (sysctl_read("kern.vm_guest", buf, &len) == 0) {
+		buf[len < sizeof(buf) ? len : sizeof(buf) - 1] = '\0';
+		begin("info");
+		put("kern.vm_guest ");
+		put(buf);
+		end();
+	}
+}
+
+/* ------------------------------------------------------------------ */
+/* Driver domain */
+
+#define	KO_PATH		"/boot/modules/xbb.ko"
+#define	FILE_PATH	"/mnt/xbb-file.img"
+
+static long
+make_md(uint64_t bytes, unsigned *unit)
+{
+	struct md_ioctl mdio;
+	long fd, r;
+
+	fd = SC(SYS_open, "/dev/mdctl", O_RDWR, 0, 0, 0, 0);
+	if (fd < 0)
+		return (fd);
+	memset(&mdio, 0, sizeof(mdio));
+	mdio.md_version = 0;
+	mdio.md_type = MD_SWAP;
+	mdio.md_mediasize = (long)bytes;
+	mdio.md_sectorsize = 512;
+	mdio.md_options = MD_AUTOUNIT;
+	r = SC(SYS_ioctl, fd, MDIOCATTACH, &mdio, 0, 0, 0);
+	SC(SYS_close, fd, 0, 0, 0, 0, 0);
+	if (r == 0)
+		*unit = mdio.md_unit;
+	return (r);
+}
+
+static long
+kill_md(unsigned unit)
+{
+	struct md_ioctl mdio;
+	long fd, r;
+
+	fd = SC(SYS_open, "/dev/mdctl", O_RDWR, 0, 0, 0, 0);
+	if (fd < 0)
+		return (fd);
+	memset(&mdio, 0, sizeof(mdio));
+	mdio.md_version = 0;
+	mdio.md_unit = unit;
+	r = SC(SYS_ioctl, fd, MDIOCDETACH, &mdio, 0, 0, 0);
+	SC(SYS_close, fd, 0, 0, 0, 0, 0);
+	return (r);
+}
+
+static long
+make_file(uint64_t bytes)
+{
+	struct iovec_buf iov[4];
+	long r, fd;
+
+	iov[0].base = "fstype";
+	iov[0].len = sizeof("fstype");
+	iov[1].base = "tmpfs";
+	iov[1].len = sizeof("tmpfs");
+	iov[2].base = "fspath";
+	iov[2].len = sizeof("fspath");
+	iov[3].base = "/mnt";
+	iov[3].len = sizeof("/mnt");
+	r = SC(SYS_nmount, iov, 4, 0, 0, 0, 0);
+	if (r != 0)
+		return (r - 100000);
+	fd = SC(SYS_open, FILE_PATH, O_RDWR | O_CREAT, 0600, 0, 0, 0);
+	if (fd < 0)
+		return (fd - 200000);
+	r = SC(SYS_ftruncate, fd, (long)bytes, 0, 0, 0, 0);
+	SC(SYS_close, fd, 0, 0, 0, 0, 0);
+	return (r != 0 ? r - 300000 : 0);
+}
+
+static uint64_t
+kenv_u64(const char *name, uint64_t def)
+{
+	char value[32];
+	uint64_t v = 0;
+	long r;
+	int i;
+
+	memset(value, 0, sizeof(value));
+	r = SC(SYS_kenv, KENV_GET, name, value, sizeof(value) - 1, 0, 0);
+	if (r < 0 || value[0] < '0' || value[0] > '9')
+		return (def);
+	for (i = 0; value[i] >= '0' && value[i] <= '9'; i++)
+		v = v * 10 + (uint64_t)(value[i] - '0');
+	return (v);
+}
+
+static void
+serve(uint64_t start)
+{
+	char cmd[64], state[128];
+	uint64_t mb, t0, last_dump;
+	unsigned unit = 0, units[8] = { 0 }, leaves, m, have_md = 0;
+	uint64_t nmd;
+	long id, r;
+
+	mb = kenv_u64("xbbdd.disk_mb", 64);
+	t0 = now_us();
+	id = SC(SYS_kldload, KO_PATH, 0, 0, 0, 0, 0);
+	if (id < 0) {
+		fail("kldload " KO_PATH);
+		put("errno ");
+		puti(-id);
+		end();
+		xs_write("data/xbb-state", "kldload-failed");
+		return;
+	}
+	ok("kldload " KO_PATH " id ");
+	puti(id);
+	put(" in ");
+	putu(now_us() - t0);
+	put(" us");
+	end();
+
+	nmd = kenv_u64("xbbdd.md_count", 1);
+	for (m = 0; m < nmd && m < 8; m++) {
+		r = make_md(mb << 20, &units[m]);
+		if (r != 0) {
+			fail("md");
+			put("MDIOCATTACH errno ");
+			puti(-r);
+			end();
+			break;
+		}
+		have_md++;
+		ok("md swap-backed /dev/md");
+		putu(units[m]);
+		put(" ");
+		putu(mb);
+		put(" MiB");
+		end();
+	}
+	unit = units[0];
+	r = make_file(mb << 20);
+	if (r != 0) {
+		fail("file");
+		put("tmpfs/" FILE_PATH ": ");
+		puti(r);
+		end();
+	} else {
+		ok("file " FILE_PATH " on tmpfs ");
+		putu(mb);
+		put(" MiB");
+		end();
+	}
+
+	linelen = 0;
+	put("ready md=md");
+	putu(unit);
+	put(" mds=");
+	putu(have_md);
+	put(" file=" FILE_PATH);
+	line[linelen] = '\0';
+	scopy(state, sizeof(state), line);
+	linelen = 0;
+	if (xs_write("data/xbb-state", state) != 0) {
+		fail("xenstore");
+		put("cannot write data/xbb-state through /dev/xen/xenstore");
+		end();
+	}
+	begin("ready");
+	put("md=/dev/md");
+	putu(unit);
+	put(" mds=");
+	putu(have_md);
+	put(" file=" FILE_PATH " mb=");
+	putu(mb);
+	end();
+
+	/* Serve until dom0 says "unload". */
+	last_dump = 0;
+	if (xs_fd < 0) {
+		/* Not in a Xen guest (plain QEMU): nothing to serve. */
+		begin("info");
+		put("no XenStore: unloading at once");
+		end();
+	}
+	while (xs_fd >= 0) {
+		if (now_us() - last_dump >= 2000000) {
+			leaves = dump_tree("dev.xbb", 0);
+			(void)leaves;
+			last_dump = now_us();
+		}
+		cmd[0] = '\0';
+		if (xs_read("data/xbb-cmd", cmd, sizeof(cmd)) == 0 &&
+		    cmd[0] != '\0') {
+			begin("info");
+			put("command from dom0: ");
+			put(cmd);
+			end();
+			if (seq(cmd, "unload"))
+				break;
+			if (seq(cmd, "dump")) {
+				(void)dump_tree("dev.xbb", 1);
+				begin("info");
+				put("dump end");
+				end();
+			}
+			xs_write("data/xbb-cmd", "");
+		}
+		sleep_ms(500);
+	}
+
+	/* Final counters, then unload: the guests are gone by now. */
+	leaves = dump_tree("dev.xbb", 1);
+	begin("info");
+	put("dev.xbb leaves before kldunload: ");
+	putu(leaves);
+	end();
+	t0 = now_us();
+	r = SC(SYS_kldunload, id, 0, 0, 0, 0, 0);
+	if (r != 0) {
+		fail("kldunload xbb.ko");
+		put("errno ");
+		puti(-r);
+		end();
+		xs_write("data/xbb-state", "unload-failed");
+	} else {
+		ok("kldunload xbb.ko in ");
+		putu(now_us() - t0);
+		put(" us");
+		end();
+		r = SC(SYS_kldfind, "xbb.ko", 0, 0, 0, 0, 0);
+		if (r == -ENOENT) {
+			ok("xbb.ko gone after kldunload");
+			end();
+		} else {
+			fail("kldfind xbb.ko after unload");
+			puti(r);
+			end();
+		}
+		xs_write("data/xbb-state", "unloaded");
+	}
+	/* Fails with EBUSY while anything still holds a disk open. */
+	for (m = 0; m < have_md; m++) {
+		r = kill_md(units[m]);
+		if (r == 0) {
+			ok("md");
+			putu(units[m]);
+			put(" detached (no back-end holds it)");
+			end();
+		} else {
+			fail("md detach");
+			put("md");
+			putu(units[m]);
+			put(" MDIOCDETACH errno ");
+			puti(-r);
+			end();
+		}
+	}
+	(void)start;
+}
+
+/* ------------------------------------------------------------------ */
+/* Front-end: a pattern over /dev/xbd1. */
+
+#define	CHUNK	(1024 * 1024)
+static unsigned char wbuf[CHUNK] __attribute__((aligned(4096)));
+static unsigned char rbuf[CHUNK] __attribute__((aligned(4096)));
+
+static uint64_t
+mix(uint64_t x)
+{
+	x += 0x9e3779b97f4a7c15UL;
+	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9UL;
+	x = (x ^ (x >> 27)) * 0x94d049bb133111ebUL;
+	return (x ^ (x >> 31));
+}
+
+static void
+fill(unsigned char *buf, uint64_t off, size_t len, uint64_t seed)
+{
+	size_t i;
+	uint64_t w;
+
+	for (i = 0; i < len; i += 8) {
+		w = mix(seed * 0x100000001b3UL ^ ((off + i) >> 3));
+		memcpy(buf + i, &w, 8);
+	}
+}
+
+static void
+front(void)
+{
+	char dev[32];
+	uint64_t seed, size = 0, off, t0, t1, bad = 0, first_bad = 0;
+	unsigned secsize = 0;
+	long fd = -1, r;
+	size_t n, i;
+	int tries;
+
+	seed = kenv_u64("xbbdd.seed", 81);
+	scopy(dev, sizeof(dev), "/dev/xbd1");
+	for (tries = 0; tries < 120; tries++) {
+		fd = SC(SYS_open, dev, O_RDWR, 0, 0, 0, 0);
+		if (fd >= 0)
+			break;
+		sleep_ms(500);
+	}
+	if (fd < 0) {
+		fail("open /dev/xbd1");
+		put("errno ");
+		puti(-fd);
+		end();
+		return;
+	}
+	if (SC(SYS_ioctl, fd, DIOCGMEDIASIZE, &size, 0, 0, 0) != 0 ||
+	    SC(SYS_ioctl, fd, DIOCGSECTORSIZE, &secsize, 0, 0, 0) != 0 ||
+	    size == 0 || secsize == 0 || CHUNK % secsize != 0) {
+		fail("xbd1 geometry");
+		put("size ");
+		putu(size);
+		put(" sector ");
+		putu(secsize);
+		end();
+		return;
+	}
+	ok("open /dev/xbd1 size ");
+	putu(size);
+	put(" sector ");
+	putu(secsize);
+	end();
+	(void)dump_tree("dev.xbd.1", 1);
+
+	/* Write the whole disk in 1 MiB raw writes (no buffer cache). */
+	t0 = now_us();
+	for (off = 0; off < size; off += n) {
+		n = size - off < CHUNK ? (size_t)(size - off) : CHUNK;
+		fill(wbuf, off, n, seed);
+		r = SC(SYS_pwrite, fd, wbuf, n, (long)off, 0, 0);
+		if (r != (long)n) {
+			fail("write");
+			put("offset ");
+			putu(off);
+			put(": ");
+			puti(r);
+			end();
+			return;
+		}
+	}
+	t1 = now_us();
+	ok("wrote ");
+	putu(size);
+	put(" bytes in ");
+	putu((t1 - t0) / 1000);
+	put(" ms");
+	end();
+	r = SC(SYS_ioctl, fd, DIOCGFLUSH, 0, 0, 0, 0);
+	if (r == 0) {
+		ok("DIOCGFLUSH (cache flush through the front-end)");
+		end();
+	} else {
+		fail("DIOCGFLUSH");
+		put("errno ");
+		puti(-r);
+		end();
+	}
+	/* Close and reopen: nothing may come from a cache. */
+	SC(SYS_close, fd, 0, 0, 0, 0, 0);
+	fd = SC(SYS_open, dev, O_RDWR, 0, 0, 0, 0);
+	if (fd < 0) {
+		fail("reopen /dev/xbd1");
+		puti(fd);
+		end();
+		return;
+	}
+	t0 = now_us();
+	for (off = 0; off < size; off += n) {
+		n = size - off < CHUNK ? (size_t)(size - off) : CHUNK;
+		r = SC(SYS_pread, fd, rbuf, n, (long)off, 0, 0);
+		if (r != (long)n) {
+			fail("read");
+			put("offset ");
+			putu(off);
+			put(": ");
+			puti(r);
+			end();
+			return;
+		}
+		fill(wbuf, off, n, seed);
+		for (i = 0; i < n; i++)
+			if (rbuf[i] != wbuf[i]) {
+				if (bad == 0)
+					first_bad = off + i;
+				bad++;
+			}
+	}
+	t1 = now_us();
+	if (bad == 0) {
+		ok("read back and compared every byte of ");
+		putu(size);
+		put(" in ");
+		putu((t1 - t0) / 1000);
+		put(" ms seed ");
+		putu(seed);
+		end();
+	} else {
+		fail("verify");
+		putu(bad);
+		put(" bytes differ, first at ");
+		putu(first_bad);
+		end();
+	}
+	/* A second pattern written with small (4 KiB) I/Os at odd places. */
+	for (off = secsize * 7, i = 0; i < 64 && off + 4096 <= size;
+	    i++, off += 4096 * 37 + secsize) {
+		fill(wbuf, off, 4096, seed + 1);
+		r = SC(SYS_pwrite, fd, wbuf, 4096, (long)off, 0, 0);
+		if (r != 4096)
+			break;
+		r = SC(SYS_pread, fd, rbuf, 4096, (long)off, 0, 0);
+		if (r != 4096)
+			break;
+		for (n = 0; n < 4096; n++)
+			if (rbuf[n] != wbuf[n])
+				break;
+		if (n != 4096)
+			break;
+	}
+	if (i == 64) {
+		ok("64 unaligned-offset 4 KiB write/read pairs");
+		end();
+	} else {
+		fail("small I/O");
+		put("pair ");
+		putu(i);
+		put(" at offset ");
+		putu(off);
+		put(": ");
+		puti(r);
+		end();
+	}
+	(void)dump_tree("dev.xbd.1", 1);
+	if (fd >= 0)
+		SC(SYS_close, fd, 0, 0, 0, 0, 0);
+	(void)putx;
+}
+
+/* ------------------------------------------------------------------ */
+
+static void
+power_off(const char *mode, uint64_t start)
+{
+	char state[64];
+
+	begin("done");
+	put("mode=");
+	put(mode);
+	put(" pass=");
+	putu(passes);
+	put(" fail=");
+	putu(failures);
+	put(" us=");
+	putu(now_us() - start);
+	end();
+	linelen = 0;
+	put("done pass=");
+	putu(passes);
+	put(" fail=");
+	putu(failures);
+	line[linelen] = '\0';
+	scopy(state, sizeof(state), line);
+	linelen = 0;
+	xs_write("data/xbb-state", state);
+	SC(SYS_reboot, RB_POWEROFF, 0, 0, 0, 0, 0);
+	for (;;)
+		SC(SYS_exit, 0, 0, 0, 0, 0, 0);
+}
+
+void dd_main(void);
+
+void
+dd_main(void)
+{
+	char mode[16];
+	uint64_t start;
+	long r;
+
+	console = (int)SC(SYS_open, "/dev/console", O_RDWR | O_NOCTTY, 0,
+	    0, 0, 0);
+	start = now_us();
+	memset(mode, 0, sizeof(mode));
+	r = SC(SYS_kenv, KENV_GET, "xbbdd.mode", mode, sizeof(mode) - 1, 0, 0);
+	if (r < 0 || mode[0] == '\0')
+		scopy(mode, sizeof(mode), "serve");
+	begin("start");
+	put("xbb driver-domain test, mode ");
+	put(mode);
+	end();
+	banner(mode);
+	if (xs_open() != 0) {
+		fail("xenstore");
+		put("cannot open /dev/xen/xenstore");
+		end();
+	}
+	if (seq(mode, "front"))
+		front();
+	else if (seq(mode, "serve"))
+		serve(start);
+	else {
+		fail("mode");
+		put("unknown xbbdd.mode ");
+		put(mode);
+		end();
+	}
+	(void)prefix;
+	power_off(mode, start);
+}
+
+/* Entry point and the FreeBSD ABI note (NT_FREEBSD_ABI_TAG). */
+__asm__(
+    ".section .note.tag,\"a\",@note\n"
+    ".p2align 2\n"
+    ".long 8\n"
+    ".long 4\n"
+    ".long 1\n"
+    ".asciz \"FreeBSD\"\n"
+    ".long " XBB_FREEBSD_VERSION_STR "\n"
+    ".text\n"
+    ".globl _start\n"
+    ".type _start,@function\n"
+    "_start:\n"
+    "	xorl %ebp, %ebp\n"
+    "	andq $-16, %rsp\n"
+    "	call dd_main\n"
+    "1:	hlt\n"
+    "	jmp 1b\n");

@@ -1,0 +1,118 @@
+#!/bin/sh
+# xbb.ko in a real Xen host: a FreeBSD PVH guest as driver domain serving a
+# Linux guest's disks (scenario 7), and the FreeBSD front-end served from
+# dom0 (scenario 8), inside the xenlab harness (tests/xenlab).  See README.md.
+#
+#   FREEBSD_KERNEL=/path/to/kernel sh tests/freebsd/xen/run.sh [--scenarios 7,8]
+#
+# Environment:
+#   FREEBSD_KERNEL  amd64 FreeBSD kernel with a PVH entry (XENHVM, xenpci),
+#                   md, tmpfs, cd9660, without the built-in blkback.  Not
+#                   set: SKIP, exit 0.
+#   XBB_KO          a built xbb.ko; default: scripts/kmod.sh ko when
+#                   FREEBSD_SRC is set (KERNBUILDDIR reaches bmake), else
+#                   $KMOD_BUILD/obj/xbb.ko.
+#   FREEBSD_SRC     FreeBSD 15 tree for building xbb.ko.
+#   FBSD_DD_DIR     work directory, default <repo>/target/freebsd-xen.
+#   XENLAB_RUN      the xenlab driver, default tests/xenlab/run.sh (it must
+#                   support XENLAB_EXTRA_DIR, see README.md).
+#   CC, LD          default clang-14 (or clang), ld.lld-14 (or ld.lld).
+# Everything else (XENLAB_DIR, XENLAB_STANDIN, ...) goes to the xenlab run.
+# Exit status: that of the xenlab run; 0 for SKIP; 2 when this part cannot
+# be set up.
+set -eu
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../../.." && pwd)
+
+if [ -z "${FREEBSD_KERNEL:-}" ]; then
+	echo "SKIP: FREEBSD_KERNEL not set: the FreeBSD driver-domain scenarios" \
+	    "need a FreeBSD amd64 kernel with a PVH entry (see tests/freebsd/xen/README.md)"
+	exit 0
+fi
+if [ ! -f "$FREEBSD_KERNEL" ]; then
+	echo "fbsd-xen: FREEBSD_KERNEL=$FREEBSD_KERNEL is not a file" >&2
+	exit 2
+fi
+
+first_tool() {
+	for t in "$@"; do
+		if command -v "$t" >/dev/null 2>&1; then
+			command -v "$t"
+			return 0
+		fi
+	done
+	return 1
+}
+: "${CC:=$(first_tool clang-14 clang || true)}"
+: "${LD:=$(first_tool ld.lld-14 ld.lld || true)}"
+XORRISO=$(first_tool xorriso || true)
+missing=
+[ -n "$CC" ] || missing="$missing clang-14"
+[ -n "$LD" ] || missing="$missing lld-14"
+[ -n "$XORRISO" ] || missing="$missing xorriso"
+if [ -n "$missing" ]; then
+	echo "fbsd-xen: missing tools; Debian: apt-get install$missing" >&2
+	exit 2
+fi
+
+: "${FBSD_DD_DIR:=$repo/target/freebsd-xen}"
+: "${XENLAB_RUN:=$repo/tests/xenlab/run.sh}"
+build=$FBSD_DD_DIR/build
+root=$FBSD_DD_DIR/root
+extra=$FBSD_DD_DIR/extra
+rm -rf "$build" "$root" "$extra"
+mkdir -p "$build" "$root/sbin" "$root/boot/modules" "$root/dev" "$root/mnt" "$extra"
+
+# 1. xbb.ko
+if [ -n "${XBB_KO:-}" ]; then
+	ko=$XBB_KO
+else
+	if [ -n "${FREEBSD_SRC:-}" ]; then
+		echo "fbsd-xen: building xbb.ko against $FREEBSD_SRC (scripts/kmod.sh ko)"
+		# kmod.sh names its own cargo target directory.
+		env -u CARGO_TARGET_DIR sh "$repo/scripts/kmod.sh" ko >"$build/kmod.log" 2>&1 || {
+			tail -n 30 "$build/kmod.log" >&2
+			echo "fbsd-xen: xbb.ko build failed (log: $build/kmod.log)" >&2
+			exit 2
+		}
+	fi
+	ko=${KMOD_BUILD:-$repo/target/kmod}/obj/xbb.ko
+fi
+if [ ! -f "$ko" ]; then
+	echo "fbsd-xen: no xbb.ko at $ko: set XBB_KO, or FREEBSD_SRC to build one" >&2
+	exit 2
+fi
+
+# 2. /sbin/init of the FreeBSD guest, and its cd9660 root.
+version=1500000
+if [ -n "${FREEBSD_SRC:-}" ] && [ -f "$FREEBSD_SRC/sys/sys/param.h" ]; then
+	version=$(awk '$1 == "#define" && $2 == "__FreeBSD_version" { print $3 }' \
+	    "$FREEBSD_SRC/sys/sys/param.h")
+fi
+"$CC" --target=x86_64-unknown-freebsd15.0 -ffreestanding -nostdlib \
+    -fno-stack-protector -fno-pic -fno-builtin -Os -Wall -Wextra -Werror \
+    -DXBB_FREEBSD_VERSION_STR="\"$version\"" \
+    -c "$here/dd-init.c" -o "$build/dd-init.o"
+"$LD" -m elf_x86_64_fbsd -static -e _start -o "$root/sbin/init" "$build/dd-init.o"
+cp "$ko" "$root/boot/modules/xbb.ko"
+"$XORRISO" -as mkisofs -quiet -R -V XBBDD -o "$extra/fbsd-root.iso" "$root" \
+    >"$build/xorriso.log" 2>&1 || {
+	cat "$build/xorriso.log" >&2
+	exit 2
+}
+
+# 3. What goes into dom0 (/xenlab-extra): the kernel, the root image and
+# the scenario functions.
+cp "$FREEBSD_KERNEL" "$extra/fbsd-kernel"
+cp "$here/dom0-fbsd.sh" "$extra/dom0-fbsd.sh"
+echo "fbsd-xen: kernel $FREEBSD_KERNEL, module $ko, dom0 extras in $extra"
+
+# 4. The xenlab run with scenarios 7 and 8 (unless told otherwise).
+case " $* " in
+*" --scenarios"*) ;;
+*) set -- --scenarios 7,8 "$@" ;;
+esac
+XENLAB_EXTRA_DIR=$extra
+export XENLAB_EXTRA_DIR
+exec "$XENLAB_RUN" "$@"

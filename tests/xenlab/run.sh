@@ -1,0 +1,362 @@
+#!/bin/bash
+# xenlab: xbb-serve in a real Xen 4.17 host (Debian bookworm packages) booted
+# under QEMU TCG, against unmodified Linux xen-blkfront guests.
+#
+#   tests/xenlab/run.sh [--scenarios 1,3,4] [--full] [--timeout SECONDS]
+#
+# Needs root on Debian bookworm. Everything built goes to XENLAB_DIR
+# (default /tmp/xbb-xenlab); the debootstrap root and the kernel are cached
+# there, the xbb-serve binary and the scripts are refreshed on every run.
+# Environment:
+#   XENLAB_DIR           work/cache directory (default /tmp/xbb-xenlab)
+#   XENLAB_STANDIN=blkback  serve the "xbb" scenarios with the kernel's
+#                        xen-blkback (tests the harness without xbb-serve)
+#   XENLAB_BENCH_REPS, XENLAB_BENCH_SECS  comparison table (default 3 x 5 s)
+#   XENLAB_DISK_MB       size of each guest disk (default 64)
+#   XENLAB_XBB_ARGS      extra arguments for xbb-serve
+#   XENLAB_FIO=1         also run fio in the benchmark guests (--full only)
+#   XENLAB_MIRROR        Debian mirror for debootstrap
+#   XENLAB_EXTRA_DIR     more scenarios (*.sh defining s7, s8, ...), copied into dom0
+#   CARGO_TARGET_DIR     where cargo builds xbb-serve
+# Exit status: 0 when every check passed, 1 otherwise, 2 on a setup error.
+set -u
+set -o pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+TOP=$(cd "$HERE/../.." && pwd)
+DIR=${XENLAB_DIR:-/tmp/xbb-xenlab}
+MIRROR=${XENLAB_MIRROR:-http://deb.debian.org/debian}
+STANDIN=${XENLAB_STANDIN:-}
+SCENARIOS="1,3,4"
+TIMEOUT=""
+FULL=0
+
+while [ $# -gt 0 ]; do
+	case "$1" in
+	--scenarios) SCENARIOS=$2; shift ;;
+	--scenarios=*) SCENARIOS=${1#*=} ;;
+	--full) FULL=1 SCENARIOS="1,2,3,4,5,6" ;;
+	--timeout) TIMEOUT=$2; shift ;;
+	-h | --help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	*) echo "xenlab: unknown argument $1" >&2; exit 2 ;;
+	esac
+	shift
+done
+SCEN_LIST=$(echo "$SCENARIOS" | tr ',' ' ')
+case " $SCEN_LIST " in *" 2 "*) FULL=1 ;; esac
+[ -n "$TIMEOUT" ] || TIMEOUT=$([ $FULL = 1 ] && echo 3600 || echo 1200)
+
+T0=$(date +%s)
+TLAST=$T0
+declare -a TIMES=()
+step() { # record how long the previous step took, announce the next
+	local now
+	now=$(date +%s)
+	[ -n "${CUR:-}" ] && TIMES+=("$CUR: $((now - TLAST)) s")
+	TLAST=$now
+	CUR=$1
+	[ -n "$1" ] && echo "xenlab: == $1"
+}
+die() { echo "xenlab: ERROR: $*" >&2; exit 2; }
+
+[ "$(id -u)" = 0 ] || die "must run as root (apt-get, debootstrap, mkfs)"
+[ -r /etc/debian_version ] || die "needs Debian bookworm"
+mkdir -p "$DIR"
+
+# ---------------------------------------------------------- host packages
+step "host packages"
+export DEBIAN_FRONTEND=noninteractive
+HOST_PKGS="xen-hypervisor-4.17-amd64 qemu-system-x86 debootstrap busybox-static fio e2fsprogs cpio kmod gcc libc6-dev gzip"
+missing=""
+for p in $HOST_PKGS; do
+	dpkg-query -W -f='${Status}' "$p" 2> /dev/null | grep -q 'install ok installed' || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+	echo "xenlab: installing:$missing"
+	apt-get update -qq || true
+	# Debian's qemu-system-x86 (7.2) conflicts with a newer qemu-utils some
+	# images ship: pin qemu-utils to the bookworm version when it is there.
+	extra=""
+	if dpkg-query -W -f='${Status}' qemu-utils 2> /dev/null | grep -q 'install ok installed'; then
+		v=$(apt-cache madison qemu-utils | awk -F'|' '$2 ~ /7\.2/ { gsub(/ /, "", $2); print $2; exit }')
+		[ -n "$v" ] && extra="qemu-utils=$v"
+	fi
+	# shellcheck disable=SC2086
+	apt-get install -y -q --allow-downgrades --no-install-recommends $missing $extra > "$DIR/apt.log" 2>&1 ||
+		{ tail -n 20 "$DIR/apt.log"; die "apt-get install failed (log: $DIR/apt.log)"; }
+fi
+XEN_GZ=$(ls /boot/xen-4.17-amd64.gz 2> /dev/null) || die "no /boot/xen-4.17-amd64.gz"
+
+# ------------------------------------------------------------------ kernel
+step "kernel"
+KPKG=${XENLAB_KERNEL_PKG:-$(apt-cache depends linux-image-amd64 2> /dev/null | sed -n 's/.*Depends: \(linux-image-[0-9].*\)/\1/p' | head -n 1)}
+[ -n "$KPKG" ] || die "cannot find the kernel package behind linux-image-amd64"
+KVER=${KPKG#linux-image-}
+KDIR=$DIR/kernel-$KVER
+if [ ! -f "$KDIR/.done" ]; then
+	rm -rf "$KDIR" "$DIR/debs"
+	mkdir -p "$DIR/debs"
+	(cd "$DIR/debs" && apt-get download "$KPKG" > /dev/null 2>&1) || die "apt-get download $KPKG failed"
+	dpkg -x "$DIR"/debs/"$KPKG"_*.deb "$KDIR" || die "dpkg -x failed"
+	depmod -b "$KDIR" "$KVER" || die "depmod failed"
+	rm -rf "$DIR/debs"
+	touch "$KDIR/.done"
+fi
+VMLINUZ=$KDIR/boot/vmlinuz-$KVER
+# mod_closure MODULE...: the .ko files (paths under $KDIR) in load order.
+mod_closure() {
+	local m
+	for m in "$@"; do
+		modprobe -d "$KDIR" -S "$KVER" --show-depends "$m" | awk '$1 == "insmod" { print $2 }'
+	done | awk '!seen[$0]++'
+}
+
+# --------------------------------------------------------------- dom0 root
+step "dom0 root (debootstrap)"
+DOM0_PKGS="xen-utils-4.17,xenstore-utils,qemu-system-xen,kmod,procps,util-linux,mount,udev"
+DOM0_MODS="xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xenfs loop xen-blkback ext4 crc32c_generic virtio_blk virtio_pci"
+KEY=$(echo "bookworm minbase $DOM0_PKGS $MIRROR $KVER $DOM0_MODS" | sha256sum | cut -c1-12)
+ROOT=$DIR/dom0root-$KEY
+if [ ! -f "$ROOT/.xenlab-done" ]; then
+	rm -rf "$ROOT" "$ROOT.tmp"
+	echo "xenlab: debootstrap into $ROOT (cache key $KEY)"
+	debootstrap --variant=minbase --include="$DOM0_PKGS" bookworm "$ROOT.tmp" "$MIRROR" > "$DIR/debootstrap.log" 2>&1 ||
+		{ tail -n 20 "$DIR/debootstrap.log"; die "debootstrap failed (log: $DIR/debootstrap.log)"; }
+	mkdir -p "$ROOT.tmp/lib/modules/$KVER"
+	mod_closure $DOM0_MODS | while read -r ko; do
+		rel=${ko#"$KDIR"/}
+		mkdir -p "$ROOT.tmp/$(dirname "$rel")"
+		cp "$ko" "$ROOT.tmp/$rel"
+	done
+	cp "$KDIR/lib/modules/$KVER"/modules.{order,builtin,builtin.modinfo} "$ROOT.tmp/lib/modules/$KVER/" 2> /dev/null
+	depmod -b "$ROOT.tmp" "$KVER" || die "depmod for dom0 failed"
+	rm -rf "$ROOT.tmp"/var/cache/apt/archives/*.deb "$ROOT.tmp"/usr/share/doc "$ROOT.tmp"/usr/share/man "$ROOT.tmp"/usr/share/locale
+	touch "$ROOT.tmp/.xenlab-done"
+	mv "$ROOT.tmp" "$ROOT"
+else
+	echo "xenlab: cached dom0 root $ROOT"
+fi
+
+# ---------------------------------------------------------------- xbb-serve
+step "xbb-serve"
+XBB_BIN=""
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$DIR/cargo-target}
+CARGO=${CARGO:-$(command -v cargo || echo "$HOME/.cargo/bin/cargo")}
+if (cd "$TOP" && "$CARGO" build --release --features xen --bin xbb-serve) > "$DIR/cargo.log" 2>&1; then
+	XBB_BIN=$CARGO_TARGET_DIR/release/xbb-serve
+	echo "xenlab: built $XBB_BIN"
+else
+	echo "xenlab: ******************************************************************"
+	echo "xenlab: cargo build --release --features xen --bin xbb-serve FAILED:"
+	grep -E '^(error|warning: unused)' "$DIR/cargo.log" | head -n 10 | sed 's/^/xenlab:   /'
+	echo "xenlab:   (full log: $DIR/cargo.log)"
+	echo "xenlab: ******************************************************************"
+	[ "$STANDIN" = blkback ] || die "no xbb-serve (set XENLAB_STANDIN=blkback to test the harness without it)"
+	echo "xenlab: XENLAB_STANDIN=blkback: going on with the kernel back-end as stand-in"
+fi
+
+# ----------------------------------------------------------------- xbbwork
+step "xbbwork"
+XBBWORK_SRC=${XENLAB_XBBWORK_SRC:-$HERE/guest/xbbwork.c}
+[ -f "$XBBWORK_SRC" ] || die "no $XBBWORK_SRC"
+gcc -static -O2 -Wall -o "$DIR/xbbwork" "$XBBWORK_SRC" 2> "$DIR/xbbwork-gcc.log" ||
+	{ cat "$DIR/xbbwork-gcc.log"; die "cannot build xbbwork"; }
+
+# --------------------------------------------------------------- initramfs
+step "initramfs images"
+# busybox_tree DIR: a busybox root with one link per applet.
+busybox_tree() {
+	mkdir -p "$1"/{bin,sbin,proc,sys,dev,lib/modules,tmp,etc}
+	cp /bin/busybox "$1/bin/busybox"
+	local a
+	for a in $(/bin/busybox --list); do
+		[ "$a" = busybox ] && continue
+		[ -e "$1/bin/$a" ] || ln -s busybox "$1/bin/$a"
+	done
+}
+# copy_bin TREE BINARY: the binary and its shared libraries.
+copy_bin() {
+	local lib
+	cp "$2" "$1/bin/"
+	for lib in $(ldd "$2" 2> /dev/null | grep -o '/[^ ]*'); do
+		mkdir -p "$1$(dirname "$lib")"
+		cp -L "$lib" "$1$lib"
+	done
+}
+mk_cpio() { (cd "$1" && find . | cpio -o -H newc --quiet | gzip -1) > "$2"; }
+
+GUEST=$DIR/guest-tree
+rm -rf "$GUEST"
+busybox_tree "$GUEST"
+cp "$HERE/guest/init" "$GUEST/init"
+cp "$DIR/xbbwork" "$GUEST/bin/xbbwork"
+rm -f "$GUEST/sbin/poweroff" "$GUEST/bin/poweroff"
+# `xl shutdown` makes the kernel run /sbin/poweroff.
+printf '#!/bin/sh\necho "XENLAB-GUEST done task=shutdown" > /dev/console\nsync\necho o > /proc/sysrq-trigger\n' > "$GUEST/sbin/poweroff"
+chmod +x "$GUEST/init" "$GUEST/sbin/poweroff"
+: > "$GUEST/modules.order"
+mod_closure xen-blkfront | while read -r ko; do
+	cp "$ko" "$GUEST/lib/modules/"
+	echo "/lib/modules/$(basename "$ko")" >> "$GUEST/modules.order"
+done
+mk_cpio "$GUEST" "$DIR/guest-initrd.gz"
+# fio drags ~80 MB of shared libraries along: only in the benchmark guests'
+# initramfs, and only on request.
+FIO=0
+rm -f "$DIR/guest-fio-initrd.gz"
+if [ "${XENLAB_FIO:-0}" = 1 ] && [ $FULL = 1 ] && command -v fio > /dev/null; then
+	copy_bin "$GUEST" "$(command -v fio)" && mk_cpio "$GUEST" "$DIR/guest-fio-initrd.gz" && FIO=1
+fi
+
+INITRD=$DIR/dom0-initrd-tree
+rm -rf "$INITRD"
+busybox_tree "$INITRD"
+cp "$HERE/initramfs/init" "$INITRD/init"
+chmod +x "$INITRD/init"
+: > "$INITRD/modules.order"
+mod_closure crc32c_generic virtio_pci virtio_blk ext4 | while read -r ko; do
+	cp "$ko" "$INITRD/lib/modules/"
+	echo "/lib/modules/$(basename "$ko")" >> "$INITRD/modules.order"
+done
+mk_cpio "$INITRD" "$DIR/dom0-initrd.gz"
+zcat "$XEN_GZ" > "$DIR/xen.img"
+
+# ---------------------------------------------------------------- root image
+step "dom0 image"
+mkdir -p "$ROOT/boot/xenlab" "$ROOT/usr/local/sbin" "$ROOT/images" "$ROOT/etc/xen"
+cp "$VMLINUZ" "$ROOT/boot/xenlab/vmlinuz"
+cp "$DIR/guest-initrd.gz" "$ROOT/boot/xenlab/guest-initrd.gz"
+rm -f "$ROOT/boot/xenlab/guest-fio-initrd.gz"
+[ $FIO = 1 ] && cp "$DIR/guest-fio-initrd.gz" "$ROOT/boot/xenlab/guest-fio-initrd.gz"
+install -m 0755 "$HERE/dom0/xenlab-init" "$ROOT/sbin/xenlab-init"
+# More scenarios from outside (tests/freebsd/xen: 7 and 8): a directory whose
+# *.sh define functions s7, s8, ... and carry what they need (kernel, images).
+rm -rf "$ROOT/xenlab-extra"
+[ -n "${XENLAB_EXTRA_DIR:-}" ] && cp -a "$XENLAB_EXTRA_DIR" "$ROOT/xenlab-extra"
+rm -f "$ROOT/usr/local/sbin/xbb-serve"
+[ -n "$XBB_BIN" ] && install -m 0755 "$XBB_BIN" "$ROOT/usr/local/sbin/xbb-serve"
+rm -rf "$ROOT/images"/* "$ROOT/results"
+{
+	echo "XENLAB_SCENARIOS=\"$SCEN_LIST\""
+	echo "XENLAB_STANDIN=\"$STANDIN\""
+	echo "XENLAB_BENCH_REPS=${XENLAB_BENCH_REPS:-3}"
+	echo "XENLAB_BENCH_SECS=${XENLAB_BENCH_SECS:-5}"
+	echo "XENLAB_DISK_MB=${XENLAB_DISK_MB:-64}"
+	echo "XENLAB_XBB_ARGS=\"${XENLAB_XBB_ARGS:-}\""
+	echo "XENLAB_FIO=$FIO"
+} > "$ROOT/etc/xenlab.conf"
+used=$(du -sm "$ROOT" | cut -f1)
+size=$((used + 700 + ${XENLAB_DISK_MB:-64} * 12))
+rm -f "$DIR/dom0.img"
+mkfs.ext4 -q -F -L xenlab -d "$ROOT" "$DIR/dom0.img" "${size}M" || die "mkfs.ext4 -d failed"
+
+# -------------------------------------------------------------------- boot
+step "boot and scenarios (QEMU TCG, timeout ${TIMEOUT} s)"
+SERIAL=$DIR/serial.log
+rm -f "$SERIAL"
+XEN_ARGS="console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M dom0_max_vcpus=2 smap=0 smep=0 loglvl=all guest_loglvl=warning"
+DOM0_ARGS="console=hvc0 earlyprintk=xen loglevel=4"
+echo "xenlab: serial log: $SERIAL"
+timeout -k 15 "$TIMEOUT" qemu-system-x86_64 \
+	-accel tcg,thread=multi -cpu max -m 2048 -smp 2 \
+	-nographic -no-reboot -nic none -monitor none \
+	-serial "file:$SERIAL" \
+	-kernel "$DIR/xen.img" -append "$XEN_ARGS" \
+	-initrd "$VMLINUZ $DOM0_ARGS,$DIR/dom0-initrd.gz" \
+	-drive "file=$DIR/dom0.img,format=raw,if=virtio,cache=unsafe" \
+	< /dev/null > "$DIR/qemu.log" 2>&1
+QRC=$?
+[ $QRC = 124 ] && echo "xenlab: QEMU TIMED OUT after $TIMEOUT s"
+
+# ----------------------------------------------------------------- results
+step "results"
+OUT=$DIR/results
+rm -rf "$OUT"
+mkdir -p "$OUT"
+rm -rf "$DIR/rdump"
+mkdir -p "$DIR/rdump"
+if debugfs -R "rdump /results $DIR/rdump" "$DIR/dom0.img" > /dev/null 2>&1 && [ -d "$DIR/rdump/results" ]; then
+	cp -a "$DIR/rdump/results/." "$OUT/"
+else
+	echo "xenlab: could not read /results from the dom0 image"
+fi
+rm -rf "$DIR/rdump"
+cp -f "$SERIAL" "$OUT/serial.log" 2> /dev/null
+step ""
+tr -d '\r' < "$SERIAL" > "$DIR/serial.txt" 2> /dev/null
+RES=$DIR/serial.txt
+# Timings reported by dom0 itself.
+grep -o 'XENLAB scenario [0-9]* took [0-9]* s' "$RES" | sed 's/^XENLAB //' | while read -r l; do TIMES+=("$l"); echo "$l"; done > "$DIR/times.txt"
+
+echo
+echo "==================== xenlab summary ($([ -n "$STANDIN" ] && echo "STAND-IN $STANDIN" || echo xbb-serve)) ===================="
+grep -o 'XENLAB-RESULT.*' "$RES" | sed 's/^XENLAB-RESULT //' | tee "$OUT/summary.txt"
+npass=$(grep -c 'result=PASS' "$OUT/summary.txt")
+nfail=$(grep -c 'result=FAIL' "$OUT/summary.txt")
+nskip=$(grep -c 'result=SKIP' "$OUT/summary.txt")
+status=0
+if ! grep -q 'XENLAB-END' "$RES"; then
+	echo "xenlab: FAIL: dom0 never finished (QEMU status $QRC); tail of the serial log:"
+	tail -n 30 "$RES" | sed 's/^/  | /'
+	status=1
+fi
+for s in $SCEN_LIST; do
+	if ! grep -q "scenario=$s " "$OUT/summary.txt"; then
+		echo "xenlab: FAIL: scenario $s produced no result"
+		status=1
+	fi
+done
+[ "$nfail" = 0 ] || status=1
+[ "$npass" -gt 0 ] || status=1
+
+# ------------------------------------------------------ comparison table
+if grep -q 'XENLAB-BENCH' "$RES"; then
+	echo
+	echo "==================== comparison (medians of $(grep -o 'XENLAB-BENCH.*' "$RES" | sed -n 's/.* rep=\([0-9]*\) .*/\1/p' | sort -u | wc -l) interleaved repetitions; emulated host: only ratios mean anything) ===================="
+	grep -o 'XENLAB-BENCH.*' "$RES" | awk '
+	function med(key,   n, i, j, t, a) {
+		n = split(vals[key], a, " ")
+		if (n == 0) return -1
+		for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
+		return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+	}
+	{
+		be = ""; tool = ""; test = ""; kb = ""; io = ""
+		for (i = 2; i <= NF; i++) {
+			split($i, kv, "=")
+			if (kv[1] == "backend") be = kv[2]
+			else if (kv[1] == "tool") tool = kv[2]
+			else if (kv[1] == "test") test = kv[2]
+			else if (kv[1] == "kBps") kb = kv[2]
+			else if (kv[1] == "iops") io = kv[2]
+		}
+		if (be == "" || test == "") next
+		metric = (test ~ /^seq/) ? kb : io
+		if (metric == "") next
+		k = tool " " test
+		if (!(k in seen)) { seen[k] = 1; order[++nk] = k }
+		vals[k SUBSEP be] = vals[k SUBSEP be] " " metric
+	}
+	END {
+		printf "%-8s %-16s %7s %12s %12s %12s %12s %12s\n", "tool", "test", "unit", "xbb", "blkback", "qdisk", "xbb/blkback", "xbb/qdisk"
+		for (i = 1; i <= nk; i++) {
+			k = order[i]; split(k, p, " ")
+			x = med(k SUBSEP "xbb"); b = med(k SUBSEP "blkback"); q = med(k SUBSEP "qdisk")
+			printf "%-8s %-16s %7s %12s %12s %12s %12s %12s\n", p[1], p[2], (p[2] ~ /^seq/) ? "kB/s" : "IOPS", x, b, q,
+				(x >= 0 && b > 0) ? sprintf("%.2f", x / b) : "-", (x >= 0 && q > 0) ? sprintf("%.2f", x / q) : "-"
+		}
+	}' | tee "$OUT/comparison.txt"
+fi
+
+echo
+echo "timings:"
+for t in "${TIMES[@]}"; do echo "  $t"; done
+sed 's/^/  /' "$DIR/times.txt"
+echo "  total: $(($(date +%s) - T0)) s"
+echo "results: $OUT (dom0's /results, guest consoles, xbb-serve log), serial log: $SERIAL"
+if [ $status = 0 ]; then
+	echo "xenlab: PASS ($npass passed, $nskip skipped)"
+else
+	echo "xenlab: FAIL ($nfail failed, $npass passed, $nskip skipped)"
+fi
+exit $status
