@@ -87,7 +87,9 @@ pub fn claim_decision(
         Some(o) if o != me => return Err(Skip::OtherServer(o.to_string())),
         _ => {}
     }
-    if state.trim() != XenbusState::Initialising.as_str() && owner != Some(me) {
+    // Even our own mark does not make a vbd past Initialising ours again:
+    // one we served and left Closed stays with the toolstack.
+    if state.trim() != XenbusState::Initialising.as_str() {
         return Err(Skip::Owned(state.to_string()));
     }
     let kind = kind.unwrap_or("");
@@ -367,11 +369,13 @@ impl Server {
                     let _ = j.join();
                 }
                 log(&format!("dev.xbb.{}: {} released", v.unit, v.path));
-                // A vbd that stays in XenStore after its instance ended
-                // (the toolstack keeps it) is not taken again.
-                self.skipped.insert(k, Skip::Gone);
             }
         }
+        // The toolstack may have created the same vbd again (xl
+        // block-detach, then block-attach of the same vdev) while the old
+        // instance was ending: look again. A vbd left behind Closed is not
+        // Initialising, so it is not claimed twice.
+        self.scan();
     }
 
     /// Every instance's table, in unit order, between marker lines.
@@ -646,9 +650,13 @@ mod tests {
             claim_decision(Some("1"), Some("phy"), Some("8"), "7", &t),
             Err(Skip::OtherServer(String::from("8")))
         );
-        // Our own mark (a rescan) does not stop us.
+        // Our own mark does not take back a vbd past Initialising.
         assert_eq!(
-            claim_decision(Some("2"), Some("phy"), Some("7"), "7", &t),
+            claim_decision(Some("6"), Some("phy"), Some("7"), "7", &t),
+            Err(Skip::Owned(String::from("6")))
+        );
+        assert_eq!(
+            claim_decision(Some("1"), Some("phy"), Some("7"), "7", &t),
             Ok(())
         );
         assert_eq!(
