@@ -108,6 +108,38 @@ pub enum StoreIo {
     },
 }
 
+impl StoreIo {
+    /// The store's form of the core's `op`: `resolve` turns window pieces
+    /// into process addresses (`true`: the store writes into them, a guest
+    /// READ). `None` when a piece does not resolve.
+    pub fn from_op(
+        op: crate::host::IoOp<'_>,
+        mut resolve: impl FnMut(&[crate::host::IoVec], bool) -> Option<Vec<RawIoVec>>,
+    ) -> Option<StoreIo> {
+        use crate::host::IoOp;
+        Some(match op {
+            IoOp::Read { offset, iov } => StoreIo::Read {
+                offset,
+                iov: resolve(iov, true)?,
+            },
+            IoOp::Write { offset, iov } => StoreIo::Write {
+                offset,
+                iov: resolve(iov, false)?,
+            },
+            IoOp::Flush => StoreIo::Flush,
+            IoOp::Discard {
+                offset,
+                len,
+                secure,
+            } => StoreIo::Discard {
+                offset,
+                len,
+                secure,
+            },
+        })
+    }
+}
+
 /// A user-space back-end store.
 pub trait SimStore: Send + Sync {
     /// Describes the medium. The size is read again from the file or device,

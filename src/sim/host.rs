@@ -770,31 +770,9 @@ impl Store for SimHost {
         if self.store.is_none() {
             return Err(IoError::Gone);
         }
-        let io = match op {
-            IoOp::Read { offset, iov } => StoreIo::Read {
-                offset,
-                iov: self.resolve(iov, true).ok_or_else(|| {
-                    self.stats.bad_iovecs += 1;
-                    IoError::Io
-                })?,
-            },
-            IoOp::Write { offset, iov } => StoreIo::Write {
-                offset,
-                iov: self.resolve(iov, false).ok_or_else(|| {
-                    self.stats.bad_iovecs += 1;
-                    IoError::Io
-                })?,
-            },
-            IoOp::Flush => StoreIo::Flush,
-            IoOp::Discard {
-                offset,
-                len,
-                secure,
-            } => StoreIo::Discard {
-                offset,
-                len,
-                secure,
-            },
+        let Some(io) = StoreIo::from_op(op, |iov, write| self.resolve(iov, write)) else {
+            self.stats.bad_iovecs += 1;
+            return Err(IoError::Io);
         };
         let s = self.store.as_ref().ok_or(IoError::Gone)?;
         self.in_flight.fetch_add(1, Ordering::AcqRel);

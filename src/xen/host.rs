@@ -539,31 +539,10 @@ impl Store for XenHost {
         if self.store.is_none() {
             return Err(IoError::Gone);
         }
-        let io = match op {
-            IoOp::Read { offset, iov } => StoreIo::Read {
-                offset,
-                iov: self.window.resolve(iov, true).ok_or_else(|| {
-                    self.stats.bad_iovecs += 1;
-                    IoError::Io
-                })?,
-            },
-            IoOp::Write { offset, iov } => StoreIo::Write {
-                offset,
-                iov: self.window.resolve(iov, false).ok_or_else(|| {
-                    self.stats.bad_iovecs += 1;
-                    IoError::Io
-                })?,
-            },
-            IoOp::Flush => StoreIo::Flush,
-            IoOp::Discard {
-                offset,
-                len,
-                secure,
-            } => StoreIo::Discard {
-                offset,
-                len,
-                secure,
-            },
+        let window = &self.window;
+        let Some(io) = StoreIo::from_op(op, |iov, write| window.resolve(iov, write)) else {
+            self.stats.bad_iovecs += 1;
+            return Err(IoError::Io);
         };
         let s = self.store.as_ref().ok_or(IoError::Gone)?;
         self.in_flight.fetch_add(1, Ordering::AcqRel);
