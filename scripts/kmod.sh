@@ -93,7 +93,7 @@ build_rust() {
 	echo "kmod: cargo build of the Rust kernel library ($KMOD_PROFILE)"
 	# shellcheck disable=SC2086
 	(cd "$repo/kmod" &&
-	    RUSTC_BOOTSTRAP=1 RUSTC="$RUSTC" \
+	    RUSTC_BOOTSTRAP=1 RUSTC="$RUSTC" CARGO_TARGET_DIR="$target_dir" \
 	    "$CARGO" "$@" build $pflag \
 	    --target "$repo/kmod/x86_64-xbb-freebsd-kernel.json" \
 	    -Zjson-target-spec -Zbuild-std=core,alloc)
