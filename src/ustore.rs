@@ -140,6 +140,22 @@ impl StoreIo {
     }
 }
 
+/// Submits `io` to `store`, counting it in `in_flight` until its
+/// completion (whose callback decrements it); an I/O the store refused is
+/// not counted. Platforms keep their window mapped while the count is not
+/// zero.
+pub fn submit_counted(
+    store: &dyn SimStore,
+    in_flight: &AtomicU64,
+    tag: IoTag,
+    io: StoreIo,
+) -> Result<(), IoError> {
+    in_flight.fetch_add(1, Ordering::AcqRel);
+    store.submit(tag, io).inspect_err(|_| {
+        in_flight.fetch_sub(1, Ordering::AcqRel);
+    })
+}
+
 /// A user-space back-end store.
 pub trait SimStore: Send + Sync {
     /// Describes the medium. The size is read again from the file or device,

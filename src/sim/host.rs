@@ -775,22 +775,14 @@ impl Store for SimHost {
             return Err(IoError::Io);
         };
         let s = self.store.as_ref().ok_or(IoError::Gone)?;
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
         // The RawIoVec obligation: every range was checked above to lie on
         // window pages mapped with the right protection; they stay mapped
         // (or, if the core unmapped them early, at least reserved) until the
         // completion, because the window is never unmapped while I/O is in
         // flight (see window_release and Drop).
-        match s.submit(tag, io) {
-            Ok(()) => {
-                self.stats.ios_submitted += 1;
-                Ok(())
-            }
-            Err(e) => {
-                self.in_flight.fetch_sub(1, Ordering::AcqRel);
-                Err(e)
-            }
-        }
+        store::submit_counted(s.as_ref(), &self.in_flight, tag, io)?;
+        self.stats.ios_submitted += 1;
+        Ok(())
     }
 
     fn store_close(&mut self) {

@@ -545,21 +545,13 @@ impl Store for XenHost {
             return Err(IoError::Io);
         };
         let s = self.store.as_ref().ok_or(IoError::Gone)?;
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
         // The RawIoVec obligation: every piece resolved to pages mapped
         // with the right protection; a range is unmapped only when the
         // core releases its last page, which it does after the completion,
         // and window_release leaks ranges while I/O is in flight.
-        match s.submit(tag, io) {
-            Ok(()) => {
-                self.stats.ios_submitted += 1;
-                Ok(())
-            }
-            Err(e) => {
-                self.in_flight.fetch_sub(1, Ordering::AcqRel);
-                Err(e)
-            }
-        }
+        ustore::submit_counted(s.as_ref(), &self.in_flight, tag, io)?;
+        self.stats.ios_submitted += 1;
+        Ok(())
     }
 
     fn store_close(&mut self) {
