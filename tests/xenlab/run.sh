@@ -156,11 +156,13 @@ else
 fi
 
 # ----------------------------------------------------------------- xbbwork
-step "xbbwork"
+step "xbbwork and dom0 PID 1"
 XBBWORK_SRC=${XENLAB_XBBWORK_SRC:-$HERE/guest/xbbwork.c}
 [ -f "$XBBWORK_SRC" ] || die "no $XBBWORK_SRC"
 gcc -static -O2 -Wall -o "$DIR/xbbwork" "$XBBWORK_SRC" 2> "$DIR/xbbwork-gcc.log" ||
 	{ cat "$DIR/xbbwork-gcc.log"; die "cannot build xbbwork"; }
+gcc -static -O2 -Wall -Werror -o "$DIR/xenlab-pid1" "$HERE/dom0/pid1.c" 2> "$DIR/pid1-gcc.log" ||
+	{ cat "$DIR/pid1-gcc.log"; die "cannot build dom0's PID 1"; }
 
 # --------------------------------------------------------------- initramfs
 step "initramfs images"
@@ -229,6 +231,7 @@ cp "$DIR/guest-initrd.gz" "$ROOT/boot/xenlab/guest-initrd.gz"
 rm -f "$ROOT/boot/xenlab/guest-fio-initrd.gz"
 [ $FIO = 1 ] && cp "$DIR/guest-fio-initrd.gz" "$ROOT/boot/xenlab/guest-fio-initrd.gz"
 install -m 0755 "$HERE/dom0/xenlab-init" "$ROOT/sbin/xenlab-init"
+install -m 0755 "$DIR/xenlab-pid1" "$ROOT/sbin/xenlab-pid1"
 # More scenarios from outside (tests/freebsd/xen: 7 and 8): a directory whose
 # *.sh define functions s7, s8, ... and carry what they need (kernel, images).
 rm -rf "$ROOT/xenlab-extra"
