@@ -63,7 +63,7 @@ const SECTOR_UNIT: u64 = 512;
 /// returned `Err`, in which case the store never touched it). The store
 /// cannot check this; it is the one condition under which the store's raw
 /// `preadv`/`pwritev` calls are sound.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RawIoVec {
     /// Start address in this process.
     pub addr: usize,

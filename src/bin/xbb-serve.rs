@@ -13,13 +13,17 @@ use xbb::stats::{Tunables, TUNABLES, TUNABLE_PREFIX};
 use xbb::xen::serve::{Config, Server};
 
 const USAGE: &str = "\
-usage: xbb-serve [-v] [--set TUNABLE=VALUE]... [--type phy,file] [--ignore-kernel-backend]
+usage: xbb-serve [-v] [--set TUNABLE=VALUE]... [--type phy,file] [--copy-grants]
+                 [--ignore-kernel-backend]
        xbb-serve --tunables
 
 Serves the vbds of this Xen domain's backend/vbd directory from user space.
   --set NAME=VALUE   an hw.xbb.* tunable (NAME with or without the prefix)
   --type LIST        take only vbds whose `type` node is in LIST (default phy,file)
   --tunables         list the tunables with their defaults and bounds
+  --copy-grants      copy the guests' data pages with GNTTABOP_copy through a
+                     bounce buffer instead of mapping them with gntdev, as
+                     QEMU's qdisk does (no persistent grants then)
   -v, --verbose      log every watch, event batch and completion batch
   --ignore-kernel-backend
                      take vbds even while xen-blkback is loaded (it will race)
@@ -31,6 +35,7 @@ fn parse(args: &[String]) -> Result<Option<Config>, String> {
         types: vec![String::from("phy"), String::from("file")],
         ignore_kernel_backend: false,
         verbose: false,
+        copy_grants: false,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -50,6 +55,7 @@ fn parse(args: &[String]) -> Result<Option<Config>, String> {
             }
             "--ignore-kernel-backend" => cfg.ignore_kernel_backend = true,
             "-v" | "--verbose" => cfg.verbose = true,
+            "--copy-grants" => cfg.copy_grants = true,
             "--type" => {
                 let v = it.next().ok_or("--type needs a value")?;
                 cfg.types = v

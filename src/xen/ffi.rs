@@ -70,6 +70,8 @@ struct CopySegment {
 
 /// `GNTCOPY_source_gref` (`grant_table.h`): the source is a grant reference.
 const GNTCOPY_SOURCE_GREF: u16 = 1;
+/// `GNTCOPY_dest_gref`: the destination is a grant reference.
+const GNTCOPY_DEST_GREF: u16 = 2;
 /// `GNTST_okay`.
 const GNTST_OKAY: i16 = 0;
 
@@ -139,6 +141,144 @@ fn last_errno() -> i32 {
 fn cpath(path: &str) -> Result<CString, i32> {
     // A path with a NUL in it cannot name a node; EINVAL like xenstored.
     CString::new(path).map_err(|_| 22)
+}
+
+/// One `GNTTABOP_copy` segment between a front-end's granted page and this
+/// process's memory, for [`Gnttab::copy`].
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+pub struct CopySeg(CopySegment);
+
+impl core::fmt::Debug for CopySeg {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("CopySeg")
+            .field("len", &self.0.len)
+            .field("flags", &self.0.flags)
+            .field("status", &self.0.status)
+            .finish()
+    }
+}
+
+impl CopySeg {
+    /// Copies `len` bytes at `offset` of grant `gref` of `dom` to `dst`.
+    /// The caller guarantees `dst..dst + len` is writable memory of this
+    /// process until [`Gnttab::copy`] returns, and `offset + len` is at
+    /// most a page.
+    pub fn from_guest(dom: DomId, gref: GrantRef, offset: u16, dst: *mut u8, len: u16) -> Self {
+        CopySeg(CopySegment {
+            source: CopyPtr {
+                foreign: CopyForeign {
+                    gref,
+                    offset,
+                    domid: dom,
+                },
+            },
+            dest: CopyPtr {
+                virt: dst as *mut c_void,
+            },
+            len,
+            flags: GNTCOPY_SOURCE_GREF,
+            status: 0,
+        })
+    }
+
+    /// Copies `len` bytes from `src` to `offset` of grant `gref` of `dom`
+    /// (which must be granted writable). Same guarantees as
+    /// [`CopySeg::from_guest`], for reading `src`.
+    pub fn to_guest(src: *const u8, dom: DomId, gref: GrantRef, offset: u16, len: u16) -> Self {
+        CopySeg(CopySegment {
+            source: CopyPtr {
+                virt: src as *mut c_void,
+            },
+            dest: CopyPtr {
+                foreign: CopyForeign {
+                    gref,
+                    offset,
+                    domid: dom,
+                },
+            },
+            len,
+            flags: GNTCOPY_DEST_GREF,
+            status: 0,
+        })
+    }
+
+    /// Whether Xen copied this segment (`GNTST_okay`).
+    pub fn ok(&self) -> bool {
+        self.0.status == GNTST_OKAY
+    }
+
+    /// Xen's `GNTST_*` status of this segment.
+    pub fn status(&self) -> i16 {
+        self.0.status
+    }
+}
+
+/// Page-aligned anonymous memory of this process (`mmap`), unmapped on
+/// drop: the bounce buffers of the copying data window.
+#[derive(Debug)]
+pub struct AnonPages {
+    addr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: plain process memory, owned by this value.
+unsafe impl Send for AnonPages {}
+
+impl AnonPages {
+    /// Maps `pages` zeroed pages; `Err(errno)` when the process is short.
+    pub fn new(pages: usize) -> Result<AnonPages, i32> {
+        let len = pages.checked_mul(PAGE_SIZE).filter(|l| *l > 0).ok_or(22)?;
+        // SAFETY: a fresh private anonymous mapping; no existing memory is
+        // named, and the result is checked against MAP_FAILED.
+        let p = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(last_errno());
+        }
+        let addr = NonNull::new(p as *mut u8).ok_or(12)?;
+        Ok(AnonPages { addr, len })
+    }
+
+    /// Address of the first byte.
+    pub fn addr(&self) -> usize {
+        self.addr.as_ptr() as usize
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the mapping is empty (never: `new` refuses zero pages).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Zeroes `len` bytes from byte `offset`, clamped to the mapping.
+    pub fn zero(&mut self, offset: usize, len: usize) {
+        let Some(n) = self.len.checked_sub(offset).map(|room| room.min(len)) else {
+            return;
+        };
+        // SAFETY: `offset..offset + n` lies inside the mapping, which this
+        // value owns exclusively (`&mut self`).
+        unsafe { core::ptr::write_bytes(self.addr.as_ptr().add(offset), 0, n) };
+    }
+}
+
+impl Drop for AnonPages {
+    fn drop(&mut self) {
+        // SAFETY: the mapping `new` made, unmapped once.
+        unsafe { libc::munmap(self.addr.as_ptr() as *mut c_void, self.len) };
+    }
 }
 
 /// A handle on `/dev/xen/gntdev`.
@@ -285,6 +425,28 @@ impl Gnttab {
         }
         if segs.iter().any(|s| s.status != GNTST_OKAY) {
             return Err(1);
+        }
+        Ok(())
+    }
+}
+
+impl Gnttab {
+    /// Runs `segs` as one `GNTTABOP_copy` batch. `Err(errno)` when the
+    /// call itself failed; otherwise each segment's [`CopySeg::ok`] tells.
+    pub fn copy(&mut self, segs: &mut [CopySeg]) -> Result<(), i32> {
+        if segs.is_empty() {
+            return Ok(());
+        }
+        let n = u32::try_from(segs.len()).map_err(|_| 22)?;
+        // SAFETY: `CopySeg` is a transparent wrapper of `CopySegment`
+        // (repr(C) of the library's struct) in a slice of `n`; each
+        // segment's local pointer obeys its constructor's contract, so the
+        // kernel reads or writes only memory the caller lent for the call.
+        let r = unsafe {
+            xengnttab_grant_copy(self.h.as_ptr(), n, segs.as_mut_ptr() as *mut CopySegment)
+        };
+        if r != 0 {
+            return Err(last_errno());
         }
         Ok(())
     }

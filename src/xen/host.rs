@@ -3,10 +3,11 @@
 //!
 //! - [`XenStore`]: libxenstore, on the instance's own connection (which also
 //!   carries its watches);
-//! - [`Grants`]: libxengnttab. Rings are mapped whole; data pages are mapped
-//!   one contiguous range per run of consecutive window pages of a batch
-//!   (see [`super::window`]); indirect pages are copied with
-//!   `GNTTABOP_copy`;
+//! - [`Grants`]: libxengnttab. Rings are mapped whole. Data pages are
+//!   mapped one contiguous range per run of consecutive window pages of a
+//!   batch (see [`super::window`]), or, in copy mode, copied with
+//!   `GNTTABOP_copy` through a bounce window (see [`super::bounce`]).
+//!   Indirect pages are copied;
 //! - [`EventChannel`]: libxenevtchn, one local port per queue. A port that
 //!   fired stays masked until [`EventChannel::evtchn_eoi`] unmasks it, at
 //!   once or when its timer expires ([`XenHost::expire_eois`]);
@@ -23,12 +24,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use std::vec::Vec;
 
-use super::ffi::{Evtchn, Gnttab, Mapping, Wakeup, Xs};
+use super::bounce::Bounce;
+use super::ffi::{AnonPages, CopySeg, Evtchn, Gnttab, Mapping, Wakeup, Xs};
 use super::window::{Range, Window};
 use crate::host::{
     Deferred, DomId, EventChannel, EvtchnError, EvtchnPort, GrantError, GrantHandle, GrantMapOp,
     GrantRef, GrantUnmapOp, Grants, Host, IoError, IoOp, IoTag, MediumInfo, OpenError, OpenParams,
-    QueueId, Store, XenStore, XsError, XsTxn,
+    QueueId, Store, XenStore, XsError, XsTxn, PAGE_SIZE,
 };
 use crate::shmem::SharedMem;
 use crate::ustore::{self, SimStore, StoreIo, StoreKind, StoreSpec};
@@ -59,8 +61,10 @@ pub struct XenHostStats {
     pub unmap_calls: u64,
     /// Unmaps the core asked for that named no mapping.
     pub bad_unmaps: u64,
-    /// Pages copied with `GNTTABOP_copy`.
+    /// Pages (or parts of pages) copied with `GNTTABOP_copy`.
     pub pages_copied: u64,
+    /// `GNTTABOP_copy` segments Xen refused (a bad or read-only grant).
+    pub copy_failures: u64,
     /// Events sent to the front-end.
     pub notifies: u64,
     /// EOIs that waited on a timer.
@@ -84,6 +88,11 @@ pub struct XenHost {
     gnt: Gnttab,
     evt: Evtchn,
     window: Window<Mapping>,
+    /// Data pages are copied, not mapped.
+    copy: bool,
+    bounce: Bounce,
+    bounce_mem: Option<AnonPages>,
+    segs: Vec<CopySeg>,
     rings: Vec<(QueueId, Mapping)>,
     ports: Vec<Port>,
     runs: u32,
@@ -118,13 +127,19 @@ fn xs_err(e: i32) -> XsError {
 
 impl XenHost {
     /// Opens the instance's XenStore connection, grant and event-channel
-    /// devices. Completions will wake `wake`.
-    pub fn new(wake: Arc<Wakeup>) -> std::io::Result<XenHost> {
+    /// devices. Completions will wake `wake`. With `copy`, data pages go
+    /// through a bounce window with `GNTTABOP_copy` instead of being
+    /// mapped (see [`super::bounce`]).
+    pub fn new(wake: Arc<Wakeup>, copy: bool) -> std::io::Result<XenHost> {
         Ok(XenHost {
             xs: Xs::open()?,
             gnt: Gnttab::open(MAX_GRANTS)?,
             evt: Evtchn::open()?,
             window: Window::default(),
+            copy,
+            bounce: Bounce::default(),
+            bounce_mem: None,
+            segs: Vec::new(),
             rings: Vec::new(),
             ports: Vec::new(),
             runs: 0,
@@ -213,7 +228,118 @@ impl XenHost {
     /// Pages of the data window that name a mapped grant, and ranges still
     /// mapped.
     pub fn window_usage(&self) -> (u32, usize) {
+        if self.copy {
+            return (self.bounce.used(), usize::from(self.bounce_mem.is_some()));
+        }
         (self.window.mapped_pages(), self.window.live_groups())
+    }
+
+    /// Drops the bounce window; leaks its memory while the store may still
+    /// touch it.
+    fn release_bounce(&mut self) {
+        self.bounce = Bounce::default();
+        if let Some(mem) = self.bounce_mem.take() {
+            if self.in_flight() != 0 {
+                core::mem::forget(mem);
+            }
+        }
+    }
+
+    /// Runs the segments gathered in `self.segs` and counts the outcome.
+    fn run_copies(&mut self) -> Result<(), i32> {
+        let r = self.gnt.copy(&mut self.segs);
+        for sg in &self.segs {
+            if r.is_ok() && sg.ok() {
+                self.stats.pages_copied += 1;
+            } else {
+                self.stats.copy_failures += 1;
+            }
+        }
+        r
+    }
+
+    fn copy_map_batch(
+        &mut self,
+        dom: DomId,
+        ops: &[GrantMapOp],
+        results: &mut [Result<GrantHandle, GrantError>],
+    ) {
+        let room = self.segs.capacity().max(1);
+        for (ops, results) in ops.chunks(room).zip(results.chunks_mut(room)) {
+            // Copy every page in (a guest WRITE reads it; a guest READ
+            // that fails must hand back the guest's own bytes), then enter
+            // the pages whose copy succeeded.
+            self.segs.clear();
+            for (op, r) in ops.iter().zip(results.iter_mut()) {
+                match self.bounce.page_addr(op.window_page) {
+                    Some(addr) if self.bounce.is_free(op.window_page) => {
+                        self.segs.push(CopySeg::from_guest(
+                            dom,
+                            op.gref,
+                            0,
+                            addr as *mut u8,
+                            PAGE_SIZE as u16,
+                        ));
+                        *r = Ok(GrantHandle(0));
+                    }
+                    _ => *r = Err(GrantError::General),
+                }
+            }
+            let call = self.run_copies();
+            let mut k = 0;
+            for (op, r) in ops.iter().zip(results.iter_mut()) {
+                if r.is_err() {
+                    self.stats.map_failures += 1;
+                    continue;
+                }
+                let sg = self.segs[k];
+                k += 1;
+                *r = match call {
+                    Err(libc::ENOMEM) => Err(GrantError::NoSpace),
+                    Err(_) => Err(GrantError::General),
+                    Ok(()) if !sg.ok() => Err(copy_status(sg.status())),
+                    Ok(()) => self
+                        .bounce
+                        .insert(op.window_page, dom, op.gref, !op.readonly)
+                        .map_err(|_| GrantError::General),
+                };
+                if r.is_err() {
+                    self.stats.map_failures += 1;
+                }
+            }
+        }
+    }
+
+    fn copy_unmap_batch(&mut self, ops: &[GrantUnmapOp]) {
+        self.segs.clear();
+        for op in ops {
+            let e = match self.bounce.remove(op.window_page, op.handle) {
+                Ok(e) => e,
+                Err(_) => {
+                    self.stats.bad_unmaps += 1;
+                    continue;
+                }
+            };
+            // Copy out what the store read into the page, before the core
+            // answers the request.
+            let (Some((off, len)), Some(addr)) = (e.dirty(), self.bounce.page_addr(op.window_page))
+            else {
+                continue;
+            };
+            if self.segs.len() == self.segs.capacity() {
+                let _ = self.run_copies();
+                self.segs.clear();
+            }
+            self.segs.push(CopySeg::to_guest(
+                (addr + usize::from(off)) as *const u8,
+                e.dom,
+                e.gref,
+                off,
+                len,
+            ));
+        }
+        let _ = self.run_copies();
+        self.segs.clear();
     }
 
     fn unmap_ranges(&mut self, ranges: Vec<Mapping>) {
@@ -290,8 +416,31 @@ impl XenStore for XenHost {
     }
 }
 
+/// A `GNTST_*` status of a refused copy, as the core sees it.
+fn copy_status(st: i16) -> GrantError {
+    match st {
+        // GNTST_bad_domain, GNTST_bad_gntref
+        -1 | -4 => GrantError::BadRef,
+        // GNTST_permission_denied
+        -8 => GrantError::Denied,
+        // GNTST_no_space? (no copy status); GNTST_general_error and the rest
+        _ => GrantError::General,
+    }
+}
+
 impl Grants for XenHost {
     fn window_reserve(&mut self, pages: u32) -> Result<(), GrantError> {
+        if self.copy {
+            self.release_bounce();
+            let mem = AnonPages::new(pages as usize).map_err(|_| GrantError::NoSpace)?;
+            self.bounce = Bounce::reserve(mem.addr(), pages).map_err(|_| GrantError::NoSpace)?;
+            self.bounce_mem = Some(mem);
+            self.segs = Vec::new();
+            self.segs
+                .try_reserve_exact(pages as usize)
+                .map_err(|_| GrantError::NoSpace)?;
+            return Ok(());
+        }
         let old = self
             .window
             .reserve(pages)
@@ -305,6 +454,10 @@ impl Grants for XenHost {
     }
 
     fn window_release(&mut self) {
+        if self.copy {
+            self.release_bounce();
+            return;
+        }
         let left = self.window.release();
         if self.in_flight() != 0 {
             // The store may still touch these pages: keep them mapped
@@ -321,6 +474,10 @@ impl Grants for XenHost {
         ops: &[GrantMapOp],
         results: &mut [Result<GrantHandle, GrantError>],
     ) {
+        if self.copy {
+            self.copy_map_batch(dom, ops, results);
+            return;
+        }
         let mut i = 0;
         while i < ops.len() {
             // The longest run of consecutive window pages with one
@@ -356,6 +513,10 @@ impl Grants for XenHost {
     }
 
     fn unmap_batch(&mut self, ops: &[GrantUnmapOp]) {
+        if self.copy {
+            self.copy_unmap_batch(ops);
+            return;
+        }
         for op in ops {
             match self.window.remove(op.window_page, op.handle) {
                 Ok(Some(m)) => {
@@ -539,16 +700,24 @@ impl Store for XenHost {
         if self.store.is_none() {
             return Err(IoError::Gone);
         }
-        let window = &self.window;
-        let Some(io) = StoreIo::from_op(op, |iov, write| window.resolve(iov, write)) else {
+        let (window, bounce, copy) = (&self.window, &mut self.bounce, self.copy);
+        let io = StoreIo::from_op(op, |iov, write| {
+            if copy {
+                bounce.resolve(iov, write)
+            } else {
+                window.resolve(iov, write)
+            }
+        });
+        let Some(io) = io else {
             self.stats.bad_iovecs += 1;
             return Err(IoError::Io);
         };
         let s = self.store.as_ref().ok_or(IoError::Gone)?;
         // The RawIoVec obligation: every piece resolved to pages mapped
-        // with the right protection; a range is unmapped only when the
-        // core releases its last page, which it does after the completion,
-        // and window_release leaks ranges while I/O is in flight.
+        // with the right protection (or to bounce pages standing for such
+        // grants); a range is unmapped only when the core releases its last
+        // page, which it does after the completion, and window_release
+        // leaks ranges (and the bounce memory) while I/O is in flight.
         ustore::submit_counted(s.as_ref(), &self.in_flight, tag, io)?;
         self.stats.ios_submitted += 1;
         Ok(())

@@ -35,7 +35,7 @@ use super::host::XenHost;
 use crate::connect::ConnectError;
 use crate::host::{DomId, XenbusState};
 use crate::instance::Instance;
-use crate::stats::{Stats, Tunables, SYSCTLS};
+use crate::stats::{Stats, Tunable, Tunables, SYSCTLS};
 
 /// Where the kernel's back-end shows it is loaded (Linux sysfs).
 const KERNEL_BLKBACK: &str = "/sys/bus/xen-backend/drivers/vbd";
@@ -55,6 +55,10 @@ pub struct Config {
     pub ignore_kernel_backend: bool,
     /// Log every watch, event-channel and completion batch.
     pub verbose: bool,
+    /// Copy data pages with `GNTTABOP_copy` through a bounce window instead
+    /// of mapping them with gntdev (see [`super::bounce`]); persistent
+    /// grants are then not offered.
+    pub copy_grants: bool,
 }
 
 /// Why a vbd was not claimed.
@@ -246,7 +250,16 @@ fn log(msg: &str) {
 impl Server {
     /// Connects to XenStore, learns this domain's id, and blocks the
     /// signals the service handles (call before other threads start).
-    pub fn new(cfg: Config) -> Result<Server, String> {
+    pub fn new(mut cfg: Config) -> Result<Server, String> {
+        if cfg.copy_grants {
+            // A copied page has no persistent mapping to keep.
+            if cfg.tunables.get(Tunable::MaxPersistentGrants) != 0 {
+                log("copying data pages: persistent grants are not offered");
+            }
+            cfg.tunables
+                .set(Tunable::MaxPersistentGrants, 0)
+                .map_err(|e| format!("max_persistent_grants: {e:?}"))?;
+        }
         let sigfd = ffi::signal_fd().map_err(|e| format!("signalfd: {e}"))?;
         let mut xs = Xs::open().map_err(|e| format!("cannot connect to xenstored: {e}"))?;
         let dom = match xs.read(0, "domid") {
@@ -329,6 +342,7 @@ impl Server {
             unit,
             tunables: self.cfg.tunables,
             verbose: self.cfg.verbose,
+            copy: self.cfg.copy_grants,
             ctl: rx,
             wake: Arc::clone(&wake),
             finished: Arc::clone(&finished),
@@ -461,6 +475,7 @@ struct InstanceThread {
     unit: usize,
     tunables: Tunables,
     verbose: bool,
+    copy: bool,
     ctl: Receiver<Ctl>,
     wake: Arc<Wakeup>,
     finished: Arc<AtomicBool>,
@@ -490,7 +505,8 @@ impl InstanceThread {
     }
 
     fn serve(&self) -> Result<(), String> {
-        let mut host = XenHost::new(Arc::clone(&self.wake)).map_err(|e| format!("open: {e}"))?;
+        let mut host =
+            XenHost::new(Arc::clone(&self.wake), self.copy).map_err(|e| format!("open: {e}"))?;
         let mut inst =
             Instance::new(&self.path, &self.tunables).map_err(|e| format!("instance: {e:?}"))?;
         host.xs()
