@@ -17,6 +17,7 @@
 #   XENLAB_FIO=1         also run fio in the benchmark guests (--full only)
 #   XENLAB_MIRROR        Debian mirror for debootstrap
 #   XENLAB_EXTRA_DIR     more scenarios (*.sh defining s7, s8, ...), copied into dom0
+#   XENLAB_RETRY_ENV=0   do not run again after a crash of the emulated host
 #   CARGO_TARGET_DIR     where cargo builds xbb-serve
 # Exit status: 0 when every check passed, 1 otherwise, 2 on a setup error.
 set -u
@@ -31,20 +32,23 @@ SCENARIOS="1,3,4"
 TIMEOUT=""
 FULL=0
 
+ORIG_ARGS=("$@")
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--scenarios) SCENARIOS=$2; shift ;;
 	--scenarios=*) SCENARIOS=${1#*=} ;;
 	--full) FULL=1 SCENARIOS="1,2,3,4,5,6" ;;
 	--timeout) TIMEOUT=$2; shift ;;
-	-h | --help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	-h | --help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 	*) echo "xenlab: unknown argument $1" >&2; exit 2 ;;
 	esac
 	shift
 done
 SCEN_LIST=$(echo "$SCENARIOS" | tr ',' ' ')
 case " $SCEN_LIST " in *" 2 "*) FULL=1 ;; esac
-[ -n "$TIMEOUT" ] || TIMEOUT=$([ $FULL = 1 ] && echo 3600 || echo 1200)
+# Scenarios 1, 3 and 4 take about 300 s of the boot; a hang should not eat
+# CI's budget twice.
+[ -n "$TIMEOUT" ] || TIMEOUT=$([ $FULL = 1 ] && echo 3600 || echo 720)
 
 T0=$(date +%s)
 TLAST=$T0
@@ -362,4 +366,34 @@ if [ $status = 0 ]; then
 else
 	echo "xenlab: FAIL ($nfail failed, $npass passed, $nskip skipped)"
 fi
+
+# The emulated host corrupts memory now and then: processes that have
+# nothing to do with the back-end (dom0's shell, awk, ld.so, xl's monitor,
+# a guest's busybox before it touches its disk) die of heap corruption or
+# segfaults. ../shared notes saw it with the reference back-ends too. A
+# failed run that shows such a crash (and not one of xbb-serve's) is run
+# once more, from a fresh boot; the first run's results are kept and the
+# crash is reported. A failure without that signature, or a second one,
+# fails.
+env_fault() {
+	{
+		cat "$RES"
+		cat "$OUT"/guest-*.log
+	} 2> /dev/null | tr -d '\r' | grep -v xbb-serve | grep -m 3 -E \
+		'malloc\(\)|Segmentation fault|Inconsistency detected by ld\.so|invalid field index|double free|xenlab-init: line [0-9]+: .*(command not found|integer expression expected|No such file or directory)'
+	[ $QRC = 124 ] && echo "QEMU timed out after $TIMEOUT s (see results/ps.txt)"
+}
+ATTEMPT=${XENLAB_ATTEMPT:-1}
+if [ $status != 0 ] && [ "$ATTEMPT" = 1 ] && [ "${XENLAB_RETRY_ENV:-1}" = 1 ]; then
+	sig=$(env_fault)
+	if [ -n "$sig" ]; then
+		echo "xenlab: the emulated host crashed a process that is not xbb-serve:"
+		echo "$sig" | sed 's/^/  | /'
+		rm -rf "$OUT-attempt1"
+		mv "$OUT" "$OUT-attempt1"
+		echo "xenlab: first run's results in $OUT-attempt1; running once more from a fresh boot"
+		XENLAB_ATTEMPT=2 exec "$0" "${ORIG_ARGS[@]}"
+	fi
+fi
+[ "$ATTEMPT" != 1 ] && echo "xenlab: this was attempt $ATTEMPT (the first one met a crash of the emulated host)"
 exit $status
