@@ -108,10 +108,15 @@ cp "$FREEBSD_KERNEL" "$extra/fbsd-kernel"
 cp "$here/dom0-fbsd.sh" "$extra/dom0-fbsd.sh"
 echo "fbsd-xen: kernel $FREEBSD_KERNEL, module $ko, dom0 extras in $extra"
 
-# 4. The xenlab run with scenarios 7 and 8 (unless told otherwise).
+# 4. The xenlab run with scenarios 7 and 8 (unless told otherwise), with
+# room for two FreeBSD boots and five Linux guests.
 case " $* " in
 *" --scenarios"*) ;;
 *) set -- --scenarios 7,8 "$@" ;;
+esac
+case " $* " in
+*" --timeout"*) ;;
+*) set -- --timeout 1800 "$@" ;;
 esac
 XENLAB_EXTRA_DIR=$extra
 export XENLAB_EXTRA_DIR
