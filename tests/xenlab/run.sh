@@ -48,7 +48,7 @@ SCEN_LIST=$(echo "$SCENARIOS" | tr ',' ' ')
 case " $SCEN_LIST " in *" 2 "*) FULL=1 ;; esac
 # Scenarios 1, 3 and 4 take about 300 s of the boot; a hang should not eat
 # CI's budget twice.
-[ -n "$TIMEOUT" ] || TIMEOUT=$([ $FULL = 1 ] && echo 3600 || echo 720)
+[ -n "$TIMEOUT" ] || TIMEOUT=$([ $FULL = 1 ] && echo 3600 || echo 600)
 
 T0=$(date +%s)
 TLAST=$T0
