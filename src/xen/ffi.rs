@@ -143,76 +143,47 @@ fn cpath(path: &str) -> Result<CString, i32> {
     CString::new(path).map_err(|_| 22)
 }
 
-/// One `GNTTABOP_copy` segment between a front-end's granted page and this
-/// process's memory, for [`Gnttab::copy`].
-#[derive(Clone, Copy)]
-#[repr(transparent)]
-pub struct CopySeg(CopySegment);
-
-impl core::fmt::Debug for CopySeg {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("CopySeg")
-            .field("len", &self.0.len)
-            .field("flags", &self.0.flags)
-            .field("status", &self.0.status)
-            .finish()
-    }
+/// Which way a [`CopyOp`] copies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CopyDir {
+    /// From the front-end's granted page into [`AnonPages`].
+    FromGuest,
+    /// From [`AnonPages`] into the front-end's page (granted writable).
+    ToGuest,
 }
 
-impl CopySeg {
-    /// Copies `len` bytes at `offset` of grant `gref` of `dom` to `dst`.
-    /// The caller guarantees `dst..dst + len` is writable memory of this
-    /// process until [`Gnttab::copy`] returns, and `offset + len` is at
-    /// most a page.
-    pub fn from_guest(dom: DomId, gref: GrantRef, offset: u16, dst: *mut u8, len: u16) -> Self {
-        CopySeg(CopySegment {
-            source: CopyPtr {
-                foreign: CopyForeign {
-                    gref,
-                    offset,
-                    domid: dom,
-                },
-            },
-            dest: CopyPtr {
-                virt: dst as *mut c_void,
-            },
-            len,
-            flags: GNTCOPY_SOURCE_GREF,
-            status: 0,
-        })
-    }
+/// One `GNTTABOP_copy` segment between a front-end's granted page and a
+/// range of an [`AnonPages`], for [`Gnttab::copy_pages`]. Holds no
+/// pointer: the local side is an offset, checked against the memory when
+/// the batch runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CopyOp {
+    /// Direction.
+    pub dir: CopyDir,
+    /// The front-end's domain.
+    pub dom: DomId,
+    /// Its grant reference.
+    pub gref: GrantRef,
+    /// Byte offset in the granted page.
+    pub guest_offset: u16,
+    /// Byte offset in the [`AnonPages`].
+    pub local: usize,
+    /// Bytes to copy; `guest_offset + len` at most a page.
+    pub len: u16,
+    /// Xen's `GNTST_*` outcome once run (`GNTST_general_error` for an op
+    /// that did not fit its page or the memory).
+    pub status: i16,
+}
 
-    /// Copies `len` bytes from `src` to `offset` of grant `gref` of `dom`
-    /// (which must be granted writable). Same guarantees as
-    /// [`CopySeg::from_guest`], for reading `src`.
-    pub fn to_guest(src: *const u8, dom: DomId, gref: GrantRef, offset: u16, len: u16) -> Self {
-        CopySeg(CopySegment {
-            source: CopyPtr {
-                virt: src as *mut c_void,
-            },
-            dest: CopyPtr {
-                foreign: CopyForeign {
-                    gref,
-                    offset,
-                    domid: dom,
-                },
-            },
-            len,
-            flags: GNTCOPY_DEST_GREF,
-            status: 0,
-        })
-    }
-
+impl CopyOp {
     /// Whether Xen copied this segment (`GNTST_okay`).
     pub fn ok(&self) -> bool {
-        self.0.status == GNTST_OKAY
-    }
-
-    /// Xen's `GNTST_*` status of this segment.
-    pub fn status(&self) -> i16 {
-        self.0.status
+        self.status == GNTST_OKAY
     }
 }
+
+/// `GNTST_general_error`.
+const GNTST_GENERAL_ERROR: i16 = -1;
 
 /// Page-aligned anonymous memory of this process (`mmap`), unmapped on
 /// drop: the bounce buffers of the copying data window.
@@ -261,16 +232,6 @@ impl AnonPages {
     /// Whether the mapping is empty (never: `new` refuses zero pages).
     pub fn is_empty(&self) -> bool {
         self.len == 0
-    }
-
-    /// Zeroes `len` bytes from byte `offset`, clamped to the mapping.
-    pub fn zero(&mut self, offset: usize, len: usize) {
-        let Some(n) = self.len.checked_sub(offset).map(|room| room.min(len)) else {
-            return;
-        };
-        // SAFETY: `offset..offset + n` lies inside the mapping, which this
-        // value owns exclusively (`&mut self`).
-        unsafe { core::ptr::write_bytes(self.addr.as_ptr().add(offset), 0, n) };
     }
 }
 
@@ -431,24 +392,89 @@ impl Gnttab {
 }
 
 impl Gnttab {
-    /// Runs `segs` as one `GNTTABOP_copy` batch. `Err(errno)` when the
-    /// call itself failed; otherwise each segment's [`CopySeg::ok`] tells.
-    pub fn copy(&mut self, segs: &mut [CopySeg]) -> Result<(), i32> {
-        if segs.is_empty() {
-            return Ok(());
+    /// Runs `ops` between front-end pages and `mem` as `GNTTABOP_copy`
+    /// batches. An op whose page range or local range does not fit gets
+    /// `GNTST_general_error` and is not run. `Err(errno)` when a call
+    /// itself failed (its ops are marked `GNTST_general_error`); either
+    /// way each op's [`CopyOp::ok`] tells.
+    pub fn copy_pages(&mut self, mem: &mut AnonPages, ops: &mut [CopyOp]) -> Result<(), i32> {
+        const BATCH: usize = 64;
+        let mut segs = [CopySegment {
+            source: CopyPtr {
+                virt: core::ptr::null_mut(),
+            },
+            dest: CopyPtr {
+                virt: core::ptr::null_mut(),
+            },
+            len: 0,
+            flags: 0,
+            status: 0,
+        }; BATCH];
+        let base = mem.addr.as_ptr();
+        let mut result = Ok(());
+        for chunk in ops.chunks_mut(BATCH) {
+            let mut n = 0usize;
+            let mut run = [false; BATCH];
+            for (i, op) in chunk.iter_mut().enumerate() {
+                let fits = usize::from(op.guest_offset) + usize::from(op.len) <= PAGE_SIZE
+                    && op.len > 0
+                    && op
+                        .local
+                        .checked_add(usize::from(op.len))
+                        .is_some_and(|end| end <= mem.len);
+                if !fits {
+                    op.status = GNTST_GENERAL_ERROR;
+                    continue;
+                }
+                // SAFETY: `local + len` lies inside `mem`, checked above,
+                // so the pointer stays within the mapping `mem` owns.
+                let local = unsafe { base.add(op.local) } as *mut c_void;
+                let foreign = CopyPtr {
+                    foreign: CopyForeign {
+                        gref: op.gref,
+                        offset: op.guest_offset,
+                        domid: op.dom,
+                    },
+                };
+                let here = CopyPtr { virt: local };
+                let (source, dest, flags) = match op.dir {
+                    CopyDir::FromGuest => (foreign, here, GNTCOPY_SOURCE_GREF),
+                    CopyDir::ToGuest => (here, foreign, GNTCOPY_DEST_GREF),
+                };
+                segs[n] = CopySegment {
+                    source,
+                    dest,
+                    len: op.len,
+                    flags,
+                    status: 0,
+                };
+                run[i] = true;
+                n += 1;
+            }
+            if n == 0 {
+                continue;
+            }
+            // SAFETY: `segs[..n]` are initialised segments whose local
+            // sides lie inside `mem`, borrowed mutably for the call, so the
+            // kernel touches no other memory of this process.
+            let r = unsafe { xengnttab_grant_copy(self.h.as_ptr(), n as u32, segs.as_mut_ptr()) };
+            let failed = (r != 0).then(last_errno);
+            let mut k = 0;
+            for (i, op) in chunk.iter_mut().enumerate() {
+                if run[i] {
+                    op.status = if failed.is_some() {
+                        GNTST_GENERAL_ERROR
+                    } else {
+                        segs[k].status
+                    };
+                    k += 1;
+                }
+            }
+            if let Some(e) = failed {
+                result = Err(e);
+            }
         }
-        let n = u32::try_from(segs.len()).map_err(|_| 22)?;
-        // SAFETY: `CopySeg` is a transparent wrapper of `CopySegment`
-        // (repr(C) of the library's struct) in a slice of `n`; each
-        // segment's local pointer obeys its constructor's contract, so the
-        // kernel reads or writes only memory the caller lent for the call.
-        let r = unsafe {
-            xengnttab_grant_copy(self.h.as_ptr(), n, segs.as_mut_ptr() as *mut CopySegment)
-        };
-        if r != 0 {
-            return Err(last_errno());
-        }
-        Ok(())
+        result
     }
 }
 

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use std::vec::Vec;
 
 use super::bounce::Bounce;
-use super::ffi::{AnonPages, CopySeg, Evtchn, Gnttab, Mapping, Wakeup, Xs};
+use super::ffi::{AnonPages, CopyDir, CopyOp, Evtchn, Gnttab, Mapping, Wakeup, Xs};
 use super::window::{Range, Window};
 use crate::host::{
     Deferred, DomId, EventChannel, EvtchnError, EvtchnPort, GrantError, GrantHandle, GrantMapOp,
@@ -92,7 +92,7 @@ pub struct XenHost {
     copy: bool,
     bounce: Bounce,
     bounce_mem: Option<AnonPages>,
-    segs: Vec<CopySeg>,
+    copies: Vec<CopyOp>,
     rings: Vec<(QueueId, Mapping)>,
     ports: Vec<Port>,
     runs: u32,
@@ -139,7 +139,7 @@ impl XenHost {
             copy,
             bounce: Bounce::default(),
             bounce_mem: None,
-            segs: Vec::new(),
+            copies: Vec::new(),
             rings: Vec::new(),
             ports: Vec::new(),
             runs: 0,
@@ -245,11 +245,14 @@ impl XenHost {
         }
     }
 
-    /// Runs the segments gathered in `self.segs` and counts the outcome.
+    /// Runs the copies gathered in `self.copies` and counts the outcome.
     fn run_copies(&mut self) -> Result<(), i32> {
-        let r = self.gnt.copy(&mut self.segs);
-        for sg in &self.segs {
-            if r.is_ok() && sg.ok() {
+        let r = match self.bounce_mem.as_mut() {
+            Some(mem) => self.gnt.copy_pages(mem, &mut self.copies),
+            None => Err(libc::EINVAL),
+        };
+        for c in &self.copies {
+            if c.ok() {
                 self.stats.pages_copied += 1;
             } else {
                 self.stats.copy_failures += 1;
@@ -264,45 +267,43 @@ impl XenHost {
         ops: &[GrantMapOp],
         results: &mut [Result<GrantHandle, GrantError>],
     ) {
-        let room = self.segs.capacity().max(1);
+        let room = self.copies.capacity().max(1);
         for (ops, results) in ops.chunks(room).zip(results.chunks_mut(room)) {
             // Copy every page in (a guest WRITE reads it; a guest READ
             // that fails must hand back the guest's own bytes), then enter
             // the pages whose copy succeeded.
-            self.segs.clear();
+            self.copies.clear();
             for (op, r) in ops.iter().zip(results.iter_mut()) {
-                match self.bounce.page_addr(op.window_page) {
-                    Some(addr) if self.bounce.is_free(op.window_page) => {
-                        self.segs.push(CopySeg::from_guest(
-                            dom,
-                            op.gref,
-                            0,
-                            addr as *mut u8,
-                            PAGE_SIZE as u16,
-                        ));
-                        *r = Ok(GrantHandle(0));
-                    }
-                    _ => *r = Err(GrantError::General),
+                if self.bounce.is_free(op.window_page) {
+                    self.copies.push(CopyOp {
+                        dir: CopyDir::FromGuest,
+                        dom,
+                        gref: op.gref,
+                        guest_offset: 0,
+                        local: op.window_page as usize * PAGE_SIZE,
+                        len: PAGE_SIZE as u16,
+                        status: 0,
+                    });
+                    *r = Ok(GrantHandle(0));
+                } else {
+                    *r = Err(GrantError::General);
                 }
             }
             let call = self.run_copies();
             let mut k = 0;
             for (op, r) in ops.iter().zip(results.iter_mut()) {
-                if r.is_err() {
-                    self.stats.map_failures += 1;
-                    continue;
+                if r.is_ok() {
+                    let c = self.copies[k];
+                    k += 1;
+                    *r = match call {
+                        Err(libc::ENOMEM) => Err(GrantError::NoSpace),
+                        _ if !c.ok() => Err(copy_status(c.status)),
+                        _ => self
+                            .bounce
+                            .insert(op.window_page, dom, op.gref, !op.readonly)
+                            .map_err(|_| GrantError::General),
+                    };
                 }
-                let sg = self.segs[k];
-                k += 1;
-                *r = match call {
-                    Err(libc::ENOMEM) => Err(GrantError::NoSpace),
-                    Err(_) => Err(GrantError::General),
-                    Ok(()) if !sg.ok() => Err(copy_status(sg.status())),
-                    Ok(()) => self
-                        .bounce
-                        .insert(op.window_page, dom, op.gref, !op.readonly)
-                        .map_err(|_| GrantError::General),
-                };
                 if r.is_err() {
                     self.stats.map_failures += 1;
                 }
@@ -311,7 +312,7 @@ impl XenHost {
     }
 
     fn copy_unmap_batch(&mut self, ops: &[GrantUnmapOp]) {
-        self.segs.clear();
+        self.copies.clear();
         for op in ops {
             let e = match self.bounce.remove(op.window_page, op.handle) {
                 Ok(e) => e,
@@ -322,24 +323,25 @@ impl XenHost {
             };
             // Copy out what the store read into the page, before the core
             // answers the request.
-            let (Some((off, len)), Some(addr)) = (e.dirty(), self.bounce.page_addr(op.window_page))
-            else {
+            let Some((off, len)) = e.dirty() else {
                 continue;
             };
-            if self.segs.len() == self.segs.capacity() {
+            if self.copies.len() == self.copies.capacity() {
                 let _ = self.run_copies();
-                self.segs.clear();
+                self.copies.clear();
             }
-            self.segs.push(CopySeg::to_guest(
-                (addr + usize::from(off)) as *const u8,
-                e.dom,
-                e.gref,
-                off,
+            self.copies.push(CopyOp {
+                dir: CopyDir::ToGuest,
+                dom: e.dom,
+                gref: e.gref,
+                guest_offset: off,
+                local: op.window_page as usize * PAGE_SIZE + usize::from(off),
                 len,
-            ));
+                status: 0,
+            });
         }
         let _ = self.run_copies();
-        self.segs.clear();
+        self.copies.clear();
     }
 
     fn unmap_ranges(&mut self, ranges: Vec<Mapping>) {
@@ -435,8 +437,8 @@ impl Grants for XenHost {
             let mem = AnonPages::new(pages as usize).map_err(|_| GrantError::NoSpace)?;
             self.bounce = Bounce::reserve(mem.addr(), pages).map_err(|_| GrantError::NoSpace)?;
             self.bounce_mem = Some(mem);
-            self.segs = Vec::new();
-            self.segs
+            self.copies = Vec::new();
+            self.copies
                 .try_reserve_exact(pages as usize)
                 .map_err(|_| GrantError::NoSpace)?;
             return Ok(());
