@@ -135,7 +135,9 @@ struct md_ioctl {
 #define	MAXOID			24
 
 /* xen/io/xs_wire.h */
+#define	XS_DIRECTORY	1
 #define	XS_READ		2
+#define	XS_RM		13
 #define	XS_WRITE	11
 #define	XS_ERROR	16
 struct xsd_sockmsg {
@@ -222,6 +224,17 @@ seq(const char *a, const char *b)
 		b++;
 	}
 	return (*a == *b);
+}
+
+/* Appends src to the NUL-terminated dst of size bytes, truncating. */
+static void
+cat(char *dst, size_t size, const char *src)
+{
+	size_t d = slen(dst), k = 0;
+
+	while (src[k] != '\0' && d + 1 < size)
+		dst[d++] = src[k++];
+	dst[d] = '\0';
 }
 
 static int
@@ -433,6 +446,27 @@ xs_read(const char *key, char *out, size_t outsize)
 {
 	return (xs_call(XS_READ, key, slen(key) + 1, out, outsize) >= 0 ? 0 :
 	    -1);
+}
+
+/*
+ * Lists the children of a key relative to this domain's directory into
+ * out (NUL-separated names); returns the list's length, or -1.
+ */
+static long
+xs_directory(const char *key, char *out, size_t outsize)
+{
+	long r = xs_call(XS_DIRECTORY, key, slen(key) + 1, out, outsize);
+
+	return (r >= 0 ? (r < (long)outsize ? r : (long)outsize - 1) : -1);
+}
+
+static int
+xs_rm(const char *key)
+{
+	char reply[32];
+
+	return (xs_call(XS_RM, key, slen(key) + 1, reply, sizeof(reply)) >= 0 ?
+	    0 : -1);
 }
 
 static int
@@ -754,11 +788,73 @@ kenv_u64(const char *name, uint64_t def)
 	return (v);
 }
 
+/*
+ * The part of "xl devd" a driver domain needs here: once a back-end is
+ * Closed with online = 0 (the toolstack detached it, or its guest is
+ * gone), remove its directory. libxl in dom0 waits for that removal
+ * before it reports a detach or a destroy as done. Returns how many
+ * directories were removed.
+ */
+static uint64_t
+reap_backends(void)
+{
+	static char doms[1024], devs[1024];
+	char path[128], val[16];
+	uint64_t n = 0;
+	long dl, vl, i, j;
+
+	dl = xs_directory("backend/vbd", doms, sizeof(doms));
+	for (i = 0; i < dl; i += slen(doms + i) + 1) {
+		if (slen(doms + i) > 12)
+			continue;
+		path[0] = '\0';
+		cat(path, sizeof(path), "backend/vbd/");
+		cat(path, sizeof(path), doms + i);
+		vl = xs_directory(path, devs, sizeof(devs));
+		for (j = 0; j < vl; j += slen(devs + j) + 1) {
+			char dev[64];
+
+			if (slen(devs + j) > 12)
+				continue;
+			dev[0] = '\0';
+			cat(dev, sizeof(dev), path);
+			cat(dev, sizeof(dev), "/");
+			cat(dev, sizeof(dev), devs + j);
+			val[0] = '\0';
+			{
+				char k[96];
+
+				k[0] = '\0';
+				cat(k, sizeof(k), dev);
+				cat(k, sizeof(k), "/online");
+				if (xs_read(k, val, sizeof(val)) != 0 ||
+				    !seq(val, "0"))
+					continue;
+				k[0] = '\0';
+				cat(k, sizeof(k), dev);
+				cat(k, sizeof(k), "/state");
+				if (xs_read(k, val, sizeof(val)) != 0 ||
+				    !seq(val, "6"))
+					continue;
+			}
+			if (xs_rm(dev) == 0) {
+				begin("info");
+				put("removed ");
+				put(dev);
+				put(" (Closed, online 0)");
+				end();
+				n++;
+			}
+		}
+	}
+	return (n);
+}
+
 static void
 serve(uint64_t start)
 {
 	char cmd[64], state[128];
-	uint64_t mb, t0, last_dump;
+	uint64_t mb, t0, last_dump, removed;
 	unsigned unit = 0, units[8] = { 0 }, leaves, m, have_md = 0;
 	uint64_t nmd;
 	long id, r;
@@ -837,6 +933,7 @@ serve(uint64_t start)
 	end();
 
 	/* Serve until dom0 says "unload". */
+	removed = 0;
 	last_dump = 0;
 	if (xs_fd < 0) {
 		/* Not in a Xen guest (plain QEMU): nothing to serve. */
@@ -850,6 +947,7 @@ serve(uint64_t start)
 			(void)leaves;
 			last_dump = now_us();
 		}
+		removed += reap_backends();
 		cmd[0] = '\0';
 		if (xs_read("data/xbb-cmd", cmd, sizeof(cmd)) == 0 &&
 		    cmd[0] != '\0') {
@@ -875,6 +973,8 @@ serve(uint64_t start)
 	begin("info");
 	put("dev.xbb leaves before kldunload: ");
 	putu(leaves);
+	put(", back-end directories removed: ");
+	putu(removed);
 	end();
 	t0 = now_us();
 	r = SC(SYS_kldunload, id, 0, 0, 0, 0, 0);
