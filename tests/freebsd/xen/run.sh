@@ -91,7 +91,7 @@ if [ -n "${FREEBSD_SRC:-}" ] && [ -f "$FREEBSD_SRC/sys/sys/param.h" ]; then
 	    "$FREEBSD_SRC/sys/sys/param.h")
 fi
 "$CC" --target=x86_64-unknown-freebsd15.0 -ffreestanding -nostdlib \
-    -fno-stack-protector -fno-pic -fno-builtin -Os -Wall -Wextra -Werror \
+    -fno-stack-protector -fno-pic -fno-builtin -mgeneral-regs-only -Os -Wall -Wextra -Werror \
     -DXBB_FREEBSD_VERSION_STR="\"$version\"" \
     -c "$here/dd-init.c" -o "$build/dd-init.o"
 "$LD" -m elf_x86_64_fbsd -static -e _start -o "$root/sbin/init" "$build/dd-init.o"
