@@ -422,10 +422,12 @@ impl XenStore for XenHost {
 fn copy_status(st: i16) -> GrantError {
     match st {
         // GNTST_bad_domain, GNTST_bad_gntref
-        -1 | -4 => GrantError::BadRef,
+        -2 | -3 => GrantError::BadRef,
         // GNTST_permission_denied
         -8 => GrantError::Denied,
-        // GNTST_no_space? (no copy status); GNTST_general_error and the rest
+        // GNTST_no_device_space, GNTST_no_space
+        -7 | -13 => GrantError::NoSpace,
+        // GNTST_general_error, GNTST_bad_page, GNTST_bad_copy_arg, ...
         _ => GrantError::General,
     }
 }
@@ -756,5 +758,24 @@ impl Drop for XenHost {
             // that the instance is gone.
             let _ = self.gnt.unmap(m);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_copies_map_to_what_the_core_answers() {
+        // grant_table.h: GNTST_general_error -1, bad_domain -2,
+        // bad_gntref -3, no_device_space -7, permission_denied -8,
+        // bad_copy_arg -10, no_space -13.
+        assert_eq!(copy_status(-2), GrantError::BadRef);
+        assert_eq!(copy_status(-3), GrantError::BadRef);
+        assert_eq!(copy_status(-8), GrantError::Denied);
+        assert_eq!(copy_status(-13), GrantError::NoSpace);
+        assert_eq!(copy_status(-7), GrantError::NoSpace);
+        assert_eq!(copy_status(-1), GrantError::General);
+        assert_eq!(copy_status(-10), GrantError::General);
     }
 }
