@@ -707,23 +707,33 @@ banner(const char *mode)
 #define	KO_PATH		"/boot/modules/xbb.ko"
 #define	FILE_PATH	"/mnt/xbb-file.img"
 
+/* Runs one md(4) control request on /dev/mdctl. */
 static long
-make_md(uint64_t bytes, unsigned *unit)
+md_ctl(unsigned long cmd, struct md_ioctl *mdio)
 {
-	struct md_ioctl mdio;
 	long fd, r;
 
 	fd = SC(SYS_open, "/dev/mdctl", O_RDWR, 0, 0, 0, 0);
 	if (fd < 0)
 		return (fd);
+	r = SC(SYS_ioctl, fd, cmd, mdio, 0, 0, 0);
+	SC(SYS_close, fd, 0, 0, 0, 0, 0);
+	return (r);
+}
+
+static long
+make_md(uint64_t bytes, unsigned *unit)
+{
+	struct md_ioctl mdio;
+	long r;
+
 	memset(&mdio, 0, sizeof(mdio));
 	mdio.md_version = 0;
 	mdio.md_type = MD_SWAP;
 	mdio.md_mediasize = (long)bytes;
 	mdio.md_sectorsize = 512;
 	mdio.md_options = MD_AUTOUNIT;
-	r = SC(SYS_ioctl, fd, MDIOCATTACH, &mdio, 0, 0, 0);
-	SC(SYS_close, fd, 0, 0, 0, 0, 0);
+	r = md_ctl(MDIOCATTACH, &mdio);
 	if (r == 0)
 		*unit = mdio.md_unit;
 	return (r);
@@ -733,17 +743,11 @@ static long
 kill_md(unsigned unit)
 {
 	struct md_ioctl mdio;
-	long fd, r;
 
-	fd = SC(SYS_open, "/dev/mdctl", O_RDWR, 0, 0, 0, 0);
-	if (fd < 0)
-		return (fd);
 	memset(&mdio, 0, sizeof(mdio));
 	mdio.md_version = 0;
 	mdio.md_unit = unit;
-	r = SC(SYS_ioctl, fd, MDIOCDETACH, &mdio, 0, 0, 0);
-	SC(SYS_close, fd, 0, 0, 0, 0, 0);
-	return (r);
+	return (md_ctl(MDIOCDETACH, &mdio));
 }
 
 static long
@@ -788,6 +792,18 @@ kenv_u64(const char *name, uint64_t def)
 	return (v);
 }
 
+/* Whether node dir/leaf reads exactly want. */
+static int
+node_is(const char *dir, const char *leaf, const char *want)
+{
+	char key[96], val[16];
+
+	key[0] = '\0';
+	cat(key, sizeof(key), dir);
+	cat(key, sizeof(key), leaf);
+	return (xs_read(key, val, sizeof(val)) == 0 && seq(val, want));
+}
+
 /*
  * The part of "xl devd" a driver domain needs here: once a back-end is
  * Closed with online = 0 (the toolstack detached it, or its guest is
@@ -799,7 +815,7 @@ static uint64_t
 reap_backends(void)
 {
 	static char doms[1024], devs[1024];
-	char path[128], val[16];
+	char path[128];
 	uint64_t n = 0;
 	long dl, vl, i, j;
 
@@ -820,23 +836,9 @@ reap_backends(void)
 			cat(dev, sizeof(dev), path);
 			cat(dev, sizeof(dev), "/");
 			cat(dev, sizeof(dev), devs + j);
-			val[0] = '\0';
-			{
-				char k[96];
-
-				k[0] = '\0';
-				cat(k, sizeof(k), dev);
-				cat(k, sizeof(k), "/online");
-				if (xs_read(k, val, sizeof(val)) != 0 ||
-				    !seq(val, "0"))
-					continue;
-				k[0] = '\0';
-				cat(k, sizeof(k), dev);
-				cat(k, sizeof(k), "/state");
-				if (xs_read(k, val, sizeof(val)) != 0 ||
-				    !seq(val, "6"))
-					continue;
-			}
+			if (!node_is(dev, "/online", "0") ||
+			    !node_is(dev, "/state", "6"))
+				continue;
 			if (xs_rm(dev) == 0) {
 				begin("info");
 				put("removed ");
