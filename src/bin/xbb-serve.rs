@@ -5,7 +5,8 @@
 //! same negotiation, coalescing, limits and statistics as the kernel
 //! driver. `SIGUSR1` prints every instance's `dev.xbb.N` table on standard
 //! output; `SIGTERM` / `SIGINT` detach every vbd (each ends Closed) and
-//! exit.
+//! exit. A fatal signal is reported on standard error with the faulting
+//! address and every live mapping of guest memory (`xbb::xen::fault`).
 
 use std::process::ExitCode;
 
@@ -82,6 +83,11 @@ fn parse(args: &[String]) -> Result<Option<Config>, String> {
 }
 
 fn main() -> ExitCode {
+    // A fatal signal is reported with every live mapping of guest memory,
+    // then handled as before (core dump).
+    if let Err(e) = xbb::xen::fault::install() {
+        eprintln!("xbb-serve: cannot install the fatal-signal report: {e}");
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let cfg = match parse(&args) {
         Ok(Some(c)) => c,

@@ -24,6 +24,7 @@ use std::io;
 use std::string::String;
 use std::vec::Vec;
 
+use super::fault::{Kind, Tracked};
 use crate::host::{DomId, EvtchnPort, GrantRef, PAGE_SIZE};
 use crate::shmem::SharedMem;
 
@@ -191,6 +192,7 @@ const GNTST_GENERAL_ERROR: i16 = -1;
 pub struct AnonPages {
     addr: NonNull<u8>,
     len: usize,
+    _tracked: Tracked,
 }
 
 // SAFETY: plain process memory, owned by this value.
@@ -216,7 +218,12 @@ impl AnonPages {
             return Err(last_errno());
         }
         let addr = NonNull::new(p as *mut u8).ok_or(12)?;
-        Ok(AnonPages { addr, len })
+        let _tracked = Tracked::new(addr.as_ptr() as usize, len, Kind::Bounce);
+        Ok(AnonPages {
+            addr,
+            len,
+            _tracked,
+        })
     }
 
     /// Address of the first byte.
@@ -237,6 +244,9 @@ impl AnonPages {
 
 impl Drop for AnonPages {
     fn drop(&mut self) {
+        // (`_tracked` is dropped after this body: the table still lists the
+        // range while it is unmapped, which only makes a report err on the
+        // side of "inside a mapping" for a fault during this call.)
         // SAFETY: the mapping `new` made, unmapped once.
         unsafe { libc::munmap(self.addr.as_ptr() as *mut c_void, self.len) };
     }
@@ -258,6 +268,7 @@ unsafe impl Send for Gnttab {}
 pub struct Mapping {
     addr: NonNull<u8>,
     pages: u32,
+    tracked: Tracked,
 }
 
 impl Mapping {
@@ -291,13 +302,24 @@ impl Gnttab {
         Ok(Gnttab { h })
     }
 
-    /// Maps `refs` of domain `dom` as one contiguous range, read-only or
-    /// writable. All or nothing: `Err(errno)` leaves nothing mapped.
+    /// Maps `refs` of domain `dom` as one contiguous range of data pages,
+    /// read-only or writable. All or nothing: `Err(errno)` leaves nothing
+    /// mapped.
     pub fn map(
         &mut self,
         dom: DomId,
         refs: &mut [GrantRef],
         writable: bool,
+    ) -> Result<Mapping, i32> {
+        self.map_as(dom, refs, writable, Kind::Data)
+    }
+
+    fn map_as(
+        &mut self,
+        dom: DomId,
+        refs: &mut [GrantRef],
+        writable: bool,
+        kind: Kind,
     ) -> Result<Mapping, i32> {
         let n = u32::try_from(refs.len()).map_err(|_| 22)?;
         if n == 0 {
@@ -320,7 +342,11 @@ impl Gnttab {
             )
         };
         match NonNull::new(p as *mut u8) {
-            Some(addr) => Ok(Mapping { addr, pages: n }),
+            Some(addr) => Ok(Mapping {
+                addr,
+                pages: n,
+                tracked: Tracked::new(addr.as_ptr() as usize, n as usize * PAGE_SIZE, kind),
+            }),
             None => Err(last_errno()),
         }
     }
@@ -328,10 +354,16 @@ impl Gnttab {
     /// Unmaps a range [`Gnttab::map`] returned. On failure the range stays
     /// mapped and is leaked rather than reused.
     pub fn unmap(&mut self, m: Mapping) -> Result<(), i32> {
-        // SAFETY: `m` came from `map` on this handle and is consumed here,
-        // so the range is unmapped at most once and nobody refers to it.
-        let r =
-            unsafe { xengnttab_unmap(self.h.as_ptr(), m.addr.as_ptr() as *mut c_void, m.pages) };
+        let Mapping {
+            addr,
+            pages,
+            tracked,
+        } = m;
+        tracked.release();
+        // SAFETY: the range came from `map` on this handle and `m` is
+        // consumed here, so it is unmapped at most once and nobody refers
+        // to it.
+        let r = unsafe { xengnttab_unmap(self.h.as_ptr(), addr.as_ptr() as *mut c_void, pages) };
         if r == 0 {
             Ok(())
         } else {
@@ -345,7 +377,7 @@ impl Gnttab {
         dom: DomId,
         refs: &mut [GrantRef],
     ) -> Result<(SharedMem, Mapping), i32> {
-        let m = self.map(dom, refs, true)?;
+        let m = self.map_as(dom, refs, true, Kind::Ring)?;
         let len = m.pages as usize * PAGE_SIZE;
         // SAFETY: the range is `len` bytes, mapped readable and writable,
         // and stays mapped until `unmap` consumes `m`; the caller keeps the

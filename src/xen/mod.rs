@@ -7,11 +7,14 @@
 //! in [`ffi`], the only `unsafe` here. [`window`] keeps the data window's
 //! table (gntdev maps a batch of grants as one contiguous range, wherever
 //! it likes), [`bounce`] the data window of copy mode (memory of this
-//! process that grants are copied into and out of), and [`serve`] is the service the `xbb-serve` program runs:
+//! process that grants are copied into and out of), [`fault`] the report of
+//! a fatal signal with every live mapping of guest memory, and [`serve`] is
+//! the service the `xbb-serve` program runs:
 //! claim each vbd of `backend/vbd`, serve it from its own thread, print the
 //! `dev.xbb.N` tables, detach everything on a signal.
 
 pub mod bounce;
+pub mod fault;
 pub mod ffi;
 pub mod host;
 pub mod serve;
