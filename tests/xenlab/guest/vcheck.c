@@ -1,0 +1,235 @@
+/*
+ * vcheck: does a process keep its registers across context switches?
+ *
+ * Loads the sixteen XMM registers (and, where the CPU and kernel enable AVX,
+ * the upper halves of the YMM registers) with a pattern, lets the kernel
+ * switch away -- once by sched_yield(2), once by spinning on integer
+ * instructions until the timer preempts it -- and stores them back. A
+ * register that comes back different means the vector state of this
+ * process was lost or mixed with another's while it was switched out,
+ * which corrupts whatever memcpy, strlen or malloc had in flight. It also
+ * checks that the thread pointer (%fs base, glibc's TCB) survives.
+ *
+ *   vcheck [--seconds S] [--prefix TEXT] [--spin N] [--selftest]
+ *
+ * Runs S seconds (0: until killed). Run two or more at once per CPU so the
+ * kernel has something to switch to. Prints "<prefix>VCHECK FAIL ..." for
+ * each of the first 8 lost registers, "<prefix>VCHECK progress ..." every
+ * 30 s and "<prefix>VCHECK done ..." at the end; exit status 1 when
+ * anything was lost. --selftest changes one stored register of the first
+ * round on purpose, to show that a loss is reported.
+ *
+ * Built statically (gcc -static -O2) for the xenlab dom0 and guests.
+ */
+#include <asm/prctl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#define NREG 16
+
+static const char *prefix = "";
+static unsigned long failures_printed;
+
+static uint64_t xorshift(uint64_t *s)
+{
+	uint64_t x = *s;
+
+	x ^= x << 13;
+	x ^= x >> 7;
+	x ^= x << 17;
+	return *s = x;
+}
+
+static double now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* CPUID.1:ECX.AVX and OSXSAVE, and XCR0 enabling SSE and AVX state. */
+static int have_avx(void)
+{
+	uint32_t a, b, c, d, lo, hi;
+
+	__asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(1), "c"(0));
+	if (!(c & (1u << 27)) || !(c & (1u << 28)))
+		return 0;
+	__asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+	return (lo & 6) == 6;
+}
+
+/*
+ * One round trip: load the registers from `in`, switch away (`how` 0:
+ * sched_yield; 1: spin `spin` iterations), store them into `out`. Only
+ * rax, rcx and r11 besides the vector registers are touched (syscall
+ * clobbers rcx and r11).
+ */
+#define LOAD(op, r, off) op " " #off "(%[in]), %%" r "\n\t"
+#define STORE(op, r, off) op " %%" r ", " #off "(%[out])\n\t"
+#define SWITCH                                          \
+	"test %[how], %[how]\n\t"                       \
+	"jnz 1f\n\t"                                    \
+	"mov $" XSTR(SYS_sched_yield) ", %%eax\n\t"     \
+	"syscall\n\t"                                   \
+	"jmp 2f\n\t"                                    \
+	"1: mov %[spin], %%rcx\n\t"                     \
+	"3: dec %%rcx\n\t"                              \
+	"jnz 3b\n\t"                                    \
+	"2:\n\t"
+#define XSTR(x) STR(x)
+#define STR(x) #x
+
+static void xmm_round(const uint8_t *in, uint8_t *out, long how, long spin)
+{
+	__asm__ volatile(
+	    LOAD("movdqu", "xmm0", 0) LOAD("movdqu", "xmm1", 16) LOAD("movdqu", "xmm2", 32)
+	    LOAD("movdqu", "xmm3", 48) LOAD("movdqu", "xmm4", 64) LOAD("movdqu", "xmm5", 80)
+	    LOAD("movdqu", "xmm6", 96) LOAD("movdqu", "xmm7", 112) LOAD("movdqu", "xmm8", 128)
+	    LOAD("movdqu", "xmm9", 144) LOAD("movdqu", "xmm10", 160) LOAD("movdqu", "xmm11", 176)
+	    LOAD("movdqu", "xmm12", 192) LOAD("movdqu", "xmm13", 208) LOAD("movdqu", "xmm14", 224)
+	    LOAD("movdqu", "xmm15", 240)
+	    SWITCH
+	    STORE("movdqu", "xmm0", 0) STORE("movdqu", "xmm1", 16) STORE("movdqu", "xmm2", 32)
+	    STORE("movdqu", "xmm3", 48) STORE("movdqu", "xmm4", 64) STORE("movdqu", "xmm5", 80)
+	    STORE("movdqu", "xmm6", 96) STORE("movdqu", "xmm7", 112) STORE("movdqu", "xmm8", 128)
+	    STORE("movdqu", "xmm9", 144) STORE("movdqu", "xmm10", 160) STORE("movdqu", "xmm11", 176)
+	    STORE("movdqu", "xmm12", 192) STORE("movdqu", "xmm13", 208) STORE("movdqu", "xmm14", 224)
+	    STORE("movdqu", "xmm15", 240)
+	    :
+	    : [in] "r"(in), [out] "r"(out), [how] "r"(how), [spin] "r"(spin)
+	    : "rax", "rcx", "r11", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6",
+	      "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");
+}
+
+static void ymm_round(const uint8_t *in, uint8_t *out, long how, long spin)
+{
+	__asm__ volatile(
+	    LOAD("vmovdqu", "ymm0", 0) LOAD("vmovdqu", "ymm1", 32) LOAD("vmovdqu", "ymm2", 64)
+	    LOAD("vmovdqu", "ymm3", 96) LOAD("vmovdqu", "ymm4", 128) LOAD("vmovdqu", "ymm5", 160)
+	    LOAD("vmovdqu", "ymm6", 192) LOAD("vmovdqu", "ymm7", 224) LOAD("vmovdqu", "ymm8", 256)
+	    LOAD("vmovdqu", "ymm9", 288) LOAD("vmovdqu", "ymm10", 320) LOAD("vmovdqu", "ymm11", 352)
+	    LOAD("vmovdqu", "ymm12", 384) LOAD("vmovdqu", "ymm13", 416) LOAD("vmovdqu", "ymm14", 448)
+	    LOAD("vmovdqu", "ymm15", 480)
+	    SWITCH
+	    STORE("vmovdqu", "ymm0", 0) STORE("vmovdqu", "ymm1", 32) STORE("vmovdqu", "ymm2", 64)
+	    STORE("vmovdqu", "ymm3", 96) STORE("vmovdqu", "ymm4", 128) STORE("vmovdqu", "ymm5", 160)
+	    STORE("vmovdqu", "ymm6", 192) STORE("vmovdqu", "ymm7", 224) STORE("vmovdqu", "ymm8", 256)
+	    STORE("vmovdqu", "ymm9", 288) STORE("vmovdqu", "ymm10", 320) STORE("vmovdqu", "ymm11", 352)
+	    STORE("vmovdqu", "ymm12", 384) STORE("vmovdqu", "ymm13", 416) STORE("vmovdqu", "ymm14", 448)
+	    STORE("vmovdqu", "ymm15", 480)
+	    "vzeroupper\n\t"
+	    :
+	    : [in] "r"(in), [out] "r"(out), [how] "r"(how), [spin] "r"(spin)
+	    : "rax", "rcx", "r11", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6",
+	      "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");
+}
+
+/* Compares register by register; returns how many differ, reports some. */
+static unsigned compare(const uint8_t *in, const uint8_t *out, unsigned width,
+    const char *kind, const char *how, unsigned long iter)
+{
+	unsigned r, i, lost = 0;
+
+	for (r = 0; r < NREG; r++) {
+		const uint8_t *a = in + r * width, *b = out + r * width;
+
+		if (memcmp(a, b, width) == 0)
+			continue;
+		lost++;
+		if (failures_printed++ >= 8)
+			continue;
+		printf("%sVCHECK FAIL pid=%d iter=%lu switch=%s reg=%s%u want=", prefix,
+		    (int)getpid(), iter, how, kind, r);
+		for (i = 0; i < width; i++)
+			printf("%02x", a[width - 1 - i]);
+		printf(" got=");
+		for (i = 0; i < width; i++)
+			printf("%02x", b[width - 1 - i]);
+		printf("\n");
+	}
+	return lost;
+}
+
+int main(int argc, char **argv)
+{
+	double seconds = 60, start, last, t;
+	long spin = 2000000;
+	unsigned long iter = 0, yield_lost = 0, spin_lost = 0, fs_lost = 0;
+	uint64_t seed, fs0 = 0, fs;
+	int avx, i, selftest = 0;
+	static uint8_t in[NREG * 32], out[NREG * 32];
+
+	for (i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--seconds") == 0 && i + 1 < argc)
+			seconds = atof(argv[++i]);
+		else if (strcmp(argv[i], "--prefix") == 0 && i + 1 < argc)
+			prefix = argv[++i];
+		else if (strcmp(argv[i], "--spin") == 0 && i + 1 < argc)
+			spin = atol(argv[++i]);
+		else if (strcmp(argv[i], "--selftest") == 0)
+			selftest = 1;
+		else {
+			fprintf(stderr, "usage: vcheck [--seconds S] [--prefix TEXT] [--spin N] [--selftest]\n");
+			return 2;
+		}
+	}
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	avx = have_avx();
+	syscall(SYS_arch_prctl, ARCH_GET_FS, &fs0);
+	seed = 0x9e3779b97f4a7c15ull ^ ((uint64_t)getpid() << 32) ^ (uint64_t)time(NULL);
+	start = last = now();
+	printf("%sVCHECK start pid=%d avx=%d seconds=%g\n", prefix, (int)getpid(), avx, seconds);
+	for (;;) {
+		long how;
+
+		for (how = 0; how < 2; how++) {
+			unsigned width = avx ? 32 : 16, lost;
+
+			for (i = 0; i < (int)(NREG * width / 8); i++) {
+				uint64_t v = xorshift(&seed);
+
+				memcpy(in + 8 * i, &v, 8);
+			}
+			memset(out, 0, sizeof(out));
+			if (avx)
+				ymm_round(in, out, how, spin);
+			else
+				xmm_round(in, out, how, spin);
+			if (selftest && iter == 0 && how == 0)
+				out[5 * width + 3] ^= 0x40;
+			lost = compare(in, out, width, avx ? "ymm" : "xmm", how ? "spin" : "yield",
+			    iter);
+			if (how)
+				spin_lost += lost;
+			else
+				yield_lost += lost;
+		}
+		__asm__ volatile("mov %%fs:0, %0" : "=r"(fs));
+		if (fs != fs0) {
+			fs_lost++;
+			if (failures_printed++ < 8)
+				printf("%sVCHECK FAIL pid=%d iter=%lu fs:0=%#llx want %#llx\n", prefix,
+				    (int)getpid(), iter, (unsigned long long)fs,
+				    (unsigned long long)fs0);
+		}
+		iter++;
+		t = now();
+		if (seconds > 0 && t - start >= seconds)
+			break;
+		if (t - last >= 30) {
+			last = t;
+			printf("%sVCHECK progress pid=%d iters=%lu lost=%lu\n", prefix, (int)getpid(),
+			    iter, yield_lost + spin_lost + fs_lost);
+		}
+	}
+	printf("%sVCHECK done pid=%d iters=%lu yield_lost=%lu spin_lost=%lu fs_lost=%lu avx=%d\n",
+	    prefix, (int)getpid(), iter, yield_lost, spin_lost, fs_lost, avx);
+	return (yield_lost || spin_lost || fs_lost) ? 1 : 0;
+}

@@ -1,0 +1,94 @@
+#!/bin/bash
+# matrix.sh: the stress scenario (9) of the xenlab host, booted again and
+# again over a matrix of back-ends and emulated CPU models, with the crashes
+# of each boot counted. This is how the CPU model of run.sh was chosen.
+#
+#   tests/xenlab/matrix.sh [--boots N] [--cpus "max max,-xsave"]
+#                          [--backends "xbb blkback"] [--secs S] [--out DIR]
+#
+# Every boot is a fresh run.sh --scenarios 9 (XENLAB_STRESS_SECS=S); the
+# cells are interleaved (boot 1 of every cell, then boot 2, ...), so a
+# change of the machine's load hits every cell alike. Each boot's results
+# stay in DIR/<cell>-<boot>/; DIR/table.txt is the table. A boot counts as
+# crashed when crash-scan.sh found anything (a process, kernel or domain
+# crash, a lost register, a wrong dom0 answer) or dom0 never finished.
+# Needs what run.sh needs; run nothing else on the machine meanwhile.
+set -u
+HERE=$(cd "$(dirname "$0")" && pwd)
+BOOTS=3
+CPUS="max max,-xsave"
+BACKENDS="xbb blkback"
+SECS=240
+OUT=${XENLAB_DIR:-/tmp/xbb-xenlab}/matrix
+while [ $# -gt 0 ]; do
+	case "$1" in
+	--boots) BOOTS=$2; shift ;;
+	--cpus) CPUS=$2; shift ;;
+	--backends) BACKENDS=$2; shift ;;
+	--secs) SECS=$2; shift ;;
+	--out) OUT=$2; shift ;;
+	-h | --help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	*) echo "matrix: unknown argument $1" >&2; exit 2 ;;
+	esac
+	shift
+done
+DIR=${XENLAB_DIR:-/tmp/xbb-xenlab}
+mkdir -p "$OUT"
+cell_name() { echo "$1@$2" | tr ',' '_'; }
+
+for b in $(seq 1 "$BOOTS"); do
+	for cpu in $CPUS; do
+		for be in $BACKENDS; do
+			cell=$(cell_name "$be" "$cpu")
+			d=$OUT/$cell-$b
+			[ -f "$d/verdict.txt" ] && continue # resume an interrupted matrix
+			echo "matrix: boot $b of $cell"
+			standin=""
+			[ "$be" = blkback ] && standin=blkback
+			XENLAB_STANDIN=$standin XENLAB_CPU=$cpu XENLAB_STRESS_SECS=$SECS \
+				bash "$HERE/run.sh" --scenarios 9 > "$OUT/$cell-$b.log" 2>&1
+			rc=$?
+			rm -rf "$d"
+			cp -a "$DIR/results" "$d"
+			mv "$OUT/$cell-$b.log" "$d/run.log"
+			n=$(grep -c . "$d/crashes.txt" 2> /dev/null)
+			grep -q 'XENLAB-END' "$d/serial.log" 2> /dev/null || n=$((n + 1))
+			echo "rc=$rc signs=${n:-0}" > "$d/verdict.txt"
+			echo "matrix: $cell boot $b: run.sh status $rc, ${n:-0} signs of a crash"
+		done
+	done
+done
+
+median() { printf '%s\n' "$@" | grep . | sort -n | awk '{ a[NR] = $1 } END { if (NR) print a[int((NR + 1) / 2)]; else print "-" }'; }
+
+# The table: per cell, boots, boots with a crash, lost registers, wrong
+# dom0 answers, the medians of dom0check rounds, guest boots and hot-plug
+# rounds done in the fixed time, and what was seen.
+{
+	printf '%-24s %5s %8s %7s %6s %9s %8s %8s  %s\n' cell boots crashed vlost d0bad d0rounds g-boots g-rounds "signs (boots showing each kind)"
+	for cpu in $CPUS; do
+		for be in $BACKENDS; do
+			cell=$(cell_name "$be" "$cpu")
+			boots=0 crashed=0 vlost=0 d0bad=0 kinds="" rounds="" gboots="" grounds=""
+			for d in "$OUT/$cell"-*/; do
+				[ -f "$d/verdict.txt" ] || continue
+				boots=$((boots + 1))
+				n=$(sed -n 's/.*signs=\([0-9]*\).*/\1/p' "$d/verdict.txt")
+				[ "${n:-0}" -gt 0 ] && crashed=$((crashed + 1))
+				v=$(cat "$d"/vcheck-dom0-*.txt "$d"/guest-s9?.log 2> /dev/null | tr -d '\r' | grep -c 'VCHECK FAIL')
+				vlost=$((vlost + v))
+				v=$(grep -c 'DOM0CHECK FAIL' "$d/dom0check.txt" 2> /dev/null)
+				d0bad=$((d0bad + ${v:-0}))
+				# How much work fitted into the fixed time: the CPU model's cost.
+				rounds="$rounds $(sed -n 's/.*DOM0CHECK done rounds=\([0-9]*\).*/\1/p' "$d/dom0check.txt" 2> /dev/null)"
+				gboots="$gboots $(sed -n 's/.*s9r-boots result=PASS \([0-9]*\).*/\1/p' "$d/summary.txt" 2> /dev/null)"
+				grounds="$grounds $(sed -n 's/.*s9h-rounds result=PASS \([0-9]*\).*/\1/p' "$d/summary.txt" 2> /dev/null)"
+				k=$(sed 's/^[^:]*: //' "$d/crashes.txt" 2> /dev/null | grep -o -E 'segfault at|general protection|Segmentation fault|malloc\(\)|Inconsistency detected|Assertion|invalid field index|command not found|Triple fault|Fatal trap|Kernel panic|VCHECK FAIL|DOM0CHECK FAIL|core dump|Aborted' | sort -u | tr '\n' ',')
+				kinds="$kinds$k"
+			done
+			kinds=$(echo "$kinds" | tr ',' '\n' | grep . | sort | uniq -c | awk '{ printf "%s%s x%d", sep, substr($0, index($0, $2)), $1; sep = "; " }')
+			printf '%-24s %5d %8d %7d %6d %9s %8s %8s  %s\n' "$cell" "$boots" "$crashed" "$vlost" "$d0bad" \
+				"$(median $rounds)" "$(median $gboots)" "$(median $grounds)" "$kinds"
+		done
+	done
+} | tee "$OUT/table.txt"
