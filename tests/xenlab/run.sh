@@ -127,7 +127,7 @@ mod_closure() {
 step "dom0 root (debootstrap)"
 # gdb and glibc's debug symbols turn the core dump of any crashing dom0
 # process into a backtrace (xenlab-init's corebt).
-DOM0_PKGS="xen-utils-4.17,xenstore-utils,qemu-system-xen,kmod,procps,util-linux,mount,udev,gdb,libc6-dbg"
+DOM0_PKGS="xen-utils-4.17,xenstore-utils,qemu-system-xen,kmod,procps,util-linux,mount,udev,gdb-minimal,libc6-dbg"
 DOM0_MODS="xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xenfs loop xen-blkback ext4 crc32c_generic virtio_blk virtio_pci"
 KEY=$(echo "bookworm minbase $DOM0_PKGS $MIRROR $KVER $DOM0_MODS" | sha256sum | cut -c1-12)
 ROOT=$DIR/dom0root-$KEY
