@@ -3,17 +3,20 @@
  *
  * Loads the sixteen XMM registers (and, where the CPU and kernel enable AVX,
  * the upper halves of the YMM registers) with a pattern, lets the kernel
- * switch away -- once by sched_yield(2), once by spinning on integer
- * instructions until the timer preempts it -- and stores them back. A
+ * switch away -- by sched_yield(2), by sleeping in nanosleep(2), and by
+ * spinning on integer instructions until an interrupt or the timer takes
+ * the CPU -- and stores them back. A
  * register that comes back different means the vector state of this
  * process was lost or mixed with another's while it was switched out,
  * which corrupts whatever memcpy, strlen or malloc had in flight. It also
  * checks that the thread pointer (%fs base, glibc's TCB) survives.
  *
- *   vcheck [--seconds S] [--prefix TEXT] [--spin N] [--selftest]
+ *   vcheck [--seconds S] [--prefix TEXT] [--spin N] [--sleep-us U] [--selftest]
  *
- * Runs S seconds (0: until killed). Run two or more at once per CPU so the
- * kernel has something to switch to. Prints "<prefix>VCHECK FAIL ..." for
+ * Runs S seconds (0: until killed). Each round spins N iterations
+ * (default 200000) and sleeps U microseconds (default 10000), so a checker
+ * costs a fraction of a CPU and leaves room for the work around it; run
+ * two or more at once so the kernel has something to switch to. Prints "<prefix>VCHECK FAIL ..." for
  * each of the first 8 lost registers, "<prefix>VCHECK progress ..." every
  * 30 s and "<prefix>VCHECK done ..." at the end; exit status 1 when
  * anything was lost. --selftest changes one stored register of the first
@@ -67,16 +70,22 @@ static int have_avx(void)
 
 /*
  * One round trip: load the registers from `in`, switch away (`how` 0:
- * sched_yield; 1: spin `spin` iterations), store them into `out`. Only
- * rax, rcx and r11 besides the vector registers are touched (syscall
- * clobbers rcx and r11).
+ * sched_yield; 1: spin `spin` iterations; 2: nanosleep(`ts`)), store them
+ * into `out`. Only rax, rcx, rdi, rsi and r11 besides the vector registers
+ * are touched (syscall clobbers rcx and r11).
  */
 #define LOAD(op, r, off) op " " #off "(%[in]), %%" r "\n\t"
 #define STORE(op, r, off) op " %%" r ", " #off "(%[out])\n\t"
 #define SWITCH                                          \
-	"test %[how], %[how]\n\t"                       \
-	"jnz 1f\n\t"                                    \
+	"cmp $1, %[how]\n\t"                            \
+	"je 1f\n\t"                                     \
+	"ja 4f\n\t"                                     \
 	"mov $" XSTR(SYS_sched_yield) ", %%eax\n\t"     \
+	"syscall\n\t"                                   \
+	"jmp 2f\n\t"                                    \
+	"4: mov $" XSTR(SYS_nanosleep) ", %%eax\n\t"    \
+	"mov %[ts], %%rdi\n\t"                          \
+	"xor %%esi, %%esi\n\t"                          \
 	"syscall\n\t"                                   \
 	"jmp 2f\n\t"                                    \
 	"1: mov %[spin], %%rcx\n\t"                     \
@@ -85,6 +94,8 @@ static int have_avx(void)
 	"2:\n\t"
 #define XSTR(x) STR(x)
 #define STR(x) #x
+
+static struct timespec sleep_ts = { 0, 10000000 };
 
 static void xmm_round(const uint8_t *in, uint8_t *out, long how, long spin)
 {
@@ -103,8 +114,8 @@ static void xmm_round(const uint8_t *in, uint8_t *out, long how, long spin)
 	    STORE("movdqu", "xmm12", 192) STORE("movdqu", "xmm13", 208) STORE("movdqu", "xmm14", 224)
 	    STORE("movdqu", "xmm15", 240)
 	    :
-	    : [in] "r"(in), [out] "r"(out), [how] "r"(how), [spin] "r"(spin)
-	    : "rax", "rcx", "r11", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6",
+	    : [in] "r"(in), [out] "r"(out), [how] "r"(how), [spin] "r"(spin), [ts] "r"(&sleep_ts)
+	    : "rax", "rcx", "rdi", "rsi", "r11", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6",
 	      "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");
 }
 
@@ -126,8 +137,8 @@ static void ymm_round(const uint8_t *in, uint8_t *out, long how, long spin)
 	    STORE("vmovdqu", "ymm15", 480)
 	    "vzeroupper\n\t"
 	    :
-	    : [in] "r"(in), [out] "r"(out), [how] "r"(how), [spin] "r"(spin)
-	    : "rax", "rcx", "r11", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6",
+	    : [in] "r"(in), [out] "r"(out), [how] "r"(how), [spin] "r"(spin), [ts] "r"(&sleep_ts)
+	    : "rax", "rcx", "rdi", "rsi", "r11", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6",
 	      "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");
 }
 
@@ -160,8 +171,8 @@ static unsigned compare(const uint8_t *in, const uint8_t *out, unsigned width,
 int main(int argc, char **argv)
 {
 	double seconds = 60, start, last, t;
-	long spin = 2000000;
-	unsigned long iter = 0, yield_lost = 0, spin_lost = 0, fs_lost = 0;
+	long spin = 200000, sleep_us = 10000;
+	unsigned long iter = 0, yield_lost = 0, spin_lost = 0, sleep_lost = 0, fs_lost = 0;
 	uint64_t seed, fs0 = 0, fs;
 	int avx, i, selftest = 0;
 	static uint8_t in[NREG * 32], out[NREG * 32];
@@ -173,14 +184,18 @@ int main(int argc, char **argv)
 			prefix = argv[++i];
 		else if (strcmp(argv[i], "--spin") == 0 && i + 1 < argc)
 			spin = atol(argv[++i]);
+		else if (strcmp(argv[i], "--sleep-us") == 0 && i + 1 < argc)
+			sleep_us = atol(argv[++i]);
 		else if (strcmp(argv[i], "--selftest") == 0)
 			selftest = 1;
 		else {
-			fprintf(stderr, "usage: vcheck [--seconds S] [--prefix TEXT] [--spin N] [--selftest]\n");
+			fprintf(stderr, "usage: vcheck [--seconds S] [--prefix TEXT] [--spin N] [--sleep-us U] [--selftest]\n");
 			return 2;
 		}
 	}
 	setvbuf(stdout, NULL, _IOLBF, 0);
+	sleep_ts.tv_sec = sleep_us / 1000000;
+	sleep_ts.tv_nsec = (sleep_us % 1000000) * 1000;
 	avx = have_avx();
 	syscall(SYS_arch_prctl, ARCH_GET_FS, &fs0);
 	seed = 0x9e3779b97f4a7c15ull ^ ((uint64_t)getpid() << 32) ^ (uint64_t)time(NULL);
@@ -189,7 +204,8 @@ int main(int argc, char **argv)
 	for (;;) {
 		long how;
 
-		for (how = 0; how < 2; how++) {
+		for (how = 0; how < 3; how++) {
+			static const char *const names[] = { "yield", "spin", "sleep" };
 			unsigned width = avx ? 32 : 16, lost;
 
 			for (i = 0; i < (int)(NREG * width / 8); i++) {
@@ -204,12 +220,13 @@ int main(int argc, char **argv)
 				xmm_round(in, out, how, spin);
 			if (selftest && iter == 0 && how == 0)
 				out[5 * width + 3] ^= 0x40;
-			lost = compare(in, out, width, avx ? "ymm" : "xmm", how ? "spin" : "yield",
-			    iter);
-			if (how)
+			lost = compare(in, out, width, avx ? "ymm" : "xmm", names[how], iter);
+			if (how == 0)
+				yield_lost += lost;
+			else if (how == 1)
 				spin_lost += lost;
 			else
-				yield_lost += lost;
+				sleep_lost += lost;
 		}
 		__asm__ volatile("mov %%fs:0, %0" : "=r"(fs));
 		if (fs != fs0) {
@@ -226,10 +243,11 @@ int main(int argc, char **argv)
 		if (t - last >= 30) {
 			last = t;
 			printf("%sVCHECK progress pid=%d iters=%lu lost=%lu\n", prefix, (int)getpid(),
-			    iter, yield_lost + spin_lost + fs_lost);
+			    iter, yield_lost + spin_lost + sleep_lost + fs_lost);
 		}
 	}
-	printf("%sVCHECK done pid=%d iters=%lu yield_lost=%lu spin_lost=%lu fs_lost=%lu avx=%d\n",
-	    prefix, (int)getpid(), iter, yield_lost, spin_lost, fs_lost, avx);
-	return (yield_lost || spin_lost || fs_lost) ? 1 : 0;
+	printf("%sVCHECK done pid=%d iters=%lu yield_lost=%lu spin_lost=%lu sleep_lost=%lu "
+	       "fs_lost=%lu avx=%d\n",
+	    prefix, (int)getpid(), iter, yield_lost, spin_lost, sleep_lost, fs_lost, avx);
+	return (yield_lost || spin_lost || sleep_lost || fs_lost) ? 1 : 0;
 }
