@@ -22,7 +22,7 @@ serial=$2
 # - kernels and domains: "Kernel panic", "BUG:", "Oops", Xen's "Triple
 #   fault", FreeBSD's "Fatal trap" and "panic:";
 # - our own: xbb-serve's fatal-signal report, vcheck and dom0check.
-re='segfault at|general protection|traps: |trap invalid opcode|Segmentation fault|Illegal instruction|Bus error|Aborted|core dumped|malloc\(\)|free\(\)|double free|corrupted (double-linked|size|top|unsorted)|Inconsistency detected|Assertion .* failed|invalid field index|stack smashing|command not found|integer expression expected|syntax error|Kernel panic|BUG: |Oops|Triple fault|Fatal trap|^panic:|xbb-serve: fatal signal|VCHECK FAIL|DOM0CHECK FAIL'
+re='segfault at|general protection|traps: |trap invalid opcode|Segmentation fault|Illegal instruction|Bus error|Aborted|core dumped|malloc\(\)|free\(\)|double free|corrupted (double-linked|size|top|unsorted)|Inconsistency detected|Assertion .* failed|invalid field index|stack smashing|command not found|integer expression expected|syntax error|Kernel panic|BUG: |Oops|Triple fault|Fatal trap|: panic: |xbb-serve: fatal signal|VCHECK FAIL|DOM0CHECK FAIL'
 
 {
 	[ -f "$serial" ] && sed 's/^/serial: /' "$serial"
