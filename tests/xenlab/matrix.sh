@@ -11,7 +11,9 @@
 # change of the machine's load hits every cell alike. Each boot's results
 # stay in DIR/<cell>-<boot>/; DIR/table.txt is the table. A boot counts as
 # crashed when crash-scan.sh found anything (a process, kernel or domain
-# crash, a lost register, a wrong dom0 answer) or dom0 never finished.
+# crash, a lost register, a wrong dom0 answer) or dom0 never finished: a
+# boot gets S + 480 s (a healthy one needs about S + 100 s) before QEMU is
+# stopped.
 # Needs what run.sh needs; run nothing else on the machine meanwhile.
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -46,7 +48,7 @@ for b in $(seq 1 "$BOOTS"); do
 			standin=""
 			[ "$be" = blkback ] && standin=blkback
 			XENLAB_STANDIN=$standin XENLAB_CPU=$cpu XENLAB_STRESS_SECS=$SECS \
-				bash "$HERE/run.sh" --scenarios 9 > "$OUT/$cell-$b.log" 2>&1
+				bash "$HERE/run.sh" --scenarios 9 --timeout $((SECS + 480)) > "$OUT/$cell-$b.log" 2>&1
 			rc=$?
 			rm -rf "$d"
 			cp -a "$DIR/results" "$d"
