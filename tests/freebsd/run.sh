@@ -133,6 +133,9 @@ append="$append debug.trace_on_panic=1 kern.panic_reboot_wait_time=0 $SMOKE_TUNA
 echo "smoke: booting $FREEBSD_KERNEL ($SMOKE_ACCEL, timeout ${SMOKE_TIMEOUT}s)"
 echo "smoke: -append \"$append\""
 set +e
+# One emulated host at a time (see tests/xenlab/README.md, XENLAB_LOCK).
+exec 9>"${XENLAB_LOCK:-/tmp/xbb-emulator.lock}"
+flock -n 9 || { echo "smoke: another emulated host runs; waiting"; flock 9; }
 timeout -k 10 "$SMOKE_TIMEOUT" "$QEMU" -machine q35 -accel "$SMOKE_ACCEL" \
     -cpu max -smp 2 -m 512 -display none -monitor none -no-reboot \
     -serial "file:$log" \
@@ -140,6 +143,7 @@ timeout -k 10 "$SMOKE_TIMEOUT" "$QEMU" -machine q35 -accel "$SMOKE_ACCEL" \
     -drive "file=$build/root.iso,format=raw,if=virtio,readonly=on" \
     </dev/null >"$results/qemu.log" 2>&1
 qrc=$?
+exec 9>&-
 set -e
 t_boot=$(now)
 

@@ -20,6 +20,8 @@
 #   XENLAB_CPU           QEMU CPU model (default max,-xsave; see README.md)
 #   XENLAB_XEN_ARGS      more arguments for Xen's command line
 #   XENLAB_STRESS_SECS   length of scenario 9 (default 240)
+#   XENLAB_LOCK          lock file that keeps emulated hosts one at a time
+#                        (default /tmp/xbb-emulator.lock)
 #   CARGO_TARGET_DIR     where cargo builds xbb-serve
 # Exit status: 0 when every check passed, 1 otherwise, 2 on a setup error.
 set -u
@@ -40,7 +42,7 @@ while [ $# -gt 0 ]; do
 	--scenarios=*) SCENARIOS=${1#*=} ;;
 	--full) FULL=1 SCENARIOS="1,2,3,4,5,6" ;;
 	--timeout) TIMEOUT=$2; shift ;;
-	-h | --help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	-h | --help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 	*) echo "xenlab: unknown argument $1" >&2; exit 2 ;;
 	esac
 	shift
@@ -273,6 +275,14 @@ rm -f "$DIR/dom0.img"
 mkfs.ext4 -q -F -L xenlab -d "$ROOT" "$DIR/dom0.img" "${size}M" || die "mkfs.ext4 -d failed"
 
 # -------------------------------------------------------------------- boot
+# One emulated host at a time on this machine (two would starve each other
+# of the CPUs and time out): wait for whoever holds the lock.
+LOCK=${XENLAB_LOCK:-/tmp/xbb-emulator.lock}
+exec 9> "$LOCK"
+if ! flock -n 9; then
+	echo "xenlab: another emulated host runs (lock $LOCK); waiting"
+	flock 9
+fi
 step "boot and scenarios (QEMU TCG, timeout ${TIMEOUT} s)"
 SERIAL=$DIR/serial.log
 rm -f "$SERIAL"
@@ -288,6 +298,7 @@ timeout -k 15 "$TIMEOUT" qemu-system-x86_64 \
 	-drive "file=$DIR/dom0.img,format=raw,if=virtio,cache=unsafe" \
 	< /dev/null > "$DIR/qemu.log" 2>&1
 QRC=$?
+flock -u 9
 [ $QRC = 124 ] && echo "xenlab: QEMU TIMED OUT after $TIMEOUT s"
 
 # ----------------------------------------------------------------- results
