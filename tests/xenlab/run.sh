@@ -80,7 +80,7 @@ mkdir -p "$DIR"
 # ---------------------------------------------------------- host packages
 step "host packages"
 export DEBIAN_FRONTEND=noninteractive
-HOST_PKGS="xen-hypervisor-4.17-amd64 qemu-system-x86 debootstrap busybox-static fio e2fsprogs cpio kmod gcc libc6-dev gzip libxen-dev"
+HOST_PKGS="xen-hypervisor-4.17-amd64 qemu-system-x86 debootstrap busybox-static fio e2fsprogs cpio kmod gcc libc6-dev gzip libxen-dev gdb"
 missing=""
 for p in $HOST_PKGS; do
 	dpkg-query -W -f='${Status}' "$p" 2> /dev/null | grep -q 'install ok installed' || missing="$missing $p"
@@ -324,6 +324,18 @@ grep -o 'XENLAB scenario [0-9]* took [0-9]* s' "$RES" | sed 's/^XENLAB //' | whi
 echo
 echo "==================== xenlab summary ($([ -n "$STANDIN" ] && echo "STAND-IN $STANDIN" || echo xbb-serve), CPU $CPU) ===================="
 grep -o 'XENLAB-RESULT.*' "$RES" | sed 's/^XENLAB-RESULT //' | tee "$OUT/summary.txt"
+# Backtraces of the core dumps dom0 could not write itself (its scenario
+# script may be what crashed), with the host's gdb over dom0's root.
+for c in "$OUT"/cores/core.*; do
+	[ -f "$c" ] || continue
+	case "$c" in *.bt.txt) continue ;; esac
+	[ -f "$c.bt.txt" ] && continue
+	command -v gdb > /dev/null || break
+	exe=$(basename "$c" | cut -d. -f3- | tr '!' '/')
+	timeout 120 gdb -batch -nx -ex "set sysroot $ROOT" -ex "set debug-file-directory $ROOT/usr/lib/debug" \
+		-ex 'set pagination off' -ex 'thread apply all bt' -ex 'info registers' -ex 'x/6i $pc' \
+		-ex 'info sharedlibrary' "$ROOT$exe" "$c" > "$c.bt.txt" 2>&1
+done
 # A run counts only if nothing crashed in it: not xbb-serve, not any other
 # process of dom0 or the guests, not a kernel, not a domain.
 if crashes=$(bash "$HERE/crash-scan.sh" "$OUT" "$RES"); then
