@@ -5,6 +5,7 @@
 #
 #   tests/xenlab/matrix.sh [--boots N] [--cpus "max max,-xsave"]
 #                          [--backends "xbb blkback"] [--secs S] [--out DIR]
+#                          [--xen-args "WORDS"]
 #
 # Every boot is a fresh run.sh --scenarios 9 (XENLAB_STRESS_SECS=S); the
 # cells are interleaved (boot 1 of every cell, then boot 2, ...), so a
@@ -14,7 +15,9 @@
 # crash, a lost register, a wrong dom0 answer) or dom0 never finished: a
 # boot gets S + 480 s (a healthy one needs about S + 100 s) before QEMU is
 # stopped.
-# Needs what run.sh needs; run nothing else on the machine meanwhile.
+# --xen-args adds words to Xen's command line in every cell (and to the
+# cells' names). Needs what run.sh needs; run nothing else on the machine
+# meanwhile.
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 BOOTS=3
@@ -22,6 +25,7 @@ CPUS="max max,-xsave"
 BACKENDS="xbb blkback"
 SECS=240
 OUT=${XENLAB_DIR:-/tmp/xbb-xenlab}/matrix
+XEN_ARGS=""
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--boots) BOOTS=$2; shift ;;
@@ -29,14 +33,15 @@ while [ $# -gt 0 ]; do
 	--backends) BACKENDS=$2; shift ;;
 	--secs) SECS=$2; shift ;;
 	--out) OUT=$2; shift ;;
-	-h | --help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	--xen-args) XEN_ARGS=$2; shift ;;
+	-h | --help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 	*) echo "matrix: unknown argument $1" >&2; exit 2 ;;
 	esac
 	shift
 done
 DIR=${XENLAB_DIR:-/tmp/xbb-xenlab}
 mkdir -p "$OUT"
-cell_name() { echo "$1@$2" | tr ',' '_'; }
+cell_name() { echo "$1@$2${XEN_ARGS:++$XEN_ARGS}" | tr ', =' '_._'; }
 
 for b in $(seq 1 "$BOOTS"); do
 	for cpu in $CPUS; do
@@ -47,7 +52,7 @@ for b in $(seq 1 "$BOOTS"); do
 			echo "matrix: boot $b of $cell"
 			standin=""
 			[ "$be" = blkback ] && standin=blkback
-			XENLAB_STANDIN=$standin XENLAB_CPU=$cpu XENLAB_STRESS_SECS=$SECS \
+			XENLAB_STANDIN=$standin XENLAB_CPU=$cpu XENLAB_STRESS_SECS=$SECS XENLAB_XEN_ARGS=$XEN_ARGS \
 				bash "$HERE/run.sh" --scenarios 9 --timeout $((SECS + 480)) > "$OUT/$cell-$b.log" 2>&1
 			rc=$?
 			rm -rf "$d"
