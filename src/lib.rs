@@ -27,7 +27,6 @@ extern crate std;
 pub mod abi;
 pub mod coalesce;
 pub mod connect;
-pub mod freebsd;
 pub mod fuzzing;
 pub mod host;
 pub mod instance;

@@ -2,7 +2,7 @@
  * SPDX-License-Identifier: BSD-2-Clause
  *
  * xbb_shim.h: the one interface between the xbb C shim (the C files of
- * sys-glue) and the Rust library (src/freebsd).
+ * sys-glue) and the Rust library (freebsd/).
  *
  * Two directions:
  *

@@ -1,9 +1,9 @@
 #!/bin/sh
 #
-# Regenerates src/freebsd/ffi.rs, the Rust view of sys-glue/xbb_shim.h.
+# Regenerates freebsd/src/ffi.rs, the Rust view of sys-glue/xbb_shim.h.
 #
-#   tools/gen-bindings.sh            rewrite src/freebsd/ffi.rs
-#   tools/gen-bindings.sh --check    fail if src/freebsd/ffi.rs is stale
+#   tools/gen-bindings.sh            rewrite freebsd/src/ffi.rs
+#   tools/gen-bindings.sh --check    fail if freebsd/src/ffi.rs is stale
 #
 # Needs bindgen (Debian package "bindgen", or `cargo install bindgen-cli`)
 # with libclang, and rustfmt.  The output is formatted with rustfmt (edition
@@ -12,7 +12,7 @@ set -eu
 
 top=$(cd "$(dirname "$0")/.." && pwd)
 hdr="$top/sys-glue/xbb_shim.h"
-out="$top/src/freebsd/ffi.rs"
+out="$top/freebsd/src/ffi.rs"
 BINDGEN=${BINDGEN:-bindgen}
 RUSTFMT=${RUSTFMT:-rustfmt}
 
@@ -20,8 +20,8 @@ tmp=$(mktemp)
 trap 'rm -f "$tmp" "$tmp.body"' EXIT
 
 # Only the header's own items: the ops table and its structures, the
-# XBB_SHIM_* constants and the xbb_rs_* prototypes (src/freebsd/entry.rs
-# checks its definitions against them).  No layout tests: src/freebsd/abi.rs
+# XBB_SHIM_* constants and the xbb_rs_* prototypes (freebsd/src/entry.rs
+# checks its definitions against them).  No layout tests: freebsd/src/kernel.rs
 # asserts sizes and offsets at compile time instead.
 "$BINDGEN" "$hdr" \
 	--use-core \
@@ -51,7 +51,7 @@ trap 'rm -f "$tmp" "$tmp.body"' EXIT
 
 if [ "${1:-}" = "--check" ]; then
 	if ! cmp -s "$tmp" "$out"; then
-		echo "src/freebsd/ffi.rs is stale: run tools/gen-bindings.sh" >&2
+		echo "freebsd/src/ffi.rs is stale: run tools/gen-bindings.sh" >&2
 		diff -u "$out" "$tmp" >&2 || true
 		exit 1
 	fi

@@ -1,5 +1,5 @@
 //! NUL-terminated copies of the names and descriptions of
-//! [`crate::stats::SYSCTLS`] and [`crate::stats::TUNABLES`], for the C shim,
+//! [`xbb::stats::SYSCTLS`] and [`xbb::stats::TUNABLES`], for the C shim,
 //! which builds `dev.xbb.N.*` and `hw.xbb.*` from them with `sysctl(9)`
 //! and `TUNABLE_UINT64_FETCH`.
 //!
@@ -9,7 +9,7 @@
 
 use core::ffi::CStr;
 
-use crate::stats::{SysctlKind, SYSCTLS, TUNABLES};
+use xbb::stats::{SysctlKind, SYSCTLS, TUNABLES};
 
 /// Which string of a table row.
 #[derive(Clone, Copy)]
@@ -115,7 +115,7 @@ pub fn tunable_descr(index: usize) -> Option<&'static CStr> {
 
 /// The `XBB_SHIM_SYSCTL_*` value of a kind.
 pub fn kind_code(kind: SysctlKind) -> u32 {
-    use super::ffi;
+    use crate::ffi;
     match kind {
         SysctlKind::Limit => ffi::XBB_SHIM_SYSCTL_LIMIT,
         SysctlKind::Counter => ffi::XBB_SHIM_SYSCTL_COUNTER,

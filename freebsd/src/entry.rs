@@ -16,14 +16,14 @@ use core::ffi::{c_char, c_int, c_void, CStr};
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-use super::errno::{self, Error};
-use super::ffi;
-use super::kernel::{self, KernelHost};
-use super::tables;
-use crate::connect::ConnectError;
-use crate::host::{IoTag, QueueId};
-use crate::instance::Instance;
-use crate::stats::{SysctlKind, Tunables, SYSCTLS, TUNABLES};
+use crate::errno::{self, Error};
+use crate::ffi;
+use crate::kernel::{self, KernelHost};
+use crate::tables;
+use xbb::connect::ConnectError;
+use xbb::host::{IoTag, QueueId};
+use xbb::instance::Instance;
+use xbb::stats::{SysctlKind, Tunables, SYSCTLS, TUNABLES};
 
 /// Instances attached and not yet freed; unload waits for 0.
 static LIVE: AtomicUsize = AtomicUsize::new(0);
@@ -31,7 +31,7 @@ static LIVE: AtomicUsize = AtomicUsize::new(0);
 // The C side sizes its arrays with these.
 const _: () = assert!(TUNABLES.len() <= ffi::XBB_SHIM_MAX_TUNABLES as usize);
 const _: () = assert!(
-    TUNABLES[crate::stats::Tunable::MaxQueues as usize].max <= ffi::XBB_SHIM_MAX_QUEUES as u64
+    TUNABLES[xbb::stats::Tunable::MaxQueues as usize].max <= ffi::XBB_SHIM_MAX_QUEUES as u64
 );
 
 /// What `struct xbb_rs_instance *` points to.

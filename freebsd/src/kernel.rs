@@ -1,6 +1,6 @@
 //! The services of the C shim (`struct xbb_shim_ops` of
 //! `sys-glue/xbb_shim.h`) as the core's platform traits: [`KernelHost`]
-//! implements [`crate::host::Host`] by calling through the ops table, and
+//! implements [`xbb::host::Host`] by calling through the ops table, and
 //! [`KernelAllocator`] / [`kernel_panic`] give the kernel library crate its
 //! `#[global_allocator]` and `#[panic_handler]` on top of `malloc(9)` and
 //! `panic(9)`.
@@ -17,14 +17,14 @@ use core::fmt::{self, Write};
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicPtr, Ordering};
 
-use super::errno::{self, Error};
-use super::ffi;
-use crate::host::{
+use crate::errno::{self, Error};
+use crate::ffi;
+use xbb::host::{
     Deferred, DomId, EventChannel, EvtchnError, EvtchnPort, GrantError, GrantHandle, GrantMapOp,
     GrantRef, GrantUnmapOp, Grants, Host, IoError, IoOp, IoTag, IoVec, MediumInfo, OpenError,
     OpenParams, QueueId, Store, XenStore, XsError, XsTxn, PAGE_SIZE,
 };
-use crate::shmem::SharedMem;
+use xbb::shmem::SharedMem;
 
 /// The ops table of the loaded module, or null.
 static OPS: AtomicPtr<ffi::xbb_shim_ops> = AtomicPtr::new(ptr::null_mut());
@@ -164,7 +164,7 @@ pub unsafe fn kernel_dealloc(ptr: *mut u8, layout: Layout) {
 ///
 /// ```ignore
 /// #[global_allocator]
-/// static ALLOC: xbb::freebsd::KernelAllocator = xbb::freebsd::KernelAllocator;
+/// static ALLOC: xbb_freebsd::KernelAllocator = xbb_freebsd::KernelAllocator;
 /// ```
 ///
 /// Every allocation of the core is fallible (`try_reserve`), so a null
@@ -250,7 +250,7 @@ pub(super) fn log_for(ctx: *mut c_void, args: fmt::Arguments<'_>) {
 /// ```ignore
 /// #[panic_handler]
 /// fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-///     xbb::freebsd::kernel_panic(info)
+///     xbb_freebsd::kernel_panic(info)
 /// }
 /// ```
 ///

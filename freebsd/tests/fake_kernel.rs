@@ -1,4 +1,4 @@
-//! The FreeBSD platform (`xbb::freebsd`) driven through its `xbb_rs_*`
+//! The FreeBSD platform (`xbb_freebsd`) driven through its `xbb_rs_*`
 //! entry points only, over a fake kernel that implements the shim's ops
 //! table in user space: load → attach → front-end connects → I/O with the
 //! data checked → disconnect → detach with I/O in flight → unload, and the
@@ -13,10 +13,10 @@ use std::sync::atomic::Ordering;
 
 use fake_kernel::*;
 use xbb::abi::{BLKIF_OP_READ, BLKIF_OP_WRITE, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY};
-use xbb::freebsd::errno::{EBUSY, EEXIST, EINVAL, ENOENT, ENXIO, EPERM, ERANGE};
-use xbb::freebsd::ffi;
 use xbb::host::{XenbusState, PAGE_SIZE};
 use xbb::ring::FrontRing;
+use xbb_freebsd::errno::{EBUSY, EEXIST, EINVAL, ENOENT, ENXIO, EPERM, ERANGE};
+use xbb_freebsd::ffi;
 
 #[global_allocator]
 static ALLOC: TestAllocator = TestAllocator;
@@ -359,7 +359,7 @@ fn bad_tables_and_arguments_are_refused() {
     let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let fk = FakeKernel::new(true, false);
     // Not loaded: no ops table.
-    if !xbb::freebsd::ops_installed() {
+    if !xbb_freebsd::ops_installed() {
         assert_eq!(attach(&fk, &default_tunables()), ENXIO);
     }
     assert!(fk.inst.get().is_null());

@@ -1,6 +1,6 @@
 //! A user-space "fake kernel": the services of `sys-glue/xbb_shim.h`
 //! (`struct xbb_shim_ops`) implemented in Rust as `extern "C"` functions,
-//! so that tests drive the FreeBSD platform (`xbb::freebsd`) through the
+//! so that tests drive the FreeBSD platform (`xbb_freebsd`) through the
 //! very `xbb_rs_*` entry points the C shim calls.
 //!
 //! - One [`FakeKernel`] is one device's softc: the `ctx` of every op. Its
@@ -39,11 +39,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use xbb::abi::{Abi, BlkifRequest, BlkifResponse, RequestBody, Segment};
-use xbb::freebsd::errno::{self, EINVAL, ENOENT, ENXIO, ERANGE};
-use xbb::freebsd::ffi;
 use xbb::host::{XenbusState, PAGE_SIZE};
 use xbb::ring::FrontRing;
 use xbb::shmem::SharedMem;
+use xbb_freebsd::errno::{self, EINVAL, ENOENT, ENXIO, ERANGE};
+use xbb_freebsd::ffi;
 
 /// The back-end directory, relative to the domain's home as
 /// `xenbus_get_node()` gives it.
@@ -105,7 +105,7 @@ impl Drop for FakeScope {
     }
 }
 
-/// The test binary's allocator: the kernel allocator of `xbb::freebsd`
+/// The test binary's allocator: the kernel allocator of `xbb_freebsd`
 /// (through the fake `mem_alloc`) while a module is loaded, the system
 /// allocator otherwise.
 pub struct TestAllocator;
@@ -114,9 +114,9 @@ pub struct TestAllocator;
 // KernelAllocator only adds the fake's accounting.
 unsafe impl GlobalAlloc for TestAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if xbb::freebsd::ops_installed() && layout.align() <= PAGE_SIZE {
+        if xbb_freebsd::ops_installed() && layout.align() <= PAGE_SIZE {
             // SAFETY: forwarded GlobalAlloc contract.
-            unsafe { xbb::freebsd::KernelAllocator.alloc(layout) }
+            unsafe { xbb_freebsd::KernelAllocator.alloc(layout) }
         } else {
             // SAFETY: forwarded GlobalAlloc contract.
             unsafe { System.alloc(layout) }
@@ -124,9 +124,9 @@ unsafe impl GlobalAlloc for TestAllocator {
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if xbb::freebsd::ops_installed() && layout.align() <= PAGE_SIZE {
+        if xbb_freebsd::ops_installed() && layout.align() <= PAGE_SIZE {
             // SAFETY: forwarded GlobalAlloc contract.
-            unsafe { xbb::freebsd::KernelAllocator.alloc_zeroed(layout) }
+            unsafe { xbb_freebsd::KernelAllocator.alloc_zeroed(layout) }
         } else {
             // SAFETY: forwarded GlobalAlloc contract.
             unsafe { System.alloc_zeroed(layout) }

@@ -3,12 +3,12 @@
 //! `GNTST_*` statuses of Xen's `grant_table.h`.
 //!
 //! This is the one place where a number becomes an error or an error a
-//! number; the shim's callers in [`super::kernel`] and the entry points in
-//! [`super::entry`] use nothing else.
+//! number; the shim's callers in [`crate::kernel`] and the entry points in
+//! [`crate::entry`] use nothing else.
 
 use core::ffi::c_int;
 
-use crate::host::{EvtchnError, GrantError, IoError, OpenError, XsError};
+use xbb::host::{EvtchnError, GrantError, IoError, OpenError, XsError};
 
 /// Operation not permitted.
 pub const EPERM: c_int = 1;
