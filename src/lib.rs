@@ -1,19 +1,17 @@
 //! xbb: the Xen block back-end ("blkback") for FreeBSD, as a portable Rust
-//! core plus the platforms that run it.
+//! core.
 //!
-//! The core (everything not behind a feature) is `#![no_std]` + `alloc`,
-//! uses no floating point, and has `unsafe` only in [`shmem`]. It serves the
-//! block protocol of Xen's `io/blkif.h` over the shared ring of `io/ring.h`,
-//! negotiated over XenStore as `io/xenbus.h` describes. Platforms implement
-//! the traits of [`host`] and drive an [`instance::Instance`] per `vbd`.
+//! This crate is the core: `#![no_std]` + `alloc`, no floating point, and
+//! `unsafe` only in [`shmem`]. It serves the block protocol of Xen's
+//! `io/blkif.h` over the shared ring of `io/ring.h`, negotiated over
+//! XenStore as `io/xenbus.h` describes. Platforms implement the traits of
+//! [`host`] and drive an [`instance::Instance`] per `vbd`.
 //!
-//! With the `sim` feature the crate also carries `sim`, a simulated Xen
-//! host (guest memory, grant table, event channels, XenStore, toolstack,
-//! guest front-ends) used by `xbb-lab` and the tests. With the `xen`
-//! feature it carries `xen`, the platform of a user-space back-end in a
-//! real dom0 (the `xbb-serve` program) over Xen's libxengnttab,
-//! libxenevtchn and libxenstore. Both serve I/O from `ustore`, the
-//! user-space file and device stores.
+//! The platforms live in the workspace's other crates: `xbb-lab` (the
+//! simulated Xen host and the `xbb-lab` program), `xbb-serve` (a user-space
+//! back-end in a real dom0), `xbb-freebsd` (the kernel module's Rust side),
+//! with `xbb-ustore` (user-space file and device stores) and `xbb-testing`
+//! (the one fake host and the fuzz bodies) beside them.
 
 #![no_std]
 #![deny(unsafe_code)]
@@ -21,8 +19,6 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 extern crate alloc;
-#[cfg(feature = "std")]
-extern crate std;
 
 pub mod abi;
 pub mod coalesce;
@@ -36,10 +32,3 @@ pub mod request;
 pub mod ring;
 pub mod shmem;
 pub mod stats;
-
-#[cfg(feature = "sim")]
-pub mod sim;
-#[cfg(feature = "ustore")]
-pub mod ustore;
-#[cfg(feature = "xen")]
-pub mod xen;

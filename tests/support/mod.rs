@@ -4,5 +4,3 @@
 #![allow(dead_code)]
 
 pub mod fakehost;
-#[cfg(feature = "sim")]
-pub mod rig;

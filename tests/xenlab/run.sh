@@ -158,7 +158,7 @@ step "xbb-serve"
 XBB_BIN=""
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$DIR/cargo-target}
 CARGO=${CARGO:-$(command -v cargo || echo "$HOME/.cargo/bin/cargo")}
-if (cd "$TOP" && "$CARGO" build --release --features xen --bin xbb-serve) > "$DIR/cargo.log" 2>&1; then
+if (cd "$TOP" && "$CARGO" build --release -p xbb-serve --bin xbb-serve) > "$DIR/cargo.log" 2>&1; then
 	XBB_BIN=$CARGO_TARGET_DIR/release/xbb-serve
 	echo "xenlab: built $XBB_BIN"
 else

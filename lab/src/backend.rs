@@ -1,0 +1,344 @@
+//! Runs one back-end instance the way FreeBSD's blkback runs on its
+//! taskqueue: a task thread owns the [`Instance`] and its [`SimHost`] and
+//! feeds it, one at a time, the events of `io/xenbus.h` (watches on the
+//! front-end's `state` and the back-end directory), of the event channel
+//! (`io/ring.h` notifications) and of the store (completions).
+
+use std::io;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use super::host::{SimHost, SimHostConfig, SimHostStats, SimXen};
+use super::xenstore::WatchId;
+use super::TaskEvent;
+use xbb::connect::ConnectError;
+use xbb::host::{MediumInfo, XenbusState};
+use xbb::instance::Instance;
+use xbb::stats::{Stats, Tunables};
+
+/// How long detach waits for in-flight I/O to complete before giving up
+/// (a guard against a hung store, not a timing requirement).
+const DRAIN_LIMIT: Duration = Duration::from_secs(60);
+
+/// What the task thread publishes after every event it handled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstanceSnapshot {
+    /// The back-end's XenBus state.
+    pub state: XenbusState,
+    /// The front-end's directory, once the instance knows it.
+    pub frontend_path: Option<String>,
+    /// No I/O in flight.
+    pub idle: bool,
+    /// Task events handled so far.
+    pub events: u64,
+    /// The platform side's counters.
+    pub host: SimHostStats,
+    /// The task thread has ended (after `Shutdown`, or a failed creation).
+    pub finished: bool,
+    /// Why the thread ended early or detached uncleanly, if it did.
+    pub error: Option<String>,
+    /// The open store's description (`Instance::medium`).
+    pub medium: Option<MediumInfo>,
+    /// Why the connection last failed (`Instance::last_error`).
+    pub last_error: Option<ConnectError>,
+    /// `Instance::is_detached`.
+    pub detached: bool,
+    /// The instance's statistics and negotiated limits (`Instance::stats`).
+    pub stats: Option<Stats>,
+    /// Each queue's counters (`Instance::queue_stats`), while connected.
+    pub queues: Vec<Stats>,
+    // EXTEND HERE: further instance getters; fill them in
+    // `fill_instance_fields` below.
+}
+
+impl InstanceSnapshot {
+    fn initial() -> InstanceSnapshot {
+        InstanceSnapshot {
+            state: XenbusState::Unknown,
+            frontend_path: None,
+            idle: true,
+            events: 0,
+            host: SimHostStats::default(),
+            finished: false,
+            error: None,
+            medium: None,
+            last_error: None,
+            detached: false,
+            stats: None,
+            queues: Vec::new(),
+        }
+    }
+}
+
+/// Copies what the instance exposes into the snapshot.
+// EXTEND HERE together with the fields of `InstanceSnapshot`.
+fn fill_instance_fields(inst: &Instance, snap: &mut InstanceSnapshot) {
+    snap.state = inst.state();
+    snap.frontend_path = inst.frontend_path().map(|s| s.to_string());
+    snap.idle = inst.is_idle();
+    snap.medium = inst.medium();
+    snap.last_error = inst.last_error();
+    snap.detached = inst.is_detached();
+    snap.stats = Some(inst.stats());
+    snap.queues = (0..inst.num_queues())
+        .filter_map(|q| inst.queue_stats(q).cloned())
+        .collect();
+}
+
+type Shared = Arc<(Mutex<InstanceSnapshot>, Condvar)>;
+
+fn lock(shared: &Shared) -> MutexGuard<'_, InstanceSnapshot> {
+    shared.0.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn publish(shared: &Shared, snap: InstanceSnapshot) {
+    *lock(shared) = snap;
+    shared.1.notify_all();
+}
+
+/// A running back-end instance: its task thread and a handle to it.
+#[derive(Debug)]
+pub struct BackendRunner {
+    backend_path: String,
+    tx: Sender<TaskEvent>,
+    shared: Shared,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl BackendRunner {
+    /// Starts the task thread of the instance for back-end directory
+    /// `backend_path` (absolute, e.g. `/local/domain/0/backend/vbd/1/51712`):
+    /// it creates the instance, attaches it, watches the back-end directory
+    /// and the front-end's `state`, and serves events until
+    /// [`TaskEvent::Shutdown`].
+    pub fn spawn(
+        xen: &SimXen,
+        backend_path: &str,
+        tunables: Tunables,
+        cfg: SimHostConfig,
+    ) -> io::Result<BackendRunner> {
+        let (tx, rx) = mpsc::channel();
+        let shared: Shared = Arc::new((Mutex::new(InstanceSnapshot::initial()), Condvar::new()));
+        let task = Task {
+            xen: xen.clone(),
+            path: backend_path.to_string(),
+            tx: tx.clone(),
+            rx,
+            shared: Arc::clone(&shared),
+            events: 0,
+        };
+        // Subscribe before the thread attaches, so a mount between its
+        // look at the flag and the subscription cannot be missed.
+        xen.subscribe_root_mounted(tx.clone());
+        let name = format!("xbb-task-{}", backend_path.rsplit('/').next().unwrap_or(""));
+        let thread = thread::Builder::new()
+            .name(name)
+            .spawn(move || task.run(tunables, cfg))?;
+        Ok(BackendRunner {
+            backend_path: backend_path.to_string(),
+            tx,
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// The back-end directory.
+    pub fn backend_path(&self) -> &str {
+        &self.backend_path
+    }
+
+    /// A sender of events to the task thread.
+    pub fn sender(&self) -> Sender<TaskEvent> {
+        self.tx.clone()
+    }
+
+    /// Sends `ev` to the task thread; `false` once the thread has ended.
+    pub fn send(&self, ev: TaskEvent) -> bool {
+        self.tx.send(ev).is_ok()
+    }
+
+    /// The latest published snapshot.
+    pub fn snapshot(&self) -> InstanceSnapshot {
+        lock(&self.shared).clone()
+    }
+
+    /// Waits until a published snapshot satisfies `pred` (returned as `Ok`),
+    /// or the thread finished, or `limit` passed (the last snapshot as `Err`).
+    /// `limit` is a guard against hangs, not a timing requirement.
+    pub fn wait_until(
+        &self,
+        limit: Duration,
+        pred: impl Fn(&InstanceSnapshot) -> bool,
+    ) -> Result<InstanceSnapshot, Box<InstanceSnapshot>> {
+        let deadline = Instant::now() + limit;
+        let mut g = lock(&self.shared);
+        loop {
+            if pred(&g) {
+                return Ok(g.clone());
+            }
+            if g.finished {
+                return Err(Box::new(g.clone()));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Box::new(g.clone()));
+            }
+            g = self
+                .shared
+                .1
+                .wait_timeout(g, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Sends [`TaskEvent::Shutdown`] (detach), waits for the thread to end
+    /// and returns the final snapshot.
+    pub fn shutdown(mut self) -> InstanceSnapshot {
+        self.stop();
+        self.snapshot()
+    }
+
+    fn stop(&mut self) {
+        let _ = self.tx.send(TaskEvent::Shutdown);
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                let mut g = lock(&self.shared);
+                g.finished = true;
+                g.error = Some(String::from("task thread panicked"));
+            }
+        }
+    }
+}
+
+impl Drop for BackendRunner {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct Task {
+    xen: SimXen,
+    path: String,
+    tx: Sender<TaskEvent>,
+    rx: Receiver<TaskEvent>,
+    shared: Shared,
+    events: u64,
+}
+
+impl Task {
+    fn watch(&self, path: &str) -> Option<WatchId> {
+        let tx = self.tx.clone();
+        self.xen
+            .xenstore
+            .watch_coalesced(
+                path,
+                Box::new(move |ev| {
+                    let _ = tx.send(TaskEvent::Watch(ev));
+                }),
+            )
+            .ok()
+    }
+
+    fn snapshot(&self, inst: &Instance, host: &SimHost) -> InstanceSnapshot {
+        let mut s = InstanceSnapshot::initial();
+        fill_instance_fields(inst, &mut s);
+        s.events = self.events;
+        s.host = host.stats();
+        s
+    }
+
+    fn run(mut self, tunables: Tunables, cfg: SimHostConfig) {
+        let mut host = SimHost::new(&self.xen, cfg, self.tx.clone());
+        let mut inst = match Instance::new(&self.path, &tunables) {
+            Ok(i) => i,
+            Err(e) => {
+                let mut s = InstanceSnapshot::initial();
+                s.finished = true;
+                s.error = Some(format!("Instance::new: {e:?}"));
+                publish(&self.shared, s);
+                return;
+            }
+        };
+        inst.attach(&mut host);
+        let be_watch = self.watch(&self.path);
+        // (watched front-end state path, watch)
+        let mut fe_watch: Option<(String, WatchId)> = None;
+        self.rewatch_frontend(&inst, &mut fe_watch);
+        publish(&self.shared, self.snapshot(&inst, &host));
+
+        loop {
+            let ev = match self.rx.recv() {
+                Ok(ev) => ev,
+                Err(_) => TaskEvent::Shutdown,
+            };
+            match ev {
+                TaskEvent::Evtchn(q) => inst.event(&mut host, q),
+                TaskEvent::Run(q) => inst.run(&mut host, q),
+                TaskEvent::Io(tag, r) => inst.complete(&mut host, tag, r),
+                TaskEvent::Watch(ev) => {
+                    // Acknowledge first: a change after this read comes
+                    // back as a new event, never lost.
+                    self.xen.xenstore.watch_ack(&ev);
+                    inst.frontend_changed(&mut host)
+                }
+                TaskEvent::RootMounted => inst.root_mounted(&mut host),
+                TaskEvent::MediumChanged => inst.medium_changed(&mut host),
+                TaskEvent::Shutdown => break,
+            }
+            self.events += 1;
+            self.rewatch_frontend(&inst, &mut fe_watch);
+            publish(&self.shared, self.snapshot(&inst, &host));
+        }
+
+        if let Some(w) = be_watch {
+            self.xen.xenstore.unwatch(w);
+        }
+        if let Some((_, w)) = fe_watch.take() {
+            self.xen.xenstore.unwatch(w);
+        }
+        inst.detach(&mut host);
+        // Detach drains: keep delivering completions until it is done.
+        let mut error = None;
+        let deadline = Instant::now() + DRAIN_LIMIT;
+        while !inst.is_detached() {
+            if inst.is_idle() {
+                error = Some(String::from("detach: idle but not detached"));
+                break;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(TaskEvent::Io(tag, r)) => inst.complete(&mut host, tag, r),
+                Ok(_) => {}
+                Err(_) => {
+                    error = Some(String::from("detach: I/O still in flight"));
+                    break;
+                }
+            }
+        }
+        let mut s = self.snapshot(&inst, &host);
+        drop(inst);
+        drop(host);
+        s.finished = true;
+        s.error = error;
+        publish(&self.shared, s);
+    }
+
+    fn rewatch_frontend(&self, inst: &Instance, cur: &mut Option<(String, WatchId)>) {
+        let want = inst.frontend_path().map(|p| format!("{p}/state"));
+        let have = cur.as_ref().map(|(p, _)| p.clone());
+        if want == have {
+            return;
+        }
+        if let Some((_, w)) = cur.take() {
+            self.xen.xenstore.unwatch(w);
+        }
+        if let Some(p) = want {
+            if let Some(w) = self.watch(&p) {
+                *cur = Some((p, w));
+            }
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! Runs the built `xbb-lab` binary: the default run passes and prints every
+//! sysctl row (and the per-queue rows of a multi-queue connection), `--json`
+//! is one JSON document with the documented fields, a failing scenario exits
+//! non-zero with its mismatch, a malformed file exits 2, and `bench` with a
+//! tiny op count prints its ratios, feature on/off included.
+
+use std::process::{Command, Output};
+
+use xbb::stats::SYSCTLS;
+use xbb_lab::lab::{self, Scenario};
+
+/// The unit (`dev.xbb.N`) of a guest of the default scenario.
+fn default_unit(name: &str) -> usize {
+    let sc = Scenario::parse(lab::DEFAULT_SCENARIO).expect("default scenario");
+    sc.guest_names()
+        .iter()
+        .position(|n| n == name)
+        .expect("guest of the default scenario")
+}
+
+fn lab(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_xbb-lab"))
+        .args(args)
+        .output()
+        .expect("xbb-lab runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn default_run_passes_and_prints_every_sysctl() {
+    let o = lab(&[]);
+    let out = stdout(&o);
+    assert!(
+        o.status.success(),
+        "exit {:?}\n{out}\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.contains("dev.xbb.0.max_request_segments: 256"), "{out}");
+    for d in SYSCTLS {
+        assert!(
+            out.contains(&format!("dev.xbb.0.{}: ", d.name)),
+            "{} missing",
+            d.name
+        );
+    }
+    // One queue: no per-queue rows. Four queues: the counters and gauges of
+    // each, and nothing else.
+    assert!(!out.contains("dev.xbb.0.queue."), "{out}");
+    let mq = default_unit("multiqueue");
+    assert!(
+        out.contains(&format!("dev.xbb.{mq}.num_queues: 4")),
+        "{out}"
+    );
+    for q in 0..4 {
+        for d in SYSCTLS {
+            let row = format!("dev.xbb.{mq}.queue.{q}.{}: ", d.name);
+            assert_eq!(out.contains(&row), d.per_queue(), "{row}");
+        }
+    }
+    assert!(!out.contains(&format!("dev.xbb.{mq}.queue.4.")), "{out}");
+    assert!(out.contains("verification: ok"), "{out}");
+    assert!(out.contains("result: PASS"), "{out}");
+    // Progress goes to stderr.
+    assert!(!o.stderr.is_empty());
+}
+
+#[test]
+fn json_has_the_documented_fields() {
+    let o = lab(&["--json", "--quiet"]);
+    assert!(o.status.success(), "exit {:?}", o.status);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON document");
+    let instances = v["instances"].as_array().expect("instances");
+    assert!(instances.len() >= 4);
+    for i in instances {
+        assert!(i["name"].is_string());
+        assert!(i["profile"].is_string());
+        assert_eq!(i["state"], "Connected");
+        assert!(i["throughput_mib_s"].is_number());
+        let sysctl = i["sysctl"].as_object().expect("sysctl object");
+        assert_eq!(sysctl.len(), SYSCTLS.len());
+        for d in SYSCTLS {
+            assert!(sysctl[d.name].is_u64(), "{}", d.name);
+        }
+        assert_eq!(sysctl["max_request_segments"], 256);
+        // One object per queue, with exactly the per-queue nodes.
+        let queues = i["queues"].as_array().expect("queues array");
+        assert_eq!(
+            Some(queues.len() as u64),
+            sysctl["num_queues"].as_u64(),
+            "{}",
+            i["name"]
+        );
+        for q in queues {
+            let q = q.as_object().expect("queue object");
+            assert_eq!(q.len(), SYSCTLS.iter().filter(|d| d.per_queue()).count());
+            for d in SYSCTLS.iter().filter(|d| d.per_queue()) {
+                assert!(q[d.name].is_u64(), "{}", d.name);
+            }
+        }
+    }
+    let mq = &instances[default_unit("multiqueue")];
+    assert_eq!(mq["queues"].as_array().map(Vec::len), Some(4));
+    // The queues' counters add up to the instance's.
+    let sum: u64 = mq["queues"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|q| q["reqs_received"].as_u64())
+        .sum();
+    assert_eq!(Some(sum), mq["sysctl"]["reqs_received"].as_u64());
+    assert_eq!(v["verify"]["ok"], true);
+    assert!(
+        v["verify"]["bytes_checked"]
+            .as_u64()
+            .expect("bytes_checked")
+            > 0
+    );
+}
+
+fn write_temp(name: &str, text: &str) -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!("xbb-lab-cli-{}-{name}", std::process::id()));
+    std::fs::write(&p, text).expect("write scenario");
+    p
+}
+
+#[test]
+fn a_failing_scenario_exits_1_and_says_why() {
+    let p = write_temp(
+        "fail.toml",
+        "[[guest]]\nprofile = \"legacy\"\nsize = \"1M\"\n[[step]]\ndo = \"connect\"\n\
+         [[step]]\ndo = \"request\"\nop = 200\nsegs = [[0, 7]]\nexpect_status = \"okay\"\n",
+    );
+    let o = lab(&["scenario", p.to_str().unwrap_or_default(), "--quiet"]);
+    let _ = std::fs::remove_file(&p);
+    assert_eq!(o.status.code(), Some(1));
+    let out = stdout(&o);
+    assert!(out.contains("MISMATCH step 2 (request)"), "{out}");
+    assert!(
+        out.contains("expected status okay, got eopnotsupp"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_malformed_scenario_exits_2() {
+    let p = write_temp("bad.toml", "[[guest]]\nprofile = \"nonesuch\"\n");
+    let o = lab(&["scenario", p.to_str().unwrap_or_default()]);
+    let _ = std::fs::remove_file(&p);
+    assert_eq!(o.status.code(), Some(2));
+    let o = lab(&["--no-such-option"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn help_documents_the_scenario_format() {
+    let o = lab(&["--help"]);
+    assert!(o.status.success());
+    let out = stdout(&o);
+    for w in [
+        "scenario FILE",
+        "expect_status",
+        "inject_io",
+        "--json",
+        "bench",
+    ] {
+        assert!(out.contains(w), "{w} missing from --help");
+    }
+}
+
+#[test]
+fn bench_with_few_ops_prints_ratios() {
+    let o = lab(&["bench", "--ops", "64", "--quiet"]);
+    let out = stdout(&o);
+    assert!(o.status.success(), "exit {:?}\n{out}", o.status);
+    assert!(out.contains("xbb/raw"), "{out}");
+    assert!(out.contains("total_dispatch per request"), "{out}");
+    assert!(out.contains("on/off"), "{out}");
+    for pair in [
+        "1m-seqwrite-indirect256",
+        "4k-randread-persistent",
+        "4k-randread-4queues",
+    ] {
+        assert!(out.contains(pair), "{pair} missing:\n{out}");
+    }
+    let o = lab(&["bench", "--ops", "64", "--quiet", "--json"]);
+    assert!(o.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    let cases = v["cases"].as_array().expect("cases");
+    assert!(cases.len() >= 5);
+    for c in cases {
+        assert!(c["ratio"].is_number(), "{c}");
+        if c["baseline"].is_string() {
+            assert!(c["feature_ratio"].is_number(), "{c}");
+        }
+    }
+    assert!(cases.iter().filter(|c| c["baseline"].is_string()).count() >= 4);
+}

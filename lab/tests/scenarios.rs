@@ -1,0 +1,183 @@
+//! Runs every scenario file of `lab/scenarios/` through the lab's runner
+//! (the same one `xbb-lab scenario` uses) and fails if any expectation does
+//! not hold. Also checks that the runner can fail: a scenario with a wrong
+//! expectation must report a mismatch.
+
+use std::path::{Path, PathBuf};
+
+use xbb_lab::lab::{self, RunOptions, Scenario};
+
+fn scenario_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios")
+}
+
+fn scenario_files() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(scenario_dir())
+        .expect("lab/scenarios exists")
+        .map(|e| e.expect("readable directory").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn every_scenario_file_passes() {
+    let files = scenario_files();
+    assert!(files.len() >= 30, "only {} scenario files", files.len());
+    let mut failures = Vec::new();
+    for f in &files {
+        let sc = match Scenario::load(f) {
+            Ok(s) => s,
+            Err(e) => {
+                failures.push(format!("{}: {e}", f.display()));
+                continue;
+            }
+        };
+        match lab::run(&sc, &RunOptions::default()) {
+            Ok(r) if r.passed() => {}
+            Ok(r) => failures.push(format!(
+                "{}:\n{}",
+                f.display(),
+                r.mismatches
+                    .iter()
+                    .map(|m| format!("    {m}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )),
+            Err(e) => failures.push(format!("{}: {e}", f.display())),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} scenarios failed:\n{}",
+        failures.len(),
+        files.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn every_scenario_file_is_documented() {
+    let readme = std::fs::read_to_string(scenario_dir().join("README.md")).expect("README.md");
+    for f in scenario_files() {
+        let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        assert!(
+            readme.contains(name),
+            "{name} is not listed in lab/scenarios/README.md"
+        );
+    }
+}
+
+#[test]
+fn a_wrong_expectation_is_reported() {
+    let text = r#"
+[[guest]]
+profile = "legacy"
+size = "1M"
+
+[[step]]
+do = "connect"
+
+[[step]]
+do = "request"
+op = "reserved"
+segs = [[0, 7]]
+expect_status = "okay"
+
+[[step]]
+do = "expect"
+state = "Closed"
+sysctl = { reqs_received = 5, total_dispatch = ">= 1" }
+"#;
+    let sc = Scenario::parse(text).expect("valid scenario");
+    let opts = RunOptions {
+        settle: std::time::Duration::from_millis(200),
+        ..RunOptions::default()
+    };
+    let r = lab::run(&sc, &opts).expect("runs");
+    assert!(!r.passed());
+    let what: Vec<String> = r.mismatches.iter().map(|m| m.what.clone()).collect();
+    assert_eq!(r.mismatches.len(), 4, "{what:#?}");
+    assert!(
+        what[0].contains("expected status okay, got eopnotsupp"),
+        "{what:#?}"
+    );
+    assert!(what.iter().any(|w| w.contains("state: expected Closed")));
+    assert!(what
+        .iter()
+        .any(|w| w.contains("reqs_received: expected == 5, is 1")));
+    assert!(what
+        .iter()
+        .any(|w| w.contains("total_dispatch: expected >= 1, is 0")));
+}
+
+#[test]
+fn malformed_scenarios_are_refused() {
+    let bad = [
+        // unknown key
+        "[[guest]]\nprofile = \"linux\"\ncolour = 1\n",
+        // unknown step
+        "[[guest]]\n[[step]]\ndo = \"dance\"\n",
+        // unknown profile
+        "[[guest]]\nprofile = \"windows\"\n",
+        // unknown tunable
+        "[tunables]\nmax_everything = 1\n[[guest]]\n",
+        // tunable out of range
+        "[tunables]\nmax_ring_page_order = 6\n[[guest]]\n",
+        // unknown sysctl in an expectation
+        "[[guest]]\n[[step]]\ndo = \"expect\"\nsysctl = { nope = 1 }\n",
+        // unknown guest
+        "[[guest]]\nname = \"a\"\n[[step]]\ndo = \"kick\"\nguest = \"b\"\n",
+        // overlapping workloads on one guest
+        "[[guest]]\n[[step]]\ndo = \"workload\"\n[[step]]\ndo = \"workload\"\n",
+        // bad hex
+        "[[guest]]\n[[step]]\ndo = \"raw_slot\"\nslot = 0\nhex = \"zz\"\n",
+        // no guest
+        "name = \"empty\"\n",
+        // size not a multiple of the sector size
+        "[[guest]]\nsector_size = 4096\nsize = 6144\n",
+        // in_flight outside a batch
+        "[[guest]]\n[[step]]\ndo = \"request\"\nop = \"read\"\npages = 1\n\
+         seg_grants = [{ seg = 0, in_flight = { request = 0, seg = 0 } }]\n",
+        // indirect fields on a plain read
+        "[[guest]]\n[[step]]\ndo = \"request\"\nop = \"read\"\npages = 1\nindirect_op = \"write\"\n",
+        // a batch request with its own guest
+        "[[guest]]\nname = \"a\"\n[[step]]\ndo = \"batch\"\nrequests = [{ guest = \"a\", op = \"read\" }]\n",
+        // unknown watch counter
+        "[[guest]]\n[[step]]\ndo = \"expect\"\nwatch = { lost = 0 }\n",
+        // resize to a size that is not whole sectors
+        "[[guest]]\nsector_size = 4096\n[[step]]\ndo = \"resize\"\nsize = 6144\n",
+        // unknown state in a storm
+        "[[guest]]\n[[step]]\ndo = \"state_storm\"\ncount = 1\nstates = [\"Dancing\"]\n",
+    ];
+    for text in bad {
+        assert!(Scenario::parse(text).is_err(), "accepted:\n{text}");
+    }
+}
+
+#[test]
+fn the_default_scenario_is_well_formed() {
+    let sc = Scenario::parse(lab::DEFAULT_SCENARIO).expect("default scenario parses");
+    assert!(sc.guests.len() >= 4);
+    let profiles: Vec<&str> = sc.guests.iter().map(|g| g.profile.as_str()).collect();
+    for p in [
+        "linux",
+        "legacy",
+        "x86_32",
+        "multipage",
+        "indirect",
+        "persistent",
+        "multiqueue",
+        "discard",
+        "foursector",
+        "modern",
+    ] {
+        assert!(profiles.contains(&p), "{p} missing");
+    }
+    assert!(sc.guests.iter().any(|g| g.sector_size == 4096));
+    assert!(sc
+        .guests
+        .iter()
+        .any(|g| g.profile == "foursector" && g.sector_size == 4096));
+}

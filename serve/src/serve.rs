@@ -1,0 +1,703 @@
+//! The `xbb-serve` service: watches the dom0's `backend/vbd` directory,
+//! claims every vbd meant for it, and runs one [`Instance`] per vbd on its
+//! own thread, as FreeBSD's blkback runs one per device on its taskqueue.
+//!
+//! A vbd is claimed (`io/xenbus.h`'s back-end side of device creation) only
+//! when, inside one XenStore transaction, its `state` is still
+//! `XenbusState_Initialising` — a back-end that owns a vbd moves it to
+//! InitWait at once, so a later state means another back-end (the kernel's
+//! xen-blkback, another xbb-serve) has it —, its `type` is one this service
+//! is configured for, and no other xbb-serve has marked it with
+//! `xbb-serve-pid`. The mark is written in the same transaction, so two
+//! services racing for a vbd cannot both win. While the kernel's
+//! xen-blkback is loaded it claims every vbd itself, so none is taken.
+//!
+//! Each instance thread polls its XenStore connection (watches on the
+//! back-end directory and the front-end's `state`), its event channels, its
+//! store's completions and a control descriptor, and feeds the instance one
+//! event at a time. On `SIGTERM`/`SIGINT` every instance is detached (each
+//! vbd ends Closed) before the service exits; `SIGUSR1` prints every
+//! instance's `dev.xbb.N` table.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use super::ffi::{self, Wakeup, Xs};
+use super::host::XenHost;
+use xbb::connect::ConnectError;
+use xbb::host::{DomId, XenbusState};
+use xbb::instance::Instance;
+use xbb::stats::{Stats, Tunable, Tunables, SYSCTLS};
+
+/// Where the kernel's back-end shows it is loaded (Linux sysfs).
+const KERNEL_BLKBACK: &str = "/sys/bus/xen-backend/drivers/vbd";
+/// The node a claiming xbb-serve writes into the vbd's back-end directory.
+pub const CLAIM_NODE: &str = "xbb-serve-pid";
+/// How long detach waits for the store to drain.
+const DRAIN_LIMIT: Duration = Duration::from_secs(60);
+
+/// What the service serves and how.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The `hw.xbb.*` tunables every instance gets.
+    pub tunables: Tunables,
+    /// `type` values taken ("phy", "file"); empty: every type.
+    pub types: Vec<String>,
+    /// Serve vbds even while the kernel's xen-blkback is loaded (tests).
+    pub ignore_kernel_backend: bool,
+    /// Log every watch, event-channel and completion batch.
+    pub verbose: bool,
+    /// Copy data pages with `GNTTABOP_copy` through a bounce window instead
+    /// of mapping them with gntdev (see [`super::bounce`]); persistent
+    /// grants are then not offered.
+    pub copy_grants: bool,
+}
+
+/// Why a vbd was not claimed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Skip {
+    /// Its state is past Initialising: another back-end has it.
+    Owned(String),
+    /// Another xbb-serve marked it.
+    OtherServer(String),
+    /// Its `type` is not one configured.
+    Type(String),
+    /// The kernel's xen-blkback is loaded and takes every vbd.
+    KernelBackend,
+    /// It went away, or XenStore failed.
+    Gone,
+}
+
+/// Decides, from what a claim transaction read, whether to take a vbd.
+/// `state`, `kind`, `owner`: the `state`, `type` and [`CLAIM_NODE`] nodes
+/// (`None` when absent).
+pub fn claim_decision(
+    state: Option<&str>,
+    kind: Option<&str>,
+    owner: Option<&str>,
+    me: &str,
+    types: &[String],
+) -> Result<(), Skip> {
+    let state = state.ok_or(Skip::Gone)?;
+    match owner {
+        Some(o) if o != me => return Err(Skip::OtherServer(o.to_string())),
+        _ => {}
+    }
+    // Even our own mark does not make a vbd past Initialising ours again:
+    // one we served and left Closed stays with the toolstack.
+    if state.trim() != XenbusState::Initialising.as_str() {
+        return Err(Skip::Owned(state.to_string()));
+    }
+    let kind = kind.unwrap_or("");
+    if !types.is_empty() && !types.iter().any(|t| t == kind) {
+        return Err(Skip::Type(kind.to_string()));
+    }
+    Ok(())
+}
+
+fn read_str(xs: &mut Xs, txn: u32, path: &str) -> Result<Option<String>, i32> {
+    match xs.read(txn, path) {
+        Ok(v) => Ok(Some(String::from_utf8_lossy(&v).into_owned())),
+        Err(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn process_alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Claims the vbd at `path` for this process, atomically.
+fn claim(xs: &mut Xs, path: &str, cfg: &Config) -> Result<(), Skip> {
+    if !cfg.ignore_kernel_backend && std::path::Path::new(KERNEL_BLKBACK).exists() {
+        return Err(Skip::KernelBackend);
+    }
+    let me = std::process::id().to_string();
+    for _ in 0..16 {
+        let txn = xs.transaction_start().map_err(|_| Skip::Gone)?;
+        let read = (|| {
+            Ok::<_, i32>((
+                read_str(xs, txn, &format!("{path}/state"))?,
+                read_str(xs, txn, &format!("{path}/type"))?,
+                read_str(xs, txn, &format!("{path}/{CLAIM_NODE}"))?,
+            ))
+        })();
+        let Ok((state, kind, mut owner)) = read else {
+            let _ = xs.transaction_end(txn, false);
+            return Err(Skip::Gone);
+        };
+        // The mark of an xbb-serve that died (no such process in this
+        // domain) binds nobody; the state check still applies.
+        if owner
+            .as_deref()
+            .is_some_and(|o| o.trim().parse::<u32>().is_ok_and(|p| !process_alive(p)))
+        {
+            owner = None;
+        }
+        if let Err(s) = claim_decision(
+            state.as_deref(),
+            kind.as_deref(),
+            owner.as_deref(),
+            &me,
+            &cfg.types,
+        ) {
+            let _ = xs.transaction_end(txn, false);
+            return Err(s);
+        }
+        if xs
+            .write(txn, &format!("{path}/{CLAIM_NODE}"), me.as_bytes())
+            .is_err()
+        {
+            let _ = xs.transaction_end(txn, false);
+            return Err(Skip::Gone);
+        }
+        match xs.transaction_end(txn, true) {
+            Ok(()) => return Ok(()),
+            Err(libc::EAGAIN) => continue,
+            Err(_) => return Err(Skip::Gone),
+        }
+    }
+    Err(Skip::Gone)
+}
+
+enum Ctl {
+    Table(Sender<String>),
+    Shutdown,
+}
+
+struct Vbd {
+    unit: usize,
+    path: String,
+    ctl: Sender<Ctl>,
+    wake: Arc<Wakeup>,
+    finished: Arc<AtomicBool>,
+    join: Option<JoinHandle<()>>,
+}
+
+impl Vbd {
+    fn send(&self, c: Ctl) {
+        if self.ctl.send(c).is_ok() {
+            self.wake.wake();
+        }
+    }
+}
+
+/// Formats one instance's table: `dev.xbb.N.<leaf>: <value>` lines.
+pub fn format_table(
+    unit: usize,
+    location: &str,
+    state: XenbusState,
+    inst: Option<&Instance>,
+) -> String {
+    let mut o = String::new();
+    o.push_str(&format!("dev.xbb.{unit}.%location: {location}\n"));
+    o.push_str(&format!("dev.xbb.{unit}.state: {}\n", state as u8));
+    if let Some(inst) = inst {
+        let s: Stats = inst.stats();
+        for (d, v) in s.iter() {
+            o.push_str(&format!("dev.xbb.{unit}.{}: {v}\n", d.name));
+        }
+        for q in 0..inst.num_queues() {
+            if let Some(qs) = inst.queue_stats(q) {
+                for d in SYSCTLS.iter().filter(|d| d.per_queue()) {
+                    o.push_str(&format!(
+                        "dev.xbb.{unit}.queue.{q}.{}: {}\n",
+                        d.name,
+                        qs.get(d.stat)
+                    ));
+                }
+            }
+        }
+    }
+    o
+}
+
+/// The service. [`Server::run`] returns when a terminating signal arrived
+/// and every instance is detached.
+pub struct Server {
+    cfg: Config,
+    xs: Xs,
+    dom: DomId,
+    root: String,
+    vbds: BTreeMap<(u32, u32), Vbd>,
+    skipped: BTreeMap<(u32, u32), Skip>,
+    reaped: Arc<Wakeup>,
+    sigfd: i32,
+}
+
+impl core::fmt::Debug for Server {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Server")
+            .field("dom", &self.dom)
+            .field("vbds", &self.vbds.len())
+            .finish()
+    }
+}
+
+fn log(msg: &str) {
+    let mut e = std::io::stderr();
+    let _ = writeln!(e, "xbb-serve: {msg}");
+}
+
+impl Server {
+    /// Connects to XenStore, learns this domain's id, and blocks the
+    /// signals the service handles (call before other threads start).
+    pub fn new(mut cfg: Config) -> Result<Server, String> {
+        if cfg.copy_grants {
+            // A copied page has no persistent mapping to keep.
+            if cfg.tunables.get(Tunable::MaxPersistentGrants) != 0 {
+                log("copying data pages: persistent grants are not offered");
+            }
+            cfg.tunables
+                .set(Tunable::MaxPersistentGrants, 0)
+                .map_err(|e| format!("max_persistent_grants: {e:?}"))?;
+        }
+        let sigfd = ffi::signal_fd().map_err(|e| format!("signalfd: {e}"))?;
+        let mut xs = Xs::open().map_err(|e| format!("cannot connect to xenstored: {e}"))?;
+        let dom = match xs.read(0, "domid") {
+            Ok(v) => String::from_utf8_lossy(&v)
+                .trim()
+                .parse::<DomId>()
+                .map_err(|_| String::from("unreadable domid node"))?,
+            // dom0's own `domid` node may be absent: a relative path
+            // resolves against our home, and dom0 is 0.
+            Err(_) => 0,
+        };
+        Ok(Server {
+            cfg,
+            xs,
+            dom,
+            root: format!("/local/domain/{dom}/backend/vbd"),
+            vbds: BTreeMap::new(),
+            skipped: BTreeMap::new(),
+            reaped: Arc::new(Wakeup::new().map_err(|e| format!("eventfd: {e}"))?),
+            sigfd,
+        })
+    }
+
+    fn scan(&mut self) {
+        let mut present = Vec::new();
+        let doms = self.xs.directory(0, &self.root).unwrap_or_default();
+        for d in doms {
+            let Ok(fe) = d.parse::<u32>() else { continue };
+            let devs = self
+                .xs
+                .directory(0, &format!("{}/{d}", self.root))
+                .unwrap_or_default();
+            for v in devs {
+                if let Ok(dev) = v.parse::<u32>() {
+                    present.push((fe, dev));
+                }
+            }
+        }
+        // Gone from XenStore: the instance notices on its own watch; make
+        // sure it ends.
+        let gone: Vec<_> = self
+            .vbds
+            .keys()
+            .filter(|k| !present.contains(k))
+            .copied()
+            .collect();
+        for k in gone {
+            if let Some(v) = self.vbds.get(&k) {
+                v.send(Ctl::Shutdown);
+            }
+        }
+        self.skipped.retain(|k, _| present.contains(k));
+        for k in present {
+            if self.vbds.contains_key(&k) || self.skipped.contains_key(&k) {
+                continue;
+            }
+            let path = format!("{}/{}/{}", self.root, k.0, k.1);
+            match claim(&mut self.xs, &path, &self.cfg) {
+                Ok(()) => self.start(k, path),
+                Err(s) => {
+                    log(&format!("not serving {path}: {s:?}"));
+                    self.skipped.insert(k, s);
+                }
+            }
+        }
+    }
+
+    fn start(&mut self, key: (u32, u32), path: String) {
+        let unit = (0..)
+            .find(|u| !self.vbds.values().any(|v| v.unit == *u))
+            .unwrap_or(0);
+        let wake = match Wakeup::new() {
+            Ok(w) => Arc::new(w),
+            Err(e) => return log(&format!("{path}: eventfd: {e}")),
+        };
+        let (tx, rx) = mpsc::channel();
+        let finished = Arc::new(AtomicBool::new(false));
+        let t = InstanceThread {
+            path: path.clone(),
+            unit,
+            tunables: self.cfg.tunables,
+            verbose: self.cfg.verbose,
+            copy: self.cfg.copy_grants,
+            ctl: rx,
+            wake: Arc::clone(&wake),
+            finished: Arc::clone(&finished),
+            reaped: Arc::clone(&self.reaped),
+        };
+        let join = thread::Builder::new()
+            .name(format!("xbb{unit}"))
+            .spawn(move || t.run());
+        match join {
+            Ok(j) => {
+                log(&format!("dev.xbb.{unit}: serving {path}"));
+                self.vbds.insert(
+                    key,
+                    Vbd {
+                        unit,
+                        path,
+                        ctl: tx,
+                        wake,
+                        finished,
+                        join: Some(j),
+                    },
+                );
+            }
+            Err(e) => log(&format!("{path}: thread: {e}")),
+        }
+    }
+
+    fn reap(&mut self) {
+        let done: Vec<_> = self
+            .vbds
+            .iter()
+            .filter(|(_, v)| v.finished.load(Ordering::Acquire))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in done {
+            if let Some(mut v) = self.vbds.remove(&k) {
+                if let Some(j) = v.join.take() {
+                    let _ = j.join();
+                }
+                log(&format!("dev.xbb.{}: {} released", v.unit, v.path));
+            }
+        }
+        // The toolstack may have created the same vbd again (xl
+        // block-detach, then block-attach of the same vdev) while the old
+        // instance was ending: look again. A vbd left behind Closed is not
+        // Initialising, so it is not claimed twice.
+        self.scan();
+    }
+
+    /// Every instance's table, in unit order, between marker lines.
+    pub fn table(&mut self) -> String {
+        let mut out = String::from("# xbb-serve table begin\n");
+        let mut parts: Vec<(usize, Receiver<String>)> = Vec::new();
+        for v in self.vbds.values() {
+            let (tx, rx) = mpsc::channel();
+            v.send(Ctl::Table(tx));
+            parts.push((v.unit, rx));
+        }
+        parts.sort_by_key(|p| p.0);
+        for (_, rx) in parts {
+            if let Ok(s) = rx.recv_timeout(Duration::from_secs(5)) {
+                out.push_str(&s);
+            }
+        }
+        out.push_str("# xbb-serve table end\n");
+        out
+    }
+
+    /// Serves until `SIGTERM`, `SIGINT` or `SIGHUP`; then detaches every
+    /// instance and returns.
+    pub fn run(&mut self) -> Result<(), String> {
+        let root = self.root.clone();
+        self.xs
+            .watch(&root, "vbd")
+            .map_err(|e| format!("watch {root}: errno {e}"))?;
+        log(&format!("domain {}: watching {root}", self.dom));
+        let xfd = self.xs.fileno();
+        let mut ready = [false; 3];
+        self.scan();
+        loop {
+            ffi::poll_readable(&[xfd, self.sigfd, self.reaped.fd()], -1, &mut ready)
+                .map_err(|e| format!("poll: {e}"))?;
+            if ready[0] {
+                let mut any = false;
+                while self.xs.check_watch().is_some() {
+                    any = true;
+                }
+                if any {
+                    self.scan();
+                }
+            }
+            if ready[2] {
+                self.reaped.clear();
+                self.reap();
+            }
+            if ready[1] {
+                while let Some(sig) = ffi::read_signal(self.sigfd) {
+                    if sig == libc::SIGUSR1 {
+                        let t = self.table();
+                        let mut o = std::io::stdout();
+                        let _ = o.write_all(t.as_bytes());
+                        let _ = o.flush();
+                    } else {
+                        log(&format!("signal {sig}: detaching every vbd"));
+                        self.shutdown();
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    fn shutdown(&mut self) {
+        for v in self.vbds.values() {
+            v.send(Ctl::Shutdown);
+        }
+        for (_, mut v) in core::mem::take(&mut self.vbds) {
+            if let Some(j) = v.join.take() {
+                let _ = j.join();
+            }
+            log(&format!("dev.xbb.{}: {} detached", v.unit, v.path));
+        }
+        let root = self.root.clone();
+        self.xs.unwatch(&root, "vbd");
+    }
+}
+
+struct InstanceThread {
+    path: String,
+    unit: usize,
+    tunables: Tunables,
+    verbose: bool,
+    copy: bool,
+    ctl: Receiver<Ctl>,
+    wake: Arc<Wakeup>,
+    finished: Arc<AtomicBool>,
+    reaped: Arc<Wakeup>,
+}
+
+impl InstanceThread {
+    fn run(self) {
+        if let Err(e) = self.serve() {
+            log(&format!("dev.xbb.{}: {}: {e}", self.unit, self.path));
+        }
+        self.finished.store(true, Ordering::Release);
+        self.reaped.wake();
+    }
+
+    fn table(&self, inst: &Instance) -> String {
+        let loc = self
+            .path
+            .split_once("/backend/")
+            .map_or(self.path.as_str(), |(_, l)| l);
+        format_table(
+            self.unit,
+            &format!("backend/{loc}"),
+            inst.state(),
+            Some(inst),
+        )
+    }
+
+    fn serve(&self) -> Result<(), String> {
+        let mut host =
+            XenHost::new(Arc::clone(&self.wake), self.copy).map_err(|e| format!("open: {e}"))?;
+        let mut inst =
+            Instance::new(&self.path, &self.tunables).map_err(|e| format!("instance: {e:?}"))?;
+        host.xs()
+            .watch(&self.path, "be")
+            .map_err(|e| format!("watch: errno {e}"))?;
+        inst.attach(&mut host);
+        let mut fe_watch: Option<String> = None;
+        let mut ready = [false; 3];
+        let mut stop = false;
+        let mut seen = (XenbusState::Unknown, None);
+        while !stop {
+            self.report(&inst, &mut seen);
+            // Scheduled runs first; then sleep until something happens.
+            while let Some(q) = host.take_run() {
+                inst.run(&mut host, q);
+            }
+            self.rewatch(&mut host, &inst, &mut fe_watch);
+            let timeout = host
+                .expire_eois()
+                .map_or(-1, |d| d.as_millis().clamp(1, 60_000) as i32);
+            let xfd = host.xs().fileno();
+            let fds = [xfd, host.evtchn_fd(), self.wake.fd()];
+            ffi::poll_readable(&fds, timeout, &mut ready).map_err(|e| format!("poll: {e}"))?;
+            if ready[2] {
+                self.wake.clear();
+            }
+            let mut n = (0u32, 0u32);
+            while let Some((tag, r)) = host.take_completion() {
+                inst.complete(&mut host, tag, r);
+                n.0 += 1;
+            }
+            while let Some(ev) = host.next_event() {
+                if let Some(q) = ev {
+                    inst.event(&mut host, q);
+                    n.1 += 1;
+                }
+            }
+            if self.verbose && n != (0, 0) {
+                log(&format!(
+                    "dev.xbb.{}: {} completions, {} events",
+                    self.unit, n.0, n.1
+                ));
+            }
+            if ready[0] {
+                let mut fired = false;
+                while let Some((path, token)) = host.xs().check_watch() {
+                    if self.verbose {
+                        log(&format!("dev.xbb.{}: watch {token} {path}", self.unit));
+                    }
+                    fired = true;
+                }
+                if fired {
+                    // The toolstack removed the device: nothing is left to
+                    // serve (the front-end was closed first, or is gone).
+                    let state = host.xs().read(0, &format!("{}/state", self.path));
+                    if matches!(state, Err(libc::ENOENT)) {
+                        host.set_removed();
+                        stop = true;
+                    } else {
+                        inst.frontend_changed(&mut host);
+                    }
+                }
+            }
+            while let Ok(c) = self.ctl.try_recv() {
+                match c {
+                    Ctl::Table(tx) => {
+                        let _ = tx.send(self.table(&inst));
+                    }
+                    Ctl::Shutdown => stop = true,
+                }
+            }
+        }
+        host.xs().unwatch(&self.path, "be");
+        if let Some(p) = fe_watch.take() {
+            host.xs().unwatch(&p, "fe");
+        }
+        inst.detach(&mut host);
+        let deadline = Instant::now() + DRAIN_LIMIT;
+        while !inst.is_detached() {
+            if inst.is_idle() {
+                return Err(String::from("detach: idle but not detached"));
+            }
+            if Instant::now() > deadline {
+                return Err(String::from("detach: I/O still in flight"));
+            }
+            let _ = ffi::poll_readable(&[self.wake.fd()], 100, &mut ready[..1]);
+            self.wake.clear();
+            while let Some((tag, r)) = host.take_completion() {
+                inst.complete(&mut host, tag, r);
+            }
+        }
+        drop(inst);
+        drop(host);
+        Ok(())
+    }
+
+    /// Logs state changes and new connection errors, as a kernel driver
+    /// would on the console.
+    fn report(&self, inst: &Instance, seen: &mut (XenbusState, Option<ConnectError>)) {
+        let now = (inst.state(), inst.last_error());
+        if now.0 != seen.0 {
+            log(&format!(
+                "dev.xbb.{}: state {:?} -> {:?}",
+                self.unit, seen.0, now.0
+            ));
+        }
+        if now.1.is_some() && now.1 != seen.1 {
+            log(&format!("dev.xbb.{}: error: {:?}", self.unit, now.1));
+        }
+        *seen = now;
+    }
+
+    fn rewatch(&self, host: &mut XenHost, inst: &Instance, cur: &mut Option<String>) {
+        let want = inst.frontend_path().map(|p| format!("{p}/state"));
+        if want == *cur {
+            return;
+        }
+        if let Some(p) = cur.take() {
+            host.xs().unwatch(&p, "fe");
+        }
+        if let Some(p) = want {
+            if host.xs().watch(&p, "fe").is_ok() {
+                *cur = Some(p);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_only_fresh_vbds_of_its_types() {
+        let t = vec![String::from("phy"), String::from("file")];
+        let none: &[String] = &[];
+        assert_eq!(
+            claim_decision(Some("1"), Some("phy"), None, "7", &t),
+            Ok(())
+        );
+        assert_eq!(
+            claim_decision(Some("1\n"), Some("file"), None, "7", none),
+            Ok(())
+        );
+        // Another back-end moved it on.
+        assert_eq!(
+            claim_decision(Some("2"), Some("phy"), None, "7", &t),
+            Err(Skip::Owned(String::from("2")))
+        );
+        assert_eq!(
+            claim_decision(Some("4"), Some("phy"), None, "7", &t),
+            Err(Skip::Owned(String::from("4")))
+        );
+        // Another xbb-serve marked it, whatever its state.
+        assert_eq!(
+            claim_decision(Some("1"), Some("phy"), Some("8"), "7", &t),
+            Err(Skip::OtherServer(String::from("8")))
+        );
+        // Our own mark does not take back a vbd past Initialising.
+        assert_eq!(
+            claim_decision(Some("6"), Some("phy"), Some("7"), "7", &t),
+            Err(Skip::Owned(String::from("6")))
+        );
+        assert_eq!(
+            claim_decision(Some("1"), Some("phy"), Some("7"), "7", &t),
+            Ok(())
+        );
+        assert_eq!(
+            claim_decision(Some("1"), Some("vbd3"), None, "7", &t),
+            Err(Skip::Type(String::from("vbd3")))
+        );
+        assert_eq!(
+            claim_decision(Some("1"), None, None, "7", &t),
+            Err(Skip::Type(String::new()))
+        );
+        assert_eq!(
+            claim_decision(None, Some("phy"), None, "7", &t),
+            Err(Skip::Gone)
+        );
+    }
+
+    #[test]
+    fn table_lines_are_sysctl_shaped() {
+        let inst =
+            Instance::new("/local/domain/0/backend/vbd/3/51712", &Tunables::default()).unwrap();
+        let t = format_table(2, "backend/vbd/3/51712", inst.state(), Some(&inst));
+        assert!(t.starts_with("dev.xbb.2.%location: backend/vbd/3/51712\n"));
+        for l in t.lines() {
+            let (k, v) = l.split_once(": ").unwrap();
+            assert!(k.starts_with("dev.xbb.2."), "{l}");
+            assert!(!v.is_empty(), "{l}");
+        }
+        for d in SYSCTLS {
+            assert!(t.contains(&format!("dev.xbb.2.{}: ", d.name)), "{}", d.name);
+        }
+    }
+}
