@@ -546,6 +546,17 @@ pub struct Segment {
     pub last_sect: u8,
 }
 
+impl Segment {
+    /// The segment covering all of page `gref` (sectors 0 to 7).
+    pub const fn whole_page(gref: u32) -> Segment {
+        Segment {
+            gref,
+            first_sect: 0,
+            last_sect: (SECTORS_PER_PAGE - 1) as u8,
+        }
+    }
+}
+
 /// The operation-specific part of a request, chosen by its `operation`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RequestBody {
@@ -598,6 +609,28 @@ pub struct BlkifRequest {
     pub id: u64,
     /// The operation-specific fields.
     pub body: RequestBody,
+}
+
+impl BlkifRequest {
+    /// A `struct blkif_request` (read, write, flush, barrier, or any other
+    /// operation a front-end writes there) of `segments` at
+    /// `sector_number`, as a front-end builds it: handle 0, at most
+    /// [`BLKIF_MAX_SEGMENTS_PER_REQUEST`] segments (the rest are ignored).
+    pub fn rw(operation: u8, id: u64, sector_number: u64, segments: &[Segment]) -> BlkifRequest {
+        let mut seg = [Segment::default(); BLKIF_MAX_SEGMENTS_PER_REQUEST];
+        let n = segments.len().min(seg.len());
+        seg[..n].copy_from_slice(&segments[..n]);
+        BlkifRequest {
+            operation,
+            id,
+            body: RequestBody::Rw {
+                nr_segments: n as u8,
+                handle: 0,
+                sector_number,
+                seg,
+            },
+        }
+    }
 }
 
 /// One response in canonical form.

@@ -23,7 +23,6 @@ extern crate alloc;
 pub mod abi;
 pub mod coalesce;
 pub mod connect;
-pub mod fuzzing;
 pub mod host;
 pub mod instance;
 pub mod kva;

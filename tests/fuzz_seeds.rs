@@ -1,4 +1,4 @@
-//! Runs the fuzz bodies of `xbb::fuzzing` (the same ones the cargo-fuzz
+//! Runs the fuzz bodies of `xbb_testing::fuzz` (the same ones the cargo-fuzz
 //! targets in `fuzz/` run) over a deterministic set of inputs, so every
 //! `cargo test` exercises them: a few thousand inputs from a xorshift
 //! generator per body, plus hand-written seeds for each hostile case.
@@ -6,7 +6,7 @@
 //! The bodies assert their own invariants; a test here fails when one of
 //! them panics.
 
-use xbb::fuzzing::{
+use xbb_testing::fuzz::{
     fuzz_request, fuzz_ring, fuzz_ring_in, fuzz_xenstore, Fault, Outcome, PushReq, RingConfig,
     RingMemory, RingReport, RingScript,
 };

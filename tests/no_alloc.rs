@@ -9,84 +9,24 @@
 //! counting on. The count must be exactly zero and every byte read back
 //! must be the byte written.
 
-mod support;
-
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-
-use support::fakehost::{FakeConfig, FakeHost, BE_PATH, FE_PATH};
 use xbb::abi::{
-    encode_segment, Abi, BlkifRequest, RequestBody, Segment, BLKIF_MAX_SEGMENTS_PER_REQUEST,
-    BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_INDIRECT, BLKIF_OP_READ, BLKIF_OP_WRITE,
-    BLKIF_OP_WRITE_BARRIER, BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY, SEGMENT_SIZE,
+    encode_segment, Abi, BlkifRequest, RequestBody, Segment, BLKIF_OP_FLUSH_DISKCACHE,
+    BLKIF_OP_INDIRECT, BLKIF_OP_READ, BLKIF_OP_WRITE, BLKIF_OP_WRITE_BARRIER, BLKIF_RSP_EOPNOTSUPP,
+    BLKIF_RSP_ERROR, BLKIF_RSP_OKAY, SEGMENT_SIZE,
 };
 use xbb::host::{GrantRef, XenbusState, PAGE_SIZE};
 use xbb::instance::Instance;
 use xbb::ring::FrontRing;
 use xbb::stats::{Stat, Tunable, Tunables};
+use xbb_testing::alloc::{allocations_in, Counting};
+use xbb_testing::guest::request as req;
+use xbb_testing::{FakeConfig, FakeHost, BE_PATH, FE_PATH};
 
 // ---------------------------------------------------------------------------
 // The counting allocator
 
-struct Counting;
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-    static COUNT: Cell<u64> = const { Cell::new(0) };
-}
-
-fn note_allocation() {
-    // `try_with`: the thread-locals may already be gone while a thread
-    // exits; those allocations are not ours to count. Const-initialised
-    // thread-locals without destructors never allocate themselves.
-    let on = COUNTING.try_with(Cell::get).unwrap_or(false);
-    if on {
-        let _ = COUNT.try_with(|n| n.set(n.get() + 1));
-    }
-}
-
-// SAFETY: every method forwards to `System` with the caller's arguments
-// unchanged, so `System`'s guarantees are ours; counting touches only
-// thread-locals and never allocates.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note_allocation();
-        // SAFETY: forwarded with the caller's layout (non-zero size by
-        // `GlobalAlloc::alloc`'s contract).
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note_allocation();
-        // SAFETY: as for `alloc`.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note_allocation();
-        // SAFETY: `ptr` was allocated by this allocator (hence by `System`)
-        // with `layout`, as the caller guarantees.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` was allocated by `System` with `layout`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
-
-/// Runs `f` with counting on; returns its result and the allocations it
-/// made on this thread.
-fn count_allocations<R>(f: impl FnOnce() -> R) -> (R, u64) {
-    COUNT.with(|n| n.set(0));
-    COUNTING.with(|c| c.set(true));
-    let r = f();
-    COUNTING.with(|c| c.set(false));
-    (r, COUNT.with(Cell::get))
-}
 
 // ---------------------------------------------------------------------------
 // The guest
@@ -98,28 +38,6 @@ const EXPECT_NOTSUPP: u64 = 2;
 
 fn id(expect: u64, seq: u64) -> u64 {
     expect << 48 | seq
-}
-
-/// A request over whole pages `grefs` starting at `sector`.
-fn req(operation: u8, id: u64, sector: u64, grefs: &[GrantRef]) -> BlkifRequest {
-    let mut seg = [Segment::default(); BLKIF_MAX_SEGMENTS_PER_REQUEST];
-    for (s, &gref) in seg.iter_mut().zip(grefs) {
-        *s = Segment {
-            gref,
-            first_sect: 0,
-            last_sect: 7,
-        };
-    }
-    BlkifRequest {
-        operation,
-        id,
-        body: RequestBody::Rw {
-            nr_segments: grefs.len() as u8,
-            handle: 0,
-            sector_number: sector,
-            seg,
-        },
-    }
 }
 
 /// The byte written at `offset` of page `page` in round `round`.
@@ -381,9 +299,9 @@ fn connected_guest(persistent: bool) -> Guest {
 
 #[test]
 fn counter_counts() {
-    let (_, n) = count_allocations(|| std::hint::black_box(Box::new(7u64)));
+    let (_, n) = allocations_in(|| std::hint::black_box(Box::new(7u64)));
     assert_eq!(n, 1);
-    let (_, n) = count_allocations(|| std::hint::black_box(1 + 1));
+    let (_, n) = allocations_in(|| std::hint::black_box(1 + 1));
     assert_eq!(n, 0);
 }
 
@@ -404,7 +322,7 @@ fn check_io_path(persistent: bool) {
         u64::from(persistent)
     );
     g.round(0); // warm-up: nothing is allocated lazily later
-    let ((), n) = count_allocations(|| {
+    let ((), n) = allocations_in(|| {
         for round in 1..=40 {
             g.round(round);
         }

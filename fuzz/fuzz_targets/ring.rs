@@ -1,11 +1,11 @@
-//! A hostile front-end against a real instance: `xbb::fuzzing::fuzz_ring_in`.
+//! A hostile front-end against a real instance: `xbb_testing::fuzz::fuzz_ring_in`.
 
 #![no_main]
 
 use std::sync::Mutex;
 
 use libfuzzer_sys::fuzz_target;
-use xbb::fuzzing::{fuzz_ring_in, RingMemory};
+use xbb_testing::fuzz::{fuzz_ring_in, RingMemory};
 
 /// Shared memory can only be leaked outside a platform: one ring's worth
 /// is reused by every input.

@@ -1,7 +1,7 @@
-//! Arbitrary front-end transport parameters: `xbb::fuzzing::fuzz_xenstore`.
+//! Arbitrary front-end transport parameters: `xbb_testing::fuzz::fuzz_xenstore`.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| xbb::fuzzing::fuzz_xenstore(data));
+fuzz_target!(|data: &[u8]| xbb_testing::fuzz::fuzz_xenstore(data));

@@ -1,493 +1,35 @@
-//! Review tests for `src/instance.rs`: the life cycle and the request path
-//! driven through a minimal in-test platform (no threads, no simulator).
+//! Regression tests of `src/instance.rs`: the life cycle and the request
+//! path driven through the fake host (no threads, no simulator), for bugs a
+//! review of the instance found and for the requirements it checked.
 //!
-//! The fake [`Fake`] keeps XenStore as a `BTreeMap`, grants as a set of
-//! valid references, the mapping window as a table of mapped pages, and the
-//! store's I/O as a list completed only when a test says so. It records
-//! every contract violation it sees (double map, I/O on an unmapped page,
-//! release of a window with pages still mapped, a second ring mapping, ...)
-//! in `violations`, which every test checks.
+//! Every test ends with the fake's contract log clean (a double map, I/O
+//! on an unmapped page, release of a window with pages still mapped, a
+//! second ring mapping, ... would be in it) and, where the connection is
+//! gone, everything it held released.
 //!
-//! Tests for bugs found by the review are `#[ignore = "bug: ..."]` so the
-//! suite stays green; run them with `cargo test --test instance_review --
-//! --ignored`.
-
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::collections::BTreeMap;
+//! Tests for bugs found by the review and not fixed yet are
+//! `#[ignore = "..."]` so the suite stays green; run them with
+//! `cargo test --test instance_regressions -- --ignored`.
 
 use xbb::abi::{
-    Abi, BlkifRequest, BlkifResponse, RequestBody, Segment, BLKIF_MAX_SEGMENTS_PER_REQUEST,
-    BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_READ, BLKIF_OP_WRITE, BLKIF_OP_WRITE_BARRIER,
-    BLKIF_RSP_ERROR, BLKIF_RSP_OKAY,
+    Abi, BlkifRequest, RequestBody, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_READ, BLKIF_OP_WRITE,
+    BLKIF_OP_WRITE_BARRIER, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY,
 };
-use xbb::host::{
-    Deferred, DomId, EventChannel, EvtchnError, EvtchnPort, GrantError, GrantHandle, GrantMapOp,
-    GrantRef, GrantUnmapOp, Grants, Host, IoError, IoOp, IoTag, MediumInfo, OpenError, OpenParams,
-    QueueId, Store, XenStore, XenbusState, XsError, XsTxn, PAGE_SIZE,
-};
+use xbb::host::{GrantRef, IoError, IoTag, MediumInfo, XenbusState};
 use xbb::instance::Instance;
 use xbb::ring::FrontRing;
-use xbb::shmem::SharedMem;
 use xbb::stats::{Stat, Tunable, Tunables};
-
-// ---------------------------------------------------------------------------
-// Allocation counting (for "no allocation on the I/O path")
-// ---------------------------------------------------------------------------
-
-struct Counting;
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-}
-
-fn note_alloc() {
-    let _ = COUNTING.try_with(|c| {
-        if c.get() {
-            let _ = ALLOCS.try_with(|a| a.set(a.get() + 1));
-        }
-    });
-}
-
-// SAFETY: forwards to the system allocator; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        note_alloc();
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
-        note_alloc();
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc_zeroed(l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        note_alloc();
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(p, l, n) }
-    }
-}
+use xbb_testing::alloc::{allocations_in, Counting};
+use xbb_testing::guest::{assert_answered_once, request as req, responses, status_of};
+use xbb_testing::host::IoKind as Kind;
+use xbb_testing::{FakeConfig, FakeHost, BAD_GREF, BE_PATH};
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static ALLOCATOR: Counting = Counting;
 
-/// Counts allocations made by the core (not by the fake) while `f` runs.
-fn allocations_in(f: impl FnOnce()) -> u64 {
-    ALLOCS.with(|a| a.set(0));
-    COUNTING.with(|c| c.set(true));
-    f();
-    COUNTING.with(|c| c.set(false));
-    ALLOCS.with(|a| a.get())
-}
-
-/// The fake's own bookkeeping is not the core's: stop counting inside it.
-struct Quiet(bool);
-impl Quiet {
-    fn new() -> Quiet {
-        Quiet(COUNTING.with(|c| c.replace(false)))
-    }
-}
-impl Drop for Quiet {
-    fn drop(&mut self) {
-        COUNTING.with(|c| c.set(self.0));
-    }
-}
-
-// ---------------------------------------------------------------------------
-// The fake platform
-// ---------------------------------------------------------------------------
-
-const BE: &str = "/be";
-const FE: &str = "/fe";
-const RING_GREF: GrantRef = 8;
-const PORT: EvtchnPort = 5;
-/// Data grants the guest offers: 100..100+DATA_GREFS.
-const DATA_GREF0: GrantRef = 100;
-const DATA_GREFS: u32 = 4096;
-const BAD_GREF: GrantRef = 7;
 const SECTORS: u64 = 1 << 16;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    Read,
-    Write,
-    Flush,
-    Discard,
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Pending {
-    tag: IoTag,
-}
-
-#[derive(Default)]
-struct Fake {
-    xs: BTreeMap<String, String>,
-    root: bool,
-    medium: Option<MediumInfo>,
-    store_opens: u32,
-    store_closes: u32,
-    store_open: bool,
-    /// Back-end view of the next ring `map_ring` hands out.
-    ring_pending: Option<SharedMem>,
-    /// Make `map_ring` return a mapping shorter than asked for.
-    short_ring: bool,
-    ring_maps: u32,
-    ring_unmaps: u32,
-    ring_mapped: bool,
-    window: Option<u32>,
-    window_reserves: u32,
-    window_releases: u32,
-    /// window page -> (gref, handle)
-    mapped: BTreeMap<u32, (GrantRef, u32)>,
-    next_handle: u32,
-    grants_mapped_total: u64,
-    grants_unmapped_total: u64,
-    bound: bool,
-    binds: u32,
-    unbinds: u32,
-    fail_bind: bool,
-    notifies: u32,
-    schedule_runs: u32,
-    /// Refuse the next `refuse_submits` submissions.
-    refuse_submits: u32,
-    pending: Vec<Pending>,
-    /// Every submission, in order.
-    log: Vec<(IoTag, Kind, u64)>,
-    violations: Vec<String>,
-}
-
-fn medium() -> MediumInfo {
-    MediumInfo {
-        sectors: SECTORS,
-        sector_size: 512,
-        physical_sector_size: 512,
-        read_only: false,
-        can_flush: true,
-        can_discard: false,
-        is_device: false,
-        ..MediumInfo::default()
-    }
-}
-
-impl Fake {
-    fn new() -> Fake {
-        let mut f = Fake {
-            root: true,
-            ..Fake::default()
-        };
-        f.pending.reserve(4096);
-        f.log.reserve(4096);
-        f.put("/be/frontend", FE);
-        f.put("/be/frontend-id", "1");
-        f.put("/be/params", "/disk");
-        f.put("/be/mode", "w");
-        f.put("/fe/state", "1");
-        f
-    }
-
-    fn put(&mut self, k: &str, v: &str) {
-        self.xs.insert(k.to_string(), v.to_string());
-    }
-
-    fn get(&self, k: &str) -> Option<&str> {
-        self.xs.get(k).map(String::as_str)
-    }
-
-    fn be_state(&self) -> Option<&str> {
-        self.get("/be/state")
-    }
-
-    fn bad(&mut self, s: String) {
-        let _q = Quiet::new();
-        self.violations.push(s);
-    }
-
-    /// Nothing the connection held is still held.
-    fn assert_released(&self) {
-        assert!(
-            self.mapped.is_empty(),
-            "grants still mapped: {:?}",
-            self.mapped
-        );
-        assert!(self.window.is_none(), "window not released");
-        assert!(!self.bound, "event channel still bound");
-        assert!(!self.ring_mapped, "ring still mapped");
-        assert_eq!(self.ring_maps, self.ring_unmaps, "ring maps vs unmaps");
-        assert_eq!(self.binds, self.unbinds, "binds vs unbinds");
-        assert_eq!(
-            self.window_reserves, self.window_releases,
-            "window reserves vs releases"
-        );
-        assert_eq!(self.grants_mapped_total, self.grants_unmapped_total);
-    }
-
-    fn assert_clean(&self) {
-        assert!(self.violations.is_empty(), "{:#?}", self.violations);
-    }
-}
-
-impl XenStore for Fake {
-    fn xs_read(&mut self, _t: XsTxn, path: &str, buf: &mut [u8]) -> Result<usize, XsError> {
-        let _q = Quiet::new();
-        let v = self.xs.get(path).ok_or(XsError::NotFound)?;
-        if v.len() > buf.len() {
-            return Err(XsError::TooLong);
-        }
-        buf[..v.len()].copy_from_slice(v.as_bytes());
-        Ok(v.len())
-    }
-    fn xs_write(&mut self, _t: XsTxn, path: &str, value: &str) -> Result<(), XsError> {
-        let _q = Quiet::new();
-        self.xs.insert(path.to_string(), value.to_string());
-        Ok(())
-    }
-    fn xs_remove(&mut self, _t: XsTxn, path: &str) -> Result<(), XsError> {
-        let _q = Quiet::new();
-        let prefix = format!("{path}/");
-        self.xs.retain(|k, _| k != path && !k.starts_with(&prefix));
-        Ok(())
-    }
-    fn xs_transaction_start(&mut self) -> Result<XsTxn, XsError> {
-        Ok(XsTxn(1))
-    }
-    fn xs_transaction_end(&mut self, _t: XsTxn, _c: bool) -> Result<(), XsError> {
-        Ok(())
-    }
-}
-
-impl Grants for Fake {
-    fn window_reserve(&mut self, pages: u32) -> Result<(), GrantError> {
-        if self.window.is_some() {
-            self.bad("window reserved twice".into());
-        }
-        self.window = Some(pages);
-        self.window_reserves += 1;
-        Ok(())
-    }
-    fn window_release(&mut self) {
-        if self.window.is_none() {
-            self.bad("window released while not reserved".into());
-        }
-        if !self.mapped.is_empty() {
-            let m = self.mapped.len();
-            self.bad(format!("window released with {m} pages mapped"));
-        }
-        self.window = None;
-        self.window_releases += 1;
-    }
-    fn map_batch(
-        &mut self,
-        _dom: DomId,
-        ops: &[GrantMapOp],
-        results: &mut [Result<GrantHandle, GrantError>],
-    ) {
-        let _q = Quiet::new();
-        if ops.len() != results.len() {
-            self.bad("map_batch: ops/results lengths differ".into());
-        }
-        for (op, r) in ops.iter().zip(results.iter_mut()) {
-            let in_window = self.window.is_some_and(|w| op.window_page < w);
-            if !in_window {
-                self.bad(format!("map outside window: page {}", op.window_page));
-                *r = Err(GrantError::General);
-                continue;
-            }
-            if self.mapped.contains_key(&op.window_page) {
-                self.bad(format!("page {} mapped twice", op.window_page));
-                *r = Err(GrantError::General);
-                continue;
-            }
-            if op.gref < DATA_GREF0 || op.gref >= DATA_GREF0 + DATA_GREFS {
-                *r = Err(GrantError::BadRef);
-                continue;
-            }
-            self.next_handle += 1;
-            self.mapped
-                .insert(op.window_page, (op.gref, self.next_handle));
-            self.grants_mapped_total += 1;
-            *r = Ok(GrantHandle(self.next_handle));
-        }
-    }
-    fn unmap_batch(&mut self, ops: &[GrantUnmapOp]) {
-        let _q = Quiet::new();
-        for op in ops {
-            match self.mapped.get(&op.window_page) {
-                Some(&(_, h)) if h == op.handle.0 => {
-                    self.mapped.remove(&op.window_page);
-                    self.grants_unmapped_total += 1;
-                }
-                other => self.bad(format!(
-                    "unmap of page {} handle {:?}: found {other:?}",
-                    op.window_page, op.handle
-                )),
-            }
-        }
-    }
-    fn map_ring(
-        &mut self,
-        _queue: QueueId,
-        _dom: DomId,
-        grefs: &[GrantRef],
-    ) -> Result<SharedMem, GrantError> {
-        let _q = Quiet::new();
-        if grefs != [RING_GREF] {
-            return Err(GrantError::BadRef);
-        }
-        if self.ring_mapped {
-            self.bad("ring mapped while another is mapped".into());
-        }
-        let mem = match self.ring_pending.take() {
-            Some(m) => m,
-            None => {
-                let len = if self.short_ring {
-                    PAGE_SIZE / 2
-                } else {
-                    PAGE_SIZE
-                };
-                SharedMem::leak_pair(len).expect("leak").1
-            }
-        };
-        self.ring_maps += 1;
-        self.ring_mapped = true;
-        Ok(mem)
-    }
-    fn unmap_ring(&mut self, _queue: QueueId, _ring: SharedMem) {
-        if !self.ring_mapped {
-            self.bad("ring unmapped twice".into());
-        }
-        self.ring_mapped = false;
-        self.ring_unmaps += 1;
-    }
-    fn copy_in(
-        &mut self,
-        _dom: DomId,
-        _grefs: &[GrantRef],
-        _out: &mut [u8],
-    ) -> Result<(), GrantError> {
-        Err(GrantError::General)
-    }
-}
-
-impl EventChannel for Fake {
-    fn evtchn_bind(
-        &mut self,
-        _queue: QueueId,
-        _dom: DomId,
-        port: EvtchnPort,
-    ) -> Result<(), EvtchnError> {
-        if self.fail_bind || port != PORT {
-            return Err(EvtchnError::BadPort);
-        }
-        if self.bound {
-            self.bad("event channel bound twice".into());
-        }
-        self.bound = true;
-        self.binds += 1;
-        Ok(())
-    }
-    fn evtchn_notify(&mut self, _queue: QueueId) {
-        if !self.bound {
-            self.bad("notify on an unbound channel".into());
-        }
-        self.notifies += 1;
-    }
-    fn evtchn_eoi(&mut self, _queue: QueueId, _delay_ms: u32) {}
-    fn evtchn_unbind(&mut self, _queue: QueueId) {
-        if !self.bound {
-            self.bad("unbind of an unbound channel".into());
-        }
-        self.bound = false;
-        self.unbinds += 1;
-    }
-}
-
-impl Deferred for Fake {
-    fn now_ms(&self) -> u64 {
-        0
-    }
-    fn schedule_run(&mut self, _queue: QueueId) {
-        self.schedule_runs += 1;
-    }
-}
-
-impl Store for Fake {
-    fn store_open(&mut self, _p: OpenParams<'_>) -> Result<MediumInfo, OpenError> {
-        if self.store_open {
-            self.bad("store opened twice".into());
-        }
-        self.store_open = true;
-        self.store_opens += 1;
-        Ok(self.medium.unwrap_or_else(medium))
-    }
-    fn store_info(&self) -> MediumInfo {
-        self.medium.unwrap_or_else(medium)
-    }
-    fn store_submit(&mut self, tag: IoTag, op: IoOp<'_>) -> Result<(), IoError> {
-        let _q = Quiet::new();
-        if !self.store_open {
-            self.bad("I/O on a closed store".into());
-        }
-        if self.pending.iter().any(|p| p.tag == tag) {
-            self.bad(format!("tag {tag:?} submitted while in flight"));
-        }
-        let (kind, offset, len) = match op {
-            IoOp::Read { offset, iov } | IoOp::Write { offset, iov } => {
-                let mut len = 0u64;
-                for v in iov {
-                    let first = v.window_offset / PAGE_SIZE;
-                    let last = (v.window_offset + v.len - 1) / PAGE_SIZE;
-                    for p in first..=last {
-                        if !self.mapped.contains_key(&(p as u32)) {
-                            self.bad(format!("I/O on unmapped window page {p}"));
-                        }
-                    }
-                    len += v.len as u64;
-                }
-                if offset + len > SECTORS * 512 {
-                    self.bad(format!("I/O beyond the medium: {offset}+{len}"));
-                }
-                let k = if matches!(op, IoOp::Read { .. }) {
-                    Kind::Read
-                } else {
-                    Kind::Write
-                };
-                (k, offset, len)
-            }
-            IoOp::Flush => (Kind::Flush, 0, 0),
-            IoOp::Discard { offset, len, .. } => (Kind::Discard, offset, len),
-        };
-        self.log.push((tag, kind, offset));
-        if self.refuse_submits > 0 {
-            self.refuse_submits -= 1;
-            return Err(IoError::Busy);
-        }
-        let _ = len;
-        self.pending.push(Pending { tag });
-        Ok(())
-    }
-    fn store_close(&mut self) {
-        if !self.store_open {
-            self.bad("store closed twice".into());
-        }
-        if !self.pending.is_empty() {
-            self.bad("store closed with I/O in flight".into());
-        }
-        self.store_open = false;
-        self.store_closes += 1;
-    }
-}
-
-impl Host for Fake {
-    fn root_mounted(&self) -> bool {
-        self.root
-    }
-}
+/// Data pages the guest grants.
+const DATA_PAGES: usize = 256;
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -499,68 +41,66 @@ fn tunables(f: impl FnOnce(&mut Tunables)) -> Tunables {
     t
 }
 
+/// The toolstack's nodes and [`DATA_PAGES`] granted pages, nothing
+/// attached; `online` back-end when asked.
+fn host(online: bool) -> FakeHost {
+    let mut h = FakeHost::new(FakeConfig {
+        medium: MediumInfo {
+            sectors: SECTORS,
+            sector_size: 512,
+            physical_sector_size: 512,
+            can_flush: true,
+            ..MediumInfo::default()
+        },
+        max_grants: DATA_PAGES,
+        ..FakeConfig::default()
+    });
+    h.standard_nodes(true, online);
+    h.grant_pages(DATA_PAGES);
+    h
+}
+
 /// Attaches an instance and leaves it in InitWait.
-fn attached(t: &Tunables) -> (Instance, Fake) {
-    let mut h = Fake::new();
-    let mut i = Instance::new(BE, t).unwrap();
+fn attached(t: &Tunables) -> (Instance, FakeHost) {
+    let mut h = host(false);
+    let mut i = Instance::new(BE_PATH, t).unwrap();
     i.attach(&mut h);
     assert_eq!(i.state(), XenbusState::InitWait);
     (i, h)
 }
 
 /// The front-end publishes a one-page ring and says Initialised.
-fn fe_connect(i: &mut Instance, h: &mut Fake) -> FrontRing {
-    let (front, back) = SharedMem::leak_pair(PAGE_SIZE).unwrap();
-    let fr = FrontRing::init(front, Abi::native(), 1).unwrap();
-    h.ring_pending = Some(back);
-    h.put("/fe/ring-ref", &RING_GREF.to_string());
-    h.put("/fe/event-channel", &PORT.to_string());
-    h.put("/fe/state", "3");
-    i.frontend_changed(h);
+fn fe_connect(i: &mut Instance, h: &mut FakeHost) -> FrontRing {
+    let fr = h.frontend_ring(Abi::native(), 1);
+    fe_state(i, h, "3");
     fr
 }
 
-fn connected(t: &Tunables) -> (Instance, Fake, FrontRing) {
+fn connected(t: &Tunables) -> (Instance, FakeHost, FrontRing) {
     let (mut i, mut h) = attached(t);
     let fr = fe_connect(&mut i, &mut h);
     assert_eq!(i.state(), XenbusState::Connected, "{:?}", i.last_error());
     (i, h, fr)
 }
 
-fn fe_state(i: &mut Instance, h: &mut Fake, s: &str) {
-    h.put("/fe/state", s);
+fn fe_state(i: &mut Instance, h: &mut FakeHost, s: &str) {
+    h.fe_set("state", s);
     i.frontend_changed(h);
 }
 
-/// A read/write-style request; each segment is one whole page.
-fn req(op: u8, id: u64, sector: u64, grefs: &[GrantRef]) -> BlkifRequest {
-    let mut seg = [Segment::default(); BLKIF_MAX_SEGMENTS_PER_REQUEST];
-    for (s, &g) in seg.iter_mut().zip(grefs) {
-        *s = Segment {
-            gref: g,
-            first_sect: 0,
-            last_sect: 7,
-        };
-    }
-    BlkifRequest {
-        operation: op,
-        id,
-        body: RequestBody::Rw {
-            nr_segments: grefs.len() as u8,
-            handle: 0,
-            sector_number: sector,
-            seg,
-        },
-    }
+/// `n` granted pages from data page `from`.
+fn grefs(n: u32, from: u32) -> Vec<GrantRef> {
+    (0..n).map(|k| data_gref(from + k)).collect()
 }
 
-fn grefs(n: u32, from: u32) -> Vec<GrantRef> {
-    (0..n).map(|k| DATA_GREF0 + from + k).collect()
+/// The grant reference of data page `k` (granted first, consecutively).
+fn data_gref(k: u32) -> GrantRef {
+    BAD_GREF + 1 + k
 }
 
 /// Pushes and publishes; kicks the back-end when the ring says so (as a
 /// platform's event channel would).
-fn produce(i: &mut Instance, h: &mut Fake, fr: &mut FrontRing, reqs: &[BlkifRequest]) {
+fn produce(i: &mut Instance, h: &mut FakeHost, fr: &mut FrontRing, reqs: &[BlkifRequest]) {
     for r in reqs {
         assert!(fr.push_request(r));
     }
@@ -570,7 +110,7 @@ fn produce(i: &mut Instance, h: &mut Fake, fr: &mut FrontRing, reqs: &[BlkifRequ
 }
 
 /// Runs the platform's deferred work until there is none (bounded).
-fn pump(i: &mut Instance, h: &mut Fake) {
+fn pump(i: &mut Instance, h: &mut FakeHost) {
     for _ in 0..10_000 {
         if h.schedule_runs == 0 {
             return;
@@ -581,46 +121,23 @@ fn pump(i: &mut Instance, h: &mut Fake) {
     panic!("schedule_run never stops");
 }
 
-/// Completes the oldest pending I/O with `r`.
-fn complete_one(i: &mut Instance, h: &mut Fake, r: Result<(), IoError>) -> Option<Pending> {
-    if h.pending.is_empty() {
-        return None;
-    }
-    let p = h.pending.remove(0);
-    i.complete(h, p.tag, r);
+/// Completes the oldest pending I/O with `r` (performing it when `Ok`);
+/// returns its tag, `None` when nothing was pending.
+fn complete_one(i: &mut Instance, h: &mut FakeHost, r: Result<(), IoError>) -> Option<IoTag> {
+    let tag = h.pending_tag(0)?;
+    h.complete_at(i, 0, r);
     pump(i, h);
-    Some(p)
+    Some(tag)
 }
 
 /// Completes every I/O (including ones submitted on the way) successfully.
-fn complete_all(i: &mut Instance, h: &mut Fake) {
+fn complete_all(i: &mut Instance, h: &mut FakeHost) {
     for _ in 0..100_000 {
         if complete_one(i, h, Ok(())).is_none() {
             return;
         }
     }
     panic!("I/O never stops");
-}
-
-fn responses(fr: &mut FrontRing) -> Vec<BlkifResponse> {
-    let mut v = Vec::new();
-    while let Some(r) = fr.take_response() {
-        v.push(r);
-    }
-    v
-}
-
-/// Each id in `ids` answered exactly once, nothing else answered.
-fn assert_answered_once(rsps: &[BlkifResponse], ids: &[u64]) {
-    let mut got: Vec<u64> = rsps.iter().map(|r| r.id).collect();
-    got.sort_unstable();
-    let mut want = ids.to_vec();
-    want.sort_unstable();
-    assert_eq!(got, want, "responses: {rsps:?}");
-}
-
-fn status_of(rsps: &[BlkifResponse], id: u64) -> i16 {
-    rsps.iter().find(|r| r.id == id).expect("answered").status
 }
 
 /// An 11-page window and 11-page I/Os: the smallest the tunables allow.
@@ -680,7 +197,7 @@ fn pool_shortage_then_sync_grant_failure_does_not_strand_ring() {
 fn pool_shortage_then_store_refusal_does_not_strand_ring() {
     let t = tunables(|t| t.set(Tunable::MaxRequests, 1).unwrap());
     let (mut i, mut h, mut fr) = connected(&t);
-    h.refuse_submits = 1;
+    h.faults.submits = 1;
     let r1 = req(BLKIF_OP_READ, 1, 0, &grefs(1, 0));
     let r2 = req(BLKIF_OP_READ, 2, 100, &grefs(1, 1));
     produce(&mut i, &mut h, &mut fr, &[r1, r2]);
@@ -698,9 +215,8 @@ fn pool_shortage_then_store_refusal_does_not_strand_ring() {
 #[test]
 fn short_ring_mapping_is_unmapped() {
     let (mut i, mut h) = attached(&Tunables::default());
-    h.short_ring = true;
-    h.put("/fe/ring-ref", &RING_GREF.to_string());
-    h.put("/fe/event-channel", &PORT.to_string());
+    let _fr = h.frontend_ring(Abi::native(), 1);
+    h.faults.short_ring = true;
     fe_state(&mut i, &mut h, "3");
     assert_eq!(i.state(), XenbusState::Closing);
     h.assert_released();
@@ -713,9 +229,8 @@ fn short_ring_mapping_is_unmapped() {
 /// that already re-initialised (reboot during slow I/O) waits forever.
 #[test]
 fn online_reconnect_noticed_after_drain() {
-    let mut h = Fake::new();
-    h.put("/be/online", "1");
-    let mut i = Instance::new(BE, &Tunables::default()).unwrap();
+    let mut h = host(true);
+    let mut i = Instance::new(BE_PATH, &Tunables::default()).unwrap();
     i.attach(&mut h);
     let mut fr = fe_connect(&mut i, &mut h);
     produce(
@@ -724,18 +239,13 @@ fn online_reconnect_noticed_after_drain() {
         &mut fr,
         &[req(BLKIF_OP_READ, 1, 0, &grefs(1, 0))],
     );
-    assert_eq!(h.pending.len(), 1);
+    assert_eq!(h.pending(), 1);
     fe_state(&mut i, &mut h, "5");
     fe_state(&mut i, &mut h, "6");
     // The guest reboots and its new front-end is ready before the I/O ends.
-    let _fr2 = {
-        let (front, back) = SharedMem::leak_pair(PAGE_SIZE).unwrap();
-        let fr2 = FrontRing::init(front, Abi::native(), 1).unwrap();
-        h.ring_pending = Some(back);
-        fe_state(&mut i, &mut h, "1");
-        fe_state(&mut i, &mut h, "3");
-        fr2
-    };
+    let _fr2 = h.frontend_ring(Abi::native(), 1);
+    fe_state(&mut i, &mut h, "1");
+    fe_state(&mut i, &mut h, "3");
     complete_all(&mut i, &mut h);
     assert_eq!(i.state(), XenbusState::Connected);
 }
@@ -777,7 +287,7 @@ fn kva_shortage_then_resume_answers_everything_once() {
     produce(&mut i, &mut h, &mut fr, &[a, b]);
     pump(&mut i, &mut h);
     assert_eq!(i.stats().get(Stat::KvaShortages), 1);
-    assert_eq!(h.pending.len(), 1);
+    assert_eq!(h.pending(), 1);
     // Produced while stalled: seen once the stall ends.
     fr.push_request(&req(BLKIF_OP_READ, 3, 3000, &grefs(1, 30)));
     if fr.publish_requests() {
@@ -788,7 +298,7 @@ fn kva_shortage_then_resume_answers_everything_once() {
     assert_answered_once(&r, &[1, 2, 3]);
     assert!(r.iter().all(|r| r.status == BLKIF_RSP_OKAY));
     assert!(i.is_idle());
-    assert!(h.mapped.is_empty());
+    assert!(h.live_mappings == 0);
     h.assert_clean();
 }
 
@@ -814,16 +324,16 @@ fn partial_grant_failure_fails_every_request_of_the_reqlist() {
     let (mut i, mut h, mut fr) = connected(&Tunables::default());
     // Three contiguous writes coalesce into one reqlist; one bad grant.
     let a = req(BLKIF_OP_WRITE, 1, 0, &grefs(2, 0));
-    let b = req(BLKIF_OP_WRITE, 2, 16, &[DATA_GREF0 + 5, BAD_GREF]);
+    let b = req(BLKIF_OP_WRITE, 2, 16, &[data_gref(5), BAD_GREF]);
     let c = req(BLKIF_OP_WRITE, 3, 32, &grefs(1, 9));
     produce(&mut i, &mut h, &mut fr, &[a, b, c]);
     pump(&mut i, &mut h);
     assert_eq!(i.stats().get(Stat::ReqsCoalesced), 2);
-    assert!(h.pending.is_empty(), "nothing reaches the store");
+    assert!(h.pending() == 0, "nothing reaches the store");
     let r = responses(&mut fr);
     assert_answered_once(&r, &[1, 2, 3]);
     assert!(r.iter().all(|r| r.status == BLKIF_RSP_ERROR));
-    assert!(h.mapped.is_empty(), "successful grants unmapped");
+    assert!(h.live_mappings == 0, "successful grants unmapped");
     assert_eq!(i.stats().get(Stat::ReqsCompletedWithError), 3);
     assert_eq!(i.stats().get(Stat::GrantMapFailures), 1);
     h.assert_clean();
@@ -832,7 +342,7 @@ fn partial_grant_failure_fails_every_request_of_the_reqlist() {
 #[test]
 fn store_refusal_answers_once_with_error() {
     let (mut i, mut h, mut fr) = connected(&Tunables::default());
-    h.refuse_submits = 1;
+    h.faults.submits = 1;
     let a = req(BLKIF_OP_WRITE, 1, 0, &grefs(3, 0));
     let b = req(BLKIF_OP_WRITE, 2, 24, &grefs(3, 3));
     produce(&mut i, &mut h, &mut fr, &[a, b]);
@@ -841,7 +351,7 @@ fn store_refusal_answers_once_with_error() {
     let r = responses(&mut fr);
     assert_answered_once(&r, &[1, 2]);
     assert!(r.iter().all(|r| r.status == BLKIF_RSP_ERROR));
-    assert!(h.mapped.is_empty());
+    assert!(h.live_mappings == 0);
     h.assert_clean();
 }
 
@@ -868,11 +378,11 @@ fn io_error_in_any_phase_answers_once_with_error() {
                 break;
             }
         }
-        assert!(h.pending.is_empty(), "no phase after a failed one");
+        assert!(h.pending() == 0, "no phase after a failed one");
         let r = responses(&mut fr);
         assert_answered_once(&r, &[9]);
         assert_eq!(r[0].status, BLKIF_RSP_ERROR);
-        assert!(h.mapped.is_empty());
+        assert!(h.live_mappings == 0);
         h.assert_clean();
     }
 }
@@ -887,7 +397,7 @@ fn flush_with_data_writes_then_flushes() {
         &[req(BLKIF_OP_FLUSH_DISKCACHE, 4, 8, &grefs(1, 0))],
     );
     complete_all(&mut i, &mut h);
-    let kinds: Vec<Kind> = h.log.iter().map(|l| l.1).collect();
+    let kinds: Vec<Kind> = h.log.iter().map(|l| l.kind).collect();
     assert_eq!(kinds, [Kind::Write, Kind::Flush]);
     assert_eq!(responses(&mut fr)[0].status, BLKIF_RSP_OKAY);
 }
@@ -909,19 +419,14 @@ fn barrier_orders_against_in_flight_and_stalled_requests() {
     // each group starts only when the previous completed.
     let mut done: Vec<IoTag> = Vec::new();
     let mut guard = 0;
-    while let Some(p) = h.pending.first().copied() {
+    while let Some(tag) = h.pending_tag(0) {
         guard += 1;
         assert!(guard < 100);
-        assert_eq!(
-            h.pending.len(),
-            1,
-            "one thing at a time here: {:?}",
-            h.pending
-        );
+        assert_eq!(h.pending(), 1, "one thing at a time here: {:?}", h.log);
         complete_one(&mut i, &mut h, Ok(()));
-        done.push(p.tag);
+        done.push(tag);
     }
-    let order: Vec<(Kind, u64)> = h.log.iter().map(|l| (l.1, l.2)).collect();
+    let order: Vec<(Kind, u64)> = h.log.iter().map(|l| (l.kind, l.offset)).collect();
     assert_eq!(
         order,
         [
@@ -947,7 +452,7 @@ fn impossible_req_prod_fails_connection_and_answers_nothing_more() {
         &mut fr,
         &[req(BLKIF_OP_READ, 1, 0, &grefs(1, 0))],
     );
-    assert_eq!(h.pending.len(), 1);
+    assert_eq!(h.pending(), 1);
     // Valid-looking requests, then an impossible producer index.
     for k in 0..3 {
         assert!(fr.push_request(&req(BLKIF_OP_READ, 10 + k, 8 * k, &grefs(1, 5))));
@@ -957,7 +462,7 @@ fn impossible_req_prod_fails_connection_and_answers_nothing_more() {
     i.run(&mut h, 0);
     assert_eq!(h.log.len(), before_log, "nothing dispatched");
     assert_eq!(i.state(), XenbusState::Closing);
-    assert_eq!(h.be_state(), Some("5"));
+    assert_eq!(h.backend_state(), Some("5"));
     complete_all(&mut i, &mut h);
     assert!(
         responses(&mut fr).is_empty(),
@@ -982,12 +487,12 @@ fn close_with_io_in_flight_drains_then_releases() {
     let a = req(BLKIF_OP_WRITE, 1, 0, &grefs(2, 0));
     let b = req(BLKIF_OP_READ, 2, 500, &grefs(1, 9));
     produce(&mut i, &mut h, &mut fr, &[a, b]);
-    assert_eq!(h.pending.len(), 2);
+    assert_eq!(h.pending(), 2);
     fe_state(&mut i, &mut h, "5");
-    assert!(h.bound && h.ring_mapped, "still draining");
+    assert!(h.evtchn.is_some() && h.ring_mapped(), "still draining");
     fe_state(&mut i, &mut h, "5"); // repeated Closing
     complete_one(&mut i, &mut h, Ok(()));
-    assert!(h.ring_mapped);
+    assert!(h.ring_mapped());
     complete_one(&mut i, &mut h, Err(IoError::Io));
     h.assert_released();
     assert_eq!(i.state(), XenbusState::Closing);
@@ -1059,13 +564,13 @@ fn notify_only_when_asked() {
             req(BLKIF_OP_READ, 2, 64, &grefs(1, 1)),
         ],
     );
-    assert_eq!(h.pending.len(), 2);
+    assert_eq!(h.pending(), 2);
     complete_one(&mut i, &mut h, Ok(()));
     // rsp_event = 1 (ring init): the first response is notified.
-    assert_eq!(h.notifies, 1);
+    assert_eq!(h.notifications, 1);
     complete_one(&mut i, &mut h, Ok(()));
     // rsp_event not re-armed: no event for the second.
-    assert_eq!(h.notifies, 1);
+    assert_eq!(h.notifications, 1);
     assert_eq!(responses(&mut fr).len(), 2);
     assert!(!fr.final_check_for_responses());
     produce(
@@ -1075,7 +580,7 @@ fn notify_only_when_asked() {
         &[req(BLKIF_OP_READ, 3, 0, &grefs(1, 0))],
     );
     complete_one(&mut i, &mut h, Ok(()));
-    assert_eq!(h.notifies, 2);
+    assert_eq!(h.notifications, 2);
 }
 
 /// A request produced while the back-end is paused (barrier draining) is
@@ -1157,11 +662,10 @@ fn no_allocation_on_the_io_path() {
         fr.push_request(r);
     }
     fr.publish_requests();
-    let n = allocations_in(|| {
+    let ((), n) = allocations_in(|| {
         i.run(&mut h, 0);
-        while let Some(p) = h.pending.first().copied() {
-            h.pending.remove(0);
-            i.complete(&mut h, p.tag, Ok(()));
+        while h.pending() > 0 {
+            h.complete_at(&mut i, 0, Ok(()));
             while h.schedule_runs > 0 {
                 h.schedule_runs = 0;
                 i.run(&mut h, 0);
@@ -1174,19 +678,18 @@ fn no_allocation_on_the_io_path() {
 
 #[test]
 fn connect_failure_cleans_up_and_online_backend_reconnects() {
-    let mut h = Fake::new();
-    h.put("/be/online", "1");
-    let mut i = Instance::new(BE, &Tunables::default()).unwrap();
+    let mut h = host(true);
+    let mut i = Instance::new(BE_PATH, &Tunables::default()).unwrap();
     i.attach(&mut h);
-    h.fail_bind = true;
+    h.faults.bind = true;
     let _ = fe_connect(&mut i, &mut h);
     assert_eq!(i.state(), XenbusState::Closing);
-    assert_eq!(h.be_state(), Some("5"));
+    assert_eq!(h.backend_state(), Some("5"));
     h.assert_released();
     fe_state(&mut i, &mut h, "6");
     assert_eq!(i.state(), XenbusState::Closed);
     assert_eq!(h.store_closes, 0, "online keeps the store");
-    h.fail_bind = false;
+    h.faults.bind = false;
     fe_state(&mut i, &mut h, "1");
     assert_eq!(i.state(), XenbusState::InitWait);
     let mut fr = fe_connect(&mut i, &mut h);
@@ -1241,10 +744,7 @@ fn hostile_state_and_ring_sequences() {
             x ^= x << 17;
             x
         };
-        let mut h = Fake::new();
-        if seed % 2 == 0 {
-            h.put("/be/online", "1");
-        }
+        let mut h = host(seed % 2 == 0);
         let t = tunables(|t| {
             if seed % 3 == 0 {
                 small_window(t);
@@ -1252,18 +752,17 @@ fn hostile_state_and_ring_sequences() {
                 t.set(Tunable::RequestsPerPass, 3).unwrap();
             }
         });
-        let mut i = Instance::new(BE, &t).unwrap();
+        let mut i = Instance::new(BE_PATH, &t).unwrap();
         i.attach(&mut h);
-        h.put("/fe/ring-ref", &RING_GREF.to_string());
-        h.put("/fe/event-channel", &PORT.to_string());
         let mut fr: Option<FrontRing> = None;
         for _ in 0..300 {
             match rnd() % 8 {
                 0 | 1 => {
-                    if !h.ring_mapped && h.ring_pending.is_none() {
-                        let (front, back) = SharedMem::leak_pair(PAGE_SIZE).unwrap();
-                        fr = Some(FrontRing::init(front, Abi::native(), 1).unwrap());
-                        h.ring_pending = Some(back);
+                    if !h.ring_mapped() {
+                        // A front-end initialises a fresh ring before it
+                        // announces a state.
+                        h.take_ring();
+                        fr = Some(h.frontend_ring(Abi::native(), 1));
                     }
                     let s = states[(rnd() % states.len() as u64) as usize];
                     fe_state(&mut i, &mut h, s);
@@ -1279,7 +778,7 @@ fn hostile_state_and_ring_sequences() {
                                     if rnd() % 10 == 0 {
                                         BAD_GREF
                                     } else {
-                                        DATA_GREF0 + (rnd() % 64) as u32
+                                        data_gref((rnd() % 64) as u32)
                                     }
                                 })
                                 .collect();
@@ -1319,7 +818,7 @@ fn hostile_state_and_ring_sequences() {
             h.assert_clean();
         }
         // Wind down.
-        h.put("/fe/state", "6");
+        h.fe_set("state", "6");
         i.frontend_changed(&mut h);
         complete_all(&mut i, &mut h);
         assert!(i.is_idle());
@@ -1327,7 +826,7 @@ fn hostile_state_and_ring_sequences() {
         h.assert_released();
         i.detach(&mut h);
         assert!(i.is_detached());
-        assert!(!h.store_open);
+        assert!(!h.store_is_open());
         h.assert_clean();
     }
 }
@@ -1345,6 +844,6 @@ fn discard_not_offered_never_reaches_store() {
         nr_sectors: 8,
     };
     produce(&mut i, &mut h, &mut fr, &[r]);
-    assert!(h.log.iter().all(|l| l.1 != Kind::Discard));
+    assert!(h.log.iter().all(|l| l.kind != Kind::Discard));
     assert_eq!(responses(&mut fr)[0].status, xbb::abi::BLKIF_RSP_EOPNOTSUPP);
 }

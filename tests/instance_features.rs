@@ -9,9 +9,6 @@
 //! connected, spurious-event backoff (late EOI), the store vanishing, and
 //! the refusal of every hostile variant of each.
 
-mod support;
-
-use support::fakehost::{FakeConfig, FakeHost, BE_PATH, FE_PATH};
 use xbb::abi::{
     encode_segment, Abi, BlkifRequest, BlkifResponse, RequestBody, Segment, BLKIF_DISCARD_SECURE,
     BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_OP_DISCARD, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_INDIRECT,
@@ -22,6 +19,7 @@ use xbb::host::{GrantRef, IoError, MediumInfo, XenbusState, PAGE_SIZE};
 use xbb::instance::Instance;
 use xbb::ring::FrontRing;
 use xbb::stats::{Stat, Tunable, Tunables};
+use xbb_testing::{FakeConfig, FakeHost, BE_PATH, FE_PATH};
 
 struct Guest {
     host: FakeHost,
@@ -586,7 +584,8 @@ fn spurious_kicks_are_counted_and_throttled() {
 fn a_vanished_store_closes_the_connection() {
     let mut g = connect(&[]);
     let p = g.pages(1, 0, false);
-    g.host.fail_ios = (1, IoError::Gone);
+    g.host.faults.ios = 1;
+    g.host.faults.io_error = Some(IoError::Gone);
     let r = g.direct(BLKIF_OP_READ, 0, &[whole(p[0])]);
     let id = g.push(&r);
     let rsps = g.serve();

@@ -1,0 +1,28 @@
+//! Fuzz bodies, shared by the cargo-fuzz targets of `fuzz/` and by the
+//! core's `tests/fuzz_seeds.rs`, which runs them over a fixed set of inputs
+//! on every `cargo test`.
+//!
+//! - [`fuzz_ring`] plays a hostile front-end against a real
+//!   [`Instance`](xbb::instance::Instance) over the fake host: it writes
+//!   arbitrary bytes into the slots of the shared ring of `io/ring.h`,
+//!   publishes any `req_prod`, kicks, completes store I/O in any order with
+//!   any result, injects platform failures and moves the front-end through
+//!   the states of `io/xenbus.h`.
+//! - [`fuzz_request`] decodes arbitrary slot bytes as `io/blkif.h` requests
+//!   of both ABIs and validates them against arbitrary limits.
+//! - [`fuzz_xenstore`] feeds arbitrary front-end transport parameters
+//!   (`io/blkif.h`, "Front-end Request Transport Parameters") to
+//!   [`xbb::connect::read_frontend`].
+//!
+//! Each body asserts its invariants; a panic is a finding.
+
+mod input;
+mod request;
+mod ring;
+mod script;
+mod xenstore;
+
+pub use request::fuzz_request;
+pub use ring::{fuzz_ring, fuzz_ring_in, RingMemory, RingReport};
+pub use script::{Fault, Outcome, PushReq, RingConfig, RingScript};
+pub use xenstore::fuzz_xenstore;

@@ -1,0 +1,344 @@
+//! The input format of `fuzz_ring` and a builder for it: a [`RingConfig`]
+//! header (the guest ABI, the ring, the medium, the tunables) followed by
+//! actions a hostile front-end and a faulty platform take.
+
+use xbb::abi::{BLKIF_MAX_SEGMENTS_PER_REQUEST, MAX_SLOT_SIZE};
+use xbb::host::IoError;
+
+use super::input::Input;
+
+pub(crate) const A_WRITE_SLOT: u8 = 0;
+pub(crate) const A_PUSH: u8 = 1;
+pub(crate) const A_REQ_PROD: u8 = 2;
+pub(crate) const A_KICK: u8 = 3;
+pub(crate) const A_COMPLETE_ONE: u8 = 4;
+pub(crate) const A_COMPLETE_ALL: u8 = 5;
+pub(crate) const A_FRONT_STATE: u8 = 6;
+pub(crate) const A_INJECT: u8 = 7;
+pub(crate) const A_DEFERRED: u8 = 8;
+pub(crate) const A_ROOT_MOUNTED: u8 = 9;
+pub(crate) const A_ARM_RSP_EVENT: u8 = 10;
+pub(crate) const A_COALESCE: u8 = 11;
+pub(crate) const N_ACTIONS: u8 = 12;
+
+/// The fixed header of a [`fuzz_ring`](super::fuzz_ring) input: the guest ABI, the ring,
+/// the medium and the tunables. Selectors pick from small tables of
+/// interesting values (see [`RingConfig::encode`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RingConfig {
+    /// `x86_64-abi` (else `x86_32-abi`).
+    pub x86_64: bool,
+    /// Ring page order, 0..=2.
+    pub order: u8,
+    /// The store can only be read.
+    pub read_only_medium: bool,
+    /// The store can flush (offers flush and barrier).
+    pub can_flush: bool,
+    /// 4096-byte logical sectors (else 512).
+    pub sector_4k: bool,
+    /// The back-end node `online` is 1.
+    pub online: bool,
+    /// `hw.xbb.no_coalesce_reqs` = 1.
+    pub no_coalesce: bool,
+    /// `requests_per_pass` selector: 256, 1, 3, 16.
+    pub requests_per_pass: u8,
+    /// `max_requests` selector: 1024, 1, 2, 5.
+    pub max_requests: u8,
+    /// `kva_pages` selector: 0 (default sizing), 11, 16, 40.
+    pub kva_pages: u8,
+    /// `max_request_size` selector: 1 MiB, 44 KiB, 64 KiB, 128 KiB.
+    pub max_request_size: u8,
+    /// Medium size: `(medium % 64 + 1) * 8` sectors of 512 bytes.
+    pub medium: u8,
+    /// The root file system is mounted only by a later action.
+    pub root_later: bool,
+    /// The front-end is Initialised before the back-end attaches.
+    pub connect_at_attach: bool,
+    /// Bit `i`: data page `i` is granted read-only.
+    pub readonly_grants: u16,
+    /// The toolstack's `mode` is `r`.
+    pub toolstack_read_only: bool,
+    /// `max_ring_page_order` selector: 2, 0, 1, 5.
+    pub max_ring_order: u8,
+    /// The front-end writes `feature-persistent = 1`.
+    pub persistent: bool,
+    /// The store can discard (offers `feature-discard`).
+    pub can_discard: bool,
+    /// `max_persistent_grants` selector: 1056, 1, 3, 0.
+    pub max_pgrants: u8,
+}
+
+pub(crate) const RPP: [u64; 4] = [256, 1, 3, 16];
+pub(crate) const MAX_REQS: [u64; 4] = [1024, 1, 2, 5];
+pub(crate) const KVA: [u64; 4] = [0, 11, 16, 40];
+pub(crate) const MAX_RS: [u64; 4] = [1 << 20, 45056, 65536, 131072];
+pub(crate) const MAX_ORDER: [u64; 4] = [2, 0, 1, 5];
+pub(crate) const MAX_PGRANTS: [u64; 4] = [1056, 1, 3, 0];
+
+impl RingConfig {
+    /// The six header bytes.
+    pub fn encode(&self) -> [u8; 6] {
+        let b = |v: bool, bit: u8| u8::from(v) << bit;
+        [
+            b(self.x86_64, 0)
+                | (self.order % 3) << 1
+                | b(self.read_only_medium, 3)
+                | b(self.can_flush, 4)
+                | b(self.sector_4k, 5)
+                | b(self.online, 6)
+                | b(self.no_coalesce, 7),
+            (self.requests_per_pass & 3)
+                | (self.max_requests & 3) << 2
+                | (self.kva_pages & 3) << 4
+                | (self.max_request_size & 3) << 6,
+            (self.medium & 63) | b(self.root_later, 6) | b(self.connect_at_attach, 7),
+            self.readonly_grants.to_le_bytes()[0],
+            self.readonly_grants.to_le_bytes()[1],
+            b(self.toolstack_read_only, 0)
+                | (self.max_ring_order & 3) << 1
+                | b(self.persistent, 3)
+                | b(self.can_discard, 4)
+                | (self.max_pgrants & 3) << 5,
+        ]
+    }
+
+    pub(crate) fn decode(r: &mut Input<'_>) -> RingConfig {
+        let h: [u8; 6] = r.le();
+        let bit = |byte: u8, n: u8| byte & (1 << n) != 0;
+        RingConfig {
+            x86_64: bit(h[0], 0),
+            order: (h[0] >> 1 & 3) % 3,
+            read_only_medium: bit(h[0], 3),
+            can_flush: bit(h[0], 4),
+            sector_4k: bit(h[0], 5),
+            online: bit(h[0], 6),
+            no_coalesce: bit(h[0], 7),
+            requests_per_pass: h[1] & 3,
+            max_requests: h[1] >> 2 & 3,
+            kva_pages: h[1] >> 4 & 3,
+            max_request_size: h[1] >> 6 & 3,
+            medium: h[2] & 63,
+            root_later: bit(h[2], 6),
+            connect_at_attach: bit(h[2], 7),
+            readonly_grants: u16::from_le_bytes([h[3], h[4]]),
+            toolstack_read_only: bit(h[5], 0),
+            max_ring_order: h[5] >> 1 & 3,
+            persistent: bit(h[5], 3),
+            can_discard: bit(h[5], 4),
+            max_pgrants: h[5] >> 5 & 3,
+        }
+    }
+}
+
+/// How a completion ends, in [`RingScript`] actions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Success: the I/O is performed.
+    Ok,
+    /// `EIO`.
+    Io,
+    /// The medium is gone.
+    Gone,
+    /// No space.
+    NoSpace,
+}
+
+impl Outcome {
+    fn encode(self) -> u8 {
+        match self {
+            Outcome::Ok => 0,
+            Outcome::Io => 5,
+            Outcome::Gone => 6,
+            Outcome::NoSpace => 7,
+        }
+    }
+
+    pub(crate) fn decode(b: u8) -> Result<(), IoError> {
+        match b % 8 {
+            5 => Err(IoError::Io),
+            6 => Err(IoError::Gone),
+            7 => Err(IoError::NoSpace),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A platform failure to inject, in [`RingScript`] actions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The next `n % 4` store submissions are refused.
+    Submit,
+    /// The next `n % 16` grant mappings fail.
+    Map,
+    /// The next ring mapping fails.
+    RingMap,
+    /// The next event-channel bind fails.
+    Bind,
+    /// The next window reservation fails.
+    Window,
+    /// The next `n % 12` XenStore commits conflict.
+    XsConflict,
+    /// The next store open fails.
+    Open,
+}
+
+/// One structured request for [`RingScript::push`]: selectors, decoded as
+/// [`fuzz_ring`](super::fuzz_ring) decodes them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PushReq {
+    /// Low 16 bits of the id (the high bits count pushes).
+    pub id: u16,
+    /// `% 8`: 0-1 read, 2-3 write, 4 flush, 5 barrier, 6 discard or
+    /// indirect, 7 the raw operation byte `raw_op`.
+    pub op: u8,
+    /// The raw operation byte when `op % 8 == 7`.
+    pub raw_op: u8,
+    /// `nr_segments`: below 208, `% 13`; from 208, as is.
+    pub nsegs: u8,
+    /// Below 128: sector `8 * sector`; below 192: where the previous push
+    /// ended; below 255: `sector - 192` before the medium's end; 255: the
+    /// raw `raw_sector`.
+    pub sector: u8,
+    /// The sector when `sector == 255`.
+    pub raw_sector: u64,
+    /// Per segment: below 224 data page `% 16`; below 240 a ring page;
+    /// below 255 the value itself; 255 a grant reference of 0xdead_beef.
+    pub gref: u8,
+    /// Per segment: below 64 `(b & 7, b >> 3)`; below 120 `(b & 7, 7)`;
+    /// below 128 a `last_sect` beyond the page; else the whole page.
+    pub range: u8,
+}
+
+/// Builds [`fuzz_ring`](super::fuzz_ring) inputs by name, for seeds and corpora.
+#[derive(Clone, Debug, Default)]
+pub struct RingScript {
+    bytes: Vec<u8>,
+}
+
+impl RingScript {
+    /// Starts an input with `cfg` as its header.
+    pub fn new(cfg: &RingConfig) -> RingScript {
+        RingScript {
+            bytes: Vec::from(cfg.encode()),
+        }
+    }
+
+    fn op(&mut self, code: u8, args: &[u8]) -> &mut Self {
+        self.bytes.push(code);
+        self.bytes.extend_from_slice(args);
+        self
+    }
+
+    /// Writes raw bytes into slot `cursor + rel`; `rel == 0` also advances
+    /// the cursor (the next request index).
+    pub fn write_slot(&mut self, rel: i8, bytes: &[u8]) -> &mut Self {
+        let n = bytes.len().min(MAX_SLOT_SIZE);
+        self.op(A_WRITE_SLOT, &[rel as u8, n as u8])
+            .op_bytes(&bytes[..n])
+    }
+
+    fn op_bytes(&mut self, b: &[u8]) -> &mut Self {
+        self.bytes.extend_from_slice(b);
+        self
+    }
+
+    /// Encodes a structured request at the cursor and advances it.
+    pub fn push(&mut self, r: &PushReq) -> &mut Self {
+        let [lo, hi] = r.id.to_le_bytes();
+        self.op(A_PUSH, &[lo, hi, r.op]);
+        if r.op % 8 == 7 {
+            self.op_bytes(&[r.raw_op]);
+        }
+        self.op_bytes(&[r.nsegs, r.sector]);
+        if r.sector == 255 {
+            self.op_bytes(&r.raw_sector.to_le_bytes());
+        }
+        let n = if r.nsegs < 208 { r.nsegs % 13 } else { r.nsegs };
+        for _ in 0..usize::from(n).min(BLKIF_MAX_SEGMENTS_PER_REQUEST) {
+            self.op_bytes(&[r.gref, r.range]);
+        }
+        self
+    }
+
+    /// Publishes `req_prod = cursor`.
+    pub fn publish(&mut self) -> &mut Self {
+        self.op(A_REQ_PROD, &[0])
+    }
+
+    /// Publishes `req_prod = cursor + ahead` (without moving the cursor).
+    pub fn req_prod_ahead(&mut self, ahead: u8) -> &mut Self {
+        self.op(A_REQ_PROD, &[1, ahead])
+    }
+
+    /// Publishes `req_prod = cursor - back`.
+    pub fn req_prod_back(&mut self, back: u8) -> &mut Self {
+        self.op(A_REQ_PROD, &[2, back])
+    }
+
+    /// Publishes any `req_prod`.
+    pub fn req_prod_raw(&mut self, v: u32) -> &mut Self {
+        let b = v.to_le_bytes();
+        self.op(A_REQ_PROD, &[3, b[0], b[1], b[2], b[3]])
+    }
+
+    /// The event channel fires: `Instance::run`.
+    pub fn kick(&mut self) -> &mut Self {
+        self.op(A_KICK, &[])
+    }
+
+    /// Completes pending I/O number `which % pending`.
+    pub fn complete_one(&mut self, which: u8, how: Outcome) -> &mut Self {
+        self.op(A_COMPLETE_ONE, &[which, how.encode()])
+    }
+
+    /// Completes every pending I/O (and those they submit), in order.
+    pub fn complete_all(&mut self, how: Outcome) -> &mut Self {
+        self.op(A_COMPLETE_ALL, &[how.encode()])
+    }
+
+    /// Writes the front-end's `state` node and signals the watch: 0..=8 a
+    /// XenbusState, 9 a non-number, 10 a number out of the enumeration,
+    /// 11 no node.
+    pub fn frontend_state(&mut self, v: u8) -> &mut Self {
+        self.op(A_FRONT_STATE, &[v])
+    }
+
+    /// Injects a platform failure.
+    pub fn inject(&mut self, fault: Fault, n: u8) -> &mut Self {
+        let k = match fault {
+            Fault::Submit => 0,
+            Fault::Map => 1,
+            Fault::RingMap => 2,
+            Fault::Bind => 3,
+            Fault::Window => 4,
+            Fault::XsConflict => 5,
+            Fault::Open => 6,
+        };
+        self.op(A_INJECT, &[k, n])
+    }
+
+    /// Runs the instance if it asked for a deferred run.
+    pub fn deferred(&mut self) -> &mut Self {
+        self.op(A_DEFERRED, &[])
+    }
+
+    /// The root file system becomes mounted.
+    pub fn root_mounted(&mut self) -> &mut Self {
+        self.op(A_ROOT_MOUNTED, &[])
+    }
+
+    /// The front-end re-arms `rsp_event` (`RING_FINAL_CHECK_FOR_RESPONSES`).
+    pub fn arm_rsp_event(&mut self) -> &mut Self {
+        self.op(A_ARM_RSP_EVENT, &[])
+    }
+
+    /// Sets the `no_coalesce_reqs` sysctl to `v % 3` (2 is refused).
+    pub fn coalesce_sysctl(&mut self, v: u8) -> &mut Self {
+        self.op(A_COALESCE, &[v])
+    }
+
+    /// The input built so far.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}

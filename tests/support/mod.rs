@@ -1,6 +1,0 @@
-//! Helpers shared by integration tests (`mod support;` in a test crate).
-//! Each test crate uses a different part, hence `dead_code` is allowed.
-
-#![allow(dead_code)]
-
-pub mod fakehost;
