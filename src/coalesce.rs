@@ -5,11 +5,22 @@
 //! request *n+1* starts on the medium exactly where request *n* ends and does
 //! the same thing, the back-end serves both with one I/O: their segments get
 //! consecutive pages of the mapping window ([`crate::kva`]), so the I/O is one
-//! buffer. This module holds the two pure decisions: whether a request may
-//! join the open reqlist, and how the reqlist's segments become iovecs.
+//! buffer.
+//!
+//! This module owns the reqlists of one queue ([`Reqlists`]): the request
+//! slots and their segments, the reqlists chaining them, the open reqlist
+//! requests are appended to, and the one walk over a reqlist's requests
+//! ([`Reqlists::chain`]). It also holds the two pure decisions — whether a
+//! request may join the open reqlist ([`may_join`]) and how a reqlist's
+//! segments become iovecs ([`append_iovecs`]) — and the tag that names a
+//! reqlist's I/O to the platform ([`ListTag`]). Every pool is allocated,
+//! fallibly, when the queue is built; nothing here allocates afterwards.
+
+use alloc::vec::Vec;
+use core::ops::Range;
 
 use crate::abi::{Segment, SECTOR_SHIFT};
-use crate::host::{IoVec, PAGE_SIZE};
+use crate::host::{IoTag, IoVec, QueueId, PAGE_SIZE};
 use crate::request::{Op, Parsed};
 
 /// What the open reqlist looks like, for the append decision.
@@ -74,6 +85,325 @@ pub fn append_iovecs<'a>(
     Some(n)
 }
 
+/// "No request" / "no reqlist" in the chains and slots.
+pub const NONE: u16 = u16::MAX;
+
+/// The most request slots (and reqlists) one queue can have: their indices
+/// are `u16`s below [`NONE`].
+pub const MAX_SLOTS: usize = NONE as usize;
+
+/// One consumed, validated request waiting for or in service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReqSlot {
+    /// The front-end's id, echoed in the response.
+    pub id: u64,
+    /// The operation the response carries.
+    pub operation: u8,
+    /// Segments it holds.
+    pub nsegs: u16,
+    /// The next request of the same reqlist, or [`NONE`].
+    pub next: u16,
+}
+
+const EMPTY_SLOT: ReqSlot = ReqSlot {
+    id: 0,
+    operation: 0,
+    nsegs: 0,
+    next: NONE,
+};
+
+/// Requests served by one I/O.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reqlist {
+    /// What the I/O does.
+    pub op: Op,
+    /// The first and last request of the chain.
+    pub head: u16,
+    /// See [`Reqlist::head`].
+    pub tail: u16,
+    /// Where it starts on the medium, in 512-byte sectors.
+    pub sector: u64,
+    /// Its length, in 512-byte sectors.
+    pub nr_sectors: u64,
+    /// Segments of all its requests.
+    pub pages: u32,
+    /// First page of its transient range (relative to the queue's KVA
+    /// region), valid when `kva_pages > 0`.
+    pub kva_first: u32,
+    /// Pages of its transient range.
+    pub kva_pages: u32,
+    /// The step of its plan being served.
+    pub phase: u8,
+    /// Some part failed: every request is answered with an error.
+    pub error: bool,
+    /// Its I/O was submitted and has not finished.
+    pub in_flight: bool,
+}
+
+const EMPTY_LIST: Reqlist = Reqlist {
+    op: Op::Read,
+    head: NONE,
+    tail: NONE,
+    sector: 0,
+    nr_sectors: 0,
+    pages: 0,
+    kva_first: 0,
+    kva_pages: 0,
+    phase: 0,
+    error: false,
+    in_flight: false,
+};
+
+/// An allocation made when the queue is built failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NoMemory;
+
+/// A vector of `n` copies of `v`, allocated fallibly.
+pub(crate) fn try_vec<T: Clone>(n: usize, v: T) -> Result<Vec<T>, NoMemory> {
+    let mut out = Vec::new();
+    out.try_reserve_exact(n).map_err(|_| NoMemory)?;
+    out.resize(n, v);
+    Ok(out)
+}
+
+/// A stack of the indices `0..n`, popping the lowest first.
+fn try_stack(n: usize) -> Result<Vec<u16>, NoMemory> {
+    let mut out = Vec::new();
+    out.try_reserve_exact(n).map_err(|_| NoMemory)?;
+    out.extend((0..n as u16).rev());
+    Ok(out)
+}
+
+/// The request slots, their segments and the reqlists of one queue.
+#[derive(Debug)]
+pub struct Reqlists {
+    slots: Vec<ReqSlot>,
+    /// Each slot's segments, `max_segs` per slot.
+    segs: Vec<Segment>,
+    free_slots: Vec<u16>,
+    lists: Vec<Reqlist>,
+    free_lists: Vec<u16>,
+    /// The reqlist requests are being appended to, or [`NONE`].
+    open: u16,
+    max_segs: usize,
+}
+
+/// The requests of one reqlist, in order: each slot and the range of its
+/// segments in [`Reqlists::segments`] (and in every array indexed like it).
+#[derive(Clone, Copy, Debug)]
+pub struct Chain<'a> {
+    slots: &'a [ReqSlot],
+    max_segs: usize,
+    cur: u16,
+}
+
+impl Iterator for Chain<'_> {
+    type Item = (u16, Range<usize>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let slot = self.cur;
+        let r = self.slots.get(usize::from(slot))?;
+        self.cur = r.next;
+        let base = usize::from(slot) * self.max_segs;
+        Some((slot, base..base + usize::from(r.nsegs)))
+    }
+}
+
+impl Reqlists {
+    /// `n` request slots (and as many reqlists) of `max_segs` segments
+    /// each, allocated now. `n` is at most [`MAX_SLOTS`].
+    pub fn try_new(n: usize, max_segs: usize) -> Result<Reqlists, NoMemory> {
+        if n > MAX_SLOTS {
+            return Err(NoMemory);
+        }
+        let nsegs = n.checked_mul(max_segs).ok_or(NoMemory)?;
+        Ok(Reqlists {
+            slots: try_vec(n, EMPTY_SLOT)?,
+            segs: try_vec(nsegs, Segment::default())?,
+            free_slots: try_stack(n)?,
+            lists: try_vec(n, EMPTY_LIST)?,
+            free_lists: try_stack(n)?,
+            open: NONE,
+            max_segs,
+        })
+    }
+
+    /// Segments one slot can hold.
+    pub fn max_segs(&self) -> usize {
+        self.max_segs
+    }
+
+    /// Every slot's segments, `max_segs` per slot: what the ranges of a
+    /// [`Chain`] index.
+    pub fn segments(&self) -> &[Segment] {
+        &self.segs
+    }
+
+    /// Whether no request slot is free.
+    pub fn slots_exhausted(&self) -> bool {
+        self.free_slots.is_empty()
+    }
+
+    /// Takes a free slot; its segments are all [`Reqlists::slot_segments`]
+    /// for the caller to fill.
+    pub fn take_slot(&mut self) -> Option<u16> {
+        self.free_slots.pop()
+    }
+
+    /// Gives back a slot that never joined a reqlist.
+    pub fn put_slot(&mut self, slot: u16) {
+        self.free_slots.push(slot);
+    }
+
+    /// The segment range of `slot` (its full capacity).
+    pub fn slot_range(&self, slot: u16) -> Range<usize> {
+        let base = usize::from(slot) * self.max_segs;
+        base..base + self.max_segs
+    }
+
+    /// The segments of `slot` (its full capacity), to fill.
+    pub fn slot_segments(&mut self, slot: u16) -> &mut [Segment] {
+        let r = self.slot_range(slot);
+        &mut self.segs[r]
+    }
+
+    /// Records what the request in `slot` is.
+    pub fn set_slot(&mut self, slot: u16, id: u64, operation: u8, nsegs: u16) {
+        self.slots[usize::from(slot)] = ReqSlot {
+            id,
+            operation,
+            nsegs,
+            next: NONE,
+        };
+    }
+
+    /// The request in `slot`.
+    pub fn slot(&self, slot: u16) -> ReqSlot {
+        self.slots[usize::from(slot)]
+    }
+
+    /// Reqlist `l`, or `None` for an index no reqlist has.
+    pub fn get(&self, l: u16) -> Option<&Reqlist> {
+        self.lists.get(usize::from(l))
+    }
+
+    /// Reqlist `l`.
+    pub fn list(&self, l: u16) -> &Reqlist {
+        &self.lists[usize::from(l)]
+    }
+
+    /// Reqlist `l`, to change.
+    pub fn list_mut(&mut self, l: u16) -> &mut Reqlist {
+        &mut self.lists[usize::from(l)]
+    }
+
+    /// The requests of reqlist `l`, in order.
+    pub fn chain(&self, l: u16) -> Chain<'_> {
+        Chain {
+            slots: &self.slots,
+            max_segs: self.max_segs,
+            cur: self.lists.get(usize::from(l)).map_or(NONE, |r| r.head),
+        }
+    }
+
+    /// The open reqlist, if any.
+    pub fn open(&self) -> Option<u16> {
+        (self.open != NONE).then_some(self.open)
+    }
+
+    /// Closes the open reqlist and returns it.
+    pub fn take_open(&mut self) -> Option<u16> {
+        let l = self.open()?;
+        self.open = NONE;
+        Some(l)
+    }
+
+    /// Appends the request `p` in `slot` to the open reqlist when
+    /// [`may_join`] allows; `true` when it joined.
+    pub fn join_open(&mut self, slot: u16, p: &Parsed, budget: &Budget) -> bool {
+        let Some(l) = self.open() else {
+            return false;
+        };
+        let o = self.lists[usize::from(l)];
+        let run = OpenRun {
+            op: o.op,
+            next_sector: o.sector + o.nr_sectors,
+            pages: o.pages,
+            bytes: o.nr_sectors << SECTOR_SHIFT,
+        };
+        if !may_join(&run, p, budget) {
+            return false;
+        }
+        self.slots[usize::from(o.tail)].next = slot;
+        let list = &mut self.lists[usize::from(l)];
+        list.tail = slot;
+        list.nr_sectors += p.nr_sectors;
+        list.pages += u32::from(p.nsegs);
+        true
+    }
+
+    /// Starts a reqlist with the request `p` in `slot`: the open one when
+    /// it is a read or write (later requests may join it). `None` when no
+    /// reqlist is free (never, with as many reqlists as slots).
+    pub fn start(&mut self, slot: u16, p: &Parsed) -> Option<u16> {
+        let l = self.free_lists.pop()?;
+        self.lists[usize::from(l)] = Reqlist {
+            op: p.op,
+            head: slot,
+            tail: slot,
+            sector: p.sector,
+            nr_sectors: p.nr_sectors,
+            pages: u32::from(p.nsegs),
+            ..EMPTY_LIST
+        };
+        if matches!(p.op, Op::Read | Op::Write) {
+            self.open = l;
+        }
+        Some(l)
+    }
+
+    /// Frees reqlist `l` and its request slots; the caller has answered
+    /// them.
+    pub fn free(&mut self, l: u16) {
+        let mut cur = self.lists[usize::from(l)].head;
+        while let Some(r) = self.slots.get(usize::from(cur)) {
+            self.free_slots.push(cur);
+            cur = r.next;
+        }
+        self.lists[usize::from(l)] = EMPTY_LIST;
+        self.free_lists.push(l);
+    }
+}
+
+/// The name of one reqlist's I/O for the platform ([`IoTag`]): the
+/// connection's generation (so completions of an earlier connection are
+/// recognised), the queue and the reqlist.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListTag {
+    /// The connection's generation.
+    pub generation: u8,
+    /// The queue (below 256; at most [`crate::connect::MAX_QUEUES`]).
+    pub queue: QueueId,
+    /// The reqlist.
+    pub list: u16,
+}
+
+impl ListTag {
+    /// The tag handed to the platform.
+    pub fn encode(self) -> IoTag {
+        IoTag(u32::from(self.generation) << 24 | (self.queue & 0xff) << 16 | u32::from(self.list))
+    }
+
+    /// The reqlist a tag names.
+    pub fn decode(tag: IoTag) -> ListTag {
+        ListTag {
+            generation: (tag.0 >> 24) as u8,
+            queue: (tag.0 >> 16) & 0xff,
+            list: (tag.0 & 0xffff) as u16,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,6 +423,63 @@ mod tests {
         max_pages: 22,
         max_bytes: 1 << 20,
     };
+
+    #[test]
+    fn tags_carry_generation_queue_and_list() {
+        let t = ListTag {
+            generation: 0xab,
+            queue: 3,
+            list: 0x1234,
+        };
+        assert_eq!(t.encode().0 >> 24, 0xab);
+        assert_eq!((t.encode().0 >> 16) & 0xff, 3);
+        assert_eq!(t.encode().0 & 0xffff, 0x1234);
+        assert_eq!(ListTag::decode(t.encode()), t);
+    }
+
+    #[test]
+    fn reqlists_chain_join_and_free() {
+        let mut r = Reqlists::try_new(4, 11).unwrap();
+        let b = Budget {
+            max_pages: 22,
+            max_bytes: 1 << 20,
+        };
+        let a = r.take_slot().unwrap();
+        assert_eq!(a, 0, "low indices first");
+        r.set_slot(a, 10, 1, 2);
+        let l = r.start(a, &parsed(Op::Write, 0, 2)).unwrap();
+        assert_eq!(r.open(), Some(l));
+        let c = r.take_slot().unwrap();
+        r.set_slot(c, 11, 1, 3);
+        assert!(r.join_open(c, &parsed(Op::Write, 16, 3), &b));
+        let d = r.take_slot().unwrap();
+        r.set_slot(d, 12, 1, 1);
+        assert!(
+            !r.join_open(d, &parsed(Op::Write, 99, 1), &b),
+            "not contiguous"
+        );
+        let chain: alloc::vec::Vec<_> = r.chain(l).collect();
+        assert_eq!(chain, [(0, 0..2), (1, 11..14)]);
+        assert_eq!(r.list(l).nr_sectors, 40);
+        assert_eq!(r.take_open(), Some(l));
+        assert_eq!(r.open(), None);
+        r.free(l);
+        r.put_slot(d);
+        assert_eq!(r.chain(l).count(), 0);
+        let mut again = alloc::vec::Vec::new();
+        while let Some(s) = r.take_slot() {
+            again.push(s);
+        }
+        again.sort_unstable();
+        assert_eq!(again, [0, 1, 2, 3], "every slot given back once");
+        assert!(r.slots_exhausted());
+        // A flush never opens a reqlist for others to join.
+        let f = again[0];
+        r.set_slot(f, 13, 3, 0);
+        assert!(r.start(f, &parsed(Op::Flush, 0, 0)).is_some());
+        assert_eq!(r.open(), None);
+        assert!(Reqlists::try_new(MAX_SLOTS + 1, 1).is_err());
+    }
 
     #[test]
     fn joins_only_contiguous_same_op_within_budget() {

@@ -1,0 +1,787 @@
+//! One queue: the request path of one ring (`io/ring.h`), from the
+//! front-end's kick to the last response.
+//!
+//! A [`Queue`] owns everything its ring needs and shares nothing with the
+//! other queues of its instance: the mapped ring, the request slots and
+//! reqlists ([`Reqlists`]), its share of the data window ([`KvaAllocator`]),
+//! its grants and persistent-grant cache ([`QueueGrants`]), the iovec and
+//! indirect-page buffers, its wait queue and its counters. It follows
+//! DESIGN.md's walk of one request: read `req_prod` once, copy each slot
+//! once (and an indirect request's descriptor pages once,
+//! `BLKIF_OP_INDIRECT`), validate, bind its grants to the persistent-grant
+//! cache when `feature-persistent` was negotiated, coalesce into the open
+//! reqlist, give each closed reqlist one contiguous range of the window
+//! share for the grants not already mapped, map them in one batch, submit
+//! one I/O; on completion unmap the transient grants, free the range,
+//! answer every request of the reqlist (all with an error if any part
+//! failed), and notify the front-end only when it asked.
+//!
+//! Every pool is allocated, fallibly, when the queue is built; nothing on
+//! the request path allocates. The instance ([`crate::instance`]) builds
+//! the queues at connect, hands each its platform calls ([`Queue::run`],
+//! [`Queue::complete`], [`Queue::note_kick`]) and releases them at
+//! disconnect.
+
+use alloc::vec::Vec;
+
+use crate::abi::{BlkifRequest, BlkifResponse, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY, SECTOR_SHIFT};
+use crate::coalesce::{self, try_vec, Budget, ListTag, NoMemory, Reqlists, NONE};
+use crate::grants::{GrantShape, QueueGrants};
+use crate::host::{DomId, Host, IoError, IoOp, IoTag, IoVec, QueueId, PAGE_SIZE};
+use crate::kva::KvaAllocator;
+use crate::request::{self, Header, Limits, Op, Parsed};
+use crate::ring::BackRing;
+use crate::shmem::SharedMem;
+use crate::stats::{Stat, Stats};
+
+/// Consecutive spurious kicks tolerated before the event channel is
+/// re-enabled late (a kick can legitimately find its requests already
+/// taken by the previous pass's final check).
+const SPURIOUS_GRACE: u32 = 2;
+
+/// The longest late-EOI delay, in milliseconds.
+const MAX_EOI_DELAY_MS: u32 = 64;
+
+/// The late-EOI delay after `consecutive` spurious kicks: none within the
+/// grace, then 1, 2, 4 ... [`MAX_EOI_DELAY_MS`] milliseconds.
+fn eoi_delay(consecutive: u32) -> u32 {
+    match consecutive.checked_sub(SPURIOUS_GRACE + 1) {
+        None => 0,
+        Some(n) => (1u32 << n.min(6)).min(MAX_EOI_DELAY_MS),
+    }
+}
+
+/// One step of serving a reqlist.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Data,
+    Flush,
+    Discard,
+}
+
+/// The steps for an operation: a barrier makes everything before it durable
+/// before its own data, and its data durable before it completes; a flush
+/// writes its data (if any) and then makes everything durable.
+fn plan(op: Op, has_data: bool) -> &'static [Phase] {
+    match (op, has_data) {
+        (Op::Read | Op::Write, _) => &[Phase::Data],
+        (Op::Flush, true) => &[Phase::Data, Phase::Flush],
+        (Op::Barrier, true) => &[Phase::Flush, Phase::Data, Phase::Flush],
+        (Op::Flush | Op::Barrier, false) => &[Phase::Flush],
+        (Op::Discard { .. }, _) => &[Phase::Discard],
+    }
+}
+
+/// The sizes every queue of a connection shares (see
+/// [`crate::negotiate`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueShape {
+    /// Request slots (and reqlists).
+    pub nreq: usize,
+    /// Segments of the largest request.
+    pub max_segs: usize,
+    /// Pages of the largest reqlist.
+    pub max_pages: usize,
+    /// The queue's transient range of the window, in pages.
+    pub kva_pages: u32,
+    /// Its persistent-grant cache, in pages (0: not negotiated).
+    pub cache_pages: u32,
+    /// The buffer for one indirect request's descriptor pages, in bytes.
+    pub indirect_bytes: usize,
+}
+
+impl QueueShape {
+    /// Window pages one queue uses: its transient range and its cache.
+    pub fn window_pages(&self) -> Option<u32> {
+        self.kva_pages.checked_add(self.cache_pages)
+    }
+}
+
+/// What the connection's settings are for one pass, read from the
+/// instance's tunables and switches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunParams {
+    /// Requests consumed before yielding (`hw.xbb.requests_per_pass`).
+    pub per_pass: u32,
+    /// Persistent grants idle this long are unmapped.
+    pub idle_ms: u64,
+    /// Back-to-back requests are coalesced (`no_coalesce_reqs` is 0).
+    pub coalesce: bool,
+}
+
+/// How a call into the queue ended, for the instance's life cycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing the life cycle must act on.
+    Served,
+    /// The front-end broke the ring protocol (an impossible `req_prod`):
+    /// the queue answers nothing more; the connection must fail.
+    RingBroken,
+    /// The store reported itself gone: the connection must close.
+    StoreGone,
+}
+
+/// One ring of a connection with everything that serves it.
+pub struct Queue {
+    id: QueueId,
+    dom: DomId,
+    generation: u8,
+    ring: BackRing,
+    limits: Limits,
+    budget: Budget,
+    /// The requests and their reqlists.
+    lists: Reqlists,
+    /// Where each segment's page is, and the persistent-grant cache.
+    grants: QueueGrants,
+    /// The queue's transient range of the window.
+    kva: KvaAllocator,
+    iov: Vec<IoVec>,
+    /// The private copy of an indirect request's descriptor pages.
+    indirect: Vec<u8>,
+    /// Reqlists waiting, in order, for room in the window: a ring buffer
+    /// (with room for every reqlist) from `waitq_head`. Consumption
+    /// pauses while any waits.
+    waitq: Vec<u16>,
+    waitq_head: usize,
+    waitq_len: usize,
+    /// A barrier waiting for everything before it to finish.
+    barrier: u16,
+    /// The request pool ran dry; consumption waits for a completion.
+    starved: bool,
+    /// Reqlists with I/O outstanding.
+    in_flight: u32,
+    /// Responses queued on the ring but not yet published.
+    unpublished: u64,
+    /// The front-end broke the ring protocol: answer nothing more.
+    broken: bool,
+    /// Consecutive kicks that found nothing to do.
+    spurious: u32,
+    stats: Stats,
+}
+
+impl core::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Queue")
+            .field("id", &self.id)
+            .field("in_flight", &self.in_flight)
+            .field("broken", &self.broken)
+            .finish()
+    }
+}
+
+impl Queue {
+    /// A queue serving `ring` for domain `dom`, its window share starting
+    /// at window page `first_page`, with every pool allocated; on failure
+    /// the ring is handed back.
+    pub fn new(
+        id: QueueId,
+        dom: DomId,
+        generation: u8,
+        ring: BackRing,
+        shape: &QueueShape,
+        first_page: u32,
+        limits: Limits,
+    ) -> Result<Queue, (NoMemory, BackRing)> {
+        let pools = (|| {
+            let lists = Reqlists::try_new(shape.nreq, shape.max_segs)?;
+            let grants = QueueGrants::try_new(&GrantShape {
+                dom,
+                segments: lists.segments().len(),
+                kva_base: first_page,
+                kva_pages: shape.kva_pages,
+                cache_pages: shape.cache_pages,
+                max_segs: shape.max_segs,
+                max_pages: shape.max_pages,
+            })?;
+            let kva = KvaAllocator::try_new(shape.kva_pages).map_err(|_| NoMemory)?;
+            Ok((
+                lists,
+                grants,
+                kva,
+                try_vec(shape.max_pages, IoVec::default())?,
+                try_vec(shape.indirect_bytes, 0u8)?,
+                try_vec(shape.nreq, NONE)?,
+            ))
+        })();
+        let (lists, grants, kva, iov, indirect, waitq) = match pools {
+            Ok(p) => p,
+            Err(e) => return Err((e, ring)),
+        };
+        Ok(Queue {
+            id,
+            dom,
+            generation,
+            ring,
+            limits,
+            budget: Budget {
+                max_pages: shape.max_pages as u32,
+                max_bytes: (shape.max_pages * PAGE_SIZE) as u64,
+            },
+            lists,
+            grants,
+            kva,
+            iov,
+            indirect,
+            waitq,
+            waitq_head: 0,
+            waitq_len: 0,
+            barrier: NONE,
+            starved: false,
+            in_flight: 0,
+            unpublished: 0,
+            broken: false,
+            spurious: 0,
+            stats: Stats::default(),
+        })
+    }
+
+    /// The queue's number.
+    pub fn id(&self) -> QueueId {
+        self.id
+    }
+
+    /// The queue's counters and gauges (`dev.xbb.N.queue.Q.*`).
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The medium shrank or grew: requests are checked against its new
+    /// size.
+    pub fn set_medium_sectors(&mut self, sectors: u64) {
+        self.limits.medium_sectors = sectors;
+    }
+
+    /// Whether consumption waits (for the window, a barrier's drain, or a
+    /// request slot).
+    pub fn paused(&self) -> bool {
+        self.waitq_len > 0 || self.barrier != NONE || self.starved
+    }
+
+    /// Whether nothing is in flight, open or waiting.
+    pub fn idle(&self) -> bool {
+        self.in_flight == 0
+            && self.lists.open().is_none()
+            && self.waitq_len == 0
+            && self.barrier == NONE
+    }
+
+    /// Accounts for a kick of the queue's event channel after the run it
+    /// caused, given `ReqsReceived` before that run; returns the delay, in
+    /// milliseconds, before the channel is re-enabled ("late EOI"). A kick
+    /// that found nothing to do is counted as spurious; after a few in a
+    /// row the channel is re-enabled later and later (up to 64 ms), so that
+    /// a front-end kicking in a loop cannot spin the back-end. Any kick
+    /// that brings a request resets the backoff.
+    pub fn note_kick(&mut self, received_before: u64) -> u32 {
+        if self.stats.get(Stat::ReqsReceived) != received_before || self.paused() {
+            self.spurious = 0;
+            return 0;
+        }
+        self.spurious = self.spurious.saturating_add(1);
+        self.stats.inc(Stat::SpuriousEvents);
+        let delay = eoi_delay(self.spurious);
+        if delay > 0 {
+            self.stats.inc(Stat::DelayedEois);
+        }
+        delay
+    }
+
+    /// A run was scheduled (or the event fired): consumes requests, at
+    /// most `params.per_pass` of them before yielding.
+    pub fn run<H: Host>(&mut self, host: &mut H, params: &RunParams) -> Outcome {
+        if self.broken {
+            return Outcome::Served;
+        }
+        if self.consume(host, params).is_err() {
+            // The front-end wrote an impossible producer index: answer
+            // nothing more on this ring, serve nothing that came with it.
+            self.broken = true;
+            if let Some(l) = self.lists.take_open() {
+                self.lists.list_mut(l).error = true;
+                self.finish(host, l);
+            }
+            return Outcome::RingBroken;
+        }
+        self.grants
+            .purge_idle(host, params.idle_ms, &mut self.stats);
+        self.publish(host);
+        Outcome::Served
+    }
+
+    /// One of the queue's I/Os completed: advances its reqlist, answers
+    /// the front-end and restarts what waited for the resources it held.
+    /// `true` in the first field when consumption should resume (the
+    /// completion ended a pause).
+    pub fn complete<H: Host>(
+        &mut self,
+        host: &mut H,
+        list: u16,
+        result: Result<(), IoError>,
+        params: &RunParams,
+    ) -> (bool, Outcome) {
+        let was_paused = self.paused();
+        self.on_complete(host, list, result);
+        self.drain_waitq(host);
+        self.try_start_barrier(host);
+        self.grants
+            .purge_idle(host, params.idle_ms, &mut self.stats);
+        self.publish(host);
+        let outcome = if result == Err(IoError::Gone) {
+            Outcome::StoreGone
+        } else {
+            Outcome::Served
+        };
+        (was_paused && !self.paused(), outcome)
+    }
+
+    /// Stops consuming: the open reqlist is dispatched and queued
+    /// responses published (the connection is closing).
+    pub fn close<H: Host>(&mut self, host: &mut H) {
+        self.close_open(host, Stat::ForcedDispatch);
+        self.publish(host);
+    }
+
+    /// Gives back everything the queue holds from the platform: publishes
+    /// what is left, unmaps every persistent grant, unbinds the channel
+    /// and unmaps the ring. Nothing is in flight. Returns the counters.
+    pub fn release<H: Host>(mut self, host: &mut H) -> Stats {
+        self.publish(host);
+        self.grants.drain(host, &mut self.stats);
+        host.evtchn_unbind(self.id);
+        host.unmap_ring(self.id, self.ring.into_mem());
+        self.stats
+    }
+
+    /// Undoes a queue that never served: unbinds and unmaps its ring.
+    pub fn undo<H: Host>(self, host: &mut H) {
+        host.evtchn_unbind(self.id);
+        host.unmap_ring(self.id, self.into_ring_mem());
+    }
+
+    fn into_ring_mem(self) -> SharedMem {
+        self.ring.into_mem()
+    }
+
+    fn tag(&self, list: u16) -> IoTag {
+        ListTag {
+            generation: self.generation,
+            queue: self.id,
+            list,
+        }
+        .encode()
+    }
+
+    /// Consumes requests until the ring is empty, a pool runs dry, or the
+    /// pass budget is spent. `Err` when the front-end broke the ring.
+    fn consume<H: Host>(&mut self, host: &mut H, params: &RunParams) -> Result<(), ()> {
+        let mut budget = params.per_pass;
+        let mut stopped_on_pause = false;
+        'pass: loop {
+            let prod = self.ring.snapshot_req_prod().map_err(|_| ())?;
+            while self.ring.req_cons() != prod {
+                if self.paused() {
+                    stopped_on_pause = true;
+                    break 'pass;
+                }
+                if budget == 0 {
+                    // Yield the taskqueue; a hostile front-end can keep
+                    // producing forever.
+                    host.schedule_run(self.id);
+                    break 'pass;
+                }
+                if self.lists.slots_exhausted() {
+                    self.stats.inc(Stat::RequestShortages);
+                    self.starved = true;
+                    stopped_on_pause = true;
+                    break 'pass;
+                }
+                let Some(raw) = self.ring.take_request(prod) else {
+                    break;
+                };
+                budget -= 1;
+                self.stats.inc(Stat::ReqsReceived);
+                self.accept(host, &raw, params.coalesce);
+            }
+            if self.paused() {
+                stopped_on_pause = true;
+                break;
+            }
+            if !self.ring.final_check_for_requests().map_err(|_| ())? {
+                break;
+            }
+        }
+        self.close_open(host, Stat::ForcedDispatch);
+        // The pause may already be over (the dispatch above failed at once
+        // and freed everything): no completion will come to restart the
+        // ring, and req_event was not re-armed, so run again.
+        if stopped_on_pause && !self.paused() {
+            host.schedule_run(self.id);
+        }
+        Ok(())
+    }
+
+    /// Validates one request into `slot`'s segments, copying an indirect
+    /// request's descriptor pages once.
+    fn parse<H: Host>(
+        &mut self,
+        host: &mut H,
+        raw: &BlkifRequest,
+        slot: u16,
+    ) -> Result<Parsed, i16> {
+        let segs = self.lists.slot_segments(slot);
+        match request::parse(raw, &self.limits, segs) {
+            Ok(Header::Ready(p)) => Ok(p),
+            Ok(Header::Indirect(h)) => {
+                self.stats.inc(Stat::IndirectReqs);
+                // parse() bounded nsegs by what `indirect` was sized for.
+                let buf = self
+                    .indirect
+                    .get_mut(..h.descriptor_bytes())
+                    .ok_or(BLKIF_RSP_ERROR)?;
+                if host.copy_in(self.dom, h.page_grefs(), buf).is_err() {
+                    self.stats.inc(Stat::GrantMapFailures);
+                    return Err(BLKIF_RSP_ERROR);
+                }
+                let segs = self.lists.slot_segments(slot);
+                request::parse_indirect(&h, buf, &self.limits, segs).map_err(|e| e.status())
+            }
+            Err(e) => Err(e.status()),
+        }
+    }
+
+    /// Validates one request into a free slot, binds its grants, and
+    /// takes it into a reqlist; or answers it with an error.
+    fn accept<H: Host>(&mut self, host: &mut H, raw: &BlkifRequest, coalesce: bool) {
+        let Some(slot) = self.lists.take_slot() else {
+            // consume() checked; keep the invariant without panicking.
+            self.respond(raw.id, request::response_operation(raw), BLKIF_RSP_ERROR);
+            return;
+        };
+        let p = match self.parse(host, raw, slot) {
+            Ok(p) => p,
+            Err(status) => {
+                self.stats.inc(Stat::ReqsRefused);
+                self.lists.put_slot(slot);
+                self.respond(raw.id, request::response_operation(raw), status);
+                return;
+            }
+        };
+        let range = self.lists.slot_range(slot);
+        let used = range.start..range.start + usize::from(p.nsegs);
+        if self.grants.persistent()
+            && !self.grants.bind(
+                host,
+                &self.lists.segments()[used.clone()],
+                used,
+                &mut self.stats,
+            )
+        {
+            self.stats.inc(Stat::ReqsRefused);
+            self.stats.inc(Stat::GrantsRefused);
+            self.lists.put_slot(slot);
+            self.respond(p.id, p.operation, BLKIF_RSP_ERROR);
+            return;
+        }
+        self.lists.set_slot(slot, p.id, p.operation, p.nsegs);
+        self.enlist(host, slot, &p, coalesce);
+    }
+
+    /// Takes a validated request into the open reqlist or a new one.
+    fn enlist<H: Host>(&mut self, host: &mut H, slot: u16, p: &Parsed, coalesce: bool) {
+        match p.op {
+            Op::Flush | Op::Barrier => self.stats.inc(Stat::FlushReqs),
+            Op::Discard { .. } => self.stats.inc(Stat::DiscardReqs),
+            Op::Read | Op::Write => {}
+        }
+        if self.lists.open().is_some() {
+            if coalesce && self.lists.join_open(slot, p, &self.budget) {
+                self.stats.inc(Stat::ReqsCoalesced);
+                return;
+            }
+            self.close_open(host, Stat::NormalDispatch);
+        }
+        let Some(l) = self.lists.start(slot, p) else {
+            // As many reqlists as slots: unreachable; answer rather than panic.
+            let r = self.lists.slot_range(slot);
+            self.grants
+                .release(host, r.start..r.start + usize::from(p.nsegs));
+            self.lists.put_slot(slot);
+            self.respond(p.id, p.operation, BLKIF_RSP_ERROR);
+            return;
+        };
+        if self.lists.open() != Some(l) {
+            self.stats.inc(Stat::NormalDispatch);
+            self.dispatch(host, l);
+        }
+    }
+
+    fn close_open<H: Host>(&mut self, host: &mut H, why: Stat) {
+        if let Some(l) = self.lists.take_open() {
+            self.stats.inc(why);
+            self.dispatch(host, l);
+        }
+    }
+
+    fn dispatch<H: Host>(&mut self, host: &mut H, l: u16) {
+        self.stats.inc(Stat::TotalDispatch);
+        if self.lists.list(l).op == Op::Barrier {
+            self.barrier = l;
+            self.try_start_barrier(host);
+        } else if self.waitq_len > 0 || !self.try_start(host, l) {
+            // Behind others already waiting, or no room: wait in order.
+            self.stats.inc(Stat::KvaShortages);
+            let cap = self.waitq.len();
+            self.waitq[(self.waitq_head + self.waitq_len) % cap] = l;
+            self.waitq_len += 1;
+        }
+    }
+
+    /// Starts waiting reqlists, oldest first, while the window has room.
+    fn drain_waitq<H: Host>(&mut self, host: &mut H) {
+        while self.waitq_len > 0 {
+            let l = self.waitq[self.waitq_head];
+            if !self.try_start(host, l) {
+                break;
+            }
+            self.waitq_head = (self.waitq_head + 1) % self.waitq.len();
+            self.waitq_len -= 1;
+        }
+    }
+
+    /// Starts the pending barrier once everything before it has finished.
+    fn try_start_barrier<H: Host>(&mut self, host: &mut H) {
+        if self.barrier != NONE
+            && self.in_flight == 0
+            && self.waitq_len == 0
+            && !self.lists.list(self.barrier).in_flight
+        {
+            let l = self.barrier;
+            // With nothing in flight the whole window is free, and it always
+            // holds one request; fail the barrier rather than wait forever
+            // should that ever not hold.
+            if !self.try_start(host, l) {
+                self.lists.list_mut(l).error = true;
+                self.finish(host, l);
+            }
+        }
+    }
+
+    /// Gives a reqlist a window range for its unbound segments, maps those
+    /// and its new persistent grants in one batch, and submits its first
+    /// phase. `false`, with nothing changed, when the window has no room
+    /// for it; otherwise the reqlist is in flight or already answered (a
+    /// failed mapping or submission).
+    fn try_start<H: Host>(&mut self, host: &mut H, l: u16) -> bool {
+        let list = *self.lists.list(l);
+        if list.pages > 0 {
+            let chain = self.lists.chain(l).map(|(_, r)| r);
+            let transient = self.grants.transient_pages(chain.clone());
+            let first = if transient > 0 {
+                let Some(first) = self.kva.alloc(transient) else {
+                    return false;
+                };
+                first
+            } else {
+                0
+            };
+            let lm = self.lists.list_mut(l);
+            lm.kva_first = first;
+            lm.kva_pages = transient;
+            let chain = self.lists.chain(l).map(|(_, r)| r);
+            let failed = self.grants.map(
+                host,
+                chain,
+                self.lists.segments(),
+                first,
+                list.op.writes(),
+                &mut self.stats,
+            );
+            if failed > 0 {
+                self.stats.add(Stat::GrantMapFailures, failed);
+                self.lists.list_mut(l).error = true;
+                self.finish(host, l);
+                return true;
+            }
+        }
+        let lm = self.lists.list_mut(l);
+        lm.in_flight = true;
+        lm.phase = 0;
+        self.in_flight += 1;
+        self.submit_phase(host, l);
+        true
+    }
+
+    /// The iovecs of reqlist `l`'s data, in `self.iov`; `None` when a
+    /// segment has no page or the buffer is short (neither happens for a
+    /// reqlist within its budget).
+    fn iovecs(&mut self, l: u16) -> Option<usize> {
+        let mut n = 0usize;
+        for (_, r) in self.lists.chain(l) {
+            let segs = &self.lists.segments()[r.clone()];
+            n = coalesce::append_iovecs(
+                segs.iter().zip(self.grants.mapped_pages(r)),
+                &mut self.iov,
+                n,
+            )?;
+        }
+        Some(n)
+    }
+
+    /// Submits the reqlist's current phase; a submission the store refuses
+    /// completes the reqlist with an error at once.
+    fn submit_phase<H: Host>(&mut self, host: &mut H, l: u16) {
+        let list = *self.lists.list(l);
+        let steps = plan(list.op, list.pages > 0);
+        let tag = self.tag(l);
+        let offset = list.sector << SECTOR_SHIFT;
+        let submitted = match steps.get(usize::from(list.phase)) {
+            Some(Phase::Data) => match self.iovecs(l) {
+                None => Err(IoError::Io),
+                Some(n) => {
+                    let iov = &self.iov[..n];
+                    let op = if list.op == Op::Read {
+                        IoOp::Read { offset, iov }
+                    } else {
+                        IoOp::Write { offset, iov }
+                    };
+                    host.store_submit(tag, op)
+                }
+            },
+            Some(Phase::Flush) => host.store_submit(tag, IoOp::Flush),
+            Some(Phase::Discard) => host.store_submit(
+                tag,
+                IoOp::Discard {
+                    offset,
+                    len: list.nr_sectors << SECTOR_SHIFT,
+                    secure: matches!(list.op, Op::Discard { secure: true }),
+                },
+            ),
+            None => Err(IoError::Io),
+        };
+        if submitted.is_err() {
+            self.lists.list_mut(l).error = true;
+            self.finish(host, l);
+        }
+    }
+
+    /// One phase of a reqlist finished.
+    fn on_complete<H: Host>(&mut self, host: &mut H, l: u16, result: Result<(), IoError>) {
+        // A tag the core did not hand out, or a duplicate completion, is a
+        // platform bug; ignore it rather than answer twice.
+        if !self.lists.get(l).is_some_and(|list| list.in_flight) {
+            return;
+        }
+        let list = self.lists.list_mut(l);
+        if result.is_err() {
+            list.error = true;
+            return self.finish(host, l);
+        }
+        let steps = plan(list.op, list.pages > 0);
+        if steps.get(usize::from(list.phase)) == Some(&Phase::Data) {
+            let bytes = list.nr_sectors << SECTOR_SHIFT;
+            let stat = if list.op == Op::Read {
+                Stat::BytesRead
+            } else {
+                Stat::BytesWritten
+            };
+            self.stats.add(stat, bytes);
+        }
+        let list = self.lists.list_mut(l);
+        list.phase += 1;
+        if usize::from(list.phase) < steps.len() {
+            self.submit_phase(host, l);
+        } else {
+            self.finish(host, l);
+        }
+    }
+
+    /// Unmaps, frees the window range, answers every request of the
+    /// reqlist, and returns everything to the pools.
+    fn finish<H: Host>(&mut self, host: &mut H, l: u16) {
+        let list = *self.lists.list(l);
+        for (_, r) in self.lists.chain(l) {
+            self.grants.release(host, r);
+        }
+        if list.kva_pages > 0 {
+            self.kva.free(list.kva_first, list.kva_pages);
+        }
+        if list.in_flight {
+            self.in_flight -= 1;
+        }
+        let status = if list.error {
+            BLKIF_RSP_ERROR
+        } else {
+            BLKIF_RSP_OKAY
+        };
+        let mut cur = list.head;
+        while cur != NONE {
+            let r = self.lists.slot(cur);
+            self.respond(r.id, r.operation, status);
+            cur = r.next;
+        }
+        self.lists.free(l);
+        if self.barrier == l {
+            self.barrier = NONE;
+        }
+        self.starved = false;
+        self.grants.update_gauge(&mut self.stats);
+    }
+
+    /// Queues one response on the ring (published by [`Queue::publish`]).
+    fn respond(&mut self, id: u64, operation: u8, status: i16) {
+        if self.broken {
+            return;
+        }
+        self.ring.push_response(&BlkifResponse {
+            id,
+            operation,
+            status,
+        });
+        self.unpublished += 1;
+        self.stats.inc(Stat::ReqsQueuedForCompletion);
+        if status != BLKIF_RSP_OKAY {
+            self.stats.inc(Stat::ReqsCompletedWithError);
+        }
+    }
+
+    /// Makes queued responses visible; notifies the front-end only if its
+    /// `rsp_event` asked for it.
+    fn publish<H: Host>(&mut self, host: &mut H) {
+        if self.unpublished == 0 || self.broken {
+            return;
+        }
+        if self.ring.publish_responses() {
+            host.evtchn_notify(self.id);
+        }
+        self.stats.add(Stat::ReqsCompleted, self.unpublished);
+        self.unpublished = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eoi_backoff_grows_and_is_capped() {
+        assert_eq!(eoi_delay(0), 0);
+        assert_eq!(eoi_delay(SPURIOUS_GRACE), 0);
+        assert_eq!(eoi_delay(SPURIOUS_GRACE + 1), 1);
+        assert_eq!(eoi_delay(SPURIOUS_GRACE + 2), 2);
+        assert_eq!(eoi_delay(SPURIOUS_GRACE + 7), 64);
+        assert_eq!(eoi_delay(u32::MAX), MAX_EOI_DELAY_MS);
+    }
+
+    #[test]
+    fn plans_order_barriers_and_flushes() {
+        assert_eq!(plan(Op::Read, true), [Phase::Data]);
+        assert_eq!(plan(Op::Flush, true), [Phase::Data, Phase::Flush]);
+        assert_eq!(plan(Op::Flush, false), [Phase::Flush]);
+        assert_eq!(
+            plan(Op::Barrier, true),
+            [Phase::Flush, Phase::Data, Phase::Flush]
+        );
+        assert_eq!(plan(Op::Barrier, false), [Phase::Flush]);
+        assert_eq!(plan(Op::Discard { secure: true }, false), [Phase::Discard]);
+    }
+}
