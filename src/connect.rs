@@ -51,6 +51,7 @@ use crate::host::{
     DomId, EvtchnError, EvtchnPort, GrantError, GrantRef, MediumInfo, OpenError, XenStore,
     XenbusState, XsError, XsTxn,
 };
+use crate::keys;
 
 // errno values. These are the same on FreeBSD and Linux, so an `error` node
 // reads the same whichever domain runs the back-end.
@@ -86,29 +87,6 @@ const TXN_KEY: &str = "transaction";
 
 /// The size of the stack buffer numbers and short strings are read into.
 const VALUE_BUF: usize = 256;
-
-/// Builds a table of `<prefix>ring-ref<N>` node names, one per page the
-/// largest ring can have.
-macro_rules! ring_ref_keys {
-    ($prefix:literal; $($i:literal)*) => {
-        [$(concat!($prefix, "ring-ref", $i)),*]
-    };
-}
-
-/// The names of the per-page ring nodes of a multi-page ring (`ring-ref%u`).
-const RING_REF_KEYS: [&str; 32] = ring_ref_keys!("";
-    0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15
-    16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31);
-
-/// The names errors give the same nodes when they are read below a
-/// `queue-%u` directory (the node read is still `ring-ref%u`).
-const QUEUE_RING_REF_KEYS: [&str; 32] = ring_ref_keys!("queue/";
-    0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15
-    16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31);
-
-// One name per page the largest ring can have, and no more.
-const _: () = assert!(RING_REF_KEYS.len() == abi::MAX_RING_PAGES as usize);
-const _: () = assert!(QUEUE_RING_REF_KEYS.len() == abi::MAX_RING_PAGES as usize);
 
 /// Why a step of the connection failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -558,10 +536,13 @@ fn read_backend_nodes_in<X: XenStore>(
     txn: XsTxn,
     be_dir: &str,
 ) -> Result<BackendNodes, ConnectError> {
-    let frontend = read_string(xs, txn, be_dir, "frontend", MAX_PATH_LEN)?
-        .ok_or(ConnectError::Missing { key: "frontend" })?;
+    let frontend = read_string(xs, txn, be_dir, keys::FRONTEND, MAX_PATH_LEN)?.ok_or(
+        ConnectError::Missing {
+            key: keys::FRONTEND,
+        },
+    )?;
 
-    const FRONTEND_ID: &str = "frontend-id";
+    const FRONTEND_ID: &str = keys::FRONTEND_ID;
     let id = read_u64(xs, txn, be_dir, FRONTEND_ID)?
         .ok_or(ConnectError::Missing { key: FRONTEND_ID })?;
     let frontend_id = match DomId::try_from(id) {
@@ -574,24 +555,24 @@ fn read_backend_nodes_in<X: XenStore>(
         }
     };
 
-    let params = match read_string(xs, txn, be_dir, "params", MAX_PATH_LEN)? {
+    let params = match read_string(xs, txn, be_dir, keys::PARAMS, MAX_PATH_LEN)? {
         Some(p) => p,
-        None => read_string(xs, txn, be_dir, "physical-device-path", MAX_PATH_LEN)?
-            .ok_or(ConnectError::Missing { key: "params" })?,
+        None => read_string(xs, txn, be_dir, keys::PHYSICAL_DEVICE_PATH, MAX_PATH_LEN)?
+            .ok_or(ConnectError::Missing { key: keys::PARAMS })?,
     };
 
-    let kind = read_string(xs, txn, be_dir, "type", MAX_TYPE_LEN)?.unwrap_or_default();
+    let kind = read_string(xs, txn, be_dir, keys::TYPE, MAX_TYPE_LEN)?.unwrap_or_default();
 
     let mut buf = [0u8; VALUE_BUF];
-    let writable = match read_raw(xs, txn, be_dir, "mode", &mut buf)? {
+    let writable = match read_raw(xs, txn, be_dir, keys::MODE, &mut buf)? {
         None | Some(b"r") => false,
         Some(b"w") | Some(b"w!") => true,
-        Some(_) => return Err(ConnectError::BadValue { key: "mode" }),
+        Some(_) => return Err(ConnectError::BadValue { key: keys::MODE }),
     };
 
-    let online = read_bool(xs, txn, be_dir, "online")?.unwrap_or(false);
-    let discard_enable = read_bool(xs, txn, be_dir, "discard-enable")?.unwrap_or(true);
-    let hotplug_script = read_string(xs, txn, be_dir, "script", MAX_PATH_LEN)?.is_some();
+    let online = read_bool(xs, txn, be_dir, keys::ONLINE)?.unwrap_or(false);
+    let discard_enable = read_bool(xs, txn, be_dir, keys::DISCARD_ENABLE)?.unwrap_or(true);
+    let hotplug_script = read_string(xs, txn, be_dir, keys::SCRIPT, MAX_PATH_LEN)?.is_some();
 
     Ok(BackendNodes {
         frontend,
@@ -609,8 +590,8 @@ fn read_backend_nodes_in<X: XenStore>(
 pub fn hotplug_connected<X: XenStore>(xs: &mut X, be_dir: &str) -> bool {
     let mut buf = [0u8; VALUE_BUF];
     matches!(
-        read_raw(xs, XsTxn::NONE, be_dir, "hotplug-status", &mut buf),
-        Ok(Some(b"connected"))
+        read_raw(xs, XsTxn::NONE, be_dir, keys::HOTPLUG_STATUS, &mut buf),
+        Ok(Some(v)) if v == keys::HOTPLUG_CONNECTED.as_bytes()
     )
 }
 
@@ -623,7 +604,7 @@ pub fn hotplug_connected<X: XenStore>(xs: &mut X, be_dir: &str) -> bool {
 pub const MAX_QUEUES: u32 = 16;
 
 /// The back-end's node offering multi-queue.
-const MAX_QUEUES_KEY: &str = "multi-queue-max-queues";
+const MAX_QUEUES_KEY: &str = keys::MULTI_QUEUE_MAX_QUEUES;
 
 /// What the back-end offers before the front-end connects ("Request
 /// Transport Parameters" and "Features" of the back-end, and the
@@ -703,7 +684,7 @@ pub fn publish_offer<X: XenStore>(
     let order = offer.max_ring_page_order;
     if order > abi::MAX_RING_PAGE_ORDER {
         return Err(ConnectError::OutOfRange {
-            key: "max-ring-page-order",
+            key: keys::MAX_RING_PAGE_ORDER,
             value: u64::from(order),
         });
     }
@@ -717,14 +698,14 @@ pub fn publish_offer<X: XenStore>(
     // `order` <= MAX_RING_PAGE_ORDER (5): the shift cannot overflow.
     let pages = 1u64 << order;
     with_txn(xs, |xs, txn| {
-        write_u64(xs, txn, be_dir, "max-ring-page-order", u64::from(order))?;
-        write_u64(xs, txn, be_dir, "max-ring-pages", pages)?;
+        write_u64(xs, txn, be_dir, keys::MAX_RING_PAGE_ORDER, u64::from(order))?;
+        write_u64(xs, txn, be_dir, keys::MAX_RING_PAGES, pages)?;
         write_u64(xs, txn, be_dir, MAX_QUEUES_KEY, u64::from(queues))?;
         write_node(
             xs,
             txn,
             be_dir,
-            "feature-persistent",
+            keys::FEATURE_PERSISTENT,
             flag(offer.persistent),
         )
     })
@@ -788,15 +769,15 @@ struct QueueKeys {
 
 /// The single queue of the legacy layout, in the front-end's directory.
 const LEGACY_KEYS: QueueKeys = QueueKeys {
-    ring_ref: "ring-ref",
-    ring_refs: &RING_REF_KEYS,
-    event_channel: "event-channel",
+    ring_ref: keys::RING_REF,
+    ring_refs: &keys::RING_REFS,
+    event_channel: keys::EVENT_CHANNEL,
 };
 
 /// A queue of the multi-queue layout, in `queue-%u`.
 const QUEUE_KEYS: QueueKeys = QueueKeys {
     ring_ref: "queue/ring-ref",
-    ring_refs: &QUEUE_RING_REF_KEYS,
+    ring_refs: &keys::QUEUE_RING_REFS,
     event_channel: "queue/event-channel",
 };
 
@@ -841,9 +822,9 @@ fn read_frontend_in<X: XenStore>(
     max_order: u32,
     max_queues: u32,
 ) -> Result<FrontendParams, ConnectError> {
-    const ORDER: &str = "ring-page-order";
-    const NUM_PAGES: &str = "num-ring-pages";
-    const NUM_QUEUES: &str = "multi-queue-num-queues";
+    const ORDER: &str = keys::RING_PAGE_ORDER;
+    const NUM_PAGES: &str = keys::NUM_RING_PAGES;
+    const NUM_QUEUES: &str = keys::MULTI_QUEUE_NUM_QUEUES;
 
     // Range checks come before any shift by a front-end value.
     let new_order = read_u32(xs, txn, fe_dir, ORDER)?;
@@ -879,7 +860,7 @@ fn read_frontend_in<X: XenStore>(
         (None, Some((_, old))) => old,
         (None, None) => 0,
     };
-    // order <= max_order <= MAX_RING_PAGE_ORDER: pages <= RING_REF_KEYS.len().
+    // order <= max_order <= MAX_RING_PAGE_ORDER: pages <= keys::RING_REFS.len().
     let pages = 1u32 << order;
 
     // Range-checked before it sizes anything.
@@ -912,11 +893,11 @@ fn read_frontend_in<X: XenStore>(
     }
 
     let mut buf = [0u8; VALUE_BUF];
-    let abi = match read_raw(xs, txn, fe_dir, "protocol", &mut buf)? {
+    let abi = match read_raw(xs, txn, fe_dir, keys::PROTOCOL, &mut buf)? {
         None => Abi::native(),
         Some(p) => Abi::from_protocol(p).ok_or(ConnectError::UnknownProtocol)?,
     };
-    let persistent = read_bool(xs, txn, fe_dir, "feature-persistent")?.unwrap_or(false);
+    let persistent = read_bool(xs, txn, fe_dir, keys::FEATURE_PERSISTENT)?.unwrap_or(false);
 
     Ok(FrontendParams {
         ring_pages: pages,
@@ -927,34 +908,37 @@ fn read_frontend_in<X: XenStore>(
 }
 
 /// Reads one queue's ring references (`pages` of them, `1..=32`) and
-/// event channel from `dir`, naming the nodes in errors after `keys`.
+/// event channel from `dir`, naming the nodes in errors after `names`.
 fn read_queue<X: XenStore>(
     xs: &mut X,
     txn: XsTxn,
     dir: &str,
     pages: usize,
-    keys: &QueueKeys,
+    names: &QueueKeys,
 ) -> Result<QueueParams, ConnectError> {
     let mut ring_refs = [0 as GrantRef; 32];
     if pages == 1 {
-        ring_refs[0] = match read_u32_as(xs, txn, dir, "ring-ref", keys.ring_ref)? {
+        ring_refs[0] = match read_u32_as(xs, txn, dir, keys::RING_REF, names.ring_ref)? {
             Some(r) => r,
-            None => read_u32_as(xs, txn, dir, RING_REF_KEYS[0], keys.ring_refs[0])?
-                .ok_or(ConnectError::Missing { key: keys.ring_ref })?,
+            None => read_u32_as(xs, txn, dir, keys::RING_REFS[0], names.ring_refs[0])?.ok_or(
+                ConnectError::Missing {
+                    key: names.ring_ref,
+                },
+            )?,
         };
     } else {
         for ((slot, &node), &key) in ring_refs
             .iter_mut()
-            .zip(RING_REF_KEYS.iter())
-            .zip(keys.ring_refs.iter())
+            .zip(keys::RING_REFS.iter())
+            .zip(names.ring_refs.iter())
             .take(pages)
         {
             *slot = read_u32_as(xs, txn, dir, node, key)?.ok_or(ConnectError::Missing { key })?;
         }
     }
-    let key = keys.event_channel;
-    let event_channel =
-        read_u32_as(xs, txn, dir, "event-channel", key)?.ok_or(ConnectError::Missing { key })?;
+    let key = names.event_channel;
+    let event_channel = read_u32_as(xs, txn, dir, keys::EVENT_CHANNEL, key)?
+        .ok_or(ConnectError::Missing { key })?;
     Ok(QueueParams {
         ring_refs,
         event_channel,
@@ -1016,22 +1000,22 @@ pub fn publish_connected<X: XenStore>(
     medium: &MediumInfo,
     features: &Features,
 ) -> Result<(), ConnectError> {
-    const MAX_INDIRECT: &str = "feature-max-indirect-segments";
-    const GRANULARITY: &str = "discard-granularity";
-    const ALIGNMENT: &str = "discard-alignment";
-    const SECURE: &str = "discard-secure";
+    const MAX_INDIRECT: &str = keys::FEATURE_MAX_INDIRECT_SEGMENTS;
+    const GRANULARITY: &str = keys::DISCARD_GRANULARITY;
+    const ALIGNMENT: &str = keys::DISCARD_ALIGNMENT;
+    const SECURE: &str = keys::DISCARD_SECURE;
 
     let ss = medium.sector_size;
     if ss < 512 || !ss.is_power_of_two() {
         return Err(ConnectError::OutOfRange {
-            key: "sector-size",
+            key: keys::SECTOR_SIZE,
             value: u64::from(ss),
         });
     }
     let pss = medium.physical_sector_size;
     if pss == 0 || pss % ss != 0 {
         return Err(ConnectError::OutOfRange {
-            key: "physical-sector-size",
+            key: keys::PHYSICAL_SECTOR_SIZE,
             value: u64::from(pss),
         });
     }
@@ -1049,17 +1033,29 @@ pub fn publish_connected<X: XenStore>(
         0
     };
     with_txn(xs, |xs, txn| {
-        write_u64(xs, txn, be_dir, "sectors", medium.sectors)?;
-        write_u64(xs, txn, be_dir, "sector-size", u64::from(ss))?;
-        write_u64(xs, txn, be_dir, "physical-sector-size", u64::from(pss))?;
-        write_u64(xs, txn, be_dir, "info", u64::from(info))?;
-        write_node(xs, txn, be_dir, "feature-flush-cache", flag(features.flush))?;
-        write_node(xs, txn, be_dir, "feature-barrier", flag(features.barrier))?;
+        write_u64(xs, txn, be_dir, keys::SECTORS, medium.sectors)?;
+        write_u64(xs, txn, be_dir, keys::SECTOR_SIZE, u64::from(ss))?;
+        write_u64(xs, txn, be_dir, keys::PHYSICAL_SECTOR_SIZE, u64::from(pss))?;
+        write_u64(xs, txn, be_dir, keys::INFO, u64::from(info))?;
         write_node(
             xs,
             txn,
             be_dir,
-            "feature-persistent",
+            keys::FEATURE_FLUSH_CACHE,
+            flag(features.flush),
+        )?;
+        write_node(
+            xs,
+            txn,
+            be_dir,
+            keys::FEATURE_BARRIER,
+            flag(features.barrier),
+        )?;
+        write_node(
+            xs,
+            txn,
+            be_dir,
+            keys::FEATURE_PERSISTENT,
             flag(features.persistent),
         )?;
         match features.max_indirect_segments {
@@ -1071,16 +1067,22 @@ pub fn publish_connected<X: XenStore>(
                 write_u64(xs, txn, be_dir, GRANULARITY, u64::from(d.granularity))?;
                 write_u64(xs, txn, be_dir, ALIGNMENT, u64::from(d.alignment))?;
                 write_node(xs, txn, be_dir, SECURE, flag(d.secure))?;
-                write_node(xs, txn, be_dir, "feature-discard", "1")?;
+                write_node(xs, txn, be_dir, keys::FEATURE_DISCARD, "1")?;
             }
             None => {
                 remove_node(xs, txn, be_dir, GRANULARITY)?;
                 remove_node(xs, txn, be_dir, ALIGNMENT)?;
                 remove_node(xs, txn, be_dir, SECURE)?;
-                write_node(xs, txn, be_dir, "feature-discard", "0")?;
+                write_node(xs, txn, be_dir, keys::FEATURE_DISCARD, "0")?;
             }
         }
-        write_node(xs, txn, be_dir, "state", XenbusState::Connected.as_str())
+        write_node(
+            xs,
+            txn,
+            be_dir,
+            keys::STATE,
+            XenbusState::Connected.as_str(),
+        )
     })
 }
 
@@ -1095,8 +1097,14 @@ pub fn publish_resize<X: XenStore>(
     sectors: u64,
 ) -> Result<(), ConnectError> {
     with_txn(xs, |xs, txn| {
-        write_u64(xs, txn, be_dir, "sectors", sectors)?;
-        write_node(xs, txn, be_dir, "state", XenbusState::Connected.as_str())
+        write_u64(xs, txn, be_dir, keys::SECTORS, sectors)?;
+        write_node(
+            xs,
+            txn,
+            be_dir,
+            keys::STATE,
+            XenbusState::Connected.as_str(),
+        )
     })
 }
 
@@ -1104,7 +1112,7 @@ pub fn publish_resize<X: XenStore>(
 /// [`ConnectError::Missing`], a non-number [`ConnectError::NotANumber`], a
 /// number outside `enum xenbus_state` [`ConnectError::BadState`].
 pub fn read_state<X: XenStore>(xs: &mut X, dir: &str) -> Result<XenbusState, ConnectError> {
-    const STATE: &str = "state";
+    const STATE: &str = keys::STATE;
     let v = read_u64(xs, XsTxn::NONE, dir, STATE)?.ok_or(ConnectError::Missing { key: STATE })?;
     u32::try_from(v)
         .ok()
@@ -1118,7 +1126,7 @@ pub fn write_state<X: XenStore>(
     be_dir: &str,
     state: XenbusState,
 ) -> Result<(), ConnectError> {
-    write_node(xs, XsTxn::NONE, be_dir, "state", state.as_str())
+    write_node(xs, XsTxn::NONE, be_dir, keys::STATE, state.as_str())
 }
 
 /// Reports a fatal error the way XenBus drivers do: writes

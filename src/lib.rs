@@ -26,6 +26,7 @@ pub mod connect;
 pub mod grants;
 pub mod host;
 pub mod instance;
+pub mod keys;
 pub mod kva;
 pub mod negotiate;
 pub mod queue;

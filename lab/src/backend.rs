@@ -16,6 +16,7 @@ use super::TaskEvent;
 use xbb::connect::ConnectError;
 use xbb::host::{MediumInfo, XenbusState};
 use xbb::instance::Instance;
+use xbb::keys;
 use xbb::stats::{Stats, Tunables};
 
 /// How long detach waits for in-flight I/O to complete before giving up
@@ -327,7 +328,7 @@ impl Task {
     }
 
     fn rewatch_frontend(&self, inst: &Instance, cur: &mut Option<(String, WatchId)>) {
-        let want = inst.frontend_path().map(|p| format!("{p}/state"));
+        let want = inst.frontend_path().map(|p| format!("{p}/{}", keys::STATE));
         let have = cur.as_ref().map(|(p, _)| p.clone());
         if want == have {
             return;

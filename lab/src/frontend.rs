@@ -49,6 +49,7 @@ use xbb::abi::{
     XEN_IO_PROTO_ABI_X86_64,
 };
 use xbb::host::{DomId, EvtchnPort, GrantRef, XenbusState, XsError, PAGE_SIZE};
+use xbb::keys;
 use xbb::ring::FrontRing;
 
 /// The most queues a [`Profile`] may ask for.
@@ -685,13 +686,13 @@ impl std::fmt::Debug for Frontend {
 }
 
 const TRANSPORT_KEYS: [&str; 7] = [
-    "ring-ref",
-    "ring-page-order",
-    "num-ring-pages",
-    "event-channel",
-    "protocol",
-    "multi-queue-num-queues",
-    "feature-persistent",
+    keys::RING_REF,
+    keys::RING_PAGE_ORDER,
+    keys::NUM_RING_PAGES,
+    keys::EVENT_CHANNEL,
+    keys::PROTOCOL,
+    keys::MULTI_QUEUE_NUM_QUEUES,
+    keys::FEATURE_PERSISTENT,
 ];
 
 impl Frontend {
@@ -727,7 +728,7 @@ impl Frontend {
             .ok_or(FrontendError::NoGuest(fe_dom))?;
         let be_changed: Signal = Arc::new((Mutex::new(0), Condvar::new()));
         let sig = Arc::clone(&be_changed);
-        let be_state = format!("{}/state", vbd.backend_path());
+        let be_state = format!("{}/{}", vbd.backend_path(), keys::STATE);
         let be_watch = xen
             .xenstore
             .watch(&be_state, std::boxed::Box::new(move |_p: &str| bump(&sig)))
@@ -860,7 +861,7 @@ impl Frontend {
 
     /// The back-end's XenBus state (Unknown when unreadable).
     pub fn backend_state(&self) -> XenbusState {
-        self.read_num(&format!("{}/state", self.be_path))
+        self.read_num(&format!("{}/{}", self.be_path, keys::STATE))
             .ok()
             .flatten()
             .and_then(|v| u32::try_from(v).ok())
@@ -877,7 +878,7 @@ impl Frontend {
     }
 
     fn write_state(&self, state: XenbusState) -> Result<(), FrontendError> {
-        let p = format!("{}/state", self.fe_path);
+        let p = format!("{}/{}", self.fe_path, keys::STATE);
         self.xs
             .write(&p, state.as_str())
             .map_err(|e| Self::xs_err(&p, e))
@@ -941,7 +942,9 @@ impl Frontend {
             let _ = self.xs.remove(&format!("{}/{k}", self.fe_path));
         }
         for i in 0..32 {
-            let _ = self.xs.remove(&format!("{}/ring-ref{i}", self.fe_path));
+            let _ = self
+                .xs
+                .remove(&format!("{}/{}{i}", self.fe_path, keys::RING_REF));
         }
         if let Ok(children) = self.xs.directory(&self.fe_path) {
             for c in children.iter().filter(|c| c.starts_with("queue-")) {
@@ -956,13 +959,17 @@ impl Frontend {
         )?;
 
         let max_order = self
-            .read_num(&format!("{}/max-ring-page-order", self.be_path))?
+            .read_num(&format!("{}/{}", self.be_path, keys::MAX_RING_PAGE_ORDER))?
             .unwrap_or(0);
         let order = u64::from(self.profile.ring_page_order)
             .min(max_order)
             .min(5) as u32;
         let pages = 1u32 << order;
-        let max_queues = self.read_num(&format!("{}/multi-queue-max-queues", self.be_path))?;
+        let max_queues = self.read_num(&format!(
+            "{}/{}",
+            self.be_path,
+            keys::MULTI_QUEUE_MAX_QUEUES
+        ))?;
         let nqueues = match max_queues {
             Some(m) if self.profile.queues > 1 => {
                 u32::try_from(m.clamp(1, u64::from(self.profile.queues))).unwrap_or(1)
@@ -998,36 +1005,45 @@ impl Frontend {
         let mut nodes: BTreeMap<String, Option<String>> = BTreeMap::new();
         for (n, q) in conn.queues.iter().enumerate() {
             let dir = if nqueues > 1 {
-                format!("queue-{n}/")
+                format!("{}{n}/", keys::QUEUE_DIR_PREFIX)
             } else {
                 String::new()
             };
             if order == 0 {
-                nodes.insert(format!("{dir}ring-ref"), Some(q.ring_grefs[0].to_string()));
+                nodes.insert(
+                    format!("{dir}{}", keys::RING_REF),
+                    Some(q.ring_grefs[0].to_string()),
+                );
             } else {
                 for (i, g) in q.ring_grefs.iter().enumerate() {
-                    nodes.insert(format!("{dir}ring-ref{i}"), Some(g.to_string()));
+                    nodes.insert(format!("{dir}{}{i}", keys::RING_REF), Some(g.to_string()));
                 }
             }
-            nodes.insert(format!("{dir}event-channel"), Some(q.port.to_string()));
+            nodes.insert(
+                format!("{dir}{}", keys::EVENT_CHANNEL),
+                Some(q.port.to_string()),
+            );
         }
         if max_queues.is_some() && self.profile.queues > 1 {
-            nodes.insert("multi-queue-num-queues".into(), Some(nqueues.to_string()));
+            nodes.insert(
+                keys::MULTI_QUEUE_NUM_QUEUES.into(),
+                Some(nqueues.to_string()),
+            );
         }
         if self.profile.legacy_num_ring_pages {
             if order > 0 {
-                nodes.insert("num-ring-pages".into(), Some(pages.to_string()));
+                nodes.insert(keys::NUM_RING_PAGES.into(), Some(pages.to_string()));
             }
         } else if order > 0 {
-            nodes.insert("ring-page-order".into(), Some(order.to_string()));
+            nodes.insert(keys::RING_PAGE_ORDER.into(), Some(order.to_string()));
         }
         let proto = match self.profile.abi {
             Abi::X86_32 => XEN_IO_PROTO_ABI_X86_32,
             Abi::X86_64 => XEN_IO_PROTO_ABI_X86_64,
         };
-        nodes.insert("protocol".into(), Some(proto.to_string()));
+        nodes.insert(keys::PROTOCOL.into(), Some(proto.to_string()));
         if self.profile.persistent {
-            nodes.insert("feature-persistent".into(), Some("1".into()));
+            nodes.insert(keys::FEATURE_PERSISTENT.into(), Some("1".into()));
         }
         for (k, v) in &self.overrides {
             nodes.insert(k.clone(), v.clone());
@@ -1113,7 +1129,7 @@ impl Frontend {
                 }
             }
             if failed.is_none() {
-                let p = format!("{}/state", self.fe_path);
+                let p = format!("{}/{}", self.fe_path, keys::STATE);
                 if let Err(e) = self.xs.write_in(t, &p, state.as_str().as_bytes()) {
                     failed = Some(Self::xs_err(&p, e));
                 }
@@ -1134,26 +1150,26 @@ impl Frontend {
     fn read_backend_info(&mut self) -> Result<(), FrontendError> {
         let be = self.be_path.clone();
         let num = |s: &Self, k: &str| s.read_num(&format!("{be}/{k}"));
-        let sectors = num(self, "sectors")?.ok_or_else(|| FrontendError::BadNode {
-            path: format!("{be}/sectors"),
+        let sectors = num(self, keys::SECTORS)?.ok_or_else(|| FrontendError::BadNode {
+            path: format!("{be}/{}", keys::SECTORS),
         })?;
-        let ss = num(self, "sector-size")?.unwrap_or(512);
-        let pss = num(self, "physical-sector-size")?.unwrap_or(ss);
-        let info = num(self, "info")?.unwrap_or(0);
-        let flush = num(self, "feature-flush-cache")?.unwrap_or(0) == 1;
-        let barrier = num(self, "feature-barrier")?.unwrap_or(0) == 1;
+        let ss = num(self, keys::SECTOR_SIZE)?.unwrap_or(512);
+        let pss = num(self, keys::PHYSICAL_SECTOR_SIZE)?.unwrap_or(ss);
+        let info = num(self, keys::INFO)?.unwrap_or(0);
+        let flush = num(self, keys::FEATURE_FLUSH_CACHE)?.unwrap_or(0) == 1;
+        let barrier = num(self, keys::FEATURE_BARRIER)?.unwrap_or(0) == 1;
         let bad = |k: &str| FrontendError::BadNode {
             path: format!("{be}/{k}"),
         };
         self.info.sectors = sectors;
-        self.info.sector_size = u32::try_from(ss).map_err(|_| bad("sector-size"))?;
+        self.info.sector_size = u32::try_from(ss).map_err(|_| bad(keys::SECTOR_SIZE))?;
         self.info.physical_sector_size =
-            u32::try_from(pss).map_err(|_| bad("physical-sector-size"))?;
-        self.info.info = u32::try_from(info).map_err(|_| bad("info"))?;
+            u32::try_from(pss).map_err(|_| bad(keys::PHYSICAL_SECTOR_SIZE))?;
+        self.info.info = u32::try_from(info).map_err(|_| bad(keys::INFO))?;
         self.info.flush = flush;
         self.info.barrier = barrier;
         // The features the profile uses only when offered.
-        let indirect = num(self, "feature-max-indirect-segments")?.unwrap_or(0);
+        let indirect = num(self, keys::FEATURE_MAX_INDIRECT_SEGMENTS)?.unwrap_or(0);
         self.info.max_indirect_segments = u32::try_from(
             indirect
                 .min(u64::from(self.profile.max_indirect_segments))
@@ -1161,16 +1177,16 @@ impl Frontend {
         )
         .unwrap_or(0);
         self.info.persistent =
-            self.profile.persistent && num(self, "feature-persistent")?.unwrap_or(0) == 1;
-        self.info.discard = num(self, "feature-discard")?.unwrap_or(0) == 1;
+            self.profile.persistent && num(self, keys::FEATURE_PERSISTENT)?.unwrap_or(0) == 1;
+        self.info.discard = num(self, keys::FEATURE_DISCARD)?.unwrap_or(0) == 1;
         if self.info.discard {
             self.info.discard_granularity =
-                u32::try_from(num(self, "discard-granularity")?.unwrap_or(0))
-                    .map_err(|_| bad("discard-granularity"))?;
+                u32::try_from(num(self, keys::DISCARD_GRANULARITY)?.unwrap_or(0))
+                    .map_err(|_| bad(keys::DISCARD_GRANULARITY))?;
             self.info.discard_alignment =
-                u32::try_from(num(self, "discard-alignment")?.unwrap_or(0))
-                    .map_err(|_| bad("discard-alignment"))?;
-            self.info.discard_secure = num(self, "discard-secure")?.unwrap_or(0) == 1;
+                u32::try_from(num(self, keys::DISCARD_ALIGNMENT)?.unwrap_or(0))
+                    .map_err(|_| bad(keys::DISCARD_ALIGNMENT))?;
+            self.info.discard_secure = num(self, keys::DISCARD_SECURE)?.unwrap_or(0) == 1;
         }
         Ok(())
     }

@@ -42,6 +42,7 @@ use xbb::abi::{
     BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY,
 };
 use xbb::host::{DomId, GrantError, IoError, XenbusState};
+use xbb::keys;
 use xbb::stats::{Stat, Stats, Tunable, Tunables, SYSCTLS, TUNABLES, TUNABLE_PREFIX};
 
 // ---------------------------------------------------------------------------
@@ -2397,7 +2398,7 @@ fn guest_step(run: &mut Run<'_>, n: usize, step: &Step, t: usize) {
         } => {
             let v = if *delete { None } else { value.as_deref() };
             let key = match queue {
-                Some(q) => format!("queue-{q}/{key}"),
+                Some(q) => format!("{}{q}/{key}", keys::QUEUE_DIR_PREFIX),
                 None => key.clone(),
             };
             run.progress(format_args!(
@@ -2532,7 +2533,7 @@ fn guest_step(run: &mut Run<'_>, n: usize, step: &Step, t: usize) {
                 "step {n}: {name}: {count} writes of the front-end's state ({})",
                 states.join(", ")
             ));
-            let path = format!("{}/state", run.guests[t].fe.frontend_path());
+            let path = format!("{}/{}", run.guests[t].fe.frontend_path(), keys::STATE);
             let xs = &run.world.xen().xenstore;
             let mut failed = None;
             for i in 0..*count as usize {

@@ -4,6 +4,7 @@
 
 use super::xenstore::Xenstored;
 use xbb::host::{DomId, XenbusState, XsError, XsTxn};
+use xbb::keys;
 
 /// What `xl` is asked to create.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -145,24 +146,24 @@ pub fn create_vbd(xs: &Xenstored, spec: &VbdSpec) -> Result<VbdPaths, XsError> {
         let w = |node: &str, dir: &str, value: &str| {
             xs.write_in(t, &format!("{dir}/{node}"), value.as_bytes())
         };
-        w("frontend", be, fe)?;
-        w("frontend-id", be, &fe_id)?;
-        w("params", be, &spec.params)?;
-        w("type", be, &spec.kind)?;
-        w("mode", be, &spec.mode)?;
-        w("online", be, online)?;
+        w(keys::FRONTEND, be, fe)?;
+        w(keys::FRONTEND_ID, be, &fe_id)?;
+        w(keys::PARAMS, be, &spec.params)?;
+        w(keys::TYPE, be, &spec.kind)?;
+        w(keys::MODE, be, &spec.mode)?;
+        w(keys::ONLINE, be, online)?;
         w("removable", be, "0")?;
         w("bootable", be, "1")?;
         w("dev", be, &dev)?;
-        w("device-type", be, "disk")?;
-        w("discard-enable", be, "1")?;
-        w("physical-device-path", be, &spec.params)?;
-        w("state", be, init)?;
-        w("backend", fe, be)?;
-        w("backend-id", fe, &be_id)?;
-        w("virtual-device", fe, &devid)?;
-        w("device-type", fe, "disk")?;
-        w("state", fe, init)
+        w(keys::DEVICE_TYPE, be, "disk")?;
+        w(keys::DISCARD_ENABLE, be, "1")?;
+        w(keys::PHYSICAL_DEVICE_PATH, be, &spec.params)?;
+        w(keys::STATE, be, init)?;
+        w(keys::BACKEND, fe, be)?;
+        w(keys::BACKEND_ID, fe, &be_id)?;
+        w(keys::VIRTUAL_DEVICE, fe, &devid)?;
+        w(keys::DEVICE_TYPE, fe, "disk")?;
+        w(keys::STATE, fe, init)
     })?;
     Ok(paths)
 }
@@ -172,10 +173,10 @@ pub fn create_vbd(xs: &Xenstored, spec: &VbdSpec) -> Result<VbdPaths, XsError> {
 pub fn destroy_vbd(xs: &Xenstored, paths: &VbdPaths) -> Result<(), XsError> {
     let be = &paths.backend;
     in_transaction(xs, |t| {
-        xs.write_in(t, &format!("{be}/online"), b"0")?;
+        xs.write_in(t, &format!("{be}/{}", keys::ONLINE), b"0")?;
         xs.write_in(
             t,
-            &format!("{be}/state"),
+            &format!("{be}/{}", keys::STATE),
             XenbusState::Closing.as_str().as_bytes(),
         )
     })

@@ -32,6 +32,7 @@ use super::host::XenHost;
 use xbb::connect::ConnectError;
 use xbb::host::{DomId, XenbusState};
 use xbb::instance::Instance;
+use xbb::keys;
 use xbb::stats::{Stats, Tunable, Tunables, SYSCTLS};
 
 /// Where the kernel's back-end shows it is loaded (Linux sysfs).
@@ -122,8 +123,8 @@ fn claim(xs: &mut Xs, path: &str, cfg: &Config) -> Result<(), Skip> {
         let txn = xs.transaction_start().map_err(|_| Skip::Gone)?;
         let read = (|| {
             Ok::<_, i32>((
-                read_str(xs, txn, &format!("{path}/state"))?,
-                read_str(xs, txn, &format!("{path}/type"))?,
+                read_str(xs, txn, &format!("{path}/{}", keys::STATE))?,
+                read_str(xs, txn, &format!("{path}/{}", keys::TYPE))?,
                 read_str(xs, txn, &format!("{path}/{CLAIM_NODE}"))?,
             ))
         })();
@@ -558,7 +559,7 @@ impl InstanceThread {
                 if fired {
                     // The toolstack removed the device: nothing is left to
                     // serve (the front-end was closed first, or is gone).
-                    let state = host.xs().read(0, &format!("{}/state", self.path));
+                    let state = host.xs().read(0, &format!("{}/{}", self.path, keys::STATE));
                     if matches!(state, Err(libc::ENOENT)) {
                         host.set_removed();
                         stop = true;
@@ -617,7 +618,7 @@ impl InstanceThread {
     }
 
     fn rewatch(&self, host: &mut XenHost, inst: &Instance, cur: &mut Option<String>) {
-        let want = inst.frontend_path().map(|p| format!("{p}/state"));
+        let want = inst.frontend_path().map(|p| format!("{p}/{}", keys::STATE));
         if want == *cur {
             return;
         }

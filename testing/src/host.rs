@@ -38,6 +38,7 @@ use xbb::host::{
     OpenParams, QueueId, Store, XenStore, XenbusState, XsError, XsTxn, PAGE_SIZE,
 };
 use xbb::instance::Instance;
+use xbb::keys;
 use xbb::ring::FrontRing;
 use xbb::shmem::SharedMem;
 
@@ -393,24 +394,24 @@ impl FakeHost {
 
     /// The toolstack's back-end nodes for [`BE_PATH`] / [`FE_PATH`].
     pub fn standard_nodes(&mut self, writable: bool, online: bool) {
-        self.be_set("frontend", FE_PATH);
-        self.be_set("frontend-id", &FE_DOM.to_string());
-        self.be_set("params", "/fake/disk");
-        self.be_set("type", "file");
-        self.be_set("mode", if writable { "w" } else { "r" });
-        self.be_set("online", if online { "1" } else { "0" });
+        self.be_set(keys::FRONTEND, FE_PATH);
+        self.be_set(keys::FRONTEND_ID, &FE_DOM.to_string());
+        self.be_set(keys::PARAMS, "/fake/disk");
+        self.be_set(keys::TYPE, "file");
+        self.be_set(keys::MODE, if writable { "w" } else { "r" });
+        self.be_set(keys::ONLINE, if online { "1" } else { "0" });
         self.set_frontend_state(XenbusState::Initialising);
     }
 
     /// Writes the front-end's `state` node (the test then calls
     /// `Instance::frontend_changed`, as a watch would).
     pub fn set_frontend_state(&mut self, s: XenbusState) {
-        self.fe_set("state", s.as_str());
+        self.fe_set(keys::STATE, s.as_str());
     }
 
     /// The back-end's published state.
     pub fn backend_state(&self) -> Option<&str> {
-        self.xs_get(&format!("{BE_PATH}/state"))
+        self.xs_get(&format!("{BE_PATH}/{}", keys::STATE))
     }
 
     // --- Guest memory -------------------------------------------------------
@@ -490,19 +491,19 @@ impl FakeHost {
         self.ring_addr = back.as_ptr() as usize;
         self.ring_back = Some(back);
         if pages == 1 {
-            self.fe_set("ring-ref", &self.ring_grefs[0].to_string());
+            self.fe_set(keys::RING_REF, &self.ring_grefs[0].to_string());
         } else {
-            self.fe_set("ring-page-order", &pages.trailing_zeros().to_string());
+            self.fe_set(keys::RING_PAGE_ORDER, &pages.trailing_zeros().to_string());
             for (i, g) in self.ring_grefs.clone().into_iter().enumerate() {
-                self.fe_set(&format!("ring-ref{i}"), &g.to_string());
+                self.fe_set(&format!("{}{i}", keys::RING_REF), &g.to_string());
             }
         }
-        self.fe_set("event-channel", &FE_PORT.to_string());
+        self.fe_set(keys::EVENT_CHANNEL, &FE_PORT.to_string());
         let proto = match abi {
             Abi::X86_32 => XEN_IO_PROTO_ABI_X86_32,
             Abi::X86_64 => XEN_IO_PROTO_ABI_X86_64,
         };
-        self.fe_set("protocol", proto);
+        self.fe_set(keys::PROTOCOL, proto);
         for page in 0..pages as usize {
             front.write(page * PAGE_SIZE, &[0u8; PAGE_SIZE]);
         }
@@ -675,11 +676,11 @@ impl XenStore for FakeHost {
         let _q = Quiet::new();
         if txn == XsTxn::NONE
             && value == XenbusState::Connected.as_str()
-            && path.strip_prefix(BE_PATH) == Some("/state")
+            && path.strip_prefix(BE_PATH).and_then(|p| p.strip_prefix('/')) == Some(keys::STATE)
         {
             self.connects += 1;
         }
-        if path.starts_with("error/") {
+        if path.starts_with(keys::ERROR) && path[keys::ERROR.len()..].starts_with('/') {
             self.fatals += 1;
         }
         self.xs.xs_write(txn, path, value)

@@ -14,6 +14,7 @@ use xbb::abi::{
 use xbb::connect::ConnectError;
 use xbb::host::{GrantRef, IoError, MediumInfo, XenbusState, PAGE_SIZE};
 use xbb::instance::Instance;
+use xbb::keys;
 use xbb::ring::FrontRing;
 use xbb::shmem::SharedMem;
 use xbb::stats::{Stat, Tunable, Tunables};
@@ -208,7 +209,7 @@ impl Driver {
     }
 
     fn set_front_state(&mut self, v: u8) {
-        let path = format!("{FE_PATH}/state");
+        let path = format!("{FE_PATH}/{}", keys::STATE);
         match v % 12 {
             s @ 0..=8 => {
                 let st = XenbusState::from_u32(u32::from(s)).expect("state");
@@ -532,7 +533,7 @@ fn host(cfg: &RingConfig, ring: (SharedMem, SharedMem)) -> (FakeHost, FrontRing)
     }
     let front = host.offer_ring(front_mem, back_mem, abi, 1 << cfg.order);
     if cfg.persistent {
-        host.fe_set("feature-persistent", "1");
+        host.fe_set(keys::FEATURE_PERSISTENT, "1");
     }
     host.set_frontend_state(if cfg.connect_at_attach {
         XenbusState::Initialised

@@ -7,17 +7,18 @@ use xbb::abi::{
     XEN_IO_PROTO_ABI_X86_64,
 };
 use xbb::connect::{self, FrontendParams, QueueParams, XS_TXN_RETRIES};
+use xbb::keys;
 
 use super::input::Input;
 use crate::xenstore::XsMap;
 
 const XS_FE: &str = "/local/domain/3/device/vbd/768";
 const XS_KEYS: [&str; 5] = [
-    "ring-page-order",
-    "num-ring-pages",
-    "ring-ref",
-    "event-channel",
-    "protocol",
+    keys::RING_PAGE_ORDER,
+    keys::NUM_RING_PAGES,
+    keys::RING_REF,
+    keys::EVENT_CHANNEL,
+    keys::PROTOCOL,
 ];
 
 fn xs_path(key: &str) -> String {
@@ -107,36 +108,39 @@ fn write_well_formed(r: &mut Input<'_>, xs: &mut XsMap, max_order: u32) -> Front
     let mut put = |key: &str, v: &[u8]| xs.set(&xs_path(key), v);
     if order > 0 || style != 0 {
         if style != 1 {
-            put("ring-page-order", format!("{order}").as_bytes());
+            put(keys::RING_PAGE_ORDER, format!("{order}").as_bytes());
         }
         if style != 0 {
-            put("num-ring-pages", format!("{}", 1u32 << order).as_bytes());
+            put(
+                keys::NUM_RING_PAGES,
+                format!("{}", 1u32 << order).as_bytes(),
+            );
         }
     }
     let mut refs = [0u32; 32];
     for (i, slot) in refs.iter_mut().enumerate().take(1 << order) {
         *slot = r.u32();
         let key = if order == 0 && style != 2 {
-            String::from("ring-ref")
+            String::from(keys::RING_REF)
         } else {
             format!("ring-ref{i}")
         };
         put(&key, format!("{slot}").as_bytes());
     }
     let port = r.u32();
-    put("event-channel", format!("{port}").as_bytes());
+    put(keys::EVENT_CHANNEL, format!("{port}").as_bytes());
     let abi = match r.u8() % 4 {
         0 => Abi::native(),
         1 => {
-            put("protocol", XEN_IO_PROTO_ABI_X86_32.as_bytes());
+            put(keys::PROTOCOL, XEN_IO_PROTO_ABI_X86_32.as_bytes());
             Abi::X86_32
         }
         2 => {
-            put("protocol", XEN_IO_PROTO_ABI_X86_64.as_bytes());
+            put(keys::PROTOCOL, XEN_IO_PROTO_ABI_X86_64.as_bytes());
             Abi::X86_64
         }
         _ => {
-            put("protocol", XEN_IO_PROTO_ABI_ARM.as_bytes());
+            put(keys::PROTOCOL, XEN_IO_PROTO_ABI_ARM.as_bytes());
             Abi::X86_64
         }
     };
@@ -177,7 +181,7 @@ fn check_accepted(p: &FrontendParams, xs: &XsMap, max_order: u32) {
     assert!(p.ring_pages.is_power_of_two() && p.ring_pages <= 1 << cap);
     let order = p.ring_pages.trailing_zeros();
     let node = |k: &str| xs.get_bytes(&xs_path(k));
-    match (node("ring-page-order"), node("num-ring-pages")) {
+    match (node(keys::RING_PAGE_ORDER), node(keys::NUM_RING_PAGES)) {
         (None, None) => assert_eq!(p.ring_pages, 1),
         (o, n) => {
             if let Some(o) = o {
@@ -191,7 +195,7 @@ fn check_accepted(p: &FrontendParams, xs: &XsMap, max_order: u32) {
     assert_eq!(p.refs(0).len(), p.ring_pages as usize);
     assert_eq!(p.queues.len(), 1);
     if p.ring_pages == 1 {
-        let want = match node("ring-ref") {
+        let want = match node(keys::RING_REF) {
             Some(v) => dec32(v),
             None => node("ring-ref0").and_then(dec32),
         };
@@ -206,10 +210,10 @@ fn check_accepted(p: &FrontendParams, xs: &XsMap, max_order: u32) {
         .iter()
         .all(|&g| g == 0));
     assert_eq!(
-        node("event-channel").and_then(dec32),
+        node(keys::EVENT_CHANNEL).and_then(dec32),
         Some(p.queues[0].event_channel)
     );
-    let want_abi = match node("protocol") {
+    let want_abi = match node(keys::PROTOCOL) {
         None => Abi::native(),
         Some(v) => Abi::from_protocol(v).expect("unknown protocol accepted"),
     };
