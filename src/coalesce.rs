@@ -22,6 +22,7 @@ use core::ops::Range;
 use crate::abi::{Segment, SECTOR_SHIFT};
 use crate::host::{IoTag, IoVec, QueueId, PAGE_SIZE};
 use crate::request::{Op, Parsed};
+use crate::units::{Bytes, Sectors, WindowPage};
 
 /// What the open reqlist looks like, for the append decision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,11 +30,11 @@ pub struct OpenRun {
     /// Its operation.
     pub op: Op,
     /// The sector right after its data.
-    pub next_sector: u64,
+    pub next_sector: Sectors,
     /// Pages (segments) it holds.
     pub pages: u32,
     /// Bytes of data it holds.
-    pub bytes: u64,
+    pub bytes: Bytes,
 }
 
 /// The bounds of one reqlist.
@@ -42,7 +43,7 @@ pub struct Budget {
     /// Most pages (segments) in one reqlist.
     pub max_pages: u32,
     /// Most bytes in one reqlist.
-    pub max_bytes: u64,
+    pub max_bytes: Bytes,
 }
 
 /// Whether `next` may join `open`: both plain reads or both plain writes,
@@ -53,7 +54,11 @@ pub fn may_join(open: &OpenRun, next: &Parsed, budget: &Budget) -> bool {
         && open.op == next.op
         && open.next_sector == next.sector
         && open.pages + u32::from(next.nsegs) <= budget.max_pages
-        && open.bytes + (next.nr_sectors << SECTOR_SHIFT) <= budget.max_bytes
+        && next
+            .nr_sectors
+            .bytes()
+            .and_then(|b| open.bytes.0.checked_add(b.0))
+            .is_some_and(|total| total <= budget.max_bytes.0)
 }
 
 /// Appends the iovecs of `segments`, each paired with the window page
@@ -64,12 +69,12 @@ pub fn may_join(open: &OpenRun, next: &Parsed, budget: &Budget) -> bool {
 /// consecutive pages is one buffer. `None` when a segment has no page or
 /// `out` is full (neither happens for a reqlist within its budget).
 pub fn append_iovecs<'a>(
-    segments: impl Iterator<Item = (&'a Segment, Option<u32>)>,
+    segments: impl Iterator<Item = (&'a Segment, Option<WindowPage>)>,
     out: &mut [IoVec],
     mut n: usize,
 ) -> Option<usize> {
     for (s, page) in segments {
-        let start = page? as usize * PAGE_SIZE + ((s.first_sect as usize) << SECTOR_SHIFT);
+        let start = page?.0 as usize * PAGE_SIZE + ((s.first_sect as usize) << SECTOR_SHIFT);
         let len = ((s.last_sect - s.first_sect) as usize + 1) << SECTOR_SHIFT;
         match n.checked_sub(1).and_then(|i| out.get_mut(i)) {
             Some(prev) if prev.window_offset + prev.len == start => prev.len += len,
@@ -121,10 +126,10 @@ pub struct Reqlist {
     pub head: u16,
     /// See [`Reqlist::head`].
     pub tail: u16,
-    /// Where it starts on the medium, in 512-byte sectors.
-    pub sector: u64,
-    /// Its length, in 512-byte sectors.
-    pub nr_sectors: u64,
+    /// Where it starts on the medium.
+    pub sector: Sectors,
+    /// Its length.
+    pub nr_sectors: Sectors,
     /// Segments of all its requests.
     pub pages: u32,
     /// First page of its transient range (relative to the queue's KVA
@@ -144,8 +149,8 @@ const EMPTY_LIST: Reqlist = Reqlist {
     op: Op::Read,
     head: NONE,
     tail: NONE,
-    sector: 0,
-    nr_sectors: 0,
+    sector: Sectors(0),
+    nr_sectors: Sectors(0),
     pages: 0,
     kva_first: 0,
     kva_pages: 0,
@@ -325,11 +330,16 @@ impl Reqlists {
             return false;
         };
         let o = self.lists[usize::from(l)];
+        let (Some(next_sector), Some(bytes)) =
+            (o.sector.checked_add(o.nr_sectors), o.nr_sectors.bytes())
+        else {
+            return false;
+        };
         let run = OpenRun {
             op: o.op,
-            next_sector: o.sector + o.nr_sectors,
+            next_sector,
             pages: o.pages,
-            bytes: o.nr_sectors << SECTOR_SHIFT,
+            bytes,
         };
         if !may_join(&run, p, budget) {
             return false;
@@ -337,7 +347,7 @@ impl Reqlists {
         self.slots[usize::from(o.tail)].next = slot;
         let list = &mut self.lists[usize::from(l)];
         list.tail = slot;
-        list.nr_sectors += p.nr_sectors;
+        list.nr_sectors = Sectors(list.nr_sectors.0 + p.nr_sectors.0);
         list.pages += u32::from(p.nsegs);
         true
     }
@@ -413,15 +423,15 @@ mod tests {
             id: 0,
             operation: 0,
             op,
-            sector,
-            nr_sectors: u64::from(nsegs) * 8,
+            sector: Sectors(sector),
+            nr_sectors: Sectors(u64::from(nsegs) * 8),
             nsegs,
         }
     }
 
     const B: Budget = Budget {
         max_pages: 22,
-        max_bytes: 1 << 20,
+        max_bytes: Bytes(1 << 20),
     };
 
     #[test]
@@ -442,7 +452,7 @@ mod tests {
         let mut r = Reqlists::try_new(4, 11).unwrap();
         let b = Budget {
             max_pages: 22,
-            max_bytes: 1 << 20,
+            max_bytes: Bytes(1 << 20),
         };
         let a = r.take_slot().unwrap();
         assert_eq!(a, 0, "low indices first");
@@ -460,7 +470,7 @@ mod tests {
         );
         let chain: alloc::vec::Vec<_> = r.chain(l).collect();
         assert_eq!(chain, [(0, 0..2), (1, 11..14)]);
-        assert_eq!(r.list(l).nr_sectors, 40);
+        assert_eq!(r.list(l).nr_sectors, Sectors(40));
         assert_eq!(r.take_open(), Some(l));
         assert_eq!(r.open(), None);
         r.free(l);
@@ -485,9 +495,9 @@ mod tests {
     fn joins_only_contiguous_same_op_within_budget() {
         let open = OpenRun {
             op: Op::Write,
-            next_sector: 88,
+            next_sector: Sectors(88),
             pages: 11,
-            bytes: 11 * 4096,
+            bytes: Bytes(11 * 4096),
         };
         assert!(may_join(&open, &parsed(Op::Write, 88, 11), &B));
         assert!(!may_join(&open, &parsed(Op::Write, 96, 1), &B));
@@ -501,7 +511,7 @@ mod tests {
             &open,
             &parsed(Op::Write, 88, 1),
             &Budget {
-                max_bytes: 11 * 4096,
+                max_bytes: Bytes(11 * 4096),
                 ..B
             }
         ));
@@ -522,7 +532,7 @@ mod tests {
         let segs = [full; 4];
         let mut out = [IoVec::default(); 4];
         // Persistent pages need not be consecutive: 7, 8 merge; 3 and 20 don't.
-        let pages = [Some(7), Some(8), Some(3), Some(20)];
+        let pages = [7, 8, 3, 20].map(|p| Some(WindowPage(p)));
         let n = append_iovecs(segs.iter().zip(pages), &mut out, 0).unwrap();
         assert_eq!(n, 3);
         assert_eq!(
@@ -540,7 +550,7 @@ mod tests {
             }
         );
         // Appending continues after an earlier request's iovecs.
-        let n2 = append_iovecs(segs[..1].iter().zip([Some(21)]), &mut out, n).unwrap();
+        let n2 = append_iovecs(segs[..1].iter().zip([Some(WindowPage(21))]), &mut out, n).unwrap();
         assert_eq!(n2, 3);
         assert_eq!(
             out[2],
@@ -555,7 +565,11 @@ mod tests {
         );
         let mut tiny = [IoVec::default(); 1];
         assert_eq!(
-            append_iovecs(segs.iter().zip([Some(1), Some(5)]), &mut tiny, 0),
+            append_iovecs(
+                segs.iter().zip([Some(WindowPage(1)), Some(WindowPage(5))]),
+                &mut tiny,
+                0
+            ),
             None
         );
     }
@@ -590,7 +604,7 @@ mod tests {
             },
         ];
         let mut out = [IoVec::default(); 5];
-        let pages = [10, 11, 12, 13, 14].map(Some);
+        let pages = [10, 11, 12, 13, 14].map(|p| Some(WindowPage(p)));
         let n = append_iovecs(segs.iter().zip(pages), &mut out, 0).unwrap();
         assert_eq!(n, 3);
         assert_eq!(

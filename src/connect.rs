@@ -52,6 +52,7 @@ use crate::host::{
     XenbusState, XsError, XsTxn,
 };
 use crate::keys;
+use crate::units::Sectors;
 
 // errno values. These are the same on FreeBSD and Linux, so an `error` node
 // reads the same whichever domain runs the back-end.
@@ -1033,7 +1034,7 @@ pub fn publish_connected<X: XenStore>(
         0
     };
     with_txn(xs, |xs, txn| {
-        write_u64(xs, txn, be_dir, keys::SECTORS, medium.sectors)?;
+        write_u64(xs, txn, be_dir, keys::SECTORS, medium.sectors.0)?;
         write_u64(xs, txn, be_dir, keys::SECTOR_SIZE, u64::from(ss))?;
         write_u64(xs, txn, be_dir, keys::PHYSICAL_SECTOR_SIZE, u64::from(pss))?;
         write_u64(xs, txn, be_dir, keys::INFO, u64::from(info))?;
@@ -1094,10 +1095,10 @@ pub fn publish_connected<X: XenStore>(
 pub fn publish_resize<X: XenStore>(
     xs: &mut X,
     be_dir: &str,
-    sectors: u64,
+    sectors: Sectors,
 ) -> Result<(), ConnectError> {
     with_txn(xs, |xs, txn| {
-        write_u64(xs, txn, be_dir, keys::SECTORS, sectors)?;
+        write_u64(xs, txn, be_dir, keys::SECTORS, sectors.0)?;
         write_node(
             xs,
             txn,

@@ -17,6 +17,7 @@
 //! (`EVTCHNOP_bind_interdomain`, `EVTCHNOP_send`) for [`EventChannel`].
 
 use crate::shmem::SharedMem;
+use crate::units::{Bytes, Sectors, WindowPage};
 
 /// A Xen domain id (`domid_t`).
 pub type DomId = u16;
@@ -141,8 +142,8 @@ pub struct GrantHandle(pub u32);
 pub struct GrantMapOp {
     /// The front-end's grant reference.
     pub gref: GrantRef,
-    /// Page index inside the data window where the page must appear.
-    pub window_page: u32,
+    /// The page of the data window where the grant must appear.
+    pub window_page: WindowPage,
     /// Map read-only (`GNTMAP_readonly`): the back-end only reads the page
     /// (a guest WRITE).
     pub readonly: bool,
@@ -151,8 +152,8 @@ pub struct GrantMapOp {
 /// One entry of a batched unmapping.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GrantUnmapOp {
-    /// Page index inside the data window.
-    pub window_page: u32,
+    /// The page of the data window.
+    pub window_page: WindowPage,
     /// The handle the mapping returned.
     pub handle: GrantHandle,
 }
@@ -253,7 +254,7 @@ pub trait Deferred {
 pub struct MediumInfo {
     /// Size in 512-byte sectors (the unit of the `sectors` node and of
     /// `sector_number`, whatever `sector_size` is).
-    pub sectors: u64,
+    pub sectors: Sectors,
     /// Logical block size in bytes: a power of two, at least 512.
     pub sector_size: u32,
     /// Physical block size in bytes: a multiple of `sector_size`.
@@ -284,20 +285,21 @@ pub struct IoVec {
     pub len: usize,
 }
 
-/// One I/O handed to the back-end store. Offsets are bytes on the medium.
+/// One I/O handed to the back-end store. Offsets and lengths are bytes on
+/// the medium.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IoOp<'a> {
     /// Read `iov` (in order) from the medium starting at `offset`.
     Read {
         /// Medium byte offset.
-        offset: u64,
+        offset: Bytes,
         /// Destination pieces in the window.
         iov: &'a [IoVec],
     },
     /// Write `iov` (in order) to the medium starting at `offset`.
     Write {
         /// Medium byte offset.
-        offset: u64,
+        offset: Bytes,
         /// Source pieces in the window.
         iov: &'a [IoVec],
     },
@@ -306,9 +308,9 @@ pub enum IoOp<'a> {
     /// Discard `len` bytes at `offset`.
     Discard {
         /// Medium byte offset.
-        offset: u64,
+        offset: Bytes,
         /// Length in bytes.
-        len: u64,
+        len: Bytes,
         /// Erase securely (`BLKIF_DISCARD_SECURE`); only submitted when
         /// [`MediumInfo::can_secure_discard`].
         secure: bool,

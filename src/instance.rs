@@ -31,6 +31,7 @@ use crate::negotiate::{self, Terms};
 use crate::queue::{Outcome, Queue, RunParams};
 use crate::ring::BackRing;
 use crate::stats::{Stat, Stats, Tunable, Tunables};
+use crate::units::WindowPage;
 
 /// Why an instance could not be created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,7 +239,7 @@ impl Instance {
                     // The toolstack's mode wins over what the store allows.
                     m.read_only |= !nodes.writable;
                     self.medium = Some(m);
-                    self.stats.set(Stat::MediumSectors, m.sectors);
+                    self.stats.set(Stat::MediumSectors, m.sectors.0);
                 }
                 Err(e) => return self.fail(host, ConnectError::Open(e)),
             }
@@ -322,7 +323,7 @@ impl Instance {
             return;
         }
         m.sectors = info.sectors;
-        self.stats.set(Stat::MediumSectors, info.sectors);
+        self.stats.set(Stat::MediumSectors, info.sectors.0);
         let Some(c) = self.conn.as_mut() else {
             return;
         };
@@ -405,7 +406,7 @@ impl Instance {
                 host.unmap_ring(q, ring.into_mem());
                 return Err(ConnectError::Evtchn(e));
             }
-            let first = q * terms.per_queue;
+            let first = WindowPage(q * terms.per_queue);
             match Queue::new(
                 q,
                 dom,

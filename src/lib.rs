@@ -34,3 +34,4 @@ pub mod request;
 pub mod ring;
 pub mod shmem;
 pub mod stats;
+pub mod units;

@@ -14,6 +14,7 @@ use crate::host::{MediumInfo, PAGE_SIZE};
 use crate::queue::QueueShape;
 use crate::request::{self, Limits};
 use crate::stats::{Stat, Stats, Tunable, Tunables};
+use crate::units::SectorSize;
 
 /// The largest mapping window (per queue) sized automatically: 64 MiB.
 /// `hw.xbb.kva_pages` sets any size.
@@ -115,7 +116,9 @@ pub fn negotiate(
         max_segments: BLKIF_MAX_SEGMENTS_PER_REQUEST as u32,
         max_indirect_segments: max_indirect as u32,
         medium_sectors: medium.sectors,
-        sector_size: medium.sector_size,
+        // An invalid size fails publish_connected, which checks it, before
+        // any request is served.
+        sector_size: SectorSize::new(medium.sector_size).unwrap_or_default(),
         read_only: medium.read_only,
         flush,
         barrier: flush,
@@ -165,7 +168,7 @@ impl Terms {
         s.set(Stat::PersistentGrants, u64::from(self.features.persistent));
         s.set(Stat::MaxPersistentGrants, u64::from(self.shape.cache_pages));
         s.set(Stat::Discard, u64::from(self.features.discard.is_some()));
-        s.set(Stat::MediumSectors, medium.sectors);
+        s.set(Stat::MediumSectors, medium.sectors.0);
     }
 }
 
@@ -174,6 +177,7 @@ mod tests {
     use super::*;
     use crate::abi::Abi;
     use crate::connect::QueueParams;
+    use crate::units::Sectors;
     use alloc::vec;
 
     fn frontend(abi: Abi, ring_pages: u32, queues: usize, persistent: bool) -> FrontendParams {
@@ -193,7 +197,7 @@ mod tests {
 
     fn medium() -> MediumInfo {
         MediumInfo {
-            sectors: 1 << 20,
+            sectors: Sectors(1 << 20),
             sector_size: 512,
             physical_sector_size: 512,
             can_flush: true,
@@ -236,7 +240,7 @@ mod tests {
             })
         );
         assert_eq!(n.limits.max_segments, 11);
-        assert_eq!(n.limits.medium_sectors, 1 << 20);
+        assert_eq!(n.limits.medium_sectors, Sectors(1 << 20));
     }
 
     #[test]

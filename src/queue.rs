@@ -24,7 +24,7 @@
 
 use alloc::vec::Vec;
 
-use crate::abi::{BlkifRequest, BlkifResponse, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY, SECTOR_SHIFT};
+use crate::abi::{BlkifRequest, BlkifResponse, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY};
 use crate::coalesce::{self, try_vec, Budget, ListTag, NoMemory, Reqlists, NONE};
 use crate::grants::{GrantShape, QueueGrants};
 use crate::host::{DomId, Host, IoError, IoOp, IoTag, IoVec, QueueId, PAGE_SIZE};
@@ -33,6 +33,7 @@ use crate::request::{self, Header, Limits, Op, Parsed};
 use crate::ring::BackRing;
 use crate::shmem::SharedMem;
 use crate::stats::{Stat, Stats};
+use crate::units::{Bytes, Sectors, WindowPage};
 
 /// Consecutive spurious kicks tolerated before the event channel is
 /// re-enabled late (a kick can legitimately find its requests already
@@ -179,7 +180,7 @@ impl Queue {
         generation: u8,
         ring: BackRing,
         shape: &QueueShape,
-        first_page: u32,
+        first_page: WindowPage,
         limits: Limits,
     ) -> Result<Queue, (NoMemory, BackRing)> {
         let pools = (|| {
@@ -215,7 +216,7 @@ impl Queue {
             limits,
             budget: Budget {
                 max_pages: shape.max_pages as u32,
-                max_bytes: (shape.max_pages * PAGE_SIZE) as u64,
+                max_bytes: Bytes((shape.max_pages * PAGE_SIZE) as u64),
             },
             lists,
             grants,
@@ -247,7 +248,7 @@ impl Queue {
 
     /// The medium shrank or grew: requests are checked against its new
     /// size.
-    pub fn set_medium_sectors(&mut self, sectors: u64) {
+    pub fn set_medium_sectors(&mut self, sectors: Sectors) {
         self.limits.medium_sectors = sectors;
     }
 
@@ -633,7 +634,11 @@ impl Queue {
         let list = *self.lists.list(l);
         let steps = plan(list.op, list.pages > 0);
         let tag = self.tag(l);
-        let offset = list.sector << SECTOR_SHIFT;
+        // Within the medium, whose bytes fit a u64: the conversions hold.
+        let (Some(offset), Some(len)) = (list.sector.bytes(), list.nr_sectors.bytes()) else {
+            self.lists.list_mut(l).error = true;
+            return self.finish(host, l);
+        };
         let submitted = match steps.get(usize::from(list.phase)) {
             Some(Phase::Data) => match self.iovecs(l) {
                 None => Err(IoError::Io),
@@ -652,7 +657,7 @@ impl Queue {
                 tag,
                 IoOp::Discard {
                     offset,
-                    len: list.nr_sectors << SECTOR_SHIFT,
+                    len,
                     secure: matches!(list.op, Op::Discard { secure: true }),
                 },
             ),
@@ -678,7 +683,7 @@ impl Queue {
         }
         let steps = plan(list.op, list.pages > 0);
         if steps.get(usize::from(list.phase)) == Some(&Phase::Data) {
-            let bytes = list.nr_sectors << SECTOR_SHIFT;
+            let bytes = list.nr_sectors.bytes().map_or(0, |b| b.0);
             let stat = if list.op == Op::Read {
                 Stat::BytesRead
             } else {

@@ -22,10 +22,10 @@ use crate::abi::{
     decode_segment, BlkifRequest, RequestBody, Segment, BLKIF_DISCARD_SECURE,
     BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST, BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_OP_DISCARD,
     BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_INDIRECT, BLKIF_OP_READ, BLKIF_OP_WRITE,
-    BLKIF_OP_WRITE_BARRIER, BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR, SECTORS_PER_PAGE, SECTOR_SHIFT,
-    SEGMENT_SIZE,
+    BLKIF_OP_WRITE_BARRIER, BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR, SECTORS_PER_PAGE, SEGMENT_SIZE,
 };
 use crate::host::{GrantRef, PAGE_SIZE};
+use crate::units::{SectorSize, Sectors};
 
 /// Segment descriptors one indirect page holds.
 pub const SEGMENTS_PER_INDIRECT_PAGE: usize = PAGE_SIZE / SEGMENT_SIZE;
@@ -69,9 +69,9 @@ pub struct Limits {
     /// not offered).
     pub max_indirect_segments: u32,
     /// Medium size in 512-byte sectors.
-    pub medium_sectors: u64,
-    /// Medium logical sector size in bytes (a power of two, >= 512).
-    pub sector_size: u32,
+    pub medium_sectors: Sectors,
+    /// Medium logical sector size.
+    pub sector_size: SectorSize,
     /// The medium is read-only.
     pub read_only: bool,
     /// `feature-flush-cache` was offered.
@@ -96,18 +96,18 @@ pub struct Parsed {
     /// What to do.
     pub op: Op,
     /// First 512-byte sector on the medium.
-    pub sector: u64,
+    pub sector: Sectors,
     /// Total 512-byte sectors (0 for a data-less flush or barrier).
-    pub nr_sectors: u64,
+    pub nr_sectors: Sectors,
     /// Number of segments written to the caller's buffer.
     pub nsegs: u16,
 }
 
 impl Parsed {
     /// The sector right after the request's data.
-    pub fn end_sector(&self) -> u64 {
+    pub fn end_sector(&self) -> Sectors {
         // Cannot overflow: validation checked sector + nr_sectors <= medium.
-        self.sector + self.nr_sectors
+        Sectors(self.sector.0 + self.nr_sectors.0)
     }
 }
 
@@ -120,7 +120,7 @@ pub struct Indirect {
     /// `Read` or `Write`.
     pub op: Op,
     /// First 512-byte sector.
-    pub sector: u64,
+    pub sector: Sectors,
     /// Segments, `1..=` the negotiated maximum.
     pub nsegs: u16,
     /// The descriptor pages' grants; the first [`Indirect::pages`] count.
@@ -182,15 +182,10 @@ impl RequestError {
     }
 }
 
-/// Logical sector size in 512-byte units; a power of two >= 1.
-fn lss(limits: &Limits) -> u64 {
-    u64::from((limits.sector_size >> SECTOR_SHIFT).max(1))
-}
-
 /// Checks `sector .. sector + nr_sectors` against the medium.
-fn check_range(sector: u64, nr_sectors: u64, limits: &Limits) -> Result<(), RequestError> {
-    let lss = lss(limits);
-    if sector % lss != 0 || nr_sectors % lss != 0 {
+fn check_range(sector: Sectors, nr_sectors: Sectors, limits: &Limits) -> Result<(), RequestError> {
+    let ss = limits.sector_size;
+    if !sector.is_aligned(ss) || !nr_sectors.is_aligned(ss) {
         return Err(RequestError::Misaligned);
     }
     match sector.checked_add(nr_sectors) {
@@ -200,8 +195,8 @@ fn check_range(sector: u64, nr_sectors: u64, limits: &Limits) -> Result<(), Requ
 }
 
 /// Checks segments; returns their total 512-byte sectors.
-fn check_segments(segs: &[Segment], limits: &Limits) -> Result<u64, RequestError> {
-    let lss = lss(limits);
+fn check_segments(segs: &[Segment], limits: &Limits) -> Result<Sectors, RequestError> {
+    let lss = limits.sector_size.in_sectors();
     let mut nr_sectors: u64 = 0;
     for s in segs {
         if s.first_sect > s.last_sect || u32::from(s.last_sect) >= SECTORS_PER_PAGE {
@@ -212,7 +207,7 @@ fn check_segments(segs: &[Segment], limits: &Limits) -> Result<u64, RequestError
         }
         nr_sectors += u64::from(s.last_sect - s.first_sect) + 1;
     }
-    Ok(nr_sectors)
+    Ok(Sectors(nr_sectors))
 }
 
 /// The `operation` a response to `req` carries. `blkif_response_t` copies
@@ -254,12 +249,13 @@ pub fn parse(
             if limits.read_only {
                 return Err(RequestError::ReadOnly);
             }
-            check_range(sector_number, nr_sectors, limits)?;
+            let (sector, nr_sectors) = (Sectors(sector_number), Sectors(nr_sectors));
+            check_range(sector, nr_sectors, limits)?;
             Ok(Header::Ready(Parsed {
                 id: req.id,
                 operation: req.operation,
                 op: Op::Discard { secure },
-                sector: sector_number,
+                sector,
                 nr_sectors,
                 nsegs: 0,
             }))
@@ -286,13 +282,14 @@ pub fn parse(
             if op.writes() && limits.read_only {
                 return Err(RequestError::ReadOnly);
             }
-            if sector_number % lss(limits) != 0 {
+            let sector = Sectors(sector_number);
+            if !sector.is_aligned(limits.sector_size) {
                 return Err(RequestError::Misaligned);
             }
             Ok(Header::Indirect(Indirect {
                 id: req.id,
                 op,
-                sector: sector_number,
+                sector,
                 nsegs: nr_segments,
                 grefs: indirect_grefs,
             }))
@@ -326,7 +323,7 @@ pub fn parse(
                 return Err(RequestError::ReadOnly);
             }
             let nr_sectors = check_segments(&seg[..nsegs], limits)?;
-            let sector = if nsegs == 0 { 0 } else { sector_number };
+            let sector = Sectors(if nsegs == 0 { 0 } else { sector_number });
             if nsegs > 0 {
                 check_range(sector, nr_sectors, limits)?;
             }
@@ -389,8 +386,8 @@ mod tests {
     const LIM: Limits = Limits {
         max_segments: 11,
         max_indirect_segments: 0,
-        medium_sectors: 1024,
-        sector_size: 512,
+        medium_sectors: Sectors(1024),
+        sector_size: SectorSize::BLKIF,
         read_only: false,
         flush: true,
         barrier: true,
@@ -455,7 +452,7 @@ mod tests {
         let segs: alloc::vec::Vec<_> = (0..20).map(|i| (100 + i, 0, 7)).collect();
         let p = parse_with(&indirect(BLKIF_OP_WRITE, 8, 20), &IND, &descriptors(&segs)).unwrap();
         assert_eq!(
-            (p.op, p.sector, p.nr_sectors, p.nsegs),
+            (p.op, p.sector.0, p.nr_sectors.0, p.nsegs),
             (Op::Write, 8, 160, 20)
         );
         assert_eq!(p.operation, BLKIF_OP_WRITE);
@@ -567,7 +564,7 @@ mod tests {
         );
         let p = parse1(&discard(16, 64, 0), &d).unwrap();
         assert_eq!(
-            (p.op, p.sector, p.nr_sectors, p.nsegs),
+            (p.op, p.sector.0, p.nr_sectors.0, p.nsegs),
             (Op::Discard { secure: false }, 16, 64, 0)
         );
         assert_eq!(
@@ -596,7 +593,7 @@ mod tests {
         };
         assert_eq!(parse1(&discard(0, 8, 0), &ro), Err(RequestError::ReadOnly));
         let four_k = Limits {
-            sector_size: 4096,
+            sector_size: SectorSize::new(4096).unwrap(),
             ..d
         };
         assert_eq!(
@@ -635,10 +632,10 @@ mod tests {
     fn good_read_counts_sectors() {
         let p = parse1(&rw(BLKIF_OP_READ, 8, &[(0, 7), (0, 3)]), &LIM).unwrap();
         assert_eq!(
-            (p.op, p.sector, p.nr_sectors, p.nsegs),
+            (p.op, p.sector.0, p.nr_sectors.0, p.nsegs),
             (Op::Read, 8, 12, 2)
         );
-        assert_eq!(p.end_sector(), 20);
+        assert_eq!(p.end_sector(), Sectors(20));
         assert_eq!(p.id, 0xdead_beef);
     }
 
@@ -717,7 +714,7 @@ mod tests {
     #[test]
     fn four_k_medium_alignment() {
         let lim = Limits {
-            sector_size: 4096,
+            sector_size: SectorSize::new(4096).unwrap(),
             ..LIM
         };
         assert!(parse1(&rw(BLKIF_OP_WRITE, 16, &[(0, 7), (0, 7)]), &lim).is_ok());

@@ -10,6 +10,7 @@ use xbb::connect::*;
 use xbb::host::{
     EvtchnError, GrantError, GrantRef, MediumInfo, OpenError, XenbusState, XsError, XsTxn,
 };
+use xbb::units::Sectors;
 use xbb_testing::{XsMap, BE_PATH as BE, FE_PATH as FE};
 
 // The errno values an `error` node carries (FreeBSD's and Linux's alike).
@@ -1004,7 +1005,7 @@ fn refs_never_panics_on_a_forged_count() {
 
 fn medium(read_only: bool) -> MediumInfo {
     MediumInfo {
-        sectors: 1 << 33,
+        sectors: Sectors(1 << 33),
         sector_size: 4096,
         physical_sector_size: 8192,
         read_only,
@@ -1225,7 +1226,7 @@ fn connected_rejects_zero_discard_granularity() {
 #[test]
 fn resize_rewrites_sectors_and_state() {
     let mut xs = XsMap::with(&[(&be("state"), "4"), (&be("sectors"), "2048")]);
-    publish_resize(&mut xs, BE, 1 << 40).unwrap();
+    publish_resize(&mut xs, BE, Sectors(1 << 40)).unwrap();
     assert_eq!(xs.get(&be("sectors")), Some("1099511627776"));
     assert_eq!(xs.get(&be("state")), Some("4"));
     assert_eq!(xs.commits, 1);
@@ -1233,18 +1234,18 @@ fn resize_rewrites_sectors_and_state() {
     // The state is written even where it already says Connected: the
     // write itself is the front-end's signal.
     xs.set(&be("state"), b"garbage");
-    publish_resize(&mut xs, BE, 0).unwrap();
+    publish_resize(&mut xs, BE, Sectors(0)).unwrap();
     assert_eq!(xs.get(&be("sectors")), Some("0"));
     assert_eq!(xs.get(&be("state")), Some("4"));
 
     xs.again_commits = 1;
-    publish_resize(&mut xs, BE, u64::MAX).unwrap();
+    publish_resize(&mut xs, BE, Sectors(u64::MAX)).unwrap();
     assert_eq!(xs.get(&be("sectors")), Some("18446744073709551615"));
 
     // All or nothing.
     xs.fail = Some((be("state"), XsError::Denied));
     assert_eq!(
-        publish_resize(&mut xs, BE, 4096),
+        publish_resize(&mut xs, BE, Sectors(4096)),
         Err(ConnectError::Xs {
             key: "state",
             err: XsError::Denied

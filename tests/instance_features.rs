@@ -19,6 +19,7 @@ use xbb::host::{GrantRef, IoError, MediumInfo, XenbusState, PAGE_SIZE};
 use xbb::instance::Instance;
 use xbb::ring::FrontRing;
 use xbb::stats::{Stat, Tunable, Tunables};
+use xbb::units::Sectors;
 use xbb_testing::{FakeConfig, FakeHost, BE_PATH, FE_PATH};
 
 struct Guest {
@@ -30,7 +31,7 @@ struct Guest {
 
 fn medium(sectors: u64, discard: bool, secure: bool) -> MediumInfo {
     MediumInfo {
-        sectors,
+        sectors: Sectors(sectors),
         sector_size: 512,
         physical_sector_size: 512,
         can_flush: true,
@@ -533,7 +534,7 @@ fn resize_while_connected() {
     // Shrink: the new size is published, state is re-written for the
     // front-end's watch, and the lost end refuses I/O.
     g.host.xs_set(&format!("{BE_PATH}/state"), "0");
-    g.host.resize_medium(4096);
+    g.host.resize_medium(Sectors(4096));
     g.inst.medium_changed(&mut g.host);
     assert_eq!(be(&g, "sectors").as_deref(), Some("4096"));
     assert_eq!(be(&g, "state").as_deref(), Some("4"));
@@ -547,7 +548,7 @@ fn resize_while_connected() {
     assert_eq!(Guest::status_of(&rsps, beyond), BLKIF_RSP_ERROR);
     assert_eq!(Guest::status_of(&rsps, inside), BLKIF_RSP_OKAY);
     // Grow: the new end serves.
-    g.host.resize_medium(16384);
+    g.host.resize_medium(Sectors(16384));
     g.inst.medium_changed(&mut g.host);
     assert_eq!(be(&g, "sectors").as_deref(), Some("16384"));
     let r = g.direct(BLKIF_OP_WRITE, 16376, &[whole(p[0])]);

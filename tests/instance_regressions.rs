@@ -19,6 +19,7 @@ use xbb::host::{GrantRef, IoError, IoTag, MediumInfo, XenbusState};
 use xbb::instance::Instance;
 use xbb::ring::FrontRing;
 use xbb::stats::{Stat, Tunable, Tunables};
+use xbb::units::Sectors;
 use xbb_testing::alloc::{allocations_in, Counting};
 use xbb_testing::guest::{assert_answered_once, request as req, responses, status_of};
 use xbb_testing::host::IoKind as Kind;
@@ -46,7 +47,7 @@ fn tunables(f: impl FnOnce(&mut Tunables)) -> Tunables {
 fn host(online: bool) -> FakeHost {
     let mut h = FakeHost::new(FakeConfig {
         medium: MediumInfo {
-            sectors: SECTORS,
+            sectors: Sectors(SECTORS),
             sector_size: 512,
             physical_sector_size: 512,
             can_flush: true,

@@ -25,6 +25,7 @@ use xbb::host::{
     OpenParams, QueueId, Store, XenStore, XsError, XsTxn, PAGE_SIZE,
 };
 use xbb::shmem::SharedMem;
+use xbb::units::Sectors;
 
 /// The ops table of the loaded module, or null.
 static OPS: AtomicPtr<ffi::xbb_shim_ops> = AtomicPtr::new(ptr::null_mut());
@@ -392,7 +393,7 @@ impl KernelHost {
 fn medium_from(m: &ffi::xbb_shim_medium) -> MediumInfo {
     let has = |bit: u32| m.flags & bit != 0;
     MediumInfo {
-        sectors: m.sectors,
+        sectors: Sectors(m.sectors),
         sector_size: m.sector_size,
         physical_sector_size: m.physical_sector_size,
         read_only: has(ffi::XBB_SHIM_MEDIUM_READ_ONLY),
@@ -513,7 +514,7 @@ impl Grants for KernelHost {
             for (b, op) in batch.iter_mut().zip(chunk) {
                 *b = ffi::xbb_shim_map {
                     gref: op.gref,
-                    window_page: op.window_page,
+                    window_page: op.window_page.0,
                     readonly: u32::from(op.readonly),
                     ..empty
                 };
@@ -539,7 +540,7 @@ impl Grants for KernelHost {
             let mut batch = [empty; BATCH];
             for (b, op) in batch.iter_mut().zip(chunk) {
                 *b = ffi::xbb_shim_unmap {
-                    window_page: op.window_page,
+                    window_page: op.window_page.0,
                     handle: op.handle.0,
                 };
             }
@@ -730,9 +731,11 @@ impl Store for KernelHost {
 
     fn store_submit(&mut self, tag: IoTag, op: IoOp<'_>) -> Result<(), IoError> {
         let (code, flags, offset, length, iov): (u32, u32, u64, u64, &[IoVec]) = match op {
-            IoOp::Read { offset, iov } => (ffi::XBB_SHIM_IO_READ, 0, offset, iov_bytes(iov)?, iov),
+            IoOp::Read { offset, iov } => {
+                (ffi::XBB_SHIM_IO_READ, 0, offset.0, iov_bytes(iov)?, iov)
+            }
             IoOp::Write { offset, iov } => {
-                (ffi::XBB_SHIM_IO_WRITE, 0, offset, iov_bytes(iov)?, iov)
+                (ffi::XBB_SHIM_IO_WRITE, 0, offset.0, iov_bytes(iov)?, iov)
             }
             IoOp::Flush => (ffi::XBB_SHIM_IO_FLUSH, 0, 0, 0, &[]),
             IoOp::Discard {
@@ -742,8 +745,8 @@ impl Store for KernelHost {
             } => (
                 ffi::XBB_SHIM_IO_DISCARD,
                 if secure { ffi::XBB_SHIM_IO_SECURE } else { 0 },
-                offset,
-                len,
+                offset.0,
+                len.0,
                 &[],
             ),
         };

@@ -367,7 +367,7 @@ impl SimHost {
         op: &GrantMapOp,
     ) -> Result<GrantHandle, GrantError> {
         let d = dom.ok_or(GrantError::BadRef)?;
-        let page = op.window_page as usize;
+        let page = op.window_page.0 as usize;
         let win = self.window.as_mut().ok_or(GrantError::General)?;
         if page >= win.pages() || self.window_maps[page].is_some() {
             return Err(GrantError::General);
@@ -527,7 +527,7 @@ impl Grants for SimHost {
 
     fn unmap_batch(&mut self, ops: &[GrantUnmapOp]) {
         for op in ops {
-            let page = op.window_page as usize;
+            let page = op.window_page.0 as usize;
             let ok = matches!(self.window_maps.get(page), Some(Some(m)) if m.handle == op.handle);
             if ok {
                 self.unmap_window_page(page);

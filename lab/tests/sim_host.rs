@@ -12,6 +12,7 @@ use xbb::host::{
     DomId, EventChannel, GrantError, GrantHandle, GrantMapOp, GrantUnmapOp, Grants, IoOp, IoTag,
     IoVec, OpenParams, Store, XenStore, XenbusState, XsError, XsTxn, PAGE_SIZE,
 };
+use xbb::units::{Bytes, Sectors, WindowPage};
 use xbb_lab::backend::BackendRunner;
 use xbb_lab::evtchn::EventHub;
 use xbb_lab::ffi::{read_window, write_window};
@@ -48,7 +49,7 @@ fn map1(host: &mut SimHost, gref: u32, page: u32, ro: bool) -> Result<GrantHandl
         GUEST,
         &[GrantMapOp {
             gref,
-            window_page: page,
+            window_page: WindowPage(page),
             readonly: ro,
         }],
         &mut r,
@@ -106,7 +107,7 @@ fn mapped_grant_shows_guest_bytes_in_window() {
     let other = host.window_addr(PAGE_SIZE).unwrap();
     assert!(read_window(other, &mut four).is_err());
     host.unmap_batch(&[GrantUnmapOp {
-        window_page: 2,
+        window_page: WindowPage(2),
         handle: h,
     }]);
     assert!(read_window(addr, &mut four).is_err());
@@ -138,11 +139,11 @@ fn writable_mapping_writes_guest_memory_and_readonly_refuses_writes() {
     assert_eq!(one, [0]);
     host.unmap_batch(&[
         GrantUnmapOp {
-            window_page: 0,
+            window_page: WindowPage(0),
             handle: hw,
         },
         GrantUnmapOp {
-            window_page: 1,
+            window_page: WindowPage(1),
             handle: hr,
         },
     ]);
@@ -165,12 +166,12 @@ fn adjacent_window_pages_form_one_buffer() {
         &[
             GrantMapOp {
                 gref: g1,
-                window_page: 4,
+                window_page: WindowPage(4),
                 readonly: false,
             },
             GrantMapOp {
                 gref: g2,
-                window_page: 5,
+                window_page: WindowPage(5),
                 readonly: false,
             },
         ],
@@ -204,7 +205,7 @@ fn window_page_outside_window_or_busy_is_refused() {
     assert_eq!(d.grants.map_count(g), 1);
     // A wrong handle is not unmapped.
     host.unmap_batch(&[GrantUnmapOp {
-        window_page: 1,
+        window_page: WindowPage(1),
         handle: GrantHandle(h.0.wrapping_add(100)),
     }]);
     assert_eq!(host.stats().bad_unmaps, 1);
@@ -224,7 +225,7 @@ fn end_access_fails_while_mapped_and_revoked_grant_cannot_be_mapped() {
     assert_eq!(d.grants.end_access(g), Err(GrantBusy));
     assert!(d.grants.is_granted(g));
     host.unmap_batch(&[GrantUnmapOp {
-        window_page: 0,
+        window_page: WindowPage(0),
         handle: h,
     }]);
     assert_eq!(d.grants.end_access(g), Ok(()));
@@ -252,7 +253,7 @@ fn injected_map_failures_are_reported_per_entry() {
         .enumerate()
         .map(|(i, &gref)| GrantMapOp {
             gref,
-            window_page: i as u32,
+            window_page: WindowPage(i as u32),
             readonly: false,
         })
         .collect();
@@ -267,7 +268,7 @@ fn injected_map_failures_are_reported_per_entry() {
     let unmaps: Vec<GrantUnmapOp> = [0usize, 2]
         .iter()
         .map(|&i| GrantUnmapOp {
-            window_page: i as u32,
+            window_page: WindowPage(i as u32),
             handle: res[i].unwrap(),
         })
         .collect();
@@ -584,7 +585,7 @@ fn store_io_goes_through_the_window() {
             writable: true,
         })
         .expect("open");
-    assert_eq!(info.sectors, 128);
+    assert_eq!(info.sectors, Sectors(128));
     host.window_reserve(4).unwrap();
     // Guest READ of 2 pages at byte 8192 into two guest frames.
     let g = [d.grants.grant(6, 0, false), d.grants.grant(1, 0, false)];
@@ -592,12 +593,12 @@ fn store_io_goes_through_the_window() {
     let ops = [
         GrantMapOp {
             gref: g[0],
-            window_page: 1,
+            window_page: WindowPage(1),
             readonly: false,
         },
         GrantMapOp {
             gref: g[1],
-            window_page: 2,
+            window_page: WindowPage(2),
             readonly: false,
         },
     ];
@@ -609,7 +610,7 @@ fn store_io_goes_through_the_window() {
     host.store_submit(
         IoTag(7),
         IoOp::Read {
-            offset: 8192,
+            offset: Bytes(8192),
             iov: &iov,
         },
     )
@@ -622,11 +623,11 @@ fn store_io_goes_through_the_window() {
     assert_eq!(page, disk[12288..16384]);
     host.unmap_batch(&[
         GrantUnmapOp {
-            window_page: 1,
+            window_page: WindowPage(1),
             handle: res[0].unwrap(),
         },
         GrantUnmapOp {
-            window_page: 2,
+            window_page: WindowPage(2),
             handle: res[1].unwrap(),
         },
     ]);
@@ -644,7 +645,7 @@ fn store_io_goes_through_the_window() {
         .store_submit(
             IoTag(8),
             IoOp::Read {
-                offset: 0,
+                offset: Bytes(0),
                 iov: &iov
             }
         )
@@ -653,14 +654,14 @@ fn store_io_goes_through_the_window() {
     host.store_submit(
         IoTag(9),
         IoOp::Write {
-            offset: 0,
+            offset: Bytes(0),
             iov: &iov,
         },
     )
     .unwrap();
     assert_eq!(rx.recv_timeout(WAIT), Ok(TaskEvent::Io(IoTag(9), Ok(()))));
     host.unmap_batch(&[GrantUnmapOp {
-        window_page: 0,
+        window_page: WindowPage(0),
         handle: h,
     }]);
     // Beyond the window, or over unmapped pages: refused.
@@ -672,7 +673,7 @@ fn store_io_goes_through_the_window() {
         .store_submit(
             IoTag(10),
             IoOp::Write {
-                offset: 0,
+                offset: Bytes(0),
                 iov: &far
             }
         )
@@ -714,7 +715,7 @@ fn backend_runner_starts_and_shuts_down() {
         .wait_until(WAIT, |s| s.state == XenbusState::InitWait)
         .expect("back-end reaches InitWait");
     assert!(snap.host.store_open);
-    assert_eq!(snap.medium.map(|m| m.sectors), Some(2048));
+    assert_eq!(snap.medium.map(|m| m.sectors), Some(Sectors(2048)));
     assert_eq!(
         xen.xenstore
             .read_str(&format!("{}/state", p.backend))
@@ -1017,15 +1018,21 @@ fn world_resize_reaches_the_back_end() {
     let path = temp_file("resize", &vec![0u8; 1 << 20]);
     let vbd = world.create_vbd(&VbdConfig::file(GUEST, &path)).unwrap();
     world
-        .wait_backend(&vbd, WAIT, |s| s.medium.is_some_and(|m| m.sectors == 2048))
+        .wait_backend(&vbd, WAIT, |s| {
+            s.medium.is_some_and(|m| m.sectors == Sectors(2048))
+        })
         .expect("store open");
     assert_eq!(world.resize_vbd(&vbd, 4 << 20).unwrap(), 4 << 20);
     world
-        .wait_backend(&vbd, WAIT, |s| s.medium.is_some_and(|m| m.sectors == 8192))
+        .wait_backend(&vbd, WAIT, |s| {
+            s.medium.is_some_and(|m| m.sectors == Sectors(8192))
+        })
         .expect("back-end sees the grown medium");
     assert_eq!(world.resize_vbd(&vbd, 1 << 19).unwrap(), 1 << 19);
     world
-        .wait_backend(&vbd, WAIT, |s| s.medium.is_some_and(|m| m.sectors == 1024))
+        .wait_backend(&vbd, WAIT, |s| {
+            s.medium.is_some_and(|m| m.sectors == Sectors(1024))
+        })
         .expect("back-end sees the shrunk medium");
     // Not a whole number of sectors: refused, nothing changes.
     assert!(vbd.resize_store((1 << 19) + 100).is_err());

@@ -272,13 +272,13 @@ impl XenHost {
             // the pages whose copy succeeded.
             self.copies.clear();
             for (op, r) in ops.iter().zip(results.iter_mut()) {
-                if self.bounce.is_free(op.window_page) {
+                if self.bounce.is_free(op.window_page.0) {
                     self.copies.push(CopyOp {
                         dir: CopyDir::FromGuest,
                         dom,
                         gref: op.gref,
                         guest_offset: 0,
-                        local: op.window_page as usize * PAGE_SIZE,
+                        local: op.window_page.0 as usize * PAGE_SIZE,
                         len: PAGE_SIZE as u16,
                         status: 0,
                     });
@@ -298,7 +298,7 @@ impl XenHost {
                         _ if !c.ok() => Err(copy_status(c.status)),
                         _ => self
                             .bounce
-                            .insert(op.window_page, dom, op.gref, !op.readonly)
+                            .insert(op.window_page.0, dom, op.gref, !op.readonly)
                             .map_err(|_| GrantError::General),
                     };
                 }
@@ -312,7 +312,7 @@ impl XenHost {
     fn copy_unmap_batch(&mut self, ops: &[GrantUnmapOp]) {
         self.copies.clear();
         for op in ops {
-            let e = match self.bounce.remove(op.window_page, op.handle) {
+            let e = match self.bounce.remove(op.window_page.0, op.handle) {
                 Ok(e) => e,
                 Err(_) => {
                     self.stats.bad_unmaps += 1;
@@ -333,7 +333,7 @@ impl XenHost {
                 dom: e.dom,
                 gref: e.gref,
                 guest_offset: off,
-                local: op.window_page as usize * PAGE_SIZE + usize::from(off),
+                local: op.window_page.0 as usize * PAGE_SIZE + usize::from(off),
                 len,
                 status: 0,
             });
@@ -352,7 +352,7 @@ impl XenHost {
     fn map_one(&mut self, dom: DomId, op: &GrantMapOp) -> Result<GrantHandle, GrantError> {
         self.refs.clear();
         self.refs.push(op.gref);
-        self.map_run(dom, op.window_page, 1, !op.readonly)
+        self.map_run(dom, op.window_page.0, 1, !op.readonly)
     }
 
     /// Maps `self.refs` at window pages `first..` as one range.
@@ -487,14 +487,14 @@ impl Grants for XenHost {
             let mut j = i + 1;
             while j < ops.len()
                 && ops[j].readonly == ops[i].readonly
-                && ops[j].window_page == ops[j - 1].window_page.wrapping_add(1)
+                && ops[j].window_page.0 == ops[j - 1].window_page.0.wrapping_add(1)
             {
                 j += 1;
             }
             self.refs.clear();
             self.refs.extend(ops[i..j].iter().map(|o| o.gref));
             let n = (j - i) as u32;
-            match self.map_run(dom, ops[i].window_page, n, !ops[i].readonly) {
+            match self.map_run(dom, ops[i].window_page.0, n, !ops[i].readonly) {
                 Ok(h) => results[i..j].iter_mut().for_each(|r| *r = Ok(h)),
                 Err(e) if n == 1 => {
                     self.stats.map_failures += 1;
@@ -520,7 +520,7 @@ impl Grants for XenHost {
             return;
         }
         for op in ops {
-            match self.window.remove(op.window_page, op.handle) {
+            match self.window.remove(op.window_page.0, op.handle) {
                 Ok(Some(m)) => {
                     self.stats.unmap_calls += 1;
                     let _ = self.gnt.unmap(m);

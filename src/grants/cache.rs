@@ -44,6 +44,7 @@
 use alloc::vec::Vec;
 
 use crate::host::{GrantHandle, GrantRef};
+use crate::units::WindowPage;
 
 /// The "no entry" index of the linked lists and the empty hash-table slot.
 const NONE: u32 = u32::MAX;
@@ -74,7 +75,7 @@ pub enum Lookup {
     /// [`GrantCache::unacquire`].
     Hit {
         /// The window page where the grant is mapped.
-        page: u32,
+        page: WindowPage,
     },
     /// The grant is cached but already held by an in-flight request (or
     /// earlier in the same request). The caller refuses the request.
@@ -91,11 +92,11 @@ pub enum Insert {
     /// [`GrantCache::set_mapped`] (or [`GrantCache::forget`] if that failed).
     New {
         /// The window page where the grant must be mapped.
-        page: u32,
+        page: WindowPage,
         /// The least-recently-used entry that was evicted to make room, as
         /// `(window page, handle)`: the caller unmaps it (before mapping the
         /// new grant, since it is the same page when the cache was full).
-        evicted: Option<(u32, GrantHandle)>,
+        evicted: Option<(WindowPage, GrantHandle)>,
     },
     /// No entry can be had: every entry is in use or pending (or the cache
     /// is disabled, or the grant is already cached, which means the caller
@@ -166,7 +167,7 @@ pub struct GrantCache {
     shift: u32,
     /// The number of entries (`entries.len()`).
     capacity: u32,
-    first_page: u32,
+    first_page: WindowPage,
     free_head: u32,
     lru_head: u32,
     lru_tail: u32,
@@ -180,8 +181,8 @@ impl GrantCache {
     /// cache: every [`acquire`](Self::acquire) misses and every
     /// [`insert`](Self::insert) is [`Insert::Full`]. The only call that
     /// allocates, fallibly.
-    pub fn try_new(capacity: u32, first_page: u32) -> Result<GrantCache, CacheError> {
-        if capacity > MAX_CAPACITY || first_page.checked_add(capacity).is_none() {
+    pub fn try_new(capacity: u32, first_page: WindowPage) -> Result<GrantCache, CacheError> {
+        if capacity > MAX_CAPACITY || first_page.0.checked_add(capacity).is_none() {
             return Err(CacheError::BadRange);
         }
         let mut entries = Vec::new();
@@ -245,7 +246,7 @@ impl GrantCache {
     }
 
     /// Whether `page` is one of this cache's window pages.
-    pub fn owns(&self, page: u32) -> bool {
+    pub fn owns(&self, page: WindowPage) -> bool {
         self.index_of(page).is_some()
     }
 
@@ -315,7 +316,7 @@ impl GrantCache {
     /// Records that the grant of the pending entry at `page` is now mapped
     /// with `handle`. The entry stays held by the caller. Ignored unless the
     /// entry is pending.
-    pub fn set_mapped(&mut self, page: u32, handle: GrantHandle) {
+    pub fn set_mapped(&mut self, page: WindowPage, handle: GrantHandle) {
         let Some(idx) = self.index_of(page) else {
             return;
         };
@@ -329,7 +330,7 @@ impl GrantCache {
     /// Frees the pending entry at `page` (mapping its grant failed, or the
     /// request gave it up before mapping). Ignored unless the entry is
     /// pending: a mapped entry is only ever freed with its handle returned.
-    pub fn forget(&mut self, page: u32) {
+    pub fn forget(&mut self, page: WindowPage) {
         let Some(idx) = self.index_of(page) else {
             return;
         };
@@ -348,7 +349,7 @@ impl GrantCache {
     /// later, keeping the list ordered by age). A pending entry released
     /// without [`set_mapped`](Self::set_mapped) is forgotten. Ignored for a
     /// free entry or one nobody holds.
-    pub fn release(&mut self, page: u32, now_ms: u64) {
+    pub fn release(&mut self, page: WindowPage, now_ms: u64) {
         self.put_back(page, Some(now_ms));
     }
 
@@ -356,7 +357,7 @@ impl GrantCache {
     /// request refused before any I/O: like [`release`](Self::release), but
     /// the entry keeps its last-use time (raised to the LRU tail's, if older,
     /// so the list stays ordered by age). A pending entry is forgotten.
-    pub fn unacquire(&mut self, page: u32) {
+    pub fn unacquire(&mut self, page: WindowPage) {
         self.put_back(page, None);
     }
 
@@ -369,7 +370,7 @@ impl GrantCache {
         &mut self,
         now_ms: u64,
         idle_ms: u64,
-        out: &mut [(u32, GrantHandle)],
+        out: &mut [(WindowPage, GrantHandle)],
     ) -> usize {
         self.pop_lru(out, |e| now_ms.saturating_sub(e.last_used_ms) >= idle_ms)
     }
@@ -378,27 +379,27 @@ impl GrantCache {
     /// page, handle)` pairs to `out` for the caller to unmap; returns how
     /// many. At disconnect, call until it returns 0 (and again after the
     /// in-flight requests have released their entries).
-    pub fn drain(&mut self, out: &mut [(u32, GrantHandle)]) -> usize {
+    pub fn drain(&mut self, out: &mut [(WindowPage, GrantHandle)]) -> usize {
         self.pop_lru(out, |_| true)
     }
 
     // ---- internals ------------------------------------------------------
 
     /// The entry index of window page `page`, if the cache owns it.
-    fn index_of(&self, page: u32) -> Option<u32> {
-        page.checked_sub(self.first_page)
+    fn index_of(&self, page: WindowPage) -> Option<u32> {
+        page.offset_from(self.first_page)
             .filter(|&i| i < self.capacity())
     }
 
     /// The window page of entry `idx` (`idx < capacity`).
-    fn page_of(&self, idx: u32) -> u32 {
+    fn page_of(&self, idx: u32) -> WindowPage {
         // Cannot wrap for idx < capacity: try_new checked
         // first_page + capacity.
-        self.first_page.wrapping_add(idx)
+        WindowPage(self.first_page.0.wrapping_add(idx))
     }
 
     /// Shared body of `release` (`now_ms` given) and `unacquire`.
-    fn put_back(&mut self, page: u32, now_ms: Option<u64>) {
+    fn put_back(&mut self, page: WindowPage, now_ms: Option<u64>) {
         let Some(idx) = self.index_of(page) else {
             return;
         };
@@ -433,7 +434,11 @@ impl GrantCache {
 
     /// Pops LRU entries from the head while `take` accepts them and `out`
     /// has room; frees them and reports them in `out`.
-    fn pop_lru(&mut self, out: &mut [(u32, GrantHandle)], take: impl Fn(&Entry) -> bool) -> usize {
+    fn pop_lru(
+        &mut self,
+        out: &mut [(WindowPage, GrantHandle)],
+        take: impl Fn(&Entry) -> bool,
+    ) -> usize {
         let mut n = 0;
         while let Some(slot) = out.get_mut(n) {
             let idx = self.lru_head;
@@ -673,7 +678,7 @@ mod tests {
     }
 
     /// Inserts and maps `gref`, expecting a new entry; returns its page.
-    fn add(c: &mut GrantCache, gref: GrantRef) -> (u32, Option<(u32, GrantHandle)>) {
+    fn add(c: &mut GrantCache, gref: GrantRef) -> (WindowPage, Option<(WindowPage, GrantHandle)>) {
         assert_eq!(c.acquire(gref), Lookup::Miss);
         match c.insert(gref) {
             Insert::New { page, evicted } => {
@@ -686,17 +691,22 @@ mod tests {
 
     #[test]
     fn hit_miss_busy() {
-        let mut c = GrantCache::try_new(4, 100).unwrap();
+        let mut c = GrantCache::try_new(4, WindowPage(100)).unwrap();
         assert!(c.is_empty());
         assert_eq!(c.acquire(7), Lookup::Miss);
         let (page, ev) = add(&mut c, 7);
-        assert_eq!((page, ev), (100, None));
+        assert_eq!((page, ev), (WindowPage(100), None));
         assert_eq!((c.len(), c.in_use()), (1, 1));
         // Held by the first request: a second one is refused.
         assert_eq!(c.acquire(7), Lookup::Busy);
         c.release(page, 10);
         assert_eq!((c.len(), c.in_use()), (1, 0));
-        assert_eq!(c.acquire(7), Lookup::Hit { page: 100 });
+        assert_eq!(
+            c.acquire(7),
+            Lookup::Hit {
+                page: WindowPage(100)
+            }
+        );
         // Same grant twice in one request: the second acquire is Busy.
         assert_eq!(c.acquire(7), Lookup::Busy);
         assert_eq!(c.acquire(8), Lookup::Miss);
@@ -706,7 +716,7 @@ mod tests {
 
     #[test]
     fn pending_is_busy_and_insert_of_cached_is_full() {
-        let mut c = GrantCache::try_new(4, 0).unwrap();
+        let mut c = GrantCache::try_new(4, WindowPage(0)).unwrap();
         let Insert::New { page, .. } = c.insert(3) else {
             panic!()
         };
@@ -722,33 +732,44 @@ mod tests {
 
     #[test]
     fn fill_then_evict_in_lru_order() {
-        let mut c = GrantCache::try_new(3, 10).unwrap();
-        let pages: Vec<u32> = (1..=3).map(|g| add(&mut c, g).0).collect();
+        let mut c = GrantCache::try_new(3, WindowPage(10)).unwrap();
+        let pages: Vec<u32> = (1..=3).map(|g| add(&mut c, g).0 .0).collect();
         assert_eq!(pages, [10, 11, 12]);
         // Released in the order 2, 3, 1.
-        c.release(11, 5);
-        c.release(12, 6);
-        c.release(10, 7);
+        c.release(WindowPage(11), 5);
+        c.release(WindowPage(12), 6);
+        c.release(WindowPage(10), 7);
         check(&c);
         let (p, ev) = add(&mut c, 4);
-        assert_eq!((p, ev), (11, Some((11, GrantHandle(2 ^ 0x5a5a)))));
+        assert_eq!(
+            (p.0, ev),
+            (11, Some((WindowPage(11), GrantHandle(2 ^ 0x5a5a))))
+        );
         assert_eq!(c.acquire(2), Lookup::Miss);
         let (p, ev) = add(&mut c, 5);
-        assert_eq!((p, ev), (12, Some((12, GrantHandle(3 ^ 0x5a5a)))));
+        assert_eq!(
+            (p.0, ev),
+            (12, Some((WindowPage(12), GrantHandle(3 ^ 0x5a5a))))
+        );
         // LRU is [10]; releasing 11 makes it [10, 11]. A hit takes 10 out,
         // and releasing it makes it the newest: [11, 10].
-        c.release(11, 8);
-        assert_eq!(c.acquire(1), Lookup::Hit { page: 10 });
+        c.release(WindowPage(11), 8);
+        assert_eq!(
+            c.acquire(1),
+            Lookup::Hit {
+                page: WindowPage(10)
+            }
+        );
         check(&c);
-        c.release(10, 9);
+        c.release(WindowPage(10), 9);
         let (_, ev) = add(&mut c, 6);
-        assert_eq!(ev, Some((11, GrantHandle(4 ^ 0x5a5a))));
+        assert_eq!(ev, Some((WindowPage(11), GrantHandle(4 ^ 0x5a5a))));
         check(&c);
     }
 
     #[test]
     fn full_when_all_in_use() {
-        let mut c = GrantCache::try_new(2, 0).unwrap();
+        let mut c = GrantCache::try_new(2, WindowPage(0)).unwrap();
         add(&mut c, 1);
         let Insert::New { page, .. } = c.insert(2) else {
             panic!()
@@ -762,8 +783,8 @@ mod tests {
         assert!(matches!(
             c.insert(3),
             Insert::New {
-                page: 1,
-                evicted: Some((1, _))
+                page: WindowPage(1),
+                evicted: Some((WindowPage(1), _))
             }
         ));
         check(&c);
@@ -771,26 +792,26 @@ mod tests {
 
     #[test]
     fn purge_idle_in_age_order_and_bounded_by_out() {
-        let mut c = GrantCache::try_new(5, 0).unwrap();
+        let mut c = GrantCache::try_new(5, WindowPage(0)).unwrap();
         for g in 0..5 {
             add(&mut c, g);
         }
         // Release times: page 3 at 10, 0 at 20, 4 at 30, 1 at 40; 2 stays held.
         for (p, t) in [(3, 10), (0, 20), (4, 30), (1, 40)] {
-            c.release(p, t);
+            c.release(WindowPage(p), t);
         }
-        let mut out = [(0, H0); 2];
+        let mut out = [(WindowPage(0), H0); 2];
         // now 45, idle 20: pages used at or before 25 go (3, 0), oldest first.
         assert_eq!(c.purge_idle(45, 20, &mut out), 2);
-        assert_eq!([out[0].0, out[1].0], [3, 0]);
+        assert_eq!([out[0].0, out[1].0], [3, 0].map(WindowPage));
         assert_eq!(out[0].1, GrantHandle(3 ^ 0x5a5a));
         assert_eq!(c.purge_idle(45, 20, &mut out), 0);
         // Everything idle, but out holds one at a time.
-        let mut one = [(0, H0); 1];
+        let mut one = [(WindowPage(0), H0); 1];
         assert_eq!(c.purge_idle(1000, 20, &mut one), 1);
-        assert_eq!(one[0].0, 4);
+        assert_eq!(one[0].0, WindowPage(4));
         assert_eq!(c.purge_idle(1000, 20, &mut one), 1);
-        assert_eq!(one[0].0, 1);
+        assert_eq!(one[0].0, WindowPage(1));
         assert_eq!(c.purge_idle(1000, 20, &mut one), 0);
         assert_eq!(c.purge_idle(1000, 20, &mut []), 0);
         // The held entry survives.
@@ -800,24 +821,24 @@ mod tests {
 
     #[test]
     fn purge_idle_before_the_clock_reaches_idle() {
-        let mut c = GrantCache::try_new(2, 0).unwrap();
+        let mut c = GrantCache::try_new(2, WindowPage(0)).unwrap();
         add(&mut c, 1);
-        c.release(0, 0);
-        let mut out = [(0, H0); 2];
+        c.release(WindowPage(0), 0);
+        let mut out = [(WindowPage(0), H0); 2];
         assert_eq!(c.purge_idle(5, 10, &mut out), 0);
         assert_eq!(c.purge_idle(10, 10, &mut out), 1);
     }
 
     #[test]
     fn drain_takes_only_unheld_mapped() {
-        let mut c = GrantCache::try_new(6, 50).unwrap();
+        let mut c = GrantCache::try_new(6, WindowPage(50)).unwrap();
         for g in 0..6 {
             add(&mut c, g * 1000);
         }
         for p in [50, 52, 53, 55] {
-            c.release(p, 1);
+            c.release(WindowPage(p), 1);
         }
-        let mut out = [(0, H0); 3];
+        let mut out = [(WindowPage(0), H0); 3];
         let mut pages = vec![];
         loop {
             let n = c.drain(&mut out);
@@ -826,10 +847,10 @@ mod tests {
             }
             pages.extend(out[..n].iter().map(|o| o.0));
         }
-        assert_eq!(pages, [50, 52, 53, 55]);
+        assert_eq!(pages, [50, 52, 53, 55].map(WindowPage));
         assert_eq!((c.len(), c.in_use()), (2, 2));
-        c.release(51, 2);
-        c.release(54, 2);
+        c.release(WindowPage(51), 2);
+        c.release(WindowPage(54), 2);
         assert_eq!(c.drain(&mut out), 2);
         assert!(c.is_empty());
         check(&c);
@@ -837,7 +858,7 @@ mod tests {
 
     #[test]
     fn forget_and_unacquire_pending() {
-        let mut c = GrantCache::try_new(2, 0).unwrap();
+        let mut c = GrantCache::try_new(2, WindowPage(0)).unwrap();
         let Insert::New { page, .. } = c.insert(1) else {
             panic!()
         };
@@ -864,64 +885,79 @@ mod tests {
 
     #[test]
     fn unacquire_keeps_age_and_order() {
-        let mut c = GrantCache::try_new(3, 0).unwrap();
+        let mut c = GrantCache::try_new(3, WindowPage(0)).unwrap();
         for g in 0..3 {
             add(&mut c, g);
         }
-        c.release(0, 10);
-        c.release(1, 20);
-        c.release(2, 30);
+        c.release(WindowPage(0), 10);
+        c.release(WindowPage(1), 20);
+        c.release(WindowPage(2), 30);
         // Entry 0 (used at 10) is taken by a request that is then refused:
         // back at the tail, its age raised to the tail's (30), not to "now".
-        assert_eq!(c.acquire(0), Lookup::Hit { page: 0 });
-        c.unacquire(0);
+        assert_eq!(
+            c.acquire(0),
+            Lookup::Hit {
+                page: WindowPage(0)
+            }
+        );
+        c.unacquire(WindowPage(0));
         assert_eq!(c.entries[0].last_used_ms, 30);
         // Entry 2 was used at 30; entry 1 (20) is refused after it: it
         // keeps 30 too. Entry 2 refused while newest keeps its own time.
-        assert_eq!(c.acquire(2), Lookup::Hit { page: 2 });
-        c.release(2, 50);
-        assert_eq!(c.acquire(2), Lookup::Hit { page: 2 });
-        c.unacquire(2);
+        assert_eq!(
+            c.acquire(2),
+            Lookup::Hit {
+                page: WindowPage(2)
+            }
+        );
+        c.release(WindowPage(2), 50);
+        assert_eq!(
+            c.acquire(2),
+            Lookup::Hit {
+                page: WindowPage(2)
+            }
+        );
+        c.unacquire(WindowPage(2));
         assert_eq!(c.entries[2].last_used_ms, 50);
         // LRU order is now 1 (20), 0 (30), 2 (50): the refusals did not
         // make 0 older than it was, nor 2 newer.
-        let mut out = [(0, H0); 3];
+        let mut out = [(WindowPage(0), H0); 3];
         assert_eq!(c.purge_idle(70, 40, &mut out), 2);
-        assert_eq!([out[0].0, out[1].0], [1, 0]);
+        assert_eq!([out[0].0, out[1].0], [1, 0].map(WindowPage));
         assert_eq!(c.purge_idle(90, 40, &mut out), 1);
-        assert_eq!(out[0].0, 2);
+        assert_eq!(out[0].0, WindowPage(2));
         check(&c);
     }
 
     #[test]
     fn release_clamps_backward_clock() {
-        let mut c = GrantCache::try_new(2, 0).unwrap();
+        let mut c = GrantCache::try_new(2, WindowPage(0)).unwrap();
         add(&mut c, 1);
         add(&mut c, 2);
-        c.release(0, 100);
-        c.release(1, 50);
+        c.release(WindowPage(0), 100);
+        c.release(WindowPage(1), 50);
         check(&c);
-        let mut out = [(0, H0); 2];
+        let mut out = [(WindowPage(0), H0); 2];
         assert_eq!(c.purge_idle(150, 50, &mut out), 2);
-        assert_eq!([out[0].0, out[1].0], [0, 1]);
+        assert_eq!([out[0].0, out[1].0], [0, 1].map(WindowPage));
     }
 
     #[test]
     fn bad_pages_and_states_are_ignored() {
-        let mut c = GrantCache::try_new(2, 10).unwrap();
-        for p in [0, 9, 12, u32::MAX] {
+        let mut c = GrantCache::try_new(2, WindowPage(10)).unwrap();
+        for p in [0, 9, 12, u32::MAX].map(WindowPage) {
             assert!(!c.owns(p));
             c.set_mapped(p, H0);
             c.forget(p);
             c.release(p, 1);
             c.unacquire(p);
         }
-        assert!(c.owns(10) && c.owns(11));
+        assert!(c.owns(WindowPage(10)) && c.owns(WindowPage(11)));
         // Free entries.
-        c.set_mapped(10, H0);
-        c.forget(10);
-        c.release(10, 1);
-        c.unacquire(10);
+        c.set_mapped(WindowPage(10), H0);
+        c.forget(WindowPage(10));
+        c.release(WindowPage(10), 1);
+        c.unacquire(WindowPage(10));
         assert!(c.is_empty());
         let (p, _) = add(&mut c, 5);
         // set_mapped twice keeps the first handle.
@@ -931,23 +967,23 @@ mod tests {
         c.release(p, 2);
         c.unacquire(p);
         assert_eq!(c.in_use(), 0);
-        let mut out = [(0, H0); 1];
+        let mut out = [(WindowPage(0), H0); 1];
         assert_eq!(c.drain(&mut out), 1);
-        assert_eq!(out[0], (10, GrantHandle(5 ^ 0x5a5a)));
+        assert_eq!(out[0], (WindowPage(10), GrantHandle(5 ^ 0x5a5a)));
         check(&c);
     }
 
     #[test]
     fn capacity_zero_is_disabled() {
-        let mut c = GrantCache::try_new(0, 5).unwrap();
+        let mut c = GrantCache::try_new(0, WindowPage(5)).unwrap();
         assert_eq!(c.capacity(), 0);
         assert_eq!(c.acquire(1), Lookup::Miss);
         assert_eq!(c.insert(1), Insert::Full);
-        assert!(!c.owns(5));
-        c.release(5, 0);
-        c.set_mapped(5, H0);
-        assert_eq!(c.drain(&mut [(0, H0); 4]), 0);
-        assert_eq!(c.purge_idle(9, 0, &mut [(0, H0); 4]), 0);
+        assert!(!c.owns(WindowPage(5)));
+        c.release(WindowPage(5), 0);
+        c.set_mapped(WindowPage(5), H0);
+        assert_eq!(c.drain(&mut [(WindowPage(0), H0); 4]), 0);
+        assert_eq!(c.purge_idle(9, 0, &mut [(WindowPage(0), H0); 4]), 0);
         assert!(c.is_empty());
         check(&c);
     }
@@ -955,21 +991,21 @@ mod tests {
     #[test]
     fn bad_ranges() {
         assert_eq!(
-            GrantCache::try_new(2, u32::MAX - 1).err(),
+            GrantCache::try_new(2, WindowPage(u32::MAX - 1)).err(),
             Some(CacheError::BadRange)
         );
         assert_eq!(
-            GrantCache::try_new(MAX_CAPACITY + 1, 0).err(),
+            GrantCache::try_new(MAX_CAPACITY + 1, WindowPage(0)).err(),
             Some(CacheError::BadRange)
         );
-        let c = GrantCache::try_new(2, u32::MAX - 2).unwrap();
-        assert!(c.owns(u32::MAX - 1) && !c.owns(u32::MAX));
+        let c = GrantCache::try_new(2, WindowPage(u32::MAX - 2)).unwrap();
+        assert!(c.owns(WindowPage(u32::MAX - 1)) && !c.owns(WindowPage(u32::MAX)));
     }
 
     #[test]
     fn deletion_keeps_colliding_keys_findable() {
         let cap = 16;
-        let mut c = GrantCache::try_new(cap, 0).unwrap();
+        let mut c = GrantCache::try_new(cap, WindowPage(0)).unwrap();
         // Keys sharing a home slot, and keys of the next slot, so runs
         // overlap and wrap.
         let last = c.table.len() - 1;
@@ -979,7 +1015,7 @@ mod tests {
             .collect();
         assert_eq!(keys.len(), 48);
         let mut rng = XorShift(0x1234_5678_9abc_def1);
-        let mut page_of = vec![None::<u32>; keys.len()];
+        let mut page_of = vec![None::<WindowPage>; keys.len()];
         let mut now = 0;
         for round in 0..3000 {
             let k = rng.below(keys.len() as u64) as usize;
@@ -1007,11 +1043,15 @@ mod tests {
             }
             // Every cached key is still found.
             for (j, &g) in keys.iter().enumerate() {
-                assert_eq!(c.find(g).map(|(_, i)| i), page_of[j], "round {round}");
+                assert_eq!(
+                    c.find(g).map(|(_, i)| WindowPage(i)),
+                    page_of[j],
+                    "round {round}"
+                );
             }
             if round % 500 == 499 {
                 // Drop a few of the oldest too.
-                let mut out = [(0, H0); 5];
+                let mut out = [(WindowPage(0), H0); 5];
                 let n = c.purge_idle(now, 0, &mut out);
                 for &(p, _) in &out[..n] {
                     let j = page_of.iter().position(|&q| q == Some(p)).unwrap();
@@ -1116,7 +1156,7 @@ mod tests {
             &mut self,
             out_len: usize,
             pred: impl Fn(&MEntry) -> bool,
-        ) -> Vec<(u32, GrantHandle)> {
+        ) -> Vec<(WindowPage, GrantHandle)> {
             let mut v = vec![];
             for i in self.evictable() {
                 if v.len() == out_len || !pred(&self.e[i]) {
@@ -1125,7 +1165,7 @@ mod tests {
                 let MState::Mapped(h) = self.e[i].state else {
                     unreachable!()
                 };
-                v.push((self.first + i as u32, h));
+                v.push((WindowPage(self.first + i as u32), h));
                 self.free(i);
             }
             v
@@ -1161,7 +1201,7 @@ mod tests {
 
     fn run_model(seed: u64, cap: u32, keys: u64, ops: usize, seen: &mut Seen) {
         let first = 1000;
-        let mut c = GrantCache::try_new(cap, first).unwrap();
+        let mut c = GrantCache::try_new(cap, WindowPage(first)).unwrap();
         let mut m = Model {
             first,
             e: vec![M_FREE; cap as usize],
@@ -1186,7 +1226,7 @@ mod tests {
                         Some(i) => {
                             m.e[i].users = 1;
                             Lookup::Hit {
-                                page: first + i as u32,
+                                page: WindowPage(first + i as u32),
                             }
                         }
                     };
@@ -1194,7 +1234,7 @@ mod tests {
                     match got {
                         Lookup::Hit { page } => {
                             seen.hits += 1;
-                            held.push(page);
+                            held.push(page.0);
                         }
                         Lookup::Miss => {
                             let ins = c.insert(gref);
@@ -1206,7 +1246,7 @@ mod tests {
                                     assert!(free.is_none() && ev.is_empty());
                                 }
                                 Insert::New { page, evicted } => {
-                                    let i = (page - first) as usize;
+                                    let i = (page.0 - first) as usize;
                                     if free.is_some() {
                                         assert_eq!(evicted, None);
                                         assert_eq!(m.e[i].state, MState::Free);
@@ -1215,7 +1255,10 @@ mod tests {
                                         let MState::Mapped(h) = m.e[v].state else {
                                             unreachable!()
                                         };
-                                        assert_eq!(evicted, Some((first + v as u32, h)));
+                                        assert_eq!(
+                                            evicted,
+                                            Some((WindowPage(first + v as u32), h))
+                                        );
                                         assert_eq!(i, v);
                                         seen.evictions += 1;
                                     }
@@ -1226,7 +1269,7 @@ mod tests {
                                         last: 0,
                                         stamp: 0,
                                     };
-                                    held.push(page);
+                                    held.push(page.0);
                                     // Map it, or fail the mapping.
                                     if rng.below(8) != 0 {
                                         let h = GrantHandle(next_handle);
@@ -1236,7 +1279,7 @@ mod tests {
                                     } else if rng.below(2) == 0 {
                                         c.forget(page);
                                         m.free(i);
-                                        held.retain(|&p| p != page);
+                                        held.retain(|&p| p != page.0);
                                     }
                                 }
                             }
@@ -1248,6 +1291,7 @@ mod tests {
                     let k = rng.below(held.len() as u64) as usize;
                     let page = held.swap_remove(k);
                     let i = (page - first) as usize;
+                    let page = WindowPage(page);
                     if rng.below(4) == 0 {
                         c.unacquire(page);
                         m.put_back(i, None);
@@ -1258,14 +1302,14 @@ mod tests {
                 }
                 80..=89 => {
                     let idle = rng.below(40);
-                    let mut out = vec![(0, H0); rng.below(4) as usize];
+                    let mut out = vec![(WindowPage(0), H0); rng.below(4) as usize];
                     let n = c.purge_idle(now, idle, &mut out);
                     let want = m.pop(out.len(), |e| now.saturating_sub(e.last) >= idle);
                     assert_eq!(&out[..n], &want[..]);
                     seen.purged += n;
                 }
                 90..=91 => {
-                    let mut out = vec![(0, H0); rng.below(6) as usize];
+                    let mut out = vec![(WindowPage(0), H0); rng.below(6) as usize];
                     let n = c.drain(&mut out);
                     let want = m.pop(out.len(), |_| true);
                     assert_eq!(&out[..n], &want[..]);
@@ -1278,6 +1322,7 @@ mod tests {
                     if held.contains(&page) {
                         continue;
                     }
+                    let page = WindowPage(page);
                     c.release(page, now);
                     c.unacquire(page);
                     c.set_mapped(page, GrantHandle(0xffff));

@@ -23,6 +23,7 @@ use crate::host::{
     DomId, GrantError, GrantHandle, GrantMapOp, GrantRef, GrantUnmapOp, Grants, Host,
 };
 use crate::stats::{Stat, Stats};
+use crate::units::WindowPage;
 pub use cache::{CacheError, GrantCache, Insert, Lookup};
 
 /// Where a segment's page is (or will be) in the data window.
@@ -31,16 +32,16 @@ pub enum SegPage {
     /// Not bound: gets a transient page of the reqlist's range.
     Unassigned,
     /// A transient mapping at this window page, unmapped on completion.
-    Transient(u32),
+    Transient(WindowPage),
     /// A persistent-grant cache entry at this page, not mapped yet.
-    Pending(u32),
+    Pending(WindowPage),
     /// A mapped persistent-grant cache entry at this page.
-    Cached(u32),
+    Cached(WindowPage),
 }
 
 impl SegPage {
     /// The window page of a mapped segment.
-    pub fn mapped(self) -> Option<u32> {
+    pub fn mapped(self) -> Option<WindowPage> {
         match self {
             SegPage::Transient(p) | SegPage::Cached(p) => Some(p),
             SegPage::Pending(_) | SegPage::Unassigned => None,
@@ -56,7 +57,7 @@ pub struct GrantShape {
     /// Segments of every request slot of the queue.
     pub segments: usize,
     /// The queue's transient range: its first window page and its pages.
-    pub kva_base: u32,
+    pub kva_base: WindowPage,
     /// See [`GrantShape::kva_base`].
     pub kva_pages: u32,
     /// Persistent-grant cache entries (0: not negotiated); the cache
@@ -77,13 +78,13 @@ pub struct QueueGrants {
     /// Where each segment's page is in the window.
     pages: Vec<SegPage>,
     /// Window page of the transient range's page 0.
-    kva_base: u32,
+    kva_base: WindowPage,
     /// Grant handle of each transient page.
     handles: Vec<GrantHandle>,
     map_ops: Vec<GrantMapOp>,
     map_results: Vec<Result<GrantHandle, GrantError>>,
     unmap_ops: Vec<GrantUnmapOp>,
-    purged: Vec<(u32, GrantHandle)>,
+    purged: Vec<(WindowPage, GrantHandle)>,
     /// Sorted copy of one request's grant references (duplicate check).
     sorted: Vec<GrantRef>,
 }
@@ -91,7 +92,7 @@ pub struct QueueGrants {
 impl QueueGrants {
     /// Everything a queue of `shape` needs, allocated now.
     pub fn try_new(shape: &GrantShape) -> Result<QueueGrants, NoMemory> {
-        let cache = GrantCache::try_new(shape.cache_pages, shape.kva_base + shape.kva_pages)
+        let cache = GrantCache::try_new(shape.cache_pages, shape.kva_base.add(shape.kva_pages))
             .map_err(|_| NoMemory)?;
         let persistent = shape.cache_pages > 0;
         Ok(QueueGrants {
@@ -104,7 +105,7 @@ impl QueueGrants {
                 shape.max_pages,
                 GrantMapOp {
                     gref: 0,
-                    window_page: 0,
+                    window_page: WindowPage(0),
                     readonly: true,
                 },
             )?,
@@ -112,11 +113,11 @@ impl QueueGrants {
             unmap_ops: try_vec(
                 shape.max_pages,
                 GrantUnmapOp {
-                    window_page: 0,
+                    window_page: WindowPage(0),
                     handle: GrantHandle::default(),
                 },
             )?,
-            purged: try_vec(shape.max_pages, (0, GrantHandle::default()))?,
+            purged: try_vec(shape.max_pages, (WindowPage(0), GrantHandle::default()))?,
             sorted: try_vec(if persistent { shape.max_segs } else { 0 }, 0)?,
         })
     }
@@ -132,7 +133,10 @@ impl QueueGrants {
     }
 
     /// The window pages of segments `range`, `None` for one not mapped.
-    pub fn mapped_pages(&self, range: Range<usize>) -> impl Iterator<Item = Option<u32>> + '_ {
+    pub fn mapped_pages(
+        &self,
+        range: Range<usize>,
+    ) -> impl Iterator<Item = Option<WindowPage>> + '_ {
         self.pages[range].iter().map(|p| p.mapped())
     }
 
@@ -245,7 +249,7 @@ impl QueueGrants {
         for i in ranges.clone().flatten() {
             let (page, ro) = match self.pages[i] {
                 SegPage::Unassigned => {
-                    let page = self.kva_base + next;
+                    let page = self.kva_base.add(next);
                     next += 1;
                     self.pages[i] = SegPage::Transient(page);
                     (page, readonly)
@@ -278,7 +282,12 @@ impl QueueGrants {
             j += 1;
             match (page, res) {
                 (SegPage::Transient(_), Ok(h)) => {
-                    self.handles[(p - self.kva_base) as usize] = h;
+                    if let Some(slot) = p
+                        .offset_from(self.kva_base)
+                        .and_then(|k| self.handles.get_mut(k as usize))
+                    {
+                        *slot = h;
+                    }
                 }
                 (SegPage::Pending(_), Ok(h)) => {
                     self.cache.set_mapped(p, h);
@@ -307,7 +316,8 @@ impl QueueGrants {
         for i in range {
             match self.pages[i] {
                 SegPage::Transient(p) => {
-                    if let Some(h) = self.handles.get((p - self.kva_base) as usize) {
+                    let k = p.offset_from(self.kva_base);
+                    if let Some(h) = k.and_then(|k| self.handles.get(k as usize)) {
                         self.unmap_ops[nun] = GrantUnmapOp {
                             window_page: p,
                             handle: *h,

@@ -41,6 +41,7 @@ use xbb::instance::Instance;
 use xbb::keys;
 use xbb::ring::FrontRing;
 use xbb::shmem::SharedMem;
+use xbb::units::Sectors;
 
 use crate::alloc::Quiet;
 use crate::xenstore::XsMap;
@@ -55,6 +56,12 @@ pub const FE_DOM: DomId = 1;
 pub const FE_PORT: EvtchnPort = 9;
 /// A grant reference the fake never hands out.
 pub const BAD_GREF: GrantRef = 7;
+/// The bytes of a medium of `sectors`.
+fn medium_bytes(sectors: Sectors) -> usize {
+    let bytes = sectors.bytes().expect("medium size");
+    usize::try_from(bytes.0).expect("medium size")
+}
+
 /// The first grant reference the fake hands out.
 const FIRST_GREF: GrantRef = 8;
 
@@ -77,7 +84,7 @@ impl Default for FakeConfig {
     fn default() -> Self {
         FakeConfig {
             medium: MediumInfo {
-                sectors: 4096,
+                sectors: Sectors(4096),
                 sector_size: 512,
                 physical_sector_size: 512,
                 read_only: false,
@@ -257,7 +264,7 @@ pub struct FakeHost {
 impl FakeHost {
     /// A host with every buffer of the I/O path allocated now.
     pub fn new(cfg: FakeConfig) -> FakeHost {
-        let medium_len = usize::try_from(cfg.medium.sectors << 9).expect("medium size");
+        let medium_len = medium_bytes(cfg.medium.sectors);
         let slots = (0..cfg.max_in_flight)
             .map(|_| IoSlot {
                 tag: IoTag(0),
@@ -318,15 +325,15 @@ impl FakeHost {
 
     /// Grows or shrinks the medium (the test then calls
     /// `Instance::medium_changed`, as the platform would).
-    pub fn resize_medium(&mut self, sectors: u64) {
+    pub fn resize_medium(&mut self, sectors: Sectors) {
         self.cfg.medium.sectors = sectors;
-        self.medium.resize((sectors << 9) as usize, 0);
+        self.medium.resize(medium_bytes(sectors), 0);
     }
 
     /// Sets what the store reports from now on (before attach).
     pub fn set_medium(&mut self, m: MediumInfo) {
         self.cfg.medium = m;
-        self.medium.resize((m.sectors << 9) as usize, 0);
+        self.medium.resize(medium_bytes(m.sectors), 0);
     }
 
     // --- Contract -------------------------------------------------------------
@@ -736,7 +743,7 @@ impl Grants for FakeHost {
             "map_batch: ops and results differ in length".into()
         });
         for (op, res) in ops.iter().zip(results.iter_mut()) {
-            let page = op.window_page as usize;
+            let page = op.window_page.0 as usize;
             *res = Err(GrantError::General);
             if !self.expect(self.window_reserved && page < self.window.len(), || {
                 format!("map outside the window: page {page}")
@@ -772,7 +779,7 @@ impl Grants for FakeHost {
 
     fn unmap_batch(&mut self, ops: &[GrantUnmapOp]) {
         for op in ops {
-            let page = op.window_page as usize;
+            let page = op.window_page.0 as usize;
             match self.window.get(page).copied().flatten() {
                 Some(m) if m.handle == op.handle.0 => {
                     self.window[page] = None;
@@ -927,14 +934,14 @@ impl Store for FakeHost {
         let reused = self.queue.iter().any(|&i| self.slots[i].tag == tag);
         self.expect(!reused, || format!("tag {tag:?} reused while in flight"));
         let (kind, offset, iov, len) = match op {
-            IoOp::Read { offset, iov } => (IoKind::Read, offset, iov, self.check_iov(iov, true)),
+            IoOp::Read { offset, iov } => (IoKind::Read, offset.0, iov, self.check_iov(iov, true)),
             IoOp::Write { offset, iov } => {
                 let ro = self.cfg.medium.read_only;
                 self.expect(!ro, || "write to a read-only medium".into());
-                (IoKind::Write, offset, iov, self.check_iov(iov, false))
+                (IoKind::Write, offset.0, iov, self.check_iov(iov, false))
             }
             IoOp::Flush => (IoKind::Flush, 0, &[][..], 0),
-            IoOp::Discard { offset, len, .. } => (IoKind::Discard, offset, &[][..], len),
+            IoOp::Discard { offset, len, .. } => (IoKind::Discard, offset.0, &[][..], len.0),
         };
         let medium = self.medium.len() as u64;
         self.expect(offset % 512 == 0, || {

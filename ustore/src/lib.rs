@@ -41,6 +41,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 
 use xbb::host::{IoError, IoTag, MediumInfo, OpenError};
+use xbb::units::Sectors;
 
 /// Called once per successfully submitted I/O, from a worker thread, with the
 /// I/O's tag and outcome.
@@ -121,11 +122,11 @@ impl StoreIo {
         use xbb::host::IoOp;
         Some(match op {
             IoOp::Read { offset, iov } => StoreIo::Read {
-                offset,
+                offset: offset.0,
                 iov: resolve(iov, true)?,
             },
             IoOp::Write { offset, iov } => StoreIo::Write {
-                offset,
+                offset: offset.0,
                 iov: resolve(iov, false)?,
             },
             IoOp::Flush => StoreIo::Flush,
@@ -134,8 +135,8 @@ impl StoreIo {
                 len,
                 secure,
             } => StoreIo::Discard {
-                offset,
-                len,
+                offset: offset.0,
+                len: len.0,
                 secure,
             },
         })
@@ -849,7 +850,7 @@ impl SimStore for BackingStore {
             .refresh_size()
             .unwrap_or_else(|| m.size.load(Ordering::Relaxed));
         MediumInfo {
-            sectors: size / SECTOR_UNIT,
+            sectors: Sectors(size / SECTOR_UNIT),
             sector_size: m.sector_size,
             physical_sector_size: m.physical_sector_size,
             read_only: m.read_only,

@@ -10,6 +10,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use xbb::host::{IoError, IoTag, OpenError};
+use xbb::units::Sectors;
 use xbb_ustore::{
     open_store, resize_medium, CompletionFn, IoFaults, RawIoVec, SimStore, StoreIo, StoreKind,
     StoreSpec,
@@ -310,7 +311,7 @@ fn prop_info(fx: &Fixture, s: &dyn SimStore) {
     let info = s.info();
     assert_eq!(
         info.sectors,
-        MEDIUM / 512,
+        Sectors(MEDIUM / 512),
         "{:?}: sectors are 512-byte units",
         fx.case
     );
@@ -571,7 +572,7 @@ fn prop_discard_geometry(fx: &Fixture, s: &dyn SimStore) {
 fn prop_resize(fx: &Fixture, s: &dyn SimStore) {
     let ss = fx.ss();
     let path = &fx.spec.path;
-    assert_eq!(s.info().sectors, MEDIUM / 512);
+    assert_eq!(s.info().sectors, Sectors(MEDIUM / 512));
     // Data in the last sector, which a shrink cuts off.
     let mut b = Buf::filled(ss, 61);
     let iov = vec![b.iov(0, ss)];
@@ -586,7 +587,7 @@ fn prop_resize(fx: &Fixture, s: &dyn SimStore) {
         }
         r => assert_eq!(r.unwrap(), big, "{:?}", fx.case),
     }
-    assert_eq!(s.info().sectors, big / 512, "{:?}: grown", fx.case);
+    assert_eq!(s.info().sectors, Sectors(big / 512), "{:?}: grown", fx.case);
     let mut c = Buf::filled(ss, 62);
     let iov = vec![c.iov(0, ss)];
     fx.write(s, big - ss as u64, iov).unwrap();
@@ -601,7 +602,12 @@ fn prop_resize(fx: &Fixture, s: &dyn SimStore) {
     // Shrink: the medium ends earlier, I/O past the end is refused.
     let small = MEDIUM / 2;
     assert_eq!(resize_medium(path, small).unwrap(), small, "{:?}", fx.case);
-    assert_eq!(s.info().sectors, small / 512, "{:?}: shrunk", fx.case);
+    assert_eq!(
+        s.info().sectors,
+        Sectors(small / 512),
+        "{:?}: shrunk",
+        fx.case
+    );
     let mut d = Buf::new(ss);
     let iov = vec![d.iov(0, ss)];
     assert_eq!(fx.read(s, small, iov), Err(IoError::Io), "{:?}", fx.case);
@@ -613,7 +619,7 @@ fn prop_resize(fx: &Fixture, s: &dyn SimStore) {
 
     // Back to the original size: what was cut off is gone (zeros).
     assert_eq!(resize_medium(path, MEDIUM).unwrap(), MEDIUM);
-    assert_eq!(s.info().sectors, MEDIUM / 512);
+    assert_eq!(s.info().sectors, Sectors(MEDIUM / 512));
     let back = fx.read_buf(s, MEDIUM - ss as u64, ss);
     assert!(back.bytes().iter().all(|&x| x == 0), "{:?}", fx.case);
     assert!(fx.read_buf(s, small - ss as u64, ss).bytes() == e.bytes());
@@ -1079,7 +1085,7 @@ fn open_errors() {
         }
         spec.sector_size = case.sector_size;
         let s = open_store(&spec, col.completion()).unwrap();
-        assert_eq!(s.info().sectors, MEDIUM / 512);
+        assert_eq!(s.info().sectors, Sectors(MEDIUM / 512));
         s.close();
     }
     // A 4096-byte medium whose size is a multiple of 512 only.

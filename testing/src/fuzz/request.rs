@@ -9,6 +9,7 @@ use xbb::abi::{
 use xbb::coalesce;
 use xbb::host::{IoVec, PAGE_SIZE};
 use xbb::request::{self, Limits, Op};
+use xbb::units::{SectorSize, Sectors, WindowPage};
 
 use super::input::Input;
 
@@ -33,8 +34,8 @@ pub fn fuzz_request(data: &[u8]) {
         } else {
             u32::from(ind_sel)
         },
-        medium_sectors: r.u64() >> (r.u8() % 64),
-        sector_size: 512 << (flags & 3),
+        medium_sectors: Sectors(r.u64() >> (r.u8() % 64)),
+        sector_size: SectorSize::new(512 << (flags & 3)).expect("512 to 4096"),
         read_only: flags & 4 != 0,
         flush: flags & 8 != 0,
         barrier: flags & 16 != 0,
@@ -79,7 +80,9 @@ pub fn fuzz_request(data: &[u8]) {
 
 fn check_parsed(req: &BlkifRequest, p: &request::Parsed, segs: &[Segment], lim: &Limits) {
     assert_eq!(p.id, req.id);
-    let lss = u64::from(lim.sector_size >> SECTOR_SHIFT);
+    // The oracle reasons in plain numbers, apart from the core's types.
+    let (sector, nr, medium) = (p.sector.0, p.nr_sectors.0, lim.medium_sectors.0);
+    let lss = u64::from(lim.sector_size.get() >> SECTOR_SHIFT);
     let n = usize::from(p.nsegs);
     match req.body {
         RequestBody::Discard {
@@ -96,11 +99,11 @@ fn check_parsed(req: &BlkifRequest, p: &request::Parsed, segs: &[Segment], lim: 
                 }
             );
             assert!(flag & 1 == 0 || lim.secure_discard);
-            assert_eq!((p.sector, p.nr_sectors, n), (sector_number, nr_sectors, 0));
-            assert_eq!(p.sector % lss, 0);
-            assert_eq!(p.nr_sectors % lss, 0);
-            let end = p.sector.checked_add(p.nr_sectors).expect("end overflows");
-            assert!(end <= lim.medium_sectors, "outside the medium");
+            assert_eq!((sector, nr, n), (sector_number, nr_sectors, 0));
+            assert_eq!(sector % lss, 0);
+            assert_eq!(nr % lss, 0);
+            let end = sector.checked_add(nr).expect("end overflows");
+            assert!(end <= medium, "outside the medium");
             return;
         }
         RequestBody::Indirect {
@@ -111,7 +114,7 @@ fn check_parsed(req: &BlkifRequest, p: &request::Parsed, segs: &[Segment], lim: 
         } => {
             assert_eq!(p.operation, indirect_op);
             assert_eq!(p.nsegs, nr_segments);
-            assert_eq!(p.sector, sector_number);
+            assert_eq!(sector, sector_number);
             assert_eq!(
                 p.op,
                 if indirect_op == BLKIF_OP_READ {
@@ -150,20 +153,20 @@ fn check_parsed(req: &BlkifRequest, p: &request::Parsed, segs: &[Segment], lim: 
         assert_eq!((u64::from(s.last_sect) + 1) % lss, 0);
         sectors += u64::from(s.last_sect - s.first_sect) + 1;
     }
-    assert_eq!(p.nr_sectors, sectors);
+    assert_eq!(nr, sectors);
     if n == 0 {
-        assert_eq!((p.sector, p.nr_sectors), (0, 0));
+        assert_eq!((sector, nr), (0, 0));
         return;
     }
-    assert_eq!(p.sector % lss, 0);
-    let end = p.sector.checked_add(p.nr_sectors).expect("end overflows");
-    assert!(end <= lim.medium_sectors, "outside the medium");
-    assert_eq!(p.end_sector(), end);
+    assert_eq!(sector % lss, 0);
+    let end = sector.checked_add(nr).expect("end overflows");
+    assert!(end <= medium, "outside the medium");
+    assert_eq!(p.end_sector().0, end);
 
     // Consecutive window pages from 3 on: the iovecs cover the data exactly.
     let first_page = 3u32;
     let mut iov = [IoVec::default(); 4096];
-    let pages = (0..n as u32).map(|i| Some(first_page + i));
+    let pages = (0..n as u32).map(|i| Some(WindowPage(first_page + i)));
     let k = coalesce::append_iovecs(segs[..n].iter().zip(pages), &mut iov, 0).expect("room");
     let base = first_page as usize * PAGE_SIZE;
     let mut total = 0u64;
@@ -171,5 +174,5 @@ fn check_parsed(req: &BlkifRequest, p: &request::Parsed, segs: &[Segment], lim: 
         assert!(v.window_offset >= base && v.window_offset + v.len <= base + n * PAGE_SIZE);
         total += v.len as u64;
     }
-    assert_eq!(total, p.nr_sectors << SECTOR_SHIFT);
+    assert_eq!(total, nr << SECTOR_SHIFT);
 }

@@ -18,6 +18,7 @@ use xbb::keys;
 use xbb::ring::FrontRing;
 use xbb::shmem::SharedMem;
 use xbb::stats::{Stat, Tunable, Tunables};
+use xbb::units::Sectors;
 
 use super::input::Input;
 use super::script::*;
@@ -503,7 +504,7 @@ fn host(cfg: &RingConfig, ring: (SharedMem, SharedMem)) -> (FakeHost, FrontRing)
     let sector_size = if cfg.sector_4k { 4096 } else { 512 };
     let mut host = FakeHost::new(FakeConfig {
         medium: MediumInfo {
-            sectors: medium_sectors,
+            sectors: Sectors(medium_sectors),
             sector_size,
             physical_sector_size: sector_size,
             read_only: cfg.read_only_medium,
