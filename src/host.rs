@@ -350,12 +350,56 @@ pub enum OpenError {
     Other(i32),
 }
 
+/// What a store's `params` node names, as the platform finds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeKind {
+    /// A disk: a block device (Linux), a disk character device (FreeBSD:
+    /// a GEOM provider, zvol or md(4) device).
+    Disk,
+    /// A regular file.
+    RegularFile,
+    /// Anything else: a directory, a FIFO, a terminal, ...
+    Other,
+}
+
+/// How a store is served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreKind {
+    /// As a file (FreeBSD: a vnode, `VOP_READ` / `VOP_WRITE`; user space:
+    /// buffered `preadv` / `pwritev`, hole punching).
+    File,
+    /// As a raw device (FreeBSD: `d_strategy` bios on a GEOM provider;
+    /// user space: `O_DIRECT` with aligned buffers, `BLKDISCARD`).
+    Device,
+}
+
+impl StoreKind {
+    /// The one rule for file or device, which every platform follows (the
+    /// kernel's C shim in `sys-glue/xbb_io.c` too): what `params` names
+    /// decides, and the toolstack's `type` (`kind`) can only refuse.
+    ///
+    /// - A disk is served as a raw device, unless `type` is `file`: a
+    ///   device cannot be served as a file, the store is refused.
+    /// - A regular file is served as a file whatever `type` says: libxl
+    ///   writes `phy` for every raw disk it hands to a back-end in another
+    ///   domain, and for file targets on a FreeBSD dom0.
+    /// - Anything else is refused ([`OpenError::Invalid`]).
+    pub fn for_node(node: NodeKind, kind: &str) -> Result<StoreKind, OpenError> {
+        match node {
+            NodeKind::Disk if kind != "file" => Ok(StoreKind::Device),
+            NodeKind::RegularFile => Ok(StoreKind::File),
+            NodeKind::Disk | NodeKind::Other => Err(OpenError::Invalid),
+        }
+    }
+}
+
 /// How the back-end store is opened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OpenParams<'a> {
     /// The back-end's `params` (or `physical-device-path`) node.
     pub path: &'a str,
-    /// The `type` node ("file", "phy", ...), empty when absent.
+    /// The `type` node ("file", "phy", ...), empty when absent; see
+    /// [`StoreKind::for_node`].
     pub kind: &'a str,
     /// Open for writing (`mode` is "w").
     pub writable: bool,
@@ -395,5 +439,22 @@ pub trait Host: XenStore + Grants + EventChannel + Deferred + Store {
     /// `Instance::frontend_changed`.
     fn waits_for_hotplug(&self) -> bool {
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_node_decides_file_or_device_and_the_type_only_refuses() {
+        use NodeKind::*;
+        assert_eq!(StoreKind::for_node(Disk, "phy"), Ok(StoreKind::Device));
+        assert_eq!(StoreKind::for_node(Disk, ""), Ok(StoreKind::Device));
+        assert_eq!(StoreKind::for_node(Disk, "file"), Err(OpenError::Invalid));
+        for kind in ["file", "phy", "", "qdisk"] {
+            assert_eq!(StoreKind::for_node(RegularFile, kind), Ok(StoreKind::File));
+            assert_eq!(StoreKind::for_node(Other, kind), Err(OpenError::Invalid));
+        }
     }
 }

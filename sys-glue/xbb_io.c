@@ -3,7 +3,10 @@
  *
  * xbb_io.c: the back-end store of an xbb instance.
  *
- * Two kinds, chosen by what the "params" path names:
+ * Two kinds, chosen by what the "params" path names, by the one rule every
+ * xbb platform follows (StoreKind::for_node in src/host.rs): a disk is a
+ * raw device unless "type" is "file" (refused), a regular file is a file
+ * whatever "type" says, anything else is refused.
  *
  *  - a disk character device (GEOM provider, zvol, md): each I/O goes out
  *    as one bio per buffer piece through the device's d_strategy, without
@@ -165,6 +168,7 @@ xbb_store_open(struct xbb_softc *sc, const char *path, const char *kind,
 	st->st_vp = vp;
 	st->st_fflags = flags;
 	st->st_cred = crhold(curthread->td_ucred);
+	/* StoreKind::for_node: the node decides, "type" can only refuse. */
 	if (vp->v_type == VCHR && vn_isdisk(vp) &&
 	    strcmp(kind, "file") != 0) {
 		st->st_is_dev = 1;

@@ -20,8 +20,8 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -29,14 +29,14 @@ use super::evtchn::EventHub;
 use super::ffi::{PageState, Reservation};
 use super::gnttab::GrantTable;
 use super::memory::GuestMemory;
-use super::store::{self, IoFaults, RawIoVec, SimStore, StoreIo, StoreKind, StoreSpec};
+use super::store::{self, HostStore, IoFaults, RawIoVec};
 use super::toolstack;
 use super::xenstore::Xenstored;
 use super::TaskEvent;
 use xbb::host::{
     Deferred, DomId, EventChannel, EvtchnError, EvtchnPort, GrantError, GrantHandle, GrantMapOp,
-    GrantRef, GrantUnmapOp, Grants, Host, IoError, IoOp, IoTag, IoVec, MediumInfo, OpenError,
-    OpenParams, QueueId, Store, XenStore, XsError, XsTxn, PAGE_SIZE,
+    GrantRef, GrantUnmapOp, Grants, Host, IoError, IoOp, IoTag, IoVec, MediumInfo, NodeKind,
+    OpenError, OpenParams, QueueId, Store, XenStore, XsError, XsTxn, PAGE_SIZE,
 };
 use xbb::shmem::SharedMem;
 
@@ -158,6 +158,10 @@ pub struct SimHostConfig {
     pub store_sector_size: u32,
     /// Store fault injection shared with the scenario.
     pub store_faults: Option<Arc<IoFaults>>,
+    /// The vbd's image stands for a disk device node: the lab has no block
+    /// devices, so a raw-device store is a regular file the toolstack made
+    /// as one, served the way a device is (`O_DIRECT`, aligned buffers).
+    pub image_is_disk: bool,
 }
 
 impl Default for SimHostConfig {
@@ -166,6 +170,7 @@ impl Default for SimHostConfig {
             backend_dom: 0,
             store_sector_size: 512,
             store_faults: None,
+            image_is_disk: false,
         }
     }
 }
@@ -291,8 +296,7 @@ pub struct SimHost {
     rings: Vec<(QueueId, RingMap)>,
     /// The bound channel of each queue, with its late-EOI state.
     ports: Vec<(QueueId, EvtchnPort, Arc<EoiState>)>,
-    store: Option<Box<dyn SimStore>>,
-    in_flight: Arc<AtomicU64>,
+    store: HostStore,
     stats: SimHostStats,
     epoch: std::time::Instant,
 }
@@ -312,6 +316,7 @@ impl SimHost {
     pub fn new(xen: &SimXen, cfg: SimHostConfig, tx: Sender<TaskEvent>) -> SimHost {
         SimHost {
             xen: xen.clone(),
+            store: HostStore::new(cfg.store_sector_size, cfg.store_faults.clone()),
             cfg,
             tx,
             window: None,
@@ -319,8 +324,6 @@ impl SimHost {
             window_mapped: 0,
             rings: Vec::new(),
             ports: Vec::new(),
-            store: None,
-            in_flight: Arc::new(AtomicU64::new(0)),
             stats: SimHostStats::default(),
             epoch: std::time::Instant::now(),
         }
@@ -344,8 +347,10 @@ impl SimHost {
         s.ring_pages = self.rings.iter().map(|(_, r)| r.res.pages() as u32).sum();
         s.evtchn_port = self.ports.first().map(|p| p.1);
         s.rings_mapped = self.rings.len() as u32;
-        s.store_open = self.store.is_some();
-        s.io_in_flight = self.in_flight.load(Ordering::Acquire);
+        s.store_open = self.store.is_open();
+        s.io_in_flight = self.store.in_flight();
+        s.bad_iovecs = self.store.bad_iovecs;
+        s.ios_submitted = self.store.submitted;
         s
     }
 
@@ -394,40 +399,6 @@ impl SimHost {
             let _ = m.table.unmap(m.handle);
             self.window_maps[page] = None;
             self.window_mapped -= 1;
-        }
-    }
-
-    fn resolve(&mut self, iov: &[IoVec], writes_memory: bool) -> Option<Vec<RawIoVec>> {
-        let win = self.window.as_ref()?;
-        let mut out = Vec::new();
-        out.try_reserve_exact(iov.len()).ok()?;
-        for v in iov {
-            let end = v.window_offset.checked_add(v.len)?;
-            if end > win.len() {
-                return None;
-            }
-            if v.len > 0 {
-                let first = v.window_offset / PAGE_SIZE;
-                let last = (end - 1) / PAGE_SIZE;
-                for p in first..=last {
-                    match win.page_state(p) {
-                        Some(PageState::Writable) => {}
-                        Some(PageState::ReadOnly) if !writes_memory => {}
-                        _ => return None,
-                    }
-                }
-            }
-            out.push(RawIoVec {
-                addr: win.base() + v.window_offset,
-                len: v.len,
-            });
-        }
-        Some(out)
-    }
-
-    fn close_store(&mut self) {
-        if let Some(s) = self.store.take() {
-            s.close();
         }
     }
 }
@@ -501,7 +472,7 @@ impl Grants for SimHost {
         }
         self.window_maps = Vec::new();
         if let Some(w) = self.window.take() {
-            if self.in_flight.load(Ordering::Acquire) != 0 {
+            if self.store.in_flight() != 0 {
                 // The store may still touch it: keep the range reserved
                 // forever rather than let it be reused.
                 std::mem::forget(w);
@@ -725,65 +696,70 @@ impl Deferred for SimHost {
     }
 }
 
+/// The process addresses of window pieces `iov`, when each lies on pages
+/// of `window` mapped as the I/O needs them (`writes_memory`: the store
+/// writes into them, a guest READ).
+fn resolve(
+    window: Option<&Reservation>,
+    iov: &[IoVec],
+    writes_memory: bool,
+) -> Option<Vec<RawIoVec>> {
+    let win = window?;
+    let mut out = Vec::new();
+    out.try_reserve_exact(iov.len()).ok()?;
+    for v in iov {
+        let end = v.window_offset.checked_add(v.len)?;
+        if end > win.len() {
+            return None;
+        }
+        if v.len > 0 {
+            let first = v.window_offset / PAGE_SIZE;
+            let last = (end - 1) / PAGE_SIZE;
+            for p in first..=last {
+                match win.page_state(p) {
+                    Some(PageState::Writable) => {}
+                    Some(PageState::ReadOnly) if !writes_memory => {}
+                    _ => return None,
+                }
+            }
+        }
+        out.push(RawIoVec {
+            addr: win.base() + v.window_offset,
+            len: v.len,
+        });
+    }
+    Some(out)
+}
+
 impl Store for SimHost {
     fn store_open(&mut self, params: OpenParams<'_>) -> Result<MediumInfo, OpenError> {
-        self.close_store();
-        let spec = StoreSpec {
-            kind: if params.kind == "phy" {
-                StoreKind::Device
-            } else {
-                StoreKind::File
-            },
-            path: PathBuf::from(params.path),
-            writable: params.writable,
-            sector_size: self.cfg.store_sector_size,
-            faults: self.cfg.store_faults.clone(),
+        let node = match store::probe(Path::new(params.path))? {
+            NodeKind::RegularFile if self.cfg.image_is_disk => NodeKind::Disk,
+            n => n,
         };
         let tx = self.tx.clone();
-        let in_flight = Arc::clone(&self.in_flight);
-        let done: store::CompletionFn = Arc::new(move |tag: IoTag, r: Result<(), IoError>| {
-            in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.store.open(params, node, move |tag, r| {
             let _ = tx.send(TaskEvent::Io(tag, r));
-        });
-        let s = store::open_store(&spec, done)?;
-        let info = s.info();
-        self.store = Some(s);
-        Ok(info)
+        })
     }
 
     fn store_info(&self) -> MediumInfo {
-        match &self.store {
-            Some(s) => s.info(),
-            None => MediumInfo {
-                sector_size: 512,
-                physical_sector_size: 512,
-                read_only: true,
-                ..MediumInfo::default()
-            },
-        }
+        self.store.info()
     }
 
     fn store_submit(&mut self, tag: IoTag, op: IoOp<'_>) -> Result<(), IoError> {
-        if self.store.is_none() {
-            return Err(IoError::Gone);
-        }
-        let Some(io) = StoreIo::from_op(op, |iov, write| self.resolve(iov, write)) else {
-            self.stats.bad_iovecs += 1;
-            return Err(IoError::Io);
-        };
-        let s = self.store.as_ref().ok_or(IoError::Gone)?;
-        // The RawIoVec obligation: every range was checked above to lie on
-        // window pages mapped with the right protection; they stay mapped
-        // (or, if the core unmapped them early, at least reserved) until the
+        let window = self.window.as_ref();
+        // The RawIoVec obligation: every range is checked to lie on window
+        // pages mapped with the right protection; they stay mapped (or, if
+        // the core unmapped them early, at least reserved) until the
         // completion, because the window is never unmapped while I/O is in
         // flight (see window_release and Drop).
-        store::submit_counted(s.as_ref(), &self.in_flight, tag, io)?;
-        self.stats.ios_submitted += 1;
-        Ok(())
+        self.store
+            .submit(tag, op, |iov, write| resolve(window, iov, write))
     }
 
     fn store_close(&mut self) {
-        self.close_store();
+        self.store.close();
     }
 }
 
@@ -797,7 +773,7 @@ impl Drop for SimHost {
     fn drop(&mut self) {
         // The store first: `close` waits for every queued I/O, so nothing
         // touches the window once it is released.
-        self.close_store();
+        self.store.close();
         while let Some(&(q, _, _)) = self.ports.first() {
             self.evtchn_unbind(q);
         }

@@ -223,6 +223,7 @@ impl World {
             backend_dom: spec.backend_dom,
             store_sector_size: cfg.sector_size,
             store_faults: cfg.faults.clone(),
+            image_is_disk: cfg.kind == StoreKind::Device,
         };
         let runner = BackendRunner::spawn(&self.xen, &paths.backend, cfg.tunables, host_cfg)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);

@@ -17,8 +17,7 @@
 //!   threads post completions to a queue and wake the instance's thread.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,7 +30,7 @@ use xbb::host::{
     QueueId, Store, XenStore, XsError, XsTxn, PAGE_SIZE,
 };
 use xbb::shmem::SharedMem;
-use xbb_ustore::{self, SimStore, StoreIo, StoreKind, StoreSpec};
+use xbb_ustore::HostStore;
 
 impl Range for Mapping {
     fn addr(&self) -> usize {
@@ -94,10 +93,9 @@ pub struct XenHost {
     rings: Vec<(QueueId, Mapping)>,
     ports: Vec<Port>,
     runs: u32,
-    store: Option<Box<dyn SimStore>>,
+    store: HostStore,
     done: Completions,
     wake: Arc<Wakeup>,
-    in_flight: Arc<AtomicU64>,
     epoch: Instant,
     refs: Vec<GrantRef>,
     stats: XenHostStats,
@@ -141,10 +139,9 @@ impl XenHost {
             rings: Vec::new(),
             ports: Vec::new(),
             runs: 0,
-            store: None,
+            store: HostStore::new(512, None),
             done: Arc::new(Mutex::new(VecDeque::new())),
             wake,
-            in_flight: Arc::new(AtomicU64::new(0)),
             epoch: Instant::now(),
             refs: Vec::new(),
             stats: XenHostStats::default(),
@@ -215,12 +212,16 @@ impl XenHost {
 
     /// I/Os the store has not completed yet.
     pub fn in_flight(&self) -> u64 {
-        self.in_flight.load(Ordering::Acquire)
+        self.store.in_flight()
     }
 
     /// The platform's counters.
     pub fn stats(&self) -> XenHostStats {
-        self.stats
+        XenHostStats {
+            ios_submitted: self.store.submitted,
+            bad_iovecs: self.store.bad_iovecs,
+            ..self.stats
+        }
     }
 
     /// Pages of the data window that name a mapped grant, and ranges still
@@ -651,85 +652,43 @@ impl Deferred for XenHost {
 
 impl Store for XenHost {
     fn store_open(&mut self, params: OpenParams<'_>) -> Result<MediumInfo, OpenError> {
-        self.store_close();
-        let path = PathBuf::from(params.path);
         // xl's `phy` names both block devices and image files (which its
-        // hotplug script would loop-mount); a block device is served as a
-        // raw device (O_DIRECT), anything else as a file.
-        let is_blk = std::fs::metadata(&path)
-            .map(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()))
-            .unwrap_or(false);
-        let spec = StoreSpec {
-            kind: if is_blk {
-                StoreKind::Device
-            } else {
-                StoreKind::File
-            },
-            path,
-            writable: params.writable,
-            sector_size: 512,
-            faults: None,
-        };
+        // hotplug script would loop-mount); what the node is decides, by
+        // the one rule (`StoreKind::for_node`).
+        let node = xbb_ustore::probe(Path::new(params.path))?;
         let q = Arc::clone(&self.done);
         let wake = Arc::clone(&self.wake);
-        let in_flight = Arc::clone(&self.in_flight);
-        let done: xbb_ustore::CompletionFn = Arc::new(move |tag: IoTag, r: Result<(), IoError>| {
+        self.store.open(params, node, move |tag, r| {
             if let Ok(mut q) = q.lock() {
                 q.push_back((tag, r));
             }
-            in_flight.fetch_sub(1, Ordering::AcqRel);
             wake.wake();
-        });
-        let s = xbb_ustore::open_store(&spec, done)?;
-        let info = s.info();
-        self.store = Some(s);
-        Ok(info)
+        })
     }
 
     fn store_info(&self) -> MediumInfo {
-        match &self.store {
-            Some(s) => s.info(),
-            None => MediumInfo {
-                sector_size: 512,
-                physical_sector_size: 512,
-                read_only: true,
-                ..MediumInfo::default()
-            },
-        }
+        self.store.info()
     }
 
     fn store_submit(&mut self, tag: IoTag, op: IoOp<'_>) -> Result<(), IoError> {
-        if self.store.is_none() {
-            return Err(IoError::Gone);
-        }
         let (window, bounce, copy) = (&self.window, &mut self.bounce, self.copy);
-        let io = StoreIo::from_op(op, |iov, write| {
+        // The RawIoVec obligation: every piece resolves to pages mapped
+        // with the right protection (or to bounce pages standing for such
+        // grants); a range is unmapped only when the core releases its last
+        // page, which it does after the completion, and window_release
+        // leaks ranges (and the bounce memory) while I/O is in flight.
+        self.store.submit(tag, op, |iov, write| {
             if copy {
                 bounce.resolve(iov, write)
             } else {
                 window.resolve(iov, write)
             }
-        });
-        let Some(io) = io else {
-            self.stats.bad_iovecs += 1;
-            return Err(IoError::Io);
-        };
-        let s = self.store.as_ref().ok_or(IoError::Gone)?;
-        // The RawIoVec obligation: every piece resolved to pages mapped
-        // with the right protection (or to bounce pages standing for such
-        // grants); a range is unmapped only when the core releases its last
-        // page, which it does after the completion, and window_release
-        // leaks ranges (and the bounce memory) while I/O is in flight.
-        xbb_ustore::submit_counted(s.as_ref(), &self.in_flight, tag, io)?;
-        self.stats.ios_submitted += 1;
-        Ok(())
+        })
     }
 
     fn store_close(&mut self) {
-        if let Some(s) = self.store.take() {
-            // Waits for queued I/O; completions land in the queue.
-            s.close();
-        }
+        // Waits for queued I/O; completions land in the queue.
+        self.store.close();
     }
 }
 

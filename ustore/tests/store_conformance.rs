@@ -1,6 +1,6 @@
 //! One conformance suite run over every back-end store of the simulated host:
 //! file stores and device stores, with 512-byte and 4096-byte logical
-//! sectors. Each property is a function over `&dyn SimStore` (plus the
+//! sectors. Each property is a function over `&dyn UserStore` (plus the
 //! fixture that can reopen it) and is checked on every case.
 
 use std::collections::HashMap;
@@ -12,8 +12,8 @@ use std::time::Duration;
 use xbb::host::{IoError, IoTag, OpenError};
 use xbb::units::Sectors;
 use xbb_ustore::{
-    open_store, resize_medium, CompletionFn, IoFaults, RawIoVec, SimStore, StoreIo, StoreKind,
-    StoreSpec,
+    open_store, resize_medium, CompletionFn, IoFaults, RawIoVec, StoreIo, StoreKind, StoreSpec,
+    UserStore,
 };
 
 /// Only a guard against a hung store, never a timing assertion.
@@ -231,12 +231,12 @@ impl Fixture {
         self.case.sector_size as usize
     }
 
-    fn open(&self) -> Box<dyn SimStore> {
+    fn open(&self) -> Box<dyn UserStore> {
         open_store(&self.spec, self.col.completion())
             .unwrap_or_else(|e| panic!("{:?}: open failed: {e:?}", self.case))
     }
 
-    fn open_read_only(&self) -> Box<dyn SimStore> {
+    fn open_read_only(&self) -> Box<dyn UserStore> {
         let mut spec = self.spec.clone();
         spec.writable = false;
         open_store(&spec, self.col.completion()).unwrap()
@@ -247,22 +247,22 @@ impl Fixture {
     }
 
     /// Submits `io` and waits for its completion.
-    fn run(&self, s: &dyn SimStore, io: StoreIo) -> Result<(), IoError> {
+    fn run(&self, s: &dyn UserStore, io: StoreIo) -> Result<(), IoError> {
         let tag = self.tag();
         s.submit(tag, io)?;
         self.col.wait(tag)
     }
 
-    fn write(&self, s: &dyn SimStore, offset: u64, iov: Vec<RawIoVec>) -> Result<(), IoError> {
+    fn write(&self, s: &dyn UserStore, offset: u64, iov: Vec<RawIoVec>) -> Result<(), IoError> {
         self.run(s, StoreIo::Write { offset, iov })
     }
 
-    fn read(&self, s: &dyn SimStore, offset: u64, iov: Vec<RawIoVec>) -> Result<(), IoError> {
+    fn read(&self, s: &dyn UserStore, offset: u64, iov: Vec<RawIoVec>) -> Result<(), IoError> {
         self.run(s, StoreIo::Read { offset, iov })
     }
 
     /// Reads `len` bytes at `offset` through the store into a fresh buffer.
-    fn read_buf(&self, s: &dyn SimStore, offset: u64, len: usize) -> Buf {
+    fn read_buf(&self, s: &dyn UserStore, offset: u64, len: usize) -> Buf {
         let mut b = Buf::new(len);
         b.bytes_mut().fill(0xA5);
         let iov = vec![b.iov(0, len)];
@@ -286,10 +286,10 @@ impl Drop for Fixture {
 }
 
 /// One property of the suite.
-type Property = fn(&Fixture, &dyn SimStore);
+type Property = fn(&Fixture, &dyn UserStore);
 
 /// Runs `prop` on a freshly opened store of every case, then closes it.
-fn for_every_case(what: &str, prop: impl Fn(&Fixture, &dyn SimStore)) {
+fn for_every_case(what: &str, prop: impl Fn(&Fixture, &dyn UserStore)) {
     for case in CASES {
         let fx = Fixture::new(case, what);
         let store = fx.open();
@@ -307,7 +307,7 @@ fn for_every_case(what: &str, prop: impl Fn(&Fixture, &dyn SimStore)) {
 // ---------------------------------------------------------------------------
 // Properties
 
-fn prop_info(fx: &Fixture, s: &dyn SimStore) {
+fn prop_info(fx: &Fixture, s: &dyn UserStore) {
     let info = s.info();
     assert_eq!(
         info.sectors,
@@ -325,7 +325,7 @@ fn prop_info(fx: &Fixture, s: &dyn SimStore) {
     }
 }
 
-fn prop_roundtrip_multi_iovec(fx: &Fixture, s: &dyn SimStore) {
+fn prop_roundtrip_multi_iovec(fx: &Fixture, s: &dyn UserStore) {
     let ss = fx.ss();
     let total = 8 * ss;
     let offset = 3 * ss as u64;
@@ -373,7 +373,7 @@ fn prop_roundtrip_multi_iovec(fx: &Fixture, s: &dyn SimStore) {
     fx.read(s, 0, Vec::new()).unwrap();
 }
 
-fn prop_many_in_flight(fx: &Fixture, s: &dyn SimStore) {
+fn prop_many_in_flight(fx: &Fixture, s: &dyn UserStore) {
     const N: usize = 32;
     let ss = fx.ss();
     let chunk = 2 * ss.max(PAGE);
@@ -422,7 +422,7 @@ fn prop_many_in_flight(fx: &Fixture, s: &dyn SimStore) {
     }
 }
 
-fn prop_flush(fx: &Fixture, s: &dyn SimStore) {
+fn prop_flush(fx: &Fixture, s: &dyn UserStore) {
     let ss = fx.ss();
     let mut b = Buf::filled(ss, 7);
     let iov = vec![b.iov(0, ss)];
@@ -431,7 +431,7 @@ fn prop_flush(fx: &Fixture, s: &dyn SimStore) {
     assert!(fx.file_bytes(0, ss) == b.bytes());
 }
 
-fn prop_discard(fx: &Fixture, s: &dyn SimStore) {
+fn prop_discard(fx: &Fixture, s: &dyn UserStore) {
     let ss = fx.ss();
     let len = 16 * ss.max(PAGE);
     let mut b = Buf::filled(len, 21);
@@ -505,7 +505,7 @@ fn expected_discard_geometry(fx: &Fixture) -> Option<(u64, u64)> {
     ))
 }
 
-fn prop_discard_geometry(fx: &Fixture, s: &dyn SimStore) {
+fn prop_discard_geometry(fx: &Fixture, s: &dyn UserStore) {
     let info = s.info();
     let ss = u64::from(info.sector_size);
     let is_block = {
@@ -569,7 +569,7 @@ fn prop_discard_geometry(fx: &Fixture, s: &dyn SimStore) {
     assert_eq!(r, Ok(()), "{:?}", fx.case);
 }
 
-fn prop_resize(fx: &Fixture, s: &dyn SimStore) {
+fn prop_resize(fx: &Fixture, s: &dyn UserStore) {
     let ss = fx.ss();
     let path = &fx.spec.path;
     assert_eq!(s.info().sectors, Sectors(MEDIUM / 512));
@@ -625,7 +625,7 @@ fn prop_resize(fx: &Fixture, s: &dyn SimStore) {
     assert!(fx.read_buf(s, small - ss as u64, ss).bytes() == e.bytes());
 }
 
-fn prop_whole_medium_sector_by_sector(fx: &Fixture, s: &dyn SimStore) {
+fn prop_whole_medium_sector_by_sector(fx: &Fixture, s: &dyn UserStore) {
     // One iovec per sector over the whole medium: more pieces than one
     // preadv/pwritev call takes on the 512-byte cases.
     let ss = fx.ss();
@@ -650,7 +650,7 @@ fn prop_whole_medium_sector_by_sector(fx: &Fixture, s: &dyn SimStore) {
     }
 }
 
-fn prop_short_read_at_eof_fills_zeros(fx: &Fixture, s: &dyn SimStore) {
+fn prop_short_read_at_eof_fills_zeros(fx: &Fixture, s: &dyn UserStore) {
     // The backing file shrinks behind the store's back: a read that runs
     // into its end gets the bytes that are there and zeros for the rest.
     let ss = fx.ss();
@@ -689,7 +689,7 @@ fn prop_short_read_at_eof_fills_zeros(fx: &Fixture, s: &dyn SimStore) {
     );
 }
 
-fn prop_persists_across_reopen(fx: &Fixture, s: &dyn SimStore) {
+fn prop_persists_across_reopen(fx: &Fixture, s: &dyn UserStore) {
     let ss = fx.ss();
     let mut b = Buf::filled(4 * ss, 31);
     let iov = vec![b.iov(0, 4 * ss)];
@@ -701,7 +701,7 @@ fn prop_persists_across_reopen(fx: &Fixture, s: &dyn SimStore) {
     again.close();
 }
 
-fn prop_read_only(fx: &Fixture, s: &dyn SimStore) {
+fn prop_read_only(fx: &Fixture, s: &dyn UserStore) {
     let ss = fx.ss();
     let mut b = Buf::filled(2 * ss, 41);
     let iov = vec![b.iov(0, 2 * ss)];
@@ -734,7 +734,7 @@ fn prop_read_only(fx: &Fixture, s: &dyn SimStore) {
     ro.close();
 }
 
-fn prop_misaligned(fx: &Fixture, s: &dyn SimStore) {
+fn prop_misaligned(fx: &Fixture, s: &dyn UserStore) {
     let ss = fx.ss();
     let mut good = Buf::filled(4 * ss, 51);
     let iov = vec![good.iov(0, 4 * ss)];
@@ -794,7 +794,7 @@ fn prop_misaligned(fx: &Fixture, s: &dyn SimStore) {
     assert!(fx.file_bytes(0, 4 * ss) == good.bytes());
 }
 
-fn prop_faults(fx: &Fixture, s: &dyn SimStore, faults: &IoFaults) {
+fn prop_faults(fx: &Fixture, s: &dyn UserStore, faults: &IoFaults) {
     let ss = fx.ss();
     let mut bufs: Vec<Buf> = (0..5).map(|i| Buf::filled(ss, 60 + i)).collect();
 
@@ -894,7 +894,7 @@ fn prop_faults(fx: &Fixture, s: &dyn SimStore, faults: &IoFaults) {
     assert_eq!(c.total(), 6 + range_hits);
 }
 
-fn prop_close_waits(fx: &Fixture, s: &dyn SimStore) {
+fn prop_close_waits(fx: &Fixture, s: &dyn UserStore) {
     const N: usize = 32;
     let ss = fx.ss();
     let mut srcs: Vec<Buf> = (0..N).map(|i| Buf::filled(4 * ss, 70 + i as u64)).collect();

@@ -1,0 +1,145 @@
+//! Fault injection for stores ([`IoFaults`]), shared between a scenario
+//! and the stores it opened.
+
+use std::sync::{Mutex, MutexGuard};
+
+use xbb::host::IoError;
+
+use crate::StoreIo;
+
+/// Counts of failures injected by an [`IoFaults`], by cause.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultCounters {
+    /// Failures from [`IoFaults::fail_nth`].
+    pub nth: u64,
+    /// Failures from [`IoFaults::fail_range`].
+    pub range: u64,
+    /// Failures from [`IoFaults::fail_writes`].
+    pub writes: u64,
+    /// Failures from [`IoFaults::fail_flush`].
+    pub flush: u64,
+}
+
+impl FaultCounters {
+    /// All injected failures.
+    pub fn total(&self) -> u64 {
+        self.nth + self.range + self.writes + self.flush
+    }
+}
+
+#[derive(Debug, Default)]
+struct FaultState {
+    /// Data I/Os (reads and writes) accepted so far.
+    data_ios: u64,
+    /// Armed `fail_nth` faults: (value of `data_ios` that fails, error).
+    nth: Vec<(u64, IoError)>,
+    /// Armed `fail_range` faults: (start, end, error), bytes, end exclusive.
+    ranges: Vec<(u64, u64, IoError)>,
+    writes: Option<IoError>,
+    flush: Option<IoError>,
+    counters: FaultCounters,
+}
+
+/// Fault injection for stores, shared between a scenario and the stores it
+/// opened (interior mutability; `Send + Sync`).
+///
+/// Faults are decided when an I/O is submitted, in submission order, and
+/// only for I/Os that are otherwise valid (aligned, in range). An I/O hit by
+/// a fault is not performed: the medium is left as it was and the completion
+/// carries the fault's error. When several faults match, the first of
+/// `nth`, `range`, `writes`, `flush` wins and only it is counted.
+#[derive(Debug, Default)]
+pub struct IoFaults {
+    state: Mutex<FaultState>,
+}
+
+impl IoFaults {
+    /// No fault armed.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, FaultState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Fails the `n`-th data I/O (read or write) submitted from now on with
+    /// `err`: `n == 1` is the next one (`0` counts as `1`). One-shot; several
+    /// may be armed at once.
+    pub fn fail_nth(&self, n: u64, err: IoError) {
+        let mut s = self.lock();
+        let target = s.data_ios.saturating_add(n.max(1));
+        s.nth.push((target, err));
+    }
+
+    /// Fails every read, write or discard touching bytes
+    /// `byte_start..byte_end` of the medium with `err`, until [`Self::clear`].
+    pub fn fail_range(&self, byte_start: u64, byte_end: u64, err: IoError) {
+        self.lock().ranges.push((byte_start, byte_end, err));
+    }
+
+    /// Fails every write with `err`, until [`Self::clear`].
+    pub fn fail_writes(&self, err: IoError) {
+        self.lock().writes = Some(err);
+    }
+
+    /// Fails every flush with `err`, until [`Self::clear`].
+    pub fn fail_flush(&self, err: IoError) {
+        self.lock().flush = Some(err);
+    }
+
+    /// Disarms every fault. Counters are kept.
+    pub fn clear(&self) {
+        let mut s = self.lock();
+        s.nth.clear();
+        s.ranges.clear();
+        s.writes = None;
+        s.flush = None;
+    }
+
+    /// The failures injected so far.
+    pub fn counters(&self) -> FaultCounters {
+        self.lock().counters
+    }
+
+    /// Decides the fate of one accepted I/O.
+    pub(crate) fn check(&self, io: &StoreIo, span: Option<(u64, u64)>) -> Option<IoError> {
+        let mut s = self.lock();
+        let is_data = matches!(io, StoreIo::Read { .. } | StoreIo::Write { .. });
+        if is_data {
+            s.data_ios = s.data_ios.saturating_add(1);
+            let now = s.data_ios;
+            let hit = s.nth.iter().find(|&&(at, _)| at == now).map(|&(_, e)| e);
+            // Faults armed for the same I/O fire together, once.
+            s.nth.retain(|&(at, _)| at > now);
+            if let Some(err) = hit {
+                s.counters.nth += 1;
+                return Some(err);
+            }
+        }
+        if let Some((start, end)) = span {
+            let hit = s
+                .ranges
+                .iter()
+                .find(|&&(a, b, _)| start < b && a < end)
+                .map(|&(_, _, e)| e);
+            if let Some(err) = hit {
+                s.counters.range += 1;
+                return Some(err);
+            }
+        }
+        match io {
+            StoreIo::Write { .. } => {
+                let err = s.writes?;
+                s.counters.writes += 1;
+                Some(err)
+            }
+            StoreIo::Flush => {
+                let err = s.flush?;
+                s.counters.flush += 1;
+                Some(err)
+            }
+            _ => None,
+        }
+    }
+}

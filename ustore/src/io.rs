@@ -1,0 +1,113 @@
+//! The I/O a store carries out: the core's [`IoOp`] with its window pieces
+//! turned into addresses of this process ([`RawIoVec`]).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use xbb::host::{IoError, IoOp, IoTag, IoVec};
+
+use crate::UserStore;
+
+/// One piece of an I/O buffer: `len` bytes at address `addr` of this process
+/// (in the simulator, a grant page mapped into the back-end's data window).
+///
+/// # Caller's obligation
+/// Building a [`StoreIo::Read`] or [`StoreIo::Write`] out of `RawIoVec`s and
+/// handing it to [`UserStore::submit`] is a promise by the submitter: every
+/// range `addr..addr + len` is mapped in this process — writable for a read,
+/// readable for a write — is not accessed through Rust references while the
+/// I/O runs (the store writes it behind the compiler's back), and stays
+/// mapped until the completion for that I/O has been delivered (or `submit`
+/// returned `Err`, in which case the store never touched it). The store
+/// cannot check this; it is the one condition under which the store's raw
+/// `preadv`/`pwritev` calls are sound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawIoVec {
+    /// Start address in this process.
+    pub addr: usize,
+    /// Length in bytes.
+    pub len: usize,
+}
+
+/// One I/O for a store. Offsets and lengths are bytes on the medium.
+///
+/// See [`RawIoVec`] for what the submitter of a `Read` or `Write` guarantees
+/// about the buffers it names.
+#[derive(Debug)]
+pub enum StoreIo {
+    /// Read the medium at `offset` into `iov`, in order.
+    Read {
+        /// Medium byte offset.
+        offset: u64,
+        /// Destination buffers.
+        iov: Vec<RawIoVec>,
+    },
+    /// Write `iov`, in order, to the medium at `offset`.
+    Write {
+        /// Medium byte offset.
+        offset: u64,
+        /// Source buffers.
+        iov: Vec<RawIoVec>,
+    },
+    /// Make every completed write durable (`fdatasync`).
+    Flush,
+    /// Discard `len` bytes at `offset`: the range reads as zeros afterwards
+    /// on a file (a punched hole); on a device, as the device's
+    /// `BLKDISCARD` leaves it.
+    Discard {
+        /// Medium byte offset.
+        offset: u64,
+        /// Length in bytes.
+        len: u64,
+        /// Erase securely (`BLKIF_DISCARD_SECURE`, `BLKSECDISCARD`): refused
+        /// with [`IoError::NotSupported`] unless
+        /// [`MediumInfo::can_secure_discard`].
+        secure: bool,
+    },
+}
+
+impl StoreIo {
+    /// The store's form of the core's `op`: `resolve` turns window pieces
+    /// into process addresses (`true`: the store writes into them, a guest
+    /// READ). `None` when a piece does not resolve.
+    pub fn from_op(
+        op: IoOp<'_>,
+        mut resolve: impl FnMut(&[IoVec], bool) -> Option<Vec<RawIoVec>>,
+    ) -> Option<StoreIo> {
+        Some(match op {
+            IoOp::Read { offset, iov } => StoreIo::Read {
+                offset: offset.0,
+                iov: resolve(iov, true)?,
+            },
+            IoOp::Write { offset, iov } => StoreIo::Write {
+                offset: offset.0,
+                iov: resolve(iov, false)?,
+            },
+            IoOp::Flush => StoreIo::Flush,
+            IoOp::Discard {
+                offset,
+                len,
+                secure,
+            } => StoreIo::Discard {
+                offset: offset.0,
+                len: len.0,
+                secure,
+            },
+        })
+    }
+}
+
+/// Submits `io` to `store`, counting it in `in_flight` until its
+/// completion (whose callback decrements it); an I/O the store refused is
+/// not counted. Platforms keep their window mapped while the count is not
+/// zero.
+pub fn submit_counted(
+    store: &dyn UserStore,
+    in_flight: &AtomicU64,
+    tag: IoTag,
+    io: StoreIo,
+) -> Result<(), IoError> {
+    in_flight.fetch_add(1, Ordering::AcqRel);
+    store.submit(tag, io).inspect_err(|_| {
+        in_flight.fetch_sub(1, Ordering::AcqRel);
+    })
+}

@@ -1,0 +1,216 @@
+//! The worker pool that serves one store: I/O queued by
+//! [`UserStore::submit`] is checked at once, carried out by [`WORKERS`]
+//! threads with `preadv` / `pwritev` (so many I/Os are in flight at once),
+//! and reported through the store's [`CompletionFn`] on the worker thread.
+
+use std::collections::VecDeque;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+
+use xbb::host::{IoError, IoTag, MediumInfo, OpenError, StoreKind};
+use xbb::units::{Bytes, Sectors};
+
+use crate::medium::Medium;
+use crate::{CompletionFn, IoFaults, StoreIo, StoreSpec, UserStore, WORKERS};
+
+struct Queue {
+    jobs: VecDeque<Job>,
+    /// Queued plus running I/Os whose completion has not returned yet.
+    in_flight: usize,
+    closing: bool,
+    stop: bool,
+}
+
+struct Job {
+    tag: IoTag,
+    io: StoreIo,
+    /// Decided at submission: refused (misaligned, ...) or an injected fault.
+    outcome: Option<IoError>,
+}
+
+struct Shared {
+    medium: Medium,
+    faults: Option<Arc<IoFaults>>,
+    done: CompletionFn,
+    queue: Mutex<Queue>,
+    /// Workers wait here for jobs.
+    work: Condvar,
+    /// `close` waits here for `in_flight` to reach zero.
+    idle: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A file or device store served by [`WORKERS`] threads; what
+/// [`open_store`] returns, boxed.
+pub struct BackingStore {
+    shared: Arc<Shared>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl core::fmt::Debug for BackingStore {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let m = &self.shared.medium;
+        f.debug_struct("BackingStore")
+            .field("kind", &m.kind)
+            .field("direct", &m.direct)
+            .field("sector_size", &m.sector_size)
+            .field("size", &m.size.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl BackingStore {
+    /// Opens the store `spec` describes and starts its workers.
+    pub fn open(spec: &StoreSpec, done: CompletionFn) -> Result<Self, OpenError> {
+        let medium = Medium::open(spec)?;
+        let shared = Arc::new(Shared {
+            medium,
+            faults: spec.faults.clone(),
+            done,
+            queue: Mutex::new(Queue {
+                jobs: VecDeque::new(),
+                in_flight: 0,
+                closing: false,
+                stop: false,
+            }),
+            work: Condvar::new(),
+            idle: Condvar::new(),
+        });
+        let mut workers = Vec::with_capacity(WORKERS);
+        for i in 0..WORKERS {
+            let sh = Arc::clone(&shared);
+            let spawned = thread::Builder::new()
+                .name(format!("xbb-store-{i}"))
+                .spawn(move || worker(&sh));
+            match spawned {
+                Ok(h) => workers.push(h),
+                Err(e) => {
+                    let store = BackingStore {
+                        shared,
+                        workers: Mutex::new(workers),
+                    };
+                    store.close();
+                    return Err(OpenError::Other(e.raw_os_error().unwrap_or(libc::EAGAIN)));
+                }
+            }
+        }
+        Ok(BackingStore {
+            shared,
+            workers: Mutex::new(workers),
+        })
+    }
+
+    /// Whether I/O bypasses the page cache (`O_DIRECT`); always false for a
+    /// file store, false for a device store whose filesystem refused it.
+    pub fn direct_io(&self) -> bool {
+        self.shared.medium.direct
+    }
+}
+
+fn worker(sh: &Shared) {
+    loop {
+        let job = {
+            let mut q = sh.lock();
+            loop {
+                if let Some(job) = q.jobs.pop_front() {
+                    break job;
+                }
+                if q.stop {
+                    return;
+                }
+                q = sh.work.wait(q).unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        let result = match job.outcome {
+            Some(err) => Err(err),
+            None => sh.medium.execute(&job.io),
+        };
+        // The buffers are released to the submitter by the completion.
+        drop(job.io);
+        // A panicking completion is reported by the panic hook; catching it
+        // keeps the worker serving and `in_flight` exact, so `close` cannot
+        // hang on it.
+        let _ = panic::catch_unwind(AssertUnwindSafe(|| (sh.done)(job.tag, result)));
+        let mut q = sh.lock();
+        q.in_flight -= 1;
+        if q.in_flight == 0 {
+            sh.idle.notify_all();
+        }
+    }
+}
+
+impl UserStore for BackingStore {
+    fn info(&self) -> MediumInfo {
+        let m = &self.shared.medium;
+        let size = m
+            .refresh_size()
+            .unwrap_or_else(|| m.size.load(Ordering::Relaxed));
+        MediumInfo {
+            sectors: Sectors::from_bytes(Bytes(size)),
+            sector_size: m.sector_size,
+            physical_sector_size: m.physical_sector_size,
+            read_only: m.read_only,
+            can_flush: true,
+            can_discard: m.discard.discard,
+            can_secure_discard: m.discard.secure,
+            discard_granularity: m.discard.granularity,
+            discard_alignment: m.discard.alignment,
+            is_device: m.kind == StoreKind::Device,
+        }
+    }
+
+    fn submit(&self, tag: IoTag, io: StoreIo) -> Result<(), IoError> {
+        let sh = &*self.shared;
+        let mut q = sh.lock();
+        if q.closing {
+            return Err(IoError::Gone);
+        }
+        let outcome = match sh.medium.validate(&io) {
+            Err(e) => Some(e),
+            Ok(span) => sh.faults.as_ref().and_then(|f| f.check(&io, span)),
+        };
+        q.jobs.push_back(Job { tag, io, outcome });
+        q.in_flight += 1;
+        drop(q);
+        sh.work.notify_one();
+        Ok(())
+    }
+
+    fn close(&self) {
+        let sh = &*self.shared;
+        {
+            let mut q = sh.lock();
+            q.closing = true;
+            while q.in_flight > 0 {
+                q = sh.idle.wait(q).unwrap_or_else(|e| e.into_inner());
+            }
+            q.stop = true;
+        }
+        sh.work.notify_all();
+        let handles = core::mem::take(&mut *self.workers.lock().unwrap_or_else(|e| e.into_inner()));
+        let me = thread::current().id();
+        for h in handles {
+            if h.thread().id() != me {
+                // A worker that panicked has nothing left to clean up.
+                let _ = h.join();
+            }
+        }
+    }
+
+    fn direct_io(&self) -> bool {
+        BackingStore::direct_io(self)
+    }
+}
+
+impl Drop for BackingStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
