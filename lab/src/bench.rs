@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use std::{eprintln, format, vec};
 
 use super::frontend::{run_workload, Frontend, Profile, Workload};
-use super::lab::create_sparse_image;
+use super::scenario::create_sparse_image;
 use super::store::StoreKind;
 use super::world::{VbdConfig, World};
 use xbb::stats::{Stat, Tunable, Tunables};

@@ -41,8 +41,8 @@ pub mod ffi;
 pub mod frontend;
 pub mod gnttab;
 pub mod host;
-pub mod lab;
 pub mod memory;
+pub mod scenario;
 /// The stores moved to [`xbb_ustore`], shared with the dom0 platform.
 pub use xbb_ustore as store;
 pub mod toolstack;

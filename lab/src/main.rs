@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use xbb::stats::{SYSCTLS, TUNABLES, TUNABLE_PREFIX};
 use xbb_lab::bench::{self, BenchOptions};
-use xbb_lab::lab::{self, Report, RunOptions, Scenario};
+use xbb_lab::scenario::{self, Report, RunOptions, Scenario};
 
 const USAGE: &str = "\
 usage: xbb-lab [--json] [--quiet] [--dir DIR]
@@ -239,14 +239,14 @@ fn main() -> ExitCode {
     };
     match args.command.as_deref() {
         None | Some("default") => {
-            let sc = match Scenario::parse(lab::DEFAULT_SCENARIO) {
+            let sc = match Scenario::parse(scenario::DEFAULT_SCENARIO) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("xbb-lab: the default scenario: {e}");
                     return ExitCode::from(2);
                 }
             };
-            match lab::run(&sc, &run_opts(&args)) {
+            match scenario::run(&sc, &run_opts(&args)) {
                 Ok(r) => {
                     print_report(&r, args.json);
                     exit(r.passed())
@@ -274,7 +274,7 @@ fn main() -> ExitCode {
             }
             let mut reports = Vec::new();
             for sc in &scenarios {
-                match lab::run(sc, &run_opts(&args)) {
+                match scenario::run(sc, &run_opts(&args)) {
                     Ok(r) => reports.push(r),
                     Err(e) => {
                         eprintln!("xbb-lab: {e}");
@@ -340,7 +340,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Some("default-scenario") => emit(lab::DEFAULT_SCENARIO),
+        Some("default-scenario") => emit(scenario::DEFAULT_SCENARIO),
         Some("tables") => {
             let mut out = String::from("# loader tunables\n");
             for t in TUNABLES {

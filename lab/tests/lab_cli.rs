@@ -7,11 +7,11 @@
 use std::process::{Command, Output};
 
 use xbb::stats::SYSCTLS;
-use xbb_lab::lab::{self, Scenario};
+use xbb_lab::scenario::{self, Scenario};
 
 /// The unit (`dev.xbb.N`) of a guest of the default scenario.
 fn default_unit(name: &str) -> usize {
-    let sc = Scenario::parse(lab::DEFAULT_SCENARIO).expect("default scenario");
+    let sc = Scenario::parse(scenario::DEFAULT_SCENARIO).expect("default scenario");
     sc.guest_names()
         .iter()
         .position(|n| n == name)

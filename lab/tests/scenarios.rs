@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use xbb_lab::lab::{self, RunOptions, Scenario};
+use xbb_lab::scenario::{self, RunOptions, Scenario};
 
 fn scenario_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios")
@@ -34,7 +34,7 @@ fn every_scenario_file_passes() {
                 continue;
             }
         };
-        match lab::run(&sc, &RunOptions::default()) {
+        match scenario::run(&sc, &RunOptions::default()) {
             Ok(r) if r.passed() => {}
             Ok(r) => failures.push(format!(
                 "{}:\n{}",
@@ -95,7 +95,7 @@ sysctl = { reqs_received = 5, total_dispatch = ">= 1" }
         settle: std::time::Duration::from_millis(200),
         ..RunOptions::default()
     };
-    let r = lab::run(&sc, &opts).expect("runs");
+    let r = scenario::run(&sc, &opts).expect("runs");
     assert!(!r.passed());
     let what: Vec<String> = r.mismatches.iter().map(|m| m.what.clone()).collect();
     assert_eq!(r.mismatches.len(), 4, "{what:#?}");
@@ -158,7 +158,7 @@ fn malformed_scenarios_are_refused() {
 
 #[test]
 fn the_default_scenario_is_well_formed() {
-    let sc = Scenario::parse(lab::DEFAULT_SCENARIO).expect("default scenario parses");
+    let sc = Scenario::parse(scenario::DEFAULT_SCENARIO).expect("default scenario parses");
     assert!(sc.guests.len() >= 4);
     let profiles: Vec<&str> = sc.guests.iter().map(|g| g.profile.as_str()).collect();
     for p in [

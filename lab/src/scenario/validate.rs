@@ -1,0 +1,252 @@
+//! What TOML cannot check: names resolve, values are in range, steps fit
+//! together.
+
+use super::*;
+
+impl Scenario {
+    /// Checks what TOML cannot: names resolve, values are in range.
+    pub(super) fn validate(&self) -> Result<(), ScenarioError> {
+        let bad = |m: String| Err(ScenarioError::Invalid(m));
+        self.tunables()?;
+        if self.guests.is_empty() {
+            return bad(String::from("no [[guest]] defined"));
+        }
+        let names = self.guest_names();
+        for (i, n) in names.iter().enumerate() {
+            if names[..i].contains(n) {
+                return bad(format!("two guests are named {n:?}"));
+            }
+        }
+        for (i, (g, n)) in self.guests.iter().zip(&names).enumerate() {
+            self.guest_tunables(i)?;
+            if Profile::by_name(&g.profile).is_none() {
+                return bad(format!(
+                    "guest {n}: unknown profile {:?}; known: {}",
+                    g.profile,
+                    Profile::NAMES.join(", ")
+                ));
+            }
+            if !g.sector_size.is_power_of_two() || !(512..=65536).contains(&g.sector_size) {
+                return bad(format!(
+                    "guest {n}: sector_size {} is not a power of two in 512..=65536",
+                    g.sector_size
+                ));
+            }
+            if g.size.0 == 0 || g.size.0 % u64::from(g.sector_size) != 0 {
+                return bad(format!(
+                    "guest {n}: size {} is not a positive multiple of the sector size",
+                    g.size.0
+                ));
+            }
+        }
+        let mut used: Vec<Vec<(u64, u64)>> = vec![Vec::new(); self.guests.len()];
+        for (i, step) in self.steps.iter().enumerate() {
+            let at = |m: String| {
+                ScenarioError::Invalid(format!("step {} ({}): {m}", i + 1, step.action()))
+            };
+            for g in step_guest_names(step) {
+                if g != "*" && !names.contains(&g) {
+                    return Err(at(format!("no guest named {g:?}")));
+                }
+            }
+            match step {
+                Step::Xenstore { value, delete, .. } if value.is_some() == *delete => {
+                    return Err(at(String::from(
+                        "give exactly one of `value` and `delete = true`",
+                    )));
+                }
+                Step::Request(r) => r.validate(None).map_err(at)?,
+                Step::Batch { requests, .. } => {
+                    if requests.is_empty() {
+                        return Err(at(String::from("an empty batch")));
+                    }
+                    for (k, r) in requests.iter().enumerate() {
+                        r.validate(Some(k))
+                            .map_err(|m| at(format!("request {k}: {m}")))?;
+                    }
+                }
+                Step::StateStorm { states, .. } => {
+                    for st in states {
+                        if parse_state(st).is_none() {
+                            return Err(at(format!("unknown state {st:?}")));
+                        }
+                    }
+                    if states.is_empty() {
+                        return Err(at(String::from("no states to write")));
+                    }
+                }
+                Step::Resize { guest, size } => {
+                    for gi in guest.resolve(&names) {
+                        let ss = u64::from(self.guests[gi].sector_size);
+                        if size.0 == 0 || size.0 % ss != 0 {
+                            return Err(at(format!(
+                                "guest {}: size {} is not a positive multiple of the sector size",
+                                names[gi], size.0
+                            )));
+                        }
+                    }
+                }
+                Step::RawSlot { hex, .. } if parse_hex(hex).is_none() => {
+                    return Err(at(String::from(
+                        "`hex` is not an even number of hex digits",
+                    )));
+                }
+                Step::Workload {
+                    io_size,
+                    read_pct,
+                    offset,
+                    region,
+                    guest,
+                    ..
+                } => {
+                    for gi in guest.resolve(&names) {
+                        let g = &self.guests[gi];
+                        let (a, b) = workload_region(g, *offset, *region);
+                        let ss = u64::from(g.sector_size);
+                        if a >= b || a % ss != 0 || b > g.size.0 || b - a < io_size.0 {
+                            return Err(at(format!(
+                                "guest {}: region [{a}, {b}) does not fit the {}-byte disk, \
+                                 is not sector-aligned, or is smaller than io_size",
+                                names[gi], g.size.0
+                            )));
+                        }
+                        if let Some((c, d)) = used[gi].iter().find(|(c, d)| a < *d && *c < b) {
+                            return Err(at(format!(
+                                "guest {}: region [{a}, {b}) overlaps an earlier workload's \
+                                 [{c}, {d}); give each workload its own `offset`/`region`",
+                                names[gi]
+                            )));
+                        }
+                        used[gi].push((a, b));
+                    }
+                    if io_size.0 == 0 || io_size.0 % 512 != 0 || io_size.0 > (1 << 24) {
+                        return Err(at(String::from(
+                            "io_size must be a multiple of 512, at most 16M",
+                        )));
+                    }
+                    if *read_pct > 100 {
+                        return Err(at(String::from("read_pct is a percentage")));
+                    }
+                }
+                Step::InjectIo {
+                    nth,
+                    range,
+                    writes,
+                    flush,
+                    clear,
+                    ..
+                } if nth.is_none() && range.is_none() && !writes && !flush && !clear => {
+                    return Err(at(String::from(
+                        "nothing to inject: give nth, range, writes, flush or clear",
+                    )));
+                }
+                Step::InjectGrant {
+                    count, gref, clear, ..
+                } if count.is_none() && gref.is_none() && !clear => {
+                    return Err(at(String::from(
+                        "nothing to inject: give count, gref or clear",
+                    )));
+                }
+                Step::Expect {
+                    state,
+                    sysctl,
+                    watch,
+                    ..
+                } => {
+                    for k in watch.keys() {
+                        if !WATCH_COUNTERS.contains(&k.as_str()) {
+                            return Err(at(format!(
+                                "unknown watch counter {k:?}; known: {}",
+                                WATCH_COUNTERS.join(", ")
+                            )));
+                        }
+                    }
+                    if let Some(s) = state {
+                        if parse_state(s).is_none() {
+                            return Err(at(format!("unknown state {s:?}")));
+                        }
+                    }
+                    for k in sysctl.keys() {
+                        if Stat::by_name(k).is_none() {
+                            return Err(at(format!(
+                                "unknown sysctl {k:?}; known: {}",
+                                SYSCTLS
+                                    .iter()
+                                    .map(|d| d.name)
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            )));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The byte range `[start, end)` a workload uses on a guest's disk.
+pub(super) fn workload_region(
+    g: &GuestSpec,
+    offset: Option<Size>,
+    region: Option<Size>,
+) -> (u64, u64) {
+    let start = offset.map_or(0, |o| o.0);
+    let end = match region {
+        Some(r) => start.saturating_add(r.0),
+        None => g.size.0,
+    };
+    (start, end)
+}
+
+/// The guest names a step mentions.
+pub(super) fn step_guest_names(step: &Step) -> Vec<String> {
+    match step.guests() {
+        Some(Guests::One(n)) => vec![n.clone()],
+        Some(Guests::Many(v)) => v.clone(),
+        Some(Guests::Default) | None => vec![],
+    }
+}
+
+impl Step {
+    /// The guests the step applies to, as written; `None` for steps about
+    /// the host as a whole.
+    pub fn guests(&self) -> Option<&Guests> {
+        match self {
+            Step::Xenstore { guest, .. }
+            | Step::Connect { guest, .. }
+            | Step::Disconnect { guest }
+            | Step::Request(RequestSpec { guest, .. })
+            | Step::Batch { guest, .. }
+            | Step::KickStorm { guest, .. }
+            | Step::StateStorm { guest, .. }
+            | Step::Resize { guest, .. }
+            | Step::RawSlot { guest, .. }
+            | Step::ReqProd { guest, .. }
+            | Step::Kick { guest, .. }
+            | Step::Wait { guest, .. }
+            | Step::Workload { guest, .. }
+            | Step::InjectIo { guest, .. }
+            | Step::InjectGrant { guest, .. }
+            | Step::Expect { guest, .. } => Some(guest),
+            Step::MountRoot {} => None,
+        }
+    }
+}
+
+impl Guests {
+    /// Indices into `names` of the guests meant.
+    pub fn resolve(&self, names: &[String]) -> Vec<usize> {
+        let all = || (0..names.len()).collect();
+        match self {
+            Guests::Default => all(),
+            Guests::One(n) if n == "*" => all(),
+            Guests::One(n) => names.iter().position(|x| x == n).into_iter().collect(),
+            Guests::Many(v) => v
+                .iter()
+                .filter_map(|n| names.iter().position(|x| x == n))
+                .collect(),
+        }
+    }
+}
