@@ -55,6 +55,41 @@ fn c_string(s: &str) -> String {
     format!("\"{s}\"")
 }
 
+/// The request and response structs of one ABI, field by field; the
+/// indirect request of x86_32 has trailing `extra` fields.
+macro_rules! check_requests {
+    ($o:expr, $req:ty, $disc:ty, $ind:ty, [$($extra:ident),*], $rsp:ty) => {{
+        check_struct!(
+            $o,
+            "struct blkif_request",
+            $req,
+            [operation, nr_segments, handle, id, sector_number, seg]
+        );
+        check_struct!(
+            $o,
+            "struct blkif_request_discard",
+            $disc,
+            [operation, flag, handle, id, sector_number, nr_sectors]
+        );
+        check_struct!(
+            $o,
+            "struct blkif_request_indirect",
+            $ind,
+            [
+                operation,
+                indirect_op,
+                nr_segments,
+                id,
+                sector_number,
+                handle,
+                indirect_grefs
+                $(, $extra)*
+            ]
+        );
+        check_struct!($o, "struct blkif_response", $rsp, [id, operation, status]);
+    }};
+}
+
 /// The C source checking `abi`'s layout; the compiler flags decide which
 /// layout the headers produce.
 fn source(abi: Abi) -> String {
@@ -66,7 +101,15 @@ fn source(abi: Abi) -> String {
          #include <xen/io/protocols.h>\n",
     );
     let o = &mut s;
+    check_native(o, abi);
+    check_layout(o, abi);
+    check_ring(o, abi);
+    check_constants(o);
+    s
+}
 
+/// The layout the compiler gives the headers is the one checked.
+fn check_native(o: &mut String, abi: Abi) {
     // Which layout the compiler gives the headers must be the one we check.
     let native = match abi {
         Abi::X86_32 => XEN_IO_PROTO_ABI_X86_32,
@@ -81,7 +124,10 @@ fn source(abi: Abi) -> String {
         ),
         0,
     );
+}
 
+/// Every struct and field of the ABI.
+fn check_layout(o: &mut String, abi: Abi) {
     // Structs and fields.
     eq(o, "sizeof(grant_ref_t)", size_of::<u32>());
     eq(o, "sizeof(blkif_sector_t)", size_of::<u64>());
@@ -94,75 +140,22 @@ fn source(abi: Abi) -> String {
     );
     eq(o, "sizeof(struct blkif_request_segment)", SEGMENT_SIZE);
     match abi {
-        Abi::X86_32 => {
-            check_struct!(
-                o,
-                "struct blkif_request",
-                X86_32Request,
-                [operation, nr_segments, handle, id, sector_number, seg]
-            );
-            check_struct!(
-                o,
-                "struct blkif_request_discard",
-                X86_32DiscardRequest,
-                [operation, flag, handle, id, sector_number, nr_sectors]
-            );
-            check_struct!(
-                o,
-                "struct blkif_request_indirect",
-                X86_32IndirectRequest,
-                [
-                    operation,
-                    indirect_op,
-                    nr_segments,
-                    id,
-                    sector_number,
-                    handle,
-                    indirect_grefs,
-                    pad
-                ]
-            );
-            check_struct!(
-                o,
-                "struct blkif_response",
-                X86_32Response,
-                [id, operation, status]
-            );
-        }
-        Abi::X86_64 => {
-            check_struct!(
-                o,
-                "struct blkif_request",
-                X86_64Request,
-                [operation, nr_segments, handle, id, sector_number, seg]
-            );
-            check_struct!(
-                o,
-                "struct blkif_request_discard",
-                X86_64DiscardRequest,
-                [operation, flag, handle, id, sector_number, nr_sectors]
-            );
-            check_struct!(
-                o,
-                "struct blkif_request_indirect",
-                X86_64IndirectRequest,
-                [
-                    operation,
-                    indirect_op,
-                    nr_segments,
-                    id,
-                    sector_number,
-                    handle,
-                    indirect_grefs
-                ]
-            );
-            check_struct!(
-                o,
-                "struct blkif_response",
-                X86_64Response,
-                [id, operation, status]
-            );
-        }
+        Abi::X86_32 => check_requests!(
+            o,
+            X86_32Request,
+            X86_32DiscardRequest,
+            X86_32IndirectRequest,
+            [pad],
+            X86_32Response
+        ),
+        Abi::X86_64 => check_requests!(
+            o,
+            X86_64Request,
+            X86_64DiscardRequest,
+            X86_64IndirectRequest,
+            [],
+            X86_64Response
+        ),
     }
     eq(o, "sizeof(struct blkif_request)", abi.request_size());
     eq(o, "sizeof(struct blkif_response)", abi.response_size());
@@ -177,7 +170,10 @@ fn source(abi: Abi) -> String {
         "sizeof(((struct blkif_request_indirect *)0)->indirect_grefs) / sizeof(grant_ref_t)",
         BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST,
     );
+}
 
+/// The shared-ring header and the ring's size for every page count.
+fn check_ring(o: &mut String, abi: Abi) {
     // The shared-ring header.
     eq(o, "offsetof(struct blkif_sring, req_prod)", SRING_REQ_PROD);
     eq(
@@ -231,7 +227,10 @@ fn source(abi: Abi) -> String {
         "(1 << XEN_PAGE_SHIFT) / sizeof(struct blkif_request_segment)",
         4096 / SEGMENT_SIZE,
     );
+}
 
+/// The protocol's constants and protocol names.
+fn check_constants(o: &mut String) {
     // Constants.
     for (name, v) in [
         ("BLKIF_OP_READ", BLKIF_OP_READ),
@@ -269,7 +268,6 @@ fn source(abi: Abi) -> String {
     ] {
         eq(o, name, v);
     }
-
     // Protocol names: length (a char-array size) and contents.
     for (name, v) in [
         ("XEN_IO_PROTO_ABI_X86_32", XEN_IO_PROTO_ABI_X86_32),
@@ -279,7 +277,6 @@ fn source(abi: Abi) -> String {
         eq(o, &format!("sizeof({name})"), v.len() + 1);
         eq(o, &format!("__builtin_strcmp({name}, {})", c_string(v)), 0);
     }
-    s
 }
 
 fn flags(abi: Abi) -> &'static [&'static str] {

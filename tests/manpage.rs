@@ -119,7 +119,15 @@ fn va(tag: &str) -> Option<&str> {
 fn problems(page: &str) -> Vec<String> {
     let mut out = Vec::new();
     let (sections, items) = parse(page);
+    check_sections(page, &sections, &mut out);
+    check_tunables(&items, &mut out);
+    check_sysctls(&items, &mut out);
+    check_mentions(page, &mut out);
+    out
+}
 
+/// The sections of a driver page, in order, and what they must hold.
+fn check_sections(page: &str, sections: &[String], out: &mut Vec<String>) {
     // Sections of a driver page, in order.
     let wanted = [
         "NAME",
@@ -158,8 +166,10 @@ fn problems(page: &str) -> Vec<String> {
             out.push(format!("SYNOPSIS lacks {s}"));
         }
     }
+}
 
-    // Tunables: exactly the table's, each with its default and bounds.
+/// Tunables: exactly the table's, each with its default and bounds.
+fn check_tunables(items: &[Item], out: &mut Vec<String>) {
     let mut tunables: BTreeMap<String, &Item> = BTreeMap::new();
     for it in items.iter().filter(|it| it.section == "LOADER TUNABLES") {
         for tag in &it.tags {
@@ -198,31 +208,12 @@ fn problems(page: &str) -> Vec<String> {
             it.line
         ));
     }
+}
 
-    // Sysctls: each node once, in its kind's subsection; per-queue ones
-    // also as dev.xbb.N.queue.Q.<leaf>, in the same item.
-    let mut nodes: BTreeMap<String, (&Item, bool)> = BTreeMap::new();
-    for it in items.iter().filter(|it| it.section == "SYSCTL VARIABLES") {
-        for tag in &it.tags {
-            let name = va(tag).unwrap_or("");
-            let (leaf, per_queue) = if let Some(l) = name.strip_prefix("dev.xbb.N.queue.Q.") {
-                (l, true)
-            } else if let Some(l) = name.strip_prefix("dev.xbb.N.") {
-                (l, false)
-            } else {
-                out.push(format!(
-                    "line {}: sysctl tag not `Va dev.xbb.N.<leaf>` or \
-                     `Va dev.xbb.N.queue.Q.<leaf>`: {tag}",
-                    it.line
-                ));
-                continue;
-            };
-            let key = format!("{leaf}{}", if per_queue { " (queue)" } else { "" });
-            if nodes.insert(key, (it, per_queue)).is_some() {
-                out.push(format!("line {}: {name} listed twice", it.line));
-            }
-        }
-    }
+/// Sysctls: each node once, in its kind's subsection; per-queue ones also
+/// as dev.xbb.N.queue.Q.<leaf>, in the same item.
+fn check_sysctls(items: &[Item], out: &mut Vec<String>) {
+    let mut nodes = sysctl_items(items, out);
     for d in SYSCTLS {
         let want_ss = subsection_of(d.kind);
         match nodes.remove(d.name) {
@@ -276,8 +267,41 @@ fn problems(page: &str) -> Vec<String> {
             it.line
         ));
     }
+}
 
-    // Any name mentioned anywhere must exist (examples, caveats, text).
+/// The items of SYSCTL VARIABLES by leaf (`<leaf> (queue)` for a per-queue
+/// node).
+fn sysctl_items<'a>(
+    items: &'a [Item],
+    out: &mut Vec<String>,
+) -> BTreeMap<String, (&'a Item, bool)> {
+    let mut nodes: BTreeMap<String, (&Item, bool)> = BTreeMap::new();
+    for it in items.iter().filter(|it| it.section == "SYSCTL VARIABLES") {
+        for tag in &it.tags {
+            let name = va(tag).unwrap_or("");
+            let (leaf, per_queue) = if let Some(l) = name.strip_prefix("dev.xbb.N.queue.Q.") {
+                (l, true)
+            } else if let Some(l) = name.strip_prefix("dev.xbb.N.") {
+                (l, false)
+            } else {
+                out.push(format!(
+                    "line {}: sysctl tag not `Va dev.xbb.N.<leaf>` or \
+                     `Va dev.xbb.N.queue.Q.<leaf>`: {tag}",
+                    it.line
+                ));
+                continue;
+            };
+            let key = format!("{leaf}{}", if per_queue { " (queue)" } else { "" });
+            if nodes.insert(key, (it, per_queue)).is_some() {
+                out.push(format!("line {}: {name} listed twice", it.line));
+            }
+        }
+    }
+    nodes
+}
+
+/// Any name mentioned anywhere must exist (examples, caveats, text).
+fn check_mentions(page: &str, out: &mut Vec<String>) {
     for (i, line) in page.lines().enumerate() {
         for word in line.split(|c: char| !(c.is_ascii_alphanumeric() || c == '.' || c == '_')) {
             let word = word.trim_end_matches('.');
@@ -292,7 +316,6 @@ fn problems(page: &str) -> Vec<String> {
             }
         }
     }
-    out
 }
 
 /// Checks `<unit>.<leaf>` or `<unit>.queue.<q>.<leaf>` (after `dev.xbb.`);

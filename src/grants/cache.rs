@@ -1199,6 +1199,86 @@ mod tests {
         drained: usize,
     }
 
+    /// One acquire of a random grant in the model test, checked against the
+    /// model; a miss inserts it (and maps it, or fails the mapping).
+    #[allow(clippy::too_many_arguments)]
+    fn acquire_step(
+        c: &mut GrantCache,
+        m: &mut Model,
+        rng: &mut XorShift,
+        keys: u64,
+        held: &mut Vec<u32>,
+        next_handle: &mut u32,
+        seen: &mut Seen,
+    ) {
+        let first = m.first;
+        let gref = rng.below(keys) as u32 * 7919;
+        let got = c.acquire(gref);
+        let want = match m.find(gref) {
+            None => Lookup::Miss,
+            Some(i) if m.e[i].users > 0 || m.e[i].state == MState::Pending => Lookup::Busy,
+            Some(i) => {
+                m.e[i].users = 1;
+                Lookup::Hit {
+                    page: WindowPage(first + i as u32),
+                }
+            }
+        };
+        assert_eq!(got, want);
+        match got {
+            Lookup::Hit { page } => {
+                seen.hits += 1;
+                held.push(page.0);
+            }
+            Lookup::Miss => {
+                let ins = c.insert(gref);
+                let free = m.e.iter().position(|e| e.state == MState::Free);
+                let ev = m.evictable();
+                match ins {
+                    Insert::Full => {
+                        seen.full += 1;
+                        assert!(free.is_none() && ev.is_empty());
+                    }
+                    Insert::New { page, evicted } => {
+                        let i = (page.0 - first) as usize;
+                        if free.is_some() {
+                            assert_eq!(evicted, None);
+                            assert_eq!(m.e[i].state, MState::Free);
+                        } else {
+                            let v = ev[0];
+                            let MState::Mapped(h) = m.e[v].state else {
+                                unreachable!()
+                            };
+                            assert_eq!(evicted, Some((WindowPage(first + v as u32), h)));
+                            assert_eq!(i, v);
+                            seen.evictions += 1;
+                        }
+                        m.e[i] = MEntry {
+                            state: MState::Pending,
+                            gref,
+                            users: 1,
+                            last: 0,
+                            stamp: 0,
+                        };
+                        held.push(page.0);
+                        // Map it, or fail the mapping.
+                        if rng.below(8) != 0 {
+                            let h = GrantHandle(*next_handle);
+                            *next_handle += 1;
+                            c.set_mapped(page, h);
+                            m.e[i].state = MState::Mapped(h);
+                        } else if rng.below(2) == 0 {
+                            c.forget(page);
+                            m.free(i);
+                            held.retain(|&p| p != page.0);
+                        }
+                    }
+                }
+            }
+            Lookup::Busy => seen.busy += 1,
+        }
+    }
+
     fn run_model(seed: u64, cap: u32, keys: u64, ops: usize, seen: &mut Seen) {
         let first = 1000;
         let mut c = GrantCache::try_new(cap, WindowPage(first)).unwrap();
@@ -1215,78 +1295,15 @@ mod tests {
         for _ in 0..ops {
             now += rng.below(4);
             match rng.below(100) {
-                0..=44 => {
-                    let gref = rng.below(keys) as u32 * 7919;
-                    let got = c.acquire(gref);
-                    let want = match m.find(gref) {
-                        None => Lookup::Miss,
-                        Some(i) if m.e[i].users > 0 || m.e[i].state == MState::Pending => {
-                            Lookup::Busy
-                        }
-                        Some(i) => {
-                            m.e[i].users = 1;
-                            Lookup::Hit {
-                                page: WindowPage(first + i as u32),
-                            }
-                        }
-                    };
-                    assert_eq!(got, want);
-                    match got {
-                        Lookup::Hit { page } => {
-                            seen.hits += 1;
-                            held.push(page.0);
-                        }
-                        Lookup::Miss => {
-                            let ins = c.insert(gref);
-                            let free = m.e.iter().position(|e| e.state == MState::Free);
-                            let ev = m.evictable();
-                            match ins {
-                                Insert::Full => {
-                                    seen.full += 1;
-                                    assert!(free.is_none() && ev.is_empty());
-                                }
-                                Insert::New { page, evicted } => {
-                                    let i = (page.0 - first) as usize;
-                                    if free.is_some() {
-                                        assert_eq!(evicted, None);
-                                        assert_eq!(m.e[i].state, MState::Free);
-                                    } else {
-                                        let v = ev[0];
-                                        let MState::Mapped(h) = m.e[v].state else {
-                                            unreachable!()
-                                        };
-                                        assert_eq!(
-                                            evicted,
-                                            Some((WindowPage(first + v as u32), h))
-                                        );
-                                        assert_eq!(i, v);
-                                        seen.evictions += 1;
-                                    }
-                                    m.e[i] = MEntry {
-                                        state: MState::Pending,
-                                        gref,
-                                        users: 1,
-                                        last: 0,
-                                        stamp: 0,
-                                    };
-                                    held.push(page.0);
-                                    // Map it, or fail the mapping.
-                                    if rng.below(8) != 0 {
-                                        let h = GrantHandle(next_handle);
-                                        next_handle += 1;
-                                        c.set_mapped(page, h);
-                                        m.e[i].state = MState::Mapped(h);
-                                    } else if rng.below(2) == 0 {
-                                        c.forget(page);
-                                        m.free(i);
-                                        held.retain(|&p| p != page.0);
-                                    }
-                                }
-                            }
-                        }
-                        Lookup::Busy => seen.busy += 1,
-                    }
-                }
+                0..=44 => acquire_step(
+                    &mut c,
+                    &mut m,
+                    &mut rng,
+                    keys,
+                    &mut held,
+                    &mut next_handle,
+                    seen,
+                ),
                 45..=79 if !held.is_empty() => {
                     let k = rng.below(held.len() as u64) as usize;
                     let page = held.swap_remove(k);

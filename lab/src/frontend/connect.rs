@@ -26,19 +26,7 @@ impl Frontend {
         }
         // A fresh start: clear what an earlier front-end left, then
         // Initialising (which also restarts an online back-end in Closed).
-        for k in TRANSPORT_KEYS {
-            let _ = self.xs.remove(&format!("{}/{k}", self.fe_path));
-        }
-        for i in 0..32 {
-            let _ = self
-                .xs
-                .remove(&format!("{}/{}{i}", self.fe_path, keys::RING_REF));
-        }
-        if let Ok(children) = self.xs.directory(&self.fe_path) {
-            for c in children.iter().filter(|c| c.starts_with("queue-")) {
-                let _ = self.xs.remove(&format!("{}/{c}", self.fe_path));
-            }
-        }
+        self.clear_transport();
         self.write_state(XenbusState::Initialising)?;
         self.wait_backend(
             "back-end InitWait",
@@ -88,7 +76,56 @@ impl Frontend {
             .map_or(0, |r| r.size());
         self.conn = Some(Conn { queues });
 
-        // Transport parameters.
+        let nodes = self.transport_nodes(order, nqueues, max_queues.is_some())?;
+        let state = if self.profile.skip_initialised {
+            XenbusState::Connected
+        } else {
+            XenbusState::Initialised
+        };
+        self.publish_transport(&nodes, state)?;
+
+        self.wait_backend(
+            "back-end Connected",
+            |s| s == XenbusState::Connected,
+            |s| matches!(s, XenbusState::Closing | XenbusState::Closed),
+        )?;
+        if !self.profile.skip_initialised {
+            self.write_state(XenbusState::Connected)?;
+        }
+        self.read_backend_info()?;
+        Ok(self.info.clone())
+    }
+
+    /// Removes every transport node an earlier front-end may have left.
+    fn clear_transport(&mut self) {
+        for k in TRANSPORT_KEYS {
+            let _ = self.xs.remove(&format!("{}/{k}", self.fe_path));
+        }
+        for i in 0..32 {
+            let _ = self
+                .xs
+                .remove(&format!("{}/{}{i}", self.fe_path, keys::RING_REF));
+        }
+        if let Ok(children) = self.xs.directory(&self.fe_path) {
+            for c in children
+                .iter()
+                .filter(|c| c.starts_with(keys::QUEUE_DIR_PREFIX))
+            {
+                let _ = self.xs.remove(&format!("{}/{c}", self.fe_path));
+            }
+        }
+    }
+
+    /// The transport parameters to publish for `nqueues` rings of `2^order`
+    /// pages (`multi-queue-num-queues` only when the back-end offered
+    /// multi-queue), with the test's overrides applied.
+    fn transport_nodes(
+        &self,
+        order: u32,
+        nqueues: u32,
+        max_queues_offered: bool,
+    ) -> Result<BTreeMap<String, Option<String>>, FrontendError> {
+        let pages = 1u32 << order;
         let conn = self.conn.as_ref().ok_or(FrontendError::NotConnected)?;
         let mut nodes: BTreeMap<String, Option<String>> = BTreeMap::new();
         for (n, q) in conn.queues.iter().enumerate() {
@@ -112,7 +149,7 @@ impl Frontend {
                 Some(q.port.to_string()),
             );
         }
-        if max_queues.is_some() && self.profile.queues > 1 {
+        if max_queues_offered && self.profile.queues > 1 {
             nodes.insert(
                 keys::MULTI_QUEUE_NUM_QUEUES.into(),
                 Some(nqueues.to_string()),
@@ -136,23 +173,7 @@ impl Frontend {
         for (k, v) in &self.overrides {
             nodes.insert(k.clone(), v.clone());
         }
-        let state = if self.profile.skip_initialised {
-            XenbusState::Connected
-        } else {
-            XenbusState::Initialised
-        };
-        self.publish_transport(&nodes, state)?;
-
-        self.wait_backend(
-            "back-end Connected",
-            |s| s == XenbusState::Connected,
-            |s| matches!(s, XenbusState::Closing | XenbusState::Closed),
-        )?;
-        if !self.profile.skip_initialised {
-            self.write_state(XenbusState::Connected)?;
-        }
-        self.read_backend_info()?;
-        Ok(self.info.clone())
+        Ok(nodes)
     }
 
     /// One queue's ring: guest frames granted to the back-end, seen by the

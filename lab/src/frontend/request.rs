@@ -228,6 +228,71 @@ impl Frontend {
         }
         // Resolve the replaced grants first: nothing is granted if one is
         // impossible.
+        let (subs, same_as) = self.resolve_seg_grants(freq)?;
+        let (pages, grefs, data) = self.grant_segments(req, &subs, &same_as)?;
+        let id = self.new_id();
+        let segments: Vec<Segment> = req
+            .segs
+            .iter()
+            .zip(&grefs)
+            .map(|(&(first_sect, last_sect), &gref)| Segment {
+                gref,
+                first_sect,
+                last_sect,
+            })
+            .collect();
+        let mut indirect = Vec::new();
+        let (operation, body) = if let Some((nr_sectors, flag)) = freq.discard {
+            (
+                BLKIF_OP_DISCARD,
+                RequestBody::Discard {
+                    flag,
+                    handle: 0,
+                    sector_number: req.sector,
+                    nr_sectors,
+                },
+            )
+        } else if let Some(shape) = freq.indirect {
+            let (body, pages) = self.indirect_body(&shape, &segments, req.sector)?;
+            indirect = pages;
+            (BLKIF_OP_INDIRECT, body)
+        } else {
+            (req.operation, self.legacy_body(req, &segments))
+        };
+        let wire = BlkifRequest {
+            operation,
+            id,
+            body,
+        };
+        if !self.ring_q(q)?.push_request(&wire) {
+            for p in pages.into_iter().flatten().chain(indirect) {
+                self.release_page(p)?;
+            }
+            return Err(FrontendError::RingFull);
+        }
+        self.manual.insert(
+            id,
+            ManualInFlight {
+                queue: q,
+                pages,
+                data,
+                grefs,
+                segs: req.segs.clone(),
+                indirect,
+            },
+        );
+        Ok(id)
+    }
+
+    /// The grants a request's `seg_grants` put in place of new ones: a raw
+    /// reference or an in-flight request's page per segment (`subs`), and
+    /// the segments that share another's grant (`same_as`).
+    #[allow(clippy::type_complexity)]
+    fn resolve_seg_grants(
+        &self,
+        freq: &FeatureRequest,
+    ) -> Result<(Vec<Option<(GrantRef, Option<Gfn>)>>, Vec<(usize, usize)>), FrontendError> {
+        let req = &freq.base;
         let mut subs: Vec<Option<(GrantRef, Option<Gfn>)>> = std::vec![None; req.segs.len()];
         let mut same_as = Vec::new();
         for &(i, g) in &freq.seg_grants {
@@ -257,6 +322,19 @@ impl Frontend {
                 }
             }
         }
+        Ok((subs, same_as))
+    }
+
+    /// Grants a page for every segment not substituted, filled with the
+    /// request's byte over the segment's sectors; returns the pages it
+    /// granted, each segment's grant and its page's frame.
+    #[allow(clippy::type_complexity)]
+    fn grant_segments(
+        &mut self,
+        req: &ManualRequest,
+        subs: &[Option<(GrantRef, Option<Gfn>)>],
+        same_as: &[(usize, usize)],
+    ) -> Result<(Vec<Option<Page>>, Vec<GrantRef>, Vec<Option<Gfn>>), FrontendError> {
         let mut pages: Vec<Option<Page>> = Vec::new();
         let mut grefs = Vec::new();
         let mut data = Vec::new();
@@ -289,90 +367,53 @@ impl Frontend {
             grefs.push(p.gref);
             data.push(Some(p.gfn));
         }
-        for &(i, j) in &same_as {
+        for &(i, j) in same_as {
             grefs[i] = grefs[j];
             data[i] = data[j];
         }
-        let id = self.new_id();
-        let segments: Vec<Segment> = req
-            .segs
-            .iter()
-            .zip(&grefs)
-            .map(|(&(first_sect, last_sect), &gref)| Segment {
-                gref,
-                first_sect,
-                last_sect,
-            })
-            .collect();
+        Ok((pages, grefs, data))
+    }
+
+    /// The body of an indirect request of `shape` over `segments`, with its
+    /// descriptor pages granted and written; returns those pages too.
+    fn indirect_body(
+        &mut self,
+        shape: &IndirectShape,
+        segments: &[Segment],
+        sector: u64,
+    ) -> Result<(RequestBody, Vec<Page>), FrontendError> {
         let mut indirect = Vec::new();
-        let (operation, body) = if let Some((nr_sectors, flag)) = freq.discard {
-            (
-                BLKIF_OP_DISCARD,
-                RequestBody::Discard {
-                    flag,
-                    handle: 0,
-                    sector_number: req.sector,
-                    nr_sectors,
-                },
-            )
-        } else if let Some(shape) = freq.indirect {
-            let needed = segments.len().div_ceil(SEGMENTS_PER_INDIRECT_PAGE);
-            let npages = shape
-                .pages
-                .map_or(needed, usize::from)
-                .min(BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST);
-            let mut indirect_grefs = [0u32; BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST];
-            for (k, g) in indirect_grefs.iter_mut().enumerate().take(npages) {
-                let start = k * SEGMENTS_PER_INDIRECT_PAGE;
-                let end = segments.len().min(start + SEGMENTS_PER_INDIRECT_PAGE);
-                let p = self.descriptor_page()?;
-                self.write_descriptors(p.gfn, segments.get(start..end).unwrap_or(&[]))?;
-                *g = p.gref;
-                indirect.push(p);
-            }
-            for (g, raw) in indirect_grefs.iter_mut().zip(shape.raw_grefs) {
-                if let Some(raw) = raw {
-                    *g = raw;
-                }
-            }
-            (
-                BLKIF_OP_INDIRECT,
-                RequestBody::Indirect {
-                    indirect_op: shape.indirect_op,
-                    nr_segments: shape
-                        .nr_segments
-                        .unwrap_or(segments.len().min(usize::from(u16::MAX)) as u16),
-                    handle: 0,
-                    sector_number: req.sector,
-                    indirect_grefs,
-                },
-            )
-        } else {
-            (req.operation, self.legacy_body(req, &segments))
-        };
-        let wire = BlkifRequest {
-            operation,
-            id,
-            body,
-        };
-        if !self.ring_q(q)?.push_request(&wire) {
-            for p in pages.into_iter().flatten().chain(indirect) {
-                self.release_page(p)?;
-            }
-            return Err(FrontendError::RingFull);
+        let needed = segments.len().div_ceil(SEGMENTS_PER_INDIRECT_PAGE);
+        let npages = shape
+            .pages
+            .map_or(needed, usize::from)
+            .min(BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST);
+        let mut indirect_grefs = [0u32; BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST];
+        for (k, g) in indirect_grefs.iter_mut().enumerate().take(npages) {
+            let start = k * SEGMENTS_PER_INDIRECT_PAGE;
+            let end = segments.len().min(start + SEGMENTS_PER_INDIRECT_PAGE);
+            let p = self.descriptor_page()?;
+            self.write_descriptors(p.gfn, segments.get(start..end).unwrap_or(&[]))?;
+            *g = p.gref;
+            indirect.push(p);
         }
-        self.manual.insert(
-            id,
-            ManualInFlight {
-                queue: q,
-                pages,
-                data,
-                grefs,
-                segs: req.segs.clone(),
-                indirect,
+        for (g, raw) in indirect_grefs.iter_mut().zip(shape.raw_grefs) {
+            if let Some(raw) = raw {
+                *g = raw;
+            }
+        }
+        Ok((
+            RequestBody::Indirect {
+                indirect_op: shape.indirect_op,
+                nr_segments: shape
+                    .nr_segments
+                    .unwrap_or(segments.len().min(usize::from(u16::MAX)) as u16),
+                handle: 0,
+                sector_number: sector,
+                indirect_grefs,
             },
-        );
-        Ok(id)
+            indirect,
+        ))
     }
 
     /// The body of a plain [`ManualRequest`], whatever its operation:

@@ -330,6 +330,55 @@ impl Engine<'_> {
         Ok(())
     }
 
+    /// The data pages of a read or write, one segment each: a write's
+    /// filled with generation `gen`'s pattern, a read's poisoned.
+    fn data_segments(
+        &mut self,
+        p: &Planned,
+        write: bool,
+        gen: u64,
+    ) -> Result<(Vec<Segment>, Vec<Page>), FrontendError> {
+        let mut segs = Vec::new();
+        let mut pages = Vec::new();
+        let mut left = p.nsect;
+        let mut sector = p.sector;
+        let mut buf = [0u8; SECTOR];
+        while left > 0 {
+            let n = left.min(SECTORS_PER_PAGE);
+            // Without persistent grants, pages for writes are granted
+            // read-only: the back-end only reads them. A persistent
+            // page plays blkfront's bounce buffer: the data is copied
+            // into it before the request and out of it after.
+            let page = self.fe.data_page(write)?;
+            pages.push(page);
+            if write {
+                for k in 0..n {
+                    sector_pattern(sector + k, gen, &mut buf);
+                    self.fe
+                        .guest
+                        .memory
+                        .write(page.gfn, k as usize * SECTOR, &buf)
+                        .map_err(|e| FrontendError::Os(format!("{e:?}")))?;
+                }
+            } else {
+                // Stale bytes must not pass for data: poison the page.
+                self.fe
+                    .guest
+                    .memory
+                    .fill(page.gfn, 0, PAGE_SIZE, 0xA5)
+                    .map_err(|e| FrontendError::Os(format!("{e:?}")))?;
+            }
+            segs.push(Segment {
+                gref: page.gref,
+                first_sect: 0,
+                last_sect: (n - 1) as u8,
+            });
+            left -= n;
+            sector += n;
+        }
+        Ok((segs, pages))
+    }
+
     fn push_one(&mut self, p: &Planned, q: usize) -> Result<(), FrontendError> {
         let id = self.fe.new_id();
         let write = p.operation == BLKIF_OP_WRITE;
@@ -339,46 +388,11 @@ impl Engine<'_> {
         } else {
             0
         };
-        let mut segs = Vec::new();
-        let mut pages = Vec::new();
-        if p.operation == BLKIF_OP_READ || write {
-            let mut left = p.nsect;
-            let mut sector = p.sector;
-            let mut buf = [0u8; SECTOR];
-            while left > 0 {
-                let n = left.min(SECTORS_PER_PAGE);
-                // Without persistent grants, pages for writes are granted
-                // read-only: the back-end only reads them. A persistent
-                // page plays blkfront's bounce buffer: the data is copied
-                // into it before the request and out of it after.
-                let page = self.fe.data_page(write)?;
-                pages.push(page);
-                if write {
-                    for k in 0..n {
-                        sector_pattern(sector + k, gen, &mut buf);
-                        self.fe
-                            .guest
-                            .memory
-                            .write(page.gfn, k as usize * SECTOR, &buf)
-                            .map_err(|e| FrontendError::Os(format!("{e:?}")))?;
-                    }
-                } else {
-                    // Stale bytes must not pass for data: poison the page.
-                    self.fe
-                        .guest
-                        .memory
-                        .fill(page.gfn, 0, PAGE_SIZE, 0xA5)
-                        .map_err(|e| FrontendError::Os(format!("{e:?}")))?;
-                }
-                segs.push(Segment {
-                    gref: page.gref,
-                    first_sect: 0,
-                    last_sect: (n - 1) as u8,
-                });
-                left -= n;
-                sector += n;
-            }
-        }
+        let (segs, pages) = if p.operation == BLKIF_OP_READ || write {
+            self.data_segments(p, write, gen)?
+        } else {
+            (Vec::new(), Vec::new())
+        };
         let mut indirect = Vec::new();
         let (wire_op, body) = if p.operation == BLKIF_OP_DISCARD {
             (
@@ -415,16 +429,9 @@ impl Engine<'_> {
                 },
             )
         } else {
-            let mut seg = [Segment::default(); BLKIF_MAX_SEGMENTS_PER_REQUEST];
-            seg[..segs.len()].copy_from_slice(&segs);
             (
                 p.operation,
-                RequestBody::Rw {
-                    nr_segments: segs.len() as u8,
-                    handle: 0,
-                    sector_number: p.sector,
-                    seg,
-                },
+                BlkifRequest::rw(p.operation, id, p.sector, &segs).body,
             )
         };
         let req = BlkifRequest {

@@ -6,7 +6,6 @@ use super::*;
 pub(super) fn guest_step(run: &mut Run<'_>, n: usize, step: &Step, t: usize) {
     let action = step.action();
     let name = run.guests[t].name.clone();
-    let gname = Some(name.as_str());
     match step {
         Step::Xenstore {
             key,
@@ -30,142 +29,22 @@ pub(super) fn guest_step(run: &mut Run<'_>, n: usize, step: &Step, t: usize) {
             expect,
             error_contains,
             ..
-        } => {
-            let r = run.guests[t].fe.connect();
-            let (connected, text) = match &r {
-                Ok(info) => {
-                    run.progress(format_args!(
-                        "step {n}: {name}: connected: {} sectors of 512 B, sector-size {}, {} queue(s) of {} ring page(s), flush {}, barrier {}, indirect {}, persistent {}, discard {}",
-                        info.sectors, info.sector_size, info.queues, info.ring_pages, info.flush, info.barrier,
-                        info.max_indirect_segments, info.persistent, info.discard
-                    ));
-                    (true, run.guests[t].fe.backend_error())
-                }
-                Err(FrontendError::Refused { state, error }) => {
-                    run.progress(format_args!(
-                        "step {n}: {name}: refused: back-end {state:?}: {}",
-                        error.as_deref().unwrap_or("(no error node)")
-                    ));
-                    (
-                        false,
-                        error.clone().or_else(|| run.guests[t].fe.backend_error()),
-                    )
-                }
-                Err(e) => {
-                    run.progress(format_args!("step {n}: {name}: connect failed: {e}"));
-                    (false, Some(e.to_string()))
-                }
-            };
-            match expect {
-                ConnectOutcome::Connected => run.check(n, action, gname, connected, || {
-                    format!(
-                        "expected Connected, got: {}",
-                        match &r {
-                            Err(e) => e.to_string(),
-                            Ok(_) => String::new(),
-                        }
-                    )
-                }),
-                ConnectOutcome::Refused => {
-                    let refused = matches!(r, Err(FrontendError::Refused { .. }));
-                    run.check(n, action, gname, refused, || match &r {
-                        Ok(_) => String::from("expected a refusal, but the back-end connected"),
-                        Err(e) => format!("expected a refusal, got: {e}"),
-                    })
-                }
-                ConnectOutcome::Any => {}
-            }
-            if let Some(want) = error_contains {
-                // The error node is written just before the state changes;
-                // give the back-end a moment to finish writing it.
-                let deadline = Instant::now() + run.opts.settle;
-                let mut found = error_text(run, t, text.as_deref());
-                while !found.iter().any(|e| e.contains(want.as_str())) && Instant::now() < deadline
-                {
-                    std::thread::sleep(Duration::from_millis(10));
-                    found = error_text(run, t, text.as_deref());
-                }
-                run.check(
-                    n,
-                    action,
-                    gname,
-                    found.iter().any(|e| e.contains(want.as_str())),
-                    || format!("the back-end's error should contain {want:?}; found {found:?}"),
-                );
-            }
-        }
+        } => connect_step(run, n, t, expect, error_contains.as_deref()),
         Step::Disconnect { .. } => {
             run.progress(format_args!("step {n}: {name}: disconnect"));
             let g = &mut run.guests[t];
             g.pending.clear();
             g.responses.clear();
             if let Err(e) = g.fe.disconnect() {
-                run.fail(n, action, gname, format!("disconnect failed: {e}"));
+                run.fail(n, action, Some(&name), format!("disconnect failed: {e}"));
             }
         }
-        Step::Request(spec) => {
-            let req = match spec.build(&[]) {
-                Ok(r) => r,
-                Err(e) => {
-                    run.fail(n, action, gname, e);
-                    return;
-                }
-            };
-            let g = &mut run.guests[t];
-            let id = match g.fe.submit_feature(&req) {
-                Ok(id) => id,
-                Err(e) => {
-                    run.fail(n, action, gname, format!("could not submit: {e}"));
-                    return;
-                }
-            };
-            g.next_id = Some(id + 1);
-            g.pending.insert(
-                id,
-                Pending {
-                    step: n,
-                    expect: spec.expect_status,
-                    expect_data: spec.expect_data,
-                },
-            );
-            if opts_progress(run) {
-                run.progress(format_args!(
-                    "step {n}: {name}: request id {id}: op {} sector {} {} segment(s) on queue {}{}",
-                    spec.op.0,
-                    spec.sector.0,
-                    req.base.segs.len(),
-                    spec.queue,
-                    if spec.wait { "" } else { " (not waited for)" }
-                ));
-            }
-            if spec.wait {
-                wait_for_id(run, n, t, id);
-            }
-        }
+        Step::Request(spec) => request_step(run, n, t, spec),
         Step::Batch { requests, wait, .. } => batch_step(run, n, t, requests, *wait),
         Step::KickStorm {
             count, queue, each, ..
         } => kick_storm(run, n, t, *count, *queue, *each),
-        Step::StateStorm { count, states, .. } => {
-            let values: Vec<XenbusState> = states.iter().filter_map(|s| parse_state(s)).collect();
-            run.progress(format_args!(
-                "step {n}: {name}: {count} writes of the front-end's state ({})",
-                states.join(", ")
-            ));
-            let path = format!("{}/{}", run.guests[t].fe.frontend_path(), keys::STATE);
-            let xs = &run.world.xen().xenstore;
-            let mut failed = None;
-            for i in 0..*count as usize {
-                let st = values[i % values.len()];
-                if let Err(e) = xs.write(&path, st.as_str()) {
-                    failed = Some(format!("write {i} of {path}: {e:?}"));
-                    break;
-                }
-            }
-            if let Some(e) = failed {
-                run.fail(n, action, gname, e);
-            }
-        }
+        Step::StateStorm { count, states, .. } => state_storm(run, n, t, *count, states),
         Step::Resize { size, .. } => {
             run.progress(format_args!(
                 "step {n}: {name}: resize the medium to {}",
@@ -173,10 +52,10 @@ pub(super) fn guest_step(run: &mut Run<'_>, n: usize, step: &Step, t: usize) {
             ));
             let g = &run.guests[t];
             match run.world.resize_vbd(&g.vbd, size.0) {
-                Ok(got) => run.check(n, action, gname, got == size.0, || {
+                Ok(got) => run.check(n, action, Some(&name), got == size.0, || {
                     format!("resized to {got} bytes instead of {}", size.0)
                 }),
-                Err(e) => run.fail(n, action, gname, format!("resize failed: {e}")),
+                Err(e) => run.fail(n, action, Some(&name), format!("resize failed: {e}")),
             }
         }
         Step::RawSlot { slot, hex, .. } => {
@@ -202,62 +81,222 @@ pub(super) fn guest_step(run: &mut Run<'_>, n: usize, step: &Step, t: usize) {
             expect_status,
             ..
         } => wait_step(run, n, t, *count, expect_status.as_ref()),
-        Step::InjectIo {
-            nth,
-            range,
-            writes,
-            flush,
-            clear,
-            error,
-            ..
-        } => {
-            let f = &run.guests[t].faults;
-            if *clear {
-                f.clear();
-            }
-            let e = error.error();
-            if let Some(k) = nth {
-                f.fail_nth(*k, e);
-            }
-            if let Some([a, b]) = range {
-                f.fail_range(a.0, b.0, e);
-            }
-            if *writes {
-                f.fail_writes(e);
-            }
-            if *flush {
-                f.fail_flush(e);
-            }
-            run.progress(format_args!("step {n}: {name}: store faults armed ({e:?})"));
-        }
-        Step::InjectGrant {
-            count,
-            gref,
-            clear,
-            error,
-            ..
-        } => {
-            let grants = &run.guests[t].fe.guest().grants;
-            if *clear {
-                grants.clear_map_failures();
-            }
-            let e = error.error();
-            if let Some(c) = count {
-                grants.inject_map_failures(MapFault::Next {
-                    count: *c,
-                    error: e,
-                });
-            }
-            if let Some(r) = gref {
-                grants.inject_map_failures(MapFault::Gref { gref: *r, error: e });
-            }
-            run.progress(format_args!(
-                "step {n}: {name}: grant-map faults armed ({e:?})"
-            ));
-        }
+        Step::InjectIo { .. } => inject_io(run, n, t, step),
+        Step::InjectGrant { .. } => inject_grant(run, n, t, step),
         Step::Expect { .. } => expect_step(run, n, step, t),
         Step::MountRoot {} | Step::Workload { .. } => {}
     }
+}
+
+/// A `connect` step: the front-end connects; the outcome and the
+/// back-end's error node are checked.
+fn connect_step(
+    run: &mut Run<'_>,
+    n: usize,
+    t: usize,
+    expect: &ConnectOutcome,
+    error_contains: Option<&str>,
+) {
+    let action = "connect";
+    let name = run.guests[t].name.clone();
+    let gname = Some(name.as_str());
+    let r = run.guests[t].fe.connect();
+    let (connected, text) = match &r {
+        Ok(info) => {
+            run.progress(format_args!(
+                "step {n}: {name}: connected: {} sectors of 512 B, sector-size {}, {} queue(s) of {} ring page(s), flush {}, barrier {}, indirect {}, persistent {}, discard {}",
+                info.sectors, info.sector_size, info.queues, info.ring_pages, info.flush, info.barrier,
+                info.max_indirect_segments, info.persistent, info.discard
+            ));
+            (true, run.guests[t].fe.backend_error())
+        }
+        Err(FrontendError::Refused { state, error }) => {
+            run.progress(format_args!(
+                "step {n}: {name}: refused: back-end {state:?}: {}",
+                error.as_deref().unwrap_or("(no error node)")
+            ));
+            (
+                false,
+                error.clone().or_else(|| run.guests[t].fe.backend_error()),
+            )
+        }
+        Err(e) => {
+            run.progress(format_args!("step {n}: {name}: connect failed: {e}"));
+            (false, Some(e.to_string()))
+        }
+    };
+    match expect {
+        ConnectOutcome::Connected => run.check(n, action, gname, connected, || {
+            format!(
+                "expected Connected, got: {}",
+                match &r {
+                    Err(e) => e.to_string(),
+                    Ok(_) => String::new(),
+                }
+            )
+        }),
+        ConnectOutcome::Refused => {
+            let refused = matches!(r, Err(FrontendError::Refused { .. }));
+            run.check(n, action, gname, refused, || match &r {
+                Ok(_) => String::from("expected a refusal, but the back-end connected"),
+                Err(e) => format!("expected a refusal, got: {e}"),
+            })
+        }
+        ConnectOutcome::Any => {}
+    }
+    if let Some(want) = error_contains {
+        // The error node is written just before the state changes;
+        // give the back-end a moment to finish writing it.
+        let deadline = Instant::now() + run.opts.settle;
+        let mut found = error_text(run, t, text.as_deref());
+        while !found.iter().any(|e| e.contains(want)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            found = error_text(run, t, text.as_deref());
+        }
+        run.check(
+            n,
+            action,
+            gname,
+            found.iter().any(|e| e.contains(want)),
+            || format!("the back-end's error should contain {want:?}; found {found:?}"),
+        );
+    }
+}
+
+/// A `request` step: one hand-made request, waited for unless told not to.
+fn request_step(run: &mut Run<'_>, n: usize, t: usize, spec: &RequestSpec) {
+    let action = "request";
+    let name = run.guests[t].name.clone();
+    let gname = Some(name.as_str());
+    let req = match spec.build(&[]) {
+        Ok(r) => r,
+        Err(e) => {
+            run.fail(n, action, gname, e);
+            return;
+        }
+    };
+    let g = &mut run.guests[t];
+    let id = match g.fe.submit_feature(&req) {
+        Ok(id) => id,
+        Err(e) => {
+            run.fail(n, action, gname, format!("could not submit: {e}"));
+            return;
+        }
+    };
+    g.next_id = Some(id + 1);
+    g.pending.insert(
+        id,
+        Pending {
+            step: n,
+            expect: spec.expect_status,
+            expect_data: spec.expect_data,
+        },
+    );
+    if opts_progress(run) {
+        run.progress(format_args!(
+            "step {n}: {name}: request id {id}: op {} sector {} {} segment(s) on queue {}{}",
+            spec.op.0,
+            spec.sector.0,
+            req.base.segs.len(),
+            spec.queue,
+            if spec.wait { "" } else { " (not waited for)" }
+        ));
+    }
+    if spec.wait {
+        wait_for_id(run, n, t, id);
+    }
+}
+
+/// A `state_storm` step: the front-end's state written `count` times.
+fn state_storm(run: &mut Run<'_>, n: usize, t: usize, count: u32, states: &[String]) {
+    let action = "state_storm";
+    let name = run.guests[t].name.clone();
+    let gname = Some(name.as_str());
+    let values: Vec<XenbusState> = states.iter().filter_map(|s| parse_state(s)).collect();
+    run.progress(format_args!(
+        "step {n}: {name}: {count} writes of the front-end's state ({})",
+        states.join(", ")
+    ));
+    let path = format!("{}/{}", run.guests[t].fe.frontend_path(), keys::STATE);
+    let xs = &run.world.xen().xenstore;
+    let mut failed = None;
+    for i in 0..count as usize {
+        let st = values[i % values.len()];
+        if let Err(e) = xs.write(&path, st.as_str()) {
+            failed = Some(format!("write {i} of {path}: {e:?}"));
+            break;
+        }
+    }
+    if let Some(e) = failed {
+        run.fail(n, action, gname, e);
+    }
+}
+
+/// An `inject_io` step: store faults armed.
+fn inject_io(run: &mut Run<'_>, n: usize, t: usize, step: &Step) {
+    let Step::InjectIo {
+        nth,
+        range,
+        writes,
+        flush,
+        clear,
+        error,
+        ..
+    } = step
+    else {
+        return;
+    };
+    let name = &run.guests[t].name;
+    let f = &run.guests[t].faults;
+    if *clear {
+        f.clear();
+    }
+    let e = error.error();
+    if let Some(k) = nth {
+        f.fail_nth(*k, e);
+    }
+    if let Some([a, b]) = range {
+        f.fail_range(a.0, b.0, e);
+    }
+    if *writes {
+        f.fail_writes(e);
+    }
+    if *flush {
+        f.fail_flush(e);
+    }
+    run.progress(format_args!("step {n}: {name}: store faults armed ({e:?})"));
+}
+
+/// An `inject_grant` step: grant-map faults armed.
+fn inject_grant(run: &mut Run<'_>, n: usize, t: usize, step: &Step) {
+    let Step::InjectGrant {
+        count,
+        gref,
+        clear,
+        error,
+        ..
+    } = step
+    else {
+        return;
+    };
+    let name = &run.guests[t].name;
+    let grants = &run.guests[t].fe.guest().grants;
+    if *clear {
+        grants.clear_map_failures();
+    }
+    let e = error.error();
+    if let Some(c) = count {
+        grants.inject_map_failures(MapFault::Next {
+            count: *c,
+            error: e,
+        });
+    }
+    if let Some(r) = gref {
+        grants.inject_map_failures(MapFault::Gref { gref: *r, error: e });
+    }
+    run.progress(format_args!(
+        "step {n}: {name}: grant-map faults armed ({e:?})"
+    ));
 }
 
 /// A `batch` step: every request pushed, then published at once.
@@ -551,63 +590,14 @@ pub(super) fn expect_step(run: &mut Run<'_>, n: usize, step: &Step, t: usize) {
         }
         if let Some(want) = error_contains {
             let found = error_text(run, t, None);
-            if !found.iter().any(|e| e.contains(want.as_str())) {
+            if !found.iter().any(|e| e.contains(want)) {
                 bad.push(format!(
                     "the back-end's error should contain {want:?}; found {found:?}"
                 ));
             }
         }
-        if !sysctl.is_empty() {
-            let snap = run.world.backend(&g.vbd);
-            let stats = snap
-                .as_ref()
-                .and_then(|s| s.stats.clone())
-                .unwrap_or_default();
-            let qstats = queue.and_then(|q| {
-                snap.as_ref()
-                    .and_then(|s| s.queues.get(q as usize).cloned())
-            });
-            for (k, e) in sysctl {
-                let Some(stat) = Stat::by_name(k) else {
-                    continue;
-                };
-                let (node, v) = match queue {
-                    Some(q) if stat.desc().per_queue() => match &qstats {
-                        Some(qs) => (format!("dev.xbb.{t}.queue.{q}.{k}"), qs.get(stat)),
-                        None => {
-                            bad.push(format!(
-                                "dev.xbb.{t}.queue.{q}.{k}: the connection has no queue {q}"
-                            ));
-                            continue;
-                        }
-                    },
-                    _ => (format!("dev.xbb.{t}.{k}"), stats.get(stat)),
-                };
-                if !e.holds(v) {
-                    bad.push(format!("{node}: expected {e}, is {v}"));
-                }
-            }
-        }
-        for (k, want) in backend_nodes {
-            let path = format!("{}/{k}", g.fe.backend_path());
-            let have = run.world.xen().xenstore.read_str(&path).ok();
-            let ok = match (want, &have) {
-                (NodeExpect::Present(p), h) => *p == h.is_some(),
-                (NodeExpect::Value(v), Some(h)) => v == h,
-                (NodeExpect::Value(_), None) => false,
-            };
-            if !ok {
-                let want = match want {
-                    NodeExpect::Present(true) => String::from("present"),
-                    NodeExpect::Present(false) => String::from("absent"),
-                    NodeExpect::Value(v) => format!("{v:?}"),
-                };
-                bad.push(format!(
-                    "back-end node {k}: expected {want}, is {}",
-                    have.map_or_else(|| String::from("absent"), |h| format!("{h:?}"))
-                ));
-            }
-        }
+        check_sysctls(run, t, *queue, sysctl, &mut bad);
+        check_backend_nodes(run, t, backend_nodes, &mut bad);
         if !watch.is_empty() {
             let st = run.world.xen().xenstore.watch_stats();
             for (k, e) in watch {
@@ -652,6 +642,81 @@ pub(super) fn expect_step(run: &mut Run<'_>, n: usize, step: &Step, t: usize) {
     run.checks += (total - bad.len().min(total)) as u64;
     for b in bad {
         run.fail(n, "expect", Some(&name), b);
+    }
+}
+
+/// The `sysctl` expectations of an `expect` step (of queue `queue`'s
+/// table for per-queue counters when given); mismatches go to `bad`.
+fn check_sysctls(
+    run: &Run<'_>,
+    t: usize,
+    queue: Option<u32>,
+    sysctl: &BTreeMap<String, CounterExpect>,
+    bad: &mut Vec<String>,
+) {
+    if sysctl.is_empty() {
+        return;
+    }
+    let g = &run.guests[t];
+    let snap = run.world.backend(&g.vbd);
+    let stats = snap
+        .as_ref()
+        .and_then(|s| s.stats.clone())
+        .unwrap_or_default();
+    let qstats = queue.and_then(|q| {
+        snap.as_ref()
+            .and_then(|s| s.queues.get(q as usize).cloned())
+    });
+    for (k, e) in sysctl {
+        let Some(stat) = Stat::by_name(k) else {
+            continue;
+        };
+        let (node, v) = match queue {
+            Some(q) if stat.desc().per_queue() => match &qstats {
+                Some(qs) => (format!("dev.xbb.{t}.queue.{q}.{k}"), qs.get(stat)),
+                None => {
+                    bad.push(format!(
+                        "dev.xbb.{t}.queue.{q}.{k}: the connection has no queue {q}"
+                    ));
+                    continue;
+                }
+            },
+            _ => (format!("dev.xbb.{t}.{k}"), stats.get(stat)),
+        };
+        if !e.holds(v) {
+            bad.push(format!("{node}: expected {e}, is {v}"));
+        }
+    }
+}
+
+/// The `backend_nodes` expectations of an `expect` step; mismatches go to
+/// `bad`.
+fn check_backend_nodes(
+    run: &Run<'_>,
+    t: usize,
+    backend_nodes: &BTreeMap<String, NodeExpect>,
+    bad: &mut Vec<String>,
+) {
+    let g = &run.guests[t];
+    for (k, want) in backend_nodes {
+        let path = format!("{}/{k}", g.fe.backend_path());
+        let have = run.world.xen().xenstore.read_str(&path).ok();
+        let ok = match (want, &have) {
+            (NodeExpect::Present(p), h) => *p == h.is_some(),
+            (NodeExpect::Value(v), Some(h)) => v == h,
+            (NodeExpect::Value(_), None) => false,
+        };
+        if !ok {
+            let want = match want {
+                NodeExpect::Present(true) => String::from("present"),
+                NodeExpect::Present(false) => String::from("absent"),
+                NodeExpect::Value(v) => format!("{v:?}"),
+            };
+            bad.push(format!(
+                "back-end node {k}: expected {want}, is {}",
+                have.map_or_else(|| String::from("absent"), |h| format!("{h:?}"))
+            ));
+        }
     }
 }
 

@@ -6,11 +6,30 @@ use super::*;
 impl Scenario {
     /// Checks what TOML cannot: names resolve, values are in range.
     pub(super) fn validate(&self) -> Result<(), ScenarioError> {
-        let bad = |m: String| Err(ScenarioError::Invalid(m));
         self.tunables()?;
         if self.guests.is_empty() {
-            return bad(String::from("no [[guest]] defined"));
+            return Err(ScenarioError::Invalid(String::from("no [[guest]] defined")));
         }
+        self.validate_guests()?;
+        let names = self.guest_names();
+        let mut used: Vec<Vec<(u64, u64)>> = vec![Vec::new(); self.guests.len()];
+        for (i, step) in self.steps.iter().enumerate() {
+            let at = |m: String| {
+                ScenarioError::Invalid(format!("step {} ({}): {m}", i + 1, step.action()))
+            };
+            for g in step_guest_names(step) {
+                if g != "*" && !names.contains(&g) {
+                    return Err(at(format!("no guest named {g:?}")));
+                }
+            }
+            self.validate_step(step, &names, &mut used).map_err(at)?;
+        }
+        Ok(())
+    }
+
+    /// Guest names are unique; profiles, sector sizes and sizes valid.
+    fn validate_guests(&self) -> Result<(), ScenarioError> {
+        let bad = |m: String| Err(ScenarioError::Invalid(m));
         let names = self.guest_names();
         for (i, n) in names.iter().enumerate() {
             if names[..i].contains(n) {
@@ -39,148 +58,161 @@ impl Scenario {
                 ));
             }
         }
-        let mut used: Vec<Vec<(u64, u64)>> = vec![Vec::new(); self.guests.len()];
-        for (i, step) in self.steps.iter().enumerate() {
-            let at = |m: String| {
-                ScenarioError::Invalid(format!("step {} ({}): {m}", i + 1, step.action()))
-            };
-            for g in step_guest_names(step) {
-                if g != "*" && !names.contains(&g) {
-                    return Err(at(format!("no guest named {g:?}")));
+        Ok(())
+    }
+
+    /// One step's own values; `used` holds the disk regions workloads
+    /// already took, per guest.
+    fn validate_step(
+        &self,
+        step: &Step,
+        names: &[String],
+        used: &mut [Vec<(u64, u64)>],
+    ) -> Result<(), String> {
+        match step {
+            Step::Xenstore { value, delete, .. } if value.is_some() == *delete => {
+                return Err(String::from(
+                    "give exactly one of `value` and `delete = true`",
+                ));
+            }
+            Step::Request(r) => r.validate(None)?,
+            Step::Batch { requests, .. } => {
+                if requests.is_empty() {
+                    return Err(String::from("an empty batch"));
+                }
+                for (k, r) in requests.iter().enumerate() {
+                    r.validate(Some(k))
+                        .map_err(|m| format!("request {k}: {m}"))?;
                 }
             }
-            match step {
-                Step::Xenstore { value, delete, .. } if value.is_some() == *delete => {
-                    return Err(at(String::from(
-                        "give exactly one of `value` and `delete = true`",
-                    )));
-                }
-                Step::Request(r) => r.validate(None).map_err(at)?,
-                Step::Batch { requests, .. } => {
-                    if requests.is_empty() {
-                        return Err(at(String::from("an empty batch")));
-                    }
-                    for (k, r) in requests.iter().enumerate() {
-                        r.validate(Some(k))
-                            .map_err(|m| at(format!("request {k}: {m}")))?;
+            Step::StateStorm { states, .. } => {
+                for st in states {
+                    if parse_state(st).is_none() {
+                        return Err(format!("unknown state {st:?}"));
                     }
                 }
-                Step::StateStorm { states, .. } => {
-                    for st in states {
-                        if parse_state(st).is_none() {
-                            return Err(at(format!("unknown state {st:?}")));
-                        }
-                    }
-                    if states.is_empty() {
-                        return Err(at(String::from("no states to write")));
-                    }
+                if states.is_empty() {
+                    return Err(String::from("no states to write"));
                 }
-                Step::Resize { guest, size } => {
-                    for gi in guest.resolve(&names) {
-                        let ss = u64::from(self.guests[gi].sector_size);
-                        if size.0 == 0 || size.0 % ss != 0 {
-                            return Err(at(format!(
-                                "guest {}: size {} is not a positive multiple of the sector size",
-                                names[gi], size.0
-                            )));
-                        }
-                    }
-                }
-                Step::RawSlot { hex, .. } if parse_hex(hex).is_none() => {
-                    return Err(at(String::from(
-                        "`hex` is not an even number of hex digits",
-                    )));
-                }
-                Step::Workload {
-                    io_size,
-                    read_pct,
-                    offset,
-                    region,
-                    guest,
-                    ..
-                } => {
-                    for gi in guest.resolve(&names) {
-                        let g = &self.guests[gi];
-                        let (a, b) = workload_region(g, *offset, *region);
-                        let ss = u64::from(g.sector_size);
-                        if a >= b || a % ss != 0 || b > g.size.0 || b - a < io_size.0 {
-                            return Err(at(format!(
-                                "guest {}: region [{a}, {b}) does not fit the {}-byte disk, \
-                                 is not sector-aligned, or is smaller than io_size",
-                                names[gi], g.size.0
-                            )));
-                        }
-                        if let Some((c, d)) = used[gi].iter().find(|(c, d)| a < *d && *c < b) {
-                            return Err(at(format!(
-                                "guest {}: region [{a}, {b}) overlaps an earlier workload's \
-                                 [{c}, {d}); give each workload its own `offset`/`region`",
-                                names[gi]
-                            )));
-                        }
-                        used[gi].push((a, b));
-                    }
-                    if io_size.0 == 0 || io_size.0 % 512 != 0 || io_size.0 > (1 << 24) {
-                        return Err(at(String::from(
-                            "io_size must be a multiple of 512, at most 16M",
-                        )));
-                    }
-                    if *read_pct > 100 {
-                        return Err(at(String::from("read_pct is a percentage")));
-                    }
-                }
-                Step::InjectIo {
-                    nth,
-                    range,
-                    writes,
-                    flush,
-                    clear,
-                    ..
-                } if nth.is_none() && range.is_none() && !writes && !flush && !clear => {
-                    return Err(at(String::from(
-                        "nothing to inject: give nth, range, writes, flush or clear",
-                    )));
-                }
-                Step::InjectGrant {
-                    count, gref, clear, ..
-                } if count.is_none() && gref.is_none() && !clear => {
-                    return Err(at(String::from(
-                        "nothing to inject: give count, gref or clear",
-                    )));
-                }
-                Step::Expect {
-                    state,
-                    sysctl,
-                    watch,
-                    ..
-                } => {
-                    for k in watch.keys() {
-                        if !WATCH_COUNTERS.contains(&k.as_str()) {
-                            return Err(at(format!(
-                                "unknown watch counter {k:?}; known: {}",
-                                WATCH_COUNTERS.join(", ")
-                            )));
-                        }
-                    }
-                    if let Some(s) = state {
-                        if parse_state(s).is_none() {
-                            return Err(at(format!("unknown state {s:?}")));
-                        }
-                    }
-                    for k in sysctl.keys() {
-                        if Stat::by_name(k).is_none() {
-                            return Err(at(format!(
-                                "unknown sysctl {k:?}; known: {}",
-                                SYSCTLS
-                                    .iter()
-                                    .map(|d| d.name)
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            )));
-                        }
-                    }
-                }
-                _ => {}
             }
+            Step::Resize { guest, size } => {
+                for gi in guest.resolve(names) {
+                    let ss = u64::from(self.guests[gi].sector_size);
+                    if size.0 == 0 || size.0 % ss != 0 {
+                        return Err(format!(
+                            "guest {}: size {} is not a positive multiple of the sector size",
+                            names[gi], size.0
+                        ));
+                    }
+                }
+            }
+            Step::RawSlot { hex, .. } if parse_hex(hex).is_none() => {
+                return Err(String::from("`hex` is not an even number of hex digits"));
+            }
+            Step::Workload {
+                io_size,
+                read_pct,
+                offset,
+                region,
+                guest,
+                ..
+            } => {
+                self.validate_workload(guest, *io_size, *read_pct, *offset, *region, names, used)?
+            }
+            Step::InjectIo {
+                nth,
+                range,
+                writes,
+                flush,
+                clear,
+                ..
+            } if nth.is_none() && range.is_none() && !writes && !flush && !clear => {
+                return Err(String::from(
+                    "nothing to inject: give nth, range, writes, flush or clear",
+                ));
+            }
+            Step::InjectGrant {
+                count, gref, clear, ..
+            } if count.is_none() && gref.is_none() && !clear => {
+                return Err(String::from("nothing to inject: give count, gref or clear"));
+            }
+            Step::Expect {
+                state,
+                sysctl,
+                watch,
+                ..
+            } => {
+                for k in watch.keys() {
+                    if !WATCH_COUNTERS.contains(&k.as_str()) {
+                        return Err(format!(
+                            "unknown watch counter {k:?}; known: {}",
+                            WATCH_COUNTERS.join(", ")
+                        ));
+                    }
+                }
+                if let Some(s) = state {
+                    if parse_state(s).is_none() {
+                        return Err(format!("unknown state {s:?}"));
+                    }
+                }
+                for k in sysctl.keys() {
+                    if Stat::by_name(k).is_none() {
+                        return Err(format!(
+                            "unknown sysctl {k:?}; known: {}",
+                            SYSCTLS
+                                .iter()
+                                .map(|d| d.name)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A workload's region fits each guest's disk and overlaps no earlier
+    /// one; its sizes are sane.
+    #[allow(clippy::too_many_arguments)]
+    fn validate_workload(
+        &self,
+        guest: &Guests,
+        io_size: Size,
+        read_pct: u8,
+        offset: Option<Size>,
+        region: Option<Size>,
+        names: &[String],
+        used: &mut [Vec<(u64, u64)>],
+    ) -> Result<(), String> {
+        for gi in guest.resolve(names) {
+            let g = &self.guests[gi];
+            let (a, b) = workload_region(g, offset, region);
+            let ss = u64::from(g.sector_size);
+            if a >= b || a % ss != 0 || b > g.size.0 || b - a < io_size.0 {
+                return Err(format!(
+                    "guest {}: region [{a}, {b}) does not fit the {}-byte disk, \
+                     is not sector-aligned, or is smaller than io_size",
+                    names[gi], g.size.0
+                ));
+            }
+            if let Some((c, d)) = used[gi].iter().find(|(c, d)| a < *d && *c < b) {
+                return Err(format!(
+                    "guest {}: region [{a}, {b}) overlaps an earlier workload's \
+                     [{c}, {d}); give each workload its own `offset`/`region`",
+                    names[gi]
+                ));
+            }
+            used[gi].push((a, b));
+        }
+        if io_size.0 == 0 || io_size.0 % 512 != 0 || io_size.0 > (1 << 24) {
+            return Err(String::from(
+                "io_size must be a multiple of 512, at most 16M",
+            ));
+        }
+        if read_pct > 100 {
+            return Err(String::from("read_pct is a percentage"));
         }
         Ok(())
     }
