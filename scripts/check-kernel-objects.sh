@@ -21,16 +21,7 @@ if [ "${1:-}" = "--module" ]; then
 	shift
 fi
 [ $# -gt 0 ] || { echo "usage: $0 [--module] OBJECT..." >&2; exit 2; }
-
-first_tool() {
-	for t in "$@"; do
-		if command -v "$t" >/dev/null 2>&1; then
-			command -v "$t"
-			return 0
-		fi
-	done
-	return 1
-}
+. "$here/lib.sh"
 : "${KMOD_OBJDUMP:=$(first_tool llvm-objdump-14 llvm-objdump objdump || echo objdump)}"
 : "${KMOD_READELF:=$(first_tool llvm-readelf-14 llvm-readelf readelf || echo readelf)}"
 : "${KMOD_NM:=$(first_tool llvm-nm-14 llvm-nm nm || echo nm)}"

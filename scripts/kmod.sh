@@ -35,17 +35,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
 : "${KMOD_BUILD:=$repo/target/kmod}"
 : "${KMOD_PROFILE:=release}"
-
-first_tool() {
-	# Prints the first of the named programs that is installed.
-	for t in "$@"; do
-		if command -v "$t" >/dev/null 2>&1; then
-			command -v "$t"
-			return 0
-		fi
-	done
-	return 1
-}
+. "$here/lib.sh"
 
 find_tools() {
 	if [ -z "${CARGO:-}" ]; then

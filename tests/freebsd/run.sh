@@ -33,35 +33,13 @@ set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 
-if [ -z "${FREEBSD_KERNEL:-}" ]; then
-	echo "SKIP: FREEBSD_KERNEL not set: the FreeBSD boot smoke test needs a" \
-	    "FreeBSD amd64 kernel with a PVH entry (see tests/freebsd/README.md)"
-	exit 0
-fi
-if [ ! -f "$FREEBSD_KERNEL" ]; then
-	echo "smoke: FREEBSD_KERNEL=$FREEBSD_KERNEL is not a file" >&2
-	exit 2
-fi
-
-first_tool() {
-	for t in "$@"; do
-		if command -v "$t" >/dev/null 2>&1; then
-			command -v "$t"
-			return 0
-		fi
-	done
-	return 1
-}
+. "$repo/scripts/lib.sh"
+require_kernel smoke "the FreeBSD boot smoke test needs" tests/freebsd/README.md
 
 missing=
 : "${QEMU:=$(first_tool qemu-system-x86_64 || true)}"
-: "${CC:=$(first_tool clang-14 clang || true)}"
-: "${LD:=$(first_tool ld.lld-14 ld.lld || true)}"
-XORRISO=$(first_tool xorriso || true)
 [ -n "$QEMU" ] || missing="$missing qemu-system-x86"
-[ -n "$CC" ] || missing="$missing clang-14"
-[ -n "$LD" ] || missing="$missing lld-14"
-[ -n "$XORRISO" ] || missing="$missing xorriso"
+init_tools
 command -v timeout >/dev/null 2>&1 || missing="$missing coreutils"
 if [ -n "$missing" ]; then
 	echo "smoke: missing tools; Debian: apt-get install$missing" >&2

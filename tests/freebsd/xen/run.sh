@@ -25,32 +25,12 @@ set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../../.." && pwd)
 
-if [ -z "${FREEBSD_KERNEL:-}" ]; then
-	echo "SKIP: FREEBSD_KERNEL not set: the FreeBSD driver-domain scenarios" \
-	    "need a FreeBSD amd64 kernel with a PVH entry (see tests/freebsd/xen/README.md)"
-	exit 0
-fi
-if [ ! -f "$FREEBSD_KERNEL" ]; then
-	echo "fbsd-xen: FREEBSD_KERNEL=$FREEBSD_KERNEL is not a file" >&2
-	exit 2
-fi
+. "$repo/scripts/lib.sh"
+require_kernel fbsd-xen "the FreeBSD driver-domain scenarios need" \
+    tests/freebsd/xen/README.md
 
-first_tool() {
-	for t in "$@"; do
-		if command -v "$t" >/dev/null 2>&1; then
-			command -v "$t"
-			return 0
-		fi
-	done
-	return 1
-}
-: "${CC:=$(first_tool clang-14 clang || true)}"
-: "${LD:=$(first_tool ld.lld-14 ld.lld || true)}"
-XORRISO=$(first_tool xorriso || true)
 missing=
-[ -n "$CC" ] || missing="$missing clang-14"
-[ -n "$LD" ] || missing="$missing lld-14"
-[ -n "$XORRISO" ] || missing="$missing xorriso"
+init_tools
 if [ -n "$missing" ]; then
 	echo "fbsd-xen: missing tools; Debian: apt-get install$missing" >&2
 	exit 2
