@@ -346,29 +346,21 @@ fn read_raw_as<'b, X: XenStore>(
     }
 }
 
-/// Reads `dir/key` as a strict decimal `u64`; `None` if absent.
-fn read_u64<X: XenStore>(
-    xs: &mut X,
-    txn: XsTxn,
-    dir: &str,
-    key: &'static str,
-) -> Result<Option<u64>, ConnectError> {
-    read_u64_as(xs, txn, dir, key, key)
-}
-
-/// Reads `dir/node` as a strict decimal `u64`, naming it `key` in errors;
-/// `None` if absent.
-fn read_u64_as<X: XenStore>(
+/// Reads `dir/node` as a strict decimal of type `T`, naming it `key` in
+/// errors; `None` if absent. A number too big for `T` is
+/// [`ConnectError::NotANumber`] (it does not fit the node's type).
+fn read_num_as<T: TryFrom<u64>, X: XenStore>(
     xs: &mut X,
     txn: XsTxn,
     dir: &str,
     node: &str,
     key: &'static str,
-) -> Result<Option<u64>, ConnectError> {
+) -> Result<Option<T>, ConnectError> {
     let mut buf = [0u8; VALUE_BUF];
     match read_raw_as(xs, txn, dir, node, key, &mut buf)? {
         None => Ok(None),
         Some(v) => parse_u64(v)
+            .and_then(|n| T::try_from(n).ok())
             .map(Some)
             .ok_or(ConnectError::NotANumber { key }),
     }
@@ -383,24 +375,7 @@ pub fn read_u32<X: XenStore>(
     dir: &str,
     key: &'static str,
 ) -> Result<Option<u32>, ConnectError> {
-    read_u32_as(xs, txn, dir, key, key)
-}
-
-/// Reads `dir/node` as a strict decimal `u32`, naming it `key` in errors;
-/// `None` if absent.
-fn read_u32_as<X: XenStore>(
-    xs: &mut X,
-    txn: XsTxn,
-    dir: &str,
-    node: &str,
-    key: &'static str,
-) -> Result<Option<u32>, ConnectError> {
-    match read_u64_as(xs, txn, dir, node, key)? {
-        None => Ok(None),
-        Some(v) => u32::try_from(v)
-            .map(Some)
-            .map_err(|_| ConnectError::NotANumber { key }),
-    }
+    read_num_as(xs, txn, dir, key, key)
 }
 
 /// Reads a boolean node: `"0"` or `"1"` only; `None` if absent. Another
@@ -544,7 +519,7 @@ fn read_backend_nodes_in<X: XenStore>(
     )?;
 
     const FRONTEND_ID: &str = keys::FRONTEND_ID;
-    let id = read_u64(xs, txn, be_dir, FRONTEND_ID)?
+    let id = read_num_as::<u64, _>(xs, txn, be_dir, FRONTEND_ID, FRONTEND_ID)?
         .ok_or(ConnectError::Missing { key: FRONTEND_ID })?;
     let frontend_id = match DomId::try_from(id) {
         Ok(d) if d <= MAX_FRONTEND_ID => d,
@@ -865,7 +840,7 @@ fn read_frontend_in<X: XenStore>(
     let pages = 1u32 << order;
 
     // Range-checked before it sizes anything.
-    let num_queues = match read_u64(xs, txn, fe_dir, NUM_QUEUES)? {
+    let num_queues = match read_num_as::<u64, _>(xs, txn, fe_dir, NUM_QUEUES, NUM_QUEUES)? {
         None => 1,
         Some(n) => match u32::try_from(n) {
             Ok(q) if (1..=max_queues).contains(&q) => q,
@@ -919,9 +894,9 @@ fn read_queue<X: XenStore>(
 ) -> Result<QueueParams, ConnectError> {
     let mut ring_refs = [0 as GrantRef; 32];
     if pages == 1 {
-        ring_refs[0] = match read_u32_as(xs, txn, dir, keys::RING_REF, names.ring_ref)? {
+        ring_refs[0] = match read_num_as(xs, txn, dir, keys::RING_REF, names.ring_ref)? {
             Some(r) => r,
-            None => read_u32_as(xs, txn, dir, keys::RING_REFS[0], names.ring_refs[0])?.ok_or(
+            None => read_num_as(xs, txn, dir, keys::RING_REFS[0], names.ring_refs[0])?.ok_or(
                 ConnectError::Missing {
                     key: names.ring_ref,
                 },
@@ -934,11 +909,11 @@ fn read_queue<X: XenStore>(
             .zip(names.ring_refs.iter())
             .take(pages)
         {
-            *slot = read_u32_as(xs, txn, dir, node, key)?.ok_or(ConnectError::Missing { key })?;
+            *slot = read_num_as(xs, txn, dir, node, key)?.ok_or(ConnectError::Missing { key })?;
         }
     }
     let key = names.event_channel;
-    let event_channel = read_u32_as(xs, txn, dir, keys::EVENT_CHANNEL, key)?
+    let event_channel = read_num_as(xs, txn, dir, keys::EVENT_CHANNEL, key)?
         .ok_or(ConnectError::Missing { key })?;
     Ok(QueueParams {
         ring_refs,
@@ -1114,7 +1089,8 @@ pub fn publish_resize<X: XenStore>(
 /// number outside `enum xenbus_state` [`ConnectError::BadState`].
 pub fn read_state<X: XenStore>(xs: &mut X, dir: &str) -> Result<XenbusState, ConnectError> {
     const STATE: &str = keys::STATE;
-    let v = read_u64(xs, XsTxn::NONE, dir, STATE)?.ok_or(ConnectError::Missing { key: STATE })?;
+    let v = read_num_as::<u64, _>(xs, XsTxn::NONE, dir, STATE, STATE)?
+        .ok_or(ConnectError::Missing { key: STATE })?;
     u32::try_from(v)
         .ok()
         .and_then(XenbusState::from_u32)

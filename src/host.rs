@@ -137,6 +137,27 @@ pub enum GrantError {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GrantHandle(pub u32);
 
+/// The outcome of one grant mapping: its handle, or why it failed.
+pub type MapResult = Result<GrantHandle, GrantError>;
+
+/// Pages a front-end granted to the back-end, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Granted<'a> {
+    /// The granting domain.
+    pub dom: DomId,
+    /// Its grant references, one per page.
+    pub grefs: &'a [GrantRef],
+}
+
+/// A front-end's end of an interdomain event channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RemotePort {
+    /// The front-end's domain.
+    pub dom: DomId,
+    /// Its unbound port offered to the back-end.
+    pub port: EvtchnPort,
+}
+
 /// One entry of a batched grant mapping into the data window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GrantMapOp {
@@ -172,34 +193,23 @@ pub trait Grants {
     /// Maps `ops` in one batched operation. `results[i]` receives the outcome
     /// of `ops[i]`; entries that failed leave nothing mapped.
     /// `results.len() == ops.len()`.
-    fn map_batch(
-        &mut self,
-        dom: DomId,
-        ops: &[GrantMapOp],
-        results: &mut [Result<GrantHandle, GrantError>],
-    );
+    fn map_batch(&mut self, dom: DomId, ops: &[GrantMapOp], results: &mut [MapResult]);
     /// Unmaps `ops` in one batched operation.
     fn unmap_batch(&mut self, ops: &[GrantUnmapOp]);
-    /// Maps the shared-ring pages `grefs` (in order) of queue `queue`
+    /// Maps the shared-ring pages `ring` (in order) of queue `queue`
     /// contiguously and writable, returning access to them. One ring is
     /// mapped per queue (`multi-queue-num-queues`; queue 0 alone for a
     /// single-queue front-end).
-    fn map_ring(
-        &mut self,
-        queue: QueueId,
-        dom: DomId,
-        grefs: &[GrantRef],
-    ) -> Result<SharedMem, GrantError>;
+    fn map_ring(&mut self, queue: QueueId, ring: Granted<'_>) -> Result<SharedMem, GrantError>;
     /// Unmaps the ring of `queue` mapped by [`Grants::map_ring`]; `ring` is
     /// consumed.
     fn unmap_ring(&mut self, queue: QueueId, ring: SharedMem);
     /// Copies the first `out.len() / grefs.len()` rounded-up bytes of each
-    /// granted page into `out`, page `i` of `grefs` to
-    /// `out[i * PAGE_SIZE..]` (`GNTTABOP_copy` from the front-end's frames):
-    /// the private copy of indirect segment pages. `out.len()` is at most
-    /// `grefs.len() * PAGE_SIZE`. Either everything is copied or `Err`.
-    fn copy_in(&mut self, dom: DomId, grefs: &[GrantRef], out: &mut [u8])
-        -> Result<(), GrantError>;
+    /// page of `from` into `out`, page `i` to `out[i * PAGE_SIZE..]`
+    /// (`GNTTABOP_copy` from the front-end's frames): the private copy of
+    /// indirect segment pages. `out.len()` is at most
+    /// `from.grefs.len() * PAGE_SIZE`. Either everything is copied or `Err`.
+    fn copy_in(&mut self, from: Granted<'_>, out: &mut [u8]) -> Result<(), GrantError>;
 }
 
 /// Errors binding an event channel.
@@ -219,15 +229,9 @@ pub enum EvtchnError {
 /// core asks for there is how a front-end that kicks without producing
 /// requests is kept from spinning the back-end.
 pub trait EventChannel {
-    /// Binds queue `queue` to the front-end's `remote_port` in domain `dom`.
-    /// After this the platform calls `Instance::run(queue)` whenever the
-    /// front-end kicks.
-    fn evtchn_bind(
-        &mut self,
-        queue: QueueId,
-        dom: DomId,
-        remote_port: EvtchnPort,
-    ) -> Result<(), EvtchnError>;
+    /// Binds queue `queue` to the front-end's port `remote`. After this the
+    /// platform calls `Instance::run(queue)` whenever the front-end kicks.
+    fn evtchn_bind(&mut self, queue: QueueId, remote: RemotePort) -> Result<(), EvtchnError>;
     /// Sends an event to the front-end on `queue`'s channel.
     fn evtchn_notify(&mut self, queue: QueueId);
     /// The event that made the platform run `queue` has been handled:

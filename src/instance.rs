@@ -25,7 +25,8 @@ use alloc::vec::Vec;
 use crate::coalesce::ListTag;
 use crate::connect::{self, BackendNodes, ConnectError, FrontendParams, Offer};
 use crate::host::{
-    DomId, GrantRef, Host, IoError, IoTag, MediumInfo, OpenParams, QueueId, XenbusState, PAGE_SIZE,
+    DomId, GrantRef, Granted, Host, IoError, IoTag, MediumInfo, OpenParams, QueueId, RemotePort,
+    XenbusState, PAGE_SIZE,
 };
 use crate::negotiate::{self, Terms};
 use crate::queue::{Outcome, Queue, RunParams};
@@ -402,7 +403,11 @@ impl Instance {
         for (i, qp) in fe.queues.iter().enumerate() {
             let q = i as QueueId;
             let ring = Self::map_queue(host, q, dom, fe.refs(i), fe.abi, fe.ring_pages)?;
-            if let Err(e) = host.evtchn_bind(q, dom, qp.event_channel) {
+            let remote = RemotePort {
+                dom,
+                port: qp.event_channel,
+            };
+            if let Err(e) = host.evtchn_bind(q, remote) {
                 host.unmap_ring(q, ring.into_mem());
                 return Err(ConnectError::Evtchn(e));
             }
@@ -437,7 +442,9 @@ impl Instance {
         abi: crate::abi::Abi,
         pages: u32,
     ) -> Result<BackRing, ConnectError> {
-        let mem = host.map_ring(q, dom, refs).map_err(ConnectError::Grant)?;
+        let mem = host
+            .map_ring(q, Granted { dom, grefs: refs })
+            .map_err(ConnectError::Grant)?;
         // BackRing::new refuses a mapping shorter than the ring; check here
         // so that such a mapping is handed back rather than dropped.
         if mem.len() < pages as usize * PAGE_SIZE {

@@ -27,7 +27,7 @@ use alloc::vec::Vec;
 use crate::abi::{BlkifRequest, BlkifResponse, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY};
 use crate::coalesce::{self, try_vec, Budget, ListTag, NoMemory, Reqlists, NONE};
 use crate::grants::{GrantShape, QueueGrants};
-use crate::host::{DomId, Host, IoError, IoOp, IoTag, IoVec, QueueId, PAGE_SIZE};
+use crate::host::{DomId, Granted, Host, IoError, IoOp, IoTag, IoVec, QueueId, PAGE_SIZE};
 use crate::kva::KvaAllocator;
 use crate::request::{self, Header, Limits, Op, Parsed};
 use crate::ring::BackRing;
@@ -439,7 +439,11 @@ impl Queue {
                     .indirect
                     .get_mut(..h.descriptor_bytes())
                     .ok_or(BLKIF_RSP_ERROR)?;
-                if host.copy_in(self.dom, h.page_grefs(), buf).is_err() {
+                let from = Granted {
+                    dom: self.dom,
+                    grefs: h.page_grefs(),
+                };
+                if host.copy_in(from, buf).is_err() {
                     self.stats.inc(Stat::GrantMapFailures);
                     return Err(BLKIF_RSP_ERROR);
                 }

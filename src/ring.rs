@@ -400,25 +400,27 @@ mod tests {
 
     const ABIS: [Abi; 2] = [Abi::X86_32, Abi::X86_64];
 
+    /// A request with all eleven segments filled (distinct grants) but
+    /// `nr_segments` anywhere in 0..=11, and a non-zero handle: every
+    /// field must survive a round trip whatever it says.
     fn rw(id: u64, op: u8) -> BlkifRequest {
+        let grants = (0..BLKIF_MAX_SEGMENTS_PER_REQUEST as u32)
+            .map(|i| (id as u32).wrapping_mul(31).wrapping_add(i));
         let mut seg = [Segment::default(); BLKIF_MAX_SEGMENTS_PER_REQUEST];
-        for (i, s) in seg.iter_mut().enumerate() {
-            *s = Segment {
-                gref: (id as u32).wrapping_mul(31).wrapping_add(i as u32),
-                first_sect: 0,
-                last_sect: 7,
-            };
+        for (s, gref) in seg.iter_mut().zip(grants) {
+            *s = Segment::whole_page(gref);
         }
-        BlkifRequest {
-            operation: op,
-            id,
-            body: RequestBody::Rw {
-                nr_segments: (id % 12) as u8,
-                handle: 0x300,
-                sector_number: id.wrapping_mul(8),
-                seg,
-            },
+        let mut r = BlkifRequest::rw(op, id, id.wrapping_mul(8), &seg);
+        if let RequestBody::Rw {
+            nr_segments,
+            handle,
+            ..
+        } = &mut r.body
+        {
+            *nr_segments = (id % 12) as u8;
+            *handle = 0x300;
         }
+        r
     }
 
     fn request(i: u64) -> BlkifRequest {

@@ -10,28 +10,7 @@ use xbb_testing::fuzz::{
     fuzz_request, fuzz_ring, fuzz_ring_in, fuzz_xenstore, Fault, Outcome, PushReq, RingConfig,
     RingMemory, RingReport, RingScript,
 };
-
-/// Marsaglia's xorshift64: deterministic, no dependencies.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    fn byte(&mut self) -> u8 {
-        (self.next() >> 32) as u8
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.byte()).collect()
-    }
-}
+use xbb_testing::rng::XorShift;
 
 /// Runs `body` over `cases` random inputs of up to `max_len` bytes.
 fn random_inputs(seed: u64, cases: usize, max_len: usize, mut body: impl FnMut(&[u8])) {

@@ -23,6 +23,7 @@ use xbb::units::Sectors;
 use xbb_testing::alloc::{allocations_in, Counting};
 use xbb_testing::guest::{assert_answered_once, request as req, responses, status_of};
 use xbb_testing::host::IoKind as Kind;
+use xbb_testing::rng::XorShift;
 use xbb_testing::{FakeConfig, FakeHost, BAD_GREF, BE_PATH};
 
 #[global_allocator]
@@ -738,13 +739,8 @@ fn hostile_state_and_ring_sequences() {
         " 4",
     ];
     for seed in 1..40u64 {
-        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let mut rnd = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut rng = XorShift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut rnd = move || rng.next();
         let mut h = host(seed % 2 == 0);
         let t = tunables(|t| {
             if seed % 3 == 0 {

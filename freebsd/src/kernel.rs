@@ -20,9 +20,9 @@ use core::sync::atomic::{AtomicPtr, Ordering};
 use crate::errno::{self, Error};
 use crate::ffi;
 use xbb::host::{
-    Deferred, DomId, EventChannel, EvtchnError, EvtchnPort, GrantError, GrantHandle, GrantMapOp,
-    GrantRef, GrantUnmapOp, Grants, Host, IoError, IoOp, IoTag, IoVec, MediumInfo, OpenError,
-    OpenParams, QueueId, Store, XenStore, XsError, XsTxn, PAGE_SIZE,
+    Deferred, DomId, EventChannel, EvtchnError, GrantError, GrantHandle, GrantMapOp, GrantUnmapOp,
+    Granted, Grants, Host, IoError, IoOp, IoTag, IoVec, MapResult, MediumInfo, OpenError,
+    OpenParams, QueueId, RemotePort, Store, XenStore, XsError, XsTxn, PAGE_SIZE,
 };
 use xbb::shmem::SharedMem;
 use xbb::units::Sectors;
@@ -374,21 +374,24 @@ impl KernelHost {
     }
 
     fn medium(&self) -> MediumInfo {
-        let mut m = ffi::xbb_shim_medium {
-            sectors: 0,
-            sector_size: 0,
-            physical_sector_size: 0,
-            discard_granularity: 0,
-            discard_alignment: 0,
-            flags: 0,
-            _pad: 0,
-        };
+        let mut m = NO_MEDIUM;
         // SAFETY: store_info is set; m is a valid, writable struct for the
         // duration of the call.
         unsafe { f(self.ops.store_info)(self.ctx, &mut m) };
         medium_from(&m)
     }
 }
+
+/// A medium description for the shim to fill in.
+const NO_MEDIUM: ffi::xbb_shim_medium = ffi::xbb_shim_medium {
+    sectors: 0,
+    sector_size: 0,
+    physical_sector_size: 0,
+    discard_granularity: 0,
+    discard_alignment: 0,
+    flags: 0,
+    _pad: 0,
+};
 
 fn medium_from(m: &ffi::xbb_shim_medium) -> MediumInfo {
     let has = |bit: u32| m.flags & bit != 0;
@@ -495,12 +498,7 @@ impl Grants for KernelHost {
         unsafe { f(self.ops.window_release)(self.ctx) }
     }
 
-    fn map_batch(
-        &mut self,
-        dom: DomId,
-        ops: &[GrantMapOp],
-        results: &mut [Result<GrantHandle, GrantError>],
-    ) {
+    fn map_batch(&mut self, dom: DomId, ops: &[GrantMapOp], results: &mut [MapResult]) {
         let empty = ffi::xbb_shim_map {
             gref: 0,
             window_page: 0,
@@ -550,12 +548,8 @@ impl Grants for KernelHost {
         }
     }
 
-    fn map_ring(
-        &mut self,
-        queue: QueueId,
-        dom: DomId,
-        grefs: &[GrantRef],
-    ) -> Result<SharedMem, GrantError> {
+    fn map_ring(&mut self, queue: QueueId, ring: Granted<'_>) -> Result<SharedMem, GrantError> {
+        let Granted { dom, grefs } = ring;
         if queue >= ffi::XBB_SHIM_MAX_QUEUES || grefs.is_empty() {
             return Err(GrantError::General);
         }
@@ -608,12 +602,8 @@ impl Grants for KernelHost {
         }
     }
 
-    fn copy_in(
-        &mut self,
-        dom: DomId,
-        grefs: &[GrantRef],
-        out: &mut [u8],
-    ) -> Result<(), GrantError> {
+    fn copy_in(&mut self, from: Granted<'_>, out: &mut [u8]) -> Result<(), GrantError> {
+        let Granted { dom, grefs } = from;
         let count = u32::try_from(grefs.len()).map_err(|_| GrantError::General)?;
         if grefs
             .len()
@@ -639,12 +629,11 @@ impl Grants for KernelHost {
 }
 
 impl EventChannel for KernelHost {
-    fn evtchn_bind(
-        &mut self,
-        queue: QueueId,
-        dom: DomId,
-        remote_port: EvtchnPort,
-    ) -> Result<(), EvtchnError> {
+    fn evtchn_bind(&mut self, queue: QueueId, remote: RemotePort) -> Result<(), EvtchnError> {
+        let RemotePort {
+            dom,
+            port: remote_port,
+        } = remote;
         if queue >= ffi::XBB_SHIM_MAX_QUEUES {
             return Err(EvtchnError::General);
         }
@@ -689,15 +678,7 @@ impl Store for KernelHost {
     fn store_open(&mut self, params: OpenParams<'_>) -> Result<MediumInfo, OpenError> {
         let path = CString::new(params.path).map_err(errno::open_error)?;
         let kind = CString::new(params.kind).map_err(errno::open_error)?;
-        let mut m = ffi::xbb_shim_medium {
-            sectors: 0,
-            sector_size: 0,
-            physical_sector_size: 0,
-            discard_granularity: 0,
-            discard_alignment: 0,
-            flags: 0,
-            _pad: 0,
-        };
+        let mut m = NO_MEDIUM;
         // SAFETY: store_open is set; both strings are NUL-terminated and
         // live across the call; m is writable.
         let e = unsafe {

@@ -17,6 +17,7 @@ use xbb::host::{XenbusState, PAGE_SIZE};
 use xbb::ring::FrontRing;
 use xbb_freebsd::errno::{EBUSY, EEXIST, EINVAL, ENOENT, ENXIO, EPERM, ERANGE};
 use xbb_freebsd::ffi;
+use xbb_testing::guest::request as rw_request;
 
 #[global_allocator]
 static ALLOC: TestAllocator = TestAllocator;

@@ -35,8 +35,9 @@ use super::xenstore::Xenstored;
 use super::TaskEvent;
 use xbb::host::{
     Deferred, DomId, EventChannel, EvtchnError, EvtchnPort, GrantError, GrantHandle, GrantMapOp,
-    GrantRef, GrantUnmapOp, Grants, Host, IoError, IoOp, IoTag, IoVec, MediumInfo, NodeKind,
-    OpenError, OpenParams, QueueId, Store, XenStore, XsError, XsTxn, PAGE_SIZE,
+    GrantUnmapOp, Granted, Grants, Host, IoError, IoOp, IoTag, IoVec, MapResult, MediumInfo,
+    NodeKind, OpenError, OpenParams, QueueId, RemotePort, Store, XenStore, XsError, XsTxn,
+    PAGE_SIZE,
 };
 use xbb::shmem::SharedMem;
 
@@ -480,12 +481,7 @@ impl Grants for SimHost {
         }
     }
 
-    fn map_batch(
-        &mut self,
-        dom: DomId,
-        ops: &[GrantMapOp],
-        results: &mut [Result<GrantHandle, GrantError>],
-    ) {
+    fn map_batch(&mut self, dom: DomId, ops: &[GrantMapOp], results: &mut [MapResult]) {
         let d = self.xen.domains.get(dom);
         for (op, r) in ops.iter().zip(results.iter_mut()) {
             self.stats.map_ops += 1;
@@ -509,12 +505,8 @@ impl Grants for SimHost {
         }
     }
 
-    fn map_ring(
-        &mut self,
-        queue: QueueId,
-        dom: DomId,
-        grefs: &[GrantRef],
-    ) -> Result<SharedMem, GrantError> {
+    fn map_ring(&mut self, queue: QueueId, ring: Granted<'_>) -> Result<SharedMem, GrantError> {
+        let Granted { dom, grefs } = ring;
         if self.rings.iter().any(|(q, _)| *q == queue) || grefs.is_empty() {
             return Err(GrantError::General);
         }
@@ -589,12 +581,8 @@ impl Grants for SimHost {
         }
     }
 
-    fn copy_in(
-        &mut self,
-        dom: DomId,
-        grefs: &[GrantRef],
-        out: &mut [u8],
-    ) -> Result<(), GrantError> {
+    fn copy_in(&mut self, from: Granted<'_>, out: &mut [u8]) -> Result<(), GrantError> {
+        let Granted { dom, grefs } = from;
         if out.len() > grefs.len().saturating_mul(PAGE_SIZE) {
             return Err(GrantError::General);
         }
@@ -612,12 +600,11 @@ impl Grants for SimHost {
 }
 
 impl EventChannel for SimHost {
-    fn evtchn_bind(
-        &mut self,
-        queue: QueueId,
-        dom: DomId,
-        remote_port: EvtchnPort,
-    ) -> Result<(), EvtchnError> {
+    fn evtchn_bind(&mut self, queue: QueueId, remote: RemotePort) -> Result<(), EvtchnError> {
+        let RemotePort {
+            dom,
+            port: remote_port,
+        } = remote;
         if self.ports.iter().any(|p| p.0 == queue) {
             return Err(EvtchnError::General);
         }

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use xbb::host::{
-    DomId, EventChannel, GrantError, GrantHandle, GrantMapOp, GrantUnmapOp, Grants, IoOp, IoTag,
-    IoVec, OpenParams, Store, XenStore, XenbusState, XsError, XsTxn, PAGE_SIZE,
+    DomId, EventChannel, GrantError, GrantHandle, GrantMapOp, GrantUnmapOp, Granted, Grants, IoOp,
+    IoTag, IoVec, OpenParams, RemotePort, Store, XenStore, XenbusState, XsError, XsTxn, PAGE_SIZE,
 };
 use xbb::units::{Bytes, Sectors, WindowPage};
 use xbb_lab::backend::BackendRunner;
@@ -299,7 +299,15 @@ fn ring_mapping_is_the_guest_pages() {
         d.grants.grant(first, 0, false),
         d.grants.grant(first + 1, 0, false),
     ];
-    let ring = host.map_ring(0, GUEST, &grefs).expect("map ring");
+    let ring = host
+        .map_ring(
+            0,
+            Granted {
+                dom: GUEST,
+                grefs: &grefs,
+            },
+        )
+        .expect("map ring");
     assert_eq!(ring.len(), 2 * PAGE_SIZE);
     let mut buf = vec![0u8; 2 * PAGE_SIZE];
     ring.read(0, &mut buf);
@@ -313,7 +321,15 @@ fn ring_mapping_is_the_guest_pages() {
     ring.store_u32(PAGE_SIZE + 4, 99, Ordering::Release);
     assert_eq!(guest.load_u32(PAGE_SIZE + 4, Ordering::Acquire), 99);
     // A second ring is refused while one is mapped.
-    assert!(host.map_ring(0, GUEST, &grefs).is_err());
+    assert!(host
+        .map_ring(
+            0,
+            Granted {
+                dom: GUEST,
+                grefs: &grefs
+            }
+        )
+        .is_err());
     assert_eq!(d.grants.stats().mapped, 2);
     host.unmap_ring(0, ring);
     assert_eq!(d.grants.stats().mapped, 0);
@@ -327,10 +343,27 @@ fn failed_ring_mapping_leaves_nothing_mapped() {
     let g0 = d.grants.grant(0, 0, false);
     let g1 = d.grants.grant(1, 0, true); // read-only: ring maps are writable
     assert_eq!(
-        host.map_ring(0, GUEST, &[g0, g1]).err(),
+        host.map_ring(
+            0,
+            Granted {
+                dom: GUEST,
+                grefs: &[g0, g1]
+            }
+        )
+        .err(),
         Some(GrantError::Denied)
     );
-    assert_eq!(host.map_ring(0, 9, &[g0]).err(), Some(GrantError::BadRef));
+    assert_eq!(
+        host.map_ring(
+            0,
+            Granted {
+                dom: 9,
+                grefs: &[g0]
+            }
+        )
+        .err(),
+        Some(GrantError::BadRef)
+    );
     assert_eq!(d.grants.stats().mapped, 0);
     assert_eq!(host.stats().ring_pages, 0);
 }
@@ -515,8 +548,23 @@ fn host_event_channel_reaches_the_task_and_the_guest() {
             }),
         )
         .unwrap();
-    assert!(host.evtchn_bind(0, GUEST, fe_port + 1).is_err());
-    host.evtchn_bind(0, GUEST, fe_port).unwrap();
+    assert!(host
+        .evtchn_bind(
+            0,
+            RemotePort {
+                dom: GUEST,
+                port: fe_port + 1
+            }
+        )
+        .is_err());
+    host.evtchn_bind(
+        0,
+        RemotePort {
+            dom: GUEST,
+            port: fe_port,
+        },
+    )
+    .unwrap();
     xen.evtchn.notify(GUEST, fe_port).unwrap();
     assert_eq!(rx.recv_timeout(WAIT), Ok(TaskEvent::Evtchn(0)));
     host.evtchn_notify(0);
@@ -744,7 +792,14 @@ fn drain_now(rx: &Receiver<TaskEvent>) -> Vec<TaskEvent> {
 /// the guest's port (what the front-end kicks).
 fn bind_queue(xen: &SimXen, host: &mut SimHost, q: u32) -> u32 {
     let fe_port = xen.evtchn.alloc_unbound(GUEST, 0);
-    host.evtchn_bind(q, GUEST, fe_port).unwrap();
+    host.evtchn_bind(
+        q,
+        RemotePort {
+            dom: GUEST,
+            port: fe_port,
+        },
+    )
+    .unwrap();
     fe_port
 }
 
@@ -838,12 +893,26 @@ fn copy_in_copies_granted_pages_and_refuses_bad_grants() {
     let ga = d.grants.grant(3, 0, true);
     let gb = d.grants.grant(6, 0, false);
     let mut out = vec![0u8; 2 * PAGE_SIZE];
-    host.copy_in(GUEST, &[ga, gb], &mut out).unwrap();
+    host.copy_in(
+        Granted {
+            dom: GUEST,
+            grefs: &[ga, gb],
+        },
+        &mut out,
+    )
+    .unwrap();
     assert_eq!(out[..PAGE_SIZE], a[..]);
     assert_eq!(out[PAGE_SIZE..], b[..]);
     // A short buffer takes the start of the last page only.
     let mut short = vec![0u8; PAGE_SIZE + 100];
-    host.copy_in(GUEST, &[gb, ga], &mut short).unwrap();
+    host.copy_in(
+        Granted {
+            dom: GUEST,
+            grefs: &[gb, ga],
+        },
+        &mut short,
+    )
+    .unwrap();
     assert_eq!(short[..PAGE_SIZE], b[..]);
     assert_eq!(short[PAGE_SIZE..], a[..100]);
     assert_eq!(host.stats().pages_copied, 4);
@@ -853,26 +922,60 @@ fn copy_in_copies_granted_pages_and_refuses_bad_grants() {
     let mut out = vec![0u8; PAGE_SIZE];
     // No such grant.
     assert_eq!(
-        host.copy_in(GUEST, &[0xdead], &mut out),
+        host.copy_in(
+            Granted {
+                dom: GUEST,
+                grefs: &[0xdead]
+            },
+            &mut out
+        ),
         Err(GrantError::BadRef)
     );
     // Granted to another domain, not to the back-end.
     let other = d.grants.grant(4, 5, true);
     assert_eq!(
-        host.copy_in(GUEST, &[other], &mut out),
+        host.copy_in(
+            Granted {
+                dom: GUEST,
+                grefs: &[other]
+            },
+            &mut out
+        ),
         Err(GrantError::BadRef)
     );
     // A revoked grant.
     d.grants.end_access(ga).unwrap();
     assert_eq!(
-        host.copy_in(GUEST, &[ga], &mut out),
+        host.copy_in(
+            Granted {
+                dom: GUEST,
+                grefs: &[ga]
+            },
+            &mut out
+        ),
         Err(GrantError::BadRef)
     );
     // No such domain.
-    assert!(host.copy_in(GUEST + 40, &[gb], &mut out).is_err());
+    assert!(host
+        .copy_in(
+            Granted {
+                dom: GUEST + 40,
+                grefs: &[gb]
+            },
+            &mut out
+        )
+        .is_err());
     // More bytes than the grants hold.
     let mut big = vec![0u8; PAGE_SIZE + 1];
-    assert!(host.copy_in(GUEST, &[gb], &mut big).is_err());
+    assert!(host
+        .copy_in(
+            Granted {
+                dom: GUEST,
+                grefs: &[gb]
+            },
+            &mut big
+        )
+        .is_err());
     assert_eq!(d.grants.stats().mapped, 0);
     assert_eq!(host.stats().pages_copied, 4);
 }

@@ -26,8 +26,8 @@ use super::ffi::{AnonPages, CopyDir, CopyOp, Evtchn, Gnttab, Mapping, Wakeup, Xs
 use super::window::{Range, Window};
 use xbb::host::{
     Deferred, DomId, EventChannel, EvtchnError, EvtchnPort, GrantError, GrantHandle, GrantMapOp,
-    GrantRef, GrantUnmapOp, Grants, Host, IoError, IoOp, IoTag, MediumInfo, OpenError, OpenParams,
-    QueueId, Store, XenStore, XsError, XsTxn, PAGE_SIZE,
+    GrantRef, GrantUnmapOp, Granted, Grants, Host, IoError, IoOp, IoTag, MapResult, MediumInfo,
+    OpenError, OpenParams, QueueId, RemotePort, Store, XenStore, XsError, XsTxn, PAGE_SIZE,
 };
 use xbb::shmem::SharedMem;
 use xbb_ustore::HostStore;
@@ -471,12 +471,7 @@ impl Grants for XenHost {
         self.unmap_ranges(left);
     }
 
-    fn map_batch(
-        &mut self,
-        dom: DomId,
-        ops: &[GrantMapOp],
-        results: &mut [Result<GrantHandle, GrantError>],
-    ) {
+    fn map_batch(&mut self, dom: DomId, ops: &[GrantMapOp], results: &mut [MapResult]) {
         if self.copy {
             self.copy_map_batch(dom, ops, results);
             return;
@@ -532,12 +527,8 @@ impl Grants for XenHost {
         }
     }
 
-    fn map_ring(
-        &mut self,
-        queue: QueueId,
-        dom: DomId,
-        grefs: &[GrantRef],
-    ) -> Result<SharedMem, GrantError> {
+    fn map_ring(&mut self, queue: QueueId, ring: Granted<'_>) -> Result<SharedMem, GrantError> {
+        let Granted { dom, grefs } = ring;
         if grefs.is_empty() || self.rings.iter().any(|(q, _)| *q == queue) {
             return Err(GrantError::General);
         }
@@ -570,12 +561,8 @@ impl Grants for XenHost {
         let _ = self.gnt.unmap(m);
     }
 
-    fn copy_in(
-        &mut self,
-        dom: DomId,
-        grefs: &[GrantRef],
-        out: &mut [u8],
-    ) -> Result<(), GrantError> {
+    fn copy_in(&mut self, from: Granted<'_>, out: &mut [u8]) -> Result<(), GrantError> {
+        let Granted { dom, grefs } = from;
         if out.len() > grefs.len().saturating_mul(xbb::host::PAGE_SIZE) {
             return Err(GrantError::General);
         }
@@ -588,12 +575,11 @@ impl Grants for XenHost {
 }
 
 impl EventChannel for XenHost {
-    fn evtchn_bind(
-        &mut self,
-        queue: QueueId,
-        dom: DomId,
-        remote_port: EvtchnPort,
-    ) -> Result<(), EvtchnError> {
+    fn evtchn_bind(&mut self, queue: QueueId, remote: RemotePort) -> Result<(), EvtchnError> {
+        let RemotePort {
+            dom,
+            port: remote_port,
+        } = remote;
         if self.ports.iter().any(|p| p.queue == queue) {
             return Err(EvtchnError::General);
         }

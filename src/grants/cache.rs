@@ -1014,7 +1014,7 @@ mod tests {
             .take(48)
             .collect();
         assert_eq!(keys.len(), 48);
-        let mut rng = XorShift(0x1234_5678_9abc_def1);
+        let mut rng = Lcg(0x1234_5678_9abc_def1);
         let mut page_of = vec![None::<WindowPage>; keys.len()];
         let mut now = 0;
         for round in 0..3000 {
@@ -1062,20 +1062,17 @@ mod tests {
         }
     }
 
-    struct XorShift(u64);
+    /// Knuth's MMIX linear congruential generator: deterministic, and the
+    /// high bits serve as the numbers.
+    struct Lcg(u64);
 
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            let mut x = self.0;
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            self.0 = x;
-            x
-        }
-
+    impl Lcg {
         fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (self.0 >> 33) % n
         }
     }
 
@@ -1205,7 +1202,7 @@ mod tests {
     fn acquire_step(
         c: &mut GrantCache,
         m: &mut Model,
-        rng: &mut XorShift,
+        rng: &mut Lcg,
         keys: u64,
         held: &mut Vec<u32>,
         next_handle: &mut u32,
@@ -1287,7 +1284,7 @@ mod tests {
             e: vec![M_FREE; cap as usize],
             stamp: 0,
         };
-        let mut rng = XorShift(seed);
+        let mut rng = Lcg(seed);
         let mut now = 0u64;
         let mut next_handle = 1u32;
         // Pages held by simulated requests (a page at most once).

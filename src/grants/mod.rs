@@ -20,7 +20,7 @@ use core::ops::Range;
 use crate::abi::Segment;
 use crate::coalesce::{try_vec, NoMemory};
 use crate::host::{
-    DomId, GrantError, GrantHandle, GrantMapOp, GrantRef, GrantUnmapOp, Grants, Host,
+    DomId, GrantError, GrantHandle, GrantMapOp, GrantRef, GrantUnmapOp, Grants, Host, MapResult,
 };
 use crate::stats::{Stat, Stats};
 use crate::units::WindowPage;
@@ -82,7 +82,7 @@ pub struct QueueGrants {
     /// Grant handle of each transient page.
     handles: Vec<GrantHandle>,
     map_ops: Vec<GrantMapOp>,
-    map_results: Vec<Result<GrantHandle, GrantError>>,
+    map_results: Vec<MapResult>,
     unmap_ops: Vec<GrantUnmapOp>,
     purged: Vec<(WindowPage, GrantHandle)>,
     /// Sorted copy of one request's grant references (duplicate check).

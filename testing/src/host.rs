@@ -34,8 +34,9 @@ use std::collections::VecDeque;
 use xbb::abi::{Abi, XEN_IO_PROTO_ABI_X86_32, XEN_IO_PROTO_ABI_X86_64};
 use xbb::host::{
     Deferred, DomId, EventChannel, EvtchnError, EvtchnPort, GrantError, GrantHandle, GrantMapOp,
-    GrantRef, GrantUnmapOp, Grants, Host, IoError, IoOp, IoTag, IoVec, MediumInfo, OpenError,
-    OpenParams, QueueId, Store, XenStore, XenbusState, XsError, XsTxn, PAGE_SIZE,
+    GrantRef, GrantUnmapOp, Granted, Grants, Host, IoError, IoOp, IoTag, IoVec, MapResult,
+    MediumInfo, OpenError, OpenParams, QueueId, RemotePort, Store, XenStore, XenbusState, XsError,
+    XsTxn, PAGE_SIZE,
 };
 use xbb::instance::Instance;
 use xbb::keys;
@@ -732,12 +733,7 @@ impl Grants for FakeHost {
         self.window_releases += 1;
     }
 
-    fn map_batch(
-        &mut self,
-        dom: DomId,
-        ops: &[GrantMapOp],
-        results: &mut [Result<GrantHandle, GrantError>],
-    ) {
+    fn map_batch(&mut self, dom: DomId, ops: &[GrantMapOp], results: &mut [MapResult]) {
         self.expect(dom == FE_DOM, || format!("map_batch for domain {dom}"));
         self.expect(ops.len() == results.len(), || {
             "map_batch: ops and results differ in length".into()
@@ -794,12 +790,8 @@ impl Grants for FakeHost {
         }
     }
 
-    fn map_ring(
-        &mut self,
-        _queue: QueueId,
-        dom: DomId,
-        grefs: &[GrantRef],
-    ) -> Result<SharedMem, GrantError> {
+    fn map_ring(&mut self, _queue: QueueId, ring: Granted<'_>) -> Result<SharedMem, GrantError> {
+        let Granted { dom, grefs } = ring;
         self.expect(dom == FE_DOM, || format!("map_ring for domain {dom}"));
         if std::mem::take(&mut self.faults.ring_map) {
             return Err(GrantError::General);
@@ -835,12 +827,8 @@ impl Grants for FakeHost {
         }
     }
 
-    fn copy_in(
-        &mut self,
-        dom: DomId,
-        grefs: &[GrantRef],
-        out: &mut [u8],
-    ) -> Result<(), GrantError> {
+    fn copy_in(&mut self, from: Granted<'_>, out: &mut [u8]) -> Result<(), GrantError> {
+        let Granted { dom, grefs } = from;
         self.expect(dom == FE_DOM, || format!("copy_in from domain {dom}"));
         if !self.expect(out.len() <= grefs.len() * PAGE_SIZE, || {
             "copy longer than its grants".into()
@@ -860,12 +848,11 @@ impl Grants for FakeHost {
 }
 
 impl EventChannel for FakeHost {
-    fn evtchn_bind(
-        &mut self,
-        _queue: QueueId,
-        dom: DomId,
-        remote_port: EvtchnPort,
-    ) -> Result<(), EvtchnError> {
+    fn evtchn_bind(&mut self, _queue: QueueId, remote: RemotePort) -> Result<(), EvtchnError> {
+        let RemotePort {
+            dom,
+            port: remote_port,
+        } = remote;
         self.expect(self.evtchn.is_none(), || "event channel bound twice".into());
         if std::mem::take(&mut self.faults.bind) {
             return Err(EvtchnError::General);

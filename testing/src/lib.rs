@@ -5,6 +5,7 @@
 //!   contract log and failures to inject.
 //! - [`xenstore::XsMap`]: the XenStore alone, transactions included.
 //! - [`guest`]: requests over granted pages and the responses they get.
+//! - [`rng::XorShift`]: the deterministic generator of randomised tests.
 //! - [`alloc::Counting`]: the counting allocator of the "no allocation on
 //!   the I/O path" rule.
 //! - [`fuzz`]: the bodies of the cargo-fuzz targets in `fuzz/`, which the
@@ -23,6 +24,7 @@ pub mod alloc;
 pub mod fuzz;
 pub mod guest;
 pub mod host;
+pub mod rng;
 pub mod xenstore;
 
 pub use host::{FakeConfig, FakeHost, Faults, BAD_GREF, BE_PATH, FE_DOM, FE_PATH, FE_PORT};

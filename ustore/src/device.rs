@@ -37,13 +37,10 @@ impl Node for BlockDevice {
     /// looks at its argument (`EFAULT` otherwise) — on older kernels it may
     /// claim support, and a secure discard then fails with `EOPNOTSUPP`,
     /// the error a front-end expects for it.
-    fn discard_caps(
-        &self,
-        file: &File,
-        meta: &std::fs::Metadata,
-        _size: u64,
-        ss: u32,
-    ) -> DiscardCaps {
+    fn discard_caps(&self, file: &File, _size: u64, ss: u32) -> DiscardCaps {
+        let Ok(meta) = file.metadata() else {
+            return DiscardCaps::default();
+        };
         let rdev = meta.rdev();
         let dir = PathBuf::from(format!(
             "/sys/dev/block/{}:{}",

@@ -31,13 +31,10 @@ impl Node for RegularFile {
     /// block (`st_blksize`): a hole is only ever made of whole blocks, a
     /// partial block is zeroed instead. Holes are not secure erasure (the
     /// freed blocks keep their bytes), so `secure` is never offered.
-    fn discard_caps(
-        &self,
-        file: &File,
-        meta: &std::fs::Metadata,
-        size: u64,
-        ss: u32,
-    ) -> DiscardCaps {
+    fn discard_caps(&self, file: &File, size: u64, ss: u32) -> DiscardCaps {
+        let Ok(meta) = file.metadata() else {
+            return DiscardCaps::default();
+        };
         if !sys::punch_hole_probe(file, size) {
             return DiscardCaps::default();
         }

@@ -23,14 +23,9 @@ pub(crate) trait Node: Send + Sync + std::fmt::Debug {
     fn size(&self, file: &File) -> Result<u64, i32>;
     /// The (logical, physical) sector sizes when `emulated` is asked for.
     fn sector_sizes(&self, file: &File, emulated: u32) -> Result<(u32, u32), i32>;
-    /// What a writable medium of `size` bytes can discard.
-    fn discard_caps(
-        &self,
-        file: &File,
-        meta: &std::fs::Metadata,
-        size: u64,
-        ss: u32,
-    ) -> DiscardCaps;
+    /// What a writable medium of `size` bytes with `ss`-byte sectors can
+    /// discard.
+    fn discard_caps(&self, file: &File, size: u64, ss: u32) -> DiscardCaps;
     /// Discards `len` bytes at `offset` (securely when `secure`).
     fn discard(&self, file: &File, offset: u64, len: u64, secure: bool) -> Result<(), i32>;
 }
@@ -171,7 +166,7 @@ impl Medium {
         let discard = if read_only {
             DiscardCaps::default()
         } else {
-            node.discard_caps(&file, &meta, size, sector_size)
+            node.discard_caps(&file, size, sector_size)
         };
         Ok(Medium {
             file,

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use xbb::host::{IoError, IoTag, OpenError};
 use xbb::units::Sectors;
+use xbb_testing::rng::XorShift;
 use xbb_ustore::{
     open_store, resize_medium, CompletionFn, IoFaults, RawIoVec, StoreIo, StoreKind, StoreSpec,
     UserStore,
@@ -150,12 +151,9 @@ impl Buf {
 
 /// A deterministic byte pattern that differs for every seed and position.
 fn pattern(seed: u64, out: &mut [u8]) {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut rng = XorShift::seeded(seed);
     for b in out {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *b = x as u8;
+        *b = rng.next() as u8;
     }
 }
 
@@ -487,22 +485,15 @@ fn expected_discard_geometry(fx: &Fixture) -> Option<(u64, u64)> {
     if !meta.file_type().is_block_device() {
         return Some((meta.blksize(), 0));
     }
-    let rdev = meta.rdev();
-    let dir = PathBuf::from(format!(
-        "/sys/dev/block/{}:{}",
-        libc::major(rdev),
-        libc::minor(rdev)
-    ));
-    let queue = if dir.join("partition").exists() {
-        dir.join("../queue")
-    } else {
-        dir.join("queue")
-    };
-    let read = |p: PathBuf| -> Option<u64> { std::fs::read_to_string(p).ok()?.trim().parse().ok() };
-    Some((
-        read(queue.join("discard_granularity"))?,
-        read(dir.join("discard_alignment"))?,
-    ))
+    // Documentation/ABI/stable/sysfs-block: a partition's queue/ is its
+    // disk's.
+    let (major, minor) = (libc::major(meta.rdev()), libc::minor(meta.rdev()));
+    let sys = PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
+    let is_partition = sys.join("partition").exists();
+    let queue = sys.join(if is_partition { "../queue" } else { "queue" });
+    let attr = |p: PathBuf| -> Option<u64> { std::fs::read_to_string(p).ok()?.trim().parse().ok() };
+    let granularity = attr(queue.join("discard_granularity"))?;
+    Some((granularity, attr(sys.join("discard_alignment"))?))
 }
 
 fn prop_discard_geometry(fx: &Fixture, s: &dyn UserStore) {

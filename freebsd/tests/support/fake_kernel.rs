@@ -38,7 +38,7 @@ use std::ffi::{c_char, c_int, c_void, CStr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use xbb::abi::{Abi, BlkifRequest, BlkifResponse, RequestBody, Segment};
+use xbb::abi::{Abi, BlkifRequest, BlkifResponse};
 use xbb::host::{XenbusState, PAGE_SIZE};
 use xbb::ring::FrontRing;
 use xbb::shmem::SharedMem;
@@ -529,28 +529,6 @@ impl FakeKernel {
 }
 
 // --- A front-end over FrontRing ---------------------------------------------
-
-/// Builds a read or write request of whole pages `grefs` at `sector`.
-pub fn rw_request(op: u8, id: u64, sector: u64, grefs: &[u32]) -> BlkifRequest {
-    let mut seg = [Segment::default(); xbb::abi::BLKIF_MAX_SEGMENTS_PER_REQUEST];
-    for (s, &g) in seg.iter_mut().zip(grefs) {
-        *s = Segment {
-            gref: g,
-            first_sect: 0,
-            last_sect: 7,
-        };
-    }
-    BlkifRequest {
-        operation: op,
-        id,
-        body: RequestBody::Rw {
-            nr_segments: grefs.len() as u8,
-            handle: 0,
-            sector_number: sector,
-            seg,
-        },
-    }
-}
 
 /// Pushes `req`, publishes, and kicks if the back-end asked.
 pub fn submit(fk: &FakeKernel, ring: &mut FrontRing, req: &BlkifRequest) {
