@@ -1052,14 +1052,14 @@ pub fn publish_connected<X: XenStore>(
                 write_node(xs, txn, be_dir, keys::FEATURE_DISCARD, "0")?;
             }
         }
-        write_node(
-            xs,
-            txn,
-            be_dir,
-            keys::STATE,
-            XenbusState::Connected.as_str(),
-        )
+        write_connected(xs, txn, be_dir)
     })
+}
+
+/// Writes `state` = Connected inside transaction `txn`.
+fn write_connected<X: XenStore>(xs: &mut X, txn: XsTxn, be_dir: &str) -> Result<(), ConnectError> {
+    let connected = XenbusState::Connected.as_str();
+    write_node(xs, txn, be_dir, keys::STATE, connected)
 }
 
 /// Publishes a new medium size while connected, in one transaction:
@@ -1074,13 +1074,7 @@ pub fn publish_resize<X: XenStore>(
 ) -> Result<(), ConnectError> {
     with_txn(xs, |xs, txn| {
         write_u64(xs, txn, be_dir, keys::SECTORS, sectors.0)?;
-        write_node(
-            xs,
-            txn,
-            be_dir,
-            keys::STATE,
-            XenbusState::Connected.as_str(),
-        )
+        write_connected(xs, txn, be_dir)
     })
 }
 

@@ -56,14 +56,7 @@ fn connect_with(t: Tunables, m: MediumInfo, fe: &[(&str, &str)]) -> Guest {
         host.xs_set(&format!("{FE_PATH}/{k}"), v);
     }
     host.set_frontend_state(XenbusState::Initialised);
-    let mut inst = Instance::new(BE_PATH, &t).unwrap();
-    inst.attach(&mut host);
-    assert_eq!(
-        inst.state(),
-        XenbusState::Connected,
-        "{:?}",
-        inst.last_error()
-    );
+    let inst = host.attach_connected(&t);
     Guest {
         host,
         inst,

@@ -20,7 +20,7 @@ use xbb::ring::FrontRing;
 use xbb::stats::{Stat, Tunable, Tunables};
 use xbb_testing::alloc::{allocations_in, Counting};
 use xbb_testing::guest::request as req;
-use xbb_testing::{FakeConfig, FakeHost, BE_PATH, FE_PATH};
+use xbb_testing::{FakeConfig, FakeHost, FE_PATH};
 
 // ---------------------------------------------------------------------------
 // The counting allocator
@@ -271,14 +271,7 @@ fn connected_guest(persistent: bool) -> Guest {
     t.set(Tunable::MaxRequestSize, 16 * PAGE_SIZE as u64)
         .unwrap();
     t.set(Tunable::KvaPages, 24).unwrap();
-    let mut inst = Instance::new(BE_PATH, &t).unwrap();
-    inst.attach(&mut host);
-    assert_eq!(
-        inst.state(),
-        XenbusState::Connected,
-        "{:?}",
-        inst.last_error()
-    );
+    let inst = host.attach_connected(&t);
     assert_eq!(host.backend_state(), Some(XenbusState::Connected.as_str()));
     assert!(host.ring_mapped() && host.window_reserved());
     Guest {

@@ -630,10 +630,7 @@ impl Grants for KernelHost {
 
 impl EventChannel for KernelHost {
     fn evtchn_bind(&mut self, queue: QueueId, remote: RemotePort) -> Result<(), EvtchnError> {
-        let RemotePort {
-            dom,
-            port: remote_port,
-        } = remote;
+        let (dom, remote_port) = (remote.dom, remote.port);
         if queue >= ffi::XBB_SHIM_MAX_QUEUES {
             return Err(EvtchnError::General);
         }

@@ -251,6 +251,18 @@ const PLAIN: Case = Case {
     default_ops: 20000,
 };
 
+/// 44 KiB sequential writes from a legacy front-end: the coalescing pair.
+const LEGACY_44K: Case = Case {
+    profile: "legacy",
+    queue_depth: 8,
+    fe_queue_depth: 8,
+    io_size: 45056,
+    random: false,
+    read: false,
+    default_ops: 4000,
+    ..PLAIN
+};
+
 const CASES: [Case; 11] = [
     Case {
         name: "4k-randread-qd32",
@@ -277,28 +289,14 @@ const CASES: [Case; 11] = [
     Case {
         name: "44k-seqwrite-nocoalesce",
         what: "44 KiB sequential writes, legacy front-end, coalescing off",
-        profile: "legacy",
-        queue_depth: 8,
-        fe_queue_depth: 8,
-        io_size: 45056,
-        random: false,
-        read: false,
         tunables: &[(Tunable::NoCoalesceReqs, 1)],
-        default_ops: 4000,
-        ..PLAIN
+        ..LEGACY_44K
     },
     Case {
         name: "44k-seqwrite-coalesce",
         what: "44 KiB sequential writes, legacy front-end, coalescing on",
-        profile: "legacy",
-        queue_depth: 8,
-        fe_queue_depth: 8,
-        io_size: 45056,
-        random: false,
-        read: false,
         baseline: Some("44k-seqwrite-nocoalesce"),
-        default_ops: 4000,
-        ..PLAIN
+        ..LEGACY_44K
     },
     Case {
         name: "1m-seqwrite-11seg",

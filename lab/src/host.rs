@@ -601,10 +601,7 @@ impl Grants for SimHost {
 
 impl EventChannel for SimHost {
     fn evtchn_bind(&mut self, queue: QueueId, remote: RemotePort) -> Result<(), EvtchnError> {
-        let RemotePort {
-            dom,
-            port: remote_port,
-        } = remote;
+        let (dom, remote_port) = (remote.dom, remote.port);
         if self.ports.iter().any(|p| p.0 == queue) {
             return Err(EvtchnError::General);
         }

@@ -576,10 +576,7 @@ impl Grants for XenHost {
 
 impl EventChannel for XenHost {
     fn evtchn_bind(&mut self, queue: QueueId, remote: RemotePort) -> Result<(), EvtchnError> {
-        let RemotePort {
-            dom,
-            port: remote_port,
-        } = remote;
+        let (dom, remote_port) = (remote.dom, remote.port);
         if self.ports.iter().any(|p| p.queue == queue) {
             return Err(EvtchnError::General);
         }

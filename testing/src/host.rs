@@ -42,6 +42,7 @@ use xbb::instance::Instance;
 use xbb::keys;
 use xbb::ring::FrontRing;
 use xbb::shmem::SharedMem;
+use xbb::stats::Tunables;
 use xbb::units::Sectors;
 
 use crate::alloc::Quiet;
@@ -423,6 +424,16 @@ impl FakeHost {
     }
 
     // --- Guest memory -------------------------------------------------------
+
+    /// Attaches an instance of [`BE_PATH`] with tunables `t`, which must
+    /// connect at once (the front-end is ready): the instance, Connected.
+    pub fn attach_connected(&mut self, t: &Tunables) -> Instance {
+        let mut inst = Instance::new(BE_PATH, t).expect("instance");
+        inst.attach(self);
+        let why = inst.last_error();
+        assert_eq!(inst.state(), XenbusState::Connected, "{why:?}");
+        inst
+    }
 
     /// Grants one page holding `bytes` (zero-padded to a page).
     pub fn grant(&mut self, bytes: &[u8], readonly: bool) -> GrantRef {
@@ -849,10 +860,7 @@ impl Grants for FakeHost {
 
 impl EventChannel for FakeHost {
     fn evtchn_bind(&mut self, _queue: QueueId, remote: RemotePort) -> Result<(), EvtchnError> {
-        let RemotePort {
-            dom,
-            port: remote_port,
-        } = remote;
+        let (dom, remote_port) = (remote.dom, remote.port);
         self.expect(self.evtchn.is_none(), || "event channel bound twice".into());
         if std::mem::take(&mut self.faults.bind) {
             return Err(EvtchnError::General);

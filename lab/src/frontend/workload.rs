@@ -140,6 +140,17 @@ const UNKNOWN: u64 = u64::MAX;
 /// Completed writes remembered as discard candidates.
 const DISCARD_CANDIDATES: usize = 64;
 
+/// Whether a request sent every `every` writes (0: never; only when the
+/// back-end offers it) is due after the writes counted in `since`; resets
+/// the count when it is.
+fn due(since: &mut u32, every: u32, offered: bool) -> bool {
+    if every == 0 || !offered || *since < every {
+        return false;
+    }
+    *since = 0;
+    true
+}
+
 struct Engine<'a> {
     fe: &'a mut Frontend,
     /// Requests kept in flight per queue.
@@ -195,37 +206,30 @@ impl Engine<'_> {
                 self.writes_since_flush += 1;
                 self.writes_since_barrier += 1;
                 self.writes_since_discard += 1;
-                let fe = &self.fe;
-                if fe.profile.flush_every > 0
-                    && fe.info.flush
-                    && self.writes_since_flush >= fe.profile.flush_every
-                {
-                    self.writes_since_flush = 0;
-                    self.pending.push_back(Planned {
-                        operation: BLKIF_OP_FLUSH_DISKCACHE,
-                        sector: 0,
-                        nsect: 0,
-                        flag: 0,
-                    });
-                }
-                if fe.profile.barrier_every > 0
-                    && fe.info.barrier
-                    && self.writes_since_barrier >= fe.profile.barrier_every
-                {
-                    self.writes_since_barrier = 0;
-                    self.pending.push_back(Planned {
-                        operation: BLKIF_OP_WRITE_BARRIER,
-                        sector: 0,
-                        nsect: 0,
-                        flag: 0,
-                    });
-                }
-                if fe.profile.discard_every > 0
-                    && fe.info.discard
-                    && self.writes_since_discard >= fe.profile.discard_every
-                {
-                    self.writes_since_discard = 0;
-                    self.discard_due = true;
+                let (p, info) = (&self.fe.profile, &self.fe.info);
+                let flush = due(&mut self.writes_since_flush, p.flush_every, info.flush);
+                let barrier = due(
+                    &mut self.writes_since_barrier,
+                    p.barrier_every,
+                    info.barrier,
+                );
+                self.discard_due |= due(
+                    &mut self.writes_since_discard,
+                    p.discard_every,
+                    info.discard,
+                );
+                for (now, operation) in [
+                    (flush, BLKIF_OP_FLUSH_DISKCACHE),
+                    (barrier, BLKIF_OP_WRITE_BARRIER),
+                ] {
+                    if now {
+                        self.pending.push_back(Planned {
+                            operation,
+                            sector: 0,
+                            nsect: 0,
+                            flag: 0,
+                        });
+                    }
                 }
             }
         }

@@ -81,8 +81,7 @@ pub(super) fn guest_step(run: &mut Run<'_>, n: usize, step: &Step, t: usize) {
             expect_status,
             ..
         } => wait_step(run, n, t, *count, expect_status.as_ref()),
-        Step::InjectIo { .. } => inject_io(run, n, t, step),
-        Step::InjectGrant { .. } => inject_grant(run, n, t, step),
+        Step::InjectIo { .. } | Step::InjectGrant { .. } => inject(run, n, t, step),
         Step::Expect { .. } => expect_step(run, n, step, t),
         Step::MountRoot {} | Step::Workload { .. } => {}
     }
@@ -232,70 +231,64 @@ fn state_storm(run: &mut Run<'_>, n: usize, t: usize, count: u32, states: &[Stri
     }
 }
 
-/// An `inject_io` step: store faults armed.
-fn inject_io(run: &mut Run<'_>, n: usize, t: usize, step: &Step) {
-    let Step::InjectIo {
-        nth,
-        range,
-        writes,
-        flush,
-        clear,
-        error,
-        ..
-    } = step
-    else {
-        return;
+/// An `inject_io` or `inject_grant` step: store or grant-map faults
+/// armed.
+fn inject(run: &mut Run<'_>, n: usize, t: usize, step: &Step) {
+    let g = &run.guests[t];
+    let (what, e) = match step {
+        Step::InjectIo {
+            nth,
+            range,
+            writes,
+            flush,
+            clear,
+            error,
+            ..
+        } => {
+            let f = &g.faults;
+            if *clear {
+                f.clear();
+            }
+            let e = error.error();
+            if let Some(k) = nth {
+                f.fail_nth(*k, e);
+            }
+            if let Some([a, b]) = range {
+                f.fail_range(a.0, b.0, e);
+            }
+            if *writes {
+                f.fail_writes(e);
+            }
+            if *flush {
+                f.fail_flush(e);
+            }
+            ("store", format!("{e:?}"))
+        }
+        Step::InjectGrant {
+            count,
+            gref,
+            clear,
+            error,
+            ..
+        } => {
+            let grants = &g.fe.guest().grants;
+            if *clear {
+                grants.clear_map_failures();
+            }
+            let e = error.error();
+            if let Some(&count) = count.as_ref() {
+                grants.inject_map_failures(MapFault::Next { count, error: e });
+            }
+            if let Some(&gref) = gref.as_ref() {
+                grants.inject_map_failures(MapFault::Gref { gref, error: e });
+            }
+            ("grant-map", format!("{e:?}"))
+        }
+        _ => return,
     };
-    let name = &run.guests[t].name;
-    let f = &run.guests[t].faults;
-    if *clear {
-        f.clear();
-    }
-    let e = error.error();
-    if let Some(k) = nth {
-        f.fail_nth(*k, e);
-    }
-    if let Some([a, b]) = range {
-        f.fail_range(a.0, b.0, e);
-    }
-    if *writes {
-        f.fail_writes(e);
-    }
-    if *flush {
-        f.fail_flush(e);
-    }
-    run.progress(format_args!("step {n}: {name}: store faults armed ({e:?})"));
-}
-
-/// An `inject_grant` step: grant-map faults armed.
-fn inject_grant(run: &mut Run<'_>, n: usize, t: usize, step: &Step) {
-    let Step::InjectGrant {
-        count,
-        gref,
-        clear,
-        error,
-        ..
-    } = step
-    else {
-        return;
-    };
-    let name = &run.guests[t].name;
-    let grants = &run.guests[t].fe.guest().grants;
-    if *clear {
-        grants.clear_map_failures();
-    }
-    let e = error.error();
-    if let Some(c) = count {
-        grants.inject_map_failures(MapFault::Next {
-            count: *c,
-            error: e,
-        });
-    }
-    if let Some(r) = gref {
-        grants.inject_map_failures(MapFault::Gref { gref: *r, error: e });
-    }
+    let name = &g.name;
     run.progress(format_args!(
-        "step {n}: {name}: grant-map faults armed ({e:?})"
+        "step {n}: {name}: {what} faults armed ({e:?})"
     ));
 }
 
