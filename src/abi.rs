@@ -5,8 +5,9 @@
 //! `blkif.h` defines its requests with natural C alignment, so the same
 //! header gives two layouts: the i386 one, where `uint64_t` is 4-aligned
 //! (`x86_32-abi`), and the x86_64 one, where it is 8-aligned (`x86_64-abi`;
-//! `arm-abi` has the same layout). Both are spelled out below as `#[repr(C)]`
-//! structs with compile-time checks of size and field offsets; the
+//! `arm-abi` has the same layout). Both are declared below from one field
+//! list per struct (`blkif_struct!`: each field with its two offsets) as
+//! `#[repr(C)]` structs with compile-time checks of size and field offsets; the
 //! `tests/abi_headers.rs` integration test checks the same numbers against
 //! the C headers themselves.
 //!
@@ -125,224 +126,133 @@ const _: () = {
     assert!(offset_of!(BlkifRequestSegment, last_sect) == 5);
 };
 
-/// `struct blkif_request` as an i386 guest lays it out (`uint64_t`
-/// 4-aligned): 108 bytes.
-#[repr(C, packed(4))]
-#[derive(Clone, Copy, Debug)]
-pub struct X86_32Request {
-    /// `operation` (offset 0): `BLKIF_OP_*`.
-    pub operation: u8,
-    /// `nr_segments` (offset 1).
-    pub nr_segments: u8,
-    /// `handle` (offset 2): the virtual device handle.
-    pub handle: u16,
-    /// `id` (offset 4): the guest's tag, echoed in the response.
-    pub id: u64,
-    /// `sector_number` (offset 12).
-    pub sector_number: u64,
-    /// `seg` (offset 20).
-    pub seg: [BlkifRequestSegment; BLKIF_MAX_SEGMENTS_PER_REQUEST],
+/// Declares one wire struct with its size and field offsets, each checked
+/// at compile time; every field's documentation ends with its offset.
+macro_rules! wire_struct {
+    (
+        $(#[$attr:meta])*
+        $name:ident = $size:literal {
+            $( $(#[doc = $fdoc:literal])* $field:ident: $ty:ty = $off:literal, )*
+        }
+    ) => {
+        $(#[$attr])*
+        #[derive(Clone, Copy, Debug)]
+        pub struct $name {
+            $( $(#[doc = $fdoc])* #[doc = concat!("\n\nAt byte ", $off, ".")] pub $field: $ty, )*
+        }
+
+        const _: () = {
+            assert!(size_of::<$name>() == $size);
+            $( assert!(offset_of!($name, $field) == $off); )*
+        };
+    };
 }
 
-const _: () = {
-    assert!(size_of::<X86_32Request>() == 108);
-    assert!(offset_of!(X86_32Request, operation) == 0);
-    assert!(offset_of!(X86_32Request, nr_segments) == 1);
-    assert!(offset_of!(X86_32Request, handle) == 2);
-    assert!(offset_of!(X86_32Request, id) == 4);
-    assert!(offset_of!(X86_32Request, sector_number) == 12);
-    assert!(offset_of!(X86_32Request, seg) == 20);
-};
-
-/// `struct blkif_request` as an x86_64 (or ARM) guest lays it out:
-/// 112 bytes.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct X86_64Request {
-    /// `operation` (offset 0): `BLKIF_OP_*`.
-    pub operation: u8,
-    /// `nr_segments` (offset 1).
-    pub nr_segments: u8,
-    /// `handle` (offset 2): the virtual device handle.
-    pub handle: u16,
-    /// `id` (offset 8): the guest's tag, echoed in the response.
-    pub id: u64,
-    /// `sector_number` (offset 16).
-    pub sector_number: u64,
-    /// `seg` (offset 24).
-    pub seg: [BlkifRequestSegment; BLKIF_MAX_SEGMENTS_PER_REQUEST],
+/// Declares a `blkif.h` struct in its two layouts from one field list:
+/// `field: type = i386 offset, x86_64 offset`, then the fields only the
+/// i386 form has. The i386 form is `packed(4)` (its `uint64_t` is
+/// 4-aligned), the x86_64 form has natural alignment.
+macro_rules! blkif_struct {
+    (
+        $(#[doc = $doc:literal])*
+        $n32:ident = $s32:literal, $n64:ident = $s64:literal {
+            $( $(#[doc = $fdoc:literal])* $field:ident: $ty:ty = $o32:literal, $o64:literal; )*
+        }
+        $( i386 only { $( $(#[doc = $tdoc:literal])* $tfield:ident: $tty:ty = $to:literal; )* } )?
+    ) => {
+        wire_struct! {
+            $(#[doc = $doc])*
+            #[doc = concat!("\n\nThe i386 layout: ", $s32, " bytes.")]
+            #[repr(C, packed(4))]
+            $n32 = $s32 {
+                $( $(#[doc = $fdoc])* $field: $ty = $o32, )*
+                $($( $(#[doc = $tdoc])* $tfield: $tty = $to, )*)?
+            }
+        }
+        wire_struct! {
+            $(#[doc = $doc])*
+            #[doc = concat!("\n\nThe x86_64 (and ARM) layout: ", $s64, " bytes.")]
+            #[repr(C)]
+            $n64 = $s64 {
+                $( $(#[doc = $fdoc])* $field: $ty = $o64, )*
+            }
+        }
+    };
 }
 
-const _: () = {
-    assert!(size_of::<X86_64Request>() == 112);
-    assert!(offset_of!(X86_64Request, operation) == 0);
-    assert!(offset_of!(X86_64Request, nr_segments) == 1);
-    assert!(offset_of!(X86_64Request, handle) == 2);
-    assert!(offset_of!(X86_64Request, id) == 8);
-    assert!(offset_of!(X86_64Request, sector_number) == 16);
-    assert!(offset_of!(X86_64Request, seg) == 24);
-};
-
-/// `struct blkif_request_discard`, i386 layout: 28 bytes.
-#[repr(C, packed(4))]
-#[derive(Clone, Copy, Debug)]
-pub struct X86_32DiscardRequest {
-    /// `operation` (offset 0): `BLKIF_OP_DISCARD`.
-    pub operation: u8,
-    /// `flag` (offset 1): `BLKIF_DISCARD_SECURE` or zero.
-    pub flag: u8,
-    /// `handle` (offset 2).
-    pub handle: u16,
-    /// `id` (offset 4).
-    pub id: u64,
-    /// `sector_number` (offset 12).
-    pub sector_number: u64,
-    /// `nr_sectors` (offset 20).
-    pub nr_sectors: u64,
+blkif_struct! {
+    /// `struct blkif_request`.
+    X86_32Request = 108, X86_64Request = 112 {
+        /// `operation`: `BLKIF_OP_*`.
+        operation: u8 = 0, 0;
+        /// `nr_segments`.
+        nr_segments: u8 = 1, 1;
+        /// `handle`: the virtual device handle.
+        handle: u16 = 2, 2;
+        /// `id`: the guest's tag, echoed in the response.
+        id: u64 = 4, 8;
+        /// `sector_number`.
+        sector_number: u64 = 12, 16;
+        /// `seg`.
+        seg: [BlkifRequestSegment; BLKIF_MAX_SEGMENTS_PER_REQUEST] = 20, 24;
+    }
 }
 
-const _: () = {
-    assert!(size_of::<X86_32DiscardRequest>() == 28);
-    assert!(offset_of!(X86_32DiscardRequest, operation) == 0);
-    assert!(offset_of!(X86_32DiscardRequest, flag) == 1);
-    assert!(offset_of!(X86_32DiscardRequest, handle) == 2);
-    assert!(offset_of!(X86_32DiscardRequest, id) == 4);
-    assert!(offset_of!(X86_32DiscardRequest, sector_number) == 12);
-    assert!(offset_of!(X86_32DiscardRequest, nr_sectors) == 20);
-};
-
-/// `struct blkif_request_discard`, x86_64 layout: 32 bytes.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct X86_64DiscardRequest {
-    /// `operation` (offset 0): `BLKIF_OP_DISCARD`.
-    pub operation: u8,
-    /// `flag` (offset 1): `BLKIF_DISCARD_SECURE` or zero.
-    pub flag: u8,
-    /// `handle` (offset 2).
-    pub handle: u16,
-    /// `id` (offset 8).
-    pub id: u64,
-    /// `sector_number` (offset 16).
-    pub sector_number: u64,
-    /// `nr_sectors` (offset 24).
-    pub nr_sectors: u64,
+blkif_struct! {
+    /// `struct blkif_request_discard`.
+    X86_32DiscardRequest = 28, X86_64DiscardRequest = 32 {
+        /// `operation`: `BLKIF_OP_DISCARD`.
+        operation: u8 = 0, 0;
+        /// `flag`: `BLKIF_DISCARD_SECURE` or zero.
+        flag: u8 = 1, 1;
+        /// `handle`.
+        handle: u16 = 2, 2;
+        /// `id`.
+        id: u64 = 4, 8;
+        /// `sector_number`.
+        sector_number: u64 = 12, 16;
+        /// `nr_sectors`.
+        nr_sectors: u64 = 20, 24;
+    }
 }
 
-const _: () = {
-    assert!(size_of::<X86_64DiscardRequest>() == 32);
-    assert!(offset_of!(X86_64DiscardRequest, operation) == 0);
-    assert!(offset_of!(X86_64DiscardRequest, flag) == 1);
-    assert!(offset_of!(X86_64DiscardRequest, handle) == 2);
-    assert!(offset_of!(X86_64DiscardRequest, id) == 8);
-    assert!(offset_of!(X86_64DiscardRequest, sector_number) == 16);
-    assert!(offset_of!(X86_64DiscardRequest, nr_sectors) == 24);
-};
-
-/// `struct blkif_request_indirect`, i386 layout, with the trailing `pad`
-/// that `blkif.h` adds under `__i386__`: 64 bytes.
-#[repr(C, packed(4))]
-#[derive(Clone, Copy, Debug)]
-pub struct X86_32IndirectRequest {
-    /// `operation` (offset 0): `BLKIF_OP_INDIRECT`.
-    pub operation: u8,
-    /// `indirect_op` (offset 1): `BLKIF_OP_READ` or `BLKIF_OP_WRITE`.
-    pub indirect_op: u8,
-    /// `nr_segments` (offset 2): segments in the indirect pages.
-    pub nr_segments: u16,
-    /// `id` (offset 4).
-    pub id: u64,
-    /// `sector_number` (offset 12).
-    pub sector_number: u64,
-    /// `handle` (offset 20).
-    pub handle: u16,
-    /// `indirect_grefs` (offset 24): grant references of the indirect pages.
-    pub indirect_grefs: [u32; BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST],
-    /// `pad` (offset 56): makes the i386 struct 64 bytes long.
-    pub pad: u64,
+blkif_struct! {
+    /// `struct blkif_request_indirect`. The i386 form has the trailing
+    /// `pad` that `blkif.h` adds under `__i386__`; the x86_64 form is 60
+    /// bytes plus tail padding to 8-byte alignment.
+    X86_32IndirectRequest = 64, X86_64IndirectRequest = 64 {
+        /// `operation`: `BLKIF_OP_INDIRECT`.
+        operation: u8 = 0, 0;
+        /// `indirect_op`: `BLKIF_OP_READ` or `BLKIF_OP_WRITE`.
+        indirect_op: u8 = 1, 1;
+        /// `nr_segments`: segments in the indirect pages.
+        nr_segments: u16 = 2, 2;
+        /// `id`.
+        id: u64 = 4, 8;
+        /// `sector_number`.
+        sector_number: u64 = 12, 16;
+        /// `handle`.
+        handle: u16 = 20, 24;
+        /// `indirect_grefs`: grant references of the indirect pages.
+        indirect_grefs: [u32; BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST] = 24, 28;
+    }
+    i386 only {
+        /// `pad`: makes the i386 struct 64 bytes long.
+        pad: u64 = 56;
+    }
 }
 
-const _: () = {
-    assert!(size_of::<X86_32IndirectRequest>() == 64);
-    assert!(offset_of!(X86_32IndirectRequest, operation) == 0);
-    assert!(offset_of!(X86_32IndirectRequest, indirect_op) == 1);
-    assert!(offset_of!(X86_32IndirectRequest, nr_segments) == 2);
-    assert!(offset_of!(X86_32IndirectRequest, id) == 4);
-    assert!(offset_of!(X86_32IndirectRequest, sector_number) == 12);
-    assert!(offset_of!(X86_32IndirectRequest, handle) == 20);
-    assert!(offset_of!(X86_32IndirectRequest, indirect_grefs) == 24);
-    assert!(offset_of!(X86_32IndirectRequest, pad) == 56);
-};
-
-/// `struct blkif_request_indirect`, x86_64 layout: 64 bytes (60 plus tail
-/// padding to 8-byte alignment).
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct X86_64IndirectRequest {
-    /// `operation` (offset 0): `BLKIF_OP_INDIRECT`.
-    pub operation: u8,
-    /// `indirect_op` (offset 1): `BLKIF_OP_READ` or `BLKIF_OP_WRITE`.
-    pub indirect_op: u8,
-    /// `nr_segments` (offset 2): segments in the indirect pages.
-    pub nr_segments: u16,
-    /// `id` (offset 8).
-    pub id: u64,
-    /// `sector_number` (offset 16).
-    pub sector_number: u64,
-    /// `handle` (offset 24).
-    pub handle: u16,
-    /// `indirect_grefs` (offset 28): grant references of the indirect pages.
-    pub indirect_grefs: [u32; BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST],
+blkif_struct! {
+    /// `struct blkif_response`.
+    X86_32Response = 12, X86_64Response = 16 {
+        /// `id`: copied from the request.
+        id: u64 = 0, 0;
+        /// `operation`: copied from the request.
+        operation: u8 = 8, 8;
+        /// `status`: `BLKIF_RSP_*`.
+        status: i16 = 10, 10;
+    }
 }
-
-const _: () = {
-    assert!(size_of::<X86_64IndirectRequest>() == 64);
-    assert!(offset_of!(X86_64IndirectRequest, operation) == 0);
-    assert!(offset_of!(X86_64IndirectRequest, indirect_op) == 1);
-    assert!(offset_of!(X86_64IndirectRequest, nr_segments) == 2);
-    assert!(offset_of!(X86_64IndirectRequest, id) == 8);
-    assert!(offset_of!(X86_64IndirectRequest, sector_number) == 16);
-    assert!(offset_of!(X86_64IndirectRequest, handle) == 24);
-    assert!(offset_of!(X86_64IndirectRequest, indirect_grefs) == 28);
-};
-
-/// `struct blkif_response`, i386 layout: 12 bytes.
-#[repr(C, packed(4))]
-#[derive(Clone, Copy, Debug)]
-pub struct X86_32Response {
-    /// `id` (offset 0): copied from the request.
-    pub id: u64,
-    /// `operation` (offset 8): copied from the request.
-    pub operation: u8,
-    /// `status` (offset 10): `BLKIF_RSP_*`.
-    pub status: i16,
-}
-
-const _: () = {
-    assert!(size_of::<X86_32Response>() == 12);
-    assert!(offset_of!(X86_32Response, id) == 0);
-    assert!(offset_of!(X86_32Response, operation) == 8);
-    assert!(offset_of!(X86_32Response, status) == 10);
-};
-
-/// `struct blkif_response`, x86_64 layout: 16 bytes.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct X86_64Response {
-    /// `id` (offset 0): copied from the request.
-    pub id: u64,
-    /// `operation` (offset 8): copied from the request.
-    pub operation: u8,
-    /// `status` (offset 10): `BLKIF_RSP_*`.
-    pub status: i16,
-}
-
-const _: () = {
-    assert!(size_of::<X86_64Response>() == 16);
-    assert!(offset_of!(X86_64Response, id) == 0);
-    assert!(offset_of!(X86_64Response, operation) == 8);
-    assert!(offset_of!(X86_64Response, status) == 10);
-};
 
 /// The header of `struct blkif_sring` (`DEFINE_RING_TYPES` in `ring.h`):
 /// the four indices, the private union and padding up to the first entry.
@@ -409,53 +319,49 @@ struct Layout {
     r_status: usize,
 }
 
-const LAYOUT_32: Layout = Layout {
-    req_size: size_of::<X86_32Request>(),
-    rsp_size: size_of::<X86_32Response>(),
-    rw_nr_segments: offset_of!(X86_32Request, nr_segments),
-    rw_handle: offset_of!(X86_32Request, handle),
-    rw_id: offset_of!(X86_32Request, id),
-    rw_sector: offset_of!(X86_32Request, sector_number),
-    rw_seg: offset_of!(X86_32Request, seg),
-    d_flag: offset_of!(X86_32DiscardRequest, flag),
-    d_handle: offset_of!(X86_32DiscardRequest, handle),
-    d_id: offset_of!(X86_32DiscardRequest, id),
-    d_sector: offset_of!(X86_32DiscardRequest, sector_number),
-    d_nr_sectors: offset_of!(X86_32DiscardRequest, nr_sectors),
-    i_op: offset_of!(X86_32IndirectRequest, indirect_op),
-    i_nr_segments: offset_of!(X86_32IndirectRequest, nr_segments),
-    i_id: offset_of!(X86_32IndirectRequest, id),
-    i_sector: offset_of!(X86_32IndirectRequest, sector_number),
-    i_handle: offset_of!(X86_32IndirectRequest, handle),
-    i_grefs: offset_of!(X86_32IndirectRequest, indirect_grefs),
-    r_id: offset_of!(X86_32Response, id),
-    r_operation: offset_of!(X86_32Response, operation),
-    r_status: offset_of!(X86_32Response, status),
-};
+/// The [`Layout`] of one ABI's request, discard, indirect and response
+/// structs.
+macro_rules! layout {
+    ($rw:ty, $discard:ty, $indirect:ty, $rsp:ty) => {
+        Layout {
+            req_size: size_of::<$rw>(),
+            rsp_size: size_of::<$rsp>(),
+            rw_nr_segments: offset_of!($rw, nr_segments),
+            rw_handle: offset_of!($rw, handle),
+            rw_id: offset_of!($rw, id),
+            rw_sector: offset_of!($rw, sector_number),
+            rw_seg: offset_of!($rw, seg),
+            d_flag: offset_of!($discard, flag),
+            d_handle: offset_of!($discard, handle),
+            d_id: offset_of!($discard, id),
+            d_sector: offset_of!($discard, sector_number),
+            d_nr_sectors: offset_of!($discard, nr_sectors),
+            i_op: offset_of!($indirect, indirect_op),
+            i_nr_segments: offset_of!($indirect, nr_segments),
+            i_id: offset_of!($indirect, id),
+            i_sector: offset_of!($indirect, sector_number),
+            i_handle: offset_of!($indirect, handle),
+            i_grefs: offset_of!($indirect, indirect_grefs),
+            r_id: offset_of!($rsp, id),
+            r_operation: offset_of!($rsp, operation),
+            r_status: offset_of!($rsp, status),
+        }
+    };
+}
 
-const LAYOUT_64: Layout = Layout {
-    req_size: size_of::<X86_64Request>(),
-    rsp_size: size_of::<X86_64Response>(),
-    rw_nr_segments: offset_of!(X86_64Request, nr_segments),
-    rw_handle: offset_of!(X86_64Request, handle),
-    rw_id: offset_of!(X86_64Request, id),
-    rw_sector: offset_of!(X86_64Request, sector_number),
-    rw_seg: offset_of!(X86_64Request, seg),
-    d_flag: offset_of!(X86_64DiscardRequest, flag),
-    d_handle: offset_of!(X86_64DiscardRequest, handle),
-    d_id: offset_of!(X86_64DiscardRequest, id),
-    d_sector: offset_of!(X86_64DiscardRequest, sector_number),
-    d_nr_sectors: offset_of!(X86_64DiscardRequest, nr_sectors),
-    i_op: offset_of!(X86_64IndirectRequest, indirect_op),
-    i_nr_segments: offset_of!(X86_64IndirectRequest, nr_segments),
-    i_id: offset_of!(X86_64IndirectRequest, id),
-    i_sector: offset_of!(X86_64IndirectRequest, sector_number),
-    i_handle: offset_of!(X86_64IndirectRequest, handle),
-    i_grefs: offset_of!(X86_64IndirectRequest, indirect_grefs),
-    r_id: offset_of!(X86_64Response, id),
-    r_operation: offset_of!(X86_64Response, operation),
-    r_status: offset_of!(X86_64Response, status),
-};
+const LAYOUT_32: Layout = layout!(
+    X86_32Request,
+    X86_32DiscardRequest,
+    X86_32IndirectRequest,
+    X86_32Response
+);
+
+const LAYOUT_64: Layout = layout!(
+    X86_64Request,
+    X86_64DiscardRequest,
+    X86_64IndirectRequest,
+    X86_64Response
+);
 
 // Every struct of both ABIs fits in the stack buffers sized by MAX_SLOT_SIZE,
 // and the discard and indirect forms fit inside the request slot.

@@ -263,6 +263,18 @@ const LEGACY_44K: Case = Case {
     ..PLAIN
 };
 
+/// The indirect front-end's 1 MiB sequential reads (the write cases set
+/// `read: false`).
+const INDIRECT_1M: Case = Case {
+    profile: "indirect",
+    queue_depth: 8,
+    fe_queue_depth: 8,
+    io_size: 1 << 20,
+    random: false,
+    default_ops: 1024,
+    ..PLAIN
+};
+
 const CASES: [Case; 11] = [
     Case {
         name: "4k-randread-qd32",
@@ -301,52 +313,28 @@ const CASES: [Case; 11] = [
     Case {
         name: "1m-seqwrite-11seg",
         what: "1 MiB sequential writes, indirect front-end, hw.xbb.max_indirect_segments = 0: 11-segment requests",
-        profile: "indirect",
-        queue_depth: 8,
-        fe_queue_depth: 8,
-        io_size: 1 << 20,
-        random: false,
         read: false,
         tunables: &[(Tunable::MaxIndirectSegments, 0)],
-        default_ops: 1024,
-        ..PLAIN
+        ..INDIRECT_1M
     },
     Case {
         name: "1m-seqwrite-indirect256",
         what: "1 MiB sequential writes, indirect front-end, 256 indirect segments: one request per I/O",
-        profile: "indirect",
-        queue_depth: 8,
-        fe_queue_depth: 8,
-        io_size: 1 << 20,
-        random: false,
         read: false,
         baseline: Some("1m-seqwrite-11seg"),
-        default_ops: 1024,
-        ..PLAIN
+        ..INDIRECT_1M
     },
     Case {
         name: "1m-seqread-11seg",
         what: "1 MiB sequential reads, indirect front-end, hw.xbb.max_indirect_segments = 0: 11-segment requests",
-        profile: "indirect",
-        queue_depth: 8,
-        fe_queue_depth: 8,
-        io_size: 1 << 20,
-        random: false,
         tunables: &[(Tunable::MaxIndirectSegments, 0)],
-        default_ops: 1024,
-        ..PLAIN
+        ..INDIRECT_1M
     },
     Case {
         name: "1m-seqread-indirect256",
         what: "1 MiB sequential reads, indirect front-end, 256 indirect segments: one request per I/O",
-        profile: "indirect",
-        queue_depth: 8,
-        fe_queue_depth: 8,
-        io_size: 1 << 20,
-        random: false,
         baseline: Some("1m-seqread-11seg"),
-        default_ops: 1024,
-        ..PLAIN
+        ..INDIRECT_1M
     },
     Case {
         name: "4k-randread-nopersistent",

@@ -640,47 +640,9 @@ pub enum Step {
         expect_errors: Option<CounterExpect>,
     },
     /// Arms a store I/O fault of the guest's back-end.
-    InjectIo {
-        /// The guest(s); every guest when absent, `"*"` too.
-        #[serde(default)]
-        guest: Guests,
-        /// Fail the n-th data I/O from now (1 = the next one).
-        #[serde(default)]
-        nth: Option<u64>,
-        /// Fail every I/O touching medium bytes `[start, end)`.
-        #[serde(default)]
-        range: Option<[Num; 2]>,
-        /// Fail every write.
-        #[serde(default)]
-        writes: bool,
-        /// Fail every flush.
-        #[serde(default)]
-        flush: bool,
-        /// Disarm every fault first.
-        #[serde(default)]
-        clear: bool,
-        /// The error.
-        #[serde(default)]
-        error: IoErrorSpec,
-    },
+    InjectIo(InjectIoSpec),
     /// Makes grant mappings of the guest's grants fail.
-    InjectGrant {
-        /// The guest(s); every guest when absent, `"*"` too.
-        #[serde(default)]
-        guest: Guests,
-        /// The next `count` map operations fail.
-        #[serde(default)]
-        count: Option<u32>,
-        /// Every map of this grant reference fails.
-        #[serde(default)]
-        gref: Option<u32>,
-        /// Disarm every fault first.
-        #[serde(default)]
-        clear: bool,
-        /// The error.
-        #[serde(default)]
-        error: GrantErrorSpec,
-    },
+    InjectGrant(InjectGrantSpec),
     /// Mounts the back-end domain's root file system.
     MountRoot {},
     /// Checks the guest's back-end; waits (bounded) for it to settle first.
@@ -746,6 +708,70 @@ pub(super) fn watch_counter(st: &WatchStats, name: &str) -> Option<u64> {
         "max_pending" => st.max_pending as u64,
         _ => return None,
     })
+}
+
+/// An `inject_io` step: store I/O faults of the guest's back-end. At least
+/// one of `nth`, `range`, `writes`, `flush` or `clear` must be given.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InjectIoSpec {
+    /// The guest(s); every guest when absent, `"*"` too.
+    #[serde(default)]
+    pub guest: Guests,
+    /// Fail the n-th data I/O from now (1 = the next one).
+    #[serde(default)]
+    pub nth: Option<u64>,
+    /// Fail every I/O touching medium bytes `[start, end)`.
+    #[serde(default)]
+    pub range: Option<[Num; 2]>,
+    /// Fail every write.
+    #[serde(default)]
+    pub writes: bool,
+    /// Fail every flush.
+    #[serde(default)]
+    pub flush: bool,
+    /// Disarm every fault first.
+    #[serde(default)]
+    pub clear: bool,
+    /// The error.
+    #[serde(default)]
+    pub error: IoErrorSpec,
+}
+
+impl InjectIoSpec {
+    /// True when the step would arm (or clear) nothing.
+    pub fn is_empty(&self) -> bool {
+        self.nth.is_none() && self.range.is_none() && !self.writes && !self.flush && !self.clear
+    }
+}
+
+/// An `inject_grant` step: failures of grant mappings of the guest's
+/// grants. At least one of `count`, `gref` or `clear` must be given.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InjectGrantSpec {
+    /// The guest(s); every guest when absent, `"*"` too.
+    #[serde(default)]
+    pub guest: Guests,
+    /// The next `count` map operations fail.
+    #[serde(default)]
+    pub count: Option<u32>,
+    /// Every map of this grant reference fails.
+    #[serde(default)]
+    pub gref: Option<u32>,
+    /// Disarm every fault first.
+    #[serde(default)]
+    pub clear: bool,
+    /// The error.
+    #[serde(default)]
+    pub error: GrantErrorSpec,
+}
+
+impl InjectGrantSpec {
+    /// True when the step would arm (or clear) nothing.
+    pub fn is_empty(&self) -> bool {
+        self.count.is_none() && self.gref.is_none() && !self.clear
+    }
 }
 
 /// One hand-made request: of a `request` step, or of a `batch` step's
@@ -1041,8 +1067,8 @@ impl Step {
             Step::Kick { .. } => "kick",
             Step::Wait { .. } => "wait",
             Step::Workload { .. } => "workload",
-            Step::InjectIo { .. } => "inject_io",
-            Step::InjectGrant { .. } => "inject_grant",
+            Step::InjectIo(_) => "inject_io",
+            Step::InjectGrant(_) => "inject_grant",
             Step::MountRoot {} => "mount_root",
             Step::Expect { .. } => "expect",
         }

@@ -81,7 +81,7 @@ pub(super) fn guest_step(run: &mut Run<'_>, n: usize, step: &Step, t: usize) {
             expect_status,
             ..
         } => wait_step(run, n, t, *count, expect_status.as_ref()),
-        Step::InjectIo { .. } | Step::InjectGrant { .. } => inject(run, n, t, step),
+        Step::InjectIo(_) | Step::InjectGrant(_) => inject(run, n, t, step),
         Step::Expect { .. } => expect_step(run, n, step, t),
         Step::MountRoot {} | Step::Workload { .. } => {}
     }
@@ -236,50 +236,36 @@ fn state_storm(run: &mut Run<'_>, n: usize, t: usize, count: u32, states: &[Stri
 fn inject(run: &mut Run<'_>, n: usize, t: usize, step: &Step) {
     let g = &run.guests[t];
     let (what, e) = match step {
-        Step::InjectIo {
-            nth,
-            range,
-            writes,
-            flush,
-            clear,
-            error,
-            ..
-        } => {
+        Step::InjectIo(spec) => {
             let f = &g.faults;
-            if *clear {
+            if spec.clear {
                 f.clear();
             }
-            let e = error.error();
-            if let Some(k) = nth {
-                f.fail_nth(*k, e);
+            let e = spec.error.error();
+            if let Some(k) = spec.nth {
+                f.fail_nth(k, e);
             }
-            if let Some([a, b]) = range {
+            if let Some([a, b]) = spec.range {
                 f.fail_range(a.0, b.0, e);
             }
-            if *writes {
+            if spec.writes {
                 f.fail_writes(e);
             }
-            if *flush {
+            if spec.flush {
                 f.fail_flush(e);
             }
             ("store", format!("{e:?}"))
         }
-        Step::InjectGrant {
-            count,
-            gref,
-            clear,
-            error,
-            ..
-        } => {
+        Step::InjectGrant(spec) => {
             let grants = &g.fe.guest().grants;
-            if *clear {
+            if spec.clear {
                 grants.clear_map_failures();
             }
-            let e = error.error();
-            if let Some(&count) = count.as_ref() {
+            let e = spec.error.error();
+            if let Some(count) = spec.count {
                 grants.inject_map_failures(MapFault::Next { count, error: e });
             }
-            if let Some(&gref) = gref.as_ref() {
+            if let Some(gref) = spec.gref {
                 grants.inject_map_failures(MapFault::Gref { gref, error: e });
             }
             ("grant-map", format!("{e:?}"))

@@ -119,21 +119,12 @@ impl Scenario {
             } => {
                 self.validate_workload(guest, *io_size, *read_pct, *offset, *region, names, used)?
             }
-            Step::InjectIo {
-                nth,
-                range,
-                writes,
-                flush,
-                clear,
-                ..
-            } if nth.is_none() && range.is_none() && !writes && !flush && !clear => {
+            Step::InjectIo(spec) if spec.is_empty() => {
                 return Err(String::from(
                     "nothing to inject: give nth, range, writes, flush or clear",
                 ));
             }
-            Step::InjectGrant {
-                count, gref, clear, ..
-            } if count.is_none() && gref.is_none() && !clear => {
+            Step::InjectGrant(spec) if spec.is_empty() => {
                 return Err(String::from("nothing to inject: give count, gref or clear"));
             }
             Step::Expect {
@@ -259,8 +250,8 @@ impl Step {
             | Step::Kick { guest, .. }
             | Step::Wait { guest, .. }
             | Step::Workload { guest, .. }
-            | Step::InjectIo { guest, .. }
-            | Step::InjectGrant { guest, .. }
+            | Step::InjectIo(InjectIoSpec { guest, .. })
+            | Step::InjectGrant(InjectGrantSpec { guest, .. })
             | Step::Expect { guest, .. } => Some(guest),
             Step::MountRoot {} => None,
         }
