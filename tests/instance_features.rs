@@ -20,6 +20,7 @@ use xbb::instance::Instance;
 use xbb::ring::FrontRing;
 use xbb::stats::{Stat, Tunable, Tunables};
 use xbb::units::Sectors;
+use xbb_testing::guest::status_of;
 use xbb_testing::{FakeConfig, FakeHost, BE_PATH, FE_PATH};
 
 struct Guest {
@@ -73,14 +74,6 @@ fn be(g: &Guest, key: &str) -> Option<String> {
     g.host
         .xs_get(&format!("{BE_PATH}/{key}"))
         .map(str::to_owned)
-}
-
-fn whole(gref: GrantRef) -> Segment {
-    Segment {
-        gref,
-        first_sect: 0,
-        last_sect: 7,
-    }
 }
 
 impl Guest {
@@ -184,11 +177,11 @@ impl Guest {
             .collect()
     }
 
-    fn status_of(rsps: &[BlkifResponse], id: u64) -> i16 {
-        rsps.iter()
-            .find(|r| r.id == id)
-            .unwrap_or_else(|| panic!("no response to {id}: {rsps:?}"))
-            .status
+    /// Pushes `r`, serves it and returns the status of its response.
+    fn answer(&mut self, r: &BlkifRequest) -> i16 {
+        let id = self.push(r);
+        let rsps = self.serve();
+        status_of(&rsps, id)
     }
 }
 
@@ -203,13 +196,13 @@ fn indirect_requests_carry_data_and_coalesce() {
 
     // Two back-to-back 40-page indirect writes, then one 80-page read.
     let src = g.pages(80, 0x3c, true);
-    let segs: Vec<Segment> = src.iter().map(|&r| whole(r)).collect();
+    let segs: Vec<Segment> = src.iter().copied().map(Segment::whole_page).collect();
     let w1 = g.indirect(BLKIF_OP_WRITE, 64, &segs[..40]);
     let w2 = g.indirect(BLKIF_OP_WRITE, 64 + 320, &segs[40..]);
     let (a, b) = (g.push(&w1), g.push(&w2));
     let rsps = g.serve();
-    assert_eq!(Guest::status_of(&rsps, a), BLKIF_RSP_OKAY);
-    assert_eq!(Guest::status_of(&rsps, b), BLKIF_RSP_OKAY);
+    assert_eq!(status_of(&rsps, a), BLKIF_RSP_OKAY);
+    assert_eq!(status_of(&rsps, b), BLKIF_RSP_OKAY);
     // Answered with the indirect_op, as xen-blkfront insists.
     assert!(
         rsps.iter().all(|r| r.operation == BLKIF_OP_WRITE),
@@ -226,11 +219,9 @@ fn indirect_requests_carry_data_and_coalesce() {
     }
 
     let dst = g.pages(80, 0, false);
-    let segs: Vec<Segment> = dst.iter().map(|&r| whole(r)).collect();
+    let segs: Vec<Segment> = dst.iter().copied().map(Segment::whole_page).collect();
     let rd = g.indirect(BLKIF_OP_READ, 64, &segs);
-    let id = g.push(&rd);
-    let rsps = g.serve();
-    assert_eq!(Guest::status_of(&rsps, id), BLKIF_RSP_OKAY);
+    assert_eq!(g.answer(&rd), BLKIF_RSP_OKAY);
     for (s, d) in src.iter().zip(&dst) {
         assert_eq!(g.host.page(*s), g.host.page(*d));
     }
@@ -244,7 +235,7 @@ fn indirect_requests_carry_data_and_coalesce() {
 fn hostile_indirect_requests_are_refused_without_io() {
     let mut g = connect(&[]);
     let pages = g.pages(300, 1, false);
-    let segs: Vec<Segment> = pages.iter().map(|&r| whole(r)).collect();
+    let segs: Vec<Segment> = pages.iter().copied().map(Segment::whole_page).collect();
     let mut ids = Vec::new();
     // More segments than negotiated.
     let r = g.indirect(BLKIF_OP_READ, 0, &segs[..257]);
@@ -272,7 +263,7 @@ fn hostile_indirect_requests_are_refused_without_io() {
     ids.push(g.push(&r));
     let rsps = g.serve();
     for id in ids.iter().copied() {
-        assert_eq!(Guest::status_of(&rsps, id), BLKIF_RSP_ERROR, "request {id}");
+        assert_eq!(status_of(&rsps, id), BLKIF_RSP_ERROR, "request {id}");
     }
     // Even a refusal is answered with the indirect_op, never 6.
     let op_of = |id| rsps.iter().find(|r| r.id == id).map(|r| r.operation);
@@ -292,11 +283,9 @@ fn indirect_off_when_the_tunable_says_so() {
     let mut g = connect_with(t, medium(8192, false, false), &[]);
     assert_eq!(be(&g, "feature-max-indirect-segments"), None);
     let pages = g.pages(12, 1, false);
-    let segs: Vec<Segment> = pages.iter().map(|&r| whole(r)).collect();
+    let segs: Vec<Segment> = pages.iter().copied().map(Segment::whole_page).collect();
     let r = g.indirect(BLKIF_OP_READ, 0, &segs);
-    let id = g.push(&r);
-    let rsps = g.serve();
-    assert_eq!(Guest::status_of(&rsps, id), BLKIF_RSP_EOPNOTSUPP);
+    assert_eq!(g.answer(&r), BLKIF_RSP_EOPNOTSUPP);
 }
 
 #[test]
@@ -314,10 +303,10 @@ fn persistent_grants_are_reused_and_guarded() {
     };
     for round in 0..3u8 {
         fill(&mut g, 0x10 + round);
-        let segs: Vec<Segment> = pool.iter().map(|&r| whole(r)).collect();
+        let segs: Vec<Segment> = pool.iter().copied().map(Segment::whole_page).collect();
         let w = g.direct(BLKIF_OP_WRITE, u64::from(round) * 32, &segs);
         let id = g.push(&w);
-        assert_eq!(Guest::status_of(&g.serve(), id), BLKIF_RSP_OKAY);
+        assert_eq!(status_of(&g.serve(), id), BLKIF_RSP_OKAY);
         // Still mapped after completion: that is the point.
         assert_eq!(g.host.live_mappings, 4);
     }
@@ -332,51 +321,57 @@ fn persistent_grants_are_reused_and_guarded() {
         }
     }
     // Reading back through the same persistent pages.
-    let segs: Vec<Segment> = pool.iter().map(|&r| whole(r)).collect();
+    let segs: Vec<Segment> = pool.iter().copied().map(Segment::whole_page).collect();
     let r = g.direct(BLKIF_OP_READ, 32, &segs);
     let id = g.push(&r);
-    assert_eq!(Guest::status_of(&g.serve(), id), BLKIF_RSP_OKAY);
+    assert_eq!(status_of(&g.serve(), id), BLKIF_RSP_OKAY);
     assert!(g.host.page(pool[3]).iter().all(|&b| b == 0x11 ^ 3));
 
     // A grant named twice in one request.
-    let dup = g.direct(BLKIF_OP_WRITE, 0, &[whole(pool[0]), whole(pool[0])]);
-    let dup_id = g.push(&dup);
-    let rsps = g.serve();
-    assert_eq!(Guest::status_of(&rsps, dup_id), BLKIF_RSP_ERROR);
+    let dup = g.direct(
+        BLKIF_OP_WRITE,
+        0,
+        &[Segment::whole_page(pool[0]), Segment::whole_page(pool[0])],
+    );
+    assert_eq!(g.answer(&dup), BLKIF_RSP_ERROR);
 
     // A grant held by a request still in flight.
-    let first = g.direct(BLKIF_OP_WRITE, 0, &[whole(pool[1])]);
+    let first = g.direct(BLKIF_OP_WRITE, 0, &[Segment::whole_page(pool[1])]);
     let first_id = g.push(&first);
     g.kick();
     assert_eq!(g.host.pending(), 1);
-    let second = g.direct(BLKIF_OP_READ, 8, &[whole(pool[2]), whole(pool[1])]);
+    let second = g.direct(
+        BLKIF_OP_READ,
+        8,
+        &[Segment::whole_page(pool[2]), Segment::whole_page(pool[1])],
+    );
     let second_id = g.push(&second);
     g.kick();
     let early = g.responses();
-    assert_eq!(Guest::status_of(&early, second_id), BLKIF_RSP_ERROR);
+    assert_eq!(status_of(&early, second_id), BLKIF_RSP_ERROR);
     let rsps = g.serve();
-    assert_eq!(Guest::status_of(&rsps, first_id), BLKIF_RSP_OKAY);
+    assert_eq!(status_of(&rsps, first_id), BLKIF_RSP_OKAY);
     assert_eq!(g.inst.stats().get(Stat::GrantsRefused), 2);
     // The refused request gave back the grant it had taken (pool[2]).
-    let again = g.direct(BLKIF_OP_READ, 8, &[whole(pool[2])]);
+    let again = g.direct(BLKIF_OP_READ, 8, &[Segment::whole_page(pool[2])]);
     let again_id = g.push(&again);
-    assert_eq!(Guest::status_of(&g.serve(), again_id), BLKIF_RSP_OKAY);
+    assert_eq!(status_of(&g.serve(), again_id), BLKIF_RSP_OKAY);
 
     // Mixed: cached and fresh grants in one request. (Fresh grants join
     // the cache, which maps writable: a persistent front-end grants its
     // pages writable, as blkif.h's feature-persistent implies.)
     let fresh = g.pages(2, 0x77, false);
     let segs = [
-        whole(pool[0]),
-        whole(fresh[0]),
-        whole(pool[3]),
-        whole(fresh[1]),
+        Segment::whole_page(pool[0]),
+        Segment::whole_page(fresh[0]),
+        Segment::whole_page(pool[3]),
+        Segment::whole_page(fresh[1]),
     ];
     g.host.page_mut(pool[0]).fill(0xa0);
     g.host.page_mut(pool[3]).fill(0xa3);
     let w = g.direct(BLKIF_OP_WRITE, 512, &segs);
     let id = g.push(&w);
-    assert_eq!(Guest::status_of(&g.serve(), id), BLKIF_RSP_OKAY);
+    assert_eq!(status_of(&g.serve(), id), BLKIF_RSP_OKAY);
     let at = 512 * 512;
     assert!(g.host.medium[at..at + PAGE_SIZE].iter().all(|&b| b == 0xa0));
     assert_eq!(
@@ -408,18 +403,18 @@ fn persistent_cache_is_bounded_lru_and_purged_when_idle() {
     let pages = g.pages(6, 9, false);
     for (i, &p) in pages.iter().enumerate() {
         g.host.now_ms = i as u64;
-        let r = g.direct(BLKIF_OP_WRITE, i as u64 * 8, &[whole(p)]);
+        let r = g.direct(BLKIF_OP_WRITE, i as u64 * 8, &[Segment::whole_page(p)]);
         let id = g.push(&r);
-        assert_eq!(Guest::status_of(&g.serve(), id), BLKIF_RSP_OKAY);
+        assert_eq!(status_of(&g.serve(), id), BLKIF_RSP_OKAY);
         assert!(g.host.live_mappings <= 4);
     }
     assert_eq!(g.host.live_mappings, 4);
     assert_eq!(g.inst.stats().get(Stat::PersistentGrantsPurged), 2);
     // The two oldest were evicted: using them again misses, the newest hit.
     let hits = g.inst.stats().get(Stat::PersistentGrantHits);
-    let r = g.direct(BLKIF_OP_READ, 40, &[whole(pages[5])]);
+    let r = g.direct(BLKIF_OP_READ, 40, &[Segment::whole_page(pages[5])]);
     let id = g.push(&r);
-    assert_eq!(Guest::status_of(&g.serve(), id), BLKIF_RSP_OKAY);
+    assert_eq!(status_of(&g.serve(), id), BLKIF_RSP_OKAY);
     assert_eq!(g.inst.stats().get(Stat::PersistentGrantHits), hits + 1);
     // Every byte written went to the medium.
     for (i, &p) in pages.iter().enumerate().take(5) {
@@ -439,9 +434,17 @@ fn without_the_front_end_feature_nothing_persists() {
     assert_eq!(g.inst.stats().get(Stat::PersistentGrants), 0);
     let p = g.pages(2, 1, false);
     // The same grant twice in one request is legal without persistence.
-    let r = g.direct(BLKIF_OP_READ, 0, &[whole(p[0]), whole(p[0]), whole(p[1])]);
+    let r = g.direct(
+        BLKIF_OP_READ,
+        0,
+        &[
+            Segment::whole_page(p[0]),
+            Segment::whole_page(p[0]),
+            Segment::whole_page(p[1]),
+        ],
+    );
     let id = g.push(&r);
-    assert_eq!(Guest::status_of(&g.serve(), id), BLKIF_RSP_OKAY);
+    assert_eq!(status_of(&g.serve(), id), BLKIF_RSP_OKAY);
     assert_eq!(g.host.live_mappings, 0);
     assert_eq!(g.inst.stats().get(Stat::PersistentGrantHits), 0);
 }
@@ -453,14 +456,14 @@ fn discard_reaches_the_store_and_is_validated() {
     assert_eq!(be(&g, "discard-granularity").as_deref(), Some("4096"));
     assert_eq!(be(&g, "discard-secure").as_deref(), Some("0"));
     let src = g.pages(4, 0x5e, true);
-    let segs: Vec<Segment> = src.iter().map(|&r| whole(r)).collect();
+    let segs: Vec<Segment> = src.iter().copied().map(Segment::whole_page).collect();
     let w = g.direct(BLKIF_OP_WRITE, 0, &segs);
     let wid = g.push(&w);
     let d = g.discard(8, 16, 0);
     let did = g.push(&d);
     let rsps = g.serve();
-    assert_eq!(Guest::status_of(&rsps, wid), BLKIF_RSP_OKAY);
-    assert_eq!(Guest::status_of(&rsps, did), BLKIF_RSP_OKAY);
+    assert_eq!(status_of(&rsps, wid), BLKIF_RSP_OKAY);
+    assert_eq!(status_of(&rsps, did), BLKIF_RSP_OKAY);
     assert_eq!(
         rsps.iter().find(|r| r.id == did).unwrap().operation,
         BLKIF_OP_DISCARD
@@ -483,9 +486,9 @@ fn discard_reaches_the_store_and_is_validated() {
     let wrapping = g.discard(u64::MAX - 7, 16, 0);
     let wrapping = g.push(&wrapping);
     let rsps = g.serve();
-    assert_eq!(Guest::status_of(&rsps, beyond), BLKIF_RSP_ERROR);
-    assert_eq!(Guest::status_of(&rsps, secure), BLKIF_RSP_EOPNOTSUPP);
-    assert_eq!(Guest::status_of(&rsps, wrapping), BLKIF_RSP_ERROR);
+    assert_eq!(status_of(&rsps, beyond), BLKIF_RSP_ERROR);
+    assert_eq!(status_of(&rsps, secure), BLKIF_RSP_EOPNOTSUPP);
+    assert_eq!(status_of(&rsps, wrapping), BLKIF_RSP_ERROR);
 }
 
 #[test]
@@ -495,7 +498,7 @@ fn discard_follows_store_and_toolstack() {
     assert_eq!(be(&g, "feature-discard").as_deref(), Some("0"));
     let d = g.discard(0, 8, 0);
     let id = g.push(&d);
-    assert_eq!(Guest::status_of(&g.serve(), id), BLKIF_RSP_EOPNOTSUPP);
+    assert_eq!(status_of(&g.serve(), id), BLKIF_RSP_EOPNOTSUPP);
 
     // The toolstack said discard-enable = 0.
     let mut host = FakeHost::new(FakeConfig {
@@ -533,20 +536,20 @@ fn resize_while_connected() {
     assert_eq!(be(&g, "state").as_deref(), Some("4"));
     assert_eq!(g.inst.stats().get(Stat::Resizes), 1);
     assert_eq!(g.inst.stats().get(Stat::MediumSectors), 4096);
-    let r = g.direct(BLKIF_OP_READ, 4096, &[whole(p[0])]);
+    let r = g.direct(BLKIF_OP_READ, 4096, &[Segment::whole_page(p[0])]);
     let beyond = g.push(&r);
-    let r = g.direct(BLKIF_OP_READ, 4088, &[whole(p[0])]);
+    let r = g.direct(BLKIF_OP_READ, 4088, &[Segment::whole_page(p[0])]);
     let inside = g.push(&r);
     let rsps = g.serve();
-    assert_eq!(Guest::status_of(&rsps, beyond), BLKIF_RSP_ERROR);
-    assert_eq!(Guest::status_of(&rsps, inside), BLKIF_RSP_OKAY);
+    assert_eq!(status_of(&rsps, beyond), BLKIF_RSP_ERROR);
+    assert_eq!(status_of(&rsps, inside), BLKIF_RSP_OKAY);
     // Grow: the new end serves.
     g.host.resize_medium(Sectors(16384));
     g.inst.medium_changed(&mut g.host);
     assert_eq!(be(&g, "sectors").as_deref(), Some("16384"));
-    let r = g.direct(BLKIF_OP_WRITE, 16376, &[whole(p[0])]);
+    let r = g.direct(BLKIF_OP_WRITE, 16376, &[Segment::whole_page(p[0])]);
     let id = g.push(&r);
-    assert_eq!(Guest::status_of(&g.serve(), id), BLKIF_RSP_OKAY);
+    assert_eq!(status_of(&g.serve(), id), BLKIF_RSP_OKAY);
     // No change, no publication.
     g.inst.medium_changed(&mut g.host);
     assert_eq!(g.inst.stats().get(Stat::Resizes), 2);
@@ -566,9 +569,9 @@ fn spurious_kicks_are_counted_and_throttled() {
     assert_eq!(g.host.last_eoi_delay, 64);
     // A kick with work resets the backoff.
     let p = g.pages(1, 0, false);
-    let r = g.direct(BLKIF_OP_READ, 0, &[whole(p[0])]);
+    let r = g.direct(BLKIF_OP_READ, 0, &[Segment::whole_page(p[0])]);
     let id = g.push(&r);
-    assert_eq!(Guest::status_of(&g.serve(), id), BLKIF_RSP_OKAY);
+    assert_eq!(status_of(&g.serve(), id), BLKIF_RSP_OKAY);
     assert_eq!(g.host.last_eoi_delay, 0);
     g.kick();
     assert_eq!(g.host.last_eoi_delay, 0, "within the grace again");
@@ -580,10 +583,8 @@ fn a_vanished_store_closes_the_connection() {
     let p = g.pages(1, 0, false);
     g.host.faults.ios = 1;
     g.host.faults.io_error = Some(IoError::Gone);
-    let r = g.direct(BLKIF_OP_READ, 0, &[whole(p[0])]);
-    let id = g.push(&r);
-    let rsps = g.serve();
-    assert_eq!(Guest::status_of(&rsps, id), BLKIF_RSP_ERROR);
+    let r = g.direct(BLKIF_OP_READ, 0, &[Segment::whole_page(p[0])]);
+    assert_eq!(g.answer(&r), BLKIF_RSP_ERROR);
     assert_eq!(g.inst.state(), XenbusState::Closing);
     assert_eq!(be(&g, "state").as_deref(), Some("5"));
     let err = g

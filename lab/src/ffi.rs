@@ -589,31 +589,41 @@ fn iov_count(n: usize) -> io::Result<libc::c_int> {
 /// read-only page makes the kernel return `EFAULT`. Returns the bytes read
 /// (short at end of file).
 pub fn pread_window(fd: BorrowedFd<'_>, iov: &[WindowIoVec], offset: u64) -> io::Result<usize> {
-    let off =
-        libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let regs = reservations_read();
-    let v = window_iovecs(&regs, iov)?;
-    let cnt = iov_count(v.len())?;
-    // SAFETY: every destination lies inside a registered reservation, which
-    // only ever holds guest frames or PROT_NONE pages (never memory Rust
-    // references), and the registry's read lock keeps each range reserved
-    // until the call returns.
-    let r = unsafe { libc::preadv(fd.as_raw_fd(), v.as_ptr(), cnt, off) };
-    drop(regs);
-    usize::try_from(r).map_err(|_| io::Error::last_os_error())
+    window_io(iov, offset, |v, cnt, off| {
+        // SAFETY: every destination lies inside a registered reservation,
+        // which only ever holds guest frames or PROT_NONE pages (never
+        // memory Rust references), and the registry's read lock (held by
+        // `window_io` around this call) keeps each range reserved until the
+        // call returns.
+        unsafe { libc::preadv(fd.as_raw_fd(), v.as_ptr(), cnt, off) }
+    })
 }
 
 /// `pwritev(2)` to `fd` at `offset` from window memory. Same rules as
 /// [`pread_window`]. Returns the bytes written.
 pub fn pwrite_window(fd: BorrowedFd<'_>, iov: &[WindowIoVec], offset: u64) -> io::Result<usize> {
+    window_io(iov, offset, |v, cnt, off| {
+        // SAFETY: every source lies inside a registered reservation and the
+        // read lock (held by `window_io`) keeps it reserved until the call
+        // returns; the kernel only reads.
+        unsafe { libc::pwritev(fd.as_raw_fd(), v.as_ptr(), cnt, off) }
+    })
+}
+
+/// The checks and locking of [`pread_window`] and [`pwrite_window`]:
+/// `call` gets the checked iovecs, their count and the offset while the
+/// reservation registry is read-locked.
+fn window_io(
+    iov: &[WindowIoVec],
+    offset: u64,
+    call: impl FnOnce(&[libc::iovec], libc::c_int, libc::off_t) -> isize,
+) -> io::Result<usize> {
     let off =
         libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     let regs = reservations_read();
     let v = window_iovecs(&regs, iov)?;
     let cnt = iov_count(v.len())?;
-    // SAFETY: every source lies inside a registered reservation and the read
-    // lock keeps it reserved until the call returns; the kernel only reads.
-    let r = unsafe { libc::pwritev(fd.as_raw_fd(), v.as_ptr(), cnt, off) };
+    let r = call(&v, cnt, off);
     drop(regs);
     usize::try_from(r).map_err(|_| io::Error::last_os_error())
 }

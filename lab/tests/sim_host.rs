@@ -14,7 +14,7 @@ use xbb::host::{
 };
 use xbb::units::{Bytes, Sectors, WindowPage};
 use xbb_lab::backend::BackendRunner;
-use xbb_lab::evtchn::EventHub;
+use xbb_lab::evtchn::{EventHandler, EventHub};
 use xbb_lab::ffi::{read_window, write_window};
 use xbb_lab::gnttab::{GrantBusy, MapFault};
 use xbb_lab::host::{Domain, SimHost, SimHostConfig, SimXen};
@@ -35,6 +35,16 @@ fn setup(frames: u64) -> (SimXen, Domain, SimHost, Receiver<TaskEvent>) {
     let (tx, rx) = mpsc::channel();
     let host = SimHost::new(&xen, SimHostConfig::default(), tx);
     (xen, d, host, rx)
+}
+
+/// A counter and an event-channel handler that counts into it.
+fn counting_handler() -> (Arc<AtomicU64>, EventHandler) {
+    let hits = Arc::new(AtomicU64::new(0));
+    let h = Arc::clone(&hits);
+    let handler = Box::new(move || {
+        h.fetch_add(1, Ordering::SeqCst);
+    });
+    (hits, handler)
 }
 
 fn pattern(seed: u8) -> Vec<u8> {
@@ -501,16 +511,8 @@ fn event_channels_deliver_to_the_peer_handler() {
     assert!(hub.bind_interdomain(2, 1, fe_port).is_err());
     let be_port = hub.bind_interdomain(0, 1, fe_port).unwrap();
     assert!(hub.bind_interdomain(0, 1, fe_port).is_err()); // no longer unbound
-    let fe_hits = Arc::new(AtomicU64::new(0));
-    let h = Arc::clone(&fe_hits);
-    hub.set_handler(
-        1,
-        fe_port,
-        Box::new(move || {
-            h.fetch_add(1, Ordering::SeqCst);
-        }),
-    )
-    .unwrap();
+    let (fe_hits, handler) = counting_handler();
+    hub.set_handler(1, fe_port, handler).unwrap();
     hub.notify(0, be_port).unwrap();
     hub.notify(0, be_port).unwrap();
     assert_eq!(fe_hits.load(Ordering::SeqCst), 2);
@@ -518,16 +520,8 @@ fn event_channels_deliver_to_the_peer_handler() {
     assert_eq!(hub.sent(0, be_port), 2);
     // An event before a handler is set is pending and delivered on set.
     hub.notify(1, fe_port).unwrap();
-    let be_hits = Arc::new(AtomicU64::new(0));
-    let h = Arc::clone(&be_hits);
-    hub.set_handler(
-        0,
-        be_port,
-        Box::new(move || {
-            h.fetch_add(1, Ordering::SeqCst);
-        }),
-    )
-    .unwrap();
+    let (be_hits, handler) = counting_handler();
+    hub.set_handler(0, be_port, handler).unwrap();
     assert_eq!(be_hits.load(Ordering::SeqCst), 1);
     hub.close(0, be_port);
     assert!(hub.notify(1, fe_port).is_err());
@@ -537,17 +531,8 @@ fn event_channels_deliver_to_the_peer_handler() {
 fn host_event_channel_reaches_the_task_and_the_guest() {
     let (xen, _d, mut host, rx) = setup(1);
     let fe_port = xen.evtchn.alloc_unbound(GUEST, 0);
-    let kicks = Arc::new(AtomicU64::new(0));
-    let k = Arc::clone(&kicks);
-    xen.evtchn
-        .set_handler(
-            GUEST,
-            fe_port,
-            Box::new(move || {
-                k.fetch_add(1, Ordering::SeqCst);
-            }),
-        )
-        .unwrap();
+    let (kicks, handler) = counting_handler();
+    xen.evtchn.set_handler(GUEST, fe_port, handler).unwrap();
     assert!(host
         .evtchn_bind(
             0,

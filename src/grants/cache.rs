@@ -678,6 +678,13 @@ mod tests {
     }
 
     /// Inserts and maps `gref`, expecting a new entry; returns its page.
+    /// The lookup result of a cached, idle grant at window page `page`.
+    fn hit(page: u32) -> Lookup {
+        Lookup::Hit {
+            page: WindowPage(page),
+        }
+    }
+
     fn add(c: &mut GrantCache, gref: GrantRef) -> (WindowPage, Option<(WindowPage, GrantHandle)>) {
         assert_eq!(c.acquire(gref), Lookup::Miss);
         match c.insert(gref) {
@@ -701,12 +708,7 @@ mod tests {
         assert_eq!(c.acquire(7), Lookup::Busy);
         c.release(page, 10);
         assert_eq!((c.len(), c.in_use()), (1, 0));
-        assert_eq!(
-            c.acquire(7),
-            Lookup::Hit {
-                page: WindowPage(100)
-            }
-        );
+        assert_eq!(c.acquire(7), hit(100));
         // Same grant twice in one request: the second acquire is Busy.
         assert_eq!(c.acquire(7), Lookup::Busy);
         assert_eq!(c.acquire(8), Lookup::Miss);
@@ -754,12 +756,7 @@ mod tests {
         // LRU is [10]; releasing 11 makes it [10, 11]. A hit takes 10 out,
         // and releasing it makes it the newest: [11, 10].
         c.release(WindowPage(11), 8);
-        assert_eq!(
-            c.acquire(1),
-            Lookup::Hit {
-                page: WindowPage(10)
-            }
-        );
+        assert_eq!(c.acquire(1), hit(10));
         check(&c);
         c.release(WindowPage(10), 9);
         let (_, ev) = add(&mut c, 6);
@@ -894,29 +891,14 @@ mod tests {
         c.release(WindowPage(2), 30);
         // Entry 0 (used at 10) is taken by a request that is then refused:
         // back at the tail, its age raised to the tail's (30), not to "now".
-        assert_eq!(
-            c.acquire(0),
-            Lookup::Hit {
-                page: WindowPage(0)
-            }
-        );
+        assert_eq!(c.acquire(0), hit(0));
         c.unacquire(WindowPage(0));
         assert_eq!(c.entries[0].last_used_ms, 30);
         // Entry 2 was used at 30; entry 1 (20) is refused after it: it
         // keeps 30 too. Entry 2 refused while newest keeps its own time.
-        assert_eq!(
-            c.acquire(2),
-            Lookup::Hit {
-                page: WindowPage(2)
-            }
-        );
+        assert_eq!(c.acquire(2), hit(2));
         c.release(WindowPage(2), 50);
-        assert_eq!(
-            c.acquire(2),
-            Lookup::Hit {
-                page: WindowPage(2)
-            }
-        );
+        assert_eq!(c.acquire(2), hit(2));
         c.unacquire(WindowPage(2));
         assert_eq!(c.entries[2].last_used_ms, 50);
         // LRU order is now 1 (20), 0 (30), 2 (50): the refusals did not

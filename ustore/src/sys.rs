@@ -198,46 +198,39 @@ pub(crate) fn loop_set_capacity(dev: &File) -> Result<(), i32> {
     }
 }
 
+/// `ioctl(2)` on `file` with a `request` that stores one `T` through its
+/// argument.
+///
+/// # Safety
+/// `request` must write at most one `T` through its pointer argument.
+unsafe fn ioctl_out<T>(file: &File, request: libc::Ioctl, out: &mut T) -> Result<(), i32> {
+    // SAFETY: `out` is a valid, exclusive `T`, and the caller promises that
+    // `request` writes no more than one `T` through it.
+    let r = unsafe { libc::ioctl(file.as_raw_fd(), request, out as *mut T) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(errno())
+    }
+}
+
 /// `BLKGETSIZE64`: a block device's size in bytes.
 pub(crate) fn blk_size(file: &File) -> Result<u64, i32> {
     let mut size: u64 = 0;
     // SAFETY: BLKGETSIZE64 stores one u64 (size_t on 64-bit Linux; the
-    // request number encodes size_t) through the pointer to `size`.
-    let r = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64, &mut size as *mut u64) };
-    if r == 0 {
-        Ok(size)
-    } else {
-        Err(errno())
-    }
+    // request number encodes size_t).
+    unsafe { ioctl_out(file, BLKGETSIZE64, &mut size) }?;
+    Ok(size)
 }
 
 /// `BLKSSZGET` and `BLKPBSZGET`: logical and physical sector sizes.
 pub(crate) fn blk_sector_sizes(file: &File) -> Result<(u32, u32), i32> {
     let mut logical: libc::c_int = 0;
     let mut physical: libc::c_uint = 0;
-    // SAFETY: BLKSSZGET stores one int through the pointer to `logical`.
-    let r = unsafe {
-        libc::ioctl(
-            file.as_raw_fd(),
-            libc::BLKSSZGET,
-            &mut logical as *mut libc::c_int,
-        )
-    };
-    if r != 0 {
-        return Err(errno());
-    }
-    // SAFETY: BLKPBSZGET stores one unsigned int through the pointer to
-    // `physical`.
-    let r = unsafe {
-        libc::ioctl(
-            file.as_raw_fd(),
-            libc::BLKPBSZGET,
-            &mut physical as *mut libc::c_uint,
-        )
-    };
-    if r != 0 {
-        return Err(errno());
-    }
+    // SAFETY: BLKSSZGET stores one int.
+    unsafe { ioctl_out(file, libc::BLKSSZGET, &mut logical) }?;
+    // SAFETY: BLKPBSZGET stores one unsigned int.
+    unsafe { ioctl_out(file, libc::BLKPBSZGET, &mut physical) }?;
     let logical = u32::try_from(logical).map_err(|_| libc::EINVAL)?;
     if !logical.is_power_of_two() || logical < 512 {
         return Err(libc::EINVAL);

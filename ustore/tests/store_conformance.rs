@@ -286,19 +286,56 @@ impl Drop for Fixture {
 /// One property of the suite.
 type Property = fn(&Fixture, &dyn UserStore);
 
+/// The medium sector sizes the block-device cases emulate.
+const DEVICE_SECTOR_SIZES: [u32; 2] = [512, 4096];
+
+/// The properties checked over a block device named by the environment.
+const DEVICE_PROPERTIES: [(&str, Property); 12] = [
+    ("info", prop_info),
+    ("discardgeo", prop_discard_geometry),
+    ("resize", prop_resize),
+    ("roundtrip", prop_roundtrip_multi_iovec),
+    ("persector", prop_whole_medium_sector_by_sector),
+    ("inflight", prop_many_in_flight),
+    ("flush", prop_flush),
+    ("discard", prop_discard),
+    ("misaligned", prop_misaligned),
+    ("reopen", prop_persists_across_reopen),
+    ("readonly", prop_read_only),
+    ("close", prop_close_waits),
+];
+
+/// The properties checked over a loop device made for the test.
+const LOOP_PROPERTIES: [(&str, Property); 4] = [
+    ("info", prop_info),
+    ("discard", prop_discard),
+    ("discardgeo", prop_discard_geometry),
+    ("resize", prop_resize),
+];
+
+/// Runs `prop` on a freshly opened store of `fx` (described by `label`),
+/// then closes it: no completion may be left unclaimed.
+fn run_property(fx: &Fixture, what: &str, label: std::fmt::Arguments<'_>, prop: Property) {
+    let store = fx.open();
+    eprintln!(
+        "{what}: {label} direct_io={} info={:?}",
+        store.direct_io(),
+        store.info()
+    );
+    prop(fx, &*store);
+    store.close();
+    assert_eq!(
+        fx.col.pending(),
+        0,
+        "{what}: {label}: unclaimed completions"
+    );
+}
+
 /// Runs `prop` on a freshly opened store of every case, then closes it.
-fn for_every_case(what: &str, prop: impl Fn(&Fixture, &dyn UserStore)) {
+fn for_every_case(what: &str, prop: Property) {
     for case in CASES {
         let fx = Fixture::new(case, what);
-        let store = fx.open();
-        eprintln!(
-            "{what}: {case:?} direct_io={} info={:?}",
-            store.direct_io(),
-            store.info()
-        );
-        prop(&fx, &*store);
-        store.close();
-        assert_eq!(fx.col.pending(), 0, "{case:?}: unclaimed completions");
+        run_property(&fx, what, format_args!("{case:?}"), prop);
     }
 }
 
@@ -1103,28 +1140,10 @@ fn block_device_when_provided() {
         eprintln!("XBB_STORE_BLOCKDEV not set: block-device case skipped");
         return;
     };
-    let props: [(&str, Property); 12] = [
-        ("info", prop_info),
-        ("discardgeo", prop_discard_geometry),
-        ("resize", prop_resize),
-        ("roundtrip", prop_roundtrip_multi_iovec),
-        ("persector", prop_whole_medium_sector_by_sector),
-        ("inflight", prop_many_in_flight),
-        ("flush", prop_flush),
-        ("discard", prop_discard),
-        ("misaligned", prop_misaligned),
-        ("reopen", prop_persists_across_reopen),
-        ("readonly", prop_read_only),
-        ("close", prop_close_waits),
-    ];
-    for sector_size in [512, 4096] {
-        for (what, prop) in props {
+    for sector_size in DEVICE_SECTOR_SIZES {
+        for (what, prop) in DEVICE_PROPERTIES {
             let fx = Fixture::on_block_device(PathBuf::from(&dev), sector_size);
-            let store = fx.open();
-            eprintln!("{what}: block device {sector_size} info={:?}", store.info());
-            prop(&fx, &*store);
-            store.close();
-            assert_eq!(fx.col.pending(), 0);
+            run_property(&fx, what, format_args!("block device {sector_size}"), prop);
         }
     }
 }
@@ -1180,28 +1199,15 @@ impl Drop for LoopDevice {
 /// up (not root, no `losetup`, in a container without `/dev/loop*`).
 #[test]
 fn loop_device_discard_and_resize() {
-    let props: [(&str, Property); 4] = [
-        ("info", prop_info),
-        ("discard", prop_discard),
-        ("discardgeo", prop_discard_geometry),
-        ("resize", prop_resize),
-    ];
-    for sector_size in [512, 4096] {
-        for (what, prop) in props {
+    for sector_size in DEVICE_SECTOR_SIZES {
+        for (what, prop) in LOOP_PROPERTIES {
             let Some(lo) = LoopDevice::new(what) else {
                 eprintln!("no loop device available: loop-device case skipped");
                 return;
             };
             let fx = Fixture::on_block_device(lo.dev.clone(), sector_size);
-            let store = fx.open();
-            eprintln!(
-                "{what}: loop device {} {sector_size} info={:?}",
-                lo.dev.display(),
-                store.info()
-            );
-            prop(&fx, &*store);
-            store.close();
-            assert_eq!(fx.col.pending(), 0);
+            let label = format_args!("loop device {} {sector_size}", lo.dev.display());
+            run_property(&fx, what, label, prop);
             drop(fx);
         }
     }

@@ -621,32 +621,34 @@ impl Frontend {
     /// writable once, kept) when persistent grants are in use, else a fresh
     /// grant, read-only when `readonly`.
     fn data_page(&mut self, readonly: bool) -> Result<Page, FrontendError> {
-        if !self.info.persistent {
-            return self.grant_page(readonly);
-        }
-        if let Some(p) = self.persistent.data.pop() {
-            return Ok(p);
-        }
-        let p = Page {
-            persistent: true,
-            ..self.grant_page(false)?
-        };
-        self.persistent.all.push(p);
-        Ok(p)
+        self.page(false, readonly)
     }
 
     /// An indirect descriptor page, granted read-only: from its persistent
     /// pool when persistent grants are in use, else fresh.
     fn descriptor_page(&mut self) -> Result<Page, FrontendError> {
+        self.page(true, true)
+    }
+
+    /// A data page (`descriptor` false) or an indirect descriptor page:
+    /// taken from its persistent pool, or granted and added to it (data
+    /// pages writable, descriptor pages read-only), when persistent grants
+    /// are in use; else a fresh grant, read-only when `readonly`.
+    fn page(&mut self, descriptor: bool, readonly: bool) -> Result<Page, FrontendError> {
         if !self.info.persistent {
-            return self.grant_page(true);
+            return self.grant_page(readonly);
         }
-        if let Some(p) = self.persistent.indirect.pop() {
+        let pool = if descriptor {
+            &mut self.persistent.indirect
+        } else {
+            &mut self.persistent.data
+        };
+        if let Some(p) = pool.pop() {
             return Ok(p);
         }
         let p = Page {
             persistent: true,
-            ..self.grant_page(true)?
+            ..self.grant_page(descriptor)?
         };
         self.persistent.all.push(p);
         Ok(p)

@@ -1098,6 +1098,11 @@ impl fmt::Display for ScenarioError {
 
 impl std::error::Error for ScenarioError {}
 
+/// A list of the names a value may take, for an error message.
+pub(super) fn known<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
+    names.into_iter().collect::<Vec<_>>().join(", ")
+}
+
 /// Parses a hex string (`"00 01 ff"`, `"0001ff"`) into bytes.
 pub fn parse_hex(s: &str) -> Option<Vec<u8>> {
     let digits: Vec<u8> = s
@@ -1190,11 +1195,7 @@ pub(super) fn apply_tunables(
             let tun = Tunable::by_name(name).ok_or_else(|| {
                 ScenarioError::Invalid(format!(
                     "unknown tunable {name:?}; known: {}",
-                    TUNABLES
-                        .iter()
-                        .map(|d| d.name)
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    known(TUNABLES.iter().map(|d| d.name))
                 ))
             })?;
             t.set(tun, v).map_err(|_| {

@@ -150,11 +150,7 @@ impl Scenario {
                     if Stat::by_name(k).is_none() {
                         return Err(format!(
                             "unknown sysctl {k:?}; known: {}",
-                            SYSCTLS
-                                .iter()
-                                .map(|d| d.name)
-                                .collect::<Vec<_>>()
-                                .join(", ")
+                            known(SYSCTLS.iter().map(|d| d.name))
                         ));
                     }
                 }
