@@ -18,7 +18,7 @@ command -v jq >/dev/null 2>&1 || need="$need jq"
 [ -d /usr/lib/rustlib/src/rust/library ] || need="$need rust-web-src"
 command -v ld.lld-14 >/dev/null 2>&1 || need="$need lld-14"
 command -v llvm-objdump-14 >/dev/null 2>&1 || need="$need llvm-14"
-# src/freebsd/ffi.rs is checked against bindgen's view of sys-glue/xbb_shim.h.
+# freebsd/src/ffi.rs is checked against bindgen's view of sys-glue/xbb_shim.h.
 command -v bindgen >/dev/null 2>&1 || need="$need bindgen"
 [ -z "$need" ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -399,7 +399,7 @@ fn seed_persistent_grants() {
     // A one-entry cache: each new page evicts the last; a page held while
     // the cache is full is mapped transiently.
     let tiny = RingConfig {
-        max_pgrants: 1,
+        max_persistent_grants: 1,
         ..cfg
     };
     let r = ring(

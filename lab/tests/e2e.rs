@@ -315,7 +315,7 @@ fn every_validation_rule_gives_the_right_status() {
             BLKIF_RSP_EOPNOTSUPP,
         ),
         // Discard and indirect requests are offered now: their refusal
-        // paths are in tests/features_core.rs and the scenario files.
+        // paths are in tests/instance_features.rs and the scenario files.
         ("0 segments", wr(0, vec![]), BLKIF_RSP_ERROR),
         ("0 segments read", rd(0, vec![]), BLKIF_RSP_ERROR),
         (

@@ -163,7 +163,7 @@ if (cd "$TOP" && "$CARGO" build --release -p xbb-serve --bin xbb-serve) > "$DIR/
 	echo "xenlab: built $XBB_BIN"
 else
 	echo "xenlab: ******************************************************************"
-	echo "xenlab: cargo build --release --features xen --bin xbb-serve FAILED:"
+	echo "xenlab: cargo build --release -p xbb-serve --bin xbb-serve FAILED:"
 	grep -E '^(error|warning: unused)' "$DIR/cargo.log" | head -n 10 | sed 's/^/xenlab:   /'
 	echo "xenlab:   (full log: $DIR/cargo.log)"
 	echo "xenlab: ******************************************************************"

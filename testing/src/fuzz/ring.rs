@@ -488,7 +488,7 @@ fn tunables(cfg: &RingConfig) -> Tunables {
         (Tunable::NoCoalesceReqs, u64::from(cfg.no_coalesce)),
         (
             Tunable::MaxPersistentGrants,
-            sel(&MAX_PGRANTS, cfg.max_pgrants),
+            sel(&MAX_PERSISTENT_GRANTS, cfg.max_persistent_grants),
         ),
     ] {
         t.set(tunable, v).expect("tunable in range");

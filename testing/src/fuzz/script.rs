@@ -65,7 +65,7 @@ pub struct RingConfig {
     /// The store can discard (offers `feature-discard`).
     pub can_discard: bool,
     /// `max_persistent_grants` selector: 1056, 1, 3, 0.
-    pub max_pgrants: u8,
+    pub max_persistent_grants: u8,
 }
 
 pub(crate) const RPP: [u64; 4] = [256, 1, 3, 16];
@@ -73,7 +73,7 @@ pub(crate) const MAX_REQS: [u64; 4] = [1024, 1, 2, 5];
 pub(crate) const KVA: [u64; 4] = [0, 11, 16, 40];
 pub(crate) const MAX_RS: [u64; 4] = [1 << 20, 45056, 65536, 131072];
 pub(crate) const MAX_ORDER: [u64; 4] = [2, 0, 1, 5];
-pub(crate) const MAX_PGRANTS: [u64; 4] = [1056, 1, 3, 0];
+pub(crate) const MAX_PERSISTENT_GRANTS: [u64; 4] = [1056, 1, 3, 0];
 
 impl RingConfig {
     /// The six header bytes.
@@ -98,7 +98,7 @@ impl RingConfig {
                 | (self.max_ring_order & 3) << 1
                 | b(self.persistent, 3)
                 | b(self.can_discard, 4)
-                | (self.max_pgrants & 3) << 5,
+                | (self.max_persistent_grants & 3) << 5,
         ]
     }
 
@@ -125,7 +125,7 @@ impl RingConfig {
             max_ring_order: h[5] >> 1 & 3,
             persistent: bit(h[5], 3),
             can_discard: bit(h[5], 4),
-            max_pgrants: h[5] >> 5 & 3,
+            max_persistent_grants: h[5] >> 5 & 3,
         }
     }
 }
