@@ -356,11 +356,27 @@ fn read_num_as<T: TryFrom<u64>, X: XenStore>(
     node: &str,
     key: &'static str,
 ) -> Result<Option<T>, ConnectError> {
+    match read_u64_as(xs, txn, dir, node, key)? {
+        None => Ok(None),
+        Some(n) => T::try_from(n)
+            .map(Some)
+            .map_err(|_| ConnectError::NotANumber { key }),
+    }
+}
+
+/// [`read_num_as`]'s one reader, whatever the type: `dir/node` as a strict
+/// decimal `u64`.
+fn read_u64_as<X: XenStore>(
+    xs: &mut X,
+    txn: XsTxn,
+    dir: &str,
+    node: &str,
+    key: &'static str,
+) -> Result<Option<u64>, ConnectError> {
     let mut buf = [0u8; VALUE_BUF];
     match read_raw_as(xs, txn, dir, node, key, &mut buf)? {
         None => Ok(None),
         Some(v) => parse_u64(v)
-            .and_then(|n| T::try_from(n).ok())
             .map(Some)
             .ok_or(ConnectError::NotANumber { key }),
     }
