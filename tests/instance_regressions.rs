@@ -43,6 +43,19 @@ fn tunables(f: impl FnOnce(&mut Tunables)) -> Tunables {
     t
 }
 
+/// Tunables with `tunable` set to `value`, the rest at their defaults.
+fn with(tunable: Tunable, value: u64) -> Tunables {
+    tunables(|t| t.set(tunable, value).unwrap())
+}
+
+/// `n` one-page requests of operation `op`, ids `0..n`, `stride` sectors
+/// apart, each on its own data page.
+fn one_page_each(op: u8, n: u64, stride: u64) -> Vec<BlkifRequest> {
+    (0..n)
+        .map(|k| req(op, k, k * stride, &grefs(1, k as u32)))
+        .collect()
+}
+
 /// The toolstack's nodes and [`DATA_PAGES`] granted pages, nothing
 /// attached; `online` back-end when asked.
 fn host(online: bool) -> FakeHost {
@@ -181,8 +194,7 @@ fn kva_stall_is_not_overwritten_by_forced_dispatch() {
 /// the ring are never seen.
 #[test]
 fn pool_shortage_then_sync_grant_failure_does_not_strand_ring() {
-    let t = tunables(|t| t.set(Tunable::MaxRequests, 1).unwrap());
-    let (mut i, mut h, mut fr) = connected(&t);
+    let (mut i, mut h, mut fr) = connected(&with(Tunable::MaxRequests, 1));
     let r1 = req(BLKIF_OP_READ, 1, 0, &[BAD_GREF]);
     let r2 = req(BLKIF_OP_READ, 2, 100, &grefs(1, 0));
     produce(&mut i, &mut h, &mut fr, &[r1, r2]);
@@ -197,8 +209,7 @@ fn pool_shortage_then_sync_grant_failure_does_not_strand_ring() {
 /// BUG 1, second trigger: the store refuses the forced dispatch.
 #[test]
 fn pool_shortage_then_store_refusal_does_not_strand_ring() {
-    let t = tunables(|t| t.set(Tunable::MaxRequests, 1).unwrap());
-    let (mut i, mut h, mut fr) = connected(&t);
+    let (mut i, mut h, mut fr) = connected(&with(Tunable::MaxRequests, 1));
     h.faults.submits = 1;
     let r1 = req(BLKIF_OP_READ, 1, 0, &grefs(1, 0));
     let r2 = req(BLKIF_OP_READ, 2, 100, &grefs(1, 1));
@@ -306,11 +317,8 @@ fn kva_shortage_then_resume_answers_everything_once() {
 
 #[test]
 fn request_pool_shortage_then_resume() {
-    let t = tunables(|t| t.set(Tunable::MaxRequests, 2).unwrap());
-    let (mut i, mut h, mut fr) = connected(&t);
-    let rs: Vec<_> = (0..6)
-        .map(|k| req(BLKIF_OP_READ, k, k * 100, &grefs(1, k as u32)))
-        .collect();
+    let (mut i, mut h, mut fr) = connected(&with(Tunable::MaxRequests, 2));
+    let rs = one_page_each(BLKIF_OP_READ, 6, 100);
     produce(&mut i, &mut h, &mut fr, &rs);
     pump(&mut i, &mut h);
     assert!(i.stats().get(Stat::RequestShortages) >= 1);
@@ -509,8 +517,7 @@ fn close_with_io_in_flight_drains_then_releases() {
 
 #[test]
 fn detach_with_io_in_flight_and_open_reqlist() {
-    let t = tunables(|t| t.set(Tunable::RequestsPerPass, 1).unwrap());
-    let (mut i, mut h, mut fr) = connected(&t);
+    let (mut i, mut h, mut fr) = connected(&with(Tunable::RequestsPerPass, 1));
     // The per-pass budget leaves the second request unconsumed.
     let a = req(BLKIF_OP_WRITE, 1, 0, &grefs(1, 0));
     let b = req(BLKIF_OP_WRITE, 2, 8, &grefs(1, 1));
@@ -535,11 +542,8 @@ fn detach_with_io_in_flight_and_open_reqlist() {
 
 #[test]
 fn per_pass_cap_and_schedule_run() {
-    let t = tunables(|t| t.set(Tunable::RequestsPerPass, 2).unwrap());
-    let (mut i, mut h, mut fr) = connected(&t);
-    let rs: Vec<_> = (0..5)
-        .map(|k| req(BLKIF_OP_READ, k, k * 64, &grefs(1, k as u32)))
-        .collect();
+    let (mut i, mut h, mut fr) = connected(&with(Tunable::RequestsPerPass, 2));
+    let rs = one_page_each(BLKIF_OP_READ, 5, 64);
     for r in &rs {
         fr.push_request(r);
     }

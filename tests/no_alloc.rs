@@ -77,6 +77,27 @@ impl Guest {
         id(expect, self.seq)
     }
 
+    /// Pushes a request over `pages` that must succeed.
+    fn push_okay(&mut self, op: u8, sector: u64, pages: &[GrantRef]) {
+        let id = self.next_id(EXPECT_OKAY);
+        self.push(&req(op, id, sector, pages));
+    }
+
+    /// Checks that the first `n` destination pages hold round `round`'s
+    /// data.
+    fn check_read_back(&self, round: u64, n: usize, what: &str) {
+        for p in 0..n {
+            let got = self.host.page(self.dst[p]);
+            for (o, &b) in got.iter().enumerate() {
+                assert_eq!(
+                    b,
+                    pattern(round, p, o),
+                    "{what}: round {round} page {p} byte {o}"
+                );
+            }
+        }
+    }
+
     /// Publishes, kicks, completes everything, takes every response and
     /// checks each status against its id.
     fn serve(&mut self) {
@@ -119,13 +140,7 @@ impl Guest {
         // barrier with data, and invalid requests.
         let src = self.src;
         for k in 0..4 {
-            let id = self.next_id(EXPECT_OKAY);
-            self.push(&req(
-                BLKIF_OP_WRITE,
-                id,
-                base + 16 * k as u64,
-                &src[2 * k..2 * k + 2],
-            ));
+            self.push_okay(BLKIF_OP_WRITE, base + 16 * k as u64, &src[2 * k..2 * k + 2]);
         }
         let id = self.next_id(EXPECT_OKAY);
         self.push(&req(BLKIF_OP_FLUSH_DISKCACHE, id, 0, &[]));
@@ -145,32 +160,15 @@ impl Guest {
         // Read the nine pages back, coalesced: three 3-page reads.
         let dst = self.dst;
         for k in 0..3 {
-            let id = self.next_id(EXPECT_OKAY);
-            self.push(&req(
-                BLKIF_OP_READ,
-                id,
-                base + 24 * k as u64,
-                &dst[3 * k..3 * k + 3],
-            ));
+            self.push_okay(BLKIF_OP_READ, base + 24 * k as u64, &dst[3 * k..3 * k + 3]);
         }
         self.serve();
-        for p in 0..9 {
-            let got = self.host.page(self.dst[p]);
-            for (o, &b) in got.iter().enumerate() {
-                assert_eq!(b, pattern(round, p, o), "round {round} page {p} byte {o}");
-            }
-        }
+        self.check_read_back(round, 9, "coalesced");
 
         // More requests than the pool holds (8): non-contiguous reads.
         let shortages = self.inst.stats().get(Stat::RequestShortages);
         for k in 0..12 {
-            let id = self.next_id(EXPECT_OKAY);
-            self.push(&req(
-                BLKIF_OP_READ,
-                id,
-                2048 + 40 * k as u64,
-                &dst[16 + k..17 + k],
-            ));
+            self.push_okay(BLKIF_OP_READ, 2048 + 40 * k as u64, &dst[16 + k..17 + k]);
         }
         self.serve();
         assert!(self.inst.stats().get(Stat::RequestShortages) > shortages);
@@ -186,33 +184,16 @@ impl Guest {
         let id = self.next_id(EXPECT_OKAY);
         self.push(&indirect(BLKIF_OP_READ, id, at, self.ind_dst));
         self.serve();
-        for p in 0..16 {
-            let got = self.host.page(self.dst[p]);
-            for (o, &b) in got.iter().enumerate() {
-                assert_eq!(b, pattern(round, p, o), "indirect: round {round} page {p}");
-            }
-        }
+        self.check_read_back(round, 16, "indirect");
 
         // Two 16-page runs through a 24-page window: the second waits
         // (unless the pages are persistent grants, which need no window).
         let kva = self.inst.stats().get(Stat::KvaShortages);
         for k in 0..4 {
-            let id = self.next_id(EXPECT_OKAY);
-            self.push(&req(
-                BLKIF_OP_WRITE,
-                id,
-                base + 32 * k as u64,
-                &src[4 * k..4 * k + 4],
-            ));
+            self.push_okay(BLKIF_OP_WRITE, base + 32 * k as u64, &src[4 * k..4 * k + 4]);
         }
         for k in 0..4 {
-            let id = self.next_id(EXPECT_OKAY);
-            self.push(&req(
-                BLKIF_OP_READ,
-                id,
-                3072 + 32 * k as u64,
-                &dst[4 * k..4 * k + 4],
-            ));
+            self.push_okay(BLKIF_OP_READ, 3072 + 32 * k as u64, &dst[4 * k..4 * k + 4]);
         }
         self.serve();
         if !self.persistent {
