@@ -12,8 +12,8 @@
 //! `cargo test --test instance_regressions -- --ignored`.
 
 use xbb::abi::{
-    Abi, BlkifRequest, RequestBody, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_READ, BLKIF_OP_WRITE,
-    BLKIF_OP_WRITE_BARRIER, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY,
+    Abi, BlkifRequest, BlkifResponse, RequestBody, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_READ,
+    BLKIF_OP_WRITE, BLKIF_OP_WRITE_BARRIER, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY,
 };
 use xbb::host::{GrantRef, IoError, IoTag, MediumInfo, XenbusState};
 use xbb::instance::Instance;
@@ -155,6 +155,20 @@ fn complete_all(i: &mut Instance, h: &mut FakeHost) {
     panic!("I/O never stops");
 }
 
+/// Produces `reqs`, runs the deferred work, completes every I/O and
+/// returns the responses.
+fn serve(
+    i: &mut Instance,
+    h: &mut FakeHost,
+    fr: &mut FrontRing,
+    reqs: &[BlkifRequest],
+) -> Vec<BlkifResponse> {
+    produce(i, h, fr, reqs);
+    pump(i, h);
+    complete_all(i, h);
+    responses(fr)
+}
+
 /// An 11-page window and 11-page I/Os: the smallest the tunables allow.
 fn small_window(t: &mut Tunables) {
     t.set(Tunable::MaxRequestSize, 11 * 4096).unwrap();
@@ -176,10 +190,7 @@ fn kva_stall_is_not_overwritten_by_forced_dispatch() {
     let a = req(BLKIF_OP_WRITE, 1, 0, &grefs(11, 0)); // fills the window
     let b = req(BLKIF_OP_WRITE, 2, 1000, &grefs(1, 20)); // stalls
     let c = req(BLKIF_OP_WRITE, 3, 2000, &grefs(11, 40)); // stalls too
-    produce(&mut i, &mut h, &mut fr, &[a, b, c]);
-    pump(&mut i, &mut h);
-    complete_all(&mut i, &mut h);
-    let r = responses(&mut fr);
+    let r = serve(&mut i, &mut h, &mut fr, &[a, b, c]);
     assert_answered_once(&r, &[1, 2, 3]);
     assert!(i.is_idle());
     h.assert_clean();
@@ -197,10 +208,7 @@ fn pool_shortage_then_sync_grant_failure_does_not_strand_ring() {
     let (mut i, mut h, mut fr) = connected(&with(Tunable::MaxRequests, 1));
     let r1 = req(BLKIF_OP_READ, 1, 0, &[BAD_GREF]);
     let r2 = req(BLKIF_OP_READ, 2, 100, &grefs(1, 0));
-    produce(&mut i, &mut h, &mut fr, &[r1, r2]);
-    pump(&mut i, &mut h);
-    complete_all(&mut i, &mut h);
-    let rs = responses(&mut fr);
+    let rs = serve(&mut i, &mut h, &mut fr, &[r1, r2]);
     assert_answered_once(&rs, &[1, 2]);
     assert_eq!(status_of(&rs, 1), BLKIF_RSP_ERROR);
     assert_eq!(status_of(&rs, 2), BLKIF_RSP_OKAY);
@@ -213,10 +221,7 @@ fn pool_shortage_then_store_refusal_does_not_strand_ring() {
     h.faults.submits = 1;
     let r1 = req(BLKIF_OP_READ, 1, 0, &grefs(1, 0));
     let r2 = req(BLKIF_OP_READ, 2, 100, &grefs(1, 1));
-    produce(&mut i, &mut h, &mut fr, &[r1, r2]);
-    pump(&mut i, &mut h);
-    complete_all(&mut i, &mut h);
-    let rs = responses(&mut fr);
+    let rs = serve(&mut i, &mut h, &mut fr, &[r1, r2]);
     assert_answered_once(&rs, &[1, 2]);
     assert_eq!(status_of(&rs, 1), BLKIF_RSP_ERROR);
 }
@@ -355,10 +360,7 @@ fn store_refusal_answers_once_with_error() {
     h.faults.submits = 1;
     let a = req(BLKIF_OP_WRITE, 1, 0, &grefs(3, 0));
     let b = req(BLKIF_OP_WRITE, 2, 24, &grefs(3, 3));
-    produce(&mut i, &mut h, &mut fr, &[a, b]);
-    pump(&mut i, &mut h);
-    complete_all(&mut i, &mut h);
-    let r = responses(&mut fr);
+    let r = serve(&mut i, &mut h, &mut fr, &[a, b]);
     assert_answered_once(&r, &[1, 2]);
     assert!(r.iter().all(|r| r.status == BLKIF_RSP_ERROR));
     assert!(h.live_mappings == 0);
