@@ -33,8 +33,8 @@ pub fn probe(path: &Path) -> Result<NodeKind, OpenError> {
     })
 }
 
-/// The open store of one instance, for its platform; see the
-/// [module](self) docs.
+/// The open store of one instance, for its platform: the one type the
+/// user-space platforms (lab and serve) delegate their store calls to.
 pub struct HostStore {
     store: Option<Box<dyn UserStore>>,
     in_flight: Arc<AtomicU64>,

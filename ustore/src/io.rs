@@ -60,7 +60,7 @@ pub enum StoreIo {
         len: u64,
         /// Erase securely (`BLKIF_DISCARD_SECURE`, `BLKSECDISCARD`): refused
         /// with [`IoError::NotSupported`] unless
-        /// [`MediumInfo::can_secure_discard`].
+        /// [`xbb::host::MediumInfo::can_secure_discard`].
         secure: bool,
     },
 }

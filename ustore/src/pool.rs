@@ -48,7 +48,7 @@ impl Shared {
 }
 
 /// A file or device store served by [`WORKERS`] threads; what
-/// [`open_store`] returns, boxed.
+/// [`open_store`](crate::open_store) returns, boxed.
 pub struct BackingStore {
     shared: Arc<Shared>,
     workers: Mutex<Vec<JoinHandle<()>>>,
