@@ -251,12 +251,8 @@ fn online_reconnect_noticed_after_drain() {
     let mut i = Instance::new(BE_PATH, &Tunables::default()).unwrap();
     i.attach(&mut h);
     let mut fr = fe_connect(&mut i, &mut h);
-    produce(
-        &mut i,
-        &mut h,
-        &mut fr,
-        &[req(BLKIF_OP_READ, 1, 0, &grefs(1, 0))],
-    );
+    let r = req(BLKIF_OP_READ, 1, 0, &grefs(1, 0));
+    produce(&mut i, &mut h, &mut fr, &[r]);
     assert_eq!(h.pending(), 1);
     fe_state(&mut i, &mut h, "5");
     fe_state(&mut i, &mut h, "6");
@@ -372,12 +368,8 @@ fn io_error_in_any_phase_answers_once_with_error() {
     for fail_phase in 0..3 {
         let (mut i, mut h, mut fr) = connected(&Tunables::default());
         // A barrier with data: Flush, Data, Flush.
-        produce(
-            &mut i,
-            &mut h,
-            &mut fr,
-            &[req(BLKIF_OP_WRITE_BARRIER, 9, 0, &grefs(2, 0))],
-        );
+        let r = req(BLKIF_OP_WRITE_BARRIER, 9, 0, &grefs(2, 0));
+        produce(&mut i, &mut h, &mut fr, &[r]);
         for phase in 0..3 {
             let res = if phase == fail_phase {
                 Err(IoError::Io)
@@ -402,12 +394,8 @@ fn io_error_in_any_phase_answers_once_with_error() {
 #[test]
 fn flush_with_data_writes_then_flushes() {
     let (mut i, mut h, mut fr) = connected(&Tunables::default());
-    produce(
-        &mut i,
-        &mut h,
-        &mut fr,
-        &[req(BLKIF_OP_FLUSH_DISKCACHE, 4, 8, &grefs(1, 0))],
-    );
+    let r = req(BLKIF_OP_FLUSH_DISKCACHE, 4, 8, &grefs(1, 0));
+    produce(&mut i, &mut h, &mut fr, &[r]);
     complete_all(&mut i, &mut h);
     let kinds: Vec<Kind> = h.log.iter().map(|l| l.kind).collect();
     assert_eq!(kinds, [Kind::Write, Kind::Flush]);
@@ -458,12 +446,8 @@ fn barrier_orders_against_in_flight_and_stalled_requests() {
 fn impossible_req_prod_fails_connection_and_answers_nothing_more() {
     let (mut i, mut h, mut fr) = connected(&Tunables::default());
     // One legitimate I/O in flight.
-    produce(
-        &mut i,
-        &mut h,
-        &mut fr,
-        &[req(BLKIF_OP_READ, 1, 0, &grefs(1, 0))],
-    );
+    let r = req(BLKIF_OP_READ, 1, 0, &grefs(1, 0));
+    produce(&mut i, &mut h, &mut fr, &[r]);
     assert_eq!(h.pending(), 1);
     // Valid-looking requests, then an impossible producer index.
     for k in 0..3 {
@@ -581,12 +565,8 @@ fn notify_only_when_asked() {
     assert_eq!(h.notifications, 1);
     assert_eq!(responses(&mut fr).len(), 2);
     assert!(!fr.final_check_for_responses());
-    produce(
-        &mut i,
-        &mut h,
-        &mut fr,
-        &[req(BLKIF_OP_READ, 3, 0, &grefs(1, 0))],
-    );
+    let r = req(BLKIF_OP_READ, 3, 0, &grefs(1, 0));
+    produce(&mut i, &mut h, &mut fr, &[r]);
     complete_one(&mut i, &mut h, Ok(()));
     assert_eq!(h.notifications, 2);
 }
@@ -702,12 +682,8 @@ fn connect_failure_cleans_up_and_online_backend_reconnects() {
     assert_eq!(i.state(), XenbusState::InitWait);
     let mut fr = fe_connect(&mut i, &mut h);
     assert_eq!(i.state(), XenbusState::Connected);
-    produce(
-        &mut i,
-        &mut h,
-        &mut fr,
-        &[req(BLKIF_OP_READ, 1, 0, &grefs(1, 0))],
-    );
+    let r = req(BLKIF_OP_READ, 1, 0, &grefs(1, 0));
+    produce(&mut i, &mut h, &mut fr, &[r]);
     complete_all(&mut i, &mut h);
     assert_answered_once(&responses(&mut fr), &[1]);
     // Second full cycle.
