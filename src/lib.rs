@@ -35,3 +35,7 @@ pub mod ring;
 pub mod shmem;
 pub mod stats;
 pub mod units;
+
+/// The version of the core, as its package names it; the programs built on
+/// it print it with their own (`--version`).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

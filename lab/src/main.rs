@@ -15,10 +15,83 @@ use xbb_lab::scenario::{self, Report, RunOptions, Scenario};
 const USAGE: &str = "\
 usage: xbb-lab [--json] [--quiet] [--dir DIR]
        xbb-lab scenario FILE... [--json] [--quiet] [--dir DIR]
-       xbb-lab bench [--ops N | --seconds S] [--json] [--dir DIR]
+       xbb-lab bench [--ops N | --seconds S] [--json] [--quiet] [--dir DIR]
        xbb-lab default-scenario
        xbb-lab tables
-       xbb-lab --help";
+       xbb-lab [COMMAND] --help | xbb-lab help [COMMAND]
+       xbb-lab --version";
+
+/// The commands, as `help.txt`'s COMMANDS section names them ("(none)" for
+/// the default run), with the options each takes.
+const COMMANDS: [(&str, &[&str]); 5] = [
+    ("(none)", &["--json", "--quiet", "--dir"]),
+    ("scenario", &["--json", "--quiet", "--dir"]),
+    (
+        "bench",
+        &["--json", "--quiet", "--dir", "--ops", "--seconds"],
+    ),
+    ("default-scenario", &[]),
+    ("tables", &[]),
+];
+
+/// The entries of section `title` of the help text (an entry starts on a
+/// line indented by two spaces, its continuation lines by more) for which
+/// `keep` holds of their first word.
+fn help_entries(text: &str, title: &str, keep: impl Fn(&str) -> bool) -> String {
+    let mut out = String::new();
+    let mut in_section = false;
+    let mut keeping = false;
+    for line in text.lines() {
+        if !line.starts_with(' ') && !line.is_empty() {
+            in_section = line == title;
+            continue;
+        }
+        if !in_section {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("  ").filter(|r| !r.starts_with(' ')) {
+            keeping = keep(rest.split_whitespace().next().unwrap_or(""));
+        }
+        if keeping {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// `xbb-lab COMMAND --help`: the command's usage, what it does, its
+/// options (and for `scenario` the file format), from the one help text.
+fn command_help(command: &str) -> Option<String> {
+    let name = if command == "default" {
+        "(none)"
+    } else {
+        command
+    };
+    let (_, options) = COMMANDS.iter().find(|(c, _)| *c == name)?;
+    let text = help();
+    let usage: Vec<&str> = USAGE
+        .lines()
+        .map(|l| l.trim_start_matches("usage:").trim())
+        .filter(|l| match name {
+            "(none)" => l.starts_with("xbb-lab [--json]"),
+            _ => l.starts_with(&format!("xbb-lab {name}")),
+        })
+        .collect();
+    let mut out = format!("usage: {}\n\n", usage.join("\n       "));
+    out.push_str(&help_entries(&text, "COMMANDS", |w| w == name));
+    let opts = help_entries(&text, "OPTIONS", |w| options.contains(&w));
+    if !opts.is_empty() {
+        out.push_str("\nOPTIONS\n");
+        out.push_str(&opts);
+    }
+    if name == "scenario" {
+        out.push_str("\nSCENARIO FILES\n");
+        out.push_str(&help_entries(&text, "SCENARIO FILES", |_| true));
+    }
+    out.push_str("\nxbb-lab --help describes every command, the exit status and the tables.\n");
+    Some(out)
+}
 
 /// The `--help` text: `help.txt` with the usage and the tables filled in.
 fn help() -> String {
@@ -39,6 +112,8 @@ fn help() -> String {
 #[derive(Default)]
 struct Args {
     command: Option<String>,
+    /// `--help` was given (after a command: that command's help).
+    help: bool,
     files: Vec<PathBuf>,
     json: bool,
     quiet: bool,
@@ -53,7 +128,8 @@ fn parse_args() -> Result<Args, String> {
     while let Some(arg) = it.next() {
         let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
         match arg.as_str() {
-            "-h" | "--help" | "help" => a.command = Some(String::from("help")),
+            "-h" | "--help" => a.help = true,
+            "-V" | "--version" => a.command = Some(String::from("version")),
             "--json" => a.json = true,
             "-q" | "--quiet" => a.quiet = true,
             "--dir" => a.dir = Some(PathBuf::from(value("--dir")?)),
@@ -74,6 +150,10 @@ fn parse_args() -> Result<Args, String> {
             s if s.starts_with('-') => return Err(format!("unknown option {s}")),
             s if a.command.is_none() => a.command = Some(s.to_string()),
             s if a.command.as_deref() == Some("scenario") => a.files.push(PathBuf::from(s)),
+            // `help COMMAND`: that command's help.
+            s if a.command.as_deref() == Some("help") && a.files.is_empty() => {
+                a.files.push(PathBuf::from(s))
+            }
             s => return Err(format!("unexpected argument {s}")),
         }
     }
@@ -126,16 +206,35 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.help || args.command.as_deref() == Some("help") {
+        let topic = match (args.command.as_deref(), args.files.first()) {
+            (Some("help"), Some(f)) => f.to_str().map(String::from),
+            (Some("help"), None) | (None, _) => None,
+            (Some(c), _) => Some(c.to_string()),
+        };
+        let Some(topic) = topic else {
+            print!("{}", help());
+            return ExitCode::SUCCESS;
+        };
+        return match command_help(&topic) {
+            Some(h) => emit(&h),
+            None => {
+                eprintln!("xbb-lab: no command {topic}\n{USAGE}");
+                ExitCode::from(2)
+            }
+        };
+    }
     match args.command.as_deref() {
         None | Some("default") => run_default(&args),
         Some("scenario") => run_scenarios(&args),
         Some("bench") => run_bench(&args),
         Some("default-scenario") => emit(scenario::DEFAULT_SCENARIO),
         Some("tables") => tables(),
-        Some("help") => {
-            print!("{}", help());
-            ExitCode::SUCCESS
-        }
+        Some("version") => emit(&format!(
+            "xbb-lab {} (xbb core {})\n",
+            env!("CARGO_PKG_VERSION"),
+            xbb::VERSION
+        )),
         Some(other) => {
             eprintln!("xbb-lab: unknown command {other}\n{USAGE}");
             ExitCode::from(2)

@@ -172,6 +172,54 @@ fn help_documents_the_scenario_format() {
 }
 
 #[test]
+fn each_command_has_its_own_help_and_the_programs_their_version() {
+    for (args, usage, has, lacks) in [
+        (
+            &["bench", "--help"][..],
+            "usage: xbb-lab bench",
+            "--seconds",
+            "SCENARIO FILES",
+        ),
+        (
+            &["help", "scenario"],
+            "usage: xbb-lab scenario FILE",
+            "expect_status",
+            "--ops",
+        ),
+        (
+            &["--help", "tables"],
+            "usage: xbb-lab tables",
+            "dev.xbb.N",
+            "--json",
+        ),
+        (
+            &["default", "--help"],
+            "usage: xbb-lab [--json]",
+            "--dir",
+            "--seconds",
+        ),
+    ] {
+        let o = lab(args);
+        let out = stdout(&o);
+        assert!(o.status.success(), "{args:?}: exit {:?}", o.status);
+        assert!(out.starts_with(usage), "{args:?}:\n{out}");
+        assert!(out.contains(has), "{args:?}: {has} missing:\n{out}");
+        assert!(!out.contains(lacks), "{args:?}: {lacks} present:\n{out}");
+    }
+    assert_eq!(lab(&["help", "nosuch"]).status.code(), Some(2));
+    let o = lab(&["--version"]);
+    assert!(o.status.success());
+    assert_eq!(
+        stdout(&o),
+        format!(
+            "xbb-lab {} (xbb core {})\n",
+            env!("CARGO_PKG_VERSION"),
+            xbb::VERSION
+        )
+    );
+}
+
+#[test]
 fn bench_with_few_ops_prints_ratios() {
     let o = lab(&["bench", "--ops", "64", "--quiet"]);
     let out = stdout(&o);

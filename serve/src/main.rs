@@ -17,6 +17,7 @@ const USAGE: &str = "\
 usage: xbb-serve [-v] [--set TUNABLE=VALUE]... [--type phy,file] [--copy-grants]
                  [--ignore-kernel-backend]
        xbb-serve --tunables
+       xbb-serve --version
 
 Serves the vbds of this Xen domain's backend/vbd directory from user space.
   --set NAME=VALUE   an hw.xbb.* tunable (NAME with or without the prefix)
@@ -43,6 +44,14 @@ fn parse(args: &[String]) -> Result<Option<Config>, String> {
         match a.as_str() {
             "-h" | "--help" => {
                 println!("{USAGE}");
+                return Ok(None);
+            }
+            "-V" | "--version" => {
+                println!(
+                    "xbb-serve {} (xbb core {})",
+                    env!("CARGO_PKG_VERSION"),
+                    xbb::VERSION
+                );
                 return Ok(None);
             }
             "--tunables" => {
