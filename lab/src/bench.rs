@@ -212,6 +212,27 @@ impl BenchReport {
         })
     }
 
+    /// The ratios to draw ([`crate::chart`]): every case's xbb/raw, and
+    /// each feature case's on/off.
+    pub fn chart_bars(&self) -> Vec<crate::chart::Bar> {
+        let mut bars = Vec::new();
+        for c in self.cases.iter().filter(|c| c.error.is_none()) {
+            bars.push(crate::chart::Bar {
+                group: c.name.clone(),
+                series: String::from("xbb / raw file"),
+                value: c.ratio(),
+            });
+            if let Some(f) = c.feature_ratio {
+                bars.push(crate::chart::Bar {
+                    group: c.name.clone(),
+                    series: String::from("feature on / off"),
+                    value: f,
+                });
+            }
+        }
+        bars
+    }
+
     /// Whether every case ran.
     pub fn ok(&self) -> bool {
         self.cases.iter().all(|c| c.error.is_none())

@@ -36,6 +36,7 @@ pub enum TaskEvent {
 
 pub mod backend;
 pub mod bench;
+pub mod chart;
 pub mod evtchn;
 pub mod ffi;
 pub mod frontend;

@@ -10,12 +10,14 @@ use std::time::Duration;
 
 use xbb::stats::{SYSCTLS, TUNABLES, TUNABLE_PREFIX};
 use xbb_lab::bench::{self, BenchOptions};
+use xbb_lab::chart;
 use xbb_lab::scenario::{self, Report, RunOptions, Scenario};
 
 const USAGE: &str = "\
 usage: xbb-lab [--json] [--quiet] [--dir DIR]
        xbb-lab scenario FILE... [--json] [--quiet] [--dir DIR]
-       xbb-lab bench [--ops N | --seconds S] [--json] [--quiet] [--dir DIR]
+       xbb-lab bench [--ops N | --seconds S] [--json] [--quiet] [--dir DIR] [--svg FILE]
+       xbb-lab chart --tsv FILE --svg FILE [--title TEXT]
        xbb-lab default-scenario
        xbb-lab tables
        xbb-lab [COMMAND] --help | xbb-lab help [COMMAND]
@@ -23,13 +25,14 @@ usage: xbb-lab [--json] [--quiet] [--dir DIR]
 
 /// The commands, as `help.txt`'s COMMANDS section names them ("(none)" for
 /// the default run), with the options each takes.
-const COMMANDS: [(&str, &[&str]); 5] = [
+const COMMANDS: [(&str, &[&str]); 6] = [
     ("(none)", &["--json", "--quiet", "--dir"]),
     ("scenario", &["--json", "--quiet", "--dir"]),
     (
         "bench",
-        &["--json", "--quiet", "--dir", "--ops", "--seconds"],
+        &["--json", "--quiet", "--dir", "--ops", "--seconds", "--svg"],
     ),
+    ("chart", &["--tsv", "--svg", "--title"]),
     ("default-scenario", &[]),
     ("tables", &[]),
 ];
@@ -120,6 +123,9 @@ struct Args {
     dir: Option<PathBuf>,
     ops: Option<u64>,
     seconds: Option<f64>,
+    svg: Option<PathBuf>,
+    tsv: Option<PathBuf>,
+    title: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -133,6 +139,9 @@ fn parse_args() -> Result<Args, String> {
             "--json" => a.json = true,
             "-q" | "--quiet" => a.quiet = true,
             "--dir" => a.dir = Some(PathBuf::from(value("--dir")?)),
+            "--svg" => a.svg = Some(PathBuf::from(value("--svg")?)),
+            "--tsv" => a.tsv = Some(PathBuf::from(value("--tsv")?)),
+            "--title" => a.title = Some(value("--title")?),
             "--ops" => {
                 let v = value("--ops")?;
                 a.ops = Some(v.parse().map_err(|_| format!("--ops: not a number: {v}"))?);
@@ -228,6 +237,7 @@ fn main() -> ExitCode {
         None | Some("default") => run_default(&args),
         Some("scenario") => run_scenarios(&args),
         Some("bench") => run_bench(&args),
+        Some("chart") => run_chart(&args),
         Some("default-scenario") => emit(scenario::DEFAULT_SCENARIO),
         Some("tables") => tables(),
         Some("version") => emit(&format!(
@@ -333,6 +343,14 @@ fn run_bench(args: &Args) -> ExitCode {
     };
     match bench::run(&opts) {
         Ok(r) => {
+            if let Some(path) = &args.svg {
+                let written = chart::ratio_svg("xbb-lab bench: ratios", &r.chart_bars())
+                    .and_then(|svg| std::fs::write(path, svg).map_err(|e| e.to_string()));
+                if let Err(e) = written {
+                    eprintln!("xbb-lab bench: {}: {e}", path.display());
+                    return ExitCode::from(1);
+                }
+            }
             if args.json {
                 println!(
                     "{}",
@@ -345,6 +363,26 @@ fn run_bench(args: &Args) -> ExitCode {
         }
         Err(e) => {
             eprintln!("xbb-lab bench: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `chart`: an SVG bar chart of the ratios in a tab-separated file.
+fn run_chart(args: &Args) -> ExitCode {
+    let (Some(tsv), Some(svg)) = (&args.tsv, &args.svg) else {
+        eprintln!("xbb-lab chart: needs --tsv FILE and --svg FILE\n{USAGE}");
+        return ExitCode::from(2);
+    };
+    let drawn = std::fs::read_to_string(tsv)
+        .map_err(|e| format!("{}: {e}", tsv.display()))
+        .and_then(|text| chart::parse_tsv(&text).map_err(|e| format!("{}: {e}", tsv.display())))
+        .and_then(|bars| chart::ratio_svg(args.title.as_deref().unwrap_or("ratios"), &bars))
+        .and_then(|out| std::fs::write(svg, out).map_err(|e| format!("{}: {e}", svg.display())));
+    match drawn {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xbb-lab chart: {e}");
             ExitCode::from(1)
         }
     }

@@ -220,10 +220,49 @@ fn each_command_has_its_own_help_and_the_programs_their_version() {
 }
 
 #[test]
+fn chart_draws_a_tsv_and_refuses_bad_input() {
+    let tsv = write_temp(
+        "ratios.tsv",
+        "# test\tseries\tratio\nseqread1m\txbb-serve / xen-blkback\t1.07\n",
+    );
+    let svg = tsv.with_extension("svg");
+    let (t, g) = (
+        tsv.to_str().unwrap_or_default(),
+        svg.to_str().unwrap_or_default(),
+    );
+    let o = lab(&["chart", "--tsv", t, "--svg", g, "--title", "peers"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let chart = std::fs::read_to_string(&svg).expect("chart written");
+    for w in ["peers", "seqread1m", "xbb-serve / xen-blkback", "1.07"] {
+        assert!(chart.contains(w), "{w} missing from the chart");
+    }
+    std::fs::write(&tsv, "seqread1m\tA\tfast\n").expect("rewrite");
+    let o = lab(&["chart", "--tsv", t, "--svg", g]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not a number: fast"));
+    assert_eq!(lab(&["chart", "--tsv", t]).status.code(), Some(2));
+    let _ = std::fs::remove_file(&tsv);
+    let _ = std::fs::remove_file(&svg);
+}
+
+#[test]
 fn bench_with_few_ops_prints_ratios() {
-    let o = lab(&["bench", "--ops", "64", "--quiet"]);
+    let svg = std::env::temp_dir().join(format!("xbb-lab-cli-{}-bench.svg", std::process::id()));
+    let o = lab(&[
+        "bench",
+        "--ops",
+        "64",
+        "--quiet",
+        "--svg",
+        svg.to_str().unwrap_or_default(),
+    ]);
     let out = stdout(&o);
     assert!(o.status.success(), "exit {:?}\n{out}", o.status);
+    let chart = std::fs::read_to_string(&svg).expect("bench --svg wrote its chart");
+    let _ = std::fs::remove_file(&svg);
+    for w in ["xbb / raw file", "feature on / off", "4k-randread-4queues"] {
+        assert!(chart.contains(w), "{w} missing from the chart");
+    }
     assert!(out.contains("xbb/raw"), "{out}");
     assert!(out.contains("total_dispatch per request"), "{out}");
     assert!(out.contains("on/off"), "{out}");

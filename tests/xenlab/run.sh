@@ -170,6 +170,15 @@ else
 	[ "$STANDIN" = blkback ] || die "no xbb-serve (set XENLAB_STANDIN=blkback to test the harness without it)"
 	echo "xenlab: XENLAB_STANDIN=blkback: going on with the kernel back-end as stand-in"
 fi
+# The comparison's chart is drawn by xbb-lab chart (--full only).
+LAB_BIN=""
+if [ $FULL = 1 ]; then
+	if (cd "$TOP" && "$CARGO" build --release -p xbb-lab --bin xbb-lab) >> "$DIR/cargo.log" 2>&1; then
+		LAB_BIN=$CARGO_TARGET_DIR/release/xbb-lab
+	else
+		echo "xenlab: cannot build xbb-lab: no chart of the comparison (log: $DIR/cargo.log)"
+	fi
+fi
 
 # ----------------------------------------------------------------- xbbwork
 step "xbbwork and dom0 PID 1"
@@ -371,7 +380,7 @@ done
 if grep -q 'XENLAB-BENCH' "$RES"; then
 	echo
 	echo "==================== comparison (medians of $(grep -o 'XENLAB-BENCH.*' "$RES" | sed -n 's/.* rep=\([0-9]*\) .*/\1/p' | sort -u | wc -l) interleaved repetitions; emulated host: only ratios mean anything) ===================="
-	grep -o 'XENLAB-BENCH.*' "$RES" | awk '
+	grep -o 'XENLAB-BENCH.*' "$RES" | awk -v tsv="$OUT/comparison.tsv" '
 	function med(key,   n, i, j, t, a) {
 		n = split(vals[key], a, " ")
 		if (n == 0) return -1
@@ -402,8 +411,16 @@ if grep -q 'XENLAB-BENCH' "$RES"; then
 			x = med(k SUBSEP "xbb"); b = med(k SUBSEP "blkback"); q = med(k SUBSEP "qdisk")
 			printf "%-8s %-16s %7s %12s %12s %12s %12s %12s\n", p[1], p[2], (p[2] ~ /^seq/) ? "kB/s" : "IOPS", x, b, q,
 				(x >= 0 && b > 0) ? sprintf("%.2f", x / b) : "-", (x >= 0 && q > 0) ? sprintf("%.2f", x / q) : "-"
+			name = (p[1] == "xbbwork") ? p[2] : p[1] " " p[2]
+			if (x >= 0 && b > 0) printf "%s\txbb-serve / xen-blkback\t%.3f\n", name, x / b > tsv
+			if (x >= 0 && q > 0) printf "%s\txbb-serve / qdisk\t%.3f\n", name, x / q > tsv
 		}
 	}' | tee "$OUT/comparison.txt"
+	if [ -n "$LAB_BIN" ] && [ -s "$OUT/comparison.tsv" ]; then
+		"$LAB_BIN" chart --tsv "$OUT/comparison.tsv" --svg "$OUT/comparison.svg" \
+			--title "xbb-serve against its peers, real Xen host (medians of interleaved repetitions)" &&
+			echo "xenlab: chart: $OUT/comparison.svg"
+	fi
 fi
 
 echo
