@@ -159,16 +159,6 @@ pub struct Queue {
     stats: Stats,
 }
 
-impl core::fmt::Debug for Queue {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Queue")
-            .field("id", &self.id)
-            .field("in_flight", &self.in_flight)
-            .field("broken", &self.broken)
-            .finish()
-    }
-}
-
 impl Queue {
     /// A queue serving `ring` for domain `dom`, its window share starting
     /// at window page `first_page`, with every pool allocated; on failure
@@ -766,6 +756,18 @@ impl Queue {
         }
         self.stats.add(Stat::ReqsCompleted, self.unpublished);
         self.unpublished = 0;
+    }
+}
+
+/// Only what tells queues apart and says whether one is busy or broken:
+/// the pools and the ring are large and say nothing at a glance.
+impl core::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Queue")
+            .field("id", &self.id)
+            .field("in_flight", &self.in_flight)
+            .field("broken", &self.broken)
+            .finish()
     }
 }
 
