@@ -24,21 +24,23 @@ fn be(key: &str) -> String {
 
 #[test]
 fn parse_strict_decimal() {
-    assert_eq!(parse_u32(b"0"), Some(0));
-    assert_eq!(parse_u32(b"4294967295"), Some(u32::MAX));
-    assert_eq!(parse_u32(b"007"), Some(7));
-    for bad in [
-        &b""[..],
-        b" 1",
-        b"1 ",
-        b"+1",
-        b"-1",
-        b"0x10",
-        b"4294967296",
-        b"1\n",
-        b"1\0",
+    // Digits only, leading zeros decimal (not octal), nothing around them,
+    // nothing past the type's maximum.
+    for (text, want) in [
+        (&b"0"[..], Some(0)),
+        (b"4294967295", Some(u32::MAX)),
+        (b"007", Some(7)),
+        (b"", None),
+        (b" 1", None),
+        (b"1 ", None),
+        (b"+1", None),
+        (b"-1", None),
+        (b"0x10", None),
+        (b"4294967296", None),
+        (b"1\n", None),
+        (b"1\0", None),
     ] {
-        assert_eq!(parse_u32(bad), None, "{bad:?}");
+        assert_eq!(parse_u32(text), want, "{text:?}");
     }
     assert_eq!(parse_u64(b"18446744073709551615"), Some(u64::MAX));
     assert_eq!(parse_u64(b"18446744073709551616"), None);
