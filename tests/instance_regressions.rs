@@ -98,6 +98,13 @@ fn connected(t: &Tunables) -> (Instance, FakeHost, FrontRing) {
     (i, h, fr)
 }
 
+/// A connection with the default tunables and `reqs` produced on its ring.
+fn connected_with(reqs: &[BlkifRequest]) -> (Instance, FakeHost, FrontRing) {
+    let (mut i, mut h, mut fr) = connected(&Tunables::default());
+    produce(&mut i, &mut h, &mut fr, reqs);
+    (i, h, fr)
+}
+
 fn fe_state(i: &mut Instance, h: &mut FakeHost, s: &str) {
     h.fe_set("state", s);
     i.frontend_changed(h);
@@ -393,9 +400,8 @@ fn io_error_in_any_phase_answers_once_with_error() {
 
 #[test]
 fn flush_with_data_writes_then_flushes() {
-    let (mut i, mut h, mut fr) = connected(&Tunables::default());
-    let r = req(BLKIF_OP_FLUSH_DISKCACHE, 4, 8, &grefs(1, 0));
-    produce(&mut i, &mut h, &mut fr, &[r]);
+    let (mut i, mut h, mut fr) =
+        connected_with(&[req(BLKIF_OP_FLUSH_DISKCACHE, 4, 8, &grefs(1, 0))]);
     complete_all(&mut i, &mut h);
     let kinds: Vec<Kind> = h.log.iter().map(|l| l.kind).collect();
     assert_eq!(kinds, [Kind::Write, Kind::Flush]);
@@ -444,10 +450,8 @@ fn barrier_orders_against_in_flight_and_stalled_requests() {
 
 #[test]
 fn impossible_req_prod_fails_connection_and_answers_nothing_more() {
-    let (mut i, mut h, mut fr) = connected(&Tunables::default());
     // One legitimate I/O in flight.
-    let r = req(BLKIF_OP_READ, 1, 0, &grefs(1, 0));
-    produce(&mut i, &mut h, &mut fr, &[r]);
+    let (mut i, mut h, mut fr) = connected_with(&[req(BLKIF_OP_READ, 1, 0, &grefs(1, 0))]);
     assert_eq!(h.pending(), 1);
     // Valid-looking requests, then an impossible producer index.
     for k in 0..3 {
@@ -546,16 +550,10 @@ fn per_pass_cap_and_schedule_run() {
 /// The back-end notifies only when the front-end's `rsp_event` asks.
 #[test]
 fn notify_only_when_asked() {
-    let (mut i, mut h, mut fr) = connected(&Tunables::default());
-    produce(
-        &mut i,
-        &mut h,
-        &mut fr,
-        &[
-            req(BLKIF_OP_READ, 1, 0, &grefs(1, 0)),
-            req(BLKIF_OP_READ, 2, 64, &grefs(1, 1)),
-        ],
-    );
+    let (mut i, mut h, mut fr) = connected_with(&[
+        req(BLKIF_OP_READ, 1, 0, &grefs(1, 0)),
+        req(BLKIF_OP_READ, 2, 64, &grefs(1, 1)),
+    ]);
     assert_eq!(h.pending(), 2);
     complete_one(&mut i, &mut h, Ok(()));
     // rsp_event = 1 (ring init): the first response is notified.
@@ -575,16 +573,10 @@ fn notify_only_when_asked() {
 /// served once the pause ends, without another kick.
 #[test]
 fn request_produced_while_paused_is_seen() {
-    let (mut i, mut h, mut fr) = connected(&Tunables::default());
-    produce(
-        &mut i,
-        &mut h,
-        &mut fr,
-        &[
-            req(BLKIF_OP_WRITE, 1, 0, &grefs(1, 0)),
-            req(BLKIF_OP_WRITE_BARRIER, 2, 0, &[]),
-        ],
-    );
+    let (mut i, mut h, mut fr) = connected_with(&[
+        req(BLKIF_OP_WRITE, 1, 0, &grefs(1, 0)),
+        req(BLKIF_OP_WRITE_BARRIER, 2, 0, &[]),
+    ]);
     // Produced while paused; whether or not it kicks, the run sees a pause.
     fr.push_request(&req(BLKIF_OP_READ, 3, 64, &grefs(1, 1)));
     if fr.publish_requests() {
