@@ -62,6 +62,23 @@ fn slot_offset(abi: Abi, size: u32, index: u32) -> usize {
     SRING_HEADER_SIZE + (index & (size - 1)) as usize * abi.entry_size()
 }
 
+/// A copy of the first `len` bytes of slot `index`: the one read of that
+/// slot (the copy, never the shared page, is decoded and checked).
+fn read_slot(mem: &SharedMem, abi: Abi, size: u32, index: u32, len: usize) -> [u8; MAX_SLOT_SIZE] {
+    let mut buf = [0u8; MAX_SLOT_SIZE];
+    mem.read(slot_offset(abi, size, index), &mut buf[..len]);
+    buf
+}
+
+/// Encodes one entry of `len` bytes with `encode` into a zeroed copy
+/// (padding and unused bytes stay zero) and writes it to byte `at` of the
+/// ring.
+fn put_entry(mem: &mut SharedMem, at: usize, len: usize, encode: impl FnOnce(&mut [u8])) {
+    let mut buf = [0u8; MAX_SLOT_SIZE];
+    encode(&mut buf[..len]);
+    mem.write(at, &buf[..len]);
+}
+
 /// The back-end's side of a shared ring (`struct blkif_back_ring`).
 #[derive(Debug)]
 pub struct BackRing {
@@ -152,10 +169,8 @@ impl BackRing {
             return None;
         }
         let len = self.abi.request_size();
-        let mut buf = [0u8; MAX_SLOT_SIZE];
-        let off = slot_offset(self.abi, self.size, self.req_cons);
         // The one read of this slot: everything after looks at `buf` only.
-        self.mem.read(off, &mut buf[..len]);
+        let buf = read_slot(&self.mem, self.abi, self.size, self.req_cons, len);
         self.req_cons = self.req_cons.wrapping_add(1);
         Some(self.abi.decode_request(&buf[..len]))
     }
@@ -176,11 +191,11 @@ impl BackRing {
         if unanswered == 0 || unanswered > self.size {
             return;
         }
-        let len = self.abi.response_size();
-        let mut buf = [0u8; MAX_SLOT_SIZE];
-        self.abi.encode_response(rsp, &mut buf[..len]);
-        let off = slot_offset(self.abi, self.size, self.rsp_prod_pvt);
-        self.mem.write(off, &buf[..len]);
+        let at = slot_offset(self.abi, self.size, self.rsp_prod_pvt);
+        let abi = self.abi;
+        put_entry(&mut self.mem, at, abi.response_size(), |b| {
+            abi.encode_response(rsp, b)
+        });
         self.rsp_prod_pvt = self.rsp_prod_pvt.wrapping_add(1);
     }
 
@@ -307,11 +322,11 @@ impl FrontRing {
         if self.free_slots() == 0 {
             return false;
         }
-        let len = self.abi.request_size();
-        let mut buf = [0u8; MAX_SLOT_SIZE];
-        self.abi.encode_request(req, &mut buf[..len]);
-        let off = slot_offset(self.abi, self.size, self.req_prod_pvt);
-        self.mem.write(off, &buf[..len]);
+        let at = slot_offset(self.abi, self.size, self.req_prod_pvt);
+        let abi = self.abi;
+        put_entry(&mut self.mem, at, abi.request_size(), |b| {
+            abi.encode_request(req, b)
+        });
         self.req_prod_pvt = self.req_prod_pvt.wrapping_add(1);
         true
     }
@@ -357,9 +372,7 @@ impl FrontRing {
             return None;
         }
         let len = self.abi.response_size();
-        let mut buf = [0u8; MAX_SLOT_SIZE];
-        let off = slot_offset(self.abi, self.size, self.rsp_cons);
-        self.mem.read(off, &mut buf[..len]);
+        let buf = read_slot(&self.mem, self.abi, self.size, self.rsp_cons, len);
         self.rsp_cons = self.rsp_cons.wrapping_add(1);
         Some(self.abi.decode_response(&buf[..len]))
     }
@@ -421,6 +434,16 @@ mod tests {
             *handle = 0x300;
         }
         r
+    }
+
+    /// Pushes `request(0..n)`, each of which must fit, and publishes them:
+    /// the `req_prod` the back-end then sees.
+    fn push_and_publish(front: &mut FrontRing, back: &BackRing, n: u64) -> u32 {
+        for i in 0..n {
+            assert!(front.push_request(&request(i)), "request {i} fits");
+        }
+        front.publish_requests();
+        back.snapshot_req_prod().unwrap()
     }
 
     fn request(i: u64) -> BlkifRequest {
@@ -594,17 +617,12 @@ mod tests {
     fn impossible_producer_refused() {
         for abi in ABIS {
             let (mut front, mut back) = pair(abi, 1);
-            let size = back.size();
             // Two requests in flight, answered later: rsp_prod_pvt = 0.
-            for i in 0..2 {
-                assert!(front.push_request(&request(i)));
-            }
-            front.publish_requests();
-            let prod = back.snapshot_req_prod().unwrap();
+            let prod = push_and_publish(&mut front, &back, 2);
             assert!(back.take_request(prod).is_some());
             assert!(back.take_request(prod).is_some());
 
-            let bad = back.rsp_prod_pvt().wrapping_add(size + 1);
+            let bad = back.rsp_prod_pvt().wrapping_add(back.size() + 1);
             front.set_req_prod_raw(bad);
             assert_eq!(
                 back.snapshot_req_prod(),
@@ -636,18 +654,11 @@ mod tests {
             let (mut front, mut back) = pair(abi, 2);
             let size = back.size();
             // Some history first so the indices are not zero.
-            for i in 0..7 {
-                assert!(front.push_request(&request(i)));
-            }
-            front.publish_requests();
+            push_and_publish(&mut front, &back, 7);
             assert_eq!(serve_all(&mut back), 7);
             while front.take_response().is_some() {}
 
-            for i in 0..u64::from(size) {
-                assert!(front.push_request(&request(i)));
-            }
-            front.publish_requests();
-            let prod = back.snapshot_req_prod().unwrap();
+            let prod = push_and_publish(&mut front, &back, u64::from(size));
             assert_eq!(prod.wrapping_sub(back.rsp_prod_pvt()), size);
             // Take all but answer none: the producer stays valid at +size.
             for i in 0..u64::from(size) {
@@ -673,11 +684,7 @@ mod tests {
     fn notification_follows_rsp_event() {
         for abi in ABIS {
             let (mut front, mut back) = pair(abi, 1);
-            for i in 0..4 {
-                assert!(front.push_request(&request(i)));
-            }
-            front.publish_requests();
-            let prod = back.snapshot_req_prod().unwrap();
+            let prod = push_and_publish(&mut front, &back, 4);
             let reqs: alloc::vec::Vec<_> =
                 core::iter::from_fn(|| back.take_request(prod)).collect();
             assert_eq!(reqs.len(), 4);
