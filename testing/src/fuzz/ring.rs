@@ -328,8 +328,8 @@ impl Driver {
     }
 
     fn action(&mut self, r: &mut Input<'_>) {
-        match r.u8() % N_ACTIONS {
-            A_WRITE_SLOT => {
+        match Action::decode(r.u8()) {
+            Action::WriteSlot => {
                 let rel = r.u8() as i8;
                 let len = usize::from(r.u8()) % (MAX_SLOT_SIZE + 1);
                 let bytes = r.bytes(len);
@@ -339,8 +339,8 @@ impl Driver {
                     self.cursor = self.cursor.wrapping_add(1);
                 }
             }
-            A_PUSH => self.push(r),
-            A_REQ_PROD => {
+            Action::Push => self.push(r),
+            Action::ReqProd => {
                 let v = match r.u8() % 4 {
                     0 => self.cursor,
                     1 => self.cursor.wrapping_add(u32::from(r.u8())),
@@ -349,8 +349,8 @@ impl Driver {
                 };
                 self.front().set_req_prod_raw(v);
             }
-            A_KICK => self.inst.event(&mut self.host, 0),
-            A_COMPLETE_ONE => {
+            Action::Kick => self.inst.event(&mut self.host, 0),
+            Action::CompleteOne => {
                 let which = usize::from(r.u8());
                 let result = Outcome::decode(r.u8());
                 if self.host.pending() > 0 {
@@ -358,11 +358,11 @@ impl Driver {
                     self.host.complete_at(&mut self.inst, idx, result);
                 }
             }
-            A_COMPLETE_ALL => {
+            Action::CompleteAll => {
                 let result = Outcome::decode(r.u8());
                 self.settle(result);
             }
-            A_FRONT_STATE => {
+            Action::FrontState => {
                 let v = r.u8();
                 self.set_front_state(v);
                 if matches!(v % 12, 3 | 4) && !self.host.ring_mapped() {
@@ -372,7 +372,7 @@ impl Driver {
                 }
                 self.inst.frontend_changed(&mut self.host);
             }
-            A_INJECT => {
+            Action::Inject => {
                 let (k, n) = (r.u8() % 7, r.u8());
                 let h = &mut self.host;
                 match k {
@@ -385,15 +385,15 @@ impl Driver {
                     _ => h.faults.open = true,
                 }
             }
-            A_DEFERRED => self.run_scheduled(),
-            A_ROOT_MOUNTED => {
+            Action::Deferred => self.run_scheduled(),
+            Action::RootMounted => {
                 self.host.root = true;
                 self.inst.root_mounted(&mut self.host);
             }
-            A_ARM_RSP_EVENT => {
+            Action::ArmRspEvent => {
                 self.front().final_check_for_responses();
             }
-            _ => {
+            Action::Coalesce => {
                 let v = u64::from(r.u8() % 3);
                 let accepted = self.inst.sysctl_set(Stat::NoCoalesceReqs, v);
                 assert_eq!(accepted, v <= 1);
