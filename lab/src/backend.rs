@@ -32,14 +32,6 @@ pub struct InstanceSnapshot {
     pub frontend_path: Option<String>,
     /// No I/O in flight.
     pub idle: bool,
-    /// Task events handled so far.
-    pub events: u64,
-    /// The platform side's counters.
-    pub host: SimHostStats,
-    /// The task thread has ended (after `Shutdown`, or a failed creation).
-    pub finished: bool,
-    /// Why the thread ended early or detached uncleanly, if it did.
-    pub error: Option<String>,
     /// The open store's description (`Instance::medium`).
     pub medium: Option<MediumInfo>,
     /// Why the connection last failed (`Instance::last_error`).
@@ -50,8 +42,17 @@ pub struct InstanceSnapshot {
     pub stats: Option<Stats>,
     /// Each queue's counters (`Instance::queue_stats`), while connected.
     pub queues: Vec<Stats>,
-    // EXTEND HERE: further instance getters; fill them in
-    // `fill_instance_fields` below.
+    // What the task thread itself reports.
+    /// Task events handled so far.
+    pub events: u64,
+    /// The platform side's counters.
+    pub host: SimHostStats,
+    /// The task thread has ended (after `Shutdown`, or a failed creation).
+    pub finished: bool,
+    /// Why the thread ended early or detached uncleanly, if it did.
+    pub error: Option<String>,
+    // EXTEND HERE: further instance getters go with the ones at the top;
+    // fill them in `fill_instance_fields` below.
 }
 
 impl InstanceSnapshot {
