@@ -20,9 +20,9 @@ use core::sync::atomic::{AtomicPtr, Ordering};
 use crate::errno::{self, Error};
 use crate::ffi;
 use xbb::host::{
-    Deferred, DomId, EventChannel, EvtchnError, GrantError, GrantHandle, GrantMapOp, GrantUnmapOp,
-    Granted, Grants, Host, IoError, IoOp, IoTag, IoVec, MapResult, MediumInfo, OpenError,
-    OpenParams, QueueId, RemotePort, Store, XenStore, XsError, XsTxn, PAGE_SIZE,
+    DomId, EvtchnError, GrantError, GrantHandle, GrantMapOp, GrantUnmapOp, Granted, Host, IoError,
+    IoOp, IoTag, IoVec, MapResult, MediumInfo, OpenError, OpenParams, QueueHost, QueueId,
+    RemotePort, XenStore, XsError, XsTxn, PAGE_SIZE,
 };
 use xbb::shmem::SharedMem;
 use xbb::units::Sectors;
@@ -486,18 +486,7 @@ impl XenStore for KernelHost {
     }
 }
 
-impl Grants for KernelHost {
-    fn window_reserve(&mut self, pages: u32) -> Result<(), GrantError> {
-        // SAFETY: window_reserve is set; plain values only.
-        let e = unsafe { f(self.ops.window_reserve)(self.ctx, pages) };
-        errno::grant_status(e)
-    }
-
-    fn window_release(&mut self) {
-        // SAFETY: window_release is set.
-        unsafe { f(self.ops.window_release)(self.ctx) }
-    }
-
+impl QueueHost for KernelHost {
     fn map_batch(&mut self, dom: DomId, ops: &[GrantMapOp], results: &mut [MapResult]) {
         let empty = ffi::xbb_shim_map {
             gref: 0,
@@ -546,6 +535,102 @@ impl Grants for KernelHost {
             // XBB_SHIM_GRANT_BATCH initialised entries.
             unsafe { f(self.ops.unmap_grants)(self.ctx, batch.as_ptr(), chunk.len() as u32) };
         }
+    }
+
+    fn copy_in(&mut self, from: Granted<'_>, out: &mut [u8]) -> Result<(), GrantError> {
+        let Granted { dom, grefs } = from;
+        let count = u32::try_from(grefs.len()).map_err(|_| GrantError::General)?;
+        if grefs
+            .len()
+            .checked_mul(PAGE_SIZE)
+            .is_none_or(|max| out.len() > max)
+        {
+            return Err(GrantError::General);
+        }
+        // SAFETY: copy_in is set; grefs is readable for count entries and
+        // out writable for out.len() <= count * PAGE_SIZE bytes.
+        let s = unsafe {
+            f(self.ops.copy_in)(
+                self.ctx,
+                dom,
+                grefs.as_ptr(),
+                count,
+                out.as_mut_ptr().cast(),
+                out.len(),
+            )
+        };
+        errno::grant_status(s)
+    }
+
+    fn evtchn_notify(&mut self, queue: QueueId) {
+        // SAFETY: evtchn_notify is set; plain values only.
+        unsafe { f(self.ops.evtchn_notify)(self.ctx, queue) }
+    }
+
+    fn evtchn_eoi(&mut self, queue: QueueId, delay_ms: u32) {
+        // SAFETY: evtchn_eoi is set; plain values only.
+        unsafe { f(self.ops.evtchn_eoi)(self.ctx, queue, delay_ms) }
+    }
+
+    fn schedule_run(&mut self, queue: QueueId) {
+        // SAFETY: schedule_run is set; plain values only.
+        unsafe { f(self.ops.schedule_run)(self.ctx, queue) }
+    }
+
+    fn now_ms(&self) -> u64 {
+        // SAFETY: now_ms is set.
+        unsafe { f(self.ops.now_ms)(self.ctx) }
+    }
+
+    fn store_submit(&mut self, tag: IoTag, op: IoOp<'_>) -> Result<(), IoError> {
+        let (code, flags, offset, length, iov): (u32, u32, u64, u64, &[IoVec]) = match op {
+            IoOp::Read { offset, iov } => {
+                (ffi::XBB_SHIM_IO_READ, 0, offset.0, iov_bytes(iov)?, iov)
+            }
+            IoOp::Write { offset, iov } => {
+                (ffi::XBB_SHIM_IO_WRITE, 0, offset.0, iov_bytes(iov)?, iov)
+            }
+            IoOp::Flush => (ffi::XBB_SHIM_IO_FLUSH, 0, 0, 0, &[]),
+            IoOp::Discard {
+                offset,
+                len,
+                secure,
+            } => (
+                ffi::XBB_SHIM_IO_DISCARD,
+                if secure { ffi::XBB_SHIM_IO_SECURE } else { 0 },
+                offset.0,
+                len.0,
+                &[],
+            ),
+        };
+        let io = ffi::xbb_shim_io {
+            op: code,
+            flags,
+            offset,
+            length,
+            // IoVec has xbb_shim_iovec's layout (asserted above).
+            iov: iov.as_ptr().cast::<ffi::xbb_shim_iovec>(),
+            iovcnt: u32::try_from(iov.len()).map_err(|_| IoError::Io)?,
+            _pad: 0,
+        };
+        // SAFETY: store_submit is set; io and the iovec array it points to
+        // are valid for reads during the call (the header says C copies
+        // what it keeps).
+        let e = unsafe { f(self.ops.store_submit)(self.ctx, tag.0, &io) };
+        errno::io_result(e)
+    }
+}
+
+impl Host for KernelHost {
+    fn window_reserve(&mut self, pages: u32) -> Result<(), GrantError> {
+        // SAFETY: window_reserve is set; plain values only.
+        let e = unsafe { f(self.ops.window_reserve)(self.ctx, pages) };
+        errno::grant_status(e)
+    }
+
+    fn window_release(&mut self) {
+        // SAFETY: window_release is set.
+        unsafe { f(self.ops.window_release)(self.ctx) }
     }
 
     fn map_ring(&mut self, queue: QueueId, ring: Granted<'_>) -> Result<SharedMem, GrantError> {
@@ -602,33 +687,6 @@ impl Grants for KernelHost {
         }
     }
 
-    fn copy_in(&mut self, from: Granted<'_>, out: &mut [u8]) -> Result<(), GrantError> {
-        let Granted { dom, grefs } = from;
-        let count = u32::try_from(grefs.len()).map_err(|_| GrantError::General)?;
-        if grefs
-            .len()
-            .checked_mul(PAGE_SIZE)
-            .is_none_or(|max| out.len() > max)
-        {
-            return Err(GrantError::General);
-        }
-        // SAFETY: copy_in is set; grefs is readable for count entries and
-        // out writable for out.len() <= count * PAGE_SIZE bytes.
-        let s = unsafe {
-            f(self.ops.copy_in)(
-                self.ctx,
-                dom,
-                grefs.as_ptr(),
-                count,
-                out.as_mut_ptr().cast(),
-                out.len(),
-            )
-        };
-        errno::grant_status(s)
-    }
-}
-
-impl EventChannel for KernelHost {
     fn evtchn_bind(&mut self, queue: QueueId, remote: RemotePort) -> Result<(), EvtchnError> {
         let (dom, remote_port) = (remote.dom, remote.port);
         if queue >= ffi::XBB_SHIM_MAX_QUEUES {
@@ -643,35 +701,11 @@ impl EventChannel for KernelHost {
         }
     }
 
-    fn evtchn_notify(&mut self, queue: QueueId) {
-        // SAFETY: evtchn_notify is set; plain values only.
-        unsafe { f(self.ops.evtchn_notify)(self.ctx, queue) }
-    }
-
-    fn evtchn_eoi(&mut self, queue: QueueId, delay_ms: u32) {
-        // SAFETY: evtchn_eoi is set; plain values only.
-        unsafe { f(self.ops.evtchn_eoi)(self.ctx, queue, delay_ms) }
-    }
-
     fn evtchn_unbind(&mut self, queue: QueueId) {
         // SAFETY: evtchn_unbind is set; plain values only.
         unsafe { f(self.ops.evtchn_unbind)(self.ctx, queue) }
     }
-}
 
-impl Deferred for KernelHost {
-    fn schedule_run(&mut self, queue: QueueId) {
-        // SAFETY: schedule_run is set; plain values only.
-        unsafe { f(self.ops.schedule_run)(self.ctx, queue) }
-    }
-
-    fn now_ms(&self) -> u64 {
-        // SAFETY: now_ms is set.
-        unsafe { f(self.ops.now_ms)(self.ctx) }
-    }
-}
-
-impl Store for KernelHost {
     fn store_open(&mut self, params: OpenParams<'_>) -> Result<MediumInfo, OpenError> {
         let path = CString::new(params.path).map_err(errno::open_error)?;
         let kind = CString::new(params.kind).map_err(errno::open_error)?;
@@ -707,47 +741,18 @@ impl Store for KernelHost {
         self.medium()
     }
 
-    fn store_submit(&mut self, tag: IoTag, op: IoOp<'_>) -> Result<(), IoError> {
-        let (code, flags, offset, length, iov): (u32, u32, u64, u64, &[IoVec]) = match op {
-            IoOp::Read { offset, iov } => {
-                (ffi::XBB_SHIM_IO_READ, 0, offset.0, iov_bytes(iov)?, iov)
-            }
-            IoOp::Write { offset, iov } => {
-                (ffi::XBB_SHIM_IO_WRITE, 0, offset.0, iov_bytes(iov)?, iov)
-            }
-            IoOp::Flush => (ffi::XBB_SHIM_IO_FLUSH, 0, 0, 0, &[]),
-            IoOp::Discard {
-                offset,
-                len,
-                secure,
-            } => (
-                ffi::XBB_SHIM_IO_DISCARD,
-                if secure { ffi::XBB_SHIM_IO_SECURE } else { 0 },
-                offset.0,
-                len.0,
-                &[],
-            ),
-        };
-        let io = ffi::xbb_shim_io {
-            op: code,
-            flags,
-            offset,
-            length,
-            // IoVec has xbb_shim_iovec's layout (asserted above).
-            iov: iov.as_ptr().cast::<ffi::xbb_shim_iovec>(),
-            iovcnt: u32::try_from(iov.len()).map_err(|_| IoError::Io)?,
-            _pad: 0,
-        };
-        // SAFETY: store_submit is set; io and the iovec array it points to
-        // are valid for reads during the call (the header says C copies
-        // what it keeps).
-        let e = unsafe { f(self.ops.store_submit)(self.ctx, tag.0, &io) };
-        errno::io_result(e)
-    }
-
     fn store_close(&mut self) {
         // SAFETY: store_close is set.
         unsafe { f(self.ops.store_close)(self.ctx) }
+    }
+
+    fn root_mounted(&self) -> bool {
+        // SAFETY: root_mounted is set.
+        unsafe { f(self.ops.root_mounted)(self.ctx) != 0 }
+    }
+
+    fn inline(&mut self) -> Option<&mut dyn QueueHost> {
+        Some(self)
     }
 }
 
@@ -755,13 +760,6 @@ fn iov_bytes(iov: &[IoVec]) -> Result<u64, IoError> {
     iov.iter()
         .try_fold(0u64, |n, v| n.checked_add(v.len as u64))
         .ok_or(IoError::Io)
-}
-
-impl Host for KernelHost {
-    fn root_mounted(&self) -> bool {
-        // SAFETY: root_mounted is set.
-        unsafe { f(self.ops.root_mounted)(self.ctx) != 0 }
-    }
 }
 
 #[cfg(test)]

@@ -85,7 +85,7 @@ fn fill_instance_fields(inst: &Instance, snap: &mut InstanceSnapshot) {
     snap.detached = inst.is_detached();
     snap.stats = Some(inst.stats());
     snap.queues = (0..inst.num_queues())
-        .filter_map(|q| inst.queue_stats(q).cloned())
+        .filter_map(|q| inst.queue_stats(q))
         .collect();
 }
 

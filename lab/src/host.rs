@@ -34,10 +34,9 @@ use super::toolstack;
 use super::xenstore::Xenstored;
 use super::TaskEvent;
 use xbb::host::{
-    Deferred, DomId, EventChannel, EvtchnError, EvtchnPort, GrantError, GrantHandle, GrantMapOp,
-    GrantUnmapOp, Granted, Grants, Host, IoError, IoOp, IoTag, IoVec, MapResult, MediumInfo,
-    NodeKind, OpenError, OpenParams, QueueId, RemotePort, Store, XenStore, XsError, XsTxn,
-    PAGE_SIZE,
+    DomId, EvtchnError, EvtchnPort, GrantError, GrantHandle, GrantMapOp, GrantUnmapOp, Granted,
+    Host, IoError, IoOp, IoTag, IoVec, MapResult, MediumInfo, NodeKind, OpenError, OpenParams,
+    QueueHost, QueueId, RemotePort, XenStore, XsError, XsTxn, PAGE_SIZE,
 };
 use xbb::shmem::SharedMem;
 
@@ -449,7 +448,104 @@ impl XenStore for SimHost {
     }
 }
 
-impl Grants for SimHost {
+impl QueueHost for SimHost {
+    fn map_batch(&mut self, dom: DomId, ops: &[GrantMapOp], results: &mut [MapResult]) {
+        let d = self.xen.domains.get(dom);
+        for (op, r) in ops.iter().zip(results.iter_mut()) {
+            self.stats.map_ops += 1;
+            *r = self.map_one(d.as_ref(), op);
+            if r.is_err() {
+                self.stats.map_failures += 1;
+            }
+        }
+    }
+
+    fn unmap_batch(&mut self, ops: &[GrantUnmapOp]) {
+        for op in ops {
+            let page = op.window_page.0 as usize;
+            let ok = matches!(self.window_maps.get(page), Some(Some(m)) if m.handle == op.handle);
+            if ok {
+                self.unmap_window_page(page);
+                self.stats.unmap_ops += 1;
+            } else {
+                self.stats.bad_unmaps += 1;
+            }
+        }
+    }
+
+    fn copy_in(&mut self, from: Granted<'_>, out: &mut [u8]) -> Result<(), GrantError> {
+        let Granted { dom, grefs } = from;
+        if out.len() > grefs.len().saturating_mul(PAGE_SIZE) {
+            return Err(GrantError::General);
+        }
+        let d = self.xen.domains.get(dom).ok_or(GrantError::BadRef)?;
+        for (gref, chunk) in grefs.iter().zip(out.chunks_mut(PAGE_SIZE)) {
+            // GNTTABOP_copy checks the grant as a read-only mapping would.
+            let (gfn, h) = d.grants.map(*gref, self.cfg.backend_dom, true)?;
+            let r = d.memory.read(gfn, 0, chunk);
+            let _ = d.grants.unmap(h);
+            r.map_err(|_| GrantError::General)?;
+            self.stats.pages_copied += 1;
+        }
+        Ok(())
+    }
+
+    fn evtchn_notify(&mut self, queue: QueueId) {
+        if let Some(&(_, p, _)) = self.ports.iter().find(|p| p.0 == queue) {
+            if self.xen.evtchn.notify(self.cfg.backend_dom, p).is_ok() {
+                self.stats.notifies += 1;
+            }
+        }
+    }
+
+    fn evtchn_eoi(&mut self, queue: QueueId, delay_ms: u32) {
+        let Some((_, _, st)) = self.ports.iter().find(|p| p.0 == queue) else {
+            return;
+        };
+        let st = Arc::clone(st);
+        let tx = self.tx.clone();
+        let finish = move || {
+            if st.eoi() {
+                let _ = tx.send(TaskEvent::Evtchn(queue));
+            }
+        };
+        if delay_ms == 0 {
+            finish();
+        } else {
+            self.stats.delayed_eois += 1;
+            // A timer standing in for the platform's callout.
+            let delay = std::time::Duration::from_millis(u64::from(delay_ms));
+            let _ = std::thread::Builder::new()
+                .name(String::from("xbb-eoi-timer"))
+                .spawn(move || {
+                    std::thread::sleep(delay);
+                    finish();
+                });
+        }
+    }
+
+    fn schedule_run(&mut self, queue: QueueId) {
+        self.stats.runs_scheduled += 1;
+        let _ = self.tx.send(TaskEvent::Run(queue));
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn store_submit(&mut self, tag: IoTag, op: IoOp<'_>) -> Result<(), IoError> {
+        let window = self.window.as_ref();
+        // The RawIoVec obligation: every range is checked to lie on window
+        // pages mapped with the right protection; they stay mapped (or, if
+        // the core unmapped them early, at least reserved) until the
+        // completion, because the window is never unmapped while I/O is in
+        // flight (see window_release and Drop).
+        self.store
+            .submit(tag, op, |iov, write| resolve(window, iov, write))
+    }
+}
+
+impl Host for SimHost {
     fn window_reserve(&mut self, pages: u32) -> Result<(), GrantError> {
         if self.window.is_some() {
             self.window_release();
@@ -477,30 +573,6 @@ impl Grants for SimHost {
                 // The store may still touch it: keep the range reserved
                 // forever rather than let it be reused.
                 std::mem::forget(w);
-            }
-        }
-    }
-
-    fn map_batch(&mut self, dom: DomId, ops: &[GrantMapOp], results: &mut [MapResult]) {
-        let d = self.xen.domains.get(dom);
-        for (op, r) in ops.iter().zip(results.iter_mut()) {
-            self.stats.map_ops += 1;
-            *r = self.map_one(d.as_ref(), op);
-            if r.is_err() {
-                self.stats.map_failures += 1;
-            }
-        }
-    }
-
-    fn unmap_batch(&mut self, ops: &[GrantUnmapOp]) {
-        for op in ops {
-            let page = op.window_page.0 as usize;
-            let ok = matches!(self.window_maps.get(page), Some(Some(m)) if m.handle == op.handle);
-            if ok {
-                self.unmap_window_page(page);
-                self.stats.unmap_ops += 1;
-            } else {
-                self.stats.bad_unmaps += 1;
             }
         }
     }
@@ -581,25 +653,6 @@ impl Grants for SimHost {
         }
     }
 
-    fn copy_in(&mut self, from: Granted<'_>, out: &mut [u8]) -> Result<(), GrantError> {
-        let Granted { dom, grefs } = from;
-        if out.len() > grefs.len().saturating_mul(PAGE_SIZE) {
-            return Err(GrantError::General);
-        }
-        let d = self.xen.domains.get(dom).ok_or(GrantError::BadRef)?;
-        for (gref, chunk) in grefs.iter().zip(out.chunks_mut(PAGE_SIZE)) {
-            // GNTTABOP_copy checks the grant as a read-only mapping would.
-            let (gfn, h) = d.grants.map(*gref, self.cfg.backend_dom, true)?;
-            let r = d.memory.read(gfn, 0, chunk);
-            let _ = d.grants.unmap(h);
-            r.map_err(|_| GrantError::General)?;
-            self.stats.pages_copied += 1;
-        }
-        Ok(())
-    }
-}
-
-impl EventChannel for SimHost {
     fn evtchn_bind(&mut self, queue: QueueId, remote: RemotePort) -> Result<(), EvtchnError> {
         let (dom, remote_port) = (remote.dom, remote.port);
         if self.ports.iter().any(|p| p.0 == queue) {
@@ -626,40 +679,6 @@ impl EventChannel for SimHost {
         Ok(())
     }
 
-    fn evtchn_notify(&mut self, queue: QueueId) {
-        if let Some(&(_, p, _)) = self.ports.iter().find(|p| p.0 == queue) {
-            if self.xen.evtchn.notify(self.cfg.backend_dom, p).is_ok() {
-                self.stats.notifies += 1;
-            }
-        }
-    }
-
-    fn evtchn_eoi(&mut self, queue: QueueId, delay_ms: u32) {
-        let Some((_, _, st)) = self.ports.iter().find(|p| p.0 == queue) else {
-            return;
-        };
-        let st = Arc::clone(st);
-        let tx = self.tx.clone();
-        let finish = move || {
-            if st.eoi() {
-                let _ = tx.send(TaskEvent::Evtchn(queue));
-            }
-        };
-        if delay_ms == 0 {
-            finish();
-        } else {
-            self.stats.delayed_eois += 1;
-            // A timer standing in for the platform's callout.
-            let delay = std::time::Duration::from_millis(u64::from(delay_ms));
-            let _ = std::thread::Builder::new()
-                .name(String::from("xbb-eoi-timer"))
-                .spawn(move || {
-                    std::thread::sleep(delay);
-                    finish();
-                });
-        }
-    }
-
     fn evtchn_unbind(&mut self, queue: QueueId) {
         if let Some(at) = self.ports.iter().position(|p| p.0 == queue) {
             let (_, p, st) = self.ports.swap_remove(at);
@@ -667,16 +686,32 @@ impl EventChannel for SimHost {
             self.xen.evtchn.close(self.cfg.backend_dom, p);
         }
     }
-}
 
-impl Deferred for SimHost {
-    fn schedule_run(&mut self, queue: QueueId) {
-        self.stats.runs_scheduled += 1;
-        let _ = self.tx.send(TaskEvent::Run(queue));
+    fn store_open(&mut self, params: OpenParams<'_>) -> Result<MediumInfo, OpenError> {
+        let node = match store::probe(Path::new(params.path))? {
+            NodeKind::RegularFile if self.cfg.image_is_disk => NodeKind::Disk,
+            n => n,
+        };
+        let tx = self.tx.clone();
+        self.store.open(params, node, move |tag, r| {
+            let _ = tx.send(TaskEvent::Io(tag, r));
+        })
     }
 
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+    fn store_info(&self) -> MediumInfo {
+        self.store.info()
+    }
+
+    fn store_close(&mut self) {
+        self.store.close();
+    }
+
+    fn root_mounted(&self) -> bool {
+        self.xen.is_root_mounted()
+    }
+
+    fn inline(&mut self) -> Option<&mut dyn QueueHost> {
+        Some(self)
     }
 }
 
@@ -713,44 +748,6 @@ fn resolve(
         });
     }
     Some(out)
-}
-
-impl Store for SimHost {
-    fn store_open(&mut self, params: OpenParams<'_>) -> Result<MediumInfo, OpenError> {
-        let node = match store::probe(Path::new(params.path))? {
-            NodeKind::RegularFile if self.cfg.image_is_disk => NodeKind::Disk,
-            n => n,
-        };
-        let tx = self.tx.clone();
-        self.store.open(params, node, move |tag, r| {
-            let _ = tx.send(TaskEvent::Io(tag, r));
-        })
-    }
-
-    fn store_info(&self) -> MediumInfo {
-        self.store.info()
-    }
-
-    fn store_submit(&mut self, tag: IoTag, op: IoOp<'_>) -> Result<(), IoError> {
-        let window = self.window.as_ref();
-        // The RawIoVec obligation: every range is checked to lie on window
-        // pages mapped with the right protection; they stay mapped (or, if
-        // the core unmapped them early, at least reserved) until the
-        // completion, because the window is never unmapped while I/O is in
-        // flight (see window_release and Drop).
-        self.store
-            .submit(tag, op, |iov, write| resolve(window, iov, write))
-    }
-
-    fn store_close(&mut self) {
-        self.store.close();
-    }
-}
-
-impl Host for SimHost {
-    fn root_mounted(&self) -> bool {
-        self.xen.is_root_mounted()
-    }
 }
 
 impl Drop for SimHost {

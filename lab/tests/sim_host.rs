@@ -9,9 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use xbb::host::{
-    DomId, EventChannel, GrantError, GrantHandle, GrantMapOp, GrantRef, GrantUnmapOp, Granted,
-    Grants, IoOp, IoTag, IoVec, OpenParams, RemotePort, Store, XenStore, XenbusState, XsError,
-    XsTxn, PAGE_SIZE,
+    DomId, GrantError, GrantHandle, GrantMapOp, GrantRef, GrantUnmapOp, Granted, Host, IoOp, IoTag,
+    IoVec, OpenParams, QueueHost, RemotePort, XenStore, XenbusState, XsError, XsTxn, PAGE_SIZE,
 };
 use xbb::units::{Bytes, Sectors, WindowPage};
 use xbb_lab::backend::BackendRunner;

@@ -25,9 +25,9 @@ use super::bounce::Bounce;
 use super::ffi::{AnonPages, CopyDir, CopyOp, Evtchn, Gnttab, Mapping, Wakeup, Xs};
 use super::window::{Range, Window};
 use xbb::host::{
-    Deferred, DomId, EventChannel, EvtchnError, EvtchnPort, GrantError, GrantHandle, GrantMapOp,
-    GrantRef, GrantUnmapOp, Granted, Grants, Host, IoError, IoOp, IoTag, MapResult, MediumInfo,
-    OpenError, OpenParams, QueueId, RemotePort, Store, XenStore, XsError, XsTxn, PAGE_SIZE,
+    DomId, EvtchnError, EvtchnPort, GrantError, GrantHandle, GrantMapOp, GrantRef, GrantUnmapOp,
+    Granted, Host, IoError, IoOp, IoTag, MapResult, MediumInfo, OpenError, OpenParams, QueueHost,
+    QueueId, RemotePort, XenStore, XsError, XsTxn, PAGE_SIZE,
 };
 use xbb::shmem::SharedMem;
 use xbb_ustore::HostStore;
@@ -431,46 +431,7 @@ fn copy_status(st: i16) -> GrantError {
     }
 }
 
-impl Grants for XenHost {
-    fn window_reserve(&mut self, pages: u32) -> Result<(), GrantError> {
-        if self.copy {
-            self.release_bounce();
-            let mem = AnonPages::new(pages as usize).map_err(|_| GrantError::NoSpace)?;
-            self.bounce = Bounce::reserve(mem.addr(), pages).map_err(|_| GrantError::NoSpace)?;
-            self.bounce_mem = Some(mem);
-            self.copies = Vec::new();
-            self.copies
-                .try_reserve_exact(pages as usize)
-                .map_err(|_| GrantError::NoSpace)?;
-            return Ok(());
-        }
-        let old = self
-            .window
-            .reserve(pages)
-            .map_err(|_| GrantError::NoSpace)?;
-        self.unmap_ranges(old);
-        self.refs = Vec::new();
-        self.refs
-            .try_reserve_exact(pages as usize)
-            .map_err(|_| GrantError::NoSpace)?;
-        Ok(())
-    }
-
-    fn window_release(&mut self) {
-        if self.copy {
-            self.release_bounce();
-            return;
-        }
-        let left = self.window.release();
-        if self.in_flight() != 0 {
-            // The store may still touch these pages: keep them mapped
-            // (leaked) rather than hand the memory back.
-            core::mem::forget(left);
-            return;
-        }
-        self.unmap_ranges(left);
-    }
-
+impl QueueHost for XenHost {
     fn map_batch(&mut self, dom: DomId, ops: &[GrantMapOp], results: &mut [MapResult]) {
         if self.copy {
             self.copy_map_batch(dom, ops, results);
@@ -527,6 +488,106 @@ impl Grants for XenHost {
         }
     }
 
+    fn copy_in(&mut self, from: Granted<'_>, out: &mut [u8]) -> Result<(), GrantError> {
+        let Granted { dom, grefs } = from;
+        if out.len() > grefs.len().saturating_mul(xbb::host::PAGE_SIZE) {
+            return Err(GrantError::General);
+        }
+        self.gnt
+            .copy_in(dom, grefs, out)
+            .map_err(|_| GrantError::BadRef)?;
+        self.stats.pages_copied += grefs.len() as u64;
+        Ok(())
+    }
+
+    fn evtchn_notify(&mut self, queue: QueueId) {
+        if let Some(p) = self.ports.iter().find(|p| p.queue == queue) {
+            if self.evt.notify(p.port).is_ok() {
+                self.stats.notifies += 1;
+            }
+        }
+    }
+
+    fn evtchn_eoi(&mut self, queue: QueueId, delay_ms: u32) {
+        let Some(p) = self.ports.iter_mut().find(|p| p.queue == queue) else {
+            return;
+        };
+        if delay_ms == 0 {
+            p.eoi_at = None;
+            self.evt.unmask(p.port);
+        } else {
+            self.stats.delayed_eois += 1;
+            p.eoi_at = Some(Instant::now() + Duration::from_millis(u64::from(delay_ms)));
+        }
+    }
+
+    fn schedule_run(&mut self, queue: QueueId) {
+        if queue < 32 {
+            self.runs |= 1 << queue;
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn store_submit(&mut self, tag: IoTag, op: IoOp<'_>) -> Result<(), IoError> {
+        let (window, bounce, copy) = (&self.window, &mut self.bounce, self.copy);
+        // The RawIoVec obligation: every piece resolves to pages mapped
+        // with the right protection (or to bounce pages standing for such
+        // grants); a range is unmapped only when the core releases its last
+        // page, which it does after the completion, and window_release
+        // leaks ranges (and the bounce memory) while I/O is in flight.
+        self.store.submit(tag, op, |iov, write| {
+            if copy {
+                bounce.resolve(iov, write)
+            } else {
+                window.resolve(iov, write)
+            }
+        })
+    }
+}
+
+impl Host for XenHost {
+    fn window_reserve(&mut self, pages: u32) -> Result<(), GrantError> {
+        if self.copy {
+            self.release_bounce();
+            let mem = AnonPages::new(pages as usize).map_err(|_| GrantError::NoSpace)?;
+            self.bounce = Bounce::reserve(mem.addr(), pages).map_err(|_| GrantError::NoSpace)?;
+            self.bounce_mem = Some(mem);
+            self.copies = Vec::new();
+            self.copies
+                .try_reserve_exact(pages as usize)
+                .map_err(|_| GrantError::NoSpace)?;
+            return Ok(());
+        }
+        let old = self
+            .window
+            .reserve(pages)
+            .map_err(|_| GrantError::NoSpace)?;
+        self.unmap_ranges(old);
+        self.refs = Vec::new();
+        self.refs
+            .try_reserve_exact(pages as usize)
+            .map_err(|_| GrantError::NoSpace)?;
+        Ok(())
+    }
+
+    fn window_release(&mut self) {
+        if self.copy {
+            self.release_bounce();
+            return;
+        }
+        let left = self.window.release();
+        if self.in_flight() != 0 {
+            // The store may still touch these pages: keep them mapped
+            // (leaked) rather than hand the memory back.
+            core::mem::forget(left);
+            return;
+        }
+        self.unmap_ranges(left);
+    }
+
     fn map_ring(&mut self, queue: QueueId, ring: Granted<'_>) -> Result<SharedMem, GrantError> {
         let Granted { dom, grefs } = ring;
         if grefs.is_empty() || self.rings.iter().any(|(q, _)| *q == queue) {
@@ -561,20 +622,6 @@ impl Grants for XenHost {
         let _ = self.gnt.unmap(m);
     }
 
-    fn copy_in(&mut self, from: Granted<'_>, out: &mut [u8]) -> Result<(), GrantError> {
-        let Granted { dom, grefs } = from;
-        if out.len() > grefs.len().saturating_mul(xbb::host::PAGE_SIZE) {
-            return Err(GrantError::General);
-        }
-        self.gnt
-            .copy_in(dom, grefs, out)
-            .map_err(|_| GrantError::BadRef)?;
-        self.stats.pages_copied += grefs.len() as u64;
-        Ok(())
-    }
-}
-
-impl EventChannel for XenHost {
     fn evtchn_bind(&mut self, queue: QueueId, remote: RemotePort) -> Result<(), EvtchnError> {
         let (dom, remote_port) = (remote.dom, remote.port);
         if self.ports.iter().any(|p| p.queue == queue) {
@@ -592,48 +639,13 @@ impl EventChannel for XenHost {
         Ok(())
     }
 
-    fn evtchn_notify(&mut self, queue: QueueId) {
-        if let Some(p) = self.ports.iter().find(|p| p.queue == queue) {
-            if self.evt.notify(p.port).is_ok() {
-                self.stats.notifies += 1;
-            }
-        }
-    }
-
-    fn evtchn_eoi(&mut self, queue: QueueId, delay_ms: u32) {
-        let Some(p) = self.ports.iter_mut().find(|p| p.queue == queue) else {
-            return;
-        };
-        if delay_ms == 0 {
-            p.eoi_at = None;
-            self.evt.unmask(p.port);
-        } else {
-            self.stats.delayed_eois += 1;
-            p.eoi_at = Some(Instant::now() + Duration::from_millis(u64::from(delay_ms)));
-        }
-    }
-
     fn evtchn_unbind(&mut self, queue: QueueId) {
         if let Some(at) = self.ports.iter().position(|p| p.queue == queue) {
             let p = self.ports.swap_remove(at);
             self.evt.unbind(p.port);
         }
     }
-}
 
-impl Deferred for XenHost {
-    fn schedule_run(&mut self, queue: QueueId) {
-        if queue < 32 {
-            self.runs |= 1 << queue;
-        }
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
-    }
-}
-
-impl Store for XenHost {
     fn store_open(&mut self, params: OpenParams<'_>) -> Result<MediumInfo, OpenError> {
         // xl's `phy` names both block devices and image files (which its
         // hotplug script would loop-mount); what the node is decides, by
@@ -653,35 +665,21 @@ impl Store for XenHost {
         self.store.info()
     }
 
-    fn store_submit(&mut self, tag: IoTag, op: IoOp<'_>) -> Result<(), IoError> {
-        let (window, bounce, copy) = (&self.window, &mut self.bounce, self.copy);
-        // The RawIoVec obligation: every piece resolves to pages mapped
-        // with the right protection (or to bounce pages standing for such
-        // grants); a range is unmapped only when the core releases its last
-        // page, which it does after the completion, and window_release
-        // leaks ranges (and the bounce memory) while I/O is in flight.
-        self.store.submit(tag, op, |iov, write| {
-            if copy {
-                bounce.resolve(iov, write)
-            } else {
-                window.resolve(iov, write)
-            }
-        })
-    }
-
     fn store_close(&mut self) {
         // Waits for queued I/O; completions land in the queue.
         self.store.close();
     }
-}
 
-impl Host for XenHost {
     fn root_mounted(&self) -> bool {
         true
     }
 
     fn waits_for_hotplug(&self) -> bool {
         true
+    }
+
+    fn inline(&mut self) -> Option<&mut dyn QueueHost> {
+        Some(self)
     }
 }
 
