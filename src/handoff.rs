@@ -162,12 +162,13 @@ impl<A: AtomicWord> Gate<A> {
     /// The control part lends the queue: from now on the context owns it.
     /// Everything the control part wrote before is visible to the
     /// context's passes (release here, acquire in [`Gate::begin`]). A first
-    /// pass is scheduled ([`Work::RUN`]): the caller wakes the context.
-    /// `false` (nothing changed) when the queue is not home.
+    /// pass is scheduled ([`Work::RUN`], with whatever was posted while
+    /// the queue was home): the caller wakes the context. `false` (nothing
+    /// changed) when the queue is not home.
     pub fn lend(&self) -> bool {
         // Release: the queue handed over is visible to the first pass.
         self.update(Ordering::Release, |cur| {
-            (cur & (LENT | RUNNING) == 0).then_some(LENT | SCHEDULED | Work::RUN.0)
+            (cur & (LENT | RUNNING) == 0).then_some(cur | LENT | SCHEDULED | Work::RUN.0)
         })
         .is_ok()
     }
@@ -177,10 +178,7 @@ impl<A: AtomicWord> Gate<A> {
         // Release: what the poster prepared (a completion it queued) is
         // visible to the pass that takes the bit.
         let r = self.update(Ordering::Release, |cur| {
-            if cur & LENT == 0 {
-                return None;
-            }
-            let wake = if cur & (SCHEDULED | RUNNING) == 0 {
+            let wake = if cur & LENT != 0 && cur & (SCHEDULED | RUNNING) == 0 {
                 SCHEDULED
             } else {
                 0
@@ -188,9 +186,9 @@ impl<A: AtomicWord> Gate<A> {
             Some(cur | (work.0 & Work::ALL) | wake)
         });
         match r {
-            Err(_) => Post::Home,
+            Ok(before) if before & LENT == 0 => Post::Home,
             Ok(before) if before & (SCHEDULED | RUNNING) == 0 => Post::Wake,
-            Ok(_) => Post::Queued,
+            _ => Post::Queued,
         }
     }
 
@@ -232,7 +230,8 @@ impl<A: AtomicWord> Gate<A> {
     }
 
     /// The context gives the queue back, ending its pass: no pass begins
-    /// after this, and work posted from now on is dropped. Everything the
+    /// after this; work not taken yet is dropped, and work posted from now
+    /// on waits for the next lend. Everything the
     /// context did is visible to the control part once it sees
     /// [`Gate::is_home`]. `false` (nothing changed) outside a pass.
     pub fn give_back(&self) -> bool {
@@ -260,12 +259,16 @@ mod tests {
     #[test]
     fn one_wake_between_passes_and_work_during_a_pass_runs_again() {
         let g: Gate = Gate::new();
-        assert_eq!(g.post(Work::EVENT), Post::Home, "not lent: dropped");
+        assert_eq!(g.post(Work::EVENT), Post::Home, "not lent: kept");
         assert_eq!(g.begin(), None);
         assert!(g.lend());
         assert!(!g.lend(), "lent twice");
-        assert_eq!(g.post(Work::EVENT), Post::Queued, "lend scheduled a pass");
-        assert_eq!(g.begin(), Some(Work::RUN.union(Work::EVENT)));
+        assert_eq!(g.post(Work::IO), Post::Queued, "lend scheduled a pass");
+        assert_eq!(
+            g.begin(),
+            Some(Work::RUN.union(Work::EVENT).union(Work::IO)),
+            "the kick from before the lend too"
+        );
         assert_eq!(g.begin(), None, "passes never overlap");
         assert_eq!(g.post(Work::IO), Post::Queued);
         assert!(g.end(), "work came during the pass");
@@ -279,7 +282,6 @@ mod tests {
         assert!(g.give_back());
         assert!(g.is_home());
         assert!(!g.end(), "no pass to end");
-        assert_eq!(g.post(Work::EVENT), Post::Home);
         assert_eq!(g.begin(), None, "no pass after the give-back");
         assert!(!g.give_back());
         assert!(g.lend(), "lent again to the next connection");

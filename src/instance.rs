@@ -173,6 +173,13 @@ impl Instance {
         s
     }
 
+    /// The limits and switches, with the counters of past connections
+    /// only: [`Instance::stats`] without the current queues' counters,
+    /// which a reader on another thread adds from [`Instance::shared`].
+    pub fn instance_stats(&self) -> Stats {
+        self.stats.clone()
+    }
+
     /// Queues of the current connection (0 when not connected).
     pub fn num_queues(&self) -> u32 {
         self.conn.as_ref().map_or(0, |c| c.queues.len() as u32)

@@ -33,7 +33,13 @@ fn setup(frames: u64) -> (SimXen, Domain, SimHost, Receiver<TaskEvent>) {
         .create_guest(GUEST, frames, "guest")
         .expect("create guest");
     let (tx, rx) = mpsc::channel();
-    let host = SimHost::new(&xen, SimHostConfig::default(), tx);
+    // Inline: the host's events, runs and completions come to `tx`, where
+    // these tests look at them (lent queues are driven through World).
+    let cfg = SimHostConfig {
+        inline: true,
+        ..SimHostConfig::default()
+    };
+    let host = SimHost::new(&xen, cfg, tx);
     (xen, d, host, rx)
 }
 

@@ -218,8 +218,8 @@ impl XenHost {
     /// The platform's counters.
     pub fn stats(&self) -> XenHostStats {
         XenHostStats {
-            ios_submitted: self.store.submitted,
-            bad_iovecs: self.store.bad_iovecs,
+            ios_submitted: self.store.submitted(),
+            bad_iovecs: self.store.bad_iovecs(),
             ..self.stats
         }
     }
