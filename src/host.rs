@@ -16,7 +16,7 @@
 //!   are called from the control context, one at a time.
 //! - [`QueueHost`] serves one queue's request path: grant mapping in that
 //!   queue's share of the window, its event channel, store submission,
-//!   deferred runs, the clock. A lent [`Queue`](crate::queue::Queue) calls
+//!   deferred runs, the clock. A lent [`Queue`] calls
 //!   it from the queue's own context, concurrently with the other queues
 //!   and the control part.
 //!

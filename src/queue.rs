@@ -247,6 +247,8 @@ pub struct Queue {
     retired: bool,
     /// Consecutive kicks that found nothing to do.
     spurious: u32,
+    /// The queue's share of the data window: its first page and length.
+    share: (WindowPage, u32),
     params: RunParams,
     stats: QueueStats,
 }
@@ -328,6 +330,7 @@ impl Queue {
             closing: false,
             retired: false,
             spurious: 0,
+            share: (first_page, shape.window_pages().unwrap_or(shape.kva_pages)),
             params,
             stats: QueueStats {
                 shared: Arc::clone(shared),
@@ -349,6 +352,14 @@ impl Queue {
     /// The queue's counters and gauges (`dev.xbb.N.queue.Q.*`).
     pub fn stats(&self) -> Stats {
         self.stats.snapshot()
+    }
+
+    /// The pages of the data window this queue maps into (its transient
+    /// range and its persistent-grant cache): a platform may keep a table
+    /// per queue for them, touched by that queue's context alone.
+    pub fn window_share(&self) -> core::ops::Range<u32> {
+        let (first, pages) = self.share;
+        first.0..first.0.saturating_add(pages)
     }
 
     /// The queue a completion's tag names: where a platform that runs its

@@ -56,7 +56,7 @@ impl SharedMem {
     /// # Safety
     /// `base..base+len` must be mapped readable and writable, aligned to 4
     /// bytes, and stay mapped until this value is handed back to the
-    /// platform (for a ring: [`crate::host::Grants::unmap_ring`]). Other
+    /// platform (for a ring: [`crate::host::Host::unmap_ring`]). Other
     /// parties (the guest) may write it concurrently; nobody else may
     /// create Rust references into it.
     pub unsafe fn new(base: NonNull<u8>, len: usize) -> Self {

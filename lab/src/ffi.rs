@@ -301,7 +301,7 @@ pub enum PageState {
 ///
 /// Pages are mapped and unmapped through `&self`: the queues of an instance
 /// map grants into their own shares of one window from their own threads.
-/// Each page's state is an atomic, claimed ([`BUSY`]) for the duration of
+/// Each page's state is an atomic, claimed (busy) for the duration of
 /// its `mmap`, so two threads can never map the same page at once.
 #[derive(Debug)]
 pub struct Reservation {

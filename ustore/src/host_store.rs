@@ -1,6 +1,6 @@
 //! The store half of a user-space platform's [`Host`](xbb::host::Host):
 //! the one type the lab's `SimHost` and xbb-serve's `XenHost` hand the
-//! core's [`Store`](xbb::host::Store) calls to.
+//! core's store calls ([`Host`](xbb::host::Host), [`QueueHost`](xbb::host::QueueHost)) to.
 //!
 //! A [`HostStore`] holds an instance's open store, chooses file or device
 //! by the one rule ([`StoreKind::for_node`]), turns the core's I/O into the
