@@ -1,7 +1,7 @@
 //! Scenario files and the runner that plays them, the runner that plays them on a simulated Xen
 //! host, and the report `xbb-lab` prints.
 //!
-//! A scenario (TOML, documented in `tests/scenarios/README.md`) sets
+//! A scenario (TOML, documented in `lab/scenarios/README.md`) sets
 //! `hw.xbb.*` tunables, defines guests (front-end profile, store kind, sector
 //! size, size, mode, `online`), and then runs steps in order: XenStore edits
 //! of the front-end directory before it connects (`io/xenbus.h`

@@ -1,4 +1,4 @@
-//! The scenario file, as serde reads it (`tests/scenarios/README.md`).
+//! The scenario file, as serde reads it (`lab/scenarios/README.md`).
 
 use super::*;
 
