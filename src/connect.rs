@@ -1020,8 +1020,9 @@ pub struct Discard {
 /// `feature-max-indirect-segments` (removed when 0), `discard-granularity`,
 /// `discard-alignment`, `discard-secure` and `feature-discard` (the three
 /// parameters removed and `feature-discard` "0" without discard), then
-/// `state` = Connected. Removing nodes clears what an earlier connection
-/// published.
+/// removes the per-device `error` node an earlier, refused connection left
+/// ([`report_fatal`]), then `state` = Connected. Removing nodes clears what
+/// an earlier connection published.
 ///
 /// `medium` is checked first: `sector-size` must be a power of two of at
 /// least 512, `physical-sector-size` a non-zero multiple of it; so is the
@@ -1108,6 +1109,12 @@ pub fn publish_connected<X: XenStore>(
                 write_node(xs, txn, be_dir, keys::FEATURE_DISCARD, "0")?;
             }
         }
+        // What an earlier, refused connection reported no longer holds.
+        let stale = error_node(be_dir)?;
+        match xs.xs_remove(txn, &stale) {
+            Ok(()) | Err(XsError::NotFound) => {}
+            Err(err) => return Err(ConnectError::Xs { key: "error", err }),
+        }
         write_connected(xs, txn, be_dir)
     })
 }
@@ -1156,14 +1163,20 @@ pub fn write_state<X: XenStore>(
     write_node(xs, XsTxn::NONE, be_dir, keys::STATE, state.as_str())
 }
 
+/// The per-device error node of the back-end at `be_dir`:
+/// `error/<be_dir>/error`, `be_dir` without its leading `/`.
+fn error_node(be_dir: &str) -> Result<String, ConnectError> {
+    let node = be_dir.trim_start_matches('/');
+    try_format(format_args!("error/{node}/error"))
+}
+
 /// Reports a fatal error the way XenBus drivers do: writes
 /// `"<errno> <message>"` to `error/<be_dir>/error` (the per-device error
 /// node the toolstack shows; `be_dir` without its leading `/`), then enters
 /// Closing. Best effort: XenStore or allocation failures are ignored.
 pub fn report_fatal<X: XenStore>(xs: &mut X, be_dir: &str, err: &ConnectError) {
-    let node = be_dir.trim_start_matches('/');
     if let (Ok(path), Ok(msg)) = (
-        try_format(format_args!("error/{node}/error")),
+        error_node(be_dir),
         try_format(format_args!("{} {}", err.errno(), err)),
     ) {
         let _ = xs.xs_write(XsTxn::NONE, &path, &msg);

@@ -1293,6 +1293,30 @@ fn connected_removal_failure_is_atomic() {
     assert_eq!(xs.aborts, 1);
 }
 
+/// Issue 13, finding 4: the error node of a refused connection goes in the
+/// transaction that enters Connected, and a failure to remove it leaves
+/// the state alone.
+#[test]
+fn connected_removes_the_error_node_of_a_refused_connection() {
+    let err_node = "error/local/domain/0/backend/vbd/1/51712/error";
+    let mut xs = XsMap::with(&[(&be("state"), "5")]);
+    report_fatal(&mut xs, BE, &ConnectError::Missing { key: "ring-ref" });
+    assert_eq!(xs.get(err_node), Some("2 ring-ref: missing"));
+    xs.fail = Some((err_node.to_string(), XsError::Denied));
+    assert_eq!(
+        publish_connected(&mut xs, BE, &medium(false), &feats(true, true)),
+        Err(ConnectError::Xs {
+            key: "error",
+            err: XsError::Denied
+        })
+    );
+    assert_eq!(xs.get(&be("state")), Some("5"));
+    xs.fail = None;
+    publish_connected(&mut xs, BE, &medium(false), &feats(true, true)).unwrap();
+    assert_eq!(xs.get(err_node), None);
+    assert_eq!(xs.get(&be("state")), Some("4"));
+}
+
 #[test]
 fn connected_rejects_zero_discard_granularity() {
     let mut xs = XsMap::default();

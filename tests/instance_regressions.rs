@@ -690,6 +690,34 @@ fn connect_failure_cleans_up_and_online_backend_reconnects() {
     h.assert_clean();
 }
 
+/// Issue 13, finding 4: a refused connection leaves its `error` node for
+/// the toolstack; the next connection that succeeds removes it, in the
+/// transaction that enters Connected, so a Connected back-end never shows
+/// a stale error.
+#[test]
+fn successful_connect_removes_a_stale_error_node() {
+    const ERROR_NODE: &str = "error/local/domain/0/backend/vbd/1/51712/error";
+    let mut h = host(true);
+    let mut i = Instance::new(BE_PATH, &Tunables::default()).unwrap();
+    i.attach(&mut h);
+    let _ = h.frontend_ring(Abi::native(), 1);
+    h.fe_set("ring-page-order", "9");
+    fe_state(&mut i, &mut h, "3");
+    assert_eq!(i.state(), XenbusState::Closing);
+    assert_eq!(
+        h.xs_get(ERROR_NODE),
+        Some("22 ring-page-order: 9 is out of range")
+    );
+    fe_state(&mut i, &mut h, "6");
+    fe_state(&mut i, &mut h, "1");
+    assert_eq!(i.state(), XenbusState::InitWait);
+    h.xs.del(&format!("{}/ring-page-order", xbb_testing::FE_PATH));
+    let _fr = fe_connect(&mut i, &mut h);
+    assert_eq!(i.state(), XenbusState::Connected);
+    assert_eq!(h.xs_get(ERROR_NODE), None, "stale error node left");
+    h.assert_clean();
+}
+
 /// Hostile front-end: random state values (including garbage), random
 /// ring contents and producer indices, interleaved with runs and
 /// completions. No panic, no violation, everything released at the end.
