@@ -291,10 +291,7 @@ impl Queue {
             // The front-end wrote an impossible producer index: answer
             // nothing more on this ring, serve nothing that came with it.
             self.broken = true;
-            if let Some(l) = self.lists.take_open() {
-                self.lists.list_mut(l).error = true;
-                self.finish(host, l);
-            }
+            self.abandon_unstarted(host);
             return Outcome::RingBroken;
         }
         self.grants
@@ -530,6 +527,30 @@ impl Queue {
             let cap = self.waitq.len();
             self.waitq[(self.waitq_head + self.waitq_len) % cap] = l;
             self.waitq_len += 1;
+        }
+    }
+
+    /// The ring is broken: nothing that has not started yet ever will. The
+    /// open reqlist, every reqlist waiting for the window and a barrier
+    /// waiting for its drain are finished at once, without I/O (their
+    /// responses are not written: the ring is broken); only what is in
+    /// flight drains.
+    fn abandon_unstarted<H: Host>(&mut self, host: &mut H) {
+        if let Some(l) = self.lists.take_open() {
+            self.lists.list_mut(l).error = true;
+            self.finish(host, l);
+        }
+        while self.waitq_len > 0 {
+            let l = self.waitq[self.waitq_head];
+            self.waitq_head = (self.waitq_head + 1) % self.waitq.len();
+            self.waitq_len -= 1;
+            self.lists.list_mut(l).error = true;
+            self.finish(host, l);
+        }
+        if self.barrier != NONE && !self.lists.list(self.barrier).in_flight {
+            let l = self.barrier;
+            self.lists.list_mut(l).error = true;
+            self.finish(host, l);
         }
     }
 
