@@ -109,7 +109,7 @@ impl Guest {
                 break;
             }
         }
-        while let Some(rsp) = self.front.take_response() {
+        while let Some(rsp) = self.front.take_response().expect("back-end broke the ring") {
             let want = match rsp.id >> 48 {
                 EXPECT_OKAY => BLKIF_RSP_OKAY,
                 EXPECT_ERROR => BLKIF_RSP_ERROR,

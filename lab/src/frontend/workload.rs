@@ -478,7 +478,7 @@ impl Engine<'_> {
         loop {
             let mut got = false;
             for q in 0..self.per_queue.len() {
-                while let Some(rsp) = self.fe.ring_q(q)?.take_response() {
+                while let Some(rsp) = take_checked(self.fe.ring_q(q)?, q)? {
                     got = true;
                     self.complete(&rsp, q)?;
                 }
