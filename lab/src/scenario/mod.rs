@@ -47,7 +47,7 @@ use xbb::abi::{
 };
 use xbb::host::{DomId, GrantError, IoError, XenbusState};
 use xbb::keys;
-use xbb::stats::{Stat, Stats, Tunable, Tunables, SYSCTLS, TUNABLES, TUNABLE_PREFIX};
+use xbb::stats::{Stat, Tunable, Tunables, SYSCTLS, TUNABLES, TUNABLE_PREFIX};
 
 mod report;
 mod run;

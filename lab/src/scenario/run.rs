@@ -220,13 +220,27 @@ pub(super) fn store_name(k: StoreKindSpec) -> &'static str {
 }
 
 /// Collects the report and tears the world down.
+///
+/// The report is exact: each back-end is read once it is quiescent (every
+/// event its guest caused handled, nothing in flight: see
+/// [`World::quiesce`]), never while a counter may still move. A back-end
+/// that does not get there within the hang guard is a mismatch.
 pub(super) fn finish(mut run: Run<'_>, scenario: &str, sc: &Scenario, started: Instant) -> Report {
     let mut instances = Vec::new();
+    let mut unsettled = Vec::new();
     for (unit, g) in run.guests.iter().enumerate() {
-        let stats = backend_stats(&run.world, &g.vbd);
-        let queues = run
-            .world
-            .backend(&g.vbd)
+        let snap = match run.world.quiesce(&g.vbd, run.opts.hang_guard) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                unsettled.push((g.name.clone(), e));
+                run.world.backend(&g.vbd)
+            }
+        };
+        let stats = snap
+            .as_ref()
+            .and_then(|s| s.stats.clone())
+            .unwrap_or_default();
+        let queues = snap
             .map(|s| s.queues)
             .unwrap_or_default()
             .iter()
@@ -255,6 +269,9 @@ pub(super) fn finish(mut run: Run<'_>, scenario: &str, sc: &Scenario, started: I
             queues,
             io: g.io.clone(),
         });
+    }
+    for (name, e) in unsettled {
+        run.fail(sc.steps.len() + 1, "report", Some(&name), e);
     }
     // Leftover manual requests are not an error of the back-end: hostile
     // steps may leave requests that can never be answered.
@@ -287,10 +304,6 @@ pub(super) fn new_world(_tunables: &Tunables, root_mounted: bool) -> std::io::Re
 
 pub(super) fn shutdown_world(world: World) {
     let _ = world.shutdown();
-}
-
-pub(super) fn backend_stats(world: &World, vbd: &VbdHandle) -> Stats {
-    world.backend_stats(vbd)
 }
 
 /// Creates a guest: its image, its domain, its `vbd`, its front-end.
