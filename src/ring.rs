@@ -394,11 +394,17 @@ impl FrontRing {
         self.abi.decode_request(&buf[..len])
     }
 
-    /// A hostile front-end's write: stores any `req_prod` (release).
+    /// A hostile front-end's write: stores any `req_prod` (release). A
+    /// value ahead of `req_prod_pvt` by no more than the free slots makes
+    /// the slots up to it produced (whatever was written in them), so that
+    /// requests pushed afterwards follow them.
     pub fn set_req_prod_raw(&mut self, v: u32) {
         // Release: slots written before are visible with the index.
         self.mem.store_u32(SRING_REQ_PROD, v, Ordering::Release);
         self.note_issued(v);
+        if v.wrapping_sub(self.req_prod_pvt) <= self.free_slots() {
+            self.req_prod_pvt = v;
+        }
     }
 
     /// Records a stored `req_prod` for the bound on responses: the

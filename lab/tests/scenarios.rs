@@ -151,9 +151,53 @@ fn malformed_scenarios_are_refused() {
         "[[guest]]\nsector_size = 4096\n[[step]]\ndo = \"resize\"\nsize = 6144\n",
         // unknown state in a storm
         "[[guest]]\n[[step]]\ndo = \"state_storm\"\ncount = 1\nstates = [\"Dancing\"]\n",
+        // more descriptor pages than indirect_grefs has (issue 13, finding
+        // 9: refused at load, no longer clamped to 8)
+        "[[guest]]\n[[step]]\ndo = \"request\"\nop = \"indirect\"\npages = 1\nindirect_pages = 9\n",
+        // an override and its undoing at once
+        "[[guest]]\n[[step]]\ndo = \"xenstore\"\nkey = \"ring-ref\"\nvalue = \"1\"\nreset = true\n",
+        // same_as and delete at once
+        "[[guest]]\n[[step]]\ndo = \"xenstore\"\nkey = \"ring-ref\"\ndelete = true\nsame_as = \"event-channel\"\n",
+        // every override only with reset
+        "[[guest]]\n[[step]]\ndo = \"xenstore\"\nkey = \"*\"\nvalue = \"1\"\n",
+        // a ring start beyond 32 bits
+        "[[guest]]\n[[step]]\ndo = \"connect\"\nring_start = \"0x100000000\"\n",
+        // one status and a set of them
+        "[[guest]]\n[[step]]\ndo = \"request\"\nop = \"read\"\npages = 1\n\
+         expect_status = \"okay\"\nexpect_status_in = [\"error\"]\n",
+        "[[guest]]\n[[step]]\ndo = \"wait\"\ncount = 1\nexpect_status = \"okay\"\n\
+         expect_status_in = [\"error\"]\n",
+        // a node that is neither error, backend/, frontend/ nor absolute
+        "[[guest]]\n[[step]]\ndo = \"expect\"\nnodes = { \"sectors\" = false }\n",
+        // steps during a workload on the workload's own guest, on every
+        // guest, without a guest, or a workload during a workload
+        "[[guest]]\nname = \"a\"\n[[guest]]\nname = \"b\"\n[[step]]\ndo = \"workload\"\nguest = \"a\"\n\
+         [[step.during]]\ndo = \"kick\"\nguest = \"a\"\n",
+        "[[guest]]\nname = \"a\"\n[[guest]]\nname = \"b\"\n[[step]]\ndo = \"workload\"\nguest = \"a\"\n\
+         [[step.during]]\ndo = \"kick\"\nguest = \"*\"\n",
+        "[[guest]]\nname = \"a\"\n[[guest]]\nname = \"b\"\n[[step]]\ndo = \"workload\"\nguest = \"a\"\n\
+         [[step.during]]\ndo = \"kick\"\n",
+        "[[guest]]\nname = \"a\"\n[[guest]]\nname = \"b\"\n[[step]]\ndo = \"workload\"\nguest = \"a\"\n\
+         [[step.during]]\ndo = \"workload\"\nguest = \"b\"\n",
+        // a bad step during a workload
+        "[[guest]]\nname = \"a\"\n[[guest]]\nname = \"b\"\n[[step]]\ndo = \"workload\"\nguest = \"a\"\n\
+         [[step.during]]\ndo = \"raw_slot\"\nguest = \"b\"\nslot = 0\nhex = \"z\"\n",
     ];
     for text in bad {
         assert!(Scenario::parse(text).is_err(), "accepted:\n{text}");
+    }
+    // What those refusals border on is accepted.
+    let good = [
+        "[[guest]]\n[[step]]\ndo = \"request\"\nop = \"indirect\"\npages = 1\nindirect_pages = 8\n",
+        "[[guest]]\n[[step]]\ndo = \"xenstore\"\nkey = \"*\"\nreset = true\n",
+        "[[guest]]\n[[step]]\ndo = \"connect\"\nring_start = \"0xffffffff\"\n",
+        "[[guest]]\n[[step]]\ndo = \"resize\"\nsize = 0\n",
+        "[[guest]]\n[[step]]\ndo = \"expect\"\nnodes = { \"error\" = false, \"backend/sectors\" = true }\n",
+    ];
+    for text in good {
+        if let Err(e) = Scenario::parse(text) {
+            panic!("refused: {e}\n{text}");
+        }
     }
 }
 

@@ -58,7 +58,7 @@ mod workload;
 
 pub use profile::Profile;
 pub use request::{FeatureRequest, IndirectShape, ManualRequest, SegmentGrant};
-pub use workload::{run_workload, sector_pattern, Workload, WorkloadReport};
+pub use workload::{run_workload, run_workload_until, sector_pattern, Workload, WorkloadReport};
 
 /// The most queues a [`Profile`] may ask for.
 pub const MAX_QUEUES: u32 = 64;
@@ -310,6 +310,8 @@ pub struct Frontend {
     be_path: String,
     profile: Profile,
     overrides: BTreeMap<String, XsOverride>,
+    /// Where the next connection's ring indices start.
+    ring_start: u32,
     hang_guard: Duration,
     be_watch: Option<WatchId>,
     be_changed: Signal,
@@ -399,6 +401,7 @@ impl Frontend {
             be_path: vbd.backend_path().to_string(),
             profile,
             overrides: BTreeMap::new(),
+            ring_start: 0,
             hang_guard: DEFAULT_HANG_GUARD,
             be_watch: Some(be_watch),
             be_changed,
@@ -459,6 +462,13 @@ impl Frontend {
     pub fn set_xenstore_same_as(&mut self, key: &str, other: &str) {
         self.overrides
             .insert(key.to_string(), XsOverride::SameAs(other.to_string()));
+    }
+
+    /// Starts every index of the rings the next [`connect`](Self::connect)
+    /// sets up at `start` instead of 0 ([`FrontRing::init_at`]): a guest
+    /// whose indices wrap at 2^32 soon.
+    pub fn set_ring_start(&mut self, start: u32) {
+        self.ring_start = start;
     }
 
     /// Undoes the override of `key`: the next [`connect`](Self::connect)

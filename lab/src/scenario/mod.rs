@@ -31,8 +31,8 @@ use std::{eprintln, format, vec};
 use serde::Deserialize;
 
 use super::frontend::{
-    run_workload, FeatureRequest, Frontend, FrontendError, ManualRequest, Profile, SegmentGrant,
-    Workload, WorkloadReport, MAX_INDIRECT_SEGMENTS,
+    run_workload_until, FeatureRequest, Frontend, FrontendError, ManualRequest, Profile,
+    SegmentGrant, Workload, WorkloadReport, MAX_INDIRECT_SEGMENTS,
 };
 use super::gnttab::MapFault;
 use super::store::{IoFaults, StoreKind};

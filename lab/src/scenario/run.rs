@@ -91,7 +91,41 @@ pub fn create_sparse_image(path: &Path, size: u64) -> std::io::Result<()> {
 pub(super) struct Pending {
     pub(super) step: usize,
     pub(super) expect: Option<Status>,
+    /// Statuses any of which the response may have (empty: any).
+    pub(super) expect_in: Vec<Status>,
     pub(super) expect_data: Option<u8>,
+}
+
+/// A guest's front-end, or nothing while a workload thread has it
+/// ([`FeSlot::take`], [`FeSlot::put`]). Steps reach it through `Deref`:
+/// validation keeps steps played during a workload off its guests.
+pub(super) struct FeSlot(Option<Frontend>);
+
+impl FeSlot {
+    pub(super) fn take(&mut self) -> Option<Frontend> {
+        self.0.take()
+    }
+
+    pub(super) fn put(&mut self, fe: Frontend) {
+        self.0 = Some(fe);
+    }
+}
+
+impl std::ops::Deref for FeSlot {
+    type Target = Frontend;
+    fn deref(&self) -> &Frontend {
+        self.0
+            .as_ref()
+            .expect("a step reached a front-end a workload thread has (validation lets none)")
+    }
+}
+
+impl std::ops::DerefMut for FeSlot {
+    fn deref_mut(&mut self) -> &mut Frontend {
+        self.0
+            .as_mut()
+            .expect("a step reached a front-end a workload thread has (validation lets none)")
+    }
 }
 
 /// One guest while the scenario runs.
@@ -99,7 +133,7 @@ pub(super) struct GuestRt {
     pub(super) name: String,
     pub(super) spec: GuestSpec,
     pub(super) vbd: VbdHandle,
-    pub(super) fe: Frontend,
+    pub(super) fe: FeSlot,
     pub(super) faults: Arc<IoFaults>,
     pub(super) io: IoTotals,
     /// Manual requests in flight, by id.
@@ -376,7 +410,7 @@ pub(super) fn setup_guest(
         name: name.to_string(),
         spec: spec.clone(),
         vbd,
-        fe,
+        fe: FeSlot(Some(fe)),
         faults,
         io: IoTotals::default(),
         pending: BTreeMap::new(),
