@@ -31,8 +31,8 @@ use std::{eprintln, format, vec};
 use serde::Deserialize;
 
 use super::frontend::{
-    run_workload, FeatureRequest, Frontend, FrontendError, ManualRequest, Profile, SegmentGrant,
-    Workload, WorkloadReport, MAX_INDIRECT_SEGMENTS,
+    run_workload_until, FeatureRequest, Frontend, FrontendError, ManualRequest, Profile,
+    SegmentGrant, Workload, WorkloadReport, MAX_INDIRECT_SEGMENTS,
 };
 use super::gnttab::MapFault;
 use super::store::{IoFaults, StoreKind};
@@ -47,7 +47,7 @@ use xbb::abi::{
 };
 use xbb::host::{DomId, GrantError, IoError, XenbusState};
 use xbb::keys;
-use xbb::stats::{Stat, Stats, Tunable, Tunables, SYSCTLS, TUNABLES, TUNABLE_PREFIX};
+use xbb::stats::{Stat, Tunable, Tunables, SYSCTLS, TUNABLES, TUNABLE_PREFIX};
 
 mod report;
 mod run;
