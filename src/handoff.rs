@@ -246,6 +246,14 @@ impl<A: AtomicWord> Gate<A> {
         self.word.load(Ordering::Acquire) & (LENT | RUNNING) == 0
     }
 
+    /// Whether the queue is lent and its context has nothing to do: no
+    /// pass running or scheduled, no work posted. Once `true`, everything
+    /// the last pass did is visible to the caller (acquire here, release in
+    /// [`Gate::end`]); only a new post can change it.
+    pub fn is_asleep(&self) -> bool {
+        self.word.load(Ordering::Acquire) & (LENT | SCHEDULED | RUNNING | Work::ALL) == LENT
+    }
+
     /// Whether the queue is lent.
     pub fn is_lent(&self) -> bool {
         self.word.load(Ordering::Relaxed) & LENT != 0
@@ -275,12 +283,15 @@ mod tests {
         assert_eq!(g.post(Work::IO), Post::Queued, "still scheduled");
         assert_eq!(g.begin(), Some(Work::IO));
         assert!(!g.end());
+        assert!(g.is_asleep(), "lent, nothing to do");
         assert_eq!(g.post(Work::EVENT), Post::Wake);
+        assert!(!g.is_asleep(), "work posted");
         assert_eq!(g.post(Work::RUN), Post::Queued, "only one wake");
         assert_eq!(g.begin(), Some(Work::EVENT.union(Work::RUN)));
         assert!(!g.is_home());
         assert!(g.give_back());
         assert!(g.is_home());
+        assert!(!g.is_asleep(), "home is not lent");
         assert!(!g.end(), "no pass to end");
         assert_eq!(g.begin(), None, "no pass after the give-back");
         assert!(!g.give_back());
@@ -292,7 +303,9 @@ mod tests {
     fn a_context_may_run_unscheduled_and_work_is_kept() {
         let g: Gate = Gate::new();
         assert!(g.lend());
+        assert!(!g.is_asleep(), "the first pass is scheduled");
         assert_eq!(g.begin(), Some(Work::RUN));
+        assert!(!g.is_asleep(), "a pass runs");
         assert!(!g.end());
         assert_eq!(g.begin(), Some(Work::NONE), "own reasons");
         assert_eq!(g.post(Work::RECALL), Post::Queued);

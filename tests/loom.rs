@@ -12,7 +12,8 @@
 //!    `RING_FINAL_CHECK_FOR_REQUESTS`, `RING_PUSH_RESPONSES_AND_CHECK_NOTIFY`,
 //!    `RING_FINAL_CHECK_FOR_RESPONSES`): a front-end producing requests and
 //!    a back-end consuming them, each sleeping when the protocol lets it,
-//!    never lose a request, a response or a notification. The rings are the
+//!    never lose a request, a response or a notification, on a ring whose
+//!    indices start at 0 or wrap at 2^32 in mid-run. The rings are the
 //!    core's own `FrontRing` and `BackRing` over loom's atomics
 //!    ([`xbb::shmem::RingMem`]).
 //!
@@ -389,7 +390,7 @@ fn front_end(mut ring: FrontRing<LoomRing>, to_back: &Channel, from_back: &Chann
         }
     }
     loop {
-        while let Some(rsp) = ring.take_response() {
+        while let Some(rsp) = ring.take_response().expect("sane back-end") {
             assert_eq!(rsp.id, answered, "responses in order");
             answered += 1;
         }
@@ -405,12 +406,26 @@ fn front_end(mut ring: FrontRing<LoomRing>, to_back: &Channel, from_back: &Chann
 /// (b) No request, response or notification is lost either way.
 #[test]
 fn ring_notifications_lose_nothing() {
+    ring_model(0);
+}
+
+/// (b) The same with indices that wrap at 2^32 between the two requests:
+/// the front-end starts its ring at `u32::MAX` (`FrontRing::init_at`) and
+/// the back ring attaches at its `rsp_prod`; every index comparison of
+/// both sides is in wrapping arithmetic.
+#[test]
+fn ring_notifications_lose_nothing_across_the_wrap() {
+    ring_model(u32::MAX);
+}
+
+fn ring_model(start: u32) {
     let mut builder = loom::model::Builder::new();
     builder.preemption_bound = Some(2);
-    builder.check(|| {
+    builder.check(move || {
         let mem = LoomRing::new();
-        let front = FrontRing::init(mem.clone(), Abi::X86_64, 1).expect("front ring");
+        let front = FrontRing::init_at(mem.clone(), Abi::X86_64, 1, start).expect("front ring");
         let back = BackRing::new(mem, Abi::X86_64, 1).expect("back ring");
+        assert_eq!(back.req_cons(), start, "attached at the ring's rsp_prod");
         let to_back = Arc::new(Channel::new());
         let to_front = Arc::new(Channel::new());
         let b = {

@@ -8,6 +8,7 @@
 //! notifications) and the store's completions.
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
@@ -34,8 +35,11 @@ pub struct InstanceSnapshot {
     pub state: XenbusState,
     /// The front-end's directory, once the instance knows it.
     pub frontend_path: Option<String>,
-    /// No I/O in flight.
+    /// `Instance::is_idle`: every queue home, no I/O in flight (false
+    /// while queues are lent to their threads).
     pub idle: bool,
+    /// `Instance::lent_queues`: queues served by threads of their own.
+    pub lent_queues: u32,
     /// The open store's description (`Instance::medium`).
     pub medium: Option<MediumInfo>,
     /// Why the connection last failed (`Instance::last_error`).
@@ -58,6 +62,8 @@ pub struct InstanceSnapshot {
     pub finished: bool,
     /// Why the thread ended early or detached uncleanly, if it did.
     pub error: Option<String>,
+    /// The last [`TaskEvent::Sync`] handled (0: none).
+    pub synced: u64,
     // EXTEND HERE: further instance getters go with the ones at the top;
     // fill them in `fill_instance_fields` below.
 }
@@ -78,6 +84,8 @@ impl InstanceSnapshot {
             stats: None,
             queues: Vec::new(),
             base: None,
+            lent_queues: 0,
+            synced: 0,
         }
     }
 
@@ -92,6 +100,16 @@ impl InstanceSnapshot {
         live.sum_into(&mut s, n);
         self.stats = Some(s);
         self.queues = (0..n).filter_map(|q| live.queue_stats(q)).collect();
+    }
+
+    /// Nothing will change unless someone outside acts: nothing in flight
+    /// or waiting to be served, neither at the control part (every queue
+    /// home and idle, or every queue lent) nor at any lent queue's thread
+    /// (asleep, its queue idle, no completion waiting for it), and no
+    /// delayed EOI that may still deliver a kick.
+    fn quiet(&self) -> bool {
+        let control = self.idle || self.lent_queues as usize == self.queues.len();
+        control && self.host.queues_asleep && self.host.eoi_timers == 0
     }
 }
 
@@ -109,6 +127,7 @@ fn fill_instance_fields(inst: &Instance, snap: &mut InstanceSnapshot) {
         .filter_map(|q| inst.queue_stats(q))
         .collect();
     snap.base = Some(inst.instance_stats());
+    snap.lent_queues = inst.lent_queues();
 }
 
 /// The published snapshot, and the queues' counters to refresh it from.
@@ -155,6 +174,8 @@ pub struct BackendRunner {
     tx: Sender<TaskEvent>,
     shared: Shared,
     thread: Option<JoinHandle<()>>,
+    /// The last [`TaskEvent::Sync`] number handed out.
+    syncs: AtomicU64,
 }
 
 impl BackendRunner {
@@ -182,6 +203,7 @@ impl BackendRunner {
             rx,
             shared: Arc::clone(&shared),
             events: 0,
+            synced: 0,
         };
         // Subscribe before the thread attaches, so a mount between its
         // look at the flag and the subscription cannot be missed.
@@ -195,6 +217,7 @@ impl BackendRunner {
             tx,
             shared,
             thread: Some(thread),
+            syncs: AtomicU64::new(0),
         })
     }
 
@@ -251,6 +274,50 @@ impl BackendRunner {
         }
     }
 
+    /// Waits until the instance is quiescent and returns its snapshot then,
+    /// which is exact: every counter update the events so far cause is in
+    /// it. By construction, not by sleeping: a [`TaskEvent::Sync`] barrier
+    /// is sent through the task's queue until two in a row are handled
+    /// with no other event between them, the snapshot quiet at both (no
+    /// I/O in flight, nothing waiting, every lent queue's thread asleep
+    /// with nothing posted to its gate, no delayed EOI pending: see
+    /// `quiet`), and no queue thread having begun a pass between them.
+    /// Then nothing was queued behind the first barrier, no queue ran
+    /// since, nothing can be queued by the instance or its queues
+    /// themselves, and only someone outside (a front-end's kick or
+    /// XenStore write) can change it. A front-end that
+    /// has taken every response it waits for and stopped is such an
+    /// outside. `limit` guards against hangs; a thread that ended gives
+    /// its final snapshot.
+    pub fn quiesce(&self, limit: Duration) -> Result<InstanceSnapshot, Box<InstanceSnapshot>> {
+        let deadline = Instant::now() + limit;
+        // The events count, quietness and queue passes at the previous
+        // barrier.
+        let mut previous: Option<(u64, bool, u64)> = None;
+        loop {
+            let token = self.syncs.fetch_add(1, AtomicOrdering::Relaxed) + 1;
+            if !self.send(TaskEvent::Sync(token)) {
+                let last = self.snapshot();
+                return if last.finished {
+                    Ok(last)
+                } else {
+                    Err(Box::new(last))
+                };
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let snap = self.wait_until(left, |s| s.synced >= token || s.finished)?;
+            if snap.finished {
+                return Ok(snap);
+            }
+            let quiet = snap.quiet();
+            let passes = snap.host.queue_passes;
+            if quiet && previous == Some((snap.events - 1, true, passes)) {
+                return Ok(snap);
+            }
+            previous = Some((snap.events, quiet, passes));
+        }
+    }
+
     /// Sends [`TaskEvent::Shutdown`] (detach), waits for the thread to end
     /// and returns the final snapshot.
     pub fn shutdown(mut self) -> InstanceSnapshot {
@@ -283,6 +350,7 @@ struct Task {
     rx: Receiver<TaskEvent>,
     shared: Shared,
     events: u64,
+    synced: u64,
 }
 
 impl Task {
@@ -303,6 +371,7 @@ impl Task {
         let mut s = InstanceSnapshot::initial();
         fill_instance_fields(inst, &mut s);
         s.events = self.events;
+        s.synced = self.synced;
         s.host = host.stats();
         s
     }
@@ -347,6 +416,7 @@ impl Task {
                 TaskEvent::MediumChanged => inst.medium_changed(&mut host),
                 TaskEvent::QueueHome(q) => home(&mut inst, &mut host, q),
                 TaskEvent::QueueFailed(_, outcome) => inst.queue_failed(&mut host, outcome),
+                TaskEvent::Sync(token) => self.synced = token,
                 TaskEvent::Shutdown => break,
             }
             self.events += 1;

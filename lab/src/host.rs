@@ -237,12 +237,20 @@ pub struct SimHostStats {
     pub rings_mapped: u32,
     /// `evtchn_eoi` calls that asked for a delay (spurious-event backoff).
     pub delayed_eois: u64,
+    /// Delayed EOIs whose timer has not fired yet: a kick kept pending
+    /// meanwhile still has to reach the task.
+    pub eoi_timers: u32,
     /// Indirect-page copies (`copy_in` pages).
     pub pages_copied: u64,
     /// Queue threads started (one per lent queue and connection).
     pub queue_threads: u64,
     /// Times a queue's thread was woken by its gate.
     pub queue_wakes: u64,
+    /// Passes the queues' threads began, summed over the queues.
+    pub queue_passes: u64,
+    /// Every lent queue's thread is asleep with nothing to do and its
+    /// queue idle (`true` when none is lent).
+    pub queues_asleep: bool,
 }
 
 /// The counters the control thread and the queue threads add to.
@@ -256,6 +264,8 @@ struct Counters {
     notifies: AtomicU64,
     runs_scheduled: AtomicU64,
     delayed_eois: AtomicU64,
+    /// Delayed-EOI timers not done yet ([`SimHostStats::eoi_timers`]).
+    eoi_timers: AtomicU64,
     pages_copied: AtomicU64,
     window_mapped: AtomicU64,
     queue_threads: AtomicU64,
@@ -439,6 +449,10 @@ const COMPLETIONS: usize = 1024;
 #[derive(Debug, Default)]
 pub struct QueueBox {
     gate: Gate,
+    /// Passes begun, ever (written by the queue's thread alone).
+    passes: AtomicU64,
+    /// The queue was idle when its thread ended its last pass.
+    idle: AtomicBool,
     done: Mutex<VecDeque<Completion>>,
     thread: Mutex<Option<Thread>>,
     home: Mutex<Option<(Queue, SimQueueHost)>>,
@@ -463,6 +477,22 @@ impl QueueBox {
     fn complete(&self, tag: IoTag, r: Result<(), IoError>) {
         locked(&self.done).push_back((tag, r));
         self.post(Work::IO);
+    }
+
+    /// Whether the queue is lent and nothing can make its thread run but
+    /// someone outside: the thread asleep with nothing posted to its gate,
+    /// the queue idle after its last pass (nothing in flight, nothing
+    /// waiting), no completion waiting for it. `None` when not lent.
+    fn asleep(&self) -> Option<bool> {
+        if !self.gate.is_lent() {
+            return None;
+        }
+        // The gate first: its acquire makes the last pass's `idle` visible.
+        Some(
+            self.gate.is_asleep()
+                && self.idle.load(Ordering::Relaxed)
+                && locked(&self.done).is_empty(),
+        )
     }
 }
 
@@ -585,9 +615,19 @@ impl SimHost {
             runs_scheduled: read(&c.runs_scheduled),
             rings_mapped: self.rings.len() as u32,
             delayed_eois: read(&c.delayed_eois),
+            eoi_timers: read(&c.eoi_timers) as u32,
             pages_copied: read(&c.pages_copied),
             queue_threads: read(&c.queue_threads),
             queue_wakes: read(&c.queue_wakes),
+            // The gates before the passes (fields evaluate in order): a
+            // pass that ran before a gate was seen asleep is counted.
+            queues_asleep: self.router.boxes.iter().all(|b| b.asleep() != Some(false)),
+            queue_passes: self
+                .router
+                .boxes
+                .iter()
+                .map(|b| b.passes.load(Ordering::Relaxed))
+                .sum(),
         }
     }
 
@@ -678,6 +718,7 @@ fn serve_queue(mut queue: Queue, mut qh: SimQueueHost, ctl: Arc<Router>) {
             std::thread::park();
             continue;
         };
+        bump(&qbox.passes, 1);
         std::mem::swap(&mut *locked(&qbox.done), &mut done);
         let mut outcome = Outcome::Served;
         let mut note = |o: Outcome| {
@@ -705,6 +746,8 @@ fn serve_queue(mut queue: Queue, mut qh: SimQueueHost, ctl: Arc<Router>) {
             ctl.to_task(TaskEvent::QueueHome(id));
             return;
         }
+        // Before end(): whoever sees the gate asleep sees this too.
+        qbox.idle.store(queue.idle(), Ordering::Relaxed);
         if !qbox.gate.end() {
             std::thread::park();
             bump(&qh.counters.queue_wakes, 1);
@@ -763,7 +806,7 @@ struct QueueSide<'a> {
     xen: &'a SimXen,
     backend_dom: DomId,
     window: Option<&'a Window>,
-    counters: &'a Counters,
+    counters: &'a Arc<Counters>,
 }
 
 impl QueueSide<'_> {
@@ -833,13 +876,22 @@ impl QueueSide<'_> {
             finish();
         } else {
             bump(&self.counters.delayed_eois, 1);
+            // A timer standing in for the platform's callout. It counts
+            // itself until the event it may owe is posted, so that the
+            // back-end is not taken for quiescent meanwhile.
             let delay = std::time::Duration::from_millis(u64::from(delay_ms));
-            let _ = std::thread::Builder::new()
+            let counters = Arc::clone(self.counters);
+            counters.eoi_timers.fetch_add(1, Ordering::AcqRel);
+            let spawned = std::thread::Builder::new()
                 .name(String::from("xbb-eoi-timer"))
                 .spawn(move || {
                     std::thread::sleep(delay);
                     finish();
+                    counters.eoi_timers.fetch_sub(1, Ordering::AcqRel);
                 });
+            if spawned.is_err() {
+                self.counters.eoi_timers.fetch_sub(1, Ordering::AcqRel);
+            }
         }
     }
 }

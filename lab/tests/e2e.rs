@@ -403,6 +403,75 @@ fn write_to_read_only_disk_is_refused() {
     disconnect_and_finish(fe, rig);
 }
 
+/// Issue 13, finding 3: the lab's front-end is as wary of its back-end as
+/// xbb is of guests. With the real back-end out of the way (it declared
+/// the ring broken and answers nothing more), the test plays a broken
+/// back-end on the ring: `rsp_prod` moved backwards (about 2^32
+/// responses: the front-end once looped on that until it had 21 GB),
+/// beyond the requests made visible, beyond the ring, a response to an id
+/// never issued, one to an id already answered. Each is reported as a
+/// broken back-end at once; nothing loops, nothing is taken.
+#[test]
+fn the_front_end_refuses_a_broken_back_end() {
+    use xbb::abi::{SRING_HEADER_SIZE, SRING_RSP_PROD};
+    // (what the broken back-end does, rsp_prod, a response it writes)
+    let cases: [(&str, u32, Option<u64>); 5] = [
+        ("backwards", 1, None),
+        ("beyond the requests made visible", 4, None),
+        ("beyond the ring", 3 + 33, None),
+        ("an id never issued", 3, Some(12345)),
+        ("an id already answered", 3, Some(1)),
+    ];
+    for (what, rsp_prod, forged) in cases {
+        let rig = Rig::new("brokenbe", |_| {});
+        let mut fe = rig.connected("legacy");
+        let size = fe.info().ring_size;
+        assert_eq!(size, 32);
+        let (first, _) = one(&mut fe, &ManualRequest::read(0, 1));
+        assert_eq!(first, 1);
+        one(&mut fe, &ManualRequest::read(8, 1));
+        // One more request made visible, no kick; then a producer the
+        // back-end refuses: it closes and never touches the ring again.
+        let abi = fe.profile().abi;
+        let mut slot = vec![0u8; abi.request_size()];
+        let req = xbb::abi::BlkifRequest::rw(BLKIF_OP_READ, 777, 16, &[]);
+        abi.encode_request(&req, &mut slot);
+        fe.write_raw_slot_at(2, &slot);
+        fe.set_req_prod_raw(3);
+        fe.set_req_prod_raw(3 + size + 5);
+        fe.kick();
+        rig.wait_state(XenbusState::Closing);
+        // The broken back-end writes.
+        let gfn = fe.ring_frames(0)[0];
+        let mem = &fe.guest().memory;
+        if let Some(id) = forged {
+            let rsp = BlkifResponse {
+                id,
+                operation: BLKIF_OP_READ,
+                status: BLKIF_RSP_OKAY,
+            };
+            let mut b = vec![0u8; abi.response_size()];
+            abi.encode_response(&rsp, &mut b);
+            mem.write(gfn, SRING_HEADER_SIZE + 2 * abi.entry_size(), &b)
+                .unwrap();
+        }
+        mem.write(gfn, SRING_RSP_PROD, &rsp_prod.to_le_bytes())
+            .unwrap();
+        let started = std::time::Instant::now();
+        match fe.poll_responses(Duration::from_millis(50)) {
+            Err(FrontendError::BrokenBackend(e)) => eprintln!("{what}: {e}"),
+            other => panic!("{what}: {other:?}"),
+        }
+        assert!(
+            started.elapsed() < HANG_GUARD,
+            "{what}: took {:?}",
+            started.elapsed()
+        );
+        fe.disconnect().unwrap();
+        rig.finish();
+    }
+}
+
 #[test]
 fn impossible_req_prod_closes_the_connection_and_serves_nothing() {
     let (rig, mut fe) = Rig::with_frontend("reqprod", "legacy");
@@ -514,6 +583,59 @@ fn bad_xenstore_values_are_refused_with_an_error_node() {
         let snap = rig.world.backend(&rig.vbd).unwrap();
         assert!(!snap.finished && snap.error.is_none(), "{snap:?}");
         assert_eq!(snap.host.ring_pages, 0, "{snap:?}");
+        fe.disconnect().unwrap();
+        rig.finish();
+    }
+}
+
+/// Issue 13, finding 1: a multi-queue front-end whose queue 1 names queue
+/// 0's ring pages (or its event channel) is refused with an error node
+/// saying so, before any ring is mapped; before the fix both queues served
+/// the one ring and every request ran twice.
+#[test]
+fn queues_sharing_a_ring_or_a_channel_are_refused() {
+    let cases: [(&[(&str, &str)], &str); 2] = [
+        (
+            &[
+                ("queue-1/ring-ref0", "queue-0/ring-ref0"),
+                ("queue-1/ring-ref1", "queue-0/ring-ref1"),
+            ],
+            "queue/ring-ref0",
+        ),
+        (
+            &[("queue-1/event-channel", "queue-0/event-channel")],
+            "queue/event-channel",
+        ),
+    ];
+    for (same, key) in cases {
+        let rig = Rig::new("sharedring", |_| {});
+        let mut fe = rig.frontend(Profile::by_name("multiqueue").unwrap());
+        for (k, other) in same {
+            fe.set_xenstore_same_as(k, other);
+        }
+        match fe.connect() {
+            Err(FrontendError::Refused { state, error }) => {
+                assert_eq!(state, XenbusState::Closing, "{key}");
+                let e = error.unwrap_or_default();
+                assert!(
+                    e.starts_with("22 ") && e.contains(key) && e.contains("named twice"),
+                    "{key}: error node {e:?}"
+                );
+            }
+            other => panic!("{key}: {other:?}"),
+        }
+        rig.wait_state(XenbusState::Closing);
+        assert!(matches!(
+            rig.world.backend_last_error(&rig.vbd),
+            Some(ConnectError::Duplicate { .. })
+        ));
+        assert_eq!(rig.world.backend(&rig.vbd).unwrap().host.ring_pages, 0);
+        // Undone, the same front-end connects with four rings of its own.
+        assert!(fe.clear_xenstore_overrides() > 0);
+        fe.disconnect().unwrap();
+        let info = fe.connect().unwrap();
+        assert_eq!(info.queues, 4);
+        check_clean(&run_workload(&mut fe, &mixed(64, 4096, 5)).unwrap());
         fe.disconnect().unwrap();
         rig.finish();
     }
