@@ -41,6 +41,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::abi::{BlkifRequest, BlkifResponse, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY};
 use crate::coalesce::{self, try_vec, Budget, ListTag, NoMemory, Reqlists, NONE};
 use crate::grants::{GrantShape, QueueGrants};
+use crate::handoff::Work;
 use crate::host::{
     DomId, Granted, Host, IoError, IoOp, IoTag, IoVec, QueueHost, QueueId, PAGE_SIZE,
 };
@@ -211,6 +212,18 @@ pub enum Outcome {
     RingBroken,
     /// The store reported itself gone: the connection must close.
     StoreGone,
+}
+
+/// How one pass of a lent queue ended ([`Queue::pass`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PassEnd {
+    /// An outcome that ends the connection, for the control part
+    /// (`Instance::queue_failed`); `None` when the pass served.
+    pub failed: Option<Outcome>,
+    /// Recalled and retired: the context gives the queue back
+    /// ([`Gate::give_back`](crate::handoff::Gate::give_back)) and sends it home
+    /// (`Instance::give_back`).
+    pub home: bool,
 }
 
 /// One ring of a connection with everything that serves it.
@@ -497,6 +510,45 @@ impl Queue {
     /// Whether [`Queue::recall`] has retired the queue.
     pub fn is_retired(&self) -> bool {
         self.retired
+    }
+
+    /// One pass of a lent queue in its own context, between the gate's
+    /// [`Gate::begin`](crate::handoff::Gate::begin) (which handed over
+    /// `work`) and its [`Gate::end`](crate::handoff::Gate::end):
+    /// the store's `completions` first (they free ring slots and window
+    /// pages), then the front-end's kick ([`Work::EVENT`]:
+    /// [`Queue::event`]) and a run asked for ([`Work::RUN`]:
+    /// [`Queue::run`]); and once the control part recalled the queue (in
+    /// this pass or an earlier one), [`Queue::recall`] until the queue is
+    /// retired. Every platform's queue context is this call plus its own
+    /// way of sleeping and waking.
+    pub fn pass<H: QueueHost + ?Sized>(
+        &mut self,
+        host: &mut H,
+        work: Work,
+        completions: impl IntoIterator<Item = (IoTag, Result<(), IoError>)>,
+    ) -> PassEnd {
+        let mut outcome = Outcome::Served;
+        let mut note = |o: Outcome| {
+            if o != Outcome::Served {
+                outcome = o;
+            }
+        };
+        for (tag, result) in completions {
+            note(self.complete(host, tag, result));
+        }
+        if work.contains(Work::EVENT) {
+            note(self.event(host));
+        }
+        if work.contains(Work::RUN) {
+            note(self.run(host));
+        }
+        // Only a recall closes a lent queue: `closing` remembers it.
+        let home = (work.contains(Work::RECALL) || self.closing) && self.recall(host);
+        PassEnd {
+            failed: (outcome != Outcome::Served).then_some(outcome),
+            home,
+        }
     }
 
     /// Gives back what the control part set up for the queue: unbinds the

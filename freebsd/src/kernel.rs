@@ -800,7 +800,7 @@ impl Host for KernelHost {
 /// to the control part. One per possible queue, allocated at attach and
 /// freed with the instance.
 ///
-/// The gate decides who owns `queue` and `recalled`: the control part (the
+/// The gate decides who owns `queue`: the control part (the
 /// instance's lock held) while the queue is home ([`Gate::is_home`]), the
 /// queue's task during a pass ([`Gate::begin`] to [`Gate::end`] or
 /// [`Gate::give_back`]). The loom model of `tests/loom.rs` checks that the
@@ -814,15 +814,13 @@ pub struct QueueCell {
     id: QueueId,
     /// The lent queue; owned as the gate says.
     queue: UnsafeCell<Option<Queue>>,
-    /// The task saw the recall; owned as `queue`.
-    recalled: UnsafeCell<bool>,
     /// An outcome that ends the connection, for the control part:
     /// [`OUTCOME_NONE`] or an [`Outcome`] code.
     failed: AtomicU8,
 }
 
 // SAFETY: the cell is shared by the control part and the queue's task;
-// `queue` and `recalled` are only touched by the owner the gate names (see
+// `queue` is only touched by the owner the gate names (see
 // the type's documentation), everything else is atomic or read-only, and
 // the softc pointer is only passed back to the shim, which serialises
 // nothing on it that the header does not allow from both contexts.
@@ -857,7 +855,6 @@ impl QueueCell {
             ops,
             id,
             queue: UnsafeCell::new(None),
-            recalled: UnsafeCell::new(false),
             failed: AtomicU8::new(OUTCOME_NONE),
         }
     }
@@ -882,7 +879,6 @@ impl QueueCell {
                 return Err(queue);
             }
             *self.queue.get() = Some(queue);
-            *self.recalled.get() = false;
         }
         self.failed.store(OUTCOME_NONE, Ordering::Relaxed);
         if !self.gate.lend() {
@@ -934,7 +930,7 @@ impl QueueCell {
         };
         // SAFETY: between begin() and end()/give_back() the task owns the
         // contents (begin's acquire pairs with lend's release).
-        let (slot, recalled) = unsafe { (&mut *self.queue.get(), &mut *self.recalled.get()) };
+        let slot = unsafe { &mut *self.queue.get() };
         let Some(queue) = slot.as_mut() else {
             // Lent without a queue cannot happen; end the pass.
             self.gate.end();
@@ -946,29 +942,20 @@ impl QueueCell {
             queue: self.id,
             gate: &self.gate,
         };
-        let mut outcome = Outcome::Served;
-        let mut note = |o: Outcome| {
-            if o != Outcome::Served {
-                outcome = o;
-            }
-        };
-        let (mut tag, mut error) = (0u32, 0 as c_int);
-        // SAFETY: io_done is set; tag and error are writable.
-        while unsafe { f(self.ops.io_done)(self.ctx, self.id, &mut tag, &mut error) } != 0 {
-            note(queue.complete(&mut host, IoTag(tag), errno::io_result(error)));
-        }
-        if work.contains(Work::EVENT) {
-            note(queue.event(&mut host));
-        }
-        if work.contains(Work::RUN) {
-            note(queue.run(&mut host));
-        }
-        *recalled |= work.contains(Work::RECALL);
-        if outcome != Outcome::Served {
+        // The queue's finished I/Os, taken off its list one by one.
+        let (ctx, id, io_done) = (self.ctx, self.id, f(self.ops.io_done));
+        let completions = core::iter::from_fn(|| {
+            let (mut tag, mut error) = (0u32, 0 as c_int);
+            // SAFETY: io_done is set; tag and error are writable.
+            let taken = unsafe { io_done(ctx, id, &mut tag, &mut error) } != 0;
+            taken.then(|| (IoTag(tag), errno::io_result(error)))
+        });
+        let end = queue.pass(&mut host, work, completions);
+        if let Some(outcome) = end.failed {
             self.failed.store(outcome_code(outcome), Ordering::Release);
             self.control_kick();
         }
-        if *recalled && queue.recall(&mut host) {
+        if end.home {
             self.gate.give_back();
             self.control_kick();
             return;

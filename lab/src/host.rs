@@ -57,7 +57,7 @@ use xbb::host::{
     Host, IoError, IoOp, IoTag, IoVec, MapResult, MediumInfo, NodeKind, OpenError, OpenParams,
     QueueHost, QueueId, RemotePort, XenStore, XsError, XsTxn, PAGE_SIZE,
 };
-use xbb::queue::{Outcome, Queue};
+use xbb::queue::Queue;
 use xbb::shmem::SharedMem;
 use xbb::stats::Tunable;
 
@@ -709,7 +709,6 @@ fn serve_queue(mut queue: Queue, mut qh: SimQueueHost, ctl: Arc<Router>) {
     *locked(&qbox.thread) = Some(std::thread::current());
     let id = queue.id();
     let mut done: VecDeque<Completion> = VecDeque::with_capacity(COMPLETIONS);
-    let mut recalled = false;
     let mut failed = false;
     loop {
         let Some(work) = qbox.gate.begin() else {
@@ -720,27 +719,12 @@ fn serve_queue(mut queue: Queue, mut qh: SimQueueHost, ctl: Arc<Router>) {
         };
         bump(&qbox.passes, 1);
         std::mem::swap(&mut *locked(&qbox.done), &mut done);
-        let mut outcome = Outcome::Served;
-        let mut note = |o: Outcome| {
-            if o != Outcome::Served {
-                outcome = o;
-            }
-        };
-        for (tag, r) in done.drain(..) {
-            note(queue.complete(&mut qh, tag, r));
-        }
-        if work.contains(Work::EVENT) {
-            note(queue.event(&mut qh));
-        }
-        if work.contains(Work::RUN) {
-            note(queue.run(&mut qh));
-        }
-        recalled |= work.contains(Work::RECALL);
-        if outcome != Outcome::Served && !failed {
+        let end = queue.pass(&mut qh, work, done.drain(..));
+        if let Some(outcome) = end.failed.filter(|_| !failed) {
             failed = true;
             ctl.to_task(TaskEvent::QueueFailed(id, outcome));
         }
-        if recalled && queue.recall(&mut qh) {
+        if end.home {
             *locked(&qbox.home) = Some((queue, qh));
             qbox.gate.give_back();
             ctl.to_task(TaskEvent::QueueHome(id));

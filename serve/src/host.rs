@@ -798,35 +798,23 @@ impl QueueHost for XenQueueHost {
 fn serve_queue(mut queue: Queue, mut qh: XenQueueHost, reports: Sender<Report>, ctl: Arc<Wakeup>) {
     let qbox = Arc::clone(&qh.qbox);
     let mut done: VecDeque<Completion> = VecDeque::with_capacity(COMPLETIONS);
-    let (mut recalled, mut failed) = (false, false);
+    let mut failed = false;
     let mut ready = [false; 2];
     loop {
-        let Some(work) = qbox.gate.begin() else {
+        let Some(mut work) = qbox.gate.begin() else {
             return;
         };
         std::mem::swap(&mut *locked(&qbox.done), &mut done);
-        let mut outcome = Outcome::Served;
-        let mut note = |o: Outcome| {
-            if o != Outcome::Served {
-                outcome = o;
-            }
-        };
-        for (tag, r) in done.drain(..) {
-            note(queue.complete(&mut qh, tag, r));
+        if qh.take_event() {
+            work = work.union(Work::EVENT);
         }
-        if qh.take_event() || work.contains(Work::EVENT) {
-            note(queue.event(&mut qh));
-        }
-        if work.contains(Work::RUN) {
-            note(queue.run(&mut qh));
-        }
-        recalled |= work.contains(Work::RECALL);
-        if outcome != Outcome::Served && !failed {
+        let end = queue.pass(&mut qh, work, done.drain(..));
+        if let Some(outcome) = end.failed.filter(|_| !failed) {
             failed = true;
             let _ = reports.send(Report::Failed(outcome));
             ctl.wake();
         }
-        if recalled && queue.recall(&mut qh) {
+        if end.home {
             qbox.gate.give_back();
             let _ = reports.send(Report::Home(queue, qh));
             ctl.wake();
