@@ -891,18 +891,30 @@ impl SimQueueHost {
     }
 }
 
+/// The [`QueueHost`] methods a lent queue's host and the inline host both
+/// hand to their [`QueueSide`] (or their clock) unchanged.
+macro_rules! queue_side_methods {
+    () => {
+        fn map_batch(&mut self, dom: DomId, ops: &[GrantMapOp], results: &mut [MapResult]) {
+            self.side().map_batch(dom, ops, results);
+        }
+
+        fn unmap_batch(&mut self, ops: &[GrantUnmapOp]) {
+            self.side().unmap_batch(ops);
+        }
+
+        fn copy_in(&mut self, from: Granted<'_>, out: &mut [u8]) -> Result<(), GrantError> {
+            self.side().copy_in(from, out)
+        }
+
+        fn now_ms(&self) -> u64 {
+            self.epoch.elapsed().as_millis() as u64
+        }
+    };
+}
+
 impl QueueHost for SimQueueHost {
-    fn map_batch(&mut self, dom: DomId, ops: &[GrantMapOp], results: &mut [MapResult]) {
-        self.side().map_batch(dom, ops, results);
-    }
-
-    fn unmap_batch(&mut self, ops: &[GrantUnmapOp]) {
-        self.side().unmap_batch(ops);
-    }
-
-    fn copy_in(&mut self, from: Granted<'_>, out: &mut [u8]) -> Result<(), GrantError> {
-        self.side().copy_in(from, out)
-    }
+    queue_side_methods!();
 
     fn evtchn_notify(&mut self, queue: QueueId) {
         if queue == self.queue {
@@ -938,10 +950,6 @@ impl QueueHost for SimQueueHost {
             self.qbox.post(Work::RUN);
         }
     }
-
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
-    }
 }
 
 impl SimHost {
@@ -957,17 +965,7 @@ impl SimHost {
 
 /// Inline: every queue served from the instance's task thread.
 impl QueueHost for SimHost {
-    fn map_batch(&mut self, dom: DomId, ops: &[GrantMapOp], results: &mut [MapResult]) {
-        self.side().map_batch(dom, ops, results);
-    }
-
-    fn unmap_batch(&mut self, ops: &[GrantUnmapOp]) {
-        self.side().unmap_batch(ops);
-    }
-
-    fn copy_in(&mut self, from: Granted<'_>, out: &mut [u8]) -> Result<(), GrantError> {
-        self.side().copy_in(from, out)
-    }
+    queue_side_methods!();
 
     fn evtchn_notify(&mut self, queue: QueueId) {
         let port = self.ports.iter().find(|p| p.0 == queue).map(|p| p.1);
@@ -987,10 +985,6 @@ impl QueueHost for SimHost {
     fn schedule_run(&mut self, queue: QueueId) {
         bump(&self.counters.runs_scheduled, 1);
         self.router.to_task(TaskEvent::Run(queue));
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
     }
 
     fn store_submit(&mut self, tag: IoTag, op: IoOp<'_>) -> Result<(), IoError> {
