@@ -500,17 +500,7 @@ impl FakeKernel {
     /// or a file worker does); false if none.
     pub fn complete_one(&self) -> bool {
         let io = self.st().ios.pop_front();
-        let Some(io) = io else {
-            return false;
-        };
-        let err = self.perform(&io);
-        let mut st = self.st();
-        st.done
-            .entry(io.queue)
-            .or_default()
-            .push_back((io.tag, err));
-        push_task(&mut st, Task::Queue(io.queue));
-        true
+        self.finish_io(io)
     }
 
     /// Performs the oldest submitted I/O of queue `q` only; false if none.
@@ -520,6 +510,12 @@ impl FakeKernel {
             let at = st.ios.iter().position(|io| io.queue == q);
             at.and_then(|i| st.ios.remove(i))
         };
+        self.finish_io(io)
+    }
+
+    /// Performs `io` and puts it on its queue's list of finished I/O,
+    /// enqueueing the queue's task; false for none.
+    fn finish_io(&self, io: Option<PendingIo>) -> bool {
         let Some(io) = io else {
             return false;
         };
