@@ -36,16 +36,9 @@ pub trait AtomicWord {
     fn new(v: u32) -> Self;
     /// `load`.
     fn load(&self, order: Ordering) -> u32;
-    /// `store`.
-    fn store(&self, v: u32, order: Ordering);
-    /// `compare_exchange_weak`.
-    fn compare_exchange_weak(
-        &self,
-        current: u32,
-        new: u32,
-        success: Ordering,
-        failure: Ordering,
-    ) -> Result<u32, u32>;
+    /// `compare_exchange_weak` with `success` and a relaxed failure
+    /// ordering (the gate retries with the value it saw).
+    fn cas_weak(&self, current: u32, new: u32, success: Ordering) -> Result<u32, u32>;
 }
 
 impl AtomicWord for AtomicU32 {
@@ -55,17 +48,8 @@ impl AtomicWord for AtomicU32 {
     fn load(&self, order: Ordering) -> u32 {
         AtomicU32::load(self, order)
     }
-    fn store(&self, v: u32, order: Ordering) {
-        AtomicU32::store(self, v, order)
-    }
-    fn compare_exchange_weak(
-        &self,
-        current: u32,
-        new: u32,
-        success: Ordering,
-        failure: Ordering,
-    ) -> Result<u32, u32> {
-        AtomicU32::compare_exchange_weak(self, current, new, success, failure)
+    fn cas_weak(&self, current: u32, new: u32, success: Ordering) -> Result<u32, u32> {
+        self.compare_exchange_weak(current, new, success, Ordering::Relaxed)
     }
 }
 
@@ -149,10 +133,7 @@ impl<A: AtomicWord> Gate<A> {
             let Some(new) = f(cur) else {
                 return Err(cur);
             };
-            match self
-                .word
-                .compare_exchange_weak(cur, new, success, Ordering::Relaxed)
-            {
+            match self.word.cas_weak(cur, new, success) {
                 Ok(_) => return Ok(cur),
                 Err(seen) => cur = seen,
             }

@@ -51,50 +51,54 @@ impl AtomicWord for LoomWord {
     fn load(&self, order: Ordering) -> u32 {
         self.0.load(order)
     }
-    fn store(&self, v: u32, order: Ordering) {
-        self.0.store(v, order)
-    }
-    fn compare_exchange_weak(
-        &self,
-        current: u32,
-        new: u32,
-        success: Ordering,
-        failure: Ordering,
-    ) -> Result<u32, u32> {
-        self.0.compare_exchange_weak(current, new, success, failure)
+    fn cas_weak(&self, current: u32, new: u32, success: Ordering) -> Result<u32, u32> {
+        self.0
+            .compare_exchange_weak(current, new, success, Ordering::Relaxed)
     }
 }
 
-/// A platform's way to run a context: one pending wake (a taskqueue's
-/// enqueue, an eventfd, a parked thread's token), which must never be
-/// asked for twice before the context took it.
-struct Waker {
-    pending: Mutex<bool>,
+/// A pending bit under a mutex, slept on with a condition variable: a
+/// platform's way to run a context (a taskqueue's enqueue, an eventfd, a
+/// parked thread's token) and an event channel's pending bit.
+struct Pending {
+    bit: Mutex<bool>,
     cond: Condvar,
 }
 
-impl Waker {
-    fn new() -> Waker {
-        Waker {
-            pending: Mutex::new(false),
+impl Pending {
+    fn new() -> Pending {
+        Pending {
+            bit: Mutex::new(false),
             cond: Condvar::new(),
         }
     }
 
-    fn wake(&self) {
-        let mut p = self.pending.lock().unwrap();
-        assert!(!*p, "the context was asked to wake twice before it ran");
+    /// Sets the bit and wakes the sleeper; whether it was set already.
+    fn set(&self) -> bool {
+        let mut p = self.bit.lock().unwrap();
+        let was = *p;
         *p = true;
         self.cond.notify_one();
+        was
     }
 
-    /// Sleeps until woken (a wake before the sleep is kept).
+    /// Sleeps until the bit is set, and clears it (a set before the sleep
+    /// is kept).
     fn sleep(&self) {
-        let mut p = self.pending.lock().unwrap();
+        let mut p = self.bit.lock().unwrap();
         while !*p {
             p = self.cond.wait(p).unwrap();
         }
         *p = false;
+    }
+
+    /// Wakes a queue's context, which must never be asked twice before it
+    /// ran.
+    fn wake(&self) {
+        assert!(
+            !self.set(),
+            "the context was asked to wake twice before it ran"
+        );
     }
 }
 
@@ -108,7 +112,7 @@ struct Queue {
     owner_writes: AtomicU64,
 }
 
-fn post(gate: &Gate<LoomWord>, waker: &Waker, work: Work) -> Post {
+fn post(gate: &Gate<LoomWord>, waker: &Pending, work: Work) -> Post {
     let p = gate.post(work);
     if p == Post::Wake {
         waker.wake();
@@ -118,7 +122,7 @@ fn post(gate: &Gate<LoomWord>, waker: &Waker, work: Work) -> Post {
 
 /// The queue context: passes until it is recalled, then gives the queue
 /// back.
-fn context(gate: &Gate<LoomWord>, waker: &Waker, q: &Queue) {
+fn context(gate: &Gate<LoomWord>, waker: &Pending, q: &Queue) {
     let mut recalled = false;
     loop {
         waker.sleep();
@@ -145,18 +149,28 @@ fn context(gate: &Gate<LoomWord>, waker: &Waker, q: &Queue) {
     }
 }
 
+/// Explores `f`'s interleavings with at most two preemptions each (the
+/// bound every model here has used; it keeps each to seconds).
+fn model(f: impl Fn() + Sync + Send + 'static) {
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(2);
+    builder.check(f);
+}
+
+/// A gate whose queue is home, its context's waker, the queue.
+fn parts() -> (Arc<Gate<LoomWord>>, Arc<Pending>, Arc<Queue>) {
+    let q = Queue {
+        kicks_seen: AtomicU64::new(0),
+        owner_writes: AtomicU64::new(0),
+    };
+    (Arc::new(Gate::new()), Arc::new(Pending::new()), Arc::new(q))
+}
+
 /// (a) A kick races the lend, the passes and the recall.
 #[test]
 fn handoff_loses_no_kick_and_recall_completes() {
-    let mut builder = loom::model::Builder::new();
-    builder.preemption_bound = Some(2);
-    builder.check(|| {
-        let gate = Arc::new(Gate::<LoomWord>::new());
-        let waker = Arc::new(Waker::new());
-        let q = Arc::new(Queue {
-            kicks_seen: AtomicU64::new(0),
-            owner_writes: AtomicU64::new(0),
-        });
+    model(|| {
+        let (gate, waker, q) = parts();
         let ctx = {
             let (gate, waker, q) = (gate.clone(), waker.clone(), q.clone());
             thread::spawn(move || context(&gate, &waker, &q))
@@ -194,15 +208,8 @@ fn handoff_loses_no_kick_and_recall_completes() {
 /// that arrives during a pass is run by the same context.
 #[test]
 fn handoff_wakes_once_and_work_during_a_pass_runs_again() {
-    let mut builder = loom::model::Builder::new();
-    builder.preemption_bound = Some(2);
-    builder.check(|| {
-        let gate = Arc::new(Gate::<LoomWord>::new());
-        let waker = Arc::new(Waker::new());
-        let q = Arc::new(Queue {
-            kicks_seen: AtomicU64::new(0),
-            owner_writes: AtomicU64::new(0),
-        });
+    model(|| {
+        let (gate, waker, q) = parts();
         assert!(gate.lend());
         waker.wake();
         let ctx = {
@@ -308,34 +315,6 @@ impl RingMem for LoomRing {
     }
 }
 
-/// An event channel: a pending bit its peer sleeps on.
-struct Channel {
-    pending: Mutex<bool>,
-    cond: Condvar,
-}
-
-impl Channel {
-    fn new() -> Channel {
-        Channel {
-            pending: Mutex::new(false),
-            cond: Condvar::new(),
-        }
-    }
-
-    fn notify(&self) {
-        *self.pending.lock().unwrap() = true;
-        self.cond.notify_one();
-    }
-
-    fn wait(&self) {
-        let mut p = self.pending.lock().unwrap();
-        while !*p {
-            p = self.cond.wait(p).unwrap();
-        }
-        *p = false;
-    }
-}
-
 fn request(id: u64) -> BlkifRequest {
     BlkifRequest::rw(0, id, id * 8, &[])
 }
@@ -346,7 +325,7 @@ const REQUESTS: u64 = 2;
 /// The back-end: consumes, answers, publishes, and sleeps only when
 /// `RING_FINAL_CHECK_FOR_REQUESTS` says the ring is empty (the loop of
 /// `Queue::consume`).
-fn back_end(mut ring: BackRing<LoomRing>, to_front: &Channel, from_front: &Channel) {
+fn back_end(mut ring: BackRing<LoomRing>, to_front: &Pending, from_front: &Pending) {
     let mut served = 0;
     loop {
         loop {
@@ -361,7 +340,7 @@ fn back_end(mut ring: BackRing<LoomRing>, to_front: &Channel, from_front: &Chann
                 served += 1;
             }
             if ring.publish_responses() {
-                to_front.notify();
+                to_front.set();
             }
             if !ring.final_check_for_requests().expect("sane producer") {
                 break;
@@ -370,14 +349,14 @@ fn back_end(mut ring: BackRing<LoomRing>, to_front: &Channel, from_front: &Chann
         if served == REQUESTS {
             return;
         }
-        from_front.wait();
+        from_front.sleep();
     }
 }
 
 /// The front-end: produces in two batches (kicking when the back-end asked)
 /// and waits for every response, sleeping only when
 /// `RING_FINAL_CHECK_FOR_RESPONSES` says there is none.
-fn front_end(mut ring: FrontRing<LoomRing>, to_back: &Channel, from_back: &Channel) {
+fn front_end(mut ring: FrontRing<LoomRing>, to_back: &Pending, from_back: &Pending) {
     let mut next = 0;
     let mut answered = 0;
     for batch in [1, REQUESTS - 1] {
@@ -386,7 +365,7 @@ fn front_end(mut ring: FrontRing<LoomRing>, to_back: &Channel, from_back: &Chann
             next += 1;
         }
         if ring.publish_requests() {
-            to_back.notify();
+            to_back.set();
         }
     }
     loop {
@@ -398,7 +377,7 @@ fn front_end(mut ring: FrontRing<LoomRing>, to_back: &Channel, from_back: &Chann
             return;
         }
         if !ring.final_check_for_responses() {
-            from_back.wait();
+            from_back.sleep();
         }
     }
 }
@@ -419,15 +398,13 @@ fn ring_notifications_lose_nothing_across_the_wrap() {
 }
 
 fn ring_model(start: u32) {
-    let mut builder = loom::model::Builder::new();
-    builder.preemption_bound = Some(2);
-    builder.check(move || {
+    model(move || {
         let mem = LoomRing::new();
         let front = FrontRing::init_at(mem.clone(), Abi::X86_64, 1, start).expect("front ring");
         let back = BackRing::new(mem, Abi::X86_64, 1).expect("back ring");
         assert_eq!(back.req_cons(), start, "attached at the ring's rsp_prod");
-        let to_back = Arc::new(Channel::new());
-        let to_front = Arc::new(Channel::new());
+        let to_back = Arc::new(Pending::new());
+        let to_front = Arc::new(Pending::new());
         let b = {
             let (to_back, to_front) = (to_back.clone(), to_front.clone());
             thread::spawn(move || back_end(back, &to_front, &to_back))
