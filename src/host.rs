@@ -463,7 +463,9 @@ pub trait Host: XenStore {
     /// (`Queue::{event, run, complete}` there) until [`Host::recall`] asks
     /// for it back; the queue's first run is due at once (requests may be
     /// waiting). `Err` hands the queue back: the platform serves it inline
-    /// (the default).
+    /// (the default, with [`Host::inline`]); a platform that lends and
+    /// could not (no thread, no memory) has the connection fail
+    /// ([`ConnectError::NoMemory`](crate::connect::ConnectError::NoMemory)).
     // A queue moves once per connection each way: its size is no cost.
     #[allow(clippy::result_large_err)]
     fn lend(&mut self, queue: Queue) -> Result<(), Queue> {

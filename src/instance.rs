@@ -457,12 +457,16 @@ impl Instance {
     }
 
     /// Lends every queue to the platform; a queue it keeps inline gets its
-    /// first run here. Either way requests may already be waiting.
+    /// first run here. Either way requests may already be waiting. A queue
+    /// that a lending platform could not lend (no thread, no memory for
+    /// its tables) would never be served: the connection fails instead of
+    /// leaving the front-end waiting on that ring.
     fn lend_queues<H: Host>(&mut self, host: &mut H) {
         let Some(c) = self.conn.as_mut() else {
             return;
         };
         let mut outcome = Outcome::Served;
+        let mut stranded = false;
         for slot in c.queues.iter_mut() {
             let Slot::Home(_) = slot else {
                 continue;
@@ -471,16 +475,24 @@ impl Instance {
                 continue;
             };
             if let Err(mut q) = host.lend(q) {
-                if let Some(qh) = host.inline() {
-                    let o = q.run(qh);
-                    if o != Outcome::Served {
-                        outcome = o;
+                match host.inline() {
+                    Some(qh) => {
+                        let o = q.run(qh);
+                        if o != Outcome::Served {
+                            outcome = o;
+                        }
                     }
+                    None => stranded = true,
                 }
                 *slot = Slot::Home(q);
             }
         }
-        self.act_on(host, outcome);
+        if stranded {
+            self.fail(host, ConnectError::NoMemory);
+            self.begin_close(host);
+        } else {
+            self.act_on(host, outcome);
+        }
     }
 
     /// Queue by queue: ring, channel, pools, into `queues` (which has room

@@ -128,6 +128,10 @@ pub struct Faults {
     pub window: bool,
     /// The next store open fails.
     pub open: bool,
+    /// Behave as a platform that lends its queues and could not lend
+    /// them: [`Host::inline`] answers `None` while set (and `lend` keeps
+    /// refusing, its default).
+    pub no_inline: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1003,6 +1007,9 @@ impl Host for FakeHost {
     }
 
     fn inline(&mut self) -> Option<&mut dyn QueueHost> {
+        if self.faults.no_inline {
+            return None;
+        }
         Some(self)
     }
 }
