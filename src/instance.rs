@@ -423,7 +423,7 @@ impl Instance {
         let dom = nodes.frontend_id;
         self.generation = self.generation.wrapping_add(1);
         self.shared.set_medium_sectors(medium.sectors);
-        let mut queues: Vec<Queue> = Vec::new();
+        let mut queues: Vec<Slot> = Vec::new();
         queues
             .try_reserve_exact(fe.queues.len())
             .map_err(|_| ConnectError::NoMemory)?;
@@ -434,25 +434,18 @@ impl Instance {
             setup = connect::publish_connected(host, &self.be_path, &medium, &terms.features);
         }
         if let Err(e) = setup {
-            for q in queues {
-                q.undo(host);
+            for slot in queues {
+                if let Slot::Home(q) = slot {
+                    q.undo(host);
+                }
             }
             host.window_release();
             return Err(e);
         }
-        let mut slots = Vec::new();
-        if slots.try_reserve_exact(queues.len()).is_err() {
-            for q in queues {
-                q.undo(host);
-            }
-            host.window_release();
-            return Err(ConnectError::NoMemory);
-        }
-        slots.extend(queues.into_iter().map(Slot::Home));
         terms.record(&fe, &medium, &mut self.stats);
         self.closing = false;
         self.frontend_closed = false;
-        self.conn = Some(Connection { queues: slots });
+        self.conn = Some(Connection { queues });
         Ok(())
     }
 
@@ -495,16 +488,16 @@ impl Instance {
         }
     }
 
-    /// Queue by queue: ring, channel, pools, into `queues` (which has room
-    /// for all). On failure everything of the failing queue is undone; the
-    /// ones built stay in `queues` for the caller to undo.
+    /// Queue by queue: ring, channel, pools, home in `queues` (which has
+    /// room for all). On failure everything of the failing queue is undone;
+    /// the ones built stay in `queues` for the caller to undo.
     fn build_queues<H: Host>(
         &self,
         host: &mut H,
         dom: DomId,
         fe: &FrontendParams,
         terms: &Terms,
-        queues: &mut Vec<Queue>,
+        queues: &mut Vec<Slot>,
     ) -> Result<(), ConnectError> {
         for (i, qp) in fe.queues.iter().enumerate() {
             let q = i as QueueId;
@@ -534,7 +527,7 @@ impl Instance {
                 &self.shared,
             ) {
                 // Within the capacity reserved: no allocation.
-                Ok(queue) => queues.push(queue),
+                Ok(queue) => queues.push(Slot::Home(queue)),
                 Err((_, ring)) => {
                     host.evtchn_unbind(q);
                     host.unmap_ring(q, ring.into_mem());
