@@ -581,9 +581,8 @@ static int
 xbb_filter(void *arg)
 {
 	struct xbb_chan *ch;
-	struct xbb_softc *sc;
-
 	struct xbb_queue *q;
+	struct xbb_softc *sc;
 
 	ch = arg;
 	sc = ch->ch_sc;
