@@ -212,7 +212,7 @@ s7() {
 			local i=0
 			while ! grep -q 'XENLAB-GUEST boot=2' "$(glog s7r)" && [ $i -lt 60 ]; do
 				if in_shutdown s7r && [ $i -gt 10 ]; then
-					say "s7r: nobody restarted the rebooting guest; destroy + create"
+					result 7 s7r:reboot-restart FAIL "xl's monitor did not restart the rebooting guest"
 					xl destroy s7r
 					cp "$(glog s7r)" /tmp/s7r-boot1.log
 					create s7r
