@@ -260,6 +260,8 @@ impl Instance {
     }
 
     fn fail<H: Host>(&mut self, host: &mut H, err: ConnectError) {
+        // Before Closing is published: nothing produced after it is served.
+        self.shared.set_stopped(true);
         connect::report_fatal(host, &self.be_path, &err);
         self.last_error = Some(err);
         self.state = XenbusState::Closing;
@@ -423,6 +425,7 @@ impl Instance {
         let dom = nodes.frontend_id;
         self.generation = self.generation.wrapping_add(1);
         self.shared.set_medium_sectors(medium.sectors);
+        self.shared.set_stopped(false);
         let mut queues: Vec<Slot> = Vec::new();
         queues
             .try_reserve_exact(fe.queues.len())
@@ -562,6 +565,8 @@ impl Instance {
 
     fn begin_close<H: Host>(&mut self, host: &mut H) {
         self.closing = true;
+        // Every queue stops consuming now; each recall follows.
+        self.shared.set_stopped(true);
         if let Some(c) = self.conn.as_mut() {
             for (i, slot) in c.queues.iter_mut().enumerate() {
                 match slot {

@@ -124,6 +124,7 @@ pub struct Shared {
     queues: Vec<QueueCounters>,
     medium_sectors: AtomicU64,
     no_coalesce: AtomicBool,
+    stopped: AtomicBool,
 }
 
 impl Shared {
@@ -136,6 +137,7 @@ impl Shared {
             queues: v,
             medium_sectors: AtomicU64::new(0),
             no_coalesce: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
         })
     }
 
@@ -175,6 +177,22 @@ impl Shared {
     /// Sets `no_coalesce_reqs`.
     pub fn set_no_coalesce(&self, off: bool) {
         self.no_coalesce.store(off, Ordering::Relaxed);
+    }
+
+    /// The control part stops every queue of the connection from consuming
+    /// (it is failing or closing), before it tells the front-end so (the
+    /// Closing state): a queue takes nothing from a `req_prod` it read
+    /// after this, however late its recall reaches it. `false` again at
+    /// the next connect, before the queues are lent.
+    pub fn set_stopped(&self, stopped: bool) {
+        // Release: pairs with the acquire in `stopped`, through the
+        // front-end's req_prod (see Queue::consume).
+        self.stopped.store(stopped, Ordering::Release);
+    }
+
+    /// Whether the control part stopped the queues.
+    pub fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
     }
 }
 
@@ -586,6 +604,15 @@ impl Queue {
         let mut stopped_on_pause = false;
         'pass: loop {
             let prod = self.ring.snapshot_req_prod().map_err(|_| ())?;
+            // The connection is failing or closing. A front-end that saw
+            // the Closing state before it produced wrote this req_prod
+            // after the control part stopped the queues, so this load
+            // (after req_prod's acquire) sees the stop: nothing it
+            // produced after Closing is consumed, even if the queue's
+            // recall has not reached it yet.
+            if self.stats.shared.stopped() {
+                break 'pass;
+            }
             while self.ring.req_cons() != prod {
                 if self.paused() {
                     stopped_on_pause = true;

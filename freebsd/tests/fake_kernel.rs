@@ -551,6 +551,53 @@ fn each_queue_is_served_by_its_own_task_and_gets_its_own_completions() {
     assert_clean(&fk);
 }
 
+/// The store goes away under a write on queue 0: the connection fails, and
+/// the control task publishes Closing while the recall of each queue is
+/// still on its way to the queue's task. A front-end that produces
+/// requests once it sees Closing, on either queue, never has them served:
+/// the control part stops every queue before it tells the front-end.
+#[test]
+fn a_request_produced_after_closing_is_never_served() {
+    let _m = Module::load();
+    let fk = FakeKernel::new(true, false);
+    let mut rings = connect_queues(&fk, 2);
+    fk.st().faults.store_gone = true;
+    let g = fk.grant(&pattern(60), true);
+    let write = rw_request(BLKIF_OP_WRITE, 1, 8, &[g]);
+    submit_on(&fk, &mut rings[0], 0, &write);
+    fk.run_tasks();
+    assert!(fk.complete_one(), "the write went out");
+    // Queue 0's task answers it with an error and reports the failure; the
+    // control task publishes Closing and recalls the queues, whose tasks
+    // have not run yet.
+    assert!(fk.run_tasks_through_control());
+    assert_eq!(fk.backend_state(), Some(CLOSING));
+    let rsp = responses(&mut rings[0]);
+    assert_eq!(
+        rsp.iter().map(|r| (r.id, r.status)).collect::<Vec<_>>(),
+        [(1, BLKIF_RSP_ERROR)]
+    );
+    for (q, ring) in rings.iter_mut().enumerate() {
+        let q = q as u32;
+        let g = fk.grant(&[0u8; PAGE_SIZE], false);
+        submit_on(
+            &fk,
+            ring,
+            q,
+            &rw_request(BLKIF_OP_READ, 10 + u64::from(q), 0, &[g]),
+        );
+        fk.kick(q);
+    }
+    fk.pump();
+    for ring in rings.iter_mut() {
+        assert!(responses(ring).is_empty(), "served after Closing");
+    }
+    assert_eq!(sysctl(&fk, "reqs_received"), 1);
+    assert!(fk.st().ios.is_empty(), "nothing submitted after Closing");
+    detach_and_free(&fk);
+    assert_clean(&fk);
+}
+
 #[test]
 fn detach_waits_for_io_in_flight_on_every_queue() {
     let _m = Module::load();

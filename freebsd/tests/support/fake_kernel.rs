@@ -469,6 +469,21 @@ impl FakeKernel {
         }
     }
 
+    /// Delivers queued tasks in order until the control task has run,
+    /// leaving the ones queued after it; whether it ran.
+    pub fn run_tasks_through_control(&self) -> bool {
+        loop {
+            let t = self.st().tasks.pop_front();
+            let Some(t) = t else {
+                return false;
+            };
+            self.run_task(t);
+            if t == Task::Control {
+                return true;
+            }
+        }
+    }
+
     fn run_task(&self, t: Task) {
         let inst = self.inst.get();
         IN_TASK.with(|c| c.set(true));
