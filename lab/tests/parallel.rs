@@ -165,6 +165,15 @@ fn one_queue_breaking_its_ring_fails_the_connection_while_the_others_drain() {
         })
         .collect();
     let ids = fe.submit_features(&reqs).unwrap();
+    // Taken by their queues (a failing connection stops every queue from
+    // consuming: what a queue had not taken yet would never be served) ...
+    rig.world
+        .wait_backend(&rig.vbd, HANG_GUARD, |s| {
+            s.stats
+                .as_ref()
+                .is_some_and(|st| st.get(Stat::ReqsReceived) == ids.len() as u64)
+        })
+        .expect("every request taken");
     // ... while queue 1's front-end claims more requests than its ring holds.
     let prod = fe.req_prod_pvt_on(1).unwrap();
     fe.set_req_prod_raw_on(1, prod.wrapping_add(1000));
@@ -174,7 +183,7 @@ fn one_queue_breaking_its_ring_fails_the_connection_while_the_others_drain() {
         Some(ConnectError::Ring),
         "the broken ring failed the connection"
     );
-    // Every request of the healthy queues was answered before Closing.
+    // Every request the healthy queues took drained and was answered.
     let got = fe
         .wait_responses(ids.len())
         .expect("responses of the other queues");
