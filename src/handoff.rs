@@ -96,7 +96,8 @@ pub enum Post {
     Wake,
     /// Noted; a pass will see it (one is scheduled or running).
     Queued,
-    /// The queue is home (not lent): dropped.
+    /// The queue is home (not lent): nobody is woken; the work is kept for
+    /// the first pass of its next lend.
     Home,
 }
 
