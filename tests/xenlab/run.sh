@@ -297,9 +297,10 @@ step "boot and scenarios (QEMU TCG, timeout ${TIMEOUT} s)"
 SERIAL=$DIR/serial.log
 rm -f "$SERIAL"
 # spec-ctrl=eager-fpu: Xen loads every vCPU's vector registers at every
-# switch instead of on the first #NM. The emulated SVM loses HVM guests
-# that switch the FPU lazily themselves (FreeBSD triple-faulted right after
-# setting CR0.TS in fpu_activate_sw); see "The emulated CPU" in README.md.
+# switch instead of on the first #NM, so the emulated SVM never sees a
+# guest's CR0.TS dance (a FreeBSD domain triple-faulted right after setting
+# CR0.TS in fpu_activate_sw without it); not a cure for every FreeBSD
+# triple fault: see "The emulated CPU" in README.md.
 XEN_ARGS="console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M dom0_max_vcpus=2 smap=0 smep=0 spec-ctrl=eager-fpu loglvl=all guest_loglvl=warning ${XENLAB_XEN_ARGS:-}"
 DOM0_ARGS="console=hvc0 earlyprintk=xen loglevel=4"
 echo "xenlab: serial log: $SERIAL; CPU $CPU; Xen: $XEN_ARGS"
