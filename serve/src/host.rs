@@ -17,7 +17,6 @@
 //!   threads post completions to a queue and wake the instance's thread.
 
 use std::collections::VecDeque;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -637,11 +636,10 @@ impl Store for XenHost {
     fn store_open(&mut self, params: OpenParams<'_>) -> Result<MediumInfo, OpenError> {
         // xl's `phy` names both block devices and image files (which its
         // hotplug script would loop-mount); what the node is decides, by
-        // the one rule (`StoreKind::for_node`).
-        let node = xbb_ustore::probe(Path::new(params.path))?;
+        // the one rule (`StoreKind::for_node`); an NBD URI is an NBD store.
         let q = Arc::clone(&self.done);
         let wake = Arc::clone(&self.wake);
-        self.store.open(params, node, move |tag, r| {
+        self.store.open(params, xbb_ustore::probe, move |tag, r| {
             if let Ok(mut q) = q.lock() {
                 q.push_back((tag, r));
             }

@@ -1,0 +1,455 @@
+//! The NBD store beyond the conformance suite: its libnbd declarations
+//! against `<libnbd.h>`, and how it fails — bad URIs, a request past the
+//! export's end, a read-only export that neither flushes nor trims, block
+//! size constraints, a server killed with I/O on the wire, a server that
+//! stops answering while the store closes.
+//!
+//! Skipped with a message where libnbd, nbdkit or the header is missing,
+//! unless `XBB_REQUIRE_NBD` is set.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use xbb::host::{IoError, IoTag, OpenError};
+use xbb_ustore::{open_nbd_store, CompletionFn, NbdSpec, RawIoVec, StoreIo, UserStore};
+use xbb_ustore::{NBD_C_CONSTANTS as C_CONSTANTS, NBD_C_PROTOTYPES as C_PROTOTYPES};
+
+mod support;
+use support::{unavailable, NbdServer};
+
+const MEDIUM: u64 = 1 << 20;
+const HANG_GUARD: Duration = Duration::from_secs(120);
+
+#[derive(Default)]
+struct Done {
+    got: Mutex<HashMap<u32, Result<(), IoError>>>,
+    cv: Condvar,
+}
+
+impl Done {
+    fn completion(self: &Arc<Self>) -> CompletionFn {
+        let me = Arc::clone(self);
+        Arc::new(move |tag: IoTag, r| {
+            let dup = me.got.lock().unwrap().insert(tag.0, r).is_some();
+            assert!(!dup, "two completions for {tag:?}");
+            me.cv.notify_all();
+        })
+    }
+
+    fn wait(&self, tag: u32) -> Result<(), IoError> {
+        let g = self.got.lock().unwrap();
+        let (mut g, t) = self
+            .cv
+            .wait_timeout_while(g, HANG_GUARD, |g| !g.contains_key(&tag))
+            .unwrap();
+        assert!(!t.timed_out(), "no completion for tag {tag}");
+        g.remove(&tag).unwrap()
+    }
+}
+
+/// A page-aligned buffer (kept alive by the test while I/O runs).
+struct Buf(Vec<u8>);
+
+impl Buf {
+    fn new(len: usize, fill: u8) -> Buf {
+        Buf(vec![fill; len])
+    }
+    fn iov(&mut self) -> Vec<RawIoVec> {
+        vec![RawIoVec {
+            addr: self.0.as_mut_ptr() as usize,
+            len: self.0.len(),
+        }]
+    }
+}
+
+fn run(s: &dyn UserStore, done: &Done, tag: u32, io: StoreIo) -> Result<(), IoError> {
+    s.submit(IoTag(tag), io)?;
+    done.wait(tag)
+}
+
+fn open(spec: &NbdSpec, done: &Arc<Done>) -> Result<Box<dyn UserStore>, OpenError> {
+    open_nbd_store(spec, done.completion())
+}
+
+/// Every libnbd function and constant the store declares, compiled against
+/// `<libnbd.h>`: a prototype that drifted is a type error, a wrong constant
+/// a failed static assertion. A wrong declaration is compiled too and must
+/// be refused, so the check cannot pass vacuously.
+#[test]
+fn declarations_match_libnbd_h() {
+    let header = std::path::Path::new("/usr/include/libnbd.h");
+    if !header.exists() {
+        return unavailable("no /usr/include/libnbd.h (Debian: libnbd-dev)").unwrap_or(());
+    }
+    let mut c = String::from("#include <stdint.h>\n#include <stddef.h>\n#include <libnbd.h>\n");
+    for (name, ty) in C_PROTOTYPES {
+        let ptr = ty.replacen("(*)", &format!("(*p_{name})"), 1);
+        c.push_str(&format!("{ptr} = {name};\n"));
+    }
+    for (name, v) in C_CONSTANTS {
+        c.push_str(&format!("_Static_assert({name} == {v}, \"{name}\");\n"));
+    }
+    let compile = |src: &str| -> bool {
+        let mut child = Command::new("cc")
+            .args(["-x", "c", "-fsyntax-only", "-Werror", "-"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("a C compiler (cc)");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(src.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        if !out.status.success() {
+            eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+        }
+        out.status.success()
+    };
+    assert!(compile(&c), "declarations differ from <libnbd.h>:\n{c}");
+    let wrong = format!("{c}int (*p_wrong)(struct nbd_handle *, int) = nbd_aio_get_fd;\n");
+    assert!(
+        !compile(&wrong),
+        "a wrong prototype was accepted: the check proves nothing"
+    );
+}
+
+#[test]
+fn bad_uris_and_unreachable_servers_are_refused() {
+    if let Err(e) = xbb_ustore::libnbd_available() {
+        return unavailable(&e).unwrap_or(());
+    }
+    let done = Arc::new(Done::default());
+    let refused = |uri: &str| open(&NbdSpec::new(uri), &done).err();
+    // Not an NBD URI at all, a NUL inside, malformed, no socket.
+    assert_eq!(refused("/images/a.img"), Some(OpenError::Invalid));
+    assert_eq!(refused("nbd://host\0x/e"), Some(OpenError::Invalid));
+    assert_eq!(refused("nbd://[::1/e"), Some(OpenError::Invalid));
+    assert_eq!(refused("nbd+unix:///e"), Some(OpenError::Invalid));
+    // Nobody listens.
+    let dir = std::env::temp_dir().join(format!("xbb-nbd-none-{}", std::process::id()));
+    let r = refused(&format!("nbd+unix:///?socket={}/sock", dir.display()));
+    assert!(
+        matches!(r, Some(OpenError::NotFound | OpenError::Other(_))),
+        "{r:?}"
+    );
+    // Sector sizes a store cannot emulate.
+    let Some(srv) = NbdServer::nbdkit("badss", MEDIUM, &[], &[]) else {
+        return;
+    };
+    for ss in [0, 256, 1000, 1 << 17] {
+        let spec = NbdSpec {
+            sector_size: ss,
+            ..NbdSpec::new(&srv.uri)
+        };
+        assert_eq!(open(&spec, &done).err(), Some(OpenError::Invalid), "{ss}");
+    }
+    // An export that is not a whole number of 4096-byte sectors.
+    let Some(odd) = NbdServer::nbdkit("odd", MEDIUM + 512, &[], &[]) else {
+        return;
+    };
+    let spec = NbdSpec {
+        sector_size: 4096,
+        ..NbdSpec::new(&odd.uri)
+    };
+    assert_eq!(open(&spec, &done).err(), Some(OpenError::Invalid));
+    let s = open(&NbdSpec::new(&odd.uri), &done).unwrap();
+    assert_eq!(s.info().sectors.0, MEDIUM / 512 + 1);
+    s.close();
+}
+
+#[test]
+fn requests_past_the_end_of_the_export_fail_and_change_nothing() {
+    let Some(srv) = NbdServer::nbdkit("end", MEDIUM, &[], &[]) else {
+        return;
+    };
+    let done = Arc::new(Done::default());
+    let s = open(&NbdSpec::new(&srv.uri), &done).unwrap();
+    let mut a = Buf::new(4096, 0x5A);
+    assert_eq!(
+        run(
+            &*s,
+            &done,
+            1,
+            StoreIo::Write {
+                offset: MEDIUM - 4096,
+                iov: a.iov()
+            }
+        ),
+        Ok(())
+    );
+    let mut big = Buf::new(8192, 0x77);
+    for (tag, io) in [
+        (
+            2,
+            StoreIo::Write {
+                offset: MEDIUM - 4096,
+                iov: big.iov(),
+            },
+        ),
+        (
+            3,
+            StoreIo::Read {
+                offset: MEDIUM - 4096,
+                iov: big.iov(),
+            },
+        ),
+        (
+            4,
+            StoreIo::Read {
+                offset: MEDIUM,
+                iov: big.iov(),
+            },
+        ),
+        (
+            5,
+            StoreIo::Discard {
+                offset: MEDIUM - 512,
+                len: 1024,
+                secure: false,
+            },
+        ),
+        (
+            6,
+            StoreIo::Write {
+                offset: u64::MAX - 511,
+                iov: big.iov(),
+            },
+        ),
+    ] {
+        assert_eq!(run(&*s, &done, tag, io), Err(IoError::Io), "tag {tag}");
+    }
+    let mut r = Buf::new(4096, 0);
+    assert_eq!(
+        run(
+            &*s,
+            &done,
+            7,
+            StoreIo::Read {
+                offset: MEDIUM - 4096,
+                iov: r.iov()
+            }
+        ),
+        Ok(())
+    );
+    assert!(r.0.iter().all(|&b| b == 0x5A), "the refused I/O wrote");
+    s.close();
+}
+
+#[test]
+fn a_read_only_export_that_neither_flushes_nor_trims() {
+    // nbdkit's pattern plugin: read-only, no flush, no trim; every 8-byte
+    // word holds its own offset, big-endian.
+    let Some(srv) = NbdServer::plugin("pattern", "pattern", MEDIUM, &[], &[]) else {
+        return;
+    };
+    let done = Arc::new(Done::default());
+    let s = open(&NbdSpec::new(&srv.uri), &done).unwrap();
+    let info = s.info();
+    assert!(
+        info.read_only && !info.can_flush && !info.can_discard,
+        "{info:?}"
+    );
+    let mut b = Buf::new(4096, 0);
+    assert_eq!(
+        run(
+            &*s,
+            &done,
+            1,
+            StoreIo::Read {
+                offset: 8192,
+                iov: b.iov()
+            }
+        ),
+        Ok(())
+    );
+    let word = u64::from_be_bytes(b.0[8..16].try_into().unwrap());
+    assert_eq!(word, 8192 + 8);
+    assert_eq!(
+        run(
+            &*s,
+            &done,
+            2,
+            StoreIo::Write {
+                offset: 0,
+                iov: b.iov()
+            }
+        ),
+        Err(IoError::Io)
+    );
+    assert_eq!(
+        run(&*s, &done, 3, StoreIo::Flush),
+        Err(IoError::NotSupported)
+    );
+    assert_eq!(
+        run(
+            &*s,
+            &done,
+            4,
+            StoreIo::Discard {
+                offset: 0,
+                len: 4096,
+                secure: false
+            }
+        ),
+        Err(IoError::Io)
+    );
+    s.close();
+}
+
+#[test]
+fn block_size_constraints_shape_the_medium_and_the_commands() {
+    // Minimum 4096 (the store's sectors grow to it), maximum 64 KiB (a
+    // larger request is split; the filter refuses anything bigger).
+    let Some(srv) = NbdServer::nbdkit(
+        "blocksize",
+        MEDIUM,
+        &["--filter=blocksize-policy"],
+        &[
+            "blocksize-minimum=4096",
+            "blocksize-preferred=65536",
+            "blocksize-maximum=65536",
+            "blocksize-error-policy=error",
+        ],
+    ) else {
+        return;
+    };
+    let done = Arc::new(Done::default());
+    let s = open(&NbdSpec::new(&srv.uri), &done).unwrap();
+    let info = s.info();
+    assert_eq!((info.sector_size, info.physical_sector_size), (4096, 65536));
+    let mut w = Buf::new(256 << 10, 0);
+    for (i, b) in w.0.iter_mut().enumerate() {
+        *b = (i / 4096) as u8;
+    }
+    assert_eq!(
+        run(
+            &*s,
+            &done,
+            1,
+            StoreIo::Write {
+                offset: 0,
+                iov: w.iov()
+            }
+        ),
+        Ok(())
+    );
+    let mut r = Buf::new(256 << 10, 0xFF);
+    assert_eq!(
+        run(
+            &*s,
+            &done,
+            2,
+            StoreIo::Read {
+                offset: 0,
+                iov: r.iov()
+            }
+        ),
+        Ok(())
+    );
+    assert!(r.0 == w.0);
+    let mut small = Buf::new(512, 0);
+    assert_eq!(
+        run(
+            &*s,
+            &done,
+            3,
+            StoreIo::Read {
+                offset: 0,
+                iov: small.iov()
+            }
+        ),
+        Err(IoError::Io)
+    );
+    s.close();
+}
+
+#[test]
+fn a_server_killed_with_io_on_the_wire_fails_it_and_every_later_io() {
+    // Reads wait 10 s in the server: one is surely in flight when it dies.
+    let Some(mut srv) = NbdServer::nbdkit("killed", MEDIUM, &["--filter=delay"], &["rdelay=10"])
+    else {
+        return;
+    };
+    let done = Arc::new(Done::default());
+    let s = open(&NbdSpec::new(&srv.uri), &done).unwrap();
+    let mut b = Buf::new(4096, 0);
+    s.submit(
+        IoTag(1),
+        StoreIo::Read {
+            offset: 0,
+            iov: b.iov(),
+        },
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    srv.kill();
+    let r = done.wait(1);
+    assert!(matches!(r, Err(IoError::Gone | IoError::Io)), "{r:?}");
+    assert!(t.elapsed() < Duration::from_secs(9), "waited for the delay");
+    for tag in 2..5 {
+        let r = run(
+            &*s,
+            &done,
+            tag,
+            StoreIo::Read {
+                offset: 0,
+                iov: b.iov(),
+            },
+        );
+        assert_eq!(r, Err(IoError::Gone), "tag {tag}");
+    }
+    assert_eq!(run(&*s, &done, 9, StoreIo::Flush), Err(IoError::Gone));
+    s.close();
+}
+
+#[test]
+fn closing_cuts_off_a_server_that_stopped_answering() {
+    let Some(srv) = NbdServer::nbdkit("stopped", MEDIUM, &[], &[]) else {
+        return;
+    };
+    let done = Arc::new(Done::default());
+    let spec = NbdSpec {
+        close_grace: Duration::from_secs(1),
+        ..NbdSpec::new(&srv.uri)
+    };
+    let s = open(&spec, &done).unwrap();
+    let mut b = Buf::new(4096, 0);
+    assert_eq!(
+        run(
+            &*s,
+            &done,
+            1,
+            StoreIo::Read {
+                offset: 0,
+                iov: b.iov()
+            }
+        ),
+        Ok(())
+    );
+    srv.signal("STOP");
+    s.submit(
+        IoTag(2),
+        StoreIo::Read {
+            offset: 0,
+            iov: b.iov(),
+        },
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    s.close();
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "close hung on the server"
+    );
+    let r = done.wait(2);
+    assert!(matches!(r, Err(IoError::Gone | IoError::Io)), "{r:?}");
+    srv.signal("CONT");
+}
