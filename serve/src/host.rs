@@ -124,8 +124,10 @@ impl XenHost {
     /// Opens the instance's XenStore connection, grant and event-channel
     /// devices. Completions will wake `wake`. With `copy`, data pages go
     /// through a bounce window with `GNTTABOP_copy` instead of being
-    /// mapped (see [`super::bounce`]).
-    pub fn new(wake: Arc<Wakeup>, copy: bool) -> std::io::Result<XenHost> {
+    /// mapped (see [`super::bounce`]). Stores emulate `sector_size`-byte
+    /// logical sectors (512 or 4096; a medium with larger ones imposes
+    /// its own).
+    pub fn new(wake: Arc<Wakeup>, copy: bool, sector_size: u32) -> std::io::Result<XenHost> {
         Ok(XenHost {
             xs: Xs::open()?,
             gnt: Gnttab::open(MAX_GRANTS)?,
@@ -138,7 +140,7 @@ impl XenHost {
             rings: Vec::new(),
             ports: Vec::new(),
             runs: 0,
-            store: HostStore::new(512, None),
+            store: HostStore::new(sector_size, None),
             done: Arc::new(Mutex::new(VecDeque::new())),
             wake,
             epoch: Instant::now(),

@@ -129,7 +129,9 @@ mod_closure() {
 step "dom0 root (debootstrap)"
 # gdb and glibc's debug symbols turn the core dump of any crashing dom0
 # process into a backtrace (xenlab-init's corebt).
-DOM0_PKGS="xen-utils-4.17,xenstore-utils,qemu-system-xen,kmod,procps,util-linux,mount,udev,gdb-minimal,libc6-dbg"
+# qemu-utils (qemu-nbd, qemu-img) and libnbd0 (xbb-serve's nbd store loads
+# it): scenario 11's qcow2 disk.
+DOM0_PKGS="xen-utils-4.17,xenstore-utils,qemu-system-xen,kmod,procps,util-linux,mount,udev,gdb-minimal,libc6-dbg,qemu-utils,libnbd0"
 DOM0_MODS="xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xenfs loop xen-blkback ext4 crc32c_generic virtio_blk virtio_pci"
 KEY=$(echo "bookworm minbase $DOM0_PKGS $MIRROR $KVER $DOM0_MODS" | sha256sum | cut -c1-12)
 ROOT=$DIR/dom0root-$KEY
@@ -265,8 +267,14 @@ install -m 0755 "$DIR/vcheck" "$ROOT/usr/local/sbin/vcheck"
 # *.sh define functions s7, s8, ... and carry what they need (kernel, images).
 rm -rf "$ROOT/xenlab-extra"
 [ -n "${XENLAB_EXTRA_DIR:-}" ] && cp -a "$XENLAB_EXTRA_DIR" "$ROOT/xenlab-extra"
-rm -f "$ROOT/usr/local/sbin/xbb-serve"
-[ -n "$XBB_BIN" ] && install -m 0755 "$XBB_BIN" "$ROOT/usr/local/sbin/xbb-serve"
+rm -f "$ROOT/usr/local/sbin/xbb-serve" "$ROOT/etc/xen/xbb-serve.conf"
+# xbb-serve and its service files (unit, block-xbb, dispatcher, udev rule,
+# configuration) go in as make install-serve puts them on a real host.
+if [ -n "$XBB_BIN" ]; then
+	make -s -C "$TOP" install-serve DESTDIR="$ROOT" SERVE_BIN="$XBB_BIN" > "$DIR/install-serve.log" 2>&1 ||
+		{ cat "$DIR/install-serve.log"; die "make install-serve into the dom0 root failed"; }
+fi
+install -m 0755 "$DIR/xbbwork" "$ROOT/usr/local/sbin/xbbwork"
 rm -rf "$ROOT/images"/* "$ROOT/results"
 {
 	echo "XENLAB_SCENARIOS=\"$SCEN_LIST\""
