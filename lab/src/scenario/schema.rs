@@ -42,7 +42,8 @@ pub struct GuestSpec {
     /// `skipper`, `flusher`.
     #[serde(default = "default_profile")]
     pub profile: String,
-    /// Store kind: `file` (a vnode) or `device` (a raw device, `O_DIRECT`).
+    /// Store kind: `file` (a vnode), `device` (a raw device, `O_DIRECT`)
+    /// or `nbd` (an NBD export: `nbdkit memory` of the guest's size).
     #[serde(default)]
     pub store: StoreKindSpec,
     /// Logical sector size of the medium, bytes.
@@ -89,6 +90,9 @@ pub enum StoreKindSpec {
     File,
     /// A raw device (here: the image file served as one).
     Device,
+    /// An NBD export: the lab starts `nbdkit memory` of the guest's size
+    /// and names its Unix socket in `params` (`nbd+unix:///?socket=...`).
+    Nbd,
 }
 
 /// Access mode of a guest's disk.

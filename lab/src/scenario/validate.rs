@@ -97,6 +97,12 @@ impl Scenario {
             }
             Step::Resize { guest, size } => {
                 for gi in guest.resolve(names) {
+                    if self.guests[gi].store == StoreKindSpec::Nbd {
+                        return Err(format!(
+                            "guest {}: an nbd store cannot be resized (an export has one size)",
+                            names[gi]
+                        ));
+                    }
                     let ss = u64::from(self.guests[gi].sector_size);
                     if size.0 == 0 || size.0 % ss != 0 {
                         return Err(format!(
