@@ -442,10 +442,11 @@ impl Connection {
     /// Issues `cmd` for the I/O of `slot`, counted on its countdown.
     ///
     /// The buffer of a `Read` or `Write` is a piece of a
-    /// [`StoreIo`](crate::StoreIo)'s buffers: its submitter's obligation
+    /// [`StoreIo`](crate::StoreIo)'s buffers, whose submitter's obligation
     /// ([`RawIoVec`]) keeps it mapped until that I/O is reported complete,
-    /// which the caller does only when [`Connection::state`] shows no
-    /// command of the slot left.
+    /// or a chunk of an [`Arena`] that outlives the connection; the caller
+    /// reports the I/O complete, or reuses the chunk, only when
+    /// [`Connection::state`] shows no command of the slot left.
     pub(crate) fn issue(&self, slot: usize, cmd: Command) -> Result<(), NbdError> {
         let c = self.table.get(slot).ok_or(NbdError {
             msg: String::from("no such slot"),
@@ -508,6 +509,86 @@ impl Connection {
         if let Some(c) = self.table.get(slot) {
             c.remaining.set(0);
             c.error.set(0);
+        }
+    }
+}
+
+/// Memory of the store's own for bounced commands: an I/O of many small
+/// buffer pieces is copied into (or out of) one chunk of it and sent as one
+/// command. Never referenced by Rust code: only addressed as [`RawIoVec`]s,
+/// like the submitters' buffers, so libnbd may write into a chunk while
+/// another is being filled.
+pub(crate) struct Arena {
+    ptr: *mut u8,
+    layout: std::alloc::Layout,
+}
+
+// SAFETY: the arena is plain memory owned by one thread at a time (the
+// store's I/O thread, after being moved there).
+unsafe impl Send for Arena {}
+
+impl Arena {
+    /// `len` bytes, page-aligned, zeroed (pages are committed as they are
+    /// touched); `None` when that cannot be had.
+    pub(crate) fn new(len: usize) -> Option<Arena> {
+        let layout = std::alloc::Layout::from_size_align(len.max(1), 4096).ok()?;
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        (!ptr.is_null()).then_some(Arena { ptr, layout })
+    }
+
+    /// Bytes `offset..offset + len` of the arena (clamped to it).
+    pub(crate) fn piece(&self, offset: usize, len: usize) -> RawIoVec {
+        let offset = offset.min(self.layout.size());
+        RawIoVec {
+            addr: self.ptr as usize + offset,
+            len: len.min(self.layout.size() - offset),
+        }
+    }
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout, freed once; nothing
+        // uses it any more (the connection that wrote into it is closed
+        // first: see `IoThread`'s field order).
+        unsafe { std::alloc::dealloc(self.ptr, self.layout) };
+    }
+}
+
+/// Copies the bytes of the pieces of `from`, in order, into the pieces of
+/// `to`, in order, as far as both go.
+///
+/// Both sides are [`RawIoVec`]s under its obligation: `from`'s ranges are
+/// mapped and readable, `to`'s mapped and writable, none referenced by Rust
+/// code, and the two do not overlap (one side is always an [`Arena`]
+/// chunk, the other a submitter's buffers).
+pub(crate) fn copy_pieces(from: &[RawIoVec], to: &[RawIoVec]) {
+    let (mut fi, mut fo, mut ti, mut to_off) = (0, 0, 0, 0);
+    while fi < from.len() && ti < to.len() {
+        let (f, t) = (from[fi], to[ti]);
+        let n = (f.len - fo).min(t.len - to_off);
+        if n > 0 {
+            // SAFETY: `f.addr + fo .. + n` lies in a readable piece and
+            // `t.addr + to_off .. + n` in a writable one, neither referenced
+            // by Rust and not overlapping (the contract above).
+            unsafe {
+                core::ptr::copy_nonoverlapping(
+                    (f.addr + fo) as *const u8,
+                    (t.addr + to_off) as *mut u8,
+                    n,
+                )
+            };
+        }
+        fo += n;
+        to_off += n;
+        if fo == f.len {
+            fi += 1;
+            fo = 0;
+        }
+        if to_off == t.len {
+            ti += 1;
+            to_off = 0;
         }
     }
 }
