@@ -40,3 +40,35 @@ init_tools() {
 	[ -n "$LD" ] || missing="$missing lld-14"
 	[ -n "$XORRISO" ] || missing="$missing xorriso"
 }
+
+# init_dirs WORK: build=WORK/build and root=WORK/root, emptied, with the
+# directories of an init's cd9660 root (sbin, boot/modules, dev).
+init_dirs() {
+	build=$1/build
+	root=$1/root
+	rm -rf "$build" "$root"
+	mkdir -p "$build" "$root/sbin" "$root/boot/modules" "$root/dev"
+}
+
+# freebsd_version: __FreeBSD_version of the tree $FREEBSD_SRC, or 1500000
+# without one.
+freebsd_version() {
+	if [ -n "${FREEBSD_SRC:-}" ] && [ -f "$FREEBSD_SRC/sys/sys/param.h" ]; then
+		awk '$1 == "#define" && $2 == "__FreeBSD_version" { print $3 }' \
+		    "$FREEBSD_SRC/sys/sys/param.h"
+	else
+		echo 1500000
+	fi
+}
+
+# build_init SRC FLAG...: compiles the freestanding init SRC (with FLAGs
+# after the common ones) into $build and links it as $root/sbin/init.
+build_init() {
+	src=$1
+	shift
+	obj=$build/$(basename "$src" .c).o
+	"$CC" --target=x86_64-unknown-freebsd15.0 -ffreestanding -nostdlib \
+	    -fno-stack-protector -fno-pic -fno-builtin -Os -Wall -Wextra -Werror \
+	    "$@" -c "$src" -o "$obj"
+	"$LD" -m elf_x86_64_fbsd -static -e _start -o "$root/sbin/init" "$obj"
+}

@@ -445,9 +445,10 @@ mod tests {
     #[test]
     fn indirect_requests() {
         // Not offered: EOPNOTSUPP.
-        assert_eq!(
-            parse1(&indirect(BLKIF_OP_READ, 0, 12), &LIM),
-            Err(RequestError::NotSupported)
+        assert_refused(
+            &indirect(BLKIF_OP_READ, 0, 12),
+            &LIM,
+            RequestError::NotSupported,
         );
         let segs: alloc::vec::Vec<_> = (0..20).map(|i| (100 + i, 0, 7)).collect();
         let p = parse_with(&indirect(BLKIF_OP_WRITE, 8, 20), &IND, &descriptors(&segs)).unwrap();
@@ -486,28 +487,24 @@ mod tests {
                 Err(RequestError::BadIndirectOp)
             );
         }
-        assert_eq!(
-            parse_with(&indirect(BLKIF_OP_READ, 0, 0), &IND, &d),
-            Err(RequestError::BadSegmentCount)
-        );
-        assert_eq!(
-            parse_with(&indirect(BLKIF_OP_READ, 0, 257), &IND, &d),
-            Err(RequestError::BadSegmentCount)
-        );
         // The protocol ceiling holds whatever was negotiated.
         let silly = Limits {
             max_indirect_segments: u32::MAX,
             ..LIM
         };
-        assert_eq!(
-            parse_with(&indirect(BLKIF_OP_READ, 0, 4097), &silly, &d),
-            Err(RequestError::BadSegmentCount)
-        );
-        // Descriptors shorter than nr_segments says, or a caller buffer too small.
-        assert_eq!(
-            parse_with(&indirect(BLKIF_OP_READ, 0, 17), &IND, &d),
-            Err(RequestError::BadSegmentCount)
-        );
+        for (why, n, lim) in [
+            ("no segment", 0, &IND),
+            ("more than negotiated", 257, &IND),
+            ("past the protocol's ceiling", 4097, &silly),
+            ("more than the descriptors hold", 17, &IND),
+        ] {
+            assert_eq!(
+                parse_with(&indirect(BLKIF_OP_READ, 0, n), lim, &d),
+                Err(RequestError::BadSegmentCount),
+                "{why}"
+            );
+        }
+        // A caller buffer too small.
         let mut small = [Segment::default(); 4];
         let Ok(Header::Indirect(h)) = parse(&indirect(BLKIF_OP_READ, 0, 16), &IND, &mut small)
         else {
@@ -558,19 +555,13 @@ mod tests {
             discard: true,
             ..LIM
         };
-        assert_eq!(
-            parse1(&discard(0, 8, 0), &LIM),
-            Err(RequestError::NotSupported)
-        );
+        assert_refused(&discard(0, 8, 0), &LIM, RequestError::NotSupported);
         let p = parse1(&discard(16, 64, 0), &d).unwrap();
         assert_eq!(
             (p.op, p.sector.0, p.nr_sectors.0, p.nsegs),
             (Op::Discard { secure: false }, 16, 64, 0)
         );
-        assert_eq!(
-            parse1(&discard(0, 8, 1), &d),
-            Err(RequestError::NotSupported)
-        );
+        assert_refused(&discard(0, 8, 1), &d, RequestError::NotSupported);
         let sec = Limits {
             secure_discard: true,
             ..d
@@ -579,32 +570,26 @@ mod tests {
             parse1(&discard(0, 8, 1), &sec).unwrap().op,
             Op::Discard { secure: true }
         );
-        assert_eq!(
-            parse1(&discard(1000, 25, 0), &d),
-            Err(RequestError::OutOfRange)
-        );
-        assert_eq!(
-            parse1(&discard(u64::MAX, 2, 0), &d),
-            Err(RequestError::OutOfRange)
-        );
+        assert_refused(&discard(1000, 25, 0), &d, RequestError::OutOfRange);
+        assert_refused(&discard(u64::MAX, 2, 0), &d, RequestError::OutOfRange);
         let ro = Limits {
             read_only: true,
             ..d
         };
-        assert_eq!(parse1(&discard(0, 8, 0), &ro), Err(RequestError::ReadOnly));
+        assert_refused(&discard(0, 8, 0), &ro, RequestError::ReadOnly);
         let four_k = Limits {
             sector_size: SectorSize::new(4096).unwrap(),
             ..d
         };
-        assert_eq!(
-            parse1(&discard(8, 4, 0), &four_k),
-            Err(RequestError::Misaligned)
-        );
-        assert_eq!(
-            parse1(&discard(4, 8, 0), &four_k),
-            Err(RequestError::Misaligned)
-        );
+        assert_refused(&discard(8, 4, 0), &four_k, RequestError::Misaligned);
+        assert_refused(&discard(4, 8, 0), &four_k, RequestError::Misaligned);
         assert!(parse1(&discard(8, 16, 0), &four_k).is_ok());
+    }
+
+    /// `req` is refused under `lim`, as `why`.
+    #[track_caller]
+    fn assert_refused(req: &BlkifRequest, lim: &Limits, why: RequestError) {
+        assert_eq!(parse1(req, lim), Err(why), "{req:?}");
     }
 
     fn rw(op: u8, sector: u64, segs: &[(u8, u8)]) -> BlkifRequest {
@@ -652,31 +637,30 @@ mod tests {
             ..LIM
         };
         for op in [BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_WRITE_BARRIER] {
-            assert_eq!(
-                parse1(&rw(op, 0, &[]), &no_flush),
-                Err(RequestError::NotSupported)
-            );
+            assert_refused(&rw(op, 0, &[]), &no_flush, RequestError::NotSupported);
         }
     }
 
     #[test]
     fn segment_counts() {
-        assert_eq!(
-            parse1(&rw(BLKIF_OP_READ, 0, &[]), &LIM),
-            Err(RequestError::BadSegmentCount)
+        assert_refused(
+            &rw(BLKIF_OP_READ, 0, &[]),
+            &LIM,
+            RequestError::BadSegmentCount,
         );
         let mut r = rw(BLKIF_OP_WRITE, 0, &[(0, 0)]);
         if let RequestBody::Rw { nr_segments, .. } = &mut r.body {
             *nr_segments = 12;
         }
-        assert_eq!(parse1(&r, &LIM), Err(RequestError::BadSegmentCount));
+        assert_refused(&r, &LIM, RequestError::BadSegmentCount);
         let small = Limits {
             max_segments: 2,
             ..LIM
         };
-        assert_eq!(
-            parse1(&rw(BLKIF_OP_READ, 0, &[(0, 0); 3]), &small),
-            Err(RequestError::BadSegmentCount)
+        assert_refused(
+            &rw(BLKIF_OP_READ, 0, &[(0, 0); 3]),
+            &small,
+            RequestError::BadSegmentCount,
         );
         assert!(parse1(&rw(BLKIF_OP_FLUSH_DISKCACHE, 0, &[]), &LIM).is_ok());
         assert!(parse1(&rw(BLKIF_OP_WRITE_BARRIER, 0, &[]), &LIM).is_ok());
@@ -684,31 +668,27 @@ mod tests {
 
     #[test]
     fn segment_bounds() {
-        assert_eq!(
-            parse1(&rw(BLKIF_OP_READ, 0, &[(4, 3)]), &LIM),
-            Err(RequestError::BadSegment)
-        );
-        assert_eq!(
-            parse1(&rw(BLKIF_OP_READ, 0, &[(0, 8)]), &LIM),
-            Err(RequestError::BadSegment)
-        );
-        assert_eq!(
-            parse1(&rw(BLKIF_OP_READ, 0, &[(255, 255)]), &LIM),
-            Err(RequestError::BadSegment)
-        );
+        // The first sector after the last, the last past the page, both.
+        for seg in [(4, 3), (0, 8), (255, 255)] {
+            assert_refused(
+                &rw(BLKIF_OP_READ, 0, &[seg]),
+                &LIM,
+                RequestError::BadSegment,
+            );
+        }
     }
 
     #[test]
     fn range_and_overflow() {
         assert!(parse1(&rw(BLKIF_OP_READ, 1016, &[(0, 7)]), &LIM).is_ok());
-        assert_eq!(
-            parse1(&rw(BLKIF_OP_READ, 1017, &[(0, 7)]), &LIM),
-            Err(RequestError::OutOfRange)
-        );
-        assert_eq!(
-            parse1(&rw(BLKIF_OP_READ, u64::MAX - 3, &[(0, 7)]), &LIM),
-            Err(RequestError::OutOfRange)
-        );
+        // One sector past the end; an end that overflows.
+        for sector in [1017, u64::MAX - 3] {
+            assert_refused(
+                &rw(BLKIF_OP_READ, sector, &[(0, 7)]),
+                &LIM,
+                RequestError::OutOfRange,
+            );
+        }
     }
 
     #[test]
@@ -718,18 +698,14 @@ mod tests {
             ..LIM
         };
         assert!(parse1(&rw(BLKIF_OP_WRITE, 16, &[(0, 7), (0, 7)]), &lim).is_ok());
-        assert_eq!(
-            parse1(&rw(BLKIF_OP_WRITE, 12, &[(0, 7)]), &lim),
-            Err(RequestError::Misaligned)
-        );
-        assert_eq!(
-            parse1(&rw(BLKIF_OP_WRITE, 8, &[(1, 7)]), &lim),
-            Err(RequestError::Misaligned)
-        );
-        assert_eq!(
-            parse1(&rw(BLKIF_OP_WRITE, 8, &[(0, 6)]), &lim),
-            Err(RequestError::Misaligned)
-        );
+        // A start, a first sector or a last sector off the 4 KiB grid.
+        for (sector, seg) in [(12, (0, 7)), (8, (1, 7)), (8, (0, 6))] {
+            assert_refused(
+                &rw(BLKIF_OP_WRITE, sector, &[seg]),
+                &lim,
+                RequestError::Misaligned,
+            );
+        }
     }
 
     #[test]
@@ -739,13 +715,8 @@ mod tests {
             ..LIM
         };
         assert!(parse1(&rw(BLKIF_OP_READ, 0, &[(0, 7)]), &ro).is_ok());
-        assert_eq!(
-            parse1(&rw(BLKIF_OP_WRITE, 0, &[(0, 7)]), &ro),
-            Err(RequestError::ReadOnly)
-        );
-        assert_eq!(
-            parse1(&rw(BLKIF_OP_FLUSH_DISKCACHE, 0, &[(0, 7)]), &ro),
-            Err(RequestError::ReadOnly)
-        );
+        for op in [BLKIF_OP_WRITE, BLKIF_OP_FLUSH_DISKCACHE] {
+            assert_refused(&rw(op, 0, &[(0, 7)]), &ro, RequestError::ReadOnly);
+        }
     }
 }

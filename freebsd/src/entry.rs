@@ -146,34 +146,59 @@ pub unsafe extern "C" fn xbb_rs_unload() -> c_int {
 
 // --- Tables ------------------------------------------------------------------
 
-/// Number of loader tunables.
-///
-/// # Safety
-/// None: takes and returns plain values.
-#[no_mangle]
-pub unsafe extern "C" fn xbb_rs_tunable_count() -> u32 {
-    TUNABLES.len() as u32
+/// The count, name and description exports of one table, for the shim's
+/// loops over it: `$count()` entries, and for entry `index` its leaf name
+/// and description (NUL-terminated and static; null for a bad index).
+macro_rules! table_exports {
+    ($table:ident, $what:literal, $count:ident, $name:ident, $name_of:path, $descr:ident, $descr_of:path) => {
+        #[doc = concat!("Number of ", $what, ".")]
+        ///
+        /// # Safety
+        /// None: takes and returns plain values.
+        #[no_mangle]
+        pub unsafe extern "C" fn $count() -> u32 {
+            $table.len() as u32
+        }
+
+        #[doc = concat!("Leaf name of entry `index` of the ", $what, ", NUL-terminated and static; null for a bad index.")]
+        ///
+        /// # Safety
+        /// None: the result points to static memory.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(index: u32) -> *const c_char {
+            $name_of(index as usize).map_or(ptr::null(), CStr::as_ptr)
+        }
+
+        #[doc = concat!("Description of entry `index` of the ", $what, ", NUL-terminated and static; null for a bad index.")]
+        ///
+        /// # Safety
+        /// None: the result points to static memory.
+        #[no_mangle]
+        pub unsafe extern "C" fn $descr(index: u32) -> *const c_char {
+            $descr_of(index as usize).map_or(ptr::null(), CStr::as_ptr)
+        }
+    };
 }
 
-/// Leaf name of tunable `index` (`hw.xbb.<name>`), NUL-terminated and
-/// static; null for a bad index.
-///
-/// # Safety
-/// None: the result points to static memory.
-#[no_mangle]
-pub unsafe extern "C" fn xbb_rs_tunable_name(index: u32) -> *const c_char {
-    tables::tunable_name(index as usize).map_or(ptr::null(), CStr::as_ptr)
-}
+table_exports!(
+    TUNABLES,
+    "loader tunables (`hw.xbb.<name>`)",
+    xbb_rs_tunable_count,
+    xbb_rs_tunable_name,
+    tables::tunable_name,
+    xbb_rs_tunable_descr,
+    tables::tunable_descr
+);
 
-/// Description of tunable `index`, NUL-terminated and static; null for a
-/// bad index.
-///
-/// # Safety
-/// None: the result points to static memory.
-#[no_mangle]
-pub unsafe extern "C" fn xbb_rs_tunable_descr(index: u32) -> *const c_char {
-    tables::tunable_descr(index as usize).map_or(ptr::null(), CStr::as_ptr)
-}
+table_exports!(
+    SYSCTLS,
+    "per-instance sysctl nodes (`dev.xbb.N.<name>`)",
+    xbb_rs_sysctl_count,
+    xbb_rs_sysctl_name,
+    tables::sysctl_name,
+    xbb_rs_sysctl_descr,
+    tables::sysctl_descr
+);
 
 /// Default of tunable `index` (0 for a bad index).
 ///
@@ -214,35 +239,6 @@ pub unsafe extern "C" fn xbb_rs_tunable_check(index: u32, value: u64) -> c_int {
         Some(d) if value < d.min || value > d.max => Err(Error::Range),
         Some(_) => Ok(()),
     })
-}
-
-/// Number of per-instance sysctl nodes.
-///
-/// # Safety
-/// None: takes and returns plain values.
-#[no_mangle]
-pub unsafe extern "C" fn xbb_rs_sysctl_count() -> u32 {
-    SYSCTLS.len() as u32
-}
-
-/// Leaf name of sysctl node `index` (`dev.xbb.N.<name>`), NUL-terminated
-/// and static; null for a bad index.
-///
-/// # Safety
-/// None: the result points to static memory.
-#[no_mangle]
-pub unsafe extern "C" fn xbb_rs_sysctl_name(index: u32) -> *const c_char {
-    tables::sysctl_name(index as usize).map_or(ptr::null(), CStr::as_ptr)
-}
-
-/// Description of sysctl node `index`, NUL-terminated and static; null for
-/// a bad index.
-///
-/// # Safety
-/// None: the result points to static memory.
-#[no_mangle]
-pub unsafe extern "C" fn xbb_rs_sysctl_descr(index: u32) -> *const c_char {
-    tables::sysctl_descr(index as usize).map_or(ptr::null(), CStr::as_ptr)
 }
 
 /// `XBB_SHIM_SYSCTL_*` kind of node `index` (0 for a bad index).

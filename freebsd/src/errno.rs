@@ -43,23 +43,6 @@ pub const EOPNOTSUPP: c_int = 45;
 /// File name too long.
 pub const ENAMETOOLONG: c_int = 63;
 
-/// `GNTST_general_error`.
-pub const GNTST_GENERAL_ERROR: i32 = -1;
-/// `GNTST_bad_domain`.
-pub const GNTST_BAD_DOMAIN: i32 = -2;
-/// `GNTST_bad_gntref`.
-pub const GNTST_BAD_GNTREF: i32 = -3;
-/// `GNTST_bad_handle`.
-pub const GNTST_BAD_HANDLE: i32 = -4;
-/// `GNTST_no_device_space`.
-pub const GNTST_NO_DEVICE_SPACE: i32 = -7;
-/// `GNTST_permission_denied`.
-pub const GNTST_PERMISSION_DENIED: i32 = -8;
-/// `GNTST_eagain`.
-pub const GNTST_EAGAIN: i32 = -12;
-/// `GNTST_no_space`.
-pub const GNTST_NO_SPACE: i32 = -13;
-
 /// Why an entry point failed, before it becomes an errno.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Error {
@@ -115,6 +98,25 @@ pub fn xs_error(e: c_int) -> XsError {
         e => XsError::Other(e),
     }
 }
+
+// The statuses of Xen's `grant_table.h` that `grant_status` tells apart.
+
+/// `GNTST_general_error`.
+pub const GNTST_GENERAL_ERROR: i32 = -1;
+/// `GNTST_bad_domain`.
+pub const GNTST_BAD_DOMAIN: i32 = -2;
+/// `GNTST_bad_gntref`.
+pub const GNTST_BAD_GNTREF: i32 = -3;
+/// `GNTST_bad_handle`.
+pub const GNTST_BAD_HANDLE: i32 = -4;
+/// `GNTST_no_device_space`.
+pub const GNTST_NO_DEVICE_SPACE: i32 = -7;
+/// `GNTST_permission_denied`.
+pub const GNTST_PERMISSION_DENIED: i32 = -8;
+/// `GNTST_eagain`.
+pub const GNTST_EAGAIN: i32 = -12;
+/// `GNTST_no_space`.
+pub const GNTST_NO_SPACE: i32 = -13;
 
 /// A grant status (`0`, a negative `GNTST_*`, or a positive errno; see
 /// "Grant status" in the header).

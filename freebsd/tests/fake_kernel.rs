@@ -109,6 +109,24 @@ fn assert_clean(fk: &FakeKernel) {
     assert!(st.violations.is_empty(), "{:?}", st.violations);
 }
 
+/// The module loaded and a fake kernel with a writable medium.
+fn loaded() -> (Module, Box<FakeKernel>) {
+    (Module::load(), FakeKernel::new(true, false))
+}
+
+/// Detaches and frees the instance; the kernel saw no contract violation.
+fn detach_clean(fk: &FakeKernel) {
+    detach_and_free(fk);
+    assert_clean(fk);
+}
+
+/// Submits request `id`: a write of one granted page of `pattern(seed)`
+/// at `sector`.
+fn write_page(fk: &FakeKernel, ring: &mut FrontRing, id: u64, sector: u64, seed: u8) {
+    let g = fk.grant(&pattern(seed), true);
+    submit(fk, ring, &rw_request(BLKIF_OP_WRITE, id, sector, &[g]));
+}
+
 /// Attaches `fk` and connects a one-queue, `pages`-page front-end.
 fn connect(fk: &FakeKernel, pages: u32) -> FrontRing {
     assert_eq!(attach(fk, &default_tunables()), 0);
@@ -189,8 +207,7 @@ fn attach_connect_io_disconnect_detach_unload() {
     assert_eq!(fk.st().mapped_pages, 0, "transient grants are unmapped");
 
     // One more write, left in flight: detach must wait for it.
-    let g = fk.grant(&pattern(9), true);
-    submit(&fk, &mut ring, &rw_request(BLKIF_OP_WRITE, 5, 64, &[g]));
+    write_page(&fk, &mut ring, 5, 64, 9);
     fk.run_tasks();
     assert_eq!(fk.st().ios.len(), 1);
     let inst = fk.inst.get();
@@ -219,11 +236,9 @@ fn attach_connect_io_disconnect_detach_unload() {
 
 #[test]
 fn frontend_disconnect_then_detach() {
-    let _m = Module::load();
-    let fk = FakeKernel::new(true, false);
+    let (_m, fk) = loaded();
     let mut ring = connect(&fk, 1);
-    let g = fk.grant(&pattern(3), true);
-    submit(&fk, &mut ring, &rw_request(BLKIF_OP_WRITE, 7, 0, &[g]));
+    write_page(&fk, &mut ring, 7, 0, 3);
     fk.run_tasks();
     // The front-end closes with the write in flight: the back-end drains it
     // before answering Closing.
@@ -242,14 +257,12 @@ fn frontend_disconnect_then_detach() {
     // Nothing in flight: detach finishes at once.
     // SAFETY: live handle.
     assert_eq!(unsafe { ffi::xbb_rs_detach(fk.inst.get()) }, 0);
-    detach_and_free(&fk);
-    assert_clean(&fk);
+    detach_clean(&fk);
 }
 
 #[test]
 fn attach_before_root_is_mounted_opens_nothing() {
-    let _m = Module::load();
-    let fk = FakeKernel::new(true, false);
+    let (_m, fk) = loaded();
     fk.st().root_mounted = false;
     assert_eq!(attach(&fk, &default_tunables()), 0);
     assert_eq!(fk.st().opens, 0);
@@ -259,14 +272,12 @@ fn attach_before_root_is_mounted_opens_nothing() {
     unsafe { ffi::xbb_rs_root_mounted(fk.inst.get()) };
     assert_eq!(fk.st().opens, 1);
     assert_eq!(fk.backend_state(), Some(INITWAIT));
-    detach_and_free(&fk);
-    assert_clean(&fk);
+    detach_clean(&fk);
 }
 
 #[test]
 fn nowait_allocation_failure_fails_the_connection_cleanly() {
-    let _m = Module::load();
-    let fk = FakeKernel::new(true, false);
+    let (_m, fk) = loaded();
     assert_eq!(attach(&fk, &default_tunables()), 0);
     let _ring = fk.frontend_connect(1);
     let failed = NOWAIT_FAILED.load(Ordering::Relaxed);
@@ -283,15 +294,13 @@ fn nowait_allocation_failure_fails_the_connection_cleanly() {
         .unwrap()
         .iter()
         .any(|l| l.contains(BE_NODE) && l.contains("memory")));
-    detach_and_free(&fk);
-    assert_clean(&fk);
+    detach_clean(&fk);
     assert_eq!(BAD_FLAGS.load(Ordering::Relaxed), 0);
 }
 
 #[test]
 fn ring_map_failure_is_reported() {
-    let _m = Module::load();
-    let fk = FakeKernel::new(true, false);
+    let (_m, fk) = loaded();
     assert_eq!(attach(&fk, &default_tunables()), 0);
     let _ring = fk.frontend_connect(1);
     fk.st().faults.ring_map = true;
@@ -304,17 +313,16 @@ fn ring_map_failure_is_reported() {
         .expect("error node");
     assert!(err.contains("ring-ref"), "{err}");
     assert!(!fk.holds_anything());
-    detach_and_free(&fk);
-    assert_clean(&fk);
+    detach_clean(&fk);
 }
 
 #[test]
 fn data_grant_map_failure_answers_an_error() {
-    let _m = Module::load();
-    let fk = FakeKernel::new(true, false);
+    let (_m, fk) = loaded();
     let mut ring = connect(&fk, 1);
-    fk.st().faults.map_grants = true;
+    // The front-end grants a page; the kernel's map of it fails.
     let g = fk.grant(&pattern(5), true);
+    fk.st().faults.map_grants = true;
     submit(&fk, &mut ring, &rw_request(BLKIF_OP_WRITE, 11, 8, &[g]));
     fk.pump();
     let rsp = responses(&mut ring);
@@ -332,18 +340,15 @@ fn data_grant_map_failure_answers_an_error() {
     let rsp = responses(&mut ring);
     assert_eq!((rsp[0].id, rsp[0].status), (12, BLKIF_RSP_ERROR));
     assert_eq!(fk.backend_state(), Some(CONNECTED));
-    detach_and_free(&fk);
-    assert_clean(&fk);
+    detach_clean(&fk);
 }
 
 #[test]
 fn store_gone_closes_the_connection() {
-    let _m = Module::load();
-    let fk = FakeKernel::new(true, false);
+    let (_m, fk) = loaded();
     let mut ring = connect(&fk, 1);
     fk.st().faults.store_gone = true;
-    let g = fk.grant(&pattern(7), true);
-    submit(&fk, &mut ring, &rw_request(BLKIF_OP_WRITE, 21, 0, &[g]));
+    write_page(&fk, &mut ring, 21, 0, 7);
     fk.pump();
     let rsp = responses(&mut ring);
     assert_eq!((rsp[0].id, rsp[0].status), (21, BLKIF_RSP_ERROR));
@@ -460,6 +465,5 @@ fn sysctl_and_tunable_tables() {
         assert_eq!(v, 0);
     }
     assert_eq!(sysctl(&fk, "no_coalesce_reqs"), 1);
-    detach_and_free(&fk);
-    assert_clean(&fk);
+    detach_clean(&fk);
 }

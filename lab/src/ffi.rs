@@ -633,6 +633,21 @@ fn scratch_file() -> io::Result<std::fs::File> {
     Ok(std::fs::File::from(m.fd))
 }
 
+/// Moves `len` bytes between process address `addr` and offset 0 of the
+/// scratch file `f` with `io` ([`pwrite_window`]: out of the window,
+/// [`pread_window`]: into it); `EFAULT` when the kernel moved fewer.
+fn scratch_io(
+    f: &std::fs::File,
+    addr: usize,
+    len: usize,
+    io: fn(BorrowedFd<'_>, &[WindowIoVec], u64) -> io::Result<usize>,
+) -> io::Result<()> {
+    if io(f.as_fd(), &[WindowIoVec { addr, len }], 0)? != len {
+        return Err(io::Error::from_raw_os_error(libc::EFAULT));
+    }
+    Ok(())
+}
+
 /// Copies `out.len()` bytes at process address `addr` (inside a live
 /// [`Reservation`], on readable pages) into `out`; `EFAULT` when the range is
 /// not inside a reservation or not entirely mapped readable. The kernel does
@@ -641,14 +656,7 @@ fn scratch_file() -> io::Result<std::fs::File> {
 pub fn read_window(addr: usize, out: &mut [u8]) -> io::Result<()> {
     use std::os::unix::fs::FileExt;
     let f = scratch_file()?;
-    let iov = [WindowIoVec {
-        addr,
-        len: out.len(),
-    }];
-    let n = pwrite_window(f.as_fd(), &iov, 0)?;
-    if n != out.len() {
-        return Err(io::Error::from_raw_os_error(libc::EFAULT));
-    }
+    scratch_io(&f, addr, out.len(), pwrite_window)?;
     f.read_exact_at(out, 0)
 }
 
@@ -659,13 +667,5 @@ pub fn write_window(addr: usize, data: &[u8]) -> io::Result<()> {
     use std::os::unix::fs::FileExt;
     let f = scratch_file()?;
     f.write_all_at(data, 0)?;
-    let iov = [WindowIoVec {
-        addr,
-        len: data.len(),
-    }];
-    let n = pread_window(f.as_fd(), &iov, 0)?;
-    if n != data.len() {
-        return Err(io::Error::from_raw_os_error(libc::EFAULT));
-    }
-    Ok(())
+    scratch_io(&f, addr, data.len(), pread_window)
 }

@@ -47,6 +47,31 @@ fn status_of(fe: &mut Frontend, req: &ManualRequest) -> i16 {
 // Data path
 // ---------------------------------------------------------------------------
 
+/// Runs a [`mixed`] workload, checks it clean and waits until the
+/// back-end counts every request of it completed.
+fn mixed_served(rig: &Rig, fe: &mut Frontend, ops: u64, io_size: u32, seed: u64) {
+    let r = run_workload(fe, &mixed(ops, io_size, seed)).unwrap();
+    check_clean(&r);
+    rig.wait_completed(r.requests);
+}
+
+/// A rig whose requests are at most 11 pages and whose window holds
+/// `kva_pages` pages, and a Linux front-end connected to it.
+fn small_window(name: &str, kva_pages: u64) -> (Rig, Frontend) {
+    let rig = Rig::new(name, |c| {
+        c.tunables.set(Tunable::MaxRequestSize, 11 * 4096).unwrap();
+        c.tunables.set(Tunable::KvaPages, kva_pages).unwrap();
+    });
+    let fe = rig.connected("linux");
+    (rig, fe)
+}
+
+/// The front-end disconnects; the rig shuts down with nothing left over.
+fn disconnect_and_finish(mut fe: Frontend, rig: Rig) {
+    fe.disconnect().unwrap();
+    rig.finish();
+}
+
 #[test]
 fn every_profile_round_trips_with_verified_data() {
     for name in Profile::NAMES {
@@ -119,8 +144,7 @@ fn legacy_num_ring_pages_key() {
     check_clean(&run_workload(&mut fe, &mixed(200, 4096, 3)).unwrap());
     assert_eq!(rig.stat(Stat::RingPages), 8);
     assert_eq!(rig.stat(Stat::RingOrder), 3);
-    fe.disconnect().unwrap();
-    rig.finish();
+    disconnect_and_finish(fe, rig);
 }
 
 #[test]
@@ -139,24 +163,14 @@ fn ring_orders_zero_and_five() {
 
 #[test]
 fn front_end_that_skips_initialised() {
-    let rig = Rig::new("skipper", |_| {});
-    let mut fe = rig.connected("skipper");
+    let (rig, mut fe) = Rig::with_frontend("skipper", "skipper");
     check_clean(&run_workload(&mut fe, &mixed(100, 4096, 9)).unwrap());
-    fe.disconnect().unwrap();
-    rig.finish();
+    disconnect_and_finish(fe, rig);
 }
 
 fn sequential_legacy(rig: &Rig) -> WorkloadReport {
     let mut fe = rig.connected("legacy");
-    let wl = Workload {
-        ops: 16,
-        io_size: 1 << 20,
-        random: false,
-        read_pct: 0,
-        region_sectors: Some((0, DISK_SECTORS)),
-        seed: 5,
-        verify_all_at_end: true,
-    };
+    let wl = support::rig::sequential_writes(16, 1 << 20, 5, DISK_SECTORS);
     let r = run_workload(&mut fe, &wl).unwrap();
     assert_eq!(r.mismatches, 0, "{r:?}");
     assert_eq!(r.error_responses, 0, "{r:?}");
@@ -193,8 +207,7 @@ fn no_coalesce_reqs_turns_coalescing_off() {
 
 #[test]
 fn flush_and_barrier_succeed_and_data_is_durable() {
-    let rig = Rig::new("flush", |_| {});
-    let mut fe = rig.connected("flusher");
+    let (rig, mut fe) = Rig::with_frontend("flush", "flusher");
     assert!(fe.info().flush && fe.info().barrier);
     let r = run_workload(&mut fe, &mixed(200, 4096, 11)).unwrap();
     check_clean(&r);
@@ -225,8 +238,7 @@ fn flush_and_barrier_succeed_and_data_is_durable() {
         assert_eq!(status_of(&mut fe, &req), BLKIF_RSP_OKAY, "op {op}");
         assert_eq!(rig.file_bytes(sector * 512, 8192), vec![byte; 8192]);
     }
-    fe.disconnect().unwrap();
-    rig.finish();
+    disconnect_and_finish(fe, rig);
 }
 
 #[test]
@@ -255,8 +267,7 @@ fn four_k_sector_medium() {
         status_of(&mut fe, &ManualRequest::read(8, 2)),
         BLKIF_RSP_OKAY
     );
-    fe.disconnect().unwrap();
-    rig.finish();
+    disconnect_and_finish(fe, rig);
 }
 
 #[test]
@@ -271,8 +282,7 @@ fn device_store_kind() {
         .unwrap();
     assert!(snap.medium.is_some_and(|m| m.is_device), "{snap:?}");
     check_clean(&run_workload(&mut fe, &mixed(200, 16384, 17)).unwrap());
-    fe.disconnect().unwrap();
-    rig.finish();
+    disconnect_and_finish(fe, rig);
 }
 
 // ---------------------------------------------------------------------------
@@ -281,8 +291,7 @@ fn device_store_kind() {
 
 #[test]
 fn every_validation_rule_gives_the_right_status() {
-    let rig = Rig::new("validate", |_| {});
-    let mut fe = rig.connected("linux");
+    let (rig, mut fe) = Rig::with_frontend("validate", "linux");
     let sectors = fe.info().sectors;
     let rd = |sector, segs: Vec<(u8, u8)>| ManualRequest {
         operation: BLKIF_OP_READ,
@@ -368,8 +377,7 @@ fn every_validation_rule_gives_the_right_status() {
         BLKIF_RSP_OKAY
     );
     assert_eq!(status_of(&mut fe, &wr(0, vec![(0, 7); 11])), BLKIF_RSP_OKAY);
-    fe.disconnect().unwrap();
-    rig.finish();
+    disconnect_and_finish(fe, rig);
 }
 
 #[test]
@@ -392,14 +400,81 @@ fn write_to_read_only_disk_is_refused() {
         BLKIF_RSP_OKAY
     );
     assert!(rig.file_is_zero());
-    fe.disconnect().unwrap();
-    rig.finish();
+    disconnect_and_finish(fe, rig);
+}
+
+/// Issue 13, finding 3: the lab's front-end is as wary of its back-end as
+/// xbb is of guests. With the real back-end out of the way (it declared
+/// the ring broken and answers nothing more), the test plays a broken
+/// back-end on the ring: `rsp_prod` moved backwards (about 2^32
+/// responses: the front-end once looped on that until it had 21 GB),
+/// beyond the requests made visible, beyond the ring, a response to an id
+/// never issued, one to an id already answered. Each is reported as a
+/// broken back-end at once; nothing loops, nothing is taken.
+#[test]
+fn the_front_end_refuses_a_broken_back_end() {
+    use xbb::abi::{SRING_HEADER_SIZE, SRING_RSP_PROD};
+    // (what the broken back-end does, rsp_prod, a response it writes)
+    let cases: [(&str, u32, Option<u64>); 5] = [
+        ("backwards", 1, None),
+        ("beyond the requests made visible", 4, None),
+        ("beyond the ring", 3 + 33, None),
+        ("an id never issued", 3, Some(12345)),
+        ("an id already answered", 3, Some(1)),
+    ];
+    for (what, rsp_prod, forged) in cases {
+        let rig = Rig::new("brokenbe", |_| {});
+        let mut fe = rig.connected("legacy");
+        let size = fe.info().ring_size;
+        assert_eq!(size, 32);
+        let (first, _) = one(&mut fe, &ManualRequest::read(0, 1));
+        assert_eq!(first, 1);
+        one(&mut fe, &ManualRequest::read(8, 1));
+        // One more request made visible, no kick; then a producer the
+        // back-end refuses: it closes and never touches the ring again.
+        let abi = fe.profile().abi;
+        let mut slot = vec![0u8; abi.request_size()];
+        let req = xbb::abi::BlkifRequest::rw(BLKIF_OP_READ, 777, 16, &[]);
+        abi.encode_request(&req, &mut slot);
+        fe.write_raw_slot_at(2, &slot);
+        fe.set_req_prod_raw(3);
+        fe.set_req_prod_raw(3 + size + 5);
+        fe.kick();
+        rig.wait_state(XenbusState::Closing);
+        // The broken back-end writes.
+        let gfn = fe.ring_frames(0)[0];
+        let mem = &fe.guest().memory;
+        if let Some(id) = forged {
+            let rsp = BlkifResponse {
+                id,
+                operation: BLKIF_OP_READ,
+                status: BLKIF_RSP_OKAY,
+            };
+            let mut b = vec![0u8; abi.response_size()];
+            abi.encode_response(&rsp, &mut b);
+            mem.write(gfn, SRING_HEADER_SIZE + 2 * abi.entry_size(), &b)
+                .unwrap();
+        }
+        mem.write(gfn, SRING_RSP_PROD, &rsp_prod.to_le_bytes())
+            .unwrap();
+        let started = std::time::Instant::now();
+        match fe.poll_responses(Duration::from_millis(50)) {
+            Err(FrontendError::BrokenBackend(e)) => eprintln!("{what}: {e}"),
+            other => panic!("{what}: {other:?}"),
+        }
+        assert!(
+            started.elapsed() < HANG_GUARD,
+            "{what}: took {:?}",
+            started.elapsed()
+        );
+        fe.disconnect().unwrap();
+        rig.finish();
+    }
 }
 
 #[test]
 fn impossible_req_prod_closes_the_connection_and_serves_nothing() {
-    let rig = Rig::new("reqprod", |_| {});
-    let mut fe = rig.connected("legacy");
+    let (rig, mut fe) = Rig::with_frontend("reqprod", "legacy");
     let size = fe.info().ring_size;
     // Valid-looking write slots, then a producer far beyond the ring.
     let abi = fe.profile().abi;
@@ -440,8 +515,7 @@ fn impossible_req_prod_closes_the_connection_and_serves_nothing() {
         "a broken ring gets no responses"
     );
     assert!(rig.file_is_zero());
-    fe.disconnect().unwrap();
-    rig.finish();
+    disconnect_and_finish(fe, rig);
 }
 
 #[test]
@@ -514,6 +588,59 @@ fn bad_xenstore_values_are_refused_with_an_error_node() {
     }
 }
 
+/// Issue 13, finding 1: a multi-queue front-end whose queue 1 names queue
+/// 0's ring pages (or its event channel) is refused with an error node
+/// saying so, before any ring is mapped; before the fix both queues served
+/// the one ring and every request ran twice.
+#[test]
+fn queues_sharing_a_ring_or_a_channel_are_refused() {
+    let cases: [(&[(&str, &str)], &str); 2] = [
+        (
+            &[
+                ("queue-1/ring-ref0", "queue-0/ring-ref0"),
+                ("queue-1/ring-ref1", "queue-0/ring-ref1"),
+            ],
+            "queue/ring-ref0",
+        ),
+        (
+            &[("queue-1/event-channel", "queue-0/event-channel")],
+            "queue/event-channel",
+        ),
+    ];
+    for (same, key) in cases {
+        let rig = Rig::new("sharedring", |_| {});
+        let mut fe = rig.frontend(Profile::by_name("multiqueue").unwrap());
+        for (k, other) in same {
+            fe.set_xenstore_same_as(k, other);
+        }
+        match fe.connect() {
+            Err(FrontendError::Refused { state, error }) => {
+                assert_eq!(state, XenbusState::Closing, "{key}");
+                let e = error.unwrap_or_default();
+                assert!(
+                    e.starts_with("22 ") && e.contains(key) && e.contains("named twice"),
+                    "{key}: error node {e:?}"
+                );
+            }
+            other => panic!("{key}: {other:?}"),
+        }
+        rig.wait_state(XenbusState::Closing);
+        assert!(matches!(
+            rig.world.backend_last_error(&rig.vbd),
+            Some(ConnectError::Duplicate { .. })
+        ));
+        assert_eq!(rig.world.backend(&rig.vbd).unwrap().host.ring_pages, 0);
+        // Undone, the same front-end connects with four rings of its own.
+        assert!(fe.clear_xenstore_overrides() > 0);
+        fe.disconnect().unwrap();
+        let info = fe.connect().unwrap();
+        assert_eq!(info.queues, 4);
+        check_clean(&run_workload(&mut fe, &mixed(64, 4096, 5)).unwrap());
+        fe.disconnect().unwrap();
+        rig.finish();
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Faults and shortages
 // ---------------------------------------------------------------------------
@@ -558,14 +685,12 @@ fn injected_io_error_fails_the_whole_coalesced_io_only() {
         BLKIF_RSP_OKAY
     );
     assert!(faults.counters().total() >= 2);
-    fe.disconnect().unwrap();
-    rig.finish();
+    disconnect_and_finish(fe, rig);
 }
 
 #[test]
 fn grant_map_failures_give_errors() {
-    let rig = Rig::new("mapfail", |_| {});
-    let mut fe = rig.connected("linux");
+    let (rig, mut fe) = Rig::with_frontend("mapfail", "linux");
     let grants = rig.world.guest(GUEST).unwrap().grants;
     grants.inject_map_failures(MapFault::Next {
         count: 1,
@@ -592,13 +717,9 @@ fn grant_map_failures_give_errors() {
     rig.wait_completed(3);
     assert!(rig.stat(Stat::GrantMapFailures) >= 2);
     // The workload's shadow starts from zeros: stay clear of sector 0.
-    let wl = Workload {
-        region_sectors: Some((8192, 4096)),
-        ..mixed(100, 4096, 19)
-    };
+    let wl = support::rig::mixed_in((8192, 4096), 100, 4096, 19);
     check_clean(&run_workload(&mut fe, &wl).unwrap());
-    fe.disconnect().unwrap();
-    rig.finish();
+    disconnect_and_finish(fe, rig);
 }
 
 #[test]
@@ -607,28 +728,18 @@ fn request_pool_shortage_still_verifies() {
         c.tunables.set(Tunable::MaxRequests, 4).unwrap();
     });
     let mut fe = rig.connected("linux"); // queue depth 32
-    let r = run_workload(&mut fe, &mixed(400, 4096, 23)).unwrap();
-    check_clean(&r);
-    rig.wait_completed(r.requests);
+    mixed_served(&rig, &mut fe, 400, 4096, 23);
     assert_eq!(rig.stat(Stat::MaxRequests), 4);
     assert!(rig.stat(Stat::RequestShortages) > 0);
-    fe.disconnect().unwrap();
-    rig.finish();
+    disconnect_and_finish(fe, rig);
 }
 
 #[test]
 fn kva_shortage_still_verifies() {
-    let rig = Rig::new("kvashort", |c| {
-        c.tunables.set(Tunable::MaxRequestSize, 11 * 4096).unwrap();
-        c.tunables.set(Tunable::KvaPages, 22).unwrap();
-    });
-    let mut fe = rig.connected("linux");
-    let r = run_workload(&mut fe, &mixed(300, 11 * 4096, 29)).unwrap();
-    check_clean(&r);
-    rig.wait_completed(r.requests);
+    let (rig, mut fe) = small_window("kvashort", 22);
+    mixed_served(&rig, &mut fe, 300, 11 * 4096, 29);
     assert!(rig.stat(Stat::KvaShortages) > 0);
-    fe.disconnect().unwrap();
-    rig.finish();
+    disconnect_and_finish(fe, rig);
 }
 
 /// Three non-contiguous 11-page writes pushed at once into an 11-page
@@ -637,11 +748,7 @@ fn kva_shortage_still_verifies() {
 /// turn as well. Every request must be answered.
 #[test]
 fn kva_stall_with_an_open_reqlist_loses_no_request() {
-    let rig = Rig::new("kvastall", |c| {
-        c.tunables.set(Tunable::MaxRequestSize, 11 * 4096).unwrap();
-        c.tunables.set(Tunable::KvaPages, 11).unwrap();
-    });
-    let mut fe = rig.connected("linux");
+    let (rig, mut fe) = small_window("kvastall", 11);
     fe.set_hang_guard(Duration::from_secs(5));
     let reqs = [
         ManualRequest::write(0, 11, 0xB1),
@@ -661,8 +768,7 @@ fn kva_stall_with_an_open_reqlist_loses_no_request() {
         );
     }
     assert!(rig.stat(Stat::KvaShortages) > 0);
-    fe.disconnect().unwrap();
-    rig.finish();
+    disconnect_and_finish(fe, rig);
 }
 
 // ---------------------------------------------------------------------------
@@ -689,14 +795,12 @@ fn nothing_opens_before_the_root_is_mounted() {
     fe.set_hang_guard(HANG_GUARD);
     fe.connect().expect("connects once the root is mounted");
     check_clean(&run_workload(&mut fe, &mixed(100, 4096, 31)).unwrap());
-    fe.disconnect().unwrap();
-    rig.finish();
+    disconnect_and_finish(fe, rig);
 }
 
 #[test]
 fn disconnect_unmaps_everything_and_an_online_vbd_reconnects() {
-    let rig = Rig::new("reconnect", |_| {});
-    let mut fe = rig.connected("linux");
+    let (rig, mut fe) = Rig::with_frontend("reconnect", "linux");
     check_clean(&run_workload(&mut fe, &mixed(100, 4096, 37)).unwrap());
     assert_eq!(
         status_of(&mut fe, &ManualRequest::write(5000, 2, 0xD4)),
@@ -719,13 +823,9 @@ fn disconnect_unmaps_everything_and_an_online_vbd_reconnects() {
     let (id, rsp) = one(&mut fe, &ManualRequest::read(5000, 2));
     assert_eq!(rsp.status, BLKIF_RSP_OKAY);
     assert_eq!(fe.page_data(id), vec![0xD4; 8192]);
-    let wl = Workload {
-        region_sectors: Some((8192, 4096)),
-        ..mixed(100, 4096, 41)
-    };
+    let wl = support::rig::mixed_in((8192, 4096), 100, 4096, 41);
     check_clean(&run_workload(&mut fe, &wl).unwrap());
-    fe.disconnect().unwrap();
-    rig.finish();
+    disconnect_and_finish(fe, rig);
 }
 
 #[test]
@@ -857,8 +957,7 @@ fn a_closed_back_end_does_not_rewrite_its_state_from_its_own_watch() {
 
 #[test]
 fn destroy_vbd_detaches_and_removes_the_directories() {
-    let rig = Rig::new("destroy", |_| {});
-    let mut fe = rig.connected("linux");
+    let (rig, mut fe) = Rig::with_frontend("destroy", "linux");
     check_clean(&run_workload(&mut fe, &mixed(50, 4096, 43)).unwrap());
     fe.disconnect().unwrap();
     let snap = rig.world.destroy_vbd(&rig.vbd).expect("existed");

@@ -82,6 +82,20 @@ fn segments_moved(r: &WorkloadReport) -> u64 {
 // Profiles
 // ---------------------------------------------------------------------------
 
+/// A rig named after `profile` whose back-end offers at least `min` in
+/// its node `key`, and a front-end of `profile` connected to it.
+fn offering(profile: &str, key: &str, min: u64) -> (Rig, Frontend) {
+    let (rig, fe) = Rig::with_frontend(profile, profile);
+    assert!(be_num(&rig, key) >= min, "{key}: {:?}", rig.be_node(key));
+    (rig, fe)
+}
+
+/// The front-end disconnects; the rig shuts down with nothing left over.
+fn disconnect_and_finish(mut fe: Frontend, rig: Rig) {
+    fe.disconnect().unwrap();
+    finish(rig);
+}
+
 #[test]
 fn new_profiles_exist_and_modern_has_everything() {
     for name in new_profiles() {
@@ -206,8 +220,7 @@ fn discard_profile_sends_no_discard_to_a_backend_without_it() {
     assert!(r.bytes_checked > 0, "{r:?}");
     rig.wait_completed(r.requests);
     assert_eq!(rig.stat(Stat::DiscardReqs), 0);
-    fe.disconnect().unwrap();
-    finish(rig);
+    disconnect_and_finish(fe, rig);
 }
 
 #[test]
@@ -276,10 +289,7 @@ fn foursector_profile_sizes_io_to_the_logical_sector() {
     assert_eq!(r.bytes_written % 8192, 0, "{r:?}");
     // Sub-sector sizes too (on a region not written yet: the shadow of a
     // workload starts all zero).
-    let sub = Workload {
-        region_sectors: Some((8192, 4096)),
-        ..mixed(100, 512, 22)
-    };
+    let sub = support::rig::mixed_in((8192, 4096), 100, 512, 22);
     let r = run_workload(&mut fe, &sub).unwrap();
     check_clean(&r);
     assert_eq!(r.bytes_written % 4096, 0, "{r:?}");
@@ -288,13 +298,9 @@ fn foursector_profile_sizes_io_to_the_logical_sector() {
     fe.disconnect().unwrap();
     // The modern profile is sector-aware too.
     let mut fe = rig.connected("modern");
-    let modern = Workload {
-        region_sectors: Some((12288, 4096)),
-        ..mixed(100, 2048, 23)
-    };
+    let modern = support::rig::mixed_in((12288, 4096), 100, 2048, 23);
     check_clean(&run_workload(&mut fe, &modern).unwrap());
-    fe.disconnect().unwrap();
-    finish(rig);
+    disconnect_and_finish(fe, rig);
 }
 
 // ---------------------------------------------------------------------------
@@ -328,8 +334,7 @@ fn manual_feature_requests_refused_without_the_features() {
         fe.submit_feature(&FeatureRequest::from(ManualRequest::read(0, 1)).on_queue(1)),
         Err(FrontendError::Invalid(_))
     ));
-    fe.disconnect().unwrap();
-    finish(rig);
+    disconnect_and_finish(fe, rig);
 }
 
 #[test]
@@ -371,8 +376,7 @@ fn manual_requests_can_share_grants() {
         ));
     }
     assert_eq!(fe.grants_issued(), issued);
-    fe.disconnect().unwrap();
-    finish(rig);
+    disconnect_and_finish(fe, rig);
 }
 
 // ---------------------------------------------------------------------------
@@ -381,9 +385,7 @@ fn manual_requests_can_share_grants() {
 
 #[test]
 fn indirect_negotiated_carries_large_requests() {
-    let rig = Rig::new("indirect", |_| {});
-    let mut fe = rig.connected("indirect");
-    assert!(be_num(&rig, "feature-max-indirect-segments") >= 256);
+    let (rig, mut fe) = offering("indirect", "feature-max-indirect-segments", 256);
     assert_eq!(fe.info().max_indirect_segments, 256);
     // 256 KiB I/Os: 64 segments each, one indirect request.
     let r = run_workload(&mut fe, &mixed(200, 256 << 10, 31)).unwrap();
@@ -403,14 +405,12 @@ fn indirect_negotiated_carries_large_requests() {
     );
     assert_eq!(st, BLKIF_RSP_OKAY);
     assert_eq!(fe.page_data(id), vec![0x6B; 20 * 4096]);
-    fe.disconnect().unwrap();
-    finish(rig);
+    disconnect_and_finish(fe, rig);
 }
 
 #[test]
 fn indirect_negotiated_refuses_hostile_requests() {
-    let rig = Rig::new("indirect-hostile", |_| {});
-    let mut fe = rig.connected("indirect");
+    let (rig, mut fe) = Rig::with_frontend("indirect-hostile", "indirect");
     assert_eq!(fe.info().max_indirect_segments, 256);
     let w = |pages| ManualRequest::write(2048, pages, 0x77);
     let cases: Vec<(&str, FeatureRequest)> = vec![
@@ -453,14 +453,12 @@ fn indirect_negotiated_refuses_hostile_requests() {
     // what was described — never touch memory it was not given.
     let short = w(600).indirect(BLKIF_OP_READ).indirect_pages(1);
     let _ = one(&mut fe, &short);
-    fe.disconnect().unwrap();
-    finish(rig);
+    disconnect_and_finish(fe, rig);
 }
 
 #[test]
 fn persistent_negotiated_reuses_grants() {
-    let rig = Rig::new("persistent", |_| {});
-    let mut fe = rig.connected("persistent");
+    let (rig, mut fe) = Rig::with_frontend("persistent", "persistent");
     assert_eq!(be_num(&rig, "feature-persistent"), 1);
     assert!(fe.info().persistent);
     let r = run_workload(&mut fe, &mixed(400, 32 << 10, 41)).unwrap();
@@ -481,14 +479,12 @@ fn persistent_negotiated_reuses_grants() {
     let g = rig.world.grant_stats(GUEST).unwrap();
     assert!(g.active_grants >= fe.persistent_grants() as u64, "{g:?}");
     // ...and are all ended (the back-end unmapped them) at disconnect.
-    fe.disconnect().unwrap();
-    finish(rig);
+    disconnect_and_finish(fe, rig);
 }
 
 #[test]
 fn persistent_negotiated_hostile_grant_reuse() {
-    let rig = Rig::new("persistent-hostile", |_| {});
-    let mut fe = rig.connected("persistent");
+    let (rig, mut fe) = Rig::with_frontend("persistent-hostile", "persistent");
     assert!(fe.info().persistent);
     // One grant named twice in one write, and a grant of a request still
     // in flight: the back-end must answer both without corrupting anything
@@ -506,20 +502,14 @@ fn persistent_negotiated_hostile_grant_reuse() {
     let _ = fe.wait_responses(2).unwrap();
     // A clean workload afterwards (away from what the requests above
     // wrote: a workload's shadow starts all zero).
-    let wl = Workload {
-        region_sectors: Some((4096, 8192)),
-        ..mixed(100, 16384, 43)
-    };
+    let wl = support::rig::mixed_in((4096, 8192), 100, 16384, 43);
     check_clean(&run_workload(&mut fe, &wl).unwrap());
-    fe.disconnect().unwrap();
-    finish(rig);
+    disconnect_and_finish(fe, rig);
 }
 
 #[test]
 fn multiqueue_negotiated_uses_every_queue() {
-    let rig = Rig::new("multiqueue", |_| {});
-    let mut fe = rig.connected("multiqueue");
-    assert!(be_num(&rig, "multi-queue-max-queues") >= 4);
+    let (rig, mut fe) = offering("multiqueue", "multi-queue-max-queues", 4);
     assert_eq!(fe.info().queues, 4);
     assert_eq!(rig.fe_node("multi-queue-num-queues").as_deref(), Some("4"));
     assert_eq!(rig.fe_node("ring-page-order").as_deref(), Some("1"));
@@ -556,27 +546,17 @@ fn multiqueue_negotiated_uses_every_queue() {
         &FeatureRequest::from(ManualRequest::write(40, 1, 9)).on_queue(3),
     );
     assert_eq!(st, BLKIF_RSP_OKAY);
-    fe.disconnect().unwrap();
-    finish(rig);
+    disconnect_and_finish(fe, rig);
 }
 
 #[test]
 fn discard_negotiated_reaches_the_store() {
-    let rig = Rig::new("discard", |_| {});
-    let mut fe = rig.connected("discard");
+    let (rig, mut fe) = Rig::with_frontend("discard", "discard");
     assert!(fe.info().discard, "{:?}", fe.info());
     // Write 2 MiB once, sequentially, with a discard every 16 writes, then
     // read everything back.
     let region = 4096u64;
-    let wl = Workload {
-        ops: region / 16,
-        io_size: 8192,
-        random: false,
-        read_pct: 0,
-        region_sectors: Some((0, region)),
-        seed: 61,
-        verify_all_at_end: true,
-    };
+    let wl = support::rig::sequential_writes(region / 16, 8192, 61, region);
     let r = run_workload(&mut fe, &wl).unwrap();
     assert_eq!(r.mismatches, 0, "{r:?}");
     assert_eq!(r.error_responses, 0, "{r:?}");
@@ -601,14 +581,12 @@ fn discard_negotiated_reaches_the_store() {
     let (_, st) = one(&mut fe, &FeatureRequest::discard(8192, 64, 0));
     assert_eq!(st, BLKIF_RSP_OKAY);
     assert!(rig.allocated_bytes() < before);
-    fe.disconnect().unwrap();
-    finish(rig);
+    disconnect_and_finish(fe, rig);
 }
 
 #[test]
 fn modern_negotiates_everything() {
-    let rig = Rig::new("modern", |_| {});
-    let mut fe = rig.connected("modern");
+    let (rig, mut fe) = Rig::with_frontend("modern", "modern");
     let info = fe.info().clone();
     assert_eq!(info.max_indirect_segments, 256, "{info:?}");
     assert!(info.persistent, "{info:?}");
@@ -620,6 +598,5 @@ fn modern_negotiates_everything() {
     assert!(r.discards > 0, "{r:?}");
     assert!(r.requests_per_queue.iter().all(|&n| n > 0), "{r:?}");
     assert!(fe.grants_issued() < segments_moved(&r));
-    fe.disconnect().unwrap();
-    finish(rig);
+    disconnect_and_finish(fe, rig);
 }

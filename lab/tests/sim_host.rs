@@ -9,8 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use xbb::host::{
-    DomId, EventChannel, GrantError, GrantHandle, GrantMapOp, GrantUnmapOp, Granted, Grants, IoOp,
-    IoTag, IoVec, OpenParams, RemotePort, Store, XenStore, XenbusState, XsError, XsTxn, PAGE_SIZE,
+    DomId, EventChannel, GrantError, GrantHandle, GrantMapOp, GrantRef, GrantUnmapOp, Granted,
+    Grants, IoOp, IoTag, IoVec, OpenParams, RemotePort, Store, XenStore, XenbusState, XsError,
+    XsTxn, PAGE_SIZE,
 };
 use xbb::units::{Bytes, Sectors, WindowPage};
 use xbb_lab::backend::BackendRunner;
@@ -20,7 +21,7 @@ use xbb_lab::gnttab::{GrantBusy, MapFault};
 use xbb_lab::host::{Domain, SimHost, SimHostConfig, SimXen};
 use xbb_lab::memory::MemError;
 use xbb_lab::toolstack::{create_vbd, destroy_vbd, remove_vbd, vdev_name, VbdSpec};
-use xbb_lab::world::{VbdConfig, World};
+use xbb_lab::world::{VbdConfig, VbdHandle, World};
 use xbb_lab::xenstore::{WatchEvent, WatchId, Xenstored, WATCH_PENDING_MAX};
 use xbb_lab::TaskEvent;
 
@@ -869,6 +870,11 @@ fn delayed_eoi_delivers_a_kept_kick_later() {
     );
 }
 
+/// Copies the guest's pages `grefs` into `out`, which must succeed.
+fn copy_in(host: &mut SimHost, grefs: &[GrantRef], out: &mut [u8]) {
+    host.copy_in(Granted { dom: GUEST, grefs }, out).unwrap();
+}
+
 #[test]
 fn copy_in_copies_granted_pages_and_refuses_bad_grants() {
     let (_xen, d, mut host, _rx) = setup(8);
@@ -878,26 +884,12 @@ fn copy_in_copies_granted_pages_and_refuses_bad_grants() {
     let ga = d.grants.grant(3, 0, true);
     let gb = d.grants.grant(6, 0, false);
     let mut out = vec![0u8; 2 * PAGE_SIZE];
-    host.copy_in(
-        Granted {
-            dom: GUEST,
-            grefs: &[ga, gb],
-        },
-        &mut out,
-    )
-    .unwrap();
+    copy_in(&mut host, &[ga, gb], &mut out);
     assert_eq!(out[..PAGE_SIZE], a[..]);
     assert_eq!(out[PAGE_SIZE..], b[..]);
     // A short buffer takes the start of the last page only.
     let mut short = vec![0u8; PAGE_SIZE + 100];
-    host.copy_in(
-        Granted {
-            dom: GUEST,
-            grefs: &[gb, ga],
-        },
-        &mut short,
-    )
-    .unwrap();
+    copy_in(&mut host, &[gb, ga], &mut short);
     assert_eq!(short[..PAGE_SIZE], b[..]);
     assert_eq!(short[PAGE_SIZE..], a[..100]);
     assert_eq!(host.stats().pages_copied, 4);
@@ -980,12 +972,18 @@ fn coalesced_watch(xs: &Xenstored, path: &str) -> (WatchId, Receiver<WatchEvent>
     (id, rx)
 }
 
+/// A store whose `/fe/state` holds `state`, under a coalescing watch.
+fn watched_state(state: &str) -> (Xenstored, WatchId, Receiver<WatchEvent>) {
+    let xs = Xenstored::new();
+    xs.write("/fe/state", state).unwrap();
+    let (id, rx) = coalesced_watch(&xs, "/fe/state");
+    (xs, id, rx)
+}
+
 #[test]
 fn watch_storm_on_one_node_is_coalesced() {
     const WRITES: u64 = 100_000;
-    let xs = Xenstored::new();
-    xs.write("/fe/state", "1").unwrap();
-    let (id, rx) = coalesced_watch(&xs, "/fe/state");
+    let (xs, id, rx) = watched_state("1");
     // The registration event is outstanding, not acknowledged.
     let first: Vec<WatchEvent> = rx.try_iter().collect();
     assert_eq!(first.len(), 1);
@@ -1065,9 +1063,7 @@ fn watch_storm_over_many_paths_stays_bounded() {
 #[test]
 fn watch_storm_never_loses_the_final_event() {
     const WRITES: u64 = 100_000;
-    let xs = Xenstored::new();
-    xs.write("/fe/state", "start").unwrap();
-    let (_id, rx) = coalesced_watch(&xs, "/fe/state");
+    let (xs, _id, rx) = watched_state("start");
     let writer = {
         let xs = xs.clone();
         std::thread::spawn(move || {
@@ -1099,12 +1095,19 @@ fn watch_storm_never_loses_the_final_event() {
     assert_eq!(st.delivered, events + rx.try_iter().count() as u64);
 }
 
-#[test]
-fn world_resize_reaches_the_back_end() {
+/// A world with one guest and a vbd over a new 1 MiB file (named after
+/// `tag`).
+fn world_with_vbd(tag: &str) -> (World, std::path::PathBuf, VbdHandle) {
     let world = World::new();
     world.add_guest(GUEST, 64).unwrap();
-    let path = temp_file("resize", &vec![0u8; 1 << 20]);
+    let path = temp_file(tag, &vec![0u8; 1 << 20]);
     let vbd = world.create_vbd(&VbdConfig::file(GUEST, &path)).unwrap();
+    (world, path, vbd)
+}
+
+#[test]
+fn world_resize_reaches_the_back_end() {
+    let (world, path, vbd) = world_with_vbd("resize");
     world
         .wait_backend(&vbd, WAIT, |s| {
             s.medium.is_some_and(|m| m.sectors == Sectors(2048))
@@ -1136,10 +1139,7 @@ fn world_resize_reaches_the_back_end() {
 #[test]
 fn front_end_state_storm_queues_bounded_work_for_the_back_end() {
     const WRITES: u64 = 100_000;
-    let world = World::new();
-    world.add_guest(GUEST, 64).unwrap();
-    let path = temp_file("storm", &vec![0u8; 1 << 20]);
-    let vbd = world.create_vbd(&VbdConfig::file(GUEST, &path)).unwrap();
+    let (world, path, vbd) = world_with_vbd("storm");
     world
         .wait_backend(&vbd, WAIT, |s| {
             s.state == XenbusState::InitWait && s.frontend_path.is_some()

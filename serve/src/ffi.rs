@@ -102,6 +102,10 @@ extern "C" {
     fn xenevtchn_unmask(h: *mut XenevtchnHandle, port: u32) -> c_int;
 }
 
+/// `xs_read` and `xs_directory`: a malloc'd block and, through the last
+/// argument, how many bytes or strings it holds; null on failure.
+type XsQuery<T> = unsafe extern "C" fn(*mut XsHandle, u32, *const c_char, *mut c_uint) -> *mut T;
+
 #[link(name = "xenstore")]
 extern "C" {
     fn xs_open(flags: core::ffi::c_ulong) -> *mut XsHandle;
@@ -250,15 +254,48 @@ impl Drop for AnonPages {
     }
 }
 
-/// A handle on `/dev/xen/gntdev`.
-#[derive(Debug)]
-pub struct Gnttab {
-    h: NonNull<XengnttabHandle>,
+/// A library handle owned by one value: the struct holding it, `Send`,
+/// and `Drop`, which closes it once.
+macro_rules! owned_handle {
+    ($(#[$doc:meta])* $name:ident($raw:ty), $close:ident) => {
+        $(#[$doc])*
+        #[derive(Debug)]
+        pub struct $name {
+            h: NonNull<$raw>,
+        }
+
+        // SAFETY: each of the three libraries' handles is a descriptor plus
+        // bookkeeping that the library shares with no other handle
+        // (libxenstore also locks internally): it may move between threads,
+        // and it has one owner at a time here anyway.
+        unsafe impl Send for $name {}
+
+        impl Drop for $name {
+            fn drop(&mut self) {
+                // SAFETY: the handle is ours and closed once.
+                unsafe { $close(self.h.as_ptr()) };
+            }
+        }
+    };
 }
 
-// SAFETY: a libxengnttab handle is a descriptor plus bookkeeping that the
-// library does not share between handles; it may move between threads.
-unsafe impl Send for Gnttab {}
+owned_handle!(
+    /// A handle on `/dev/xen/gntdev`.
+    Gnttab(XengnttabHandle),
+    xengnttab_close
+);
+
+owned_handle!(
+    /// A handle on `/dev/xen/evtchn`.
+    Evtchn(XenevtchnHandle),
+    xenevtchn_close
+);
+
+owned_handle!(
+    /// A connection to xenstored.
+    Xs(XsHandle),
+    xs_close
+);
 
 /// A range of this process into which grants were mapped by one call;
 /// unmapped by [`Gnttab::unmap`] (or leaked, never freed twice).
@@ -508,22 +545,6 @@ impl Gnttab {
     }
 }
 
-impl Drop for Gnttab {
-    fn drop(&mut self) {
-        // SAFETY: the handle is ours and closed once.
-        unsafe { xengnttab_close(self.h.as_ptr()) };
-    }
-}
-
-/// A handle on `/dev/xen/evtchn`.
-#[derive(Debug)]
-pub struct Evtchn {
-    h: NonNull<XenevtchnHandle>,
-}
-
-// SAFETY: as for `Gnttab`, a per-handle descriptor.
-unsafe impl Send for Evtchn {}
-
 impl Evtchn {
     /// Opens the event-channel device.
     pub fn open() -> io::Result<Evtchn> {
@@ -588,23 +609,6 @@ impl Evtchn {
     }
 }
 
-impl Drop for Evtchn {
-    fn drop(&mut self) {
-        // SAFETY: the handle is ours and closed once.
-        unsafe { xenevtchn_close(self.h.as_ptr()) };
-    }
-}
-
-/// A connection to xenstored.
-#[derive(Debug)]
-pub struct Xs {
-    h: NonNull<XsHandle>,
-}
-
-// SAFETY: libxenstore handles are usable from any thread (the library locks
-// internally); one owner at a time here anyway.
-unsafe impl Send for Xs {}
-
 /// Takes ownership of a `char **` vector libxenstore allocated in one block
 /// and copies its `n` strings out.
 ///
@@ -638,15 +642,9 @@ impl Xs {
 
     /// Reads a node; `Err(errno)` (ENOENT for a missing node).
     pub fn read(&mut self, txn: u32, path: &str) -> Result<Vec<u8>, i32> {
-        let p = cpath(path)?;
-        let mut len: c_uint = 0;
-        // SAFETY: `p` is a valid C string; `len` receives the length.
-        let v = unsafe { xs_read(self.h.as_ptr(), txn, p.as_ptr(), &mut len) };
-        if v.is_null() {
-            return Err(last_errno());
-        }
+        let (v, len) = self.query(txn, path, xs_read)?;
         // SAFETY: the library returned `len` bytes at `v` (malloc'd).
-        let out = unsafe { core::slice::from_raw_parts(v as *const u8, len as usize) }.to_vec();
+        let out = unsafe { core::slice::from_raw_parts(v as *const u8, len) }.to_vec();
         // SAFETY: freed once.
         unsafe { free(v) };
         Ok(out)
@@ -686,15 +684,28 @@ impl Xs {
 
     /// The children of a node.
     pub fn directory(&mut self, txn: u32, path: &str) -> Result<Vec<String>, i32> {
+        let (v, n) = self.query(txn, path, xs_directory)?;
+        // SAFETY: `v` is the library's vector of `n` strings.
+        Ok(unsafe { take_strings(v, n) })
+    }
+
+    /// Runs `query` (`xs_read` or `xs_directory`) on `path`: the block
+    /// the library allocated and the count it returned beside it (bytes or
+    /// strings); `Err(errno)` when it returned null.
+    fn query<T>(
+        &mut self,
+        txn: u32,
+        path: &str,
+        query: XsQuery<T>,
+    ) -> Result<(*mut T, usize), i32> {
         let p = cpath(path)?;
         let mut n: c_uint = 0;
-        // SAFETY: valid C string; `n` receives the count.
-        let v = unsafe { xs_directory(self.h.as_ptr(), txn, p.as_ptr(), &mut n) };
+        // SAFETY: `p` is a valid C string; `n` receives the count.
+        let v = unsafe { query(self.h.as_ptr(), txn, p.as_ptr(), &mut n) };
         if v.is_null() {
             return Err(last_errno());
         }
-        // SAFETY: `v` is the library's vector of `n` strings.
-        Ok(unsafe { take_strings(v, n as usize) })
+        Ok((v, n as usize))
     }
 
     /// Starts a transaction.
@@ -756,13 +767,6 @@ impl Xs {
         } else {
             None
         }
-    }
-}
-
-impl Drop for Xs {
-    fn drop(&mut self) {
-        // SAFETY: the handle is ours and closed once.
-        unsafe { xs_close(self.h.as_ptr()) };
     }
 }
 

@@ -696,6 +696,24 @@ mod tests {
         }
     }
 
+    /// A cache of `n` pages from window page 0, holding grants `0..n`, each
+    /// mapped and in use.
+    fn full_of(n: u32) -> GrantCache {
+        let mut c = GrantCache::try_new(n, WindowPage(0)).unwrap();
+        for g in 0..n {
+            add(&mut c, g);
+        }
+        c
+    }
+
+    /// Inserts `gref`, which must be new: the page it is pending on.
+    fn insert_new(c: &mut GrantCache, gref: GrantRef) -> WindowPage {
+        let Insert::New { page, .. } = c.insert(gref) else {
+            panic!("{gref} was not new")
+        };
+        page
+    }
+
     #[test]
     fn hit_miss_busy() {
         let mut c = GrantCache::try_new(4, WindowPage(100)).unwrap();
@@ -719,9 +737,7 @@ mod tests {
     #[test]
     fn pending_is_busy_and_insert_of_cached_is_full() {
         let mut c = GrantCache::try_new(4, WindowPage(0)).unwrap();
-        let Insert::New { page, .. } = c.insert(3) else {
-            panic!()
-        };
+        let page = insert_new(&mut c, 3);
         assert_eq!(c.acquire(3), Lookup::Busy);
         assert_eq!(c.insert(3), Insert::Full);
         c.set_mapped(page, GrantHandle(9));
@@ -768,9 +784,7 @@ mod tests {
     fn full_when_all_in_use() {
         let mut c = GrantCache::try_new(2, WindowPage(0)).unwrap();
         add(&mut c, 1);
-        let Insert::New { page, .. } = c.insert(2) else {
-            panic!()
-        };
+        let page = insert_new(&mut c, 2);
         // One held mapped, one pending: nothing to evict.
         assert_eq!(c.insert(3), Insert::Full);
         c.set_mapped(page, H0);
@@ -789,10 +803,7 @@ mod tests {
 
     #[test]
     fn purge_idle_in_age_order_and_bounded_by_out() {
-        let mut c = GrantCache::try_new(5, WindowPage(0)).unwrap();
-        for g in 0..5 {
-            add(&mut c, g);
-        }
+        let mut c = full_of(5);
         // Release times: page 3 at 10, 0 at 20, 4 at 30, 1 at 40; 2 stays held.
         for (p, t) in [(3, 10), (0, 20), (4, 30), (1, 40)] {
             c.release(WindowPage(p), t);
@@ -856,21 +867,15 @@ mod tests {
     #[test]
     fn forget_and_unacquire_pending() {
         let mut c = GrantCache::try_new(2, WindowPage(0)).unwrap();
-        let Insert::New { page, .. } = c.insert(1) else {
-            panic!()
-        };
+        let page = insert_new(&mut c, 1);
         c.forget(page);
         assert!(c.is_empty());
         assert_eq!(c.in_use(), 0);
         assert_eq!(c.acquire(1), Lookup::Miss);
-        let Insert::New { page, .. } = c.insert(1) else {
-            panic!()
-        };
+        let page = insert_new(&mut c, 1);
         c.unacquire(page);
         assert!(c.is_empty());
-        let Insert::New { page, .. } = c.insert(1) else {
-            panic!()
-        };
+        let page = insert_new(&mut c, 1);
         c.release(page, 3);
         assert!(c.is_empty());
         // forget of a mapped entry is ignored (its handle must come back).
@@ -882,10 +887,7 @@ mod tests {
 
     #[test]
     fn unacquire_keeps_age_and_order() {
-        let mut c = GrantCache::try_new(3, WindowPage(0)).unwrap();
-        for g in 0..3 {
-            add(&mut c, g);
-        }
+        let mut c = full_of(3);
         c.release(WindowPage(0), 10);
         c.release(WindowPage(1), 20);
         c.release(WindowPage(2), 30);

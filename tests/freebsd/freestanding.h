@@ -3,7 +3,8 @@
  * harnesses share (tests/freebsd/init.c, the boot smoke test, and
  * tests/freebsd/xen/dd-init.c, the Xen driver domain): raw system calls,
  * the memory and string helpers the compiler and the tests need, line-
- * buffered console output and sysctl queries.
+ * buffered console output, sysctl queries, the power-off and the entry
+ * point (XBB_ENTRY).
  *
  * No libc: the system call numbers, flag values and structure layouts
  * below are the kernel's published ABI (sys/kern/syscalls.master,
@@ -196,18 +197,25 @@ put(const char *s)
 		line[linelen++] = *s++;
 }
 
+/* v in base 10 or 16, without a prefix. */
 XBB_HELPER void
-putu(uint64_t v)
+put_base(uint64_t v, unsigned base)
 {
 	char buf[24];
 	int i = sizeof(buf) - 1;
 
 	buf[i] = '\0';
 	do {
-		buf[--i] = (char)('0' + v % 10);
-		v /= 10;
+		buf[--i] = "0123456789abcdef"[v % base];
+		v /= base;
 	} while (v != 0);
 	put(&buf[i]);
+}
+
+XBB_HELPER void
+putu(uint64_t v)
+{
+	put_base(v, 10);
 }
 
 XBB_HELPER void
@@ -223,16 +231,8 @@ puti(long v)
 XBB_HELPER void
 putx(uint64_t v)
 {
-	char buf[20];
-	int i = sizeof(buf) - 1;
-
-	buf[i] = '\0';
-	do {
-		buf[--i] = "0123456789abcdef"[v & 0xf];
-		v >>= 4;
-	} while (v != 0);
 	put("0x");
-	put(&buf[i]);
+	put_base(v, 16);
 }
 
 XBB_HELPER void
@@ -317,5 +317,92 @@ sysctl_read(const char *name, void *buf, size_t *len)
 {
 	return (SC(SYS___sysctlbyname, name, slen(name), buf, len, 0, 0));
 }
+
+/*
+ * The OID after cur[0..curlen) in the tree, into next (MAXOID ints): its
+ * length, or 0 when there is none or it is no longer under
+ * base[0..baselen).  A walk of the subtree under base starts with cur =
+ * base and copies next into cur after each step.
+ */
+XBB_HELPER size_t
+sysctl_next_under(const int *base, size_t baselen, const int *cur,
+    size_t curlen, int *next)
+{
+	size_t nextlen = MAXOID * sizeof(int), i;
+
+	if (meta(CTL_SYSCTL_NEXT, cur, curlen, next, &nextlen) != 0)
+		return (0);
+	nextlen /= sizeof(int);
+	if (nextlen <= baselen)
+		return (0);
+	for (i = 0; i < baselen; i++)
+		if (next[i] != base[i])
+			return (0);
+	return (nextlen);
+}
+
+/* The first line of kern.version into buf (NUL-terminated); 0 or < 0. */
+XBB_HELPER long
+kernel_version(char *buf, size_t size)
+{
+	size_t len = size - 1, i;
+	long r;
+
+	r = sysctl_read("kern.version", buf, &len);
+	if (r != 0)
+		return (r);
+	buf[len < size ? len : size - 1] = '\0';
+	for (i = 0; buf[i] != '\0'; i++)
+		if (buf[i] == '\n') {
+			buf[i] = '\0';
+			break;
+		}
+	return (0);
+}
+
+/* Appends the tally: "pass=N fail=N us=N" (microseconds since start). */
+XBB_HELPER void
+put_tally(uint64_t start)
+{
+	put("pass=");
+	putu(passes);
+	put(" fail=");
+	putu(failures);
+	put(" us=");
+	putu(now_us() - start);
+}
+
+/* Powers the machine off; never returns. */
+__attribute__((__noreturn__)) XBB_HELPER void
+power_off_now(void)
+{
+	SC(SYS_reboot, RB_POWEROFF, 0, 0, 0, 0, 0);
+	for (;;)
+		SC(SYS_exit, 0, 0, 0, 0, 0, 0);
+}
+
+/*
+ * The entry point, calling main (void main(void)), and the ELF note that
+ * marks the file as a FreeBSD binary (note type 1, NT_FREEBSD_ABI_TAG:
+ * the __FreeBSD_version it was built for, XBB_FREEBSD_VERSION_STR).
+ */
+#define	XBB_ENTRY(main)							\
+__asm__(								\
+    ".section .note.tag,\"a\",@note\n"					\
+    ".p2align 2\n"							\
+    ".long 8\n"								\
+    ".long 4\n"								\
+    ".long 1\n"								\
+    ".asciz \"FreeBSD\"\n"						\
+    ".long " XBB_FREEBSD_VERSION_STR "\n"				\
+    ".text\n"								\
+    ".globl _start\n"							\
+    ".type _start,@function\n"						\
+    "_start:\n"								\
+    "	xorl %ebp, %ebp\n"						\
+    "	andq $-16, %rsp\n"						\
+    "	call " #main "\n"						\
+    "1:	hlt\n"								\
+    "	jmp 1b\n")
 
 #endif /* !XBB_FREESTANDING_H */

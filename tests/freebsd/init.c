@@ -61,52 +61,39 @@ struct kldstat_buf {
 /* ------------------------------------------------------------------ */
 /* Checks */
 
+/*
+ * r is -ENOENT: "<round> <gone>" passes; anything else fails with
+ * present and r.
+ */
+static void
+expect_enoent(const char *round, long r, const char *gone,
+    const char *present)
+{
+	if (r == -ENOENT) {
+		ok(round);
+		put(gone);
+	} else {
+		fail(round);
+		put(present);
+		puti(r);
+	}
+	end();
+}
+
 static void
 check_absent(const char *round)
 {
 	int oid[MAXOID];
 	size_t oidlen;
-	long r;
 
-	r = SC(SYS_modfind, XBB_NEWBUS_MODULE, 0, 0, 0, 0, 0);
-	if (r == -ENOENT) {
-		passes++;
-		begin("ok");
-		put(round);
-		put(" module " XBB_NEWBUS_MODULE " not registered");
-		end();
-	} else {
-		fail(round);
-		put("module " XBB_NEWBUS_MODULE " still registered: modfind ");
-		puti(r);
-		end();
-	}
-	r = SC(SYS_kldfind, XBB_KO_NAME, 0, 0, 0, 0, 0);
-	if (r == -ENOENT) {
-		passes++;
-		begin("ok");
-		put(round);
-		put(" file " XBB_KO_NAME " not loaded");
-		end();
-	} else {
-		fail(round);
-		put("file " XBB_KO_NAME " still loaded: kldfind ");
-		puti(r);
-		end();
-	}
-	r = name2oid("hw.xbb", oid, &oidlen);
-	if (r == -ENOENT) {
-		passes++;
-		begin("ok");
-		put(round);
-		put(" sysctl hw.xbb absent");
-		end();
-	} else {
-		fail(round);
-		put("sysctl hw.xbb present: name2oid ");
-		puti(r);
-		end();
-	}
+	expect_enoent(round, SC(SYS_modfind, XBB_NEWBUS_MODULE, 0, 0, 0, 0, 0),
+	    " module " XBB_NEWBUS_MODULE " not registered",
+	    "module " XBB_NEWBUS_MODULE " still registered: modfind ");
+	expect_enoent(round, SC(SYS_kldfind, XBB_KO_NAME, 0, 0, 0, 0, 0),
+	    " file " XBB_KO_NAME " not loaded",
+	    "file " XBB_KO_NAME " still loaded: kldfind ");
+	expect_enoent(round, name2oid("hw.xbb", oid, &oidlen),
+	    " sysctl hw.xbb absent", "sysctl hw.xbb present: name2oid ");
 }
 
 /* Every OID under hw.xbb must be one of the expected tunables. */
@@ -118,7 +105,6 @@ check_no_extra(const char *round)
 	char name[256];
 	size_t len;
 	unsigned found = 0, extra = 0, k;
-	long r;
 
 	if (name2oid("hw.xbb", base, &baselen) != 0) {
 		fail(round);
@@ -129,19 +115,8 @@ check_no_extra(const char *round)
 	for (i = 0; i < baselen; i++)
 		cur[i] = base[i];
 	curlen = baselen;
-	for (;;) {
-		nextlen = MAXOID * sizeof(int);
-		r = meta(CTL_SYSCTL_NEXT, cur, curlen, next, &nextlen);
-		if (r != 0)
-			break;
-		nextlen /= sizeof(int);
-		if (nextlen <= baselen)
-			break;
-		for (i = 0; i < baselen; i++)
-			if (next[i] != base[i])
-				break;
-		if (i < baselen)
-			break;
+	while ((nextlen = sysctl_next_under(base, baselen, cur, curlen,
+	    next)) != 0) {
 		len = sizeof(name) - 1;
 		if (meta(CTL_SYSCTL_NAME, next, nextlen, name, &len) != 0)
 			break;
@@ -499,16 +474,8 @@ static void
 banner(void)
 {
 	char buf[256];
-	size_t len, i;
 
-	len = sizeof(buf) - 1;
-	if (sysctl_read("kern.version", buf, &len) == 0) {
-		buf[len < sizeof(buf) ? len : sizeof(buf) - 1] = '\0';
-		for (i = 0; buf[i] != '\0'; i++)
-			if (buf[i] == '\n') {
-				buf[i] = '\0';
-				break;
-			}
+	if (kernel_version(buf, sizeof(buf)) == 0) {
 		begin("info");
 		put("kernel ");
 		put(buf);
@@ -549,37 +516,9 @@ smoke_main(void)
 	}
 
 	begin("done");
-	put("pass=");
-	putu(passes);
-	put(" fail=");
-	putu(failures);
-	put(" us=");
-	putu(now_us() - start);
+	put_tally(start);
 	end();
-	SC(SYS_reboot, RB_POWEROFF, 0, 0, 0, 0, 0);
-	for (;;)
-		SC(SYS_exit, 0, 0, 0, 0, 0, 0);
+	power_off_now();
 }
 
-/*
- * Entry point and the ELF note that marks this as a FreeBSD binary
- * (note type 1, NT_FREEBSD_ABI_TAG: the __FreeBSD_version it was built
- * for).
- */
-__asm__(
-    ".section .note.tag,\"a\",@note\n"
-    ".p2align 2\n"
-    ".long 8\n"
-    ".long 4\n"
-    ".long 1\n"
-    ".asciz \"FreeBSD\"\n"
-    ".long " XBB_FREEBSD_VERSION_STR "\n"
-    ".text\n"
-    ".globl _start\n"
-    ".type _start,@function\n"
-    "_start:\n"
-    "	xorl %ebp, %ebp\n"
-    "	andq $-16, %rsp\n"
-    "	call smoke_main\n"
-    "1:	hlt\n"
-    "	jmp 1b\n");
+XBB_ENTRY(smoke_main);

@@ -50,11 +50,10 @@ fi
 : "${SMOKE_TUNABLES:=hw.xbb.max_queues=2 hw.xbb.max_ring_page_order=9}"
 : "${SMOKE_TIMEOUT:=180}"
 : "${SMOKE_ACCEL:=tcg}"
-build=$SMOKE_DIR/build
-root=$SMOKE_DIR/root
+init_dirs "$SMOKE_DIR"
 results=$SMOKE_DIR/results
-rm -rf "$build" "$root" "$results"
-mkdir -p "$build" "$root/sbin" "$root/boot/modules" "$root/dev" "$results"
+rm -rf "$results"
+mkdir -p "$results"
 
 now() { date +%s; }
 t_start=$(now)
@@ -80,18 +79,10 @@ fi
 t_ko=$(now)
 
 # 2. /sbin/init, with the expectations generated from the man page.
-version=1500000
-if [ -n "${FREEBSD_SRC:-}" ] && [ -f "$FREEBSD_SRC/sys/sys/param.h" ]; then
-	version=$(awk '$1 == "#define" && $2 == "__FreeBSD_version" { print $3 }' \
-	    "$FREEBSD_SRC/sys/sys/param.h")
-fi
 # shellcheck disable=SC2086
-sh "$here/gen-expect.sh" "${SMOKE_MANPAGE:-$repo/man/xbb.4}" "$version" $SMOKE_TUNABLES \
-    >"$build/xbb_expect.h"
-"$CC" --target=x86_64-unknown-freebsd15.0 -ffreestanding -nostdlib \
-    -fno-stack-protector -fno-pic -fno-builtin -Os -Wall -Wextra -Werror \
-    -I"$build" -c "$here/init.c" -o "$build/init.o"
-"$LD" -m elf_x86_64_fbsd -static -e _start -o "$root/sbin/init" "$build/init.o"
+sh "$here/gen-expect.sh" "${SMOKE_MANPAGE:-$repo/man/xbb.4}" "$(freebsd_version)" \
+    $SMOKE_TUNABLES >"$build/xbb_expect.h"
+build_init "$here/init.c" -I"$build"
 
 # 3. The root image: cd9660 with Rock Ridge (modes), /dev for devfs.
 cp "$ko" "$root/boot/modules/xbb.ko"

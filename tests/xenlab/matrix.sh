@@ -12,9 +12,10 @@
 # change of the machine's load hits every cell alike. Each boot's results
 # stay in DIR/<cell>-<boot>/; DIR/table.txt is the table. A boot counts as
 # crashed when crash-scan.sh found anything (a process, kernel or domain
-# crash, a lost register, a wrong dom0 answer) or dom0 never finished: a
-# boot gets S + 480 s (a healthy one needs about S + 100 s) before QEMU is
-# stopped.
+# crash, a lost register, a wrong dom0 answer); one that shows no crash but
+# never finished (a boot gets S + 480 s, a healthy one needs about S + 100 s
+# on a quiet machine) counts as unfinished: look at its serial log and
+# ps.txt before believing either.
 # --xen-args adds words to Xen's command line in every cell (and to the
 # cells' names). Needs what run.sh needs; run nothing else on the machine
 # meanwhile.
@@ -59,9 +60,10 @@ for b in $(seq 1 "$BOOTS"); do
 			cp -a "$DIR/results" "$d"
 			mv "$OUT/$cell-$b.log" "$d/run.log"
 			n=$(grep -c . "$d/crashes.txt" 2> /dev/null)
-			grep -q 'XENLAB-END' "$d/serial.log" 2> /dev/null || n=$((n + 1))
-			echo "rc=$rc signs=${n:-0}" > "$d/verdict.txt"
-			echo "matrix: $cell boot $b: run.sh status $rc, ${n:-0} signs of a crash"
+			end=1
+			grep -q 'XENLAB-END' "$d/serial.log" 2> /dev/null || end=0
+			echo "rc=$rc signs=${n:-0} finished=$end" > "$d/verdict.txt"
+			echo "matrix: $cell boot $b: run.sh status $rc, ${n:-0} signs of a crash, dom0 finished: $end"
 		done
 	done
 done
@@ -72,16 +74,17 @@ median() { printf '%s\n' "$@" | grep . | sort -n | awk '{ a[NR] = $1 } END { if 
 # dom0 answers, the medians of dom0check rounds, guest boots and hot-plug
 # rounds done in the fixed time, and what was seen.
 {
-	printf '%-24s %5s %8s %7s %6s %9s %8s %8s  %s\n' cell boots crashed vlost d0bad d0rounds g-boots g-rounds "signs (boots showing each kind)"
+	printf '%-24s %5s %8s %10s %7s %6s %9s %8s %8s  %s\n' cell boots crashed unfinished vlost d0bad d0rounds g-boots g-rounds "signs (boots showing each kind)"
 	for cpu in $CPUS; do
 		for be in $BACKENDS; do
 			cell=$(cell_name "$be" "$cpu")
-			boots=0 crashed=0 vlost=0 d0bad=0 kinds="" rounds="" gboots="" grounds=""
+			boots=0 crashed=0 unfinished=0 vlost=0 d0bad=0 kinds="" rounds="" gboots="" grounds=""
 			for d in "$OUT/$cell"-*/; do
 				[ -f "$d/verdict.txt" ] || continue
 				boots=$((boots + 1))
 				n=$(sed -n 's/.*signs=\([0-9]*\).*/\1/p' "$d/verdict.txt")
 				[ "${n:-0}" -gt 0 ] && crashed=$((crashed + 1))
+				grep -q 'finished=0' "$d/verdict.txt" && [ "${n:-0}" = 0 ] && unfinished=$((unfinished + 1))
 				v=$(cat "$d"/vcheck-dom0-*.txt "$d"/guest-s9?.log 2> /dev/null | tr -d '\r' | grep -c 'VCHECK FAIL')
 				vlost=$((vlost + v))
 				v=$(grep -c 'DOM0CHECK FAIL' "$d/dom0check.txt" 2> /dev/null)
@@ -94,7 +97,7 @@ median() { printf '%s\n' "$@" | grep . | sort -n | awk '{ a[NR] = $1 } END { if 
 				kinds="$kinds$k"
 			done
 			kinds=$(echo "$kinds" | tr ',' '\n' | grep . | sort | uniq -c | awk '{ printf "%s%s x%d", sep, substr($0, index($0, $2)), $1; sep = "; " }')
-			printf '%-24s %5d %8d %7d %6d %9s %8s %8s  %s\n' "$cell" "$boots" "$crashed" "$vlost" "$d0bad" \
+			printf '%-24s %5d %8d %10d %7d %6d %9s %8s %8s  %s\n' "$cell" "$boots" "$crashed" "$unfinished" "$vlost" "$d0bad" \
 				"$(median $rounds)" "$(median $gboots)" "$(median $grounds)" "$kinds"
 		done
 	done

@@ -22,12 +22,12 @@ pub struct IoTotals {
     pub bytes_checked: u64,
     /// 512-byte sectors that differed.
     pub mismatches: u64,
+    /// The first mismatch, described.
+    pub first_mismatch: Option<String>,
     /// Responses with an error status.
     pub error_responses: u64,
     /// Seconds spent in workloads.
     pub seconds: f64,
-    /// The first mismatch, described.
-    pub first_mismatch: Option<String>,
     /// A workload that could not run to its end, and why.
     pub failure: Option<String>,
 }

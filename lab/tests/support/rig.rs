@@ -96,6 +96,14 @@ impl Rig {
         Frontend::new(&self.world, &self.vbd, profile).expect("frontend")
     }
 
+    /// A rig named `name` with nothing changed, and a front-end of
+    /// `profile` connected to it.
+    pub fn with_frontend(name: &str, profile: &str) -> (Rig, Frontend) {
+        let rig = Rig::new(name, |_| {});
+        let fe = rig.connected(profile);
+        (rig, fe)
+    }
+
     /// A connected front-end of the profile named `profile`.
     pub fn connected(&self, profile: &str) -> Frontend {
         let mut fe = self.frontend(Profile::by_name(profile).expect("profile"));
@@ -202,6 +210,24 @@ pub fn mixed(ops: u64, io_size: u32, seed: u64, region_sectors: u64) -> Workload
         region_sectors: Some((0, region_sectors)),
         seed,
         verify_all_at_end: true,
+    }
+}
+
+/// [`mixed`], over the `(first sector, sectors)` of `region` only.
+pub fn mixed_in(region: (u64, u64), ops: u64, io_size: u32, seed: u64) -> Workload {
+    Workload {
+        region_sectors: Some(region),
+        ..mixed(ops, io_size, seed, 0)
+    }
+}
+
+/// `ops` writes of `io_size` bytes in order over the first
+/// `region_sectors` sectors (wrapping around), verified at the end.
+pub fn sequential_writes(ops: u64, io_size: u32, seed: u64, region_sectors: u64) -> Workload {
+    Workload {
+        random: false,
+        read_pct: 0,
+        ..mixed(ops, io_size, seed, region_sectors)
     }
 }
 

@@ -113,6 +113,13 @@ struct Driver {
     /// The current connection broke the ring protocol: it answers nothing
     /// more.
     ring_broken: bool,
+    /// Responses still to take that the connection before the current one
+    /// published.
+    earlier: u32,
+    /// This front ring published a `req_prod` more than a ring ahead of
+    /// its `rsp_cons` (or behind it): only then may a correct back-end's
+    /// `rsp_prod` look impossible to it.
+    overran: bool,
     pushes: u64,
     last_end: u64,
 }
@@ -147,26 +154,38 @@ impl Driver {
         let mem = self.front.take().expect("front ring").into_mem();
         self.front = Some(FrontRing::init(mem, self.abi, self.ring_pages).expect("ring init"));
         self.cursor = 0;
+        self.overran = false;
+        self.earlier = 0;
     }
 
     /// Takes every published response; checks they answer consumed
     /// requests with ids that were written.
     fn drain(&mut self) {
         if self.host.connects != self.connects_seen {
-            // A new connection: the instance reset its counters.
+            // A new connection: the instance reset its counters. It
+            // attached where the ring's rsp_prod was: responses below that
+            // an earlier connection published, and are not its own.
             self.connects_seen = self.host.connects;
             self.responses = 0;
             self.ring_broken = false;
+            let rsp_cons = self.front().rsp_cons();
+            self.earlier = self.host.rsp_prod_at_map.wrapping_sub(rsp_cons);
         }
         if self.host.fatals != self.fatals_seen {
             self.fatals_seen = self.host.fatals;
             self.ring_broken |= self.inst.last_error() == Some(ConnectError::Ring);
         }
         let mut got = Vec::new();
+        let mut earlier = 0u64;
         loop {
             let index = self.front().rsp_cons();
-            let Some(r) = self.front().take_response() else {
-                break;
+            let r = match self.front().take_response() {
+                Ok(Some(r)) => r,
+                Ok(None) => break,
+                Err(e) => {
+                    assert!(self.overran, "a correct rsp_prod refused: {e:?}");
+                    break;
+                }
             };
             // What the back-end wrote into the slot, as the shadow's bytes.
             let slot = self.slot_of(index);
@@ -174,10 +193,14 @@ impl Driver {
             self.shadow[slot][..n].fill(0);
             self.abi.encode_response(&r, &mut self.shadow[slot][..n]);
             self.note_slot(slot);
+            if self.earlier > 0 && self.earlier <= self.size {
+                self.earlier -= 1;
+                earlier += 1;
+            }
             got.push(r);
             assert!(got.len() <= self.size as usize * 4, "runaway responses");
         }
-        self.responses += got.len() as u64;
+        self.responses += got.len() as u64 - earlier;
         let received = self.inst.stats().get(Stat::ReqsReceived);
         assert!(
             self.responses <= received,
@@ -328,8 +351,8 @@ impl Driver {
     }
 
     fn action(&mut self, r: &mut Input<'_>) {
-        match r.u8() % N_ACTIONS {
-            A_WRITE_SLOT => {
+        match Action::decode(r.u8()) {
+            Action::WriteSlot => {
                 let rel = r.u8() as i8;
                 let len = usize::from(r.u8()) % (MAX_SLOT_SIZE + 1);
                 let bytes = r.bytes(len);
@@ -339,18 +362,20 @@ impl Driver {
                     self.cursor = self.cursor.wrapping_add(1);
                 }
             }
-            A_PUSH => self.push(r),
-            A_REQ_PROD => {
+            Action::Push => self.push(r),
+            Action::ReqProd => {
                 let v = match r.u8() % 4 {
                     0 => self.cursor,
                     1 => self.cursor.wrapping_add(u32::from(r.u8())),
                     2 => self.cursor.wrapping_sub(u32::from(r.u8())),
                     _ => r.u32(),
                 };
+                let ahead = v.wrapping_sub(self.front().rsp_cons());
+                self.overran |= ahead > self.size;
                 self.front().set_req_prod_raw(v);
             }
-            A_KICK => self.inst.event(&mut self.host, 0),
-            A_COMPLETE_ONE => {
+            Action::Kick => self.inst.event(&mut self.host, 0),
+            Action::CompleteOne => {
                 let which = usize::from(r.u8());
                 let result = Outcome::decode(r.u8());
                 if self.host.pending() > 0 {
@@ -358,11 +383,11 @@ impl Driver {
                     self.host.complete_at(&mut self.inst, idx, result);
                 }
             }
-            A_COMPLETE_ALL => {
+            Action::CompleteAll => {
                 let result = Outcome::decode(r.u8());
                 self.settle(result);
             }
-            A_FRONT_STATE => {
+            Action::FrontState => {
                 let v = r.u8();
                 self.set_front_state(v);
                 if matches!(v % 12, 3 | 4) && !self.host.ring_mapped() {
@@ -372,7 +397,7 @@ impl Driver {
                 }
                 self.inst.frontend_changed(&mut self.host);
             }
-            A_INJECT => {
+            Action::Inject => {
                 let (k, n) = (r.u8() % 7, r.u8());
                 let h = &mut self.host;
                 match k {
@@ -385,15 +410,15 @@ impl Driver {
                     _ => h.faults.open = true,
                 }
             }
-            A_DEFERRED => self.run_scheduled(),
-            A_ROOT_MOUNTED => {
+            Action::Deferred => self.run_scheduled(),
+            Action::RootMounted => {
                 self.host.root = true;
                 self.inst.root_mounted(&mut self.host);
             }
-            A_ARM_RSP_EVENT => {
+            Action::ArmRspEvent => {
                 self.front().final_check_for_responses();
             }
-            _ => {
+            Action::Coalesce => {
                 let v = u64::from(r.u8() % 3);
                 let accepted = self.inst.sysctl_set(Stat::NoCoalesceReqs, v);
                 assert_eq!(accepted, v <= 1);
@@ -569,6 +594,8 @@ impl Driver {
             connects_seen: 0,
             fatals_seen: 0,
             ring_broken: false,
+            overran: false,
+            earlier: 0,
             pushes: 0,
             last_end: 0,
         }

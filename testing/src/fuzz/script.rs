@@ -7,19 +7,45 @@ use xbb::host::IoError;
 
 use super::input::Input;
 
-pub(crate) const A_WRITE_SLOT: u8 = 0;
-pub(crate) const A_PUSH: u8 = 1;
-pub(crate) const A_REQ_PROD: u8 = 2;
-pub(crate) const A_KICK: u8 = 3;
-pub(crate) const A_COMPLETE_ONE: u8 = 4;
-pub(crate) const A_COMPLETE_ALL: u8 = 5;
-pub(crate) const A_FRONT_STATE: u8 = 6;
-pub(crate) const A_INJECT: u8 = 7;
-pub(crate) const A_DEFERRED: u8 = 8;
-pub(crate) const A_ROOT_MOUNTED: u8 = 9;
-pub(crate) const A_ARM_RSP_EVENT: u8 = 10;
-pub(crate) const A_COALESCE: u8 = 11;
-pub(crate) const N_ACTIONS: u8 = 12;
+/// What one step of a `fuzz_ring` input does; its byte code is the
+/// discriminant, 0 for the first (the seeds and the corpus are written in
+/// these codes: append, never reorder).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Action {
+    WriteSlot,
+    Push,
+    ReqProd,
+    Kick,
+    CompleteOne,
+    CompleteAll,
+    FrontState,
+    Inject,
+    Deferred,
+    RootMounted,
+    ArmRspEvent,
+    Coalesce,
+}
+
+impl Action {
+    /// The action of code byte `b`: every byte is one, modulo their number.
+    pub(crate) fn decode(b: u8) -> Action {
+        match b % (Action::Coalesce as u8 + 1) {
+            0 => Action::WriteSlot,
+            1 => Action::Push,
+            2 => Action::ReqProd,
+            3 => Action::Kick,
+            4 => Action::CompleteOne,
+            5 => Action::CompleteAll,
+            6 => Action::FrontState,
+            7 => Action::Inject,
+            8 => Action::Deferred,
+            9 => Action::RootMounted,
+            10 => Action::ArmRspEvent,
+            _ => Action::Coalesce,
+        }
+    }
+}
 
 /// The fixed header of a [`fuzz_ring`](super::fuzz_ring) input: the guest ABI, the ring,
 /// the medium and the tunables. Selectors pick from small tables of
@@ -223,8 +249,8 @@ impl RingScript {
         }
     }
 
-    fn op(&mut self, code: u8, args: &[u8]) -> &mut Self {
-        self.bytes.push(code);
+    fn op(&mut self, action: Action, args: &[u8]) -> &mut Self {
+        self.bytes.push(action as u8);
         self.bytes.extend_from_slice(args);
         self
     }
@@ -233,7 +259,7 @@ impl RingScript {
     /// the cursor (the next request index).
     pub fn write_slot(&mut self, rel: i8, bytes: &[u8]) -> &mut Self {
         let n = bytes.len().min(MAX_SLOT_SIZE);
-        self.op(A_WRITE_SLOT, &[rel as u8, n as u8])
+        self.op(Action::WriteSlot, &[rel as u8, n as u8])
             .op_bytes(&bytes[..n])
     }
 
@@ -245,7 +271,7 @@ impl RingScript {
     /// Encodes a structured request at the cursor and advances it.
     pub fn push(&mut self, r: &PushReq) -> &mut Self {
         let [lo, hi] = r.id.to_le_bytes();
-        self.op(A_PUSH, &[lo, hi, r.op]);
+        self.op(Action::Push, &[lo, hi, r.op]);
         if r.op % 8 == 7 {
             self.op_bytes(&[r.raw_op]);
         }
@@ -262,45 +288,45 @@ impl RingScript {
 
     /// Publishes `req_prod = cursor`.
     pub fn publish(&mut self) -> &mut Self {
-        self.op(A_REQ_PROD, &[0])
+        self.op(Action::ReqProd, &[0])
     }
 
     /// Publishes `req_prod = cursor + ahead` (without moving the cursor).
     pub fn req_prod_ahead(&mut self, ahead: u8) -> &mut Self {
-        self.op(A_REQ_PROD, &[1, ahead])
+        self.op(Action::ReqProd, &[1, ahead])
     }
 
     /// Publishes `req_prod = cursor - back`.
     pub fn req_prod_back(&mut self, back: u8) -> &mut Self {
-        self.op(A_REQ_PROD, &[2, back])
+        self.op(Action::ReqProd, &[2, back])
     }
 
     /// Publishes any `req_prod`.
     pub fn req_prod_raw(&mut self, v: u32) -> &mut Self {
         let b = v.to_le_bytes();
-        self.op(A_REQ_PROD, &[3, b[0], b[1], b[2], b[3]])
+        self.op(Action::ReqProd, &[3, b[0], b[1], b[2], b[3]])
     }
 
     /// The event channel fires: `Instance::run`.
     pub fn kick(&mut self) -> &mut Self {
-        self.op(A_KICK, &[])
+        self.op(Action::Kick, &[])
     }
 
     /// Completes pending I/O number `which % pending`.
     pub fn complete_one(&mut self, which: u8, how: Outcome) -> &mut Self {
-        self.op(A_COMPLETE_ONE, &[which, how.encode()])
+        self.op(Action::CompleteOne, &[which, how.encode()])
     }
 
     /// Completes every pending I/O (and those they submit), in order.
     pub fn complete_all(&mut self, how: Outcome) -> &mut Self {
-        self.op(A_COMPLETE_ALL, &[how.encode()])
+        self.op(Action::CompleteAll, &[how.encode()])
     }
 
     /// Writes the front-end's `state` node and signals the watch: 0..=8 a
     /// XenbusState, 9 a non-number, 10 a number out of the enumeration,
     /// 11 no node.
     pub fn frontend_state(&mut self, v: u8) -> &mut Self {
-        self.op(A_FRONT_STATE, &[v])
+        self.op(Action::FrontState, &[v])
     }
 
     /// Injects a platform failure.
@@ -314,27 +340,27 @@ impl RingScript {
             Fault::XsConflict => 5,
             Fault::Open => 6,
         };
-        self.op(A_INJECT, &[k, n])
+        self.op(Action::Inject, &[k, n])
     }
 
     /// Runs the instance if it asked for a deferred run.
     pub fn deferred(&mut self) -> &mut Self {
-        self.op(A_DEFERRED, &[])
+        self.op(Action::Deferred, &[])
     }
 
     /// The root file system becomes mounted.
     pub fn root_mounted(&mut self) -> &mut Self {
-        self.op(A_ROOT_MOUNTED, &[])
+        self.op(Action::RootMounted, &[])
     }
 
     /// The front-end re-arms `rsp_event` (`RING_FINAL_CHECK_FOR_RESPONSES`).
     pub fn arm_rsp_event(&mut self) -> &mut Self {
-        self.op(A_ARM_RSP_EVENT, &[])
+        self.op(Action::ArmRspEvent, &[])
     }
 
     /// Sets the `no_coalesce_reqs` sysctl to `v % 3` (2 is refused).
     pub fn coalesce_sysctl(&mut self, v: u8) -> &mut Self {
-        self.op(A_COALESCE, &[v])
+        self.op(Action::Coalesce, &[v])
     }
 
     /// The input built so far.

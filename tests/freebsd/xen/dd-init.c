@@ -341,18 +341,8 @@ dump_tree(const char *top, int all)
 	for (i = 0; i < baselen; i++)
 		cur[i] = base[i];
 	curlen = baselen;
-	for (;;) {
-		nextlen = MAXOID * sizeof(int);
-		if (meta(CTL_SYSCTL_NEXT, cur, curlen, next, &nextlen) != 0)
-			break;
-		nextlen /= sizeof(int);
-		if (nextlen <= baselen)
-			break;
-		for (i = 0; i < baselen; i++)
-			if (next[i] != base[i])
-				break;
-		if (i < baselen)
-			break;
+	while ((nextlen = sysctl_next_under(base, baselen, cur, curlen,
+	    next)) != 0) {
 		for (i = 0; i < nextlen; i++)
 			cur[i] = next[i];
 		curlen = nextlen;
@@ -398,16 +388,9 @@ static void
 banner(const char *mode)
 {
 	char buf[256];
-	size_t len, i;
+	size_t len;
 
-	len = sizeof(buf) - 1;
-	if (sysctl_read("kern.version", buf, &len) == 0) {
-		buf[len < sizeof(buf) ? len : sizeof(buf) - 1] = '\0';
-		for (i = 0; buf[i] != '\0'; i++)
-			if (buf[i] == '\n') {
-				buf[i] = '\0';
-				break;
-			}
+	if (kernel_version(buf, sizeof(buf)) == 0) {
 		begin("info");
 		put("mode ");
 		put(mode);
@@ -774,6 +757,21 @@ fill(unsigned char *buf, uint64_t off, size_t len, uint64_t seed)
 	}
 }
 
+/* An I/O of n bytes at off that returned r: reports and says 1 if short. */
+static int
+short_io(const char *what, uint64_t off, long r, size_t n)
+{
+	if (r == (long)n)
+		return (0);
+	fail(what);
+	put("offset ");
+	putu(off);
+	put(": ");
+	puti(r);
+	end();
+	return (1);
+}
+
 static void
 front(void)
 {
@@ -823,15 +821,8 @@ front(void)
 		n = size - off < CHUNK ? (size_t)(size - off) : CHUNK;
 		fill(wbuf, off, n, seed);
 		r = SC(SYS_pwrite, fd, wbuf, n, (long)off, 0, 0);
-		if (r != (long)n) {
-			fail("write");
-			put("offset ");
-			putu(off);
-			put(": ");
-			puti(r);
-			end();
+		if (short_io("write", off, r, n))
 			return;
-		}
 	}
 	t1 = now_us();
 	ok("wrote ");
@@ -841,15 +832,13 @@ front(void)
 	put(" ms");
 	end();
 	r = SC(SYS_ioctl, fd, DIOCGFLUSH, 0, 0, 0, 0);
-	if (r == 0) {
-		ok("DIOCGFLUSH (cache flush through the front-end)");
-		end();
-	} else {
+	if (r != 0) {
 		fail("DIOCGFLUSH");
 		put("errno ");
 		puti(-r);
-		end();
-	}
+	} else
+		ok("DIOCGFLUSH (cache flush through the front-end)");
+	end();
 	/* Close and reopen: nothing may come from a cache. */
 	SC(SYS_close, fd, 0, 0, 0, 0, 0);
 	fd = SC(SYS_open, dev, O_RDWR, 0, 0, 0, 0);
@@ -863,15 +852,8 @@ front(void)
 	for (off = 0; off < size; off += n) {
 		n = size - off < CHUNK ? (size_t)(size - off) : CHUNK;
 		r = SC(SYS_pread, fd, rbuf, n, (long)off, 0, 0);
-		if (r != (long)n) {
-			fail("read");
-			put("offset ");
-			putu(off);
-			put(": ");
-			puti(r);
-			end();
+		if (short_io("read", off, r, n))
 			return;
-		}
 		fill(wbuf, off, n, seed);
 		for (i = 0; i < n; i++)
 			if (rbuf[i] != wbuf[i]) {
@@ -941,12 +923,8 @@ power_off(const char *mode, uint64_t start)
 	begin("done");
 	put("mode=");
 	put(mode);
-	put(" pass=");
-	putu(passes);
-	put(" fail=");
-	putu(failures);
-	put(" us=");
-	putu(now_us() - start);
+	put(" ");
+	put_tally(start);
 	end();
 	linelen = 0;
 	put("done pass=");
@@ -957,9 +935,7 @@ power_off(const char *mode, uint64_t start)
 	scopy(state, sizeof(state), line);
 	linelen = 0;
 	xs_write("data/xbb-state", state);
-	SC(SYS_reboot, RB_POWEROFF, 0, 0, 0, 0, 0);
-	for (;;)
-		SC(SYS_exit, 0, 0, 0, 0, 0, 0);
+	power_off_now();
 }
 
 void dd_main(void);
@@ -1002,21 +978,4 @@ dd_main(void)
 	power_off(mode, start);
 }
 
-/* Entry point and the FreeBSD ABI note (NT_FREEBSD_ABI_TAG). */
-__asm__(
-    ".section .note.tag,\"a\",@note\n"
-    ".p2align 2\n"
-    ".long 8\n"
-    ".long 4\n"
-    ".long 1\n"
-    ".asciz \"FreeBSD\"\n"
-    ".long " XBB_FREEBSD_VERSION_STR "\n"
-    ".text\n"
-    ".globl _start\n"
-    ".type _start,@function\n"
-    "_start:\n"
-    "	xorl %ebp, %ebp\n"
-    "	andq $-16, %rsp\n"
-    "	call dd_main\n"
-    "1:	hlt\n"
-    "	jmp 1b\n");
+XBB_ENTRY(dd_main);

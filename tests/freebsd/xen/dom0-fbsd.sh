@@ -110,22 +110,35 @@ fb_value() {
 	sed -n "s|^dev\.xbb\.$n\.$4: *||p" "$1" | tail -n 1
 }
 
+# fbsd_inputs N: whether dom0's image has the FreeBSD kernel and root
+# image; without them scenario N is a SKIP.
+fbsd_inputs() {
+	if [ ! -f "$FB_KERNEL" ] || [ ! -f "$FB_ISO" ]; then
+		result "$1" fbsd-inputs SKIP "no FreeBSD kernel/root image in the dom0 image"
+		return 1
+	fi
+}
+
+# fbsd_create N NAME: creates the FreeBSD domain NAME (see fbsd_cfg) for
+# scenario N and sets the caller's fid to its domid; a FAIL of N when it
+# never appears.
+fbsd_create() {
+	if ! create "$2"; then
+		result "$1" "$2:create" FAIL "FreeBSD domain never appeared"
+		sed 's/^/XENLAB xl: /' "$R/xl-create-$2.txt" | tail -n 10
+		return 1
+	fi
+	fid=$(domid_of "$2")
+}
+
 s7() {
 	say "scenario 7: FreeBSD driver domain (xbb.ko) serving a Linux guest"
-	if [ ! -f "$FB_KERNEL" ] || [ ! -f "$FB_ISO" ]; then
-		result 7 fbsd-inputs SKIP "no FreeBSD kernel/root image in the dom0 image"
-		return
-	fi
+	fbsd_inputs 7 || return 0
 	fbsd_cfg xbbdd "xbbdd.mode=serve xbbdd.disk_mb=$FB_MB xbbdd.md_count=2" \
 		"format=raw,vdev=xvda,access=ro,target=$FB_ISO"
 	local t=$(date +%s)
-	if ! create xbbdd; then
-		result 7 xbbdd:create FAIL "FreeBSD domain never appeared"
-		sed 's/^/XENLAB xl: /' "$R/xl-create-xbbdd.txt" | tail -n 10
-		return
-	fi
 	local fid
-	fid=$(domid_of xbbdd)
+	fbsd_create 7 xbbdd || return 0
 	if ! wait_log xbbdd 'XBB-DD: ready' 400; then
 		result 7 xbbdd:ready FAIL "no READY from the FreeBSD domain"
 		xl destroy xbbdd
@@ -293,21 +306,13 @@ s7() {
 
 s8() {
 	say "scenario 8: the FreeBSD front-end (xbd) served from dom0 by $MODE"
-	if [ ! -f "$FB_KERNEL" ] || [ ! -f "$FB_ISO" ]; then
-		result 8 fbsd-inputs SKIP "no FreeBSD kernel/root image in the dom0 image"
-		return
-	fi
+	fbsd_inputs 8 || return 0
 	make_img /images/s8.img "${XENLAB_DISK_MB:-64}"
 	fbsd_cfg xbbfe "xbbdd.mode=front xbbdd.seed=81" \
 		"format=raw,vdev=xvda,access=ro,target=$FB_ISO" \
 		"format=raw,vdev=xvdb,access=rw,target=/images/s8.img"
-	if ! create xbbfe; then
-		result 8 xbbfe:create FAIL "FreeBSD domain never appeared"
-		sed 's/^/XENLAB xl: /' "$R/xl-create-xbbfe.txt" | tail -n 10
-		return
-	fi
 	local fid
-	fid=$(domid_of xbbfe)
+	fbsd_create 8 xbbfe || return 0
 	# The table while the front-end is connected (it powers off when done).
 	if wait_log xbbfe 'XBB-DD: ok open /dev/xbd1' 400; then
 		dump_vbd xbbfe "$fid"

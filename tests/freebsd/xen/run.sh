@@ -38,11 +38,10 @@ fi
 
 : "${FBSD_DD_DIR:=$repo/target/freebsd-xen}"
 : "${XENLAB_RUN:=$repo/tests/xenlab/run.sh}"
-build=$FBSD_DD_DIR/build
-root=$FBSD_DD_DIR/root
+init_dirs "$FBSD_DD_DIR"
 extra=$FBSD_DD_DIR/extra
-rm -rf "$build" "$root" "$extra"
-mkdir -p "$build" "$root/sbin" "$root/boot/modules" "$root/dev" "$root/mnt" "$extra"
+rm -rf "$extra"
+mkdir -p "$root/mnt" "$extra"
 
 # 1. xbb.ko
 if [ -n "${XBB_KO:-}" ]; then
@@ -65,16 +64,8 @@ if [ ! -f "$ko" ]; then
 fi
 
 # 2. /sbin/init of the FreeBSD guest, and its cd9660 root.
-version=1500000
-if [ -n "${FREEBSD_SRC:-}" ] && [ -f "$FREEBSD_SRC/sys/sys/param.h" ]; then
-	version=$(awk '$1 == "#define" && $2 == "__FreeBSD_version" { print $3 }' \
-	    "$FREEBSD_SRC/sys/sys/param.h")
-fi
-"$CC" --target=x86_64-unknown-freebsd15.0 -ffreestanding -nostdlib \
-    -fno-stack-protector -fno-pic -fno-builtin -mgeneral-regs-only -Os -Wall -Wextra -Werror \
-    -DXBB_FREEBSD_VERSION_STR="\"$version\"" \
-    -c "$here/dd-init.c" -o "$build/dd-init.o"
-"$LD" -m elf_x86_64_fbsd -static -e _start -o "$root/sbin/init" "$build/dd-init.o"
+build_init "$here/dd-init.c" -mgeneral-regs-only \
+    -DXBB_FREEBSD_VERSION_STR="\"$(freebsd_version)\""
 cp "$ko" "$root/boot/modules/xbb.ko"
 "$XORRISO" -as mkisofs -quiet -R -V XBBDD -o "$extra/fbsd-root.iso" "$root" \
     >"$build/xorriso.log" 2>&1 || {

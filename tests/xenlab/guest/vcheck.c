@@ -97,50 +97,36 @@ static int have_avx(void)
 
 static struct timespec sleep_ts = { 0, 10000000 };
 
-static void xmm_round(const uint8_t *in, uint8_t *out, long how, long spin)
-{
-	__asm__ volatile(
-	    LOAD("movdqu", "xmm0", 0) LOAD("movdqu", "xmm1", 16) LOAD("movdqu", "xmm2", 32)
-	    LOAD("movdqu", "xmm3", 48) LOAD("movdqu", "xmm4", 64) LOAD("movdqu", "xmm5", 80)
-	    LOAD("movdqu", "xmm6", 96) LOAD("movdqu", "xmm7", 112) LOAD("movdqu", "xmm8", 128)
-	    LOAD("movdqu", "xmm9", 144) LOAD("movdqu", "xmm10", 160) LOAD("movdqu", "xmm11", 176)
-	    LOAD("movdqu", "xmm12", 192) LOAD("movdqu", "xmm13", 208) LOAD("movdqu", "xmm14", 224)
-	    LOAD("movdqu", "xmm15", 240)
-	    SWITCH
-	    STORE("movdqu", "xmm0", 0) STORE("movdqu", "xmm1", 16) STORE("movdqu", "xmm2", 32)
-	    STORE("movdqu", "xmm3", 48) STORE("movdqu", "xmm4", 64) STORE("movdqu", "xmm5", 80)
-	    STORE("movdqu", "xmm6", 96) STORE("movdqu", "xmm7", 112) STORE("movdqu", "xmm8", 128)
-	    STORE("movdqu", "xmm9", 144) STORE("movdqu", "xmm10", 160) STORE("movdqu", "xmm11", 176)
-	    STORE("movdqu", "xmm12", 192) STORE("movdqu", "xmm13", 208) STORE("movdqu", "xmm14", 224)
-	    STORE("movdqu", "xmm15", 240)
-	    :
-	    : [in] "r"(in), [out] "r"(out), [how] "r"(how), [spin] "r"(spin), [ts] "r"(&sleep_ts)
-	    : "rax", "rcx", "rdi", "rsi", "r11", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6",
-	      "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");
-}
+/* The 16 registers REG0..REG15, W bytes each, moved by INSN with MOVE
+ * (LOAD or STORE) from or to offset W * n of the buffer. */
+#define ALL16(MOVE, insn, reg, w)                                               \
+	MOVE(insn, reg "0", 0 * w) MOVE(insn, reg "1", 1 * w)                   \
+	MOVE(insn, reg "2", 2 * w) MOVE(insn, reg "3", 3 * w)                   \
+	MOVE(insn, reg "4", 4 * w) MOVE(insn, reg "5", 5 * w)                   \
+	MOVE(insn, reg "6", 6 * w) MOVE(insn, reg "7", 7 * w)                   \
+	MOVE(insn, reg "8", 8 * w) MOVE(insn, reg "9", 9 * w)                   \
+	MOVE(insn, reg "10", 10 * w) MOVE(insn, reg "11", 11 * w)               \
+	MOVE(insn, reg "12", 12 * w) MOVE(insn, reg "13", 13 * w)               \
+	MOVE(insn, reg "14", 14 * w) MOVE(insn, reg "15", 15 * w)
 
-static void ymm_round(const uint8_t *in, uint8_t *out, long how, long spin)
-{
-	__asm__ volatile(
-	    LOAD("vmovdqu", "ymm0", 0) LOAD("vmovdqu", "ymm1", 32) LOAD("vmovdqu", "ymm2", 64)
-	    LOAD("vmovdqu", "ymm3", 96) LOAD("vmovdqu", "ymm4", 128) LOAD("vmovdqu", "ymm5", 160)
-	    LOAD("vmovdqu", "ymm6", 192) LOAD("vmovdqu", "ymm7", 224) LOAD("vmovdqu", "ymm8", 256)
-	    LOAD("vmovdqu", "ymm9", 288) LOAD("vmovdqu", "ymm10", 320) LOAD("vmovdqu", "ymm11", 352)
-	    LOAD("vmovdqu", "ymm12", 384) LOAD("vmovdqu", "ymm13", 416) LOAD("vmovdqu", "ymm14", 448)
-	    LOAD("vmovdqu", "ymm15", 480)
-	    SWITCH
-	    STORE("vmovdqu", "ymm0", 0) STORE("vmovdqu", "ymm1", 32) STORE("vmovdqu", "ymm2", 64)
-	    STORE("vmovdqu", "ymm3", 96) STORE("vmovdqu", "ymm4", 128) STORE("vmovdqu", "ymm5", 160)
-	    STORE("vmovdqu", "ymm6", 192) STORE("vmovdqu", "ymm7", 224) STORE("vmovdqu", "ymm8", 256)
-	    STORE("vmovdqu", "ymm9", 288) STORE("vmovdqu", "ymm10", 320) STORE("vmovdqu", "ymm11", 352)
-	    STORE("vmovdqu", "ymm12", 384) STORE("vmovdqu", "ymm13", 416) STORE("vmovdqu", "ymm14", 448)
-	    STORE("vmovdqu", "ymm15", 480)
-	    "vzeroupper\n\t"
-	    :
-	    : [in] "r"(in), [out] "r"(out), [how] "r"(how), [spin] "r"(spin), [ts] "r"(&sleep_ts)
-	    : "rax", "rcx", "rdi", "rsi", "r11", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6",
-	      "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");
-}
+/* A round trip through the 16 registers REG (W bytes, moved by INSN),
+ * ending with TAIL. */
+#define ROUND(name, insn, reg, w, tail)                                         \
+	static void name(const uint8_t *in, uint8_t *out, long how, long spin)  \
+	{                                                                       \
+		__asm__ volatile(                                               \
+		    ALL16(LOAD, insn, reg, w) SWITCH ALL16(STORE, insn, reg, w) tail \
+		    :                                                           \
+		    : [in] "r"(in), [out] "r"(out), [how] "r"(how),             \
+		      [spin] "r"(spin), [ts] "r"(&sleep_ts)                     \
+		    : "rax", "rcx", "rdi", "rsi", "r11", "memory", "xmm0",      \
+		      "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7",   \
+		      "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13",       \
+		      "xmm14", "xmm15");                                        \
+	}
+
+ROUND(xmm_round, "movdqu", "xmm", 16, "")
+ROUND(ymm_round, "vmovdqu", "ymm", 32, "vzeroupper\n\t")
 
 /* Compares register by register; returns how many differ, reports some. */
 static unsigned compare(const uint8_t *in, const uint8_t *out, unsigned width,
