@@ -56,7 +56,10 @@ pub use faults::{FaultCounters, IoFaults};
 pub use host_store::{probe, HostStore};
 pub use io::{submit_counted, RawIoVec, StoreIo};
 pub use medium::resize_medium;
-pub use nbd::{is_nbd_uri, libnbd_available, NbdSpec, NbdStore, CLOSE_GRACE, SLOTS as NBD_SLOTS};
+pub use nbd::{
+    is_nbd_uri, libnbd_available, NbdSpec, NbdStore, CLOSE_GRACE, OPEN_TIMEOUT, QUEUE_CAPACITY,
+    SLOTS as NBD_SLOTS,
+};
 /// libnbd's declarations as C text, for the test that compiles them
 /// against `<libnbd.h>` (`ustore/tests/nbd.rs`).
 #[doc(hidden)]

@@ -5,13 +5,25 @@
 //! The vbd's target (`params`) is an NBD URI: `nbd://host[:port]/export`,
 //! `nbd+unix:///export?socket=/path`, or their TLS (`nbds`) and vsock forms,
 //! as libnbd's `nbd_connect_uri(3)` reads them. The store connects once, at
-//! open, and takes from the export:
+//! open (giving up after [`OPEN_TIMEOUT`]: a server that never answers the
+//! handshake cannot hold the vbd's thread), and takes from the export:
 //! - its size (`sectors`, in 512-byte units) and its minimum block size,
 //!   which raises the logical sector size the store emulates; the preferred
 //!   block size is the physical sector size;
 //! - whether it is read-only (writes and discards are then refused),
-//!   whether it flushes (`NBD_CMD_FLUSH`, else no flush is offered) and
-//!   whether it trims (`NBD_CMD_TRIM`: discard, never secure).
+//!   whether it flushes (`NBD_CMD_FLUSH`, else no flush is offered),
+//!   whether it trims (`NBD_CMD_TRIM`: discard, never secure) and whether
+//!   it writes zeroes (`NBD_CMD_WRITE_ZEROES`).
+//!
+//! What each I/O becomes: a read `NBD_CMD_READ`, a write `NBD_CMD_WRITE`,
+//! a flush `NBD_CMD_FLUSH`, a discard `NBD_CMD_TRIM`; a write whose bytes
+//! are all zero becomes `NBD_CMD_WRITE_ZEROES` when the export offers it.
+//! blkif has no write-zeroes operation, so a Linux guest zeroes a range
+//! (`BLKZEROOUT`, `mkfs`, `blkdiscard -z`) by writing pages of zeros: sent
+//! as write-zeroes they cross no wire and leave a qcow2 image sparse. The
+//! range stays allocated (`NO_HOLE`) unless the export trims, that is,
+//! unless its administrator let discards free space (`qemu-nbd
+//! --discard=unmap`).
 //!
 //! One I/O thread per store owns the connection: [`UserStore::submit`]
 //! checks the I/O as every store does (alignment, range, mode), queues it
@@ -23,6 +35,14 @@
 //! their workers. The commands report through a fixed table of
 //! [`SLOTS`] countdowns made at open (`nbd_sys::Connection`); an I/O
 //! waits in the queue while every slot is busy.
+//!
+//! Nothing is allocated per I/O on the store's side: the queue, the
+//! backlog and the table of finished I/Os are made at open for
+//! [`QUEUE_CAPACITY`] I/Os (beyond that they grow once, to the high-water
+//! mark, and keep it), slots and bounce chunks are fixed tables, and every
+//! libnbd callback reports into the slot table. libnbd itself allocates
+//! one record per command it has on the wire (`nbd_aio_*`), which no caller
+//! can avoid.
 //!
 //! A server that goes away fails the I/O in flight and every later one
 //! with [`IoError::Gone`] (no reconnection). Closing waits for the I/O in
@@ -40,7 +60,7 @@ use xbb::host::{IoError, IoTag, MediumInfo, OpenError};
 use xbb::units::{Bytes, Sectors};
 
 use crate::medium::{io_error, validate_io, DiscardCaps, Geometry};
-use crate::nbd_sys::{self, Arena, Command, Connection, EventFd, Handle, NbdError};
+use crate::nbd_sys::{self, Arena, Command, Connection, EventFd, ExportFlags, Handle, NbdError};
 use crate::{CompletionFn, IoFaults, RawIoVec, StoreIo, UserStore};
 
 /// I/Os one store has on the wire at once; more wait in its queue.
@@ -51,8 +71,17 @@ const MAX_COMMAND: u64 = 32 << 20;
 /// The largest trim sent as one command (NBD lengths are 32-bit).
 const MAX_TRIM: u64 = 1 << 30;
 /// How long a closing store waits for a server that stopped answering
-/// before it shuts the connection down.
-pub const CLOSE_GRACE: Duration = Duration::from_secs(30);
+/// before it shuts the connection down. xbb-serve only closes a store with
+/// I/O in flight after its own drain limit (60 s) ran out: together they
+/// stay within the systemd unit's stop timeout (90 s).
+pub const CLOSE_GRACE: Duration = Duration::from_secs(10);
+/// How long opening a store waits for the server's handshake. libxl waits
+/// 10 s for a new vbd to reach InitWait, which comes after the open.
+pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// I/Os the store's queues hold without growing: more than a Linux
+/// front-end keeps in flight by default (up to four queues of 32-request
+/// rings); a larger one makes them grow once, to its high-water mark.
+pub const QUEUE_CAPACITY: usize = 1024;
 /// An I/O of several buffer pieces up to this size is bounced: copied into
 /// (or read into, then out of) one chunk of the store's own memory and sent
 /// as one command. A guest's request arrives as many pieces (each mapped
@@ -93,6 +122,9 @@ pub struct NbdSpec {
     /// How long closing waits for commands on the wire before it cuts the
     /// connection ([`CLOSE_GRACE`] unless a test wants it short).
     pub close_grace: Duration,
+    /// How long opening waits for the handshake ([`OPEN_TIMEOUT`] unless a
+    /// test wants it short).
+    pub open_timeout: Duration,
 }
 
 impl NbdSpec {
@@ -104,6 +136,7 @@ impl NbdSpec {
             sector_size: 512,
             faults: None,
             close_grace: CLOSE_GRACE,
+            open_timeout: OPEN_TIMEOUT,
         }
     }
 }
@@ -131,8 +164,11 @@ struct Job {
 struct Shared {
     geometry: Geometry,
     info: MediumInfo,
-    /// Bytes of one read or write command, a multiple of the sector size.
+    /// Bytes of one read, write or write-zeroes command, a multiple of the
+    /// sector size.
     max_command: u64,
+    /// The export writes zeroes; `Some(keep)`: with `NO_HOLE` when `keep`.
+    zeroes: Option<bool>,
     faults: Option<Arc<IoFaults>>,
     done: CompletionFn,
     queue: Mutex<Queue>,
@@ -199,9 +235,14 @@ impl NbdStore {
                 errno: libc::ENOTSUP,
             }));
         }
-        h.connect_uri(&uri).map_err(fail)?;
+        h.connect_uri(&uri, spec.open_timeout).map_err(fail)?;
         let size = h.size().map_err(fail)?;
-        let (export_ro, can_flush, can_trim) = h.flags().map_err(fail)?;
+        let ExportFlags {
+            read_only: export_ro,
+            flush: can_flush,
+            trim: can_trim,
+            zero: can_zero,
+        } = h.flags().map_err(fail)?;
         let block = |which| h.block_size(which).map_err(fail);
         let min = block(nbd_sys::SIZE_MINIMUM)?;
         let preferred = block(nbd_sys::SIZE_PREFERRED)?;
@@ -258,10 +299,12 @@ impl NbdStore {
             geometry,
             info,
             max_command,
+            // Zeroes may become holes only where discards may.
+            zeroes: (can_zero && !read_only).then_some(!discard.discard),
             faults: spec.faults.clone(),
             done,
             queue: Mutex::new(Queue {
-                jobs: VecDeque::new(),
+                jobs: VecDeque::with_capacity(QUEUE_CAPACITY),
                 in_flight: 0,
                 closing: false,
             }),
@@ -382,8 +425,8 @@ impl IoThread {
             bounced: (0..SLOTS).map(|_| None).collect(),
             free: (0..SLOTS).rev().collect(),
             active: Vec::with_capacity(SLOTS),
-            backlog: VecDeque::new(),
-            finished: Vec::with_capacity(SLOTS),
+            backlog: VecDeque::with_capacity(QUEUE_CAPACITY),
+            finished: Vec::with_capacity(QUEUE_CAPACITY),
             closing_since: None,
             grace,
             cut_off: false,
@@ -406,7 +449,13 @@ impl IoThread {
         loop {
             let closing = {
                 let mut q = sh.lock();
-                self.backlog.extend(q.jobs.drain(..));
+                // The two queues trade places when the backlog is empty
+                // (nothing copied, each keeps its capacity).
+                if self.backlog.is_empty() {
+                    std::mem::swap(&mut self.backlog, &mut q.jobs);
+                } else {
+                    self.backlog.append(&mut q.jobs);
+                }
                 q.closing
             };
             self.start(sh);
@@ -420,13 +469,7 @@ impl IoThread {
             let h = self.conn.handle();
             let dir = h.direction();
             fds[1].fd = h.fd().filter(|_| !h.is_dead() && dir != 0).unwrap_or(-1);
-            fds[1].events = 0;
-            if dir & nbd_sys::DIRECTION_READ != 0 {
-                fds[1].events |= libc::POLLIN;
-            }
-            if dir & nbd_sys::DIRECTION_WRITE != 0 {
-                fds[1].events |= libc::POLLOUT;
-            }
+            fds[1].events = nbd_sys::direction_events(dir);
             let timeout = if closing { 100 } else { -1 };
             if nbd_sys::poll(&mut fds, timeout).is_err() {
                 // poll itself failed (EINVAL, ENOMEM): do not spin.
@@ -435,14 +478,10 @@ impl IoThread {
             if fds[0].revents != 0 {
                 sh.wake.clear();
             }
-            let r = fds[1].revents;
-            if fds[1].fd >= 0 && r != 0 {
-                // Reading first: a reply may change what is to be sent.
-                let _ = if r & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
-                    h.notify_read()
-                } else {
-                    h.notify_write()
-                };
+            if fds[1].fd >= 0 {
+                // A failure leaves the handle dead, which the next turn
+                // sees: every command's callback has run by then.
+                let _ = h.notify(fds[1].revents);
             }
             self.collect();
         }
@@ -469,11 +508,15 @@ impl IoThread {
                 continue;
             }
             self.conn.reset(slot);
-            let io = match self.bounce(slot, job.io) {
-                Ok(()) => None,
-                Err(io) => {
-                    self.issue(sh, slot, &io);
-                    Some(io)
+            let io = if self.zeroes(sh, slot, &job.io) {
+                Some(job.io)
+            } else {
+                match self.bounce(slot, job.io) {
+                    Ok(()) => None,
+                    Err(io) => {
+                        self.issue(sh, slot, &io);
+                        Some(io)
+                    }
                 }
             };
             // The buffers stay the submitter's until the completion; a
@@ -489,6 +532,33 @@ impl IoThread {
                 self.active.push((slot, job.tag));
             }
         }
+    }
+
+    /// Sends a write whose bytes are all zero as write-zeroes commands, when
+    /// the export takes them; `false` (nothing sent) otherwise.
+    fn zeroes(&self, sh: &Shared, slot: usize, io: &StoreIo) -> bool {
+        let (Some(keep), StoreIo::Write { offset, iov }) = (sh.zeroes, io) else {
+            return false;
+        };
+        if !nbd_sys::is_zero(iov) {
+            return false;
+        }
+        let total: u64 = iov.iter().map(|v| v.len as u64).sum();
+        let (mut at, end) = (*offset, offset + total);
+        while at < end {
+            let len = (end - at).min(sh.max_command);
+            let cmd = Command::Zero {
+                offset: at,
+                len,
+                keep,
+            };
+            if let Err(e) = self.conn.issue(slot, cmd) {
+                self.conn.fail(slot, e.errno);
+                break;
+            }
+            at += len;
+        }
+        true
     }
 
     /// Sends a read or write of several pieces, small enough, as one command

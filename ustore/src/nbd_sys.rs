@@ -29,6 +29,7 @@
 use std::cell::Cell;
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use crate::io::RawIoVec;
 
@@ -64,6 +65,9 @@ pub(crate) const SIZE_MAXIMUM: c_int = 2;
 pub(crate) const DIRECTION_READ: c_uint = 1;
 /// `LIBNBD_AIO_DIRECTION_WRITE`.
 pub(crate) const DIRECTION_WRITE: c_uint = 2;
+/// `LIBNBD_CMD_FLAG_NO_HOLE`: a write-zeroes command must leave the range
+/// allocated (no trim, no punched hole).
+pub(crate) const CMD_FLAG_NO_HOLE: u32 = 2;
 
 /// The constants above with their names in `<libnbd.h>`, for the test.
 #[doc(hidden)]
@@ -73,6 +77,7 @@ pub const C_CONSTANTS: &[(&str, i64)] = &[
     ("LIBNBD_SIZE_MAXIMUM", SIZE_MAXIMUM as i64),
     ("LIBNBD_AIO_DIRECTION_READ", DIRECTION_READ as i64),
     ("LIBNBD_AIO_DIRECTION_WRITE", DIRECTION_WRITE as i64),
+    ("LIBNBD_CMD_FLAG_NO_HOLE", CMD_FLAG_NO_HOLE as i64),
 ];
 
 /// Declares the table of libnbd functions: each with its Rust type and
@@ -132,13 +137,19 @@ libnbd! {
         "int (*)(struct nbd_handle *, const char *)";
     nbd_supports_uri: unsafe extern "C" fn(*mut RawHandle) -> c_int =
         "int (*)(struct nbd_handle *)";
-    nbd_connect_uri: unsafe extern "C" fn(*mut RawHandle, *const c_char) -> c_int =
+    nbd_aio_connect_uri: unsafe extern "C" fn(*mut RawHandle, *const c_char) -> c_int =
         "int (*)(struct nbd_handle *, const char *)";
+    nbd_aio_is_connecting: unsafe extern "C" fn(*mut RawHandle) -> c_int =
+        "int (*)(struct nbd_handle *)";
+    nbd_aio_is_ready: unsafe extern "C" fn(*mut RawHandle) -> c_int =
+        "int (*)(struct nbd_handle *)";
     nbd_is_read_only: unsafe extern "C" fn(*mut RawHandle) -> c_int =
         "int (*)(struct nbd_handle *)";
     nbd_can_flush: unsafe extern "C" fn(*mut RawHandle) -> c_int =
         "int (*)(struct nbd_handle *)";
     nbd_can_trim: unsafe extern "C" fn(*mut RawHandle) -> c_int =
+        "int (*)(struct nbd_handle *)";
+    nbd_can_zero: unsafe extern "C" fn(*mut RawHandle) -> c_int =
         "int (*)(struct nbd_handle *)";
     nbd_get_size: unsafe extern "C" fn(*mut RawHandle) -> i64 =
         "int64_t (*)(struct nbd_handle *)";
@@ -153,6 +164,8 @@ libnbd! {
     nbd_aio_flush: unsafe extern "C" fn(*mut RawHandle, Completion, u32) -> i64 =
         "int64_t (*)(struct nbd_handle *, nbd_completion_callback, uint32_t)";
     nbd_aio_trim: unsafe extern "C" fn(*mut RawHandle, u64, u64, Completion, u32) -> i64 =
+        "int64_t (*)(struct nbd_handle *, uint64_t, uint64_t, nbd_completion_callback, uint32_t)";
+    nbd_aio_zero: unsafe extern "C" fn(*mut RawHandle, u64, u64, Completion, u32) -> i64 =
         "int64_t (*)(struct nbd_handle *, uint64_t, uint64_t, nbd_completion_callback, uint32_t)";
     nbd_aio_get_fd: unsafe extern "C" fn(*mut RawHandle) -> c_int =
         "int (*)(struct nbd_handle *)";
@@ -219,6 +232,31 @@ fn last_error(lib: &Lib) -> (String, i32) {
     (msg, if errno > 0 { errno } else { libc::EIO })
 }
 
+/// What an export offers, read once after the handshake.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ExportFlags {
+    /// Writes, trims and zeroes are refused.
+    pub(crate) read_only: bool,
+    /// `NBD_CMD_FLUSH`.
+    pub(crate) flush: bool,
+    /// `NBD_CMD_TRIM`.
+    pub(crate) trim: bool,
+    /// `NBD_CMD_WRITE_ZEROES`.
+    pub(crate) zero: bool,
+}
+
+/// The `poll` events that serve libnbd's `direction` (`DIRECTION_*`).
+pub(crate) fn direction_events(dir: c_uint) -> i16 {
+    let mut events = 0;
+    if dir & DIRECTION_READ != 0 {
+        events |= libc::POLLIN;
+    }
+    if dir & DIRECTION_WRITE != 0 {
+        events |= libc::POLLOUT;
+    }
+    events
+}
+
 /// A libnbd error: its message and errno.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct NbdError {
@@ -274,28 +312,69 @@ impl Handle {
         unsafe { (self.lib.nbd_supports_uri)(self.h) == 1 }
     }
 
-    /// Connects to `uri` and negotiates (blocking).
-    pub(crate) fn connect_uri(&self, uri: &CStr) -> Result<(), NbdError> {
+    /// Connects to `uri` and negotiates, giving up after `timeout`: a
+    /// server that accepts the connection but never answers the handshake
+    /// (or a host that drops it) cannot hold the caller longer.
+    /// Name resolution of a host name runs inside libnbd and is bounded by
+    /// the resolver's own timeouts.
+    pub(crate) fn connect_uri(&self, uri: &CStr, timeout: Duration) -> Result<(), NbdError> {
         // SAFETY: `h` is live; `uri` is NUL-terminated and only read
-        // during the call.
-        let r = unsafe { (self.lib.nbd_connect_uri)(self.h, uri.as_ptr()) };
-        self.check(i64::from(r)).map(|_| ())
+        // during the call (libnbd copies what it keeps).
+        let r = unsafe { (self.lib.nbd_aio_connect_uri)(self.h, uri.as_ptr()) };
+        self.check(i64::from(r))?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            // SAFETY: `h` is live.
+            if unsafe { (self.lib.nbd_aio_is_ready)(self.h) } == 1 {
+                return Ok(());
+            }
+            // SAFETY: `h` is live.
+            let connecting = unsafe { (self.lib.nbd_aio_is_connecting)(self.h) } == 1;
+            if !connecting || self.is_dead() {
+                return Err(NbdError {
+                    msg: String::from("the connection ended during the handshake"),
+                    errno: libc::ECONNRESET,
+                });
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some(fd) = self.fd().filter(|_| !left.is_zero()) else {
+                return Err(NbdError {
+                    msg: format!("no answer within {} s", timeout.as_secs()),
+                    errno: libc::ETIMEDOUT,
+                });
+            };
+            let dir = self.direction();
+            let mut fds = [libc::pollfd {
+                fd,
+                events: direction_events(dir),
+                revents: 0,
+            }];
+            let ms = i32::try_from(left.as_millis().max(1)).unwrap_or(i32::MAX);
+            poll(&mut fds, ms).map_err(|e| NbdError {
+                msg: format!("poll: {e}"),
+                errno: e.raw_os_error().unwrap_or(libc::EIO),
+            })?;
+            self.notify(fds[0].revents)?;
+        }
     }
 
-    /// `nbd_is_read_only`, `nbd_can_flush`, `nbd_can_trim`: `Ok(true)` when
-    /// the export says so.
-    pub(crate) fn flags(&self) -> Result<(bool, bool, bool), NbdError> {
+    /// What the export offers (`nbd_is_read_only`, `nbd_can_flush`,
+    /// `nbd_can_trim`, `nbd_can_zero`).
+    pub(crate) fn flags(&self) -> Result<ExportFlags, NbdError> {
         // SAFETY: `h` is live and connected.
         let ro = unsafe { (self.lib.nbd_is_read_only)(self.h) };
         // SAFETY: as above.
         let flush = unsafe { (self.lib.nbd_can_flush)(self.h) };
         // SAFETY: as above.
         let trim = unsafe { (self.lib.nbd_can_trim)(self.h) };
-        Ok((
-            self.check(i64::from(ro))? == 1,
-            self.check(i64::from(flush))? == 1,
-            self.check(i64::from(trim))? == 1,
-        ))
+        // SAFETY: as above.
+        let zero = unsafe { (self.lib.nbd_can_zero)(self.h) };
+        Ok(ExportFlags {
+            read_only: self.check(i64::from(ro))? == 1,
+            flush: self.check(i64::from(flush))? == 1,
+            trim: self.check(i64::from(trim))? == 1,
+            zero: self.check(i64::from(zero))? == 1,
+        })
     }
 
     /// The export's size in bytes.
@@ -326,9 +405,23 @@ impl Handle {
         unsafe { (self.lib.nbd_aio_get_direction)(self.h) }
     }
 
+    /// Lets libnbd act on what `poll` reported for its socket (`revents`):
+    /// read first (a reply may change what is to be sent, and a hang-up or
+    /// error is seen by reading), else write. Callbacks of completed
+    /// commands run inside, on this thread.
+    pub(crate) fn notify(&self, revents: i16) -> Result<(), NbdError> {
+        if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+            self.notify_read()
+        } else if revents & libc::POLLOUT != 0 {
+            self.notify_write()
+        } else {
+            Ok(())
+        }
+    }
+
     /// The socket is readable (or hung up): lets libnbd read, which may
     /// run completion callbacks on this thread.
-    pub(crate) fn notify_read(&self) -> Result<(), NbdError> {
+    fn notify_read(&self) -> Result<(), NbdError> {
         // SAFETY: `h` is live; callbacks run here get the user data their
         // commands were issued with (kept valid by those callers).
         let r = unsafe { (self.lib.nbd_aio_notify_read)(self.h) };
@@ -336,7 +429,7 @@ impl Handle {
     }
 
     /// The socket is writable: lets libnbd send.
-    pub(crate) fn notify_write(&self) -> Result<(), NbdError> {
+    fn notify_write(&self) -> Result<(), NbdError> {
         // SAFETY: as notify_read.
         let r = unsafe { (self.lib.nbd_aio_notify_write)(self.h) };
         self.check(i64::from(r)).map(|_| ())
@@ -415,6 +508,9 @@ pub(crate) enum Command {
     Flush,
     /// Trim `len` bytes at `offset`.
     Trim { offset: u64, len: u64 },
+    /// Write `len` zero bytes at `offset` (`NBD_CMD_WRITE_ZEROES`); with
+    /// `keep`, the range stays allocated (`LIBNBD_CMD_FLAG_NO_HOLE`).
+    Zero { offset: u64, len: u64, keep: bool },
 }
 
 /// A connected handle and the countdowns its commands report to, one per
@@ -448,7 +544,7 @@ impl Connection {
     /// reports the I/O complete, or reuses the chunk, only when
     /// [`Connection::state`] shows no command of the slot left.
     pub(crate) fn issue(&self, slot: usize, cmd: Command) -> Result<(), NbdError> {
-        let c = self.table.get(slot).ok_or(NbdError {
+        let c = self.table.get(slot).ok_or_else(|| NbdError {
             msg: String::from("no such slot"),
             errno: libc::EINVAL,
         })?;
@@ -476,6 +572,11 @@ impl Connection {
             Command::Flush => unsafe { (lib.nbd_aio_flush)(h, done, 0) },
             // SAFETY: `h` is live; `done.user_data` as above.
             Command::Trim { offset, len } => unsafe { (lib.nbd_aio_trim)(h, len, offset, done, 0) },
+            // SAFETY: `h` is live; `done.user_data` as above.
+            Command::Zero { offset, len, keep } => unsafe {
+                let flags = if keep { CMD_FLAG_NO_HOLE } else { 0 };
+                (lib.nbd_aio_zero)(h, len, offset, done, flags)
+            },
         };
         if r < 0 {
             // Refused: libnbd never calls the callback of a command it did
@@ -591,6 +692,35 @@ pub(crate) fn copy_pieces(from: &[RawIoVec], to: &[RawIoVec]) {
             to_off = 0;
         }
     }
+}
+
+/// Whether every byte of `pieces` is zero: the test that turns a guest's
+/// write of zeros into a write-zeroes command, read word by word through
+/// raw pointers and stopping at the first byte that is not zero.
+///
+/// `pieces` are [`RawIoVec`]s under their obligation: mapped, readable,
+/// not referenced by Rust code.
+pub(crate) fn is_zero(pieces: &[RawIoVec]) -> bool {
+    const WORD: usize = core::mem::size_of::<u64>();
+    for p in pieces {
+        let words = p.len / WORD;
+        for i in 0..words {
+            // SAFETY: the word lies in `p.addr .. p.addr + p.len`, a
+            // readable range not referenced by Rust (the contract above);
+            // an unaligned read assumes nothing of `p.addr`.
+            let w = unsafe { core::ptr::read_unaligned((p.addr + i * WORD) as *const u64) };
+            if w != 0 {
+                return false;
+            }
+        }
+        for i in words * WORD..p.len {
+            // SAFETY: as above, one byte inside the piece.
+            if unsafe { core::ptr::read((p.addr + i) as *const u8) } != 0 {
+                return false;
+            }
+        }
+    }
+    true
 }
 
 /// A counter the I/O thread sleeps on beside the socket (`eventfd(2)`).

@@ -1,8 +1,10 @@
 //! The NBD store beyond the conformance suite: its libnbd declarations
-//! against `<libnbd.h>`, and how it fails — bad URIs, a request past the
+//! against `<libnbd.h>`, which NBD command each I/O becomes (writes of
+//! zeros as write-zeroes, where the export has it), and how it fails — bad
+//! URIs, a server that never answers the handshake, a request past the
 //! export's end, a read-only export that neither flushes nor trims, block
-//! size constraints, a server killed with I/O on the wire, a server that
-//! stops answering while the store closes.
+//! size constraints, errors the server returns, a server killed with I/O
+//! on the wire, a server that stops answering while the store closes.
 //!
 //! Skipped with a message where libnbd, nbdkit or the header is missing,
 //! unless `XBB_REQUIRE_NBD` is set.
@@ -565,4 +567,287 @@ fn scattered_buffers_bounced_or_not_land_in_order() {
         assert!(&back.0[p * 4096..(p + 1) * 4096] == want, "big piece {p}");
     }
     s.close();
+}
+
+/// The commands nbdkit's log filter recorded: (command, offset, count, the
+/// rest of the line).
+fn logged(log: &std::path::Path) -> Vec<(String, u64, u64, String)> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let hex = |l: &str, key: &str| -> Option<u64> {
+        let v = l.split(' ').find_map(|w| w.strip_prefix(key))?;
+        u64::from_str_radix(v.trim_start_matches("0x"), 16).ok()
+    };
+    // Request lines only: replies ("...Zero id=1 return=0") have no offset.
+    text.lines()
+        .filter_map(|l| {
+            let cmd = l.split(' ').nth(3)?.to_string();
+            Some((cmd, hex(l, "offset=")?, hex(l, "count=")?, l.to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn writes_of_zeros_become_write_zeroes() {
+    let dir = std::env::temp_dir().join(format!("xbb-nbd-zlog-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("log");
+    let logfile = format!("logfile={}", log.display());
+    let Some(srv) = NbdServer::nbdkit("zeroes", MEDIUM, &["--filter=log"], &[&logfile]) else {
+        return;
+    };
+    let done = Arc::new(Done::default());
+    let s = open(&NbdSpec::new(&srv.uri), &done).unwrap();
+    let mut data = Buf::new(65536, 0xAB);
+    assert_eq!(
+        run(
+            &*s,
+            &done,
+            1,
+            StoreIo::Write {
+                offset: 0,
+                iov: data.iov()
+            }
+        ),
+        Ok(())
+    );
+    // Zeros in four pieces, out of order; and a write of zeros but one
+    // byte, which must go out as data.
+    let mut z = Buf::new(32768, 0);
+    let base = z.0.as_mut_ptr() as usize;
+    let iov = [2usize, 0, 3, 1]
+        .iter()
+        .map(|k| RawIoVec {
+            addr: base + k * 8192,
+            len: 8192,
+        })
+        .collect();
+    assert_eq!(
+        run(&*s, &done, 2, StoreIo::Write { offset: 8192, iov }),
+        Ok(())
+    );
+    let mut almost = Buf::new(8192, 0);
+    almost.0[8191] = 1;
+    assert_eq!(
+        run(
+            &*s,
+            &done,
+            3,
+            StoreIo::Write {
+                offset: 49152,
+                iov: almost.iov()
+            }
+        ),
+        Ok(())
+    );
+    let mut back = Buf::new(65536, 0xEE);
+    assert_eq!(
+        run(
+            &*s,
+            &done,
+            4,
+            StoreIo::Read {
+                offset: 0,
+                iov: back.iov()
+            }
+        ),
+        Ok(())
+    );
+    s.close();
+    assert!(back.0[..8192].iter().all(|&b| b == 0xAB));
+    assert!(back.0[8192..40960].iter().all(|&b| b == 0), "zeros");
+    assert!(back.0[40960..49152].iter().all(|&b| b == 0xAB));
+    assert!(back.0[49152..57343].iter().all(|&b| b == 0));
+    assert_eq!(back.0[57343], 1);
+    assert!(back.0[57344..].iter().all(|&b| b == 0xAB));
+    // nbdkit's memory plugin trims, so the zeroed range may become a hole
+    // (no NO_HOLE flag: the filter logs "trim=1").
+    let cmds = logged(&log);
+    let zero: Vec<_> = cmds.iter().filter(|c| c.0 == "Zero").collect();
+    assert_eq!(zero.len(), 1, "{cmds:?}");
+    assert_eq!((zero[0].1, zero[0].2), (8192, 32768), "{cmds:?}");
+    assert!(zero[0].3.contains("trim=1"), "{cmds:?}");
+    assert!(
+        cmds.iter()
+            .any(|c| c.0 == "Write" && c.1 == 49152 && c.2 == 8192),
+        "the write with one byte set went out as a write: {cmds:?}"
+    );
+    assert!(
+        !cmds.iter().any(|c| c.0 == "Write" && c.1 == 8192),
+        "the zeros went out as data: {cmds:?}"
+    );
+    drop(srv);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn without_write_zeroes_zeros_are_written_as_data() {
+    let dir = std::env::temp_dir().join(format!("xbb-nbd-nozero-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("log");
+    let logfile = format!("logfile={}", log.display());
+    let Some(srv) = NbdServer::nbdkit(
+        "nozero",
+        MEDIUM,
+        &["--filter=log", "--filter=nozero"],
+        &[&logfile],
+    ) else {
+        return;
+    };
+    let done = Arc::new(Done::default());
+    let s = open(&NbdSpec::new(&srv.uri), &done).unwrap();
+    let mut data = Buf::new(16384, 0x5C);
+    let mut zeros = Buf::new(8192, 0);
+    assert_eq!(
+        run(
+            &*s,
+            &done,
+            1,
+            StoreIo::Write {
+                offset: 0,
+                iov: data.iov()
+            }
+        ),
+        Ok(())
+    );
+    assert_eq!(
+        run(
+            &*s,
+            &done,
+            2,
+            StoreIo::Write {
+                offset: 4096,
+                iov: zeros.iov()
+            }
+        ),
+        Ok(())
+    );
+    let mut back = Buf::new(16384, 0xEE);
+    assert_eq!(
+        run(
+            &*s,
+            &done,
+            3,
+            StoreIo::Read {
+                offset: 0,
+                iov: back.iov()
+            }
+        ),
+        Ok(())
+    );
+    s.close();
+    assert!(back.0[..4096].iter().all(|&b| b == 0x5C));
+    assert!(back.0[4096..12288].iter().all(|&b| b == 0));
+    assert!(back.0[12288..].iter().all(|&b| b == 0x5C));
+    let cmds = logged(&log);
+    assert!(!cmds.iter().any(|c| c.0 == "Zero"), "{cmds:?}");
+    assert!(
+        cmds.iter()
+            .any(|c| c.0 == "Write" && c.1 == 4096 && c.2 == 8192),
+        "{cmds:?}"
+    );
+    drop(srv);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn server_errors_fail_the_io_and_the_store_carries_on() {
+    // While the file exists the server fails reads, trims and zeroes with
+    // EIO and writes with ENOSPC (nbdkit's error filter).
+    let dir = std::env::temp_dir().join(format!("xbb-nbd-errors-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fail = dir.join("fail");
+    let f = fail.display();
+    let params = [
+        format!("error-file={f}"),
+        String::from("error=EIO"),
+        String::from("error-rate=100%"),
+        format!("error-pwrite-file={f}"),
+        String::from("error-pwrite=ENOSPC"),
+        String::from("error-pwrite-rate=100%"),
+    ];
+    let params: Vec<&str> = params.iter().map(String::as_str).collect();
+    let Some(srv) = NbdServer::nbdkit("errors", MEDIUM, &["--filter=error"], &params) else {
+        return;
+    };
+    let done = Arc::new(Done::default());
+    let s = open(&NbdSpec::new(&srv.uri), &done).unwrap();
+    let mut a = Buf::new(8192, 0x42);
+    let write = |tag, b: &mut Buf| {
+        run(
+            &*s,
+            &done,
+            tag,
+            StoreIo::Write {
+                offset: 0,
+                iov: b.iov(),
+            },
+        )
+    };
+    assert_eq!(write(1, &mut a), Ok(()));
+    std::fs::write(&fail, b"").unwrap();
+    let mut b = Buf::new(8192, 0x77);
+    let mut zeros = Buf::new(8192, 0);
+    let mut r = Buf::new(8192, 0);
+    assert_eq!(write(2, &mut b), Err(IoError::NoSpace), "write");
+    assert_eq!(write(3, &mut zeros), Err(IoError::Io), "write of zeros");
+    let read = |tag, r: &mut Buf| {
+        run(
+            &*s,
+            &done,
+            tag,
+            StoreIo::Read {
+                offset: 0,
+                iov: r.iov(),
+            },
+        )
+    };
+    assert_eq!(read(4, &mut r), Err(IoError::Io), "read");
+    let discard = StoreIo::Discard {
+        offset: 0,
+        len: 4096,
+        secure: false,
+    };
+    assert_eq!(run(&*s, &done, 5, discard), Err(IoError::Io), "discard");
+    // The server recovers: the connection was never lost, the data is
+    // what the last successful write left.
+    std::fs::remove_file(&fail).unwrap();
+    assert_eq!(read(6, &mut r), Ok(()));
+    assert!(
+        r.0.iter().all(|&x| x == 0x42),
+        "a failed write changed data"
+    );
+    assert_eq!(write(7, &mut b), Ok(()));
+    assert_eq!(read(8, &mut r), Ok(()));
+    assert!(r.0.iter().all(|&x| x == 0x77));
+    s.close();
+    drop(srv);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_server_that_never_answers_the_handshake_is_given_up() {
+    if let Err(e) = xbb_ustore::libnbd_available() {
+        return unavailable(&e).unwrap_or(());
+    }
+    // A socket that takes connections into its backlog and never speaks.
+    let dir = std::env::temp_dir().join(format!("xbb-nbd-mute-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("sock");
+    let _ = std::fs::remove_file(&sock);
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let spec = NbdSpec {
+        open_timeout: Duration::from_secs(1),
+        ..NbdSpec::new(&format!("nbd+unix:///?socket={}", sock.display()))
+    };
+    let done = Arc::new(Done::default());
+    let t = Instant::now();
+    let r = open(&spec, &done).err();
+    assert_eq!(r, Some(OpenError::Other(libc::ETIMEDOUT)));
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "open waited {:?}",
+        t.elapsed()
+    );
+    drop(listener);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -368,8 +368,9 @@ type Property = fn(&Fixture, &dyn UserStore);
 const DEVICE_SECTOR_SIZES: [u32; 2] = [512, 4096];
 
 /// The properties checked over a block device named by the environment.
-const DEVICE_PROPERTIES: [(&str, Property); 12] = [
+const DEVICE_PROPERTIES: [(&str, Property); 13] = [
     ("info", prop_info),
+    ("zeros", prop_zeros_overwrite_data),
     ("discardgeo", prop_discard_geometry),
     ("resize", prop_resize),
     ("roundtrip", prop_roundtrip_multi_iovec),
@@ -542,6 +543,55 @@ fn prop_flush(fx: &Fixture, s: &dyn UserStore) {
     fx.write(s, 0, iov).unwrap();
     assert_eq!(fx.run(s, StoreIo::Flush), Ok(()));
     assert!(fx.file_bytes(0, ss) == b.bytes());
+}
+
+/// Writes of zeros (a guest zeroing a range: blkif has no write-zeroes
+/// operation) replace the data with zeros, whatever the store makes of
+/// them (the NBD store sends write-zeroes); a write of zeros but one byte
+/// keeps that byte.
+fn prop_zeros_overwrite_data(fx: &Fixture, s: &dyn UserStore) {
+    let ss = fx.ss();
+    let len = 16 * ss;
+    let mut b = Buf::filled(len, 33);
+    fx.write(s, 0, vec![b.iov(0, len)]).unwrap();
+    // Sectors 2..8 zeroed by pieces taken out of order.
+    let mut z = Buf::new(6 * ss);
+    let iov = vec![
+        z.iov(4 * ss, 2 * ss),
+        z.iov(0, 2 * ss),
+        z.iov(2 * ss, 2 * ss),
+    ];
+    fx.write(s, (2 * ss) as u64, iov).unwrap();
+    // Sectors 10..12: zeros but their very last byte.
+    let mut almost = Buf::new(2 * ss);
+    almost.bytes_mut()[2 * ss - 1] = 0x99;
+    fx.write(s, (10 * ss) as u64, vec![almost.iov(0, 2 * ss)])
+        .unwrap();
+    let got = fx.read_buf(s, 0, len);
+    let (got, want) = (got.bytes(), b.bytes());
+    let case = fx.case;
+    assert!(got[..2 * ss] == want[..2 * ss], "{case:?}: before");
+    assert!(
+        got[2 * ss..8 * ss].iter().all(|&x| x == 0),
+        "{case:?}: zeroed"
+    );
+    assert!(
+        got[8 * ss..10 * ss] == want[8 * ss..10 * ss],
+        "{case:?}: between"
+    );
+    assert!(
+        got[10 * ss..12 * ss - 1].iter().all(|&x| x == 0),
+        "{case:?}: almost zero"
+    );
+    assert_eq!(got[12 * ss - 1], 0x99, "{case:?}: the one byte");
+    assert!(got[12 * ss..] == want[12 * ss..], "{case:?}: after");
+    // On the medium itself, too.
+    assert!(
+        fx.file_bytes((2 * ss) as u64, 6 * ss)
+            .iter()
+            .all(|&x| x == 0),
+        "{case:?}: the medium"
+    );
 }
 
 fn prop_discard(fx: &Fixture, s: &dyn UserStore) {
@@ -1060,6 +1110,11 @@ fn flush_completes() {
 }
 
 #[test]
+fn written_zeros_read_back_as_zeros() {
+    for_every_case("zeros", prop_zeros_overwrite_data);
+}
+
+#[test]
 fn discard_reads_back_zeros() {
     for_every_case("discard", prop_discard);
 }
@@ -1293,8 +1348,9 @@ fn loop_device_discard_and_resize() {
 
 /// The properties checked over an NBD export (resizing and a file that
 /// shrinks behind the store's back do not apply: an export has one size).
-const NBD_PROPERTIES: [(&str, Property); 11] = [
+const NBD_PROPERTIES: [(&str, Property); 12] = [
     ("info", prop_info),
+    ("zeros", prop_zeros_overwrite_data),
     ("roundtrip", prop_roundtrip_multi_iovec),
     ("persector", prop_whole_medium_sector_by_sector),
     ("inflight", prop_many_in_flight),
