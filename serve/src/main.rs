@@ -118,6 +118,8 @@ fn main() -> ExitCode {
     if let Err(e) = xbb_serve::fault::install() {
         eprintln!("xbb-serve: cannot install the fatal-signal report: {e}");
     }
+    // The NBD store's bounce chunks are listed with the mappings.
+    xbb_serve::fault::track_store_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let cfg = match parse(&args) {
         Ok(Asked::Serve(c)) => c,

@@ -26,6 +26,8 @@
 //!   [`NbdStore`] instead (`nbd.rs`): an NBD export through libnbd, loaded
 //!   at run time (`nbd_sys.rs`), with one I/O thread per store that
 //!   pipelines the commands and reports through the same [`CompletionFn`].
+//!   Memory a store sets aside for guest data is reported to the process's
+//!   watcher, if it installed one ([`watch_store_memory`]).
 //! - [`IoFaults`] injects failures for tests; [`resize_medium`] grows or
 //!   shrinks a medium under an open store, which sees the new size in its
 //!   next [`UserStore::info`].
@@ -51,6 +53,7 @@ mod nbd_sys;
 mod pool;
 #[allow(unsafe_code)]
 mod sys;
+mod watch;
 
 pub use faults::{FaultCounters, IoFaults};
 pub use host_store::{probe, HostStore};
@@ -65,6 +68,7 @@ pub use nbd::{
 #[doc(hidden)]
 pub use nbd_sys::{C_CONSTANTS as NBD_C_CONSTANTS, C_PROTOTYPES as NBD_C_PROTOTYPES};
 pub use pool::BackingStore;
+pub use watch::{watch_store_memory, MemoryWatch};
 pub use xbb::host::StoreKind;
 
 /// Called once per successfully submitted I/O, from a worker thread, with the

@@ -622,6 +622,9 @@ impl Connection {
 pub(crate) struct Arena {
     ptr: *mut u8,
     layout: std::alloc::Layout,
+    /// The report of this memory to the process's watcher (xbb-serve's
+    /// fault table), withdrawn before the memory is freed.
+    watched: Option<Box<dyn Send>>,
 }
 
 // SAFETY: the arena is plain memory owned by one thread at a time (the
@@ -635,7 +638,15 @@ impl Arena {
         let layout = std::alloc::Layout::from_size_align(len.max(1), 4096).ok()?;
         // SAFETY: the layout has a non-zero size.
         let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-        (!ptr.is_null()).then_some(Arena { ptr, layout })
+        if ptr.is_null() {
+            return None;
+        }
+        let watched = crate::watch::watched(ptr as usize, layout.size());
+        Some(Arena {
+            ptr,
+            layout,
+            watched,
+        })
     }
 
     /// Bytes `offset..offset + len` of the arena (clamped to it).
@@ -650,6 +661,7 @@ impl Arena {
 
 impl Drop for Arena {
     fn drop(&mut self) {
+        drop(self.watched.take());
         // SAFETY: allocated in `new` with this layout, freed once; nothing
         // uses it any more (the connection that wrote into it is closed
         // first: see `IoThread`'s field order).

@@ -1,5 +1,6 @@
 //! The NBD store as its process sees it, in a test binary of its own: the
-//! binary's global allocator counts.
+//! binary's global allocator counts, and the watcher of store memory is
+//! one per process.
 //!
 //! - No allocation on the I/O path (DESIGN.md, "Rules every room keeps"):
 //!   after a warm-up, a batch of reads and writes (single and scattered
@@ -8,11 +9,14 @@
 //!   I/O thread count their allocations; both counts must be zero. libnbd's
 //!   own record per command comes from the C allocator and is not counted
 //!   (no caller can avoid it).
+//! - The memory the store copies guest data through is reported to the
+//!   process's watcher while the store is open (xbb-serve lists it in its
+//!   fatal-signal report).
 //!
 //! Skipped with a message where libnbd or nbdkit is missing, unless
 //! `XBB_REQUIRE_NBD` is set.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,7 +30,7 @@ use support::NbdServer;
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
-/// The tests share the process: one at a time.
+/// The tests share the process's watcher: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
 const MEDIUM: u64 = 16 << 20;
@@ -170,4 +174,49 @@ fn the_io_path_allocates_nothing() {
     assert_eq!(probe.failed.load(Ordering::Acquire), 0, "an I/O failed");
     assert_eq!(submitter, 0, "submitting allocated");
     assert_eq!(io_thread, 0, "the store's I/O thread allocated");
+}
+
+/// Store memory the watcher was told about and has not seen dropped.
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static BYTES: AtomicUsize = AtomicUsize::new(0);
+
+struct Report;
+
+impl Drop for Report {
+    fn drop(&mut self) {
+        LIVE.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn watcher(_addr: usize, len: usize) -> Box<dyn Send> {
+    LIVE.fetch_add(1, Ordering::AcqRel);
+    BYTES.store(len, Ordering::Release);
+    Box::new(Report)
+}
+
+#[test]
+fn the_bounce_memory_is_reported_while_the_store_is_open() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(srv) = NbdServer::nbdkit("watch", MEDIUM, &[], &[]) else {
+        return;
+    };
+    xbb_ustore::watch_store_memory(watcher);
+    let probe = Arc::new(Probe::default());
+    let s = open(&srv, &probe).unwrap();
+    // The I/O thread makes its chunks as it starts; one I/O has gone
+    // through it once its completion came.
+    s.submit(IoTag(1), StoreIo::Flush).unwrap();
+    probe.wait(1);
+    assert_eq!(
+        LIVE.load(Ordering::Acquire),
+        1,
+        "the chunks were not reported"
+    );
+    assert_eq!(BYTES.load(Ordering::Acquire), 8 << 20);
+    s.close();
+    assert_eq!(
+        LIVE.load(Ordering::Acquire),
+        0,
+        "the report outlived the store"
+    );
 }
