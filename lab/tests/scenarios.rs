@@ -168,6 +168,10 @@ fn malformed_scenarios_are_refused() {
         "[[guest]]\nstore = \"nbd\"\n[[step]]\ndo = \"resize\"\nsize = 8192\n",
         // an unknown store kind
         "[[guest]]\nstore = \"iscsi\"\n",
+        // an nbd_server step on a guest without an nbd store, and an
+        // unknown action
+        "[[guest]]\n[[step]]\ndo = \"nbd_server\"\naction = \"kill\"\n",
+        "[[guest]]\nstore = \"nbd\"\n[[step]]\ndo = \"nbd_server\"\naction = \"pause\"\n",
         // more descriptor pages than indirect_grefs has (issue 13, finding
         // 9: refused at load, no longer clamped to 8)
         "[[guest]]\n[[step]]\ndo = \"request\"\nop = \"indirect\"\npages = 1\nindirect_pages = 9\n",

@@ -3,18 +3,25 @@
 //! dropped. The guest's vbd then names its export (`params` =
 //! `nbd+unix:///?socket=...`) and the back-end serves it with the user-space
 //! NBD store, as xbb-serve does a qcow2 image behind `qemu-nbd`.
+//!
+//! nbdkit's error filter sits in front of the plugin: while a file of the
+//! run's directory exists, every read, write, trim and write-zeroes fails
+//! with `EIO` (`nbd_server` steps: `fail`, `recover`); `kill` ends the
+//! server.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{GuestSpec, Scenario, StoreKindSpec};
+use super::{GuestSpec, NbdServerAction, Scenario, StoreKindSpec};
 
 /// A running `nbdkit memory`.
 #[derive(Debug)]
 pub(super) struct NbdKit {
     child: Child,
     sock: PathBuf,
+    /// While this file exists the server fails every command.
+    fail: PathBuf,
     /// The export's URI.
     pub(super) uri: String,
 }
@@ -25,14 +32,19 @@ impl NbdKit {
     pub(super) fn start(dir: &Path, name: &str, bytes: u64) -> Result<NbdKit, String> {
         let sock = dir.join(format!("{name}.sock"));
         let pid = dir.join(format!("{name}.nbdkit.pid"));
+        let fail = dir.join(format!("{name}.nbdkit.fail"));
         let _ = std::fs::remove_file(&pid);
+        let _ = std::fs::remove_file(&fail);
         let mut child = Command::new("nbdkit")
             .args(["-f", "--exit-with-parent", "-P"])
             .arg(&pid)
             .arg("-U")
             .arg(&sock)
+            .arg("--filter=error")
             .arg("memory")
             .arg(format!("size={bytes}"))
+            .args(["error=EIO", "error-rate=100%"])
+            .arg(format!("error-file={}", fail.display()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()
@@ -53,7 +65,24 @@ impl NbdKit {
             uri: format!("nbd+unix:///?socket={}", sock.display()),
             child,
             sock,
+            fail,
         })
+    }
+
+    /// Carries out an `nbd_server` step.
+    pub(super) fn act(&mut self, action: NbdServerAction) -> Result<(), String> {
+        match action {
+            NbdServerAction::Fail => {
+                std::fs::write(&self.fail, b"").map_err(|e| format!("{}: {e}", self.fail.display()))
+            }
+            NbdServerAction::Recover => std::fs::remove_file(&self.fail)
+                .map_err(|e| format!("{}: {e}", self.fail.display())),
+            NbdServerAction::Kill => {
+                self.child.kill().map_err(|e| format!("kill nbdkit: {e}"))?;
+                let _ = self.child.wait();
+                Ok(())
+            }
+        }
     }
 }
 
@@ -62,6 +91,7 @@ impl Drop for NbdKit {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.sock);
+        let _ = std::fs::remove_file(&self.fail);
     }
 }
 

@@ -146,6 +146,16 @@ impl Scenario {
                     }
                 }
             }
+            Step::NbdServer { guest, .. } => {
+                for gi in guest.resolve(names) {
+                    if self.guests[gi].store != StoreKindSpec::Nbd {
+                        return Err(format!(
+                            "guest {}: nbd_server needs an nbd store",
+                            names[gi]
+                        ));
+                    }
+                }
+            }
             Step::RawSlot { hex, .. } if parse_hex(hex).is_none() => {
                 return Err(String::from("`hex` is not an even number of hex digits"));
             }
@@ -339,6 +349,7 @@ impl Step {
             | Step::Workload { guest, .. }
             | Step::InjectIo(InjectIoSpec { guest, .. })
             | Step::InjectGrant(InjectGrantSpec { guest, .. })
+            | Step::NbdServer { guest, .. }
             | Step::Expect { guest, .. } => Some(guest),
             Step::MountRoot {} => None,
         }
