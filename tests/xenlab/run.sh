@@ -55,8 +55,10 @@ case " $SCEN_LIST " in *" 2 "*) FULL=1 ;; esac
 if [ -z "$TIMEOUT" ]; then
 	TIMEOUT=$([ $FULL = 1 ] && echo 3600 || echo 900)
 	case " $SCEN_LIST " in *" 9 "*) TIMEOUT=$((TIMEOUT + ${XENLAB_STRESS_SECS:-240} + 300)) ;; esac
-	# Scenario 10 boots four guests (one with three disks), 11 a guest on
-	# a qcow2 image through NBD: about 400 and 300 s under TCG.
+	# Scenario 10 boots four guests (one with three disks, two that must
+	# fail), 11 a guest on a qcow2 image through NBD: estimated at
+	# 110-250 s and 45-120 s under TCG (README.md, not measured yet), with
+	# room for a loaded machine.
 	case " $SCEN_LIST " in *" 10 "*) TIMEOUT=$((TIMEOUT + 500)) ;; esac
 	case " $SCEN_LIST " in *" 11 "*) TIMEOUT=$((TIMEOUT + 400)) ;; esac
 fi
