@@ -851,3 +851,55 @@ fn a_server_that_never_answers_the_handshake_is_given_up() {
     drop(listener);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn each_io_becomes_its_nbd_command() {
+    let dir = std::env::temp_dir().join(format!("xbb-nbd-cmds-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("log");
+    let logfile = format!("logfile={}", log.display());
+    let Some(srv) = NbdServer::nbdkit("cmds", MEDIUM, &["--filter=log"], &[&logfile]) else {
+        return;
+    };
+    let done = Arc::new(Done::default());
+    let s = open(&NbdSpec::new(&srv.uri), &done).unwrap();
+    let mut w = Buf::new(8192, 0x3C);
+    let mut r = Buf::new(4096, 0);
+    let ios = [
+        StoreIo::Write {
+            offset: 65536,
+            iov: w.iov(),
+        },
+        StoreIo::Flush,
+        StoreIo::Read {
+            offset: 65536,
+            iov: r.iov(),
+        },
+        StoreIo::Discard {
+            offset: 131072,
+            len: 16384,
+            secure: false,
+        },
+    ];
+    for (tag, io) in (1..).zip(ios) {
+        assert_eq!(run(&*s, &done, tag, io), Ok(()), "I/O {tag}");
+    }
+    s.close();
+    assert!(r.0.iter().all(|&b| b == 0x3C));
+    let cmds = logged(&log);
+    let has = |cmd: &str, offset: u64, count: u64| {
+        cmds.iter()
+            .any(|c| c.0 == cmd && c.1 == offset && c.2 == count)
+    };
+    assert!(has("Write", 65536, 8192), "{cmds:?}");
+    assert!(has("Read", 65536, 4096), "{cmds:?}");
+    assert!(has("Trim", 131072, 16384), "{cmds:?}");
+    // A flush has no offset or count in the log: its own line.
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.lines().any(|l| l.split(' ').nth(3) == Some("Flush")),
+        "{text}"
+    );
+    drop(srv);
+    let _ = std::fs::remove_dir_all(&dir);
+}
