@@ -48,6 +48,9 @@ pub struct VbdConfig {
     pub faults: Option<Arc<IoFaults>>,
     /// The `hw.xbb.*` tunables of the instance.
     pub tunables: Tunables,
+    /// Serve every queue from the instance's task thread instead of a
+    /// thread per queue (for comparison).
+    pub inline: bool,
 }
 
 impl VbdConfig {
@@ -64,6 +67,7 @@ impl VbdConfig {
             sector_size: 512,
             faults: None,
             tunables: Tunables::default(),
+            inline: false,
         }
     }
 }
@@ -224,6 +228,7 @@ impl World {
             store_sector_size: cfg.sector_size,
             store_faults: cfg.faults.clone(),
             image_is_disk: cfg.kind == StoreKind::Device,
+            inline: cfg.inline,
         };
         let runner = BackendRunner::spawn(&self.xen, &paths.backend, cfg.tunables, host_cfg)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);

@@ -37,10 +37,9 @@ use xbb::abi::{
     Abi, SRING_HEADER_SIZE, SRING_RSP_PROD, XEN_IO_PROTO_ABI_X86_32, XEN_IO_PROTO_ABI_X86_64,
 };
 use xbb::host::{
-    Deferred, DomId, EventChannel, EvtchnError, EvtchnPort, GrantError, GrantHandle, GrantMapOp,
-    GrantRef, GrantUnmapOp, Granted, Grants, Host, IoError, IoOp, IoTag, IoVec, MapResult,
-    MediumInfo, OpenError, OpenParams, QueueId, RemotePort, Store, XenStore, XenbusState, XsError,
-    XsTxn, PAGE_SIZE,
+    DomId, EvtchnError, EvtchnPort, GrantError, GrantHandle, GrantMapOp, GrantRef, GrantUnmapOp,
+    Granted, Host, IoError, IoOp, IoTag, IoVec, MapResult, MediumInfo, OpenError, OpenParams,
+    QueueHost, QueueId, RemotePort, XenStore, XenbusState, XsError, XsTxn, PAGE_SIZE,
 };
 use xbb::instance::Instance;
 use xbb::keys;
@@ -129,6 +128,10 @@ pub struct Faults {
     pub window: bool,
     /// The next store open fails.
     pub open: bool,
+    /// Behave as a platform that lends its queues and could not lend
+    /// them: [`Host::inline`] answers `None` while set (and `lend` keeps
+    /// refusing, its default).
+    pub no_inline: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -729,29 +732,7 @@ impl XenStore for FakeHost {
     }
 }
 
-impl Grants for FakeHost {
-    fn window_reserve(&mut self, pages: u32) -> Result<(), GrantError> {
-        self.expect(!self.window_reserved, || "window reserved twice".into());
-        if std::mem::take(&mut self.faults.window) || pages as usize > self.cfg.max_window_pages {
-            return Err(GrantError::NoSpace);
-        }
-        self.window.clear();
-        self.window.resize(pages as usize, None);
-        self.window_reserved = true;
-        self.window_reserves += 1;
-        Ok(())
-    }
-
-    fn window_release(&mut self) {
-        self.expect(self.window_reserved, || "window released twice".into());
-        let live = self.live_mappings;
-        self.expect(live == 0, || {
-            format!("window released with {live} pages mapped")
-        });
-        self.window_reserved = false;
-        self.window_releases += 1;
-    }
-
+impl QueueHost for FakeHost {
     fn map_batch(&mut self, dom: DomId, ops: &[GrantMapOp], results: &mut [MapResult]) {
         self.expect(dom == FE_DOM, || format!("map_batch for domain {dom}"));
         self.expect(ops.len() == results.len(), || {
@@ -809,46 +790,6 @@ impl Grants for FakeHost {
         }
     }
 
-    fn map_ring(&mut self, _queue: QueueId, ring: Granted<'_>) -> Result<SharedMem, GrantError> {
-        let Granted { dom, grefs } = ring;
-        self.expect(dom == FE_DOM, || format!("map_ring for domain {dom}"));
-        if std::mem::take(&mut self.faults.ring_map) {
-            return Err(GrantError::General);
-        }
-        if grefs != self.ring_grefs.as_slice() {
-            return Err(GrantError::BadRef);
-        }
-        if !self.expect(self.ring_out.is_none(), || "ring mapped twice".into()) {
-            return Err(GrantError::General);
-        }
-        let ring = if std::mem::take(&mut self.faults.short_ring) {
-            SharedMem::leak_pair(PAGE_SIZE / 2).expect("ring memory").1
-        } else {
-            self.ring_back.take().ok_or(GrantError::General)?
-        };
-        if ring.len() >= SRING_HEADER_SIZE {
-            self.rsp_prod_at_map = ring.load_u32(SRING_RSP_PROD, Ordering::Acquire);
-        }
-        self.ring_out = Some(ring.as_ptr() as usize);
-        self.ring_maps += 1;
-        Ok(ring)
-    }
-
-    fn unmap_ring(&mut self, _queue: QueueId, ring: SharedMem) {
-        let addr = ring.as_ptr() as usize;
-        match self.ring_out {
-            None => self.violation("ring unmapped twice".into()),
-            Some(out) if out != addr => self.violation("unmap of a foreign ring".into()),
-            Some(_) => {
-                self.ring_out = None;
-                self.ring_unmaps += 1;
-                if addr == self.ring_addr {
-                    self.ring_back = Some(ring);
-                }
-            }
-        }
-    }
-
     fn copy_in(&mut self, from: Granted<'_>, out: &mut [u8]) -> Result<(), GrantError> {
         let Granted { dom, grefs } = from;
         self.expect(dom == FE_DOM, || format!("copy_in from domain {dom}"));
@@ -867,22 +808,6 @@ impl Grants for FakeHost {
         }
         Ok(())
     }
-}
-
-impl EventChannel for FakeHost {
-    fn evtchn_bind(&mut self, _queue: QueueId, remote: RemotePort) -> Result<(), EvtchnError> {
-        let (dom, remote_port) = (remote.dom, remote.port);
-        self.expect(self.evtchn.is_none(), || "event channel bound twice".into());
-        if std::mem::take(&mut self.faults.bind) {
-            return Err(EvtchnError::General);
-        }
-        if (dom, remote_port) != (FE_DOM, FE_PORT) {
-            return Err(EvtchnError::BadPort);
-        }
-        self.evtchn = Some((dom, remote_port));
-        self.binds += 1;
-        Ok(())
-    }
 
     fn evtchn_notify(&mut self, _queue: QueueId) {
         self.expect(self.evtchn.is_some(), || {
@@ -897,42 +822,12 @@ impl EventChannel for FakeHost {
         self.max_eoi_delay = self.max_eoi_delay.max(delay_ms);
     }
 
-    fn evtchn_unbind(&mut self, _queue: QueueId) {
-        if self.expect(self.evtchn.is_some(), || {
-            "unbind of an unbound channel".into()
-        }) {
-            self.evtchn = None;
-            self.unbinds += 1;
-        }
-    }
-}
-
-impl Deferred for FakeHost {
     fn now_ms(&self) -> u64 {
         self.now_ms
     }
 
     fn schedule_run(&mut self, _queue: QueueId) {
         self.schedule_runs += 1;
-    }
-}
-
-impl Store for FakeHost {
-    fn store_open(&mut self, _params: OpenParams<'_>) -> Result<MediumInfo, OpenError> {
-        self.expect(self.root, || {
-            "store opened before the root file system".into()
-        });
-        self.expect(!self.store_open, || "store opened twice".into());
-        if std::mem::take(&mut self.faults.open) {
-            return Err(OpenError::NotFound);
-        }
-        self.store_open = true;
-        self.store_opens += 1;
-        Ok(self.cfg.medium)
-    }
-
-    fn store_info(&self) -> MediumInfo {
-        self.cfg.medium
     }
 
     fn store_submit(&mut self, tag: IoTag, op: IoOp<'_>) -> Result<(), IoError> {
@@ -990,6 +885,110 @@ impl Store for FakeHost {
         self.submitted += 1;
         Ok(())
     }
+}
+
+impl Host for FakeHost {
+    fn window_reserve(&mut self, pages: u32) -> Result<(), GrantError> {
+        self.expect(!self.window_reserved, || "window reserved twice".into());
+        if std::mem::take(&mut self.faults.window) || pages as usize > self.cfg.max_window_pages {
+            return Err(GrantError::NoSpace);
+        }
+        self.window.clear();
+        self.window.resize(pages as usize, None);
+        self.window_reserved = true;
+        self.window_reserves += 1;
+        Ok(())
+    }
+
+    fn window_release(&mut self) {
+        self.expect(self.window_reserved, || "window released twice".into());
+        let live = self.live_mappings;
+        self.expect(live == 0, || {
+            format!("window released with {live} pages mapped")
+        });
+        self.window_reserved = false;
+        self.window_releases += 1;
+    }
+
+    fn map_ring(&mut self, _queue: QueueId, ring: Granted<'_>) -> Result<SharedMem, GrantError> {
+        let Granted { dom, grefs } = ring;
+        self.expect(dom == FE_DOM, || format!("map_ring for domain {dom}"));
+        if std::mem::take(&mut self.faults.ring_map) {
+            return Err(GrantError::General);
+        }
+        if grefs != self.ring_grefs.as_slice() {
+            return Err(GrantError::BadRef);
+        }
+        if !self.expect(self.ring_out.is_none(), || "ring mapped twice".into()) {
+            return Err(GrantError::General);
+        }
+        let ring = if std::mem::take(&mut self.faults.short_ring) {
+            SharedMem::leak_pair(PAGE_SIZE / 2).expect("ring memory").1
+        } else {
+            self.ring_back.take().ok_or(GrantError::General)?
+        };
+        if ring.len() >= SRING_HEADER_SIZE {
+            self.rsp_prod_at_map = ring.load_u32(SRING_RSP_PROD, Ordering::Acquire);
+        }
+        self.ring_out = Some(ring.as_ptr() as usize);
+        self.ring_maps += 1;
+        Ok(ring)
+    }
+
+    fn unmap_ring(&mut self, _queue: QueueId, ring: SharedMem) {
+        let addr = ring.as_ptr() as usize;
+        match self.ring_out {
+            None => self.violation("ring unmapped twice".into()),
+            Some(out) if out != addr => self.violation("unmap of a foreign ring".into()),
+            Some(_) => {
+                self.ring_out = None;
+                self.ring_unmaps += 1;
+                if addr == self.ring_addr {
+                    self.ring_back = Some(ring);
+                }
+            }
+        }
+    }
+
+    fn evtchn_bind(&mut self, _queue: QueueId, remote: RemotePort) -> Result<(), EvtchnError> {
+        let (dom, remote_port) = (remote.dom, remote.port);
+        self.expect(self.evtchn.is_none(), || "event channel bound twice".into());
+        if std::mem::take(&mut self.faults.bind) {
+            return Err(EvtchnError::General);
+        }
+        if (dom, remote_port) != (FE_DOM, FE_PORT) {
+            return Err(EvtchnError::BadPort);
+        }
+        self.evtchn = Some((dom, remote_port));
+        self.binds += 1;
+        Ok(())
+    }
+
+    fn evtchn_unbind(&mut self, _queue: QueueId) {
+        if self.expect(self.evtchn.is_some(), || {
+            "unbind of an unbound channel".into()
+        }) {
+            self.evtchn = None;
+            self.unbinds += 1;
+        }
+    }
+
+    fn store_open(&mut self, _params: OpenParams<'_>) -> Result<MediumInfo, OpenError> {
+        self.expect(self.root, || {
+            "store opened before the root file system".into()
+        });
+        self.expect(!self.store_open, || "store opened twice".into());
+        if std::mem::take(&mut self.faults.open) {
+            return Err(OpenError::NotFound);
+        }
+        self.store_open = true;
+        self.store_opens += 1;
+        Ok(self.cfg.medium)
+    }
+
+    fn store_info(&self) -> MediumInfo {
+        self.cfg.medium
+    }
 
     fn store_close(&mut self) {
         self.expect(self.store_open, || "store closed twice".into());
@@ -998,14 +997,19 @@ impl Store for FakeHost {
         self.store_open = false;
         self.store_closes += 1;
     }
-}
 
-impl Host for FakeHost {
     fn root_mounted(&self) -> bool {
         self.root
     }
 
     fn waits_for_hotplug(&self) -> bool {
         self.hotplug_gate
+    }
+
+    fn inline(&mut self) -> Option<&mut dyn QueueHost> {
+        if self.faults.no_inline {
+            return None;
+        }
+        Some(self)
     }
 }

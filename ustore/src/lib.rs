@@ -56,7 +56,7 @@ mod sys;
 mod watch;
 
 pub use faults::{FaultCounters, IoFaults};
-pub use host_store::{probe, HostStore};
+pub use host_store::{probe, HostStore, StoreHandle};
 pub use io::{submit_counted, RawIoVec, StoreIo};
 pub use medium::resize_medium;
 pub use nbd::{
