@@ -19,9 +19,9 @@
 //! - deferred runs, completions and recalls: the queue's [`Gate`], and an
 //!   eventfd that wakes its thread only when the gate says so (once per
 //!   sleep, not once per completion);
-//! - the store: [`xbb_ustore`]'s file and device stores, shared by the
-//!   queues; their worker threads hand each completion to the queue its tag
-//!   names.
+//! - the store: [`xbb_ustore`]'s file, device and NBD stores, shared by
+//!   the queues; their worker threads (the NBD store's one I/O thread)
+//!   hand each completion to the queue its tag names.
 //!
 //! The hand-off: [`Host::lend`] starts the queue's thread with the queue
 //! and its [`XenQueueHost`]; [`Host::recall`] posts [`Work::RECALL`]; when

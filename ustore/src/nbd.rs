@@ -26,6 +26,7 @@
 //! --discard=unmap`).
 //!
 //! One I/O thread per store owns the connection: [`UserStore::submit`]
+//! (from any thread: every queue of a vbd submits to its one store)
 //! checks the I/O as every store does (alignment, range, mode), queues it
 //! and wakes the thread, which issues it as NBD commands — one per buffer
 //! piece, split at the export's maximum request size, pipelined with every
