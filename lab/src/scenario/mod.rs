@@ -49,12 +49,15 @@ use xbb::host::{DomId, GrantError, IoError, XenbusState};
 use xbb::keys;
 use xbb::stats::{Stat, Tunable, Tunables, SYSCTLS, TUNABLES, TUNABLE_PREFIX};
 
+mod nbdkit;
 mod report;
 mod run;
 pub mod schema;
 mod steps;
 mod validate;
 
+pub use nbdkit::nbd_unavailable;
+use nbdkit::NbdKit;
 pub use report::*;
 pub use run::*;
 pub use schema::*;

@@ -119,6 +119,16 @@ pub(super) fn guest_step(run: &mut Run<'_>, n: usize, step: &Step, t: usize) {
             wait_step(run, n, t, *count, &want)
         }
         Step::InjectIo(_) | Step::InjectGrant(_) => inject(run, n, t, step),
+        Step::NbdServer { action: a, .. } => {
+            run.progress(format_args!("step {n}: {name}: NBD server: {a:?}"));
+            let r = match run.guests[t].nbd.as_mut() {
+                Some(srv) => srv.act(*a),
+                None => Err(String::from("no NBD server")),
+            };
+            if let Err(e) = r {
+                run.fail(n, action, Some(&name), e);
+            }
+        }
         Step::Expect { .. } => expect_step(run, n, step, t),
         Step::MountRoot {} | Step::Workload { .. } => {}
     }
