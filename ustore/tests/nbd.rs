@@ -72,6 +72,26 @@ fn run(s: &dyn UserStore, done: &Done, tag: u32, io: StoreIo) -> Result<(), IoEr
     done.wait(tag)
 }
 
+fn write_at(
+    s: &dyn UserStore,
+    done: &Done,
+    tag: u32,
+    offset: u64,
+    iov: Vec<RawIoVec>,
+) -> Result<(), IoError> {
+    run(s, done, tag, StoreIo::Write { offset, iov })
+}
+
+fn read_at(
+    s: &dyn UserStore,
+    done: &Done,
+    tag: u32,
+    offset: u64,
+    iov: Vec<RawIoVec>,
+) -> Result<(), IoError> {
+    run(s, done, tag, StoreIo::Read { offset, iov })
+}
+
 fn open(spec: &NbdSpec, done: &Arc<Done>) -> Result<Box<dyn UserStore>, OpenError> {
     open_nbd_store(spec, done.completion())
 }
@@ -173,18 +193,7 @@ fn requests_past_the_end_of_the_export_fail_and_change_nothing() {
     let done = Arc::new(Done::default());
     let s = open(&NbdSpec::new(&srv.uri), &done).unwrap();
     let mut a = Buf::new(4096, 0x5A);
-    assert_eq!(
-        run(
-            &*s,
-            &done,
-            1,
-            StoreIo::Write {
-                offset: MEDIUM - 4096,
-                iov: a.iov()
-            }
-        ),
-        Ok(())
-    );
+    assert_eq!(write_at(&*s, &done, 1, MEDIUM - 4096, a.iov()), Ok(()));
     let mut big = Buf::new(8192, 0x77);
     for (tag, io) in [
         (
@@ -227,18 +236,7 @@ fn requests_past_the_end_of_the_export_fail_and_change_nothing() {
         assert_eq!(run(&*s, &done, tag, io), Err(IoError::Io), "tag {tag}");
     }
     let mut r = Buf::new(4096, 0);
-    assert_eq!(
-        run(
-            &*s,
-            &done,
-            7,
-            StoreIo::Read {
-                offset: MEDIUM - 4096,
-                iov: r.iov()
-            }
-        ),
-        Ok(())
-    );
+    assert_eq!(read_at(&*s, &done, 7, MEDIUM - 4096, r.iov()), Ok(()));
     assert!(r.0.iter().all(|&b| b == 0x5A), "the refused I/O wrote");
     s.close();
 }
@@ -258,32 +256,10 @@ fn a_read_only_export_that_neither_flushes_nor_trims() {
         "{info:?}"
     );
     let mut b = Buf::new(4096, 0);
-    assert_eq!(
-        run(
-            &*s,
-            &done,
-            1,
-            StoreIo::Read {
-                offset: 8192,
-                iov: b.iov()
-            }
-        ),
-        Ok(())
-    );
+    assert_eq!(read_at(&*s, &done, 1, 8192, b.iov()), Ok(()));
     let word = u64::from_be_bytes(b.0[8..16].try_into().unwrap());
     assert_eq!(word, 8192 + 8);
-    assert_eq!(
-        run(
-            &*s,
-            &done,
-            2,
-            StoreIo::Write {
-                offset: 0,
-                iov: b.iov()
-            }
-        ),
-        Err(IoError::Io)
-    );
+    assert_eq!(write_at(&*s, &done, 2, 0, b.iov()), Err(IoError::Io));
     assert_eq!(
         run(&*s, &done, 3, StoreIo::Flush),
         Err(IoError::NotSupported)
@@ -329,45 +305,12 @@ fn block_size_constraints_shape_the_medium_and_the_commands() {
     for (i, b) in w.0.iter_mut().enumerate() {
         *b = (i / 4096) as u8;
     }
-    assert_eq!(
-        run(
-            &*s,
-            &done,
-            1,
-            StoreIo::Write {
-                offset: 0,
-                iov: w.iov()
-            }
-        ),
-        Ok(())
-    );
+    assert_eq!(write_at(&*s, &done, 1, 0, w.iov()), Ok(()));
     let mut r = Buf::new(256 << 10, 0xFF);
-    assert_eq!(
-        run(
-            &*s,
-            &done,
-            2,
-            StoreIo::Read {
-                offset: 0,
-                iov: r.iov()
-            }
-        ),
-        Ok(())
-    );
+    assert_eq!(read_at(&*s, &done, 2, 0, r.iov()), Ok(()));
     assert!(r.0 == w.0);
     let mut small = Buf::new(512, 0);
-    assert_eq!(
-        run(
-            &*s,
-            &done,
-            3,
-            StoreIo::Read {
-                offset: 0,
-                iov: small.iov()
-            }
-        ),
-        Err(IoError::Io)
-    );
+    assert_eq!(read_at(&*s, &done, 3, 0, small.iov()), Err(IoError::Io));
     s.close();
 }
 
@@ -423,18 +366,7 @@ fn closing_cuts_off_a_server_that_stopped_answering() {
     };
     let s = open(&spec, &done).unwrap();
     let mut b = Buf::new(4096, 0);
-    assert_eq!(
-        run(
-            &*s,
-            &done,
-            1,
-            StoreIo::Read {
-                offset: 0,
-                iov: b.iov()
-            }
-        ),
-        Ok(())
-    );
+    assert_eq!(read_at(&*s, &done, 1, 0, b.iov()), Ok(()));
     srv.signal("STOP");
     s.submit(
         IoTag(2),
@@ -550,18 +482,7 @@ fn scattered_buffers_bounced_or_not_land_in_order() {
         Ok(())
     );
     let mut back = Buf::new(2 << 20, 0);
-    assert_eq!(
-        run(
-            &*s,
-            &done,
-            5001,
-            StoreIo::Read {
-                offset: 8 << 20,
-                iov: back.iov()
-            }
-        ),
-        Ok(())
-    );
+    assert_eq!(read_at(&*s, &done, 5001, 8 << 20, back.iov()), Ok(()));
     for p in 0..512 {
         let want = &big.0[(511 - p) * 4096..(512 - p) * 4096];
         assert!(&back.0[p * 4096..(p + 1) * 4096] == want, "big piece {p}");
@@ -598,18 +519,7 @@ fn writes_of_zeros_become_write_zeroes() {
     let done = Arc::new(Done::default());
     let s = open(&NbdSpec::new(&srv.uri), &done).unwrap();
     let mut data = Buf::new(65536, 0xAB);
-    assert_eq!(
-        run(
-            &*s,
-            &done,
-            1,
-            StoreIo::Write {
-                offset: 0,
-                iov: data.iov()
-            }
-        ),
-        Ok(())
-    );
+    assert_eq!(write_at(&*s, &done, 1, 0, data.iov()), Ok(()));
     // Zeros in four pieces, out of order; and a write of zeros but one
     // byte, which must go out as data.
     let mut z = Buf::new(32768, 0);
@@ -627,31 +537,9 @@ fn writes_of_zeros_become_write_zeroes() {
     );
     let mut almost = Buf::new(8192, 0);
     almost.0[8191] = 1;
-    assert_eq!(
-        run(
-            &*s,
-            &done,
-            3,
-            StoreIo::Write {
-                offset: 49152,
-                iov: almost.iov()
-            }
-        ),
-        Ok(())
-    );
+    assert_eq!(write_at(&*s, &done, 3, 49152, almost.iov()), Ok(()));
     let mut back = Buf::new(65536, 0xEE);
-    assert_eq!(
-        run(
-            &*s,
-            &done,
-            4,
-            StoreIo::Read {
-                offset: 0,
-                iov: back.iov()
-            }
-        ),
-        Ok(())
-    );
+    assert_eq!(read_at(&*s, &done, 4, 0, back.iov()), Ok(()));
     s.close();
     assert!(back.0[..8192].iter().all(|&b| b == 0xAB));
     assert!(back.0[8192..40960].iter().all(|&b| b == 0), "zeros");
@@ -697,43 +585,10 @@ fn without_write_zeroes_zeros_are_written_as_data() {
     let s = open(&NbdSpec::new(&srv.uri), &done).unwrap();
     let mut data = Buf::new(16384, 0x5C);
     let mut zeros = Buf::new(8192, 0);
-    assert_eq!(
-        run(
-            &*s,
-            &done,
-            1,
-            StoreIo::Write {
-                offset: 0,
-                iov: data.iov()
-            }
-        ),
-        Ok(())
-    );
-    assert_eq!(
-        run(
-            &*s,
-            &done,
-            2,
-            StoreIo::Write {
-                offset: 4096,
-                iov: zeros.iov()
-            }
-        ),
-        Ok(())
-    );
+    assert_eq!(write_at(&*s, &done, 1, 0, data.iov()), Ok(()));
+    assert_eq!(write_at(&*s, &done, 2, 4096, zeros.iov()), Ok(()));
     let mut back = Buf::new(16384, 0xEE);
-    assert_eq!(
-        run(
-            &*s,
-            &done,
-            3,
-            StoreIo::Read {
-                offset: 0,
-                iov: back.iov()
-            }
-        ),
-        Ok(())
-    );
+    assert_eq!(read_at(&*s, &done, 3, 0, back.iov()), Ok(()));
     s.close();
     assert!(back.0[..4096].iter().all(|&b| b == 0x5C));
     assert!(back.0[4096..12288].iter().all(|&b| b == 0));
