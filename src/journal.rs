@@ -186,6 +186,14 @@ pub enum TakeoverError {
         /// What the journal holds.
         found: u32,
     },
+    /// The front-end is not Connected: there is no live ring to take.
+    FrontendState,
+    /// This back-end would publish a node of the connection otherwise than
+    /// the front-end was told (other tunables, another medium).
+    Changed {
+        /// The node.
+        key: &'static str,
+    },
 }
 
 impl core::fmt::Display for TakeoverError {
@@ -204,6 +212,12 @@ impl core::fmt::Display for TakeoverError {
             TakeoverError::Outstanding { expected, found } => write!(
                 f,
                 "ring has {expected} requests outstanding, journal {found}"
+            ),
+            TakeoverError::FrontendState => f.write_str("the front-end is not connected"),
+            TakeoverError::Changed { key } => write!(
+                f,
+                "{key} would be published otherwise than the front-end was told \
+                 (other tunables or medium)"
             ),
         }
     }

@@ -16,6 +16,10 @@
 //!   performs queued I/O with [`FakeHost::complete_next`],
 //!   [`FakeHost::complete_at`] or [`FakeHost::complete_all`], which call
 //!   `Instance::complete`.
+//! - With [`FakeHost::journals`] it keeps in-flight journals as a
+//!   platform whose memory outlives the process does; with
+//!   [`FakeHost::process_died`] the back-end process dies, and a new
+//!   instance over the same host can take its vbd over.
 //!
 //! Every call is checked against the contract of [`xbb::host`]: a window
 //! reserved twice, a page mapped twice, I/O over an unmapped or read-only
@@ -38,10 +42,11 @@ use xbb::abi::{
 };
 use xbb::host::{
     DomId, EvtchnError, EvtchnPort, GrantError, GrantHandle, GrantMapOp, GrantRef, GrantUnmapOp,
-    Granted, Host, IoError, IoOp, IoTag, IoVec, MapResult, MediumInfo, OpenError, OpenParams,
-    QueueHost, QueueId, RemotePort, XenStore, XenbusState, XsError, XsTxn, PAGE_SIZE,
+    Granted, Host, IoError, IoOp, IoTag, IoVec, JournalOpen, MapResult, MediumInfo, OpenError,
+    OpenParams, QueueHost, QueueId, RemotePort, XenStore, XenbusState, XsError, XsTxn, PAGE_SIZE,
 };
 use xbb::instance::Instance;
+use xbb::journal::JournalId;
 use xbb::keys;
 use xbb::ring::FrontRing;
 use xbb::shmem::SharedMem;
@@ -199,12 +204,18 @@ pub struct FakeHost {
     pub faults: Faults,
     /// Panic at the first contract violation (else only log it).
     pub strict: bool,
+    /// Keep in-flight journals ([`Host::journal_open`]); off by default,
+    /// as a platform without memory that outlives it.
+    pub journals: bool,
     /// Every contract violation seen, in order.
     pub violations: Vec<String>,
     cfg: FakeConfig,
     grants: Vec<Grant>,
     guest: Vec<u8>,
     ring_back: Option<SharedMem>,
+    /// More back views of the ring's memory, for the back-ends that take
+    /// it over after one died ([`FakeHost::frontend_ring`] makes them).
+    ring_spares: Vec<SharedMem>,
     /// The address of the ring's back view (the one offered).
     ring_addr: usize,
     /// The address of the mapping `map_ring` handed out.
@@ -271,6 +282,23 @@ pub struct FakeHost {
     pub connects: u64,
     /// Fatal errors reported: writes below `error/`.
     pub fatals: u64,
+    /// Views of the journal's memory not handed out: the journal as the
+    /// platform keeps it between processes.
+    journal_spares: Vec<SharedMem>,
+    /// The address of the journal view handed out, while one is.
+    journal_out: Option<usize>,
+    /// The identity the journal was last opened for.
+    pub journal_id: Option<JournalId>,
+    /// Journals made for new connections.
+    pub journals_created: u32,
+    /// Journals opened for a takeover (found or not).
+    pub journal_lookups: u32,
+    /// Journals kept at close (handed over) and removed.
+    pub journals_kept: u32,
+    /// See [`FakeHost::journals_kept`].
+    pub journals_removed: u32,
+    /// Back-end processes that died ([`FakeHost::process_died`]).
+    pub deaths: u32,
 }
 
 impl FakeHost {
@@ -292,11 +320,13 @@ impl FakeHost {
             hotplug_gate: false,
             faults: Faults::default(),
             strict: true,
+            journals: false,
             violations: Vec::new(),
             cfg,
             grants: Vec::with_capacity(cfg.max_grants + 64),
             guest: Vec::with_capacity(cfg.max_grants * PAGE_SIZE),
             ring_back: None,
+            ring_spares: Vec::new(),
             ring_addr: 0,
             ring_out: None,
             ring_grefs: Vec::new(),
@@ -333,7 +363,55 @@ impl FakeHost {
             pages_copied: 0,
             connects: 0,
             fatals: 0,
+            journal_spares: Vec::new(),
+            journal_out: None,
+            journal_id: None,
+            journals_created: 0,
+            journal_lookups: 0,
+            journals_kept: 0,
+            journals_removed: 0,
+            deaths: 0,
         }
+    }
+
+    /// The back-end process died (issue 16): the kernel takes back what
+    /// it held — its grant mappings, the ring's mapping, its event-channel
+    /// binding (the front-end's port is unbound again), its store — after
+    /// the I/O it had queued finished (performed, never completed to it).
+    /// The instance is gone without a word (the test drops it); memory
+    /// that outlives the process (the journal, the ring) stays, and a new
+    /// instance over this host may take the vbd over.
+    pub fn process_died(&mut self) {
+        while let Some(i) = self.queue.pop_front() {
+            self.perform(i);
+            self.free_slots.push(i);
+        }
+        self.grants_unmapped += self.live_mappings as u64;
+        self.live_mappings = 0;
+        self.window.iter_mut().for_each(|m| *m = None);
+        if std::mem::take(&mut self.window_reserved) {
+            self.window_releases += 1;
+        }
+        if self.ring_out.take().is_some() {
+            self.ring_unmaps += 1;
+            if let Some(v) = self.ring_spares.pop() {
+                self.ring_addr = v.as_ptr() as usize;
+                self.ring_back = Some(v);
+            }
+        }
+        if self.evtchn.take().is_some() {
+            self.unbinds += 1;
+        }
+        if std::mem::take(&mut self.store_open) {
+            self.store_closes += 1;
+        }
+        self.journal_out = None;
+        self.deaths += 1;
+    }
+
+    /// Whether a journal is kept for the next process.
+    pub fn has_journal(&self) -> bool {
+        !self.journal_spares.is_empty()
     }
 
     /// Grows or shrinks the medium (the test then calls
@@ -494,10 +572,15 @@ impl FakeHost {
     }
 
     /// Sets up a shared ring of `pages` pages in fresh memory as a
-    /// front-end does; see [`FakeHost::offer_ring`].
+    /// front-end does; see [`FakeHost::offer_ring`]. The memory has views
+    /// to spare for back-ends that take over after one died.
     pub fn frontend_ring(&mut self, abi: Abi, pages: u32) -> FrontRing {
-        let (front, back) = SharedMem::leak_pair(pages as usize * PAGE_SIZE).expect("ring memory");
-        self.offer_ring(front, back, abi, pages)
+        let mut v = SharedMem::leak_views(pages as usize * PAGE_SIZE, 8).expect("ring memory");
+        let front = v.remove(0);
+        let back = v.remove(0);
+        let ring = self.offer_ring(front, back, abi, pages);
+        self.ring_spares = v;
+        ring
     }
 
     /// Sets up a shared ring of `pages` pages in `front` / `back` (two
@@ -520,6 +603,7 @@ impl FakeHost {
         }
         self.ring_addr = back.as_ptr() as usize;
         self.ring_back = Some(back);
+        self.ring_spares.clear();
         if pages == 1 {
             self.fe_set(keys::RING_REF, &self.ring_grefs[0].to_string());
         } else {
@@ -543,6 +627,14 @@ impl FakeHost {
     /// The ring's back view, once the instance no longer maps it.
     pub fn take_ring(&mut self) -> Option<SharedMem> {
         self.ring_back.take()
+    }
+
+    /// Gives back the view [`FakeHost::take_ring`] took (a test wrote
+    /// through it, as a hostile guest would): the next mapping hands it
+    /// out.
+    pub fn give_ring(&mut self, back: SharedMem) {
+        self.ring_addr = back.as_ptr() as usize;
+        self.ring_back = Some(back);
     }
 
     /// The grant references of the ring's pages.
@@ -1004,6 +1096,50 @@ impl Host for FakeHost {
 
     fn waits_for_hotplug(&self) -> bool {
         self.hotplug_gate
+    }
+
+    fn journal_open(
+        &mut self,
+        id: &JournalId,
+        bytes: usize,
+        how: JournalOpen,
+    ) -> Option<SharedMem> {
+        if !self.journals {
+            return None;
+        }
+        let _q = Quiet::new();
+        self.expect(self.journal_out.is_none(), || "journal opened twice".into());
+        self.journal_id = Some(*id);
+        let mem = match how {
+            JournalOpen::Create => {
+                self.journal_spares = SharedMem::leak_views(bytes, 8).expect("journal memory");
+                self.journals_created += 1;
+                self.journal_spares.pop()
+            }
+            JournalOpen::Existing => {
+                self.journal_lookups += 1;
+                self.journal_spares.pop()
+            }
+        }?;
+        self.expect(mem.len() >= bytes, || "journal shorter than asked".into());
+        self.journal_out = Some(mem.as_ptr() as usize);
+        Some(mem)
+    }
+
+    fn journal_close(&mut self, _queue: QueueId, journal: SharedMem, keep: bool) {
+        let _q = Quiet::new();
+        let addr = journal.as_ptr() as usize;
+        self.expect(self.journal_out == Some(addr), || {
+            "journal closed that was not open".into()
+        });
+        self.journal_out = None;
+        if keep {
+            self.journals_kept += 1;
+            self.journal_spares.push(journal);
+        } else {
+            self.journals_removed += 1;
+            self.journal_spares.clear();
+        }
     }
 
     fn inline(&mut self) -> Option<&mut dyn QueueHost> {
