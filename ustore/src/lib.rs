@@ -28,6 +28,9 @@
 //!   pipelines the commands and reports through the same [`CompletionFn`].
 //!   Memory a store sets aside for guest data is reported to the process's
 //!   watcher, if it installed one ([`watch_store_memory`]).
+//! - [`JournalFiles`] keeps the core's in-flight journals as files mapped
+//!   shared, so that a back-end process that dies leaves its rings to the
+//!   next one (issue 16).
 //! - [`IoFaults`] injects failures for tests; [`resize_medium`] grows or
 //!   shrinks a medium under an open store, which sees the new size in its
 //!   next [`UserStore::info`].
@@ -46,6 +49,7 @@ mod faults;
 mod file;
 mod host_store;
 mod io;
+mod journal;
 mod medium;
 mod nbd;
 #[allow(unsafe_code)]
@@ -58,6 +62,7 @@ mod watch;
 pub use faults::{FaultCounters, IoFaults};
 pub use host_store::{probe, HostStore, StoreHandle};
 pub use io::{submit_counted, RawIoVec, StoreIo};
+pub use journal::{journal_name, parse_journal_name, JournalFiles};
 pub use medium::resize_medium;
 pub use nbd::{
     is_nbd_uri, libnbd_available, NbdSpec, NbdStore, CLOSE_GRACE, OPEN_TIMEOUT, QUEUE_CAPACITY,
