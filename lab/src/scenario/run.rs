@@ -388,6 +388,7 @@ pub(super) fn setup_guest(
         sector_size: spec.sector_size,
         faults: Some(Arc::clone(&faults)),
         tunables,
+        journal_dir: spec.journal.then(|| dir.join("journals")),
         ..VbdConfig::file(dom, &image)
     };
     // The toolstack writes `discard-enable` = 1 when it creates the vbd,
