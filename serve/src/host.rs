@@ -21,7 +21,10 @@
 //!   sleep, not once per completion);
 //! - the store: [`xbb_ustore`]'s file, device and NBD stores, shared by
 //!   the queues; their worker threads (the NBD store's one I/O thread)
-//!   hand each completion to the queue its tag names.
+//!   hand each completion to the queue its tag names;
+//! - in-flight journals: [`JournalFiles`] in the configured directory
+//!   (`/run/xbb-serve`), one file per queue mapped shared, so that the next
+//!   xbb-serve takes the vbd over if this one dies or hands it over.
 //!
 //! The hand-off: [`Host::lend`] starts the queue's thread with the queue
 //! and its [`XenQueueHost`]; [`Host::recall`] posts [`Work::RECALL`]; when
@@ -42,13 +45,14 @@ use super::window::{Range, Window};
 use xbb::handoff::{Gate, Post, Work};
 use xbb::host::{
     DomId, EvtchnError, EvtchnPort, GrantError, GrantHandle, GrantMapOp, GrantRef, GrantUnmapOp,
-    Granted, Host, IoError, IoOp, IoTag, IoVec, MapResult, MediumInfo, OpenError, OpenParams,
-    QueueHost, QueueId, RemotePort, XenStore, XsError, XsTxn, PAGE_SIZE,
+    Granted, Host, IoError, IoOp, IoTag, IoVec, JournalOpen, MapResult, MediumInfo, OpenError,
+    OpenParams, QueueHost, QueueId, RemotePort, XenStore, XsError, XsTxn, PAGE_SIZE,
 };
+use xbb::journal::JournalId;
 use xbb::queue::{Outcome, Queue};
 use xbb::shmem::SharedMem;
 use xbb::stats::Tunable;
-use xbb_ustore::{HostStore, StoreHandle};
+use xbb_ustore::{HostStore, JournalFiles, StoreHandle};
 
 impl Range for Mapping {
     fn addr(&self) -> usize {
@@ -179,6 +183,9 @@ pub struct XenHost {
     epoch: Instant,
     counters: Arc<Counters>,
     removed: bool,
+    /// Where journals are kept, and the identity of each queue's open one.
+    journals: Option<JournalFiles>,
+    journal_ids: Vec<JournalId>,
 }
 
 impl core::fmt::Debug for XenHost {
@@ -206,7 +213,13 @@ impl XenHost {
     /// window with `GNTTABOP_copy` instead of being mapped (see
     /// [`super::bounce`]). Stores emulate `sector_size`-byte logical
     /// sectors (512 or 4096; a medium with larger ones imposes its own).
-    pub fn new(wake: Arc<Wakeup>, copy: bool, sector_size: u32) -> std::io::Result<XenHost> {
+    /// In-flight journals are kept in `journal_dir` (none: no journal).
+    pub fn new(
+        wake: Arc<Wakeup>,
+        copy: bool,
+        sector_size: u32,
+        journal_dir: Option<std::path::PathBuf>,
+    ) -> std::io::Result<XenHost> {
         let n = Tunable::MaxQueues.desc().max as usize;
         let mut boxes = Vec::with_capacity(n);
         for _ in 0..n {
@@ -227,6 +240,8 @@ impl XenHost {
             epoch: Instant::now(),
             counters: Arc::new(Counters::default()),
             removed: false,
+            journals: journal_dir.map(JournalFiles::new),
+            journal_ids: Vec::new(),
         })
     }
 
@@ -938,6 +953,38 @@ impl Host for XenHost {
 
     fn waits_for_hotplug(&self) -> bool {
         true
+    }
+
+    fn journal_open(
+        &mut self,
+        id: &JournalId,
+        bytes: usize,
+        how: JournalOpen,
+    ) -> Option<SharedMem> {
+        let files = self.journals.as_ref()?;
+        match files.open(id, bytes, how) {
+            Ok(Some(mem)) => {
+                self.journal_ids.retain(|j| j.queue != id.queue);
+                self.journal_ids.push(*id);
+                Some(mem)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                super::serve::log(&format!("journal {}: {e}", files.path(id).display()));
+                None
+            }
+        }
+    }
+
+    fn journal_close(&mut self, queue: QueueId, journal: SharedMem, keep: bool) {
+        let at = self.journal_ids.iter().position(|j| j.queue == queue);
+        match (self.journals.as_ref(), at) {
+            (Some(files), Some(at)) => {
+                let id = self.journal_ids.swap_remove(at);
+                files.close(&id, journal, keep);
+            }
+            _ => bump(&self.counters.bad_unmaps, 1),
+        }
     }
 
     fn lend(&mut self, queue: Queue) -> Result<(), Queue> {
