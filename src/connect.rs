@@ -123,6 +123,16 @@ pub enum ConnectError {
         /// The node.
         key: &'static str,
     },
+    /// A value that must be unique is named twice: a grant reference of
+    /// the rings (within one ring or across queues) or an event channel
+    /// (across queues). Two queues on one ring would serve every request
+    /// twice.
+    Duplicate {
+        /// The node holding the second occurrence.
+        key: &'static str,
+        /// The value named twice.
+        value: u64,
+    },
     /// The front-end's `protocol` is not a known `XEN_IO_PROTO_ABI_*`.
     UnknownProtocol,
     /// A `state` node holds a number that is not a `XenbusState`.
@@ -168,6 +178,7 @@ impl ConnectError {
             ConnectError::NotANumber { .. }
             | ConnectError::OutOfRange { .. }
             | ConnectError::BadValue { .. }
+            | ConnectError::Duplicate { .. }
             | ConnectError::UnknownProtocol
             | ConnectError::BadState { .. } => EINVAL,
             ConnectError::TooLong { .. } => E2BIG,
@@ -214,6 +225,9 @@ impl fmt::Display for ConnectError {
                 write!(f, "{key}: {value} is out of range")
             }
             ConnectError::BadValue { key } => write!(f, "{key}: value not accepted"),
+            ConnectError::Duplicate { key, value } => {
+                write!(f, "{key}: {value} is named twice; each must be distinct")
+            }
             ConnectError::UnknownProtocol => f.write_str("protocol: unknown ABI"),
             ConnectError::BadState { value } => {
                 write!(f, "state: {value} is not a XenbusState")
@@ -788,8 +802,10 @@ const QUEUE_KEYS: QueueKeys = QueueKeys {
 /// have a `queue-<N>` directory, N from 0. In either, a one-page ring's
 /// reference is `ring-ref` (or `ring-ref0`, which some front-ends write),
 /// an N-page ring's are `ring-ref0` .. `ring-ref<N-1>`, and
-/// `event-channel` is required. Errors about a node in a `queue-<N>`
-/// directory name it `queue/<node>`.
+/// `event-channel` is required. Every ring reference must be distinct,
+/// within a ring and across queues, and every queue's event channel its
+/// own ([`ConnectError::Duplicate`]). Errors about a node in a
+/// `queue-<N>` directory name it `queue/<node>`.
 ///
 /// The ring size, `protocol` (default: the native ABI) and
 /// `feature-persistent` (default: false) are read from `fe_dir` and apply
@@ -884,6 +900,13 @@ fn read_frontend_in<X: XenStore>(
         }
     }
 
+    let names = if num_queues == 1 {
+        &LEGACY_KEYS
+    } else {
+        &QUEUE_KEYS
+    };
+    vet_distinct(&queues, npages, names)?;
+
     let mut buf = [0u8; VALUE_BUF];
     let abi = match read_raw(xs, txn, fe_dir, keys::PROTOCOL, &mut buf)? {
         None => Abi::native(),
@@ -897,6 +920,47 @@ fn read_frontend_in<X: XenStore>(
         queues,
         persistent,
     })
+}
+
+/// Checks that every ring page is its own and every queue has its own
+/// channel: the first `pages` grant references of all `queues` are
+/// distinct (within one ring and across rings), and so are their event
+/// channels. Otherwise [`ConnectError::Duplicate`], naming the node of the
+/// second occurrence after `names`. Nothing is mapped before this holds: two
+/// queues sharing a ring would consume every request twice. At most 16 x
+/// 32 references, compared pairwise without allocating.
+fn vet_distinct(
+    queues: &[QueueParams],
+    pages: usize,
+    names: &QueueKeys,
+) -> Result<(), ConnectError> {
+    let n = pages.min(keys::RING_REFS.len());
+    for (qi, q) in queues.iter().enumerate() {
+        for (pi, &r) in q.ring_refs[..n].iter().enumerate() {
+            let before = queues[..qi].iter().flat_map(|e| &e.ring_refs[..n]);
+            if before.chain(&q.ring_refs[..pi]).any(|&e| e == r) {
+                let key = if n == 1 {
+                    names.ring_ref
+                } else {
+                    names.ring_refs.get(pi).copied().unwrap_or(names.ring_ref)
+                };
+                return Err(ConnectError::Duplicate {
+                    key,
+                    value: u64::from(r),
+                });
+            }
+        }
+        if queues[..qi]
+            .iter()
+            .any(|e| e.event_channel == q.event_channel)
+        {
+            return Err(ConnectError::Duplicate {
+                key: names.event_channel,
+                value: u64::from(q.event_channel),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Reads one queue's ring references (`pages` of them, `1..=32`) and

@@ -881,6 +881,66 @@ fn frontend_per_queue_keys_missing() {
     );
 }
 
+/// Issue 13, finding 1: two queues on one ring would serve every request
+/// twice. Ring references are distinct within a ring and across queues,
+/// event channels across queues; anything else is refused before anything
+/// is mapped, naming the node of the second occurrence.
+#[test]
+fn frontend_ring_refs_and_channels_are_distinct() {
+    let dup = |key, value| Err(ConnectError::Duplicate { key, value });
+    // Queue 1 names queue 0's one-page ring.
+    let mut xs = multi_queue_frontend(2, 0);
+    xs.set(&fe("queue-1/ring-ref"), b"0");
+    assert_eq!(read_frontend(&mut xs, FE, 5, 4), dup("queue/ring-ref", 0));
+    assert_eq!((xs.commits, xs.aborts), (0, 1));
+    // Queue 1's pages are queue 0's (the reviewer's case), or one of them.
+    let mut xs = multi_queue_frontend(3, 1);
+    xs.set(&fe("queue-1/ring-ref0"), b"0");
+    xs.set(&fe("queue-1/ring-ref1"), b"1");
+    assert_eq!(read_frontend(&mut xs, FE, 5, 4), dup("queue/ring-ref0", 0));
+    let mut xs = multi_queue_frontend(3, 1);
+    xs.set(&fe("queue-2/ring-ref1"), b"1000");
+    assert_eq!(
+        read_frontend(&mut xs, FE, 5, 4),
+        dup("queue/ring-ref1", 1000)
+    );
+    // One ring naming a page twice, in either layout.
+    let mut xs = multi_queue_frontend(2, 2);
+    xs.set(&fe("queue-0/ring-ref3"), b"1");
+    assert_eq!(read_frontend(&mut xs, FE, 5, 4), dup("queue/ring-ref3", 1));
+    let mut xs = multi_page_frontend(2);
+    xs.set(&fe("ring-ref2"), b"100");
+    assert_eq!(
+        read_frontend(&mut xs, FE, 5, MAX_QUEUES),
+        dup("ring-ref2", 100)
+    );
+    // Two queues on one event channel.
+    let mut xs = multi_queue_frontend(4, 0);
+    xs.set(&fe("queue-3/event-channel"), b"51");
+    assert_eq!(
+        read_frontend(&mut xs, FE, 5, 4),
+        dup("queue/event-channel", 51)
+    );
+    // The error node says what is wrong.
+    assert_eq!(
+        ConnectError::Duplicate {
+            key: "queue/ring-ref0",
+            value: 8
+        }
+        .to_string(),
+        "queue/ring-ref0: 8 is named twice; each must be distinct"
+    );
+    // Distinct values whatever their order are fine, and only the pages
+    // the ring has count.
+    let mut xs = multi_queue_frontend(2, 1);
+    xs.set(&fe("queue-0/ring-ref0"), b"1001");
+    xs.set(&fe("queue-1/ring-ref1"), b"0");
+    xs.set(&fe("queue-1/ring-ref5"), b"1001");
+    let p = read_frontend(&mut xs, FE, 5, 4).unwrap();
+    assert_eq!(p.refs(0), [1001, 1]);
+    assert_eq!(p.refs(1), [1000, 0]);
+}
+
 #[test]
 fn frontend_multi_page_per_queue() {
     for order in 1..=abi::MAX_RING_PAGE_ORDER {
@@ -1342,6 +1402,7 @@ fn errno_mapping() {
         (ConnectError::OutOfRange { key: "k", value: 1 }, einval),
         (ConnectError::BadValue { key: "k" }, einval),
         (ConnectError::UnknownProtocol, einval),
+        (ConnectError::Duplicate { key: "k", value: 1 }, einval),
         (ConnectError::BadState { value: 9 }, einval),
         (ConnectError::TooLong { key: "k" }, e2big),
         (ConnectError::Ring, eio),

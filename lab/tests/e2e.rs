@@ -519,6 +519,59 @@ fn bad_xenstore_values_are_refused_with_an_error_node() {
     }
 }
 
+/// Issue 13, finding 1: a multi-queue front-end whose queue 1 names queue
+/// 0's ring pages (or its event channel) is refused with an error node
+/// saying so, before any ring is mapped; before the fix both queues served
+/// the one ring and every request ran twice.
+#[test]
+fn queues_sharing_a_ring_or_a_channel_are_refused() {
+    let cases: [(&[(&str, &str)], &str); 2] = [
+        (
+            &[
+                ("queue-1/ring-ref0", "queue-0/ring-ref0"),
+                ("queue-1/ring-ref1", "queue-0/ring-ref1"),
+            ],
+            "queue/ring-ref0",
+        ),
+        (
+            &[("queue-1/event-channel", "queue-0/event-channel")],
+            "queue/event-channel",
+        ),
+    ];
+    for (same, key) in cases {
+        let rig = Rig::new("sharedring", |_| {});
+        let mut fe = rig.frontend(Profile::by_name("multiqueue").unwrap());
+        for (k, other) in same {
+            fe.set_xenstore_same_as(k, other);
+        }
+        match fe.connect() {
+            Err(FrontendError::Refused { state, error }) => {
+                assert_eq!(state, XenbusState::Closing, "{key}");
+                let e = error.unwrap_or_default();
+                assert!(
+                    e.starts_with("22 ") && e.contains(key) && e.contains("named twice"),
+                    "{key}: error node {e:?}"
+                );
+            }
+            other => panic!("{key}: {other:?}"),
+        }
+        rig.wait_state(XenbusState::Closing);
+        assert!(matches!(
+            rig.world.backend_last_error(&rig.vbd),
+            Some(ConnectError::Duplicate { .. })
+        ));
+        assert_eq!(rig.world.backend(&rig.vbd).unwrap().host.ring_pages, 0);
+        // Undone, the same front-end connects with four rings of its own.
+        assert!(fe.clear_xenstore_overrides() > 0);
+        fe.disconnect().unwrap();
+        let info = fe.connect().unwrap();
+        assert_eq!(info.queues, 4);
+        check_clean(&run_workload(&mut fe, &mixed(64, 4096, 5)).unwrap());
+        fe.disconnect().unwrap();
+        rig.finish();
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Faults and shortages
 // ---------------------------------------------------------------------------

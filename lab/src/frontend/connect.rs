@@ -76,7 +76,13 @@ impl Frontend {
             .map_or(0, |r| r.size());
         self.conn = Some(Conn { queues });
 
-        let nodes = self.transport_nodes(order, nqueues, max_queues.is_some())?;
+        let nodes = match self.transport_nodes(order, nqueues, max_queues.is_some()) {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = self.release_connection();
+                return Err(e);
+            }
+        };
         let state = if self.profile.skip_initialised {
             XenbusState::Connected
         } else {
@@ -170,8 +176,20 @@ impl Frontend {
         if self.profile.persistent {
             nodes.insert(keys::FEATURE_PERSISTENT.into(), Some("1".into()));
         }
-        for (k, v) in &self.overrides {
-            nodes.insert(k.clone(), v.clone());
+        let computed = nodes.clone();
+        for (k, o) in &self.overrides {
+            let v = match o {
+                XsOverride::Value(v) => Some(v.clone()),
+                XsOverride::Absent => None,
+                XsOverride::SameAs(other) => {
+                    Some(computed.get(other).cloned().flatten().ok_or_else(|| {
+                        FrontendError::Invalid(format!(
+                            "{k}: same as {other}, which this front-end does not publish"
+                        ))
+                    })?)
+                }
+            };
+            nodes.insert(k.clone(), v);
         }
         Ok(nodes)
     }

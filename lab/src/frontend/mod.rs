@@ -223,6 +223,18 @@ fn wait_change(s: &Signal, seen: u64, deadline: Instant) -> u64 {
     *g
 }
 
+/// What a front-end publishes for a transport node instead of what its
+/// profile computes (a hostile or broken guest's choice).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum XsOverride {
+    /// This value.
+    Value(String),
+    /// Nothing: the node is left out.
+    Absent,
+    /// The value computed for another node.
+    SameAs(String),
+}
+
 /// One granted page: a data page or an indirect descriptor page.
 #[derive(Clone, Copy, Debug)]
 struct Page {
@@ -290,7 +302,7 @@ pub struct Frontend {
     fe_path: String,
     be_path: String,
     profile: Profile,
-    overrides: BTreeMap<String, Option<String>>,
+    overrides: BTreeMap<String, XsOverride>,
     hang_guard: Duration,
     be_watch: Option<WatchId>,
     be_changed: Signal,
@@ -417,12 +429,36 @@ impl Frontend {
         self.hang_guard = limit;
     }
 
-    /// At the next [`connect`](Self::connect), writes `value` to `key`
-    /// (relative to the front-end directory) instead of the computed value;
-    /// `None` leaves the key out altogether.
+    /// At every following [`connect`](Self::connect), writes `value` to
+    /// `key` (relative to the front-end directory) instead of the computed
+    /// value; `None` leaves the key out altogether.
     pub fn set_xenstore_override(&mut self, key: &str, value: Option<&str>) {
+        let o = match value {
+            Some(v) => XsOverride::Value(v.to_string()),
+            None => XsOverride::Absent,
+        };
+        self.overrides.insert(key.to_string(), o);
+    }
+
+    /// At every following [`connect`](Self::connect), writes to `key` the
+    /// value the profile computes for node `other` (both relative to the
+    /// front-end directory), e.g. queue 0's `queue-0/ring-ref0` as queue
+    /// 1's `queue-1/ring-ref0`. A connect whose nodes have no `other`
+    /// fails with [`FrontendError::Invalid`].
+    pub fn set_xenstore_same_as(&mut self, key: &str, other: &str) {
         self.overrides
-            .insert(key.to_string(), value.map(|v| v.to_string()));
+            .insert(key.to_string(), XsOverride::SameAs(other.to_string()));
+    }
+
+    /// Undoes the override of `key`: the next [`connect`](Self::connect)
+    /// publishes what the profile computes. `true` when there was one.
+    pub fn clear_xenstore_override(&mut self, key: &str) -> bool {
+        self.overrides.remove(key).is_some()
+    }
+
+    /// Undoes every override; returns how many there were.
+    pub fn clear_xenstore_overrides(&mut self) -> usize {
+        std::mem::take(&mut self.overrides).len()
     }
 
     /// What the back-end published at connect.

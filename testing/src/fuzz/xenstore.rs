@@ -119,7 +119,8 @@ fn write_well_formed(r: &mut Input<'_>, xs: &mut XsMap, max_order: u32) -> Front
     }
     let mut refs = [0u32; 32];
     for (i, slot) in refs.iter_mut().enumerate().take(1 << order) {
-        *slot = r.u32();
+        // Distinct, as a ring's pages are (the low bits are the page).
+        *slot = (r.u32() & !0x1f) | i as u32;
         let key = if order == 0 && style != 2 {
             String::from(keys::RING_REF)
         } else {
@@ -209,6 +210,10 @@ fn check_accepted(p: &FrontendParams, xs: &XsMap, max_order: u32) {
     assert!(p.queues[0].ring_refs[p.ring_pages as usize..]
         .iter()
         .all(|&g| g == 0));
+    let refs = p.refs(0);
+    for (i, g) in refs.iter().enumerate() {
+        assert!(!refs[..i].contains(g), "a ring page named twice accepted");
+    }
     assert_eq!(
         node(keys::EVENT_CHANNEL).and_then(dec32),
         Some(p.queues[0].event_channel)
