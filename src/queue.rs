@@ -635,7 +635,18 @@ impl Queue {
             self.lists.list_mut(l).error = true;
             return self.finish(host, l);
         };
-        let submitted = match steps.get(usize::from(list.phase)) {
+        let phase = steps.get(usize::from(list.phase));
+        // Accepted against the medium's size then; the medium may have
+        // shrunk since (a resize while it waited for the window, a
+        // barrier's drain or its first flush): nothing goes past the end
+        // the core now knows.
+        let end = list.sector.checked_add(list.nr_sectors);
+        let inside = end.is_some_and(|e| e <= self.limits.medium_sectors);
+        if !inside && matches!(phase, Some(Phase::Data | Phase::Discard)) {
+            self.lists.list_mut(l).error = true;
+            return self.finish(host, l);
+        }
+        let submitted = match phase {
             Some(Phase::Data) => match self.iovecs(l) {
                 None => Err(IoError::Io),
                 Some(n) => {
