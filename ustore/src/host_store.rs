@@ -16,7 +16,9 @@ use xbb::host::{
     IoError, IoOp, IoTag, IoVec, MediumInfo, NodeKind, OpenError, OpenParams, StoreKind,
 };
 
-use crate::{open_store, submit_counted, IoFaults, RawIoVec, StoreIo, StoreSpec, UserStore};
+use crate::{
+    open_store, submit_counted, IoFaults, RawIoVec, StoreIo, StoreSpec, UserStore, WriteCache,
+};
 
 /// What the node at `path` is.
 pub fn probe(path: &Path) -> Result<NodeKind, OpenError> {
@@ -40,6 +42,7 @@ pub struct HostStore {
     in_flight: Arc<AtomicU64>,
     sector_size: u32,
     faults: Option<Arc<IoFaults>>,
+    cache: Option<Arc<WriteCache>>,
     /// I/Os refused because a piece of their buffer did not resolve to
     /// memory mapped as the I/O needs it.
     pub bad_iovecs: u64,
@@ -66,9 +69,17 @@ impl HostStore {
             in_flight: Arc::new(AtomicU64::new(0)),
             sector_size,
             faults,
+            cache: None,
             bad_iovecs: 0,
             submitted: 0,
         }
+    }
+
+    /// Stores opened from now on have `cache` in front of their medium
+    /// (see [`WriteCache`]).
+    pub fn with_cache(mut self, cache: Option<Arc<WriteCache>>) -> HostStore {
+        self.cache = cache;
+        self
     }
 
     /// Opens the store `params` names, whose node the platform found to be
@@ -88,6 +99,7 @@ impl HostStore {
             writable: params.writable,
             sector_size: self.sector_size,
             faults: self.faults.clone(),
+            cache: self.cache.clone(),
         };
         let in_flight = Arc::clone(&self.in_flight);
         let s = open_store(
