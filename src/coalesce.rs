@@ -106,6 +106,14 @@ pub struct ReqSlot {
     pub operation: u8,
     /// Segments it holds.
     pub nsegs: u16,
+    /// Where it starts on the medium.
+    pub sector: Sectors,
+    /// Its length.
+    pub nr_sectors: Sectors,
+    /// It failed on its own (one of its grants could not be mapped, or
+    /// the I/O serving it failed): it is answered with an error, and the
+    /// rest of its reqlist is served without it.
+    pub failed: bool,
     /// The next request of the same reqlist, or [`NONE`].
     pub next: u16,
 }
@@ -114,8 +122,23 @@ const EMPTY_SLOT: ReqSlot = ReqSlot {
     id: 0,
     operation: 0,
     nsegs: 0,
+    sector: Sectors(0),
+    nr_sectors: Sectors(0),
+    failed: false,
     next: NONE,
 };
+
+/// A run of a reqlist: back-to-back requests none of which failed, served
+/// by one I/O ([`Reqlists::run`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Run {
+    /// Where it starts on the medium.
+    pub sector: Sectors,
+    /// Its length.
+    pub nr_sectors: Sectors,
+    /// The first request of the next run, or [`NONE`].
+    pub next: u16,
+}
 
 /// Requests served by one I/O.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,7 +162,11 @@ pub struct Reqlist {
     pub kva_pages: u32,
     /// The step of its plan being served.
     pub phase: u8,
-    /// Some part failed: every request is answered with an error.
+    /// The first request of the run whose data step is served next
+    /// ([`Reqlists::run`]), or [`NONE`] before it starts.
+    pub run: u16,
+    /// A step that serves every request failed: every request is
+    /// answered with an error.
     pub error: bool,
     /// Its I/O was submitted and has not finished.
     pub in_flight: bool,
@@ -155,6 +182,7 @@ const EMPTY_LIST: Reqlist = Reqlist {
     kva_first: 0,
     kva_pages: 0,
     phase: 0,
+    run: NONE,
     error: false,
     in_flight: false,
 };
@@ -273,13 +301,84 @@ impl Reqlists {
     }
 
     /// Records what the request in `slot` is.
-    pub fn set_slot(&mut self, slot: u16, id: u64, operation: u8, nsegs: u16) {
+    pub fn set_slot(&mut self, slot: u16, p: &Parsed) {
         self.slots[usize::from(slot)] = ReqSlot {
-            id,
-            operation,
-            nsegs,
+            id: p.id,
+            operation: p.operation,
+            nsegs: p.nsegs,
+            sector: p.sector,
+            nr_sectors: p.nr_sectors,
+            failed: false,
             next: NONE,
         };
+    }
+
+    /// The request in `slot` failed on its own; see [`ReqSlot::failed`].
+    pub fn fail_slot(&mut self, slot: u16) {
+        if let Some(r) = self.slots.get_mut(usize::from(slot)) {
+            r.failed = true;
+        }
+    }
+
+    /// The first request of reqlist `l` that has not failed, from `from`
+    /// (a request of its chain) on; [`NONE`] when every one has.
+    pub fn first_unfailed(&self, from: u16) -> u16 {
+        let mut cur = from;
+        while let Some(r) = self.slots.get(usize::from(cur)) {
+            if !r.failed {
+                return cur;
+            }
+            cur = r.next;
+        }
+        NONE
+    }
+
+    /// The run of back-to-back requests that have not failed starting at
+    /// `start` (a request of a reqlist's chain): the span of the medium it
+    /// covers, and the first request of the next such run. A reqlist none
+    /// of whose requests failed is one run.
+    pub fn run(&self, start: u16) -> Run {
+        let mut out = Run {
+            sector: self
+                .slots
+                .get(usize::from(start))
+                .map_or(Sectors(0), |r| r.sector),
+            nr_sectors: Sectors(0),
+            next: NONE,
+        };
+        let mut cur = start;
+        while let Some(r) = self.slots.get(usize::from(cur)) {
+            if r.failed {
+                out.next = self.first_unfailed(cur);
+                break;
+            }
+            out.nr_sectors = Sectors(out.nr_sectors.0.saturating_add(r.nr_sectors.0));
+            cur = r.next;
+        }
+        out
+    }
+
+    /// The requests of the run starting at `start`, in order (see
+    /// [`Reqlists::run`]), as [`Reqlists::chain`] gives them.
+    pub fn run_chain(&self, start: u16) -> impl Iterator<Item = (u16, Range<usize>)> + '_ {
+        Chain {
+            slots: &self.slots,
+            max_segs: self.max_segs,
+            cur: start,
+        }
+        .take_while(|&(s, _)| !self.slots[usize::from(s)].failed)
+    }
+
+    /// Marks every request of the run starting at `start` failed.
+    pub fn fail_run(&mut self, start: u16) {
+        let mut cur = start;
+        while let Some(r) = self.slots.get_mut(usize::from(cur)) {
+            if r.failed {
+                break;
+            }
+            r.failed = true;
+            cur = r.next;
+        }
     }
 
     /// The request in `slot`.
@@ -456,14 +555,32 @@ mod tests {
         };
         let a = r.take_slot().unwrap();
         assert_eq!(a, 0, "low indices first");
-        r.set_slot(a, 10, 1, 2);
+        r.set_slot(
+            a,
+            &Parsed {
+                id: 10,
+                ..parsed(Op::Write, 0, 2)
+            },
+        );
         let l = r.start(a, &parsed(Op::Write, 0, 2)).unwrap();
         assert_eq!(r.open(), Some(l));
         let c = r.take_slot().unwrap();
-        r.set_slot(c, 11, 1, 3);
+        r.set_slot(
+            c,
+            &Parsed {
+                id: 11,
+                ..parsed(Op::Write, 16, 3)
+            },
+        );
         assert!(r.join_open(c, &parsed(Op::Write, 16, 3), &b));
         let d = r.take_slot().unwrap();
-        r.set_slot(d, 12, 1, 1);
+        r.set_slot(
+            d,
+            &Parsed {
+                id: 12,
+                ..parsed(Op::Write, 99, 1)
+            },
+        );
         assert!(
             !r.join_open(d, &parsed(Op::Write, 99, 1), &b),
             "not contiguous"
@@ -485,7 +602,13 @@ mod tests {
         assert!(r.slots_exhausted());
         // A flush never opens a reqlist for others to join.
         let f = again[0];
-        r.set_slot(f, 13, 3, 0);
+        r.set_slot(
+            f,
+            &Parsed {
+                id: 13,
+                ..parsed(Op::Flush, 0, 0)
+            },
+        );
         assert!(r.start(f, &parsed(Op::Flush, 0, 0)).is_some());
         assert_eq!(r.open(), None);
         assert!(Reqlists::try_new(MAX_SLOTS + 1, 1).is_err());

@@ -104,13 +104,22 @@ pub enum ConnectError {
         /// The node.
         key: &'static str,
     },
-    /// A numeric node is not plain decimal: empty, signed, spaced, hex, or
-    /// too big for its type.
+    /// A numeric node holds nothing.
+    Empty {
+        /// The node.
+        key: &'static str,
+    },
+    /// A numeric node is not plain decimal: signed, spaced, hex, ...
     NotANumber {
         /// The node.
         key: &'static str,
     },
-    /// A number outside what is allowed.
+    /// A decimal number beyond `u64::MAX`: out of range of every node.
+    TooLarge {
+        /// The node.
+        key: &'static str,
+    },
+    /// A number outside what is allowed, or too big for the node's type.
     OutOfRange {
         /// The node.
         key: &'static str,
@@ -175,7 +184,9 @@ impl ConnectError {
                 XsError::Other(_) => EIO,
             },
             ConnectError::Missing { .. } => ENOENT,
-            ConnectError::NotANumber { .. }
+            ConnectError::Empty { .. }
+            | ConnectError::NotANumber { .. }
+            | ConnectError::TooLarge { .. }
             | ConnectError::OutOfRange { .. }
             | ConnectError::BadValue { .. }
             | ConnectError::Duplicate { .. }
@@ -220,7 +231,11 @@ impl fmt::Display for ConnectError {
                 }
             }
             ConnectError::Missing { key } => write!(f, "{key}: missing"),
+            ConnectError::Empty { key } => write!(f, "{key}: empty, not a number"),
             ConnectError::NotANumber { key } => write!(f, "{key}: not a decimal number"),
+            ConnectError::TooLarge { key } => {
+                write!(f, "{key}: out of range (above {})", u64::MAX)
+            }
             ConnectError::OutOfRange { key, value } => {
                 write!(f, "{key}: {value} is out of range")
             }
@@ -302,21 +317,37 @@ impl Decimal {
 // Parsing
 // ---------------------------------------------------------------------------
 
+/// Why a value is not a strict decimal number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NumError {
+    /// Nothing at all.
+    Empty,
+    /// Something other than ASCII digits: a sign, a space, `0x`, a NUL, ...
+    NotDecimal,
+    /// Digits only, but more than `u64::MAX`.
+    TooLarge,
+}
+
 /// Parses a strict decimal `u64`: one or more ASCII digits and nothing else
 /// (no sign, no spaces, no `0x`, no empty string, no overflow). Leading
-/// zeros are decimal, not octal.
-pub fn parse_u64(v: &[u8]) -> Option<u64> {
+/// zeros are decimal, not octal. The error says which rule was broken.
+pub fn parse_decimal(v: &[u8]) -> Result<u64, NumError> {
     if v.is_empty() {
-        return None;
+        return Err(NumError::Empty);
     }
-    let mut n: u64 = 0;
-    for &c in v {
-        if !c.is_ascii_digit() {
-            return None;
-        }
-        n = n.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+    if !v.iter().all(u8::is_ascii_digit) {
+        return Err(NumError::NotDecimal);
     }
-    Some(n)
+    v.iter().try_fold(0u64, |n, &c| {
+        n.checked_mul(10)
+            .and_then(|n| n.checked_add(u64::from(c - b'0')))
+            .ok_or(NumError::TooLarge)
+    })
+}
+
+/// [`parse_decimal`], `None` for any error.
+pub fn parse_u64(v: &[u8]) -> Option<u64> {
+    parse_decimal(v).ok()
 }
 
 /// Parses a strict decimal `u32` (see [`parse_u64`]).
@@ -362,7 +393,7 @@ fn read_raw_as<'b, X: XenStore>(
 
 /// Reads `dir/node` as a strict decimal of type `T`, naming it `key` in
 /// errors; `None` if absent. A number too big for `T` is
-/// [`ConnectError::NotANumber`] (it does not fit the node's type).
+/// [`ConnectError::OutOfRange`] (it does not fit the node's type).
 fn read_num_as<T: TryFrom<u64>, X: XenStore>(
     xs: &mut X,
     txn: XsTxn,
@@ -374,12 +405,14 @@ fn read_num_as<T: TryFrom<u64>, X: XenStore>(
         None => Ok(None),
         Some(n) => T::try_from(n)
             .map(Some)
-            .map_err(|_| ConnectError::NotANumber { key }),
+            .map_err(|_| ConnectError::OutOfRange { key, value: n }),
     }
 }
 
 /// [`read_num_as`]'s one reader, whatever the type: `dir/node` as a strict
-/// decimal `u64`.
+/// decimal `u64`. Every number the back-end reads from XenStore goes
+/// through here, so each says the same: [`ConnectError::Empty`],
+/// [`ConnectError::NotANumber`] or [`ConnectError::TooLarge`].
 fn read_u64_as<X: XenStore>(
     xs: &mut X,
     txn: XsTxn,
@@ -390,14 +423,21 @@ fn read_u64_as<X: XenStore>(
     let mut buf = [0u8; VALUE_BUF];
     match read_raw_as(xs, txn, dir, node, key, &mut buf)? {
         None => Ok(None),
-        Some(v) => parse_u64(v)
-            .map(Some)
-            .ok_or(ConnectError::NotANumber { key }),
+        Some(v) => parse_decimal(v).map(Some).map_err(|e| num_error(key, e)),
+    }
+}
+
+/// The connection error of a number that did not parse.
+fn num_error(key: &'static str, e: NumError) -> ConnectError {
+    match e {
+        NumError::Empty => ConnectError::Empty { key },
+        NumError::NotDecimal => ConnectError::NotANumber { key },
+        NumError::TooLarge => ConnectError::TooLarge { key },
     }
 }
 
 /// Reads `dir/key` as a strict decimal `u32`; `None` if absent.
-/// A number above `u32::MAX` is [`ConnectError::NotANumber`] (it does not
+/// A number above `u32::MAX` is [`ConnectError::OutOfRange`] (it does not
 /// fit the node's type).
 pub fn read_u32<X: XenStore>(
     xs: &mut X,
@@ -409,8 +449,8 @@ pub fn read_u32<X: XenStore>(
 }
 
 /// Reads a boolean node: `"0"` or `"1"` only; `None` if absent. Another
-/// number is [`ConnectError::OutOfRange`], anything else
-/// [`ConnectError::NotANumber`].
+/// number is [`ConnectError::OutOfRange`], anything else what
+/// [`parse_decimal`] says of it.
 pub fn read_bool<X: XenStore>(
     xs: &mut X,
     txn: XsTxn,
@@ -425,9 +465,9 @@ pub fn read_bool<X: XenStore>(
     match v {
         b"0" => Ok(Some(false)),
         b"1" => Ok(Some(true)),
-        _ => match parse_u64(v) {
-            Some(value) => Err(ConnectError::OutOfRange { key, value }),
-            None => Err(ConnectError::NotANumber { key }),
+        _ => match parse_decimal(v) {
+            Ok(value) => Err(ConnectError::OutOfRange { key, value }),
+            Err(e) => Err(num_error(key, e)),
         },
     }
 }
@@ -1044,8 +1084,9 @@ pub struct Discard {
 /// `feature-max-indirect-segments` (removed when 0), `discard-granularity`,
 /// `discard-alignment`, `discard-secure` and `feature-discard` (the three
 /// parameters removed and `feature-discard` "0" without discard), then
-/// `state` = Connected. Removing nodes clears what an earlier connection
-/// published.
+/// removes the per-device `error` node an earlier, refused connection left
+/// ([`report_fatal`]), then `state` = Connected. Removing nodes clears what
+/// an earlier connection published.
 ///
 /// `medium` is checked first: `sector-size` must be a power of two of at
 /// least 512, `physical-sector-size` a non-zero multiple of it; so is the
@@ -1132,6 +1173,12 @@ pub fn publish_connected<X: XenStore>(
                 write_node(xs, txn, be_dir, keys::FEATURE_DISCARD, "0")?;
             }
         }
+        // What an earlier, refused connection reported no longer holds.
+        let stale = error_node(be_dir)?;
+        match xs.xs_remove(txn, &stale) {
+            Ok(()) | Err(XsError::NotFound) => {}
+            Err(err) => return Err(ConnectError::Xs { key: "error", err }),
+        }
         write_connected(xs, txn, be_dir)
     })
 }
@@ -1180,14 +1227,20 @@ pub fn write_state<X: XenStore>(
     write_node(xs, XsTxn::NONE, be_dir, keys::STATE, state.as_str())
 }
 
+/// The per-device error node of the back-end at `be_dir`:
+/// `error/<be_dir>/error`, `be_dir` without its leading `/`.
+fn error_node(be_dir: &str) -> Result<String, ConnectError> {
+    let node = be_dir.trim_start_matches('/');
+    try_format(format_args!("error/{node}/error"))
+}
+
 /// Reports a fatal error the way XenBus drivers do: writes
 /// `"<errno> <message>"` to `error/<be_dir>/error` (the per-device error
 /// node the toolstack shows; `be_dir` without its leading `/`), then enters
 /// Closing. Best effort: XenStore or allocation failures are ignored.
 pub fn report_fatal<X: XenStore>(xs: &mut X, be_dir: &str, err: &ConnectError) {
-    let node = be_dir.trim_start_matches('/');
     if let (Ok(path), Ok(msg)) = (
-        try_format(format_args!("error/{node}/error")),
+        error_node(be_dir),
         try_format(format_args!("{} {}", err.errno(), err)),
     ) {
         let _ = xs.xs_write(XsTxn::NONE, &path, &msg);

@@ -13,8 +13,13 @@
 //! reqlist, give each closed reqlist one contiguous range of the window
 //! share for the grants not already mapped, map them in one batch, submit
 //! one I/O; on completion unmap the transient grants, free the range,
-//! answer every request of the reqlist (all with an error if any part
-//! failed), and notify the front-end only when it asked.
+//! answer every request of the reqlist, and notify the front-end only when
+//! it asked. A request whose own grant cannot be mapped is answered with an
+//! error and the rest of its reqlist is still served: the back-to-back
+//! requests around it are runs, each one I/O, submitted one after the
+//! other under the reqlist's one tag (no allocation, and the reqlist stays
+//! in flight until its last run, so barriers still wait for all of it).
+//! An I/O error fails the requests of its run.
 //!
 //! Every pool is allocated, fallibly, when the queue is built; nothing on
 //! the request path allocates. The instance ([`crate::instance`]) builds
@@ -291,10 +296,7 @@ impl Queue {
             // The front-end wrote an impossible producer index: answer
             // nothing more on this ring, serve nothing that came with it.
             self.broken = true;
-            if let Some(l) = self.lists.take_open() {
-                self.lists.list_mut(l).error = true;
-                self.finish(host, l);
-            }
+            self.abandon_unstarted(host);
             return Outcome::RingBroken;
         }
         self.grants
@@ -479,7 +481,7 @@ impl Queue {
             self.respond(p.id, p.operation, BLKIF_RSP_ERROR);
             return;
         }
-        self.lists.set_slot(slot, p.id, p.operation, p.nsegs);
+        self.lists.set_slot(slot, &p);
         self.enlist(host, slot, &p, coalesce);
     }
 
@@ -530,6 +532,30 @@ impl Queue {
             let cap = self.waitq.len();
             self.waitq[(self.waitq_head + self.waitq_len) % cap] = l;
             self.waitq_len += 1;
+        }
+    }
+
+    /// The ring is broken: nothing that has not started yet ever will. The
+    /// open reqlist, every reqlist waiting for the window and a barrier
+    /// waiting for its drain are finished at once, without I/O (their
+    /// responses are not written: the ring is broken); only what is in
+    /// flight drains.
+    fn abandon_unstarted<H: Host>(&mut self, host: &mut H) {
+        if let Some(l) = self.lists.take_open() {
+            self.lists.list_mut(l).error = true;
+            self.finish(host, l);
+        }
+        while self.waitq_len > 0 {
+            let l = self.waitq[self.waitq_head];
+            self.waitq_head = (self.waitq_head + 1) % self.waitq.len();
+            self.waitq_len -= 1;
+            self.lists.list_mut(l).error = true;
+            self.finish(host, l);
+        }
+        if self.barrier != NONE && !self.lists.list(self.barrier).in_flight {
+            let l = self.barrier;
+            self.lists.list_mut(l).error = true;
+            self.finish(host, l);
         }
     }
 
@@ -595,25 +621,46 @@ impl Queue {
             );
             if failed > 0 {
                 self.stats.add(Stat::GrantMapFailures, failed);
-                self.lists.list_mut(l).error = true;
-                self.finish(host, l);
-                return true;
+                self.fail_unmapped(l);
             }
+        }
+        // Only the requests whose own grants failed are answered with an
+        // error; the others are served, in runs around them.
+        let run = self.lists.first_unfailed(list.head);
+        if run == NONE {
+            self.finish(host, l);
+            return true;
         }
         let lm = self.lists.list_mut(l);
         lm.in_flight = true;
         lm.phase = 0;
+        lm.run = run;
         self.in_flight += 1;
         self.submit_phase(host, l);
         true
     }
 
-    /// The iovecs of reqlist `l`'s data, in `self.iov`; `None` when a
-    /// segment has no page or the buffer is short (neither happens for a
-    /// reqlist within its budget).
+    /// Marks failed every request of reqlist `l` one of whose segments
+    /// could not be mapped.
+    fn fail_unmapped(&mut self, l: u16) {
+        let mut cur = self.lists.list(l).head;
+        while cur != NONE {
+            let r = self.lists.slot(cur);
+            let base = self.lists.slot_range(cur).start;
+            let range = base..base + usize::from(r.nsegs);
+            if self.grants.mapped_pages(range).any(|p| p.is_none()) {
+                self.lists.fail_slot(cur);
+            }
+            cur = r.next;
+        }
+    }
+
+    /// The iovecs of the run of reqlist `l` being served, in `self.iov`;
+    /// `None` when a segment has no page or the buffer is short (neither
+    /// happens for a reqlist within its budget).
     fn iovecs(&mut self, l: u16) -> Option<usize> {
         let mut n = 0usize;
-        for (_, r) in self.lists.chain(l) {
+        for (_, r) in self.lists.run_chain(self.lists.list(l).run) {
             let segs = &self.lists.segments()[r.clone()];
             n = coalesce::append_iovecs(
                 segs.iter().zip(self.grants.mapped_pages(r)),
@@ -624,41 +671,58 @@ impl Queue {
         Some(n)
     }
 
-    /// Submits the reqlist's current phase; a submission the store refuses
-    /// completes the reqlist with an error at once.
+    /// Submits the reqlist's current step: a data step serves its current
+    /// run. A submission the store refuses fails that step at once, and
+    /// serving goes on with the next (one per run at most: the loop is
+    /// bounded by the reqlist's requests).
     fn submit_phase<H: Host>(&mut self, host: &mut H, l: u16) {
+        loop {
+            let Err(e) = self.submit_step(host, l) else {
+                return;
+            };
+            if !self.advance(l, Err(e)) {
+                return self.finish(host, l);
+            }
+        }
+    }
+
+    /// Hands the reqlist's current step to the store.
+    fn submit_step<H: Host>(&mut self, host: &mut H, l: u16) -> Result<(), IoError> {
         let list = *self.lists.list(l);
         let steps = plan(list.op, list.pages > 0);
         let tag = self.tag(l);
-        // Within the medium, whose bytes fit a u64: the conversions hold.
-        let (Some(offset), Some(len)) = (list.sector.bytes(), list.nr_sectors.bytes()) else {
-            self.lists.list_mut(l).error = true;
-            return self.finish(host, l);
+        let run = self.lists.run(list.run);
+        let (sector, nr_sectors) = match steps.get(usize::from(list.phase)) {
+            Some(Phase::Data) => (run.sector, run.nr_sectors),
+            _ => (list.sector, list.nr_sectors),
         };
         let phase = steps.get(usize::from(list.phase));
         // Accepted against the medium's size then; the medium may have
         // shrunk since (a resize while it waited for the window, a
         // barrier's drain or its first flush): nothing goes past the end
-        // the core now knows.
-        let end = list.sector.checked_add(list.nr_sectors);
-        let inside = end.is_some_and(|e| e <= self.limits.medium_sectors);
-        if !inside && matches!(phase, Some(Phase::Data | Phase::Discard)) {
-            self.lists.list_mut(l).error = true;
-            return self.finish(host, l);
+        // the core now knows. The step fails instead (a data step: its
+        // run's requests only).
+        if matches!(phase, Some(Phase::Data | Phase::Discard)) {
+            let end = sector.checked_add(nr_sectors);
+            if end.is_none_or(|e| e > self.limits.medium_sectors) {
+                return Err(IoError::Io);
+            }
         }
-        let submitted = match phase {
-            Some(Phase::Data) => match self.iovecs(l) {
-                None => Err(IoError::Io),
-                Some(n) => {
-                    let iov = &self.iov[..n];
-                    let op = if list.op == Op::Read {
-                        IoOp::Read { offset, iov }
-                    } else {
-                        IoOp::Write { offset, iov }
-                    };
-                    host.store_submit(tag, op)
-                }
-            },
+        // Within the medium, whose bytes fit a u64: the conversions hold.
+        let (Some(offset), Some(len)) = (sector.bytes(), nr_sectors.bytes()) else {
+            return Err(IoError::Io);
+        };
+        match phase {
+            Some(Phase::Data) => {
+                let n = self.iovecs(l).ok_or(IoError::Io)?;
+                let iov = &self.iov[..n];
+                let op = if list.op == Op::Read {
+                    IoOp::Read { offset, iov }
+                } else {
+                    IoOp::Write { offset, iov }
+                };
+                host.store_submit(tag, op)
+            }
             Some(Phase::Flush) => host.store_submit(tag, IoOp::Flush),
             Some(Phase::Discard) => host.store_submit(
                 tag,
@@ -669,42 +733,60 @@ impl Queue {
                 },
             ),
             None => Err(IoError::Io),
-        };
-        if submitted.is_err() {
-            self.lists.list_mut(l).error = true;
-            self.finish(host, l);
         }
     }
 
-    /// One phase of a reqlist finished.
+    /// One step of a reqlist finished.
     fn on_complete<H: Host>(&mut self, host: &mut H, l: u16, result: Result<(), IoError>) {
         // A tag the core did not hand out, or a duplicate completion, is a
         // platform bug; ignore it rather than answer twice.
         if !self.lists.get(l).is_some_and(|list| list.in_flight) {
             return;
         }
-        let list = self.lists.list_mut(l);
-        if result.is_err() {
-            list.error = true;
-            return self.finish(host, l);
-        }
-        let steps = plan(list.op, list.pages > 0);
-        if steps.get(usize::from(list.phase)) == Some(&Phase::Data) {
-            let bytes = list.nr_sectors.bytes().map_or(0, |b| b.0);
-            let stat = if list.op == Op::Read {
-                Stat::BytesRead
-            } else {
-                Stat::BytesWritten
-            };
-            self.stats.add(stat, bytes);
-        }
-        let list = self.lists.list_mut(l);
-        list.phase += 1;
-        if usize::from(list.phase) < steps.len() {
+        if self.advance(l, result) {
             self.submit_phase(host, l);
         } else {
             self.finish(host, l);
         }
+    }
+
+    /// Records how the reqlist's current step ended and moves to the next
+    /// one: the next run of a data step, else the next step of its plan.
+    /// A failed data step fails its run's requests only; any other failed
+    /// step fails the whole reqlist (it serves every request: a flush, a
+    /// discard, a barrier's steps — each of those reqlists holds one
+    /// request). `true` when there is a step to submit, `false` when the
+    /// reqlist is done.
+    fn advance(&mut self, l: u16, result: Result<(), IoError>) -> bool {
+        let list = *self.lists.list(l);
+        let steps = plan(list.op, list.pages > 0);
+        if steps.get(usize::from(list.phase)) == Some(&Phase::Data) {
+            let run = self.lists.run(list.run);
+            if result.is_ok() {
+                let stat = if list.op == Op::Read {
+                    Stat::BytesRead
+                } else {
+                    Stat::BytesWritten
+                };
+                self.stats
+                    .add(stat, run.nr_sectors.bytes().map_or(0, |b| b.0));
+            } else {
+                self.lists.fail_run(list.run);
+            }
+            if run.next != NONE {
+                self.lists.list_mut(l).run = run.next;
+                return true;
+            }
+            if result.is_err() {
+                return false;
+            }
+        } else if result.is_err() {
+            self.lists.list_mut(l).error = true;
+            return false;
+        }
+        let list = self.lists.list_mut(l);
+        list.phase += 1;
+        usize::from(list.phase) < steps.len()
     }
 
     /// Unmaps, frees the window range, answers every request of the
@@ -720,14 +802,14 @@ impl Queue {
         if list.in_flight {
             self.in_flight -= 1;
         }
-        let status = if list.error {
-            BLKIF_RSP_ERROR
-        } else {
-            BLKIF_RSP_OKAY
-        };
         let mut cur = list.head;
         while cur != NONE {
             let r = self.lists.slot(cur);
+            let status = if list.error || r.failed {
+                BLKIF_RSP_ERROR
+            } else {
+                BLKIF_RSP_OKAY
+            };
             self.respond(r.id, r.operation, status);
             cur = r.next;
         }

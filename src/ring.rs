@@ -42,6 +42,19 @@ pub enum RingError {
         /// The back-end's private response producer at the time.
         rsp_prod_pvt: u32,
     },
+    /// The back-end published an `rsp_prod` no well-behaved back-end can:
+    /// more unconsumed responses than the ring holds, or than requests
+    /// the front-end made visible and has not seen answered (an index
+    /// moved backwards looks like about 2^32 of them). The front-end must
+    /// stop taking responses and report the back-end broken.
+    BadResponseProducer {
+        /// The value read from the shared ring.
+        rsp_prod: u32,
+        /// The front-end's consumer index at the time.
+        rsp_cons: u32,
+        /// How many responses the front-end could be owed at most.
+        owed: u32,
+    },
 }
 
 /// Checks a ring geometry: the slot count, given the mapping is long enough.
@@ -93,17 +106,25 @@ pub struct BackRing {
 }
 
 impl BackRing {
-    /// Attaches to a ring the front-end initialised (`BACK_RING_INIT`):
-    /// `req_cons = rsp_prod_pvt = 0`. Does not write the shared header.
+    /// Attaches to a ring the front-end initialised (`BACK_RING_ATTACH` at
+    /// the ring's `rsp_prod`, read once): `req_cons = rsp_prod_pvt =
+    /// rsp_prod`. That is `BACK_RING_INIT`'s 0 for a ring
+    /// `SHARED_RING_INIT` just made, and any index a front-end started its
+    /// ring at otherwise (every index is compared in wrapping arithmetic,
+    /// so a start near 2^32 wraps like any other). Does not write the
+    /// shared header.
     pub fn new(mem: SharedMem, abi: Abi, pages: u32) -> Result<BackRing, RingError> {
         let size = ring_geometry(&mem, abi, pages)?;
+        // Acquire: the front-end initialised the header before granting
+        // the pages; pairs with its release stores of the indices.
+        let start = mem.load_u32(SRING_RSP_PROD, Ordering::Acquire);
         Ok(BackRing {
             mem,
             abi,
             size,
-            req_cons: 0,
-            rsp_prod_pvt: 0,
-            rsp_prod_pub: 0,
+            req_cons: start,
+            rsp_prod_pvt: start,
+            rsp_prod_pub: start,
         })
     }
 
@@ -257,7 +278,15 @@ impl BackRing {
 }
 
 /// The front-end's side of a shared ring (`struct blkif_front_ring`), for
-/// simulated guests, tests and fuzzing. It trusts the back-end.
+/// simulated guests, tests and fuzzing.
+///
+/// It is as wary of its back-end as the back ring is of its front-end:
+/// [`take_response`](Self::take_response) reads `rsp_prod` once and
+/// refuses a value that claims more unconsumed responses than the ring
+/// holds or than requests this front-end made visible (the furthest
+/// `req_prod` it stored that a well-behaved front-end could store, at most
+/// a ring ahead of `rsp_cons`). So a loop taking responses ends after at
+/// most one ring's worth, whatever the back-end writes.
 #[derive(Debug)]
 pub struct FrontRing {
     mem: SharedMem,
@@ -265,27 +294,45 @@ pub struct FrontRing {
     size: u32,
     req_prod_pvt: u32,
     rsp_cons: u32,
+    /// The furthest `req_prod` stored, among values at most `size` ahead
+    /// of `rsp_cons` when stored: requests up to it may be answered.
+    req_issued: u32,
 }
 
 impl FrontRing {
     /// Initialises the shared ring and attaches to it (`SHARED_RING_INIT`
     /// + `FRONT_RING_INIT`): the header zeroed, `req_event = rsp_event = 1`.
     pub fn init(mem: SharedMem, abi: Abi, pages: u32) -> Result<FrontRing, RingError> {
+        FrontRing::init_at(mem, abi, pages, 0)
+    }
+
+    /// [`init`](Self::init) with every index starting at `start` instead
+    /// of 0 (`req_prod = rsp_prod = start`, the events at `start + 1`): a
+    /// front-end that wants its indices to wrap at 2^32 soon. The back
+    /// ring attaches at the ring's `rsp_prod` ([`BackRing::new`]).
+    pub fn init_at(
+        mem: SharedMem,
+        abi: Abi,
+        pages: u32,
+        start: u32,
+    ) -> Result<FrontRing, RingError> {
         let size = ring_geometry(&mem, abi, pages)?;
         mem.write(0, &[0u8; SRING_HEADER_SIZE]);
-        mem.store_u32(SRING_REQ_EVENT, 1, Ordering::Relaxed);
-        mem.store_u32(SRING_RSP_EVENT, 1, Ordering::Relaxed);
-        // Release: the zeroed header is visible before anyone can see a
-        // request (there is none yet; the back-end attaches later through
+        let event = start.wrapping_add(1);
+        mem.store_u32(SRING_REQ_EVENT, event, Ordering::Relaxed);
+        mem.store_u32(SRING_RSP_EVENT, event, Ordering::Relaxed);
+        // Release: the initialised header is visible before anyone can see
+        // a request (there is none yet; the back-end attaches later through
         // the grant, which is itself a synchronisation point).
-        mem.store_u32(SRING_REQ_PROD, 0, Ordering::Release);
-        mem.store_u32(SRING_RSP_PROD, 0, Ordering::Release);
+        mem.store_u32(SRING_REQ_PROD, start, Ordering::Release);
+        mem.store_u32(SRING_RSP_PROD, start, Ordering::Release);
         Ok(FrontRing {
             mem,
             abi,
             size,
-            req_prod_pvt: 0,
-            rsp_cons: 0,
+            req_prod_pvt: start,
+            rsp_cons: start,
+            req_issued: start,
         })
     }
 
@@ -339,10 +386,43 @@ impl FrontRing {
             .write(slot_offset(self.abi, self.size, index), &bytes[..n]);
     }
 
-    /// A hostile front-end's write: stores any `req_prod` (release).
+    /// The request slot `index` (masked to the ring) holds now, decoded:
+    /// what a hostile front-end's raw bytes amount to.
+    pub fn read_slot(&self, index: u32) -> BlkifRequest {
+        let len = self.abi.request_size();
+        let buf = read_slot(&self.mem, self.abi, self.size, index, len);
+        self.abi.decode_request(&buf[..len])
+    }
+
+    /// A hostile front-end's write: stores any `req_prod` (release). A
+    /// value ahead of `req_prod_pvt` by no more than the free slots makes
+    /// the slots up to it produced (whatever was written in them), so that
+    /// requests pushed afterwards follow them.
     pub fn set_req_prod_raw(&mut self, v: u32) {
         // Release: slots written before are visible with the index.
         self.mem.store_u32(SRING_REQ_PROD, v, Ordering::Release);
+        self.note_issued(v);
+        if v.wrapping_sub(self.req_prod_pvt) <= self.free_slots() {
+            self.req_prod_pvt = v;
+        }
+    }
+
+    /// Records a stored `req_prod` for the bound on responses: the
+    /// furthest one at most a ring ahead of `rsp_cons`. (A value further
+    /// ahead, or behind, is one no well-behaved front-end stores; the
+    /// back-end refuses it, and responses beyond the bound are refused
+    /// here.)
+    fn note_issued(&mut self, v: u32) {
+        let ahead = v.wrapping_sub(self.rsp_cons);
+        if ahead <= self.size && ahead > self.req_issued.wrapping_sub(self.rsp_cons) {
+            self.req_issued = v;
+        }
+    }
+
+    /// Responses this front-end can be owed at most: requests it made
+    /// visible and has not taken the response of, within one ring.
+    fn owed(&self) -> u32 {
+        self.req_issued.wrapping_sub(self.rsp_cons).min(self.size)
     }
 
     /// Publishes the pushed requests (`RING_PUSH_REQUESTS_AND_CHECK_NOTIFY`):
@@ -354,6 +434,7 @@ impl FrontRing {
         let new = self.req_prod_pvt;
         // Release orders the request slot writes before the index.
         self.mem.store_u32(SRING_REQ_PROD, new, Ordering::Release);
+        self.note_issued(new);
         // Store-load barrier: closes the race with the back-end's
         // RING_FINAL_CHECK_FOR_REQUESTS (it sets req_event then re-reads
         // req_prod; we set req_prod then read req_event).
@@ -363,18 +444,30 @@ impl FrontRing {
         new.wrapping_sub(event) < new.wrapping_sub(old)
     }
 
-    /// Consumes the next published response; `None` when caught up.
-    pub fn take_response(&mut self) -> Option<BlkifResponse> {
+    /// Consumes the next published response: `Ok(None)` when caught up,
+    /// [`RingError::BadResponseProducer`] (nothing consumed) when the
+    /// back-end's `rsp_prod` claims more responses than this front-end can
+    /// be owed. The slot is copied once; its `id` is the caller's to check.
+    pub fn take_response(&mut self) -> Result<Option<BlkifResponse>, RingError> {
         // Acquire pairs with the back-end's release store of rsp_prod: the
         // response slots below it are visible to the copy below.
         let rsp_prod = self.mem.load_u32(SRING_RSP_PROD, Ordering::Acquire);
-        if rsp_prod == self.rsp_cons {
-            return None;
+        let unconsumed = rsp_prod.wrapping_sub(self.rsp_cons);
+        if unconsumed == 0 {
+            return Ok(None);
+        }
+        let owed = self.owed();
+        if unconsumed > owed {
+            return Err(RingError::BadResponseProducer {
+                rsp_prod,
+                rsp_cons: self.rsp_cons,
+                owed,
+            });
         }
         let len = self.abi.response_size();
         let buf = read_slot(&self.mem, self.abi, self.size, self.rsp_cons, len);
         self.rsp_cons = self.rsp_cons.wrapping_add(1);
-        Some(self.abi.decode_response(&buf[..len]))
+        Ok(Some(self.abi.decode_response(&buf[..len])))
     }
 
     /// `RING_FINAL_CHECK_FOR_RESPONSES`: asks for an event at the next
@@ -567,10 +660,10 @@ mod tests {
                     assert_eq!(back.take_request(prod), None);
                     back.publish_responses();
                     for want in &pushed {
-                        assert_eq!(front.take_response(), Some(response_for(want)));
+                        assert_eq!(front.take_response().unwrap(), Some(response_for(want)));
                         received += 1;
                     }
-                    assert_eq!(front.take_response(), None);
+                    assert_eq!(front.take_response().unwrap(), None);
                     batch = batch * 3 % u64::from(size) + 1;
                 }
                 assert_eq!(front.free_slots(), size);
@@ -584,18 +677,11 @@ mod tests {
     fn index_wraparound() {
         for abi in ABIS {
             let start = u32::MAX - 4;
-            let (mut front, mut back) = pair(abi, 1);
-            front.req_prod_pvt = start;
-            front.rsp_cons = start;
-            front
-                .mem
-                .store_u32(SRING_REQ_PROD, start, Ordering::Relaxed);
-            front
-                .mem
-                .store_u32(SRING_RSP_PROD, start, Ordering::Relaxed);
-            back.req_cons = start;
-            back.rsp_prod_pvt = start;
-            back.rsp_prod_pub = start;
+            let (f, b) = SharedMem::leak_pair(PAGE_SIZE).unwrap();
+            let mut front = FrontRing::init_at(f, abi, 1, start).unwrap();
+            // The back ring attaches where the front-end started.
+            let mut back = BackRing::new(b, abi, 1).unwrap();
+            assert_eq!((back.req_cons(), back.rsp_prod_pvt()), (start, start));
             let size = front.size();
             for i in 0..u64::from(size) {
                 assert!(front.push_request(&request(i)));
@@ -606,9 +692,12 @@ mod tests {
             assert_eq!(serve_all(&mut back), size);
             assert_eq!(back.req_cons(), start.wrapping_add(size));
             for i in 0..u64::from(size) {
-                assert_eq!(front.take_response(), Some(response_for(&request(i))));
+                assert_eq!(
+                    front.take_response().unwrap(),
+                    Some(response_for(&request(i)))
+                );
             }
-            assert_eq!(front.take_response(), None);
+            assert_eq!(front.take_response().unwrap(), None);
             assert_eq!(front.rsp_cons(), start.wrapping_add(size));
         }
     }
@@ -656,7 +745,7 @@ mod tests {
             // Some history first so the indices are not zero.
             push_and_publish(&mut front, &back, 7);
             assert_eq!(serve_all(&mut back), 7);
-            while front.take_response().is_some() {}
+            while front.take_response().unwrap().is_some() {}
 
             let prod = push_and_publish(&mut front, &back, u64::from(size));
             assert_eq!(prod.wrapping_sub(back.rsp_prod_pvt()), size);
@@ -675,7 +764,10 @@ mod tests {
             }
             back.publish_responses();
             for i in 0..u64::from(size) {
-                assert_eq!(front.take_response(), Some(response_for(&request(i))));
+                assert_eq!(
+                    front.take_response().unwrap(),
+                    Some(response_for(&request(i)))
+                );
             }
         }
     }
@@ -700,8 +792,8 @@ mod tests {
             assert!(!back.publish_responses());
 
             // The front consumes and re-arms: rsp_event = rsp_cons + 1 = 3.
-            assert!(front.take_response().is_some());
-            assert!(front.take_response().is_some());
+            assert!(front.take_response().unwrap().is_some());
+            assert!(front.take_response().unwrap().is_some());
             assert!(!front.final_check_for_responses());
             let watch = &front.mem;
             assert_eq!(watch.load_u32(SRING_RSP_EVENT, Ordering::Relaxed), 3);
@@ -787,7 +879,7 @@ mod tests {
             assert!(slot[12..n].iter().all(|&b| b == 0), "tail padding");
             // The rest of the entry is left alone.
             assert!(slot[n..abi.entry_size()].iter().all(|&b| b == 0xff));
-            assert_eq!(front.take_response(), Some(rsp));
+            assert_eq!(front.take_response().unwrap(), Some(rsp));
         }
     }
 
@@ -828,6 +920,92 @@ mod tests {
                 n += 1;
             }
             assert_eq!(n, size);
+        }
+    }
+
+    /// Issue 13, finding 3: the front ring bounds what it takes by what it
+    /// can be owed. A back-end that moves `rsp_prod` backwards (seen as
+    /// about 2^32 responses), publishes more responses than requests were
+    /// made visible, or more than the ring holds, is refused at once,
+    /// nothing consumed; a loop over `take_response` ends.
+    #[test]
+    fn impossible_rsp_prod_refused_by_the_front_ring() {
+        for abi in ABIS {
+            let (mut front, mut back) = pair(abi, 1);
+            let size = front.size();
+            for i in 0..3 {
+                assert!(front.push_request(&request(i)));
+            }
+            front.publish_requests();
+            assert_eq!(serve_all(&mut back), 3);
+            assert!(front.take_response().unwrap().is_some());
+            let bad = |front: &mut FrontRing, rsp_prod: u32| {
+                front
+                    .mem
+                    .store_u32(SRING_RSP_PROD, rsp_prod, Ordering::Release);
+                let before = front.rsp_cons();
+                let got = front.take_response();
+                assert_eq!(front.rsp_cons(), before, "nothing consumed");
+                got
+            };
+            // Backwards: rsp_prod 0 with rsp_cons 1 reads as 2^32 - 1.
+            assert_eq!(
+                bad(&mut front, 0),
+                Err(RingError::BadResponseProducer {
+                    rsp_prod: 0,
+                    rsp_cons: 1,
+                    owed: 2
+                })
+            );
+            // One more response than requests made visible.
+            assert!(bad(&mut front, 4).is_err());
+            // More than the ring holds.
+            assert!(bad(&mut front, size + 2).is_err());
+            // The real value is taken again, and no more.
+            front.mem.store_u32(SRING_RSP_PROD, 3, Ordering::Release);
+            let mut n = 0;
+            while let Some(r) = front.take_response().unwrap() {
+                assert_eq!(r, response_for(&request(n + 1)));
+                n += 1;
+            }
+            assert_eq!(n, 2);
+            assert_eq!(front.take_response(), Ok(None));
+            assert!(bad(&mut front, 4).is_err(), "nothing owed any more");
+            // A hostile req_prod of its own (beyond a ring ahead) does not
+            // raise what the front-end is owed.
+            front.set_req_prod_raw(3 + size + 1);
+            assert!(bad(&mut front, 4).is_err());
+            front.set_req_prod_raw(5);
+            front.mem.store_u32(SRING_RSP_PROD, 5, Ordering::Release);
+            assert!(front.take_response().unwrap().is_some());
+        }
+    }
+
+    /// Issue 13, finding 9: a ring a front-end starts near 2^32 is served
+    /// across the wrap through several rounds, the notifications included.
+    #[test]
+    fn rings_started_anywhere_wrap() {
+        for start in [u32::MAX - 40, u32::MAX, 1 << 31, 7] {
+            let (f, b) = SharedMem::leak_pair(PAGE_SIZE).unwrap();
+            let mut front = FrontRing::init_at(f, Abi::X86_64, 1, start).unwrap();
+            let mut back = BackRing::new(b, Abi::X86_64, 1).unwrap();
+            let mut id = 0;
+            for _ in 0..5 {
+                for _ in 0..20 {
+                    assert!(front.push_request(&request(id)));
+                    id += 1;
+                }
+                assert!(front.publish_requests() || id > 20, "first kick asked");
+                serve_all(&mut back);
+                assert!(!back.final_check_for_requests().unwrap());
+                let mut got = 0;
+                while front.take_response().unwrap().is_some() {
+                    got += 1;
+                }
+                assert_eq!(got, 20, "start {start}");
+                assert!(!front.final_check_for_responses());
+            }
+            assert_eq!(front.rsp_cons(), start.wrapping_add(100));
         }
     }
 

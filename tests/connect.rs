@@ -48,20 +48,65 @@ fn parse_strict_decimal() {
 }
 
 #[test]
+fn parse_says_which_rule_broke() {
+    assert_eq!(parse_decimal(b""), Err(NumError::Empty));
+    for bad in [
+        &b" 1"[..],
+        b"1 ",
+        b"+1",
+        b"-1",
+        b"0x10",
+        b"1\n",
+        b"1\0",
+        b"x",
+    ] {
+        assert_eq!(parse_decimal(bad), Err(NumError::NotDecimal), "{bad:?}");
+    }
+    assert_eq!(parse_decimal(b"18446744073709551615"), Ok(u64::MAX));
+    assert_eq!(
+        parse_decimal(b"18446744073709551616"),
+        Err(NumError::TooLarge)
+    );
+    assert_eq!(parse_decimal(&[b'9'; 40]), Err(NumError::TooLarge));
+    // A non-digit anywhere is not a number, however long the digits run.
+    assert_eq!(
+        parse_decimal(b"99999999999999999999x"),
+        Err(NumError::NotDecimal)
+    );
+}
+
+#[test]
 fn read_u32_rules() {
     let mut xs = XsMap::default();
     let t = XsTxn::NONE;
-    assert_eq!(read_u32(&mut xs, t, FE, "event-channel"), Ok(None));
-    for bad in ["", " 1", "1 ", "+1", "-1", "0x10", "4294967296"] {
-        xs.set(&fe("event-channel"), bad.as_bytes());
+    let key = "event-channel";
+    assert_eq!(read_u32(&mut xs, t, FE, key), Ok(None));
+    for bad in [" 1", "1 ", "+1", "-1", "0x10"] {
+        xs.set(&fe(key), bad.as_bytes());
         assert_eq!(
-            read_u32(&mut xs, t, FE, "event-channel"),
-            Err(ConnectError::NotANumber {
-                key: "event-channel"
-            }),
+            read_u32(&mut xs, t, FE, key),
+            Err(ConnectError::NotANumber { key }),
             "{bad:?}"
         );
     }
+    xs.set(&fe(key), b"");
+    assert_eq!(
+        read_u32(&mut xs, t, FE, key),
+        Err(ConnectError::Empty { key })
+    );
+    xs.set(&fe(key), b"4294967296");
+    assert_eq!(
+        read_u32(&mut xs, t, FE, key),
+        Err(ConnectError::OutOfRange {
+            key,
+            value: 1 << 32
+        })
+    );
+    xs.set(&fe(key), b"18446744073709551616");
+    assert_eq!(
+        read_u32(&mut xs, t, FE, key),
+        Err(ConnectError::TooLarge { key })
+    );
     xs.set(&fe("event-channel"), b"4294967295");
     assert_eq!(
         read_u32(&mut xs, t, FE, "event-channel"),
@@ -105,6 +150,38 @@ fn read_bool_rules() {
     assert_eq!(
         read_bool(&mut xs, t, BE, "online"),
         Err(ConnectError::NotANumber { key: "online" })
+    );
+    xs.set(&be("online"), b"");
+    assert_eq!(
+        read_bool(&mut xs, t, BE, "online"),
+        Err(ConnectError::Empty { key: "online" })
+    );
+    xs.set(&be("online"), b"99999999999999999999");
+    assert_eq!(
+        read_bool(&mut xs, t, BE, "online"),
+        Err(ConnectError::TooLarge { key: "online" })
+    );
+}
+
+/// Each way a number can be wrong reads differently in the `error` node.
+#[test]
+fn number_errors_say_what_is_wrong() {
+    let msg = |v: &[u8]| {
+        let mut xs = XsMap::default();
+        xs.set(&fe("event-channel"), v);
+        read_u32(&mut xs, XsTxn::NONE, FE, "event-channel")
+            .unwrap_err()
+            .to_string()
+    };
+    assert_eq!(
+        msg(b"4294967296"),
+        "event-channel: 4294967296 is out of range"
+    );
+    assert_eq!(msg(b"abc"), "event-channel: not a decimal number");
+    assert_eq!(msg(b""), "event-channel: empty, not a number");
+    assert_eq!(
+        msg(b"18446744073709551616"),
+        "event-channel: out of range (above 18446744073709551615)"
     );
 }
 
@@ -500,7 +577,10 @@ fn frontend_ring_ref_not_a_number() {
     xs.set(&fe("ring-ref1"), b"4294967296");
     assert_eq!(
         read_frontend(&mut xs, FE, 5, MAX_QUEUES),
-        Err(ConnectError::NotANumber { key: "ring-ref1" })
+        Err(ConnectError::OutOfRange {
+            key: "ring-ref1",
+            value: 1 << 32
+        })
     );
 }
 
@@ -820,12 +900,24 @@ fn frontend_num_queues_out_of_range() {
         );
         assert_eq!(xs.aborts, 1);
     }
-    for bad in ["", "abc", "-1", "+2", " 2", "0x2", "18446744073709551616"] {
+    for bad in ["abc", "-1", "+2", " 2", "0x2"] {
         let mut xs = multi_queue_frontend(2, 0);
         xs.set(&fe(key), bad.as_bytes());
         assert_eq!(
             read_frontend(&mut xs, FE, 5, MAX_QUEUES),
             Err(ConnectError::NotANumber { key }),
+            "{bad:?}"
+        );
+    }
+    for (bad, err) in [
+        ("", ConnectError::Empty { key }),
+        ("18446744073709551616", ConnectError::TooLarge { key }),
+    ] {
+        let mut xs = multi_queue_frontend(2, 0);
+        xs.set(&fe(key), bad.as_bytes());
+        assert_eq!(
+            read_frontend(&mut xs, FE, 5, MAX_QUEUES),
+            Err(err),
             "{bad:?}"
         );
     }
@@ -875,8 +967,9 @@ fn frontend_per_queue_keys_missing() {
     xs.set(&fe("queue-1/ring-ref0"), b"4294967296");
     assert_eq!(
         read_frontend(&mut xs, FE, 5, 4),
-        Err(ConnectError::NotANumber {
-            key: "queue/ring-ref0"
+        Err(ConnectError::OutOfRange {
+            key: "queue/ring-ref0",
+            value: 1 << 32
         })
     );
 }
@@ -1023,7 +1116,7 @@ fn frontend_feature_persistent() {
             read_frontend(&mut xs, FE, 5, 4),
             Err(ConnectError::OutOfRange { key, value: 2 })
         );
-        for bad in ["", "yes", "true", "1 ", "01x"] {
+        for bad in ["yes", "true", "1 ", "01x"] {
             xs.set(&fe(key), bad.as_bytes());
             assert_eq!(
                 read_frontend(&mut xs, FE, 5, 4),
@@ -1031,6 +1124,11 @@ fn frontend_feature_persistent() {
                 "{bad:?}"
             );
         }
+        xs.set(&fe(key), b"");
+        assert_eq!(
+            read_frontend(&mut xs, FE, 5, 4),
+            Err(ConnectError::Empty { key })
+        );
     }
 }
 
@@ -1255,6 +1353,30 @@ fn connected_removal_failure_is_atomic() {
     assert_eq!(xs.aborts, 1);
 }
 
+/// Issue 13, finding 4: the error node of a refused connection goes in the
+/// transaction that enters Connected, and a failure to remove it leaves
+/// the state alone.
+#[test]
+fn connected_removes_the_error_node_of_a_refused_connection() {
+    let err_node = "error/local/domain/0/backend/vbd/1/51712/error";
+    let mut xs = XsMap::with(&[(&be("state"), "5")]);
+    report_fatal(&mut xs, BE, &ConnectError::Missing { key: "ring-ref" });
+    assert_eq!(xs.get(err_node), Some("2 ring-ref: missing"));
+    xs.fail = Some((err_node.to_string(), XsError::Denied));
+    assert_eq!(
+        publish_connected(&mut xs, BE, &medium(false), &feats(true, true)),
+        Err(ConnectError::Xs {
+            key: "error",
+            err: XsError::Denied
+        })
+    );
+    assert_eq!(xs.get(&be("state")), Some("5"));
+    xs.fail = None;
+    publish_connected(&mut xs, BE, &medium(false), &feats(true, true)).unwrap();
+    assert_eq!(xs.get(err_node), None);
+    assert_eq!(xs.get(&be("state")), Some("4"));
+}
+
 #[test]
 fn connected_rejects_zero_discard_granularity() {
     let mut xs = XsMap::default();
@@ -1399,6 +1521,8 @@ fn errno_mapping() {
     let cases = [
         (ConnectError::Missing { key: "k" }, enoent),
         (ConnectError::NotANumber { key: "k" }, einval),
+        (ConnectError::Empty { key: "k" }, einval),
+        (ConnectError::TooLarge { key: "k" }, einval),
         (ConnectError::OutOfRange { key: "k", value: 1 }, einval),
         (ConnectError::BadValue { key: "k" }, einval),
         (ConnectError::UnknownProtocol, einval),

@@ -107,7 +107,7 @@ impl Guest {
 
     fn responses(&mut self) -> Vec<BlkifResponse> {
         let mut out = Vec::new();
-        while let Some(r) = self.front.take_response() {
+        while let Some(r) = self.front.take_response().expect("back-end broke the ring") {
             out.push(r);
         }
         out

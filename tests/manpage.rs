@@ -544,3 +544,75 @@ fn shim_nodes_do_not_duplicate_the_table() {
         );
     }
 }
+
+/// Issue 13, finding 8: xbb(4) says how the offered indirect-segment count
+/// is derived, and the negotiation does exactly that: at most
+/// `hw.xbb.max_request_size` / 4096 (the pages of the largest I/O), and
+/// none at all when that leaves 11 (`BLKIF_MAX_SEGMENTS_PER_REQUEST`) or
+/// less.
+#[test]
+fn indirect_segment_cap_is_documented_and_holds() {
+    use xbb::abi::{Abi, BLKIF_MAX_SEGMENTS_PER_REQUEST};
+    use xbb::connect::{FrontendParams, QueueParams};
+    use xbb::host::{MediumInfo, PAGE_SIZE};
+    use xbb::negotiate::negotiate;
+    use xbb::stats::{Tunable, Tunables};
+    use xbb::units::Sectors;
+
+    let plain = BLKIF_MAX_SEGMENTS_PER_REQUEST as u64;
+    let page = PAGE_SIZE as u64;
+    let (_, items) = parse(&read_page());
+    let item = items
+        .iter()
+        .find(|it| {
+            it.tags
+                .iter()
+                .any(|t| t == "Va hw.xbb.max_indirect_segments")
+        })
+        .expect("hw.xbb.max_indirect_segments is documented");
+    let body = item.body.replace(".Va ", "").replace(".Pq ", "");
+    for want in [
+        format!("at most {TUNABLE_PREFIX}max_request_size / {page}."),
+        format!("a value of {plain} or less"),
+        String::from("turns indirect requests off"),
+        format!(
+            "{TUNABLE_PREFIX}max_request_size below {}.",
+            (plain + 1) * page
+        ),
+    ] {
+        assert!(body.contains(&want), "xbb(4) should say {want:?}: {body}");
+    }
+
+    let fe = FrontendParams {
+        ring_pages: 1,
+        abi: Abi::native(),
+        queues: vec![QueueParams {
+            ring_refs: [0; 32],
+            event_channel: 1,
+        }],
+        persistent: false,
+    };
+    let medium = MediumInfo {
+        sectors: Sectors(1 << 20),
+        sector_size: 512,
+        physical_sector_size: 512,
+        ..MediumInfo::default()
+    };
+    for max_indirect in [0, 1, plain, plain + 1, 16, 100, 256, 4096] {
+        for max_size in [45056, 49151, 49152, 65536, 1 << 20, 16 << 20] {
+            let mut t = Tunables::default();
+            t.set(Tunable::MaxIndirectSegments, max_indirect).unwrap();
+            t.set(Tunable::MaxRequestSize, max_size).unwrap();
+            let documented = match max_indirect.min(max_size / page) {
+                n if n <= plain => 0,
+                n => n,
+            };
+            let terms = negotiate(&t, &fe, &medium, true).unwrap();
+            assert_eq!(
+                u64::from(terms.features.max_indirect_segments),
+                documented,
+                "max_indirect_segments {max_indirect}, max_request_size {max_size}"
+            );
+        }
+    }
+}

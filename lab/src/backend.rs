@@ -5,6 +5,7 @@
 //! (`io/ring.h` notifications) and of the store (completions).
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
@@ -51,6 +52,8 @@ pub struct InstanceSnapshot {
     pub finished: bool,
     /// Why the thread ended early or detached uncleanly, if it did.
     pub error: Option<String>,
+    /// The last [`TaskEvent::Sync`] handled (0: none).
+    pub synced: u64,
     // EXTEND HERE: further instance getters go with the ones at the top;
     // fill them in `fill_instance_fields` below.
 }
@@ -70,7 +73,15 @@ impl InstanceSnapshot {
             detached: false,
             stats: None,
             queues: Vec::new(),
+            synced: 0,
         }
+    }
+
+    /// Nothing will change unless someone outside acts: no store I/O in
+    /// flight, nothing waiting to be served, no delayed EOI that may still
+    /// deliver a kick.
+    fn quiet(&self) -> bool {
+        self.idle && self.host.eoi_timers == 0
     }
 }
 
@@ -107,6 +118,8 @@ pub struct BackendRunner {
     tx: Sender<TaskEvent>,
     shared: Shared,
     thread: Option<JoinHandle<()>>,
+    /// The last [`TaskEvent::Sync`] number handed out.
+    syncs: AtomicU64,
 }
 
 impl BackendRunner {
@@ -130,6 +143,7 @@ impl BackendRunner {
             rx,
             shared: Arc::clone(&shared),
             events: 0,
+            synced: 0,
         };
         // Subscribe before the thread attaches, so a mount between its
         // look at the flag and the subscription cannot be missed.
@@ -143,6 +157,7 @@ impl BackendRunner {
             tx,
             shared,
             thread: Some(thread),
+            syncs: AtomicU64::new(0),
         })
     }
 
@@ -196,6 +211,45 @@ impl BackendRunner {
         }
     }
 
+    /// Waits until the instance is quiescent and returns its snapshot then,
+    /// which is exact: every counter update the events so far cause is in
+    /// it. By construction, not by sleeping: a [`TaskEvent::Sync`] barrier
+    /// is sent through the task's queue until two in a row are handled
+    /// with no other event between them and the snapshot quiet at both
+    /// (no I/O in flight, nothing waiting, no delayed EOI pending).
+    /// Then nothing was queued behind the first barrier, nothing can be
+    /// queued by the instance itself, and only someone outside (a
+    /// front-end's kick or XenStore write) can change it. A front-end that
+    /// has taken every response it waits for and stopped is such an
+    /// outside. `limit` guards against hangs; a thread that ended gives
+    /// its final snapshot.
+    pub fn quiesce(&self, limit: Duration) -> Result<InstanceSnapshot, Box<InstanceSnapshot>> {
+        let deadline = Instant::now() + limit;
+        // The events count and quietness at the previous barrier.
+        let mut previous: Option<(u64, bool)> = None;
+        loop {
+            let token = self.syncs.fetch_add(1, AtomicOrdering::Relaxed) + 1;
+            if !self.send(TaskEvent::Sync(token)) {
+                let last = self.snapshot();
+                return if last.finished {
+                    Ok(last)
+                } else {
+                    Err(Box::new(last))
+                };
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let snap = self.wait_until(left, |s| s.synced >= token || s.finished)?;
+            if snap.finished {
+                return Ok(snap);
+            }
+            let quiet = snap.quiet();
+            if quiet && previous == Some((snap.events - 1, true)) {
+                return Ok(snap);
+            }
+            previous = Some((snap.events, quiet));
+        }
+    }
+
     /// Sends [`TaskEvent::Shutdown`] (detach), waits for the thread to end
     /// and returns the final snapshot.
     pub fn shutdown(mut self) -> InstanceSnapshot {
@@ -228,6 +282,7 @@ struct Task {
     rx: Receiver<TaskEvent>,
     shared: Shared,
     events: u64,
+    synced: u64,
 }
 
 impl Task {
@@ -248,6 +303,7 @@ impl Task {
         let mut s = InstanceSnapshot::initial();
         fill_instance_fields(inst, &mut s);
         s.events = self.events;
+        s.synced = self.synced;
         s.host = host.stats();
         s
     }
@@ -288,6 +344,7 @@ impl Task {
                 }
                 TaskEvent::RootMounted => inst.root_mounted(&mut host),
                 TaskEvent::MediumChanged => inst.medium_changed(&mut host),
+                TaskEvent::Sync(token) => self.synced = token,
                 TaskEvent::Shutdown => break,
             }
             self.events += 1;

@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -213,6 +213,9 @@ pub struct SimHostStats {
     pub rings_mapped: u32,
     /// `evtchn_eoi` calls that asked for a delay (spurious-event backoff).
     pub delayed_eois: u64,
+    /// Delayed EOIs whose timer has not fired yet: a kick kept pending
+    /// meanwhile still has to reach the task.
+    pub eoi_timers: u32,
     /// Indirect-page copies (`copy_in` pages).
     pub pages_copied: u64,
 }
@@ -300,6 +303,8 @@ pub struct SimHost {
     store: HostStore,
     stats: SimHostStats,
     epoch: std::time::Instant,
+    /// Delayed-EOI timers not done yet ([`SimHostStats::eoi_timers`]).
+    eoi_timers: Arc<AtomicU32>,
 }
 
 impl std::fmt::Debug for SimHost {
@@ -327,6 +332,7 @@ impl SimHost {
             ports: Vec::new(),
             stats: SimHostStats::default(),
             epoch: std::time::Instant::now(),
+            eoi_timers: Arc::new(AtomicU32::new(0)),
         }
     }
 
@@ -347,6 +353,7 @@ impl SimHost {
         s.window_mapped = self.window_mapped;
         s.ring_pages = self.rings.iter().map(|(_, r)| r.res.pages() as u32).sum();
         s.evtchn_port = self.ports.first().map(|p| p.1);
+        s.eoi_timers = self.eoi_timers.load(Ordering::Acquire);
         s.rings_mapped = self.rings.len() as u32;
         s.store_open = self.store.is_open();
         s.io_in_flight = self.store.in_flight();
@@ -649,14 +656,22 @@ impl EventChannel for SimHost {
             finish();
         } else {
             self.stats.delayed_eois += 1;
-            // A timer standing in for the platform's callout.
+            // A timer standing in for the platform's callout. It counts
+            // itself until the event it may owe is queued, so that the
+            // back-end is not taken for quiescent meanwhile.
             let delay = std::time::Duration::from_millis(u64::from(delay_ms));
-            let _ = std::thread::Builder::new()
+            let timers = Arc::clone(&self.eoi_timers);
+            timers.fetch_add(1, Ordering::AcqRel);
+            let spawned = std::thread::Builder::new()
                 .name(String::from("xbb-eoi-timer"))
                 .spawn(move || {
                     std::thread::sleep(delay);
                     finish();
+                    timers.fetch_sub(1, Ordering::AcqRel);
                 });
+            if spawned.is_err() {
+                self.eoi_timers.fetch_sub(1, Ordering::AcqRel);
+            }
         }
     }
 

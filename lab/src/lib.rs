@@ -30,6 +30,10 @@ pub enum TaskEvent {
     RootMounted,
     /// The store's size changed (the toolstack resized it).
     MediumChanged,
+    /// A barrier through the task's queue: the task records the number
+    /// in its snapshot ([`backend::InstanceSnapshot::synced`]), so that
+    /// whoever sent it knows every event queued before has been handled.
+    Sync(u64),
     /// Detach the instance and end the thread.
     Shutdown,
 }

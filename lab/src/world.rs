@@ -279,6 +279,17 @@ impl World {
             .map_err(|last| std::format!("back-end never got there; last snapshot: {last:?}"))
     }
 
+    /// Waits until `vbd`'s back-end is quiescent and returns its exact
+    /// snapshot ([`BackendRunner::quiesce`]); `limit` is a hang guard.
+    pub fn quiesce(&self, vbd: &VbdHandle, limit: Duration) -> Result<InstanceSnapshot, String> {
+        let r = self
+            .runner(vbd)
+            .ok_or_else(|| String::from("no such vbd"))?;
+        r.quiesce(limit).map_err(|last| {
+            std::format!("the back-end never became quiescent; last snapshot: {last:?}")
+        })
+    }
+
     /// Resizes `vbd`'s store ([`VbdHandle::resize_store`]) and tells its
     /// back-end ([`TaskEvent::MediumChanged`]), as a FreeBSD administrator's
     /// `truncate` / `zfs set volsize` is followed by GEOM's resize event.

@@ -403,6 +403,75 @@ fn write_to_read_only_disk_is_refused() {
     disconnect_and_finish(fe, rig);
 }
 
+/// Issue 13, finding 3: the lab's front-end is as wary of its back-end as
+/// xbb is of guests. With the real back-end out of the way (it declared
+/// the ring broken and answers nothing more), the test plays a broken
+/// back-end on the ring: `rsp_prod` moved backwards (about 2^32
+/// responses: the front-end once looped on that until it had 21 GB),
+/// beyond the requests made visible, beyond the ring, a response to an id
+/// never issued, one to an id already answered. Each is reported as a
+/// broken back-end at once; nothing loops, nothing is taken.
+#[test]
+fn the_front_end_refuses_a_broken_back_end() {
+    use xbb::abi::{SRING_HEADER_SIZE, SRING_RSP_PROD};
+    // (what the broken back-end does, rsp_prod, a response it writes)
+    let cases: [(&str, u32, Option<u64>); 5] = [
+        ("backwards", 1, None),
+        ("beyond the requests made visible", 4, None),
+        ("beyond the ring", 3 + 33, None),
+        ("an id never issued", 3, Some(12345)),
+        ("an id already answered", 3, Some(1)),
+    ];
+    for (what, rsp_prod, forged) in cases {
+        let rig = Rig::new("brokenbe", |_| {});
+        let mut fe = rig.connected("legacy");
+        let size = fe.info().ring_size;
+        assert_eq!(size, 32);
+        let (first, _) = one(&mut fe, &ManualRequest::read(0, 1));
+        assert_eq!(first, 1);
+        one(&mut fe, &ManualRequest::read(8, 1));
+        // One more request made visible, no kick; then a producer the
+        // back-end refuses: it closes and never touches the ring again.
+        let abi = fe.profile().abi;
+        let mut slot = vec![0u8; abi.request_size()];
+        let req = xbb::abi::BlkifRequest::rw(BLKIF_OP_READ, 777, 16, &[]);
+        abi.encode_request(&req, &mut slot);
+        fe.write_raw_slot_at(2, &slot);
+        fe.set_req_prod_raw(3);
+        fe.set_req_prod_raw(3 + size + 5);
+        fe.kick();
+        rig.wait_state(XenbusState::Closing);
+        // The broken back-end writes.
+        let gfn = fe.ring_frames(0)[0];
+        let mem = &fe.guest().memory;
+        if let Some(id) = forged {
+            let rsp = BlkifResponse {
+                id,
+                operation: BLKIF_OP_READ,
+                status: BLKIF_RSP_OKAY,
+            };
+            let mut b = vec![0u8; abi.response_size()];
+            abi.encode_response(&rsp, &mut b);
+            mem.write(gfn, SRING_HEADER_SIZE + 2 * abi.entry_size(), &b)
+                .unwrap();
+        }
+        mem.write(gfn, SRING_RSP_PROD, &rsp_prod.to_le_bytes())
+            .unwrap();
+        let started = std::time::Instant::now();
+        match fe.poll_responses(Duration::from_millis(50)) {
+            Err(FrontendError::BrokenBackend(e)) => eprintln!("{what}: {e}"),
+            other => panic!("{what}: {other:?}"),
+        }
+        assert!(
+            started.elapsed() < HANG_GUARD,
+            "{what}: took {:?}",
+            started.elapsed()
+        );
+        fe.disconnect().unwrap();
+        rig.finish();
+    }
+}
+
 #[test]
 fn impossible_req_prod_closes_the_connection_and_serves_nothing() {
     let (rig, mut fe) = Rig::with_frontend("reqprod", "legacy");

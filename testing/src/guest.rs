@@ -18,9 +18,10 @@ pub fn request(operation: u8, id: u64, sector: u64, grefs: &[GrantRef]) -> Blkif
     BlkifRequest::rw(operation, id, sector, &segs[..n])
 }
 
-/// Every response published so far, in ring order.
+/// Every response published so far, in ring order. Panics when the
+/// back-end published an impossible `rsp_prod` (a test's failure).
 pub fn responses(front: &mut FrontRing) -> Vec<BlkifResponse> {
-    std::iter::from_fn(|| front.take_response()).collect()
+    std::iter::from_fn(|| front.take_response().expect("back-end broke the ring")).collect()
 }
 
 /// Each id in `ids` answered exactly once, nothing else answered.

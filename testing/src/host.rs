@@ -35,7 +35,11 @@
 
 use std::collections::VecDeque;
 
-use xbb::abi::{Abi, XEN_IO_PROTO_ABI_X86_32, XEN_IO_PROTO_ABI_X86_64};
+use std::sync::atomic::Ordering;
+
+use xbb::abi::{
+    Abi, SRING_HEADER_SIZE, SRING_RSP_PROD, XEN_IO_PROTO_ABI_X86_32, XEN_IO_PROTO_ABI_X86_64,
+};
 use xbb::host::{
     Deferred, DomId, EventChannel, EvtchnError, EvtchnPort, GrantError, GrantHandle, GrantMapOp,
     GrantRef, GrantUnmapOp, Granted, Grants, Host, IoError, IoOp, IoTag, IoVec, MapResult,
@@ -241,6 +245,9 @@ pub struct FakeHost {
     pub ring_maps: u32,
     /// See [`FakeHost::ring_maps`].
     pub ring_unmaps: u32,
+    /// The ring's `rsp_prod` when it was last mapped: where the back ring
+    /// attached (responses below it belong to earlier connections).
+    pub rsp_prod_at_map: u32,
     /// Window reservations made and released.
     pub window_reserves: u32,
     /// See [`FakeHost::window_reserves`].
@@ -323,6 +330,7 @@ impl FakeHost {
             grants_unmapped: 0,
             ring_maps: 0,
             ring_unmaps: 0,
+            rsp_prod_at_map: 0,
             window_reserves: 0,
             window_releases: 0,
             medium: vec![0; medium_len],
@@ -950,6 +958,9 @@ impl Grants for FakeHost {
         } else {
             self.rings[slot].back.take().ok_or(GrantError::General)?
         };
+        if ring.len() >= SRING_HEADER_SIZE {
+            self.rsp_prod_at_map = ring.load_u32(SRING_RSP_PROD, Ordering::Acquire);
+        }
         self.mapped.push(MappedRing {
             queue,
             addr: ring.as_ptr() as usize,

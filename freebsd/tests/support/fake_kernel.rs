@@ -542,7 +542,7 @@ pub fn submit(fk: &FakeKernel, ring: &mut FrontRing, req: &BlkifRequest) {
 pub fn responses(ring: &mut FrontRing) -> Vec<BlkifResponse> {
     let mut v = Vec::new();
     loop {
-        while let Some(r) = ring.take_response() {
+        while let Some(r) = ring.take_response().expect("back-end broke the ring") {
             v.push(r);
         }
         if !ring.final_check_for_responses() {

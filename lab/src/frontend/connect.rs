@@ -215,7 +215,7 @@ impl Frontend {
         let mem = res
             .shared_mem(0, pages as usize)
             .map_err(|e| FrontendError::Os(e.to_string()))?;
-        let ring = match FrontRing::init(mem, self.profile.abi, pages) {
+        let ring = match FrontRing::init_at(mem, self.profile.abi, pages, self.ring_start) {
             Ok(r) => r,
             Err(e) => return Err(FrontendError::Invalid(format!("ring: {e:?}"))),
         };

@@ -58,7 +58,7 @@ mod workload;
 
 pub use profile::Profile;
 pub use request::{FeatureRequest, IndirectShape, ManualRequest, SegmentGrant};
-pub use workload::{run_workload, sector_pattern, Workload, WorkloadReport};
+pub use workload::{run_workload, run_workload_until, sector_pattern, Workload, WorkloadReport};
 
 /// The most queues a [`Profile`] may ask for.
 pub const MAX_QUEUES: u32 = 64;
@@ -162,6 +162,12 @@ pub enum FrontendError {
         /// The id.
         id: u64,
     },
+    /// The back-end broke the ring protocol: an impossible `rsp_prod`
+    /// (more responses than requests made visible, or than the ring
+    /// holds, e.g. an index moved backwards), or a response to an id this
+    /// front-end never issued or already saw answered. The front-end takes
+    /// nothing more from that ring.
+    BrokenBackend(String),
     /// A request or workload that cannot be built.
     Invalid(String),
     /// The simulated platform failed.
@@ -187,6 +193,7 @@ impl std::fmt::Display for FrontendError {
             FrontendError::RingFull => f.write_str("ring full"),
             FrontendError::GrantBusy { gref } => write!(f, "grant {gref} still mapped"),
             FrontendError::UnknownResponse { id } => write!(f, "response for unknown id {id}"),
+            FrontendError::BrokenBackend(s) => write!(f, "broken back-end: {s}"),
             FrontendError::Invalid(s) => write!(f, "invalid: {s}"),
             FrontendError::Os(s) => write!(f, "platform: {s}"),
         }
@@ -303,6 +310,8 @@ pub struct Frontend {
     be_path: String,
     profile: Profile,
     overrides: BTreeMap<String, XsOverride>,
+    /// Where the next connection's ring indices start.
+    ring_start: u32,
     hang_guard: Duration,
     be_watch: Option<WatchId>,
     be_changed: Signal,
@@ -311,6 +320,9 @@ pub struct Frontend {
     info: BackendInfo,
     next_id: u64,
     manual: HashMap<u64, ManualInFlight>,
+    /// Ids this front-end wrote into raw slots (a hostile guest's
+    /// requests), each answerable once.
+    raw_ids: HashMap<u64, u32>,
     done: HashMap<u64, Vec<u8>>,
     pool: Vec<Gfn>,
     persistent: Persistent,
@@ -389,6 +401,7 @@ impl Frontend {
             be_path: vbd.backend_path().to_string(),
             profile,
             overrides: BTreeMap::new(),
+            ring_start: 0,
             hang_guard: DEFAULT_HANG_GUARD,
             be_watch: Some(be_watch),
             be_changed,
@@ -397,6 +410,7 @@ impl Frontend {
             info: BackendInfo::default(),
             next_id: 1,
             manual: HashMap::new(),
+            raw_ids: HashMap::new(),
             done: HashMap::new(),
             pool: Vec::new(),
             persistent: Persistent::default(),
@@ -450,6 +464,13 @@ impl Frontend {
             .insert(key.to_string(), XsOverride::SameAs(other.to_string()));
     }
 
+    /// Starts every index of the rings the next [`connect`](Self::connect)
+    /// sets up at `start` instead of 0 ([`FrontRing::init_at`]): a guest
+    /// whose indices wrap at 2^32 soon.
+    pub fn set_ring_start(&mut self, start: u32) {
+        self.ring_start = start;
+    }
+
     /// Undoes the override of `key`: the next [`connect`](Self::connect)
     /// publishes what the profile computes. `true` when there was one.
     pub fn clear_xenstore_override(&mut self, key: &str) -> bool {
@@ -469,6 +490,16 @@ impl Frontend {
     /// Whether connected.
     pub fn is_connected(&self) -> bool {
         self.conn.is_some()
+    }
+
+    /// The guest frames of queue `q`'s shared ring while connected (empty
+    /// otherwise): where a test impersonating a broken back-end writes.
+    pub fn ring_frames(&self, q: usize) -> Vec<Gfn> {
+        self.conn
+            .as_ref()
+            .and_then(|c| c.queues.get(q))
+            .map(|q| q.ring_frames.clone())
+            .unwrap_or_default()
     }
 
     /// The front-end's event-channel port (of queue 0) while connected.
@@ -771,16 +802,19 @@ impl Frontend {
     /// A hostile write: raw bytes into the slot at the private producer
     /// index (which does not move).
     pub fn write_raw_slot(&mut self, bytes: &[u8]) {
-        if let Ok(r) = self.ring() {
-            let i = r.req_prod_pvt();
-            r.write_raw_slot(i, bytes);
+        if let Ok(i) = self.ring().map(|r| r.req_prod_pvt()) {
+            self.write_raw_slot_at(i, bytes);
         }
     }
 
     /// A hostile write: raw bytes into slot `index` (masked to the ring).
+    /// The id the slot then holds is one this front-end issued: a response
+    /// to it is taken (once).
     pub fn write_raw_slot_at(&mut self, index: u32, bytes: &[u8]) {
         if let Ok(r) = self.ring() {
             r.write_raw_slot(index, bytes);
+            let id = r.read_slot(index).id;
+            *self.raw_ids.entry(id).or_insert(0) += 1;
         }
     }
 
@@ -801,13 +835,26 @@ impl Frontend {
     /// back: fresh grants ended and their frames recycled, persistent ones
     /// returned to their pool. A response is matched to a request only on
     /// the queue the request went to.
+    ///
+    /// The back-end is not trusted: an impossible `rsp_prod`, or a
+    /// response to an id not in flight on that queue (never issued, or
+    /// already answered) is [`FrontendError::BrokenBackend`], and nothing
+    /// more is taken.
     fn reap(&mut self, out: &mut Vec<BlkifResponse>) -> Result<(), FrontendError> {
         for q in 0..self.nqueues() {
-            while let Some(rsp) = self.ring_q(q)?.take_response() {
+            while let Some(rsp) = take_checked(self.ring_q(q)?, q)? {
                 if self.manual.get(&rsp.id).is_some_and(|m| m.queue == q) {
                     if let Some(m) = self.manual.remove(&rsp.id) {
                         self.finish_manual(rsp.id, m)?;
                     }
+                } else if let Some(n) = self.raw_ids.get_mut(&rsp.id).filter(|n| **n > 0) {
+                    *n -= 1;
+                } else {
+                    return Err(FrontendError::BrokenBackend(format!(
+                        "queue {q}: a response to id {}, which is not in flight on it \
+                         (never issued, or already answered)",
+                        rsp.id
+                    )));
                 }
                 out.push(rsp);
             }
@@ -924,6 +971,13 @@ impl Drop for Frontend {
             }
         }
     }
+}
+
+/// The next response on queue `q`'s ring, `None` when caught up;
+/// an impossible `rsp_prod` is [`FrontendError::BrokenBackend`].
+fn take_checked(ring: &mut FrontRing, q: usize) -> Result<Option<BlkifResponse>, FrontendError> {
+    ring.take_response()
+        .map_err(|e| FrontendError::BrokenBackend(format!("queue {q}: {e:?}")))
 }
 
 /// The byte span `(offset, len)` of segment `first..=last` in its page,

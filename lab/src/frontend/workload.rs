@@ -2,6 +2,7 @@
 //! data pattern, every byte read checked against a shadow of the medium.
 
 use super::*;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 
 // ---------------------------------------------------------------------------
 // Data patterns
@@ -478,7 +479,7 @@ impl Engine<'_> {
         loop {
             let mut got = false;
             for q in 0..self.per_queue.len() {
-                while let Some(rsp) = self.fe.ring_q(q)?.take_response() {
+                while let Some(rsp) = take_checked(self.fe.ring_q(q)?, q)? {
                     got = true;
                     self.complete(&rsp, q)?;
                 }
@@ -624,6 +625,17 @@ impl Engine<'_> {
 /// up to the medium's sector size; others refuse a size that is not a
 /// multiple of it. Manual requests must not be in flight.
 pub fn run_workload(fe: &mut Frontend, wl: &Workload) -> Result<WorkloadReport, FrontendError> {
+    run_workload_until(fe, wl, &AtomicBool::new(true))
+}
+
+/// [`run_workload`] that goes on issuing I/Os past `wl.ops`, in the same
+/// pattern, until `done` is set: a workload that is sure to be running
+/// while something else happens. `done` already set is [`run_workload`].
+pub fn run_workload_until(
+    fe: &mut Frontend,
+    wl: &Workload,
+    done: &AtomicBool,
+) -> Result<WorkloadReport, FrontendError> {
     if fe.conn.is_none() {
         return Err(FrontendError::NotConnected);
     }
@@ -689,10 +701,11 @@ pub fn run_workload(fe: &mut Frontend, wl: &Workload) -> Result<WorkloadReport, 
     let mut issued = 0u64;
     let mut lo = u64::MAX;
     let mut hi = 0u64;
-    while issued < wl.ops || !eng.pending.is_empty() || !eng.inflight.is_empty() {
+    let more = |issued: u64| issued < wl.ops || !done.load(AtomicOrdering::Acquire);
+    while more(issued) || !eng.pending.is_empty() || !eng.inflight.is_empty() {
         // Plan I/Os until the queue depth is covered: requests in flight
         // plus requests planned but not yet on the ring.
-        while issued < wl.ops && eng.inflight.len() + eng.pending.len() < eng.total_qd() {
+        while more(issued) && eng.inflight.len() + eng.pending.len() < eng.total_qd() {
             let (op, sector) = *next.get_or_insert_with(|| {
                 let pos = if wl.random {
                     splitmix(&mut rng) % slots

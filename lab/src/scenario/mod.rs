@@ -1,7 +1,7 @@
 //! Scenario files and the runner that plays them, the runner that plays them on a simulated Xen
 //! host, and the report `xbb-lab` prints.
 //!
-//! A scenario (TOML, documented in `tests/scenarios/README.md`) sets
+//! A scenario (TOML, documented in `lab/scenarios/README.md`) sets
 //! `hw.xbb.*` tunables, defines guests (front-end profile, store kind, sector
 //! size, size, mode, `online`), and then runs steps in order: XenStore edits
 //! of the front-end directory before it connects (`io/xenbus.h`
@@ -31,8 +31,8 @@ use std::{eprintln, format, vec};
 use serde::Deserialize;
 
 use super::frontend::{
-    run_workload, FeatureRequest, Frontend, FrontendError, ManualRequest, Profile, SegmentGrant,
-    Workload, WorkloadReport, MAX_INDIRECT_SEGMENTS,
+    run_workload_until, FeatureRequest, Frontend, FrontendError, ManualRequest, Profile,
+    SegmentGrant, Workload, WorkloadReport, MAX_INDIRECT_SEGMENTS,
 };
 use super::gnttab::MapFault;
 use super::store::{IoFaults, StoreKind};
@@ -47,7 +47,7 @@ use xbb::abi::{
 };
 use xbb::host::{DomId, GrantError, IoError, XenbusState};
 use xbb::keys;
-use xbb::stats::{Stat, Stats, Tunable, Tunables, SYSCTLS, TUNABLES, TUNABLE_PREFIX};
+use xbb::stats::{Stat, Tunable, Tunables, SYSCTLS, TUNABLES, TUNABLE_PREFIX};
 
 mod report;
 mod run;

@@ -91,7 +91,41 @@ pub fn create_sparse_image(path: &Path, size: u64) -> std::io::Result<()> {
 pub(super) struct Pending {
     pub(super) step: usize,
     pub(super) expect: Option<Status>,
+    /// Statuses any of which the response may have (empty: any).
+    pub(super) expect_in: Vec<Status>,
     pub(super) expect_data: Option<u8>,
+}
+
+/// A guest's front-end, or nothing while a workload thread has it
+/// ([`FeSlot::take`], [`FeSlot::put`]). Steps reach it through `Deref`:
+/// validation keeps steps played during a workload off its guests.
+pub(super) struct FeSlot(Option<Frontend>);
+
+impl FeSlot {
+    pub(super) fn take(&mut self) -> Option<Frontend> {
+        self.0.take()
+    }
+
+    pub(super) fn put(&mut self, fe: Frontend) {
+        self.0 = Some(fe);
+    }
+}
+
+impl std::ops::Deref for FeSlot {
+    type Target = Frontend;
+    fn deref(&self) -> &Frontend {
+        self.0
+            .as_ref()
+            .expect("a step reached a front-end a workload thread has (validation lets none)")
+    }
+}
+
+impl std::ops::DerefMut for FeSlot {
+    fn deref_mut(&mut self) -> &mut Frontend {
+        self.0
+            .as_mut()
+            .expect("a step reached a front-end a workload thread has (validation lets none)")
+    }
 }
 
 /// One guest while the scenario runs.
@@ -99,7 +133,7 @@ pub(super) struct GuestRt {
     pub(super) name: String,
     pub(super) spec: GuestSpec,
     pub(super) vbd: VbdHandle,
-    pub(super) fe: Frontend,
+    pub(super) fe: FeSlot,
     pub(super) faults: Arc<IoFaults>,
     pub(super) io: IoTotals,
     /// Manual requests in flight, by id.
@@ -220,13 +254,27 @@ pub(super) fn store_name(k: StoreKindSpec) -> &'static str {
 }
 
 /// Collects the report and tears the world down.
+///
+/// The report is exact: each back-end is read once it is quiescent (every
+/// event its guest caused handled, nothing in flight: see
+/// [`World::quiesce`]), never while a counter may still move. A back-end
+/// that does not get there within the hang guard is a mismatch.
 pub(super) fn finish(mut run: Run<'_>, scenario: &str, sc: &Scenario, started: Instant) -> Report {
     let mut instances = Vec::new();
+    let mut unsettled = Vec::new();
     for (unit, g) in run.guests.iter().enumerate() {
-        let stats = backend_stats(&run.world, &g.vbd);
-        let queues = run
-            .world
-            .backend(&g.vbd)
+        let snap = match run.world.quiesce(&g.vbd, run.opts.hang_guard) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                unsettled.push((g.name.clone(), e));
+                run.world.backend(&g.vbd)
+            }
+        };
+        let stats = snap
+            .as_ref()
+            .and_then(|s| s.stats.clone())
+            .unwrap_or_default();
+        let queues = snap
             .map(|s| s.queues)
             .unwrap_or_default()
             .iter()
@@ -255,6 +303,9 @@ pub(super) fn finish(mut run: Run<'_>, scenario: &str, sc: &Scenario, started: I
             queues,
             io: g.io.clone(),
         });
+    }
+    for (name, e) in unsettled {
+        run.fail(sc.steps.len() + 1, "report", Some(&name), e);
     }
     // Leftover manual requests are not an error of the back-end: hostile
     // steps may leave requests that can never be answered.
@@ -287,10 +338,6 @@ pub(super) fn new_world(_tunables: &Tunables, root_mounted: bool) -> std::io::Re
 
 pub(super) fn shutdown_world(world: World) {
     let _ = world.shutdown();
-}
-
-pub(super) fn backend_stats(world: &World, vbd: &VbdHandle) -> Stats {
-    world.backend_stats(vbd)
 }
 
 /// Creates a guest: its image, its domain, its `vbd`, its front-end.
@@ -363,7 +410,7 @@ pub(super) fn setup_guest(
         name: name.to_string(),
         spec: spec.clone(),
         vbd,
-        fe,
+        fe: FeSlot(Some(fe)),
         faults,
         io: IoTotals::default(),
         pending: BTreeMap::new(),

@@ -1,4 +1,4 @@
-//! The scenario file, as serde reads it (`tests/scenarios/README.md`).
+//! The scenario file, as serde reads it (`lab/scenarios/README.md`).
 
 use super::*;
 
@@ -487,6 +487,14 @@ pub enum Step {
         /// Do not write the node at all.
         #[serde(default)]
         delete: bool,
+        /// Write the value the profile computes for this other node
+        /// (relative to the front-end directory: `queue-0/ring-ref0`).
+        #[serde(default)]
+        same_as: Option<String>,
+        /// Undo an earlier override of the node (`key = "*"`: of every
+        /// node): the next connect publishes what the profile computes.
+        #[serde(default)]
+        reset: bool,
     },
     /// The front-end connects.
     Connect {
@@ -499,6 +507,11 @@ pub enum Step {
         /// Text the back-end's `error` node must contain (refusals).
         #[serde(default)]
         error_contains: Option<String>,
+        /// Start every index of the rings (`req_prod`, `rsp_prod`, the
+        /// events) at this value instead of 0, e.g. just below 2^32 so that
+        /// they wrap soon (32 bits).
+        #[serde(default)]
+        ring_start: Option<Num>,
     },
     /// The front-end closes the connection (Closing, Closed).
     Disconnect {
@@ -601,6 +614,17 @@ pub enum Step {
         /// Their expected status: one for all, or a list in order.
         #[serde(default)]
         expect_status: Option<StatusList>,
+        /// Statuses any of which each response may have.
+        #[serde(default)]
+        expect_status_in: Vec<Status>,
+        /// Their expected ids: one for all, or a list in order.
+        #[serde(default)]
+        expect_id: Option<IdList>,
+        /// Instead of responses, the front-end must find the ring broken
+        /// (an impossible `rsp_prod`, or an id not in flight) and take
+        /// nothing more.
+        #[serde(default)]
+        expect_broken_backend: bool,
     },
     /// Runs a workload, on several guests at once when more are named.
     Workload {
@@ -638,6 +662,11 @@ pub enum Step {
         /// Expected number of error responses (default 0).
         #[serde(default)]
         expect_errors: Option<CounterExpect>,
+        /// Steps played on other guests while these workloads run: once
+        /// every workload is under way, in order; each workload issues at
+        /// least `ops` requests and keeps going until they are done.
+        #[serde(default)]
+        during: Vec<Step>,
     },
     /// Arms a store I/O fault of the guest's back-end.
     InjectIo(InjectIoSpec),
@@ -677,7 +706,31 @@ pub enum Step {
         /// `delivered`, `coalesced`, `overflowed`, `pending`, `max_pending`.
         #[serde(default)]
         watch: BTreeMap<String, CounterExpect>,
+        /// Any XenStore node: `error` (the back-end's error node),
+        /// `backend/<key>`, `frontend/<key>`, or an absolute path; a value,
+        /// `false` for absent, `true` for present.
+        #[serde(default)]
+        nodes: BTreeMap<String, NodeExpect>,
     },
+}
+
+/// One expected response id, or one per response in order.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum IdList {
+    /// Every response has this id.
+    One(Num),
+    /// The n-th response has the n-th id.
+    Each(Vec<Num>),
+}
+
+impl IdList {
+    pub(super) fn get(&self, i: usize) -> Option<u64> {
+        match self {
+            IdList::One(n) => Some(n.0),
+            IdList::Each(v) => v.get(i).map(|n| n.0),
+        }
+    }
 }
 
 /// What an `expect` step wants of a XenStore node.
@@ -809,6 +862,10 @@ pub struct RequestSpec {
     /// The expected response status.
     #[serde(default)]
     pub expect_status: Option<Status>,
+    /// Statuses any of which the response may have (instead of
+    /// `expect_status`).
+    #[serde(default)]
+    pub expect_status_in: Vec<Status>,
     /// Every byte the request's pages hold after the response must be
     /// this (a read's data).
     #[serde(default)]
@@ -914,6 +971,20 @@ impl RequestSpec {
         if !indirect && self.nr_segments.is_some_and(|v| v > 255) {
             return Err(String::from(
                 "nr_segments is 8 bits unless op = \"indirect\"",
+            ));
+        }
+        if self
+            .indirect_pages
+            .is_some_and(|p| usize::from(p) > BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST)
+        {
+            return Err(format!(
+                "indirect_pages: at most {BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST}, the \
+                 indirect_grefs a request has"
+            ));
+        }
+        if self.expect_status.is_some() && !self.expect_status_in.is_empty() {
+            return Err(String::from(
+                "give expect_status or expect_status_in, not both",
             ));
         }
         if !discard && (self.nr_sectors.is_some() || self.secure) {

@@ -1,6 +1,7 @@
 //! The steps a guest plays, and the expectations checked on it.
 
 use super::*;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 
 /// One step on one guest.
 pub(super) fn guest_step(run: &mut Run<'_>, n: usize, step: &Step, t: usize) {
@@ -12,24 +13,49 @@ pub(super) fn guest_step(run: &mut Run<'_>, n: usize, step: &Step, t: usize) {
             value,
             delete,
             queue,
+            same_as,
+            reset,
             ..
         } => {
-            let v = if *delete { None } else { value.as_deref() };
             let key = match queue {
                 Some(q) => format!("{}{q}/{key}", keys::QUEUE_DIR_PREFIX),
                 None => key.clone(),
             };
-            run.progress(format_args!(
-                "step {n}: {name}: front-end will publish {key} = {}",
-                v.map_or_else(|| String::from("(nothing)"), |v| format!("{v:?}"))
-            ));
-            run.guests[t].fe.set_xenstore_override(&key, v);
+            let fe = &mut run.guests[t].fe;
+            let what = if *reset && key == "*" {
+                format!("undoes its {} override(s)", fe.clear_xenstore_overrides())
+            } else if *reset {
+                fe.clear_xenstore_override(&key);
+                format!("publishes {key} as its profile computes it")
+            } else if let Some(other) = same_as {
+                fe.set_xenstore_same_as(&key, other);
+                format!("will publish {key} = the value of {other}")
+            } else {
+                let v = if *delete { None } else { value.as_deref() };
+                fe.set_xenstore_override(&key, v);
+                format!(
+                    "will publish {key} = {}",
+                    v.map_or_else(|| String::from("(nothing)"), |v| format!("{v:?}"))
+                )
+            };
+            run.progress(format_args!("step {n}: {name}: front-end {what}"));
         }
         Step::Connect {
             expect,
             error_contains,
+            ring_start,
             ..
-        } => connect_step(run, n, t, expect, error_contains.as_deref()),
+        } => {
+            let start = ring_start.map_or(0, |s| s.0 as u32);
+            if start != 0 {
+                run.progress(format_args!(
+                    "step {n}: {name}: ring indices start at {start:#x}"
+                ));
+            }
+            run.guests[t].fe.set_ring_start(start);
+            connect_step(run, n, t, expect, error_contains.as_deref());
+            run.guests[t].fe.set_ring_start(0);
+        }
         Step::Disconnect { .. } => {
             run.progress(format_args!("step {n}: {name}: disconnect"));
             let g = &mut run.guests[t];
@@ -79,8 +105,19 @@ pub(super) fn guest_step(run: &mut Run<'_>, n: usize, step: &Step, t: usize) {
         Step::Wait {
             count,
             expect_status,
+            expect_status_in,
+            expect_id,
+            expect_broken_backend,
             ..
-        } => wait_step(run, n, t, *count, expect_status.as_ref()),
+        } => {
+            let want = WaitExpect {
+                status: expect_status.as_ref(),
+                status_in: expect_status_in,
+                id: expect_id.as_ref(),
+                broken: *expect_broken_backend,
+            };
+            wait_step(run, n, t, *count, &want)
+        }
         Step::InjectIo(_) | Step::InjectGrant(_) => inject(run, n, t, step),
         Step::Expect { .. } => expect_step(run, n, step, t),
         Step::MountRoot {} | Step::Workload { .. } => {}
@@ -188,6 +225,7 @@ fn request_step(run: &mut Run<'_>, n: usize, t: usize, spec: &RequestSpec) {
         Pending {
             step: n,
             expect: spec.expect_status,
+            expect_in: spec.expect_status_in.clone(),
             expect_data: spec.expect_data,
         },
     );
@@ -345,6 +383,7 @@ pub(super) fn batch_step(
             Pending {
                 step: n,
                 expect: r.expect_status,
+                expect_in: r.expect_status_in.clone(),
                 expect_data: r.expect_data,
             },
         );
@@ -418,7 +457,7 @@ pub(super) fn wait_for_id(run: &mut Run<'_>, n: usize, t: usize, id: u64) {
         let g = &mut run.guests[t];
         if let Some(pos) = g.responses.iter().position(|r| r.id == id) {
             if let Some(rsp) = g.responses.remove(pos) {
-                check_response(run, n, t, &rsp, None);
+                check_response(run, n, t, &rsp, None, &[]);
             }
             return;
         }
@@ -435,13 +474,15 @@ pub(super) fn wait_for_id(run: &mut Run<'_>, n: usize, t: usize, id: u64) {
     }
 }
 
-/// Checks a response against its request's and the step's expected status.
+/// Checks a response against its request's and the step's expected
+/// status (`step_expect`, or any of `step_in`).
 pub(super) fn check_response(
     run: &mut Run<'_>,
     n: usize,
     t: usize,
     rsp: &BlkifResponse,
     step_expect: Option<Status>,
+    step_in: &[Status],
 ) {
     let name = run.guests[t].name.clone();
     let pending = run.guests[t].pending.remove(&rsp.id);
@@ -453,11 +494,17 @@ pub(super) fn check_response(
     let mut wants = Vec::new();
     if let Some(p) = &pending {
         if let Some(s) = p.expect {
-            wants.push((p.step, s));
+            wants.push((p.step, vec![s]));
+        }
+        if !p.expect_in.is_empty() {
+            wants.push((p.step, p.expect_in.clone()));
         }
     }
     if let Some(s) = step_expect {
-        wants.push((n, s));
+        wants.push((n, vec![s]));
+    }
+    if !step_in.is_empty() {
+        wants.push((n, step_in.to_vec()));
     }
     if let Some(b) = pending.as_ref().and_then(|p| p.expect_data) {
         let data = run.guests[t].fe.page_data(rsp.id);
@@ -477,13 +524,29 @@ pub(super) fn check_response(
         );
     }
     for (at, want) in wants {
-        run.check(at.max(n), "request", Some(&name), got == want, || {
-            format!(
-                "request id {} (step {at}): expected status {want}, got {got}",
-                rsp.id
-            )
-        });
+        run.check(
+            at.max(n),
+            "request",
+            Some(&name),
+            want.contains(&got),
+            || {
+                let names: Vec<String> = want.iter().map(|s| s.name()).collect();
+                format!(
+                    "request id {} (step {at}): expected status {}, got {got}",
+                    rsp.id,
+                    names.join(" or ")
+                )
+            },
+        );
     }
+}
+
+/// What a `wait` step expects of the responses it takes.
+pub(super) struct WaitExpect<'a> {
+    status: Option<&'a StatusList>,
+    status_in: &'a [Status],
+    id: Option<&'a IdList>,
+    broken: bool,
 }
 
 /// A `wait` step.
@@ -492,7 +555,7 @@ pub(super) fn wait_step(
     n: usize,
     t: usize,
     count: usize,
-    expect: Option<&StatusList>,
+    want: &WaitExpect<'_>,
 ) {
     let name = run.guests[t].name.clone();
     run.progress(format_args!(
@@ -501,6 +564,23 @@ pub(super) fn wait_step(
     let quiet = run.opts.quiet_period;
     let g = &mut run.guests[t];
     g.fe.kick();
+    if want.broken {
+        // Takes what comes until the front-end finds the ring broken; each
+        // round takes at least one response (what it can be owed bounds
+        // them) or ends at the hang guard.
+        let r = loop {
+            match g.fe.wait_responses(1) {
+                Ok(got) => g.responses.extend(got),
+                Err(e) => break e,
+            }
+        };
+        let broken = matches!(r, FrontendError::BrokenBackend(_));
+        run.progress(format_args!("step {n}: {name}: {r}"));
+        run.check(n, "wait", Some(&name), broken, || {
+            format!("expected the front-end to find the ring broken, got: {r}")
+        });
+        return;
+    }
     if count == 0 {
         match g.fe.poll_responses(quiet) {
             Ok(got) => g.responses.extend(got),
@@ -530,7 +610,13 @@ pub(super) fn wait_step(
     let take = run.guests[t].responses.len().min(count);
     let rsps: Vec<BlkifResponse> = run.guests[t].responses.drain(..take).collect();
     for (i, rsp) in rsps.iter().enumerate() {
-        check_response(run, n, t, rsp, expect.and_then(|e| e.get(i)));
+        if let Some(id) = want.id.and_then(|e| e.get(i)) {
+            run.check(n, "wait", Some(&name), rsp.id == id, || {
+                format!("response {i}: expected id {id}, got {}", rsp.id)
+            });
+        }
+        let status = want.status.and_then(|e| e.get(i));
+        check_response(run, n, t, rsp, status, want.status_in);
     }
 }
 
@@ -546,6 +632,7 @@ pub(super) fn expect_step(run: &mut Run<'_>, n: usize, step: &Step, t: usize) {
         queue,
         backend_nodes,
         watch,
+        nodes,
         ..
     } = step
     else {
@@ -577,6 +664,7 @@ pub(super) fn expect_step(run: &mut Run<'_>, n: usize, step: &Step, t: usize) {
         }
         check_sysctls(run, t, *queue, sysctl, &mut bad);
         check_backend_nodes(run, t, backend_nodes, &mut bad);
+        check_nodes(run, t, nodes, &mut bad);
         if !watch.is_empty() {
             let st = run.world.xen().xenstore.watch_stats();
             for (k, e) in watch {
@@ -611,6 +699,7 @@ pub(super) fn expect_step(run: &mut Run<'_>, n: usize, step: &Step, t: usize) {
         + usize::from(error_contains.is_some())
         + sysctl.len()
         + backend_nodes.len()
+        + nodes.len()
         + watch.len()
         + usize::from(verify_ok.is_some())
         + usize::from(faults_injected.is_some());
@@ -699,6 +788,58 @@ fn check_backend_nodes(
     }
 }
 
+/// Where a node of an `expect` step's `nodes` may be: `error` (the
+/// back-end's error node, relative to its domain's home or absolute),
+/// `backend/<key>`, `frontend/<key>`, or an absolute path.
+pub(super) fn node_paths(g: &GuestRt, be_dom: DomId, key: &str) -> Vec<String> {
+    let be = g.fe.backend_path();
+    if key == "error" {
+        let rel = be.trim_start_matches('/');
+        vec![
+            format!("/local/domain/{be_dom}/error/{rel}/error"),
+            format!("/error/{rel}/error"),
+        ]
+    } else if let Some(k) = key.strip_prefix("backend/") {
+        vec![format!("{be}/{k}")]
+    } else if let Some(k) = key.strip_prefix("frontend/") {
+        vec![format!("{}/{k}", g.fe.frontend_path())]
+    } else {
+        vec![key.to_string()]
+    }
+}
+
+/// The `nodes` expectations of an `expect` step; mismatches go to `bad`.
+fn check_nodes(
+    run: &Run<'_>,
+    t: usize,
+    nodes: &BTreeMap<String, NodeExpect>,
+    bad: &mut Vec<String>,
+) {
+    let g = &run.guests[t];
+    let xs = &run.world.xen().xenstore;
+    for (k, want) in nodes {
+        let paths = node_paths(g, g.vbd.backend_dom(), k);
+        let have = paths.iter().find_map(|p| xs.read_str(p).ok());
+        let ok = match (want, &have) {
+            (NodeExpect::Present(p), h) => *p == h.is_some(),
+            (NodeExpect::Value(v), Some(h)) => v == h,
+            (NodeExpect::Value(_), None) => false,
+        };
+        if !ok {
+            let want = match want {
+                NodeExpect::Present(true) => String::from("present"),
+                NodeExpect::Present(false) => String::from("absent"),
+                NodeExpect::Value(v) => format!("{v:?}"),
+            };
+            bad.push(format!(
+                "node {k} ({}): expected {want}, is {}",
+                paths.join(" or "),
+                have.map_or_else(|| String::from("absent"), |h| format!("{h:?}"))
+            ));
+        }
+    }
+}
+
 /// A `workload` step: every target guest at the same time, one thread each.
 pub(super) fn run_workloads(run: &mut Run<'_>, n: usize, step: &Step, targets: &[usize]) {
     let Step::Workload {
@@ -711,6 +852,7 @@ pub(super) fn run_workloads(run: &mut Run<'_>, n: usize, step: &Step, targets: &
         seed,
         verify,
         expect_errors,
+        during,
         ..
     } = step
     else {
@@ -723,12 +865,20 @@ pub(super) fn run_workloads(run: &mut Run<'_>, n: usize, step: &Step, targets: &
         pattern
     ));
     let mut results: Vec<(usize, Result<WorkloadReport, FrontendError>)> = Vec::new();
+    // Set once the `during` steps are done (at once without any): until
+    // then every workload keeps going past its `ops`.
+    let done = AtomicBool::new(during.is_empty());
+    let before: Vec<u64> = targets
+        .iter()
+        .map(|&i| run.world.stat(&run.guests[i].vbd, Stat::ReqsReceived))
+        .collect();
     std::thread::scope(|s| {
         let mut handles = Vec::new();
-        for (i, g) in run.guests.iter_mut().enumerate() {
-            if !targets.contains(&i) {
+        for &i in targets {
+            let g = &mut run.guests[i];
+            let Some(mut fe) = g.fe.take() else {
                 continue;
-            }
+            };
             let wl = Workload {
                 ops: *ops,
                 io_size: io_size.0 as u32,
@@ -739,13 +889,36 @@ pub(super) fn run_workloads(run: &mut Run<'_>, n: usize, step: &Step, targets: &
                 seed: seed.wrapping_add(i as u64),
                 verify_all_at_end: *verify,
             };
-            handles.push((i, s.spawn(move || run_workload(&mut g.fe, &wl))));
+            let done = &done;
+            handles.push((
+                i,
+                s.spawn(move || {
+                    // The front-end comes back even if the workload panics.
+                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        run_workload_until(&mut fe, &wl, done)
+                    }))
+                    .unwrap_or_else(|_| {
+                        Err(FrontendError::Os(String::from("workload thread panicked")))
+                    });
+                    (fe, r)
+                }),
+            ));
         }
+        if !during.is_empty() {
+            play_during(run, n, targets, &before, during);
+        }
+        done.store(true, AtomicOrdering::Release);
         for (i, h) in handles {
-            let r = h.join().unwrap_or_else(|_| {
-                Err(FrontendError::Os(String::from("workload thread panicked")))
-            });
-            results.push((i, r));
+            match h.join() {
+                Ok((fe, r)) => {
+                    run.guests[i].fe.put(fe);
+                    results.push((i, r));
+                }
+                Err(_) => results.push((
+                    i,
+                    Err(FrontendError::Os(String::from("workload thread lost"))),
+                )),
+            }
         }
     });
     for (i, r) in results {
@@ -810,5 +983,34 @@ pub(super) fn run_workloads(run: &mut Run<'_>, n: usize, step: &Step, targets: &
                 run.fail(n, "workload", Some(&name), format!("workload failed: {e}"));
             }
         }
+    }
+}
+
+/// The `during` steps of workload step `n`: once every workload of
+/// `targets` is under way (its back-end received more than the `before`
+/// requests it had), each step in order on its own guests (never the
+/// workloads').
+fn play_during(run: &mut Run<'_>, n: usize, targets: &[usize], before: &[u64], during: &[Step]) {
+    let limit = run.opts.hang_guard;
+    for (&i, &b) in targets.iter().zip(before) {
+        let r = run.world.wait_backend(&run.guests[i].vbd, limit, |s| {
+            s.stats
+                .as_ref()
+                .is_some_and(|st| st.get(Stat::ReqsReceived) > b)
+        });
+        if let Err(e) = r {
+            let name = run.guests[i].name.clone();
+            run.fail(n, "workload", Some(&name), format!("never under way: {e}"));
+            return;
+        }
+    }
+    run.progress(format_args!(
+        "step {n}: {} step(s) while the workloads run",
+        during.len()
+    ));
+    let names: Vec<String> = run.guests.iter().map(|g| g.name.clone()).collect();
+    for step in during {
+        let on = step.guests().map(|g| g.resolve(&names)).unwrap_or_default();
+        run_step(run, n, step, &on);
     }
 }

@@ -70,9 +70,43 @@ impl Scenario {
         used: &mut [Vec<(u64, u64)>],
     ) -> Result<(), String> {
         match step {
-            Step::Xenstore { value, delete, .. } if value.is_some() == *delete => {
+            Step::Xenstore {
+                key,
+                value,
+                delete,
+                same_as,
+                reset,
+                queue,
+                ..
+            } => {
+                let given = usize::from(value.is_some())
+                    + usize::from(*delete)
+                    + usize::from(same_as.is_some())
+                    + usize::from(*reset);
+                if given != 1 {
+                    return Err(String::from(
+                        "give exactly one of `value`, `delete = true`, `same_as` and `reset = true`",
+                    ));
+                }
+                if key == "*" && (!*reset || queue.is_some()) {
+                    return Err(String::from(
+                        "key \"*\" (every override) only with `reset = true` and no `queue`",
+                    ));
+                }
+            }
+            Step::Connect {
+                ring_start: Some(s),
+                ..
+            } if s.0 > u64::from(u32::MAX) => {
+                return Err(format!("ring_start {} does not fit 32 bits", s.0));
+            }
+            Step::Wait {
+                expect_status: Some(_),
+                expect_status_in,
+                ..
+            } if !expect_status_in.is_empty() => {
                 return Err(String::from(
-                    "give exactly one of `value` and `delete = true`",
+                    "give expect_status or expect_status_in, not both",
                 ));
             }
             Step::Request(r) => r.validate(None)?,
@@ -98,9 +132,9 @@ impl Scenario {
             Step::Resize { guest, size } => {
                 for gi in guest.resolve(names) {
                     let ss = u64::from(self.guests[gi].sector_size);
-                    if size.0 == 0 || size.0 % ss != 0 {
+                    if size.0 % ss != 0 {
                         return Err(format!(
-                            "guest {}: size {} is not a positive multiple of the sector size",
+                            "guest {}: size {} is not a multiple of the sector size",
                             names[gi], size.0
                         ));
                     }
@@ -115,9 +149,11 @@ impl Scenario {
                 offset,
                 region,
                 guest,
+                during,
                 ..
             } => {
-                self.validate_workload(guest, *io_size, *read_pct, *offset, *region, names, used)?
+                self.validate_workload(guest, *io_size, *read_pct, *offset, *region, names, used)?;
+                self.validate_during(guest, during, names, used)?;
             }
             Step::InjectIo(spec) if spec.is_empty() => {
                 return Err(String::from(
@@ -131,8 +167,21 @@ impl Scenario {
                 state,
                 sysctl,
                 watch,
+                nodes,
                 ..
             } => {
+                for k in nodes.keys() {
+                    let ok = k == "error"
+                        || ["backend/", "frontend/", "/"]
+                            .iter()
+                            .any(|p| k.len() > p.len() && k.starts_with(p));
+                    if !ok {
+                        return Err(format!(
+                            "nodes: {k:?} is not `error`, `backend/<key>`, `frontend/<key>` \
+                             nor an absolute path"
+                        ));
+                    }
+                }
                 for k in watch.keys() {
                     if !WATCH_COUNTERS.contains(&k.as_str()) {
                         return Err(format!(
@@ -156,6 +205,42 @@ impl Scenario {
                 }
             }
             _ => {}
+        }
+        Ok(())
+    }
+
+    /// The `during` steps of a workload on `guest`: each valid on its own,
+    /// none a workload, each naming its guests, none of them the
+    /// workload's (their front-ends are busy).
+    fn validate_during(
+        &self,
+        guest: &Guests,
+        during: &[Step],
+        names: &[String],
+        used: &mut [Vec<(u64, u64)>],
+    ) -> Result<(), String> {
+        let busy = guest.resolve(names);
+        for (k, st) in during.iter().enumerate() {
+            let at = |m: String| format!("during step {} ({}): {m}", k + 1, st.action());
+            if matches!(st, Step::Workload { .. } | Step::MountRoot {}) {
+                return Err(at(String::from("not allowed during a workload")));
+            }
+            let named = step_guest_names(st);
+            if named.is_empty() || named.iter().any(|g| g == "*") {
+                return Err(at(String::from(
+                    "name its guests (`guest`): every guest includes the workload's",
+                )));
+            }
+            for g in &named {
+                match names.iter().position(|x| x == g) {
+                    None => return Err(at(format!("no guest named {g:?}"))),
+                    Some(i) if busy.contains(&i) => {
+                        return Err(at(format!("guest {g:?} runs the workload")))
+                    }
+                    Some(_) => {}
+                }
+            }
+            self.validate_step(st, names, used).map_err(at)?;
         }
         Ok(())
     }

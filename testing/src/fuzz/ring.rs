@@ -113,6 +113,13 @@ struct Driver {
     /// The current connection broke the ring protocol: it answers nothing
     /// more.
     ring_broken: bool,
+    /// Responses still to take that the connection before the current one
+    /// published.
+    earlier: u32,
+    /// This front ring published a `req_prod` more than a ring ahead of
+    /// its `rsp_cons` (or behind it): only then may a correct back-end's
+    /// `rsp_prod` look impossible to it.
+    overran: bool,
     pushes: u64,
     last_end: u64,
 }
@@ -147,26 +154,38 @@ impl Driver {
         let mem = self.front.take().expect("front ring").into_mem();
         self.front = Some(FrontRing::init(mem, self.abi, self.ring_pages).expect("ring init"));
         self.cursor = 0;
+        self.overran = false;
+        self.earlier = 0;
     }
 
     /// Takes every published response; checks they answer consumed
     /// requests with ids that were written.
     fn drain(&mut self) {
         if self.host.connects != self.connects_seen {
-            // A new connection: the instance reset its counters.
+            // A new connection: the instance reset its counters. It
+            // attached where the ring's rsp_prod was: responses below that
+            // an earlier connection published, and are not its own.
             self.connects_seen = self.host.connects;
             self.responses = 0;
             self.ring_broken = false;
+            let rsp_cons = self.front().rsp_cons();
+            self.earlier = self.host.rsp_prod_at_map.wrapping_sub(rsp_cons);
         }
         if self.host.fatals != self.fatals_seen {
             self.fatals_seen = self.host.fatals;
             self.ring_broken |= self.inst.last_error() == Some(ConnectError::Ring);
         }
         let mut got = Vec::new();
+        let mut earlier = 0u64;
         loop {
             let index = self.front().rsp_cons();
-            let Some(r) = self.front().take_response() else {
-                break;
+            let r = match self.front().take_response() {
+                Ok(Some(r)) => r,
+                Ok(None) => break,
+                Err(e) => {
+                    assert!(self.overran, "a correct rsp_prod refused: {e:?}");
+                    break;
+                }
             };
             // What the back-end wrote into the slot, as the shadow's bytes.
             let slot = self.slot_of(index);
@@ -174,10 +193,14 @@ impl Driver {
             self.shadow[slot][..n].fill(0);
             self.abi.encode_response(&r, &mut self.shadow[slot][..n]);
             self.note_slot(slot);
+            if self.earlier > 0 && self.earlier <= self.size {
+                self.earlier -= 1;
+                earlier += 1;
+            }
             got.push(r);
             assert!(got.len() <= self.size as usize * 4, "runaway responses");
         }
-        self.responses += got.len() as u64;
+        self.responses += got.len() as u64 - earlier;
         let received = self.inst.stats().get(Stat::ReqsReceived);
         assert!(
             self.responses <= received,
@@ -347,6 +370,8 @@ impl Driver {
                     2 => self.cursor.wrapping_sub(u32::from(r.u8())),
                     _ => r.u32(),
                 };
+                let ahead = v.wrapping_sub(self.front().rsp_cons());
+                self.overran |= ahead > self.size;
                 self.front().set_req_prod_raw(v);
             }
             Action::Kick => self.inst.event(&mut self.host, 0),
@@ -573,6 +598,8 @@ impl Driver {
             connects_seen: 0,
             fatals_seen: 0,
             ring_broken: false,
+            overran: false,
+            earlier: 0,
             pushes: 0,
             last_end: 0,
         }
