@@ -142,6 +142,9 @@ struct State {
     cut_at: Option<u64>,
     rng: u64,
     stats: CacheStats,
+    /// A broken disk (tests only): flushes complete and make nothing
+    /// durable.
+    ignore_flushes: bool,
 }
 
 /// A disk's volatile write cache and power supply, shared between the
@@ -172,6 +175,7 @@ impl WriteCache {
                 cut_at: None,
                 rng: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
                 stats: CacheStats::default(),
+                ignore_flushes: false,
             }),
             restored: Condvar::new(),
         }
@@ -191,6 +195,14 @@ impl WriteCache {
     /// Dirty bytes the cache holds before it destages.
     pub fn capacity(&self) -> usize {
         self.lock().capacity
+    }
+
+    /// Makes this a disk that lies about flushes (`true`): a flush
+    /// completes successfully and makes nothing durable, as some consumer
+    /// disks do. Only for tests that must see a crash-consistency check
+    /// fail; a full cache still destages its oldest writes.
+    pub fn set_ignore_flushes(&self, ignore: bool) {
+        self.lock().ignore_flushes = ignore;
     }
 
     /// What the cache did so far.
@@ -362,7 +374,11 @@ impl WriteCache {
             match (p, result) {
                 (Pending::Write { offset, len }, Ok(())) => s.acknowledge(offset, len),
                 (Pending::Flush { upto }, Ok(())) => {
-                    let n = s.destage_while(|seq| seq < upto);
+                    let n = if s.ignore_flushes {
+                        0
+                    } else {
+                        s.destage_while(|seq| seq < upto)
+                    };
                     s.stats.flushed += n;
                     s.stats.flushes += 1;
                 }

@@ -285,3 +285,26 @@ fn an_orderly_close_writes_the_cache_back() {
         "the medium file is removed"
     );
 }
+
+/// A disk that lies about flushes (the knob crash-consistency tests use
+/// to show their check can fail): its flushes complete, yet a cut loses
+/// what they covered for some seed.
+#[test]
+fn a_disk_that_ignores_flushes_loses_flushed_writes() {
+    let mut lost = 0;
+    for seed in 0..20 {
+        let mut r = Rig::new(WriteCache::new(seed));
+        r.cache.set_ignore_flushes(true);
+        for id in 1..=4u32 {
+            r.write(id, (id as usize - 1) * 8, 4);
+        }
+        assert_eq!(r.flush(), Ok(()));
+        assert!(r.cache.cut_now(GUARD));
+        let h = r.holders();
+        lost += (1..=4u32)
+            .filter(|&id| h[(id as usize - 1) * 8] != id)
+            .count();
+        assert_eq!(r.cache.stats().flushed, 0, "seed {seed}");
+    }
+    assert!(lost > 10, "{lost}");
+}
