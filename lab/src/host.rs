@@ -29,7 +29,7 @@ use super::evtchn::EventHub;
 use super::ffi::{PageState, Reservation};
 use super::gnttab::GrantTable;
 use super::memory::GuestMemory;
-use super::store::{self, HostStore, IoFaults, RawIoVec};
+use super::store::{self, HostStore, IoFaults, RawIoVec, WriteCache};
 use super::toolstack;
 use super::xenstore::Xenstored;
 use super::TaskEvent;
@@ -159,6 +159,9 @@ pub struct SimHostConfig {
     pub store_sector_size: u32,
     /// Store fault injection shared with the scenario.
     pub store_faults: Option<Arc<IoFaults>>,
+    /// A volatile write cache in front of the store, shared with the
+    /// scenario (which cuts its power).
+    pub store_cache: Option<Arc<WriteCache>>,
     /// The vbd's image stands for a disk device node: the lab has no block
     /// devices, so a raw-device store is a regular file the toolstack made
     /// as one, served the way a device is (`O_DIRECT`, aligned buffers).
@@ -171,6 +174,7 @@ impl Default for SimHostConfig {
             backend_dom: 0,
             store_sector_size: 512,
             store_faults: None,
+            store_cache: None,
             image_is_disk: false,
         }
     }
@@ -322,7 +326,8 @@ impl SimHost {
     pub fn new(xen: &SimXen, cfg: SimHostConfig, tx: Sender<TaskEvent>) -> SimHost {
         SimHost {
             xen: xen.clone(),
-            store: HostStore::new(cfg.store_sector_size, cfg.store_faults.clone()),
+            store: HostStore::new(cfg.store_sector_size, cfg.store_faults.clone())
+                .with_cache(cfg.store_cache.clone()),
             cfg,
             tx,
             window: None,
