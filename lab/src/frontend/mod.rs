@@ -62,7 +62,10 @@ pub use crash::{
 };
 pub use profile::Profile;
 pub use request::{FeatureRequest, IndirectShape, ManualRequest, SegmentGrant};
-pub use workload::{run_workload, run_workload_until, sector_pattern, Workload, WorkloadReport};
+pub use workload::{
+    run_workload, run_workload_shadowed, run_workload_until, sector_pattern, Shadow, Workload,
+    WorkloadReport,
+};
 
 /// The most queues a [`Profile`] may ask for.
 pub const MAX_QUEUES: u32 = 64;
