@@ -21,9 +21,14 @@
 //! flight — and the process's resident memory, open descriptors (and of
 //! them the stores' image files) and threads are read from `/proc/self`.
 //! The back-ends, their stores, the simulated guests and host share one
-//! process, so these are the back-ends' resources plus a constant. The
-//! soak fails when the last sample's descriptors or threads differ from
-//! the first's, or its resident memory exceeds the first's by more than
+//! process. Resident memory is split as the kernel counts it: `RssAnon`
+//! is the heap (the back-ends', their stores', and the guests' own
+//! bookkeeping, which is bounded by their disks), `RssShmem` the guests'
+//! RAM (a memfd per guest, whose frame allocator hands out frames in
+//! rotation, so it fills up to the guests' RAM over time whatever the
+//! back-end does) and the grant mappings the back-ends hold. The soak
+//! fails when the last sample's descriptors or threads differ from the
+//! first's, or its heap exceeds the first's by more than
 //! [`RSS_GROWTH_PERCENT`] % or [`RSS_GROWTH_MIB`] MiB, whichever is more.
 
 use std::fmt::Write as _;
@@ -90,6 +95,11 @@ pub struct Resources {
     pub at_secs: u64,
     /// Resident memory (`VmRSS`), KiB.
     pub rss_kib: u64,
+    /// Of which anonymous memory, the heap (`RssAnon`), KiB.
+    pub anon_kib: u64,
+    /// Of which shared memory (`RssShmem`): guest RAM and grant
+    /// mappings, KiB.
+    pub shmem_kib: u64,
     /// Open descriptors.
     pub fds: u64,
     /// Of those, the stores' image files.
@@ -122,6 +132,8 @@ impl Resources {
         Resources {
             at_secs: at.as_secs(),
             rss_kib: field("VmRSS:"),
+            anon_kib: field("RssAnon:"),
+            shmem_kib: field("RssShmem:"),
             // The directory read itself held one.
             fds: fds.saturating_sub(1),
             store_fds,
@@ -189,10 +201,10 @@ impl SoakReport {
                 .all(|g| g.failures.is_empty() && g.mismatches == 0)
     }
 
-    /// The resident-memory bound the last sample is held to, KiB.
-    pub fn rss_bound_kib(&self) -> Option<u64> {
+    /// The heap bound the last sample is held to, KiB.
+    pub fn anon_bound_kib(&self) -> Option<u64> {
         let first = self.samples.first()?;
-        Some(rss_bound(first.rss_kib))
+        Some(rss_bound(first.anon_kib))
     }
 
     fn sum(&self, f: impl Fn(&GuestTotals) -> u64) -> u64 {
@@ -269,37 +281,47 @@ impl SoakReport {
         );
         let _ = writeln!(
             o,
-            "{:>7} {:>12} {:>5} {:>10} {:>8}",
-            "at", "rss", "fds", "store-fds", "threads"
+            "{:>7} {:>12} {:>12} {:>12} {:>5} {:>10} {:>8}",
+            "at", "rss", "heap", "guest-ram", "fds", "store-fds", "threads"
         );
         for s in &self.samples {
             let _ = writeln!(
                 o,
-                "{:>7} {:>12} {:>5} {:>10} {:>8}",
+                "{:>7} {:>12} {:>12} {:>12} {:>5} {:>10} {:>8}",
                 clock(s.at_secs),
-                format!("{:.1} MiB", s.rss_kib as f64 / 1024.0),
+                mib_kib(s.rss_kib),
+                mib_kib(s.anon_kib),
+                mib_kib(s.shmem_kib),
                 s.fds,
                 s.store_fds,
                 s.threads
             );
         }
+        let _ = writeln!(
+            o,
+            "  (rss = heap (RssAnon) + guest RAM and grant mappings (RssShmem) + files; \
+             fds: every descriptor of the process; store-fds: the images the back-ends \
+             have open)"
+        );
         if let (Some(f), Some(l), Some(b)) = (
             self.samples.first(),
             self.samples.last(),
-            self.rss_bound_kib(),
+            self.anon_bound_kib(),
         ) {
             let _ = writeln!(
                 o,
-                "first sample ({}): rss {:.1} MiB, {} fds; last ({}): rss {:.1} MiB, {} fds; \
-                 bound: rss at most {:.1} MiB (+{RSS_GROWTH_PERCENT} % or +{RSS_GROWTH_MIB} MiB), \
-                 fds and threads unchanged",
+                "first sample ({}): rss {}, heap {}, {} fds; last sample ({}): rss {}, \
+                 heap {}, {} fds; bound: heap at most {} (+{RSS_GROWTH_PERCENT} % or \
+                 +{RSS_GROWTH_MIB} MiB), fds and threads unchanged",
                 clock(f.at_secs),
-                f.rss_kib as f64 / 1024.0,
+                mib_kib(f.rss_kib),
+                mib_kib(f.anon_kib),
                 f.fds,
                 clock(l.at_secs),
-                l.rss_kib as f64 / 1024.0,
+                mib_kib(l.rss_kib),
+                mib_kib(l.anon_kib),
                 l.fds,
-                b as f64 / 1024.0
+                mib_kib(b)
             );
         }
         for g in self.guests.iter().enumerate() {
@@ -340,11 +362,13 @@ impl SoakReport {
             "samples": self.samples.iter().map(|s| json!({
                 "at_secs": s.at_secs,
                 "rss_kib": s.rss_kib,
+                "anon_kib": s.anon_kib,
+                "shmem_kib": s.shmem_kib,
                 "fds": s.fds,
                 "store_fds": s.store_fds,
                 "threads": s.threads,
             })).collect::<Vec<_>>(),
-            "rss_bound_kib": self.rss_bound_kib(),
+            "anon_bound_kib": self.anon_bound_kib(),
             "problems": self.problems,
         })
     }
@@ -352,6 +376,10 @@ impl SoakReport {
 
 fn rss_bound(first_kib: u64) -> u64 {
     first_kib + (first_kib * RSS_GROWTH_PERCENT / 100).max(RSS_GROWTH_MIB * 1024)
+}
+
+fn mib_kib(k: u64) -> String {
+    format!("{:.1} MiB", k as f64 / 1024.0)
 }
 
 fn mib(b: u64) -> String {
@@ -906,9 +934,11 @@ pub fn run(opts: &SoakOptions) -> Result<SoakReport, String> {
             }
             gate.resume();
             progress(format!(
-                "{}: rss {:.1} MiB, {} fds ({} store files), {} threads",
+                "{}: rss {} (heap {}, guest RAM {}), {} fds ({} store files), {} threads",
                 clock(r.at_secs),
-                r.rss_kib as f64 / 1024.0,
+                mib_kib(r.rss_kib),
+                mib_kib(r.anon_kib),
+                mib_kib(r.shmem_kib),
                 r.fds,
                 r.store_fds,
                 r.threads
@@ -947,12 +977,12 @@ pub fn run(opts: &SoakOptions) -> Result<SoakReport, String> {
                 .problems
                 .push(format!("threads went from {} to {}", f.threads, l.threads));
         }
-        if l.rss_kib > rss_bound(f.rss_kib) {
+        if l.anon_kib > rss_bound(f.anon_kib) {
             report.problems.push(format!(
-                "resident memory grew from {:.1} MiB to {:.1} MiB, beyond {:.1} MiB",
-                f.rss_kib as f64 / 1024.0,
-                l.rss_kib as f64 / 1024.0,
-                rss_bound(f.rss_kib) as f64 / 1024.0
+                "the heap (RssAnon) grew from {} to {}, beyond {}",
+                mib_kib(f.anon_kib),
+                mib_kib(l.anon_kib),
+                mib_kib(rss_bound(f.anon_kib))
             ));
         }
     }
