@@ -138,14 +138,23 @@ impl SimXen {
     pub fn mount_root(&self) {
         self.root_mounted.store(true, Ordering::Release);
         let mut w = self.root_waiters.lock().unwrap_or_else(|e| e.into_inner());
-        w.retain(|tx| tx.send(TaskEvent::RootMounted).is_ok());
+        // A root once mounted stays mounted: nobody waits any more.
+        for tx in w.drain(..) {
+            let _ = tx.send(TaskEvent::RootMounted);
+        }
     }
 
-    /// Subscribes `tx` to [`SimXen::mount_root`]. Instances created after the
-    /// mount see the flag through [`Host::root_mounted`] at attach.
+    /// Subscribes `tx` to [`SimXen::mount_root`], unless the root is
+    /// mounted already: instances created after the mount see the flag
+    /// through [`Host::root_mounted`] at attach, and a sender kept for
+    /// them would outlive their instance (one per vbd ever created).
     pub fn subscribe_root_mounted(&self, tx: Sender<TaskEvent>) {
         let mut w = self.root_waiters.lock().unwrap_or_else(|e| e.into_inner());
-        w.push(tx);
+        // Under the lock: a mount that set the flag before we looked sends
+        // to nobody after; one that did not yet will send to us.
+        if !self.root_mounted.load(Ordering::Acquire) {
+            w.push(tx);
+        }
     }
 }
 
