@@ -158,6 +158,15 @@ impl Shadow {
         Shadow::default()
     }
 
+    /// A disk of `sectors` 512-byte sectors that holds zeros, with room
+    /// for all of them made now: the shadow does not grow later (a soak
+    /// holds the heap to its size at the first minute).
+    pub fn for_sectors(sectors: u64) -> Shadow {
+        let mut s = Shadow::default();
+        let _ = s.sectors.try_reserve(usize::try_from(sectors).unwrap_or(0));
+        s
+    }
+
     /// Sectors whose content is known to be written data.
     pub fn known_written(&self) -> usize {
         self.sectors.values().filter(|&&g| g != UNKNOWN).count()
