@@ -2,20 +2,38 @@
 //!
 //! The core never calls an operating system. A platform (the FreeBSD kernel
 //! shim, the simulated host of `xbb-lab`, a dom0 user-space back-end)
-//! implements the small capability traits below and drives one
-//! [`Instance`](crate::instance::Instance) per `vbd` through its entry points:
-//! `attach`, `frontend_changed`, `root_mounted`, `run`, `complete`, `detach`.
+//! implements the traits below and drives one
+//! [`Instance`](crate::instance::Instance) per `vbd` through its entry points.
 //!
-//! All entry points of one instance are called from one context at a time
-//! (FreeBSD: the instance's taskqueue with its mutex held; the simulator: the
-//! instance's task thread), so the traits take `&mut self` and need no
-//! locking of their own.
+//! An instance has one control context and one context per queue (DESIGN.md,
+//! "Concurrency"), and the traits follow that split:
 //!
-//! The traits follow the Xen interfaces they stand for: `xs_wire.h` /
+//! - [`Host`] (with [`XenStore`]) serves the control part: XenStore, the
+//!   data window, the rings and event-channel bindings, the store's open and
+//!   close, and the hand-off of queues ([`Host::lend`], [`Host::recall`]).
+//!   Its entry points (`attach`, `frontend_changed`, `root_mounted`,
+//!   `medium_changed`, `give_back`, `queue_failed`, `detach`, sysctl writes)
+//!   are called from the control context, one at a time.
+//! - [`QueueHost`] serves one queue's request path: grant mapping in that
+//!   queue's share of the window, its event channel, store submission,
+//!   deferred runs, the clock. A lent [`Queue`] calls
+//!   it from the queue's own context, concurrently with the other queues
+//!   and the control part.
+//!
+//! A platform that runs everything in one context (the test double, the
+//! fuzz bodies) implements both on one object, lends nothing, returns
+//! itself from [`Host::inline`], and calls `Instance::{event, run,
+//! complete}`. Every method takes `&mut self`: each context owns its host
+//! object, and what they share (the store, the window) is the platform's
+//! to synchronise.
+//!
+//! The methods follow the Xen interfaces they stand for: `xs_wire.h` /
 //! `xenbus.h` for [`XenStore`], `grant_table.h` (`GNTTABOP_map_grant_ref`,
-//! `GNTTABOP_unmap_grant_ref`) for [`Grants`], `event_channel.h`
-//! (`EVTCHNOP_bind_interdomain`, `EVTCHNOP_send`) for [`EventChannel`].
+//! `GNTTABOP_unmap_grant_ref`, `GNTTABOP_copy`) for the grant methods,
+//! `event_channel.h` (`EVTCHNOP_bind_interdomain`, `EVTCHNOP_send`) for the
+//! event-channel methods.
 
+use crate::queue::Queue;
 use crate::shmem::SharedMem;
 use crate::units::{Bytes, Sectors, WindowPage};
 
@@ -179,39 +197,6 @@ pub struct GrantUnmapOp {
     pub handle: GrantHandle,
 }
 
-/// Grant-table services: the shared ring and the data window.
-///
-/// The data window is a range of back-end address space reserved at connect
-/// time (`xenmem_alloc` on FreeBSD). The core's KVA allocator decides which
-/// pages of it each reqlist uses; the platform maps grants exactly there, so
-/// a reqlist's pages form one contiguous buffer.
-pub trait Grants {
-    /// Reserves a data window of `pages` pages. Fallible; called at connect.
-    fn window_reserve(&mut self, pages: u32) -> Result<(), GrantError>;
-    /// Releases the data window. Everything in it has been unmapped.
-    fn window_release(&mut self);
-    /// Maps `ops` in one batched operation. `results[i]` receives the outcome
-    /// of `ops[i]`; entries that failed leave nothing mapped.
-    /// `results.len() == ops.len()`.
-    fn map_batch(&mut self, dom: DomId, ops: &[GrantMapOp], results: &mut [MapResult]);
-    /// Unmaps `ops` in one batched operation.
-    fn unmap_batch(&mut self, ops: &[GrantUnmapOp]);
-    /// Maps the shared-ring pages `ring` (in order) of queue `queue`
-    /// contiguously and writable, returning access to them. One ring is
-    /// mapped per queue (`multi-queue-num-queues`; queue 0 alone for a
-    /// single-queue front-end).
-    fn map_ring(&mut self, queue: QueueId, ring: Granted<'_>) -> Result<SharedMem, GrantError>;
-    /// Unmaps the ring of `queue` mapped by [`Grants::map_ring`]; `ring` is
-    /// consumed.
-    fn unmap_ring(&mut self, queue: QueueId, ring: SharedMem);
-    /// Copies the first `out.len() / grefs.len()` rounded-up bytes of each
-    /// page of `from` into `out`, page `i` to `out[i * PAGE_SIZE..]`
-    /// (`GNTTABOP_copy` from the front-end's frames): the private copy of
-    /// indirect segment pages. `out.len()` is at most
-    /// `from.grefs.len() * PAGE_SIZE`. Either everything is copied or `Err`.
-    fn copy_in(&mut self, from: Granted<'_>, out: &mut [u8]) -> Result<(), GrantError>;
-}
-
 /// Errors binding an event channel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EvtchnError {
@@ -219,38 +204,6 @@ pub enum EvtchnError {
     BadPort,
     /// Any other failure.
     General,
-}
-
-/// The interdomain event channels of one connection, one per queue.
-///
-/// Delivery follows the "late EOI" discipline: after the platform has called
-/// `Instance::run(queue)` for an event, that channel delivers nothing more
-/// until the core calls [`EventChannel::evtchn_eoi`] for it. The delay the
-/// core asks for there is how a front-end that kicks without producing
-/// requests is kept from spinning the back-end.
-pub trait EventChannel {
-    /// Binds queue `queue` to the front-end's port `remote`. After this the
-    /// platform calls `Instance::run(queue)` whenever the front-end kicks.
-    fn evtchn_bind(&mut self, queue: QueueId, remote: RemotePort) -> Result<(), EvtchnError>;
-    /// Sends an event to the front-end on `queue`'s channel.
-    fn evtchn_notify(&mut self, queue: QueueId);
-    /// The event that made the platform run `queue` has been handled:
-    /// re-enable delivery on its channel, after `delay_ms` milliseconds when
-    /// that is not 0 (an event that arrives meanwhile is kept pending, not
-    /// lost).
-    fn evtchn_eoi(&mut self, queue: QueueId, delay_ms: u32);
-    /// Unbinds `queue`'s channel; no more `run` calls come from it.
-    fn evtchn_unbind(&mut self, queue: QueueId);
-}
-
-/// Deferred work and time.
-pub trait Deferred {
-    /// Asks the platform to call `Instance::run(queue)` again soon, from the
-    /// instance's normal context (used when one pass hit its budget).
-    fn schedule_run(&mut self, queue: QueueId);
-    /// A monotonic clock in milliseconds (any origin): persistent grants
-    /// left unused for `hw.xbb.persistent_grant_idle_ms` are unmapped.
-    fn now_ms(&self) -> u64;
 }
 
 /// What the back-end store is, as the core needs to know it.
@@ -409,25 +362,86 @@ pub struct OpenParams<'a> {
     pub writable: bool,
 }
 
-/// The back-end store (raw device or file) behind one instance.
+/// What one queue's request path asks of its platform, from the queue's
+/// context.
 ///
-/// I/O is asynchronous: `store_submit` queues and returns; the platform later
-/// calls `Instance::complete(tag, result)` from the instance's context. Many
-/// I/Os may be in flight at once.
-pub trait Store {
+/// Grants are mapped into the data window: a range of back-end address
+/// space the control part reserved at connect ([`Host::window_reserve`];
+/// `xenmem_alloc` on FreeBSD), of which each queue owns a share. The
+/// core's KVA allocator decides which pages of its share each reqlist uses;
+/// the platform maps grants exactly there, so a reqlist's pages form one
+/// contiguous buffer. A queue only names pages of its own share.
+///
+/// Event channels follow the "late EOI" discipline: after the platform ran
+/// the queue for an event, that channel delivers nothing more until the
+/// queue calls [`QueueHost::evtchn_eoi`]. The delay the core asks for there
+/// is how a front-end that kicks without producing requests is kept from
+/// spinning the back-end.
+///
+/// The store is asynchronous: [`QueueHost::store_submit`] queues and
+/// returns; the platform later hands the completion to the queue the tag
+/// names (`Queue::complete`, or `Instance::complete` inline), in that
+/// queue's context. Many I/Os may be in flight at once.
+pub trait QueueHost {
+    /// Maps `ops` in one batched operation. `results[i]` receives the outcome
+    /// of `ops[i]`; entries that failed leave nothing mapped.
+    /// `results.len() == ops.len()`.
+    fn map_batch(&mut self, dom: DomId, ops: &[GrantMapOp], results: &mut [MapResult]);
+    /// Unmaps `ops` in one batched operation.
+    fn unmap_batch(&mut self, ops: &[GrantUnmapOp]);
+    /// Copies the first `out.len() / grefs.len()` rounded-up bytes of each
+    /// page of `from` into `out`, page `i` to `out[i * PAGE_SIZE..]`
+    /// (`GNTTABOP_copy` from the front-end's frames): the private copy of
+    /// indirect segment pages. `out.len()` is at most
+    /// `from.grefs.len() * PAGE_SIZE`. Either everything is copied or `Err`.
+    fn copy_in(&mut self, from: Granted<'_>, out: &mut [u8]) -> Result<(), GrantError>;
+    /// Sends an event to the front-end on `queue`'s channel.
+    fn evtchn_notify(&mut self, queue: QueueId);
+    /// The event that made the platform run `queue` has been handled:
+    /// re-enable delivery on its channel, after `delay_ms` milliseconds when
+    /// that is not 0 (an event that arrives meanwhile is kept pending, not
+    /// lost).
+    fn evtchn_eoi(&mut self, queue: QueueId, delay_ms: u32);
+    /// Queues one I/O. An `Err` means it was not queued and no completion
+    /// will come for `tag`.
+    fn store_submit(&mut self, tag: IoTag, op: IoOp<'_>) -> Result<(), IoError>;
+    /// Asks the platform to run `queue` again soon, from the queue's
+    /// context (used when one pass hit its budget).
+    fn schedule_run(&mut self, queue: QueueId);
+    /// A monotonic clock in milliseconds (any origin): persistent grants
+    /// left unused for `hw.xbb.persistent_grant_idle_ms` are unmapped.
+    fn now_ms(&self) -> u64;
+}
+
+/// What the control part of an instance asks of its platform, from the
+/// control context.
+pub trait Host: XenStore {
+    /// Reserves a data window of `pages` pages (every queue's share).
+    /// Fallible; called at connect.
+    fn window_reserve(&mut self, pages: u32) -> Result<(), GrantError>;
+    /// Releases the data window. Everything in it has been unmapped and
+    /// every queue is home.
+    fn window_release(&mut self);
+    /// Maps the shared-ring pages `ring` (in order) of queue `queue`
+    /// contiguously and writable, returning access to them. One ring is
+    /// mapped per queue (`multi-queue-num-queues`; queue 0 alone for a
+    /// single-queue front-end).
+    fn map_ring(&mut self, queue: QueueId, ring: Granted<'_>) -> Result<SharedMem, GrantError>;
+    /// Unmaps the ring of `queue` mapped by [`Host::map_ring`]; `ring` is
+    /// consumed.
+    fn unmap_ring(&mut self, queue: QueueId, ring: SharedMem);
+    /// Binds queue `queue` to the front-end's port `remote`. After this the
+    /// platform runs the queue whenever the front-end kicks.
+    fn evtchn_bind(&mut self, queue: QueueId, remote: RemotePort) -> Result<(), EvtchnError>;
+    /// Unbinds `queue`'s channel; no more events come from it.
+    fn evtchn_unbind(&mut self, queue: QueueId);
     /// Opens the store. Only called once the root file system is mounted.
     fn store_open(&mut self, params: OpenParams<'_>) -> Result<MediumInfo, OpenError>;
     /// Describes the open store (size may change while connected).
     fn store_info(&self) -> MediumInfo;
-    /// Queues one I/O. An `Err` means it was not queued and no completion
-    /// will come for `tag`.
-    fn store_submit(&mut self, tag: IoTag, op: IoOp<'_>) -> Result<(), IoError>;
     /// Closes the store. No I/O is in flight.
     fn store_close(&mut self);
-}
 
-/// Everything an instance needs from its platform.
-pub trait Host: XenStore + Grants + EventChannel + Deferred + Store {
     /// Whether the root file system is mounted; before it is, the back-end
     /// opens nothing.
     fn root_mounted(&self) -> bool;
@@ -443,6 +457,35 @@ pub trait Host: XenStore + Grants + EventChannel + Deferred + Store {
     /// `Instance::frontend_changed`.
     fn waits_for_hotplug(&self) -> bool {
         false
+    }
+
+    /// A connected queue, for the platform to run in a context of its own
+    /// (`Queue::{event, run, complete}` there) until [`Host::recall`] asks
+    /// for it back; the queue's first run is due at once (requests may be
+    /// waiting). `Err` hands the queue back: the platform serves it inline
+    /// (the default, with [`Host::inline`]); a platform that lends and
+    /// could not (no thread, no memory) has the connection fail
+    /// ([`ConnectError::NoMemory`](crate::connect::ConnectError::NoMemory)).
+    // A queue moves once per connection each way: its size is no cost.
+    #[allow(clippy::result_large_err)]
+    fn lend(&mut self, queue: Queue) -> Result<(), Queue> {
+        Err(queue)
+    }
+
+    /// The control part wants lent queue `queue` back (the connection is
+    /// closing): its context calls `Queue::recall` until it answers `true`,
+    /// delivering completions meanwhile, and then hands the queue to
+    /// `Instance::give_back` in the control context. Called once per lent
+    /// queue and connection.
+    fn recall(&mut self, queue: QueueId) {
+        let _ = queue;
+    }
+
+    /// The queue part of this same object, for a platform that serves its
+    /// queues inline (lends none): the control part then runs, closes and
+    /// retires them itself. `None` (the default) for a platform that lends.
+    fn inline(&mut self) -> Option<&mut dyn QueueHost> {
+        None
     }
 }
 

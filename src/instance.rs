@@ -11,25 +11,36 @@
 //! flight, release, Closing; on Closed, Closed — and an `online` back-end
 //! keeps its store for the next front-end.
 //!
-//! The instance is the control part of a connection: it owns the
+//! The instance is the control part of a connection: it builds the
 //! [`Queue`]s, each of which serves one ring on its own
-//! ([`crate::queue`]), and hands the platform's calls for a queue
-//! ([`Instance::event`], [`Instance::run`], [`Instance::complete`]) to it.
-//! What a queue reports back (a broken ring, a store gone) the instance
-//! acts on; it stops the queues and releases them before it changes what
-//! they share (the window, the store).
+//! ([`crate::queue`]), and lends each to the platform
+//! ([`Host::lend`]), which runs it in a context of its own, concurrently
+//! with the others and with the control part. What a queue reports back
+//! (a broken ring, a store gone) reaches the instance through
+//! [`Instance::queue_failed`]. To close, the instance recalls every lent
+//! queue ([`Host::recall`]); each comes home drained and retired
+//! ([`Instance::give_back`]), and only when all are home does the instance
+//! release what they shared (rings, channels, the window, the store).
+//! What the queues and the control part share while they run is
+//! [`Shared`]: per-queue counters and the connection's switches, as
+//! atomics.
+//!
+//! A platform that lends nothing (the test double, the fuzz bodies) is
+//! served inline: the instance keeps its queues and hands the platform's
+//! calls for one ([`Instance::event`], [`Instance::run`],
+//! [`Instance::complete`]) to it, from the one context.
 
 use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 
-use crate::coalesce::ListTag;
 use crate::connect::{self, BackendNodes, ConnectError, FrontendParams, Offer};
 use crate::host::{
-    DomId, GrantRef, Granted, Host, IoError, IoTag, MediumInfo, OpenParams, QueueId, RemotePort,
-    XenbusState, PAGE_SIZE,
+    DomId, GrantRef, Granted, Host, IoError, IoTag, MediumInfo, OpenParams, QueueHost, QueueId,
+    RemotePort, XenbusState, PAGE_SIZE,
 };
 use crate::negotiate::{self, Terms};
-use crate::queue::{Outcome, Queue, RunParams};
+use crate::queue::{Outcome, Queue, RunParams, Shared};
 use crate::ring::BackRing;
 use crate::stats::{Stat, Stats, Tunable, Tunables};
 use crate::units::WindowPage;
@@ -41,14 +52,30 @@ pub enum InstanceError {
     NoMemory,
 }
 
+/// Where a queue of the connection is.
+// Boxing the queue would allocate per connection for nothing: a slot only
+// changes at connect and at close.
+#[allow(clippy::large_enum_variant)]
+enum Slot {
+    /// With the control part: served inline, or back from its context.
+    Home(Queue),
+    /// Lent to the platform ([`Host::lend`]); `recalled` once
+    /// [`Host::recall`] was called for it.
+    Lent { recalled: bool },
+}
+
 /// Everything that exists only while connected.
 struct Connection {
-    queues: Vec<Queue>,
+    queues: Vec<Slot>,
 }
 
 impl Connection {
+    /// Whether every queue is home and idle.
     fn idle(&self) -> bool {
-        self.queues.iter().all(Queue::idle)
+        self.queues.iter().all(|s| match s {
+            Slot::Home(q) => q.idle(),
+            Slot::Lent { .. } => false,
+        })
     }
 }
 
@@ -59,6 +86,8 @@ pub struct Instance {
     /// Limits, switches and instance-wide counters; the queues' counters
     /// are added by [`Instance::stats`] and folded in at disconnect.
     stats: Stats,
+    /// What the queues share with the control part while they run.
+    shared: Arc<Shared>,
     state: XenbusState,
     nodes: Option<BackendNodes>,
     medium: Option<MediumInfo>,
@@ -96,10 +125,18 @@ impl Instance {
         be_path.push_str(backend_path);
         let mut stats = Stats::default();
         stats.set(Stat::NoCoalesceReqs, tunables.get(Tunable::NoCoalesceReqs));
+        let shared = Shared::try_new(tunables.get(Tunable::MaxQueues) as usize)
+            .ok_or(InstanceError::NoMemory)?;
+        shared.set_no_coalesce(tunables.get(Tunable::NoCoalesceReqs) != 0);
+        // The one allocation that cannot report failure (alloc's Arc has no
+        // fallible constructor on stable Rust): a few words, once per
+        // instance, never on a connection's or a request's path.
+        let shared = Arc::new(shared);
         Ok(Instance {
             be_path,
             tunables: *tunables,
             stats,
+            shared,
             state: XenbusState::Initialising,
             nodes: None,
             medium: None,
@@ -129,15 +166,18 @@ impl Instance {
     }
 
     /// The statistics and negotiated limits: counters and gauges summed
-    /// over the queues.
+    /// over the queues, as they are now (lent queues included).
     pub fn stats(&self) -> Stats {
         let mut s = self.stats.clone();
-        if let Some(c) = self.conn.as_ref() {
-            for q in &c.queues {
-                s.accumulate(q.stats());
-            }
-        }
+        self.shared.sum_into(&mut s, self.num_queues());
         s
+    }
+
+    /// The limits and switches, with the counters of past connections
+    /// only: [`Instance::stats`] without the current queues' counters,
+    /// which a reader on another thread adds from [`Instance::shared`].
+    pub fn instance_stats(&self) -> Stats {
+        self.stats.clone()
     }
 
     /// Queues of the current connection (0 when not connected).
@@ -145,10 +185,29 @@ impl Instance {
         self.conn.as_ref().map_or(0, |c| c.queues.len() as u32)
     }
 
-    /// One queue's counters and gauges (`dev.xbb.N.queue.Q.*`).
-    pub fn queue_stats(&self, queue: QueueId) -> Option<&Stats> {
-        let c = self.conn.as_ref()?;
-        c.queues.get(queue as usize).map(Queue::stats)
+    /// How many queues are lent to the platform now.
+    pub fn lent_queues(&self) -> u32 {
+        self.conn.as_ref().map_or(0, |c| {
+            c.queues
+                .iter()
+                .filter(|s| matches!(s, Slot::Lent { .. }))
+                .count() as u32
+        })
+    }
+
+    /// One queue's counters and gauges (`dev.xbb.N.queue.Q.*`), read now
+    /// whether the queue is home or lent.
+    pub fn queue_stats(&self, queue: QueueId) -> Option<Stats> {
+        if queue >= self.num_queues() {
+            return None;
+        }
+        self.shared.queue_stats(queue)
+    }
+
+    /// What the queues share with the control part: a handle another
+    /// thread may keep to read the queues' counters while they run.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 
     /// The reason the connection last failed, if it did.
@@ -167,13 +226,15 @@ impl Instance {
         match stat {
             Stat::NoCoalesceReqs if value <= 1 => {
                 self.stats.set(stat, value);
+                self.shared.set_no_coalesce(value != 0);
                 true
             }
             _ => false,
         }
     }
 
-    /// Whether no I/O is in flight and nothing waits to be served.
+    /// Whether no I/O is in flight and nothing waits to be served: every
+    /// queue is home and idle.
     pub fn is_idle(&self) -> bool {
         self.conn.as_ref().is_none_or(Connection::idle)
     }
@@ -199,6 +260,8 @@ impl Instance {
     }
 
     fn fail<H: Host>(&mut self, host: &mut H, err: ConnectError) {
+        // Before Closing is published: nothing produced after it is served.
+        self.shared.set_stopped(true);
         connect::report_fatal(host, &self.be_path, &err);
         self.last_error = Some(err);
         self.state = XenbusState::Closing;
@@ -325,12 +388,11 @@ impl Instance {
         }
         m.sectors = info.sectors;
         self.stats.set(Stat::MediumSectors, info.sectors.0);
-        let Some(c) = self.conn.as_mut() else {
+        if self.conn.is_none() {
             return;
-        };
-        for q in &mut c.queues {
-            q.set_medium_sectors(info.sectors);
         }
+        // The queues read it at request time; nothing else changes.
+        self.shared.set_medium_sectors(info.sectors);
         match connect::publish_resize(host, &self.be_path, info.sectors) {
             Ok(()) => self.stats.inc(Stat::Resizes),
             Err(e) => self.last_error = Some(e),
@@ -342,10 +404,7 @@ impl Instance {
             Ok(()) => {
                 self.stats.reset_counters();
                 self.set_state(host, XenbusState::Connected);
-                // Requests may already be waiting.
-                for q in 0..self.num_queues() {
-                    self.run(host, q);
-                }
+                self.lend_queues(host);
             }
             Err(e) => self.fail(host, e),
         }
@@ -365,7 +424,9 @@ impl Instance {
         let terms = negotiate::negotiate(t, &fe, &medium, nodes.discard_enable)?;
         let dom = nodes.frontend_id;
         self.generation = self.generation.wrapping_add(1);
-        let mut queues: Vec<Queue> = Vec::new();
+        self.shared.set_medium_sectors(medium.sectors);
+        self.shared.set_stopped(false);
+        let mut queues: Vec<Slot> = Vec::new();
         queues
             .try_reserve_exact(fe.queues.len())
             .map_err(|_| ConnectError::NoMemory)?;
@@ -376,8 +437,10 @@ impl Instance {
             setup = connect::publish_connected(host, &self.be_path, &medium, &terms.features);
         }
         if let Err(e) = setup {
-            for q in queues {
-                q.undo(host);
+            for slot in queues {
+                if let Slot::Home(q) = slot {
+                    q.undo(host);
+                }
             }
             host.window_release();
             return Err(e);
@@ -389,16 +452,55 @@ impl Instance {
         Ok(())
     }
 
-    /// Queue by queue: ring, channel, pools, into `queues` (which has room
-    /// for all). On failure everything of the failing queue is undone; the
-    /// ones built stay in `queues` for the caller to undo.
+    /// Lends every queue to the platform; a queue it keeps inline gets its
+    /// first run here. Either way requests may already be waiting. A queue
+    /// that a lending platform could not lend (no thread, no memory for
+    /// its tables) would never be served: the connection fails instead of
+    /// leaving the front-end waiting on that ring.
+    fn lend_queues<H: Host>(&mut self, host: &mut H) {
+        let Some(c) = self.conn.as_mut() else {
+            return;
+        };
+        let mut outcome = Outcome::Served;
+        let mut stranded = false;
+        for slot in c.queues.iter_mut() {
+            let Slot::Home(_) = slot else {
+                continue;
+            };
+            let Slot::Home(q) = core::mem::replace(slot, Slot::Lent { recalled: false }) else {
+                continue;
+            };
+            if let Err(mut q) = host.lend(q) {
+                match host.inline() {
+                    Some(qh) => {
+                        let o = q.run(qh);
+                        if o != Outcome::Served {
+                            outcome = o;
+                        }
+                    }
+                    None => stranded = true,
+                }
+                *slot = Slot::Home(q);
+            }
+        }
+        if stranded {
+            self.fail(host, ConnectError::NoMemory);
+            self.begin_close(host);
+        } else {
+            self.act_on(host, outcome);
+        }
+    }
+
+    /// Queue by queue: ring, channel, pools, home in `queues` (which has
+    /// room for all). On failure everything of the failing queue is undone;
+    /// the ones built stay in `queues` for the caller to undo.
     fn build_queues<H: Host>(
         &self,
         host: &mut H,
         dom: DomId,
         fe: &FrontendParams,
         terms: &Terms,
-        queues: &mut Vec<Queue>,
+        queues: &mut Vec<Slot>,
     ) -> Result<(), ConnectError> {
         for (i, qp) in fe.queues.iter().enumerate() {
             let q = i as QueueId;
@@ -412,6 +514,10 @@ impl Instance {
                 return Err(ConnectError::Evtchn(e));
             }
             let first = WindowPage(q * terms.per_queue);
+            let params = RunParams {
+                per_pass: self.tunables.get(Tunable::RequestsPerPass) as u32,
+                idle_ms: self.tunables.get(Tunable::PersistentGrantIdleMs),
+            };
             match Queue::new(
                 q,
                 dom,
@@ -420,9 +526,11 @@ impl Instance {
                 &terms.shape,
                 first,
                 terms.limits,
+                params,
+                &self.shared,
             ) {
                 // Within the capacity reserved: no allocation.
-                Ok(queue) => queues.push(queue),
+                Ok(queue) => queues.push(Slot::Home(queue)),
                 Err((_, ring)) => {
                     host.evtchn_unbind(q);
                     host.unmap_ring(q, ring.into_mem());
@@ -457,24 +565,61 @@ impl Instance {
 
     fn begin_close<H: Host>(&mut self, host: &mut H) {
         self.closing = true;
+        // Every queue stops consuming now; each recall follows.
+        self.shared.set_stopped(true);
         if let Some(c) = self.conn.as_mut() {
-            for q in &mut c.queues {
-                q.close(host);
+            for (i, slot) in c.queues.iter_mut().enumerate() {
+                match slot {
+                    Slot::Home(q) => {
+                        if let Some(qh) = host.inline() {
+                            q.recall(qh);
+                        }
+                    }
+                    Slot::Lent { recalled } => {
+                        if !*recalled {
+                            *recalled = true;
+                            host.recall(i as QueueId);
+                        }
+                    }
+                }
             }
         }
         self.finish_close_if_drained(host);
     }
 
-    /// Releases the connection once nothing is in flight, then moves to
-    /// Closing or Closed (and, when detaching, closes the store).
+    /// Releases the connection once every queue is home, drained and
+    /// retired, then moves to Closing or Closed (and, when detaching,
+    /// closes the store).
     fn finish_close_if_drained<H: Host>(&mut self, host: &mut H) {
-        if !self.closing || !self.is_idle() {
+        if !self.closing {
             return;
         }
+        if let Some(c) = self.conn.as_mut() {
+            for slot in c.queues.iter_mut() {
+                match slot {
+                    Slot::Lent { .. } => return,
+                    Slot::Home(q) => {
+                        if !q.is_retired() {
+                            let Some(qh) = host.inline() else {
+                                // Home but not retired and nobody to
+                                // retire it: it never served (a platform
+                                // that neither lends nor serves inline).
+                                continue;
+                            };
+                            if !q.recall(qh) {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        }
         if let Some(c) = self.conn.take() {
-            for q in c.queues {
-                let stats = q.release(host);
-                self.stats.accumulate(&stats);
+            for slot in c.queues {
+                if let Slot::Home(q) = slot {
+                    let stats = q.release(host);
+                    self.stats.accumulate(&stats);
+                }
             }
             host.window_release();
         }
@@ -511,69 +656,88 @@ impl Instance {
         }
     }
 
-    /// The front-end kicked `queue`'s event channel: runs the queue, then
-    /// re-enables the channel ("late EOI"), later and later while kicks
-    /// keep finding nothing to do ([`Queue::note_kick`]).
-    pub fn event<H: Host>(&mut self, host: &mut H, queue: QueueId) {
-        let before = self.queue_stats(queue).map(|s| s.get(Stat::ReqsReceived));
-        self.run(host, queue);
-        let delay = match (before, self.queue_mut(queue)) {
-            (Some(before), Some(q)) => q.note_kick(before),
-            _ => 0,
+    /// A lent queue comes home, recalled and retired (`Queue::recall`
+    /// answered `true` in its context). Once every queue is home the
+    /// connection is released. A queue of another connection, or one that
+    /// is not retired, is dropped after its ring and channel are released
+    /// (a platform bug; the instance stays consistent).
+    pub fn give_back<H: Host>(&mut self, host: &mut H, queue: Queue) {
+        let id = queue.id();
+        let slot = match self.conn.as_mut() {
+            Some(c) if queue.generation() == self.generation && queue.is_retired() => {
+                c.queues.get_mut(id as usize)
+            }
+            _ => None,
         };
-        host.evtchn_eoi(queue, delay);
+        match slot {
+            Some(slot @ Slot::Lent { .. }) => *slot = Slot::Home(queue),
+            _ => {
+                let _ = queue.release(host);
+                return;
+            }
+        }
+        self.finish_close_if_drained(host);
     }
 
-    /// A run of `queue` was scheduled (or its event fired): consumes
-    /// requests, at most `hw.xbb.requests_per_pass` of them before
-    /// yielding.
-    pub fn run<H: Host>(&mut self, host: &mut H, queue: QueueId) {
-        if self.closing {
-            return;
-        }
-        let params = self.run_params();
-        let Some(q) = self.queue_mut(queue) else {
-            return;
-        };
-        let outcome = q.run(host, &params);
-        self.act_on(host, outcome);
-    }
-
-    /// A store I/O completed: its queue advances its reqlist, answers the
-    /// front-end and restarts whatever waited for the resources it held. A
-    /// medium that has gone away (`IoError::Gone`) closes the connection.
-    pub fn complete<H: Host>(&mut self, host: &mut H, tag: IoTag, result: Result<(), IoError>) {
-        let t = ListTag::decode(tag);
-        if t.generation != self.generation {
-            return;
-        }
-        let params = self.run_params();
-        let Some(q) = self.queue_mut(t.queue) else {
-            return;
-        };
-        let (resume, outcome) = q.complete(host, t.list, result, &params);
-        if outcome == Outcome::StoreGone && !self.closing {
+    /// A lent queue reported, from its context, an outcome that ends the
+    /// connection (its ring broke, the store went away): the connection
+    /// fails and every queue is recalled.
+    pub fn queue_failed<H: Host>(&mut self, host: &mut H, outcome: Outcome) {
+        if !self.closing {
             self.act_on(host, outcome);
-        } else if self.closing {
+        }
+    }
+
+    /// Inline: the front-end kicked `queue`'s event channel
+    /// ([`Queue::event`]).
+    pub fn event<H: Host + QueueHost>(&mut self, host: &mut H, queue: QueueId) {
+        let Some(q) = self.home_queue(queue) else {
+            return;
+        };
+        let outcome = q.event(host);
+        self.after(host, outcome);
+    }
+
+    /// Inline: a run of `queue` was scheduled ([`Queue::run`]).
+    pub fn run<H: Host + QueueHost>(&mut self, host: &mut H, queue: QueueId) {
+        let Some(q) = self.home_queue(queue) else {
+            return;
+        };
+        let outcome = q.run(host);
+        self.after(host, outcome);
+    }
+
+    /// Inline: a store I/O completed ([`Queue::complete`]); a completion of
+    /// an earlier connection is recognised and ignored. A medium that has
+    /// gone away (`IoError::Gone`) closes the connection.
+    pub fn complete<H: Host + QueueHost>(
+        &mut self,
+        host: &mut H,
+        tag: IoTag,
+        result: Result<(), IoError>,
+    ) {
+        let Some(q) = self.home_queue(Queue::of_tag(tag)) else {
+            return;
+        };
+        let outcome = q.complete(host, tag, result);
+        self.after(host, outcome);
+    }
+
+    /// After an inline call into a queue: act on its outcome, or finish a
+    /// close it may have drained.
+    fn after<H: Host>(&mut self, host: &mut H, outcome: Outcome) {
+        if self.closing {
             self.finish_close_if_drained(host);
-        } else if resume {
-            self.run(host, t.queue);
+        } else {
+            self.act_on(host, outcome);
         }
     }
 
-    /// What the connection's switches are for a pass of a queue.
-    fn run_params(&self) -> RunParams {
-        RunParams {
-            per_pass: self.tunables.get(Tunable::RequestsPerPass) as u32,
-            idle_ms: self.tunables.get(Tunable::PersistentGrantIdleMs),
-            coalesce: self.stats.get(Stat::NoCoalesceReqs) == 0,
+    fn home_queue(&mut self, queue: QueueId) -> Option<&mut Queue> {
+        match self.conn.as_mut()?.queues.get_mut(queue as usize)? {
+            Slot::Home(q) => Some(q),
+            Slot::Lent { .. } => None,
         }
-    }
-
-    fn queue_mut(&mut self, queue: QueueId) -> Option<&mut Queue> {
-        self.conn
-            .as_mut()
-            .and_then(|c| c.queues.get_mut(queue as usize))
     }
 
     /// Fails the connection when a queue says it must end.

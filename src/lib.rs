@@ -24,6 +24,7 @@ pub mod abi;
 pub mod coalesce;
 pub mod connect;
 pub mod grants;
+pub mod handoff;
 pub mod host;
 pub mod instance;
 pub mod keys;

@@ -23,20 +23,32 @@
 //!
 //! Every pool is allocated, fallibly, when the queue is built; nothing on
 //! the request path allocates. The instance ([`crate::instance`]) builds
-//! the queues at connect, hands each its platform calls ([`Queue::run`],
-//! [`Queue::complete`], [`Queue::note_kick`]) and releases them at
-//! disconnect.
+//! the queues at connect and lends each to a context of its own
+//! ([`crate::host::Host::lend`]), where the platform calls
+//! [`Queue::event`], [`Queue::run`] and [`Queue::complete`] with the
+//! queue's [`QueueHost`], concurrently with the other queues. What the
+//! queue shares with the control part is [`Shared`]: its counters, which
+//! anyone may read at any time, and the connection's switches (the medium's
+//! size after a resize, `no_coalesce_reqs`), read at request time. To
+//! close, the control part recalls the queue: [`Queue::recall`] stops
+//! consuming, and once nothing is in flight unmaps its persistent grants;
+//! the queue then goes home ([`crate::instance::Instance::give_back`]).
 
+use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::abi::{BlkifRequest, BlkifResponse, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY};
 use crate::coalesce::{self, try_vec, Budget, ListTag, NoMemory, Reqlists, NONE};
 use crate::grants::{GrantShape, QueueGrants};
-use crate::host::{DomId, Granted, Host, IoError, IoOp, IoTag, IoVec, QueueId, PAGE_SIZE};
+use crate::handoff::Work;
+use crate::host::{
+    DomId, Granted, Host, IoError, IoOp, IoTag, IoVec, QueueHost, QueueId, PAGE_SIZE,
+};
 use crate::kva::KvaAllocator;
 use crate::request::{self, Header, Limits, Op, Parsed};
 use crate::ring::BackRing;
-use crate::stats::{Stat, Stats};
+use crate::stats::{QueueCounters, Stat, Stats};
 use crate::units::{Bytes, Sectors, WindowPage};
 
 /// Consecutive spurious kicks tolerated before the event channel is
@@ -102,16 +114,110 @@ impl QueueShape {
     }
 }
 
-/// What the connection's settings are for one pass, read from the
-/// instance's tunables and switches.
+/// What the queues of an instance share with its control part: each
+/// queue's counters (written by that queue's context alone, read by anyone)
+/// and the connection's switches (written by the control part, read by the
+/// queues at request time). Made once per instance, for
+/// `hw.xbb.max_queues` queues.
+#[derive(Debug)]
+pub struct Shared {
+    queues: Vec<QueueCounters>,
+    medium_sectors: AtomicU64,
+    no_coalesce: AtomicBool,
+    stopped: AtomicBool,
+}
+
+impl Shared {
+    /// Room for `queues` queues; `None` when the allocation fails.
+    pub fn try_new(queues: usize) -> Option<Shared> {
+        let mut v = Vec::new();
+        v.try_reserve_exact(queues).ok()?;
+        v.resize_with(queues, QueueCounters::default);
+        Some(Shared {
+            queues: v,
+            medium_sectors: AtomicU64::new(0),
+            no_coalesce: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+        })
+    }
+
+    /// The counters of queue `queue`, if the instance has room for it.
+    pub fn counters(&self, queue: QueueId) -> Option<&QueueCounters> {
+        self.queues.get(queue as usize)
+    }
+
+    /// Queue `queue`'s counters and gauges now, as a [`Stats`].
+    pub fn queue_stats(&self, queue: QueueId) -> Option<Stats> {
+        self.counters(queue).map(QueueCounters::snapshot)
+    }
+
+    /// Adds the counters and gauges of queues `0..queues` to `into`.
+    pub fn sum_into(&self, into: &mut Stats, queues: u32) {
+        for c in self.queues.iter().take(queues as usize) {
+            into.accumulate(&c.snapshot());
+        }
+    }
+
+    /// The medium's size requests are checked against.
+    pub fn medium_sectors(&self) -> Sectors {
+        Sectors(self.medium_sectors.load(Ordering::Relaxed))
+    }
+
+    /// The control part publishes a new medium size; queues check the
+    /// requests they accept from now on against it.
+    pub fn set_medium_sectors(&self, sectors: Sectors) {
+        self.medium_sectors.store(sectors.0, Ordering::Relaxed);
+    }
+
+    /// Whether back-to-back requests are coalesced (`no_coalesce_reqs` 0).
+    pub fn coalesce(&self) -> bool {
+        !self.no_coalesce.load(Ordering::Relaxed)
+    }
+
+    /// Sets `no_coalesce_reqs`.
+    pub fn set_no_coalesce(&self, off: bool) {
+        self.no_coalesce.store(off, Ordering::Relaxed);
+    }
+
+    /// The control part stops every queue of the connection from consuming
+    /// (it is failing or closing), before it tells the front-end so (the
+    /// Closing state): a queue takes nothing from a `req_prod` it read
+    /// after this, however late its recall reaches it. `false` again at
+    /// the next connect, before the queues are lent.
+    pub fn set_stopped(&self, stopped: bool) {
+        // Release: pairs with the acquire in `stopped`, through the
+        // front-end's req_prod (see Queue::consume).
+        self.stopped.store(stopped, Ordering::Release);
+    }
+
+    /// Whether the control part stopped the queues.
+    pub fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+}
+
+/// A queue's view of its counters in [`Shared`].
+#[derive(Debug)]
+struct QueueStats {
+    shared: Arc<Shared>,
+    index: usize,
+}
+
+impl core::ops::Deref for QueueStats {
+    type Target = QueueCounters;
+    fn deref(&self) -> &QueueCounters {
+        // Queue::new checked that the index is inside.
+        &self.shared.queues[self.index]
+    }
+}
+
+/// The tunables a queue keeps for its whole connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RunParams {
     /// Requests consumed before yielding (`hw.xbb.requests_per_pass`).
     pub per_pass: u32,
     /// Persistent grants idle this long are unmapped.
     pub idle_ms: u64,
-    /// Back-to-back requests are coalesced (`no_coalesce_reqs` is 0).
-    pub coalesce: bool,
 }
 
 /// How a call into the queue ended, for the instance's life cycle.
@@ -124,6 +230,18 @@ pub enum Outcome {
     RingBroken,
     /// The store reported itself gone: the connection must close.
     StoreGone,
+}
+
+/// How one pass of a lent queue ended ([`Queue::pass`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PassEnd {
+    /// An outcome that ends the connection, for the control part
+    /// (`Instance::queue_failed`); `None` when the pass served.
+    pub failed: Option<Outcome>,
+    /// Recalled and retired: the context gives the queue back
+    /// ([`Gate::give_back`](crate::handoff::Gate::give_back)) and sends it home
+    /// (`Instance::give_back`).
+    pub home: bool,
 }
 
 /// One ring of a connection with everything that serves it.
@@ -159,20 +277,29 @@ pub struct Queue {
     unpublished: u64,
     /// The front-end broke the ring protocol: answer nothing more.
     broken: bool,
+    /// The connection is closing: consume nothing more.
+    closing: bool,
+    /// Recalled and drained: its persistent grants are unmapped.
+    retired: bool,
     /// Consecutive kicks that found nothing to do.
     spurious: u32,
-    stats: Stats,
+    /// The queue's share of the data window: its first page and length.
+    share: (WindowPage, u32),
+    params: RunParams,
+    stats: QueueStats,
 }
 
 impl Queue {
     /// A queue serving `ring` for domain `dom`, its window share starting
-    /// at window page `first_page`, with every pool allocated; on failure
-    /// the ring is handed back.
+    /// at window page `first_page`, with every pool allocated, its counters
+    /// those of queue `id` in `shared` (zeroed here); on failure the ring is
+    /// handed back.
     ///
     /// Never inlined: it would be copied, with every pool's allocation
     /// code, into the crate of each platform that instantiates the generic
     /// life cycle (2.5 KiB more in the kernel object).
     #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: QueueId,
         dom: DomId,
@@ -181,7 +308,13 @@ impl Queue {
         shape: &QueueShape,
         first_page: WindowPage,
         limits: Limits,
+        params: RunParams,
+        shared: &Arc<Shared>,
     ) -> Result<Queue, (NoMemory, BackRing)> {
+        let Some(counters) = shared.counters(id) else {
+            return Err((NoMemory, ring));
+        };
+        counters.reset();
         let pools = (|| {
             let lists = Reqlists::try_new(shape.nreq, shape.max_segs)?;
             let grants = QueueGrants::try_new(&GrantShape {
@@ -230,8 +363,15 @@ impl Queue {
             in_flight: 0,
             unpublished: 0,
             broken: false,
+            closing: false,
+            retired: false,
             spurious: 0,
-            stats: Stats::default(),
+            share: (first_page, shape.window_pages().unwrap_or(shape.kva_pages)),
+            params,
+            stats: QueueStats {
+                shared: Arc::clone(shared),
+                index: id as usize,
+            },
         })
     }
 
@@ -240,15 +380,28 @@ impl Queue {
         self.id
     }
 
-    /// The queue's counters and gauges (`dev.xbb.N.queue.Q.*`).
-    pub fn stats(&self) -> &Stats {
-        &self.stats
+    /// The connection this queue belongs to (its generation).
+    pub fn generation(&self) -> u8 {
+        self.generation
     }
 
-    /// The medium shrank or grew: requests are checked against its new
-    /// size.
-    pub fn set_medium_sectors(&mut self, sectors: Sectors) {
-        self.limits.medium_sectors = sectors;
+    /// The queue's counters and gauges (`dev.xbb.N.queue.Q.*`).
+    pub fn stats(&self) -> Stats {
+        self.stats.snapshot()
+    }
+
+    /// The pages of the data window this queue maps into (its transient
+    /// range and its persistent-grant cache): a platform may keep a table
+    /// per queue for them, touched by that queue's context alone.
+    pub fn window_share(&self) -> core::ops::Range<u32> {
+        let (first, pages) = self.share;
+        first.0..first.0.saturating_add(pages)
+    }
+
+    /// The queue a completion's tag names: where a platform that runs its
+    /// queues in contexts of their own delivers it.
+    pub fn of_tag(tag: IoTag) -> QueueId {
+        ListTag::decode(tag).queue
     }
 
     /// Whether consumption waits (for the window, a barrier's drain, or a
@@ -286,13 +439,24 @@ impl Queue {
         delay
     }
 
+    /// The front-end kicked the queue's event channel: runs the queue,
+    /// then re-enables the channel ("late EOI"), later and later while
+    /// kicks keep finding nothing to do ([`Queue::note_kick`]).
+    pub fn event<H: QueueHost + ?Sized>(&mut self, host: &mut H) -> Outcome {
+        let before = self.stats.get(Stat::ReqsReceived);
+        let outcome = self.run(host);
+        let delay = self.note_kick(before);
+        host.evtchn_eoi(self.id, delay);
+        outcome
+    }
+
     /// A run was scheduled (or the event fired): consumes requests, at
-    /// most `params.per_pass` of them before yielding.
-    pub fn run<H: Host>(&mut self, host: &mut H, params: &RunParams) -> Outcome {
-        if self.broken {
+    /// most `hw.xbb.requests_per_pass` of them before yielding.
+    pub fn run<H: QueueHost + ?Sized>(&mut self, host: &mut H) -> Outcome {
+        if self.broken || self.closing {
             return Outcome::Served;
         }
-        if self.consume(host, params).is_err() {
+        if self.consume(host).is_err() {
             // The front-end wrote an impossible producer index: answer
             // nothing more on this ring, serve nothing that came with it.
             self.broken = true;
@@ -300,61 +464,128 @@ impl Queue {
             return Outcome::RingBroken;
         }
         self.grants
-            .purge_idle(host, params.idle_ms, &mut self.stats);
+            .purge_idle(host, self.params.idle_ms, &self.stats);
         self.publish(host);
         Outcome::Served
     }
 
     /// One of the queue's I/Os completed: advances its reqlist, answers
-    /// the front-end and restarts what waited for the resources it held.
-    /// `true` in the first field when consumption should resume (the
-    /// completion ended a pause).
-    pub fn complete<H: Host>(
+    /// the front-end, restarts what waited for the resources it held, and
+    /// consumes again when the completion ended a pause. A tag of another
+    /// queue or connection is ignored.
+    pub fn complete<H: QueueHost + ?Sized>(
         &mut self,
         host: &mut H,
-        list: u16,
+        tag: IoTag,
         result: Result<(), IoError>,
-        params: &RunParams,
-    ) -> (bool, Outcome) {
+    ) -> Outcome {
+        let t = ListTag::decode(tag);
+        if t.generation != self.generation || t.queue != self.id {
+            return Outcome::Served;
+        }
         let was_paused = self.paused();
-        self.on_complete(host, list, result);
+        self.on_complete(host, t.list, result);
         self.drain_waitq(host);
         self.try_start_barrier(host);
         self.grants
-            .purge_idle(host, params.idle_ms, &mut self.stats);
+            .purge_idle(host, self.params.idle_ms, &self.stats);
         self.publish(host);
-        let outcome = if result == Err(IoError::Gone) {
-            Outcome::StoreGone
-        } else {
-            Outcome::Served
-        };
-        (was_paused && !self.paused(), outcome)
+        if result == Err(IoError::Gone) {
+            return Outcome::StoreGone;
+        }
+        if was_paused && !self.paused() {
+            return self.run(host);
+        }
+        Outcome::Served
     }
 
     /// Stops consuming: the open reqlist is dispatched and queued
-    /// responses published (the connection is closing).
-    pub fn close<H: Host>(&mut self, host: &mut H) {
+    /// responses published (the connection is closing). Idempotent.
+    pub fn close<H: QueueHost + ?Sized>(&mut self, host: &mut H) {
+        if self.closing {
+            return;
+        }
+        self.closing = true;
         self.close_open(host, Stat::ForcedDispatch);
         self.publish(host);
     }
 
-    /// Gives back everything the queue holds from the platform: publishes
-    /// what is left, unmaps every persistent grant, unbinds the channel
-    /// and unmaps the ring. Nothing is in flight. Returns the counters.
-    pub fn release<H: Host>(mut self, host: &mut H) -> Stats {
-        self.publish(host);
-        self.grants.drain(host, &mut self.stats);
+    /// The control part wants the queue back: closes it ([`Queue::close`])
+    /// and, once nothing is in flight, retires it — publishes what is left
+    /// and unmaps every persistent grant. `true` once retired: the queue
+    /// may go home. The queue's context calls this again after each
+    /// completion until it answers `true`.
+    pub fn recall<H: QueueHost + ?Sized>(&mut self, host: &mut H) -> bool {
+        self.close(host);
+        if !self.retired && self.idle() {
+            self.publish(host);
+            self.grants.drain(host, &self.stats);
+            self.retired = true;
+        }
+        self.retired
+    }
+
+    /// Whether [`Queue::recall`] has retired the queue.
+    pub fn is_retired(&self) -> bool {
+        self.retired
+    }
+
+    /// One pass of a lent queue in its own context, between the gate's
+    /// [`Gate::begin`](crate::handoff::Gate::begin) (which handed over
+    /// `work`) and its [`Gate::end`](crate::handoff::Gate::end):
+    /// the store's `completions` first (they free ring slots and window
+    /// pages), then the front-end's kick ([`Work::EVENT`]:
+    /// [`Queue::event`]) and a run asked for ([`Work::RUN`]:
+    /// [`Queue::run`]); and once the control part recalled the queue (in
+    /// this pass or an earlier one), [`Queue::recall`] until the queue is
+    /// retired. Every platform's queue context is this call plus its own
+    /// way of sleeping and waking.
+    pub fn pass<H: QueueHost + ?Sized>(
+        &mut self,
+        host: &mut H,
+        work: Work,
+        completions: impl IntoIterator<Item = (IoTag, Result<(), IoError>)>,
+    ) -> PassEnd {
+        let mut outcome = Outcome::Served;
+        let mut note = |o: Outcome| {
+            if o != Outcome::Served {
+                outcome = o;
+            }
+        };
+        for (tag, result) in completions {
+            note(self.complete(host, tag, result));
+        }
+        if work.contains(Work::EVENT) {
+            note(self.event(host));
+        }
+        if work.contains(Work::RUN) {
+            note(self.run(host));
+        }
+        // Only a recall closes a lent queue: `closing` remembers it.
+        let home = (work.contains(Work::RECALL) || self.closing) && self.recall(host);
+        PassEnd {
+            failed: (outcome != Outcome::Served).then_some(outcome),
+            home,
+        }
+    }
+
+    /// Gives back what the control part set up for the queue: unbinds the
+    /// channel and unmaps the ring. The queue is retired (or never
+    /// served). Returns the counters.
+    pub fn release<H: Host + ?Sized>(self, host: &mut H) -> Stats {
+        let stats = self.stats.snapshot();
+        self.stats.reset();
         host.evtchn_unbind(self.id);
         host.unmap_ring(self.id, self.ring.into_mem());
-        self.stats
+        stats
     }
 
     /// Undoes a queue that never served: unbinds and unmaps its ring. It
     /// is [`Queue::release`] with nothing to publish or unmap (nothing was
     /// served), and shares its code: a second way of taking a queue apart
     /// would be a second copy of its drop code in the kernel object.
-    pub fn undo<H: Host>(self, host: &mut H) {
-        self.release(host);
+    pub fn undo<H: Host + ?Sized>(self, host: &mut H) {
+        let _ = self.release(host);
     }
 
     fn tag(&self, list: u16) -> IoTag {
@@ -368,11 +599,20 @@ impl Queue {
 
     /// Consumes requests until the ring is empty, a pool runs dry, or the
     /// pass budget is spent. `Err` when the front-end broke the ring.
-    fn consume<H: Host>(&mut self, host: &mut H, params: &RunParams) -> Result<(), ()> {
-        let mut budget = params.per_pass;
+    fn consume<H: QueueHost + ?Sized>(&mut self, host: &mut H) -> Result<(), ()> {
+        let mut budget = self.params.per_pass;
         let mut stopped_on_pause = false;
         'pass: loop {
             let prod = self.ring.snapshot_req_prod().map_err(|_| ())?;
+            // The connection is failing or closing. A front-end that saw
+            // the Closing state before it produced wrote this req_prod
+            // after the control part stopped the queues, so this load
+            // (after req_prod's acquire) sees the stop: nothing it
+            // produced after Closing is consumed, even if the queue's
+            // recall has not reached it yet.
+            if self.stats.shared.stopped() {
+                break 'pass;
+            }
             while self.ring.req_cons() != prod {
                 if self.paused() {
                     stopped_on_pause = true;
@@ -395,7 +635,7 @@ impl Queue {
                 };
                 budget -= 1;
                 self.stats.inc(Stat::ReqsReceived);
-                self.accept(host, &raw, params.coalesce);
+                self.accept(host, &raw);
             }
             if self.paused() {
                 stopped_on_pause = true;
@@ -417,7 +657,7 @@ impl Queue {
 
     /// Validates one request into `slot`'s segments, copying an indirect
     /// request's descriptor pages once.
-    fn parse<H: Host>(
+    fn parse<H: QueueHost + ?Sized>(
         &mut self,
         host: &mut H,
         raw: &BlkifRequest,
@@ -450,7 +690,11 @@ impl Queue {
 
     /// Validates one request into a free slot, binds its grants, and
     /// takes it into a reqlist; or answers it with an error.
-    fn accept<H: Host>(&mut self, host: &mut H, raw: &BlkifRequest, coalesce: bool) {
+    fn accept<H: QueueHost + ?Sized>(&mut self, host: &mut H, raw: &BlkifRequest) {
+        // The connection's switches, read at request time: a resize or a
+        // sysctl write applies to the requests accepted after it.
+        self.limits.medium_sectors = self.stats.shared.medium_sectors();
+        let coalesce = self.stats.shared.coalesce();
         let Some(slot) = self.lists.take_slot() else {
             // consume() checked; keep the invariant without panicking.
             self.respond(raw.id, request::response_operation(raw), BLKIF_RSP_ERROR);
@@ -472,7 +716,7 @@ impl Queue {
                 host,
                 &self.lists.segments()[used.clone()],
                 used,
-                &mut self.stats,
+                &self.stats,
             )
         {
             self.stats.inc(Stat::ReqsRefused);
@@ -486,7 +730,13 @@ impl Queue {
     }
 
     /// Takes a validated request into the open reqlist or a new one.
-    fn enlist<H: Host>(&mut self, host: &mut H, slot: u16, p: &Parsed, coalesce: bool) {
+    fn enlist<H: QueueHost + ?Sized>(
+        &mut self,
+        host: &mut H,
+        slot: u16,
+        p: &Parsed,
+        coalesce: bool,
+    ) {
         match p.op {
             Op::Flush | Op::Barrier => self.stats.inc(Stat::FlushReqs),
             Op::Discard { .. } => self.stats.inc(Stat::DiscardReqs),
@@ -514,14 +764,14 @@ impl Queue {
         }
     }
 
-    fn close_open<H: Host>(&mut self, host: &mut H, why: Stat) {
+    fn close_open<H: QueueHost + ?Sized>(&mut self, host: &mut H, why: Stat) {
         if let Some(l) = self.lists.take_open() {
             self.stats.inc(why);
             self.dispatch(host, l);
         }
     }
 
-    fn dispatch<H: Host>(&mut self, host: &mut H, l: u16) {
+    fn dispatch<H: QueueHost + ?Sized>(&mut self, host: &mut H, l: u16) {
         self.stats.inc(Stat::TotalDispatch);
         if self.lists.list(l).op == Op::Barrier {
             self.barrier = l;
@@ -540,7 +790,7 @@ impl Queue {
     /// waiting for its drain are finished at once, without I/O (their
     /// responses are not written: the ring is broken); only what is in
     /// flight drains.
-    fn abandon_unstarted<H: Host>(&mut self, host: &mut H) {
+    fn abandon_unstarted<H: QueueHost + ?Sized>(&mut self, host: &mut H) {
         if let Some(l) = self.lists.take_open() {
             self.lists.list_mut(l).error = true;
             self.finish(host, l);
@@ -560,7 +810,7 @@ impl Queue {
     }
 
     /// Starts waiting reqlists, oldest first, while the window has room.
-    fn drain_waitq<H: Host>(&mut self, host: &mut H) {
+    fn drain_waitq<H: QueueHost + ?Sized>(&mut self, host: &mut H) {
         while self.waitq_len > 0 {
             let l = self.waitq[self.waitq_head];
             if !self.try_start(host, l) {
@@ -572,7 +822,7 @@ impl Queue {
     }
 
     /// Starts the pending barrier once everything before it has finished.
-    fn try_start_barrier<H: Host>(&mut self, host: &mut H) {
+    fn try_start_barrier<H: QueueHost + ?Sized>(&mut self, host: &mut H) {
         if self.barrier != NONE
             && self.in_flight == 0
             && self.waitq_len == 0
@@ -594,7 +844,7 @@ impl Queue {
     /// phase. `false`, with nothing changed, when the window has no room
     /// for it; otherwise the reqlist is in flight or already answered (a
     /// failed mapping or submission).
-    fn try_start<H: Host>(&mut self, host: &mut H, l: u16) -> bool {
+    fn try_start<H: QueueHost + ?Sized>(&mut self, host: &mut H, l: u16) -> bool {
         let list = *self.lists.list(l);
         if list.pages > 0 {
             let chain = self.lists.chain(l).map(|(_, r)| r);
@@ -617,7 +867,7 @@ impl Queue {
                 self.lists.segments(),
                 first,
                 list.op.writes(),
-                &mut self.stats,
+                &self.stats,
             );
             if failed > 0 {
                 self.stats.add(Stat::GrantMapFailures, failed);
@@ -675,7 +925,7 @@ impl Queue {
     /// run. A submission the store refuses fails that step at once, and
     /// serving goes on with the next (one per run at most: the loop is
     /// bounded by the reqlist's requests).
-    fn submit_phase<H: Host>(&mut self, host: &mut H, l: u16) {
+    fn submit_phase<H: QueueHost + ?Sized>(&mut self, host: &mut H, l: u16) {
         loop {
             let Err(e) = self.submit_step(host, l) else {
                 return;
@@ -687,7 +937,7 @@ impl Queue {
     }
 
     /// Hands the reqlist's current step to the store.
-    fn submit_step<H: Host>(&mut self, host: &mut H, l: u16) -> Result<(), IoError> {
+    fn submit_step<H: QueueHost + ?Sized>(&mut self, host: &mut H, l: u16) -> Result<(), IoError> {
         let list = *self.lists.list(l);
         let steps = plan(list.op, list.pages > 0);
         let tag = self.tag(l);
@@ -703,8 +953,10 @@ impl Queue {
         // the core now knows. The step fails instead (a data step: its
         // run's requests only).
         if matches!(phase, Some(Phase::Data | Phase::Discard)) {
+            // The size now, not as of the last request accepted.
+            let medium = self.stats.shared.medium_sectors();
             let end = sector.checked_add(nr_sectors);
-            if end.is_none_or(|e| e > self.limits.medium_sectors) {
+            if end.is_none_or(|e| e > medium) {
                 return Err(IoError::Io);
             }
         }
@@ -737,7 +989,12 @@ impl Queue {
     }
 
     /// One step of a reqlist finished.
-    fn on_complete<H: Host>(&mut self, host: &mut H, l: u16, result: Result<(), IoError>) {
+    fn on_complete<H: QueueHost + ?Sized>(
+        &mut self,
+        host: &mut H,
+        l: u16,
+        result: Result<(), IoError>,
+    ) {
         // A tag the core did not hand out, or a duplicate completion, is a
         // platform bug; ignore it rather than answer twice.
         if !self.lists.get(l).is_some_and(|list| list.in_flight) {
@@ -791,7 +1048,7 @@ impl Queue {
 
     /// Unmaps, frees the window range, answers every request of the
     /// reqlist, and returns everything to the pools.
-    fn finish<H: Host>(&mut self, host: &mut H, l: u16) {
+    fn finish<H: QueueHost + ?Sized>(&mut self, host: &mut H, l: u16) {
         let list = *self.lists.list(l);
         for (_, r) in self.lists.chain(l) {
             self.grants.release(host, r);
@@ -818,7 +1075,7 @@ impl Queue {
             self.barrier = NONE;
         }
         self.starved = false;
-        self.grants.update_gauge(&mut self.stats);
+        self.grants.update_gauge(&self.stats);
     }
 
     /// Queues one response on the ring (published by [`Queue::publish`]).
@@ -840,7 +1097,7 @@ impl Queue {
 
     /// Makes queued responses visible; notifies the front-end only if its
     /// `rsp_event` asked for it.
-    fn publish<H: Host>(&mut self, host: &mut H) {
+    fn publish<H: QueueHost + ?Sized>(&mut self, host: &mut H) {
         if self.unpublished == 0 || self.broken {
             return;
         }

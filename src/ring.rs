@@ -6,7 +6,9 @@
 //! `FRONT_RING_INIT`, `RING_PUSH_REQUESTS_AND_CHECK_NOTIFY`,
 //! `RING_FINAL_CHECK_FOR_RESPONSES`).
 //!
-//! All shared access goes through [`SharedMem`]: indices are atomics with a
+//! All shared access goes through [`RingMem`] ([`SharedMem`] on every
+//! platform; loom's atomics in the model of `tests/loom.rs`, which runs this
+//! very code): indices are atomics with a
 //! named [`Ordering`], slots are copied in or out in one go. The back ring
 //! reads `req_prod` once per snapshot, refuses an impossible value, and
 //! copies each request slot exactly once before decoding the private copy.
@@ -22,7 +24,7 @@ use crate::abi::{
     SRING_REQ_PROD, SRING_RSP_EVENT, SRING_RSP_PROD,
 };
 use crate::host::PAGE_SIZE;
-use crate::shmem::SharedMem;
+use crate::shmem::{RingMem, SharedMem};
 
 /// Why a ring cannot be used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,7 +60,7 @@ pub enum RingError {
 }
 
 /// Checks a ring geometry: the slot count, given the mapping is long enough.
-fn ring_geometry(mem: &SharedMem, abi: Abi, pages: u32) -> Result<u32, RingError> {
+fn ring_geometry<M: RingMem>(mem: &M, abi: Abi, pages: u32) -> Result<u32, RingError> {
     let size = abi.ring_size(pages).ok_or(RingError::TooSmall)?;
     let bytes = (pages as usize)
         .checked_mul(PAGE_SIZE)
@@ -77,7 +79,13 @@ fn slot_offset(abi: Abi, size: u32, index: u32) -> usize {
 
 /// A copy of the first `len` bytes of slot `index`: the one read of that
 /// slot (the copy, never the shared page, is decoded and checked).
-fn read_slot(mem: &SharedMem, abi: Abi, size: u32, index: u32, len: usize) -> [u8; MAX_SLOT_SIZE] {
+fn read_slot<M: RingMem>(
+    mem: &M,
+    abi: Abi,
+    size: u32,
+    index: u32,
+    len: usize,
+) -> [u8; MAX_SLOT_SIZE] {
     let mut buf = [0u8; MAX_SLOT_SIZE];
     mem.read(slot_offset(abi, size, index), &mut buf[..len]);
     buf
@@ -86,7 +94,7 @@ fn read_slot(mem: &SharedMem, abi: Abi, size: u32, index: u32, len: usize) -> [u
 /// Encodes one entry of `len` bytes with `encode` into a zeroed copy
 /// (padding and unused bytes stay zero) and writes it to byte `at` of the
 /// ring.
-fn put_entry(mem: &mut SharedMem, at: usize, len: usize, encode: impl FnOnce(&mut [u8])) {
+fn put_entry<M: RingMem>(mem: &mut M, at: usize, len: usize, encode: impl FnOnce(&mut [u8])) {
     let mut buf = [0u8; MAX_SLOT_SIZE];
     encode(&mut buf[..len]);
     mem.write(at, &buf[..len]);
@@ -94,8 +102,8 @@ fn put_entry(mem: &mut SharedMem, at: usize, len: usize, encode: impl FnOnce(&mu
 
 /// The back-end's side of a shared ring (`struct blkif_back_ring`).
 #[derive(Debug)]
-pub struct BackRing {
-    mem: SharedMem,
+pub struct BackRing<M: RingMem = SharedMem> {
+    mem: M,
     abi: Abi,
     size: u32,
     req_cons: u32,
@@ -105,7 +113,7 @@ pub struct BackRing {
     rsp_prod_pub: u32,
 }
 
-impl BackRing {
+impl<M: RingMem> BackRing<M> {
     /// Attaches to a ring the front-end initialised (`BACK_RING_ATTACH` at
     /// the ring's `rsp_prod`, read once): `req_cons = rsp_prod_pvt =
     /// rsp_prod`. That is `BACK_RING_INIT`'s 0 for a ring
@@ -113,7 +121,7 @@ impl BackRing {
     /// ring at otherwise (every index is compared in wrapping arithmetic,
     /// so a start near 2^32 wraps like any other). Does not write the
     /// shared header.
-    pub fn new(mem: SharedMem, abi: Abi, pages: u32) -> Result<BackRing, RingError> {
+    pub fn new(mem: M, abi: Abi, pages: u32) -> Result<BackRing<M>, RingError> {
         let size = ring_geometry(&mem, abi, pages)?;
         // Acquire: the front-end initialised the header before granting
         // the pages; pairs with its release stores of the indices.
@@ -272,7 +280,7 @@ impl BackRing {
     }
 
     /// Gives the mapping back, for the platform to unmap.
-    pub fn into_mem(self) -> SharedMem {
+    pub fn into_mem(self) -> M {
         self.mem
     }
 }
@@ -288,8 +296,8 @@ impl BackRing {
 /// a ring ahead of `rsp_cons`). So a loop taking responses ends after at
 /// most one ring's worth, whatever the back-end writes.
 #[derive(Debug)]
-pub struct FrontRing {
-    mem: SharedMem,
+pub struct FrontRing<M: RingMem = SharedMem> {
+    mem: M,
     abi: Abi,
     size: u32,
     req_prod_pvt: u32,
@@ -299,10 +307,10 @@ pub struct FrontRing {
     req_issued: u32,
 }
 
-impl FrontRing {
+impl<M: RingMem> FrontRing<M> {
     /// Initialises the shared ring and attaches to it (`SHARED_RING_INIT`
     /// + `FRONT_RING_INIT`): the header zeroed, `req_event = rsp_event = 1`.
-    pub fn init(mem: SharedMem, abi: Abi, pages: u32) -> Result<FrontRing, RingError> {
+    pub fn init(mem: M, abi: Abi, pages: u32) -> Result<FrontRing<M>, RingError> {
         FrontRing::init_at(mem, abi, pages, 0)
     }
 
@@ -310,12 +318,7 @@ impl FrontRing {
     /// of 0 (`req_prod = rsp_prod = start`, the events at `start + 1`): a
     /// front-end that wants its indices to wrap at 2^32 soon. The back
     /// ring attaches at the ring's `rsp_prod` ([`BackRing::new`]).
-    pub fn init_at(
-        mem: SharedMem,
-        abi: Abi,
-        pages: u32,
-        start: u32,
-    ) -> Result<FrontRing, RingError> {
+    pub fn init_at(mem: M, abi: Abi, pages: u32, start: u32) -> Result<FrontRing<M>, RingError> {
         let size = ring_geometry(&mem, abi, pages)?;
         mem.write(0, &[0u8; SRING_HEADER_SIZE]);
         let event = start.wrapping_add(1);
@@ -491,7 +494,7 @@ impl FrontRing {
     }
 
     /// Gives the mapping back.
-    pub fn into_mem(self) -> SharedMem {
+    pub fn into_mem(self) -> M {
         self.mem
     }
 }

@@ -13,6 +13,31 @@
 use core::ptr::NonNull;
 use core::sync::atomic::{fence, AtomicU32, Ordering};
 
+/// What the ring of `io/ring.h` needs of the memory it lives in: its
+/// 32-bit indices as atomics with a named [`Ordering`], its slots copied in
+/// and out whole, and a full barrier. [`SharedMem`] is the real thing; the
+/// loom model of the notification protocol (`tests/loom.rs`) implements it
+/// over loom's atomics, so that the model checks the very index logic of
+/// [`crate::ring`].
+pub trait RingMem {
+    /// The length in bytes.
+    fn len(&self) -> usize;
+    /// Whether the memory is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Loads the 32-bit index at byte offset `off` with `order`.
+    fn load_u32(&self, off: usize, order: Ordering) -> u32;
+    /// Stores the 32-bit index at byte offset `off` with `order`.
+    fn store_u32(&self, off: usize, value: u32, order: Ordering);
+    /// Copies `out.len()` bytes at `off` out, once.
+    fn read(&self, off: usize, out: &mut [u8]);
+    /// Copies `data` in at `off`.
+    fn write(&self, off: usize, data: &[u8]);
+    /// A full memory barrier (`xen_mb()`).
+    fn full_fence(&self);
+}
+
 /// A mapped range of guest-shared memory.
 #[derive(Debug)]
 pub struct SharedMem {
@@ -31,7 +56,7 @@ impl SharedMem {
     /// # Safety
     /// `base..base+len` must be mapped readable and writable, aligned to 4
     /// bytes, and stay mapped until this value is handed back to the
-    /// platform (for a ring: [`crate::host::Grants::unmap_ring`]). Other
+    /// platform (for a ring: [`crate::host::Host::unmap_ring`]). Other
     /// parties (the guest) may write it concurrently; nobody else may
     /// create Rust references into it.
     pub unsafe fn new(base: NonNull<u8>, len: usize) -> Self {
@@ -119,5 +144,26 @@ impl SharedMem {
     /// before later shared-memory loads.
     pub fn full_fence(&self) {
         fence(Ordering::SeqCst);
+    }
+}
+
+impl RingMem for SharedMem {
+    fn len(&self) -> usize {
+        SharedMem::len(self)
+    }
+    fn load_u32(&self, off: usize, order: Ordering) -> u32 {
+        SharedMem::load_u32(self, off, order)
+    }
+    fn store_u32(&self, off: usize, value: u32, order: Ordering) {
+        SharedMem::store_u32(self, off, value, order)
+    }
+    fn read(&self, off: usize, out: &mut [u8]) {
+        SharedMem::read(self, off, out)
+    }
+    fn write(&self, off: usize, data: &[u8]) {
+        SharedMem::write(self, off, data)
+    }
+    fn full_fence(&self) {
+        SharedMem::full_fence(self)
     }
 }

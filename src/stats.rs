@@ -8,6 +8,8 @@
 //! The first fourteen sysctl names are those of FreeBSD's C back-end
 //! (`sys/dev/xen/blkback`), so scripts written for `dev.xbbd.N` keep working.
 
+use core::sync::atomic::{AtomicU64, Ordering};
+
 /// The prefix of every loader tunable.
 pub const TUNABLE_PREFIX: &str = "hw.xbb.";
 
@@ -216,6 +218,70 @@ impl Stats {
     }
 }
 
+/// The counters and gauges of one queue as the queue's context writes
+/// them and anyone reads them (sysctl handlers, `SIGUSR1` tables, the lab's
+/// snapshots) while the queue runs: one atomic per node, written by that
+/// context alone.
+///
+/// A single writer needs no read-modify-write: every update is a relaxed
+/// load and a relaxed store (plain moves on x86, no `lock` prefix), and a
+/// reader sees each value whole, never torn, if a little late.
+#[derive(Debug)]
+pub struct QueueCounters {
+    values: [AtomicU64; Stat::COUNT],
+}
+
+impl Default for QueueCounters {
+    fn default() -> Self {
+        QueueCounters {
+            values: [const { AtomicU64::new(0) }; Stat::COUNT],
+        }
+    }
+}
+
+impl QueueCounters {
+    /// Reads one value.
+    pub fn get(&self, stat: Stat) -> u64 {
+        self.values[stat as usize].load(Ordering::Relaxed)
+    }
+
+    /// Sets one value (a gauge). Only the queue's context writes.
+    pub fn set(&self, stat: Stat, value: u64) {
+        self.values[stat as usize].store(value, Ordering::Relaxed);
+    }
+
+    /// Adds to a counter, saturating. Only the queue's context writes, so
+    /// a load and a store suffice.
+    pub fn add(&self, stat: Stat, n: u64) {
+        let v = &self.values[stat as usize];
+        v.store(
+            v.load(Ordering::Relaxed).saturating_add(n),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Adds one to a counter.
+    pub fn inc(&self, stat: Stat) {
+        self.add(stat, 1);
+    }
+
+    /// Zeroes every value: a new connection, before its queue runs.
+    pub fn reset(&self) {
+        for v in &self.values {
+            v.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// The counters and gauges now, as a [`Stats`] (limits and switches 0).
+    pub fn snapshot(&self) -> Stats {
+        let mut s = Stats::default();
+        for d in SYSCTLS.iter().filter(|d| d.per_queue()) {
+            s.set(d.stat, self.get(d.stat));
+        }
+        s
+    }
+}
+
 macro_rules! tunable_table {
     ($( $variant:ident => $name:literal, $default:expr, $min:expr, $max:expr, $descr:literal; )*) => {
         /// Every loader tunable.
@@ -393,6 +459,21 @@ mod tests {
             t.set(Tunable::MaxRequestSize, 4096),
             Err(TunableError::OutOfRange)
         );
+    }
+
+    #[test]
+    fn queue_counters_saturate_and_snapshot_only_per_queue_nodes() {
+        let c = QueueCounters::default();
+        c.set(Stat::ReqsReceived, u64::MAX - 1);
+        c.add(Stat::ReqsReceived, 5);
+        c.inc(Stat::BytesRead);
+        c.set(Stat::MaxRequests, 9);
+        let s = c.snapshot();
+        assert_eq!(s.get(Stat::ReqsReceived), u64::MAX);
+        assert_eq!(s.get(Stat::BytesRead), 1);
+        assert_eq!(s.get(Stat::MaxRequests), 0, "limits are not per queue");
+        c.reset();
+        assert_eq!(c.get(Stat::ReqsReceived), 0);
     }
 
     #[test]

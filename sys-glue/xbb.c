@@ -11,11 +11,17 @@
  * malloc(9), panic(9)) are handed to it once, at module load, as a table of
  * function pointers.
  *
- * Concurrency: every xbb_rs_*() call for one instance holds the softc's sx
- * lock.  The event channel filter and the I/O completion paths only record
- * what happened and enqueue the instance's task on its fast taskqueue; the
- * task takes the lock and makes the calls.  Detach loops on xbb_rs_detach()
- * while I/O drains, then drains the taskqueue before anything is freed.
+ * Concurrency: an instance has a control context and one context per
+ * queue.  Every control call (xbb_rs_*() on the instance handle) holds the
+ * softc's sx lock: newbus methods, the XenBus watch, sysctl handlers and
+ * the control task (root mounted, queues that came home or failed).  Each
+ * queue has its own fast taskqueue with one thread; its task calls
+ * xbb_rs_queue_task() without the sx lock, so the queues of an instance
+ * serve their rings at once, on as many CPUs.  The event channel filter
+ * and the I/O completion paths only record what happened on the queue
+ * (its event flag, its list of finished I/Os under the queue's mutex) and
+ * enqueue the queue's task.  Detach loops on xbb_rs_detach() while the
+ * queues drain, then drains every taskqueue before anything is freed.
  */
 
 #include <sys/param.h>
@@ -77,6 +83,18 @@ struct xbb_chan {
 	struct timeout_task	 ch_eoi;	/* delayed unmask */
 };
 
+/* One queue's context: its taskqueue thread, its event, its finished I/O. */
+struct xbb_queue {
+	struct xbb_softc	*q_sc;
+	uint32_t		 q_id;
+	struct xbb_rs_queue	*q_rs;		/* the Rust side's queue */
+	struct taskqueue	*q_tq;		/* one thread */
+	struct task		 q_task;
+	volatile u_int		 q_ev;		/* the filter saw an event */
+	struct mtx		 q_mtx;		/* protects q_done */
+	STAILQ_HEAD(, xbb_io)	 q_done;	/* finished I/Os */
+};
+
 /* One shared ring, mapped in its own pseudo-physical range. */
 struct xbb_ring {
 	struct resource		*rg_res;
@@ -92,14 +110,14 @@ struct xbb_softc {
 	int			 sc_gone;	/* detached: no more calls */
 	LIST_ENTRY(xbb_softc)	 sc_link;	/* xbb_softcs */
 
-	/* Deferred work: set by any context, consumed by the task. */
+	/* The control task: root mounted, queues home or failed. */
 	struct taskqueue	*sc_tq;
 	struct task		 sc_task;
-	volatile u_int		 sc_ev_pending;	/* queues with an event */
-	volatile u_int		 sc_run_pending; /* queues to run */
 	volatile u_int		 sc_root_pending; /* root became mounted */
-	struct mtx		 sc_done_mtx;
-	STAILQ_HEAD(, xbb_io)	 sc_done;	/* finished I/Os */
+
+	/* The queues' contexts (sc_nqueues of them started). */
+	struct xbb_queue	 sc_queue[XBB_SHIM_MAX_QUEUES];
+	uint32_t		 sc_nqueues;
 
 	/* Data window (xenmem_alloc). */
 	struct resource		*sc_win_res;
@@ -159,65 +177,45 @@ xbb_softc_window(struct xbb_softc *sc, size_t off, size_t len)
 	return ((vm_offset_t)rman_get_virtual(sc->sc_win_res) + off);
 }
 
-/* An I/O finished (g_up or a file worker): hand it to the task. */
+/* An I/O finished (g_up or a file worker): hand it to its queue's task. */
 void
 xbb_io_done(struct xbb_io *xio)
 {
-	struct xbb_softc *sc;
+	struct xbb_queue *q;
 
-	sc = xio->xio_sc;
-	mtx_lock(&sc->sc_done_mtx);
-	STAILQ_INSERT_TAIL(&sc->sc_done, xio, xio_link);
-	mtx_unlock(&sc->sc_done_mtx);
-	taskqueue_enqueue(sc->sc_tq, &sc->sc_task);
+	q = &xio->xio_sc->sc_queue[xio->xio_queue];
+	mtx_lock(&q->q_mtx);
+	STAILQ_INSERT_TAIL(&q->q_done, xio, xio_link);
+	mtx_unlock(&q->q_mtx);
+	taskqueue_enqueue(q->q_tq, &q->q_task);
 }
 
 /* ------------------------------------------------------------------ */
-/* The task: the only caller of the per-I/O and per-event entry points. */
+/* The tasks: a queue's, and the control task. */
 
+/* A queue's context: serves its ring, its events, its finished I/Os. */
+static void
+xbb_queue_task(void *arg, int pending __unused)
+{
+	struct xbb_queue *q;
+
+	q = arg;
+	/* The Rust side ignores a queue that is not lent (home, or gone). */
+	xbb_rs_queue_task(q->q_rs, atomic_readandclear_int(&q->q_ev) != 0);
+}
+
+/* The control context: root mounted, queues that came home or failed. */
 static void
 xbb_task(void *arg, int pending __unused)
 {
 	struct xbb_softc *sc;
-	struct xbb_io *xio;
-	STAILQ_HEAD(, xbb_io) done;
-	u_int ev, run, root, q;
-	uint32_t tag;
-	int error;
 
 	sc = arg;
 	sx_xlock(&sc->sc_lock);
-	for (;;) {
-		mtx_lock(&sc->sc_done_mtx);
-		STAILQ_INIT(&done);
-		STAILQ_CONCAT(&done, &sc->sc_done);
-		mtx_unlock(&sc->sc_done_mtx);
-		ev = atomic_readandclear_int(&sc->sc_ev_pending);
-		run = atomic_readandclear_int(&sc->sc_run_pending);
-		root = atomic_readandclear_int(&sc->sc_root_pending);
-		if (STAILQ_EMPTY(&done) && ev == 0 && run == 0 && root == 0)
-			break;
-
-		/* Completions first: they free ring slots and window pages. */
-		while ((xio = STAILQ_FIRST(&done)) != NULL) {
-			STAILQ_REMOVE_HEAD(&done, xio_link);
-			tag = xio->xio_tag;
-			error = xio->xio_error;
-			free(xio, M_XBB);
-			atomic_subtract_int(&sc->sc_store.st_inflight, 1);
-			if (sc->sc_inst != NULL && !sc->sc_gone)
-				xbb_rs_complete(sc->sc_inst, tag, error);
-		}
-		if (sc->sc_inst == NULL || sc->sc_gone)
-			continue;
-		if (root != 0)
+	if (sc->sc_inst != NULL && !sc->sc_gone) {
+		if (atomic_readandclear_int(&sc->sc_root_pending) != 0)
 			xbb_rs_root_mounted(sc->sc_inst);
-		for (q = 0; q < XBB_SHIM_MAX_QUEUES; q++) {
-			if ((ev & (1u << q)) != 0)
-				xbb_rs_event(sc->sc_inst, q);
-			if ((run & (1u << q)) != 0)
-				xbb_rs_run(sc->sc_inst, q);
-		}
+		xbb_rs_control(sc->sc_inst);
 	}
 	sx_xunlock(&sc->sc_lock);
 }
@@ -583,14 +581,16 @@ static int
 xbb_filter(void *arg)
 {
 	struct xbb_chan *ch;
+	struct xbb_queue *q;
 	struct xbb_softc *sc;
 
 	ch = arg;
 	sc = ch->ch_sc;
-	/* Late EOI: masked until the task has served the ring. */
+	q = &sc->sc_queue[ch->ch_queue];
+	/* Late EOI: masked until the queue's task has served the ring. */
 	evtchn_mask_port(ch->ch_port);
-	atomic_set_int(&sc->sc_ev_pending, 1u << ch->ch_queue);
-	taskqueue_enqueue(sc->sc_tq, &sc->sc_task);
+	atomic_store_rel_int(&q->q_ev, 1);
+	taskqueue_enqueue(q->q_tq, &q->q_task);
 	return (FILTER_HANDLED);
 }
 
@@ -613,7 +613,7 @@ xbb_evtchn_bind(void *ctx, uint32_t queue, uint16_t domid,
 	int error;
 
 	sc = ctx;
-	if (queue >= XBB_SHIM_MAX_QUEUES)
+	if (queue >= sc->sc_nqueues)
 		return (EINVAL);
 	ch = &sc->sc_chan[queue];
 	if (ch->ch_bound)
@@ -655,7 +655,7 @@ xbb_evtchn_eoi(void *ctx, uint32_t queue, uint32_t delay_ms)
 		return;
 	}
 	ticks = (int)MIN((uint64_t)delay_ms * hz / 1000 + 1, INT_MAX);
-	taskqueue_enqueue_timeout(sc->sc_tq, &ch->ch_eoi, ticks);
+	taskqueue_enqueue_timeout(sc->sc_queue[queue].q_tq, &ch->ch_eoi, ticks);
 }
 
 static void
@@ -663,6 +663,7 @@ xbb_evtchn_unbind(void *ctx, uint32_t queue)
 {
 	struct xbb_softc *sc;
 	struct xbb_chan *ch;
+	struct taskqueue *tq;
 
 	sc = ctx;
 	if (queue >= XBB_SHIM_MAX_QUEUES)
@@ -673,25 +674,60 @@ xbb_evtchn_unbind(void *ctx, uint32_t queue)
 	/* Removing the handler waits for a running filter. */
 	xen_intr_unbind(&ch->ch_handle);
 	ch->ch_bound = 0;
-	if (taskqueue_cancel_timeout(sc->sc_tq, &ch->ch_eoi, NULL) != 0 &&
-	    !taskqueue_member(sc->sc_tq, curthread))
-		taskqueue_drain_timeout(sc->sc_tq, &ch->ch_eoi);
-	atomic_clear_int(&sc->sc_ev_pending, 1u << queue);
+	tq = sc->sc_queue[queue].q_tq;
+	if (taskqueue_cancel_timeout(tq, &ch->ch_eoi, NULL) != 0 &&
+	    !taskqueue_member(tq, curthread))
+		taskqueue_drain_timeout(tq, &ch->ch_eoi);
+	atomic_store_rel_int(&sc->sc_queue[queue].q_ev, 0);
 }
 
 /* ------------------------------------------------------------------ */
 /* Deferred work, time, store, root. */
 
 static void
-xbb_schedule_run(void *ctx, uint32_t queue)
+xbb_queue_kick(void *ctx, uint32_t queue)
 {
 	struct xbb_softc *sc;
 
 	sc = ctx;
-	if (queue >= XBB_SHIM_MAX_QUEUES)
-		return;
-	atomic_set_int(&sc->sc_run_pending, 1u << queue);
+	if (queue < sc->sc_nqueues)
+		taskqueue_enqueue(sc->sc_queue[queue].q_tq,
+		    &sc->sc_queue[queue].q_task);
+}
+
+static void
+xbb_control_kick(void *ctx)
+{
+	struct xbb_softc *sc;
+
+	sc = ctx;
 	taskqueue_enqueue(sc->sc_tq, &sc->sc_task);
+}
+
+/* The oldest finished I/O of a queue, taken off its list. */
+static int
+xbb_io_take(void *ctx, uint32_t queue, uint32_t *tagp, int *errorp)
+{
+	struct xbb_softc *sc;
+	struct xbb_queue *q;
+	struct xbb_io *xio;
+
+	sc = ctx;
+	if (queue >= sc->sc_nqueues)
+		return (0);
+	q = &sc->sc_queue[queue];
+	mtx_lock(&q->q_mtx);
+	xio = STAILQ_FIRST(&q->q_done);
+	if (xio != NULL)
+		STAILQ_REMOVE_HEAD(&q->q_done, xio_link);
+	mtx_unlock(&q->q_mtx);
+	if (xio == NULL)
+		return (0);
+	*tagp = xio->xio_tag;
+	*errorp = xio->xio_error;
+	free(xio, M_XBB);
+	atomic_subtract_int(&sc->sc_store.st_inflight, 1);
+	return (1);
 }
 
 static uint64_t
@@ -720,10 +756,15 @@ xbb_op_store_info(void *ctx, struct xbb_shim_medium *medium)
 }
 
 static int
-xbb_op_store_submit(void *ctx, uint32_t tag, const struct xbb_shim_io *io)
+xbb_op_store_submit(void *ctx, uint32_t queue, uint32_t tag,
+    const struct xbb_shim_io *io)
 {
+	struct xbb_softc *sc;
 
-	return (xbb_store_submit(ctx, tag, io));
+	sc = ctx;
+	if (queue >= sc->sc_nqueues)
+		return (EINVAL);
+	return (xbb_store_submit(sc, queue, tag, io));
 }
 
 static void
@@ -819,11 +860,13 @@ static const struct xbb_shim_ops xbb_ops = {
 	.evtchn_notify = xbb_evtchn_notify,
 	.evtchn_eoi = xbb_evtchn_eoi,
 	.evtchn_unbind = xbb_evtchn_unbind,
-	.schedule_run = xbb_schedule_run,
+	.queue_kick = xbb_queue_kick,
+	.control_kick = xbb_control_kick,
 	.now_ms = xbb_now_ms,
 	.store_open = xbb_op_store_open,
 	.store_info = xbb_op_store_info,
 	.store_submit = xbb_op_store_submit,
+	.io_done = xbb_io_take,
 	.store_close = xbb_op_store_close,
 	.root_mounted = xbb_root_mounted,
 	.mem_alloc = xbb_malloc,
@@ -1026,24 +1069,79 @@ xbb_drain(struct xbb_softc *sc, int (*step)(struct xbb_rs_instance *))
 	}
 }
 
+/* Drains every queue task and delayed EOI, then the control task. */
+static void
+xbb_drain_tasks(struct xbb_softc *sc)
+{
+	struct xbb_queue *q;
+	uint32_t i;
+
+	for (i = 0; i < sc->sc_nqueues; i++) {
+		q = &sc->sc_queue[i];
+		if (taskqueue_cancel_timeout(q->q_tq, &sc->sc_chan[i].ch_eoi,
+		    NULL) != 0)
+			taskqueue_drain_timeout(q->q_tq,
+			    &sc->sc_chan[i].ch_eoi);
+		taskqueue_drain_all(q->q_tq);
+	}
+	if (sc->sc_tq != NULL)
+		taskqueue_drain_all(sc->sc_tq);
+}
+
 static void
 xbb_teardown(struct xbb_softc *sc)
 {
-	uint32_t q;
+	struct xbb_queue *q;
+	uint32_t i;
 
+	xbb_drain_tasks(sc);
+	for (i = 0; i < sc->sc_nqueues; i++) {
+		q = &sc->sc_queue[i];
+		taskqueue_free(q->q_tq);
+		q->q_tq = NULL;
+		mtx_destroy(&q->q_mtx);
+	}
+	sc->sc_nqueues = 0;
 	if (sc->sc_tq != NULL) {
-		taskqueue_drain_all(sc->sc_tq);
-		for (q = 0; q < XBB_SHIM_MAX_QUEUES; q++) {
-			if (taskqueue_cancel_timeout(sc->sc_tq,
-			    &sc->sc_chan[q].ch_eoi, NULL) != 0)
-				taskqueue_drain_timeout(sc->sc_tq,
-				    &sc->sc_chan[q].ch_eoi);
-		}
 		taskqueue_free(sc->sc_tq);
 		sc->sc_tq = NULL;
 	}
-	mtx_destroy(&sc->sc_done_mtx);
 	sx_destroy(&sc->sc_lock);
+}
+
+/*
+ * Starts the queues' contexts: hw.xbb.max_queues fast taskqueues with one
+ * thread each ("xbbN qQ"), which the interrupt filter and the store's
+ * completions enqueue.
+ */
+static int
+xbb_queues_start(struct xbb_softc *sc)
+{
+	struct xbb_queue *q;
+	uint32_t i, nq;
+	int error;
+
+	nq = xbb_max_queues();
+	for (i = 0; i < nq; i++) {
+		q = &sc->sc_queue[i];
+		q->q_sc = sc;
+		q->q_id = i;
+		mtx_init(&q->q_mtx, "xbbq", NULL, MTX_DEF);
+		STAILQ_INIT(&q->q_done);
+		TASK_INIT(&q->q_task, 0, xbb_queue_task, q);
+		q->q_tq = taskqueue_create_fast("xbbq", M_WAITOK,
+		    taskqueue_thread_enqueue, &q->q_tq);
+		sc->sc_chan[i].ch_sc = sc;
+		sc->sc_chan[i].ch_queue = i;
+		TIMEOUT_TASK_INIT(q->q_tq, &sc->sc_chan[i].ch_eoi, 0,
+		    xbb_eoi_timeout, &sc->sc_chan[i]);
+		sc->sc_nqueues = i + 1;
+		error = taskqueue_start_threads(&q->q_tq, 1, PRIBIO,
+		    "%s q%u", device_get_nameunit(sc->sc_dev), i);
+		if (error != 0)
+			return (error);
+	}
+	return (0);
 }
 
 static int
@@ -1057,20 +1155,14 @@ xbb_attach(device_t dev)
 	sc = device_get_softc(dev);
 	sc->sc_dev = dev;
 	sx_init(&sc->sc_lock, "xbb");
-	mtx_init(&sc->sc_done_mtx, "xbbdone", NULL, MTX_DEF);
-	STAILQ_INIT(&sc->sc_done);
 	TASK_INIT(&sc->sc_task, 0, xbb_task, sc);
 	sc->sc_tq = taskqueue_create_fast(device_get_nameunit(dev), M_WAITOK,
 	    taskqueue_thread_enqueue, &sc->sc_tq);
-	for (q = 0; q < XBB_SHIM_MAX_QUEUES; q++) {
-		sc->sc_chan[q].ch_sc = sc;
-		sc->sc_chan[q].ch_queue = q;
-		TIMEOUT_TASK_INIT(sc->sc_tq, &sc->sc_chan[q].ch_eoi, 0,
-		    xbb_eoi_timeout, &sc->sc_chan[q]);
-	}
-	/* One thread: the task and the delayed EOIs never run at once. */
-	error = taskqueue_start_threads(&sc->sc_tq, 1, PRIBIO, "%s taskq",
+	/* The control task's one thread. */
+	error = taskqueue_start_threads(&sc->sc_tq, 1, PRIBIO, "%s ctl",
 	    device_get_nameunit(dev));
+	if (error == 0)
+		error = xbb_queues_start(sc);
 	if (error != 0) {
 		xbb_teardown(sc);
 		return (error);
@@ -1079,8 +1171,20 @@ xbb_attach(device_t dev)
 	sx_xlock(&sc->sc_lock);
 	error = xbb_rs_attach(sc, xenbus_get_node(dev), xbb_tunables,
 	    xbb_ntunables, &inst);
-	if (error == 0)
+	if (error == 0) {
 		sc->sc_inst = inst;
+		for (q = 0; q < sc->sc_nqueues; q++) {
+			sc->sc_queue[q].q_rs = xbb_rs_queue(inst, q);
+			if (sc->sc_queue[q].q_rs == NULL)
+				error = ENXIO;
+		}
+		if (error != 0) {
+			/* Nothing connected yet: detach finishes at once. */
+			(void)xbb_rs_detach(inst);
+			(void)xbb_rs_free(inst);
+			sc->sc_inst = NULL;
+		}
+	}
 	sx_xunlock(&sc->sc_lock);
 	if (error != 0) {
 		device_printf(dev, "attach failed: %d\n", error);
@@ -1122,7 +1226,7 @@ xbb_detach(device_t dev)
 	sc->sc_gone = 1;
 	sx_xunlock(&sc->sc_lock);
 	/* Callbacks drained before anything is freed. */
-	taskqueue_drain_all(sc->sc_tq);
+	xbb_drain_tasks(sc);
 
 	sx_xlock(&sc->sc_lock);
 	error = xbb_rs_free(sc->sc_inst);

@@ -11,7 +11,8 @@
  *  - a disk character device (GEOM provider, zvol, md): each I/O goes out
  *    as one bio per buffer piece through the device's d_strategy, without
  *    sleeping; BIO_FLUSH (ordered) for flush, BIO_DELETE for discard.  The
- *    completion (g_up thread) only records the result and wakes the task.
+ *    completion (g_up thread) only records the result and wakes the task
+ *    of the queue that submitted the I/O.
  *
  *  - a regular file: each I/O is a task on the store's own taskqueue with
  *    several threads, so that more than one file I/O is in flight; VOP_READ
@@ -395,7 +396,7 @@ xbb_file_task(void *arg, int pending __unused)
 /* Submission ------------------------------------------------------------ */
 
 int
-xbb_store_submit(struct xbb_softc *sc, uint32_t tag,
+xbb_store_submit(struct xbb_softc *sc, uint32_t queue, uint32_t tag,
     const struct xbb_shim_io *io)
 {
 	struct xbb_store *st;
@@ -436,12 +437,13 @@ xbb_store_submit(struct xbb_softc *sc, uint32_t tag,
 	if (io->offset > (uint64_t)OFF_MAX)
 		return (EINVAL);
 
-	/* Never sleep here: the task is serving a ring. */
+	/* Never sleep here: a queue's task is serving its ring. */
 	xio = malloc(sizeof(*xio) + iovcnt * sizeof(struct iovec), M_XBB,
 	    M_NOWAIT | M_ZERO);
 	if (xio == NULL)
 		return (ENOMEM);
 	xio->xio_sc = sc;
+	xio->xio_queue = queue;
 	xio->xio_tag = tag;
 	xio->xio_op = io->op;
 	xio->xio_flags = io->flags;

@@ -31,18 +31,34 @@
  *    Rust side converts them to and from its own error types in one place.
  *  - Strings passed from Rust to C are NUL-terminated and valid only for
  *    the duration of the call; C copies what it keeps.
- *  - Contexts.  Every xbb_rs_*() call concerning one instance is made with
- *    that instance's lock held: an sx(9) lock, because the XenStore services
- *    sleep.  The ops the Rust side calls back (below) run inside such a
- *    call, so: they may sleep (XenStore, M_WAITOK allocation where the
- *    function says so), but must not call back into xbb_rs_*() for the same
- *    instance.  No xbb_rs_*() function is ever called from an interrupt
- *    filter, an ithread, a bio completion (g_up) or a callout: those only
- *    record what happened and enqueue the instance's task on its fast
- *    taskqueue (taskqueue_create_fast), and the task makes the call.
- *    "attach thread" below means the newbus attach/detach/shutdown thread;
- *    "watch thread" the XenBus watch (otherend_changed) thread; "task" the
- *    instance's taskqueue task; "any" any of these.
+ *  - Contexts.  An instance has one control context and one context per
+ *    queue (ring) of its connection, which run concurrently.
+ *
+ *    Control: every xbb_rs_*() call that takes the instance handle
+ *    (struct xbb_rs_instance) is made with the instance's lock held: an
+ *    sx(9) lock, because the XenStore services sleep.  The ops the Rust
+ *    side calls back from such a call may sleep (XenStore, M_WAITOK
+ *    allocation where the function says so), but must not call back into
+ *    xbb_rs_*() for the same instance.  "attach thread" below means the
+ *    newbus attach/detach/shutdown thread; "watch thread" the XenBus watch
+ *    (otherend_changed) thread; "control task" the instance's own
+ *    taskqueue task, which calls xbb_rs_control() and
+ *    xbb_rs_root_mounted().
+ *
+ *    Queues: xbb_rs_queue_task() takes a queue handle (struct
+ *    xbb_rs_queue) and is called only from that queue's task, on a
+ *    taskqueue of its own ("queue task"), without the instance's lock:
+ *    the Rust side hands each queue between the control part and its task
+ *    through an atomic word (src/handoff.rs) and never lets two calls
+ *    touch one queue at once.  The ops called back from a queue task
+ *    ("queue" below) must not sleep: they run while the queue serves its
+ *    ring, next to the other queues.
+ *
+ *    No xbb_rs_*() function is ever called from an interrupt filter, an
+ *    ithread, a bio completion (g_up) or a callout: those only record what
+ *    happened (the queue's event, a finished I/O on the queue's list) and
+ *    enqueue the queue's task, which makes the call.  "any" means any of
+ *    the contexts above.
  */
 
 #ifndef _XBB_SHIM_H_
@@ -63,7 +79,7 @@ extern "C" {
  * Bump on any incompatible change.  xbb_rs_load() refuses a table whose
  * version or size differ from what the Rust library was built with.
  */
-#define	XBB_SHIM_VERSION	1
+#define	XBB_SHIM_VERSION	2
 
 /* Largest number of queues (rings) of one connection: hw.xbb.max_queues max. */
 #define	XBB_SHIM_MAX_QUEUES	16
@@ -220,14 +236,16 @@ struct xbb_shim_ops {
 	 * "domid" in one GNTTABOP_map_grant_ref hypercall, page ops[i].gref at
 	 * window address + ops[i].window_page * PAGE_SIZE, with
 	 * GNTMAP_host_map (| GNTMAP_readonly), and fills status and handle of
-	 * every entry.  A failed entry leaves nothing mapped.  Context: task.
+	 * every entry.  A failed entry leaves nothing mapped.  Context: queue
+	 * (each queue names only pages of its own share of the window, which
+	 * stays reserved while any queue runs).
 	 */
 	void	(*map_grants)(void *ctx, uint16_t domid,
 		    struct xbb_shim_map *ops, uint32_t count);
 	/*
 	 * Unmaps ops[0 .. count) (count <= XBB_SHIM_GRANT_BATCH) in one
 	 * GNTTABOP_unmap_grant_ref hypercall.  A failure is logged by C; it
-	 * cannot be reported.  Context: task.
+	 * cannot be reported.  Context: queue.
 	 */
 	void	(*unmap_grants)(void *ctx, const struct xbb_shim_unmap *ops,
 		    uint32_t count);
@@ -249,47 +267,60 @@ struct xbb_shim_ops {
 	 * "domid", min(PAGE_SIZE, len - i * PAGE_SIZE) bytes to
 	 * out + i * PAGE_SIZE, for i in 0 .. count (len <= count *
 	 * PAGE_SIZE).  Returns 0 when everything was copied, or the first
-	 * failing grant status.  Context: task.
+	 * failing grant status.  Context: queue.
 	 */
 	int32_t	(*copy_in)(void *ctx, uint16_t domid, const uint32_t *grefs,
 		    uint32_t count, void *out, size_t len);
 
 	/*
-	 * Event channels, one per queue (xen/xen_intr.h).  Context: task or
-	 * watch.
+	 * Event channels, one per queue (xen/xen_intr.h).
 	 */
 
 	/*
 	 * Binds queue's channel to the front-end's remote_port in domid
-	 * (xen_intr_bind_remote_port) with a filter that only enqueues the
-	 * instance's task, which then calls xbb_rs_event(queue).  After an
-	 * event the channel stays masked (late EOI) until evtchn_eoi().
-	 * EINVAL / ENOENT: not a port offered to us; other errno otherwise.
+	 * (xen_intr_bind_remote_port) with a filter that masks the port,
+	 * records the event for the queue and enqueues the queue's task,
+	 * which passes it to xbb_rs_queue_task().  After an event the channel
+	 * stays masked (late EOI) until evtchn_eoi().  EINVAL / ENOENT: not a
+	 * port offered to us; other errno otherwise.  Context: control.
 	 */
 	int	(*evtchn_bind)(void *ctx, uint32_t queue, uint16_t domid,
 		    uint32_t remote_port);
-	/* Sends an event to the front-end on queue's channel (xen_intr_signal). */
+	/*
+	 * Sends an event to the front-end on queue's channel
+	 * (xen_intr_signal).  Context: queue.
+	 */
 	void	(*evtchn_notify)(void *ctx, uint32_t queue);
 	/*
 	 * Re-enables queue's channel (unmask) now when delay_ms is 0, else
-	 * after delay_ms milliseconds (a callout or timeout_task); an event
-	 * arriving meanwhile stays pending.  Must not sleep.
+	 * after delay_ms milliseconds (a timeout task on the queue's
+	 * taskqueue); an event arriving meanwhile stays pending.  Must not
+	 * sleep.  Context: queue.
 	 */
 	void	(*evtchn_eoi)(void *ctx, uint32_t queue, uint32_t delay_ms);
 	/*
 	 * Unbinds queue's channel (xen_intr_unbind) and cancels a pending
-	 * delayed EOI.  After it returns the filter no longer enqueues
-	 * xbb_rs_event(queue) calls; C drops any already queued.
+	 * delayed EOI.  After it returns the filter records no more events for
+	 * the queue; an event already recorded reaches xbb_rs_queue_task(),
+	 * which ignores it while the queue is home.  Context: control (the
+	 * queue is home).
 	 */
 	void	(*evtchn_unbind)(void *ctx, uint32_t queue);
 
 	/* Deferred work and time. */
 
 	/*
-	 * Arranges for xbb_rs_run(queue) to be called soon from the task
-	 * (taskqueue_enqueue).  Must not sleep.  Context: any.
+	 * Enqueues queue's task (taskqueue_enqueue on the queue's taskqueue):
+	 * xbb_rs_queue_task() will be called soon.  Must not sleep.  Context:
+	 * any.
 	 */
-	void	(*schedule_run)(void *ctx, uint32_t queue);
+	void	(*queue_kick)(void *ctx, uint32_t queue);
+	/*
+	 * Enqueues the instance's control task, which takes the instance's
+	 * lock and calls xbb_rs_control(): a queue came home or failed.  Must
+	 * not sleep.  Context: queue.
+	 */
+	void	(*control_kick)(void *ctx);
 	/* A monotonic clock in milliseconds (getsbinuptime()). */
 	uint64_t (*now_ms)(void *ctx);
 
@@ -312,18 +343,28 @@ struct xbb_shim_ops {
 	/* Describes the open store now (its size may have changed). */
 	void	(*store_info)(void *ctx, struct xbb_shim_medium *medium);
 	/*
-	 * Queues one I/O and returns 0, or returns an errno and will never
-	 * complete it (EAGAIN/ENOMEM: not now; EOPNOTSUPP; ENXIO: gone).
-	 * io and io->iov are valid only during the call: C copies what it
-	 * needs (buffer address = window + iov[i].window_offset).  More than
-	 * one I/O may be in flight.  When it finishes (biodone callback,
-	 * vnode worker), C records (tag, errno) and enqueues the task, which
-	 * calls xbb_rs_complete(tag, errno) exactly once.  Must not sleep:
-	 * bios go out with g_io_request(), file I/O is handed to a worker
-	 * thread / taskqueue (not the instance's own).  Context: task.
+	 * Queues one I/O of queue "queue" and returns 0, or returns an errno
+	 * and will never complete it (EAGAIN/ENOMEM: not now; EOPNOTSUPP;
+	 * ENXIO: gone).  io and io->iov are valid only during the call: C
+	 * copies what it needs (buffer address = window +
+	 * iov[i].window_offset).  More than one I/O may be in flight, from
+	 * every queue at once.  When it finishes (biodone callback, vnode
+	 * worker), C puts (tag, errno) on queue's list of finished I/Os and
+	 * enqueues queue's task, where the Rust side takes it back with
+	 * io_done(), exactly once.  Must not sleep: bios go out with
+	 * g_io_request(), file I/O is handed to a worker thread / taskqueue
+	 * (not the queue's own).  Context: queue.
 	 */
-	int	(*store_submit)(void *ctx, uint32_t tag,
+	int	(*store_submit)(void *ctx, uint32_t queue, uint32_t tag,
 		    const struct xbb_shim_io *io);
+	/*
+	 * Takes the oldest finished I/O of queue off its list: stores its tag
+	 * and errno (0, EIO, ENXIO/ENODEV (medium gone), EOPNOTSUPP, ENOSPC,
+	 * EAGAIN/ENOMEM; other values count as EIO) and returns 1; or returns
+	 * 0 when the list is empty.  Context: queue.
+	 */
+	int	(*io_done)(void *ctx, uint32_t queue, uint32_t *tagp,
+		    int *errorp);
 	/* Closes the store; no I/O is in flight.  Context: any; may sleep. */
 	void	(*store_close)(void *ctx);
 
@@ -360,9 +401,11 @@ struct xbb_shim_ops {
 /*
  * Rust entry points.  "inst" is the opaque instance xbb_rs_attach()
  * returned; every call for one instance is serialized by its sx lock (see
- * the conventions at the top).
+ * the conventions at the top).  "q" is the opaque handle of one queue,
+ * from xbb_rs_queue(); xbb_rs_queue_task() is its only user.
  */
 struct xbb_rs_instance;
+struct xbb_rs_queue;
 
 /*
  * MOD_LOAD: installs the ops table (which must stay valid until
@@ -409,36 +452,46 @@ int	xbb_rs_attach(void *ctx, const char *backend_path,
 	    const uint64_t *values, uint32_t count,
 	    struct xbb_rs_instance **instp);
 /*
+ * The handle of queue "queue" (< XBB_SHIM_MAX_QUEUES) of the instance, for
+ * its task; NULL for a bad index or handle.  Valid until xbb_rs_free().
+ * Context: attach thread, after xbb_rs_attach().
+ */
+struct xbb_rs_queue *xbb_rs_queue(struct xbb_rs_instance *inst,
+	    uint32_t queue);
+/*
+ * The queue's task (queue task only, never two at once for one queue):
+ * serves the queue while the control part has lent it — takes its
+ * finished I/Os with io_done(), serves its ring (with evtchn_eoi() after
+ * an event when "event" is non-zero: the filter saw one), and gives it
+ * back when recalled and drained, telling the control task with
+ * control_kick().  Does nothing while the queue is home.  May call
+ * queue_kick() for itself to yield after a full pass.
+ */
+void	xbb_rs_queue_task(struct xbb_rs_queue *q, int event);
+/*
+ * The control task (instance lock held): takes back queues that came
+ * home and acts on a queue's failure (a broken ring, a store gone).
+ */
+void	xbb_rs_control(struct xbb_rs_instance *inst);
+/*
  * The root file system is now mounted (mountroot event handler, via the
- * task or a thread that may sleep): opens the store, publishes the offer.
+ * control task or a thread that may sleep): opens the store, publishes
+ * the offer.
  */
 void	xbb_rs_root_mounted(struct xbb_rs_instance *inst);
 /* xenbus_otherend_changed (watch thread): the front-end's state changed. */
 void	xbb_rs_otherend_changed(struct xbb_rs_instance *inst);
-/*
- * From the task, after the filter saw an event on queue's channel: serves
- * the ring, then calls evtchn_eoi(queue, delay).
- */
-void	xbb_rs_event(struct xbb_rs_instance *inst, uint32_t queue);
-/* From the task, after schedule_run(queue): serves the ring. */
-void	xbb_rs_run(struct xbb_rs_instance *inst, uint32_t queue);
-/*
- * From the task: the I/O submitted with tag finished with error (0, or an
- * errno: EIO, ENXIO/ENODEV (medium gone), EOPNOTSUPP, ENOSPC,
- * EAGAIN/ENOMEM, other values count as EIO).  Exactly once per accepted
- * store_submit, also while detaching.
- */
-void	xbb_rs_complete(struct xbb_rs_instance *inst, uint32_t tag, int error);
 /* The store's size may have changed (e.g. GEOM resize, file growth). */
 void	xbb_rs_medium_changed(struct xbb_rs_instance *inst);
 /*
- * newbus detach (attach thread): stops serving, starts draining.  Returns 0
- * once everything is released (rings unmapped, channels unbound, window
- * released, store closed, state Closed); EBUSY while I/O is in flight.  On
- * EBUSY the C side keeps delivering completions (xbb_rs_complete, from the
- * task) and calls xbb_rs_detach() again (it is idempotent) until it
- * returns 0; then drains the taskqueue and callouts and calls
- * xbb_rs_free().
+ * newbus detach (attach thread): stops serving, recalls the queues and
+ * starts draining.  Returns 0 once everything is released (every queue
+ * home, rings unmapped, channels unbound, window released, store closed,
+ * state Closed); EBUSY while a queue is out (its I/O drains in its task).
+ * On EBUSY the C side keeps running the queue tasks and calls
+ * xbb_rs_detach() again (it is idempotent and takes back the queues that
+ * came home) until it returns 0; then drains the taskqueues and callouts
+ * and calls xbb_rs_free().
  */
 int	xbb_rs_detach(struct xbb_rs_instance *inst);
 /*

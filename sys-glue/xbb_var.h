@@ -13,10 +13,11 @@ MALLOC_DECLARE(M_XBB);
 
 struct xbb_softc;
 
-/* One I/O accepted by store_submit, until the task reports it done. */
+/* One I/O accepted by store_submit, until its queue's task takes it back. */
 struct xbb_io {
-	STAILQ_ENTRY(xbb_io)	 xio_link;	/* softc's done list */
+	STAILQ_ENTRY(xbb_io)	 xio_link;	/* its queue's done list */
 	struct xbb_softc	*xio_sc;
+	uint32_t		 xio_queue;	/* the queue that submitted it */
 	uint32_t		 xio_tag;	/* Rust's tag */
 	uint32_t		 xio_op;	/* XBB_SHIM_IO_* */
 	uint32_t		 xio_flags;	/* XBB_SHIM_IO_* flags */
@@ -49,7 +50,7 @@ struct xbb_store {
 int	xbb_store_open(struct xbb_softc *, const char *, const char *, int,
 	    struct xbb_shim_medium *);
 void	xbb_store_info(struct xbb_softc *, struct xbb_shim_medium *);
-int	xbb_store_submit(struct xbb_softc *, uint32_t,
+int	xbb_store_submit(struct xbb_softc *, uint32_t, uint32_t,
 	    const struct xbb_shim_io *);
 void	xbb_store_close(struct xbb_softc *);
 

@@ -14,6 +14,7 @@ use xbb::abi::{
     Abi, BlkifRequest, BlkifResponse, RequestBody, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_READ,
     BLKIF_OP_WRITE, BLKIF_OP_WRITE_BARRIER, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY,
 };
+use xbb::connect::ConnectError;
 use xbb::host::{GrantRef, IoError, IoTag, MediumInfo, XenbusState};
 use xbb::instance::Instance;
 use xbb::ring::FrontRing;
@@ -244,6 +245,26 @@ fn short_ring_mapping_is_unmapped() {
     fe_state(&mut i, &mut h, "3");
     assert_eq!(i.state(), XenbusState::Closing);
     h.assert_released();
+}
+
+/// A queue a lending platform could not lend (its thread or its tables
+/// could not be made) and that nobody serves inline: the connection fails
+/// with an error node, and closing releases its rings, channels and
+/// window, rather than leaving the front-end waiting on a ring nobody
+/// reads.
+#[test]
+fn a_queue_that_cannot_be_lent_fails_the_connection() {
+    let (mut i, mut h) = attached(&Tunables::default());
+    let _fr = h.frontend_ring(Abi::native(), 1);
+    h.faults.no_inline = true;
+    fe_state(&mut i, &mut h, "3");
+    assert_eq!(i.state(), XenbusState::Closing);
+    assert_eq!(i.last_error(), Some(ConnectError::NoMemory));
+    let node = format!("error/{}/error", BE_PATH.trim_start_matches('/'));
+    let error = h.xs_get(&node).unwrap_or_default();
+    assert!(error.starts_with("12 "), "{error:?}");
+    h.assert_released();
+    h.assert_clean();
 }
 
 /// BUG 2 (instance.rs:381-398, 562-584): an `online` back-end draining I/O

@@ -1,13 +1,16 @@
 //! The `xbb_rs_*` entry points of `sys-glue/xbb_shim.h`: what the C shim
 //! calls from its module event handler, newbus methods, XenBus watch,
-//! taskqueue task and sysctl handlers.
+//! control and queue tasks, and sysctl handlers.
 //!
 //! Each is a thin trampoline: check the pointers it was given, turn them
-//! into a `&mut` [`Instance`] and its [`KernelHost`], call one method of the
-//! core, and turn the outcome into an errno with
-//! [`errno::result_to_errno`]. Instances live in `malloc(9)` memory taken
-//! with `M_WAITOK` in the attach thread and are handed to C as an opaque
-//! `struct xbb_rs_instance *`.
+//! into a `&mut` [`Instance`] and its [`KernelHost`] (control entry points,
+//! the instance's lock held) or a `&` [`QueueCell`] (a queue's task), call
+//! one method of the core, and turn the outcome into an errno with
+//! [`errno::result_to_errno`]. Instances and their queue cells live in
+//! `malloc(9)` memory taken with `M_WAITOK` in the attach thread and are
+//! handed to C as opaque `struct xbb_rs_instance *` and `struct
+//! xbb_rs_queue *`; the cells are a separate block, so a queue's task
+//! never touches memory the control part holds `&mut`.
 
 #![allow(unsafe_code)]
 
@@ -18,10 +21,10 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::errno::{self, Error};
 use crate::ffi;
-use crate::kernel::{self, KernelHost};
+use crate::kernel::{self, KernelHost, QueueCell};
 use crate::tables;
 use xbb::connect::ConnectError;
-use xbb::host::{IoTag, QueueId};
+use xbb::host::QueueId;
 use xbb::instance::Instance;
 use xbb::stats::{SysctlKind, Tunables, SYSCTLS, TUNABLES};
 
@@ -34,6 +37,9 @@ const _: () = assert!(
     TUNABLES[xbb::stats::Tunable::MaxQueues as usize].max <= ffi::XBB_SHIM_MAX_QUEUES as u64
 );
 
+/// Queue cells per instance: one per possible queue.
+const CELLS: usize = ffi::XBB_SHIM_MAX_QUEUES as usize;
+
 /// What `struct xbb_rs_instance *` points to.
 struct Slot {
     host: KernelHost,
@@ -43,6 +49,21 @@ struct Slot {
 }
 
 impl Slot {
+    /// Takes back the queues that came home and acts on the failures the
+    /// queues' tasks reported (the control task's work).
+    fn control(&mut self) {
+        for cell in self.host.cells() {
+            if let Some(o) = cell.take_failure() {
+                self.inst.queue_failed(&mut self.host, o);
+            }
+        }
+        for cell in self.host.cells() {
+            if let Some(q) = cell.take_home() {
+                self.inst.give_back(&mut self.host, q);
+            }
+        }
+    }
+
     /// Logs a connection failure the first time it is seen.
     fn note_error(&mut self) {
         let e = self.inst.last_error();
@@ -295,7 +316,7 @@ unsafe fn attach(
     count: u32,
     instp: *mut *mut ffi::xbb_rs_instance,
 ) -> Result<(), Error> {
-    let host = KernelHost::new(ctx).ok_or(Error::NotLoaded)?;
+    let ops = kernel::ops().ok_or(Error::NotLoaded)?;
     if instp.is_null() || values.is_null() || count as usize != TUNABLES.len() {
         return Err(Error::Invalid);
     }
@@ -312,10 +333,35 @@ unsafe fn attach(
         tunables.set(d.tunable, v).map_err(|_| Error::Invalid)?;
     }
     let inst = Instance::new(path, &tunables).map_err(|_| Error::NoMemory)?;
+    let cells_layout = Layout::array::<QueueCell>(CELLS).map_err(|_| Error::NoMemory)?;
+    let cells = NonNull::new(kernel::kernel_alloc_flags(
+        cells_layout,
+        ffi::XBB_SHIM_M_WAITOK,
+    ))
+    .ok_or(Error::NoMemory)?
+    .cast::<QueueCell>();
+    for q in 0..CELLS {
+        // SAFETY: q < CELLS: inside the fresh block, aligned for QueueCell.
+        unsafe {
+            cells
+                .as_ptr()
+                .add(q)
+                .write(QueueCell::new(ctx, ops, q as QueueId))
+        };
+    }
+    // SAFETY: CELLS initialised cells; the block lives until xbb_rs_free,
+    // after every task that could use it was drained, so no reference
+    // outlives it in practice ('static stands for "until free").
+    let cell_slice: &'static [QueueCell] =
+        unsafe { core::slice::from_raw_parts(cells.as_ptr(), CELLS) };
+    let host = KernelHost::new(ctx, cell_slice).ok_or(Error::NotLoaded)?;
     let layout = Layout::new::<Slot>();
-    let mem = NonNull::new(kernel::kernel_alloc_flags(layout, ffi::XBB_SHIM_M_WAITOK))
-        .ok_or(Error::NoMemory)?
-        .cast::<Slot>();
+    let Some(mem) = NonNull::new(kernel::kernel_alloc_flags(layout, ffi::XBB_SHIM_M_WAITOK)) else {
+        // SAFETY: the cells were written above and nothing refers to them.
+        unsafe { free_cells(cells) };
+        return Err(Error::NoMemory);
+    };
+    let mem = mem.cast::<Slot>();
     // SAFETY: mem is a fresh block with Slot's size and alignment.
     unsafe {
         mem.as_ptr().write(Slot {
@@ -332,6 +378,69 @@ unsafe fn attach(
     // SAFETY: instp is non-null and writable by the contract.
     unsafe { instp.write(mem.as_ptr().cast()) };
     Ok(())
+}
+
+/// Drops and frees an instance's queue cells.
+///
+/// # Safety
+/// `cells` is the block of [`CELLS`] cells `attach` allocated, initialised,
+/// and nobody uses it any more (the queue tasks are drained).
+unsafe fn free_cells(cells: NonNull<QueueCell>) {
+    for q in 0..CELLS {
+        // SAFETY: initialised, dropped once.
+        unsafe { ptr::drop_in_place(cells.as_ptr().add(q)) };
+    }
+    if let Ok(layout) = Layout::array::<QueueCell>(CELLS) {
+        // SAFETY: allocated in attach with this layout, freed once.
+        unsafe { kernel::kernel_dealloc(cells.as_ptr().cast(), layout) };
+    }
+}
+
+/// The handle of queue `queue`'s cell, for its task; null for a bad index
+/// or handle.
+///
+/// # Safety
+/// `inst` is null or a live handle, used by no other call meanwhile.
+#[no_mangle]
+pub unsafe extern "C" fn xbb_rs_queue(
+    inst: *mut ffi::xbb_rs_instance,
+    queue: u32,
+) -> *mut ffi::xbb_rs_queue {
+    // SAFETY: forwarded contract.
+    unsafe {
+        with(inst, ptr::null_mut(), |s| {
+            s.host
+                .cells()
+                .get(queue as usize)
+                .map_or(ptr::null_mut(), |c| {
+                    ptr::from_ref(c).cast_mut().cast::<ffi::xbb_rs_queue>()
+                })
+        })
+    }
+}
+
+/// A queue's task: one pass of the queue while it is lent.
+///
+/// # Safety
+/// `q` is null or a handle from [`xbb_rs_queue`] of an instance not yet
+/// freed; called from that queue's task only.
+#[no_mangle]
+pub unsafe extern "C" fn xbb_rs_queue_task(q: *mut ffi::xbb_rs_queue, event: c_int) {
+    // SAFETY: by the contract a live cell; cells are only used through
+    // shared references (their mutable parts are guarded by their gate).
+    if let Some(cell) = unsafe { q.cast::<QueueCell>().as_ref() } {
+        cell.run_task(event != 0);
+    }
+}
+
+/// The control task: queues that came home, queues that failed.
+///
+/// # Safety
+/// `inst` is null or a live handle, used by no other call meanwhile.
+#[no_mangle]
+pub unsafe extern "C" fn xbb_rs_control(inst: *mut ffi::xbb_rs_instance) {
+    // SAFETY: forwarded contract.
+    unsafe { with(inst, (), Slot::control) }
 }
 
 /// The root file system is now mounted.
@@ -354,42 +463,6 @@ pub unsafe extern "C" fn xbb_rs_otherend_changed(inst: *mut ffi::xbb_rs_instance
     unsafe { with(inst, (), |s| s.inst.frontend_changed(&mut s.host)) }
 }
 
-/// The event channel of `queue` fired (called from the task, never the
-/// filter).
-///
-/// # Safety
-/// `inst` is null or a live handle, used by no other call meanwhile.
-#[no_mangle]
-pub unsafe extern "C" fn xbb_rs_event(inst: *mut ffi::xbb_rs_instance, queue: u32) {
-    // SAFETY: forwarded contract.
-    unsafe { with(inst, (), |s| s.inst.event(&mut s.host, queue as QueueId)) }
-}
-
-/// A run of `queue` asked for with `schedule_run`.
-///
-/// # Safety
-/// `inst` is null or a live handle, used by no other call meanwhile.
-#[no_mangle]
-pub unsafe extern "C" fn xbb_rs_run(inst: *mut ffi::xbb_rs_instance, queue: u32) {
-    // SAFETY: forwarded contract.
-    unsafe { with(inst, (), |s| s.inst.run(&mut s.host, queue as QueueId)) }
-}
-
-/// The I/O submitted with `tag` finished with `error` (0 or an errno).
-///
-/// # Safety
-/// `inst` is null or a live handle, used by no other call meanwhile.
-#[no_mangle]
-pub unsafe extern "C" fn xbb_rs_complete(inst: *mut ffi::xbb_rs_instance, tag: u32, error: c_int) {
-    // SAFETY: forwarded contract.
-    unsafe {
-        with(inst, (), |s| {
-            s.inst
-                .complete(&mut s.host, IoTag(tag), errno::io_result(error))
-        })
-    }
-}
-
 /// The store's size may have changed.
 ///
 /// # Safety
@@ -410,6 +483,7 @@ pub unsafe extern "C" fn xbb_rs_detach(inst: *mut ffi::xbb_rs_instance) -> c_int
     // SAFETY: forwarded contract.
     let r = unsafe {
         with(inst, Err(Error::Invalid), |s| {
+            s.control();
             s.inst.detach(&mut s.host);
             if s.inst.is_detached() {
                 Ok(())
@@ -470,13 +544,16 @@ pub unsafe extern "C" fn xbb_rs_free(inst: *mut ffi::xbb_rs_instance) -> c_int {
     if !s.inst.is_detached() {
         return Error::Busy.errno();
     }
+    let cells = NonNull::from(s.host.cells()).cast::<QueueCell>();
     let p = inst.cast::<Slot>();
     // SAFETY: p is a live Slot written by attach and used by nobody else;
     // it is dropped once and its block freed with the layout it was
-    // allocated with.
+    // allocated with. Its queue cells go after it: the C side drained
+    // every queue task before calling us.
     unsafe {
         ptr::drop_in_place(p);
         kernel::kernel_dealloc(p.cast(), Layout::new::<Slot>());
+        free_cells(cells);
     }
     LIVE.fetch_sub(1, Ordering::AcqRel);
     0
@@ -645,11 +722,11 @@ same_signature!(
     xbb_rs_tunable_max,
     xbb_rs_tunable_check,
     xbb_rs_attach,
+    xbb_rs_queue,
+    xbb_rs_queue_task,
+    xbb_rs_control,
     xbb_rs_root_mounted,
     xbb_rs_otherend_changed,
-    xbb_rs_event,
-    xbb_rs_run,
-    xbb_rs_complete,
     xbb_rs_medium_changed,
     xbb_rs_detach,
     xbb_rs_free,

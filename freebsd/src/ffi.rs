@@ -2,7 +2,7 @@
 //! `tools/gen-bindings.sh` with bindgen. Do not edit: change the header
 //! and run the script.
 
-pub const XBB_SHIM_VERSION: u32 = 1;
+pub const XBB_SHIM_VERSION: u32 = 2;
 pub const XBB_SHIM_MAX_QUEUES: u32 = 16;
 pub const XBB_SHIM_MAX_TUNABLES: u32 = 32;
 pub const XBB_SHIM_GRANT_BATCH: u32 = 32;
@@ -166,8 +166,9 @@ pub struct xbb_shim_ops {
     >,
     pub evtchn_unbind:
         ::core::option::Option<unsafe extern "C" fn(ctx: *mut core::ffi::c_void, queue: u32)>,
-    pub schedule_run:
+    pub queue_kick:
         ::core::option::Option<unsafe extern "C" fn(ctx: *mut core::ffi::c_void, queue: u32)>,
+    pub control_kick: ::core::option::Option<unsafe extern "C" fn(ctx: *mut core::ffi::c_void)>,
     pub now_ms: ::core::option::Option<unsafe extern "C" fn(ctx: *mut core::ffi::c_void) -> u64>,
     pub store_open: ::core::option::Option<
         unsafe extern "C" fn(
@@ -184,8 +185,17 @@ pub struct xbb_shim_ops {
     pub store_submit: ::core::option::Option<
         unsafe extern "C" fn(
             ctx: *mut core::ffi::c_void,
+            queue: u32,
             tag: u32,
             io: *const xbb_shim_io,
+        ) -> core::ffi::c_int,
+    >,
+    pub io_done: ::core::option::Option<
+        unsafe extern "C" fn(
+            ctx: *mut core::ffi::c_void,
+            queue: u32,
+            tagp: *mut u32,
+            errorp: *mut core::ffi::c_int,
         ) -> core::ffi::c_int,
     >,
     pub store_close: ::core::option::Option<unsafe extern "C" fn(ctx: *mut core::ffi::c_void)>,
@@ -228,6 +238,11 @@ pub struct xbb_shim_ops {
 pub struct xbb_rs_instance {
     _unused: [u8; 0],
 }
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct xbb_rs_queue {
+    _unused: [u8; 0],
+}
 extern "C" {
     pub fn xbb_rs_load(ops: *const xbb_shim_ops) -> core::ffi::c_int;
 }
@@ -265,19 +280,19 @@ extern "C" {
     ) -> core::ffi::c_int;
 }
 extern "C" {
+    pub fn xbb_rs_queue(inst: *mut xbb_rs_instance, queue: u32) -> *mut xbb_rs_queue;
+}
+extern "C" {
+    pub fn xbb_rs_queue_task(q: *mut xbb_rs_queue, event: core::ffi::c_int);
+}
+extern "C" {
+    pub fn xbb_rs_control(inst: *mut xbb_rs_instance);
+}
+extern "C" {
     pub fn xbb_rs_root_mounted(inst: *mut xbb_rs_instance);
 }
 extern "C" {
     pub fn xbb_rs_otherend_changed(inst: *mut xbb_rs_instance);
-}
-extern "C" {
-    pub fn xbb_rs_event(inst: *mut xbb_rs_instance, queue: u32);
-}
-extern "C" {
-    pub fn xbb_rs_run(inst: *mut xbb_rs_instance, queue: u32);
-}
-extern "C" {
-    pub fn xbb_rs_complete(inst: *mut xbb_rs_instance, tag: u32, error: core::ffi::c_int);
 }
 extern "C" {
     pub fn xbb_rs_medium_changed(inst: *mut xbb_rs_instance);

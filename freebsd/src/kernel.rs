@@ -1,9 +1,11 @@
 //! The services of the C shim (`struct xbb_shim_ops` of
 //! `sys-glue/xbb_shim.h`) as the core's platform traits: [`KernelHost`]
-//! implements [`xbb::host::Host`] by calling through the ops table, and
-//! [`KernelAllocator`] / [`kernel_panic`] give the kernel library crate its
-//! `#[global_allocator]` and `#[panic_handler]` on top of `malloc(9)` and
-//! `panic(9)`.
+//! implements the control part's [`xbb::host::Host`] and
+//! [`KernelQueueHost`] one queue's [`xbb::host::QueueHost`], by calling
+//! through the ops table; [`QueueCell`] is where a queue lives while it is
+//! lent to its task; and [`KernelAllocator`] / [`kernel_panic`] give the
+//! kernel library crate its `#[global_allocator]` and `#[panic_handler]` on
+//! top of `malloc(9)` and `panic(9)`.
 //!
 //! The table is installed once, at module load (`xbb_rs_load`), into an
 //! atomic pointer; every call through it is `unsafe` and lives in this
@@ -12,18 +14,21 @@
 #![allow(unsafe_code)]
 
 use core::alloc::{GlobalAlloc, Layout};
+use core::cell::UnsafeCell;
 use core::ffi::{c_char, c_int, c_void};
 use core::fmt::{self, Write};
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicPtr, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
 
 use crate::errno::{self, Error};
 use crate::ffi;
+use xbb::handoff::{Gate, Post, Work};
 use xbb::host::{
-    Deferred, DomId, EventChannel, EvtchnError, GrantError, GrantHandle, GrantMapOp, GrantUnmapOp,
-    Granted, Grants, Host, IoError, IoOp, IoTag, IoVec, MapResult, MediumInfo, OpenError,
-    OpenParams, QueueId, RemotePort, Store, XenStore, XsError, XsTxn, PAGE_SIZE,
+    DomId, EvtchnError, GrantError, GrantHandle, GrantMapOp, GrantUnmapOp, Granted, Host, IoError,
+    IoOp, IoTag, IoVec, MapResult, MediumInfo, OpenError, OpenParams, QueueHost, QueueId,
+    RemotePort, XenStore, XsError, XsTxn, PAGE_SIZE,
 };
+use xbb::queue::{Outcome, Queue};
 use xbb::shmem::SharedMem;
 use xbb::units::Sectors;
 
@@ -50,11 +55,13 @@ fn table_is_complete(ops: &ffi::xbb_shim_ops) -> bool {
         && ops.evtchn_notify.is_some()
         && ops.evtchn_eoi.is_some()
         && ops.evtchn_unbind.is_some()
-        && ops.schedule_run.is_some()
+        && ops.queue_kick.is_some()
+        && ops.control_kick.is_some()
         && ops.now_ms.is_some()
         && ops.store_open.is_some()
         && ops.store_info.is_some()
         && ops.store_submit.is_some()
+        && ops.io_done.is_some()
         && ops.store_close.is_some()
         && ops.root_mounted.is_some()
         && ops.mem_alloc.is_some()
@@ -107,7 +114,7 @@ pub fn ops_installed() -> bool {
 }
 
 /// The installed table.
-pub(super) fn ops() -> Option<&'static ffi::xbb_shim_ops> {
+pub(crate) fn ops() -> Option<&'static ffi::xbb_shim_ops> {
     let p = OPS.load(Ordering::Acquire);
     // SAFETY: a non-null pointer was installed by `install`, whose contract
     // keeps the table valid and unchanged until `uninstall`; the C side
@@ -342,12 +349,14 @@ impl Drop for CString {
 
 // --- The platform ------------------------------------------------------------
 
-/// The core's platform on FreeBSD: one per instance, calling the shim with
-/// the instance's softc.
+/// The core's control platform on FreeBSD: one per instance, calling the
+/// shim with the instance's softc, and lending the queues to their tasks
+/// through the instance's [`QueueCell`]s.
 #[derive(Debug)]
 pub struct KernelHost {
     ctx: *mut c_void,
     ops: &'static ffi::xbb_shim_ops,
+    cells: &'static [QueueCell],
 }
 
 // Layout facts that let `store_submit` hand the core's iovec array to C
@@ -363,9 +372,19 @@ const _: () = {
 };
 
 impl KernelHost {
-    /// The platform for the softc `ctx`, over the installed table.
-    pub(super) fn new(ctx: *mut c_void) -> Option<KernelHost> {
-        Some(KernelHost { ctx, ops: ops()? })
+    /// The platform for the softc `ctx`, over the installed table, lending
+    /// queue `q` through `cells[q]`.
+    pub(super) fn new(ctx: *mut c_void, cells: &'static [QueueCell]) -> Option<KernelHost> {
+        Some(KernelHost {
+            ctx,
+            ops: ops()?,
+            cells,
+        })
+    }
+
+    /// The queues' cells.
+    pub(super) fn cells(&self) -> &'static [QueueCell] {
+        self.cells
     }
 
     /// The softc.
@@ -486,18 +505,16 @@ impl XenStore for KernelHost {
     }
 }
 
-impl Grants for KernelHost {
-    fn window_reserve(&mut self, pages: u32) -> Result<(), GrantError> {
-        // SAFETY: window_reserve is set; plain values only.
-        let e = unsafe { f(self.ops.window_reserve)(self.ctx, pages) };
-        errno::grant_status(e)
-    }
+/// One queue's platform on FreeBSD: the shim's ops for the queue's task.
+#[derive(Debug)]
+pub struct KernelQueueHost<'a> {
+    ctx: *mut c_void,
+    ops: &'static ffi::xbb_shim_ops,
+    queue: QueueId,
+    gate: &'a Gate,
+}
 
-    fn window_release(&mut self) {
-        // SAFETY: window_release is set.
-        unsafe { f(self.ops.window_release)(self.ctx) }
-    }
-
+impl QueueHost for KernelQueueHost<'_> {
     fn map_batch(&mut self, dom: DomId, ops: &[GrantMapOp], results: &mut [MapResult]) {
         let empty = ffi::xbb_shim_map {
             gref: 0,
@@ -546,6 +563,104 @@ impl Grants for KernelHost {
             // XBB_SHIM_GRANT_BATCH initialised entries.
             unsafe { f(self.ops.unmap_grants)(self.ctx, batch.as_ptr(), chunk.len() as u32) };
         }
+    }
+
+    fn copy_in(&mut self, from: Granted<'_>, out: &mut [u8]) -> Result<(), GrantError> {
+        let Granted { dom, grefs } = from;
+        let count = u32::try_from(grefs.len()).map_err(|_| GrantError::General)?;
+        if grefs
+            .len()
+            .checked_mul(PAGE_SIZE)
+            .is_none_or(|max| out.len() > max)
+        {
+            return Err(GrantError::General);
+        }
+        // SAFETY: copy_in is set; grefs is readable for count entries and
+        // out writable for out.len() <= count * PAGE_SIZE bytes.
+        let s = unsafe {
+            f(self.ops.copy_in)(
+                self.ctx,
+                dom,
+                grefs.as_ptr(),
+                count,
+                out.as_mut_ptr().cast(),
+                out.len(),
+            )
+        };
+        errno::grant_status(s)
+    }
+
+    fn evtchn_notify(&mut self, queue: QueueId) {
+        // SAFETY: evtchn_notify is set; plain values only.
+        unsafe { f(self.ops.evtchn_notify)(self.ctx, queue) }
+    }
+
+    fn evtchn_eoi(&mut self, queue: QueueId, delay_ms: u32) {
+        // SAFETY: evtchn_eoi is set; plain values only.
+        unsafe { f(self.ops.evtchn_eoi)(self.ctx, queue, delay_ms) }
+    }
+
+    fn schedule_run(&mut self, queue: QueueId) {
+        if queue == self.queue && self.gate.post(Work::RUN) == Post::Wake {
+            // SAFETY: queue_kick is set; plain values only.
+            unsafe { f(self.ops.queue_kick)(self.ctx, queue) }
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        // SAFETY: now_ms is set.
+        unsafe { f(self.ops.now_ms)(self.ctx) }
+    }
+
+    fn store_submit(&mut self, tag: IoTag, op: IoOp<'_>) -> Result<(), IoError> {
+        let (code, flags, offset, length, iov): (u32, u32, u64, u64, &[IoVec]) = match op {
+            IoOp::Read { offset, iov } => {
+                (ffi::XBB_SHIM_IO_READ, 0, offset.0, iov_bytes(iov)?, iov)
+            }
+            IoOp::Write { offset, iov } => {
+                (ffi::XBB_SHIM_IO_WRITE, 0, offset.0, iov_bytes(iov)?, iov)
+            }
+            IoOp::Flush => (ffi::XBB_SHIM_IO_FLUSH, 0, 0, 0, &[]),
+            IoOp::Discard {
+                offset,
+                len,
+                secure,
+            } => (
+                ffi::XBB_SHIM_IO_DISCARD,
+                if secure { ffi::XBB_SHIM_IO_SECURE } else { 0 },
+                offset.0,
+                len.0,
+                &[],
+            ),
+        };
+        let io = ffi::xbb_shim_io {
+            op: code,
+            flags,
+            offset,
+            length,
+            // IoVec has xbb_shim_iovec's layout (asserted above).
+            iov: iov.as_ptr().cast::<ffi::xbb_shim_iovec>(),
+            iovcnt: u32::try_from(iov.len()).map_err(|_| IoError::Io)?,
+            _pad: 0,
+        };
+        // SAFETY: store_submit is set; io and the iovec array it points to
+        // are valid for reads during the call (the header says C copies
+        // what it keeps).
+        let e = unsafe { f(self.ops.store_submit)(self.ctx, self.queue, tag.0, &io) };
+        errno::io_result(e)
+    }
+}
+
+impl Host for KernelHost {
+    fn window_reserve(&mut self, pages: u32) -> Result<(), GrantError> {
+        // SAFETY: window_reserve is set; plain values only.
+        let e = unsafe { f(self.ops.window_reserve)(self.ctx, pages) };
+        errno::grant_status(e)
+    }
+
+    fn window_release(&mut self) {
+        // SAFETY: window_release is set.
+        unsafe { f(self.ops.window_release)(self.ctx) }
     }
 
     fn map_ring(&mut self, queue: QueueId, ring: Granted<'_>) -> Result<SharedMem, GrantError> {
@@ -602,33 +717,6 @@ impl Grants for KernelHost {
         }
     }
 
-    fn copy_in(&mut self, from: Granted<'_>, out: &mut [u8]) -> Result<(), GrantError> {
-        let Granted { dom, grefs } = from;
-        let count = u32::try_from(grefs.len()).map_err(|_| GrantError::General)?;
-        if grefs
-            .len()
-            .checked_mul(PAGE_SIZE)
-            .is_none_or(|max| out.len() > max)
-        {
-            return Err(GrantError::General);
-        }
-        // SAFETY: copy_in is set; grefs is readable for count entries and
-        // out writable for out.len() <= count * PAGE_SIZE bytes.
-        let s = unsafe {
-            f(self.ops.copy_in)(
-                self.ctx,
-                dom,
-                grefs.as_ptr(),
-                count,
-                out.as_mut_ptr().cast(),
-                out.len(),
-            )
-        };
-        errno::grant_status(s)
-    }
-}
-
-impl EventChannel for KernelHost {
     fn evtchn_bind(&mut self, queue: QueueId, remote: RemotePort) -> Result<(), EvtchnError> {
         let (dom, remote_port) = (remote.dom, remote.port);
         if queue >= ffi::XBB_SHIM_MAX_QUEUES {
@@ -643,35 +731,11 @@ impl EventChannel for KernelHost {
         }
     }
 
-    fn evtchn_notify(&mut self, queue: QueueId) {
-        // SAFETY: evtchn_notify is set; plain values only.
-        unsafe { f(self.ops.evtchn_notify)(self.ctx, queue) }
-    }
-
-    fn evtchn_eoi(&mut self, queue: QueueId, delay_ms: u32) {
-        // SAFETY: evtchn_eoi is set; plain values only.
-        unsafe { f(self.ops.evtchn_eoi)(self.ctx, queue, delay_ms) }
-    }
-
     fn evtchn_unbind(&mut self, queue: QueueId) {
         // SAFETY: evtchn_unbind is set; plain values only.
         unsafe { f(self.ops.evtchn_unbind)(self.ctx, queue) }
     }
-}
 
-impl Deferred for KernelHost {
-    fn schedule_run(&mut self, queue: QueueId) {
-        // SAFETY: schedule_run is set; plain values only.
-        unsafe { f(self.ops.schedule_run)(self.ctx, queue) }
-    }
-
-    fn now_ms(&self) -> u64 {
-        // SAFETY: now_ms is set.
-        unsafe { f(self.ops.now_ms)(self.ctx) }
-    }
-}
-
-impl Store for KernelHost {
     fn store_open(&mut self, params: OpenParams<'_>) -> Result<MediumInfo, OpenError> {
         let path = CString::new(params.path).map_err(errno::open_error)?;
         let kind = CString::new(params.kind).map_err(errno::open_error)?;
@@ -707,47 +771,205 @@ impl Store for KernelHost {
         self.medium()
     }
 
-    fn store_submit(&mut self, tag: IoTag, op: IoOp<'_>) -> Result<(), IoError> {
-        let (code, flags, offset, length, iov): (u32, u32, u64, u64, &[IoVec]) = match op {
-            IoOp::Read { offset, iov } => {
-                (ffi::XBB_SHIM_IO_READ, 0, offset.0, iov_bytes(iov)?, iov)
-            }
-            IoOp::Write { offset, iov } => {
-                (ffi::XBB_SHIM_IO_WRITE, 0, offset.0, iov_bytes(iov)?, iov)
-            }
-            IoOp::Flush => (ffi::XBB_SHIM_IO_FLUSH, 0, 0, 0, &[]),
-            IoOp::Discard {
-                offset,
-                len,
-                secure,
-            } => (
-                ffi::XBB_SHIM_IO_DISCARD,
-                if secure { ffi::XBB_SHIM_IO_SECURE } else { 0 },
-                offset.0,
-                len.0,
-                &[],
-            ),
-        };
-        let io = ffi::xbb_shim_io {
-            op: code,
-            flags,
-            offset,
-            length,
-            // IoVec has xbb_shim_iovec's layout (asserted above).
-            iov: iov.as_ptr().cast::<ffi::xbb_shim_iovec>(),
-            iovcnt: u32::try_from(iov.len()).map_err(|_| IoError::Io)?,
-            _pad: 0,
-        };
-        // SAFETY: store_submit is set; io and the iovec array it points to
-        // are valid for reads during the call (the header says C copies
-        // what it keeps).
-        let e = unsafe { f(self.ops.store_submit)(self.ctx, tag.0, &io) };
-        errno::io_result(e)
-    }
-
     fn store_close(&mut self) {
         // SAFETY: store_close is set.
         unsafe { f(self.ops.store_close)(self.ctx) }
+    }
+
+    fn root_mounted(&self) -> bool {
+        // SAFETY: root_mounted is set.
+        unsafe { f(self.ops.root_mounted)(self.ctx) != 0 }
+    }
+
+    fn lend(&mut self, queue: Queue) -> Result<(), Queue> {
+        match self.cells.get(queue.id() as usize) {
+            Some(cell) => cell.lend(queue),
+            None => Err(queue),
+        }
+    }
+
+    fn recall(&mut self, queue: QueueId) {
+        if let Some(cell) = self.cells.get(queue as usize) {
+            cell.recall();
+        }
+    }
+}
+
+/// Where one queue of an instance lives while its task serves it: the
+/// queue's hand-off [`Gate`], the queue itself, and what the task reports
+/// to the control part. One per possible queue, allocated at attach and
+/// freed with the instance.
+///
+/// The gate decides who owns `queue`: the control part (the
+/// instance's lock held) while the queue is home ([`Gate::is_home`]), the
+/// queue's task during a pass ([`Gate::begin`] to [`Gate::end`] or
+/// [`Gate::give_back`]). The loom model of `tests/loom.rs` checks that the
+/// two never overlap and that the release/acquire pairs of the gate make
+/// each owner's writes visible to the next.
+#[derive(Debug)]
+pub struct QueueCell {
+    gate: Gate,
+    ctx: *mut c_void,
+    ops: &'static ffi::xbb_shim_ops,
+    id: QueueId,
+    /// The lent queue; owned as the gate says.
+    queue: UnsafeCell<Option<Queue>>,
+    /// An outcome that ends the connection, for the control part:
+    /// [`OUTCOME_NONE`] or an [`Outcome`] code.
+    failed: AtomicU8,
+}
+
+// SAFETY: the cell is shared by the control part and the queue's task;
+// `queue` is only touched by the owner the gate names (see
+// the type's documentation), everything else is atomic or read-only, and
+// the softc pointer is only passed back to the shim, which serialises
+// nothing on it that the header does not allow from both contexts.
+unsafe impl Sync for QueueCell {}
+// SAFETY: as for Sync; the cell is created in one thread and used in others.
+unsafe impl Send for QueueCell {}
+
+const OUTCOME_NONE: u8 = 0;
+
+fn outcome_code(o: Outcome) -> u8 {
+    match o {
+        Outcome::Served => OUTCOME_NONE,
+        Outcome::RingBroken => 1,
+        Outcome::StoreGone => 2,
+    }
+}
+
+fn outcome_of(code: u8) -> Option<Outcome> {
+    match code {
+        1 => Some(Outcome::RingBroken),
+        2 => Some(Outcome::StoreGone),
+        _ => None,
+    }
+}
+
+impl QueueCell {
+    /// The cell of queue `id` of the instance whose softc is `ctx`, home.
+    pub(super) fn new(ctx: *mut c_void, ops: &'static ffi::xbb_shim_ops, id: QueueId) -> Self {
+        QueueCell {
+            gate: Gate::new(),
+            ctx,
+            ops,
+            id,
+            queue: UnsafeCell::new(None),
+            failed: AtomicU8::new(OUTCOME_NONE),
+        }
+    }
+
+    fn kick(&self) {
+        // SAFETY: queue_kick is set; plain values only.
+        unsafe { f(self.ops.queue_kick)(self.ctx, self.id) }
+    }
+
+    /// Control: lends `queue` to the task (the cell must be home and
+    /// empty), and enqueues its first pass.
+    // A queue moves once per connection each way: its size is no cost.
+    #[allow(clippy::result_large_err)]
+    fn lend(&self, queue: Queue) -> Result<(), Queue> {
+        if !self.gate.is_home() {
+            return Err(queue);
+        }
+        // SAFETY: home: the control part (our caller, with the instance's
+        // lock) owns the cell's contents until gate.lend() below.
+        unsafe {
+            if (*self.queue.get()).is_some() {
+                return Err(queue);
+            }
+            *self.queue.get() = Some(queue);
+        }
+        self.failed.store(OUTCOME_NONE, Ordering::Relaxed);
+        if !self.gate.lend() {
+            // Unreachable (checked home above, and only the control part
+            // lends): take the queue back.
+            // SAFETY: still home; owned by the control part.
+            return match unsafe { (*self.queue.get()).take() } {
+                Some(q) => Err(q),
+                None => Ok(()),
+            };
+        }
+        self.kick();
+        Ok(())
+    }
+
+    /// Control: asks the task for the queue back.
+    fn recall(&self) {
+        if self.gate.post(Work::RECALL) == Post::Wake {
+            self.kick();
+        }
+    }
+
+    /// Control: the queue, once its task gave it back.
+    pub(super) fn take_home(&self) -> Option<Queue> {
+        if !self.gate.is_home() {
+            return None;
+        }
+        // SAFETY: home: the control part owns the contents (is_home's
+        // acquire pairs with the task's release in give_back).
+        unsafe { (*self.queue.get()).take() }
+    }
+
+    /// Control: an outcome the task reported, once.
+    pub(super) fn take_failure(&self) -> Option<Outcome> {
+        outcome_of(self.failed.swap(OUTCOME_NONE, Ordering::AcqRel))
+    }
+
+    /// The queue's task: one pass while the queue is lent (nothing while it
+    /// is home or another pass runs). `event`: the filter saw an event on
+    /// the queue's channel.
+    pub(super) fn run_task(&self, event: bool) {
+        if event {
+            // Noted even while home: the next lend's first pass sees it,
+            // and EOIs the channel.
+            let _ = self.gate.post(Work::EVENT);
+        }
+        let Some(work) = self.gate.begin() else {
+            return;
+        };
+        // SAFETY: between begin() and end()/give_back() the task owns the
+        // contents (begin's acquire pairs with lend's release).
+        let slot = unsafe { &mut *self.queue.get() };
+        let Some(queue) = slot.as_mut() else {
+            // Lent without a queue cannot happen; end the pass.
+            self.gate.end();
+            return;
+        };
+        let mut host = KernelQueueHost {
+            ctx: self.ctx,
+            ops: self.ops,
+            queue: self.id,
+            gate: &self.gate,
+        };
+        // The queue's finished I/Os, taken off its list one by one.
+        let (ctx, id, io_done) = (self.ctx, self.id, f(self.ops.io_done));
+        let completions = core::iter::from_fn(|| {
+            let (mut tag, mut error) = (0u32, 0 as c_int);
+            // SAFETY: io_done is set; tag and error are writable.
+            let taken = unsafe { io_done(ctx, id, &mut tag, &mut error) } != 0;
+            taken.then(|| (IoTag(tag), errno::io_result(error)))
+        });
+        let end = queue.pass(&mut host, work, completions);
+        if let Some(outcome) = end.failed {
+            self.failed.store(outcome_code(outcome), Ordering::Release);
+            self.control_kick();
+        }
+        if end.home {
+            self.gate.give_back();
+            self.control_kick();
+            return;
+        }
+        if self.gate.end() {
+            // Work came during the pass: run again, after the other tasks
+            // of the system had their turn.
+            self.kick();
+        }
+    }
+
+    fn control_kick(&self) {
+        // SAFETY: control_kick is set; plain values only.
+        unsafe { f(self.ops.control_kick)(self.ctx) }
     }
 }
 
@@ -755,13 +977,6 @@ fn iov_bytes(iov: &[IoVec]) -> Result<u64, IoError> {
     iov.iter()
         .try_fold(0u64, |n, v| n.checked_add(v.len as u64))
         .ok_or(IoError::Io)
-}
-
-impl Host for KernelHost {
-    fn root_mounted(&self) -> bool {
-        // SAFETY: root_mounted is set.
-        unsafe { f(self.ops.root_mounted)(self.ctx) != 0 }
-    }
 }
 
 #[cfg(test)]

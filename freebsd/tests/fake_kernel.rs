@@ -219,6 +219,7 @@ fn attach_connect_io_disconnect_detach_unload() {
     assert_eq!(unsafe { ffi::xbb_rs_unload() }, EBUSY);
     assert!(fk.st().open, "the store stays open while I/O drains");
     assert!(fk.complete_one());
+    fk.run_tasks();
     assert_eq!(responses(&mut ring).len(), 1);
     detach_and_free(&fk);
     assert_eq!(fk.backend_state(), Some(CLOSED));
@@ -393,7 +394,9 @@ fn bad_tables_and_arguments_are_refused() {
     unsafe {
         assert_eq!(ffi::xbb_rs_detach(std::ptr::null_mut()), EINVAL);
         assert_eq!(ffi::xbb_rs_free(std::ptr::null_mut()), EINVAL);
-        ffi::xbb_rs_event(std::ptr::null_mut(), 0);
+        ffi::xbb_rs_queue_task(std::ptr::null_mut(), 1);
+        ffi::xbb_rs_control(std::ptr::null_mut());
+        assert!(ffi::xbb_rs_queue(std::ptr::null_mut(), 0).is_null());
     }
 }
 
@@ -466,4 +469,206 @@ fn sysctl_and_tunable_tables() {
     }
     assert_eq!(sysctl(&fk, "no_coalesce_reqs"), 1);
     detach_clean(&fk);
+}
+
+/// Attaches `fk` and connects a front-end of `queues` one-page rings.
+fn connect_queues(fk: &FakeKernel, queues: u32) -> Vec<FrontRing> {
+    assert_eq!(attach(fk, &default_tunables()), 0);
+    let rings = fk.frontend_connect_queues(queues, 1);
+    otherend_changed(fk);
+    assert_eq!(fk.backend_state(), Some(CONNECTED), "{}", last_error(fk));
+    // SAFETY: live handle.
+    assert_eq!(unsafe { ffi::xbb_rs_num_queues(fk.inst.get()) }, queues);
+    rings
+}
+
+fn queue_sysctl(fk: &FakeKernel, q: u32, name: &str) -> u64 {
+    let mut v = u64::MAX;
+    // SAFETY: live handle; v is writable.
+    let e = unsafe { ffi::xbb_rs_queue_sysctl_get(fk.inst.get(), q, sysctl_index(name), &mut v) };
+    assert_eq!(e, 0);
+    v
+}
+
+#[test]
+fn each_queue_is_served_by_its_own_task_and_gets_its_own_completions() {
+    let _m = Module::load();
+    let fk = FakeKernel::new(true, false);
+    let mut rings = connect_queues(&fk, 2);
+    // A write on each queue: each goes out tagged with its queue.
+    let (d0, d1) = (pattern(40), pattern(41));
+    let (g0, g1) = (fk.grant(&d0, true), fk.grant(&d1, true));
+    submit_on(
+        &fk,
+        &mut rings[0],
+        0,
+        &rw_request(BLKIF_OP_WRITE, 1, 8, &[g0]),
+    );
+    submit_on(
+        &fk,
+        &mut rings[1],
+        1,
+        &rw_request(BLKIF_OP_WRITE, 2, 16, &[g1]),
+    );
+    fk.run_tasks();
+    {
+        let st = fk.st();
+        let queues: Vec<u32> = st.ios.iter().map(|io| io.queue).collect();
+        assert_eq!(queues, [0, 1], "each I/O submitted by its own queue");
+        assert!(st.queue_tasks.get(&0).copied().unwrap_or(0) > 0);
+        assert!(st.queue_tasks.get(&1).copied().unwrap_or(0) > 0);
+    }
+    // Queue 1's completion goes to queue 1's task alone: its response is on
+    // ring 1, and queue 0 still waits.
+    let q0_runs = fk.st().queue_tasks[&0];
+    assert!(fk.complete_one_of(1));
+    fk.run_tasks();
+    assert_eq!(fk.st().queue_tasks[&0], q0_runs, "queue 0's task not run");
+    let r1 = responses(&mut rings[1]);
+    assert_eq!(
+        r1.iter().map(|r| (r.id, r.status)).collect::<Vec<_>>(),
+        [(2, BLKIF_RSP_OKAY)]
+    );
+    assert!(responses(&mut rings[0]).is_empty());
+    assert!(fk.complete_one_of(0));
+    fk.run_tasks();
+    let r0 = responses(&mut rings[0]);
+    assert_eq!(r0.iter().map(|r| r.id).collect::<Vec<_>>(), [1]);
+    {
+        let st = fk.st();
+        assert_eq!(&st.medium[8 * 512..8 * 512 + PAGE_SIZE], &d0[..]);
+        assert_eq!(&st.medium[16 * 512..16 * 512 + PAGE_SIZE], &d1[..]);
+        assert!(st.notifies.get(&0).copied().unwrap_or(0) > 0);
+        assert!(st.notifies.get(&1).copied().unwrap_or(0) > 0);
+    }
+    // Counters are per queue, read while the queues are lent.
+    assert_eq!(queue_sysctl(&fk, 0, "reqs_received"), 1);
+    assert_eq!(queue_sysctl(&fk, 1, "reqs_received"), 1);
+    assert_eq!(queue_sysctl(&fk, 1, "bytes_written"), PAGE_SIZE as u64);
+    assert_eq!(sysctl(&fk, "reqs_received"), 2);
+    detach_and_free(&fk);
+    assert!(!fk.holds_anything());
+    assert_clean(&fk);
+}
+
+/// The store goes away under a write on queue 0: the connection fails, and
+/// the control task publishes Closing while the recall of each queue is
+/// still on its way to the queue's task. A front-end that produces
+/// requests once it sees Closing, on either queue, never has them served:
+/// the control part stops every queue before it tells the front-end.
+#[test]
+fn a_request_produced_after_closing_is_never_served() {
+    let _m = Module::load();
+    let fk = FakeKernel::new(true, false);
+    let mut rings = connect_queues(&fk, 2);
+    fk.st().faults.store_gone = true;
+    let g = fk.grant(&pattern(60), true);
+    let write = rw_request(BLKIF_OP_WRITE, 1, 8, &[g]);
+    submit_on(&fk, &mut rings[0], 0, &write);
+    fk.run_tasks();
+    assert!(fk.complete_one(), "the write went out");
+    // Queue 0's task answers it with an error and reports the failure; the
+    // control task publishes Closing and recalls the queues, whose tasks
+    // have not run yet.
+    assert!(fk.run_tasks_through_control());
+    assert_eq!(fk.backend_state(), Some(CLOSING));
+    let rsp = responses(&mut rings[0]);
+    assert_eq!(
+        rsp.iter().map(|r| (r.id, r.status)).collect::<Vec<_>>(),
+        [(1, BLKIF_RSP_ERROR)]
+    );
+    for (q, ring) in rings.iter_mut().enumerate() {
+        let q = q as u32;
+        let g = fk.grant(&[0u8; PAGE_SIZE], false);
+        submit_on(
+            &fk,
+            ring,
+            q,
+            &rw_request(BLKIF_OP_READ, 10 + u64::from(q), 0, &[g]),
+        );
+        fk.kick(q);
+    }
+    fk.pump();
+    for ring in rings.iter_mut() {
+        assert!(responses(ring).is_empty(), "served after Closing");
+    }
+    assert_eq!(sysctl(&fk, "reqs_received"), 1);
+    assert!(fk.st().ios.is_empty(), "nothing submitted after Closing");
+    detach_and_free(&fk);
+    assert_clean(&fk);
+}
+
+#[test]
+fn detach_waits_for_io_in_flight_on_every_queue() {
+    let _m = Module::load();
+    let fk = FakeKernel::new(true, false);
+    let mut rings = connect_queues(&fk, 2);
+    let data: Vec<Vec<u8>> = (0..4).map(|i| pattern(50 + i)).collect();
+    for (i, d) in data.iter().enumerate() {
+        let q = (i % 2) as u32;
+        let g = fk.grant(d, true);
+        let req = rw_request(BLKIF_OP_WRITE, i as u64, 8 * i as u64, &[g]);
+        submit_on(&fk, &mut rings[q as usize], q, &req);
+    }
+    fk.run_tasks();
+    assert_eq!(fk.st().ios.len(), 4);
+    let inst = fk.inst.get();
+    // Both queues are recalled; each drains in its own task.
+    // SAFETY: live handle.
+    assert_eq!(unsafe { ffi::xbb_rs_detach(inst) }, EBUSY);
+    fk.run_tasks();
+    assert!(fk.complete_one_of(1) && fk.complete_one_of(1));
+    fk.run_tasks();
+    // Queue 1 came home; queue 0 still has I/O out.
+    // SAFETY: live handle.
+    assert_eq!(unsafe { ffi::xbb_rs_detach(inst) }, EBUSY);
+    assert!(fk.st().open, "the store stays open while a queue drains");
+    assert!(
+        fk.st().control_tasks > 0,
+        "a queue coming home kicks the control task"
+    );
+    assert_eq!(responses(&mut rings[1]).len(), 2);
+    assert!(fk.complete_one_of(0) && fk.complete_one_of(0));
+    fk.run_tasks();
+    assert_eq!(responses(&mut rings[0]).len(), 2);
+    // SAFETY: live handle.
+    assert_eq!(unsafe { ffi::xbb_rs_detach(inst) }, 0);
+    detach_and_free(&fk);
+    assert_eq!(fk.backend_state(), Some(CLOSED));
+    assert!(!fk.holds_anything());
+    let st = fk.st();
+    for (i, d) in data.iter().enumerate() {
+        let at = 8 * 512 * i;
+        assert_eq!(&st.medium[at..at + PAGE_SIZE], &d[..], "write {i}");
+    }
+    assert!(!st.open);
+    drop(st);
+    assert_clean(&fk);
+}
+
+#[test]
+fn requests_waiting_at_connect_are_served_and_a_late_queue_task_is_harmless() {
+    let _m = Module::load();
+    let fk = FakeKernel::new(true, false);
+    assert_eq!(attach(&fk, &default_tunables()), 0);
+    let mut rings = fk.frontend_connect_queues(2, 1);
+    // A request and a kick before the back-end connected: nothing runs.
+    let g = fk.grant(&pattern(60), true);
+    assert!(rings[1].push_request(&rw_request(BLKIF_OP_WRITE, 9, 0, &[g])));
+    rings[1].publish_requests();
+    otherend_changed(&fk);
+    assert_eq!(fk.backend_state(), Some(CONNECTED));
+    // The lend's first pass found it.
+    assert_eq!(responses(&mut rings[1]).len(), 1);
+    let inst = fk.inst.get();
+    // A queue task run after the queue went home (a late interrupt) does
+    // nothing.
+    fk.set_frontend_state(XenbusState::Closing);
+    otherend_changed(&fk);
+    assert_eq!(fk.backend_state(), Some(CLOSING));
+    // SAFETY: a live queue handle; nothing else runs.
+    unsafe { ffi::xbb_rs_queue_task(ffi::xbb_rs_queue(inst, 1), 1) };
+    assert!(fk.st().ios.is_empty());
+    detach_and_free(&fk);
+    assert_clean(&fk);
 }

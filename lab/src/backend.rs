@@ -1,8 +1,11 @@
-//! Runs one back-end instance the way FreeBSD's blkback runs on its
-//! taskqueue: a task thread owns the [`Instance`] and its [`SimHost`] and
-//! feeds it, one at a time, the events of `io/xenbus.h` (watches on the
-//! front-end's `state` and the back-end directory), of the event channel
-//! (`io/ring.h` notifications) and of the store (completions).
+//! Runs one back-end instance the way the FreeBSD kernel module runs it: a
+//! task thread, the control context, owns the [`Instance`] and its
+//! [`SimHost`] and feeds it, one at a time, the events of `io/xenbus.h`
+//! (watches on the front-end's `state` and the back-end directory), resizes
+//! and the queues' hand-off (a queue coming home, a queue failing); the
+//! queues themselves run on threads of their own ([`SimHost`]'s
+//! `Host::lend`), which serve the event channel (`io/ring.h`
+//! notifications) and the store's completions.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
@@ -18,6 +21,7 @@ use xbb::connect::ConnectError;
 use xbb::host::{MediumInfo, XenbusState};
 use xbb::instance::Instance;
 use xbb::keys;
+use xbb::queue::Shared as QueueShared;
 use xbb::stats::{Stats, Tunables};
 
 /// How long detach waits for in-flight I/O to complete before giving up
@@ -31,8 +35,11 @@ pub struct InstanceSnapshot {
     pub state: XenbusState,
     /// The front-end's directory, once the instance knows it.
     pub frontend_path: Option<String>,
-    /// No I/O in flight.
+    /// `Instance::is_idle`: every queue home, no I/O in flight (false
+    /// while queues are lent to their threads).
     pub idle: bool,
+    /// `Instance::lent_queues`: queues served by threads of their own.
+    pub lent_queues: u32,
     /// The open store's description (`Instance::medium`).
     pub medium: Option<MediumInfo>,
     /// Why the connection last failed (`Instance::last_error`).
@@ -43,6 +50,9 @@ pub struct InstanceSnapshot {
     pub stats: Option<Stats>,
     /// Each queue's counters (`Instance::queue_stats`), while connected.
     pub queues: Vec<Stats>,
+    /// `Instance::instance_stats`: what `stats` is without the queues'
+    /// counters, which [`BackendRunner::snapshot`] adds as they are now.
+    base: Option<Stats>,
     // What the task thread itself reports.
     /// Task events handled so far.
     pub events: u64,
@@ -73,15 +83,33 @@ impl InstanceSnapshot {
             detached: false,
             stats: None,
             queues: Vec::new(),
+            base: None,
+            lent_queues: 0,
             synced: 0,
         }
     }
 
-    /// Nothing will change unless someone outside acts: no store I/O in
-    /// flight, nothing waiting to be served, no delayed EOI that may still
-    /// deliver a kick.
+    /// Replaces the counters with those the queues hold now (they run on
+    /// threads of their own, between the task thread's publications).
+    fn refresh(&mut self, live: &QueueShared) {
+        let Some(base) = self.base.as_ref() else {
+            return;
+        };
+        let n = self.queues.len() as u32;
+        let mut s = base.clone();
+        live.sum_into(&mut s, n);
+        self.stats = Some(s);
+        self.queues = (0..n).filter_map(|q| live.queue_stats(q)).collect();
+    }
+
+    /// Nothing will change unless someone outside acts: nothing in flight
+    /// or waiting to be served, neither at the control part (every queue
+    /// home and idle, or every queue lent) nor at any lent queue's thread
+    /// (asleep, its queue idle, no completion waiting for it), and no
+    /// delayed EOI that may still deliver a kick.
     fn quiet(&self) -> bool {
-        self.idle && self.host.eoi_timers == 0
+        let control = self.idle || self.lent_queues as usize == self.queues.len();
+        control && self.host.queues_asleep && self.host.eoi_timers == 0
     }
 }
 
@@ -96,20 +124,48 @@ fn fill_instance_fields(inst: &Instance, snap: &mut InstanceSnapshot) {
     snap.detached = inst.is_detached();
     snap.stats = Some(inst.stats());
     snap.queues = (0..inst.num_queues())
-        .filter_map(|q| inst.queue_stats(q).cloned())
+        .filter_map(|q| inst.queue_stats(q))
         .collect();
+    snap.base = Some(inst.instance_stats());
+    snap.lent_queues = inst.lent_queues();
 }
 
-type Shared = Arc<(Mutex<InstanceSnapshot>, Condvar)>;
+/// The published snapshot, and the queues' counters to refresh it from.
+#[derive(Debug)]
+struct Published {
+    snap: Mutex<InstanceSnapshot>,
+    cond: Condvar,
+    live: Mutex<Option<Arc<QueueShared>>>,
+}
+
+type Shared = Arc<Published>;
 
 fn lock(shared: &Shared) -> MutexGuard<'_, InstanceSnapshot> {
-    shared.0.lock().unwrap_or_else(|e| e.into_inner())
+    shared.snap.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn publish(shared: &Shared, snap: InstanceSnapshot) {
     *lock(shared) = snap;
-    shared.1.notify_all();
+    shared.cond.notify_all();
 }
+
+/// The snapshot as published, with the queues' counters as they are now.
+fn current(shared: &Shared, g: &InstanceSnapshot) -> InstanceSnapshot {
+    let mut s = g.clone();
+    let live = shared
+        .live
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    if let Some(live) = live {
+        s.refresh(&live);
+    }
+    s
+}
+
+/// How long a waiter sleeps before it looks at the queues' counters again:
+/// they change without the task thread publishing.
+const REFRESH: Duration = Duration::from_millis(5);
 
 /// A running back-end instance: its task thread and a handle to it.
 #[derive(Debug)]
@@ -135,7 +191,11 @@ impl BackendRunner {
         cfg: SimHostConfig,
     ) -> io::Result<BackendRunner> {
         let (tx, rx) = mpsc::channel();
-        let shared: Shared = Arc::new((Mutex::new(InstanceSnapshot::initial()), Condvar::new()));
+        let shared: Shared = Arc::new(Published {
+            snap: Mutex::new(InstanceSnapshot::initial()),
+            cond: Condvar::new(),
+            live: Mutex::new(None),
+        });
         let task = Task {
             xen: xen.clone(),
             path: backend_path.to_string(),
@@ -176,9 +236,11 @@ impl BackendRunner {
         self.tx.send(ev).is_ok()
     }
 
-    /// The latest published snapshot.
+    /// The latest published snapshot, its counters as the queues hold
+    /// them now.
     pub fn snapshot(&self) -> InstanceSnapshot {
-        lock(&self.shared).clone()
+        let g = lock(&self.shared).clone();
+        current(&self.shared, &g)
     }
 
     /// Waits until a published snapshot satisfies `pred` (returned as `Ok`),
@@ -192,20 +254,21 @@ impl BackendRunner {
         let deadline = Instant::now() + limit;
         let mut g = lock(&self.shared);
         loop {
-            if pred(&g) {
-                return Ok(g.clone());
+            let now_snap = current(&self.shared, &g);
+            if pred(&now_snap) {
+                return Ok(now_snap);
             }
             if g.finished {
-                return Err(Box::new(g.clone()));
+                return Err(Box::new(now_snap));
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(Box::new(g.clone()));
+                return Err(Box::new(now_snap));
             }
             g = self
                 .shared
-                .1
-                .wait_timeout(g, deadline - now)
+                .cond
+                .wait_timeout(g, (deadline - now).min(REFRESH))
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
@@ -215,18 +278,22 @@ impl BackendRunner {
     /// which is exact: every counter update the events so far cause is in
     /// it. By construction, not by sleeping: a [`TaskEvent::Sync`] barrier
     /// is sent through the task's queue until two in a row are handled
-    /// with no other event between them and the snapshot quiet at both
-    /// (no I/O in flight, nothing waiting, no delayed EOI pending).
-    /// Then nothing was queued behind the first barrier, nothing can be
-    /// queued by the instance itself, and only someone outside (a
-    /// front-end's kick or XenStore write) can change it. A front-end that
+    /// with no other event between them, the snapshot quiet at both (no
+    /// I/O in flight, nothing waiting, every lent queue's thread asleep
+    /// with nothing posted to its gate, no delayed EOI pending: see
+    /// `quiet`), and no queue thread having begun a pass between them.
+    /// Then nothing was queued behind the first barrier, no queue ran
+    /// since, nothing can be queued by the instance or its queues
+    /// themselves, and only someone outside (a front-end's kick or
+    /// XenStore write) can change it. A front-end that
     /// has taken every response it waits for and stopped is such an
     /// outside. `limit` guards against hangs; a thread that ended gives
     /// its final snapshot.
     pub fn quiesce(&self, limit: Duration) -> Result<InstanceSnapshot, Box<InstanceSnapshot>> {
         let deadline = Instant::now() + limit;
-        // The events count and quietness at the previous barrier.
-        let mut previous: Option<(u64, bool)> = None;
+        // The events count, quietness and queue passes at the previous
+        // barrier.
+        let mut previous: Option<(u64, bool, u64)> = None;
         loop {
             let token = self.syncs.fetch_add(1, AtomicOrdering::Relaxed) + 1;
             if !self.send(TaskEvent::Sync(token)) {
@@ -243,10 +310,11 @@ impl BackendRunner {
                 return Ok(snap);
             }
             let quiet = snap.quiet();
-            if quiet && previous == Some((snap.events - 1, true)) {
+            let passes = snap.host.queue_passes;
+            if quiet && previous == Some((snap.events - 1, true, passes)) {
                 return Ok(snap);
             }
-            previous = Some((snap.events, quiet));
+            previous = Some((snap.events, quiet, passes));
         }
     }
 
@@ -320,6 +388,8 @@ impl Task {
                 return;
             }
         };
+        *self.shared.live.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(Arc::clone(inst.shared()));
         inst.attach(&mut host);
         let be_watch = self.watch(&self.path);
         // (watched front-end state path, watch)
@@ -344,6 +414,8 @@ impl Task {
                 }
                 TaskEvent::RootMounted => inst.root_mounted(&mut host),
                 TaskEvent::MediumChanged => inst.medium_changed(&mut host),
+                TaskEvent::QueueHome(q) => home(&mut inst, &mut host, q),
+                TaskEvent::QueueFailed(_, outcome) => inst.queue_failed(&mut host, outcome),
                 TaskEvent::Sync(token) => self.synced = token,
                 TaskEvent::Shutdown => break,
             }
@@ -370,6 +442,8 @@ impl Task {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(left) {
                 Ok(TaskEvent::Io(tag, r)) => inst.complete(&mut host, tag, r),
+                Ok(TaskEvent::QueueHome(q)) => home(&mut inst, &mut host, q),
+                Ok(TaskEvent::QueueFailed(_, outcome)) => inst.queue_failed(&mut host, outcome),
                 Ok(_) => {}
                 Err(_) => {
                     error = Some(String::from("detach: I/O still in flight"));
@@ -399,5 +473,12 @@ impl Task {
                 *cur = Some((p, w));
             }
         }
+    }
+}
+
+/// A queue's thread gave the queue back: hand it to the instance.
+fn home(inst: &mut Instance, host: &mut SimHost, queue: xbb::host::QueueId) {
+    if let Some(q) = host.take_home(queue) {
+        inst.give_back(host, q);
     }
 }

@@ -17,6 +17,7 @@ use std::io;
 use std::ops::Deref;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
 
 use xbb::host::PAGE_SIZE;
@@ -317,17 +318,47 @@ pub enum PageState {
 /// lent by [`Reservation::shared_mem`] was not returned with
 /// [`Reservation::take_back`], dropping the reservation leaks the range
 /// rather than unmapping memory that may still be used.
+///
+/// Pages are mapped and unmapped through `&self`: the queues of an instance
+/// map grants into their own shares of one window from their own threads.
+/// Each page's state is an atomic, claimed (busy) for the duration of
+/// its `mmap`, so two threads can never map the same page at once.
 #[derive(Debug)]
 pub struct Reservation {
     base: NonNull<u8>,
-    pages: Vec<PageState>,
+    pages: Vec<AtomicU8>,
     lent: Vec<(usize, usize)>,
+}
+
+/// A page's state while a thread maps or unmaps it.
+const BUSY: u8 = 3;
+
+fn state_code(s: PageState) -> u8 {
+    match s {
+        PageState::Empty => 0,
+        PageState::ReadOnly => 1,
+        PageState::Writable => 2,
+    }
+}
+
+fn state_of(code: u8) -> PageState {
+    match code {
+        1 => PageState::ReadOnly,
+        2 => PageState::Writable,
+        // Busy: not usable yet (mapping) or any more (unmapping).
+        _ => PageState::Empty,
+    }
 }
 
 // SAFETY: the reservation owns its address range; access to the memory in it
 // goes through `SharedMem` (atomics / volatile) or system calls, never Rust
 // references, so moving it between threads is sound.
 unsafe impl Send for Reservation {}
+// SAFETY: shared use only maps and unmaps pages through `&self`, each page
+// claimed by a compare-exchange on its atomic state first, so no two
+// threads replace the same page; the address range itself never changes
+// while the value lives.
+unsafe impl Sync for Reservation {}
 
 impl Reservation {
     /// Reserves `pages` inaccessible pages.
@@ -340,7 +371,7 @@ impl Reservation {
         table
             .try_reserve_exact(pages)
             .map_err(|_| io::Error::from_raw_os_error(libc::ENOMEM))?;
-        table.resize(pages, PageState::Empty);
+        table.resize_with(pages, || AtomicU8::new(0));
         // SAFETY: a fresh anonymous mapping chosen by the kernel (no
         // MAP_FIXED); it cannot replace anything.
         let p = unsafe {
@@ -388,14 +419,17 @@ impl Reservation {
 
     /// What page `page` holds; `None` when outside the reservation.
     pub fn page_state(&self, page: usize) -> Option<PageState> {
-        self.pages.get(page).copied()
+        // Acquire: pairs with the release that published the mapping.
+        self.pages
+            .get(page)
+            .map(|s| state_of(s.load(Ordering::Acquire)))
     }
 
     /// How many pages hold a mapped frame.
     pub fn mapped_pages(&self) -> usize {
         self.pages
             .iter()
-            .filter(|s| **s != PageState::Empty)
+            .filter(|s| state_of(s.load(Ordering::Relaxed)) != PageState::Empty)
             .count()
     }
 
@@ -410,7 +444,27 @@ impl Reservation {
         self.base.as_ptr().wrapping_add(page * PAGE_SIZE).cast()
     }
 
-    fn reset_page(&mut self, page: usize) -> io::Result<()> {
+    /// Claims page `page` when its state is `from` (for a map or unmap).
+    fn claim(&self, page: usize, from: PageState) -> io::Result<()> {
+        let Some(st) = self.pages.get(page) else {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        };
+        match st.compare_exchange(state_code(from), BUSY, Ordering::Acquire, Ordering::Relaxed) {
+            Ok(_) => Ok(()),
+            Err(0) => Err(io::Error::from_raw_os_error(libc::ENOENT)),
+            Err(_) => Err(io::Error::from_raw_os_error(libc::EBUSY)),
+        }
+    }
+
+    /// Ends a claim: the page is now `to`.
+    fn settle(&self, page: usize, to: PageState) {
+        // Release: the mmap done under the claim is visible with the state.
+        self.pages[page].store(state_code(to), Ordering::Release);
+    }
+
+    /// Replaces a claimed page with inaccessible memory and settles it
+    /// empty.
+    fn reset_page(&self, page: usize) -> io::Result<()> {
         // SAFETY: the page lies inside our own reservation (callers check
         // the index), which never holds memory Rust references; replacing it
         // with inaccessible anonymous memory affects nothing else.
@@ -424,7 +478,7 @@ impl Reservation {
                 0,
             )
         };
-        self.pages[page] = PageState::Empty;
+        self.settle(page, PageState::Empty);
         if p == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
@@ -435,17 +489,12 @@ impl Reservation {
     /// when `writable`, else read-only (a write faults). The page must be
     /// empty.
     pub fn map_frame_at(
-        &mut self,
+        &self,
         page: usize,
         fd: &Memfd,
         frame: u64,
         writable: bool,
     ) -> io::Result<()> {
-        match self.pages.get(page) {
-            None => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
-            Some(PageState::Empty) => {}
-            Some(_) => return Err(io::Error::from_raw_os_error(libc::EBUSY)),
-        }
         let off = frame
             .checked_mul(PAGE_SIZE as u64)
             .filter(|o| {
@@ -454,9 +503,16 @@ impl Reservation {
             })
             .and_then(|o| libc::off_t::try_from(o).ok())
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
-        // SAFETY: the target page is inside our own reservation and currently
-        // empty (PROT_NONE, checked above), so MAP_FIXED replaces nothing any
-        // Rust code or lent `SharedMem` uses.
+        match self.claim(page, PageState::Empty) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                return Err(io::Error::from_raw_os_error(libc::EBUSY))
+            }
+            r => r?,
+        }
+        // SAFETY: the target page is inside our own reservation, was empty
+        // (PROT_NONE) and is claimed by this thread (above), so MAP_FIXED
+        // replaces nothing any Rust code, lent `SharedMem` or other thread
+        // uses.
         let p = unsafe {
             libc::mmap(
                 self.page_ptr(page),
@@ -474,25 +530,29 @@ impl Reservation {
             let _ = self.reset_page(page);
             return Err(err);
         }
-        self.pages[page] = if writable {
-            PageState::Writable
-        } else {
-            PageState::ReadOnly
-        };
+        self.settle(
+            page,
+            if writable {
+                PageState::Writable
+            } else {
+                PageState::ReadOnly
+            },
+        );
         Ok(())
     }
 
     /// Makes page `page` inaccessible again. Refused (`EBUSY`) while the page
     /// is part of a lent [`SharedMem`].
-    pub fn unmap_frame_at(&mut self, page: usize) -> io::Result<()> {
-        match self.pages.get(page) {
+    pub fn unmap_frame_at(&self, page: usize) -> io::Result<()> {
+        let was = match self.page_state(page) {
             None => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
             Some(PageState::Empty) => return Err(io::Error::from_raw_os_error(libc::ENOENT)),
-            Some(_) => {}
-        }
+            Some(s) => s,
+        };
         if self.is_lent(page) {
             return Err(io::Error::from_raw_os_error(libc::EBUSY));
         }
+        self.claim(page, was)?;
         self.reset_page(page)
     }
 
@@ -506,7 +566,7 @@ impl Reservation {
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
         if self.pages[first..end]
             .iter()
-            .any(|s| *s != PageState::Writable)
+            .any(|s| state_of(s.load(Ordering::Acquire)) != PageState::Writable)
         {
             return Err(io::Error::from_raw_os_error(libc::EACCES));
         }

@@ -1,45 +1,65 @@
 //! The simulated host's side of one back-end instance: [`SimHost`]
-//! implements every trait of [`xbb::host`] over the simulated Xen of this
-//! module's siblings.
+//! implements the core's control [`Host`] over the simulated Xen of this
+//! module's siblings, and [`SimQueueHost`] the [`QueueHost`] of one queue,
+//! which runs on a thread of its own.
 //!
-//! - `XenStore` (`xs_wire.h`): the shared [`Xenstored`]; the core's paths are
+//! - XenStore (`xs_wire.h`): the shared [`Xenstored`]; the core's paths are
 //!   absolute.
-//! - `Grants` (`grant_table.h`, `GNTTABOP_map_grant_ref` /
+//! - Grants (`grant_table.h`, `GNTTABOP_map_grant_ref` /
 //!   `GNTTABOP_unmap_grant_ref`): the data window is address space reserved
 //!   `PROT_NONE`; each granted guest frame is really mapped at its window
 //!   page (`MAP_FIXED` from the guest's memfd), read-only when the grant or
 //!   the operation is, so a reqlist's pages form one contiguous buffer and a
-//!   write through a read-only mapping faults. The ring gets its own
-//!   reservation.
-//! - `EventChannel` (`event_channel.h`): the shared [`EventHub`]; an event
-//!   from the front-end becomes [`TaskEvent::Evtchn`] on the instance's
-//!   channel.
-//! - `Deferred`: [`TaskEvent::Run`].
-//! - `Store`: a [`super::store`] store; window offsets become process
-//!   addresses, completions become [`TaskEvent::Io`].
+//!   write through a read-only mapping faults. Each queue maps into its own
+//!   share of the window from its own thread (the page table is atomic, each
+//!   page's record has its own lock, never contended). Each ring gets its
+//!   own reservation.
+//! - Event channels (`event_channel.h`): the shared [`EventHub`]; a kick
+//!   from the front-end is posted to its queue's [`Gate`]
+//!   ([`Work::EVENT`]), late EOI kept per channel ([`EoiState`]).
+//! - Deferred runs: [`Work::RUN`] on the queue's own gate.
+//! - The store: a [`super::store`] store shared by the queues
+//!   ([`StoreHandle`]); window offsets become process addresses; each
+//!   completion goes to the queue its tag names ([`Work::IO`]).
+//!
+//! The hand-off (DESIGN.md, "Concurrency"): [`Host::lend`] starts a thread
+//! for the queue (`xbb-qN`) that owns the queue and its [`SimQueueHost`]
+//! and sleeps until its gate wakes it; [`Host::recall`] posts
+//! [`Work::RECALL`]; once `Queue::recall` answers `true` the thread gives
+//! the queue back through its [`QueueBox`] and tells the control thread
+//! ([`TaskEvent::QueueHome`]), which hands it to `Instance::give_back`. An
+//! outcome that ends the connection goes to the control thread as
+//! [`TaskEvent::QueueFailed`].
+//!
+//! With [`SimHostConfig::inline`] the host lends nothing and serves every
+//! queue from the instance's task thread, as the core's test double does:
+//! events, runs and completions then arrive there as [`TaskEvent`]s.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::{JoinHandle, Thread};
 
 use super::evtchn::EventHub;
 use super::ffi::{PageState, Reservation};
 use super::gnttab::GrantTable;
 use super::memory::GuestMemory;
-use super::store::{self, HostStore, IoFaults, RawIoVec, WriteCache};
+use super::store::{self, HostStore, IoFaults, RawIoVec, StoreHandle, WriteCache};
 use super::toolstack;
 use super::xenstore::Xenstored;
 use super::TaskEvent;
+use xbb::handoff::{Gate, Post, Work};
 use xbb::host::{
-    Deferred, DomId, EventChannel, EvtchnError, EvtchnPort, GrantError, GrantHandle, GrantMapOp,
-    GrantUnmapOp, Granted, Grants, Host, IoError, IoOp, IoTag, IoVec, MapResult, MediumInfo,
-    NodeKind, OpenError, OpenParams, QueueId, RemotePort, Store, XenStore, XsError, XsTxn,
-    PAGE_SIZE,
+    DomId, EvtchnError, EvtchnPort, GrantError, GrantHandle, GrantMapOp, GrantUnmapOp, Granted,
+    Host, IoError, IoOp, IoTag, IoVec, MapResult, MediumInfo, NodeKind, OpenError, OpenParams,
+    QueueHost, QueueId, RemotePort, XenStore, XsError, XsTxn, PAGE_SIZE,
 };
+use xbb::queue::Queue;
 use xbb::shmem::SharedMem;
+use xbb::stats::Tunable;
 
 /// One simulated guest domain: its RAM and its grant table.
 #[derive(Clone, Debug)]
@@ -175,6 +195,9 @@ pub struct SimHostConfig {
     /// devices, so a raw-device store is a regular file the toolstack made
     /// as one, served the way a device is (`O_DIRECT`, aligned buffers).
     pub image_is_disk: bool,
+    /// Serve every queue inline, from the instance's task thread (lend
+    /// none), instead of a thread per queue.
+    pub inline: bool,
 }
 
 impl Default for SimHostConfig {
@@ -185,6 +208,7 @@ impl Default for SimHostConfig {
             store_faults: None,
             store_cache: None,
             image_is_disk: false,
+            inline: false,
         }
     }
 }
@@ -231,10 +255,46 @@ pub struct SimHostStats {
     pub eoi_timers: u32,
     /// Indirect-page copies (`copy_in` pages).
     pub pages_copied: u64,
+    /// Queue threads started (one per lent queue and connection).
+    pub queue_threads: u64,
+    /// Times a queue's thread was woken by its gate.
+    pub queue_wakes: u64,
+    /// Passes the queues' threads began, summed over the queues.
+    pub queue_passes: u64,
+    /// Every lent queue's thread is asleep with nothing to do and its
+    /// queue idle (`true` when none is lent).
+    pub queues_asleep: bool,
 }
 
-/// Late-EOI delivery state of one bound channel: while the instance
-/// handles an event, further kicks are kept pending, not queued.
+/// The counters the control thread and the queue threads add to.
+#[derive(Debug, Default)]
+struct Counters {
+    map_ops: AtomicU64,
+    map_failures: AtomicU64,
+    unmap_ops: AtomicU64,
+    bad_unmaps: AtomicU64,
+    leaked_at_release: AtomicU64,
+    notifies: AtomicU64,
+    runs_scheduled: AtomicU64,
+    delayed_eois: AtomicU64,
+    /// Delayed-EOI timers not done yet ([`SimHostStats::eoi_timers`]).
+    eoi_timers: AtomicU64,
+    pages_copied: AtomicU64,
+    window_mapped: AtomicU64,
+    queue_threads: AtomicU64,
+    queue_wakes: AtomicU64,
+}
+
+fn bump(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+fn read(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+/// Late-EOI delivery state of one bound channel: while the queue handles
+/// an event, further kicks are kept pending, not delivered.
 #[derive(Debug, Default)]
 pub struct EoiState {
     inner: Mutex<EoiInner>,
@@ -242,7 +302,7 @@ pub struct EoiState {
 
 #[derive(Debug, Default)]
 struct EoiInner {
-    /// An `Evtchn` event was sent and its EOI has not come yet.
+    /// An event was delivered and its EOI has not come yet.
     in_service: bool,
     /// A kick arrived while in service.
     pending: bool,
@@ -291,6 +351,198 @@ struct WindowMap {
     handle: GrantHandle,
 }
 
+/// The data window: one reservation, and the grant behind each mapped page.
+/// Queue threads map and unmap pages of their own shares concurrently.
+#[derive(Debug)]
+struct Window {
+    res: Reservation,
+    maps: Vec<Mutex<Option<WindowMap>>>,
+}
+
+impl Window {
+    fn slot(&self, page: usize) -> Option<MutexGuard<'_, Option<WindowMap>>> {
+        self.maps
+            .get(page)
+            .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn map_one(
+        &self,
+        dom: Option<&Domain>,
+        backend_dom: DomId,
+        op: &GrantMapOp,
+        counters: &Counters,
+    ) -> Result<GrantHandle, GrantError> {
+        let d = dom.ok_or(GrantError::BadRef)?;
+        let page = op.window_page.0 as usize;
+        let mut slot = self.slot(page).ok_or(GrantError::General)?;
+        if slot.is_some() {
+            return Err(GrantError::General);
+        }
+        let (gfn, handle) = d.grants.map(op.gref, backend_dom, op.readonly)?;
+        if self
+            .res
+            .map_frame_at(page, d.memory.memfd(), gfn, !op.readonly)
+            .is_err()
+        {
+            let _ = d.grants.unmap(handle);
+            return Err(GrantError::General);
+        }
+        bump(&counters.window_mapped, 1);
+        *slot = Some(WindowMap {
+            table: d.grants.clone(),
+            handle,
+        });
+        Ok(handle)
+    }
+
+    /// Unmaps page `page` when it is mapped with `handle` (any handle when
+    /// `None`); whether it was.
+    fn unmap_one(&self, page: usize, handle: Option<GrantHandle>, counters: &Counters) -> bool {
+        let Some(mut slot) = self.slot(page) else {
+            return false;
+        };
+        match slot.as_ref() {
+            Some(m) if handle.is_none_or(|h| h == m.handle) => {}
+            _ => return false,
+        }
+        if let Some(m) = slot.take() {
+            let _ = self.res.unmap_frame_at(page);
+            let _ = m.table.unmap(m.handle);
+            counters.window_mapped.fetch_sub(1, Ordering::Relaxed);
+        }
+        true
+    }
+}
+
+/// The process addresses of window pieces `iov`, when each lies on pages
+/// of `window` mapped as the I/O needs them (`writes_memory`: the store
+/// writes into them, a guest READ).
+fn resolve(
+    window: Option<&Reservation>,
+    iov: &[IoVec],
+    writes_memory: bool,
+) -> Option<Vec<RawIoVec>> {
+    let win = window?;
+    let mut out = Vec::new();
+    out.try_reserve_exact(iov.len()).ok()?;
+    for v in iov {
+        let end = v.window_offset.checked_add(v.len)?;
+        if end > win.len() {
+            return None;
+        }
+        if v.len > 0 {
+            let first = v.window_offset / PAGE_SIZE;
+            let last = (end - 1) / PAGE_SIZE;
+            for p in first..=last {
+                match win.page_state(p) {
+                    Some(PageState::Writable) => {}
+                    Some(PageState::ReadOnly) if !writes_memory => {}
+                    _ => return None,
+                }
+            }
+        }
+        out.push(RawIoVec {
+            addr: win.base() + v.window_offset,
+            len: v.len,
+        });
+    }
+    Some(out)
+}
+
+/// A completion waiting for its queue's thread.
+type Completion = (IoTag, Result<(), IoError>);
+
+/// Completions one queue's box keeps without growing (a queue has at most
+/// `hw.xbb.max_requests` I/Os in flight).
+const COMPLETIONS: usize = 1024;
+
+/// The inbox of one queue's context: its [`Gate`], its completions, the
+/// thread to wake, and the queue once it comes home.
+#[derive(Debug, Default)]
+pub struct QueueBox {
+    gate: Gate,
+    /// Passes begun, ever (written by the queue's thread alone).
+    passes: AtomicU64,
+    /// The queue was idle when its thread ended its last pass.
+    idle: AtomicBool,
+    done: Mutex<VecDeque<Completion>>,
+    thread: Mutex<Option<Thread>>,
+    home: Mutex<Option<(Queue, SimQueueHost)>>,
+    join: Mutex<Option<JoinHandle<()>>>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl QueueBox {
+    /// Posts work; wakes the thread when the gate says so.
+    fn post(&self, work: Work) {
+        if self.gate.post(work) == Post::Wake {
+            if let Some(t) = locked(&self.thread).as_ref() {
+                t.unpark();
+            }
+        }
+    }
+
+    /// A store completion for this queue.
+    fn complete(&self, tag: IoTag, r: Result<(), IoError>) {
+        locked(&self.done).push_back((tag, r));
+        self.post(Work::IO);
+    }
+
+    /// Whether the queue is lent and nothing can make its thread run but
+    /// someone outside: the thread asleep with nothing posted to its gate,
+    /// the queue idle after its last pass (nothing in flight, nothing
+    /// waiting), no completion waiting for it. `None` when not lent.
+    fn asleep(&self) -> Option<bool> {
+        if !self.gate.is_lent() {
+            return None;
+        }
+        // The gate first: its acquire makes the last pass's `idle` visible.
+        Some(
+            self.gate.is_asleep()
+                && self.idle.load(Ordering::Relaxed)
+                && locked(&self.done).is_empty(),
+        )
+    }
+}
+
+/// Where events and completions go: the queues' boxes, or (inline) the
+/// instance's task thread.
+#[derive(Debug)]
+struct Router {
+    inline: bool,
+    tx: Mutex<Sender<TaskEvent>>,
+    boxes: Vec<Arc<QueueBox>>,
+}
+
+impl Router {
+    fn to_task(&self, ev: TaskEvent) {
+        let _ = locked(&self.tx).send(ev);
+    }
+
+    fn complete(&self, tag: IoTag, r: Result<(), IoError>) {
+        if self.inline {
+            return self.to_task(TaskEvent::Io(tag, r));
+        }
+        match self.boxes.get(Queue::of_tag(tag) as usize) {
+            Some(b) => b.complete(tag, r),
+            None => self.to_task(TaskEvent::Io(tag, r)),
+        }
+    }
+
+    fn event(&self, queue: QueueId) {
+        if self.inline {
+            return self.to_task(TaskEvent::Evtchn(queue));
+        }
+        if let Some(b) = self.boxes.get(queue as usize) {
+            b.post(Work::EVENT);
+        }
+    }
+}
+
 #[derive(Debug)]
 struct RingMap {
     res: Reservation,
@@ -298,26 +550,20 @@ struct RingMap {
     handles: Vec<GrantHandle>,
 }
 
-/// The platform side of one back-end instance in the simulated host.
+/// The platform side of one back-end instance in the simulated host: the
+/// control part's [`Host`] (and, inline, every queue's [`QueueHost`]).
 pub struct SimHost {
     xen: SimXen,
     cfg: SimHostConfig,
-    tx: Sender<TaskEvent>,
-    window: Option<Reservation>,
-    window_maps: Vec<Option<WindowMap>>,
-    /// Entries of `window_maps` that are `Some` (kept, not counted: the
-    /// window can be tens of thousands of pages and stats are taken after
-    /// every event).
-    window_mapped: u32,
+    window: Option<Arc<Window>>,
     /// The mapped ring of each queue.
     rings: Vec<(QueueId, RingMap)>,
     /// The bound channel of each queue, with its late-EOI state.
     ports: Vec<(QueueId, EvtchnPort, Arc<EoiState>)>,
     store: HostStore,
-    stats: SimHostStats,
+    router: Arc<Router>,
+    counters: Arc<Counters>,
     epoch: std::time::Instant,
-    /// Delayed-EOI timers not done yet ([`SimHostStats::eoi_timers`]).
-    eoi_timers: Arc<AtomicU32>,
 }
 
 impl std::fmt::Debug for SimHost {
@@ -333,20 +579,22 @@ impl SimHost {
     /// A host for one instance of `xen`; events for the instance's task go
     /// to `tx`.
     pub fn new(xen: &SimXen, cfg: SimHostConfig, tx: Sender<TaskEvent>) -> SimHost {
+        let nboxes = Tunable::MaxQueues.desc().max as usize;
         SimHost {
             xen: xen.clone(),
             store: HostStore::new(cfg.store_sector_size, cfg.store_faults.clone())
                 .with_cache(cfg.store_cache.clone()),
+            router: Arc::new(Router {
+                inline: cfg.inline,
+                tx: Mutex::new(tx),
+                boxes: (0..nboxes).map(|_| Arc::new(QueueBox::default())).collect(),
+            }),
             cfg,
-            tx,
             window: None,
-            window_maps: Vec::new(),
-            window_mapped: 0,
             rings: Vec::new(),
             ports: Vec::new(),
-            stats: SimHostStats::default(),
+            counters: Arc::new(Counters::default()),
             epoch: std::time::Instant::now(),
-            eoi_timers: Arc::new(AtomicU32::new(0)),
         }
     }
 
@@ -362,65 +610,145 @@ impl SimHost {
 
     /// The counters and state.
     pub fn stats(&self) -> SimHostStats {
-        let mut s = self.stats;
-        s.window_pages = self.window.as_ref().map_or(0, |w| w.pages() as u32);
-        s.window_mapped = self.window_mapped;
-        s.ring_pages = self.rings.iter().map(|(_, r)| r.res.pages() as u32).sum();
-        s.evtchn_port = self.ports.first().map(|p| p.1);
-        s.eoi_timers = self.eoi_timers.load(Ordering::Acquire);
-        s.rings_mapped = self.rings.len() as u32;
-        s.store_open = self.store.is_open();
-        s.io_in_flight = self.store.in_flight();
-        s.bad_iovecs = self.store.bad_iovecs;
-        s.ios_submitted = self.store.submitted;
-        s
+        let c = &self.counters;
+        SimHostStats {
+            window_pages: self.window.as_ref().map_or(0, |w| w.res.pages() as u32),
+            window_mapped: read(&c.window_mapped) as u32,
+            ring_pages: self.rings.iter().map(|(_, r)| r.res.pages() as u32).sum(),
+            evtchn_port: self.ports.first().map(|p| p.1),
+            store_open: self.store.is_open(),
+            io_in_flight: self.store.in_flight(),
+            map_ops: read(&c.map_ops),
+            map_failures: read(&c.map_failures),
+            unmap_ops: read(&c.unmap_ops),
+            bad_unmaps: read(&c.bad_unmaps),
+            leaked_at_release: read(&c.leaked_at_release),
+            bad_iovecs: self.store.bad_iovecs(),
+            ios_submitted: self.store.submitted(),
+            notifies: read(&c.notifies),
+            runs_scheduled: read(&c.runs_scheduled),
+            rings_mapped: self.rings.len() as u32,
+            delayed_eois: read(&c.delayed_eois),
+            eoi_timers: read(&c.eoi_timers) as u32,
+            pages_copied: read(&c.pages_copied),
+            queue_threads: read(&c.queue_threads),
+            queue_wakes: read(&c.queue_wakes),
+            // The gates before the passes (fields evaluate in order): a
+            // pass that ran before a gate was seen asleep is counted.
+            queues_asleep: self.router.boxes.iter().all(|b| b.asleep() != Some(false)),
+            queue_passes: self
+                .router
+                .boxes
+                .iter()
+                .map(|b| b.passes.load(Ordering::Relaxed))
+                .sum(),
+        }
     }
 
     /// The process address of data-window page 0, while a window is reserved.
     pub fn window_base(&self) -> Option<usize> {
-        self.window.as_ref().map(|w| w.base())
+        self.window.as_ref().map(|w| w.res.base())
     }
 
     /// The process address of window byte `window_offset`, when inside the
     /// window.
     pub fn window_addr(&self, window_offset: usize) -> Option<usize> {
         let w = self.window.as_ref()?;
-        (window_offset < w.len()).then(|| w.base() + window_offset)
+        (window_offset < w.res.len()).then(|| w.res.base() + window_offset)
     }
 
-    fn map_one(
-        &mut self,
-        dom: Option<&Domain>,
-        op: &GrantMapOp,
-    ) -> Result<GrantHandle, GrantError> {
-        let d = dom.ok_or(GrantError::BadRef)?;
-        let page = op.window_page.0 as usize;
-        let win = self.window.as_mut().ok_or(GrantError::General)?;
-        if page >= win.pages() || self.window_maps[page].is_some() {
-            return Err(GrantError::General);
+    /// A queue that came home: its thread gave it back through its box
+    /// ([`TaskEvent::QueueHome`]). The thread is joined.
+    pub fn take_home(&mut self, queue: QueueId) -> Option<Queue> {
+        let b = self.router.boxes.get(queue as usize)?;
+        let (q, qh) = locked(&b.home).take()?;
+        drop(qh);
+        *locked(&b.thread) = None;
+        if let Some(j) = locked(&b.join).take() {
+            let _ = j.join();
         }
-        let (gfn, handle) = d.grants.map(op.gref, self.cfg.backend_dom, op.readonly)?;
-        if win
-            .map_frame_at(page, d.memory.memfd(), gfn, !op.readonly)
-            .is_err()
-        {
-            let _ = d.grants.unmap(handle);
-            return Err(GrantError::General);
-        }
-        self.window_mapped += 1;
-        self.window_maps[page] = Some(WindowMap {
-            table: d.grants.clone(),
-            handle,
-        });
-        Ok(handle)
+        Some(q)
     }
 
-    fn unmap_window_page(&mut self, page: usize) {
-        if let (Some(win), Some(Some(m))) = (self.window.as_mut(), self.window_maps.get_mut(page)) {
-            let _ = win.unmap_frame_at(page);
-            let _ = m.table.unmap(m.handle);
-            self.window_maps[page] = None;
-            self.window_mapped -= 1;
+    /// The queue part of this host for queue `queue`.
+    fn queue_host(&self, queue: QueueId, qbox: &Arc<QueueBox>) -> SimQueueHost {
+        SimQueueHost {
+            xen: self.xen.clone(),
+            backend_dom: self.cfg.backend_dom,
+            queue,
+            port: self
+                .ports
+                .iter()
+                .find(|p| p.0 == queue)
+                .map(|p| (p.1, Arc::clone(&p.2))),
+            window: self.window.clone(),
+            store: self.store.handle(),
+            counters: Arc::clone(&self.counters),
+            qbox: Arc::clone(qbox),
+            epoch: self.epoch,
+        }
+    }
+}
+
+/// The platform side of one lent queue, on the queue's own thread: maps
+/// into the queue's share of the window, kicks and EOIs the queue's channel,
+/// submits to the shared store.
+pub struct SimQueueHost {
+    xen: SimXen,
+    backend_dom: DomId,
+    queue: QueueId,
+    port: Option<(EvtchnPort, Arc<EoiState>)>,
+    window: Option<Arc<Window>>,
+    store: Option<StoreHandle>,
+    counters: Arc<Counters>,
+    qbox: Arc<QueueBox>,
+    epoch: std::time::Instant,
+}
+
+impl std::fmt::Debug for SimQueueHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimQueueHost")
+            .field("queue", &self.queue)
+            .field("port", &self.port.as_ref().map(|p| p.0))
+            .finish()
+    }
+}
+
+/// The body of a lent queue's thread: serves the queue pass by pass, as
+/// its gate wakes it, until it is recalled and drained; then gives it back.
+fn serve_queue(mut queue: Queue, mut qh: SimQueueHost, ctl: Arc<Router>) {
+    let qbox = Arc::clone(&qh.qbox);
+    // Before the first pass: a post that answers Wake from then on finds
+    // this thread to wake.
+    *locked(&qbox.thread) = Some(std::thread::current());
+    let id = queue.id();
+    let mut done: VecDeque<Completion> = VecDeque::with_capacity(COMPLETIONS);
+    let mut failed = false;
+    loop {
+        let Some(work) = qbox.gate.begin() else {
+            // Not lent any more, or a pass is running elsewhere: neither
+            // can happen to this thread; wait rather than spin.
+            std::thread::park();
+            continue;
+        };
+        bump(&qbox.passes, 1);
+        std::mem::swap(&mut *locked(&qbox.done), &mut done);
+        let end = queue.pass(&mut qh, work, done.drain(..));
+        if let Some(outcome) = end.failed.filter(|_| !failed) {
+            failed = true;
+            ctl.to_task(TaskEvent::QueueFailed(id, outcome));
+        }
+        if end.home {
+            *locked(&qbox.home) = Some((queue, qh));
+            qbox.gate.give_back();
+            ctl.to_task(TaskEvent::QueueHome(id));
+            return;
+        }
+        // Before end(): whoever sees the gate asleep sees this too.
+        qbox.idle.store(queue.idle(), Ordering::Relaxed);
+        if !qbox.gate.end() {
+            std::thread::park();
+            bump(&qh.counters.queue_wakes, 1);
         }
     }
 }
@@ -470,7 +798,218 @@ impl XenStore for SimHost {
     }
 }
 
-impl Grants for SimHost {
+/// The queue-side operations, over what a queue's context holds: shared by
+/// [`SimQueueHost`] (a lent queue) and [`SimHost`] (inline).
+struct QueueSide<'a> {
+    xen: &'a SimXen,
+    backend_dom: DomId,
+    window: Option<&'a Window>,
+    counters: &'a Arc<Counters>,
+}
+
+impl QueueSide<'_> {
+    fn map_batch(&self, dom: DomId, ops: &[GrantMapOp], results: &mut [MapResult]) {
+        let d = self.xen.domains.get(dom);
+        for (op, r) in ops.iter().zip(results.iter_mut()) {
+            bump(&self.counters.map_ops, 1);
+            *r = match self.window {
+                Some(w) => w.map_one(d.as_ref(), self.backend_dom, op, self.counters),
+                None => Err(GrantError::General),
+            };
+            if r.is_err() {
+                bump(&self.counters.map_failures, 1);
+            }
+        }
+    }
+
+    fn unmap_batch(&self, ops: &[GrantUnmapOp]) {
+        for op in ops {
+            let page = op.window_page.0 as usize;
+            let ok = self
+                .window
+                .is_some_and(|w| w.unmap_one(page, Some(op.handle), self.counters));
+            if ok {
+                bump(&self.counters.unmap_ops, 1);
+            } else {
+                bump(&self.counters.bad_unmaps, 1);
+            }
+        }
+    }
+
+    fn copy_in(&self, from: Granted<'_>, out: &mut [u8]) -> Result<(), GrantError> {
+        let Granted { dom, grefs } = from;
+        if out.len() > grefs.len().saturating_mul(PAGE_SIZE) {
+            return Err(GrantError::General);
+        }
+        let d = self.xen.domains.get(dom).ok_or(GrantError::BadRef)?;
+        for (gref, chunk) in grefs.iter().zip(out.chunks_mut(PAGE_SIZE)) {
+            // GNTTABOP_copy checks the grant as a read-only mapping would.
+            let (gfn, h) = d.grants.map(*gref, self.backend_dom, true)?;
+            let r = d.memory.read(gfn, 0, chunk);
+            let _ = d.grants.unmap(h);
+            r.map_err(|_| GrantError::General)?;
+            bump(&self.counters.pages_copied, 1);
+        }
+        Ok(())
+    }
+
+    fn notify(&self, port: Option<EvtchnPort>) {
+        if let Some(p) = port {
+            if self.xen.evtchn.notify(self.backend_dom, p).is_ok() {
+                bump(&self.counters.notifies, 1);
+            }
+        }
+    }
+
+    /// The EOI of a channel; `deliver` runs when a kept kick is due (at
+    /// once or from a timer thread standing in for the platform's callout).
+    fn eoi(&self, st: &Arc<EoiState>, delay_ms: u32, deliver: impl Fn() + Send + 'static) {
+        let st = Arc::clone(st);
+        let finish = move || {
+            if st.eoi() {
+                deliver();
+            }
+        };
+        if delay_ms == 0 {
+            finish();
+        } else {
+            bump(&self.counters.delayed_eois, 1);
+            // A timer standing in for the platform's callout. It counts
+            // itself until the event it may owe is posted, so that the
+            // back-end is not taken for quiescent meanwhile.
+            let delay = std::time::Duration::from_millis(u64::from(delay_ms));
+            let counters = Arc::clone(self.counters);
+            counters.eoi_timers.fetch_add(1, Ordering::AcqRel);
+            let spawned = std::thread::Builder::new()
+                .name(String::from("xbb-eoi-timer"))
+                .spawn(move || {
+                    std::thread::sleep(delay);
+                    finish();
+                    counters.eoi_timers.fetch_sub(1, Ordering::AcqRel);
+                });
+            if spawned.is_err() {
+                self.counters.eoi_timers.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+}
+
+impl SimQueueHost {
+    fn side(&self) -> QueueSide<'_> {
+        QueueSide {
+            xen: &self.xen,
+            backend_dom: self.backend_dom,
+            window: self.window.as_deref(),
+            counters: &self.counters,
+        }
+    }
+}
+
+/// The [`QueueHost`] methods a lent queue's host and the inline host both
+/// hand to their [`QueueSide`] (or their clock) unchanged.
+macro_rules! queue_side_methods {
+    () => {
+        fn map_batch(&mut self, dom: DomId, ops: &[GrantMapOp], results: &mut [MapResult]) {
+            self.side().map_batch(dom, ops, results);
+        }
+
+        fn unmap_batch(&mut self, ops: &[GrantUnmapOp]) {
+            self.side().unmap_batch(ops);
+        }
+
+        fn copy_in(&mut self, from: Granted<'_>, out: &mut [u8]) -> Result<(), GrantError> {
+            self.side().copy_in(from, out)
+        }
+
+        fn now_ms(&self) -> u64 {
+            self.epoch.elapsed().as_millis() as u64
+        }
+    };
+}
+
+impl QueueHost for SimQueueHost {
+    queue_side_methods!();
+
+    fn evtchn_notify(&mut self, queue: QueueId) {
+        if queue == self.queue {
+            self.side().notify(self.port.as_ref().map(|p| p.0));
+        }
+    }
+
+    fn evtchn_eoi(&mut self, queue: QueueId, delay_ms: u32) {
+        let Some((_, st)) = self.port.as_ref().filter(|_| queue == self.queue) else {
+            return;
+        };
+        let qbox = Arc::clone(&self.qbox);
+        self.side()
+            .eoi(st, delay_ms, move || qbox.post(Work::EVENT));
+    }
+
+    fn store_submit(&mut self, tag: IoTag, op: IoOp<'_>) -> Result<(), IoError> {
+        let Some(store) = self.store.as_ref() else {
+            return Err(IoError::Gone);
+        };
+        let window = self.window.as_ref().map(|w| &w.res);
+        // The RawIoVec obligation: every range is checked to lie on window
+        // pages mapped with the right protection; they stay mapped (or, if
+        // the core unmapped them early, at least reserved) until the
+        // completion, because the window is never released while I/O is in
+        // flight (see window_release and Drop).
+        store.submit(tag, op, |iov, write| resolve(window, iov, write))
+    }
+
+    fn schedule_run(&mut self, queue: QueueId) {
+        if queue == self.queue {
+            bump(&self.counters.runs_scheduled, 1);
+            self.qbox.post(Work::RUN);
+        }
+    }
+}
+
+impl SimHost {
+    fn side(&self) -> QueueSide<'_> {
+        QueueSide {
+            xen: &self.xen,
+            backend_dom: self.cfg.backend_dom,
+            window: self.window.as_deref(),
+            counters: &self.counters,
+        }
+    }
+}
+
+/// Inline: every queue served from the instance's task thread.
+impl QueueHost for SimHost {
+    queue_side_methods!();
+
+    fn evtchn_notify(&mut self, queue: QueueId) {
+        let port = self.ports.iter().find(|p| p.0 == queue).map(|p| p.1);
+        self.side().notify(port);
+    }
+
+    fn evtchn_eoi(&mut self, queue: QueueId, delay_ms: u32) {
+        let Some((_, _, st)) = self.ports.iter().find(|p| p.0 == queue) else {
+            return;
+        };
+        let router = Arc::clone(&self.router);
+        self.side().eoi(st, delay_ms, move || {
+            router.to_task(TaskEvent::Evtchn(queue))
+        });
+    }
+
+    fn schedule_run(&mut self, queue: QueueId) {
+        bump(&self.counters.runs_scheduled, 1);
+        self.router.to_task(TaskEvent::Run(queue));
+    }
+
+    fn store_submit(&mut self, tag: IoTag, op: IoOp<'_>) -> Result<(), IoError> {
+        let window = self.window.as_ref().map(|w| &w.res);
+        // The RawIoVec obligation, as for a lent queue (SimQueueHost).
+        self.store
+            .submit(tag, op, |iov, write| resolve(window, iov, write))
+    }
+}
+
+impl Host for SimHost {
     fn window_reserve(&mut self, pages: u32) -> Result<(), GrantError> {
         if self.window.is_some() {
             self.window_release();
@@ -479,53 +1018,26 @@ impl Grants for SimHost {
         let res = Reservation::new(n).map_err(|_| GrantError::NoSpace)?;
         let mut maps = Vec::new();
         maps.try_reserve_exact(n).map_err(|_| GrantError::NoSpace)?;
-        maps.resize_with(n, || None);
-        self.window = Some(res);
-        self.window_maps = maps;
+        maps.resize_with(n, || Mutex::new(None));
+        self.window = Some(Arc::new(Window { res, maps }));
         Ok(())
     }
 
     fn window_release(&mut self) {
-        for page in 0..self.window_maps.len() {
-            if self.window_maps[page].is_some() {
-                self.stats.leaked_at_release += 1;
-                self.unmap_window_page(page);
+        let Some(w) = self.window.take() else {
+            return;
+        };
+        for page in 0..w.maps.len() {
+            if w.unmap_one(page, None, &self.counters) {
+                bump(&self.counters.leaked_at_release, 1);
             }
         }
-        self.window_maps = Vec::new();
-        if let Some(w) = self.window.take() {
-            if self.store.in_flight() != 0 {
-                // The store may still touch it: keep the range reserved
-                // forever rather than let it be reused.
-                std::mem::forget(w);
-            }
-        }
-    }
-
-    fn map_batch(&mut self, dom: DomId, ops: &[GrantMapOp], results: &mut [MapResult]) {
-        let d = self.xen.domains.get(dom);
-        for (op, r) in ops.iter().zip(results.iter_mut()) {
-            self.stats.map_ops += 1;
-            *r = self.map_one(d.as_ref(), op);
-            if r.is_err() {
-                self.stats.map_failures += 1;
-            }
+        if self.store.in_flight() != 0 || Arc::strong_count(&w) > 1 {
+            // The store, or a queue's host, may still touch it: keep the
+            // range reserved forever rather than let it be reused.
+            std::mem::forget(w);
         }
     }
-
-    fn unmap_batch(&mut self, ops: &[GrantUnmapOp]) {
-        for op in ops {
-            let page = op.window_page.0 as usize;
-            let ok = matches!(self.window_maps.get(page), Some(Some(m)) if m.handle == op.handle);
-            if ok {
-                self.unmap_window_page(page);
-                self.stats.unmap_ops += 1;
-            } else {
-                self.stats.bad_unmaps += 1;
-            }
-        }
-    }
-
     fn map_ring(&mut self, queue: QueueId, ring: Granted<'_>) -> Result<SharedMem, GrantError> {
         let Granted { dom, grefs } = ring;
         if self.rings.iter().any(|(q, _)| *q == queue) || grefs.is_empty() {
@@ -584,7 +1096,7 @@ impl Grants for SimHost {
 
     fn unmap_ring(&mut self, queue: QueueId, ring: SharedMem) {
         let Some(at) = self.rings.iter().position(|(q, _)| *q == queue) else {
-            self.stats.bad_unmaps += 1;
+            bump(&self.counters.bad_unmaps, 1);
             return;
         };
         let (_, mut rm) = self.rings.swap_remove(at);
@@ -596,31 +1108,12 @@ impl Grants for SimHost {
                 }
             }
             Err(_) => {
-                self.stats.bad_unmaps += 1;
+                bump(&self.counters.bad_unmaps, 1);
                 self.rings.push((queue, rm));
             }
         }
     }
 
-    fn copy_in(&mut self, from: Granted<'_>, out: &mut [u8]) -> Result<(), GrantError> {
-        let Granted { dom, grefs } = from;
-        if out.len() > grefs.len().saturating_mul(PAGE_SIZE) {
-            return Err(GrantError::General);
-        }
-        let d = self.xen.domains.get(dom).ok_or(GrantError::BadRef)?;
-        for (gref, chunk) in grefs.iter().zip(out.chunks_mut(PAGE_SIZE)) {
-            // GNTTABOP_copy checks the grant as a read-only mapping would.
-            let (gfn, h) = d.grants.map(*gref, self.cfg.backend_dom, true)?;
-            let r = d.memory.read(gfn, 0, chunk);
-            let _ = d.grants.unmap(h);
-            r.map_err(|_| GrantError::General)?;
-            self.stats.pages_copied += 1;
-        }
-        Ok(())
-    }
-}
-
-impl EventChannel for SimHost {
     fn evtchn_bind(&mut self, queue: QueueId, remote: RemotePort) -> Result<(), EvtchnError> {
         let (dom, remote_port) = (remote.dom, remote.port);
         if self.ports.iter().any(|p| p.0 == queue) {
@@ -628,7 +1121,7 @@ impl EventChannel for SimHost {
         }
         let hub = &self.xen.evtchn;
         let port = hub.bind_interdomain(self.cfg.backend_dom, dom, remote_port)?;
-        let tx = self.tx.clone();
+        let router = Arc::clone(&self.router);
         let eoi = Arc::new(EoiState::default());
         let st = Arc::clone(&eoi);
         if let Err(e) = hub.set_handler(
@@ -636,7 +1129,7 @@ impl EventChannel for SimHost {
             port,
             Box::new(move || {
                 if st.kick() {
-                    let _ = tx.send(TaskEvent::Evtchn(queue));
+                    router.event(queue);
                 }
             }),
         ) {
@@ -647,48 +1140,6 @@ impl EventChannel for SimHost {
         Ok(())
     }
 
-    fn evtchn_notify(&mut self, queue: QueueId) {
-        if let Some(&(_, p, _)) = self.ports.iter().find(|p| p.0 == queue) {
-            if self.xen.evtchn.notify(self.cfg.backend_dom, p).is_ok() {
-                self.stats.notifies += 1;
-            }
-        }
-    }
-
-    fn evtchn_eoi(&mut self, queue: QueueId, delay_ms: u32) {
-        let Some((_, _, st)) = self.ports.iter().find(|p| p.0 == queue) else {
-            return;
-        };
-        let st = Arc::clone(st);
-        let tx = self.tx.clone();
-        let finish = move || {
-            if st.eoi() {
-                let _ = tx.send(TaskEvent::Evtchn(queue));
-            }
-        };
-        if delay_ms == 0 {
-            finish();
-        } else {
-            self.stats.delayed_eois += 1;
-            // A timer standing in for the platform's callout. It counts
-            // itself until the event it may owe is queued, so that the
-            // back-end is not taken for quiescent meanwhile.
-            let delay = std::time::Duration::from_millis(u64::from(delay_ms));
-            let timers = Arc::clone(&self.eoi_timers);
-            timers.fetch_add(1, Ordering::AcqRel);
-            let spawned = std::thread::Builder::new()
-                .name(String::from("xbb-eoi-timer"))
-                .spawn(move || {
-                    std::thread::sleep(delay);
-                    finish();
-                    timers.fetch_sub(1, Ordering::AcqRel);
-                });
-            if spawned.is_err() {
-                self.eoi_timers.fetch_sub(1, Ordering::AcqRel);
-            }
-        }
-    }
-
     fn evtchn_unbind(&mut self, queue: QueueId) {
         if let Some(at) = self.ports.iter().position(|p| p.0 == queue) {
             let (_, p, st) = self.ports.swap_remove(at);
@@ -696,89 +1147,93 @@ impl EventChannel for SimHost {
             self.xen.evtchn.close(self.cfg.backend_dom, p);
         }
     }
-}
 
-impl Deferred for SimHost {
-    fn schedule_run(&mut self, queue: QueueId) {
-        self.stats.runs_scheduled += 1;
-        let _ = self.tx.send(TaskEvent::Run(queue));
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
-    }
-}
-
-/// The process addresses of window pieces `iov`, when each lies on pages
-/// of `window` mapped as the I/O needs them (`writes_memory`: the store
-/// writes into them, a guest READ).
-fn resolve(
-    window: Option<&Reservation>,
-    iov: &[IoVec],
-    writes_memory: bool,
-) -> Option<Vec<RawIoVec>> {
-    let win = window?;
-    let mut out = Vec::new();
-    out.try_reserve_exact(iov.len()).ok()?;
-    for v in iov {
-        let end = v.window_offset.checked_add(v.len)?;
-        if end > win.len() {
-            return None;
-        }
-        if v.len > 0 {
-            let first = v.window_offset / PAGE_SIZE;
-            let last = (end - 1) / PAGE_SIZE;
-            for p in first..=last {
-                match win.page_state(p) {
-                    Some(PageState::Writable) => {}
-                    Some(PageState::ReadOnly) if !writes_memory => {}
-                    _ => return None,
-                }
-            }
-        }
-        out.push(RawIoVec {
-            addr: win.base() + v.window_offset,
-            len: v.len,
-        });
-    }
-    Some(out)
-}
-
-impl Store for SimHost {
     fn store_open(&mut self, params: OpenParams<'_>) -> Result<MediumInfo, OpenError> {
         let node = match store::probe(Path::new(params.path))? {
             NodeKind::RegularFile if self.cfg.image_is_disk => NodeKind::Disk,
             n => n,
         };
-        let tx = self.tx.clone();
-        self.store.open(params, node, move |tag, r| {
-            let _ = tx.send(TaskEvent::Io(tag, r));
-        })
+        let router = Arc::clone(&self.router);
+        self.store
+            .open(params, node, move |tag, r| router.complete(tag, r))
     }
 
     fn store_info(&self) -> MediumInfo {
         self.store.info()
     }
 
-    fn store_submit(&mut self, tag: IoTag, op: IoOp<'_>) -> Result<(), IoError> {
-        let window = self.window.as_ref();
-        // The RawIoVec obligation: every range is checked to lie on window
-        // pages mapped with the right protection; they stay mapped (or, if
-        // the core unmapped them early, at least reserved) until the
-        // completion, because the window is never unmapped while I/O is in
-        // flight (see window_release and Drop).
-        self.store
-            .submit(tag, op, |iov, write| resolve(window, iov, write))
-    }
-
     fn store_close(&mut self) {
         self.store.close();
     }
-}
 
-impl Host for SimHost {
     fn root_mounted(&self) -> bool {
         self.xen.is_root_mounted()
+    }
+
+    fn lend(&mut self, queue: Queue) -> Result<(), Queue> {
+        if self.cfg.inline {
+            return Err(queue);
+        }
+        let id = queue.id();
+        let Some(qbox) = self.router.boxes.get(id as usize).map(Arc::clone) else {
+            return Err(queue);
+        };
+        {
+            let mut done = locked(&qbox.done);
+            done.clear();
+            if done.try_reserve(COMPLETIONS).is_err() {
+                return Err(queue);
+            }
+        }
+        let qh = self.queue_host(id, &qbox);
+        if !qbox.gate.lend() {
+            return Err(queue);
+        }
+        let ctl = Arc::clone(&self.router);
+        // The queue travels to its thread in a slot the thread empties
+        // first: a failed spawn hands it back here.
+        let slot = Arc::new(Mutex::new(Some((queue, qh))));
+        let theirs = Arc::clone(&slot);
+        let spawned = std::thread::Builder::new()
+            .name(format!("xbb-q{id}"))
+            .spawn(move || {
+                if let Some((q, qh)) = locked(&theirs).take() {
+                    serve_queue(q, qh, ctl);
+                }
+            });
+        match spawned {
+            Ok(j) => {
+                *locked(&qbox.join) = Some(j);
+                bump(&self.counters.queue_threads, 1);
+                Ok(())
+            }
+            Err(_) => {
+                // Undo the lend: a pass of nobody, given back at once.
+                if qbox.gate.begin().is_some() {
+                    qbox.gate.give_back();
+                }
+                let taken = locked(&slot).take();
+                match taken {
+                    Some((q, _)) => Err(q),
+                    // Unreachable: the thread never ran.
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+
+    fn recall(&mut self, queue: QueueId) {
+        if let Some(b) = self.router.boxes.get(queue as usize) {
+            b.post(Work::RECALL);
+        }
+    }
+
+    fn inline(&mut self) -> Option<&mut dyn QueueHost> {
+        if self.cfg.inline {
+            Some(self)
+        } else {
+            None
+        }
     }
 }
 

@@ -2,11 +2,13 @@
 //! XenStore, a toolstack, guest front-ends and back-end stores, all in one
 //! process, so that the core runs the whole real data path in user space.
 //!
-//! Threads stand in for domains: each guest front-end runs in its own thread
-//! and each back-end instance has a task thread that owns its
-//! [`Instance`](xbb::instance::Instance) and receives [`TaskEvent`]s (the
-//! event channel firing, I/O completions, XenStore watches), as a FreeBSD
-//! taskqueue would.
+//! Threads stand in for domains and contexts: each guest front-end runs in
+//! its own thread; each back-end instance has a task thread, its control
+//! context, that owns its [`Instance`](xbb::instance::Instance) and
+//! receives [`TaskEvent`]s (XenStore watches, a resize, queues coming
+//! home), and a thread per queue of the connection that serves that queue's
+//! ring (its event channel's kicks, its I/O completions), as the FreeBSD
+//! kernel module runs a taskqueue per queue.
 
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
@@ -17,14 +19,20 @@ use xbb::host::{IoError, IoTag};
 /// What wakes a back-end instance's task thread.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TaskEvent {
-    /// The front-end kicked the event channel of a queue.
+    /// Inline: the front-end kicked the event channel of a queue.
     Evtchn(xbb::host::QueueId),
-    /// A store I/O completed.
+    /// Inline: a store I/O completed.
     Io(IoTag, Result<(), IoError>),
+    /// A recalled queue's thread gave the queue back
+    /// ([`host::SimHost::take_home`]).
+    QueueHome(xbb::host::QueueId),
+    /// A lent queue's thread reports an outcome that ends the connection.
+    QueueFailed(xbb::host::QueueId, xbb::queue::Outcome),
     /// A watched XenStore path changed (the coalesced event; the task
     /// acknowledges it before the instance reads the store).
     Watch(xenstore::WatchEvent),
-    /// The instance asked to run a queue again (`Deferred::schedule_run`).
+    /// Inline: the instance asked to run a queue again
+    /// (`QueueHost::schedule_run`).
     Run(xbb::host::QueueId),
     /// The root file system is now mounted.
     RootMounted,

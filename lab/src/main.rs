@@ -17,7 +17,8 @@ use xbb_lab::soak::{self, SoakOptions};
 const USAGE: &str = "\
 usage: xbb-lab [--json] [--quiet] [--dir DIR]
        xbb-lab scenario FILE... [--json] [--quiet] [--dir DIR]
-       xbb-lab bench [--ops N | --seconds S] [--json] [--quiet] [--dir DIR] [--svg FILE]
+       xbb-lab bench [--ops N | --seconds S] [--case NAME]... [--json] [--quiet] [--dir DIR]
+                     [--svg FILE]
        xbb-lab soak [--minutes N | --seconds S] [--guests N] [--seed N] [--json] [--quiet] [--dir DIR]
        xbb-lab chart --tsv FILE --svg FILE [--title TEXT]
        xbb-lab default-scenario
@@ -32,7 +33,15 @@ const COMMANDS: [(&str, &[&str]); 7] = [
     ("scenario", &["--json", "--quiet", "--dir"]),
     (
         "bench",
-        &["--json", "--quiet", "--dir", "--ops", "--seconds", "--svg"],
+        &[
+            "--json",
+            "--quiet",
+            "--dir",
+            "--ops",
+            "--seconds",
+            "--case",
+            "--svg",
+        ],
     ),
     (
         "soak",
@@ -140,6 +149,7 @@ struct Args {
     svg: Option<PathBuf>,
     tsv: Option<PathBuf>,
     title: Option<String>,
+    cases: Vec<String>,
     minutes: Option<f64>,
     guests: Option<usize>,
     seed: Option<u64>,
@@ -159,6 +169,7 @@ fn parse_args() -> Result<Args, String> {
             "--svg" => a.svg = Some(PathBuf::from(value("--svg")?)),
             "--tsv" => a.tsv = Some(PathBuf::from(value("--tsv")?)),
             "--title" => a.title = Some(value("--title")?),
+            "--case" => a.cases.push(value("--case")?),
             "--ops" => {
                 let v = value("--ops")?;
                 a.ops = Some(v.parse().map_err(|_| format!("--ops: not a number: {v}"))?);
@@ -382,6 +393,7 @@ fn run_bench(args: &Args) -> ExitCode {
         duration: args.seconds.map(Duration::from_secs_f64),
         dir: args.dir.clone(),
         progress: !args.quiet,
+        cases: args.cases.clone(),
     };
     match bench::run(&opts) {
         Ok(r) => {

@@ -51,6 +51,9 @@ pub struct VbdConfig {
     pub cache: Option<Arc<WriteCache>>,
     /// The `hw.xbb.*` tunables of the instance.
     pub tunables: Tunables,
+    /// Serve every queue from the instance's task thread instead of a
+    /// thread per queue (for comparison).
+    pub inline: bool,
 }
 
 impl VbdConfig {
@@ -68,6 +71,7 @@ impl VbdConfig {
             faults: None,
             cache: None,
             tunables: Tunables::default(),
+            inline: false,
         }
     }
 }
@@ -235,6 +239,7 @@ impl World {
             store_faults: cfg.faults.clone(),
             store_cache: cfg.cache.clone(),
             image_is_disk: cfg.kind == StoreKind::Device,
+            inline: cfg.inline,
         };
         let runner = BackendRunner::spawn(&self.xen, &paths.backend, cfg.tunables, host_cfg)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);

@@ -9,9 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use xbb::host::{
-    DomId, EventChannel, GrantError, GrantHandle, GrantMapOp, GrantRef, GrantUnmapOp, Granted,
-    Grants, IoOp, IoTag, IoVec, OpenParams, RemotePort, Store, XenStore, XenbusState, XsError,
-    XsTxn, PAGE_SIZE,
+    DomId, GrantError, GrantHandle, GrantMapOp, GrantRef, GrantUnmapOp, Granted, Host, IoOp, IoTag,
+    IoVec, OpenParams, QueueHost, RemotePort, XenStore, XenbusState, XsError, XsTxn, PAGE_SIZE,
 };
 use xbb::units::{Bytes, Sectors, WindowPage};
 use xbb_lab::backend::BackendRunner;
@@ -34,7 +33,13 @@ fn setup(frames: u64) -> (SimXen, Domain, SimHost, Receiver<TaskEvent>) {
         .create_guest(GUEST, frames, "guest")
         .expect("create guest");
     let (tx, rx) = mpsc::channel();
-    let host = SimHost::new(&xen, SimHostConfig::default(), tx);
+    // Inline: the host's events, runs and completions come to `tx`, where
+    // these tests look at them (lent queues are driven through World).
+    let cfg = SimHostConfig {
+        inline: true,
+        ..SimHostConfig::default()
+    };
+    let host = SimHost::new(&xen, cfg, tx);
     (xen, d, host, rx)
 }
 

@@ -7,7 +7,7 @@
 //! - libxenevtchn (`/dev/xen/evtchn`): `EVTCHNOP_bind_interdomain`,
 //!   `EVTCHNOP_send`, and delivery through a descriptor: a port that fired
 //!   stays masked until it is unmasked, which is the "late EOI" discipline
-//!   of [`xbb::host::EventChannel`];
+//!   of [`xbb::host::QueueHost`];
 //! - libxenstore: reads, writes, transactions and watches (`xs_wire.h`).
 //!
 //! Each handle type owns its C handle and closes it on drop. Every function

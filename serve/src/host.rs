@@ -1,36 +1,55 @@
 //! [`XenHost`]: the core's platform traits over a real dom0's user-space
-//! interfaces, for one `vbd`.
+//! interfaces, for one `vbd`: the control part's [`Host`] on the instance's
+//! thread, and each queue's [`QueueHost`] ([`XenQueueHost`]) on a thread of
+//! the queue's own.
 //!
 //! - [`XenStore`]: libxenstore, on the instance's own connection (which also
 //!   carries its watches);
-//! - [`Grants`]: libxengnttab. Rings are mapped whole. Data pages are
-//!   mapped one contiguous range per run of consecutive window pages of a
-//!   batch (see [`super::window`]), or, in copy mode, copied with
-//!   `GNTTABOP_copy` through a bounce window (see [`super::bounce`]).
+//! - grants: libxengnttab. Rings are mapped whole by the control part.
+//!   Each queue has its own gntdev handle and its own table for its share
+//!   of the data window ([`Queue::window_share`]): data pages are mapped one
+//!   contiguous range per run of consecutive window pages of a batch (see
+//!   [`super::window`]), or, in copy mode, copied with `GNTTABOP_copy`
+//!   through a bounce window of the queue's own (see [`super::bounce`]).
 //!   Indirect pages are copied;
-//! - [`EventChannel`]: libxenevtchn, one local port per queue. A port that
-//!   fired stays masked until [`EventChannel::evtchn_eoi`] unmasks it, at
-//!   once or when its timer expires ([`XenHost::expire_eois`]);
-//! - [`Deferred`]: runs asked for are kept as a bitmap the instance's thread
-//!   serves before it sleeps;
-//! - [`Store`]: [`xbb_ustore`]'s file and device stores, whose worker
-//!   threads post completions to a queue and wake the instance's thread.
+//! - event channels: libxenevtchn, one handle (one descriptor) per queue,
+//!   polled by the queue's thread. A port that fired stays masked until
+//!   [`QueueHost::evtchn_eoi`] unmasks it, at once or when its timer
+//!   expires;
+//! - deferred runs, completions and recalls: the queue's [`Gate`], and an
+//!   eventfd that wakes its thread only when the gate says so (once per
+//!   sleep, not once per completion);
+//! - the store: [`xbb_ustore`]'s file and device stores, shared by the
+//!   queues; their worker threads hand each completion to the queue its tag
+//!   names.
+//!
+//! The hand-off: [`Host::lend`] starts the queue's thread with the queue
+//! and its [`XenQueueHost`]; [`Host::recall`] posts [`Work::RECALL`]; when
+//! `Queue::recall` answers `true` the thread gives both back over a channel
+//! and wakes the instance's thread, which hands the
+//! queue to `Instance::give_back` ([`XenHost::take_reports`]).
 
 use std::collections::VecDeque;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::bounce::Bounce;
-use super::ffi::{AnonPages, CopyDir, CopyOp, Evtchn, Gnttab, Mapping, Wakeup, Xs};
+use super::ffi::{self, AnonPages, CopyDir, CopyOp, Evtchn, Gnttab, Mapping, Wakeup, Xs};
 use super::window::{Range, Window};
+use xbb::handoff::{Gate, Post, Work};
 use xbb::host::{
-    Deferred, DomId, EventChannel, EvtchnError, EvtchnPort, GrantError, GrantHandle, GrantMapOp,
-    GrantRef, GrantUnmapOp, Granted, Grants, Host, IoError, IoOp, IoTag, MapResult, MediumInfo,
-    OpenError, OpenParams, QueueId, RemotePort, Store, XenStore, XsError, XsTxn, PAGE_SIZE,
+    DomId, EvtchnError, EvtchnPort, GrantError, GrantHandle, GrantMapOp, GrantRef, GrantUnmapOp,
+    Granted, Host, IoError, IoOp, IoTag, IoVec, MapResult, MediumInfo, OpenError, OpenParams,
+    QueueHost, QueueId, RemotePort, XenStore, XsError, XsTxn, PAGE_SIZE,
 };
+use xbb::queue::{Outcome, Queue};
 use xbb::shmem::SharedMem;
-use xbb_ustore::HostStore;
+use xbb::stats::Tunable;
+use xbb_ustore::{HostStore, StoreHandle};
 
 impl Range for Mapping {
     fn addr(&self) -> usize {
@@ -38,12 +57,16 @@ impl Range for Mapping {
     }
 }
 
-/// Grants one gntdev handle may hold mapped: the largest window the core
-/// asks for (16 queues of 16 Ki pages) plus rings.
-const MAX_GRANTS: u32 = 16 * 16384 + 16 * 16;
+/// Grants one queue's gntdev handle may hold mapped: the largest share the
+/// core gives a queue (16 Ki pages).
+const MAX_GRANTS: u32 = 16384;
 
-/// Completions posted by store workers, drained by the instance's thread.
-pub type Completions = Arc<Mutex<VecDeque<(IoTag, Result<(), IoError>)>>>;
+/// Rings the control part's handle maps (16 queues of 16 pages).
+const MAX_RING_GRANTS: u32 = 16 * 16;
+
+/// Completions one queue keeps without growing (a queue has at most
+/// `hw.xbb.max_requests` I/Os in flight).
+const COMPLETIONS: usize = 1024;
 
 /// Counters of the platform side, printed with the instance's table.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -70,44 +93,101 @@ pub struct XenHostStats {
     pub ios_submitted: u64,
     /// I/Os whose window pieces did not resolve.
     pub bad_iovecs: u64,
+    /// Times a queue's thread was woken through its eventfd.
+    pub queue_wakes: u64,
 }
 
-struct Port {
-    queue: QueueId,
-    port: EvtchnPort,
-    /// When the delayed EOI is due, if one is pending.
-    eoi_at: Option<Instant>,
+/// The counters every context adds to.
+#[derive(Debug, Default)]
+struct Counters {
+    map_calls: AtomicU64,
+    pages_mapped: AtomicU64,
+    map_failures: AtomicU64,
+    unmap_calls: AtomicU64,
+    bad_unmaps: AtomicU64,
+    pages_copied: AtomicU64,
+    copy_failures: AtomicU64,
+    notifies: AtomicU64,
+    delayed_eois: AtomicU64,
+    queue_wakes: AtomicU64,
 }
 
-/// The platform of one instance in a dom0 user-space back-end.
+fn bump(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A completion waiting for its queue's thread.
+type Completion = (IoTag, Result<(), IoError>);
+
+/// One queue's inbox: its gate, its completions, the eventfd that wakes
+/// its thread.
+#[derive(Debug)]
+pub struct QueueBox {
+    gate: Gate,
+    done: Mutex<VecDeque<Completion>>,
+    wake: Wakeup,
+}
+
+impl QueueBox {
+    fn new() -> std::io::Result<QueueBox> {
+        Ok(QueueBox {
+            gate: Gate::new(),
+            done: Mutex::new(VecDeque::new()),
+            wake: Wakeup::new()?,
+        })
+    }
+
+    /// Posts work; writes the eventfd only when the gate says so.
+    fn post(&self, work: Work) {
+        if self.gate.post(work) == Post::Wake {
+            self.wake.wake();
+        }
+    }
+}
+
+/// What a queue's thread tells the instance's thread.
+// Sent once per queue and connection: boxing would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Report {
+    /// Recalled and drained: the queue and its host, home.
+    Home(Queue, XenQueueHost),
+    /// An outcome that ends the connection.
+    Failed(Outcome),
+}
+
+/// The platform of one instance in a dom0 user-space back-end: the control
+/// part.
 pub struct XenHost {
     xs: Xs,
+    /// The control part's gntdev handle: the rings.
     gnt: Gnttab,
-    evt: Evtchn,
-    window: Window<Mapping>,
     /// Data pages are copied, not mapped.
     copy: bool,
-    bounce: Bounce,
-    bounce_mem: Option<AnonPages>,
-    copies: Vec<CopyOp>,
     rings: Vec<(QueueId, Mapping)>,
-    ports: Vec<Port>,
-    runs: u32,
+    /// Each queue's host while it is home (created at its first bind).
+    queues: Vec<Option<XenQueueHost>>,
+    /// Each queue's thread while it is lent.
+    threads: Vec<Option<JoinHandle<()>>>,
+    boxes: Arc<Vec<Arc<QueueBox>>>,
+    reports: (Sender<Report>, Receiver<Report>),
+    window_pages: u32,
     store: HostStore,
-    done: Completions,
     wake: Arc<Wakeup>,
     epoch: Instant,
-    refs: Vec<GrantRef>,
-    stats: XenHostStats,
+    counters: Arc<Counters>,
     removed: bool,
 }
 
 impl core::fmt::Debug for XenHost {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("XenHost")
-            .field("window_pages", &self.window.pages())
+            .field("window_pages", &self.window_pages)
             .field("rings", &self.rings.len())
-            .field("stats", &self.stats)
+            .field("stats", &self.stats())
             .finish()
     }
 }
@@ -122,29 +202,30 @@ fn xs_err(e: i32) -> XsError {
 }
 
 impl XenHost {
-    /// Opens the instance's XenStore connection, grant and event-channel
-    /// devices. Completions will wake `wake`. With `copy`, data pages go
-    /// through a bounce window with `GNTTABOP_copy` instead of being
-    /// mapped (see [`super::bounce`]).
+    /// Opens the instance's XenStore connection and grant device. Queue
+    /// reports wake `wake`. With `copy`, data pages go through a bounce
+    /// window with `GNTTABOP_copy` instead of being mapped (see
+    /// [`super::bounce`]).
     pub fn new(wake: Arc<Wakeup>, copy: bool) -> std::io::Result<XenHost> {
+        let n = Tunable::MaxQueues.desc().max as usize;
+        let mut boxes = Vec::with_capacity(n);
+        for _ in 0..n {
+            boxes.push(Arc::new(QueueBox::new()?));
+        }
         Ok(XenHost {
             xs: Xs::open()?,
-            gnt: Gnttab::open(MAX_GRANTS)?,
-            evt: Evtchn::open()?,
-            window: Window::default(),
+            gnt: Gnttab::open(MAX_RING_GRANTS)?,
             copy,
-            bounce: Bounce::default(),
-            bounce_mem: None,
-            copies: Vec::new(),
             rings: Vec::new(),
-            ports: Vec::new(),
-            runs: 0,
+            queues: (0..n).map(|_| None).collect(),
+            threads: (0..n).map(|_| None).collect(),
+            boxes: Arc::new(boxes),
+            reports: mpsc::channel(),
+            window_pages: 0,
             store: HostStore::new(512, None),
-            done: Arc::new(Mutex::new(VecDeque::new())),
             wake,
             epoch: Instant::now(),
-            refs: Vec::new(),
-            stats: XenHostStats::default(),
+            counters: Arc::new(Counters::default()),
             removed: false,
         })
     }
@@ -161,53 +242,27 @@ impl XenHost {
         self.removed = true;
     }
 
-    /// The event-channel descriptor to poll.
-    pub fn evtchn_fd(&self) -> i32 {
-        self.evt.fd()
-    }
-
-    /// The next queue whose channel fired, if any. A port of no queue
-    /// (unbound meanwhile) is unmasked and skipped.
-    pub fn next_event(&mut self) -> Option<Option<QueueId>> {
-        let port = self.evt.pending()?;
-        match self.ports.iter().find(|p| p.port == port) {
-            Some(p) => Some(Some(p.queue)),
-            None => Some(None),
-        }
-    }
-
-    /// The next run asked for with `schedule_run`, if any.
-    pub fn take_run(&mut self) -> Option<QueueId> {
-        if self.runs == 0 {
-            return None;
-        }
-        let q = self.runs.trailing_zeros();
-        self.runs &= !(1 << q);
-        Some(q)
-    }
-
-    /// The next store completion, if any.
-    pub fn take_completion(&mut self) -> Option<(IoTag, Result<(), IoError>)> {
-        self.done.lock().ok()?.pop_front()
-    }
-
-    /// Unmasks the ports whose delayed EOI is due; returns how long until
-    /// the next one (`None`: none pending).
-    pub fn expire_eois(&mut self) -> Option<Duration> {
-        let now = Instant::now();
-        let mut next: Option<Duration> = None;
-        for p in self.ports.iter_mut() {
-            if let Some(at) = p.eoi_at {
-                if at <= now {
-                    p.eoi_at = None;
-                    self.evt.unmask(p.port);
-                } else {
-                    let d = at - now;
-                    next = Some(next.map_or(d, |n| n.min(d)));
+    /// What the queues' threads reported since the last call: queues that
+    /// came home (with their hosts taken back and their threads joined) and
+    /// outcomes that end the connection.
+    pub fn take_reports(&mut self) -> (Vec<Queue>, Vec<Outcome>) {
+        let (mut home, mut failed) = (Vec::new(), Vec::new());
+        while let Ok(r) = self.reports.1.try_recv() {
+            match r {
+                Report::Home(q, qh) => {
+                    let id = q.id() as usize;
+                    if let Some(t) = self.threads.get_mut(id).and_then(Option::take) {
+                        let _ = t.join();
+                    }
+                    if let Some(slot) = self.queues.get_mut(id) {
+                        *slot = Some(qh);
+                    }
+                    home.push(q);
                 }
+                Report::Failed(o) => failed.push(o),
             }
         }
-        next
+        (home, failed)
     }
 
     /// I/Os the store has not completed yet.
@@ -217,172 +272,44 @@ impl XenHost {
 
     /// The platform's counters.
     pub fn stats(&self) -> XenHostStats {
+        let c = &self.counters;
+        let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
         XenHostStats {
-            ios_submitted: self.store.submitted,
-            bad_iovecs: self.store.bad_iovecs,
-            ..self.stats
+            map_calls: r(&c.map_calls),
+            pages_mapped: r(&c.pages_mapped),
+            map_failures: r(&c.map_failures),
+            unmap_calls: r(&c.unmap_calls),
+            bad_unmaps: r(&c.bad_unmaps),
+            pages_copied: r(&c.pages_copied),
+            copy_failures: r(&c.copy_failures),
+            notifies: r(&c.notifies),
+            delayed_eois: r(&c.delayed_eois),
+            ios_submitted: self.store.submitted(),
+            bad_iovecs: self.store.bad_iovecs(),
+            queue_wakes: r(&c.queue_wakes),
         }
     }
 
-    /// Pages of the data window that name a mapped grant, and ranges still
-    /// mapped.
-    pub fn window_usage(&self) -> (u32, usize) {
-        if self.copy {
-            return (self.bounce.used(), usize::from(self.bounce_mem.is_some()));
+    /// The host of queue `queue`, made at its first bind.
+    fn queue_host(&mut self, queue: QueueId) -> Result<&mut XenQueueHost, EvtchnError> {
+        let slot = self
+            .queues
+            .get_mut(queue as usize)
+            .ok_or(EvtchnError::General)?;
+        if slot.is_none() {
+            let qbox = Arc::clone(&self.boxes[queue as usize]);
+            *slot = Some(
+                XenQueueHost::open(
+                    queue,
+                    self.copy,
+                    qbox,
+                    Arc::clone(&self.counters),
+                    self.epoch,
+                )
+                .map_err(|_| EvtchnError::General)?,
+            );
         }
-        (self.window.mapped_pages(), self.window.live_groups())
-    }
-
-    /// Drops the bounce window; leaks its memory while the store may still
-    /// touch it.
-    fn release_bounce(&mut self) {
-        self.bounce = Bounce::default();
-        if let Some(mem) = self.bounce_mem.take() {
-            if self.in_flight() != 0 {
-                core::mem::forget(mem);
-            }
-        }
-    }
-
-    /// Runs the copies gathered in `self.copies` and counts the outcome.
-    fn run_copies(&mut self) -> Result<(), i32> {
-        let r = match self.bounce_mem.as_mut() {
-            Some(mem) => self.gnt.copy_pages(mem, &mut self.copies),
-            None => Err(libc::EINVAL),
-        };
-        for c in &self.copies {
-            if c.ok() {
-                self.stats.pages_copied += 1;
-            } else {
-                self.stats.copy_failures += 1;
-            }
-        }
-        r
-    }
-
-    fn copy_map_batch(
-        &mut self,
-        dom: DomId,
-        ops: &[GrantMapOp],
-        results: &mut [Result<GrantHandle, GrantError>],
-    ) {
-        let room = self.copies.capacity().max(1);
-        for (ops, results) in ops.chunks(room).zip(results.chunks_mut(room)) {
-            // Copy every page in (a guest WRITE reads it; a guest READ
-            // that fails must hand back the guest's own bytes), then enter
-            // the pages whose copy succeeded.
-            self.copies.clear();
-            for (op, r) in ops.iter().zip(results.iter_mut()) {
-                if self.bounce.is_free(op.window_page.0) {
-                    self.copies.push(CopyOp {
-                        dir: CopyDir::FromGuest,
-                        dom,
-                        gref: op.gref,
-                        guest_offset: 0,
-                        local: op.window_page.0 as usize * PAGE_SIZE,
-                        len: PAGE_SIZE as u16,
-                        status: 0,
-                    });
-                    *r = Ok(GrantHandle(0));
-                } else {
-                    *r = Err(GrantError::General);
-                }
-            }
-            let call = self.run_copies();
-            let mut k = 0;
-            for (op, r) in ops.iter().zip(results.iter_mut()) {
-                if r.is_ok() {
-                    let c = self.copies[k];
-                    k += 1;
-                    *r = match call {
-                        Err(libc::ENOMEM) => Err(GrantError::NoSpace),
-                        _ if !c.ok() => Err(copy_status(c.status)),
-                        _ => self
-                            .bounce
-                            .insert(op.window_page.0, dom, op.gref, !op.readonly)
-                            .map_err(|_| GrantError::General),
-                    };
-                }
-                if r.is_err() {
-                    self.stats.map_failures += 1;
-                }
-            }
-        }
-    }
-
-    fn copy_unmap_batch(&mut self, ops: &[GrantUnmapOp]) {
-        self.copies.clear();
-        for op in ops {
-            let e = match self.bounce.remove(op.window_page.0, op.handle) {
-                Ok(e) => e,
-                Err(_) => {
-                    self.stats.bad_unmaps += 1;
-                    continue;
-                }
-            };
-            // Copy out what the store read into the page, before the core
-            // answers the request.
-            let Some((off, len)) = e.dirty() else {
-                continue;
-            };
-            if self.copies.len() == self.copies.capacity() {
-                let _ = self.run_copies();
-                self.copies.clear();
-            }
-            self.copies.push(CopyOp {
-                dir: CopyDir::ToGuest,
-                dom: e.dom,
-                gref: e.gref,
-                guest_offset: off,
-                local: op.window_page.0 as usize * PAGE_SIZE + usize::from(off),
-                len,
-                status: 0,
-            });
-        }
-        let _ = self.run_copies();
-        self.copies.clear();
-    }
-
-    fn unmap_ranges(&mut self, ranges: Vec<Mapping>) {
-        for m in ranges {
-            self.stats.unmap_calls += 1;
-            let _ = self.gnt.unmap(m);
-        }
-    }
-
-    fn map_one(&mut self, dom: DomId, op: &GrantMapOp) -> Result<GrantHandle, GrantError> {
-        self.refs.clear();
-        self.refs.push(op.gref);
-        self.map_run(dom, op.window_page.0, 1, !op.readonly)
-    }
-
-    /// Maps `self.refs` at window pages `first..` as one range.
-    fn map_run(
-        &mut self,
-        dom: DomId,
-        first: u32,
-        pages: u32,
-        writable: bool,
-    ) -> Result<GrantHandle, GrantError> {
-        if self.window.can_insert(first, pages).is_err() {
-            return Err(GrantError::General);
-        }
-        self.stats.map_calls += 1;
-        match self.gnt.map(dom, &mut self.refs, writable) {
-            Ok(m) => match self.window.insert(first, pages, writable, m) {
-                Ok(h) => {
-                    self.stats.pages_mapped += u64::from(pages);
-                    Ok(h)
-                }
-                Err((_, m)) => {
-                    let _ = self.gnt.unmap(m);
-                    Err(GrantError::General)
-                }
-            },
-            Err(libc::ENOMEM) | Err(libc::ENOSPC) => Err(GrantError::NoSpace),
-            Err(libc::EPERM) | Err(libc::EACCES) => Err(GrantError::Denied),
-            Err(_) => Err(GrantError::BadRef),
-        }
+        slot.as_mut().ok_or(EvtchnError::General)
     }
 }
 
@@ -431,46 +358,302 @@ fn copy_status(st: i16) -> GrantError {
     }
 }
 
-impl Grants for XenHost {
-    fn window_reserve(&mut self, pages: u32) -> Result<(), GrantError> {
+/// One queue's platform: its own gntdev and event-channel handles, its
+/// share of the window, the shared store. Owned by the queue's thread while
+/// the queue is lent, by the control part otherwise.
+pub struct XenQueueHost {
+    queue: QueueId,
+    gnt: Gnttab,
+    evt: Evtchn,
+    port: Option<EvtchnPort>,
+    /// When the delayed EOI is due, if one is pending.
+    eoi_at: Option<Instant>,
+    /// The first window page of the queue's share.
+    base: u32,
+    window: Window<Mapping>,
+    copy: bool,
+    bounce: Bounce,
+    bounce_mem: Option<AnonPages>,
+    copies: Vec<CopyOp>,
+    refs: Vec<GrantRef>,
+    store: Option<StoreHandle>,
+    qbox: Arc<QueueBox>,
+    counters: Arc<Counters>,
+    epoch: Instant,
+}
+
+impl core::fmt::Debug for XenQueueHost {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("XenQueueHost")
+            .field("queue", &self.queue)
+            .field("port", &self.port)
+            .finish()
+    }
+}
+
+impl XenQueueHost {
+    fn open(
+        queue: QueueId,
+        copy: bool,
+        qbox: Arc<QueueBox>,
+        counters: Arc<Counters>,
+        epoch: Instant,
+    ) -> std::io::Result<XenQueueHost> {
+        Ok(XenQueueHost {
+            queue,
+            gnt: Gnttab::open(MAX_GRANTS)?,
+            evt: Evtchn::open()?,
+            port: None,
+            eoi_at: None,
+            base: 0,
+            window: Window::default(),
+            copy,
+            bounce: Bounce::default(),
+            bounce_mem: None,
+            copies: Vec::new(),
+            refs: Vec::new(),
+            store: None,
+            qbox,
+            counters,
+            epoch,
+        })
+    }
+
+    /// Makes the tables for the share `pages` of the window (control, at
+    /// lend).
+    fn prepare(&mut self, share: core::ops::Range<u32>, store: Option<StoreHandle>) -> bool {
+        let pages = share.end.saturating_sub(share.start);
+        self.release_share(0);
+        self.base = share.start;
+        self.store = store;
+        if let Ok(mut done) = self.qbox.done.lock() {
+            done.clear();
+            if done.try_reserve(COMPLETIONS).is_err() {
+                return false;
+            }
+        }
         if self.copy {
-            self.release_bounce();
-            let mem = AnonPages::new(pages as usize).map_err(|_| GrantError::NoSpace)?;
-            self.bounce = Bounce::reserve(mem.addr(), pages).map_err(|_| GrantError::NoSpace)?;
+            let Ok(mem) = AnonPages::new(pages.max(1) as usize) else {
+                return false;
+            };
+            let Ok(b) = Bounce::reserve(mem.addr(), pages) else {
+                return false;
+            };
+            self.bounce = b;
             self.bounce_mem = Some(mem);
             self.copies = Vec::new();
-            self.copies
-                .try_reserve_exact(pages as usize)
-                .map_err(|_| GrantError::NoSpace)?;
-            return Ok(());
+            return self.copies.try_reserve_exact(pages as usize).is_ok();
         }
-        let old = self
-            .window
-            .reserve(pages)
-            .map_err(|_| GrantError::NoSpace)?;
-        self.unmap_ranges(old);
+        match self.window.reserve(pages) {
+            Ok(old) => self.unmap_ranges(old),
+            Err(_) => return false,
+        }
         self.refs = Vec::new();
-        self.refs
-            .try_reserve_exact(pages as usize)
-            .map_err(|_| GrantError::NoSpace)?;
-        Ok(())
+        self.refs.try_reserve_exact(pages as usize).is_ok()
     }
 
-    fn window_release(&mut self) {
-        if self.copy {
-            self.release_bounce();
-            return;
+    /// Drops the share's tables (control, the queue home); leaks what the
+    /// store may still touch (`in_flight` I/Os).
+    fn release_share(&mut self, in_flight: u64) {
+        self.store = None;
+        self.bounce = Bounce::default();
+        if let Some(mem) = self.bounce_mem.take() {
+            if in_flight != 0 {
+                core::mem::forget(mem);
+            }
         }
         let left = self.window.release();
-        if self.in_flight() != 0 {
-            // The store may still touch these pages: keep them mapped
-            // (leaked) rather than hand the memory back.
+        if in_flight != 0 {
             core::mem::forget(left);
-            return;
+        } else {
+            self.unmap_ranges(left);
         }
-        self.unmap_ranges(left);
     }
 
+    /// Unmasks the port when its delayed EOI is due; how long until it is
+    /// (`None`: none pending).
+    fn expire_eoi(&mut self) -> Option<Duration> {
+        let at = self.eoi_at?;
+        let now = Instant::now();
+        if at <= now {
+            self.eoi_at = None;
+            if let Some(p) = self.port {
+                self.evt.unmask(p);
+            }
+            return None;
+        }
+        Some(at - now)
+    }
+
+    /// Whether the queue's port fired (the port stays masked until the
+    /// EOI); ports of no queue are unmasked and skipped.
+    fn take_event(&mut self) -> bool {
+        let mut fired = false;
+        while let Some(p) = self.evt.pending() {
+            if Some(p) == self.port {
+                fired = true;
+            } else {
+                self.evt.unmask(p);
+            }
+        }
+        fired
+    }
+
+    /// Runs the copies gathered in `self.copies` and counts the outcome.
+    fn run_copies(&mut self) -> Result<(), i32> {
+        let r = match self.bounce_mem.as_mut() {
+            Some(mem) => self.gnt.copy_pages(mem, &mut self.copies),
+            None => Err(libc::EINVAL),
+        };
+        for c in &self.copies {
+            if c.ok() {
+                bump(&self.counters.pages_copied, 1);
+            } else {
+                bump(&self.counters.copy_failures, 1);
+            }
+        }
+        r
+    }
+
+    /// A window page as an index into the share's tables.
+    fn local(&self, page: u32) -> Option<u32> {
+        page.checked_sub(self.base)
+    }
+
+    fn copy_map_batch(
+        &mut self,
+        dom: DomId,
+        ops: &[GrantMapOp],
+        results: &mut [Result<GrantHandle, GrantError>],
+    ) {
+        let room = self.copies.capacity().max(1);
+        for (ops, results) in ops.chunks(room).zip(results.chunks_mut(room)) {
+            // Copy every page in (a guest WRITE reads it; a guest READ
+            // that fails must hand back the guest's own bytes), then enter
+            // the pages whose copy succeeded.
+            self.copies.clear();
+            for (op, r) in ops.iter().zip(results.iter_mut()) {
+                match self.local(op.window_page.0) {
+                    Some(p) if self.bounce.is_free(p) => {
+                        self.copies.push(CopyOp {
+                            dir: CopyDir::FromGuest,
+                            dom,
+                            gref: op.gref,
+                            guest_offset: 0,
+                            local: p as usize * PAGE_SIZE,
+                            len: PAGE_SIZE as u16,
+                            status: 0,
+                        });
+                        *r = Ok(GrantHandle(0));
+                    }
+                    _ => *r = Err(GrantError::General),
+                }
+            }
+            let call = self.run_copies();
+            let mut k = 0;
+            for (op, r) in ops.iter().zip(results.iter_mut()) {
+                if r.is_ok() {
+                    let c = self.copies[k];
+                    k += 1;
+                    let p = op.window_page.0 - self.base;
+                    *r = match call {
+                        Err(libc::ENOMEM) => Err(GrantError::NoSpace),
+                        _ if !c.ok() => Err(copy_status(c.status)),
+                        _ => self
+                            .bounce
+                            .insert(p, dom, op.gref, !op.readonly)
+                            .map_err(|_| GrantError::General),
+                    };
+                }
+                if r.is_err() {
+                    bump(&self.counters.map_failures, 1);
+                }
+            }
+        }
+    }
+
+    fn copy_unmap_batch(&mut self, ops: &[GrantUnmapOp]) {
+        self.copies.clear();
+        for op in ops {
+            let Some(p) = self.local(op.window_page.0) else {
+                bump(&self.counters.bad_unmaps, 1);
+                continue;
+            };
+            let e = match self.bounce.remove(p, op.handle) {
+                Ok(e) => e,
+                Err(_) => {
+                    bump(&self.counters.bad_unmaps, 1);
+                    continue;
+                }
+            };
+            // Copy out what the store read into the page, before the core
+            // answers the request.
+            let Some((off, len)) = e.dirty() else {
+                continue;
+            };
+            if self.copies.len() == self.copies.capacity() {
+                let _ = self.run_copies();
+                self.copies.clear();
+            }
+            self.copies.push(CopyOp {
+                dir: CopyDir::ToGuest,
+                dom: e.dom,
+                gref: e.gref,
+                guest_offset: off,
+                local: p as usize * PAGE_SIZE + usize::from(off),
+                len,
+                status: 0,
+            });
+        }
+        let _ = self.run_copies();
+        self.copies.clear();
+    }
+
+    fn unmap_ranges(&mut self, ranges: Vec<Mapping>) {
+        for m in ranges {
+            bump(&self.counters.unmap_calls, 1);
+            let _ = self.gnt.unmap(m);
+        }
+    }
+
+    fn map_one(&mut self, dom: DomId, op: &GrantMapOp) -> Result<GrantHandle, GrantError> {
+        self.refs.clear();
+        self.refs.push(op.gref);
+        let p = self.local(op.window_page.0).ok_or(GrantError::General)?;
+        self.map_run(dom, p, 1, !op.readonly)
+    }
+
+    /// Maps `self.refs` at share pages `first..` as one range.
+    fn map_run(
+        &mut self,
+        dom: DomId,
+        first: u32,
+        pages: u32,
+        writable: bool,
+    ) -> Result<GrantHandle, GrantError> {
+        if self.window.can_insert(first, pages).is_err() {
+            return Err(GrantError::General);
+        }
+        bump(&self.counters.map_calls, 1);
+        match self.gnt.map(dom, &mut self.refs, writable) {
+            Ok(m) => match self.window.insert(first, pages, writable, m) {
+                Ok(h) => {
+                    bump(&self.counters.pages_mapped, u64::from(pages));
+                    Ok(h)
+                }
+                Err((_, m)) => {
+                    let _ = self.gnt.unmap(m);
+                    Err(GrantError::General)
+                }
+            },
+            Err(libc::ENOMEM) | Err(libc::ENOSPC) => Err(GrantError::NoSpace),
+            Err(libc::EPERM) | Err(libc::EACCES) => Err(GrantError::Denied),
+            Err(_) => Err(GrantError::BadRef),
+        }
+    }
+}
+
+impl QueueHost for XenQueueHost {
     fn map_batch(&mut self, dom: DomId, ops: &[GrantMapOp], results: &mut [MapResult]) {
         if self.copy {
             self.copy_map_batch(dom, ops, results);
@@ -490,10 +673,15 @@ impl Grants for XenHost {
             self.refs.clear();
             self.refs.extend(ops[i..j].iter().map(|o| o.gref));
             let n = (j - i) as u32;
-            match self.map_run(dom, ops[i].window_page.0, n, !ops[i].readonly) {
+            let first = self.local(ops[i].window_page.0);
+            let r = match first {
+                Some(p) => self.map_run(dom, p, n, !ops[i].readonly),
+                None => Err(GrantError::General),
+            };
+            match r {
                 Ok(h) => results[i..j].iter_mut().for_each(|r| *r = Ok(h)),
                 Err(e) if n == 1 => {
-                    self.stats.map_failures += 1;
+                    bump(&self.counters.map_failures, 1);
                     results[i] = Err(e);
                 }
                 Err(_) => {
@@ -501,7 +689,7 @@ impl Grants for XenHost {
                     for k in i..j {
                         results[k] = self.map_one(dom, &ops[k]);
                         if results[k].is_err() {
-                            self.stats.map_failures += 1;
+                            bump(&self.counters.map_failures, 1);
                         }
                     }
                 }
@@ -516,15 +704,153 @@ impl Grants for XenHost {
             return;
         }
         for op in ops {
-            match self.window.remove(op.window_page.0, op.handle) {
+            let r = match self.local(op.window_page.0) {
+                Some(p) => self.window.remove(p, op.handle),
+                None => Err(super::window::WindowError::NotMapped),
+            };
+            match r {
                 Ok(Some(m)) => {
-                    self.stats.unmap_calls += 1;
+                    bump(&self.counters.unmap_calls, 1);
                     let _ = self.gnt.unmap(m);
                 }
                 Ok(None) => {}
-                Err(_) => self.stats.bad_unmaps += 1,
+                Err(_) => bump(&self.counters.bad_unmaps, 1),
             }
         }
+    }
+
+    fn copy_in(&mut self, from: Granted<'_>, out: &mut [u8]) -> Result<(), GrantError> {
+        let Granted { dom, grefs } = from;
+        if out.len() > grefs.len().saturating_mul(PAGE_SIZE) {
+            return Err(GrantError::General);
+        }
+        self.gnt
+            .copy_in(dom, grefs, out)
+            .map_err(|_| GrantError::BadRef)?;
+        bump(&self.counters.pages_copied, grefs.len() as u64);
+        Ok(())
+    }
+
+    fn evtchn_notify(&mut self, queue: QueueId) {
+        if let Some(p) = self.port.filter(|_| queue == self.queue) {
+            if self.evt.notify(p).is_ok() {
+                bump(&self.counters.notifies, 1);
+            }
+        }
+    }
+
+    fn evtchn_eoi(&mut self, queue: QueueId, delay_ms: u32) {
+        let Some(p) = self.port.filter(|_| queue == self.queue) else {
+            return;
+        };
+        if delay_ms == 0 {
+            self.eoi_at = None;
+            self.evt.unmask(p);
+        } else {
+            bump(&self.counters.delayed_eois, 1);
+            self.eoi_at = Some(Instant::now() + Duration::from_millis(u64::from(delay_ms)));
+        }
+    }
+
+    fn store_submit(&mut self, tag: IoTag, op: IoOp<'_>) -> Result<(), IoError> {
+        let Some(store) = self.store.as_ref() else {
+            return Err(IoError::Gone);
+        };
+        let (window, bounce, copy) = (&self.window, &mut self.bounce, self.copy);
+        let base = self.base as usize * PAGE_SIZE;
+        // The RawIoVec obligation: every piece resolves to pages mapped
+        // with the right protection (or to bounce pages standing for such
+        // grants) in this queue's share; a range is unmapped only when the
+        // core releases its last page, which it does after the completion,
+        // and release_share leaks ranges (and the bounce memory) while I/O
+        // is in flight.
+        store.submit(tag, op, |iov, write| {
+            let mut shifted = Vec::new();
+            shifted.try_reserve_exact(iov.len()).ok()?;
+            for v in iov {
+                shifted.push(IoVec {
+                    window_offset: v.window_offset.checked_sub(base)?,
+                    len: v.len,
+                });
+            }
+            if copy {
+                bounce.resolve(&shifted, write)
+            } else {
+                window.resolve(&shifted, write)
+            }
+        })
+    }
+
+    fn schedule_run(&mut self, queue: QueueId) {
+        if queue == self.queue {
+            self.qbox.post(Work::RUN);
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+}
+
+/// The body of a lent queue's thread: polls the queue's event channel and
+/// its eventfd, serves the queue pass by pass, and gives it back once
+/// recalled and drained.
+fn serve_queue(mut queue: Queue, mut qh: XenQueueHost, reports: Sender<Report>, ctl: Arc<Wakeup>) {
+    let qbox = Arc::clone(&qh.qbox);
+    let mut done: VecDeque<Completion> = VecDeque::with_capacity(COMPLETIONS);
+    let mut failed = false;
+    let mut ready = [false; 2];
+    loop {
+        let Some(mut work) = qbox.gate.begin() else {
+            return;
+        };
+        std::mem::swap(&mut *locked(&qbox.done), &mut done);
+        if qh.take_event() {
+            work = work.union(Work::EVENT);
+        }
+        let end = queue.pass(&mut qh, work, done.drain(..));
+        if let Some(outcome) = end.failed.filter(|_| !failed) {
+            failed = true;
+            let _ = reports.send(Report::Failed(outcome));
+            ctl.wake();
+        }
+        if end.home {
+            qbox.gate.give_back();
+            let _ = reports.send(Report::Home(queue, qh));
+            ctl.wake();
+            return;
+        }
+        if qbox.gate.end() {
+            continue;
+        }
+        let timeout = qh
+            .expire_eoi()
+            .map_or(-1, |d| d.as_millis().clamp(1, 60_000) as i32);
+        let fds = [qh.evt.fd(), qbox.wake.fd()];
+        if ffi::poll_readable(&fds, timeout, &mut ready).is_err() {
+            ready = [true, true];
+        }
+        if ready[1] {
+            qbox.wake.clear();
+            bump(&qh.counters.queue_wakes, 1);
+        }
+        let _ = qh.expire_eoi();
+    }
+}
+
+impl Host for XenHost {
+    fn window_reserve(&mut self, pages: u32) -> Result<(), GrantError> {
+        // Each queue makes the tables of its share when it is lent.
+        self.window_pages = pages;
+        Ok(())
+    }
+
+    fn window_release(&mut self) {
+        let in_flight = self.in_flight();
+        for qh in self.queues.iter_mut().flatten() {
+            qh.release_share(in_flight);
+        }
+        self.window_pages = 0;
     }
 
     fn map_ring(&mut self, queue: QueueId, ring: Granted<'_>) -> Result<SharedMem, GrantError> {
@@ -548,11 +874,11 @@ impl Grants for XenHost {
 
     fn unmap_ring(&mut self, queue: QueueId, ring: SharedMem) {
         let Some(at) = self.rings.iter().position(|(q, _)| *q == queue) else {
-            self.stats.bad_unmaps += 1;
+            bump(&self.counters.bad_unmaps, 1);
             return;
         };
         if self.rings[at].1.addr() != ring.as_ptr() as usize {
-            self.stats.bad_unmaps += 1;
+            bump(&self.counters.bad_unmaps, 1);
             return;
         }
         // The core hands the ring back: nothing refers to it any more.
@@ -561,91 +887,40 @@ impl Grants for XenHost {
         let _ = self.gnt.unmap(m);
     }
 
-    fn copy_in(&mut self, from: Granted<'_>, out: &mut [u8]) -> Result<(), GrantError> {
-        let Granted { dom, grefs } = from;
-        if out.len() > grefs.len().saturating_mul(xbb::host::PAGE_SIZE) {
-            return Err(GrantError::General);
-        }
-        self.gnt
-            .copy_in(dom, grefs, out)
-            .map_err(|_| GrantError::BadRef)?;
-        self.stats.pages_copied += grefs.len() as u64;
-        Ok(())
-    }
-}
-
-impl EventChannel for XenHost {
     fn evtchn_bind(&mut self, queue: QueueId, remote: RemotePort) -> Result<(), EvtchnError> {
-        let (dom, remote_port) = (remote.dom, remote.port);
-        if self.ports.iter().any(|p| p.queue == queue) {
+        let qh = self.queue_host(queue)?;
+        if qh.port.is_some() {
             return Err(EvtchnError::General);
         }
-        let port = self
+        let port = qh
             .evt
-            .bind_interdomain(dom, remote_port)
+            .bind_interdomain(remote.dom, remote.port)
             .map_err(|_| EvtchnError::BadPort)?;
-        self.ports.push(Port {
-            queue,
-            port,
-            eoi_at: None,
-        });
+        qh.port = Some(port);
+        qh.eoi_at = None;
         Ok(())
-    }
-
-    fn evtchn_notify(&mut self, queue: QueueId) {
-        if let Some(p) = self.ports.iter().find(|p| p.queue == queue) {
-            if self.evt.notify(p.port).is_ok() {
-                self.stats.notifies += 1;
-            }
-        }
-    }
-
-    fn evtchn_eoi(&mut self, queue: QueueId, delay_ms: u32) {
-        let Some(p) = self.ports.iter_mut().find(|p| p.queue == queue) else {
-            return;
-        };
-        if delay_ms == 0 {
-            p.eoi_at = None;
-            self.evt.unmask(p.port);
-        } else {
-            self.stats.delayed_eois += 1;
-            p.eoi_at = Some(Instant::now() + Duration::from_millis(u64::from(delay_ms)));
-        }
     }
 
     fn evtchn_unbind(&mut self, queue: QueueId) {
-        if let Some(at) = self.ports.iter().position(|p| p.queue == queue) {
-            let p = self.ports.swap_remove(at);
-            self.evt.unbind(p.port);
-        }
-    }
-}
-
-impl Deferred for XenHost {
-    fn schedule_run(&mut self, queue: QueueId) {
-        if queue < 32 {
-            self.runs |= 1 << queue;
+        if let Some(Some(qh)) = self.queues.get_mut(queue as usize) {
+            if let Some(p) = qh.port.take() {
+                qh.evt.unbind(p);
+            }
+            qh.eoi_at = None;
         }
     }
 
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
-    }
-}
-
-impl Store for XenHost {
     fn store_open(&mut self, params: OpenParams<'_>) -> Result<MediumInfo, OpenError> {
         // xl's `phy` names both block devices and image files (which its
         // hotplug script would loop-mount); what the node is decides, by
         // the one rule (`StoreKind::for_node`).
         let node = xbb_ustore::probe(Path::new(params.path))?;
-        let q = Arc::clone(&self.done);
-        let wake = Arc::clone(&self.wake);
+        let boxes = Arc::clone(&self.boxes);
         self.store.open(params, node, move |tag, r| {
-            if let Ok(mut q) = q.lock() {
-                q.push_back((tag, r));
+            if let Some(b) = boxes.get(Queue::of_tag(tag) as usize) {
+                locked(&b.done).push_back((tag, r));
+                b.post(Work::IO);
             }
-            wake.wake();
         })
     }
 
@@ -653,29 +928,11 @@ impl Store for XenHost {
         self.store.info()
     }
 
-    fn store_submit(&mut self, tag: IoTag, op: IoOp<'_>) -> Result<(), IoError> {
-        let (window, bounce, copy) = (&self.window, &mut self.bounce, self.copy);
-        // The RawIoVec obligation: every piece resolves to pages mapped
-        // with the right protection (or to bounce pages standing for such
-        // grants); a range is unmapped only when the core releases its last
-        // page, which it does after the completion, and window_release
-        // leaks ranges (and the bounce memory) while I/O is in flight.
-        self.store.submit(tag, op, |iov, write| {
-            if copy {
-                bounce.resolve(iov, write)
-            } else {
-                window.resolve(iov, write)
-            }
-        })
-    }
-
     fn store_close(&mut self) {
-        // Waits for queued I/O; completions land in the queue.
+        // Waits for queued I/O; every queue is home.
         self.store.close();
     }
-}
 
-impl Host for XenHost {
     fn root_mounted(&self) -> bool {
         true
     }
@@ -683,16 +940,74 @@ impl Host for XenHost {
     fn waits_for_hotplug(&self) -> bool {
         true
     }
+
+    fn lend(&mut self, queue: Queue) -> Result<(), Queue> {
+        let id = queue.id() as usize;
+        let store = self.store.handle();
+        let Some(mut qh) = self.queues.get_mut(id).and_then(Option::take) else {
+            return Err(queue);
+        };
+        if !qh.prepare(queue.window_share(), store) {
+            self.queues[id] = Some(qh);
+            return Err(queue);
+        }
+        let qbox = Arc::clone(&self.boxes[id]);
+        if !qbox.gate.lend() {
+            self.queues[id] = Some(qh);
+            return Err(queue);
+        }
+        let reports = self.reports.0.clone();
+        let ctl = Arc::clone(&self.wake);
+        // The queue travels to its thread in a slot the thread empties
+        // first: a failed spawn hands it back here.
+        let slot = Arc::new(Mutex::new(Some((queue, qh))));
+        let theirs = Arc::clone(&slot);
+        let spawned = std::thread::Builder::new()
+            .name(format!("xbb-q{id}"))
+            .spawn(move || {
+                if let Some((q, qh)) = locked(&theirs).take() {
+                    serve_queue(q, qh, reports, ctl);
+                }
+            });
+        match spawned {
+            Ok(t) => {
+                self.threads[id] = Some(t);
+                Ok(())
+            }
+            Err(_) => {
+                if qbox.gate.begin().is_some() {
+                    qbox.gate.give_back();
+                }
+                let taken = locked(&slot).take();
+                match taken {
+                    Some((q, qh)) => {
+                        self.queues[id] = Some(qh);
+                        Err(q)
+                    }
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+
+    fn recall(&mut self, queue: QueueId) {
+        if let Some(b) = self.boxes.get(queue as usize) {
+            b.post(Work::RECALL);
+        }
+    }
 }
 
 impl Drop for XenHost {
     fn drop(&mut self) {
         self.store_close();
-        while let Some(p) = self.ports.pop() {
-            self.evt.unbind(p.port);
+        // Queues still out (a drain that never ended): their threads keep
+        // their hosts; nothing here waits for them.
+        for qh in self.queues.iter_mut().flatten() {
+            if let Some(p) = qh.port.take() {
+                qh.evt.unbind(p);
+            }
+            qh.release_share(0);
         }
-        let left = self.window.release();
-        self.unmap_ranges(left);
         while let Some((_, m)) = self.rings.pop() {
             // A ring the core never handed back: nobody refers to it now
             // that the instance is gone.

@@ -12,12 +12,15 @@
 //! services racing for a vbd cannot both win. While the kernel's
 //! xen-blkback is loaded it claims every vbd itself, so none is taken.
 //!
-//! Each instance thread polls its XenStore connection (watches on the
-//! back-end directory and the front-end's `state`), its event channels, its
-//! store's completions and a control descriptor, and feeds the instance one
-//! event at a time. On `SIGTERM`/`SIGINT` every instance is detached (each
-//! vbd ends Closed) before the service exits; `SIGUSR1` prints every
-//! instance's `dev.xbb.N` table.
+//! Each instance thread is the instance's control context: it polls its
+//! XenStore connection (watches on the back-end directory and the
+//! front-end's `state`) and a control descriptor (control messages, queues
+//! coming home or failing), and feeds the instance one event at a time.
+//! Each queue of a connection runs on a thread of its own (`xbb-qN`, see
+//! [`super::host`]), with its own event channel and grant handles, so the
+//! queues of one vbd serve their rings at once. On `SIGTERM`/`SIGINT` every
+//! instance is detached (each vbd ends Closed) before the service exits;
+//! `SIGUSR1` prints every instance's `dev.xbb.N` table.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -186,6 +189,20 @@ impl Vbd {
             self.wake.wake();
         }
     }
+}
+
+/// Hands the instance what its queues' threads reported: failures, then
+/// queues that came home. Returns how many of each.
+fn reports(inst: &mut Instance, host: &mut XenHost) -> (usize, usize) {
+    let (home, failed) = host.take_reports();
+    let n = (home.len(), failed.len());
+    for o in failed {
+        inst.queue_failed(host, o);
+    }
+    for q in home {
+        inst.give_back(host, q);
+    }
+    n
 }
 
 /// Formats one instance's table: `dev.xbb.N.<leaf>: <value>` lines.
@@ -512,40 +529,23 @@ impl InstanceThread {
             .map_err(|e| format!("watch: errno {e}"))?;
         inst.attach(&mut host);
         let mut fe_watch: Option<String> = None;
-        let mut ready = [false; 3];
+        let mut ready = [false; 2];
         let mut stop = false;
         let mut seen = (XenbusState::Unknown, None);
         while !stop {
             self.report(&inst, &mut seen);
-            // Scheduled runs first; then sleep until something happens.
-            while let Some(q) = host.take_run() {
-                inst.run(&mut host, q);
-            }
             self.rewatch(&mut host, &inst, &mut fe_watch);
-            let timeout = host
-                .expire_eois()
-                .map_or(-1, |d| d.as_millis().clamp(1, 60_000) as i32);
             let xfd = host.xs().fileno();
-            let fds = [xfd, host.evtchn_fd(), self.wake.fd()];
-            ffi::poll_readable(&fds, timeout, &mut ready).map_err(|e| format!("poll: {e}"))?;
-            if ready[2] {
+            let fds = [xfd, self.wake.fd()];
+            ffi::poll_readable(&fds, -1, &mut ready).map_err(|e| format!("poll: {e}"))?;
+            if ready[1] {
                 self.wake.clear();
             }
-            let mut n = (0u32, 0u32);
-            while let Some((tag, r)) = host.take_completion() {
-                inst.complete(&mut host, tag, r);
-                n.0 += 1;
-            }
-            while let Some(ev) = host.next_event() {
-                if let Some(q) = ev {
-                    inst.event(&mut host, q);
-                    n.1 += 1;
-                }
-            }
-            if self.verbose && n != (0, 0) {
+            let (n_home, n_failed) = reports(&mut inst, &mut host);
+            if self.verbose && (n_home, n_failed) != (0, 0) {
                 log(&format!(
-                    "dev.xbb.{}: {} completions, {} events",
-                    self.unit, n.0, n.1
+                    "dev.xbb.{}: {n_home} queues home, {n_failed} failures",
+                    self.unit
                 ));
             }
             if ready[0] {
@@ -592,9 +592,7 @@ impl InstanceThread {
             }
             let _ = ffi::poll_readable(&[self.wake.fd()], 100, &mut ready[..1]);
             self.wake.clear();
-            while let Some((tag, r)) = host.take_completion() {
-                inst.complete(&mut host, tag, r);
-            }
+            reports(&mut inst, &mut host);
         }
         drop(inst);
         drop(host);

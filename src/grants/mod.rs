@@ -20,9 +20,9 @@ use core::ops::Range;
 use crate::abi::Segment;
 use crate::coalesce::{try_vec, NoMemory};
 use crate::host::{
-    DomId, GrantError, GrantHandle, GrantMapOp, GrantRef, GrantUnmapOp, Grants, Host, MapResult,
+    DomId, GrantError, GrantHandle, GrantMapOp, GrantRef, GrantUnmapOp, MapResult, QueueHost,
 };
-use crate::stats::{Stat, Stats};
+use crate::stats::{QueueCounters, Stat};
 use crate::units::WindowPage;
 pub use cache::{CacheError, GrantCache, Insert, Lookup};
 
@@ -140,7 +140,7 @@ impl QueueGrants {
         self.pages[range].iter().map(|p| p.mapped())
     }
 
-    fn gauge(&self, stats: &mut Stats) {
+    fn gauge(&self, stats: &QueueCounters) {
         stats.set(Stat::PersistentGrantsMapped, u64::from(self.cache.len()));
     }
 
@@ -151,12 +151,12 @@ impl QueueGrants {
     /// transient when every entry is in use. `false`, with nothing bound,
     /// when the request names a grant twice or one another request in
     /// flight holds.
-    pub fn bind<H: Host>(
+    pub fn bind<H: QueueHost + ?Sized>(
         &mut self,
         host: &mut H,
         segs: &[Segment],
         range: Range<usize>,
-        stats: &mut Stats,
+        stats: &QueueCounters,
     ) -> bool {
         let n = segs.len();
         let Some(sorted) = self.sorted.get_mut(..n) else {
@@ -235,14 +235,14 @@ impl QueueGrants {
     /// mapped read-only when `readonly`; its pending persistent entries are
     /// mapped writable (they serve reads and writes alike). Returns how
     /// many mappings failed; a failed segment is left unassigned.
-    pub fn map<H: Grants>(
+    pub fn map<H: QueueHost + ?Sized>(
         &mut self,
         host: &mut H,
         ranges: impl Iterator<Item = Range<usize>> + Clone,
         segs: &[Segment],
         first: u32,
         readonly: bool,
-        stats: &mut Stats,
+        stats: &QueueCounters,
     ) -> u64 {
         let mut nops = 0usize;
         let mut next = first;
@@ -310,7 +310,7 @@ impl QueueGrants {
 
     /// The release plan of one request's segments `range`: unmaps its
     /// transient grants in one batch and gives back its persistent ones.
-    pub fn release<H: Host>(&mut self, host: &mut H, range: Range<usize>) {
+    pub fn release<H: QueueHost + ?Sized>(&mut self, host: &mut H, range: Range<usize>) {
         let mut nun = 0usize;
         let mut now = None;
         for i in range {
@@ -340,7 +340,12 @@ impl QueueGrants {
     }
 
     /// Unmaps persistent grants unused for `idle_ms`.
-    pub fn purge_idle<H: Host>(&mut self, host: &mut H, idle_ms: u64, stats: &mut Stats) {
+    pub fn purge_idle<H: QueueHost + ?Sized>(
+        &mut self,
+        host: &mut H,
+        idle_ms: u64,
+        stats: &QueueCounters,
+    ) {
         if self.cache.is_empty() {
             return;
         }
@@ -355,7 +360,7 @@ impl QueueGrants {
     }
 
     /// Unmaps every persistent grant (disconnect; nothing is in flight).
-    pub fn drain<H: Host>(&mut self, host: &mut H, stats: &mut Stats) {
+    pub fn drain<H: QueueHost + ?Sized>(&mut self, host: &mut H, stats: &QueueCounters) {
         loop {
             let n = self.cache.drain(&mut self.purged);
             if n == 0 {
@@ -365,7 +370,12 @@ impl QueueGrants {
         }
     }
 
-    fn unmap_purged<H: Host>(&mut self, host: &mut H, n: usize, stats: &mut Stats) {
+    fn unmap_purged<H: QueueHost + ?Sized>(
+        &mut self,
+        host: &mut H,
+        n: usize,
+        stats: &QueueCounters,
+    ) {
         if n == 0 {
             return;
         }
@@ -381,7 +391,7 @@ impl QueueGrants {
     }
 
     /// Refreshes the gauge of mapped persistent grants.
-    pub fn update_gauge(&self, stats: &mut Stats) {
+    pub fn update_gauge(&self, stats: &QueueCounters) {
         self.gauge(stats);
     }
 }

@@ -41,10 +41,9 @@ use xbb::abi::{
     Abi, SRING_HEADER_SIZE, SRING_RSP_PROD, XEN_IO_PROTO_ABI_X86_32, XEN_IO_PROTO_ABI_X86_64,
 };
 use xbb::host::{
-    Deferred, DomId, EventChannel, EvtchnError, EvtchnPort, GrantError, GrantHandle, GrantMapOp,
-    GrantRef, GrantUnmapOp, Granted, Grants, Host, IoError, IoOp, IoTag, IoVec, MapResult,
-    MediumInfo, OpenError, OpenParams, QueueId, RemotePort, Store, XenStore, XenbusState, XsError,
-    XsTxn, PAGE_SIZE,
+    DomId, EvtchnError, EvtchnPort, GrantError, GrantHandle, GrantMapOp, GrantRef, GrantUnmapOp,
+    Granted, Host, IoError, IoOp, IoTag, IoVec, MapResult, MediumInfo, OpenError, OpenParams,
+    QueueHost, QueueId, RemotePort, XenStore, XenbusState, XsError, XsTxn, PAGE_SIZE,
 };
 use xbb::instance::Instance;
 use xbb::keys;
@@ -133,6 +132,10 @@ pub struct Faults {
     pub window: bool,
     /// The next store open fails.
     pub open: bool,
+    /// Behave as a platform that lends its queues and could not lend
+    /// them: [`Host::inline`] answers `None` while set (and `lend` keeps
+    /// refusing, its default).
+    pub no_inline: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -856,29 +859,7 @@ impl XenStore for FakeHost {
     }
 }
 
-impl Grants for FakeHost {
-    fn window_reserve(&mut self, pages: u32) -> Result<(), GrantError> {
-        self.expect(!self.window_reserved, || "window reserved twice".into());
-        if std::mem::take(&mut self.faults.window) || pages as usize > self.cfg.max_window_pages {
-            return Err(GrantError::NoSpace);
-        }
-        self.window.clear();
-        self.window.resize(pages as usize, None);
-        self.window_reserved = true;
-        self.window_reserves += 1;
-        Ok(())
-    }
-
-    fn window_release(&mut self) {
-        self.expect(self.window_reserved, || "window released twice".into());
-        let live = self.live_mappings;
-        self.expect(live == 0, || {
-            format!("window released with {live} pages mapped")
-        });
-        self.window_reserved = false;
-        self.window_releases += 1;
-    }
-
+impl QueueHost for FakeHost {
     fn map_batch(&mut self, dom: DomId, ops: &[GrantMapOp], results: &mut [MapResult]) {
         self.expect(dom == FE_DOM, || format!("map_batch for domain {dom}"));
         self.expect(ops.len() == results.len(), || {
@@ -936,58 +917,6 @@ impl Grants for FakeHost {
         }
     }
 
-    fn map_ring(&mut self, queue: QueueId, ring: Granted<'_>) -> Result<SharedMem, GrantError> {
-        let Granted { dom, grefs } = ring;
-        self.expect(dom == FE_DOM, || format!("map_ring for domain {dom}"));
-        if std::mem::take(&mut self.faults.ring_map) {
-            return Err(GrantError::General);
-        }
-        let Some(slot) = self.rings.iter().position(|r| r.grefs == grefs) else {
-            return Err(GrantError::BadRef);
-        };
-        let twice = self.mapped.iter().any(|m| m.queue == queue);
-        if !self.expect(!twice, || format!("queue {queue}'s ring mapped twice")) {
-            return Err(GrantError::General);
-        }
-        let shared = self.mapped.iter().any(|m| m.slot == slot);
-        if !self.expect(!shared, || format!("ring {grefs:?} mapped twice")) {
-            return Err(GrantError::General);
-        }
-        let ring = if std::mem::take(&mut self.faults.short_ring) {
-            SharedMem::leak_pair(PAGE_SIZE / 2).expect("ring memory").1
-        } else {
-            self.rings[slot].back.take().ok_or(GrantError::General)?
-        };
-        if ring.len() >= SRING_HEADER_SIZE {
-            self.rsp_prod_at_map = ring.load_u32(SRING_RSP_PROD, Ordering::Acquire);
-        }
-        self.mapped.push(MappedRing {
-            queue,
-            addr: ring.as_ptr() as usize,
-            slot,
-        });
-        self.ring_maps += 1;
-        Ok(ring)
-    }
-
-    fn unmap_ring(&mut self, queue: QueueId, ring: SharedMem) {
-        let addr = ring.as_ptr() as usize;
-        match self.mapped.iter().position(|m| m.queue == queue) {
-            None => self.violation(format!("queue {queue}'s ring unmapped twice")),
-            Some(i) if self.mapped[i].addr != addr => {
-                self.violation(format!("queue {queue} unmaps a foreign ring"))
-            }
-            Some(i) => {
-                let m = self.mapped.swap_remove(i);
-                self.ring_unmaps += 1;
-                let offer = &mut self.rings[m.slot];
-                if offer.addr == addr {
-                    offer.back = Some(ring);
-                }
-            }
-        }
-    }
-
     fn copy_in(&mut self, from: Granted<'_>, out: &mut [u8]) -> Result<(), GrantError> {
         let Granted { dom, grefs } = from;
         self.expect(dom == FE_DOM, || format!("copy_in from domain {dom}"));
@@ -1006,29 +935,6 @@ impl Grants for FakeHost {
         }
         Ok(())
     }
-}
-
-impl EventChannel for FakeHost {
-    fn evtchn_bind(&mut self, queue: QueueId, remote: RemotePort) -> Result<(), EvtchnError> {
-        let (dom, port) = (remote.dom, remote.port);
-        let twice = self.evtchn_bound(queue);
-        self.expect(!twice, || format!("queue {queue}'s channel bound twice"));
-        if std::mem::take(&mut self.faults.bind) {
-            return Err(EvtchnError::General);
-        }
-        // Only a port the front-end offered and nobody bound yet.
-        let offered = self
-            .rings
-            .iter()
-            .any(|r| !r.grefs.is_empty() && r.port == port);
-        let taken = self.bound.iter().any(|&(_, p)| p == port);
-        if dom != FE_DOM || !offered || taken || twice {
-            return Err(EvtchnError::BadPort);
-        }
-        self.bound.push((queue, port));
-        self.binds += 1;
-        Ok(())
-    }
 
     fn evtchn_notify(&mut self, queue: QueueId) {
         let bound = self.evtchn_bound(queue);
@@ -1044,18 +950,6 @@ impl EventChannel for FakeHost {
         self.max_eoi_delay = self.max_eoi_delay.max(delay_ms);
     }
 
-    fn evtchn_unbind(&mut self, queue: QueueId) {
-        match self.bound.iter().position(|&(q, _)| q == queue) {
-            Some(i) => {
-                self.bound.swap_remove(i);
-                self.unbinds += 1;
-            }
-            None => self.violation(format!("unbind of queue {queue}'s unbound channel")),
-        }
-    }
-}
-
-impl Deferred for FakeHost {
     fn now_ms(&self) -> u64 {
         self.now_ms
     }
@@ -1063,25 +957,6 @@ impl Deferred for FakeHost {
     fn schedule_run(&mut self, queue: QueueId) {
         self.schedule_runs += 1;
         self.scheduled_queues |= 1 << queue.min(63);
-    }
-}
-
-impl Store for FakeHost {
-    fn store_open(&mut self, _params: OpenParams<'_>) -> Result<MediumInfo, OpenError> {
-        self.expect(self.root, || {
-            "store opened before the root file system".into()
-        });
-        self.expect(!self.store_open, || "store opened twice".into());
-        if std::mem::take(&mut self.faults.open) {
-            return Err(OpenError::NotFound);
-        }
-        self.store_open = true;
-        self.store_opens += 1;
-        Ok(self.cfg.medium)
-    }
-
-    fn store_info(&self) -> MediumInfo {
-        self.cfg.medium
     }
 
     fn store_submit(&mut self, tag: IoTag, op: IoOp<'_>) -> Result<(), IoError> {
@@ -1139,6 +1014,130 @@ impl Store for FakeHost {
         self.submitted += 1;
         Ok(())
     }
+}
+
+impl Host for FakeHost {
+    fn window_reserve(&mut self, pages: u32) -> Result<(), GrantError> {
+        self.expect(!self.window_reserved, || "window reserved twice".into());
+        if std::mem::take(&mut self.faults.window) || pages as usize > self.cfg.max_window_pages {
+            return Err(GrantError::NoSpace);
+        }
+        self.window.clear();
+        self.window.resize(pages as usize, None);
+        self.window_reserved = true;
+        self.window_reserves += 1;
+        Ok(())
+    }
+
+    fn window_release(&mut self) {
+        self.expect(self.window_reserved, || "window released twice".into());
+        let live = self.live_mappings;
+        self.expect(live == 0, || {
+            format!("window released with {live} pages mapped")
+        });
+        self.window_reserved = false;
+        self.window_releases += 1;
+    }
+
+    fn map_ring(&mut self, queue: QueueId, ring: Granted<'_>) -> Result<SharedMem, GrantError> {
+        let Granted { dom, grefs } = ring;
+        self.expect(dom == FE_DOM, || format!("map_ring for domain {dom}"));
+        if std::mem::take(&mut self.faults.ring_map) {
+            return Err(GrantError::General);
+        }
+        let Some(slot) = self.rings.iter().position(|r| r.grefs == grefs) else {
+            return Err(GrantError::BadRef);
+        };
+        let twice = self.mapped.iter().any(|m| m.queue == queue);
+        if !self.expect(!twice, || format!("queue {queue}'s ring mapped twice")) {
+            return Err(GrantError::General);
+        }
+        let shared = self.mapped.iter().any(|m| m.slot == slot);
+        if !self.expect(!shared, || format!("ring {grefs:?} mapped twice")) {
+            return Err(GrantError::General);
+        }
+        let ring = if std::mem::take(&mut self.faults.short_ring) {
+            SharedMem::leak_pair(PAGE_SIZE / 2).expect("ring memory").1
+        } else {
+            self.rings[slot].back.take().ok_or(GrantError::General)?
+        };
+        if ring.len() >= SRING_HEADER_SIZE {
+            self.rsp_prod_at_map = ring.load_u32(SRING_RSP_PROD, Ordering::Acquire);
+        }
+        self.mapped.push(MappedRing {
+            queue,
+            addr: ring.as_ptr() as usize,
+            slot,
+        });
+        self.ring_maps += 1;
+        Ok(ring)
+    }
+
+    fn unmap_ring(&mut self, queue: QueueId, ring: SharedMem) {
+        let addr = ring.as_ptr() as usize;
+        match self.mapped.iter().position(|m| m.queue == queue) {
+            None => self.violation(format!("queue {queue}'s ring unmapped twice")),
+            Some(i) if self.mapped[i].addr != addr => {
+                self.violation(format!("queue {queue} unmaps a foreign ring"))
+            }
+            Some(i) => {
+                let m = self.mapped.swap_remove(i);
+                self.ring_unmaps += 1;
+                let offer = &mut self.rings[m.slot];
+                if offer.addr == addr {
+                    offer.back = Some(ring);
+                }
+            }
+        }
+    }
+
+    fn evtchn_bind(&mut self, queue: QueueId, remote: RemotePort) -> Result<(), EvtchnError> {
+        let (dom, port) = (remote.dom, remote.port);
+        let twice = self.evtchn_bound(queue);
+        self.expect(!twice, || format!("queue {queue}'s channel bound twice"));
+        if std::mem::take(&mut self.faults.bind) {
+            return Err(EvtchnError::General);
+        }
+        // Only a port the front-end offered and nobody bound yet.
+        let offered = self
+            .rings
+            .iter()
+            .any(|r| !r.grefs.is_empty() && r.port == port);
+        let taken = self.bound.iter().any(|&(_, p)| p == port);
+        if dom != FE_DOM || !offered || taken || twice {
+            return Err(EvtchnError::BadPort);
+        }
+        self.bound.push((queue, port));
+        self.binds += 1;
+        Ok(())
+    }
+
+    fn evtchn_unbind(&mut self, queue: QueueId) {
+        match self.bound.iter().position(|&(q, _)| q == queue) {
+            Some(i) => {
+                self.bound.swap_remove(i);
+                self.unbinds += 1;
+            }
+            None => self.violation(format!("unbind of queue {queue}'s unbound channel")),
+        }
+    }
+
+    fn store_open(&mut self, _params: OpenParams<'_>) -> Result<MediumInfo, OpenError> {
+        self.expect(self.root, || {
+            "store opened before the root file system".into()
+        });
+        self.expect(!self.store_open, || "store opened twice".into());
+        if std::mem::take(&mut self.faults.open) {
+            return Err(OpenError::NotFound);
+        }
+        self.store_open = true;
+        self.store_opens += 1;
+        Ok(self.cfg.medium)
+    }
+
+    fn store_info(&self) -> MediumInfo {
+        self.cfg.medium
+    }
 
     fn store_close(&mut self) {
         self.expect(self.store_open, || "store closed twice".into());
@@ -1147,14 +1146,19 @@ impl Store for FakeHost {
         self.store_open = false;
         self.store_closes += 1;
     }
-}
 
-impl Host for FakeHost {
     fn root_mounted(&self) -> bool {
         self.root
     }
 
     fn waits_for_hotplug(&self) -> bool {
         self.hotplug_gate
+    }
+
+    fn inline(&mut self) -> Option<&mut dyn QueueHost> {
+        if self.faults.no_inline {
+            return None;
+        }
+        Some(self)
     }
 }

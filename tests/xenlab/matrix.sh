@@ -85,15 +85,21 @@ median() { printf '%s\n' "$@" | grep . | sort -n | awk '{ a[NR] = $1 } END { if 
 				n=$(sed -n 's/.*signs=\([0-9]*\).*/\1/p' "$d/verdict.txt")
 				[ "${n:-0}" -gt 0 ] && crashed=$((crashed + 1))
 				grep -q 'finished=0' "$d/verdict.txt" && [ "${n:-0}" = 0 ] && unfinished=$((unfinished + 1))
-				v=$(cat "$d"/vcheck-dom0-*.txt "$d"/guest-s9?.log 2> /dev/null | tr -d '\r' | grep -c 'VCHECK FAIL')
-				vlost=$((vlost + v))
+				# Registers lost: the checkers' own totals (a FAIL line is
+				# printed for the first few only); a checker that never
+				# finished counts its FAIL lines.
+				v=$(cat "$d"/vcheck-dom0-*.txt "$d"/guest-s9?.log 2> /dev/null | tr -d '\r' | awk '
+					/VCHECK done/ { for (i = 1; i <= NF; i++) if ($i ~ /_lost=/) { split($i, a, "="); done += a[2] } ; nd++ }
+					/VCHECK FAIL/ { fails++ }
+					END { print (nd ? done : fails + 0) }')
+				vlost=$((vlost + ${v:-0}))
 				v=$(grep -c 'DOM0CHECK FAIL' "$d/dom0check.txt" 2> /dev/null)
 				d0bad=$((d0bad + ${v:-0}))
 				# How much work fitted into the fixed time: the CPU model's cost.
 				rounds="$rounds $(sed -n 's/.*DOM0CHECK done rounds=\([0-9]*\).*/\1/p' "$d/dom0check.txt" 2> /dev/null)"
 				gboots="$gboots $(sed -n 's/.*s9r-boots result=PASS \([0-9]*\).*/\1/p' "$d/summary.txt" 2> /dev/null)"
 				grounds="$grounds $(sed -n 's/.*s9h-rounds result=PASS \([0-9]*\).*/\1/p' "$d/summary.txt" 2> /dev/null)"
-				k=$(sed 's/^[^:]*: //' "$d/crashes.txt" 2> /dev/null | grep -o -E 'segfault at|general protection|Segmentation fault|malloc\(\)|Inconsistency detected|Assertion|invalid field index|command not found|Triple fault|Fatal trap|Kernel panic|VCHECK FAIL|DOM0CHECK FAIL|core dump|Aborted' | sort -u | tr '\n' ',')
+				k=$(sed 's/^[^:]*: //' "$d/crashes.txt" 2> /dev/null | grep -a -o -E 'segfault at|general protection|Segmentation fault|malloc\(\)|Inconsistency detected|Assertion|invalid field index|command not found|Triple fault|Fatal trap|Kernel panic|VCHECK FAIL|DOM0CHECK FAIL|core dump|Aborted' | sort -u | tr '\n' ',')
 				kinds="$kinds$k"
 			done
 			kinds=$(echo "$kinds" | tr ',' '\n' | grep . | sort | uniq -c | awk '{ printf "%s%s x%d", sep, substr($0, index($0, $2)), $1; sep = "; " }')

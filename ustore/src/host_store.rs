@@ -1,6 +1,6 @@
 //! The store half of a user-space platform's [`Host`](xbb::host::Host):
 //! the one type the lab's `SimHost` and xbb-serve's `XenHost` hand the
-//! core's [`Store`](xbb::host::Store) calls to.
+//! core's store calls ([`Host`](xbb::host::Host), [`QueueHost`](xbb::host::QueueHost)) to.
 //!
 //! A [`HostStore`] holds an instance's open store, chooses file or device
 //! by the one rule ([`StoreKind::for_node`]), turns the core's I/O into the
@@ -38,16 +38,65 @@ pub fn probe(path: &Path) -> Result<NodeKind, OpenError> {
 /// The open store of one instance, for its platform: the one type the
 /// user-space platforms (lab and serve) delegate their store calls to.
 pub struct HostStore {
-    store: Option<Box<dyn UserStore>>,
-    in_flight: Arc<AtomicU64>,
+    store: Option<Arc<dyn UserStore>>,
+    counts: Arc<Counts>,
     sector_size: u32,
     faults: Option<Arc<IoFaults>>,
     cache: Option<Arc<WriteCache>>,
-    /// I/Os refused because a piece of their buffer did not resolve to
-    /// memory mapped as the I/O needs it.
-    pub bad_iovecs: u64,
-    /// I/Os handed to the store.
-    pub submitted: u64,
+}
+
+/// What every handle of one [`HostStore`] counts.
+#[derive(Debug, Default)]
+struct Counts {
+    in_flight: AtomicU64,
+    bad_iovecs: AtomicU64,
+    submitted: AtomicU64,
+}
+
+/// A handle on an open store for one queue's context: submits to the same
+/// store, counted with the others. The store stays open while handles
+/// exist only as long as the platform does not close it; the platform
+/// closes it once every queue is home.
+#[derive(Clone)]
+pub struct StoreHandle {
+    store: Arc<dyn UserStore>,
+    counts: Arc<Counts>,
+}
+
+impl std::fmt::Debug for StoreHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreHandle")
+            .field("in_flight", &self.counts.in_flight.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl StoreHandle {
+    /// Queues the core's `op` as [`HostStore::submit`] does.
+    pub fn submit(
+        &self,
+        tag: IoTag,
+        op: IoOp<'_>,
+        resolve: impl FnMut(&[IoVec], bool) -> Option<Vec<RawIoVec>>,
+    ) -> Result<(), IoError> {
+        submit_to(self.store.as_ref(), &self.counts, tag, op, resolve)
+    }
+}
+
+fn submit_to(
+    store: &dyn UserStore,
+    counts: &Counts,
+    tag: IoTag,
+    op: IoOp<'_>,
+    resolve: impl FnMut(&[IoVec], bool) -> Option<Vec<RawIoVec>>,
+) -> Result<(), IoError> {
+    let Some(io) = StoreIo::from_op(op, resolve) else {
+        counts.bad_iovecs.fetch_add(1, Ordering::Relaxed);
+        return Err(IoError::Io);
+    };
+    submit_counted(store, &counts.in_flight, tag, io)?;
+    counts.submitted.fetch_add(1, Ordering::Relaxed);
+    Ok(())
 }
 
 impl std::fmt::Debug for HostStore {
@@ -66,12 +115,10 @@ impl HostStore {
     pub fn new(sector_size: u32, faults: Option<Arc<IoFaults>>) -> HostStore {
         HostStore {
             store: None,
-            in_flight: Arc::new(AtomicU64::new(0)),
+            counts: Arc::new(Counts::default()),
             sector_size,
             faults,
             cache: None,
-            bad_iovecs: 0,
-            submitted: 0,
         }
     }
 
@@ -101,16 +148,16 @@ impl HostStore {
             faults: self.faults.clone(),
             cache: self.cache.clone(),
         };
-        let in_flight = Arc::clone(&self.in_flight);
+        let counts = Arc::clone(&self.counts);
         let s = open_store(
             &spec,
             Arc::new(move |tag: IoTag, r: Result<(), IoError>| {
-                in_flight.fetch_sub(1, Ordering::AcqRel);
+                counts.in_flight.fetch_sub(1, Ordering::AcqRel);
                 done(tag, r);
             }),
         )?;
         let info = s.info();
-        self.store = Some(s);
+        self.store = Some(Arc::from(s));
         Ok(info)
     }
 
@@ -145,13 +192,26 @@ impl HostStore {
         let Some(s) = self.store.as_ref() else {
             return Err(IoError::Gone);
         };
-        let Some(io) = StoreIo::from_op(op, resolve) else {
-            self.bad_iovecs += 1;
-            return Err(IoError::Io);
-        };
-        submit_counted(s.as_ref(), &self.in_flight, tag, io)?;
-        self.submitted += 1;
-        Ok(())
+        submit_to(s.as_ref(), &self.counts, tag, op, resolve)
+    }
+
+    /// A handle for another context to submit with, while a store is open.
+    pub fn handle(&self) -> Option<StoreHandle> {
+        Some(StoreHandle {
+            store: Arc::clone(self.store.as_ref()?),
+            counts: Arc::clone(&self.counts),
+        })
+    }
+
+    /// I/Os refused because a piece of their buffer did not resolve to
+    /// memory mapped as the I/O needs it.
+    pub fn bad_iovecs(&self) -> u64 {
+        self.counts.bad_iovecs.load(Ordering::Relaxed)
+    }
+
+    /// I/Os handed to the store.
+    pub fn submitted(&self) -> u64 {
+        self.counts.submitted.load(Ordering::Relaxed)
     }
 
     /// Closes the store: waits for every queued I/O (each completion is
@@ -169,6 +229,6 @@ impl HostStore {
 
     /// I/Os submitted whose completion has not been delivered.
     pub fn in_flight(&self) -> u64 {
-        self.in_flight.load(Ordering::Acquire)
+        self.counts.in_flight.load(Ordering::Acquire)
     }
 }

@@ -52,7 +52,7 @@ mod sys;
 
 pub use cache::{CacheStats, CachedStore, WriteCache, DEFAULT_CAPACITY};
 pub use faults::{FaultCounters, IoFaults};
-pub use host_store::{probe, HostStore};
+pub use host_store::{probe, HostStore, StoreHandle};
 pub use io::{submit_counted, RawIoVec, StoreIo};
 pub use medium::resize_medium;
 pub use pool::BackingStore;

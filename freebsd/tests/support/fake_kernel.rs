@@ -14,9 +14,14 @@
 //!   grant each window page shows; store I/O is performed when the test
 //!   completes it, through those mappings, straight into the guest pages, so
 //!   an I/O touching an unmapped window page is caught.
-//! - Event channels mask on delivery and unmask on EOI (late EOI); events,
-//!   scheduled runs and I/O completions wait in a queue that
-//!   [`FakeKernel::pump`] delivers, as the instance's taskqueue would.
+//! - Event channels mask on delivery and unmask on EOI (late EOI); a kick
+//!   sets the queue's event flag and enqueues its task; finished I/O goes
+//!   on its queue's list (`io_done` takes it back) and enqueues that
+//!   queue's task; `control_kick` enqueues the control task. The tasks wait
+//!   in one queue that [`FakeKernel::pump`] delivers in order: per queue
+//!   (`xbb_rs_queue_task`) and for the control part (`xbb_rs_control`), as
+//!   the queues' taskqueues and the control taskqueue would, one at a time
+//!   (the kernel runs them at once; the loom model covers that).
 //! - `mem_alloc` / `mem_free` use the system allocator, check that every
 //!   call names exactly one of `M_WAITOK` / `M_NOWAIT` and that `M_WAITOK`
 //!   is never used from the task, and can be told to fail `M_NOWAIT`
@@ -164,18 +169,20 @@ struct Chan {
     pending: bool,
 }
 
-/// Work for the instance's "taskqueue".
+/// Work for the instance's "taskqueues".
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Task {
-    /// `xbb_rs_event(queue)`.
-    Event(u32),
-    /// `xbb_rs_run(queue)`.
-    Run(u32),
+    /// Queue `q`'s task: `xbb_rs_queue_task(q, event)`.
+    Queue(u32),
+    /// The control task: `xbb_rs_control`.
+    Control,
 }
 
 /// One submitted store I/O, copied out of `struct xbb_shim_io`.
 #[derive(Clone, Debug)]
 pub struct PendingIo {
+    /// The queue that submitted it.
+    pub queue: u32,
     /// The tag to complete.
     pub tag: u32,
     /// `XBB_SHIM_IO_*`.
@@ -210,7 +217,7 @@ pub struct State {
     txn_next: u32,
     grants: Vec<Grant>,
     pages: Vec<Box<[u8; PAGE_SIZE]>>,
-    ring_back: Option<SharedMem>,
+    ring_backs: Vec<SharedMem>,
     window: Option<Vec<Option<Mapped>>>,
     next_handle: u32,
     /// Ring mappings per queue: `(address, length)`.
@@ -223,8 +230,16 @@ pub struct State {
     /// EOIs with a delay.
     pub delayed_eois: u64,
     tasks: VecDeque<Task>,
+    /// Queues whose filter saw an event (`q_ev`).
+    events: BTreeMap<u32, bool>,
     /// Submitted I/O not yet completed.
     pub ios: VecDeque<PendingIo>,
+    /// Finished I/O per queue, not yet taken back (`io_done`).
+    done: BTreeMap<u32, VecDeque<(u32, c_int)>>,
+    /// Queue task runs, per queue.
+    pub queue_tasks: BTreeMap<u32, u64>,
+    /// Control task runs.
+    pub control_tasks: u64,
     /// The medium's bytes.
     pub medium: Vec<u8>,
     /// The store is open.
@@ -355,37 +370,66 @@ impl FakeKernel {
     /// Sets up a one-queue front-end ring of `pages` pages, as a front-end
     /// does, and moves the front-end to Initialised.
     pub fn frontend_connect(&self, pages: u32) -> FrontRing {
-        let (front, back) = SharedMem::leak_pair(pages as usize * PAGE_SIZE).expect("ring");
+        self.frontend_connect_queues(1, pages)
+            .pop()
+            .expect("one ring")
+    }
+
+    /// Sets up `queues` rings of `pages` pages each (`queues` > 1: the
+    /// `multi-queue-num-queues` layout, `queue-N/ring-ref...`,
+    /// `queue-N/event-channel`, port `FE_PORT + N`), and moves the
+    /// front-end to Initialised.
+    pub fn frontend_connect_queues(&self, queues: u32, pages: u32) -> Vec<FrontRing> {
         let mut st = self.st();
-        let base = back.as_ptr() as usize;
-        let mut refs = Vec::new();
-        for i in 0..pages as usize {
-            st.grants.push(Grant::Ring {
-                addr: base + i * PAGE_SIZE,
-            });
-            refs.push((st.grants.len() + 7) as u32);
-        }
-        st.ring_back = Some(back);
+        let mut rings = Vec::new();
         let fe = |k: &str| format!("{FE_PATH}/{k}");
-        if pages == 1 {
-            st.xs.insert(fe("ring-ref"), refs[0].to_string());
-        } else {
+        if queues > 1 {
+            st.xs
+                .insert(fe("multi-queue-num-queues"), queues.to_string());
+        }
+        if pages > 1 {
             st.xs
                 .insert(fe("ring-page-order"), pages.trailing_zeros().to_string());
-            for (i, r) in refs.iter().enumerate() {
-                st.xs.insert(fe(&format!("ring-ref{i}")), r.to_string());
-            }
         }
-        st.xs.insert(fe("event-channel"), FE_PORT.to_string());
+        for q in 0..queues {
+            let (front, back) = SharedMem::leak_pair(pages as usize * PAGE_SIZE).expect("ring");
+            let base = back.as_ptr() as usize;
+            let mut refs = Vec::new();
+            for i in 0..pages as usize {
+                st.grants.push(Grant::Ring {
+                    addr: base + i * PAGE_SIZE,
+                });
+                refs.push((st.grants.len() + 7) as u32);
+            }
+            // Keep the back views alive (ring_map hands out addresses).
+            st.ring_backs.push(back);
+            let dir = if queues > 1 {
+                format!("queue-{q}/")
+            } else {
+                String::new()
+            };
+            if pages == 1 {
+                st.xs
+                    .insert(fe(&format!("{dir}ring-ref")), refs[0].to_string());
+            } else {
+                for (i, r) in refs.iter().enumerate() {
+                    st.xs
+                        .insert(fe(&format!("{dir}ring-ref{i}")), r.to_string());
+                }
+            }
+            let port = FE_PORT + q;
+            st.xs
+                .insert(fe(&format!("{dir}event-channel")), port.to_string());
+            st.offered_ports.push(port);
+            rings.push(FrontRing::init(front, Abi::X86_64, pages).expect("ring init"));
+        }
         st.xs.insert(
             fe("protocol"),
             xbb::abi::XEN_IO_PROTO_ABI_X86_64.to_string(),
         );
-        st.offered_ports.push(FE_PORT);
         st.xs
             .insert(fe("state"), XenbusState::Initialised.as_str().to_string());
-        drop(st);
-        FrontRing::init(front, Abi::X86_64, pages).expect("ring init")
+        rings
     }
 
     /// The front-end kicks queue `q`'s channel: the filter masks it and
@@ -399,7 +443,8 @@ impl FakeKernel {
             c.pending = true;
         } else {
             c.masked = true;
-            st.tasks.push_back(Task::Event(q));
+            st.events.insert(q, true);
+            push_task(&mut st, Task::Queue(q));
         }
     }
 
@@ -420,31 +465,82 @@ impl FakeKernel {
             };
             n += 1;
             assert!(n < 100_000, "task storm");
-            let inst = self.inst.get();
-            IN_TASK.with(|c| c.set(true));
-            // SAFETY: inst is the live handle of this device; calls are
-            // serialized on this thread.
-            unsafe {
-                match t {
-                    Task::Event(q) => ffi::xbb_rs_event(inst, q),
-                    Task::Run(q) => ffi::xbb_rs_run(inst, q),
-                }
-            }
-            IN_TASK.with(|c| c.set(false));
+            self.run_task(t);
         }
     }
 
-    /// Performs and completes the oldest submitted I/O; false if none.
+    /// Delivers queued tasks in order until the control task has run,
+    /// leaving the ones queued after it; whether it ran.
+    pub fn run_tasks_through_control(&self) -> bool {
+        loop {
+            let t = self.st().tasks.pop_front();
+            let Some(t) = t else {
+                return false;
+            };
+            self.run_task(t);
+            if t == Task::Control {
+                return true;
+            }
+        }
+    }
+
+    fn run_task(&self, t: Task) {
+        let inst = self.inst.get();
+        IN_TASK.with(|c| c.set(true));
+        match t {
+            Task::Queue(q) => {
+                let event = {
+                    let mut st = self.st();
+                    *st.queue_tasks.entry(q).or_default() += 1;
+                    st.events.insert(q, false).unwrap_or(false)
+                };
+                // SAFETY: inst is the live handle of this device; calls are
+                // serialized on this thread.
+                let h = unsafe { ffi::xbb_rs_queue(inst, q) };
+                assert!(!h.is_null(), "queue {q} has no handle");
+                // SAFETY: a live queue handle; this thread is its task.
+                unsafe { ffi::xbb_rs_queue_task(h, c_int::from(event)) };
+            }
+            Task::Control => {
+                self.st().control_tasks += 1;
+                // SAFETY: as above.
+                unsafe { ffi::xbb_rs_control(inst) };
+            }
+        }
+        IN_TASK.with(|c| c.set(false));
+    }
+
+    /// Performs the oldest submitted I/O and puts it on its queue's list
+    /// of finished I/O, enqueueing the queue's task (as a bio completion
+    /// or a file worker does); false if none.
     pub fn complete_one(&self) -> bool {
         let io = self.st().ios.pop_front();
+        self.finish_io(io)
+    }
+
+    /// Performs the oldest submitted I/O of queue `q` only; false if none.
+    pub fn complete_one_of(&self, q: u32) -> bool {
+        let io = {
+            let mut st = self.st();
+            let at = st.ios.iter().position(|io| io.queue == q);
+            at.and_then(|i| st.ios.remove(i))
+        };
+        self.finish_io(io)
+    }
+
+    /// Performs `io` and puts it on its queue's list of finished I/O,
+    /// enqueueing the queue's task; false for none.
+    fn finish_io(&self, io: Option<PendingIo>) -> bool {
         let Some(io) = io else {
             return false;
         };
         let err = self.perform(&io);
-        IN_TASK.with(|c| c.set(true));
-        // SAFETY: as in run_tasks.
-        unsafe { ffi::xbb_rs_complete(self.inst.get(), io.tag, err) };
-        IN_TASK.with(|c| c.set(false));
+        let mut st = self.st();
+        st.done
+            .entry(io.queue)
+            .or_default()
+            .push_back((io.tag, err));
+        push_task(&mut st, Task::Queue(io.queue));
         true
     }
 
@@ -530,11 +626,23 @@ impl FakeKernel {
 
 // --- A front-end over FrontRing ---------------------------------------------
 
-/// Pushes `req`, publishes, and kicks if the back-end asked.
+/// Pushes `req`, publishes, and kicks queue 0 if the back-end asked.
 pub fn submit(fk: &FakeKernel, ring: &mut FrontRing, req: &BlkifRequest) {
+    submit_on(fk, ring, 0, req);
+}
+
+/// Pushes `req` on queue `q`'s ring, publishes, and kicks if asked.
+pub fn submit_on(fk: &FakeKernel, ring: &mut FrontRing, q: u32, req: &BlkifRequest) {
     assert!(ring.push_request(req), "ring full");
     if ring.publish_requests() {
-        fk.kick(0);
+        fk.kick(q);
+    }
+}
+
+/// Enqueues task `t` unless it is queued already (taskqueue_enqueue).
+fn push_task(st: &mut State, t: Task) {
+    if !st.tasks.contains(&t) {
+        st.tasks.push_back(t);
     }
 }
 
@@ -862,8 +970,10 @@ unsafe extern "C" fn evtchn_eoi(ctx: *mut c_void, queue: u32, delay_ms: u32) {
         return;
     };
     if c.pending {
+        // Unmasked with an event pending: the filter runs again at once.
         c.pending = false;
-        st.tasks.push_back(Task::Event(queue));
+        st.events.insert(queue, true);
+        push_task(&mut st, Task::Queue(queue));
     } else {
         c.masked = false;
     }
@@ -877,16 +987,47 @@ unsafe extern "C" fn evtchn_unbind(ctx: *mut c_void, queue: u32) {
         st.violations
             .push(format!("unbind of unbound queue {queue}"));
     }
-    st.tasks.retain(|t| *t != Task::Event(queue));
+    // The filter records nothing more; an event already recorded reaches
+    // the queue's task, which ignores it while the queue is home.
+    st.events.insert(queue, false);
 }
 
-unsafe extern "C" fn schedule_run(ctx: *mut c_void, queue: u32) {
+unsafe extern "C" fn queue_kick(ctx: *mut c_void, queue: u32) {
     let _f = FakeScope::enter();
     // SAFETY: the header's contract.
     let mut st = unsafe { dev(ctx) }.st();
-    if !st.tasks.contains(&Task::Run(queue)) {
-        st.tasks.push_back(Task::Run(queue));
+    if queue >= ffi::XBB_SHIM_MAX_QUEUES {
+        st.violations.push(format!("kick of queue {queue}"));
+        return;
     }
+    push_task(&mut st, Task::Queue(queue));
+}
+
+unsafe extern "C" fn control_kick(ctx: *mut c_void) {
+    let _f = FakeScope::enter();
+    // SAFETY: the header's contract.
+    let mut st = unsafe { dev(ctx) }.st();
+    push_task(&mut st, Task::Control);
+}
+
+unsafe extern "C" fn io_done(
+    ctx: *mut c_void,
+    queue: u32,
+    tagp: *mut u32,
+    errorp: *mut c_int,
+) -> c_int {
+    let _f = FakeScope::enter();
+    // SAFETY: the header's contract.
+    let mut st = unsafe { dev(ctx) }.st();
+    let Some((tag, err)) = st.done.get_mut(&queue).and_then(VecDeque::pop_front) else {
+        return 0;
+    };
+    // SAFETY: tagp and errorp are writable.
+    unsafe {
+        *tagp = tag;
+        *errorp = err;
+    }
+    1
 }
 
 unsafe extern "C" fn now_ms(ctx: *mut c_void) -> u64 {
@@ -938,6 +1079,7 @@ unsafe extern "C" fn store_info(ctx: *mut c_void, m: *mut ffi::xbb_shim_medium) 
 
 unsafe extern "C" fn store_submit(
     ctx: *mut c_void,
+    queue: u32,
     tag: u32,
     io: *const ffi::xbb_shim_io,
 ) -> c_int {
@@ -962,6 +1104,7 @@ unsafe extern "C" fn store_submit(
         st.violations.push("iov does not add up to length".into());
     }
     st.ios.push_back(PendingIo {
+        queue,
         tag,
         op: io.op,
         flags: io.flags,
@@ -976,7 +1119,7 @@ unsafe extern "C" fn store_close(ctx: *mut c_void) {
     let _f = FakeScope::enter();
     // SAFETY: the header's contract.
     let mut st = unsafe { dev(ctx) }.st();
-    if !st.ios.is_empty() {
+    if !st.ios.is_empty() || st.done.values().any(|d| !d.is_empty()) {
         st.violations.push("store closed with I/O in flight".into());
     }
     if !st.open {
@@ -1068,11 +1211,13 @@ pub static OPS: ffi::xbb_shim_ops = ffi::xbb_shim_ops {
     evtchn_notify: Some(evtchn_notify),
     evtchn_eoi: Some(evtchn_eoi),
     evtchn_unbind: Some(evtchn_unbind),
-    schedule_run: Some(schedule_run),
+    queue_kick: Some(queue_kick),
+    control_kick: Some(control_kick),
     now_ms: Some(now_ms),
     store_open: Some(store_open),
     store_info: Some(store_info),
     store_submit: Some(store_submit),
+    io_done: Some(io_done),
     store_close: Some(store_close),
     root_mounted: Some(root_mounted),
     mem_alloc: Some(mem_alloc),

@@ -832,9 +832,23 @@ impl Frontend {
 
     /// A hostile write: stores any `req_prod`.
     pub fn set_req_prod_raw(&mut self, v: u32) {
-        if let Ok(r) = self.ring() {
+        self.set_req_prod_raw_on(0, v);
+    }
+
+    /// A hostile write: stores any `req_prod` on queue `q`'s ring, and
+    /// kicks that queue.
+    pub fn set_req_prod_raw_on(&mut self, q: usize, v: u32) {
+        if let Ok(r) = self.ring_q(q) {
             r.set_req_prod_raw(v);
         }
+        if q != 0 {
+            self.kick_queue(q);
+        }
+    }
+
+    /// The producer index the front-end would publish next on queue `q`.
+    pub fn req_prod_pvt_on(&mut self, q: usize) -> Option<u32> {
+        self.ring_q(q).ok().map(|r| r.req_prod_pvt())
     }
 
     /// Events the back-end has sent this front-end so far (on every queue).

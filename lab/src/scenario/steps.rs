@@ -923,66 +923,79 @@ pub(super) fn run_workloads(run: &mut Run<'_>, n: usize, step: &Step, targets: &
         }
     });
     for (i, r) in results {
-        let name = run.guests[i].name.clone();
-        match r {
-            Ok(rep) => {
-                run.guests[i].next_id = None;
-                let io = &mut run.guests[i].io;
-                io.workloads += 1;
-                io.reads += rep.reads;
-                io.writes += rep.writes;
-                io.flushes += rep.flushes;
-                io.bytes_read += rep.bytes_read;
-                io.bytes_written += rep.bytes_written;
-                io.bytes_checked += rep.bytes_checked;
-                io.mismatches += rep.mismatches;
-                io.error_responses += rep.error_responses;
-                io.seconds += rep.elapsed.as_secs_f64();
-                if io.first_mismatch.is_none() {
-                    io.first_mismatch.clone_from(&rep.first_mismatch);
-                }
-                let secs = rep.elapsed.as_secs_f64();
-                let mib = (rep.bytes_read + rep.bytes_written) as f64 / MIB;
-                run.progress(format_args!(
-                    "step {n}: {name}: {} reads, {} writes, {} flushes, {:.1} MiB/s, {} bytes verified, {} mismatches, {} error responses",
-                    rep.reads,
-                    rep.writes,
-                    rep.flushes,
-                    if secs > 0.0 { mib / secs } else { 0.0 },
-                    rep.bytes_checked,
+        record_workload(run, n, i, r, *expect_errors);
+    }
+}
+
+/// What guest `i`'s workload of step `n` did: added to its totals and
+/// reported; a mismatch, error responses other than `expect_errors` (none
+/// when absent) or a failed workload fail the step.
+fn record_workload(
+    run: &mut Run<'_>,
+    n: usize,
+    i: usize,
+    r: Result<WorkloadReport, FrontendError>,
+    expect_errors: Option<CounterExpect>,
+) {
+    let name = run.guests[i].name.clone();
+    match r {
+        Ok(rep) => {
+            run.guests[i].next_id = None;
+            let io = &mut run.guests[i].io;
+            io.workloads += 1;
+            io.reads += rep.reads;
+            io.writes += rep.writes;
+            io.flushes += rep.flushes;
+            io.bytes_read += rep.bytes_read;
+            io.bytes_written += rep.bytes_written;
+            io.bytes_checked += rep.bytes_checked;
+            io.mismatches += rep.mismatches;
+            io.error_responses += rep.error_responses;
+            io.seconds += rep.elapsed.as_secs_f64();
+            if io.first_mismatch.is_none() {
+                io.first_mismatch.clone_from(&rep.first_mismatch);
+            }
+            let secs = rep.elapsed.as_secs_f64();
+            let mib = (rep.bytes_read + rep.bytes_written) as f64 / MIB;
+            run.progress(format_args!(
+                "step {n}: {name}: {} reads, {} writes, {} flushes, {:.1} MiB/s, {} bytes verified, {} mismatches, {} error responses",
+                rep.reads,
+                rep.writes,
+                rep.flushes,
+                if secs > 0.0 { mib / secs } else { 0.0 },
+                rep.bytes_checked,
+                rep.mismatches,
+                rep.error_responses
+            ));
+            run.check(n, "workload", Some(&name), rep.mismatches == 0, || {
+                format!(
+                    "{} sector(s) read back wrong; first: {}",
                     rep.mismatches,
-                    rep.error_responses
-                ));
-                run.check(n, "workload", Some(&name), rep.mismatches == 0, || {
+                    rep.first_mismatch.clone().unwrap_or_default()
+                )
+            });
+            let want = expect_errors.unwrap_or(CounterExpect {
+                cmp: Cmp::Eq,
+                value: 0,
+            });
+            run.check(
+                n,
+                "workload",
+                Some(&name),
+                want.holds(rep.error_responses),
+                || {
                     format!(
-                        "{} sector(s) read back wrong; first: {}",
-                        rep.mismatches,
-                        rep.first_mismatch.clone().unwrap_or_default()
+                        "error responses: expected {want}, got {}",
+                        rep.error_responses
                     )
-                });
-                let want = expect_errors.unwrap_or(CounterExpect {
-                    cmp: Cmp::Eq,
-                    value: 0,
-                });
-                run.check(
-                    n,
-                    "workload",
-                    Some(&name),
-                    want.holds(rep.error_responses),
-                    || {
-                        format!(
-                            "error responses: expected {want}, got {}",
-                            rep.error_responses
-                        )
-                    },
-                );
-            }
-            Err(e) => {
-                run.guests[i].next_id = None;
-                run.progress(format_args!("step {n}: {name}: workload failed: {e}"));
-                run.guests[i].io.failure = Some(e.to_string());
-                run.fail(n, "workload", Some(&name), format!("workload failed: {e}"));
-            }
+                },
+            );
+        }
+        Err(e) => {
+            run.guests[i].next_id = None;
+            run.progress(format_args!("step {n}: {name}: workload failed: {e}"));
+            run.guests[i].io.failure = Some(e.to_string());
+            run.fail(n, "workload", Some(&name), format!("workload failed: {e}"));
         }
     }
 }

@@ -76,30 +76,7 @@ impl Scenario {
         used: &mut [Vec<(u64, u64)>],
     ) -> Result<(), String> {
         match step {
-            Step::Xenstore {
-                key,
-                value,
-                delete,
-                same_as,
-                reset,
-                queue,
-                ..
-            } => {
-                let given = usize::from(value.is_some())
-                    + usize::from(*delete)
-                    + usize::from(same_as.is_some())
-                    + usize::from(*reset);
-                if given != 1 {
-                    return Err(String::from(
-                        "give exactly one of `value`, `delete = true`, `same_as` and `reset = true`",
-                    ));
-                }
-                if key == "*" && (!*reset || queue.is_some()) {
-                    return Err(String::from(
-                        "key \"*\" (every override) only with `reset = true` and no `queue`",
-                    ));
-                }
-            }
+            Step::Xenstore { .. } => validate_xenstore(step)?,
             Step::Connect {
                 ring_start: Some(s),
                 ..
@@ -207,47 +184,7 @@ impl Scenario {
             Step::InjectGrant(spec) if spec.is_empty() => {
                 return Err(String::from("nothing to inject: give count, gref or clear"));
             }
-            Step::Expect {
-                state,
-                sysctl,
-                watch,
-                nodes,
-                ..
-            } => {
-                for k in nodes.keys() {
-                    let ok = k == "error"
-                        || ["backend/", "frontend/", "/"]
-                            .iter()
-                            .any(|p| k.len() > p.len() && k.starts_with(p));
-                    if !ok {
-                        return Err(format!(
-                            "nodes: {k:?} is not `error`, `backend/<key>`, `frontend/<key>` \
-                             nor an absolute path"
-                        ));
-                    }
-                }
-                for k in watch.keys() {
-                    if !WATCH_COUNTERS.contains(&k.as_str()) {
-                        return Err(format!(
-                            "unknown watch counter {k:?}; known: {}",
-                            WATCH_COUNTERS.join(", ")
-                        ));
-                    }
-                }
-                if let Some(s) = state {
-                    if parse_state(s).is_none() {
-                        return Err(format!("unknown state {s:?}"));
-                    }
-                }
-                for k in sysctl.keys() {
-                    if Stat::by_name(k).is_none() {
-                        return Err(format!(
-                            "unknown sysctl {k:?}; known: {}",
-                            known(SYSCTLS.iter().map(|d| d.name))
-                        ));
-                    }
-                }
-            }
+            Step::Expect { .. } => validate_expect(step)?,
             _ => {}
         }
         Ok(())
@@ -401,4 +338,85 @@ impl Guests {
                 .collect(),
         }
     }
+}
+
+/// A `xenstore` step: exactly one of its four actions; `"*"` only to undo
+/// every override.
+fn validate_xenstore(step: &Step) -> Result<(), String> {
+    let Step::Xenstore {
+        key,
+        value,
+        delete,
+        same_as,
+        reset,
+        queue,
+        ..
+    } = step
+    else {
+        return Ok(());
+    };
+    let given = usize::from(value.is_some())
+        + usize::from(*delete)
+        + usize::from(same_as.is_some())
+        + usize::from(*reset);
+    if given != 1 {
+        return Err(String::from(
+            "give exactly one of `value`, `delete = true`, `same_as` and `reset = true`",
+        ));
+    }
+    if key == "*" && (!*reset || queue.is_some()) {
+        return Err(String::from(
+            "key \"*\" (every override) only with `reset = true` and no `queue`",
+        ));
+    }
+    Ok(())
+}
+
+/// An `expect` step: node names of a known form, known watch counters,
+/// states and sysctl names.
+fn validate_expect(step: &Step) -> Result<(), String> {
+    let Step::Expect {
+        state,
+        sysctl,
+        watch,
+        nodes,
+        ..
+    } = step
+    else {
+        return Ok(());
+    };
+    for k in nodes.keys() {
+        let ok = k == "error"
+            || ["backend/", "frontend/", "/"]
+                .iter()
+                .any(|p| k.len() > p.len() && k.starts_with(p));
+        if !ok {
+            return Err(format!(
+                "nodes: {k:?} is not `error`, `backend/<key>`, `frontend/<key>` \
+                 nor an absolute path"
+            ));
+        }
+    }
+    for k in watch.keys() {
+        if !WATCH_COUNTERS.contains(&k.as_str()) {
+            return Err(format!(
+                "unknown watch counter {k:?}; known: {}",
+                WATCH_COUNTERS.join(", ")
+            ));
+        }
+    }
+    if let Some(s) = state {
+        if parse_state(s).is_none() {
+            return Err(format!("unknown state {s:?}"));
+        }
+    }
+    for k in sysctl.keys() {
+        if Stat::by_name(k).is_none() {
+            return Err(format!(
+                "unknown sysctl {k:?}; known: {}",
+                known(SYSCTLS.iter().map(|d| d.name))
+            ));
+        }
+    }
+    Ok(())
 }

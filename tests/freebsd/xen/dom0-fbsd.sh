@@ -124,7 +124,7 @@ fbsd_inputs() {
 # never appears.
 fbsd_create() {
 	if ! create "$2"; then
-		result "$1" "$2:create" FAIL "FreeBSD domain never appeared"
+		result "$1" "$2:create" FAIL "xl create failed (xl-create-$2.txt)"
 		sed 's/^/XENLAB xl: /' "$R/xl-create-$2.txt" | tail -n 10
 		return 1
 	fi
@@ -199,7 +199,7 @@ s7() {
 		wait_gone s7v 120
 		collect 7 s7v
 	else
-		result 7 s7v:create FAIL "Linux guest never appeared"
+		result 7 s7v:create FAIL "xl create failed (xl-create-s7v.txt)"
 		sed 's/^/XENLAB xl: /' "$R/xl-create-s7v.txt" | tail -n 10
 	fi
 
@@ -212,7 +212,7 @@ s7() {
 			local i=0
 			while ! grep -q 'XENLAB-GUEST boot=2' "$(glog s7r)" && [ $i -lt 60 ]; do
 				if in_shutdown s7r && [ $i -gt 10 ]; then
-					say "s7r: nobody restarted the rebooting guest; destroy + create"
+					result 7 s7r:reboot-restart FAIL "xl's monitor did not restart the rebooting guest"
 					xl destroy s7r
 					cp "$(glog s7r)" /tmp/s7r-boot1.log
 					create s7r
@@ -252,7 +252,7 @@ s7() {
 		[ -f /tmp/s7r-boot1.log ] && cat /tmp/s7r-boot1.log "$(glog s7r)" > /tmp/s7r-both.log && cp /tmp/s7r-both.log "$(glog s7r)"
 		collect 7 s7r
 	else
-		result 7 s7r:create FAIL "Linux guest never appeared"
+		result 7 s7r:create FAIL "xl create failed (xl-create-s7r.txt)"
 	fi
 
 	# (c) Detach with I/O in flight: the guest loops on md0, dom0 pulls the
@@ -284,7 +284,7 @@ s7() {
 		timeout 120 xl destroy s7l || result 7 xl-destroy-loop FAIL "xl destroy failed"
 		cp -f "$(glog s7l)" "$R/guest-s7l.log"
 	else
-		result 7 s7l:create FAIL "Linux guest never appeared"
+		result 7 s7l:create FAIL "xl create failed (xl-create-s7l.txt)"
 	fi
 	if [ -n "$(domid_of xbbdd)" ] && ! in_shutdown xbbdd; then
 		result 7 xbbdd-alive PASS "driver domain survived the detach with I/O in flight"

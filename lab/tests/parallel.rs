@@ -1,0 +1,250 @@
+//! The queues of one instance served in parallel (DESIGN.md,
+//! "Concurrency"): through the public path — guest rings in shared guest
+//! memory → each queue's own back-end thread → the store → responses, the
+//! data checked byte for byte — with four queues and several guests at
+//! once; closing, reconnecting and detaching with I/O in flight on every
+//! queue; one queue's ring broken while the others run; the medium resized
+//! while the queues run.
+
+mod support;
+
+use std::sync::Arc;
+use std::thread;
+
+use support::rig::{check_clean, mixed, Rig, TempDir, GUEST_FRAMES, HANG_GUARD};
+use xbb::abi::BLKIF_RSP_OKAY;
+use xbb::connect::ConnectError;
+use xbb::host::XenbusState;
+use xbb::stats::Stat;
+use xbb_lab::frontend::{FeatureRequest, Frontend, ManualRequest, Profile};
+use xbb_lab::world::{VbdConfig, World};
+
+/// Queues of the multi-queue profile.
+const QUEUES: u32 = 4;
+
+/// `n` writes of `pages` pages on every queue, `byte` each, at distinct
+/// sectors from `at`: submitted and published at once, not waited for.
+fn writes_on_every_queue(fe: &mut Frontend, at: u64, n: u64, pages: usize, byte: u8) -> Vec<u64> {
+    let reqs: Vec<FeatureRequest> = (0..QUEUES)
+        .flat_map(|q| {
+            (0..n).map(move |k| {
+                let sector = at + (u64::from(q) * n + k) * 64;
+                FeatureRequest::from(ManualRequest::write(sector, pages, byte)).on_queue(q)
+            })
+        })
+        .collect();
+    fe.submit_features(&reqs).expect("submit")
+}
+
+#[test]
+fn four_queues_of_several_guests_run_at_once_and_verify() {
+    let world = World::new();
+    let dir = TempDir::new("parallel-guests");
+    let mut vbds = Vec::new();
+    for g in 1..=3u16 {
+        world.add_guest(g, GUEST_FRAMES).expect("guest");
+        let img = dir.image(&format!("g{g}.img"), 8 << 20);
+        vbds.push(world.create_vbd(&VbdConfig::file(g, &img)).expect("vbd"));
+    }
+    let world = Arc::new(world);
+    let runs: Vec<_> = vbds
+        .iter()
+        .enumerate()
+        .map(|(i, vbd)| {
+            let (world, vbd) = (Arc::clone(&world), vbd.clone());
+            thread::spawn(move || {
+                let mut fe =
+                    Frontend::new(&world, &vbd, Profile::by_name("multiqueue").unwrap()).unwrap();
+                assert_eq!(fe.connect().expect("connect").queues, QUEUES);
+                let r =
+                    xbb_lab::frontend::run_workload(&mut fe, &mixed(1500, 8192, i as u64, 8192))
+                        .expect("workload");
+                fe.disconnect().expect("disconnect");
+                r
+            })
+        })
+        .collect();
+    for (run, vbd) in runs.into_iter().zip(&vbds) {
+        let r = run.join().expect("guest thread");
+        check_clean(&r);
+        assert!(
+            r.requests_per_queue.iter().all(|&n| n > 0),
+            "every queue carried requests: {:?}",
+            r.requests_per_queue
+        );
+        let snap = world.backend(vbd).expect("snapshot");
+        assert_eq!(snap.host.queue_threads, u64::from(QUEUES), "{snap:?}");
+        assert!(snap.host.queue_wakes > 0, "{snap:?}");
+        let st = snap.stats.expect("stats");
+        assert_eq!(st.get(Stat::ReqsReceived), st.get(Stat::ReqsCompleted));
+    }
+    for s in world.shutdown() {
+        assert!(s.error.is_none(), "{s:?}");
+        assert_eq!(s.host.window_mapped, 0, "{s:?}");
+        assert_eq!(s.host.bad_unmaps + s.host.bad_iovecs, 0, "{s:?}");
+    }
+}
+
+#[test]
+fn close_reconnect_and_detach_with_io_in_flight_on_every_queue() {
+    let rig = Rig::new("parallel-cycles", |_| {});
+    for cycle in 0..3u8 {
+        let mut fe = rig.connected("multiqueue");
+        assert_eq!(fe.info().queues, QUEUES);
+        // What every earlier cycle left in flight landed whole or not at
+        // all, on every queue.
+        if cycle > 0 {
+            for q in 0..QUEUES {
+                let sector = 2048 + u64::from(q) * 16 * 64;
+                let id = fe
+                    .submit_feature(
+                        &FeatureRequest::from(ManualRequest::read(sector, 4)).on_queue(q),
+                    )
+                    .unwrap();
+                let r = fe.wait_responses(1).unwrap();
+                assert_eq!((r[0].id, r[0].status), (id, BLKIF_RSP_OKAY));
+                let got = fe.page_data(id);
+                assert!(got.iter().all(|&b| b == got[0]), "cycle {cycle} queue {q}");
+            }
+        }
+        writes_on_every_queue(&mut fe, 2048, 16, 4, 0x80 + cycle);
+        // Straight to Closing: each queue drains on its own thread, then
+        // comes home; the back-end answers Closing only then.
+        fe.disconnect().expect("disconnect with I/O in flight");
+        rig.wait_state(XenbusState::Closed);
+        let snap = rig.world.backend(&rig.vbd).unwrap();
+        let st = snap.stats.as_ref().unwrap();
+        assert_eq!(
+            st.get(Stat::ReqsReceived),
+            st.get(Stat::ReqsQueuedForCompletion),
+            "cycle {cycle}: every request taken was answered"
+        );
+        assert_eq!(
+            (snap.host.window_mapped, snap.host.rings_mapped),
+            (0, 0),
+            "cycle {cycle}: {:?}",
+            snap.host
+        );
+    }
+    // Detach (xl block-detach) with I/O in flight on every queue.
+    let mut fe = rig.connected("multiqueue");
+    writes_on_every_queue(&mut fe, 4096, 16, 4, 0x55);
+    let snap = rig.world.destroy_vbd(&rig.vbd).expect("final snapshot");
+    assert!(snap.detached && snap.error.is_none(), "{snap:?}");
+    assert_eq!(snap.state, XenbusState::Closed);
+    assert_eq!(
+        (
+            snap.host.window_mapped,
+            snap.host.rings_mapped,
+            snap.host.io_in_flight
+        ),
+        (0, 0, 0),
+        "{:?}",
+        snap.host
+    );
+    assert!(!snap.host.store_open);
+    assert_eq!(rig.world.grant_stats(1).unwrap().mapped, 0);
+}
+
+#[test]
+fn one_queue_breaking_its_ring_fails_the_connection_while_the_others_drain() {
+    let rig = Rig::new("parallel-broken", |_| {});
+    let mut fe = rig.connected("multiqueue");
+    // Work in flight on queues 0, 2 and 3 ...
+    let reqs: Vec<FeatureRequest> = [0u32, 2, 3]
+        .iter()
+        .flat_map(|&q| {
+            (0..8u64).map(move |k| {
+                FeatureRequest::from(ManualRequest::write(
+                    u64::from(q) * 1024 + k * 64,
+                    2,
+                    0x30 + q as u8,
+                ))
+                .on_queue(q)
+            })
+        })
+        .collect();
+    let ids = fe.submit_features(&reqs).unwrap();
+    // Taken by their queues (a failing connection stops every queue from
+    // consuming: what a queue had not taken yet would never be served) ...
+    rig.world
+        .wait_backend(&rig.vbd, HANG_GUARD, |s| {
+            s.stats
+                .as_ref()
+                .is_some_and(|st| st.get(Stat::ReqsReceived) == ids.len() as u64)
+        })
+        .expect("every request taken");
+    // ... while queue 1's front-end claims more requests than its ring holds.
+    let prod = fe.req_prod_pvt_on(1).unwrap();
+    fe.set_req_prod_raw_on(1, prod.wrapping_add(1000));
+    rig.wait_state(XenbusState::Closing);
+    assert_eq!(
+        rig.world.backend_last_error(&rig.vbd),
+        Some(ConnectError::Ring),
+        "the broken ring failed the connection"
+    );
+    // Every request the healthy queues took drained and was answered.
+    let got = fe
+        .wait_responses(ids.len())
+        .expect("responses of the other queues");
+    assert_eq!(got.len(), ids.len());
+    assert!(got.iter().all(|r| r.status == BLKIF_RSP_OKAY), "{got:?}");
+    // Every queue comes home (the broken one too) and the connection is
+    // released.
+    let snap = rig
+        .world
+        .wait_backend(&rig.vbd, HANG_GUARD, |s| s.host.rings_mapped == 0)
+        .expect("every queue came home");
+    assert_eq!(snap.host.window_mapped, 0, "{:?}", snap.host);
+    assert_eq!(snap.host.window_pages, 0, "{:?}", snap.host);
+    drop(fe);
+    rig.finish();
+}
+
+#[test]
+fn the_medium_resized_while_every_queue_runs() {
+    let rig = Rig::new("parallel-resize", |_| {});
+    let mut fe = rig.connected("multiqueue");
+    let world_vbd = rig.vbd.clone();
+    let wl = mixed(3000, 4096, 11, 8192);
+    let worker = thread::spawn(move || {
+        let r = xbb_lab::frontend::run_workload(&mut fe, &wl).expect("workload");
+        (fe, r)
+    });
+    // Grow the medium three times while the queues serve.
+    let mut size = 8u64 << 20;
+    for _ in 0..3 {
+        size += 1 << 20;
+        rig.world.resize_vbd(&world_vbd, size).expect("resize");
+        rig.world
+            .wait_backend(&rig.vbd, HANG_GUARD, |s| {
+                s.stats
+                    .as_ref()
+                    .is_some_and(|st| st.get(Stat::MediumSectors) == size / 512)
+            })
+            .expect("the back-end saw the new size");
+    }
+    let (mut fe, r) = worker.join().expect("workload thread");
+    check_clean(&r);
+    assert_eq!(rig.be_node("sectors"), Some((size / 512).to_string()));
+    assert_eq!(rig.stat(Stat::Resizes), 3);
+    // The queues check requests against the new size: the last sector of
+    // the grown medium is served, one past it is refused.
+    let last = size / 512 - 8;
+    let id = fe
+        .submit_feature(&FeatureRequest::from(ManualRequest::write(last, 1, 0x77)).on_queue(3))
+        .unwrap();
+    let rsp = fe.wait_responses(1).unwrap();
+    assert_eq!((rsp[0].id, rsp[0].status), (id, BLKIF_RSP_OKAY));
+    let past = fe
+        .submit_feature(
+            &FeatureRequest::from(ManualRequest::write(size / 512, 1, 0x77)).on_queue(2),
+        )
+        .unwrap();
+    let rsp = fe.wait_responses(1).unwrap();
+    assert_eq!(rsp[0].id, past);
+    assert_ne!(rsp[0].status, BLKIF_RSP_OKAY);
+    fe.disconnect().unwrap();
+    drop(fe);
+    rig.finish();
+}
