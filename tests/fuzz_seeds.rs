@@ -127,6 +127,23 @@ fn write(sector: u8, nsegs: u8) -> PushReq {
     }
 }
 
+/// Found by the ring fuzz target: a front-end stored a `req_prod` more
+/// than a ring ahead of its `rsp_cons` while one of its I/Os was still in
+/// flight, so the back-end, measuring from its own `req_cons`, accepted
+/// it and served 43 more requests. The front ring refuses responses it
+/// cannot be owed, so the body's final check, which counted only the
+/// responses taken, reported them unanswered. The back-end had answered
+/// every one; the body now counts them on the shared ring's `rsp_prod`
+/// when the front-end overran its own ring.
+#[test]
+fn regression_a_front_end_that_overran_its_ring_was_answered() {
+    let data = include_bytes!("fuzz-regressions/ring-overran-front-end");
+    save("ring", "regression-overran-front-end", data);
+    let r = fuzz_ring(data);
+    assert!(!r.ring_broken, "{r:?}");
+    assert!(r.ios > 0 && r.okay + r.error > 0, "{r:?}");
+}
+
 #[test]
 fn seed_read_write_round_trip() {
     for cfg in geometries() {
