@@ -32,8 +32,10 @@
 //! allocating rather than with what is held; so what is held to a bound
 //! is the live heap, the bytes the allocator handed out and did not get
 //! back (`mallinfo2`; `RssAnon` where that is unknown). The soak fails
-//! when the last sample's descriptors or threads differ from the first's,
-//! or its live heap exceeds the first's by more than
+//! when the last sample's descriptors or threads differ from the first's
+//! (threads counted without the EOI timers: a delayed end-of-interrupt
+//! runs one for its delay, idle guests or not), or its live heap exceeds
+//! the first's by more than
 //! [`HEAP_GROWTH_PERCENT`] % or [`HEAP_GROWTH_MIB`] MiB, whichever is
 //! more.
 
@@ -117,8 +119,11 @@ pub struct Resources {
     pub fds: u64,
     /// Of those, the stores' image files.
     pub store_fds: u64,
-    /// Threads.
+    /// Threads, without the EOI timers.
     pub threads: u64,
+    /// EOI timer threads alive (`xbb-eoi-timer`: the simulated callout of
+    /// a delayed end-of-interrupt, each gone after its delay).
+    pub timers: u64,
 }
 
 impl Resources {
@@ -145,6 +150,18 @@ impl Resources {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0)
         };
+        // Threads by name: a delayed EOI's timer lives for its delay,
+        // whether or not every guest is idle.
+        let (mut threads, mut timers) = (0u64, 0u64);
+        if let Ok(rd) = std::fs::read_dir("/proc/self/task") {
+            for e in rd.flatten() {
+                threads += 1;
+                let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+                if comm.trim_end() == "xbb-eoi-timer" {
+                    timers += 1;
+                }
+            }
+        }
         let (mut fds, mut store_fds) = (0u64, 0u64);
         if let Ok(rd) = std::fs::read_dir("/proc/self/fd") {
             for e in rd.flatten() {
@@ -165,7 +182,8 @@ impl Resources {
             // The directory read itself held one.
             fds: fds.saturating_sub(1),
             store_fds,
-            threads: field("Threads:"),
+            threads: threads.saturating_sub(timers),
+            timers,
         }
     }
 }
@@ -309,7 +327,7 @@ impl SoakReport {
         );
         let _ = writeln!(
             o,
-            "{:>7} {:>11} {:>11} {:>11} {:>11} {:>4} {:>9} {:>7} {:>8} {:>7}",
+            "{:>7} {:>11} {:>11} {:>11} {:>11} {:>4} {:>9} {:>7} {:>6} {:>8} {:>7}",
             "at",
             "rss",
             "heap",
@@ -318,13 +336,14 @@ impl SoakReport {
             "fds",
             "store-fds",
             "threads",
+            "timers",
             "xs-nodes",
             "watches"
         );
         for s in &self.samples {
             let _ = writeln!(
                 o,
-                "{:>7} {:>11} {:>11} {:>11} {:>11} {:>4} {:>9} {:>7} {:>8} {:>7}",
+                "{:>7} {:>11} {:>11} {:>11} {:>11} {:>4} {:>9} {:>7} {:>6} {:>8} {:>7}",
                 clock(s.at_secs),
                 mib_kib(s.rss_kib),
                 mib_kib(s.anon_kib),
@@ -333,6 +352,7 @@ impl SoakReport {
                 s.fds,
                 s.store_fds,
                 s.threads,
+                s.timers,
                 s.xs_nodes,
                 s.xs_watches
             );
@@ -342,7 +362,8 @@ impl SoakReport {
             "  (rss = heap (RssAnon) + guest RAM and grant mappings (RssShmem) + files; \
              live-heap: what the allocator handed out and did not get back (mallinfo2); \
              fds: every descriptor of the process; store-fds: the images the back-ends \
-             have open; xs-nodes, watches: the XenStore's)"
+             have open; threads: without timers, the EOI timer threads a delayed \
+             end-of-interrupt runs for its delay; xs-nodes, watches: the XenStore's)"
         );
         if let (Some(f), Some(l), Some(b)) = (
             self.samples.first(),
@@ -410,6 +431,7 @@ impl SoakReport {
                 "fds": s.fds,
                 "store_fds": s.store_fds,
                 "threads": s.threads,
+                "eoi_timers": s.timers,
             })).collect::<Vec<_>>(),
             "live_heap_bound_kib": self.heap_bound_kib(),
             "problems": self.problems,
