@@ -1,8 +1,10 @@
 #!/bin/sh
 # Installs what the test suite needs beyond cargo: Xen's public headers (the
-# ABI test compiles C against them), a C compiler, mandoc (xbb(4) lint) and
-# kyua, atf-sh and jq (the ATF suite). Installs only as root
-# with apt-get; otherwise says what is missing and the ABI test skips.
+# ABI test compiles C against them), a C compiler, mandoc (xbb(4) lint),
+# kyua, atf-sh and jq (the ATF suite), and for the NBD store libnbd (the
+# library, loaded at run time, and its header for the prototype check),
+# nbdkit and qemu-nbd (the servers its tests run). Installs only as root
+# with apt-get; otherwise says what is missing and those tests skip.
 set -eu
 need=""
 [ -f /usr/include/xen/io/blkif.h ] || need="$need libxen-dev"
@@ -20,6 +22,14 @@ command -v ld.lld-14 >/dev/null 2>&1 || need="$need lld-14"
 command -v llvm-objdump-14 >/dev/null 2>&1 || need="$need llvm-14"
 # freebsd/src/ffi.rs is checked against bindgen's view of sys-glue/xbb_shim.h.
 command -v bindgen >/dev/null 2>&1 || need="$need bindgen"
+# The NBD store: libnbd.so.0 (dlopen'ed), <libnbd.h>, nbdkit's memory
+# plugin and qemu-nbd over a qcow2 file. qemu-utils only when there is no
+# qemu-nbd at all: a host that has one (the xenlab harness pins bookworm's
+# 7.2 beside qemu-system-x86) keeps it.
+[ -f /usr/include/libnbd.h ] || need="$need libnbd-dev"
+ls /usr/lib/*/libnbd.so.0 >/dev/null 2>&1 || need="$need libnbd0"
+command -v nbdkit >/dev/null 2>&1 || need="$need nbdkit"
+command -v qemu-nbd >/dev/null 2>&1 || need="$need qemu-utils"
 [ -z "$need" ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "deps: installing$need"

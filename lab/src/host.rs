@@ -1149,9 +1149,10 @@ impl Host for SimHost {
     }
 
     fn store_open(&mut self, params: OpenParams<'_>) -> Result<MediumInfo, OpenError> {
-        let node = match store::probe(Path::new(params.path))? {
-            NodeKind::RegularFile if self.cfg.image_is_disk => NodeKind::Disk,
-            n => n,
+        let image_is_disk = self.cfg.image_is_disk;
+        let node = |path: &Path| match store::probe(path)? {
+            NodeKind::RegularFile if image_is_disk => Ok(NodeKind::Disk),
+            n => Ok(n),
         };
         let router = Arc::clone(&self.router);
         self.store

@@ -8,13 +8,16 @@
 
 mod support;
 
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::thread;
+use std::time::{Duration, Instant};
 
-use support::rig::{check_clean, mixed, Rig, TempDir, GUEST_FRAMES, HANG_GUARD};
-use xbb::abi::BLKIF_RSP_OKAY;
+use support::rig::{check_clean, mixed, Rig, TempDir, DISK_BYTES, GUEST_FRAMES, HANG_GUARD};
+use xbb::abi::{BLKIF_RSP_ERROR, BLKIF_RSP_OKAY};
 use xbb::connect::ConnectError;
-use xbb::host::XenbusState;
+use xbb::host::{StoreKind, XenbusState};
 use xbb::stats::Stat;
 use xbb_lab::frontend::{FeatureRequest, Frontend, ManualRequest, Profile};
 use xbb_lab::world::{VbdConfig, World};
@@ -245,6 +248,181 @@ fn the_medium_resized_while_every_queue_runs() {
     assert_eq!(rsp[0].id, past);
     assert_ne!(rsp[0].status, BLKIF_RSP_OKAY);
     fe.disconnect().unwrap();
+    drop(fe);
+    rig.finish();
+}
+
+/// `nbdkit memory` of the rig's size on a Unix socket, killed when
+/// dropped.
+struct NbdKit {
+    child: Child,
+    _dir: TempDir,
+}
+
+impl NbdKit {
+    /// Starts it with `filter` (`--filter=...` and its parameters, or
+    /// nothing) and returns it with its export's URI; `None` where libnbd
+    /// or nbdkit is missing (the test is skipped), unless `XBB_REQUIRE_NBD`
+    /// is set.
+    fn start(tag: &str, filter: &[&str]) -> Option<(NbdKit, String)> {
+        let nbdkit = Command::new("nbdkit")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let missing = match (xbb_ustore::libnbd_available(), nbdkit) {
+            (Err(e), _) => Some(e),
+            (Ok(()), Ok(st)) if st.success() => None,
+            (Ok(()), _) => Some(String::from("nbdkit is not installed")),
+        };
+        if let Some(why) = missing {
+            let required =
+                std::env::var("XBB_REQUIRE_NBD").is_ok_and(|v| !v.is_empty() && v != "0");
+            assert!(!required, "XBB_REQUIRE_NBD is set but {why}");
+            eprintln!("{tag}: skipped: {why}");
+            return None;
+        }
+        let dir = TempDir::new(tag);
+        let sock = dir.0.join("nbd.sock");
+        let pid = dir.0.join("nbdkit.pid");
+        let (filters, params): (Vec<&str>, Vec<&str>) =
+            filter.iter().partition(|a| a.starts_with("--filter="));
+        let mut child = Command::new("nbdkit")
+            .args(["-f", "--exit-with-parent", "-P"])
+            .arg(&pid)
+            .arg("-U")
+            .arg(&sock)
+            .args(filters)
+            .arg("memory")
+            .arg(format!("size={DISK_BYTES}"))
+            .args(params)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start nbdkit");
+        // nbdkit writes its pid file once it accepts connections.
+        let deadline = Instant::now() + HANG_GUARD;
+        while !pid.exists() {
+            assert!(
+                child.try_wait().expect("nbdkit").is_none(),
+                "nbdkit exited at once"
+            );
+            assert!(Instant::now() < deadline, "nbdkit not ready");
+            thread::sleep(Duration::from_millis(20));
+        }
+        let uri = format!("nbd+unix:///?socket={}", sock.display());
+        Some((NbdKit { child, _dir: dir }, uri))
+    }
+
+    /// The server dies (`SIGKILL`).
+    fn kill(&mut self) {
+        self.child.kill().expect("kill nbdkit");
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NbdKit {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A rig whose disk is the export `uri` (libxl writes `phy` for it).
+fn nbd_rig(tag: &str, uri: &str) -> Rig {
+    Rig::new(tag, |cfg| {
+        cfg.path = PathBuf::from(uri);
+        cfg.kind = StoreKind::Device;
+    })
+}
+
+#[test]
+fn four_queues_share_one_nbd_connection_and_each_gets_its_own_completions() {
+    let Some((_srv, uri)) = NbdKit::start("parallel-nbd", &[]) else {
+        return;
+    };
+    let rig = nbd_rig("parallel-nbd", &uri);
+    let mut fe = rig.connected("multiqueue");
+    assert_eq!(fe.info().queues, QUEUES);
+    // The store's one I/O thread completes the I/O of every queue: each
+    // completion must reach the queue that submitted it, or its request
+    // would never be answered (or be answered by the wrong ring).
+    let r =
+        xbb_lab::frontend::run_workload(&mut fe, &mixed(2000, 8192, 3, 8192)).expect("workload");
+    check_clean(&r);
+    assert!(
+        r.requests_per_queue.iter().all(|&n| n > 0),
+        "every queue carried requests: {:?}",
+        r.requests_per_queue
+    );
+    // A queue counts a request completed just after it pushed the
+    // response: the counters catch up with the responses.
+    let snap = rig
+        .world
+        .wait_backend(&rig.vbd, HANG_GUARD, |s| {
+            s.stats.as_ref().is_some_and(|st| {
+                st.get(Stat::ReqsReceived) > 0
+                    && st.get(Stat::ReqsReceived) == st.get(Stat::ReqsCompleted)
+            })
+        })
+        .expect("every request taken was completed");
+    assert_eq!(snap.host.queue_threads, u64::from(QUEUES), "{snap:?}");
+    let st = snap.stats.expect("stats");
+    assert_eq!(st.get(Stat::ReqsCompletedWithError), 0);
+    fe.disconnect().expect("disconnect");
+    drop(fe);
+    rig.finish();
+}
+
+#[test]
+fn the_nbd_server_dying_with_io_in_flight_on_every_queue_closes_the_vbd() {
+    // Every write waits 30 s in the server: what the queues took is still
+    // on the wire (or, not yet submitted, meets a dead connection) when the
+    // server dies.
+    let Some((mut srv, uri)) =
+        NbdKit::start("parallel-nbd-death", &["--filter=delay", "wdelay=30"])
+    else {
+        return;
+    };
+    let rig = nbd_rig("parallel-nbd-death", &uri);
+    let mut fe = rig.connected("multiqueue");
+    let ids = writes_on_every_queue(&mut fe, 0, 4, 4, 0x6b);
+    let n = ids.len() as u64;
+    rig.world
+        .wait_backend(&rig.vbd, HANG_GUARD, |s| {
+            s.stats
+                .as_ref()
+                .is_some_and(|st| st.get(Stat::ReqsReceived) == n)
+        })
+        .expect("every request taken");
+    srv.kill();
+    // The store fails every I/O on the wire (the medium gone), on the
+    // store's I/O thread; each queue answers its own and the connection
+    // closes once every queue has drained.
+    rig.wait_state(XenbusState::Closing);
+    assert_eq!(
+        rig.world.backend_last_error(&rig.vbd),
+        Some(ConnectError::StoreGone)
+    );
+    let got = fe
+        .wait_responses(ids.len())
+        .expect("every request answered");
+    let mut answered: Vec<u64> = got.iter().map(|r| r.id).collect();
+    answered.sort_unstable();
+    let mut sent = ids.clone();
+    sent.sort_unstable();
+    assert_eq!(answered, sent);
+    assert!(got.iter().all(|r| r.status == BLKIF_RSP_ERROR), "{got:?}");
+    let snap = rig
+        .world
+        .wait_backend(&rig.vbd, HANG_GUARD, |s| s.host.rings_mapped == 0)
+        .expect("every queue came home");
+    assert_eq!(
+        (snap.host.window_mapped, snap.host.io_in_flight),
+        (0, 0),
+        "{:?}",
+        snap.host
+    );
     drop(fe);
     rig.finish();
 }

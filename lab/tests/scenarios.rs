@@ -2,6 +2,9 @@
 //! (the same one `xbb-lab scenario` uses) and fails if any expectation does
 //! not hold. Also checks that the runner can fail: a scenario with a wrong
 //! expectation must report a mismatch.
+//!
+//! A scenario with an `nbd` store needs libnbd and nbdkit: where they are
+//! missing it is skipped with a message, unless `XBB_REQUIRE_NBD` is set.
 
 use std::path::{Path, PathBuf};
 
@@ -35,6 +38,16 @@ fn every_scenario_file_passes() {
                 continue;
             }
         };
+        if let Some(why) = scenario::nbd_unavailable(&sc) {
+            let required =
+                std::env::var("XBB_REQUIRE_NBD").is_ok_and(|v| !v.is_empty() && v != "0");
+            if required {
+                failures.push(format!("{}: XBB_REQUIRE_NBD is set but {why}", f.display()));
+            } else {
+                eprintln!("{}: skipped: {why}", f.display());
+            }
+            continue;
+        }
         match scenario::run(&sc, &RunOptions::default()) {
             Ok(r) if r.passed() => {}
             Ok(r) => failures.push(format!(
@@ -151,6 +164,14 @@ fn malformed_scenarios_are_refused() {
         "[[guest]]\nsector_size = 4096\n[[step]]\ndo = \"resize\"\nsize = 6144\n",
         // unknown state in a storm
         "[[guest]]\n[[step]]\ndo = \"state_storm\"\ncount = 1\nstates = [\"Dancing\"]\n",
+        // an nbd store resized (an export has one size)
+        "[[guest]]\nstore = \"nbd\"\n[[step]]\ndo = \"resize\"\nsize = 8192\n",
+        // an unknown store kind
+        "[[guest]]\nstore = \"iscsi\"\n",
+        // an nbd_server step on a guest without an nbd store, and an
+        // unknown action
+        "[[guest]]\n[[step]]\ndo = \"nbd_server\"\naction = \"kill\"\n",
+        "[[guest]]\nstore = \"nbd\"\n[[step]]\ndo = \"nbd_server\"\naction = \"pause\"\n",
         // more descriptor pages than indirect_grefs has (issue 13, finding
         // 9: refused at load, no longer clamped to 8)
         "[[guest]]\n[[step]]\ndo = \"request\"\nop = \"indirect\"\npages = 1\nindirect_pages = 9\n",

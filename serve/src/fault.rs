@@ -4,9 +4,10 @@
 //! must say whether the fault was ours: an access to guest memory that was
 //! never wholly mapped, or is already unmapped, or something else. Every
 //! range this process maps for a guest — ring pages and data ranges from
-//! `/dev/xen/gntdev`, bounce buffers of copy mode — is entered into a fixed
-//! table of [`SLOTS`] entries when it is mapped and removed before it is
-//! unmapped ([`Tracked`]). [`install`] sets a handler for `SIGSEGV`,
+//! `/dev/xen/gntdev`, bounce buffers of copy mode, the bounce chunks an NBD
+//! store copies guest data through ([`track_store_memory`]) — is entered
+//! into a fixed table of [`SLOTS`] entries when it is mapped and removed
+//! before it is unmapped ([`Tracked`]). [`install`] sets a handler for `SIGSEGV`,
 //! `SIGBUS`, `SIGILL`, `SIGFPE` and `SIGABRT` that writes, with nothing but
 //! `write(2)` on standard error:
 //!
@@ -42,6 +43,9 @@ pub enum Kind {
     Data = 2,
     /// The bounce buffer of copy mode (this process's own memory).
     Bounce = 3,
+    /// Memory a store copies guest data through (the NBD store's bounce
+    /// chunks; this process's own memory).
+    StoreBounce = 4,
 }
 
 impl Kind {
@@ -50,6 +54,7 @@ impl Kind {
             1 => b"ring",
             2 => b"data",
             3 => b"bounce",
+            4 => b"store-bounce",
             _ => b"?",
         }
     }
@@ -130,6 +135,20 @@ impl Drop for Tracked {
     fn drop(&mut self) {
         self.clear();
     }
+}
+
+/// Enters `len` bytes of store memory at `addr` ([`Kind::StoreBounce`]);
+/// the result removes them when dropped. The watcher
+/// [`track_store_memory`] installs.
+pub fn track_store_range(addr: usize, len: usize) -> Box<dyn Send> {
+    Box::new(Tracked::new(addr, len, Kind::StoreBounce))
+}
+
+/// Has the user-space stores report the memory they copy guest data
+/// through (`xbb_ustore::watch_store_memory`), so that it is tracked like
+/// every mapping of guest memory. Call once, before the first store opens.
+pub fn track_store_memory() {
+    xbb_ustore::watch_store_memory(track_store_range);
 }
 
 /// Ranges currently tracked (for tests and the `dev.xbb` table's view).
@@ -511,6 +530,22 @@ mod tests {
         let (err, sig) = run_child("abort");
         assert_eq!(sig, Some(libc::SIGABRT), "{err}");
         assert!(err.contains("xbb-serve: fatal signal 6 (SIGABRT)"), "{err}");
+    }
+
+    #[test]
+    fn store_memory_is_tracked_as_store_bounce_until_dropped() {
+        let token = track_store_range(0x2000_0000, 1 << 20);
+        let slot = START
+            .iter()
+            .position(|s| s.load(Ordering::Acquire) == 0x2000_0000)
+            .expect("store memory tracked");
+        let lk = LEN[slot].load(Ordering::Acquire);
+        assert_eq!(lk & !0xfff, 1 << 20);
+        assert_eq!(Kind::name(lk & 0xfff), b"store-bounce");
+        drop(token);
+        assert!(START
+            .iter()
+            .all(|s| s.load(Ordering::Acquire) != 0x2000_0000));
     }
 
     #[test]

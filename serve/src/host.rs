@@ -19,9 +19,9 @@
 //! - deferred runs, completions and recalls: the queue's [`Gate`], and an
 //!   eventfd that wakes its thread only when the gate says so (once per
 //!   sleep, not once per completion);
-//! - the store: [`xbb_ustore`]'s file and device stores, shared by the
-//!   queues; their worker threads hand each completion to the queue its tag
-//!   names.
+//! - the store: [`xbb_ustore`]'s file, device and NBD stores, shared by
+//!   the queues; their worker threads (the NBD store's one I/O thread)
+//!   hand each completion to the queue its tag names.
 //!
 //! The hand-off: [`Host::lend`] starts the queue's thread with the queue
 //! and its [`XenQueueHost`]; [`Host::recall`] posts [`Work::RECALL`]; when
@@ -30,7 +30,6 @@
 //! queue to `Instance::give_back` ([`XenHost::take_reports`]).
 
 use std::collections::VecDeque;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -205,8 +204,9 @@ impl XenHost {
     /// Opens the instance's XenStore connection and grant device. Queue
     /// reports wake `wake`. With `copy`, data pages go through a bounce
     /// window with `GNTTABOP_copy` instead of being mapped (see
-    /// [`super::bounce`]).
-    pub fn new(wake: Arc<Wakeup>, copy: bool) -> std::io::Result<XenHost> {
+    /// [`super::bounce`]). Stores emulate `sector_size`-byte logical
+    /// sectors (512 or 4096; a medium with larger ones imposes its own).
+    pub fn new(wake: Arc<Wakeup>, copy: bool, sector_size: u32) -> std::io::Result<XenHost> {
         let n = Tunable::MaxQueues.desc().max as usize;
         let mut boxes = Vec::with_capacity(n);
         for _ in 0..n {
@@ -222,7 +222,7 @@ impl XenHost {
             boxes: Arc::new(boxes),
             reports: mpsc::channel(),
             window_pages: 0,
-            store: HostStore::new(512, None),
+            store: HostStore::new(sector_size, None),
             wake,
             epoch: Instant::now(),
             counters: Arc::new(Counters::default()),
@@ -913,10 +913,9 @@ impl Host for XenHost {
     fn store_open(&mut self, params: OpenParams<'_>) -> Result<MediumInfo, OpenError> {
         // xl's `phy` names both block devices and image files (which its
         // hotplug script would loop-mount); what the node is decides, by
-        // the one rule (`StoreKind::for_node`).
-        let node = xbb_ustore::probe(Path::new(params.path))?;
+        // the one rule (`StoreKind::for_node`); an NBD URI is an NBD store.
         let boxes = Arc::clone(&self.boxes);
-        self.store.open(params, node, move |tag, r| {
+        self.store.open(params, xbb_ustore::probe, move |tag, r| {
             if let Some(b) = boxes.get(Queue::of_tag(tag) as usize) {
                 locked(&b.done).push_back((tag, r));
                 b.post(Work::IO);

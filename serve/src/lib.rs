@@ -8,7 +8,8 @@
 //! table (gntdev maps a batch of grants as one contiguous range, wherever
 //! it likes), [`bounce`] the data window of copy mode (memory of this
 //! process that grants are copied into and out of), [`fault`] the report of
-//! a fatal signal with every live mapping of guest memory, and [`serve`] is
+//! a fatal signal with every live mapping of guest memory, [`config`] what
+//! the service is told (file and command line), and [`serve`] is
 //! the service the `xbb-serve` program runs:
 //! claim each vbd of `backend/vbd`, serve it from its own thread, print the
 //! `dev.xbb.N` tables, detach everything on a signal.
@@ -18,6 +19,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod bounce;
+pub mod config;
 pub mod fault;
 pub mod ffi;
 pub mod host;

@@ -7,10 +7,14 @@
 //! `XenbusState_Initialising` — a back-end that owns a vbd moves it to
 //! InitWait at once, so a later state means another back-end (the kernel's
 //! xen-blkback, another xbb-serve) has it —, its `type` is one this service
-//! is configured for, and no other xbb-serve has marked it with
-//! `xbb-serve-pid`. The mark is written in the same transaction, so two
-//! services racing for a vbd cannot both win. While the kernel's
-//! xen-blkback is loaded it claims every vbd itself, so none is taken.
+//! is configured for, its hotplug `script` is one it is configured for (the
+//! per-disk choice: `script=block-xbb` on the disk line), and no other
+//! xbb-serve has marked it with `xbb-serve-pid`. The mark is written in the
+//! same transaction, so two services racing for a vbd cannot both win.
+//! While the kernel's xen-blkback is loaded and probes every new vbd
+//! (`/sys/bus/xen-backend/drivers_autoprobe` = 1) it takes each one itself,
+//! so none is taken; with probing off, blkback gets only the vbds bound to
+//! it (`xbb-dispatch`, from a udev rule), and the others are free.
 //!
 //! Each instance thread is the instance's control context: it polls its
 //! XenStore connection (watches on the back-end directory and the
@@ -30,6 +34,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+pub use super::config::Config;
 use super::ffi::{self, Wakeup, Xs};
 use super::host::XenHost;
 use xbb::connect::ConnectError;
@@ -40,27 +45,13 @@ use xbb::stats::{Stats, Tunable, Tunables, SYSCTLS};
 
 /// Where the kernel's back-end shows it is loaded (Linux sysfs).
 const KERNEL_BLKBACK: &str = "/sys/bus/xen-backend/drivers/vbd";
+/// Whether the kernel binds every new back-end device to its driver
+/// (`1`) or only the ones bound explicitly (`0`).
+const AUTOPROBE: &str = "/sys/bus/xen-backend/drivers_autoprobe";
 /// The node a claiming xbb-serve writes into the vbd's back-end directory.
 pub const CLAIM_NODE: &str = "xbb-serve-pid";
 /// How long detach waits for the store to drain.
 const DRAIN_LIMIT: Duration = Duration::from_secs(60);
-
-/// What the service serves and how.
-#[derive(Clone, Debug)]
-pub struct Config {
-    /// The `hw.xbb.*` tunables every instance gets.
-    pub tunables: Tunables,
-    /// `type` values taken ("phy", "file"); empty: every type.
-    pub types: Vec<String>,
-    /// Serve vbds even while the kernel's xen-blkback is loaded (tests).
-    pub ignore_kernel_backend: bool,
-    /// Log every watch, event-channel and completion batch.
-    pub verbose: bool,
-    /// Copy data pages with `GNTTABOP_copy` through a bounce window instead
-    /// of mapping them with gntdev (see [`super::bounce`]); persistent
-    /// grants are then not offered.
-    pub copy_grants: bool,
-}
 
 /// Why a vbd was not claimed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,22 +62,38 @@ pub enum Skip {
     OtherServer(String),
     /// Its `type` is not one configured.
     Type(String),
-    /// The kernel's xen-blkback is loaded and takes every vbd.
+    /// Its hotplug `script` is not one configured.
+    Script(String),
+    /// The kernel's xen-blkback is loaded and probes every new vbd.
     KernelBackend,
     /// It went away, or XenStore failed.
     Gone,
 }
 
-/// Decides, from what a claim transaction read, whether to take a vbd.
-/// `state`, `kind`, `owner`: the `state`, `type` and [`CLAIM_NODE`] nodes
-/// (`None` when absent).
-pub fn claim_decision(
-    state: Option<&str>,
-    kind: Option<&str>,
-    owner: Option<&str>,
-    me: &str,
-    types: &[String],
-) -> Result<(), Skip> {
+/// What a claim transaction read of a vbd: its `state`, `type`, `script`
+/// and [`CLAIM_NODE`] nodes (`None` when absent).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VbdNodes<'a> {
+    /// `state`.
+    pub state: Option<&'a str>,
+    /// `type`.
+    pub kind: Option<&'a str>,
+    /// `script`: the hotplug script libxl runs (an absolute path).
+    pub script: Option<&'a str>,
+    /// [`CLAIM_NODE`].
+    pub owner: Option<&'a str>,
+}
+
+/// Decides, from what a claim transaction read, whether `cfg`'s service
+/// (process `me`) takes a vbd.
+pub fn claim_decision(nodes: VbdNodes<'_>, me: &str, cfg: &Config) -> Result<(), Skip> {
+    let VbdNodes {
+        state,
+        kind,
+        script,
+        owner,
+    } = nodes;
+    let types = &cfg.types;
     let state = state.ok_or(Skip::Gone)?;
     match owner {
         Some(o) if o != me => return Err(Skip::OtherServer(o.to_string())),
@@ -101,7 +108,22 @@ pub fn claim_decision(
     if !types.is_empty() && !types.iter().any(|t| t == kind) {
         return Err(Skip::Type(kind.to_string()));
     }
+    if !cfg.scripts.is_empty() {
+        let script = script.unwrap_or("");
+        let name = script.rsplit('/').next().unwrap_or("");
+        if !cfg.scripts.iter().any(|s| s == name) {
+            return Err(Skip::Script(script.to_string()));
+        }
+    }
     Ok(())
+}
+
+/// Whether the kernel's xen-blkback is loaded and binds every new vbd
+/// itself (Linux: its driver directory exists and the bus probes
+/// automatically).
+pub fn kernel_backend_takes_all() -> bool {
+    std::path::Path::new(KERNEL_BLKBACK).exists()
+        && std::fs::read_to_string(AUTOPROBE).map_or(true, |v| v.trim() != "0")
 }
 
 fn read_str(xs: &mut Xs, txn: u32, path: &str) -> Result<Option<String>, i32> {
@@ -118,7 +140,7 @@ fn process_alive(pid: u32) -> bool {
 
 /// Claims the vbd at `path` for this process, atomically.
 fn claim(xs: &mut Xs, path: &str, cfg: &Config) -> Result<(), Skip> {
-    if !cfg.ignore_kernel_backend && std::path::Path::new(KERNEL_BLKBACK).exists() {
+    if !cfg.ignore_kernel_backend && kernel_backend_takes_all() {
         return Err(Skip::KernelBackend);
     }
     let me = std::process::id().to_string();
@@ -128,10 +150,11 @@ fn claim(xs: &mut Xs, path: &str, cfg: &Config) -> Result<(), Skip> {
             Ok::<_, i32>((
                 read_str(xs, txn, &format!("{path}/{}", keys::STATE))?,
                 read_str(xs, txn, &format!("{path}/{}", keys::TYPE))?,
+                read_str(xs, txn, &format!("{path}/{}", keys::SCRIPT))?,
                 read_str(xs, txn, &format!("{path}/{CLAIM_NODE}"))?,
             ))
         })();
-        let Ok((state, kind, mut owner)) = read else {
+        let Ok((state, kind, script, mut owner)) = read else {
             let _ = xs.transaction_end(txn, false);
             return Err(Skip::Gone);
         };
@@ -143,13 +166,13 @@ fn claim(xs: &mut Xs, path: &str, cfg: &Config) -> Result<(), Skip> {
         {
             owner = None;
         }
-        if let Err(s) = claim_decision(
-            state.as_deref(),
-            kind.as_deref(),
-            owner.as_deref(),
-            &me,
-            &cfg.types,
-        ) {
+        let nodes = VbdNodes {
+            state: state.as_deref(),
+            kind: kind.as_deref(),
+            script: script.as_deref(),
+            owner: owner.as_deref(),
+        };
+        if let Err(s) = claim_decision(nodes, &me, cfg) {
             let _ = xs.transaction_end(txn, false);
             return Err(s);
         }
@@ -257,6 +280,30 @@ impl core::fmt::Debug for Server {
     }
 }
 
+/// Tells systemd (`$NOTIFY_SOCKET`, `sd_notify(3)`'s protocol: one datagram
+/// of `KEY=VALUE` lines) about the service's state; nothing without it.
+pub fn sd_notify(state: &str) {
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
+    let addr = match bytes.strip_prefix(b"@") {
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            SocketAddr::from_abstract_name(name)
+        }
+        None => SocketAddr::from_pathname(std::path::Path::new(&path)),
+    };
+    let sent = UnixDatagram::unbound().and_then(|sock| match addr {
+        Ok(a) => sock.send_to_addr(state.as_bytes(), &a),
+        Err(e) => Err(e),
+    });
+    if let Err(e) = sent {
+        log(&format!("sd_notify {state}: {e}"));
+    }
+}
+
 fn log(msg: &str) {
     let mut e = std::io::stderr();
     let _ = writeln!(e, "xbb-serve: {msg}");
@@ -358,6 +405,7 @@ impl Server {
             tunables: self.cfg.tunables,
             verbose: self.cfg.verbose,
             copy: self.cfg.copy_grants,
+            sector_size: self.cfg.sector_size,
             ctl: rx,
             wake: Arc::clone(&wake),
             finished: Arc::clone(&finished),
@@ -437,6 +485,9 @@ impl Server {
         let xfd = self.xs.fileno();
         let mut ready = [false; 3];
         self.scan();
+        // Under systemd (Type=notify): the vbds there are claimed and new
+        // ones will be seen, so guests may start now.
+        sd_notify("READY=1");
         loop {
             ffi::poll_readable(&[xfd, self.sigfd, self.reaped.fd()], -1, &mut ready)
                 .map_err(|e| format!("poll: {e}"))?;
@@ -462,6 +513,7 @@ impl Server {
                         let _ = o.flush();
                     } else {
                         log(&format!("signal {sig}: detaching every vbd"));
+                        sd_notify("STOPPING=1");
                         self.shutdown();
                         return Ok(());
                     }
@@ -491,6 +543,7 @@ struct InstanceThread {
     tunables: Tunables,
     verbose: bool,
     copy: bool,
+    sector_size: u32,
     ctl: Receiver<Ctl>,
     wake: Arc<Wakeup>,
     finished: Arc<AtomicBool>,
@@ -520,8 +573,8 @@ impl InstanceThread {
     }
 
     fn serve(&self) -> Result<(), String> {
-        let mut host =
-            XenHost::new(Arc::clone(&self.wake), self.copy).map_err(|e| format!("open: {e}"))?;
+        let mut host = XenHost::new(Arc::clone(&self.wake), self.copy, self.sector_size)
+            .map_err(|e| format!("open: {e}"))?;
         let mut inst =
             Instance::new(&self.path, &self.tunables).map_err(|e| format!("instance: {e:?}"))?;
         host.xs()
@@ -635,53 +688,116 @@ impl InstanceThread {
 mod tests {
     use super::*;
 
+    fn nodes<'a>(
+        state: Option<&'a str>,
+        kind: Option<&'a str>,
+        owner: Option<&'a str>,
+    ) -> VbdNodes<'a> {
+        VbdNodes {
+            state,
+            kind,
+            script: Some("/etc/xen/scripts/block"),
+            owner,
+        }
+    }
+
     #[test]
     fn claims_only_fresh_vbds_of_its_types() {
-        let t = vec![String::from("phy"), String::from("file")];
-        let none: &[String] = &[];
-        assert_eq!(
-            claim_decision(Some("1"), Some("phy"), None, "7", &t),
-            Ok(())
-        );
-        assert_eq!(
-            claim_decision(Some("1\n"), Some("file"), None, "7", none),
-            Ok(())
-        );
+        let t = Config::default();
+        let any = Config {
+            types: Vec::new(),
+            ..Config::default()
+        };
+        let d = |n, cfg: &Config| claim_decision(n, "7", cfg);
+        assert_eq!(d(nodes(Some("1"), Some("phy"), None), &t), Ok(()));
+        assert_eq!(d(nodes(Some("1\n"), Some("file"), None), &any), Ok(()));
         // Another back-end moved it on.
         assert_eq!(
-            claim_decision(Some("2"), Some("phy"), None, "7", &t),
+            d(nodes(Some("2"), Some("phy"), None), &t),
             Err(Skip::Owned(String::from("2")))
         );
         assert_eq!(
-            claim_decision(Some("4"), Some("phy"), None, "7", &t),
+            d(nodes(Some("4"), Some("phy"), None), &t),
             Err(Skip::Owned(String::from("4")))
         );
         // Another xbb-serve marked it, whatever its state.
         assert_eq!(
-            claim_decision(Some("1"), Some("phy"), Some("8"), "7", &t),
+            d(nodes(Some("1"), Some("phy"), Some("8")), &t),
             Err(Skip::OtherServer(String::from("8")))
         );
         // Our own mark does not take back a vbd past Initialising.
         assert_eq!(
-            claim_decision(Some("6"), Some("phy"), Some("7"), "7", &t),
+            d(nodes(Some("6"), Some("phy"), Some("7")), &t),
             Err(Skip::Owned(String::from("6")))
         );
+        assert_eq!(d(nodes(Some("1"), Some("phy"), Some("7")), &t), Ok(()));
         assert_eq!(
-            claim_decision(Some("1"), Some("phy"), Some("7"), "7", &t),
-            Ok(())
-        );
-        assert_eq!(
-            claim_decision(Some("1"), Some("vbd3"), None, "7", &t),
+            d(nodes(Some("1"), Some("vbd3"), None), &t),
             Err(Skip::Type(String::from("vbd3")))
         );
         assert_eq!(
-            claim_decision(Some("1"), None, None, "7", &t),
+            d(nodes(Some("1"), None, None), &t),
             Err(Skip::Type(String::new()))
         );
-        assert_eq!(
-            claim_decision(None, Some("phy"), None, "7", &t),
-            Err(Skip::Gone)
-        );
+        assert_eq!(d(nodes(None, Some("phy"), None), &t), Err(Skip::Gone));
+    }
+
+    #[test]
+    fn with_scripts_configured_only_their_vbds_are_claimed() {
+        let cfg = Config {
+            scripts: vec![String::from("block-xbb")],
+            ..Config::default()
+        };
+        let vbd = |script| VbdNodes {
+            state: Some("1"),
+            kind: Some("phy"),
+            script,
+            owner: None,
+        };
+        let d = |n| claim_decision(n, "7", &cfg);
+        assert_eq!(d(vbd(Some("/etc/xen/scripts/block-xbb"))), Ok(()));
+        assert_eq!(d(vbd(Some("block-xbb"))), Ok(()));
+        // xen-blkback's disks (Debian's `block`, a drbd script) and disks
+        // with no script at all are left alone.
+        for other in [
+            "/etc/xen/scripts/block",
+            "/etc/xen/scripts/block-drbd",
+            "/x/block-xbb2",
+        ] {
+            assert_eq!(
+                d(vbd(Some(other))),
+                Err(Skip::Script(String::from(other))),
+                "{other}"
+            );
+        }
+        assert_eq!(d(vbd(None)), Err(Skip::Script(String::new())));
+        // The other conditions still hold.
+        let mut taken = vbd(Some("/etc/xen/scripts/block-xbb"));
+        taken.state = Some("2");
+        assert_eq!(d(taken), Err(Skip::Owned(String::from("2"))));
+        taken.state = Some("1");
+        taken.kind = Some("qdisk");
+        assert_eq!(d(taken), Err(Skip::Type(String::from("qdisk"))));
+        // Without scripts configured, the script does not matter.
+        let plain = Config::default();
+        assert_eq!(claim_decision(vbd(None), "7", &plain), Ok(()));
+    }
+
+    #[test]
+    fn sd_notify_sends_one_datagram_to_notify_socket() {
+        let dir = std::env::temp_dir().join(format!("xbb-notify-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("notify");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        std::env::set_var("NOTIFY_SOCKET", &path);
+        sd_notify("READY=1");
+        std::env::remove_var("NOTIFY_SOCKET");
+        let mut buf = [0u8; 64];
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let n = sock.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"READY=1");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

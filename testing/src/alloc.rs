@@ -76,6 +76,20 @@ pub fn allocations_in<R>(f: impl FnOnce() -> R) -> (R, u64) {
     (r, COUNT.with(Cell::get))
 }
 
+/// Switches counting on for this thread from now on, from zero: for a
+/// thread the test does not run itself (a store's I/O thread), from inside
+/// a callback that thread makes. [`counted`] reads the count there.
+pub fn start_counting() {
+    COUNT.with(|n| n.set(0));
+    COUNTING.with(|c| c.set(true));
+}
+
+/// The allocations this thread made since [`start_counting`] (outside
+/// [`Quiet`] guards); counting goes on.
+pub fn counted() -> u64 {
+    COUNT.with(Cell::get)
+}
+
 /// Stops counting until dropped: the fake's own bookkeeping is not the
 /// code under test.
 #[derive(Debug)]

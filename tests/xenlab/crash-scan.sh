@@ -3,8 +3,11 @@
 # domain crashed during a xenlab run, one line each, "where: what".
 #
 # Looks at the Xen/dom0 serial console (SERIAL, CRs removed), dom0's
-# dmesg, every guest console, the xbb-serve log and the checkers' logs in
-# RESULTS, and lists the core dumps in RESULTS/cores. Exit status 0 when
+# dmesg, every guest console, the xbb-serve log, the checkers' logs, what
+# xl printed (the hotplug scripts' errors: block, block-xbb) and xl's own
+# logs, the logs of QEMU's qdisk, of qemu-nbd and of udevd, what
+# xbb-dispatch wrote under udev, and xbbwork's checks in dom0, all in
+# RESULTS; and lists the core dumps in RESULTS/cores. Exit status 0 when
 # nothing was found, 1 otherwise.
 set -u
 results=$1
@@ -27,7 +30,10 @@ re='segfault at|general protection|traps: |trap invalid opcode|Segmentation faul
 {
 	[ -f "$serial" ] && sed 's/^/serial: /' "$serial"
 	for f in "$results"/dom0-dmesg.txt "$results"/guest-*.log "$results"/xbb-serve.log \
-		"$results"/dom0check.txt "$results"/vcheck-*.txt; do
+		"$results"/dom0check.txt "$results"/vcheck-*.txt \
+		"$results"/xl-*.txt "$results"/xl-*.log "$results"/qemu-dm-*.log \
+		"$results"/qemu-nbd-*.txt "$results"/udevd-*.txt "$results"/dispatch-stderr.txt \
+		"$results"/xbbwork-*.txt; do
 		[ -f "$f" ] || continue
 		tr -d '\r' < "$f" | sed "s|^|$(basename "$f"): |"
 	done

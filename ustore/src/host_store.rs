@@ -2,11 +2,12 @@
 //! the one type the lab's `SimHost` and xbb-serve's `XenHost` hand the
 //! core's store calls ([`Host`](xbb::host::Host), [`QueueHost`](xbb::host::QueueHost)) to.
 //!
-//! A [`HostStore`] holds an instance's open store, chooses file or device
-//! by the one rule ([`StoreKind::for_node`]), turns the core's I/O into the
-//! store's through the platform's window ([`HostStore::submit`]'s
-//! `resolve`), and counts the I/O in flight, which the platform reads
-//! before it lets go of window memory the store may still touch.
+//! A [`HostStore`] holds an instance's open store, chooses what serves the
+//! target (an NBD URI: an NBD store; a path: file or device by the one rule,
+//! [`StoreKind::for_node`]), turns the core's I/O into the store's through
+//! the platform's window ([`HostStore::submit`]'s `resolve`), and counts
+//! the I/O in flight, which the platform reads before it lets go of window
+//! memory the store may still touch.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +18,8 @@ use xbb::host::{
 };
 
 use crate::{
-    open_store, submit_counted, IoFaults, RawIoVec, StoreIo, StoreSpec, UserStore, WriteCache,
+    is_nbd_uri, open_nbd_store, open_store, submit_counted, CompletionFn, IoFaults, NbdSpec,
+    RawIoVec, StoreIo, StoreSpec, UserStore, WriteCache,
 };
 
 /// What the node at `path` is.
@@ -129,33 +131,49 @@ impl HostStore {
         self
     }
 
-    /// Opens the store `params` names, whose node the platform found to be
-    /// `node`, as [`StoreKind::for_node`] says (closing any store open
-    /// before). Each completion goes to `done` once the I/O no longer
-    /// touches its buffers.
+    /// Opens the store `params` names (closing any store open before): an
+    /// NBD store for an NBD URI ([`is_nbd_uri`]); otherwise what `node`
+    /// (the platform's [`probe`], which may see a node its own way) finds
+    /// at the path decides file or device, by [`StoreKind::for_node`].
+    /// Each completion goes to `done` once the I/O no longer touches its
+    /// buffers.
     pub fn open(
         &mut self,
         params: OpenParams<'_>,
-        node: NodeKind,
+        node: impl FnOnce(&Path) -> Result<NodeKind, OpenError>,
         done: impl Fn(IoTag, Result<(), IoError>) + Send + Sync + 'static,
     ) -> Result<MediumInfo, OpenError> {
         self.close();
-        let spec = StoreSpec {
-            kind: StoreKind::for_node(node, params.kind)?,
-            path: PathBuf::from(params.path),
-            writable: params.writable,
-            sector_size: self.sector_size,
-            faults: self.faults.clone(),
-            cache: self.cache.clone(),
-        };
         let counts = Arc::clone(&self.counts);
-        let s = open_store(
-            &spec,
-            Arc::new(move |tag: IoTag, r: Result<(), IoError>| {
-                counts.in_flight.fetch_sub(1, Ordering::AcqRel);
-                done(tag, r);
-            }),
-        )?;
+        let done: CompletionFn = Arc::new(move |tag: IoTag, r: Result<(), IoError>| {
+            counts.in_flight.fetch_sub(1, Ordering::AcqRel);
+            done(tag, r);
+        });
+        let s = if is_nbd_uri(params.path) {
+            // The write cache models a local medium's; an NBD export's
+            // caching is the server's own.
+            if self.cache.is_some() {
+                return Err(OpenError::Invalid);
+            }
+            let spec = NbdSpec {
+                writable: params.writable,
+                sector_size: self.sector_size,
+                faults: self.faults.clone(),
+                ..NbdSpec::new(params.path)
+            };
+            open_nbd_store(&spec, done)?
+        } else {
+            let path = PathBuf::from(params.path);
+            let spec = StoreSpec {
+                kind: StoreKind::for_node(node(&path)?, params.kind)?,
+                path,
+                writable: params.writable,
+                sector_size: self.sector_size,
+                faults: self.faults.clone(),
+                cache: self.cache.clone(),
+            };
+            open_store(&spec, done)?
+        };
         let info = s.info();
         self.store = Some(Arc::from(s));
         Ok(info)

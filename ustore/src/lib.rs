@@ -22,6 +22,12 @@
 //!   file (hole punching; `file.rs`) or a block device (`BLKDISCARD`,
 //!   `BLKSECDISCARD`; `device.rs`). A new kind of medium is one such file
 //!   plus its case in the conformance suite.
+//! - A target that is an NBD URI ([`is_nbd_uri`]) is served by an
+//!   [`NbdStore`] instead (`nbd.rs`): an NBD export through libnbd, loaded
+//!   at run time (`nbd_sys.rs`), with one I/O thread per store that
+//!   pipelines the commands and reports through the same [`CompletionFn`].
+//!   Memory a store sets aside for guest data is reported to the process's
+//!   watcher, if it installed one ([`watch_store_memory`]).
 //! - [`IoFaults`] injects failures for tests; [`resize_medium`] grows or
 //!   shrinks a medium under an open store, which sees the new size in its
 //!   next [`UserStore::info`].
@@ -46,16 +52,29 @@ mod file;
 mod host_store;
 mod io;
 mod medium;
+mod nbd;
+#[allow(unsafe_code)]
+mod nbd_sys;
 mod pool;
 #[allow(unsafe_code)]
 mod sys;
+mod watch;
 
 pub use cache::{CacheStats, CachedStore, WriteCache, DEFAULT_CAPACITY};
 pub use faults::{FaultCounters, IoFaults};
 pub use host_store::{probe, HostStore, StoreHandle};
 pub use io::{submit_counted, RawIoVec, StoreIo};
 pub use medium::resize_medium;
+pub use nbd::{
+    is_nbd_uri, libnbd_available, NbdSpec, NbdStore, CLOSE_GRACE, OPEN_TIMEOUT, QUEUE_CAPACITY,
+    SLOTS as NBD_SLOTS,
+};
+/// libnbd's declarations as C text, for the test that compiles them
+/// against `<libnbd.h>` (`ustore/tests/nbd.rs`).
+#[doc(hidden)]
+pub use nbd_sys::{C_CONSTANTS as NBD_C_CONSTANTS, C_PROTOTYPES as NBD_C_PROTOTYPES};
 pub use pool::BackingStore;
+pub use watch::{watch_store_memory, MemoryWatch};
 pub use xbb::host::StoreKind;
 
 /// Called once per successfully submitted I/O, from a worker thread, with the
@@ -119,4 +138,9 @@ pub fn open_store(spec: &StoreSpec, done: CompletionFn) -> Result<Box<dyn UserSt
         Some(c) => Box::new(CachedStore::open(spec, Arc::clone(c), done)?),
         None => Box::new(BackingStore::open(spec, done)?),
     })
+}
+
+/// Opens the NBD store `spec` describes; completions go to `done`.
+pub fn open_nbd_store(spec: &NbdSpec, done: CompletionFn) -> Result<Box<dyn UserStore>, OpenError> {
+    Ok(Box::new(NbdStore::open(spec, done)?))
 }

@@ -240,58 +240,94 @@ impl Medium {
     /// Checks an I/O against the medium: alignment, range, mode. Returns the
     /// byte span it touches.
     pub(crate) fn validate(&self, io: &StoreIo) -> Result<Option<(u64, u64)>, IoError> {
-        let m = self;
-        let ss = u64::from(m.sector_size);
-        let size = m.size.load(Ordering::Relaxed);
-        let span = |offset: u64, len: u64| -> Result<(u64, u64), IoError> {
-            if offset % ss != 0 || len % ss != 0 {
+        let g = Geometry {
+            sector_size: self.sector_size,
+            size: self.size.load(Ordering::Relaxed),
+            read_only: self.read_only,
+            discard: self.discard,
+            aligned_buffers: self.kind == StoreKind::Device,
+            can_flush: true,
+        };
+        // Past the size seen last: the medium may have grown since (a
+        // resize the core has not asked `info` about yet).
+        validate_io(io, &g, || self.refresh_size())
+    }
+}
+
+/// What every store checks an I/O against.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Geometry {
+    /// Logical sector size: offsets, lengths and buffer pieces are
+    /// multiples of it.
+    pub(crate) sector_size: u32,
+    /// Size in bytes, as last seen.
+    pub(crate) size: u64,
+    /// Writes and discards are refused.
+    pub(crate) read_only: bool,
+    /// What the medium can discard.
+    pub(crate) discard: DiscardCaps,
+    /// Buffers must start on a sector (`O_DIRECT`).
+    pub(crate) aligned_buffers: bool,
+    /// Flushes can be served.
+    pub(crate) can_flush: bool,
+}
+
+/// Checks `io` against `g`: alignment, range, mode, what the medium can
+/// do. An I/O ending past `g.size` is still in range if `grown` reports a
+/// size it fits in. Returns the byte span the I/O touches.
+pub(crate) fn validate_io(
+    io: &StoreIo,
+    g: &Geometry,
+    grown: impl Fn() -> Option<u64>,
+) -> Result<Option<(u64, u64)>, IoError> {
+    let ss = u64::from(g.sector_size);
+    let span = |offset: u64, len: u64| -> Result<(u64, u64), IoError> {
+        if offset % ss != 0 || len % ss != 0 {
+            return Err(IoError::Io);
+        }
+        let end = offset.checked_add(len).ok_or(IoError::Io)?;
+        if end <= g.size || grown().is_some_and(|now| end <= now) {
+            Ok((offset, end))
+        } else {
+            Err(IoError::Io)
+        }
+    };
+    match io {
+        StoreIo::Read { offset, iov } | StoreIo::Write { offset, iov } => {
+            if matches!(io, StoreIo::Write { .. }) && g.read_only {
                 return Err(IoError::Io);
             }
-            let end = offset.checked_add(len).ok_or(IoError::Io)?;
-            // Past the size seen last: the medium may have grown since
-            // (a resize the core has not asked `info` about yet).
-            if end <= size || m.refresh_size().is_some_and(|now| end <= now) {
-                Ok((offset, end))
-            } else {
-                Err(IoError::Io)
-            }
-        };
-        match io {
-            StoreIo::Read { offset, iov } | StoreIo::Write { offset, iov } => {
-                if matches!(io, StoreIo::Write { .. }) && m.read_only {
+            let mut total: u64 = 0;
+            for v in iov {
+                let len = v.len as u64;
+                if len % ss != 0 || (len != 0 && v.addr == 0) {
                     return Err(IoError::Io);
                 }
-                let mut total: u64 = 0;
-                for v in iov {
-                    let len = v.len as u64;
-                    if len % ss != 0 || (len != 0 && v.addr == 0) {
-                        return Err(IoError::Io);
-                    }
-                    if m.kind == StoreKind::Device && v.addr as u64 % ss != 0 {
-                        return Err(IoError::Io);
-                    }
-                    if v.addr.checked_add(v.len).is_none() {
-                        return Err(IoError::Io);
-                    }
-                    total = total.checked_add(len).ok_or(IoError::Io)?;
-                }
-                span(*offset, total).map(Some)
-            }
-            StoreIo::Flush => Ok(None),
-            StoreIo::Discard {
-                offset,
-                len,
-                secure,
-            } => {
-                if m.read_only {
+                if g.aligned_buffers && v.addr as u64 % ss != 0 {
                     return Err(IoError::Io);
                 }
-                let s = span(*offset, *len)?;
-                if !m.discard.discard || (*secure && !m.discard.secure) {
-                    return Err(IoError::NotSupported);
+                if v.addr.checked_add(v.len).is_none() {
+                    return Err(IoError::Io);
                 }
-                Ok(Some(s))
+                total = total.checked_add(len).ok_or(IoError::Io)?;
             }
+            span(*offset, total).map(Some)
+        }
+        StoreIo::Flush if g.can_flush => Ok(None),
+        StoreIo::Flush => Err(IoError::NotSupported),
+        StoreIo::Discard {
+            offset,
+            len,
+            secure,
+        } => {
+            if g.read_only {
+                return Err(IoError::Io);
+            }
+            let s = span(*offset, *len)?;
+            if !g.discard.discard || (*secure && !g.discard.secure) {
+                return Err(IoError::NotSupported);
+            }
+            Ok(Some(s))
         }
     }
 }

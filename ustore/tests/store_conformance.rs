@@ -1,6 +1,8 @@
 //! One conformance suite run over every back-end store of the simulated host:
 //! file stores and device stores, with 512-byte and 4096-byte logical
-//! sectors, and each kind with a volatile write cache in front (power on). Each property is a function over `&dyn UserStore` (plus the
+//! sectors, each kind with a volatile write cache in front (power on), and
+//! NBD stores over nbdkit's memory plugin and over qemu-nbd serving a qcow2
+//! image. Each property is a function over `&dyn UserStore` (plus the
 //! fixture that can reopen it) and is checked on every case.
 
 mod support;
@@ -9,13 +11,13 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use support::{Buf, Collector, PAGE};
+use support::{Buf, Collector, NbdServer, PAGE};
 
 use xbb::host::{IoError, IoTag, OpenError};
 use xbb::units::Sectors;
 use xbb_ustore::{
-    open_store, resize_medium, CompletionFn, IoFaults, RawIoVec, StoreIo, StoreKind, StoreSpec,
-    UserStore, WriteCache,
+    open_nbd_store, open_store, resize_medium, CompletionFn, IoFaults, NbdSpec, RawIoVec, StoreIo,
+    StoreKind, StoreSpec, UserStore, WriteCache,
 };
 
 /// Size of every test medium.
@@ -75,6 +77,12 @@ struct Fixture {
     next_tag: AtomicU32,
     /// The backing file was made by the fixture (and is removed with it).
     owned: bool,
+    /// An NBD case: the export (then `spec.path` names nothing).
+    nbd: Option<(NbdSpec, NbdServer)>,
+    /// A discarded range reads back as zeros (NBD's trim promises nothing
+    /// of the kind; nbdkit's memory plugin does it, qcow2 only for whole
+    /// clusters).
+    discard_zeroes: bool,
 }
 
 impl Fixture {
@@ -108,6 +116,39 @@ impl Fixture {
             col: Arc::new(Collector::default()),
             next_tag: AtomicU32::new(1),
             owned: true,
+            nbd: None,
+            discard_zeroes: true,
+        }
+    }
+
+    /// An NBD store over `server`'s fresh export of [`MEDIUM`] bytes.
+    fn on_nbd(server: NbdServer, sector_size: u32, faults: Option<Arc<IoFaults>>) -> Self {
+        let spec = NbdSpec {
+            sector_size,
+            faults: faults.clone(),
+            ..NbdSpec::new(&server.uri)
+        };
+        let discard_zeroes = server.image.is_none();
+        Fixture {
+            // Buffers need no alignment, as for a file.
+            case: Case {
+                kind: StoreKind::File,
+                sector_size,
+                cached: false,
+            },
+            spec: StoreSpec {
+                kind: StoreKind::File,
+                path: PathBuf::from("/nonexistent/xbb-nbd-case"),
+                writable: true,
+                sector_size,
+                faults,
+                cache: None,
+            },
+            col: Arc::new(Collector::default()),
+            next_tag: AtomicU32::new(1),
+            owned: false,
+            nbd: Some((spec, server)),
+            discard_zeroes,
         }
     }
 
@@ -132,6 +173,8 @@ impl Fixture {
             col: Arc::new(Collector::default()),
             next_tag: AtomicU32::new(1),
             owned: false,
+            nbd: None,
+            discard_zeroes: true,
         }
     }
 
@@ -140,14 +183,31 @@ impl Fixture {
     }
 
     fn open(&self) -> Box<dyn UserStore> {
-        open_store(&self.spec, self.col.completion())
-            .unwrap_or_else(|e| panic!("{:?}: open failed: {e:?}", self.case))
+        self.open_with(true, self.col.completion())
     }
 
     fn open_read_only(&self) -> Box<dyn UserStore> {
-        let mut spec = self.spec.clone();
-        spec.writable = false;
-        open_store(&spec, self.col.completion()).unwrap()
+        self.open_with(false, self.col.completion())
+    }
+
+    fn open_with(&self, writable: bool, done: CompletionFn) -> Box<dyn UserStore> {
+        let r = match &self.nbd {
+            Some((spec, _)) => open_nbd_store(
+                &NbdSpec {
+                    writable,
+                    ..spec.clone()
+                },
+                done,
+            ),
+            None => open_store(
+                &StoreSpec {
+                    writable,
+                    ..self.spec.clone()
+                },
+                done,
+            ),
+        };
+        r.unwrap_or_else(|e| panic!("{:?}: open failed: {e:?}", self.case))
     }
 
     fn tag(&self) -> IoTag {
@@ -178,10 +238,28 @@ impl Fixture {
         b
     }
 
-    /// The backing file's bytes, read behind the store's back.
+    /// The medium's bytes, read behind the store's back: the backing file
+    /// itself, or the export through a connection of its own.
     fn file_bytes(&self, offset: u64, len: usize) -> Vec<u8> {
-        let all = std::fs::read(&self.spec.path).unwrap();
-        all[offset as usize..offset as usize + len].to_vec()
+        let Some((spec, _)) = &self.nbd else {
+            let all = std::fs::read(&self.spec.path).unwrap();
+            return all[offset as usize..offset as usize + len].to_vec();
+        };
+        let col = Arc::new(Collector::default());
+        let spec = NbdSpec {
+            writable: false,
+            faults: None,
+            ..spec.clone()
+        };
+        let other = open_nbd_store(&spec, col.completion()).unwrap();
+        let mut b = Buf::new(len);
+        let iov = vec![b.iov(0, len)];
+        other
+            .submit(IoTag(1), StoreIo::Read { offset, iov })
+            .unwrap();
+        assert_eq!(col.wait(IoTag(1)), Ok(()));
+        other.close();
+        b.bytes().to_vec()
     }
 }
 
@@ -200,8 +278,9 @@ type Property = fn(&Fixture, &dyn UserStore);
 const DEVICE_SECTOR_SIZES: [u32; 2] = [512, 4096];
 
 /// The properties checked over a block device named by the environment.
-const DEVICE_PROPERTIES: [(&str, Property); 12] = [
+const DEVICE_PROPERTIES: [(&str, Property); 13] = [
     ("info", prop_info),
+    ("zeros", prop_zeros_overwrite_data),
     ("discardgeo", prop_discard_geometry),
     ("resize", prop_resize),
     ("roundtrip", prop_roundtrip_multi_iovec),
@@ -376,6 +455,55 @@ fn prop_flush(fx: &Fixture, s: &dyn UserStore) {
     assert!(fx.file_bytes(0, ss) == b.bytes());
 }
 
+/// Writes of zeros (a guest zeroing a range: blkif has no write-zeroes
+/// operation) replace the data with zeros, whatever the store makes of
+/// them (the NBD store sends write-zeroes); a write of zeros but one byte
+/// keeps that byte.
+fn prop_zeros_overwrite_data(fx: &Fixture, s: &dyn UserStore) {
+    let ss = fx.ss();
+    let len = 16 * ss;
+    let mut b = Buf::filled(len, 33);
+    fx.write(s, 0, vec![b.iov(0, len)]).unwrap();
+    // Sectors 2..8 zeroed by pieces taken out of order.
+    let mut z = Buf::new(6 * ss);
+    let iov = vec![
+        z.iov(4 * ss, 2 * ss),
+        z.iov(0, 2 * ss),
+        z.iov(2 * ss, 2 * ss),
+    ];
+    fx.write(s, (2 * ss) as u64, iov).unwrap();
+    // Sectors 10..12: zeros but their very last byte.
+    let mut almost = Buf::new(2 * ss);
+    almost.bytes_mut()[2 * ss - 1] = 0x99;
+    fx.write(s, (10 * ss) as u64, vec![almost.iov(0, 2 * ss)])
+        .unwrap();
+    let got = fx.read_buf(s, 0, len);
+    let (got, want) = (got.bytes(), b.bytes());
+    let case = fx.case;
+    assert!(got[..2 * ss] == want[..2 * ss], "{case:?}: before");
+    assert!(
+        got[2 * ss..8 * ss].iter().all(|&x| x == 0),
+        "{case:?}: zeroed"
+    );
+    assert!(
+        got[8 * ss..10 * ss] == want[8 * ss..10 * ss],
+        "{case:?}: between"
+    );
+    assert!(
+        got[10 * ss..12 * ss - 1].iter().all(|&x| x == 0),
+        "{case:?}: almost zero"
+    );
+    assert_eq!(got[12 * ss - 1], 0x99, "{case:?}: the one byte");
+    assert!(got[12 * ss..] == want[12 * ss..], "{case:?}: after");
+    // On the medium itself, too.
+    assert!(
+        fx.file_bytes((2 * ss) as u64, 6 * ss)
+            .iter()
+            .all(|&x| x == 0),
+        "{case:?}: the medium"
+    );
+}
+
 fn prop_discard(fx: &Fixture, s: &dyn UserStore) {
     let ss = fx.ss();
     let len = 16 * ss.max(PAGE);
@@ -400,7 +528,7 @@ fn prop_discard(fx: &Fixture, s: &dyn UserStore) {
     let got = got.bytes();
     assert!(got[..d_off] == b.bytes()[..d_off], "{:?}: before", fx.case);
     assert!(
-        got[d_off..d_off + d_len].iter().all(|&x| x == 0),
+        !fx.discard_zeroes || got[d_off..d_off + d_len].iter().all(|&x| x == 0),
         "{:?}: discarded",
         fx.case
     );
@@ -448,10 +576,7 @@ fn prop_discard_geometry(fx: &Fixture, s: &dyn UserStore) {
     let ss = u64::from(info.sector_size);
     let is_block = {
         use std::os::unix::fs::FileTypeExt;
-        std::fs::metadata(&fx.spec.path)
-            .unwrap()
-            .file_type()
-            .is_block_device()
+        std::fs::metadata(&fx.spec.path).is_ok_and(|m| m.file_type().is_block_device())
     };
     if !info.can_discard {
         assert!(!info.can_secure_discard, "{:?}", fx.case);
@@ -895,6 +1020,11 @@ fn flush_completes() {
 }
 
 #[test]
+fn written_zeros_read_back_as_zeros() {
+    for_every_case("zeros", prop_zeros_overwrite_data);
+}
+
+#[test]
 fn discard_reads_back_zeros() {
     for_every_case("discard", prop_discard);
 }
@@ -1121,4 +1251,55 @@ fn loop_device_discard_and_resize() {
             drop(fx);
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// NBD exports
+
+/// The properties checked over an NBD export (resizing and a file that
+/// shrinks behind the store's back do not apply: an export has one size).
+const NBD_PROPERTIES: [(&str, Property); 12] = [
+    ("info", prop_info),
+    ("zeros", prop_zeros_overwrite_data),
+    ("roundtrip", prop_roundtrip_multi_iovec),
+    ("persector", prop_whole_medium_sector_by_sector),
+    ("inflight", prop_many_in_flight),
+    ("flush", prop_flush),
+    ("discard", prop_discard),
+    ("discardgeo", prop_discard_geometry),
+    ("misaligned", prop_misaligned),
+    ("reopen", prop_persists_across_reopen),
+    ("readonly", prop_read_only),
+    ("close", prop_close_waits),
+];
+
+/// Runs every NBD property on a fresh export made by `server`, with
+/// 512- and 4096-byte sectors, then the fault injection.
+fn for_every_nbd_property(label: &str, server: fn(&str) -> Option<NbdServer>) {
+    for sector_size in DEVICE_SECTOR_SIZES {
+        for (what, prop) in NBD_PROPERTIES {
+            let Some(srv) = server(what) else { return };
+            let fx = Fixture::on_nbd(srv, sector_size, None);
+            run_property(&fx, what, format_args!("{label} {sector_size}"), prop);
+        }
+        let Some(srv) = server("faults") else { return };
+        let faults = Arc::new(IoFaults::new());
+        let fx = Fixture::on_nbd(srv, sector_size, Some(Arc::clone(&faults)));
+        let store = fx.open();
+        prop_faults(&fx, &*store, &faults);
+        store.close();
+        assert_eq!(fx.col.pending(), 0);
+    }
+}
+
+#[test]
+fn nbd_export_of_nbdkit_memory() {
+    for_every_nbd_property("nbdkit memory", |what| {
+        NbdServer::nbdkit(what, MEDIUM, &[], &[])
+    });
+}
+
+#[test]
+fn nbd_export_of_a_qcow2_image() {
+    for_every_nbd_property("qemu-nbd qcow2", |what| NbdServer::qemu_qcow2(what, MEDIUM));
 }

@@ -51,6 +51,7 @@ use xbb::keys;
 use xbb::stats::{Stat, Tunable, Tunables, SYSCTLS, TUNABLES, TUNABLE_PREFIX};
 
 mod crash;
+mod nbdkit;
 mod report;
 mod run;
 pub mod schema;
@@ -58,6 +59,8 @@ mod steps;
 mod validate;
 
 use crash::*;
+pub use nbdkit::nbd_unavailable;
+use nbdkit::NbdKit;
 pub use report::*;
 pub use run::*;
 pub use schema::*;

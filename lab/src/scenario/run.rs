@@ -143,6 +143,8 @@ pub(super) struct GuestRt {
     /// The id the front-end gives its next request, when known (it numbers
     /// requests in order; a workload's requests make it unknown).
     pub(super) next_id: Option<u64>,
+    /// The NBD server of an `nbd` store.
+    pub(super) nbd: Option<NbdKit>,
 }
 
 /// The state of a run: the world, the guests, the findings.
@@ -250,6 +252,7 @@ pub(super) fn store_name(k: StoreKindSpec) -> &'static str {
     match k {
         StoreKindSpec::File => "file",
         StoreKindSpec::Device => "device",
+        StoreKindSpec::Nbd => "nbd",
     }
 }
 
@@ -309,9 +312,13 @@ pub(super) fn finish(mut run: Run<'_>, scenario: &str, sc: &Scenario, started: I
     }
     // Leftover manual requests are not an error of the back-end: hostile
     // steps may leave requests that can never be answered.
-    let guests = std::mem::take(&mut run.guests);
+    let mut guests = std::mem::take(&mut run.guests);
+    // NBD servers outlive the back-ends, which close their stores as the
+    // world shuts down.
+    let servers: Vec<NbdKit> = guests.iter_mut().filter_map(|g| g.nbd.take()).collect();
     drop(guests);
     shutdown_world(run.world);
+    drop(servers);
     let _ = sc;
     Report {
         scenario: scenario.to_string(),
@@ -350,9 +357,17 @@ pub(super) fn setup_guest(
     dir: &Path,
     opts: &RunOptions,
 ) -> Result<GuestRt, String> {
-    let image = dir.join(format!("{index}-{name}.img"));
-    create_sparse_image(&image, spec.size.0)
-        .map_err(|e| format!("cannot create {}: {e}", image.display()))?;
+    // A file for `file` and `device`; an NBD export for `nbd`, whose URI
+    // the vbd names instead of a path.
+    let (image, nbd) = if spec.store == StoreKindSpec::Nbd {
+        let srv = NbdKit::start(dir, &format!("{index}-{name}"), spec.size.0)?;
+        (PathBuf::from(&srv.uri), Some(srv))
+    } else {
+        let image = dir.join(format!("{index}-{name}.img"));
+        create_sparse_image(&image, spec.size.0)
+            .map_err(|e| format!("cannot create {}: {e}", image.display()))?;
+        (image, None)
+    };
     let dom = FIRST_GUEST_DOM + index as DomId;
     world
         .add_guest(dom, GUEST_FRAMES)
@@ -372,7 +387,9 @@ pub(super) fn setup_guest(
     let cfg = VbdConfig {
         kind: match spec.store {
             StoreKindSpec::File => StoreKind::File,
-            StoreKindSpec::Device => StoreKind::Device,
+            // libxl writes `phy` for every disk it hands to a back-end by
+            // script, NBD targets included.
+            StoreKindSpec::Device | StoreKindSpec::Nbd => StoreKind::Device,
         },
         mode: String::from(match spec.mode {
             ModeSpec::ReadWrite => "w",
@@ -428,6 +445,7 @@ pub(super) fn setup_guest(
         pending: BTreeMap::new(),
         responses: std::collections::VecDeque::new(),
         next_id: Some(1),
+        nbd,
     })
 }
 

@@ -42,7 +42,8 @@ pub struct GuestSpec {
     /// `skipper`, `flusher`.
     #[serde(default = "default_profile")]
     pub profile: String,
-    /// Store kind: `file` (a vnode) or `device` (a raw device, `O_DIRECT`).
+    /// Store kind: `file` (a vnode), `device` (a raw device, `O_DIRECT`)
+    /// or `nbd` (an NBD export: `nbdkit memory` of the guest's size).
     #[serde(default)]
     pub store: StoreKindSpec,
     /// Logical sector size of the medium, bytes.
@@ -157,6 +158,9 @@ pub enum StoreKindSpec {
     File,
     /// A raw device (here: the image file served as one).
     Device,
+    /// An NBD export: the lab starts `nbdkit memory` of the guest's size
+    /// and names its Unix socket in `params` (`nbd+unix:///?socket=...`).
+    Nbd,
 }
 
 /// Access mode of a guest's disk.
@@ -784,6 +788,15 @@ pub enum Step {
     InjectIo(InjectIoSpec),
     /// Makes grant mappings of the guest's grants fail.
     InjectGrant(InjectGrantSpec),
+    /// Acts on the NBD server of the guest's `nbd` store.
+    NbdServer {
+        /// The guest(s); every guest when absent, `"*"` too. Each must have
+        /// an `nbd` store.
+        #[serde(default)]
+        guest: Guests,
+        /// What happens to the server.
+        action: NbdServerAction,
+    },
     /// Mounts the back-end domain's root file system.
     MountRoot {},
     /// Checks the guest's back-end; waits (bounded) for it to settle first.
@@ -824,6 +837,20 @@ pub enum Step {
         #[serde(default)]
         nodes: BTreeMap<String, NodeExpect>,
     },
+}
+
+/// What an `nbd_server` step does to a guest's NBD server (`nbdkit
+/// memory`, behind its error filter).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NbdServerAction {
+    /// Every read, write, trim and write-zeroes from now on fails with
+    /// `EIO`; the connection stays up.
+    Fail,
+    /// The server serves again after `fail`.
+    Recover,
+    /// The server dies (`SIGKILL`): a crash, a host gone.
+    Kill,
 }
 
 /// One expected response id, or one per response in order.
@@ -1265,6 +1292,7 @@ impl Step {
             Step::Crash { .. } => "crash",
             Step::InjectIo(_) => "inject_io",
             Step::InjectGrant(_) => "inject_grant",
+            Step::NbdServer { .. } => "nbd_server",
             Step::MountRoot {} => "mount_root",
             Step::Expect { .. } => "expect",
         }

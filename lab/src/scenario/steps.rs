@@ -120,6 +120,16 @@ pub(super) fn guest_step(run: &mut Run<'_>, n: usize, step: &Step, t: usize) {
         }
         Step::InjectIo(_) | Step::InjectGrant(_) => inject(run, n, t, step),
         Step::Crash { .. } => crash_step(run, n, step, t),
+        Step::NbdServer { action: a, .. } => {
+            run.progress(format_args!("step {n}: {name}: NBD server: {a:?}"));
+            let r = match run.guests[t].nbd.as_mut() {
+                Some(srv) => srv.act(*a),
+                None => Err(String::from("no NBD server")),
+            };
+            if let Err(e) = r {
+                run.fail(n, action, Some(&name), e);
+            }
+        }
         Step::Expect { .. } => expect_step(run, n, step, t),
         Step::MountRoot {} | Step::Workload { .. } => {}
     }

@@ -114,11 +114,27 @@ impl Scenario {
             }
             Step::Resize { guest, size } => {
                 for gi in guest.resolve(names) {
+                    if self.guests[gi].store == StoreKindSpec::Nbd {
+                        return Err(format!(
+                            "guest {}: an nbd store cannot be resized (an export has one size)",
+                            names[gi]
+                        ));
+                    }
                     let ss = u64::from(self.guests[gi].sector_size);
                     if size.0 % ss != 0 {
                         return Err(format!(
                             "guest {}: size {} is not a multiple of the sector size",
                             names[gi], size.0
+                        ));
+                    }
+                }
+            }
+            Step::NbdServer { guest, .. } => {
+                for gi in guest.resolve(names) {
+                    if self.guests[gi].store != StoreKindSpec::Nbd {
+                        return Err(format!(
+                            "guest {}: nbd_server needs an nbd store",
+                            names[gi]
                         ));
                     }
                 }
@@ -318,6 +334,7 @@ impl Step {
             | Step::Crash { guest, .. }
             | Step::InjectIo(InjectIoSpec { guest, .. })
             | Step::InjectGrant(InjectGrantSpec { guest, .. })
+            | Step::NbdServer { guest, .. }
             | Step::Expect { guest, .. } => Some(guest),
             Step::MountRoot {} => None,
         }

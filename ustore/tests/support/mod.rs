@@ -1,7 +1,11 @@
 //! What the store tests share: a completion collector, aligned buffers
-//! addressed raw as a store wants them, and a data pattern.
+//! addressed raw as a store wants them, a data pattern, and NBD servers.
 
 #![allow(dead_code)]
+
+mod nbd_server;
+#[allow(unused_imports)]
+pub use nbd_server::*;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
