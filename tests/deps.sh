@@ -21,7 +21,14 @@ command -v jq >/dev/null 2>&1 || need="$need jq"
 command -v ld.lld-14 >/dev/null 2>&1 || need="$need lld-14"
 command -v llvm-objdump-14 >/dev/null 2>&1 || need="$need llvm-14"
 # freebsd/src/ffi.rs is checked against bindgen's view of sys-glue/xbb_shim.h.
+# Debian's bindgen loads libclang at run time and only recommends it and
+# clang's own headers (stddef.h), so a --no-install-recommends install
+# names them.
 command -v bindgen >/dev/null 2>&1 || need="$need bindgen"
+ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/*/libclang-*.so* >/dev/null 2>&1 ||
+    need="$need libclang1-14"
+ls /usr/lib/llvm-*/lib/clang/*/include/stddef.h >/dev/null 2>&1 ||
+    need="$need libclang-common-14-dev"
 # The NBD store: libnbd.so.0 (dlopen'ed), <libnbd.h>, nbdkit's memory
 # plugin and qemu-nbd over a qcow2 file. qemu-utils only when there is no
 # qemu-nbd at all: a host that has one (the xenlab harness pins bookworm's
