@@ -359,6 +359,14 @@ impl<M: RingMem> FrontRing<M> {
         self.rsp_cons
     }
 
+    /// The back-end's `rsp_prod` as it stands in the shared ring
+    /// (acquire), unchecked: how far the back-end says it answered,
+    /// whether or not [`take_response`](Self::take_response) would take
+    /// that many (a test that overran its own ring still counts them).
+    pub fn rsp_prod(&self) -> u32 {
+        self.mem.load_u32(SRING_RSP_PROD, Ordering::Acquire)
+    }
+
     /// Slots free for new requests (`RING_FREE_REQUESTS`).
     pub fn free_slots(&self) -> u32 {
         self.size

@@ -19,7 +19,7 @@ use std::time::Duration;
 use super::backend::{BackendRunner, InstanceSnapshot};
 use super::gnttab::GrantStats;
 use super::host::{Domain, SimHostConfig, SimXen};
-use super::store::{self, IoFaults, StoreKind};
+use super::store::{self, IoFaults, StoreKind, WriteCache};
 use super::toolstack::{self, VbdPaths, VbdSpec};
 use super::TaskEvent;
 use xbb::connect::ConnectError;
@@ -46,6 +46,9 @@ pub struct VbdConfig {
     pub sector_size: u32,
     /// Store fault injection, if any.
     pub faults: Option<Arc<IoFaults>>,
+    /// A volatile write cache in front of the medium, whose power the
+    /// caller may cut; none: writes are durable once completed.
+    pub cache: Option<Arc<WriteCache>>,
     /// The `hw.xbb.*` tunables of the instance.
     pub tunables: Tunables,
     /// Serve every queue from the instance's task thread instead of a
@@ -66,6 +69,7 @@ impl VbdConfig {
             online: true,
             sector_size: 512,
             faults: None,
+            cache: None,
             tunables: Tunables::default(),
             inline: false,
         }
@@ -111,6 +115,12 @@ impl VbdHandle {
     /// The store's fault injection, if any.
     pub fn faults(&self) -> Option<&Arc<IoFaults>> {
         self.config.faults.as_ref()
+    }
+
+    /// The volatile write cache in front of the store, if any: what a
+    /// crash-consistency test cuts the power of.
+    pub fn cache(&self) -> Option<&Arc<WriteCache>> {
+        self.config.cache.as_ref()
     }
 
     /// Grows or shrinks the backing file or loop device to `new_bytes`
@@ -227,6 +237,7 @@ impl World {
             backend_dom: spec.backend_dom,
             store_sector_size: cfg.sector_size,
             store_faults: cfg.faults.clone(),
+            store_cache: cfg.cache.clone(),
             image_is_disk: cfg.kind == StoreKind::Device,
             inline: cfg.inline,
         };

@@ -8,7 +8,11 @@
 //!   ([`FakeHost::grant`]); references start at 8, so [`BAD_GREF`] and
 //!   everything below are never granted. The shared ring is offered with
 //!   [`FakeHost::frontend_ring`] (fresh memory) or
-//!   [`FakeHost::offer_ring`] (memory the caller keeps across runs).
+//!   [`FakeHost::offer_ring`] (memory the caller keeps across runs); the
+//!   rings of a multi-queue front-end with [`FakeHost::offer_queue_ring`].
+//!   `map_ring` maps the offered ring whose pages a queue names, each
+//!   ring once; `evtchn_bind` binds an offered port that no other queue
+//!   holds, as Xen binds only an unbound port.
 //! - `map_batch` records which grant each window page shows (refusing a
 //!   writable mapping of a read-only grant); I/O then copies between the
 //!   medium and the guest pages those window pages map.
@@ -149,6 +153,26 @@ struct Mapping {
     handle: u32,
 }
 
+/// A shared ring the front-end offers: its pages' grants, its port and,
+/// while no queue maps it, the back-end's view of its memory.
+#[derive(Debug, Default)]
+struct RingOffer {
+    grefs: Vec<GrantRef>,
+    port: EvtchnPort,
+    back: Option<SharedMem>,
+    /// The address of the back view (to know it again when unmapped).
+    addr: usize,
+}
+
+/// A ring a queue has mapped.
+#[derive(Clone, Copy, Debug)]
+struct MappedRing {
+    queue: QueueId,
+    addr: usize,
+    /// The slot of the offer mapped.
+    slot: usize,
+}
+
 /// What a store I/O does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IoKind {
@@ -204,12 +228,13 @@ pub struct FakeHost {
     cfg: FakeConfig,
     grants: Vec<Grant>,
     guest: Vec<u8>,
-    ring_back: Option<SharedMem>,
-    /// The address of the ring's back view (the one offered).
-    ring_addr: usize,
-    /// The address of the mapping `map_ring` handed out.
-    ring_out: Option<usize>,
-    ring_grefs: Vec<GrantRef>,
+    /// Rings on offer by slot: slot 0 is [`FakeHost::offer_ring`]'s,
+    /// slot `q` also [`FakeHost::offer_queue_ring`]`(q)`'s.
+    rings: Vec<RingOffer>,
+    /// Rings mapped now, by queue.
+    mapped: Vec<MappedRing>,
+    /// Event channels bound now: (queue, the front-end's port).
+    bound: Vec<(QueueId, EvtchnPort)>,
     window: Vec<Option<Mapping>>,
     window_reserved: bool,
     next_handle: u32,
@@ -242,8 +267,6 @@ pub struct FakeHost {
     queue: VecDeque<usize>,
     /// Every `store_submit` call, refused ones included.
     pub log: Vec<Submission>,
-    /// The bound event channel.
-    pub evtchn: Option<(DomId, EvtchnPort)>,
     /// Binds and unbinds.
     pub binds: u32,
     /// See [`FakeHost::binds`].
@@ -252,6 +275,9 @@ pub struct FakeHost {
     pub notifications: u64,
     /// `schedule_run` calls not yet honoured by [`FakeHost::run_deferred`].
     pub schedule_runs: u64,
+    /// The queues those runs are for, one bit per queue (a queue above 63
+    /// sets bit 63).
+    pub scheduled_queues: u64,
     /// I/Os queued so far.
     pub submitted: u64,
     /// I/Os completed so far.
@@ -296,10 +322,9 @@ impl FakeHost {
             cfg,
             grants: Vec::with_capacity(cfg.max_grants + 64),
             guest: Vec::with_capacity(cfg.max_grants * PAGE_SIZE),
-            ring_back: None,
-            ring_addr: 0,
-            ring_out: None,
-            ring_grefs: Vec::new(),
+            rings: Vec::new(),
+            mapped: Vec::new(),
+            bound: Vec::new(),
             window: Vec::with_capacity(cfg.max_window_pages),
             window_reserved: false,
             next_handle: 0,
@@ -319,11 +344,11 @@ impl FakeHost {
             free_slots: (0..cfg.max_in_flight).rev().collect(),
             queue: VecDeque::with_capacity(cfg.max_in_flight),
             log: Vec::with_capacity(4096),
-            evtchn: None,
             binds: 0,
             unbinds: 0,
             notifications: 0,
             schedule_runs: 0,
+            scheduled_queues: 0,
             submitted: 0,
             completed: 0,
             now_ms: 0,
@@ -379,8 +404,8 @@ impl FakeHost {
     pub fn assert_released(&self) {
         assert_eq!(self.live_mappings, 0, "grants still mapped");
         assert!(!self.window_reserved, "window not released");
-        assert!(self.evtchn.is_none(), "event channel still bound");
-        assert!(self.ring_out.is_none(), "ring still mapped");
+        assert!(self.bound.is_empty(), "event channel still bound");
+        assert!(self.mapped.is_empty(), "ring still mapped");
         assert_eq!(self.ring_maps, self.ring_unmaps, "ring maps vs unmaps");
         assert_eq!(self.binds, self.unbinds, "binds vs unbinds");
         assert_eq!(
@@ -513,22 +538,60 @@ impl FakeHost {
         abi: Abi,
         pages: u32,
     ) -> FrontRing {
+        self.offer_slot(0, String::new(), front, back, abi, pages)
+    }
+
+    /// The ring of queue `queue` of a multi-queue front-end, as
+    /// [`FakeHost::offer_ring`] offers the only one, its nodes under
+    /// `queue-N/` (`ring-ref*`, `event-channel` = [`FE_PORT`] + `queue`);
+    /// `protocol` and `ring-page-order` stay top-level, and
+    /// `multi-queue-num-queues` is the caller's to write. Its back view
+    /// comes back with [`FakeHost::take_queue_ring`].
+    pub fn offer_queue_ring(
+        &mut self,
+        queue: QueueId,
+        front: SharedMem,
+        back: SharedMem,
+        abi: Abi,
+        pages: u32,
+    ) -> FrontRing {
+        let dir = format!("queue-{queue}/");
+        self.offer_slot(queue as usize, dir, front, back, abi, pages)
+    }
+
+    fn offer_slot(
+        &mut self,
+        slot: usize,
+        dir: String,
+        front: SharedMem,
+        back: SharedMem,
+        abi: Abi,
+        pages: u32,
+    ) -> FrontRing {
+        if self.rings.len() <= slot {
+            self.rings.resize_with(slot + 1, RingOffer::default);
+        }
         // A new ring replaces one on offer; one still mapped (draining)
         // is not handed back when unmapped.
-        if self.ring_grefs.len() != pages as usize {
-            self.ring_grefs = (0..pages).map(|_| self.push_grant(Grant::Ring)).collect();
+        if self.rings[slot].grefs.len() != pages as usize {
+            let grefs = (0..pages).map(|_| self.push_grant(Grant::Ring)).collect();
+            self.rings[slot].grefs = grefs;
         }
-        self.ring_addr = back.as_ptr() as usize;
-        self.ring_back = Some(back);
-        if pages == 1 {
-            self.fe_set(keys::RING_REF, &self.ring_grefs[0].to_string());
+        let port = FE_PORT + slot as EvtchnPort;
+        let r = &mut self.rings[slot];
+        r.port = port;
+        r.addr = back.as_ptr() as usize;
+        r.back = Some(back);
+        let grefs = r.grefs.clone();
+        if pages == 1 && dir.is_empty() {
+            self.fe_set(keys::RING_REF, &grefs[0].to_string());
         } else {
             self.fe_set(keys::RING_PAGE_ORDER, &pages.trailing_zeros().to_string());
-            for (i, g) in self.ring_grefs.clone().into_iter().enumerate() {
-                self.fe_set(&format!("{}{i}", keys::RING_REF), &g.to_string());
+            for (i, g) in grefs.into_iter().enumerate() {
+                self.fe_set(&format!("{dir}{}{i}", keys::RING_REF), &g.to_string());
             }
         }
-        self.fe_set(keys::EVENT_CHANNEL, &FE_PORT.to_string());
+        self.fe_set(&format!("{dir}{}", keys::EVENT_CHANNEL), &port.to_string());
         let proto = match abi {
             Abi::X86_32 => XEN_IO_PROTO_ABI_X86_32,
             Abi::X86_64 => XEN_IO_PROTO_ABI_X86_64,
@@ -542,17 +605,63 @@ impl FakeHost {
 
     /// The ring's back view, once the instance no longer maps it.
     pub fn take_ring(&mut self) -> Option<SharedMem> {
-        self.ring_back.take()
+        self.take_queue_ring(0)
+    }
+
+    /// The back view of queue `queue`'s ring, once no queue maps it.
+    pub fn take_queue_ring(&mut self, queue: QueueId) -> Option<SharedMem> {
+        self.rings.get_mut(queue as usize)?.back.take()
     }
 
     /// The grant references of the ring's pages.
     pub fn ring_grefs(&self) -> &[GrantRef] {
-        &self.ring_grefs
+        self.queue_ring_grefs(0)
     }
 
-    /// Whether the instance has the ring mapped.
+    /// The grant references of queue `queue`'s ring pages (none before it
+    /// was offered).
+    pub fn queue_ring_grefs(&self, queue: QueueId) -> &[GrantRef] {
+        self.rings.get(queue as usize).map_or(&[], |r| &r.grefs)
+    }
+
+    /// The slot of the ring queue `queue` has mapped (0 for
+    /// [`FakeHost::offer_ring`]'s, `q` for
+    /// [`FakeHost::offer_queue_ring`]`(q)`'s).
+    pub fn ring_slot(&self, queue: QueueId) -> Option<usize> {
+        self.mapped
+            .iter()
+            .find(|m| m.queue == queue)
+            .map(|m| m.slot)
+    }
+
+    /// Whether a queue maps the ring of slot `slot`.
+    pub fn slot_mapped(&self, slot: usize) -> bool {
+        self.mapped.iter().any(|m| m.slot == slot)
+    }
+
+    /// The front-end's port for the ring of slot `slot`.
+    pub fn queue_port(&self, slot: QueueId) -> EvtchnPort {
+        FE_PORT + slot
+    }
+
+    /// Whether the instance has a ring mapped.
     pub fn ring_mapped(&self) -> bool {
-        self.ring_out.is_some()
+        !self.mapped.is_empty()
+    }
+
+    /// Rings the instance has mapped.
+    pub fn rings_mapped(&self) -> usize {
+        self.mapped.len()
+    }
+
+    /// Whether queue `queue` has its event channel bound.
+    pub fn evtchn_bound(&self, queue: QueueId) -> bool {
+        self.bound.iter().any(|&(q, _)| q == queue)
+    }
+
+    /// Event channels bound now.
+    pub fn channels_bound(&self) -> usize {
+        self.bound.len()
     }
 
     /// Whether the instance holds a data window.
@@ -578,8 +687,9 @@ impl FakeHost {
     }
 
     /// Completes queued I/O number `idx` (0: the oldest) with `result`,
-    /// performing it first when `result` is `Ok`. `false` when there is
-    /// no such I/O.
+    /// performing it first when `result` is `Ok` (an I/O past the end of
+    /// a medium shrunk meanwhile fails with [`IoError::Io`] instead).
+    /// `false` when there is no such I/O.
     pub fn complete_at(
         &mut self,
         inst: &mut Instance,
@@ -589,7 +699,16 @@ impl FakeHost {
         let Some(i) = self.queue.remove(idx) else {
             return false;
         };
-        let tag = self.slots[i].tag;
+        let IoSlot {
+            tag, offset, len, ..
+        } = self.slots[i];
+        // A medium shrunk under an I/O in flight fails it, as a device
+        // does past its new end.
+        let inside = offset.saturating_add(len) <= self.medium.len() as u64;
+        let result = match result {
+            Ok(()) if !inside => Err(IoError::Io),
+            r => r,
+        };
         if result.is_ok() {
             self.perform(i);
         }
@@ -627,7 +746,15 @@ impl FakeHost {
         let mut n = 0;
         while self.schedule_runs > 0 {
             self.schedule_runs -= 1;
-            inst.run(self, 0);
+            // Each queue asked for at most this run (a request for a queue
+            // already due is the same run).
+            let due = std::mem::take(&mut self.scheduled_queues);
+            for q in (0..64).filter(|q| due & 1 << q != 0) {
+                inst.run(self, q);
+            }
+            if due == 0 {
+                inst.run(self, 0);
+            }
             n += 1;
         }
         n
@@ -809,9 +936,10 @@ impl QueueHost for FakeHost {
         Ok(())
     }
 
-    fn evtchn_notify(&mut self, _queue: QueueId) {
-        self.expect(self.evtchn.is_some(), || {
-            "notify on an unbound channel".into()
+    fn evtchn_notify(&mut self, queue: QueueId) {
+        let bound = self.evtchn_bound(queue);
+        self.expect(bound, || {
+            format!("notify on queue {queue}'s unbound channel")
         });
         self.notifications += 1;
     }
@@ -826,8 +954,9 @@ impl QueueHost for FakeHost {
         self.now_ms
     }
 
-    fn schedule_run(&mut self, _queue: QueueId) {
+    fn schedule_run(&mut self, queue: QueueId) {
         self.schedule_runs += 1;
+        self.scheduled_queues |= 1 << queue.min(63);
     }
 
     fn store_submit(&mut self, tag: IoTag, op: IoOp<'_>) -> Result<(), IoError> {
@@ -910,66 +1039,86 @@ impl Host for FakeHost {
         self.window_releases += 1;
     }
 
-    fn map_ring(&mut self, _queue: QueueId, ring: Granted<'_>) -> Result<SharedMem, GrantError> {
+    fn map_ring(&mut self, queue: QueueId, ring: Granted<'_>) -> Result<SharedMem, GrantError> {
         let Granted { dom, grefs } = ring;
         self.expect(dom == FE_DOM, || format!("map_ring for domain {dom}"));
         if std::mem::take(&mut self.faults.ring_map) {
             return Err(GrantError::General);
         }
-        if grefs != self.ring_grefs.as_slice() {
+        let Some(slot) = self.rings.iter().position(|r| r.grefs == grefs) else {
             return Err(GrantError::BadRef);
+        };
+        let twice = self.mapped.iter().any(|m| m.queue == queue);
+        if !self.expect(!twice, || format!("queue {queue}'s ring mapped twice")) {
+            return Err(GrantError::General);
         }
-        if !self.expect(self.ring_out.is_none(), || "ring mapped twice".into()) {
+        let shared = self.mapped.iter().any(|m| m.slot == slot);
+        if !self.expect(!shared, || format!("ring {grefs:?} mapped twice")) {
             return Err(GrantError::General);
         }
         let ring = if std::mem::take(&mut self.faults.short_ring) {
             SharedMem::leak_pair(PAGE_SIZE / 2).expect("ring memory").1
         } else {
-            self.ring_back.take().ok_or(GrantError::General)?
+            self.rings[slot].back.take().ok_or(GrantError::General)?
         };
         if ring.len() >= SRING_HEADER_SIZE {
             self.rsp_prod_at_map = ring.load_u32(SRING_RSP_PROD, Ordering::Acquire);
         }
-        self.ring_out = Some(ring.as_ptr() as usize);
+        self.mapped.push(MappedRing {
+            queue,
+            addr: ring.as_ptr() as usize,
+            slot,
+        });
         self.ring_maps += 1;
         Ok(ring)
     }
 
-    fn unmap_ring(&mut self, _queue: QueueId, ring: SharedMem) {
+    fn unmap_ring(&mut self, queue: QueueId, ring: SharedMem) {
         let addr = ring.as_ptr() as usize;
-        match self.ring_out {
-            None => self.violation("ring unmapped twice".into()),
-            Some(out) if out != addr => self.violation("unmap of a foreign ring".into()),
-            Some(_) => {
-                self.ring_out = None;
+        match self.mapped.iter().position(|m| m.queue == queue) {
+            None => self.violation(format!("queue {queue}'s ring unmapped twice")),
+            Some(i) if self.mapped[i].addr != addr => {
+                self.violation(format!("queue {queue} unmaps a foreign ring"))
+            }
+            Some(i) => {
+                let m = self.mapped.swap_remove(i);
                 self.ring_unmaps += 1;
-                if addr == self.ring_addr {
-                    self.ring_back = Some(ring);
+                let offer = &mut self.rings[m.slot];
+                if offer.addr == addr {
+                    offer.back = Some(ring);
                 }
             }
         }
     }
 
-    fn evtchn_bind(&mut self, _queue: QueueId, remote: RemotePort) -> Result<(), EvtchnError> {
-        let (dom, remote_port) = (remote.dom, remote.port);
-        self.expect(self.evtchn.is_none(), || "event channel bound twice".into());
+    fn evtchn_bind(&mut self, queue: QueueId, remote: RemotePort) -> Result<(), EvtchnError> {
+        let (dom, port) = (remote.dom, remote.port);
+        let twice = self.evtchn_bound(queue);
+        self.expect(!twice, || format!("queue {queue}'s channel bound twice"));
         if std::mem::take(&mut self.faults.bind) {
             return Err(EvtchnError::General);
         }
-        if (dom, remote_port) != (FE_DOM, FE_PORT) {
+        // Only a port the front-end offered and nobody bound yet.
+        let offered = self
+            .rings
+            .iter()
+            .any(|r| !r.grefs.is_empty() && r.port == port);
+        let taken = self.bound.iter().any(|&(_, p)| p == port);
+        if dom != FE_DOM || !offered || taken || twice {
             return Err(EvtchnError::BadPort);
         }
-        self.evtchn = Some((dom, remote_port));
+        self.bound.push((queue, port));
         self.binds += 1;
         Ok(())
     }
 
-    fn evtchn_unbind(&mut self, _queue: QueueId) {
-        if self.expect(self.evtchn.is_some(), || {
-            "unbind of an unbound channel".into()
-        }) {
-            self.evtchn = None;
-            self.unbinds += 1;
+    fn evtchn_unbind(&mut self, queue: QueueId) {
+        match self.bound.iter().position(|&(q, _)| q == queue) {
+            Some(i) => {
+                self.bound.swap_remove(i);
+                self.unbinds += 1;
+            }
+            None => self.violation(format!("unbind of queue {queue}'s unbound channel")),
         }
     }
 

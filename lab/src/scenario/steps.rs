@@ -119,6 +119,7 @@ pub(super) fn guest_step(run: &mut Run<'_>, n: usize, step: &Step, t: usize) {
             wait_step(run, n, t, *count, &want)
         }
         Step::InjectIo(_) | Step::InjectGrant(_) => inject(run, n, t, step),
+        Step::Crash { .. } => crash_step(run, n, step, t),
         Step::NbdServer { action: a, .. } => {
             run.progress(format_args!("step {n}: {name}: NBD server: {a:?}"));
             let r = match run.guests[t].nbd.as_mut() {
