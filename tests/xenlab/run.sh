@@ -329,6 +329,11 @@ if [ "$(cat /proc/sys/kernel/sched_autogroup_enabled 2> /dev/null)" = 1 ]; then
 	echo "${XENLAB_NICE:--10}" > /proc/self/autogroup 2> /dev/null ||
 		echo "xenlab: could not set this session's scheduling group to nice ${XENLAB_NICE:--10}"
 fi
+# What else this machine ran meanwhile: the load average every 15 s, so a
+# timeout of libxl's (40 s for a hotplug script) in a run beside builds or
+# another benchmark shows its cause in the results (host-load.txt).
+(while :; do echo "$(date +%s) $(cut -d' ' -f1-4 /proc/loadavg)"; sleep 15; done > "$DIR/host-load.txt") &
+LOADPID=$!
 nice -n "${XENLAB_NICE:--10}" timeout -k 15 "$TIMEOUT" qemu-system-x86_64 \
 	-accel tcg,thread=multi -cpu "$CPU" -m 2048 -smp 2 \
 	-nographic -no-reboot -nic none -monitor none \
@@ -338,6 +343,8 @@ nice -n "${XENLAB_NICE:--10}" timeout -k 15 "$TIMEOUT" qemu-system-x86_64 \
 	-drive "file=$DIR/dom0.img,format=raw,if=virtio,cache=unsafe" \
 	< /dev/null > "$DIR/qemu.log" 2>&1
 QRC=$?
+kill "$LOADPID" 2> /dev/null
+wait "$LOADPID" 2> /dev/null
 flock -u 9
 [ $QRC = 124 ] && echo "xenlab: QEMU TIMED OUT after $TIMEOUT s"
 
@@ -355,6 +362,7 @@ else
 fi
 rm -rf "$DIR/rdump"
 cp -f "$SERIAL" "$OUT/serial.log" 2> /dev/null
+cp -f "$DIR/host-load.txt" "$OUT/" 2> /dev/null
 step ""
 tr -d '\r' < "$SERIAL" > "$DIR/serial.txt" 2> /dev/null
 RES=$DIR/serial.txt
@@ -389,6 +397,12 @@ else
 		grep -E '^(#[0-9]|Program terminated|Thread )' "$bt" | head -n 24 | sed 's/^/  | /'
 	done
 fi
+# The emulated host needs the machine to itself (its 2 vCPUs are this
+# machine's cores): say when something else loaded it.
+awk -v cpus="$(nproc)" '{ n++; s += $2; if ($2 > m) m = $2 }
+	END { if (n) { printf "xenlab: host load average (1 min) during the run: mean %.1f, max %.1f on %d CPUs\n", s / n, m, cpus
+		if (m > 2 * cpus) print "xenlab: the machine was busy beside the emulated host: timeouts in this run may be the load'"'"'s (host-load.txt)" } }' \
+	"$OUT/host-load.txt" 2> /dev/null
 npass=$(grep -c 'result=PASS' "$OUT/summary.txt")
 nfail=$(grep -c 'result=FAIL' "$OUT/summary.txt")
 nskip=$(grep -c 'result=SKIP' "$OUT/summary.txt")
