@@ -46,8 +46,8 @@ impl KvaAllocator {
         self.free
     }
 
-    /// The bits of word `w` for pages `first..first + n` of that word
-    /// (`first % 64 + n <= 64`).
+    /// The bits of pages `first..first + n` within their word, which
+    /// holds them all (`first % 64 + n <= 64`).
     fn mask(first: u32, n: u32) -> u64 {
         let bits = if n >= 64 { u64::MAX } else { (1u64 << n) - 1 };
         bits << (first % 64)
