@@ -84,6 +84,19 @@ impl KvaAllocator {
         if n == 0 || n > self.free {
             return None;
         }
+        if n == 1 {
+            // A 4 KiB request: the first clear bit. Bits past the window's
+            // end are clear too, but come after every page of it, and one
+            // page is free.
+            let w = self.bits.iter().position(|&b| b != u64::MAX)?;
+            let page = w as u32 * 64 + self.bits[w].trailing_ones();
+            if page >= self.pages {
+                return None;
+            }
+            self.bits[w] |= 1 << (page % 64);
+            self.free -= 1;
+            return Some(page);
+        }
         let mut run_start = 0u32;
         let mut run_len = 0u32;
         let mut page = 0u32;
