@@ -906,8 +906,19 @@ impl Queue {
     fn try_start<H: QueueHost + ?Sized>(&mut self, host: &mut H, l: u16) -> bool {
         let list = *self.lists.list(l);
         if list.pages > 0 {
-            let chain = self.lists.chain(l).map(|(_, r)| r);
-            let transient = self.grants.transient_pages(chain.clone());
+            // Without persistent grants every page is transient; with them,
+            // only the segments the cache could not take.
+            let transient = if self.grants.persistent() {
+                let chain = self.lists.chain(l).map(|(_, r)| r);
+                self.grants.transient_pages(chain)
+            } else {
+                list.pages
+            };
+            debug_assert_eq!(
+                transient,
+                self.grants
+                    .transient_pages(self.lists.chain(l).map(|(_, r)| r))
+            );
             let first = if transient > 0 {
                 let Some(first) = self.kva.alloc(transient) else {
                     return false;
@@ -1005,11 +1016,25 @@ impl Queue {
             Some(Phase::Data) => (run.sector, run.nr_sectors),
             _ => (list.sector, list.nr_sectors),
         };
+        let phase = steps.get(usize::from(list.phase));
+        // Accepted against the medium's size then; the medium may have
+        // shrunk since (a resize while it waited for the window, a
+        // barrier's drain or its first flush): nothing goes past the end
+        // the core now knows. The step fails instead (a data step: its
+        // run's requests only).
+        if matches!(phase, Some(Phase::Data | Phase::Discard)) {
+            // The size now, not as of the last request accepted.
+            let medium = self.stats.shared.medium_sectors();
+            let end = sector.checked_add(nr_sectors);
+            if end.is_none_or(|e| e > medium) {
+                return Err(IoError::Io);
+            }
+        }
         // Within the medium, whose bytes fit a u64: the conversions hold.
         let (Some(offset), Some(len)) = (sector.bytes(), nr_sectors.bytes()) else {
             return Err(IoError::Io);
         };
-        match steps.get(usize::from(list.phase)) {
+        match phase {
             Some(Phase::Data) => {
                 let n = self.iovecs(l).ok_or(IoError::Io)?;
                 let iov = &self.iov[..n];

@@ -4,13 +4,26 @@
 //! generator per body, plus hand-written seeds for each hostile case.
 //!
 //! The bodies assert their own invariants; a test here fails when one of
-//! them panics.
+//! them panics. The seeds also assert what they reached (responses,
+//! connections, I/Os), so a seed that stops exercising its case fails.
+//! With `XBB_FUZZ_CORPUS=DIR` every seed is also written to
+//! `DIR/<target>/`, the cargo-fuzz corpus `tests/fuzz-smoke.sh` starts
+//! from.
 
+use xbb::abi::{encode_segment, Segment, SEGMENT_SIZE};
+use xbb_testing::alloc::Counting;
 use xbb_testing::fuzz::{
-    fuzz_request, fuzz_ring, fuzz_ring_in, fuzz_xenstore, Fault, Outcome, PushReq, RingConfig,
-    RingMemory, RingReport, RingScript,
+    fuzz_instance, fuzz_instance_in, fuzz_request, fuzz_ring, fuzz_ring_in, fuzz_xenstore,
+    Completion, Fault, FeKey, FeValue, Injected, InstanceConfig, InstanceMemory, InstanceReport,
+    InstanceScript, Outcome, PushReq, Request, RingConfig, RingMemory, RingReport, RingScript,
+    FIRST_DATA_GREF,
 };
 use xbb_testing::rng::XorShift;
+
+// `fuzz_instance` checks that the I/O path allocates nothing when the
+// binary counts allocations, as the cargo-fuzz target does.
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
 
 /// Runs `body` over `cases` random inputs of up to `max_len` bytes.
 fn random_inputs(seed: u64, cases: usize, max_len: usize, mut body: impl FnMut(&[u8])) {
@@ -112,6 +125,23 @@ fn write(sector: u8, nsegs: u8) -> PushReq {
         op: 2,
         ..read(sector, nsegs)
     }
+}
+
+/// Found by the ring fuzz target: a front-end stored a `req_prod` more
+/// than a ring ahead of its `rsp_cons` while one of its I/Os was still in
+/// flight, so the back-end, measuring from its own `req_cons`, accepted
+/// it and served 43 more requests. The front ring refuses responses it
+/// cannot be owed, so the body's final check, which counted only the
+/// responses taken, reported them unanswered. The back-end had answered
+/// every one; the body now counts them on the shared ring's `rsp_prod`
+/// when the front-end overran its own ring.
+#[test]
+fn regression_a_front_end_that_overran_its_ring_was_answered() {
+    let data = include_bytes!("fuzz-regressions/ring-overran-front-end");
+    save("ring", "regression-overran-front-end", data);
+    let r = fuzz_ring(data);
+    assert!(!r.ring_broken, "{r:?}");
+    assert!(r.ios > 0 && r.okay + r.error > 0, "{r:?}");
 }
 
 #[test]
@@ -811,4 +841,639 @@ fn seed_xenstore() {
         save("xenstore", &format!("seed-{i}"), c);
         fuzz_xenstore(c);
     }
+}
+
+// ---------------------------------------------------------------------------
+// Whole-instance seeds
+
+fn instance(name: &str, s: &InstanceScript) -> InstanceReport {
+    save("instance", name, s.bytes());
+    fuzz_instance(s.bytes())
+}
+
+/// A writable, flushable, discarding 512-sector medium of online vbd
+/// whose front-end (one ring, legacy keys) is ready at attach.
+fn inst_base() -> InstanceConfig {
+    InstanceConfig {
+        x86_64: true,
+        can_flush: true,
+        can_discard: true,
+        online: true,
+        connect_at_attach: true,
+        medium: 63,
+        ..InstanceConfig::default()
+    }
+}
+
+fn rd(ring: u8, sector: u8, nsegs: u8) -> Request {
+    Request {
+        ring,
+        id: 0x10,
+        op: 0,
+        nsegs,
+        sector,
+        range: 128,
+        ..Request::default()
+    }
+}
+
+fn wr(ring: u8, sector: u8, nsegs: u8) -> Request {
+    Request {
+        op: 2,
+        ..rd(ring, sector, nsegs)
+    }
+}
+
+/// A random but well-formed operation sequence: mostly requests,
+/// publishes, kicks and completions, with every other operation mixed in.
+fn random_instance_script(rng: &mut XorShift) -> InstanceScript {
+    let header: [u8; 5] = std::array::from_fn(|_| rng.byte());
+    let cfg = InstanceConfig {
+        connect_at_attach: rng.below(4) != 0,
+        root_later: rng.below(8) == 0,
+        hotplug_gate: rng.below(8) == 0,
+        ..InstanceConfig {
+            x86_64: header[0] & 1 != 0,
+            read_only_medium: rng.below(8) == 0,
+            can_flush: header[0] & 2 != 0,
+            can_discard: header[0] & 4 != 0,
+            sector_4k: rng.below(6) == 0,
+            online: header[0] & 8 != 0,
+            toolstack_read_only: rng.below(8) == 0,
+            requests_per_pass: header[1] & 3,
+            max_requests: header[1] >> 2 & 3,
+            kva_pages: header[1] >> 4 & 3,
+            max_request_size: header[1] >> 6,
+            max_queues: if rng.below(2) == 0 { header[2] & 3 } else { 0 },
+            max_ring_order: header[2] >> 2 & 3,
+            max_persistent_grants: header[2] >> 4 & 3,
+            max_indirect_segments: header[2] >> 6,
+            medium: header[3],
+            no_coalesce: header[3] & 64 != 0,
+            queues: header[4] & 3,
+            order: header[4] >> 2 & 3,
+            persistent: header[4] & 16 != 0,
+            discard_disabled: rng.below(8) == 0,
+            secure_discard: header[4] & 32 != 0,
+            ..InstanceConfig::default()
+        }
+    };
+    let mut s = InstanceScript::new(&cfg);
+    // The rings the front-end lays out, to send most requests to.
+    let mut rings = [1u8, 2, 4, 3][usize::from(cfg.queues & 3)];
+    let how = |rng: &mut XorShift| {
+        [
+            Completion::Ok,
+            Completion::Ok,
+            Completion::Ok,
+            Completion::Io,
+            Completion::Gone,
+            Completion::NoSpace,
+            Completion::NotSupported,
+            Completion::Busy,
+        ][rng.below(8) as usize]
+    };
+    for _ in 0..rng.below(40) {
+        let ring = if rng.below(8) == 0 {
+            rng.below(4) as u8
+        } else {
+            rng.below(u64::from(rings)) as u8
+        };
+        match rng.below(24) {
+            0..=5 => {
+                // Mostly reads and writes of whole pages inside the medium.
+                let op = match rng.below(8) {
+                    0..=5 => rng.below(4) as u8,
+                    _ => rng.byte(),
+                };
+                let sector = match rng.below(8) {
+                    0..=5 => rng.below(u64::from(cfg.medium % 64) + 1) as u8,
+                    6 => 128,
+                    _ => rng.byte(),
+                };
+                let r = Request {
+                    ring,
+                    id: rng.below(4) as u16,
+                    op,
+                    raw_op: rng.byte(),
+                    nsegs: if rng.below(16) == 0 {
+                        rng.byte()
+                    } else {
+                        rng.below(5) as u8
+                    },
+                    sector,
+                    raw_sector: rng.next(),
+                    gref: rng.byte(),
+                    range: if rng.below(4) == 0 { rng.byte() } else { 128 },
+                };
+                s.push(&r);
+                if rng.below(2) == 0 {
+                    s.publish(ring).kick(ring);
+                }
+            }
+            6..=8 => {
+                s.publish(ring).kick(ring);
+            }
+            9 => {
+                s.kick(rng.byte());
+            }
+            10 | 11 => {
+                s.complete(rng.byte(), how(rng));
+            }
+            12 => {
+                s.complete_all(how(rng));
+            }
+            13 => {
+                let v = [3, 4, 5, 6, 1, 2, 7, 8, 0, 9, 10, 11][rng.below(12) as usize];
+                s.frontend_state(v);
+            }
+            14 => {
+                let queues = rng.below(5) as u8;
+                rings = queues.max(1);
+                s.layout(queues, rng.byte(), rng.below(2) == 0, rng.below(6) == 0);
+                if rng.below(2) == 0 {
+                    s.frontend_state(6).frontend_state(3);
+                }
+            }
+            15 => {
+                let key = [
+                    FeKey::RingRef,
+                    FeKey::RingRefN,
+                    FeKey::RingPageOrder,
+                    FeKey::NumRingPages,
+                    FeKey::EventChannel,
+                    FeKey::Protocol,
+                    FeKey::FeaturePersistent,
+                    FeKey::NumQueues,
+                    FeKey::State,
+                    FeKey::Other,
+                ][rng.below(10) as usize];
+                let value = [
+                    FeValue::RingGref,
+                    FeValue::Port,
+                    FeValue::Small,
+                    FeValue::Empty,
+                    FeValue::TooBig,
+                    FeValue::Negative,
+                    FeValue::Abi32,
+                    FeValue::Abi64,
+                    FeValue::Max32,
+                    FeValue::Raw,
+                ][rng.below(10) as usize];
+                if rng.below(4) == 0 {
+                    s.xs_remove(key, rng.below(6) as u8, rng.byte());
+                } else {
+                    s.xs_write(key, rng.below(6) as u8, rng.byte(), value, &rng.bytes(24));
+                }
+            }
+            16 => {
+                let what = [
+                    Injected::Submit,
+                    Injected::Map,
+                    Injected::RingMap,
+                    Injected::Bind,
+                    Injected::Window,
+                    Injected::XsConflict,
+                    Injected::Open,
+                    Injected::XsRead,
+                ][rng.below(8) as usize];
+                s.inject(what, rng.byte());
+            }
+            17 => {
+                s.resize(rng.byte());
+            }
+            18 => {
+                s.detach().complete_all(Completion::Ok).attach();
+            }
+            19 => {
+                s.run().watch();
+            }
+            20 => {
+                let rel = rng.below(3) as i8 - 1;
+                let n = rng.below(113) as usize;
+                s.slot(ring, rel, &rng.bytes(n));
+            }
+            21 => {
+                s.req_prod_ahead(ring, rng.byte());
+            }
+            22 => {
+                s.clock(rng.byte())
+                    .arm_rsp_event(ring)
+                    .coalesce_sysctl(rng.byte());
+            }
+            _ => {
+                s.root_mounted().hotplug(rng.byte());
+                let n = rng.below(64) as usize;
+                let page = rng.bytes(n);
+                s.page_write(rng.byte(), rng.below(4096) as u16, &page);
+            }
+        }
+    }
+    s
+}
+
+#[test]
+fn instance_random_inputs() {
+    let mut mem = InstanceMemory::new().unwrap();
+    // Raw bytes: only that nothing breaks.
+    random_inputs(0x5851_f42d_4c95_7f2d, 500, 500, |d| {
+        fuzz_instance_in(&mut mem, d);
+    });
+    // Random well-formed scripts must reach the request path of several
+    // queues and check what they promise.
+    let mut rng = XorShift::seeded(0x1405_7b7e_f767_814f);
+    let mut total = InstanceReport::default();
+    for i in 0..1500 {
+        let s = random_instance_script(&mut rng);
+        if i < 100 {
+            save("instance", &format!("random-{i}"), s.bytes());
+        }
+        let r = fuzz_instance_in(&mut mem, s.bytes());
+        total.connects += r.connects;
+        total.okay += r.okay;
+        total.error += r.error;
+        total.matched += r.matched;
+        total.all_answered += r.all_answered;
+        total.ios += r.ios;
+        total.max_queues = total.max_queues.max(r.max_queues);
+        total.alloc_checked += r.alloc_checked;
+        total.ring_broken |= r.ring_broken;
+        total.detaches += r.detaches;
+        total.resizes += r.resizes;
+        total.fatals += r.fatals;
+    }
+    // About half of what they reach when written.
+    assert!(total.connects > 450 && total.ios > 150, "{total:?}");
+    assert!(total.okay > 100 && total.error > 600, "{total:?}");
+    assert!(
+        total.matched > 700 && total.all_answered > 5000,
+        "{total:?}"
+    );
+    assert_eq!(total.max_queues, 4, "{total:?}");
+    assert!(total.alloc_checked > 1000, "{total:?}");
+    assert!(
+        total.ring_broken && total.detaches > 0 && total.resizes > 0,
+        "{total:?}"
+    );
+}
+
+#[test]
+fn instance_seed_read_write_every_layout() {
+    // Legacy keys, then 2, 4 and 3 queues; both ABIs; every ring order.
+    for queues in 0..4u8 {
+        for x86_64 in [false, true] {
+            for order in 0..3u8 {
+                let cfg = InstanceConfig {
+                    x86_64,
+                    queues,
+                    order,
+                    ..inst_base()
+                };
+                let n = [1u8, 2, 4, 3][usize::from(queues)];
+                let mut s = InstanceScript::new(&cfg);
+                for q in 0..n {
+                    s.push(&wr(q, q * 8, 2)).publish(q).kick(q);
+                }
+                s.complete_all(Completion::Ok);
+                for q in 0..n {
+                    s.push(&rd(q, q * 8, 2)).publish(q).kick(q);
+                }
+                s.complete_all(Completion::Ok);
+                let r = instance(&format!("rw-{queues}-{x86_64}-{order}"), &s);
+                let n = u64::from(n);
+                assert_eq!(
+                    (r.connects, r.okay, r.matched),
+                    (1, 2 * n, 2 * n),
+                    "{cfg:?}"
+                );
+                assert_eq!(r.max_queues as u64, n, "{cfg:?}");
+                assert!(r.alloc_checked > 0 && r.all_answered > 0, "{r:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn instance_seed_completions_in_any_order_with_any_result() {
+    let cfg = InstanceConfig {
+        queues: 1, // two queues
+        ..inst_base()
+    };
+    let mut s = InstanceScript::new(&cfg);
+    for (q, sector) in [(0, 0), (1, 8), (0, 16), (1, 24)] {
+        s.push(&wr(q, sector, 1))
+            .push(&rd(q, sector + 32, 1))
+            .publish(q);
+    }
+    s.kick(1).kick(0);
+    for (which, how) in [
+        (5, Completion::Io),
+        (0, Completion::Ok),
+        (3, Completion::NoSpace),
+        (2, Completion::NotSupported),
+        (1, Completion::Busy),
+        (7, Completion::Ok),
+    ] {
+        s.complete(which, how);
+    }
+    s.complete_all(Completion::Ok);
+    let r = instance("completions-any-order", &s);
+    // Four of the eight I/Os fail, each its own request.
+    assert_eq!((r.okay, r.error, r.ios), (4, 4, 8), "{r:?}");
+    assert_eq!(r.matched, 8);
+}
+
+#[test]
+fn instance_seed_store_gone_closes() {
+    let mut s = InstanceScript::new(&inst_base());
+    s.push(&wr(0, 0, 1))
+        .push(&wr(0, 8, 1))
+        .publish(0)
+        .kick(0)
+        .complete(0, Completion::Gone)
+        .complete_all(Completion::Ok)
+        .push(&rd(0, 0, 1))
+        .publish(0)
+        .kick(0);
+    let r = instance("store-gone", &s);
+    // Both writes answered; the connection closed; the read never served.
+    assert_eq!((r.okay, r.error, r.connects), (1, 1, 1), "{r:?}");
+    assert_eq!(r.fatals, 1);
+}
+
+#[test]
+fn instance_seed_grant_map_failures() {
+    let mut s = InstanceScript::new(&inst_base());
+    s.inject(Injected::Map, 1)
+        .push(&wr(0, 0, 2))
+        .publish(0)
+        .kick(0)
+        .complete_all(Completion::Ok)
+        .inject(Injected::Map, 3)
+        .push(&rd(0, 0, 1))
+        .push(&rd(0, 8, 1))
+        .push(&rd(0, 16, 1))
+        .publish(0)
+        .kick(0)
+        .complete_all(Completion::Ok)
+        .push(&rd(0, 0, 2))
+        .publish(0)
+        .kick(0)
+        .complete_all(Completion::Ok);
+    let r = instance("grant-map-failures", &s);
+    assert_eq!(r.matched, 5, "{r:?}");
+    assert!(r.error >= 2 && r.okay >= 1, "{r:?}");
+}
+
+#[test]
+fn instance_seed_detach_with_io_in_flight_and_attach_again() {
+    let mut s = InstanceScript::new(&inst_base());
+    s.push(&wr(0, 0, 3))
+        .push(&rd(0, 32, 1))
+        .publish(0)
+        .kick(0)
+        .detach()
+        .complete(1, Completion::Ok)
+        .complete_all(Completion::Ok)
+        .attach()
+        .frontend_state(3)
+        .push(&rd(0, 0, 3))
+        .publish(0)
+        .kick(0)
+        .complete_all(Completion::Ok);
+    let r = instance("detach-attach", &s);
+    assert_eq!((r.connects, r.detaches, r.okay), (2, 1, 3), "{r:?}");
+}
+
+#[test]
+fn instance_seed_resize_under_io() {
+    let mut s = InstanceScript::new(&inst_base());
+    s.push(&wr(0, 50, 2)) // sectors 400.. of 512
+        .publish(0)
+        .kick(0)
+        .resize(10) // 80 sectors: the write in flight now ends past the end
+        .complete_all(Completion::Ok)
+        .push(&rd(0, 50, 1)) // refused: beyond the end
+        .publish(0)
+        .kick(0)
+        .resize(0) // empty
+        .push(&rd(0, 0, 1))
+        .publish(0)
+        .kick(0)
+        .resize(64) // grown again
+        .push(&rd(0, 50, 1))
+        .publish(0)
+        .kick(0)
+        .complete_all(Completion::Ok);
+    let r = instance("resize", &s);
+    assert_eq!(r.resizes, 3, "{r:?}");
+    assert_eq!((r.okay, r.error), (1, 3), "{r:?}");
+}
+
+#[test]
+fn instance_seed_close_in_flight_then_reconnect_with_more_queues() {
+    let mut s = InstanceScript::new(&inst_base());
+    s.push(&wr(0, 0, 1))
+        .push(&rd(0, 8, 1))
+        .publish(0)
+        .kick(0)
+        .frontend_state(5) // Closing with I/O in flight
+        .complete_all(Completion::Ok)
+        .frontend_state(6)
+        .layout(4, 1, true, false) // four queues of two pages, persistent
+        .frontend_state(3);
+    for q in 0..4 {
+        // A page of its own: a persistent grant is named once at a time.
+        let w = Request {
+            gref: q,
+            ..wr(q, 8 * q, 1)
+        };
+        s.push(&w).publish(q).kick(q);
+    }
+    s.complete_all(Completion::Ok)
+        .clock(2) // an hour: persistent grants go idle
+        .kick(0);
+    let r = instance("reconnect-four-queues", &s);
+    assert_eq!((r.connects, r.max_queues, r.okay), (2, 4, 6), "{r:?}");
+}
+
+#[test]
+fn instance_seed_hotplug_gate_and_root_later() {
+    let cfg = InstanceConfig {
+        hotplug_gate: true,
+        root_later: true,
+        ..inst_base()
+    };
+    let mut s = InstanceScript::new(&cfg);
+    s.push(&wr(0, 0, 1))
+        .publish(0)
+        .watch() // nothing open yet
+        .root_mounted() // InitWait, waits for the script
+        .hotplug(1) // the script failed: still waiting
+        .hotplug(0) // connected: the back-end connects, serves the write
+        .complete_all(Completion::Ok);
+    let r = instance("hotplug-root-later", &s);
+    assert_eq!((r.connects, r.okay), (1, 1), "{r:?}");
+}
+
+#[test]
+fn instance_seed_hostile_nodes_refused() {
+    // Each bad node refuses one connection; the good layout after it
+    // connects.
+    let bad: [(FeKey, u8, u8, FeValue, &[u8]); 8] = [
+        (FeKey::Protocol, 9, 0, FeValue::Empty, b""),
+        (FeKey::EventChannel, 9, 0, FeValue::TooBig, b""),
+        (FeKey::EventChannel, 9, 0, FeValue::Negative, b""),
+        (FeKey::Protocol, 9, 5, FeValue::Raw, b"arm64"),
+        (FeKey::RingRef, 9, 0, FeValue::Empty, b""),
+        (FeKey::RingPageOrder, 9, 9, FeValue::Small, b""),
+        (FeKey::NumQueues, 9, 0, FeValue::Small, b""),
+        (FeKey::NumQueues, 9, 9, FeValue::Small, b""),
+    ];
+    for (i, (key, queue, arg, value, raw)) in bad.into_iter().enumerate() {
+        let cfg = InstanceConfig {
+            connect_at_attach: false,
+            ..inst_base()
+        };
+        let mut s = InstanceScript::new(&cfg);
+        s.layout(2, 0, false, false) // rings 0 and 1 offered
+            .layout(0, 0, false, false) // the front-end uses one
+            .xs_write(key, queue, arg, value, raw)
+            .frontend_state(3) // refused
+            .frontend_state(6)
+            .layout(0, 0, false, false)
+            .frontend_state(3) // connects
+            .push(&rd(0, 0, 1))
+            .publish(0)
+            .kick(0)
+            .complete_all(Completion::Ok);
+        let r = instance(&format!("hostile-node-{i}"), &s);
+        assert_eq!((r.connects, r.okay), (1, 1), "case {i}: {r:?}");
+        assert!(r.fatals >= 1, "case {i}: {r:?}");
+    }
+}
+
+#[test]
+fn instance_seed_broken_ring_answers_nothing_more() {
+    let mut s = InstanceScript::new(&InstanceConfig {
+        queues: 1,
+        ..inst_base()
+    });
+    s.push(&wr(0, 0, 1))
+        .push(&wr(1, 8, 1))
+        .publish(0)
+        .publish(1)
+        .kick(0)
+        .kick(1)
+        .complete(0, Completion::Ok)
+        .req_prod_raw(1, 0x8000_0000)
+        .kick(1)
+        .complete_all(Completion::Ok);
+    let r = instance("broken-ring", &s);
+    assert!(r.ring_broken, "{r:?}");
+    assert_eq!(r.connects, 1);
+}
+
+#[test]
+fn instance_seed_indirect_with_crafted_descriptors() {
+    let cfg = InstanceConfig {
+        max_ring_order: 0,
+        order: 2,
+        ..inst_base()
+    };
+    // Data page 4 holds four descriptors naming data pages 8..11.
+    let mut desc = [0u8; 4 * SEGMENT_SIZE];
+    for (i, d) in desc.chunks_mut(SEGMENT_SIZE).enumerate() {
+        let seg = Segment::whole_page(FIRST_DATA_GREF + 8 + i as u32);
+        encode_segment(&seg, d);
+    }
+    let indirect = |op: u8| Request {
+        op: 7,
+        raw_op: op, // even: read, odd: write
+        nsegs: 1,   // four segments
+        sector: 16,
+        gref: 4,
+        ..Request::default()
+    };
+    let mut s = InstanceScript::new(&cfg);
+    s.page_write(4, 0, &desc)
+        .push(&indirect(1))
+        .publish(0)
+        .kick(0)
+        .complete_all(Completion::Ok)
+        .push(&indirect(0))
+        .publish(0)
+        .kick(0)
+        .complete_all(Completion::Ok)
+        .push(&indirect(251)) // an indirect_op that is not READ or WRITE
+        .publish(0)
+        .kick(0);
+    let r = instance("indirect-crafted", &s);
+    assert_eq!((r.okay, r.error, r.ios), (2, 1, 2), "{r:?}");
+}
+
+#[test]
+fn instance_seed_platform_failures_at_connect() {
+    for (i, what) in [
+        Injected::RingMap,
+        Injected::Bind,
+        Injected::Window,
+        Injected::XsConflict,
+        Injected::XsRead,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let cfg = InstanceConfig {
+            connect_at_attach: false,
+            queues: 2, // four queues
+            ..inst_base()
+        };
+        let mut s = InstanceScript::new(&cfg);
+        s.inject(what, 11)
+            .frontend_state(3)
+            .frontend_state(6)
+            .frontend_state(3)
+            .push(&wr(3, 0, 1))
+            .publish(3)
+            .kick(3)
+            .complete_all(Completion::Ok);
+        let r = instance(&format!("platform-failure-{i}"), &s);
+        assert!(r.connects >= 1, "case {i}: {r:?}");
+        assert_eq!(r.okay, 1, "case {i}: {r:?}");
+    }
+}
+
+/// Found by this target: a reqlist accepted before the medium shrank (one
+/// waiting for the window, a barrier's data after its first flush) was
+/// submitted past the new end.
+#[test]
+fn instance_seed_shrink_under_waiting_io() {
+    let cfg = InstanceConfig {
+        kva_pages: 1,        // an 11-page window
+        max_request_size: 1, // 44 KiB
+        ..inst_base()
+    };
+    let mut s = InstanceScript::new(&cfg);
+    s.push(&wr(0, 40, 8)) // sectors 320..384: in flight
+        .push(&wr(0, 50, 8)) // 400..464: waits for the window
+        .publish(0)
+        .kick(0)
+        .resize(45) // 360 sectors
+        .complete_all(Completion::Ok);
+    let r = instance("shrink-waiting", &s);
+    assert_eq!((r.okay, r.error, r.ios), (0, 2, 1), "{r:?}");
+
+    let barrier = Request {
+        op: 5, // a barrier with data: flush, data, flush
+        ..wr(0, 50, 2)
+    };
+    let mut s = InstanceScript::new(&inst_base());
+    s.push(&barrier)
+        .publish(0)
+        .kick(0)
+        .resize(45)
+        .complete_all(Completion::Ok);
+    let r = instance("shrink-barrier", &s);
+    assert_eq!((r.okay, r.error, r.ios), (0, 1, 1), "{r:?}");
 }

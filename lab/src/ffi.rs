@@ -1,6 +1,7 @@
 //! The simulator's only contact with the operating system's memory
 //! primitives: `memfd_create(2)`, `ftruncate(2)`, `mmap(2)` / `munmap(2)`,
-//! and `preadv(2)` / `pwritev(2)` into grant-mapping windows.
+//! and `preadv(2)` / `pwritev(2)` into grant-mapping windows; and the C
+//! allocator's own count of the live heap (`mallinfo2(3)`) for the soak.
 //!
 //! Guest RAM is a memfd; the guest reaches its pages through one shared
 //! mapping ([`SharedMapping`]); a back-end maps single guest frames into an
@@ -21,6 +22,25 @@ use std::sync::{Arc, RwLock};
 
 use xbb::host::PAGE_SIZE;
 use xbb::shmem::SharedMem;
+
+/// Bytes of heap the C allocator has handed out and not had back: glibc's
+/// `mallinfo2(3)`, `uordblks` (in its arenas) plus `hblkhd` (in blocks
+/// of their own mapping). Unlike the resident set it does not count free
+/// memory the allocator keeps, so it grows with what is held, not with
+/// fragmentation. `None` where the C library is not glibc.
+pub fn heap_in_use() -> Option<u64> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 takes nothing and returns a struct by value; it
+        // reads the allocator's counters under the allocator's own locks.
+        let m = unsafe { libc::mallinfo2() };
+        Some(m.uordblks.saturating_add(m.hblkhd) as u64)
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        None
+    }
+}
 
 /// An anonymous memory file (`memfd_create(2)`) of a fixed size.
 #[derive(Debug)]

@@ -52,7 +52,7 @@ use super::evtchn::EventHub;
 use super::ffi::{PageState, Reservation};
 use super::gnttab::GrantTable;
 use super::memory::GuestMemory;
-use super::store::{self, HostStore, IoFaults, JournalFiles, RawIoVec, StoreHandle};
+use super::store::{self, HostStore, IoFaults, JournalFiles, RawIoVec, StoreHandle, WriteCache};
 use super::toolstack;
 use super::xenstore::Xenstored;
 use super::TaskEvent;
@@ -164,14 +164,23 @@ impl SimXen {
     pub fn mount_root(&self) {
         self.root_mounted.store(true, Ordering::Release);
         let mut w = self.root_waiters.lock().unwrap_or_else(|e| e.into_inner());
-        w.retain(|tx| tx.send(TaskEvent::RootMounted).is_ok());
+        // A root once mounted stays mounted: nobody waits any more.
+        for tx in w.drain(..) {
+            let _ = tx.send(TaskEvent::RootMounted);
+        }
     }
 
-    /// Subscribes `tx` to [`SimXen::mount_root`]. Instances created after the
-    /// mount see the flag through [`Host::root_mounted`] at attach.
+    /// Subscribes `tx` to [`SimXen::mount_root`], unless the root is
+    /// mounted already: instances created after the mount see the flag
+    /// through [`Host::root_mounted`] at attach, and a sender kept for
+    /// them would outlive their instance (one per vbd ever created).
     pub fn subscribe_root_mounted(&self, tx: Sender<TaskEvent>) {
         let mut w = self.root_waiters.lock().unwrap_or_else(|e| e.into_inner());
-        w.push(tx);
+        // Under the lock: a mount that set the flag before we looked sends
+        // to nobody after; one that did not yet will send to us.
+        if !self.root_mounted.load(Ordering::Acquire) {
+            w.push(tx);
+        }
     }
 }
 
@@ -185,6 +194,9 @@ pub struct SimHostConfig {
     pub store_sector_size: u32,
     /// Store fault injection shared with the scenario.
     pub store_faults: Option<Arc<IoFaults>>,
+    /// A volatile write cache in front of the store, shared with the
+    /// scenario (which cuts its power).
+    pub store_cache: Option<Arc<WriteCache>>,
     /// The vbd's image stands for a disk device node: the lab has no block
     /// devices, so a raw-device store is a regular file the toolstack made
     /// as one, served the way a device is (`O_DIRECT`, aligned buffers).
@@ -203,6 +215,7 @@ impl Default for SimHostConfig {
             backend_dom: 0,
             store_sector_size: 512,
             store_faults: None,
+            store_cache: None,
             image_is_disk: false,
             inline: false,
             journal_dir: None,
@@ -586,7 +599,8 @@ impl SimHost {
         let journals = cfg.journal_dir.clone().map(JournalFiles::new);
         SimHost {
             xen: xen.clone(),
-            store: HostStore::new(cfg.store_sector_size, cfg.store_faults.clone()),
+            store: HostStore::new(cfg.store_sector_size, cfg.store_faults.clone())
+                .with_cache(cfg.store_cache.clone()),
             router: Arc::new(Router {
                 inline: cfg.inline,
                 tx: Mutex::new(tx),

@@ -63,6 +63,7 @@ pub mod gnttab;
 pub mod host;
 pub mod memory;
 pub mod scenario;
+pub mod soak;
 /// The stores moved to [`xbb_ustore`], shared with the dom0 platform.
 pub use xbb_ustore as store;
 pub mod toolstack;

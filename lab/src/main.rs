@@ -12,12 +12,14 @@ use xbb::stats::{SYSCTLS, TUNABLES, TUNABLE_PREFIX};
 use xbb_lab::bench::{self, BenchOptions};
 use xbb_lab::chart;
 use xbb_lab::scenario::{self, Report, RunOptions, Scenario};
+use xbb_lab::soak::{self, SoakOptions};
 
 const USAGE: &str = "\
 usage: xbb-lab [--json] [--quiet] [--dir DIR]
        xbb-lab scenario FILE... [--json] [--quiet] [--dir DIR]
        xbb-lab bench [--ops N | --seconds S] [--case NAME]... [--json] [--quiet] [--dir DIR]
                      [--svg FILE]
+       xbb-lab soak [--minutes N | --seconds S] [--guests N] [--seed N] [--json] [--quiet] [--dir DIR]
        xbb-lab chart --tsv FILE --svg FILE [--title TEXT]
        xbb-lab default-scenario
        xbb-lab tables
@@ -26,7 +28,7 @@ usage: xbb-lab [--json] [--quiet] [--dir DIR]
 
 /// The commands, as `help.txt`'s COMMANDS section names them ("(none)" for
 /// the default run), with the options each takes.
-const COMMANDS: [(&str, &[&str]); 6] = [
+const COMMANDS: [(&str, &[&str]); 7] = [
     ("(none)", &["--json", "--quiet", "--dir"]),
     ("scenario", &["--json", "--quiet", "--dir"]),
     (
@@ -39,6 +41,18 @@ const COMMANDS: [(&str, &[&str]); 6] = [
             "--seconds",
             "--case",
             "--svg",
+        ],
+    ),
+    (
+        "soak",
+        &[
+            "--minutes",
+            "--seconds",
+            "--guests",
+            "--seed",
+            "--json",
+            "--quiet",
+            "--dir",
         ],
     ),
     ("chart", &["--tsv", "--svg", "--title"]),
@@ -136,6 +150,9 @@ struct Args {
     tsv: Option<PathBuf>,
     title: Option<String>,
     cases: Vec<String>,
+    minutes: Option<f64>,
+    guests: Option<usize>,
+    seed: Option<u64>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -156,6 +173,30 @@ fn parse_args() -> Result<Args, String> {
             "--ops" => {
                 let v = value("--ops")?;
                 a.ops = Some(v.parse().map_err(|_| format!("--ops: not a number: {v}"))?);
+            }
+            "--minutes" => {
+                let v = value("--minutes")?;
+                let m: f64 = v
+                    .parse()
+                    .map_err(|_| format!("--minutes: not a number: {v}"))?;
+                if !(m > 0.0 && m <= 1440.0) {
+                    return Err(format!("--minutes: out of range: {v}"));
+                }
+                a.minutes = Some(m);
+            }
+            "--guests" => {
+                let v = value("--guests")?;
+                a.guests = Some(
+                    v.parse()
+                        .map_err(|_| format!("--guests: not a number: {v}"))?,
+                );
+            }
+            "--seed" => {
+                let v = value("--seed")?;
+                a.seed = Some(
+                    v.parse()
+                        .map_err(|_| format!("--seed: not a number: {v}"))?,
+                );
             }
             "--seconds" => {
                 let v = value("--seconds")?;
@@ -248,6 +289,7 @@ fn main() -> ExitCode {
         None | Some("default") => run_default(&args),
         Some("scenario") => run_scenarios(&args),
         Some("bench") => run_bench(&args),
+        Some("soak") => run_soak(&args),
         Some("chart") => run_chart(&args),
         Some("default-scenario") => emit(scenario::DEFAULT_SCENARIO),
         Some("tables") => tables(),
@@ -375,6 +417,52 @@ fn run_bench(args: &Args) -> ExitCode {
         }
         Err(e) => {
             eprintln!("xbb-lab bench: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `soak`.
+fn run_soak(args: &Args) -> ExitCode {
+    let duration = match (args.minutes, args.seconds) {
+        (Some(_), Some(_)) => {
+            eprintln!("xbb-lab soak: give --minutes or --seconds, not both\n{USAGE}");
+            return ExitCode::from(2);
+        }
+        (Some(m), None) => Duration::from_secs_f64(m * 60.0),
+        (None, Some(s)) => Duration::from_secs_f64(s),
+        (None, None) => Duration::from_secs(60),
+    };
+    let guests = args.guests.unwrap_or(soak::MIN_GUESTS);
+    if guests < soak::MIN_GUESTS {
+        eprintln!(
+            "xbb-lab soak: --guests: at least {}\n{USAGE}",
+            soak::MIN_GUESTS
+        );
+        return ExitCode::from(2);
+    }
+    let opts = SoakOptions {
+        duration,
+        guests,
+        seed: args.seed.unwrap_or(1),
+        dir: args.dir.clone(),
+        progress: !args.quiet,
+        ..SoakOptions::default()
+    };
+    match soak::run(&opts) {
+        Ok(r) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&r.to_json()).unwrap_or_default()
+                );
+            } else {
+                print!("{}", r.render_text());
+            }
+            exit(r.passed())
+        }
+        Err(e) => {
+            eprintln!("xbb-lab soak: {e}");
             ExitCode::from(1)
         }
     }

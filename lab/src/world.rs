@@ -19,7 +19,7 @@ use std::time::Duration;
 use super::backend::{BackendRunner, InstanceSnapshot};
 use super::gnttab::GrantStats;
 use super::host::{Domain, SimHostConfig, SimXen};
-use super::store::{self, IoFaults, StoreKind};
+use super::store::{self, IoFaults, StoreKind, WriteCache};
 use super::toolstack::{self, VbdPaths, VbdSpec};
 use super::TaskEvent;
 use xbb::connect::ConnectError;
@@ -46,6 +46,9 @@ pub struct VbdConfig {
     pub sector_size: u32,
     /// Store fault injection, if any.
     pub faults: Option<Arc<IoFaults>>,
+    /// A volatile write cache in front of the medium, whose power the
+    /// caller may cut; none: writes are durable once completed.
+    pub cache: Option<Arc<WriteCache>>,
     /// The `hw.xbb.*` tunables of the instance.
     pub tunables: Tunables,
     /// Serve every queue from the instance's task thread instead of a
@@ -70,6 +73,7 @@ impl VbdConfig {
             online: true,
             sector_size: 512,
             faults: None,
+            cache: None,
             tunables: Tunables::default(),
             inline: false,
             journal_dir: None,
@@ -82,6 +86,7 @@ impl VbdConfig {
             backend_dom,
             store_sector_size: self.sector_size,
             store_faults: self.faults.clone(),
+            store_cache: self.cache.clone(),
             image_is_disk: self.kind == StoreKind::Device,
             inline: self.inline,
             journal_dir: self.journal_dir.clone(),
@@ -139,6 +144,12 @@ impl VbdHandle {
     /// The store's fault injection, if any.
     pub fn faults(&self) -> Option<&Arc<IoFaults>> {
         self.config.faults.as_ref()
+    }
+
+    /// The volatile write cache in front of the store, if any: what a
+    /// crash-consistency test cuts the power of.
+    pub fn cache(&self) -> Option<&Arc<WriteCache>> {
+        self.config.cache.as_ref()
     }
 
     /// Grows or shrinks the backing file or loop device to `new_bytes`

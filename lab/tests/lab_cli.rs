@@ -198,6 +198,12 @@ fn each_command_has_its_own_help_and_the_programs_their_version() {
             "--dir",
             "--seconds",
         ),
+        (
+            &["soak", "--help"],
+            "usage: xbb-lab soak",
+            "--minutes",
+            "--svg",
+        ),
     ] {
         let o = lab(args);
         let out = stdout(&o);
@@ -217,6 +223,18 @@ fn each_command_has_its_own_help_and_the_programs_their_version() {
             xbb::VERSION
         )
     );
+}
+
+#[test]
+fn soak_refuses_fewer_than_sixteen_guests_and_two_durations() {
+    for args in [
+        &["soak", "--guests", "3", "--seconds", "1"][..],
+        &["soak", "--minutes", "1", "--seconds", "5"],
+        &["soak", "--minutes", "0"],
+    ] {
+        let o = lab(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+    }
 }
 
 #[test]

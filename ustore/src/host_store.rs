@@ -19,7 +19,7 @@ use xbb::host::{
 
 use crate::{
     is_nbd_uri, open_nbd_store, open_store, submit_counted, CompletionFn, IoFaults, NbdSpec,
-    RawIoVec, StoreIo, StoreSpec, UserStore,
+    RawIoVec, StoreIo, StoreSpec, UserStore, WriteCache,
 };
 
 /// What the node at `path` is.
@@ -44,6 +44,7 @@ pub struct HostStore {
     counts: Arc<Counts>,
     sector_size: u32,
     faults: Option<Arc<IoFaults>>,
+    cache: Option<Arc<WriteCache>>,
 }
 
 /// What every handle of one [`HostStore`] counts.
@@ -119,7 +120,15 @@ impl HostStore {
             counts: Arc::new(Counts::default()),
             sector_size,
             faults,
+            cache: None,
         }
+    }
+
+    /// Stores opened from now on have `cache` in front of their medium
+    /// (see [`WriteCache`]).
+    pub fn with_cache(mut self, cache: Option<Arc<WriteCache>>) -> HostStore {
+        self.cache = cache;
+        self
     }
 
     /// Opens the store `params` names (closing any store open before): an
@@ -141,6 +150,11 @@ impl HostStore {
             done(tag, r);
         });
         let s = if is_nbd_uri(params.path) {
+            // The write cache models a local medium's; an NBD export's
+            // caching is the server's own.
+            if self.cache.is_some() {
+                return Err(OpenError::Invalid);
+            }
             let spec = NbdSpec {
                 writable: params.writable,
                 sector_size: self.sector_size,
@@ -156,6 +170,7 @@ impl HostStore {
                 writable: params.writable,
                 sector_size: self.sector_size,
                 faults: self.faults.clone(),
+                cache: self.cache.clone(),
             };
             open_store(&spec, done)?
         };

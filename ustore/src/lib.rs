@@ -34,6 +34,10 @@
 //! - [`IoFaults`] injects failures for tests; [`resize_medium`] grows or
 //!   shrinks a medium under an open store, which sees the new size in its
 //!   next [`UserStore::info`].
+//! - [`WriteCache`] puts a disk's volatile write cache in front of a store
+//!   ([`StoreSpec::cache`]): writes acknowledged before they are durable,
+//!   flushes that make them so, power cuts that lose what is not (and
+//!   keep any part of it), for crash-consistency tests.
 
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
@@ -44,6 +48,7 @@ use std::sync::Arc;
 
 use xbb::host::{IoError, IoTag, MediumInfo, OpenError};
 
+mod cache;
 mod device;
 mod faults;
 mod file;
@@ -59,6 +64,7 @@ mod pool;
 mod sys;
 mod watch;
 
+pub use cache::{CacheStats, CachedStore, WriteCache, DEFAULT_CAPACITY};
 pub use faults::{FaultCounters, IoFaults};
 pub use host_store::{probe, HostStore, StoreHandle};
 pub use io::{submit_counted, RawIoVec, StoreIo};
@@ -125,11 +131,18 @@ pub struct StoreSpec {
     pub sector_size: u32,
     /// Fault injection shared with the scenario, if any.
     pub faults: Option<Arc<IoFaults>>,
+    /// A volatile write cache in front of the medium (a regular file),
+    /// shared with whoever cuts its power; none: every completed write is
+    /// as durable as the file system makes it.
+    pub cache: Option<Arc<WriteCache>>,
 }
 
 /// Opens the store `spec` describes; completions go to `done`.
 pub fn open_store(spec: &StoreSpec, done: CompletionFn) -> Result<Box<dyn UserStore>, OpenError> {
-    Ok(Box::new(BackingStore::open(spec, done)?))
+    Ok(match &spec.cache {
+        Some(c) => Box::new(CachedStore::open(spec, Arc::clone(c), done)?),
+        None => Box::new(BackingStore::open(spec, done)?),
+    })
 }
 
 /// Opens the NBD store `spec` describes; completions go to `done`.

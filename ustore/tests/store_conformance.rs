@@ -1,165 +1,69 @@
 //! One conformance suite run over every back-end store of the simulated host:
 //! file stores and device stores, with 512-byte and 4096-byte logical
-//! sectors, and NBD stores over nbdkit's memory plugin and over qemu-nbd
-//! serving a qcow2 image. Each property is a function over `&dyn UserStore`
-//! (plus the fixture that can reopen it) and is checked on every case.
+//! sectors, each kind with a volatile write cache in front (power on), and
+//! NBD stores over nbdkit's memory plugin and over qemu-nbd serving a qcow2
+//! image. Each property is a function over `&dyn UserStore` (plus the
+//! fixture that can reopen it) and is checked on every case.
 
-use std::collections::HashMap;
+mod support;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
+
+use support::{Buf, Collector, NbdServer, PAGE};
 
 use xbb::host::{IoError, IoTag, OpenError};
 use xbb::units::Sectors;
-use xbb_testing::rng::XorShift;
 use xbb_ustore::{
     open_nbd_store, open_store, resize_medium, CompletionFn, IoFaults, NbdSpec, RawIoVec, StoreIo,
-    StoreKind, StoreSpec, UserStore,
+    StoreKind, StoreSpec, UserStore, WriteCache,
 };
 
-mod support;
-use support::NbdServer;
-
-/// Only a guard against a hung store, never a timing assertion.
-const HANG_GUARD: Duration = Duration::from_secs(120);
 /// Size of every test medium.
 const MEDIUM: u64 = 1 << 20;
-const PAGE: usize = 4096;
 
 #[derive(Clone, Copy, Debug)]
 struct Case {
     kind: StoreKind,
     sector_size: u32,
+    /// A volatile write cache in front ([`WriteCache`]): with the power on
+    /// it must be a store like any other.
+    cached: bool,
 }
 
-const CASES: [Case; 4] = [
+const CASES: [Case; 6] = [
     Case {
         kind: StoreKind::File,
         sector_size: 512,
+        cached: false,
     },
     Case {
         kind: StoreKind::File,
         sector_size: 4096,
+        cached: false,
     },
     Case {
         kind: StoreKind::Device,
         sector_size: 512,
+        cached: false,
     },
     Case {
         kind: StoreKind::Device,
         sector_size: 4096,
+        cached: false,
+    },
+    Case {
+        kind: StoreKind::File,
+        sector_size: 512,
+        cached: true,
+    },
+    Case {
+        kind: StoreKind::Device,
+        sector_size: 4096,
+        cached: true,
     },
 ];
-
-// ---------------------------------------------------------------------------
-// Completion collector
-
-#[derive(Default)]
-struct Collected {
-    done: HashMap<u32, Result<(), IoError>>,
-    duplicates: Vec<u32>,
-}
-
-#[derive(Default)]
-struct Collector {
-    state: Mutex<Collected>,
-    cv: Condvar,
-}
-
-impl Collector {
-    fn completion(self: &Arc<Self>) -> CompletionFn {
-        let me = Arc::clone(self);
-        Arc::new(move |tag: IoTag, r: Result<(), IoError>| {
-            let mut s = me.state.lock().unwrap();
-            if s.done.insert(tag.0, r).is_some() {
-                s.duplicates.push(tag.0);
-            }
-            me.cv.notify_all();
-        })
-    }
-
-    /// Waits for (and takes) the completion of `tag`.
-    fn wait(&self, tag: IoTag) -> Result<(), IoError> {
-        let s = self.state.lock().unwrap();
-        let (mut s, t) = self
-            .cv
-            .wait_timeout_while(s, HANG_GUARD, |s| !s.done.contains_key(&tag.0))
-            .unwrap();
-        assert!(!t.timed_out(), "store hung: no completion for {tag:?}");
-        assert!(
-            s.duplicates.is_empty(),
-            "duplicate completions {:?}",
-            s.duplicates
-        );
-        s.done.remove(&tag.0).unwrap()
-    }
-
-    /// Takes the completion of `tag` if it has already arrived.
-    fn take_now(&self, tag: IoTag) -> Option<Result<(), IoError>> {
-        self.state.lock().unwrap().done.remove(&tag.0)
-    }
-
-    fn pending(&self) -> usize {
-        let s = self.state.lock().unwrap();
-        assert!(
-            s.duplicates.is_empty(),
-            "duplicate completions {:?}",
-            s.duplicates
-        );
-        s.done.len()
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Aligned buffers, addressed raw as the store wants them
-
-/// A page-aligned buffer carved out of a `Vec<u8>` with room to spare.
-struct Buf {
-    mem: Vec<u8>,
-    start: usize,
-    len: usize,
-}
-
-impl Buf {
-    fn new(len: usize) -> Self {
-        let mem = vec![0u8; len + PAGE];
-        let base = mem.as_ptr() as usize;
-        let start = (PAGE - base % PAGE) % PAGE;
-        Buf { mem, start, len }
-    }
-
-    fn filled(len: usize, seed: u64) -> Self {
-        let mut b = Buf::new(len);
-        pattern(seed, b.bytes_mut());
-        b
-    }
-
-    fn bytes(&self) -> &[u8] {
-        &self.mem[self.start..self.start + self.len]
-    }
-
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        &mut self.mem[self.start..self.start + self.len]
-    }
-
-    /// The raw piece `off..off + len` of the buffer.
-    fn iov(&mut self, off: usize, len: usize) -> RawIoVec {
-        assert!(off + len <= self.len);
-        RawIoVec {
-            addr: self.mem.as_mut_ptr() as usize + self.start + off,
-            len,
-        }
-    }
-}
-
-/// A deterministic byte pattern that differs for every seed and position.
-fn pattern(seed: u64, out: &mut [u8]) {
-    let mut rng = XorShift::seeded(seed);
-    for b in out {
-        *b = rng.next() as u8;
-    }
-}
 
 // ---------------------------------------------------------------------------
 // Fixture: a backing file plus the spec and collector for one case
@@ -189,12 +93,13 @@ impl Fixture {
     fn with_faults(case: Case, what: &str, faults: Option<Arc<IoFaults>>) -> Self {
         let n = UNIQUE.fetch_add(1, Ordering::Relaxed);
         let path = std::env::temp_dir().join(format!(
-            "xbb-store-{}-{}-{:?}-{}-{}",
+            "xbb-store-{}-{}-{:?}-{}-{}{}",
             std::process::id(),
             what,
             case.kind,
             case.sector_size,
-            n
+            n,
+            if case.cached { "-cached" } else { "" }
         ));
         let f = std::fs::File::create(&path).unwrap();
         f.set_len(MEDIUM).unwrap();
@@ -206,6 +111,7 @@ impl Fixture {
                 writable: true,
                 sector_size: case.sector_size,
                 faults,
+                cache: case.cached.then(|| Arc::new(WriteCache::new(u64::from(n)))),
             },
             col: Arc::new(Collector::default()),
             next_tag: AtomicU32::new(1),
@@ -228,6 +134,7 @@ impl Fixture {
             case: Case {
                 kind: StoreKind::File,
                 sector_size,
+                cached: false,
             },
             spec: StoreSpec {
                 kind: StoreKind::File,
@@ -235,6 +142,7 @@ impl Fixture {
                 writable: true,
                 sector_size,
                 faults,
+                cache: None,
             },
             col: Arc::new(Collector::default()),
             next_tag: AtomicU32::new(1),
@@ -252,6 +160,7 @@ impl Fixture {
             case: Case {
                 kind: StoreKind::Device,
                 sector_size,
+                cached: false,
             },
             spec: StoreSpec {
                 kind: StoreKind::Device,
@@ -259,6 +168,7 @@ impl Fixture {
                 writable: true,
                 sector_size,
                 faults: None,
+                cache: None,
             },
             col: Arc::new(Collector::default()),
             next_tag: AtomicU32::new(1),

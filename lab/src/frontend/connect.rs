@@ -338,6 +338,11 @@ impl Frontend {
     /// Ends every grant of the connection and frees its resources.
     pub(super) fn release_connection(&mut self) -> Result<(), FrontendError> {
         let mut result = Ok(());
+        for p in std::mem::take(&mut self.orphans) {
+            if let Err(e) = self.release_page(p) {
+                result = Err(e);
+            }
+        }
         let manual: Vec<_> = self.manual.drain().collect();
         for (_, m) in manual {
             for p in m.pages.into_iter().flatten().chain(m.indirect) {

@@ -52,13 +52,20 @@ use xbb::keys;
 use xbb::ring::FrontRing;
 
 mod connect;
+mod crash;
 mod profile;
 mod request;
 mod workload;
 
+pub use crash::{
+    read_region, run_crash_writes, CrashCheck, CrashRound, CrashWorkload, Found, Journal, SyncMode,
+};
 pub use profile::Profile;
 pub use request::{FeatureRequest, IndirectShape, ManualRequest, SegmentGrant};
-pub use workload::{run_workload, run_workload_until, sector_pattern, Workload, WorkloadReport};
+pub use workload::{
+    run_workload, run_workload_shadowed, run_workload_until, sector_pattern, Shadow, Workload,
+    WorkloadReport,
+};
 
 /// The most queues a [`Profile`] may ask for.
 pub const MAX_QUEUES: u32 = 64;
@@ -327,6 +334,10 @@ pub struct Frontend {
     pool: Vec<Gfn>,
     persistent: Persistent,
     grants_issued: u64,
+    /// Pages of requests a workload stopped waiting for (a back-end that
+    /// lost its store answers no more): given back with the connection,
+    /// once the back-end has closed it.
+    orphans: Vec<Page>,
 }
 
 impl std::fmt::Debug for Frontend {
@@ -415,6 +426,7 @@ impl Frontend {
             pool: Vec::new(),
             persistent: Persistent::default(),
             grants_issued: 0,
+            orphans: Vec::new(),
         })
     }
 

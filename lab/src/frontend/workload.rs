@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 // Data patterns
 // ---------------------------------------------------------------------------
 
-fn splitmix(state: &mut u64) -> u64 {
+pub(super) fn splitmix(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
     let mut z = *state;
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -137,6 +137,46 @@ struct WlInFlight {
 /// Shadow value of a sector whose content is unknown (a failed write, a
 /// discard: blkif does not promise zeroes after one).
 const UNKNOWN: u64 = u64::MAX;
+
+/// What a guest knows its disk holds, sector by sector, across
+/// workloads: the generation each 512-byte sector was last written with
+/// (absent: never written, zeros), or unknown (a failed write, a discard,
+/// a write in flight when a workload failed). Workloads run with one
+/// ([`run_workload_shadowed`]) check every read against all earlier
+/// workloads' writes too, so one disk can serve workload after workload,
+/// over reconnects, detach and attach and resizes, and be verified
+/// throughout. Bounded by the disk's sectors.
+#[derive(Clone, Debug, Default)]
+pub struct Shadow {
+    sectors: HashMap<u64, u64>,
+    next_gen: u64,
+}
+
+impl Shadow {
+    /// A disk that holds zeros.
+    pub fn new() -> Shadow {
+        Shadow::default()
+    }
+
+    /// A disk of `sectors` 512-byte sectors that holds zeros, with room
+    /// for all of them made now: the shadow does not grow later (a soak
+    /// holds the heap to its size at the first minute).
+    pub fn for_sectors(sectors: u64) -> Shadow {
+        let mut s = Shadow::default();
+        let _ = s.sectors.try_reserve(usize::try_from(sectors).unwrap_or(0));
+        s
+    }
+
+    /// Sectors whose content is known to be written data.
+    pub fn known_written(&self) -> usize {
+        self.sectors.values().filter(|&&g| g != UNKNOWN).count()
+    }
+
+    /// Forgets what lies at or beyond `sectors` (a medium shrunk there).
+    pub fn truncate(&mut self, sectors: u64) {
+        self.sectors.retain(|&s, _| s < sectors);
+    }
+}
 
 /// Completed writes remembered as discard candidates.
 const DISCARD_CANDIDATES: usize = 64;
@@ -636,6 +676,19 @@ pub fn run_workload_until(
     wl: &Workload,
     done: &AtomicBool,
 ) -> Result<WorkloadReport, FrontendError> {
+    run_workload_shadowed(fe, wl, done, &mut Shadow::new())
+}
+
+/// [`run_workload_until`] over a disk whose earlier content `shadow`
+/// knows: every read is checked against it, and it learns every write.
+/// When the workload fails, the sectors its writes in flight touched
+/// become unknown.
+pub fn run_workload_shadowed(
+    fe: &mut Frontend,
+    wl: &Workload,
+    done: &AtomicBool,
+    shadow: &mut Shadow,
+) -> Result<WorkloadReport, FrontendError> {
     if fe.conn.is_none() {
         return Err(FrontendError::NotConnected);
     }
@@ -684,8 +737,8 @@ pub fn run_workload_until(
         per_queue: std::vec![0; nq],
         next_queue: 0,
         pending: std::collections::VecDeque::new(),
-        shadow: HashMap::new(),
-        next_gen: 0,
+        shadow: std::mem::take(&mut shadow.sectors),
+        next_gen: shadow.next_gen,
         writes_since_flush: 0,
         writes_since_barrier: 0,
         writes_since_discard: 0,
@@ -696,6 +749,61 @@ pub fn run_workload_until(
             ..WorkloadReport::default()
         },
     };
+    let result = drive(
+        &mut eng,
+        wl,
+        done,
+        WlShape {
+            slots,
+            nsect,
+            align,
+            rstart,
+            guard,
+        },
+        &mut rng,
+    );
+    if result.is_err() {
+        // What the writes in flight did is not known.
+        for r in eng.inflight.values() {
+            if r.operation == BLKIF_OP_WRITE || r.operation == BLKIF_OP_DISCARD {
+                for k in 0..r.nsect {
+                    eng.shadow.insert(r.sector + k, UNKNOWN);
+                }
+            }
+        }
+    }
+    shadow.sectors = std::mem::take(&mut eng.shadow);
+    shadow.next_gen = eng.next_gen;
+    result?;
+    let mut report = eng.report;
+    report.elapsed = start.elapsed();
+    Ok(report)
+}
+
+/// Where a workload's I/Os go.
+struct WlShape {
+    slots: u64,
+    nsect: u64,
+    align: u64,
+    rstart: u64,
+    guard: Duration,
+}
+
+/// The I/O of a workload: issue, reap, and the final read-back.
+fn drive(
+    eng: &mut Engine<'_>,
+    wl: &Workload,
+    done: &AtomicBool,
+    shape: WlShape,
+    rng: &mut u64,
+) -> Result<(), FrontendError> {
+    let WlShape {
+        slots,
+        nsect,
+        align,
+        rstart,
+        guard,
+    } = shape;
     let mut cursor = 0u64;
     let mut next: Option<(u8, u64)> = None;
     let mut issued = 0u64;
@@ -708,13 +816,13 @@ pub fn run_workload_until(
         while more(issued) && eng.inflight.len() + eng.pending.len() < eng.total_qd() {
             let (op, sector) = *next.get_or_insert_with(|| {
                 let pos = if wl.random {
-                    splitmix(&mut rng) % slots
+                    splitmix(rng) % slots
                 } else {
                     let p = cursor % slots;
                     cursor = cursor.wrapping_add(nsect.div_ceil(align));
                     p
                 };
-                let read = (splitmix(&mut rng) % 100) < u64::from(wl.read_pct);
+                let read = (splitmix(rng) % 100) < u64::from(wl.read_pct);
                 let op = if read { BLKIF_OP_READ } else { BLKIF_OP_WRITE };
                 (op, rstart + pos * align)
             });
@@ -743,7 +851,5 @@ pub fn run_workload_until(
         }
         eng.drain(guard)?;
     }
-    let mut report = eng.report;
-    report.elapsed = start.elapsed();
-    Ok(report)
+    Ok(())
 }

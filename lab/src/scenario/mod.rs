@@ -31,11 +31,12 @@ use std::{eprintln, format, vec};
 use serde::Deserialize;
 
 use super::frontend::{
-    run_workload_until, FeatureRequest, Frontend, FrontendError, ManualRequest, Profile,
-    SegmentGrant, Workload, WorkloadReport, MAX_INDIRECT_SEGMENTS,
+    read_region, run_crash_writes, run_workload_until, CrashCheck, CrashRound, CrashWorkload,
+    FeatureRequest, Frontend, FrontendError, Journal, ManualRequest, Profile, SegmentGrant,
+    SyncMode, Workload, WorkloadReport, MAX_INDIRECT_SEGMENTS,
 };
 use super::gnttab::MapFault;
-use super::store::{IoFaults, StoreKind};
+use super::store::{CacheStats, IoFaults, StoreKind, WriteCache};
 use super::toolstack::{self, VbdSpec};
 use super::world::{Restart, VbdConfig, VbdHandle, World};
 use super::xenstore::WatchStats;
@@ -49,6 +50,7 @@ use xbb::host::{DomId, GrantError, IoError, XenbusState};
 use xbb::keys;
 use xbb::stats::{Stat, Tunable, Tunables, SYSCTLS, TUNABLES, TUNABLE_PREFIX};
 
+mod crash;
 mod nbdkit;
 mod report;
 mod run;
@@ -56,6 +58,7 @@ pub mod schema;
 mod steps;
 mod validate;
 
+use crash::*;
 pub use nbdkit::nbd_unavailable;
 use nbdkit::NbdKit;
 pub use report::*;

@@ -30,6 +30,17 @@ pub struct IoTotals {
     pub seconds: f64,
     /// A workload that could not run to its end, and why.
     pub failure: Option<String>,
+    /// Power cuts of `crash` steps.
+    pub power_cuts: u64,
+    /// Writes that had to survive a cut (answered before a completed
+    /// flush or barrier was issued, or ordered before a completed barrier).
+    pub crash_durable: u64,
+    /// Sectors checked after cuts.
+    pub crash_sectors_checked: u64,
+    /// Crash-consistency rules found broken.
+    pub crash_violations: u64,
+    /// The first one, described.
+    pub first_crash_violation: Option<String>,
 }
 
 impl IoTotals {
@@ -219,6 +230,16 @@ impl Report {
                     let _ = writeln!(o, "    workload failed: {f}");
                 }
             }
+            if io.power_cuts > 0 {
+                let _ = writeln!(
+                    o,
+                    "  crash consistency: {} power cut(s), {} durable write(s), {} sectors checked, {} violation(s)",
+                    io.power_cuts, io.crash_durable, io.crash_sectors_checked, io.crash_violations
+                );
+                if let Some(v) = &io.first_crash_violation {
+                    let _ = writeln!(o, "    first violation: {v}");
+                }
+            }
         }
         let _ = writeln!(o);
         let _ = writeln!(
@@ -289,6 +310,13 @@ impl Report {
                         "bytes_written": i.io.bytes_written,
                         "error_responses": i.io.error_responses,
                         "seconds": round2(i.io.seconds),
+                    },
+                    "crash": {
+                        "power_cuts": i.io.power_cuts,
+                        "durable_writes": i.io.crash_durable,
+                        "sectors_checked": i.io.crash_sectors_checked,
+                        "violations": i.io.crash_violations,
+                        "first_violation": i.io.first_crash_violation,
                     },
                     "verify": {
                         "ok": i.io.verify_ok(),

@@ -373,6 +373,17 @@ pub(super) fn setup_guest(
         .add_guest(dom, GUEST_FRAMES)
         .map_err(|e| format!("cannot create guest domain {dom}: {e}"))?;
     let faults = Arc::new(IoFaults::new());
+    let cache = spec.write_cache.and_then(|c| c.options()).map(|o| {
+        let seed = o.seed.unwrap_or(index as u64 + 1);
+        let c = match o.capacity {
+            Some(cap) => {
+                WriteCache::with_capacity(seed, usize::try_from(cap.0).unwrap_or(usize::MAX))
+            }
+            None => WriteCache::new(seed),
+        };
+        c.set_ignore_flushes(o.ignore_flushes);
+        Arc::new(c)
+    });
     let cfg = VbdConfig {
         kind: match spec.store {
             StoreKindSpec::File => StoreKind::File,
@@ -387,6 +398,7 @@ pub(super) fn setup_guest(
         online: spec.online,
         sector_size: spec.sector_size,
         faults: Some(Arc::clone(&faults)),
+        cache,
         tunables,
         journal_dir: spec.journal.then(|| dir.join("journals")),
         ..VbdConfig::file(dom, &image)

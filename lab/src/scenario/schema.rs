@@ -72,6 +72,74 @@ pub struct GuestSpec {
     /// kernel; a restart is then refused).
     #[serde(default)]
     pub journal: bool,
+    /// A volatile write cache in front of the disk, whose power `crash`
+    /// steps cut: `true`, or `{ capacity = "8M", seed = N, ignore_flushes
+    /// = false }`. None by default: a completed write is durable.
+    #[serde(default)]
+    pub write_cache: Option<WriteCacheSpec>,
+}
+
+/// A guest's `write_cache`: `true` / `false`, or a table of options.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum WriteCacheSpec {
+    /// A cache with the default options (`true`), or none (`false`).
+    On(bool),
+    /// A cache with these options.
+    With(WriteCacheOptions),
+}
+
+/// The options of a guest's write cache.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriteCacheOptions {
+    /// Dirty bytes the cache holds before it destages its oldest writes
+    /// (default 8 MiB).
+    #[serde(default)]
+    pub capacity: Option<Size>,
+    /// Seed of where an armed cut falls and of what survives it (default:
+    /// the guest's index).
+    #[serde(default)]
+    pub seed: Option<u64>,
+    /// A disk that lies about flushes: they complete and make nothing
+    /// durable. For showing that the crash check catches it.
+    #[serde(default)]
+    pub ignore_flushes: bool,
+}
+
+impl WriteCacheSpec {
+    /// The options, when there is a cache.
+    pub fn options(&self) -> Option<WriteCacheOptions> {
+        match *self {
+            WriteCacheSpec::On(true) => Some(WriteCacheOptions::default()),
+            WriteCacheSpec::On(false) => None,
+            WriteCacheSpec::With(o) => Some(o),
+        }
+    }
+}
+
+/// How a `crash` step's writes are made durable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncSpec {
+    /// `BLKIF_OP_FLUSH_DISKCACHE` after every `every` writes.
+    #[default]
+    Flush,
+    /// Every `every`-th write a `BLKIF_OP_WRITE_BARRIER`.
+    Barrier,
+    /// Neither.
+    None,
+}
+
+/// What a `crash` step expects of its checks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CrashExpect {
+    /// No rule broken in any round.
+    #[default]
+    Consistent,
+    /// At least one rule broken (a disk that ignores flushes).
+    Violated,
 }
 
 pub(super) fn default_profile() -> String {
@@ -677,6 +745,50 @@ pub enum Step {
         #[serde(default)]
         during: Vec<Step>,
     },
+    /// Crash consistency, `rounds` times: arms a power cut of the guest's
+    /// write cache at a random store I/O among the next `cut_within`,
+    /// writes with flushes, barriers or neither until the disk stops
+    /// answering, lets the power return, reconnects, reads the region back
+    /// and checks it against what the back-end promised.
+    Crash {
+        /// The guest(s); every guest when absent, `"*"` too.
+        #[serde(default)]
+        guest: Guests,
+        /// Power cuts (default 4).
+        #[serde(default = "default_rounds")]
+        rounds: u32,
+        /// Writes per round at most (default 128).
+        #[serde(default = "default_crash_ops")]
+        ops: u64,
+        /// Bytes per write (default 4K; at most 11 pages).
+        #[serde(default = "default_io_size")]
+        io_size: Size,
+        /// `flush` (default), `barrier` or `none`.
+        #[serde(default)]
+        sync: SyncSpec,
+        /// A flush after, or a barrier as, every `every`-th write (default
+        /// 8).
+        #[serde(default = "default_every")]
+        every: u32,
+        /// The cut falls at a random store I/O among the next this many
+        /// (default twice `ops`); when the writes end first, the power is
+        /// cut at that quiet moment.
+        #[serde(default)]
+        cut_within: Option<u64>,
+        /// Where the region written starts, bytes.
+        #[serde(default)]
+        offset: Option<Size>,
+        /// Bytes of the region (default: up to the end of the disk).
+        #[serde(default)]
+        region: Option<Size>,
+        /// Seed of the places written (the cut's place and what survives
+        /// it follow the cache's seed).
+        #[serde(default = "default_seed")]
+        seed: u64,
+        /// `consistent` (default) or `violated`.
+        #[serde(default)]
+        expect: CrashExpect,
+    },
     /// Arms a store I/O fault of the guest's back-end.
     InjectIo(InjectIoSpec),
     /// Makes grant mappings of the guest's grants fail.
@@ -1188,6 +1300,18 @@ pub(super) fn default_seed() -> u64 {
     0x5eed
 }
 
+pub(super) fn default_rounds() -> u32 {
+    4
+}
+
+pub(super) fn default_crash_ops() -> u64 {
+    128
+}
+
+pub(super) fn default_every() -> u32 {
+    8
+}
+
 impl Step {
     /// The `do` name of the step.
     pub fn action(&self) -> &'static str {
@@ -1205,6 +1329,7 @@ impl Step {
             Step::Kick { .. } => "kick",
             Step::Wait { .. } => "wait",
             Step::Workload { .. } => "workload",
+            Step::Crash { .. } => "crash",
             Step::InjectIo(_) => "inject_io",
             Step::InjectGrant(_) => "inject_grant",
             Step::NbdServer { .. } => "nbd_server",

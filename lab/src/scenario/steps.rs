@@ -138,6 +138,7 @@ pub(super) fn guest_step(run: &mut Run<'_>, n: usize, step: &Step, t: usize) {
                 Err(e) => run.fail(n, action, Some(&name), format!("restart failed: {e}")),
             }
         }
+        Step::Crash { .. } => crash_step(run, n, step, t),
         Step::NbdServer { action: a, .. } => {
             run.progress(format_args!("step {n}: {name}: NBD server: {a:?}"));
             let r = match run.guests[t].nbd.as_mut() {

@@ -51,6 +51,12 @@ impl Scenario {
                     g.sector_size
                 ));
             }
+            let cached = g.write_cache.and_then(|c| c.options()).is_some();
+            if cached && (g.store != StoreKindSpec::File || g.mode == ModeSpec::ReadOnly) {
+                return bad(format!(
+                    "guest {n}: a write cache needs a writable file store"
+                ));
+            }
             if g.size.0 == 0 || g.size.0 % u64::from(g.sector_size) != 0 {
                 return bad(format!(
                     "guest {n}: size {} is not a positive multiple of the sector size",
@@ -148,6 +154,44 @@ impl Scenario {
                 self.validate_workload(guest, *io_size, *read_pct, *offset, *region, names, used)?;
                 self.validate_during(guest, during, names, used)?;
             }
+            Step::Crash {
+                guest,
+                rounds,
+                io_size,
+                every,
+                offset,
+                region,
+                ..
+            } => {
+                for gi in guest.resolve(names) {
+                    let g = &self.guests[gi];
+                    let name = &names[gi];
+                    if g.write_cache.and_then(|c| c.options()).is_none() {
+                        return Err(format!(
+                            "guest {name} has no write cache to cut the power of \
+                             (`write_cache = true`)"
+                        ));
+                    }
+                    let (a, b) = workload_region(g, *offset, *region);
+                    let ss = u64::from(g.sector_size);
+                    if a >= b || a % ss != 0 || b % ss != 0 || b > g.size.0 || b - a < io_size.0 {
+                        return Err(format!(
+                            "guest {name}: region [{a}, {b}) does not fit the {}-byte disk, \
+                             is not sector-aligned, or is smaller than io_size",
+                            g.size.0
+                        ));
+                    }
+                }
+                let max = (BLKIF_MAX_SEGMENTS_PER_REQUEST * 4096) as u64;
+                if io_size.0 == 0 || io_size.0 % 512 != 0 || io_size.0 > max {
+                    return Err(format!(
+                        "io_size must be a multiple of 512, at most {max} (inline segments)"
+                    ));
+                }
+                if *rounds == 0 || *every == 0 {
+                    return Err(String::from("rounds and every must be at least 1"));
+                }
+            }
             Step::InjectIo(spec) if spec.is_empty() => {
                 return Err(String::from(
                     "nothing to inject: give nth, range, writes, flush, hold or clear",
@@ -190,7 +234,10 @@ impl Scenario {
         let busy = guest.resolve(names);
         for (k, st) in during.iter().enumerate() {
             let at = |m: String| format!("during step {} ({}): {m}", k + 1, st.action());
-            if matches!(st, Step::Workload { .. } | Step::MountRoot {}) {
+            if matches!(
+                st,
+                Step::Workload { .. } | Step::Crash { .. } | Step::MountRoot {}
+            ) {
                 return Err(at(String::from("not allowed during a workload")));
             }
             let named = step_guest_names(st);
@@ -299,6 +346,7 @@ impl Step {
             | Step::Kick { guest, .. }
             | Step::Wait { guest, .. }
             | Step::Workload { guest, .. }
+            | Step::Crash { guest, .. }
             | Step::InjectIo(InjectIoSpec { guest, .. })
             | Step::InjectGrant(InjectGrantSpec { guest, .. })
             | Step::NbdServer { guest, .. }

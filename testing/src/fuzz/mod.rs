@@ -10,6 +10,13 @@
 //!   the states of `io/xenbus.h`.
 //! - [`fuzz_request`] decodes arbitrary slot bytes as `io/blkif.h` requests
 //!   of both ABIs and validates them against arbitrary limits.
+//! - [`fuzz_instance`] plays a whole `vbd`'s life against a real instance:
+//!   a hostile front-end writing any of its XenStore nodes and up to four
+//!   rings, a toolstack that resizes, detaches and attaches, a platform
+//!   that fails and completes in any order; it checks the contract after
+//!   every operation (every request answered once, no response without a
+//!   request, nothing held without a connection, no allocation on the
+//!   I/O path).
 //! - [`fuzz_xenstore`] feeds arbitrary front-end transport parameters
 //!   (`io/blkif.h`, "Front-end Request Transport Parameters") to
 //!   [`xbb::connect::read_frontend`].
@@ -17,11 +24,17 @@
 //! Each body asserts its invariants; a panic is a finding.
 
 mod input;
+mod instance;
 mod request;
 mod ring;
 mod script;
 mod xenstore;
 
+pub use instance::{
+    fuzz_instance, fuzz_instance_in, Completion, FeKey, FeValue, Injected, InstanceConfig,
+    InstanceMemory, InstanceReport, InstanceScript, Request, DATA_PAGES, FIRST_DATA_GREF, MAX_OPS,
+    MAX_RINGS,
+};
 pub use request::fuzz_request;
 pub use ring::{fuzz_ring, fuzz_ring_in, RingMemory, RingReport};
 pub use script::{Fault, Outcome, PushReq, RingConfig, RingScript};
