@@ -6,12 +6,13 @@
 //! on the medium, the event channel works again, and nothing the dead
 //! back-end held is left mapped.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use xbb::abi::BLKIF_RSP_OKAY;
 use xbb::host::XenbusState;
 use xbb::stats::Stat;
-use xbb_lab::frontend::{run_workload, ManualRequest};
+use xbb_lab::frontend::{run_workload, run_workload_until, ManualRequest};
 use xbb_lab::world::{Restart, VbdConfig};
 use xbb_ustore::IoFaults;
 
@@ -30,6 +31,16 @@ fn rig(tag: &str, dir: &TempDir, faults: &Arc<IoFaults>) -> Rig {
     })
 }
 
+/// Releases a store's hold when dropped, so that a failing test does not
+/// leave the store's workers waiting (and the world's shutdown with them).
+struct Unhold(Arc<IoFaults>);
+
+impl Drop for Unhold {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
 /// Journal files left in `dir`.
 fn journals(dir: &TempDir) -> usize {
     std::fs::read_dir(dir.0.join("journals")).map_or(0, |d| d.count())
@@ -41,6 +52,7 @@ fn a_crashed_backend_is_taken_over_with_requests_in_flight() {
         let dir = TempDir::new("takeover-j");
         let faults = Arc::new(IoFaults::new());
         let rig = rig(&format!("takeover-{profile}"), &dir, &faults);
+        let _unhold = Unhold(Arc::clone(&faults));
         let mut fe = rig.connected(profile);
         assert!(journals(&dir) > 0, "{profile}: journals made at connect");
         // Consumed and submitted, held in the store: in flight when the
@@ -101,9 +113,12 @@ fn a_backend_restarted_under_a_workload_loses_nothing() {
     let dir = TempDir::new("takeover-w");
     let faults = Arc::new(IoFaults::new());
     let rig = rig("takeover-workload", &dir, &faults);
+    let _unhold = Unhold(Arc::clone(&faults));
     let mut fe = rig.connected("modern");
+    // The workload keeps going until every restart is done.
+    let done = AtomicBool::new(false);
     std::thread::scope(|s| {
-        let wl = s.spawn(|| run_workload(&mut fe, &mixed(3000, 16384, 11, 8192)));
+        let wl = s.spawn(|| run_workload_until(&mut fe, &mixed(300, 16384, 11, 8192), &done));
         for how in [Restart::Crash, Restart::HandOver, Restart::Crash] {
             // The workload under way on this back-end; for a crash, some
             // of its requests held in the store.
@@ -135,6 +150,7 @@ fn a_backend_restarted_under_a_workload_loses_nothing() {
                     .unwrap();
             }
         }
+        done.store(true, Ordering::Release);
         let r = wl.join().unwrap().unwrap();
         check_clean(&r);
     });
