@@ -52,7 +52,9 @@ use super::evtchn::EventHub;
 use super::ffi::{PageState, Reservation};
 use super::gnttab::GrantTable;
 use super::memory::GuestMemory;
-use super::store::{self, HostStore, IoFaults, JournalFiles, RawIoVec, StoreHandle, WriteCache};
+use super::store::{
+    self, HostStore, InstanceJournals, IoFaults, JournalFiles, RawIoVec, StoreHandle, WriteCache,
+};
 use super::toolstack;
 use super::xenstore::Xenstored;
 use super::TaskEvent;
@@ -577,9 +579,8 @@ pub struct SimHost {
     router: Arc<Router>,
     counters: Arc<Counters>,
     epoch: std::time::Instant,
-    /// Where journals are kept, and the identity of each queue's open one.
-    journals: Option<JournalFiles>,
-    journal_ids: Vec<JournalId>,
+    /// Where journals are kept, and which queue's each open one is.
+    journals: Option<InstanceJournals>,
 }
 
 impl std::fmt::Debug for SimHost {
@@ -596,7 +597,10 @@ impl SimHost {
     /// to `tx`.
     pub fn new(xen: &SimXen, cfg: SimHostConfig, tx: Sender<TaskEvent>) -> SimHost {
         let nboxes = Tunable::MaxQueues.desc().max as usize;
-        let journals = cfg.journal_dir.clone().map(JournalFiles::new);
+        let journals = cfg
+            .journal_dir
+            .clone()
+            .map(|d| InstanceJournals::new(JournalFiles::new(d)));
         SimHost {
             xen: xen.clone(),
             store: HostStore::new(cfg.store_sector_size, cfg.store_faults.clone())
@@ -613,7 +617,6 @@ impl SimHost {
             counters: Arc::new(Counters::default()),
             epoch: std::time::Instant::now(),
             journals,
-            journal_ids: Vec::new(),
         }
     }
 
@@ -1249,20 +1252,16 @@ impl Host for SimHost {
         bytes: usize,
         how: JournalOpen,
     ) -> Option<SharedMem> {
-        let mem = self.journals.as_ref()?.open(id, bytes, how).ok()??;
-        self.journal_ids.retain(|j| j.queue != id.queue);
-        self.journal_ids.push(*id);
-        Some(mem)
+        self.journals.as_mut()?.open(id, bytes, how).ok()?
     }
 
     fn journal_close(&mut self, queue: QueueId, journal: SharedMem, keep: bool) {
-        let at = self.journal_ids.iter().position(|j| j.queue == queue);
-        match (self.journals.as_ref(), at) {
-            (Some(files), Some(at)) => {
-                let id = self.journal_ids.swap_remove(at);
-                files.close(&id, journal, keep);
-            }
-            _ => bump(&self.counters.bad_unmaps, 1),
+        let closed = match self.journals.as_mut() {
+            Some(j) => j.close(queue, journal, keep).is_ok(),
+            None => false,
+        };
+        if !closed {
+            bump(&self.counters.bad_unmaps, 1);
         }
     }
 

@@ -52,7 +52,7 @@ use xbb::journal::JournalId;
 use xbb::queue::{Outcome, Queue};
 use xbb::shmem::SharedMem;
 use xbb::stats::Tunable;
-use xbb_ustore::{HostStore, JournalFiles, StoreHandle};
+use xbb_ustore::{HostStore, InstanceJournals, JournalFiles, StoreHandle};
 
 impl Range for Mapping {
     fn addr(&self) -> usize {
@@ -183,9 +183,8 @@ pub struct XenHost {
     epoch: Instant,
     counters: Arc<Counters>,
     removed: bool,
-    /// Where journals are kept, and the identity of each queue's open one.
-    journals: Option<JournalFiles>,
-    journal_ids: Vec<JournalId>,
+    /// Where journals are kept, and which queue's each open one is.
+    journals: Option<InstanceJournals>,
 }
 
 impl core::fmt::Debug for XenHost {
@@ -240,8 +239,7 @@ impl XenHost {
             epoch: Instant::now(),
             counters: Arc::new(Counters::default()),
             removed: false,
-            journals: journal_dir.map(JournalFiles::new),
-            journal_ids: Vec::new(),
+            journals: journal_dir.map(|d| InstanceJournals::new(JournalFiles::new(d))),
         })
     }
 
@@ -961,29 +959,24 @@ impl Host for XenHost {
         bytes: usize,
         how: JournalOpen,
     ) -> Option<SharedMem> {
-        let files = self.journals.as_ref()?;
-        match files.open(id, bytes, how) {
-            Ok(Some(mem)) => {
-                self.journal_ids.retain(|j| j.queue != id.queue);
-                self.journal_ids.push(*id);
-                Some(mem)
-            }
-            Ok(None) => None,
+        let journals = self.journals.as_mut()?;
+        match journals.open(id, bytes, how) {
+            Ok(mem) => mem,
             Err(e) => {
-                super::serve::log(&format!("journal {}: {e}", files.path(id).display()));
+                let path = journals.files().path(id);
+                super::serve::log(&format!("journal {}: {e}", path.display()));
                 None
             }
         }
     }
 
     fn journal_close(&mut self, queue: QueueId, journal: SharedMem, keep: bool) {
-        let at = self.journal_ids.iter().position(|j| j.queue == queue);
-        match (self.journals.as_ref(), at) {
-            (Some(files), Some(at)) => {
-                let id = self.journal_ids.swap_remove(at);
-                files.close(&id, journal, keep);
-            }
-            _ => bump(&self.counters.bad_unmaps, 1),
+        let closed = match self.journals.as_mut() {
+            Some(j) => j.close(queue, journal, keep).is_ok(),
+            None => false,
+        };
+        if !closed {
+            bump(&self.counters.bad_unmaps, 1);
         }
     }
 

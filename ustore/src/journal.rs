@@ -146,6 +146,56 @@ impl JournalFiles {
     }
 }
 
+/// The journals one back-end instance has open: a [`JournalFiles`] and
+/// which file each queue's mapping is, what a platform's
+/// `Host::journal_open` and `Host::journal_close` delegate to.
+#[derive(Debug)]
+pub struct InstanceJournals {
+    files: JournalFiles,
+    open: Vec<JournalId>,
+}
+
+impl InstanceJournals {
+    /// No journal open yet, the files in `files`.
+    pub fn new(files: JournalFiles) -> InstanceJournals {
+        InstanceJournals {
+            files,
+            open: Vec::new(),
+        }
+    }
+
+    /// The files.
+    pub fn files(&self) -> &JournalFiles {
+        &self.files
+    }
+
+    /// [`JournalFiles::open`], remembering which queue's it is.
+    pub fn open(
+        &mut self,
+        id: &JournalId,
+        bytes: usize,
+        how: JournalOpen,
+    ) -> io::Result<Option<SharedMem>> {
+        let mem = self.files.open(id, bytes, how)?;
+        if mem.is_some() {
+            self.open.retain(|j| j.queue != id.queue);
+            self.open.push(*id);
+        }
+        Ok(mem)
+    }
+
+    /// [`JournalFiles::close`] of queue `queue`'s journal; `Err` (the
+    /// memory back, untouched) when that queue has none open.
+    pub fn close(&mut self, queue: QueueId, mem: SharedMem, keep: bool) -> Result<(), SharedMem> {
+        let Some(at) = self.open.iter().position(|j| j.queue == queue) else {
+            return Err(mem);
+        };
+        let id = self.open.swap_remove(at);
+        self.files.close(&id, mem, keep);
+        Ok(())
+    }
+}
+
 /// Maps `file`, which must hold at least `bytes`.
 fn map(file: &File, bytes: usize) -> io::Result<SharedMem> {
     if file.metadata()?.len() < bytes as u64 {
@@ -233,6 +283,15 @@ mod tests {
         }
         files.remove_vbd(7, 51712);
         assert!(files.vbds().is_empty());
+        // An instance's journals: closing one that is not open is refused.
+        let mut inst = InstanceJournals::new(files.clone());
+        let m = inst
+            .open(&id(1), bytes, JournalOpen::Create)
+            .unwrap()
+            .unwrap();
+        let m = inst.close(0, m, true).unwrap_err();
+        assert!(inst.close(1, m, false).is_ok());
+        assert!(!inst.files().path(&id(1)).exists());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -68,7 +68,7 @@ pub use cache::{CacheStats, CachedStore, WriteCache, DEFAULT_CAPACITY};
 pub use faults::{FaultCounters, IoFaults};
 pub use host_store::{probe, HostStore, StoreHandle};
 pub use io::{submit_counted, RawIoVec, StoreIo};
-pub use journal::{journal_name, parse_journal_name, JournalFiles};
+pub use journal::{journal_name, parse_journal_name, InstanceJournals, JournalFiles};
 pub use medium::resize_medium;
 pub use nbd::{
     is_nbd_uri, libnbd_available, NbdSpec, NbdStore, CLOSE_GRACE, OPEN_TIMEOUT, QUEUE_CAPACITY,
