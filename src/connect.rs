@@ -1239,6 +1239,7 @@ pub fn check_published<X: XenStore>(
     })
 }
 
+/// Writes `state` = Connected inside transaction `txn`.
 fn write_connected<X: XenStore>(xs: &mut X, txn: XsTxn, be_dir: &str) -> Result<(), ConnectError> {
     let connected = XenbusState::Connected.as_str();
     write_node(xs, txn, be_dir, keys::STATE, connected)

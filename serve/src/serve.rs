@@ -189,8 +189,8 @@ fn xbb_serve_alive(pid: u32) -> bool {
         && std::fs::read_to_string(dir.join("comm")).map_or(true, |c| c.trim() == "xbb-serve")
 }
 
-/// Claims the vbd at `path` (domain `dom`'s device `devid`) for this
-/// process, atomically.
+/// Claims the vbd at `path` (`key`: its front-end domain and device) for
+/// this process, atomically, and says how it is to be served.
 fn claim(xs: &mut Xs, path: &str, key: (u32, u32), cfg: &Config) -> Result<Claim, Skip> {
     if !cfg.ignore_kernel_backend && kernel_backend_takes_all() {
         return Err(Skip::KernelBackend);
