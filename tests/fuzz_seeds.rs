@@ -15,7 +15,7 @@ use xbb_testing::alloc::Counting;
 use xbb_testing::fuzz::{
     fuzz_instance, fuzz_instance_in, fuzz_request, fuzz_ring, fuzz_ring_in, fuzz_xenstore,
     Completion, Fault, FeKey, FeValue, Injected, InstanceConfig, InstanceMemory, InstanceReport,
-    InstanceScript, Outcome, PushReq, Request, RingConfig, RingMemory, RingReport, RingScript,
+    InstanceScript, Outcome, PushReq, RingConfig, RingMemory, RingReport, RingScript,
     FIRST_DATA_GREF,
 };
 use xbb_testing::rng::XorShift;
@@ -865,25 +865,6 @@ fn inst_base() -> InstanceConfig {
     }
 }
 
-fn rd(ring: u8, sector: u8, nsegs: u8) -> Request {
-    Request {
-        ring,
-        id: 0x10,
-        op: 0,
-        nsegs,
-        sector,
-        range: 128,
-        ..Request::default()
-    }
-}
-
-fn wr(ring: u8, sector: u8, nsegs: u8) -> Request {
-    Request {
-        op: 2,
-        ..rd(ring, sector, nsegs)
-    }
-}
-
 /// A random but well-formed operation sequence: mostly requests,
 /// publishes, kicks and completions, with every other operation mixed in.
 fn random_instance_script(rng: &mut XorShift) -> InstanceScript {
@@ -951,8 +932,7 @@ fn random_instance_script(rng: &mut XorShift) -> InstanceScript {
                     6 => 128,
                     _ => rng.byte(),
                 };
-                let r = Request {
-                    ring,
+                let r = PushReq {
                     id: rng.below(4) as u16,
                     op,
                     raw_op: rng.byte(),
@@ -966,7 +946,7 @@ fn random_instance_script(rng: &mut XorShift) -> InstanceScript {
                     gref: rng.byte(),
                     range: if rng.below(4) == 0 { rng.byte() } else { 128 },
                 };
-                s.push(&r);
+                s.push(ring, &r);
                 if rng.below(2) == 0 {
                     s.publish(ring).kick(ring);
                 }
@@ -1132,11 +1112,11 @@ fn instance_seed_read_write_every_layout() {
                 let n = [1u8, 2, 4, 3][usize::from(queues)];
                 let mut s = InstanceScript::new(&cfg);
                 for q in 0..n {
-                    s.push(&wr(q, q * 8, 2)).publish(q).kick(q);
+                    s.push(q, &write(q * 8, 2)).publish(q).kick(q);
                 }
                 s.complete_all(Completion::Ok);
                 for q in 0..n {
-                    s.push(&rd(q, q * 8, 2)).publish(q).kick(q);
+                    s.push(q, &read(q * 8, 2)).publish(q).kick(q);
                 }
                 s.complete_all(Completion::Ok);
                 let r = instance(&format!("rw-{queues}-{x86_64}-{order}"), &s);
@@ -1161,8 +1141,8 @@ fn instance_seed_completions_in_any_order_with_any_result() {
     };
     let mut s = InstanceScript::new(&cfg);
     for (q, sector) in [(0, 0), (1, 8), (0, 16), (1, 24)] {
-        s.push(&wr(q, sector, 1))
-            .push(&rd(q, sector + 32, 1))
+        s.push(q, &write(sector, 1))
+            .push(q, &read(sector + 32, 1))
             .publish(q);
     }
     s.kick(1).kick(0);
@@ -1186,13 +1166,13 @@ fn instance_seed_completions_in_any_order_with_any_result() {
 #[test]
 fn instance_seed_store_gone_closes() {
     let mut s = InstanceScript::new(&inst_base());
-    s.push(&wr(0, 0, 1))
-        .push(&wr(0, 8, 1))
+    s.push(0, &write(0, 1))
+        .push(0, &write(8, 1))
         .publish(0)
         .kick(0)
         .complete(0, Completion::Gone)
         .complete_all(Completion::Ok)
-        .push(&rd(0, 0, 1))
+        .push(0, &read(0, 1))
         .publish(0)
         .kick(0);
     let r = instance("store-gone", &s);
@@ -1205,18 +1185,18 @@ fn instance_seed_store_gone_closes() {
 fn instance_seed_grant_map_failures() {
     let mut s = InstanceScript::new(&inst_base());
     s.inject(Injected::Map, 1)
-        .push(&wr(0, 0, 2))
+        .push(0, &write(0, 2))
         .publish(0)
         .kick(0)
         .complete_all(Completion::Ok)
         .inject(Injected::Map, 3)
-        .push(&rd(0, 0, 1))
-        .push(&rd(0, 8, 1))
-        .push(&rd(0, 16, 1))
+        .push(0, &read(0, 1))
+        .push(0, &read(8, 1))
+        .push(0, &read(16, 1))
         .publish(0)
         .kick(0)
         .complete_all(Completion::Ok)
-        .push(&rd(0, 0, 2))
+        .push(0, &read(0, 2))
         .publish(0)
         .kick(0)
         .complete_all(Completion::Ok);
@@ -1228,8 +1208,8 @@ fn instance_seed_grant_map_failures() {
 #[test]
 fn instance_seed_detach_with_io_in_flight_and_attach_again() {
     let mut s = InstanceScript::new(&inst_base());
-    s.push(&wr(0, 0, 3))
-        .push(&rd(0, 32, 1))
+    s.push(0, &write(0, 3))
+        .push(0, &read(32, 1))
         .publish(0)
         .kick(0)
         .detach()
@@ -1237,7 +1217,7 @@ fn instance_seed_detach_with_io_in_flight_and_attach_again() {
         .complete_all(Completion::Ok)
         .attach()
         .frontend_state(3)
-        .push(&rd(0, 0, 3))
+        .push(0, &read(0, 3))
         .publish(0)
         .kick(0)
         .complete_all(Completion::Ok);
@@ -1248,20 +1228,20 @@ fn instance_seed_detach_with_io_in_flight_and_attach_again() {
 #[test]
 fn instance_seed_resize_under_io() {
     let mut s = InstanceScript::new(&inst_base());
-    s.push(&wr(0, 50, 2)) // sectors 400.. of 512
+    s.push(0, &write(50, 2)) // sectors 400.. of 512
         .publish(0)
         .kick(0)
         .resize(10) // 80 sectors: the write in flight now ends past the end
         .complete_all(Completion::Ok)
-        .push(&rd(0, 50, 1)) // refused: beyond the end
+        .push(0, &read(50, 1)) // refused: beyond the end
         .publish(0)
         .kick(0)
         .resize(0) // empty
-        .push(&rd(0, 0, 1))
+        .push(0, &read(0, 1))
         .publish(0)
         .kick(0)
         .resize(64) // grown again
-        .push(&rd(0, 50, 1))
+        .push(0, &read(50, 1))
         .publish(0)
         .kick(0)
         .complete_all(Completion::Ok);
@@ -1273,8 +1253,8 @@ fn instance_seed_resize_under_io() {
 #[test]
 fn instance_seed_close_in_flight_then_reconnect_with_more_queues() {
     let mut s = InstanceScript::new(&inst_base());
-    s.push(&wr(0, 0, 1))
-        .push(&rd(0, 8, 1))
+    s.push(0, &write(0, 1))
+        .push(0, &read(8, 1))
         .publish(0)
         .kick(0)
         .frontend_state(5) // Closing with I/O in flight
@@ -1284,11 +1264,11 @@ fn instance_seed_close_in_flight_then_reconnect_with_more_queues() {
         .frontend_state(3);
     for q in 0..4 {
         // A page of its own: a persistent grant is named once at a time.
-        let w = Request {
+        let w = PushReq {
             gref: q,
-            ..wr(q, 8 * q, 1)
+            ..write(8 * q, 1)
         };
-        s.push(&w).publish(q).kick(q);
+        s.push(q, &w).publish(q).kick(q);
     }
     s.complete_all(Completion::Ok)
         .clock(2) // an hour: persistent grants go idle
@@ -1305,7 +1285,7 @@ fn instance_seed_hotplug_gate_and_root_later() {
         ..inst_base()
     };
     let mut s = InstanceScript::new(&cfg);
-    s.push(&wr(0, 0, 1))
+    s.push(0, &write(0, 1))
         .publish(0)
         .watch() // nothing open yet
         .root_mounted() // InitWait, waits for the script
@@ -1343,7 +1323,7 @@ fn instance_seed_hostile_nodes_refused() {
             .frontend_state(6)
             .layout(0, 0, false, false)
             .frontend_state(3) // connects
-            .push(&rd(0, 0, 1))
+            .push(0, &read(0, 1))
             .publish(0)
             .kick(0)
             .complete_all(Completion::Ok);
@@ -1359,8 +1339,8 @@ fn instance_seed_broken_ring_answers_nothing_more() {
         queues: 1,
         ..inst_base()
     });
-    s.push(&wr(0, 0, 1))
-        .push(&wr(1, 8, 1))
+    s.push(0, &write(0, 1))
+        .push(1, &write(8, 1))
         .publish(0)
         .publish(1)
         .kick(0)
@@ -1387,25 +1367,25 @@ fn instance_seed_indirect_with_crafted_descriptors() {
         let seg = Segment::whole_page(FIRST_DATA_GREF + 8 + i as u32);
         encode_segment(&seg, d);
     }
-    let indirect = |op: u8| Request {
+    let indirect = |op: u8| PushReq {
         op: 7,
         raw_op: op, // even: read, odd: write
         nsegs: 1,   // four segments
         sector: 16,
         gref: 4,
-        ..Request::default()
+        ..PushReq::default()
     };
     let mut s = InstanceScript::new(&cfg);
     s.page_write(4, 0, &desc)
-        .push(&indirect(1))
+        .push(0, &indirect(1))
         .publish(0)
         .kick(0)
         .complete_all(Completion::Ok)
-        .push(&indirect(0))
+        .push(0, &indirect(0))
         .publish(0)
         .kick(0)
         .complete_all(Completion::Ok)
-        .push(&indirect(251)) // an indirect_op that is not READ or WRITE
+        .push(0, &indirect(251)) // an indirect_op that is not READ or WRITE
         .publish(0)
         .kick(0);
     let r = instance("indirect-crafted", &s);
@@ -1434,7 +1414,7 @@ fn instance_seed_platform_failures_at_connect() {
             .frontend_state(3)
             .frontend_state(6)
             .frontend_state(3)
-            .push(&wr(3, 0, 1))
+            .push(3, &write(0, 1))
             .publish(3)
             .kick(3)
             .complete_all(Completion::Ok);
@@ -1455,8 +1435,8 @@ fn instance_seed_shrink_under_waiting_io() {
         ..inst_base()
     };
     let mut s = InstanceScript::new(&cfg);
-    s.push(&wr(0, 40, 8)) // sectors 320..384: in flight
-        .push(&wr(0, 50, 8)) // 400..464: waits for the window
+    s.push(0, &write(40, 8)) // sectors 320..384: in flight
+        .push(0, &write(50, 8)) // 400..464: waits for the window
         .publish(0)
         .kick(0)
         .resize(45) // 360 sectors
@@ -1464,12 +1444,12 @@ fn instance_seed_shrink_under_waiting_io() {
     let r = instance("shrink-waiting", &s);
     assert_eq!((r.okay, r.error, r.ios), (0, 2, 1), "{r:?}");
 
-    let barrier = Request {
+    let barrier = PushReq {
         op: 5, // a barrier with data: flush, data, flush
-        ..wr(0, 50, 2)
+        ..write(50, 2)
     };
     let mut s = InstanceScript::new(&inst_base());
-    s.push(&barrier)
+    s.push(0, &barrier)
         .publish(0)
         .kick(0)
         .resize(45)

@@ -23,6 +23,7 @@
 //!
 //! Each body asserts its invariants; a panic is a finding.
 
+mod front;
 mod input;
 mod instance;
 mod request;
@@ -30,9 +31,10 @@ mod ring;
 mod script;
 mod xenstore;
 
+pub use front::RingsMemory;
 pub use instance::{
     fuzz_instance, fuzz_instance_in, Completion, FeKey, FeValue, Injected, InstanceConfig,
-    InstanceMemory, InstanceReport, InstanceScript, Request, DATA_PAGES, FIRST_DATA_GREF, MAX_OPS,
+    InstanceMemory, InstanceReport, InstanceScript, DATA_PAGES, FIRST_DATA_GREF, MAX_OPS,
     MAX_RINGS,
 };
 pub use request::fuzz_request;

@@ -94,13 +94,6 @@ pub struct RingConfig {
     pub max_persistent_grants: u8,
 }
 
-pub(crate) const RPP: [u64; 4] = [256, 1, 3, 16];
-pub(crate) const MAX_REQS: [u64; 4] = [1024, 1, 2, 5];
-pub(crate) const KVA: [u64; 4] = [0, 11, 16, 40];
-pub(crate) const MAX_RS: [u64; 4] = [1 << 20, 45056, 65536, 131072];
-pub(crate) const MAX_ORDER: [u64; 4] = [2, 0, 1, 5];
-pub(crate) const MAX_PERSISTENT_GRANTS: [u64; 4] = [1056, 1, 3, 0];
-
 impl RingConfig {
     /// The six header bytes.
     pub fn encode(&self) -> [u8; 6] {
@@ -208,18 +201,28 @@ pub enum Fault {
     Open,
 }
 
-/// One structured request for [`RingScript::push`]: selectors, decoded as
-/// [`fuzz_ring`](super::fuzz_ring) decodes them.
+/// One structured request for [`RingScript::push`] and
+/// [`InstanceScript::push`](super::InstanceScript::push): selectors,
+/// decoded as [`fuzz_ring`](super::fuzz_ring) and
+/// [`fuzz_instance`](super::fuzz_instance) decode them (alike but for the
+/// operation and the segment count).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PushReq {
-    /// Low 16 bits of the id (the high bits count pushes).
+    /// Low 16 bits of the id (the high bits count pushes: ids are
+    /// unique).
     pub id: u16,
-    /// `% 8`: 0-1 read, 2-3 write, 4 flush, 5 barrier, 6 discard or
-    /// indirect, 7 the raw operation byte `raw_op`.
+    /// `% 8`: 0-1 read, 2-3 write, 4 flush, 5 barrier; `fuzz_ring`: 6
+    /// discard or indirect, 7 the raw operation byte `raw_op`;
+    /// `fuzz_instance`: 6 discard, 7 indirect.
     pub op: u8,
-    /// The raw operation byte when `op % 8 == 7`.
+    /// `fuzz_ring`: the raw operation byte when `op % 8 == 7`.
+    /// `fuzz_instance`: a discard's flag; an indirect request's
+    /// `indirect_op`: even read, odd write, above 250 the byte itself.
     pub raw_op: u8,
-    /// `nr_segments`: below 208, `% 13`; from 208, as is.
+    /// `nr_segments`: below 208, `% 13` (`fuzz_ring`) or `% 12`
+    /// (`fuzz_instance`); from 208, as is (beyond the limit). In
+    /// `fuzz_instance` an indirect request has `4 * nsegs` segments (the
+    /// descriptors its pages hold); a discard `8 * nsegs` sectors.
     pub nsegs: u8,
     /// Below 128: sector `8 * sector`; below 192: where the previous push
     /// ended; below 255: `sector - 192` before the medium's end; 255: the
@@ -229,6 +232,8 @@ pub struct PushReq {
     pub raw_sector: u64,
     /// Per segment: below 224 data page `% 16`; below 240 a ring page;
     /// below 255 the value itself; 255 a grant reference of 0xdead_beef.
+    /// In `fuzz_instance`, an indirect request's descriptor pages are
+    /// data pages from this one (`% 16`) on.
     pub gref: u8,
     /// Per segment: below 64 `(b & 7, b >> 3)`; below 120 `(b & 7, 7)`;
     /// below 128 a `last_sect` beyond the page; else the whole page.

@@ -7,6 +7,7 @@ use xbb::abi::{BLKIF_MAX_SEGMENTS_PER_REQUEST, MAX_SLOT_SIZE};
 use xbb::host::IoError;
 
 use crate::fuzz::input::Input;
+use crate::fuzz::PushReq;
 
 /// What one operation of a `fuzz_instance` input does; its byte code is
 /// the discriminant (seeds and corpora are written in these codes:
@@ -325,49 +326,12 @@ pub enum FeValue {
     Raw,
 }
 
-/// One structured request for [`InstanceScript::push`], decoded as
-/// [`fuzz_instance`](super::fuzz_instance) decodes it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Request {
-    /// The ring slot (front-end ring) it goes on, `% 4`.
-    pub ring: u8,
-    /// Low 16 bits of the id (the high bits count pushes: ids are
-    /// unique).
-    pub id: u16,
-    /// `% 8`: 0-1 read, 2-3 write, 4 flush, 5 barrier, 6 discard,
-    /// 7 indirect.
-    pub op: u8,
-    /// A discard's flag; an indirect request's `indirect_op`: even read,
-    /// odd write, above 250 the byte itself.
-    pub raw_op: u8,
-    /// Segments: below 208, `% 12`; from 208, as is (`nr_segments`
-    /// beyond the limit). An indirect request has `4 * nsegs` segments
-    /// (the descriptors its pages hold); a discard `8 * nsegs` sectors.
-    pub nsegs: u8,
-    /// Below 128: sector `8 * sector`; below 192: where the previous
-    /// push ended; below 255: `sector - 192` before the medium's end;
-    /// 255: the raw `raw_sector`.
-    pub sector: u8,
-    /// The sector when `sector == 255`.
-    pub raw_sector: u64,
-    /// Per segment: below 224 data page `% 16`; below 240 a ring page;
-    /// below 255 the value itself; 255 a grant reference of 0xdead_beef.
-    /// An indirect request's descriptor pages are data pages from this
-    /// one (`% 16`) on.
-    pub gref: u8,
-    /// Per segment: below 64 `(b & 7, b >> 3)`; below 120 `(b & 7, 7)`;
-    /// below 128 a `last_sect` beyond the page; else the whole page.
-    pub range: u8,
-}
-
-impl Request {
-    /// Segments carried in the slot.
-    fn inline_segments(&self) -> usize {
-        match self.op % 8 {
-            6 | 7 => 0,
-            _ if self.nsegs < 208 => usize::from(self.nsegs % 12),
-            _ => usize::from(self.nsegs).min(BLKIF_MAX_SEGMENTS_PER_REQUEST),
-        }
+/// The segments a request carries in its slot.
+fn inline_segments(r: &PushReq) -> usize {
+    match r.op % 8 {
+        6 | 7 => 0,
+        _ if r.nsegs < 208 => usize::from(r.nsegs % 12),
+        _ => usize::from(r.nsegs).min(BLKIF_MAX_SEGMENTS_PER_REQUEST),
     }
 }
 
@@ -450,10 +414,11 @@ impl InstanceScript {
         self
     }
 
-    /// Encodes a structured request at its ring's cursor and advances it.
-    pub fn push(&mut self, r: &Request) -> &mut Self {
+    /// Encodes a structured request at the cursor of ring `ring` (`% 4`)
+    /// and advances it.
+    pub fn push(&mut self, ring: u8, r: &PushReq) -> &mut Self {
         let [lo, hi] = r.id.to_le_bytes();
-        self.op(Op::Push, &[r.ring, lo, hi, r.op]);
+        self.op(Op::Push, &[ring, lo, hi, r.op]);
         if matches!(r.op % 8, 6 | 7) {
             self.bytes.push(r.raw_op);
         }
@@ -464,7 +429,7 @@ impl InstanceScript {
         if r.op % 8 == 7 {
             self.bytes.push(r.gref);
         }
-        for _ in 0..r.inline_segments() {
+        for _ in 0..inline_segments(r) {
             self.bytes.extend_from_slice(&[r.gref, r.range]);
         }
         self
