@@ -62,7 +62,9 @@ use crate::host::{FakeConfig, FakeHost, BE_PATH, FE_PATH};
 
 pub(crate) use script::MAX_REQS;
 use script::*;
-pub use script::{Completion, FeKey, FeValue, Injected, InstanceConfig, InstanceScript};
+pub use script::{
+    Completion, FeKey, FeValue, Injected, InstanceConfig, InstanceInput, InstanceScript,
+};
 
 /// Front-end rings (and queues) the fuzzer lays out at most.
 pub const MAX_RINGS: usize = 4;
