@@ -934,6 +934,33 @@ impl Frontend {
         Ok(any)
     }
 
+    /// Connected, with no manual request in flight: free for a workload.
+    fn check_idle(&self) -> Result<(), FrontendError> {
+        if self.conn.is_none() {
+            return Err(FrontendError::NotConnected);
+        }
+        if !self.manual.is_empty() {
+            return Err(FrontendError::Invalid("manual requests in flight".into()));
+        }
+        Ok(())
+    }
+
+    /// After a last look at every ring (`RING_FINAL_CHECK_FOR_RESPONSES`),
+    /// waits for the back-end's next event until `wake` (at the latest
+    /// `deadline`): `false` when nothing is on the rings and `deadline`
+    /// has passed, else `true` (responses may be there to take).
+    fn await_event(&mut self, deadline: Instant, wake: Instant) -> Result<bool, FrontendError> {
+        let seen = *lock_sig(&self.events);
+        if self.final_check_all()? {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        wait_change(&self.events, seen, wake);
+        Ok(true)
+    }
+
     /// Waits for responses until at least `n` arrived (event-driven, with
     /// `rsp_event`); returns every response taken.
     pub fn wait_responses(&mut self, n: usize) -> Result<Vec<BlkifResponse>, FrontendError> {
@@ -944,16 +971,11 @@ impl Frontend {
             if out.len() >= n {
                 return Ok(out);
             }
-            let seen = *lock_sig(&self.events);
-            if self.final_check_all()? {
-                continue;
-            }
-            if Instant::now() >= deadline {
+            if !self.await_event(deadline, deadline)? {
                 return Err(FrontendError::Timeout {
                     what: format!("{n} responses ({} arrived)", out.len()),
                 });
             }
-            wait_change(&self.events, seen, deadline);
         }
     }
 
@@ -964,14 +986,9 @@ impl Frontend {
         let mut out = Vec::new();
         loop {
             self.reap(&mut out)?;
-            let seen = *lock_sig(&self.events);
-            if self.final_check_all()? {
-                continue;
-            }
-            if Instant::now() >= deadline {
+            if !self.await_event(deadline, deadline)? {
                 return Ok(out);
             }
-            wait_change(&self.events, seen, deadline);
         }
     }
 
