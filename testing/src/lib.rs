@@ -8,6 +8,8 @@
 //! - [`rng::XorShift`]: the deterministic generator of randomised tests.
 //! - [`alloc::Counting`]: the counting allocator of the "no allocation on
 //!   the I/O path" rule.
+//! - [`cc::check_c`]: the system C compiler, to hold declarations against
+//!   C headers.
 //! - [`fuzz`]: the bodies of the cargo-fuzz targets in `fuzz/`, which the
 //!   core's tests also run over fixed seeds.
 //!
@@ -21,6 +23,7 @@
 
 #[allow(unsafe_code)]
 pub mod alloc;
+pub mod cc;
 pub mod fuzz;
 pub mod guest;
 pub mod host;
