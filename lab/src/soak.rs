@@ -50,6 +50,7 @@ use xbb::stats::Stat;
 
 use crate::frontend::{run_workload_shadowed, Frontend, Profile, Shadow, Workload, WorkloadReport};
 use crate::gnttab::MapFault;
+use crate::store::locked;
 use crate::store::{IoFaults, StoreKind};
 use crate::world::{VbdConfig, VbdHandle, World};
 
@@ -477,7 +478,7 @@ struct Gate {
 
 impl Gate {
     fn lock(&self) -> MutexGuard<'_, GateState> {
-        self.m.lock().unwrap_or_else(|e| e.into_inner())
+        locked(&self.m)
     }
 
     /// Between two cycles: waits while a sample is taken; `false` once the

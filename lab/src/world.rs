@@ -22,6 +22,7 @@ use super::host::{Domain, SimHostConfig, SimXen};
 use super::store::{self, IoFaults, StoreKind, WriteCache};
 use super::toolstack::{self, VbdPaths, VbdSpec};
 use super::TaskEvent;
+use crate::store::locked;
 use xbb::connect::ConnectError;
 use xbb::host::{DomId, XenbusState};
 use xbb::stats::{Stat, Stats, Tunables};
@@ -174,7 +175,7 @@ impl World {
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<u64, Arc<BackendRunner>>> {
-        self.runners.lock().unwrap_or_else(|e| e.into_inner())
+        locked(&self.runners)
     }
 
     fn runner(&self, vbd: &VbdHandle) -> Option<Arc<BackendRunner>> {

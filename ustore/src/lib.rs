@@ -51,6 +51,7 @@ mod faults;
 mod file;
 mod host_store;
 mod io;
+mod lend;
 mod medium;
 mod nbd;
 #[allow(unsafe_code)]
@@ -64,6 +65,7 @@ pub use cache::{CacheStats, CachedStore, WriteCache, DEFAULT_CAPACITY};
 pub use faults::{FaultCounters, IoFaults};
 pub use host_store::{probe, HostStore, StoreHandle};
 pub use io::{submit_counted, RawIoVec, StoreIo};
+pub use lend::{locked, spawn_queue};
 pub use medium::resize_medium;
 pub use nbd::{
     is_nbd_uri, libnbd_available, NbdSpec, NbdStore, CLOSE_GRACE, OPEN_TIMEOUT, QUEUE_CAPACITY,

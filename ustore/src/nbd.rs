@@ -60,6 +60,7 @@ use std::time::{Duration, Instant};
 use xbb::host::{IoError, IoTag, MediumInfo, OpenError};
 use xbb::units::{Bytes, Sectors};
 
+use crate::locked;
 use crate::medium::{io_error, validate_io, DiscardCaps, Geometry};
 use crate::nbd_sys::{self, Arena, Command, Connection, EventFd, ExportFlags, Handle, NbdError};
 use crate::{CompletionFn, IoFaults, RawIoVec, StoreIo, UserStore};
@@ -181,7 +182,7 @@ struct Shared {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+        locked(&self.queue)
     }
 }
 
@@ -359,7 +360,7 @@ impl UserStore for NbdStore {
             }
         }
         sh.wake.wake();
-        let t = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let t = locked(&self.thread).take();
         if let Some(t) = t {
             if t.thread().id() != thread::current().id() {
                 let _ = t.join();

@@ -12,6 +12,7 @@ use std::thread::{self, JoinHandle};
 use xbb::host::{IoError, IoTag, MediumInfo, OpenError, StoreKind};
 use xbb::units::{Bytes, Sectors};
 
+use crate::locked;
 use crate::medium::Medium;
 use crate::{CompletionFn, IoFaults, StoreIo, StoreSpec, UserStore, WORKERS};
 
@@ -43,7 +44,7 @@ struct Shared {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+        locked(&self.queue)
     }
 }
 
@@ -194,7 +195,7 @@ impl UserStore for BackingStore {
             q.stop = true;
         }
         sh.work.notify_all();
-        let handles = core::mem::take(&mut *self.workers.lock().unwrap_or_else(|e| e.into_inner()));
+        let handles = core::mem::take(&mut *locked(&self.workers));
         let me = thread::current().id();
         for h in handles {
             if h.thread().id() != me {

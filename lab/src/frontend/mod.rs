@@ -37,6 +37,7 @@ use super::memory::Gfn;
 use super::world::{VbdHandle, World};
 use super::xenstore::{WatchId, Xenstored};
 use crate::evtchn::EventHub;
+use crate::store::locked;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -212,7 +213,7 @@ impl std::error::Error for FrontendError {}
 type Signal = Arc<(Mutex<u64>, Condvar)>;
 
 fn lock_sig(s: &Signal) -> MutexGuard<'_, u64> {
-    s.0.lock().unwrap_or_else(|e| e.into_inner())
+    locked(&s.0)
 }
 
 fn bump(s: &Signal) {
