@@ -18,7 +18,7 @@ use xbb_ustore::{open_nbd_store, NbdSpec, RawIoVec, StoreIo, UserStore};
 use xbb_ustore::{NBD_C_CONSTANTS as C_CONSTANTS, NBD_C_PROTOTYPES as C_PROTOTYPES};
 
 mod support;
-use support::{unavailable, Collector as Done, NbdServer};
+use support::{read, unavailable, write, Collector as Done, NbdServer};
 
 const MEDIUM: u64 = 1 << 20;
 
@@ -40,14 +40,6 @@ impl Buf {
 fn run(s: &dyn UserStore, done: &Done, tag: u32, io: StoreIo) -> Result<(), IoError> {
     s.submit(IoTag(tag), io)?;
     done.wait(IoTag(tag))
-}
-
-fn write(offset: u64, iov: Vec<RawIoVec>) -> StoreIo {
-    StoreIo::Write { offset, iov }
-}
-
-fn read(offset: u64, iov: Vec<RawIoVec>) -> StoreIo {
-    StoreIo::Read { offset, iov }
 }
 
 fn open(spec: &NbdSpec, done: &Arc<Done>) -> Result<Box<dyn UserStore>, OpenError> {
