@@ -868,52 +868,10 @@ fn inst_base() -> InstanceConfig {
 /// A random but well-formed operation sequence: mostly requests,
 /// publishes, kicks and completions, with every other operation mixed in.
 fn random_instance_script(rng: &mut XorShift) -> InstanceScript {
-    let header: [u8; 5] = std::array::from_fn(|_| rng.byte());
-    let cfg = InstanceConfig {
-        connect_at_attach: rng.below(4) != 0,
-        root_later: rng.below(8) == 0,
-        hotplug_gate: rng.below(8) == 0,
-        ..InstanceConfig {
-            x86_64: header[0] & 1 != 0,
-            read_only_medium: rng.below(8) == 0,
-            can_flush: header[0] & 2 != 0,
-            can_discard: header[0] & 4 != 0,
-            sector_4k: rng.below(6) == 0,
-            online: header[0] & 8 != 0,
-            toolstack_read_only: rng.below(8) == 0,
-            requests_per_pass: header[1] & 3,
-            max_requests: header[1] >> 2 & 3,
-            kva_pages: header[1] >> 4 & 3,
-            max_request_size: header[1] >> 6,
-            max_queues: if rng.below(2) == 0 { header[2] & 3 } else { 0 },
-            max_ring_order: header[2] >> 2 & 3,
-            max_persistent_grants: header[2] >> 4 & 3,
-            max_indirect_segments: header[2] >> 6,
-            medium: header[3],
-            no_coalesce: header[3] & 64 != 0,
-            queues: header[4] & 3,
-            order: header[4] >> 2 & 3,
-            persistent: header[4] & 16 != 0,
-            discard_disabled: rng.below(8) == 0,
-            secure_discard: header[4] & 32 != 0,
-            ..InstanceConfig::default()
-        }
-    };
+    let cfg = random_instance_config(rng);
     let mut s = InstanceScript::new(&cfg);
     // The rings the front-end lays out, to send most requests to.
     let mut rings = [1u8, 2, 4, 3][usize::from(cfg.queues & 3)];
-    let how = |rng: &mut XorShift| {
-        [
-            Completion::Ok,
-            Completion::Ok,
-            Completion::Ok,
-            Completion::Io,
-            Completion::Gone,
-            Completion::NoSpace,
-            Completion::NotSupported,
-            Completion::Busy,
-        ][rng.below(8) as usize]
-    };
     for _ in 0..rng.below(40) {
         let ring = if rng.below(8) == 0 {
             rng.below(4) as u8
@@ -922,30 +880,7 @@ fn random_instance_script(rng: &mut XorShift) -> InstanceScript {
         };
         match rng.below(24) {
             0..=5 => {
-                // Mostly reads and writes of whole pages inside the medium.
-                let op = match rng.below(8) {
-                    0..=5 => rng.below(4) as u8,
-                    _ => rng.byte(),
-                };
-                let sector = match rng.below(8) {
-                    0..=5 => rng.below(u64::from(cfg.medium % 64) + 1) as u8,
-                    6 => 128,
-                    _ => rng.byte(),
-                };
-                let r = PushReq {
-                    id: rng.below(4) as u16,
-                    op,
-                    raw_op: rng.byte(),
-                    nsegs: if rng.below(16) == 0 {
-                        rng.byte()
-                    } else {
-                        rng.below(5) as u8
-                    },
-                    sector,
-                    raw_sector: rng.next(),
-                    gref: rng.byte(),
-                    range: if rng.below(4) == 0 { rng.byte() } else { 128 },
-                };
+                let r = random_request(rng, cfg.medium);
                 s.push(ring, &r);
                 if rng.below(2) == 0 {
                     s.publish(ring).kick(ring);
@@ -958,10 +893,10 @@ fn random_instance_script(rng: &mut XorShift) -> InstanceScript {
                 s.kick(rng.byte());
             }
             10 | 11 => {
-                s.complete(rng.byte(), how(rng));
+                s.complete(rng.byte(), random_completion(rng));
             }
             12 => {
-                s.complete_all(how(rng));
+                s.complete_all(random_completion(rng));
             }
             13 => {
                 let v = [3, 4, 5, 6, 1, 2, 7, 8, 0, 9, 10, 11][rng.below(12) as usize];
@@ -976,47 +911,10 @@ fn random_instance_script(rng: &mut XorShift) -> InstanceScript {
                 }
             }
             15 => {
-                let key = [
-                    FeKey::RingRef,
-                    FeKey::RingRefN,
-                    FeKey::RingPageOrder,
-                    FeKey::NumRingPages,
-                    FeKey::EventChannel,
-                    FeKey::Protocol,
-                    FeKey::FeaturePersistent,
-                    FeKey::NumQueues,
-                    FeKey::State,
-                    FeKey::Other,
-                ][rng.below(10) as usize];
-                let value = [
-                    FeValue::RingGref,
-                    FeValue::Port,
-                    FeValue::Small,
-                    FeValue::Empty,
-                    FeValue::TooBig,
-                    FeValue::Negative,
-                    FeValue::Abi32,
-                    FeValue::Abi64,
-                    FeValue::Max32,
-                    FeValue::Raw,
-                ][rng.below(10) as usize];
-                if rng.below(4) == 0 {
-                    s.xs_remove(key, rng.below(6) as u8, rng.byte());
-                } else {
-                    s.xs_write(key, rng.below(6) as u8, rng.byte(), value, &rng.bytes(24));
-                }
+                random_fe_node(rng, &mut s);
             }
             16 => {
-                let what = [
-                    Injected::Submit,
-                    Injected::Map,
-                    Injected::RingMap,
-                    Injected::Bind,
-                    Injected::Window,
-                    Injected::XsConflict,
-                    Injected::Open,
-                    Injected::XsRead,
-                ][rng.below(8) as usize];
+                let what = random_fault(rng);
                 s.inject(what, rng.byte());
             }
             17 => {
@@ -1050,6 +948,131 @@ fn random_instance_script(rng: &mut XorShift) -> InstanceScript {
         }
     }
     s
+}
+
+/// The header of [`random_instance_script`]: any tunables and medium,
+/// mostly a front-end ready at attach.
+fn random_instance_config(rng: &mut XorShift) -> InstanceConfig {
+    let header: [u8; 5] = std::array::from_fn(|_| rng.byte());
+    InstanceConfig {
+        connect_at_attach: rng.below(4) != 0,
+        root_later: rng.below(8) == 0,
+        hotplug_gate: rng.below(8) == 0,
+        ..InstanceConfig {
+            x86_64: header[0] & 1 != 0,
+            read_only_medium: rng.below(8) == 0,
+            can_flush: header[0] & 2 != 0,
+            can_discard: header[0] & 4 != 0,
+            sector_4k: rng.below(6) == 0,
+            online: header[0] & 8 != 0,
+            toolstack_read_only: rng.below(8) == 0,
+            requests_per_pass: header[1] & 3,
+            max_requests: header[1] >> 2 & 3,
+            kva_pages: header[1] >> 4 & 3,
+            max_request_size: header[1] >> 6,
+            max_queues: if rng.below(2) == 0 { header[2] & 3 } else { 0 },
+            max_ring_order: header[2] >> 2 & 3,
+            max_persistent_grants: header[2] >> 4 & 3,
+            max_indirect_segments: header[2] >> 6,
+            medium: header[3],
+            no_coalesce: header[3] & 64 != 0,
+            queues: header[4] & 3,
+            order: header[4] >> 2 & 3,
+            persistent: header[4] & 16 != 0,
+            discard_disabled: rng.below(8) == 0,
+            secure_discard: header[4] & 32 != 0,
+            ..InstanceConfig::default()
+        }
+    }
+}
+
+/// Mostly success, else any error.
+fn random_completion(rng: &mut XorShift) -> Completion {
+    [
+        Completion::Ok,
+        Completion::Ok,
+        Completion::Ok,
+        Completion::Io,
+        Completion::Gone,
+        Completion::NoSpace,
+        Completion::NotSupported,
+        Completion::Busy,
+    ][rng.below(8) as usize]
+}
+
+/// A request of [`random_instance_script`]: mostly reads and writes of
+/// whole pages inside the medium (of header selector `medium`).
+fn random_request(rng: &mut XorShift, medium: u8) -> PushReq {
+    let op = match rng.below(8) {
+        0..=5 => rng.below(4) as u8,
+        _ => rng.byte(),
+    };
+    let sector = match rng.below(8) {
+        0..=5 => rng.below(u64::from(medium % 64) + 1) as u8,
+        6 => 128,
+        _ => rng.byte(),
+    };
+    PushReq {
+        id: rng.below(4) as u16,
+        op,
+        raw_op: rng.byte(),
+        nsegs: if rng.below(16) == 0 {
+            rng.byte()
+        } else {
+            rng.below(5) as u8
+        },
+        sector,
+        raw_sector: rng.next(),
+        gref: rng.byte(),
+        range: if rng.below(4) == 0 { rng.byte() } else { 128 },
+    }
+}
+
+/// A front-end node written or removed by [`random_instance_script`].
+fn random_fe_node(rng: &mut XorShift, s: &mut InstanceScript) {
+    let key = [
+        FeKey::RingRef,
+        FeKey::RingRefN,
+        FeKey::RingPageOrder,
+        FeKey::NumRingPages,
+        FeKey::EventChannel,
+        FeKey::Protocol,
+        FeKey::FeaturePersistent,
+        FeKey::NumQueues,
+        FeKey::State,
+        FeKey::Other,
+    ][rng.below(10) as usize];
+    let value = [
+        FeValue::RingGref,
+        FeValue::Port,
+        FeValue::Small,
+        FeValue::Empty,
+        FeValue::TooBig,
+        FeValue::Negative,
+        FeValue::Abi32,
+        FeValue::Abi64,
+        FeValue::Max32,
+        FeValue::Raw,
+    ][rng.below(10) as usize];
+    if rng.below(4) == 0 {
+        s.xs_remove(key, rng.below(6) as u8, rng.byte());
+    } else {
+        s.xs_write(key, rng.below(6) as u8, rng.byte(), value, &rng.bytes(24));
+    }
+}
+
+/// Any platform failure.
+fn random_fault(rng: &mut XorShift) -> Injected {
+    [
+        Injected::Submit,
+        Injected::Map,
+        Injected::RingMap,
+        Injected::Bind,
+        Injected::Window,
+        Injected::XsConflict,
+        Injected::Open,
+        Injected::XsRead,
+    ][rng.below(8) as usize]
 }
 
 #[test]
