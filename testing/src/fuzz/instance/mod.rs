@@ -957,15 +957,7 @@ impl Driver<'_> {
                 let (k, n) = (r.u8() % 8, r.u8());
                 inject(&mut self.host, k, n);
             }
-            Op::Resize => {
-                let sectors = u64::from(r.u8() % 65) * 8;
-                self.host.resize_medium(Sectors(sectors));
-                self.medium_sectors = sectors;
-                let before = self.inst.stats().get(Stat::Resizes);
-                self.call(|i, h| i.medium_changed(h));
-                let after = self.inst.stats().get(Stat::Resizes);
-                self.report.resizes += after.saturating_sub(before);
-            }
+            Op::Resize => self.resize(r),
             Op::Detach => self.call(|i, h| i.detach(h)),
             Op::Attach => {
                 if self.inst.is_detached() {
@@ -998,16 +990,7 @@ impl Driver<'_> {
                     f.final_check_for_responses();
                 }
             }
-            Op::PageWrite => {
-                let page = usize::from(r.u8()) % DATA_PAGES;
-                let offset = usize::from(r.u16()) % PAGE_SIZE;
-                let len = usize::from(r.u8());
-                let bytes = r.bytes(len);
-                let g = FIRST_DATA_GREF + page as GrantRef;
-                let p = self.host.page_mut(g);
-                let n = bytes.len().min(PAGE_SIZE - offset);
-                p[offset..offset + n].copy_from_slice(&bytes[..n]);
-            }
+            Op::PageWrite => self.page_write(r),
             Op::Hotplug => {
                 let v = if r.u8() % 2 == 0 {
                     keys::HOTPLUG_CONNECTED
@@ -1018,6 +1001,29 @@ impl Driver<'_> {
                 self.call(|i, h| i.frontend_changed(h));
             }
         }
+    }
+
+    /// The toolstack resizes the medium and tells the instance.
+    fn resize(&mut self, r: &mut Input<'_>) {
+        let sectors = u64::from(r.u8() % 65) * 8;
+        self.host.resize_medium(Sectors(sectors));
+        self.medium_sectors = sectors;
+        let before = self.inst.stats().get(Stat::Resizes);
+        self.call(|i, h| i.medium_changed(h));
+        let after = self.inst.stats().get(Stat::Resizes);
+        self.report.resizes += after.saturating_sub(before);
+    }
+
+    /// The guest writes bytes into one of its data pages.
+    fn page_write(&mut self, r: &mut Input<'_>) {
+        let page = usize::from(r.u8()) % DATA_PAGES;
+        let offset = usize::from(r.u16()) % PAGE_SIZE;
+        let len = usize::from(r.u8());
+        let bytes = r.bytes(len);
+        let g = FIRST_DATA_GREF + page as GrantRef;
+        let p = self.host.page_mut(g);
+        let n = bytes.len().min(PAGE_SIZE - offset);
+        p[offset..offset + n].copy_from_slice(&bytes[..n]);
     }
 
     /// Front-end Closed, detach, and check everything was given back.
