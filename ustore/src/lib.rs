@@ -51,6 +51,7 @@ mod faults;
 mod file;
 mod host_store;
 mod io;
+mod jobs;
 mod lend;
 mod medium;
 mod nbd;
