@@ -1,14 +1,15 @@
 //! The I/O a store has accepted and not yet completed: the queue its
-//! submitters fill and its serving thread(s) empty, the count of I/Os in
-//! flight that `close` waits on, and the completions reported.
+//! submitters fill and its serving thread(s) empty, the faults injected
+//! at acceptance, the count of I/Os in flight that `close` waits on, and
+//! the completions reported.
 
 use std::collections::VecDeque;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use xbb::host::{IoError, IoTag};
 
-use crate::{locked, CompletionFn, StoreIo};
+use crate::{locked, CompletionFn, IoFaults, StoreIo};
 
 /// One accepted I/O.
 pub(crate) struct Job {
@@ -35,12 +36,14 @@ pub(crate) struct Jobs {
     state: Mutex<JobState>,
     /// `drain` waits here for `in_flight` to reach zero.
     idle: Condvar,
+    faults: Option<Arc<IoFaults>>,
     done: CompletionFn,
 }
 
 impl Jobs {
-    /// No I/O yet, room for `capacity` queued; completions go to `done`.
-    pub(crate) fn new(done: CompletionFn, capacity: usize) -> Jobs {
+    /// No I/O yet, room for `capacity` queued; failures from `faults` are
+    /// injected at acceptance; completions go to `done`.
+    pub(crate) fn new(done: CompletionFn, faults: Option<Arc<IoFaults>>, capacity: usize) -> Jobs {
         Jobs {
             state: Mutex::new(JobState {
                 jobs: VecDeque::with_capacity(capacity),
@@ -49,6 +52,7 @@ impl Jobs {
                 stop: false,
             }),
             idle: Condvar::new(),
+            faults,
             done,
         }
     }
@@ -57,20 +61,24 @@ impl Jobs {
         locked(&self.state)
     }
 
-    /// Accepts `io` unless the store is closing (`Gone`), with the outcome
-    /// `judge` decides for it now (`None`: to be carried out), and counts
-    /// it in flight. The caller then wakes a serving thread.
+    /// Accepts `io` unless the store is closing (`Gone`) and counts it in
+    /// flight. Its outcome is decided now when `validate` refuses it or an
+    /// injected fault hits the medium span `validate` found; otherwise it
+    /// is to be carried out. The caller then wakes a serving thread.
     pub(crate) fn push(
         &self,
         tag: IoTag,
         io: StoreIo,
-        judge: impl FnOnce(&StoreIo) -> Option<IoError>,
+        validate: impl FnOnce(&StoreIo) -> Result<Option<(u64, u64)>, IoError>,
     ) -> Result<(), IoError> {
         let mut q = self.lock();
         if q.closing {
             return Err(IoError::Gone);
         }
-        let outcome = judge(&io);
+        let outcome = match validate(&io) {
+            Err(e) => Some(e),
+            Ok(span) => self.faults.as_ref().and_then(|f| f.check(&io, span)),
+        };
         q.jobs.push_back(Job { tag, io, outcome });
         q.in_flight += 1;
         Ok(())

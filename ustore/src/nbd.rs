@@ -157,7 +157,6 @@ struct Shared {
     max_command: u64,
     /// The export writes zeroes; `Some(keep)`: with `NO_HOLE` when `keep`.
     zeroes: Option<bool>,
-    faults: Option<Arc<IoFaults>>,
     jobs: Jobs,
     /// Wakes the I/O thread.
     wake: EventFd,
@@ -280,8 +279,7 @@ impl NbdStore {
             max_command,
             // Zeroes may become holes only where discards may.
             zeroes: (can_zero && !read_only).then_some(!discard.discard),
-            faults: spec.faults.clone(),
-            jobs: Jobs::new(done, QUEUE_CAPACITY),
+            jobs: Jobs::new(done, spec.faults.clone(), QUEUE_CAPACITY),
             wake,
         });
         let conn = Connection::new(h, SLOTS);
@@ -306,10 +304,7 @@ impl UserStore for NbdStore {
     fn submit(&self, tag: IoTag, io: StoreIo) -> Result<(), IoError> {
         let sh = &*self.shared;
         sh.jobs
-            .push(tag, io, |io| match validate_io(io, &sh.geometry, || None) {
-                Err(e) => Some(e),
-                Ok(span) => sh.faults.as_ref().and_then(|f| f.check(io, span)),
-            })?;
+            .push(tag, io, |io| validate_io(io, &sh.geometry, || None))?;
         sh.wake.wake();
         Ok(())
     }

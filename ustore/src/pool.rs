@@ -13,11 +13,10 @@ use xbb::units::{Bytes, Sectors};
 use crate::jobs::Jobs;
 use crate::locked;
 use crate::medium::Medium;
-use crate::{CompletionFn, IoFaults, StoreIo, StoreSpec, UserStore, WORKERS};
+use crate::{CompletionFn, StoreIo, StoreSpec, UserStore, WORKERS};
 
 struct Shared {
     medium: Medium,
-    faults: Option<Arc<IoFaults>>,
     jobs: Jobs,
     /// Workers wait here for jobs.
     work: Condvar,
@@ -48,8 +47,7 @@ impl BackingStore {
         let medium = Medium::open(spec)?;
         let shared = Arc::new(Shared {
             medium,
-            faults: spec.faults.clone(),
-            jobs: Jobs::new(done, 0),
+            jobs: Jobs::new(done, spec.faults.clone(), 0),
             work: Condvar::new(),
         });
         let mut workers = Vec::with_capacity(WORKERS);
@@ -129,10 +127,7 @@ impl UserStore for BackingStore {
 
     fn submit(&self, tag: IoTag, io: StoreIo) -> Result<(), IoError> {
         let sh = &*self.shared;
-        sh.jobs.push(tag, io, |io| match sh.medium.validate(io) {
-            Err(e) => Some(e),
-            Ok(span) => sh.faults.as_ref().and_then(|f| f.check(io, span)),
-        })?;
+        sh.jobs.push(tag, io, |io| sh.medium.validate(io))?;
         sh.work.notify_one();
         Ok(())
     }
