@@ -679,8 +679,13 @@ pub(super) fn expect_step(run: &mut Run<'_>, n: usize, spec: &ExpectSpec, t: usi
             }
         }
         check_sysctls(run, t, *queue, sysctl, &mut bad);
-        check_backend_nodes(run, t, backend_nodes, &mut bad);
-        check_nodes(run, t, nodes, &mut bad);
+        let be = g.fe.backend_path();
+        let be_node = |k: &str| vec![format!("{be}/{k}")];
+        let be_label = |k: &str, _: &[String]| format!("back-end node {k}");
+        check_nodes(run, backend_nodes, be_node, be_label, &mut bad);
+        let node = |k: &str| node_paths(g, g.vbd.backend_dom(), k);
+        let label = |k: &str, p: &[String]| format!("node {k} ({})", p.join(" or "));
+        check_nodes(run, nodes, node, label, &mut bad);
         if !watch.is_empty() {
             let st = run.world.xen().xenstore.watch_stats();
             for (k, e) in watch {
@@ -773,24 +778,6 @@ fn check_sysctls(
     }
 }
 
-/// The `backend_nodes` expectations of an `expect` step; mismatches go to
-/// `bad`.
-fn check_backend_nodes(
-    run: &Run<'_>,
-    t: usize,
-    backend_nodes: &BTreeMap<String, NodeExpect>,
-    bad: &mut Vec<String>,
-) {
-    let g = &run.guests[t];
-    for (k, want) in backend_nodes {
-        let path = format!("{}/{k}", g.fe.backend_path());
-        let have = run.world.xen().xenstore.read_str(&path).ok();
-        if let Some(m) = want.mismatch(have.as_deref()) {
-            bad.push(format!("back-end node {k}: {m}"));
-        }
-    }
-}
-
 /// Where a node of an `expect` step's `nodes` may be: `error` (the
 /// back-end's error node, relative to its domain's home or absolute),
 /// `backend/<key>`, `frontend/<key>`, or an absolute path.
@@ -811,20 +798,22 @@ pub(super) fn node_paths(g: &GuestRt, be_dom: DomId, key: &str) -> Vec<String> {
     }
 }
 
-/// The `nodes` expectations of an `expect` step; mismatches go to `bad`.
+/// Node expectations of an `expect` step (`backend_nodes`, `nodes`): each
+/// holds of the first present of the nodes `paths(key)` names; mismatches
+/// go to `bad`, named by `label(key, paths)`.
 fn check_nodes(
     run: &Run<'_>,
-    t: usize,
-    nodes: &BTreeMap<String, NodeExpect>,
+    expects: &BTreeMap<String, NodeExpect>,
+    paths: impl Fn(&str) -> Vec<String>,
+    label: impl Fn(&str, &[String]) -> String,
     bad: &mut Vec<String>,
 ) {
-    let g = &run.guests[t];
     let xs = &run.world.xen().xenstore;
-    for (k, want) in nodes {
-        let paths = node_paths(g, g.vbd.backend_dom(), k);
+    for (k, want) in expects {
+        let paths = paths(k);
         let have = paths.iter().find_map(|p| xs.read_str(p).ok());
         if let Some(m) = want.mismatch(have.as_deref()) {
-            bad.push(format!("node {k} ({}): {m}", paths.join(" or ")));
+            bad.push(format!("{}: {m}", label(k, &paths)));
         }
     }
 }
