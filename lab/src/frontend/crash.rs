@@ -922,6 +922,14 @@ fn read_back(
 mod tests {
     use super::*;
 
+    /// A write of `n` sectors at `sector` on queue `q`, answered okay:
+    /// its entry and generation.
+    fn answered_write(j: &mut Journal, q: usize, sector: u64, n: u64) -> (usize, u64) {
+        let (e, g) = j.write(q, sector, n, false);
+        j.answered(e, true);
+        (e, g)
+    }
+
     fn gen_of(j: &Journal, e: usize) -> u64 {
         j.entries[e].gen
     }
@@ -958,11 +966,9 @@ mod tests {
     #[test]
     fn flushed_writes_must_survive_and_unflushed_ones_may_go() {
         let mut j = Journal::new(R);
-        let (a, _) = j.write(0, 0, 4, false);
-        j.answered(a, true);
+        let (a, _) = answered_write(&mut j, 0, 0, 4);
         let f = j.flush(0);
-        let (b, _) = j.write(0, 8, 4, false);
-        j.answered(b, true);
+        let (b, _) = answered_write(&mut j, 0, 8, 4);
         j.answered(f, true);
         // a durable, b not: b may be lost, torn or kept.
         let mut m = medium(&[]);
@@ -991,8 +997,7 @@ mod tests {
     #[test]
     fn a_later_write_may_hide_a_durable_one_an_earlier_may_not() {
         let mut j = Journal::new(R);
-        let (a, ga) = j.write(0, 0, 1, false);
-        j.answered(a, true);
+        let (_, ga) = answered_write(&mut j, 0, 0, 1);
         let f = j.flush(0);
         j.answered(f, true);
         let (b, gb) = j.write(0, 0, 1, false);
@@ -1011,8 +1016,7 @@ mod tests {
     #[test]
     fn without_flushes_nothing_is_promised_but_nothing_invented() {
         let mut j = Journal::with_base(R, medium(&[(3, Found::Gen(5))]));
-        let (a, ga) = j.write(0, 2, 2, false);
-        j.answered(a, true);
+        let (_, ga) = answered_write(&mut j, 0, 2, 2);
         // The old content or the write, sector by sector.
         assert_eq!(j.check(&medium(&[(3, Found::Gen(5))])).violations, 0);
         assert_eq!(
@@ -1050,8 +1054,7 @@ mod tests {
     #[test]
     fn barrier_order_an_unanswered_barrier_with_a_later_write_visible() {
         let mut j = Journal::new(R);
-        let (a, ga) = j.write(0, 0, 2, false);
-        j.answered(a, true);
+        let (_, ga) = answered_write(&mut j, 0, 0, 2);
         let (b, gb) = j.write(0, 4, 2, true);
         let (c, gc) = j.write(0, 8, 2, false);
         let _ = (b, c);
@@ -1068,8 +1071,7 @@ mod tests {
         assert_eq!(j.check(&m).violations, 0);
         // Another ring's write is not ordered by it.
         let mut j = Journal::new(R);
-        let (a, _) = j.write(0, 0, 2, false);
-        j.answered(a, true);
+        answered_write(&mut j, 0, 0, 2);
         j.write(0, 4, 2, true);
         let (_, gd) = j.write(1, 8, 2, false);
         let mut m = medium(&[]);
@@ -1080,8 +1082,7 @@ mod tests {
     #[test]
     fn the_next_round_starts_from_what_was_read() {
         let mut j = Journal::new(R);
-        let (a, ga) = j.write(0, 0, 1, false);
-        j.answered(a, true);
+        let (_, ga) = answered_write(&mut j, 0, 0, 1);
         let m = medium(&[(0, Found::Gen(ga))]);
         assert_eq!(j.check(&m).violations, 0);
         j.next_round(m.clone());
