@@ -48,7 +48,7 @@ use super::evtchn::EventHub;
 use super::ffi::{PageState, Reservation};
 use super::gnttab::GrantTable;
 use super::memory::GuestMemory;
-use super::store::{self, locked, HostStore, IoFaults, RawIoVec, StoreHandle, WriteCache};
+use super::store::{self, locked, HostStore, RawIoVec, StoreHandle, StoreOptions};
 use super::toolstack;
 use super::xenstore::Xenstored;
 use super::TaskEvent;
@@ -180,18 +180,13 @@ impl SimXen {
 }
 
 /// Configuration of one [`SimHost`].
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct SimHostConfig {
     /// The domain the back-end runs in.
     pub backend_dom: DomId,
-    /// The logical sector size the store emulates (512; 4096 for a 4K-sector
-    /// medium).
-    pub store_sector_size: u32,
-    /// Store fault injection shared with the scenario.
-    pub store_faults: Option<Arc<IoFaults>>,
-    /// A volatile write cache in front of the store, shared with the
-    /// scenario (which cuts its power).
-    pub store_cache: Option<Arc<WriteCache>>,
+    /// What the store emulates (its sector size) and suffers (faults, a
+    /// write cache the scenario cuts the power of).
+    pub store: StoreOptions,
     /// The vbd's image stands for a disk device node: the lab has no block
     /// devices, so a raw-device store is a regular file the toolstack made
     /// as one, served the way a device is (`O_DIRECT`, aligned buffers).
@@ -199,19 +194,6 @@ pub struct SimHostConfig {
     /// Serve every queue inline, from the instance's task thread (lend
     /// none), instead of a thread per queue.
     pub inline: bool,
-}
-
-impl Default for SimHostConfig {
-    fn default() -> Self {
-        SimHostConfig {
-            backend_dom: 0,
-            store_sector_size: 512,
-            store_faults: None,
-            store_cache: None,
-            image_is_disk: false,
-            inline: false,
-        }
-    }
 }
 
 /// Counters and state of one [`SimHost`], for tests and `xbb-lab`.
@@ -582,8 +564,7 @@ impl SimHost {
         let counters = Arc::new(Counters::default());
         SimHost {
             xen: xen.clone(),
-            store: HostStore::new(cfg.store_sector_size, cfg.store_faults.clone())
-                .with_cache(cfg.store_cache.clone()),
+            store: HostStore::new(cfg.store.clone()),
             side: SimQueueHost {
                 xen: xen.clone(),
                 backend_dom: cfg.backend_dom,

@@ -51,7 +51,7 @@ use xbb::stats::Stat;
 use crate::frontend::{run_workload_shadowed, Frontend, Profile, Shadow, Workload, WorkloadReport};
 use crate::gnttab::MapFault;
 use crate::store::locked;
-use crate::store::{IoFaults, StoreKind};
+use crate::store::{IoFaults, StoreKind, StoreOptions};
 use crate::world::{VbdConfig, VbdHandle, World};
 
 /// Guests a soak runs at least.
@@ -638,8 +638,11 @@ impl<'w> Guest<'w> {
             } else {
                 StoreKind::File
             },
-            sector_size: if profile.sector_aware { 4096 } else { 512 },
-            faults: Some(Arc::clone(&faults)),
+            store: StoreOptions {
+                sector_size: if profile.sector_aware { 4096 } else { 512 },
+                faults: Some(Arc::clone(&faults)),
+                cache: None,
+            },
             ..VbdConfig::file(dom, &image)
         };
         let vbd = world
@@ -659,7 +662,7 @@ impl<'w> Guest<'w> {
                 } else {
                     "file"
                 },
-                sector_size: cfg.sector_size,
+                sector_size: cfg.store.sector_size,
                 ..GuestTotals::default()
             },
             cfg,

@@ -48,7 +48,7 @@ use xbb::host::{
 use xbb::queue::{Outcome, Queue};
 use xbb::shmem::SharedMem;
 use xbb::stats::Tunable;
-use xbb_ustore::{locked, spawn_queue, HostStore, StoreHandle};
+use xbb_ustore::{locked, spawn_queue, HostStore, StoreHandle, StoreOptions};
 
 impl Range for Mapping {
     fn addr(&self) -> usize {
@@ -218,7 +218,10 @@ impl XenHost {
             boxes: Arc::new(boxes),
             reports: mpsc::channel(),
             window_pages: 0,
-            store: HostStore::new(sector_size, None),
+            store: HostStore::new(StoreOptions {
+                sector_size,
+                ..StoreOptions::default()
+            }),
             wake,
             epoch: Instant::now(),
             counters: Arc::new(Counters::default()),

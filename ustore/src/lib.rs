@@ -135,6 +135,33 @@ pub struct StoreSpec {
     pub cache: Option<Arc<WriteCache>>,
 }
 
+/// What a platform's stores emulate and suffer beyond their medium: the
+/// same for every store of one `vbd` ([`HostStore`] opens them so).
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// The logical sector size to emulate: a power of two from 512 to
+    /// 65536 (512 unless a test asks for more). A block device whose own
+    /// logical sector size is larger imposes its own.
+    pub sector_size: u32,
+    /// Fault injection shared with the scenario, if any.
+    pub faults: Option<Arc<IoFaults>>,
+    /// A volatile write cache in front of a local medium, shared with
+    /// whoever cuts its power; none: every completed write is as durable
+    /// as the file system makes it.
+    pub cache: Option<Arc<WriteCache>>,
+}
+
+impl Default for StoreOptions {
+    /// 512-byte sectors, no faults, no write cache.
+    fn default() -> Self {
+        StoreOptions {
+            sector_size: 512,
+            faults: None,
+            cache: None,
+        }
+    }
+}
+
 /// Opens the store `spec` describes; completions go to `done`.
 pub fn open_store(spec: &StoreSpec, done: CompletionFn) -> Result<Box<dyn UserStore>, OpenError> {
     Ok(match &spec.cache {

@@ -396,9 +396,11 @@ pub(super) fn setup_guest(
             ModeSpec::ReadOnly => "r",
         }),
         online: spec.online,
-        sector_size: spec.sector_size,
-        faults: Some(Arc::clone(&faults)),
-        cache,
+        store: StoreOptions {
+            sector_size: spec.sector_size,
+            faults: Some(Arc::clone(&faults)),
+            cache,
+        },
         tunables,
         ..VbdConfig::file(dom, &image)
     };
