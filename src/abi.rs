@@ -89,6 +89,9 @@ pub const MAX_RING_PAGE_ORDER: u32 = 5;
 pub const MAX_RING_PAGES: u32 = 1 << MAX_RING_PAGE_ORDER;
 /// The largest request or response slot of any ABI, for stack buffers.
 pub const MAX_SLOT_SIZE: usize = 112;
+/// The largest response of any ABI (`struct blkif_response`), for the
+/// stack buffer a response is encoded in.
+pub const MAX_RSP_SIZE: usize = 16;
 /// `sizeof(struct blkif_request_segment)`; an indirect page holds
 /// `4096 / SEGMENT_SIZE` segments.
 pub const SEGMENT_SIZE: usize = 8;
@@ -374,6 +377,7 @@ const _: () = {
     assert!(size_of::<X86_64IndirectRequest>() <= LAYOUT_64.req_size);
     assert!(LAYOUT_32.rsp_size <= LAYOUT_32.req_size);
     assert!(LAYOUT_64.rsp_size <= LAYOUT_64.req_size);
+    assert!(LAYOUT_32.rsp_size <= MAX_RSP_SIZE && LAYOUT_64.rsp_size <= MAX_RSP_SIZE);
 };
 
 /// A private, fixed-size copy of one slot; all reads are little-endian and
@@ -414,9 +418,14 @@ impl Slot {
     }
 
     fn put(&mut self, off: usize, v: &[u8]) {
-        if let Some(dst) = self.0.get_mut(off..off.saturating_add(v.len())) {
-            dst.copy_from_slice(v);
-        }
+        put(&mut self.0, off, v);
+    }
+}
+
+/// Writes `v` at `off` of `buf`; nothing when it does not fit.
+fn put(buf: &mut [u8], off: usize, v: &[u8]) {
+    if let Some(dst) = buf.get_mut(off..off.saturating_add(v.len())) {
+        dst.copy_from_slice(v);
     }
 }
 
@@ -771,11 +780,11 @@ impl Abi {
     /// zero, so no stale data reaches the guest.
     pub fn encode_response(self, rsp: &BlkifResponse, slot: &mut [u8]) {
         let l = self.layout();
-        let mut s = Slot([0; MAX_SLOT_SIZE]);
-        s.put(l.r_id, &rsp.id.to_le_bytes());
-        s.put(l.r_operation, &[rsp.operation]);
-        s.put(l.r_status, &rsp.status.to_le_bytes());
-        copy_out(&s.0, slot, l.rsp_size);
+        let mut s = [0u8; MAX_RSP_SIZE];
+        put(&mut s, l.r_id, &rsp.id.to_le_bytes());
+        put(&mut s, l.r_operation, &[rsp.operation]);
+        put(&mut s, l.r_status, &rsp.status.to_le_bytes());
+        copy_out(&s, slot, l.rsp_size);
     }
 
     /// Decodes a response slot (front-end side). Total: missing bytes read

@@ -847,8 +847,19 @@ impl Queue {
     fn try_start<H: QueueHost + ?Sized>(&mut self, host: &mut H, l: u16) -> bool {
         let list = *self.lists.list(l);
         if list.pages > 0 {
-            let chain = self.lists.chain(l).map(|(_, r)| r);
-            let transient = self.grants.transient_pages(chain.clone());
+            // Without persistent grants every page is transient; with them,
+            // only the segments the cache could not take.
+            let transient = if self.grants.persistent() {
+                let chain = self.lists.chain(l).map(|(_, r)| r);
+                self.grants.transient_pages(chain)
+            } else {
+                list.pages
+            };
+            debug_assert_eq!(
+                transient,
+                self.grants
+                    .transient_pages(self.lists.chain(l).map(|(_, r)| r))
+            );
             let first = if transient > 0 {
                 let Some(first) = self.kva.alloc(transient) else {
                     return false;

@@ -144,6 +144,24 @@ fn regression_a_front_end_that_overran_its_ring_was_answered() {
     assert!(r.ios > 0 && r.okay + r.error > 0, "{r:?}");
 }
 
+/// Found by the instance fuzz target (33 minutes into an hour at
+/// fa8e1df): a front-end laid out a 4-page ring for the x86_32 ABI, then
+/// removed its `protocol` node; the back-end connected with the native
+/// ABI, served one request (read with the x86_64 layout: its id from bytes
+/// 8..16) and disconnected, all within one call. The body marked the ring
+/// lossy and checked the response's id against the ids it had written in
+/// the x86_32 layout. The back-end was right; the body now checks a
+/// connection it did not see only where the ring's ABI is the one the
+/// `protocol` node gives (otherwise the ring is blind).
+#[test]
+fn regression_a_connection_unseen_by_the_body_used_another_abi() {
+    let data = include_bytes!("fuzz-regressions/instance-unseen-connection-abi");
+    save("instance", "regression-unseen-connection-abi", data);
+    let r = fuzz_instance(data);
+    // The one response was taken (the connection itself went unseen).
+    assert!(r.error > 0, "{r:?}");
+}
+
 #[test]
 fn seed_read_write_round_trip() {
     for cfg in geometries() {

@@ -17,8 +17,8 @@ use xbb_lab::soak::{self, SoakOptions, SoakReport};
 const USAGE: &str = "\
 usage: xbb-lab [--json] [--quiet] [--dir DIR]
        xbb-lab scenario FILE... [--json] [--quiet] [--dir DIR]
-       xbb-lab bench [--ops N | --seconds S] [--case NAME]... [--json] [--quiet] [--dir DIR]
-                     [--svg FILE]
+       xbb-lab bench [--ops N | --seconds S] [--reps N] [--case NAME]... [--json] [--quiet]
+                     [--dir DIR] [--svg FILE]
        xbb-lab soak [--minutes N | --seconds S] [--guests N] [--seed N] [--json] [--quiet] [--dir DIR]
        xbb-lab chart --tsv FILE --svg FILE [--title TEXT]
        xbb-lab default-scenario
@@ -39,6 +39,7 @@ const COMMANDS: [(&str, &[&str]); 7] = [
             "--dir",
             "--ops",
             "--seconds",
+            "--reps",
             "--case",
             "--svg",
         ],
@@ -145,6 +146,7 @@ struct Args {
     quiet: bool,
     dir: Option<PathBuf>,
     ops: Option<u64>,
+    reps: Option<usize>,
     seconds: Option<f64>,
     svg: Option<PathBuf>,
     tsv: Option<PathBuf>,
@@ -173,6 +175,16 @@ fn parse_args() -> Result<Args, String> {
             "--ops" => {
                 let v = value("--ops")?;
                 a.ops = Some(v.parse().map_err(|_| format!("--ops: not a number: {v}"))?);
+            }
+            "--reps" => {
+                let v = value("--reps")?;
+                let n: usize = v
+                    .parse()
+                    .map_err(|_| format!("--reps: not a number: {v}"))?;
+                if !(1..=100).contains(&n) {
+                    return Err(format!("--reps: out of range (1 to 100): {v}"));
+                }
+                a.reps = Some(n);
             }
             "--minutes" => {
                 let v = value("--minutes")?;
@@ -422,6 +434,7 @@ fn run_bench(args: &Args) -> ExitCode {
         dir: args.dir.clone(),
         progress: !args.quiet,
         cases: args.cases.clone(),
+        reps: args.reps,
     };
     let made = bench::run(&opts).and_then(|r| {
         if let Some(path) = &args.svg {

@@ -19,7 +19,8 @@
 //! - The medium is a `Vec<u8>`. `store_submit` only queues; the test
 //!   performs queued I/O with [`FakeHost::complete_next`],
 //!   [`FakeHost::complete_at`] or [`FakeHost::complete_all`], which call
-//!   `Instance::complete`.
+//!   `Instance::complete`, or takes it with [`FakeHost::take_done`] and
+//!   calls `Instance::complete` itself.
 //!
 //! Every call is checked against the contract of [`xbb::host`]: a window
 //! reserved twice, a page mapped twice, I/O over an unmapped or read-only
@@ -32,6 +33,14 @@
 //! iovec buffers are sized when it is built and the window table at
 //! reserve time, and its logs grow under [`Quiet`], so that a counting
 //! allocator sees only the core.
+//!
+//! With [`FakeConfig::null`] the same host is a null platform, for
+//! measuring the core's own cost (`testing/benches/core_cost.rs`): its
+//! request path does as little as a platform can. Every grant mapping
+//! succeeds at once with nothing recorded, unmapping does nothing,
+//! `store_submit` only queues the tag, a completion touches no data, and
+//! nothing on that path is checked or logged. The control part
+//! (XenStore, rings, channels, the window) is the same as ever.
 
 use std::collections::VecDeque;
 
@@ -87,6 +96,9 @@ pub struct FakeConfig {
     pub max_iov: usize,
     /// The largest window the instance may reserve.
     pub max_window_pages: usize,
+    /// A null platform on the request path (see the module's doc): no
+    /// contract checks there, no grant bookkeeping, no data moved.
+    pub null: bool,
 }
 
 impl Default for FakeConfig {
@@ -106,6 +118,7 @@ impl Default for FakeConfig {
             max_in_flight: 1024,
             max_iov: 256,
             max_window_pages: 1 << 14,
+            null: false,
         }
     }
 }
@@ -696,9 +709,30 @@ impl FakeHost {
         idx: usize,
         result: Result<(), IoError>,
     ) -> bool {
-        let Some(i) = self.queue.remove(idx) else {
+        let Some((tag, result)) = self.finish_at(idx, result) else {
             return false;
         };
+        inst.complete(self, tag, result);
+        true
+    }
+
+    /// Takes the oldest queued I/O off the queue, performed (not with
+    /// [`FakeConfig::null`]) and done, for the caller to hand to the
+    /// instance itself (`Instance::complete`), as a platform draining its
+    /// completion queue does: its tag and result. `None` when none.
+    pub fn take_done(&mut self) -> Option<(IoTag, Result<(), IoError>)> {
+        self.finish_at(0, Ok(()))
+    }
+
+    /// Ends queued I/O number `idx` with `result`, performing it first
+    /// when that is `Ok` (unless the medium shrank past it meanwhile, or
+    /// the platform is null).
+    fn finish_at(
+        &mut self,
+        idx: usize,
+        result: Result<(), IoError>,
+    ) -> Option<(IoTag, Result<(), IoError>)> {
+        let i = self.queue.remove(idx)?;
         let IoSlot {
             tag, offset, len, ..
         } = self.slots[i];
@@ -709,13 +743,12 @@ impl FakeHost {
             Ok(()) if !inside => Err(IoError::Io),
             r => r,
         };
-        if result.is_ok() {
+        if result.is_ok() && !self.cfg.null {
             self.perform(i);
         }
         self.free_slots.push(i);
         self.completed += 1;
-        inst.complete(self, tag, result);
-        true
+        Some((tag, result))
     }
 
     /// Performs the oldest queued I/O and completes it (or completes it
@@ -859,8 +892,18 @@ impl XenStore for FakeHost {
     }
 }
 
+// Never inlined into the core's queue code that calls them: a profile of
+// the core (testing/benches/core_cost.rs) tells the core's instructions
+// from the platform's by function, as on a real platform, whose calls
+// cross into the kernel or another crate.
 impl QueueHost for FakeHost {
+    #[inline(never)]
     fn map_batch(&mut self, dom: DomId, ops: &[GrantMapOp], results: &mut [MapResult]) {
+        if self.cfg.null {
+            // Every page is mapped already.
+            results.fill(Ok(GrantHandle(0)));
+            return;
+        }
         self.expect(dom == FE_DOM, || format!("map_batch for domain {dom}"));
         self.expect(ops.len() == results.len(), || {
             "map_batch: ops and results differ in length".into()
@@ -900,7 +943,11 @@ impl QueueHost for FakeHost {
         }
     }
 
+    #[inline(never)]
     fn unmap_batch(&mut self, ops: &[GrantUnmapOp]) {
+        if self.cfg.null {
+            return;
+        }
         for op in ops {
             let page = op.window_page.0 as usize;
             match self.window.get(page).copied().flatten() {
@@ -917,6 +964,7 @@ impl QueueHost for FakeHost {
         }
     }
 
+    #[inline(never)]
     fn copy_in(&mut self, from: Granted<'_>, out: &mut [u8]) -> Result<(), GrantError> {
         let Granted { dom, grefs } = from;
         self.expect(dom == FE_DOM, || format!("copy_in from domain {dom}"));
@@ -936,7 +984,12 @@ impl QueueHost for FakeHost {
         Ok(())
     }
 
+    #[inline(never)]
     fn evtchn_notify(&mut self, queue: QueueId) {
+        if self.cfg.null {
+            self.notifications += 1;
+            return;
+        }
         let bound = self.evtchn_bound(queue);
         self.expect(bound, || {
             format!("notify on queue {queue}'s unbound channel")
@@ -944,22 +997,37 @@ impl QueueHost for FakeHost {
         self.notifications += 1;
     }
 
+    #[inline(never)]
     fn evtchn_eoi(&mut self, _queue: QueueId, delay_ms: u32) {
         self.eois += 1;
         self.last_eoi_delay = delay_ms;
         self.max_eoi_delay = self.max_eoi_delay.max(delay_ms);
     }
 
+    #[inline(never)]
     fn now_ms(&self) -> u64 {
         self.now_ms
     }
 
+    #[inline(never)]
     fn schedule_run(&mut self, queue: QueueId) {
         self.schedule_runs += 1;
         self.scheduled_queues |= 1 << queue.min(63);
     }
 
+    #[inline(never)]
     fn store_submit(&mut self, tag: IoTag, op: IoOp<'_>) -> Result<(), IoError> {
+        if self.cfg.null {
+            // Queued, to complete without touching a byte.
+            let Some(i) = self.free_slots.pop() else {
+                return Err(IoError::Busy);
+            };
+            let s = &mut self.slots[i];
+            (s.tag, s.offset, s.len) = (tag, 0, 0);
+            self.queue.push_back(i);
+            self.submitted += 1;
+            return Ok(());
+        }
         self.expect(self.store_open, || "I/O on a closed store".into());
         let reused = self.queue.iter().any(|&i| self.slots[i].tag == tag);
         self.expect(!reused, || format!("tag {tag:?} reused while in flight"));

@@ -18,6 +18,12 @@
 #   XENLAB_MIRROR        Debian mirror for debootstrap
 #   XENLAB_EXTRA_DIR     more scenarios (*.sh defining s7, s8, ...), copied into dom0
 #   XENLAB_CPU           QEMU CPU model (default max,-xsave; see README.md)
+#   XENLAB_QEMU          which QEMU emulates the host: 7.2 (default: Debian
+#                        bookworm's qemu-system-x86, installed and used as
+#                        before) or backports (bookworm-backports' 10.x,
+#                        unpacked beside it into XENLAB_DIR/qemu-backports
+#                        and run from there; the installed packages are not
+#                        touched, so the next default run uses 7.2 again)
 #   XENLAB_XEN_ARGS      more arguments for Xen's command line
 #   XENLAB_STRESS_SECS   length of scenario 9 (default 240)
 #   XENLAB_NICE          nice value of QEMU (default -10: before builds)
@@ -43,7 +49,7 @@ while [ $# -gt 0 ]; do
 	--scenarios=*) SCENARIOS=${1#*=} ;;
 	--full) FULL=1 SCENARIOS="1,2,3,4,5,6" ;;
 	--timeout) TIMEOUT=$2; shift ;;
-	-h | --help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	-h | --help) sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 	*) echo "xenlab: unknown argument $1" >&2; exit 2 ;;
 	esac
 	shift
@@ -66,6 +72,13 @@ fi
 # in the guests die at random (README.md, "The emulated CPU"); without
 # XSAVE, Xen and every kernel keep vector state with FXSAVE.
 CPU=${XENLAB_CPU:-max,-xsave}
+# The emulator: Debian's 7.2, or bookworm-backports' 10.x for an A/B of the
+# emulated SVM (README.md, "Another QEMU").
+QEMU_KIND=${XENLAB_QEMU:-7.2}
+case "$QEMU_KIND" in
+7.2 | backports) ;;
+*) echo "xenlab: XENLAB_QEMU must be 7.2 or backports, not '$QEMU_KIND'" >&2; exit 2 ;;
+esac
 
 T0=$(date +%s)
 TLAST=$T0
@@ -107,6 +120,73 @@ if [ -n "$missing" ]; then
 		{ tail -n 20 "$DIR/apt.log"; die "apt-get install failed (log: $DIR/apt.log)"; }
 fi
 XEN_GZ=$(ls /boot/xen-4.17-amd64.gz 2> /dev/null) || die "no /boot/xen-4.17-amd64.gz"
+
+# ------------------------------------------------------------------- QEMU
+# XENLAB_QEMU=backports: bookworm-backports' qemu-system-x86 runs beside
+# Debian's 7.2 instead of replacing it (a system-wide switch would change
+# the emulator under any other run on this machine, and apt would have to
+# switch back for the next default run). apt works on a private sources
+# list, package lists and cache in $QPREFIX/apt, so the machine's apt state
+# is not touched either; the packages are unpacked with dpkg -x and run
+# through a wrapper that points QEMU at its own modules and firmware
+# (backports' SeaBIOS; the 7.2 install's firmware stays the fallback).
+QEMU_BIN=qemu-system-x86_64
+if [ "$QEMU_KIND" = backports ]; then
+	step "QEMU from bookworm-backports"
+	QPREFIX=$DIR/qemu-backports
+	# 10.x wants a newer SeaBIOS (>> 1.16.3) than bookworm's 1.16.2.
+	QPKGS="qemu-system-x86 qemu-system-common qemu-system-data seabios"
+	if [ ! -f "$QPREFIX/.done" ]; then
+		rm -rf "$QPREFIX"
+		mkdir -p "$QPREFIX/apt/lists/partial" "$QPREFIX/apt/cache/archives/partial" \
+			"$QPREFIX/apt/sources.d" "$QPREFIX/debs" "$QPREFIX/root"
+		: > "$QPREFIX/apt/status"
+		echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $MIRROR bookworm-backports main" \
+			> "$QPREFIX/apt/sources.list"
+		qapt() {
+			apt-get -q -o Dir::Etc::SourceList="$QPREFIX/apt/sources.list" \
+				-o Dir::Etc::SourceParts="$QPREFIX/apt/sources.d" \
+				-o Dir::State::Lists="$QPREFIX/apt/lists" \
+				-o Dir::State::status="$QPREFIX/apt/status" \
+				-o Dir::Cache="$QPREFIX/apt/cache" \
+				-o APT::Sandbox::User=root "$@"
+		}
+		{ qapt update && (cd "$QPREFIX/debs" && qapt download -t bookworm-backports $QPKGS); } \
+			> "$DIR/qemu-backports.log" 2>&1 ||
+			{ tail -n 20 "$DIR/qemu-backports.log"; die "could not download $QPKGS from bookworm-backports (log: $DIR/qemu-backports.log)"; }
+		for d in "$QPREFIX"/debs/*.deb; do
+			dpkg -x "$d" "$QPREFIX/root" || die "dpkg -x $d failed"
+		done
+		[ -x "$QPREFIX/root/usr/bin/qemu-system-x86_64" ] || die "no qemu-system-x86_64 in $QPREFIX/debs"
+		# The host's libraries must do (backports builds against bookworm).
+		nf=$(ldd "$QPREFIX/root/usr/bin/qemu-system-x86_64" | awk '/not found/ { print $1 }' | tr '\n' ' ')
+		[ -z "$nf" ] || die "the backports QEMU needs libraries this host lacks: $nf(apt-get install the packages that ship them)"
+		mkdir -p "$QPREFIX/bin"
+		cat > "$QPREFIX/bin/qemu-system-x86_64" <<-EOF
+			#!/bin/sh
+			# bookworm-backports' QEMU, unpacked by tests/xenlab/run.sh (XENLAB_QEMU=backports)
+			QEMU_MODULE_DIR='$QPREFIX/root/usr/lib/x86_64-linux-gnu/qemu'
+			export QEMU_MODULE_DIR
+			exec '$QPREFIX/root/usr/bin/qemu-system-x86_64' -L '$QPREFIX/root/usr/share/qemu' -L '$QPREFIX/root/usr/share/seabios' -L /usr/share/qemu "\$@"
+		EOF
+		chmod +x "$QPREFIX/bin/qemu-system-x86_64"
+		(cd "$QPREFIX/debs" && ls *.deb) > "$QPREFIX/.done"
+		rm -rf "$QPREFIX/debs" "$QPREFIX/apt/cache"
+	fi
+	QEMU_BIN=$QPREFIX/bin/qemu-system-x86_64
+else
+	# The default: the installed package, which should be bookworm's 7.2.
+	qv=$(dpkg-query -W -f='${Version}' qemu-system-x86 2> /dev/null)
+	case "$qv" in
+	*:7.2* | 7.2*) ;;
+	*) echo "xenlab: WARNING: the installed qemu-system-x86 is '$qv', not bookworm's 7.2;" \
+		"reinstall it with: apt-get install --allow-downgrades qemu-system-x86/bookworm" \
+		"qemu-system-common/bookworm qemu-system-data/bookworm (and qemu-utils/bookworm)" ;;
+	esac
+fi
+QEMU_VERSION=$("$QEMU_BIN" --version 2> /dev/null | head -n 1)
+[ -n "$QEMU_VERSION" ] || die "$QEMU_BIN --version failed"
+echo "xenlab: QEMU ($QEMU_KIND): $QEMU_BIN: $QEMU_VERSION"
 
 # ------------------------------------------------------------------ kernel
 step "kernel"
@@ -317,7 +397,7 @@ rm -f "$SERIAL"
 # triple fault: see "The emulated CPU" in README.md.
 XEN_ARGS="console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M dom0_max_vcpus=2 smap=0 smep=0 spec-ctrl=eager-fpu loglvl=all guest_loglvl=warning ${XENLAB_XEN_ARGS:-}"
 DOM0_ARGS="console=hvc0 earlyprintk=xen loglevel=4"
-echo "xenlab: serial log: $SERIAL; CPU $CPU; Xen: $XEN_ARGS"
+echo "xenlab: serial log: $SERIAL; QEMU $QEMU_KIND ($QEMU_VERSION); CPU $CPU; Xen: $XEN_ARGS"
 # The emulated host runs before anything else of this machine (builds,
 # editors): starved of the CPUs its guests time out (xl create beyond
 # 120 s at a load average of 11). A no-op where nothing else runs (CI).
@@ -329,7 +409,12 @@ if [ "$(cat /proc/sys/kernel/sched_autogroup_enabled 2> /dev/null)" = 1 ]; then
 	echo "${XENLAB_NICE:--10}" > /proc/self/autogroup 2> /dev/null ||
 		echo "xenlab: could not set this session's scheduling group to nice ${XENLAB_NICE:--10}"
 fi
-nice -n "${XENLAB_NICE:--10}" timeout -k 15 "$TIMEOUT" qemu-system-x86_64 \
+# What else this machine ran meanwhile: the load average every 15 s, so a
+# timeout of libxl's (40 s for a hotplug script) in a run beside builds or
+# another benchmark shows its cause in the results (host-load.txt).
+(while :; do echo "$(date +%s) $(cut -d' ' -f1-4 /proc/loadavg)"; sleep 15; done > "$DIR/host-load.txt") &
+LOADPID=$!
+nice -n "${XENLAB_NICE:--10}" timeout -k 15 "$TIMEOUT" "$QEMU_BIN" \
 	-accel tcg,thread=multi -cpu "$CPU" -m 2048 -smp 2 \
 	-nographic -no-reboot -nic none -monitor none \
 	-serial "file:$SERIAL" \
@@ -338,6 +423,8 @@ nice -n "${XENLAB_NICE:--10}" timeout -k 15 "$TIMEOUT" qemu-system-x86_64 \
 	-drive "file=$DIR/dom0.img,format=raw,if=virtio,cache=unsafe" \
 	< /dev/null > "$DIR/qemu.log" 2>&1
 QRC=$?
+kill "$LOADPID" 2> /dev/null
+wait "$LOADPID" 2> /dev/null
 flock -u 9
 [ $QRC = 124 ] && echo "xenlab: QEMU TIMED OUT after $TIMEOUT s"
 
@@ -355,6 +442,8 @@ else
 fi
 rm -rf "$DIR/rdump"
 cp -f "$SERIAL" "$OUT/serial.log" 2> /dev/null
+cp -f "$DIR/host-load.txt" "$OUT/" 2> /dev/null
+echo "XENLAB_QEMU=$QEMU_KIND $QEMU_BIN $QEMU_VERSION" > "$OUT/qemu-version.txt"
 step ""
 tr -d '\r' < "$SERIAL" > "$DIR/serial.txt" 2> /dev/null
 RES=$DIR/serial.txt
@@ -362,7 +451,7 @@ RES=$DIR/serial.txt
 grep -o 'XENLAB scenario [0-9]* took [0-9]* s' "$RES" | sed 's/^XENLAB //' | while read -r l; do TIMES+=("$l"); echo "$l"; done > "$DIR/times.txt"
 
 echo
-echo "==================== xenlab summary ($([ -n "$STANDIN" ] && echo "STAND-IN $STANDIN" || echo xbb-serve), CPU $CPU) ===================="
+echo "==================== xenlab summary ($([ -n "$STANDIN" ] && echo "STAND-IN $STANDIN" || echo xbb-serve), QEMU $QEMU_KIND, CPU $CPU) ===================="
 grep -o 'XENLAB-RESULT.*' "$RES" | sed 's/^XENLAB-RESULT //' | tee "$OUT/summary.txt"
 # Backtraces of the core dumps dom0 could not write itself (its scenario
 # script may be what crashed), with the host's gdb over dom0's root.
@@ -389,6 +478,12 @@ else
 		grep -E '^(#[0-9]|Program terminated|Thread )' "$bt" | head -n 24 | sed 's/^/  | /'
 	done
 fi
+# The emulated host needs the machine to itself (its 2 vCPUs are this
+# machine's cores): say when something else loaded it.
+awk -v cpus="$(nproc)" '{ n++; s += $2; if ($2 > m) m = $2 }
+	END { if (n) { printf "xenlab: host load average (1 min) during the run: mean %.1f, max %.1f on %d CPUs\n", s / n, m, cpus
+		if (m > 2 * cpus) print "xenlab: the machine was busy beside the emulated host: timeouts in this run may be the load'"'"'s (host-load.txt)" } }' \
+	"$OUT/host-load.txt" 2> /dev/null
 npass=$(grep -c 'result=PASS' "$OUT/summary.txt")
 nfail=$(grep -c 'result=FAIL' "$OUT/summary.txt")
 nskip=$(grep -c 'result=SKIP' "$OUT/summary.txt")

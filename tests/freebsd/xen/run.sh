@@ -17,7 +17,8 @@
 #   XENLAB_RUN      the xenlab driver, default tests/xenlab/run.sh (it must
 #                   support XENLAB_EXTRA_DIR, see README.md).
 #   CC, LD          default clang-14 (or clang), ld.lld-14 (or ld.lld).
-# Everything else (XENLAB_DIR, XENLAB_STANDIN, ...) goes to the xenlab run.
+# Everything else (XENLAB_DIR, XENLAB_STANDIN, XENLAB_CPU, XENLAB_QEMU=7.2|
+# backports for the emulator, ...) goes to the xenlab run.
 # Exit status: that of the xenlab run; 0 for SKIP; 2 when this part cannot
 # be set up.
 set -eu

@@ -472,9 +472,17 @@ impl Driver<'_> {
             if nq > 0 {
                 self.start_connection(connects, nq, several);
             } else {
-                // Made and ended within one call: nothing of it is known.
+                // Made and ended within one call: nothing of it is known
+                // but the ABI its rings had (the front-end's nodes did not
+                // change within the call). A ring laid out for another ABI
+                // holds responses the front-end cannot read.
+                let abi = self.protocol_abi();
                 for r in &mut self.rings {
-                    r.mode = if r.fresh { Mode::Lossy } else { Mode::Blind };
+                    r.mode = if r.fresh && Some(r.slots.abi) == abi {
+                        Mode::Lossy
+                    } else {
+                        Mode::Blind
+                    };
                     r.fresh = false;
                 }
             }
@@ -493,18 +501,27 @@ impl Driver<'_> {
         }
     }
 
-    fn start_connection(&mut self, connects: u64, nq: usize, several: bool) {
-        self.report.connects = connects;
-        self.report.max_queues = self.report.max_queues.max(nq as u32);
-        self.broken = false;
-        let abi = match self
+    /// The ABI a connection made now would have: the front-end's
+    /// `protocol` node's, the native one without it; `None` for a protocol
+    /// the back-end refuses.
+    fn protocol_abi(&self) -> Option<Abi> {
+        match self
             .host
             .xs
             .get_bytes(&format!("{FE_PATH}/{}", keys::PROTOCOL))
         {
-            Some(p) => Abi::from_protocol(p).expect("connected with a known protocol"),
-            None => Abi::native(),
-        };
+            Some(p) => Abi::from_protocol(p),
+            None => Some(Abi::native()),
+        }
+    }
+
+    fn start_connection(&mut self, connects: u64, nq: usize, several: bool) {
+        self.report.connects = connects;
+        self.report.max_queues = self.report.max_queues.max(nq as u32);
+        self.broken = false;
+        let abi = self
+            .protocol_abi()
+            .expect("connected with a known protocol");
         let rings: Vec<usize> = (0..nq)
             .map(|q| {
                 self.host
