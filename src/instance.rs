@@ -844,36 +844,40 @@ impl Instance {
 
     /// Inline: the front-end kicked `queue`'s event channel
     /// ([`Queue::event`]).
-    pub fn event<H: Host + QueueHost>(&mut self, host: &mut H, queue: QueueId) {
-        let Some(q) = self.home_queue(queue) else {
-            return;
-        };
-        let outcome = q.event(host);
-        self.after(host, outcome);
+    pub fn event<H: Host>(&mut self, host: &mut H, queue: QueueId) {
+        self.serve_inline(host, queue, |q, qh| q.event(qh));
     }
 
     /// Inline: a run of `queue` was scheduled ([`Queue::run`]).
-    pub fn run<H: Host + QueueHost>(&mut self, host: &mut H, queue: QueueId) {
-        let Some(q) = self.home_queue(queue) else {
-            return;
-        };
-        let outcome = q.run(host);
-        self.after(host, outcome);
+    pub fn run<H: Host>(&mut self, host: &mut H, queue: QueueId) {
+        self.serve_inline(host, queue, |q, qh| q.run(qh));
     }
 
     /// Inline: a store I/O completed ([`Queue::complete`]); a completion of
     /// an earlier connection is recognised and ignored. A medium that has
     /// gone away (`IoError::Gone`) closes the connection.
-    pub fn complete<H: Host + QueueHost>(
+    pub fn complete<H: Host>(&mut self, host: &mut H, tag: IoTag, result: Result<(), IoError>) {
+        self.serve_inline(host, Queue::of_tag(tag), |q, qh| {
+            q.complete(qh, tag, result)
+        });
+    }
+
+    /// Serves home queue `queue` with `f` through the platform's queue part
+    /// ([`Host::inline`]) and acts on the outcome; nothing when the queue
+    /// is not home or the platform serves no queue inline.
+    fn serve_inline<H: Host>(
         &mut self,
         host: &mut H,
-        tag: IoTag,
-        result: Result<(), IoError>,
+        queue: QueueId,
+        f: impl FnOnce(&mut Queue, &mut dyn QueueHost) -> Outcome,
     ) {
-        let Some(q) = self.home_queue(Queue::of_tag(tag)) else {
+        let Some(q) = self.home_queue(queue) else {
             return;
         };
-        let outcome = q.complete(host, tag, result);
+        let Some(qh) = host.inline() else {
+            return;
+        };
+        let outcome = f(q, qh);
         self.after(host, outcome);
     }
 

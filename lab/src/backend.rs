@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use super::host::{SimHost, SimHostConfig, SimHostStats, SimXen};
 use super::xenstore::WatchId;
 use super::TaskEvent;
+use crate::store::locked;
 use xbb::connect::ConnectError;
 use xbb::host::{MediumInfo, XenbusState};
 use xbb::instance::Instance;
@@ -141,7 +142,7 @@ struct Published {
 type Shared = Arc<Published>;
 
 fn lock(shared: &Shared) -> MutexGuard<'_, InstanceSnapshot> {
-    shared.snap.lock().unwrap_or_else(|e| e.into_inner())
+    locked(&shared.snap)
 }
 
 fn publish(shared: &Shared, snap: InstanceSnapshot) {
@@ -422,8 +423,7 @@ impl Task {
                 return;
             }
         };
-        *self.shared.live.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(Arc::clone(inst.shared()));
+        *locked(&self.shared.live) = Some(Arc::clone(inst.shared()));
         if take_over {
             inst.take_over(&mut host);
         } else {

@@ -19,9 +19,10 @@ use std::time::Duration;
 use super::backend::{BackendRunner, InstanceSnapshot};
 use super::gnttab::GrantStats;
 use super::host::{Domain, SimHostConfig, SimXen};
-use super::store::{self, IoFaults, StoreKind, WriteCache};
+use super::store::{self, StoreKind, StoreOptions};
 use super::toolstack::{self, VbdPaths, VbdSpec};
 use super::TaskEvent;
+use crate::store::locked;
 use xbb::connect::ConnectError;
 use xbb::host::{DomId, XenbusState};
 use xbb::stats::{Stat, Stats, Tunables};
@@ -42,13 +43,9 @@ pub struct VbdConfig {
     pub mode: String,
     /// `online`: the back-end survives its front-end closing.
     pub online: bool,
-    /// The logical sector size the store emulates (512 or 4096).
-    pub sector_size: u32,
-    /// Store fault injection, if any.
-    pub faults: Option<Arc<IoFaults>>,
-    /// A volatile write cache in front of the medium, whose power the
-    /// caller may cut; none: writes are durable once completed.
-    pub cache: Option<Arc<WriteCache>>,
+    /// What the store emulates (512- or 4096-byte sectors) and suffers
+    /// (faults, a write cache whose power the caller may cut).
+    pub store: StoreOptions,
     /// The `hw.xbb.*` tunables of the instance.
     pub tunables: Tunables,
     /// Serve every queue from the instance's task thread instead of a
@@ -71,9 +68,7 @@ impl VbdConfig {
             kind: StoreKind::File,
             mode: String::from("w"),
             online: true,
-            sector_size: 512,
-            faults: None,
-            cache: None,
+            store: StoreOptions::default(),
             tunables: Tunables::default(),
             inline: false,
             journal_dir: None,
@@ -84,9 +79,7 @@ impl VbdConfig {
     fn host_config(&self, backend_dom: DomId) -> SimHostConfig {
         SimHostConfig {
             backend_dom,
-            store_sector_size: self.sector_size,
-            store_faults: self.faults.clone(),
-            store_cache: self.cache.clone(),
+            store: self.store.clone(),
             image_is_disk: self.kind == StoreKind::Device,
             inline: self.inline,
             journal_dir: self.journal_dir.clone(),
@@ -142,14 +135,14 @@ impl VbdHandle {
     }
 
     /// The store's fault injection, if any.
-    pub fn faults(&self) -> Option<&Arc<IoFaults>> {
-        self.config.faults.as_ref()
+    pub fn faults(&self) -> Option<&Arc<store::IoFaults>> {
+        self.config.store.faults.as_ref()
     }
 
     /// The volatile write cache in front of the store, if any: what a
     /// crash-consistency test cuts the power of.
-    pub fn cache(&self) -> Option<&Arc<WriteCache>> {
-        self.config.cache.as_ref()
+    pub fn cache(&self) -> Option<&Arc<store::WriteCache>> {
+        self.config.store.cache.as_ref()
     }
 
     /// Grows or shrinks the backing file or loop device to `new_bytes`
@@ -158,7 +151,7 @@ impl VbdHandle {
     /// back-end is not told: [`World::resize_vbd`] does both. `EINVAL`
     /// unless `new_bytes` is a whole number of the store's logical sectors.
     pub fn resize_store(&self, new_bytes: u64) -> io::Result<u64> {
-        if new_bytes % u64::from(self.config.sector_size.max(512)) != 0 {
+        if new_bytes % u64::from(self.config.store.sector_size.max(512)) != 0 {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
         store::resize_medium(&self.config.path, new_bytes)
@@ -203,7 +196,7 @@ impl World {
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<u64, Arc<BackendRunner>>> {
-        self.runners.lock().unwrap_or_else(|e| e.into_inner())
+        locked(&self.runners)
     }
 
     fn runner(&self, vbd: &VbdHandle) -> Option<Arc<BackendRunner>> {

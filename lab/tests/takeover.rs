@@ -27,7 +27,7 @@ fn rig(tag: &str, dir: &TempDir, faults: &Arc<IoFaults>) -> Rig {
     let faults = Arc::clone(faults);
     Rig::new(tag, move |c: &mut VbdConfig| {
         c.journal_dir = Some(journals);
-        c.faults = Some(faults);
+        c.store.faults = Some(faults);
     })
 }
 

@@ -35,7 +35,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -52,7 +52,9 @@ use xbb::journal::JournalId;
 use xbb::queue::{Outcome, Queue};
 use xbb::shmem::SharedMem;
 use xbb::stats::Tunable;
-use xbb_ustore::{HostStore, InstanceJournals, JournalFiles, StoreHandle};
+use xbb_ustore::{
+    locked, spawn_queue, HostStore, InstanceJournals, JournalFiles, StoreHandle, StoreOptions,
+};
 
 impl Range for Mapping {
     fn addr(&self) -> usize {
@@ -117,10 +119,6 @@ struct Counters {
 
 fn bump(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
-}
-
-fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A completion waiting for its queue's thread.
@@ -234,7 +232,10 @@ impl XenHost {
             boxes: Arc::new(boxes),
             reports: mpsc::channel(),
             window_pages: 0,
-            store: HostStore::new(sector_size, None),
+            store: HostStore::new(StoreOptions {
+                sector_size,
+                ..StoreOptions::default()
+            }),
             wake,
             epoch: Instant::now(),
             counters: Arc::new(Counters::default()),
@@ -997,35 +998,17 @@ impl Host for XenHost {
         }
         let reports = self.reports.0.clone();
         let ctl = Arc::clone(&self.wake);
-        // The queue travels to its thread in a slot the thread empties
-        // first: a failed spawn hands it back here.
-        let slot = Arc::new(Mutex::new(Some((queue, qh))));
-        let theirs = Arc::clone(&slot);
-        let spawned = std::thread::Builder::new()
-            .name(format!("xbb-q{id}"))
-            .spawn(move || {
-                if let Some((q, qh)) = locked(&theirs).take() {
-                    serve_queue(q, qh, reports, ctl);
-                }
-            });
-        match spawned {
+        let serve = |q, qh| serve_queue(q, qh, reports, ctl);
+        match spawn_queue(&qbox.gate, queue, qh, serve) {
             Ok(t) => {
                 self.threads[id] = Some(t);
                 Ok(())
             }
-            Err(_) => {
-                if qbox.gate.begin().is_some() {
-                    qbox.gate.give_back();
-                }
-                let taken = locked(&slot).take();
-                match taken {
-                    Some((q, qh)) => {
-                        self.queues[id] = Some(qh);
-                        Err(q)
-                    }
-                    None => Ok(()),
-                }
+            Err(Some((q, qh))) => {
+                self.queues[id] = Some(qh);
+                Err(q)
             }
+            Err(None) => Ok(()),
         }
     }
 

@@ -5,6 +5,7 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 
 use xbb::host::IoError;
 
+use crate::locked;
 use crate::StoreIo;
 
 /// Counts of failures injected by an [`IoFaults`], by cause.
@@ -68,7 +69,7 @@ impl IoFaults {
     }
 
     fn lock(&self) -> MutexGuard<'_, FaultState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        locked(&self.state)
     }
 
     /// Fails the `n`-th data I/O (read or write) submitted from now on with

@@ -1074,11 +1074,17 @@ fn injected_faults_hit_exactly_the_affected_io() {
     for case in CASES {
         let faults = Arc::new(IoFaults::new());
         let fx = Fixture::with_faults(case, "faults", Some(Arc::clone(&faults)));
-        let store = fx.open();
-        prop_faults(&fx, &*store, &faults);
-        store.close();
-        assert_eq!(fx.col.pending(), 0);
+        check_faults(&fx, &faults);
     }
+}
+
+/// The fault-injection property on a store of `fx` that takes its faults
+/// from `faults`; closing leaves no completion behind.
+fn check_faults(fx: &Fixture, faults: &IoFaults) {
+    let store = fx.open();
+    prop_faults(fx, &*store, faults);
+    store.close();
+    assert_eq!(fx.col.pending(), 0);
 }
 
 /// A held store takes I/O but neither performs nor completes it until
@@ -1319,10 +1325,7 @@ fn for_every_nbd_property(label: &str, server: fn(&str) -> Option<NbdServer>) {
         let Some(srv) = server("faults") else { return };
         let faults = Arc::new(IoFaults::new());
         let fx = Fixture::on_nbd(srv, sector_size, Some(Arc::clone(&faults)));
-        let store = fx.open();
-        prop_faults(&fx, &*store, &faults);
-        store.close();
-        assert_eq!(fx.col.pending(), 0);
+        check_faults(&fx, &faults);
     }
 }
 

@@ -36,7 +36,7 @@ use super::frontend::{
     SyncMode, Workload, WorkloadReport, MAX_INDIRECT_SEGMENTS,
 };
 use super::gnttab::MapFault;
-use super::store::{CacheStats, IoFaults, StoreKind, WriteCache};
+use super::store::{CacheStats, IoFaults, StoreKind, StoreOptions, WriteCache};
 use super::toolstack::{self, VbdSpec};
 use super::world::{Restart, VbdConfig, VbdHandle, World};
 use super::xenstore::WatchStats;
