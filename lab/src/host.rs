@@ -35,6 +35,11 @@
 //! With [`SimHostConfig::inline`] the host lends nothing and serves every
 //! queue from the instance's task thread, as the core's test double does:
 //! events, runs and completions then arrive there as [`TaskEvent`]s.
+//!
+//! With [`SimHostConfig::journal_dir`] the host keeps the core's in-flight
+//! journals as files there ([`JournalFiles`], as xbb-serve does), and
+//! [`SimHost::die`] does what a back-end process's death does, so that a
+//! new instance can take its vbd over (issue 16).
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -48,16 +53,19 @@ use super::evtchn::EventHub;
 use super::ffi::{PageState, Reservation};
 use super::gnttab::GrantTable;
 use super::memory::GuestMemory;
-use super::store::{self, locked, HostStore, RawIoVec, StoreHandle, StoreOptions};
+use super::store::{
+    self, locked, HostStore, InstanceJournals, JournalFiles, RawIoVec, StoreHandle, StoreOptions,
+};
 use super::toolstack;
 use super::xenstore::Xenstored;
 use super::TaskEvent;
 use xbb::handoff::{Gate, Post, Work};
 use xbb::host::{
     DomId, EvtchnError, EvtchnPort, GrantError, GrantHandle, GrantMapOp, GrantUnmapOp, Granted,
-    Host, IoError, IoOp, IoTag, IoVec, MapResult, MediumInfo, NodeKind, OpenError, OpenParams,
-    QueueHost, QueueId, RemotePort, XenStore, XsError, XsTxn, PAGE_SIZE,
+    Host, IoError, IoOp, IoTag, IoVec, JournalOpen, MapResult, MediumInfo, NodeKind, OpenError,
+    OpenParams, QueueHost, QueueId, RemotePort, XenStore, XsError, XsTxn, PAGE_SIZE,
 };
+use xbb::journal::JournalId;
 use xbb::queue::Queue;
 use xbb::shmem::SharedMem;
 use xbb::stats::Tunable;
@@ -194,6 +202,9 @@ pub struct SimHostConfig {
     /// Serve every queue inline, from the instance's task thread (lend
     /// none), instead of a thread per queue.
     pub inline: bool,
+    /// Keep in-flight journals as files in this directory, as xbb-serve
+    /// does in `/run/xbb-serve` (none: no journal, as the kernel).
+    pub journal_dir: Option<std::path::PathBuf>,
 }
 
 /// Counters and state of one [`SimHost`], for tests and `xbb-lab`.
@@ -451,6 +462,9 @@ pub struct QueueBox {
     thread: Mutex<Option<Thread>>,
     home: Mutex<Option<(Queue, SimQueueHost)>>,
     join: Mutex<Option<JoinHandle<()>>>,
+    /// The back-end process died ([`SimHost::die`]): the thread stops
+    /// where it is and leaves the queue, unanswered, in `home`.
+    dead: AtomicBool,
 }
 
 impl QueueBox {
@@ -540,6 +554,8 @@ pub struct SimHost {
     router: Arc<Router>,
     counters: Arc<Counters>,
     side: SimQueueHost,
+    /// Where journals are kept, and which queue's each open one is.
+    journals: Option<InstanceJournals>,
 }
 
 impl std::fmt::Debug for SimHost {
@@ -562,6 +578,10 @@ impl SimHost {
             boxes: (0..nboxes).map(|_| Arc::new(QueueBox::default())).collect(),
         });
         let counters = Arc::new(Counters::default());
+        let journals = cfg
+            .journal_dir
+            .clone()
+            .map(|d| InstanceJournals::new(JournalFiles::new(d)));
         SimHost {
             xen: xen.clone(),
             store: HostStore::new(cfg.store.clone()),
@@ -579,7 +599,56 @@ impl SimHost {
             cfg,
             rings: Vec::new(),
             counters,
+            journals,
         }
+    }
+
+    /// The back-end process dies (issue 16): its queues' threads stop
+    /// where they are and answer nothing more; the I/O it queued finishes
+    /// (a hold on the store is released: the kernel completes a dead
+    /// process's I/O before it is gone), its completions lost; then what
+    /// the kernel takes back from a dead process is taken back: each
+    /// queue's channel closed (the front-end's port is unbound again), its
+    /// ring unmapped, its journal's mapping dropped (the file stays), every
+    /// data page unmapped. XenStore is left as it is. The instance must be
+    /// dropped without a word; a new one may take the vbd over. A queue
+    /// served inline dies with the instance: its ring stays mapped (the
+    /// reservation is leaked). Returns the lent queues' counters as their
+    /// threads stopped.
+    pub fn die(&mut self) -> xbb::stats::Stats {
+        let mut counters = xbb::stats::Stats::default();
+        for b in &self.router.boxes {
+            b.dead.store(true, Ordering::Release);
+            if let Some(t) = locked(&b.thread).as_ref() {
+                t.unpark();
+            }
+            if let Some(j) = locked(&b.join).take() {
+                let _ = j.join();
+            }
+        }
+        if let Some(f) = &self.cfg.store.faults {
+            f.release();
+        }
+        self.store_close();
+        let router = Arc::clone(&self.router);
+        for b in &router.boxes {
+            let home = locked(&b.home).take();
+            if let Some((q, qh)) = home {
+                drop(qh);
+                // What a release does, without a word to the front-end:
+                // unbind, unmap the ring, keep the journal.
+                counters.accumulate(&q.release(self, true));
+            }
+        }
+        while let Some(&(q, _, _)) = self.side.ports.first() {
+            self.evtchn_unbind(q);
+        }
+        if let Some(w) = self.side.window.take() {
+            for page in 0..w.maps.len() {
+                w.unmap_one(page, None, &self.counters);
+            }
+        }
+        counters
     }
 
     /// The simulated Xen this host runs on.
@@ -728,6 +797,11 @@ fn serve_queue(mut queue: Queue, mut qh: SimQueueHost, qbox: Arc<QueueBox>, ctl:
     let mut done: VecDeque<Completion> = VecDeque::with_capacity(COMPLETIONS);
     let mut failed = false;
     loop {
+        if qbox.dead.load(Ordering::Acquire) {
+            // Nothing more is served or answered: the process is gone.
+            *locked(&qbox.home) = Some((queue, qh));
+            return;
+        }
         let Some(work) = qbox.gate.begin() else {
             // Not lent any more, or a pass is running elsewhere: neither
             // can happen to this thread; wait rather than spin.
@@ -1100,6 +1174,25 @@ impl Host for SimHost {
 
     fn root_mounted(&self) -> bool {
         self.xen.is_root_mounted()
+    }
+
+    fn journal_open(
+        &mut self,
+        id: &JournalId,
+        bytes: usize,
+        how: JournalOpen,
+    ) -> Option<SharedMem> {
+        self.journals.as_mut()?.open(id, bytes, how).ok()?
+    }
+
+    fn journal_close(&mut self, queue: QueueId, journal: SharedMem, keep: bool) {
+        let closed = match self.journals.as_mut() {
+            Some(j) => j.close(queue, journal, keep).is_ok(),
+            None => false,
+        };
+        if !closed {
+            bump(&self.counters.bad_unmaps, 1);
+        }
     }
 
     fn lend(&mut self, queue: Queue) -> Result<(), Queue> {

@@ -51,6 +51,10 @@ pub struct VbdConfig {
     /// Serve every queue from the instance's task thread instead of a
     /// thread per queue (for comparison).
     pub inline: bool,
+    /// Keep the back-end's in-flight journals as files in this directory,
+    /// so that it can be restarted and taken over
+    /// ([`World::restart_backend`]); none by default, as the kernel.
+    pub journal_dir: Option<PathBuf>,
 }
 
 impl VbdConfig {
@@ -67,8 +71,31 @@ impl VbdConfig {
             store: StoreOptions::default(),
             tunables: Tunables::default(),
             inline: false,
+            journal_dir: None,
         }
     }
+
+    /// The platform's configuration of the back-end serving this vbd.
+    fn host_config(&self, backend_dom: DomId) -> SimHostConfig {
+        SimHostConfig {
+            backend_dom,
+            store: self.store.clone(),
+            image_is_disk: self.kind == StoreKind::Device,
+            inline: self.inline,
+            journal_dir: self.journal_dir.clone(),
+        }
+    }
+}
+
+/// How [`World::restart_backend`] ends the running back-end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Restart {
+    /// The process dies: nothing more is answered, the kernel takes back
+    /// its mappings and channels ([`TaskEvent::Crash`]).
+    Crash,
+    /// The service stops for a restart: it drains, answers what is in
+    /// flight and leaves the vbd Connected ([`TaskEvent::HandOver`]).
+    HandOver,
 }
 
 /// A `vbd` created in a [`World`]. Cheap to clone.
@@ -228,12 +255,7 @@ impl World {
         };
         let paths = toolstack::create_vbd(&self.xen.xenstore, &spec)
             .map_err(|e| io::Error::other(std::format!("create_vbd: {e:?}")))?;
-        let host_cfg = SimHostConfig {
-            backend_dom: spec.backend_dom,
-            store: cfg.store.clone(),
-            image_is_disk: cfg.kind == StoreKind::Device,
-            inline: cfg.inline,
-        };
+        let host_cfg = cfg.host_config(spec.backend_dom);
         let runner = BackendRunner::spawn(&self.xen, &paths.backend, cfg.tunables, host_cfg)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.lock().insert(id, Arc::new(runner));
@@ -314,6 +336,47 @@ impl World {
     /// Sends an event to `vbd`'s task thread (`false` when it is gone).
     pub fn send(&self, vbd: &VbdHandle, ev: TaskEvent) -> bool {
         self.runner(vbd).is_some_and(|r| r.send(ev))
+    }
+
+    /// Ends `vbd`'s back-end as `how` says and starts a new one that takes
+    /// the vbd over (`Instance::take_over`), as a service restart or a
+    /// process restarted after a crash does (issue 16). Returns the old
+    /// instance's final snapshot; the new one's is [`World::backend`].
+    /// The front-end is left alone: whatever it has in flight waits for
+    /// the new back-end.
+    pub fn restart_backend(&self, vbd: &VbdHandle, how: Restart) -> io::Result<InstanceSnapshot> {
+        let old = self
+            .take_runner(vbd)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))?;
+        let last = old.end_with(match how {
+            Restart::Crash => TaskEvent::Crash,
+            Restart::HandOver => TaskEvent::HandOver,
+        });
+        let cfg = &vbd.config;
+        let runner = BackendRunner::spawn_takeover(
+            &self.xen,
+            &vbd.paths.backend,
+            cfg.tunables,
+            cfg.host_config(vbd.backend_dom),
+        )?;
+        self.lock().insert(vbd.id, Arc::new(runner));
+        Ok(last)
+    }
+
+    /// Removes `vbd`'s runner from the world and waits (bounded) until
+    /// nobody else holds it (a reader of its snapshot, briefly).
+    fn take_runner(&self, vbd: &VbdHandle) -> Option<BackendRunner> {
+        let mut r = self.lock().remove(&vbd.id)?;
+        for _ in 0..1000 {
+            match Arc::try_unwrap(r) {
+                Ok(runner) => return Some(runner),
+                Err(back) => r = back,
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Still shared: put it back rather than lose it.
+        self.lock().insert(vbd.id, r);
+        None
     }
 
     /// Detaches `vbd`'s instance, ends its thread and removes its XenStore

@@ -21,7 +21,10 @@
 //!   sleep, not once per completion);
 //! - the store: [`xbb_ustore`]'s file, device and NBD stores, shared by
 //!   the queues; their worker threads (the NBD store's one I/O thread)
-//!   hand each completion to the queue its tag names.
+//!   hand each completion to the queue its tag names;
+//! - in-flight journals: [`JournalFiles`] in the configured directory
+//!   (`/run/xbb-serve`), one file per queue mapped shared, so that the next
+//!   xbb-serve takes the vbd over if this one dies or hands it over.
 //!
 //! The hand-off: [`Host::lend`] starts the queue's thread with the queue
 //! and its [`XenQueueHost`]; [`Host::recall`] posts [`Work::RECALL`]; when
@@ -42,13 +45,16 @@ use super::window::{Range, Window};
 use xbb::handoff::{Gate, Post, Work};
 use xbb::host::{
     DomId, EvtchnError, EvtchnPort, GrantError, GrantHandle, GrantMapOp, GrantRef, GrantUnmapOp,
-    Granted, Host, IoError, IoOp, IoTag, IoVec, MapResult, MediumInfo, OpenError, OpenParams,
-    QueueHost, QueueId, RemotePort, XenStore, XsError, XsTxn, PAGE_SIZE,
+    Granted, Host, IoError, IoOp, IoTag, IoVec, JournalOpen, MapResult, MediumInfo, OpenError,
+    OpenParams, QueueHost, QueueId, RemotePort, XenStore, XsError, XsTxn, PAGE_SIZE,
 };
+use xbb::journal::JournalId;
 use xbb::queue::{Outcome, Queue};
 use xbb::shmem::SharedMem;
 use xbb::stats::Tunable;
-use xbb_ustore::{locked, spawn_queue, HostStore, StoreHandle, StoreOptions};
+use xbb_ustore::{
+    locked, spawn_queue, HostStore, InstanceJournals, JournalFiles, StoreHandle, StoreOptions,
+};
 
 impl Range for Mapping {
     fn addr(&self) -> usize {
@@ -175,6 +181,8 @@ pub struct XenHost {
     epoch: Instant,
     counters: Arc<Counters>,
     removed: bool,
+    /// Where journals are kept, and which queue's each open one is.
+    journals: Option<InstanceJournals>,
 }
 
 impl core::fmt::Debug for XenHost {
@@ -202,7 +210,13 @@ impl XenHost {
     /// window with `GNTTABOP_copy` instead of being mapped (see
     /// [`super::bounce`]). Stores emulate `sector_size`-byte logical
     /// sectors (512 or 4096; a medium with larger ones imposes its own).
-    pub fn new(wake: Arc<Wakeup>, copy: bool, sector_size: u32) -> std::io::Result<XenHost> {
+    /// In-flight journals are kept in `journal_dir` (none: no journal).
+    pub fn new(
+        wake: Arc<Wakeup>,
+        copy: bool,
+        sector_size: u32,
+        journal_dir: Option<std::path::PathBuf>,
+    ) -> std::io::Result<XenHost> {
         let n = Tunable::MaxQueues.desc().max as usize;
         let mut boxes = Vec::with_capacity(n);
         for _ in 0..n {
@@ -226,6 +240,7 @@ impl XenHost {
             epoch: Instant::now(),
             counters: Arc::new(Counters::default()),
             removed: false,
+            journals: journal_dir.map(|d| InstanceJournals::new(JournalFiles::new(d))),
         })
     }
 
@@ -937,6 +952,33 @@ impl Host for XenHost {
 
     fn waits_for_hotplug(&self) -> bool {
         true
+    }
+
+    fn journal_open(
+        &mut self,
+        id: &JournalId,
+        bytes: usize,
+        how: JournalOpen,
+    ) -> Option<SharedMem> {
+        let journals = self.journals.as_mut()?;
+        match journals.open(id, bytes, how) {
+            Ok(mem) => mem,
+            Err(e) => {
+                let path = journals.files().path(id);
+                super::serve::log(&format!("journal {}: {e}", path.display()));
+                None
+            }
+        }
+    }
+
+    fn journal_close(&mut self, queue: QueueId, journal: SharedMem, keep: bool) {
+        let closed = match self.journals.as_mut() {
+            Some(j) => j.close(queue, journal, keep).is_ok(),
+            None => false,
+        };
+        if !closed {
+            bump(&self.counters.bad_unmaps, 1);
+        }
     }
 
     fn lend(&mut self, queue: Queue) -> Result<(), Queue> {

@@ -57,6 +57,14 @@ impl Jobs {
         }
     }
 
+    /// Waits while the faults hold I/O ([`IoFaults::hold`]): a serving
+    /// thread, before it performs the job it took.
+    pub(crate) fn wait_while_held(&self) {
+        if let Some(f) = &self.faults {
+            f.wait_while_held();
+        }
+    }
+
     pub(crate) fn lock(&self) -> MutexGuard<'_, JobState> {
         locked(&self.state)
     }

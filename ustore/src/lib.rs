@@ -28,6 +28,9 @@
 //!   pipelines the commands and reports through the same [`CompletionFn`].
 //!   Memory a store sets aside for guest data is reported to the process's
 //!   watcher, if it installed one ([`watch_store_memory`]).
+//! - [`JournalFiles`] keeps the core's in-flight journals as files mapped
+//!   shared, so that a back-end process that dies leaves its rings to the
+//!   next one (issue 16).
 //! - [`IoFaults`] injects failures for tests; [`resize_medium`] grows or
 //!   shrinks a medium under an open store, which sees the new size in its
 //!   next [`UserStore::info`].
@@ -52,6 +55,7 @@ mod file;
 mod host_store;
 mod io;
 mod jobs;
+mod journal;
 mod lend;
 mod medium;
 mod nbd;
@@ -66,6 +70,7 @@ pub use cache::{CacheStats, CachedStore, WriteCache, DEFAULT_CAPACITY};
 pub use faults::{FaultCounters, IoFaults};
 pub use host_store::{probe, HostStore, StoreHandle};
 pub use io::{submit_counted, RawIoVec, StoreIo};
+pub use journal::{journal_name, parse_journal_name, InstanceJournals, JournalFiles};
 pub use lend::{locked, spawn_queue};
 pub use medium::resize_medium;
 pub use nbd::{

@@ -95,6 +95,7 @@ fn worker(sh: &Shared) {
                 q = sh.work.wait(q).unwrap_or_else(|e| e.into_inner());
             }
         };
+        sh.jobs.wait_while_held();
         let result = match job.outcome {
             Some(err) => Err(err),
             None => sh.medium.execute(&job.io),

@@ -1087,6 +1087,40 @@ fn check_faults(fx: &Fixture, faults: &IoFaults) {
     assert_eq!(fx.col.pending(), 0);
 }
 
+/// A held store takes I/O but neither performs nor completes it until
+/// released (a back-end process dying with I/O in flight, issue 16).
+#[test]
+fn held_io_waits_for_the_release() {
+    for case in CASES {
+        let faults = Arc::new(IoFaults::new());
+        let fx = Fixture::with_faults(case, "hold", Some(Arc::clone(&faults)));
+        let store = fx.open();
+        let ss = fx.ss();
+        let mut b = Buf::filled(ss, 0x3c);
+        faults.hold();
+        assert!(faults.is_held());
+        let tag = fx.tag();
+        let iov = vec![b.iov(0, ss)];
+        store
+            .submit(tag, StoreIo::Write { offset: 0, iov })
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(fx.col.take_now(tag), None, "{case:?}: completed while held");
+        assert!(fx.file_bytes(0, ss).iter().all(|&x| x == 0), "{case:?}");
+        faults.release();
+        assert_eq!(fx.col.wait(tag), Ok(()), "{case:?}");
+        assert!(fx.file_bytes(0, ss) == b.bytes(), "{case:?}");
+        // clear() releases too.
+        faults.hold();
+        let tag = fx.tag();
+        store.submit(tag, StoreIo::Flush).unwrap();
+        faults.clear();
+        assert_eq!(fx.col.wait(tag), Ok(()), "{case:?}");
+        store.close();
+        assert_eq!(fx.col.pending(), 0);
+    }
+}
+
 #[test]
 fn panicking_completion_does_not_stall_the_store() {
     for case in CASES {

@@ -38,7 +38,7 @@ use super::frontend::{
 use super::gnttab::MapFault;
 use super::store::{CacheStats, IoFaults, StoreKind, StoreOptions, WriteCache};
 use super::toolstack::{self, VbdSpec};
-use super::world::{VbdConfig, VbdHandle, World};
+use super::world::{Restart, VbdConfig, VbdHandle, World};
 use super::xenstore::WatchStats;
 use xbb::abi::{
     BlkifResponse, BLKIF_DISCARD_SECURE, BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST,

@@ -402,6 +402,7 @@ pub(super) fn setup_guest(
             cache,
         },
         tunables,
+        journal_dir: spec.journal.then(|| dir.join("journals")),
         ..VbdConfig::file(dom, &image)
     };
     // The toolstack writes `discard-enable` = 1 when it creates the vbd,

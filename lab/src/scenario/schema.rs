@@ -67,6 +67,11 @@ pub struct GuestSpec {
     /// discard off for this `vbd` whatever its store can do.
     #[serde(default = "yes")]
     pub discard_enable: bool,
+    /// The back-end keeps in-flight journals (as xbb-serve does), so that
+    /// a `backend_restart` takes the vbd over (default false: none, as the
+    /// kernel; a restart is then refused).
+    #[serde(default)]
+    pub journal: bool,
     /// A volatile write cache in front of the disk, whose power `crash`
     /// steps cut: `true`, or `{ capacity = "8M", seed = N, ignore_flushes
     /// = false }`. None by default: a completed write is durable.
@@ -692,6 +697,18 @@ pub enum Step {
     InjectIo(InjectIoSpec),
     /// Makes grant mappings of the guest's grants fail.
     InjectGrant(InjectGrantSpec),
+    /// Ends the guest's back-end (`how`: it crashes, or it is handed over
+    /// as a service restart does) and starts a new one that takes the vbd
+    /// over from its in-flight journals. The front-end is left alone. May
+    /// be played during a workload of the same guest.
+    BackendRestart {
+        /// The guest(s); every guest when absent, `"*"` too.
+        #[serde(default)]
+        guest: Guests,
+        /// How the running back-end ends (default `crash`).
+        #[serde(default)]
+        how: RestartHow,
+    },
     /// Acts on the NBD server of the guest's `nbd` store.
     NbdServer {
         /// The guest(s); every guest when absent, `"*"` too. Each must have
@@ -705,6 +722,19 @@ pub enum Step {
     MountRoot {},
     /// Checks the guest's back-end; waits (bounded) for it to settle first.
     Expect(ExpectSpec),
+}
+
+/// How a `backend_restart` step ends the running back-end.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestartHow {
+    /// The process dies: nothing more is answered; the kernel takes its
+    /// mappings and channels back.
+    #[default]
+    Crash,
+    /// The service stops for a restart: what is in flight is answered,
+    /// the vbd stays Connected.
+    HandOver,
 }
 
 /// A `connect` step.
@@ -958,6 +988,11 @@ pub struct InjectIoSpec {
     pub flush: bool,
     /// Disarm every fault first.
     pub clear: bool,
+    /// `true`: hold every I/O from now (taken, neither performed nor
+    /// completed: requests stay in flight); `false`: release the hold. A
+    /// back-end that crashes has its held I/O finished.
+    #[serde(default)]
+    pub hold: Option<bool>,
     /// The error.
     pub error: IoErrorSpec,
 }
@@ -965,7 +1000,12 @@ pub struct InjectIoSpec {
 impl InjectIoSpec {
     /// True when the step would arm (or clear) nothing.
     pub fn is_empty(&self) -> bool {
-        self.nth.is_none() && self.range.is_none() && !self.writes && !self.flush && !self.clear
+        self.nth.is_none()
+            && self.range.is_none()
+            && !self.writes
+            && !self.flush
+            && !self.clear
+            && self.hold.is_none()
     }
 }
 
@@ -1292,6 +1332,7 @@ impl Step {
             Step::InjectIo(_) => "inject_io",
             Step::InjectGrant(_) => "inject_grant",
             Step::NbdServer { .. } => "nbd_server",
+            Step::BackendRestart { .. } => "backend_restart",
             Step::MountRoot {} => "mount_root",
             Step::Expect(_) => "expect",
         }

@@ -88,6 +88,25 @@ pub(super) fn guest_step(run: &mut Run<'_>, n: usize, step: &Step, t: usize) {
             wait_step(run, n, t, *count, &want)
         }
         Step::InjectIo(_) | Step::InjectGrant(_) => inject(run, n, t, step),
+        Step::BackendRestart { how, .. } => {
+            // The back-end alone: the front-end may be a workload's.
+            run.progress(format_args!("step {n}: {name}: back-end restart ({how:?})"));
+            let how = match how {
+                RestartHow::Crash => Restart::Crash,
+                RestartHow::HandOver => Restart::HandOver,
+            };
+            let vbd = run.guests[t].vbd.clone();
+            match run.world.restart_backend(&vbd, how) {
+                Ok(last) if last.error.is_some() => run.fail(
+                    n,
+                    action,
+                    Some(&name),
+                    format!("the old back-end ended badly: {:?}", last.error),
+                ),
+                Ok(_) => {}
+                Err(e) => run.fail(n, action, Some(&name), format!("restart failed: {e}")),
+            }
+        }
         Step::Crash(spec) => crash_step(run, n, spec, t),
         Step::NbdServer { action: a, .. } => {
             run.progress(format_args!("step {n}: {name}: NBD server: {a:?}"));
@@ -311,7 +330,18 @@ fn inject(run: &mut Run<'_>, n: usize, t: usize, step: &Step) {
             if spec.flush {
                 f.fail_flush(e);
             }
-            ("store", format!("{e:?}"))
+            let what = match spec.hold {
+                Some(true) => {
+                    f.hold();
+                    "store hold"
+                }
+                Some(false) => {
+                    f.release();
+                    "store release"
+                }
+                None => "store",
+            };
+            (what, format!("{e:?}"))
         }
         Step::InjectGrant(spec) => {
             let grants = &g.fe.guest().grants;

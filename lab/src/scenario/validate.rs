@@ -149,8 +149,22 @@ impl Scenario {
             Step::Crash(c) => self.validate_crash(c, names)?,
             Step::InjectIo(spec) if spec.is_empty() => {
                 return Err(String::from(
-                    "nothing to inject: give nth, range, writes, flush or clear",
+                    "nothing to inject: give nth, range, writes, flush, hold or clear",
                 ));
+            }
+            Step::InjectIo(InjectIoSpec {
+                guest,
+                hold: Some(_),
+                ..
+            }) => {
+                for gi in guest.resolve(names) {
+                    if self.guests[gi].store == StoreKindSpec::Nbd {
+                        return Err(format!(
+                            "guest {}: an nbd store cannot hold its I/O",
+                            names[gi]
+                        ));
+                    }
+                }
             }
             Step::InjectGrant(spec) if spec.is_empty() => {
                 return Err(String::from("nothing to inject: give count, gref or clear"));
@@ -163,7 +177,8 @@ impl Scenario {
 
     /// The `during` steps of a workload on `guest`: each valid on its own,
     /// none a workload, each naming its guests, none of them the
-    /// workload's (their front-ends are busy).
+    /// workload's (their front-ends are busy) but for `backend_restart`,
+    /// which acts on the back-end alone.
     fn validate_during(
         &self,
         guest: &Guests,
@@ -186,7 +201,7 @@ impl Scenario {
             for g in &named {
                 match names.iter().position(|x| x == g) {
                     None => return Err(at(format!("no guest named {g:?}"))),
-                    Some(i) if busy.contains(&i) => {
+                    Some(i) if busy.contains(&i) && !matches!(st, Step::BackendRestart { .. }) => {
                         return Err(at(format!("guest {g:?} runs the workload")))
                     }
                     Some(_) => {}
@@ -331,6 +346,7 @@ impl Step {
             | Step::InjectIo(InjectIoSpec { guest, .. })
             | Step::InjectGrant(InjectGrantSpec { guest, .. })
             | Step::NbdServer { guest, .. }
+            | Step::BackendRestart { guest, .. }
             | Step::Expect(ExpectSpec { guest, .. }) => Some(guest),
             Step::MountRoot {} => None,
         }
