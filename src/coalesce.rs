@@ -233,6 +233,7 @@ pub struct Chain<'a> {
 impl Iterator for Chain<'_> {
     type Item = (u16, Range<usize>);
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         let slot = self.cur;
         let r = self.slots.get(usize::from(slot))?;
@@ -262,45 +263,53 @@ impl Reqlists {
     }
 
     /// Segments one slot can hold.
+    #[inline]
     pub fn max_segs(&self) -> usize {
         self.max_segs
     }
 
     /// Every slot's segments, `max_segs` per slot: what the ranges of a
     /// [`Chain`] index.
+    #[inline]
     pub fn segments(&self) -> &[Segment] {
         &self.segs
     }
 
     /// Whether no request slot is free.
+    #[inline]
     pub fn slots_exhausted(&self) -> bool {
         self.free_slots.is_empty()
     }
 
     /// Takes a free slot; its segments are all [`Reqlists::slot_segments`]
     /// for the caller to fill.
+    #[inline]
     pub fn take_slot(&mut self) -> Option<u16> {
         self.free_slots.pop()
     }
 
     /// Gives back a slot that never joined a reqlist.
+    #[inline]
     pub fn put_slot(&mut self, slot: u16) {
         self.free_slots.push(slot);
     }
 
     /// The segment range of `slot` (its full capacity).
+    #[inline]
     pub fn slot_range(&self, slot: u16) -> Range<usize> {
         let base = usize::from(slot) * self.max_segs;
         base..base + self.max_segs
     }
 
     /// The segments of `slot` (its full capacity), to fill.
+    #[inline]
     pub fn slot_segments(&mut self, slot: u16) -> &mut [Segment] {
         let r = self.slot_range(slot);
         &mut self.segs[r]
     }
 
     /// Records what the request in `slot` is.
+    #[inline]
     pub fn set_slot(&mut self, slot: u16, p: &Parsed) {
         self.slots[usize::from(slot)] = ReqSlot {
             id: p.id,
@@ -382,26 +391,31 @@ impl Reqlists {
     }
 
     /// The request in `slot`.
+    #[inline]
     pub fn slot(&self, slot: u16) -> ReqSlot {
         self.slots[usize::from(slot)]
     }
 
     /// Reqlist `l`, or `None` for an index no reqlist has.
+    #[inline]
     pub fn get(&self, l: u16) -> Option<&Reqlist> {
         self.lists.get(usize::from(l))
     }
 
     /// Reqlist `l`.
+    #[inline]
     pub fn list(&self, l: u16) -> &Reqlist {
         &self.lists[usize::from(l)]
     }
 
     /// Reqlist `l`, to change.
+    #[inline]
     pub fn list_mut(&mut self, l: u16) -> &mut Reqlist {
         &mut self.lists[usize::from(l)]
     }
 
     /// The requests of reqlist `l`, in order.
+    #[inline]
     pub fn chain(&self, l: u16) -> Chain<'_> {
         Chain {
             slots: &self.slots,
@@ -411,11 +425,13 @@ impl Reqlists {
     }
 
     /// The open reqlist, if any.
+    #[inline]
     pub fn open(&self) -> Option<u16> {
         (self.open != NONE).then_some(self.open)
     }
 
     /// Closes the open reqlist and returns it.
+    #[inline]
     pub fn take_open(&mut self) -> Option<u16> {
         let l = self.open()?;
         self.open = NONE;
@@ -499,11 +515,13 @@ pub struct ListTag {
 
 impl ListTag {
     /// The tag handed to the platform.
+    #[inline]
     pub fn encode(self) -> IoTag {
         IoTag(u32::from(self.generation) << 24 | (self.queue & 0xff) << 16 | u32::from(self.list))
     }
 
     /// The reqlist a tag names.
+    #[inline]
     pub fn decode(tag: IoTag) -> ListTag {
         ListTag {
             generation: (tag.0 >> 24) as u8,

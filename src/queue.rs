@@ -159,6 +159,7 @@ impl Shared {
     }
 
     /// The medium's size requests are checked against.
+    #[inline]
     pub fn medium_sectors(&self) -> Sectors {
         Sectors(self.medium_sectors.load(Ordering::Relaxed))
     }
@@ -170,6 +171,7 @@ impl Shared {
     }
 
     /// Whether back-to-back requests are coalesced (`no_coalesce_reqs` 0).
+    #[inline]
     pub fn coalesce(&self) -> bool {
         !self.no_coalesce.load(Ordering::Relaxed)
     }
@@ -191,6 +193,7 @@ impl Shared {
     }
 
     /// Whether the control part stopped the queues.
+    #[inline]
     pub fn stopped(&self) -> bool {
         self.stopped.load(Ordering::Acquire)
     }
@@ -205,6 +208,7 @@ struct QueueStats {
 
 impl core::ops::Deref for QueueStats {
     type Target = QueueCounters;
+    #[inline]
     fn deref(&self) -> &QueueCounters {
         // Queue::new checked that the index is inside.
         &self.shared.queues[self.index]

@@ -85,6 +85,7 @@ impl SharedMem {
     }
 
     /// The length of the mapping in bytes.
+    #[inline]
     pub fn len(&self) -> usize {
         self.len
     }
@@ -99,6 +100,7 @@ impl SharedMem {
         self.base.as_ptr()
     }
 
+    #[inline]
     fn atomic_u32(&self, off: usize) -> &AtomicU32 {
         assert!(off % 4 == 0 && off.checked_add(4).is_some_and(|end| end <= self.len));
         // SAFETY: the assertion keeps the 4 bytes inside the mapping and
@@ -110,11 +112,13 @@ impl SharedMem {
     /// Loads the 32-bit index at byte offset `off` with `order`.
     /// Panics only on an out-of-range offset, which is a bug in the core
     /// (offsets are never guest-derived unchecked).
+    #[inline]
     pub fn load_u32(&self, off: usize, order: Ordering) -> u32 {
         self.atomic_u32(off).load(order)
     }
 
     /// Stores the 32-bit index at byte offset `off` with `order`.
+    #[inline]
     pub fn store_u32(&self, off: usize, value: u32, order: Ordering) {
         self.atomic_u32(off).store(value, order)
     }
@@ -122,6 +126,7 @@ impl SharedMem {
     /// Copies `out.len()` bytes at `off` out of shared memory, once: each
     /// byte is read exactly once, eight at a time where the memory is
     /// 8-byte aligned (a request slot is 14 such loads, not 112).
+    #[inline]
     pub fn read(&self, off: usize, out: &mut [u8]) {
         assert!(off
             .checked_add(out.len())
@@ -155,6 +160,7 @@ impl SharedMem {
 
     /// Copies `data` into shared memory at `off`: each byte written once,
     /// eight at a time where the memory is 8-byte aligned.
+    #[inline]
     pub fn write(&self, off: usize, data: &[u8]) {
         assert!(off
             .checked_add(data.len())
@@ -185,27 +191,34 @@ impl SharedMem {
 
     /// A full memory barrier (`xen_mb()`), ordering shared-memory stores
     /// before later shared-memory loads.
+    #[inline]
     pub fn full_fence(&self) {
         fence(Ordering::SeqCst);
     }
 }
 
 impl RingMem for SharedMem {
+    #[inline]
     fn len(&self) -> usize {
         SharedMem::len(self)
     }
+    #[inline]
     fn load_u32(&self, off: usize, order: Ordering) -> u32 {
         SharedMem::load_u32(self, off, order)
     }
+    #[inline]
     fn store_u32(&self, off: usize, value: u32, order: Ordering) {
         SharedMem::store_u32(self, off, value, order)
     }
+    #[inline]
     fn read(&self, off: usize, out: &mut [u8]) {
         SharedMem::read(self, off, out)
     }
+    #[inline]
     fn write(&self, off: usize, data: &[u8]) {
         SharedMem::write(self, off, data)
     }
+    #[inline]
     fn full_fence(&self) {
         SharedMem::full_fence(self)
     }
