@@ -232,7 +232,7 @@ pub fn parse(
     limits: &Limits,
     segs: &mut [Segment],
 ) -> Result<Header, RequestError> {
-    match (req.operation, req.body) {
+    match (req.operation, &req.body) {
         (
             BLKIF_OP_DISCARD,
             RequestBody::Discard {
@@ -242,14 +242,14 @@ pub fn parse(
                 ..
             },
         ) if limits.discard => {
-            let secure = flag & BLKIF_DISCARD_SECURE != 0;
+            let secure = *flag & BLKIF_DISCARD_SECURE != 0;
             if secure && !limits.secure_discard {
                 return Err(RequestError::NotSupported);
             }
             if limits.read_only {
                 return Err(RequestError::ReadOnly);
             }
-            let (sector, nr_sectors) = (Sectors(sector_number), Sectors(nr_sectors));
+            let (sector, nr_sectors) = (Sectors(*sector_number), Sectors(*nr_sectors));
             check_range(sector, nr_sectors, limits)?;
             Ok(Header::Ready(Parsed {
                 id: req.id,
@@ -270,19 +270,19 @@ pub fn parse(
                 ..
             },
         ) if limits.max_indirect_segments > 0 => {
-            let op = match indirect_op {
+            let op = match *indirect_op {
                 BLKIF_OP_READ => Op::Read,
                 BLKIF_OP_WRITE => Op::Write,
                 _ => return Err(RequestError::BadIndirectOp),
             };
             let max = limits.max_indirect_segments.min(MAX_INDIRECT_SEGMENTS);
-            if nr_segments == 0 || u32::from(nr_segments) > max {
+            if *nr_segments == 0 || u32::from(*nr_segments) > max {
                 return Err(RequestError::BadSegmentCount);
             }
             if op.writes() && limits.read_only {
                 return Err(RequestError::ReadOnly);
             }
-            let sector = Sectors(sector_number);
+            let sector = Sectors(*sector_number);
             if !sector.is_aligned(limits.sector_size) {
                 return Err(RequestError::Misaligned);
             }
@@ -290,8 +290,8 @@ pub fn parse(
                 id: req.id,
                 op,
                 sector,
-                nsegs: nr_segments,
-                grefs: indirect_grefs,
+                nsegs: *nr_segments,
+                grefs: *indirect_grefs,
             }))
         }
         (
@@ -313,7 +313,7 @@ pub fn parse(
                 BLKIF_OP_WRITE_BARRIER if limits.barrier => Op::Barrier,
                 _ => return Err(RequestError::NotSupported),
             };
-            let nsegs = usize::from(nr_segments);
+            let nsegs = usize::from(*nr_segments);
             let min_segs = usize::from(matches!(op, Op::Read | Op::Write));
             let max_segs = (limits.max_segments as usize).min(BLKIF_MAX_SEGMENTS_PER_REQUEST);
             if nsegs < min_segs || nsegs > max_segs || nsegs > segs.len() {
@@ -323,7 +323,7 @@ pub fn parse(
                 return Err(RequestError::ReadOnly);
             }
             let nr_sectors = check_segments(&seg[..nsegs], limits)?;
-            let sector = Sectors(if nsegs == 0 { 0 } else { sector_number });
+            let sector = Sectors(if nsegs == 0 { 0 } else { *sector_number });
             if nsegs > 0 {
                 check_range(sector, nr_sectors, limits)?;
             }
@@ -334,7 +334,7 @@ pub fn parse(
                 op,
                 sector,
                 nr_sectors,
-                nsegs: u16::from(nr_segments),
+                nsegs: u16::from(*nr_segments),
             }))
         }
         // Discard and indirect requests when not offered, reserved and

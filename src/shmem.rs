@@ -134,6 +134,18 @@ impl SharedMem {
         // SAFETY: `off <= len` by the assertion: the result is inside the
         // mapping or one past its end.
         let src = unsafe { self.base.as_ptr().add(off) };
+        if (src as usize | out.len()) % WORD == 0 {
+            // Whole aligned words (an x86_64 slot's parts): no head or
+            // tail to copy a byte at a time.
+            for (i, w) in out.chunks_exact_mut(WORD).enumerate() {
+                // SAFETY: the 8 bytes at `off + i * 8` are inside the
+                // mapping (`off + out.len() <= len`) and 8-aligned (`src`
+                // is).
+                let v = unsafe { core::ptr::read_volatile(src.add(i * WORD).cast::<u64>()) };
+                w.copy_from_slice(&v.to_ne_bytes());
+            }
+            return;
+        }
         let head = src.align_offset(WORD).min(out.len());
         let (head_out, rest) = out.split_at_mut(head);
         for (i, b) in head_out.iter_mut().enumerate() {
@@ -167,6 +179,22 @@ impl SharedMem {
             .is_some_and(|end| end <= self.len));
         // SAFETY: `off <= len` by the assertion.
         let dst = unsafe { self.base.as_ptr().add(off) };
+        if (dst as usize | data.len()) % WORD == 0 {
+            // Whole aligned words (an x86_64 response): no head or tail.
+            for (i, w) in data.chunks_exact(WORD).enumerate() {
+                let mut v = [0u8; WORD];
+                v.copy_from_slice(w);
+                // SAFETY: inside the mapping (`off + data.len() <= len`)
+                // and 8-aligned (`dst` is); writable by `new`'s contract.
+                unsafe {
+                    core::ptr::write_volatile(
+                        dst.add(i * WORD).cast::<u64>(),
+                        u64::from_ne_bytes(v),
+                    )
+                };
+            }
+            return;
+        }
         let head = dst.align_offset(WORD).min(data.len());
         let (head_in, rest) = data.split_at(head);
         for (i, b) in head_in.iter().enumerate() {
