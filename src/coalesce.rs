@@ -168,6 +168,10 @@ pub struct Reqlist {
     /// A step that serves every request failed: every request is
     /// answered with an error.
     pub error: bool,
+    /// Some of its requests failed on their own ([`ReqSlot::failed`]):
+    /// its runs are found by walking its chain. While none has, the
+    /// reqlist is one run ([`Reqlists::current_run`]).
+    pub failed: bool,
     /// Its I/O was submitted and has not finished.
     pub in_flight: bool,
 }
@@ -184,6 +188,7 @@ const EMPTY_LIST: Reqlist = Reqlist {
     phase: 0,
     run: NONE,
     error: false,
+    failed: false,
     in_flight: false,
 };
 
@@ -322,10 +327,12 @@ impl Reqlists {
         };
     }
 
-    /// The request in `slot` failed on its own; see [`ReqSlot::failed`].
-    pub fn fail_slot(&mut self, slot: u16) {
+    /// The request in `slot`, of reqlist `l`, failed on its own; see
+    /// [`ReqSlot::failed`].
+    pub fn fail_slot(&mut self, l: u16, slot: u16) {
         if let Some(r) = self.slots.get_mut(usize::from(slot)) {
             r.failed = true;
+            self.lists[usize::from(l)].failed = true;
         }
     }
 
@@ -378,8 +385,9 @@ impl Reqlists {
         .take_while(|&(s, _)| !self.slots[usize::from(s)].failed)
     }
 
-    /// Marks every request of the run starting at `start` failed.
-    pub fn fail_run(&mut self, start: u16) {
+    /// Marks every request of the run of reqlist `l` starting at `start`
+    /// failed.
+    pub fn fail_run(&mut self, l: u16, start: u16) {
         let mut cur = start;
         while let Some(r) = self.slots.get_mut(usize::from(cur)) {
             if r.failed {
@@ -388,6 +396,24 @@ impl Reqlists {
             r.failed = true;
             cur = r.next;
         }
+        self.lists[usize::from(l)].failed = true;
+    }
+
+    /// The run of reqlist `l` served next (from [`Reqlist::run`]; see
+    /// [`Reqlists::run`]): while none of its requests failed, the whole
+    /// reqlist, without walking its chain.
+    #[inline]
+    pub fn current_run(&self, l: u16) -> Run {
+        let list = &self.lists[usize::from(l)];
+        if !list.failed {
+            debug_assert_eq!(list.run, list.head);
+            return Run {
+                sector: list.sector,
+                nr_sectors: list.nr_sectors,
+                next: NONE,
+            };
+        }
+        self.run(list.run)
     }
 
     /// The request in `slot`.
@@ -630,6 +656,72 @@ mod tests {
         assert!(r.start(f, &parsed(Op::Flush, 0, 0)).is_some());
         assert_eq!(r.open(), None);
         assert!(Reqlists::try_new(MAX_SLOTS + 1, 1).is_err());
+    }
+
+    /// A reqlist of four back-to-back writes, its run pointer at its head
+    /// (as a dispatched reqlist has it).
+    fn four_writes(r: &mut Reqlists) -> (u16, [u16; 4]) {
+        let slots = [0u64, 1, 2, 3].map(|k| {
+            let s = r.take_slot().unwrap();
+            r.set_slot(s, &parsed(Op::Write, 16 * k, 2));
+            s
+        });
+        let l = r.start(slots[0], &parsed(Op::Write, 0, 2)).unwrap();
+        for (k, &s) in (1u64..).zip(&slots[1..]) {
+            assert!(r.join_open(s, &parsed(Op::Write, 16 * k, 2), &B));
+        }
+        r.take_open();
+        r.list_mut(l).run = r.list(l).head;
+        (l, slots)
+    }
+
+    /// While none of its requests failed a reqlist is one run, found
+    /// without a walk and equal to the walked one; once one fails, its
+    /// runs are walked around it, and a failed run ends there.
+    #[test]
+    fn runs_without_and_with_failed_requests() {
+        let mut r = Reqlists::try_new(4, 11).unwrap();
+        let (l, s) = four_writes(&mut r);
+        let whole = Run {
+            sector: Sectors(0),
+            nr_sectors: Sectors(64),
+            next: NONE,
+        };
+        assert_eq!(r.current_run(l), whole);
+        assert_eq!(r.run(s[0]), whole, "the walk agrees");
+        assert!(!r.list(l).failed);
+
+        r.fail_slot(l, s[1]);
+        assert!(r.list(l).failed);
+        assert_eq!(
+            r.current_run(l),
+            Run {
+                sector: Sectors(0),
+                nr_sectors: Sectors(16),
+                next: s[2],
+            }
+        );
+        r.list_mut(l).run = s[2];
+        assert_eq!(
+            r.current_run(l),
+            Run {
+                sector: Sectors(32),
+                nr_sectors: Sectors(32),
+                next: NONE,
+            }
+        );
+        assert_eq!(r.run_chain(s[2]).count(), 2);
+        r.fail_run(l, s[2]);
+        assert_eq!(r.first_unfailed(s[0]), s[0]);
+        assert!((1..4).all(|k| r.slot(s[k]).failed));
+        r.free(l);
+
+        // A run failing in a reqlist none of whose requests had failed.
+        let (l, s) = four_writes(&mut r);
+        assert!(!r.list(l).failed, "a freed reqlist starts afresh");
+        r.fail_run(l, s[0]);
+        assert!(r.list(l).failed);
+        assert_eq!(r.first_unfailed(s[0]), NONE);
     }
 
     #[test]

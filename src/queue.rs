@@ -756,8 +756,8 @@ impl Queue {
         let Some(l) = self.lists.start(slot, p) else {
             // As many reqlists as slots: unreachable; answer rather than panic.
             let r = self.lists.slot_range(slot);
-            self.grants
-                .release(host, r.start..r.start + usize::from(p.nsegs));
+            let used = r.start..r.start + usize::from(p.nsegs);
+            self.grants.release(host, core::iter::once(used));
             self.lists.put_slot(slot);
             self.respond(p.id, p.operation, BLKIF_RSP_ERROR);
             return;
@@ -914,7 +914,7 @@ impl Queue {
             let base = self.lists.slot_range(cur).start;
             let range = base..base + usize::from(r.nsegs);
             if self.grants.mapped_pages(range).any(|p| p.is_none()) {
-                self.lists.fail_slot(cur);
+                self.lists.fail_slot(l, cur);
             }
             cur = r.next;
         }
@@ -956,7 +956,7 @@ impl Queue {
         let list = *self.lists.list(l);
         let steps = plan(list.op, list.pages > 0);
         let tag = self.tag(l);
-        let run = self.lists.run(list.run);
+        let run = self.lists.current_run(l);
         let (sector, nr_sectors) = match steps.get(usize::from(list.phase)) {
             Some(Phase::Data) => (run.sector, run.nr_sectors),
             _ => (list.sector, list.nr_sectors),
@@ -1033,7 +1033,7 @@ impl Queue {
         let list = *self.lists.list(l);
         let steps = plan(list.op, list.pages > 0);
         if steps.get(usize::from(list.phase)) == Some(&Phase::Data) {
-            let run = self.lists.run(list.run);
+            let run = self.lists.current_run(l);
             if result.is_ok() {
                 let stat = if list.op == Op::Read {
                     Stat::BytesRead
@@ -1043,7 +1043,7 @@ impl Queue {
                 self.stats
                     .add(stat, run.nr_sectors.bytes().map_or(0, |b| b.0));
             } else {
-                self.lists.fail_run(list.run);
+                self.lists.fail_run(l, list.run);
             }
             if run.next != NONE {
                 self.lists.list_mut(l).run = run.next;
@@ -1065,9 +1065,8 @@ impl Queue {
     /// reqlist, and returns everything to the pools.
     fn finish<H: QueueHost + ?Sized>(&mut self, host: &mut H, l: u16) {
         let list = *self.lists.list(l);
-        for (_, r) in self.lists.chain(l) {
-            self.grants.release(host, r);
-        }
+        self.grants
+            .release(host, self.lists.chain(l).map(|(_, r)| r));
         if list.kva_pages > 0 {
             self.kva.free(list.kva_first, list.kva_pages);
         }

@@ -82,6 +82,9 @@ pub struct QueueGrants {
     /// Grant handle of each transient page.
     handles: Vec<GrantHandle>,
     map_ops: Vec<GrantMapOp>,
+    /// The segment (an index of the queue's segment array) each map op
+    /// is for.
+    map_segs: Vec<usize>,
     map_results: Vec<MapResult>,
     unmap_ops: Vec<GrantUnmapOp>,
     purged: Vec<(WindowPage, GrantHandle)>,
@@ -109,6 +112,7 @@ impl QueueGrants {
                     readonly: true,
                 },
             )?,
+            map_segs: try_vec(shape.max_pages, 0)?,
             map_results: try_vec(shape.max_pages, Err(GrantError::General))?,
             unmap_ops: try_vec(
                 shape.max_pages,
@@ -234,11 +238,13 @@ impl QueueGrants {
     /// transient pages from `first` (relative to the transient range) on,
     /// mapped read-only when `readonly`; its pending persistent entries are
     /// mapped writable (they serve reads and writes alike). Returns how
-    /// many mappings failed; a failed segment is left unassigned.
+    /// many mappings failed; a failed segment is left unassigned. The
+    /// reqlist's segments are walked once: each map op remembers its
+    /// segment for the results.
     pub fn map<H: QueueHost + ?Sized>(
         &mut self,
         host: &mut H,
-        ranges: impl Iterator<Item = Range<usize>> + Clone,
+        ranges: impl Iterator<Item = Range<usize>>,
         segs: &[Segment],
         first: u32,
         readonly: bool,
@@ -246,7 +252,7 @@ impl QueueGrants {
     ) -> u64 {
         let mut nops = 0usize;
         let mut next = first;
-        for i in ranges.clone().flatten() {
+        for i in ranges.flatten() {
             let (page, ro) = match self.pages[i] {
                 SegPage::Unassigned => {
                     let page = self.kva_base.add(next);
@@ -262,26 +268,21 @@ impl QueueGrants {
                 window_page: page,
                 readonly: ro,
             };
+            self.map_segs[nops] = i;
             nops += 1;
         }
-        if nops > 0 {
-            host.map_batch(
-                self.dom,
-                &self.map_ops[..nops],
-                &mut self.map_results[..nops],
-            );
+        if nops == 0 {
+            return 0;
         }
+        host.map_batch(
+            self.dom,
+            &self.map_ops[..nops],
+            &mut self.map_results[..nops],
+        );
         let mut failed = 0u64;
-        let mut j = 0usize;
-        for i in ranges.flatten() {
-            let page = self.pages[i];
-            let (SegPage::Transient(p) | SegPage::Pending(p)) = page else {
-                continue;
-            };
-            let res = self.map_results[j];
-            j += 1;
-            match (page, res) {
-                (SegPage::Transient(_), Ok(h)) => {
+        for (&i, res) in self.map_segs[..nops].iter().zip(&self.map_results[..nops]) {
+            match (self.pages[i], *res) {
+                (SegPage::Transient(p), Ok(h)) => {
                     if let Some(slot) = p
                         .offset_from(self.kva_base)
                         .and_then(|k| self.handles.get_mut(k as usize))
@@ -289,11 +290,11 @@ impl QueueGrants {
                         *slot = h;
                     }
                 }
-                (SegPage::Pending(_), Ok(h)) => {
+                (SegPage::Pending(p), Ok(h)) => {
                     self.cache.set_mapped(p, h);
                     self.pages[i] = SegPage::Cached(p);
                 }
-                (SegPage::Pending(_), Err(_)) => {
+                (SegPage::Pending(p), Err(_)) => {
                     self.cache.forget(p);
                     self.pages[i] = SegPage::Unassigned;
                     failed += 1;
@@ -308,12 +309,17 @@ impl QueueGrants {
         failed
     }
 
-    /// The release plan of one request's segments `range`: unmaps its
-    /// transient grants in one batch and gives back its persistent ones.
-    pub fn release<H: QueueHost + ?Sized>(&mut self, host: &mut H, range: Range<usize>) {
+    /// The release plan of one reqlist's segments (`ranges`, one per
+    /// request): unmaps its transient grants in one batch and gives back
+    /// its persistent ones.
+    pub fn release<H: QueueHost + ?Sized>(
+        &mut self,
+        host: &mut H,
+        ranges: impl Iterator<Item = Range<usize>>,
+    ) {
         let mut nun = 0usize;
         let mut now = None;
-        for i in range {
+        for i in ranges.flatten() {
             match self.pages[i] {
                 SegPage::Transient(p) => {
                     let k = p.offset_from(self.kva_base);
