@@ -640,6 +640,18 @@ const fn layout_of<const I386: bool>() -> &'static Layout {
     }
 }
 
+/// Encodes `rsp` with the i386 layout or the x86_64 one (see
+/// [`Abi::response_bytes`]).
+#[inline]
+fn encode_response_in<const I386: bool>(rsp: &BlkifResponse) -> [u8; MAX_RSP_SIZE] {
+    let l = layout_of::<I386>();
+    let mut s = [0u8; MAX_RSP_SIZE];
+    put(&mut s, l.r_id, &rsp.id.to_le_bytes());
+    put(&mut s, l.r_operation, &[rsp.operation]);
+    put(&mut s, l.r_status, &rsp.status.to_le_bytes());
+    s
+}
+
 /// Decodes the request in `s` with the i386 layout or the x86_64 one (see
 /// [`Abi::decode_request`]).
 #[inline]
@@ -870,12 +882,18 @@ impl Abi {
     /// [`response_size`](Abi::response_size) bytes of `slot`, padding bytes
     /// zero, so no stale data reaches the guest.
     pub fn encode_response(self, rsp: &BlkifResponse, slot: &mut [u8]) {
-        let l = self.layout();
-        let mut s = [0u8; MAX_RSP_SIZE];
-        put(&mut s, l.r_id, &rsp.id.to_le_bytes());
-        put(&mut s, l.r_operation, &[rsp.operation]);
-        put(&mut s, l.r_status, &rsp.status.to_le_bytes());
-        copy_out(&s, slot, l.rsp_size);
+        copy_out(&self.response_bytes(rsp), slot, self.response_size());
+    }
+
+    /// A response as the [`response_size`](Abi::response_size) bytes
+    /// that go on the ring, at the start of a zeroed buffer (padding and
+    /// the rest zero). The offsets are constants per ABI.
+    #[inline]
+    pub fn response_bytes(self, rsp: &BlkifResponse) -> [u8; MAX_RSP_SIZE] {
+        match self {
+            Abi::X86_32 => encode_response_in::<true>(rsp),
+            Abi::X86_64 => encode_response_in::<false>(rsp),
+        }
     }
 
     /// Decodes a response slot (front-end side). Total: missing bytes read

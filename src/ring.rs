@@ -22,8 +22,8 @@
 use core::sync::atomic::Ordering;
 
 use crate::abi::{
-    Abi, BlkifRequest, BlkifResponse, MAX_RSP_SIZE, MAX_SLOT_SIZE, SRING_HEADER_SIZE,
-    SRING_REQ_EVENT, SRING_REQ_PROD, SRING_RSP_EVENT, SRING_RSP_PROD,
+    Abi, BlkifRequest, BlkifResponse, MAX_SLOT_SIZE, SRING_HEADER_SIZE, SRING_REQ_EVENT,
+    SRING_REQ_PROD, SRING_RSP_EVENT, SRING_RSP_PROD,
 };
 use crate::host::PAGE_SIZE;
 use crate::shmem::{RingMem, SharedMem};
@@ -93,18 +93,12 @@ fn read_slot<M: RingMem>(
     buf
 }
 
-/// Encodes one entry of `len` bytes (at most `N`) with `encode` into a
-/// zeroed copy (padding and unused bytes stay zero) and writes it to byte
-/// `at` of the ring. `N` is the largest entry of its kind: a response
-/// zeroes 16 bytes, not a request slot's 112.
-fn put_entry<M: RingMem, const N: usize>(
-    mem: &mut M,
-    at: usize,
-    len: usize,
-    encode: impl FnOnce(&mut [u8]),
-) {
-    let mut buf = [0u8; N];
-    let len = len.min(N);
+/// Encodes one request of `len` bytes with `encode` into a zeroed copy
+/// (padding and unused bytes stay zero) and writes it to byte `at` of the
+/// ring (the front ring's side).
+fn put_request<M: RingMem>(mem: &mut M, at: usize, len: usize, encode: impl FnOnce(&mut [u8])) {
+    let mut buf = [0u8; MAX_SLOT_SIZE];
+    let len = len.min(MAX_SLOT_SIZE);
     encode(&mut buf[..len]);
     mem.write(at, &buf[..len]);
 }
@@ -242,10 +236,8 @@ impl<M: RingMem> BackRing<M> {
             return;
         }
         let at = slot_offset(self.abi, self.size, self.rsp_prod_pvt);
-        let abi = self.abi;
-        put_entry::<_, MAX_RSP_SIZE>(&mut self.mem, at, abi.response_size(), |b| {
-            abi.encode_response(rsp, b)
-        });
+        let bytes = self.abi.response_bytes(rsp);
+        self.mem.write(at, &bytes[..self.abi.response_size()]);
         self.rsp_prod_pvt = self.rsp_prod_pvt.wrapping_add(1);
     }
 
@@ -403,7 +395,7 @@ impl<M: RingMem> FrontRing<M> {
         }
         let at = slot_offset(self.abi, self.size, self.req_prod_pvt);
         let abi = self.abi;
-        put_entry::<_, MAX_SLOT_SIZE>(&mut self.mem, at, abi.request_size(), |b| {
+        put_request(&mut self.mem, at, abi.request_size(), |b| {
             abi.encode_request(req, b)
         });
         self.req_prod_pvt = self.req_prod_pvt.wrapping_add(1);
