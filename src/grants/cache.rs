@@ -361,6 +361,17 @@ impl GrantCache {
         self.put_back(page, None);
     }
 
+    /// When the least recently used of the unheld mapped entries (the
+    /// first [`purge_idle`](Self::purge_idle) would take) was last used;
+    /// `None` when no entry is unheld and mapped. No entry has been idle
+    /// longer: until the clock is `idle_ms` past this, a purge finds
+    /// nothing.
+    pub fn oldest_use_ms(&self) -> Option<u64> {
+        self.entries
+            .get(self.lru_head as usize)
+            .map(|e| e.last_used_ms)
+    }
+
     /// Removes the unheld mapped entries idle for at least `idle_ms` (last
     /// used at or before `now_ms - idle_ms`), oldest first, writing their
     /// `(window page, handle)` pairs to `out` for the caller to unmap. Stops
@@ -810,9 +821,12 @@ mod tests {
         }
         let mut out = [(WindowPage(0), H0); 2];
         // now 45, idle 20: pages used at or before 25 go (3, 0), oldest first.
+        assert_eq!(c.oldest_use_ms(), Some(10));
         assert_eq!(c.purge_idle(45, 20, &mut out), 2);
         assert_eq!([out[0].0, out[1].0], [3, 0].map(WindowPage));
         assert_eq!(out[0].1, GrantHandle(3 ^ 0x5a5a));
+        // What is left was used at 30 at the earliest: idle at 50.
+        assert_eq!(c.oldest_use_ms(), Some(30));
         assert_eq!(c.purge_idle(45, 20, &mut out), 0);
         // Everything idle, but out holds one at a time.
         let mut one = [(WindowPage(0), H0); 1];
@@ -822,7 +836,8 @@ mod tests {
         assert_eq!(one[0].0, WindowPage(1));
         assert_eq!(c.purge_idle(1000, 20, &mut one), 0);
         assert_eq!(c.purge_idle(1000, 20, &mut []), 0);
-        // The held entry survives.
+        // The held entry survives, and is not idle.
+        assert_eq!(c.oldest_use_ms(), None);
         assert_eq!((c.len(), c.in_use()), (1, 1));
         check(&c);
     }

@@ -352,10 +352,15 @@ impl QueueGrants {
         idle_ms: u64,
         stats: &QueueCounters,
     ) {
-        if self.cache.is_empty() {
+        // The LRU list is ordered by last use: nothing is idle before its
+        // head is, and the clock is not read while nothing is unheld.
+        let Some(oldest) = self.cache.oldest_use_ms() else {
+            return;
+        };
+        let now = host.now_ms();
+        if now.saturating_sub(oldest) < idle_ms {
             return;
         }
-        let now = host.now_ms();
         loop {
             let n = self.cache.purge_idle(now, idle_ms, &mut self.purged);
             self.unmap_purged(host, n, stats);
