@@ -757,7 +757,8 @@ impl Queue {
             // As many reqlists as slots: unreachable; answer rather than panic.
             let r = self.lists.slot_range(slot);
             let used = r.start..r.start + usize::from(p.nsegs);
-            self.grants.release(host, core::iter::once(used));
+            self.grants
+                .release(host, core::iter::once(used), &self.stats);
             self.lists.put_slot(slot);
             self.respond(p.id, p.operation, BLKIF_RSP_ERROR);
             return;
@@ -1065,8 +1066,8 @@ impl Queue {
     /// reqlist, and returns everything to the pools.
     fn finish<H: QueueHost + ?Sized>(&mut self, host: &mut H, l: u16) {
         let list = *self.lists.list(l);
-        self.grants
-            .release(host, self.lists.chain(l).map(|(_, r)| r));
+        let chain = self.lists.chain(l).map(|(_, r)| r);
+        self.grants.release(host, chain, &self.stats);
         if list.kva_pages > 0 {
             self.kva.free(list.kva_first, list.kva_pages);
         }
@@ -1089,7 +1090,6 @@ impl Queue {
             self.barrier = NONE;
         }
         self.starved = false;
-        self.grants.update_gauge(&self.stats);
     }
 
     /// Queues one response on the ring (published by [`Queue::publish`]).

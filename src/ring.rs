@@ -237,7 +237,11 @@ impl<M: RingMem> BackRing<M> {
         }
         let at = slot_offset(self.abi, self.size, self.rsp_prod_pvt);
         let bytes = self.abi.response_bytes(rsp);
-        self.mem.write(at, &bytes[..self.abi.response_size()]);
+        // A constant length per ABI: the copy is a few stores.
+        match self.abi {
+            Abi::X86_32 => self.mem.write(at, &bytes[..Abi::X86_32.response_size()]),
+            Abi::X86_64 => self.mem.write(at, &bytes[..Abi::X86_64.response_size()]),
+        }
         self.rsp_prod_pvt = self.rsp_prod_pvt.wrapping_add(1);
     }
 

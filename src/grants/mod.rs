@@ -144,6 +144,8 @@ impl QueueGrants {
         self.pages[range].iter().map(|p| p.mapped())
     }
 
+    /// Sets the gauge of mapped persistent grants, wherever their number
+    /// may have changed (an entry made, evicted, forgotten or purged).
     fn gauge(&self, stats: &QueueCounters) {
         stats.set(Stat::PersistentGrantsMapped, u64::from(self.cache.len()));
     }
@@ -280,6 +282,7 @@ impl QueueGrants {
             &mut self.map_results[..nops],
         );
         let mut failed = 0u64;
+        let mut forgot = false;
         for (&i, res) in self.map_segs[..nops].iter().zip(&self.map_results[..nops]) {
             match (self.pages[i], *res) {
                 (SegPage::Transient(p), Ok(h)) => {
@@ -298,6 +301,7 @@ impl QueueGrants {
                     self.cache.forget(p);
                     self.pages[i] = SegPage::Unassigned;
                     failed += 1;
+                    forgot = true;
                 }
                 _ => {
                     self.pages[i] = SegPage::Unassigned;
@@ -305,7 +309,9 @@ impl QueueGrants {
                 }
             }
         }
-        self.gauge(stats);
+        if forgot {
+            self.gauge(stats);
+        }
         failed
     }
 
@@ -316,9 +322,11 @@ impl QueueGrants {
         &mut self,
         host: &mut H,
         ranges: impl Iterator<Item = Range<usize>>,
+        stats: &QueueCounters,
     ) {
         let mut nun = 0usize;
         let mut now = None;
+        let mut forgot = false;
         for i in ranges.flatten() {
             match self.pages[i] {
                 SegPage::Transient(p) => {
@@ -335,13 +343,19 @@ impl QueueGrants {
                     let t = *now.get_or_insert_with(|| host.now_ms());
                     self.cache.release(p, t);
                 }
-                SegPage::Pending(p) => self.cache.unacquire(p),
+                SegPage::Pending(p) => {
+                    self.cache.unacquire(p);
+                    forgot = true;
+                }
                 SegPage::Unassigned => {}
             }
             self.pages[i] = SegPage::Unassigned;
         }
         if nun > 0 {
             host.unmap_batch(&self.unmap_ops[..nun]);
+        }
+        if forgot {
+            self.gauge(stats);
         }
     }
 
@@ -398,11 +412,6 @@ impl QueueGrants {
         }
         host.unmap_batch(&self.unmap_ops[..n]);
         stats.add(Stat::PersistentGrantsPurged, n as u64);
-        self.gauge(stats);
-    }
-
-    /// Refreshes the gauge of mapped persistent grants.
-    pub fn update_gauge(&self, stats: &QueueCounters) {
         self.gauge(stats);
     }
 }
