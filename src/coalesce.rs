@@ -219,8 +219,10 @@ pub struct Reqlists {
     /// Each slot's segments, `max_segs` per slot.
     segs: Vec<Segment>,
     free_slots: Vec<u16>,
+    /// The reqlists, each at the index of its first request's slot: a
+    /// slot heads at most one reqlist, and a reqlist needs no pool of its
+    /// own.
     lists: Vec<Reqlist>,
-    free_lists: Vec<u16>,
     /// The reqlist requests are being appended to, or [`NONE`].
     open: u16,
     max_segs: usize,
@@ -261,7 +263,6 @@ impl Reqlists {
             segs: try_vec(nsegs, Segment::default())?,
             free_slots: try_stack(n)?,
             lists: try_vec(n, EMPTY_LIST)?,
-            free_lists: try_stack(n)?,
             open: NONE,
             max_segs,
         })
@@ -494,11 +495,12 @@ impl Reqlists {
     }
 
     /// Starts a reqlist with the request `p` in `slot`: the open one when
-    /// it is a read or write (later requests may join it). `None` when no
-    /// reqlist is free (never, with as many reqlists as slots).
+    /// it is a read or write (later requests may join it). The reqlist is
+    /// named by its first request's slot (`slot`). `None` for a slot no
+    /// reqlist has (never: there are as many reqlists as slots).
     pub fn start(&mut self, slot: u16, p: &Parsed) -> Option<u16> {
-        let l = self.free_lists.pop()?;
-        self.lists[usize::from(l)] = Reqlist {
+        let list = self.lists.get_mut(usize::from(slot))?;
+        *list = Reqlist {
             op: p.op,
             head: slot,
             tail: slot,
@@ -508,9 +510,9 @@ impl Reqlists {
             ..EMPTY_LIST
         };
         if matches!(p.op, Op::Read | Op::Write) {
-            self.open = l;
+            self.open = slot;
         }
-        Some(l)
+        Some(slot)
     }
 
     /// Frees reqlist `l` and its request slots; the caller has answered
@@ -522,7 +524,6 @@ impl Reqlists {
             cur = r.next;
         }
         self.lists[usize::from(l)] = EMPTY_LIST;
-        self.free_lists.push(l);
     }
 }
 
