@@ -489,8 +489,13 @@ impl Queue {
         }
         let was_paused = self.paused();
         self.on_complete(host, t.list, result);
-        self.drain_waitq(host);
-        self.try_start_barrier(host);
+        // What this completion may restart, if anything waits.
+        if self.waitq_len > 0 {
+            self.drain_waitq(host);
+        }
+        if self.barrier != NONE {
+            self.try_start_barrier(host);
+        }
         self.grants
             .purge_idle(host, self.params.idle_ms, &self.stats);
         self.publish(host);
