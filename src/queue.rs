@@ -609,10 +609,13 @@ impl Queue {
     /// Consumes requests until the ring is empty, a pool runs dry, or the
     /// pass budget is spent. `Err` when the front-end broke the ring.
     fn consume<H: QueueHost + ?Sized>(&mut self, host: &mut H) -> Result<(), ()> {
-        let mut budget = self.params.per_pass;
+        let per_pass = self.params.per_pass;
+        let mut budget = per_pass;
         let mut stopped_on_pause = false;
-        'pass: loop {
-            let prod = self.ring.snapshot_req_prod().map_err(|_| ())?;
+        let ring_ok = 'pass: loop {
+            let Ok(prod) = self.ring.snapshot_req_prod() else {
+                break 'pass Err(());
+            };
             // The connection is failing or closing. A front-end that saw
             // the Closing state before it produced wrote this req_prod
             // after the control part stopped the queues, so this load
@@ -620,40 +623,47 @@ impl Queue {
             // produced after Closing is consumed, even if the queue's
             // recall has not reached it yet.
             if self.stats.shared.stopped() {
-                break 'pass;
+                break 'pass Ok(());
             }
             while self.ring.req_cons() != prod {
                 if self.paused() {
                     stopped_on_pause = true;
-                    break 'pass;
+                    break 'pass Ok(());
                 }
                 if budget == 0 {
                     // Yield the taskqueue; a hostile front-end can keep
                     // producing forever.
                     host.schedule_run(self.id);
-                    break 'pass;
+                    break 'pass Ok(());
                 }
                 if self.lists.slots_exhausted() {
                     self.stats.inc(Stat::RequestShortages);
                     self.starved = true;
                     stopped_on_pause = true;
-                    break 'pass;
+                    break 'pass Ok(());
                 }
-                let Some(raw) = self.ring.take_request(prod) else {
+                // Borrowed where the ring put it: no second copy.
+                let taken = self.ring.take_request(prod);
+                let Some(raw) = &taken else {
                     break;
                 };
                 budget -= 1;
-                self.stats.inc(Stat::ReqsReceived);
-                self.accept(host, &raw);
+                self.accept(host, raw);
             }
             if self.paused() {
                 stopped_on_pause = true;
-                break;
+                break Ok(());
             }
-            if !self.ring.final_check_for_requests().map_err(|_| ())? {
-                break;
+            match self.ring.final_check_for_requests() {
+                Ok(true) => {}
+                Ok(false) => break Ok(()),
+                Err(_) => break Err(()),
             }
-        }
+        };
+        // Every request taken, counted once per pass.
+        self.stats
+            .add(Stat::ReqsReceived, u64::from(per_pass - budget));
+        ring_ok?;
         self.close_open(host, Stat::ForcedDispatch);
         // The pause may already be over (the dispatch above failed at once
         // and freed everything): no completion will come to restart the
