@@ -794,6 +794,7 @@ impl Abi {
     /// and [`request_size`](Abi::request_size); the back ring copies these
     /// bytes of a slot and no others, and [`decode_request`](Abi::decode_request)
     /// reads no others.
+    #[inline]
     pub fn request_used_size(self, head: &[u8]) -> usize {
         let byte = |off: usize| head.get(off).copied().unwrap_or(0);
         let l = self.layout();
@@ -814,6 +815,7 @@ impl Abi {
     /// `blkif_request`'s segments past its `nr_segments` are not part of
     /// it and decode as zero. A `slot` of [`MAX_SLOT_SIZE`] bytes or more
     /// (the back ring's copy) is decoded where it is.
+    #[inline]
     pub fn decode_request(self, slot: &[u8]) -> BlkifRequest {
         // No field lies past request_size: a longer `slot` reads the same.
         with_slot(slot, |s| match self {

@@ -467,6 +467,7 @@ impl Reqlists {
 
     /// Appends the request `p` in `slot` to the open reqlist when
     /// [`may_join`] allows; `true` when it joined.
+    #[inline]
     pub fn join_open(&mut self, slot: u16, p: &Parsed, budget: &Budget) -> bool {
         let Some(l) = self.open() else {
             return false;
@@ -517,6 +518,7 @@ impl Reqlists {
 
     /// Frees reqlist `l` and its request slots; the caller has answered
     /// them.
+    #[inline]
     pub fn free(&mut self, l: u16) {
         let mut cur = self.lists[usize::from(l)].head;
         while let Some(r) = self.slots.get(usize::from(cur)) {

@@ -146,6 +146,7 @@ impl KvaAllocator {
     /// Returns `n` pages starting at `first`. The range must be one that
     /// `alloc` returned; anything else is a bug in the caller, caught in
     /// debug builds and ignored (never corrupting the map) in release.
+    #[inline]
     pub fn free(&mut self, first: u32, n: u32) {
         let mut valid = first.checked_add(n).is_some_and(|end| end <= self.pages);
         if valid && n > 0 && first % 64 + n <= 64 {
