@@ -97,6 +97,20 @@ pub const NONE: u16 = u16::MAX;
 /// are `u16`s below [`NONE`].
 pub const MAX_SLOTS: usize = NONE as usize;
 
+/// What a request's reqlist must map for it when it starts
+/// ([`crate::grants::QueueGrants::map`]), known once the request is
+/// accepted (and bound to the persistent-grant cache, if any): its
+/// reqlist sums them ([`Reqlist::transient`], [`Reqlist::pending`]), so
+/// that starting it walks no segment to count them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ToMap {
+    /// Segments with no page yet: each takes a transient page (every
+    /// segment without persistent grants).
+    pub transient: u16,
+    /// New persistent-grant entries, mapped at their cache pages.
+    pub pending: u16,
+}
+
 /// One consumed, validated request waiting for or in service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReqSlot {
@@ -155,6 +169,11 @@ pub struct Reqlist {
     pub nr_sectors: Sectors,
     /// Segments of all its requests.
     pub pages: u32,
+    /// Of those, the ones that take a transient page when it starts (see
+    /// [`ToMap`]).
+    pub transient: u32,
+    /// Its new persistent-grant entries, mapped when it starts.
+    pub pending: u32,
     /// First page of its transient range (relative to the queue's KVA
     /// region), valid when `kva_pages > 0`.
     pub kva_first: u32,
@@ -183,6 +202,8 @@ const EMPTY_LIST: Reqlist = Reqlist {
     sector: Sectors(0),
     nr_sectors: Sectors(0),
     pages: 0,
+    transient: 0,
+    pending: 0,
     kva_first: 0,
     kva_pages: 0,
     phase: 0,
@@ -465,14 +486,15 @@ impl Reqlists {
         Some(l)
     }
 
-    /// Appends the request `p` in `slot` to the open reqlist when
-    /// [`may_join`] allows; `true` when it joined.
-    #[inline]
-    pub fn join_open(&mut self, slot: u16, p: &Parsed, budget: &Budget) -> bool {
+    /// Appends the request `p` in `slot`, for which `to_map` is to be
+    /// mapped, to the open reqlist when [`may_join`] allows; `true` when it
+    /// joined.
+    #[inline(always)]
+    pub fn join_open(&mut self, slot: u16, p: &Parsed, to_map: ToMap, budget: &Budget) -> bool {
         let Some(l) = self.open() else {
             return false;
         };
-        let o = self.lists[usize::from(l)];
+        let o = &self.lists[usize::from(l)];
         let (Some(next_sector), Some(bytes)) =
             (o.sector.checked_add(o.nr_sectors), o.nr_sectors.bytes())
         else {
@@ -487,19 +509,28 @@ impl Reqlists {
         if !may_join(&run, p, budget) {
             return false;
         }
-        self.slots[usize::from(o.tail)].next = slot;
+        self.append(l, slot, p, to_map);
+        true
+    }
+
+    /// Appends the request `p` in `slot` to reqlist `l`.
+    fn append(&mut self, l: u16, slot: u16, p: &Parsed, to_map: ToMap) {
+        let tail = self.lists[usize::from(l)].tail;
+        self.slots[usize::from(tail)].next = slot;
         let list = &mut self.lists[usize::from(l)];
         list.tail = slot;
         list.nr_sectors = Sectors(list.nr_sectors.0 + p.nr_sectors.0);
         list.pages += u32::from(p.nsegs);
-        true
+        list.transient += u32::from(to_map.transient);
+        list.pending += u32::from(to_map.pending);
     }
 
-    /// Starts a reqlist with the request `p` in `slot`: the open one when
-    /// it is a read or write (later requests may join it). The reqlist is
-    /// named by its first request's slot (`slot`). `None` for a slot no
-    /// reqlist has (never: there are as many reqlists as slots).
-    pub fn start(&mut self, slot: u16, p: &Parsed) -> Option<u16> {
+    /// Starts a reqlist with the request `p` in `slot`, for which `to_map`
+    /// is to be mapped: the open one when it is a read or write (later
+    /// requests may join it). The reqlist is named by its first request's
+    /// slot (`slot`). `None` for a slot no reqlist has (never: there are
+    /// as many reqlists as slots).
+    pub fn start(&mut self, slot: u16, p: &Parsed, to_map: ToMap) -> Option<u16> {
         let list = self.lists.get_mut(usize::from(slot))?;
         *list = Reqlist {
             op: p.op,
@@ -508,6 +539,8 @@ impl Reqlists {
             sector: p.sector,
             nr_sectors: p.nr_sectors,
             pages: u32::from(p.nsegs),
+            transient: u32::from(to_map.transient),
+            pending: u32::from(to_map.pending),
             ..EMPTY_LIST
         };
         if matches!(p.op, Op::Read | Op::Write) {
@@ -609,7 +642,10 @@ mod tests {
                 ..parsed(Op::Write, 0, 2)
             },
         );
-        let l = r.start(a, &parsed(Op::Write, 0, 2)).unwrap();
+        // The first request's segments both transient, the second's one
+        // cache hit, one new entry and one transient.
+        let to_map = |transient, pending| ToMap { transient, pending };
+        let l = r.start(a, &parsed(Op::Write, 0, 2), to_map(2, 0)).unwrap();
         assert_eq!(r.open(), Some(l));
         let c = r.take_slot().unwrap();
         r.set_slot(
@@ -619,7 +655,7 @@ mod tests {
                 ..parsed(Op::Write, 16, 3)
             },
         );
-        assert!(r.join_open(c, &parsed(Op::Write, 16, 3), &b));
+        assert!(r.join_open(c, &parsed(Op::Write, 16, 3), to_map(1, 1), &b));
         let d = r.take_slot().unwrap();
         r.set_slot(
             d,
@@ -629,12 +665,14 @@ mod tests {
             },
         );
         assert!(
-            !r.join_open(d, &parsed(Op::Write, 99, 1), &b),
+            !r.join_open(d, &parsed(Op::Write, 99, 1), ToMap::default(), &b),
             "not contiguous"
         );
         let chain: alloc::vec::Vec<_> = r.chain(l).collect();
         assert_eq!(chain, [(0, 0..2), (1, 11..14)]);
         assert_eq!(r.list(l).nr_sectors, Sectors(40));
+        assert_eq!(r.list(l).pages, 5);
+        assert_eq!((r.list(l).transient, r.list(l).pending), (3, 1));
         assert_eq!(r.take_open(), Some(l));
         assert_eq!(r.open(), None);
         r.free(l);
@@ -656,7 +694,9 @@ mod tests {
                 ..parsed(Op::Flush, 0, 0)
             },
         );
-        assert!(r.start(f, &parsed(Op::Flush, 0, 0)).is_some());
+        assert!(r
+            .start(f, &parsed(Op::Flush, 0, 0), ToMap::default())
+            .is_some());
         assert_eq!(r.open(), None);
         assert!(Reqlists::try_new(MAX_SLOTS + 1, 1).is_err());
     }
@@ -669,9 +709,11 @@ mod tests {
             r.set_slot(s, &parsed(Op::Write, 16 * k, 2));
             s
         });
-        let l = r.start(slots[0], &parsed(Op::Write, 0, 2)).unwrap();
+        let l = r
+            .start(slots[0], &parsed(Op::Write, 0, 2), ToMap::default())
+            .unwrap();
         for (k, &s) in (1u64..).zip(&slots[1..]) {
-            assert!(r.join_open(s, &parsed(Op::Write, 16 * k, 2), &B));
+            assert!(r.join_open(s, &parsed(Op::Write, 16 * k, 2), ToMap::default(), &B));
         }
         r.take_open();
         r.list_mut(l).run = r.list(l).head;

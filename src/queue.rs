@@ -39,7 +39,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::abi::{BlkifRequest, BlkifResponse, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY};
-use crate::coalesce::{self, try_vec, Budget, ListTag, NoMemory, Reqlists, NONE};
+use crate::coalesce::{self, try_vec, Budget, ListTag, NoMemory, Reqlists, ToMap, NONE};
 use crate::grants::{GrantShape, QueueGrants};
 use crate::handoff::Work;
 use crate::host::{
@@ -730,22 +730,24 @@ impl Queue {
         };
         let range = self.lists.slot_range(slot);
         let used = range.start..range.start + usize::from(p.nsegs);
-        if self.grants.persistent()
-            && !self.grants.bind(
-                host,
-                &self.lists.segments()[used.clone()],
-                used,
-                &self.stats,
-            )
-        {
-            self.stats.inc(Stat::ReqsRefused);
-            self.stats.inc(Stat::GrantsRefused);
-            self.lists.put_slot(slot);
-            self.respond(p.id, p.operation, BLKIF_RSP_ERROR);
-            return;
+        // Without persistent grants every segment takes a transient page.
+        let mut to_map = ToMap {
+            transient: p.nsegs,
+            pending: 0,
+        };
+        if self.grants.persistent() {
+            let segs = &self.lists.segments()[used.clone()];
+            let Some(bound) = self.grants.bind(host, segs, used, &self.stats) else {
+                self.stats.inc(Stat::ReqsRefused);
+                self.stats.inc(Stat::GrantsRefused);
+                self.lists.put_slot(slot);
+                self.respond(p.id, p.operation, BLKIF_RSP_ERROR);
+                return;
+            };
+            to_map = bound;
         }
         self.lists.set_slot(slot, &p);
-        self.enlist(host, slot, &p, coalesce);
+        self.enlist(host, slot, &p, to_map, coalesce);
     }
 
     /// Takes a validated request into the open reqlist or a new one.
@@ -754,6 +756,7 @@ impl Queue {
         host: &mut H,
         slot: u16,
         p: &Parsed,
+        to_map: ToMap,
         coalesce: bool,
     ) {
         match p.op {
@@ -762,13 +765,13 @@ impl Queue {
             Op::Read | Op::Write => {}
         }
         if self.lists.open().is_some() {
-            if coalesce && self.lists.join_open(slot, p, &self.budget) {
+            if coalesce && self.lists.join_open(slot, p, to_map, &self.budget) {
                 self.stats.inc(Stat::ReqsCoalesced);
                 return;
             }
             self.close_open(host, Stat::NormalDispatch);
         }
-        let Some(l) = self.lists.start(slot, p) else {
+        let Some(l) = self.lists.start(slot, p, to_map) else {
             // As many reqlists as slots: unreachable; answer rather than panic.
             let r = self.lists.slot_range(slot);
             let used = r.start..r.start + usize::from(p.nsegs);
@@ -867,14 +870,9 @@ impl Queue {
     fn try_start<H: QueueHost + ?Sized>(&mut self, host: &mut H, l: u16) -> bool {
         let list = *self.lists.list(l);
         if list.pages > 0 {
-            // Without persistent grants every page is transient; with them,
-            // only the segments the cache could not take.
-            let transient = if self.grants.persistent() {
-                let chain = self.lists.chain(l).map(|(_, r)| r);
-                self.grants.transient_pages(chain)
-            } else {
-                list.pages
-            };
+            // Known since each request was accepted: the segments the
+            // persistent-grant cache did not take (every one without it).
+            let transient = list.transient;
             debug_assert_eq!(
                 transient,
                 self.grants
@@ -891,18 +889,21 @@ impl Queue {
             let lm = self.lists.list_mut(l);
             lm.kva_first = first;
             lm.kva_pages = transient;
-            let chain = self.lists.chain(l).map(|(_, r)| r);
-            let failed = self.grants.map(
-                host,
-                chain,
-                self.lists.segments(),
-                first,
-                list.op.writes(),
-                &self.stats,
-            );
-            if failed > 0 {
-                self.stats.add(Stat::GrantMapFailures, failed);
-                self.fail_unmapped(l);
+            // Every segment a cache hit: nothing to map.
+            if transient + list.pending > 0 {
+                let chain = self.lists.chain(l).map(|(_, r)| r);
+                let failed = self.grants.map(
+                    host,
+                    chain,
+                    self.lists.segments(),
+                    first,
+                    list.op.writes(),
+                    &self.stats,
+                );
+                if failed > 0 {
+                    self.stats.add(Stat::GrantMapFailures, failed);
+                    self.fail_unmapped(l);
+                }
             }
         }
         // Only the requests whose own grants failed are answered with an

@@ -255,6 +255,7 @@ impl GrantCache {
     /// page. A hit on an entry already held (by another in-flight request,
     /// or earlier in the same request), or still pending, is
     /// [`Lookup::Busy`]: one grant must not back two in-flight segments.
+    #[inline]
     pub fn acquire(&mut self, gref: GrantRef) -> Lookup {
         let Some((_, idx)) = self.find(gref) else {
             return Lookup::Miss;

@@ -18,7 +18,7 @@ use alloc::vec::Vec;
 use core::ops::Range;
 
 use crate::abi::Segment;
-use crate::coalesce::{try_vec, NoMemory};
+use crate::coalesce::{try_vec, NoMemory, ToMap};
 use crate::host::{
     DomId, GrantError, GrantHandle, GrantMapOp, GrantRef, GrantUnmapOp, MapResult, QueueHost,
 };
@@ -154,29 +154,33 @@ impl QueueGrants {
     /// request being accepted to the persistent-grant cache: hits take
     /// their cached page, misses take a new entry (evicting, and
     /// unmapping, the least recently used one when full) or stay
-    /// transient when every entry is in use. `false`, with nothing bound,
-    /// when the request names a grant twice or one another request in
-    /// flight holds.
+    /// transient when every entry is in use. Returns what the request's
+    /// reqlist will map for it; `None`, with nothing bound, when the
+    /// request names a grant twice or one another request in flight holds.
     pub fn bind<H: QueueHost + ?Sized>(
         &mut self,
         host: &mut H,
         segs: &[Segment],
         range: Range<usize>,
         stats: &QueueCounters,
-    ) -> bool {
+    ) -> Option<ToMap> {
         let n = segs.len();
-        let Some(sorted) = self.sorted.get_mut(..n) else {
-            return false;
-        };
-        for (g, s) in sorted.iter_mut().zip(segs) {
-            *g = s.gref;
-        }
-        sorted.sort_unstable();
-        if sorted.windows(2).any(|w| w[0] == w[1]) {
-            return false;
+        let sorted = self.sorted.get_mut(..n)?;
+        // A grant named twice: only a request of two segments or more
+        // can.
+        if n > 1 {
+            for (g, s) in sorted.iter_mut().zip(segs) {
+                *g = s.gref;
+            }
+            sorted.sort_unstable();
+            if sorted.windows(2).any(|w| w[0] == w[1]) {
+                return None;
+            }
         }
         let mut evicted = 0usize;
         let mut ok = true;
+        let mut to_map = ToMap::default();
+        let mut made = false;
         for (k, s) in segs.iter().enumerate() {
             let page = match self.cache.acquire(s.gref) {
                 Lookup::Hit { page } => {
@@ -197,9 +201,14 @@ impl QueueGrants {
                             };
                             evicted += 1;
                         }
+                        made = true;
+                        to_map.pending += 1;
                         SegPage::Pending(page)
                     }
-                    Insert::Full => SegPage::Unassigned,
+                    Insert::Full => {
+                        to_map.transient += 1;
+                        SegPage::Unassigned
+                    }
                 },
             };
             self.pages[range.start + k] = page;
@@ -208,8 +217,10 @@ impl QueueGrants {
             host.unmap_batch(&self.unmap_ops[..evicted]);
             stats.add(Stat::PersistentGrantsPurged, evicted as u64);
         }
-        self.gauge(stats);
-        ok
+        if made {
+            self.gauge(stats);
+        }
+        ok.then_some(to_map)
     }
 
     /// Gives back the cache entries of segments `range` of a request that
