@@ -367,6 +367,7 @@ impl GrantCache {
     /// `None` when no entry is unheld and mapped. No entry has been idle
     /// longer: until the clock is `idle_ms` past this, a purge finds
     /// nothing.
+    #[inline]
     pub fn oldest_use_ms(&self) -> Option<u64> {
         self.entries
             .get(self.lru_head as usize)

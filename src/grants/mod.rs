@@ -370,7 +370,9 @@ impl QueueGrants {
         }
     }
 
-    /// Unmaps persistent grants unused for `idle_ms`.
+    /// Unmaps persistent grants unused for `idle_ms`. Called after every
+    /// run and completion: whether anything is unheld is decided inline.
+    #[inline(always)]
     pub fn purge_idle<H: QueueHost + ?Sized>(
         &mut self,
         host: &mut H,
@@ -379,9 +381,20 @@ impl QueueGrants {
     ) {
         // The LRU list is ordered by last use: nothing is idle before its
         // head is, and the clock is not read while nothing is unheld.
-        let Some(oldest) = self.cache.oldest_use_ms() else {
-            return;
-        };
+        if let Some(oldest) = self.cache.oldest_use_ms() {
+            self.purge_idle_since(host, oldest, idle_ms, stats);
+        }
+    }
+
+    /// [`purge_idle`](Self::purge_idle) when the least recently used
+    /// unheld entry was last used at `oldest`.
+    fn purge_idle_since<H: QueueHost + ?Sized>(
+        &mut self,
+        host: &mut H,
+        oldest: u64,
+        idle_ms: u64,
+        stats: &QueueCounters,
+    ) {
         let now = host.now_ms();
         if now.saturating_sub(oldest) < idle_ms {
             return;
