@@ -194,18 +194,25 @@ fn check_range(sector: Sectors, nr_sectors: Sectors, limits: &Limits) -> Result<
     }
 }
 
+/// Checks one segment against a logical sector size of `lss` 512-byte
+/// sectors; returns its 512-byte sectors.
+#[inline]
+fn check_segment(s: &Segment, lss: u64) -> Result<u64, RequestError> {
+    if s.first_sect > s.last_sect || u32::from(s.last_sect) >= SECTORS_PER_PAGE {
+        return Err(RequestError::BadSegment);
+    }
+    if u64::from(s.first_sect) % lss != 0 || (u64::from(s.last_sect) + 1) % lss != 0 {
+        return Err(RequestError::Misaligned);
+    }
+    Ok(u64::from(s.last_sect - s.first_sect) + 1)
+}
+
 /// Checks segments; returns their total 512-byte sectors.
 fn check_segments(segs: &[Segment], limits: &Limits) -> Result<Sectors, RequestError> {
     let lss = limits.sector_size.in_sectors();
     let mut nr_sectors: u64 = 0;
     for s in segs {
-        if s.first_sect > s.last_sect || u32::from(s.last_sect) >= SECTORS_PER_PAGE {
-            return Err(RequestError::BadSegment);
-        }
-        if u64::from(s.first_sect) % lss != 0 || (u64::from(s.last_sect) + 1) % lss != 0 {
-            return Err(RequestError::Misaligned);
-        }
-        nr_sectors += u64::from(s.last_sect - s.first_sect) + 1;
+        nr_sectors += check_segment(s, lss)?;
     }
     Ok(Sectors(nr_sectors))
 }
@@ -226,7 +233,8 @@ pub fn response_operation(req: &BlkifRequest) -> u8 {
 
 /// Checks one request against `limits`. Inline segments are copied into
 /// `segs`, which must have room for `BLKIF_MAX_SEGMENTS_PER_REQUEST`
-/// (otherwise the request is refused with `BadSegmentCount`).
+/// (otherwise the request is refused with `BadSegmentCount`); a refused
+/// request may leave some of its segments there.
 pub fn parse(
     req: &BlkifRequest,
     limits: &Limits,
@@ -322,12 +330,19 @@ pub fn parse(
             if op.writes() && nsegs > 0 && limits.read_only {
                 return Err(RequestError::ReadOnly);
             }
-            let nr_sectors = check_segments(&seg[..nsegs], limits)?;
+            // Each segment checked, then copied to the caller's buffer (a
+            // refused request's copies are never used).
+            let lss = limits.sector_size.in_sectors();
+            let mut total = 0u64;
+            for (out, s) in segs.iter_mut().zip(&seg[..nsegs]) {
+                total += check_segment(s, lss)?;
+                *out = *s;
+            }
+            let nr_sectors = Sectors(total);
             let sector = Sectors(if nsegs == 0 { 0 } else { *sector_number });
             if nsegs > 0 {
                 check_range(sector, nr_sectors, limits)?;
             }
-            segs[..nsegs].copy_from_slice(&seg[..nsegs]);
             Ok(Header::Ready(Parsed {
                 id: req.id,
                 operation: req.operation,
