@@ -51,6 +51,7 @@ use crate::host::{
     DomId, EvtchnError, EvtchnPort, GrantError, GrantRef, MediumInfo, OpenError, XenStore,
     XenbusState, XsError, XsTxn,
 };
+use crate::journal::TakeoverError;
 use crate::keys;
 use crate::units::Sectors;
 
@@ -167,6 +168,9 @@ pub enum ConnectError {
     StoreGone,
     /// An allocation failed.
     NoMemory,
+    /// A connection another back-end served cannot be taken over
+    /// ([`crate::journal`]).
+    Takeover(TakeoverError),
 }
 
 impl ConnectError {
@@ -213,6 +217,11 @@ impl ConnectError {
             },
             ConnectError::StoreGone => ENXIO,
             ConnectError::NoMemory => ENOMEM,
+            ConnectError::Takeover(t) => match t {
+                TakeoverError::NoJournal => ENOENT,
+                TakeoverError::NoMemory => ENOMEM,
+                _ => EINVAL,
+            },
         }
     }
 }
@@ -254,6 +263,7 @@ impl fmt::Display for ConnectError {
             ConnectError::Open(o) => write!(f, "params: cannot open the backing store ({o:?})"),
             ConnectError::StoreGone => f.write_str("params: the backing store went away"),
             ConnectError::NoMemory => f.write_str("out of memory"),
+            ConnectError::Takeover(t) => write!(f, "takeover: {t}"),
         }
     }
 }
@@ -1075,6 +1085,82 @@ pub struct Discard {
     pub secure: bool,
 }
 
+/// A node the back-end publishes with Connected, as
+/// [`publish_connected`] writes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Published {
+    /// A decimal number.
+    Num(u64),
+    /// A value written as is (`"0"`, `"1"`).
+    Text(&'static str),
+    /// Removed: what an earlier connection published no longer holds.
+    Absent,
+}
+
+/// Every node [`publish_connected`] writes or removes, in order, once
+/// `medium` and `features` are checked. `sectors` comes first: it is the
+/// one node that may change while connected ([`publish_resize`]).
+fn connected_nodes(
+    medium: &MediumInfo,
+    features: &Features,
+) -> Result<[(&'static str, Published); 12], ConnectError> {
+    use Published::{Absent, Num, Text};
+    let ss = medium.sector_size;
+    if ss < 512 || !ss.is_power_of_two() {
+        return Err(ConnectError::OutOfRange {
+            key: keys::SECTOR_SIZE,
+            value: u64::from(ss),
+        });
+    }
+    let pss = medium.physical_sector_size;
+    if pss == 0 || pss % ss != 0 {
+        return Err(ConnectError::OutOfRange {
+            key: keys::PHYSICAL_SECTOR_SIZE,
+            value: u64::from(pss),
+        });
+    }
+    if let Some(d) = features.discard {
+        if d.granularity == 0 {
+            return Err(ConnectError::OutOfRange {
+                key: keys::DISCARD_GRANULARITY,
+                value: 0,
+            });
+        }
+    }
+    let info: u32 = if medium.read_only {
+        abi::VDISK_READONLY
+    } else {
+        0
+    };
+    let indirect = match features.max_indirect_segments {
+        0 => Absent,
+        n => Num(u64::from(n)),
+    };
+    let (granularity, alignment, secure, discard) = match features.discard {
+        Some(d) => (
+            Num(u64::from(d.granularity)),
+            Num(u64::from(d.alignment)),
+            Text(flag(d.secure)),
+            "1",
+        ),
+        None => (Absent, Absent, Absent, "0"),
+    };
+    Ok([
+        (keys::SECTORS, Num(medium.sectors.0)),
+        (keys::SECTOR_SIZE, Num(u64::from(ss))),
+        (keys::PHYSICAL_SECTOR_SIZE, Num(u64::from(pss))),
+        (keys::INFO, Num(u64::from(info))),
+        (keys::FEATURE_FLUSH_CACHE, Text(flag(features.flush))),
+        (keys::FEATURE_BARRIER, Text(flag(features.barrier))),
+        (keys::FEATURE_PERSISTENT, Text(flag(features.persistent))),
+        (keys::FEATURE_MAX_INDIRECT_SEGMENTS, indirect),
+        (keys::DISCARD_GRANULARITY, granularity),
+        (keys::DISCARD_ALIGNMENT, alignment),
+        (keys::DISCARD_SECURE, secure),
+        (keys::FEATURE_DISCARD, Text(discard)),
+    ])
+}
+
 /// Publishes the back-end device properties and features and enters
 /// Connected, all in one transaction: `sectors` (512-byte units, whatever
 /// `sector-size` is, as the current `io/blkif.h` and every front-end in use
@@ -1097,80 +1183,13 @@ pub fn publish_connected<X: XenStore>(
     medium: &MediumInfo,
     features: &Features,
 ) -> Result<(), ConnectError> {
-    const MAX_INDIRECT: &str = keys::FEATURE_MAX_INDIRECT_SEGMENTS;
-    const GRANULARITY: &str = keys::DISCARD_GRANULARITY;
-    const ALIGNMENT: &str = keys::DISCARD_ALIGNMENT;
-    const SECURE: &str = keys::DISCARD_SECURE;
-
-    let ss = medium.sector_size;
-    if ss < 512 || !ss.is_power_of_two() {
-        return Err(ConnectError::OutOfRange {
-            key: keys::SECTOR_SIZE,
-            value: u64::from(ss),
-        });
-    }
-    let pss = medium.physical_sector_size;
-    if pss == 0 || pss % ss != 0 {
-        return Err(ConnectError::OutOfRange {
-            key: keys::PHYSICAL_SECTOR_SIZE,
-            value: u64::from(pss),
-        });
-    }
-    if let Some(d) = features.discard {
-        if d.granularity == 0 {
-            return Err(ConnectError::OutOfRange {
-                key: GRANULARITY,
-                value: 0,
-            });
-        }
-    }
-    let info: u32 = if medium.read_only {
-        abi::VDISK_READONLY
-    } else {
-        0
-    };
+    let nodes = connected_nodes(medium, features)?;
     with_txn(xs, |xs, txn| {
-        write_u64(xs, txn, be_dir, keys::SECTORS, medium.sectors.0)?;
-        write_u64(xs, txn, be_dir, keys::SECTOR_SIZE, u64::from(ss))?;
-        write_u64(xs, txn, be_dir, keys::PHYSICAL_SECTOR_SIZE, u64::from(pss))?;
-        write_u64(xs, txn, be_dir, keys::INFO, u64::from(info))?;
-        write_node(
-            xs,
-            txn,
-            be_dir,
-            keys::FEATURE_FLUSH_CACHE,
-            flag(features.flush),
-        )?;
-        write_node(
-            xs,
-            txn,
-            be_dir,
-            keys::FEATURE_BARRIER,
-            flag(features.barrier),
-        )?;
-        write_node(
-            xs,
-            txn,
-            be_dir,
-            keys::FEATURE_PERSISTENT,
-            flag(features.persistent),
-        )?;
-        match features.max_indirect_segments {
-            0 => remove_node(xs, txn, be_dir, MAX_INDIRECT)?,
-            n => write_u64(xs, txn, be_dir, MAX_INDIRECT, u64::from(n))?,
-        }
-        match features.discard {
-            Some(d) => {
-                write_u64(xs, txn, be_dir, GRANULARITY, u64::from(d.granularity))?;
-                write_u64(xs, txn, be_dir, ALIGNMENT, u64::from(d.alignment))?;
-                write_node(xs, txn, be_dir, SECURE, flag(d.secure))?;
-                write_node(xs, txn, be_dir, keys::FEATURE_DISCARD, "1")?;
-            }
-            None => {
-                remove_node(xs, txn, be_dir, GRANULARITY)?;
-                remove_node(xs, txn, be_dir, ALIGNMENT)?;
-                remove_node(xs, txn, be_dir, SECURE)?;
-                write_node(xs, txn, be_dir, keys::FEATURE_DISCARD, "0")?;
+        for (key, value) in nodes {
+            match value {
+                Published::Num(n) => write_u64(xs, txn, be_dir, key, n)?,
+                Published::Text(t) => write_node(xs, txn, be_dir, key, t)?,
+                Published::Absent => remove_node(xs, txn, be_dir, key)?,
             }
         }
         // What an earlier, refused connection reported no longer holds.
@@ -1180,6 +1199,43 @@ pub fn publish_connected<X: XenStore>(
             Err(err) => return Err(ConnectError::Xs { key: "error", err }),
         }
         write_connected(xs, txn, be_dir)
+    })
+}
+
+/// Checks, for a connection taken over from another back-end, that what
+/// [`publish_connected`] would publish for `medium` and `features` is what
+/// the front-end was told: every node but `sectors` as it stands (a
+/// medium whose size changed meanwhile is a resize, not a refusal).
+/// Returns the published `sectors`. A node that differs, or is missing,
+/// is [`TakeoverError::Changed`]: the front-end may already rely on it
+/// (a number of indirect segments, a flush it may send).
+pub fn check_published<X: XenStore>(
+    xs: &mut X,
+    be_dir: &str,
+    medium: &MediumInfo,
+    features: &Features,
+) -> Result<Sectors, ConnectError> {
+    let nodes = connected_nodes(medium, features)?;
+    with_txn(xs, |xs, txn| {
+        let mut sectors = Sectors(0);
+        for (key, want) in nodes {
+            let mut buf = [0u8; VALUE_BUF];
+            let have = read_raw(xs, txn, be_dir, key, &mut buf)?;
+            let same = match (want, have) {
+                (Published::Absent, None) => true,
+                (Published::Num(n), Some(v)) if key == keys::SECTORS => {
+                    sectors = Sectors(parse_u64(v).unwrap_or(n));
+                    true
+                }
+                (Published::Num(n), Some(v)) => parse_u64(v) == Some(n),
+                (Published::Text(t), Some(v)) => v == t.as_bytes(),
+                _ => false,
+            };
+            if !same {
+                return Err(ConnectError::Takeover(TakeoverError::Changed { key }));
+            }
+        }
+        Ok(sectors)
     })
 }
 

@@ -33,6 +33,7 @@
 //! `event_channel.h` (`EVTCHNOP_bind_interdomain`, `EVTCHNOP_send`) for the
 //! event-channel methods.
 
+use crate::journal::JournalId;
 use crate::queue::Queue;
 use crate::shmem::SharedMem;
 use crate::units::{Bytes, Sectors, WindowPage};
@@ -307,6 +308,15 @@ pub enum OpenError {
     Other(i32),
 }
 
+/// How [`Host::journal_open`] finds a queue's in-flight journal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JournalOpen {
+    /// A new connection: memory for a new journal, whatever was there.
+    Create,
+    /// A connection taken over: the journal the previous back-end left.
+    Existing,
+}
+
 /// What a store's `params` node names, as the platform finds it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NodeKind {
@@ -457,6 +467,32 @@ pub trait Host: XenStore {
     /// `Instance::frontend_changed`.
     fn waits_for_hotplug(&self) -> bool {
         false
+    }
+
+    /// Memory for the in-flight journal of queue `id.queue`
+    /// ([`crate::journal`]), at least `bytes` long, that outlives this
+    /// process (a file on a tmpfs, mapped shared): with
+    /// [`JournalOpen::Create`] new memory for a new connection; with
+    /// [`JournalOpen::Existing`] the memory a previous back-end process
+    /// left for the same vbd and queue, when there is any. `None` (the
+    /// default) keeps no journal: the connection is served as ever, and
+    /// cannot be taken over by another process.
+    fn journal_open(
+        &mut self,
+        id: &JournalId,
+        bytes: usize,
+        how: JournalOpen,
+    ) -> Option<SharedMem> {
+        let _ = (id, bytes, how);
+        None
+    }
+
+    /// The connection no longer uses queue `queue`'s journal `journal`:
+    /// `keep` when it was handed over (the process leaves the vbd
+    /// connected for the next one to take over), else the platform
+    /// removes it.
+    fn journal_close(&mut self, queue: QueueId, journal: SharedMem, keep: bool) {
+        let _ = (queue, journal, keep);
     }
 
     /// A connected queue, for the platform to run in a context of its own

@@ -25,6 +25,13 @@
 //! [`Shared`]: per-queue counters and the connection's switches, as
 //! atomics.
 //!
+//! A vbd another back-end process served and left Connected (it died, or
+//! handed it over) is taken over instead of attached
+//! ([`Instance::take_over`]), its rings resumed from their in-flight
+//! journals ([`crate::journal`]); a process that leaves its vbds to the
+//! next one hands them over instead of detaching them
+//! ([`Instance::hand_over`]).
+//!
 //! A platform that lends nothing (the test double, the fuzz bodies) is
 //! served inline: the instance keeps its queues and hands the platform's
 //! calls for one ([`Instance::event`], [`Instance::run`],
@@ -36,9 +43,10 @@ use alloc::vec::Vec;
 
 use crate::connect::{self, BackendNodes, ConnectError, FrontendParams, Offer};
 use crate::host::{
-    DomId, GrantRef, Granted, Host, IoError, IoTag, MediumInfo, OpenParams, QueueHost, QueueId,
-    RemotePort, XenbusState, PAGE_SIZE,
+    DomId, GrantRef, Granted, Host, IoError, IoTag, JournalOpen, MediumInfo, OpenParams, QueueHost,
+    QueueId, RemotePort, XenbusState, PAGE_SIZE,
 };
+use crate::journal::{JournalId, JournaledRing, TakeoverError};
 use crate::negotiate::{self, Terms};
 use crate::queue::{Outcome, Queue, RunParams, Shared};
 use crate::ring::BackRing;
@@ -62,6 +70,16 @@ enum Slot {
     /// Lent to the platform ([`Host::lend`]); `recalled` once
     /// [`Host::recall`] was called for it.
     Lent { recalled: bool },
+}
+
+/// How a connection starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Start {
+    /// Negotiated with the front-end now: new rings, new journals.
+    Connect,
+    /// Taken over from another back-end that served it: its rings resumed
+    /// from its journals ([`Instance::take_over`]).
+    TakeOver,
 }
 
 /// Everything that exists only while connected.
@@ -100,6 +118,9 @@ pub struct Instance {
     frontend_closed: bool,
     detaching: bool,
     detached: bool,
+    /// Detaching hands the connection over to the next back-end process
+    /// ([`Instance::hand_over`]): nothing is written, journals are kept.
+    handing_over: bool,
     last_error: Option<ConnectError>,
 }
 
@@ -146,6 +167,7 @@ impl Instance {
             frontend_closed: false,
             detaching: false,
             detached: false,
+            handing_over: false,
             last_error: None,
         })
     }
@@ -288,9 +310,11 @@ impl Instance {
         }
     }
 
-    fn open_and_offer<H: Host>(&mut self, host: &mut H) {
+    /// Opens the store `params` names unless it is open; `false` (the
+    /// instance failed) when it cannot be.
+    fn open_store<H: Host>(&mut self, host: &mut H) -> bool {
         let Some(nodes) = self.nodes.as_ref() else {
-            return;
+            return false;
         };
         if self.medium.is_none() {
             let params = OpenParams {
@@ -305,8 +329,18 @@ impl Instance {
                     self.medium = Some(m);
                     self.stats.set(Stat::MediumSectors, m.sectors.0);
                 }
-                Err(e) => return self.fail(host, ConnectError::Open(e)),
+                Err(e) => {
+                    self.fail(host, ConnectError::Open(e));
+                    return false;
+                }
             }
+        }
+        true
+    }
+
+    fn open_and_offer<H: Host>(&mut self, host: &mut H) {
+        if !self.open_store(host) {
+            return;
         }
         let offer = Offer {
             max_ring_page_order: self.tunables.get(Tunable::MaxRingPageOrder) as u32,
@@ -400,7 +434,7 @@ impl Instance {
     }
 
     fn connect<H: Host>(&mut self, host: &mut H) {
-        match self.try_connect(host) {
+        match self.try_connect(host, Start::Connect) {
             Ok(()) => {
                 self.stats.reset_counters();
                 self.set_state(host, XenbusState::Connected);
@@ -410,10 +444,60 @@ impl Instance {
         }
     }
 
-    fn try_connect<H: Host>(&mut self, host: &mut H) -> Result<(), ConnectError> {
+    /// Takes over, instead of [`Instance::attach`], a vbd another back-end
+    /// process served and left Connected (it died, or handed it over:
+    /// [`Instance::hand_over`]). Reads the toolstack's nodes, opens the
+    /// store, reads the front-end's transport parameters as a connect
+    /// does, checks that this back-end would publish what the front-end
+    /// was told ([`connect::check_published`]: the same tunables and
+    /// medium), maps each queue's ring and resumes it from its in-flight
+    /// journal ([`crate::journal`], [`Host::journal_open`]), binds a new
+    /// channel to the front-end's port, and serves on without writing
+    /// `state`: the front-end sees a pause and one event. The requests the
+    /// other back-end consumed and never answered are served again, once
+    /// each, before new ones. A medium whose size changed meanwhile is
+    /// published as a resize. Whatever does not fit (no journal, a journal
+    /// of another connection, impossible indices, a front-end that is not
+    /// Connected) refuses the takeover as a failed connect is refused: an
+    /// `error` node, Closing.
+    pub fn take_over<H: Host>(&mut self, host: &mut H) {
+        match connect::read_backend_nodes(host, &self.be_path) {
+            Ok(nodes) => self.nodes = Some(nodes),
+            Err(e) => return self.fail(host, e),
+        }
+        if !self.open_store(host) {
+            return;
+        }
+        match self.try_connect(host, Start::TakeOver) {
+            Ok(()) => {
+                self.stats.reset_counters();
+                // Connected already: written by the back-end taken over.
+                self.state = XenbusState::Connected;
+                self.lend_queues(host);
+            }
+            Err(e) => self.fail(host, e),
+        }
+    }
+
+    /// The virtual device's number: the last component of the back-end's
+    /// path (0 when it is not a number).
+    fn devid(&self) -> u32 {
+        self.be_path
+            .rsplit('/')
+            .next()
+            .and_then(|d| connect::parse_u32(d.as_bytes()))
+            .unwrap_or(0)
+    }
+
+    fn try_connect<H: Host>(&mut self, host: &mut H, start: Start) -> Result<(), ConnectError> {
         let (Some(nodes), Some(medium)) = (self.nodes.as_ref(), self.medium) else {
             return Err(ConnectError::Missing { key: "params" });
         };
+        if start == Start::TakeOver
+            && connect::read_state(host, &nodes.frontend)? != XenbusState::Connected
+        {
+            return Err(ConnectError::Takeover(TakeoverError::FrontendState));
+        }
         let t = &self.tunables;
         let fe = connect::read_frontend(
             host,
@@ -422,6 +506,15 @@ impl Instance {
             t.get(Tunable::MaxQueues) as u32,
         )?;
         let terms = negotiate::negotiate(t, &fe, &medium, nodes.discard_enable)?;
+        let published = match start {
+            Start::TakeOver => Some(connect::check_published(
+                host,
+                &self.be_path,
+                &medium,
+                &terms.features,
+            )?),
+            Start::Connect => None,
+        };
         let dom = nodes.frontend_id;
         self.generation = self.generation.wrapping_add(1);
         self.shared.set_medium_sectors(medium.sectors);
@@ -432,8 +525,8 @@ impl Instance {
             .map_err(|_| ConnectError::NoMemory)?;
         host.window_reserve(terms.window)
             .map_err(ConnectError::Grant)?;
-        let mut setup = self.build_queues(host, dom, &fe, &terms, &mut queues);
-        if setup.is_ok() {
+        let mut setup = self.build_queues(host, dom, &fe, &terms, &mut queues, start);
+        if setup.is_ok() && start == Start::Connect {
             setup = connect::publish_connected(host, &self.be_path, &medium, &terms.features);
         }
         if let Err(e) = setup {
@@ -444,6 +537,12 @@ impl Instance {
             }
             host.window_release();
             return Err(e);
+        }
+        if published.is_some_and(|s| s != medium.sectors) {
+            // The medium changed size while nobody served it.
+            if let Err(e) = connect::publish_resize(host, &self.be_path, medium.sectors) {
+                self.last_error = Some(e);
+            }
         }
         terms.record(&fe, &medium, &mut self.stats);
         self.closing = false;
@@ -491,9 +590,10 @@ impl Instance {
         }
     }
 
-    /// Queue by queue: ring, channel, pools, home in `queues` (which has
-    /// room for all). On failure everything of the failing queue is undone;
-    /// the ones built stay in `queues` for the caller to undo.
+    /// Queue by queue: ring (and journal), channel, pools, home in
+    /// `queues` (which has room for all). On failure everything of the
+    /// failing queue is undone; the ones built stay in `queues` for the
+    /// caller to undo.
     fn build_queues<H: Host>(
         &self,
         host: &mut H,
@@ -501,16 +601,25 @@ impl Instance {
         fe: &FrontendParams,
         terms: &Terms,
         queues: &mut Vec<Slot>,
+        start: Start,
     ) -> Result<(), ConnectError> {
         for (i, qp) in fe.queues.iter().enumerate() {
             let q = i as QueueId;
-            let ring = Self::map_queue(host, q, dom, fe.refs(i), fe.abi, fe.ring_pages)?;
+            let id = JournalId {
+                dom,
+                devid: self.devid(),
+                queue: q,
+                abi: fe.abi,
+                ring_pages: fe.ring_pages,
+                ring_refs: qp.ring_refs,
+            };
+            let ring = Self::map_queue(host, &id, fe.refs(i), start)?;
             let remote = RemotePort {
                 dom,
                 port: qp.event_channel,
             };
             if let Err(e) = host.evtchn_bind(q, remote) {
-                host.unmap_ring(q, ring.into_mem());
+                Self::unmap_queue(host, q, ring);
                 return Err(ConnectError::Evtchn(e));
             }
             let first = WindowPage(q * terms.per_queue);
@@ -523,6 +632,7 @@ impl Instance {
                 dom,
                 self.generation,
                 ring,
+                start == Start::TakeOver,
                 &terms.shape,
                 first,
                 terms.limits,
@@ -533,7 +643,7 @@ impl Instance {
                 Ok(queue) => queues.push(Slot::Home(queue)),
                 Err((_, ring)) => {
                     host.evtchn_unbind(q);
-                    host.unmap_ring(q, ring.into_mem());
+                    Self::unmap_queue(host, q, ring);
                     return Err(ConnectError::NoMemory);
                 }
             }
@@ -541,26 +651,68 @@ impl Instance {
         Ok(())
     }
 
-    /// Maps one queue's ring, handing the mapping back on any failure.
+    /// Maps the ring of queue `id.queue` (grants `refs`), handing the
+    /// mapping back on any failure, and with it its journal: a new one
+    /// when the platform keeps journals and the connection is new, the
+    /// one the previous back-end left when it is taken over (then the
+    /// ring resumes where that journal says).
     fn map_queue<H: Host>(
         host: &mut H,
-        q: QueueId,
-        dom: DomId,
+        id: &JournalId,
         refs: &[GrantRef],
-        abi: crate::abi::Abi,
-        pages: u32,
-    ) -> Result<BackRing, ConnectError> {
+        start: Start,
+    ) -> Result<JournaledRing, ConnectError> {
+        let (q, abi, pages) = (id.queue, id.abi, id.ring_pages);
         let mem = host
-            .map_ring(q, Granted { dom, grefs: refs })
+            .map_ring(
+                q,
+                Granted {
+                    dom: id.dom,
+                    grefs: refs,
+                },
+            )
             .map_err(ConnectError::Grant)?;
         // BackRing::new refuses a mapping shorter than the ring; check here
         // so that such a mapping is handed back rather than dropped.
-        if mem.len() < pages as usize * PAGE_SIZE {
+        let bytes = id.bytes();
+        let Some(bytes) = bytes.filter(|_| mem.len() >= pages as usize * PAGE_SIZE) else {
             host.unmap_ring(q, mem);
             return Err(ConnectError::Ring);
+        };
+        if start == Start::TakeOver {
+            let Some(journal) = host.journal_open(id, bytes, JournalOpen::Existing) else {
+                host.unmap_ring(q, mem);
+                return Err(ConnectError::Takeover(TakeoverError::NoJournal));
+            };
+            return match JournaledRing::take_over(mem, journal, id) {
+                Ok((ring, _)) => Ok(ring),
+                Err((e, mem, journal)) => {
+                    host.journal_close(q, journal, false);
+                    host.unmap_ring(q, mem);
+                    Err(ConnectError::Takeover(e))
+                }
+            };
         }
         // Cannot fail after the length check above.
-        BackRing::new(mem, abi, pages).map_err(|_| ConnectError::Ring)
+        let ring = BackRing::new(mem, abi, pages).map_err(|_| ConnectError::Ring)?;
+        let Some(journal) = host.journal_open(id, bytes, JournalOpen::Create) else {
+            return Ok(JournaledRing::plain(ring));
+        };
+        JournaledRing::with_new_journal(ring, journal, id).map_err(|(_, ring, journal)| {
+            host.journal_close(q, journal, false);
+            host.unmap_ring(q, ring.into_mem());
+            ConnectError::NoMemory
+        })
+    }
+
+    /// Hands back what [`Instance::map_queue`] set up: the ring's
+    /// mapping, and the journal, removed.
+    fn unmap_queue<H: Host>(host: &mut H, q: QueueId, ring: JournaledRing) {
+        let (mem, journal) = ring.into_mems();
+        host.unmap_ring(q, mem);
+        if let Some(j) = journal {
+            host.journal_close(q, j, false);
+        }
     }
 
     fn begin_close<H: Host>(&mut self, host: &mut H) {
@@ -617,7 +769,7 @@ impl Instance {
         if let Some(c) = self.conn.take() {
             for slot in c.queues {
                 if let Slot::Home(q) = slot {
-                    let stats = q.release(host);
+                    let stats = q.release(host, self.handing_over);
                     self.stats.accumulate(&stats);
                 }
             }
@@ -630,7 +782,9 @@ impl Instance {
         }
         if self.detaching {
             self.detached = true;
-            self.set_state(host, XenbusState::Closed);
+            if !self.handing_over {
+                self.set_state(host, XenbusState::Closed);
+            }
         } else if self.frontend_closed {
             self.set_state(host, XenbusState::Closed);
             // An online back-end serves the next front-end, which may have
@@ -672,7 +826,7 @@ impl Instance {
         match slot {
             Some(slot @ Slot::Lent { .. }) => *slot = Slot::Home(queue),
             _ => {
-                let _ = queue.release(host);
+                let _ = queue.release(host, false);
                 return;
             }
         }
@@ -690,36 +844,40 @@ impl Instance {
 
     /// Inline: the front-end kicked `queue`'s event channel
     /// ([`Queue::event`]).
-    pub fn event<H: Host + QueueHost>(&mut self, host: &mut H, queue: QueueId) {
-        let Some(q) = self.home_queue(queue) else {
-            return;
-        };
-        let outcome = q.event(host);
-        self.after(host, outcome);
+    pub fn event<H: Host>(&mut self, host: &mut H, queue: QueueId) {
+        self.serve_inline(host, queue, |q, qh| q.event(qh));
     }
 
     /// Inline: a run of `queue` was scheduled ([`Queue::run`]).
-    pub fn run<H: Host + QueueHost>(&mut self, host: &mut H, queue: QueueId) {
-        let Some(q) = self.home_queue(queue) else {
-            return;
-        };
-        let outcome = q.run(host);
-        self.after(host, outcome);
+    pub fn run<H: Host>(&mut self, host: &mut H, queue: QueueId) {
+        self.serve_inline(host, queue, |q, qh| q.run(qh));
     }
 
     /// Inline: a store I/O completed ([`Queue::complete`]); a completion of
     /// an earlier connection is recognised and ignored. A medium that has
     /// gone away (`IoError::Gone`) closes the connection.
-    pub fn complete<H: Host + QueueHost>(
+    pub fn complete<H: Host>(&mut self, host: &mut H, tag: IoTag, result: Result<(), IoError>) {
+        self.serve_inline(host, Queue::of_tag(tag), |q, qh| {
+            q.complete(qh, tag, result)
+        });
+    }
+
+    /// Serves home queue `queue` with `f` through the platform's queue part
+    /// ([`Host::inline`]) and acts on the outcome; nothing when the queue
+    /// is not home or the platform serves no queue inline.
+    fn serve_inline<H: Host>(
         &mut self,
         host: &mut H,
-        tag: IoTag,
-        result: Result<(), IoError>,
+        queue: QueueId,
+        f: impl FnOnce(&mut Queue, &mut dyn QueueHost) -> Outcome,
     ) {
-        let Some(q) = self.home_queue(Queue::of_tag(tag)) else {
+        let Some(q) = self.home_queue(queue) else {
             return;
         };
-        let outcome = q.complete(host, tag, result);
+        let Some(qh) = host.inline() else {
+            return;
+        };
+        let outcome = f(q, qh);
         self.after(host, outcome);
     }
 
@@ -769,5 +927,31 @@ impl Instance {
         }
         self.detaching = true;
         self.begin_close(host);
+    }
+
+    /// Leaves the vbd to the next back-end process instead of detaching
+    /// it (`xbb-serve`'s `SIGTERM`, a service restart): every queue stops
+    /// consuming and drains what is in flight, answering it, as for a
+    /// detach; then rings, channels, window and store are released — but
+    /// nothing is written to XenStore and every queue's journal is kept.
+    /// A Connected vbd stays Connected, its front-end's new requests
+    /// waiting in the ring for the process that takes it over
+    /// ([`Instance::take_over`]); one not connected yet stays as it is.
+    /// A connection already closing (the front-end asked, or it failed) is
+    /// finished as [`Instance::detach`] finishes it: the front-end waits
+    /// for Closed.
+    /// The platform delivers completions until [`Instance::is_detached`].
+    pub fn hand_over<H: Host>(&mut self, host: &mut H) {
+        if self.detached {
+            return;
+        }
+        let live = matches!(
+            self.state,
+            XenbusState::Initialising | XenbusState::InitWait | XenbusState::Connected
+        );
+        if live && !self.closing {
+            self.handing_over = true;
+        }
+        self.detach(host);
     }
 }

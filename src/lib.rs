@@ -27,6 +27,7 @@ pub mod grants;
 pub mod handoff;
 pub mod host;
 pub mod instance;
+pub mod journal;
 pub mod keys;
 pub mod kva;
 pub mod negotiate;

@@ -33,6 +33,12 @@
 //! close, the control part recalls the queue: [`Queue::recall`] stops
 //! consuming, and once nothing is in flight unmaps its persistent grants;
 //! the queue then goes home ([`crate::instance::Instance::give_back`]).
+//!
+//! When the platform keeps an in-flight journal ([`crate::journal`]), the
+//! queue consumes, answers and publishes through it, so that another
+//! process can take the ring over; a queue built on a ring taken over
+//! serves the requests the journal hands back before the ring's, and
+//! sends the front-end one event at its first run.
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -45,9 +51,9 @@ use crate::handoff::Work;
 use crate::host::{
     DomId, Granted, Host, IoError, IoOp, IoTag, IoVec, QueueHost, QueueId, PAGE_SIZE,
 };
+use crate::journal::JournaledRing;
 use crate::kva::KvaAllocator;
 use crate::request::{self, Header, Limits, Op, Parsed};
-use crate::ring::BackRing;
 use crate::stats::{QueueCounters, Stat, Stats};
 use crate::units::{Bytes, Sectors, WindowPage};
 
@@ -253,11 +259,15 @@ pub struct Queue {
     id: QueueId,
     dom: DomId,
     generation: u8,
-    ring: BackRing,
+    /// The ring, and its in-flight journal when the platform keeps one
+    /// ([`crate::journal`]).
+    ring: JournaledRing,
     limits: Limits,
     budget: Budget,
     /// The requests and their reqlists.
     lists: Reqlists,
+    /// The journal entry of each request slot's request.
+    entries: Vec<u16>,
     /// Where each segment's page is, and the persistent-grant cache.
     grants: QueueGrants,
     /// The queue's transient range of the window.
@@ -287,6 +297,10 @@ pub struct Queue {
     retired: bool,
     /// Consecutive kicks that found nothing to do.
     spurious: u32,
+    /// The ring was taken over from another back-end: the front-end gets
+    /// one event at the first run, whatever it asked for (that back-end
+    /// may have published responses and gone before it notified).
+    resumed: bool,
     /// The queue's share of the data window: its first page and length.
     share: (WindowPage, u32),
     params: RunParams,
@@ -297,24 +311,27 @@ impl Queue {
     /// A queue serving `ring` for domain `dom`, its window share starting
     /// at window page `first_page`, with every pool allocated, its counters
     /// those of queue `id` in `shared` (zeroed here); on failure the ring is
-    /// handed back.
+    /// handed back. A ring taken over (`resumed`) re-executes the requests
+    /// its journal holds before it consumes new ones.
     ///
     /// Never inlined: it would be copied, with every pool's allocation
     /// code, into the crate of each platform that instantiates the generic
     /// life cycle (2.5 KiB more in the kernel object).
     #[inline(never)]
-    #[allow(clippy::too_many_arguments)]
+    // The ring comes back whole on failure, once per connection and queue.
+    #[allow(clippy::too_many_arguments, clippy::result_large_err)]
     pub fn new(
         id: QueueId,
         dom: DomId,
         generation: u8,
-        ring: BackRing,
+        ring: JournaledRing,
+        resumed: bool,
         shape: &QueueShape,
         first_page: WindowPage,
         limits: Limits,
         params: RunParams,
         shared: &Arc<Shared>,
-    ) -> Result<Queue, (NoMemory, BackRing)> {
+    ) -> Result<Queue, (NoMemory, JournaledRing)> {
         let Some(counters) = shared.counters(id) else {
             return Err((NoMemory, ring));
         };
@@ -338,9 +355,10 @@ impl Queue {
                 try_vec(shape.max_pages, IoVec::default())?,
                 try_vec(shape.indirect_bytes, 0u8)?,
                 try_vec(shape.nreq, NONE)?,
+                try_vec(shape.nreq, NONE)?,
             ))
         })();
-        let (lists, grants, kva, iov, indirect, waitq) = match pools {
+        let (lists, grants, kva, iov, indirect, waitq, entries) = match pools {
             Ok(p) => p,
             Err(e) => return Err((e, ring)),
         };
@@ -355,6 +373,7 @@ impl Queue {
                 max_bytes: Bytes((shape.max_pages * PAGE_SIZE) as u64),
             },
             lists,
+            entries,
             grants,
             kva,
             iov,
@@ -370,6 +389,7 @@ impl Queue {
             closing: false,
             retired: false,
             spurious: 0,
+            resumed,
             share: (first_page, shape.window_pages().unwrap_or(shape.kva_pages)),
             params,
             stats: QueueStats {
@@ -470,6 +490,9 @@ impl Queue {
         self.grants
             .purge_idle(host, self.params.idle_ms, &self.stats);
         self.publish(host);
+        if core::mem::take(&mut self.resumed) {
+            host.evtchn_notify(self.id);
+        }
         Outcome::Served
     }
 
@@ -579,22 +602,29 @@ impl Queue {
     }
 
     /// Gives back what the control part set up for the queue: unbinds the
-    /// channel and unmaps the ring. The queue is retired (or never
-    /// served). Returns the counters.
-    pub fn release<H: Host + ?Sized>(self, host: &mut H) -> Stats {
+    /// channel, unmaps the ring, and closes the journal, which the
+    /// platform keeps for the next back-end when `keep_journal` (the
+    /// queue is handed over) and removes otherwise. The queue is retired
+    /// (or never served). Returns the counters.
+    pub fn release<H: Host + ?Sized>(self, host: &mut H, keep_journal: bool) -> Stats {
         let stats = self.stats.snapshot();
         self.stats.reset();
         host.evtchn_unbind(self.id);
-        host.unmap_ring(self.id, self.ring.into_mem());
+        let (ring, journal) = self.ring.into_mems();
+        host.unmap_ring(self.id, ring);
+        if let Some(j) = journal {
+            host.journal_close(self.id, j, keep_journal);
+        }
         stats
     }
 
-    /// Undoes a queue that never served: unbinds and unmaps its ring. It
-    /// is [`Queue::release`] with nothing to publish or unmap (nothing was
-    /// served), and shares its code: a second way of taking a queue apart
-    /// would be a second copy of its drop code in the kernel object.
+    /// Undoes a queue that never served: unbinds and unmaps its ring,
+    /// removes its journal. It is [`Queue::release`] with nothing to
+    /// publish or unmap (nothing was served), and shares its code: a
+    /// second way of taking a queue apart would be a second copy of its
+    /// drop code in the kernel object.
     pub fn undo<H: Host + ?Sized>(self, host: &mut H) {
-        let _ = self.release(host);
+        let _ = self.release(host, false);
     }
 
     fn tag(&self, list: u16) -> IoTag {
@@ -613,7 +643,7 @@ impl Queue {
         let mut budget = per_pass;
         let mut stopped_on_pause = false;
         let ring_ok = 'pass: loop {
-            let Ok(prod) = self.ring.snapshot_req_prod() else {
+            let Ok(prod) = self.ring.ring().snapshot_req_prod() else {
                 break 'pass Err(());
             };
             // The connection is failing or closing. A front-end that saw
@@ -625,7 +655,9 @@ impl Queue {
             if self.stats.shared.stopped() {
                 break 'pass Ok(());
             }
-            while self.ring.req_cons() != prod {
+            // Requests a previous back-end consumed and never answered go
+            // first (a ring taken over), then the ring's.
+            while self.ring.replay_pending() || self.ring.ring().req_cons() != prod {
                 if self.paused() {
                     stopped_on_pause = true;
                     break 'pass Ok(());
@@ -642,19 +674,36 @@ impl Queue {
                     stopped_on_pause = true;
                     break 'pass Ok(());
                 }
-                // Borrowed where the ring put it: no second copy.
-                let taken = self.ring.take_request(prod);
-                let Some(raw) = &taken else {
+                let taken = if self.ring.replay_pending() {
+                    self.stats.inc(Stat::ReqsReplayed);
+                    self.ring.replay()
+                } else {
+                    if self.ring.needs_publish() {
+                        // Every journal entry holds a request not yet
+                        // published: publishing frees the answered ones.
+                        self.publish(host);
+                        if self.ring.needs_publish() {
+                            // A ring's worth unanswered: the ring has
+                            // nothing to take either.
+                            break 'pass Ok(());
+                        }
+                    }
+                    // Journaled (when a journal is kept) before req_cons
+                    // moved past it.
+                    self.ring.take(prod)
+                };
+                // Borrowed where it was decoded: no second copy.
+                let Some((raw, entry)) = &taken else {
                     break;
                 };
                 budget -= 1;
-                self.accept(host, raw);
+                self.accept(host, raw, *entry);
             }
             if self.paused() {
                 stopped_on_pause = true;
                 break Ok(());
             }
-            match self.ring.final_check_for_requests() {
+            match self.ring.ring_mut().final_check_for_requests() {
                 Ok(true) => {}
                 Ok(false) => break Ok(()),
                 Err(_) => break Err(()),
@@ -707,16 +756,18 @@ impl Queue {
         }
     }
 
-    /// Validates one request into a free slot, binds its grants, and
-    /// takes it into a reqlist; or answers it with an error.
-    fn accept<H: QueueHost + ?Sized>(&mut self, host: &mut H, raw: &BlkifRequest) {
+    /// Validates one request (journal entry `entry`) into a free slot,
+    /// binds its grants, and takes it into a reqlist; or answers it with
+    /// an error.
+    fn accept<H: QueueHost + ?Sized>(&mut self, host: &mut H, raw: &BlkifRequest, entry: u16) {
         // The connection's switches, read at request time: a resize or a
         // sysctl write applies to the requests accepted after it.
         self.limits.medium_sectors = self.stats.shared.medium_sectors();
         let coalesce = self.stats.shared.coalesce();
+        let op = request::response_operation(raw);
         let Some(slot) = self.lists.take_slot() else {
             // consume() checked; keep the invariant without panicking.
-            self.respond(raw.id, request::response_operation(raw), BLKIF_RSP_ERROR);
+            self.respond(raw.id, op, BLKIF_RSP_ERROR, entry);
             return;
         };
         let p = match self.parse(host, raw, slot) {
@@ -724,7 +775,7 @@ impl Queue {
             Err(status) => {
                 self.stats.inc(Stat::ReqsRefused);
                 self.lists.put_slot(slot);
-                self.respond(raw.id, request::response_operation(raw), status);
+                self.respond(raw.id, op, status, entry);
                 return;
             }
         };
@@ -741,12 +792,15 @@ impl Queue {
                 self.stats.inc(Stat::ReqsRefused);
                 self.stats.inc(Stat::GrantsRefused);
                 self.lists.put_slot(slot);
-                self.respond(p.id, p.operation, BLKIF_RSP_ERROR);
+                self.respond(p.id, p.operation, BLKIF_RSP_ERROR, entry);
                 return;
             };
             to_map = bound;
         }
         self.lists.set_slot(slot, &p);
+        if let Some(e) = self.entries.get_mut(usize::from(slot)) {
+            *e = entry;
+        }
         self.enlist(host, slot, &p, to_map, coalesce);
     }
 
@@ -778,7 +832,8 @@ impl Queue {
             self.grants
                 .release(host, core::iter::once(used), &self.stats);
             self.lists.put_slot(slot);
-            self.respond(p.id, p.operation, BLKIF_RSP_ERROR);
+            let entry = self.entry_of(slot);
+            self.respond(p.id, p.operation, BLKIF_RSP_ERROR, entry);
             return;
         };
         if self.lists.open() != Some(l) {
@@ -1098,7 +1153,8 @@ impl Queue {
             } else {
                 BLKIF_RSP_OKAY
             };
-            self.respond(r.id, r.operation, status);
+            let entry = self.entry_of(cur);
+            self.respond(r.id, r.operation, status, entry);
             cur = r.next;
         }
         self.lists.free(l);
@@ -1108,16 +1164,23 @@ impl Queue {
         self.starved = false;
     }
 
-    /// Queues one response on the ring (published by [`Queue::publish`]).
-    fn respond(&mut self, id: u64, operation: u8, status: i16) {
+    /// The journal entry of the request in slot `slot`.
+    fn entry_of(&self, slot: u16) -> u16 {
+        self.entries.get(usize::from(slot)).copied().unwrap_or(NONE)
+    }
+
+    /// Queues the response to the request of journal entry `entry` on the
+    /// ring (published by [`Queue::publish`]).
+    fn respond(&mut self, id: u64, operation: u8, status: i16, entry: u16) {
         if self.broken {
             return;
         }
-        self.ring.push_response(&BlkifResponse {
+        let rsp = BlkifResponse {
             id,
             operation,
             status,
-        });
+        };
+        self.ring.respond(entry, &rsp);
         self.unpublished += 1;
         self.stats.inc(Stat::ReqsQueuedForCompletion);
         if status != BLKIF_RSP_OKAY {
@@ -1131,7 +1194,7 @@ impl Queue {
         if self.unpublished == 0 || self.broken {
             return;
         }
-        if self.ring.publish_responses() {
+        if self.ring.publish() {
             host.evtchn_notify(self.id);
         }
         self.stats.add(Stat::ReqsCompleted, self.unpublished);

@@ -59,6 +59,15 @@ pub enum RingError {
         /// How many responses the front-end could be owed at most.
         owed: u32,
     },
+    /// A back-end resuming a ring ([`BackRing::attach`]) would have more
+    /// requests consumed and unanswered than the ring holds: its
+    /// `req_cons` and the ring's `rsp_prod` cannot both be right.
+    BadResume {
+        /// The consumer index the back-end resumes at.
+        req_cons: u32,
+        /// The ring's `rsp_prod`, read once.
+        rsp_prod: u32,
+    },
 }
 
 /// Checks a ring geometry: the slot count, given the mapping is long enough.
@@ -91,6 +100,29 @@ fn read_slot<M: RingMem>(
     let mut buf = [0u8; MAX_SLOT_SIZE];
     mem.read(slot_offset(abi, size, index), &mut buf[..len]);
     buf
+}
+
+/// One request slot as the back ring copied it: the one read of the slot
+/// (`RING_COPY_REQUEST`) and the ring index it was consumed at. Only the
+/// bytes the request uses ([`Abi::request_used_size`]) were read; the rest
+/// of the copy is zero.
+/// The copy, not the shared page, is what is decoded and checked, and what
+/// an in-flight journal keeps ([`crate::journal`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawRequest {
+    /// The ring index (`req_cons` before it moved past the slot).
+    pub index: u32,
+    /// The slot's bytes.
+    pub bytes: [u8; MAX_SLOT_SIZE],
+}
+
+impl RawRequest {
+    /// The request the bytes hold, in `abi`'s layout, decoded where the
+    /// copy is ([`Abi::decode_request`] of a whole slot's copy).
+    #[inline]
+    pub fn decode(&self, abi: Abi) -> BlkifRequest {
+        abi.decode_request(&self.bytes)
+    }
 }
 
 /// Encodes one request of `len` bytes with `encode` into a zeroed copy
@@ -137,6 +169,48 @@ impl<M: RingMem> BackRing<M> {
             rsp_prod_pvt: start,
             rsp_prod_pub: start,
         })
+    }
+
+    /// Resumes serving a ring another back-end served until it went away
+    /// (`BACK_RING_ATTACH` at chosen indices): `req_cons` is where that
+    /// back-end's in-flight journal says it stopped consuming
+    /// ([`crate::journal`]), and responses resume at the ring's
+    /// `rsp_prod`, read once (`rsp_prod_pvt = rsp_prod`: whatever that
+    /// back-end wrote beyond it was never published). The front-end may
+    /// have written anything meanwhile, so both are checked:
+    /// [`RingError::BadResume`] when `req_cons` is more than a ring ahead
+    /// of (or behind) `rsp_prod`, [`RingError::BadProducer`] when
+    /// `req_prod` is behind `req_cons` or claims more than the ring holds.
+    /// Does not write the shared header. On any error the mapping comes
+    /// back with it, for the platform to unmap.
+    pub fn attach(
+        mem: M,
+        abi: Abi,
+        pages: u32,
+        req_cons: u32,
+    ) -> Result<BackRing<M>, (RingError, M)> {
+        let size = match ring_geometry(&mem, abi, pages) {
+            Ok(size) => size,
+            Err(e) => return Err((e, mem)),
+        };
+        // Acquire: pairs with the release store of rsp_prod by the
+        // back-end that published it (the slots below it were written).
+        let rsp_prod = mem.load_u32(SRING_RSP_PROD, Ordering::Acquire);
+        if req_cons.wrapping_sub(rsp_prod) > size {
+            return Err((RingError::BadResume { req_cons, rsp_prod }, mem));
+        }
+        let ring = BackRing {
+            mem,
+            abi,
+            size,
+            req_cons,
+            rsp_prod_pvt: rsp_prod,
+            rsp_prod_pub: rsp_prod,
+        };
+        match ring.snapshot_req_prod() {
+            Ok(_) => Ok(ring),
+            Err(e) => Err((e, ring.mem)),
+        }
     }
 
     /// The number of slots (`RING_SIZE`).
@@ -197,6 +271,15 @@ impl<M: RingMem> BackRing<M> {
     /// loop over this method ends after at most `size` requests whatever
     /// the caller passes.
     pub fn take_request(&mut self, req_prod: u32) -> Option<BlkifRequest> {
+        let abi = self.abi;
+        self.take_raw(req_prod).map(|raw| raw.decode(abi))
+    }
+
+    /// [`take_request`](Self::take_request) without the decoding: the
+    /// slot's private copy and its index, for a caller that keeps the
+    /// bytes (an in-flight journal) and decodes them itself.
+    #[inline]
+    pub fn take_raw(&mut self, req_prod: u32) -> Option<RawRequest> {
         if req_prod == self.req_cons || self.check_prod(req_prod).is_err() {
             return None;
         }
@@ -207,16 +290,17 @@ impl<M: RingMem> BackRing<M> {
         let at = slot_offset(abi, self.size, self.req_cons);
         // The one read of each byte of this slot the request uses: the
         // head, then the bytes after it that the head's copy (never the
-        // ring) says are used. Everything after looks at `buf` only.
-        let mut buf = [0u8; MAX_SLOT_SIZE];
+        // ring) says are used. Everything after looks at the copy only.
+        let mut bytes = [0u8; MAX_SLOT_SIZE];
         let head = abi.request_head_size();
-        self.mem.read(at, &mut buf[..head]);
-        let used = abi.request_used_size(&buf[..head]);
-        if let Some(rest) = buf.get_mut(head..used) {
+        self.mem.read(at, &mut bytes[..head]);
+        let used = abi.request_used_size(&bytes[..head]);
+        if let Some(rest) = bytes.get_mut(head..used) {
             self.mem.read(at + head, rest);
         }
+        let index = self.req_cons;
         self.req_cons = self.req_cons.wrapping_add(1);
-        Some(abi.decode_request(&buf))
+        Some(RawRequest { index, bytes })
     }
 
     /// Writes one response at `rsp_prod_pvt` (every byte of the response
@@ -1050,6 +1134,93 @@ mod tests {
             }
             assert_eq!(front.rsp_cons(), start.wrapping_add(100));
         }
+    }
+
+    /// Issue 16: a back-end that takes over a ring resumes at the
+    /// consumer index its journal kept and at the ring's `rsp_prod`;
+    /// requests consumed but never answered are answered at `rsp_prod`,
+    /// and the next request is read where consumption stopped.
+    #[test]
+    fn attach_resumes_at_the_given_indices() {
+        for abi in ABIS {
+            let (f, b) = SharedMem::leak_pair(PAGE_SIZE).unwrap();
+            let mut front = FrontRing::init_at(f, abi, 1, u32::MAX - 2).unwrap();
+            let mut old = BackRing::new(b, abi, 1).unwrap();
+            for i in 0..5 {
+                assert!(front.push_request(&request(i)));
+            }
+            front.publish_requests();
+            let prod = old.snapshot_req_prod().unwrap();
+            // Three consumed: the first answered and published, the third
+            // answered but never published; then the back-end goes away.
+            let raws: alloc::vec::Vec<_> = (0..3).map(|_| old.take_raw(prod).unwrap()).collect();
+            assert_eq!(raws[1].index, (u32::MAX - 2).wrapping_add(1));
+            assert_eq!(raws[2].decode(abi), request(2));
+            old.push_response(&response_for(&request(0)));
+            old.publish_responses();
+            old.push_response(&response_for(&request(2)));
+            let consumed = old.req_cons();
+            let mem = old.into_mem();
+            let mut new = BackRing::attach(mem, abi, 1, consumed).unwrap();
+            assert_eq!(new.req_cons(), consumed);
+            assert_eq!(new.rsp_prod_pvt(), (u32::MAX - 2).wrapping_add(1));
+            // Requests 1 and 2 are answered again, in any order, exactly
+            // once each; 3 and 4 are read from the ring.
+            new.push_response(&response_for(&request(2)));
+            new.push_response(&response_for(&request(1)));
+            let prod = new.snapshot_req_prod().unwrap();
+            assert_eq!(new.take_request(prod), Some(request(3)));
+            assert_eq!(new.take_request(prod), Some(request(4)));
+            assert_eq!(new.take_request(prod), None);
+            new.push_response(&response_for(&request(3)));
+            new.push_response(&response_for(&request(4)));
+            new.publish_responses();
+            let got: alloc::vec::Vec<_> =
+                core::iter::from_fn(|| front.take_response().unwrap()).collect();
+            let ids: alloc::vec::Vec<_> = got.iter().map(|r| r.id).collect();
+            assert_eq!(ids, [0, 2, 1, 3, 4]);
+        }
+    }
+
+    /// What a hostile front-end (or a stale journal) can do to the
+    /// indices a back-end resumes at is refused, the mapping handed back.
+    #[test]
+    fn attach_refuses_impossible_indices() {
+        let abi = Abi::X86_64;
+        let (f, b) = SharedMem::leak_pair(PAGE_SIZE).unwrap();
+        let mut front = FrontRing::init(f, abi, 1).unwrap();
+        for i in 0..4 {
+            assert!(front.push_request(&request(i)));
+        }
+        front.publish_requests();
+        let size = front.size();
+        // More consumed-and-unanswered than the ring holds.
+        let (e, b) = BackRing::attach(b, abi, 1, size + 1).unwrap_err();
+        assert_eq!(
+            e,
+            RingError::BadResume {
+                req_cons: size + 1,
+                rsp_prod: 0
+            }
+        );
+        // Behind rsp_prod.
+        let (e, b) = BackRing::attach(b, abi, 1, u32::MAX).unwrap_err();
+        assert!(matches!(e, RingError::BadResume { .. }));
+        // Ahead of req_prod: the front-end never produced that far.
+        let (e, b) = BackRing::attach(b, abi, 1, 5).unwrap_err();
+        assert!(matches!(e, RingError::BadProducer { .. }));
+        // A req_prod beyond the ring.
+        front.set_req_prod_raw(size + 3);
+        let (e, b) = BackRing::attach(b, abi, 1, 2).unwrap_err();
+        assert!(matches!(e, RingError::BadProducer { .. }));
+        front.set_req_prod_raw(4);
+        // A short mapping.
+        let (short, _) = SharedMem::leak_pair(64).unwrap();
+        let (e, _) = BackRing::attach(short, abi, 1, 0).unwrap_err();
+        assert_eq!(e, RingError::TooSmall);
+        // Within bounds it attaches.
+        let ring = BackRing::attach(b, abi, 1, 4).unwrap();
+        assert_eq!((ring.req_cons(), ring.rsp_prod_pvt()), (4, 0));
     }
 
     #[test]

@@ -72,16 +72,27 @@ impl SharedMem {
     /// fuzzing and benchmarks that need shared memory without a platform.
     /// `None` when `len` is 0 or the allocation fails.
     pub fn leak_pair(len: usize) -> Option<(SharedMem, SharedMem)> {
+        let mut v = SharedMem::leak_views(len, 2)?;
+        Some((v.swap_remove(0), v.swap_remove(0)))
+    }
+
+    /// [`SharedMem::leak_pair`] with `views` views of the memory: for a
+    /// test double that hands the same memory to one back-end after
+    /// another (a process that died, the next one taking over).
+    pub fn leak_views(len: usize, views: usize) -> Option<alloc::vec::Vec<SharedMem>> {
         let layout = core::alloc::Layout::from_size_align(len, 4096).ok()?;
         if len == 0 {
             return None;
         }
+        let mut out = alloc::vec::Vec::new();
+        out.try_reserve_exact(views).ok()?;
         // SAFETY: the layout has a non-zero size (checked above).
         let p = unsafe { alloc::alloc::alloc_zeroed(layout) };
         let base = NonNull::new(p)?;
-        // The memory is never freed, so both views stay valid forever; all
+        // The memory is never freed, so every view stays valid forever; all
         // access through them is atomic or volatile, so they may alias.
-        Some((SharedMem { base, len }, SharedMem { base, len }))
+        out.resize_with(views, || SharedMem { base, len });
+        Some(out)
     }
 
     /// The length of the mapping in bytes.

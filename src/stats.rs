@@ -42,6 +42,12 @@ macro_rules! sysctl_table {
         pub static SYSCTLS: &[SysctlDesc] = &[
             $( SysctlDesc { stat: Stat::$variant, name: $name, kind: SysctlKind::$kind, descr: $descr }, )*
         ];
+
+        impl Stat {
+            /// The number of sysctl nodes: every row of the table, so that
+            /// a row added last is counted.
+            pub const COUNT: usize = [$( Stat::$variant ),*].len();
+        }
     };
 }
 
@@ -131,6 +137,8 @@ sysctl_table! {
         "Times the event channel was re-enabled late to throttle spurious kicks";
     Resizes => "resizes", Counter,
         "Medium size changes published to the front-end";
+    ReqsReplayed => "reqs_replayed", Counter,
+        "Requests a previous back-end consumed and never answered, served again after taking over its ring";
 }
 
 impl SysctlDesc {
@@ -142,9 +150,6 @@ impl SysctlDesc {
 }
 
 impl Stat {
-    /// The number of sysctl nodes.
-    pub const COUNT: usize = Stat::Resizes as usize + 1;
-
     /// The node's table row.
     pub fn desc(self) -> &'static SysctlDesc {
         &SYSCTLS[self as usize]

@@ -17,11 +17,11 @@
 
 use core::fmt::Write as _;
 use core::mem::{offset_of, size_of};
-use std::io::Write as _;
+use std::ffi::OsString;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 
 use xbb::abi::*;
+use xbb_testing::cc::check_c;
 
 /// Appends `_Static_assert(<expr> == <value>)` with the expression as message.
 fn eq(out: &mut String, c_expr: &str, value: impl core::fmt::Display) {
@@ -286,34 +286,16 @@ fn flags(abi: Abi) -> &'static [&'static str] {
     }
 }
 
-/// Runs `cc -fsyntax-only` on `src`; `Err(stderr)` when it is rejected.
+/// Runs `cc -fsyntax-only` on `src` for `abi`; `Err(stderr)` when it is
+/// rejected.
 fn compile(include: &Option<PathBuf>, abi: Abi, src: &str) -> Result<(), String> {
-    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-    let mut cmd = Command::new(&cc);
-    cmd.args(flags(abi))
-        .args(["-std=gnu11", "-fsyntax-only", "-Werror", "-x", "c"]);
+    let mut args: Vec<OsString> = flags(abi).iter().map(OsString::from).collect();
+    args.push("-std=gnu11".into());
     if let Some(dir) = include {
-        cmd.arg("-I").arg(dir);
+        args.push("-I".into());
+        args.push(dir.into());
     }
-    cmd.arg("-")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run the C compiler `{cc}`: {e}"));
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(src.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    check_c(args, src)
 }
 
 /// The include directory to pass (`None` for the default `/usr/include`),

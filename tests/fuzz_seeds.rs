@@ -15,7 +15,7 @@ use xbb_testing::alloc::Counting;
 use xbb_testing::fuzz::{
     fuzz_instance, fuzz_instance_in, fuzz_request, fuzz_ring, fuzz_ring_in, fuzz_xenstore,
     Completion, Fault, FeKey, FeValue, Injected, InstanceConfig, InstanceMemory, InstanceReport,
-    InstanceScript, Outcome, PushReq, Request, RingConfig, RingMemory, RingReport, RingScript,
+    InstanceScript, Outcome, PushReq, RingConfig, RingMemory, RingReport, RingScript,
     FIRST_DATA_GREF,
 };
 use xbb_testing::rng::XorShift;
@@ -142,6 +142,24 @@ fn regression_a_front_end_that_overran_its_ring_was_answered() {
     let r = fuzz_ring(data);
     assert!(!r.ring_broken, "{r:?}");
     assert!(r.ios > 0 && r.okay + r.error > 0, "{r:?}");
+}
+
+/// Found by the instance fuzz target (33 minutes into an hour at
+/// fa8e1df): a front-end laid out a 4-page ring for the x86_32 ABI, then
+/// removed its `protocol` node; the back-end connected with the native
+/// ABI, served one request (read with the x86_64 layout: its id from bytes
+/// 8..16) and disconnected, all within one call. The body marked the ring
+/// lossy and checked the response's id against the ids it had written in
+/// the x86_32 layout. The back-end was right; the body now checks a
+/// connection it did not see only where the ring's ABI is the one the
+/// `protocol` node gives (otherwise the ring is blind).
+#[test]
+fn regression_a_connection_unseen_by_the_body_used_another_abi() {
+    let data = include_bytes!("fuzz-regressions/instance-unseen-connection-abi");
+    save("instance", "regression-unseen-connection-abi", data);
+    let r = fuzz_instance(data);
+    // The one response was taken (the connection itself went unseen).
+    assert!(r.error > 0, "{r:?}");
 }
 
 #[test]
@@ -865,74 +883,13 @@ fn inst_base() -> InstanceConfig {
     }
 }
 
-fn rd(ring: u8, sector: u8, nsegs: u8) -> Request {
-    Request {
-        ring,
-        id: 0x10,
-        op: 0,
-        nsegs,
-        sector,
-        range: 128,
-        ..Request::default()
-    }
-}
-
-fn wr(ring: u8, sector: u8, nsegs: u8) -> Request {
-    Request {
-        op: 2,
-        ..rd(ring, sector, nsegs)
-    }
-}
-
 /// A random but well-formed operation sequence: mostly requests,
 /// publishes, kicks and completions, with every other operation mixed in.
 fn random_instance_script(rng: &mut XorShift) -> InstanceScript {
-    let header: [u8; 5] = std::array::from_fn(|_| rng.byte());
-    let cfg = InstanceConfig {
-        connect_at_attach: rng.below(4) != 0,
-        root_later: rng.below(8) == 0,
-        hotplug_gate: rng.below(8) == 0,
-        ..InstanceConfig {
-            x86_64: header[0] & 1 != 0,
-            read_only_medium: rng.below(8) == 0,
-            can_flush: header[0] & 2 != 0,
-            can_discard: header[0] & 4 != 0,
-            sector_4k: rng.below(6) == 0,
-            online: header[0] & 8 != 0,
-            toolstack_read_only: rng.below(8) == 0,
-            requests_per_pass: header[1] & 3,
-            max_requests: header[1] >> 2 & 3,
-            kva_pages: header[1] >> 4 & 3,
-            max_request_size: header[1] >> 6,
-            max_queues: if rng.below(2) == 0 { header[2] & 3 } else { 0 },
-            max_ring_order: header[2] >> 2 & 3,
-            max_persistent_grants: header[2] >> 4 & 3,
-            max_indirect_segments: header[2] >> 6,
-            medium: header[3],
-            no_coalesce: header[3] & 64 != 0,
-            queues: header[4] & 3,
-            order: header[4] >> 2 & 3,
-            persistent: header[4] & 16 != 0,
-            discard_disabled: rng.below(8) == 0,
-            secure_discard: header[4] & 32 != 0,
-            ..InstanceConfig::default()
-        }
-    };
+    let cfg = random_instance_config(rng);
     let mut s = InstanceScript::new(&cfg);
     // The rings the front-end lays out, to send most requests to.
     let mut rings = [1u8, 2, 4, 3][usize::from(cfg.queues & 3)];
-    let how = |rng: &mut XorShift| {
-        [
-            Completion::Ok,
-            Completion::Ok,
-            Completion::Ok,
-            Completion::Io,
-            Completion::Gone,
-            Completion::NoSpace,
-            Completion::NotSupported,
-            Completion::Busy,
-        ][rng.below(8) as usize]
-    };
     for _ in 0..rng.below(40) {
         let ring = if rng.below(8) == 0 {
             rng.below(4) as u8
@@ -941,32 +898,8 @@ fn random_instance_script(rng: &mut XorShift) -> InstanceScript {
         };
         match rng.below(24) {
             0..=5 => {
-                // Mostly reads and writes of whole pages inside the medium.
-                let op = match rng.below(8) {
-                    0..=5 => rng.below(4) as u8,
-                    _ => rng.byte(),
-                };
-                let sector = match rng.below(8) {
-                    0..=5 => rng.below(u64::from(cfg.medium % 64) + 1) as u8,
-                    6 => 128,
-                    _ => rng.byte(),
-                };
-                let r = Request {
-                    ring,
-                    id: rng.below(4) as u16,
-                    op,
-                    raw_op: rng.byte(),
-                    nsegs: if rng.below(16) == 0 {
-                        rng.byte()
-                    } else {
-                        rng.below(5) as u8
-                    },
-                    sector,
-                    raw_sector: rng.next(),
-                    gref: rng.byte(),
-                    range: if rng.below(4) == 0 { rng.byte() } else { 128 },
-                };
-                s.push(&r);
+                let r = random_request(rng, cfg.medium);
+                s.push(ring, &r);
                 if rng.below(2) == 0 {
                     s.publish(ring).kick(ring);
                 }
@@ -978,10 +911,10 @@ fn random_instance_script(rng: &mut XorShift) -> InstanceScript {
                 s.kick(rng.byte());
             }
             10 | 11 => {
-                s.complete(rng.byte(), how(rng));
+                s.complete(rng.byte(), random_completion(rng));
             }
             12 => {
-                s.complete_all(how(rng));
+                s.complete_all(random_completion(rng));
             }
             13 => {
                 let v = [3, 4, 5, 6, 1, 2, 7, 8, 0, 9, 10, 11][rng.below(12) as usize];
@@ -996,47 +929,10 @@ fn random_instance_script(rng: &mut XorShift) -> InstanceScript {
                 }
             }
             15 => {
-                let key = [
-                    FeKey::RingRef,
-                    FeKey::RingRefN,
-                    FeKey::RingPageOrder,
-                    FeKey::NumRingPages,
-                    FeKey::EventChannel,
-                    FeKey::Protocol,
-                    FeKey::FeaturePersistent,
-                    FeKey::NumQueues,
-                    FeKey::State,
-                    FeKey::Other,
-                ][rng.below(10) as usize];
-                let value = [
-                    FeValue::RingGref,
-                    FeValue::Port,
-                    FeValue::Small,
-                    FeValue::Empty,
-                    FeValue::TooBig,
-                    FeValue::Negative,
-                    FeValue::Abi32,
-                    FeValue::Abi64,
-                    FeValue::Max32,
-                    FeValue::Raw,
-                ][rng.below(10) as usize];
-                if rng.below(4) == 0 {
-                    s.xs_remove(key, rng.below(6) as u8, rng.byte());
-                } else {
-                    s.xs_write(key, rng.below(6) as u8, rng.byte(), value, &rng.bytes(24));
-                }
+                random_fe_node(rng, &mut s);
             }
             16 => {
-                let what = [
-                    Injected::Submit,
-                    Injected::Map,
-                    Injected::RingMap,
-                    Injected::Bind,
-                    Injected::Window,
-                    Injected::XsConflict,
-                    Injected::Open,
-                    Injected::XsRead,
-                ][rng.below(8) as usize];
+                let what = random_fault(rng);
                 s.inject(what, rng.byte());
             }
             17 => {
@@ -1070,6 +966,131 @@ fn random_instance_script(rng: &mut XorShift) -> InstanceScript {
         }
     }
     s
+}
+
+/// The header of [`random_instance_script`]: any tunables and medium,
+/// mostly a front-end ready at attach.
+fn random_instance_config(rng: &mut XorShift) -> InstanceConfig {
+    let header: [u8; 5] = std::array::from_fn(|_| rng.byte());
+    InstanceConfig {
+        connect_at_attach: rng.below(4) != 0,
+        root_later: rng.below(8) == 0,
+        hotplug_gate: rng.below(8) == 0,
+        ..InstanceConfig {
+            x86_64: header[0] & 1 != 0,
+            read_only_medium: rng.below(8) == 0,
+            can_flush: header[0] & 2 != 0,
+            can_discard: header[0] & 4 != 0,
+            sector_4k: rng.below(6) == 0,
+            online: header[0] & 8 != 0,
+            toolstack_read_only: rng.below(8) == 0,
+            requests_per_pass: header[1] & 3,
+            max_requests: header[1] >> 2 & 3,
+            kva_pages: header[1] >> 4 & 3,
+            max_request_size: header[1] >> 6,
+            max_queues: if rng.below(2) == 0 { header[2] & 3 } else { 0 },
+            max_ring_order: header[2] >> 2 & 3,
+            max_persistent_grants: header[2] >> 4 & 3,
+            max_indirect_segments: header[2] >> 6,
+            medium: header[3],
+            no_coalesce: header[3] & 64 != 0,
+            queues: header[4] & 3,
+            order: header[4] >> 2 & 3,
+            persistent: header[4] & 16 != 0,
+            discard_disabled: rng.below(8) == 0,
+            secure_discard: header[4] & 32 != 0,
+            ..InstanceConfig::default()
+        }
+    }
+}
+
+/// Mostly success, else any error.
+fn random_completion(rng: &mut XorShift) -> Completion {
+    [
+        Completion::Ok,
+        Completion::Ok,
+        Completion::Ok,
+        Completion::Io,
+        Completion::Gone,
+        Completion::NoSpace,
+        Completion::NotSupported,
+        Completion::Busy,
+    ][rng.below(8) as usize]
+}
+
+/// A request of [`random_instance_script`]: mostly reads and writes of
+/// whole pages inside the medium (of header selector `medium`).
+fn random_request(rng: &mut XorShift, medium: u8) -> PushReq {
+    let op = match rng.below(8) {
+        0..=5 => rng.below(4) as u8,
+        _ => rng.byte(),
+    };
+    let sector = match rng.below(8) {
+        0..=5 => rng.below(u64::from(medium % 64) + 1) as u8,
+        6 => 128,
+        _ => rng.byte(),
+    };
+    PushReq {
+        id: rng.below(4) as u16,
+        op,
+        raw_op: rng.byte(),
+        nsegs: if rng.below(16) == 0 {
+            rng.byte()
+        } else {
+            rng.below(5) as u8
+        },
+        sector,
+        raw_sector: rng.next(),
+        gref: rng.byte(),
+        range: if rng.below(4) == 0 { rng.byte() } else { 128 },
+    }
+}
+
+/// A front-end node written or removed by [`random_instance_script`].
+fn random_fe_node(rng: &mut XorShift, s: &mut InstanceScript) {
+    let key = [
+        FeKey::RingRef,
+        FeKey::RingRefN,
+        FeKey::RingPageOrder,
+        FeKey::NumRingPages,
+        FeKey::EventChannel,
+        FeKey::Protocol,
+        FeKey::FeaturePersistent,
+        FeKey::NumQueues,
+        FeKey::State,
+        FeKey::Other,
+    ][rng.below(10) as usize];
+    let value = [
+        FeValue::RingGref,
+        FeValue::Port,
+        FeValue::Small,
+        FeValue::Empty,
+        FeValue::TooBig,
+        FeValue::Negative,
+        FeValue::Abi32,
+        FeValue::Abi64,
+        FeValue::Max32,
+        FeValue::Raw,
+    ][rng.below(10) as usize];
+    if rng.below(4) == 0 {
+        s.xs_remove(key, rng.below(6) as u8, rng.byte());
+    } else {
+        s.xs_write(key, rng.below(6) as u8, rng.byte(), value, &rng.bytes(24));
+    }
+}
+
+/// Any platform failure.
+fn random_fault(rng: &mut XorShift) -> Injected {
+    [
+        Injected::Submit,
+        Injected::Map,
+        Injected::RingMap,
+        Injected::Bind,
+        Injected::Window,
+        Injected::XsConflict,
+        Injected::Open,
+        Injected::XsRead,
+    ][rng.below(8) as usize]
 }
 
 #[test]
@@ -1132,11 +1153,11 @@ fn instance_seed_read_write_every_layout() {
                 let n = [1u8, 2, 4, 3][usize::from(queues)];
                 let mut s = InstanceScript::new(&cfg);
                 for q in 0..n {
-                    s.push(&wr(q, q * 8, 2)).publish(q).kick(q);
+                    s.push(q, &write(q * 8, 2)).publish(q).kick(q);
                 }
                 s.complete_all(Completion::Ok);
                 for q in 0..n {
-                    s.push(&rd(q, q * 8, 2)).publish(q).kick(q);
+                    s.push(q, &read(q * 8, 2)).publish(q).kick(q);
                 }
                 s.complete_all(Completion::Ok);
                 let r = instance(&format!("rw-{queues}-{x86_64}-{order}"), &s);
@@ -1161,8 +1182,8 @@ fn instance_seed_completions_in_any_order_with_any_result() {
     };
     let mut s = InstanceScript::new(&cfg);
     for (q, sector) in [(0, 0), (1, 8), (0, 16), (1, 24)] {
-        s.push(&wr(q, sector, 1))
-            .push(&rd(q, sector + 32, 1))
+        s.push(q, &write(sector, 1))
+            .push(q, &read(sector + 32, 1))
             .publish(q);
     }
     s.kick(1).kick(0);
@@ -1186,13 +1207,13 @@ fn instance_seed_completions_in_any_order_with_any_result() {
 #[test]
 fn instance_seed_store_gone_closes() {
     let mut s = InstanceScript::new(&inst_base());
-    s.push(&wr(0, 0, 1))
-        .push(&wr(0, 8, 1))
+    s.push(0, &write(0, 1))
+        .push(0, &write(8, 1))
         .publish(0)
         .kick(0)
         .complete(0, Completion::Gone)
         .complete_all(Completion::Ok)
-        .push(&rd(0, 0, 1))
+        .push(0, &read(0, 1))
         .publish(0)
         .kick(0);
     let r = instance("store-gone", &s);
@@ -1205,18 +1226,18 @@ fn instance_seed_store_gone_closes() {
 fn instance_seed_grant_map_failures() {
     let mut s = InstanceScript::new(&inst_base());
     s.inject(Injected::Map, 1)
-        .push(&wr(0, 0, 2))
+        .push(0, &write(0, 2))
         .publish(0)
         .kick(0)
         .complete_all(Completion::Ok)
         .inject(Injected::Map, 3)
-        .push(&rd(0, 0, 1))
-        .push(&rd(0, 8, 1))
-        .push(&rd(0, 16, 1))
+        .push(0, &read(0, 1))
+        .push(0, &read(8, 1))
+        .push(0, &read(16, 1))
         .publish(0)
         .kick(0)
         .complete_all(Completion::Ok)
-        .push(&rd(0, 0, 2))
+        .push(0, &read(0, 2))
         .publish(0)
         .kick(0)
         .complete_all(Completion::Ok);
@@ -1228,8 +1249,8 @@ fn instance_seed_grant_map_failures() {
 #[test]
 fn instance_seed_detach_with_io_in_flight_and_attach_again() {
     let mut s = InstanceScript::new(&inst_base());
-    s.push(&wr(0, 0, 3))
-        .push(&rd(0, 32, 1))
+    s.push(0, &write(0, 3))
+        .push(0, &read(32, 1))
         .publish(0)
         .kick(0)
         .detach()
@@ -1237,7 +1258,7 @@ fn instance_seed_detach_with_io_in_flight_and_attach_again() {
         .complete_all(Completion::Ok)
         .attach()
         .frontend_state(3)
-        .push(&rd(0, 0, 3))
+        .push(0, &read(0, 3))
         .publish(0)
         .kick(0)
         .complete_all(Completion::Ok);
@@ -1248,20 +1269,20 @@ fn instance_seed_detach_with_io_in_flight_and_attach_again() {
 #[test]
 fn instance_seed_resize_under_io() {
     let mut s = InstanceScript::new(&inst_base());
-    s.push(&wr(0, 50, 2)) // sectors 400.. of 512
+    s.push(0, &write(50, 2)) // sectors 400.. of 512
         .publish(0)
         .kick(0)
         .resize(10) // 80 sectors: the write in flight now ends past the end
         .complete_all(Completion::Ok)
-        .push(&rd(0, 50, 1)) // refused: beyond the end
+        .push(0, &read(50, 1)) // refused: beyond the end
         .publish(0)
         .kick(0)
         .resize(0) // empty
-        .push(&rd(0, 0, 1))
+        .push(0, &read(0, 1))
         .publish(0)
         .kick(0)
         .resize(64) // grown again
-        .push(&rd(0, 50, 1))
+        .push(0, &read(50, 1))
         .publish(0)
         .kick(0)
         .complete_all(Completion::Ok);
@@ -1273,8 +1294,8 @@ fn instance_seed_resize_under_io() {
 #[test]
 fn instance_seed_close_in_flight_then_reconnect_with_more_queues() {
     let mut s = InstanceScript::new(&inst_base());
-    s.push(&wr(0, 0, 1))
-        .push(&rd(0, 8, 1))
+    s.push(0, &write(0, 1))
+        .push(0, &read(8, 1))
         .publish(0)
         .kick(0)
         .frontend_state(5) // Closing with I/O in flight
@@ -1284,11 +1305,11 @@ fn instance_seed_close_in_flight_then_reconnect_with_more_queues() {
         .frontend_state(3);
     for q in 0..4 {
         // A page of its own: a persistent grant is named once at a time.
-        let w = Request {
+        let w = PushReq {
             gref: q,
-            ..wr(q, 8 * q, 1)
+            ..write(8 * q, 1)
         };
-        s.push(&w).publish(q).kick(q);
+        s.push(q, &w).publish(q).kick(q);
     }
     s.complete_all(Completion::Ok)
         .clock(2) // an hour: persistent grants go idle
@@ -1305,7 +1326,7 @@ fn instance_seed_hotplug_gate_and_root_later() {
         ..inst_base()
     };
     let mut s = InstanceScript::new(&cfg);
-    s.push(&wr(0, 0, 1))
+    s.push(0, &write(0, 1))
         .publish(0)
         .watch() // nothing open yet
         .root_mounted() // InitWait, waits for the script
@@ -1343,7 +1364,7 @@ fn instance_seed_hostile_nodes_refused() {
             .frontend_state(6)
             .layout(0, 0, false, false)
             .frontend_state(3) // connects
-            .push(&rd(0, 0, 1))
+            .push(0, &read(0, 1))
             .publish(0)
             .kick(0)
             .complete_all(Completion::Ok);
@@ -1359,8 +1380,8 @@ fn instance_seed_broken_ring_answers_nothing_more() {
         queues: 1,
         ..inst_base()
     });
-    s.push(&wr(0, 0, 1))
-        .push(&wr(1, 8, 1))
+    s.push(0, &write(0, 1))
+        .push(1, &write(8, 1))
         .publish(0)
         .publish(1)
         .kick(0)
@@ -1387,25 +1408,25 @@ fn instance_seed_indirect_with_crafted_descriptors() {
         let seg = Segment::whole_page(FIRST_DATA_GREF + 8 + i as u32);
         encode_segment(&seg, d);
     }
-    let indirect = |op: u8| Request {
+    let indirect = |op: u8| PushReq {
         op: 7,
         raw_op: op, // even: read, odd: write
         nsegs: 1,   // four segments
         sector: 16,
         gref: 4,
-        ..Request::default()
+        ..PushReq::default()
     };
     let mut s = InstanceScript::new(&cfg);
     s.page_write(4, 0, &desc)
-        .push(&indirect(1))
+        .push(0, &indirect(1))
         .publish(0)
         .kick(0)
         .complete_all(Completion::Ok)
-        .push(&indirect(0))
+        .push(0, &indirect(0))
         .publish(0)
         .kick(0)
         .complete_all(Completion::Ok)
-        .push(&indirect(251)) // an indirect_op that is not READ or WRITE
+        .push(0, &indirect(251)) // an indirect_op that is not READ or WRITE
         .publish(0)
         .kick(0);
     let r = instance("indirect-crafted", &s);
@@ -1434,7 +1455,7 @@ fn instance_seed_platform_failures_at_connect() {
             .frontend_state(3)
             .frontend_state(6)
             .frontend_state(3)
-            .push(&wr(3, 0, 1))
+            .push(3, &write(0, 1))
             .publish(3)
             .kick(3)
             .complete_all(Completion::Ok);
@@ -1455,8 +1476,8 @@ fn instance_seed_shrink_under_waiting_io() {
         ..inst_base()
     };
     let mut s = InstanceScript::new(&cfg);
-    s.push(&wr(0, 40, 8)) // sectors 320..384: in flight
-        .push(&wr(0, 50, 8)) // 400..464: waits for the window
+    s.push(0, &write(40, 8)) // sectors 320..384: in flight
+        .push(0, &write(50, 8)) // 400..464: waits for the window
         .publish(0)
         .kick(0)
         .resize(45) // 360 sectors
@@ -1464,12 +1485,12 @@ fn instance_seed_shrink_under_waiting_io() {
     let r = instance("shrink-waiting", &s);
     assert_eq!((r.okay, r.error, r.ios), (0, 2, 1), "{r:?}");
 
-    let barrier = Request {
+    let barrier = PushReq {
         op: 5, // a barrier with data: flush, data, flush
-        ..wr(0, 50, 2)
+        ..write(50, 2)
     };
     let mut s = InstanceScript::new(&inst_base());
-    s.push(&barrier)
+    s.push(0, &barrier)
         .publish(0)
         .kick(0)
         .resize(45)

@@ -105,6 +105,11 @@ fn connected_with(reqs: &[BlkifRequest]) -> (Instance, FakeHost, FrontRing) {
     (i, h, fr)
 }
 
+/// The kinds of the store I/Os submitted, in order.
+fn kinds(h: &FakeHost) -> Vec<Kind> {
+    h.log.iter().map(|l| l.kind).collect()
+}
+
 fn fe_state(i: &mut Instance, h: &mut FakeHost, s: &str) {
     h.fe_set("state", s);
     i.frontend_changed(h);
@@ -239,11 +244,7 @@ fn pool_shortage_then_store_refusal_does_not_strand_ring() {
 /// the memory back on error.)
 #[test]
 fn short_ring_mapping_is_unmapped() {
-    let (mut i, mut h) = attached(&Tunables::default());
-    let _fr = h.frontend_ring(Abi::native(), 1);
-    h.faults.short_ring = true;
-    fe_state(&mut i, &mut h, "3");
-    assert_eq!(i.state(), XenbusState::Closing);
+    let (_, h) = failed_connect(|h| h.faults.short_ring = true);
     h.assert_released();
 }
 
@@ -254,11 +255,7 @@ fn short_ring_mapping_is_unmapped() {
 /// reads.
 #[test]
 fn a_queue_that_cannot_be_lent_fails_the_connection() {
-    let (mut i, mut h) = attached(&Tunables::default());
-    let _fr = h.frontend_ring(Abi::native(), 1);
-    h.faults.no_inline = true;
-    fe_state(&mut i, &mut h, "3");
-    assert_eq!(i.state(), XenbusState::Closing);
+    let (i, h) = failed_connect(|h| h.faults.no_inline = true);
     assert_eq!(i.last_error(), Some(ConnectError::NoMemory));
     let node = format!("error/{}/error", BE_PATH.trim_start_matches('/'));
     let error = h.xs_get(&node).unwrap_or_default();
@@ -291,6 +288,44 @@ fn online_reconnect_noticed_after_drain() {
     assert_eq!(i.state(), XenbusState::Connected);
 }
 
+/// A connection whose small window ([`small_window`]) a write `a` of 11
+/// pages (id 1, at sector 0) fills, with `later` produced behind it.
+fn window_filled(later: &[BlkifRequest]) -> (Instance, FakeHost, FrontRing) {
+    let (mut i, mut h, mut fr) = connected(&tunables(small_window));
+    let mut reqs = vec![req(BLKIF_OP_WRITE, 1, 0, &grefs(11, 0))];
+    reqs.extend_from_slice(later);
+    produce(&mut i, &mut h, &mut fr, &reqs);
+    (i, h, fr)
+}
+
+/// Attaches, offers a ring, arms `fault`, and has the front-end announce
+/// it: the connection fails (Closing).
+fn failed_connect(fault: impl FnOnce(&mut FakeHost)) -> (Instance, FakeHost) {
+    let (mut i, mut h) = attached(&Tunables::default());
+    let _fr = h.frontend_ring(Abi::native(), 1);
+    fault(&mut h);
+    fe_state(&mut i, &mut h, "3");
+    assert_eq!(i.state(), XenbusState::Closing);
+    (i, h)
+}
+
+/// The front-end publishes an impossible `req_prod` (a thousand ahead)
+/// and kicks: the connection fails (Closing).
+fn break_ring(i: &mut Instance, h: &mut FakeHost, fr: &mut FrontRing) {
+    fr.set_req_prod_raw(fr.req_prod_pvt().wrapping_add(1000));
+    i.run(h, 0);
+    assert_eq!(i.state(), XenbusState::Closing);
+}
+
+/// Breaks the ring with one I/O in flight: that I/O drains, nothing else
+/// reaches the store, and everything is released.
+fn nothing_starts_after_breaking(i: &mut Instance, h: &mut FakeHost, fr: &mut FrontRing) {
+    break_ring(i, h, fr);
+    complete_all(i, h);
+    assert_eq!(h.log.len(), 1, "I/O started after the failure: {:?}", h.log);
+    h.assert_released();
+}
+
 /// LESSER 1 (issue 13, finding 7): after an impossible `req_prod` the
 /// connection is failed, but reqlists consumed in earlier passes that
 /// waited for the window (`waitq`) or for the barrier drain used to be
@@ -300,18 +335,10 @@ fn online_reconnect_noticed_after_drain() {
 /// only what is already in flight drains.
 #[test]
 fn nothing_starts_after_ring_broken() {
-    let t = tunables(small_window);
-    let (mut i, mut h, mut fr) = connected(&t);
-    let a = req(BLKIF_OP_WRITE, 1, 0, &grefs(11, 0));
-    let b = req(BLKIF_OP_WRITE, 2, 1000, &grefs(2, 20)); // waits for a
-    produce(&mut i, &mut h, &mut fr, &[a, b]);
+    let waits = req(BLKIF_OP_WRITE, 2, 1000, &grefs(2, 20));
+    let (mut i, mut h, mut fr) = window_filled(&[waits]);
     assert_eq!(h.log.len(), 1);
-    fr.set_req_prod_raw(fr.req_prod_pvt().wrapping_add(1000));
-    i.run(&mut h, 0);
-    assert_eq!(i.state(), XenbusState::Closing);
-    complete_all(&mut i, &mut h);
-    assert_eq!(h.log.len(), 1, "I/O started after the failure: {:?}", h.log);
-    h.assert_released();
+    nothing_starts_after_breaking(&mut i, &mut h, &mut fr);
 }
 
 /// Finding 7, the barrier's side: a barrier consumed while a write is in
@@ -319,17 +346,12 @@ fn nothing_starts_after_ring_broken() {
 /// drains, the barrier never starts (neither its flushes nor its data).
 #[test]
 fn no_barrier_starts_after_ring_broken() {
-    let (mut i, mut h, mut fr) = connected(&Tunables::default());
-    let a = req(BLKIF_OP_WRITE, 1, 0, &grefs(2, 0));
-    let b = req(BLKIF_OP_WRITE_BARRIER, 2, 100, &grefs(1, 10));
-    produce(&mut i, &mut h, &mut fr, &[a, b]);
+    let (mut i, mut h, mut fr) = connected_with(&[
+        req(BLKIF_OP_WRITE, 1, 0, &grefs(2, 0)),
+        req(BLKIF_OP_WRITE_BARRIER, 2, 100, &grefs(1, 10)),
+    ]);
     assert_eq!(h.log.len(), 1, "the barrier waits for the write");
-    fr.set_req_prod_raw(fr.req_prod_pvt().wrapping_add(1000));
-    i.run(&mut h, 0);
-    assert_eq!(i.state(), XenbusState::Closing);
-    complete_all(&mut i, &mut h);
-    assert_eq!(h.log.len(), 1, "I/O started after the failure: {:?}", h.log);
-    h.assert_released();
+    nothing_starts_after_breaking(&mut i, &mut h, &mut fr);
 }
 
 // ---------------------------------------------------------------------------
@@ -338,11 +360,8 @@ fn no_barrier_starts_after_ring_broken() {
 
 #[test]
 fn kva_shortage_then_resume_answers_everything_once() {
-    let t = tunables(small_window);
-    let (mut i, mut h, mut fr) = connected(&t);
-    let a = req(BLKIF_OP_WRITE, 1, 0, &grefs(11, 0));
-    let b = req(BLKIF_OP_WRITE, 2, 1000, &grefs(2, 20));
-    produce(&mut i, &mut h, &mut fr, &[a, b]);
+    let waits = req(BLKIF_OP_WRITE, 2, 1000, &grefs(2, 20));
+    let (mut i, mut h, mut fr) = window_filled(&[waits]);
     pump(&mut i, &mut h);
     assert_eq!(i.stats().get(Stat::KvaShortages), 1);
     assert_eq!(h.pending(), 1);
@@ -665,8 +684,7 @@ fn flush_with_data_writes_then_flushes() {
     let (mut i, mut h, mut fr) =
         connected_with(&[req(BLKIF_OP_FLUSH_DISKCACHE, 4, 8, &grefs(1, 0))]);
     complete_all(&mut i, &mut h);
-    let kinds: Vec<Kind> = h.log.iter().map(|l| l.kind).collect();
-    assert_eq!(kinds, [Kind::Write, Kind::Flush]);
+    assert_eq!(kinds(&h), [Kind::Write, Kind::Flush]);
     assert_eq!(responses(&mut fr)[0].status, BLKIF_RSP_OKAY);
 }
 
@@ -675,13 +693,10 @@ fn flush_with_data_writes_then_flushes() {
 /// completes.
 #[test]
 fn barrier_orders_against_in_flight_and_stalled_requests() {
-    let t = tunables(small_window);
-    let (mut i, mut h, mut fr) = connected(&t);
-    let a = req(BLKIF_OP_WRITE, 1, 0, &grefs(11, 0));
     let b = req(BLKIF_OP_WRITE, 2, 1000, &grefs(1, 20)); // stalls behind a
     let x = req(BLKIF_OP_WRITE_BARRIER, 3, 2000, &grefs(1, 30));
     let d = req(BLKIF_OP_READ, 4, 3000, &grefs(1, 40));
-    produce(&mut i, &mut h, &mut fr, &[a, b, x, d]);
+    let (mut i, mut h, mut fr) = window_filled(&[b, x, d]);
     pump(&mut i, &mut h);
     // Submission order must be: a | b | flush, barrier data, flush | d, and
     // each group starts only when the previous completed.
@@ -746,8 +761,7 @@ fn io_accepted_before_a_shrink_is_not_submitted_past_the_end() {
     i.medium_changed(&mut h);
     complete_all(&mut i, &mut h);
     assert_eq!(status_of(&responses(&mut fr), 3), BLKIF_RSP_ERROR);
-    let kinds: Vec<Kind> = h.log.iter().map(|l| l.kind).collect();
-    assert_eq!(kinds, [Kind::Write, Kind::Flush], "{:?}", h.log);
+    assert_eq!(kinds(&h), [Kind::Write, Kind::Flush], "{:?}", h.log);
     h.assert_clean();
 }
 
@@ -761,10 +775,8 @@ fn impossible_req_prod_fails_connection_and_answers_nothing_more() {
         assert!(fr.push_request(&req(BLKIF_OP_READ, 10 + k, 8 * k, &grefs(1, 5))));
     }
     let before_log = h.log.len();
-    fr.set_req_prod_raw(fr.req_prod_pvt().wrapping_add(1000));
-    i.run(&mut h, 0);
+    break_ring(&mut i, &mut h, &mut fr);
     assert_eq!(h.log.len(), before_log, "nothing dispatched");
-    assert_eq!(i.state(), XenbusState::Closing);
     assert_eq!(h.backend_state(), Some("5"));
     complete_all(&mut i, &mut h);
     assert!(
@@ -786,10 +798,10 @@ fn impossible_req_prod_fails_connection_and_answers_nothing_more() {
 
 #[test]
 fn close_with_io_in_flight_drains_then_releases() {
-    let (mut i, mut h, mut fr) = connected(&Tunables::default());
-    let a = req(BLKIF_OP_WRITE, 1, 0, &grefs(2, 0));
-    let b = req(BLKIF_OP_READ, 2, 500, &grefs(1, 9));
-    produce(&mut i, &mut h, &mut fr, &[a, b]);
+    let (mut i, mut h, mut fr) = connected_with(&[
+        req(BLKIF_OP_WRITE, 1, 0, &grefs(2, 0)),
+        req(BLKIF_OP_READ, 2, 500, &grefs(1, 9)),
+    ]);
     assert_eq!(h.pending(), 2);
     fe_state(&mut i, &mut h, "5");
     assert!(h.evtchn_bound(0) && h.ring_mapped(), "still draining");

@@ -7,7 +7,8 @@
 //! invalid requests, a request-pool shortage and a window shortage go
 //! through `Instance::run`, the store completions and the responses with
 //! counting on. The count must be exactly zero and every byte read back
-//! must be the byte written.
+//! must be the byte written; with an in-flight journal kept (issue 16) as
+//! without.
 
 use xbb::abi::{
     encode_segment, Abi, BlkifRequest, RequestBody, Segment, BLKIF_OP_FLUSH_DISKCACHE,
@@ -253,8 +254,9 @@ fn descriptors(pages: &[GrantRef]) -> Vec<u8> {
     out
 }
 
-fn connected_guest(persistent: bool) -> Guest {
+fn connected_guest(persistent: bool, journal: bool) -> Guest {
     let mut host = FakeHost::new(FakeConfig::default());
+    host.journals = journal;
     host.standard_nodes(true, false);
     let front = host.frontend_ring(Abi::X86_64, 1);
     if persistent {
@@ -301,16 +303,22 @@ fn counter_counts() {
 
 #[test]
 fn io_path_does_not_allocate() {
-    check_io_path(false);
+    check_io_path(false, false);
 }
 
 #[test]
 fn persistent_io_path_does_not_allocate() {
-    check_io_path(true);
+    check_io_path(true, false);
 }
 
-fn check_io_path(persistent: bool) {
-    let mut g = connected_guest(persistent);
+#[test]
+fn journaled_io_path_does_not_allocate() {
+    check_io_path(true, true);
+}
+
+fn check_io_path(persistent: bool, journal: bool) {
+    let mut g = connected_guest(persistent, journal);
+    assert_eq!(g.host.journals_created, u32::from(journal));
     assert_eq!(
         g.inst.stats().get(Stat::PersistentGrants),
         u64::from(persistent)
@@ -335,6 +343,7 @@ fn check_io_path(persistent: bool) {
     g.inst.frontend_changed(&mut g.host);
     g.inst.detach(&mut g.host);
     assert!(g.inst.is_detached());
+    assert_eq!(g.host.journals_removed, u32::from(journal));
     assert!(!g.host.ring_mapped() && !g.host.window_reserved());
     assert_eq!(g.host.live_mappings, 0);
     assert!(!g.host.store_is_open());

@@ -472,6 +472,15 @@ fn sysctl_and_tunable_tables() {
 }
 
 /// Attaches `fk` and connects a front-end of `queues` one-page rings.
+/// The module loaded, an online kernel, and an instance connected with
+/// `queues` queues: their front rings.
+fn connected_queues(queues: u32) -> (Module, Box<FakeKernel>, Vec<FrontRing>) {
+    let m = Module::load();
+    let fk = FakeKernel::new(true, false);
+    let rings = connect_queues(&fk, queues);
+    (m, fk, rings)
+}
+
 fn connect_queues(fk: &FakeKernel, queues: u32) -> Vec<FrontRing> {
     assert_eq!(attach(fk, &default_tunables()), 0);
     let rings = fk.frontend_connect_queues(queues, 1);
@@ -492,9 +501,7 @@ fn queue_sysctl(fk: &FakeKernel, q: u32, name: &str) -> u64 {
 
 #[test]
 fn each_queue_is_served_by_its_own_task_and_gets_its_own_completions() {
-    let _m = Module::load();
-    let fk = FakeKernel::new(true, false);
-    let mut rings = connect_queues(&fk, 2);
+    let (_m, fk, mut rings) = connected_queues(2);
     // A write on each queue: each goes out tagged with its queue.
     let (d0, d1) = (pattern(40), pattern(41));
     let (g0, g1) = (fk.grant(&d0, true), fk.grant(&d1, true));
@@ -558,9 +565,7 @@ fn each_queue_is_served_by_its_own_task_and_gets_its_own_completions() {
 /// the control part stops every queue before it tells the front-end.
 #[test]
 fn a_request_produced_after_closing_is_never_served() {
-    let _m = Module::load();
-    let fk = FakeKernel::new(true, false);
-    let mut rings = connect_queues(&fk, 2);
+    let (_m, fk, mut rings) = connected_queues(2);
     fk.st().faults.store_gone = true;
     let g = fk.grant(&pattern(60), true);
     let write = rw_request(BLKIF_OP_WRITE, 1, 8, &[g]);
@@ -600,9 +605,7 @@ fn a_request_produced_after_closing_is_never_served() {
 
 #[test]
 fn detach_waits_for_io_in_flight_on_every_queue() {
-    let _m = Module::load();
-    let fk = FakeKernel::new(true, false);
-    let mut rings = connect_queues(&fk, 2);
+    let (_m, fk, mut rings) = connected_queues(2);
     let data: Vec<Vec<u8>> = (0..4).map(|i| pattern(50 + i)).collect();
     for (i, d) in data.iter().enumerate() {
         let q = (i % 2) as u32;

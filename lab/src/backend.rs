@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use super::host::{SimHost, SimHostConfig, SimHostStats, SimXen};
 use super::xenstore::WatchId;
 use super::TaskEvent;
+use crate::store::locked;
 use xbb::connect::ConnectError;
 use xbb::host::{MediumInfo, XenbusState};
 use xbb::instance::Instance;
@@ -141,7 +142,7 @@ struct Published {
 type Shared = Arc<Published>;
 
 fn lock(shared: &Shared) -> MutexGuard<'_, InstanceSnapshot> {
-    shared.snap.lock().unwrap_or_else(|e| e.into_inner())
+    locked(&shared.snap)
 }
 
 fn publish(shared: &Shared, snap: InstanceSnapshot) {
@@ -190,6 +191,28 @@ impl BackendRunner {
         tunables: Tunables,
         cfg: SimHostConfig,
     ) -> io::Result<BackendRunner> {
+        BackendRunner::spawn_as(xen, backend_path, tunables, cfg, false)
+    }
+
+    /// [`BackendRunner::spawn`] for a vbd another back-end left Connected
+    /// (it crashed or handed it over): the instance takes it over
+    /// (`Instance::take_over`) instead of attaching.
+    pub fn spawn_takeover(
+        xen: &SimXen,
+        backend_path: &str,
+        tunables: Tunables,
+        cfg: SimHostConfig,
+    ) -> io::Result<BackendRunner> {
+        BackendRunner::spawn_as(xen, backend_path, tunables, cfg, true)
+    }
+
+    fn spawn_as(
+        xen: &SimXen,
+        backend_path: &str,
+        tunables: Tunables,
+        cfg: SimHostConfig,
+        take_over: bool,
+    ) -> io::Result<BackendRunner> {
         let (tx, rx) = mpsc::channel();
         let shared: Shared = Arc::new(Published {
             snap: Mutex::new(InstanceSnapshot::initial()),
@@ -211,7 +234,7 @@ impl BackendRunner {
         let name = format!("xbb-task-{}", backend_path.rsplit('/').next().unwrap_or(""));
         let thread = thread::Builder::new()
             .name(name)
-            .spawn(move || task.run(tunables, cfg))?;
+            .spawn(move || task.run(tunables, cfg, take_over))?;
         Ok(BackendRunner {
             backend_path: backend_path.to_string(),
             tx,
@@ -325,8 +348,20 @@ impl BackendRunner {
         self.snapshot()
     }
 
+    /// Ends the instance with `ev` ([`TaskEvent::Crash`],
+    /// [`TaskEvent::HandOver`] or [`TaskEvent::Shutdown`]), waits for the
+    /// thread and returns the final snapshot.
+    pub fn end_with(mut self, ev: TaskEvent) -> InstanceSnapshot {
+        self.stop_with(ev);
+        self.snapshot()
+    }
+
     fn stop(&mut self) {
-        let _ = self.tx.send(TaskEvent::Shutdown);
+        self.stop_with(TaskEvent::Shutdown);
+    }
+
+    fn stop_with(&mut self, ev: TaskEvent) {
+        let _ = self.tx.send(ev);
         if let Some(t) = self.thread.take() {
             if t.join().is_err() {
                 let mut g = lock(&self.shared);
@@ -376,7 +411,7 @@ impl Task {
         s
     }
 
-    fn run(mut self, tunables: Tunables, cfg: SimHostConfig) {
+    fn run(mut self, tunables: Tunables, cfg: SimHostConfig, take_over: bool) {
         let mut host = SimHost::new(&self.xen, cfg, self.tx.clone());
         let mut inst = match Instance::new(&self.path, &tunables) {
             Ok(i) => i,
@@ -388,16 +423,19 @@ impl Task {
                 return;
             }
         };
-        *self.shared.live.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(Arc::clone(inst.shared()));
-        inst.attach(&mut host);
+        *locked(&self.shared.live) = Some(Arc::clone(inst.shared()));
+        if take_over {
+            inst.take_over(&mut host);
+        } else {
+            inst.attach(&mut host);
+        }
         let be_watch = self.watch(&self.path);
         // (watched front-end state path, watch)
         let mut fe_watch: Option<(String, WatchId)> = None;
         self.rewatch_frontend(&inst, &mut fe_watch);
         publish(&self.shared, self.snapshot(&inst, &host));
 
-        loop {
+        let end = loop {
             let ev = match self.rx.recv() {
                 Ok(ev) => ev,
                 Err(_) => TaskEvent::Shutdown,
@@ -417,12 +455,12 @@ impl Task {
                 TaskEvent::QueueHome(q) => home(&mut inst, &mut host, q),
                 TaskEvent::QueueFailed(_, outcome) => inst.queue_failed(&mut host, outcome),
                 TaskEvent::Sync(token) => self.synced = token,
-                TaskEvent::Shutdown => break,
+                end @ (TaskEvent::Shutdown | TaskEvent::HandOver | TaskEvent::Crash) => break end,
             }
             self.events += 1;
             self.rewatch_frontend(&inst, &mut fe_watch);
             publish(&self.shared, self.snapshot(&inst, &host));
-        }
+        };
 
         if let Some(w) = be_watch {
             self.xen.xenstore.unwatch(w);
@@ -430,7 +468,28 @@ impl Task {
         if let Some((_, w)) = fe_watch.take() {
             self.xen.xenstore.unwatch(w);
         }
-        inst.detach(&mut host);
+        match end {
+            TaskEvent::Crash => {
+                let mut s = self.snapshot(&inst, &host);
+                // The counters as the back-end left them once its queues'
+                // threads stopped (their releases zero the live ones).
+                *self.shared.live.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                let mut stats = inst.instance_stats();
+                drop(inst);
+                stats.accumulate(&host.die());
+                if !host.config().inline {
+                    s.stats = Some(stats);
+                    s.queues.clear();
+                }
+                s.host = host.stats();
+                drop(host);
+                s.finished = true;
+                publish(&self.shared, s);
+                return;
+            }
+            TaskEvent::HandOver => inst.hand_over(&mut host),
+            _ => inst.detach(&mut host),
+        }
         // Detach drains: keep delivering completions until it is done.
         let mut error = None;
         let deadline = Instant::now() + DRAIN_LIMIT;

@@ -43,7 +43,14 @@ pub struct BenchOptions {
     /// Only the cases whose name contains one of these (and the cases
     /// they are compared with); every case when empty.
     pub cases: Vec<String>,
+    /// Repetitions of each case, the xbb and raw sides interleaved
+    /// (xbb, raw, xbb, raw, ...); each side's median is reported.
+    /// [`DEFAULT_REPS`] when `None`.
+    pub reps: Option<usize>,
 }
+
+/// Repetitions of each case unless [`BenchOptions::reps`] says otherwise.
+pub const DEFAULT_REPS: usize = 3;
 
 /// One measured side of a case.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -85,10 +92,14 @@ pub struct CaseResult {
     pub what: String,
     /// Queue depth of both sides.
     pub queue_depth: u32,
-    /// Through xbb.
+    /// Through xbb: the repetition of median throughput.
     pub xbb: Measure,
-    /// Directly on the file.
+    /// Directly on the file: the repetition of median throughput.
     pub raw: Measure,
+    /// Every repetition's MiB/s through xbb, in the order run.
+    pub xbb_runs: Vec<f64>,
+    /// Every repetition's MiB/s on the file, in the order run.
+    pub raw_runs: Vec<f64>,
     /// The back-end's `total_dispatch` divided by `reqs_received`.
     pub dispatch_per_request: f64,
     /// Requests the back-end received.
@@ -130,7 +141,17 @@ impl BenchReport {
     pub fn render_text(&self) -> String {
         use std::fmt::Write as _;
         let mut o = String::new();
-        let _ = writeln!(o, "xbb-lab bench: image in {}", self.dir);
+        let reps = self
+            .cases
+            .iter()
+            .map(|c| c.xbb_runs.len())
+            .max()
+            .unwrap_or(0);
+        let _ = writeln!(
+            o,
+            "xbb-lab bench: image in {}; medians of {reps} repetitions, xbb and raw interleaved",
+            self.dir
+        );
         let _ = writeln!(
             o,
             "{:<26} {:>3} {:>10} {:>10} {:>10} {:>10} {:>8} {:>7}  total_dispatch per request",
@@ -205,6 +226,8 @@ impl BenchReport {
                 "xbb": side(&c.xbb),
                 "raw": side(&c.raw),
                 "ratio": c.ratio(),
+                "xbb_mib_s_runs": c.xbb_runs,
+                "raw_mib_s_runs": c.raw_runs,
                 "total_dispatch_per_request": c.dispatch_per_request,
                 "requests": c.requests,
                 "baseline": c.baseline,
@@ -459,8 +482,7 @@ fn run_in(opts: &BenchOptions, dir: &Path, image: &Path) -> Result<BenchReport, 
         dir: dir.display().to_string(),
         cases: Vec::new(),
     };
-    // The raw side of identical workloads is measured once.
-    let mut raw_done: Vec<((u32, u32, bool, bool), Measure)> = Vec::new();
+    let reps = opts.reps.unwrap_or(DEFAULT_REPS).max(1);
     // Reads check that the data is zero: written data is zeroed again first.
     let mut dirty = false;
     let all: Vec<&Case> = CASES.iter().chain(QUEUE_CASES.iter()).collect();
@@ -483,29 +505,33 @@ fn run_in(opts: &BenchOptions, dir: &Path, image: &Path) -> Result<BenchReport, 
             queue_depth: case.queue_depth,
             ..CaseResult::default()
         };
-        match run_xbb(case, image, ops, opts.duration) {
-            Ok((m, received, dispatched, negotiated)) => {
-                r.xbb = m;
-                r.negotiated = negotiated;
-                r.requests = received;
-                r.dispatch_per_request = if received > 0 {
-                    dispatched as f64 / received as f64
-                } else {
-                    0.0
-                };
+        // The two sides take turns, so that what else the machine does
+        // falls on both; each side's median repetition is the result.
+        let (mut xbb_runs, mut raw_runs) = (Vec::new(), Vec::new());
+        for _ in 0..reps {
+            match run_xbb(case, image, ops, opts.duration) {
+                Ok((m, received, dispatched, negotiated)) => {
+                    r.negotiated = negotiated;
+                    r.requests = received;
+                    r.dispatch_per_request = if received > 0 {
+                        dispatched as f64 / received as f64
+                    } else {
+                        0.0
+                    };
+                    xbb_runs.push(m);
+                }
+                Err(e) => {
+                    r.error = Some(e);
+                    break;
+                }
             }
-            Err(e) => r.error = Some(e),
+            raw_runs
+                .push(run_raw(case, image, ops, opts.duration).map_err(|e| format!("raw: {e}"))?);
         }
-        let key = (case.io_size, case.queue_depth, case.random, case.read);
-        r.raw = match raw_done.iter().find(|(k, _)| *k == key) {
-            Some((_, m)) => m.clone(),
-            None => {
-                let m =
-                    run_raw(case, image, ops, opts.duration).map_err(|e| format!("raw: {e}"))?;
-                raw_done.push((key, m.clone()));
-                m
-            }
-        };
+        r.xbb_runs = xbb_runs.iter().map(Measure::mib_s).collect();
+        r.raw_runs = raw_runs.iter().map(Measure::mib_s).collect();
+        r.xbb = median(xbb_runs);
+        r.raw = median(raw_runs);
         if let Some(b) = case.baseline {
             r.baseline = Some(b.to_string());
             r.feature_ratio = report
@@ -527,6 +553,16 @@ fn run_in(opts: &BenchOptions, dir: &Path, image: &Path) -> Result<BenchReport, 
         report.cases.push(r);
     }
     Ok(report)
+}
+
+/// The run of median throughput (the lower of the two middle ones for an
+/// even count); an empty measure for none.
+fn median(mut runs: Vec<Measure>) -> Measure {
+    runs.sort_by(|a, b| a.mib_s().total_cmp(&b.mib_s()));
+    match runs.len() {
+        0 => Measure::default(),
+        n => runs.swap_remove((n - 1) / 2),
+    }
 }
 
 fn fill_zeros(path: &Path, size: u64) -> std::io::Result<()> {

@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::store::locked;
 use xbb::host::{DomId, EvtchnError, EvtchnPort};
 
 /// What runs when an event arrives at a port.
@@ -89,7 +90,7 @@ impl EventHub {
     }
 
     fn lock(&self) -> MutexGuard<'_, Hub> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        locked(&self.inner)
     }
 
     /// `EVTCHNOP_alloc_unbound`: a new port of `dom` that `remote_dom` may bind.

@@ -12,6 +12,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::memory::Gfn;
+use crate::store::locked;
 use xbb::host::{DomId, GrantError, GrantHandle, GrantRef};
 
 /// The first grant reference a guest hands out; lower ones are reserved
@@ -114,7 +115,7 @@ impl GrantTable {
     }
 
     fn lock(&self) -> MutexGuard<'_, Table> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        locked(&self.inner)
     }
 
     /// Grants `frame` to domain `to_dom`, read-only when `readonly`. Freed

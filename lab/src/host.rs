@@ -1,7 +1,8 @@
 //! The simulated host's side of one back-end instance: [`SimHost`]
 //! implements the core's control [`Host`] over the simulated Xen of this
-//! module's siblings, and [`SimQueueHost`] the [`QueueHost`] of one queue,
-//! which runs on a thread of its own.
+//! module's siblings, and [`SimQueueHost`] the [`QueueHost`]: of one lent
+//! queue, on a thread of its own, or (inline) of every queue, as the
+//! control host's queue part.
 //!
 //! - XenStore (`xs_wire.h`): the shared [`Xenstored`]; the core's paths are
 //!   absolute.
@@ -34,6 +35,11 @@
 //! With [`SimHostConfig::inline`] the host lends nothing and serves every
 //! queue from the instance's task thread, as the core's test double does:
 //! events, runs and completions then arrive there as [`TaskEvent`]s.
+//!
+//! With [`SimHostConfig::journal_dir`] the host keeps the core's in-flight
+//! journals as files there ([`JournalFiles`], as xbb-serve does), and
+//! [`SimHost::die`] does what a back-end process's death does, so that a
+//! new instance can take its vbd over (issue 16).
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -47,16 +53,19 @@ use super::evtchn::EventHub;
 use super::ffi::{PageState, Reservation};
 use super::gnttab::GrantTable;
 use super::memory::GuestMemory;
-use super::store::{self, HostStore, IoFaults, RawIoVec, StoreHandle, WriteCache};
+use super::store::{
+    self, locked, HostStore, InstanceJournals, JournalFiles, RawIoVec, StoreHandle, StoreOptions,
+};
 use super::toolstack;
 use super::xenstore::Xenstored;
 use super::TaskEvent;
 use xbb::handoff::{Gate, Post, Work};
 use xbb::host::{
     DomId, EvtchnError, EvtchnPort, GrantError, GrantHandle, GrantMapOp, GrantUnmapOp, Granted,
-    Host, IoError, IoOp, IoTag, IoVec, MapResult, MediumInfo, NodeKind, OpenError, OpenParams,
-    QueueHost, QueueId, RemotePort, XenStore, XsError, XsTxn, PAGE_SIZE,
+    Host, IoError, IoOp, IoTag, IoVec, JournalOpen, MapResult, MediumInfo, NodeKind, OpenError,
+    OpenParams, QueueHost, QueueId, RemotePort, XenStore, XsError, XsTxn, PAGE_SIZE,
 };
+use xbb::journal::JournalId;
 use xbb::queue::Queue;
 use xbb::shmem::SharedMem;
 use xbb::stats::Tunable;
@@ -83,7 +92,7 @@ impl Domains {
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<DomId, Domain>> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        locked(&self.inner)
     }
 
     /// Creates domain `dom` with `frames` frames of RAM and an empty grant
@@ -157,7 +166,7 @@ impl SimXen {
     /// [`TaskEvent::RootMounted`] to every subscribed instance.
     pub fn mount_root(&self) {
         self.root_mounted.store(true, Ordering::Release);
-        let mut w = self.root_waiters.lock().unwrap_or_else(|e| e.into_inner());
+        let mut w = locked(&self.root_waiters);
         // A root once mounted stays mounted: nobody waits any more.
         for tx in w.drain(..) {
             let _ = tx.send(TaskEvent::RootMounted);
@@ -169,7 +178,7 @@ impl SimXen {
     /// through [`Host::root_mounted`] at attach, and a sender kept for
     /// them would outlive their instance (one per vbd ever created).
     pub fn subscribe_root_mounted(&self, tx: Sender<TaskEvent>) {
-        let mut w = self.root_waiters.lock().unwrap_or_else(|e| e.into_inner());
+        let mut w = locked(&self.root_waiters);
         // Under the lock: a mount that set the flag before we looked sends
         // to nobody after; one that did not yet will send to us.
         if !self.root_mounted.load(Ordering::Acquire) {
@@ -179,18 +188,13 @@ impl SimXen {
 }
 
 /// Configuration of one [`SimHost`].
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct SimHostConfig {
     /// The domain the back-end runs in.
     pub backend_dom: DomId,
-    /// The logical sector size the store emulates (512; 4096 for a 4K-sector
-    /// medium).
-    pub store_sector_size: u32,
-    /// Store fault injection shared with the scenario.
-    pub store_faults: Option<Arc<IoFaults>>,
-    /// A volatile write cache in front of the store, shared with the
-    /// scenario (which cuts its power).
-    pub store_cache: Option<Arc<WriteCache>>,
+    /// What the store emulates (its sector size) and suffers (faults, a
+    /// write cache the scenario cuts the power of).
+    pub store: StoreOptions,
     /// The vbd's image stands for a disk device node: the lab has no block
     /// devices, so a raw-device store is a regular file the toolstack made
     /// as one, served the way a device is (`O_DIRECT`, aligned buffers).
@@ -198,19 +202,9 @@ pub struct SimHostConfig {
     /// Serve every queue inline, from the instance's task thread (lend
     /// none), instead of a thread per queue.
     pub inline: bool,
-}
-
-impl Default for SimHostConfig {
-    fn default() -> Self {
-        SimHostConfig {
-            backend_dom: 0,
-            store_sector_size: 512,
-            store_faults: None,
-            store_cache: None,
-            image_is_disk: false,
-            inline: false,
-        }
-    }
+    /// Keep in-flight journals as files in this directory, as xbb-serve
+    /// does in `/run/xbb-serve` (none: no journal, as the kernel).
+    pub journal_dir: Option<std::path::PathBuf>,
 }
 
 /// Counters and state of one [`SimHost`], for tests and `xbb-lab`.
@@ -312,7 +306,7 @@ struct EoiInner {
 
 impl EoiState {
     fn lock(&self) -> MutexGuard<'_, EoiInner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        locked(&self.inner)
     }
 
     /// A kick from the front-end: whether to deliver it now.
@@ -361,9 +355,7 @@ struct Window {
 
 impl Window {
     fn slot(&self, page: usize) -> Option<MutexGuard<'_, Option<WindowMap>>> {
-        self.maps
-            .get(page)
-            .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()))
+        self.maps.get(page).map(locked)
     }
 
     fn map_one(
@@ -470,10 +462,9 @@ pub struct QueueBox {
     thread: Mutex<Option<Thread>>,
     home: Mutex<Option<(Queue, SimQueueHost)>>,
     join: Mutex<Option<JoinHandle<()>>>,
-}
-
-fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    /// The back-end process died ([`SimHost::die`]): the thread stops
+    /// where it is and leaves the queue, unanswered, in `home`.
+    dead: AtomicBool,
 }
 
 impl QueueBox {
@@ -551,19 +542,20 @@ struct RingMap {
 }
 
 /// The platform side of one back-end instance in the simulated host: the
-/// control part's [`Host`] (and, inline, every queue's [`QueueHost`]).
+/// control part's [`Host`]; its queue part (inline, every queue's
+/// [`QueueHost`]) holds the window, every queue's channel and a handle on
+/// the store, which lent queues' hosts take theirs from.
 pub struct SimHost {
     xen: SimXen,
     cfg: SimHostConfig,
-    window: Option<Arc<Window>>,
     /// The mapped ring of each queue.
     rings: Vec<(QueueId, RingMap)>,
-    /// The bound channel of each queue, with its late-EOI state.
-    ports: Vec<(QueueId, EvtchnPort, Arc<EoiState>)>,
     store: HostStore,
     router: Arc<Router>,
     counters: Arc<Counters>,
-    epoch: std::time::Instant,
+    side: SimQueueHost,
+    /// Where journals are kept, and which queue's each open one is.
+    journals: Option<InstanceJournals>,
 }
 
 impl std::fmt::Debug for SimHost {
@@ -580,22 +572,83 @@ impl SimHost {
     /// to `tx`.
     pub fn new(xen: &SimXen, cfg: SimHostConfig, tx: Sender<TaskEvent>) -> SimHost {
         let nboxes = Tunable::MaxQueues.desc().max as usize;
+        let router = Arc::new(Router {
+            inline: cfg.inline,
+            tx: Mutex::new(tx),
+            boxes: (0..nboxes).map(|_| Arc::new(QueueBox::default())).collect(),
+        });
+        let counters = Arc::new(Counters::default());
+        let journals = cfg
+            .journal_dir
+            .clone()
+            .map(|d| InstanceJournals::new(JournalFiles::new(d)));
         SimHost {
             xen: xen.clone(),
-            store: HostStore::new(cfg.store_sector_size, cfg.store_faults.clone())
-                .with_cache(cfg.store_cache.clone()),
-            router: Arc::new(Router {
-                inline: cfg.inline,
-                tx: Mutex::new(tx),
-                boxes: (0..nboxes).map(|_| Arc::new(QueueBox::default())).collect(),
-            }),
+            store: HostStore::new(cfg.store.clone()),
+            side: SimQueueHost {
+                xen: xen.clone(),
+                backend_dom: cfg.backend_dom,
+                ports: Vec::new(),
+                window: None,
+                store: None,
+                counters: Arc::clone(&counters),
+                route: Route::Task(Arc::clone(&router)),
+                epoch: std::time::Instant::now(),
+            },
+            router,
             cfg,
-            window: None,
             rings: Vec::new(),
-            ports: Vec::new(),
-            counters: Arc::new(Counters::default()),
-            epoch: std::time::Instant::now(),
+            counters,
+            journals,
         }
+    }
+
+    /// The back-end process dies (issue 16): its queues' threads stop
+    /// where they are and answer nothing more; the I/O it queued finishes
+    /// (a hold on the store is released: the kernel completes a dead
+    /// process's I/O before it is gone), its completions lost; then what
+    /// the kernel takes back from a dead process is taken back: each
+    /// queue's channel closed (the front-end's port is unbound again), its
+    /// ring unmapped, its journal's mapping dropped (the file stays), every
+    /// data page unmapped. XenStore is left as it is. The instance must be
+    /// dropped without a word; a new one may take the vbd over. A queue
+    /// served inline dies with the instance: its ring stays mapped (the
+    /// reservation is leaked). Returns the lent queues' counters as their
+    /// threads stopped.
+    pub fn die(&mut self) -> xbb::stats::Stats {
+        let mut counters = xbb::stats::Stats::default();
+        for b in &self.router.boxes {
+            b.dead.store(true, Ordering::Release);
+            if let Some(t) = locked(&b.thread).as_ref() {
+                t.unpark();
+            }
+            if let Some(j) = locked(&b.join).take() {
+                let _ = j.join();
+            }
+        }
+        if let Some(f) = &self.cfg.store.faults {
+            f.release();
+        }
+        self.store_close();
+        let router = Arc::clone(&self.router);
+        for b in &router.boxes {
+            let home = locked(&b.home).take();
+            if let Some((q, qh)) = home {
+                drop(qh);
+                // What a release does, without a word to the front-end:
+                // unbind, unmap the ring, keep the journal.
+                counters.accumulate(&q.release(self, true));
+            }
+        }
+        while let Some(&(q, _, _)) = self.side.ports.first() {
+            self.evtchn_unbind(q);
+        }
+        if let Some(w) = self.side.window.take() {
+            for page in 0..w.maps.len() {
+                w.unmap_one(page, None, &self.counters);
+            }
+        }
+        counters
     }
 
     /// The simulated Xen this host runs on.
@@ -612,10 +665,14 @@ impl SimHost {
     pub fn stats(&self) -> SimHostStats {
         let c = &self.counters;
         SimHostStats {
-            window_pages: self.window.as_ref().map_or(0, |w| w.res.pages() as u32),
+            window_pages: self
+                .side
+                .window
+                .as_ref()
+                .map_or(0, |w| w.res.pages() as u32),
             window_mapped: read(&c.window_mapped) as u32,
             ring_pages: self.rings.iter().map(|(_, r)| r.res.pages() as u32).sum(),
-            evtchn_port: self.ports.first().map(|p| p.1),
+            evtchn_port: self.side.ports.first().map(|p| p.1),
             store_open: self.store.is_open(),
             io_in_flight: self.store.in_flight(),
             map_ops: read(&c.map_ops),
@@ -647,13 +704,13 @@ impl SimHost {
 
     /// The process address of data-window page 0, while a window is reserved.
     pub fn window_base(&self) -> Option<usize> {
-        self.window.as_ref().map(|w| w.res.base())
+        self.side.window.as_ref().map(|w| w.res.base())
     }
 
     /// The process address of window byte `window_offset`, when inside the
     /// window.
     pub fn window_addr(&self, window_offset: usize) -> Option<usize> {
-        let w = self.window.as_ref()?;
+        let w = self.side.window.as_ref()?;
         (window_offset < w.res.len()).then(|| w.res.base() + window_offset)
     }
 
@@ -670,54 +727,69 @@ impl SimHost {
         Some(q)
     }
 
-    /// The queue part of this host for queue `queue`.
+    /// The host of lent queue `queue`, for its thread: its own channel,
+    /// the window and the store as they are now, its box.
     fn queue_host(&self, queue: QueueId, qbox: &Arc<QueueBox>) -> SimQueueHost {
+        let side = &self.side;
         SimQueueHost {
             xen: self.xen.clone(),
             backend_dom: self.cfg.backend_dom,
-            queue,
-            port: self
+            ports: side
                 .ports
                 .iter()
-                .find(|p| p.0 == queue)
-                .map(|p| (p.1, Arc::clone(&p.2))),
-            window: self.window.clone(),
+                .filter(|p| p.0 == queue)
+                .cloned()
+                .collect(),
+            window: side.window.clone(),
             store: self.store.handle(),
             counters: Arc::clone(&self.counters),
-            qbox: Arc::clone(qbox),
-            epoch: self.epoch,
+            route: Route::Lent(queue, Arc::clone(qbox)),
+            epoch: side.epoch,
         }
     }
 }
 
-/// The platform side of one lent queue, on the queue's own thread: maps
-/// into the queue's share of the window, kicks and EOIs the queue's channel,
-/// submits to the shared store.
+/// The platform side of queues in their own context: maps into the
+/// window, kicks and EOIs their channels, submits to the shared store. A
+/// lent queue's host serves that queue on its thread and wakes the thread
+/// through the queue's box; the inline host, part of [`SimHost`], serves
+/// every queue from the instance's task thread.
 pub struct SimQueueHost {
     xen: SimXen,
     backend_dom: DomId,
-    queue: QueueId,
-    port: Option<(EvtchnPort, Arc<EoiState>)>,
+    /// The bound channels of the queues it serves, with their late-EOI
+    /// state.
+    ports: Vec<(QueueId, EvtchnPort, Arc<EoiState>)>,
     window: Option<Arc<Window>>,
     store: Option<StoreHandle>,
     counters: Arc<Counters>,
-    qbox: Arc<QueueBox>,
+    route: Route,
     epoch: std::time::Instant,
+}
+
+/// Where a queue host posts its queues' events and deferred runs.
+#[derive(Clone, Debug)]
+enum Route {
+    /// The box of the lent queue it serves, for the queue's thread.
+    Lent(QueueId, Arc<QueueBox>),
+    /// The instance's task thread (inline).
+    Task(Arc<Router>),
 }
 
 impl std::fmt::Debug for SimQueueHost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ports: Vec<_> = self.ports.iter().map(|p| (p.0, p.1)).collect();
         f.debug_struct("SimQueueHost")
-            .field("queue", &self.queue)
-            .field("port", &self.port.as_ref().map(|p| p.0))
+            .field("ports", &ports)
+            .field("route", &self.route)
             .finish()
     }
 }
 
 /// The body of a lent queue's thread: serves the queue pass by pass, as
-/// its gate wakes it, until it is recalled and drained; then gives it back.
-fn serve_queue(mut queue: Queue, mut qh: SimQueueHost, ctl: Arc<Router>) {
-    let qbox = Arc::clone(&qh.qbox);
+/// its gate (in `qbox`) wakes it, until it is recalled and drained; then
+/// gives it back.
+fn serve_queue(mut queue: Queue, mut qh: SimQueueHost, qbox: Arc<QueueBox>, ctl: Arc<Router>) {
     // Before the first pass: a post that answers Wake from then on finds
     // this thread to wake.
     *locked(&qbox.thread) = Some(std::thread::current());
@@ -725,6 +797,11 @@ fn serve_queue(mut queue: Queue, mut qh: SimQueueHost, ctl: Arc<Router>) {
     let mut done: VecDeque<Completion> = VecDeque::with_capacity(COMPLETIONS);
     let mut failed = false;
     loop {
+        if qbox.dead.load(Ordering::Acquire) {
+            // Nothing more is served or answered: the process is gone.
+            *locked(&qbox.home) = Some((queue, qh));
+            return;
+        }
         let Some(work) = qbox.gate.begin() else {
             // Not lent any more, or a pass is running elsewhere: neither
             // can happen to this thread; wait rather than spin.
@@ -798,22 +875,23 @@ impl XenStore for SimHost {
     }
 }
 
-/// The queue-side operations, over what a queue's context holds: shared by
-/// [`SimQueueHost`] (a lent queue) and [`SimHost`] (inline).
-struct QueueSide<'a> {
-    xen: &'a SimXen,
-    backend_dom: DomId,
-    window: Option<&'a Window>,
-    counters: &'a Arc<Counters>,
+impl SimQueueHost {
+    /// Whether it serves queue `queue`.
+    fn serves(&self, queue: QueueId) -> bool {
+        match &self.route {
+            Route::Lent(q, _) => *q == queue,
+            Route::Task(_) => true,
+        }
+    }
 }
 
-impl QueueSide<'_> {
-    fn map_batch(&self, dom: DomId, ops: &[GrantMapOp], results: &mut [MapResult]) {
+impl QueueHost for SimQueueHost {
+    fn map_batch(&mut self, dom: DomId, ops: &[GrantMapOp], results: &mut [MapResult]) {
         let d = self.xen.domains.get(dom);
         for (op, r) in ops.iter().zip(results.iter_mut()) {
             bump(&self.counters.map_ops, 1);
-            *r = match self.window {
-                Some(w) => w.map_one(d.as_ref(), self.backend_dom, op, self.counters),
+            *r = match &self.window {
+                Some(w) => w.map_one(d.as_ref(), self.backend_dom, op, &self.counters),
                 None => Err(GrantError::General),
             };
             if r.is_err() {
@@ -822,12 +900,13 @@ impl QueueSide<'_> {
         }
     }
 
-    fn unmap_batch(&self, ops: &[GrantUnmapOp]) {
+    fn unmap_batch(&mut self, ops: &[GrantUnmapOp]) {
         for op in ops {
             let page = op.window_page.0 as usize;
             let ok = self
                 .window
-                .is_some_and(|w| w.unmap_one(page, Some(op.handle), self.counters));
+                .as_ref()
+                .is_some_and(|w| w.unmap_one(page, Some(op.handle), &self.counters));
             if ok {
                 bump(&self.counters.unmap_ops, 1);
             } else {
@@ -836,7 +915,7 @@ impl QueueSide<'_> {
         }
     }
 
-    fn copy_in(&self, from: Granted<'_>, out: &mut [u8]) -> Result<(), GrantError> {
+    fn copy_in(&mut self, from: Granted<'_>, out: &mut [u8]) -> Result<(), GrantError> {
         let Granted { dom, grefs } = from;
         if out.len() > grefs.len().saturating_mul(PAGE_SIZE) {
             return Err(GrantError::General);
@@ -853,96 +932,56 @@ impl QueueSide<'_> {
         Ok(())
     }
 
-    fn notify(&self, port: Option<EvtchnPort>) {
-        if let Some(p) = port {
-            if self.xen.evtchn.notify(self.backend_dom, p).is_ok() {
-                bump(&self.counters.notifies, 1);
-            }
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn evtchn_notify(&mut self, queue: QueueId) {
+        let Some(&(_, port, _)) = self.ports.iter().find(|p| p.0 == queue) else {
+            return;
+        };
+        if self.xen.evtchn.notify(self.backend_dom, port).is_ok() {
+            bump(&self.counters.notifies, 1);
         }
     }
 
-    /// The EOI of a channel; `deliver` runs when a kept kick is due (at
-    /// once or from a timer thread standing in for the platform's callout).
-    fn eoi(&self, st: &Arc<EoiState>, delay_ms: u32, deliver: impl Fn() + Send + 'static) {
+    /// The EOI of a channel; a kept kick is posted where this host routes
+    /// its queues' events, at once or from a timer thread standing in for
+    /// the platform's callout.
+    fn evtchn_eoi(&mut self, queue: QueueId, delay_ms: u32) {
+        let Some((_, _, st)) = self.ports.iter().find(|p| p.0 == queue) else {
+            return;
+        };
         let st = Arc::clone(st);
+        let route = self.route.clone();
         let finish = move || {
             if st.eoi() {
-                deliver();
+                match &route {
+                    Route::Lent(_, qbox) => qbox.post(Work::EVENT),
+                    Route::Task(router) => router.to_task(TaskEvent::Evtchn(queue)),
+                }
             }
         };
         if delay_ms == 0 {
-            finish();
-        } else {
-            bump(&self.counters.delayed_eois, 1);
-            // A timer standing in for the platform's callout. It counts
-            // itself until the event it may owe is posted, so that the
-            // back-end is not taken for quiescent meanwhile.
-            let delay = std::time::Duration::from_millis(u64::from(delay_ms));
-            let counters = Arc::clone(self.counters);
-            counters.eoi_timers.fetch_add(1, Ordering::AcqRel);
-            let spawned = std::thread::Builder::new()
-                .name(String::from("xbb-eoi-timer"))
-                .spawn(move || {
-                    std::thread::sleep(delay);
-                    finish();
-                    counters.eoi_timers.fetch_sub(1, Ordering::AcqRel);
-                });
-            if spawned.is_err() {
-                self.counters.eoi_timers.fetch_sub(1, Ordering::AcqRel);
-            }
+            return finish();
         }
-    }
-}
-
-impl SimQueueHost {
-    fn side(&self) -> QueueSide<'_> {
-        QueueSide {
-            xen: &self.xen,
-            backend_dom: self.backend_dom,
-            window: self.window.as_deref(),
-            counters: &self.counters,
+        bump(&self.counters.delayed_eois, 1);
+        // A timer standing in for the platform's callout. It counts itself
+        // until the event it may owe is posted, so that the back-end is not
+        // taken for quiescent meanwhile.
+        let delay = std::time::Duration::from_millis(u64::from(delay_ms));
+        let counters = Arc::clone(&self.counters);
+        counters.eoi_timers.fetch_add(1, Ordering::AcqRel);
+        let spawned = std::thread::Builder::new()
+            .name(String::from("xbb-eoi-timer"))
+            .spawn(move || {
+                std::thread::sleep(delay);
+                finish();
+                counters.eoi_timers.fetch_sub(1, Ordering::AcqRel);
+            });
+        if spawned.is_err() {
+            self.counters.eoi_timers.fetch_sub(1, Ordering::AcqRel);
         }
-    }
-}
-
-/// The [`QueueHost`] methods a lent queue's host and the inline host both
-/// hand to their [`QueueSide`] (or their clock) unchanged.
-macro_rules! queue_side_methods {
-    () => {
-        fn map_batch(&mut self, dom: DomId, ops: &[GrantMapOp], results: &mut [MapResult]) {
-            self.side().map_batch(dom, ops, results);
-        }
-
-        fn unmap_batch(&mut self, ops: &[GrantUnmapOp]) {
-            self.side().unmap_batch(ops);
-        }
-
-        fn copy_in(&mut self, from: Granted<'_>, out: &mut [u8]) -> Result<(), GrantError> {
-            self.side().copy_in(from, out)
-        }
-
-        fn now_ms(&self) -> u64 {
-            self.epoch.elapsed().as_millis() as u64
-        }
-    };
-}
-
-impl QueueHost for SimQueueHost {
-    queue_side_methods!();
-
-    fn evtchn_notify(&mut self, queue: QueueId) {
-        if queue == self.queue {
-            self.side().notify(self.port.as_ref().map(|p| p.0));
-        }
-    }
-
-    fn evtchn_eoi(&mut self, queue: QueueId, delay_ms: u32) {
-        let Some((_, st)) = self.port.as_ref().filter(|_| queue == self.queue) else {
-            return;
-        };
-        let qbox = Arc::clone(&self.qbox);
-        self.side()
-            .eoi(st, delay_ms, move || qbox.post(Work::EVENT));
     }
 
     fn store_submit(&mut self, tag: IoTag, op: IoOp<'_>) -> Result<(), IoError> {
@@ -959,59 +998,20 @@ impl QueueHost for SimQueueHost {
     }
 
     fn schedule_run(&mut self, queue: QueueId) {
-        if queue == self.queue {
-            bump(&self.counters.runs_scheduled, 1);
-            self.qbox.post(Work::RUN);
-        }
-    }
-}
-
-impl SimHost {
-    fn side(&self) -> QueueSide<'_> {
-        QueueSide {
-            xen: &self.xen,
-            backend_dom: self.cfg.backend_dom,
-            window: self.window.as_deref(),
-            counters: &self.counters,
-        }
-    }
-}
-
-/// Inline: every queue served from the instance's task thread.
-impl QueueHost for SimHost {
-    queue_side_methods!();
-
-    fn evtchn_notify(&mut self, queue: QueueId) {
-        let port = self.ports.iter().find(|p| p.0 == queue).map(|p| p.1);
-        self.side().notify(port);
-    }
-
-    fn evtchn_eoi(&mut self, queue: QueueId, delay_ms: u32) {
-        let Some((_, _, st)) = self.ports.iter().find(|p| p.0 == queue) else {
+        if !self.serves(queue) {
             return;
-        };
-        let router = Arc::clone(&self.router);
-        self.side().eoi(st, delay_ms, move || {
-            router.to_task(TaskEvent::Evtchn(queue))
-        });
-    }
-
-    fn schedule_run(&mut self, queue: QueueId) {
+        }
         bump(&self.counters.runs_scheduled, 1);
-        self.router.to_task(TaskEvent::Run(queue));
-    }
-
-    fn store_submit(&mut self, tag: IoTag, op: IoOp<'_>) -> Result<(), IoError> {
-        let window = self.window.as_ref().map(|w| &w.res);
-        // The RawIoVec obligation, as for a lent queue (SimQueueHost).
-        self.store
-            .submit(tag, op, |iov, write| resolve(window, iov, write))
+        match &self.route {
+            Route::Lent(_, qbox) => qbox.post(Work::RUN),
+            Route::Task(router) => router.to_task(TaskEvent::Run(queue)),
+        }
     }
 }
 
 impl Host for SimHost {
     fn window_reserve(&mut self, pages: u32) -> Result<(), GrantError> {
-        if self.window.is_some() {
+        if self.side.window.is_some() {
             self.window_release();
         }
         let n = pages as usize;
@@ -1019,12 +1019,12 @@ impl Host for SimHost {
         let mut maps = Vec::new();
         maps.try_reserve_exact(n).map_err(|_| GrantError::NoSpace)?;
         maps.resize_with(n, || Mutex::new(None));
-        self.window = Some(Arc::new(Window { res, maps }));
+        self.side.window = Some(Arc::new(Window { res, maps }));
         Ok(())
     }
 
     fn window_release(&mut self) {
-        let Some(w) = self.window.take() else {
+        let Some(w) = self.side.window.take() else {
             return;
         };
         for page in 0..w.maps.len() {
@@ -1116,7 +1116,7 @@ impl Host for SimHost {
 
     fn evtchn_bind(&mut self, queue: QueueId, remote: RemotePort) -> Result<(), EvtchnError> {
         let (dom, remote_port) = (remote.dom, remote.port);
-        if self.ports.iter().any(|p| p.0 == queue) {
+        if self.side.ports.iter().any(|p| p.0 == queue) {
             return Err(EvtchnError::General);
         }
         let hub = &self.xen.evtchn;
@@ -1136,13 +1136,13 @@ impl Host for SimHost {
             hub.close(self.cfg.backend_dom, port);
             return Err(e);
         }
-        self.ports.push((queue, port, eoi));
+        self.side.ports.push((queue, port, eoi));
         Ok(())
     }
 
     fn evtchn_unbind(&mut self, queue: QueueId) {
-        if let Some(at) = self.ports.iter().position(|p| p.0 == queue) {
-            let (_, p, st) = self.ports.swap_remove(at);
+        if let Some(at) = self.side.ports.iter().position(|p| p.0 == queue) {
+            let (_, p, st) = self.side.ports.swap_remove(at);
             st.lock().closed = true;
             self.xen.evtchn.close(self.cfg.backend_dom, p);
         }
@@ -1155,8 +1155,12 @@ impl Host for SimHost {
             n => Ok(n),
         };
         let router = Arc::clone(&self.router);
-        self.store
-            .open(params, node, move |tag, r| router.complete(tag, r))
+        self.side.store = None;
+        let info = self
+            .store
+            .open(params, node, move |tag, r| router.complete(tag, r));
+        self.side.store = self.store.handle();
+        info
     }
 
     fn store_info(&self) -> MediumInfo {
@@ -1164,11 +1168,31 @@ impl Host for SimHost {
     }
 
     fn store_close(&mut self) {
+        self.side.store = None;
         self.store.close();
     }
 
     fn root_mounted(&self) -> bool {
         self.xen.is_root_mounted()
+    }
+
+    fn journal_open(
+        &mut self,
+        id: &JournalId,
+        bytes: usize,
+        how: JournalOpen,
+    ) -> Option<SharedMem> {
+        self.journals.as_mut()?.open(id, bytes, how).ok()?
+    }
+
+    fn journal_close(&mut self, queue: QueueId, journal: SharedMem, keep: bool) {
+        let closed = match self.journals.as_mut() {
+            Some(j) => j.close(queue, journal, keep).is_ok(),
+            None => false,
+        };
+        if !closed {
+            bump(&self.counters.bad_unmaps, 1);
+        }
     }
 
     fn lend(&mut self, queue: Queue) -> Result<(), Queue> {
@@ -1191,35 +1215,16 @@ impl Host for SimHost {
             return Err(queue);
         }
         let ctl = Arc::clone(&self.router);
-        // The queue travels to its thread in a slot the thread empties
-        // first: a failed spawn hands it back here.
-        let slot = Arc::new(Mutex::new(Some((queue, qh))));
-        let theirs = Arc::clone(&slot);
-        let spawned = std::thread::Builder::new()
-            .name(format!("xbb-q{id}"))
-            .spawn(move || {
-                if let Some((q, qh)) = locked(&theirs).take() {
-                    serve_queue(q, qh, ctl);
-                }
-            });
-        match spawned {
+        let theirs = Arc::clone(&qbox);
+        let serve = |q, qh| serve_queue(q, qh, theirs, ctl);
+        match store::spawn_queue(&qbox.gate, queue, qh, serve) {
             Ok(j) => {
                 *locked(&qbox.join) = Some(j);
                 bump(&self.counters.queue_threads, 1);
                 Ok(())
             }
-            Err(_) => {
-                // Undo the lend: a pass of nobody, given back at once.
-                if qbox.gate.begin().is_some() {
-                    qbox.gate.give_back();
-                }
-                let taken = locked(&slot).take();
-                match taken {
-                    Some((q, _)) => Err(q),
-                    // Unreachable: the thread never ran.
-                    None => Ok(()),
-                }
-            }
+            Err(Some((q, _))) => Err(q),
+            Err(None) => Ok(()),
         }
     }
 
@@ -1231,7 +1236,7 @@ impl Host for SimHost {
 
     fn inline(&mut self) -> Option<&mut dyn QueueHost> {
         if self.cfg.inline {
-            Some(self)
+            Some(&mut self.side)
         } else {
             None
         }
@@ -1242,11 +1247,11 @@ impl Drop for SimHost {
     fn drop(&mut self) {
         // The store first: `close` waits for every queued I/O, so nothing
         // touches the window once it is released.
-        self.store.close();
-        while let Some(&(q, _, _)) = self.ports.first() {
+        self.store_close();
+        while let Some(&(q, _, _)) = self.side.ports.first() {
             self.evtchn_unbind(q);
         }
-        if self.window.is_some() {
+        if self.side.window.is_some() {
             self.window_release();
         }
         // A ring the core never handed back stays mapped (its reservation

@@ -44,6 +44,13 @@ pub enum TaskEvent {
     Sync(u64),
     /// Detach the instance and end the thread.
     Shutdown,
+    /// Hand the vbd over to the next back-end (`Instance::hand_over`, a
+    /// service restart) and end the thread.
+    HandOver,
+    /// The back-end process dies: the instance is dropped without a word
+    /// and the host does what the kernel does at a process's death
+    /// ([`host::SimHost::die`]); the thread ends.
+    Crash,
 }
 
 pub mod backend;

@@ -9,16 +9,16 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use xbb::stats::{SYSCTLS, TUNABLES, TUNABLE_PREFIX};
-use xbb_lab::bench::{self, BenchOptions};
+use xbb_lab::bench::{self, BenchOptions, BenchReport};
 use xbb_lab::chart;
 use xbb_lab::scenario::{self, Report, RunOptions, Scenario};
-use xbb_lab::soak::{self, SoakOptions};
+use xbb_lab::soak::{self, SoakOptions, SoakReport};
 
 const USAGE: &str = "\
 usage: xbb-lab [--json] [--quiet] [--dir DIR]
        xbb-lab scenario FILE... [--json] [--quiet] [--dir DIR]
-       xbb-lab bench [--ops N | --seconds S] [--case NAME]... [--json] [--quiet] [--dir DIR]
-                     [--svg FILE]
+       xbb-lab bench [--ops N | --seconds S] [--reps N] [--case NAME]... [--json] [--quiet]
+                     [--dir DIR] [--svg FILE]
        xbb-lab soak [--minutes N | --seconds S] [--guests N] [--seed N] [--json] [--quiet] [--dir DIR]
        xbb-lab chart --tsv FILE --svg FILE [--title TEXT]
        xbb-lab default-scenario
@@ -39,6 +39,7 @@ const COMMANDS: [(&str, &[&str]); 7] = [
             "--dir",
             "--ops",
             "--seconds",
+            "--reps",
             "--case",
             "--svg",
         ],
@@ -145,6 +146,7 @@ struct Args {
     quiet: bool,
     dir: Option<PathBuf>,
     ops: Option<u64>,
+    reps: Option<usize>,
     seconds: Option<f64>,
     svg: Option<PathBuf>,
     tsv: Option<PathBuf>,
@@ -173,6 +175,16 @@ fn parse_args() -> Result<Args, String> {
             "--ops" => {
                 let v = value("--ops")?;
                 a.ops = Some(v.parse().map_err(|_| format!("--ops: not a number: {v}"))?);
+            }
+            "--reps" => {
+                let v = value("--reps")?;
+                let n: usize = v
+                    .parse()
+                    .map_err(|_| format!("--reps: not a number: {v}"))?;
+                if !(1..=100).contains(&n) {
+                    return Err(format!("--reps: out of range (1 to 100): {v}"));
+                }
+                a.reps = Some(n);
             }
             "--minutes" => {
                 let v = value("--minutes")?;
@@ -229,14 +241,42 @@ fn run_opts(a: &Args) -> RunOptions {
     }
 }
 
-fn print_report(r: &Report, json: bool) {
+/// Prints a report as JSON (`--json`) or as text.
+fn print_report(
+    json: bool,
+    to_json: impl FnOnce() -> serde_json::Value,
+    render_text: impl FnOnce() -> String,
+) {
     if json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&r.to_json()).unwrap_or_default()
+            serde_json::to_string_pretty(&to_json()).unwrap_or_default()
         );
     } else {
-        print!("{}", r.render_text());
+        print!("{}", render_text());
+    }
+}
+
+/// Ends a command that makes a report: prints it (see [`print_report`])
+/// and exits as it `passed`; or says, after `who`, why it could not make
+/// it (exit status 1).
+fn conclude<R, E: std::fmt::Display>(
+    who: &str,
+    json: bool,
+    made: Result<R, E>,
+    to_json: fn(&R) -> serde_json::Value,
+    render_text: fn(&R) -> String,
+    passed: fn(&R) -> bool,
+) -> ExitCode {
+    match made {
+        Ok(r) => {
+            print_report(json, || to_json(&r), || render_text(&r));
+            exit(passed(&r))
+        }
+        Err(e) => {
+            eprintln!("{who}: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 
@@ -314,16 +354,15 @@ fn run_default(args: &Args) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match scenario::run(&sc, &run_opts(args)) {
-        Ok(r) => {
-            print_report(&r, args.json);
-            exit(r.passed())
-        }
-        Err(e) => {
-            eprintln!("xbb-lab: {e}");
-            ExitCode::from(1)
-        }
-    }
+    let made = scenario::run(&sc, &run_opts(args));
+    conclude(
+        "xbb-lab",
+        args.json,
+        made,
+        Report::to_json,
+        Report::render_text,
+        Report::passed,
+    )
 }
 
 /// `scenario FILE...`.
@@ -354,7 +393,8 @@ fn run_scenarios(args: &Args) -> ExitCode {
     }
     let passed = reports.iter().all(Report::passed);
     if reports.len() == 1 {
-        print_report(&reports[0], args.json);
+        let r = &reports[0];
+        print_report(args.json, || r.to_json(), || r.render_text());
     } else if args.json {
         let v = serde_json::json!({
             "passed": passed,
@@ -394,32 +434,25 @@ fn run_bench(args: &Args) -> ExitCode {
         dir: args.dir.clone(),
         progress: !args.quiet,
         cases: args.cases.clone(),
+        reps: args.reps,
     };
-    match bench::run(&opts) {
-        Ok(r) => {
-            if let Some(path) = &args.svg {
-                let written = chart::ratio_svg("xbb-lab bench: ratios", &r.chart_bars())
-                    .and_then(|svg| std::fs::write(path, svg).map_err(|e| e.to_string()));
-                if let Err(e) = written {
-                    eprintln!("xbb-lab bench: {}: {e}", path.display());
-                    return ExitCode::from(1);
-                }
-            }
-            if args.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&r.to_json()).unwrap_or_default()
-                );
-            } else {
-                print!("{}", r.render_text());
-            }
-            exit(r.ok())
+    let made = bench::run(&opts).and_then(|r| {
+        if let Some(path) = &args.svg {
+            chart::ratio_svg("xbb-lab bench: ratios", &r.chart_bars())
+                .and_then(|svg| std::fs::write(path, svg).map_err(|e| e.to_string()))
+                .map_err(|e| format!("{}: {e}", path.display()))?;
         }
-        Err(e) => {
-            eprintln!("xbb-lab bench: {e}");
-            ExitCode::from(1)
-        }
-    }
+        Ok(r)
+    });
+    let (to_json, render_text) = (BenchReport::to_json, BenchReport::render_text);
+    conclude(
+        "xbb-lab bench",
+        args.json,
+        made,
+        to_json,
+        render_text,
+        BenchReport::ok,
+    )
 }
 
 /// `soak`.
@@ -449,23 +482,16 @@ fn run_soak(args: &Args) -> ExitCode {
         progress: !args.quiet,
         ..SoakOptions::default()
     };
-    match soak::run(&opts) {
-        Ok(r) => {
-            if args.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&r.to_json()).unwrap_or_default()
-                );
-            } else {
-                print!("{}", r.render_text());
-            }
-            exit(r.passed())
-        }
-        Err(e) => {
-            eprintln!("xbb-lab soak: {e}");
-            ExitCode::from(1)
-        }
-    }
+    let made = soak::run(&opts);
+    let (to_json, render_text) = (SoakReport::to_json, SoakReport::render_text);
+    conclude(
+        "xbb-lab soak",
+        args.json,
+        made,
+        to_json,
+        render_text,
+        SoakReport::passed,
+    )
 }
 
 /// `chart`: an SVG bar chart of the ratios in a tab-separated file.

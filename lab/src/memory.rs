@@ -11,6 +11,7 @@ use std::io;
 use std::sync::{Arc, Mutex};
 
 use super::ffi::{KeptSharedMem, Memfd, SharedMapping};
+use crate::store::locked;
 use xbb::host::{DomId, PAGE_SIZE};
 
 /// A guest frame number: the index of a 4 KiB page of a guest's RAM.
@@ -156,7 +157,7 @@ impl GuestMemory {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Allocator> {
-        self.inner.alloc.lock().unwrap_or_else(|e| e.into_inner())
+        locked(&self.inner.alloc)
     }
 
     /// Allocates one free frame (the lowest free one at or after the last

@@ -50,7 +50,8 @@ use xbb::stats::Stat;
 
 use crate::frontend::{run_workload_shadowed, Frontend, Profile, Shadow, Workload, WorkloadReport};
 use crate::gnttab::MapFault;
-use crate::store::{IoFaults, StoreKind};
+use crate::store::locked;
+use crate::store::{IoFaults, StoreKind, StoreOptions};
 use crate::world::{VbdConfig, VbdHandle, World};
 
 /// Guests a soak runs at least.
@@ -267,6 +268,66 @@ impl SoakReport {
             self.seconds,
             self.seed
         );
+        self.write_guests(&mut o);
+        let _ = writeln!(
+            o,
+            "total: {} cycles, {} requests, {} written, {} verified, {} mismatched sectors, \
+             {} reconnects, {} detach/attach, {} resizes, {} faults fired, {} error responses \
+             (all for those faults), {} unexpected",
+            self.sum(|g| g.cycles),
+            self.sum(|g| g.requests),
+            mib(self.sum(|g| g.bytes_written)),
+            mib(self.sum(|g| g.bytes_verified)),
+            self.sum(|g| g.mismatches),
+            self.sum(|g| g.reconnects),
+            self.sum(|g| g.reattaches),
+            self.sum(|g| g.resizes),
+            self.sum(|g| g.faults_fired),
+            self.sum(|g| g.error_responses),
+            self.sum(|g| g.failures.len() as u64)
+        );
+        self.write_samples(&mut o);
+        for g in self.guests.iter().enumerate() {
+            for f in &g.1.failures {
+                let _ = writeln!(o, "  FAILURE guest {}: {f}", g.0);
+            }
+        }
+        for p in &self.problems {
+            let _ = writeln!(o, "  PROBLEM {p}");
+        }
+        let _ = writeln!(o, "result: {}", if self.passed() { "PASS" } else { "FAIL" });
+        o
+    }
+
+    /// Resources that grew from the first sample to the last (descriptors,
+    /// threads, the live heap beyond its bound) are problems.
+    fn check_growth(&mut self) {
+        let (Some(f), Some(l)) = (self.samples.first(), self.samples.last()) else {
+            return;
+        };
+        let mut grew = Vec::new();
+        if l.fds != f.fds || l.store_fds != f.store_fds {
+            grew.push(format!(
+                "open descriptors went from {} ({} store files) to {} ({})",
+                f.fds, f.store_fds, l.fds, l.store_fds
+            ));
+        }
+        if l.threads != f.threads {
+            grew.push(format!("threads went from {} to {}", f.threads, l.threads));
+        }
+        if l.held_kib() > heap_bound(f.held_kib()) {
+            grew.push(format!(
+                "the live heap grew from {} to {}, beyond {}",
+                mib_kib(f.held_kib()),
+                mib_kib(l.held_kib()),
+                mib_kib(heap_bound(f.held_kib()))
+            ));
+        }
+        self.problems.extend(grew);
+    }
+
+    /// The table of guests, one line each.
+    fn write_guests(&self, o: &mut String) {
         let _ = writeln!(
             o,
             "{:>5} {:<10} {:>6} {:>6} {:>7} {:>9} {:>10} {:>10} {:>6} {:>6} {:>6} {:>6} {:>6}",
@@ -303,23 +364,11 @@ impl SoakReport {
                 g.error_responses
             );
         }
-        let _ = writeln!(
-            o,
-            "total: {} cycles, {} requests, {} written, {} verified, {} mismatched sectors, \
-             {} reconnects, {} detach/attach, {} resizes, {} faults fired, {} error responses \
-             (all for those faults), {} unexpected",
-            self.sum(|g| g.cycles),
-            self.sum(|g| g.requests),
-            mib(self.sum(|g| g.bytes_written)),
-            mib(self.sum(|g| g.bytes_verified)),
-            self.sum(|g| g.mismatches),
-            self.sum(|g| g.reconnects),
-            self.sum(|g| g.reattaches),
-            self.sum(|g| g.resizes),
-            self.sum(|g| g.faults_fired),
-            self.sum(|g| g.error_responses),
-            self.sum(|g| g.failures.len() as u64)
-        );
+    }
+
+    /// The resources sampled, one line each, and how the last compares
+    /// with the first.
+    fn write_samples(&self, o: &mut String) {
         let _ = writeln!(
             o,
             "resources of the xbb-lab process (back-ends and their stores, with the simulated \
@@ -388,16 +437,6 @@ impl SoakReport {
                 mib_kib(b)
             );
         }
-        for g in self.guests.iter().enumerate() {
-            for f in &g.1.failures {
-                let _ = writeln!(o, "  FAILURE guest {}: {f}", g.0);
-            }
-        }
-        for p in &self.problems {
-            let _ = writeln!(o, "  PROBLEM {p}");
-        }
-        let _ = writeln!(o, "result: {}", if self.passed() { "PASS" } else { "FAIL" });
-        o
     }
 
     /// The report as one JSON value.
@@ -477,7 +516,7 @@ struct Gate {
 
 impl Gate {
     fn lock(&self) -> MutexGuard<'_, GateState> {
-        self.m.lock().unwrap_or_else(|e| e.into_inner())
+        locked(&self.m)
     }
 
     /// Between two cycles: waits while a sample is taken; `false` once the
@@ -599,8 +638,11 @@ impl<'w> Guest<'w> {
             } else {
                 StoreKind::File
             },
-            sector_size: if profile.sector_aware { 4096 } else { 512 },
-            faults: Some(Arc::clone(&faults)),
+            store: StoreOptions {
+                sector_size: if profile.sector_aware { 4096 } else { 512 },
+                faults: Some(Arc::clone(&faults)),
+                cache: None,
+            },
             ..VbdConfig::file(dom, &image)
         };
         let vbd = world
@@ -620,7 +662,7 @@ impl<'w> Guest<'w> {
                 } else {
                     "file"
                 },
-                sector_size: cfg.sector_size,
+                sector_size: cfg.store.sector_size,
                 ..GuestTotals::default()
             },
             cfg,
@@ -1035,27 +1077,7 @@ pub fn run(opts: &SoakOptions) -> Result<SoakReport, String> {
             .collect()
     });
     report.guests = totals;
-    if let (Some(f), Some(l)) = (report.samples.first(), report.samples.last()) {
-        if l.fds != f.fds || l.store_fds != f.store_fds {
-            report.problems.push(format!(
-                "open descriptors went from {} ({} store files) to {} ({})",
-                f.fds, f.store_fds, l.fds, l.store_fds
-            ));
-        }
-        if l.threads != f.threads {
-            report
-                .problems
-                .push(format!("threads went from {} to {}", f.threads, l.threads));
-        }
-        if l.held_kib() > heap_bound(f.held_kib()) {
-            report.problems.push(format!(
-                "the live heap grew from {} to {}, beyond {}",
-                mib_kib(f.held_kib()),
-                mib_kib(l.held_kib()),
-                mib_kib(heap_bound(f.held_kib()))
-            ));
-        }
-    }
+    report.check_growth();
     let _ = world.shutdown();
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)

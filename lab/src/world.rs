@@ -19,9 +19,10 @@ use std::time::Duration;
 use super::backend::{BackendRunner, InstanceSnapshot};
 use super::gnttab::GrantStats;
 use super::host::{Domain, SimHostConfig, SimXen};
-use super::store::{self, IoFaults, StoreKind, WriteCache};
+use super::store::{self, StoreKind, StoreOptions};
 use super::toolstack::{self, VbdPaths, VbdSpec};
 use super::TaskEvent;
+use crate::store::locked;
 use xbb::connect::ConnectError;
 use xbb::host::{DomId, XenbusState};
 use xbb::stats::{Stat, Stats, Tunables};
@@ -42,18 +43,18 @@ pub struct VbdConfig {
     pub mode: String,
     /// `online`: the back-end survives its front-end closing.
     pub online: bool,
-    /// The logical sector size the store emulates (512 or 4096).
-    pub sector_size: u32,
-    /// Store fault injection, if any.
-    pub faults: Option<Arc<IoFaults>>,
-    /// A volatile write cache in front of the medium, whose power the
-    /// caller may cut; none: writes are durable once completed.
-    pub cache: Option<Arc<WriteCache>>,
+    /// What the store emulates (512- or 4096-byte sectors) and suffers
+    /// (faults, a write cache whose power the caller may cut).
+    pub store: StoreOptions,
     /// The `hw.xbb.*` tunables of the instance.
     pub tunables: Tunables,
     /// Serve every queue from the instance's task thread instead of a
     /// thread per queue (for comparison).
     pub inline: bool,
+    /// Keep the back-end's in-flight journals as files in this directory,
+    /// so that it can be restarted and taken over
+    /// ([`World::restart_backend`]); none by default, as the kernel.
+    pub journal_dir: Option<PathBuf>,
 }
 
 impl VbdConfig {
@@ -67,13 +68,34 @@ impl VbdConfig {
             kind: StoreKind::File,
             mode: String::from("w"),
             online: true,
-            sector_size: 512,
-            faults: None,
-            cache: None,
+            store: StoreOptions::default(),
             tunables: Tunables::default(),
             inline: false,
+            journal_dir: None,
         }
     }
+
+    /// The platform's configuration of the back-end serving this vbd.
+    fn host_config(&self, backend_dom: DomId) -> SimHostConfig {
+        SimHostConfig {
+            backend_dom,
+            store: self.store.clone(),
+            image_is_disk: self.kind == StoreKind::Device,
+            inline: self.inline,
+            journal_dir: self.journal_dir.clone(),
+        }
+    }
+}
+
+/// How [`World::restart_backend`] ends the running back-end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Restart {
+    /// The process dies: nothing more is answered, the kernel takes back
+    /// its mappings and channels ([`TaskEvent::Crash`]).
+    Crash,
+    /// The service stops for a restart: it drains, answers what is in
+    /// flight and leaves the vbd Connected ([`TaskEvent::HandOver`]).
+    HandOver,
 }
 
 /// A `vbd` created in a [`World`]. Cheap to clone.
@@ -113,14 +135,14 @@ impl VbdHandle {
     }
 
     /// The store's fault injection, if any.
-    pub fn faults(&self) -> Option<&Arc<IoFaults>> {
-        self.config.faults.as_ref()
+    pub fn faults(&self) -> Option<&Arc<store::IoFaults>> {
+        self.config.store.faults.as_ref()
     }
 
     /// The volatile write cache in front of the store, if any: what a
     /// crash-consistency test cuts the power of.
-    pub fn cache(&self) -> Option<&Arc<WriteCache>> {
-        self.config.cache.as_ref()
+    pub fn cache(&self) -> Option<&Arc<store::WriteCache>> {
+        self.config.store.cache.as_ref()
     }
 
     /// Grows or shrinks the backing file or loop device to `new_bytes`
@@ -129,7 +151,7 @@ impl VbdHandle {
     /// back-end is not told: [`World::resize_vbd`] does both. `EINVAL`
     /// unless `new_bytes` is a whole number of the store's logical sectors.
     pub fn resize_store(&self, new_bytes: u64) -> io::Result<u64> {
-        if new_bytes % u64::from(self.config.sector_size.max(512)) != 0 {
+        if new_bytes % u64::from(self.config.store.sector_size.max(512)) != 0 {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
         store::resize_medium(&self.config.path, new_bytes)
@@ -174,7 +196,7 @@ impl World {
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<u64, Arc<BackendRunner>>> {
-        self.runners.lock().unwrap_or_else(|e| e.into_inner())
+        locked(&self.runners)
     }
 
     fn runner(&self, vbd: &VbdHandle) -> Option<Arc<BackendRunner>> {
@@ -233,14 +255,7 @@ impl World {
         };
         let paths = toolstack::create_vbd(&self.xen.xenstore, &spec)
             .map_err(|e| io::Error::other(std::format!("create_vbd: {e:?}")))?;
-        let host_cfg = SimHostConfig {
-            backend_dom: spec.backend_dom,
-            store_sector_size: cfg.sector_size,
-            store_faults: cfg.faults.clone(),
-            store_cache: cfg.cache.clone(),
-            image_is_disk: cfg.kind == StoreKind::Device,
-            inline: cfg.inline,
-        };
+        let host_cfg = cfg.host_config(spec.backend_dom);
         let runner = BackendRunner::spawn(&self.xen, &paths.backend, cfg.tunables, host_cfg)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.lock().insert(id, Arc::new(runner));
@@ -321,6 +336,47 @@ impl World {
     /// Sends an event to `vbd`'s task thread (`false` when it is gone).
     pub fn send(&self, vbd: &VbdHandle, ev: TaskEvent) -> bool {
         self.runner(vbd).is_some_and(|r| r.send(ev))
+    }
+
+    /// Ends `vbd`'s back-end as `how` says and starts a new one that takes
+    /// the vbd over (`Instance::take_over`), as a service restart or a
+    /// process restarted after a crash does (issue 16). Returns the old
+    /// instance's final snapshot; the new one's is [`World::backend`].
+    /// The front-end is left alone: whatever it has in flight waits for
+    /// the new back-end.
+    pub fn restart_backend(&self, vbd: &VbdHandle, how: Restart) -> io::Result<InstanceSnapshot> {
+        let old = self
+            .take_runner(vbd)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))?;
+        let last = old.end_with(match how {
+            Restart::Crash => TaskEvent::Crash,
+            Restart::HandOver => TaskEvent::HandOver,
+        });
+        let cfg = &vbd.config;
+        let runner = BackendRunner::spawn_takeover(
+            &self.xen,
+            &vbd.paths.backend,
+            cfg.tunables,
+            cfg.host_config(vbd.backend_dom),
+        )?;
+        self.lock().insert(vbd.id, Arc::new(runner));
+        Ok(last)
+    }
+
+    /// Removes `vbd`'s runner from the world and waits (bounded) until
+    /// nobody else holds it (a reader of its snapshot, briefly).
+    fn take_runner(&self, vbd: &VbdHandle) -> Option<BackendRunner> {
+        let mut r = self.lock().remove(&vbd.id)?;
+        for _ in 0..1000 {
+            match Arc::try_unwrap(r) {
+                Ok(runner) => return Some(runner),
+                Err(back) => r = back,
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Still shared: put it back rather than lose it.
+        self.lock().insert(vbd.id, r);
+        None
     }
 
     /// Detaches `vbd`'s instance, ends its thread and removes its XenStore

@@ -45,6 +45,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::store::locked;
 use xbb::host::{XsError, XsTxn};
 
 /// Longest value (`XENSTORE_PAYLOAD_MAX`).
@@ -444,7 +445,7 @@ impl Xenstored {
     }
 
     fn lock(&self) -> MutexGuard<'_, Store> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        locked(&self.inner)
     }
 
     /// Reads `path`.

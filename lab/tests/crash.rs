@@ -52,8 +52,8 @@ fn rig(tag: &str, profile: &str, cache: &Arc<WriteCache>) -> (Rig, Frontend) {
     let sector_size = if p.sector_aware { 4096 } else { 512 };
     let c = Arc::clone(cache);
     let rig = Rig::build(World::new(), tag, move |cfg| {
-        cfg.cache = Some(c);
-        cfg.sector_size = sector_size;
+        cfg.store.cache = Some(c);
+        cfg.store.sector_size = sector_size;
     });
     let mut fe = rig.frontend(p);
     fe.set_hang_guard(HANG_GUARD);

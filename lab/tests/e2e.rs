@@ -243,7 +243,7 @@ fn flush_and_barrier_succeed_and_data_is_durable() {
 
 #[test]
 fn four_k_sector_medium() {
-    let rig = Rig::new("4k", |c| c.sector_size = 4096);
+    let rig = Rig::new("4k", |c| c.store.sector_size = 4096);
     let mut fe = rig.connected("linux");
     assert_eq!(fe.info().sector_size, 4096);
     assert_eq!(fe.info().sectors, DISK_SECTORS);
@@ -649,7 +649,7 @@ fn queues_sharing_a_ring_or_a_channel_are_refused() {
 fn injected_io_error_fails_the_whole_coalesced_io_only() {
     let faults = Arc::new(IoFaults::new());
     let f2 = Arc::clone(&faults);
-    let rig = Rig::new("ioerr", move |c| c.faults = Some(f2));
+    let rig = Rig::new("ioerr", move |c| c.store.faults = Some(f2));
     let mut fe = rig.connected("legacy");
     // Sectors 64..72 fail; three back-to-back writes of 8 pages covering
     // 0..192 form one I/O, a fourth elsewhere is its own.

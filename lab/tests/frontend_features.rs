@@ -271,7 +271,7 @@ fn new_profiles_match_what_the_default_backend_offers() {
 
 #[test]
 fn foursector_profile_sizes_io_to_the_logical_sector() {
-    let rig = plain("4k", |c| c.sector_size = 4096);
+    let rig = plain("4k", |c| c.store.sector_size = 4096);
     // 6 KiB is not a multiple of the 4 KiB sector: a plain front-end
     // refuses the workload...
     let odd = mixed(200, 6144, 21);

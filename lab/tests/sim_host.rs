@@ -27,6 +27,11 @@ use xbb_lab::TaskEvent;
 const GUEST: DomId = 1;
 const WAIT: Duration = Duration::from_secs(30);
 
+/// The host's queue part (every host here serves its queues inline).
+fn q(host: &mut SimHost) -> &mut dyn QueueHost {
+    host.inline().expect("an inline host")
+}
+
 fn setup(frames: u64) -> (SimXen, Domain, SimHost, Receiver<TaskEvent>) {
     let xen = SimXen::new();
     let d = xen
@@ -61,7 +66,7 @@ fn pattern(seed: u8) -> Vec<u8> {
 
 fn map1(host: &mut SimHost, gref: u32, page: u32, ro: bool) -> Result<GrantHandle, GrantError> {
     let mut r = [Err(GrantError::General)];
-    host.map_batch(
+    q(host).map_batch(
         GUEST,
         &[GrantMapOp {
             gref,
@@ -122,7 +127,7 @@ fn mapped_grant_shows_guest_bytes_in_window() {
     // Unmapped window pages are inaccessible.
     let other = host.window_addr(PAGE_SIZE).unwrap();
     assert!(read_window(other, &mut four).is_err());
-    host.unmap_batch(&[GrantUnmapOp {
+    q(&mut host).unmap_batch(&[GrantUnmapOp {
         window_page: WindowPage(2),
         handle: h,
     }]);
@@ -153,7 +158,7 @@ fn writable_mapping_writes_guest_memory_and_readonly_refuses_writes() {
     let mut one = [9u8; 1];
     d.memory.read(2, 0, &mut one).unwrap();
     assert_eq!(one, [0]);
-    host.unmap_batch(&[
+    q(&mut host).unmap_batch(&[
         GrantUnmapOp {
             window_page: WindowPage(0),
             handle: hw,
@@ -177,7 +182,7 @@ fn adjacent_window_pages_form_one_buffer() {
     let g2 = d.grants.grant(2, 0, false);
     host.window_reserve(8).unwrap();
     let mut res = [Err(GrantError::General); 2];
-    host.map_batch(
+    q(&mut host).map_batch(
         GUEST,
         &[
             GrantMapOp {
@@ -220,7 +225,7 @@ fn window_page_outside_window_or_busy_is_refused() {
     assert!(map1(&mut host, g, 1, false).is_err());
     assert_eq!(d.grants.map_count(g), 1);
     // A wrong handle is not unmapped.
-    host.unmap_batch(&[GrantUnmapOp {
+    q(&mut host).unmap_batch(&[GrantUnmapOp {
         window_page: WindowPage(1),
         handle: GrantHandle(h.0.wrapping_add(100)),
     }]);
@@ -240,7 +245,7 @@ fn end_access_fails_while_mapped_and_revoked_grant_cannot_be_mapped() {
     let h = map1(&mut host, g, 0, false).unwrap();
     assert_eq!(d.grants.end_access(g), Err(GrantBusy));
     assert!(d.grants.is_granted(g));
-    host.unmap_batch(&[GrantUnmapOp {
+    q(&mut host).unmap_batch(&[GrantUnmapOp {
         window_page: WindowPage(0),
         handle: h,
     }]);
@@ -274,7 +279,7 @@ fn injected_map_failures_are_reported_per_entry() {
         })
         .collect();
     let mut res = [Err(GrantError::General); 3];
-    host.map_batch(GUEST, &ops, &mut res);
+    q(&mut host).map_batch(GUEST, &ops, &mut res);
     assert!(res[0].is_ok());
     assert_eq!(res[1], Err(GrantError::NoSpace));
     assert!(res[2].is_ok());
@@ -288,7 +293,7 @@ fn injected_map_failures_are_reported_per_entry() {
             handle: res[i].unwrap(),
         })
         .collect();
-    host.unmap_batch(&unmaps);
+    q(&mut host).unmap_batch(&unmaps);
 
     d.grants.clear_map_failures();
     d.grants.inject_map_failures(MapFault::Next {
@@ -296,7 +301,7 @@ fn injected_map_failures_are_reported_per_entry() {
         error: GrantError::General,
     });
     let mut res = [Err(GrantError::General); 3];
-    host.map_batch(GUEST, &ops, &mut res);
+    q(&mut host).map_batch(GUEST, &ops, &mut res);
     assert_eq!(res[0], Err(GrantError::General));
     assert!(res[1].is_ok() && res[2].is_ok());
     let s = d.grants.stats();
@@ -558,7 +563,7 @@ fn host_event_channel_reaches_the_task_and_the_guest() {
     .unwrap();
     xen.evtchn.notify(GUEST, fe_port).unwrap();
     assert_eq!(rx.recv_timeout(WAIT), Ok(TaskEvent::Evtchn(0)));
-    host.evtchn_notify(0);
+    q(&mut host).evtchn_notify(0);
     assert_eq!(kicks.load(Ordering::SeqCst), 1);
     assert_eq!(host.stats().notifies, 1);
     host.evtchn_unbind(0);
@@ -641,26 +646,27 @@ fn store_io_goes_through_the_window() {
             readonly: false,
         },
     ];
-    host.map_batch(GUEST, &ops, &mut res);
+    q(&mut host).map_batch(GUEST, &ops, &mut res);
     let iov = [IoVec {
         window_offset: PAGE_SIZE,
         len: 2 * PAGE_SIZE,
     }];
-    host.store_submit(
-        IoTag(7),
-        IoOp::Read {
-            offset: Bytes(8192),
-            iov: &iov,
-        },
-    )
-    .unwrap();
+    q(&mut host)
+        .store_submit(
+            IoTag(7),
+            IoOp::Read {
+                offset: Bytes(8192),
+                iov: &iov,
+            },
+        )
+        .unwrap();
     assert_eq!(rx.recv_timeout(WAIT), Ok(TaskEvent::Io(IoTag(7), Ok(()))));
     let mut page = vec![0u8; PAGE_SIZE];
     d.memory.read(6, 0, &mut page).unwrap();
     assert_eq!(page, disk[8192..12288]);
     d.memory.read(1, 0, &mut page).unwrap();
     assert_eq!(page, disk[12288..16384]);
-    host.unmap_batch(&[
+    q(&mut host).unmap_batch(&[
         GrantUnmapOp {
             window_page: WindowPage(1),
             handle: res[0].unwrap(),
@@ -680,7 +686,7 @@ fn store_io_goes_through_the_window() {
         len: PAGE_SIZE,
     }];
     // A read into a read-only page is a core bug: refused before the store.
-    assert!(host
+    assert!(q(&mut host)
         .store_submit(
             IoTag(8),
             IoOp::Read {
@@ -690,16 +696,17 @@ fn store_io_goes_through_the_window() {
         )
         .is_err());
     assert_eq!(host.stats().bad_iovecs, 1);
-    host.store_submit(
-        IoTag(9),
-        IoOp::Write {
-            offset: Bytes(0),
-            iov: &iov,
-        },
-    )
-    .unwrap();
+    q(&mut host)
+        .store_submit(
+            IoTag(9),
+            IoOp::Write {
+                offset: Bytes(0),
+                iov: &iov,
+            },
+        )
+        .unwrap();
     assert_eq!(rx.recv_timeout(WAIT), Ok(TaskEvent::Io(IoTag(9), Ok(()))));
-    host.unmap_batch(&[GrantUnmapOp {
+    q(&mut host).unmap_batch(&[GrantUnmapOp {
         window_page: WindowPage(0),
         handle: h,
     }]);
@@ -708,7 +715,7 @@ fn store_io_goes_through_the_window() {
         window_offset: 3 * PAGE_SIZE,
         len: 2 * PAGE_SIZE,
     }];
-    assert!(host
+    assert!(q(&mut host)
         .store_submit(
             IoTag(10),
             IoOp::Write {
@@ -812,21 +819,21 @@ fn late_eoi_keeps_one_event_per_queue_until_the_eoi() {
     assert_eq!(drain_now(&rx), vec![TaskEvent::Evtchn(1)]);
     // Kicks arrived while queue 0 was in service: its EOI delivers exactly
     // one more event, and the channel stays in service.
-    host.evtchn_eoi(0, 0);
+    q(&mut host).evtchn_eoi(0, 0);
     assert_eq!(drain_now(&rx), vec![TaskEvent::Evtchn(0)]);
     xen.evtchn.notify(GUEST, p0).unwrap();
     assert_eq!(drain_now(&rx), vec![]);
-    host.evtchn_eoi(0, 0);
+    q(&mut host).evtchn_eoi(0, 0);
     assert_eq!(drain_now(&rx), vec![TaskEvent::Evtchn(0)]);
     // Nothing arrived meanwhile: the EOI delivers nothing and re-arms.
-    host.evtchn_eoi(0, 0);
+    q(&mut host).evtchn_eoi(0, 0);
     assert_eq!(drain_now(&rx), vec![]);
     xen.evtchn.notify(GUEST, p0).unwrap();
     assert_eq!(drain_now(&rx), vec![TaskEvent::Evtchn(0)]);
     // Queue 1's kicks while in service are delivered by its own EOI only.
-    host.evtchn_eoi(1, 0);
+    q(&mut host).evtchn_eoi(1, 0);
     assert_eq!(drain_now(&rx), vec![TaskEvent::Evtchn(1)]);
-    host.evtchn_eoi(1, 0);
+    q(&mut host).evtchn_eoi(1, 0);
     assert_eq!(drain_now(&rx), vec![]);
     // Every kick reached the port; only the latch held them back.
     assert_eq!(
@@ -834,9 +841,9 @@ fn late_eoi_keeps_one_event_per_queue_until_the_eoi() {
         1002
     );
     // An EOI for an unbound queue, or after unbinding, delivers nothing.
-    host.evtchn_eoi(7, 0);
+    q(&mut host).evtchn_eoi(7, 0);
     host.evtchn_unbind(0);
-    host.evtchn_eoi(0, 0);
+    q(&mut host).evtchn_eoi(0, 0);
     assert_eq!(drain_now(&rx), vec![]);
 }
 
@@ -849,7 +856,7 @@ fn delayed_eoi_delivers_a_kept_kick_later() {
     xen.evtchn.notify(GUEST, p0).unwrap();
     let delay = Duration::from_millis(200);
     let t0 = std::time::Instant::now();
-    host.evtchn_eoi(0, delay.as_millis() as u32);
+    q(&mut host).evtchn_eoi(0, delay.as_millis() as u32);
     assert_eq!(host.stats().delayed_eois, 1);
     // The timer sleeps at least `delay` before re-enabling: whatever was
     // looked at before `delay` passed cannot hold the event yet.
@@ -866,7 +873,7 @@ fn delayed_eoi_delivers_a_kept_kick_later() {
     assert!(t0.elapsed() >= delay);
     assert_eq!(drain_now(&rx), vec![]);
     // A delayed EOI with nothing kept re-arms the channel, later.
-    host.evtchn_eoi(0, 1);
+    q(&mut host).evtchn_eoi(0, 1);
     xen.evtchn.notify(GUEST, p0).unwrap();
     assert_eq!(
         rx.recv_timeout(WAIT),
@@ -877,7 +884,7 @@ fn delayed_eoi_delivers_a_kept_kick_later() {
 
 /// Copies the guest's pages `grefs` into `out`, which must succeed.
 fn copy_in(host: &mut SimHost, grefs: &[GrantRef], out: &mut [u8]) {
-    host.copy_in(Granted { dom: GUEST, grefs }, out).unwrap();
+    q(host).copy_in(Granted { dom: GUEST, grefs }, out).unwrap();
 }
 
 #[test]
@@ -904,7 +911,7 @@ fn copy_in_copies_granted_pages_and_refuses_bad_grants() {
     let mut out = vec![0u8; PAGE_SIZE];
     // No such grant.
     assert_eq!(
-        host.copy_in(
+        q(&mut host).copy_in(
             Granted {
                 dom: GUEST,
                 grefs: &[0xdead]
@@ -916,7 +923,7 @@ fn copy_in_copies_granted_pages_and_refuses_bad_grants() {
     // Granted to another domain, not to the back-end.
     let other = d.grants.grant(4, 5, true);
     assert_eq!(
-        host.copy_in(
+        q(&mut host).copy_in(
             Granted {
                 dom: GUEST,
                 grefs: &[other]
@@ -928,7 +935,7 @@ fn copy_in_copies_granted_pages_and_refuses_bad_grants() {
     // A revoked grant.
     d.grants.end_access(ga).unwrap();
     assert_eq!(
-        host.copy_in(
+        q(&mut host).copy_in(
             Granted {
                 dom: GUEST,
                 grefs: &[ga]
@@ -938,7 +945,7 @@ fn copy_in_copies_granted_pages_and_refuses_bad_grants() {
         Err(GrantError::BadRef)
     );
     // No such domain.
-    assert!(host
+    assert!(q(&mut host)
         .copy_in(
             Granted {
                 dom: GUEST + 40,
@@ -949,7 +956,7 @@ fn copy_in_copies_granted_pages_and_refuses_bad_grants() {
         .is_err());
     // More bytes than the grants hold.
     let mut big = vec![0u8; PAGE_SIZE + 1];
-    assert!(host
+    assert!(q(&mut host)
         .copy_in(
             Granted {
                 dom: GUEST,

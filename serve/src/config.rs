@@ -15,6 +15,7 @@
 //! | `copy-grants` | `yes`: copy data pages with `GNTTABOP_copy` instead of mapping them | `no` |
 //! | `verbose` | `yes`: log every watch, event and completion batch | `no` |
 //! | `ignore-kernel-backend` | `yes`: take vbds even while xen-blkback probes every vbd | `no` |
+//! | `journal-dir` | where each connected queue's in-flight journal is kept, so that the next xbb-serve takes the vbd over (a tmpfs; empty: none, a restart strands the guests' disks) | `/run/xbb-serve` |
 //!
 //! Every bad line is refused with its file and line number.
 
@@ -40,7 +41,14 @@ pub struct Config {
     pub copy_grants: bool,
     /// The logical sector size every store emulates (512 or 4096).
     pub sector_size: u32,
+    /// Where in-flight journals are kept (`None`: none are kept, and a
+    /// restarted service cannot take its vbds back).
+    pub journal_dir: Option<std::path::PathBuf>,
 }
+
+/// Where [`Config::journal_dir`] is by default: a tmpfs that outlives the
+/// process, not the host.
+pub const JOURNAL_DIR: &str = "/run/xbb-serve";
 
 impl Default for Config {
     fn default() -> Config {
@@ -52,18 +60,20 @@ impl Default for Config {
             verbose: false,
             copy_grants: false,
             sector_size: 512,
+            journal_dir: Some(std::path::PathBuf::from(JOURNAL_DIR)),
         }
     }
 }
 
 /// The keys [`Config::set`] takes, besides `hw.xbb.NAME`.
-pub const KEYS: [&str; 6] = [
+pub const KEYS: [&str; 7] = [
     "type",
     "script",
     "sector-size",
     "copy-grants",
     "verbose",
     "ignore-kernel-backend",
+    "journal-dir",
 ];
 
 fn list(v: &str) -> Vec<String> {
@@ -105,6 +115,13 @@ impl Config {
             "copy-grants" => self.copy_grants = yes_no(key, v)?,
             "verbose" => self.verbose = yes_no(key, v)?,
             "ignore-kernel-backend" => self.ignore_kernel_backend = yes_no(key, v)?,
+            "journal-dir" => {
+                self.journal_dir = match v {
+                    "" => None,
+                    d if d.starts_with('/') => Some(std::path::PathBuf::from(d)),
+                    d => return Err(format!("journal-dir: an absolute path, not {d:?}")),
+                }
+            }
             _ => {
                 let Some(name) = key.strip_prefix(TUNABLE_PREFIX) else {
                     return Err(format!("unknown key {key:?}"));
@@ -175,6 +192,7 @@ sector-size = 4096
 copy-grants = yes
 verbose = on
 ignore-kernel-backend = true
+journal-dir = /tmp/j
 ";
         c.apply_file(text, "x.conf").unwrap();
         assert_eq!(c.types, vec!["phy"]);
@@ -183,16 +201,17 @@ ignore-kernel-backend = true
         assert_eq!(c.tunables.get(Tunable::MaxQueues), 2);
         assert_eq!(c.sector_size, 4096);
         assert!(c.copy_grants && c.verbose && c.ignore_kernel_backend);
+        assert_eq!(c.journal_dir, Some(std::path::PathBuf::from("/tmp/j")));
         // Every key the module documents is one `set` takes.
         for k in KEYS {
             let v = match k {
-                "type" | "script" => "",
+                "type" | "script" | "journal-dir" => "",
                 "sector-size" => "512",
                 _ => "no",
             };
             c.set(k, v).unwrap();
         }
-        assert!(c.types.is_empty() && c.scripts.is_empty());
+        assert!(c.types.is_empty() && c.scripts.is_empty() && c.journal_dir.is_none());
         assert!(!c.copy_grants && !c.verbose && !c.ignore_kernel_backend);
         // And every tunable, by its full name.
         for d in TUNABLES {
@@ -218,6 +237,7 @@ ignore-kernel-backend = true
             ("hw.xbb.no_such = 1", "hw.xbb.no_such=1"),
             ("sector-size = 1024", "512 or 4096"),
             ("copy-grants = maybe", "not yes or no"),
+            ("journal-dir = run/xbb", "an absolute path"),
             (
                 "script = /etc/xen/scripts/block-xbb",
                 "a file name, not a path",
@@ -264,6 +284,10 @@ ignore-kernel-backend = true
         assert!(c.scripts.is_empty());
         assert_eq!(c.sector_size, 512);
         assert_eq!(c.tunables, Tunables::default());
+        assert_eq!(
+            c.journal_dir.as_deref(),
+            Some(std::path::Path::new(JOURNAL_DIR))
+        );
         let mut e = Config::default();
         e.apply_file("# nothing\n\n   \n", "e").unwrap();
         assert_eq!(e, c);

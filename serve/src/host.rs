@@ -21,7 +21,10 @@
 //!   sleep, not once per completion);
 //! - the store: [`xbb_ustore`]'s file, device and NBD stores, shared by
 //!   the queues; their worker threads (the NBD store's one I/O thread)
-//!   hand each completion to the queue its tag names.
+//!   hand each completion to the queue its tag names;
+//! - in-flight journals: [`JournalFiles`] in the configured directory
+//!   (`/run/xbb-serve`), one file per queue mapped shared, so that the next
+//!   xbb-serve takes the vbd over if this one dies or hands it over.
 //!
 //! The hand-off: [`Host::lend`] starts the queue's thread with the queue
 //! and its [`XenQueueHost`]; [`Host::recall`] posts [`Work::RECALL`]; when
@@ -32,7 +35,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -42,13 +45,16 @@ use super::window::{Range, Window};
 use xbb::handoff::{Gate, Post, Work};
 use xbb::host::{
     DomId, EvtchnError, EvtchnPort, GrantError, GrantHandle, GrantMapOp, GrantRef, GrantUnmapOp,
-    Granted, Host, IoError, IoOp, IoTag, IoVec, MapResult, MediumInfo, OpenError, OpenParams,
-    QueueHost, QueueId, RemotePort, XenStore, XsError, XsTxn, PAGE_SIZE,
+    Granted, Host, IoError, IoOp, IoTag, IoVec, JournalOpen, MapResult, MediumInfo, OpenError,
+    OpenParams, QueueHost, QueueId, RemotePort, XenStore, XsError, XsTxn, PAGE_SIZE,
 };
+use xbb::journal::JournalId;
 use xbb::queue::{Outcome, Queue};
 use xbb::shmem::SharedMem;
 use xbb::stats::Tunable;
-use xbb_ustore::{HostStore, StoreHandle};
+use xbb_ustore::{
+    locked, spawn_queue, HostStore, InstanceJournals, JournalFiles, StoreHandle, StoreOptions,
+};
 
 impl Range for Mapping {
     fn addr(&self) -> usize {
@@ -115,10 +121,6 @@ fn bump(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
 
-fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// A completion waiting for its queue's thread.
 type Completion = (IoTag, Result<(), IoError>);
 
@@ -179,6 +181,8 @@ pub struct XenHost {
     epoch: Instant,
     counters: Arc<Counters>,
     removed: bool,
+    /// Where journals are kept, and which queue's each open one is.
+    journals: Option<InstanceJournals>,
 }
 
 impl core::fmt::Debug for XenHost {
@@ -206,7 +210,13 @@ impl XenHost {
     /// window with `GNTTABOP_copy` instead of being mapped (see
     /// [`super::bounce`]). Stores emulate `sector_size`-byte logical
     /// sectors (512 or 4096; a medium with larger ones imposes its own).
-    pub fn new(wake: Arc<Wakeup>, copy: bool, sector_size: u32) -> std::io::Result<XenHost> {
+    /// In-flight journals are kept in `journal_dir` (none: no journal).
+    pub fn new(
+        wake: Arc<Wakeup>,
+        copy: bool,
+        sector_size: u32,
+        journal_dir: Option<std::path::PathBuf>,
+    ) -> std::io::Result<XenHost> {
         let n = Tunable::MaxQueues.desc().max as usize;
         let mut boxes = Vec::with_capacity(n);
         for _ in 0..n {
@@ -222,11 +232,15 @@ impl XenHost {
             boxes: Arc::new(boxes),
             reports: mpsc::channel(),
             window_pages: 0,
-            store: HostStore::new(sector_size, None),
+            store: HostStore::new(StoreOptions {
+                sector_size,
+                ..StoreOptions::default()
+            }),
             wake,
             epoch: Instant::now(),
             counters: Arc::new(Counters::default()),
             removed: false,
+            journals: journal_dir.map(|d| InstanceJournals::new(JournalFiles::new(d))),
         })
     }
 
@@ -940,6 +954,33 @@ impl Host for XenHost {
         true
     }
 
+    fn journal_open(
+        &mut self,
+        id: &JournalId,
+        bytes: usize,
+        how: JournalOpen,
+    ) -> Option<SharedMem> {
+        let journals = self.journals.as_mut()?;
+        match journals.open(id, bytes, how) {
+            Ok(mem) => mem,
+            Err(e) => {
+                let path = journals.files().path(id);
+                super::serve::log(&format!("journal {}: {e}", path.display()));
+                None
+            }
+        }
+    }
+
+    fn journal_close(&mut self, queue: QueueId, journal: SharedMem, keep: bool) {
+        let closed = match self.journals.as_mut() {
+            Some(j) => j.close(queue, journal, keep).is_ok(),
+            None => false,
+        };
+        if !closed {
+            bump(&self.counters.bad_unmaps, 1);
+        }
+    }
+
     fn lend(&mut self, queue: Queue) -> Result<(), Queue> {
         let id = queue.id() as usize;
         let store = self.store.handle();
@@ -957,35 +998,17 @@ impl Host for XenHost {
         }
         let reports = self.reports.0.clone();
         let ctl = Arc::clone(&self.wake);
-        // The queue travels to its thread in a slot the thread empties
-        // first: a failed spawn hands it back here.
-        let slot = Arc::new(Mutex::new(Some((queue, qh))));
-        let theirs = Arc::clone(&slot);
-        let spawned = std::thread::Builder::new()
-            .name(format!("xbb-q{id}"))
-            .spawn(move || {
-                if let Some((q, qh)) = locked(&theirs).take() {
-                    serve_queue(q, qh, reports, ctl);
-                }
-            });
-        match spawned {
+        let serve = |q, qh| serve_queue(q, qh, reports, ctl);
+        match spawn_queue(&qbox.gate, queue, qh, serve) {
             Ok(t) => {
                 self.threads[id] = Some(t);
                 Ok(())
             }
-            Err(_) => {
-                if qbox.gate.begin().is_some() {
-                    qbox.gate.give_back();
-                }
-                let taken = locked(&slot).take();
-                match taken {
-                    Some((q, qh)) => {
-                        self.queues[id] = Some(qh);
-                        Err(q)
-                    }
-                    None => Ok(()),
-                }
+            Err(Some((q, qh))) => {
+                self.queues[id] = Some(qh);
+                Err(q)
             }
+            Err(None) => Ok(()),
         }
     }
 

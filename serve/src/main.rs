@@ -6,9 +6,13 @@
 //! statistics as the kernel driver, from a file, a device or an NBD export.
 //! Its configuration comes from `--config FILE` and the command line
 //! (`xbb_serve::config`). `SIGUSR1` prints every instance's `dev.xbb.N` table on standard
-//! output; `SIGTERM` / `SIGINT` detach every vbd (each ends Closed) and
-//! exit. A fatal signal is reported on standard error with the faulting
-//! address and every live mapping of guest memory (`xbb_serve::fault`).
+//! output; `SIGTERM` hands every vbd over to the next xbb-serve (what is in
+//! flight answered, the vbd left Connected with its in-flight journals in
+//! `/run/xbb-serve`) and exits; `SIGINT` / `SIGHUP` detach every vbd (each
+//! ends Closed) and exit. At start, a Connected vbd a previous xbb-serve
+//! left is taken over from its journals. A fatal signal is reported on
+//! standard error with the faulting address and every live mapping of
+//! guest memory (`xbb_serve::fault`).
 
 use std::process::ExitCode;
 
@@ -18,7 +22,7 @@ use xbb_serve::serve::{Config, Server};
 const USAGE: &str = "\
 usage: xbb-serve [--config FILE] [-v] [--set TUNABLE=VALUE]... [--type phy,file]
                  [--script block-xbb] [--sector-size 512|4096] [--copy-grants]
-                 [--ignore-kernel-backend]
+                 [--journal-dir DIR] [--ignore-kernel-backend]
        xbb-serve --tunables
        xbb-serve --version
 
@@ -35,12 +39,17 @@ Serves the vbds of this Xen domain's backend/vbd directory from user space.
   --copy-grants      copy the guests' data pages with GNTTABOP_copy through a
                      bounce buffer instead of mapping them with gntdev, as
                      QEMU's qdisk does (no persistent grants then)
+  --journal-dir DIR  keep each connected disk's in-flight journal in DIR (default
+                     /run/xbb-serve; empty: none), so that the next xbb-serve takes
+                     the disk over: a guest sees a pause, not a dead disk
   -v, --verbose      log every watch, event batch and completion batch
   --ignore-kernel-backend
                      take vbds even while xen-blkback probes every vbd (it will race)
 A target that is an NBD URI (nbd://host[:port]/export, nbd+unix:///export?socket=PATH)
 is served from that export through libnbd (libnbd.so.0).
-Signals: USR1 prints the dev.xbb.N tables; TERM/INT detach every vbd and exit.";
+Signals: USR1 prints the dev.xbb.N tables; TERM leaves every vbd connected for
+the next xbb-serve to take over (in-flight I/O answered first) and exits; INT/HUP
+detach every vbd and exit.";
 
 /// What the command line asks for besides serving.
 enum Asked {
@@ -96,7 +105,7 @@ fn parse(args: &[String]) -> Result<Asked, String> {
             "--ignore-kernel-backend" => cfg.set("ignore-kernel-backend", "yes")?,
             "-v" | "--verbose" => cfg.set("verbose", "yes")?,
             "--copy-grants" => cfg.set("copy-grants", "yes")?,
-            "--type" | "--script" | "--sector-size" => {
+            "--type" | "--script" | "--sector-size" | "--journal-dir" => {
                 let v = value(&mut it, a)?;
                 cfg.set(&a[2..], v)?;
             }

@@ -11,6 +11,20 @@
 //! per-disk choice: `script=block-xbb` on the disk line), and no other
 //! xbb-serve has marked it with `xbb-serve-pid`. The mark is written in the
 //! same transaction, so two services racing for a vbd cannot both win.
+//!
+//! A vbd whose mark names an xbb-serve that is gone (it died, or stopped
+//! for a restart) is claimed past Initialising too (issue 16): in InitWait
+//! it is attached again (its front-end has not connected yet); Connected,
+//! it is taken over (`Instance::take_over`) when that xbb-serve left its
+//! in-flight journals in the journal directory (`/run/xbb-serve`), and
+//! left as it is, with a line in the log, when it did not.
+//!
+//! On `SIGTERM` (`systemctl stop` or `restart`) every instance is handed
+//! over (`Instance::hand_over`): what is in flight is finished and
+//! answered, nothing is written to XenStore and the journals are kept, so
+//! the guests' disks stay Connected and the next xbb-serve takes them over;
+//! their front-ends see a pause. On `SIGINT`/`SIGHUP` every instance is
+//! detached instead (each vbd ends Closed).
 //! While the kernel's xen-blkback is loaded and probes every new vbd
 //! (`/sys/bus/xen-backend/drivers_autoprobe` = 1) it takes each one itself,
 //! so none is taken; with probing off, blkback gets only the vbds bound to
@@ -22,9 +36,8 @@
 //! coming home or failing), and feeds the instance one event at a time.
 //! Each queue of a connection runs on a thread of its own (`xbb-qN`, see
 //! [`super::host`]), with its own event channel and grant handles, so the
-//! queues of one vbd serve their rings at once. On `SIGTERM`/`SIGINT` every
-//! instance is detached (each vbd ends Closed) before the service exits;
-//! `SIGUSR1` prints every instance's `dev.xbb.N` table.
+//! queues of one vbd serve their rings at once. `SIGUSR1` prints every
+//! instance's `dev.xbb.N` table.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -42,6 +55,7 @@ use xbb::host::{DomId, XenbusState};
 use xbb::instance::Instance;
 use xbb::keys;
 use xbb::stats::{Stats, Tunable, Tunables, SYSCTLS};
+use xbb_ustore::JournalFiles;
 
 /// Where the kernel's back-end shows it is loaded (Linux sysfs).
 const KERNEL_BLKBACK: &str = "/sys/bus/xen-backend/drivers/vbd";
@@ -66,8 +80,21 @@ pub enum Skip {
     Script(String),
     /// The kernel's xen-blkback is loaded and probes every new vbd.
     KernelBackend,
+    /// An xbb-serve that is gone left it Connected without an in-flight
+    /// journal to take it over from.
+    NoJournal,
     /// It went away, or XenStore failed.
     Gone,
+}
+
+/// How a claimed vbd is served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// Attached as a new vbd (`Instance::attach`).
+    Attach,
+    /// Taken over from the xbb-serve that left it Connected
+    /// (`Instance::take_over`).
+    TakeOver,
 }
 
 /// What a claim transaction read of a vbd: its `state`, `type`, `script`
@@ -80,18 +107,25 @@ pub struct VbdNodes<'a> {
     pub kind: Option<&'a str>,
     /// `script`: the hotplug script libxl runs (an absolute path).
     pub script: Option<&'a str>,
-    /// [`CLAIM_NODE`].
+    /// [`CLAIM_NODE`], unless it names an xbb-serve that is gone.
     pub owner: Option<&'a str>,
+    /// [`CLAIM_NODE`] names an xbb-serve that is gone: the vbd was served
+    /// by a previous instance of this service.
+    pub previous: bool,
+    /// That xbb-serve left its in-flight journals for the vbd.
+    pub journal: bool,
 }
 
 /// Decides, from what a claim transaction read, whether `cfg`'s service
-/// (process `me`) takes a vbd.
-pub fn claim_decision(nodes: VbdNodes<'_>, me: &str, cfg: &Config) -> Result<(), Skip> {
+/// (process `me`) takes a vbd, and how.
+pub fn claim_decision(nodes: VbdNodes<'_>, me: &str, cfg: &Config) -> Result<Claim, Skip> {
     let VbdNodes {
         state,
         kind,
         script,
         owner,
+        previous,
+        journal,
     } = nodes;
     let types = &cfg.types;
     let state = state.ok_or(Skip::Gone)?;
@@ -100,10 +134,22 @@ pub fn claim_decision(nodes: VbdNodes<'_>, me: &str, cfg: &Config) -> Result<(),
         _ => {}
     }
     // Even our own mark does not make a vbd past Initialising ours again:
-    // one we served and left Closed stays with the toolstack.
-    if state.trim() != XenbusState::Initialising.as_str() {
+    // one we served and left Closed stays with the toolstack. One an
+    // xbb-serve that is gone left before it connected is attached again,
+    // one it left Connected taken over from its journals.
+    let s = state.trim();
+    let claim = if s == XenbusState::Initialising.as_str()
+        || (previous && s == XenbusState::InitWait.as_str())
+    {
+        Claim::Attach
+    } else if previous && s == XenbusState::Connected.as_str() {
+        if !journal {
+            return Err(Skip::NoJournal);
+        }
+        Claim::TakeOver
+    } else {
         return Err(Skip::Owned(state.to_string()));
-    }
+    };
     let kind = kind.unwrap_or("");
     if !types.is_empty() && !types.iter().any(|t| t == kind) {
         return Err(Skip::Type(kind.to_string()));
@@ -115,7 +161,7 @@ pub fn claim_decision(nodes: VbdNodes<'_>, me: &str, cfg: &Config) -> Result<(),
             return Err(Skip::Script(script.to_string()));
         }
     }
-    Ok(())
+    Ok(claim)
 }
 
 /// Whether the kernel's xen-blkback is loaded and binds every new vbd
@@ -134,12 +180,18 @@ fn read_str(xs: &mut Xs, txn: u32, path: &str) -> Result<Option<String>, i32> {
     }
 }
 
-fn process_alive(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
+/// Whether process `pid` of this domain is an xbb-serve still running: it
+/// exists and its name (when it can be read) is xbb-serve's, so that a
+/// process that took a dead xbb-serve's pid does not keep its vbds.
+fn xbb_serve_alive(pid: u32) -> bool {
+    let dir = std::path::PathBuf::from(format!("/proc/{pid}"));
+    dir.exists()
+        && std::fs::read_to_string(dir.join("comm")).map_or(true, |c| c.trim() == "xbb-serve")
 }
 
-/// Claims the vbd at `path` for this process, atomically.
-fn claim(xs: &mut Xs, path: &str, cfg: &Config) -> Result<(), Skip> {
+/// Claims the vbd at `path` (`key`: its front-end domain and device) for
+/// this process, atomically, and says how it is to be served.
+fn claim(xs: &mut Xs, path: &str, key: (u32, u32), cfg: &Config) -> Result<Claim, Skip> {
     if !cfg.ignore_kernel_backend && kernel_backend_takes_all() {
         return Err(Skip::KernelBackend);
     }
@@ -158,24 +210,34 @@ fn claim(xs: &mut Xs, path: &str, cfg: &Config) -> Result<(), Skip> {
             let _ = xs.transaction_end(txn, false);
             return Err(Skip::Gone);
         };
-        // The mark of an xbb-serve that died (no such process in this
-        // domain) binds nobody; the state check still applies.
-        if owner
-            .as_deref()
-            .is_some_and(|o| o.trim().parse::<u32>().is_ok_and(|p| !process_alive(p)))
-        {
+        // The mark of an xbb-serve that is gone (no such process in this
+        // domain) binds nobody: the vbd was a previous instance's.
+        let previous = owner.as_deref().is_some_and(|o| {
+            o.trim()
+                .parse::<u32>()
+                .is_ok_and(|p| p != std::process::id() && !xbb_serve_alive(p))
+        });
+        if previous {
             owner = None;
         }
+        let journal = cfg.journal_dir.as_ref().is_some_and(|d| {
+            DomId::try_from(key.0).is_ok_and(|dom| JournalFiles::new(d).exists(dom, key.1))
+        });
         let nodes = VbdNodes {
             state: state.as_deref(),
             kind: kind.as_deref(),
             script: script.as_deref(),
             owner: owner.as_deref(),
+            previous,
+            journal,
         };
-        if let Err(s) = claim_decision(nodes, &me, cfg) {
-            let _ = xs.transaction_end(txn, false);
-            return Err(s);
-        }
+        let how = match claim_decision(nodes, &me, cfg) {
+            Ok(how) => how,
+            Err(s) => {
+                let _ = xs.transaction_end(txn, false);
+                return Err(s);
+            }
+        };
         if xs
             .write(txn, &format!("{path}/{CLAIM_NODE}"), me.as_bytes())
             .is_err()
@@ -184,7 +246,7 @@ fn claim(xs: &mut Xs, path: &str, cfg: &Config) -> Result<(), Skip> {
             return Err(Skip::Gone);
         }
         match xs.transaction_end(txn, true) {
-            Ok(()) => return Ok(()),
+            Ok(()) => return Ok(how),
             Err(libc::EAGAIN) => continue,
             Err(_) => return Err(Skip::Gone),
         }
@@ -194,7 +256,10 @@ fn claim(xs: &mut Xs, path: &str, cfg: &Config) -> Result<(), Skip> {
 
 enum Ctl {
     Table(Sender<String>),
+    /// Detach the vbd (each ends Closed).
     Shutdown,
+    /// Leave the vbd to the next xbb-serve (`Instance::hand_over`).
+    HandOver,
 }
 
 struct Vbd {
@@ -304,7 +369,8 @@ pub fn sd_notify(state: &str) {
     }
 }
 
-fn log(msg: &str) {
+/// Writes `msg` to standard error (the journal under systemd).
+pub(crate) fn log(msg: &str) {
     let mut e = std::io::stderr();
     let _ = writeln!(e, "xbb-serve: {msg}");
 }
@@ -379,8 +445,16 @@ impl Server {
                 continue;
             }
             let path = format!("{}/{}/{}", self.root, k.0, k.1);
-            match claim(&mut self.xs, &path, &self.cfg) {
-                Ok(()) => self.start(k, path),
+            match claim(&mut self.xs, &path, k, &self.cfg) {
+                Ok(how) => self.start(k, path, how),
+                Err(Skip::NoJournal) => {
+                    log(&format!(
+                        "not serving {path}: a previous xbb-serve left it Connected without an \
+                         in-flight journal to take it over from; its guest's disk stays stalled \
+                         until it is detached"
+                    ));
+                    self.skipped.insert(k, Skip::NoJournal);
+                }
                 Err(s) => {
                     log(&format!("not serving {path}: {s:?}"));
                     self.skipped.insert(k, s);
@@ -389,7 +463,7 @@ impl Server {
         }
     }
 
-    fn start(&mut self, key: (u32, u32), path: String) {
+    fn start(&mut self, key: (u32, u32), path: String, how: Claim) {
         let unit = (0..)
             .find(|u| !self.vbds.values().any(|v| v.unit == *u))
             .unwrap_or(0);
@@ -406,6 +480,8 @@ impl Server {
             verbose: self.cfg.verbose,
             copy: self.cfg.copy_grants,
             sector_size: self.cfg.sector_size,
+            journal_dir: self.cfg.journal_dir.clone(),
+            take_over: how == Claim::TakeOver,
             ctl: rx,
             wake: Arc::clone(&wake),
             finished: Arc::clone(&finished),
@@ -416,7 +492,11 @@ impl Server {
             .spawn(move || t.run());
         match join {
             Ok(j) => {
-                log(&format!("dev.xbb.{unit}: serving {path}"));
+                let what = match how {
+                    Claim::Attach => "serving",
+                    Claim::TakeOver => "taking over",
+                };
+                log(&format!("dev.xbb.{unit}: {what} {path}"));
                 self.vbds.insert(
                     key,
                     Vbd {
@@ -474,8 +554,9 @@ impl Server {
         out
     }
 
-    /// Serves until `SIGTERM`, `SIGINT` or `SIGHUP`; then detaches every
-    /// instance and returns.
+    /// Serves until `SIGTERM`, `SIGINT` or `SIGHUP`; then hands every
+    /// instance over to the next xbb-serve (`SIGTERM`) or detaches it (the
+    /// others), and returns.
     pub fn run(&mut self) -> Result<(), String> {
         let root = self.root.clone();
         self.xs
@@ -485,6 +566,7 @@ impl Server {
         let xfd = self.xs.fileno();
         let mut ready = [false; 3];
         self.scan();
+        self.remove_stale_journals();
         // Under systemd (Type=notify): the vbds there are claimed and new
         // ones will be seen, so guests may start now.
         sd_notify("READY=1");
@@ -511,10 +593,17 @@ impl Server {
                         let mut o = std::io::stdout();
                         let _ = o.write_all(t.as_bytes());
                         let _ = o.flush();
+                    } else if sig == libc::SIGTERM {
+                        log(&format!(
+                            "signal {sig}: handing every vbd over to the next xbb-serve"
+                        ));
+                        sd_notify("STOPPING=1");
+                        self.shutdown(Ctl::HandOver);
+                        return Ok(());
                     } else {
                         log(&format!("signal {sig}: detaching every vbd"));
                         sd_notify("STOPPING=1");
-                        self.shutdown();
+                        self.shutdown(Ctl::Shutdown);
                         return Ok(());
                     }
                 }
@@ -522,18 +611,46 @@ impl Server {
         }
     }
 
-    fn shutdown(&mut self) {
+    /// Ends every instance with `how` ([`Ctl::Shutdown`] or
+    /// [`Ctl::HandOver`]) and waits for each.
+    fn shutdown(&mut self, how: Ctl) {
+        let hand_over = matches!(how, Ctl::HandOver);
         for v in self.vbds.values() {
-            v.send(Ctl::Shutdown);
+            v.send(if hand_over {
+                Ctl::HandOver
+            } else {
+                Ctl::Shutdown
+            });
         }
+        let done = if hand_over { "handed over" } else { "detached" };
         for (_, mut v) in core::mem::take(&mut self.vbds) {
             if let Some(j) = v.join.take() {
                 let _ = j.join();
             }
-            log(&format!("dev.xbb.{}: {} detached", v.unit, v.path));
+            log(&format!("dev.xbb.{}: {} {done}", v.unit, v.path));
         }
         let root = self.root.clone();
         self.xs.unwatch(&root, "vbd");
+    }
+
+    /// Removes the journal files of vbds that are gone from XenStore (the
+    /// toolstack removed them while no xbb-serve ran): nobody will take
+    /// them over.
+    fn remove_stale_journals(&mut self) {
+        let Some(dir) = self.cfg.journal_dir.as_ref() else {
+            return;
+        };
+        let files = JournalFiles::new(dir);
+        for (dom, devid) in files.vbds() {
+            let state = format!("{}/{dom}/{devid}/{}", self.root, keys::STATE);
+            if matches!(self.xs.read(0, &state), Err(libc::ENOENT)) {
+                log(&format!(
+                    "removing the journals of {}/{dom}/{devid}: no such vbd",
+                    self.root
+                ));
+                files.remove_vbd(dom, devid);
+            }
+        }
     }
 }
 
@@ -544,6 +661,9 @@ struct InstanceThread {
     verbose: bool,
     copy: bool,
     sector_size: u32,
+    journal_dir: Option<std::path::PathBuf>,
+    /// Take the vbd over instead of attaching it.
+    take_over: bool,
     ctl: Receiver<Ctl>,
     wake: Arc<Wakeup>,
     finished: Arc<AtomicBool>,
@@ -573,17 +693,27 @@ impl InstanceThread {
     }
 
     fn serve(&self) -> Result<(), String> {
-        let mut host = XenHost::new(Arc::clone(&self.wake), self.copy, self.sector_size)
-            .map_err(|e| format!("open: {e}"))?;
+        let mut host = XenHost::new(
+            Arc::clone(&self.wake),
+            self.copy,
+            self.sector_size,
+            self.journal_dir.clone(),
+        )
+        .map_err(|e| format!("open: {e}"))?;
         let mut inst =
             Instance::new(&self.path, &self.tunables).map_err(|e| format!("instance: {e:?}"))?;
         host.xs()
             .watch(&self.path, "be")
             .map_err(|e| format!("watch: errno {e}"))?;
-        inst.attach(&mut host);
+        if self.take_over {
+            inst.take_over(&mut host);
+        } else {
+            inst.attach(&mut host);
+        }
         let mut fe_watch: Option<String> = None;
         let mut ready = [false; 2];
         let mut stop = false;
+        let mut hand_over = false;
         let mut seen = (XenbusState::Unknown, None);
         while !stop {
             self.report(&inst, &mut seen);
@@ -627,6 +757,10 @@ impl InstanceThread {
                         let _ = tx.send(self.table(&inst));
                     }
                     Ctl::Shutdown => stop = true,
+                    Ctl::HandOver => {
+                        stop = true;
+                        hand_over = true;
+                    }
                 }
             }
         }
@@ -634,7 +768,11 @@ impl InstanceThread {
         if let Some(p) = fe_watch.take() {
             host.xs().unwatch(&p, "fe");
         }
-        inst.detach(&mut host);
+        if hand_over {
+            inst.hand_over(&mut host);
+        } else {
+            inst.detach(&mut host);
+        }
         let deadline = Instant::now() + DRAIN_LIMIT;
         while !inst.is_detached() {
             if inst.is_idle() {
@@ -698,6 +836,8 @@ mod tests {
             kind,
             script: Some("/etc/xen/scripts/block"),
             owner,
+            previous: false,
+            journal: false,
         }
     }
 
@@ -709,8 +849,14 @@ mod tests {
             ..Config::default()
         };
         let d = |n, cfg: &Config| claim_decision(n, "7", cfg);
-        assert_eq!(d(nodes(Some("1"), Some("phy"), None), &t), Ok(()));
-        assert_eq!(d(nodes(Some("1\n"), Some("file"), None), &any), Ok(()));
+        assert_eq!(
+            d(nodes(Some("1"), Some("phy"), None), &t),
+            Ok(Claim::Attach)
+        );
+        assert_eq!(
+            d(nodes(Some("1\n"), Some("file"), None), &any),
+            Ok(Claim::Attach)
+        );
         // Another back-end moved it on.
         assert_eq!(
             d(nodes(Some("2"), Some("phy"), None), &t),
@@ -730,7 +876,10 @@ mod tests {
             d(nodes(Some("6"), Some("phy"), Some("7")), &t),
             Err(Skip::Owned(String::from("6")))
         );
-        assert_eq!(d(nodes(Some("1"), Some("phy"), Some("7")), &t), Ok(()));
+        assert_eq!(
+            d(nodes(Some("1"), Some("phy"), Some("7")), &t),
+            Ok(Claim::Attach)
+        );
         assert_eq!(
             d(nodes(Some("1"), Some("vbd3"), None), &t),
             Err(Skip::Type(String::from("vbd3")))
@@ -740,6 +889,58 @@ mod tests {
             Err(Skip::Type(String::new()))
         );
         assert_eq!(d(nodes(None, Some("phy"), None), &t), Err(Skip::Gone));
+    }
+
+    /// Issue 16: the vbds an xbb-serve that is gone left behind: attached
+    /// again before they connected, taken over once Connected if it left
+    /// its journals, else left alone (and said so); never one it left
+    /// Closing or Closed, never another live server's.
+    #[test]
+    fn a_previous_servers_vbds_are_taken_back() {
+        let cfg = Config {
+            scripts: vec![String::from("block-xbb")],
+            ..Config::default()
+        };
+        let left = |state, journal| VbdNodes {
+            state: Some(state),
+            kind: Some("phy"),
+            script: Some("/etc/xen/scripts/block-xbb"),
+            owner: None,
+            previous: true,
+            journal,
+        };
+        let d = |n| claim_decision(n, "7", &cfg);
+        assert_eq!(d(left("4", true)), Ok(Claim::TakeOver));
+        assert_eq!(d(left("4\n", true)), Ok(Claim::TakeOver));
+        assert_eq!(d(left("4", false)), Err(Skip::NoJournal));
+        assert_eq!(d(left("2", false)), Ok(Claim::Attach));
+        assert_eq!(d(left("1", false)), Ok(Claim::Attach));
+        for st in ["3", "5", "6"] {
+            assert_eq!(
+                d(left(st, true)),
+                Err(Skip::Owned(String::from(st))),
+                "{st}"
+            );
+        }
+        // Only a previous xbb-serve's: without its mark, Connected is
+        // another back-end's.
+        let mut theirs = left("4", true);
+        theirs.previous = false;
+        assert_eq!(d(theirs), Err(Skip::Owned(String::from("4"))));
+        // A live server's mark wins.
+        let mut live = left("4", true);
+        live.owner = Some("8");
+        assert_eq!(d(live), Err(Skip::OtherServer(String::from("8"))));
+        // The type and script still decide.
+        let mut other = left("4", true);
+        other.script = Some("/etc/xen/scripts/block");
+        assert_eq!(
+            d(other),
+            Err(Skip::Script(String::from("/etc/xen/scripts/block")))
+        );
+        let mut qdisk = left("4", true);
+        qdisk.kind = Some("qdisk");
+        assert_eq!(d(qdisk), Err(Skip::Type(String::from("qdisk"))));
     }
 
     #[test]
@@ -753,10 +954,15 @@ mod tests {
             kind: Some("phy"),
             script,
             owner: None,
+            previous: false,
+            journal: false,
         };
         let d = |n| claim_decision(n, "7", &cfg);
-        assert_eq!(d(vbd(Some("/etc/xen/scripts/block-xbb"))), Ok(()));
-        assert_eq!(d(vbd(Some("block-xbb"))), Ok(()));
+        assert_eq!(
+            d(vbd(Some("/etc/xen/scripts/block-xbb"))),
+            Ok(Claim::Attach)
+        );
+        assert_eq!(d(vbd(Some("block-xbb"))), Ok(Claim::Attach));
         // xen-blkback's disks (Debian's `block`, a drbd script) and disks
         // with no script at all are left alone.
         for other in [
@@ -780,7 +986,7 @@ mod tests {
         assert_eq!(d(taken), Err(Skip::Type(String::from("qdisk"))));
         // Without scripts configured, the script does not matter.
         let plain = Config::default();
-        assert_eq!(claim_decision(vbd(None), "7", &plain), Ok(()));
+        assert_eq!(claim_decision(vbd(None), "7", &plain), Ok(Claim::Attach));
     }
 
     #[test]

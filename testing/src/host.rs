@@ -21,6 +21,10 @@
 //!   [`FakeHost::complete_at`] or [`FakeHost::complete_all`], which call
 //!   `Instance::complete`, or takes it with [`FakeHost::take_done`] and
 //!   calls `Instance::complete` itself.
+//! - With [`FakeHost::journals`] it keeps in-flight journals as a
+//!   platform whose memory outlives the process does; with
+//!   [`FakeHost::process_died`] the back-end process dies, and a new
+//!   instance over the same host can take its vbd over.
 //!
 //! Every call is checked against the contract of [`xbb::host`]: a window
 //! reserved twice, a page mapped twice, I/O over an unmapped or read-only
@@ -51,10 +55,11 @@ use xbb::abi::{
 };
 use xbb::host::{
     DomId, EvtchnError, EvtchnPort, GrantError, GrantHandle, GrantMapOp, GrantRef, GrantUnmapOp,
-    Granted, Host, IoError, IoOp, IoTag, IoVec, MapResult, MediumInfo, OpenError, OpenParams,
-    QueueHost, QueueId, RemotePort, XenStore, XenbusState, XsError, XsTxn, PAGE_SIZE,
+    Granted, Host, IoError, IoOp, IoTag, IoVec, JournalOpen, MapResult, MediumInfo, OpenError,
+    OpenParams, QueueHost, QueueId, RemotePort, XenStore, XenbusState, XsError, XsTxn, PAGE_SIZE,
 };
 use xbb::instance::Instance;
+use xbb::journal::JournalId;
 use xbb::keys;
 use xbb::ring::FrontRing;
 use xbb::shmem::SharedMem;
@@ -175,6 +180,19 @@ struct RingOffer {
     back: Option<SharedMem>,
     /// The address of the back view (to know it again when unmapped).
     addr: usize,
+    /// More back views of the ring's memory, for the back-ends that take
+    /// it over after one died ([`FakeHost::frontend_ring`] makes them).
+    spares: Vec<SharedMem>,
+}
+
+/// One queue's in-flight journal, as the platform keeps it between
+/// processes.
+#[derive(Debug, Default)]
+struct KeptJournal {
+    /// Views of its memory not handed out.
+    spares: Vec<SharedMem>,
+    /// The address of the view handed out, while one is.
+    out: Option<usize>,
 }
 
 /// A ring a queue has mapped.
@@ -236,6 +254,9 @@ pub struct FakeHost {
     pub faults: Faults,
     /// Panic at the first contract violation (else only log it).
     pub strict: bool,
+    /// Keep in-flight journals ([`Host::journal_open`]); off by default,
+    /// as a platform without memory that outlives it.
+    pub journals: bool,
     /// Every contract violation seen, in order.
     pub violations: Vec<String>,
     cfg: FakeConfig,
@@ -310,6 +331,20 @@ pub struct FakeHost {
     pub connects: u64,
     /// Fatal errors reported: writes below `error/`.
     pub fatals: u64,
+    /// Each queue's journal, by queue.
+    kept: Vec<KeptJournal>,
+    /// The identity the journal of the queue was last opened for.
+    pub journal_id: Option<JournalId>,
+    /// Journals made for new connections.
+    pub journals_created: u32,
+    /// Journals opened for a takeover (found or not).
+    pub journal_lookups: u32,
+    /// Journals kept at close (handed over) and removed.
+    pub journals_kept: u32,
+    /// See [`FakeHost::journals_kept`].
+    pub journals_removed: u32,
+    /// Back-end processes that died ([`FakeHost::process_died`]).
+    pub deaths: u32,
 }
 
 impl FakeHost {
@@ -331,6 +366,7 @@ impl FakeHost {
             hotplug_gate: false,
             faults: Faults::default(),
             strict: true,
+            journals: false,
             violations: Vec::new(),
             cfg,
             grants: Vec::with_capacity(cfg.max_grants + 64),
@@ -371,7 +407,57 @@ impl FakeHost {
             pages_copied: 0,
             connects: 0,
             fatals: 0,
+            kept: Vec::new(),
+            journal_id: None,
+            journals_created: 0,
+            journal_lookups: 0,
+            journals_kept: 0,
+            journals_removed: 0,
+            deaths: 0,
         }
+    }
+
+    /// The back-end process died (issue 16): the kernel takes back what
+    /// it held — its grant mappings, its rings' mappings, its
+    /// event-channel bindings (the front-end's ports are unbound again),
+    /// its store — after the I/O it had queued finished (performed, never
+    /// completed to it). The instance is gone without a word (the test
+    /// drops it); memory that outlives the process (the journals, the
+    /// rings) stays, and a new instance over this host may take the vbd
+    /// over.
+    pub fn process_died(&mut self) {
+        while let Some(i) = self.queue.pop_front() {
+            self.perform(i);
+            self.free_slots.push(i);
+        }
+        self.grants_unmapped += self.live_mappings as u64;
+        self.live_mappings = 0;
+        self.window.iter_mut().for_each(|m| *m = None);
+        if std::mem::take(&mut self.window_reserved) {
+            self.window_releases += 1;
+        }
+        for m in std::mem::take(&mut self.mapped) {
+            self.ring_unmaps += 1;
+            let offer = &mut self.rings[m.slot];
+            if let Some(v) = offer.spares.pop() {
+                offer.addr = v.as_ptr() as usize;
+                offer.back = Some(v);
+            }
+        }
+        self.unbinds += self.bound.len() as u32;
+        self.bound.clear();
+        if std::mem::take(&mut self.store_open) {
+            self.store_closes += 1;
+        }
+        for j in &mut self.kept {
+            j.out = None;
+        }
+        self.deaths += 1;
+    }
+
+    /// Whether a journal is kept for the next process (queue 0's).
+    pub fn has_journal(&self) -> bool {
+        self.kept.first().is_some_and(|j| !j.spares.is_empty())
     }
 
     /// Grows or shrinks the medium (the test then calls
@@ -532,10 +618,15 @@ impl FakeHost {
     }
 
     /// Sets up a shared ring of `pages` pages in fresh memory as a
-    /// front-end does; see [`FakeHost::offer_ring`].
+    /// front-end does; see [`FakeHost::offer_ring`]. The memory has views
+    /// to spare for back-ends that take over after one died.
     pub fn frontend_ring(&mut self, abi: Abi, pages: u32) -> FrontRing {
-        let (front, back) = SharedMem::leak_pair(pages as usize * PAGE_SIZE).expect("ring memory");
-        self.offer_ring(front, back, abi, pages)
+        let mut v = SharedMem::leak_views(pages as usize * PAGE_SIZE, 8).expect("ring memory");
+        let front = v.remove(0);
+        let back = v.remove(0);
+        let ring = self.offer_ring(front, back, abi, pages);
+        self.rings[0].spares = v;
+        ring
     }
 
     /// Sets up a shared ring of `pages` pages in `front` / `back` (two
@@ -595,6 +686,7 @@ impl FakeHost {
         r.port = port;
         r.addr = back.as_ptr() as usize;
         r.back = Some(back);
+        r.spares.clear();
         let grefs = r.grefs.clone();
         if pages == 1 && dir.is_empty() {
             self.fe_set(keys::RING_REF, &grefs[0].to_string());
@@ -624,6 +716,16 @@ impl FakeHost {
     /// The back view of queue `queue`'s ring, once no queue maps it.
     pub fn take_queue_ring(&mut self, queue: QueueId) -> Option<SharedMem> {
         self.rings.get_mut(queue as usize)?.back.take()
+    }
+
+    /// Gives back the view [`FakeHost::take_ring`] took (a test wrote
+    /// through it, as a hostile guest would): the next mapping hands it
+    /// out.
+    pub fn give_ring(&mut self, back: SharedMem) {
+        if let Some(r) = self.rings.first_mut() {
+            r.addr = back.as_ptr() as usize;
+            r.back = Some(back);
+        }
     }
 
     /// The grant references of the ring's pages.
@@ -1221,6 +1323,57 @@ impl Host for FakeHost {
 
     fn waits_for_hotplug(&self) -> bool {
         self.hotplug_gate
+    }
+
+    fn journal_open(
+        &mut self,
+        id: &JournalId,
+        bytes: usize,
+        how: JournalOpen,
+    ) -> Option<SharedMem> {
+        if !self.journals {
+            return None;
+        }
+        let _q = Quiet::new();
+        let q = id.queue as usize;
+        if self.kept.len() <= q {
+            self.kept.resize_with(q + 1, KeptJournal::default);
+        }
+        let out = self.kept[q].out.is_none();
+        self.expect(out, || format!("queue {q}'s journal opened twice"));
+        self.journal_id = Some(*id);
+        let mem = match how {
+            JournalOpen::Create => {
+                self.kept[q].spares = SharedMem::leak_views(bytes, 8).expect("journal memory");
+                self.journals_created += 1;
+                self.kept[q].spares.pop()
+            }
+            JournalOpen::Existing => {
+                self.journal_lookups += 1;
+                self.kept[q].spares.pop()
+            }
+        }?;
+        self.expect(mem.len() >= bytes, || "journal shorter than asked".into());
+        self.kept[q].out = Some(mem.as_ptr() as usize);
+        Some(mem)
+    }
+
+    fn journal_close(&mut self, queue: QueueId, journal: SharedMem, keep: bool) {
+        let _q = Quiet::new();
+        let addr = journal.as_ptr() as usize;
+        let open = self.kept.get(queue as usize).and_then(|j| j.out) == Some(addr);
+        if !self.expect(open, || format!("queue {queue}'s journal closed, not open")) {
+            return;
+        }
+        let j = &mut self.kept[queue as usize];
+        j.out = None;
+        if keep {
+            self.journals_kept += 1;
+            j.spares.push(journal);
+        } else {
+            self.journals_removed += 1;
+            j.spares.clear();
+        }
     }
 
     fn inline(&mut self) -> Option<&mut dyn QueueHost> {

@@ -8,6 +8,8 @@
 //! - [`rng::XorShift`]: the deterministic generator of randomised tests.
 //! - [`alloc::Counting`]: the counting allocator of the "no allocation on
 //!   the I/O path" rule.
+//! - [`cc::check_c`]: the system C compiler, to hold declarations against
+//!   C headers.
 //! - [`cost`]: the workload of the core-cost benchmark
 //!   (`benches/core_cost.rs`), over the fake host as a null platform.
 //! - [`fuzz`]: the bodies of the cargo-fuzz targets in `fuzz/`, which the
@@ -23,6 +25,7 @@
 
 #[allow(unsafe_code)]
 pub mod alloc;
+pub mod cc;
 pub mod cost;
 pub mod fuzz;
 pub mod guest;

@@ -67,6 +67,9 @@ if [ -z "$TIMEOUT" ]; then
 	# room for a loaded machine.
 	case " $SCEN_LIST " in *" 10 "*) TIMEOUT=$((TIMEOUT + 500)) ;; esac
 	case " $SCEN_LIST " in *" 11 "*) TIMEOUT=$((TIMEOUT + 400)) ;; esac
+	# Scenario 12: one guest verifying its disk four times over while
+	# xbb-serve is killed and restarted, twice (not measured yet).
+	case " $SCEN_LIST " in *" 12 "*) TIMEOUT=$((TIMEOUT + 600)) ;; esac
 fi
 # The emulated CPU. With -cpu max, TCG's XSAVE made processes in dom0 and
 # in the guests die at random (README.md, "The emulated CPU"); without

@@ -46,6 +46,7 @@ use std::time::Duration;
 
 use xbb::host::{IoError, IoTag, MediumInfo, OpenError};
 
+use crate::locked;
 use crate::{BackingStore, CompletionFn, StoreIo, StoreSpec, UserStore};
 
 /// Dirty bytes the cache holds before it destages the oldest writes.
@@ -189,7 +190,7 @@ impl WriteCache {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        locked(&self.state)
     }
 
     /// Dirty bytes the cache holds before it destages.

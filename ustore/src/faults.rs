@@ -1,10 +1,11 @@
 //! Fault injection for stores ([`IoFaults`]), shared between a scenario
 //! and the stores it opened.
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard};
 
 use xbb::host::IoError;
 
+use crate::locked;
 use crate::StoreIo;
 
 /// Counts of failures injected by an [`IoFaults`], by cause.
@@ -37,6 +38,8 @@ struct FaultState {
     ranges: Vec<(u64, u64, IoError)>,
     writes: Option<IoError>,
     flush: Option<IoError>,
+    /// Every I/O waits before it is performed ([`IoFaults::hold`]).
+    held: bool,
     counters: FaultCounters,
 }
 
@@ -48,9 +51,15 @@ struct FaultState {
 /// a fault is not performed: the medium is left as it was and the completion
 /// carries the fault's error. When several faults match, the first of
 /// `nth`, `range`, `writes`, `flush` wins and only it is counted.
+///
+/// A store can also be held ([`IoFaults::hold`]): its I/O is taken but
+/// neither performed nor completed until released, so that a test has
+/// requests in flight for as long as it needs (a back-end process that dies
+/// with I/O in flight). Only the file and device stores honour it.
 #[derive(Debug, Default)]
 pub struct IoFaults {
     state: Mutex<FaultState>,
+    released: Condvar,
 }
 
 impl IoFaults {
@@ -60,7 +69,7 @@ impl IoFaults {
     }
 
     fn lock(&self) -> MutexGuard<'_, FaultState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        locked(&self.state)
     }
 
     /// Fails the `n`-th data I/O (read or write) submitted from now on with
@@ -88,13 +97,40 @@ impl IoFaults {
         self.lock().flush = Some(err);
     }
 
-    /// Disarms every fault. Counters are kept.
+    /// Disarms every fault and releases a hold. Counters are kept.
     pub fn clear(&self) {
         let mut s = self.lock();
         s.nth.clear();
         s.ranges.clear();
         s.writes = None;
         s.flush = None;
+        s.held = false;
+        self.released.notify_all();
+    }
+
+    /// Holds every I/O not yet performed: each waits, neither performed nor
+    /// completed, until [`IoFaults::release`] (or [`IoFaults::clear`]).
+    pub fn hold(&self) {
+        self.lock().held = true;
+    }
+
+    /// Ends a hold: the I/O held is performed and completed.
+    pub fn release(&self) {
+        self.lock().held = false;
+        self.released.notify_all();
+    }
+
+    /// Whether I/O is held.
+    pub fn is_held(&self) -> bool {
+        self.lock().held
+    }
+
+    /// Waits while I/O is held (a worker, before it performs an I/O).
+    pub(crate) fn wait_while_held(&self) {
+        let mut s = self.lock();
+        while s.held {
+            s = self.released.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
     }
 
     /// The failures injected so far.

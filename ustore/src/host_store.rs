@@ -18,8 +18,8 @@ use xbb::host::{
 };
 
 use crate::{
-    is_nbd_uri, open_nbd_store, open_store, submit_counted, CompletionFn, IoFaults, NbdSpec,
-    RawIoVec, StoreIo, StoreSpec, UserStore, WriteCache,
+    is_nbd_uri, open_nbd_store, open_store, submit_counted, CompletionFn, NbdSpec, RawIoVec,
+    StoreIo, StoreOptions, StoreSpec, UserStore,
 };
 
 /// What the node at `path` is.
@@ -42,9 +42,7 @@ pub fn probe(path: &Path) -> Result<NodeKind, OpenError> {
 pub struct HostStore {
     store: Option<Arc<dyn UserStore>>,
     counts: Arc<Counts>,
-    sector_size: u32,
-    faults: Option<Arc<IoFaults>>,
-    cache: Option<Arc<WriteCache>>,
+    options: StoreOptions,
 }
 
 /// What every handle of one [`HostStore`] counts.
@@ -111,24 +109,13 @@ impl std::fmt::Debug for HostStore {
 }
 
 impl HostStore {
-    /// No store open yet; stores opened will emulate `sector_size`-byte
-    /// logical sectors (512 unless a test asks for more) and take their
-    /// failures from `faults`.
-    pub fn new(sector_size: u32, faults: Option<Arc<IoFaults>>) -> HostStore {
+    /// No store open yet; stores opened will be as `options` say.
+    pub fn new(options: StoreOptions) -> HostStore {
         HostStore {
             store: None,
             counts: Arc::new(Counts::default()),
-            sector_size,
-            faults,
-            cache: None,
+            options,
         }
-    }
-
-    /// Stores opened from now on have `cache` in front of their medium
-    /// (see [`WriteCache`]).
-    pub fn with_cache(mut self, cache: Option<Arc<WriteCache>>) -> HostStore {
-        self.cache = cache;
-        self
     }
 
     /// Opens the store `params` names (closing any store open before): an
@@ -152,13 +139,13 @@ impl HostStore {
         let s = if is_nbd_uri(params.path) {
             // The write cache models a local medium's; an NBD export's
             // caching is the server's own.
-            if self.cache.is_some() {
+            if self.options.cache.is_some() {
                 return Err(OpenError::Invalid);
             }
             let spec = NbdSpec {
                 writable: params.writable,
-                sector_size: self.sector_size,
-                faults: self.faults.clone(),
+                sector_size: self.options.sector_size,
+                faults: self.options.faults.clone(),
                 ..NbdSpec::new(params.path)
             };
             open_nbd_store(&spec, done)?
@@ -168,9 +155,9 @@ impl HostStore {
                 kind: StoreKind::for_node(node(&path)?, params.kind)?,
                 path,
                 writable: params.writable,
-                sector_size: self.sector_size,
-                faults: self.faults.clone(),
-                cache: self.cache.clone(),
+                sector_size: self.options.sector_size,
+                faults: self.options.faults.clone(),
+                cache: self.options.cache.clone(),
             };
             open_store(&spec, done)?
         };

@@ -28,6 +28,9 @@
 //!   pipelines the commands and reports through the same [`CompletionFn`].
 //!   Memory a store sets aside for guest data is reported to the process's
 //!   watcher, if it installed one ([`watch_store_memory`]).
+//! - [`JournalFiles`] keeps the core's in-flight journals as files mapped
+//!   shared, so that a back-end process that dies leaves its rings to the
+//!   next one (issue 16).
 //! - [`IoFaults`] injects failures for tests; [`resize_medium`] grows or
 //!   shrinks a medium under an open store, which sees the new size in its
 //!   next [`UserStore::info`].
@@ -51,6 +54,9 @@ mod faults;
 mod file;
 mod host_store;
 mod io;
+mod jobs;
+mod journal;
+mod lend;
 mod medium;
 mod nbd;
 #[allow(unsafe_code)]
@@ -64,6 +70,8 @@ pub use cache::{CacheStats, CachedStore, WriteCache, DEFAULT_CAPACITY};
 pub use faults::{FaultCounters, IoFaults};
 pub use host_store::{probe, HostStore, StoreHandle};
 pub use io::{submit_counted, RawIoVec, StoreIo};
+pub use journal::{journal_name, parse_journal_name, InstanceJournals, JournalFiles};
+pub use lend::{locked, spawn_queue};
 pub use medium::resize_medium;
 pub use nbd::{
     is_nbd_uri, libnbd_available, NbdSpec, NbdStore, CLOSE_GRACE, OPEN_TIMEOUT, QUEUE_CAPACITY,
@@ -130,6 +138,33 @@ pub struct StoreSpec {
     /// shared with whoever cuts its power; none: every completed write is
     /// as durable as the file system makes it.
     pub cache: Option<Arc<WriteCache>>,
+}
+
+/// What a platform's stores emulate and suffer beyond their medium: the
+/// same for every store of one `vbd` ([`HostStore`] opens them so).
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// The logical sector size to emulate: a power of two from 512 to
+    /// 65536 (512 unless a test asks for more). A block device whose own
+    /// logical sector size is larger imposes its own.
+    pub sector_size: u32,
+    /// Fault injection shared with the scenario, if any.
+    pub faults: Option<Arc<IoFaults>>,
+    /// A volatile write cache in front of a local medium, shared with
+    /// whoever cuts its power; none: every completed write is as durable
+    /// as the file system makes it.
+    pub cache: Option<Arc<WriteCache>>,
+}
+
+impl Default for StoreOptions {
+    /// 512-byte sectors, no faults, no write cache.
+    fn default() -> Self {
+        StoreOptions {
+            sector_size: 512,
+            faults: None,
+            cache: None,
+        }
+    }
 }
 
 /// Opens the store `spec` describes; completions go to `done`.

@@ -52,14 +52,15 @@
 
 use std::collections::VecDeque;
 use std::ffi::CString;
-use std::panic::{self, AssertUnwindSafe};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use xbb::host::{IoError, IoTag, MediumInfo, OpenError};
 use xbb::units::{Bytes, Sectors};
 
+use crate::jobs::{Job, Jobs};
+use crate::locked;
 use crate::medium::{io_error, validate_io, DiscardCaps, Geometry};
 use crate::nbd_sys::{self, Arena, Command, Connection, EventFd, ExportFlags, Handle, NbdError};
 use crate::{CompletionFn, IoFaults, RawIoVec, StoreIo, UserStore};
@@ -148,20 +149,6 @@ pub fn libnbd_available() -> Result<(), String> {
     nbd_sys::lib().map(|_| ()).map_err(str::to_string)
 }
 
-struct Queue {
-    jobs: VecDeque<Job>,
-    /// Queued plus running I/Os whose completion has not returned yet.
-    in_flight: usize,
-    closing: bool,
-}
-
-struct Job {
-    tag: IoTag,
-    io: StoreIo,
-    /// Decided at submission: refused (misaligned, ...) or an injected fault.
-    outcome: Option<IoError>,
-}
-
 struct Shared {
     geometry: Geometry,
     info: MediumInfo,
@@ -170,19 +157,9 @@ struct Shared {
     max_command: u64,
     /// The export writes zeroes; `Some(keep)`: with `NO_HOLE` when `keep`.
     zeroes: Option<bool>,
-    faults: Option<Arc<IoFaults>>,
-    done: CompletionFn,
-    queue: Mutex<Queue>,
-    /// `close` waits here for `in_flight` to reach zero.
-    idle: Condvar,
+    jobs: Jobs,
     /// Wakes the I/O thread.
     wake: EventFd,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner())
-    }
 }
 
 /// A store served from an NBD export; see the module documentation.
@@ -302,14 +279,7 @@ impl NbdStore {
             max_command,
             // Zeroes may become holes only where discards may.
             zeroes: (can_zero && !read_only).then_some(!discard.discard),
-            faults: spec.faults.clone(),
-            done,
-            queue: Mutex::new(Queue {
-                jobs: VecDeque::with_capacity(QUEUE_CAPACITY),
-                in_flight: 0,
-                closing: false,
-            }),
-            idle: Condvar::new(),
+            jobs: Jobs::new(done, spec.faults.clone(), QUEUE_CAPACITY),
             wake,
         });
         let conn = Connection::new(h, SLOTS);
@@ -333,33 +303,17 @@ impl UserStore for NbdStore {
 
     fn submit(&self, tag: IoTag, io: StoreIo) -> Result<(), IoError> {
         let sh = &*self.shared;
-        let mut q = sh.lock();
-        if q.closing {
-            return Err(IoError::Gone);
-        }
-        let outcome = match validate_io(&io, &sh.geometry, || None) {
-            Err(e) => Some(e),
-            Ok(span) => sh.faults.as_ref().and_then(|f| f.check(&io, span)),
-        };
-        q.jobs.push_back(Job { tag, io, outcome });
-        q.in_flight += 1;
-        drop(q);
+        sh.jobs
+            .push(tag, io, |io| validate_io(io, &sh.geometry, || None))?;
         sh.wake.wake();
         Ok(())
     }
 
     fn close(&self) {
         let sh = &*self.shared;
-        {
-            let mut q = sh.lock();
-            q.closing = true;
-            sh.wake.wake();
-            while q.in_flight > 0 {
-                q = sh.idle.wait(q).unwrap_or_else(|e| e.into_inner());
-            }
-        }
+        drop(sh.jobs.drain(|| sh.wake.wake()));
         sh.wake.wake();
-        let t = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let t = locked(&self.thread).take();
         if let Some(t) = t {
             if t.thread().id() != thread::current().id() {
                 let _ = t.join();
@@ -449,7 +403,7 @@ impl IoThread {
         ];
         loop {
             let closing = {
-                let mut q = sh.lock();
+                let mut q = sh.jobs.lock();
                 // The two queues trade places when the backlog is empty
                 // (nothing copied, each keeps its capacity).
                 if self.backlog.is_empty() {
@@ -710,20 +664,7 @@ impl IoThread {
 
     /// Reports the finished I/Os, then counts them out of `in_flight`.
     fn report(&mut self, sh: &Shared) {
-        if self.finished.is_empty() {
-            return;
-        }
-        let n = self.finished.len();
-        for (tag, r) in self.finished.drain(..) {
-            // A panicking completion is reported by the panic hook; catching
-            // it keeps the thread serving and `in_flight` exact.
-            let _ = panic::catch_unwind(AssertUnwindSafe(|| (sh.done)(tag, r)));
-        }
-        let mut q = sh.lock();
-        q.in_flight -= n;
-        if q.in_flight == 0 {
-            sh.idle.notify_all();
-        }
+        sh.jobs.complete(self.finished.drain(..));
     }
 
     /// Cuts off a server that keeps commands on the wire past the grace.

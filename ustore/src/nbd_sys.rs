@@ -196,15 +196,7 @@ pub(crate) fn lib() -> Result<&'static Lib, &'static str> {
         if h.is_null() {
             // SAFETY: dlerror returns null or a NUL-terminated string valid
             // until the next dl* call on this thread; it is copied at once.
-            let why = unsafe { libc::dlerror() };
-            let why = if why.is_null() {
-                String::from("unknown error")
-            } else {
-                // SAFETY: non-null, NUL-terminated (above).
-                unsafe { CStr::from_ptr(why) }
-                    .to_string_lossy()
-                    .into_owned()
-            };
+            let why = unsafe { c_text(libc::dlerror(), "unknown error") };
             return Err(format!("cannot load libnbd.so.0 (Debian: libnbd0): {why}"));
         }
         // SAFETY: `h` is live (never closed), and libnbd.so.0 is the
@@ -220,16 +212,26 @@ pub(crate) fn lib() -> Result<&'static Lib, &'static str> {
 fn last_error(lib: &Lib) -> (String, i32) {
     // SAFETY: both read thread-local state of libnbd; the string is valid
     // until the next libnbd call on this thread and copied at once.
-    let (msg, errno) = unsafe { ((lib.nbd_get_error)(), (lib.nbd_get_errno)()) };
-    let msg = if msg.is_null() {
-        String::from("unknown libnbd error")
-    } else {
-        // SAFETY: non-null, NUL-terminated, valid until the next call.
-        unsafe { CStr::from_ptr(msg) }
-            .to_string_lossy()
-            .into_owned()
+    let (msg, errno) = unsafe {
+        let msg = c_text((lib.nbd_get_error)(), "unknown libnbd error");
+        (msg, (lib.nbd_get_errno)())
     };
     (msg, if errno > 0 { errno } else { libc::EIO })
+}
+
+/// A copy of the message a C library returned, `none` when it gave none.
+///
+/// # Safety
+///
+/// `p` is null or points to a NUL-terminated string that stays valid
+/// during the call.
+unsafe fn c_text(p: *const c_char, none: &str) -> String {
+    if p.is_null() {
+        return String::from(none);
+    }
+    // SAFETY: non-null and NUL-terminated, valid for the call (the
+    // caller's promise).
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
 }
 
 /// What an export offers, read once after the handshake.

@@ -3,48 +3,23 @@
 //! threads with `preadv` / `pwritev` (so many I/Os are in flight at once),
 //! and reported through the store's [`CompletionFn`] on the worker thread.
 
-use std::collections::VecDeque;
-use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 
 use xbb::host::{IoError, IoTag, MediumInfo, OpenError, StoreKind};
 use xbb::units::{Bytes, Sectors};
 
+use crate::jobs::Jobs;
+use crate::locked;
 use crate::medium::Medium;
-use crate::{CompletionFn, IoFaults, StoreIo, StoreSpec, UserStore, WORKERS};
-
-struct Queue {
-    jobs: VecDeque<Job>,
-    /// Queued plus running I/Os whose completion has not returned yet.
-    in_flight: usize,
-    closing: bool,
-    stop: bool,
-}
-
-struct Job {
-    tag: IoTag,
-    io: StoreIo,
-    /// Decided at submission: refused (misaligned, ...) or an injected fault.
-    outcome: Option<IoError>,
-}
+use crate::{CompletionFn, StoreIo, StoreSpec, UserStore, WORKERS};
 
 struct Shared {
     medium: Medium,
-    faults: Option<Arc<IoFaults>>,
-    done: CompletionFn,
-    queue: Mutex<Queue>,
+    jobs: Jobs,
     /// Workers wait here for jobs.
     work: Condvar,
-    /// `close` waits here for `in_flight` to reach zero.
-    idle: Condvar,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner())
-    }
 }
 
 /// A file or device store served by [`WORKERS`] threads; what
@@ -72,16 +47,8 @@ impl BackingStore {
         let medium = Medium::open(spec)?;
         let shared = Arc::new(Shared {
             medium,
-            faults: spec.faults.clone(),
-            done,
-            queue: Mutex::new(Queue {
-                jobs: VecDeque::new(),
-                in_flight: 0,
-                closing: false,
-                stop: false,
-            }),
+            jobs: Jobs::new(done, spec.faults.clone(), 0),
             work: Condvar::new(),
-            idle: Condvar::new(),
         });
         let mut workers = Vec::with_capacity(WORKERS);
         for i in 0..WORKERS {
@@ -117,7 +84,7 @@ impl BackingStore {
 fn worker(sh: &Shared) {
     loop {
         let job = {
-            let mut q = sh.lock();
+            let mut q = sh.jobs.lock();
             loop {
                 if let Some(job) = q.jobs.pop_front() {
                     break job;
@@ -128,21 +95,14 @@ fn worker(sh: &Shared) {
                 q = sh.work.wait(q).unwrap_or_else(|e| e.into_inner());
             }
         };
+        sh.jobs.wait_while_held();
         let result = match job.outcome {
             Some(err) => Err(err),
             None => sh.medium.execute(&job.io),
         };
         // The buffers are released to the submitter by the completion.
         drop(job.io);
-        // A panicking completion is reported by the panic hook; catching it
-        // keeps the worker serving and `in_flight` exact, so `close` cannot
-        // hang on it.
-        let _ = panic::catch_unwind(AssertUnwindSafe(|| (sh.done)(job.tag, result)));
-        let mut q = sh.lock();
-        q.in_flight -= 1;
-        if q.in_flight == 0 {
-            sh.idle.notify_all();
-        }
+        sh.jobs.complete([(job.tag, result)]);
     }
 }
 
@@ -168,33 +128,16 @@ impl UserStore for BackingStore {
 
     fn submit(&self, tag: IoTag, io: StoreIo) -> Result<(), IoError> {
         let sh = &*self.shared;
-        let mut q = sh.lock();
-        if q.closing {
-            return Err(IoError::Gone);
-        }
-        let outcome = match sh.medium.validate(&io) {
-            Err(e) => Some(e),
-            Ok(span) => sh.faults.as_ref().and_then(|f| f.check(&io, span)),
-        };
-        q.jobs.push_back(Job { tag, io, outcome });
-        q.in_flight += 1;
-        drop(q);
+        sh.jobs.push(tag, io, |io| sh.medium.validate(io))?;
         sh.work.notify_one();
         Ok(())
     }
 
     fn close(&self) {
         let sh = &*self.shared;
-        {
-            let mut q = sh.lock();
-            q.closing = true;
-            while q.in_flight > 0 {
-                q = sh.idle.wait(q).unwrap_or_else(|e| e.into_inner());
-            }
-            q.stop = true;
-        }
+        sh.jobs.drain(|| ()).stop = true;
         sh.work.notify_all();
-        let handles = core::mem::take(&mut *self.workers.lock().unwrap_or_else(|e| e.into_inner()));
+        let handles = core::mem::take(&mut *locked(&self.workers));
         let me = thread::current().id();
         for h in handles {
             if h.thread().id() != me {

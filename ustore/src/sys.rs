@@ -270,3 +270,44 @@ pub(crate) fn dio_alignment(file: &File) -> Option<(u32, u32)> {
     }
     Some((st.stx_dio_mem_align, st.stx_dio_offset_align))
 }
+
+/// Maps the first `len` bytes of `file` shared, readable and writable: an
+/// in-flight journal's memory ([`crate::journal`]). The file must be at
+/// least `len` bytes long (the caller checked): a mapping beyond its end
+/// would fault when touched.
+pub(crate) fn map_shared(file: &File, len: usize) -> Result<xbb::shmem::SharedMem, i32> {
+    if len == 0 {
+        return Err(libc::EINVAL);
+    }
+    // SAFETY: a fresh mapping the kernel places (no fixed address), of a
+    // descriptor we own, touching no memory of ours.
+    let p = unsafe {
+        libc::mmap(
+            core::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(errno());
+    }
+    let Some(base) = core::ptr::NonNull::new(p.cast::<u8>()) else {
+        return Err(libc::ENOMEM);
+    };
+    // SAFETY: `len` bytes at `base` are mapped readable and writable,
+    // page-aligned, backed by a file at least that long, and stay mapped
+    // until `unmap` consumes this value; another process (the next
+    // back-end) may map the same file, and nobody makes Rust references
+    // into it: SharedMem only copies and uses atomics.
+    Ok(unsafe { xbb::shmem::SharedMem::new(base, len) })
+}
+
+/// Unmaps memory [`map_shared`] mapped.
+pub(crate) fn unmap(mem: xbb::shmem::SharedMem) {
+    // SAFETY: `mem` came from `map_shared` (its whole mapping) and is
+    // consumed: nothing refers to the range any more.
+    unsafe { libc::munmap(mem.as_ptr().cast(), mem.len()) };
+}

@@ -9,48 +9,18 @@
 //! Skipped with a message where libnbd, nbdkit or the header is missing,
 //! unless `XBB_REQUIRE_NBD` is set.
 
-use std::collections::HashMap;
-use std::io::Write as _;
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use xbb::host::{IoError, IoTag, OpenError};
-use xbb_ustore::{open_nbd_store, CompletionFn, NbdSpec, RawIoVec, StoreIo, UserStore};
+use xbb_testing::cc::check_c;
+use xbb_ustore::{open_nbd_store, NbdSpec, RawIoVec, StoreIo, UserStore};
 use xbb_ustore::{NBD_C_CONSTANTS as C_CONSTANTS, NBD_C_PROTOTYPES as C_PROTOTYPES};
 
 mod support;
-use support::{unavailable, NbdServer};
+use support::{read, unavailable, write, Collector as Done, NbdServer};
 
 const MEDIUM: u64 = 1 << 20;
-const HANG_GUARD: Duration = Duration::from_secs(120);
-
-#[derive(Default)]
-struct Done {
-    got: Mutex<HashMap<u32, Result<(), IoError>>>,
-    cv: Condvar,
-}
-
-impl Done {
-    fn completion(self: &Arc<Self>) -> CompletionFn {
-        let me = Arc::clone(self);
-        Arc::new(move |tag: IoTag, r| {
-            let dup = me.got.lock().unwrap().insert(tag.0, r).is_some();
-            assert!(!dup, "two completions for {tag:?}");
-            me.cv.notify_all();
-        })
-    }
-
-    fn wait(&self, tag: u32) -> Result<(), IoError> {
-        let g = self.got.lock().unwrap();
-        let (mut g, t) = self
-            .cv
-            .wait_timeout_while(g, HANG_GUARD, |g| !g.contains_key(&tag))
-            .unwrap();
-        assert!(!t.timed_out(), "no completion for tag {tag}");
-        g.remove(&tag).unwrap()
-    }
-}
 
 /// A page-aligned buffer (kept alive by the test while I/O runs).
 struct Buf(Vec<u8>);
@@ -69,31 +39,29 @@ impl Buf {
 
 fn run(s: &dyn UserStore, done: &Done, tag: u32, io: StoreIo) -> Result<(), IoError> {
     s.submit(IoTag(tag), io)?;
-    done.wait(tag)
-}
-
-fn write_at(
-    s: &dyn UserStore,
-    done: &Done,
-    tag: u32,
-    offset: u64,
-    iov: Vec<RawIoVec>,
-) -> Result<(), IoError> {
-    run(s, done, tag, StoreIo::Write { offset, iov })
-}
-
-fn read_at(
-    s: &dyn UserStore,
-    done: &Done,
-    tag: u32,
-    offset: u64,
-    iov: Vec<RawIoVec>,
-) -> Result<(), IoError> {
-    run(s, done, tag, StoreIo::Read { offset, iov })
+    done.wait(IoTag(tag))
 }
 
 fn open(spec: &NbdSpec, done: &Arc<Done>) -> Result<Box<dyn UserStore>, OpenError> {
     open_nbd_store(spec, done.completion())
+}
+
+/// The server `srv` (`None`: skipped), a store on its export, and the
+/// store's completions.
+fn open_on(srv: Option<NbdServer>) -> Option<(NbdServer, Arc<Done>, Box<dyn UserStore>)> {
+    let srv = srv?;
+    let done = Arc::new(Done::default());
+    let s = open(&NbdSpec::new(&srv.uri), &done).unwrap();
+    Some((srv, done, s))
+}
+
+/// nbdkit's memory plugin behind its log filter (and `filters`), which
+/// logs every command to the server's file `log` (see [`logged`]).
+fn logged_server(what: &str, filters: &[&str]) -> Option<NbdServer> {
+    let extra: Vec<&str> = ["--filter=log"].iter().chain(filters).copied().collect();
+    NbdServer::nbdkit_with(what, MEDIUM, &extra, |dir| {
+        vec![format!("logfile={}", dir.join("log").display())]
+    })
 }
 
 /// Every libnbd function and constant the store declares, compiled against
@@ -115,23 +83,9 @@ fn declarations_match_libnbd_h() {
         c.push_str(&format!("_Static_assert({name} == {v}, \"{name}\");\n"));
     }
     let compile = |src: &str| -> bool {
-        let mut child = Command::new("cc")
-            .args(["-x", "c", "-fsyntax-only", "-Werror", "-"])
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("a C compiler (cc)");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(src.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        if !out.status.success() {
-            eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-        }
-        out.status.success()
+        check_c::<[&str; 0], _>([], src)
+            .map_err(|e| eprintln!("{e}"))
+            .is_ok()
     };
     assert!(compile(&c), "declarations differ from <libnbd.h>:\n{c}");
     let wrong = format!("{c}int (*p_wrong)(struct nbd_handle *, int) = nbd_aio_get_fd;\n");
@@ -187,36 +141,16 @@ fn bad_uris_and_unreachable_servers_are_refused() {
 
 #[test]
 fn requests_past_the_end_of_the_export_fail_and_change_nothing() {
-    let Some(srv) = NbdServer::nbdkit("end", MEDIUM, &[], &[]) else {
+    let Some((_srv, done, s)) = open_on(NbdServer::nbdkit("end", MEDIUM, &[], &[])) else {
         return;
     };
-    let done = Arc::new(Done::default());
-    let s = open(&NbdSpec::new(&srv.uri), &done).unwrap();
     let mut a = Buf::new(4096, 0x5A);
-    assert_eq!(write_at(&*s, &done, 1, MEDIUM - 4096, a.iov()), Ok(()));
+    assert_eq!(run(&*s, &done, 1, write(MEDIUM - 4096, a.iov())), Ok(()));
     let mut big = Buf::new(8192, 0x77);
     for (tag, io) in [
-        (
-            2,
-            StoreIo::Write {
-                offset: MEDIUM - 4096,
-                iov: big.iov(),
-            },
-        ),
-        (
-            3,
-            StoreIo::Read {
-                offset: MEDIUM - 4096,
-                iov: big.iov(),
-            },
-        ),
-        (
-            4,
-            StoreIo::Read {
-                offset: MEDIUM,
-                iov: big.iov(),
-            },
-        ),
+        (2, write(MEDIUM - 4096, big.iov())),
+        (3, read(MEDIUM - 4096, big.iov())),
+        (4, read(MEDIUM, big.iov())),
         (
             5,
             StoreIo::Discard {
@@ -225,18 +159,12 @@ fn requests_past_the_end_of_the_export_fail_and_change_nothing() {
                 secure: false,
             },
         ),
-        (
-            6,
-            StoreIo::Write {
-                offset: u64::MAX - 511,
-                iov: big.iov(),
-            },
-        ),
+        (6, write(u64::MAX - 511, big.iov())),
     ] {
         assert_eq!(run(&*s, &done, tag, io), Err(IoError::Io), "tag {tag}");
     }
     let mut r = Buf::new(4096, 0);
-    assert_eq!(read_at(&*s, &done, 7, MEDIUM - 4096, r.iov()), Ok(()));
+    assert_eq!(run(&*s, &done, 7, read(MEDIUM - 4096, r.iov())), Ok(()));
     assert!(r.0.iter().all(|&b| b == 0x5A), "the refused I/O wrote");
     s.close();
 }
@@ -245,21 +173,20 @@ fn requests_past_the_end_of_the_export_fail_and_change_nothing() {
 fn a_read_only_export_that_neither_flushes_nor_trims() {
     // nbdkit's pattern plugin: read-only, no flush, no trim; every 8-byte
     // word holds its own offset, big-endian.
-    let Some(srv) = NbdServer::plugin("pattern", "pattern", MEDIUM, &[], &[]) else {
+    let Some((_srv, done, s)) = open_on(NbdServer::plugin("pattern", "pattern", MEDIUM, &[], &[]))
+    else {
         return;
     };
-    let done = Arc::new(Done::default());
-    let s = open(&NbdSpec::new(&srv.uri), &done).unwrap();
     let info = s.info();
     assert!(
         info.read_only && !info.can_flush && !info.can_discard,
         "{info:?}"
     );
     let mut b = Buf::new(4096, 0);
-    assert_eq!(read_at(&*s, &done, 1, 8192, b.iov()), Ok(()));
+    assert_eq!(run(&*s, &done, 1, read(8192, b.iov())), Ok(()));
     let word = u64::from_be_bytes(b.0[8..16].try_into().unwrap());
     assert_eq!(word, 8192 + 8);
-    assert_eq!(write_at(&*s, &done, 2, 0, b.iov()), Err(IoError::Io));
+    assert_eq!(run(&*s, &done, 2, write(0, b.iov())), Err(IoError::Io));
     assert_eq!(
         run(&*s, &done, 3, StoreIo::Flush),
         Err(IoError::NotSupported)
@@ -284,7 +211,7 @@ fn a_read_only_export_that_neither_flushes_nor_trims() {
 fn block_size_constraints_shape_the_medium_and_the_commands() {
     // Minimum 4096 (the store's sectors grow to it), maximum 64 KiB (a
     // larger request is split; the filter refuses anything bigger).
-    let Some(srv) = NbdServer::nbdkit(
+    let srv = NbdServer::nbdkit(
         "blocksize",
         MEDIUM,
         &["--filter=blocksize-policy"],
@@ -294,60 +221,42 @@ fn block_size_constraints_shape_the_medium_and_the_commands() {
             "blocksize-maximum=65536",
             "blocksize-error-policy=error",
         ],
-    ) else {
+    );
+    let Some((_srv, done, s)) = open_on(srv) else {
         return;
     };
-    let done = Arc::new(Done::default());
-    let s = open(&NbdSpec::new(&srv.uri), &done).unwrap();
     let info = s.info();
     assert_eq!((info.sector_size, info.physical_sector_size), (4096, 65536));
     let mut w = Buf::new(256 << 10, 0);
     for (i, b) in w.0.iter_mut().enumerate() {
         *b = (i / 4096) as u8;
     }
-    assert_eq!(write_at(&*s, &done, 1, 0, w.iov()), Ok(()));
+    assert_eq!(run(&*s, &done, 1, write(0, w.iov())), Ok(()));
     let mut r = Buf::new(256 << 10, 0xFF);
-    assert_eq!(read_at(&*s, &done, 2, 0, r.iov()), Ok(()));
+    assert_eq!(run(&*s, &done, 2, read(0, r.iov())), Ok(()));
     assert!(r.0 == w.0);
     let mut small = Buf::new(512, 0);
-    assert_eq!(read_at(&*s, &done, 3, 0, small.iov()), Err(IoError::Io));
+    assert_eq!(run(&*s, &done, 3, read(0, small.iov())), Err(IoError::Io));
     s.close();
 }
 
 #[test]
 fn a_server_killed_with_io_on_the_wire_fails_it_and_every_later_io() {
     // Reads wait 10 s in the server: one is surely in flight when it dies.
-    let Some(mut srv) = NbdServer::nbdkit("killed", MEDIUM, &["--filter=delay"], &["rdelay=10"])
-    else {
+    let srv = NbdServer::nbdkit("killed", MEDIUM, &["--filter=delay"], &["rdelay=10"]);
+    let Some((mut srv, done, s)) = open_on(srv) else {
         return;
     };
-    let done = Arc::new(Done::default());
-    let s = open(&NbdSpec::new(&srv.uri), &done).unwrap();
     let mut b = Buf::new(4096, 0);
-    s.submit(
-        IoTag(1),
-        StoreIo::Read {
-            offset: 0,
-            iov: b.iov(),
-        },
-    )
-    .unwrap();
+    s.submit(IoTag(1), read(0, b.iov())).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let t = Instant::now();
     srv.kill();
-    let r = done.wait(1);
+    let r = done.wait(IoTag(1));
     assert!(matches!(r, Err(IoError::Gone | IoError::Io)), "{r:?}");
     assert!(t.elapsed() < Duration::from_secs(9), "waited for the delay");
     for tag in 2..5 {
-        let r = run(
-            &*s,
-            &done,
-            tag,
-            StoreIo::Read {
-                offset: 0,
-                iov: b.iov(),
-            },
-        );
+        let r = run(&*s, &done, tag, read(0, b.iov()));
         assert_eq!(r, Err(IoError::Gone), "tag {tag}");
     }
     assert_eq!(run(&*s, &done, 9, StoreIo::Flush), Err(IoError::Gone));
@@ -366,16 +275,9 @@ fn closing_cuts_off_a_server_that_stopped_answering() {
     };
     let s = open(&spec, &done).unwrap();
     let mut b = Buf::new(4096, 0);
-    assert_eq!(read_at(&*s, &done, 1, 0, b.iov()), Ok(()));
+    assert_eq!(run(&*s, &done, 1, read(0, b.iov())), Ok(()));
     srv.signal("STOP");
-    s.submit(
-        IoTag(2),
-        StoreIo::Read {
-            offset: 0,
-            iov: b.iov(),
-        },
-    )
-    .unwrap();
+    s.submit(IoTag(2), read(0, b.iov())).unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let t = Instant::now();
     s.close();
@@ -383,7 +285,7 @@ fn closing_cuts_off_a_server_that_stopped_answering() {
         t.elapsed() < Duration::from_secs(20),
         "close hung on the server"
     );
-    let r = done.wait(2);
+    let r = done.wait(IoTag(2));
     assert!(matches!(r, Err(IoError::Gone | IoError::Io)), "{r:?}");
     srv.signal("CONT");
 }
@@ -394,11 +296,9 @@ fn scattered_buffers_bounced_or_not_land_in_order() {
     // back to front: more than the store's bounce chunks, so some go out
     // through a chunk and some piece by piece; and one I/O larger than a
     // chunk. Read back with another split, every byte in its place.
-    let Some(srv) = NbdServer::nbdkit("scatter", 16 << 20, &[], &[]) else {
+    let Some((_srv, done, s)) = open_on(NbdServer::nbdkit("scatter", 16 << 20, &[], &[])) else {
         return;
     };
-    let done = Arc::new(Done::default());
-    let s = open(&NbdSpec::new(&srv.uri), &done).unwrap();
     const N: usize = 64;
     const LEN: usize = 64 << 10;
     let piece = LEN / 8;
@@ -430,7 +330,7 @@ fn scattered_buffers_bounced_or_not_land_in_order() {
         .unwrap();
     }
     for i in 0..N {
-        assert_eq!(done.wait(i as u32), Ok(()), "write {i}");
+        assert_eq!(done.wait(IoTag(i as u32)), Ok(()), "write {i}");
     }
     // On the medium, piece k of the I/O holds the buffer's piece 7 - k.
     let mut dsts: Vec<Buf> = (0..N).map(|_| Buf::new(LEN, 0xEE)).collect();
@@ -446,7 +346,7 @@ fn scattered_buffers_bounced_or_not_land_in_order() {
         .unwrap();
     }
     for i in 0..N {
-        assert_eq!(done.wait(1000 + i as u32), Ok(()), "read {i}");
+        assert_eq!(done.wait(IoTag(1000 + i as u32)), Ok(()), "read {i}");
     }
     for i in 0..N {
         // Written backwards by pieces of `piece`, read backwards by halves:
@@ -482,7 +382,7 @@ fn scattered_buffers_bounced_or_not_land_in_order() {
         Ok(())
     );
     let mut back = Buf::new(2 << 20, 0);
-    assert_eq!(read_at(&*s, &done, 5001, 8 << 20, back.iov()), Ok(()));
+    assert_eq!(run(&*s, &done, 5001, read(8 << 20, back.iov())), Ok(()));
     for p in 0..512 {
         let want = &big.0[(511 - p) * 4096..(512 - p) * 4096];
         assert!(&back.0[p * 4096..(p + 1) * 4096] == want, "big piece {p}");
@@ -509,17 +409,11 @@ fn logged(log: &std::path::Path) -> Vec<(String, u64, u64, String)> {
 
 #[test]
 fn writes_of_zeros_become_write_zeroes() {
-    let dir = std::env::temp_dir().join(format!("xbb-nbd-zlog-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let log = dir.join("log");
-    let logfile = format!("logfile={}", log.display());
-    let Some(srv) = NbdServer::nbdkit("zeroes", MEDIUM, &["--filter=log"], &[&logfile]) else {
+    let Some((srv, done, s)) = open_on(logged_server("zeroes", &[])) else {
         return;
     };
-    let done = Arc::new(Done::default());
-    let s = open(&NbdSpec::new(&srv.uri), &done).unwrap();
     let mut data = Buf::new(65536, 0xAB);
-    assert_eq!(write_at(&*s, &done, 1, 0, data.iov()), Ok(()));
+    assert_eq!(run(&*s, &done, 1, write(0, data.iov())), Ok(()));
     // Zeros in four pieces, out of order; and a write of zeros but one
     // byte, which must go out as data.
     let mut z = Buf::new(32768, 0);
@@ -537,9 +431,9 @@ fn writes_of_zeros_become_write_zeroes() {
     );
     let mut almost = Buf::new(8192, 0);
     almost.0[8191] = 1;
-    assert_eq!(write_at(&*s, &done, 3, 49152, almost.iov()), Ok(()));
+    assert_eq!(run(&*s, &done, 3, write(49152, almost.iov())), Ok(()));
     let mut back = Buf::new(65536, 0xEE);
-    assert_eq!(read_at(&*s, &done, 4, 0, back.iov()), Ok(()));
+    assert_eq!(run(&*s, &done, 4, read(0, back.iov())), Ok(()));
     s.close();
     assert!(back.0[..8192].iter().all(|&b| b == 0xAB));
     assert!(back.0[8192..40960].iter().all(|&b| b == 0), "zeros");
@@ -549,7 +443,7 @@ fn writes_of_zeros_become_write_zeroes() {
     assert!(back.0[57344..].iter().all(|&b| b == 0xAB));
     // nbdkit's memory plugin trims, so the zeroed range may become a hole
     // (no NO_HOLE flag: the filter logs "trim=1").
-    let cmds = logged(&log);
+    let cmds = logged(&srv.file("log"));
     let zero: Vec<_> = cmds.iter().filter(|c| c.0 == "Zero").collect();
     assert_eq!(zero.len(), 1, "{cmds:?}");
     assert_eq!((zero[0].1, zero[0].2), (8192, 32768), "{cmds:?}");
@@ -563,100 +457,64 @@ fn writes_of_zeros_become_write_zeroes() {
         !cmds.iter().any(|c| c.0 == "Write" && c.1 == 8192),
         "the zeros went out as data: {cmds:?}"
     );
-    drop(srv);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn without_write_zeroes_zeros_are_written_as_data() {
-    let dir = std::env::temp_dir().join(format!("xbb-nbd-nozero-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let log = dir.join("log");
-    let logfile = format!("logfile={}", log.display());
-    let Some(srv) = NbdServer::nbdkit(
-        "nozero",
-        MEDIUM,
-        &["--filter=log", "--filter=nozero"],
-        &[&logfile],
-    ) else {
+    let Some((srv, done, s)) = open_on(logged_server("nozero", &["--filter=nozero"])) else {
         return;
     };
-    let done = Arc::new(Done::default());
-    let s = open(&NbdSpec::new(&srv.uri), &done).unwrap();
     let mut data = Buf::new(16384, 0x5C);
     let mut zeros = Buf::new(8192, 0);
-    assert_eq!(write_at(&*s, &done, 1, 0, data.iov()), Ok(()));
-    assert_eq!(write_at(&*s, &done, 2, 4096, zeros.iov()), Ok(()));
+    assert_eq!(run(&*s, &done, 1, write(0, data.iov())), Ok(()));
+    assert_eq!(run(&*s, &done, 2, write(4096, zeros.iov())), Ok(()));
     let mut back = Buf::new(16384, 0xEE);
-    assert_eq!(read_at(&*s, &done, 3, 0, back.iov()), Ok(()));
+    assert_eq!(run(&*s, &done, 3, read(0, back.iov())), Ok(()));
     s.close();
     assert!(back.0[..4096].iter().all(|&b| b == 0x5C));
     assert!(back.0[4096..12288].iter().all(|&b| b == 0));
     assert!(back.0[12288..].iter().all(|&b| b == 0x5C));
-    let cmds = logged(&log);
+    let cmds = logged(&srv.file("log"));
     assert!(!cmds.iter().any(|c| c.0 == "Zero"), "{cmds:?}");
     assert!(
         cmds.iter()
             .any(|c| c.0 == "Write" && c.1 == 4096 && c.2 == 8192),
         "{cmds:?}"
     );
-    drop(srv);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn server_errors_fail_the_io_and_the_store_carries_on() {
     // While the file exists the server fails reads, trims and zeroes with
     // EIO and writes with ENOSPC (nbdkit's error filter).
-    let dir = std::env::temp_dir().join(format!("xbb-nbd-errors-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let fail = dir.join("fail");
-    let f = fail.display();
-    let params = [
-        format!("error-file={f}"),
-        String::from("error=EIO"),
-        String::from("error-rate=100%"),
-        format!("error-pwrite-file={f}"),
-        String::from("error-pwrite=ENOSPC"),
-        String::from("error-pwrite-rate=100%"),
-    ];
-    let params: Vec<&str> = params.iter().map(String::as_str).collect();
-    let Some(srv) = NbdServer::nbdkit("errors", MEDIUM, &["--filter=error"], &params) else {
+    let params = |dir: &std::path::Path| {
+        let f = dir.join("fail");
+        let f = f.display();
+        vec![
+            format!("error-file={f}"),
+            String::from("error=EIO"),
+            String::from("error-rate=100%"),
+            format!("error-pwrite-file={f}"),
+            String::from("error-pwrite=ENOSPC"),
+            String::from("error-pwrite-rate=100%"),
+        ]
+    };
+    let srv = NbdServer::nbdkit_with("errors", MEDIUM, &["--filter=error"], params);
+    let Some((srv, done, s)) = open_on(srv) else {
         return;
     };
-    let done = Arc::new(Done::default());
-    let s = open(&NbdSpec::new(&srv.uri), &done).unwrap();
+    let fail = srv.file("fail");
     let mut a = Buf::new(8192, 0x42);
-    let write = |tag, b: &mut Buf| {
-        run(
-            &*s,
-            &done,
-            tag,
-            StoreIo::Write {
-                offset: 0,
-                iov: b.iov(),
-            },
-        )
-    };
-    assert_eq!(write(1, &mut a), Ok(()));
+    let write0 = |tag, b: &mut Buf| run(&*s, &done, tag, write(0, b.iov()));
+    assert_eq!(write0(1, &mut a), Ok(()));
     std::fs::write(&fail, b"").unwrap();
     let mut b = Buf::new(8192, 0x77);
     let mut zeros = Buf::new(8192, 0);
     let mut r = Buf::new(8192, 0);
-    assert_eq!(write(2, &mut b), Err(IoError::NoSpace), "write");
-    assert_eq!(write(3, &mut zeros), Err(IoError::Io), "write of zeros");
-    let read = |tag, r: &mut Buf| {
-        run(
-            &*s,
-            &done,
-            tag,
-            StoreIo::Read {
-                offset: 0,
-                iov: r.iov(),
-            },
-        )
-    };
-    assert_eq!(read(4, &mut r), Err(IoError::Io), "read");
+    assert_eq!(write0(2, &mut b), Err(IoError::NoSpace), "write");
+    assert_eq!(write0(3, &mut zeros), Err(IoError::Io), "write of zeros");
+    let read0 = |tag, r: &mut Buf| run(&*s, &done, tag, read(0, r.iov()));
+    assert_eq!(read0(4, &mut r), Err(IoError::Io), "read");
     let discard = StoreIo::Discard {
         offset: 0,
         len: 4096,
@@ -666,17 +524,15 @@ fn server_errors_fail_the_io_and_the_store_carries_on() {
     // The server recovers: the connection was never lost, the data is
     // what the last successful write left.
     std::fs::remove_file(&fail).unwrap();
-    assert_eq!(read(6, &mut r), Ok(()));
+    assert_eq!(read0(6, &mut r), Ok(()));
     assert!(
         r.0.iter().all(|&x| x == 0x42),
         "a failed write changed data"
     );
-    assert_eq!(write(7, &mut b), Ok(()));
-    assert_eq!(read(8, &mut r), Ok(()));
+    assert_eq!(write0(7, &mut b), Ok(()));
+    assert_eq!(read0(8, &mut r), Ok(()));
     assert!(r.0.iter().all(|&x| x == 0x77));
     s.close();
-    drop(srv);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -709,27 +565,15 @@ fn a_server_that_never_answers_the_handshake_is_given_up() {
 
 #[test]
 fn each_io_becomes_its_nbd_command() {
-    let dir = std::env::temp_dir().join(format!("xbb-nbd-cmds-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let log = dir.join("log");
-    let logfile = format!("logfile={}", log.display());
-    let Some(srv) = NbdServer::nbdkit("cmds", MEDIUM, &["--filter=log"], &[&logfile]) else {
+    let Some((srv, done, s)) = open_on(logged_server("cmds", &[])) else {
         return;
     };
-    let done = Arc::new(Done::default());
-    let s = open(&NbdSpec::new(&srv.uri), &done).unwrap();
     let mut w = Buf::new(8192, 0x3C);
     let mut r = Buf::new(4096, 0);
     let ios = [
-        StoreIo::Write {
-            offset: 65536,
-            iov: w.iov(),
-        },
+        write(65536, w.iov()),
         StoreIo::Flush,
-        StoreIo::Read {
-            offset: 65536,
-            iov: r.iov(),
-        },
+        read(65536, r.iov()),
         StoreIo::Discard {
             offset: 131072,
             len: 16384,
@@ -741,7 +585,7 @@ fn each_io_becomes_its_nbd_command() {
     }
     s.close();
     assert!(r.0.iter().all(|&b| b == 0x3C));
-    let cmds = logged(&log);
+    let cmds = logged(&srv.file("log"));
     let has = |cmd: &str, offset: u64, count: u64| {
         cmds.iter()
             .any(|c| c.0 == cmd && c.1 == offset && c.2 == count)
@@ -750,11 +594,9 @@ fn each_io_becomes_its_nbd_command() {
     assert!(has("Read", 65536, 4096), "{cmds:?}");
     assert!(has("Trim", 131072, 16384), "{cmds:?}");
     // A flush has no offset or count in the log: its own line.
-    let text = std::fs::read_to_string(&log).unwrap();
+    let text = std::fs::read_to_string(srv.file("log")).unwrap();
     assert!(
         text.lines().any(|l| l.split(' ').nth(3) == Some("Flush")),
         "{text}"
     );
-    drop(srv);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -25,7 +25,7 @@ use xbb_testing::alloc::{allocations_in, counted, start_counting, Counting};
 use xbb_ustore::{open_nbd_store, NbdSpec, RawIoVec, StoreIo, UserStore};
 
 mod support;
-use support::NbdServer;
+use support::{read, write, NbdServer};
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
@@ -100,28 +100,22 @@ fn batch(round: u64, data: &mut Mem, zeros: &mut Mem) -> Vec<StoreIo> {
     for i in 0..8u64 {
         let at = base + i * 65536;
         // One piece: sent as it is.
-        v.push(StoreIo::Write {
-            offset: at,
-            iov: vec![data.piece(0, 16384)],
-        });
+        v.push(write(at, vec![data.piece(0, 16384)]));
         // Scattered pieces, back to front: bounced.
-        v.push(StoreIo::Write {
-            offset: at + 16384,
-            iov: vec![data.piece(8192, 4096), data.piece(0, 4096)],
-        });
+        v.push(write(
+            at + 16384,
+            vec![data.piece(8192, 4096), data.piece(0, 4096)],
+        ));
         // Zeros: write-zeroes.
-        v.push(StoreIo::Write {
-            offset: at + 32768,
-            iov: vec![zeros.piece(4096, 4096), zeros.piece(0, 4096)],
-        });
-        v.push(StoreIo::Read {
-            offset: at,
-            iov: vec![data.piece(32768, 16384)],
-        });
-        v.push(StoreIo::Read {
-            offset: at + 16384,
-            iov: vec![data.piece(65536, 4096), data.piece(49152, 4096)],
-        });
+        v.push(write(
+            at + 32768,
+            vec![zeros.piece(4096, 4096), zeros.piece(0, 4096)],
+        ));
+        v.push(read(at, vec![data.piece(32768, 16384)]));
+        v.push(read(
+            at + 16384,
+            vec![data.piece(65536, 4096), data.piece(49152, 4096)],
+        ));
         v.push(StoreIo::Discard {
             offset: at + 49152,
             len: 8192,

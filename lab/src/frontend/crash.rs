@@ -453,6 +453,339 @@ struct CrashInFlight {
     pages: Vec<Page>,
 }
 
+/// Requests in flight over every queue of a front-end, at most the
+/// profile's queue depth (and the ring's size) per queue: the crash writes'
+/// and the read-back's.
+struct Pipeline {
+    inflight: HashMap<u64, CrashInFlight>,
+    per_queue: Vec<usize>,
+    /// Queues pushed to since the last publish.
+    touched: Vec<bool>,
+    next_q: usize,
+    depth: usize,
+}
+
+impl Pipeline {
+    fn new(fe: &Frontend) -> Pipeline {
+        let nq = fe.nqueues().max(1);
+        Pipeline {
+            inflight: HashMap::new(),
+            per_queue: std::vec![0; nq],
+            touched: std::vec![false; nq],
+            next_q: 0,
+            depth: (fe.profile.queue_depth.max(1) as usize).min(fe.info.ring_size.max(1) as usize),
+        }
+    }
+
+    /// The next queue in turn with room for one more request: under the
+    /// depth and with a free slot on its ring; `None` when every queue is
+    /// full.
+    fn queue(&self, fe: &mut Frontend) -> Option<usize> {
+        let nq = self.per_queue.len();
+        if self.inflight.len() >= self.depth * nq {
+            return None;
+        }
+        (0..nq).map(|k| (self.next_q + k) % nq).find(|&q| {
+            self.per_queue[q] < self.depth && fe.ring_q(q).is_ok_and(|r| r.free_slots() > 0)
+        })
+    }
+
+    /// Puts `req` on the ring of queue `r.queue` (not yet published); on a
+    /// full ring its pages are given back.
+    fn push(
+        &mut self,
+        fe: &mut Frontend,
+        req: &BlkifRequest,
+        r: CrashInFlight,
+    ) -> Result<(), FrontendError> {
+        let q = r.queue;
+        if !fe.ring_q(q)?.push_request(req) {
+            for p in r.pages {
+                fe.release_page(p)?;
+            }
+            return Err(FrontendError::RingFull);
+        }
+        self.inflight.insert(req.id, r);
+        self.per_queue[q] += 1;
+        self.touched[q] = true;
+        self.next_q = (q + 1) % self.per_queue.len();
+        Ok(())
+    }
+
+    /// Publishes and kicks every queue pushed to since the last time.
+    fn publish(&mut self, fe: &mut Frontend) -> Result<(), FrontendError> {
+        for (q, t) in self.touched.iter_mut().enumerate() {
+            if std::mem::take(t) {
+                fe.publish_and_kick_q(q)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes every response on every ring, each of which must answer a
+    /// request in flight on its queue, and hands it to `answered`; whether
+    /// any came.
+    fn take(
+        &mut self,
+        fe: &mut Frontend,
+        mut answered: impl FnMut(
+            &mut Frontend,
+            &BlkifResponse,
+            CrashInFlight,
+        ) -> Result<(), FrontendError>,
+    ) -> Result<bool, FrontendError> {
+        let mut got = false;
+        for q in 0..self.per_queue.len() {
+            while let Some(rsp) = take_checked(fe.ring_q(q)?, q)? {
+                got = true;
+                let r = match self.inflight.get(&rsp.id) {
+                    Some(r) if r.queue == q => self.inflight.remove(&rsp.id),
+                    _ => None,
+                };
+                let r = r.ok_or(FrontendError::UnknownResponse { id: rsp.id })?;
+                self.per_queue[q] -= 1;
+                answered(fe, &rsp, r)?;
+            }
+        }
+        Ok(got)
+    }
+}
+
+/// Grants the data pages of a request of `nsect` sectors (`readonly` for a
+/// write), each filled by `fill(fe, page, its first sector's index in the
+/// request, its sectors)`: the pages and their segments.
+fn request_pages(
+    fe: &mut Frontend,
+    nsect: u64,
+    readonly: bool,
+    mut fill: impl FnMut(&mut Frontend, Page, u64, u64) -> Result<(), FrontendError>,
+) -> Result<(Vec<Page>, Vec<Segment>), FrontendError> {
+    let mut pages = Vec::new();
+    let mut segs = Vec::new();
+    let mut done = 0;
+    while done < nsect {
+        let n = (nsect - done).min(SECTORS_PER_PAGE);
+        let page = fe.data_page(readonly)?;
+        fill(fe, page, done, n)?;
+        pages.push(page);
+        segs.push(Segment {
+            gref: page.gref,
+            first_sect: 0,
+            last_sect: (n - 1) as u8,
+        });
+        done += n;
+    }
+    Ok((pages, segs))
+}
+
+/// Where [`run_crash_writes`] writes: `nsect`-sector writes at `slots`
+/// places `align` sectors apart from sector `start`.
+struct CrashPlaces {
+    start: u64,
+    align: u64,
+    nsect: u64,
+    slots: u64,
+}
+
+impl CrashPlaces {
+    /// The places of `wl` on the connected, otherwise idle front-end `fe`,
+    /// once the back-end offers what `wl` needs and `j` is of its region.
+    fn of(fe: &Frontend, wl: &CrashWorkload, j: &Journal) -> Result<CrashPlaces, FrontendError> {
+        fe.check_idle()?;
+        let info = &fe.info;
+        match wl.sync {
+            SyncMode::Flush if !info.flush => {
+                return Err(FrontendError::Invalid(
+                    "the back-end does not offer feature-flush-cache".into(),
+                ))
+            }
+            SyncMode::Barrier if !info.barrier => {
+                return Err(FrontendError::Invalid(
+                    "the back-end does not offer feature-barrier".into(),
+                ))
+            }
+            _ => {}
+        }
+        if j.region() != wl.region_sectors {
+            return Err(FrontendError::Invalid(
+                "the journal is of another region".into(),
+            ));
+        }
+        let align = (u64::from(info.sector_size.max(512)) / 512).max(1);
+        let max_sect = u64::from(fe.profile.max_segments) * SECTORS_PER_PAGE;
+        let nsect = wl.io_sectors.max(1).div_ceil(align) * align;
+        if nsect > max_sect {
+            return Err(FrontendError::Invalid(format!(
+                "writes of {nsect} sectors do not fit {} inline segments",
+                fe.profile.max_segments
+            )));
+        }
+        let (r0, rlen) = wl.region_sectors;
+        let start = r0.div_ceil(align) * align;
+        let end = r0 + rlen;
+        if end > info.sectors || end < start + nsect {
+            return Err(FrontendError::Invalid(
+                "region beyond the medium or smaller than one write".into(),
+            ));
+        }
+        Ok(CrashPlaces {
+            start,
+            align,
+            nsect,
+            slots: (end - start - nsect) / align + 1,
+        })
+    }
+
+    /// A random place no write in flight touches (a few tries).
+    fn pick(&self, rng: &mut u64, inflight: &HashMap<u64, CrashInFlight>) -> Option<u64> {
+        (0..8)
+            .map(|_| self.start + splitmix(rng) % self.slots * self.align)
+            .find(|&s| {
+                inflight
+                    .values()
+                    .all(|r| r.nsect == 0 || s + self.nsect <= r.sector || r.sector + r.nsect <= s)
+            })
+    }
+}
+
+/// [`run_crash_writes`] under way.
+struct CrashWriter<'a> {
+    wl: &'a CrashWorkload,
+    places: CrashPlaces,
+    rng: u64,
+    round: CrashRound,
+    issued: u64,
+    since_sync: u64,
+    /// The disk stopped answering (or the back-end left Connected): no
+    /// more writes.
+    stopped: bool,
+}
+
+impl CrashWriter<'_> {
+    /// Issues flushes and writes while the pipeline has room.
+    fn issue(
+        &mut self,
+        fe: &mut Frontend,
+        p: &mut Pipeline,
+        j: &mut Journal,
+    ) -> Result<(), FrontendError> {
+        let every = u64::from(self.wl.every.max(1));
+        while !self.stopped && self.issued < self.wl.ops {
+            let Some(queue) = p.queue(fe) else {
+                break;
+            };
+            if self.wl.sync == SyncMode::Flush && self.since_sync >= every {
+                let req = BlkifRequest::rw(BLKIF_OP_FLUSH_DISKCACHE, fe.new_id(), 0, &[]);
+                let entry = j.flush(queue);
+                let r = CrashInFlight {
+                    entry,
+                    queue,
+                    sector: 0,
+                    nsect: 0,
+                    pages: Vec::new(),
+                };
+                p.push(fe, &req, r)?;
+                self.round.flushes += 1;
+                self.since_sync = 0;
+                continue;
+            }
+            let Some(sector) = self.places.pick(&mut self.rng, &p.inflight) else {
+                break;
+            };
+            let barrier = self.wl.sync == SyncMode::Barrier && self.since_sync + 1 >= every;
+            let nsect = self.places.nsect;
+            let (entry, gen) = j.write(queue, sector, nsect, barrier);
+            let mut buf = [0u8; SECTOR];
+            let (pages, segs) = request_pages(fe, nsect, true, |fe, page, first, n| {
+                for k in 0..n {
+                    sector_pattern(sector + first + k, gen, &mut buf);
+                    fe.guest
+                        .memory
+                        .write(page.gfn, k as usize * SECTOR, &buf)
+                        .map_err(|e| FrontendError::Os(format!("{e:?}")))?;
+                }
+                Ok(())
+            })?;
+            let op = if barrier {
+                BLKIF_OP_WRITE_BARRIER
+            } else {
+                BLKIF_OP_WRITE
+            };
+            let req = BlkifRequest::rw(op, fe.new_id(), sector, &segs);
+            let r = CrashInFlight {
+                entry,
+                queue,
+                sector,
+                nsect,
+                pages,
+            };
+            p.push(fe, &req, r)?;
+            self.issued += 1;
+            self.round.writes += 1;
+            self.since_sync = if barrier { 0 } else { self.since_sync + 1 };
+        }
+        p.publish(fe)
+    }
+
+    /// Takes what came, waiting (bounded) when nothing did; `false` once
+    /// the back-end left Connected (it has answered all it will: the
+    /// requests still in flight stay unanswered, their pages orphaned).
+    fn collect(
+        &mut self,
+        fe: &mut Frontend,
+        p: &mut Pipeline,
+        j: &mut Journal,
+    ) -> Result<bool, FrontendError> {
+        let deadline = Instant::now() + fe.hang_guard;
+        loop {
+            let round = &mut self.round;
+            let stopped = &mut self.stopped;
+            let got = p.take(fe, |fe, rsp, r| {
+                let ok = rsp.status == BLKIF_RSP_OKAY;
+                j.answered(r.entry, ok);
+                if ok {
+                    round.okay += 1;
+                    round.bytes_written += r.nsect * SECTOR as u64;
+                } else {
+                    round.failed += 1;
+                    *stopped = true;
+                }
+                for page in r.pages {
+                    fe.release_page(page)?;
+                }
+                Ok(())
+            })?;
+            if got {
+                return Ok(true);
+            }
+            if fe.backend_state() != XenbusState::Connected {
+                self.stopped = true;
+                // Anything it published before it closed is on the ring.
+                if fe.final_check_all()? {
+                    continue;
+                }
+                self.round.unanswered = p.inflight.len() as u64;
+                for (_, r) in p.inflight.drain() {
+                    fe.orphans.extend(r.pages);
+                }
+                return Ok(false);
+            }
+            // Wake on an event, and look at the back-end's state at least
+            // every 50 ms.
+            let wake = (Instant::now() + Duration::from_millis(50)).min(deadline);
+            if !fe.await_event(deadline, wake)? {
+                return Err(FrontendError::Timeout {
+                    what: format!(
+                        "responses to {} crash-workload request(s) (back-end {:?})",
+                        p.inflight.len(),
+                        fe.backend_state()
+                    ),
+                });
+            }
+        }
+    }
+}
+
 /// Runs `wl` on a connected front-end, recording everything in `j` (whose
 /// region is `wl.region_sectors`): keeps the profile's queue depth of
 /// writes in flight over every queue, each one write of its own pattern;
@@ -465,237 +798,26 @@ pub fn run_crash_writes(
     wl: &CrashWorkload,
     j: &mut Journal,
 ) -> Result<CrashRound, FrontendError> {
-    if fe.conn.is_none() {
-        return Err(FrontendError::NotConnected);
-    }
-    if !fe.manual.is_empty() {
-        return Err(FrontendError::Invalid("manual requests in flight".into()));
-    }
-    let info = fe.info.clone();
-    match wl.sync {
-        SyncMode::Flush if !info.flush => {
-            return Err(FrontendError::Invalid(
-                "the back-end does not offer feature-flush-cache".into(),
-            ))
-        }
-        SyncMode::Barrier if !info.barrier => {
-            return Err(FrontendError::Invalid(
-                "the back-end does not offer feature-barrier".into(),
-            ))
-        }
-        _ => {}
-    }
-    if j.region() != wl.region_sectors {
-        return Err(FrontendError::Invalid(
-            "the journal is of another region".into(),
-        ));
-    }
-    let align = (u64::from(info.sector_size.max(512)) / 512).max(1);
-    let max_sect = u64::from(fe.profile.max_segments) * SECTORS_PER_PAGE;
-    let nsect = wl.io_sectors.max(1).div_ceil(align) * align;
-    if nsect > max_sect {
-        return Err(FrontendError::Invalid(format!(
-            "writes of {nsect} sectors do not fit {} inline segments",
-            fe.profile.max_segments
-        )));
-    }
-    let (r0, rlen) = wl.region_sectors;
-    let start = r0.div_ceil(align) * align;
-    let end = r0 + rlen;
-    if end > info.sectors || end < start + nsect {
-        return Err(FrontendError::Invalid(
-            "region beyond the medium or smaller than one write".into(),
-        ));
-    }
-    let slots = (end - start - nsect) / align + 1;
-    let qd = (fe.profile.queue_depth.max(1) as usize).min(info.ring_size.max(1) as usize);
-    let nq = fe.nqueues().max(1);
-    let every = u64::from(wl.every.max(1));
-    let guard = fe.hang_guard;
-    let mut rng = wl.seed ^ 0xC4A5_4C0D_E5EE_D5ED;
-    let mut inflight: HashMap<u64, CrashInFlight> = HashMap::new();
-    let mut per_queue = std::vec![0usize; nq];
-    let mut next_q = 0usize;
-    let mut round = CrashRound::default();
-    let mut issued = 0u64;
-    let mut since_sync = 0u64;
-    let mut stopped = false;
-    let mut buf = [0u8; SECTOR];
+    let mut w = CrashWriter {
+        wl,
+        places: CrashPlaces::of(fe, wl, j)?,
+        rng: wl.seed ^ 0xC4A5_4C0D_E5EE_D5ED,
+        round: CrashRound::default(),
+        issued: 0,
+        since_sync: 0,
+        stopped: false,
+    };
+    let mut p = Pipeline::new(fe);
     loop {
-        // Issue while there is room.
-        let mut touched = std::vec![false; nq];
-        while !stopped && issued < wl.ops && inflight.len() < qd * nq {
-            let q = (0..nq)
-                .map(|k| (next_q + k) % nq)
-                .find(|&q| per_queue[q] < qd && fe.ring_q(q).is_ok_and(|r| r.free_slots() > 0));
-            let Some(q) = q else {
-                break;
-            };
-            if wl.sync == SyncMode::Flush && since_sync >= every {
-                let id = fe.new_id();
-                let req = BlkifRequest::rw(BLKIF_OP_FLUSH_DISKCACHE, id, 0, &[]);
-                if !fe.ring_q(q)?.push_request(&req) {
-                    return Err(FrontendError::RingFull);
-                }
-                let entry = j.flush(q);
-                inflight.insert(
-                    id,
-                    CrashInFlight {
-                        entry,
-                        queue: q,
-                        sector: 0,
-                        nsect: 0,
-                        pages: Vec::new(),
-                    },
-                );
-                per_queue[q] += 1;
-                touched[q] = true;
-                next_q = (q + 1) % nq;
-                round.flushes += 1;
-                since_sync = 0;
-                continue;
-            }
-            // A place no write in flight touches.
-            let mut sector = None;
-            for _ in 0..8 {
-                let s = start + splitmix(&mut rng) % slots * align;
-                let free = inflight
-                    .values()
-                    .all(|r| r.nsect == 0 || s + nsect <= r.sector || r.sector + r.nsect <= s);
-                if free {
-                    sector = Some(s);
-                    break;
-                }
-            }
-            let Some(sector) = sector else {
-                break;
-            };
-            let barrier = wl.sync == SyncMode::Barrier && since_sync + 1 >= every;
-            let (entry, gen) = j.write(q, sector, nsect, barrier);
-            let mut pages = Vec::new();
-            let mut segs = Vec::new();
-            let mut left = nsect;
-            let mut s = sector;
-            while left > 0 {
-                let n = left.min(SECTORS_PER_PAGE);
-                let page = fe.data_page(true)?;
-                for k in 0..n {
-                    sector_pattern(s + k, gen, &mut buf);
-                    fe.guest
-                        .memory
-                        .write(page.gfn, k as usize * SECTOR, &buf)
-                        .map_err(|e| FrontendError::Os(format!("{e:?}")))?;
-                }
-                pages.push(page);
-                segs.push(Segment {
-                    gref: page.gref,
-                    first_sect: 0,
-                    last_sect: (n - 1) as u8,
-                });
-                left -= n;
-                s += n;
-            }
-            let id = fe.new_id();
-            let op = if barrier {
-                BLKIF_OP_WRITE_BARRIER
-            } else {
-                BLKIF_OP_WRITE
-            };
-            let req = BlkifRequest::rw(op, id, sector, &segs);
-            if !fe.ring_q(q)?.push_request(&req) {
-                for p in pages {
-                    fe.release_page(p)?;
-                }
-                return Err(FrontendError::RingFull);
-            }
-            inflight.insert(
-                id,
-                CrashInFlight {
-                    entry,
-                    queue: q,
-                    sector,
-                    nsect,
-                    pages,
-                },
-            );
-            per_queue[q] += 1;
-            touched[q] = true;
-            next_q = (q + 1) % nq;
-            issued += 1;
-            round.writes += 1;
-            since_sync = if barrier { 0 } else { since_sync + 1 };
-        }
-        for (q, t) in touched.into_iter().enumerate() {
-            if t {
-                fe.publish_and_kick_q(q)?;
-            }
-        }
-        if inflight.is_empty() && (stopped || issued >= wl.ops) {
+        w.issue(fe, &mut p, j)?;
+        if p.inflight.is_empty() && (w.stopped || w.issued >= wl.ops) {
             break;
         }
-        // Take what came; wait (bounded) when nothing did.
-        let deadline = Instant::now() + guard;
-        let mut got = false;
-        while !got {
-            for (q, in_q) in per_queue.iter_mut().enumerate() {
-                while let Some(rsp) = take_checked(fe.ring_q(q)?, q)? {
-                    got = true;
-                    let r = match inflight.get(&rsp.id) {
-                        Some(r) if r.queue == q => inflight.remove(&rsp.id),
-                        _ => None,
-                    };
-                    let r = r.ok_or(FrontendError::UnknownResponse { id: rsp.id })?;
-                    *in_q -= 1;
-                    let ok = rsp.status == BLKIF_RSP_OKAY;
-                    j.answered(r.entry, ok);
-                    if ok {
-                        round.okay += 1;
-                        round.bytes_written += r.nsect * SECTOR as u64;
-                    } else {
-                        round.failed += 1;
-                        stopped = true;
-                    }
-                    for p in r.pages {
-                        fe.release_page(p)?;
-                    }
-                }
-            }
-            if got {
-                break;
-            }
-            // A back-end that left Connected has answered all it will.
-            if fe.backend_state() != XenbusState::Connected {
-                stopped = true;
-                // Anything it published before it closed is on the ring.
-                if fe.final_check_all()? {
-                    continue;
-                }
-                round.unanswered = inflight.len() as u64;
-                for (_, r) in inflight.drain() {
-                    fe.orphans.extend(r.pages);
-                }
-                return Ok(round);
-            }
-            let seen = *lock_sig(&fe.events);
-            if fe.final_check_all()? {
-                continue;
-            }
-            if Instant::now() >= deadline {
-                return Err(FrontendError::Timeout {
-                    what: format!(
-                        "responses to {} crash-workload request(s) (back-end {:?})",
-                        inflight.len(),
-                        fe.backend_state()
-                    ),
-                });
-            }
-            // Wake on an event, and look at the back-end's state at least
-            // every 50 ms.
-            let slice = (Instant::now() + Duration::from_millis(50)).min(deadline);
-            wait_change(&fe.events, seen, slice);
+        if !w.collect(fe, &mut p, j)? {
+            break;
         }
     }
-    Ok(round)
+    Ok(w.round)
 }
 
 /// Reads the `(first sector, sectors)` region back on a connected
@@ -706,7 +828,7 @@ pub fn read_region(fe: &mut Frontend, region: (u64, u64)) -> Result<Vec<Found>, 
     if fe.conn.is_none() {
         return Err(FrontendError::NotConnected);
     }
-    let info = fe.info.clone();
+    let info = &fe.info;
     let (r0, rlen) = region;
     if r0.checked_add(rlen).is_none_or(|e| e > info.sectors) {
         return Err(FrontendError::Invalid("region beyond the medium".into()));
@@ -718,129 +840,95 @@ pub fn read_region(fe: &mut Frontend, region: (u64, u64)) -> Result<Vec<Found>, 
         ));
     }
     let chunk = u64::from(fe.profile.max_segments) * SECTORS_PER_PAGE;
-    let qd = (fe.profile.queue_depth.max(1) as usize).min(info.ring_size.max(1) as usize);
-    let nq = fe.nqueues().max(1);
-    let guard = fe.hang_guard;
     let mut out = std::vec![Found::Garbage; rlen as usize];
-    let mut inflight: HashMap<u64, CrashInFlight> = HashMap::new();
-    let mut per_queue = std::vec![0usize; nq];
+    let mut p = Pipeline::new(fe);
     let mut next = r0;
-    let mut next_q = 0usize;
-    let mut bytes = [0u8; SECTOR];
-    while next < r0 + rlen || !inflight.is_empty() {
-        let mut touched = std::vec![false; nq];
-        while next < r0 + rlen && inflight.len() < qd * nq {
-            let q = (0..nq)
-                .map(|k| (next_q + k) % nq)
-                .find(|&q| per_queue[q] < qd && fe.ring_q(q).is_ok_and(|r| r.free_slots() > 0));
-            let Some(q) = q else {
+    while next < r0 + rlen || !p.inflight.is_empty() {
+        while next < r0 + rlen {
+            let Some(queue) = p.queue(fe) else {
                 break;
             };
             let n = (r0 + rlen - next).min(chunk);
-            let mut pages = Vec::new();
-            let mut segs = Vec::new();
-            let mut left = n;
-            while left > 0 {
-                let k = left.min(SECTORS_PER_PAGE);
-                let page = fe.data_page(false)?;
+            let (pages, segs) = request_pages(fe, n, false, |fe, page, _, _| {
                 // Stale bytes must not pass for data.
                 fe.guest
                     .memory
                     .fill(page.gfn, 0, PAGE_SIZE, 0xA5)
-                    .map_err(|e| FrontendError::Os(format!("{e:?}")))?;
-                pages.push(page);
-                segs.push(Segment {
-                    gref: page.gref,
-                    first_sect: 0,
-                    last_sect: (k - 1) as u8,
-                });
-                left -= k;
-            }
-            let id = fe.new_id();
-            let req = BlkifRequest::rw(BLKIF_OP_READ, id, next, &segs);
-            if !fe.ring_q(q)?.push_request(&req) {
-                for p in pages {
-                    fe.release_page(p)?;
-                }
-                return Err(FrontendError::RingFull);
-            }
-            inflight.insert(
-                id,
-                CrashInFlight {
-                    entry: 0,
-                    queue: q,
-                    sector: next,
-                    nsect: n,
-                    pages,
-                },
-            );
-            per_queue[q] += 1;
-            touched[q] = true;
-            next_q = (q + 1) % nq;
+                    .map_err(|e| FrontendError::Os(format!("{e:?}")))
+            })?;
+            let req = BlkifRequest::rw(BLKIF_OP_READ, fe.new_id(), next, &segs);
+            let r = CrashInFlight {
+                entry: 0,
+                queue,
+                sector: next,
+                nsect: n,
+                pages,
+            };
+            p.push(fe, &req, r)?;
             next += n;
         }
-        for (q, t) in touched.into_iter().enumerate() {
-            if t {
-                fe.publish_and_kick_q(q)?;
-            }
-        }
-        let deadline = Instant::now() + guard;
-        let mut got = false;
-        while !got && !inflight.is_empty() {
-            for (q, in_q) in per_queue.iter_mut().enumerate() {
-                while let Some(rsp) = take_checked(fe.ring_q(q)?, q)? {
-                    got = true;
-                    let r = match inflight.get(&rsp.id) {
-                        Some(r) if r.queue == q => inflight.remove(&rsp.id),
-                        _ => None,
-                    };
-                    let r = r.ok_or(FrontendError::UnknownResponse { id: rsp.id })?;
-                    *in_q -= 1;
-                    if rsp.status != BLKIF_RSP_OKAY || rsp.operation != BLKIF_OP_READ {
-                        for p in r.pages {
-                            fe.release_page(p)?;
-                        }
-                        return Err(FrontendError::Invalid(format!(
-                            "reading {} sector(s) at {} back: status {}",
-                            r.nsect, r.sector, rsp.status
-                        )));
-                    }
-                    for k in 0..r.nsect {
-                        let page = r.pages[(k / SECTORS_PER_PAGE) as usize];
-                        let off = (k % SECTORS_PER_PAGE) as usize * SECTOR;
-                        fe.guest
-                            .memory
-                            .read(page.gfn, off, &mut bytes)
-                            .map_err(|e| FrontendError::Os(format!("{e:?}")))?;
-                        let s = r.sector + k;
-                        out[(s - r0) as usize] = Found::decode(s, &bytes);
-                    }
-                    for p in r.pages {
-                        fe.release_page(p)?;
-                    }
-                }
-            }
-            if got {
+        p.publish(fe)?;
+        let deadline = Instant::now() + fe.hang_guard;
+        while !p.inflight.is_empty() {
+            if p.take(fe, |fe, rsp, r| read_back(fe, rsp, r, r0, &mut out))? {
                 break;
             }
-            let seen = *lock_sig(&fe.events);
-            if fe.final_check_all()? {
-                continue;
-            }
-            if Instant::now() >= deadline {
+            if !fe.await_event(deadline, deadline)? {
                 return Err(FrontendError::Timeout {
-                    what: format!("{} read-back response(s)", inflight.len()),
+                    what: format!("{} read-back response(s)", p.inflight.len()),
                 });
             }
-            wait_change(&fe.events, seen, deadline);
         }
     }
     Ok(out)
 }
 
+/// What read-back request `r` found, answered by `rsp`, into `out` (the
+/// region's sectors from `r0`); its pages are given back.
+fn read_back(
+    fe: &mut Frontend,
+    rsp: &BlkifResponse,
+    r: CrashInFlight,
+    r0: u64,
+    out: &mut [Found],
+) -> Result<(), FrontendError> {
+    if rsp.status != BLKIF_RSP_OKAY || rsp.operation != BLKIF_OP_READ {
+        for p in r.pages {
+            fe.release_page(p)?;
+        }
+        return Err(FrontendError::Invalid(format!(
+            "reading {} sector(s) at {} back: status {}",
+            r.nsect, r.sector, rsp.status
+        )));
+    }
+    let mut bytes = [0u8; SECTOR];
+    for k in 0..r.nsect {
+        let page = r.pages[(k / SECTORS_PER_PAGE) as usize];
+        let off = (k % SECTORS_PER_PAGE) as usize * SECTOR;
+        fe.guest
+            .memory
+            .read(page.gfn, off, &mut bytes)
+            .map_err(|e| FrontendError::Os(format!("{e:?}")))?;
+        let s = r.sector + k;
+        out[(s - r0) as usize] = Found::decode(s, &bytes);
+    }
+    for p in r.pages {
+        fe.release_page(p)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A write of `n` sectors at `sector` on queue `q`, answered okay:
+    /// its entry and generation.
+    fn answered_write(j: &mut Journal, q: usize, sector: u64, n: u64) -> (usize, u64) {
+        let (e, g) = j.write(q, sector, n, false);
+        j.answered(e, true);
+        (e, g)
+    }
 
     fn gen_of(j: &Journal, e: usize) -> u64 {
         j.entries[e].gen
@@ -878,11 +966,9 @@ mod tests {
     #[test]
     fn flushed_writes_must_survive_and_unflushed_ones_may_go() {
         let mut j = Journal::new(R);
-        let (a, _) = j.write(0, 0, 4, false);
-        j.answered(a, true);
+        let (a, _) = answered_write(&mut j, 0, 0, 4);
         let f = j.flush(0);
-        let (b, _) = j.write(0, 8, 4, false);
-        j.answered(b, true);
+        let (b, _) = answered_write(&mut j, 0, 8, 4);
         j.answered(f, true);
         // a durable, b not: b may be lost, torn or kept.
         let mut m = medium(&[]);
@@ -911,8 +997,7 @@ mod tests {
     #[test]
     fn a_later_write_may_hide_a_durable_one_an_earlier_may_not() {
         let mut j = Journal::new(R);
-        let (a, ga) = j.write(0, 0, 1, false);
-        j.answered(a, true);
+        let (_, ga) = answered_write(&mut j, 0, 0, 1);
         let f = j.flush(0);
         j.answered(f, true);
         let (b, gb) = j.write(0, 0, 1, false);
@@ -931,8 +1016,7 @@ mod tests {
     #[test]
     fn without_flushes_nothing_is_promised_but_nothing_invented() {
         let mut j = Journal::with_base(R, medium(&[(3, Found::Gen(5))]));
-        let (a, ga) = j.write(0, 2, 2, false);
-        j.answered(a, true);
+        let (_, ga) = answered_write(&mut j, 0, 2, 2);
         // The old content or the write, sector by sector.
         assert_eq!(j.check(&medium(&[(3, Found::Gen(5))])).violations, 0);
         assert_eq!(
@@ -970,8 +1054,7 @@ mod tests {
     #[test]
     fn barrier_order_an_unanswered_barrier_with_a_later_write_visible() {
         let mut j = Journal::new(R);
-        let (a, ga) = j.write(0, 0, 2, false);
-        j.answered(a, true);
+        let (_, ga) = answered_write(&mut j, 0, 0, 2);
         let (b, gb) = j.write(0, 4, 2, true);
         let (c, gc) = j.write(0, 8, 2, false);
         let _ = (b, c);
@@ -988,8 +1071,7 @@ mod tests {
         assert_eq!(j.check(&m).violations, 0);
         // Another ring's write is not ordered by it.
         let mut j = Journal::new(R);
-        let (a, _) = j.write(0, 0, 2, false);
-        j.answered(a, true);
+        answered_write(&mut j, 0, 0, 2);
         j.write(0, 4, 2, true);
         let (_, gd) = j.write(1, 8, 2, false);
         let mut m = medium(&[]);
@@ -1000,8 +1082,7 @@ mod tests {
     #[test]
     fn the_next_round_starts_from_what_was_read() {
         let mut j = Journal::new(R);
-        let (a, ga) = j.write(0, 0, 1, false);
-        j.answered(a, true);
+        let (_, ga) = answered_write(&mut j, 0, 0, 1);
         let m = medium(&[(0, Found::Gen(ga))]);
         assert_eq!(j.check(&m).violations, 0);
         j.next_round(m.clone());

@@ -37,6 +37,7 @@ use super::memory::Gfn;
 use super::world::{VbdHandle, World};
 use super::xenstore::{WatchId, Xenstored};
 use crate::evtchn::EventHub;
+use crate::store::locked;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -212,7 +213,7 @@ impl std::error::Error for FrontendError {}
 type Signal = Arc<(Mutex<u64>, Condvar)>;
 
 fn lock_sig(s: &Signal) -> MutexGuard<'_, u64> {
-    s.0.lock().unwrap_or_else(|e| e.into_inner())
+    locked(&s.0)
 }
 
 fn bump(s: &Signal) {
@@ -934,6 +935,33 @@ impl Frontend {
         Ok(any)
     }
 
+    /// Connected, with no manual request in flight: free for a workload.
+    fn check_idle(&self) -> Result<(), FrontendError> {
+        if self.conn.is_none() {
+            return Err(FrontendError::NotConnected);
+        }
+        if !self.manual.is_empty() {
+            return Err(FrontendError::Invalid("manual requests in flight".into()));
+        }
+        Ok(())
+    }
+
+    /// After a last look at every ring (`RING_FINAL_CHECK_FOR_RESPONSES`),
+    /// waits for the back-end's next event until `wake` (at the latest
+    /// `deadline`): `false` when nothing is on the rings and `deadline`
+    /// has passed, else `true` (responses may be there to take).
+    fn await_event(&mut self, deadline: Instant, wake: Instant) -> Result<bool, FrontendError> {
+        let seen = *lock_sig(&self.events);
+        if self.final_check_all()? {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        wait_change(&self.events, seen, wake);
+        Ok(true)
+    }
+
     /// Waits for responses until at least `n` arrived (event-driven, with
     /// `rsp_event`); returns every response taken.
     pub fn wait_responses(&mut self, n: usize) -> Result<Vec<BlkifResponse>, FrontendError> {
@@ -944,16 +972,11 @@ impl Frontend {
             if out.len() >= n {
                 return Ok(out);
             }
-            let seen = *lock_sig(&self.events);
-            if self.final_check_all()? {
-                continue;
-            }
-            if Instant::now() >= deadline {
+            if !self.await_event(deadline, deadline)? {
                 return Err(FrontendError::Timeout {
                     what: format!("{n} responses ({} arrived)", out.len()),
                 });
             }
-            wait_change(&self.events, seen, deadline);
         }
     }
 
@@ -964,14 +987,9 @@ impl Frontend {
         let mut out = Vec::new();
         loop {
             self.reap(&mut out)?;
-            let seen = *lock_sig(&self.events);
-            if self.final_check_all()? {
-                continue;
-            }
-            if Instant::now() >= deadline {
+            if !self.await_event(deadline, deadline)? {
                 return Ok(out);
             }
-            wait_change(&self.events, seen, deadline);
         }
     }
 

@@ -689,12 +689,7 @@ pub fn run_workload_shadowed(
     done: &AtomicBool,
     shadow: &mut Shadow,
 ) -> Result<WorkloadReport, FrontendError> {
-    if fe.conn.is_none() {
-        return Err(FrontendError::NotConnected);
-    }
-    if !fe.manual.is_empty() {
-        return Err(FrontendError::Invalid("manual requests in flight".into()));
-    }
+    fe.check_idle()?;
     let start = Instant::now();
     let info = fe.info.clone();
     let ss = u64::from(info.sector_size.max(512));

@@ -13,8 +13,8 @@
 use super::*;
 
 /// A `crash` step on guest `t`.
-pub(super) fn crash_step(run: &mut Run<'_>, n: usize, step: &Step, t: usize) {
-    let Step::Crash {
+pub(super) fn crash_step(run: &mut Run<'_>, n: usize, spec: &CrashSpec, t: usize) {
+    let CrashSpec {
         rounds,
         ops,
         io_size,
@@ -26,10 +26,7 @@ pub(super) fn crash_step(run: &mut Run<'_>, n: usize, step: &Step, t: usize) {
         seed,
         expect,
         ..
-    } = step
-    else {
-        return;
-    };
+    } = spec;
     let action = "crash";
     let name = run.guests[t].name.clone();
     let gname = Some(name.as_str());
@@ -92,46 +89,7 @@ pub(super) fn crash_step(run: &mut Run<'_>, n: usize, step: &Step, t: usize) {
             &mut journal,
             guard,
         ) {
-            Ok(r) => {
-                let c = &r.check;
-                let g = &mut run.guests[t];
-                g.next_id = None;
-                g.io.power_cuts += 1;
-                g.io.crash_durable += c.durable;
-                g.io.crash_sectors_checked += c.sectors;
-                g.io.crash_violations += c.violations;
-                if g.io.first_crash_violation.is_none() {
-                    g.io.first_crash_violation = c.first.first().cloned();
-                }
-                violations += c.violations;
-                let s = r.disk;
-                run.progress(format_args!(
-                    "step {n}: {name}: round {}: cut {}; {} write(s), {} flush(es): {} okay, \
-                     {} failed, {} unanswered; the disk kept {} whole, {} torn, lost {}; \
-                     {} durable write(s), {} barrier(s) ordered, {} sectors checked, \
-                     {} violation(s){}",
-                    round + 1,
-                    match s.cut_at {
-                        Some(k) => format!("at store I/O {k}"),
-                        None => String::from("when the writes were done"),
-                    },
-                    r.round.writes,
-                    r.round.flushes,
-                    r.round.okay,
-                    r.round.failed,
-                    r.round.unanswered,
-                    s.persisted,
-                    s.torn,
-                    s.lost,
-                    c.durable,
-                    c.barriers_checked,
-                    c.sectors,
-                    c.violations,
-                    c.first
-                        .first()
-                        .map_or_else(String::new, |v| format!(": {v}"))
-                ));
-            }
+            Ok(r) => violations += record_round(run, n, t, round, &r),
             Err(e) => {
                 run.guests[t].next_id = None;
                 run.fail(n, action, gname, format!("round {}: {e}", round + 1));
@@ -152,6 +110,50 @@ pub(super) fn crash_step(run: &mut Run<'_>, n: usize, step: &Step, t: usize) {
             String::from("expected the check to find a broken promise; it found none")
         }),
     }
+}
+
+/// Round `round` of crash step `n` on guest `t`: added to the guest's
+/// totals and reported; its violations.
+fn record_round(run: &mut Run<'_>, n: usize, t: usize, round: u32, r: &RoundOutcome) -> u64 {
+    let name = run.guests[t].name.clone();
+    let c = &r.check;
+    let g = &mut run.guests[t];
+    g.next_id = None;
+    g.io.power_cuts += 1;
+    g.io.crash_durable += c.durable;
+    g.io.crash_sectors_checked += c.sectors;
+    g.io.crash_violations += c.violations;
+    if g.io.first_crash_violation.is_none() {
+        g.io.first_crash_violation = c.first.first().cloned();
+    }
+    let s = r.disk;
+    run.progress(format_args!(
+        "step {n}: {name}: round {}: cut {}; {} write(s), {} flush(es): {} okay, \
+             {} failed, {} unanswered; the disk kept {} whole, {} torn, lost {}; \
+             {} durable write(s), {} barrier(s) ordered, {} sectors checked, \
+             {} violation(s){}",
+        round + 1,
+        match s.cut_at {
+            Some(k) => format!("at store I/O {k}"),
+            None => String::from("when the writes were done"),
+        },
+        r.round.writes,
+        r.round.flushes,
+        r.round.okay,
+        r.round.failed,
+        r.round.unanswered,
+        s.persisted,
+        s.torn,
+        s.lost,
+        c.durable,
+        c.barriers_checked,
+        c.sectors,
+        c.violations,
+        c.first
+            .first()
+            .map_or_else(String::new, |v| format!(": {v}"))
+    ));
+    c.violations
 }
 
 /// One round's outcome.

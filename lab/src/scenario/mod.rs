@@ -36,9 +36,9 @@ use super::frontend::{
     SyncMode, Workload, WorkloadReport, MAX_INDIRECT_SEGMENTS,
 };
 use super::gnttab::MapFault;
-use super::store::{CacheStats, IoFaults, StoreKind, WriteCache};
+use super::store::{CacheStats, IoFaults, StoreKind, StoreOptions, WriteCache};
 use super::toolstack::{self, VbdSpec};
-use super::world::{VbdConfig, VbdHandle, World};
+use super::world::{Restart, VbdConfig, VbdHandle, World};
 use super::xenstore::WatchStats;
 use xbb::abi::{
     BlkifResponse, BLKIF_DISCARD_SECURE, BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST,

@@ -396,10 +396,13 @@ pub(super) fn setup_guest(
             ModeSpec::ReadOnly => "r",
         }),
         online: spec.online,
-        sector_size: spec.sector_size,
-        faults: Some(Arc::clone(&faults)),
-        cache,
+        store: StoreOptions {
+            sector_size: spec.sector_size,
+            faults: Some(Arc::clone(&faults)),
+            cache,
+        },
         tunables,
+        journal_dir: spec.journal.then(|| dir.join("journals")),
         ..VbdConfig::file(dom, &image)
     };
     // The toolstack writes `discard-enable` = 1 when it creates the vbd,
@@ -459,8 +462,8 @@ pub(super) fn run_step(run: &mut Run<'_>, n: usize, step: &Step, targets: &[usiz
                 run.fail(n, action, None, format!("mount failed: {e}"));
             }
         }
-        Step::Workload { .. } => run_workloads(run, n, step, targets),
-        Step::Connect { .. } if targets.len() > 1 => {
+        Step::Workload(spec) => run_workloads(run, n, spec, targets),
+        Step::Connect(_) if targets.len() > 1 => {
             run.progress(format_args!("step {n}: connect {}", names_of(run, targets)));
             for &t in targets {
                 guest_step(run, n, step, t);

@@ -67,6 +67,11 @@ pub struct GuestSpec {
     /// discard off for this `vbd` whatever its store can do.
     #[serde(default = "yes")]
     pub discard_enable: bool,
+    /// The back-end keeps in-flight journals (as xbb-serve does), so that
+    /// a `backend_restart` takes the vbd over (default false: none, as the
+    /// kernel; a restart is then refused).
+    #[serde(default)]
+    pub journal: bool,
     /// A volatile write cache in front of the disk, whose power `crash`
     /// steps cut: `true`, or `{ capacity = "8M", seed = N, ignore_flushes
     /// = false }`. None by default: a completed write is durable.
@@ -86,19 +91,16 @@ pub enum WriteCacheSpec {
 
 /// The options of a guest's write cache.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct WriteCacheOptions {
     /// Dirty bytes the cache holds before it destages its oldest writes
     /// (default 8 MiB).
-    #[serde(default)]
     pub capacity: Option<Size>,
     /// Seed of where an armed cut falls and of what survives it (default:
     /// the guest's index).
-    #[serde(default)]
     pub seed: Option<u64>,
     /// A disk that lies about flushes: they complete and make nothing
     /// durable. For showing that the crash check catches it.
-    #[serde(default)]
     pub ignore_flushes: bool,
 }
 
@@ -569,22 +571,7 @@ pub enum Step {
         reset: bool,
     },
     /// The front-end connects.
-    Connect {
-        /// The guest(s); every guest when absent, `"*"` too.
-        #[serde(default)]
-        guest: Guests,
-        /// What must happen.
-        #[serde(default)]
-        expect: ConnectOutcome,
-        /// Text the back-end's `error` node must contain (refusals).
-        #[serde(default)]
-        error_contains: Option<String>,
-        /// Start every index of the rings (`req_prod`, `rsp_prod`, the
-        /// events) at this value instead of 0, e.g. just below 2^32 so that
-        /// they wrap soon (32 bits).
-        #[serde(default)]
-        ring_start: Option<Num>,
-    },
+    Connect(ConnectSpec),
     /// The front-end closes the connection (Closing, Closed).
     Disconnect {
         /// The guest(s); every guest when absent, `"*"` too.
@@ -699,95 +686,29 @@ pub enum Step {
         expect_broken_backend: bool,
     },
     /// Runs a workload, on several guests at once when more are named.
-    Workload {
-        /// The guest(s); every guest when absent, `"*"` too. Several guests
-        /// run their workloads at the same time.
-        #[serde(default)]
-        guest: Guests,
-        /// Requests to issue.
-        #[serde(default = "default_ops")]
-        ops: u64,
-        /// Bytes per request (a multiple of 512).
-        #[serde(default = "default_io_size")]
-        io_size: Size,
-        /// `random` or `sequential`.
-        #[serde(default)]
-        pattern: Pattern,
-        /// Percentage of reads (the rest are writes).
-        #[serde(default = "default_read_pct")]
-        read_pct: u8,
-        /// Where on the disk the workload's region starts, bytes.
-        #[serde(default)]
-        offset: Option<Size>,
-        /// Bytes of the disk used from `offset` (default: up to the end).
-        /// Each workload checks reads against what it wrote itself, so two
-        /// workloads of one guest must use disjoint regions.
-        #[serde(default)]
-        region: Option<Size>,
-        /// Seed of the pseudo-random choices.
-        #[serde(default = "default_seed")]
-        seed: u64,
-        /// Check every byte read against what was written, and read the
-        /// whole region back at the end (default true).
-        #[serde(default = "yes")]
-        verify: bool,
-        /// Expected number of error responses (default 0).
-        #[serde(default)]
-        expect_errors: Option<CounterExpect>,
-        /// Steps played on other guests while these workloads run: once
-        /// every workload is under way, in order; each workload issues at
-        /// least `ops` requests and keeps going until they are done.
-        #[serde(default)]
-        during: Vec<Step>,
-    },
+    Workload(WorkloadSpec),
     /// Crash consistency, `rounds` times: arms a power cut of the guest's
     /// write cache at a random store I/O among the next `cut_within`,
     /// writes with flushes, barriers or neither until the disk stops
     /// answering, lets the power return, reconnects, reads the region back
     /// and checks it against what the back-end promised.
-    Crash {
-        /// The guest(s); every guest when absent, `"*"` too.
-        #[serde(default)]
-        guest: Guests,
-        /// Power cuts (default 4).
-        #[serde(default = "default_rounds")]
-        rounds: u32,
-        /// Writes per round at most (default 128).
-        #[serde(default = "default_crash_ops")]
-        ops: u64,
-        /// Bytes per write (default 4K; at most 11 pages).
-        #[serde(default = "default_io_size")]
-        io_size: Size,
-        /// `flush` (default), `barrier` or `none`.
-        #[serde(default)]
-        sync: SyncSpec,
-        /// A flush after, or a barrier as, every `every`-th write (default
-        /// 8).
-        #[serde(default = "default_every")]
-        every: u32,
-        /// The cut falls at a random store I/O among the next this many
-        /// (default twice `ops`); when the writes end first, the power is
-        /// cut at that quiet moment.
-        #[serde(default)]
-        cut_within: Option<u64>,
-        /// Where the region written starts, bytes.
-        #[serde(default)]
-        offset: Option<Size>,
-        /// Bytes of the region (default: up to the end of the disk).
-        #[serde(default)]
-        region: Option<Size>,
-        /// Seed of the places written (the cut's place and what survives
-        /// it follow the cache's seed).
-        #[serde(default = "default_seed")]
-        seed: u64,
-        /// `consistent` (default) or `violated`.
-        #[serde(default)]
-        expect: CrashExpect,
-    },
+    Crash(CrashSpec),
     /// Arms a store I/O fault of the guest's back-end.
     InjectIo(InjectIoSpec),
     /// Makes grant mappings of the guest's grants fail.
     InjectGrant(InjectGrantSpec),
+    /// Ends the guest's back-end (`how`: it crashes, or it is handed over
+    /// as a service restart does) and starts a new one that takes the vbd
+    /// over from its in-flight journals. The front-end is left alone. May
+    /// be played during a workload of the same guest.
+    BackendRestart {
+        /// The guest(s); every guest when absent, `"*"` too.
+        #[serde(default)]
+        guest: Guests,
+        /// How the running back-end ends (default `crash`).
+        #[serde(default)]
+        how: RestartHow,
+    },
     /// Acts on the NBD server of the guest's `nbd` store.
     NbdServer {
         /// The guest(s); every guest when absent, `"*"` too. Each must have
@@ -800,44 +721,173 @@ pub enum Step {
     /// Mounts the back-end domain's root file system.
     MountRoot {},
     /// Checks the guest's back-end; waits (bounded) for it to settle first.
-    Expect {
-        /// The guest(s); every guest when absent, `"*"` too.
-        #[serde(default)]
-        guest: Guests,
-        /// Back-end XenBus state (`InitWait`, `Connected`, `Closing`, ...).
-        #[serde(default)]
-        state: Option<String>,
-        /// Text the back-end's `error` node must contain.
-        #[serde(default)]
-        error_contains: Option<String>,
-        /// `dev.xbb.N.<leaf>` counters.
-        #[serde(default)]
-        sysctl: BTreeMap<String, CounterExpect>,
-        /// The guest's verification result so far.
-        #[serde(default)]
-        verify_ok: Option<bool>,
-        /// Store faults injected so far.
-        #[serde(default)]
-        faults_injected: Option<CounterExpect>,
-        /// Read the per-queue nodes of `sysctl` from this queue
-        /// (`dev.xbb.N.queue.Q.<leaf>`) instead of the instance's sums.
-        #[serde(default)]
-        queue: Option<u32>,
-        /// Nodes of the back-end's XenStore directory: a string is the
-        /// value expected, `false` means absent, `true` present.
-        #[serde(default)]
-        backend_nodes: BTreeMap<String, NodeExpect>,
-        /// Watch-event counters of the XenStore (the whole host):
-        /// `delivered`, `coalesced`, `overflowed`, `pending`, `max_pending`.
-        #[serde(default)]
-        watch: BTreeMap<String, CounterExpect>,
-        /// Any XenStore node: `error` (the back-end's error node),
-        /// `backend/<key>`, `frontend/<key>`, or an absolute path; a value,
-        /// `false` for absent, `true` for present.
-        #[serde(default)]
-        nodes: BTreeMap<String, NodeExpect>,
-    },
+    Expect(ExpectSpec),
 }
+
+/// How a `backend_restart` step ends the running back-end.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestartHow {
+    /// The process dies: nothing more is answered; the kernel takes its
+    /// mappings and channels back.
+    #[default]
+    Crash,
+    /// The service stops for a restart: what is in flight is answered,
+    /// the vbd stays Connected.
+    HandOver,
+}
+
+/// A `connect` step.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectSpec {
+    /// The guest(s); every guest when absent, `"*"` too.
+    pub guest: Guests,
+    /// What must happen.
+    pub expect: ConnectOutcome,
+    /// Text the back-end's `error` node must contain (refusals).
+    pub error_contains: Option<String>,
+    /// Start every index of the rings (`req_prod`, `rsp_prod`, the
+    /// events) at this value instead of 0, e.g. just below 2^32 so that
+    /// they wrap soon (32 bits).
+    pub ring_start: Option<Num>,
+}
+
+/// A `workload` step.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkloadSpec {
+    /// The guest(s); every guest when absent, `"*"` too. Several guests
+    /// run their workloads at the same time.
+    pub guest: Guests,
+    /// Requests to issue.
+    pub ops: u64,
+    /// Bytes per request (a multiple of 512).
+    pub io_size: Size,
+    /// `random` or `sequential`.
+    pub pattern: Pattern,
+    /// Percentage of reads (the rest are writes).
+    pub read_pct: u8,
+    /// Where on the disk the workload's region starts, bytes.
+    pub offset: Option<Size>,
+    /// Bytes of the disk used from `offset` (default: up to the end).
+    /// Each workload checks reads against what it wrote itself, so two
+    /// workloads of one guest must use disjoint regions.
+    pub region: Option<Size>,
+    /// Seed of the pseudo-random choices.
+    pub seed: u64,
+    /// Check every byte read against what was written, and read the
+    /// whole region back at the end (default true).
+    pub verify: bool,
+    /// Expected number of error responses (default 0).
+    pub expect_errors: Option<CounterExpect>,
+    /// Steps played on other guests while these workloads run: once
+    /// every workload is under way, in order; each workload issues at
+    /// least `ops` requests and keeps going until they are done.
+    pub during: Vec<Step>,
+}
+
+impl Default for WorkloadSpec {
+    fn default() -> Self {
+        WorkloadSpec {
+            guest: Guests::Default,
+            ops: 256,
+            io_size: Size(4096),
+            pattern: Pattern::default(),
+            read_pct: 50,
+            offset: None,
+            region: None,
+            seed: DEFAULT_SEED,
+            verify: true,
+            expect_errors: None,
+            during: Vec::new(),
+        }
+    }
+}
+
+/// A `crash` step.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CrashSpec {
+    /// The guest(s); every guest when absent, `"*"` too.
+    pub guest: Guests,
+    /// Power cuts (default 4).
+    pub rounds: u32,
+    /// Writes per round at most (default 128).
+    pub ops: u64,
+    /// Bytes per write (default 4K; at most 11 pages).
+    pub io_size: Size,
+    /// `flush` (default), `barrier` or `none`.
+    pub sync: SyncSpec,
+    /// A flush after, or a barrier as, every `every`-th write (default
+    /// 8).
+    pub every: u32,
+    /// The cut falls at a random store I/O among the next this many
+    /// (default twice `ops`); when the writes end first, the power is
+    /// cut at that quiet moment.
+    pub cut_within: Option<u64>,
+    /// Where the region written starts, bytes.
+    pub offset: Option<Size>,
+    /// Bytes of the region (default: up to the end of the disk).
+    pub region: Option<Size>,
+    /// Seed of the places written (the cut's place and what survives
+    /// it follow the cache's seed).
+    pub seed: u64,
+    /// `consistent` (default) or `violated`.
+    pub expect: CrashExpect,
+}
+
+impl Default for CrashSpec {
+    fn default() -> Self {
+        CrashSpec {
+            guest: Guests::Default,
+            rounds: 4,
+            ops: 128,
+            io_size: Size(4096),
+            sync: SyncSpec::default(),
+            every: 8,
+            cut_within: None,
+            offset: None,
+            region: None,
+            seed: DEFAULT_SEED,
+            expect: CrashExpect::default(),
+        }
+    }
+}
+
+/// An `expect` step.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExpectSpec {
+    /// The guest(s); every guest when absent, `"*"` too.
+    pub guest: Guests,
+    /// Back-end XenBus state (`InitWait`, `Connected`, `Closing`, ...).
+    pub state: Option<String>,
+    /// Text the back-end's `error` node must contain.
+    pub error_contains: Option<String>,
+    /// `dev.xbb.N.<leaf>` counters.
+    pub sysctl: BTreeMap<String, CounterExpect>,
+    /// The guest's verification result so far.
+    pub verify_ok: Option<bool>,
+    /// Store faults injected so far.
+    pub faults_injected: Option<CounterExpect>,
+    /// Read the per-queue nodes of `sysctl` from this queue
+    /// (`dev.xbb.N.queue.Q.<leaf>`) instead of the instance's sums.
+    pub queue: Option<u32>,
+    /// Nodes of the back-end's XenStore directory: a string is the
+    /// value expected, `false` means absent, `true` present.
+    pub backend_nodes: BTreeMap<String, NodeExpect>,
+    /// Watch-event counters of the XenStore (the whole host):
+    /// `delivered`, `coalesced`, `overflowed`, `pending`, `max_pending`.
+    pub watch: BTreeMap<String, CounterExpect>,
+    /// Any XenStore node: `error` (the back-end's error node),
+    /// `backend/<key>`, `frontend/<key>`, or an absolute path; a value,
+    /// `false` for absent, `true` for present.
+    pub nodes: BTreeMap<String, NodeExpect>,
+}
+
+/// The seed of workloads and crash steps that name none.
+const DEFAULT_SEED: u64 = 0x5eed;
 
 /// What an `nbd_server` step does to a guest's NBD server (`nbdkit
 /// memory`, behind its error filter).
@@ -882,6 +932,25 @@ pub enum NodeExpect {
     Value(String),
 }
 
+impl NodeExpect {
+    /// What is wrong with a node whose value is `have` (`None`: absent),
+    /// if anything: "expected ..., is ...".
+    pub(super) fn mismatch(&self, have: Option<&str>) -> Option<String> {
+        let ok = match (self, have) {
+            (NodeExpect::Present(p), h) => *p == h.is_some(),
+            (NodeExpect::Value(v), Some(h)) => v == h,
+            (NodeExpect::Value(_), None) => false,
+        };
+        let want = match self {
+            NodeExpect::Present(true) => String::from("present"),
+            NodeExpect::Present(false) => String::from("absent"),
+            NodeExpect::Value(v) => format!("{v:?}"),
+        };
+        let have = have.map_or_else(|| String::from("absent"), |h| format!("{h:?}"));
+        (!ok).then(|| format!("expected {want}, is {have}"))
+    }
+}
+
 /// The watch-event counters an `expect` step can name.
 pub const WATCH_COUNTERS: [&str; 5] = [
     "delivered",
@@ -904,58 +973,56 @@ pub(super) fn watch_counter(st: &WatchStats, name: &str) -> Option<u64> {
 
 /// An `inject_io` step: store I/O faults of the guest's back-end. At least
 /// one of `nth`, `range`, `writes`, `flush` or `clear` must be given.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct InjectIoSpec {
     /// The guest(s); every guest when absent, `"*"` too.
-    #[serde(default)]
     pub guest: Guests,
     /// Fail the n-th data I/O from now (1 = the next one).
-    #[serde(default)]
     pub nth: Option<u64>,
     /// Fail every I/O touching medium bytes `[start, end)`.
-    #[serde(default)]
     pub range: Option<[Num; 2]>,
     /// Fail every write.
-    #[serde(default)]
     pub writes: bool,
     /// Fail every flush.
-    #[serde(default)]
     pub flush: bool,
     /// Disarm every fault first.
-    #[serde(default)]
     pub clear: bool,
-    /// The error.
+    /// `true`: hold every I/O from now (taken, neither performed nor
+    /// completed: requests stay in flight); `false`: release the hold. A
+    /// back-end that crashes has its held I/O finished.
     #[serde(default)]
+    pub hold: Option<bool>,
+    /// The error.
     pub error: IoErrorSpec,
 }
 
 impl InjectIoSpec {
     /// True when the step would arm (or clear) nothing.
     pub fn is_empty(&self) -> bool {
-        self.nth.is_none() && self.range.is_none() && !self.writes && !self.flush && !self.clear
+        self.nth.is_none()
+            && self.range.is_none()
+            && !self.writes
+            && !self.flush
+            && !self.clear
+            && self.hold.is_none()
     }
 }
 
 /// An `inject_grant` step: failures of grant mappings of the guest's
 /// grants. At least one of `count`, `gref` or `clear` must be given.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct InjectGrantSpec {
     /// The guest(s); every guest when absent, `"*"` too.
-    #[serde(default)]
     pub guest: Guests,
     /// The next `count` map operations fail.
-    #[serde(default)]
     pub count: Option<u32>,
     /// Every map of this grant reference fails.
-    #[serde(default)]
     pub gref: Option<u32>,
     /// Disarm every fault first.
-    #[serde(default)]
     pub clear: bool,
     /// The error.
-    #[serde(default)]
     pub error: GrantErrorSpec,
 }
 
@@ -1244,40 +1311,12 @@ pub(super) fn default_storm_states() -> Vec<String> {
     vec![String::from("Connected")]
 }
 
-pub(super) fn default_ops() -> u64 {
-    256
-}
-
-pub(super) fn default_io_size() -> Size {
-    Size(4096)
-}
-
-pub(super) fn default_read_pct() -> u8 {
-    50
-}
-
-pub(super) fn default_seed() -> u64 {
-    0x5eed
-}
-
-pub(super) fn default_rounds() -> u32 {
-    4
-}
-
-pub(super) fn default_crash_ops() -> u64 {
-    128
-}
-
-pub(super) fn default_every() -> u32 {
-    8
-}
-
 impl Step {
     /// The `do` name of the step.
     pub fn action(&self) -> &'static str {
         match self {
             Step::Xenstore { .. } => "xenstore",
-            Step::Connect { .. } => "connect",
+            Step::Connect(_) => "connect",
             Step::Disconnect { .. } => "disconnect",
             Step::Request(_) => "request",
             Step::Batch { .. } => "batch",
@@ -1288,13 +1327,14 @@ impl Step {
             Step::ReqProd { .. } => "req_prod",
             Step::Kick { .. } => "kick",
             Step::Wait { .. } => "wait",
-            Step::Workload { .. } => "workload",
-            Step::Crash { .. } => "crash",
+            Step::Workload(_) => "workload",
+            Step::Crash(_) => "crash",
             Step::InjectIo(_) => "inject_io",
             Step::InjectGrant(_) => "inject_grant",
             Step::NbdServer { .. } => "nbd_server",
+            Step::BackendRestart { .. } => "backend_restart",
             Step::MountRoot {} => "mount_root",
-            Step::Expect { .. } => "expect",
+            Step::Expect(_) => "expect",
         }
     }
 }

@@ -8,44 +8,13 @@ pub(super) fn guest_step(run: &mut Run<'_>, n: usize, step: &Step, t: usize) {
     let action = step.action();
     let name = run.guests[t].name.clone();
     match step {
-        Step::Xenstore {
-            key,
-            value,
-            delete,
-            queue,
-            same_as,
-            reset,
-            ..
-        } => {
-            let key = match queue {
-                Some(q) => format!("{}{q}/{key}", keys::QUEUE_DIR_PREFIX),
-                None => key.clone(),
-            };
-            let fe = &mut run.guests[t].fe;
-            let what = if *reset && key == "*" {
-                format!("undoes its {} override(s)", fe.clear_xenstore_overrides())
-            } else if *reset {
-                fe.clear_xenstore_override(&key);
-                format!("publishes {key} as its profile computes it")
-            } else if let Some(other) = same_as {
-                fe.set_xenstore_same_as(&key, other);
-                format!("will publish {key} = the value of {other}")
-            } else {
-                let v = if *delete { None } else { value.as_deref() };
-                fe.set_xenstore_override(&key, v);
-                format!(
-                    "will publish {key} = {}",
-                    v.map_or_else(|| String::from("(nothing)"), |v| format!("{v:?}"))
-                )
-            };
-            run.progress(format_args!("step {n}: {name}: front-end {what}"));
-        }
-        Step::Connect {
+        Step::Xenstore { .. } => xenstore_step(run, n, step, t),
+        Step::Connect(ConnectSpec {
             expect,
             error_contains,
             ring_start,
             ..
-        } => {
+        }) => {
             let start = ring_start.map_or(0, |s| s.0 as u32);
             if start != 0 {
                 run.progress(format_args!(
@@ -119,7 +88,26 @@ pub(super) fn guest_step(run: &mut Run<'_>, n: usize, step: &Step, t: usize) {
             wait_step(run, n, t, *count, &want)
         }
         Step::InjectIo(_) | Step::InjectGrant(_) => inject(run, n, t, step),
-        Step::Crash { .. } => crash_step(run, n, step, t),
+        Step::BackendRestart { how, .. } => {
+            // The back-end alone: the front-end may be a workload's.
+            run.progress(format_args!("step {n}: {name}: back-end restart ({how:?})"));
+            let how = match how {
+                RestartHow::Crash => Restart::Crash,
+                RestartHow::HandOver => Restart::HandOver,
+            };
+            let vbd = run.guests[t].vbd.clone();
+            match run.world.restart_backend(&vbd, how) {
+                Ok(last) if last.error.is_some() => run.fail(
+                    n,
+                    action,
+                    Some(&name),
+                    format!("the old back-end ended badly: {:?}", last.error),
+                ),
+                Ok(_) => {}
+                Err(e) => run.fail(n, action, Some(&name), format!("restart failed: {e}")),
+            }
+        }
+        Step::Crash(spec) => crash_step(run, n, spec, t),
         Step::NbdServer { action: a, .. } => {
             run.progress(format_args!("step {n}: {name}: NBD server: {a:?}"));
             let r = match run.guests[t].nbd.as_mut() {
@@ -130,9 +118,48 @@ pub(super) fn guest_step(run: &mut Run<'_>, n: usize, step: &Step, t: usize) {
                 run.fail(n, action, Some(&name), e);
             }
         }
-        Step::Expect { .. } => expect_step(run, n, step, t),
-        Step::MountRoot {} | Step::Workload { .. } => {}
+        Step::Expect(spec) => expect_step(run, n, spec, t),
+        Step::MountRoot {} | Step::Workload(_) => {}
     }
+}
+
+/// A `xenstore` step: an override of what the front-end publishes.
+fn xenstore_step(run: &mut Run<'_>, n: usize, step: &Step, t: usize) {
+    let Step::Xenstore {
+        key,
+        value,
+        delete,
+        queue,
+        same_as,
+        reset,
+        ..
+    } = step
+    else {
+        return;
+    };
+    let name = run.guests[t].name.clone();
+    let key = match queue {
+        Some(q) => format!("{}{q}/{key}", keys::QUEUE_DIR_PREFIX),
+        None => key.clone(),
+    };
+    let fe = &mut run.guests[t].fe;
+    let what = if *reset && key == "*" {
+        format!("undoes its {} override(s)", fe.clear_xenstore_overrides())
+    } else if *reset {
+        fe.clear_xenstore_override(&key);
+        format!("publishes {key} as its profile computes it")
+    } else if let Some(other) = same_as {
+        fe.set_xenstore_same_as(&key, other);
+        format!("will publish {key} = the value of {other}")
+    } else {
+        let v = if *delete { None } else { value.as_deref() };
+        fe.set_xenstore_override(&key, v);
+        format!(
+            "will publish {key} = {}",
+            v.map_or_else(|| String::from("(nothing)"), |v| format!("{v:?}"))
+        )
+    };
+    run.progress(format_args!("step {n}: {name}: front-end {what}"));
 }
 
 /// A `connect` step: the front-end connects; the outcome and the
@@ -303,7 +330,18 @@ fn inject(run: &mut Run<'_>, n: usize, t: usize, step: &Step) {
             if spec.flush {
                 f.fail_flush(e);
             }
-            ("store", format!("{e:?}"))
+            let what = match spec.hold {
+                Some(true) => {
+                    f.hold();
+                    "store hold"
+                }
+                Some(false) => {
+                    f.release();
+                    "store release"
+                }
+                None => "store",
+            };
+            (what, format!("{e:?}"))
         }
         Step::InjectGrant(spec) => {
             let grants = &g.fe.guest().grants;
@@ -633,8 +671,8 @@ pub(super) fn wait_step(
 
 /// An `expect` step: waits (bounded by [`RunOptions::settle`]) until every
 /// expectation holds, then records whichever still do not.
-pub(super) fn expect_step(run: &mut Run<'_>, n: usize, step: &Step, t: usize) {
-    let Step::Expect {
+pub(super) fn expect_step(run: &mut Run<'_>, n: usize, spec: &ExpectSpec, t: usize) {
+    let ExpectSpec {
         state,
         error_contains,
         sysctl,
@@ -645,10 +683,7 @@ pub(super) fn expect_step(run: &mut Run<'_>, n: usize, step: &Step, t: usize) {
         watch,
         nodes,
         ..
-    } = step
-    else {
-        return;
-    };
+    } = spec;
     let name = run.guests[t].name.clone();
     let want_state = state.as_deref().and_then(parse_state);
     let deadline = Instant::now() + run.opts.settle;
@@ -674,8 +709,13 @@ pub(super) fn expect_step(run: &mut Run<'_>, n: usize, step: &Step, t: usize) {
             }
         }
         check_sysctls(run, t, *queue, sysctl, &mut bad);
-        check_backend_nodes(run, t, backend_nodes, &mut bad);
-        check_nodes(run, t, nodes, &mut bad);
+        let be = g.fe.backend_path();
+        let be_node = |k: &str| vec![format!("{be}/{k}")];
+        let be_label = |k: &str, _: &[String]| format!("back-end node {k}");
+        check_nodes(run, backend_nodes, be_node, be_label, &mut bad);
+        let node = |k: &str| node_paths(g, g.vbd.backend_dom(), k);
+        let label = |k: &str, p: &[String]| format!("node {k} ({})", p.join(" or "));
+        check_nodes(run, nodes, node, label, &mut bad);
         if !watch.is_empty() {
             let st = run.world.xen().xenstore.watch_stats();
             for (k, e) in watch {
@@ -768,37 +808,6 @@ fn check_sysctls(
     }
 }
 
-/// The `backend_nodes` expectations of an `expect` step; mismatches go to
-/// `bad`.
-fn check_backend_nodes(
-    run: &Run<'_>,
-    t: usize,
-    backend_nodes: &BTreeMap<String, NodeExpect>,
-    bad: &mut Vec<String>,
-) {
-    let g = &run.guests[t];
-    for (k, want) in backend_nodes {
-        let path = format!("{}/{k}", g.fe.backend_path());
-        let have = run.world.xen().xenstore.read_str(&path).ok();
-        let ok = match (want, &have) {
-            (NodeExpect::Present(p), h) => *p == h.is_some(),
-            (NodeExpect::Value(v), Some(h)) => v == h,
-            (NodeExpect::Value(_), None) => false,
-        };
-        if !ok {
-            let want = match want {
-                NodeExpect::Present(true) => String::from("present"),
-                NodeExpect::Present(false) => String::from("absent"),
-                NodeExpect::Value(v) => format!("{v:?}"),
-            };
-            bad.push(format!(
-                "back-end node {k}: expected {want}, is {}",
-                have.map_or_else(|| String::from("absent"), |h| format!("{h:?}"))
-            ));
-        }
-    }
-}
-
 /// Where a node of an `expect` step's `nodes` may be: `error` (the
 /// back-end's error node, relative to its domain's home or absolute),
 /// `backend/<key>`, `frontend/<key>`, or an absolute path.
@@ -819,41 +828,29 @@ pub(super) fn node_paths(g: &GuestRt, be_dom: DomId, key: &str) -> Vec<String> {
     }
 }
 
-/// The `nodes` expectations of an `expect` step; mismatches go to `bad`.
+/// Node expectations of an `expect` step (`backend_nodes`, `nodes`): each
+/// holds of the first present of the nodes `paths(key)` names; mismatches
+/// go to `bad`, named by `label(key, paths)`.
 fn check_nodes(
     run: &Run<'_>,
-    t: usize,
-    nodes: &BTreeMap<String, NodeExpect>,
+    expects: &BTreeMap<String, NodeExpect>,
+    paths: impl Fn(&str) -> Vec<String>,
+    label: impl Fn(&str, &[String]) -> String,
     bad: &mut Vec<String>,
 ) {
-    let g = &run.guests[t];
     let xs = &run.world.xen().xenstore;
-    for (k, want) in nodes {
-        let paths = node_paths(g, g.vbd.backend_dom(), k);
+    for (k, want) in expects {
+        let paths = paths(k);
         let have = paths.iter().find_map(|p| xs.read_str(p).ok());
-        let ok = match (want, &have) {
-            (NodeExpect::Present(p), h) => *p == h.is_some(),
-            (NodeExpect::Value(v), Some(h)) => v == h,
-            (NodeExpect::Value(_), None) => false,
-        };
-        if !ok {
-            let want = match want {
-                NodeExpect::Present(true) => String::from("present"),
-                NodeExpect::Present(false) => String::from("absent"),
-                NodeExpect::Value(v) => format!("{v:?}"),
-            };
-            bad.push(format!(
-                "node {k} ({}): expected {want}, is {}",
-                paths.join(" or "),
-                have.map_or_else(|| String::from("absent"), |h| format!("{h:?}"))
-            ));
+        if let Some(m) = want.mismatch(have.as_deref()) {
+            bad.push(format!("{}: {m}", label(k, &paths)));
         }
     }
 }
 
 /// A `workload` step: every target guest at the same time, one thread each.
-pub(super) fn run_workloads(run: &mut Run<'_>, n: usize, step: &Step, targets: &[usize]) {
-    let Step::Workload {
+pub(super) fn run_workloads(run: &mut Run<'_>, n: usize, spec: &WorkloadSpec, targets: &[usize]) {
+    let WorkloadSpec {
         ops,
         io_size,
         pattern,
@@ -865,10 +862,7 @@ pub(super) fn run_workloads(run: &mut Run<'_>, n: usize, step: &Step, targets: &
         expect_errors,
         during,
         ..
-    } = step
-    else {
-        return;
-    };
+    } = spec;
     run.progress(format_args!(
         "step {n}: workload on {}: {ops} x {} {:?}, {read_pct}% reads",
         names_of(run, targets),

@@ -77,10 +77,10 @@ impl Scenario {
     ) -> Result<(), String> {
         match step {
             Step::Xenstore { .. } => validate_xenstore(step)?,
-            Step::Connect {
+            Step::Connect(ConnectSpec {
                 ring_start: Some(s),
                 ..
-            } if s.0 > u64::from(u32::MAX) => {
+            }) if s.0 > u64::from(u32::MAX) => {
                 return Err(format!("ring_start {} does not fit 32 bits", s.0));
             }
             Step::Wait {
@@ -142,65 +142,34 @@ impl Scenario {
             Step::RawSlot { hex, .. } if parse_hex(hex).is_none() => {
                 return Err(String::from("`hex` is not an even number of hex digits"));
             }
-            Step::Workload {
-                io_size,
-                read_pct,
-                offset,
-                region,
-                guest,
-                during,
-                ..
-            } => {
-                self.validate_workload(guest, *io_size, *read_pct, *offset, *region, names, used)?;
-                self.validate_during(guest, during, names, used)?;
+            Step::Workload(w) => {
+                self.validate_workload(w, names, used)?;
+                self.validate_during(&w.guest, &w.during, names, used)?;
             }
-            Step::Crash {
-                guest,
-                rounds,
-                io_size,
-                every,
-                offset,
-                region,
-                ..
-            } => {
-                for gi in guest.resolve(names) {
-                    let g = &self.guests[gi];
-                    let name = &names[gi];
-                    if g.write_cache.and_then(|c| c.options()).is_none() {
-                        return Err(format!(
-                            "guest {name} has no write cache to cut the power of \
-                             (`write_cache = true`)"
-                        ));
-                    }
-                    let (a, b) = workload_region(g, *offset, *region);
-                    let ss = u64::from(g.sector_size);
-                    if a >= b || a % ss != 0 || b % ss != 0 || b > g.size.0 || b - a < io_size.0 {
-                        return Err(format!(
-                            "guest {name}: region [{a}, {b}) does not fit the {}-byte disk, \
-                             is not sector-aligned, or is smaller than io_size",
-                            g.size.0
-                        ));
-                    }
-                }
-                let max = (BLKIF_MAX_SEGMENTS_PER_REQUEST * 4096) as u64;
-                if io_size.0 == 0 || io_size.0 % 512 != 0 || io_size.0 > max {
-                    return Err(format!(
-                        "io_size must be a multiple of 512, at most {max} (inline segments)"
-                    ));
-                }
-                if *rounds == 0 || *every == 0 {
-                    return Err(String::from("rounds and every must be at least 1"));
-                }
-            }
+            Step::Crash(c) => self.validate_crash(c, names)?,
             Step::InjectIo(spec) if spec.is_empty() => {
                 return Err(String::from(
-                    "nothing to inject: give nth, range, writes, flush or clear",
+                    "nothing to inject: give nth, range, writes, flush, hold or clear",
                 ));
+            }
+            Step::InjectIo(InjectIoSpec {
+                guest,
+                hold: Some(_),
+                ..
+            }) => {
+                for gi in guest.resolve(names) {
+                    if self.guests[gi].store == StoreKindSpec::Nbd {
+                        return Err(format!(
+                            "guest {}: an nbd store cannot hold its I/O",
+                            names[gi]
+                        ));
+                    }
+                }
             }
             Step::InjectGrant(spec) if spec.is_empty() => {
                 return Err(String::from("nothing to inject: give count, gref or clear"));
             }
-            Step::Expect { .. } => validate_expect(step)?,
+            Step::Expect(spec) => validate_expect(spec)?,
             _ => {}
         }
         Ok(())
@@ -208,7 +177,8 @@ impl Scenario {
 
     /// The `during` steps of a workload on `guest`: each valid on its own,
     /// none a workload, each naming its guests, none of them the
-    /// workload's (their front-ends are busy).
+    /// workload's (their front-ends are busy) but for `backend_restart`,
+    /// which acts on the back-end alone.
     fn validate_during(
         &self,
         guest: &Guests,
@@ -219,10 +189,7 @@ impl Scenario {
         let busy = guest.resolve(names);
         for (k, st) in during.iter().enumerate() {
             let at = |m: String| format!("during step {} ({}): {m}", k + 1, st.action());
-            if matches!(
-                st,
-                Step::Workload { .. } | Step::Crash { .. } | Step::MountRoot {}
-            ) {
+            if matches!(st, Step::Workload(_) | Step::Crash(_) | Step::MountRoot {}) {
                 return Err(at(String::from("not allowed during a workload")));
             }
             let named = step_guest_names(st);
@@ -234,7 +201,7 @@ impl Scenario {
             for g in &named {
                 match names.iter().position(|x| x == g) {
                     None => return Err(at(format!("no guest named {g:?}"))),
-                    Some(i) if busy.contains(&i) => {
+                    Some(i) if busy.contains(&i) && !matches!(st, Step::BackendRestart { .. }) => {
                         return Err(at(format!("guest {g:?} runs the workload")))
                     }
                     Some(_) => {}
@@ -245,30 +212,50 @@ impl Scenario {
         Ok(())
     }
 
+    /// A crash step's guests have a write cache and room for its region;
+    /// its sizes are sane.
+    fn validate_crash(&self, c: &CrashSpec, names: &[String]) -> Result<(), String> {
+        for gi in c.guest.resolve(names) {
+            let g = &self.guests[gi];
+            let name = &names[gi];
+            if g.write_cache.and_then(|c| c.options()).is_none() {
+                return Err(format!(
+                    "guest {name} has no write cache to cut the power of \
+                     (`write_cache = true`)"
+                ));
+            }
+            checked_region(g, name, c.offset, c.region, c.io_size, true)?;
+        }
+        let max = (BLKIF_MAX_SEGMENTS_PER_REQUEST * 4096) as u64;
+        if c.io_size.0 == 0 || c.io_size.0 % 512 != 0 || c.io_size.0 > max {
+            return Err(format!(
+                "io_size must be a multiple of 512, at most {max} (inline segments)"
+            ));
+        }
+        if c.rounds == 0 || c.every == 0 {
+            return Err(String::from("rounds and every must be at least 1"));
+        }
+        Ok(())
+    }
+
     /// A workload's region fits each guest's disk and overlaps no earlier
     /// one; its sizes are sane.
-    #[allow(clippy::too_many_arguments)]
     fn validate_workload(
         &self,
-        guest: &Guests,
-        io_size: Size,
-        read_pct: u8,
-        offset: Option<Size>,
-        region: Option<Size>,
+        w: &WorkloadSpec,
         names: &[String],
         used: &mut [Vec<(u64, u64)>],
     ) -> Result<(), String> {
-        for gi in guest.resolve(names) {
+        let WorkloadSpec {
+            io_size,
+            read_pct,
+            offset,
+            region,
+            ..
+        } = *w;
+        for gi in w.guest.resolve(names) {
             let g = &self.guests[gi];
-            let (a, b) = workload_region(g, offset, region);
-            let ss = u64::from(g.sector_size);
-            if a >= b || a % ss != 0 || b > g.size.0 || b - a < io_size.0 {
-                return Err(format!(
-                    "guest {}: region [{a}, {b}) does not fit the {}-byte disk, \
-                     is not sector-aligned, or is smaller than io_size",
-                    names[gi], g.size.0
-                ));
-            }
+            let (a, b) = checked_region(g, &names[gi], offset, region, io_size, false)?;
             if let Some((c, d)) = used[gi].iter().find(|(c, d)| a < *d && *c < b) {
                 return Err(format!(
                     "guest {}: region [{a}, {b}) overlaps an earlier workload's \
@@ -304,6 +291,30 @@ pub(super) fn workload_region(
     (start, end)
 }
 
+/// The region of guest `g` (named `name`) a workload or crash step uses,
+/// checked: within the disk, starting on a sector boundary (ending on one
+/// too where `whole_sectors`), at least `io_size` long.
+fn checked_region(
+    g: &GuestSpec,
+    name: &str,
+    offset: Option<Size>,
+    region: Option<Size>,
+    io_size: Size,
+    whole_sectors: bool,
+) -> Result<(u64, u64), String> {
+    let (a, b) = workload_region(g, offset, region);
+    let ss = u64::from(g.sector_size);
+    let unaligned = a % ss != 0 || (whole_sectors && b % ss != 0);
+    if a >= b || unaligned || b > g.size.0 || b - a < io_size.0 {
+        return Err(format!(
+            "guest {name}: region [{a}, {b}) does not fit the {}-byte disk, \
+             is not sector-aligned, or is smaller than io_size",
+            g.size.0
+        ));
+    }
+    Ok((a, b))
+}
+
 /// The guest names a step mentions.
 pub(super) fn step_guest_names(step: &Step) -> Vec<String> {
     match step.guests() {
@@ -319,7 +330,7 @@ impl Step {
     pub fn guests(&self) -> Option<&Guests> {
         match self {
             Step::Xenstore { guest, .. }
-            | Step::Connect { guest, .. }
+            | Step::Connect(ConnectSpec { guest, .. })
             | Step::Disconnect { guest }
             | Step::Request(RequestSpec { guest, .. })
             | Step::Batch { guest, .. }
@@ -330,12 +341,13 @@ impl Step {
             | Step::ReqProd { guest, .. }
             | Step::Kick { guest, .. }
             | Step::Wait { guest, .. }
-            | Step::Workload { guest, .. }
-            | Step::Crash { guest, .. }
+            | Step::Workload(WorkloadSpec { guest, .. })
+            | Step::Crash(CrashSpec { guest, .. })
             | Step::InjectIo(InjectIoSpec { guest, .. })
             | Step::InjectGrant(InjectGrantSpec { guest, .. })
             | Step::NbdServer { guest, .. }
-            | Step::Expect { guest, .. } => Some(guest),
+            | Step::BackendRestart { guest, .. }
+            | Step::Expect(ExpectSpec { guest, .. }) => Some(guest),
             Step::MountRoot {} => None,
         }
     }
@@ -391,17 +403,14 @@ fn validate_xenstore(step: &Step) -> Result<(), String> {
 
 /// An `expect` step: node names of a known form, known watch counters,
 /// states and sysctl names.
-fn validate_expect(step: &Step) -> Result<(), String> {
-    let Step::Expect {
+fn validate_expect(spec: &ExpectSpec) -> Result<(), String> {
+    let ExpectSpec {
         state,
         sysctl,
         watch,
         nodes,
         ..
-    } = step
-    else {
-        return Ok(());
-    };
+    } = spec;
     for k in nodes.keys() {
         let ok = k == "error"
             || ["backend/", "frontend/", "/"]

@@ -23,6 +23,8 @@
 //!
 //! Each body asserts its invariants; a panic is a finding.
 
+mod builder;
+mod front;
 mod input;
 mod instance;
 mod request;
@@ -30,12 +32,14 @@ mod ring;
 mod script;
 mod xenstore;
 
+pub use builder::{Body, Header, Script};
+pub use front::RingsMemory;
 pub use instance::{
     fuzz_instance, fuzz_instance_in, Completion, FeKey, FeValue, Injected, InstanceConfig,
-    InstanceMemory, InstanceReport, InstanceScript, Request, DATA_PAGES, FIRST_DATA_GREF, MAX_OPS,
-    MAX_RINGS,
+    InstanceInput, InstanceMemory, InstanceReport, InstanceScript, DATA_PAGES, FIRST_DATA_GREF,
+    MAX_OPS, MAX_RINGS,
 };
 pub use request::fuzz_request;
 pub use ring::{fuzz_ring, fuzz_ring_in, RingMemory, RingReport};
-pub use script::{Fault, Outcome, PushReq, RingConfig, RingScript};
+pub use script::{Fault, Outcome, PushReq, RingConfig, RingInput, RingScript};
 pub use xenstore::fuzz_xenstore;

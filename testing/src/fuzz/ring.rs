@@ -4,63 +4,32 @@
 //! order with any result, injects platform failures and moves the
 //! front-end through the states of `io/xenbus.h`.
 
-use std::collections::BTreeSet;
-
 use xbb::abi::{
-    Abi, BlkifRequest, RequestBody, Segment, BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_OP_DISCARD,
-    BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_INDIRECT, BLKIF_OP_READ, BLKIF_OP_WRITE,
-    BLKIF_OP_WRITE_BARRIER, BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY, MAX_SLOT_SIZE,
+    Abi, BlkifRequest, RequestBody, BLKIF_OP_DISCARD, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_INDIRECT,
+    BLKIF_OP_READ, BLKIF_OP_WRITE, BLKIF_OP_WRITE_BARRIER, BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR,
+    BLKIF_RSP_OKAY,
 };
 use xbb::connect::ConnectError;
-use xbb::host::{GrantRef, IoError, MediumInfo, XenbusState, PAGE_SIZE};
+use xbb::host::{GrantRef, IoError, XenbusState, PAGE_SIZE};
 use xbb::instance::Instance;
 use xbb::keys;
 use xbb::ring::FrontRing;
 use xbb::shmem::SharedMem;
-use xbb::stats::{Stat, Tunable, Tunables};
-use xbb::units::Sectors;
+use xbb::stats::Stat;
 
+use super::front::*;
 use super::input::Input;
+use super::instance::{medium, tunables, InstanceConfig, MAX_REQS};
 use super::script::*;
-use crate::host::{FakeConfig, FakeHost, BE_PATH, FE_PATH};
+use crate::host::{FakeConfig, FakeHost, BE_PATH};
 
-/// Granted data pages of the fuzzed guest.
-const DATA_PAGES: usize = 16;
-/// The largest ring the fuzzer builds, as log2(pages).
-const MAX_FUZZ_ORDER: u32 = 2;
-const RING_BYTES: usize = PAGE_SIZE << MAX_FUZZ_ORDER;
-/// Bound on the actions of one input, and on the steps of settling.
+/// Bound on the actions of one input.
 const MAX_ACTIONS: usize = 4096;
-const MAX_SETTLE_STEPS: usize = 1 << 16;
 
-/// The shared memory of the fuzzed ring, reused across inputs.
-///
-/// Shared memory outside a platform can only be had from
-/// [`SharedMem::leak_pair`], which never frees; a fuzzer running millions
-/// of inputs keeps one of these (e.g. in a `static Mutex`) and passes it to
-/// [`fuzz_ring_in`]. It is zeroed at the start of every input.
-#[derive(Debug)]
-pub struct RingMemory {
-    pair: Option<(SharedMem, SharedMem)>,
-}
-
-impl RingMemory {
-    /// Leaks the largest ring the fuzzer builds (4 pages). `None` when
-    /// the allocation fails.
-    pub fn new() -> Option<RingMemory> {
-        Some(RingMemory {
-            pair: Some(SharedMem::leak_pair(RING_BYTES)?),
-        })
-    }
-
-    fn take(&mut self) -> (SharedMem, SharedMem) {
-        match self.pair.take() {
-            Some(p) => p,
-            // A previous input panicked while holding the memory.
-            None => SharedMem::leak_pair(RING_BYTES).expect("ring memory"),
-        }
-    }
-}
+/// The shared memory of the fuzzed ring, reused across inputs (see
+/// [`RingsMemory`]); [`fuzz_ring_in`] zeroes it at the start of every
+/// input.
+pub type RingMemory = RingsMemory<1>;
 
 /// What one [`fuzz_ring_in`] input did, so seeds can check they reached
 /// what they aim at.
@@ -94,17 +63,8 @@ struct Driver {
     /// The first of the ring's pages.
     ring_gref: GrantRef,
     inst: Instance,
-    front: Option<FrontRing>,
-    abi: Abi,
-    ring_pages: u32,
-    size: u32,
+    ring: ShadowRing,
     medium_sectors: u64,
-    /// The index the next request is written at.
-    cursor: u32,
-    /// Every slot's bytes as the front-end sees them between actions.
-    shadow: Vec<[u8; MAX_SLOT_SIZE]>,
-    /// Every id a request slot can have held.
-    ids: BTreeSet<u64>,
     /// Responses taken in the current connection.
     responses: u64,
     /// `host.connects` and `host.fatals` as last seen.
@@ -132,42 +92,40 @@ struct Driver {
     /// the ring was still that connection's.
     published: u64,
     pushes: u64,
-    last_end: u64,
 }
 
 impl Driver {
     fn front(&mut self) -> &mut FrontRing {
-        self.front.as_mut().expect("front ring")
-    }
-
-    fn slot_of(&self, index: u32) -> usize {
-        (index & (self.size - 1)) as usize
-    }
-
-    fn note_slot(&mut self, slot: usize) {
-        let req = self.abi.request_size();
-        let id = self.abi.decode_request(&self.shadow[slot][..req]).id;
-        self.ids.insert(id);
-    }
-
-    /// Writes `bytes` into ring slot `index` and the shadow.
-    fn write_slot(&mut self, index: u32, bytes: &[u8]) {
-        let n = bytes.len().min(self.abi.entry_size());
-        self.front().write_raw_slot(index, &bytes[..n]);
-        let slot = self.slot_of(index);
-        self.shadow[slot][..n].copy_from_slice(&bytes[..n]);
-        self.note_slot(slot);
+        self.ring.front.as_mut().expect("front ring")
     }
 
     /// Initialises the shared ring as a front-end does before it
     /// (re)connects.
     fn reinit_front(&mut self) {
-        let mem = self.front.take().expect("front ring").into_mem();
-        self.front = Some(FrontRing::init(mem, self.abi, self.ring_pages).expect("ring init"));
-        self.cursor = 0;
+        let r = &mut self.ring;
+        let mem = r.front.take().expect("front ring").into_mem();
+        r.front = Some(FrontRing::init(mem, r.abi, r.pages).expect("ring init"));
+        r.cursor = 0;
         self.overran = false;
         self.reinit_since_attach = true;
         self.earlier = 0;
+    }
+}
+
+impl Settle for Driver {
+    fn host(&self) -> &FakeHost {
+        &self.host
+    }
+
+    fn complete_oldest(&mut self, result: Result<(), IoError>) {
+        self.host.complete_at(&mut self.inst, 0, result);
+    }
+
+    fn run_scheduled(&mut self) {
+        if self.host.schedule_runs > 0 {
+            self.host.schedule_runs = 0;
+            self.inst.run(&mut self.host, 0);
+        }
     }
 
     /// Takes every published response; checks they answer consumed
@@ -202,18 +160,16 @@ impl Driver {
                     break;
                 }
             };
-            // What the back-end wrote into the slot, as the shadow's bytes.
-            let slot = self.slot_of(index);
-            let n = self.abi.response_size();
-            self.shadow[slot][..n].fill(0);
-            self.abi.encode_response(&r, &mut self.shadow[slot][..n]);
-            self.note_slot(slot);
-            if self.earlier > 0 && self.earlier <= self.size {
+            self.ring.took_response(index, &r);
+            if self.earlier > 0 && self.earlier <= self.ring.size {
                 self.earlier -= 1;
                 earlier += 1;
             }
             got.push(r);
-            assert!(got.len() <= self.size as usize * 4, "runaway responses");
+            assert!(
+                got.len() <= self.ring.size as usize * 4,
+                "runaway responses"
+            );
         }
         self.responses += got.len() as u64 - earlier;
         if !self.reinit_since_attach {
@@ -236,7 +192,7 @@ impl Driver {
                 _ => self.report.not_supported += 1,
             }
             assert!(
-                self.ids.contains(&r.id),
+                self.ring.ids.contains(&r.id),
                 "response to unknown id {:#x}",
                 r.id
             );
@@ -250,25 +206,13 @@ impl Driver {
             );
         }
     }
+}
 
-    fn set_front_state(&mut self, v: u8) {
-        let path = format!("{FE_PATH}/{}", keys::STATE);
-        match v % 12 {
-            s @ 0..=8 => {
-                let st = XenbusState::from_u32(u32::from(s)).expect("state");
-                self.host.xs.set(&path, st.as_str().as_bytes());
-            }
-            9 => self.host.xs.set(&path, b"connected"),
-            10 => self.host.xs.set(&path, b"99"),
-            _ => self.host.xs.del(&path),
-        }
-    }
-
+impl Driver {
     fn push(&mut self, r: &mut Input<'_>) {
         self.pushes += 1;
         let id = u64::from(r.u16()) | self.pushes << 16;
-        let op_sel = r.u8() % 8;
-        let operation = match op_sel {
+        let operation = match r.u8() % 8 {
             0 | 1 => BLKIF_OP_READ,
             2 | 3 => BLKIF_OP_WRITE,
             4 => BLKIF_OP_FLUSH_DISKCACHE,
@@ -279,38 +223,14 @@ impl Driver {
         };
         let nb = r.u8();
         let nsegs = if nb < 208 { nb % 13 } else { nb };
-        let sel = r.u8();
-        let sector = match sel {
-            0..=127 => u64::from(sel) * 8,
-            128..=191 => self.last_end,
-            192..=254 => self.medium_sectors.saturating_sub(u64::from(sel - 192)),
-            255 => r.u64(),
-        };
-        let mut seg = [Segment::default(); BLKIF_MAX_SEGMENTS_PER_REQUEST];
-        let mut sectors = 0u64;
-        for s in seg.iter_mut().take(usize::from(nsegs)) {
-            let g = r.u8();
-            let gref = match g {
-                0..=223 => self.data_gref + u32::from(g % DATA_PAGES as u8),
-                224..=239 => self.ring_gref + u32::from(g % 4),
-                240..=254 => u32::from(g),
-                255 => 0xdead_beef,
-            };
-            let b = r.u8();
-            let (first_sect, last_sect) = match b {
-                0..=63 => (b & 7, b >> 3),
-                64..=119 => (b & 7, 7),
-                120..=127 => (0, 8 + (b & 7) * 30),
-                _ => (0, 7),
-            };
-            sectors += u64::from(last_sect.saturating_sub(first_sect)) + 1;
-            *s = Segment {
-                gref,
-                first_sect,
-                last_sect,
-            };
-        }
-        self.last_end = sector.wrapping_add(sectors);
+        let sector = pick_sector(r, self.ring.last_end, self.medium_sectors);
+        let (data, ring) = (self.data_gref, self.ring_gref);
+        let (seg, sectors) = pick_segments(
+            r,
+            nsegs,
+            |g| data + u32::from(g % DATA_PAGES as u8),
+            |g| ring + u32::from(g % 4),
+        );
         let body = match operation {
             BLKIF_OP_DISCARD => RequestBody::Discard {
                 flag: nsegs & 1,
@@ -337,61 +257,19 @@ impl Driver {
             id,
             body,
         };
-        let mut buf = [0u8; MAX_SLOT_SIZE];
-        let n = self.abi.request_size();
-        self.abi.encode_request(&req, &mut buf[..n]);
-        let at = self.cursor;
-        self.write_slot(at, &buf[..n]);
-        self.cursor = self.cursor.wrapping_add(1);
-    }
-
-    fn run_scheduled(&mut self) {
-        if self.host.schedule_runs > 0 {
-            self.host.schedule_runs = 0;
-            self.inst.run(&mut self.host, 0);
-        }
-    }
-
-    /// Completes every pending I/O and honours deferred runs until
-    /// nothing is left, draining responses as a front-end would.
-    fn settle(&mut self, result: Result<(), IoError>) {
-        for _ in 0..MAX_SETTLE_STEPS {
-            if self.host.pending() > 0 {
-                self.host.complete_at(&mut self.inst, 0, result);
-            } else if self.host.schedule_runs > 0 {
-                self.run_scheduled();
-            } else {
-                self.drain();
-                return;
-            }
-            self.drain();
-        }
-        panic!("the instance did not settle");
+        self.ring.write_request(&req, sector, sectors);
     }
 
     fn action(&mut self, r: &mut Input<'_>) {
         match Action::decode(r.u8()) {
-            Action::WriteSlot => {
-                let rel = r.u8() as i8;
-                let len = usize::from(r.u8()) % (MAX_SLOT_SIZE + 1);
-                let bytes = r.bytes(len);
-                let at = self.cursor.wrapping_add(rel as u32);
-                self.write_slot(at, bytes);
-                if rel == 0 {
-                    self.cursor = self.cursor.wrapping_add(1);
-                }
-            }
+            Action::WriteSlot => self.ring.write_raw(r),
             Action::Push => self.push(r),
             Action::ReqProd => {
-                let v = match r.u8() % 4 {
-                    0 => self.cursor,
-                    1 => self.cursor.wrapping_add(u32::from(r.u8())),
-                    2 => self.cursor.wrapping_sub(u32::from(r.u8())),
-                    _ => r.u32(),
-                };
+                let v = self.ring.pick_req_prod(r);
                 let ahead = v.wrapping_sub(self.front().rsp_cons());
-                self.overran |= ahead > self.size;
-                self.conn_overran |= ahead > self.size && !self.reinit_since_attach;
+                let size = self.ring.size;
+                self.overran |= ahead > size;
+                self.conn_overran |= ahead > size && !self.reinit_since_attach;
                 self.front().set_req_prod_raw(v);
             }
             Action::Kick => self.inst.event(&mut self.host, 0),
@@ -409,7 +287,7 @@ impl Driver {
             }
             Action::FrontState => {
                 let v = r.u8();
-                self.set_front_state(v);
+                set_front_state(&mut self.host, v);
                 if matches!(v % 12, 3 | 4) && !self.host.ring_mapped() {
                     // A front-end initialises the ring before it announces
                     // it (again).
@@ -419,16 +297,7 @@ impl Driver {
             }
             Action::Inject => {
                 let (k, n) = (r.u8() % 7, r.u8());
-                let h = &mut self.host;
-                match k {
-                    0 => h.faults.submits += u32::from(n % 4),
-                    1 => h.faults.maps += u32::from(n % 16),
-                    2 => h.faults.ring_map = true,
-                    3 => h.faults.bind = true,
-                    4 => h.faults.window = true,
-                    5 => h.xs.again_commits = u32::from(n % 12),
-                    _ => h.faults.open = true,
-                }
+                inject(&mut self.host, k, n);
             }
             Action::Deferred => self.run_scheduled(),
             Action::RootMounted => {
@@ -471,34 +340,20 @@ impl Driver {
                 );
             }
         }
-        self.set_front_state(XenbusState::Closed as u8);
+        set_front_state(&mut self.host, XenbusState::Closed as u8);
         self.inst.frontend_changed(&mut self.host);
         self.settle(Ok(()));
         self.inst.detach(&mut self.host);
         self.settle(Ok(()));
 
-        assert!(self.inst.is_detached(), "detach did not finish");
-        let h = &self.host;
-        assert!(!h.ring_mapped(), "ring still mapped after detach");
-        assert!(!h.window_reserved(), "window still reserved after detach");
-        assert_eq!(h.live_mappings, 0, "grants still mapped after detach");
-        assert_eq!(
-            h.channels_bound(),
-            0,
-            "event channel still bound after detach"
-        );
-        assert!(!h.store_is_open(), "store still open after detach");
-        assert_eq!(h.pending(), 0);
-        h.assert_released();
-        h.assert_clean();
+        assert_given_back(&self.inst, &self.host);
     }
 }
 
 /// Runs one [`fuzz_ring`] input with ring memory of its own (leaking
 /// 16 KiB). Fuzzers running many inputs use [`fuzz_ring_in`].
 pub fn fuzz_ring(data: &[u8]) -> RingReport {
-    let mut mem = RingMemory::new().expect("ring memory");
-    fuzz_ring_in(&mut mem, data)
+    fuzz_ring_in(&mut RingMemory::new().expect("ring memory"), data)
 }
 
 /// Plays `data` as a hostile front-end against a real [`Instance`].
@@ -516,7 +371,7 @@ pub fn fuzz_ring(data: &[u8]) -> RingReport {
 pub fn fuzz_ring_in(mem: &mut RingMemory, data: &[u8]) -> RingReport {
     let mut r = Input::new(data);
     let cfg = RingConfig::decode(&mut r);
-    let mut d = Driver::new(&cfg, mem.take());
+    let mut d = Driver::new(&cfg, mem.take(0));
     d.inst.attach(&mut d.host);
     d.drain();
     let mut n = 0;
@@ -526,55 +381,46 @@ pub fn fuzz_ring_in(mem: &mut RingMemory, data: &[u8]) -> RingReport {
     }
     d.teardown();
 
-    let front_mem = d.front.take().expect("front ring").into_mem();
-    let back_mem = d.host.take_ring().expect("ring returned");
-    mem.pair = Some((front_mem, back_mem));
+    let front = d.ring.front.take().expect("front ring");
+    mem.give_back(0, front, d.host.take_ring().expect("ring returned"));
     d.report.ios = d.host.submitted;
     d.report.notifications = d.host.notifications;
     d.report
 }
 
-/// The tunables a [`RingConfig`] selects.
-fn tunables(cfg: &RingConfig) -> Tunables {
-    let mut t = Tunables::default();
-    let sel = |table: &[u64; 4], s: u8| table[usize::from(s & 3)];
-    for (tunable, v) in [
-        (Tunable::RequestsPerPass, sel(&RPP, cfg.requests_per_pass)),
-        (Tunable::MaxRequests, sel(&MAX_REQS, cfg.max_requests)),
-        (Tunable::KvaPages, sel(&KVA, cfg.kva_pages)),
-        (Tunable::MaxRequestSize, sel(&MAX_RS, cfg.max_request_size)),
-        (
-            Tunable::MaxRingPageOrder,
-            sel(&MAX_ORDER, cfg.max_ring_order),
-        ),
-        (Tunable::NoCoalesceReqs, u64::from(cfg.no_coalesce)),
-        (
-            Tunable::MaxPersistentGrants,
-            sel(&MAX_PERSISTENT_GRANTS, cfg.max_persistent_grants),
-        ),
-    ] {
-        t.set(tunable, v).expect("tunable in range");
+impl RingConfig {
+    /// The instance header that selects the same medium, tunables and
+    /// toolstack (the tunables only `fuzz_instance` selects at their
+    /// defaults).
+    fn as_instance(&self) -> InstanceConfig {
+        InstanceConfig {
+            x86_64: self.x86_64,
+            read_only_medium: self.read_only_medium,
+            can_flush: self.can_flush,
+            can_discard: self.can_discard,
+            sector_4k: self.sector_4k,
+            online: self.online,
+            root_later: self.root_later,
+            toolstack_read_only: self.toolstack_read_only,
+            requests_per_pass: self.requests_per_pass,
+            max_requests: self.max_requests,
+            kva_pages: self.kva_pages,
+            max_request_size: self.max_request_size,
+            max_ring_order: self.max_ring_order,
+            max_persistent_grants: self.max_persistent_grants,
+            medium: self.medium,
+            no_coalesce: self.no_coalesce,
+            ..InstanceConfig::default()
+        }
     }
-    t
 }
 
 /// The platform a [`RingConfig`] describes: the medium, the guest's data
 /// pages (a pattern; some read-only), the toolstack's nodes, and the
 /// front-end's ring in `ring`, announced but not yet connected.
 fn host(cfg: &RingConfig, ring: (SharedMem, SharedMem)) -> (FakeHost, FrontRing) {
-    let medium_sectors = (u64::from(cfg.medium) + 1) * 8;
-    let sector_size = if cfg.sector_4k { 4096 } else { 512 };
     let mut host = FakeHost::new(FakeConfig {
-        medium: MediumInfo {
-            sectors: Sectors(medium_sectors),
-            sector_size,
-            physical_sector_size: sector_size,
-            read_only: cfg.read_only_medium,
-            can_flush: cfg.can_flush,
-            can_discard: cfg.can_discard,
-            is_device: false,
-            ..MediumInfo::default()
-        },
+        medium: medium(&cfg.as_instance()),
         max_grants: DATA_PAGES,
         // One I/O at a time per reqlist, at most one reqlist per request.
         max_in_flight: MAX_REQS[usize::from(cfg.max_requests & 3)] as usize,
@@ -582,12 +428,7 @@ fn host(cfg: &RingConfig, ring: (SharedMem, SharedMem)) -> (FakeHost, FrontRing)
         ..FakeConfig::default()
     });
     host.root = !cfg.root_later;
-    for p in 0..DATA_PAGES {
-        let page: Vec<u8> = (p * PAGE_SIZE..(p + 1) * PAGE_SIZE)
-            .map(|i| (i as u8).wrapping_mul(7) ^ (i >> 12) as u8)
-            .collect();
-        host.grant(&page, cfg.readonly_grants & (1 << p) != 0);
-    }
+    grant_data_pages(&mut host, cfg.readonly_grants);
     host.standard_nodes(!cfg.toolstack_read_only, cfg.online);
     let abi = if cfg.x86_64 { Abi::X86_64 } else { Abi::X86_32 };
     let (front_mem, back_mem) = ring;
@@ -610,23 +451,15 @@ impl Driver {
     fn new(cfg: &RingConfig, ring: (SharedMem, SharedMem)) -> Driver {
         let (host, front) = host(cfg, ring);
         let abi = if cfg.x86_64 { Abi::X86_64 } else { Abi::X86_32 };
-        let ring_pages = 1u32 << cfg.order;
-        let size = abi.ring_size(ring_pages).expect("ring size");
         Driver {
             report: RingReport::default(),
             // The data pages were granted first, from the first reference.
             data_gref: host.ring_grefs()[0] - DATA_PAGES as GrantRef,
             ring_gref: host.ring_grefs()[0],
             host,
-            inst: Instance::new(BE_PATH, &tunables(cfg)).expect("instance"),
-            front: Some(front),
-            abi,
-            ring_pages,
-            size,
+            inst: Instance::new(BE_PATH, &tunables(&cfg.as_instance())).expect("instance"),
+            ring: ShadowRing::new(Some(front), abi, 1 << cfg.order),
             medium_sectors: (u64::from(cfg.medium) + 1) * 8,
-            cursor: 0,
-            shadow: vec![[0u8; MAX_SLOT_SIZE]; size as usize],
-            ids: BTreeSet::from([0]),
             responses: 0,
             connects_seen: 0,
             fatals_seen: 0,
@@ -637,7 +470,6 @@ impl Driver {
             published: 0,
             earlier: 0,
             pushes: 0,
-            last_end: 0,
         }
     }
 }

@@ -5,7 +5,7 @@
 use xbb::abi::{BLKIF_MAX_SEGMENTS_PER_REQUEST, MAX_SLOT_SIZE};
 use xbb::host::IoError;
 
-use super::input::Input;
+use super::builder::{header_codec, Body, Script};
 
 /// What one step of a `fuzz_ring` input does; its byte code is the
 /// discriminant, 0 for the first (the seeds and the corpus are written in
@@ -47,9 +47,10 @@ impl Action {
     }
 }
 
-/// The fixed header of a [`fuzz_ring`](super::fuzz_ring) input: the guest ABI, the ring,
-/// the medium and the tunables. Selectors pick from small tables of
-/// interesting values (see [`RingConfig::encode`]).
+/// The fixed header of a [`fuzz_ring`](super::fuzz_ring) input: the guest
+/// ABI, the ring, the medium and the tunables. Selectors pick from small
+/// tables of interesting values (those of
+/// [`InstanceConfig`](super::InstanceConfig)).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RingConfig {
     /// `x86_64-abi` (else `x86_32-abi`).
@@ -94,66 +95,12 @@ pub struct RingConfig {
     pub max_persistent_grants: u8,
 }
 
-pub(crate) const RPP: [u64; 4] = [256, 1, 3, 16];
-pub(crate) const MAX_REQS: [u64; 4] = [1024, 1, 2, 5];
-pub(crate) const KVA: [u64; 4] = [0, 11, 16, 40];
-pub(crate) const MAX_RS: [u64; 4] = [1 << 20, 45056, 65536, 131072];
-pub(crate) const MAX_ORDER: [u64; 4] = [2, 0, 1, 5];
-pub(crate) const MAX_PERSISTENT_GRANTS: [u64; 4] = [1056, 1, 3, 0];
-
-impl RingConfig {
-    /// The six header bytes.
-    pub fn encode(&self) -> [u8; 6] {
-        let b = |v: bool, bit: u8| u8::from(v) << bit;
-        [
-            b(self.x86_64, 0)
-                | (self.order % 3) << 1
-                | b(self.read_only_medium, 3)
-                | b(self.can_flush, 4)
-                | b(self.sector_4k, 5)
-                | b(self.online, 6)
-                | b(self.no_coalesce, 7),
-            (self.requests_per_pass & 3)
-                | (self.max_requests & 3) << 2
-                | (self.kva_pages & 3) << 4
-                | (self.max_request_size & 3) << 6,
-            (self.medium & 63) | b(self.root_later, 6) | b(self.connect_at_attach, 7),
-            self.readonly_grants.to_le_bytes()[0],
-            self.readonly_grants.to_le_bytes()[1],
-            b(self.toolstack_read_only, 0)
-                | (self.max_ring_order & 3) << 1
-                | b(self.persistent, 3)
-                | b(self.can_discard, 4)
-                | (self.max_persistent_grants & 3) << 5,
-        ]
-    }
-
-    pub(crate) fn decode(r: &mut Input<'_>) -> RingConfig {
-        let h: [u8; 6] = r.le();
-        let bit = |byte: u8, n: u8| byte & (1 << n) != 0;
-        RingConfig {
-            x86_64: bit(h[0], 0),
-            order: (h[0] >> 1 & 3) % 3,
-            read_only_medium: bit(h[0], 3),
-            can_flush: bit(h[0], 4),
-            sector_4k: bit(h[0], 5),
-            online: bit(h[0], 6),
-            no_coalesce: bit(h[0], 7),
-            requests_per_pass: h[1] & 3,
-            max_requests: h[1] >> 2 & 3,
-            kva_pages: h[1] >> 4 & 3,
-            max_request_size: h[1] >> 6 & 3,
-            medium: h[2] & 63,
-            root_later: bit(h[2], 6),
-            connect_at_attach: bit(h[2], 7),
-            readonly_grants: u16::from_le_bytes([h[3], h[4]]),
-            toolstack_read_only: bit(h[5], 0),
-            max_ring_order: h[5] >> 1 & 3,
-            persistent: bit(h[5], 3),
-            can_discard: bit(h[5], 4),
-            max_persistent_grants: h[5] >> 5 & 3,
-        }
-    }
+header_codec! { RingConfig [6]:
+    x86_64 1, order 2 % 3, read_only_medium 1, can_flush 1, sector_4k 1, online 1, no_coalesce 1,
+    requests_per_pass 2, max_requests 2, kva_pages 2, max_request_size 2,
+    medium 6, root_later 1, connect_at_attach 1,
+    readonly_grants 16,
+    toolstack_read_only 1, max_ring_order 2, persistent 1, can_discard 1, max_persistent_grants 2,
 }
 
 /// How a completion ends, in [`RingScript`] actions.
@@ -208,18 +155,28 @@ pub enum Fault {
     Open,
 }
 
-/// One structured request for [`RingScript::push`]: selectors, decoded as
-/// [`fuzz_ring`](super::fuzz_ring) decodes them.
+/// One structured request for [`RingScript::push`] and
+/// [`InstanceScript::push`](super::InstanceScript::push): selectors,
+/// decoded as [`fuzz_ring`](super::fuzz_ring) and
+/// [`fuzz_instance`](super::fuzz_instance) decode them (alike but for the
+/// operation and the segment count).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PushReq {
-    /// Low 16 bits of the id (the high bits count pushes).
+    /// Low 16 bits of the id (the high bits count pushes: ids are
+    /// unique).
     pub id: u16,
-    /// `% 8`: 0-1 read, 2-3 write, 4 flush, 5 barrier, 6 discard or
-    /// indirect, 7 the raw operation byte `raw_op`.
+    /// `% 8`: 0-1 read, 2-3 write, 4 flush, 5 barrier; `fuzz_ring`: 6
+    /// discard or indirect, 7 the raw operation byte `raw_op`;
+    /// `fuzz_instance`: 6 discard, 7 indirect.
     pub op: u8,
-    /// The raw operation byte when `op % 8 == 7`.
+    /// `fuzz_ring`: the raw operation byte when `op % 8 == 7`.
+    /// `fuzz_instance`: a discard's flag; an indirect request's
+    /// `indirect_op`: even read, odd write, above 250 the byte itself.
     pub raw_op: u8,
-    /// `nr_segments`: below 208, `% 13`; from 208, as is.
+    /// `nr_segments`: below 208, `% 13` (`fuzz_ring`) or `% 12`
+    /// (`fuzz_instance`); from 208, as is (beyond the limit). In
+    /// `fuzz_instance` an indirect request has `4 * nsegs` segments (the
+    /// descriptors its pages hold); a discard `8 * nsegs` sectors.
     pub nsegs: u8,
     /// Below 128: sector `8 * sector`; below 192: where the previous push
     /// ended; below 255: `sector - 192` before the medium's end; 255: the
@@ -229,104 +186,89 @@ pub struct PushReq {
     pub raw_sector: u64,
     /// Per segment: below 224 data page `% 16`; below 240 a ring page;
     /// below 255 the value itself; 255 a grant reference of 0xdead_beef.
+    /// In `fuzz_instance`, an indirect request's descriptor pages are
+    /// data pages from this one (`% 16`) on.
     pub gref: u8,
     /// Per segment: below 64 `(b & 7, b >> 3)`; below 120 `(b & 7, 7)`;
     /// below 128 a `last_sect` beyond the page; else the whole page.
     pub range: u8,
 }
 
-/// Builds [`fuzz_ring`](super::fuzz_ring) inputs by name, for seeds and corpora.
-#[derive(Clone, Debug, Default)]
-pub struct RingScript {
-    bytes: Vec<u8>,
+/// The input format of [`fuzz_ring`](super::fuzz_ring).
+#[derive(Clone, Copy, Debug)]
+pub struct RingInput;
+
+impl Body for RingInput {
+    type Config = RingConfig;
+    const FRONT_STATE: u8 = Action::FrontState as u8;
+    const ROOT_MOUNTED: u8 = Action::RootMounted as u8;
+    const COALESCE_SYSCTL: u8 = Action::Coalesce as u8;
 }
 
-impl RingScript {
-    /// Starts an input with `cfg` as its header.
-    pub fn new(cfg: &RingConfig) -> RingScript {
-        RingScript {
-            bytes: Vec::from(cfg.encode()),
-        }
-    }
+/// Builds [`fuzz_ring`](super::fuzz_ring) inputs by name, for seeds and
+/// corpora.
+pub type RingScript = Script<RingInput>;
 
-    fn op(&mut self, action: Action, args: &[u8]) -> &mut Self {
-        self.bytes.push(action as u8);
-        self.bytes.extend_from_slice(args);
-        self
-    }
-
+impl Script<RingInput> {
     /// Writes raw bytes into slot `cursor + rel`; `rel == 0` also advances
     /// the cursor (the next request index).
     pub fn write_slot(&mut self, rel: i8, bytes: &[u8]) -> &mut Self {
         let n = bytes.len().min(MAX_SLOT_SIZE);
-        self.op(Action::WriteSlot, &[rel as u8, n as u8])
-            .op_bytes(&bytes[..n])
-    }
-
-    fn op_bytes(&mut self, b: &[u8]) -> &mut Self {
-        self.bytes.extend_from_slice(b);
-        self
+        self.op(Action::WriteSlot as u8, &[rel as u8, n as u8])
+            .more(&bytes[..n])
     }
 
     /// Encodes a structured request at the cursor and advances it.
     pub fn push(&mut self, r: &PushReq) -> &mut Self {
         let [lo, hi] = r.id.to_le_bytes();
-        self.op(Action::Push, &[lo, hi, r.op]);
+        self.op(Action::Push as u8, &[lo, hi, r.op]);
         if r.op % 8 == 7 {
-            self.op_bytes(&[r.raw_op]);
+            self.more(&[r.raw_op]);
         }
-        self.op_bytes(&[r.nsegs, r.sector]);
+        self.more(&[r.nsegs, r.sector]);
         if r.sector == 255 {
-            self.op_bytes(&r.raw_sector.to_le_bytes());
+            self.more(&r.raw_sector.to_le_bytes());
         }
         let n = if r.nsegs < 208 { r.nsegs % 13 } else { r.nsegs };
         for _ in 0..usize::from(n).min(BLKIF_MAX_SEGMENTS_PER_REQUEST) {
-            self.op_bytes(&[r.gref, r.range]);
+            self.more(&[r.gref, r.range]);
         }
         self
     }
 
     /// Publishes `req_prod = cursor`.
     pub fn publish(&mut self) -> &mut Self {
-        self.op(Action::ReqProd, &[0])
+        self.op(Action::ReqProd as u8, &[0])
     }
 
     /// Publishes `req_prod = cursor + ahead` (without moving the cursor).
     pub fn req_prod_ahead(&mut self, ahead: u8) -> &mut Self {
-        self.op(Action::ReqProd, &[1, ahead])
+        self.op(Action::ReqProd as u8, &[1, ahead])
     }
 
     /// Publishes `req_prod = cursor - back`.
     pub fn req_prod_back(&mut self, back: u8) -> &mut Self {
-        self.op(Action::ReqProd, &[2, back])
+        self.op(Action::ReqProd as u8, &[2, back])
     }
 
     /// Publishes any `req_prod`.
     pub fn req_prod_raw(&mut self, v: u32) -> &mut Self {
-        let b = v.to_le_bytes();
-        self.op(Action::ReqProd, &[3, b[0], b[1], b[2], b[3]])
+        self.op(Action::ReqProd as u8, &[3]).more(&v.to_le_bytes())
     }
 
     /// The event channel fires: `Instance::run`.
     pub fn kick(&mut self) -> &mut Self {
-        self.op(Action::Kick, &[])
+        self.op(Action::Kick as u8, &[])
     }
 
     /// Completes pending I/O number `which % pending`.
     pub fn complete_one(&mut self, which: u8, how: Outcome) -> &mut Self {
-        self.op(Action::CompleteOne, &[which, how.encode()])
+        self.op(Action::CompleteOne as u8, &[which, how.encode()])
     }
 
     /// Completes every pending I/O (and those they submit), in order.
     pub fn complete_all(&mut self, how: Outcome) -> &mut Self {
-        self.op(Action::CompleteAll, &[how.encode()])
-    }
-
-    /// Writes the front-end's `state` node and signals the watch: 0..=8 a
-    /// XenbusState, 9 a non-number, 10 a number out of the enumeration,
-    /// 11 no node.
-    pub fn frontend_state(&mut self, v: u8) -> &mut Self {
-        self.op(Action::FrontState, &[v])
+        self.op(Action::CompleteAll as u8, &[how.encode()])
     }
 
     /// Injects a platform failure.
@@ -340,31 +282,16 @@ impl RingScript {
             Fault::XsConflict => 5,
             Fault::Open => 6,
         };
-        self.op(Action::Inject, &[k, n])
+        self.op(Action::Inject as u8, &[k, n])
     }
 
     /// Runs the instance if it asked for a deferred run.
     pub fn deferred(&mut self) -> &mut Self {
-        self.op(Action::Deferred, &[])
-    }
-
-    /// The root file system becomes mounted.
-    pub fn root_mounted(&mut self) -> &mut Self {
-        self.op(Action::RootMounted, &[])
+        self.op(Action::Deferred as u8, &[])
     }
 
     /// The front-end re-arms `rsp_event` (`RING_FINAL_CHECK_FOR_RESPONSES`).
     pub fn arm_rsp_event(&mut self) -> &mut Self {
-        self.op(Action::ArmRspEvent, &[])
-    }
-
-    /// Sets the `no_coalesce_reqs` sysctl to `v % 3` (2 is refused).
-    pub fn coalesce_sysctl(&mut self, v: u8) -> &mut Self {
-        self.op(Action::Coalesce, &[v])
-    }
-
-    /// The input built so far.
-    pub fn bytes(&self) -> &[u8] {
-        &self.bytes
+        self.op(Action::ArmRspEvent as u8, &[])
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use xbb::host::{IoError, IoTag};
 use xbb_testing::rng::XorShift;
-use xbb_ustore::{CompletionFn, RawIoVec};
+use xbb_ustore::{CompletionFn, RawIoVec, StoreIo};
 
 /// Only a guard against a hung store, never a timing assertion.
 pub const HANG_GUARD: Duration = Duration::from_secs(120);
@@ -77,6 +77,16 @@ impl Collector {
         );
         s.done.len()
     }
+}
+
+/// A write of `iov` at byte `offset`.
+pub fn write(offset: u64, iov: Vec<RawIoVec>) -> StoreIo {
+    StoreIo::Write { offset, iov }
+}
+
+/// A read into `iov` from byte `offset`.
+pub fn read(offset: u64, iov: Vec<RawIoVec>) -> StoreIo {
+    StoreIo::Read { offset, iov }
 }
 
 // ---------------------------------------------------------------------------

@@ -5,7 +5,7 @@
 //! with a message, unless `XBB_REQUIRE_NBD` is set (CI sets it), where
 //! they fail instead.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -89,6 +89,18 @@ impl NbdServer {
         Self::plugin(what, "memory", bytes, extra, params)
     }
 
+    /// [`NbdServer::nbdkit`] with `params(dir)` after the plugin: they may
+    /// name files in the server's own directory `dir` ([`NbdServer::file`]),
+    /// which goes with the server.
+    pub fn nbdkit_with(
+        what: &str,
+        bytes: u64,
+        extra: &[&str],
+        params: impl FnOnce(&Path) -> Vec<String>,
+    ) -> Option<NbdServer> {
+        Self::plugin_with(what, "memory", bytes, extra, params)
+    }
+
     /// `nbdkit PLUGIN size=BYTES`, as [`NbdServer::nbdkit`].
     pub fn plugin(
         what: &str,
@@ -97,6 +109,17 @@ impl NbdServer {
         extra: &[&str],
         params: &[&str],
     ) -> Option<NbdServer> {
+        let params = params.iter().map(|p| p.to_string()).collect();
+        Self::plugin_with(what, plugin, bytes, extra, |_| params)
+    }
+
+    fn plugin_with(
+        what: &str,
+        plugin: &str,
+        bytes: u64,
+        extra: &[&str],
+        params: impl FnOnce(&Path) -> Vec<String>,
+    ) -> Option<NbdServer> {
         if let Err(e) = xbb_ustore::libnbd_available() {
             return unavailable(&e);
         }
@@ -104,6 +127,7 @@ impl NbdServer {
             return unavailable("nbdkit is not installed");
         }
         let dir = Self::dir(what);
+        let params = params(&dir);
         let mut cmd = Command::new("nbdkit");
         cmd.args(["-f", "--exit-with-parent", "-P"])
             .arg(dir.join("pid"))
@@ -141,6 +165,11 @@ impl NbdServer {
             .arg(dir.join("pid"))
             .arg(&image);
         Some(Self::start(cmd, dir, Some(image)))
+    }
+
+    /// The file `name` of the server's own directory.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
     }
 
     /// Kills the server at once (`SIGKILL`) and waits for it.

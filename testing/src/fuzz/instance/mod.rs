@@ -40,16 +40,14 @@
 
 mod script;
 
-use std::collections::BTreeSet;
-
 use xbb::abi::{
-    Abi, BlkifRequest, RequestBody, Segment, BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST,
-    BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_OP_DISCARD, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_INDIRECT,
-    BLKIF_OP_READ, BLKIF_OP_WRITE, BLKIF_OP_WRITE_BARRIER, BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR,
-    BLKIF_RSP_OKAY, MAX_SLOT_SIZE, XEN_IO_PROTO_ABI_X86_32, XEN_IO_PROTO_ABI_X86_64,
+    Abi, BlkifRequest, RequestBody, BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST, BLKIF_OP_DISCARD,
+    BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_INDIRECT, BLKIF_OP_READ, BLKIF_OP_WRITE,
+    BLKIF_OP_WRITE_BARRIER, BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY,
+    XEN_IO_PROTO_ABI_X86_32, XEN_IO_PROTO_ABI_X86_64,
 };
 use xbb::connect::ConnectError;
-use xbb::host::{GrantRef, MediumInfo, QueueId, XenStore, XenbusState, XsTxn, PAGE_SIZE};
+use xbb::host::{GrantRef, IoError, MediumInfo, QueueId, XenStore, XenbusState, XsTxn, PAGE_SIZE};
 use xbb::instance::Instance;
 use xbb::keys;
 use xbb::ring::FrontRing;
@@ -57,58 +55,31 @@ use xbb::shmem::SharedMem;
 use xbb::stats::{Stat, Tunable, Tunables};
 use xbb::units::Sectors;
 
+use super::front::*;
 use super::input::Input;
 use crate::alloc::allocations_in;
 use crate::host::{FakeConfig, FakeHost, BE_PATH, FE_PATH};
 
+pub(crate) use script::MAX_REQS;
 use script::*;
-pub use script::{Completion, FeKey, FeValue, Injected, InstanceConfig, InstanceScript, Request};
+pub use script::{
+    Completion, FeKey, FeValue, Injected, InstanceConfig, InstanceInput, InstanceScript,
+};
 
 /// Front-end rings (and queues) the fuzzer lays out at most.
 pub const MAX_RINGS: usize = 4;
 /// Granted data pages of the fuzzed guest; the first has grant
 /// reference [`FIRST_DATA_GREF`], the others follow.
-pub const DATA_PAGES: usize = 16;
+pub const DATA_PAGES: usize = super::front::DATA_PAGES;
 /// The grant reference of data page 0 (the data pages are granted before
 /// anything else).
 pub const FIRST_DATA_GREF: GrantRef = 8;
-/// The largest ring, as log2(pages).
-const MAX_FUZZ_ORDER: u32 = 2;
-const RING_BYTES: usize = PAGE_SIZE << MAX_FUZZ_ORDER;
-/// Slots of the largest ring of either ABI.
-const MAX_SLOTS: usize = 256;
 /// Bound on the operations of one input.
 pub const MAX_OPS: usize = 4096;
-/// Bound on the steps of settling.
-const MAX_SETTLE_STEPS: usize = 1 << 16;
 
-/// The shared memory of the fuzzed rings, reused across inputs (shared
-/// memory outside a platform can only be leaked; see
-/// [`super::RingMemory`]). Zeroed when a ring is laid out.
-#[derive(Debug)]
-pub struct InstanceMemory {
-    rings: [Option<(SharedMem, SharedMem)>; MAX_RINGS],
-}
-
-impl InstanceMemory {
-    /// Leaks [`MAX_RINGS`] rings of the largest size (64 KiB). `None`
-    /// when the allocation fails.
-    pub fn new() -> Option<InstanceMemory> {
-        let mut rings: [Option<(SharedMem, SharedMem)>; MAX_RINGS] = Default::default();
-        for r in &mut rings {
-            *r = Some(SharedMem::leak_pair(RING_BYTES)?);
-        }
-        Some(InstanceMemory { rings })
-    }
-
-    fn take(&mut self, i: usize) -> (SharedMem, SharedMem) {
-        match self.rings[i].take() {
-            Some(p) => p,
-            // A previous input panicked while holding the memory.
-            None => SharedMem::leak_pair(RING_BYTES).expect("ring memory"),
-        }
-    }
-}
+/// The shared memory of the fuzzed rings, reused across inputs (see
+/// [`RingsMemory`]).
+pub type InstanceMemory = RingsMemory<MAX_RINGS>;
 
 /// What one [`fuzz_instance_in`] input did, so seeds can check they
 /// reached what they aim at.
@@ -162,66 +133,41 @@ enum Mode {
     Blind,
 }
 
-/// One front-end ring.
+/// One front-end ring and what the back-end owes on it.
 struct Ring {
-    /// `None` before the ring was first laid out.
-    front: Option<FrontRing>,
-    abi: Abi,
-    pages: u32,
-    size: u32,
-    /// The index the next request is written at.
-    cursor: u32,
-    /// Every slot's bytes as the front-end sees them between operations.
-    shadow: Vec<[u8; MAX_SLOT_SIZE]>,
-    /// Every id a slot of this ring held.
-    ids: BTreeSet<u64>,
+    slots: ShadowRing,
     /// Requests consumed and not answered: (id, the response's
     /// operation).
     outstanding: Vec<(u64, u8)>,
     mode: Mode,
     /// Re-initialised since its last connection.
     fresh: bool,
-    /// Where the previous push ended.
-    last_end: u64,
 }
 
 impl Ring {
     fn new() -> Ring {
         Ring {
-            front: None,
-            abi: Abi::X86_64,
-            pages: 1,
-            size: 32,
-            cursor: 0,
-            shadow: vec![[0u8; MAX_SLOT_SIZE]; MAX_SLOTS],
-            ids: BTreeSet::from([0]),
+            slots: ShadowRing::new(None, Abi::X86_64, 1),
             outstanding: Vec::new(),
             mode: Mode::Lossy,
             fresh: true,
-            last_end: 0,
         }
     }
 
-    fn slot_of(&self, index: u32) -> usize {
-        (index & (self.size - 1)) as usize
-    }
-
-    fn note_slot(&mut self, slot: usize) {
-        let n = self.abi.request_size();
-        let id = self.abi.decode_request(&self.shadow[slot][..n]).id;
-        self.ids.insert(id);
-    }
-
-    /// Writes `bytes` into slot `index` and the shadow.
-    fn write_slot(&mut self, index: u32, bytes: &[u8]) {
-        let Some(front) = self.front.as_mut() else {
-            return;
-        };
-        let n = bytes.len().min(self.abi.entry_size());
-        front.write_raw_slot(index, &bytes[..n]);
-        let slot = self.slot_of(index);
-        self.shadow[slot][..n].copy_from_slice(&bytes[..n]);
-        self.note_slot(slot);
+    /// The ring is laid out afresh, `pages` pages in `front`: cursor,
+    /// shadow and debts start over.
+    fn restart(&mut self, front: FrontRing, pages: u32) {
+        let r = &mut self.slots;
+        r.size = front.size();
+        r.abi = front.abi();
+        r.pages = pages;
+        r.front = Some(front);
+        r.cursor = 0;
+        for sh in &mut r.shadow {
+            sh.fill(0);
+        }
+        self.outstanding.clear();
+        self.fresh = true;
     }
 }
 
@@ -263,8 +209,7 @@ struct Driver<'m> {
 /// Runs one [`fuzz_instance`] input with ring memory of its own (leaking
 /// 64 KiB). Fuzzers running many inputs use [`fuzz_instance_in`].
 pub fn fuzz_instance(data: &[u8]) -> InstanceReport {
-    let mut mem = InstanceMemory::new().expect("ring memory");
-    fuzz_instance_in(&mut mem, data)
+    fuzz_instance_in(&mut InstanceMemory::new().expect("ring memory"), data)
 }
 
 /// Plays `data` against a whole [`Instance`] over the fake host.
@@ -279,7 +224,7 @@ pub fn fuzz_instance_in(mem: &mut InstanceMemory, data: &[u8]) -> InstanceReport
     let queues = FIRST_QUEUES[usize::from(cfg.queues & 3)];
     d.layout(queues, cfg.order, cfg.persistent, false);
     if cfg.connect_at_attach {
-        d.set_front_state(XenbusState::Initialised as u8);
+        set_front_state(&mut d.host, XenbusState::Initialised as u8);
     }
     d.call(|i, h| i.attach(h));
     d.after_op();
@@ -297,7 +242,7 @@ pub fn fuzz_instance_in(mem: &mut InstanceMemory, data: &[u8]) -> InstanceReport
 }
 
 /// The tunables a header selects.
-fn tunables(cfg: &InstanceConfig) -> Tunables {
+pub(crate) fn tunables(cfg: &InstanceConfig) -> Tunables {
     let mut t = Tunables::default();
     let sel = |table: &[u64; 4], s: u8| table[usize::from(s & 3)];
     for (tunable, v) in [
@@ -326,7 +271,7 @@ fn tunables(cfg: &InstanceConfig) -> Tunables {
 }
 
 /// The medium a header describes.
-fn medium(cfg: &InstanceConfig) -> MediumInfo {
+pub(crate) fn medium(cfg: &InstanceConfig) -> MediumInfo {
     let sector_size = if cfg.sector_4k { 4096 } else { 512 };
     MediumInfo {
         sectors: Sectors((u64::from(cfg.medium) + 1) * 8),
@@ -358,13 +303,8 @@ impl<'m> Driver<'m> {
         });
         host.root = !cfg.root_later;
         host.hotplug_gate = cfg.hotplug_gate;
-        for p in 0..DATA_PAGES {
-            let page: Vec<u8> = (p * PAGE_SIZE..(p + 1) * PAGE_SIZE)
-                .map(|i| (i as u8).wrapping_mul(7) ^ (i >> 12) as u8)
-                .collect();
-            let g = host.grant(&page, false);
-            debug_assert_eq!(g, FIRST_DATA_GREF + p as GrantRef);
-        }
+        let first = grant_data_pages(&mut host, 0);
+        debug_assert_eq!(first, FIRST_DATA_GREF);
         host.standard_nodes(!cfg.toolstack_read_only, cfg.online);
         if cfg.hotplug_gate {
             host.be_set(keys::SCRIPT, "/etc/xen/scripts/block");
@@ -419,10 +359,20 @@ impl<'m> Driver<'m> {
         self.sync();
     }
 
-    fn complete_at(&mut self, idx: usize, result: Result<(), xbb::host::IoError>) {
+    fn complete_at(&mut self, idx: usize, result: Result<(), IoError>) {
         self.call_io(|i, h| {
             h.complete_at(i, idx, result);
         });
+    }
+}
+
+impl Settle for Driver<'_> {
+    fn host(&self) -> &FakeHost {
+        &self.host
+    }
+
+    fn complete_oldest(&mut self, result: Result<(), IoError>) {
+        self.complete_at(0, result);
     }
 
     /// Honours every deferred run asked for, and those they ask for.
@@ -440,23 +390,22 @@ impl<'m> Driver<'m> {
         panic!("deferred runs never end");
     }
 
-    /// Completes every pending I/O and honours deferred runs until
-    /// nothing is left.
-    fn settle(&mut self, result: Result<(), xbb::host::IoError>) {
-        for _ in 0..MAX_SETTLE_STEPS {
-            if self.host.pending() > 0 {
-                self.complete_at(0, result);
-            } else if self.host.schedule_runs > 0 {
-                self.run_scheduled();
-            } else {
-                self.drain();
-                return;
+    /// Takes every published response of every ring and checks it.
+    fn drain(&mut self) {
+        if self.host.fatals != self.fatals_seen {
+            self.fatals_seen = self.host.fatals;
+            if self.inst.last_error() == Some(ConnectError::Ring) {
+                self.broken = true;
+                self.report.ring_broken = true;
             }
-            self.drain();
         }
-        panic!("the instance did not settle");
+        for s in 0..MAX_RINGS {
+            self.drain_ring(s);
+        }
     }
+}
 
+impl Driver<'_> {
     // --- Accounting ---------------------------------------------------------
 
     /// Accounts for the requests queue `q` consumed up to `received`: the
@@ -475,8 +424,8 @@ impl<'m> Driver<'m> {
         }
         for k in from..received {
             // The connection started at index 0 (the ring was fresh).
-            let s = ring.slot_of(k as u32);
-            let req = abi.decode_request(&ring.shadow[s][..abi.request_size()]);
+            let s = ring.slots.slot_of(k as u32);
+            let req = abi.decode_request(&ring.slots.shadow[s][..abi.request_size()]);
             let op = match req.body {
                 RequestBody::Indirect { indirect_op, .. } if req.operation == BLKIF_OP_INDIRECT => {
                     indirect_op
@@ -523,9 +472,17 @@ impl<'m> Driver<'m> {
             if nq > 0 {
                 self.start_connection(connects, nq, several);
             } else {
-                // Made and ended within one call: nothing of it is known.
+                // Made and ended within one call: nothing of it is known
+                // but the ABI its rings had (the front-end's nodes did not
+                // change within the call). A ring laid out for another ABI
+                // holds responses the front-end cannot read.
+                let abi = self.protocol_abi();
                 for r in &mut self.rings {
-                    r.mode = if r.fresh { Mode::Lossy } else { Mode::Blind };
+                    r.mode = if r.fresh && Some(r.slots.abi) == abi {
+                        Mode::Lossy
+                    } else {
+                        Mode::Blind
+                    };
                     r.fresh = false;
                 }
             }
@@ -544,18 +501,27 @@ impl<'m> Driver<'m> {
         }
     }
 
-    fn start_connection(&mut self, connects: u64, nq: usize, several: bool) {
-        self.report.connects = connects;
-        self.report.max_queues = self.report.max_queues.max(nq as u32);
-        self.broken = false;
-        let abi = match self
+    /// The ABI a connection made now would have: the front-end's
+    /// `protocol` node's, the native one without it; `None` for a protocol
+    /// the back-end refuses.
+    fn protocol_abi(&self) -> Option<Abi> {
+        match self
             .host
             .xs
             .get_bytes(&format!("{FE_PATH}/{}", keys::PROTOCOL))
         {
-            Some(p) => Abi::from_protocol(p).expect("connected with a known protocol"),
-            None => Abi::native(),
-        };
+            Some(p) => Abi::from_protocol(p),
+            None => Some(Abi::native()),
+        }
+    }
+
+    fn start_connection(&mut self, connects: u64, nq: usize, several: bool) {
+        self.report.connects = connects;
+        self.report.max_queues = self.report.max_queues.max(nq as u32);
+        self.broken = false;
+        let abi = self
+            .protocol_abi()
+            .expect("connected with a known protocol");
         let rings: Vec<usize> = (0..nq)
             .map(|q| {
                 self.host
@@ -566,9 +532,10 @@ impl<'m> Driver<'m> {
         let mut strict = !several;
         for &s in &rings {
             let r = &mut self.rings[s];
-            let ok = strict && r.fresh && r.abi == abi && r.front.is_some();
+            let same_abi = r.slots.abi == abi;
+            let ok = strict && r.fresh && same_abi && r.slots.front.is_some();
             r.mode = match () {
-                _ if r.abi != abi || !r.fresh => Mode::Blind,
+                _ if !same_abi || !r.fresh => Mode::Blind,
                 _ if ok => Mode::Strict,
                 _ => Mode::Lossy,
             };
@@ -591,26 +558,12 @@ impl<'m> Driver<'m> {
         }
     }
 
-    /// Takes every published response of every ring and checks it.
-    fn drain(&mut self) {
-        if self.host.fatals != self.fatals_seen {
-            self.fatals_seen = self.host.fatals;
-            if self.inst.last_error() == Some(ConnectError::Ring) {
-                self.broken = true;
-                self.report.ring_broken = true;
-            }
-        }
-        for s in 0..MAX_RINGS {
-            self.drain_ring(s);
-        }
-    }
-
     fn drain_ring(&mut self, s: usize) {
         let r = &mut self.rings[s];
-        let Some(front) = r.front.as_mut() else {
-            return;
-        };
-        for _ in 0..r.size {
+        for _ in 0..r.slots.size {
+            let Some(front) = r.slots.front.as_mut() else {
+                return;
+            };
             let index = front.rsp_cons();
             let rsp = match front.take_response() {
                 Ok(Some(rsp)) => rsp,
@@ -621,14 +574,7 @@ impl<'m> Driver<'m> {
                     break;
                 }
             };
-            // What the back-end wrote into the slot, as the shadow's bytes.
-            let slot = (index & (r.size - 1)) as usize;
-            let n = r.abi.response_size();
-            r.shadow[slot][..n].fill(0);
-            r.abi.encode_response(&rsp, &mut r.shadow[slot][..n]);
-            let rn = r.abi.request_size();
-            let id = r.abi.decode_request(&r.shadow[slot][..rn]).id;
-            r.ids.insert(id);
+            r.slots.took_response(index, &rsp);
             if self.trace {
                 eprintln!("  ring {s} index {index}: {rsp:x?} ({:?})", r.mode);
             }
@@ -661,7 +607,7 @@ impl<'m> Driver<'m> {
                     self.report.matched += 1;
                 }
                 Mode::Lossy => assert!(
-                    r.ids.contains(&rsp.id),
+                    r.slots.ids.contains(&rsp.id),
                     "ring {s}: response to an id no slot held: {:#x}",
                     rsp.id
                 ),
@@ -676,16 +622,7 @@ impl<'m> Driver<'m> {
         let nq = self.inst.num_queues() as usize;
         let h = &self.host;
         if nq == 0 {
-            // Nothing is held without a connection.
-            assert_eq!(h.live_mappings, 0, "grants mapped without a connection");
-            assert!(!h.window_reserved(), "a window without a connection");
-            assert!(!h.ring_mapped(), "a ring mapped without a connection");
-            assert_eq!(
-                h.channels_bound(),
-                0,
-                "a channel bound without a connection"
-            );
-            assert_eq!(h.pending(), 0, "I/O in flight without a connection");
+            assert_nothing_held(h, "without a connection");
         } else {
             assert_eq!(h.rings_mapped(), nq, "one ring per queue");
             assert_eq!(h.channels_bound(), nq, "one channel per queue");
@@ -746,20 +683,15 @@ impl<'m> Driver<'m> {
             return;
         }
         let r = &mut self.rings[s];
-        let Some(front) = r.front.take() else {
+        let Some(front) = r.slots.front.take() else {
             return;
         };
+        let (abi, pages) = (r.slots.abi, r.slots.pages);
         let mem = front.into_mem();
-        for page in 0..r.pages as usize {
+        for page in 0..pages as usize {
             mem.write(page * PAGE_SIZE, &[0u8; PAGE_SIZE]);
         }
-        r.front = Some(FrontRing::init(mem, r.abi, r.pages).expect("ring init"));
-        r.cursor = 0;
-        for sh in &mut r.shadow {
-            sh.fill(0);
-        }
-        r.outstanding.clear();
-        r.fresh = true;
+        r.restart(FrontRing::init(mem, abi, pages).expect("ring init"), pages);
     }
 
     fn offer(
@@ -777,17 +709,7 @@ impl<'m> Driver<'m> {
             self.host
                 .offer_queue_ring(s as QueueId, front, back, abi, pages)
         };
-        let r = &mut self.rings[s];
-        r.size = f.size();
-        r.front = Some(f);
-        r.abi = abi;
-        r.pages = pages;
-        r.cursor = 0;
-        for sh in &mut r.shadow {
-            sh.fill(0);
-        }
-        r.outstanding.clear();
-        r.fresh = true;
+        self.rings[s].restart(f, pages);
     }
 
     /// The front-end (re)announces `queues` rings (0: one with the legacy
@@ -820,14 +742,14 @@ impl<'m> Driver<'m> {
         }
         for s in 0..n.max(1) {
             let legacy = n == 0;
-            let (front, back) = match self.rings[s].front.take() {
+            let (front, back) = match self.rings[s].slots.front.take() {
                 None => self.mem.take(s),
                 Some(front) => match self.host.take_queue_ring(s as QueueId) {
                     Some(back) => (front.into_mem(), back),
                     None => {
                         // Mapped by a queue: its nodes are written again,
                         // its memory left alone.
-                        self.rings[s].front = Some(front);
+                        self.rings[s].slots.front = Some(front);
                         self.rewrite_nodes(s, legacy);
                         continue;
                     }
@@ -865,24 +787,11 @@ impl<'m> Driver<'m> {
         let port = self.host.queue_port(s as QueueId).to_string();
         self.host
             .fe_set(&format!("{dir}{}", keys::EVENT_CHANNEL), &port);
-        let proto = match self.rings[s].abi {
+        let proto = match self.rings[s].slots.abi {
             Abi::X86_32 => XEN_IO_PROTO_ABI_X86_32,
             Abi::X86_64 => XEN_IO_PROTO_ABI_X86_64,
         };
         self.host.fe_set(keys::PROTOCOL, proto);
-    }
-
-    fn set_front_state(&mut self, v: u8) {
-        let path = format!("{FE_PATH}/{}", keys::STATE);
-        match v % 12 {
-            s @ 0..=8 => {
-                let st = XenbusState::from_u32(u32::from(s)).expect("state");
-                self.host.xs.set(&path, st.as_str().as_bytes());
-            }
-            9 => self.host.xs.set(&path, b"connected"),
-            10 => self.host.xs.set(&path, b"99"),
-            _ => self.host.xs.del(&path),
-        }
     }
 
     /// The node an [`Op::XsWrite`] or [`Op::XsRemove`] names.
@@ -940,14 +849,7 @@ impl<'m> Driver<'m> {
         let op_sel = r.u8() % 8;
         let raw_op = if matches!(op_sel, 6 | 7) { r.u8() } else { 0 };
         let nb = r.u8();
-        let sel = r.u8();
-        let last_end = self.rings[s].last_end;
-        let sector = match sel {
-            0..=127 => u64::from(sel) * 8,
-            128..=191 => last_end,
-            192..=254 => self.medium_sectors.saturating_sub(u64::from(sel - 192)),
-            255 => r.u64(),
-        };
+        let sector = pick_sector(r, self.rings[s].slots.last_end, self.medium_sectors);
         let data_gref = |g: u8| FIRST_DATA_GREF + GrantRef::from(g) % DATA_PAGES as GrantRef;
         let (operation, body, sectors) = match op_sel {
             6 => {
@@ -988,35 +890,12 @@ impl<'m> Driver<'m> {
                     _ => BLKIF_OP_WRITE_BARRIER,
                 };
                 let nsegs = if nb < 208 { nb % 12 } else { nb };
-                let mut seg = [Segment::default(); BLKIF_MAX_SEGMENTS_PER_REQUEST];
-                let mut sectors = 0u64;
-                for sg in seg.iter_mut().take(usize::from(nsegs)) {
-                    let g = r.u8();
-                    let gref = match g {
-                        0..=223 => data_gref(g),
-                        224..=239 => self
-                            .host
-                            .queue_ring_grefs(QueueId::from(g % 4))
-                            .first()
-                            .copied()
-                            .unwrap_or(0),
-                        240..=254 => GrantRef::from(g),
-                        255 => 0xdead_beef,
-                    };
-                    let b = r.u8();
-                    let (first_sect, last_sect) = match b {
-                        0..=63 => (b & 7, b >> 3),
-                        64..=119 => (b & 7, 7),
-                        120..=127 => (0, 8 + (b & 7) * 30),
-                        _ => (0, 7),
-                    };
-                    sectors += u64::from(last_sect.saturating_sub(first_sect)) + 1;
-                    *sg = Segment {
-                        gref,
-                        first_sect,
-                        last_sect,
-                    };
-                }
+                let host = &self.host;
+                let ring_gref = |g: u8| {
+                    let grefs = host.queue_ring_grefs(QueueId::from(g % 4));
+                    grefs.first().copied().unwrap_or(0)
+                };
+                let (seg, sectors) = pick_segments(r, nsegs, data_gref, ring_gref);
                 let body = RequestBody::Rw {
                     nr_segments: nsegs,
                     handle: 0,
@@ -1026,19 +905,12 @@ impl<'m> Driver<'m> {
                 (operation, body, sectors)
             }
         };
-        let ring = &mut self.rings[s];
-        ring.last_end = sector.wrapping_add(sectors);
         let req = BlkifRequest {
             operation,
             id,
             body,
         };
-        let mut buf = [0u8; MAX_SLOT_SIZE];
-        let n = ring.abi.request_size();
-        ring.abi.encode_request(&req, &mut buf[..n]);
-        let at = ring.cursor;
-        ring.write_slot(at, &buf[..n]);
-        ring.cursor = ring.cursor.wrapping_add(1);
+        self.rings[s].slots.write_request(&req, sector, sectors);
     }
 
     fn op(&mut self, r: &mut Input<'_>) {
@@ -1064,32 +936,19 @@ impl<'m> Driver<'m> {
             }
             Op::FrontState => {
                 let v = r.u8();
-                self.set_front_state(v);
+                set_front_state(&mut self.host, v);
                 self.call(|i, h| i.frontend_changed(h));
             }
             Op::Watch => self.call(|i, h| i.frontend_changed(h)),
             Op::Slot => {
                 let s = usize::from(r.u8()) % MAX_RINGS;
-                let rel = r.u8() as i8;
-                let len = usize::from(r.u8()) % (MAX_SLOT_SIZE + 1);
-                let bytes = r.bytes(len);
-                let ring = &mut self.rings[s];
-                let at = ring.cursor.wrapping_add(rel as u32);
-                ring.write_slot(at, bytes);
-                if rel == 0 {
-                    ring.cursor = ring.cursor.wrapping_add(1);
-                }
+                self.rings[s].slots.write_raw(r);
             }
             Op::Push => self.push(r),
             Op::ReqProd => {
                 let s = usize::from(r.u8()) % MAX_RINGS;
-                let ring = &mut self.rings[s];
-                let v = match r.u8() % 4 {
-                    0 => ring.cursor,
-                    1 => ring.cursor.wrapping_add(u32::from(r.u8())),
-                    2 => ring.cursor.wrapping_sub(u32::from(r.u8())),
-                    _ => r.u32(),
-                };
+                let ring = &mut self.rings[s].slots;
+                let v = ring.pick_req_prod(r);
                 if let Some(f) = ring.front.as_mut() {
                     f.set_req_prod_raw(v);
                 }
@@ -1113,27 +972,9 @@ impl<'m> Driver<'m> {
             }
             Op::Inject => {
                 let (k, n) = (r.u8() % 8, r.u8());
-                let h = &mut self.host;
-                match k {
-                    0 => h.faults.submits += u32::from(n % 4),
-                    1 => h.faults.maps += u32::from(n % 16),
-                    2 => h.faults.ring_map = true,
-                    3 => h.faults.bind = true,
-                    4 => h.faults.window = true,
-                    5 => h.xs.again_commits = u32::from(n % 12),
-                    6 => h.faults.open = true,
-                    _ => h.xs.fail_read = Some(h.xs.reads + 1 + u32::from(n % 64)),
-                }
+                inject(&mut self.host, k, n);
             }
-            Op::Resize => {
-                let sectors = u64::from(r.u8() % 65) * 8;
-                self.host.resize_medium(Sectors(sectors));
-                self.medium_sectors = sectors;
-                let before = self.inst.stats().get(Stat::Resizes);
-                self.call(|i, h| i.medium_changed(h));
-                let after = self.inst.stats().get(Stat::Resizes);
-                self.report.resizes += after.saturating_sub(before);
-            }
+            Op::Resize => self.resize(r),
             Op::Detach => self.call(|i, h| i.detach(h)),
             Op::Attach => {
                 if self.inst.is_detached() {
@@ -1162,20 +1003,11 @@ impl<'m> Driver<'m> {
             }
             Op::ArmRspEvent => {
                 let s = usize::from(r.u8()) % MAX_RINGS;
-                if let Some(f) = self.rings[s].front.as_mut() {
+                if let Some(f) = self.rings[s].slots.front.as_mut() {
                     f.final_check_for_responses();
                 }
             }
-            Op::PageWrite => {
-                let page = usize::from(r.u8()) % DATA_PAGES;
-                let offset = usize::from(r.u16()) % PAGE_SIZE;
-                let len = usize::from(r.u8());
-                let bytes = r.bytes(len);
-                let g = FIRST_DATA_GREF + page as GrantRef;
-                let p = self.host.page_mut(g);
-                let n = bytes.len().min(PAGE_SIZE - offset);
-                p[offset..offset + n].copy_from_slice(&bytes[..n]);
-            }
+            Op::PageWrite => self.page_write(r),
             Op::Hotplug => {
                 let v = if r.u8() % 2 == 0 {
                     keys::HOTPLUG_CONNECTED
@@ -1188,6 +1020,29 @@ impl<'m> Driver<'m> {
         }
     }
 
+    /// The toolstack resizes the medium and tells the instance.
+    fn resize(&mut self, r: &mut Input<'_>) {
+        let sectors = u64::from(r.u8() % 65) * 8;
+        self.host.resize_medium(Sectors(sectors));
+        self.medium_sectors = sectors;
+        let before = self.inst.stats().get(Stat::Resizes);
+        self.call(|i, h| i.medium_changed(h));
+        let after = self.inst.stats().get(Stat::Resizes);
+        self.report.resizes += after.saturating_sub(before);
+    }
+
+    /// The guest writes bytes into one of its data pages.
+    fn page_write(&mut self, r: &mut Input<'_>) {
+        let page = usize::from(r.u8()) % DATA_PAGES;
+        let offset = usize::from(r.u16()) % PAGE_SIZE;
+        let len = usize::from(r.u8());
+        let bytes = r.bytes(len);
+        let g = FIRST_DATA_GREF + page as GrantRef;
+        let p = self.host.page_mut(g);
+        let n = bytes.len().min(PAGE_SIZE - offset);
+        p[offset..offset + n].copy_from_slice(&bytes[..n]);
+    }
+
     /// Front-end Closed, detach, and check everything was given back.
     fn teardown(&mut self) {
         self.host.faults = Default::default();
@@ -1195,7 +1050,7 @@ impl<'m> Driver<'m> {
         self.host.xs.fail_read = None;
         self.settle(Ok(()));
         self.after_op();
-        self.set_front_state(XenbusState::Closed as u8);
+        set_front_state(&mut self.host, XenbusState::Closed as u8);
         self.call(|i, h| i.frontend_changed(h));
         self.settle(Ok(()));
         self.after_op();
@@ -1203,25 +1058,17 @@ impl<'m> Driver<'m> {
         self.settle(Ok(()));
         self.after_op();
 
-        assert!(self.inst.is_detached(), "detach did not finish");
-        let h = &self.host;
-        assert!(!h.store_is_open(), "store still open after detach");
-        assert_eq!(h.pending(), 0);
-        h.assert_released();
-        h.assert_clean();
+        assert_given_back(&self.inst, &self.host);
     }
 
     /// Hands the rings' memory back for the next input.
     fn give_back_memory(&mut self) {
         for s in 0..MAX_RINGS {
-            let Some(front) = self.rings[s].front.take() else {
+            let Some(front) = self.rings[s].slots.front.take() else {
                 continue;
             };
-            let back = self
-                .host
-                .take_queue_ring(s as QueueId)
-                .expect("ring returned");
-            self.mem.rings[s] = Some((front.into_mem(), back));
+            let back = self.host.take_queue_ring(s as QueueId);
+            self.mem.give_back(s, front, back.expect("ring returned"));
         }
     }
 }

@@ -6,7 +6,8 @@
 use xbb::abi::{BLKIF_MAX_SEGMENTS_PER_REQUEST, MAX_SLOT_SIZE};
 use xbb::host::IoError;
 
-use crate::fuzz::input::Input;
+use crate::fuzz::builder::{header_codec, Body, Script};
+use crate::fuzz::PushReq;
 
 /// What one operation of a `fuzz_instance` input does; its byte code is
 /// the discriminant (seeds and corpora are written in these codes:
@@ -140,68 +141,13 @@ pub(crate) const MAX_INDIRECT: [u64; 4] = [256, 0, 11, 32];
 /// The queues of a first layout, by selector (0: the legacy keys).
 pub(crate) const FIRST_QUEUES: [u8; 4] = [0, 2, 4, 3];
 
-impl InstanceConfig {
-    /// The five header bytes.
-    pub fn encode(&self) -> [u8; 5] {
-        let b = |v: bool, bit: u8| u8::from(v) << bit;
-        [
-            b(self.x86_64, 0)
-                | b(self.read_only_medium, 1)
-                | b(self.can_flush, 2)
-                | b(self.can_discard, 3)
-                | b(self.sector_4k, 4)
-                | b(self.online, 5)
-                | b(self.root_later, 6)
-                | b(self.toolstack_read_only, 7),
-            (self.requests_per_pass & 3)
-                | (self.max_requests & 3) << 2
-                | (self.kva_pages & 3) << 4
-                | (self.max_request_size & 3) << 6,
-            (self.max_queues & 3)
-                | (self.max_ring_order & 3) << 2
-                | (self.max_persistent_grants & 3) << 4
-                | (self.max_indirect_segments & 3) << 6,
-            (self.medium & 63) | b(self.hotplug_gate, 6) | b(self.no_coalesce, 7),
-            (self.queues & 3)
-                | (self.order % 3) << 2
-                | b(self.persistent, 4)
-                | b(self.connect_at_attach, 5)
-                | b(self.discard_disabled, 6)
-                | b(self.secure_discard, 7),
-        ]
-    }
-
-    pub(crate) fn decode(r: &mut Input<'_>) -> InstanceConfig {
-        let h: [u8; 5] = r.le();
-        let bit = |byte: u8, n: u8| byte & (1 << n) != 0;
-        InstanceConfig {
-            x86_64: bit(h[0], 0),
-            read_only_medium: bit(h[0], 1),
-            can_flush: bit(h[0], 2),
-            can_discard: bit(h[0], 3),
-            sector_4k: bit(h[0], 4),
-            online: bit(h[0], 5),
-            root_later: bit(h[0], 6),
-            toolstack_read_only: bit(h[0], 7),
-            requests_per_pass: h[1] & 3,
-            max_requests: h[1] >> 2 & 3,
-            kva_pages: h[1] >> 4 & 3,
-            max_request_size: h[1] >> 6 & 3,
-            max_queues: h[2] & 3,
-            max_ring_order: h[2] >> 2 & 3,
-            max_persistent_grants: h[2] >> 4 & 3,
-            max_indirect_segments: h[2] >> 6 & 3,
-            medium: h[3] & 63,
-            hotplug_gate: bit(h[3], 6),
-            no_coalesce: bit(h[3], 7),
-            queues: h[4] & 3,
-            order: (h[4] >> 2 & 3) % 3,
-            persistent: bit(h[4], 4),
-            connect_at_attach: bit(h[4], 5),
-            discard_disabled: bit(h[4], 6),
-            secure_discard: bit(h[4], 7),
-        }
-    }
+header_codec! { InstanceConfig [5]:
+    x86_64 1, read_only_medium 1, can_flush 1, can_discard 1,
+    sector_4k 1, online 1, root_later 1, toolstack_read_only 1,
+    requests_per_pass 2, max_requests 2, kva_pages 2, max_request_size 2,
+    max_queues 2, max_ring_order 2, max_persistent_grants 2, max_indirect_segments 2,
+    medium 6, hotplug_gate 1, no_coalesce 1,
+    queues 2, order 2 % 3, persistent 1, connect_at_attach 1, discard_disabled 1, secure_discard 1,
 }
 
 /// How a store I/O ends, in [`InstanceScript`] operations.
@@ -325,73 +271,31 @@ pub enum FeValue {
     Raw,
 }
 
-/// One structured request for [`InstanceScript::push`], decoded as
-/// [`fuzz_instance`](super::fuzz_instance) decodes it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Request {
-    /// The ring slot (front-end ring) it goes on, `% 4`.
-    pub ring: u8,
-    /// Low 16 bits of the id (the high bits count pushes: ids are
-    /// unique).
-    pub id: u16,
-    /// `% 8`: 0-1 read, 2-3 write, 4 flush, 5 barrier, 6 discard,
-    /// 7 indirect.
-    pub op: u8,
-    /// A discard's flag; an indirect request's `indirect_op`: even read,
-    /// odd write, above 250 the byte itself.
-    pub raw_op: u8,
-    /// Segments: below 208, `% 12`; from 208, as is (`nr_segments`
-    /// beyond the limit). An indirect request has `4 * nsegs` segments
-    /// (the descriptors its pages hold); a discard `8 * nsegs` sectors.
-    pub nsegs: u8,
-    /// Below 128: sector `8 * sector`; below 192: where the previous
-    /// push ended; below 255: `sector - 192` before the medium's end;
-    /// 255: the raw `raw_sector`.
-    pub sector: u8,
-    /// The sector when `sector == 255`.
-    pub raw_sector: u64,
-    /// Per segment: below 224 data page `% 16`; below 240 a ring page;
-    /// below 255 the value itself; 255 a grant reference of 0xdead_beef.
-    /// An indirect request's descriptor pages are data pages from this
-    /// one (`% 16`) on.
-    pub gref: u8,
-    /// Per segment: below 64 `(b & 7, b >> 3)`; below 120 `(b & 7, 7)`;
-    /// below 128 a `last_sect` beyond the page; else the whole page.
-    pub range: u8,
+/// The segments a request carries in its slot.
+fn inline_segments(r: &PushReq) -> usize {
+    match r.op % 8 {
+        6 | 7 => 0,
+        _ if r.nsegs < 208 => usize::from(r.nsegs % 12),
+        _ => usize::from(r.nsegs).min(BLKIF_MAX_SEGMENTS_PER_REQUEST),
+    }
 }
 
-impl Request {
-    /// Segments carried in the slot.
-    fn inline_segments(&self) -> usize {
-        match self.op % 8 {
-            6 | 7 => 0,
-            _ if self.nsegs < 208 => usize::from(self.nsegs % 12),
-            _ => usize::from(self.nsegs).min(BLKIF_MAX_SEGMENTS_PER_REQUEST),
-        }
-    }
+/// The input format of [`fuzz_instance`](super::fuzz_instance).
+#[derive(Clone, Copy, Debug)]
+pub struct InstanceInput;
+
+impl Body for InstanceInput {
+    type Config = InstanceConfig;
+    const FRONT_STATE: u8 = Op::FrontState as u8;
+    const ROOT_MOUNTED: u8 = Op::RootMounted as u8;
+    const COALESCE_SYSCTL: u8 = Op::Sysctl as u8;
 }
 
 /// Builds [`fuzz_instance`](super::fuzz_instance) inputs by name, for
 /// seeds and corpora.
-#[derive(Clone, Debug, Default)]
-pub struct InstanceScript {
-    bytes: Vec<u8>,
-}
+pub type InstanceScript = Script<InstanceInput>;
 
-impl InstanceScript {
-    /// Starts an input with `cfg` as its header.
-    pub fn new(cfg: &InstanceConfig) -> InstanceScript {
-        InstanceScript {
-            bytes: Vec::from(cfg.encode()),
-        }
-    }
-
-    fn op(&mut self, op: Op, args: &[u8]) -> &mut Self {
-        self.bytes.push(op as u8);
-        self.bytes.extend_from_slice(args);
-        self
-    }
-
+impl Script<InstanceInput> {
     /// Writes a front-end node (`queue < 4`: under `queue-N/` where the
     /// key allows it) without a watch event; `arg` parametrises `key`
     /// (`ring-ref<arg % 32>`) and `value`; `raw` is the value of
@@ -404,19 +308,19 @@ impl InstanceScript {
         value: FeValue,
         raw: &[u8],
     ) -> &mut Self {
-        self.op(Op::XsWrite, &[key as u8, queue, arg, value as u8]);
+        self.op(Op::XsWrite as u8, &[key as u8, queue, arg, value as u8]);
         if value == FeValue::Raw {
             let n = usize::from(arg % 24).min(raw.len());
             let mut v = raw[..n].to_vec();
             v.resize(usize::from(arg % 24), 0);
-            self.bytes.extend_from_slice(&v);
+            self.more(&v);
         }
         self
     }
 
     /// Removes a front-end node (and its children).
     pub fn xs_remove(&mut self, key: FeKey, queue: u8, arg: u8) -> &mut Self {
-        self.op(Op::XsRemove, &[key as u8, queue, arg])
+        self.op(Op::XsRemove as u8, &[key as u8, queue, arg])
     }
 
     /// The front-end (re)announces its rings: `queues` 0 one ring with the
@@ -426,128 +330,112 @@ impl InstanceScript {
     /// re-initialised.
     pub fn layout(&mut self, queues: u8, order: u8, persistent: bool, flip_abi: bool) -> &mut Self {
         let flags = u8::from(persistent) | u8::from(flip_abi) << 1;
-        self.op(Op::Layout, &[queues, order, flags])
-    }
-
-    /// Writes the front-end's `state` node and fires the watch: 0..=8 a
-    /// XenbusState, 9 a non-number, 10 a number out of the enumeration,
-    /// 11 no node.
-    pub fn frontend_state(&mut self, v: u8) -> &mut Self {
-        self.op(Op::FrontState, &[v])
+        self.op(Op::Layout as u8, &[queues, order, flags])
     }
 
     /// Fires the watch without a change.
     pub fn watch(&mut self) -> &mut Self {
-        self.op(Op::Watch, &[])
+        self.op(Op::Watch as u8, &[])
     }
 
     /// Writes raw bytes into slot `cursor + rel` of ring `ring`; `rel == 0`
     /// also advances the cursor.
     pub fn slot(&mut self, ring: u8, rel: i8, bytes: &[u8]) -> &mut Self {
         let n = bytes.len().min(MAX_SLOT_SIZE);
-        self.op(Op::Slot, &[ring, rel as u8, n as u8]);
-        self.bytes.extend_from_slice(&bytes[..n]);
+        self.op(Op::Slot as u8, &[ring, rel as u8, n as u8]);
+        self.more(&bytes[..n]);
         self
     }
 
-    /// Encodes a structured request at its ring's cursor and advances it.
-    pub fn push(&mut self, r: &Request) -> &mut Self {
+    /// Encodes a structured request at the cursor of ring `ring` (`% 4`)
+    /// and advances it.
+    pub fn push(&mut self, ring: u8, r: &PushReq) -> &mut Self {
         let [lo, hi] = r.id.to_le_bytes();
-        self.op(Op::Push, &[r.ring, lo, hi, r.op]);
+        self.op(Op::Push as u8, &[ring, lo, hi, r.op]);
         if matches!(r.op % 8, 6 | 7) {
-            self.bytes.push(r.raw_op);
+            self.more(&[r.raw_op]);
         }
-        self.bytes.extend_from_slice(&[r.nsegs, r.sector]);
+        self.more(&[r.nsegs, r.sector]);
         if r.sector == 255 {
-            self.bytes.extend_from_slice(&r.raw_sector.to_le_bytes());
+            self.more(&r.raw_sector.to_le_bytes());
         }
         if r.op % 8 == 7 {
-            self.bytes.push(r.gref);
+            self.more(&[r.gref]);
         }
-        for _ in 0..r.inline_segments() {
-            self.bytes.extend_from_slice(&[r.gref, r.range]);
+        for _ in 0..inline_segments(r) {
+            self.more(&[r.gref, r.range]);
         }
         self
     }
 
     /// Publishes `req_prod = cursor` on ring `ring`.
     pub fn publish(&mut self, ring: u8) -> &mut Self {
-        self.op(Op::ReqProd, &[ring, 0])
+        self.op(Op::ReqProd as u8, &[ring, 0])
     }
 
     /// Publishes `req_prod = cursor + ahead` on ring `ring`.
     pub fn req_prod_ahead(&mut self, ring: u8, ahead: u8) -> &mut Self {
-        self.op(Op::ReqProd, &[ring, 1, ahead])
+        self.op(Op::ReqProd as u8, &[ring, 1, ahead])
     }
 
     /// Publishes any `req_prod` on ring `ring`.
     pub fn req_prod_raw(&mut self, ring: u8, v: u32) -> &mut Self {
-        self.op(Op::ReqProd, &[ring, 3]);
-        self.bytes.extend_from_slice(&v.to_le_bytes());
+        self.op(Op::ReqProd as u8, &[ring, 3]);
+        self.more(&v.to_le_bytes());
         self
     }
 
     /// Queue `queue`'s event channel fires: `Instance::event`.
     pub fn kick(&mut self, queue: u8) -> &mut Self {
-        self.op(Op::Kick, &[queue])
+        self.op(Op::Kick as u8, &[queue])
     }
 
     /// Honours every deferred run the instance asked for.
     pub fn run(&mut self) -> &mut Self {
-        self.op(Op::Run, &[])
+        self.op(Op::Run as u8, &[])
     }
 
     /// Completes pending I/O number `which % pending` with `how`.
     pub fn complete(&mut self, which: u8, how: Completion) -> &mut Self {
-        self.op(Op::Complete, &[which, how.encode()])
+        self.op(Op::Complete as u8, &[which, how.encode()])
     }
 
     /// Completes every pending I/O (and what they start) with `how`,
     /// honouring deferred runs, until nothing is left.
     pub fn complete_all(&mut self, how: Completion) -> &mut Self {
-        self.op(Op::CompleteAll, &[how.encode()])
+        self.op(Op::CompleteAll as u8, &[how.encode()])
     }
 
     /// Injects a platform failure.
     pub fn inject(&mut self, what: Injected, n: u8) -> &mut Self {
-        self.op(Op::Inject, &[what.encode(), n])
+        self.op(Op::Inject as u8, &[what.encode(), n])
     }
 
     /// Resizes the medium to `(size % 65) * 8` sectors (0: empty) and
     /// tells the instance.
     pub fn resize(&mut self, size: u8) -> &mut Self {
-        self.op(Op::Resize, &[size])
+        self.op(Op::Resize as u8, &[size])
     }
 
     /// Device removal: `Instance::detach`.
     pub fn detach(&mut self) -> &mut Self {
-        self.op(Op::Detach, &[])
+        self.op(Op::Detach as u8, &[])
     }
 
     /// Once detached, a new instance of the same vbd attaches.
     pub fn attach(&mut self) -> &mut Self {
-        self.op(Op::Attach, &[])
-    }
-
-    /// The root file system becomes mounted.
-    pub fn root_mounted(&mut self) -> &mut Self {
-        self.op(Op::RootMounted, &[])
-    }
-
-    /// Sets `no_coalesce_reqs` to `v % 3` (2 is refused).
-    pub fn coalesce_sysctl(&mut self, v: u8) -> &mut Self {
-        self.op(Op::Sysctl, &[v])
+        self.op(Op::Attach as u8, &[])
     }
 
     /// Advances the clock by `ms_sel` selector: 0 none, 1 a millisecond,
     /// 2 a minute and more (persistent grants go idle), else `ms_sel` ms.
     pub fn clock(&mut self, ms_sel: u8) -> &mut Self {
-        self.op(Op::Clock, &[ms_sel])
+        self.op(Op::Clock as u8, &[ms_sel])
     }
 
     /// The front-end re-arms `rsp_event` on ring `ring`.
     pub fn arm_rsp_event(&mut self, ring: u8) -> &mut Self {
-        self.op(Op::ArmRspEvent, &[ring])
+        self.op(Op::ArmRspEvent as u8, &[ring])
     }
 
     /// Writes `bytes` (at most 255) into data page `page % 16` at byte
@@ -555,19 +443,14 @@ impl InstanceScript {
     pub fn page_write(&mut self, page: u8, offset: u16, bytes: &[u8]) -> &mut Self {
         let n = bytes.len().min(255);
         let [lo, hi] = offset.to_le_bytes();
-        self.op(Op::PageWrite, &[page, lo, hi, n as u8]);
-        self.bytes.extend_from_slice(&bytes[..n]);
+        self.op(Op::PageWrite as u8, &[page, lo, hi, n as u8]);
+        self.more(&bytes[..n]);
         self
     }
 
     /// The hotplug script reports: `hotplug-status` = `connected` (or
     /// `v` odd: something else), and the back-end's watch fires.
     pub fn hotplug(&mut self, v: u8) -> &mut Self {
-        self.op(Op::Hotplug, &[v])
-    }
-
-    /// The input built so far.
-    pub fn bytes(&self) -> &[u8] {
-        &self.bytes
+        self.op(Op::Hotplug as u8, &[v])
     }
 }
