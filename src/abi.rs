@@ -380,19 +380,14 @@ const _: () = {
     assert!(LAYOUT_32.rsp_size <= MAX_RSP_SIZE && LAYOUT_64.rsp_size <= MAX_RSP_SIZE);
 };
 
-/// A private, fixed-size copy of one slot; all reads are little-endian and
-/// at constant offsets below `MAX_SLOT_SIZE`.
-struct Slot([u8; MAX_SLOT_SIZE]);
+/// A private copy of one slot, whole (zero-padded when the copy it was
+/// made from is short), read at constant offsets, little-endian. With the
+/// layout a constant ([`Abi::with_layout`]) each field read is one load.
+#[derive(Clone, Copy)]
+struct Slot<'a>(&'a [u8; MAX_SLOT_SIZE]);
 
-impl Slot {
-    /// Copies up to `MAX_SLOT_SIZE` bytes; missing bytes read as zero.
-    fn copy_from(bytes: &[u8]) -> Slot {
-        let mut s = [0u8; MAX_SLOT_SIZE];
-        let n = bytes.len().min(MAX_SLOT_SIZE);
-        s[..n].copy_from_slice(&bytes[..n]);
-        Slot(s)
-    }
-
+impl Slot<'_> {
+    #[inline]
     fn bytes<const N: usize>(&self, off: usize) -> [u8; N] {
         let mut out = [0u8; N];
         if let Some(src) = self.0.get(off..off.saturating_add(N)) {
@@ -401,22 +396,48 @@ impl Slot {
         out
     }
 
+    #[inline]
     fn u8(&self, off: usize) -> u8 {
         self.0.get(off).copied().unwrap_or(0)
     }
+    #[inline]
     fn u16(&self, off: usize) -> u16 {
         u16::from_le_bytes(self.bytes(off))
     }
+    #[inline]
     fn i16(&self, off: usize) -> i16 {
         i16::from_le_bytes(self.bytes(off))
     }
+    #[inline]
     fn u32(&self, off: usize) -> u32 {
         u32::from_le_bytes(self.bytes(off))
     }
+    #[inline]
     fn u64(&self, off: usize) -> u64 {
         u64::from_le_bytes(self.bytes(off))
     }
+}
 
+/// Runs `f` over `bytes` as a whole [`Slot`]: `bytes` itself when it
+/// holds a whole slot (the back ring's copy: no second copy), else a copy
+/// zero-padded to a whole slot, so that missing bytes read as zero. (A
+/// slot of the i386 layout is 108 bytes: no field lies in the last four
+/// bytes of a whole slot.)
+#[inline]
+fn with_slot<T>(bytes: &[u8], f: impl FnOnce(Slot<'_>) -> T) -> T {
+    if let Some(whole) = bytes.first_chunk::<MAX_SLOT_SIZE>() {
+        return f(Slot(whole));
+    }
+    let mut padded = [0u8; MAX_SLOT_SIZE];
+    let n = bytes.len().min(MAX_SLOT_SIZE);
+    padded[..n].copy_from_slice(&bytes[..n]);
+    f(Slot(&padded))
+}
+
+/// A slot being encoded: a zeroed buffer the encoders write fields into.
+struct SlotBuf([u8; MAX_SLOT_SIZE]);
+
+impl SlotBuf {
     fn put(&mut self, off: usize, v: &[u8]) {
         put(&mut self.0, off, v);
     }
@@ -476,8 +497,9 @@ impl Segment {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RequestBody {
     /// `struct blkif_request`: read, write, barrier, flush and every
-    /// unknown operation. All eleven segments are decoded, whatever
-    /// `nr_segments` says.
+    /// unknown operation. The first `nr_segments` segments (all eleven
+    /// when it says more) are decoded; the others are not part of the
+    /// request and are zero.
     Rw {
         /// `nr_segments`, as written by the guest.
         nr_segments: u8,
@@ -561,12 +583,25 @@ pub struct BlkifResponse {
 
 /// Decodes one 8-byte `struct blkif_request_segment` (an entry of an
 /// indirect page). Total: missing bytes read as zero.
+#[inline]
 pub fn decode_segment(bytes: &[u8]) -> Segment {
-    let s = Slot::copy_from(bytes);
+    if let Some(b) = bytes.first_chunk::<SEGMENT_SIZE>() {
+        return segment_from(b);
+    }
+    let mut b = [0u8; SEGMENT_SIZE];
+    let n = bytes.len().min(SEGMENT_SIZE);
+    b[..n].copy_from_slice(&bytes[..n]);
+    segment_from(&b)
+}
+
+/// The segment in the 8 bytes `b`.
+#[inline]
+fn segment_from(b: &[u8; SEGMENT_SIZE]) -> Segment {
+    const GREF: usize = offset_of!(BlkifRequestSegment, gref);
     Segment {
-        gref: s.u32(offset_of!(BlkifRequestSegment, gref)),
-        first_sect: s.u8(offset_of!(BlkifRequestSegment, first_sect)),
-        last_sect: s.u8(offset_of!(BlkifRequestSegment, last_sect)),
+        gref: u32::from_le_bytes([b[GREF], b[GREF + 1], b[GREF + 2], b[GREF + 3]]),
+        first_sect: b[offset_of!(BlkifRequestSegment, first_sect)],
+        last_sect: b[offset_of!(BlkifRequestSegment, last_sect)],
     }
 }
 
@@ -574,12 +609,12 @@ pub fn decode_segment(bytes: &[u8]) -> Segment {
 /// [`SEGMENT_SIZE`] bytes of `out` (padding zero), as a front-end filling
 /// an indirect page does.
 pub fn encode_segment(seg: &Segment, out: &mut [u8]) {
-    let mut s = Slot([0; MAX_SLOT_SIZE]);
+    let mut s = SlotBuf([0; MAX_SLOT_SIZE]);
     put_segment(&mut s, 0, seg);
     copy_out(&s.0, out, SEGMENT_SIZE);
 }
 
-fn put_segment(s: &mut Slot, off: usize, seg: &Segment) {
+fn put_segment(s: &mut SlotBuf, off: usize, seg: &Segment) {
     s.put(
         off + offset_of!(BlkifRequestSegment, gref),
         &seg.gref.to_le_bytes(),
@@ -592,6 +627,85 @@ fn put_segment(s: &mut Slot, off: usize, seg: &Segment) {
         off + offset_of!(BlkifRequestSegment, last_sect),
         &[seg.last_sect],
     );
+}
+
+/// [`LAYOUT_32`] or [`LAYOUT_64`], chosen at compile time: in a function
+/// generic over `I386` every offset is a constant (a field read is one
+/// load).
+const fn layout_of<const I386: bool>() -> &'static Layout {
+    if I386 {
+        &LAYOUT_32
+    } else {
+        &LAYOUT_64
+    }
+}
+
+/// Encodes `rsp` with the i386 layout or the x86_64 one (see
+/// [`Abi::response_bytes`]).
+#[inline]
+fn encode_response_in<const I386: bool>(rsp: &BlkifResponse) -> [u8; MAX_RSP_SIZE] {
+    let l = layout_of::<I386>();
+    let mut s = [0u8; MAX_RSP_SIZE];
+    put(&mut s, l.r_id, &rsp.id.to_le_bytes());
+    put(&mut s, l.r_operation, &[rsp.operation]);
+    put(&mut s, l.r_status, &rsp.status.to_le_bytes());
+    s
+}
+
+/// Decodes the request in `s` with the i386 layout or the x86_64 one (see
+/// [`Abi::decode_request`]).
+#[inline]
+fn decode_in<const I386: bool>(s: Slot<'_>) -> BlkifRequest {
+    let l = layout_of::<I386>();
+    let operation = s.u8(0);
+    match operation {
+        BLKIF_OP_DISCARD => BlkifRequest {
+            operation,
+            id: s.u64(l.d_id),
+            body: RequestBody::Discard {
+                flag: s.u8(l.d_flag),
+                handle: s.u16(l.d_handle),
+                sector_number: s.u64(l.d_sector),
+                nr_sectors: s.u64(l.d_nr_sectors),
+            },
+        },
+        BLKIF_OP_INDIRECT => {
+            let mut indirect_grefs = [0u32; BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST];
+            for (i, g) in indirect_grefs.iter_mut().enumerate() {
+                *g = s.u32(l.i_grefs + 4 * i);
+            }
+            BlkifRequest {
+                operation,
+                id: s.u64(l.i_id),
+                body: RequestBody::Indirect {
+                    indirect_op: s.u8(l.i_op),
+                    nr_segments: s.u16(l.i_nr_segments),
+                    handle: s.u16(l.i_handle),
+                    sector_number: s.u64(l.i_sector),
+                    indirect_grefs,
+                },
+            }
+        }
+        _ => {
+            let nr_segments = s.u8(l.rw_nr_segments);
+            let used = usize::from(nr_segments).min(BLKIF_MAX_SEGMENTS_PER_REQUEST);
+            let mut seg = [Segment::default(); BLKIF_MAX_SEGMENTS_PER_REQUEST];
+            let wire = s.0.get(l.rw_seg..).unwrap_or(&[]);
+            for (sg, b) in seg[..used].iter_mut().zip(wire.chunks_exact(SEGMENT_SIZE)) {
+                *sg = decode_segment(b);
+            }
+            BlkifRequest {
+                operation,
+                id: s.u64(l.rw_id),
+                body: RequestBody::Rw {
+                    nr_segments,
+                    handle: s.u16(l.rw_handle),
+                    sector_number: s.u64(l.rw_sector),
+                    seg,
+                },
+            }
+        }
+    }
 }
 
 impl Abi {
@@ -663,60 +777,51 @@ impl Abi {
         Some(1u32 << (31 - entries.leading_zeros()))
     }
 
-    /// Decodes a request slot copied out of the ring. Total: any bytes
-    /// decode (bytes missing from a short `slot` read as zero); the body is
-    /// chosen by the operation byte.
-    pub fn decode_request(self, slot: &[u8]) -> BlkifRequest {
+    /// Bytes at the start of a request slot that every request's
+    /// [`request_used_size`](Abi::request_used_size) can be told from:
+    /// `struct blkif_request` up to its segments (20 or 24), which holds
+    /// `operation` and `nr_segments`.
+    pub const fn request_head_size(self) -> usize {
+        self.layout().rw_seg
+    }
+
+    /// Bytes of a request slot the request uses, told from a copy of its
+    /// first [`request_head_size`](Abi::request_head_size) bytes (`head`;
+    /// missing bytes read as zero): the whole `blkif_request_discard` or
+    /// `blkif_request_indirect` (up to its last grant), or the
+    /// `blkif_request` header and the segments its `nr_segments` names, at
+    /// most [`BLKIF_MAX_SEGMENTS_PER_REQUEST`]. Between `request_head_size`
+    /// and [`request_size`](Abi::request_size); the back ring copies these
+    /// bytes of a slot and no others, and [`decode_request`](Abi::decode_request)
+    /// reads no others.
+    #[inline]
+    pub fn request_used_size(self, head: &[u8]) -> usize {
+        let byte = |off: usize| head.get(off).copied().unwrap_or(0);
         let l = self.layout();
-        let n = slot.len().min(l.req_size);
-        let s = Slot::copy_from(&slot[..n]);
-        let operation = s.u8(0);
-        match operation {
-            BLKIF_OP_DISCARD => BlkifRequest {
-                operation,
-                id: s.u64(l.d_id),
-                body: RequestBody::Discard {
-                    flag: s.u8(l.d_flag),
-                    handle: s.u16(l.d_handle),
-                    sector_number: s.u64(l.d_sector),
-                    nr_sectors: s.u64(l.d_nr_sectors),
-                },
-            },
-            BLKIF_OP_INDIRECT => {
-                let mut indirect_grefs = [0u32; BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST];
-                for (i, g) in indirect_grefs.iter_mut().enumerate() {
-                    *g = s.u32(l.i_grefs + 4 * i);
-                }
-                BlkifRequest {
-                    operation,
-                    id: s.u64(l.i_id),
-                    body: RequestBody::Indirect {
-                        indirect_op: s.u8(l.i_op),
-                        nr_segments: s.u16(l.i_nr_segments),
-                        handle: s.u16(l.i_handle),
-                        sector_number: s.u64(l.i_sector),
-                        indirect_grefs,
-                    },
-                }
-            }
+        match byte(0) {
+            BLKIF_OP_DISCARD => l.d_nr_sectors + size_of::<u64>(),
+            BLKIF_OP_INDIRECT => l.i_grefs + 4 * BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST,
             _ => {
-                let mut seg = [Segment::default(); BLKIF_MAX_SEGMENTS_PER_REQUEST];
-                for (i, sg) in seg.iter_mut().enumerate() {
-                    let off = l.rw_seg + SEGMENT_SIZE * i;
-                    *sg = decode_segment(&s.bytes::<SEGMENT_SIZE>(off));
-                }
-                BlkifRequest {
-                    operation,
-                    id: s.u64(l.rw_id),
-                    body: RequestBody::Rw {
-                        nr_segments: s.u8(l.rw_nr_segments),
-                        handle: s.u16(l.rw_handle),
-                        sector_number: s.u64(l.rw_sector),
-                        seg,
-                    },
-                }
+                let n = usize::from(byte(l.rw_nr_segments)).min(BLKIF_MAX_SEGMENTS_PER_REQUEST);
+                l.rw_seg + SEGMENT_SIZE * n
             }
         }
+    }
+
+    /// Decodes a request slot copied out of the ring. Total: any bytes
+    /// decode (bytes missing from a short `slot` read as zero); the body is
+    /// chosen by the operation byte. Only the bytes
+    /// [`request_used_size`](Abi::request_used_size) names are read: a
+    /// `blkif_request`'s segments past its `nr_segments` are not part of
+    /// it and decode as zero. A `slot` of [`MAX_SLOT_SIZE`] bytes or more
+    /// (the back ring's copy) is decoded where it is.
+    #[inline]
+    pub fn decode_request(self, slot: &[u8]) -> BlkifRequest {
+        // No field lies past request_size: a longer `slot` reads the same.
+        with_slot(slot, |s| match self {
+            Abi::X86_32 => decode_in::<true>(s),
+            Abi::X86_64 => decode_in::<false>(s),
+        })
     }
 
     /// Encodes a request as a front-end does (simulated guests, tests):
@@ -726,7 +831,7 @@ impl Abi {
     /// differently).
     pub fn encode_request(self, req: &BlkifRequest, slot: &mut [u8]) {
         let l = self.layout();
-        let mut s = Slot([0; MAX_SLOT_SIZE]);
+        let mut s = SlotBuf([0; MAX_SLOT_SIZE]);
         s.put(0, &[req.operation]);
         match req.body {
             RequestBody::Rw {
@@ -779,12 +884,18 @@ impl Abi {
     /// [`response_size`](Abi::response_size) bytes of `slot`, padding bytes
     /// zero, so no stale data reaches the guest.
     pub fn encode_response(self, rsp: &BlkifResponse, slot: &mut [u8]) {
-        let l = self.layout();
-        let mut s = [0u8; MAX_RSP_SIZE];
-        put(&mut s, l.r_id, &rsp.id.to_le_bytes());
-        put(&mut s, l.r_operation, &[rsp.operation]);
-        put(&mut s, l.r_status, &rsp.status.to_le_bytes());
-        copy_out(&s, slot, l.rsp_size);
+        copy_out(&self.response_bytes(rsp), slot, self.response_size());
+    }
+
+    /// A response as the [`response_size`](Abi::response_size) bytes
+    /// that go on the ring, at the start of a zeroed buffer (padding and
+    /// the rest zero). The offsets are constants per ABI.
+    #[inline]
+    pub fn response_bytes(self, rsp: &BlkifResponse) -> [u8; MAX_RSP_SIZE] {
+        match self {
+            Abi::X86_32 => encode_response_in::<true>(rsp),
+            Abi::X86_64 => encode_response_in::<false>(rsp),
+        }
     }
 
     /// Decodes a response slot (front-end side). Total: missing bytes read
@@ -792,12 +903,11 @@ impl Abi {
     pub fn decode_response(self, slot: &[u8]) -> BlkifResponse {
         let l = self.layout();
         let n = slot.len().min(l.rsp_size);
-        let s = Slot::copy_from(&slot[..n]);
-        BlkifResponse {
+        with_slot(&slot[..n], |s| BlkifResponse {
             id: s.u64(l.r_id),
             operation: s.u8(l.r_operation),
             status: s.i16(l.r_status),
-        }
+        })
     }
 }
 
@@ -1079,6 +1189,39 @@ mod tests {
             Abi::X86_64.decode_request(&padded[..30]),
             Abi::X86_64.decode_request(&padded)
         );
+    }
+
+    /// The back ring copies only the bytes `request_used_size` names:
+    /// decoding reads no others (whatever the rest of the slot holds), and
+    /// the size stays within the slot.
+    #[test]
+    fn decode_reads_only_the_used_bytes() {
+        for abi in ABIS {
+            let head = abi.request_head_size();
+            for op in 0..=255u8 {
+                for nr in [0u8, 1, 2, 10, 11, 12, 0xff] {
+                    let mut b = [0u8; MAX_SLOT_SIZE];
+                    for (i, x) in b.iter_mut().enumerate() {
+                        *x = (i as u8).wrapping_mul(37).wrapping_add(op);
+                    }
+                    b[0] = op;
+                    b[1] = nr;
+                    let used = abi.request_used_size(&b[..head]);
+                    assert!(
+                        head <= used && used <= abi.request_size(),
+                        "{abi:?} {op} {nr}"
+                    );
+                    let mut clean = [0u8; MAX_SLOT_SIZE];
+                    clean[..used].copy_from_slice(&b[..used]);
+                    let n = abi.request_size();
+                    assert_eq!(
+                        abi.decode_request(&b[..n]),
+                        abi.decode_request(&clean[..n]),
+                        "{abi:?} {op} {nr}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -97,6 +97,20 @@ pub const NONE: u16 = u16::MAX;
 /// are `u16`s below [`NONE`].
 pub const MAX_SLOTS: usize = NONE as usize;
 
+/// What a request's reqlist must map for it when it starts
+/// ([`crate::grants::QueueGrants::map`]), known once the request is
+/// accepted (and bound to the persistent-grant cache, if any): its
+/// reqlist sums them ([`Reqlist::transient`], [`Reqlist::pending`]), so
+/// that starting it walks no segment to count them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ToMap {
+    /// Segments with no page yet: each takes a transient page (every
+    /// segment without persistent grants).
+    pub transient: u16,
+    /// New persistent-grant entries, mapped at their cache pages.
+    pub pending: u16,
+}
+
 /// One consumed, validated request waiting for or in service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReqSlot {
@@ -155,6 +169,11 @@ pub struct Reqlist {
     pub nr_sectors: Sectors,
     /// Segments of all its requests.
     pub pages: u32,
+    /// Of those, the ones that take a transient page when it starts (see
+    /// [`ToMap`]).
+    pub transient: u32,
+    /// Its new persistent-grant entries, mapped when it starts.
+    pub pending: u32,
     /// First page of its transient range (relative to the queue's KVA
     /// region), valid when `kva_pages > 0`.
     pub kva_first: u32,
@@ -168,6 +187,10 @@ pub struct Reqlist {
     /// A step that serves every request failed: every request is
     /// answered with an error.
     pub error: bool,
+    /// Some of its requests failed on their own ([`ReqSlot::failed`]):
+    /// its runs are found by walking its chain. While none has, the
+    /// reqlist is one run ([`Reqlists::current_run`]).
+    pub failed: bool,
     /// Its I/O was submitted and has not finished.
     pub in_flight: bool,
 }
@@ -179,11 +202,14 @@ const EMPTY_LIST: Reqlist = Reqlist {
     sector: Sectors(0),
     nr_sectors: Sectors(0),
     pages: 0,
+    transient: 0,
+    pending: 0,
     kva_first: 0,
     kva_pages: 0,
     phase: 0,
     run: NONE,
     error: false,
+    failed: false,
     in_flight: false,
 };
 
@@ -214,8 +240,10 @@ pub struct Reqlists {
     /// Each slot's segments, `max_segs` per slot.
     segs: Vec<Segment>,
     free_slots: Vec<u16>,
+    /// The reqlists, each at the index of its first request's slot: a
+    /// slot heads at most one reqlist, and a reqlist needs no pool of its
+    /// own.
     lists: Vec<Reqlist>,
-    free_lists: Vec<u16>,
     /// The reqlist requests are being appended to, or [`NONE`].
     open: u16,
     max_segs: usize,
@@ -233,6 +261,7 @@ pub struct Chain<'a> {
 impl Iterator for Chain<'_> {
     type Item = (u16, Range<usize>);
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         let slot = self.cur;
         let r = self.slots.get(usize::from(slot))?;
@@ -255,52 +284,59 @@ impl Reqlists {
             segs: try_vec(nsegs, Segment::default())?,
             free_slots: try_stack(n)?,
             lists: try_vec(n, EMPTY_LIST)?,
-            free_lists: try_stack(n)?,
             open: NONE,
             max_segs,
         })
     }
 
     /// Segments one slot can hold.
+    #[inline]
     pub fn max_segs(&self) -> usize {
         self.max_segs
     }
 
     /// Every slot's segments, `max_segs` per slot: what the ranges of a
     /// [`Chain`] index.
+    #[inline]
     pub fn segments(&self) -> &[Segment] {
         &self.segs
     }
 
     /// Whether no request slot is free.
+    #[inline]
     pub fn slots_exhausted(&self) -> bool {
         self.free_slots.is_empty()
     }
 
     /// Takes a free slot; its segments are all [`Reqlists::slot_segments`]
     /// for the caller to fill.
+    #[inline]
     pub fn take_slot(&mut self) -> Option<u16> {
         self.free_slots.pop()
     }
 
     /// Gives back a slot that never joined a reqlist.
+    #[inline]
     pub fn put_slot(&mut self, slot: u16) {
         self.free_slots.push(slot);
     }
 
     /// The segment range of `slot` (its full capacity).
+    #[inline]
     pub fn slot_range(&self, slot: u16) -> Range<usize> {
         let base = usize::from(slot) * self.max_segs;
         base..base + self.max_segs
     }
 
     /// The segments of `slot` (its full capacity), to fill.
+    #[inline]
     pub fn slot_segments(&mut self, slot: u16) -> &mut [Segment] {
         let r = self.slot_range(slot);
         &mut self.segs[r]
     }
 
     /// Records what the request in `slot` is.
+    #[inline]
     pub fn set_slot(&mut self, slot: u16, p: &Parsed) {
         self.slots[usize::from(slot)] = ReqSlot {
             id: p.id,
@@ -313,10 +349,12 @@ impl Reqlists {
         };
     }
 
-    /// The request in `slot` failed on its own; see [`ReqSlot::failed`].
-    pub fn fail_slot(&mut self, slot: u16) {
+    /// The request in `slot`, of reqlist `l`, failed on its own; see
+    /// [`ReqSlot::failed`].
+    pub fn fail_slot(&mut self, l: u16, slot: u16) {
         if let Some(r) = self.slots.get_mut(usize::from(slot)) {
             r.failed = true;
+            self.lists[usize::from(l)].failed = true;
         }
     }
 
@@ -369,8 +407,9 @@ impl Reqlists {
         .take_while(|&(s, _)| !self.slots[usize::from(s)].failed)
     }
 
-    /// Marks every request of the run starting at `start` failed.
-    pub fn fail_run(&mut self, start: u16) {
+    /// Marks every request of the run of reqlist `l` starting at `start`
+    /// failed.
+    pub fn fail_run(&mut self, l: u16, start: u16) {
         let mut cur = start;
         while let Some(r) = self.slots.get_mut(usize::from(cur)) {
             if r.failed {
@@ -379,29 +418,52 @@ impl Reqlists {
             r.failed = true;
             cur = r.next;
         }
+        self.lists[usize::from(l)].failed = true;
+    }
+
+    /// The run of reqlist `l` served next (from [`Reqlist::run`]; see
+    /// [`Reqlists::run`]): while none of its requests failed, the whole
+    /// reqlist, without walking its chain.
+    #[inline]
+    pub fn current_run(&self, l: u16) -> Run {
+        let list = &self.lists[usize::from(l)];
+        if !list.failed {
+            debug_assert_eq!(list.run, list.head);
+            return Run {
+                sector: list.sector,
+                nr_sectors: list.nr_sectors,
+                next: NONE,
+            };
+        }
+        self.run(list.run)
     }
 
     /// The request in `slot`.
+    #[inline]
     pub fn slot(&self, slot: u16) -> ReqSlot {
         self.slots[usize::from(slot)]
     }
 
     /// Reqlist `l`, or `None` for an index no reqlist has.
+    #[inline]
     pub fn get(&self, l: u16) -> Option<&Reqlist> {
         self.lists.get(usize::from(l))
     }
 
     /// Reqlist `l`.
+    #[inline]
     pub fn list(&self, l: u16) -> &Reqlist {
         &self.lists[usize::from(l)]
     }
 
     /// Reqlist `l`, to change.
+    #[inline]
     pub fn list_mut(&mut self, l: u16) -> &mut Reqlist {
         &mut self.lists[usize::from(l)]
     }
 
     /// The requests of reqlist `l`, in order.
+    #[inline]
     pub fn chain(&self, l: u16) -> Chain<'_> {
         Chain {
             slots: &self.slots,
@@ -411,24 +473,28 @@ impl Reqlists {
     }
 
     /// The open reqlist, if any.
+    #[inline]
     pub fn open(&self) -> Option<u16> {
         (self.open != NONE).then_some(self.open)
     }
 
     /// Closes the open reqlist and returns it.
+    #[inline]
     pub fn take_open(&mut self) -> Option<u16> {
         let l = self.open()?;
         self.open = NONE;
         Some(l)
     }
 
-    /// Appends the request `p` in `slot` to the open reqlist when
-    /// [`may_join`] allows; `true` when it joined.
-    pub fn join_open(&mut self, slot: u16, p: &Parsed, budget: &Budget) -> bool {
+    /// Appends the request `p` in `slot`, for which `to_map` is to be
+    /// mapped, to the open reqlist when [`may_join`] allows; `true` when it
+    /// joined.
+    #[inline(always)]
+    pub fn join_open(&mut self, slot: u16, p: &Parsed, to_map: ToMap, budget: &Budget) -> bool {
         let Some(l) = self.open() else {
             return false;
         };
-        let o = self.lists[usize::from(l)];
+        let o = &self.lists[usize::from(l)];
         let (Some(next_sector), Some(bytes)) =
             (o.sector.checked_add(o.nr_sectors), o.nr_sectors.bytes())
         else {
@@ -443,36 +509,49 @@ impl Reqlists {
         if !may_join(&run, p, budget) {
             return false;
         }
-        self.slots[usize::from(o.tail)].next = slot;
+        self.append(l, slot, p, to_map);
+        true
+    }
+
+    /// Appends the request `p` in `slot` to reqlist `l`.
+    fn append(&mut self, l: u16, slot: u16, p: &Parsed, to_map: ToMap) {
+        let tail = self.lists[usize::from(l)].tail;
+        self.slots[usize::from(tail)].next = slot;
         let list = &mut self.lists[usize::from(l)];
         list.tail = slot;
         list.nr_sectors = Sectors(list.nr_sectors.0 + p.nr_sectors.0);
         list.pages += u32::from(p.nsegs);
-        true
+        list.transient += u32::from(to_map.transient);
+        list.pending += u32::from(to_map.pending);
     }
 
-    /// Starts a reqlist with the request `p` in `slot`: the open one when
-    /// it is a read or write (later requests may join it). `None` when no
-    /// reqlist is free (never, with as many reqlists as slots).
-    pub fn start(&mut self, slot: u16, p: &Parsed) -> Option<u16> {
-        let l = self.free_lists.pop()?;
-        self.lists[usize::from(l)] = Reqlist {
+    /// Starts a reqlist with the request `p` in `slot`, for which `to_map`
+    /// is to be mapped: the open one when it is a read or write (later
+    /// requests may join it). The reqlist is named by its first request's
+    /// slot (`slot`). `None` for a slot no reqlist has (never: there are
+    /// as many reqlists as slots).
+    pub fn start(&mut self, slot: u16, p: &Parsed, to_map: ToMap) -> Option<u16> {
+        let list = self.lists.get_mut(usize::from(slot))?;
+        *list = Reqlist {
             op: p.op,
             head: slot,
             tail: slot,
             sector: p.sector,
             nr_sectors: p.nr_sectors,
             pages: u32::from(p.nsegs),
+            transient: u32::from(to_map.transient),
+            pending: u32::from(to_map.pending),
             ..EMPTY_LIST
         };
         if matches!(p.op, Op::Read | Op::Write) {
-            self.open = l;
+            self.open = slot;
         }
-        Some(l)
+        Some(slot)
     }
 
     /// Frees reqlist `l` and its request slots; the caller has answered
     /// them.
+    #[inline]
     pub fn free(&mut self, l: u16) {
         let mut cur = self.lists[usize::from(l)].head;
         while let Some(r) = self.slots.get(usize::from(cur)) {
@@ -480,7 +559,6 @@ impl Reqlists {
             cur = r.next;
         }
         self.lists[usize::from(l)] = EMPTY_LIST;
-        self.free_lists.push(l);
     }
 }
 
@@ -499,11 +577,13 @@ pub struct ListTag {
 
 impl ListTag {
     /// The tag handed to the platform.
+    #[inline]
     pub fn encode(self) -> IoTag {
         IoTag(u32::from(self.generation) << 24 | (self.queue & 0xff) << 16 | u32::from(self.list))
     }
 
     /// The reqlist a tag names.
+    #[inline]
     pub fn decode(tag: IoTag) -> ListTag {
         ListTag {
             generation: (tag.0 >> 24) as u8,
@@ -562,7 +642,10 @@ mod tests {
                 ..parsed(Op::Write, 0, 2)
             },
         );
-        let l = r.start(a, &parsed(Op::Write, 0, 2)).unwrap();
+        // The first request's segments both transient, the second's one
+        // cache hit, one new entry and one transient.
+        let to_map = |transient, pending| ToMap { transient, pending };
+        let l = r.start(a, &parsed(Op::Write, 0, 2), to_map(2, 0)).unwrap();
         assert_eq!(r.open(), Some(l));
         let c = r.take_slot().unwrap();
         r.set_slot(
@@ -572,7 +655,7 @@ mod tests {
                 ..parsed(Op::Write, 16, 3)
             },
         );
-        assert!(r.join_open(c, &parsed(Op::Write, 16, 3), &b));
+        assert!(r.join_open(c, &parsed(Op::Write, 16, 3), to_map(1, 1), &b));
         let d = r.take_slot().unwrap();
         r.set_slot(
             d,
@@ -582,12 +665,14 @@ mod tests {
             },
         );
         assert!(
-            !r.join_open(d, &parsed(Op::Write, 99, 1), &b),
+            !r.join_open(d, &parsed(Op::Write, 99, 1), ToMap::default(), &b),
             "not contiguous"
         );
         let chain: alloc::vec::Vec<_> = r.chain(l).collect();
         assert_eq!(chain, [(0, 0..2), (1, 11..14)]);
         assert_eq!(r.list(l).nr_sectors, Sectors(40));
+        assert_eq!(r.list(l).pages, 5);
+        assert_eq!((r.list(l).transient, r.list(l).pending), (3, 1));
         assert_eq!(r.take_open(), Some(l));
         assert_eq!(r.open(), None);
         r.free(l);
@@ -609,9 +694,79 @@ mod tests {
                 ..parsed(Op::Flush, 0, 0)
             },
         );
-        assert!(r.start(f, &parsed(Op::Flush, 0, 0)).is_some());
+        assert!(r
+            .start(f, &parsed(Op::Flush, 0, 0), ToMap::default())
+            .is_some());
         assert_eq!(r.open(), None);
         assert!(Reqlists::try_new(MAX_SLOTS + 1, 1).is_err());
+    }
+
+    /// A reqlist of four back-to-back writes, its run pointer at its head
+    /// (as a dispatched reqlist has it).
+    fn four_writes(r: &mut Reqlists) -> (u16, [u16; 4]) {
+        let slots = [0u64, 1, 2, 3].map(|k| {
+            let s = r.take_slot().unwrap();
+            r.set_slot(s, &parsed(Op::Write, 16 * k, 2));
+            s
+        });
+        let l = r
+            .start(slots[0], &parsed(Op::Write, 0, 2), ToMap::default())
+            .unwrap();
+        for (k, &s) in (1u64..).zip(&slots[1..]) {
+            assert!(r.join_open(s, &parsed(Op::Write, 16 * k, 2), ToMap::default(), &B));
+        }
+        r.take_open();
+        r.list_mut(l).run = r.list(l).head;
+        (l, slots)
+    }
+
+    /// While none of its requests failed a reqlist is one run, found
+    /// without a walk and equal to the walked one; once one fails, its
+    /// runs are walked around it, and a failed run ends there.
+    #[test]
+    fn runs_without_and_with_failed_requests() {
+        let mut r = Reqlists::try_new(4, 11).unwrap();
+        let (l, s) = four_writes(&mut r);
+        let whole = Run {
+            sector: Sectors(0),
+            nr_sectors: Sectors(64),
+            next: NONE,
+        };
+        assert_eq!(r.current_run(l), whole);
+        assert_eq!(r.run(s[0]), whole, "the walk agrees");
+        assert!(!r.list(l).failed);
+
+        r.fail_slot(l, s[1]);
+        assert!(r.list(l).failed);
+        assert_eq!(
+            r.current_run(l),
+            Run {
+                sector: Sectors(0),
+                nr_sectors: Sectors(16),
+                next: s[2],
+            }
+        );
+        r.list_mut(l).run = s[2];
+        assert_eq!(
+            r.current_run(l),
+            Run {
+                sector: Sectors(32),
+                nr_sectors: Sectors(32),
+                next: NONE,
+            }
+        );
+        assert_eq!(r.run_chain(s[2]).count(), 2);
+        r.fail_run(l, s[2]);
+        assert_eq!(r.first_unfailed(s[0]), s[0]);
+        assert!((1..4).all(|k| r.slot(s[k]).failed));
+        r.free(l);
+
+        // A run failing in a reqlist none of whose requests had failed.
+        let (l, s) = four_writes(&mut r);
+        assert!(!r.list(l).failed, "a freed reqlist starts afresh");
+        r.fail_run(l, s[0]);
+        assert!(r.list(l).failed);
+        assert_eq!(r.first_unfailed(s[0]), NONE);
     }
 
     #[test]

@@ -882,8 +882,17 @@ impl Instance {
     }
 
     /// After an inline call into a queue: act on its outcome, or finish a
-    /// close it may have drained.
+    /// close it may have drained. The usual case (served, not closing) is
+    /// decided inline.
+    #[inline]
     fn after<H: Host>(&mut self, host: &mut H, outcome: Outcome) {
+        if outcome != Outcome::Served || self.closing {
+            self.act_after(host, outcome);
+        }
+    }
+
+    #[cold]
+    fn act_after<H: Host>(&mut self, host: &mut H, outcome: Outcome) {
         if self.closing {
             self.finish_close_if_drained(host);
         } else {

@@ -594,12 +594,14 @@ impl<M: RingMem> JournaledRing<M> {
     }
 
     /// The ring.
+    #[inline]
     pub fn ring(&self) -> &BackRing<M> {
         &self.ring
     }
 
     /// The ring, for what does not touch the journal (`req_prod`, the
     /// final check).
+    #[inline]
     pub fn ring_mut(&mut self) -> &mut BackRing<M> {
         &mut self.ring
     }
@@ -611,6 +613,7 @@ impl<M: RingMem> JournaledRing<M> {
 
     /// Whether the journal has no entry free for another request: the
     /// caller publishes first ([`JournaledRing::publish`]).
+    #[inline]
     pub fn needs_publish(&self) -> bool {
         self.journal.as_ref().is_some_and(|j| !j.has_free())
     }
@@ -619,15 +622,17 @@ impl<M: RingMem> JournaledRing<M> {
     /// records it; with it comes its journal entry ([`NONE`] without a
     /// journal). `None` also when the journal is full (see
     /// [`JournaledRing::needs_publish`]): nothing is consumed then.
+    #[inline]
     pub fn take(&mut self, req_prod: u32) -> Option<(BlkifRequest, u16)> {
-        if self.needs_publish() {
+        let Some(j) = self.journal.as_mut() else {
+            // No journal: the ring's own take, decoded where it was copied.
+            return self.ring.take_request(req_prod).map(|r| (r, NONE));
+        };
+        if !j.has_free() {
             return None;
         }
         let raw = self.ring.take_raw(req_prod)?;
-        let entry = match self.journal.as_mut() {
-            Some(j) => j.record(&raw),
-            None => NONE,
-        };
+        let entry = j.record(&raw);
         Some((raw.decode(self.ring.abi()), entry))
     }
 
@@ -637,12 +642,14 @@ impl<M: RingMem> JournaledRing<M> {
     }
 
     /// Whether requests taken over remain to be re-executed.
+    #[inline]
     pub fn replay_pending(&self) -> bool {
         self.journal.as_ref().is_some_and(Journal::replay_pending)
     }
 
     /// Writes the response to the request of journal entry `entry`
     /// ([`BackRing::push_response`]), then records where.
+    #[inline]
     pub fn respond(&mut self, entry: u16, rsp: &BlkifResponse) {
         let at = self.ring.rsp_prod_pvt();
         self.ring.push_response(rsp);
@@ -657,6 +664,7 @@ impl<M: RingMem> JournaledRing<M> {
     /// Publishes the responses written ([`BackRing::publish_responses`]),
     /// then frees their entries. `true` iff the front-end asked to be
     /// notified.
+    #[inline]
     pub fn publish(&mut self) -> bool {
         let notify = self.ring.publish_responses();
         if let Some(j) = self.journal.as_mut() {

@@ -146,8 +146,21 @@ impl KvaAllocator {
     /// Returns `n` pages starting at `first`. The range must be one that
     /// `alloc` returned; anything else is a bug in the caller, caught in
     /// debug builds and ignored (never corrupting the map) in release.
+    #[inline]
     pub fn free(&mut self, first: u32, n: u32) {
         let mut valid = first.checked_add(n).is_some_and(|end| end <= self.pages);
+        if valid && n > 0 && first % 64 + n <= 64 {
+            // Within one word (every range of up to 64 pages that does not
+            // straddle one): one test, one clear.
+            let (w, m) = ((first / 64) as usize, Self::mask(first, n));
+            valid = self.bits[w] & m == m;
+            debug_assert!(valid, "kva: freeing {n} pages at {first} not allocated");
+            if valid {
+                self.bits[w] &= !m;
+                self.free += n;
+            }
+            return;
+        }
         if valid {
             let bits = &self.bits;
             Self::each_word(first, n, |w, m| valid &= bits[w] & m == m);

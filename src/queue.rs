@@ -45,7 +45,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::abi::{BlkifRequest, BlkifResponse, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY};
-use crate::coalesce::{self, try_vec, Budget, ListTag, NoMemory, Reqlists, NONE};
+use crate::coalesce::{self, try_vec, Budget, ListTag, NoMemory, Reqlists, ToMap, NONE};
 use crate::grants::{GrantShape, QueueGrants};
 use crate::handoff::Work;
 use crate::host::{
@@ -165,6 +165,7 @@ impl Shared {
     }
 
     /// The medium's size requests are checked against.
+    #[inline]
     pub fn medium_sectors(&self) -> Sectors {
         Sectors(self.medium_sectors.load(Ordering::Relaxed))
     }
@@ -176,6 +177,7 @@ impl Shared {
     }
 
     /// Whether back-to-back requests are coalesced (`no_coalesce_reqs` 0).
+    #[inline]
     pub fn coalesce(&self) -> bool {
         !self.no_coalesce.load(Ordering::Relaxed)
     }
@@ -197,6 +199,7 @@ impl Shared {
     }
 
     /// Whether the control part stopped the queues.
+    #[inline]
     pub fn stopped(&self) -> bool {
         self.stopped.load(Ordering::Acquire)
     }
@@ -211,6 +214,7 @@ struct QueueStats {
 
 impl core::ops::Deref for QueueStats {
     type Target = QueueCounters;
+    #[inline]
     fn deref(&self) -> &QueueCounters {
         // Queue::new checked that the index is inside.
         &self.shared.queues[self.index]
@@ -508,8 +512,13 @@ impl Queue {
         }
         let was_paused = self.paused();
         self.on_complete(host, t.list, result);
-        self.drain_waitq(host);
-        self.try_start_barrier(host);
+        // What this completion may restart, if anything waits.
+        if self.waitq_len > 0 {
+            self.drain_waitq(host);
+        }
+        if self.barrier != NONE {
+            self.try_start_barrier(host);
+        }
         self.grants
             .purge_idle(host, self.params.idle_ms, &self.stats);
         self.publish(host);
@@ -630,10 +639,13 @@ impl Queue {
     /// Consumes requests until the ring is empty, a pool runs dry, or the
     /// pass budget is spent. `Err` when the front-end broke the ring.
     fn consume<H: QueueHost + ?Sized>(&mut self, host: &mut H) -> Result<(), ()> {
-        let mut budget = self.params.per_pass;
+        let per_pass = self.params.per_pass;
+        let mut budget = per_pass;
         let mut stopped_on_pause = false;
-        'pass: loop {
-            let prod = self.ring.ring().snapshot_req_prod().map_err(|_| ())?;
+        let ring_ok = 'pass: loop {
+            let Ok(prod) = self.ring.ring().snapshot_req_prod() else {
+                break 'pass Err(());
+            };
             // The connection is failing or closing. A front-end that saw
             // the Closing state before it produced wrote this req_prod
             // after the control part stopped the queues, so this load
@@ -641,28 +653,28 @@ impl Queue {
             // produced after Closing is consumed, even if the queue's
             // recall has not reached it yet.
             if self.stats.shared.stopped() {
-                break 'pass;
+                break 'pass Ok(());
             }
             // Requests a previous back-end consumed and never answered go
             // first (a ring taken over), then the ring's.
             while self.ring.replay_pending() || self.ring.ring().req_cons() != prod {
                 if self.paused() {
                     stopped_on_pause = true;
-                    break 'pass;
+                    break 'pass Ok(());
                 }
                 if budget == 0 {
                     // Yield the taskqueue; a hostile front-end can keep
                     // producing forever.
                     host.schedule_run(self.id);
-                    break 'pass;
+                    break 'pass Ok(());
                 }
                 if self.lists.slots_exhausted() {
                     self.stats.inc(Stat::RequestShortages);
                     self.starved = true;
                     stopped_on_pause = true;
-                    break 'pass;
+                    break 'pass Ok(());
                 }
-                let next = if self.ring.replay_pending() {
+                let taken = if self.ring.replay_pending() {
                     self.stats.inc(Stat::ReqsReplayed);
                     self.ring.replay()
                 } else {
@@ -673,31 +685,34 @@ impl Queue {
                         if self.ring.needs_publish() {
                             // A ring's worth unanswered: the ring has
                             // nothing to take either.
-                            break 'pass;
+                            break 'pass Ok(());
                         }
                     }
+                    // Journaled (when a journal is kept) before req_cons
+                    // moved past it.
                     self.ring.take(prod)
                 };
-                let Some((raw, entry)) = next else {
+                // Borrowed where it was decoded: no second copy.
+                let Some((raw, entry)) = &taken else {
                     break;
                 };
                 budget -= 1;
-                self.stats.inc(Stat::ReqsReceived);
-                self.accept(host, &raw, entry);
+                self.accept(host, raw, *entry);
             }
             if self.paused() {
                 stopped_on_pause = true;
-                break;
+                break Ok(());
             }
-            if !self
-                .ring
-                .ring_mut()
-                .final_check_for_requests()
-                .map_err(|_| ())?
-            {
-                break;
+            match self.ring.ring_mut().final_check_for_requests() {
+                Ok(true) => {}
+                Ok(false) => break Ok(()),
+                Err(_) => break Err(()),
             }
-        }
+        };
+        // Every request taken, counted once per pass.
+        self.stats
+            .add(Stat::ReqsReceived, u64::from(per_pass - budget));
+        ring_ok?;
         self.close_open(host, Stat::ForcedDispatch);
         // The pause may already be over (the dispatch above failed at once
         // and freed everything): no completion will come to restart the
@@ -766,25 +781,27 @@ impl Queue {
         };
         let range = self.lists.slot_range(slot);
         let used = range.start..range.start + usize::from(p.nsegs);
-        if self.grants.persistent()
-            && !self.grants.bind(
-                host,
-                &self.lists.segments()[used.clone()],
-                used,
-                &self.stats,
-            )
-        {
-            self.stats.inc(Stat::ReqsRefused);
-            self.stats.inc(Stat::GrantsRefused);
-            self.lists.put_slot(slot);
-            self.respond(p.id, p.operation, BLKIF_RSP_ERROR, entry);
-            return;
+        // Without persistent grants every segment takes a transient page.
+        let mut to_map = ToMap {
+            transient: p.nsegs,
+            pending: 0,
+        };
+        if self.grants.persistent() {
+            let segs = &self.lists.segments()[used.clone()];
+            let Some(bound) = self.grants.bind(host, segs, used, &self.stats) else {
+                self.stats.inc(Stat::ReqsRefused);
+                self.stats.inc(Stat::GrantsRefused);
+                self.lists.put_slot(slot);
+                self.respond(p.id, p.operation, BLKIF_RSP_ERROR, entry);
+                return;
+            };
+            to_map = bound;
         }
         self.lists.set_slot(slot, &p);
         if let Some(e) = self.entries.get_mut(usize::from(slot)) {
             *e = entry;
         }
-        self.enlist(host, slot, &p, coalesce);
+        self.enlist(host, slot, &p, to_map, coalesce);
     }
 
     /// Takes a validated request into the open reqlist or a new one.
@@ -793,6 +810,7 @@ impl Queue {
         host: &mut H,
         slot: u16,
         p: &Parsed,
+        to_map: ToMap,
         coalesce: bool,
     ) {
         match p.op {
@@ -801,17 +819,18 @@ impl Queue {
             Op::Read | Op::Write => {}
         }
         if self.lists.open().is_some() {
-            if coalesce && self.lists.join_open(slot, p, &self.budget) {
+            if coalesce && self.lists.join_open(slot, p, to_map, &self.budget) {
                 self.stats.inc(Stat::ReqsCoalesced);
                 return;
             }
             self.close_open(host, Stat::NormalDispatch);
         }
-        let Some(l) = self.lists.start(slot, p) else {
+        let Some(l) = self.lists.start(slot, p, to_map) else {
             // As many reqlists as slots: unreachable; answer rather than panic.
             let r = self.lists.slot_range(slot);
+            let used = r.start..r.start + usize::from(p.nsegs);
             self.grants
-                .release(host, r.start..r.start + usize::from(p.nsegs));
+                .release(host, core::iter::once(used), &self.stats);
             self.lists.put_slot(slot);
             let entry = self.entry_of(slot);
             self.respond(p.id, p.operation, BLKIF_RSP_ERROR, entry);
@@ -906,14 +925,9 @@ impl Queue {
     fn try_start<H: QueueHost + ?Sized>(&mut self, host: &mut H, l: u16) -> bool {
         let list = *self.lists.list(l);
         if list.pages > 0 {
-            // Without persistent grants every page is transient; with them,
-            // only the segments the cache could not take.
-            let transient = if self.grants.persistent() {
-                let chain = self.lists.chain(l).map(|(_, r)| r);
-                self.grants.transient_pages(chain)
-            } else {
-                list.pages
-            };
+            // Known since each request was accepted: the segments the
+            // persistent-grant cache did not take (every one without it).
+            let transient = list.transient;
             debug_assert_eq!(
                 transient,
                 self.grants
@@ -930,18 +944,21 @@ impl Queue {
             let lm = self.lists.list_mut(l);
             lm.kva_first = first;
             lm.kva_pages = transient;
-            let chain = self.lists.chain(l).map(|(_, r)| r);
-            let failed = self.grants.map(
-                host,
-                chain,
-                self.lists.segments(),
-                first,
-                list.op.writes(),
-                &self.stats,
-            );
-            if failed > 0 {
-                self.stats.add(Stat::GrantMapFailures, failed);
-                self.fail_unmapped(l);
+            // Every segment a cache hit: nothing to map.
+            if transient + list.pending > 0 {
+                let chain = self.lists.chain(l).map(|(_, r)| r);
+                let failed = self.grants.map(
+                    host,
+                    chain,
+                    self.lists.segments(),
+                    first,
+                    list.op.writes(),
+                    &self.stats,
+                );
+                if failed > 0 {
+                    self.stats.add(Stat::GrantMapFailures, failed);
+                    self.fail_unmapped(l);
+                }
             }
         }
         // Only the requests whose own grants failed are answered with an
@@ -969,7 +986,7 @@ impl Queue {
             let base = self.lists.slot_range(cur).start;
             let range = base..base + usize::from(r.nsegs);
             if self.grants.mapped_pages(range).any(|p| p.is_none()) {
-                self.lists.fail_slot(cur);
+                self.lists.fail_slot(l, cur);
             }
             cur = r.next;
         }
@@ -1011,7 +1028,7 @@ impl Queue {
         let list = *self.lists.list(l);
         let steps = plan(list.op, list.pages > 0);
         let tag = self.tag(l);
-        let run = self.lists.run(list.run);
+        let run = self.lists.current_run(l);
         let (sector, nr_sectors) = match steps.get(usize::from(list.phase)) {
             Some(Phase::Data) => (run.sector, run.nr_sectors),
             _ => (list.sector, list.nr_sectors),
@@ -1088,7 +1105,7 @@ impl Queue {
         let list = *self.lists.list(l);
         let steps = plan(list.op, list.pages > 0);
         if steps.get(usize::from(list.phase)) == Some(&Phase::Data) {
-            let run = self.lists.run(list.run);
+            let run = self.lists.current_run(l);
             if result.is_ok() {
                 let stat = if list.op == Op::Read {
                     Stat::BytesRead
@@ -1098,7 +1115,7 @@ impl Queue {
                 self.stats
                     .add(stat, run.nr_sectors.bytes().map_or(0, |b| b.0));
             } else {
-                self.lists.fail_run(list.run);
+                self.lists.fail_run(l, list.run);
             }
             if run.next != NONE {
                 self.lists.list_mut(l).run = run.next;
@@ -1120,9 +1137,8 @@ impl Queue {
     /// reqlist, and returns everything to the pools.
     fn finish<H: QueueHost + ?Sized>(&mut self, host: &mut H, l: u16) {
         let list = *self.lists.list(l);
-        for (_, r) in self.lists.chain(l) {
-            self.grants.release(host, r);
-        }
+        let chain = self.lists.chain(l).map(|(_, r)| r);
+        self.grants.release(host, chain, &self.stats);
         if list.kva_pages > 0 {
             self.kva.free(list.kva_first, list.kva_pages);
         }
@@ -1146,7 +1162,6 @@ impl Queue {
             self.barrier = NONE;
         }
         self.starved = false;
-        self.grants.update_gauge(&self.stats);
     }
 
     /// The journal entry of the request in slot `slot`.

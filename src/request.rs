@@ -194,18 +194,25 @@ fn check_range(sector: Sectors, nr_sectors: Sectors, limits: &Limits) -> Result<
     }
 }
 
+/// Checks one segment against a logical sector size of `lss` 512-byte
+/// sectors; returns its 512-byte sectors.
+#[inline]
+fn check_segment(s: &Segment, lss: u64) -> Result<u64, RequestError> {
+    if s.first_sect > s.last_sect || u32::from(s.last_sect) >= SECTORS_PER_PAGE {
+        return Err(RequestError::BadSegment);
+    }
+    if u64::from(s.first_sect) % lss != 0 || (u64::from(s.last_sect) + 1) % lss != 0 {
+        return Err(RequestError::Misaligned);
+    }
+    Ok(u64::from(s.last_sect - s.first_sect) + 1)
+}
+
 /// Checks segments; returns their total 512-byte sectors.
 fn check_segments(segs: &[Segment], limits: &Limits) -> Result<Sectors, RequestError> {
     let lss = limits.sector_size.in_sectors();
     let mut nr_sectors: u64 = 0;
     for s in segs {
-        if s.first_sect > s.last_sect || u32::from(s.last_sect) >= SECTORS_PER_PAGE {
-            return Err(RequestError::BadSegment);
-        }
-        if u64::from(s.first_sect) % lss != 0 || (u64::from(s.last_sect) + 1) % lss != 0 {
-            return Err(RequestError::Misaligned);
-        }
-        nr_sectors += u64::from(s.last_sect - s.first_sect) + 1;
+        nr_sectors += check_segment(s, lss)?;
     }
     Ok(Sectors(nr_sectors))
 }
@@ -226,13 +233,14 @@ pub fn response_operation(req: &BlkifRequest) -> u8 {
 
 /// Checks one request against `limits`. Inline segments are copied into
 /// `segs`, which must have room for `BLKIF_MAX_SEGMENTS_PER_REQUEST`
-/// (otherwise the request is refused with `BadSegmentCount`).
+/// (otherwise the request is refused with `BadSegmentCount`); a refused
+/// request may leave some of its segments there.
 pub fn parse(
     req: &BlkifRequest,
     limits: &Limits,
     segs: &mut [Segment],
 ) -> Result<Header, RequestError> {
-    match (req.operation, req.body) {
+    match (req.operation, &req.body) {
         (
             BLKIF_OP_DISCARD,
             RequestBody::Discard {
@@ -242,14 +250,14 @@ pub fn parse(
                 ..
             },
         ) if limits.discard => {
-            let secure = flag & BLKIF_DISCARD_SECURE != 0;
+            let secure = *flag & BLKIF_DISCARD_SECURE != 0;
             if secure && !limits.secure_discard {
                 return Err(RequestError::NotSupported);
             }
             if limits.read_only {
                 return Err(RequestError::ReadOnly);
             }
-            let (sector, nr_sectors) = (Sectors(sector_number), Sectors(nr_sectors));
+            let (sector, nr_sectors) = (Sectors(*sector_number), Sectors(*nr_sectors));
             check_range(sector, nr_sectors, limits)?;
             Ok(Header::Ready(Parsed {
                 id: req.id,
@@ -270,19 +278,19 @@ pub fn parse(
                 ..
             },
         ) if limits.max_indirect_segments > 0 => {
-            let op = match indirect_op {
+            let op = match *indirect_op {
                 BLKIF_OP_READ => Op::Read,
                 BLKIF_OP_WRITE => Op::Write,
                 _ => return Err(RequestError::BadIndirectOp),
             };
             let max = limits.max_indirect_segments.min(MAX_INDIRECT_SEGMENTS);
-            if nr_segments == 0 || u32::from(nr_segments) > max {
+            if *nr_segments == 0 || u32::from(*nr_segments) > max {
                 return Err(RequestError::BadSegmentCount);
             }
             if op.writes() && limits.read_only {
                 return Err(RequestError::ReadOnly);
             }
-            let sector = Sectors(sector_number);
+            let sector = Sectors(*sector_number);
             if !sector.is_aligned(limits.sector_size) {
                 return Err(RequestError::Misaligned);
             }
@@ -290,8 +298,8 @@ pub fn parse(
                 id: req.id,
                 op,
                 sector,
-                nsegs: nr_segments,
-                grefs: indirect_grefs,
+                nsegs: *nr_segments,
+                grefs: *indirect_grefs,
             }))
         }
         (
@@ -313,7 +321,7 @@ pub fn parse(
                 BLKIF_OP_WRITE_BARRIER if limits.barrier => Op::Barrier,
                 _ => return Err(RequestError::NotSupported),
             };
-            let nsegs = usize::from(nr_segments);
+            let nsegs = usize::from(*nr_segments);
             let min_segs = usize::from(matches!(op, Op::Read | Op::Write));
             let max_segs = (limits.max_segments as usize).min(BLKIF_MAX_SEGMENTS_PER_REQUEST);
             if nsegs < min_segs || nsegs > max_segs || nsegs > segs.len() {
@@ -322,19 +330,26 @@ pub fn parse(
             if op.writes() && nsegs > 0 && limits.read_only {
                 return Err(RequestError::ReadOnly);
             }
-            let nr_sectors = check_segments(&seg[..nsegs], limits)?;
-            let sector = Sectors(if nsegs == 0 { 0 } else { sector_number });
+            // Each segment checked, then copied to the caller's buffer (a
+            // refused request's copies are never used).
+            let lss = limits.sector_size.in_sectors();
+            let mut total = 0u64;
+            for (out, s) in segs.iter_mut().zip(&seg[..nsegs]) {
+                total += check_segment(s, lss)?;
+                *out = *s;
+            }
+            let nr_sectors = Sectors(total);
+            let sector = Sectors(if nsegs == 0 { 0 } else { *sector_number });
             if nsegs > 0 {
                 check_range(sector, nr_sectors, limits)?;
             }
-            segs[..nsegs].copy_from_slice(&seg[..nsegs]);
             Ok(Header::Ready(Parsed {
                 id: req.id,
                 operation: req.operation,
                 op,
                 sector,
                 nr_sectors,
-                nsegs: u16::from(nr_segments),
+                nsegs: u16::from(*nr_segments),
             }))
         }
         // Discard and indirect requests when not offered, reserved and

@@ -9,9 +9,11 @@
 //! All shared access goes through [`RingMem`] ([`SharedMem`] on every
 //! platform; loom's atomics in the model of `tests/loom.rs`, which runs this
 //! very code): indices are atomics with a
-//! named [`Ordering`], slots are copied in or out in one go. The back ring
-//! reads `req_prod` once per snapshot, refuses an impossible value, and
-//! copies each request slot exactly once before decoding the private copy.
+//! named [`Ordering`], slots are copied in or out, never referenced. The
+//! back ring reads `req_prod` once per snapshot, refuses an impossible
+//! value, and copies each byte of a request slot the request uses exactly
+//! once (its head, then what the head's copy says it uses) before decoding
+//! the private copy.
 //! Its own indices (`req_cons`, `rsp_prod_pvt`, and the last published
 //! `rsp_prod`) are private, so a guest scribbling on the header can only
 //! make it refuse work or send a spurious event, never make it touch memory
@@ -20,8 +22,8 @@
 use core::sync::atomic::Ordering;
 
 use crate::abi::{
-    Abi, BlkifRequest, BlkifResponse, MAX_RSP_SIZE, MAX_SLOT_SIZE, SRING_HEADER_SIZE,
-    SRING_REQ_EVENT, SRING_REQ_PROD, SRING_RSP_EVENT, SRING_RSP_PROD,
+    Abi, BlkifRequest, BlkifResponse, MAX_SLOT_SIZE, SRING_HEADER_SIZE, SRING_REQ_EVENT,
+    SRING_REQ_PROD, SRING_RSP_EVENT, SRING_RSP_PROD,
 };
 use crate::host::PAGE_SIZE;
 use crate::shmem::{RingMem, SharedMem};
@@ -102,7 +104,8 @@ fn read_slot<M: RingMem>(
 
 /// One request slot as the back ring copied it: the one read of the slot
 /// (`RING_COPY_REQUEST`) and the ring index it was consumed at. Only the
-/// first [`Abi::request_size`] bytes are the request; the rest are zero.
+/// bytes the request uses ([`Abi::request_used_size`]) were read; the rest
+/// of the copy is zero.
 /// The copy, not the shared page, is what is decoded and checked, and what
 /// an in-flight journal keeps ([`crate::journal`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,24 +117,20 @@ pub struct RawRequest {
 }
 
 impl RawRequest {
-    /// The request the bytes hold, in `abi`'s layout.
+    /// The request the bytes hold, in `abi`'s layout, decoded where the
+    /// copy is ([`Abi::decode_request`] of a whole slot's copy).
+    #[inline]
     pub fn decode(&self, abi: Abi) -> BlkifRequest {
-        abi.decode_request(&self.bytes[..abi.request_size()])
+        abi.decode_request(&self.bytes)
     }
 }
 
-/// Encodes one entry of `len` bytes (at most `N`) with `encode` into a
-/// zeroed copy (padding and unused bytes stay zero) and writes it to byte
-/// `at` of the ring. `N` is the largest entry of its kind: a response
-/// zeroes 16 bytes, not a request slot's 112.
-fn put_entry<M: RingMem, const N: usize>(
-    mem: &mut M,
-    at: usize,
-    len: usize,
-    encode: impl FnOnce(&mut [u8]),
-) {
-    let mut buf = [0u8; N];
-    let len = len.min(N);
+/// Encodes one request of `len` bytes with `encode` into a zeroed copy
+/// (padding and unused bytes stay zero) and writes it to byte `at` of the
+/// ring (the front ring's side).
+fn put_request<M: RingMem>(mem: &mut M, at: usize, len: usize, encode: impl FnOnce(&mut [u8])) {
+    let mut buf = [0u8; MAX_SLOT_SIZE];
+    let len = len.min(MAX_SLOT_SIZE);
     encode(&mut buf[..len]);
     mem.write(at, &buf[..len]);
 }
@@ -263,11 +262,14 @@ impl<M: RingMem> BackRing<M> {
 
     /// Consumes the request at `req_cons` if `req_prod` (from
     /// [`snapshot_req_prod`](Self::snapshot_req_prod)) says there is one:
-    /// copies the slot once into a private buffer, decodes the copy and
-    /// advances `req_cons`. `None` when caught up, and also when `req_prod`
-    /// is not a value `snapshot_req_prod` accepts or no response slot is
-    /// free (`RING_REQUEST_CONS_OVERFLOW`), so a loop over this method ends
-    /// after at most `size` requests whatever the caller passes.
+    /// copies the slot's bytes the request uses once into a private buffer
+    /// ([`Abi::request_used_size`]: its head, then — sized from the private
+    /// copy of the head — the rest of its form or the segments it names),
+    /// decodes the copy and advances `req_cons`. `None` when caught up,
+    /// and also when `req_prod` is not a value `snapshot_req_prod` accepts
+    /// or no response slot is free (`RING_REQUEST_CONS_OVERFLOW`), so a
+    /// loop over this method ends after at most `size` requests whatever
+    /// the caller passes.
     pub fn take_request(&mut self, req_prod: u32) -> Option<BlkifRequest> {
         let abi = self.abi;
         self.take_raw(req_prod).map(|raw| raw.decode(abi))
@@ -276,6 +278,7 @@ impl<M: RingMem> BackRing<M> {
     /// [`take_request`](Self::take_request) without the decoding: the
     /// slot's private copy and its index, for a caller that keeps the
     /// bytes (an in-flight journal) and decodes them itself.
+    #[inline]
     pub fn take_raw(&mut self, req_prod: u32) -> Option<RawRequest> {
         if req_prod == self.req_cons || self.check_prod(req_prod).is_err() {
             return None;
@@ -283,9 +286,18 @@ impl<M: RingMem> BackRing<M> {
         if self.req_cons.wrapping_sub(self.rsp_prod_pvt) >= self.size {
             return None;
         }
-        let len = self.abi.request_size();
-        // The one read of this slot: everything after looks at the copy.
-        let bytes = read_slot(&self.mem, self.abi, self.size, self.req_cons, len);
+        let abi = self.abi;
+        let at = slot_offset(abi, self.size, self.req_cons);
+        // The one read of each byte of this slot the request uses: the
+        // head, then the bytes after it that the head's copy (never the
+        // ring) says are used. Everything after looks at the copy only.
+        let mut bytes = [0u8; MAX_SLOT_SIZE];
+        let head = abi.request_head_size();
+        self.mem.read(at, &mut bytes[..head]);
+        let used = abi.request_used_size(&bytes[..head]);
+        if let Some(rest) = bytes.get_mut(head..used) {
+            self.mem.read(at + head, rest);
+        }
         let index = self.req_cons;
         self.req_cons = self.req_cons.wrapping_add(1);
         Some(RawRequest { index, bytes })
@@ -308,10 +320,12 @@ impl<M: RingMem> BackRing<M> {
             return;
         }
         let at = slot_offset(self.abi, self.size, self.rsp_prod_pvt);
-        let abi = self.abi;
-        put_entry::<_, MAX_RSP_SIZE>(&mut self.mem, at, abi.response_size(), |b| {
-            abi.encode_response(rsp, b)
-        });
+        let bytes = self.abi.response_bytes(rsp);
+        // A constant length per ABI: the copy is a few stores.
+        match self.abi {
+            Abi::X86_32 => self.mem.write(at, &bytes[..Abi::X86_32.response_size()]),
+            Abi::X86_64 => self.mem.write(at, &bytes[..Abi::X86_64.response_size()]),
+        }
         self.rsp_prod_pvt = self.rsp_prod_pvt.wrapping_add(1);
     }
 
@@ -469,7 +483,7 @@ impl<M: RingMem> FrontRing<M> {
         }
         let at = slot_offset(self.abi, self.size, self.req_prod_pvt);
         let abi = self.abi;
-        put_entry::<_, MAX_SLOT_SIZE>(&mut self.mem, at, abi.request_size(), |b| {
+        put_request(&mut self.mem, at, abi.request_size(), |b| {
             abi.encode_request(req, b)
         });
         self.req_prod_pvt = self.req_prod_pvt.wrapping_add(1);
@@ -598,30 +612,24 @@ impl<M: RingMem> FrontRing<M> {
 mod tests {
     use super::*;
     use crate::abi::{
-        RequestBody, Segment, BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_OP_DISCARD, BLKIF_OP_INDIRECT,
-        BLKIF_OP_READ, BLKIF_OP_WRITE, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY,
+        RequestBody, Segment, BLKIF_OP_DISCARD, BLKIF_OP_INDIRECT, BLKIF_OP_READ, BLKIF_OP_WRITE,
+        BLKIF_RSP_ERROR, BLKIF_RSP_OKAY,
     };
 
     const ABIS: [Abi; 2] = [Abi::X86_32, Abi::X86_64];
 
-    /// A request with all eleven segments filled (distinct grants) but
-    /// `nr_segments` anywhere in 0..=11, and a non-zero handle: every
-    /// field must survive a round trip whatever it says.
+    /// A request with `nr_segments` anywhere in 0..=11, each of its
+    /// segments filled (distinct grants), and a non-zero handle: every
+    /// field must survive a round trip whatever it says. (Segments past
+    /// `nr_segments` are not part of a request: the back ring never reads
+    /// them.)
     fn rw(id: u64, op: u8) -> BlkifRequest {
-        let grants = (0..BLKIF_MAX_SEGMENTS_PER_REQUEST as u32)
-            .map(|i| (id as u32).wrapping_mul(31).wrapping_add(i));
-        let mut seg = [Segment::default(); BLKIF_MAX_SEGMENTS_PER_REQUEST];
-        for (s, gref) in seg.iter_mut().zip(grants) {
-            *s = Segment::whole_page(gref);
-        }
+        let n = (id % 12) as usize;
+        let seg: alloc::vec::Vec<Segment> = (0..n as u32)
+            .map(|i| Segment::whole_page((id as u32).wrapping_mul(31).wrapping_add(i)))
+            .collect();
         let mut r = BlkifRequest::rw(op, id, id.wrapping_mul(8), &seg);
-        if let RequestBody::Rw {
-            nr_segments,
-            handle,
-            ..
-        } = &mut r.body
-        {
-            *nr_segments = (id % 12) as u8;
+        if let RequestBody::Rw { handle, .. } = &mut r.body {
             *handle = 0x300;
         }
         r
@@ -995,6 +1003,27 @@ mod tests {
             assert_eq!(got, orig);
             // And the ring does not look at it again.
             assert_eq!(back.take_request(prod), None);
+        }
+    }
+
+    /// Only the bytes a request uses are taken: whatever the front-end
+    /// left in the rest of its slot (the segments of an earlier, longer
+    /// request) never reaches the back-end.
+    #[test]
+    fn unused_slot_bytes_not_taken() {
+        for abi in ABIS {
+            let (mut front, mut back) = pair(abi, 1);
+            let want = rw(3, BLKIF_OP_WRITE);
+            let mut b = [0u8; MAX_SLOT_SIZE];
+            let n = abi.request_size();
+            abi.encode_request(&want, &mut b[..n]);
+            let used = abi.request_used_size(&b[..abi.request_head_size()]);
+            assert!(used < n);
+            b[used..n].fill(0xab);
+            front.write_raw_slot(0, &b[..n]);
+            front.set_req_prod_raw(1);
+            let prod = back.snapshot_req_prod().unwrap();
+            assert_eq!(back.take_request(prod), Some(want));
         }
     }
 

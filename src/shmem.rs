@@ -96,6 +96,7 @@ impl SharedMem {
     }
 
     /// The length of the mapping in bytes.
+    #[inline]
     pub fn len(&self) -> usize {
         self.len
     }
@@ -110,6 +111,7 @@ impl SharedMem {
         self.base.as_ptr()
     }
 
+    #[inline]
     fn atomic_u32(&self, off: usize) -> &AtomicU32 {
         assert!(off % 4 == 0 && off.checked_add(4).is_some_and(|end| end <= self.len));
         // SAFETY: the assertion keeps the 4 bytes inside the mapping and
@@ -121,11 +123,13 @@ impl SharedMem {
     /// Loads the 32-bit index at byte offset `off` with `order`.
     /// Panics only on an out-of-range offset, which is a bug in the core
     /// (offsets are never guest-derived unchecked).
+    #[inline]
     pub fn load_u32(&self, off: usize, order: Ordering) -> u32 {
         self.atomic_u32(off).load(order)
     }
 
     /// Stores the 32-bit index at byte offset `off` with `order`.
+    #[inline]
     pub fn store_u32(&self, off: usize, value: u32, order: Ordering) {
         self.atomic_u32(off).store(value, order)
     }
@@ -133,6 +137,7 @@ impl SharedMem {
     /// Copies `out.len()` bytes at `off` out of shared memory, once: each
     /// byte is read exactly once, eight at a time where the memory is
     /// 8-byte aligned (a request slot is 14 such loads, not 112).
+    #[inline]
     pub fn read(&self, off: usize, out: &mut [u8]) {
         assert!(off
             .checked_add(out.len())
@@ -140,6 +145,18 @@ impl SharedMem {
         // SAFETY: `off <= len` by the assertion: the result is inside the
         // mapping or one past its end.
         let src = unsafe { self.base.as_ptr().add(off) };
+        if (src as usize | out.len()) % WORD == 0 {
+            // Whole aligned words (an x86_64 slot's parts): no head or
+            // tail to copy a byte at a time.
+            for (i, w) in out.chunks_exact_mut(WORD).enumerate() {
+                // SAFETY: the 8 bytes at `off + i * 8` are inside the
+                // mapping (`off + out.len() <= len`) and 8-aligned (`src`
+                // is).
+                let v = unsafe { core::ptr::read_volatile(src.add(i * WORD).cast::<u64>()) };
+                w.copy_from_slice(&v.to_ne_bytes());
+            }
+            return;
+        }
         let head = src.align_offset(WORD).min(out.len());
         let (head_out, rest) = out.split_at_mut(head);
         for (i, b) in head_out.iter_mut().enumerate() {
@@ -166,12 +183,29 @@ impl SharedMem {
 
     /// Copies `data` into shared memory at `off`: each byte written once,
     /// eight at a time where the memory is 8-byte aligned.
+    #[inline]
     pub fn write(&self, off: usize, data: &[u8]) {
         assert!(off
             .checked_add(data.len())
             .is_some_and(|end| end <= self.len));
         // SAFETY: `off <= len` by the assertion.
         let dst = unsafe { self.base.as_ptr().add(off) };
+        if (dst as usize | data.len()) % WORD == 0 {
+            // Whole aligned words (an x86_64 response): no head or tail.
+            for (i, w) in data.chunks_exact(WORD).enumerate() {
+                let mut v = [0u8; WORD];
+                v.copy_from_slice(w);
+                // SAFETY: inside the mapping (`off + data.len() <= len`)
+                // and 8-aligned (`dst` is); writable by `new`'s contract.
+                unsafe {
+                    core::ptr::write_volatile(
+                        dst.add(i * WORD).cast::<u64>(),
+                        u64::from_ne_bytes(v),
+                    )
+                };
+            }
+            return;
+        }
         let head = dst.align_offset(WORD).min(data.len());
         let (head_in, rest) = data.split_at(head);
         for (i, b) in head_in.iter().enumerate() {
@@ -196,27 +230,34 @@ impl SharedMem {
 
     /// A full memory barrier (`xen_mb()`), ordering shared-memory stores
     /// before later shared-memory loads.
+    #[inline]
     pub fn full_fence(&self) {
         fence(Ordering::SeqCst);
     }
 }
 
 impl RingMem for SharedMem {
+    #[inline]
     fn len(&self) -> usize {
         SharedMem::len(self)
     }
+    #[inline]
     fn load_u32(&self, off: usize, order: Ordering) -> u32 {
         SharedMem::load_u32(self, off, order)
     }
+    #[inline]
     fn store_u32(&self, off: usize, value: u32, order: Ordering) {
         SharedMem::store_u32(self, off, value, order)
     }
+    #[inline]
     fn read(&self, off: usize, out: &mut [u8]) {
         SharedMem::read(self, off, out)
     }
+    #[inline]
     fn write(&self, off: usize, data: &[u8]) {
         SharedMem::write(self, off, data)
     }
+    #[inline]
     fn full_fence(&self) {
         SharedMem::full_fence(self)
     }

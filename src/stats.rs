@@ -246,17 +246,20 @@ impl Default for QueueCounters {
 
 impl QueueCounters {
     /// Reads one value.
+    #[inline]
     pub fn get(&self, stat: Stat) -> u64 {
         self.values[stat as usize].load(Ordering::Relaxed)
     }
 
     /// Sets one value (a gauge). Only the queue's context writes.
+    #[inline]
     pub fn set(&self, stat: Stat, value: u64) {
         self.values[stat as usize].store(value, Ordering::Relaxed);
     }
 
     /// Adds to a counter, saturating. Only the queue's context writes, so
     /// a load and a store suffice.
+    #[inline]
     pub fn add(&self, stat: Stat, n: u64) {
         let v = &self.values[stat as usize];
         v.store(
@@ -266,6 +269,7 @@ impl QueueCounters {
     }
 
     /// Adds one to a counter.
+    #[inline]
     pub fn inc(&self, stat: Stat) {
         self.add(stat, 1);
     }

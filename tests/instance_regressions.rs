@@ -551,6 +551,93 @@ fn a_failed_run_fails_only_its_requests() {
     }
 }
 
+/// Reqlists of one request each — coalescing off (the requests
+/// back-to-back), and on (the requests apart) — without and with
+/// persistent grants. In each round a grant that cannot be mapped, a store
+/// error and a store refusal each fail only their own request; the others
+/// are served with their data; the window, the request slots and the
+/// transient mappings all come back, so the next round is served the same.
+/// With persistent grants, rounds after the first find every good grant in
+/// the cache and map nothing.
+#[test]
+fn single_request_reqlists_fail_alone() {
+    for (coalesce, persistent) in [(false, false), (true, false), (false, true), (true, true)] {
+        let what = format!("coalesce {coalesce}, persistent {persistent}");
+        let t = with(Tunable::NoCoalesceReqs, u64::from(!coalesce));
+        let (mut i, mut h) = attached(&t);
+        if persistent {
+            h.fe_set("feature-persistent", "1");
+        }
+        let mut fr = fe_connect(&mut i, &mut h);
+        assert_eq!(i.state(), XenbusState::Connected, "{what}");
+        let stride = if coalesce { 16 } else { 8 };
+        for round in 0..3u64 {
+            let base = round * 128;
+            let mapped_before = h.grants_mapped;
+            // Five one-page writes: 1 names a grant never issued, 3 fails
+            // in the store, 4 is refused by it.
+            let reqs: Vec<BlkifRequest> = (0..5u32)
+                .map(|k| {
+                    fill(&mut h, k, 0x50 + round as u8 * 8 + k as u8);
+                    let g = if k == 1 { BAD_GREF } else { data_gref(k) };
+                    req(
+                        BLKIF_OP_WRITE,
+                        u64::from(k),
+                        base + u64::from(k) * stride,
+                        &[g],
+                    )
+                })
+                .collect();
+            produce(&mut i, &mut h, &mut fr, &reqs[..4]);
+            pump(&mut i, &mut h);
+            h.faults.submits = 1;
+            produce(&mut i, &mut h, &mut fr, &reqs[4..]);
+            pump(&mut i, &mut h);
+            assert_eq!(i.stats().get(Stat::ReqsCoalesced), 0, "{what}");
+            // In submission order: 0 and 2 succeed, 3 fails.
+            assert!(complete_one(&mut i, &mut h, Ok(())).is_some());
+            assert!(complete_one(&mut i, &mut h, Ok(())).is_some());
+            assert!(complete_one(&mut i, &mut h, Err(IoError::Io)).is_some());
+            assert!(complete_one(&mut i, &mut h, Ok(())).is_none(), "{what}");
+            let r = responses(&mut fr);
+            assert_answered_once(&r, &[0, 1, 2, 3, 4]);
+            for (k, ok) in [(0u32, true), (1, false), (2, true), (3, false), (4, false)] {
+                let want = if ok { BLKIF_RSP_OKAY } else { BLKIF_RSP_ERROR };
+                assert_eq!(status_of(&r, k.into()), want, "{what}, round {round}, {k}");
+                let at = (base + u64::from(k) * stride) as usize * 512;
+                let byte = if ok {
+                    0x50 + round as u8 * 8 + k as u8
+                } else {
+                    0
+                };
+                assert!(
+                    h.medium[at..at + 4096].iter().all(|&x| x == byte),
+                    "{what}, round {round}, request {k}"
+                );
+            }
+            let rounds = round + 1;
+            assert_eq!(i.stats().get(Stat::GrantMapFailures), rounds, "{what}");
+            assert_eq!(i.stats().get(Stat::ReqsCompletedWithError), 3 * rounds);
+            assert_eq!(i.stats().get(Stat::BytesWritten), 2 * 4096 * rounds);
+            assert!(i.is_idle(), "{what}");
+            if persistent {
+                // The four good grants stay mapped in the cache; after the
+                // first round they are hits, and nothing new is mapped.
+                assert_eq!(h.live_mappings, 4, "{what}");
+                assert_eq!(i.stats().get(Stat::PersistentGrantsMapped), 4);
+                assert_eq!(i.stats().get(Stat::PersistentGrantHits), 4 * round);
+                if round > 0 {
+                    assert_eq!(h.grants_mapped, mapped_before, "{what}");
+                }
+            } else {
+                assert_eq!(h.live_mappings, 0, "{what}");
+                assert_eq!(h.grants_mapped, mapped_before + 4, "{what}");
+            }
+        }
+        h.assert_clean();
+    }
+}
+
 #[test]
 fn store_refusal_answers_once_with_error() {
     let (mut i, mut h, mut fr) = connected(&Tunables::default());

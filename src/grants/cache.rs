@@ -255,6 +255,7 @@ impl GrantCache {
     /// page. A hit on an entry already held (by another in-flight request,
     /// or earlier in the same request), or still pending, is
     /// [`Lookup::Busy`]: one grant must not back two in-flight segments.
+    #[inline]
     pub fn acquire(&mut self, gref: GrantRef) -> Lookup {
         let Some((_, idx)) = self.find(gref) else {
             return Lookup::Miss;
@@ -359,6 +360,18 @@ impl GrantCache {
     /// so the list stays ordered by age). A pending entry is forgotten.
     pub fn unacquire(&mut self, page: WindowPage) {
         self.put_back(page, None);
+    }
+
+    /// When the least recently used of the unheld mapped entries (the
+    /// first [`purge_idle`](Self::purge_idle) would take) was last used;
+    /// `None` when no entry is unheld and mapped. No entry has been idle
+    /// longer: until the clock is `idle_ms` past this, a purge finds
+    /// nothing.
+    #[inline]
+    pub fn oldest_use_ms(&self) -> Option<u64> {
+        self.entries
+            .get(self.lru_head as usize)
+            .map(|e| e.last_used_ms)
     }
 
     /// Removes the unheld mapped entries idle for at least `idle_ms` (last
@@ -810,9 +823,12 @@ mod tests {
         }
         let mut out = [(WindowPage(0), H0); 2];
         // now 45, idle 20: pages used at or before 25 go (3, 0), oldest first.
+        assert_eq!(c.oldest_use_ms(), Some(10));
         assert_eq!(c.purge_idle(45, 20, &mut out), 2);
         assert_eq!([out[0].0, out[1].0], [3, 0].map(WindowPage));
         assert_eq!(out[0].1, GrantHandle(3 ^ 0x5a5a));
+        // What is left was used at 30 at the earliest: idle at 50.
+        assert_eq!(c.oldest_use_ms(), Some(30));
         assert_eq!(c.purge_idle(45, 20, &mut out), 0);
         // Everything idle, but out holds one at a time.
         let mut one = [(WindowPage(0), H0); 1];
@@ -822,7 +838,8 @@ mod tests {
         assert_eq!(one[0].0, WindowPage(1));
         assert_eq!(c.purge_idle(1000, 20, &mut one), 0);
         assert_eq!(c.purge_idle(1000, 20, &mut []), 0);
-        // The held entry survives.
+        // The held entry survives, and is not idle.
+        assert_eq!(c.oldest_use_ms(), None);
         assert_eq!((c.len(), c.in_use()), (1, 1));
         check(&c);
     }

@@ -18,7 +18,7 @@ use alloc::vec::Vec;
 use core::ops::Range;
 
 use crate::abi::Segment;
-use crate::coalesce::{try_vec, NoMemory};
+use crate::coalesce::{try_vec, NoMemory, ToMap};
 use crate::host::{
     DomId, GrantError, GrantHandle, GrantMapOp, GrantRef, GrantUnmapOp, MapResult, QueueHost,
 };
@@ -82,6 +82,9 @@ pub struct QueueGrants {
     /// Grant handle of each transient page.
     handles: Vec<GrantHandle>,
     map_ops: Vec<GrantMapOp>,
+    /// The segment (an index of the queue's segment array) each map op
+    /// is for.
+    map_segs: Vec<usize>,
     map_results: Vec<MapResult>,
     unmap_ops: Vec<GrantUnmapOp>,
     purged: Vec<(WindowPage, GrantHandle)>,
@@ -109,6 +112,7 @@ impl QueueGrants {
                     readonly: true,
                 },
             )?,
+            map_segs: try_vec(shape.max_pages, 0)?,
             map_results: try_vec(shape.max_pages, Err(GrantError::General))?,
             unmap_ops: try_vec(
                 shape.max_pages,
@@ -140,6 +144,8 @@ impl QueueGrants {
         self.pages[range].iter().map(|p| p.mapped())
     }
 
+    /// Sets the gauge of mapped persistent grants, wherever their number
+    /// may have changed (an entry made, evicted, forgotten or purged).
     fn gauge(&self, stats: &QueueCounters) {
         stats.set(Stat::PersistentGrantsMapped, u64::from(self.cache.len()));
     }
@@ -148,29 +154,33 @@ impl QueueGrants {
     /// request being accepted to the persistent-grant cache: hits take
     /// their cached page, misses take a new entry (evicting, and
     /// unmapping, the least recently used one when full) or stay
-    /// transient when every entry is in use. `false`, with nothing bound,
-    /// when the request names a grant twice or one another request in
-    /// flight holds.
+    /// transient when every entry is in use. Returns what the request's
+    /// reqlist will map for it; `None`, with nothing bound, when the
+    /// request names a grant twice or one another request in flight holds.
     pub fn bind<H: QueueHost + ?Sized>(
         &mut self,
         host: &mut H,
         segs: &[Segment],
         range: Range<usize>,
         stats: &QueueCounters,
-    ) -> bool {
+    ) -> Option<ToMap> {
         let n = segs.len();
-        let Some(sorted) = self.sorted.get_mut(..n) else {
-            return false;
-        };
-        for (g, s) in sorted.iter_mut().zip(segs) {
-            *g = s.gref;
-        }
-        sorted.sort_unstable();
-        if sorted.windows(2).any(|w| w[0] == w[1]) {
-            return false;
+        let sorted = self.sorted.get_mut(..n)?;
+        // A grant named twice: only a request of two segments or more
+        // can.
+        if n > 1 {
+            for (g, s) in sorted.iter_mut().zip(segs) {
+                *g = s.gref;
+            }
+            sorted.sort_unstable();
+            if sorted.windows(2).any(|w| w[0] == w[1]) {
+                return None;
+            }
         }
         let mut evicted = 0usize;
         let mut ok = true;
+        let mut to_map = ToMap::default();
+        let mut made = false;
         for (k, s) in segs.iter().enumerate() {
             let page = match self.cache.acquire(s.gref) {
                 Lookup::Hit { page } => {
@@ -191,9 +201,14 @@ impl QueueGrants {
                             };
                             evicted += 1;
                         }
+                        made = true;
+                        to_map.pending += 1;
                         SegPage::Pending(page)
                     }
-                    Insert::Full => SegPage::Unassigned,
+                    Insert::Full => {
+                        to_map.transient += 1;
+                        SegPage::Unassigned
+                    }
                 },
             };
             self.pages[range.start + k] = page;
@@ -202,8 +217,10 @@ impl QueueGrants {
             host.unmap_batch(&self.unmap_ops[..evicted]);
             stats.add(Stat::PersistentGrantsPurged, evicted as u64);
         }
-        self.gauge(stats);
-        ok
+        if made {
+            self.gauge(stats);
+        }
+        ok.then_some(to_map)
     }
 
     /// Gives back the cache entries of segments `range` of a request that
@@ -234,11 +251,13 @@ impl QueueGrants {
     /// transient pages from `first` (relative to the transient range) on,
     /// mapped read-only when `readonly`; its pending persistent entries are
     /// mapped writable (they serve reads and writes alike). Returns how
-    /// many mappings failed; a failed segment is left unassigned.
+    /// many mappings failed; a failed segment is left unassigned. The
+    /// reqlist's segments are walked once: each map op remembers its
+    /// segment for the results.
     pub fn map<H: QueueHost + ?Sized>(
         &mut self,
         host: &mut H,
-        ranges: impl Iterator<Item = Range<usize>> + Clone,
+        ranges: impl Iterator<Item = Range<usize>>,
         segs: &[Segment],
         first: u32,
         readonly: bool,
@@ -246,7 +265,7 @@ impl QueueGrants {
     ) -> u64 {
         let mut nops = 0usize;
         let mut next = first;
-        for i in ranges.clone().flatten() {
+        for i in ranges.flatten() {
             let (page, ro) = match self.pages[i] {
                 SegPage::Unassigned => {
                     let page = self.kva_base.add(next);
@@ -262,26 +281,22 @@ impl QueueGrants {
                 window_page: page,
                 readonly: ro,
             };
+            self.map_segs[nops] = i;
             nops += 1;
         }
-        if nops > 0 {
-            host.map_batch(
-                self.dom,
-                &self.map_ops[..nops],
-                &mut self.map_results[..nops],
-            );
+        if nops == 0 {
+            return 0;
         }
+        host.map_batch(
+            self.dom,
+            &self.map_ops[..nops],
+            &mut self.map_results[..nops],
+        );
         let mut failed = 0u64;
-        let mut j = 0usize;
-        for i in ranges.flatten() {
-            let page = self.pages[i];
-            let (SegPage::Transient(p) | SegPage::Pending(p)) = page else {
-                continue;
-            };
-            let res = self.map_results[j];
-            j += 1;
-            match (page, res) {
-                (SegPage::Transient(_), Ok(h)) => {
+        let mut forgot = false;
+        for (&i, res) in self.map_segs[..nops].iter().zip(&self.map_results[..nops]) {
+            match (self.pages[i], *res) {
+                (SegPage::Transient(p), Ok(h)) => {
                     if let Some(slot) = p
                         .offset_from(self.kva_base)
                         .and_then(|k| self.handles.get_mut(k as usize))
@@ -289,14 +304,15 @@ impl QueueGrants {
                         *slot = h;
                     }
                 }
-                (SegPage::Pending(_), Ok(h)) => {
+                (SegPage::Pending(p), Ok(h)) => {
                     self.cache.set_mapped(p, h);
                     self.pages[i] = SegPage::Cached(p);
                 }
-                (SegPage::Pending(_), Err(_)) => {
+                (SegPage::Pending(p), Err(_)) => {
                     self.cache.forget(p);
                     self.pages[i] = SegPage::Unassigned;
                     failed += 1;
+                    forgot = true;
                 }
                 _ => {
                     self.pages[i] = SegPage::Unassigned;
@@ -304,16 +320,25 @@ impl QueueGrants {
                 }
             }
         }
-        self.gauge(stats);
+        if forgot {
+            self.gauge(stats);
+        }
         failed
     }
 
-    /// The release plan of one request's segments `range`: unmaps its
-    /// transient grants in one batch and gives back its persistent ones.
-    pub fn release<H: QueueHost + ?Sized>(&mut self, host: &mut H, range: Range<usize>) {
+    /// The release plan of one reqlist's segments (`ranges`, one per
+    /// request): unmaps its transient grants in one batch and gives back
+    /// its persistent ones.
+    pub fn release<H: QueueHost + ?Sized>(
+        &mut self,
+        host: &mut H,
+        ranges: impl Iterator<Item = Range<usize>>,
+        stats: &QueueCounters,
+    ) {
         let mut nun = 0usize;
         let mut now = None;
-        for i in range {
+        let mut forgot = false;
+        for i in ranges.flatten() {
             match self.pages[i] {
                 SegPage::Transient(p) => {
                     let k = p.offset_from(self.kva_base);
@@ -329,7 +354,10 @@ impl QueueGrants {
                     let t = *now.get_or_insert_with(|| host.now_ms());
                     self.cache.release(p, t);
                 }
-                SegPage::Pending(p) => self.cache.unacquire(p),
+                SegPage::Pending(p) => {
+                    self.cache.unacquire(p);
+                    forgot = true;
+                }
                 SegPage::Unassigned => {}
             }
             self.pages[i] = SegPage::Unassigned;
@@ -337,19 +365,40 @@ impl QueueGrants {
         if nun > 0 {
             host.unmap_batch(&self.unmap_ops[..nun]);
         }
+        if forgot {
+            self.gauge(stats);
+        }
     }
 
-    /// Unmaps persistent grants unused for `idle_ms`.
+    /// Unmaps persistent grants unused for `idle_ms`. Called after every
+    /// run and completion: whether anything is unheld is decided inline.
+    #[inline(always)]
     pub fn purge_idle<H: QueueHost + ?Sized>(
         &mut self,
         host: &mut H,
         idle_ms: u64,
         stats: &QueueCounters,
     ) {
-        if self.cache.is_empty() {
+        // The LRU list is ordered by last use: nothing is idle before its
+        // head is, and the clock is not read while nothing is unheld.
+        if let Some(oldest) = self.cache.oldest_use_ms() {
+            self.purge_idle_since(host, oldest, idle_ms, stats);
+        }
+    }
+
+    /// [`purge_idle`](Self::purge_idle) when the least recently used
+    /// unheld entry was last used at `oldest`.
+    fn purge_idle_since<H: QueueHost + ?Sized>(
+        &mut self,
+        host: &mut H,
+        oldest: u64,
+        idle_ms: u64,
+        stats: &QueueCounters,
+    ) {
+        let now = host.now_ms();
+        if now.saturating_sub(oldest) < idle_ms {
             return;
         }
-        let now = host.now_ms();
         loop {
             let n = self.cache.purge_idle(now, idle_ms, &mut self.purged);
             self.unmap_purged(host, n, stats);
@@ -387,11 +436,6 @@ impl QueueGrants {
         }
         host.unmap_batch(&self.unmap_ops[..n]);
         stats.add(Stat::PersistentGrantsPurged, n as u64);
-        self.gauge(stats);
-    }
-
-    /// Refreshes the gauge of mapped persistent grants.
-    pub fn update_gauge(&self, stats: &QueueCounters) {
         self.gauge(stats);
     }
 }
