@@ -92,6 +92,18 @@ fn take_over(h: &mut FakeHost, t: &Tunables) -> Instance {
     inst
 }
 
+/// [`take_over`], which must succeed: the vbd stays Connected.
+fn taken_over(h: &mut FakeHost, t: &Tunables) -> Instance {
+    let inst = take_over(h, t);
+    assert_eq!(
+        inst.state(),
+        XenbusState::Connected,
+        "{:?}",
+        inst.last_error()
+    );
+    inst
+}
+
 /// Requests in flight, answered out of order, the process dies; the next
 /// takes over: the ones answered are not answered again, the others are
 /// answered once each, the data of every write is on the medium, and the
@@ -114,13 +126,7 @@ fn a_died_process_is_taken_over_every_request_answered_once() {
     drop(inst);
 
     let notified = h.notifications;
-    let mut inst = take_over(&mut h, &t);
-    assert_eq!(
-        inst.state(),
-        XenbusState::Connected,
-        "{:?}",
-        inst.last_error()
-    );
+    let mut inst = taken_over(&mut h, &t);
     assert_eq!(h.connects, connects, "state not written again");
     assert_eq!(h.journal_lookups, 1);
     assert!(h.ring_mapped());
@@ -175,13 +181,7 @@ fn consumed_but_waiting_requests_and_unconsumed_ones_are_served_once() {
     // The dead process's writes landed (the kernel finished them).
     assert_written(&h, 0..2);
 
-    let mut inst = take_over(&mut h, &t);
-    assert_eq!(
-        inst.state(),
-        XenbusState::Connected,
-        "{:?}",
-        inst.last_error()
-    );
+    let mut inst = taken_over(&mut h, &t);
     h.complete_all(&mut inst);
     while h.schedule_runs > 0 {
         h.run_deferred(&mut inst);
@@ -223,13 +223,7 @@ fn a_handed_over_vbd_is_taken_over_with_nothing_to_redo() {
     assert_answered_once(&responses(&mut fr), &[0, 1, 2]);
     drop(inst);
 
-    let mut inst = take_over(&mut h, &t);
-    assert_eq!(
-        inst.state(),
-        XenbusState::Connected,
-        "{:?}",
-        inst.last_error()
-    );
+    let mut inst = taken_over(&mut h, &t);
     assert_eq!(inst.stats().get(Stat::ReqsReplayed), 0);
     h.complete_all(&mut inst);
     assert_answered_once(&responses(&mut fr), &[3, 4]);
@@ -254,13 +248,7 @@ fn a_takeover_dies_and_is_taken_over() {
     assert!(h.complete_at(&mut inst, 0, Ok(())));
     h.process_died();
     drop(inst);
-    let mut inst = take_over(&mut h, &t);
-    assert_eq!(
-        inst.state(),
-        XenbusState::Connected,
-        "{:?}",
-        inst.last_error()
-    );
+    let mut inst = taken_over(&mut h, &t);
     assert_eq!(inst.stats().get(Stat::ReqsReplayed), 2);
     h.complete_all(&mut inst);
     assert_answered_once(&responses(&mut fr), &[0, 1, 2, 3]);

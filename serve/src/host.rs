@@ -972,11 +972,7 @@ impl Host for XenHost {
     }
 
     fn journal_close(&mut self, queue: QueueId, journal: SharedMem, keep: bool) {
-        let closed = match self.journals.as_mut() {
-            Some(j) => j.close(queue, journal, keep).is_ok(),
-            None => false,
-        };
-        if !closed {
+        if !xbb_ustore::close_journal(self.journals.as_mut(), queue, journal, keep) {
             bump(&self.counters.bad_unmaps, 1);
         }
     }

@@ -196,6 +196,18 @@ impl InstanceJournals {
     }
 }
 
+/// [`InstanceJournals::close`] for a platform that may keep no journals
+/// at all: whether `mem` was a journal `journals` had open (a platform
+/// counts `false` as a bad unmap).
+pub fn close_journal(
+    journals: Option<&mut InstanceJournals>,
+    queue: QueueId,
+    mem: SharedMem,
+    keep: bool,
+) -> bool {
+    journals.is_some_and(|j| j.close(queue, mem, keep).is_ok())
+}
+
 /// Maps `file`, which must hold at least `bytes`.
 fn map(file: &File, bytes: usize) -> io::Result<SharedMem> {
     if file.metadata()?.len() < bytes as u64 {

@@ -70,7 +70,9 @@ pub use cache::{CacheStats, CachedStore, WriteCache, DEFAULT_CAPACITY};
 pub use faults::{FaultCounters, IoFaults};
 pub use host_store::{probe, HostStore, StoreHandle};
 pub use io::{submit_counted, RawIoVec, StoreIo};
-pub use journal::{journal_name, parse_journal_name, InstanceJournals, JournalFiles};
+pub use journal::{
+    close_journal, journal_name, parse_journal_name, InstanceJournals, JournalFiles,
+};
 pub use lend::{locked, spawn_queue};
 pub use medium::resize_medium;
 pub use nbd::{
