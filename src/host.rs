@@ -470,20 +470,16 @@ pub trait Host: XenStore {
     }
 
     /// Memory for the in-flight journal of queue `id.queue`
-    /// ([`crate::journal`]), at least `bytes` long, that outlives this
+    /// ([`crate::journal`]), at least [`JournalId::bytes`] long (the
+    /// core asks only for an `id` whose size is `Some`), that outlives this
     /// process (a file on a tmpfs, mapped shared): with
     /// [`JournalOpen::Create`] new memory for a new connection; with
     /// [`JournalOpen::Existing`] the memory a previous back-end process
     /// left for the same vbd and queue, when there is any. `None` (the
     /// default) keeps no journal: the connection is served as ever, and
     /// cannot be taken over by another process.
-    fn journal_open(
-        &mut self,
-        id: &JournalId,
-        bytes: usize,
-        how: JournalOpen,
-    ) -> Option<SharedMem> {
-        let _ = (id, bytes, how);
+    fn journal_open(&mut self, id: &JournalId, how: JournalOpen) -> Option<SharedMem> {
+        let _ = (id, how);
         None
     }
 

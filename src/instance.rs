@@ -672,15 +672,15 @@ impl Instance {
                 },
             )
             .map_err(ConnectError::Grant)?;
-        // BackRing::new refuses a mapping shorter than the ring; check here
-        // so that such a mapping is handed back rather than dropped.
-        let bytes = id.bytes();
-        let Some(bytes) = bytes.filter(|_| mem.len() >= pages as usize * PAGE_SIZE) else {
+        // BackRing::new refuses a mapping shorter than the ring (and a ring
+        // of no possible journal size is impossible); check here so that
+        // such a mapping is handed back rather than dropped.
+        if id.bytes().is_none() || mem.len() < pages as usize * PAGE_SIZE {
             host.unmap_ring(q, mem);
             return Err(ConnectError::Ring);
-        };
+        }
         if start == Start::TakeOver {
-            let Some(journal) = host.journal_open(id, bytes, JournalOpen::Existing) else {
+            let Some(journal) = host.journal_open(id, JournalOpen::Existing) else {
                 host.unmap_ring(q, mem);
                 return Err(ConnectError::Takeover(TakeoverError::NoJournal));
             };
@@ -695,7 +695,7 @@ impl Instance {
         }
         // Cannot fail after the length check above.
         let ring = BackRing::new(mem, abi, pages).map_err(|_| ConnectError::Ring)?;
-        let Some(journal) = host.journal_open(id, bytes, JournalOpen::Create) else {
+        let Some(journal) = host.journal_open(id, JournalOpen::Create) else {
             return Ok(JournaledRing::plain(ring));
         };
         JournaledRing::with_new_journal(ring, journal, id).map_err(|(_, ring, journal)| {

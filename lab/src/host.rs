@@ -1176,13 +1176,8 @@ impl Host for SimHost {
         self.xen.is_root_mounted()
     }
 
-    fn journal_open(
-        &mut self,
-        id: &JournalId,
-        bytes: usize,
-        how: JournalOpen,
-    ) -> Option<SharedMem> {
-        self.journals.as_mut()?.open(id, bytes, how).ok()?
+    fn journal_open(&mut self, id: &JournalId, how: JournalOpen) -> Option<SharedMem> {
+        self.journals.as_mut()?.open(id, how).ok()?
     }
 
     fn journal_close(&mut self, queue: QueueId, journal: SharedMem, keep: bool) {

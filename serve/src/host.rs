@@ -954,14 +954,9 @@ impl Host for XenHost {
         true
     }
 
-    fn journal_open(
-        &mut self,
-        id: &JournalId,
-        bytes: usize,
-        how: JournalOpen,
-    ) -> Option<SharedMem> {
+    fn journal_open(&mut self, id: &JournalId, how: JournalOpen) -> Option<SharedMem> {
         let journals = self.journals.as_mut()?;
-        match journals.open(id, bytes, how) {
+        match journals.open(id, how) {
             Ok(mem) => mem,
             Err(e) => {
                 let path = journals.files().path(id);

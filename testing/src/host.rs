@@ -1325,15 +1325,11 @@ impl Host for FakeHost {
         self.hotplug_gate
     }
 
-    fn journal_open(
-        &mut self,
-        id: &JournalId,
-        bytes: usize,
-        how: JournalOpen,
-    ) -> Option<SharedMem> {
+    fn journal_open(&mut self, id: &JournalId, how: JournalOpen) -> Option<SharedMem> {
         if !self.journals {
             return None;
         }
+        let bytes = id.bytes()?;
         let _q = Quiet::new();
         let q = id.queue as usize;
         if self.kept.len() <= q {

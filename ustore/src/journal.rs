@@ -56,17 +56,19 @@ impl JournalFiles {
         self.dir.join(journal_name(id.dom, id.devid, id.queue))
     }
 
-    /// The memory of `id`'s journal, `bytes` long: with
+    /// The memory of `id`'s journal, [`JournalId::bytes`] long: with
     /// [`JournalOpen::Create`] a new file (an old one is replaced), zeroed;
     /// with [`JournalOpen::Existing`] the file a previous process left,
-    /// `None` when there is none. A file shorter than `bytes` is
-    /// [`io::ErrorKind::InvalidData`] (mapping it would fault).
-    pub fn open(
-        &self,
-        id: &JournalId,
-        bytes: usize,
-        how: JournalOpen,
-    ) -> io::Result<Option<SharedMem>> {
+    /// `None` when there is none. A file shorter than that is
+    /// [`io::ErrorKind::InvalidData`] (mapping it would fault), as is an
+    /// `id` of no possible size.
+    pub fn open(&self, id: &JournalId, how: JournalOpen) -> io::Result<Option<SharedMem>> {
+        let Some(bytes) = id.bytes() else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "journal of an impossible ring",
+            ));
+        };
         let path = self.path(id);
         let file = match how {
             JournalOpen::Create => {
@@ -170,13 +172,8 @@ impl InstanceJournals {
     }
 
     /// [`JournalFiles::open`], remembering which queue's it is.
-    pub fn open(
-        &mut self,
-        id: &JournalId,
-        bytes: usize,
-        how: JournalOpen,
-    ) -> io::Result<Option<SharedMem>> {
-        let mem = self.files.open(id, bytes, how)?;
+    pub fn open(&mut self, id: &JournalId, how: JournalOpen) -> io::Result<Option<SharedMem>> {
+        let mem = self.files.open(id, how)?;
         if mem.is_some() {
             self.open.retain(|j| j.queue != id.queue);
             self.open.push(*id);
@@ -260,25 +257,20 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let files = JournalFiles::new(dir.join("run"));
         let bytes = id(0).bytes().unwrap();
-        assert!(files
-            .open(&id(0), bytes, JournalOpen::Existing)
-            .unwrap()
-            .is_none());
-        let m = files
-            .open(&id(0), bytes, JournalOpen::Create)
-            .unwrap()
-            .unwrap();
+        assert!(files.open(&id(0), JournalOpen::Existing).unwrap().is_none());
+        let m = files.open(&id(0), JournalOpen::Create).unwrap().unwrap();
         m.store_u32(bytes - 4, 0xfeed, Ordering::Release);
         files.close(&id(0), m, true);
         assert!(files.exists(7, 51712));
         assert_eq!(files.vbds(), [(7, 51712)]);
-        let m = files
-            .open(&id(0), bytes, JournalOpen::Existing)
-            .unwrap()
-            .unwrap();
+        let m = files.open(&id(0), JournalOpen::Existing).unwrap().unwrap();
         assert_eq!(m.load_u32(bytes - 4, Ordering::Acquire), 0xfeed);
         // A longer ring than the file was made for.
-        let Err(e) = files.open(&id(0), bytes * 2, JournalOpen::Existing) else {
+        let longer = JournalId {
+            ring_pages: 2,
+            ..id(0)
+        };
+        let Err(e) = files.open(&longer, JournalOpen::Existing) else {
             panic!("a short file mapped")
         };
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
@@ -286,10 +278,7 @@ mod tests {
         assert!(!files.exists(7, 51712));
         // Every queue's file of a vbd goes at once.
         for q in 0..3 {
-            let m = files
-                .open(&id(q), bytes, JournalOpen::Create)
-                .unwrap()
-                .unwrap();
+            let m = files.open(&id(q), JournalOpen::Create).unwrap().unwrap();
             assert_eq!(m.load_u32(0, Ordering::Acquire), 0, "zeroed");
             files.close(&id(q), m, true);
         }
@@ -297,10 +286,7 @@ mod tests {
         assert!(files.vbds().is_empty());
         // An instance's journals: closing one that is not open is refused.
         let mut inst = InstanceJournals::new(files.clone());
-        let m = inst
-            .open(&id(1), bytes, JournalOpen::Create)
-            .unwrap()
-            .unwrap();
+        let m = inst.open(&id(1), JournalOpen::Create).unwrap().unwrap();
         let m = inst.close(0, m, true).unwrap_err();
         assert!(inst.close(1, m, false).is_ok());
         assert!(!inst.files().path(&id(1)).exists());
