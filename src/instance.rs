@@ -64,6 +64,7 @@ pub enum InstanceError {
 // Boxing the queue would allocate per connection for nothing: a slot only
 // changes at connect and at close.
 #[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
 enum Slot {
     /// With the control part: served inline, or back from its context.
     Home(Queue),
@@ -83,6 +84,7 @@ enum Start {
 }
 
 /// Everything that exists only while connected.
+#[derive(Debug)]
 struct Connection {
     queues: Vec<Slot>,
 }
@@ -98,6 +100,7 @@ impl Connection {
 }
 
 /// One back-end device instance.
+#[derive(Debug)]
 pub struct Instance {
     be_path: String,
     tunables: Tunables,
@@ -122,16 +125,6 @@ pub struct Instance {
     /// ([`Instance::hand_over`]): nothing is written, journals are kept.
     handing_over: bool,
     last_error: Option<ConnectError>,
-}
-
-impl core::fmt::Debug for Instance {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Instance")
-            .field("backend", &self.be_path)
-            .field("state", &self.state)
-            .field("connected", &self.conn.is_some())
-            .finish()
-    }
 }
 
 impl Instance {
@@ -675,7 +668,7 @@ impl Instance {
         // BackRing::new refuses a mapping shorter than the ring (and a ring
         // of no possible journal size is impossible); check here so that
         // such a mapping is handed back rather than dropped.
-        if id.bytes().is_none() || mem.len() < pages as usize * PAGE_SIZE {
+        if mem.len() < pages as usize * PAGE_SIZE || id.bytes().is_none() {
             host.unmap_ring(q, mem);
             return Err(ConnectError::Ring);
         }

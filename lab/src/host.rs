@@ -545,6 +545,7 @@ struct RingMap {
 /// control part's [`Host`]; its queue part (inline, every queue's
 /// [`QueueHost`]) holds the window, every queue's channel and a handle on
 /// the store, which lent queues' hosts take theirs from.
+#[derive(Debug)]
 pub struct SimHost {
     xen: SimXen,
     cfg: SimHostConfig,
@@ -556,15 +557,6 @@ pub struct SimHost {
     side: SimQueueHost,
     /// Where journals are kept, and which queue's each open one is.
     journals: Option<InstanceJournals>,
-}
-
-impl std::fmt::Debug for SimHost {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SimHost")
-            .field("cfg", &self.cfg)
-            .field("stats", &self.stats())
-            .finish()
-    }
 }
 
 impl SimHost {

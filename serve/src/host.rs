@@ -162,6 +162,7 @@ enum Report {
 
 /// The platform of one instance in a dom0 user-space back-end: the control
 /// part.
+#[derive(Debug)]
 pub struct XenHost {
     xs: Xs,
     /// The control part's gntdev handle: the rings.
@@ -183,16 +184,6 @@ pub struct XenHost {
     removed: bool,
     /// Where journals are kept, and which queue's each open one is.
     journals: Option<InstanceJournals>,
-}
-
-impl core::fmt::Debug for XenHost {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("XenHost")
-            .field("window_pages", &self.window_pages)
-            .field("rings", &self.rings.len())
-            .field("stats", &self.stats())
-            .finish()
-    }
 }
 
 fn xs_err(e: i32) -> XsError {
@@ -375,6 +366,7 @@ fn copy_status(st: i16) -> GrantError {
 /// One queue's platform: its own gntdev and event-channel handles, its
 /// share of the window, the shared store. Owned by the queue's thread while
 /// the queue is lent, by the control part otherwise.
+#[derive(Debug)]
 pub struct XenQueueHost {
     queue: QueueId,
     gnt: Gnttab,
@@ -394,15 +386,6 @@ pub struct XenQueueHost {
     qbox: Arc<QueueBox>,
     counters: Arc<Counters>,
     epoch: Instant,
-}
-
-impl core::fmt::Debug for XenQueueHost {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("XenQueueHost")
-            .field("queue", &self.queue)
-            .field("port", &self.port)
-            .finish()
-    }
 }
 
 impl XenQueueHost {

@@ -262,6 +262,7 @@ enum Ctl {
     HandOver,
 }
 
+#[derive(Debug)]
 struct Vbd {
     unit: usize,
     path: String,
@@ -325,6 +326,7 @@ pub fn format_table(
 
 /// The service. [`Server::run`] returns when a terminating signal arrived
 /// and every instance is detached.
+#[derive(Debug)]
 pub struct Server {
     cfg: Config,
     xs: Xs,
@@ -334,15 +336,6 @@ pub struct Server {
     skipped: BTreeMap<(u32, u32), Skip>,
     reaped: Arc<Wakeup>,
     sigfd: i32,
-}
-
-impl core::fmt::Debug for Server {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Server")
-            .field("dom", &self.dom)
-            .field("vbds", &self.vbds.len())
-            .finish()
-    }
 }
 
 /// Tells systemd (`$NOTIFY_SOCKET`, `sd_notify(3)`'s protocol: one datagram

@@ -556,18 +556,10 @@ fn copy_file(from: &File, to: &File) -> Result<(), i32> {
 
 /// A store with a [`WriteCache`] in front: the store [`crate::open_store`]
 /// opens when [`StoreSpec::cache`] is set.
+#[derive(Debug)]
 pub struct CachedStore {
     inner: BackingStore,
     cache: Arc<WriteCache>,
-}
-
-impl std::fmt::Debug for CachedStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CachedStore")
-            .field("inner", &self.inner)
-            .field("dirty_bytes", &self.cache.dirty_bytes())
-            .finish()
-    }
 }
 
 impl CachedStore {

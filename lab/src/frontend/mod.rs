@@ -281,6 +281,7 @@ struct ManualInFlight {
 }
 
 /// One queue of the live connection: a ring and its event channel.
+#[derive(Debug)]
 struct Queue {
     ring: Option<FrontRing>,
     res: Reservation,
@@ -290,6 +291,7 @@ struct Queue {
 }
 
 /// The live connection.
+#[derive(Debug)]
 struct Conn {
     queues: Vec<Queue>,
 }
@@ -308,6 +310,7 @@ struct Persistent {
 }
 
 /// A guest's block front-end for one `vbd`.
+#[derive(Debug)]
 pub struct Frontend {
     xs: Xenstored,
     hub: EventHub,
@@ -339,17 +342,6 @@ pub struct Frontend {
     /// lost its store answers no more): given back with the connection,
     /// once the back-end has closed it.
     orphans: Vec<Page>,
-}
-
-impl std::fmt::Debug for Frontend {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Frontend")
-            .field("frontend", &self.fe_path)
-            .field("backend", &self.be_path)
-            .field("profile", &self.profile.name)
-            .field("connected", &self.conn.is_some())
-            .finish()
-    }
 }
 
 const TRANSPORT_KEYS: [&str; 7] = [
