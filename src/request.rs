@@ -330,15 +330,11 @@ pub fn parse(
             if op.writes() && nsegs > 0 && limits.read_only {
                 return Err(RequestError::ReadOnly);
             }
-            // Each segment checked, then copied to the caller's buffer (a
-            // refused request's copies are never used).
-            let lss = limits.sector_size.in_sectors();
-            let mut total = 0u64;
-            for (out, s) in segs.iter_mut().zip(&seg[..nsegs]) {
-                total += check_segment(s, lss)?;
-                *out = *s;
-            }
-            let nr_sectors = Sectors(total);
+            // Copied to the caller's buffer, then checked there, as an
+            // indirect request's are (a refused request's copies are never
+            // used).
+            segs[..nsegs].copy_from_slice(&seg[..nsegs]);
+            let nr_sectors = check_segments(&segs[..nsegs], limits)?;
             let sector = Sectors(if nsegs == 0 { 0 } else { *sector_number });
             if nsegs > 0 {
                 check_range(sector, nr_sectors, limits)?;
