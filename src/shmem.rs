@@ -111,6 +111,17 @@ impl SharedMem {
         self.base.as_ptr()
     }
 
+    /// The address of the `bytes` bytes at `off`, which must be inside the
+    /// mapping (a panic otherwise: a bug in the core, as for
+    /// [`SharedMem::load_u32`]).
+    #[inline]
+    fn range(&self, off: usize, bytes: usize) -> *mut u8 {
+        assert!(off.checked_add(bytes).is_some_and(|end| end <= self.len));
+        // SAFETY: `off <= len` by the assertion: the result is inside the
+        // mapping or one past its end.
+        unsafe { self.base.as_ptr().add(off) }
+    }
+
     #[inline]
     fn atomic_u32(&self, off: usize) -> &AtomicU32 {
         assert!(off % 4 == 0 && off.checked_add(4).is_some_and(|end| end <= self.len));
@@ -139,12 +150,7 @@ impl SharedMem {
     /// 8-byte aligned (a request slot is 14 such loads, not 112).
     #[inline]
     pub fn read(&self, off: usize, out: &mut [u8]) {
-        assert!(off
-            .checked_add(out.len())
-            .is_some_and(|end| end <= self.len));
-        // SAFETY: `off <= len` by the assertion: the result is inside the
-        // mapping or one past its end.
-        let src = unsafe { self.base.as_ptr().add(off) };
+        let src = self.range(off, out.len());
         if (src as usize | out.len()) % WORD == 0 {
             // Whole aligned words (an x86_64 slot's parts): no head or
             // tail to copy a byte at a time.
@@ -185,11 +191,7 @@ impl SharedMem {
     /// eight at a time where the memory is 8-byte aligned.
     #[inline]
     pub fn write(&self, off: usize, data: &[u8]) {
-        assert!(off
-            .checked_add(data.len())
-            .is_some_and(|end| end <= self.len));
-        // SAFETY: `off <= len` by the assertion.
-        let dst = unsafe { self.base.as_ptr().add(off) };
+        let dst = self.range(off, data.len());
         if (dst as usize | data.len()) % WORD == 0 {
             // Whole aligned words (an x86_64 response): no head or tail.
             for (i, w) in data.chunks_exact(WORD).enumerate() {
