@@ -810,20 +810,18 @@ mod tests {
         let answer = |jr: &mut JournaledRing<CrashMem>, (r, e): (BlkifRequest, u16)| {
             jr.respond(e, &response(&r))
         };
-        for _ in 0..4 {
-            taken.push(jr.take(prod).unwrap());
+        // Two rounds: take some, answer two out of order, publish, answer
+        // one more (left unpublished).
+        for (takes, before, after) in [(4, [2, 0], 3), (2, [1, 5], 4)] {
+            for _ in 0..takes {
+                taken.push(jr.take(prod).unwrap());
+            }
+            for i in before {
+                answer(&mut jr, taken[i]);
+            }
+            jr.publish();
+            answer(&mut jr, taken[after]);
         }
-        answer(&mut jr, taken[2]);
-        answer(&mut jr, taken[0]);
-        jr.publish();
-        answer(&mut jr, taken[3]);
-        for _ in 0..2 {
-            taken.push(jr.take(prod).unwrap());
-        }
-        answer(&mut jr, taken[1]);
-        answer(&mut jr, taken[5]);
-        jr.publish();
-        answer(&mut jr, taken[4]);
         let (ring, journal) = jr.into_mems();
         (ring.mem, journal.unwrap().mem, writes.get())
     }
