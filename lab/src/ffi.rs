@@ -4,7 +4,8 @@
 //! allocator's own count of the live heap (`mallinfo2(3)`) for the soak.
 //!
 //! Guest RAM is a memfd; the guest reaches its pages through one shared
-//! mapping ([`SharedMapping`]); a back-end maps single guest frames into an
+//! mapping ([`SharedMapping`], made by `xbb_ustore::mmap_shared` as the
+//! stores' journal mappings are); a back-end maps single guest frames into an
 //! address range it reserved ([`Reservation`]) with `MAP_FIXED`, exactly as
 //! `GNTTABOP_map_grant_ref` (`grant_table.h`) places a foreign frame at a host
 //! virtual address. Every `unsafe` block of the simulator lives in this file
@@ -82,27 +83,9 @@ impl Memfd {
 
     /// Maps the whole file shared, readable and writable.
     pub fn map_all(&self) -> io::Result<SharedMapping> {
-        let len = usize::try_from(self.len)
-            .ok()
-            .filter(|&l| l > 0)
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
-        // SAFETY: a fresh mapping chosen by the kernel (no MAP_FIXED), so it
-        // cannot replace any memory Rust knows about.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                self.fd.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let base = NonNull::new(p.cast::<u8>())
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
+        let len =
+            usize::try_from(self.len).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let base = xbb_ustore::mmap_shared(self.fd.as_fd(), len)?;
         Ok(SharedMapping { base, len })
     }
 }

@@ -213,7 +213,7 @@ fn map(file: &File, bytes: usize) -> io::Result<SharedMem> {
             "journal file shorter than the ring needs",
         ));
     }
-    sys::map_shared(file, bytes).map_err(io::Error::from_raw_os_error)
+    sys::map_shared(file, bytes)
 }
 
 #[cfg(test)]

@@ -84,6 +84,7 @@ pub use nbd::{
 #[doc(hidden)]
 pub use nbd_sys::{C_CONSTANTS as NBD_C_CONSTANTS, C_PROTOTYPES as NBD_C_PROTOTYPES};
 pub use pool::BackingStore;
+pub use sys::mmap_shared;
 pub use watch::{watch_store_memory, MemoryWatch};
 pub use xbb::host::StoreKind;
 

@@ -8,7 +8,8 @@
 use crate::io::RawIoVec;
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::ptr::NonNull;
 
 /// `BLKGETSIZE64` from `linux/fs.h`: size of a block device in bytes.
 const BLKGETSIZE64: libc::Ioctl = libc::_IOR::<libc::size_t>(0x12, 114);
@@ -271,32 +272,39 @@ pub(crate) fn dio_alignment(file: &File) -> Option<(u32, u32)> {
     Some((st.stx_dio_mem_align, st.stx_dio_offset_align))
 }
 
-/// Maps the first `len` bytes of `file` shared, readable and writable: an
-/// in-flight journal's memory ([`crate::journal`]). The file must be at
-/// least `len` bytes long (the caller checked): a mapping beyond its end
-/// would fault when touched.
-pub(crate) fn map_shared(file: &File, len: usize) -> Result<xbb::shmem::SharedMem, i32> {
+/// Maps the first `len` bytes of `fd` shared, readable and writable
+/// (`mmap(2)`, `MAP_SHARED`), where the kernel chooses: the memory of a
+/// file several parties map (the lab's guest RAM, an in-flight journal).
+/// The caller owns the mapping and unmaps it (`munmap(2)`); touching it
+/// beyond the end of the file faults. `EINVAL` for `len` 0.
+pub fn mmap_shared(fd: BorrowedFd<'_>, len: usize) -> io::Result<NonNull<u8>> {
     if len == 0 {
-        return Err(libc::EINVAL);
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
     // SAFETY: a fresh mapping the kernel places (no fixed address), of a
-    // descriptor we own, touching no memory of ours.
+    // descriptor the caller lends us, touching no memory of ours.
     let p = unsafe {
         libc::mmap(
             core::ptr::null_mut(),
             len,
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_SHARED,
-            file.as_raw_fd(),
+            fd.as_raw_fd(),
             0,
         )
     };
     if p == libc::MAP_FAILED {
-        return Err(errno());
+        return Err(io::Error::last_os_error());
     }
-    let Some(base) = core::ptr::NonNull::new(p.cast::<u8>()) else {
-        return Err(libc::ENOMEM);
-    };
+    NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))
+}
+
+/// Maps the first `len` bytes of `file` as [`mmap_shared`] does: an
+/// in-flight journal's memory ([`crate::journal`]). The file must be at
+/// least `len` bytes long (the caller checked): a mapping beyond its end
+/// would fault when touched.
+pub(crate) fn map_shared(file: &File, len: usize) -> io::Result<xbb::shmem::SharedMem> {
+    let base = mmap_shared(file.as_fd(), len)?;
     // SAFETY: `len` bytes at `base` are mapped readable and writable,
     // page-aligned, backed by a file at least that long, and stay mapped
     // until `unmap` consumes this value; another process (the next
