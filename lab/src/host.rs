@@ -305,13 +305,14 @@ struct EoiInner {
 }
 
 impl EoiState {
-    fn lock(&self) -> MutexGuard<'_, EoiInner> {
-        locked(&self.inner)
+    /// The channel is unbound: nothing more is delivered.
+    fn close(&self) {
+        locked(&self.inner).closed = true;
     }
 
     /// A kick from the front-end: whether to deliver it now.
     fn kick(&self) -> bool {
-        let mut g = self.lock();
+        let mut g = locked(&self.inner);
         if g.closed {
             return false;
         }
@@ -326,7 +327,7 @@ impl EoiState {
 
     /// The EOI: whether a kept kick must be delivered now.
     fn eoi(&self) -> bool {
-        let mut g = self.lock();
+        let mut g = locked(&self.inner);
         if g.closed {
             return false;
         }
@@ -1135,7 +1136,7 @@ impl Host for SimHost {
     fn evtchn_unbind(&mut self, queue: QueueId) {
         if let Some(at) = self.side.ports.iter().position(|p| p.0 == queue) {
             let (_, p, st) = self.side.ports.swap_remove(at);
-            st.lock().closed = true;
+            st.close();
             self.xen.evtchn.close(self.cfg.backend_dom, p);
         }
     }
