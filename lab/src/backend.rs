@@ -179,39 +179,28 @@ pub struct BackendRunner {
     syncs: AtomicU64,
 }
 
+/// How a new back-end instance comes to its vbd.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// A fresh vbd: the instance attaches (`Instance::attach`).
+    Attach,
+    /// A vbd another back-end left Connected (it crashed or handed it
+    /// over): the instance takes it over (`Instance::take_over`).
+    TakeOver,
+}
+
 impl BackendRunner {
     /// Starts the task thread of the instance for back-end directory
     /// `backend_path` (absolute, e.g. `/local/domain/0/backend/vbd/1/51712`):
-    /// it creates the instance, attaches it, watches the back-end directory
-    /// and the front-end's `state`, and serves events until
-    /// [`TaskEvent::Shutdown`].
+    /// it creates the instance, attaches it or takes it over (`start`),
+    /// watches the back-end directory and the front-end's `state`, and
+    /// serves events until [`TaskEvent::Shutdown`].
     pub fn spawn(
         xen: &SimXen,
         backend_path: &str,
         tunables: Tunables,
         cfg: SimHostConfig,
-    ) -> io::Result<BackendRunner> {
-        BackendRunner::spawn_as(xen, backend_path, tunables, cfg, false)
-    }
-
-    /// [`BackendRunner::spawn`] for a vbd another back-end left Connected
-    /// (it crashed or handed it over): the instance takes it over
-    /// (`Instance::take_over`) instead of attaching.
-    pub fn spawn_takeover(
-        xen: &SimXen,
-        backend_path: &str,
-        tunables: Tunables,
-        cfg: SimHostConfig,
-    ) -> io::Result<BackendRunner> {
-        BackendRunner::spawn_as(xen, backend_path, tunables, cfg, true)
-    }
-
-    fn spawn_as(
-        xen: &SimXen,
-        backend_path: &str,
-        tunables: Tunables,
-        cfg: SimHostConfig,
-        take_over: bool,
+        start: Start,
     ) -> io::Result<BackendRunner> {
         let (tx, rx) = mpsc::channel();
         let shared: Shared = Arc::new(Published {
@@ -234,7 +223,7 @@ impl BackendRunner {
         let name = format!("xbb-task-{}", backend_path.rsplit('/').next().unwrap_or(""));
         let thread = thread::Builder::new()
             .name(name)
-            .spawn(move || task.run(tunables, cfg, take_over))?;
+            .spawn(move || task.run(tunables, cfg, start))?;
         Ok(BackendRunner {
             backend_path: backend_path.to_string(),
             tx,
@@ -411,7 +400,7 @@ impl Task {
         s
     }
 
-    fn run(mut self, tunables: Tunables, cfg: SimHostConfig, take_over: bool) {
+    fn run(mut self, tunables: Tunables, cfg: SimHostConfig, start: Start) {
         let mut host = SimHost::new(&self.xen, cfg, self.tx.clone());
         let mut inst = match Instance::new(&self.path, &tunables) {
             Ok(i) => i,
@@ -424,10 +413,9 @@ impl Task {
             }
         };
         *locked(&self.shared.live) = Some(Arc::clone(inst.shared()));
-        if take_over {
-            inst.take_over(&mut host);
-        } else {
-            inst.attach(&mut host);
+        match start {
+            Start::Attach => inst.attach(&mut host),
+            Start::TakeOver => inst.take_over(&mut host),
         }
         let be_watch = self.watch(&self.path);
         // (watched front-end state path, watch)

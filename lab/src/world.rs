@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use super::backend::{BackendRunner, InstanceSnapshot};
+use super::backend::{BackendRunner, InstanceSnapshot, Start};
 use super::gnttab::GrantStats;
 use super::host::{Domain, SimHostConfig, SimXen};
 use super::store::{self, StoreKind, StoreOptions};
@@ -256,7 +256,13 @@ impl World {
         let paths = toolstack::create_vbd(&self.xen.xenstore, &spec)
             .map_err(|e| io::Error::other(std::format!("create_vbd: {e:?}")))?;
         let host_cfg = cfg.host_config(spec.backend_dom);
-        let runner = BackendRunner::spawn(&self.xen, &paths.backend, cfg.tunables, host_cfg)?;
+        let runner = BackendRunner::spawn(
+            &self.xen,
+            &paths.backend,
+            cfg.tunables,
+            host_cfg,
+            Start::Attach,
+        )?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.lock().insert(id, Arc::new(runner));
         Ok(VbdHandle {
@@ -353,11 +359,12 @@ impl World {
             Restart::HandOver => TaskEvent::HandOver,
         });
         let cfg = &vbd.config;
-        let runner = BackendRunner::spawn_takeover(
+        let runner = BackendRunner::spawn(
             &self.xen,
             &vbd.paths.backend,
             cfg.tunables,
             cfg.host_config(vbd.backend_dom),
+            Start::TakeOver,
         )?;
         self.lock().insert(vbd.id, Arc::new(runner));
         Ok(last)

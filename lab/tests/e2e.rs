@@ -75,8 +75,7 @@ fn disconnect_and_finish(mut fe: Frontend, rig: Rig) {
 #[test]
 fn every_profile_round_trips_with_verified_data() {
     for name in Profile::NAMES {
-        let rig = Rig::new(name, |_| {});
-        let mut fe = rig.connected(name);
+        let (rig, mut fe) = Rig::with_frontend(name, name);
         let p = Profile::by_name(name).unwrap();
         assert_eq!(fe.info().ring_pages, 1 << p.ring_page_order, "{name}");
         assert_eq!(fe.info().sectors, DISK_SECTORS, "{name}");
@@ -100,8 +99,7 @@ fn every_profile_round_trips_with_verified_data() {
 #[test]
 fn manual_write_then_read_back_both_abis() {
     for name in ["linux", "x86_32"] {
-        let rig = Rig::new(name, |_| {});
-        let mut fe = rig.connected(name);
+        let (rig, mut fe) = Rig::with_frontend(name, name);
         let w = ManualRequest::write(80, 3, 0xC7);
         assert_eq!(status_of(&mut fe, &w), BLKIF_RSP_OKAY);
         let (id, rsp) = one(&mut fe, &ManualRequest::read(80, 3));
@@ -150,8 +148,7 @@ fn legacy_num_ring_pages_key() {
 #[test]
 fn ring_orders_zero_and_five() {
     for (name, order) in [("legacy", 0u64), ("multipage", 5)] {
-        let rig = Rig::new(name, |_| {});
-        let mut fe = rig.connected(name);
+        let (rig, mut fe) = Rig::with_frontend(name, name);
         let r = run_workload(&mut fe, &mixed(400, 4096, order + 1)).unwrap();
         check_clean(&r);
         assert_eq!(rig.stat(Stat::RingOrder), order);
@@ -423,8 +420,7 @@ fn the_front_end_refuses_a_broken_back_end() {
         ("an id already answered", 3, Some(1)),
     ];
     for (what, rsp_prod, forged) in cases {
-        let rig = Rig::new("brokenbe", |_| {});
-        let mut fe = rig.connected("legacy");
+        let (rig, mut fe) = Rig::with_frontend("brokenbe", "legacy");
         let size = fe.info().ring_size;
         assert_eq!(size, 32);
         let (first, _) = one(&mut fe, &ManualRequest::read(0, 1));

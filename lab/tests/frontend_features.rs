@@ -228,8 +228,7 @@ fn new_profiles_match_what_the_default_backend_offers() {
     // Whatever the back-end offers today, each feature is used exactly
     // when offered and the data verifies.
     for name in new_profiles() {
-        let rig = Rig::new(name, |_| {});
-        let mut fe = rig.connected(name);
+        let (rig, mut fe) = Rig::with_frontend(name, name);
         let p = fe.profile().clone();
         let info = fe.info().clone();
         let offered_ind = be_num(&rig, "feature-max-indirect-segments");

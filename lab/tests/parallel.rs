@@ -151,8 +151,7 @@ fn close_reconnect_and_detach_with_io_in_flight_on_every_queue() {
 
 #[test]
 fn one_queue_breaking_its_ring_fails_the_connection_while_the_others_drain() {
-    let rig = Rig::new("parallel-broken", |_| {});
-    let mut fe = rig.connected("multiqueue");
+    let (rig, mut fe) = Rig::with_frontend("parallel-broken", "multiqueue");
     // Work in flight on queues 0, 2 and 3 ...
     let reqs: Vec<FeatureRequest> = [0u32, 2, 3]
         .iter()
@@ -170,13 +169,7 @@ fn one_queue_breaking_its_ring_fails_the_connection_while_the_others_drain() {
     let ids = fe.submit_features(&reqs).unwrap();
     // Taken by their queues (a failing connection stops every queue from
     // consuming: what a queue had not taken yet would never be served) ...
-    rig.world
-        .wait_backend(&rig.vbd, HANG_GUARD, |s| {
-            s.stats
-                .as_ref()
-                .is_some_and(|st| st.get(Stat::ReqsReceived) == ids.len() as u64)
-        })
-        .expect("every request taken");
+    rig.wait_stat(Stat::ReqsReceived, ids.len() as u64);
     // ... while queue 1's front-end claims more requests than its ring holds.
     let prod = fe.req_prod_pvt_on(1).unwrap();
     fe.set_req_prod_raw_on(1, prod.wrapping_add(1000));
@@ -206,8 +199,7 @@ fn one_queue_breaking_its_ring_fails_the_connection_while_the_others_drain() {
 
 #[test]
 fn the_medium_resized_while_every_queue_runs() {
-    let rig = Rig::new("parallel-resize", |_| {});
-    let mut fe = rig.connected("multiqueue");
+    let (rig, mut fe) = Rig::with_frontend("parallel-resize", "multiqueue");
     let world_vbd = rig.vbd.clone();
     let wl = mixed(3000, 4096, 11, 8192);
     let worker = thread::spawn(move || {
@@ -219,13 +211,7 @@ fn the_medium_resized_while_every_queue_runs() {
     for _ in 0..3 {
         size += 1 << 20;
         rig.world.resize_vbd(&world_vbd, size).expect("resize");
-        rig.world
-            .wait_backend(&rig.vbd, HANG_GUARD, |s| {
-                s.stats
-                    .as_ref()
-                    .is_some_and(|st| st.get(Stat::MediumSectors) == size / 512)
-            })
-            .expect("the back-end saw the new size");
+        rig.wait_stat(Stat::MediumSectors, size / 512);
     }
     let (mut fe, r) = worker.join().expect("workload thread");
     check_clean(&r);
@@ -387,14 +373,7 @@ fn the_nbd_server_dying_with_io_in_flight_on_every_queue_closes_the_vbd() {
     let rig = nbd_rig("parallel-nbd-death", &uri);
     let mut fe = rig.connected("multiqueue");
     let ids = writes_on_every_queue(&mut fe, 0, 4, 4, 0x6b);
-    let n = ids.len() as u64;
-    rig.world
-        .wait_backend(&rig.vbd, HANG_GUARD, |s| {
-            s.stats
-                .as_ref()
-                .is_some_and(|st| st.get(Stat::ReqsReceived) == n)
-        })
-        .expect("every request taken");
+    rig.wait_stat(Stat::ReqsReceived, ids.len() as u64);
     srv.kill();
     // The store fails every I/O on the wire (the medium gone), on the
     // store's I/O thread; each queue answers its own and the connection

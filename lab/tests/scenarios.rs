@@ -83,16 +83,20 @@ fn every_scenario_file_is_documented() {
     }
 }
 
+/// A scenario of one 1 MiB guest of `profile` that connects and then
+/// plays `steps` (`[[step]]` tables).
+fn connected_guest(profile: &str, steps: &str) -> Scenario {
+    let text = format!(
+        "[[guest]]\nprofile = \"{profile}\"\nsize = \"1M\"\n\n[[step]]\ndo = \"connect\"\n{steps}"
+    );
+    Scenario::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
 #[test]
 fn a_wrong_expectation_is_reported() {
-    let text = r#"
-[[guest]]
-profile = "legacy"
-size = "1M"
-
-[[step]]
-do = "connect"
-
+    let sc = connected_guest(
+        "legacy",
+        r#"
 [[step]]
 do = "request"
 op = "reserved"
@@ -103,8 +107,8 @@ expect_status = "okay"
 do = "expect"
 state = "Closed"
 sysctl = { reqs_received = 5, total_dispatch = ">= 1" }
-"#;
-    let sc = Scenario::parse(text).expect("valid scenario");
+"#,
+    );
     let opts = RunOptions {
         settle: std::time::Duration::from_millis(200),
         ..RunOptions::default()
@@ -249,14 +253,7 @@ fn the_default_scenario_is_well_formed() {
 /// `queues` with reqs_completed 624 of 626.)
 #[test]
 fn the_report_waits_for_the_back_end_to_settle() {
-    let text = r#"
-[[guest]]
-profile = "multiqueue"
-size = "1M"
-
-[[step]]
-do = "connect"
-
+    let steps = r#"
 [[step]]
 do = "batch"
 wait = false
@@ -268,7 +265,7 @@ requests = [
 ]
 "#;
     for round in 0..5 {
-        let sc = Scenario::parse(text).expect("well-formed");
+        let sc = connected_guest("multiqueue", steps);
         let r = scenario::run(&sc, &RunOptions::default()).expect("runs");
         assert!(r.passed(), "{:?}", r.mismatches);
         let i = &r.instances[0];

@@ -13,7 +13,7 @@ use xbb::host::{
     IoVec, OpenParams, QueueHost, RemotePort, XenStore, XenbusState, XsError, XsTxn, PAGE_SIZE,
 };
 use xbb::units::{Bytes, Sectors, WindowPage};
-use xbb_lab::backend::BackendRunner;
+use xbb_lab::backend::{BackendRunner, Start};
 use xbb_lab::evtchn::{EventHandler, EventHub};
 use xbb_lab::ffi::{read_window, write_window};
 use xbb_lab::gnttab::{GrantBusy, MapFault};
@@ -745,6 +745,7 @@ fn backend_runner_starts_and_shuts_down() {
         &p.backend,
         xbb::stats::Tunables::default(),
         SimHostConfig::default(),
+        Start::Attach,
     )
     .unwrap();
     assert_eq!(runner.backend_path(), p.backend);

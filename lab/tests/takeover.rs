@@ -62,13 +62,7 @@ fn a_crashed_backend_is_taken_over_with_requests_in_flight() {
             .map(|k| ManualRequest::write(k * 64, 2, 0x10 + k as u8))
             .collect();
         let ids = fe.submit_many(&reqs).unwrap();
-        rig.world
-            .wait_backend(&rig.vbd, HANG_GUARD, |s| {
-                s.stats
-                    .as_ref()
-                    .is_some_and(|st| st.get(Stat::ReqsReceived) == 6)
-            })
-            .unwrap();
+        rig.wait_stat(Stat::ReqsReceived, 6);
         let events = fe.events_received();
         let last = rig.world.restart_backend(&rig.vbd, Restart::Crash).unwrap();
         assert!(last.error.is_none(), "{profile}: {last:?}");
@@ -141,13 +135,7 @@ fn a_backend_restarted_under_a_workload_loses_nothing() {
                     st.get(Stat::ReqsReceived) - st.get(Stat::ReqsCompleted)
                 });
                 assert!(unanswered > 0, "{last:?}");
-                rig.world
-                    .wait_backend(&rig.vbd, HANG_GUARD, |s| {
-                        s.stats
-                            .as_ref()
-                            .is_some_and(|st| st.get(Stat::ReqsReplayed) == unanswered)
-                    })
-                    .unwrap();
+                rig.wait_stat(Stat::ReqsReplayed, unanswered);
             }
         }
         done.store(true, Ordering::Release);
@@ -162,8 +150,7 @@ fn a_backend_restarted_under_a_workload_loses_nothing() {
 
 #[test]
 fn without_journals_a_restart_is_refused_cleanly() {
-    let rig = Rig::new("takeover-none", |_| {});
-    let mut fe = rig.connected("linux");
+    let (rig, mut fe) = Rig::with_frontend("takeover-none", "linux");
     let last = rig.world.restart_backend(&rig.vbd, Restart::Crash).unwrap();
     assert!(last.error.is_none(), "{last:?}");
     rig.wait_state(XenbusState::Closing);

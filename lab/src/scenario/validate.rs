@@ -11,18 +11,21 @@ impl Scenario {
             return Err(ScenarioError::Invalid(String::from("no [[guest]] defined")));
         }
         self.validate_guests()?;
-        let names = self.guest_names();
-        let mut used: Vec<Vec<(u64, u64)>> = vec![Vec::new(); self.guests.len()];
+        let mut check = StepCheck {
+            sc: self,
+            names: self.guest_names(),
+            used: vec![Vec::new(); self.guests.len()],
+        };
         for (i, step) in self.steps.iter().enumerate() {
             let at = |m: String| {
                 ScenarioError::Invalid(format!("step {} ({}): {m}", i + 1, step.action()))
             };
             for g in step_guest_names(step) {
-                if g != "*" && !names.contains(&g) {
+                if g != "*" && !check.names.contains(&g) {
                     return Err(at(format!("no guest named {g:?}")));
                 }
             }
-            self.validate_step(step, &names, &mut used).map_err(at)?;
+            check.step(step).map_err(at)?;
         }
         Ok(())
     }
@@ -66,15 +69,32 @@ impl Scenario {
         }
         Ok(())
     }
+}
 
-    /// One step's own values; `used` holds the disk regions workloads
-    /// already took, per guest.
-    fn validate_step(
+/// What checking the steps, in order, knows: the scenario, its guest
+/// names, and the disk regions workloads already took, per guest.
+struct StepCheck<'a> {
+    sc: &'a Scenario,
+    names: Vec<String>,
+    used: Vec<Vec<(u64, u64)>>,
+}
+
+impl StepCheck<'_> {
+    /// Checks `f` on each guest `guest` means, with its name; the first
+    /// error.
+    fn each_guest(
         &self,
-        step: &Step,
-        names: &[String],
-        used: &mut [Vec<(u64, u64)>],
+        guest: &Guests,
+        f: impl Fn(&GuestSpec, &str) -> Result<(), String>,
     ) -> Result<(), String> {
+        guest
+            .resolve(&self.names)
+            .into_iter()
+            .try_for_each(|gi| f(&self.sc.guests[gi], &self.names[gi]))
+    }
+
+    /// One step's own values.
+    fn step(&mut self, step: &Step) -> Result<(), String> {
         match step {
             Step::Xenstore { .. } => validate_xenstore(step)?,
             Step::Connect(ConnectSpec {
@@ -112,41 +132,34 @@ impl Scenario {
                     return Err(String::from("no states to write"));
                 }
             }
-            Step::Resize { guest, size } => {
-                for gi in guest.resolve(names) {
-                    if self.guests[gi].store == StoreKindSpec::Nbd {
-                        return Err(format!(
-                            "guest {}: an nbd store cannot be resized (an export has one size)",
-                            names[gi]
-                        ));
-                    }
-                    let ss = u64::from(self.guests[gi].sector_size);
-                    if size.0 % ss != 0 {
-                        return Err(format!(
-                            "guest {}: size {} is not a multiple of the sector size",
-                            names[gi], size.0
-                        ));
-                    }
+            Step::Resize { guest, size } => self.each_guest(guest, |g, name| {
+                if g.store == StoreKindSpec::Nbd {
+                    return Err(format!(
+                        "guest {name}: an nbd store cannot be resized (an export has one size)"
+                    ));
                 }
-            }
-            Step::NbdServer { guest, .. } => {
-                for gi in guest.resolve(names) {
-                    if self.guests[gi].store != StoreKindSpec::Nbd {
-                        return Err(format!(
-                            "guest {}: nbd_server needs an nbd store",
-                            names[gi]
-                        ));
-                    }
+                if size.0 % u64::from(g.sector_size) != 0 {
+                    return Err(format!(
+                        "guest {name}: size {} is not a multiple of the sector size",
+                        size.0
+                    ));
                 }
-            }
+                Ok(())
+            })?,
+            Step::NbdServer { guest, .. } => self.each_guest(guest, |g, name| {
+                if g.store != StoreKindSpec::Nbd {
+                    return Err(format!("guest {name}: nbd_server needs an nbd store"));
+                }
+                Ok(())
+            })?,
             Step::RawSlot { hex, .. } if parse_hex(hex).is_none() => {
                 return Err(String::from("`hex` is not an even number of hex digits"));
             }
             Step::Workload(w) => {
-                self.validate_workload(w, names, used)?;
-                self.validate_during(&w.guest, &w.during, names, used)?;
+                self.workload(w)?;
+                self.during(&w.guest, &w.during)?;
             }
-            Step::Crash(c) => self.validate_crash(c, names)?,
+            Step::Crash(c) => self.crash(c)?,
             Step::InjectIo(spec) if spec.is_empty() => {
                 return Err(String::from(
                     "nothing to inject: give nth, range, writes, flush, hold or clear",
@@ -156,16 +169,12 @@ impl Scenario {
                 guest,
                 hold: Some(_),
                 ..
-            }) => {
-                for gi in guest.resolve(names) {
-                    if self.guests[gi].store == StoreKindSpec::Nbd {
-                        return Err(format!(
-                            "guest {}: an nbd store cannot hold its I/O",
-                            names[gi]
-                        ));
-                    }
+            }) => self.each_guest(guest, |g, name| {
+                if g.store == StoreKindSpec::Nbd {
+                    return Err(format!("guest {name}: an nbd store cannot hold its I/O"));
                 }
-            }
+                Ok(())
+            })?,
             Step::InjectGrant(spec) if spec.is_empty() => {
                 return Err(String::from("nothing to inject: give count, gref or clear"));
             }
@@ -179,14 +188,8 @@ impl Scenario {
     /// none a workload, each naming its guests, none of them the
     /// workload's (their front-ends are busy) but for `backend_restart`,
     /// which acts on the back-end alone.
-    fn validate_during(
-        &self,
-        guest: &Guests,
-        during: &[Step],
-        names: &[String],
-        used: &mut [Vec<(u64, u64)>],
-    ) -> Result<(), String> {
-        let busy = guest.resolve(names);
+    fn during(&mut self, guest: &Guests, during: &[Step]) -> Result<(), String> {
+        let busy = guest.resolve(&self.names);
         for (k, st) in during.iter().enumerate() {
             let at = |m: String| format!("during step {} ({}): {m}", k + 1, st.action());
             if matches!(st, Step::Workload(_) | Step::Crash(_) | Step::MountRoot {}) {
@@ -199,7 +202,7 @@ impl Scenario {
                 )));
             }
             for g in &named {
-                match names.iter().position(|x| x == g) {
+                match self.names.iter().position(|x| x == g) {
                     None => return Err(at(format!("no guest named {g:?}"))),
                     Some(i) if busy.contains(&i) && !matches!(st, Step::BackendRestart { .. }) => {
                         return Err(at(format!("guest {g:?} runs the workload")))
@@ -207,25 +210,23 @@ impl Scenario {
                     Some(_) => {}
                 }
             }
-            self.validate_step(st, names, used).map_err(at)?;
+            self.step(st).map_err(at)?;
         }
         Ok(())
     }
 
     /// A crash step's guests have a write cache and room for its region;
     /// its sizes are sane.
-    fn validate_crash(&self, c: &CrashSpec, names: &[String]) -> Result<(), String> {
-        for gi in c.guest.resolve(names) {
-            let g = &self.guests[gi];
-            let name = &names[gi];
+    fn crash(&self, c: &CrashSpec) -> Result<(), String> {
+        self.each_guest(&c.guest, |g, name| {
             if g.write_cache.and_then(|c| c.options()).is_none() {
                 return Err(format!(
                     "guest {name} has no write cache to cut the power of \
                      (`write_cache = true`)"
                 ));
             }
-            checked_region(g, name, c.offset, c.region, c.io_size, true)?;
-        }
+            checked_region(g, name, c.offset, c.region, c.io_size, true).map(drop)
+        })?;
         let max = (BLKIF_MAX_SEGMENTS_PER_REQUEST * 4096) as u64;
         if c.io_size.0 == 0 || c.io_size.0 % 512 != 0 || c.io_size.0 > max {
             return Err(format!(
@@ -240,12 +241,7 @@ impl Scenario {
 
     /// A workload's region fits each guest's disk and overlaps no earlier
     /// one; its sizes are sane.
-    fn validate_workload(
-        &self,
-        w: &WorkloadSpec,
-        names: &[String],
-        used: &mut [Vec<(u64, u64)>],
-    ) -> Result<(), String> {
+    fn workload(&mut self, w: &WorkloadSpec) -> Result<(), String> {
         let WorkloadSpec {
             io_size,
             read_pct,
@@ -253,17 +249,16 @@ impl Scenario {
             region,
             ..
         } = *w;
-        for gi in w.guest.resolve(names) {
-            let g = &self.guests[gi];
-            let (a, b) = checked_region(g, &names[gi], offset, region, io_size, false)?;
-            if let Some((c, d)) = used[gi].iter().find(|(c, d)| a < *d && *c < b) {
+        for gi in w.guest.resolve(&self.names) {
+            let name = &self.names[gi];
+            let (a, b) = checked_region(&self.sc.guests[gi], name, offset, region, io_size, false)?;
+            if let Some((c, d)) = self.used[gi].iter().find(|(c, d)| a < *d && *c < b) {
                 return Err(format!(
-                    "guest {}: region [{a}, {b}) overlaps an earlier workload's \
-                     [{c}, {d}); give each workload its own `offset`/`region`",
-                    names[gi]
+                    "guest {name}: region [{a}, {b}) overlaps an earlier workload's \
+                     [{c}, {d}); give each workload its own `offset`/`region`"
                 ));
             }
-            used[gi].push((a, b));
+            self.used[gi].push((a, b));
         }
         if io_size.0 == 0 || io_size.0 % 512 != 0 || io_size.0 > (1 << 24) {
             return Err(String::from(

@@ -119,13 +119,16 @@ impl Rig {
     /// Waits until the back-end has published `n` completed requests (its
     /// snapshot lags the responses by one event at most).
     pub fn wait_completed(&self, n: u64) {
+        self.wait_stat(Stat::ReqsCompleted, n);
+    }
+
+    /// Waits until the back-end has published counter `s` at `n` or more.
+    pub fn wait_stat(&self, s: Stat, n: u64) {
         self.world
-            .wait_backend(&self.vbd, HANG_GUARD, |s| {
-                s.stats
-                    .as_ref()
-                    .is_some_and(|st| st.get(Stat::ReqsCompleted) >= n)
+            .wait_backend(&self.vbd, HANG_GUARD, |snap| {
+                snap.stats.as_ref().is_some_and(|st| st.get(s) >= n)
             })
-            .expect("back-end completed the requests");
+            .unwrap_or_else(|e| panic!("back-end's {s:?} never reached {n}: {e}"));
     }
 
     /// Waits until the back-end is in `state`.
