@@ -14,7 +14,7 @@ use xbb::abi::{encode_segment, Segment, SEGMENT_SIZE};
 use xbb_testing::alloc::Counting;
 use xbb_testing::fuzz::{
     fuzz_instance, fuzz_instance_in, fuzz_request, fuzz_ring, fuzz_ring_in, fuzz_xenstore,
-    Completion, Fault, FeKey, FeValue, Injected, InstanceConfig, InstanceMemory, InstanceReport,
+    Completion, Fault, FeKey, FeValue, InstanceConfig, InstanceMemory, InstanceReport,
     InstanceScript, Outcome, PushReq, RingConfig, RingMemory, RingReport, RingScript,
     FIRST_DATA_GREF,
 };
@@ -408,8 +408,8 @@ fn seed_flush_and_barrier() {
             })
             .publish()
             .kick()
-            .complete_one(1, Outcome::Ok)
-            .complete_one(0, Outcome::Ok)
+            .complete(1, Outcome::Ok)
+            .complete(0, Outcome::Ok)
             .complete_all(Outcome::Ok);
         s
     };
@@ -520,9 +520,9 @@ fn seed_store_errors_out_of_order() {
             .push(&write(48, 3))
             .publish()
             .kick()
-            .complete_one(2, Outcome::Io)
-            .complete_one(0, Outcome::Ok)
-            .complete_one(1, Outcome::Gone)
+            .complete(2, Outcome::Io)
+            .complete(0, Outcome::Ok)
+            .complete(1, Outcome::Gone)
             .complete_all(Outcome::NoSpace),
     );
     assert_eq!((r.okay, r.error), (1, 3));
@@ -1080,16 +1080,16 @@ fn random_fe_node(rng: &mut XorShift, s: &mut InstanceScript) {
 }
 
 /// Any platform failure.
-fn random_fault(rng: &mut XorShift) -> Injected {
+fn random_fault(rng: &mut XorShift) -> Fault {
     [
-        Injected::Submit,
-        Injected::Map,
-        Injected::RingMap,
-        Injected::Bind,
-        Injected::Window,
-        Injected::XsConflict,
-        Injected::Open,
-        Injected::XsRead,
+        Fault::Submit,
+        Fault::Map,
+        Fault::RingMap,
+        Fault::Bind,
+        Fault::Window,
+        Fault::XsConflict,
+        Fault::Open,
+        Fault::XsRead,
     ][rng.below(8) as usize]
 }
 
@@ -1225,12 +1225,12 @@ fn instance_seed_store_gone_closes() {
 #[test]
 fn instance_seed_grant_map_failures() {
     let mut s = InstanceScript::new(&inst_base());
-    s.inject(Injected::Map, 1)
+    s.inject(Fault::Map, 1)
         .push(0, &write(0, 2))
         .publish(0)
         .kick(0)
         .complete_all(Completion::Ok)
-        .inject(Injected::Map, 3)
+        .inject(Fault::Map, 3)
         .push(0, &read(0, 1))
         .push(0, &read(8, 1))
         .push(0, &read(16, 1))
@@ -1436,11 +1436,11 @@ fn instance_seed_indirect_with_crafted_descriptors() {
 #[test]
 fn instance_seed_platform_failures_at_connect() {
     for (i, what) in [
-        Injected::RingMap,
-        Injected::Bind,
-        Injected::Window,
-        Injected::XsConflict,
-        Injected::XsRead,
+        Fault::RingMap,
+        Fault::Bind,
+        Fault::Window,
+        Fault::XsConflict,
+        Fault::XsRead,
     ]
     .into_iter()
     .enumerate()

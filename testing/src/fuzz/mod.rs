@@ -32,14 +32,14 @@ mod ring;
 mod script;
 mod xenstore;
 
-pub use builder::{Body, Header, Script};
-pub use front::RingsMemory;
+pub use builder::{Body, Code, Header, Script};
+pub use front::{Fault, RingsMemory};
 pub use instance::{
-    fuzz_instance, fuzz_instance_in, Completion, FeKey, FeValue, Injected, InstanceConfig,
-    InstanceInput, InstanceMemory, InstanceReport, InstanceScript, DATA_PAGES, FIRST_DATA_GREF,
-    MAX_OPS, MAX_RINGS,
+    fuzz_instance, fuzz_instance_in, Completion, FeKey, FeValue, InstanceConfig, InstanceInput,
+    InstanceMemory, InstanceReport, InstanceScript, DATA_PAGES, FIRST_DATA_GREF, MAX_OPS,
+    MAX_RINGS,
 };
 pub use request::fuzz_request;
 pub use ring::{fuzz_ring, fuzz_ring_in, RingMemory, RingReport};
-pub use script::{Fault, Outcome, PushReq, RingConfig, RingInput, RingScript};
+pub use script::{Outcome, PushReq, RingConfig, RingInput, RingScript};
 pub use xenstore::fuzz_xenstore;

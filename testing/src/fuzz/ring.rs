@@ -17,6 +17,7 @@ use xbb::ring::FrontRing;
 use xbb::shmem::SharedMem;
 use xbb::stats::Stat;
 
+use super::builder::Body;
 use super::front::*;
 use super::input::Input;
 use super::instance::{medium, tunables, InstanceConfig, MAX_REQS};
@@ -273,7 +274,7 @@ impl Driver {
                 self.front().set_req_prod_raw(v);
             }
             Action::Kick => self.inst.event(&mut self.host, 0),
-            Action::CompleteOne => {
+            Action::Complete => {
                 let which = usize::from(r.u8());
                 let result = Outcome::decode(r.u8());
                 if self.host.pending() > 0 {
@@ -296,7 +297,7 @@ impl Driver {
                 self.inst.frontend_changed(&mut self.host);
             }
             Action::Inject => {
-                let (k, n) = (r.u8() % 7, r.u8());
+                let (k, n) = (r.u8() % RingInput::FAULTS, r.u8());
                 inject(&mut self.host, k, n);
             }
             Action::Deferred => self.run_scheduled(),
@@ -307,7 +308,7 @@ impl Driver {
             Action::ArmRspEvent => {
                 self.front().final_check_for_responses();
             }
-            Action::Coalesce => {
+            Action::Sysctl => {
                 let v = u64::from(r.u8() % 3);
                 let accepted = self.inst.sysctl_set(Stat::NoCoalesceReqs, v);
                 assert_eq!(accepted, v <= 1);
