@@ -23,6 +23,22 @@
 //!
 //! Each body asserts its invariants; a panic is a finding.
 
+/// `impl $report { pub fn add }`: adds another report's counts (`sum`)
+/// to this one's, keeps the larger of each `max` and either of each
+/// `any`, to total what many inputs reached.
+macro_rules! report_totals {
+    ($report:ident: sum $($s:ident)*; max $($m:ident)*; any $($a:ident)*) => {
+        impl $report {
+            /// Adds what `r` reached to this total.
+            pub fn add(&mut self, r: &$report) {
+                $(self.$s += r.$s;)*
+                $(self.$m = self.$m.max(r.$m);)*
+                $(self.$a |= r.$a;)*
+            }
+        }
+    };
+}
+
 mod builder;
 mod front;
 mod input;

@@ -54,6 +54,12 @@ pub struct RingReport {
     pub max_in_flight: usize,
 }
 
+report_totals! { RingReport:
+    sum connects okay error not_supported ios notifications;
+    max max_in_flight;
+    any ring_broken
+}
+
 /// The hostile front-end and its bookkeeping.
 struct Driver {
     report: RingReport,
@@ -393,7 +399,7 @@ impl RingConfig {
     /// The instance header that selects the same medium, tunables and
     /// toolstack (the tunables only `fuzz_instance` selects at their
     /// defaults).
-    fn as_instance(&self) -> InstanceConfig {
+    pub fn as_instance(&self) -> InstanceConfig {
         InstanceConfig {
             x86_64: self.x86_64,
             read_only_medium: self.read_only_medium,

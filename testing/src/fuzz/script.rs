@@ -203,6 +203,14 @@ impl Script<RingInput> {
         self.request(Action::Push as u8, &[], r, r.op % 8 == 7, &[], segments)
     }
 
+    /// Pushes `reqs`, publishes them and kicks.
+    pub fn requests(&mut self, reqs: &[PushReq]) -> &mut Self {
+        for r in reqs {
+            self.push(r);
+        }
+        self.publish().kick()
+    }
+
     /// Publishes `req_prod = cursor`.
     pub fn publish(&mut self) -> &mut Self {
         self.op(Action::ReqProd as u8, &[0])

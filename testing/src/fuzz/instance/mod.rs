@@ -114,6 +114,12 @@ pub struct InstanceReport {
     pub resizes: u64,
 }
 
+report_totals! { InstanceReport:
+    sum connects okay error not_supported matched all_answered ios fatals detaches alloc_checked resizes;
+    max max_queues;
+    any ring_broken
+}
+
 /// How far responses on a front ring can be checked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {

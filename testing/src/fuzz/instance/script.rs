@@ -328,6 +328,15 @@ impl Script<InstanceInput> {
         self.request(Op::Push as u8, &[ring], r, raw_op, indirect, segments)
     }
 
+    /// Pushes `reqs` on ring `ring`, publishes them there and kicks its
+    /// queue.
+    pub fn requests(&mut self, ring: u8, reqs: &[PushReq]) -> &mut Self {
+        for r in reqs {
+            self.push(ring, r);
+        }
+        self.publish(ring).kick(ring)
+    }
+
     /// Publishes `req_prod = cursor` on ring `ring`.
     pub fn publish(&mut self, ring: u8) -> &mut Self {
         self.op(Op::ReqProd as u8, &[ring, 0])
