@@ -133,8 +133,8 @@ pub(crate) fn set_front_state(host: &mut FakeHost, v: u8) {
 }
 
 /// A platform failure to inject, in the scripts' `inject`; its code is the
-/// discriminant ([`inject`] decodes it: append, never reorder). A format
-/// knows the first [`FAULTS`](super::Body::FAULTS) of them.
+/// discriminant, as the fuzz bodies decode it (append, never reorder). A
+/// format knows the first [`FAULTS`](super::Body::FAULTS) of them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
     /// The next `n % 4` store submissions are refused.
