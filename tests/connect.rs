@@ -20,27 +20,44 @@ fn be(key: &str) -> String {
     format!("{BE}/{key}")
 }
 
+/// `$name(key)`: a read's refusal `ConnectError::$kind { key }`.
+macro_rules! refusals {
+    ($($name:ident: $kind:ident),* $(,)?) => {$(
+        fn $name<T>(key: &'static str) -> Result<T, ConnectError> {
+            Err(ConnectError::$kind { key })
+        }
+    )*};
+}
+refusals! {
+    missing: Missing,
+    empty: Empty,
+    not_a_number: NotANumber,
+    too_large: TooLarge,
+    too_long: TooLong,
+    bad_value: BadValue,
+}
+
+fn out_of_range<T>(key: &'static str, value: u64) -> Result<T, ConnectError> {
+    Err(ConnectError::OutOfRange { key, value })
+}
+fn xs_error<T>(key: &'static str, err: XsError) -> Result<T, ConnectError> {
+    Err(ConnectError::Xs { key, err })
+}
+
 // ---- parsing -----------------------------------------------------------
+
+/// Digits with something around or inside them: not decimal numbers.
+const NOT_DECIMAL: [&[u8]; 7] = [b" 1", b"1 ", b"+1", b"-1", b"0x10", b"1\n", b"1\0"];
 
 #[test]
 fn parse_strict_decimal() {
     // Digits only, leading zeros decimal (not octal), nothing around them,
     // nothing past the type's maximum.
-    for (text, want) in [
-        (&b"0"[..], Some(0)),
-        (b"4294967295", Some(u32::MAX)),
-        (b"007", Some(7)),
-        (b"", None),
-        (b" 1", None),
-        (b"1 ", None),
-        (b"+1", None),
-        (b"-1", None),
-        (b"0x10", None),
-        (b"4294967296", None),
-        (b"1\n", None),
-        (b"1\0", None),
-    ] {
-        assert_eq!(parse_u32(text), want, "{text:?}");
+    for (text, want) in [(&b"0"[..], 0), (b"4294967295", u32::MAX), (b"007", 7)] {
+        assert_eq!(parse_u32(text), Some(want), "{text:?}");
+    }
+    for text in NOT_DECIMAL.into_iter().chain([&b""[..], b"4294967296"]) {
+        assert_eq!(parse_u32(text), None, "{text:?}");
     }
     assert_eq!(parse_u64(b"18446744073709551615"), Some(u64::MAX));
     assert_eq!(parse_u64(b"18446744073709551616"), None);
@@ -50,16 +67,7 @@ fn parse_strict_decimal() {
 #[test]
 fn parse_says_which_rule_broke() {
     assert_eq!(parse_decimal(b""), Err(NumError::Empty));
-    for bad in [
-        &b" 1"[..],
-        b"1 ",
-        b"+1",
-        b"-1",
-        b"0x10",
-        b"1\n",
-        b"1\0",
-        b"x",
-    ] {
+    for bad in NOT_DECIMAL.into_iter().chain([&b"x"[..]]) {
         assert_eq!(parse_decimal(bad), Err(NumError::NotDecimal), "{bad:?}");
     }
     assert_eq!(parse_decimal(b"18446744073709551615"), Ok(u64::MAX));
@@ -83,30 +91,14 @@ fn read_u32_rules() {
     assert_eq!(read_u32(&mut xs, t, FE, key), Ok(None));
     for bad in [" 1", "1 ", "+1", "-1", "0x10"] {
         xs.set(&fe(key), bad.as_bytes());
-        assert_eq!(
-            read_u32(&mut xs, t, FE, key),
-            Err(ConnectError::NotANumber { key }),
-            "{bad:?}"
-        );
+        assert_eq!(read_u32(&mut xs, t, FE, key), not_a_number(key), "{bad:?}");
     }
     xs.set(&fe(key), b"");
-    assert_eq!(
-        read_u32(&mut xs, t, FE, key),
-        Err(ConnectError::Empty { key })
-    );
+    assert_eq!(read_u32(&mut xs, t, FE, key), empty(key));
     xs.set(&fe(key), b"4294967296");
-    assert_eq!(
-        read_u32(&mut xs, t, FE, key),
-        Err(ConnectError::OutOfRange {
-            key,
-            value: 1 << 32
-        })
-    );
+    assert_eq!(read_u32(&mut xs, t, FE, key), out_of_range(key, 1 << 32));
     xs.set(&fe(key), b"18446744073709551616");
-    assert_eq!(
-        read_u32(&mut xs, t, FE, key),
-        Err(ConnectError::TooLarge { key })
-    );
+    assert_eq!(read_u32(&mut xs, t, FE, key), too_large(key));
     xs.set(&fe("event-channel"), b"4294967295");
     assert_eq!(
         read_u32(&mut xs, t, FE, "event-channel"),
@@ -115,17 +107,12 @@ fn read_u32_rules() {
     xs.set(&fe("event-channel"), &[b'1'; 300]);
     assert_eq!(
         read_u32(&mut xs, t, FE, "event-channel"),
-        Err(ConnectError::TooLong {
-            key: "event-channel"
-        })
+        too_long("event-channel")
     );
     xs.fail = Some((fe("event-channel"), XsError::Denied));
     assert_eq!(
         read_u32(&mut xs, t, FE, "event-channel"),
-        Err(ConnectError::Xs {
-            key: "event-channel",
-            err: XsError::Denied
-        })
+        xs_error("event-channel", XsError::Denied)
     );
 }
 
@@ -141,26 +128,14 @@ fn read_bool_rules() {
     xs.set(&be("online"), b"2");
     assert_eq!(
         read_bool(&mut xs, t, BE, "online"),
-        Err(ConnectError::OutOfRange {
-            key: "online",
-            value: 2
-        })
+        out_of_range("online", 2)
     );
     xs.set(&be("online"), b"yes");
-    assert_eq!(
-        read_bool(&mut xs, t, BE, "online"),
-        Err(ConnectError::NotANumber { key: "online" })
-    );
+    assert_eq!(read_bool(&mut xs, t, BE, "online"), not_a_number("online"));
     xs.set(&be("online"), b"");
-    assert_eq!(
-        read_bool(&mut xs, t, BE, "online"),
-        Err(ConnectError::Empty { key: "online" })
-    );
+    assert_eq!(read_bool(&mut xs, t, BE, "online"), empty("online"));
     xs.set(&be("online"), b"99999999999999999999");
-    assert_eq!(
-        read_bool(&mut xs, t, BE, "online"),
-        Err(ConnectError::TooLarge { key: "online" })
-    );
+    assert_eq!(read_bool(&mut xs, t, BE, "online"), too_large("online"));
 }
 
 /// Each way a number can be wrong reads differently in the `error` node.
@@ -196,20 +171,11 @@ fn read_string_rules() {
         Ok(Some("phy".to_string()))
     );
     xs.set(&be("type"), b"file!");
-    assert_eq!(
-        read_string(&mut xs, t, BE, "type", 4),
-        Err(ConnectError::TooLong { key: "type" })
-    );
+    assert_eq!(read_string(&mut xs, t, BE, "type", 4), too_long("type"));
     xs.set(&be("type"), b"\xff");
-    assert_eq!(
-        read_string(&mut xs, t, BE, "type", 4),
-        Err(ConnectError::BadValue { key: "type" })
-    );
+    assert_eq!(read_string(&mut xs, t, BE, "type", 4), bad_value("type"));
     xs.set(&be("type"), b"a\0b");
-    assert_eq!(
-        read_string(&mut xs, t, BE, "type", 4),
-        Err(ConnectError::BadValue { key: "type" })
-    );
+    assert_eq!(read_string(&mut xs, t, BE, "type", 4), bad_value("type"));
 }
 
 // ---- back-end nodes -----------------------------------------------------
@@ -266,26 +232,17 @@ fn backend_params_fallback_and_missing() {
         "/var/vm1.img"
     );
     xs.del(&be("physical-device-path"));
-    assert_eq!(
-        read_backend_nodes(&mut xs, BE),
-        Err(ConnectError::Missing { key: "params" })
-    );
+    assert_eq!(read_backend_nodes(&mut xs, BE), missing("params"));
 }
 
 #[test]
 fn backend_required_nodes() {
     let mut xs = backend_store();
     xs.del(&be("frontend"));
-    assert_eq!(
-        read_backend_nodes(&mut xs, BE),
-        Err(ConnectError::Missing { key: "frontend" })
-    );
+    assert_eq!(read_backend_nodes(&mut xs, BE), missing("frontend"));
     let mut xs = backend_store();
     xs.del(&be("frontend-id"));
-    assert_eq!(
-        read_backend_nodes(&mut xs, BE),
-        Err(ConnectError::Missing { key: "frontend-id" })
-    );
+    assert_eq!(read_backend_nodes(&mut xs, BE), missing("frontend-id"));
     assert_eq!(xs.aborts, 1, "a failed read aborts its transaction");
 }
 
@@ -298,17 +255,11 @@ fn backend_frontend_id_range() {
         xs.set(&be("frontend-id"), v.as_bytes());
         assert_eq!(
             read_backend_nodes(&mut xs, BE),
-            Err(ConnectError::OutOfRange {
-                key: "frontend-id",
-                value: n
-            })
+            out_of_range("frontend-id", n)
         );
     }
     xs.set(&be("frontend-id"), b"-1");
-    assert_eq!(
-        read_backend_nodes(&mut xs, BE),
-        Err(ConnectError::NotANumber { key: "frontend-id" })
-    );
+    assert_eq!(read_backend_nodes(&mut xs, BE), not_a_number("frontend-id"));
 }
 
 #[test]
@@ -318,48 +269,43 @@ fn backend_bad_mode() {
         xs.set(&be("mode"), bad.as_bytes());
         assert_eq!(
             read_backend_nodes(&mut xs, BE),
-            Err(ConnectError::BadValue { key: "mode" }),
+            bad_value("mode"),
             "{bad:?}"
         );
     }
 }
 
+/// Asserts the back-end's nodes hold `want`: `key=value`, space apart.
+#[track_caller]
+fn assert_be(xs: &XsMap, want: &str) {
+    for node in want.split_whitespace() {
+        let (key, value) = node.split_once('=').unwrap();
+        assert_eq!(xs.get(&be(key)), Some(value), "{key}");
+    }
+}
+
 // ---- offer --------------------------------------------------------------
+
+fn offer(max_ring_page_order: u32, max_queues: u32, persistent: bool) -> Offer {
+    Offer {
+        max_ring_page_order,
+        max_queues,
+        persistent,
+    }
+}
 
 #[test]
 fn offer_contents_and_state_untouched() {
     let mut xs = XsMap::with(&[(&be("state"), "1")]);
-    publish_offer(
-        &mut xs,
-        BE,
-        &Offer {
-            max_ring_page_order: 3,
-            max_queues: 4,
-            persistent: true,
-        },
-    )
-    .unwrap();
-    assert_eq!(xs.get(&be("max-ring-page-order")), Some("3"));
-    assert_eq!(xs.get(&be("max-ring-pages")), Some("8"));
-    assert_eq!(xs.get(&be("multi-queue-max-queues")), Some("4"));
-    assert_eq!(xs.get(&be("feature-persistent")), Some("1"));
-    assert_eq!(xs.get(&be("state")), Some("1"));
+    publish_offer(&mut xs, BE, &offer(3, 4, true)).unwrap();
+    assert_be(&xs, "max-ring-page-order=3 max-ring-pages=8 multi-queue-max-queues=4 feature-persistent=1 state=1");
     assert_eq!(xs.commits, 1);
 
-    publish_offer(
-        &mut xs,
-        BE,
-        &Offer {
-            max_ring_page_order: 0,
-            max_queues: MAX_QUEUES,
-            persistent: false,
-        },
-    )
-    .unwrap();
-    assert_eq!(xs.get(&be("max-ring-page-order")), Some("0"));
-    assert_eq!(xs.get(&be("max-ring-pages")), Some("1"));
-    assert_eq!(xs.get(&be("multi-queue-max-queues")), Some("16"));
-    assert_eq!(xs.get(&be("feature-persistent")), Some("0"));
+    publish_offer(&mut xs, BE, &offer(0, MAX_QUEUES, false)).unwrap();
+    assert_be(
+        &xs,
+        "max-ring-page-order=0 max-ring-pages=1 multi-queue-max-queues=16 feature-persistent=0",
+    );
     assert_eq!(xs.commits, 2);
 }
 
@@ -368,30 +314,15 @@ fn offer_queue_count_range() {
     for q in [0, MAX_QUEUES + 1, u32::MAX] {
         let mut xs = XsMap::default();
         assert_eq!(
-            publish_offer(
-                &mut xs,
-                BE,
-                &Offer {
-                    max_ring_page_order: 1,
-                    max_queues: q,
-                    persistent: true,
-                }
-            ),
-            Err(ConnectError::OutOfRange {
-                key: "multi-queue-max-queues",
-                value: u64::from(q)
-            })
+            publish_offer(&mut xs, BE, &offer(1, q, true)),
+            out_of_range("multi-queue-max-queues", u64::from(q))
         );
         assert!(xs.is_empty(), "{q}: nothing written");
         assert_eq!(xs.transactions, 0, "{q}: checked before the transaction");
     }
     for q in [1, MAX_QUEUES] {
         let mut xs = XsMap::default();
-        let offer = Offer {
-            max_ring_page_order: 1,
-            max_queues: q,
-            persistent: false,
-        };
+        let offer = offer(1, q, false);
         publish_offer(&mut xs, BE, &offer).unwrap();
         let want = q.to_string();
         assert_eq!(xs.get(&be("multi-queue-max-queues")), Some(want.as_str()));
@@ -402,17 +333,10 @@ fn offer_queue_count_range() {
 fn offer_new_nodes_in_the_same_transaction() {
     let mut xs = XsMap::default();
     xs.fail = Some((be("feature-persistent"), XsError::Denied));
-    let offer = Offer {
-        max_ring_page_order: 2,
-        max_queues: 2,
-        persistent: true,
-    };
+    let offer = offer(2, 2, true);
     assert_eq!(
         publish_offer(&mut xs, BE, &offer),
-        Err(ConnectError::Xs {
-            key: "feature-persistent",
-            err: XsError::Denied
-        })
+        xs_error("feature-persistent", XsError::Denied)
     );
     assert!(xs.is_empty(), "aborted transaction left nothing");
     assert_eq!((xs.commits, xs.aborts), (0, 1));
@@ -423,19 +347,8 @@ fn offer_order_above_maximum() {
     let mut xs = XsMap::default();
     let order = abi::MAX_RING_PAGE_ORDER + 1;
     assert_eq!(
-        publish_offer(
-            &mut xs,
-            BE,
-            &Offer {
-                max_ring_page_order: order,
-                max_queues: 4,
-                persistent: true,
-            }
-        ),
-        Err(ConnectError::OutOfRange {
-            key: "max-ring-page-order",
-            value: u64::from(order)
-        })
+        publish_offer(&mut xs, BE, &offer(order, 4, true)),
+        out_of_range("max-ring-page-order", u64::from(order))
     );
     assert!(xs.is_empty());
 }
@@ -444,28 +357,14 @@ fn offer_order_above_maximum() {
 fn offer_retried_on_again() {
     let mut xs = XsMap::default();
     xs.again_commits = 1;
-    publish_offer(
-        &mut xs,
-        BE,
-        &Offer {
-            max_ring_page_order: 0,
-            max_queues: 4,
-            persistent: true,
-        },
-    )
-    .unwrap();
-    assert_eq!(xs.get(&be("max-ring-page-order")), Some("0"));
-    assert_eq!(xs.get(&be("max-ring-pages")), Some("1"));
+    publish_offer(&mut xs, BE, &offer(0, 4, true)).unwrap();
+    assert_be(&xs, "max-ring-page-order=0 max-ring-pages=1");
     assert_eq!(xs.transactions, 2, "one conflict, one retry");
 }
 
 #[test]
 fn retries_are_bounded() {
-    let offer = Offer {
-        max_ring_page_order: 1,
-        max_queues: 4,
-        persistent: true,
-    };
+    let offer = offer(1, 4, true);
     let mut xs = XsMap::default();
     xs.again_commits = XS_TXN_RETRIES;
     publish_offer(&mut xs, BE, &offer).unwrap();
@@ -475,10 +374,7 @@ fn retries_are_bounded() {
     xs.again_commits = XS_TXN_RETRIES + 1;
     assert_eq!(
         publish_offer(&mut xs, BE, &offer),
-        Err(ConnectError::Xs {
-            key: "transaction",
-            err: XsError::Again
-        })
+        xs_error("transaction", XsError::Again)
     );
     assert!(xs.is_empty(), "nothing committed");
     assert_eq!(xs.transactions, XS_TXN_RETRIES + 1);
@@ -488,16 +384,7 @@ fn retries_are_bounded() {
 fn offer_write_failure() {
     let mut xs = XsMap::default();
     xs.fail = Some((be("max-ring-pages"), XsError::Other(28)));
-    let e = publish_offer(
-        &mut xs,
-        BE,
-        &Offer {
-            max_ring_page_order: 2,
-            max_queues: 4,
-            persistent: true,
-        },
-    )
-    .unwrap_err();
+    let e = publish_offer(&mut xs, BE, &offer(2, 4, true)).unwrap_err();
     assert_eq!(
         e,
         ConnectError::Xs {
@@ -510,6 +397,12 @@ fn offer_write_failure() {
 }
 
 // ---- front-end ----------------------------------------------------------
+
+/// Reads the front-end's parameters allowing rings of up to 32 pages
+/// (order 5) and `max_queues` queues.
+fn read(xs: &mut XsMap, max_queues: u32) -> Result<FrontendParams, ConnectError> {
+    read_frontend(xs, FE, 5, max_queues)
+}
 
 fn one_page_frontend() -> XsMap {
     XsMap::with(&[(&fe("ring-ref"), "8"), (&fe("event-channel"), "17")])
@@ -530,7 +423,7 @@ fn multi_page_frontend(order: u32) -> XsMap {
 #[test]
 fn frontend_one_page_defaults() {
     let mut xs = one_page_frontend();
-    let p = read_frontend(&mut xs, FE, 5, MAX_QUEUES).unwrap();
+    let p = read(&mut xs, MAX_QUEUES).unwrap();
     assert_eq!(p.ring_pages, 1);
     assert_eq!(p.refs(0), &[8]);
     assert_eq!(p.queues[0].event_channel, 17);
@@ -544,43 +437,31 @@ fn frontend_ring_ref0_alone_for_one_page() {
         (&fe("ring-ref0"), "4294967295"),
         (&fe("event-channel"), "0"),
     ]);
-    let p = read_frontend(&mut xs, FE, 5, MAX_QUEUES).unwrap();
+    let p = read(&mut xs, MAX_QUEUES).unwrap();
     assert_eq!(p.refs(0), &[u32::MAX]);
     assert_eq!(p.queues[0].event_channel, 0);
     // ring-ref wins when both exist.
     xs.set(&fe("ring-ref"), b"9");
-    assert_eq!(
-        read_frontend(&mut xs, FE, 5, MAX_QUEUES).unwrap().refs(0),
-        &[9]
-    );
+    assert_eq!(read(&mut xs, MAX_QUEUES).unwrap().refs(0), &[9]);
 }
 
 #[test]
 fn frontend_ring_ref_missing() {
     let mut xs = one_page_frontend();
     xs.del(&fe("ring-ref"));
-    assert_eq!(
-        read_frontend(&mut xs, FE, 5, MAX_QUEUES),
-        Err(ConnectError::Missing { key: "ring-ref" })
-    );
+    assert_eq!(read(&mut xs, MAX_QUEUES), missing("ring-ref"));
 }
 
 #[test]
 fn frontend_ring_ref_not_a_number() {
     let mut xs = one_page_frontend();
     xs.set(&fe("ring-ref"), b"0x8");
-    assert_eq!(
-        read_frontend(&mut xs, FE, 5, MAX_QUEUES),
-        Err(ConnectError::NotANumber { key: "ring-ref" })
-    );
+    assert_eq!(read(&mut xs, MAX_QUEUES), not_a_number("ring-ref"));
     let mut xs = multi_page_frontend(1);
     xs.set(&fe("ring-ref1"), b"4294967296");
     assert_eq!(
-        read_frontend(&mut xs, FE, 5, MAX_QUEUES),
-        Err(ConnectError::OutOfRange {
-            key: "ring-ref1",
-            value: 1 << 32
-        })
+        read(&mut xs, MAX_QUEUES),
+        out_of_range("ring-ref1", 1 << 32)
     );
 }
 
@@ -599,10 +480,7 @@ fn frontend_multi_page() {
 fn frontend_page_missing_of_four() {
     let mut xs = multi_page_frontend(2);
     xs.del(&fe("ring-ref2"));
-    assert_eq!(
-        read_frontend(&mut xs, FE, 5, MAX_QUEUES),
-        Err(ConnectError::Missing { key: "ring-ref2" })
-    );
+    assert_eq!(read(&mut xs, MAX_QUEUES), missing("ring-ref2"));
 }
 
 #[test]
@@ -610,38 +488,26 @@ fn frontend_order_above_maximum() {
     let mut xs = multi_page_frontend(1);
     xs.set(&fe("ring-page-order"), b"6");
     assert_eq!(
-        read_frontend(&mut xs, FE, 5, MAX_QUEUES),
-        Err(ConnectError::OutOfRange {
-            key: "ring-page-order",
-            value: 6
-        })
+        read(&mut xs, MAX_QUEUES),
+        out_of_range("ring-page-order", 6)
     );
     xs.set(&fe("ring-page-order"), b"4294967295");
     assert_eq!(
-        read_frontend(&mut xs, FE, 5, MAX_QUEUES),
-        Err(ConnectError::OutOfRange {
-            key: "ring-page-order",
-            value: u64::from(u32::MAX)
-        })
+        read(&mut xs, MAX_QUEUES),
+        out_of_range("ring-page-order", u64::from(u32::MAX))
     );
     // The caller's own (smaller) limit applies.
     xs.set(&fe("ring-page-order"), b"1");
     assert_eq!(
         read_frontend(&mut xs, FE, 0, MAX_QUEUES),
-        Err(ConnectError::OutOfRange {
-            key: "ring-page-order",
-            value: 1
-        })
+        out_of_range("ring-page-order", 1)
     );
     // A caller limit above the ABI's is capped to it.
     let mut xs = multi_page_frontend(5);
     xs.set(&fe("ring-page-order"), b"6");
     assert_eq!(
         read_frontend(&mut xs, FE, u32::MAX, MAX_QUEUES),
-        Err(ConnectError::OutOfRange {
-            key: "ring-page-order",
-            value: 6
-        })
+        out_of_range("ring-page-order", 6)
     );
 }
 
@@ -651,16 +517,13 @@ fn frontend_num_ring_pages() {
     let mut xs = multi_page_frontend(2);
     xs.del(&fe("ring-page-order"));
     xs.set(&fe("num-ring-pages"), b"4");
-    let p = read_frontend(&mut xs, FE, 5, MAX_QUEUES).unwrap();
+    let p = read(&mut xs, MAX_QUEUES).unwrap();
     assert_eq!(p.ring_pages, 4);
     assert_eq!(p.refs(0), &[100, 101, 102, 103]);
     // num-ring-pages 1 uses ring-ref.
     let mut xs = one_page_frontend();
     xs.set(&fe("num-ring-pages"), b"1");
-    assert_eq!(
-        read_frontend(&mut xs, FE, 5, MAX_QUEUES).unwrap().refs(0),
-        &[8]
-    );
+    assert_eq!(read(&mut xs, MAX_QUEUES).unwrap().refs(0), &[8]);
 
     for (v, n) in [
         ("3", 3u64),
@@ -672,11 +535,8 @@ fn frontend_num_ring_pages() {
         xs.del(&fe("ring-page-order"));
         xs.set(&fe("num-ring-pages"), v.as_bytes());
         assert_eq!(
-            read_frontend(&mut xs, FE, 5, MAX_QUEUES),
-            Err(ConnectError::OutOfRange {
-                key: "num-ring-pages",
-                value: n
-            }),
+            read(&mut xs, MAX_QUEUES),
+            out_of_range("num-ring-pages", n),
             "{v}"
         );
     }
@@ -686,10 +546,7 @@ fn frontend_num_ring_pages() {
     xs.set(&fe("num-ring-pages"), b"4");
     assert_eq!(
         read_frontend(&mut xs, FE, 1, MAX_QUEUES),
-        Err(ConnectError::OutOfRange {
-            key: "num-ring-pages",
-            value: 4
-        })
+        out_of_range("num-ring-pages", 4)
     );
 }
 
@@ -697,55 +554,34 @@ fn frontend_num_ring_pages() {
 fn frontend_both_size_keys() {
     let mut xs = multi_page_frontend(2);
     xs.set(&fe("num-ring-pages"), b"4");
-    assert_eq!(
-        read_frontend(&mut xs, FE, 5, MAX_QUEUES)
-            .unwrap()
-            .ring_pages,
-        4
-    );
+    assert_eq!(read(&mut xs, MAX_QUEUES).unwrap().ring_pages, 4);
     xs.set(&fe("num-ring-pages"), b"8");
-    assert_eq!(
-        read_frontend(&mut xs, FE, 5, MAX_QUEUES),
-        Err(ConnectError::OutOfRange {
-            key: "num-ring-pages",
-            value: 8
-        })
-    );
+    assert_eq!(read(&mut xs, MAX_QUEUES), out_of_range("num-ring-pages", 8));
 }
 
 #[test]
 fn frontend_event_channel() {
     let mut xs = one_page_frontend();
     xs.del(&fe("event-channel"));
-    assert_eq!(
-        read_frontend(&mut xs, FE, 5, MAX_QUEUES),
-        Err(ConnectError::Missing {
-            key: "event-channel"
-        })
-    );
+    assert_eq!(read(&mut xs, MAX_QUEUES), missing("event-channel"));
     xs.set(&fe("event-channel"), b"-1");
-    assert_eq!(
-        read_frontend(&mut xs, FE, 5, MAX_QUEUES),
-        Err(ConnectError::NotANumber {
-            key: "event-channel"
-        })
-    );
+    assert_eq!(read(&mut xs, MAX_QUEUES), not_a_number("event-channel"));
 }
 
 #[test]
 fn frontend_protocol() {
     let mut xs = one_page_frontend();
     xs.set(&fe("protocol"), abi::XEN_IO_PROTO_ABI_X86_32.as_bytes());
-    let p32 = read_frontend(&mut xs, FE, 5, MAX_QUEUES).unwrap().abi;
+    let p32 = read(&mut xs, MAX_QUEUES).unwrap().abi;
     assert_eq!(Some(p32), Abi::from_protocol(b"x86_32-abi"));
     xs.set(&fe("protocol"), b"x86_64-abi");
-    let p64 = read_frontend(&mut xs, FE, 5, MAX_QUEUES).unwrap().abi;
+    let p64 = read(&mut xs, MAX_QUEUES).unwrap().abi;
     assert_eq!(Some(p64), Abi::from_protocol(b"x86_64-abi"));
     assert_ne!(p32, p64);
     for bad in [&b"x86_16-abi"[..], b"", b"x86_32-abi ", b"X86_32-ABI"] {
         xs.set(&fe("protocol"), bad);
         assert_eq!(
-            read_frontend(&mut xs, FE, 5, MAX_QUEUES),
+            read(&mut xs, MAX_QUEUES),
             Err(ConnectError::UnknownProtocol),
             "{bad:?}"
         );
@@ -756,7 +592,7 @@ fn frontend_protocol() {
 fn frontend_read_retried_on_again() {
     let mut xs = multi_page_frontend(1);
     xs.again_commits = 1;
-    let p = read_frontend(&mut xs, FE, 5, MAX_QUEUES).unwrap();
+    let p = read(&mut xs, MAX_QUEUES).unwrap();
     assert_eq!(p.refs(0), &[100, 101]);
     assert_eq!(xs.transactions, 2);
 }
@@ -766,11 +602,8 @@ fn frontend_read_error_inside_transaction() {
     let mut xs = multi_page_frontend(1);
     xs.fail = Some((fe("ring-ref1"), XsError::Denied));
     assert_eq!(
-        read_frontend(&mut xs, FE, 5, MAX_QUEUES),
-        Err(ConnectError::Xs {
-            key: "ring-ref1",
-            err: XsError::Denied
-        })
+        read(&mut xs, MAX_QUEUES),
+        xs_error("ring-ref1", XsError::Denied)
     );
     assert_eq!(xs.aborts, 1);
     assert_eq!(xs.commits, 0);
@@ -826,13 +659,13 @@ fn check_multi_queue(p: &FrontendParams, queues: u32, order: u32) {
 #[test]
 fn frontend_num_queues_absent_is_one_legacy_queue() {
     let mut xs = one_page_frontend();
-    let p = read_frontend(&mut xs, FE, 5, MAX_QUEUES).unwrap();
+    let p = read(&mut xs, MAX_QUEUES).unwrap();
     assert_eq!(p.num_queues(), 1);
     assert_eq!(p.refs(0), &[8]);
     assert_eq!(p.queues[0].event_channel, 17);
     assert!(!p.persistent);
     // Even when the caller would allow none: one queue is always served.
-    assert_eq!(read_frontend(&mut xs, FE, 5, 0).unwrap().num_queues(), 1);
+    assert_eq!(read(&mut xs, 0).unwrap().num_queues(), 1);
 }
 
 #[test]
@@ -843,18 +676,13 @@ fn frontend_num_queues_one_uses_the_legacy_layout() {
     xs.set(&fe("queue-0/ring-ref0"), b"555");
     xs.set(&fe("queue-0/ring-ref1"), b"556");
     xs.set(&fe("queue-0/event-channel"), b"99");
-    let p = read_frontend(&mut xs, FE, 5, MAX_QUEUES).unwrap();
+    let p = read(&mut xs, MAX_QUEUES).unwrap();
     assert_eq!(p.num_queues(), 1);
     assert_eq!(p.refs(0), &[100, 101]);
     assert_eq!(p.queues[0].event_channel, 17);
     // ... and errors keep the top-level names.
     xs.del(&fe("event-channel"));
-    assert_eq!(
-        read_frontend(&mut xs, FE, 5, 1),
-        Err(ConnectError::Missing {
-            key: "event-channel"
-        })
-    );
+    assert_eq!(read(&mut xs, 1), missing("event-channel"));
 }
 
 #[test]
@@ -863,17 +691,17 @@ fn frontend_num_queues_two_and_max() {
     // Top-level transport nodes are not used with several queues.
     xs.set(&fe("ring-ref"), b"7");
     xs.set(&fe("event-channel"), b"7");
-    let p = read_frontend(&mut xs, FE, 5, 4).unwrap();
+    let p = read(&mut xs, 4).unwrap();
     check_multi_queue(&p, 2, 0);
 
     let mut xs = multi_queue_frontend(MAX_QUEUES, 0);
-    let p = read_frontend(&mut xs, FE, 5, MAX_QUEUES).unwrap();
+    let p = read(&mut xs, MAX_QUEUES).unwrap();
     check_multi_queue(&p, MAX_QUEUES, 0);
     assert_eq!(xs.commits, 1, "one transaction");
 
     // Exactly the caller's limit.
     let mut xs = multi_queue_frontend(3, 0);
-    check_multi_queue(&read_frontend(&mut xs, FE, 5, 3).unwrap(), 3, 0);
+    check_multi_queue(&read(&mut xs, 3).unwrap(), 3, 0);
 }
 
 #[test]
@@ -894,8 +722,8 @@ fn frontend_num_queues_out_of_range() {
         let mut xs = multi_queue_frontend(2, 0);
         xs.set(&fe(key), v.as_bytes());
         assert_eq!(
-            read_frontend(&mut xs, FE, 5, max),
-            Err(ConnectError::OutOfRange { key, value: n }),
+            read(&mut xs, max),
+            out_of_range(key, n),
             "{v} with limit {max}"
         );
         assert_eq!(xs.aborts, 1);
@@ -903,11 +731,7 @@ fn frontend_num_queues_out_of_range() {
     for bad in ["abc", "-1", "+2", " 2", "0x2"] {
         let mut xs = multi_queue_frontend(2, 0);
         xs.set(&fe(key), bad.as_bytes());
-        assert_eq!(
-            read_frontend(&mut xs, FE, 5, MAX_QUEUES),
-            Err(ConnectError::NotANumber { key }),
-            "{bad:?}"
-        );
+        assert_eq!(read(&mut xs, MAX_QUEUES), not_a_number(key), "{bad:?}");
     }
     for (bad, err) in [
         ("", ConnectError::Empty { key }),
@@ -915,63 +739,36 @@ fn frontend_num_queues_out_of_range() {
     ] {
         let mut xs = multi_queue_frontend(2, 0);
         xs.set(&fe(key), bad.as_bytes());
-        assert_eq!(
-            read_frontend(&mut xs, FE, 5, MAX_QUEUES),
-            Err(err),
-            "{bad:?}"
-        );
+        assert_eq!(read(&mut xs, MAX_QUEUES), Err(err), "{bad:?}");
     }
 }
 
 #[test]
 fn frontend_per_queue_keys_missing() {
-    let mut xs = multi_queue_frontend(3, 0);
-    xs.del(&fe("queue-1/ring-ref"));
-    assert_eq!(
-        read_frontend(&mut xs, FE, 5, 4),
-        Err(ConnectError::Missing {
-            key: "queue/ring-ref"
-        })
-    );
-    let mut xs = multi_queue_frontend(3, 0);
-    xs.del(&fe("queue-2/event-channel"));
-    assert_eq!(
-        read_frontend(&mut xs, FE, 5, 4),
-        Err(ConnectError::Missing {
-            key: "queue/event-channel"
-        })
-    );
+    // (the node removed, the key reported)
+    for (gone, key) in [
+        ("queue-1/ring-ref", "queue/ring-ref"),
+        ("queue-2/event-channel", "queue/event-channel"),
+    ] {
+        let mut xs = multi_queue_frontend(3, 0);
+        xs.del(&fe(gone));
+        assert_eq!(read(&mut xs, 4), missing(key), "{gone}");
+    }
     // A whole queue directory missing.
     let mut xs = multi_queue_frontend(2, 0);
     xs.set(&fe("multi-queue-num-queues"), b"3");
-    assert_eq!(
-        read_frontend(&mut xs, FE, 5, 4),
-        Err(ConnectError::Missing {
-            key: "queue/ring-ref"
-        })
-    );
+    assert_eq!(read(&mut xs, 4), missing("queue/ring-ref"));
     // One-page: ring-ref0 stands in for ring-ref, per queue too.
     let mut xs = multi_queue_frontend(2, 0);
     xs.del(&fe("queue-1/ring-ref"));
     xs.set(&fe("queue-1/ring-ref0"), b"1000");
-    check_multi_queue(&read_frontend(&mut xs, FE, 5, 4).unwrap(), 2, 0);
+    check_multi_queue(&read(&mut xs, 4).unwrap(), 2, 0);
     // Bad values are named after the queue node.
     xs.set(&fe("queue-1/event-channel"), b"x");
-    assert_eq!(
-        read_frontend(&mut xs, FE, 5, 4),
-        Err(ConnectError::NotANumber {
-            key: "queue/event-channel"
-        })
-    );
+    assert_eq!(read(&mut xs, 4), not_a_number("queue/event-channel"));
     xs.set(&fe("queue-1/event-channel"), b"51");
     xs.set(&fe("queue-1/ring-ref0"), b"4294967296");
-    assert_eq!(
-        read_frontend(&mut xs, FE, 5, 4),
-        Err(ConnectError::OutOfRange {
-            key: "queue/ring-ref0",
-            value: 1 << 32
-        })
-    );
+    assert_eq!(read(&mut xs, 4), out_of_range("queue/ring-ref0", 1 << 32));
 }
 
 /// Issue 13, finding 1: two queues on one ring would serve every request
@@ -984,36 +781,27 @@ fn frontend_ring_refs_and_channels_are_distinct() {
     // Queue 1 names queue 0's one-page ring.
     let mut xs = multi_queue_frontend(2, 0);
     xs.set(&fe("queue-1/ring-ref"), b"0");
-    assert_eq!(read_frontend(&mut xs, FE, 5, 4), dup("queue/ring-ref", 0));
+    assert_eq!(read(&mut xs, 4), dup("queue/ring-ref", 0));
     assert_eq!((xs.commits, xs.aborts), (0, 1));
     // Queue 1's pages are queue 0's (the reviewer's case), or one of them.
     let mut xs = multi_queue_frontend(3, 1);
     xs.set(&fe("queue-1/ring-ref0"), b"0");
     xs.set(&fe("queue-1/ring-ref1"), b"1");
-    assert_eq!(read_frontend(&mut xs, FE, 5, 4), dup("queue/ring-ref0", 0));
+    assert_eq!(read(&mut xs, 4), dup("queue/ring-ref0", 0));
     let mut xs = multi_queue_frontend(3, 1);
     xs.set(&fe("queue-2/ring-ref1"), b"1000");
-    assert_eq!(
-        read_frontend(&mut xs, FE, 5, 4),
-        dup("queue/ring-ref1", 1000)
-    );
+    assert_eq!(read(&mut xs, 4), dup("queue/ring-ref1", 1000));
     // One ring naming a page twice, in either layout.
     let mut xs = multi_queue_frontend(2, 2);
     xs.set(&fe("queue-0/ring-ref3"), b"1");
-    assert_eq!(read_frontend(&mut xs, FE, 5, 4), dup("queue/ring-ref3", 1));
+    assert_eq!(read(&mut xs, 4), dup("queue/ring-ref3", 1));
     let mut xs = multi_page_frontend(2);
     xs.set(&fe("ring-ref2"), b"100");
-    assert_eq!(
-        read_frontend(&mut xs, FE, 5, MAX_QUEUES),
-        dup("ring-ref2", 100)
-    );
+    assert_eq!(read(&mut xs, MAX_QUEUES), dup("ring-ref2", 100));
     // Two queues on one event channel.
     let mut xs = multi_queue_frontend(4, 0);
     xs.set(&fe("queue-3/event-channel"), b"51");
-    assert_eq!(
-        read_frontend(&mut xs, FE, 5, 4),
-        dup("queue/event-channel", 51)
-    );
+    assert_eq!(read(&mut xs, 4), dup("queue/event-channel", 51));
     // The error node says what is wrong.
     assert_eq!(
         ConnectError::Duplicate {
@@ -1029,7 +817,7 @@ fn frontend_ring_refs_and_channels_are_distinct() {
     xs.set(&fe("queue-0/ring-ref0"), b"1001");
     xs.set(&fe("queue-1/ring-ref1"), b"0");
     xs.set(&fe("queue-1/ring-ref5"), b"1001");
-    let p = read_frontend(&mut xs, FE, 5, 4).unwrap();
+    let p = read(&mut xs, 4).unwrap();
     assert_eq!(p.refs(0), [1001, 1]);
     assert_eq!(p.refs(1), [1000, 0]);
 }
@@ -1043,32 +831,19 @@ fn frontend_multi_page_per_queue() {
     }
     let mut xs = multi_queue_frontend(2, 2);
     xs.del(&fe("queue-1/ring-ref3"));
-    assert_eq!(
-        read_frontend(&mut xs, FE, 5, 4),
-        Err(ConnectError::Missing {
-            key: "queue/ring-ref3"
-        })
-    );
+    assert_eq!(read(&mut xs, 4), missing("queue/ring-ref3"));
     let mut xs = multi_queue_frontend(2, 2);
     xs.set(&fe("queue-0/ring-ref1"), b"0x1");
-    assert_eq!(
-        read_frontend(&mut xs, FE, 5, 4),
-        Err(ConnectError::NotANumber {
-            key: "queue/ring-ref1"
-        })
-    );
+    assert_eq!(read(&mut xs, 4), not_a_number("queue/ring-ref1"));
     // The top-level order applies to every queue and is range-checked.
     let mut xs = multi_queue_frontend(2, 2);
     assert_eq!(
         read_frontend(&mut xs, FE, 1, 4),
-        Err(ConnectError::OutOfRange {
-            key: "ring-page-order",
-            value: 2
-        })
+        out_of_range("ring-page-order", 2)
     );
     let mut xs = multi_queue_frontend(2, 2);
     xs.set(&fe("protocol"), b"x86_32-abi");
-    let p = read_frontend(&mut xs, FE, 5, 4).unwrap();
+    let p = read(&mut xs, 4).unwrap();
     assert_eq!(Some(p.abi), Abi::from_protocol(b"x86_32-abi"));
 }
 
@@ -1077,21 +852,13 @@ fn frontend_read_failure_per_queue() {
     let mut xs = multi_queue_frontend(2, 1);
     xs.fail = Some((fe("queue-1/ring-ref1"), XsError::Denied));
     assert_eq!(
-        read_frontend(&mut xs, FE, 5, 4),
-        Err(ConnectError::Xs {
-            key: "queue/ring-ref1",
-            err: XsError::Denied
-        })
+        read(&mut xs, 4),
+        xs_error("queue/ring-ref1", XsError::Denied)
     );
     assert_eq!((xs.commits, xs.aborts), (0, 1));
     let mut xs = multi_queue_frontend(2, 0);
     xs.fail = Some((fe("queue-0/ring-ref"), XsError::TooLong));
-    assert_eq!(
-        read_frontend(&mut xs, FE, 5, 4),
-        Err(ConnectError::TooLong {
-            key: "queue/ring-ref"
-        })
-    );
+    assert_eq!(read(&mut xs, 4), too_long("queue/ring-ref"));
 }
 
 #[test]
@@ -1106,29 +873,19 @@ fn frontend_feature_persistent() {
             }
         };
         let mut xs = store();
-        assert!(!read_frontend(&mut xs, FE, 5, 4).unwrap().persistent);
+        assert!(!read(&mut xs, 4).unwrap().persistent);
         xs.set(&fe(key), b"0");
-        assert!(!read_frontend(&mut xs, FE, 5, 4).unwrap().persistent);
+        assert!(!read(&mut xs, 4).unwrap().persistent);
         xs.set(&fe(key), b"1");
-        assert!(read_frontend(&mut xs, FE, 5, 4).unwrap().persistent);
+        assert!(read(&mut xs, 4).unwrap().persistent);
         xs.set(&fe(key), b"2");
-        assert_eq!(
-            read_frontend(&mut xs, FE, 5, 4),
-            Err(ConnectError::OutOfRange { key, value: 2 })
-        );
+        assert_eq!(read(&mut xs, 4), out_of_range(key, 2));
         for bad in ["yes", "true", "1 ", "01x"] {
             xs.set(&fe(key), bad.as_bytes());
-            assert_eq!(
-                read_frontend(&mut xs, FE, 5, 4),
-                Err(ConnectError::NotANumber { key }),
-                "{bad:?}"
-            );
+            assert_eq!(read(&mut xs, 4), not_a_number(key), "{bad:?}");
         }
         xs.set(&fe(key), b"");
-        assert_eq!(
-            read_frontend(&mut xs, FE, 5, 4),
-            Err(ConnectError::Empty { key })
-        );
+        assert_eq!(read(&mut xs, 4), empty(key));
     }
 }
 
@@ -1178,21 +935,14 @@ fn feats(flush: bool, barrier: bool) -> Features {
 fn connected_contents() {
     let mut xs = XsMap::with(&[(&be("state"), "2")]);
     publish_connected(&mut xs, BE, &medium(false), &feats(true, false)).unwrap();
-    assert_eq!(xs.get(&be("sectors")), Some("8589934592"));
-    assert_eq!(xs.get(&be("sector-size")), Some("4096"));
-    assert_eq!(xs.get(&be("physical-sector-size")), Some("8192"));
-    assert_eq!(xs.get(&be("info")), Some("0"));
-    assert_eq!(xs.get(&be("feature-flush-cache")), Some("1"));
-    assert_eq!(xs.get(&be("feature-barrier")), Some("0"));
-    assert_eq!(xs.get(&be("state")), Some("4"));
+    assert_be(&xs, "sectors=8589934592 sector-size=4096 physical-sector-size=8192 info=0 feature-flush-cache=1 feature-barrier=0 state=4");
     assert_eq!(xs.commits, 1);
 
     let mut xs = XsMap::default();
     publish_connected(&mut xs, BE, &medium(true), &feats(false, true)).unwrap();
     let ro = abi::VDISK_READONLY.to_string();
     assert_eq!(xs.get(&be("info")), Some(ro.as_str()));
-    assert_eq!(xs.get(&be("feature-flush-cache")), Some("0"));
-    assert_eq!(xs.get(&be("feature-barrier")), Some("1"));
+    assert_be(&xs, "feature-flush-cache=0 feature-barrier=1");
 }
 
 #[test]
@@ -1200,8 +950,7 @@ fn connected_retried_on_again_and_atomic() {
     let mut xs = XsMap::with(&[(&be("state"), "2")]);
     xs.again_commits = 1;
     publish_connected(&mut xs, BE, &medium(false), &feats(true, true)).unwrap();
-    assert_eq!(xs.get(&be("state")), Some("4"));
-    assert_eq!(xs.get(&be("sectors")), Some("8589934592"));
+    assert_be(&xs, "state=4 sectors=8589934592");
     assert_eq!(xs.transactions, 2);
 
     // A failing write leaves nothing half-published, state included.
@@ -1209,10 +958,7 @@ fn connected_retried_on_again_and_atomic() {
     xs.fail = Some((be("feature-barrier"), XsError::Denied));
     assert_eq!(
         publish_connected(&mut xs, BE, &medium(false), &feats(true, true)),
-        Err(ConnectError::Xs {
-            key: "feature-barrier",
-            err: XsError::Denied
-        })
+        xs_error("feature-barrier", XsError::Denied)
     );
     assert_eq!(xs.get(&be("state")), Some("2"));
     assert_eq!(xs.get(&be("sectors")), None);
@@ -1225,27 +971,18 @@ fn connected_rejects_bad_medium() {
     m.sector_size = 256;
     assert_eq!(
         publish_connected(&mut xs, BE, &m, &feats(false, false)),
-        Err(ConnectError::OutOfRange {
-            key: "sector-size",
-            value: 256
-        })
+        out_of_range("sector-size", 256)
     );
     m.sector_size = 1536;
     assert_eq!(
         publish_connected(&mut xs, BE, &m, &feats(false, false)),
-        Err(ConnectError::OutOfRange {
-            key: "sector-size",
-            value: 1536
-        })
+        out_of_range("sector-size", 1536)
     );
     m.sector_size = 4096;
     m.physical_sector_size = 512;
     assert_eq!(
         publish_connected(&mut xs, BE, &m, &feats(false, false)),
-        Err(ConnectError::OutOfRange {
-            key: "physical-sector-size",
-            value: 512
-        })
+        out_of_range("physical-sector-size", 512)
     );
     assert!(xs.is_empty());
 }
@@ -1268,15 +1005,7 @@ fn all_features() -> Features {
 fn connected_features_published() {
     let mut xs = XsMap::with(&[(&be("state"), "2")]);
     publish_connected(&mut xs, BE, &medium(false), &all_features()).unwrap();
-    assert_eq!(xs.get(&be("feature-flush-cache")), Some("1"));
-    assert_eq!(xs.get(&be("feature-barrier")), Some("0"));
-    assert_eq!(xs.get(&be("feature-persistent")), Some("1"));
-    assert_eq!(xs.get(&be("feature-max-indirect-segments")), Some("256"));
-    assert_eq!(xs.get(&be("feature-discard")), Some("1"));
-    assert_eq!(xs.get(&be("discard-granularity")), Some("1048576"));
-    assert_eq!(xs.get(&be("discard-alignment")), Some("4096"));
-    assert_eq!(xs.get(&be("discard-secure")), Some("1"));
-    assert_eq!(xs.get(&be("state")), Some("4"));
+    assert_be(&xs, "feature-flush-cache=1 feature-barrier=0 feature-persistent=1 feature-max-indirect-segments=256 feature-discard=1 discard-granularity=1048576 discard-alignment=4096 discard-secure=1 state=4");
     assert_eq!(xs.commits, 1);
 
     let mut f = all_features();
@@ -1287,9 +1016,10 @@ fn connected_features_published() {
     });
     f.max_indirect_segments = u32::MAX;
     publish_connected(&mut xs, BE, &medium(false), &f).unwrap();
-    assert_eq!(xs.get(&be("discard-granularity")), Some("512"));
-    assert_eq!(xs.get(&be("discard-alignment")), Some("0"));
-    assert_eq!(xs.get(&be("discard-secure")), Some("0"));
+    assert_be(
+        &xs,
+        "discard-granularity=512 discard-alignment=0 discard-secure=0",
+    );
     assert_eq!(
         xs.get(&be("feature-max-indirect-segments")),
         Some("4294967295")
@@ -1306,10 +1036,10 @@ fn connected_features_off_clear_a_previous_connection() {
         xs.remove_absent_not_found = not_found;
 
         publish_connected(&mut xs, BE, &medium(false), &Features::default()).unwrap();
-        assert_eq!(xs.get(&be("feature-flush-cache")), Some("0"));
-        assert_eq!(xs.get(&be("feature-barrier")), Some("0"));
-        assert_eq!(xs.get(&be("feature-persistent")), Some("0"));
-        assert_eq!(xs.get(&be("feature-discard")), Some("0"));
+        assert_be(
+            &xs,
+            "feature-flush-cache=0 feature-barrier=0 feature-persistent=0 feature-discard=0",
+        );
         for gone in [
             "feature-max-indirect-segments",
             "discard-granularity",
@@ -1340,16 +1070,13 @@ fn connected_removal_failure_is_atomic() {
     f.max_indirect_segments = 0;
     assert_eq!(
         publish_connected(&mut xs, BE, &medium(false), &f),
-        Err(ConnectError::Xs {
-            key: "discard-alignment",
-            err: XsError::Denied
-        })
+        xs_error("discard-alignment", XsError::Denied)
     );
     // Nothing of the failed attempt reached the store.
-    assert_eq!(xs.get(&be("state")), Some("2"));
-    assert_eq!(xs.get(&be("feature-max-indirect-segments")), Some("256"));
-    assert_eq!(xs.get(&be("discard-granularity")), Some("1048576"));
-    assert_eq!(xs.get(&be("feature-discard")), Some("1"));
+    assert_be(
+        &xs,
+        "state=2 feature-max-indirect-segments=256 discard-granularity=1048576 feature-discard=1",
+    );
     assert_eq!(xs.aborts, 1);
 }
 
@@ -1365,10 +1092,7 @@ fn connected_removes_the_error_node_of_a_refused_connection() {
     xs.fail = Some((err_node.to_string(), XsError::Denied));
     assert_eq!(
         publish_connected(&mut xs, BE, &medium(false), &feats(true, true)),
-        Err(ConnectError::Xs {
-            key: "error",
-            err: XsError::Denied
-        })
+        xs_error("error", XsError::Denied)
     );
     assert_eq!(xs.get(&be("state")), Some("5"));
     xs.fail = None;
@@ -1388,10 +1112,7 @@ fn connected_rejects_zero_discard_granularity() {
     });
     assert_eq!(
         publish_connected(&mut xs, BE, &medium(false), &f),
-        Err(ConnectError::OutOfRange {
-            key: "discard-granularity",
-            value: 0
-        })
+        out_of_range("discard-granularity", 0)
     );
     assert!(xs.is_empty());
     assert_eq!(xs.transactions, 0);
@@ -1401,16 +1122,14 @@ fn connected_rejects_zero_discard_granularity() {
 fn resize_rewrites_sectors_and_state() {
     let mut xs = XsMap::with(&[(&be("state"), "4"), (&be("sectors"), "2048")]);
     publish_resize(&mut xs, BE, Sectors(1 << 40)).unwrap();
-    assert_eq!(xs.get(&be("sectors")), Some("1099511627776"));
-    assert_eq!(xs.get(&be("state")), Some("4"));
+    assert_be(&xs, "sectors=1099511627776 state=4");
     assert_eq!(xs.commits, 1);
 
     // The state is written even where it already says Connected: the
     // write itself is the front-end's signal.
     xs.set(&be("state"), b"garbage");
     publish_resize(&mut xs, BE, Sectors(0)).unwrap();
-    assert_eq!(xs.get(&be("sectors")), Some("0"));
-    assert_eq!(xs.get(&be("state")), Some("4"));
+    assert_be(&xs, "sectors=0 state=4");
 
     xs.again_commits = 1;
     publish_resize(&mut xs, BE, Sectors(u64::MAX)).unwrap();
@@ -1420,10 +1139,7 @@ fn resize_rewrites_sectors_and_state() {
     xs.fail = Some((be("state"), XsError::Denied));
     assert_eq!(
         publish_resize(&mut xs, BE, Sectors(4096)),
-        Err(ConnectError::Xs {
-            key: "state",
-            err: XsError::Denied
-        })
+        xs_error("state", XsError::Denied)
     );
     assert_eq!(xs.get(&be("sectors")), Some("18446744073709551615"));
 }
@@ -1431,10 +1147,7 @@ fn resize_rewrites_sectors_and_state() {
 #[test]
 fn state_read_and_write() {
     let mut xs = XsMap::default();
-    assert_eq!(
-        read_state(&mut xs, FE),
-        Err(ConnectError::Missing { key: "state" })
-    );
+    assert_eq!(read_state(&mut xs, FE), missing("state"));
     for s in 0..=8u32 {
         xs.set(&fe("state"), s.to_string().as_bytes());
         assert_eq!(read_state(&mut xs, FE).map(|s| s as u32), Ok(s));
@@ -1450,19 +1163,13 @@ fn state_read_and_write() {
         Err(ConnectError::BadState { value: 4294967300 })
     );
     xs.set(&fe("state"), b"abc");
-    assert_eq!(
-        read_state(&mut xs, FE),
-        Err(ConnectError::NotANumber { key: "state" })
-    );
+    assert_eq!(read_state(&mut xs, FE), not_a_number("state"));
     write_state(&mut xs, BE, XenbusState::InitWait).unwrap();
     assert_eq!(xs.get(&be("state")), Some("2"));
     xs.fail = Some((be("state"), XsError::Denied));
     assert_eq!(
         write_state(&mut xs, BE, XenbusState::Closed),
-        Err(ConnectError::Xs {
-            key: "state",
-            err: XsError::Denied
-        })
+        xs_error("state", XsError::Denied)
     );
 }
 

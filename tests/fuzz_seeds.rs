@@ -14,7 +14,7 @@ use xbb::abi::{encode_segment, Segment, SEGMENT_SIZE};
 use xbb_testing::alloc::Counting;
 use xbb_testing::fuzz::{
     fuzz_instance, fuzz_instance_in, fuzz_request, fuzz_ring, fuzz_ring_in, fuzz_xenstore,
-    Completion, Fault, FeKey, FeValue, Injected, InstanceConfig, InstanceMemory, InstanceReport,
+    Completion, Fault, FeKey, FeValue, InstanceConfig, InstanceMemory, InstanceReport,
     InstanceScript, Outcome, PushReq, RingConfig, RingMemory, RingReport, RingScript,
     FIRST_DATA_GREF,
 };
@@ -40,12 +40,7 @@ fn ring_random_inputs() {
     let mut mem = RingMemory::new().unwrap();
     let mut total = RingReport::default();
     random_inputs(0x9e37_79b9_7f4a_7c15, 2000, 600, |d| {
-        let r = fuzz_ring_in(&mut mem, d);
-        total.connects += r.connects;
-        total.okay += r.okay;
-        total.error += r.error;
-        total.ios += r.ios;
-        total.ring_broken |= r.ring_broken;
+        total.add(&fuzz_ring_in(&mut mem, d));
     });
     // The random inputs must reach the request path, not only the header.
     assert!(total.connects > 100, "{total:?}");
@@ -80,10 +75,16 @@ fn save(target: &str, name: &str, bytes: &[u8]) {
     }
 }
 
-/// Runs a ring seed (saving it when asked) and returns what it did.
+/// Runs seed `name` of fuzz target `target` through its body (saving it
+/// when asked) and returns what it did.
+fn run<R>(target: &str, name: &str, bytes: &[u8], body: fn(&[u8]) -> R) -> R {
+    save(target, name, bytes);
+    body(bytes)
+}
+
+/// Runs a ring seed.
 fn ring(name: &str, s: &RingScript) -> RingReport {
-    save("ring", name, s.bytes());
-    fuzz_ring(s.bytes())
+    run("ring", name, s.bytes(), fuzz_ring)
 }
 
 /// A connected, writable, flushable 64-sector-page medium.
@@ -109,6 +110,24 @@ fn geometries() -> impl Iterator<Item = RingConfig> {
     })
 }
 
+/// [`base`] with `f` applied.
+fn config(f: impl FnOnce(&mut RingConfig)) -> RingConfig {
+    let mut c = base();
+    f(&mut c);
+    c
+}
+
+/// Runs ring seed `name`: `reqs` pushed, published, kicked and completed
+/// successfully.
+fn served(name: &str, cfg: &RingConfig, reqs: &[PushReq]) -> RingReport {
+    ring(
+        name,
+        RingScript::new(cfg)
+            .requests(reqs)
+            .complete_all(Outcome::Ok),
+    )
+}
+
 fn read(sector: u8, nsegs: u8) -> PushReq {
     PushReq {
         id: 0x10,
@@ -120,11 +139,15 @@ fn read(sector: u8, nsegs: u8) -> PushReq {
     }
 }
 
+/// `r` changed by `f`.
+fn with(r: PushReq, f: impl FnOnce(&mut PushReq)) -> PushReq {
+    let mut r = r;
+    f(&mut r);
+    r
+}
+
 fn write(sector: u8, nsegs: u8) -> PushReq {
-    PushReq {
-        op: 2,
-        ..read(sector, nsegs)
-    }
+    with(read(sector, nsegs), |p| p.op = 2)
 }
 
 /// Found by the ring fuzz target: a front-end stored a `req_prod` more
@@ -138,8 +161,7 @@ fn write(sector: u8, nsegs: u8) -> PushReq {
 #[test]
 fn regression_a_front_end_that_overran_its_ring_was_answered() {
     let data = include_bytes!("fuzz-regressions/ring-overran-front-end");
-    save("ring", "regression-overran-front-end", data);
-    let r = fuzz_ring(data);
+    let r = run("ring", "regression-overran-front-end", data, fuzz_ring);
     assert!(!r.ring_broken, "{r:?}");
     assert!(r.ios > 0 && r.okay + r.error > 0, "{r:?}");
 }
@@ -156,8 +178,12 @@ fn regression_a_front_end_that_overran_its_ring_was_answered() {
 #[test]
 fn regression_a_connection_unseen_by_the_body_used_another_abi() {
     let data = include_bytes!("fuzz-regressions/instance-unseen-connection-abi");
-    save("instance", "regression-unseen-connection-abi", data);
-    let r = fuzz_instance(data);
+    let r = run(
+        "instance",
+        "regression-unseen-connection-abi",
+        data,
+        fuzz_instance,
+    );
     // The one response was taken (the connection itself went unseen).
     assert!(r.error > 0, "{r:?}");
 }
@@ -168,13 +194,9 @@ fn seed_read_write_round_trip() {
         let r = ring(
             &format!("rw-{}-{}", cfg.x86_64, cfg.order),
             RingScript::new(&cfg)
-                .push(&write(0, 2))
-                .publish()
-                .kick()
+                .requests(&[write(0, 2)])
                 .complete_all(Outcome::Ok)
-                .push(&read(0, 2))
-                .publish()
-                .kick()
+                .requests(&[read(0, 2)])
                 .complete_all(Outcome::Ok),
         );
         assert_eq!(
@@ -189,10 +211,7 @@ fn seed_read_write_round_trip() {
 #[test]
 fn seed_coalesced_run() {
     for no_coalesce in [false, true] {
-        let cfg = RingConfig {
-            no_coalesce,
-            ..base()
-        };
+        let cfg = config(|c| c.no_coalesce = no_coalesce);
         let mut s = RingScript::new(&cfg);
         s.push(&read(0, 2));
         for _ in 0..3 {
@@ -218,16 +237,11 @@ fn seed_impossible_producers() {
         let back = ring(
             "prod-back",
             RingScript::new(&cfg)
-                .push(&read(0, 1))
-                .push(&read(8, 1))
-                .publish()
-                .kick()
+                .requests(&[read(0, 1), read(8, 1)])
                 .complete_all(Outcome::Ok)
                 .req_prod_back(5)
                 .kick()
-                .push(&read(0, 1))
-                .publish()
-                .kick(),
+                .requests(&[read(0, 1)]),
         );
         let max = ring(
             "prod-max",
@@ -282,31 +296,16 @@ fn seed_garbage_slots() {
 fn seed_bad_segments() {
     let bad = [
         read(0, 0),
-        PushReq {
-            nsegs: 255,
-            ..read(0, 0)
-        },
-        PushReq {
-            nsegs: 12,
-            ..read(0, 0)
-        },
-        PushReq {
-            range: 120,
-            ..read(0, 1)
-        },
-        PushReq {
-            range: 7, // first_sect 7, last_sect 0
-            ..read(0, 1)
-        },
+        with(read(0, 0), |p| p.nsegs = 255),
+        with(read(0, 0), |p| p.nsegs = 12),
+        with(read(0, 1), |p| p.range = 120),
+        with(read(0, 1), |p| p.range = 7), // first_sect 7, last_sect 0
         PushReq {
             sector: 255,
             raw_sector: u64::MAX - 3,
             ..read(0, 1)
         },
-        PushReq {
-            sector: 193, // one sector before the end, 8 sectors long
-            ..read(0, 1)
-        },
+        with(read(0, 1), |p| p.sector = 193), // one sector before the end, 8 sectors long
     ];
     for cfg in geometries() {
         let mut s = RingScript::new(&cfg);
@@ -325,32 +324,16 @@ fn seed_bad_segments() {
 
 #[test]
 fn seed_bad_grants() {
-    let cfg = RingConfig {
-        readonly_grants: 1 << 5,
-        ..base()
-    };
-    let r = ring(
+    let cfg = config(|c| c.readonly_grants = 1 << 5);
+    let r = served(
         "bad-grants",
-        RingScript::new(&cfg)
-            .push(&PushReq {
-                gref: 255, // never granted
-                ..read(0, 1)
-            })
-            .push(&PushReq {
-                gref: 224, // the ring's own page
-                ..read(8, 1)
-            })
-            .push(&PushReq {
-                gref: 5, // granted read-only: a read writes into it
-                ..read(16, 1)
-            })
-            .push(&PushReq {
-                gref: 5, // ...which a write may use
-                ..write(24, 1)
-            })
-            .publish()
-            .kick()
-            .complete_all(Outcome::Ok),
+        &cfg,
+        &[
+            with(read(0, 1), |p| p.gref = 255), // never granted
+            with(read(8, 1), |p| p.gref = 224), // the ring's own page
+            with(read(16, 1), |p| p.gref = 5),  // granted read-only: a read writes into it
+            with(write(24, 1), |p| p.gref = 5), // ...which a write may use
+        ],
     );
     assert_eq!((r.okay, r.error, r.ios), (1, 3, 1));
 }
@@ -358,27 +341,17 @@ fn seed_bad_grants() {
 #[test]
 fn seed_read_only_media() {
     for cfg in [
-        RingConfig {
-            read_only_medium: true,
-            ..base()
-        },
-        RingConfig {
-            toolstack_read_only: true,
-            ..base()
-        },
+        config(|c| c.read_only_medium = true),
+        config(|c| c.toolstack_read_only = true),
     ] {
-        let r = ring(
+        let r = served(
             "read-only",
-            RingScript::new(&cfg)
-                .push(&write(0, 1))
-                .push(&read(0, 1))
-                .push(&PushReq {
-                    op: 4, // flush with data is a write
-                    ..write(8, 1)
-                })
-                .publish()
-                .kick()
-                .complete_all(Outcome::Ok),
+            &cfg,
+            &[
+                write(0, 1),
+                read(0, 1),
+                with(write(8, 1), |p| p.op = 4), // flush with data is a write
+            ],
         );
         assert_eq!((r.okay, r.error), (1, 2), "{cfg:?}");
     }
@@ -388,37 +361,22 @@ fn seed_read_only_media() {
 fn seed_flush_and_barrier() {
     let script = |cfg: &RingConfig| {
         let mut s = RingScript::new(cfg);
-        s.push(&read(0, 1))
-            .push(&write(40, 1))
-            .push(&PushReq {
-                op: 5,
-                ..write(16, 1)
-            })
-            .push(&PushReq {
-                op: 5,
-                ..read(0, 0)
-            })
-            .push(&PushReq {
-                op: 4,
-                ..read(0, 0)
-            })
-            .push(&PushReq {
-                op: 4,
-                ..write(24, 2)
-            })
-            .publish()
-            .kick()
-            .complete_one(1, Outcome::Ok)
-            .complete_one(0, Outcome::Ok)
-            .complete_all(Outcome::Ok);
+        s.requests(&[
+            read(0, 1),
+            write(40, 1),
+            with(write(16, 1), |p| p.op = 5),
+            with(read(0, 0), |p| p.op = 5),
+            with(read(0, 0), |p| p.op = 4),
+            with(write(24, 2), |p| p.op = 4),
+        ])
+        .complete(1, Outcome::Ok)
+        .complete(0, Outcome::Ok)
+        .complete_all(Outcome::Ok);
         s
     };
     let r = ring("flush-barrier", &script(&base()));
     assert_eq!((r.okay, r.error, r.not_supported), (6, 0, 0));
-    let no_flush = RingConfig {
-        can_flush: false,
-        ..base()
-    };
+    let no_flush = config(|c| c.can_flush = false);
     let r = ring("no-flush", &script(&no_flush));
     assert_eq!((r.okay, r.not_supported), (2, 4));
 }
@@ -429,20 +387,8 @@ fn seed_persistent_grants() {
     // persistent grants two segments are a duplicate, refused; and a page
     // still held by the first read (bound when it was taken off the ring)
     // is refused to the write behind it.
-    let cfg = RingConfig {
-        persistent: true,
-        ..base()
-    };
-    let r = ring(
-        "persistent",
-        RingScript::new(&cfg)
-            .push(&read(0, 1))
-            .push(&read(8, 2))
-            .push(&write(16, 1))
-            .publish()
-            .kick()
-            .complete_all(Outcome::Ok),
-    );
+    let cfg = config(|c| c.persistent = true);
+    let r = served("persistent", &cfg, &[read(0, 1), read(8, 2), write(16, 1)]);
     assert_eq!((r.okay, r.error, r.not_supported), (1, 2, 0));
     // A one-entry cache: each new page evicts the last; a page held while
     // the cache is full is mapped transiently.
@@ -453,24 +399,11 @@ fn seed_persistent_grants() {
     let r = ring(
         "persistent-tiny",
         RingScript::new(&tiny)
-            .push(&read(0, 1))
-            .push(&PushReq {
-                gref: 3,
-                ..read(8, 1)
-            })
-            .publish()
-            .kick()
+            .requests(&[read(0, 1), with(read(8, 1), |p| p.gref = 3)])
             .complete_all(Outcome::Ok)
-            .push(&PushReq {
-                gref: 5,
-                ..read(16, 1)
-            })
-            .publish()
-            .kick()
+            .requests(&[with(read(16, 1), |p| p.gref = 5)])
             .complete_all(Outcome::Ok)
-            .push(&read(24, 1))
-            .publish()
-            .kick()
+            .requests(&[read(24, 1)])
             .complete_all(Outcome::Ok),
     );
     assert_eq!((r.okay, r.error), (4, 0));
@@ -496,13 +429,11 @@ fn seed_unoffered_operations() {
                 raw_op: 4,
                 ..read(0, 1)
             }) // reserved
-            .push(&PushReq {
+            .requests(&[PushReq {
                 op: 7,
                 raw_op: 200,
                 ..read(0, 1)
-            })
-            .publish()
-            .kick(),
+            }]),
     );
     // Discard is not offered (this medium cannot); indirect requests are,
     // and this one's indirect_op is not READ or WRITE: an error.
@@ -514,15 +445,10 @@ fn seed_store_errors_out_of_order() {
     let r = ring(
         "store-errors",
         RingScript::new(&base())
-            .push(&read(0, 1))
-            .push(&write(16, 1))
-            .push(&read(32, 1))
-            .push(&write(48, 3))
-            .publish()
-            .kick()
-            .complete_one(2, Outcome::Io)
-            .complete_one(0, Outcome::Ok)
-            .complete_one(1, Outcome::Gone)
+            .requests(&[read(0, 1), write(16, 1), read(32, 1), write(48, 3)])
+            .complete(2, Outcome::Io)
+            .complete(0, Outcome::Ok)
+            .complete(1, Outcome::Gone)
             .complete_all(Outcome::NoSpace),
     );
     assert_eq!((r.okay, r.error), (1, 3));
@@ -534,10 +460,7 @@ fn seed_close_with_io_in_flight_then_reconnect() {
     let r = ring(
         "close-in-flight",
         RingScript::new(&base())
-            .push(&read(0, 1))
-            .push(&write(16, 1))
-            .publish()
-            .kick()
+            .requests(&[read(0, 1), write(16, 1)])
             .frontend_state(5) // Closing with two I/Os in flight
             .push(&read(32, 1))
             .publish()
@@ -545,9 +468,7 @@ fn seed_close_with_io_in_flight_then_reconnect() {
             .complete_all(Outcome::Ok)
             .frontend_state(6)
             .frontend_state(3) // reconnects: online
-            .push(&read(0, 1))
-            .publish()
-            .kick()
+            .requests(&[read(0, 1)])
             .complete_all(Outcome::Ok),
     );
     assert_eq!(r.connects, 2);
@@ -556,20 +477,11 @@ fn seed_close_with_io_in_flight_then_reconnect() {
 
 #[test]
 fn seed_pool_shortage() {
-    let cfg = RingConfig {
-        max_requests: 1, // one request in service at a time
-        ..base()
-    };
-    let r = ring(
+    let cfg = config(|c| c.max_requests = 1); // one request in service at a time
+    let r = served(
         "pool-shortage",
-        RingScript::new(&cfg)
-            .push(&read(0, 1))
-            .push(&read(16, 1))
-            .push(&write(32, 1))
-            .push(&read(48, 1))
-            .publish()
-            .kick()
-            .complete_all(Outcome::Ok),
+        &cfg,
+        &[read(0, 1), read(16, 1), write(32, 1), read(48, 1)],
     );
     assert_eq!((r.okay, r.max_in_flight), (4, 1));
 }
@@ -578,14 +490,10 @@ fn seed_pool_shortage() {
 /// first.
 #[test]
 fn seed_window_shortage() {
-    let r = ring(
+    let r = served(
         "kva-shortage",
-        RingScript::new(&small_window())
-            .push(&read(0, 11))
-            .push(&read(20, 11))
-            .publish()
-            .kick()
-            .complete_all(Outcome::Ok),
+        &small_window(),
+        &[read(0, 11), read(20, 11)],
     );
     assert_eq!((r.okay, r.max_in_flight), (2, 1));
 }
@@ -602,25 +510,17 @@ fn small_window() -> RingConfig {
 /// behind it, not replace it.
 #[test]
 fn seed_window_shortage_two_waiting() {
-    let r = ring(
+    let r = served(
         "kva-shortage-2",
-        RingScript::new(&small_window())
-            .push(&read(0, 11))
-            .push(&read(20, 11))
-            .push(&write(40, 11))
-            .publish()
-            .kick()
-            .complete_all(Outcome::Ok),
+        &small_window(),
+        &[read(0, 11), read(20, 11), write(40, 11)],
     );
     assert_eq!((r.okay, r.max_in_flight), (3, 1));
 }
 
 #[test]
 fn seed_requests_per_pass() {
-    let cfg = RingConfig {
-        requests_per_pass: 1,
-        ..base()
-    };
+    let cfg = config(|c| c.requests_per_pass = 1);
     let mut s = RingScript::new(&cfg);
     for i in 0..5 {
         s.push(&read(i * 10, 1));
@@ -640,27 +540,20 @@ fn seed_injected_faults() {
             "fault-io",
             RingScript::new(&base())
                 .inject(fault, 1)
-                .push(&read(0, 2))
-                .publish()
-                .kick()
+                .requests(&[read(0, 2)])
                 .complete_all(Outcome::Ok),
         )
     };
     assert_eq!((io(Fault::Map).error, io(Fault::Submit).error), (1, 1));
 
-    let late = RingConfig {
-        connect_at_attach: false,
-        ..base()
-    };
+    let late = config(|c| c.connect_at_attach = false);
     for fault in [Fault::RingMap, Fault::Bind, Fault::Window] {
         let r = ring(
             "fault-connect",
             RingScript::new(&late)
                 .inject(fault, 0)
                 .frontend_state(3)
-                .push(&read(0, 1))
-                .publish()
-                .kick(),
+                .requests(&[read(0, 1)]),
         );
         assert_eq!(r.connects, 0, "{fault:?}");
     }
@@ -673,10 +566,7 @@ fn seed_injected_faults() {
         );
         assert_eq!(r.connects, connects, "{n} conflicts");
     }
-    let root_later = RingConfig {
-        root_later: true,
-        ..base()
-    };
+    let root_later = config(|c| c.root_later = true);
     let r = ring(
         "fault-open",
         RingScript::new(&root_later)
@@ -688,10 +578,7 @@ fn seed_injected_faults() {
 
 #[test]
 fn seed_root_mounted_later() {
-    let cfg = RingConfig {
-        root_later: true,
-        ..base()
-    };
+    let cfg = config(|c| c.root_later = true);
     let r = ring(
         "root-later",
         RingScript::new(&cfg)
@@ -729,26 +616,19 @@ fn seed_ring_order_refused() {
 
 #[test]
 fn seed_4k_sectors() {
-    let cfg = RingConfig {
-        sector_4k: true,
-        ..base()
-    };
-    let r = ring(
+    let cfg = config(|c| c.sector_4k = true);
+    let r = served(
         "4k",
-        RingScript::new(&cfg)
-            .push(&read(0, 2))
-            .push(&PushReq {
-                range: 65, // sectors 1..=7: not a whole 4 KiB block
-                ..read(8, 1)
-            })
-            .push(&PushReq {
+        &cfg,
+        &[
+            read(0, 2),
+            with(read(8, 1), |p| p.range = 65), // sectors 1..=7: not a whole 4 KiB block
+            PushReq {
                 sector: 255,
                 raw_sector: 3,
                 ..read(0, 1)
-            })
-            .publish()
-            .kick()
-            .complete_all(Outcome::Ok),
+            },
+        ],
     );
     assert_eq!((r.okay, r.error), (1, 2));
 }
@@ -758,9 +638,7 @@ fn seed_slot_rewritten_after_consumption() {
     let r = ring(
         "rewrite",
         RingScript::new(&base())
-            .push(&read(0, 1))
-            .publish()
-            .kick()
+            .requests(&[read(0, 1)])
             .write_slot(-1, &[0xee; 112])
             .complete_all(Outcome::Ok)
             .arm_rsp_event()
@@ -814,8 +692,7 @@ fn seed_requests() {
     cases.push(Vec::new());
     cases.push(vec![0xff; 300]);
     for (i, c) in cases.iter().enumerate() {
-        save("request", &format!("seed-{i}"), c);
-        fuzz_request(c);
+        run("request", &format!("seed-{i}"), c, fuzz_request);
     }
 }
 
@@ -856,30 +733,25 @@ fn seed_xenstore() {
     // the core; the oracle once refused numbers longer than 20 digits.
     cases.push(include_bytes!("fuzz-regressions/xenstore-leading-zeros").to_vec());
     for (i, c) in cases.iter().enumerate() {
-        save("xenstore", &format!("seed-{i}"), c);
-        fuzz_xenstore(c);
+        run("xenstore", &format!("seed-{i}"), c, fuzz_xenstore);
     }
 }
 
 // ---------------------------------------------------------------------------
 // Whole-instance seeds
 
+/// Runs a whole-instance seed.
 fn instance(name: &str, s: &InstanceScript) -> InstanceReport {
-    save("instance", name, s.bytes());
-    fuzz_instance(s.bytes())
+    run("instance", name, s.bytes(), fuzz_instance)
 }
 
-/// A writable, flushable, discarding 512-sector medium of online vbd
-/// whose front-end (one ring, legacy keys) is ready at attach.
+/// The ring seeds' [`base`] medium, discarding too, of an online vbd whose
+/// front-end (one ring, legacy keys) is ready at attach.
 fn inst_base() -> InstanceConfig {
     InstanceConfig {
-        x86_64: true,
-        can_flush: true,
         can_discard: true,
-        online: true,
         connect_at_attach: true,
-        medium: 63,
-        ..InstanceConfig::default()
+        ..base().as_instance()
     }
 }
 
@@ -1080,16 +952,16 @@ fn random_fe_node(rng: &mut XorShift, s: &mut InstanceScript) {
 }
 
 /// Any platform failure.
-fn random_fault(rng: &mut XorShift) -> Injected {
+fn random_fault(rng: &mut XorShift) -> Fault {
     [
-        Injected::Submit,
-        Injected::Map,
-        Injected::RingMap,
-        Injected::Bind,
-        Injected::Window,
-        Injected::XsConflict,
-        Injected::Open,
-        Injected::XsRead,
+        Fault::Submit,
+        Fault::Map,
+        Fault::RingMap,
+        Fault::Bind,
+        Fault::Window,
+        Fault::XsConflict,
+        Fault::Open,
+        Fault::XsRead,
     ][rng.below(8) as usize]
 }
 
@@ -1109,19 +981,7 @@ fn instance_random_inputs() {
         if i < 100 {
             save("instance", &format!("random-{i}"), s.bytes());
         }
-        let r = fuzz_instance_in(&mut mem, s.bytes());
-        total.connects += r.connects;
-        total.okay += r.okay;
-        total.error += r.error;
-        total.matched += r.matched;
-        total.all_answered += r.all_answered;
-        total.ios += r.ios;
-        total.max_queues = total.max_queues.max(r.max_queues);
-        total.alloc_checked += r.alloc_checked;
-        total.ring_broken |= r.ring_broken;
-        total.detaches += r.detaches;
-        total.resizes += r.resizes;
-        total.fatals += r.fatals;
+        total.add(&fuzz_instance_in(&mut mem, s.bytes()));
     }
     // About half of what they reach when written.
     assert!(total.connects > 450 && total.ios > 150, "{total:?}");
@@ -1207,15 +1067,10 @@ fn instance_seed_completions_in_any_order_with_any_result() {
 #[test]
 fn instance_seed_store_gone_closes() {
     let mut s = InstanceScript::new(&inst_base());
-    s.push(0, &write(0, 1))
-        .push(0, &write(8, 1))
-        .publish(0)
-        .kick(0)
+    s.requests(0, &[write(0, 1), write(8, 1)])
         .complete(0, Completion::Gone)
         .complete_all(Completion::Ok)
-        .push(0, &read(0, 1))
-        .publish(0)
-        .kick(0);
+        .requests(0, &[read(0, 1)]);
     let r = instance("store-gone", &s);
     // Both writes answered; the connection closed; the read never served.
     assert_eq!((r.okay, r.error, r.connects), (1, 1, 1), "{r:?}");
@@ -1225,21 +1080,13 @@ fn instance_seed_store_gone_closes() {
 #[test]
 fn instance_seed_grant_map_failures() {
     let mut s = InstanceScript::new(&inst_base());
-    s.inject(Injected::Map, 1)
-        .push(0, &write(0, 2))
-        .publish(0)
-        .kick(0)
+    s.inject(Fault::Map, 1)
+        .requests(0, &[write(0, 2)])
         .complete_all(Completion::Ok)
-        .inject(Injected::Map, 3)
-        .push(0, &read(0, 1))
-        .push(0, &read(8, 1))
-        .push(0, &read(16, 1))
-        .publish(0)
-        .kick(0)
+        .inject(Fault::Map, 3)
+        .requests(0, &[read(0, 1), read(8, 1), read(16, 1)])
         .complete_all(Completion::Ok)
-        .push(0, &read(0, 2))
-        .publish(0)
-        .kick(0)
+        .requests(0, &[read(0, 2)])
         .complete_all(Completion::Ok);
     let r = instance("grant-map-failures", &s);
     assert_eq!(r.matched, 5, "{r:?}");
@@ -1249,18 +1096,13 @@ fn instance_seed_grant_map_failures() {
 #[test]
 fn instance_seed_detach_with_io_in_flight_and_attach_again() {
     let mut s = InstanceScript::new(&inst_base());
-    s.push(0, &write(0, 3))
-        .push(0, &read(32, 1))
-        .publish(0)
-        .kick(0)
+    s.requests(0, &[write(0, 3), read(32, 1)])
         .detach()
         .complete(1, Completion::Ok)
         .complete_all(Completion::Ok)
         .attach()
         .frontend_state(3)
-        .push(0, &read(0, 3))
-        .publish(0)
-        .kick(0)
+        .requests(0, &[read(0, 3)])
         .complete_all(Completion::Ok);
     let r = instance("detach-attach", &s);
     assert_eq!((r.connects, r.detaches, r.okay), (2, 1, 3), "{r:?}");
@@ -1278,13 +1120,9 @@ fn instance_seed_resize_under_io() {
         .publish(0)
         .kick(0)
         .resize(0) // empty
-        .push(0, &read(0, 1))
-        .publish(0)
-        .kick(0)
+        .requests(0, &[read(0, 1)])
         .resize(64) // grown again
-        .push(0, &read(50, 1))
-        .publish(0)
-        .kick(0)
+        .requests(0, &[read(50, 1)])
         .complete_all(Completion::Ok);
     let r = instance("resize", &s);
     assert_eq!(r.resizes, 3, "{r:?}");
@@ -1294,10 +1132,7 @@ fn instance_seed_resize_under_io() {
 #[test]
 fn instance_seed_close_in_flight_then_reconnect_with_more_queues() {
     let mut s = InstanceScript::new(&inst_base());
-    s.push(0, &write(0, 1))
-        .push(0, &read(8, 1))
-        .publish(0)
-        .kick(0)
+    s.requests(0, &[write(0, 1), read(8, 1)])
         .frontend_state(5) // Closing with I/O in flight
         .complete_all(Completion::Ok)
         .frontend_state(6)
@@ -1305,10 +1140,7 @@ fn instance_seed_close_in_flight_then_reconnect_with_more_queues() {
         .frontend_state(3);
     for q in 0..4 {
         // A page of its own: a persistent grant is named once at a time.
-        let w = PushReq {
-            gref: q,
-            ..write(8 * q, 1)
-        };
+        let w = with(write(8 * q, 1), |p| p.gref = q);
         s.push(q, &w).publish(q).kick(q);
     }
     s.complete_all(Completion::Ok)
@@ -1364,9 +1196,7 @@ fn instance_seed_hostile_nodes_refused() {
             .frontend_state(6)
             .layout(0, 0, false, false)
             .frontend_state(3) // connects
-            .push(0, &read(0, 1))
-            .publish(0)
-            .kick(0)
+            .requests(0, &[read(0, 1)])
             .complete_all(Completion::Ok);
         let r = instance(&format!("hostile-node-{i}"), &s);
         assert_eq!((r.connects, r.okay), (1, 1), "case {i}: {r:?}");
@@ -1418,13 +1248,9 @@ fn instance_seed_indirect_with_crafted_descriptors() {
     };
     let mut s = InstanceScript::new(&cfg);
     s.page_write(4, 0, &desc)
-        .push(0, &indirect(1))
-        .publish(0)
-        .kick(0)
+        .requests(0, &[indirect(1)])
         .complete_all(Completion::Ok)
-        .push(0, &indirect(0))
-        .publish(0)
-        .kick(0)
+        .requests(0, &[indirect(0)])
         .complete_all(Completion::Ok)
         .push(0, &indirect(251)) // an indirect_op that is not READ or WRITE
         .publish(0)
@@ -1436,11 +1262,11 @@ fn instance_seed_indirect_with_crafted_descriptors() {
 #[test]
 fn instance_seed_platform_failures_at_connect() {
     for (i, what) in [
-        Injected::RingMap,
-        Injected::Bind,
-        Injected::Window,
-        Injected::XsConflict,
-        Injected::XsRead,
+        Fault::RingMap,
+        Fault::Bind,
+        Fault::Window,
+        Fault::XsConflict,
+        Fault::XsRead,
     ]
     .into_iter()
     .enumerate()
@@ -1455,9 +1281,7 @@ fn instance_seed_platform_failures_at_connect() {
             .frontend_state(3)
             .frontend_state(6)
             .frontend_state(3)
-            .push(3, &write(0, 1))
-            .publish(3)
-            .kick(3)
+            .requests(3, &[write(0, 1)])
             .complete_all(Completion::Ok);
         let r = instance(&format!("platform-failure-{i}"), &s);
         assert!(r.connects >= 1, "case {i}: {r:?}");
@@ -1485,14 +1309,9 @@ fn instance_seed_shrink_under_waiting_io() {
     let r = instance("shrink-waiting", &s);
     assert_eq!((r.okay, r.error, r.ios), (0, 2, 1), "{r:?}");
 
-    let barrier = PushReq {
-        op: 5, // a barrier with data: flush, data, flush
-        ..write(50, 2)
-    };
+    let barrier = with(write(50, 2), |p| p.op = 5); // a barrier with data: flush, data, flush
     let mut s = InstanceScript::new(&inst_base());
-    s.push(0, &barrier)
-        .publish(0)
-        .kick(0)
+    s.requests(0, &[barrier])
         .resize(45)
         .complete_all(Completion::Ok);
     let r = instance("shrink-barrier", &s);

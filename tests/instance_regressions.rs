@@ -15,7 +15,7 @@ use xbb::abi::{
     BLKIF_OP_WRITE, BLKIF_OP_WRITE_BARRIER, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY,
 };
 use xbb::connect::ConnectError;
-use xbb::host::{GrantRef, IoError, IoTag, MediumInfo, XenbusState};
+use xbb::host::{GrantRef, IoError, IoTag, XenbusState};
 use xbb::instance::Instance;
 use xbb::ring::FrontRing;
 use xbb::stats::{Stat, Tunable, Tunables};
@@ -60,15 +60,8 @@ fn one_page_each(op: u8, n: u64, stride: u64) -> Vec<BlkifRequest> {
 /// attached; `online` back-end when asked.
 fn host(online: bool) -> FakeHost {
     let mut h = FakeHost::new(FakeConfig {
-        medium: MediumInfo {
-            sectors: Sectors(SECTORS),
-            sector_size: 512,
-            physical_sector_size: 512,
-            can_flush: true,
-            ..MediumInfo::default()
-        },
         max_grants: DATA_PAGES,
-        ..FakeConfig::default()
+        ..FakeConfig::with_sectors(SECTORS)
     });
     h.standard_nodes(true, online);
     h.grant_pages(DATA_PAGES);
@@ -102,6 +95,13 @@ fn connected(t: &Tunables) -> (Instance, FakeHost, FrontRing) {
 fn connected_with(reqs: &[BlkifRequest]) -> (Instance, FakeHost, FrontRing) {
     let (mut i, mut h, mut fr) = connected(&Tunables::default());
     produce(&mut i, &mut h, &mut fr, reqs);
+    (i, h, fr)
+}
+
+/// [`connected_with`], each of `reqs` one store I/O in flight.
+fn in_flight(reqs: &[BlkifRequest]) -> (Instance, FakeHost, FrontRing) {
+    let (i, h, fr) = connected_with(reqs);
+    assert_eq!(h.pending(), reqs.len());
     (i, h, fr)
 }
 
@@ -768,8 +768,7 @@ fn io_accepted_before_a_shrink_is_not_submitted_past_the_end() {
 #[test]
 fn impossible_req_prod_fails_connection_and_answers_nothing_more() {
     // One legitimate I/O in flight.
-    let (mut i, mut h, mut fr) = connected_with(&[req(BLKIF_OP_READ, 1, 0, &grefs(1, 0))]);
-    assert_eq!(h.pending(), 1);
+    let (mut i, mut h, mut fr) = in_flight(&[req(BLKIF_OP_READ, 1, 0, &grefs(1, 0))]);
     // Valid-looking requests, then an impossible producer index.
     for k in 0..3 {
         assert!(fr.push_request(&req(BLKIF_OP_READ, 10 + k, 8 * k, &grefs(1, 5))));
@@ -798,11 +797,10 @@ fn impossible_req_prod_fails_connection_and_answers_nothing_more() {
 
 #[test]
 fn close_with_io_in_flight_drains_then_releases() {
-    let (mut i, mut h, mut fr) = connected_with(&[
+    let (mut i, mut h, mut fr) = in_flight(&[
         req(BLKIF_OP_WRITE, 1, 0, &grefs(2, 0)),
         req(BLKIF_OP_READ, 2, 500, &grefs(1, 9)),
     ]);
-    assert_eq!(h.pending(), 2);
     fe_state(&mut i, &mut h, "5");
     assert!(h.evtchn_bound(0) && h.ring_mapped(), "still draining");
     fe_state(&mut i, &mut h, "5"); // repeated Closing
@@ -865,11 +863,10 @@ fn per_pass_cap_and_schedule_run() {
 /// The back-end notifies only when the front-end's `rsp_event` asks.
 #[test]
 fn notify_only_when_asked() {
-    let (mut i, mut h, mut fr) = connected_with(&[
+    let (mut i, mut h, mut fr) = in_flight(&[
         req(BLKIF_OP_READ, 1, 0, &grefs(1, 0)),
         req(BLKIF_OP_READ, 2, 64, &grefs(1, 1)),
     ]);
-    assert_eq!(h.pending(), 2);
     complete_one(&mut i, &mut h, Ok(()));
     // rsp_event = 1 (ring init): the first response is notified.
     assert_eq!(h.notifications, 1);

@@ -11,7 +11,7 @@
 
 use xbb::abi::{Abi, BlkifRequest, BLKIF_OP_READ, BLKIF_OP_WRITE, BLKIF_RSP_OKAY, SRING_RSP_PROD};
 use xbb::connect::ConnectError;
-use xbb::host::{GrantRef, MediumInfo, XenbusState, PAGE_SIZE};
+use xbb::host::{GrantRef, XenbusState, PAGE_SIZE};
 use xbb::instance::Instance;
 use xbb::journal::TakeoverError;
 use xbb::ring::FrontRing;
@@ -25,16 +25,7 @@ const SECTORS: u64 = 1 << 14;
 const STRIDE: u64 = 64;
 
 fn host() -> FakeHost {
-    let mut h = FakeHost::new(FakeConfig {
-        medium: MediumInfo {
-            sectors: Sectors(SECTORS),
-            sector_size: 512,
-            physical_sector_size: 512,
-            can_flush: true,
-            ..MediumInfo::default()
-        },
-        ..FakeConfig::default()
-    });
+    let mut h = FakeHost::new(FakeConfig::with_sectors(SECTORS));
     h.journals = true;
     h.standard_nodes(true, false);
     h
@@ -74,6 +65,18 @@ fn produce(inst: &mut Instance, h: &mut FakeHost, fr: &mut FrontRing, reqs: &[Bl
     inst.run(h, 0);
 }
 
+/// A [`host`] and an instance [`connected`] with the default tunables
+/// (which a takeover must use too), the [`writes`] `ids` produced on its
+/// ring.
+fn writing(ids: std::ops::Range<u64>) -> (FakeHost, Tunables, Instance, FrontRing) {
+    let mut h = host();
+    let t = Tunables::default();
+    let (mut inst, mut fr) = connected(&mut h, &t);
+    let reqs = writes(&mut h, ids);
+    produce(&mut inst, &mut h, &mut fr, &reqs);
+    (h, t, inst, fr)
+}
+
 /// The medium holds request `k`'s bytes at its sector.
 fn assert_written(h: &FakeHost, ids: std::ops::Range<u64>) {
     for k in ids {
@@ -110,11 +113,7 @@ fn taken_over(h: &mut FakeHost, t: &Tunables) -> Instance {
 /// front-end got an event although it asked for none.
 #[test]
 fn a_died_process_is_taken_over_every_request_answered_once() {
-    let mut h = host();
-    let t = Tunables::default();
-    let (mut inst, mut fr) = connected(&mut h, &t);
-    let reqs = writes(&mut h, 0..6);
-    produce(&mut inst, &mut h, &mut fr, &reqs);
+    let (mut h, t, mut inst, mut fr) = writing(0..6);
     assert_eq!(h.pending(), 6);
     // 2 and 0 answered (published as they completed); 1, 3, 4, 5 not.
     assert!(h.complete_at(&mut inst, 2, Ok(())));
@@ -201,11 +200,7 @@ fn consumed_but_waiting_requests_and_unconsumed_ones_are_served_once() {
 /// ring; the next process takes over with nothing to re-execute.
 #[test]
 fn a_handed_over_vbd_is_taken_over_with_nothing_to_redo() {
-    let mut h = host();
-    let t = Tunables::default();
-    let (mut inst, mut fr) = connected(&mut h, &t);
-    let reqs = writes(&mut h, 0..3);
-    produce(&mut inst, &mut h, &mut fr, &reqs);
+    let (mut h, t, mut inst, mut fr) = writing(0..3);
     let connects = h.connects;
     inst.hand_over(&mut h);
     assert!(!inst.is_detached(), "draining");
@@ -235,11 +230,7 @@ fn a_handed_over_vbd_is_taken_over_with_nothing_to_redo() {
 /// flight: the third takes over and answers them once.
 #[test]
 fn a_takeover_dies_and_is_taken_over() {
-    let mut h = host();
-    let t = Tunables::default();
-    let (mut inst, mut fr) = connected(&mut h, &t);
-    let reqs = writes(&mut h, 0..4);
-    produce(&mut inst, &mut h, &mut fr, &reqs);
+    let (mut h, t, mut inst, mut fr) = writing(0..4);
     assert!(h.complete_at(&mut inst, 1, Ok(())));
     h.process_died();
     drop(inst);
@@ -344,10 +335,7 @@ fn refused_takeovers_close_cleanly() {
         ),
     ];
     for (what, spoil, want) in cases {
-        let mut h = host();
-        let (mut inst, mut fr) = connected(&mut h, &Tunables::default());
-        let reqs = writes(&mut h, 0..4);
-        produce(&mut inst, &mut h, &mut fr, &reqs);
+        let (mut h, _, mut inst, mut fr) = writing(0..4);
         assert!(h.complete_at(&mut inst, 0, Ok(())));
         assert_eq!(status_of(&responses(&mut fr), 0), BLKIF_RSP_OKAY);
         h.process_died();

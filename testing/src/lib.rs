@@ -26,6 +26,7 @@
 #[allow(unsafe_code)]
 pub mod alloc;
 pub mod cc;
+mod config;
 pub mod cost;
 pub mod fuzz;
 pub mod guest;

@@ -4,6 +4,9 @@
 
 use core::marker::PhantomData;
 
+use super::front::Fault;
+use super::script::PushReq;
+
 /// A fuzz body's input format, as [`Script`] writes it.
 pub trait Body {
     /// The fixed header.
@@ -15,6 +18,43 @@ pub trait Body {
     const ROOT_MOUNTED: u8;
     /// The code of the operation that sets the `no_coalesce_reqs` sysctl.
     const COALESCE_SYSCTL: u8;
+    /// The code of the operation that completes one pending store I/O.
+    const COMPLETE: u8;
+    /// The code of the operation that completes every pending store I/O.
+    const COMPLETE_ALL: u8;
+    /// The code of the operation that injects a platform failure.
+    const INJECT: u8;
+    /// How many of the [`Fault`]s the format has (the first ones).
+    const FAULTS: u8;
+    /// How a store I/O ends, in the completion operations.
+    type Completion: Code;
+}
+
+/// Implements [`Body`] for format `$body` of header `$config`: the
+/// operations every format has are the variants of these names of its
+/// operation codes `$ops`; a completion is a `$completion`; it has the
+/// first `$faults` [`Fault`]s.
+macro_rules! body {
+    ($body:ty: $config:ty, $ops:ident, $completion:ty, $faults:literal) => {
+        impl $crate::fuzz::builder::Body for $body {
+            type Config = $config;
+            const FRONT_STATE: u8 = $ops::FrontState as u8;
+            const ROOT_MOUNTED: u8 = $ops::RootMounted as u8;
+            const COALESCE_SYSCTL: u8 = $ops::Sysctl as u8;
+            const COMPLETE: u8 = $ops::Complete as u8;
+            const COMPLETE_ALL: u8 = $ops::CompleteAll as u8;
+            const INJECT: u8 = $ops::Inject as u8;
+            const FAULTS: u8 = $faults;
+            type Completion = $completion;
+        }
+    };
+}
+pub(crate) use body;
+
+/// An operation's argument written as one byte.
+pub trait Code: Copy {
+    /// Its byte.
+    fn code(self) -> u8;
 }
 
 /// A fuzz input's fixed header.
@@ -52,6 +92,36 @@ impl<B: Body> Script<B> {
         self
     }
 
+    /// Appends operation `code` carrying request `r`: `head` (the ring,
+    /// where the format has several), the id and the operation selector,
+    /// the raw operation byte when `raw_op`, the segment count and the
+    /// sector (then the raw sector where the sector selector asks for it),
+    /// `tail`, and `segments` times the segment selectors.
+    pub(crate) fn request(
+        &mut self,
+        code: u8,
+        head: &[u8],
+        r: &PushReq,
+        raw_op: bool,
+        tail: &[u8],
+        segments: usize,
+    ) -> &mut Self {
+        let [lo, hi] = r.id.to_le_bytes();
+        self.op(code, head).more(&[lo, hi, r.op]);
+        if raw_op {
+            self.more(&[r.raw_op]);
+        }
+        self.more(&[r.nsegs, r.sector]);
+        if r.sector == 255 {
+            self.more(&r.raw_sector.to_le_bytes());
+        }
+        self.more(tail);
+        for _ in 0..segments {
+            self.more(&[r.gref, r.range]);
+        }
+        self
+    }
+
     /// Writes the front-end's `state` node and fires the watch: 0..=8 a
     /// XenbusState, 9 a non-number, 10 a number out of the enumeration,
     /// 11 no node.
@@ -67,6 +137,26 @@ impl<B: Body> Script<B> {
     /// Sets the `no_coalesce_reqs` sysctl to `v % 3` (2 is refused).
     pub fn coalesce_sysctl(&mut self, v: u8) -> &mut Self {
         self.op(B::COALESCE_SYSCTL, &[v])
+    }
+
+    /// Completes pending I/O number `which % pending` with `how`.
+    pub fn complete(&mut self, which: u8, how: B::Completion) -> &mut Self {
+        self.op(B::COMPLETE, &[which, how.code()])
+    }
+
+    /// Completes every pending I/O, and those they start, with `how`.
+    pub fn complete_all(&mut self, how: B::Completion) -> &mut Self {
+        self.op(B::COMPLETE_ALL, &[how.code()])
+    }
+
+    /// Injects a platform failure: `n` parametrises it.
+    ///
+    /// # Panics
+    ///
+    /// When the format does not have this failure.
+    pub fn inject(&mut self, fault: Fault, n: u8) -> &mut Self {
+        assert!(fault.code() < B::FAULTS, "{fault:?}: not in this format");
+        self.op(B::INJECT, &[fault.code(), n])
     }
 
     /// The input built so far.

@@ -16,6 +16,7 @@ use xbb::keys;
 use xbb::ring::FrontRing;
 use xbb::shmem::SharedMem;
 
+use super::builder::Code;
 use super::input::Input;
 use crate::host::{FakeHost, FE_PATH};
 
@@ -131,8 +132,37 @@ pub(crate) fn set_front_state(host: &mut FakeHost, v: u8) {
     }
 }
 
-/// Arms platform failure `k` (as the scripts' `inject` encodes it) with
-/// parameter `n`.
+/// A platform failure to inject, in the scripts' `inject`; its code is the
+/// discriminant, as the fuzz bodies decode it (append, never reorder). A
+/// format knows the first [`FAULTS`](super::Body::FAULTS) of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The next `n % 4` store submissions are refused.
+    Submit,
+    /// The next `n % 16` grant mappings fail.
+    Map,
+    /// The next ring mapping fails.
+    RingMap,
+    /// The next event-channel bind fails.
+    Bind,
+    /// The next window reservation fails.
+    Window,
+    /// The next `n % 12` XenStore commits conflict.
+    XsConflict,
+    /// The next store open fails.
+    Open,
+    /// XenStore read number `n % 64` from now fails (`fuzz_instance`
+    /// only).
+    XsRead,
+}
+
+impl Code for Fault {
+    fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+/// Arms platform failure `k` (a [`Fault`]'s code) with parameter `n`.
 pub(crate) fn inject(host: &mut FakeHost, k: u8, n: u8) {
     match k {
         0 => host.faults.submits += u32::from(n % 4),

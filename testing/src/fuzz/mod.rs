@@ -23,6 +23,22 @@
 //!
 //! Each body asserts its invariants; a panic is a finding.
 
+/// `impl $report { pub fn add }`: adds another report's counts (`sum`)
+/// to this one's, keeps the larger of each `max` and either of each
+/// `any`, to total what many inputs reached.
+macro_rules! report_totals {
+    ($report:ident: sum $($s:ident)*; max $($m:ident)*; any $($a:ident)*) => {
+        impl $report {
+            /// Adds what `r` reached to this total.
+            pub fn add(&mut self, r: &$report) {
+                $(self.$s += r.$s;)*
+                $(self.$m = self.$m.max(r.$m);)*
+                $(self.$a |= r.$a;)*
+            }
+        }
+    };
+}
+
 mod builder;
 mod front;
 mod input;
@@ -32,14 +48,14 @@ mod ring;
 mod script;
 mod xenstore;
 
-pub use builder::{Body, Header, Script};
-pub use front::RingsMemory;
+pub use builder::{Body, Code, Header, Script};
+pub use front::{Fault, RingsMemory};
 pub use instance::{
-    fuzz_instance, fuzz_instance_in, Completion, FeKey, FeValue, Injected, InstanceConfig,
-    InstanceInput, InstanceMemory, InstanceReport, InstanceScript, DATA_PAGES, FIRST_DATA_GREF,
-    MAX_OPS, MAX_RINGS,
+    fuzz_instance, fuzz_instance_in, Completion, FeKey, FeValue, InstanceConfig, InstanceInput,
+    InstanceMemory, InstanceReport, InstanceScript, DATA_PAGES, FIRST_DATA_GREF, MAX_OPS,
+    MAX_RINGS,
 };
 pub use request::fuzz_request;
 pub use ring::{fuzz_ring, fuzz_ring_in, RingMemory, RingReport};
-pub use script::{Fault, Outcome, PushReq, RingConfig, RingInput, RingScript};
+pub use script::{Outcome, PushReq, RingConfig, RingInput, RingScript};
 pub use xenstore::fuzz_xenstore;

@@ -17,6 +17,7 @@ use xbb::ring::FrontRing;
 use xbb::shmem::SharedMem;
 use xbb::stats::Stat;
 
+use super::builder::Body;
 use super::front::*;
 use super::input::Input;
 use super::instance::{medium, tunables, InstanceConfig, MAX_REQS};
@@ -51,6 +52,12 @@ pub struct RingReport {
     pub ring_broken: bool,
     /// The largest number of store I/Os in flight at once.
     pub max_in_flight: usize,
+}
+
+report_totals! { RingReport:
+    sum connects okay error not_supported ios notifications;
+    max max_in_flight;
+    any ring_broken
 }
 
 /// The hostile front-end and its bookkeeping.
@@ -273,7 +280,7 @@ impl Driver {
                 self.front().set_req_prod_raw(v);
             }
             Action::Kick => self.inst.event(&mut self.host, 0),
-            Action::CompleteOne => {
+            Action::Complete => {
                 let which = usize::from(r.u8());
                 let result = Outcome::decode(r.u8());
                 if self.host.pending() > 0 {
@@ -296,7 +303,7 @@ impl Driver {
                 self.inst.frontend_changed(&mut self.host);
             }
             Action::Inject => {
-                let (k, n) = (r.u8() % 7, r.u8());
+                let (k, n) = (r.u8() % RingInput::FAULTS, r.u8());
                 inject(&mut self.host, k, n);
             }
             Action::Deferred => self.run_scheduled(),
@@ -307,7 +314,7 @@ impl Driver {
             Action::ArmRspEvent => {
                 self.front().final_check_for_responses();
             }
-            Action::Coalesce => {
+            Action::Sysctl => {
                 let v = u64::from(r.u8() % 3);
                 let accepted = self.inst.sysctl_set(Stat::NoCoalesceReqs, v);
                 assert_eq!(accepted, v <= 1);
@@ -392,7 +399,7 @@ impl RingConfig {
     /// The instance header that selects the same medium, tunables and
     /// toolstack (the tunables only `fuzz_instance` selects at their
     /// defaults).
-    fn as_instance(&self) -> InstanceConfig {
+    pub fn as_instance(&self) -> InstanceConfig {
         InstanceConfig {
             x86_64: self.x86_64,
             read_only_medium: self.read_only_medium,

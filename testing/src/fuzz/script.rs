@@ -5,7 +5,7 @@
 use xbb::abi::{BLKIF_MAX_SEGMENTS_PER_REQUEST, MAX_SLOT_SIZE};
 use xbb::host::IoError;
 
-use super::builder::{header_codec, Body, Script};
+use super::builder::{body, header_codec, Code, Script};
 
 /// What one step of a `fuzz_ring` input does; its byte code is the
 /// discriminant, 0 for the first (the seeds and the corpus are written in
@@ -17,32 +17,32 @@ pub(crate) enum Action {
     Push,
     ReqProd,
     Kick,
-    CompleteOne,
+    Complete,
     CompleteAll,
     FrontState,
     Inject,
     Deferred,
     RootMounted,
     ArmRspEvent,
-    Coalesce,
+    Sysctl,
 }
 
 impl Action {
     /// The action of code byte `b`: every byte is one, modulo their number.
     pub(crate) fn decode(b: u8) -> Action {
-        match b % (Action::Coalesce as u8 + 1) {
+        match b % (Action::Sysctl as u8 + 1) {
             0 => Action::WriteSlot,
             1 => Action::Push,
             2 => Action::ReqProd,
             3 => Action::Kick,
-            4 => Action::CompleteOne,
+            4 => Action::Complete,
             5 => Action::CompleteAll,
             6 => Action::FrontState,
             7 => Action::Inject,
             8 => Action::Deferred,
             9 => Action::RootMounted,
             10 => Action::ArmRspEvent,
-            _ => Action::Coalesce,
+            _ => Action::Sysctl,
         }
     }
 }
@@ -116,8 +116,8 @@ pub enum Outcome {
     NoSpace,
 }
 
-impl Outcome {
-    fn encode(self) -> u8 {
+impl Code for Outcome {
+    fn code(self) -> u8 {
         match self {
             Outcome::Ok => 0,
             Outcome::Io => 5,
@@ -125,7 +125,9 @@ impl Outcome {
             Outcome::NoSpace => 7,
         }
     }
+}
 
+impl Outcome {
     pub(crate) fn decode(b: u8) -> Result<(), IoError> {
         match b % 8 {
             5 => Err(IoError::Io),
@@ -134,25 +136,6 @@ impl Outcome {
             _ => Ok(()),
         }
     }
-}
-
-/// A platform failure to inject, in [`RingScript`] actions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Fault {
-    /// The next `n % 4` store submissions are refused.
-    Submit,
-    /// The next `n % 16` grant mappings fail.
-    Map,
-    /// The next ring mapping fails.
-    RingMap,
-    /// The next event-channel bind fails.
-    Bind,
-    /// The next window reservation fails.
-    Window,
-    /// The next `n % 12` XenStore commits conflict.
-    XsConflict,
-    /// The next store open fails.
-    Open,
 }
 
 /// One structured request for [`RingScript::push`] and
@@ -198,12 +181,7 @@ pub struct PushReq {
 #[derive(Clone, Copy, Debug)]
 pub struct RingInput;
 
-impl Body for RingInput {
-    type Config = RingConfig;
-    const FRONT_STATE: u8 = Action::FrontState as u8;
-    const ROOT_MOUNTED: u8 = Action::RootMounted as u8;
-    const COALESCE_SYSCTL: u8 = Action::Coalesce as u8;
-}
+body!(RingInput: RingConfig, Action, Outcome, 7);
 
 /// Builds [`fuzz_ring`](super::fuzz_ring) inputs by name, for seeds and
 /// corpora.
@@ -220,20 +198,17 @@ impl Script<RingInput> {
 
     /// Encodes a structured request at the cursor and advances it.
     pub fn push(&mut self, r: &PushReq) -> &mut Self {
-        let [lo, hi] = r.id.to_le_bytes();
-        self.op(Action::Push as u8, &[lo, hi, r.op]);
-        if r.op % 8 == 7 {
-            self.more(&[r.raw_op]);
-        }
-        self.more(&[r.nsegs, r.sector]);
-        if r.sector == 255 {
-            self.more(&r.raw_sector.to_le_bytes());
-        }
         let n = if r.nsegs < 208 { r.nsegs % 13 } else { r.nsegs };
-        for _ in 0..usize::from(n).min(BLKIF_MAX_SEGMENTS_PER_REQUEST) {
-            self.more(&[r.gref, r.range]);
+        let segments = usize::from(n).min(BLKIF_MAX_SEGMENTS_PER_REQUEST);
+        self.request(Action::Push as u8, &[], r, r.op % 8 == 7, &[], segments)
+    }
+
+    /// Pushes `reqs`, publishes them and kicks.
+    pub fn requests(&mut self, reqs: &[PushReq]) -> &mut Self {
+        for r in reqs {
+            self.push(r);
         }
-        self
+        self.publish().kick()
     }
 
     /// Publishes `req_prod = cursor`.
@@ -259,30 +234,6 @@ impl Script<RingInput> {
     /// The event channel fires: `Instance::run`.
     pub fn kick(&mut self) -> &mut Self {
         self.op(Action::Kick as u8, &[])
-    }
-
-    /// Completes pending I/O number `which % pending`.
-    pub fn complete_one(&mut self, which: u8, how: Outcome) -> &mut Self {
-        self.op(Action::CompleteOne as u8, &[which, how.encode()])
-    }
-
-    /// Completes every pending I/O (and those they submit), in order.
-    pub fn complete_all(&mut self, how: Outcome) -> &mut Self {
-        self.op(Action::CompleteAll as u8, &[how.encode()])
-    }
-
-    /// Injects a platform failure.
-    pub fn inject(&mut self, fault: Fault, n: u8) -> &mut Self {
-        let k = match fault {
-            Fault::Submit => 0,
-            Fault::Map => 1,
-            Fault::RingMap => 2,
-            Fault::Bind => 3,
-            Fault::Window => 4,
-            Fault::XsConflict => 5,
-            Fault::Open => 6,
-        };
-        self.op(Action::Inject as u8, &[k, n])
     }
 
     /// Runs the instance if it asked for a deferred run.

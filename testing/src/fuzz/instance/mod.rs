@@ -55,6 +55,7 @@ use xbb::shmem::SharedMem;
 use xbb::stats::{Stat, Tunable, Tunables};
 use xbb::units::Sectors;
 
+use super::builder::Body;
 use super::front::*;
 use super::input::Input;
 use crate::alloc::allocations_in;
@@ -62,9 +63,7 @@ use crate::host::{FakeConfig, FakeHost, BE_PATH, FE_PATH};
 
 pub(crate) use script::MAX_REQS;
 use script::*;
-pub use script::{
-    Completion, FeKey, FeValue, Injected, InstanceConfig, InstanceInput, InstanceScript,
-};
+pub use script::{Completion, FeKey, FeValue, InstanceConfig, InstanceInput, InstanceScript};
 
 /// Front-end rings (and queues) the fuzzer lays out at most.
 pub const MAX_RINGS: usize = 4;
@@ -113,6 +112,12 @@ pub struct InstanceReport {
     pub alloc_checked: u64,
     /// Resizes the instance republished while connected.
     pub resizes: u64,
+}
+
+report_totals! { InstanceReport:
+    sum connects okay error not_supported matched all_answered ios fatals detaches alloc_checked resizes;
+    max max_queues;
+    any ring_broken
 }
 
 /// How far responses on a front ring can be checked.
@@ -971,7 +976,7 @@ impl Driver<'_> {
                 self.settle(result);
             }
             Op::Inject => {
-                let (k, n) = (r.u8() % 8, r.u8());
+                let (k, n) = (r.u8() % InstanceInput::FAULTS, r.u8());
                 inject(&mut self.host, k, n);
             }
             Op::Resize => self.resize(r),

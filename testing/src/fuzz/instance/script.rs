@@ -6,7 +6,7 @@
 use xbb::abi::{BLKIF_MAX_SEGMENTS_PER_REQUEST, MAX_SLOT_SIZE};
 use xbb::host::IoError;
 
-use crate::fuzz::builder::{header_codec, Body, Script};
+use crate::fuzz::builder::{body, header_codec, Code, Script};
 use crate::fuzz::PushReq;
 
 /// What one operation of a `fuzz_instance` input does; its byte code is
@@ -167,8 +167,8 @@ pub enum Completion {
     Busy,
 }
 
-impl Completion {
-    fn encode(self) -> u8 {
+impl Code for Completion {
+    fn code(self) -> u8 {
         match self {
             Completion::Ok => 0,
             Completion::Io => 3,
@@ -178,7 +178,9 @@ impl Completion {
             Completion::Busy => 7,
         }
     }
+}
 
+impl Completion {
     /// Half the byte values succeed.
     pub(crate) fn decode(b: u8) -> Result<(), IoError> {
         match b % 8 {
@@ -189,33 +191,6 @@ impl Completion {
             7 => Err(IoError::Busy),
             _ => Ok(()),
         }
-    }
-}
-
-/// A platform failure to inject, in [`InstanceScript`] operations.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Injected {
-    /// The next `n % 4` store submissions are refused.
-    Submit,
-    /// The next `n % 16` grant mappings fail.
-    Map,
-    /// The next ring mapping fails.
-    RingMap,
-    /// The next event-channel bind fails.
-    Bind,
-    /// The next window reservation fails.
-    Window,
-    /// The next `n % 12` XenStore commits conflict.
-    XsConflict,
-    /// The next store open fails.
-    Open,
-    /// XenStore read number `n % 64` from now fails.
-    XsRead,
-}
-
-impl Injected {
-    fn encode(self) -> u8 {
-        self as u8
     }
 }
 
@@ -284,12 +259,7 @@ fn inline_segments(r: &PushReq) -> usize {
 #[derive(Clone, Copy, Debug)]
 pub struct InstanceInput;
 
-impl Body for InstanceInput {
-    type Config = InstanceConfig;
-    const FRONT_STATE: u8 = Op::FrontState as u8;
-    const ROOT_MOUNTED: u8 = Op::RootMounted as u8;
-    const COALESCE_SYSCTL: u8 = Op::Sysctl as u8;
-}
+body!(InstanceInput: InstanceConfig, Op, Completion, 8);
 
 /// Builds [`fuzz_instance`](super::fuzz_instance) inputs by name, for
 /// seeds and corpora.
@@ -350,22 +320,21 @@ impl Script<InstanceInput> {
     /// Encodes a structured request at the cursor of ring `ring` (`% 4`)
     /// and advances it.
     pub fn push(&mut self, ring: u8, r: &PushReq) -> &mut Self {
-        let [lo, hi] = r.id.to_le_bytes();
-        self.op(Op::Push as u8, &[ring, lo, hi, r.op]);
-        if matches!(r.op % 8, 6 | 7) {
-            self.more(&[r.raw_op]);
+        // An indirect request names its first descriptor page.
+        let first_page = [r.gref];
+        let indirect: &[u8] = if r.op % 8 == 7 { &first_page } else { &[] };
+        let raw_op = matches!(r.op % 8, 6 | 7);
+        let segments = inline_segments(r);
+        self.request(Op::Push as u8, &[ring], r, raw_op, indirect, segments)
+    }
+
+    /// Pushes `reqs` on ring `ring`, publishes them there and kicks its
+    /// queue.
+    pub fn requests(&mut self, ring: u8, reqs: &[PushReq]) -> &mut Self {
+        for r in reqs {
+            self.push(ring, r);
         }
-        self.more(&[r.nsegs, r.sector]);
-        if r.sector == 255 {
-            self.more(&r.raw_sector.to_le_bytes());
-        }
-        if r.op % 8 == 7 {
-            self.more(&[r.gref]);
-        }
-        for _ in 0..inline_segments(r) {
-            self.more(&[r.gref, r.range]);
-        }
-        self
+        self.publish(ring).kick(ring)
     }
 
     /// Publishes `req_prod = cursor` on ring `ring`.
@@ -393,22 +362,6 @@ impl Script<InstanceInput> {
     /// Honours every deferred run the instance asked for.
     pub fn run(&mut self) -> &mut Self {
         self.op(Op::Run as u8, &[])
-    }
-
-    /// Completes pending I/O number `which % pending` with `how`.
-    pub fn complete(&mut self, which: u8, how: Completion) -> &mut Self {
-        self.op(Op::Complete as u8, &[which, how.encode()])
-    }
-
-    /// Completes every pending I/O (and what they start) with `how`,
-    /// honouring deferred runs, until nothing is left.
-    pub fn complete_all(&mut self, how: Completion) -> &mut Self {
-        self.op(Op::CompleteAll as u8, &[how.encode()])
-    }
-
-    /// Injects a platform failure.
-    pub fn inject(&mut self, what: Injected, n: u8) -> &mut Self {
-        self.op(Op::Inject as u8, &[what.encode(), n])
     }
 
     /// Resizes the medium to `(size % 65) * 8` sectors (0: empty) and
