@@ -41,6 +41,8 @@ fbsd_cfg() {
 		echo "on_poweroff = \"destroy\""
 		echo "on_reboot = \"destroy\""
 		echo "on_crash = \"destroy\""
+		# The host's XENLAB_FBSD_XL (tests/freebsd/xen/run.sh).
+		if [ -f /xenlab-extra/fbsd-xl.cfg ]; then cat /xenlab-extra/fbsd-xl.cfg; fi
 		printf 'disk = [ '
 		local d sep=""
 		for d in "$@"; do

@@ -17,6 +17,9 @@
 #   XENLAB_RUN      the xenlab driver, default tests/xenlab/run.sh (it must
 #                   support XENLAB_EXTRA_DIR, see README.md).
 #   CC, LD          default clang-14 (or clang), ld.lld-14 (or ld.lld).
+#   XENLAB_FBSD_XL  more xl.cfg lines for the FreeBSD guests, separated by
+#                   ';' (e.g. "hap = 0": shadow paging instead of the
+#                   emulated CPU's nested paging; see README.md).
 # Everything else (XENLAB_DIR, XENLAB_STANDIN, XENLAB_CPU, XENLAB_QEMU=7.2|
 # backports for the emulator, ...) goes to the xenlab run.
 # Exit status: that of the xenlab run; 0 for SKIP; 2 when this part cannot
@@ -78,6 +81,7 @@ cp "$ko" "$root/boot/modules/xbb.ko"
 # the scenario functions.
 cp "$FREEBSD_KERNEL" "$extra/fbsd-kernel"
 cp "$here/dom0-fbsd.sh" "$extra/dom0-fbsd.sh"
+printf '%s\n' "${XENLAB_FBSD_XL:-}" | tr ';' '\n' | sed 's/^ *//' | grep -v '^$' > "$extra/fbsd-xl.cfg" || :
 echo "fbsd-xen: kernel $FREEBSD_KERNEL, module $ko, dom0 extras in $extra"
 
 # 4. The xenlab run with scenarios 7 and 8 (unless told otherwise), with
@@ -91,5 +95,9 @@ case " $* " in
 *) set -- --timeout 1800 "$@" ;;
 esac
 XENLAB_EXTRA_DIR=$extra
-export XENLAB_EXTRA_DIR
+# One TCG thread for both emulated CPUs: the FreeBSD PVH guests run on the
+# emulated CPU's nested paging, and with a thread per CPU they triple-fault
+# (README.md, "The emulated host").
+: "${XENLAB_TCG_THREAD:=single}"
+export XENLAB_EXTRA_DIR XENLAB_TCG_THREAD
 exec "$XENLAB_RUN" "$@"
