@@ -27,6 +27,7 @@
 #   XENLAB_XEN_ARGS      more arguments for Xen's command line
 #   XENLAB_TCG_THREAD    QEMU TCG threading: multi (default, a host thread
 #                        per vCPU) or single (one thread runs both vCPUs)
+#   XENLAB_SMP           emulated CPUs Xen runs on (default 2)
 #   XENLAB_STRESS_SECS   length of scenario 9 (default 240)
 #   XENLAB_NICE          nice value of QEMU (default -10: before builds)
 #   XENLAB_LOCK          lock file that keeps emulated hosts one at a time
@@ -402,7 +403,7 @@ rm -f "$SERIAL"
 # triple fault: see "The emulated CPU" in README.md.
 XEN_ARGS="console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M dom0_max_vcpus=2 smap=0 smep=0 spec-ctrl=eager-fpu loglvl=all guest_loglvl=warning ${XENLAB_XEN_ARGS:-}"
 DOM0_ARGS="console=hvc0 earlyprintk=xen loglevel=4"
-echo "xenlab: serial log: $SERIAL; QEMU $QEMU_KIND ($QEMU_VERSION); CPU $CPU; TCG thread=${XENLAB_TCG_THREAD:-multi}; Xen: $XEN_ARGS"
+echo "xenlab: serial log: $SERIAL; QEMU $QEMU_KIND ($QEMU_VERSION); CPU $CPU; TCG thread=${XENLAB_TCG_THREAD:-multi}; CPUs ${XENLAB_SMP:-2}; Xen: $XEN_ARGS"
 # The emulated host runs before anything else of this machine (builds,
 # editors): starved of the CPUs its guests time out (xl create beyond
 # 120 s at a load average of 11). A no-op where nothing else runs (CI).
@@ -420,7 +421,7 @@ fi
 (while :; do echo "$(date +%s) $(cut -d' ' -f1-4 /proc/loadavg)"; sleep 15; done > "$DIR/host-load.txt") &
 LOADPID=$!
 nice -n "${XENLAB_NICE:--10}" timeout -k 15 "$TIMEOUT" "$QEMU_BIN" \
-	-accel tcg,thread="${XENLAB_TCG_THREAD:-multi}" -cpu "$CPU" -m 2048 -smp 2 \
+	-accel tcg,thread="${XENLAB_TCG_THREAD:-multi}" -cpu "$CPU" -m 2048 -smp "${XENLAB_SMP:-2}" \
 	-nographic -no-reboot -nic none -monitor none \
 	-serial "file:$SERIAL" \
 	-kernel "$DIR/xen.img" -append "$XEN_ARGS" \
