@@ -651,6 +651,19 @@ pub fn hotplug_connected<X: XenStore>(xs: &mut X, be_dir: &str) -> bool {
     )
 }
 
+/// Whether the toolstack removed the back-end directory `be_dir`: its
+/// `state` node is gone. Once it is, a platform writes nothing more there
+/// (a write would make the directory again, or be refused with
+/// `EACCES` where the back-end may not create it); the instance is about
+/// to be detached. Only meaningful after the back-end wrote `state` once.
+pub fn backend_removed<X: XenStore>(xs: &mut X, be_dir: &str) -> bool {
+    let mut buf = [0u8; VALUE_BUF];
+    matches!(
+        read_raw(xs, XsTxn::NONE, be_dir, keys::STATE, &mut buf),
+        Ok(None)
+    )
+}
+
 // ---------------------------------------------------------------------------
 // Publishing before the front-end connects
 // ---------------------------------------------------------------------------

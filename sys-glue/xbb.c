@@ -1288,6 +1288,23 @@ xbb_otherend_changed(device_t dev, XenbusState state __unused)
 	sx_xunlock(&sc->sc_lock);
 }
 
+/*
+ * A node of our back-end directory changed: the hotplug script's
+ * "hotplug-status" (the core may be waiting for it to connect), or the
+ * directory was removed by the toolstack (the core stops writing into it).
+ */
+static void
+xbb_localend_changed(device_t dev, const char *path)
+{
+	struct xbb_softc *sc;
+
+	sc = device_get_softc(dev);
+	sx_xlock(&sc->sc_lock);
+	if (sc->sc_inst != NULL && !sc->sc_gone)
+		xbb_rs_localend_changed(sc->sc_inst, path);
+	sx_xunlock(&sc->sc_lock);
+}
+
 /* mountroot event: every attached instance may open its store now. */
 static void
 xbb_mountroot(void *arg __unused)
@@ -1385,6 +1402,7 @@ static device_method_t xbb_methods[] = {
 	DEVMETHOD(device_resume,	xbb_resume),
 
 	DEVMETHOD(xenbus_otherend_changed, xbb_otherend_changed),
+	DEVMETHOD(xenbus_localend_changed, xbb_localend_changed),
 
 	DEVMETHOD_END
 };

@@ -481,6 +481,12 @@ void	xbb_rs_control(struct xbb_rs_instance *inst);
 void	xbb_rs_root_mounted(struct xbb_rs_instance *inst);
 /* xenbus_otherend_changed (watch thread): the front-end's state changed. */
 void	xbb_rs_otherend_changed(struct xbb_rs_instance *inst);
+/*
+ * xenbus_localend_changed (watch thread): a node of the back-end directory
+ * changed; path is relative to it ("/state", "/hotplug-status"), "" when
+ * the directory itself was removed.
+ */
+void	xbb_rs_localend_changed(struct xbb_rs_instance *inst, const char *path);
 /* The store's size may have changed (e.g. GEOM resize, file growth). */
 void	xbb_rs_medium_changed(struct xbb_rs_instance *inst);
 /*

@@ -295,6 +295,9 @@ extern "C" {
     pub fn xbb_rs_otherend_changed(inst: *mut xbb_rs_instance);
 }
 extern "C" {
+    pub fn xbb_rs_localend_changed(inst: *mut xbb_rs_instance, path: *const core::ffi::c_char);
+}
+extern "C" {
     pub fn xbb_rs_medium_changed(inst: *mut xbb_rs_instance);
 }
 extern "C" {

@@ -13,6 +13,7 @@
 
 #![allow(unsafe_code)]
 
+use alloc::string::String;
 use core::alloc::{GlobalAlloc, Layout};
 use core::cell::UnsafeCell;
 use core::ffi::{c_char, c_int, c_void};
@@ -357,6 +358,11 @@ pub struct KernelHost {
     ctx: *mut c_void,
     ops: &'static ffi::xbb_shim_ops,
     cells: &'static [QueueCell],
+    /// The back-end directory (as `xbb_rs_attach` got it).
+    be_path: String,
+    /// The toolstack removed the back-end directory: every write fails
+    /// with [`XsError::NotFound`] without reaching XenStore.
+    removed: bool,
 }
 
 // Layout facts that let `store_submit` hand the core's iovec array to C
@@ -374,12 +380,39 @@ const _: () = {
 impl KernelHost {
     /// The platform for the softc `ctx`, over the installed table, lending
     /// queue `q` through `cells[q]`.
-    pub(super) fn new(ctx: *mut c_void, cells: &'static [QueueCell]) -> Option<KernelHost> {
+    pub(super) fn new(
+        ctx: *mut c_void,
+        cells: &'static [QueueCell],
+        be_path: &str,
+    ) -> Option<KernelHost> {
         Some(KernelHost {
             ctx,
             ops: ops()?,
             cells,
+            be_path: String::from(be_path),
+            removed: false,
         })
+    }
+
+    /// Whether the toolstack removed the back-end directory (seen by
+    /// [`KernelHost::check_removed`]).
+    pub(super) fn removed(&self) -> bool {
+        self.removed
+    }
+
+    /// Looks whether the toolstack removed the back-end directory and, if
+    /// so, stops every write into it from now on (as xbb-serve does): the
+    /// instance is about to be detached, and a write would either make
+    /// the directory again (xenstored creates missing parents) or be
+    /// refused (`EACCES` in a driver domain), only to be logged. Returns
+    /// whether it is removed.
+    pub(super) fn check_removed(&mut self) -> bool {
+        if !self.removed {
+            let dir = core::mem::take(&mut self.be_path);
+            self.removed = xbb::connect::backend_removed(self, &dir);
+            self.be_path = dir;
+        }
+        self.removed
     }
 
     /// The queues' cells.
@@ -457,16 +490,22 @@ impl XenStore for KernelHost {
         Ok(len)
     }
 
+    // Every write of the instance comes here: once the back-end directory
+    // is gone, none reaches XenStore. A refused write is the first sign of
+    // a removal the local-end watch has not reported yet.
     fn xs_write(&mut self, txn: XsTxn, path: &str, value: &str) -> Result<(), XsError> {
+        if self.removed {
+            return Err(XsError::NotFound);
+        }
         let p = CString::new(path).map_err(errno::xs_error)?;
         let v = CString::new(value).map_err(errno::xs_error)?;
         // SAFETY: xs_write is set; both strings are NUL-terminated and live
         // across the call.
         let e = unsafe { f(self.ops.xs_write)(self.ctx, txn.0, p.as_ptr(), v.as_ptr()) };
-        if e == 0 {
-            Ok(())
-        } else {
-            Err(errno::xs_error(e))
+        match errno::xs_error(e) {
+            _ if e == 0 => Ok(()),
+            XsError::Denied | XsError::NotFound if self.check_removed() => Err(XsError::NotFound),
+            err => Err(err),
         }
     }
 
@@ -779,6 +818,12 @@ impl Host for KernelHost {
     fn root_mounted(&self) -> bool {
         // SAFETY: root_mounted is set.
         unsafe { f(self.ops.root_mounted)(self.ctx) != 0 }
+    }
+
+    // xbb.ko opens `params` itself; the shim forwards the back-end
+    // directory's watch (`xbb_rs_localend_changed`).
+    fn waits_for_hotplug(&self) -> bool {
+        true
     }
 
     fn lend(&mut self, queue: Queue) -> Result<(), Queue> {

@@ -675,3 +675,116 @@ fn requests_waiting_at_connect_are_served_and_a_late_queue_task_is_harmless() {
     detach_and_free(&fk);
     assert_clean(&fk);
 }
+
+fn localend_changed(fk: &FakeKernel, path: &str) {
+    let p = std::ffi::CString::new(path).unwrap();
+    // SAFETY: the live handle of fk; p is NUL-terminated and lives across
+    // the call.
+    unsafe { ffi::xbb_rs_localend_changed(fk.inst.get(), p.as_ptr()) };
+    fk.pump();
+}
+
+/// Log lines that name the back-end directory.
+fn log_lines_for_backend() -> usize {
+    LOG.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|l| l.contains(BE_NODE))
+        .count()
+}
+
+#[test]
+fn hotplug_script_gates_connected_until_hotplug_status() {
+    let (_m, fk) = loaded();
+    fk.st()
+        .xs
+        .insert(format!("{BE_PATH}/script"), "/etc/xen/scripts/block".into());
+    assert_eq!(attach(&fk, &default_tunables()), 0);
+    assert_eq!(fk.backend_state(), Some(INITWAIT));
+    let _ring = fk.frontend_connect(1);
+    otherend_changed(&fk);
+    assert_eq!(
+        fk.backend_state(),
+        Some(INITWAIT),
+        "no Connected before the hotplug script ran"
+    );
+    // Another node of the back-end directory changes: still waiting.
+    localend_changed(&fk, "/state");
+    assert_eq!(fk.backend_state(), Some(INITWAIT));
+    fk.st()
+        .xs
+        .insert(format!("{BE_PATH}/hotplug-status"), "error".into());
+    localend_changed(&fk, "/hotplug-status");
+    assert_eq!(fk.backend_state(), Some(INITWAIT));
+    fk.st()
+        .xs
+        .insert(format!("{BE_PATH}/hotplug-status"), "connected".into());
+    localend_changed(&fk, "/hotplug-status");
+    assert_eq!(fk.backend_state(), Some(CONNECTED), "{}", last_error(&fk));
+    detach_clean(&fk);
+}
+
+#[test]
+fn without_a_hotplug_script_connects_at_once() {
+    let (_m, fk) = loaded();
+    assert!(fk.xs(&format!("{BE_PATH}/script")).is_none());
+    let _ring = connect(&fk, 1);
+    assert!(fk.xs(&format!("{BE_PATH}/hotplug-status")).is_none());
+    detach_clean(&fk);
+}
+
+/// Removes the back-end directory as the toolstack does.
+fn remove_backend_dir(fk: &FakeKernel) {
+    let below = format!("{BE_PATH}/");
+    fk.st().xs.retain(|k, _| !k.starts_with(&below));
+}
+
+#[test]
+fn a_removed_backend_directory_gets_no_more_writes() {
+    let (_m, fk) = loaded();
+    let _ring = connect(&fk, 1);
+    let logged = log_lines_for_backend();
+    remove_backend_dir(&fk);
+    localend_changed(&fk, "");
+    let writes = fk.st().writes;
+    // The front-end goes away; the back-end closes and detaches without
+    // writing (and so without making the directory again).
+    fk.set_frontend_state(XenbusState::Closed);
+    otherend_changed(&fk);
+    detach_and_free(&fk);
+    assert_eq!(fk.st().writes, writes, "no write reached XenStore");
+    assert!(
+        !fk.st().xs.keys().any(|k| k.starts_with(BE_PATH)),
+        "the directory was not made again"
+    );
+    assert_eq!(log_lines_for_backend(), logged, "nothing logged");
+    assert_clean(&fk);
+}
+
+#[test]
+fn a_refused_write_into_a_removed_directory_stops_the_writes_quietly() {
+    let (_m, fk) = loaded();
+    let _ring = connect(&fk, 1);
+    let logged = log_lines_for_backend();
+    // The directory goes before the watch reports it; the next write is
+    // refused (EACCES, as in a driver domain), and that is the last one.
+    fk.st().faults.deny_orphan_writes = true;
+    remove_backend_dir(&fk);
+    fk.set_frontend_state(XenbusState::Closing);
+    otherend_changed(&fk);
+    let writes = fk.st().writes;
+    fk.set_frontend_state(XenbusState::Closed);
+    otherend_changed(&fk);
+    localend_changed(&fk, "");
+    detach_and_free(&fk);
+    assert!(writes > 0);
+    assert_eq!(fk.st().writes, writes, "no write after the refused one");
+    assert!(!fk.st().xs.keys().any(|k| k.starts_with(BE_PATH)));
+    let log = LOG.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    assert!(
+        !log.iter().any(|l| l.contains("permission denied")),
+        "{log:?}"
+    );
+    assert_eq!(log_lines_for_backend(), logged, "{log:?}");
+    assert_clean(&fk);
+}

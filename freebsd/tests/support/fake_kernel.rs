@@ -47,7 +47,7 @@ use xbb::abi::{Abi, BlkifRequest, BlkifResponse};
 use xbb::host::{XenbusState, PAGE_SIZE};
 use xbb::ring::FrontRing;
 use xbb::shmem::SharedMem;
-use xbb_freebsd::errno::{self, EINVAL, ENOENT, ENXIO, ERANGE};
+use xbb_freebsd::errno::{self, EACCES, EINVAL, ENOENT, ENXIO, ERANGE};
 use xbb_freebsd::ffi;
 
 /// The back-end directory, relative to the domain's home as
@@ -207,6 +207,10 @@ pub struct Faults {
     pub map_grants: bool,
     /// The medium is gone: completions report `ENXIO`.
     pub store_gone: bool,
+    /// A write below the back-end directory while its `state` node is
+    /// absent is refused with `EACCES` (a driver domain may not create the
+    /// directory the toolstack removed).
+    pub deny_orphan_writes: bool,
 }
 
 /// Everything one fake device holds.
@@ -258,6 +262,8 @@ pub struct State {
     pub violations: Vec<String>,
     /// Window pages mapped now.
     pub mapped_pages: usize,
+    /// `xs_write` calls that reached the kernel.
+    pub writes: u64,
 }
 
 /// One device: the softc handed to `xbb_rs_attach` as `ctx`.
@@ -696,7 +702,16 @@ unsafe extern "C" fn xs_write(
     let _f = FakeScope::enter();
     // SAFETY: the header's contract for xs_write.
     let (d, path, value) = unsafe { (dev(ctx), s(path), s(value)) };
-    d.st().xs.insert(abs(path), value.to_owned());
+    let mut st = d.st();
+    st.writes += 1;
+    let p = abs(path);
+    if st.faults.deny_orphan_writes
+        && p.starts_with(BE_PATH)
+        && !st.xs.contains_key(&format!("{BE_PATH}/state"))
+    {
+        return EACCES;
+    }
+    st.xs.insert(p, value.to_owned());
     0
 }
 

@@ -512,6 +512,36 @@ node_is(const char *dir, const char *leaf, const char *want)
 }
 
 /*
+ * The hotplug half of "xl devd": a back-end directory with a "script" node
+ * waits (xbb.ko does not connect) until the script reports
+ * "hotplug-status" = "connected".  Nothing here needs a script to run (the
+ * disks are md(4) devices and a tmpfs file xbb.ko opens itself), so report
+ * it done, once, as xl devd would after running it.
+ */
+static void
+hotplug_done(const char *dev)
+{
+	char key[96], val[64];
+
+	key[0] = '\0';
+	cat(key, sizeof(key), dev);
+	cat(key, sizeof(key), "/script");
+	if (xs_read(key, val, sizeof(val)) != 0)
+		return;
+	key[0] = '\0';
+	cat(key, sizeof(key), dev);
+	cat(key, sizeof(key), "/hotplug-status");
+	if (xs_read(key, val, sizeof(val)) == 0)
+		return;
+	if (xs_write(key, "connected") == 0) {
+		begin("info");
+		put("hotplug-status connected for ");
+		put(dev);
+		end();
+	}
+}
+
+/*
  * The part of "xl devd" a driver domain needs here: once a back-end is
  * Closed with online = 0 (the toolstack detached it, or its guest is
  * gone), remove its directory. libxl in dom0 waits for that removal
@@ -543,6 +573,8 @@ reap_backends(void)
 			cat(dev, sizeof(dev), path);
 			cat(dev, sizeof(dev), "/");
 			cat(dev, sizeof(dev), devs + j);
+			if (!node_is(dev, "/state", "6"))
+				hotplug_done(dev);
 			if (!node_is(dev, "/online", "0") ||
 			    !node_is(dev, "/state", "6"))
 				continue;
