@@ -377,9 +377,20 @@ unsafe fn attach(
     // outlives it in practice ('static stands for "until free").
     let cell_slice: &'static [QueueCell] =
         unsafe { core::slice::from_raw_parts(cells.as_ptr(), CELLS) };
-    let host = KernelHost::new(ctx, cell_slice, path).ok_or(Error::NotLoaded)?;
+    let Some(mut host) = KernelHost::new(ctx, cell_slice, path) else {
+        // SAFETY: the cells were written above and nothing refers to them.
+        unsafe { free_cells(cells) };
+        return Err(Error::NotLoaded);
+    };
+    // The devstat(9) entries live as long as the instance (xbb_rs_free).
+    if let Err(e) = host.stat_attach() {
+        // SAFETY: as above.
+        unsafe { free_cells(cells) };
+        return Err(e);
+    }
     let layout = Layout::new::<Slot>();
     let Some(mem) = NonNull::new(kernel::kernel_alloc_flags(layout, ffi::XBB_SHIM_M_WAITOK)) else {
+        host.stat_detach();
         // SAFETY: the cells were written above and nothing refers to them.
         unsafe { free_cells(cells) };
         return Err(Error::NoMemory);
@@ -587,6 +598,8 @@ pub unsafe extern "C" fn xbb_rs_free(inst: *mut ffi::xbb_rs_instance) -> c_int {
     if !s.inst.is_detached() {
         return Error::Busy.errno();
     }
+    // Nothing is in flight: the devstat(9) entries go first.
+    s.host.stat_detach();
     let cells = NonNull::from(s.host.cells()).cast::<QueueCell>();
     let p = inst.cast::<Slot>();
     // SAFETY: p is a live Slot written by attach and used by nobody else;

@@ -25,9 +25,9 @@ use crate::errno::{self, Error};
 use crate::ffi;
 use xbb::handoff::{Gate, Post, Work};
 use xbb::host::{
-    DomId, EvtchnError, GrantError, GrantHandle, GrantMapOp, GrantUnmapOp, Granted, Host, IoError,
-    IoOp, IoTag, IoVec, MapResult, MediumInfo, OpenError, OpenParams, QueueHost, QueueId,
-    RemotePort, XenStore, XsError, XsTxn, PAGE_SIZE,
+    ConnEvent, DomId, Event, EvtchnError, GrantError, GrantHandle, GrantMapOp, GrantUnmapOp,
+    Granted, Host, IoError, IoKind, IoOp, IoTag, IoVec, MapResult, MediumInfo, OpenError,
+    OpenParams, QueueHost, QueueId, RemotePort, XenStore, XsError, XsTxn, PAGE_SIZE,
 };
 use xbb::queue::{Outcome, Queue};
 use xbb::shmem::SharedMem;
@@ -69,6 +69,11 @@ fn table_is_complete(ops: &ffi::xbb_shim_ops) -> bool {
         && ops.mem_free.is_some()
         && ops.panic.is_some()
         && ops.log.is_some()
+        && ops.stat_attach.is_some()
+        && ops.stat_detach.is_some()
+        && ops.stat_start.is_some()
+        && ops.stat_end.is_some()
+        && ops.probe.is_some()
 }
 
 /// Installs the module's ops table (MOD_LOAD).
@@ -394,6 +399,21 @@ impl KernelHost {
         })
     }
 
+    /// Creates the instance's devstat(9) entries (attach thread).
+    pub(super) fn stat_attach(&mut self) -> Result<(), Error> {
+        // SAFETY: stat_attach is set; plain values only.
+        match unsafe { f(self.ops.stat_attach)(self.ctx) } {
+            0 => Ok(()),
+            _ => Err(Error::NoMemory),
+        }
+    }
+
+    /// Removes the instance's devstat(9) entries (detach finished).
+    pub(super) fn stat_detach(&mut self) {
+        // SAFETY: stat_detach is set; plain values only.
+        unsafe { f(self.ops.stat_detach)(self.ctx) }
+    }
+
     /// Whether the toolstack removed the back-end directory (seen by
     /// [`KernelHost::check_removed`]).
     pub(super) fn removed(&self) -> bool {
@@ -458,6 +478,19 @@ fn medium_from(m: &ffi::xbb_shim_medium) -> MediumInfo {
         discard_granularity: m.discard_granularity,
         discard_alignment: m.discard_alignment,
         is_device: has(ffi::XBB_SHIM_MEDIUM_IS_DEVICE),
+    }
+}
+
+/// The queue argument of the probes fired from the control context.
+const CONTROL: u32 = u32::MAX;
+
+/// The header's `XBB_SHIM_KIND_*` of a kind.
+fn kind_code(kind: IoKind) -> u32 {
+    match kind {
+        IoKind::Read => ffi::XBB_SHIM_KIND_READ,
+        IoKind::Write => ffi::XBB_SHIM_KIND_WRITE,
+        IoKind::Flush => ffi::XBB_SHIM_KIND_FLUSH,
+        IoKind::Discard => ffi::XBB_SHIM_KIND_DISCARD,
     }
 }
 
@@ -651,6 +684,79 @@ impl QueueHost for KernelQueueHost<'_> {
         unsafe { f(self.ops.now_ms)(self.ctx) }
     }
 
+    // devstat(9) and the SDT probes: each Event is at most one stat call
+    // and one probe, with plain values (no allocation, no sleeping).
+    fn note(&mut self, ev: Event) {
+        let (ctx, q) = (self.ctx, self.queue);
+        let stat_start = f(self.ops.stat_start);
+        let stat_end = f(self.ops.stat_end);
+        let probe = f(self.ops.probe);
+        // SAFETY (every call below): the members are set (checked at
+        // install); plain values only; they neither sleep nor allocate.
+        match ev {
+            Event::RequestStart {
+                id,
+                kind,
+                sector,
+                bytes,
+            } => unsafe {
+                stat_start(ctx, ffi::XBB_SHIM_VIEW_GUEST);
+                let p = ffi::XBB_SHIM_PROBE_REQUEST_START;
+                probe(ctx, p, q, id, kind_code(kind).into(), sector, bytes);
+            },
+            Event::RequestDone {
+                id,
+                kind,
+                bytes,
+                status,
+            } => unsafe {
+                let k = kind_code(kind);
+                let error = c_int::from(status != xbb::abi::BLKIF_RSP_OKAY);
+                stat_end(ctx, ffi::XBB_SHIM_VIEW_GUEST, k, bytes, error);
+                let st = status as i64 as u64;
+                probe(
+                    ctx,
+                    ffi::XBB_SHIM_PROBE_REQUEST_DONE,
+                    q,
+                    id,
+                    k.into(),
+                    bytes,
+                    st,
+                );
+            },
+            Event::RequestRefused {
+                id,
+                operation,
+                status,
+            } => unsafe {
+                let p = ffi::XBB_SHIM_PROBE_REQUEST_REFUSED;
+                probe(ctx, p, q, id, operation.into(), status as i64 as u64, 0);
+            },
+            Event::Dispatch {
+                kind,
+                sector,
+                bytes,
+            } => unsafe {
+                let p = ffi::XBB_SHIM_PROBE_DISPATCH;
+                probe(ctx, p, q, kind_code(kind).into(), sector, bytes, 0);
+            },
+            Event::IoStart { .. } => unsafe { stat_start(ctx, ffi::XBB_SHIM_VIEW_STORE) },
+            Event::IoDone {
+                kind,
+                bytes,
+                result,
+            } => unsafe {
+                let k = kind_code(kind);
+                let e = errno::io_errno(result);
+                stat_end(ctx, ffi::XBB_SHIM_VIEW_STORE, k, bytes, e);
+                if e != 0 {
+                    let p = ffi::XBB_SHIM_PROBE_IO_ERROR;
+                    probe(ctx, p, q, k.into(), bytes, e as i64 as u64, 0);
+                }
+            },
+        }
+    }
+
     fn store_submit(&mut self, tag: IoTag, op: IoOp<'_>) -> Result<(), IoError> {
         let (code, flags, offset, length, iov): (u32, u32, u64, u64, &[IoVec]) = match op {
             IoOp::Read { offset, iov } => {
@@ -818,6 +924,16 @@ impl Host for KernelHost {
     fn root_mounted(&self) -> bool {
         // SAFETY: root_mounted is set.
         unsafe { f(self.ops.root_mounted)(self.ctx) != 0 }
+    }
+
+    fn note_connection(&mut self, ev: ConnEvent) {
+        let (p, a0) = match ev {
+            ConnEvent::Connected { queues } => (ffi::XBB_SHIM_PROBE_CONNECT, u64::from(queues)),
+            ConnEvent::Disconnected => (ffi::XBB_SHIM_PROBE_DISCONNECT, 0),
+            ConnEvent::Failed { errno } => (ffi::XBB_SHIM_PROBE_CONNECT_ERROR, errno as i64 as u64),
+        };
+        // SAFETY: probe is set; plain values only.
+        unsafe { f(self.ops.probe)(self.ctx, p, CONTROL, a0, 0, 0, 0) }
     }
 
     // xbb.ko opens `params` itself; the shim forwards the back-end
