@@ -687,73 +687,78 @@ impl QueueHost for KernelQueueHost<'_> {
     // devstat(9) and the SDT probes: each Event is at most one stat call
     // and one probe, with plain values (no allocation, no sleeping).
     fn note(&mut self, ev: Event) {
-        let (ctx, q) = (self.ctx, self.queue);
-        let stat_start = f(self.ops.stat_start);
-        let stat_end = f(self.ops.stat_end);
-        let probe = f(self.ops.probe);
-        // SAFETY (every call below): the members are set (checked at
-        // install); plain values only; they neither sleep nor allocate.
+        let mut start = None;
+        let mut end = None;
+        let mut fire = None;
         match ev {
             Event::RequestStart {
                 id,
                 kind,
                 sector,
                 bytes,
-            } => unsafe {
-                stat_start(ctx, ffi::XBB_SHIM_VIEW_GUEST);
-                let p = ffi::XBB_SHIM_PROBE_REQUEST_START;
-                probe(ctx, p, q, id, kind_code(kind).into(), sector, bytes);
-            },
+            } => {
+                start = Some(ffi::XBB_SHIM_VIEW_GUEST);
+                let k = kind_code(kind).into();
+                fire = Some((ffi::XBB_SHIM_PROBE_REQUEST_START, [id, k, sector, bytes]));
+            }
             Event::RequestDone {
                 id,
                 kind,
                 bytes,
                 status,
-            } => unsafe {
+            } => {
                 let k = kind_code(kind);
                 let error = c_int::from(status != xbb::abi::BLKIF_RSP_OKAY);
-                stat_end(ctx, ffi::XBB_SHIM_VIEW_GUEST, k, bytes, error);
-                let st = status as i64 as u64;
-                probe(
-                    ctx,
-                    ffi::XBB_SHIM_PROBE_REQUEST_DONE,
-                    q,
-                    id,
-                    k.into(),
-                    bytes,
-                    st,
-                );
-            },
+                end = Some((ffi::XBB_SHIM_VIEW_GUEST, k, bytes, error));
+                let st = i64::from(status) as u64;
+                fire = Some((ffi::XBB_SHIM_PROBE_REQUEST_DONE, [id, k.into(), bytes, st]));
+            }
             Event::RequestRefused {
                 id,
                 operation,
                 status,
-            } => unsafe {
-                let p = ffi::XBB_SHIM_PROBE_REQUEST_REFUSED;
-                probe(ctx, p, q, id, operation.into(), status as i64 as u64, 0);
-            },
+            } => {
+                let st = i64::from(status) as u64;
+                let args = [id, operation.into(), st, 0];
+                fire = Some((ffi::XBB_SHIM_PROBE_REQUEST_REFUSED, args));
+            }
             Event::Dispatch {
                 kind,
                 sector,
                 bytes,
-            } => unsafe {
-                let p = ffi::XBB_SHIM_PROBE_DISPATCH;
-                probe(ctx, p, q, kind_code(kind).into(), sector, bytes, 0);
-            },
-            Event::IoStart { .. } => unsafe { stat_start(ctx, ffi::XBB_SHIM_VIEW_STORE) },
+            } => {
+                let args = [kind_code(kind).into(), sector, bytes, 0];
+                fire = Some((ffi::XBB_SHIM_PROBE_DISPATCH, args));
+            }
+            Event::IoStart { .. } => start = Some(ffi::XBB_SHIM_VIEW_STORE),
             Event::IoDone {
                 kind,
                 bytes,
                 result,
-            } => unsafe {
+            } => {
                 let k = kind_code(kind);
                 let e = errno::io_errno(result);
-                stat_end(ctx, ffi::XBB_SHIM_VIEW_STORE, k, bytes, e);
+                end = Some((ffi::XBB_SHIM_VIEW_STORE, k, bytes, e));
                 if e != 0 {
-                    let p = ffi::XBB_SHIM_PROBE_IO_ERROR;
-                    probe(ctx, p, q, k.into(), bytes, e as i64 as u64, 0);
+                    let args = [k.into(), bytes, i64::from(e) as u64, 0];
+                    fire = Some((ffi::XBB_SHIM_PROBE_IO_ERROR, args));
                 }
-            },
+            }
+        }
+        if let Some(view) = start {
+            // SAFETY: stat_start is set; plain values only; it neither
+            // sleeps nor allocates.
+            unsafe { f(self.ops.stat_start)(self.ctx, view) }
+        }
+        if let Some((view, kind, bytes, error)) = end {
+            // SAFETY: stat_end is set; plain values only; it neither
+            // sleeps nor allocates.
+            unsafe { f(self.ops.stat_end)(self.ctx, view, kind, bytes, error) }
+        }
+        if let Some((n, [a0, a1, a2, a3])) = fire {
+            // SAFETY: probe is set; plain values only; it neither sleeps
+            // nor allocates.
+            unsafe { f(self.ops.probe)(self.ctx, n, self.queue, a0, a1, a2, a3) }
         }
     }
 
@@ -930,7 +935,9 @@ impl Host for KernelHost {
         let (p, a0) = match ev {
             ConnEvent::Connected { queues } => (ffi::XBB_SHIM_PROBE_CONNECT, u64::from(queues)),
             ConnEvent::Disconnected => (ffi::XBB_SHIM_PROBE_DISCONNECT, 0),
-            ConnEvent::Failed { errno } => (ffi::XBB_SHIM_PROBE_CONNECT_ERROR, errno as i64 as u64),
+            ConnEvent::Failed { errno } => {
+                (ffi::XBB_SHIM_PROBE_CONNECT_ERROR, i64::from(errno) as u64)
+            }
         };
         // SAFETY: probe is set; plain values only.
         unsafe { f(self.ops.probe)(self.ctx, p, CONTROL, a0, 0, 0, 0) }
