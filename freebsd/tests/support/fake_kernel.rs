@@ -207,9 +207,12 @@ pub struct Faults {
     pub map_grants: bool,
     /// The medium is gone: completions report `ENXIO`.
     pub store_gone: bool,
-    /// A write below the back-end directory while its `state` node is
-    /// absent is refused with `EACCES` (a driver domain may not create the
-    /// directory the toolstack removed).
+    /// The back-end directory's parents are not the back-end's, as in a
+    /// driver domain: once the toolstack removed the directory (its
+    /// `state` node is absent), a write below it is refused with `EACCES`
+    /// (the back-end may not create it again), and so is a read of a node
+    /// that is not there (xenstored answers `EACCES`, not `ENOENT`, when the
+    /// nearest existing parent is not readable by the caller).
     pub deny_orphan_writes: bool,
 }
 
@@ -702,7 +705,14 @@ unsafe extern "C" fn xs_read(
     // SAFETY: the header's contract for xs_read.
     let (d, path) = unsafe { (dev(ctx), s(path)) };
     let st = d.st();
-    let Some(v) = st.xs.get(&abs(path)) else {
+    let p = abs(path);
+    let Some(v) = st.xs.get(&p) else {
+        if st.faults.deny_orphan_writes
+            && p.starts_with(BE_PATH)
+            && !st.xs.contains_key(&format!("{BE_PATH}/state"))
+        {
+            return EACCES;
+        }
         return ENOENT;
     };
     if v.len() > buflen {
