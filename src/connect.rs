@@ -651,6 +651,29 @@ pub fn hotplug_connected<X: XenStore>(xs: &mut X, be_dir: &str) -> bool {
     )
 }
 
+/// Whether the toolstack removed the back-end directory `be_dir`: its
+/// `state` node is gone. Once it is, a platform writes nothing more there
+/// (a write would make the directory again, or be refused with
+/// `EACCES` where the back-end may not create it); the instance is about
+/// to be detached. Only meaningful after the back-end wrote `state` once.
+///
+/// A back-end may always read its own directory, so a read refused with
+/// `EACCES` means the directory is gone too: xenstored answers a read of
+/// a missing node with `EACCES` rather than `ENOENT` when the nearest
+/// parent that exists is not readable by the caller, which is what a
+/// driver domain meets once the toolstack removed the guest's directory.
+pub fn backend_removed<X: XenStore>(xs: &mut X, be_dir: &str) -> bool {
+    let mut buf = [0u8; VALUE_BUF];
+    matches!(
+        read_raw(xs, XsTxn::NONE, be_dir, keys::STATE, &mut buf),
+        Ok(None)
+            | Err(ConnectError::Xs {
+                err: XsError::Denied,
+                ..
+            })
+    )
+}
+
 // ---------------------------------------------------------------------------
 // Publishing before the front-end connects
 // ---------------------------------------------------------------------------

@@ -372,6 +372,104 @@ pub struct OpenParams<'a> {
     pub writable: bool,
 }
 
+/// What kind of I/O a request or a store step is, as devstat(9) sorts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoKind {
+    /// A read.
+    Read,
+    /// A write (a barrier with data included).
+    Write,
+    /// A cache flush (a barrier without data included).
+    Flush,
+    /// A discard (devstat's "free").
+    Discard,
+}
+
+/// What happens on a queue's request path, reported to the platform's
+/// observers (devstat(9), DTrace) through [`QueueHost::note`] as it
+/// happens. Each request that [`Event::RequestStart`] reported ends with
+/// exactly one [`Event::RequestDone`]; each store step that
+/// [`Event::IoStart`] reported ends with exactly one [`Event::IoDone`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A request left the ring, was validated and is now being served.
+    RequestStart {
+        /// The front-end's request id.
+        id: u64,
+        /// Its kind.
+        kind: IoKind,
+        /// Its first sector (512-byte units).
+        sector: u64,
+        /// Its bytes (0 for a flush).
+        bytes: u64,
+    },
+    /// A started request was answered.
+    RequestDone {
+        /// The front-end's request id.
+        id: u64,
+        /// Its kind.
+        kind: IoKind,
+        /// Its bytes, as at the start.
+        bytes: u64,
+        /// The response status (`BLKIF_RSP_*`).
+        status: i16,
+    },
+    /// A request was answered with an error without being served (it
+    /// failed validation, or the back-end had no slot for it).
+    RequestRefused {
+        /// The front-end's request id.
+        id: u64,
+        /// The wire operation it is answered with.
+        operation: u8,
+        /// The response status (`BLKIF_RSP_*`).
+        status: i16,
+    },
+    /// A reqlist (one or more coalesced requests) is dispatched.
+    Dispatch {
+        /// Its kind.
+        kind: IoKind,
+        /// Its first sector (512-byte units).
+        sector: u64,
+        /// Its bytes.
+        bytes: u64,
+    },
+    /// A step of a reqlist went to the store.
+    IoStart {
+        /// Its kind.
+        kind: IoKind,
+        /// Its bytes.
+        bytes: u64,
+    },
+    /// A step the store took finished.
+    IoDone {
+        /// Its kind.
+        kind: IoKind,
+        /// Its bytes, as at the start.
+        bytes: u64,
+        /// How it ended.
+        result: Result<(), IoError>,
+    },
+}
+
+/// A connection's life, reported through [`Host::note_connection`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnEvent {
+    /// The back-end published Connected with `queues` rings.
+    Connected {
+        /// Rings (queues) of the connection.
+        queues: u32,
+    },
+    /// The connection's rings were released (the front-end closed, the
+    /// connection failed, or the instance is detaching).
+    Disconnected,
+    /// A connection could not be made or was lost: the errno of the
+    /// error the back-end reports (its `error` node).
+    Failed {
+        /// The error's errno.
+        errno: i32,
+    },
+}
+
 /// What one queue's request path asks of its platform, from the queue's
 /// context.
 ///
@@ -421,6 +519,12 @@ pub trait QueueHost {
     /// A monotonic clock in milliseconds (any origin): persistent grants
     /// left unused for `hw.xbb.persistent_grant_idle_ms` are unmapped.
     fn now_ms(&self) -> u64;
+    /// Something happened on the request path, for the platform's
+    /// observers (devstat(9), DTrace). Called in the queue's context; must
+    /// not allocate or block. The default does nothing.
+    fn note(&mut self, ev: Event) {
+        let _ = ev;
+    }
 }
 
 /// What the control part of an instance asks of its platform, from the
@@ -467,6 +571,12 @@ pub trait Host: XenStore {
     /// `Instance::frontend_changed`.
     fn waits_for_hotplug(&self) -> bool {
         false
+    }
+
+    /// A connection event, for the platform's observers (DTrace). The
+    /// default does nothing.
+    fn note_connection(&mut self, ev: ConnEvent) {
+        let _ = ev;
     }
 
     /// Memory for the in-flight journal of queue `id.queue`

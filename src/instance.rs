@@ -43,8 +43,8 @@ use alloc::vec::Vec;
 
 use crate::connect::{self, BackendNodes, ConnectError, FrontendParams, Offer};
 use crate::host::{
-    DomId, GrantRef, Granted, Host, IoError, IoTag, JournalOpen, MediumInfo, OpenParams, QueueHost,
-    QueueId, RemotePort, XenbusState, PAGE_SIZE,
+    ConnEvent, DomId, GrantRef, Granted, Host, IoError, IoTag, JournalOpen, MediumInfo, OpenParams,
+    QueueHost, QueueId, RemotePort, XenbusState, PAGE_SIZE,
 };
 use crate::journal::{JournalId, JournaledRing, TakeoverError};
 use crate::negotiate::{self, Terms};
@@ -278,6 +278,7 @@ impl Instance {
         // Before Closing is published: nothing produced after it is served.
         self.shared.set_stopped(true);
         connect::report_fatal(host, &self.be_path, &err);
+        host.note_connection(ConnEvent::Failed { errno: err.errno() });
         self.last_error = Some(err);
         self.state = XenbusState::Closing;
     }
@@ -431,6 +432,8 @@ impl Instance {
             Ok(()) => {
                 self.stats.reset_counters();
                 self.set_state(host, XenbusState::Connected);
+                let queues = self.conn.as_ref().map_or(0, |c| c.queues.len() as u32);
+                host.note_connection(ConnEvent::Connected { queues });
                 self.lend_queues(host);
             }
             Err(e) => self.fail(host, e),
@@ -767,6 +770,7 @@ impl Instance {
                 }
             }
             host.window_release();
+            host.note_connection(ConnEvent::Disconnected);
         }
         let online = self.nodes.as_ref().is_some_and(|n| n.online);
         let was = self.state;

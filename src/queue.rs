@@ -44,12 +44,12 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use crate::abi::{BlkifRequest, BlkifResponse, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY};
+use crate::abi::{self, BlkifRequest, BlkifResponse, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY};
 use crate::coalesce::{self, try_vec, Budget, ListTag, NoMemory, Reqlists, ToMap, NONE};
 use crate::grants::{GrantShape, QueueGrants};
 use crate::handoff::Work;
 use crate::host::{
-    DomId, Granted, Host, IoError, IoOp, IoTag, IoVec, QueueHost, QueueId, PAGE_SIZE,
+    DomId, Event, Granted, Host, IoError, IoKind, IoOp, IoTag, IoVec, QueueHost, QueueId, PAGE_SIZE,
 };
 use crate::journal::JournaledRing;
 use crate::kva::KvaAllocator;
@@ -67,6 +67,20 @@ const MAX_EOI_DELAY_MS: u32 = 64;
 
 /// The late-EOI delay after `consecutive` spurious kicks: none within the
 /// grace, then 1, 2, 4 ... [`MAX_EOI_DELAY_MS`] milliseconds.
+/// The observers' kind and bytes of a request answered with wire
+/// operation `operation` (an indirect request's inner one).
+fn kind_bytes(operation: u8, nr_sectors: Sectors) -> (IoKind, u64) {
+    let bytes = nr_sectors.0.saturating_mul(512);
+    let kind = match operation {
+        abi::BLKIF_OP_READ => IoKind::Read,
+        abi::BLKIF_OP_DISCARD => IoKind::Discard,
+        abi::BLKIF_OP_FLUSH_DISKCACHE => IoKind::Flush,
+        abi::BLKIF_OP_WRITE_BARRIER if bytes == 0 => IoKind::Flush,
+        _ => IoKind::Write,
+    };
+    (kind, if kind == IoKind::Flush { 0 } else { bytes })
+}
+
 fn eoi_delay(consecutive: u32) -> u32 {
     match consecutive.checked_sub(SPURIOUS_GRACE + 1) {
         None => 0,
@@ -767,7 +781,7 @@ impl Queue {
         let op = request::response_operation(raw);
         let Some(slot) = self.lists.take_slot() else {
             // consume() checked; keep the invariant without panicking.
-            self.respond(raw.id, op, BLKIF_RSP_ERROR, entry);
+            self.refuse(host, raw.id, op, BLKIF_RSP_ERROR, entry);
             return;
         };
         let p = match self.parse(host, raw, slot) {
@@ -775,10 +789,17 @@ impl Queue {
             Err(status) => {
                 self.stats.inc(Stat::ReqsRefused);
                 self.lists.put_slot(slot);
-                self.respond(raw.id, op, status, entry);
+                self.refuse(host, raw.id, op, status, entry);
                 return;
             }
         };
+        let (kind, bytes) = kind_bytes(p.operation, p.nr_sectors);
+        host.note(Event::RequestStart {
+            id: p.id,
+            kind,
+            sector: p.sector.0,
+            bytes,
+        });
         let range = self.lists.slot_range(slot);
         let used = range.start..range.start + usize::from(p.nsegs);
         // Without persistent grants every segment takes a transient page.
@@ -792,7 +813,14 @@ impl Queue {
                 self.stats.inc(Stat::ReqsRefused);
                 self.stats.inc(Stat::GrantsRefused);
                 self.lists.put_slot(slot);
-                self.respond(p.id, p.operation, BLKIF_RSP_ERROR, entry);
+                self.answer(
+                    host,
+                    p.id,
+                    p.operation,
+                    p.nr_sectors,
+                    BLKIF_RSP_ERROR,
+                    entry,
+                );
                 return;
             };
             to_map = bound;
@@ -833,7 +861,14 @@ impl Queue {
                 .release(host, core::iter::once(used), &self.stats);
             self.lists.put_slot(slot);
             let entry = self.entry_of(slot);
-            self.respond(p.id, p.operation, BLKIF_RSP_ERROR, entry);
+            self.answer(
+                host,
+                p.id,
+                p.operation,
+                p.nr_sectors,
+                BLKIF_RSP_ERROR,
+                entry,
+            );
             return;
         };
         if self.lists.open() != Some(l) {
@@ -851,6 +886,20 @@ impl Queue {
 
     fn dispatch<H: QueueHost + ?Sized>(&mut self, host: &mut H, l: u16) {
         self.stats.inc(Stat::TotalDispatch);
+        let list = self.lists.list(l);
+        let kind = match list.op {
+            Op::Read => IoKind::Read,
+            Op::Write => IoKind::Write,
+            Op::Flush => IoKind::Flush,
+            Op::Barrier if list.nr_sectors.0 == 0 => IoKind::Flush,
+            Op::Barrier => IoKind::Write,
+            Op::Discard { .. } => IoKind::Discard,
+        };
+        host.note(Event::Dispatch {
+            kind,
+            sector: list.sector.0,
+            bytes: list.nr_sectors.0.saturating_mul(512),
+        });
         if self.lists.list(l).op == Op::Barrier {
             self.barrier = l;
             self.try_start_barrier(host);
@@ -1025,6 +1074,39 @@ impl Queue {
 
     /// Hands the reqlist's current step to the store.
     fn submit_step<H: QueueHost + ?Sized>(&mut self, host: &mut H, l: u16) -> Result<(), IoError> {
+        let step = self.step(l);
+        self.submit_step_to_store(host, l)?;
+        if let Some((kind, bytes)) = step {
+            host.note(Event::IoStart { kind, bytes });
+        }
+        Ok(())
+    }
+
+    /// The kind and bytes of the reqlist's current step, for the
+    /// observers.
+    fn step(&self, l: u16) -> Option<(IoKind, u64)> {
+        let list = self.lists.list(l);
+        let steps = plan(list.op, list.pages > 0);
+        match steps.get(usize::from(list.phase))? {
+            Phase::Data => {
+                let run = self.lists.current_run(l);
+                let kind = if list.op == Op::Read {
+                    IoKind::Read
+                } else {
+                    IoKind::Write
+                };
+                Some((kind, run.nr_sectors.0.saturating_mul(512)))
+            }
+            Phase::Flush => Some((IoKind::Flush, 0)),
+            Phase::Discard => Some((IoKind::Discard, list.nr_sectors.0.saturating_mul(512))),
+        }
+    }
+
+    fn submit_step_to_store<H: QueueHost + ?Sized>(
+        &mut self,
+        host: &mut H,
+        l: u16,
+    ) -> Result<(), IoError> {
         let list = *self.lists.list(l);
         let steps = plan(list.op, list.pages > 0);
         let tag = self.tag(l);
@@ -1086,6 +1168,13 @@ impl Queue {
         // platform bug; ignore it rather than answer twice.
         if !self.lists.get(l).is_some_and(|list| list.in_flight) {
             return;
+        }
+        if let Some((kind, bytes)) = self.step(l) {
+            host.note(Event::IoDone {
+                kind,
+                bytes,
+                result,
+            });
         }
         if self.advance(l, result) {
             self.submit_phase(host, l);
@@ -1154,7 +1243,7 @@ impl Queue {
                 BLKIF_RSP_OKAY
             };
             let entry = self.entry_of(cur);
-            self.respond(r.id, r.operation, status, entry);
+            self.answer(host, r.id, r.operation, r.nr_sectors, status, entry);
             cur = r.next;
         }
         self.lists.free(l);
@@ -1167,6 +1256,43 @@ impl Queue {
     /// The journal entry of the request in slot `slot`.
     fn entry_of(&self, slot: u16) -> u16 {
         self.entries.get(usize::from(slot)).copied().unwrap_or(NONE)
+    }
+
+    /// Answers a request [`Event::RequestStart`] reported.
+    fn answer<H: QueueHost + ?Sized>(
+        &mut self,
+        host: &mut H,
+        id: u64,
+        operation: u8,
+        nr_sectors: Sectors,
+        status: i16,
+        entry: u16,
+    ) {
+        let (kind, bytes) = kind_bytes(operation, nr_sectors);
+        host.note(Event::RequestDone {
+            id,
+            kind,
+            bytes,
+            status,
+        });
+        self.respond(id, operation, status, entry);
+    }
+
+    /// Answers a request that never started.
+    fn refuse<H: QueueHost + ?Sized>(
+        &mut self,
+        host: &mut H,
+        id: u64,
+        operation: u8,
+        status: i16,
+        entry: u16,
+    ) {
+        host.note(Event::RequestRefused {
+            id,
+            operation,
+            status,
+        });
+        self.respond(id, operation, status, entry);
     }
 
     /// Queues the response to the request of journal entry `entry` on the

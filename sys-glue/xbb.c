@@ -27,6 +27,7 @@
 #include <sys/param.h>
 #include <sys/systm.h>
 #include <sys/bus.h>
+#include <sys/devicestat.h>
 #include <sys/eventhandler.h>
 #include <sys/kernel.h>
 #include <sys/limits.h>
@@ -36,6 +37,7 @@
 #include <sys/mutex.h>
 #include <sys/queue.h>
 #include <sys/rman.h>
+#include <sys/sdt.h>
 #include <sys/sx.h>
 #include <sys/sysctl.h>
 #include <sys/taskqueue.h>
@@ -129,6 +131,10 @@ struct xbb_softc {
 
 	struct xbb_store	 sc_store;
 	struct sysctl_ctx_list	 sc_sysctl;
+
+	/* devstat(9): "xbbs" (the store), "xbbg" (the guest's requests). */
+	struct mtx		 sc_ds_mtx;	/* serializes both entries */
+	struct devstat		*sc_ds[2];	/* by XBB_SHIM_VIEW_* */
 };
 
 static LIST_HEAD(, xbb_softc) xbb_softcs = LIST_HEAD_INITIALIZER(xbb_softcs);
@@ -841,6 +847,172 @@ xbb_log(void *ctx, const char *msg, size_t len)
 		printf("xbb: %.*s\n", n, msg);
 }
 
+/* ------------------------------------------------------------------ */
+/* Observers: devstat(9) and the SDT provider "xbb" (xbb(4)). */
+
+/*
+ * FreeBSD's built-in blkback (xbbd) names its devstat entries "xbb" and
+ * "xbbi"; ours are "xbbs" and "xbbg" so that both drivers can run at once.
+ */
+static const char *const xbb_ds_names[2] = {
+	[XBB_SHIM_VIEW_STORE] = "xbbs",
+	[XBB_SHIM_VIEW_GUEST] = "xbbg",
+};
+
+/*
+ * The provider "xbb" is shared with the built-in blkback, whose probes are
+ * xbb:kernel:xbb_dispatch_{dev,file}:*; sdt(4) merges providers of one
+ * name, and silently keeps only the first of two probes with the same
+ * provider:module:function:name, so ours all have the module "xbb" and
+ * functions of their own.  The provider's C symbol is static, as blkback
+ * defines a global of the same name when it is compiled in.
+ */
+#ifdef KDTRACE_HOOKS
+static SDT_PROVIDER_DEFINE(xbb);
+#endif
+SDT_PROBE_DEFINE6(xbb, xbb, request, start, "int", "int", "uint64_t",
+    "int", "uint64_t", "uint64_t");
+SDT_PROBE_DEFINE6(xbb, xbb, request, done, "int", "int", "uint64_t",
+    "int", "uint64_t", "int");
+SDT_PROBE_DEFINE5(xbb, xbb, request, refused, "int", "int", "uint64_t",
+    "int", "int");
+SDT_PROBE_DEFINE5(xbb, xbb, reqlist, dispatch, "int", "int", "int",
+    "uint64_t", "uint64_t");
+SDT_PROBE_DEFINE5(xbb, xbb, io, error, "int", "int", "int", "uint64_t",
+    "int");
+SDT_PROBE_DEFINE2(xbb, xbb, connection, connect, "int", "int");
+SDT_PROBE_DEFINE1(xbb, xbb, connection, disconnect, "int");
+SDT_PROBE_DEFINE2(xbb, xbb, connection, error, "int", "int");
+
+static int
+xbb_stat_attach(void *ctx)
+{
+	struct xbb_softc *sc;
+	int unit, v;
+
+	sc = ctx;
+	unit = device_get_unit(sc->sc_dev);
+	mtx_init(&sc->sc_ds_mtx, "xbb devstat", NULL, MTX_DEF);
+	for (v = 0; v < 2; v++)
+		sc->sc_ds[v] = devstat_new_entry(xbb_ds_names[v], unit,
+		    DEV_BSIZE, DEVSTAT_ALL_SUPPORTED,
+		    DEVSTAT_TYPE_DIRECT | DEVSTAT_TYPE_IF_OTHER,
+		    DEVSTAT_PRIORITY_OTHER);
+	return (0);
+}
+
+static void
+xbb_stat_detach(void *ctx)
+{
+	struct xbb_softc *sc;
+	int v;
+
+	sc = ctx;
+	for (v = 0; v < 2; v++) {
+		if (sc->sc_ds[v] != NULL)
+			devstat_remove_entry(sc->sc_ds[v]);
+		sc->sc_ds[v] = NULL;
+	}
+	mtx_destroy(&sc->sc_ds_mtx);
+}
+
+static void
+xbb_stat_start(void *ctx, uint32_t view)
+{
+	struct xbb_softc *sc;
+
+	sc = ctx;
+	if (view >= nitems(sc->sc_ds) || sc->sc_ds[view] == NULL)
+		return;
+	mtx_lock(&sc->sc_ds_mtx);
+	devstat_start_transaction(sc->sc_ds[view], NULL);
+	mtx_unlock(&sc->sc_ds_mtx);
+}
+
+/*
+ * No start time is kept per transaction (the Rust side keeps no clock
+ * per request): devstat counts operations, bytes and busy time exactly,
+ * and leaves the per-kind duration totals at zero.
+ */
+static void
+xbb_stat_end(void *ctx, uint32_t view, uint32_t kind, uint64_t bytes,
+    int error __unused)
+{
+	struct xbb_softc *sc;
+	devstat_trans_flags flags;
+	devstat_tag_type tag;
+
+	sc = ctx;
+	if (view >= nitems(sc->sc_ds) || sc->sc_ds[view] == NULL)
+		return;
+	tag = DEVSTAT_TAG_SIMPLE;
+	switch (kind) {
+	case XBB_SHIM_KIND_READ:
+		flags = DEVSTAT_READ;
+		break;
+	case XBB_SHIM_KIND_WRITE:
+		flags = DEVSTAT_WRITE;
+		break;
+	case XBB_SHIM_KIND_DISCARD:
+		flags = DEVSTAT_FREE;
+		break;
+	default:
+		flags = DEVSTAT_NO_DATA;
+		tag = DEVSTAT_TAG_ORDERED;
+		bytes = 0;
+		break;
+	}
+	mtx_lock(&sc->sc_ds_mtx);
+	devstat_end_transaction(sc->sc_ds[view], (uint32_t)MIN(bytes,
+	    UINT32_MAX), tag, flags, NULL, NULL);
+	mtx_unlock(&sc->sc_ds_mtx);
+}
+
+static void
+xbb_sdt_fire(void *ctx, uint32_t probe, uint32_t queue, uint64_t a0,
+    uint64_t a1, uint64_t a2, uint64_t a3)
+{
+	struct xbb_softc *sc;
+	int unit, q;
+
+	sc = ctx;
+	unit = device_get_unit(sc->sc_dev);
+	q = (int)queue;
+	switch (probe) {
+	case XBB_SHIM_PROBE_REQUEST_START:
+		SDT_PROBE6(xbb, xbb, request, start, unit, q, a0, (int)a1, a2,
+		    a3);
+		break;
+	case XBB_SHIM_PROBE_REQUEST_DONE:
+		SDT_PROBE6(xbb, xbb, request, done, unit, q, a0, (int)a1, a2,
+		    (int)(int64_t)a3);
+		break;
+	case XBB_SHIM_PROBE_REQUEST_REFUSED:
+		SDT_PROBE5(xbb, xbb, request, refused, unit, q, a0, (int)a1,
+		    (int)(int64_t)a2);
+		break;
+	case XBB_SHIM_PROBE_DISPATCH:
+		SDT_PROBE5(xbb, xbb, reqlist, dispatch, unit, q, (int)a0, a1,
+		    a2);
+		break;
+	case XBB_SHIM_PROBE_IO_ERROR:
+		SDT_PROBE5(xbb, xbb, io, error, unit, q, (int)a0, a1,
+		    (int)(int64_t)a2);
+		break;
+	case XBB_SHIM_PROBE_CONNECT:
+		SDT_PROBE2(xbb, xbb, connection, connect, unit, (int)a0);
+		break;
+	case XBB_SHIM_PROBE_DISCONNECT:
+		SDT_PROBE1(xbb, xbb, connection, disconnect, unit);
+		break;
+	case XBB_SHIM_PROBE_CONNECT_ERROR:
+		SDT_PROBE2(xbb, xbb, connection, error, unit,
+		    (int)(int64_t)a0);
+		break;
+	}
+	(void)unit; (void)q; (void)a0; (void)a1; (void)a2; (void)a3;
+}
+
 static const struct xbb_shim_ops xbb_ops = {
 	.version = XBB_SHIM_VERSION,
 	.size = sizeof(struct xbb_shim_ops),
@@ -873,6 +1045,11 @@ static const struct xbb_shim_ops xbb_ops = {
 	.mem_free = xbb_free,
 	.panic = xbb_panic,
 	.log = xbb_log,
+	.stat_attach = xbb_stat_attach,
+	.stat_detach = xbb_stat_detach,
+	.stat_start = xbb_stat_start,
+	.stat_end = xbb_stat_end,
+	.probe = xbb_sdt_fire,
 };
 
 /* ------------------------------------------------------------------ */
@@ -1288,6 +1465,23 @@ xbb_otherend_changed(device_t dev, XenbusState state __unused)
 	sx_xunlock(&sc->sc_lock);
 }
 
+/*
+ * A node of our back-end directory changed: the hotplug script's
+ * "hotplug-status" (the core may be waiting for it to connect), or the
+ * directory was removed by the toolstack (the core stops writing into it).
+ */
+static void
+xbb_localend_changed(device_t dev, const char *path)
+{
+	struct xbb_softc *sc;
+
+	sc = device_get_softc(dev);
+	sx_xlock(&sc->sc_lock);
+	if (sc->sc_inst != NULL && !sc->sc_gone)
+		xbb_rs_localend_changed(sc->sc_inst, path);
+	sx_xunlock(&sc->sc_lock);
+}
+
 /* mountroot event: every attached instance may open its store now. */
 static void
 xbb_mountroot(void *arg __unused)
@@ -1385,6 +1579,7 @@ static device_method_t xbb_methods[] = {
 	DEVMETHOD(device_resume,	xbb_resume),
 
 	DEVMETHOD(xenbus_otherend_changed, xbb_otherend_changed),
+	DEVMETHOD(xenbus_localend_changed, xbb_localend_changed),
 
 	DEVMETHOD_END
 };

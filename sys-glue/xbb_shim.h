@@ -79,7 +79,7 @@ extern "C" {
  * Bump on any incompatible change.  xbb_rs_load() refuses a table whose
  * version or size differ from what the Rust library was built with.
  */
-#define	XBB_SHIM_VERSION	2
+#define	XBB_SHIM_VERSION	3
 
 /* Largest number of queues (rings) of one connection: hw.xbb.max_queues max. */
 #define	XBB_SHIM_MAX_QUEUES	16
@@ -396,7 +396,50 @@ struct xbb_shim_ops {
 	 * is a softc, printf() otherwise.  Must not sleep.
 	 */
 	void	(*log)(void *ctx, const char *msg, size_t len);
+
+	/*
+	 * Observers: the instance's devstat(9) entries and the SDT provider
+	 * "xbb" (xbb(4), DIAGNOSTICS).  stat_attach() creates both devstat
+	 * entries ("xbbs" N: the back-end's I/O to its store; "xbbg" N: the
+	 * guest's requests) and returns 0 or an errno; the attach thread,
+	 * may sleep.  stat_detach() removes them; detach, nothing in flight,
+	 * may sleep.  stat_start()/stat_end() count one transaction of view
+	 * XBB_SHIM_VIEW_* (every start is followed by exactly one end) of
+	 * kind XBB_SHIM_KIND_* and "bytes" bytes, failed when "error" is not
+	 * 0; probe() fires XBB_SHIM_PROBE_* with its arguments (xbb(4) lists
+	 * what each means).  These three run in the queue's or the control
+	 * context, may be called from every queue at once, and must not sleep
+	 * or allocate.
+	 */
+	int	(*stat_attach)(void *ctx);
+	void	(*stat_detach)(void *ctx);
+	void	(*stat_start)(void *ctx, uint32_t view);
+	void	(*stat_end)(void *ctx, uint32_t view, uint32_t kind,
+		    uint64_t bytes, int error);
+	void	(*probe)(void *ctx, uint32_t probe, uint32_t queue, uint64_t a0,
+		    uint64_t a1, uint64_t a2, uint64_t a3);
 };
+
+/* stat_start()/stat_end() views: which devstat entry. */
+#define	XBB_SHIM_VIEW_STORE	0	/* "xbbs": I/O to the store */
+#define	XBB_SHIM_VIEW_GUEST	1	/* "xbbg": the guest's requests */
+
+/* stat_end() kinds (and the "kind" probe arguments). */
+#define	XBB_SHIM_KIND_READ	0
+#define	XBB_SHIM_KIND_WRITE	1
+#define	XBB_SHIM_KIND_FLUSH	2
+#define	XBB_SHIM_KIND_DISCARD	3
+
+/* probe() numbers; arguments after the queue as a0..a3. */
+#define	XBB_SHIM_PROBE_REQUEST_START	0  /* id, kind, sector, bytes */
+#define	XBB_SHIM_PROBE_REQUEST_DONE	1  /* id, kind, bytes, status */
+#define	XBB_SHIM_PROBE_REQUEST_REFUSED	2  /* id, operation, status */
+#define	XBB_SHIM_PROBE_DISPATCH		3  /* kind, sector, bytes */
+#define	XBB_SHIM_PROBE_IO_ERROR		4  /* kind, bytes, errno */
+#define	XBB_SHIM_PROBE_CONNECT		5  /* queues */
+#define	XBB_SHIM_PROBE_DISCONNECT	6  /* - */
+#define	XBB_SHIM_PROBE_CONNECT_ERROR	7  /* errno */
+#define	XBB_SHIM_PROBES			8
 
 /*
  * Rust entry points.  "inst" is the opaque instance xbb_rs_attach()
@@ -481,6 +524,12 @@ void	xbb_rs_control(struct xbb_rs_instance *inst);
 void	xbb_rs_root_mounted(struct xbb_rs_instance *inst);
 /* xenbus_otherend_changed (watch thread): the front-end's state changed. */
 void	xbb_rs_otherend_changed(struct xbb_rs_instance *inst);
+/*
+ * xenbus_localend_changed (watch thread): a node of the back-end directory
+ * changed; path is relative to it ("/state", "/hotplug-status"), "" when
+ * the directory itself was removed.
+ */
+void	xbb_rs_localend_changed(struct xbb_rs_instance *inst, const char *path);
 /* The store's size may have changed (e.g. GEOM resize, file growth). */
 void	xbb_rs_medium_changed(struct xbb_rs_instance *inst);
 /*

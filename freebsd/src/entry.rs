@@ -64,9 +64,32 @@ impl Slot {
         }
     }
 
-    /// Logs a connection failure the first time it is seen.
+    /// A node of the back-end directory changed (`path` relative to it,
+    /// `""` when the directory itself was removed): notes a removal, and
+    /// hands a `hotplug-status` change to the instance (it may be waiting
+    /// for the hotplug script to connect).
+    fn localend_changed(&mut self, path: &str) {
+        match path {
+            "" | "/state" => {
+                self.host.check_removed();
+            }
+            "/hotplug-status" if !self.host.removed() => {
+                self.inst.frontend_changed(&mut self.host);
+            }
+            _ => {}
+        }
+    }
+
+    /// Logs a connection failure the first time it is seen; says nothing
+    /// once the back-end directory is gone (the writes that failed were
+    /// into a directory the toolstack removed, and the instance is about to
+    /// be detached).
     fn note_error(&mut self) {
         let e = self.inst.last_error();
+        if self.host.removed() {
+            self.logged = e;
+            return;
+        }
         if e.is_some() && e != self.logged {
             self.logged = e;
             if let Some(e) = e {
@@ -354,9 +377,20 @@ unsafe fn attach(
     // outlives it in practice ('static stands for "until free").
     let cell_slice: &'static [QueueCell] =
         unsafe { core::slice::from_raw_parts(cells.as_ptr(), CELLS) };
-    let host = KernelHost::new(ctx, cell_slice).ok_or(Error::NotLoaded)?;
+    let Some(mut host) = KernelHost::new(ctx, cell_slice, path) else {
+        // SAFETY: the cells were written above and nothing refers to them.
+        unsafe { free_cells(cells) };
+        return Err(Error::NotLoaded);
+    };
+    // The devstat(9) entries live as long as the instance (xbb_rs_free).
+    if let Err(e) = host.stat_attach() {
+        // SAFETY: as above.
+        unsafe { free_cells(cells) };
+        return Err(e);
+    }
     let layout = Layout::new::<Slot>();
     let Some(mem) = NonNull::new(kernel::kernel_alloc_flags(layout, ffi::XBB_SHIM_M_WAITOK)) else {
+        host.stat_detach();
         // SAFETY: the cells were written above and nothing refers to them.
         unsafe { free_cells(cells) };
         return Err(Error::NoMemory);
@@ -463,6 +497,26 @@ pub unsafe extern "C" fn xbb_rs_otherend_changed(inst: *mut ffi::xbb_rs_instance
     unsafe { with(inst, (), |s| s.inst.frontend_changed(&mut s.host)) }
 }
 
+/// A node of the back-end directory changed (xenbus_localend_changed):
+/// `path` is relative to the directory (`"/state"`, `"/hotplug-status"`),
+/// `""` when the directory itself was removed.
+///
+/// # Safety
+/// `inst` is null or a live handle, used by no other call meanwhile;
+/// `path` is null or NUL-terminated and alive for the call.
+#[no_mangle]
+pub unsafe extern "C" fn xbb_rs_localend_changed(
+    inst: *mut ffi::xbb_rs_instance,
+    path: *const c_char,
+) {
+    // SAFETY: NUL-terminated or null by the contract.
+    let Ok(path) = (unsafe { c_str(path) }) else {
+        return;
+    };
+    // SAFETY: forwarded contract.
+    unsafe { with(inst, (), |s| s.localend_changed(path)) }
+}
+
 /// The store's size may have changed.
 ///
 /// # Safety
@@ -544,6 +598,8 @@ pub unsafe extern "C" fn xbb_rs_free(inst: *mut ffi::xbb_rs_instance) -> c_int {
     if !s.inst.is_detached() {
         return Error::Busy.errno();
     }
+    // Nothing is in flight: the devstat(9) entries go first.
+    s.host.stat_detach();
     let cells = NonNull::from(s.host.cells()).cast::<QueueCell>();
     let p = inst.cast::<Slot>();
     // SAFETY: p is a live Slot written by attach and used by nobody else;

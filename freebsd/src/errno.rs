@@ -162,6 +162,19 @@ pub fn io_result(e: c_int) -> Result<(), IoError> {
     }
 }
 
+/// The errno of a store I/O's result (0 for success), the inverse of
+/// [`io_result`].
+pub fn io_errno(r: Result<(), IoError>) -> c_int {
+    match r {
+        Ok(()) => 0,
+        Err(IoError::Gone) => ENXIO,
+        Err(IoError::NotSupported) => EOPNOTSUPP,
+        Err(IoError::NoSpace) => ENOSPC,
+        Err(IoError::Busy) => EAGAIN,
+        Err(IoError::Io) => EIO,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,7 +2,7 @@
 //! `tools/gen-bindings.sh` with bindgen. Do not edit: change the header
 //! and run the script.
 
-pub const XBB_SHIM_VERSION: u32 = 2;
+pub const XBB_SHIM_VERSION: u32 = 3;
 pub const XBB_SHIM_MAX_QUEUES: u32 = 16;
 pub const XBB_SHIM_MAX_TUNABLES: u32 = 32;
 pub const XBB_SHIM_GRANT_BATCH: u32 = 32;
@@ -23,6 +23,21 @@ pub const XBB_SHIM_SYSCTL_LIMIT: u32 = 1;
 pub const XBB_SHIM_SYSCTL_COUNTER: u32 = 2;
 pub const XBB_SHIM_SYSCTL_SWITCH: u32 = 3;
 pub const XBB_SHIM_SYSCTL_GAUGE: u32 = 4;
+pub const XBB_SHIM_VIEW_STORE: u32 = 0;
+pub const XBB_SHIM_VIEW_GUEST: u32 = 1;
+pub const XBB_SHIM_KIND_READ: u32 = 0;
+pub const XBB_SHIM_KIND_WRITE: u32 = 1;
+pub const XBB_SHIM_KIND_FLUSH: u32 = 2;
+pub const XBB_SHIM_KIND_DISCARD: u32 = 3;
+pub const XBB_SHIM_PROBE_REQUEST_START: u32 = 0;
+pub const XBB_SHIM_PROBE_REQUEST_DONE: u32 = 1;
+pub const XBB_SHIM_PROBE_REQUEST_REFUSED: u32 = 2;
+pub const XBB_SHIM_PROBE_DISPATCH: u32 = 3;
+pub const XBB_SHIM_PROBE_IO_ERROR: u32 = 4;
+pub const XBB_SHIM_PROBE_CONNECT: u32 = 5;
+pub const XBB_SHIM_PROBE_DISCONNECT: u32 = 6;
+pub const XBB_SHIM_PROBE_CONNECT_ERROR: u32 = 7;
+pub const XBB_SHIM_PROBES: u32 = 8;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct xbb_shim_map {
@@ -232,6 +247,32 @@ pub struct xbb_shim_ops {
             len: usize,
         ),
     >,
+    pub stat_attach: ::core::option::Option<
+        unsafe extern "C" fn(ctx: *mut core::ffi::c_void) -> core::ffi::c_int,
+    >,
+    pub stat_detach: ::core::option::Option<unsafe extern "C" fn(ctx: *mut core::ffi::c_void)>,
+    pub stat_start:
+        ::core::option::Option<unsafe extern "C" fn(ctx: *mut core::ffi::c_void, view: u32)>,
+    pub stat_end: ::core::option::Option<
+        unsafe extern "C" fn(
+            ctx: *mut core::ffi::c_void,
+            view: u32,
+            kind: u32,
+            bytes: u64,
+            error: core::ffi::c_int,
+        ),
+    >,
+    pub probe: ::core::option::Option<
+        unsafe extern "C" fn(
+            ctx: *mut core::ffi::c_void,
+            probe: u32,
+            queue: u32,
+            a0: u64,
+            a1: u64,
+            a2: u64,
+            a3: u64,
+        ),
+    >,
 }
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
@@ -293,6 +334,9 @@ extern "C" {
 }
 extern "C" {
     pub fn xbb_rs_otherend_changed(inst: *mut xbb_rs_instance);
+}
+extern "C" {
+    pub fn xbb_rs_localend_changed(inst: *mut xbb_rs_instance, path: *const core::ffi::c_char);
 }
 extern "C" {
     pub fn xbb_rs_medium_changed(inst: *mut xbb_rs_instance);

@@ -13,6 +13,7 @@
 
 #![allow(unsafe_code)]
 
+use alloc::string::String;
 use core::alloc::{GlobalAlloc, Layout};
 use core::cell::UnsafeCell;
 use core::ffi::{c_char, c_int, c_void};
@@ -24,9 +25,9 @@ use crate::errno::{self, Error};
 use crate::ffi;
 use xbb::handoff::{Gate, Post, Work};
 use xbb::host::{
-    DomId, EvtchnError, GrantError, GrantHandle, GrantMapOp, GrantUnmapOp, Granted, Host, IoError,
-    IoOp, IoTag, IoVec, MapResult, MediumInfo, OpenError, OpenParams, QueueHost, QueueId,
-    RemotePort, XenStore, XsError, XsTxn, PAGE_SIZE,
+    ConnEvent, DomId, Event, EvtchnError, GrantError, GrantHandle, GrantMapOp, GrantUnmapOp,
+    Granted, Host, IoError, IoKind, IoOp, IoTag, IoVec, MapResult, MediumInfo, OpenError,
+    OpenParams, QueueHost, QueueId, RemotePort, XenStore, XsError, XsTxn, PAGE_SIZE,
 };
 use xbb::queue::{Outcome, Queue};
 use xbb::shmem::SharedMem;
@@ -68,6 +69,11 @@ fn table_is_complete(ops: &ffi::xbb_shim_ops) -> bool {
         && ops.mem_free.is_some()
         && ops.panic.is_some()
         && ops.log.is_some()
+        && ops.stat_attach.is_some()
+        && ops.stat_detach.is_some()
+        && ops.stat_start.is_some()
+        && ops.stat_end.is_some()
+        && ops.probe.is_some()
 }
 
 /// Installs the module's ops table (MOD_LOAD).
@@ -357,6 +363,11 @@ pub struct KernelHost {
     ctx: *mut c_void,
     ops: &'static ffi::xbb_shim_ops,
     cells: &'static [QueueCell],
+    /// The back-end directory (as `xbb_rs_attach` got it).
+    be_path: String,
+    /// The toolstack removed the back-end directory: every write fails
+    /// with [`XsError::NotFound`] without reaching XenStore.
+    removed: bool,
 }
 
 // Layout facts that let `store_submit` hand the core's iovec array to C
@@ -374,12 +385,54 @@ const _: () = {
 impl KernelHost {
     /// The platform for the softc `ctx`, over the installed table, lending
     /// queue `q` through `cells[q]`.
-    pub(super) fn new(ctx: *mut c_void, cells: &'static [QueueCell]) -> Option<KernelHost> {
+    pub(super) fn new(
+        ctx: *mut c_void,
+        cells: &'static [QueueCell],
+        be_path: &str,
+    ) -> Option<KernelHost> {
         Some(KernelHost {
             ctx,
             ops: ops()?,
             cells,
+            be_path: String::from(be_path),
+            removed: false,
         })
+    }
+
+    /// Creates the instance's devstat(9) entries (attach thread).
+    pub(super) fn stat_attach(&mut self) -> Result<(), Error> {
+        // SAFETY: stat_attach is set; plain values only.
+        match unsafe { f(self.ops.stat_attach)(self.ctx) } {
+            0 => Ok(()),
+            _ => Err(Error::NoMemory),
+        }
+    }
+
+    /// Removes the instance's devstat(9) entries (detach finished).
+    pub(super) fn stat_detach(&mut self) {
+        // SAFETY: stat_detach is set; plain values only.
+        unsafe { f(self.ops.stat_detach)(self.ctx) }
+    }
+
+    /// Whether the toolstack removed the back-end directory (seen by
+    /// [`KernelHost::check_removed`]).
+    pub(super) fn removed(&self) -> bool {
+        self.removed
+    }
+
+    /// Looks whether the toolstack removed the back-end directory and, if
+    /// so, stops every write into it from now on (as xbb-serve does): the
+    /// instance is about to be detached, and a write would either make
+    /// the directory again (xenstored creates missing parents) or be
+    /// refused (`EACCES` in a driver domain), only to be logged. Returns
+    /// whether it is removed.
+    pub(super) fn check_removed(&mut self) -> bool {
+        if !self.removed {
+            let dir = core::mem::take(&mut self.be_path);
+            self.removed = xbb::connect::backend_removed(self, &dir);
+            self.be_path = dir;
+        }
+        self.removed
     }
 
     /// The queues' cells.
@@ -428,6 +481,19 @@ fn medium_from(m: &ffi::xbb_shim_medium) -> MediumInfo {
     }
 }
 
+/// The queue argument of the probes fired from the control context.
+const CONTROL: u32 = u32::MAX;
+
+/// The header's `XBB_SHIM_KIND_*` of a kind.
+fn kind_code(kind: IoKind) -> u32 {
+    match kind {
+        IoKind::Read => ffi::XBB_SHIM_KIND_READ,
+        IoKind::Write => ffi::XBB_SHIM_KIND_WRITE,
+        IoKind::Flush => ffi::XBB_SHIM_KIND_FLUSH,
+        IoKind::Discard => ffi::XBB_SHIM_KIND_DISCARD,
+    }
+}
+
 /// The grant batch size of the header, as a `usize`.
 const BATCH: usize = ffi::XBB_SHIM_GRANT_BATCH as usize;
 
@@ -457,16 +523,22 @@ impl XenStore for KernelHost {
         Ok(len)
     }
 
+    // Every write of the instance comes here: once the back-end directory
+    // is gone, none reaches XenStore. A refused write is the first sign of
+    // a removal the local-end watch has not reported yet.
     fn xs_write(&mut self, txn: XsTxn, path: &str, value: &str) -> Result<(), XsError> {
+        if self.removed {
+            return Err(XsError::NotFound);
+        }
         let p = CString::new(path).map_err(errno::xs_error)?;
         let v = CString::new(value).map_err(errno::xs_error)?;
         // SAFETY: xs_write is set; both strings are NUL-terminated and live
         // across the call.
         let e = unsafe { f(self.ops.xs_write)(self.ctx, txn.0, p.as_ptr(), v.as_ptr()) };
-        if e == 0 {
-            Ok(())
-        } else {
-            Err(errno::xs_error(e))
+        match errno::xs_error(e) {
+            _ if e == 0 => Ok(()),
+            XsError::Denied | XsError::NotFound if self.check_removed() => Err(XsError::NotFound),
+            err => Err(err),
         }
     }
 
@@ -610,6 +682,84 @@ impl QueueHost for KernelQueueHost<'_> {
     fn now_ms(&self) -> u64 {
         // SAFETY: now_ms is set.
         unsafe { f(self.ops.now_ms)(self.ctx) }
+    }
+
+    // devstat(9) and the SDT probes: each Event is at most one stat call
+    // and one probe, with plain values (no allocation, no sleeping).
+    fn note(&mut self, ev: Event) {
+        let mut start = None;
+        let mut end = None;
+        let mut fire = None;
+        match ev {
+            Event::RequestStart {
+                id,
+                kind,
+                sector,
+                bytes,
+            } => {
+                start = Some(ffi::XBB_SHIM_VIEW_GUEST);
+                let k = kind_code(kind).into();
+                fire = Some((ffi::XBB_SHIM_PROBE_REQUEST_START, [id, k, sector, bytes]));
+            }
+            Event::RequestDone {
+                id,
+                kind,
+                bytes,
+                status,
+            } => {
+                let k = kind_code(kind);
+                let error = c_int::from(status != xbb::abi::BLKIF_RSP_OKAY);
+                end = Some((ffi::XBB_SHIM_VIEW_GUEST, k, bytes, error));
+                let st = i64::from(status) as u64;
+                fire = Some((ffi::XBB_SHIM_PROBE_REQUEST_DONE, [id, k.into(), bytes, st]));
+            }
+            Event::RequestRefused {
+                id,
+                operation,
+                status,
+            } => {
+                let st = i64::from(status) as u64;
+                let args = [id, operation.into(), st, 0];
+                fire = Some((ffi::XBB_SHIM_PROBE_REQUEST_REFUSED, args));
+            }
+            Event::Dispatch {
+                kind,
+                sector,
+                bytes,
+            } => {
+                let args = [kind_code(kind).into(), sector, bytes, 0];
+                fire = Some((ffi::XBB_SHIM_PROBE_DISPATCH, args));
+            }
+            Event::IoStart { .. } => start = Some(ffi::XBB_SHIM_VIEW_STORE),
+            Event::IoDone {
+                kind,
+                bytes,
+                result,
+            } => {
+                let k = kind_code(kind);
+                let e = errno::io_errno(result);
+                end = Some((ffi::XBB_SHIM_VIEW_STORE, k, bytes, e));
+                if e != 0 {
+                    let args = [k.into(), bytes, i64::from(e) as u64, 0];
+                    fire = Some((ffi::XBB_SHIM_PROBE_IO_ERROR, args));
+                }
+            }
+        }
+        if let Some(view) = start {
+            // SAFETY: stat_start is set; plain values only; it neither
+            // sleeps nor allocates.
+            unsafe { f(self.ops.stat_start)(self.ctx, view) }
+        }
+        if let Some((view, kind, bytes, error)) = end {
+            // SAFETY: stat_end is set; plain values only; it neither
+            // sleeps nor allocates.
+            unsafe { f(self.ops.stat_end)(self.ctx, view, kind, bytes, error) }
+        }
+        if let Some((n, [a0, a1, a2, a3])) = fire {
+            // SAFETY: probe is set; plain values only; it neither sleeps
+            // nor allocates.
+            unsafe { f(self.ops.probe)(self.ctx, n, self.queue, a0, a1, a2, a3) }
+        }
     }
 
     fn store_submit(&mut self, tag: IoTag, op: IoOp<'_>) -> Result<(), IoError> {
@@ -779,6 +929,24 @@ impl Host for KernelHost {
     fn root_mounted(&self) -> bool {
         // SAFETY: root_mounted is set.
         unsafe { f(self.ops.root_mounted)(self.ctx) != 0 }
+    }
+
+    fn note_connection(&mut self, ev: ConnEvent) {
+        let (p, a0) = match ev {
+            ConnEvent::Connected { queues } => (ffi::XBB_SHIM_PROBE_CONNECT, u64::from(queues)),
+            ConnEvent::Disconnected => (ffi::XBB_SHIM_PROBE_DISCONNECT, 0),
+            ConnEvent::Failed { errno } => {
+                (ffi::XBB_SHIM_PROBE_CONNECT_ERROR, i64::from(errno) as u64)
+            }
+        };
+        // SAFETY: probe is set; plain values only.
+        unsafe { f(self.ops.probe)(self.ctx, p, CONTROL, a0, 0, 0, 0) }
+    }
+
+    // xbb.ko opens `params` itself; the shim forwards the back-end
+    // directory's watch (`xbb_rs_localend_changed`).
+    fn waits_for_hotplug(&self) -> bool {
+        true
     }
 
     fn lend(&mut self, queue: Queue) -> Result<(), Queue> {

@@ -26,6 +26,8 @@
 #![deny(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+extern crate alloc;
+
 #[allow(
     non_camel_case_types,
     non_upper_case_globals,

@@ -675,3 +675,275 @@ fn requests_waiting_at_connect_are_served_and_a_late_queue_task_is_harmless() {
     detach_and_free(&fk);
     assert_clean(&fk);
 }
+
+fn localend_changed(fk: &FakeKernel, path: &str) {
+    let p = std::ffi::CString::new(path).unwrap();
+    // SAFETY: the live handle of fk; p is NUL-terminated and lives across
+    // the call.
+    unsafe { ffi::xbb_rs_localend_changed(fk.inst.get(), p.as_ptr()) };
+    fk.pump();
+}
+
+/// Log lines that name the back-end directory.
+fn log_lines_for_backend() -> usize {
+    LOG.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|l| l.contains(BE_NODE))
+        .count()
+}
+
+#[test]
+fn hotplug_script_gates_connected_until_hotplug_status() {
+    let (_m, fk) = loaded();
+    fk.st()
+        .xs
+        .insert(format!("{BE_PATH}/script"), "/etc/xen/scripts/block".into());
+    assert_eq!(attach(&fk, &default_tunables()), 0);
+    assert_eq!(fk.backend_state(), Some(INITWAIT));
+    let _ring = fk.frontend_connect(1);
+    otherend_changed(&fk);
+    assert_eq!(
+        fk.backend_state(),
+        Some(INITWAIT),
+        "no Connected before the hotplug script ran"
+    );
+    // Another node of the back-end directory changes: still waiting.
+    localend_changed(&fk, "/state");
+    assert_eq!(fk.backend_state(), Some(INITWAIT));
+    fk.st()
+        .xs
+        .insert(format!("{BE_PATH}/hotplug-status"), "error".into());
+    localend_changed(&fk, "/hotplug-status");
+    assert_eq!(fk.backend_state(), Some(INITWAIT));
+    fk.st()
+        .xs
+        .insert(format!("{BE_PATH}/hotplug-status"), "connected".into());
+    localend_changed(&fk, "/hotplug-status");
+    assert_eq!(fk.backend_state(), Some(CONNECTED), "{}", last_error(&fk));
+    detach_clean(&fk);
+}
+
+#[test]
+fn without_a_hotplug_script_connects_at_once() {
+    let (_m, fk) = loaded();
+    assert!(fk.xs(&format!("{BE_PATH}/script")).is_none());
+    let _ring = connect(&fk, 1);
+    assert!(fk.xs(&format!("{BE_PATH}/hotplug-status")).is_none());
+    detach_clean(&fk);
+}
+
+/// Removes the back-end directory as the toolstack does.
+fn remove_backend_dir(fk: &FakeKernel) {
+    let below = format!("{BE_PATH}/");
+    fk.st().xs.retain(|k, _| !k.starts_with(&below));
+}
+
+#[test]
+fn a_removed_backend_directory_gets_no_more_writes() {
+    let (_m, fk) = loaded();
+    let _ring = connect(&fk, 1);
+    let logged = log_lines_for_backend();
+    remove_backend_dir(&fk);
+    localend_changed(&fk, "");
+    let writes = fk.st().writes;
+    // The front-end goes away; the back-end closes and detaches without
+    // writing (and so without making the directory again).
+    fk.set_frontend_state(XenbusState::Closed);
+    otherend_changed(&fk);
+    detach_and_free(&fk);
+    assert_eq!(fk.st().writes, writes, "no write reached XenStore");
+    assert!(
+        !fk.st().xs.keys().any(|k| k.starts_with(BE_PATH)),
+        "the directory was not made again"
+    );
+    assert_eq!(log_lines_for_backend(), logged, "nothing logged");
+    assert_clean(&fk);
+}
+
+#[test]
+fn a_refused_write_into_a_removed_directory_stops_the_writes_quietly() {
+    let (_m, fk) = loaded();
+    let _ring = connect(&fk, 1);
+    let logged = log_lines_for_backend();
+    // The directory goes before the watch reports it; the next write is
+    // refused (EACCES, as in a driver domain), and that is the last one.
+    fk.st().faults.deny_orphan_writes = true;
+    remove_backend_dir(&fk);
+    fk.set_frontend_state(XenbusState::Closing);
+    otherend_changed(&fk);
+    let writes = fk.st().writes;
+    fk.set_frontend_state(XenbusState::Closed);
+    otherend_changed(&fk);
+    localend_changed(&fk, "");
+    detach_and_free(&fk);
+    assert!(writes > 0);
+    assert_eq!(fk.st().writes, writes, "no write after the refused one");
+    assert!(!fk.st().xs.keys().any(|k| k.starts_with(BE_PATH)));
+    let log = LOG.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    assert!(
+        !log.iter().any(|l| l.contains("permission denied")),
+        "{log:?}"
+    );
+    assert_eq!(log_lines_for_backend(), logged, "{log:?}");
+    assert_clean(&fk);
+}
+
+const KIND_READ: usize = ffi::XBB_SHIM_KIND_READ as usize;
+const KIND_WRITE: usize = ffi::XBB_SHIM_KIND_WRITE as usize;
+const GUEST: usize = ffi::XBB_SHIM_VIEW_GUEST as usize;
+const STORE: usize = ffi::XBB_SHIM_VIEW_STORE as usize;
+
+fn probes_of(fk: &FakeKernel, probe: u32) -> Vec<(u32, [u64; 4])> {
+    fk.st()
+        .probes
+        .iter()
+        .filter(|p| p.0 == probe)
+        .map(|p| (p.1, p.2))
+        .collect()
+}
+
+#[test]
+fn devstat_counts_every_request_and_io_in_pairs_and_goes_at_detach() {
+    let (_m, fk) = loaded();
+    assert!(!fk.st().stat_entries);
+    let mut ring = connect(&fk, 1);
+    assert!(fk.st().stat_entries, "created at attach");
+    // Three pages at 16 in one request, one page at 64: two writes (not
+    // contiguous: not coalesced).
+    let data: Vec<Vec<u8>> = (1..=4).map(pattern).collect();
+    let w: Vec<u32> = data.iter().map(|d| fk.grant(d, true)).collect();
+    submit(&fk, &mut ring, &rw_request(BLKIF_OP_WRITE, 1, 16, &w[..3]));
+    submit(&fk, &mut ring, &rw_request(BLKIF_OP_WRITE, 2, 64, &w[3..]));
+    fk.run_tasks();
+    {
+        let st = fk.st();
+        let (g, s) = (st.devstat[GUEST], st.devstat[STORE]);
+        assert_eq!((g.started, g.ended), (2, 0), "in flight: started only");
+        assert_eq!((s.started, s.ended), (2, 0));
+    }
+    fk.pump();
+    assert_eq!(responses(&mut ring).len(), 2);
+    let r: Vec<u32> = (0..4).map(|_| fk.grant(&[], false)).collect();
+    submit(&fk, &mut ring, &rw_request(BLKIF_OP_READ, 3, 16, &r[..3]));
+    submit(&fk, &mut ring, &rw_request(BLKIF_OP_READ, 4, 64, &r[3..]));
+    fk.pump();
+    assert_eq!(responses(&mut ring).len(), 2);
+    let page = PAGE_SIZE as u64;
+    {
+        let st = fk.st();
+        for view in [GUEST, STORE] {
+            let d = st.devstat[view];
+            assert_eq!((d.started, d.ended, d.errors), (4, 4, 0), "view {view}");
+            assert_eq!(d.ops[KIND_WRITE], 2);
+            assert_eq!(d.ops[KIND_READ], 2);
+            assert_eq!(d.bytes[KIND_WRITE], 4 * page);
+            assert_eq!(d.bytes[KIND_READ], 4 * page);
+        }
+    }
+    // The same numbers as dev.xbb.N.
+    assert_eq!(
+        fk.st().devstat[GUEST].bytes[KIND_WRITE],
+        sysctl(&fk, "bytes_written")
+    );
+    assert_eq!(
+        fk.st().devstat[GUEST].bytes[KIND_READ],
+        sysctl(&fk, "bytes_read")
+    );
+    // A request refused before it starts is not a devstat transaction.
+    let g = fk.grant(&[], false);
+    submit(&fk, &mut ring, &rw_request(BLKIF_OP_READ, 5, SECTORS, &[g]));
+    fk.pump();
+    assert_eq!(responses(&mut ring)[0].status, BLKIF_RSP_ERROR);
+    assert_eq!(fk.st().devstat[GUEST].started, 4);
+    detach_and_free(&fk);
+    let st = fk.st();
+    assert!(!st.stat_entries, "removed at detach");
+    assert_eq!(st.stat_attaches, 1);
+    assert!(st.violations.is_empty(), "{:?}", st.violations);
+}
+
+#[test]
+fn devstat_ends_failed_io_too() {
+    let (_m, fk) = loaded();
+    let mut ring = connect(&fk, 1);
+    fk.st().faults.store_gone = true;
+    write_page(&fk, &mut ring, 21, 0, 7);
+    fk.pump();
+    assert_eq!(responses(&mut ring)[0].status, BLKIF_RSP_ERROR);
+    {
+        let st = fk.st();
+        for view in [GUEST, STORE] {
+            let d = st.devstat[view];
+            assert_eq!((d.started, d.ended, d.errors), (1, 1, 1), "view {view}");
+        }
+    }
+    let io_errors = probes_of(&fk, ffi::XBB_SHIM_PROBE_IO_ERROR);
+    assert_eq!(io_errors.len(), 1);
+    assert_eq!(io_errors[0].1[0], u64::from(ffi::XBB_SHIM_KIND_WRITE));
+    assert_eq!(io_errors[0].1[2], ENXIO as u64);
+    detach_clean(&fk);
+}
+
+#[test]
+fn probes_fire_at_connect_requests_dispatch_errors_and_disconnect() {
+    let (_m, fk) = loaded();
+    let mut ring = connect(&fk, 1);
+    let connects = probes_of(&fk, ffi::XBB_SHIM_PROBE_CONNECT);
+    assert_eq!(connects, [(u32::MAX, [1, 0, 0, 0])], "one queue");
+    write_page(&fk, &mut ring, 9, 8, 1);
+    fk.pump();
+    let start = probes_of(&fk, ffi::XBB_SHIM_PROBE_REQUEST_START);
+    assert_eq!(start.len(), 1);
+    let (q, a) = start[0];
+    assert_eq!(q, 0);
+    assert_eq!(
+        a,
+        [9, u64::from(ffi::XBB_SHIM_KIND_WRITE), 8, PAGE_SIZE as u64]
+    );
+    let done = probes_of(&fk, ffi::XBB_SHIM_PROBE_REQUEST_DONE);
+    assert_eq!(done.len(), 1);
+    assert_eq!(
+        done[0].1,
+        [9, u64::from(ffi::XBB_SHIM_KIND_WRITE), PAGE_SIZE as u64, 0]
+    );
+    let dispatch = probes_of(&fk, ffi::XBB_SHIM_PROBE_DISPATCH);
+    assert_eq!(dispatch.len(), 1);
+    assert_eq!(
+        dispatch[0].1[..3],
+        [u64::from(ffi::XBB_SHIM_KIND_WRITE), 8, PAGE_SIZE as u64]
+    );
+    // A request past the end: refused, status BLKIF_RSP_ERROR (-1).
+    let g = fk.grant(&[], false);
+    submit(
+        &fk,
+        &mut ring,
+        &rw_request(BLKIF_OP_READ, 10, SECTORS, &[g]),
+    );
+    fk.pump();
+    let refused = probes_of(&fk, ffi::XBB_SHIM_PROBE_REQUEST_REFUSED);
+    assert_eq!(refused.len(), 1);
+    assert_eq!(
+        refused[0].1[..3],
+        [10, u64::from(BLKIF_OP_READ), -1i64 as u64]
+    );
+    fk.set_frontend_state(XenbusState::Closed);
+    otherend_changed(&fk);
+    assert_eq!(probes_of(&fk, ffi::XBB_SHIM_PROBE_DISCONNECT).len(), 1);
+    detach_clean(&fk);
+}
+
+#[test]
+fn a_failed_connection_fires_the_connect_error_probe() {
+    let (_m, fk) = loaded();
+    assert_eq!(attach(&fk, &default_tunables()), 0);
+    let _ring = fk.frontend_connect(1);
+    fk.st().faults.ring_map = true;
+    otherend_changed(&fk);
+    assert_eq!(fk.backend_state(), Some(CLOSING));
+    let errors = probes_of(&fk, ffi::XBB_SHIM_PROBE_CONNECT_ERROR);
+    assert_eq!(errors.len(), 1);
+    assert_ne!(errors[0].1[0], 0, "an errno");
+    assert!(probes_of(&fk, ffi::XBB_SHIM_PROBE_CONNECT).is_empty());
+    detach_clean(&fk);
+}

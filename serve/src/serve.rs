@@ -735,8 +735,7 @@ impl InstanceThread {
                 if fired {
                     // The toolstack removed the device: nothing is left to
                     // serve (the front-end was closed first, or is gone).
-                    let state = host.xs().read(0, &format!("{}/{}", self.path, keys::STATE));
-                    if matches!(state, Err(libc::ENOENT)) {
+                    if xbb::connect::backend_removed(&mut host, &self.path) {
                         host.set_removed();
                         stop = true;
                     } else {

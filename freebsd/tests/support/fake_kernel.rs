@@ -47,7 +47,7 @@ use xbb::abi::{Abi, BlkifRequest, BlkifResponse};
 use xbb::host::{XenbusState, PAGE_SIZE};
 use xbb::ring::FrontRing;
 use xbb::shmem::SharedMem;
-use xbb_freebsd::errno::{self, EINVAL, ENOENT, ENXIO, ERANGE};
+use xbb_freebsd::errno::{self, EACCES, EINVAL, ENOENT, ENXIO, ERANGE};
 use xbb_freebsd::ffi;
 
 /// The back-end directory, relative to the domain's home as
@@ -207,6 +207,13 @@ pub struct Faults {
     pub map_grants: bool,
     /// The medium is gone: completions report `ENXIO`.
     pub store_gone: bool,
+    /// The back-end directory's parents are not the back-end's, as in a
+    /// driver domain: once the toolstack removed the directory (its
+    /// `state` node is absent), a write below it is refused with `EACCES`
+    /// (the back-end may not create it again), and so is a read of a node
+    /// that is not there (xenstored answers `EACCES`, not `ENOENT`, when the
+    /// nearest existing parent is not readable by the caller).
+    pub deny_orphan_writes: bool,
 }
 
 /// Everything one fake device holds.
@@ -258,6 +265,31 @@ pub struct State {
     pub violations: Vec<String>,
     /// Window pages mapped now.
     pub mapped_pages: usize,
+    /// `xs_write` calls that reached the kernel.
+    pub writes: u64,
+    /// The devstat(9) entries exist (`stat_attach` .. `stat_detach`).
+    pub stat_entries: bool,
+    /// `stat_attach` calls.
+    pub stat_attaches: u32,
+    /// devstat counts per view (`XBB_SHIM_VIEW_*`).
+    pub devstat: [DevStat; 2],
+    /// Probes fired: `(probe, queue, [a0, a1, a2, a3])`.
+    pub probes: Vec<(u32, u32, [u64; 4])>,
+}
+
+/// One fake devstat(9) entry.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DevStat {
+    /// Transactions started.
+    pub started: u64,
+    /// Transactions ended.
+    pub ended: u64,
+    /// Ended transactions per `XBB_SHIM_KIND_*`.
+    pub ops: [u64; 4],
+    /// Bytes per `XBB_SHIM_KIND_*`.
+    pub bytes: [u64; 4],
+    /// Ended with an error.
+    pub errors: u64,
 }
 
 /// One device: the softc handed to `xbb_rs_attach` as `ctx`.
@@ -673,7 +705,14 @@ unsafe extern "C" fn xs_read(
     // SAFETY: the header's contract for xs_read.
     let (d, path) = unsafe { (dev(ctx), s(path)) };
     let st = d.st();
-    let Some(v) = st.xs.get(&abs(path)) else {
+    let p = abs(path);
+    let Some(v) = st.xs.get(&p) else {
+        if st.faults.deny_orphan_writes
+            && p.starts_with(BE_PATH)
+            && !st.xs.contains_key(&format!("{BE_PATH}/state"))
+        {
+            return EACCES;
+        }
         return ENOENT;
     };
     if v.len() > buflen {
@@ -696,7 +735,16 @@ unsafe extern "C" fn xs_write(
     let _f = FakeScope::enter();
     // SAFETY: the header's contract for xs_write.
     let (d, path, value) = unsafe { (dev(ctx), s(path), s(value)) };
-    d.st().xs.insert(abs(path), value.to_owned());
+    let mut st = d.st();
+    st.writes += 1;
+    let p = abs(path);
+    if st.faults.deny_orphan_writes
+        && p.starts_with(BE_PATH)
+        && !st.xs.contains_key(&format!("{BE_PATH}/state"))
+    {
+        return EACCES;
+    }
+    st.xs.insert(p, value.to_owned());
     0
 }
 
@@ -1191,6 +1239,81 @@ unsafe extern "C" fn log(_ctx: *mut c_void, msg: *const c_char, len: usize) {
         .push(String::from_utf8_lossy(m).into_owned());
 }
 
+unsafe extern "C" fn stat_attach(ctx: *mut c_void) -> c_int {
+    let _f = FakeScope::enter();
+    // SAFETY: the header's contract.
+    let mut st = unsafe { dev(ctx) }.st();
+    if st.stat_entries {
+        st.violations.push("stat_attach twice".into());
+    }
+    st.stat_entries = true;
+    st.stat_attaches += 1;
+    0
+}
+
+unsafe extern "C" fn stat_detach(ctx: *mut c_void) {
+    let _f = FakeScope::enter();
+    // SAFETY: the header's contract.
+    let mut st = unsafe { dev(ctx) }.st();
+    if !st.stat_entries {
+        st.violations.push("stat_detach without entries".into());
+    }
+    if !st.ios.is_empty() {
+        st.violations.push("stat_detach with I/O in flight".into());
+    }
+    st.stat_entries = false;
+}
+
+unsafe extern "C" fn stat_start(ctx: *mut c_void, view: u32) {
+    let _f = FakeScope::enter();
+    // SAFETY: the header's contract.
+    let mut st = unsafe { dev(ctx) }.st();
+    if !st.stat_entries || view > 1 {
+        st.violations
+            .push(format!("stat_start view {view} without entries"));
+        return;
+    }
+    st.devstat[view as usize].started += 1;
+}
+
+unsafe extern "C" fn stat_end(ctx: *mut c_void, view: u32, kind: u32, bytes: u64, error: c_int) {
+    let _f = FakeScope::enter();
+    // SAFETY: the header's contract.
+    let mut st = unsafe { dev(ctx) }.st();
+    if !st.stat_entries || view > 1 || kind > 3 {
+        st.violations
+            .push(format!("stat_end view {view} kind {kind}"));
+        return;
+    }
+    let d = &mut st.devstat[view as usize];
+    d.ended += 1;
+    d.ops[kind as usize] += 1;
+    d.bytes[kind as usize] += bytes;
+    d.errors += u64::from(error != 0);
+    if d.ended > d.started {
+        st.violations
+            .push(format!("stat_end of view {view} without a start"));
+    }
+}
+
+unsafe extern "C" fn probe(
+    ctx: *mut c_void,
+    probe: u32,
+    queue: u32,
+    a0: u64,
+    a1: u64,
+    a2: u64,
+    a3: u64,
+) {
+    let _f = FakeScope::enter();
+    // SAFETY: the header's contract.
+    let mut st = unsafe { dev(ctx) }.st();
+    if probe >= ffi::XBB_SHIM_PROBES {
+        st.violations.push(format!("probe {probe}"));
+    }
+    st.probes.push((probe, queue, [a0, a1, a2, a3]));
+}
+
 /// The fake kernel's ops table.
 pub static OPS: ffi::xbb_shim_ops = ffi::xbb_shim_ops {
     version: ffi::XBB_SHIM_VERSION,
@@ -1224,6 +1347,11 @@ pub static OPS: ffi::xbb_shim_ops = ffi::xbb_shim_ops {
     mem_free: Some(mem_free),
     panic: Some(panic),
     log: Some(log),
+    stat_attach: Some(stat_attach),
+    stat_detach: Some(stat_detach),
+    stat_start: Some(stat_start),
+    stat_end: Some(stat_end),
+    probe: Some(probe),
 };
 
 /// Serializes the tests of a binary: the ops table is module-wide.

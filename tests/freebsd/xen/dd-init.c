@@ -512,6 +512,36 @@ node_is(const char *dir, const char *leaf, const char *want)
 }
 
 /*
+ * The hotplug half of "xl devd": a back-end directory with a "script" node
+ * waits (xbb.ko does not connect) until the script reports
+ * "hotplug-status" = "connected".  Nothing here needs a script to run (the
+ * disks are md(4) devices and a tmpfs file xbb.ko opens itself), so report
+ * it done, once, as xl devd would after running it.
+ */
+static void
+hotplug_done(const char *dev)
+{
+	char key[96], val[64];
+
+	key[0] = '\0';
+	cat(key, sizeof(key), dev);
+	cat(key, sizeof(key), "/script");
+	if (xs_read(key, val, sizeof(val)) != 0)
+		return;
+	key[0] = '\0';
+	cat(key, sizeof(key), dev);
+	cat(key, sizeof(key), "/hotplug-status");
+	if (xs_read(key, val, sizeof(val)) == 0)
+		return;
+	if (xs_write(key, "connected") == 0) {
+		begin("info");
+		put("hotplug-status connected for ");
+		put(dev);
+		end();
+	}
+}
+
+/*
  * The part of "xl devd" a driver domain needs here: once a back-end is
  * Closed with online = 0 (the toolstack detached it, or its guest is
  * gone), remove its directory. libxl in dom0 waits for that removal
@@ -543,6 +573,8 @@ reap_backends(void)
 			cat(dev, sizeof(dev), path);
 			cat(dev, sizeof(dev), "/");
 			cat(dev, sizeof(dev), devs + j);
+			if (!node_is(dev, "/state", "6"))
+				hotplug_done(dev);
 			if (!node_is(dev, "/online", "0") ||
 			    !node_is(dev, "/state", "6"))
 				continue;
@@ -557,6 +589,266 @@ reap_backends(void)
 		}
 	}
 	return (n);
+}
+
+/*
+ * devstat(9) (sys/sys/devicestat.h, DEVSTAT_VERSION 6) as
+ * kern.devstat.all returns it on amd64: a long generation, then the
+ * entries, struct devstat each.  Only the fields read here, by offset.
+ */
+#define	DS_SIZE		288
+#define	DS_START_COUNT	8
+#define	DS_END_COUNT	12
+#define	DS_NAME		44
+#define	DS_NAME_LEN	16
+#define	DS_UNIT		60
+#define	DS_BYTES	64	/* uint64_t[4]: no data, read, write, free */
+#define	DS_OPERATIONS	96	/* uint64_t[4] */
+#define	DS_NO_DATA	0
+#define	DS_READ		1
+#define	DS_WRITE	2
+#define	DS_FREE		3
+
+static unsigned char dsbuf[64 * DS_SIZE + 8];
+
+static uint32_t
+ds_u32(const unsigned char *e, size_t off)
+{
+	uint32_t v;
+
+	__builtin_memcpy(&v, e + off, sizeof(v));
+	return (v);
+}
+
+static uint64_t
+ds_u64(const unsigned char *e, size_t off, int i)
+{
+	uint64_t v;
+
+	__builtin_memcpy(&v, e + off + 8 * i, sizeof(v));
+	return (v);
+}
+
+/* The entry name+unit of kern.devstat.all, or NULL. */
+static const unsigned char *
+ds_find(size_t len, const char *name, uint32_t unit)
+{
+	size_t off;
+
+	for (off = 8; off + DS_SIZE <= len; off += DS_SIZE) {
+		const unsigned char *e = dsbuf + off;
+
+		if (ds_u32(e, DS_UNIT) == unit &&
+		    seq((const char *)e + DS_NAME, name))
+			return (e);
+	}
+	return (0);
+}
+
+/* dev.xbb.<unit>.<leaf> as a number; -1 when it cannot be read. */
+static long
+xbb_leaf(uint32_t unit, const char *leaf)
+{
+	char name[64];
+	char num[12];
+	uint64_t v = 0;
+	size_t len = sizeof(v);
+	int i = sizeof(num) - 1;
+
+	num[i] = '\0';
+	do {
+		num[--i] = (char)('0' + unit % 10);
+		unit /= 10;
+	} while (unit != 0);
+	name[0] = '\0';
+	cat(name, sizeof(name), "dev.xbb.");
+	cat(name, sizeof(name), &num[i]);
+	cat(name, sizeof(name), ".");
+	cat(name, sizeof(name), leaf);
+	if (sysctl_read(name, &v, &len) != 0)
+		return (-1);
+	return ((long)v);
+}
+
+/* One equality check of the devstat comparison, as an ok/FAIL line. */
+static void
+ds_check(const char *what, uint32_t unit, uint64_t got, long want)
+{
+	if (want >= 0 && got == (uint64_t)want)
+		ok("devstat ");
+	else
+		fail("devstat ");
+	put(what);
+	put(" unit ");
+	putu(unit);
+	put(": ");
+	putu(got);
+	put(" vs ");
+	puti(want);
+	end();
+}
+
+/*
+ * After a guest's verified workload (dom0 sends "devstat" while the guest
+ * is idle): every xbbgN / xbbsN entry of kern.devstat.all against
+ * dev.xbb.N.  The guest's view has one transaction per request served
+ * (reqs_received less reqs_refused), the bytes of dev.xbb.N.bytes_read /
+ * bytes_written, flush_reqs no-data and discard_reqs free transactions;
+ * the store's view moves the same bytes; nothing is in flight in either.
+ */
+static void
+devstat_check(void)
+{
+	size_t len = sizeof(dsbuf);
+	uint32_t unit;
+	unsigned seen = 0;
+
+	if (sysctl_read("kern.devstat.all", dsbuf, &len) != 0 || len < 8 ||
+	    (len - 8) % DS_SIZE != 0) {
+		fail("devstat");
+		put("kern.devstat.all unreadable or not of DS_SIZE entries, ");
+		putu(len);
+		put(" bytes");
+		end();
+		return;
+	}
+	for (unit = 0; unit < 64; unit++) {
+		const unsigned char *g, *st;
+		uint64_t ops;
+		long recv, refused;
+
+		g = ds_find(len, "xbbg", unit);
+		st = ds_find(len, "xbbs", unit);
+		if (xbb_leaf(unit, "state") < 0) {
+			if (g != 0 || st != 0) {
+				fail("devstat");
+				put("entries of a detached unit ");
+				putu(unit);
+				end();
+			}
+			continue;
+		}
+		seen++;
+		if (g == 0 || st == 0) {
+			fail("devstat");
+			put("no xbbg/xbbs entry for dev.xbb.");
+			putu(unit);
+			end();
+			continue;
+		}
+		begin("info");
+		put("devstat xbbg");
+		putu(unit);
+		put(" ops r/w/free/flush ");
+		putu(ds_u64(g, DS_OPERATIONS, DS_READ));
+		put("/");
+		putu(ds_u64(g, DS_OPERATIONS, DS_WRITE));
+		put("/");
+		putu(ds_u64(g, DS_OPERATIONS, DS_FREE));
+		put("/");
+		putu(ds_u64(g, DS_OPERATIONS, DS_NO_DATA));
+		put(" bytes r/w ");
+		putu(ds_u64(g, DS_BYTES, DS_READ));
+		put("/");
+		putu(ds_u64(g, DS_BYTES, DS_WRITE));
+		put("; xbbs");
+		putu(unit);
+		put(" ops r/w ");
+		putu(ds_u64(st, DS_OPERATIONS, DS_READ));
+		put("/");
+		putu(ds_u64(st, DS_OPERATIONS, DS_WRITE));
+		end();
+		ops = ds_u64(g, DS_OPERATIONS, DS_READ) +
+		    ds_u64(g, DS_OPERATIONS, DS_WRITE) +
+		    ds_u64(g, DS_OPERATIONS, DS_FREE) +
+		    ds_u64(g, DS_OPERATIONS, DS_NO_DATA);
+		recv = xbb_leaf(unit, "reqs_received");
+		refused = xbb_leaf(unit, "reqs_refused");
+		ds_check("xbbg requests = reqs_received - reqs_refused", unit,
+		    ops, recv < 0 || refused < 0 ? -1 : recv - refused);
+		ds_check("xbbg bytes read = bytes_read", unit,
+		    ds_u64(g, DS_BYTES, DS_READ), xbb_leaf(unit, "bytes_read"));
+		ds_check("xbbg bytes written = bytes_written", unit,
+		    ds_u64(g, DS_BYTES, DS_WRITE),
+		    xbb_leaf(unit, "bytes_written"));
+		ds_check("xbbg flushes = flush_reqs", unit,
+		    ds_u64(g, DS_OPERATIONS, DS_NO_DATA),
+		    xbb_leaf(unit, "flush_reqs"));
+		ds_check("xbbg frees = discard_reqs", unit,
+		    ds_u64(g, DS_OPERATIONS, DS_FREE),
+		    xbb_leaf(unit, "discard_reqs"));
+		ds_check("xbbs bytes read = xbbg's", unit,
+		    ds_u64(st, DS_BYTES, DS_READ),
+		    (long)ds_u64(g, DS_BYTES, DS_READ));
+		ds_check("xbbs bytes written = xbbg's", unit,
+		    ds_u64(st, DS_BYTES, DS_WRITE),
+		    (long)ds_u64(g, DS_BYTES, DS_WRITE));
+		ds_check("xbbg idle: ended = started", unit,
+		    ds_u32(g, DS_END_COUNT), (long)ds_u32(g, DS_START_COUNT));
+		ds_check("xbbs idle: ended = started", unit,
+		    ds_u32(st, DS_END_COUNT), (long)ds_u32(st, DS_START_COUNT));
+	}
+	begin("info");
+	put("devstat end, instances ");
+	putu(seen);
+	end();
+}
+
+/* sys/sys/linker.h */
+#define	SYS_kldsym	337
+#define	KLDSYM_LOOKUP	1
+struct kld_sym_lookup {
+	int		version;
+	const char	*symname;
+	unsigned long	symvalue;
+	size_t		symsize;
+};
+
+/*
+ * The SDT probes of xbb(4), DTRACE PROBES: each is a struct sdt_probe
+ * named sdt_<provider>_<module>_<function>_<name> in xbb.ko's symbol table
+ * (kldsym(2); no dtrace(1) needed).  A kernel without options
+ * KDTRACE_HOOKS compiles none of them: that is reported, not failed.
+ */
+static void
+sdt_check(long kld)
+{
+	static const char *const probes[] = {
+		"sdt_xbb_xbb_request_start",
+		"sdt_xbb_xbb_request_done",
+		"sdt_xbb_xbb_request_refused",
+		"sdt_xbb_xbb_reqlist_dispatch",
+		"sdt_xbb_xbb_io_error",
+		"sdt_xbb_xbb_connection_connect",
+		"sdt_xbb_xbb_connection_disconnect",
+		"sdt_xbb_xbb_connection_error",
+	};
+	unsigned i, found = 0, n = sizeof(probes) / sizeof(probes[0]);
+
+	for (i = 0; i < n; i++) {
+		struct kld_sym_lookup l = { sizeof(l), probes[i], 0, 0 };
+
+		if (SC(SYS_kldsym, kld, KLDSYM_LOOKUP, &l, 0, 0, 0) == 0 &&
+		    l.symvalue != 0)
+			found++;
+	}
+	if (found == n) {
+		ok("sdt: all ");
+		putu(n);
+		put(" probes of provider xbb in xbb.ko");
+		end();
+	} else if (found == 0) {
+		begin("info");
+		put("sdt: no probes in xbb.ko (kernel without KDTRACE_HOOKS)");
+		end();
+	} else {
+		fail("sdt");
+		putu(found);
+		put(" of ");
+		putu(n);
+		put(" probes in xbb.ko");
+		end();
+	}
 }
 
 static void
@@ -666,6 +958,10 @@ serve(uint64_t start)
 			end();
 			if (seq(cmd, "unload"))
 				break;
+			if (seq(cmd, "devstat")) {
+				devstat_check();
+				sdt_check(id);
+			}
 			if (seq(cmd, "dump")) {
 				(void)dump_tree("dev.xbb", 1);
 				begin("info");

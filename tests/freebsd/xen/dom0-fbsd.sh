@@ -101,6 +101,44 @@ fb_dump() {
 	done
 	return 1
 }
+# fb_devstat FID: while the guests are idle after their verified
+# workload, ask the driver domain to compare kern.devstat.all (xbbgN,
+# xbbsN) with dev.xbb.N and to look up the SDT probes in xbb.ko; its
+# "XBB-DD: ok|FAIL devstat ..." and "... sdt ..." lines become results.
+fb_devstat() {
+	local f n i=0 out
+	f=$(glog xbbdd)
+	n=$(wc -l < "$f")
+	xenstore-write "/local/domain/$1/data/xbb-cmd" devstat
+	while [ $i -lt 60 ]; do
+		out=$(tail -n +"$((n + 1))" "$f" | tr -d '\r')
+		if echo "$out" | grep -q 'XBB-DD: \(ok\|FAIL\) sdt\|XBB-DD: info sdt'; then
+			echo "$out" > "$R/xbbdd-devstat.txt"
+			echo "$out" | grep -o 'XBB-DD: info devstat .*' | sed 's/^XBB-DD: info /XENLAB s7 /'
+			local oks fails
+			oks=$(echo "$out" | grep -c 'XBB-DD: ok devstat')
+			fails=$(echo "$out" | grep 'XBB-DD: FAIL devstat')
+			if [ -z "$fails" ] && [ "$oks" -gt 0 ]; then
+				result 7 xbb-devstat PASS "$oks comparisons of kern.devstat.all with dev.xbb.N"
+			else
+				result 7 xbb-devstat FAIL "${fails:-no comparison made} ($oks ok)"
+			fi
+			if echo "$out" | grep -q 'XBB-DD: ok sdt'; then
+				result 7 xbb-sdt PASS "$(echo "$out" | grep -o 'XBB-DD: ok sdt.*' | cut -c12-)"
+			elif echo "$out" | grep -q 'XBB-DD: info sdt'; then
+				result 7 xbb-sdt SKIP "$(echo "$out" | grep -o 'XBB-DD: info sdt.*' | cut -c14-)"
+			else
+				result 7 xbb-sdt FAIL "$(echo "$out" | grep -o 'XBB-DD: FAIL sdt.*' | cut -c14-)"
+			fi
+			return 0
+		fi
+		sleep 0.5
+		i=$((i + 1))
+	done
+	result 7 xbb-devstat FAIL "no devstat report from the driver domain"
+	return 1
+}
+
 # fb_value DUMP DOMID DEVID NAME: dev.xbb.N.NAME of the instance at
 # backend/vbd/DOMID/DEVID.  FreeBSD leaves %location of XenBus devices
 # empty; the kernel's attach line "xbbN: <...> at backend/vbd/D/V on
@@ -191,6 +229,7 @@ s7() {
 						result 7 "$dev:xbb-bytes" FAIL "written '$bw', read '$br', disk $((FB_MB << 20))"
 					fi
 				done
+				fb_devstat "$fid"
 			else
 				result 7 xbbdd:dump FAIL "no dev.xbb dump from the FreeBSD domain"
 			fi
