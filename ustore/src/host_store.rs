@@ -18,8 +18,8 @@ use xbb::host::{
 };
 
 use crate::{
-    is_nbd_uri, open_nbd_store, open_store, submit_counted, CompletionFn, NbdSpec, RawIoVec,
-    StoreIo, StoreOptions, StoreSpec, UserStore,
+    is_nbd_uri, open_nbd_store, open_store, submit_counted, CompletionFn, IoEngine, NbdSpec,
+    RawIoVec, StoreIo, StoreOptions, StoreSpec, UserStore,
 };
 
 /// What the node at `path` is.
@@ -80,6 +80,27 @@ impl StoreHandle {
         resolve: impl FnMut(&[IoVec], bool) -> Option<Vec<RawIoVec>>,
     ) -> Result<(), IoError> {
         submit_to(self.store.as_ref(), &self.counts, tag, op, resolve)
+    }
+
+    /// Starts what was submitted since the last kick ([`UserStore::kick`]):
+    /// once per pass.
+    pub fn kick(&self) {
+        self.store.kick();
+    }
+
+    /// The descriptor to poll for completions ([`UserStore::completion_fd`]).
+    pub fn completion_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.store.completion_fd()
+    }
+
+    /// Delivers ready completions on this thread ([`UserStore::reap`]).
+    pub fn reap(&self) {
+        self.store.reap();
+    }
+
+    /// What carries out the store's I/O.
+    pub fn engine(&self) -> IoEngine {
+        self.store.engine()
     }
 }
 
@@ -158,6 +179,7 @@ impl HostStore {
                 sector_size: self.options.sector_size,
                 faults: self.options.faults.clone(),
                 cache: self.options.cache.clone(),
+                engine: self.options.engine,
             };
             open_store(&spec, done)?
         };
@@ -225,6 +247,11 @@ impl HostStore {
         if let Some(s) = self.store.take() {
             s.close();
         }
+    }
+
+    /// What carries out the open store's I/O (`None`: no store open).
+    pub fn engine(&self) -> Option<IoEngine> {
+        self.store.as_ref().map(|s| s.engine())
     }
 
     /// Whether a store is open.
