@@ -770,18 +770,24 @@ impl Xs {
     }
 }
 
+/// Most descriptors [`poll_readable`] polls at once.
+pub const POLL_FDS: usize = 4;
+
 /// Waits until one of `fds` is readable or `timeout_ms` passed (-1: no
 /// limit); returns which are readable.
+/// At most [`POLL_FDS`] descriptors; more are not polled.
 pub fn poll_readable(fds: &[i32], timeout_ms: i32, ready: &mut [bool]) -> io::Result<()> {
-    let mut p: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|&fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
-    // SAFETY: `p` holds `p.len()` initialised pollfd entries.
+    let mut all = [libc::pollfd {
+        fd: -1,
+        events: libc::POLLIN,
+        revents: 0,
+    }; POLL_FDS];
+    let p = &mut all[..fds.len().min(POLL_FDS)];
+    for (q, &fd) in p.iter_mut().zip(fds) {
+        q.fd = fd;
+    }
+    // SAFETY: `p` holds `p.len()` initialised pollfd entries (on the
+    // stack: nothing is allocated per poll).
     let r = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, timeout_ms) };
     if r < 0 {
         let e = io::Error::last_os_error();
