@@ -53,8 +53,8 @@ use super::window::{Range, Window};
 use xbb::handoff::{Gate, Post, Work};
 use xbb::host::{
     DomId, EvtchnError, EvtchnPort, GrantError, GrantHandle, GrantMapOp, GrantRef, GrantUnmapOp,
-    Granted, Host, IoError, IoOp, IoTag, IoVec, JournalOpen, MapResult, MediumInfo, OpenError,
-    OpenParams, QueueHost, QueueId, RemotePort, XenStore, XsError, XsTxn, PAGE_SIZE,
+    Granted, Host, IoError, IoOp, IoTag, JournalOpen, MapResult, MediumInfo, OpenError, OpenParams,
+    QueueHost, QueueId, RemotePort, XenStore, XsError, XsTxn, PAGE_SIZE,
 };
 use xbb::journal::JournalId;
 use xbb::queue::{Outcome, Queue};
@@ -766,7 +766,7 @@ impl QueueHost for XenQueueHost {
     }
 
     fn store_submit(&mut self, tag: IoTag, op: IoOp<'_>) -> Result<(), IoError> {
-        let Some(store) = self.store.as_ref() else {
+        let Some(store) = self.store.as_mut() else {
             return Err(IoError::Gone);
         };
         let (window, bounce, copy) = (&self.window, &mut self.bounce, self.copy);
@@ -776,20 +776,13 @@ impl QueueHost for XenQueueHost {
         // grants) in this queue's share; a range is unmapped only when the
         // core releases its last page, which it does after the completion,
         // and release_share leaks ranges (and the bounce memory) while I/O
-        // is in flight.
-        store.submit(tag, op, |iov, write| {
-            let mut shifted = Vec::new();
-            shifted.try_reserve_exact(iov.len()).ok()?;
-            for v in iov {
-                shifted.push(IoVec {
-                    window_offset: v.window_offset.checked_sub(base)?,
-                    len: v.len,
-                });
-            }
+        // is in flight. The pieces go into the handle's own buffer: nothing
+        // is allocated per I/O.
+        store.submit_into(tag, op, |iov, write, out| {
             if copy {
-                bounce.resolve(&shifted, write)
+                bounce.resolve_into(iov, base, write, out)
             } else {
-                window.resolve(&shifted, write)
+                window.resolve_into(iov, base, write, out)
             }
         })
     }

@@ -6,7 +6,7 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use xbb::host::IoError;
 
 use crate::locked;
-use crate::StoreIo;
+use crate::StoreIoRef;
 
 /// Counts of failures injected by an [`IoFaults`], by cause.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -180,9 +180,9 @@ impl IoFaults {
     }
 
     /// Decides the fate of one accepted I/O.
-    pub(crate) fn check(&self, io: &StoreIo, span: Option<(u64, u64)>) -> Option<IoError> {
+    pub(crate) fn check(&self, io: StoreIoRef<'_>, span: Option<(u64, u64)>) -> Option<IoError> {
         let mut s = self.lock();
-        let is_data = matches!(io, StoreIo::Read { .. } | StoreIo::Write { .. });
+        let is_data = matches!(io, StoreIoRef::Read { .. } | StoreIoRef::Write { .. });
         if is_data {
             s.data_ios = s.data_ios.saturating_add(1);
             let now = s.data_ios;
@@ -206,12 +206,12 @@ impl IoFaults {
             }
         }
         match io {
-            StoreIo::Write { .. } => {
+            StoreIoRef::Write { .. } => {
                 let err = s.writes?;
                 s.counters.writes += 1;
                 Some(err)
             }
-            StoreIo::Flush => {
+            StoreIoRef::Flush => {
                 let err = s.flush?;
                 s.counters.flush += 1;
                 Some(err)

@@ -76,7 +76,7 @@ mod watch;
 pub use cache::{CacheStats, CachedStore, WriteCache, DEFAULT_CAPACITY};
 pub use faults::{FaultCounters, IoFaults};
 pub use host_store::{probe, HostStore, StoreHandle};
-pub use io::{submit_counted, RawIoVec, StoreIo};
+pub use io::{submit_counted, submit_counted_ref, RawIoVec, StoreIo, StoreIoRef};
 pub use journal::{
     close_journal, journal_name, parse_journal_name, InstanceJournals, JournalFiles,
 };
@@ -153,6 +153,15 @@ pub trait UserStore: Send + Sync {
     /// For `Read` and `Write` the caller takes on the obligation described at
     /// [`RawIoVec`].
     fn submit(&self, tag: IoTag, io: StoreIo) -> Result<(), IoError>;
+
+    /// Queues one I/O whose buffer list is borrowed, as
+    /// [`UserStore::submit`] does; a store that keeps the list in room of
+    /// its own (the io_uring store's slots) allocates nothing. By default
+    /// the list is copied (`Busy` when that memory cannot be had).
+    fn submit_ref(&self, tag: IoTag, io: StoreIoRef<'_>) -> Result<(), IoError> {
+        let io = io.to_owned_io().ok_or(IoError::Busy)?;
+        self.submit(tag, io)
+    }
 
     /// Stops taking I/O, waits until every queued I/O has completed (its
     /// completion has returned), and stops the workers. Idempotent. Must not

@@ -48,7 +48,7 @@ use xbb::units::{Bytes, Sectors};
 
 use crate::medium::{io_error, Medium};
 use crate::uring_sys::{self, IoVecs, Op, Ring};
-use crate::{locked, CompletionFn, IoEngine, IoFaults, StoreIo, StoreSpec, UserStore};
+use crate::{locked, CompletionFn, IoEngine, IoFaults, StoreIo, StoreIoRef, StoreSpec, UserStore};
 
 /// I/Os one store has in the kernel at once: its slots, and the size of
 /// its submission queue.
@@ -137,6 +137,10 @@ impl Slot {
     }
 }
 
+/// An accepted I/O waiting for a slot: its tag, the I/O, its outcome when
+/// decided at submission.
+type Waiting = (IoTag, StoreIo, Option<Result<(), IoError>>);
+
 /// What the store keeps under its lock.
 struct State {
     ring: Ring,
@@ -145,8 +149,8 @@ struct State {
     free: Vec<usize>,
     /// Slots whose entry is to be pushed at the next kick.
     ready: Vec<usize>,
-    /// Accepted I/Os waiting for a slot: (tag, io, outcome decided).
-    waiting: VecDeque<(IoTag, StoreIo, Option<Result<(), IoError>>)>,
+    /// Accepted I/Os waiting for a slot, in order.
+    waiting: VecDeque<Waiting>,
     /// Accepted I/Os whose completion has not returned yet.
     in_flight: usize,
     closing: bool,
@@ -247,8 +251,8 @@ impl UringStore {
             let Some((tag, io, outcome)) = s.waiting.pop_front() else {
                 break;
             };
-            let r = self.fill(s, tag, io, outcome);
-            debug_assert!(r.is_ok());
+            let filled = self.fill(s, tag, io.as_ref_io(), outcome);
+            debug_assert!(filled);
         }
         let fd = self.medium.file.as_raw_fd();
         let State {
@@ -268,18 +272,17 @@ impl UringStore {
         }
     }
 
-    /// Puts an accepted I/O into a free slot and marks it ready; gives it
-    /// back when no slot is free.
-    #[allow(clippy::type_complexity)]
+    /// Puts an accepted I/O into a free slot (its pieces copied into the
+    /// slot's own array) and marks it ready; `false` when no slot is free.
     fn fill(
         &self,
         s: &mut State,
         tag: IoTag,
-        io: StoreIo,
+        io: StoreIoRef<'_>,
         outcome: Option<Result<(), IoError>>,
-    ) -> Result<(), (IoTag, StoreIo, Option<Result<(), IoError>>)> {
+    ) -> bool {
         let Some(i) = s.free.pop() else {
-            return Err((tag, io, outcome));
+            return false;
         };
         let slot = &mut s.slots[i];
         slot.tag = tag;
@@ -287,14 +290,15 @@ impl UringStore {
         slot.first_cnt = 0;
         slot.offset = 0;
         slot.iov.0.clear();
-        slot.kind = match (outcome, &io) {
+        slot.kind = match (outcome, io) {
             (Some(r), _) => Kind::Decided(r),
-            (None, StoreIo::Read { offset, iov }) | (None, StoreIo::Write { offset, iov }) => {
+            (None, StoreIoRef::Read { offset, iov })
+            | (None, StoreIoRef::Write { offset, iov }) => {
                 let pieces = iov.iter().filter(|v| v.len != 0);
                 if slot.iov.0.try_reserve(pieces.clone().count()).is_err() {
                     Kind::Decided(Err(IoError::Busy))
                 } else {
-                    slot.offset = *offset;
+                    slot.offset = offset;
                     slot.iov.0.extend(pieces.map(|v| libc::iovec {
                         iov_base: v.addr as *mut libc::c_void,
                         iov_len: v.len,
@@ -305,19 +309,60 @@ impl UringStore {
                     }
                     if slot.iov.0.is_empty() {
                         Kind::Decided(Ok(()))
-                    } else if matches!(io, StoreIo::Read { .. }) {
+                    } else if matches!(io, StoreIoRef::Read { .. }) {
                         Kind::Read
                     } else {
                         Kind::Write
                     }
                 }
             }
-            (None, StoreIo::Flush) => Kind::Flush,
+            (None, StoreIoRef::Flush) => Kind::Flush,
             // io_uring has no BLKDISCARD: carried out here, as the
             // worker pool does, the outcome carried by a NOP.
-            (None, StoreIo::Discard { .. }) => Kind::Decided(self.medium.execute(&io)),
+            (
+                None,
+                StoreIoRef::Discard {
+                    offset,
+                    len,
+                    secure,
+                },
+            ) => Kind::Decided(self.medium.execute(&StoreIo::Discard {
+                offset,
+                len,
+                secure,
+            })),
         };
         s.ready.push(i);
+        true
+    }
+
+    /// Accepts one I/O: checked, and put in a free slot (no allocation);
+    /// only when every slot is taken is an owned copy (`owned`) kept in
+    /// line for one.
+    fn accept(
+        &self,
+        tag: IoTag,
+        io: StoreIoRef<'_>,
+        owned: impl FnOnce() -> Option<StoreIo>,
+    ) -> Result<(), IoError> {
+        let mut s = self.lock();
+        if s.closing {
+            return Err(IoError::Gone);
+        }
+        let outcome = match self.medium.validate(io) {
+            Err(e) => Some(Err(e)),
+            Ok(span) => self
+                .faults
+                .as_ref()
+                .and_then(|f| f.check(io, span))
+                .map(Err),
+        };
+        // Behind I/O already waiting, to keep the order.
+        if !s.waiting.is_empty() || !self.fill(&mut s, tag, io, outcome) {
+            let io = owned().ok_or(IoError::Busy)?;
+            s.waiting.push_back((tag, io, outcome));
+        }
+        s.in_flight += 1;
         Ok(())
     }
 
@@ -403,26 +448,12 @@ impl UserStore for UringStore {
     }
 
     fn submit(&self, tag: IoTag, io: StoreIo) -> Result<(), IoError> {
-        let mut s = self.lock();
-        if s.closing {
-            return Err(IoError::Gone);
-        }
-        let outcome = match self.medium.validate(&io) {
-            Err(e) => Some(Err(e)),
-            Ok(span) => self
-                .faults
-                .as_ref()
-                .and_then(|f| f.check(&io, span))
-                .map(Err),
-        };
-        s.in_flight += 1;
-        // Behind I/O already waiting, to keep the order.
-        if !s.waiting.is_empty() {
-            s.waiting.push_back((tag, io, outcome));
-        } else if let Err(back) = self.fill(&mut s, tag, io, outcome) {
-            s.waiting.push_back(back);
-        }
-        Ok(())
+        let r = io.as_ref_io();
+        self.accept(tag, r, || r.to_owned_io())
+    }
+
+    fn submit_ref(&self, tag: IoTag, io: StoreIoRef<'_>) -> Result<(), IoError> {
+        self.accept(tag, io, || io.to_owned_io())
     }
 
     fn kick(&self) {

@@ -2,7 +2,8 @@
 //! file stores and device stores, with 512-byte and 4096-byte logical
 //! sectors, each kind with a volatile write cache in front (power on), and
 //! NBD stores over nbdkit's memory plugin and over qemu-nbd serving a qcow2
-//! image, and file and device stores served through io_uring. Each property is a function over `&dyn UserStore` (plus the
+//! image, and file and device stores served through io_uring. Each
+//! property is a function over `&dyn UserStore` (plus the
 //! fixture that can reopen it) and is checked on every case.
 
 mod support;
