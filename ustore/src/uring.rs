@@ -421,7 +421,9 @@ impl UringStore {
         let mut s = self.lock();
         s.finished = finished;
         s.in_flight -= n;
-        if s.in_flight == 0 {
+        // Only close waits on `idle` (after setting `closing`, under the
+        // lock): no futex call per pass otherwise.
+        if s.in_flight == 0 && s.closing {
             self.idle.notify_all();
         }
     }
