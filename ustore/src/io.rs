@@ -11,15 +11,19 @@ use crate::UserStore;
 /// (in the simulator, a grant page mapped into the back-end's data window).
 ///
 /// # Caller's obligation
-/// Building a [`StoreIo::Read`] or [`StoreIo::Write`] out of `RawIoVec`s and
-/// handing it to [`UserStore::submit`] is a promise by the submitter: every
+/// Building a [`StoreIo::Read`] or [`StoreIo::Write`] (or their
+/// [`StoreIoRef`] forms) out of `RawIoVec`s and handing it to
+/// [`UserStore::submit`] (or [`UserStore::submit_ref`]) is a promise by the
+/// submitter: every
 /// range `addr..addr + len` is mapped in this process — writable for a read,
 /// readable for a write — is not accessed through Rust references while the
 /// I/O runs (the store writes it behind the compiler's back), and stays
 /// mapped until the completion for that I/O has been delivered (or `submit`
 /// returned `Err`, in which case the store never touched it). The store
 /// cannot check this; it is the one condition under which the store's raw
-/// `preadv`/`pwritev` calls are sound.
+/// `preadv`/`pwritev` calls, and the io_uring entries that name the memory
+/// while the kernel carries them out, are sound. A borrowed list
+/// ([`StoreIoRef`]) need only live for the call: the store copies it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RawIoVec {
     /// Start address in this process.
