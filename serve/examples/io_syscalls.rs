@@ -28,6 +28,8 @@ use xbb_ustore::{HostStore, IoEngine, RawIoVec, StoreOptions};
 
 const PAGE: usize = 4096;
 const MEDIUM: u64 = 8 << 20;
+/// Tags are `request * SLOT_TAG + window slot`; the depth is below it.
+const SLOT_TAG: usize = 1024;
 
 struct QueueBox {
     gate: Gate,
@@ -53,7 +55,7 @@ fn main() -> Result<(), String> {
                     .ok_or("--io: uring or pool")?
             }
             "--ios" => ios = num()?,
-            "--depth" => depth = num()? as usize,
+            "--depth" => depth = (num()? as usize).clamp(1, SLOT_TAG - 1),
             "--pieces" => pieces = num()? as usize,
             f => file = Some(f.to_string()),
         }
@@ -99,6 +101,9 @@ fn main() -> Result<(), String> {
     let (mut submitted, mut completed, mut in_flight) = (0u64, 0u64, 0usize);
     let mut done = VecDeque::with_capacity(1024);
     let mut ready = [false; 3];
+    // The window slots not in use: a request's buffer is its slot's, and
+    // its tag names the slot.
+    let mut free: Vec<usize> = (0..depth).collect();
     let mut iov = vec![
         IoVec {
             window_offset: 0,
@@ -112,8 +117,9 @@ fn main() -> Result<(), String> {
         };
         h.reap();
         std::mem::swap(&mut *qbox.done.lock().unwrap(), &mut done);
-        for (_, r) in done.drain(..) {
+        for (tag, r) in done.drain(..) {
             r.map_err(|e| format!("I/O failed: {e:?}"))?;
+            free.push(tag.0 as usize % SLOT_TAG);
             completed += 1;
             in_flight -= 1;
         }
@@ -122,7 +128,7 @@ fn main() -> Result<(), String> {
         }
         // The pass: as many requests as the depth allows.
         while in_flight < depth && submitted < ios {
-            let slot = in_flight_slot(submitted, depth);
+            let slot = free.pop().ok_or("no free window slot")?;
             for (k, v) in iov.iter_mut().enumerate() {
                 *v = IoVec {
                     window_offset: (slot * pieces + k) * PAGE,
@@ -135,7 +141,8 @@ fn main() -> Result<(), String> {
             } else {
                 IoOp::Write { offset, iov: &iov }
             };
-            h.submit_into(IoTag(submitted as u32), op, |pcs, _, out| {
+            let tag = IoTag((submitted as usize * SLOT_TAG + slot) as u32);
+            h.submit_into(tag, op, |pcs, _, out| {
                 out.extend(pcs.iter().map(|v| RawIoVec {
                     addr: base + v.window_offset,
                     len: v.len,
@@ -162,10 +169,4 @@ fn main() -> Result<(), String> {
     store.close();
     println!("{completed} requests of {pieces} pieces, depth {depth}");
     Ok(())
-}
-
-/// The window slot of request `n`: requests in flight at once never share
-/// one (at most `depth` are).
-fn in_flight_slot(n: u64, depth: usize) -> usize {
-    (n % depth as u64) as usize
 }
