@@ -315,6 +315,9 @@ pub struct Queue {
     /// one event at the first run, whatever it asked for (that back-end
     /// may have published responses and gone before it notified).
     resumed: bool,
+    /// Completions of one pass are being handled: their responses are
+    /// published once, after the last ([`Queue::pass`]).
+    batching: bool,
     /// The queue's share of the data window: its first page and length.
     share: (WindowPage, u32),
     params: RunParams,
@@ -404,6 +407,7 @@ impl Queue {
             retired: false,
             spurious: 0,
             resumed,
+            batching: false,
             share: (first_page, shape.window_pages().unwrap_or(shape.kva_pages)),
             params,
             stats: QueueStats {
@@ -535,7 +539,9 @@ impl Queue {
         }
         self.grants
             .purge_idle(host, self.params.idle_ms, &self.stats);
-        self.publish(host);
+        if !self.batching {
+            self.publish(host);
+        }
         if result == Err(IoError::Gone) {
             return Outcome::StoreGone;
         }
@@ -598,9 +604,15 @@ impl Queue {
                 outcome = o;
             }
         };
+        // A pass's completions are answered together: their responses are
+        // published (and the front-end notified, if it asked) once, after
+        // the last of them, not once each.
+        self.batching = true;
         for (tag, result) in completions {
             note(self.complete(host, tag, result));
         }
+        self.batching = false;
+        self.publish(host);
         if work.contains(Work::EVENT) {
             note(self.event(host));
         }

@@ -642,6 +642,7 @@ impl<'w> Guest<'w> {
                 sector_size: if profile.sector_aware { 4096 } else { 512 },
                 faults: Some(Arc::clone(&faults)),
                 cache: None,
+                engine: Default::default(),
             },
             ..VbdConfig::file(dom, &image)
         };

@@ -153,13 +153,29 @@ impl Bounce {
     /// read-only one when `write` (the store writes into it). With `write`,
     /// each page's span grows to cover the bytes named.
     pub fn resolve(&mut self, iov: &[IoVec], write: bool) -> Option<Vec<RawIoVec>> {
+        let mut out = Vec::new();
+        self.resolve_into(iov, 0, write, &mut out)?;
+        Some(out)
+    }
+
+    /// [`Bounce::resolve`] into `out` (appended to; nothing allocated while
+    /// it has room), each piece's window offset first lowered by `shift`
+    /// (the queue's share starts there; `None` below it).
+    pub fn resolve_into(
+        &mut self,
+        iov: &[IoVec],
+        shift: usize,
+        write: bool,
+        out: &mut Vec<RawIoVec>,
+    ) -> Option<()> {
         // Check everything before marking anything.
         for v in iov {
-            let end = v.window_offset.checked_add(v.len)?;
+            let off = v.window_offset.checked_sub(shift)?;
+            let end = off.checked_add(v.len)?;
             if v.len == 0 {
                 continue;
             }
-            let (first, last) = (v.window_offset / PAGE_SIZE, (end - 1) / PAGE_SIZE);
+            let (first, last) = (off / PAGE_SIZE, (end - 1) / PAGE_SIZE);
             for p in first..=last {
                 let e = (*self.slots.get(p)?)?;
                 if write && !e.writable {
@@ -167,16 +183,17 @@ impl Bounce {
                 }
             }
         }
-        let mut out: Vec<RawIoVec> = Vec::new();
         for v in iov.iter().filter(|v| v.len > 0) {
-            let addr = self.base + v.window_offset;
+            // Checked above.
+            let start = v.window_offset - shift;
+            let addr = self.base + start;
             match out.last_mut() {
                 Some(last) if last.addr + last.len == addr => last.len += v.len,
                 _ => out.push(RawIoVec { addr, len: v.len }),
             }
             if write {
-                let end = v.window_offset + v.len;
-                let mut off = v.window_offset;
+                let end = start + v.len;
+                let mut off = start;
                 while off < end {
                     let p = off / PAGE_SIZE;
                     let lo = (off % PAGE_SIZE) as u16;
@@ -194,7 +211,7 @@ impl Bounce {
                 }
             }
         }
-        Some(out)
+        Some(())
     }
 }
 

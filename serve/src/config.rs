@@ -13,6 +13,7 @@
 //! | `hw.xbb.NAME` | an `hw.xbb.*` tunable (`xbb-serve --tunables`) | its default |
 //! | `sector-size` | the logical sector size stores emulate: 512 or 4096 (a device or export with larger sectors imposes its own) | 512 |
 //! | `copy-grants` | `yes`: copy data pages with `GNTTABOP_copy` instead of mapping them | `no` |
+//! | `io` | what carries out file and device I/O: `uring` (one io_uring per store, driven by the queue threads; the worker pool when io_uring cannot be set up) or `pool` (preadv/pwritev worker threads) | `uring` |
 //! | `verbose` | `yes`: log every watch, event and completion batch | `no` |
 //! | `ignore-kernel-backend` | `yes`: take vbds even while xen-blkback probes every vbd | `no` |
 //! | `journal-dir` | where each connected queue's in-flight journal is kept, so that the next xbb-serve takes the vbd over (a tmpfs; empty: none, a restart strands the guests' disks) | `/run/xbb-serve` |
@@ -20,6 +21,7 @@
 //! Every bad line is refused with its file and line number.
 
 use xbb::stats::{Tunables, TUNABLE_PREFIX};
+use xbb_ustore::IoEngine;
 
 /// What the service serves and how.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,6 +43,9 @@ pub struct Config {
     pub copy_grants: bool,
     /// The logical sector size every store emulates (512 or 4096).
     pub sector_size: u32,
+    /// What carries out file and device I/O ([`IoEngine::Uring`] falls
+    /// back to the pool when io_uring cannot be set up).
+    pub io: IoEngine,
     /// Where in-flight journals are kept (`None`: none are kept, and a
     /// restarted service cannot take its vbds back).
     pub journal_dir: Option<std::path::PathBuf>,
@@ -60,17 +65,19 @@ impl Default for Config {
             verbose: false,
             copy_grants: false,
             sector_size: 512,
+            io: IoEngine::Uring,
             journal_dir: Some(std::path::PathBuf::from(JOURNAL_DIR)),
         }
     }
 }
 
 /// The keys [`Config::set`] takes, besides `hw.xbb.NAME`.
-pub const KEYS: [&str; 7] = [
+pub const KEYS: [&str; 8] = [
     "type",
     "script",
     "sector-size",
     "copy-grants",
+    "io",
     "verbose",
     "ignore-kernel-backend",
     "journal-dir",
@@ -113,6 +120,10 @@ impl Config {
                 }
             }
             "copy-grants" => self.copy_grants = yes_no(key, v)?,
+            "io" => {
+                self.io =
+                    IoEngine::from_name(v).ok_or_else(|| format!("io: uring or pool, not {v:?}"))?
+            }
             "verbose" => self.verbose = yes_no(key, v)?,
             "ignore-kernel-backend" => self.ignore_kernel_backend = yes_no(key, v)?,
             "journal-dir" => {
@@ -190,6 +201,7 @@ hw.xbb.max_queues = 0x2
 
 sector-size = 4096
 copy-grants = yes
+io = pool
 verbose = on
 ignore-kernel-backend = true
 journal-dir = /tmp/j
@@ -202,17 +214,20 @@ journal-dir = /tmp/j
         assert_eq!(c.sector_size, 4096);
         assert!(c.copy_grants && c.verbose && c.ignore_kernel_backend);
         assert_eq!(c.journal_dir, Some(std::path::PathBuf::from("/tmp/j")));
+        assert_eq!(c.io, IoEngine::Pool);
         // Every key the module documents is one `set` takes.
         for k in KEYS {
             let v = match k {
                 "type" | "script" | "journal-dir" => "",
                 "sector-size" => "512",
+                "io" => "uring",
                 _ => "no",
             };
             c.set(k, v).unwrap();
         }
         assert!(c.types.is_empty() && c.scripts.is_empty() && c.journal_dir.is_none());
         assert!(!c.copy_grants && !c.verbose && !c.ignore_kernel_backend);
+        assert_eq!(c.io, IoEngine::Uring);
         // And every tunable, by its full name.
         for d in TUNABLES {
             c.set(
@@ -237,6 +252,7 @@ journal-dir = /tmp/j
             ("hw.xbb.no_such = 1", "hw.xbb.no_such=1"),
             ("sector-size = 1024", "512 or 4096"),
             ("copy-grants = maybe", "not yes or no"),
+            ("io = aio", "uring or pool"),
             ("journal-dir = run/xbb", "an absolute path"),
             (
                 "script = /etc/xen/scripts/block-xbb",

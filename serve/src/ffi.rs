@@ -423,36 +423,58 @@ impl Gnttab {
 
     /// Copies the first `out.len()` bytes of the granted pages `refs` of
     /// `dom` into `out`, page `i` to `out[i * PAGE_SIZE..]`
-    /// (`GNTTABOP_copy`). `segs` is scratch space of at least `refs.len()`.
+    /// (`GNTTABOP_copy`).
     pub fn copy_in(&mut self, dom: DomId, refs: &[GrantRef], out: &mut [u8]) -> Result<(), i32> {
-        let mut segs: Vec<CopySegment> = Vec::new();
-        segs.try_reserve_exact(refs.len()).map_err(|_| 12)?;
-        for (gref, chunk) in refs.iter().zip(out.chunks_mut(PAGE_SIZE)) {
-            segs.push(CopySegment {
-                source: CopyPtr {
-                    foreign: CopyForeign {
-                        gref: *gref,
-                        offset: 0,
-                        domid: dom,
+        // On the stack, batch by batch: nothing allocated per request (an
+        // indirect request names at most 8 descriptor pages: one batch).
+        const BATCH: usize = 16;
+        let blank = CopySegment {
+            source: CopyPtr {
+                foreign: CopyForeign {
+                    gref: 0,
+                    offset: 0,
+                    domid: dom,
+                },
+            },
+            dest: CopyPtr {
+                virt: core::ptr::null_mut(),
+            },
+            len: 0,
+            flags: GNTCOPY_SOURCE_GREF,
+            status: 0,
+        };
+        let mut segs = [blank; BATCH];
+        let mut pages = refs.iter().zip(out.chunks_mut(PAGE_SIZE)).peekable();
+        while pages.peek().is_some() {
+            let mut n = 0;
+            for (seg, (gref, chunk)) in segs.iter_mut().zip(pages.by_ref().take(BATCH)) {
+                *seg = CopySegment {
+                    source: CopyPtr {
+                        foreign: CopyForeign {
+                            gref: *gref,
+                            offset: 0,
+                            domid: dom,
+                        },
                     },
-                },
-                dest: CopyPtr {
-                    virt: chunk.as_mut_ptr() as *mut c_void,
-                },
-                len: chunk.len() as u16,
-                flags: GNTCOPY_SOURCE_GREF,
-                status: 0,
-            });
-        }
-        let n = segs.len() as u32;
-        // SAFETY: `segs` holds `n` initialised segments whose destinations
-        // are disjoint chunks of `out`, writable and borrowed for the call.
-        let r = unsafe { xengnttab_grant_copy(self.h.as_ptr(), n, segs.as_mut_ptr()) };
-        if r != 0 {
-            return Err(last_errno());
-        }
-        if segs.iter().any(|s| s.status != GNTST_OKAY) {
-            return Err(1);
+                    dest: CopyPtr {
+                        virt: chunk.as_mut_ptr() as *mut c_void,
+                    },
+                    len: chunk.len() as u16,
+                    flags: GNTCOPY_SOURCE_GREF,
+                    status: 0,
+                };
+                n += 1;
+            }
+            // SAFETY: `segs[..n]` holds `n` initialised segments whose
+            // destinations are disjoint chunks of `out`, writable and
+            // borrowed for the call.
+            let r = unsafe { xengnttab_grant_copy(self.h.as_ptr(), n as u32, segs.as_mut_ptr()) };
+            if r != 0 {
+                return Err(last_errno());
+            }
+            if segs[..n].iter().any(|s| s.status != GNTST_OKAY) {
+                return Err(1);
+            }
         }
         Ok(())
     }
@@ -770,18 +792,24 @@ impl Xs {
     }
 }
 
+/// Most descriptors [`poll_readable`] polls at once.
+pub const POLL_FDS: usize = 4;
+
 /// Waits until one of `fds` is readable or `timeout_ms` passed (-1: no
 /// limit); returns which are readable.
+/// At most [`POLL_FDS`] descriptors; more are not polled.
 pub fn poll_readable(fds: &[i32], timeout_ms: i32, ready: &mut [bool]) -> io::Result<()> {
-    let mut p: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|&fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
-    // SAFETY: `p` holds `p.len()` initialised pollfd entries.
+    let mut all = [libc::pollfd {
+        fd: -1,
+        events: libc::POLLIN,
+        revents: 0,
+    }; POLL_FDS];
+    let p = &mut all[..fds.len().min(POLL_FDS)];
+    for (q, &fd) in p.iter_mut().zip(fds) {
+        q.fd = fd;
+    }
+    // SAFETY: `p` holds `p.len()` initialised pollfd entries (on the
+    // stack: nothing is allocated per poll).
     let r = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, timeout_ms) };
     if r < 0 {
         let e = io::Error::last_os_error();

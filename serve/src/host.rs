@@ -20,8 +20,16 @@
 //!   eventfd that wakes its thread only when the gate says so (once per
 //!   sleep, not once per completion);
 //! - the store: [`xbb_ustore`]'s file, device and NBD stores, shared by
-//!   the queues; their worker threads (the NBD store's one I/O thread)
-//!   hand each completion to the queue its tag names;
+//!   the queues. A file or device store is served through io_uring by
+//!   default (`io = uring`): each queue's thread submits everything one
+//!   pass gathered in one `io_uring_enter` at the end of the pass
+//!   ([`StoreHandle::kick`]), polls the ring's descriptor beside its event
+//!   channel, and reaps the completions itself at the start of its next
+//!   pass, so a completion for its own queue needs no wake-up; one for
+//!   another queue goes to that queue's box. With `io = pool`, or when
+//!   io_uring cannot be set up, the pool's worker threads (the NBD
+//!   store's one I/O thread) hand each completion to the queue its tag
+//!   names through the box and its eventfd;
 //! - in-flight journals: [`JournalFiles`] in the configured directory
 //!   (`/run/xbb-serve`), one file per queue mapped shared, so that the next
 //!   xbb-serve takes the vbd over if this one dies or hands it over.
@@ -45,15 +53,16 @@ use super::window::{Range, Window};
 use xbb::handoff::{Gate, Post, Work};
 use xbb::host::{
     DomId, EvtchnError, EvtchnPort, GrantError, GrantHandle, GrantMapOp, GrantRef, GrantUnmapOp,
-    Granted, Host, IoError, IoOp, IoTag, IoVec, JournalOpen, MapResult, MediumInfo, OpenError,
-    OpenParams, QueueHost, QueueId, RemotePort, XenStore, XsError, XsTxn, PAGE_SIZE,
+    Granted, Host, IoError, IoOp, IoTag, JournalOpen, MapResult, MediumInfo, OpenError, OpenParams,
+    QueueHost, QueueId, RemotePort, XenStore, XsError, XsTxn, PAGE_SIZE,
 };
 use xbb::journal::JournalId;
 use xbb::queue::{Outcome, Queue};
 use xbb::shmem::SharedMem;
 use xbb::stats::Tunable;
 use xbb_ustore::{
-    locked, spawn_queue, HostStore, InstanceJournals, JournalFiles, StoreHandle, StoreOptions,
+    locked, spawn_queue, HostStore, InstanceJournals, IoEngine, JournalFiles, StoreHandle,
+    StoreOptions,
 };
 
 impl Range for Mapping {
@@ -178,6 +187,8 @@ pub struct XenHost {
     reports: (Sender<Report>, Receiver<Report>),
     window_pages: u32,
     store: HostStore,
+    /// The engine asked for.
+    io: IoEngine,
     wake: Arc<Wakeup>,
     epoch: Instant,
     counters: Arc<Counters>,
@@ -201,11 +212,14 @@ impl XenHost {
     /// window with `GNTTABOP_copy` instead of being mapped (see
     /// [`super::bounce`]). Stores emulate `sector_size`-byte logical
     /// sectors (512 or 4096; a medium with larger ones imposes its own).
-    /// In-flight journals are kept in `journal_dir` (none: no journal).
+    /// File and device I/O is carried out by `io` (io_uring falls back
+    /// to the worker pool when it cannot be set up). In-flight journals
+    /// are kept in `journal_dir` (none: no journal).
     pub fn new(
         wake: Arc<Wakeup>,
         copy: bool,
         sector_size: u32,
+        io: IoEngine,
         journal_dir: Option<std::path::PathBuf>,
     ) -> std::io::Result<XenHost> {
         let n = Tunable::MaxQueues.desc().max as usize;
@@ -225,8 +239,10 @@ impl XenHost {
             window_pages: 0,
             store: HostStore::new(StoreOptions {
                 sector_size,
+                engine: io,
                 ..StoreOptions::default()
             }),
+            io,
             wake,
             epoch: Instant::now(),
             counters: Arc::new(Counters::default()),
@@ -750,7 +766,7 @@ impl QueueHost for XenQueueHost {
     }
 
     fn store_submit(&mut self, tag: IoTag, op: IoOp<'_>) -> Result<(), IoError> {
-        let Some(store) = self.store.as_ref() else {
+        let Some(store) = self.store.as_mut() else {
             return Err(IoError::Gone);
         };
         let (window, bounce, copy) = (&self.window, &mut self.bounce, self.copy);
@@ -760,20 +776,13 @@ impl QueueHost for XenQueueHost {
         // grants) in this queue's share; a range is unmapped only when the
         // core releases its last page, which it does after the completion,
         // and release_share leaks ranges (and the bounce memory) while I/O
-        // is in flight.
-        store.submit(tag, op, |iov, write| {
-            let mut shifted = Vec::new();
-            shifted.try_reserve_exact(iov.len()).ok()?;
-            for v in iov {
-                shifted.push(IoVec {
-                    window_offset: v.window_offset.checked_sub(base)?,
-                    len: v.len,
-                });
-            }
+        // is in flight. The pieces go into the handle's own buffer: nothing
+        // is allocated per I/O.
+        store.submit_into(tag, op, |iov, write, out| {
             if copy {
-                bounce.resolve(&shifted, write)
+                bounce.resolve_into(iov, base, write, out)
             } else {
-                window.resolve(&shifted, write)
+                window.resolve_into(iov, base, write, out)
             }
         })
     }
@@ -789,6 +798,26 @@ impl QueueHost for XenQueueHost {
     }
 }
 
+/// Logs which engine serves file and device I/O, once per process (and
+/// again only if that changes, e.g. io_uring refused for a later store).
+fn log_engine(asked: IoEngine, serving: IoEngine) {
+    use std::sync::atomic::AtomicU8;
+    static LOGGED: AtomicU8 = AtomicU8::new(0);
+    let code = match serving {
+        IoEngine::Pool => 1,
+        IoEngine::Uring => 2,
+    };
+    if LOGGED.swap(code, Ordering::Relaxed) == code {
+        return;
+    }
+    let why = if asked == IoEngine::Uring && serving == IoEngine::Pool {
+        " (io = uring: io_uring could not be set up, falling back)"
+    } else {
+        ""
+    };
+    super::serve::log(&format!("store I/O engine: {}{why}", serving.name()));
+}
+
 /// The body of a lent queue's thread: polls the queue's event channel and
 /// its eventfd, serves the queue pass by pass, and gives it back once
 /// recalled and drained.
@@ -796,16 +825,25 @@ fn serve_queue(mut queue: Queue, mut qh: XenQueueHost, reports: Sender<Report>, 
     let qbox = Arc::clone(&qh.qbox);
     let mut done: VecDeque<Completion> = VecDeque::with_capacity(COMPLETIONS);
     let mut failed = false;
-    let mut ready = [false; 2];
+    let mut ready = [false; 3];
     loop {
         let Some(mut work) = qbox.gate.begin() else {
             return;
         };
+        if let Some(s) = &qh.store {
+            // The ring's completions, delivered on this thread: this
+            // queue's land in its box while the pass runs (no wake-up).
+            s.reap();
+        }
         std::mem::swap(&mut *locked(&qbox.done), &mut done);
         if qh.take_event() {
             work = work.union(Work::EVENT);
         }
         let end = queue.pass(&mut qh, work, done.drain(..));
+        if let Some(s) = &qh.store {
+            // Everything the pass submitted, in one system call.
+            s.kick();
+        }
         if let Some(outcome) = end.failed.filter(|_| !failed) {
             failed = true;
             let _ = reports.send(Report::Failed(outcome));
@@ -823,9 +861,13 @@ fn serve_queue(mut queue: Queue, mut qh: XenQueueHost, reports: Sender<Report>, 
         let timeout = qh
             .expire_eoi()
             .map_or(-1, |d| d.as_millis().clamp(1, 60_000) as i32);
-        let fds = [qh.evt.fd(), qbox.wake.fd()];
-        if ffi::poll_readable(&fds, timeout, &mut ready).is_err() {
-            ready = [true, true];
+        // The ring's descriptor, readable while a completion waits: the
+        // next pass reaps it.
+        let ring = qh.store.as_ref().and_then(StoreHandle::completion_fd);
+        let fds = [qh.evt.fd(), qbox.wake.fd(), ring.unwrap_or(-1)];
+        let n = if ring.is_some() { 3 } else { 2 };
+        if ffi::poll_readable(&fds[..n], timeout, &mut ready[..n]).is_err() {
+            ready = [true; 3];
         }
         if ready[1] {
             qbox.wake.clear();
@@ -912,12 +954,16 @@ impl Host for XenHost {
         // hotplug script would loop-mount); what the node is decides, by
         // the one rule (`StoreKind::for_node`); an NBD URI is an NBD store.
         let boxes = Arc::clone(&self.boxes);
-        self.store.open(params, xbb_ustore::probe, move |tag, r| {
+        let info = self.store.open(params, xbb_ustore::probe, move |tag, r| {
             if let Some(b) = boxes.get(Queue::of_tag(tag) as usize) {
                 locked(&b.done).push_back((tag, r));
                 b.post(Work::IO);
             }
-        })
+        })?;
+        if let Some(serving) = self.store.engine() {
+            log_engine(self.io, serving);
+        }
+        Ok(info)
     }
 
     fn store_info(&self) -> MediumInfo {

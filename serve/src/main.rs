@@ -22,7 +22,7 @@ use xbb_serve::serve::{Config, Server};
 const USAGE: &str = "\
 usage: xbb-serve [--config FILE] [-v] [--set TUNABLE=VALUE]... [--type phy,file]
                  [--script block-xbb] [--sector-size 512|4096] [--copy-grants]
-                 [--journal-dir DIR] [--ignore-kernel-backend]
+                 [--io uring|pool] [--journal-dir DIR] [--ignore-kernel-backend]
        xbb-serve --tunables
        xbb-serve --version
 
@@ -39,6 +39,10 @@ Serves the vbds of this Xen domain's backend/vbd directory from user space.
   --copy-grants      copy the guests' data pages with GNTTABOP_copy through a
                      bounce buffer instead of mapping them with gntdev, as
                      QEMU's qdisk does (no persistent grants then)
+  --io ENGINE        what carries out file and device I/O: uring (default; one
+                     io_uring per disk, submitted once per pass and reaped by
+                     the queue threads; falls back to pool when io_uring cannot
+                     be set up) or pool (preadv/pwritev worker threads)
   --journal-dir DIR  keep each connected disk's in-flight journal in DIR (default
                      /run/xbb-serve; empty: none), so that the next xbb-serve takes
                      the disk over: a guest sees a pause, not a dead disk
@@ -105,7 +109,7 @@ fn parse(args: &[String]) -> Result<Asked, String> {
             "--ignore-kernel-backend" => cfg.set("ignore-kernel-backend", "yes")?,
             "-v" | "--verbose" => cfg.set("verbose", "yes")?,
             "--copy-grants" => cfg.set("copy-grants", "yes")?,
-            "--type" | "--script" | "--sector-size" | "--journal-dir" => {
+            "--type" | "--script" | "--sector-size" | "--journal-dir" | "--io" => {
                 let v = value(&mut it, a)?;
                 cfg.set(&a[2..], v)?;
             }

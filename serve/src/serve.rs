@@ -473,6 +473,7 @@ impl Server {
             verbose: self.cfg.verbose,
             copy: self.cfg.copy_grants,
             sector_size: self.cfg.sector_size,
+            io: self.cfg.io,
             journal_dir: self.cfg.journal_dir.clone(),
             take_over: how == Claim::TakeOver,
             ctl: rx,
@@ -654,6 +655,7 @@ struct InstanceThread {
     verbose: bool,
     copy: bool,
     sector_size: u32,
+    io: xbb_ustore::IoEngine,
     journal_dir: Option<std::path::PathBuf>,
     /// Take the vbd over instead of attaching it.
     take_over: bool,
@@ -690,6 +692,7 @@ impl InstanceThread {
             Arc::clone(&self.wake),
             self.copy,
             self.sector_size,
+            self.io,
             self.journal_dir.clone(),
         )
         .map_err(|e| format!("open: {e}"))?;

@@ -238,9 +238,23 @@ impl<M: Range> Window<M> {
     /// contiguous. `None` when any byte lies on an unmapped page (or a
     /// read-only one when `write`, i.e. when the store writes into it).
     pub fn resolve(&self, iov: &[IoVec], write: bool) -> Option<Vec<RawIoVec>> {
-        let mut out: Vec<RawIoVec> = Vec::new();
+        let mut out = Vec::new();
+        self.resolve_into(iov, 0, write, &mut out)?;
+        Some(out)
+    }
+
+    /// [`Window::resolve`] into `out` (appended to; nothing allocated while
+    /// it has room), each piece's window offset first lowered by `shift`
+    /// (the queue's share starts there; `None` below it).
+    pub fn resolve_into(
+        &self,
+        iov: &[IoVec],
+        shift: usize,
+        write: bool,
+        out: &mut Vec<RawIoVec>,
+    ) -> Option<()> {
         for v in iov {
-            let mut off = v.window_offset;
+            let mut off = v.window_offset.checked_sub(shift)?;
             let mut left = v.len;
             while left > 0 {
                 let (addr, run) = self.locate(off, write)?;
@@ -253,7 +267,7 @@ impl<M: Range> Window<M> {
                 left -= n;
             }
         }
-        Some(out)
+        Some(())
     }
 }
 
@@ -292,6 +306,23 @@ mod tests {
         assert_eq!(r[0].addr, A + 512);
         assert_eq!(r[0].len, 3 * PAGE_SIZE - 512);
         assert_eq!(w.mapped_pages(), 3);
+        // The same pieces named from a share starting 2 pages further on,
+        // into a buffer with room: the same iovec, nothing allocated; a
+        // piece below the share is refused.
+        let shift = 2 * PAGE_SIZE;
+        let shifted = iov.map(|v| IoVec {
+            window_offset: v.window_offset + shift,
+            len: v.len,
+        });
+        let mut out = Vec::with_capacity(4);
+        let cap = out.capacity();
+        assert_eq!(w.resolve_into(&shifted, shift, true, &mut out), Some(()));
+        assert_eq!(out, r);
+        assert_eq!(out.capacity(), cap);
+        assert_eq!(
+            w.resolve_into(&iov, 4 * PAGE_SIZE + 1024, true, &mut out),
+            None
+        );
         // Released page by page; the range is handed back with the last.
         assert_eq!(w.remove(5, h), Ok(None));
         assert_eq!(w.remove(5, h), Err(WindowError::NotMapped), "twice");

@@ -28,6 +28,12 @@ fn version_usage_and_bad_arguments() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("xbb-serve --version"));
     let o = serve(&["--set", "no_such_tunable=1"]);
     assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stdout).is_empty());
+    // The I/O engine is uring or pool.
+    assert!(String::from_utf8_lossy(&serve(&["--help"]).stdout).contains("--io uring|pool"));
+    let o = serve(&["--io", "aio"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("io: uring or pool"));
 }
 
 #[test]

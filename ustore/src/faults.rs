@@ -6,7 +6,7 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use xbb::host::IoError;
 
 use crate::locked;
-use crate::StoreIo;
+use crate::StoreIoRef;
 
 /// Counts of failures injected by an [`IoFaults`], by cause.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -19,6 +19,9 @@ pub struct FaultCounters {
     pub writes: u64,
     /// Failures from [`IoFaults::fail_flush`].
     pub flush: u64,
+    /// I/Os cut short by [`IoFaults::shorten`] (not failures: not in
+    /// [`FaultCounters::total`]).
+    pub short: u64,
 }
 
 impl FaultCounters {
@@ -40,6 +43,10 @@ struct FaultState {
     flush: Option<IoError>,
     /// Every I/O waits before it is performed ([`IoFaults::hold`]).
     held: bool,
+    /// Data I/Os still to be cut short ([`IoFaults::shorten`]).
+    short: u64,
+    /// io_uring setup is refused with this errno ([`IoFaults::refuse_uring`]).
+    uring_refused: Option<i32>,
     counters: FaultCounters,
 }
 
@@ -55,7 +62,8 @@ struct FaultState {
 /// A store can also be held ([`IoFaults::hold`]): its I/O is taken but
 /// neither performed nor completed until released, so that a test has
 /// requests in flight for as long as it needs (a back-end process that dies
-/// with I/O in flight). Only the file and device stores honour it.
+/// with I/O in flight). Only the file and device stores honour it (the
+/// io_uring store submits nothing while held).
 #[derive(Debug, Default)]
 pub struct IoFaults {
     state: Mutex<FaultState>,
@@ -97,6 +105,38 @@ impl IoFaults {
         self.lock().flush = Some(err);
     }
 
+    /// Cuts the next `n` data I/Os of two or more pieces short on the
+    /// io_uring store: each is first submitted with only the first half of
+    /// its pieces, so the kernel transfers part of it and the store must
+    /// submit the rest. The I/O still completes whole; the worker pool
+    /// ignores this (its `preadv` loop has no first submission to cut).
+    pub fn shorten(&self, n: u64) {
+        self.lock().short = n;
+    }
+
+    /// Refuses io_uring setup with `errno` (as `ENOSYS` from an old kernel
+    /// or `EPERM` under seccomp would), for stores opened from now on:
+    /// they fall back to the worker pool. Not disarmed by [`Self::clear`].
+    pub fn refuse_uring(&self, errno: i32) {
+        self.lock().uring_refused = Some(errno);
+    }
+
+    /// The refusal [`Self::refuse_uring`] armed.
+    pub(crate) fn uring_refused(&self) -> Option<i32> {
+        self.lock().uring_refused
+    }
+
+    /// Whether to cut this I/O short (one [`Self::shorten`] used up).
+    pub(crate) fn take_short(&self) -> bool {
+        let mut s = self.lock();
+        if s.short == 0 {
+            return false;
+        }
+        s.short -= 1;
+        s.counters.short += 1;
+        true
+    }
+
     /// Disarms every fault and releases a hold. Counters are kept.
     pub fn clear(&self) {
         let mut s = self.lock();
@@ -104,6 +144,7 @@ impl IoFaults {
         s.ranges.clear();
         s.writes = None;
         s.flush = None;
+        s.short = 0;
         s.held = false;
         self.released.notify_all();
     }
@@ -139,9 +180,9 @@ impl IoFaults {
     }
 
     /// Decides the fate of one accepted I/O.
-    pub(crate) fn check(&self, io: &StoreIo, span: Option<(u64, u64)>) -> Option<IoError> {
+    pub(crate) fn check(&self, io: StoreIoRef<'_>, span: Option<(u64, u64)>) -> Option<IoError> {
         let mut s = self.lock();
-        let is_data = matches!(io, StoreIo::Read { .. } | StoreIo::Write { .. });
+        let is_data = matches!(io, StoreIoRef::Read { .. } | StoreIoRef::Write { .. });
         if is_data {
             s.data_ios = s.data_ios.saturating_add(1);
             let now = s.data_ios;
@@ -165,12 +206,12 @@ impl IoFaults {
             }
         }
         match io {
-            StoreIo::Write { .. } => {
+            StoreIoRef::Write { .. } => {
                 let err = s.writes?;
                 s.counters.writes += 1;
                 Some(err)
             }
-            StoreIo::Flush => {
+            StoreIoRef::Flush => {
                 let err = s.flush?;
                 s.counters.flush += 1;
                 Some(err)

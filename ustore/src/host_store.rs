@@ -18,8 +18,8 @@ use xbb::host::{
 };
 
 use crate::{
-    is_nbd_uri, open_nbd_store, open_store, submit_counted, CompletionFn, NbdSpec, RawIoVec,
-    StoreIo, StoreOptions, StoreSpec, UserStore,
+    is_nbd_uri, open_nbd_store, open_store, submit_counted, submit_counted_ref, CompletionFn,
+    IoEngine, NbdSpec, RawIoVec, StoreIo, StoreIoRef, StoreOptions, StoreSpec, UserStore,
 };
 
 /// What the node at `path` is.
@@ -61,6 +61,9 @@ struct Counts {
 pub struct StoreHandle {
     store: Arc<dyn UserStore>,
     counts: Arc<Counts>,
+    /// Where [`StoreHandle::submit_into`] resolves an I/O's pieces: made
+    /// with the handle, room for [`crate::URING_SEGMENTS`] pieces.
+    scratch: Vec<RawIoVec>,
 }
 
 impl std::fmt::Debug for StoreHandle {
@@ -80,6 +83,47 @@ impl StoreHandle {
         resolve: impl FnMut(&[IoVec], bool) -> Option<Vec<RawIoVec>>,
     ) -> Result<(), IoError> {
         submit_to(self.store.as_ref(), &self.counts, tag, op, resolve)
+    }
+
+    /// Queues the core's `op` as [`StoreHandle::submit`] does, but
+    /// `resolve` writes the pieces into the handle's own buffer and the
+    /// store takes them borrowed ([`UserStore::submit_ref`]): with the
+    /// io_uring store nothing is allocated per I/O.
+    pub fn submit_into(
+        &mut self,
+        tag: IoTag,
+        op: IoOp<'_>,
+        resolve: impl FnOnce(&[IoVec], bool, &mut Vec<RawIoVec>) -> Option<()>,
+    ) -> Result<(), IoError> {
+        let counts = &*self.counts;
+        let Some(io) = StoreIoRef::from_op(op, &mut self.scratch, resolve) else {
+            counts.bad_iovecs.fetch_add(1, Ordering::Relaxed);
+            return Err(IoError::Io);
+        };
+        submit_counted_ref(self.store.as_ref(), &counts.in_flight, tag, io)?;
+        counts.submitted.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Starts what was submitted since the last kick ([`UserStore::kick`]):
+    /// once per pass.
+    pub fn kick(&self) {
+        self.store.kick();
+    }
+
+    /// The descriptor to poll for completions ([`UserStore::completion_fd`]).
+    pub fn completion_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.store.completion_fd()
+    }
+
+    /// Delivers ready completions on this thread ([`UserStore::reap`]).
+    pub fn reap(&self) {
+        self.store.reap();
+    }
+
+    /// What carries out the store's I/O.
+    pub fn engine(&self) -> IoEngine {
+        self.store.engine()
     }
 }
 
@@ -158,6 +202,7 @@ impl HostStore {
                 sector_size: self.options.sector_size,
                 faults: self.options.faults.clone(),
                 cache: self.options.cache.clone(),
+                engine: self.options.engine,
             };
             open_store(&spec, done)?
         };
@@ -201,10 +246,15 @@ impl HostStore {
     }
 
     /// A handle for another context to submit with, while a store is open.
+    /// Its buffer for [`StoreHandle::submit_into`] is made now, fallibly
+    /// (empty, growing at first use, when that memory cannot be had).
     pub fn handle(&self) -> Option<StoreHandle> {
+        let mut scratch = Vec::new();
+        let _ = scratch.try_reserve_exact(crate::URING_SEGMENTS);
         Some(StoreHandle {
             store: Arc::clone(self.store.as_ref()?),
             counts: Arc::clone(&self.counts),
+            scratch,
         })
     }
 
@@ -225,6 +275,11 @@ impl HostStore {
         if let Some(s) = self.store.take() {
             s.close();
         }
+    }
+
+    /// What carries out the open store's I/O (`None`: no store open).
+    pub fn engine(&self) -> Option<IoEngine> {
+        self.store.as_ref().map(|s| s.engine())
     }
 
     /// Whether a store is open.

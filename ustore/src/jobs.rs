@@ -85,7 +85,10 @@ impl Jobs {
         }
         let outcome = match validate(&io) {
             Err(e) => Some(e),
-            Ok(span) => self.faults.as_ref().and_then(|f| f.check(&io, span)),
+            Ok(span) => self
+                .faults
+                .as_ref()
+                .and_then(|f| f.check(io.as_ref_io(), span)),
         };
         q.jobs.push_back(Job { tag, io, outcome });
         q.in_flight += 1;

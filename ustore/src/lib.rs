@@ -11,10 +11,14 @@
 //!   ([`StoreKind::for_node`]), turns the core's [`IoOp`](xbb::host::IoOp)s
 //!   (offsets in the data window) into [`StoreIo`]s (addresses in this
 //!   process) and counts what is in flight.
-//! - A store ([`UserStore`], opened by [`open_store`]) serves I/O from a
-//!   pool of worker threads ([`BackingStore`]) with `preadv` / `pwritev`,
-//!   so many I/Os are in flight at once, and reports each completion
-//!   through a [`CompletionFn`] called on the worker thread. It emulates a
+//! - A store ([`UserStore`], opened by [`open_store`]) serves I/O with one
+//!   of two engines ([`IoEngine`]): through an io_uring driven by the
+//!   platform's queue thread ([`UringStore`]: submitted in one system call
+//!   per pass, reaped in the thread's own poll loop, completions delivered
+//!   on it), or from a pool of worker threads ([`BackingStore`]) with
+//!   `preadv` / `pwritev`, reporting each completion through a
+//!   [`CompletionFn`] called on the worker thread. The pool is the
+//!   fallback when io_uring cannot be set up. It emulates a
 //!   medium whose logical sector size is the spec's `sector_size` and
 //!   refuses I/O that is not aligned to it, as a disk would; a device store
 //!   also refuses buffers not aligned to it, as `O_DIRECT` does.
@@ -64,12 +68,15 @@ mod nbd_sys;
 mod pool;
 #[allow(unsafe_code)]
 mod sys;
+mod uring;
+#[allow(unsafe_code)]
+mod uring_sys;
 mod watch;
 
 pub use cache::{CacheStats, CachedStore, WriteCache, DEFAULT_CAPACITY};
 pub use faults::{FaultCounters, IoFaults};
 pub use host_store::{probe, HostStore, StoreHandle};
-pub use io::{submit_counted, RawIoVec, StoreIo};
+pub use io::{submit_counted, submit_counted_ref, RawIoVec, StoreIo, StoreIoRef};
 pub use journal::{
     close_journal, journal_name, parse_journal_name, InstanceJournals, JournalFiles,
 };
@@ -85,15 +92,50 @@ pub use nbd::{
 pub use nbd_sys::{C_CONSTANTS as NBD_C_CONSTANTS, C_PROTOTYPES as NBD_C_PROTOTYPES};
 pub use pool::BackingStore;
 pub use sys::mmap_shared;
+pub use uring::{UringStore, SEGMENTS as URING_SEGMENTS, SLOTS as URING_SLOTS};
 pub use watch::{watch_store_memory, MemoryWatch};
 pub use xbb::host::StoreKind;
 
-/// Called once per successfully submitted I/O, from a worker thread, with the
-/// I/O's tag and outcome.
+/// Called once per successfully submitted I/O, with the I/O's tag and
+/// outcome: on a worker thread (the pool, NBD), or on the thread that
+/// reaps the io_uring store ([`UserStore::reap`], [`UserStore::close`]).
 pub type CompletionFn = Arc<dyn Fn(IoTag, Result<(), IoError>) + Send + Sync>;
 
 /// Number of worker threads serving one store.
 pub const WORKERS: usize = 4;
+
+/// What carries out a file or device store's I/O.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum IoEngine {
+    /// [`WORKERS`] threads with `preadv` / `pwritev` ([`BackingStore`]).
+    #[default]
+    Pool,
+    /// One io_uring driven by the platform's queue threads
+    /// ([`UringStore`]); the store falls back to the pool when the ring
+    /// cannot be set up (`ENOSYS`, `EPERM`, ...). The platform promises to
+    /// call [`UserStore::kick`] after it submitted and [`UserStore::reap`]
+    /// when [`UserStore::completion_fd`] is readable.
+    Uring,
+}
+
+impl IoEngine {
+    /// The name in configuration files and logs: `pool` or `uring`.
+    pub fn name(self) -> &'static str {
+        match self {
+            IoEngine::Pool => "pool",
+            IoEngine::Uring => "uring",
+        }
+    }
+
+    /// The engine `name` ([`IoEngine::name`]) names.
+    pub fn from_name(name: &str) -> Option<IoEngine> {
+        match name {
+            "pool" => Some(IoEngine::Pool),
+            "uring" => Some(IoEngine::Uring),
+            _ => None,
+        }
+    }
+}
 
 /// A user-space back-end store.
 pub trait UserStore: Send + Sync {
@@ -112,6 +154,15 @@ pub trait UserStore: Send + Sync {
     /// [`RawIoVec`].
     fn submit(&self, tag: IoTag, io: StoreIo) -> Result<(), IoError>;
 
+    /// Queues one I/O whose buffer list is borrowed, as
+    /// [`UserStore::submit`] does; a store that keeps the list in room of
+    /// its own (the io_uring store's slots) allocates nothing. By default
+    /// the list is copied (`Busy` when that memory cannot be had).
+    fn submit_ref(&self, tag: IoTag, io: StoreIoRef<'_>) -> Result<(), IoError> {
+        let io = io.to_owned_io().ok_or(IoError::Busy)?;
+        self.submit(tag, io)
+    }
+
     /// Stops taking I/O, waits until every queued I/O has completed (its
     /// completion has returned), and stops the workers. Idempotent. Must not
     /// be called from inside the [`CompletionFn`].
@@ -121,6 +172,28 @@ pub trait UserStore: Send + Sync {
     fn direct_io(&self) -> bool {
         false
     }
+
+    /// What carries out the I/O.
+    fn engine(&self) -> IoEngine {
+        IoEngine::Pool
+    }
+
+    /// Starts the I/O submitted since the last kick, all in one system
+    /// call: called by the platform once per pass. Nothing for stores with
+    /// threads of their own.
+    fn kick(&self) {}
+
+    /// A descriptor that is readable while completions wait for
+    /// [`UserStore::reap`]; `None` for stores that deliver on threads of
+    /// their own.
+    fn completion_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+
+    /// Delivers the completions that are ready, on the calling thread,
+    /// through the store's [`CompletionFn`], and submits what they leave
+    /// to do. Must not be called from inside the [`CompletionFn`].
+    fn reap(&self) {}
 }
 
 /// How to open a store.
@@ -141,6 +214,10 @@ pub struct StoreSpec {
     /// shared with whoever cuts its power; none: every completed write is
     /// as durable as the file system makes it.
     pub cache: Option<Arc<WriteCache>>,
+    /// The engine asked for ([`IoEngine::Uring`] falls back to the pool
+    /// when the ring cannot be set up; a store with a write cache is
+    /// served by the pool).
+    pub engine: IoEngine,
 }
 
 /// What a platform's stores emulate and suffer beyond their medium: the
@@ -157,25 +234,36 @@ pub struct StoreOptions {
     /// whoever cuts its power; none: every completed write is as durable
     /// as the file system makes it.
     pub cache: Option<Arc<WriteCache>>,
+    /// The engine of file and device stores; [`IoEngine::Uring`] only for
+    /// a platform that kicks and reaps its stores (xbb-serve).
+    pub engine: IoEngine,
 }
 
 impl Default for StoreOptions {
-    /// 512-byte sectors, no faults, no write cache.
+    /// 512-byte sectors, no faults, no write cache, the worker pool.
     fn default() -> Self {
         StoreOptions {
             sector_size: 512,
             faults: None,
             cache: None,
+            engine: IoEngine::Pool,
         }
     }
 }
 
-/// Opens the store `spec` describes; completions go to `done`.
+/// Opens the store `spec` describes; completions go to `done`. With
+/// [`IoEngine::Uring`] asked for, a store whose ring cannot be set up is
+/// served by the pool instead ([`UserStore::engine`] tells which).
 pub fn open_store(spec: &StoreSpec, done: CompletionFn) -> Result<Box<dyn UserStore>, OpenError> {
-    Ok(match &spec.cache {
-        Some(c) => Box::new(CachedStore::open(spec, Arc::clone(c), done)?),
-        None => Box::new(BackingStore::open(spec, done)?),
-    })
+    if let Some(c) = &spec.cache {
+        return Ok(Box::new(CachedStore::open(spec, Arc::clone(c), done)?));
+    }
+    if spec.engine == IoEngine::Uring {
+        if let Ok(ring) = uring::setup(spec.faults.as_deref()) {
+            return Ok(Box::new(UringStore::open(spec, ring, done)?));
+        }
+    }
+    Ok(Box::new(BackingStore::open(spec, done)?))
 }
 
 /// Opens the NBD store `spec` describes; completions go to `done`.

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use xbb::host::{IoError, OpenError, StoreKind};
 
-use crate::{sys, StoreIo, StoreSpec};
+use crate::{sys, StoreIo, StoreIoRef, StoreSpec};
 
 /// What differs between the nodes a medium can be.
 pub(crate) trait Node: Send + Sync + std::fmt::Debug {
@@ -239,7 +239,7 @@ impl Medium {
 
     /// Checks an I/O against the medium: alignment, range, mode. Returns the
     /// byte span it touches.
-    pub(crate) fn validate(&self, io: &StoreIo) -> Result<Option<(u64, u64)>, IoError> {
+    pub(crate) fn validate(&self, io: StoreIoRef<'_>) -> Result<Option<(u64, u64)>, IoError> {
         let g = Geometry {
             sector_size: self.sector_size,
             size: self.size.load(Ordering::Relaxed),
@@ -276,7 +276,7 @@ pub(crate) struct Geometry {
 /// do. An I/O ending past `g.size` is still in range if `grown` reports a
 /// size it fits in. Returns the byte span the I/O touches.
 pub(crate) fn validate_io(
-    io: &StoreIo,
+    io: StoreIoRef<'_>,
     g: &Geometry,
     grown: impl Fn() -> Option<u64>,
 ) -> Result<Option<(u64, u64)>, IoError> {
@@ -293,8 +293,8 @@ pub(crate) fn validate_io(
         }
     };
     match io {
-        StoreIo::Read { offset, iov } | StoreIo::Write { offset, iov } => {
-            if matches!(io, StoreIo::Write { .. }) && g.read_only {
+        StoreIoRef::Read { offset, iov } | StoreIoRef::Write { offset, iov } => {
+            if matches!(io, StoreIoRef::Write { .. }) && g.read_only {
                 return Err(IoError::Io);
             }
             let mut total: u64 = 0;
@@ -311,11 +311,11 @@ pub(crate) fn validate_io(
                 }
                 total = total.checked_add(len).ok_or(IoError::Io)?;
             }
-            span(*offset, total).map(Some)
+            span(offset, total).map(Some)
         }
-        StoreIo::Flush if g.can_flush => Ok(None),
-        StoreIo::Flush => Err(IoError::NotSupported),
-        StoreIo::Discard {
+        StoreIoRef::Flush if g.can_flush => Ok(None),
+        StoreIoRef::Flush => Err(IoError::NotSupported),
+        StoreIoRef::Discard {
             offset,
             len,
             secure,
@@ -323,8 +323,8 @@ pub(crate) fn validate_io(
             if g.read_only {
                 return Err(IoError::Io);
             }
-            let s = span(*offset, *len)?;
-            if !g.discard.discard || (*secure && !g.discard.secure) {
+            let s = span(offset, len)?;
+            if !g.discard.discard || (secure && !g.discard.secure) {
                 return Err(IoError::NotSupported);
             }
             Ok(Some(s))

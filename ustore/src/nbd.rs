@@ -303,8 +303,9 @@ impl UserStore for NbdStore {
 
     fn submit(&self, tag: IoTag, io: StoreIo) -> Result<(), IoError> {
         let sh = &*self.shared;
-        sh.jobs
-            .push(tag, io, |io| validate_io(io, &sh.geometry, || None))?;
+        sh.jobs.push(tag, io, |io| {
+            validate_io(io.as_ref_io(), &sh.geometry, || None)
+        })?;
         sh.wake.wake();
         Ok(())
     }

@@ -128,7 +128,8 @@ impl UserStore for BackingStore {
 
     fn submit(&self, tag: IoTag, io: StoreIo) -> Result<(), IoError> {
         let sh = &*self.shared;
-        sh.jobs.push(tag, io, |io| sh.medium.validate(io))?;
+        sh.jobs
+            .push(tag, io, |io| sh.medium.validate(io.as_ref_io()))?;
         sh.work.notify_one();
         Ok(())
     }

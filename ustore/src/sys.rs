@@ -21,7 +21,7 @@ const BLKSECDISCARD: libc::Ioctl = libc::_IO(0x12, 125);
 /// `LOOP_SET_CAPACITY` from `linux/loop.h`.
 const LOOP_SET_CAPACITY: libc::Ioctl = 0x4C07;
 /// Linux's `UIO_MAXIOV`: most iovecs one `preadv`/`pwritev` accepts.
-const IOV_MAX: usize = 1024;
+pub(crate) const IOV_MAX: usize = 1024;
 
 fn errno() -> i32 {
     io::Error::last_os_error()
@@ -40,7 +40,7 @@ fn iovecs(iov: &[RawIoVec]) -> Vec<libc::iovec> {
 }
 
 /// Consumes `n` transferred bytes from the front of `vecs[*idx..]`.
-fn advance(vecs: &mut [libc::iovec], idx: &mut usize, mut n: usize) {
+pub(crate) fn advance(vecs: &mut [libc::iovec], idx: &mut usize, mut n: usize) {
     while n > 0 && *idx < vecs.len() {
         let v = &mut vecs[*idx];
         if n >= v.iov_len {

@@ -2,7 +2,8 @@
 //! file stores and device stores, with 512-byte and 4096-byte logical
 //! sectors, each kind with a volatile write cache in front (power on), and
 //! NBD stores over nbdkit's memory plugin and over qemu-nbd serving a qcow2
-//! image. Each property is a function over `&dyn UserStore` (plus the
+//! image, and file and device stores served through io_uring. Each
+//! property is a function over `&dyn UserStore` (plus the
 //! fixture that can reopen it) and is checked on every case.
 
 mod support;
@@ -16,8 +17,8 @@ use support::{Buf, Collector, NbdServer, PAGE};
 use xbb::host::{IoError, IoTag, OpenError};
 use xbb::units::Sectors;
 use xbb_ustore::{
-    open_nbd_store, open_store, resize_medium, CompletionFn, IoFaults, NbdSpec, RawIoVec, StoreIo,
-    StoreKind, StoreSpec, UserStore, WriteCache,
+    open_nbd_store, open_store, resize_medium, CompletionFn, IoEngine, IoFaults, NbdSpec, RawIoVec,
+    StoreIo, StoreKind, StoreSpec, UserStore, WriteCache,
 };
 
 /// Size of every test medium.
@@ -30,40 +31,125 @@ struct Case {
     /// A volatile write cache in front ([`WriteCache`]): with the power on
     /// it must be a store like any other.
     cached: bool,
+    /// Served through io_uring ([`IoEngine::Uring`]), driven as a
+    /// platform's queue thread drives it ([`Driven`]).
+    uring: bool,
 }
 
-const CASES: [Case; 6] = [
+const CASES: [Case; 8] = [
     Case {
         kind: StoreKind::File,
         sector_size: 512,
         cached: false,
+        uring: false,
     },
     Case {
         kind: StoreKind::File,
         sector_size: 4096,
         cached: false,
+        uring: false,
     },
     Case {
         kind: StoreKind::Device,
         sector_size: 512,
         cached: false,
+        uring: false,
     },
     Case {
         kind: StoreKind::Device,
         sector_size: 4096,
         cached: false,
+        uring: false,
     },
     Case {
         kind: StoreKind::File,
         sector_size: 512,
         cached: true,
+        uring: false,
     },
     Case {
         kind: StoreKind::Device,
         sector_size: 4096,
         cached: true,
+        uring: false,
+    },
+    Case {
+        kind: StoreKind::File,
+        sector_size: 512,
+        cached: false,
+        uring: true,
+    },
+    Case {
+        kind: StoreKind::Device,
+        sector_size: 4096,
+        cached: false,
+        uring: true,
     },
 ];
+
+// ---------------------------------------------------------------------------
+// Driven: an io_uring store with a thread that plays the platform's queue
+// thread (kick after submitting, reap what completed)
+
+/// An io_uring store, kicked after each submission and reaped by a thread
+/// of its own, so that the properties (written for stores that deliver on
+/// their own threads) hold over it unchanged.
+struct Driven {
+    inner: Arc<dyn UserStore>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    reaper: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Driven {
+    fn new(inner: Box<dyn UserStore>) -> Driven {
+        let inner: Arc<dyn UserStore> = Arc::from(inner);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (s, st) = (Arc::clone(&inner), Arc::clone(&stop));
+        let reaper = std::thread::spawn(move || {
+            while !st.load(Ordering::Acquire) {
+                // Kicks too: I/O released from a hold is submitted here.
+                s.kick();
+                s.reap();
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+        });
+        Driven {
+            inner,
+            stop,
+            reaper: Some(reaper),
+        }
+    }
+}
+
+impl UserStore for Driven {
+    fn info(&self) -> xbb::host::MediumInfo {
+        self.inner.info()
+    }
+    fn submit(&self, tag: IoTag, io: StoreIo) -> Result<(), IoError> {
+        self.inner.submit(tag, io)?;
+        self.inner.kick();
+        Ok(())
+    }
+    fn close(&self) {
+        self.inner.close();
+    }
+    fn direct_io(&self) -> bool {
+        self.inner.direct_io()
+    }
+    fn engine(&self) -> IoEngine {
+        self.inner.engine()
+    }
+}
+
+impl Drop for Driven {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.reaper.take() {
+            let _ = t.join();
+        }
+        self.inner.close();
+    }
+}
 
 // ---------------------------------------------------------------------------
 // Fixture: a backing file plus the spec and collector for one case
@@ -112,6 +198,11 @@ impl Fixture {
                 sector_size: case.sector_size,
                 faults,
                 cache: case.cached.then(|| Arc::new(WriteCache::new(u64::from(n)))),
+                engine: if case.uring {
+                    IoEngine::Uring
+                } else {
+                    IoEngine::Pool
+                },
             },
             col: Arc::new(Collector::default()),
             next_tag: AtomicU32::new(1),
@@ -135,6 +226,7 @@ impl Fixture {
                 kind: StoreKind::File,
                 sector_size,
                 cached: false,
+                uring: false,
             },
             spec: StoreSpec {
                 kind: StoreKind::File,
@@ -143,6 +235,7 @@ impl Fixture {
                 sector_size,
                 faults,
                 cache: None,
+                engine: IoEngine::Pool,
             },
             col: Arc::new(Collector::default()),
             next_tag: AtomicU32::new(1),
@@ -161,6 +254,7 @@ impl Fixture {
                 kind: StoreKind::Device,
                 sector_size,
                 cached: false,
+                uring: false,
             },
             spec: StoreSpec {
                 kind: StoreKind::Device,
@@ -169,6 +263,7 @@ impl Fixture {
                 sector_size,
                 faults: None,
                 cache: None,
+                engine: IoEngine::Pool,
             },
             col: Arc::new(Collector::default()),
             next_tag: AtomicU32::new(1),
@@ -207,7 +302,13 @@ impl Fixture {
                 done,
             ),
         };
-        r.unwrap_or_else(|e| panic!("{:?}: open failed: {e:?}", self.case))
+        let s = r.unwrap_or_else(|e| panic!("{:?}: open failed: {e:?}", self.case));
+        if self.case.uring {
+            assert_eq!(s.engine(), IoEngine::Uring, "{:?}", self.case);
+            Box::new(Driven::new(s))
+        } else {
+            s
+        }
     }
 
     fn tag(&self) -> IoTag {

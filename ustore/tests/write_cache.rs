@@ -50,6 +50,7 @@ impl Rig {
             sector_size: SS as u32,
             faults: None,
             cache: Some(Arc::clone(&cache)),
+            engine: Default::default(),
         };
         let store = open_store(&spec, col.completion()).unwrap();
         Rig {

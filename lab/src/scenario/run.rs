@@ -400,6 +400,7 @@ pub(super) fn setup_guest(
             sector_size: spec.sector_size,
             faults: Some(Arc::clone(&faults)),
             cache,
+            engine: Default::default(),
         },
         tunables,
         journal_dir: spec.journal.then(|| dir.join("journals")),
