@@ -367,6 +367,7 @@ zcat "$XEN_GZ" > "$DIR/xen.img"
 PVGRUB_SKIP=""
 PVGRUB_BIN=""
 PVGRUB_IMG=""
+PVGRUB_DEB=""
 # pvgrub_disk TREE IMAGE: IMAGE becomes an MBR disk with one partition
 # (type 0x83, from sector 2048 to the disk's end) holding an ext4 file
 # system made of TREE (mkfs -d: nothing is mounted). Debian bookworm's
@@ -378,6 +379,7 @@ pvgrub_disk() {
 	fs_mb=$((kb / 1024 + 24))
 	sectors=$((fs_mb * 2048))
 	rm -f "$fs" "$2"
+	truncate -s "${fs_mb}M" "$fs" || return 1
 	mkfs.ext4 -q -F -L xenlab-boot -d "$1" "$fs" "${fs_mb}M" || return 1
 	truncate -s $(((fs_mb + 1) * 1048576)) "$2" || return 1
 	dd if="$fs" of="$2" bs=1M seek=1 conv=notrunc,sparse status=none || return 1
@@ -436,11 +438,12 @@ case " $SCEN_LIST " in *" 14 "*)
 		key=$(cat "$PTREE/boot/vmlinuz" "$PTREE/boot/initrd.gz" "$PTREE/boot/grub/grub.cfg" | sha256sum | cut -c1-12)
 		PVGRUB_IMG=$DIR/pvgrub-boot-$key.img
 		if [ ! -f "$PVGRUB_IMG" ]; then
-			rm -f "$DIR"/pvgrub-boot-*.img
+			rm -f "$DIR"/pvgrub-boot-*
 			pvgrub_disk "$PTREE" "$PVGRUB_IMG.tmp" || die "cannot build scenario 14's boot disk $PVGRUB_IMG"
 			mv "$PVGRUB_IMG.tmp" "$PVGRUB_IMG"
 		fi
-		echo "xenlab: pvgrub2 from $(cat "$GDIR/.done"); boot disk $PVGRUB_IMG"
+		PVGRUB_DEB=$(cat "$GDIR/.done")
+		echo "xenlab: pvgrub2 from $PVGRUB_DEB; boot disk $PVGRUB_IMG"
 	else
 		echo "xenlab: scenario 14 will SKIP: $PVGRUB_SKIP"
 	fi
@@ -487,6 +490,7 @@ fi
 	echo "XENLAB_FIO=$FIO"
 	echo "XENLAB_STRESS_SECS=${XENLAB_STRESS_SECS:-240}"
 	echo "XENLAB_PVGRUB_SKIP=\"$PVGRUB_SKIP\""
+	echo "XENLAB_PVGRUB_DEB=\"$PVGRUB_DEB\""
 } > "$ROOT/etc/xenlab.conf"
 used=$(du -sm "$ROOT" | cut -f1)
 size=$((used + 700 + ${XENLAB_DISK_MB:-64} * 12))
