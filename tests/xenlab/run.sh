@@ -76,6 +76,10 @@ if [ -z "$TIMEOUT" ]; then
 	# Scenario 13: a guest saved and restored three times and migrated
 	# once, its disk verified throughout (not measured yet).
 	case " $SCEN_LIST " in *" 13 "*) TIMEOUT=$((TIMEOUT + 900)) ;; esac
+	# Scenario 14: one guest booted by pvgrub2, which reads its kernel and
+	# initramfs 4 KiB at a time, then its data disk's verify (not
+	# measured yet).
+	case " $SCEN_LIST " in *" 14 "*) TIMEOUT=$((TIMEOUT + 600)) ;; esac
 fi
 # The emulated CPU. With -cpu max, TCG's XSAVE made processes in dom0 and
 # in the guests die at random (README.md, "The emulated CPU"); without
@@ -362,6 +366,106 @@ done
 mk_cpio "$INITRD" "$DIR/dom0-initrd.gz"
 zcat "$XEN_GZ" > "$DIR/xen.img"
 
+# ------------------------------------------------- pvgrub2 (scenario 14)
+# Scenario 14 boots a guest with pvgrub2: GRUB built as a Xen PV kernel,
+# which Debian's grub-xen-host ships as
+# /usr/lib/grub-xen/grub-x86_64-xen.bin. Its built-in configuration
+# searches every disk it sees for /boot/grub/grub.cfg (partitions
+# included) and reads the first it finds. So the guest's boot disk is an
+# MBR disk whose first partition holds an ext4 file system with
+# /boot/grub/grub.cfg, the guest kernel and the guests' initramfs, with the
+# guests' kernel command line. The package is downloaded and unpacked
+# (cached in $DIR/grub-xen-host), never installed; the disk is rebuilt when
+# the kernel, the initramfs or grub.cfg changed (the initramfs is packed
+# anew on every run, so in practice on every run: a second). Only when
+# scenario 14 is asked for; without the package it reports SKIP with the
+# reason.
+PVGRUB_SKIP=""
+PVGRUB_BIN=""
+PVGRUB_IMG=""
+PVGRUB_DEB=""
+# pvgrub_disk TREE IMAGE: IMAGE becomes an MBR disk with one partition
+# (type 0x83, from sector 2048 to the disk's end) holding an ext4 file
+# system made of TREE (mkfs -d: nothing is mounted). Debian bookworm's
+# mke2fs.conf leaves out the ext4 features GRUB 2.06 cannot read
+# (metadata_csum_seed, orphan_file).
+pvgrub_disk() {
+	local fs=$2.fs kb fs_mb sectors
+	kb=$(du -sk "$1" | cut -f1)
+	fs_mb=$((kb / 1024 + 24))
+	sectors=$((fs_mb * 2048))
+	rm -f "$fs" "$2"
+	truncate -s "${fs_mb}M" "$fs" || return 1
+	mkfs.ext4 -q -F -L xenlab-boot -d "$1" "$fs" "${fs_mb}M" || return 1
+	truncate -s $(((fs_mb + 1) * 1048576)) "$2" || return 1
+	dd if="$fs" of="$2" bs=1M seek=1 conv=notrunc,sparse status=none || return 1
+	rm -f "$fs"
+	# Partition entry 1 at byte 446: active, CHS unused (fe ff ff: the LBA
+	# fields count), type 0x83, first sector and sector count (32 bits,
+	# little endian); the 55 aa signature at byte 510.
+	le32() { printf '\\%03o\\%03o\\%03o\\%03o' $(($1 & 255)) $(($1 >> 8 & 255)) $(($1 >> 16 & 255)) $(($1 >> 24 & 255)); }
+	# shellcheck disable=SC2059
+	printf "\\200\\376\\377\\377\\203\\376\\377\\377$(le32 2048)$(le32 "$sectors")" |
+		dd of="$2" bs=1 seek=446 conv=notrunc status=none || return 1
+	printf '\125\252' | dd of="$2" bs=1 seek=510 conv=notrunc status=none
+}
+case " $SCEN_LIST " in *" 14 "*)
+	step "pvgrub2 and its boot disk (scenario 14)"
+	GDIR=$DIR/grub-xen-host
+	if [ ! -f "$GDIR/.done" ]; then
+		rm -rf "$GDIR" "$DIR/grub-debs"
+		mkdir -p "$DIR/grub-debs"
+		# Package lists that do not know the package yet are updated once.
+		if ! (cd "$DIR/grub-debs" && apt-get download grub-xen-host) > "$DIR/grub-xen-host.log" 2>&1; then
+			apt-get update -qq >> "$DIR/grub-xen-host.log" 2>&1
+			(cd "$DIR/grub-debs" && apt-get download grub-xen-host) >> "$DIR/grub-xen-host.log" 2>&1
+		fi
+		deb=$(ls "$DIR"/grub-debs/grub-xen-host_*.deb 2> /dev/null | head -n 1)
+		if [ -n "$deb" ] && dpkg -x "$deb" "$GDIR" >> "$DIR/grub-xen-host.log" 2>&1; then
+			basename "$deb" > "$GDIR/.done"
+		fi
+		rm -rf "$DIR/grub-debs"
+	fi
+	PVGRUB_BIN=$GDIR/usr/lib/grub-xen/grub-x86_64-xen.bin
+	if [ ! -f "$GDIR/.done" ]; then
+		PVGRUB_SKIP="apt-get download grub-xen-host failed on the host (log: $DIR/grub-xen-host.log)"
+	elif [ ! -f "$PVGRUB_BIN" ]; then
+		PVGRUB_SKIP="$(cat "$GDIR/.done") has no /usr/lib/grub-xen/grub-x86_64-xen.bin"
+	fi
+	if [ -z "$PVGRUB_SKIP" ]; then
+		PTREE=$DIR/pvgrub-tree
+		rm -rf "$PTREE"
+		mkdir -p "$PTREE/boot/grub"
+		cp "$VMLINUZ" "$PTREE/boot/vmlinuz"
+		cp "$DIR/guest-initrd.gz" "$PTREE/boot/initrd.gz"
+		# The other guests' command line (xenlab-init's write_cfg) with
+		# task pvgrub. GRUB's echo reaches the guest's console before the
+		# kernel does: dom0 reads there on which device GRUB found this
+		# file. The lines stay short: GRUB wraps at 80 columns.
+		cat > "$PTREE/boot/grub/grub.cfg" <<-'EOF'
+			# xenlab scenario 14 (tests/xenlab/run.sh): read by pvgrub2,
+			# whose built-in configuration searched every disk for it.
+			echo "XENLAB-PVGRUB root=${root}"
+			linux /boot/vmlinuz console=hvc0 quiet loglevel=4 xenlab.task=pvgrub xenlab.seed=141
+			initrd /boot/initrd.gz
+			echo "XENLAB-PVGRUB booting"
+			boot
+		EOF
+		key=$(cat "$PTREE/boot/vmlinuz" "$PTREE/boot/initrd.gz" "$PTREE/boot/grub/grub.cfg" | sha256sum | cut -c1-12)
+		PVGRUB_IMG=$DIR/pvgrub-boot-$key.img
+		if [ ! -f "$PVGRUB_IMG" ]; then
+			rm -f "$DIR"/pvgrub-boot-*
+			pvgrub_disk "$PTREE" "$PVGRUB_IMG.tmp" || die "cannot build scenario 14's boot disk $PVGRUB_IMG"
+			mv "$PVGRUB_IMG.tmp" "$PVGRUB_IMG"
+		fi
+		PVGRUB_DEB=$(cat "$GDIR/.done")
+		echo "xenlab: pvgrub2 from $PVGRUB_DEB; boot disk $PVGRUB_IMG"
+	else
+		echo "xenlab: scenario 14 will SKIP: $PVGRUB_SKIP"
+	fi
+	;;
+esac
+
 # ---------------------------------------------------------------- root image
 step "dom0 image"
 mkdir -p "$ROOT/boot/xenlab" "$ROOT/usr/local/sbin" "$ROOT/images" "$ROOT/etc/xen"
@@ -385,6 +489,13 @@ if [ -n "$XBB_BIN" ]; then
 fi
 install -m 0755 "$DIR/xbbwork" "$ROOT/usr/local/sbin/xbbwork"
 rm -rf "$ROOT/images"/* "$ROOT/results"
+# Scenario 14's pvgrub2 and boot disk, only when it was asked for.
+rm -rf "$ROOT/usr/lib/grub-xen" "$ROOT/boot/xenlab/pvgrub-boot.img"
+if [ -n "$PVGRUB_IMG" ]; then
+	mkdir -p "$ROOT/usr/lib/grub-xen"
+	cp "$PVGRUB_BIN" "$ROOT/usr/lib/grub-xen/grub-x86_64-xen.bin"
+	cp --sparse=always "$PVGRUB_IMG" "$ROOT/boot/xenlab/pvgrub-boot.img"
+fi
 {
 	echo "XENLAB_SCENARIOS=\"$SCEN_LIST\""
 	echo "XENLAB_STANDIN=\"$STANDIN\""
@@ -394,6 +505,8 @@ rm -rf "$ROOT/images"/* "$ROOT/results"
 	echo "XENLAB_XBB_ARGS=\"${XENLAB_XBB_ARGS:-}\""
 	echo "XENLAB_FIO=$FIO"
 	echo "XENLAB_STRESS_SECS=${XENLAB_STRESS_SECS:-240}"
+	echo "XENLAB_PVGRUB_SKIP=\"$PVGRUB_SKIP\""
+	echo "XENLAB_PVGRUB_DEB=\"$PVGRUB_DEB\""
 } > "$ROOT/etc/xenlab.conf"
 used=$(du -sm "$ROOT" | cut -f1)
 size=$((used + 700 + ${XENLAB_DISK_MB:-64} * 12))
