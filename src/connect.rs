@@ -1287,10 +1287,22 @@ pub fn publish_resize<X: XenStore>(
 /// Reads the `state` node of `dir` (either end). Absent is
 /// [`ConnectError::Missing`], a non-number [`ConnectError::NotANumber`], a
 /// number outside `enum xenbus_state` [`ConnectError::BadState`].
+///
+/// A read refused with `EACCES` is absent too: the toolstack lets each end
+/// read the other's directory for as long as it exists, and xenstored
+/// answers a read below a removed directory with `EACCES` rather than
+/// `ENOENT` when the nearest parent left is not the reader's (a driver
+/// domain reading the directory of a guest just destroyed).
 pub fn read_state<X: XenStore>(xs: &mut X, dir: &str) -> Result<XenbusState, ConnectError> {
     const STATE: &str = keys::STATE;
-    let v = read_num_as::<u64, _>(xs, XsTxn::NONE, dir, STATE, STATE)?
-        .ok_or(ConnectError::Missing { key: STATE })?;
+    let v = match read_num_as::<u64, _>(xs, XsTxn::NONE, dir, STATE, STATE) {
+        Err(ConnectError::Xs {
+            err: XsError::Denied,
+            ..
+        }) => None,
+        r => r?,
+    }
+    .ok_or(ConnectError::Missing { key: STATE })?;
     u32::try_from(v)
         .ok()
         .and_then(XenbusState::from_u32)

@@ -768,7 +768,7 @@ fn a_refused_write_into_a_removed_directory_stops_the_writes_quietly() {
     let logged = log_lines_for_backend();
     // The directory goes before the watch reports it; the next write is
     // refused (EACCES, as in a driver domain), and that is the last one.
-    fk.st().faults.deny_orphan_writes = true;
+    fk.st().faults.driver_domain_acl = true;
     remove_backend_dir(&fk);
     fk.set_frontend_state(XenbusState::Closing);
     otherend_changed(&fk);
@@ -780,6 +780,38 @@ fn a_refused_write_into_a_removed_directory_stops_the_writes_quietly() {
     assert!(writes > 0);
     assert_eq!(fk.st().writes, writes, "no write after the refused one");
     assert!(!fk.st().xs.keys().any(|k| k.starts_with(BE_PATH)));
+    let log = LOG.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    assert!(
+        !log.iter().any(|l| l.contains("permission denied")),
+        "{log:?}"
+    );
+    assert_eq!(log_lines_for_backend(), logged, "{log:?}");
+    assert_clean(&fk);
+}
+
+/// The guest is destroyed: the toolstack removes the front-end's
+/// directory, and the back-end's watch fires. In a driver domain the read
+/// of the front-end's `state` is refused with `EACCES` (its parents are
+/// gone and were never the back-end's to read); that is a front-end gone,
+/// not an error to report: the back-end closes quietly, and once the
+/// directory of its own goes too it writes nothing more.
+#[test]
+fn a_destroyed_guest_in_a_driver_domain_closes_without_an_error() {
+    let (_m, fk) = loaded();
+    let _ring = connect(&fk, 1);
+    let logged = log_lines_for_backend();
+    fk.st().faults.driver_domain_acl = true;
+    let below = format!("{FE_PATH}/");
+    fk.st().xs.retain(|k, _| !k.starts_with(&below));
+    otherend_changed(&fk);
+    let state = fk.st().xs.get(&format!("{BE_PATH}/state")).cloned();
+    assert_eq!(state.as_deref(), Some(XenbusState::Closed.as_str()));
+    remove_backend_dir(&fk);
+    let writes = fk.st().writes;
+    localend_changed(&fk, "");
+    otherend_changed(&fk);
+    detach_and_free(&fk);
+    assert_eq!(fk.st().writes, writes, "no write after the removal");
     let log = LOG.lock().unwrap_or_else(|e| e.into_inner()).clone();
     assert!(
         !log.iter().any(|l| l.contains("permission denied")),

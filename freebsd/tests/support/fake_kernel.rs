@@ -207,13 +207,15 @@ pub struct Faults {
     pub map_grants: bool,
     /// The medium is gone: completions report `ENXIO`.
     pub store_gone: bool,
-    /// The back-end directory's parents are not the back-end's, as in a
-    /// driver domain: once the toolstack removed the directory (its
-    /// `state` node is absent), a write below it is refused with `EACCES`
-    /// (the back-end may not create it again), and so is a read of a node
-    /// that is not there (xenstored answers `EACCES`, not `ENOENT`, when the
+    /// XenStore's permissions as a driver domain meets them: the parents
+    /// of the back-end directory and of the front-end directory are not
+    /// the back-end's. Once the toolstack removed the back-end directory
+    /// (its `state` node is absent), a write below it is refused with
+    /// `EACCES` (the back-end may not create it again); and a read of a
+    /// missing node below either directory once that directory is gone is
+    /// refused with `EACCES`, not `ENOENT` (xenstored answers so when the
     /// nearest existing parent is not readable by the caller).
-    pub deny_orphan_writes: bool,
+    pub driver_domain_acl: bool,
 }
 
 /// Everything one fake device holds.
@@ -707,10 +709,8 @@ unsafe extern "C" fn xs_read(
     let st = d.st();
     let p = abs(path);
     let Some(v) = st.xs.get(&p) else {
-        if st.faults.deny_orphan_writes
-            && p.starts_with(BE_PATH)
-            && !st.xs.contains_key(&format!("{BE_PATH}/state"))
-        {
+        let gone = |dir: &str| p.starts_with(dir) && !st.xs.contains_key(&format!("{dir}/state"));
+        if st.faults.driver_domain_acl && (gone(BE_PATH) || gone(FE_PATH)) {
             return EACCES;
         }
         return ENOENT;
@@ -738,7 +738,7 @@ unsafe extern "C" fn xs_write(
     let mut st = d.st();
     st.writes += 1;
     let p = abs(path);
-    if st.faults.deny_orphan_writes
+    if st.faults.driver_domain_acl
         && p.starts_with(BE_PATH)
         && !st.xs.contains_key(&format!("{BE_PATH}/state"))
     {
