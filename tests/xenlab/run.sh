@@ -12,6 +12,7 @@
 #   XENLAB_STANDIN=blkback  serve the "xbb" scenarios with the kernel's
 #                        xen-blkback (tests the harness without xbb-serve)
 #   XENLAB_BENCH_REPS, XENLAB_BENCH_SECS  comparison table (default 3 x 5 s)
+#   XENLAB_BENCH_POOL=1  also bench xbb-serve with io = pool in each repetition
 #   XENLAB_DISK_MB       size of each guest disk (default 64)
 #   XENLAB_XBB_ARGS      extra arguments for xbb-serve
 #   XENLAB_FIO=1         also run fio in the benchmark guests (--full only)
@@ -501,6 +502,7 @@ fi
 	echo "XENLAB_STANDIN=\"$STANDIN\""
 	echo "XENLAB_BENCH_REPS=${XENLAB_BENCH_REPS:-3}"
 	echo "XENLAB_BENCH_SECS=${XENLAB_BENCH_SECS:-5}"
+	echo "XENLAB_BENCH_POOL=${XENLAB_BENCH_POOL:-0}"
 	echo "XENLAB_DISK_MB=${XENLAB_DISK_MB:-64}"
 	echo "XENLAB_XBB_ARGS=\"${XENLAB_XBB_ARGS:-}\""
 	echo "XENLAB_FIO=$FIO"
@@ -675,6 +677,18 @@ if grep -q 'XENLAB-BENCH' "$RES"; then
 			name = (p[1] == "xbbwork") ? p[2] : p[1] " " p[2]
 			if (x >= 0 && b > 0) printf "%s\txbb-serve / xen-blkback\t%.3f\n", name, x / b > tsv
 			if (x >= 0 && q > 0) printf "%s\txbb-serve / qdisk\t%.3f\n", name, x / q > tsv
+		}
+		# XENLAB_BENCH_POOL=1: xbb-serve with io = pool beside io_uring.
+		pool = 0
+		for (i = 1; i <= nk; i++) if (med(order[i] SUBSEP "xbbpool") >= 0) pool = 1
+		if (pool) {
+			printf "\n%-8s %-16s %7s %12s %12s %12s %12s\n", "tool", "test", "unit", "xbb(uring)", "xbb(pool)", "uring/pool", "pool/blkback"
+			for (i = 1; i <= nk; i++) {
+				k = order[i]; split(k, p, " ")
+				x = med(k SUBSEP "xbb"); y = med(k SUBSEP "xbbpool"); b = med(k SUBSEP "blkback")
+				printf "%-8s %-16s %7s %12s %12s %12s %12s\n", p[1], p[2], (p[2] ~ /^seq/) ? "kB/s" : "IOPS", x, y,
+					(x >= 0 && y > 0) ? sprintf("%.2f", x / y) : "-", (y >= 0 && b > 0) ? sprintf("%.2f", y / b) : "-"
+			}
 		}
 	}' | tee "$OUT/comparison.txt"
 	if [ -n "$LAB_BIN" ] && [ -s "$OUT/comparison.tsv" ]; then
