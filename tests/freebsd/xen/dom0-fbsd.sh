@@ -484,7 +484,7 @@ fb15_connected() {
 	fv() { sed -n "s|^dev\.xbb\.$unit\.$1: *||p" "$t" | tail -n 1; }
 	local pgm mpg n
 	pgm=$(fv persistent_grants_mapped) mpg=$(fv max_persistent_grants) n=$(fb15_count "$t")
-	if [ -n "$unit" ] && [ "$(fv state)" = 4 ] && [ -n "$pgm" ] && [ "$pgm" -le "${mpg:-0}" ] &&
+	if [ -n "$unit" ] && [ "$(fv state)" = 4 ] && [ -n "$pgm" ] && { [ -z "$mpg" ] || [ "$pgm" -le "$mpg" ]; } &&
 		[ "$n" = $((S15_BASE + 1)) ]; then
 		result 15 "$st:xbb-instance" PASS "dev.xbb.$unit serves backend/vbd/$d/51712, state 4," \
 			"persistent_grants_mapped=$pgm (max $mpg) reqs_received=$(fv reqs_received)" \
@@ -742,6 +742,21 @@ fb15_pvgrub_guest() {
 		result 15 pvgrub:connections PASS "2 (GRUB's, then the kernel's), back-end states seen: $chain"
 	else
 		result 15 pvgrub:connections FAIL "$conns Connected state(s) seen, want 2: $chain"
+	fi
+	# The kernel's connection (counters start at 0 with each one): the
+	# boot disk's whole read came through it.
+	if [ -n "$u" ] && fb_dump "$S15_FID" "$R/xbbdd-dump-s15p.txt"; then
+		local br st want
+		br=$(sed -n "s|^dev\.xbb\.$u\.bytes_read: *||p" "$R/xbbdd-dump-s15p.txt" | tail -n 1)
+		st=$(sed -n "s|^dev\.xbb\.$u\.state: *||p" "$R/xbbdd-dump-s15p.txt" | tail -n 1)
+		want=$(($(stat -c %s "$1") * 9 / 10))
+		if [ -n "$br" ] && [ "$br" -ge "$want" ] && [ "$st" = 4 ]; then
+			result 15 pvgrub:kernel-reads PASS "dev.xbb.$u state 4, bytes_read=$br of the kernel's connection (image $(stat -c %s "$1") bytes)"
+		else
+			result 15 pvgrub:kernel-reads FAIL "dev.xbb.$u state '$st' bytes_read='$br', want >= $want"
+		fi
+	else
+		result 15 pvgrub:kernel-reads FAIL "no instance (xbb'$u') or no dev.xbb dump from the driver domain"
 	fi
 	fb15_since | sed -n "s/^XBB-DD: sysctl dev\.xbb\.$u\.state: //p" | tr '\n' ' ' | sed "s/^/XENLAB s15 xbb$u state by the driver domain's 2 s samples: /"
 	echo
