@@ -93,7 +93,14 @@ fb_dump() {
 	local i=0
 	while [ $i -lt 60 ]; do
 		if tail -n +"$((n + 1))" "$f" | grep -q 'XBB-DD: info dump end'; then
-			tail -n +"$((n + 1))" "$f" | tr -d '\r' | sed -n 's/^XBB-DD: sysctl //p' > "$2"
+			# From the command on (when its line is whole): the 2 s
+			# change reports before it may name an instance gone since.
+			tail -n +"$((n + 1))" "$f" | tr -d '\r' > /tmp/fb-dump.txt
+			if grep -q '^XBB-DD: info command from dom0: dump' /tmp/fb-dump.txt; then
+				sed -n '/^XBB-DD: info command from dom0: dump/,$p' /tmp/fb-dump.txt
+			else
+				cat /tmp/fb-dump.txt
+			fi | sed -n 's/^XBB-DD: sysctl //p' > "$2"
 			return 0
 		fi
 		sleep 0.5
