@@ -696,7 +696,7 @@ fb15_states() {
 }
 # fb15_pvgrub_guest BOOT DATA: part b.
 fb15_pvgrub_guest() {
-	local domid sum gsum line root pid chain conns att det u i n r rest
+	local domid sum gsum line root pid chain conns att det u i n r rest f0=$FAILS
 	sum=$(sha256sum "$1" | cut -d' ' -f1)
 	fb15_mark
 	# Scenario 14's xl.cfg writer (xenlab-init), with disks xbb.ko serves.
@@ -781,7 +781,7 @@ fb15_pvgrub_guest() {
 	done < /tmp/s15p-collect.txt
 	grep -q 'XENLAB-GUEST done' "$R/s15p-console.txt" ||
 		result 15 s15p:finished FAIL "guest never finished its task (s15p-console.txt)"
-	if [ "$FAILS" -gt "$fails0" ]; then
+	if [ "$FAILS" -gt "$f0" ]; then
 		tail -n 30 "$R/s15p-console.txt" | sed 's/^/XENLAB s15p console: /'
 		fb15_diag pvgrub "$domid"
 	fi
