@@ -410,8 +410,10 @@ pvgrub_disk() {
 		dd of="$2" bs=1 seek=446 conv=notrunc status=none || return 1
 	printf '\125\252' | dd of="$2" bs=1 seek=510 conv=notrunc status=none
 }
-case " $SCEN_LIST " in *" 14 "*)
-	step "pvgrub2 and its boot disk (scenario 14)"
+# Scenario 15 (tests/freebsd/xen: the same boot disk served by xbb.ko in
+# a FreeBSD driver domain) needs them too.
+case " $SCEN_LIST " in *" 14 "* | *" 15 "*)
+	step "pvgrub2 and its boot disk (scenarios 14, 15)"
 	GDIR=$DIR/grub-xen-host
 	if [ ! -f "$GDIR/.done" ]; then
 		rm -rf "$GDIR" "$DIR/grub-debs"

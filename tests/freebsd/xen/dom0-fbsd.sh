@@ -93,7 +93,14 @@ fb_dump() {
 	local i=0
 	while [ $i -lt 60 ]; do
 		if tail -n +"$((n + 1))" "$f" | grep -q 'XBB-DD: info dump end'; then
-			tail -n +"$((n + 1))" "$f" | tr -d '\r' | sed -n 's/^XBB-DD: sysctl //p' > "$2"
+			# From the command on (when its line is whole): the 2 s
+			# change reports before it may name an instance gone since.
+			tail -n +"$((n + 1))" "$f" | tr -d '\r' > /tmp/fb-dump.txt
+			if grep -q '^XBB-DD: info command from dom0: dump' /tmp/fb-dump.txt; then
+				sed -n '/^XBB-DD: info command from dom0: dump/,$p' /tmp/fb-dump.txt
+			else
+				cat /tmp/fb-dump.txt
+			fi | sed -n 's/^XBB-DD: sysctl //p' > "$2"
 			return 0
 		fi
 		sleep 0.5
@@ -373,4 +380,458 @@ s8() {
 	wait_gone xbbfe 120
 	fbsd_collect 8 xbbfe
 	grep 'XBB-DD: sysctl dev.xbd.1' "$(glog xbbfe)" | tr -d '\r' | sort -u | sed 's/^XBB-DD: /XENLAB s8 /' | head -n 40
+}
+
+# ------------------------------------------------------------ scenario 15
+# Issue 15 items 2 and 3 with xbb.ko: what xenlab's scenarios 13 and 14
+# do against xbb-serve, against xbb.ko in the driver domain.
+#  a. s15s: a Linux guest runs the "save" task (rounds of check, xbbwork
+#     loop, verify) on a disk xbb.ko serves, while dom0 saves and restores
+#     it three times. After each save: Xen let the old domain go (no
+#     grant mapping of the driver domain keeps it alive), its back-end
+#     directory in the driver domain is gone, its xbb instance detached
+#     (the kernel's "xbbN: detached") and dev.xbb has as many instances as
+#     before the guest existed; after each restore: the vbd is 4/4 on a
+#     new back-end directory, served by a new instance in state 4, and the
+#     guest's work goes on with no failed operation.
+#  b. s15p: a Linux guest booted by pvgrub2 from a disk xbb.ko serves:
+#     GRUB's front-end reads the kernel, closes, the kernel's blkfront
+#     connects to the same instance (online = 1 keeps it): one attach, no
+#     detach, two Connected states of the back-end; the guest reads the
+#     boot disk back whole and verifies its data disk.
+# The disks xbb.ko serves here are not the driver domain's md(4) or tmpfs
+# file but disks dom0 gives it (xvdb.. of xbbdd, served in dom0 by $MODE):
+# xbb.ko serves the driver domain's /dev/xbdN, and dom0 can check the
+# images once the guests are gone (xbbwork check of the save guest's
+# disk) and hand the driver domain scenario 14's boot image as it is.
+# Asked for with --scenarios 15 (tests/freebsd/xen/run.sh); its pvgrub2
+# and boot image come from tests/xenlab/run.sh as for scenario 14.
+S15_FID=""   # the driver domain
+S15_N0=0     # its console's length when a step began
+S15_BAD=0    # the save guest's failed operations seen so far
+S15_IDS=""   # the save guest's domids
+S15_BASE=""  # dev.xbb instances before the save guest existed
+fb15_log() { tr -d '\r' < "$(glog xbbdd)" 2> /dev/null; }
+fb15_mark() { S15_N0=$(fb15_log | wc -l); }
+fb15_since() { fb15_log | tail -n +"$((S15_N0 + 1))"; }
+# fb15_units DUMP: the dev.xbb units in a dump (fb_dump).
+fb15_units() { sed -n 's/^dev\.xbb\.\([0-9]*\)\.%driver:.*/\1/p' "$1" | sort -un | tr '\n' ' ' | sed 's/ $//'; }
+fb15_count() { fb15_units "$1" | wc -w; }
+# fb15_unit DOMID DEVID: the unit the kernel's latest attach line names.
+fb15_unit() {
+	fb15_log | sed -n "s|^xbb\([0-9]*\): <.*> at backend/vbd/$1/$2 on .*|\1|p" | tail -n 1
+}
+# fb15_diag STEP DOMID...: on a failure: xl list, both ends' XenStore
+# directories, the driver domain's console tail.
+fb15_diag() {
+	local d
+	say "s15 $1: what there is:"
+	xl list 2>&1 | sed 's/^/XENLAB s15 xl list: /'
+	shift
+	for d in "$@"; do
+		[ -n "$d" ] || continue
+		xenstore-ls -f "/local/domain/$S15_FID/backend/vbd/$d" 2>&1 | head -n 40 | sed "s/^/XENLAB s15 backend of $d: /"
+		xenstore-ls -f "/local/domain/$d/device/vbd" 2>&1 | head -n 30 | sed "s/^/XENLAB s15 frontend of $d: /"
+	done
+	fb15_log | grep -v '^XBB-DD: sysctl ' | tail -n 30 | sed 's/^/XENLAB s15 xbbdd console: /'
+}
+fb15_xl() { grep -v '^Parsing' "$2" 2> /dev/null | tail -n 15 | sed "s/^/XENLAB s15 $1 xl: /"; }
+
+# The save guest's console, as s13's helpers read theirs.
+fb15_count_s() { grep -c -E "$1" "$(glog s15s)" 2> /dev/null; }
+fb15_ops() { fb15_count_s 'XENLAB-GUEST XBBWORK (check|verify) '; }
+fb15_round() { sed -n 's/.*XENLAB-GUEST save-round \([0-9]*\).*/\1/p' "$(glog s15s)" 2> /dev/null | tail -n 1; }
+# fb15_wait REGEX COUNT SECONDS: COUNT matching lines on s15s's console;
+# gives up after a minute without a domain s15s.
+fb15_wait() {
+	local i=0 gone=0 n
+	while [ $i -lt $(($3 * 2)) ]; do
+		n=$(fb15_count_s "$1")
+		[ "${n:-0}" -ge "$2" ] && return 0
+		if [ $((i % 10)) -eq 9 ]; then
+			if [ -n "$(domid_of s15s)" ]; then
+				gone=0
+			elif [ $((gone += 1)) -ge 12 ]; then
+				return 1
+			fi
+		fi
+		sleep 0.5
+		i=$((i + 1))
+	done
+	return 1
+}
+
+# fb15_connected STEP DOMID: the vbd is 4/4 on backend/vbd/DOMID/51712
+# in the driver domain, and the instance the kernel attached for it is in
+# state 4 with its persistent grants within bounds; dev.xbb holds one
+# instance more than before the guest existed.
+fb15_connected() {
+	local st=$1 d=$2 be=/local/domain/$S15_FID/backend/vbd/$2/51712 fe=/local/domain/$2/device/vbd/51712
+	local i=0 bst fst unit t=$R/xbbdd-dump-s15-$1.txt
+	while [ $i -lt 240 ]; do
+		bst=$(xsr "$be/state") fst=$(xsr "$fe/state")
+		[ "$bst/$fst" = 4/4 ] && break
+		sleep 0.5
+		i=$((i + 1))
+	done
+	xenstore-ls -f "$be" > "$R/xenstore-s15-$st.txt" 2>&1
+	if [ "$bst/$fst" = 4/4 ]; then
+		result 15 "$st:connected" PASS "domid $d: backend/vbd/$d/51712 in xbbdd ($S15_FID) and the front-end 4/4 after $((i / 2)) s"
+	else
+		result 15 "$st:connected" FAIL "domid $d: backend state '$bst', frontend state '$fst' after 120 s"
+		fb15_diag "$st" "$d"
+		return
+	fi
+	if ! fb_dump "$S15_FID" "$t"; then
+		result 15 "$st:xbb-instance" FAIL "no dev.xbb dump from the driver domain"
+		fb15_diag "$st" "$d"
+		return
+	fi
+	unit=$(fb15_unit "$d" 51712)
+	fv() { sed -n "s|^dev\.xbb\.$unit\.$1: *||p" "$t" | tail -n 1; }
+	local pgm mpg n
+	pgm=$(fv persistent_grants_mapped) mpg=$(fv max_persistent_grants) n=$(fb15_count "$t")
+	if [ -n "$unit" ] && [ "$(fv state)" = 4 ] && [ -n "$pgm" ] && { [ -z "$mpg" ] || [ "$pgm" -le "$mpg" ]; } &&
+		[ "$n" = $((S15_BASE + 1)) ]; then
+		result 15 "$st:xbb-instance" PASS "dev.xbb.$unit serves backend/vbd/$d/51712, state 4," \
+			"persistent_grants_mapped=$pgm (max $mpg) reqs_received=$(fv reqs_received)" \
+			"bytes_read=$(fv bytes_read) bytes_written=$(fv bytes_written); instances: $(fb15_units "$t")"
+	else
+		result 15 "$st:xbb-instance" FAIL "unit '$unit' state '$(fv state)' persistent_grants_mapped '$pgm' (max '$mpg');" \
+			"$n instance(s) ($(fb15_units "$t")), want $((S15_BASE + 1))"
+		fb15_diag "$st" "$d"
+	fi
+}
+# fb15_released STEP DOMID UNIT: the old domain gone from Xen (a dying
+# domain there would be one the driver domain still maps pages of), its
+# back-end directory gone from the driver domain's XenStore, its instance
+# detached (the console says "xbbUNIT: detached" since the step began),
+# and dev.xbb back to the instances there were before the guest.
+fb15_released() {
+	local st=$1 d=$2 u=$3 be=/local/domain/$S15_FID/backend/vbd/$2/51712 i=0 why="" n
+	local t=$R/xbbdd-dump-s15-$1-old.txt
+	while [ $i -lt 60 ] && s13_known "$d"; do
+		sleep 0.5
+		i=$((i + 1))
+	done
+	if s13_known "$d"; then
+		result 15 "$st:old-domid-freed" FAIL "Xen still has domain $d after 30 s: $(xl list 2> /dev/null | awk -v d="$d" '$2 == d' | tr -s ' ')"
+	else
+		result 15 "$st:old-domid-freed" PASS "domain $d gone from Xen after $((i / 2)) s"
+	fi
+	i=0
+	while [ $i -lt 120 ] && [ -n "$(xsr "$be/state")" ]; do
+		sleep 0.5
+		i=$((i + 1))
+	done
+	if [ -z "$(xsr "$be/state")" ]; then
+		result 15 "$st:old-vbd-removed" PASS "backend/vbd/$d/51712 gone from xbbdd after $((i / 2)) s"
+	else
+		result 15 "$st:old-vbd-removed" FAIL "backend/vbd/$d/51712 still in xbbdd after 60 s, state $(xsr "$be/state")"
+	fi
+	i=0
+	while [ $i -lt 60 ] && ! fb15_since | grep -q "^xbb$u: detached"; do
+		sleep 0.5
+		i=$((i + 1))
+	done
+	[ -n "$u" ] || why="no attach line named the instance of backend/vbd/$d/51712;"
+	[ -z "$u" ] || fb15_since | grep -q "^xbb$u: detached" || why="$why no 'xbb$u: detached' on the console in 30 s;"
+	if ! fb_dump "$S15_FID" "$t"; then
+		why="$why no dev.xbb dump;"
+	else
+		n=$(fb15_count "$t")
+		[ "$n" = "$S15_BASE" ] || why="$why $n dev.xbb instance(s) ($(fb15_units "$t")), $S15_BASE before the guest;"
+	fi
+	if [ -z "$why" ]; then
+		result 15 "$st:old-instance-detached" PASS "xbb$u detached; dev.xbb back to $S15_BASE instance(s)"
+	else
+		result 15 "$st:old-instance-detached" FAIL "$why"
+		fb15_diag "$st" "$d"
+	fi
+}
+# fb15_goes_on STEP OPS: two more whole-disk operations than OPS within
+# 300 s, no failed one since the last step.
+fb15_goes_on() {
+	local bad
+	if fb15_wait 'XENLAB-GUEST XBBWORK (check|verify) ' $(($2 + 2)) 300; then
+		result 15 "$1:io-goes-on" PASS "whole-disk operations $2 -> $(fb15_ops), now in round $(fb15_round)"
+	else
+		result 15 "$1:io-goes-on" FAIL "whole-disk operations $2 -> $(fb15_ops) in 300 s"
+		fb15_diag "$1" "$(domid_of s15s)"
+	fi
+	bad=$(fb15_count_s 'XENLAB-GUEST result name=save-.* FAIL')
+	if [ "${bad:-0}" -gt "$S15_BAD" ]; then
+		result 15 "$1:io-verified" FAIL "$((bad - S15_BAD)) failed operation(s): $(grep -o 'XENLAB-GUEST result name=save-.* FAIL.*' "$(glog s15s)" | tail -n +$((S15_BAD + 1)) | head -n 3 | tr '\n' ';')"
+		S15_BAD=$bad
+	else
+		result 15 "$1:io-verified" PASS "no failed operation since the last step"
+	fi
+}
+# fb15_save N: xl save (timed into the guest's xbbwork loop for N = 1, 3:
+# requests in flight), old instance released, xl restore, new connected.
+fb15_save() {
+	local c=$1 old new ops round t rc u n
+	if [ "$c" != 2 ]; then
+		n=$(fb15_count_s 'XENLAB-GUEST save-loop ')
+		fb15_wait 'XENLAB-GUEST save-loop ' $((n + 1)) 300 || say "s15 save$c: no new xbbwork loop in 300 s, saving anyway"
+		sleep 2
+	fi
+	old=$(domid_of s15s)
+	u=$(fb15_unit "$old" 51712)
+	ops=$(fb15_ops) round=$(fb15_round)
+	fb15_mark
+	rm -f /images/s15.save
+	t=$SECONDS
+	timeout 300 xl save s15s /images/s15.save > "$R/xl-save-s15-$c.txt" 2>&1
+	rc=$?
+	echo "xl save s15s ($c): $((SECONDS - t)) s, status $rc" >> "$R/xl-times.txt"
+	if [ $rc != 0 ] || [ -n "$(domid_of s15s)" ]; then
+		result 15 "save$c:xl-save" FAIL "status $rc after $((SECONDS - t)) s (domid $old, round $round; domain now '$(domid_of s15s)'): $(grep -v '^Parsing' "$R/xl-save-s15-$c.txt" | tail -n 1)"
+		fb15_xl "save$c" "$R/xl-save-s15-$c.txt"
+		fb15_diag "save$c" "$old"
+		return 1
+	fi
+	result 15 "save$c:xl-save" PASS "domid $old (xbb$u) saved in $((SECONDS - t)) s in round $round, $ops whole-disk operations done"
+	fb15_released "save$c" "$old" "$u"
+	t=$SECONDS
+	timeout 300 xl restore /images/s15.save > "$R/xl-restore-s15-$c.txt" 2>&1
+	rc=$?
+	echo "xl restore s15s ($c): $((SECONDS - t)) s, status $rc" >> "$R/xl-times.txt"
+	new=$(domid_of s15s)
+	if [ $rc != 0 ] || [ -z "$new" ]; then
+		result 15 "restore$c:xl-restore" FAIL "status $rc after $((SECONDS - t)) s, domain '$new': $(grep -v '^Parsing' "$R/xl-restore-s15-$c.txt" | tail -n 1)"
+		fb15_xl "restore$c" "$R/xl-restore-s15-$c.txt"
+		fb15_diag "restore$c" "$new"
+		return 1
+	fi
+	rm -f /images/s15.save
+	S15_IDS="$S15_IDS -> $new"
+	if [ "$new" != "$old" ]; then
+		result 15 "restore$c:xl-restore" PASS "domid $old -> $new in $((SECONDS - t)) s"
+	else
+		result 15 "restore$c:xl-restore" FAIL "the restored domain has the old domid $old"
+	fi
+	fb15_connected "restore$c" "$new"
+	fb15_goes_on "restore$c" "$ops"
+}
+# fb15_save_guest IMG: part a.
+fb15_save_guest() {
+	local domid c ok=1 seed n u t=$R/xbbdd-dump-s15-base.txt
+	n=$(df -Pm /images | awk 'NR == 2 { print $4 }')
+	if [ "${n:-0}" -lt 200 ]; then
+		result 15 save SKIP "only ${n} MiB free in /images for a 160 MiB save file"
+		return
+	fi
+	if ! fb_dump "$S15_FID" "$t"; then
+		result 15 save:baseline FAIL "no dev.xbb dump from the driver domain"
+		return
+	fi
+	S15_BASE=$(fb15_count "$t")
+	rm -f /images/s15.save
+	write_cfg s15s save "xenlab.seed=151" "format=raw,vdev=xvda,access=rw,backend=xbbdd,target=/dev/xbd1"
+	if ! create s15s; then
+		result 15 s15s:create FAIL "xl create failed (xl-create-s15s.txt)"
+		sed 's/^/XENLAB xl: /' "$R/xl-create-s15s.txt" | tail -n 10
+		fb15_diag create
+		return
+	fi
+	domid=$(domid_of s15s)
+	S15_IDS=$domid S15_BAD=0
+	if ! fb15_wait 'XENLAB-GUEST save-round 2' 1 600; then
+		result 15 io-start FAIL "the guest never started its second round"
+		fb15_diag start "$domid"
+		ok=0
+	fi
+	[ $ok = 1 ] && fb15_connected start "$domid"
+	for c in 1 2 3; do
+		[ $ok = 1 ] || break
+		sleep 2
+		fb15_save "$c" || ok=0
+	done
+	# xl shutdown: the guest ends its round, checks the whole disk and
+	# powers off.
+	domid=$(domid_of s15s)
+	u=$(fb15_unit "$domid" 51712)
+	fb15_mark
+	xl shutdown s15s > "$R/xl-shutdown-s15s.txt" 2>&1
+	if ! fb15_wait 'XENLAB-GUEST save-done' 1 600; then
+		result 15 save-guest-done FAIL "the guest never finished its last check after xl shutdown"
+		fb15_diag stop "$domid"
+	fi
+	wait_gone s15s 120
+	collect 15 s15s
+	result 15 save-domids PASS "$S15_IDS; the guest says: $(grep -o 'save-done.*' "$(glog s15s)" | tail -n 1)"
+	[ -n "$domid" ] && fb15_released final "$domid" "$u"
+	# The whole disk from dom0: what xbb.ko wrote through the driver
+	# domain's xbd1 is in the image dom0 serves it.
+	seed=$(sed -n 's/.*XENLAB-GUEST save-done seed=\([0-9]*\).*/\1/p' "$(glog s15s)" | tail -n 1)
+	if [ -z "$seed" ]; then
+		result 15 dom0-check SKIP "the guest never said which pattern it wrote last"
+	elif xbbwork check "$1" --seed "$seed" > "$R/xbbwork-s15.txt" 2>&1; then
+		result 15 dom0-check PASS "$(grep -o 'XBBWORK.*' "$R/xbbwork-s15.txt")"
+	else
+		result 15 dom0-check FAIL "$(tail -n 2 "$R/xbbwork-s15.txt" | tr '\n' ' ')"
+	fi
+	rm -f /images/s15.save
+}
+
+# fb15_text NAME: a pvgrub guest's console without GRUB's terminal codes.
+fb15_text() {
+	tr -d '\000\r' < "$(glog "$1")" 2> /dev/null | sed 's/\x1b\[[0-9;?]*[A-Za-z]//g; s/\x1b[()][A-Z0-9]//g' | tr -d '\033'
+}
+# fb15_states PATH SECONDS OUT: records each change of the XenStore node
+# PATH into OUT (one state a line), every 0.2 s, for at most SECONDS (the
+# caller stops it sooner by its pid).
+fb15_states() {
+	local end=$((SECONDS + $2)) last="" v
+	: > "$3"
+	while [ $SECONDS -lt $end ]; do
+		v=$(xsr "$1")
+		if [ "$v" != "$last" ]; then
+			echo "${v:-gone}" >> "$3"
+			last=$v
+		fi
+		sleep 0.2
+	done
+}
+# fb15_pvgrub_guest BOOT DATA: part b.
+fb15_pvgrub_guest() {
+	local domid sum gsum line root pid chain conns att det u i n r rest f0=$FAILS
+	sum=$(sha256sum "$1" | cut -d' ' -f1)
+	fb15_mark
+	# Scenario 14's xl.cfg writer (xenlab-init), with disks xbb.ko serves.
+	s14_cfg s15p "format=raw,vdev=xvda,access=rw,backend=xbbdd,target=/dev/xbd2" \
+		"format=raw,vdev=xvdb,access=rw,backend=xbbdd,target=/dev/xbd3"
+	if ! create s15p; then
+		result 15 s15p:create FAIL "xl create failed (xl-create-s15p.txt)"
+		sed 's/^/XENLAB xl: /' "$R/xl-create-s15p.txt" | tail -n 10
+		fb15_diag pvgrub-create
+		return
+	fi
+	domid=$(domid_of s15p)
+	fb15_states "/local/domain/$S15_FID/backend/vbd/$domid/51712/state" 1500 /tmp/s15p-states.txt &
+	pid=$!
+	if ! wait_log s15p 'XENLAB-PVGRUB root=|grub>' 300 || ! fb15_text s15p | grep -q 'XENLAB-PVGRUB root='; then
+		result 15 pvgrub:grub-cfg-found FAIL "no line of grub.cfg on the console in 300 s (GRUB's front-end did not connect to xbb.ko, or found no grub.cfg)"
+	else
+		root=$(fb15_text s15p | grep -o 'XENLAB-PVGRUB root=[^ ]*' | tail -n 1)
+		result 15 pvgrub:grub-cfg-found PASS "${root#XENLAB-PVGRUB }"
+		if ! wait_log s15p 'XENLAB-GUEST pvgrub-ready' 900; then
+			result 15 pvgrub:guest-ready FAIL "the kernel never read xvda back and verified xvdb ($(fb15_text s15p | grep -c 'XENLAB-GUEST boot task=') boot line(s))"
+		else
+			line=$(fb15_text s15p | grep -o 'XENLAB-GUEST pvgrub boot-disk .*' | tail -n 1)
+			gsum=$(echo "$line" | sed -n 's/.*sha256=\([^ ]*\).*/\1/p')
+			if [ -n "$gsum" ] && [ "$gsum" = "$sum" ]; then
+				result 15 pvgrub:boot-disk-readback PASS "blkfront read the disk GRUB booted from through xbb.ko: sha256 $gsum = the image's"
+			else
+				result 15 pvgrub:boot-disk-readback FAIL "guest read sha256 '$gsum', the image is $sum"
+			fi
+		fi
+	fi
+	kill "$pid" 2> /dev/null
+	wait "$pid" 2> /dev/null
+	xenstore-ls -f "/local/domain/$S15_FID/backend/vbd/$domid" > "$R/xenstore-s15p-backend.txt" 2>&1
+	ck10 15 pvgrub:xvda-state "$(xsr "/local/domain/$S15_FID/backend/vbd/$domid/51712/state")/$(xsr "/local/domain/$domid/device/vbd/51712/state")" 4/4
+	# One instance across the hand-off: one attach line for the vbd since
+	# the guest's creation, that unit never detached, and the back-end
+	# went Connected twice (GRUB's, then the kernel's connection).
+	att=$(fb15_since | grep -c "^xbb[0-9]*: <.*> at backend/vbd/$domid/51712 on ")
+	u=$(fb15_unit "$domid" 51712)
+	det=$(fb15_since | grep -c "^xbb$u: detached")
+	if [ "$att" = 1 ] && [ "$det" = 0 ]; then
+		result 15 pvgrub:one-instance PASS "xbb$u attached once for backend/vbd/$domid/51712, not detached; online=$(xsr "/local/domain/$S15_FID/backend/vbd/$domid/51712/online")"
+	else
+		result 15 pvgrub:one-instance FAIL "$att attach line(s) for backend/vbd/$domid/51712, xbb$u detached $det time(s)"
+	fi
+	chain=$(tr '\n' ' ' < /tmp/s15p-states.txt | sed 's/ $//; s/ / -> /g')
+	conns=$(grep -c '^4$' /tmp/s15p-states.txt)
+	if [ "$conns" = 2 ]; then
+		result 15 pvgrub:connections PASS "2 (GRUB's, then the kernel's), back-end states seen: $chain"
+	else
+		result 15 pvgrub:connections FAIL "$conns Connected state(s) seen, want 2: $chain"
+	fi
+	# The kernel's connection (counters start at 0 with each one): the
+	# boot disk's whole read came through it.
+	if [ -n "$u" ] && fb_dump "$S15_FID" "$R/xbbdd-dump-s15p.txt"; then
+		local br st want
+		br=$(sed -n "s|^dev\.xbb\.$u\.bytes_read: *||p" "$R/xbbdd-dump-s15p.txt" | tail -n 1)
+		st=$(sed -n "s|^dev\.xbb\.$u\.state: *||p" "$R/xbbdd-dump-s15p.txt" | tail -n 1)
+		want=$(($(stat -c %s "$1") * 9 / 10))
+		if [ -n "$br" ] && [ "$br" -ge "$want" ] && [ "$st" = 4 ]; then
+			result 15 pvgrub:kernel-reads PASS "dev.xbb.$u state 4, bytes_read=$br of the kernel's connection (image $(stat -c %s "$1") bytes)"
+		else
+			result 15 pvgrub:kernel-reads FAIL "dev.xbb.$u state '$st' bytes_read='$br', want >= $want"
+		fi
+	else
+		result 15 pvgrub:kernel-reads FAIL "no instance (xbb'$u') or no dev.xbb dump from the driver domain"
+	fi
+	fb15_since | sed -n "s/^XBB-DD: sysctl dev\.xbb\.$u\.state: //p" | tr '\n' ' ' | sed "s/^/XENLAB s15 xbb$u state by the driver domain's 2 s samples: /"
+	echo
+	xl shutdown s15p > /dev/null 2>&1
+	wait_gone s15p 120
+	i=0
+	while [ $i -lt 20 ] && ! fb15_text s15p | grep -q 'XENLAB-GUEST done'; do
+		sleep 0.5
+		i=$((i + 1))
+	done
+	fb15_text s15p > "$R/s15p-console.txt"
+	grep -o 'XENLAB-GUEST result name=.*' "$R/s15p-console.txt" | sed 's/^XENLAB-GUEST result name=//' > /tmp/s15p-collect.txt
+	while read -r n r rest; do
+		result 15 "s15p:$n" "$r" "$rest"
+	done < /tmp/s15p-collect.txt
+	grep -q 'XENLAB-GUEST done' "$R/s15p-console.txt" ||
+		result 15 s15p:finished FAIL "guest never finished its task (s15p-console.txt)"
+	if [ "$FAILS" -gt "$f0" ]; then
+		tail -n 30 "$R/s15p-console.txt" | sed 's/^/XENLAB s15p console: /'
+		fb15_diag pvgrub "$domid"
+	fi
+}
+
+s15() {
+	say "scenario 15: xbb.ko in the driver domain under xl save/restore and a pvgrub2 boot"
+	fbsd_inputs 15 || return 0
+	local fid fails0=$FAILS pv="" disks
+	if [ -n "${XENLAB_PVGRUB_SKIP:-}" ]; then
+		result 15 pvgrub SKIP "$XENLAB_PVGRUB_SKIP"
+	elif [ ! -f "$S14_BIN" ] || [ ! -f "$S14_IMG" ]; then
+		result 15 pvgrub SKIP "no $S14_BIN or $S14_IMG in dom0 (tests/xenlab/run.sh puts them there for --scenarios 14 or 15)"
+	else
+		pv=1
+	fi
+	make_img /images/s15-save.img "$MB"
+	disks="format=raw,vdev=xvdb,access=rw,target=/images/s15-save.img"
+	if [ -n "$pv" ]; then
+		cp --sparse=always "$S14_IMG" /images/s15-boot.img
+		make_img /images/s15-data.img "$MB"
+		disks="$disks format=raw,vdev=xvdc,access=rw,target=/images/s15-boot.img format=raw,vdev=xvdd,access=rw,target=/images/s15-data.img"
+	fi
+	# shellcheck disable=SC2086
+	fbsd_cfg xbbdd "xbbdd.mode=serve xbbdd.disk_mb=8 xbbdd.md_count=1" \
+		"format=raw,vdev=xvda,access=ro,target=$FB_ISO" $disks
+	fbsd_create 15 xbbdd || return 0
+	S15_FID=$fid
+	if ! wait_log xbbdd 'XBB-DD: ready' 400; then
+		result 15 xbbdd:ready FAIL "no READY from the FreeBSD domain"
+		xl destroy xbbdd
+		fbsd_collect 15 xbbdd
+		return
+	fi
+	result 15 xbbdd:ready PASS "domid $fid: $(grep -o 'XBB-DD: ready .*' "$(glog xbbdd)" | tr -d '\r' | cut -c15-)"
+	# The driver domain sees dom0's disks as xbd1.. (GEOM's line per disk).
+	fb15_log | grep -E '^xbd[1-3]: ' | head -n 6 | sed 's/^/XENLAB s15 xbbdd: /'
+	fb15_save_guest /images/s15-save.img
+	[ -n "$pv" ] && fb15_pvgrub_guest /images/s15-boot.img /images/s15-data.img
+	if [ -n "$(domid_of xbbdd)" ] && ! in_shutdown xbbdd; then
+		result 15 xbbdd-alive PASS "the driver domain served every step"
+	else
+		result 15 xbbdd-alive FAIL "the driver domain is gone"
+	fi
+	sleep 3
+	xenstore-ls -f "/local/domain/$fid/backend" > "$R/xenstore-xbbdd-backend-end-s15.txt" 2>&1
+	xenstore-write "/local/domain/$fid/data/xbb-cmd" unload
+	wait_log xbbdd 'XBB-DD: done ' 120 || say "xbbdd never reported done"
+	wait_gone xbbdd 60
+	fbsd_collect 15 xbbdd
+	[ "$FAILS" -gt "$fails0" ] && fb15_log | grep -v '^XBB-DD: sysctl ' | tail -n 40 | sed 's/^/XENLAB s15 xbbdd console tail: /'
+	rm -f /images/s15-save.img /images/s15-boot.img /images/s15-data.img /images/s15.save
 }

@@ -1,9 +1,10 @@
 #!/bin/sh
 # xbb.ko in a real Xen host: a FreeBSD PVH guest as driver domain serving a
 # Linux guest's disks (scenario 7), and the FreeBSD front-end served from
-# dom0 (scenario 8), inside the xenlab harness (tests/xenlab).  See README.md.
+# dom0 (scenario 8), inside the xenlab harness (tests/xenlab); on request
+# xl save/restore and a pvgrub2 boot with xbb.ko (scenario 15).  See README.md.
 #
-#   FREEBSD_KERNEL=/path/to/kernel sh tests/freebsd/xen/run.sh [--scenarios 7,8]
+#   FREEBSD_KERNEL=/path/to/kernel sh tests/freebsd/xen/run.sh [--scenarios 7,8,15]
 #
 # Environment:
 #   FREEBSD_KERNEL  amd64 FreeBSD kernel with a PVH entry (XENHVM, xenpci),
@@ -90,8 +91,12 @@ case " $* " in
 *" --scenarios"*) ;;
 *) set -- --scenarios 7,8 "$@" ;;
 esac
+# Scenario 15 (on request: --scenarios 15, or 7,8,15) boots the driver
+# domain again, saves and restores a guest three times and boots one with
+# pvgrub2 (not measured yet: 1500 s more).
 case " $* " in
 *" --timeout"*) ;;
+*" --scenarios"*15* | *" --scenarios="*15*) set -- --timeout 3300 "$@" ;;
 *) set -- --timeout 1800 "$@" ;;
 esac
 XENLAB_EXTRA_DIR=$extra
