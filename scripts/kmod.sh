@@ -142,6 +142,14 @@ build_ko() {
 	# kern.mk rewrites a versioned lld name; give it an absolute path to
 	# a link named ld.lld.
 	mkdir -p "$KMOD_BUILD/bin" "$KMOD_BUILD/obj"
+	# The C objects depend on the kernel's options (KERNBUILDDIR's
+	# opt_global.h: KDTRACE_HOOKS, INVARIANTS, ...), which bmake does not
+	# track: built for another kernel build directory, they are rebuilt.
+	stamp=$KMOD_BUILD/obj/.kernbuilddir
+	if [ "$(cat "$stamp" 2>/dev/null)" != "${KERNBUILDDIR:-}" ]; then
+		rm -f "$KMOD_BUILD/obj"/*.o "$KMOD_BUILD/obj"/*.ko \
+		    "$KMOD_BUILD/obj"/*.full "$KMOD_BUILD/obj"/*.debug "$stamp"
+	fi
 	cp "$KMOD_BUILD/xbb_rust.o" "$KMOD_BUILD/obj/xbb_rust.o"
 	ln -sf "$(command -v "$KMOD_LD")" "$KMOD_BUILD/bin/ld.lld"
 	echo "kmod: bmake against $FREEBSD_SRC"
@@ -154,6 +162,7 @@ build_ko() {
 	    WERROR=-Werror KMOD_SKIP_RUST=yes all
 	ko=$KMOD_BUILD/obj/xbb.ko
 	[ -f "$ko" ] || { echo "kmod: $ko was not built" >&2; exit 1; }
+	echo "${KERNBUILDDIR:-}" > "$stamp"
 	check --module "$ko"
 }
 
