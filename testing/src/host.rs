@@ -204,18 +204,8 @@ struct MappedRing {
     slot: usize,
 }
 
-/// What a store I/O does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IoKind {
-    /// Medium to guest.
-    Read,
-    /// Guest to medium.
-    Write,
-    /// Make writes durable.
-    Flush,
-    /// Zero a range.
-    Discard,
-}
+/// What a store I/O does: the core's own kind, as its observers get it.
+pub use xbb::host::IoKind;
 
 /// One `store_submit` call, as [`FakeHost::log`] keeps it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

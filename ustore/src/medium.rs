@@ -13,7 +13,8 @@ use std::io;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use xbb::host::{IoError, OpenError, StoreKind};
+use xbb::host::{IoError, MediumInfo, OpenError, StoreKind};
+use xbb::units::{Bytes, Sectors};
 
 use crate::{sys, StoreIo, StoreIoRef, StoreSpec};
 
@@ -125,6 +126,26 @@ pub(crate) fn open_file(spec: &StoreSpec, direct: bool) -> io::Result<File> {
 }
 
 impl Medium {
+    /// What the core is told of this medium, its size read afresh (a
+    /// grown file or device is seen).
+    pub(crate) fn info(&self) -> MediumInfo {
+        let size = self
+            .refresh_size()
+            .unwrap_or_else(|| self.size.load(Ordering::Relaxed));
+        MediumInfo {
+            sectors: Sectors::from_bytes(Bytes(size)),
+            sector_size: self.sector_size,
+            physical_sector_size: self.physical_sector_size,
+            read_only: self.read_only,
+            can_flush: true,
+            can_discard: self.discard.discard,
+            can_secure_discard: self.discard.secure,
+            discard_granularity: self.discard.granularity,
+            discard_alignment: self.discard.alignment,
+            is_device: self.kind == StoreKind::Device,
+        }
+    }
+
     /// Opens the medium `spec` names for its kind: a file store takes a
     /// regular file; a device store a block device, or a regular file
     /// served as one (`O_DIRECT` where the file system allows it).

@@ -7,8 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 
-use xbb::host::{IoError, IoTag, MediumInfo, OpenError, StoreKind};
-use xbb::units::{Bytes, Sectors};
+use xbb::host::{IoError, IoTag, MediumInfo, OpenError};
 
 use crate::jobs::Jobs;
 use crate::locked;
@@ -108,22 +107,7 @@ fn worker(sh: &Shared) {
 
 impl UserStore for BackingStore {
     fn info(&self) -> MediumInfo {
-        let m = &self.shared.medium;
-        let size = m
-            .refresh_size()
-            .unwrap_or_else(|| m.size.load(Ordering::Relaxed));
-        MediumInfo {
-            sectors: Sectors::from_bytes(Bytes(size)),
-            sector_size: m.sector_size,
-            physical_sector_size: m.physical_sector_size,
-            read_only: m.read_only,
-            can_flush: true,
-            can_discard: m.discard.discard,
-            can_secure_discard: m.discard.secure,
-            discard_granularity: m.discard.granularity,
-            discard_alignment: m.discard.alignment,
-            is_device: m.kind == StoreKind::Device,
-        }
+        self.shared.medium.info()
     }
 
     fn submit(&self, tag: IoTag, io: StoreIo) -> Result<(), IoError> {

@@ -39,12 +39,10 @@
 
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use xbb::host::{IoError, IoTag, MediumInfo, OpenError, StoreKind};
-use xbb::units::{Bytes, Sectors};
+use xbb::host::{IoError, IoTag, MediumInfo, OpenError};
 
 use crate::medium::{io_error, Medium};
 use crate::uring_sys::{self, IoVecs, Op, Ring};
@@ -431,22 +429,7 @@ impl UringStore {
 
 impl UserStore for UringStore {
     fn info(&self) -> MediumInfo {
-        let m = &self.medium;
-        let size = m
-            .refresh_size()
-            .unwrap_or_else(|| m.size.load(Ordering::Relaxed));
-        MediumInfo {
-            sectors: Sectors::from_bytes(Bytes(size)),
-            sector_size: m.sector_size,
-            physical_sector_size: m.physical_sector_size,
-            read_only: m.read_only,
-            can_flush: true,
-            can_discard: m.discard.discard,
-            can_secure_discard: m.discard.secure,
-            discard_granularity: m.discard.granularity,
-            discard_alignment: m.discard.alignment,
-            is_device: m.kind == StoreKind::Device,
-        }
+        self.medium.info()
     }
 
     fn submit(&self, tag: IoTag, io: StoreIo) -> Result<(), IoError> {
