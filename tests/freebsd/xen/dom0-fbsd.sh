@@ -821,6 +821,16 @@ s15() {
 	fb15_log | grep -E '^xbd[1-3]: ' | head -n 6 | sed 's/^/XENLAB s15 xbbdd: /'
 	fb15_save_guest /images/s15-save.img
 	[ -n "$pv" ] && fb15_pvgrub_guest /images/s15-boot.img /images/s15-data.img
+	# The disks xbb.ko serves here are the driver domain's own front-end
+	# disks: each instance must have found that and bounced its I/O
+	# (hw.xbb.bounce=1, the default), or the guest saw only errors.
+	local bl
+	bl=$(fb15_log | tr -d '\r' | grep -E '^xbb[0-9]+: .*xbd[1-3]: I/O through bounce buffers' | sort -u)
+	if [ -n "$bl" ]; then
+		result 15 bounce PASS "$(echo "$bl" | wc -l) instance(s): $(echo "$bl" | head -n 1)"
+	else
+		result 15 bounce FAIL "no xbb instance said it bounces I/O to an xbd disk"
+	fi
 	if [ -n "$(domid_of xbbdd)" ] && ! in_shutdown xbbdd; then
 		result 15 xbbdd-alive PASS "the driver domain served every step"
 	else
