@@ -404,6 +404,9 @@ s8() {
 # xbb.ko serves the driver domain's /dev/xbdN, and dom0 can check the
 # images once the guests are gone (xbbwork check of the save guest's
 # disk) and hand the driver domain scenario 14's boot image as it is.
+# Those are Xen front-end disks, which cannot pass a guest's granted page
+# on (Xen maps a grant only of a page the granting domain owns): xbb.ko
+# must find that and serve them through bounce buffers (check "bounce").
 # Asked for with --scenarios 15 (tests/freebsd/xen/run.sh); its pvgrub2
 # and boot image come from tests/xenlab/run.sh as for scenario 14.
 S15_FID=""   # the driver domain
