@@ -348,6 +348,8 @@ tunable_table! {
         "Milliseconds after which an unused persistent grant is unmapped";
     MaxQueues => "max_queues", 4, 1, 16,
         "Rings (queues) offered to multi-queue front-ends";
+    Bounce => "bounce", 1, 0, 2,
+        "Device I/O through bounce buffers: 0 never, 1 when the device rests on a Xen front-end disk (xbd), 2 always";
 }
 
 /// Why a tunable was not set.
@@ -365,7 +367,7 @@ pub struct Tunables {
     values: [u64; TUNABLE_COUNT],
 }
 
-const TUNABLE_COUNT: usize = Tunable::MaxQueues as usize + 1;
+const TUNABLE_COUNT: usize = Tunable::Bounce as usize + 1;
 
 impl Default for Tunables {
     fn default() -> Self {

@@ -1126,16 +1126,24 @@ xbb_sysctl_last_error(SYSCTL_HANDLER_ARGS)
 	return (error);
 }
 
-static uint32_t
-xbb_max_queues(void)
+/* The value of loader tunable hw.xbb.<name>, or dflt if there is none. */
+uint64_t
+xbb_tunable(const char *name, uint64_t dflt)
 {
 	uint32_t i;
 
 	for (i = 0; i < xbb_ntunables; i++)
-		if (strcmp(xbb_rs_tunable_name(i), "max_queues") == 0)
-			return ((uint32_t)MIN(xbb_tunables[i],
-			    XBB_SHIM_MAX_QUEUES));
-	return (XBB_SHIM_MAX_QUEUES);
+		if (strcmp(xbb_rs_tunable_name(i), name) == 0)
+			return (xbb_tunables[i]);
+	return (dflt);
+}
+
+static uint32_t
+xbb_max_queues(void)
+{
+
+	return ((uint32_t)MIN(xbb_tunable("max_queues", XBB_SHIM_MAX_QUEUES),
+	    XBB_SHIM_MAX_QUEUES));
 }
 
 static void

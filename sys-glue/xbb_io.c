@@ -19,7 +19,15 @@
  *    / VOP_WRITE with a uio over the window, VOP_FSYNC for flush and
  *    vn_deallocate() (hole punching) for discard.
  *
- * Buffers are the Rust side's byte ranges of the grant data window.
+ * Buffers are the Rust side's byte ranges of the grant data window: guest
+ * pages mapped by grant.  A device whose GEOM stack rests on a Xen
+ * front-end disk (xbd(4), a disk this domain gets from another back-end)
+ * cannot take them: its front-end grants the bio's pages to that back-end,
+ * and Xen maps a grant only of a page the granting domain owns (a mapped
+ * guest page is not; every such bio would fail).  Such a device, or every
+ * device with hw.xbb.bounce=2, is served like a file, from the taskqueue,
+ * through bounce buffers this domain owns (one per thread, allocated at
+ * open): copy, one bio at a time, wait, copy.
  */
 
 #include <sys/param.h>
@@ -51,11 +59,87 @@
 #include "xbb_shim.h"
 #include "xbb_var.h"
 
-/* Threads serving one file-backed store: I/Os in flight at once. */
-#define	XBB_FILE_THREADS	4
+/*
+ * Each bounce buffer: the largest bio a bounced I/O sends at once (a longer
+ * I/O goes out in pieces of this size, one after the other).
+ */
+#define	XBB_BOUNCE_SIZE		(512 * 1024)
 
 /* Largest number of buffer pieces of one I/O. */
 #define	XBB_MAX_IOV		256
+
+/*
+ * Whether provider pp, or any provider below it, is a Xen front-end disk:
+ * a DISK geom named xbdN.  An unreasonably deep stack counts as one.
+ */
+static int
+xbb_geom_on_xbd(struct g_provider *pp, int depth)
+{
+	struct g_consumer *cp;
+	struct g_geom *gp;
+
+	g_topology_assert();
+	if (pp == NULL)
+		return (0);
+	if (depth > 32)
+		return (1);
+	gp = pp->geom;
+	if (gp->class != NULL && strcmp(gp->class->name, "DISK") == 0)
+		return (strncmp(gp->name, "xbd", 3) == 0);
+	LIST_FOREACH(cp, &gp->consumer, consumer)
+		if (xbb_geom_on_xbd(cp->provider, depth + 1))
+			return (1);
+	return (0);
+}
+
+/* Whether the open device's I/O must go through bounce buffers. */
+static int
+xbb_dev_needs_bounce(struct xbb_store *st)
+{
+	struct g_consumer *cp;
+	uint64_t mode;
+	int on;
+
+	mode = xbb_tunable("bounce", 1);
+	if (mode == 0)
+		return (0);
+	if (mode >= 2)
+		return (1);
+	/* Only GEOM's disk devices (g_dev) lead to a provider. */
+	if (strcmp(st->st_csw->d_name, "g_dev") != 0)
+		return (0);
+	g_topology_lock();
+	cp = st->st_cdev->si_drv2;
+	on = cp != NULL && xbb_geom_on_xbd(cp->provider, 0);
+	g_topology_unlock();
+	return (on);
+}
+
+static int
+xbb_store_start_threads(struct xbb_softc *sc, struct xbb_store *st)
+{
+
+	st->st_tq = taskqueue_create("xbbstore", M_WAITOK,
+	    taskqueue_thread_enqueue, &st->st_tq);
+	return (taskqueue_start_threads(&st->st_tq, XBB_STORE_THREADS,
+	    PRIBIO, "%s store", device_get_nameunit(xbb_softc_dev(sc))));
+}
+
+static void
+xbb_bounce_setup(struct xbb_softc *sc, struct xbb_store *st, const char *path)
+{
+	u_int i;
+
+	mtx_init(&st->st_bmtx, "xbb bounce", NULL, MTX_DEF);
+	st->st_bbusy = 0;
+	for (i = 0; i < XBB_STORE_THREADS; i++)
+		st->st_bbuf[i] = malloc(XBB_BOUNCE_SIZE, M_XBB, M_WAITOK);
+	st->st_bounce = 1;
+	device_printf(xbb_softc_dev(sc), "%s: I/O through bounce buffers "
+	    "(%s)\n", path, xbb_tunable("bounce", 1) >= 2 ?
+	    "hw.xbb.bounce=2" : "it rests on a Xen front-end disk, which "
+	    "cannot pass on a guest's granted pages");
+}
 
 static int
 xbb_dev_ioctl(struct xbb_store *st, u_long cmd, void *data)
@@ -177,6 +261,10 @@ xbb_store_open(struct xbb_softc *sc, const char *path, const char *kind,
 		st->st_csw = dev_refthread(st->st_cdev, &st->st_ref);
 		if (st->st_csw == NULL)
 			error = ENXIO;
+		else if (xbb_dev_needs_bounce(st)) {
+			xbb_bounce_setup(sc, st, path);
+			error = xbb_store_start_threads(sc, st);
+		}
 	} else if (vp->v_type == VREG) {
 		/*
 		 * A regular file whatever "type" says: libxl writes "phy" for
@@ -184,10 +272,7 @@ xbb_store_open(struct xbb_softc *sc, const char *path, const char *kind,
 		 * (driver domains) and for file targets on a FreeBSD dom0.
 		 */
 		st->st_is_dev = 0;
-		st->st_tq = taskqueue_create("xbbfile", M_WAITOK,
-		    taskqueue_thread_enqueue, &st->st_tq);
-		error = taskqueue_start_threads(&st->st_tq, XBB_FILE_THREADS,
-		    PRIBIO, "%s file", device_get_nameunit(xbb_softc_dev(sc)));
+		error = xbb_store_start_threads(sc, st);
 	} else
 		error = EINVAL;
 	VOP_UNLOCK(vp);
@@ -211,12 +296,21 @@ void
 xbb_store_close(struct xbb_softc *sc)
 {
 	struct xbb_store *st;
+	u_int i;
 
 	st = xbb_softc_store(sc);
 	if (st->st_tq != NULL) {
 		taskqueue_drain_all(st->st_tq);
 		taskqueue_free(st->st_tq);
 		st->st_tq = NULL;
+	}
+	if (st->st_bounce) {
+		for (i = 0; i < XBB_STORE_THREADS; i++) {
+			free(st->st_bbuf[i], M_XBB);
+			st->st_bbuf[i] = NULL;
+		}
+		mtx_destroy(&st->st_bmtx);
+		st->st_bounce = 0;
 	}
 	if (st->st_csw != NULL) {
 		dev_relthread(st->st_cdev, st->st_ref);
@@ -321,6 +415,115 @@ xbb_dev_submit(struct xbb_softc *sc, struct xbb_io *xio)
 	return (0);
 }
 
+/* Device back-end through bounce buffers ---------------------------------- */
+
+/* One bio, waited for in this (store taskqueue) thread. */
+static int
+xbb_dev_sync(struct xbb_store *st, int cmd, off_t off, void *data, off_t len)
+{
+	struct bio *bp;
+	int error;
+
+	bp = g_alloc_bio();
+	bp->bio_dev = st->st_cdev;
+	bp->bio_cmd = cmd;
+	if (cmd == BIO_FLUSH)
+		bp->bio_flags |= BIO_ORDERED;
+	bp->bio_offset = off;
+	bp->bio_data = data;
+	bp->bio_length = len;
+	bp->bio_bcount = len;
+	bp->bio_done = NULL;		/* biodone() wakes biowait() */
+	(*st->st_csw->d_strategy)(bp);
+	error = biowait(bp, "xbbbnc");
+	g_destroy_bio(bp);
+	return (error);
+}
+
+/* A free bounce buffer: one always is, a thread holds at most one. */
+static u_int
+xbb_bounce_get(struct xbb_store *st)
+{
+	u_int i;
+
+	mtx_lock(&st->st_bmtx);
+	for (;;) {
+		for (i = 0; i < XBB_STORE_THREADS; i++)
+			if ((st->st_bbusy & (1u << i)) == 0) {
+				st->st_bbusy |= 1u << i;
+				mtx_unlock(&st->st_bmtx);
+				return (i);
+			}
+		mtx_sleep(&st->st_bbusy, &st->st_bmtx, PRIBIO, "xbbbuf", 0);
+	}
+}
+
+static void
+xbb_bounce_put(struct xbb_store *st, u_int i)
+{
+
+	mtx_lock(&st->st_bmtx);
+	st->st_bbusy &= ~(1u << i);
+	wakeup_one(&st->st_bbusy);
+	mtx_unlock(&st->st_bmtx);
+}
+
+static int
+xbb_bounce_io(struct xbb_store *st, struct xbb_io *xio)
+{
+	struct uio uio;
+	off_t off, n, resid;
+	char *buf;
+	u_int slot;
+	int cmd, error;
+
+	switch (xio->xio_op) {
+	case XBB_SHIM_IO_FLUSH:
+		return (xbb_dev_sync(st, BIO_FLUSH, 0, NULL, 0));
+	case XBB_SHIM_IO_DISCARD:
+		return (xbb_dev_sync(st, BIO_DELETE, (off_t)xio->xio_offset,
+		    NULL, (off_t)xio->xio_length));
+	case XBB_SHIM_IO_READ:
+	case XBB_SHIM_IO_WRITE:
+		break;
+	default:
+		return (EOPNOTSUPP);
+	}
+	memset(&uio, 0, sizeof(uio));
+	uio.uio_iov = xio->xio_iov;
+	uio.uio_iovcnt = xio->xio_iovcnt;
+	uio.uio_offset = (off_t)xio->xio_offset;
+	uio.uio_resid = (ssize_t)xio->xio_length;
+	uio.uio_segflg = UIO_SYSSPACE;
+	uio.uio_td = curthread;
+	/* uiomove() copies buffer -> window on UIO_READ, back on UIO_WRITE. */
+	if (xio->xio_op == XBB_SHIM_IO_READ) {
+		uio.uio_rw = UIO_READ;
+		cmd = BIO_READ;
+	} else {
+		uio.uio_rw = UIO_WRITE;
+		cmd = BIO_WRITE;
+	}
+	slot = xbb_bounce_get(st);
+	buf = st->st_bbuf[slot];
+	off = (off_t)xio->xio_offset;
+	resid = (off_t)xio->xio_length;
+	error = 0;
+	while (error == 0 && resid > 0) {
+		n = MIN(resid, XBB_BOUNCE_SIZE);
+		if (cmd == BIO_WRITE)
+			error = uiomove(buf, (int)n, &uio);
+		if (error == 0)
+			error = xbb_dev_sync(st, cmd, off, buf, n);
+		if (error == 0 && cmd == BIO_READ)
+			error = uiomove(buf, (int)n, &uio);
+		off += n;
+		resid -= n;
+	}
+	xbb_bounce_put(st, slot);
+	return (error);
+}
+
 /* File back-end --------------------------------------------------------- */
 
 static void
@@ -336,6 +539,12 @@ xbb_file_task(void *arg, int pending __unused)
 
 	xio = arg;
 	st = xbb_softc_store(xio->xio_sc);
+	if (st->st_is_dev) {
+		/* A device served through bounce buffers. */
+		xio->xio_error = xbb_bounce_io(st, xio);
+		xbb_io_done(xio);
+		return;
+	}
 	vp = st->st_vp;
 	error = 0;
 	switch (xio->xio_op) {
@@ -469,7 +678,7 @@ xbb_store_submit(struct xbb_softc *sc, uint32_t queue, uint32_t tag,
 		}
 	}
 
-	if (st->st_is_dev) {
+	if (st->st_is_dev && !st->st_bounce) {
 		error = xbb_dev_submit(sc, xio);
 		if (error != 0)
 			free(xio, M_XBB);

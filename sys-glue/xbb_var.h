@@ -30,6 +30,12 @@ struct xbb_io {
 	struct iovec		 xio_iov[];	/* READ/WRITE buffers */
 };
 
+/*
+ * Threads of a store's taskqueue (file stores, and devices served through
+ * bounce buffers): I/Os in flight at once.
+ */
+#define	XBB_STORE_THREADS	4
+
 /* The open back-end store of one instance. */
 struct xbb_store {
 	struct vnode		*st_vp;		/* NULL when closed */
@@ -42,8 +48,12 @@ struct xbb_store {
 	uint32_t		 st_sector_size;
 	uint32_t		 st_phys_sector_size;
 	uint32_t		 st_medium_flags; /* XBB_SHIM_MEDIUM_* */
-	struct taskqueue	*st_tq;		/* file back-end workers */
+	struct taskqueue	*st_tq;		/* file (or bounced) I/O workers */
 	volatile u_int		 st_inflight;	/* I/Os not yet done */
+	int			 st_bounce;	/* device I/O through st_bbuf */
+	struct mtx		 st_bmtx;	/* st_bbusy */
+	u_int			 st_bbusy;	/* bit i: st_bbuf[i] in use */
+	void			*st_bbuf[XBB_STORE_THREADS];
 };
 
 /* Store back-end, xbb_io.c. */
@@ -58,6 +68,7 @@ void	xbb_store_close(struct xbb_softc *);
 struct xbb_store *xbb_softc_store(struct xbb_softc *);
 vm_offset_t	xbb_softc_window(struct xbb_softc *, size_t, size_t);
 device_t	xbb_softc_dev(struct xbb_softc *);
+uint64_t	xbb_tunable(const char *, uint64_t);
 void	xbb_io_done(struct xbb_io *);
 
 #endif /* !_XBB_VAR_H_ */

@@ -404,6 +404,9 @@ s8() {
 # xbb.ko serves the driver domain's /dev/xbdN, and dom0 can check the
 # images once the guests are gone (xbbwork check of the save guest's
 # disk) and hand the driver domain scenario 14's boot image as it is.
+# Those are Xen front-end disks, which cannot pass a guest's granted page
+# on (Xen maps a grant only of a page the granting domain owns): xbb.ko
+# must find that and serve them through bounce buffers (check "bounce").
 # Asked for with --scenarios 15 (tests/freebsd/xen/run.sh); its pvgrub2
 # and boot image come from tests/xenlab/run.sh as for scenario 14.
 S15_FID=""   # the driver domain
@@ -821,6 +824,16 @@ s15() {
 	fb15_log | grep -E '^xbd[1-3]: ' | head -n 6 | sed 's/^/XENLAB s15 xbbdd: /'
 	fb15_save_guest /images/s15-save.img
 	[ -n "$pv" ] && fb15_pvgrub_guest /images/s15-boot.img /images/s15-data.img
+	# The disks xbb.ko serves here are the driver domain's own front-end
+	# disks: each instance must have found that and bounced its I/O
+	# (hw.xbb.bounce=1, the default), or the guest saw only errors.
+	local bl
+	bl=$(fb15_log | tr -d '\r' | grep -E '^xbb[0-9]+: .*xbd[1-3]: I/O through bounce buffers' | sort -u)
+	if [ -n "$bl" ]; then
+		result 15 bounce PASS "$(echo "$bl" | wc -l) instance(s): $(echo "$bl" | head -n 1)"
+	else
+		result 15 bounce FAIL "no xbb instance said it bounces I/O to an xbd disk"
+	fi
 	if [ -n "$(domid_of xbbdd)" ] && ! in_shutdown xbbdd; then
 		result 15 xbbdd-alive PASS "the driver domain served every step"
 	else
