@@ -76,8 +76,9 @@ need_tree() {
 	    skip "FREEBSD_SRC is not set (a FreeBSD 15 tree with sys/ and share/mk/)"
 	[ -n "${KERNBUILDDIR:-}" ] ||
 	    skip "KERNBUILDDIR is not set (the build directory of the kernel to load it into)"
-	[ -f "$FREEBSD_SRC/sys/conf/kmod.mk" ] && [ -d "$FREEBSD_SRC/share/mk" ] ||
-	    skip "$FREEBSD_SRC has no sys/conf/kmod.mk or share/mk"
+	if [ ! -f "$FREEBSD_SRC/sys/conf/kmod.mk" ] || [ ! -d "$FREEBSD_SRC/share/mk" ]; then
+		skip "$FREEBSD_SRC has no sys/conf/kmod.mk or share/mk"
+	fi
 	[ -f "$FREEBSD_SRC/sys/dev/xen/blkback/blkback.c" ] ||
 	    skip "$FREEBSD_SRC has no sys/dev/xen/blkback/blkback.c"
 	[ -f "$KERNBUILDDIR/opt_global.h" ] ||
