@@ -442,6 +442,7 @@ banner(const char *mode)
 /* Driver domain */
 
 #define	FILE_PATH	"/mnt/xbb-file.img"
+#define	EIO		5	/* sys/sys/errno.h */
 #define	EEXIST		17	/* sys/sys/errno.h */
 
 /*
@@ -584,6 +585,8 @@ md_ctl(unsigned long cmd, struct md_ioctl *mdio)
 	SC(SYS_close, fd, 0, 0, 0, 0, 0);
 	return (r);
 }
+
+static long fill_dev(const char *, uint64_t, uint64_t);
 
 static long
 make_md(uint64_t bytes, unsigned *unit)
@@ -1089,6 +1092,7 @@ serve(uint64_t start)
 	unsigned unit = 0, units[8] = { 0 }, leaves, m, have_md = 0, i;
 	uint64_t nmd;
 	struct backend *b;
+	int report;
 	long r;
 
 	mb = kenv_u64("xbbdd.disk_mb", 64);
@@ -1129,7 +1133,39 @@ serve(uint64_t start)
 		putu(mb);
 		put(" MiB");
 		end();
+		/*
+		 * xbbdd.md_fill=1 (benchmarks): write every page once, so that
+		 * no back-end's first reads find pages md(4) must still zero.
+		 */
+		if (kenv_u64("xbbdd.md_fill", 0) != 0) {
+			char dev[32];
+
+			linelen = 0;
+			put("/dev/md");
+			putu(units[m]);
+			line[linelen] = '\0';
+			scopy(dev, sizeof(dev), line);
+			linelen = 0;
+			r = fill_dev(dev, mb << 20, 161 + m);
+			if (r != 0) {
+				fail("md fill");
+				put(dev);
+				put(": ");
+				puti(r);
+				end();
+			} else {
+				ok("md filled ");
+				put(dev);
+				end();
+			}
+		}
 	}
+	/*
+	 * xbbdd.report=0 (benchmarks): no report of changed sysctls every
+	 * two seconds, whose lines would cost this one-vCPU domain time while
+	 * a back-end is being measured.  Commands are served as before.
+	 */
+	report = kenv_u64("xbbdd.report", 1) != 0;
 	unit = units[0];
 	r = make_file(mb << 20);
 	if (r != 0) {
@@ -1180,7 +1216,7 @@ serve(uint64_t start)
 		end();
 	}
 	while (xs_fd >= 0) {
-		if (now_us() - last_dump >= 2000000) {
+		if (report && now_us() - last_dump >= 2000000) {
 			for (i = 0; i < NBACKENDS; i++)
 				if (backends[i].id >= 0)
 					(void)dump_tree(backends[i].tree, 0);
@@ -1284,6 +1320,29 @@ fill(unsigned char *buf, uint64_t off, size_t len, uint64_t seed)
 		w = mix(seed * 0x100000001b3UL ^ ((off + i) >> 3));
 		memcpy(buf + i, &w, 8);
 	}
+}
+
+/* Writes the pattern of seed over the first bytes of dev: 0 or -errno. */
+static long
+fill_dev(const char *dev, uint64_t bytes, uint64_t seed)
+{
+	uint64_t off;
+	size_t n;
+	long fd, r;
+
+	fd = SC(SYS_open, dev, O_RDWR, 0, 0, 0, 0);
+	if (fd < 0)
+		return (fd);
+	r = 0;
+	for (off = 0; off < bytes && r >= 0; off += n) {
+		n = bytes - off < CHUNK ? (size_t)(bytes - off) : CHUNK;
+		fill(wbuf, off, n, seed);
+		r = SC(SYS_pwrite, fd, wbuf, n, (long)off, 0, 0);
+		if (r >= 0 && r != (long)n)
+			r = -EIO;
+	}
+	SC(SYS_close, fd, 0, 0, 0, 0, 0);
+	return (r < 0 ? r : 0);
 }
 
 /* An I/O of n bytes at off that returned r: reports and says 1 if short. */
