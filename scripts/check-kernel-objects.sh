@@ -8,19 +8,37 @@
 #    linker refuses GOT and TLS relocations ("unexpected relocation type");
 #  - undefined symbols only from an allowlist of kernel KPI names:
 #    scripts/kernel-kpi.allow for a whole module (--module), only the
-#    compiler's memory routines for the Rust object.
+#    compiler's memory routines for the Rust object; or, with --kernel
+#    KERNEL, only symbols that KERNEL exports to modules: its dynamic
+#    symbol table, the one table the module linker searches
+#    (sys/kern/link_elf.c, link_elf_lookup_symbol), or the bounds of a
+#    linker set the object has a section for (__start_set_X,
+#    __stop_set_X), which the module linker resolves within the module
+#    (link_elf_obj.c, link_elf_fix_link_set).
 #
-# usage: scripts/check-kernel-objects.sh [--module] OBJECT...
+# usage: scripts/check-kernel-objects.sh [--module | --kernel KERNEL] OBJECT...
 # Exit status 1 when a check fails.
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
 module=no
-if [ "${1:-}" = "--module" ]; then
-	module=yes
-	shift
+kernel=
+while [ $# -gt 0 ]; do
+	case $1 in
+	--module) module=yes; shift ;;
+	--kernel)
+		[ $# -ge 2 ] || { echo "$0: --kernel needs a file" >&2; exit 2; }
+		kernel=$2
+		shift 2
+		;;
+	*) break ;;
+	esac
+done
+[ $# -gt 0 ] || { echo "usage: $0 [--module | --kernel KERNEL] OBJECT..." >&2; exit 2; }
+if [ -n "$kernel" ] && [ ! -f "$kernel" ]; then
+	echo "check: --kernel $kernel: no such file" >&2
+	exit 2
 fi
-[ $# -gt 0 ] || { echo "usage: $0 [--module] OBJECT..." >&2; exit 2; }
 . "$here/lib.sh"
 : "${KMOD_OBJDUMP:=$(first_tool llvm-objdump-14 llvm-objdump objdump || echo objdump)}"
 : "${KMOD_READELF:=$(first_tool llvm-readelf-14 llvm-readelf readelf || echo readelf)}"
@@ -72,11 +90,29 @@ for obj in "$@"; do
 
 	# 3. Undefined symbols.
 	"$KMOD_NM" -u "$obj" | awk '{ print $NF }' | sort -u > "$tmp/undef"
-	if [ "$module" = yes ]; then
+	if [ -n "$kernel" ]; then
+		if [ ! -s "$tmp/kernel-syms" ]; then
+			"$KMOD_NM" -D --defined-only "$kernel" |
+			    awk 'NF >= 3 { print $NF }' | sort -u > "$tmp/kernel-syms"
+		fi
+		{
+			cat "$tmp/kernel-syms"
+			"$KMOD_READELF" -S -W "$obj" | awk '{
+				for (i = 1; i < NF; i++)
+					if ($i ~ /^set_/) {
+						print "__start_" $i
+						print "__stop_" $i
+					}
+			}'
+		} | sort -u > "$tmp/allow"
+		against="exported by $(basename "$kernel")"
+	elif [ "$module" = yes ]; then
 		grep -v '^#' "$here/kernel-kpi.allow" | awk 'NF { print $1 }' |
 		    sort -u > "$tmp/allow"
+		against="not in the allowlist"
 	else
 		printf '%s\n' $rust_allow | sort -u > "$tmp/allow"
+		against="not in the allowlist"
 	fi
 	# Exact names, and "prefix*" patterns.
 	extra=$(comm -23 "$tmp/undef" "$tmp/allow" | awk -v f="$tmp/allow" '
@@ -93,8 +129,14 @@ for obj in "$@"; do
 	    }' | tr '\n' ' ')
 	nundef=$(wc -l < "$tmp/undef" | tr -d ' ')
 	if [ -n "$extra" ]; then
-		echo "check: $name: FAIL: undefined symbols not in the allowlist: $extra"
+		if [ -n "$kernel" ]; then
+			echo "check: $name: FAIL: undefined symbols not exported by $kernel: $extra"
+		else
+			echo "check: $name: FAIL: undefined symbols $against: $extra"
+		fi
 		fail=1
+	elif [ -n "$kernel" ]; then
+		echo "check: $name: ok: $nundef undefined symbols, all $against or the module's linker sets"
 	else
 		echo "check: $name: ok: $nundef undefined symbols, all kernel KPI"
 	fi

@@ -670,6 +670,27 @@ if grep -q 'XENLAB-BENCH' "$RES"; then
 		vals[k SUBSEP be] = vals[k SUBSEP be] " " metric
 	}
 	END {
+		# The FreeBSD driver domain (tests/freebsd/xen, scenario 16):
+		# xbb.ko, the FreeBSD blkback (xbbd) and xen-blkback in dom0.
+		fb = 0; serve = 0
+		for (i = 1; i <= nk; i++) {
+			if (med(order[i] SUBSEP "xbbko") >= 0) fb = 1
+			if (med(order[i] SUBSEP "xbb") >= 0) serve = 1
+		}
+		if (fb) {
+			printf "%-8s %-16s %7s %12s %12s %12s %12s %14s %13s\n", "tool", "test", "unit", "xbb.ko", "xbbd", "blkback", "xbb.ko/xbbd", "xbb.ko/blkback", "xbbd/blkback"
+			for (i = 1; i <= nk; i++) {
+				k = order[i]; split(k, p, " ")
+				x = med(k SUBSEP "xbbko"); d = med(k SUBSEP "xbbd"); b = med(k SUBSEP "blkback")
+				printf "%-8s %-16s %7s %12s %12s %12s %12s %14s %13s\n", p[1], p[2], (p[2] ~ /^seq/) ? "kB/s" : "IOPS", x, d, b,
+					(x >= 0 && d > 0) ? sprintf("%.2f", x / d) : "-", (x >= 0 && b > 0) ? sprintf("%.2f", x / b) : "-",
+					(d >= 0 && b > 0) ? sprintf("%.2f", d / b) : "-"
+				name = (p[1] == "xbbwork") ? p[2] : p[1] " " p[2]
+				if (x >= 0 && d > 0) printf "%s\txbb.ko / FreeBSD blkback\t%.3f\n", name, x / d > tsv
+				if (x >= 0 && b > 0) printf "%s\txbb.ko / xen-blkback\t%.3f\n", name, x / b > tsv
+			}
+		}
+		if (!serve) exit
 		printf "%-8s %-16s %7s %12s %12s %12s %12s %12s\n", "tool", "test", "unit", "xbb", "blkback", "qdisk", "xbb/blkback", "xbb/qdisk"
 		for (i = 1; i <= nk; i++) {
 			k = order[i]; split(k, p, " ")
@@ -695,7 +716,7 @@ if grep -q 'XENLAB-BENCH' "$RES"; then
 	}' | tee "$OUT/comparison.txt"
 	if [ -n "$LAB_BIN" ] && [ -s "$OUT/comparison.tsv" ]; then
 		"$LAB_BIN" chart --tsv "$OUT/comparison.tsv" --svg "$OUT/comparison.svg" \
-			--title "xbb-serve against its peers, real Xen host (medians of interleaved repetitions)" &&
+			--title "xbb against its peers, real Xen host (medians of interleaved repetitions)" &&
 			echo "xenlab: chart: $OUT/comparison.svg"
 	fi
 fi

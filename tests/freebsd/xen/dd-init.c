@@ -9,12 +9,17 @@
  *
  * The kernel environment variable xbbdd.mode picks what the guest is:
  *
- *   serve  (default) a driver domain: kldload xbb.ko, create a swap-backed
- *          md(4) disk and a file on a tmpfs, announce READY, then serve the
- *          disks of other guests whose disk lines name this domain as
- *          backend=, printing every dev.xbb.* sysctl that changed every two
- *          seconds; when dom0 writes "unload" to data/xbb-cmd in this
- *          domain's XenStore directory: kldunload xbb.ko (must succeed once
+ *   serve  (default) a driver domain: kldload xbb.ko (or the back-end
+ *          xbbdd.driver names: xbb, xbbd for FreeBSD's own blkback built
+ *          as xbbd.ko by scripts/xbbd-kmod.sh, or none), create a
+ *          swap-backed md(4) disk and a file on a tmpfs, announce READY,
+ *          then serve the disks of other guests whose disk lines name this
+ *          domain as backend=, printing every dev.xbb.* (dev.xbbd.*) sysctl
+ *          that changed every two seconds.  dom0 writes commands to
+ *          data/xbb-cmd in this domain's XenStore directory: "dump",
+ *          "devstat", "load xbb|xbbd" and "unload xbb|xbbd" (switch the
+ *          back-end between guests; answered in data/xbb-state), and
+ *          "unload": kldunload every back-end loaded (must succeed once
  *          the guests are gone), detach the md disk (fails while a back-end
  *          still holds it), report, power off.
  *
@@ -32,7 +37,8 @@
  *   XBB-DD: sysctl <name>: <value>   (a dev.xbb / dev.xbd leaf, when changed)
  *   XBB-DD: done mode=M pass=N fail=M us=T
  * The same state goes to XenStore, data/xbb-state in the domain's directory
- * ("ready", "unloaded", "done pass=N fail=M").
+ * ("ready", "loaded X", "unloaded X", "load-failed X", "unload-failed X",
+ * "unloaded", "done pass=N fail=M").
  *
  * XBB_FREEBSD_VERSION_STR (the ABI note) comes from the compiler command
  * line.
@@ -315,6 +321,30 @@ static struct {
 static unsigned nseen;
 
 /*
+ * The number of instances last reported of each tree dump_tree() walks
+ * ("dev.xbb", "dev.xbbd", "dev.xbd.1"), to report only changes.
+ */
+static struct {
+	const char	*top;
+	unsigned	units;
+} last_units_of[4];
+
+static unsigned *
+last_units_for(const char *top)
+{
+	unsigned k;
+
+	for (k = 0; k < 4 && last_units_of[k].top != 0; k++)
+		if (seq(last_units_of[k].top, top))
+			return (&last_units_of[k].units);
+	if (k == 4)
+		k = 3;
+	last_units_of[k].top = top;
+	last_units_of[k].units = ~0u;
+	return (&last_units_of[k].units);
+}
+
+/*
  * Prints every leaf under `top` (e.g. "dev.xbb") whose value changed since
  * the last call (all of them when `all`).  Returns the number of leaves.
  */
@@ -326,16 +356,16 @@ dump_tree(const char *top, int all)
 	char name[128], value[64];
 	size_t n;
 	unsigned leaves = 0, units = 0, k;
-	static unsigned last_units = ~0u;
+	unsigned *last_units = last_units_for(top);
 
 	if (name2oid(top, base, &baselen) != 0) {
-		if (last_units != 0 && !all) {
+		if (*last_units != 0 && !all) {
 			begin("instances");
 			put(top);
 			put(" n=0");
 			end();
 		}
-		last_units = 0;
+		*last_units = 0;
 		return (0);
 	}
 	for (i = 0; i < baselen; i++)
@@ -373,13 +403,13 @@ dump_tree(const char *top, int all)
 		put(value);
 		end();
 	}
-	if (units != last_units) {
+	if (units != *last_units) {
 		begin("instances");
 		put(top);
 		put(" n=");
 		putu(units);
 		end();
-		last_units = units;
+		*last_units = units;
 	}
 	return (leaves);
 }
@@ -411,8 +441,136 @@ banner(const char *mode)
 /* ------------------------------------------------------------------ */
 /* Driver domain */
 
-#define	KO_PATH		"/boot/modules/xbb.ko"
 #define	FILE_PATH	"/mnt/xbb-file.img"
+#define	EIO		5	/* sys/sys/errno.h */
+#define	EEXIST		17	/* sys/sys/errno.h */
+
+/*
+ * The back-ends this driver domain can run, one kld each: xbb.ko, and
+ * FreeBSD's own blkback built as xbbd.ko (scripts/xbbd-kmod.sh; on the
+ * root image only when it was built).  Both probe xenbusb_back's "vbd"
+ * devices; xbbd claims them with 0 and xbb with BUS_PROBE_LOW_PRIORITY, so
+ * while both are loaded every new device goes to xbbd.  A driver loaded
+ * later is only offered devices that have none: the running instances
+ * keep theirs.  dom0 switches drivers between guests with "unload X" and
+ * "load Y" in data/xbb-cmd.
+ */
+struct backend {
+	const char	*name;	/* newbus driver and kld: "xbb", "xbbd" */
+	const char	*path;	/* the kld on the root image */
+	const char	*file;	/* its name for kldfind(2) */
+	const char	*tree;	/* its sysctl tree */
+	long		id;	/* kld id while loaded, else -1 */
+};
+static struct backend backends[] = {
+	{ "xbb", "/boot/modules/xbb.ko", "xbb.ko", "dev.xbb", -1 },
+	{ "xbbd", "/boot/modules/xbbd.ko", "xbbd.ko", "dev.xbbd", -1 },
+};
+#define	NBACKENDS	(sizeof(backends) / sizeof(backends[0]))
+
+static struct backend *
+backend_named(const char *name)
+{
+	unsigned i;
+
+	for (i = 0; i < NBACKENDS; i++)
+		if (seq(backends[i].name, name))
+			return (&backends[i]);
+	return (0);
+}
+
+/* A FAIL line "FAIL <verb> <object>: ..." (fail() ends its subject). */
+static void
+fail2(const char *verb, const char *object)
+{
+	char what[96];
+
+	scopy(what, sizeof(what), verb);
+	cat(what, sizeof(what), object);
+	fail(what);
+}
+
+/* kldload of b: an ok or FAIL line; 0 or a negative errno. */
+static long
+backend_load(struct backend *b)
+{
+	uint64_t t0;
+	long id;
+
+	if (b->id >= 0) {
+		fail2("kldload ", b->path);
+		put("already loaded, id ");
+		puti(b->id);
+		end();
+		return (-EEXIST);
+	}
+	t0 = now_us();
+	id = SC(SYS_kldload, b->path, 0, 0, 0, 0, 0);
+	if (id < 0) {
+		fail2("kldload ", b->path);
+		put("errno ");
+		puti(-id);
+		end();
+		return (id);
+	}
+	b->id = id;
+	ok("kldload ");
+	put(b->path);
+	put(" id ");
+	puti(id);
+	put(" in ");
+	putu(now_us() - t0);
+	put(" us");
+	end();
+	return (0);
+}
+
+/*
+ * kldunload of b, which must succeed while no instance of it is attached,
+ * then kldfind(2) must not find it: ok or FAIL lines; 0 or a negative
+ * errno.
+ */
+static long
+backend_unload(struct backend *b)
+{
+	uint64_t t0;
+	long r;
+
+	if (b->id < 0) {
+		fail2("kldunload ", b->file);
+		put("not loaded");
+		end();
+		return (-ENOENT);
+	}
+	t0 = now_us();
+	r = SC(SYS_kldunload, b->id, 0, 0, 0, 0, 0);
+	if (r != 0) {
+		fail2("kldunload ", b->file);
+		put("errno ");
+		puti(-r);
+		end();
+		return (r);
+	}
+	b->id = -1;
+	ok("kldunload ");
+	put(b->file);
+	put(" in ");
+	putu(now_us() - t0);
+	put(" us");
+	end();
+	r = SC(SYS_kldfind, b->file, 0, 0, 0, 0, 0);
+	if (r == -ENOENT) {
+		ok(b->file);
+		put(" gone after kldunload");
+		end();
+	} else {
+		fail2("kldfind ", b->file);
+		put("still there after kldunload: ");
+		puti(r);
+		end();
+	}
+	return (0);
+}
 
 /* Runs one md(4) control request on /dev/mdctl. */
 static long
@@ -427,6 +585,8 @@ md_ctl(unsigned long cmd, struct md_ioctl *mdio)
 	SC(SYS_close, fd, 0, 0, 0, 0, 0);
 	return (r);
 }
+
+static long fill_dev(const char *, uint64_t, uint64_t);
 
 static long
 make_md(uint64_t bytes, unsigned *unit)
@@ -512,6 +672,39 @@ node_is(const char *dir, const char *leaf, const char *want)
 }
 
 /*
+ * What FreeBSD's hotplug script for disks (tools/hotplug/FreeBSD/block in
+ * Xen, run by xl devd) does for FreeBSD's blkback, xbbd: copy "params"
+ * into "physical-device-path".  xbbd registers a watch on that node at
+ * attach and opens nothing before it appears (it stays in InitWait), then
+ * writes "hotplug-status" itself once the disk is open.  xbb.ko opens
+ * "params" and does not read it.  Once per back-end directory.
+ */
+static void
+physical_path(const char *dev)
+{
+	char key[96], params[256], val[16];
+
+	key[0] = '\0';
+	cat(key, sizeof(key), dev);
+	cat(key, sizeof(key), "/params");
+	if (xs_read(key, params, sizeof(params)) != 0 || params[0] == '\0')
+		return;
+	key[0] = '\0';
+	cat(key, sizeof(key), dev);
+	cat(key, sizeof(key), "/physical-device-path");
+	if (xs_read(key, val, sizeof(val)) == 0)
+		return;
+	if (xs_write(key, params) == 0) {
+		begin("info");
+		put("physical-device-path ");
+		put(params);
+		put(" for ");
+		put(dev);
+		end();
+	}
+}
+
+/*
  * The hotplug half of "xl devd": a back-end directory with a "script" node
  * waits (xbb.ko does not connect) until the script reports
  * "hotplug-status" = "connected".  Nothing here needs a script to run (the
@@ -573,8 +766,10 @@ reap_backends(void)
 			cat(dev, sizeof(dev), path);
 			cat(dev, sizeof(dev), "/");
 			cat(dev, sizeof(dev), devs + j);
-			if (!node_is(dev, "/state", "6"))
+			if (!node_is(dev, "/state", "6")) {
+				physical_path(dev);
 				hotplug_done(dev);
+			}
 			if (!node_is(dev, "/online", "0") ||
 			    !node_is(dev, "/state", "6"))
 				continue;
@@ -851,32 +1046,75 @@ sdt_check(long kld)
 	}
 }
 
+/*
+ * A "load X" or "unload X" command from dom0 (X: xbb or xbbd): runs it and
+ * answers in data/xbb-state: "loaded X", "unloaded X", "load-failed X",
+ * "unload-failed X", or "bad-command" (an unknown X).
+ */
+static void
+backend_command(const char *cmd)
+{
+	char state[64];
+	struct backend *b;
+	int load = prefix(cmd, "load ");
+	long r;
+
+	b = backend_named(cmd + (load ? 5 : 7));
+	if (b == 0) {
+		fail("command");
+		put("no back-end driver named in '");
+		put(cmd);
+		put("' (xbb or xbbd)");
+		end();
+		xs_write("data/xbb-state", "bad-command");
+		return;
+	}
+	if (load)
+		r = backend_load(b);
+	else {
+		/* Its last counters, as for the final unload. */
+		(void)dump_tree(b->tree, 1);
+		r = backend_unload(b);
+	}
+	scopy(state, sizeof(state), r == 0 ? "" : load ? "load-failed " :
+	    "unload-failed ");
+	if (r == 0)
+		cat(state, sizeof(state), load ? "loaded " : "unloaded ");
+	cat(state, sizeof(state), b->name);
+	xs_write("data/xbb-state", state);
+}
+
 static void
 serve(uint64_t start)
 {
-	char cmd[64], state[128];
-	uint64_t mb, t0, last_dump, removed;
-	unsigned unit = 0, units[8] = { 0 }, leaves, m, have_md = 0;
+	char cmd[64], state[128], first[16];
+	uint64_t mb, last_dump, removed;
+	unsigned unit = 0, units[8] = { 0 }, leaves, m, have_md = 0, i;
 	uint64_t nmd;
-	long id, r;
+	struct backend *b;
+	int report;
+	long r;
 
 	mb = kenv_u64("xbbdd.disk_mb", 64);
-	t0 = now_us();
-	id = SC(SYS_kldload, KO_PATH, 0, 0, 0, 0, 0);
-	if (id < 0) {
-		fail("kldload " KO_PATH);
-		put("errno ");
-		puti(-id);
-		end();
-		xs_write("data/xbb-state", "kldload-failed");
-		return;
+	/* The driver serving from the start: xbbdd.driver, default xbb. */
+	memset(first, 0, sizeof(first));
+	r = SC(SYS_kenv, KENV_GET, "xbbdd.driver", first, sizeof(first) - 1,
+	    0, 0);
+	if (r < 0 || first[0] == '\0')
+		scopy(first, sizeof(first), "xbb");
+	if (!seq(first, "none")) {
+		b = backend_named(first);
+		if (b == 0 || backend_load(b) != 0) {
+			if (b == 0) {
+				fail("xbbdd.driver");
+				put("unknown back-end driver ");
+				put(first);
+				end();
+			}
+			xs_write("data/xbb-state", "kldload-failed");
+			return;
+		}
 	}
-	ok("kldload " KO_PATH " id ");
-	puti(id);
-	put(" in ");
-	putu(now_us() - t0);
-	put(" us");
-	end();
 
 	nmd = kenv_u64("xbbdd.md_count", 1);
 	for (m = 0; m < nmd && m < 8; m++) {
@@ -895,7 +1133,39 @@ serve(uint64_t start)
 		putu(mb);
 		put(" MiB");
 		end();
+		/*
+		 * xbbdd.md_fill=1 (benchmarks): write every page once, so that
+		 * no back-end's first reads find pages md(4) must still zero.
+		 */
+		if (kenv_u64("xbbdd.md_fill", 0) != 0) {
+			char dev[32];
+
+			linelen = 0;
+			put("/dev/md");
+			putu(units[m]);
+			line[linelen] = '\0';
+			scopy(dev, sizeof(dev), line);
+			linelen = 0;
+			r = fill_dev(dev, mb << 20, 161 + m);
+			if (r != 0) {
+				fail("md fill");
+				put(dev);
+				put(": ");
+				puti(r);
+				end();
+			} else {
+				ok("md filled ");
+				put(dev);
+				end();
+			}
+		}
 	}
+	/*
+	 * xbbdd.report=0 (benchmarks): no report of changed sysctls every
+	 * two seconds, whose lines would cost this one-vCPU domain time while
+	 * a back-end is being measured.  Commands are served as before.
+	 */
+	report = kenv_u64("xbbdd.report", 1) != 0;
 	unit = units[0];
 	r = make_file(mb << 20);
 	if (r != 0) {
@@ -915,7 +1185,8 @@ serve(uint64_t start)
 	putu(unit);
 	put(" mds=");
 	putu(have_md);
-	put(" file=" FILE_PATH);
+	put(" file=" FILE_PATH " driver=");
+	put(first);
 	line[linelen] = '\0';
 	scopy(state, sizeof(state), line);
 	linelen = 0;
@@ -931,6 +1202,8 @@ serve(uint64_t start)
 	putu(have_md);
 	put(" file=" FILE_PATH " mb=");
 	putu(mb);
+	put(" driver=");
+	put(first);
 	end();
 
 	/* Serve until dom0 says "unload". */
@@ -943,9 +1216,10 @@ serve(uint64_t start)
 		end();
 	}
 	while (xs_fd >= 0) {
-		if (now_us() - last_dump >= 2000000) {
-			leaves = dump_tree("dev.xbb", 0);
-			(void)leaves;
+		if (report && now_us() - last_dump >= 2000000) {
+			for (i = 0; i < NBACKENDS; i++)
+				if (backends[i].id >= 0)
+					(void)dump_tree(backends[i].tree, 0);
 			last_dump = now_us();
 		}
 		removed += reap_backends();
@@ -960,51 +1234,46 @@ serve(uint64_t start)
 				break;
 			if (seq(cmd, "devstat")) {
 				devstat_check();
-				sdt_check(id);
+				if (backends[0].id >= 0)
+					sdt_check(backends[0].id);
 			}
 			if (seq(cmd, "dump")) {
-				(void)dump_tree("dev.xbb", 1);
+				for (i = 0; i < NBACKENDS; i++)
+					if (backends[i].id >= 0)
+						(void)dump_tree(backends[i].tree,
+						    1);
 				begin("info");
 				put("dump end");
 				end();
 			}
+			if (prefix(cmd, "load ") || prefix(cmd, "unload "))
+				backend_command(cmd);
 			xs_write("data/xbb-cmd", "");
 		}
 		sleep_ms(500);
 	}
 
-	/* Final counters, then unload: the guests are gone by now. */
-	leaves = dump_tree("dev.xbb", 1);
-	begin("info");
-	put("dev.xbb leaves before kldunload: ");
-	putu(leaves);
-	put(", back-end directories removed: ");
-	putu(removed);
-	end();
-	t0 = now_us();
-	r = SC(SYS_kldunload, id, 0, 0, 0, 0, 0);
-	if (r != 0) {
-		fail("kldunload xbb.ko");
-		put("errno ");
-		puti(-r);
+	/*
+	 * Final counters, then unload every back-end still loaded: the
+	 * guests are gone by now.
+	 */
+	r = 0;
+	for (i = 0; i < NBACKENDS; i++) {
+		b = &backends[i];
+		if (b->id < 0)
+			continue;
+		leaves = dump_tree(b->tree, 1);
+		begin("info");
+		put(b->tree);
+		put(" leaves before kldunload: ");
+		putu(leaves);
+		put(", back-end directories removed: ");
+		putu(removed);
 		end();
-		xs_write("data/xbb-state", "unload-failed");
-	} else {
-		ok("kldunload xbb.ko in ");
-		putu(now_us() - t0);
-		put(" us");
-		end();
-		r = SC(SYS_kldfind, "xbb.ko", 0, 0, 0, 0, 0);
-		if (r == -ENOENT) {
-			ok("xbb.ko gone after kldunload");
-			end();
-		} else {
-			fail("kldfind xbb.ko after unload");
-			puti(r);
-			end();
-		}
-		xs_write("data/xbb-state", "unloaded");
+		if (backend_unload(b) != 0)
+			r = -1;
 	}
+	xs_write("data/xbb-state", r == 0 ? "unloaded" : "unload-failed");
 	/* Fails with EBUSY while anything still holds a disk open. */
 	for (m = 0; m < have_md; m++) {
 		r = kill_md(units[m]);
@@ -1051,6 +1320,29 @@ fill(unsigned char *buf, uint64_t off, size_t len, uint64_t seed)
 		w = mix(seed * 0x100000001b3UL ^ ((off + i) >> 3));
 		memcpy(buf + i, &w, 8);
 	}
+}
+
+/* Writes the pattern of seed over the first bytes of dev: 0 or -errno. */
+static long
+fill_dev(const char *dev, uint64_t bytes, uint64_t seed)
+{
+	uint64_t off;
+	size_t n;
+	long fd, r;
+
+	fd = SC(SYS_open, dev, O_RDWR, 0, 0, 0, 0);
+	if (fd < 0)
+		return (fd);
+	r = 0;
+	for (off = 0; off < bytes && r >= 0; off += n) {
+		n = bytes - off < CHUNK ? (size_t)(bytes - off) : CHUNK;
+		fill(wbuf, off, n, seed);
+		r = SC(SYS_pwrite, fd, wbuf, n, (long)off, 0, 0);
+		if (r >= 0 && r != (long)n)
+			r = -EIO;
+	}
+	SC(SYS_close, fd, 0, 0, 0, 0, 0);
+	return (r < 0 ? r : 0);
 }
 
 /* An I/O of n bytes at off that returned r: reports and says 1 if short. */

@@ -848,3 +848,151 @@ s15() {
 	[ "$FAILS" -gt "$fails0" ] && fb15_log | grep -v '^XBB-DD: sysctl ' | tail -n 40 | sed 's/^/XENLAB s15 xbbdd console tail: /'
 	rm -f /images/s15-save.img /images/s15-boot.img /images/s15-data.img /images/s15.save
 }
+
+# ------------------------------------------------------------ scenario 16
+# Issue 12 item 3: xbb.ko against the driver it replaces, FreeBSD's own C
+# blkback (xbbd.ko, built by run.sh from the user's FREEBSD_SRC with
+# scripts/xbbd-kmod.sh, never part of the repository), and against dom0's
+# xen-blkback, in one boot. One driver domain (one vCPU, as every FreeBSD
+# domain here: see tests/xenlab/README.md on two emulated CPUs) with one
+# md(4) disk written whole once (xbbdd.md_fill) and no periodic sysctl
+# report (xbbdd.report=0); in each of XENLAB_BENCH_REPS repetitions, in
+# this order: a Linux guest (one vCPU, so one queue) runs the bench task
+# (xbbwork: 1 MiB sequential read and write at depth 1, 4 KiB random read
+# at depth 1 and 32, XENLAB_BENCH_SECS each) on the md disk served by
+# xbb.ko; the driver domain unloads xbb and loads xbbd (dd-init's "load"
+# and "unload" commands; a new vbd goes to the driver loaded); the same
+# guest on the same disk served by xbbd; back to xbb; the same guest on an
+# image in dom0 served by xen-blkback. Every row checks that the driver
+# named served it (its attach line on the driver domain's console) and
+# that the bench reported no error. dom0's side of the scenario is
+# xen-blkback throughout (xbb-serve stops while it runs): the driver
+# domain's own root disk too. Results: XENLAB-BENCH lines with backend
+# xbbko, xbbd and blkback; tests/xenlab/run.sh prints the table of
+# medians and ratios. Asked for with --scenarios 16 (make
+# freebsd-xen-bench).
+# fb_driver FID CMD WANT: a "load X" or "unload X" command to the driver
+# domain; true when it answered WANT in data/xbb-state.
+fb_driver() {
+	local i=0
+	xenstore-write "/local/domain/$1/data/xbb-cmd" "$2"
+	while [ $i -lt 120 ] && [ -n "$(xenstore-read "/local/domain/$1/data/xbb-cmd" 2> /dev/null)" ]; do
+		sleep 0.5
+		i=$((i + 1))
+	done
+	[ "$(xenstore-read "/local/domain/$1/data/xbb-state" 2> /dev/null)" = "$3" ]
+}
+# s16_idle FID: waits until the driver domain has no back-end directory
+# left (the last guest's vbd gone), at most 60 s.
+s16_idle() {
+	local i=0
+	while [ $i -lt 120 ] && [ -n "$(xenstore-list "/local/domain/$1/backend/vbd" 2> /dev/null)" ]; do
+		sleep 0.5
+		i=$((i + 1))
+	done
+	[ -z "$(xenstore-list "/local/domain/$1/backend/vbd" 2> /dev/null)" ]
+}
+# s16_one FID BACKEND REP: one bench guest; its XENLAB-BENCH lines.
+s16_one() {
+	local fid=$1 be=$2 rep=$3 name=f16-$2-$3 disk gid f drv
+	case $be in
+	xbbko | xbbd) disk="format=raw,vdev=xvda,access=rw,backend=xbbdd,target=/dev/md0" ;;
+	*) disk="format=raw,vdev=xvda,access=rw,target=/images/bench16.img" ;;
+	esac
+	write_cfg "$name" bench "xenlab.secs=$XENLAB_BENCH_SECS" "$disk"
+	if ! create "$name"; then
+		result 16 "$name:create" FAIL "xl create failed (xl-create-$name.txt)"
+		return 1
+	fi
+	gid=$(domid_of "$name")
+	if [ "$be" != blkback ]; then
+		# Which driver serves it, read from its back-end directory in
+		# dom0 (nothing runs in the driver domain for it): xbb offers
+		# persistent grants and multiple queues, FreeBSD's blkback
+		# neither (and prints no attach line).
+		local b=/local/domain/$fid/backend/vbd/$gid/51712 i=0 st=""
+		while [ $i -lt 240 ]; do
+			st=$(xenstore-read "$b/state" 2> /dev/null)
+			[ "$st" = 4 ] && break
+			sleep 0.5
+			i=$((i + 1))
+		done
+		drv=none
+		if [ "$st" = 4 ]; then
+			if [ "$(xenstore-read "$b/feature-persistent" 2> /dev/null)" = 1 ] &&
+				[ -n "$(xenstore-read "$b/multi-queue-max-queues" 2> /dev/null)" ]; then
+				drv=xbb
+			else
+				drv=xbbd
+			fi
+		fi
+		case "$be:$drv" in
+		xbbko:xbb | xbbd:xbbd) result 16 "$name:driver" PASS "served by $drv: $(xenstore-ls -f "$b" 2> /dev/null | grep -E '/(feature-persistent|multi-queue-max-queues|max-ring-page-order|feature-max-indirect-segments|max-request-segments) ' | sed 's|.*/||' | tr -d '"' | tr '\n' ' ')" ;;
+		*) result 16 "$name:driver" FAIL "state '$st', served by '$drv', not ${be%ko}" ;;
+		esac
+	fi
+	wait_gone "$name" 900
+	collect 16 "$name"
+	f=$(glog "$name")
+	if [ "$be" != blkback ]; then
+		s16_idle "$fid" || result 16 "$name:vbd-gone" FAIL "backend/vbd still in the driver domain after 60 s"
+	fi
+	if [ "$(grep -c 'XENLAB-GUEST bench tool=xbbwork .*result=PASS' "$f" 2> /dev/null)" = 4 ]; then
+		result 16 "$name:bench" PASS "4 tests, no error"
+	else
+		result 16 "$name:bench" FAIL "$(grep -c 'result=PASS' "$f" 2> /dev/null) of 4 tests passed"
+	fi
+	grep -o 'XENLAB-GUEST bench .*' "$f" 2> /dev/null | while read -r _ _ tool test rest; do
+		echo "XENLAB-BENCH backend=$be rep=$rep $tool $test $(echo "$rest" | tr ' ' '\n' | grep -E '^(kBps|iops)=' | tr '\n' ' ')"
+	done | tee -a "$R/bench.txt"
+}
+s16() {
+	say "scenario 16: xbb.ko against FreeBSD's blkback (xbbd) in the driver domain and dom0's xen-blkback"
+	fbsd_inputs 16 || return 0
+	local fid fails0=$FAILS rep xbbd=1
+	# dom0 serves with xen-blkback while this scenario runs.
+	stop_xbb
+	modprobe xen-blkback
+	make_img /images/bench16.img "$MB" fill
+	fbsd_cfg xbbdd "xbbdd.mode=serve xbbdd.disk_mb=$MB xbbdd.md_count=1 xbbdd.md_fill=1 xbbdd.report=0" \
+		"format=raw,vdev=xvda,access=ro,target=$FB_ISO"
+	if fbsd_create 16 xbbdd; then
+		if ! wait_log xbbdd 'XBB-DD: ready' 400; then
+			result 16 xbbdd:ready FAIL "no READY from the FreeBSD domain"
+			xl destroy xbbdd
+		else
+			result 16 xbbdd:ready PASS "domid $fid: $(fb15_log | grep -o 'XBB-DD: ready .*' | cut -c15-)"
+			# Is there an xbbd.ko to load? Try once, before any guest.
+			if fb_driver "$fid" "unload xbb" "unloaded xbb" && fb_driver "$fid" "load xbbd" "loaded xbbd" &&
+				fb_driver "$fid" "unload xbbd" "unloaded xbbd"; then
+				result 16 xbbd-load PASS "xbbd.ko loads and unloads in the driver domain"
+			else
+				result 16 xbbd-load SKIP "no xbbd.ko in the driver domain (FREEBSD_SRC/KERNBUILDDIR unset, or its build failed): state '$(xenstore-read "/local/domain/$fid/data/xbb-state" 2> /dev/null)'"
+				xbbd=0
+			fi
+			fb_driver "$fid" "load xbb" "loaded xbb" || result 16 xbb-reload FAIL "xbb.ko did not load again"
+			for rep in $(seq 1 "$XENLAB_BENCH_REPS"); do
+				say "s16 repetition $rep/$XENLAB_BENCH_REPS"
+				s16_one "$fid" xbbko "$rep"
+				if [ "$xbbd" = 1 ]; then
+					if fb_driver "$fid" "unload xbb" "unloaded xbb" && fb_driver "$fid" "load xbbd" "loaded xbbd"; then
+						s16_one "$fid" xbbd "$rep"
+					else
+						result 16 "switch-to-xbbd-$rep" FAIL "state '$(xenstore-read "/local/domain/$fid/data/xbb-state" 2> /dev/null)'"
+					fi
+					if ! { fb_driver "$fid" "unload xbbd" "unloaded xbbd" && fb_driver "$fid" "load xbb" "loaded xbb"; }; then
+						result 16 "switch-to-xbb-$rep" FAIL "state '$(xenstore-read "/local/domain/$fid/data/xbb-state" 2> /dev/null)'"
+					fi
+				fi
+				s16_one "$fid" blkback "$rep"
+			done
+			xenstore-write "/local/domain/$fid/data/xbb-cmd" unload
+			wait_log xbbdd 'XBB-DD: done ' 120 || say "xbbdd never reported done"
+			wait_gone xbbdd 60
+		fi
+		fbsd_collect 16 xbbdd
+		[ "$FAILS" -gt "$fails0" ] && fb15_log | grep -v '^XBB-DD: sysctl ' | tail -n 40 | sed 's/^/XENLAB s16 xbbdd console tail: /'
+	fi
+	rm -f /images/bench16.img
+	start_xbb
+}
