@@ -318,6 +318,10 @@ pub struct Queue {
     /// Completions of one pass are being handled: their responses are
     /// published once, after the last ([`Queue::pass`]).
     batching: bool,
+    /// The platform observes the request path ([`QueueHost::observes`]),
+    /// as it said at the last entry into the queue: events are built and
+    /// noted only then.
+    observe: bool,
     /// The queue's share of the data window: its first page and length.
     share: (WindowPage, u32),
     params: RunParams,
@@ -408,6 +412,7 @@ impl Queue {
             spurious: 0,
             resumed,
             batching: false,
+            observe: false,
             share: (first_page, shape.window_pages().unwrap_or(shape.kva_pages)),
             params,
             stats: QueueStats {
@@ -495,6 +500,7 @@ impl Queue {
     /// A run was scheduled (or the event fired): consumes requests, at
     /// most `hw.xbb.requests_per_pass` of them before yielding.
     pub fn run<H: QueueHost + ?Sized>(&mut self, host: &mut H) -> Outcome {
+        self.observe = host.observes();
         if self.broken || self.closing {
             return Outcome::Served;
         }
@@ -528,6 +534,7 @@ impl Queue {
         if t.generation != self.generation || t.queue != self.id {
             return Outcome::Served;
         }
+        self.observe = host.observes();
         let was_paused = self.paused();
         self.on_complete(host, t.list, result);
         // What this completion may restart, if anything waits.
@@ -557,6 +564,7 @@ impl Queue {
         if self.closing {
             return;
         }
+        self.observe = host.observes();
         self.closing = true;
         self.close_open(host, Stat::ForcedDispatch);
         self.publish(host);
@@ -569,6 +577,7 @@ impl Queue {
     /// completion until it answers `true`.
     pub fn recall<H: QueueHost + ?Sized>(&mut self, host: &mut H) -> bool {
         self.close(host);
+        self.observe = host.observes();
         if !self.retired && self.idle() {
             self.publish(host);
             self.grants.drain(host, &self.stats);
@@ -651,6 +660,15 @@ impl Queue {
     /// drop code in the kernel object.
     pub fn undo<H: Host + ?Sized>(self, host: &mut H) {
         let _ = self.release(host, false);
+    }
+
+    /// Notes the event `ev` builds, if the platform observes
+    /// ([`Queue::observe`]): otherwise nothing is built.
+    #[inline(always)]
+    fn note<H: QueueHost + ?Sized>(&self, host: &mut H, ev: impl FnOnce() -> Event) {
+        if self.observe {
+            host.note(ev());
+        }
     }
 
     fn tag(&self, list: u16) -> IoTag {
@@ -805,12 +823,14 @@ impl Queue {
                 return;
             }
         };
-        let (kind, bytes) = kind_bytes(p.operation, p.nr_sectors);
-        host.note(Event::RequestStart {
-            id: p.id,
-            kind,
-            sector: p.sector.0,
-            bytes,
+        self.note(host, || {
+            let (kind, bytes) = kind_bytes(p.operation, p.nr_sectors);
+            Event::RequestStart {
+                id: p.id,
+                kind,
+                sector: p.sector.0,
+                bytes,
+            }
         });
         let range = self.lists.slot_range(slot);
         let used = range.start..range.start + usize::from(p.nsegs);
@@ -898,19 +918,21 @@ impl Queue {
 
     fn dispatch<H: QueueHost + ?Sized>(&mut self, host: &mut H, l: u16) {
         self.stats.inc(Stat::TotalDispatch);
-        let list = self.lists.list(l);
-        let kind = match list.op {
-            Op::Read => IoKind::Read,
-            Op::Write => IoKind::Write,
-            Op::Flush => IoKind::Flush,
-            Op::Barrier if list.nr_sectors.0 == 0 => IoKind::Flush,
-            Op::Barrier => IoKind::Write,
-            Op::Discard { .. } => IoKind::Discard,
-        };
-        host.note(Event::Dispatch {
-            kind,
-            sector: list.sector.0,
-            bytes: list.nr_sectors.0.saturating_mul(512),
+        self.note(host, || {
+            let list = self.lists.list(l);
+            let kind = match list.op {
+                Op::Read => IoKind::Read,
+                Op::Write => IoKind::Write,
+                Op::Flush => IoKind::Flush,
+                Op::Barrier if list.nr_sectors.0 == 0 => IoKind::Flush,
+                Op::Barrier => IoKind::Write,
+                Op::Discard { .. } => IoKind::Discard,
+            };
+            Event::Dispatch {
+                kind,
+                sector: list.sector.0,
+                bytes: list.nr_sectors.0.saturating_mul(512),
+            }
         });
         if self.lists.list(l).op == Op::Barrier {
             self.barrier = l;
@@ -1086,10 +1108,11 @@ impl Queue {
 
     /// Hands the reqlist's current step to the store.
     fn submit_step<H: QueueHost + ?Sized>(&mut self, host: &mut H, l: u16) -> Result<(), IoError> {
-        let step = self.step(l);
+        // Taken before the submission: the store may complete at once.
+        let step = if self.observe { self.step(l) } else { None };
         self.submit_step_to_store(host, l)?;
         if let Some((kind, bytes)) = step {
-            host.note(Event::IoStart { kind, bytes });
+            self.note(host, || Event::IoStart { kind, bytes });
         }
         Ok(())
     }
@@ -1181,8 +1204,8 @@ impl Queue {
         if !self.lists.get(l).is_some_and(|list| list.in_flight) {
             return;
         }
-        if let Some((kind, bytes)) = self.step(l) {
-            host.note(Event::IoDone {
+        if let Some((kind, bytes)) = self.observe.then(|| self.step(l)).flatten() {
+            self.note(host, || Event::IoDone {
                 kind,
                 bytes,
                 result,
@@ -1280,12 +1303,14 @@ impl Queue {
         status: i16,
         entry: u16,
     ) {
-        let (kind, bytes) = kind_bytes(operation, nr_sectors);
-        host.note(Event::RequestDone {
-            id,
-            kind,
-            bytes,
-            status,
+        self.note(host, || {
+            let (kind, bytes) = kind_bytes(operation, nr_sectors);
+            Event::RequestDone {
+                id,
+                kind,
+                bytes,
+                status,
+            }
         });
         self.respond(id, operation, status, entry);
     }
@@ -1299,7 +1324,7 @@ impl Queue {
         status: i16,
         entry: u16,
     ) {
-        host.note(Event::RequestRefused {
+        self.note(host, || Event::RequestRefused {
             id,
             operation,
             status,
