@@ -237,6 +237,7 @@ pub fn response_operation(req: &BlkifRequest) -> u8 {
 /// `segs`, which must have room for `BLKIF_MAX_SEGMENTS_PER_REQUEST`
 /// (otherwise the request is refused with `BadSegmentCount`); a refused
 /// request may leave some of its segments there.
+#[inline]
 pub fn parse(
     req: &BlkifRequest,
     limits: &Limits,
