@@ -109,6 +109,19 @@ fn plan(op: Op, has_data: bool) -> &'static [Phase] {
     }
 }
 
+/// The step of its plan reqlist `list` serves now (`None` past the
+/// last): a read or write has one, its data, and is decided before the
+/// plans are looked at.
+#[inline]
+fn current_phase(list: &coalesce::Reqlist) -> Option<Phase> {
+    if matches!(list.op, Op::Read | Op::Write) {
+        return (list.phase == 0).then_some(Phase::Data);
+    }
+    plan(list.op, list.pages > 0)
+        .get(usize::from(list.phase))
+        .copied()
+}
+
 /// The sizes every queue of a connection shares (see
 /// [`crate::negotiate`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1121,8 +1134,7 @@ impl Queue {
     /// observers.
     fn step(&self, l: u16) -> Option<(IoKind, u64)> {
         let list = self.lists.list(l);
-        let steps = plan(list.op, list.pages > 0);
-        match steps.get(usize::from(list.phase))? {
+        match current_phase(list)? {
             Phase::Data => {
                 let run = self.lists.current_run(l);
                 let kind = if list.op == Op::Read {
@@ -1143,14 +1155,15 @@ impl Queue {
         l: u16,
     ) -> Result<(), IoError> {
         let list = *self.lists.list(l);
-        let steps = plan(list.op, list.pages > 0);
+        let phase = current_phase(&list);
         let tag = self.tag(l);
-        let run = self.lists.current_run(l);
-        let (sector, nr_sectors) = match steps.get(usize::from(list.phase)) {
-            Some(Phase::Data) => (run.sector, run.nr_sectors),
+        let (sector, nr_sectors) = match phase {
+            Some(Phase::Data) => {
+                let run = self.lists.current_run(l);
+                (run.sector, run.nr_sectors)
+            }
             _ => (list.sector, list.nr_sectors),
         };
-        let phase = steps.get(usize::from(list.phase));
         // Accepted against the medium's size then; the medium may have
         // shrunk since (a resize while it waited for the window, a
         // barrier's drain or its first flush): nothing goes past the end
@@ -1227,8 +1240,7 @@ impl Queue {
     /// reqlist is done.
     fn advance(&mut self, l: u16, result: Result<(), IoError>) -> bool {
         let list = *self.lists.list(l);
-        let steps = plan(list.op, list.pages > 0);
-        if steps.get(usize::from(list.phase)) == Some(&Phase::Data) {
+        if current_phase(&list) == Some(Phase::Data) {
             let run = self.lists.current_run(l);
             if result.is_ok() {
                 let stat = if list.op == Op::Read {
@@ -1252,9 +1264,11 @@ impl Queue {
             self.lists.list_mut(l).error = true;
             return false;
         }
-        let list = self.lists.list_mut(l);
-        list.phase += 1;
-        usize::from(list.phase) < steps.len()
+        // A read or write has no step after its data.
+        let more = !matches!(list.op, Op::Read | Op::Write)
+            && usize::from(list.phase) + 1 < plan(list.op, list.pages > 0).len();
+        self.lists.list_mut(l).phase = list.phase + 1;
+        more
     }
 
     /// Unmaps, frees the window range, answers every request of the
