@@ -29,8 +29,8 @@
 //! queue's [`QueueHost`], concurrently with the other queues. What the
 //! queue shares with the control part is [`Shared`]: its counters, which
 //! anyone may read at any time, and the connection's switches (the medium's
-//! size after a resize, `no_coalesce_reqs`), read at request time. To
-//! close, the control part recalls the queue: [`Queue::recall`] stops
+//! size after a resize, `no_coalesce_reqs`), read at the start of each
+//! pass. To close, the control part recalls the queue: [`Queue::recall`] stops
 //! consuming, and once nothing is in flight unmaps its persistent grants;
 //! the queue then goes home ([`crate::instance::Instance::give_back`]).
 //!
@@ -150,7 +150,7 @@ impl QueueShape {
 /// What the queues of an instance share with its control part: each
 /// queue's counters (written by that queue's context alone, read by anyone)
 /// and the connection's switches (written by the control part, read by the
-/// queues at request time). Made once per instance, for
+/// queues at the start of each pass). Made once per instance, for
 /// `hw.xbb.max_queues` queues.
 #[derive(Debug)]
 pub struct Shared {
@@ -698,6 +698,12 @@ impl Queue {
     fn consume<H: QueueHost + ?Sized>(&mut self, host: &mut H) -> Result<(), ()> {
         let per_pass = self.params.per_pass;
         let mut budget = per_pass;
+        // The connection's switches, read once a pass: a resize or a
+        // sysctl write applies to the requests accepted from the next pass
+        // on (a shrink also to what waits: submit_step_to_store checks the
+        // size again).
+        self.limits.medium_sectors = self.stats.shared.medium_sectors();
+        let coalesce = self.stats.shared.coalesce();
         let mut stopped_on_pause = false;
         let ring_ok = 'pass: loop {
             let Ok(prod) = self.ring.ring().snapshot_req_prod() else {
@@ -754,7 +760,7 @@ impl Queue {
                     break;
                 };
                 budget -= 1;
-                self.accept(host, raw, *entry);
+                self.accept(host, raw, *entry, coalesce);
             }
             if self.paused() {
                 stopped_on_pause = true;
@@ -816,11 +822,13 @@ impl Queue {
     /// Validates one request (journal entry `entry`) into a free slot,
     /// binds its grants, and takes it into a reqlist; or answers it with
     /// an error.
-    fn accept<H: QueueHost + ?Sized>(&mut self, host: &mut H, raw: &BlkifRequest, entry: u16) {
-        // The connection's switches, read at request time: a resize or a
-        // sysctl write applies to the requests accepted after it.
-        self.limits.medium_sectors = self.stats.shared.medium_sectors();
-        let coalesce = self.stats.shared.coalesce();
+    fn accept<H: QueueHost + ?Sized>(
+        &mut self,
+        host: &mut H,
+        raw: &BlkifRequest,
+        entry: u16,
+        coalesce: bool,
+    ) {
         let op = request::response_operation(raw);
         let Some(slot) = self.lists.take_slot() else {
             // consume() checked; keep the invariant without panicking.
