@@ -256,6 +256,8 @@ pub struct Chain<'a> {
     slots: &'a [ReqSlot],
     max_segs: usize,
     cur: u16,
+    /// Ends before the first failed request (a run, [`Reqlists::run_chain`]).
+    run: bool,
 }
 
 impl Iterator for Chain<'_> {
@@ -265,6 +267,9 @@ impl Iterator for Chain<'_> {
     fn next(&mut self) -> Option<Self::Item> {
         let slot = self.cur;
         let r = self.slots.get(usize::from(slot))?;
+        if self.run && r.failed {
+            return None;
+        }
         self.cur = r.next;
         let base = usize::from(slot) * self.max_segs;
         Some((slot, base..base + usize::from(r.nsegs)))
@@ -403,8 +408,8 @@ impl Reqlists {
             slots: &self.slots,
             max_segs: self.max_segs,
             cur: start,
+            run: true,
         }
-        .take_while(|&(s, _)| !self.slots[usize::from(s)].failed)
     }
 
     /// Marks every request of the run of reqlist `l` starting at `start`
@@ -469,6 +474,7 @@ impl Reqlists {
             slots: &self.slots,
             max_segs: self.max_segs,
             cur: self.lists.get(usize::from(l)).map_or(NONE, |r| r.head),
+            run: false,
         }
     }
 

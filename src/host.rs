@@ -521,9 +521,17 @@ pub trait QueueHost {
     fn now_ms(&self) -> u64;
     /// Something happened on the request path, for the platform's
     /// observers (devstat(9), DTrace). Called in the queue's context; must
-    /// not allocate or block. The default does nothing.
+    /// not allocate or block. The default does nothing. Called only while
+    /// [`QueueHost::observes`] says `true`.
     fn note(&mut self, ev: Event) {
         let _ = ev;
+    }
+    /// Whether [`QueueHost::note`] does anything: a platform that
+    /// overrides `note` says `true` here. With `false` (the default, as
+    /// `note`'s) the queue neither builds the events nor calls `note`:
+    /// asked once per entry into the queue, not once per event.
+    fn observes(&self) -> bool {
+        false
     }
 }
 

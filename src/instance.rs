@@ -419,7 +419,7 @@ impl Instance {
         if self.conn.is_none() {
             return;
         }
-        // The queues read it at request time; nothing else changes.
+        // The queues read it at the start of each pass; nothing else changes.
         self.shared.set_medium_sectors(info.sectors);
         match connect::publish_resize(host, &self.be_path, info.sectors) {
             Ok(()) => self.stats.inc(Stat::Resizes),

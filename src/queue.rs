@@ -29,8 +29,8 @@
 //! queue's [`QueueHost`], concurrently with the other queues. What the
 //! queue shares with the control part is [`Shared`]: its counters, which
 //! anyone may read at any time, and the connection's switches (the medium's
-//! size after a resize, `no_coalesce_reqs`), read at request time. To
-//! close, the control part recalls the queue: [`Queue::recall`] stops
+//! size after a resize, `no_coalesce_reqs`), read at the start of each
+//! pass. To close, the control part recalls the queue: [`Queue::recall`] stops
 //! consuming, and once nothing is in flight unmaps its persistent grants;
 //! the queue then goes home ([`crate::instance::Instance::give_back`]).
 //!
@@ -109,6 +109,19 @@ fn plan(op: Op, has_data: bool) -> &'static [Phase] {
     }
 }
 
+/// The step of its plan reqlist `list` serves now (`None` past the
+/// last): a read or write has one, its data, and is decided before the
+/// plans are looked at.
+#[inline]
+fn current_phase(list: &coalesce::Reqlist) -> Option<Phase> {
+    if matches!(list.op, Op::Read | Op::Write) {
+        return (list.phase == 0).then_some(Phase::Data);
+    }
+    plan(list.op, list.pages > 0)
+        .get(usize::from(list.phase))
+        .copied()
+}
+
 /// The sizes every queue of a connection shares (see
 /// [`crate::negotiate`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,7 +150,7 @@ impl QueueShape {
 /// What the queues of an instance share with its control part: each
 /// queue's counters (written by that queue's context alone, read by anyone)
 /// and the connection's switches (written by the control part, read by the
-/// queues at request time). Made once per instance, for
+/// queues at the start of each pass). Made once per instance, for
 /// `hw.xbb.max_queues` queues.
 #[derive(Debug)]
 pub struct Shared {
@@ -318,6 +331,10 @@ pub struct Queue {
     /// Completions of one pass are being handled: their responses are
     /// published once, after the last ([`Queue::pass`]).
     batching: bool,
+    /// The platform observes the request path ([`QueueHost::observes`]),
+    /// as it said at the last entry into the queue: events are built and
+    /// noted only then.
+    observe: bool,
     /// The queue's share of the data window: its first page and length.
     share: (WindowPage, u32),
     params: RunParams,
@@ -408,6 +425,7 @@ impl Queue {
             spurious: 0,
             resumed,
             batching: false,
+            observe: false,
             share: (first_page, shape.window_pages().unwrap_or(shape.kva_pages)),
             params,
             stats: QueueStats {
@@ -495,6 +513,7 @@ impl Queue {
     /// A run was scheduled (or the event fired): consumes requests, at
     /// most `hw.xbb.requests_per_pass` of them before yielding.
     pub fn run<H: QueueHost + ?Sized>(&mut self, host: &mut H) -> Outcome {
+        self.observe = host.observes();
         if self.broken || self.closing {
             return Outcome::Served;
         }
@@ -528,6 +547,7 @@ impl Queue {
         if t.generation != self.generation || t.queue != self.id {
             return Outcome::Served;
         }
+        self.observe = host.observes();
         let was_paused = self.paused();
         self.on_complete(host, t.list, result);
         // What this completion may restart, if anything waits.
@@ -557,6 +577,7 @@ impl Queue {
         if self.closing {
             return;
         }
+        self.observe = host.observes();
         self.closing = true;
         self.close_open(host, Stat::ForcedDispatch);
         self.publish(host);
@@ -569,6 +590,7 @@ impl Queue {
     /// completion until it answers `true`.
     pub fn recall<H: QueueHost + ?Sized>(&mut self, host: &mut H) -> bool {
         self.close(host);
+        self.observe = host.observes();
         if !self.retired && self.idle() {
             self.publish(host);
             self.grants.drain(host, &self.stats);
@@ -653,6 +675,15 @@ impl Queue {
         let _ = self.release(host, false);
     }
 
+    /// Notes the event `ev` builds, if the platform observes
+    /// ([`Queue::observe`]): otherwise nothing is built.
+    #[inline(always)]
+    fn note<H: QueueHost + ?Sized>(&self, host: &mut H, ev: impl FnOnce() -> Event) {
+        if self.observe {
+            host.note(ev());
+        }
+    }
+
     fn tag(&self, list: u16) -> IoTag {
         ListTag {
             generation: self.generation,
@@ -667,6 +698,12 @@ impl Queue {
     fn consume<H: QueueHost + ?Sized>(&mut self, host: &mut H) -> Result<(), ()> {
         let per_pass = self.params.per_pass;
         let mut budget = per_pass;
+        // The connection's switches, read once a pass: a resize or a
+        // sysctl write applies to the requests accepted from the next pass
+        // on (a shrink also to what waits: submit_step_to_store checks the
+        // size again).
+        self.limits.medium_sectors = self.stats.shared.medium_sectors();
+        let coalesce = self.stats.shared.coalesce();
         let mut stopped_on_pause = false;
         let ring_ok = 'pass: loop {
             let Ok(prod) = self.ring.ring().snapshot_req_prod() else {
@@ -723,7 +760,7 @@ impl Queue {
                     break;
                 };
                 budget -= 1;
-                self.accept(host, raw, *entry);
+                self.accept(host, raw, *entry, coalesce);
             }
             if self.paused() {
                 stopped_on_pause = true;
@@ -785,11 +822,13 @@ impl Queue {
     /// Validates one request (journal entry `entry`) into a free slot,
     /// binds its grants, and takes it into a reqlist; or answers it with
     /// an error.
-    fn accept<H: QueueHost + ?Sized>(&mut self, host: &mut H, raw: &BlkifRequest, entry: u16) {
-        // The connection's switches, read at request time: a resize or a
-        // sysctl write applies to the requests accepted after it.
-        self.limits.medium_sectors = self.stats.shared.medium_sectors();
-        let coalesce = self.stats.shared.coalesce();
+    fn accept<H: QueueHost + ?Sized>(
+        &mut self,
+        host: &mut H,
+        raw: &BlkifRequest,
+        entry: u16,
+        coalesce: bool,
+    ) {
         let op = request::response_operation(raw);
         let Some(slot) = self.lists.take_slot() else {
             // consume() checked; keep the invariant without panicking.
@@ -805,12 +844,14 @@ impl Queue {
                 return;
             }
         };
-        let (kind, bytes) = kind_bytes(p.operation, p.nr_sectors);
-        host.note(Event::RequestStart {
-            id: p.id,
-            kind,
-            sector: p.sector.0,
-            bytes,
+        self.note(host, || {
+            let (kind, bytes) = kind_bytes(p.operation, p.nr_sectors);
+            Event::RequestStart {
+                id: p.id,
+                kind,
+                sector: p.sector.0,
+                bytes,
+            }
         });
         let range = self.lists.slot_range(slot);
         let used = range.start..range.start + usize::from(p.nsegs);
@@ -898,19 +939,21 @@ impl Queue {
 
     fn dispatch<H: QueueHost + ?Sized>(&mut self, host: &mut H, l: u16) {
         self.stats.inc(Stat::TotalDispatch);
-        let list = self.lists.list(l);
-        let kind = match list.op {
-            Op::Read => IoKind::Read,
-            Op::Write => IoKind::Write,
-            Op::Flush => IoKind::Flush,
-            Op::Barrier if list.nr_sectors.0 == 0 => IoKind::Flush,
-            Op::Barrier => IoKind::Write,
-            Op::Discard { .. } => IoKind::Discard,
-        };
-        host.note(Event::Dispatch {
-            kind,
-            sector: list.sector.0,
-            bytes: list.nr_sectors.0.saturating_mul(512),
+        self.note(host, || {
+            let list = self.lists.list(l);
+            let kind = match list.op {
+                Op::Read => IoKind::Read,
+                Op::Write => IoKind::Write,
+                Op::Flush => IoKind::Flush,
+                Op::Barrier if list.nr_sectors.0 == 0 => IoKind::Flush,
+                Op::Barrier => IoKind::Write,
+                Op::Discard { .. } => IoKind::Discard,
+            };
+            Event::Dispatch {
+                kind,
+                sector: list.sector.0,
+                bytes: list.nr_sectors.0.saturating_mul(512),
+            }
         });
         if self.lists.list(l).op == Op::Barrier {
             self.barrier = l;
@@ -1086,10 +1129,11 @@ impl Queue {
 
     /// Hands the reqlist's current step to the store.
     fn submit_step<H: QueueHost + ?Sized>(&mut self, host: &mut H, l: u16) -> Result<(), IoError> {
-        let step = self.step(l);
+        // Taken before the submission: the store may complete at once.
+        let step = if self.observe { self.step(l) } else { None };
         self.submit_step_to_store(host, l)?;
         if let Some((kind, bytes)) = step {
-            host.note(Event::IoStart { kind, bytes });
+            self.note(host, || Event::IoStart { kind, bytes });
         }
         Ok(())
     }
@@ -1098,8 +1142,7 @@ impl Queue {
     /// observers.
     fn step(&self, l: u16) -> Option<(IoKind, u64)> {
         let list = self.lists.list(l);
-        let steps = plan(list.op, list.pages > 0);
-        match steps.get(usize::from(list.phase))? {
+        match current_phase(list)? {
             Phase::Data => {
                 let run = self.lists.current_run(l);
                 let kind = if list.op == Op::Read {
@@ -1120,14 +1163,15 @@ impl Queue {
         l: u16,
     ) -> Result<(), IoError> {
         let list = *self.lists.list(l);
-        let steps = plan(list.op, list.pages > 0);
+        let phase = current_phase(&list);
         let tag = self.tag(l);
-        let run = self.lists.current_run(l);
-        let (sector, nr_sectors) = match steps.get(usize::from(list.phase)) {
-            Some(Phase::Data) => (run.sector, run.nr_sectors),
+        let (sector, nr_sectors) = match phase {
+            Some(Phase::Data) => {
+                let run = self.lists.current_run(l);
+                (run.sector, run.nr_sectors)
+            }
             _ => (list.sector, list.nr_sectors),
         };
-        let phase = steps.get(usize::from(list.phase));
         // Accepted against the medium's size then; the medium may have
         // shrunk since (a resize while it waited for the window, a
         // barrier's drain or its first flush): nothing goes past the end
@@ -1181,8 +1225,8 @@ impl Queue {
         if !self.lists.get(l).is_some_and(|list| list.in_flight) {
             return;
         }
-        if let Some((kind, bytes)) = self.step(l) {
-            host.note(Event::IoDone {
+        if let Some((kind, bytes)) = self.observe.then(|| self.step(l)).flatten() {
+            self.note(host, || Event::IoDone {
                 kind,
                 bytes,
                 result,
@@ -1204,8 +1248,7 @@ impl Queue {
     /// reqlist is done.
     fn advance(&mut self, l: u16, result: Result<(), IoError>) -> bool {
         let list = *self.lists.list(l);
-        let steps = plan(list.op, list.pages > 0);
-        if steps.get(usize::from(list.phase)) == Some(&Phase::Data) {
+        if current_phase(&list) == Some(Phase::Data) {
             let run = self.lists.current_run(l);
             if result.is_ok() {
                 let stat = if list.op == Op::Read {
@@ -1229,9 +1272,11 @@ impl Queue {
             self.lists.list_mut(l).error = true;
             return false;
         }
-        let list = self.lists.list_mut(l);
-        list.phase += 1;
-        usize::from(list.phase) < steps.len()
+        // A read or write has no step after its data.
+        let more = !matches!(list.op, Op::Read | Op::Write)
+            && usize::from(list.phase) + 1 < plan(list.op, list.pages > 0).len();
+        self.lists.list_mut(l).phase = list.phase + 1;
+        more
     }
 
     /// Unmaps, frees the window range, answers every request of the
@@ -1280,12 +1325,14 @@ impl Queue {
         status: i16,
         entry: u16,
     ) {
-        let (kind, bytes) = kind_bytes(operation, nr_sectors);
-        host.note(Event::RequestDone {
-            id,
-            kind,
-            bytes,
-            status,
+        self.note(host, || {
+            let (kind, bytes) = kind_bytes(operation, nr_sectors);
+            Event::RequestDone {
+                id,
+                kind,
+                bytes,
+                status,
+            }
         });
         self.respond(id, operation, status, entry);
     }
@@ -1299,7 +1346,7 @@ impl Queue {
         status: i16,
         entry: u16,
     ) {
-        host.note(Event::RequestRefused {
+        self.note(host, || Event::RequestRefused {
             id,
             operation,
             status,

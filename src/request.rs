@@ -201,7 +201,9 @@ fn check_segment(s: &Segment, lss: u64) -> Result<u64, RequestError> {
     if s.first_sect > s.last_sect || u32::from(s.last_sect) >= SECTORS_PER_PAGE {
         return Err(RequestError::BadSegment);
     }
-    if u64::from(s.first_sect) % lss != 0 || (u64::from(s.last_sect) + 1) % lss != 0 {
+    // `lss` is a power of two (SectorSize): a mask, not a division.
+    let mask = lss - 1;
+    if u64::from(s.first_sect) & mask != 0 || (u64::from(s.last_sect) + 1) & mask != 0 {
         return Err(RequestError::Misaligned);
     }
     Ok(u64::from(s.last_sect - s.first_sect) + 1)
@@ -235,6 +237,7 @@ pub fn response_operation(req: &BlkifRequest) -> u8 {
 /// `segs`, which must have room for `BLKIF_MAX_SEGMENTS_PER_REQUEST`
 /// (otherwise the request is refused with `BadSegmentCount`); a refused
 /// request may leave some of its segments there.
+#[inline]
 pub fn parse(
     req: &BlkifRequest,
     limits: &Limits,
@@ -330,11 +333,16 @@ pub fn parse(
             if op.writes() && nsegs > 0 && limits.read_only {
                 return Err(RequestError::ReadOnly);
             }
-            // Copied to the caller's buffer, then checked there, as an
-            // indirect request's are (a refused request's copies are never
-            // used).
-            segs[..nsegs].copy_from_slice(&seg[..nsegs]);
-            let nr_sectors = check_segments(&segs[..nsegs], limits)?;
+            // Each segment checked and copied to the caller's buffer in
+            // one pass (a refused request's copies are never used): a
+            // loop, not a call to memcpy for a few bytes.
+            let lss = limits.sector_size.in_sectors();
+            let mut total = 0u64;
+            for (out, s) in segs[..nsegs].iter_mut().zip(&seg[..nsegs]) {
+                *out = *s;
+                total += check_segment(s, lss)?;
+            }
+            let nr_sectors = Sectors(total);
             let sector = Sectors(if nsegs == 0 { 0 } else { *sector_number });
             if nsegs > 0 {
                 check_range(sector, nr_sectors, limits)?;

@@ -270,6 +270,7 @@ impl<M: RingMem> BackRing<M> {
     /// or no response slot is free (`RING_REQUEST_CONS_OVERFLOW`), so a
     /// loop over this method ends after at most `size` requests whatever
     /// the caller passes.
+    #[inline]
     pub fn take_request(&mut self, req_prod: u32) -> Option<BlkifRequest> {
         let abi = self.abi;
         self.take_raw(req_prod).map(|raw| raw.decode(abi))

@@ -42,7 +42,8 @@ impl Sectors {
 
     /// Whether this is a whole number of `size` sectors.
     pub const fn is_aligned(self, size: SectorSize) -> bool {
-        self.0 % size.in_sectors() == 0
+        // A power of two (SectorSize::new): a mask, not a division.
+        self.0 & (size.in_sectors() - 1) == 0
     }
 }
 

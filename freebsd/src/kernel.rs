@@ -684,6 +684,11 @@ impl QueueHost for KernelQueueHost<'_> {
         unsafe { f(self.ops.now_ms)(self.ctx) }
     }
 
+    // devstat(9) and the SDT probes are always there to feed.
+    fn observes(&self) -> bool {
+        true
+    }
+
     // devstat(9) and the SDT probes: each Event is at most one stat call
     // and one probe, with plain values (no allocation, no sleeping).
     fn note(&mut self, ev: Event) {
