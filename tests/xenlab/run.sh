@@ -13,6 +13,9 @@
 #                        xen-blkback (tests the harness without xbb-serve)
 #   XENLAB_BENCH_REPS, XENLAB_BENCH_SECS  comparison table (default 3 x 5 s)
 #   XENLAB_BENCH_POOL=1  also bench xbb-serve with io = pool in each repetition
+#   XENLAB_PROFILE=TEST  after the benchmark, profile dom0 (perf record -a -g,
+#                        the host's perf copied in) while a guest runs TEST
+#                        (e.g. seqread1m) on xbb-serve, then on xen-blkback
 #   XENLAB_DISK_MB       size of each guest disk (default 64)
 #   XENLAB_XBB_ARGS      extra arguments for xbb-serve
 #   XENLAB_FIO=1         also run fio in the benchmark guests (--full only)
@@ -499,12 +502,26 @@ if [ -n "$PVGRUB_IMG" ]; then
 	cp "$PVGRUB_BIN" "$ROOT/usr/lib/grub-xen/grub-x86_64-xen.bin"
 	cp --sparse=always "$PVGRUB_IMG" "$ROOT/boot/xenlab/pvgrub-boot.img"
 fi
+# XENLAB_PROFILE: the host's perf and the libraries it links, in a
+# directory of their own (dom0 is the same Debian release).
+rm -rf "$ROOT/usr/local/lib/xenlab-perf"
+if [ -n "${XENLAB_PROFILE:-}" ]; then
+	command -v perf > /dev/null || apt-get install -y -q linux-perf > /dev/null 2>&1 ||
+		die "XENLAB_PROFILE needs perf on the host (apt-get install linux-perf)"
+	pbin=$(readlink -f "$(command -v perf)")
+	mkdir -p "$ROOT/usr/local/lib/xenlab-perf"
+	cp "$pbin" "$ROOT/usr/local/lib/xenlab-perf/perf"
+	ldd "$pbin" | awk '$3 ~ /^\// { print $3 }' | while read -r lib; do
+		cp -L "$lib" "$ROOT/usr/local/lib/xenlab-perf/"
+	done
+fi
 {
 	echo "XENLAB_SCENARIOS=\"$SCEN_LIST\""
 	echo "XENLAB_STANDIN=\"$STANDIN\""
 	echo "XENLAB_BENCH_REPS=${XENLAB_BENCH_REPS:-3}"
 	echo "XENLAB_BENCH_SECS=${XENLAB_BENCH_SECS:-5}"
 	echo "XENLAB_BENCH_POOL=${XENLAB_BENCH_POOL:-0}"
+	echo "XENLAB_PROFILE=\"${XENLAB_PROFILE:-}\""
 	echo "XENLAB_DISK_MB=${XENLAB_DISK_MB:-64}"
 	echo "XENLAB_XBB_ARGS=\"${XENLAB_XBB_ARGS:-}\""
 	echo "XENLAB_FIO=$FIO"
