@@ -13,6 +13,12 @@
 #                        xen-blkback (tests the harness without xbb-serve)
 #   XENLAB_BENCH_REPS, XENLAB_BENCH_SECS  comparison table (default 3 x 5 s)
 #   XENLAB_BENCH_POOL=1  also bench xbb-serve with io = pool in each repetition
+#   XENLAB_BENCH_QUEUES=1  also a two-vCPU guest's randread4k-qd32 from both
+#                        vCPUs with one queue and with two, on xbb-serve and
+#                        on xen-blkback, in each repetition
+#   XENLAB_PROFILE=TEST  after the benchmark, profile dom0 (perf record -a -g,
+#                        the host's perf copied in) while a guest runs TEST
+#                        (e.g. seqread1m) on xbb-serve, then on xen-blkback
 #   XENLAB_DISK_MB       size of each guest disk (default 64)
 #   XENLAB_XBB_ARGS      extra arguments for xbb-serve
 #   XENLAB_FIO=1         also run fio in the benchmark guests (--full only)
@@ -499,12 +505,27 @@ if [ -n "$PVGRUB_IMG" ]; then
 	cp "$PVGRUB_BIN" "$ROOT/usr/lib/grub-xen/grub-x86_64-xen.bin"
 	cp --sparse=always "$PVGRUB_IMG" "$ROOT/boot/xenlab/pvgrub-boot.img"
 fi
+# XENLAB_PROFILE: the host's perf and the libraries it links, in a
+# directory of their own (dom0 is the same Debian release).
+rm -rf "$ROOT/usr/local/lib/xenlab-perf"
+if [ -n "${XENLAB_PROFILE:-}" ]; then
+	command -v perf > /dev/null || apt-get install -y -q linux-perf > /dev/null 2>&1 ||
+		die "XENLAB_PROFILE needs perf on the host (apt-get install linux-perf)"
+	pbin=$(readlink -f "$(command -v perf)")
+	mkdir -p "$ROOT/usr/local/lib/xenlab-perf"
+	cp "$pbin" "$ROOT/usr/local/lib/xenlab-perf/perf"
+	ldd "$pbin" | awk '$3 ~ /^\// { print $3 }' | while read -r lib; do
+		cp -L "$lib" "$ROOT/usr/local/lib/xenlab-perf/"
+	done
+fi
 {
 	echo "XENLAB_SCENARIOS=\"$SCEN_LIST\""
 	echo "XENLAB_STANDIN=\"$STANDIN\""
 	echo "XENLAB_BENCH_REPS=${XENLAB_BENCH_REPS:-3}"
 	echo "XENLAB_BENCH_SECS=${XENLAB_BENCH_SECS:-5}"
 	echo "XENLAB_BENCH_POOL=${XENLAB_BENCH_POOL:-0}"
+	echo "XENLAB_PROFILE=\"${XENLAB_PROFILE:-}\""
+	echo "XENLAB_BENCH_QUEUES=${XENLAB_BENCH_QUEUES:-0}"
 	echo "XENLAB_DISK_MB=${XENLAB_DISK_MB:-64}"
 	echo "XENLAB_XBB_ARGS=\"${XENLAB_XBB_ARGS:-}\""
 	echo "XENLAB_FIO=$FIO"
@@ -700,6 +721,19 @@ if grep -q 'XENLAB-BENCH' "$RES"; then
 			name = (p[1] == "xbbwork") ? p[2] : p[1] " " p[2]
 			if (x >= 0 && b > 0) printf "%s\txbb-serve / xen-blkback\t%.3f\n", name, x / b > tsv
 			if (x >= 0 && q > 0) printf "%s\txbb-serve / qdisk\t%.3f\n", name, x / q > tsv
+		}
+		# XENLAB_BENCH_QUEUES=1: two queues against one, two vCPUs.
+		qq = 0
+		for (i = 1; i <= nk; i++) if (med(order[i] SUBSEP "xbb-2q") >= 0) qq = 1
+		if (qq) {
+			printf "\n%-8s %-16s %7s %10s %10s %8s %12s %12s %8s\n", "tool", "test", "unit", "xbb 1q", "xbb 2q", "2q/1q", "blkback 1q", "blkback 2q", "2q/1q"
+			for (i = 1; i <= nk; i++) {
+				k = order[i]; split(k, p, " ")
+				x1 = med(k SUBSEP "xbb-1q"); x2 = med(k SUBSEP "xbb-2q"); b1 = med(k SUBSEP "blkback-1q"); b2 = med(k SUBSEP "blkback-2q")
+				if (x2 < 0 && b2 < 0) continue
+				printf "%-8s %-16s %7s %10s %10s %8s %12s %12s %8s\n", p[1], p[2], "IOPS", x1, x2,
+					(x1 > 0 && x2 >= 0) ? sprintf("%.2f", x2 / x1) : "-", b1, b2, (b1 > 0 && b2 >= 0) ? sprintf("%.2f", b2 / b1) : "-"
+			}
 		}
 		# XENLAB_BENCH_POOL=1: xbb-serve with io = pool beside io_uring.
 		pool = 0
