@@ -963,6 +963,13 @@ impl Host for XenHost {
         if let Some(serving) = self.store.engine() {
             log_engine(self.io, serving);
         }
+        if params.direct_io_safe && !info.is_device {
+            let how = match self.store.direct_io() {
+                Some(true) => "O_DIRECT, past the page cache",
+                _ => "its file system refuses O_DIRECT: through the page cache",
+            };
+            super::serve::log(&format!("{}: direct-io-safe: {how}", params.path));
+        }
         Ok(info)
     }
 

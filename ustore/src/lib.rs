@@ -218,6 +218,10 @@ pub struct StoreSpec {
     /// when the ring cannot be set up; a store with a write cache is
     /// served by the pool).
     pub engine: IoEngine,
+    /// Open a regular file with `O_DIRECT` too (the toolstack's
+    /// `direct-io-safe`), where its file system takes it; a device store
+    /// always tries. Buffers must then start on a sector.
+    pub direct: bool,
 }
 
 /// What a platform's stores emulate and suffer beyond their medium: the
