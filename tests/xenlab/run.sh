@@ -748,6 +748,27 @@ if grep -q 'XENLAB-BENCH' "$RES"; then
 			}
 		}
 	}' | tee "$OUT/comparison.txt"
+	# XENLAB_BENCH_QUEUES=1: how much of Xen's physical CPUs the
+	# domains used during each queue test (dom0's cpu_use).
+	if grep -q 'XENLAB-CPU' "$RES"; then
+		grep -o 'XENLAB-CPU.*' "$RES" | awk '
+		function med(s,   n, i, j, t, a) {
+			n = split(s, a, " ")
+			for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
+			return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+		}
+		{
+			for (i = 2; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
+			be = f["backend"]
+			if (!(be in seen)) { seen[be] = 1; order[++n] = be }
+			d[be] = d[be] " " f["dom0"]; g[be] = g[be] " " f["guest"]; b[be] = b[be] " " f["busy"]; p = f["pcpus"]
+		}
+		END {
+			printf "\nCPU use during the queue tests (Xen vCPU time, %% of %d physical CPUs, medians):\n", p
+			printf "%-12s %6s %6s %6s\n", "row", "dom0", "guest", "busy"
+			for (i = 1; i <= n; i++) printf "%-12s %6s %6s %6s\n", order[i], med(d[order[i]]), med(g[order[i]]), med(b[order[i]])
+		}' | tee -a "$OUT/comparison.txt"
+	fi
 	if [ -n "$LAB_BIN" ] && [ -s "$OUT/comparison.tsv" ]; then
 		"$LAB_BIN" chart --tsv "$OUT/comparison.tsv" --svg "$OUT/comparison.svg" \
 			--title "xbb against its peers, real Xen host (medians of interleaved repetitions)" &&

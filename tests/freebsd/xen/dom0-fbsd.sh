@@ -348,6 +348,17 @@ s7() {
 	say "xbbdd state in XenStore: $(xsr "/local/domain/$fid/data/xbb-state")"
 	wait_gone xbbdd 60
 	fbsd_collect 7 xbbdd
+	# Issue 15 item 4: once the toolstack removed a back-end directory
+	# (every guest above was destroyed or detached, one with I/O in
+	# flight), xbb.ko writes nothing more into it; a write would be
+	# refused and logged as "XenStore permission denied".
+	local denied
+	denied=$(tr -d '\r' < "$(glog xbbdd)" | grep -c 'XenStore permission denied')
+	if [ "${denied:-0}" = 0 ]; then
+		result 7 no-write-after-remove PASS "no refused XenStore write in the driver domain's log"
+	else
+		result 7 no-write-after-remove FAIL "$denied refused XenStore write(s): $(tr -d '\r' < "$(glog xbbdd)" | grep -m 1 'XenStore permission denied')"
+	fi
 	grep -o 'XBB-DD: instances .*' "$(glog xbbdd)" | tr -d '\r' | tr '\n' ' ' | sed 's/^/XENLAB s7 xbb instances over time: /'
 	echo
 }
