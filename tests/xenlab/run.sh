@@ -13,6 +13,8 @@
 #                        xen-blkback (tests the harness without xbb-serve)
 #   XENLAB_BENCH_REPS, XENLAB_BENCH_SECS  comparison table (default 3 x 5 s)
 #   XENLAB_BENCH_POOL=1  also bench xbb-serve with io = pool in each repetition
+#   XENLAB_BENCH_DIRECT=1  also bench xbb-serve on the same image with xl's
+#                        direct-io-safe (O_DIRECT) in each repetition
 #   XENLAB_BENCH_QUEUES=1  also a two-vCPU guest's randread4k-qd32 from both
 #                        vCPUs with one queue and with two, on xbb-serve and
 #                        on xen-blkback, in each repetition
@@ -526,6 +528,7 @@ fi
 	echo "XENLAB_BENCH_POOL=${XENLAB_BENCH_POOL:-0}"
 	echo "XENLAB_PROFILE=\"${XENLAB_PROFILE:-}\""
 	echo "XENLAB_BENCH_QUEUES=${XENLAB_BENCH_QUEUES:-0}"
+	echo "XENLAB_BENCH_DIRECT=${XENLAB_BENCH_DIRECT:-0}"
 	echo "XENLAB_DISK_MB=${XENLAB_DISK_MB:-64}"
 	echo "XENLAB_XBB_ARGS=\"${XENLAB_XBB_ARGS:-}\""
 	echo "XENLAB_FIO=$FIO"
@@ -733,6 +736,21 @@ if grep -q 'XENLAB-BENCH' "$RES"; then
 				if (x2 < 0 && b2 < 0) continue
 				printf "%-8s %-16s %7s %10s %10s %8s %12s %12s %8s\n", p[1], p[2], "IOPS", x1, x2,
 					(x1 > 0 && x2 >= 0) ? sprintf("%.2f", x2 / x1) : "-", b1, b2, (b1 > 0 && b2 >= 0) ? sprintf("%.2f", b2 / b1) : "-"
+			}
+		}
+		# XENLAB_BENCH_DIRECT=1: the image opened with O_DIRECT
+		# (direct-io-safe) beside through the page cache.
+		dio = 0
+		for (i = 1; i <= nk; i++) if (med(order[i] SUBSEP "xbbdirect") >= 0) dio = 1
+		if (dio) {
+			printf "\n%-8s %-16s %7s %12s %12s %14s %15s\n", "tool", "test", "unit", "xbb(cache)", "xbb(direct)", "direct/cache", "direct/blkback"
+			for (i = 1; i <= nk; i++) {
+				k = order[i]; split(k, p, " ")
+				x = med(k SUBSEP "xbb"); y = med(k SUBSEP "xbbdirect"); b = med(k SUBSEP "blkback")
+				printf "%-8s %-16s %7s %12s %12s %14s %15s\n", p[1], p[2], (p[2] ~ /^seq/) ? "kB/s" : "IOPS", x, y,
+					(x > 0 && y >= 0) ? sprintf("%.2f", y / x) : "-", (y >= 0 && b > 0) ? sprintf("%.2f", y / b) : "-"
+				name = (p[1] == "xbbwork") ? p[2] : p[1] " " p[2]
+				if (y >= 0 && b > 0) printf "%s\txbb-serve O_DIRECT / xen-blkback\t%.3f\n", name, y / b > tsv
 			}
 		}
 		# XENLAB_BENCH_POOL=1: xbb-serve with io = pool beside io_uring.
