@@ -18,7 +18,7 @@
 #   XENLAB_BENCH_QUEUES=1  also a two-vCPU guest's randread4k-qd32 from both
 #                        vCPUs with one queue and with two, on xbb-serve and
 #                        on xen-blkback, in each repetition
-#   XENLAB_PROFILE=TEST  after the benchmark, profile dom0 (perf record -a -g,
+#   XENLAB_PROFILE=TEST[,TEST]  after the benchmark, profile dom0 (perf record -a -g,
 #                        the host's perf copied in) while a guest runs TEST
 #                        (e.g. seqread1m) on xbb-serve, then on xen-blkback
 #   XENLAB_DISK_MB       size of each guest disk (default 64)
@@ -782,7 +782,7 @@ if grep -q 'XENLAB-BENCH' "$RES"; then
 			d[be] = d[be] " " f["dom0"]; g[be] = g[be] " " f["guest"]; b[be] = b[be] " " f["busy"]; p = f["pcpus"]
 		}
 		END {
-			printf "\nCPU use during the queue tests (Xen vCPU time, %% of %d physical CPUs, medians):\n", p
+			printf "\nCPU use during the queue tests (Xen CPU time, %% of %d physical CPUs, medians):\n", p
 			printf "%-12s %6s %6s %6s\n", "row", "dom0", "guest", "busy"
 			for (i = 1; i <= n; i++) printf "%-12s %6s %6s %6s\n", order[i], med(d[order[i]]), med(g[order[i]]), med(b[order[i]])
 		}' | tee -a "$OUT/comparison.txt"
