@@ -91,7 +91,7 @@ pub use nbd::{
 #[doc(hidden)]
 pub use nbd_sys::{C_CONSTANTS as NBD_C_CONSTANTS, C_PROTOTYPES as NBD_C_PROTOTYPES};
 pub use pool::BackingStore;
-pub use sys::mmap_shared;
+pub use sys::{mmap_shared, monotonic_coarse_ms};
 pub use uring::{UringStore, SEGMENTS as URING_SEGMENTS, SLOTS as URING_SLOTS};
 pub use watch::{watch_store_memory, MemoryWatch};
 pub use xbb::host::StoreKind;
