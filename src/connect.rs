@@ -571,6 +571,9 @@ pub struct BackendNodes {
     pub discard_enable: bool,
     /// The toolstack runs a hotplug `script` for this vbd.
     pub hotplug_script: bool,
+    /// `direct-io-safe` (default false): the medium may be opened with
+    /// O_DIRECT, bypassing the page cache, where the platform can.
+    pub direct_io_safe: bool,
 }
 
 /// Reads and vets the back-end's own nodes, in one transaction.
@@ -579,7 +582,7 @@ pub struct BackendNodes {
 /// [`MAX_FRONTEND_ID`]; `params` is required, with `physical-device-path` as
 /// its fallback; `type` is optional; `mode` is `"r"` (the default), `"w"`
 /// or `"w!"`, anything else [`ConnectError::BadValue`]; `online` defaults to
-/// false, `discard-enable` to true.
+/// false, `discard-enable` to true, `direct-io-safe` to false.
 pub fn read_backend_nodes<X: XenStore>(
     xs: &mut X,
     be_dir: &str,
@@ -629,6 +632,7 @@ fn read_backend_nodes_in<X: XenStore>(
     let online = read_bool(xs, txn, be_dir, keys::ONLINE)?.unwrap_or(false);
     let discard_enable = read_bool(xs, txn, be_dir, keys::DISCARD_ENABLE)?.unwrap_or(true);
     let hotplug_script = read_string(xs, txn, be_dir, keys::SCRIPT, MAX_PATH_LEN)?.is_some();
+    let direct_io_safe = read_bool(xs, txn, be_dir, keys::DIRECT_IO_SAFE)?.unwrap_or(false);
 
     Ok(BackendNodes {
         frontend,
@@ -639,6 +643,7 @@ fn read_backend_nodes_in<X: XenStore>(
         online,
         discard_enable,
         hotplug_script,
+        direct_io_safe,
     })
 }
 

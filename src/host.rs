@@ -370,6 +370,9 @@ pub struct OpenParams<'a> {
     pub kind: &'a str,
     /// Open for writing (`mode` is "w").
     pub writable: bool,
+    /// The toolstack's `direct-io-safe`: an image file may be opened with
+    /// O_DIRECT (a platform that can, and whose file system takes it).
+    pub direct_io_safe: bool,
 }
 
 /// What kind of I/O a request or a store step is, as devstat(9) sorts it.

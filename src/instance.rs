@@ -315,6 +315,7 @@ impl Instance {
                 path: &nodes.params,
                 kind: &nodes.kind,
                 writable: nodes.writable,
+                direct_io_safe: nodes.direct_io_safe,
             };
             match host.store_open(params) {
                 Ok(mut m) => {

@@ -31,6 +31,9 @@ pub const MODE: &str = "mode";
 pub const ONLINE: &str = "online";
 /// `0`: discard must not be offered.
 pub const DISCARD_ENABLE: &str = "discard-enable";
+/// `1`: O_DIRECT on the medium is safe (libxl's `direct-io-safe` disk
+/// option); a back-end may then bypass its page cache for an image file.
+pub const DIRECT_IO_SAFE: &str = "direct-io-safe";
 /// The hotplug script the toolstack runs, if any.
 pub const SCRIPT: &str = "script";
 /// `connected` once that script has run.

@@ -205,6 +205,7 @@ fn backend_nodes_defaults_and_values() {
             online: false,
             discard_enable: true,
             hotplug_script: false,
+            direct_io_safe: false,
         }
     );
     xs.del(&be("type"));
@@ -220,6 +221,16 @@ fn backend_nodes_defaults_and_values() {
     assert!(read_backend_nodes(&mut xs, BE).unwrap().writable);
     xs.set(&be("mode"), b"r");
     assert!(!read_backend_nodes(&mut xs, BE).unwrap().writable);
+    // libxl writes direct-io-safe = 1 for the disk option of that name.
+    xs.set(&be("direct-io-safe"), b"1");
+    assert!(read_backend_nodes(&mut xs, BE).unwrap().direct_io_safe);
+    xs.set(&be("direct-io-safe"), b"0");
+    assert!(!read_backend_nodes(&mut xs, BE).unwrap().direct_io_safe);
+    xs.set(&be("direct-io-safe"), b"2");
+    assert_eq!(
+        read_backend_nodes(&mut xs, BE),
+        out_of_range("direct-io-safe", 2)
+    );
 }
 
 #[test]

@@ -23,6 +23,9 @@ pub struct VbdSpec {
     pub mode: String,
     /// `online`: the device stays after its front-end closes (reconnectable).
     pub online: bool,
+    /// `direct-io-safe` = 1, as libxl writes for the disk option of that
+    /// name: the back-end may open an image file with `O_DIRECT`.
+    pub direct_io_safe: bool,
 }
 
 impl VbdSpec {
@@ -36,6 +39,7 @@ impl VbdSpec {
             kind: String::from("file"),
             mode: String::from("w"),
             online: true,
+            direct_io_safe: false,
         }
     }
 }
@@ -157,6 +161,9 @@ pub fn create_vbd(xs: &Xenstored, spec: &VbdSpec) -> Result<VbdPaths, XsError> {
         w("dev", be, &dev)?;
         w(keys::DEVICE_TYPE, be, "disk")?;
         w(keys::DISCARD_ENABLE, be, "1")?;
+        if spec.direct_io_safe {
+            w(keys::DIRECT_IO_SAFE, be, "1")?;
+        }
         w(keys::PHYSICAL_DEVICE_PATH, be, &spec.params)?;
         w(keys::STATE, be, init)?;
         w(keys::BACKEND, fe, be)?;

@@ -43,6 +43,9 @@ pub struct VbdConfig {
     pub mode: String,
     /// `online`: the back-end survives its front-end closing.
     pub online: bool,
+    /// The toolstack's `direct-io-safe`: an image file is opened with
+    /// `O_DIRECT` where its file system takes it.
+    pub direct_io_safe: bool,
     /// What the store emulates (512- or 4096-byte sectors) and suffers
     /// (faults, a write cache whose power the caller may cut).
     pub store: StoreOptions,
@@ -68,6 +71,7 @@ impl VbdConfig {
             kind: StoreKind::File,
             mode: String::from("w"),
             online: true,
+            direct_io_safe: false,
             store: StoreOptions::default(),
             tunables: Tunables::default(),
             inline: false,
@@ -250,6 +254,7 @@ impl World {
             }),
             mode: cfg.mode.clone(),
             online: cfg.online,
+            direct_io_safe: cfg.direct_io_safe,
             devid: cfg.devid,
             ..VbdSpec::new(cfg.frontend_dom, cfg.devid, path)
         };

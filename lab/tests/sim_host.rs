@@ -627,6 +627,7 @@ fn store_io_goes_through_the_window() {
             path: path.to_str().unwrap(),
             kind: "file",
             writable: true,
+            direct_io_safe: false,
         })
         .expect("open");
     assert_eq!(info.sectors, Sectors(128));

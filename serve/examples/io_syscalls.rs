@@ -80,6 +80,7 @@ fn main() -> Result<(), String> {
         path: &file,
         kind: "file",
         writable: true,
+        direct_io_safe: false,
     };
     store
         .open(params, xbb_ustore::probe, move |tag, r| {

@@ -190,7 +190,6 @@ pub struct XenHost {
     /// The engine asked for.
     io: IoEngine,
     wake: Arc<Wakeup>,
-    epoch: Instant,
     counters: Arc<Counters>,
     removed: bool,
     /// Where journals are kept, and which queue's each open one is.
@@ -244,7 +243,6 @@ impl XenHost {
             }),
             io,
             wake,
-            epoch: Instant::now(),
             counters: Arc::new(Counters::default()),
             removed: false,
             journals: journal_dir.map(|d| InstanceJournals::new(JournalFiles::new(d))),
@@ -320,14 +318,8 @@ impl XenHost {
         if slot.is_none() {
             let qbox = Arc::clone(&self.boxes[queue as usize]);
             *slot = Some(
-                XenQueueHost::open(
-                    queue,
-                    self.copy,
-                    qbox,
-                    Arc::clone(&self.counters),
-                    self.epoch,
-                )
-                .map_err(|_| EvtchnError::General)?,
+                XenQueueHost::open(queue, self.copy, qbox, Arc::clone(&self.counters))
+                    .map_err(|_| EvtchnError::General)?,
             );
         }
         slot.as_mut().ok_or(EvtchnError::General)
@@ -401,7 +393,6 @@ pub struct XenQueueHost {
     store: Option<StoreHandle>,
     qbox: Arc<QueueBox>,
     counters: Arc<Counters>,
-    epoch: Instant,
 }
 
 impl XenQueueHost {
@@ -410,7 +401,6 @@ impl XenQueueHost {
         copy: bool,
         qbox: Arc<QueueBox>,
         counters: Arc<Counters>,
-        epoch: Instant,
     ) -> std::io::Result<XenQueueHost> {
         Ok(XenQueueHost {
             queue,
@@ -428,7 +418,6 @@ impl XenQueueHost {
             store: None,
             qbox,
             counters,
-            epoch,
         })
     }
 
@@ -794,7 +783,9 @@ impl QueueHost for XenQueueHost {
     }
 
     fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+        // Called on the request path (persistent grants' last use): a
+        // clock read that is no system call in a PV dom0.
+        xbb_ustore::monotonic_coarse_ms()
     }
 }
 
@@ -962,6 +953,13 @@ impl Host for XenHost {
         })?;
         if let Some(serving) = self.store.engine() {
             log_engine(self.io, serving);
+        }
+        if params.direct_io_safe && !info.is_device {
+            let how = match self.store.direct_io() {
+                Some(true) => "O_DIRECT, past the page cache",
+                _ => "its file system refuses O_DIRECT: through the page cache",
+            };
+            super::serve::log(&format!("{}: direct-io-safe: {how}", params.path));
         }
         Ok(info)
     }

@@ -13,10 +13,12 @@
 #                        xen-blkback (tests the harness without xbb-serve)
 #   XENLAB_BENCH_REPS, XENLAB_BENCH_SECS  comparison table (default 3 x 5 s)
 #   XENLAB_BENCH_POOL=1  also bench xbb-serve with io = pool in each repetition
+#   XENLAB_BENCH_DIRECT=1  also bench xbb-serve on the same image with xl's
+#                        direct-io-safe (O_DIRECT) in each repetition
 #   XENLAB_BENCH_QUEUES=1  also a two-vCPU guest's randread4k-qd32 from both
 #                        vCPUs with one queue and with two, on xbb-serve and
 #                        on xen-blkback, in each repetition
-#   XENLAB_PROFILE=TEST  after the benchmark, profile dom0 (perf record -a -g,
+#   XENLAB_PROFILE=TEST[,TEST]  after the benchmark, profile dom0 (perf record -a -g,
 #                        the host's perf copied in) while a guest runs TEST
 #                        (e.g. seqread1m) on xbb-serve, then on xen-blkback
 #   XENLAB_DISK_MB       size of each guest disk (default 64)
@@ -526,6 +528,7 @@ fi
 	echo "XENLAB_BENCH_POOL=${XENLAB_BENCH_POOL:-0}"
 	echo "XENLAB_PROFILE=\"${XENLAB_PROFILE:-}\""
 	echo "XENLAB_BENCH_QUEUES=${XENLAB_BENCH_QUEUES:-0}"
+	echo "XENLAB_BENCH_DIRECT=${XENLAB_BENCH_DIRECT:-0}"
 	echo "XENLAB_DISK_MB=${XENLAB_DISK_MB:-64}"
 	echo "XENLAB_XBB_ARGS=\"${XENLAB_XBB_ARGS:-}\""
 	echo "XENLAB_FIO=$FIO"
@@ -735,6 +738,21 @@ if grep -q 'XENLAB-BENCH' "$RES"; then
 					(x1 > 0 && x2 >= 0) ? sprintf("%.2f", x2 / x1) : "-", b1, b2, (b1 > 0 && b2 >= 0) ? sprintf("%.2f", b2 / b1) : "-"
 			}
 		}
+		# XENLAB_BENCH_DIRECT=1: the image opened with O_DIRECT
+		# (direct-io-safe) beside through the page cache.
+		dio = 0
+		for (i = 1; i <= nk; i++) if (med(order[i] SUBSEP "xbbdirect") >= 0) dio = 1
+		if (dio) {
+			printf "\n%-8s %-16s %7s %12s %12s %14s %15s\n", "tool", "test", "unit", "xbb(cache)", "xbb(direct)", "direct/cache", "direct/blkback"
+			for (i = 1; i <= nk; i++) {
+				k = order[i]; split(k, p, " ")
+				x = med(k SUBSEP "xbb"); y = med(k SUBSEP "xbbdirect"); b = med(k SUBSEP "blkback")
+				printf "%-8s %-16s %7s %12s %12s %14s %15s\n", p[1], p[2], (p[2] ~ /^seq/) ? "kB/s" : "IOPS", x, y,
+					(x > 0 && y >= 0) ? sprintf("%.2f", y / x) : "-", (y >= 0 && b > 0) ? sprintf("%.2f", y / b) : "-"
+				name = (p[1] == "xbbwork") ? p[2] : p[1] " " p[2]
+				if (y >= 0 && b > 0) printf "%s\txbb-serve O_DIRECT / xen-blkback\t%.3f\n", name, y / b > tsv
+			}
+		}
 		# XENLAB_BENCH_POOL=1: xbb-serve with io = pool beside io_uring.
 		pool = 0
 		for (i = 1; i <= nk; i++) if (med(order[i] SUBSEP "xbbpool") >= 0) pool = 1
@@ -748,6 +766,27 @@ if grep -q 'XENLAB-BENCH' "$RES"; then
 			}
 		}
 	}' | tee "$OUT/comparison.txt"
+	# XENLAB_BENCH_QUEUES=1: how much of Xen's physical CPUs the
+	# domains used during each queue test (dom0's cpu_use).
+	if grep -q 'XENLAB-CPU' "$RES"; then
+		grep -o 'XENLAB-CPU.*' "$RES" | awk '
+		function med(s,   n, i, j, t, a) {
+			n = split(s, a, " ")
+			for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
+			return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+		}
+		{
+			for (i = 2; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
+			be = f["backend"]
+			if (!(be in seen)) { seen[be] = 1; order[++n] = be }
+			d[be] = d[be] " " f["dom0"]; g[be] = g[be] " " f["guest"]; b[be] = b[be] " " f["busy"]; p = f["pcpus"]
+		}
+		END {
+			printf "\nCPU use during the queue tests (Xen CPU time, %% of %d physical CPUs, medians):\n", p
+			printf "%-12s %6s %6s %6s\n", "row", "dom0", "guest", "busy"
+			for (i = 1; i <= n; i++) printf "%-12s %6s %6s %6s\n", order[i], med(d[order[i]]), med(g[order[i]]), med(b[order[i]])
+		}' | tee -a "$OUT/comparison.txt"
+	fi
 	if [ -n "$LAB_BIN" ] && [ -s "$OUT/comparison.tsv" ]; then
 		"$LAB_BIN" chart --tsv "$OUT/comparison.tsv" --svg "$OUT/comparison.svg" \
 			--title "xbb against its peers, real Xen host (medians of interleaved repetitions)" &&

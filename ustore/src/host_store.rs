@@ -203,6 +203,7 @@ impl HostStore {
                 faults: self.options.faults.clone(),
                 cache: self.options.cache.clone(),
                 engine: self.options.engine,
+                direct: params.direct_io_safe,
             };
             open_store(&spec, done)?
         };
@@ -280,6 +281,12 @@ impl HostStore {
     /// What carries out the open store's I/O (`None`: no store open).
     pub fn engine(&self) -> Option<IoEngine> {
         self.store.as_ref().map(|s| s.engine())
+    }
+
+    /// Whether the open store bypasses the page cache (`O_DIRECT`;
+    /// `None`: no store open).
+    pub fn direct_io(&self) -> Option<bool> {
+        self.store.as_ref().map(|s| s.direct_io())
     }
 
     /// Whether a store is open.

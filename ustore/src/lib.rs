@@ -91,7 +91,7 @@ pub use nbd::{
 #[doc(hidden)]
 pub use nbd_sys::{C_CONSTANTS as NBD_C_CONSTANTS, C_PROTOTYPES as NBD_C_PROTOTYPES};
 pub use pool::BackingStore;
-pub use sys::mmap_shared;
+pub use sys::{mmap_shared, monotonic_coarse_ms};
 pub use uring::{UringStore, SEGMENTS as URING_SEGMENTS, SLOTS as URING_SLOTS};
 pub use watch::{watch_store_memory, MemoryWatch};
 pub use xbb::host::StoreKind;
@@ -218,6 +218,10 @@ pub struct StoreSpec {
     /// when the ring cannot be set up; a store with a write cache is
     /// served by the pool).
     pub engine: IoEngine,
+    /// Open a regular file with `O_DIRECT` too (the toolstack's
+    /// `direct-io-safe`), where its file system takes it; a device store
+    /// always tries. Buffers must then start on a sector.
+    pub direct: bool,
 }
 
 /// What a platform's stores emulate and suffer beyond their medium: the

@@ -38,6 +38,10 @@ pub(crate) struct Medium {
     pub(crate) kind: StoreKind,
     node: Box<dyn Node>,
     pub(crate) direct: bool,
+    /// Buffers must start on a sector: a device, or a file opened as
+    /// direct-I/O safe (whether or not its file system took `O_DIRECT`,
+    /// so that what is refused does not depend on the file system).
+    aligned_buffers: bool,
     pub(crate) read_only: bool,
     /// What the medium can discard, decided once at open.
     pub(crate) discard: DiscardCaps,
@@ -194,6 +198,7 @@ impl Medium {
             kind: spec.kind,
             node,
             direct,
+            aligned_buffers: spec.kind == StoreKind::Device || spec.direct,
             read_only,
             discard,
             sector_size,
@@ -202,10 +207,11 @@ impl Medium {
         })
     }
 
-    /// Opens the file, with `O_DIRECT` for a device store when the file
-    /// system takes it; returns whether it did.
+    /// Opens the file, with `O_DIRECT` for a device store, or a file store
+    /// the toolstack calls direct-I/O safe, when the file system takes it;
+    /// returns whether it did.
     fn open_file(spec: &StoreSpec) -> Result<(File, bool), OpenError> {
-        let want_direct = spec.kind == StoreKind::Device;
+        let want_direct = spec.kind == StoreKind::Device || spec.direct;
         let (file, direct) = match open_file(spec, want_direct) {
             Ok(f) => (f, want_direct),
             // The filesystem refuses O_DIRECT: serve it buffered.
@@ -266,7 +272,7 @@ impl Medium {
             size: self.size.load(Ordering::Relaxed),
             read_only: self.read_only,
             discard: self.discard,
-            aligned_buffers: self.kind == StoreKind::Device,
+            aligned_buffers: self.aligned_buffers,
             can_flush: true,
         };
         // Past the size seen last: the medium may have grown since (a

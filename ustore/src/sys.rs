@@ -319,3 +319,42 @@ pub(crate) fn unmap(mem: xbb::shmem::SharedMem) {
     // consumed: nothing refers to the range any more.
     unsafe { libc::munmap(mem.as_ptr().cast(), mem.len()) };
 }
+
+/// A monotonic clock in milliseconds (any origin), from
+/// `CLOCK_MONOTONIC_COARSE`: the last timer tick, which the vDSO reads
+/// without a system call whatever the clock source. A Xen PV domain's
+/// clock source (`xen`) has no vDSO mode, so `CLOCK_MONOTONIC`
+/// (`Instant::now`) is a system call there and a pvclock read.
+pub fn monotonic_coarse_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid, writable timespec; the clock id is constant.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    debug_assert_eq!(r, 0);
+    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
+    let ms = u64::try_from(ts.tv_nsec / 1_000_000).unwrap_or(0);
+    secs.saturating_mul(1000).saturating_add(ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::monotonic_coarse_ms;
+
+    #[test]
+    fn coarse_clock_is_monotonic_and_counts_milliseconds() {
+        let t0 = monotonic_coarse_ms();
+        let mut last = t0;
+        for _ in 0..1000 {
+            let t = monotonic_coarse_ms();
+            assert!(t >= last, "went back from {last} to {t}");
+            last = t;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(120));
+        let t1 = monotonic_coarse_ms();
+        // At most one timer tick (HZ >= 100: 10 ms) of lag at each end.
+        assert!(t1 >= t0 + 100, "{t0} -> {t1} over a 120 ms sleep");
+        assert!(t1 < t0 + 60_000, "{t0} -> {t1}: not milliseconds");
+    }
+}

@@ -53,6 +53,7 @@ fn rig(kind: StoreKind, sector_size: u32, faults: Arc<IoFaults>) -> Rig {
         faults: Some(Arc::clone(&faults)),
         cache: None,
         engine: IoEngine::Uring,
+        direct: false,
     };
     let col = Arc::new(Collector::default());
     let store = open_store(&spec, col.completion()).unwrap();
@@ -234,6 +235,7 @@ fn uring_errors_are_errors() {
         faults: None,
         cache: None,
         engine: IoEngine::Uring,
+        direct: false,
     };
     let ro = open_store(&spec, col.completion()).unwrap();
     ro.submit(IoTag(1), write(0, pieces(&mut src, 1))).unwrap();

@@ -73,6 +73,7 @@ fn uring_io_path_allocates_nothing() {
         path: path.to_str().unwrap(),
         kind: "file",
         writable: true,
+        direct_io_safe: false,
     };
     hs.open(params, xbb_ustore::probe, move |_, r| {
         assert_eq!(r, Ok(()));

@@ -51,6 +51,7 @@ impl Rig {
             faults: None,
             cache: Some(Arc::clone(&cache)),
             engine: Default::default(),
+            direct: false,
         };
         let store = open_store(&spec, col.completion()).unwrap();
         Rig {

@@ -396,6 +396,7 @@ pub(super) fn setup_guest(
             ModeSpec::ReadOnly => "r",
         }),
         online: spec.online,
+        direct_io_safe: spec.direct_io_safe,
         store: StoreOptions {
             sector_size: spec.sector_size,
             faults: Some(Arc::clone(&faults)),

@@ -67,6 +67,11 @@ pub struct GuestSpec {
     /// discard off for this `vbd` whatever its store can do.
     #[serde(default = "yes")]
     pub discard_enable: bool,
+    /// The toolstack's `direct-io-safe` node (xl's disk option; default
+    /// false): a `file` store is then opened with `O_DIRECT` where the
+    /// file system takes it, as a `device` store always is.
+    #[serde(default)]
+    pub direct_io_safe: bool,
     /// The back-end keeps in-flight journals (as xbb-serve does), so that
     /// a `backend_restart` takes the vbd over (default false: none, as the
     /// kernel; a restart is then refused).

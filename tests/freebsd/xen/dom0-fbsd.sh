@@ -348,6 +348,17 @@ s7() {
 	say "xbbdd state in XenStore: $(xsr "/local/domain/$fid/data/xbb-state")"
 	wait_gone xbbdd 60
 	fbsd_collect 7 xbbdd
+	# Issue 15 item 4: once the toolstack removed a back-end directory
+	# (every guest above was destroyed or detached, one with I/O in
+	# flight), xbb.ko writes nothing more into it; a write would be
+	# refused and logged as "XenStore permission denied".
+	local denied
+	denied=$(tr -d '\r' < "$(glog xbbdd)" | grep -c 'XenStore permission denied')
+	if [ "${denied:-0}" = 0 ]; then
+		result 7 no-write-after-remove PASS "no refused XenStore write in the driver domain's log"
+	else
+		result 7 no-write-after-remove FAIL "$denied refused XenStore write(s): $(tr -d '\r' < "$(glog xbbdd)" | grep -m 1 'XenStore permission denied')"
+	fi
 	grep -o 'XBB-DD: instances .*' "$(glog xbbdd)" | tr -d '\r' | tr '\n' ' ' | sed 's/^/XENLAB s7 xbb instances over time: /'
 	echo
 }
@@ -954,6 +965,8 @@ s16() {
 	stop_xbb
 	modprobe xen-blkback
 	make_img /images/bench16.img "$MB" fill
+	# No results snapshot while the back-ends are measured (xenlab-init).
+	touch /run/xenlab-quiet
 	fbsd_cfg xbbdd "xbbdd.mode=serve xbbdd.disk_mb=$MB xbbdd.md_count=1 xbbdd.md_fill=1 xbbdd.report=0" \
 		"format=raw,vdev=xvda,access=ro,target=$FB_ISO"
 	if fbsd_create 16 xbbdd; then
@@ -993,6 +1006,6 @@ s16() {
 		fbsd_collect 16 xbbdd
 		[ "$FAILS" -gt "$fails0" ] && fb15_log | grep -v '^XBB-DD: sysctl ' | tail -n 40 | sed 's/^/XENLAB s16 xbbdd console tail: /'
 	fi
-	rm -f /images/bench16.img
+	rm -f /run/xenlab-quiet /images/bench16.img
 	start_xbb
 }
