@@ -647,12 +647,23 @@ fn read_backend_nodes_in<X: XenStore>(
     })
 }
 
-/// Whether the hotplug script finished: `hotplug-status` is `connected`.
-pub fn hotplug_connected<X: XenStore>(xs: &mut X, be_dir: &str) -> bool {
+/// Whether the hotplug script finished: `hotplug-status` is `connected`
+/// (what Linux's scripts write, and `block-xbb`), or the script wrote
+/// `physical-device-path`: FreeBSD's `block` script (run by libxl in a
+/// FreeBSD dom0 and by `xl devd` in a driver domain) writes only that,
+/// and FreeBSD's own blkback waits for it. libxl writes neither when it
+/// creates the vbd.
+pub fn hotplug_done<X: XenStore>(xs: &mut X, be_dir: &str) -> bool {
     let mut buf = [0u8; VALUE_BUF];
-    matches!(
+    if matches!(
         read_raw(xs, XsTxn::NONE, be_dir, keys::HOTPLUG_STATUS, &mut buf),
         Ok(Some(v)) if v == keys::HOTPLUG_CONNECTED.as_bytes()
+    ) {
+        return true;
+    }
+    matches!(
+        read_raw(xs, XsTxn::NONE, be_dir, keys::PHYSICAL_DEVICE_PATH, &mut buf),
+        Ok(Some(v)) if !v.is_empty()
     )
 }
 

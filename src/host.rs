@@ -572,7 +572,9 @@ pub trait Host: XenStore {
     fn root_mounted(&self) -> bool;
 
     /// Whether a vbd whose toolstack names a hotplug `script` may only
-    /// connect once that script wrote `hotplug-status` = `connected`. libxl
+    /// connect once that script is done: it wrote `hotplug-status` =
+    /// `connected`, or `physical-device-path` (FreeBSD's `block` script;
+    /// [`crate::connect::hotplug_done`]). libxl
     /// waits to see the back-end in InitWait before it runs the script and
     /// reports the device added; a back-end that connects a running guest
     /// at once (a hot-attach) races past InitWait and `xl block-attach`

@@ -394,7 +394,7 @@ impl Instance {
     fn hotplug_done<H: Host>(&self, host: &mut H) -> bool {
         !host.waits_for_hotplug()
             || !self.nodes.as_ref().is_some_and(|n| n.hotplug_script)
-            || connect::hotplug_connected(host, &self.be_path)
+            || connect::hotplug_done(host, &self.be_path)
     }
 
     fn may_reconnect(&self) -> bool {

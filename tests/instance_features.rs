@@ -664,3 +664,34 @@ fn hotplug_script_gates_the_connection_when_the_platform_asks() {
         );
     }
 }
+
+/// FreeBSD's `block` hotplug script (libxl in a FreeBSD dom0, `xl devd`
+/// in a driver domain) writes `physical-device-path`, never
+/// `hotplug-status`: that ends the wait as well.
+#[test]
+fn freebsd_block_script_ends_the_wait_with_physical_device_path() {
+    let mut host = FakeHost::new(FakeConfig {
+        medium: medium(8192, false, false),
+        max_grants: 1200,
+        ..FakeConfig::default()
+    });
+    host.hotplug_gate = true;
+    host.standard_nodes(true, false);
+    host.xs_set(&format!("{BE_PATH}/script"), "/etc/xen/scripts/block");
+    let _front = host.frontend_ring(Abi::X86_64, 1);
+    host.set_frontend_state(XenbusState::Initialised);
+    let mut inst = Instance::new(BE_PATH, &Tunables::default()).unwrap();
+    inst.attach(&mut host);
+    assert_eq!(inst.state(), XenbusState::InitWait, "waits for the script");
+    host.xs_set(&format!("{BE_PATH}/physical-device-path"), "");
+    inst.frontend_changed(&mut host);
+    assert_eq!(inst.state(), XenbusState::InitWait, "not on an empty node");
+    host.xs_set(&format!("{BE_PATH}/physical-device-path"), "/dev/md0");
+    inst.frontend_changed(&mut host);
+    assert_eq!(
+        inst.state(),
+        XenbusState::Connected,
+        "{:?}",
+        inst.last_error()
+    );
+}

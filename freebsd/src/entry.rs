@@ -66,14 +66,14 @@ impl Slot {
 
     /// A node of the back-end directory changed (`path` relative to it,
     /// `""` when the directory itself was removed): notes a removal, and
-    /// hands a `hotplug-status` change to the instance (it may be waiting
-    /// for the hotplug script to connect).
+    /// hands a `hotplug-status` or `physical-device-path` change to the
+    /// instance (it may be waiting for the hotplug script to connect).
     fn localend_changed(&mut self, path: &str) {
         match path {
             "" | "/state" => {
                 self.host.check_removed();
             }
-            "/hotplug-status" if !self.host.removed() => {
+            "/hotplug-status" | "/physical-device-path" if !self.host.removed() => {
                 self.inst.frontend_changed(&mut self.host);
             }
             _ => {}

@@ -724,6 +724,32 @@ fn hotplug_script_gates_connected_until_hotplug_status() {
     detach_clean(&fk);
 }
 
+/// In a FreeBSD dom0 or driver domain the `block` script writes
+/// `physical-device-path` and nothing else: the forwarded change ends the
+/// wait.
+#[test]
+fn freebsd_block_script_ends_the_wait_with_physical_device_path() {
+    let (_m, fk) = loaded();
+    fk.st()
+        .xs
+        .insert(format!("{BE_PATH}/script"), "/etc/xen/scripts/block".into());
+    assert_eq!(attach(&fk, &default_tunables()), 0);
+    assert_eq!(fk.backend_state(), Some(INITWAIT));
+    let _ring = fk.frontend_connect(1);
+    otherend_changed(&fk);
+    assert_eq!(
+        fk.backend_state(),
+        Some(INITWAIT),
+        "no Connected before the script"
+    );
+    fk.st()
+        .xs
+        .insert(format!("{BE_PATH}/physical-device-path"), DISK.into());
+    localend_changed(&fk, "/physical-device-path");
+    assert_eq!(fk.backend_state(), Some(CONNECTED), "{}", last_error(&fk));
+    detach_clean(&fk);
+}
+
 #[test]
 fn without_a_hotplug_script_connects_at_once() {
     let (_m, fk) = loaded();

@@ -673,11 +673,15 @@ node_is(const char *dir, const char *leaf, const char *want)
 
 /*
  * What FreeBSD's hotplug script for disks (tools/hotplug/FreeBSD/block in
- * Xen, run by xl devd) does for FreeBSD's blkback, xbbd: copy "params"
- * into "physical-device-path".  xbbd registers a watch on that node at
- * attach and opens nothing before it appears (it stays in InitWait), then
- * writes "hotplug-status" itself once the disk is open.  xbb.ko opens
- * "params" and does not read it.  Once per back-end directory.
+ * Xen, run by xl devd for a back-end directory with a "script" node) does,
+ * and all it does: copy "params" into "physical-device-path".  FreeBSD's
+ * blkback, xbbd, registers a watch on that node at attach and opens
+ * nothing before it appears (it stays in InitWait), then writes
+ * "hotplug-status" itself once the disk is open.  xbb.ko opens "params"
+ * itself, and with a "script" node waits in InitWait until the node
+ * appears (or "hotplug-status" = "connected", what Linux's scripts write).
+ * Nobody here writes "hotplug-status" for it, as nobody does in a real
+ * FreeBSD domain.  Once per back-end directory.
  */
 static void
 physical_path(const char *dev)
@@ -699,36 +703,6 @@ physical_path(const char *dev)
 		put("physical-device-path ");
 		put(params);
 		put(" for ");
-		put(dev);
-		end();
-	}
-}
-
-/*
- * The hotplug half of "xl devd": a back-end directory with a "script" node
- * waits (xbb.ko does not connect) until the script reports
- * "hotplug-status" = "connected".  Nothing here needs a script to run (the
- * disks are md(4) devices and a tmpfs file xbb.ko opens itself), so report
- * it done, once, as xl devd would after running it.
- */
-static void
-hotplug_done(const char *dev)
-{
-	char key[96], val[64];
-
-	key[0] = '\0';
-	cat(key, sizeof(key), dev);
-	cat(key, sizeof(key), "/script");
-	if (xs_read(key, val, sizeof(val)) != 0)
-		return;
-	key[0] = '\0';
-	cat(key, sizeof(key), dev);
-	cat(key, sizeof(key), "/hotplug-status");
-	if (xs_read(key, val, sizeof(val)) == 0)
-		return;
-	if (xs_write(key, "connected") == 0) {
-		begin("info");
-		put("hotplug-status connected for ");
 		put(dev);
 		end();
 	}
@@ -766,10 +740,8 @@ reap_backends(void)
 			cat(dev, sizeof(dev), path);
 			cat(dev, sizeof(dev), "/");
 			cat(dev, sizeof(dev), devs + j);
-			if (!node_is(dev, "/state", "6")) {
+			if (!node_is(dev, "/state", "6"))
 				physical_path(dev);
-				hotplug_done(dev);
-			}
 			if (!node_is(dev, "/online", "0") ||
 			    !node_is(dev, "/state", "6"))
 				continue;
