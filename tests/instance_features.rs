@@ -633,65 +633,48 @@ fn bad_queue_counts_refuse_the_connection() {
 /// running guest before libxl saw InitWait and libxl reported failure.
 #[test]
 fn hotplug_script_gates_the_connection_when_the_platform_asks() {
+    // What ends the wait, and a value of the same node that does not:
+    // Linux's scripts (and block-xbb) write hotplug-status; FreeBSD's
+    // `block` script (libxl in a FreeBSD dom0, `xl devd` in a driver
+    // domain) writes physical-device-path and nothing else.
+    const ENDS: [(&str, &str, &str); 2] = [
+        ("hotplug-status", "error", "connected"),
+        ("physical-device-path", "", "/dev/md0"),
+    ];
     for (gate, script) in [(true, true), (true, false), (false, true)] {
-        let mut host = FakeHost::new(FakeConfig {
-            medium: medium(8192, false, false),
-            max_grants: 1200,
-            ..FakeConfig::default()
-        });
-        host.hotplug_gate = gate;
-        host.standard_nodes(true, false);
-        if script {
-            host.xs_set(&format!("{BE_PATH}/script"), "/etc/xen/scripts/block");
+        for (node, not_yet, done) in ENDS {
+            let mut host = FakeHost::new(FakeConfig {
+                medium: medium(8192, false, false),
+                max_grants: 1200,
+                ..FakeConfig::default()
+            });
+            host.hotplug_gate = gate;
+            host.standard_nodes(true, false);
+            if script {
+                host.xs_set(&format!("{BE_PATH}/script"), "/etc/xen/scripts/block");
+            }
+            let _front = host.frontend_ring(Abi::X86_64, 1);
+            host.set_frontend_state(XenbusState::Initialised);
+            let mut inst = Instance::new(BE_PATH, &Tunables::default()).unwrap();
+            inst.attach(&mut host);
+            if gate && script {
+                assert_eq!(inst.state(), XenbusState::InitWait, "waits for the script");
+                host.xs_set(&format!("{BE_PATH}/{node}"), not_yet);
+                inst.frontend_changed(&mut host);
+                assert_eq!(
+                    inst.state(),
+                    XenbusState::InitWait,
+                    "not on {node}={not_yet:?}"
+                );
+                host.xs_set(&format!("{BE_PATH}/{node}"), done);
+                inst.frontend_changed(&mut host);
+            }
+            assert_eq!(
+                inst.state(),
+                XenbusState::Connected,
+                "gate={gate} script={script} {node}: {:?}",
+                inst.last_error()
+            );
         }
-        let _front = host.frontend_ring(Abi::X86_64, 1);
-        host.set_frontend_state(XenbusState::Initialised);
-        let mut inst = Instance::new(BE_PATH, &Tunables::default()).unwrap();
-        inst.attach(&mut host);
-        if gate && script {
-            assert_eq!(inst.state(), XenbusState::InitWait, "waits for the script");
-            host.xs_set(&format!("{BE_PATH}/hotplug-status"), "error");
-            inst.frontend_changed(&mut host);
-            assert_eq!(inst.state(), XenbusState::InitWait, "not on an error");
-            host.xs_set(&format!("{BE_PATH}/hotplug-status"), "connected");
-            inst.frontend_changed(&mut host);
-        }
-        assert_eq!(
-            inst.state(),
-            XenbusState::Connected,
-            "gate={gate} script={script}: {:?}",
-            inst.last_error()
-        );
     }
-}
-
-/// FreeBSD's `block` hotplug script (libxl in a FreeBSD dom0, `xl devd`
-/// in a driver domain) writes `physical-device-path`, never
-/// `hotplug-status`: that ends the wait as well.
-#[test]
-fn freebsd_block_script_ends_the_wait_with_physical_device_path() {
-    let mut host = FakeHost::new(FakeConfig {
-        medium: medium(8192, false, false),
-        max_grants: 1200,
-        ..FakeConfig::default()
-    });
-    host.hotplug_gate = true;
-    host.standard_nodes(true, false);
-    host.xs_set(&format!("{BE_PATH}/script"), "/etc/xen/scripts/block");
-    let _front = host.frontend_ring(Abi::X86_64, 1);
-    host.set_frontend_state(XenbusState::Initialised);
-    let mut inst = Instance::new(BE_PATH, &Tunables::default()).unwrap();
-    inst.attach(&mut host);
-    assert_eq!(inst.state(), XenbusState::InitWait, "waits for the script");
-    host.xs_set(&format!("{BE_PATH}/physical-device-path"), "");
-    inst.frontend_changed(&mut host);
-    assert_eq!(inst.state(), XenbusState::InitWait, "not on an empty node");
-    host.xs_set(&format!("{BE_PATH}/physical-device-path"), "/dev/md0");
-    inst.frontend_changed(&mut host);
-    assert_eq!(
-        inst.state(),
-        XenbusState::Connected,
-        "{:?}",
-        inst.last_error()
-    );
 }

@@ -693,21 +693,29 @@ fn log_lines_for_backend() -> usize {
         .count()
 }
 
-#[test]
-fn hotplug_script_gates_connected_until_hotplug_status() {
-    let (_m, fk) = loaded();
+/// Attaches an instance whose back-end directory names a hotplug script
+/// and connects a front-end: it must stay in InitWait, the script not
+/// having run. Returns the front-end's ring.
+fn attached_waiting_for_script(fk: &FakeKernel) -> FrontRing {
     fk.st()
         .xs
         .insert(format!("{BE_PATH}/script"), "/etc/xen/scripts/block".into());
-    assert_eq!(attach(&fk, &default_tunables()), 0);
+    assert_eq!(attach(fk, &default_tunables()), 0);
     assert_eq!(fk.backend_state(), Some(INITWAIT));
-    let _ring = fk.frontend_connect(1);
-    otherend_changed(&fk);
+    let ring = fk.frontend_connect(1);
+    otherend_changed(fk);
     assert_eq!(
         fk.backend_state(),
         Some(INITWAIT),
         "no Connected before the hotplug script ran"
     );
+    ring
+}
+
+#[test]
+fn hotplug_script_gates_connected_until_hotplug_status() {
+    let (_m, fk) = loaded();
+    let _ring = attached_waiting_for_script(&fk);
     // Another node of the back-end directory changes: still waiting.
     localend_changed(&fk, "/state");
     assert_eq!(fk.backend_state(), Some(INITWAIT));
@@ -730,18 +738,7 @@ fn hotplug_script_gates_connected_until_hotplug_status() {
 #[test]
 fn freebsd_block_script_ends_the_wait_with_physical_device_path() {
     let (_m, fk) = loaded();
-    fk.st()
-        .xs
-        .insert(format!("{BE_PATH}/script"), "/etc/xen/scripts/block".into());
-    assert_eq!(attach(&fk, &default_tunables()), 0);
-    assert_eq!(fk.backend_state(), Some(INITWAIT));
-    let _ring = fk.frontend_connect(1);
-    otherend_changed(&fk);
-    assert_eq!(
-        fk.backend_state(),
-        Some(INITWAIT),
-        "no Connected before the script"
-    );
+    let _ring = attached_waiting_for_script(&fk);
     fk.st()
         .xs
         .insert(format!("{BE_PATH}/physical-device-path"), DISK.into());
