@@ -468,6 +468,24 @@ xbb_bounce_put(struct xbb_store *st, u_int i)
 	mtx_unlock(&st->st_bmtx);
 }
 
+/*
+ * The uio of a read or write over the I/O's iovecs (kernel addresses in
+ * the window): UIO_READ for a guest's read, UIO_WRITE for its write.
+ */
+static void
+xbb_io_uio(struct xbb_io *xio, struct uio *uio)
+{
+
+	memset(uio, 0, sizeof(*uio));
+	uio->uio_iov = xio->xio_iov;
+	uio->uio_iovcnt = xio->xio_iovcnt;
+	uio->uio_offset = (off_t)xio->xio_offset;
+	uio->uio_resid = (ssize_t)xio->xio_length;
+	uio->uio_segflg = UIO_SYSSPACE;
+	uio->uio_rw = xio->xio_op == XBB_SHIM_IO_READ ? UIO_READ : UIO_WRITE;
+	uio->uio_td = curthread;
+}
+
 static int
 xbb_bounce_io(struct xbb_store *st, struct xbb_io *xio)
 {
@@ -489,21 +507,9 @@ xbb_bounce_io(struct xbb_store *st, struct xbb_io *xio)
 	default:
 		return (EOPNOTSUPP);
 	}
-	memset(&uio, 0, sizeof(uio));
-	uio.uio_iov = xio->xio_iov;
-	uio.uio_iovcnt = xio->xio_iovcnt;
-	uio.uio_offset = (off_t)xio->xio_offset;
-	uio.uio_resid = (ssize_t)xio->xio_length;
-	uio.uio_segflg = UIO_SYSSPACE;
-	uio.uio_td = curthread;
 	/* uiomove() copies buffer -> window on UIO_READ, back on UIO_WRITE. */
-	if (xio->xio_op == XBB_SHIM_IO_READ) {
-		uio.uio_rw = UIO_READ;
-		cmd = BIO_READ;
-	} else {
-		uio.uio_rw = UIO_WRITE;
-		cmd = BIO_WRITE;
-	}
+	xbb_io_uio(xio, &uio);
+	cmd = xio->xio_op == XBB_SHIM_IO_READ ? BIO_READ : BIO_WRITE;
 	slot = xbb_bounce_get(st);
 	buf = st->st_bbuf[slot];
 	off = (off_t)xio->xio_offset;
@@ -550,20 +556,12 @@ xbb_file_task(void *arg, int pending __unused)
 	switch (xio->xio_op) {
 	case XBB_SHIM_IO_READ:
 	case XBB_SHIM_IO_WRITE:
-		memset(&uio, 0, sizeof(uio));
-		uio.uio_iov = xio->xio_iov;
-		uio.uio_iovcnt = xio->xio_iovcnt;
-		uio.uio_offset = (off_t)xio->xio_offset;
-		uio.uio_resid = (ssize_t)xio->xio_length;
-		uio.uio_segflg = UIO_SYSSPACE;
-		uio.uio_td = curthread;
+		xbb_io_uio(xio, &uio);
 		if (xio->xio_op == XBB_SHIM_IO_READ) {
-			uio.uio_rw = UIO_READ;
 			vn_lock(vp, LK_SHARED | LK_RETRY);
 			error = VOP_READ(vp, &uio, 0, st->st_cred);
 			VOP_UNLOCK(vp);
 		} else {
-			uio.uio_rw = UIO_WRITE;
 			mp = NULL;
 			error = vn_start_write(vp, &mp, V_WAIT);
 			if (error != 0)
