@@ -44,10 +44,8 @@ find_tools() {
 	if [ -z "${RUSTC:-}" ]; then
 		if [ -x /usr/bin/rustc ]; then RUSTC=/usr/bin/rustc; else RUSTC=rustc; fi
 	fi
-	: "${KMOD_LD:=$(first_tool ld.lld-14 ld.lld ld || echo ld)}"
-	: "${KMOD_OBJCOPY:=$(first_tool llvm-objcopy-14 llvm-objcopy objcopy || echo objcopy)}"
-	: "${KMOD_NM:=$(first_tool llvm-nm-14 llvm-nm nm || echo nm)}"
-	export CARGO RUSTC KMOD_LD KMOD_OBJCOPY KMOD_NM
+	kmod_tools
+	export CARGO RUSTC
 }
 
 # The Rust library: cargo with -Zbuild-std for the JSON target.
@@ -128,13 +126,10 @@ build_ko() {
 		return 0
 	fi
 	find_tools
-	: "${BMAKE:=$(first_tool bmake || true)}"
 	if [ -z "$BMAKE" ]; then
 		echo "kmod: bmake not found (Debian: apt-get install bmake)" >&2
 		exit 1
 	fi
-	: "${KMOD_CC:=$(first_tool clang-14 clang || echo clang)}"
-	: "${KMOD_AWK:=$(first_tool gawk awk || echo awk)}"
 	case $(uname -s) in
 	FreeBSD) xargs_shim=xargs ;;
 	*) xargs_shim=$here/xargs-J ;;

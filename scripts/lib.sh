@@ -1,5 +1,5 @@
 # Shell helpers shared by the build and test scripts (POSIX sh; sourced,
-# never run): scripts/kmod.sh, scripts/check-kernel-objects.sh,
+# never run): scripts/kmod.sh, scripts/xbbd-kmod.sh, scripts/check-kernel-objects.sh,
 # tests/freebsd/run.sh and tests/freebsd/xen/run.sh.
 
 # first_tool NAME...: prints the path of the first of the named programs
@@ -27,6 +27,22 @@ require_kernel() {
 		echo "$1: FREEBSD_KERNEL=$FREEBSD_KERNEL is not a file" >&2
 		exit 2
 	fi
+}
+
+# kmod_tools: the tools that build and check a FreeBSD kernel module on
+# any host (scripts/kmod.sh, scripts/xbbd-kmod.sh), each kept when set:
+# KMOD_LD, KMOD_OBJCOPY, KMOD_NM, KMOD_READELF (exported for
+# check-kernel-objects.sh), KMOD_CC, KMOD_AWK and BMAKE (empty when there
+# is no bmake).
+kmod_tools() {
+	: "${KMOD_LD:=$(first_tool ld.lld-14 ld.lld ld || echo ld)}"
+	: "${KMOD_OBJCOPY:=$(first_tool llvm-objcopy-14 llvm-objcopy objcopy || echo objcopy)}"
+	: "${KMOD_NM:=$(first_tool llvm-nm-14 llvm-nm nm || echo nm)}"
+	: "${KMOD_READELF:=$(first_tool llvm-readelf-14 llvm-readelf readelf || echo readelf)}"
+	: "${KMOD_CC:=$(first_tool clang-14 clang || echo clang)}"
+	: "${KMOD_AWK:=$(first_tool gawk awk || echo awk)}"
+	: "${BMAKE:=$(first_tool bmake || true)}"
+	export KMOD_LD KMOD_OBJCOPY KMOD_NM KMOD_READELF
 }
 
 # init_tools: the tools that build a freestanding FreeBSD /sbin/init and

@@ -59,17 +59,6 @@ skip() {
 	exit "$XBBD_SKIP_STATUS"
 }
 
-find_tools() {
-	: "${KMOD_LD:=$(first_tool ld.lld-14 ld.lld ld || echo ld)}"
-	: "${KMOD_OBJCOPY:=$(first_tool llvm-objcopy-14 llvm-objcopy objcopy || echo objcopy)}"
-	: "${KMOD_NM:=$(first_tool llvm-nm-14 llvm-nm nm || echo nm)}"
-	: "${KMOD_READELF:=$(first_tool llvm-readelf-14 llvm-readelf readelf || echo readelf)}"
-	: "${KMOD_CC:=$(first_tool clang-14 clang || echo clang)}"
-	: "${KMOD_AWK:=$(first_tool gawk awk || echo awk)}"
-	: "${BMAKE:=$(first_tool bmake || true)}"
-	export KMOD_LD KMOD_OBJCOPY KMOD_NM KMOD_READELF
-}
-
 # The inputs, or a skip.
 need_tree() {
 	[ -n "${FREEBSD_SRC:-}" ] ||
@@ -103,7 +92,7 @@ EOF
 
 build() {
 	need_tree
-	find_tools
+	kmod_tools
 	if [ -z "$BMAKE" ]; then
 		echo "xbbd-kmod: bmake not found (Debian: apt-get install bmake)" >&2
 		exit 1
@@ -186,7 +175,7 @@ check_metadata() {
 }
 
 check() {
-	find_tools
+	kmod_tools
 	ko=$XBBD_BUILD/xbbd.ko
 	[ -f "$ko" ] || { echo "xbbd-kmod: no $ko to check" >&2; exit 1; }
 	kernel=${XBBD_KERNEL:-${KERNBUILDDIR:+$KERNBUILDDIR/kernel}}
