@@ -676,6 +676,25 @@ if grep -q 'XENLAB-BENCH' "$RES"; then
 		for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
 		return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
 	}
+	# variant ALT ...: xbb-serve (row "xbb") beside a variant of itself
+	# measured in the same repetitions (row ALT), when there is one: the
+	# two medians, variant/xbb (xbb/variant with INV) and variant/blkback,
+	# the latter also into the chart as TSVNAME unless that is empty.
+	function variant(alt, hx, hy, hr1, hr2, inv, tsvname,   i, k, p, x, y, b, r1, name, any) {
+		for (i = 1; i <= nk; i++) if (med(order[i] SUBSEP alt) >= 0) any = 1
+		if (!any) return
+		printf "\n%-8s %-16s %7s %12s %12s %14s %15s\n", "tool", "test", "unit", hx, hy, hr1, hr2
+		for (i = 1; i <= nk; i++) {
+			k = order[i]; split(k, p, " ")
+			x = med(k SUBSEP "xbb"); y = med(k SUBSEP alt); b = med(k SUBSEP "blkback")
+			if (inv) r1 = (x >= 0 && y > 0) ? sprintf("%.2f", x / y) : "-"
+			else r1 = (x > 0 && y >= 0) ? sprintf("%.2f", y / x) : "-"
+			printf "%-8s %-16s %7s %12s %12s %14s %15s\n", p[1], p[2], (p[2] ~ /^seq/) ? "kB/s" : "IOPS", x, y,
+				r1, (y >= 0 && b > 0) ? sprintf("%.2f", y / b) : "-"
+			name = (p[1] == "xbbwork") ? p[2] : p[1] " " p[2]
+			if (tsvname != "" && y >= 0 && b > 0) printf "%s\t%s\t%.3f\n", name, tsvname, y / b > tsv
+		}
+	}
 	{
 		be = ""; tool = ""; test = ""; kb = ""; io = ""
 		for (i = 2; i <= NF; i++) {
@@ -740,31 +759,10 @@ if grep -q 'XENLAB-BENCH' "$RES"; then
 		}
 		# XENLAB_BENCH_DIRECT=1: the image opened with O_DIRECT
 		# (direct-io-safe) beside through the page cache.
-		dio = 0
-		for (i = 1; i <= nk; i++) if (med(order[i] SUBSEP "xbbdirect") >= 0) dio = 1
-		if (dio) {
-			printf "\n%-8s %-16s %7s %12s %12s %14s %15s\n", "tool", "test", "unit", "xbb(cache)", "xbb(direct)", "direct/cache", "direct/blkback"
-			for (i = 1; i <= nk; i++) {
-				k = order[i]; split(k, p, " ")
-				x = med(k SUBSEP "xbb"); y = med(k SUBSEP "xbbdirect"); b = med(k SUBSEP "blkback")
-				printf "%-8s %-16s %7s %12s %12s %14s %15s\n", p[1], p[2], (p[2] ~ /^seq/) ? "kB/s" : "IOPS", x, y,
-					(x > 0 && y >= 0) ? sprintf("%.2f", y / x) : "-", (y >= 0 && b > 0) ? sprintf("%.2f", y / b) : "-"
-				name = (p[1] == "xbbwork") ? p[2] : p[1] " " p[2]
-				if (y >= 0 && b > 0) printf "%s\txbb-serve O_DIRECT / xen-blkback\t%.3f\n", name, y / b > tsv
-			}
-		}
+		variant("xbbdirect", "xbb(cache)", "xbb(direct)", "direct/cache", "direct/blkback", 0,
+			"xbb-serve O_DIRECT / xen-blkback")
 		# XENLAB_BENCH_POOL=1: xbb-serve with io = pool beside io_uring.
-		pool = 0
-		for (i = 1; i <= nk; i++) if (med(order[i] SUBSEP "xbbpool") >= 0) pool = 1
-		if (pool) {
-			printf "\n%-8s %-16s %7s %12s %12s %12s %12s\n", "tool", "test", "unit", "xbb(uring)", "xbb(pool)", "uring/pool", "pool/blkback"
-			for (i = 1; i <= nk; i++) {
-				k = order[i]; split(k, p, " ")
-				x = med(k SUBSEP "xbb"); y = med(k SUBSEP "xbbpool"); b = med(k SUBSEP "blkback")
-				printf "%-8s %-16s %7s %12s %12s %12s %12s\n", p[1], p[2], (p[2] ~ /^seq/) ? "kB/s" : "IOPS", x, y,
-					(x >= 0 && y > 0) ? sprintf("%.2f", x / y) : "-", (y >= 0 && b > 0) ? sprintf("%.2f", y / b) : "-"
-			}
-		}
+		variant("xbbpool", "xbb(uring)", "xbb(pool)", "uring/pool", "pool/blkback", 1, "")
 	}' | tee "$OUT/comparison.txt"
 	# XENLAB_BENCH_QUEUES=1: how much of Xen's physical CPUs the
 	# domains used during each queue test (dom0's cpu_use).
