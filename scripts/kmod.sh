@@ -159,6 +159,12 @@ build_ko() {
 	[ -f "$ko" ] || { echo "kmod: $ko was not built" >&2; exit 1; }
 	echo "${KERNBUILDDIR:-}" > "$stamp"
 	check --module "$ko"
+	# With the kernel it was built for at hand, every undefined symbol
+	# must also be one that kernel defines (the allowlist above is the
+	# KPI xbb may use; this is what kldload will find).
+	if [ -n "${KERNBUILDDIR:-}" ] && [ -f "$KERNBUILDDIR/kernel" ]; then
+		check --kernel "$KERNBUILDDIR/kernel" "$ko"
+	fi
 }
 
 cmd=${1:-all}

@@ -142,9 +142,10 @@ impl Instance {
         let shared = Shared::try_new(tunables.get(Tunable::MaxQueues) as usize)
             .ok_or(InstanceError::NoMemory)?;
         shared.set_no_coalesce(tunables.get(Tunable::NoCoalesceReqs) != 0);
-        // The one allocation that cannot report failure (alloc's Arc has no
-        // fallible constructor on stable Rust): a few words, once per
-        // instance, never on a connection's or a request's path.
+        // The allocations that cannot report failure (alloc's Arc has no
+        // fallible constructor on stable Rust): a few words here and each
+        // queue's counters in Shared::try_new, once per instance, never on
+        // a connection's or a request's path.
         let shared = Arc::new(shared);
         Ok(Instance {
             be_path,

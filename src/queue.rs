@@ -154,7 +154,9 @@ impl QueueShape {
 /// `hw.xbb.max_queues` queues.
 #[derive(Debug)]
 pub struct Shared {
-    queues: Vec<QueueCounters>,
+    /// Each queue's counters, behind an `Arc` of their own so that a
+    /// queue reaches its counters with one load ([`QueueStats`]).
+    queues: Vec<Arc<QueueCounters>>,
     medium_sectors: AtomicU64,
     no_coalesce: AtomicBool,
     stopped: AtomicBool,
@@ -165,7 +167,9 @@ impl Shared {
     pub fn try_new(queues: usize) -> Option<Shared> {
         let mut v = Vec::new();
         v.try_reserve_exact(queues).ok()?;
-        v.resize_with(queues, QueueCounters::default);
+        for _ in 0..queues {
+            v.push(Arc::new(QueueCounters::default()));
+        }
         Some(Shared {
             queues: v,
             medium_sectors: AtomicU64::new(0),
@@ -176,7 +180,7 @@ impl Shared {
 
     /// The counters of queue `queue`, if the instance has room for it.
     pub fn counters(&self, queue: QueueId) -> Option<&QueueCounters> {
-        self.queues.get(queue as usize)
+        self.queues.get(queue as usize).map(|c| &**c)
     }
 
     /// Queue `queue`'s counters and gauges now, as a [`Stats`].
@@ -232,19 +236,19 @@ impl Shared {
     }
 }
 
-/// A queue's view of its counters in [`Shared`].
+/// A queue's view of its counters in [`Shared`], held directly: the
+/// request path updates several counters per request.
 #[derive(Debug)]
 struct QueueStats {
     shared: Arc<Shared>,
-    index: usize,
+    counters: Arc<QueueCounters>,
 }
 
 impl core::ops::Deref for QueueStats {
     type Target = QueueCounters;
     #[inline]
     fn deref(&self) -> &QueueCounters {
-        // Queue::new checked that the index is inside.
-        &self.shared.queues[self.index]
+        &self.counters
     }
 }
 
@@ -366,7 +370,7 @@ impl Queue {
         params: RunParams,
         shared: &Arc<Shared>,
     ) -> Result<Queue, (NoMemory, JournaledRing)> {
-        let Some(counters) = shared.counters(id) else {
+        let Some(counters) = shared.queues.get(id as usize).map(Arc::clone) else {
             return Err((NoMemory, ring));
         };
         counters.reset();
@@ -430,7 +434,7 @@ impl Queue {
             params,
             stats: QueueStats {
                 shared: Arc::clone(shared),
-                index: id as usize,
+                counters,
             },
         })
     }
