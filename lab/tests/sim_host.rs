@@ -311,6 +311,47 @@ fn injected_map_failures_are_reported_per_entry() {
 }
 
 #[test]
+fn the_grant_table_serves_threads_at_once() {
+    let (_xen, d, _host, _rx) = setup(64);
+    let per_thread = 2000u32;
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let g = d.grants.clone();
+            std::thread::spawn(move || {
+                let mut live = std::collections::HashSet::new();
+                for i in 0..per_thread {
+                    let gref = g.grant(t * 16 + u64::from(i % 16), 0, false);
+                    assert!(live.insert(gref), "reference {gref} handed out twice");
+                    let (_, h) = g.map(gref, 0, false).expect("map");
+                    assert_eq!(g.end_access(gref), Err(GrantBusy));
+                    g.unmap(h).expect("unmap");
+                    if i % 3 != 0 {
+                        g.end_access(gref).expect("end");
+                        live.remove(&gref);
+                    }
+                }
+                live
+            })
+        })
+        .collect();
+    let mut all = std::collections::HashSet::new();
+    for t in threads {
+        for gref in t.join().expect("thread") {
+            assert!(all.insert(gref), "reference {gref} live in two threads");
+        }
+    }
+    let s = d.grants.stats();
+    assert_eq!(s.maps, 4 * u64::from(per_thread));
+    assert_eq!((s.unmaps, s.mapped, s.bad_unmaps), (s.maps, 0, 0));
+    assert_eq!(s.active_grants, all.len() as u64);
+    for gref in all {
+        assert!(d.grants.is_granted(gref));
+        d.grants.end_access(gref).expect("end");
+    }
+    assert_eq!(d.grants.stats().active_grants, 0);
+}
+
+#[test]
 fn ring_mapping_is_the_guest_pages() {
     let (_xen, d, mut host, _rx) = setup(8);
     let first = d.memory.alloc_contiguous(2).unwrap();
