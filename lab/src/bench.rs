@@ -10,7 +10,9 @@
 //! back-end's tunable turning it off (indirect segments of `io/blkif.h`'s
 //! `feature-max-indirect-segments`, `feature-persistent` grants,
 //! `multi-queue-max-queues`); the feature-on case also prints on/off, its
-//! throughput over the feature-off case's.
+//! throughput over the feature-off case's. The two cases of a pair take
+//! turns repetition by repetition, so that the machine's moods fall on
+//! both alike.
 //!
 //! A benchmark, not a test: nothing here asserts a number.
 
@@ -149,7 +151,7 @@ impl BenchReport {
             .unwrap_or(0);
         let _ = writeln!(
             o,
-            "xbb-lab bench: image in {}; medians of {reps} repetitions, xbb and raw interleaved",
+            "xbb-lab bench: image in {}; medians of {reps} repetitions, xbb and raw (and a pair's two cases) interleaved",
             self.dir
         );
         let _ = writeln!(
@@ -483,33 +485,104 @@ fn run_in(opts: &BenchOptions, dir: &Path, image: &Path) -> Result<BenchReport, 
         cases: Vec::new(),
     };
     let reps = opts.reps.unwrap_or(DEFAULT_REPS).max(1);
-    // Reads check that the data is zero: written data is zeroed again first.
-    let mut dirty = false;
     let all: Vec<&Case> = CASES.iter().chain(QUEUE_CASES.iter()).collect();
     let picked = |c: &Case| opts.cases.is_empty() || opts.cases.iter().any(|w| c.name.contains(w));
     let wanted =
         |c: &Case| picked(c) || all.iter().any(|o| picked(o) && o.baseline == Some(c.name));
-    for case in all.iter().copied().filter(|c| wanted(c)) {
-        let ops = opts.ops.unwrap_or(case.default_ops).max(1);
-        if case.read && dirty {
-            fill_zeros(image, IMAGE_SIZE).map_err(|e| format!("{}: {e}", image.display()))?;
-            dirty = false;
+    let chosen: Vec<&Case> = all.iter().copied().filter(|c| wanted(c)).collect();
+    let mut zeros = Zeros {
+        image,
+        dirty: false,
+    };
+    let mut i = 0;
+    while i < chosen.len() {
+        // A feature case follows its baseline: the two run as one unit.
+        let n = if chosen
+            .get(i + 1)
+            .is_some_and(|c| c.baseline == Some(chosen[i].name))
+        {
+            2
+        } else {
+            1
+        };
+        for mut r in run_unit(&chosen[i..i + n], opts, reps, &mut zeros)? {
+            if let Some(b) = r.baseline.as_deref() {
+                r.feature_ratio = report
+                    .cases
+                    .iter()
+                    .find(|c| c.name == b && c.error.is_none())
+                    .filter(|c| c.xbb.mib_s() > 0.0 && r.error.is_none())
+                    .map(|c| r.xbb.mib_s() / c.xbb.mib_s());
+            }
+            if opts.progress {
+                eprintln!(
+                    "[xbb-lab bench] {}: xbb {:.1} MiB/s, raw {:.1} MiB/s, ratio {:.2}",
+                    r.name,
+                    r.xbb.mib_s(),
+                    r.raw.mib_s(),
+                    r.ratio()
+                );
+            }
+            report.cases.push(r);
         }
-        dirty |= !case.read;
+        i += n;
+    }
+    Ok(report)
+}
+
+/// The image's zeros: reads check that the data is zero, so what a write
+/// case wrote is zeroed again before the next read case.
+struct Zeros<'a> {
+    image: &'a Path,
+    dirty: bool,
+}
+
+impl Zeros<'_> {
+    /// Before a run of `case`.
+    fn before(&mut self, case: &Case) -> Result<(), String> {
+        if case.read && self.dirty {
+            fill_zeros(self.image, IMAGE_SIZE)
+                .map_err(|e| format!("{}: {e}", self.image.display()))?;
+            self.dirty = false;
+        }
+        self.dirty |= !case.read;
+        Ok(())
+    }
+}
+
+/// Runs `unit` (a case, or a baseline and its feature case) `reps` times.
+/// Every side of every case takes turns (xbb, raw, the next case's xbb,
+/// raw, ..., then the next repetition), so that what else the machine does
+/// falls on all of them alike, the on/off ratio included; each side's
+/// median repetition is the result.
+fn run_unit(
+    unit: &[&Case],
+    opts: &BenchOptions,
+    reps: usize,
+    zeros: &mut Zeros<'_>,
+) -> Result<Vec<CaseResult>, String> {
+    let mut results: Vec<(CaseResult, Vec<Measure>, Vec<Measure>)> = Vec::new();
+    for case in unit {
         if opts.progress {
             eprintln!("[xbb-lab bench] {}: {} ...", case.name, case.what);
         }
-        let mut r = CaseResult {
+        let r = CaseResult {
             name: case.name.to_string(),
             what: case.what.to_string(),
             queue_depth: case.queue_depth,
+            baseline: case.baseline.map(str::to_string),
             ..CaseResult::default()
         };
-        // The two sides take turns, so that what else the machine does
-        // falls on both; each side's median repetition is the result.
-        let (mut xbb_runs, mut raw_runs) = (Vec::new(), Vec::new());
-        for _ in 0..reps {
-            match run_xbb(case, image, ops, opts.duration) {
+        results.push((r, Vec::new(), Vec::new()));
+    }
+    for _ in 0..reps {
+        for (case, (r, xbb_runs, raw_runs)) in unit.iter().zip(results.iter_mut()) {
+            if r.error.is_some() {
+                continue;
+            }
+            let ops = opts.ops.unwrap_or(case.default_ops).max(1);
+            zeros.before(case)?;
+            match run_xbb(case, zeros.image, ops, opts.duration) {
                 Ok((m, received, dispatched, negotiated)) => {
                     r.negotiated = negotiated;
                     r.requests = received;
@@ -522,37 +595,24 @@ fn run_in(opts: &BenchOptions, dir: &Path, image: &Path) -> Result<BenchReport, 
                 }
                 Err(e) => {
                     r.error = Some(e);
-                    break;
+                    continue;
                 }
             }
-            raw_runs
-                .push(run_raw(case, image, ops, opts.duration).map_err(|e| format!("raw: {e}"))?);
-        }
-        r.xbb_runs = xbb_runs.iter().map(Measure::mib_s).collect();
-        r.raw_runs = raw_runs.iter().map(Measure::mib_s).collect();
-        r.xbb = median(xbb_runs);
-        r.raw = median(raw_runs);
-        if let Some(b) = case.baseline {
-            r.baseline = Some(b.to_string());
-            r.feature_ratio = report
-                .cases
-                .iter()
-                .find(|c| c.name == b && c.error.is_none())
-                .filter(|c| c.xbb.mib_s() > 0.0 && r.error.is_none())
-                .map(|c| r.xbb.mib_s() / c.xbb.mib_s());
-        }
-        if opts.progress {
-            eprintln!(
-                "[xbb-lab bench] {}: xbb {:.1} MiB/s, raw {:.1} MiB/s, ratio {:.2}",
-                case.name,
-                r.xbb.mib_s(),
-                r.raw.mib_s(),
-                r.ratio()
+            raw_runs.push(
+                run_raw(case, zeros.image, ops, opts.duration).map_err(|e| format!("raw: {e}"))?,
             );
         }
-        report.cases.push(r);
     }
-    Ok(report)
+    Ok(results
+        .into_iter()
+        .map(|(mut r, xbb_runs, raw_runs)| {
+            r.xbb_runs = xbb_runs.iter().map(Measure::mib_s).collect();
+            r.raw_runs = raw_runs.iter().map(Measure::mib_s).collect();
+            r.xbb = median(xbb_runs);
+            r.raw = median(raw_runs);
+            r
+        })
+        .collect())
 }
 
 /// The run of median throughput (the lower of the two middle ones for an
