@@ -10,7 +10,17 @@
 //! back-end's tunable turning it off (indirect segments of `io/blkif.h`'s
 //! `feature-max-indirect-segments`, `feature-persistent` grants,
 //! `multi-queue-max-queues`); the feature-on case also prints on/off, its
-//! throughput over the feature-off case's.
+//! throughput over the feature-off case's. The two cases of a pair take
+//! turns repetition by repetition, so that the machine's moods fall on
+//! both alike.
+//!
+//! The guest drives each queue from a thread of its own
+//! ([`run_workload_per_queue`]). Grants are mapped the faulting way
+//! ([`GrantMapping::Faulting`]), as in every scenario and test, except in
+//! the multi-queue pairs, which are [`GrantMapping::Premapped`] so that
+//! they measure the back-end's queues and not the simulator's mmap lock;
+//! the report names each case's mode, and [`BenchOptions::grant_mapping`]
+//! sets one for every case.
 //!
 //! A benchmark, not a test: nothing here asserts a number.
 
@@ -22,7 +32,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use std::{eprintln, format, vec};
 
-use super::frontend::{run_workload, Frontend, Profile, Workload};
+use super::frontend::{run_workload_per_queue, Frontend, Profile, Workload};
+use super::host::GrantMapping;
 use super::scenario::create_sparse_image;
 use super::store::StoreKind;
 use super::world::{VbdConfig, World};
@@ -47,6 +58,9 @@ pub struct BenchOptions {
     /// (xbb, raw, xbb, raw, ...); each side's median is reported.
     /// [`DEFAULT_REPS`] when `None`.
     pub reps: Option<usize>,
+    /// How every case maps grants, instead of its own choice (faulting,
+    /// except the multi-queue cases: premapped).
+    pub grant_mapping: Option<GrantMapping>,
 }
 
 /// Repetitions of each case unless [`BenchOptions::reps`] says otherwise.
@@ -111,6 +125,10 @@ pub struct CaseResult {
     pub baseline: Option<String>,
     /// Throughput of this case over its `baseline`'s (xbb side).
     pub feature_ratio: Option<f64>,
+    /// How the simulated host mapped grants ([`GrantMapping::name`]).
+    pub grant_mapping: String,
+    /// Threads the guest drove its queues from (one per queue).
+    pub frontend_threads: u32,
     /// Why the xbb side failed, if it did.
     pub error: Option<String>,
 }
@@ -126,6 +144,24 @@ impl CaseResult {
         }
     }
 }
+
+/// What the report says of a case run with [`GrantMapping::Faulting`].
+const FAULTING_NOTE: &str = "\
+grants faulting: each grant map is an mmap of the guest's frame into the back-end's window
+  and each unmap a PROT_NONE mmap over it, so a stray touch faults (as in every scenario
+  and test); each takes the process's one mmap lock and shoots down the other threads' TLBs.";
+
+/// What the report says of a case run with [`GrantMapping::Premapped`].
+const PREMAPPED_NOTE: &str = "\
+grants premapped: the guest's RAM is mapped into the back-end once and a grant map only
+  does the grant table's checks (granted, to this domain, writable, frame in RAM) and
+  records the frame, so that queues are measured and not the simulator's mmap lock,
+  which serializes them where Xen's grant table would not (--grant-mapping: every case).";
+
+/// What the report says when a guest drove queues from several threads.
+const THREADS_NOTE: &str = "\
+A multi-queue guest drives each queue from a thread of its own, as blk-mq on a
+  multi-vCPU guest does, each over its own slice of the image.";
 
 /// Every case's result.
 #[derive(Clone, Debug, Default)]
@@ -149,18 +185,26 @@ impl BenchReport {
             .unwrap_or(0);
         let _ = writeln!(
             o,
-            "xbb-lab bench: image in {}; medians of {reps} repetitions, xbb and raw interleaved",
+            "xbb-lab bench: image in {}; medians of {reps} repetitions, xbb and raw (and a pair's two cases) interleaved",
             self.dir
         );
         let _ = writeln!(
             o,
-            "{:<26} {:>3} {:>10} {:>10} {:>10} {:>10} {:>8} {:>7}  total_dispatch per request",
-            "case", "QD", "xbb MiB/s", "xbb IOPS", "raw MiB/s", "raw IOPS", "xbb/raw", "on/off"
+            "{:<26} {:>3} {:>10} {:>10} {:>10} {:>10} {:>8} {:>7} {:>9}  total_dispatch per request",
+            "case",
+            "QD",
+            "xbb MiB/s",
+            "xbb IOPS",
+            "raw MiB/s",
+            "raw IOPS",
+            "xbb/raw",
+            "on/off",
+            "grants"
         );
         for c in &self.cases {
             let _ = writeln!(
                 o,
-                "{:<26} {:>3} {:>10.1} {:>10.0} {:>10.1} {:>10.0} {:>8.2} {:>7}  {:.3} ({} requests)",
+                "{:<26} {:>3} {:>10.1} {:>10.0} {:>10.1} {:>10.0} {:>8.2} {:>7} {:>9}  {:.3} ({} requests)",
                 c.name,
                 c.queue_depth,
                 c.xbb.mib_s(),
@@ -170,6 +214,7 @@ impl BenchReport {
                 c.ratio(),
                 c.feature_ratio
                     .map_or_else(|| String::from("-"), |r| format!("{r:.2}")),
+                c.grant_mapping,
                 c.dispatch_per_request,
                 c.requests
             );
@@ -203,6 +248,17 @@ impl BenchReport {
                 );
             }
         }
+        let _ = writeln!(o);
+        let used = |m: GrantMapping| self.cases.iter().any(|c| c.grant_mapping == m.name());
+        if used(GrantMapping::Faulting) {
+            let _ = writeln!(o, "{FAULTING_NOTE}");
+        }
+        if used(GrantMapping::Premapped) {
+            let _ = writeln!(o, "{PREMAPPED_NOTE}");
+        }
+        if self.cases.iter().any(|c| c.frontend_threads > 1) {
+            let _ = writeln!(o, "{THREADS_NOTE}");
+        }
         o
     }
 
@@ -232,6 +288,8 @@ impl BenchReport {
                 "requests": c.requests,
                 "baseline": c.baseline,
                 "negotiated": c.negotiated,
+                "grant_mapping": c.grant_mapping,
+                "frontend_threads": c.frontend_threads,
                 "feature_ratio": c.feature_ratio,
                 "error": c.error,
             })).collect::<Vec<_>>(),
@@ -284,6 +342,8 @@ struct Case {
     default_ops: u64,
     /// The front-end uses persistent grants (whatever its profile says).
     persistent: Option<bool>,
+    /// How the simulated host maps grants.
+    grants: GrantMapping,
 }
 
 const PLAIN: Case = Case {
@@ -299,6 +359,7 @@ const PLAIN: Case = Case {
     baseline: None,
     default_ops: 20000,
     persistent: None,
+    grants: GrantMapping::Faulting,
 };
 
 /// 44 KiB sequential writes from a legacy front-end: the coalescing pair.
@@ -405,13 +466,25 @@ const CASES: [Case; 11] = [
 ];
 
 /// The multi-queue pairs (a separate table: the two sides differ in their
-/// front-end's per-queue depth). The second pair's front-end uses
-/// persistent grants: in this simulator a grant mapping is an `mmap` and an
-/// unmapping a `munmap` of the one process's address space, which take its
-/// lock and shoot down the TLBs of every CPU running its threads, so with a
-/// map and an unmap per request the queues' threads mostly wait for each
-/// other in the simulated grant table rather than in xbb (xbb.ko maps with
-/// a hypercall per batch and no such lock).
+/// front-end's per-queue depth), without and with persistent grants.
+/// They measure whether the back-end's queues serve in parallel, so the
+/// simulator's own serial parts are kept out of them:
+///
+/// - The guest drives each queue from a thread of its own, as blk-mq on a
+///   multi-vCPU Linux guest does, each over its own slice of the image
+///   (one guest thread for four rings made every request cross it).
+/// - Grants are [`GrantMapping::Premapped`]: the guest's RAM is mapped
+///   into the back-end once and a grant map is the grant table's checks
+///   and a note of the frame. With [`GrantMapping::Faulting`] each map is
+///   an `mmap` of the guest's memory file and each unmap another, each
+///   taking the process's one mmap lock for writing and shooting down
+///   the TLBs of the CPUs running its other threads, so that the queues'
+///   threads mostly waited for each other in the simulated grant table
+///   (half of all samples without persistent grants), where xbb.ko maps
+///   with a hypercall per batch and no such lock. What the premapped mode
+///   gives up is only the fault of a stray touch outside a live mapping,
+///   which every scenario and test still catch; `--grant-mapping
+///   faulting` measures the pairs the old way.
 const QUEUE_CASES: [Case; 4] = [
     Case {
         name: "4k-randread-1queue",
@@ -419,6 +492,7 @@ const QUEUE_CASES: [Case; 4] = [
         profile: "multiqueue",
         tunables: &[(Tunable::MaxQueues, 1)],
         default_ops: 100_000,
+        grants: GrantMapping::Premapped,
         ..PLAIN
     },
     Case {
@@ -428,6 +502,7 @@ const QUEUE_CASES: [Case; 4] = [
         fe_queue_depth: 8,
         baseline: Some("4k-randread-1queue"),
         default_ops: 100_000,
+        grants: GrantMapping::Premapped,
         ..PLAIN
     },
     Case {
@@ -437,6 +512,7 @@ const QUEUE_CASES: [Case; 4] = [
         tunables: &[(Tunable::MaxQueues, 1)],
         default_ops: 100_000,
         persistent: Some(true),
+        grants: GrantMapping::Premapped,
         ..PLAIN
     },
     Case {
@@ -447,6 +523,7 @@ const QUEUE_CASES: [Case; 4] = [
         baseline: Some("4k-randread-persistent-1queue"),
         default_ops: 100_000,
         persistent: Some(true),
+        grants: GrantMapping::Premapped,
         ..PLAIN
     },
 ];
@@ -483,76 +560,138 @@ fn run_in(opts: &BenchOptions, dir: &Path, image: &Path) -> Result<BenchReport, 
         cases: Vec::new(),
     };
     let reps = opts.reps.unwrap_or(DEFAULT_REPS).max(1);
-    // Reads check that the data is zero: written data is zeroed again first.
-    let mut dirty = false;
     let all: Vec<&Case> = CASES.iter().chain(QUEUE_CASES.iter()).collect();
     let picked = |c: &Case| opts.cases.is_empty() || opts.cases.iter().any(|w| c.name.contains(w));
     let wanted =
         |c: &Case| picked(c) || all.iter().any(|o| picked(o) && o.baseline == Some(c.name));
-    for case in all.iter().copied().filter(|c| wanted(c)) {
-        let ops = opts.ops.unwrap_or(case.default_ops).max(1);
-        if case.read && dirty {
-            fill_zeros(image, IMAGE_SIZE).map_err(|e| format!("{}: {e}", image.display()))?;
-            dirty = false;
+    let chosen: Vec<&Case> = all.iter().copied().filter(|c| wanted(c)).collect();
+    let mut zeros = Zeros {
+        image,
+        dirty: false,
+    };
+    let mut i = 0;
+    while i < chosen.len() {
+        // A feature case follows its baseline: the two run as one unit.
+        let n = if chosen
+            .get(i + 1)
+            .is_some_and(|c| c.baseline == Some(chosen[i].name))
+        {
+            2
+        } else {
+            1
+        };
+        for mut r in run_unit(&chosen[i..i + n], opts, reps, &mut zeros)? {
+            if let Some(b) = r.baseline.as_deref() {
+                r.feature_ratio = report
+                    .cases
+                    .iter()
+                    .find(|c| c.name == b && c.error.is_none())
+                    .filter(|c| c.xbb.mib_s() > 0.0 && r.error.is_none())
+                    .map(|c| r.xbb.mib_s() / c.xbb.mib_s());
+            }
+            if opts.progress {
+                eprintln!(
+                    "[xbb-lab bench] {}: xbb {:.1} MiB/s, raw {:.1} MiB/s, ratio {:.2}",
+                    r.name,
+                    r.xbb.mib_s(),
+                    r.raw.mib_s(),
+                    r.ratio()
+                );
+            }
+            report.cases.push(r);
         }
-        dirty |= !case.read;
+        i += n;
+    }
+    Ok(report)
+}
+
+/// The image's zeros: reads check that the data is zero, so what a write
+/// case wrote is zeroed again before the next read case.
+struct Zeros<'a> {
+    image: &'a Path,
+    dirty: bool,
+}
+
+impl Zeros<'_> {
+    /// Before a run of `case`.
+    fn before(&mut self, case: &Case) -> Result<(), String> {
+        if case.read && self.dirty {
+            fill_zeros(self.image, IMAGE_SIZE)
+                .map_err(|e| format!("{}: {e}", self.image.display()))?;
+            self.dirty = false;
+        }
+        self.dirty |= !case.read;
+        Ok(())
+    }
+}
+
+/// Runs `unit` (a case, or a baseline and its feature case) `reps` times.
+/// Every side of every case takes turns (xbb, raw, the next case's xbb,
+/// raw, ..., then the next repetition), so that what else the machine does
+/// falls on all of them alike, the on/off ratio included; each side's
+/// median repetition is the result.
+fn run_unit(
+    unit: &[&Case],
+    opts: &BenchOptions,
+    reps: usize,
+    zeros: &mut Zeros<'_>,
+) -> Result<Vec<CaseResult>, String> {
+    let mut results: Vec<(CaseResult, Vec<Measure>, Vec<Measure>)> = Vec::new();
+    for case in unit {
         if opts.progress {
             eprintln!("[xbb-lab bench] {}: {} ...", case.name, case.what);
         }
-        let mut r = CaseResult {
+        let grants = opts.grant_mapping.unwrap_or(case.grants);
+        let r = CaseResult {
             name: case.name.to_string(),
             what: case.what.to_string(),
             queue_depth: case.queue_depth,
+            baseline: case.baseline.map(str::to_string),
+            grant_mapping: grants.name().to_string(),
             ..CaseResult::default()
         };
-        // The two sides take turns, so that what else the machine does
-        // falls on both; each side's median repetition is the result.
-        let (mut xbb_runs, mut raw_runs) = (Vec::new(), Vec::new());
-        for _ in 0..reps {
-            match run_xbb(case, image, ops, opts.duration) {
-                Ok((m, received, dispatched, negotiated)) => {
-                    r.negotiated = negotiated;
-                    r.requests = received;
-                    r.dispatch_per_request = if received > 0 {
-                        dispatched as f64 / received as f64
+        results.push((r, Vec::new(), Vec::new()));
+    }
+    for _ in 0..reps {
+        for (case, (r, xbb_runs, raw_runs)) in unit.iter().zip(results.iter_mut()) {
+            if r.error.is_some() {
+                continue;
+            }
+            let ops = opts.ops.unwrap_or(case.default_ops).max(1);
+            let grants = opts.grant_mapping.unwrap_or(case.grants);
+            zeros.before(case)?;
+            match run_xbb(case, grants, zeros.image, ops, opts.duration) {
+                Ok(x) => {
+                    r.negotiated = x.negotiated;
+                    r.frontend_threads = x.threads;
+                    r.requests = x.received;
+                    r.dispatch_per_request = if x.received > 0 {
+                        x.dispatched as f64 / x.received as f64
                     } else {
                         0.0
                     };
-                    xbb_runs.push(m);
+                    xbb_runs.push(x.measure);
                 }
                 Err(e) => {
                     r.error = Some(e);
-                    break;
+                    continue;
                 }
             }
-            raw_runs
-                .push(run_raw(case, image, ops, opts.duration).map_err(|e| format!("raw: {e}"))?);
-        }
-        r.xbb_runs = xbb_runs.iter().map(Measure::mib_s).collect();
-        r.raw_runs = raw_runs.iter().map(Measure::mib_s).collect();
-        r.xbb = median(xbb_runs);
-        r.raw = median(raw_runs);
-        if let Some(b) = case.baseline {
-            r.baseline = Some(b.to_string());
-            r.feature_ratio = report
-                .cases
-                .iter()
-                .find(|c| c.name == b && c.error.is_none())
-                .filter(|c| c.xbb.mib_s() > 0.0 && r.error.is_none())
-                .map(|c| r.xbb.mib_s() / c.xbb.mib_s());
-        }
-        if opts.progress {
-            eprintln!(
-                "[xbb-lab bench] {}: xbb {:.1} MiB/s, raw {:.1} MiB/s, ratio {:.2}",
-                case.name,
-                r.xbb.mib_s(),
-                r.raw.mib_s(),
-                r.ratio()
+            raw_runs.push(
+                run_raw(case, zeros.image, ops, opts.duration).map_err(|e| format!("raw: {e}"))?,
             );
         }
-        report.cases.push(r);
     }
-    Ok(report)
+    Ok(results
+        .into_iter()
+        .map(|(mut r, xbb_runs, raw_runs)| {
+            r.xbb_runs = xbb_runs.iter().map(Measure::mib_s).collect();
+            r.raw_runs = raw_runs.iter().map(Measure::mib_s).collect();
+            r.xbb = median(xbb_runs);
+            r.raw = median(raw_runs);
+            r
+        })
+        .collect())
 }
 
 /// The run of median throughput (the lower of the two middle ones for an
@@ -576,13 +715,27 @@ fn fill_zeros(path: &Path, size: u64) -> std::io::Result<()> {
     f.sync_all()
 }
 
-/// The xbb side: returns the measure, `reqs_received` and `total_dispatch`.
+/// What one run of the xbb side measured and found.
+struct XbbRun {
+    measure: Measure,
+    /// `reqs_received`.
+    received: u64,
+    /// `total_dispatch`.
+    dispatched: u64,
+    /// What the two ends negotiated.
+    negotiated: String,
+    /// Threads the guest drove its queues from.
+    threads: u32,
+}
+
+/// The xbb side, its grants mapped the `grants` way.
 fn run_xbb(
     case: &Case,
+    grants: GrantMapping,
     image: &Path,
     ops: u64,
     duration: Option<Duration>,
-) -> Result<(Measure, u64, u64, String), String> {
+) -> Result<XbbRun, String> {
     let world = World::new();
     world
         .add_guest(1, 8192)
@@ -596,6 +749,7 @@ fn run_xbb(
     let cfg = VbdConfig {
         kind: StoreKind::File,
         tunables,
+        grant_mapping: grants,
         ..VbdConfig::file(1, image)
     };
     let vbd = world.create_vbd(&cfg).map_err(|e| format!("vbd: {e}"))?;
@@ -624,7 +778,7 @@ fn run_xbb(
     let mut m = Measure::default();
     let start = Instant::now();
     loop {
-        let r = run_workload(&mut fe, &wl).map_err(|e| e.to_string())?;
+        let r = run_workload_per_queue(&mut fe, &wl).map_err(|e| e.to_string())?;
         if r.error_responses > 0 || r.mismatches > 0 {
             return Err(format!(
                 "{} error responses, {} mismatched sectors",
@@ -644,12 +798,14 @@ fn run_xbb(
     let _ = fe.disconnect();
     drop(fe);
     let _ = world.shutdown();
-    Ok((
-        m,
-        stats.get(Stat::ReqsReceived),
-        stats.get(Stat::TotalDispatch),
+    Ok(XbbRun {
+        measure: m,
+        received: stats.get(Stat::ReqsReceived),
+        dispatched: stats.get(Stat::TotalDispatch),
         negotiated,
-    ))
+        // run_workload_per_queue: a thread per queue.
+        threads: info.queues,
+    })
 }
 
 /// The raw side: `queue_depth` threads issue `pread`/`pwrite` directly on

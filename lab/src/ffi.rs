@@ -172,6 +172,12 @@ impl SharedMapping {
         self.len
     }
 
+    /// The process address of byte 0 (for I/O into the mapping that the
+    /// kernel carries out, e.g. a store's `preadv`).
+    pub fn base(&self) -> usize {
+        self.base.as_ptr() as usize
+    }
+
     /// Whether the mapping is empty (never, once created).
     pub fn is_empty(&self) -> bool {
         self.len == 0

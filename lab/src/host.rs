@@ -14,7 +14,14 @@
 //!   write through a read-only mapping faults. Each queue maps into its own
 //!   share of the window from its own thread (the page table is atomic, each
 //!   page's record has its own lock, never contended). Each ring gets its
-//!   own reservation.
+//!   own reservation. That is [`GrantMapping::Faulting`], the default of
+//!   every scenario and test. For benchmarks, [`GrantMapping::Premapped`]
+//!   maps the guest's whole RAM into the back-end once and makes a grant
+//!   map only the grant table's checks and a note of where the frame lies:
+//!   each `mmap` takes the process's one mmap lock and shoots down the
+//!   other threads' TLBs, which serializes the queues' threads here as
+//!   Xen's grant table would not. I/O over unmapped or (for a store that
+//!   writes into guest memory) read-only pages is refused in both modes.
 //! - Event channels (`event_channel.h`): the shared [`EventHub`]; a kick
 //!   from the front-end is posted to its queue's [`Gate`]
 //!   ([`Work::EVENT`]), late EOI kept per channel ([`EoiState`]).
@@ -46,11 +53,11 @@ use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::{JoinHandle, Thread};
 
 use super::evtchn::EventHub;
-use super::ffi::{PageState, Reservation};
+use super::ffi::{PageState, Reservation, SharedMapping};
 use super::gnttab::GrantTable;
 use super::memory::GuestMemory;
 use super::store::{
@@ -205,6 +212,9 @@ pub struct SimHostConfig {
     /// Keep in-flight journals as files in this directory, as xbb-serve
     /// does in `/run/xbb-serve` (none: no journal, as the kernel).
     pub journal_dir: Option<std::path::PathBuf>,
+    /// How grants are mapped into the data window (rings are always
+    /// mapped the faulting way).
+    pub grant_mapping: GrantMapping,
 }
 
 /// Counters and state of one [`SimHost`], for tests and `xbb-lab`.
@@ -346,15 +356,148 @@ struct WindowMap {
     handle: GrantHandle,
 }
 
-/// The data window: one reservation, and the grant behind each mapped page.
+/// How the data window makes a granted frame reachable: the simulated
+/// `GNTTABOP_map_grant_ref` (`grant_table.h`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GrantMapping {
+    /// Each map really maps the guest frame at its window page (`mmap`
+    /// with `MAP_FIXED` of one page of the guest's memfd into a `PROT_NONE`
+    /// reservation, read-only when the grant or the operation is) and each
+    /// unmap puts `PROT_NONE` back, so a back-end that touches a window
+    /// page outside a live mapping, or writes through a read-only one,
+    /// faults. The default, for every scenario and test.
+    #[default]
+    Faulting,
+    /// For benchmarks: the guest's whole RAM is mapped into the back-end
+    /// once (at the first map), and a map only does the grant table's
+    /// checks (the grant exists, is granted to this domain, is not
+    /// read-only for a writable map, names a frame of the guest's RAM;
+    /// injected failures too) and records where the frame lies in that
+    /// view; an I/O over the window is still refused unless every page is
+    /// mapped, and writable when the store writes into it. What is lost is
+    /// only the fault of a stray touch. The reason: each `mmap` of
+    /// [`GrantMapping::Faulting`] takes the process's one mmap lock for
+    /// writing and shoots down the TLBs of every CPU running its threads,
+    /// which serializes the queues' threads in the simulator, where Xen's
+    /// grant table would not.
+    Premapped,
+}
+
+impl GrantMapping {
+    /// `faulting` or `premapped`.
+    pub fn name(self) -> &'static str {
+        match self {
+            GrantMapping::Faulting => "faulting",
+            GrantMapping::Premapped => "premapped",
+        }
+    }
+
+    /// The mode named `name` ([`GrantMapping::name`]).
+    pub fn by_name(name: &str) -> Option<GrantMapping> {
+        match name {
+            "faulting" => Some(GrantMapping::Faulting),
+            "premapped" => Some(GrantMapping::Premapped),
+            _ => None,
+        }
+    }
+}
+
+/// A premapped window page's state: 0 when unmapped, else the frame
+/// (plus one) shifted left by one, and whether it is mapped writable.
+fn premapped_code(gfn: u64, writable: bool) -> Option<u64> {
+    let v = gfn.checked_add(1)?.checked_mul(2)?;
+    Some(v | u64::from(writable))
+}
+
+/// The frame and writability a premapped page's state says, `None` when
+/// unmapped.
+fn premapped_page(code: u64) -> Option<(u64, bool)> {
+    let gfn_plus_1 = code >> 1;
+    (gfn_plus_1 > 0).then(|| (gfn_plus_1 - 1, code & 1 == 1))
+}
+
+/// The window pages of [`GrantMapping::Premapped`]: what each holds, and
+/// the guest RAM they point into.
+#[derive(Debug)]
+struct Premap {
+    /// The guest whose RAM the window maps (bound at its first map: an
+    /// instance serves one front-end) and the back-end's view of all of it.
+    view: OnceLock<(DomId, SharedMapping)>,
+    /// Each page's [`premapped_code`].
+    pages: Vec<AtomicU64>,
+}
+
+impl Premap {
+    /// The back-end's view of `d`'s RAM, made at the first call; `None`
+    /// when the window is bound to another domain or the view cannot be
+    /// made.
+    fn view_of(&self, d: &Domain) -> Option<&SharedMapping> {
+        let dom = d.memory.domid();
+        if self.view.get().is_none() {
+            let m = d.memory.backend_view().ok()?;
+            // A racing first map may have set it: one of the two wins,
+            // the other view goes unused.
+            let _ = self.view.set((dom, m));
+        }
+        self.view.get().filter(|(d, _)| *d == dom).map(|(_, m)| m)
+    }
+}
+
+/// What backs the window's pages, by [`GrantMapping`].
+#[derive(Debug)]
+enum Frames {
+    /// [`GrantMapping::Faulting`]: address space of its own, each grant
+    /// mapped at its page.
+    Faulting(Reservation),
+    /// [`GrantMapping::Premapped`].
+    Premapped(Premap),
+}
+
+/// The data window: its pages, and the grant behind each mapped page.
 /// Queue threads map and unmap pages of their own shares concurrently.
 #[derive(Debug)]
 struct Window {
-    res: Reservation,
+    frames: Frames,
     maps: Vec<Mutex<Option<WindowMap>>>,
 }
 
 impl Window {
+    /// A window of `n` pages, mapped the `how` way.
+    fn new(n: usize, how: GrantMapping) -> io::Result<Window> {
+        let mut maps = Vec::new();
+        maps.try_reserve_exact(n)
+            .map_err(|_| io::Error::from_raw_os_error(libc::ENOMEM))?;
+        maps.resize_with(n, || Mutex::new(None));
+        let frames = match how {
+            GrantMapping::Faulting => Frames::Faulting(Reservation::new(n)?),
+            GrantMapping::Premapped => {
+                let mut pages = Vec::new();
+                pages
+                    .try_reserve_exact(n)
+                    .map_err(|_| io::Error::from_raw_os_error(libc::ENOMEM))?;
+                pages.resize_with(n, || AtomicU64::new(0));
+                Frames::Premapped(Premap {
+                    view: OnceLock::new(),
+                    pages,
+                })
+            }
+        };
+        Ok(Window { frames, maps })
+    }
+
+    /// The number of pages.
+    fn pages(&self) -> usize {
+        self.maps.len()
+    }
+
+    /// The reservation of a faulting window.
+    fn reservation(&self) -> Option<&Reservation> {
+        match &self.frames {
+            Frames::Faulting(r) => Some(r),
+            Frames::Premapped(_) => None,
+        }
+    }
+
     fn slot(&self, page: usize) -> Option<MutexGuard<'_, Option<WindowMap>>> {
         self.maps.get(page).map(locked)
     }
@@ -372,12 +515,25 @@ impl Window {
         if slot.is_some() {
             return Err(GrantError::General);
         }
+        // The grant table's checks, in either mode.
         let (gfn, handle) = d.grants.map(op.gref, backend_dom, op.readonly)?;
-        if self
-            .res
-            .map_frame_at(page, d.memory.memfd(), gfn, !op.readonly)
-            .is_err()
-        {
+        let placed = match &self.frames {
+            Frames::Faulting(res) => res
+                .map_frame_at(page, d.memory.memfd(), gfn, !op.readonly)
+                .is_ok(),
+            Frames::Premapped(pm) => {
+                match (pm.view_of(d), premapped_code(gfn, !op.readonly)) {
+                    (Some(_), Some(code)) => {
+                        // Release: whoever sees the page mapped sees the
+                        // view bound.
+                        pm.pages[page].store(code, Ordering::Release);
+                        true
+                    }
+                    _ => false,
+                }
+            }
+        };
+        if !placed {
             let _ = d.grants.unmap(handle);
             return Err(GrantError::General);
         }
@@ -400,47 +556,81 @@ impl Window {
             _ => return false,
         }
         if let Some(m) = slot.take() {
-            let _ = self.res.unmap_frame_at(page);
+            match &self.frames {
+                Frames::Faulting(res) => {
+                    let _ = res.unmap_frame_at(page);
+                }
+                Frames::Premapped(pm) => pm.pages[page].store(0, Ordering::Release),
+            }
             let _ = m.table.unmap(m.handle);
             counters.window_mapped.fetch_sub(1, Ordering::Relaxed);
         }
         true
     }
-}
 
-/// The process addresses of window pieces `iov`, when each lies on pages
-/// of `window` mapped as the I/O needs them (`writes_memory`: the store
-/// writes into them, a guest READ).
-fn resolve(
-    window: Option<&Reservation>,
-    iov: &[IoVec],
-    writes_memory: bool,
-) -> Option<Vec<RawIoVec>> {
-    let win = window?;
-    let mut out = Vec::new();
-    out.try_reserve_exact(iov.len()).ok()?;
-    for v in iov {
-        let end = v.window_offset.checked_add(v.len)?;
-        if end > win.len() {
-            return None;
-        }
-        if v.len > 0 {
-            let first = v.window_offset / PAGE_SIZE;
-            let last = (end - 1) / PAGE_SIZE;
-            for p in first..=last {
-                match win.page_state(p) {
-                    Some(PageState::Writable) => {}
-                    Some(PageState::ReadOnly) if !writes_memory => {}
-                    _ => return None,
+    /// The process addresses of window pieces `iov`, when each lies on
+    /// pages mapped as the I/O needs them (`writes_memory`: the store
+    /// writes into them, a guest READ). A faulting window's piece is one
+    /// range of its reservation; a premapped window's is cut at page
+    /// boundaries into ranges of the guest's RAM, contiguous ones merged.
+    fn resolve(&self, iov: &[IoVec], writes_memory: bool) -> Option<Vec<RawIoVec>> {
+        let mut out = Vec::new();
+        out.try_reserve_exact(iov.len()).ok()?;
+        for v in iov {
+            let end = v.window_offset.checked_add(v.len)?;
+            if end > self.pages() * PAGE_SIZE {
+                return None;
+            }
+            match &self.frames {
+                Frames::Faulting(res) => {
+                    if v.len > 0 {
+                        let first = v.window_offset / PAGE_SIZE;
+                        let last = (end - 1) / PAGE_SIZE;
+                        for p in first..=last {
+                            match res.page_state(p) {
+                                Some(PageState::Writable) => {}
+                                Some(PageState::ReadOnly) if !writes_memory => {}
+                                _ => return None,
+                            }
+                        }
+                    }
+                    out.push(RawIoVec {
+                        addr: res.base() + v.window_offset,
+                        len: v.len,
+                    });
+                }
+                Frames::Premapped(pm) => {
+                    let mut off = v.window_offset;
+                    while off < end {
+                        let page = off / PAGE_SIZE;
+                        let in_page = off % PAGE_SIZE;
+                        let n = (PAGE_SIZE - in_page).min(end - off);
+                        // Acquire: pairs with the map's release.
+                        let code = pm.pages[page].load(Ordering::Acquire);
+                        let (gfn, writable) = premapped_page(code)?;
+                        if writes_memory && !writable {
+                            return None;
+                        }
+                        let (_, view) = pm.view.get()?;
+                        let at = usize::try_from(gfn)
+                            .ok()?
+                            .checked_mul(PAGE_SIZE)?
+                            .checked_add(in_page)?;
+                        if at.checked_add(n)? > view.len() {
+                            return None;
+                        }
+                        let addr = view.base() + at;
+                        match out.last_mut() {
+                            Some(last) if last.addr + last.len == addr => last.len += n,
+                            _ => out.push(RawIoVec { addr, len: n }),
+                        }
+                        off += n;
+                    }
                 }
             }
         }
-        out.push(RawIoVec {
-            addr: win.base() + v.window_offset,
-            len: v.len,
-        });
+        Some(out)
     }
-    Some(out)
 }
 
 /// A completion waiting for its queue's thread.
@@ -658,11 +848,7 @@ impl SimHost {
     pub fn stats(&self) -> SimHostStats {
         let c = &self.counters;
         SimHostStats {
-            window_pages: self
-                .side
-                .window
-                .as_ref()
-                .map_or(0, |w| w.res.pages() as u32),
+            window_pages: self.side.window.as_ref().map_or(0, |w| w.pages() as u32),
             window_mapped: read(&c.window_mapped) as u32,
             ring_pages: self.rings.iter().map(|(_, r)| r.res.pages() as u32).sum(),
             evtchn_port: self.side.ports.first().map(|p| p.1),
@@ -695,16 +881,19 @@ impl SimHost {
         }
     }
 
-    /// The process address of data-window page 0, while a window is reserved.
+    /// The process address of data-window page 0, while a window is
+    /// reserved ([`GrantMapping::Faulting`] only: a premapped window has
+    /// no address range of its own).
     pub fn window_base(&self) -> Option<usize> {
-        self.side.window.as_ref().map(|w| w.res.base())
+        let res = self.side.window.as_ref()?.reservation()?;
+        Some(res.base())
     }
 
     /// The process address of window byte `window_offset`, when inside the
-    /// window.
+    /// window ([`GrantMapping::Faulting`] only).
     pub fn window_addr(&self, window_offset: usize) -> Option<usize> {
-        let w = self.side.window.as_ref()?;
-        (window_offset < w.res.len()).then(|| w.res.base() + window_offset)
+        let res = self.side.window.as_ref()?.reservation()?;
+        (window_offset < res.len()).then(|| res.base() + window_offset)
     }
 
     /// A queue that came home: its thread gave it back through its box
@@ -981,13 +1170,14 @@ impl QueueHost for SimQueueHost {
         let Some(store) = self.store.as_ref() else {
             return Err(IoError::Gone);
         };
-        let window = self.window.as_ref().map(|w| &w.res);
+        let window = self.window.as_deref();
         // The RawIoVec obligation: every range is checked to lie on window
         // pages mapped with the right protection; they stay mapped (or, if
-        // the core unmapped them early, at least reserved) until the
-        // completion, because the window is never released while I/O is in
-        // flight (see window_release and Drop).
-        store.submit(tag, op, |iov, write| resolve(window, iov, write))
+        // the core unmapped them early, at least reserved; a premapped
+        // window's view of guest RAM stays mapped with the window) until
+        // the completion, because the window is never released while I/O
+        // is in flight (see window_release and Drop).
+        store.submit(tag, op, |iov, write| window?.resolve(iov, write))
     }
 
     fn schedule_run(&mut self, queue: QueueId) {
@@ -1007,12 +1197,9 @@ impl Host for SimHost {
         if self.side.window.is_some() {
             self.window_release();
         }
-        let n = pages as usize;
-        let res = Reservation::new(n).map_err(|_| GrantError::NoSpace)?;
-        let mut maps = Vec::new();
-        maps.try_reserve_exact(n).map_err(|_| GrantError::NoSpace)?;
-        maps.resize_with(n, || Mutex::new(None));
-        self.side.window = Some(Arc::new(Window { res, maps }));
+        let w =
+            Window::new(pages as usize, self.cfg.grant_mapping).map_err(|_| GrantError::NoSpace)?;
+        self.side.window = Some(Arc::new(w));
         Ok(())
     }
 

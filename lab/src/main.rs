@@ -11,6 +11,7 @@ use std::time::Duration;
 use xbb::stats::{SYSCTLS, TUNABLES, TUNABLE_PREFIX};
 use xbb_lab::bench::{self, BenchOptions, BenchReport};
 use xbb_lab::chart;
+use xbb_lab::host::GrantMapping;
 use xbb_lab::scenario::{self, Report, RunOptions, Scenario};
 use xbb_lab::soak::{self, SoakOptions, SoakReport};
 
@@ -18,7 +19,7 @@ const USAGE: &str = "\
 usage: xbb-lab [--json] [--quiet] [--dir DIR]
        xbb-lab scenario FILE... [--json] [--quiet] [--dir DIR]
        xbb-lab bench [--ops N | --seconds S] [--reps N] [--case NAME]... [--json] [--quiet]
-                     [--dir DIR] [--svg FILE]
+                     [--dir DIR] [--svg FILE] [--grant-mapping faulting|premapped]
        xbb-lab soak [--minutes N | --seconds S] [--guests N] [--seed N] [--json] [--quiet] [--dir DIR]
        xbb-lab chart --tsv FILE --svg FILE [--title TEXT]
        xbb-lab default-scenario
@@ -42,6 +43,7 @@ const COMMANDS: [(&str, &[&str]); 7] = [
             "--reps",
             "--case",
             "--svg",
+            "--grant-mapping",
         ],
     ),
     (
@@ -152,6 +154,7 @@ struct Args {
     tsv: Option<PathBuf>,
     title: Option<String>,
     cases: Vec<String>,
+    grant_mapping: Option<GrantMapping>,
     minutes: Option<f64>,
     guests: Option<usize>,
     seed: Option<u64>,
@@ -172,6 +175,13 @@ fn parse_args() -> Result<Args, String> {
             "--tsv" => a.tsv = Some(PathBuf::from(value("--tsv")?)),
             "--title" => a.title = Some(value("--title")?),
             "--case" => a.cases.push(value("--case")?),
+            "--grant-mapping" => {
+                let v = value("--grant-mapping")?;
+                a.grant_mapping =
+                    Some(GrantMapping::by_name(&v).ok_or_else(|| {
+                        format!("--grant-mapping: not faulting or premapped: {v}")
+                    })?);
+            }
             "--ops" => {
                 let v = value("--ops")?;
                 a.ops = Some(v.parse().map_err(|_| format!("--ops: not a number: {v}"))?);
@@ -435,6 +445,7 @@ fn run_bench(args: &Args) -> ExitCode {
         progress: !args.quiet,
         cases: args.cases.clone(),
         reps: args.reps,
+        grant_mapping: args.grant_mapping,
     };
     let made = bench::run(&opts).and_then(|r| {
         if let Some(path) = &args.svg {

@@ -103,6 +103,15 @@ impl GuestMemory {
         &self.inner.fd
     }
 
+    /// A mapping of the whole RAM of its own, shared and writable: what a
+    /// back-end sees when the guest's memory is mapped into its address
+    /// space at once (the bench's premapped grant mode,
+    /// [`super::host::GrantMapping::Premapped`]), rather than frame by
+    /// frame as grants are mapped.
+    pub fn backend_view(&self) -> io::Result<SharedMapping> {
+        self.inner.fd.map_all()
+    }
+
     fn offset(&self, gfn: Gfn, off: usize, len: usize) -> Result<usize, MemError> {
         if gfn >= self.inner.frames {
             return Err(MemError::OutOfRange);

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use super::backend::{BackendRunner, InstanceSnapshot, Start};
 use super::gnttab::GrantStats;
-use super::host::{Domain, SimHostConfig, SimXen};
+use super::host::{Domain, GrantMapping, SimHostConfig, SimXen};
 use super::store::{self, StoreKind, StoreOptions};
 use super::toolstack::{self, VbdPaths, VbdSpec};
 use super::TaskEvent;
@@ -58,6 +58,9 @@ pub struct VbdConfig {
     /// so that it can be restarted and taken over
     /// ([`World::restart_backend`]); none by default, as the kernel.
     pub journal_dir: Option<PathBuf>,
+    /// How the back-end's grant mappings are simulated: faulting (the
+    /// default) or, for benchmarks, premapped.
+    pub grant_mapping: GrantMapping,
 }
 
 impl VbdConfig {
@@ -76,6 +79,7 @@ impl VbdConfig {
             tunables: Tunables::default(),
             inline: false,
             journal_dir: None,
+            grant_mapping: GrantMapping::Faulting,
         }
     }
 
@@ -87,6 +91,7 @@ impl VbdConfig {
             image_is_disk: self.kind == StoreKind::Device,
             inline: self.inline,
             journal_dir: self.journal_dir.clone(),
+            grant_mapping: self.grant_mapping,
         }
     }
 }

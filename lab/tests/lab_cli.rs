@@ -304,3 +304,48 @@ fn bench_with_few_ops_prints_ratios() {
     }
     assert!(cases.iter().filter(|c| c["baseline"].is_string()).count() >= 4);
 }
+
+#[test]
+fn bench_names_each_cases_grant_mapping_and_takes_one_for_all() {
+    let grants = |extra: &[&str]| {
+        let mut args = vec!["bench", "--ops", "64", "--reps", "1", "--quiet", "--json"];
+        args.extend_from_slice(&[
+            "--case",
+            "4k-randread-4queues",
+            "--case",
+            "4k-randread-qd32",
+        ]);
+        args.extend_from_slice(extra);
+        let o = lab(&args);
+        assert!(o.status.success(), "exit {:?}", o.status);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+        v["cases"]
+            .as_array()
+            .expect("cases")
+            .iter()
+            .map(|c| {
+                let name = c["name"].as_str().unwrap_or_default().to_string();
+                let mode = c["grant_mapping"].as_str().unwrap_or_default().to_string();
+                let threads = c["frontend_threads"].as_u64().unwrap_or_default();
+                (name, mode, threads)
+            })
+            .collect::<Vec<_>>()
+    };
+    let own = |m: &str| m.to_string();
+    assert_eq!(
+        grants(&[]),
+        vec![
+            (own("4k-randread-qd32"), own("faulting"), 1),
+            (own("4k-randread-1queue"), own("premapped"), 1),
+            (own("4k-randread-4queues"), own("premapped"), 4),
+        ]
+    );
+    let all_faulting = grants(&["--grant-mapping", "faulting"]);
+    assert!(
+        all_faulting.iter().all(|(_, m, _)| m == "faulting"),
+        "{all_faulting:?}"
+    );
+    let o = lab(&["bench", "--grant-mapping", "lazy"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--grant-mapping"));
+}

@@ -17,7 +17,7 @@ use xbb_lab::backend::{BackendRunner, Start};
 use xbb_lab::evtchn::{EventHandler, EventHub};
 use xbb_lab::ffi::{read_window, write_window};
 use xbb_lab::gnttab::{GrantBusy, MapFault};
-use xbb_lab::host::{Domain, SimHost, SimHostConfig, SimXen};
+use xbb_lab::host::{Domain, GrantMapping, SimHost, SimHostConfig, SimXen};
 use xbb_lab::memory::MemError;
 use xbb_lab::toolstack::{create_vbd, destroy_vbd, remove_vbd, vdev_name, VbdSpec};
 use xbb_lab::world::{VbdConfig, VbdHandle, World};
@@ -33,6 +33,19 @@ fn q(host: &mut SimHost) -> &mut dyn QueueHost {
 }
 
 fn setup(frames: u64) -> (SimXen, Domain, SimHost, Receiver<TaskEvent>) {
+    setup_mapped(frames, GrantMapping::Faulting)
+}
+
+/// Both ways of mapping grants: what the back-end depends on (which maps
+/// succeed and fail, with which error; what I/O is refused) must not
+/// differ between them.
+const MAPPINGS: [GrantMapping; 2] = [GrantMapping::Faulting, GrantMapping::Premapped];
+
+/// [`setup`] with grants mapped the `mapping` way.
+fn setup_mapped(
+    frames: u64,
+    mapping: GrantMapping,
+) -> (SimXen, Domain, SimHost, Receiver<TaskEvent>) {
     let xen = SimXen::new();
     let d = xen
         .create_guest(GUEST, frames, "guest")
@@ -42,6 +55,7 @@ fn setup(frames: u64) -> (SimXen, Domain, SimHost, Receiver<TaskEvent>) {
     // these tests look at them (lent queues are driven through World).
     let cfg = SimHostConfig {
         inline: true,
+        grant_mapping: mapping,
         ..SimHostConfig::default()
     };
     let host = SimHost::new(&xen, cfg, tx);
@@ -215,99 +229,208 @@ fn adjacent_window_pages_form_one_buffer() {
 
 #[test]
 fn window_page_outside_window_or_busy_is_refused() {
-    let (_xen, d, mut host, _rx) = setup(8);
-    let g = d.grants.grant(0, 0, false);
-    // No window yet.
-    assert!(map1(&mut host, g, 0, false).is_err());
-    host.window_reserve(2).unwrap();
-    assert!(map1(&mut host, g, 2, false).is_err());
-    let h = map1(&mut host, g, 1, false).unwrap();
-    assert!(map1(&mut host, g, 1, false).is_err());
-    assert_eq!(d.grants.map_count(g), 1);
-    // A wrong handle is not unmapped.
-    q(&mut host).unmap_batch(&[GrantUnmapOp {
-        window_page: WindowPage(1),
-        handle: GrantHandle(h.0.wrapping_add(100)),
-    }]);
-    assert_eq!(host.stats().bad_unmaps, 1);
-    assert_eq!(d.grants.map_count(g), 1);
-    // Releasing the window with a page mapped unmaps it and says so.
-    host.window_release();
-    assert_eq!(host.stats().leaked_at_release, 1);
-    assert_eq!(d.grants.map_count(g), 0);
+    for mapping in MAPPINGS {
+        let (_xen, d, mut host, _rx) = setup_mapped(8, mapping);
+        let g = d.grants.grant(0, 0, false);
+        // No window yet.
+        assert!(map1(&mut host, g, 0, false).is_err());
+        host.window_reserve(2).unwrap();
+        assert!(map1(&mut host, g, 2, false).is_err());
+        let h = map1(&mut host, g, 1, false).unwrap();
+        assert!(map1(&mut host, g, 1, false).is_err());
+        assert_eq!(d.grants.map_count(g), 1);
+        // A wrong handle is not unmapped.
+        q(&mut host).unmap_batch(&[GrantUnmapOp {
+            window_page: WindowPage(1),
+            handle: GrantHandle(h.0.wrapping_add(100)),
+        }]);
+        assert_eq!(host.stats().bad_unmaps, 1);
+        assert_eq!(d.grants.map_count(g), 1);
+        // Releasing the window with a page mapped unmaps it and says so.
+        host.window_release();
+        assert_eq!(host.stats().leaked_at_release, 1);
+        assert_eq!(d.grants.map_count(g), 0);
+    }
 }
 
 #[test]
 fn end_access_fails_while_mapped_and_revoked_grant_cannot_be_mapped() {
-    let (_xen, d, mut host, _rx) = setup(8);
-    host.window_reserve(2).unwrap();
-    let g = d.grants.grant(3, 0, false);
-    let h = map1(&mut host, g, 0, false).unwrap();
-    assert_eq!(d.grants.end_access(g), Err(GrantBusy));
-    assert!(d.grants.is_granted(g));
-    q(&mut host).unmap_batch(&[GrantUnmapOp {
-        window_page: WindowPage(0),
-        handle: h,
-    }]);
-    assert_eq!(d.grants.end_access(g), Ok(()));
-    assert!(!d.grants.is_granted(g));
-    assert_eq!(map1(&mut host, g, 0, false), Err(GrantError::BadRef));
-    // A grant to another domain is not ours to map either.
-    let other = d.grants.grant(3, 7, false);
-    assert_eq!(map1(&mut host, other, 0, false), Err(GrantError::BadRef));
-    // Nor are reserved references.
-    assert_eq!(map1(&mut host, 0, 0, false), Err(GrantError::BadRef));
-    assert_eq!(d.grants.stats().mapped, 0);
+    for mapping in MAPPINGS {
+        let (_xen, d, mut host, _rx) = setup_mapped(8, mapping);
+        host.window_reserve(2).unwrap();
+        let g = d.grants.grant(3, 0, false);
+        let h = map1(&mut host, g, 0, false).unwrap();
+        assert_eq!(d.grants.end_access(g), Err(GrantBusy));
+        assert!(d.grants.is_granted(g));
+        q(&mut host).unmap_batch(&[GrantUnmapOp {
+            window_page: WindowPage(0),
+            handle: h,
+        }]);
+        assert_eq!(d.grants.end_access(g), Ok(()));
+        assert!(!d.grants.is_granted(g));
+        assert_eq!(map1(&mut host, g, 0, false), Err(GrantError::BadRef));
+        // A grant to another domain is not ours to map either.
+        let other = d.grants.grant(3, 7, false);
+        assert_eq!(map1(&mut host, other, 0, false), Err(GrantError::BadRef));
+        // Nor are reserved references.
+        assert_eq!(map1(&mut host, 0, 0, false), Err(GrantError::BadRef));
+        assert_eq!(d.grants.stats().mapped, 0);
+    }
 }
 
 #[test]
 fn injected_map_failures_are_reported_per_entry() {
-    let (_xen, d, mut host, _rx) = setup(8);
-    host.window_reserve(8).unwrap();
-    let g: Vec<u32> = (0..3).map(|f| d.grants.grant(f, 0, false)).collect();
-    d.grants.inject_map_failures(MapFault::Gref {
-        gref: g[1],
-        error: GrantError::NoSpace,
-    });
-    let ops: Vec<GrantMapOp> = g
-        .iter()
-        .enumerate()
-        .map(|(i, &gref)| GrantMapOp {
-            gref,
-            window_page: WindowPage(i as u32),
-            readonly: false,
-        })
-        .collect();
-    let mut res = [Err(GrantError::General); 3];
-    q(&mut host).map_batch(GUEST, &ops, &mut res);
-    assert!(res[0].is_ok());
-    assert_eq!(res[1], Err(GrantError::NoSpace));
-    assert!(res[2].is_ok());
-    assert_eq!(host.stats().window_mapped, 2);
-    let mut b = [0u8; 1];
-    assert!(read_window(host.window_addr(PAGE_SIZE).unwrap(), &mut b).is_err());
-    let unmaps: Vec<GrantUnmapOp> = [0usize, 2]
-        .iter()
-        .map(|&i| GrantUnmapOp {
-            window_page: WindowPage(i as u32),
-            handle: res[i].unwrap(),
-        })
-        .collect();
-    q(&mut host).unmap_batch(&unmaps);
+    for mapping in MAPPINGS {
+        let (_xen, d, mut host, _rx) = setup_mapped(8, mapping);
+        host.window_reserve(8).unwrap();
+        let g: Vec<u32> = (0..3).map(|f| d.grants.grant(f, 0, false)).collect();
+        d.grants.inject_map_failures(MapFault::Gref {
+            gref: g[1],
+            error: GrantError::NoSpace,
+        });
+        let ops: Vec<GrantMapOp> = g
+            .iter()
+            .enumerate()
+            .map(|(i, &gref)| GrantMapOp {
+                gref,
+                window_page: WindowPage(i as u32),
+                readonly: false,
+            })
+            .collect();
+        let mut res = [Err(GrantError::General); 3];
+        q(&mut host).map_batch(GUEST, &ops, &mut res);
+        assert!(res[0].is_ok());
+        assert_eq!(res[1], Err(GrantError::NoSpace));
+        assert!(res[2].is_ok());
+        assert_eq!(host.stats().window_mapped, 2);
+        if mapping == GrantMapping::Faulting {
+            // The failed entry's page is not mapped: touching it faults.
+            let mut b = [0u8; 1];
+            assert!(read_window(host.window_addr(PAGE_SIZE).unwrap(), &mut b).is_err());
+        }
+        let unmaps: Vec<GrantUnmapOp> = [0usize, 2]
+            .iter()
+            .map(|&i| GrantUnmapOp {
+                window_page: WindowPage(i as u32),
+                handle: res[i].unwrap(),
+            })
+            .collect();
+        q(&mut host).unmap_batch(&unmaps);
 
-    d.grants.clear_map_failures();
-    d.grants.inject_map_failures(MapFault::Next {
-        count: 1,
-        error: GrantError::General,
-    });
-    let mut res = [Err(GrantError::General); 3];
-    q(&mut host).map_batch(GUEST, &ops, &mut res);
-    assert_eq!(res[0], Err(GrantError::General));
-    assert!(res[1].is_ok() && res[2].is_ok());
+        d.grants.clear_map_failures();
+        d.grants.inject_map_failures(MapFault::Next {
+            count: 1,
+            error: GrantError::General,
+        });
+        let mut res = [Err(GrantError::General); 3];
+        q(&mut host).map_batch(GUEST, &ops, &mut res);
+        assert_eq!(res[0], Err(GrantError::General));
+        assert!(res[1].is_ok() && res[2].is_ok());
+        let s = d.grants.stats();
+        assert_eq!(s.injected_failures, 2);
+        assert_eq!(s.mapped, 2);
+        assert_eq!(host.stats().map_failures, 2);
+    }
+}
+
+#[test]
+fn a_grant_is_checked_alike_in_either_mapping() {
+    for mapping in MAPPINGS {
+        let (xen, d, mut host, _rx) = setup_mapped(8, mapping);
+        host.window_reserve(4).unwrap();
+        // A read-only grant mapped writable is denied; read-only it maps.
+        let ro = d.grants.grant(2, 0, true);
+        assert_eq!(map1(&mut host, ro, 0, false), Err(GrantError::Denied));
+        let h = map1(&mut host, ro, 0, true).expect("read-only map");
+        // A grant naming a frame beyond the guest's RAM is refused.
+        let beyond = d.grants.grant(8, 0, false);
+        assert_eq!(map1(&mut host, beyond, 1, false), Err(GrantError::General));
+        // An unknown reference, and one granted to another domain.
+        assert_eq!(map1(&mut host, 4000, 1, false), Err(GrantError::BadRef));
+        let other = d.grants.grant(3, 9, false);
+        assert_eq!(map1(&mut host, other, 1, false), Err(GrantError::BadRef));
+        // A page of another domain through the same window: a premapped
+        // window serves the one domain it first mapped.
+        let d2 = xen.create_guest(2, 8, "other").expect("second guest");
+        let g2 = d2.grants.grant(1, 0, false);
+        let mut r = [Err(GrantError::General)];
+        q(&mut host).map_batch(
+            2,
+            &[GrantMapOp {
+                gref: g2,
+                window_page: WindowPage(2),
+                readonly: false,
+            }],
+            &mut r,
+        );
+        match mapping {
+            GrantMapping::Faulting => {
+                let h2 = r[0].expect("another domain's grant");
+                q(&mut host).unmap_batch(&[GrantUnmapOp {
+                    window_page: WindowPage(2),
+                    handle: h2,
+                }]);
+                assert!(host.window_addr(0).is_some());
+            }
+            GrantMapping::Premapped => {
+                assert_eq!(r[0], Err(GrantError::General));
+                assert_eq!(host.window_addr(0), None);
+            }
+        }
+        assert_eq!(d2.grants.stats().mapped, 0, "{mapping:?}");
+        q(&mut host).unmap_batch(&[GrantUnmapOp {
+            window_page: WindowPage(0),
+            handle: h,
+        }]);
+        let s = host.stats();
+        assert_eq!((s.window_mapped, s.bad_unmaps), (0, 0), "{mapping:?}");
+        assert_eq!(d.grants.stats().mapped, 0, "{mapping:?}");
+        assert_eq!(
+            s.map_failures,
+            4 + u64::from(mapping == GrantMapping::Premapped)
+        );
+    }
+}
+
+#[test]
+fn the_grant_table_serves_threads_at_once() {
+    let (_xen, d, _host, _rx) = setup(64);
+    let per_thread = 2000u32;
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let g = d.grants.clone();
+            std::thread::spawn(move || {
+                let mut live = std::collections::HashSet::new();
+                for i in 0..per_thread {
+                    let gref = g.grant(t * 16 + u64::from(i % 16), 0, false);
+                    assert!(live.insert(gref), "reference {gref} handed out twice");
+                    let (_, h) = g.map(gref, 0, false).expect("map");
+                    assert_eq!(g.end_access(gref), Err(GrantBusy));
+                    g.unmap(h).expect("unmap");
+                    if i % 3 != 0 {
+                        g.end_access(gref).expect("end");
+                        live.remove(&gref);
+                    }
+                }
+                live
+            })
+        })
+        .collect();
+    let mut all = std::collections::HashSet::new();
+    for t in threads {
+        for gref in t.join().expect("thread") {
+            assert!(all.insert(gref), "reference {gref} live in two threads");
+        }
+    }
     let s = d.grants.stats();
-    assert_eq!(s.injected_failures, 2);
-    assert_eq!(s.mapped, 2);
-    assert_eq!(host.stats().map_failures, 2);
+    assert_eq!(s.maps, 4 * u64::from(per_thread));
+    assert_eq!((s.unmaps, s.mapped, s.bad_unmaps), (s.maps, 0, 0));
+    assert_eq!(s.active_grants, all.len() as u64);
+    for gref in all {
+        assert!(d.grants.is_granted(gref));
+        d.grants.end_access(gref).expect("end");
+    }
+    assert_eq!(d.grants.stats().active_grants, 0);
 }
 
 #[test]
@@ -616,121 +739,123 @@ fn temp_file(tag: &str, content: &[u8]) -> std::path::PathBuf {
 
 #[test]
 fn store_io_goes_through_the_window() {
-    let (_xen, d, mut host, rx) = setup(8);
-    let mut disk = vec![0u8; 64 * 1024];
-    for (i, b) in disk.iter_mut().enumerate() {
-        *b = (i / 512) as u8 ^ 0xa5;
-    }
-    let path = temp_file("io", &disk);
-    let info = host
-        .store_open(OpenParams {
-            path: path.to_str().unwrap(),
-            kind: "file",
-            writable: true,
-            direct_io_safe: false,
-        })
-        .expect("open");
-    assert_eq!(info.sectors, Sectors(128));
-    host.window_reserve(4).unwrap();
-    // Guest READ of 2 pages at byte 8192 into two guest frames.
-    let g = [d.grants.grant(6, 0, false), d.grants.grant(1, 0, false)];
-    let mut res = [Err(GrantError::General); 2];
-    let ops = [
-        GrantMapOp {
-            gref: g[0],
-            window_page: WindowPage(1),
-            readonly: false,
-        },
-        GrantMapOp {
-            gref: g[1],
-            window_page: WindowPage(2),
-            readonly: false,
-        },
-    ];
-    q(&mut host).map_batch(GUEST, &ops, &mut res);
-    let iov = [IoVec {
-        window_offset: PAGE_SIZE,
-        len: 2 * PAGE_SIZE,
-    }];
-    q(&mut host)
-        .store_submit(
-            IoTag(7),
-            IoOp::Read {
-                offset: Bytes(8192),
-                iov: &iov,
+    for mapping in MAPPINGS {
+        let (_xen, d, mut host, rx) = setup_mapped(8, mapping);
+        let mut disk = vec![0u8; 64 * 1024];
+        for (i, b) in disk.iter_mut().enumerate() {
+            *b = (i / 512) as u8 ^ 0xa5;
+        }
+        let path = temp_file("io", &disk);
+        let info = host
+            .store_open(OpenParams {
+                path: path.to_str().unwrap(),
+                kind: "file",
+                writable: true,
+                direct_io_safe: false,
+            })
+            .expect("open");
+        assert_eq!(info.sectors, Sectors(128));
+        host.window_reserve(4).unwrap();
+        // Guest READ of 2 pages at byte 8192 into two guest frames.
+        let g = [d.grants.grant(6, 0, false), d.grants.grant(1, 0, false)];
+        let mut res = [Err(GrantError::General); 2];
+        let ops = [
+            GrantMapOp {
+                gref: g[0],
+                window_page: WindowPage(1),
+                readonly: false,
             },
-        )
-        .unwrap();
-    assert_eq!(rx.recv_timeout(WAIT), Ok(TaskEvent::Io(IoTag(7), Ok(()))));
-    let mut page = vec![0u8; PAGE_SIZE];
-    d.memory.read(6, 0, &mut page).unwrap();
-    assert_eq!(page, disk[8192..12288]);
-    d.memory.read(1, 0, &mut page).unwrap();
-    assert_eq!(page, disk[12288..16384]);
-    q(&mut host).unmap_batch(&[
-        GrantUnmapOp {
-            window_page: WindowPage(1),
-            handle: res[0].unwrap(),
-        },
-        GrantUnmapOp {
-            window_page: WindowPage(2),
-            handle: res[1].unwrap(),
-        },
-    ]);
+            GrantMapOp {
+                gref: g[1],
+                window_page: WindowPage(2),
+                readonly: false,
+            },
+        ];
+        q(&mut host).map_batch(GUEST, &ops, &mut res);
+        let iov = [IoVec {
+            window_offset: PAGE_SIZE,
+            len: 2 * PAGE_SIZE,
+        }];
+        q(&mut host)
+            .store_submit(
+                IoTag(7),
+                IoOp::Read {
+                    offset: Bytes(8192),
+                    iov: &iov,
+                },
+            )
+            .unwrap();
+        assert_eq!(rx.recv_timeout(WAIT), Ok(TaskEvent::Io(IoTag(7), Ok(()))));
+        let mut page = vec![0u8; PAGE_SIZE];
+        d.memory.read(6, 0, &mut page).unwrap();
+        assert_eq!(page, disk[8192..12288]);
+        d.memory.read(1, 0, &mut page).unwrap();
+        assert_eq!(page, disk[12288..16384]);
+        q(&mut host).unmap_batch(&[
+            GrantUnmapOp {
+                window_page: WindowPage(1),
+                handle: res[0].unwrap(),
+            },
+            GrantUnmapOp {
+                window_page: WindowPage(2),
+                handle: res[1].unwrap(),
+            },
+        ]);
 
-    // Guest WRITE from a read-only mapping.
-    d.memory.write(3, 0, &pattern(9)).unwrap();
-    let gw = d.grants.grant(3, 0, true);
-    let h = map1(&mut host, gw, 0, true).unwrap();
-    let iov = [IoVec {
-        window_offset: 0,
-        len: PAGE_SIZE,
-    }];
-    // A read into a read-only page is a core bug: refused before the store.
-    assert!(q(&mut host)
-        .store_submit(
-            IoTag(8),
-            IoOp::Read {
-                offset: Bytes(0),
-                iov: &iov
-            }
-        )
-        .is_err());
-    assert_eq!(host.stats().bad_iovecs, 1);
-    q(&mut host)
-        .store_submit(
-            IoTag(9),
-            IoOp::Write {
-                offset: Bytes(0),
-                iov: &iov,
-            },
-        )
-        .unwrap();
-    assert_eq!(rx.recv_timeout(WAIT), Ok(TaskEvent::Io(IoTag(9), Ok(()))));
-    q(&mut host).unmap_batch(&[GrantUnmapOp {
-        window_page: WindowPage(0),
-        handle: h,
-    }]);
-    // Beyond the window, or over unmapped pages: refused.
-    let far = [IoVec {
-        window_offset: 3 * PAGE_SIZE,
-        len: 2 * PAGE_SIZE,
-    }];
-    assert!(q(&mut host)
-        .store_submit(
-            IoTag(10),
-            IoOp::Write {
-                offset: Bytes(0),
-                iov: &far
-            }
-        )
-        .is_err());
-    host.store_close();
-    assert_eq!(host.stats().io_in_flight, 0);
-    let now = std::fs::read(&path).unwrap();
-    assert_eq!(now[..PAGE_SIZE], pattern(9)[..]);
-    assert_eq!(now[PAGE_SIZE..], disk[PAGE_SIZE..]);
-    let _ = std::fs::remove_file(&path);
+        // Guest WRITE from a read-only mapping.
+        d.memory.write(3, 0, &pattern(9)).unwrap();
+        let gw = d.grants.grant(3, 0, true);
+        let h = map1(&mut host, gw, 0, true).unwrap();
+        let iov = [IoVec {
+            window_offset: 0,
+            len: PAGE_SIZE,
+        }];
+        // A read into a read-only page is a core bug: refused before the store.
+        assert!(q(&mut host)
+            .store_submit(
+                IoTag(8),
+                IoOp::Read {
+                    offset: Bytes(0),
+                    iov: &iov
+                }
+            )
+            .is_err());
+        assert_eq!(host.stats().bad_iovecs, 1);
+        q(&mut host)
+            .store_submit(
+                IoTag(9),
+                IoOp::Write {
+                    offset: Bytes(0),
+                    iov: &iov,
+                },
+            )
+            .unwrap();
+        assert_eq!(rx.recv_timeout(WAIT), Ok(TaskEvent::Io(IoTag(9), Ok(()))));
+        q(&mut host).unmap_batch(&[GrantUnmapOp {
+            window_page: WindowPage(0),
+            handle: h,
+        }]);
+        // Beyond the window, or over unmapped pages: refused.
+        let far = [IoVec {
+            window_offset: 3 * PAGE_SIZE,
+            len: 2 * PAGE_SIZE,
+        }];
+        assert!(q(&mut host)
+            .store_submit(
+                IoTag(10),
+                IoOp::Write {
+                    offset: Bytes(0),
+                    iov: &far
+                }
+            )
+            .is_err());
+        host.store_close();
+        assert_eq!(host.stats().io_in_flight, 0);
+        let now = std::fs::read(&path).unwrap();
+        assert_eq!(now[..PAGE_SIZE], pattern(9)[..]);
+        assert_eq!(now[PAGE_SIZE..], disk[PAGE_SIZE..]);
+        let _ = std::fs::remove_file(&path);
+    }
 }
 
 #[test]

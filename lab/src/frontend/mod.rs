@@ -26,7 +26,9 @@
 //! chosen queues and reused or never-granted grants) and [`run_workload`],
 //! which keeps requests in flight on every queue, writes a deterministic
 //! pattern, and checks every byte read against a per-sector shadow of what
-//! the medium must hold.
+//! the medium must hold, from one thread that serves every queue in turn;
+//! [`run_workload_per_queue`] drives each queue from a thread of its own
+//! instead, as a multi-vCPU guest's blk-mq does.
 //!
 //! Every wait has a hang guard ([`DEFAULT_HANG_GUARD`]); it exists so that a
 //! broken back-end fails a test instead of hanging it, never to measure time.
@@ -54,6 +56,7 @@ use xbb::ring::FrontRing;
 
 mod connect;
 mod crash;
+mod per_queue;
 mod profile;
 mod request;
 mod workload;
@@ -61,6 +64,7 @@ mod workload;
 pub use crash::{
     read_region, run_crash_writes, CrashCheck, CrashRound, CrashWorkload, Found, Journal, SyncMode,
 };
+pub use per_queue::run_workload_per_queue;
 pub use profile::Profile;
 pub use request::{FeatureRequest, IndirectShape, ManualRequest, SegmentGrant};
 pub use workload::{
@@ -211,6 +215,10 @@ impl std::fmt::Display for FrontendError {
 impl std::error::Error for FrontendError {}
 
 type Signal = Arc<(Mutex<u64>, Condvar)>;
+
+fn new_signal() -> Signal {
+    Arc::new((Mutex::new(0), Condvar::new()))
+}
 
 fn lock_sig(s: &Signal) -> MutexGuard<'_, u64> {
     locked(&s.0)
