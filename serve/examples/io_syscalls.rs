@@ -3,7 +3,7 @@
 //! host: the loop of `host.rs`'s `serve_queue` — the queue's [`Gate`], its
 //! eventfd ([`Wakeup`]) that completions posted from other threads write
 //! when the gate says so, [`poll_readable`] over it and the store's ring
-//! descriptor, reap at the start of a pass, kick at its end — driving a
+//! descriptor, reap at the start of a pass, kick and reap at its end — driving a
 //! file store through [`StoreHandle::submit_into`] as `store_submit` does.
 //! The guest side (grant maps, event channels) is left out: it is the same
 //! for both engines.
@@ -155,6 +155,7 @@ fn main() -> Result<(), String> {
             in_flight += 1;
         }
         h.kick();
+        h.reap();
         if qbox.gate.end() {
             continue;
         }

@@ -488,17 +488,20 @@ impl XenQueueHost {
     }
 
     /// Whether the queue's port fired (the port stays masked until the
-    /// EOI); ports of no queue are unmasked and skipped.
+    /// EOI); ports of no queue are unmasked and skipped. Reads the
+    /// descriptor until the queue's port comes, not until it is empty: the
+    /// handle has that one port bound, so one read finds it, and anything
+    /// left keeps the descriptor readable for the next poll (a read that
+    /// finds nothing is a system call, dear in a PV dom0, where each one
+    /// passes through Xen).
     fn take_event(&mut self) -> bool {
-        let mut fired = false;
         while let Some(p) = self.evt.pending() {
             if Some(p) == self.port {
-                fired = true;
-            } else {
-                self.evt.unmask(p);
+                return true;
             }
+            self.evt.unmask(p);
         }
-        fired
+        false
     }
 
     /// Runs the copies gathered in `self.copies` and counts the outcome.
@@ -816,7 +819,9 @@ fn serve_queue(mut queue: Queue, mut qh: XenQueueHost, reports: Sender<Report>, 
     let qbox = Arc::clone(&qh.qbox);
     let mut done: VecDeque<Completion> = VecDeque::with_capacity(COMPLETIONS);
     let mut failed = false;
-    let mut ready = [false; 3];
+    // What the last poll found readable: the event channel's descriptor
+    // is read only then (and at the first pass), not at every pass.
+    let mut ready = [true; 3];
     loop {
         let Some(mut work) = qbox.gate.begin() else {
             return;
@@ -827,13 +832,17 @@ fn serve_queue(mut queue: Queue, mut qh: XenQueueHost, reports: Sender<Report>, 
             s.reap();
         }
         std::mem::swap(&mut *locked(&qbox.done), &mut done);
-        if qh.take_event() {
+        if core::mem::take(&mut ready[0]) && qh.take_event() {
             work = work.union(Work::EVENT);
         }
         let end = queue.pass(&mut qh, work, done.drain(..));
         if let Some(s) = &qh.store {
-            // Everything the pass submitted, in one system call.
+            // Everything the pass submitted, in one system call; then what
+            // completed during it (a read the page cache served does),
+            // posted as work for the next pass, which then runs without a
+            // poll in between.
             s.kick();
+            s.reap();
         }
         if let Some(outcome) = end.failed.filter(|_| !failed) {
             failed = true;
