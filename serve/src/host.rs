@@ -492,7 +492,7 @@ impl XenQueueHost {
     /// descriptor until the queue's port comes, not until it is empty: the
     /// handle has that one port bound, so one read finds it, and anything
     /// left keeps the descriptor readable for the next poll (a read that
-    /// finds nothing is a system call, dear in a PV dom0, where each one
+    /// finds nothing is a system call, costly in a PV dom0, where each one
     /// passes through Xen).
     fn take_event(&mut self) -> bool {
         while let Some(p) = self.evt.pending() {
